@@ -1,0 +1,61 @@
+# RoaD-RuNNer: every target creates or refreshes .venv itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.roadrunner-installed
+CF_STAMP := $(VENV)/.cf_cpp-installed
+CF_SOURCES := $(shell find cf_cpp -path cf_cpp/build -prune -o -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.hpp' -o -name '*.txt' -o -name '*.toml' -o -name '*.py' -o -name '*.pyi' \) -print 2>/dev/null)
+PROTOS := $(shell find protos -name '*.proto')
+PYTEST := $(PY) -m pytest
+BUF := .cache/buf/node_modules/.bin/buf
+
+.PHONY: setup proto lint-proto demo test test-slow test-all check bench eval eval-quick clean
+
+setup: $(STAMP) $(CF_STAMP) proto
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[edge,zoo,dev]'
+	touch $@
+
+$(CF_STAMP): $(CF_SOURCES) $(STAMP)
+	$(PIP) install -q ./cf_cpp
+	$(PIP) install -q -e '.[server]'
+	touch $@
+
+proto: $(STAMP)
+	$(PY) tools/gen_proto.py
+
+# buf (npm package @bufbuild/buf) lints protos/ with the rules in protos/buf.yaml.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf
+
+lint-proto: $(BUF)
+	cd protos && ../$(BUF) lint
+
+demo: setup
+	$(VENV)/bin/rr-edge demo
+
+test: setup lint-proto
+	cf_cpp/run_ctest.sh
+	$(PYTEST) -m "not slow" -q
+
+test-slow: setup
+	$(PYTEST) -m slow -q
+
+test-all: setup
+	cf_cpp/run_ctest.sh
+	$(PYTEST) -q
+
+check: setup lint-proto
+	$(VENV)/bin/ruff format --check rr_edge rr_server rr_proto/codec.py tools tests
+	$(VENV)/bin/ruff check rr_edge rr_server rr_proto/codec.py tools tests
+	$(VENV)/bin/mypy rr_edge rr_server rr_proto/codec.py
+
+clean:
+	rm -rf $(VENV) cf_cpp/build build rr_proto/inference rr_proto/roadrunner

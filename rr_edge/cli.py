@@ -1,0 +1,55 @@
+"""`rr-edge` command line: one sub-command per module in `rr_edge.commands`.
+
+Each command module exposes `add_parser(subparsers)` which registers its parser and sets
+`func=run` on it; `run(args) -> int` does the work.  Logging is configured here and only here.
+Deliberate errors (RoadRunnerError) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from rr_edge.errors import RoadRunnerError
+
+COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rr-edge", description="RoaD-RuNNer edge node")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"rr_edge.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"rr_edge.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.add_parser(sub)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except RoadRunnerError as exc:
+        print(f"rr-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

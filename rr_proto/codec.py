@@ -1,0 +1,199 @@
+"""numpy <-> KServe v2 tensors: datatypes, raw contents and typed contents.
+
+Raw contents are the C-order bytes of the array in little-endian order; BYTES tensors are serialised as a
+4-byte little-endian length followed by the bytes of each element (the KServe convention). Every decode checks that
+the datatype is known, the shape is non-negative and the byte count matches, and raises `CodecError` (a ValueError)
+with a message that names the tensor otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from rr_proto.inference import grpc_service_pb2 as pb
+
+__all__ = [
+    "CodecError",
+    "datatype_of",
+    "decode_infer_request",
+    "decode_infer_response",
+    "dtype_of",
+    "encode_infer_request",
+    "encode_infer_response",
+    "from_contents",
+    "from_raw",
+    "to_raw",
+]
+
+
+class CodecError(ValueError):
+    """A tensor on the wire does not match its declared datatype or shape."""
+
+
+_DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DATATYPES.items() if name != "BYTES"}
+
+# Typed-contents field used for each datatype (KServe InferTensorContents).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def datatype_of(dtype: np.dtype | type) -> str:
+    """KServe datatype name of a numpy dtype (object, bytes and str arrays are BYTES)."""
+    dt = np.dtype(dtype)
+    if dt.kind in "OSU":
+        return "BYTES"
+    try:
+        return _BY_KIND[(dt.kind, dt.itemsize)]
+    except KeyError:
+        raise CodecError(f"numpy dtype {dt} has no KServe datatype") from None
+
+
+def dtype_of(datatype: str) -> np.dtype:
+    """numpy dtype of a KServe datatype name."""
+    try:
+        return _DATATYPES[datatype]
+    except KeyError:
+        known = ", ".join(_DATATYPES)
+        raise CodecError(f"unknown datatype {datatype!r} (known: {known})") from None
+
+
+def _element_count(shape: Sequence[int], name: str) -> int:
+    if any(int(d) < 0 for d in shape):
+        raise CodecError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
+    return int(np.prod([int(d) for d in shape], dtype=np.int64))
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """Raw contents of an array: C-order little-endian bytes, or length-prefixed elements for BYTES."""
+    if datatype_of(array.dtype) == "BYTES":
+        parts = []
+        for item in np.asarray(array).ravel(order="C"):
+            data = item.encode() if isinstance(item, str) else bytes(item)
+            parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+    dt = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
+    return np.ascontiguousarray(array, dtype=dt).tobytes()
+
+
+def from_raw(raw: bytes, datatype: str, shape: Sequence[int], name: str = "") -> np.ndarray:
+    """Array from raw contents; checks the byte count against datatype and shape."""
+    dt = dtype_of(datatype)
+    count = _element_count(shape, name)
+    if datatype == "BYTES":
+        return _bytes_from_raw(raw, count, name).reshape(tuple(shape))
+    expected = count * dt.itemsize
+    if len(raw) != expected:
+        raise CodecError(
+            f"tensor {name!r}: {len(raw)} bytes of raw contents, but {datatype} {list(shape)} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
+
+
+def _bytes_from_raw(raw: bytes, count: int, name: str) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for k in range(count):
+        if offset + 4 > len(raw):
+            raise CodecError(f"tensor {name!r}: raw BYTES contents end after {k} of {count} elements")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise CodecError(f"tensor {name!r}: element {k} claims {length} bytes past the end of the contents")
+        out[k] = raw[offset : offset + length]
+        offset += length
+    if offset != len(raw):
+        raise CodecError(f"tensor {name!r}: {len(raw) - offset} trailing bytes after {count} BYTES elements")
+    return out
+
+
+def from_contents(contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], name: str = "") -> np.ndarray:
+    """Array from typed contents (grpcurl-style requests)."""
+    dt = dtype_of(datatype)
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise CodecError(f"tensor {name!r}: datatype {datatype} cannot travel as typed contents; use raw contents")
+    values = getattr(contents, field)
+    count = _element_count(shape, name)
+    if len(values) != count:
+        raise CodecError(f"tensor {name!r}: {len(values)} values in {field}, but shape {list(shape)} needs {count}")
+    if datatype == "BYTES":
+        return np.array(list(values), dtype=object).reshape(tuple(shape))
+    return np.asarray(values, dtype=dt).reshape(tuple(shape))
+
+
+def _decode_tensors(tensors, raw_contents: Sequence[bytes], what: str) -> dict[str, np.ndarray]:
+    if raw_contents and len(raw_contents) != len(tensors):
+        raise CodecError(f"{len(raw_contents)} raw contents for {len(tensors)} {what} tensors")
+    arrays: dict[str, np.ndarray] = {}
+    for k, tensor in enumerate(tensors):
+        if raw_contents:
+            if tensor.HasField("contents"):
+                raise CodecError(f"tensor {tensor.name!r}: both raw and typed contents given")
+            arrays[tensor.name] = from_raw(raw_contents[k], tensor.datatype, tensor.shape, tensor.name)
+        else:
+            arrays[tensor.name] = from_contents(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
+    return arrays
+
+
+def encode_infer_request(
+    model_name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = (), request_id: str = ""
+) -> pb.ModelInferRequest:
+    """ModelInferRequest carrying every input as raw contents."""
+    request = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        request.raw_input_contents.append(to_raw(array))
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def decode_infer_request(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Input arrays of a ModelInferRequest (raw or typed contents)."""
+    return _decode_tensors(request.inputs, request.raw_input_contents, "input")
+
+
+def encode_infer_response(
+    model_name: str, outputs: Mapping[str, np.ndarray], request_id: str = ""
+) -> pb.ModelInferResponse:
+    """ModelInferResponse carrying every output as raw contents."""
+    response = pb.ModelInferResponse(model_name=model_name, id=request_id)
+    for name, array in outputs.items():
+        response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(to_raw(array))
+    return response
+
+
+def decode_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Output arrays of a ModelInferResponse (raw or typed contents)."""
+    return _decode_tensors(response.outputs, response.raw_output_contents, "output")

@@ -1,0 +1,114 @@
+"""numpy <-> KServe tensor codec: round trips for every datatype and clear errors on mismatches."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as pb
+
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
+def _sample(datatype: str, shape=(2, 3, 4)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dtype = codec.dtype_of(datatype)
+    if datatype == "BOOL":
+        return rng.random(shape) > 0.5
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("datatype", NUMERIC)
+def test_raw_round_trip_every_numeric_datatype(datatype):
+    array = _sample(datatype)
+    assert codec.datatype_of(array.dtype) == datatype
+    back = codec.from_raw(codec.to_raw(array), datatype, array.shape)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_raw_is_c_order_even_for_fortran_and_strided_arrays():
+    array = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert codec.to_raw(array) == np.arange(12, dtype="<f4").tobytes()
+    view = np.arange(24, dtype=np.int32).reshape(4, 6)[:, ::2]
+    np.testing.assert_array_equal(codec.from_raw(codec.to_raw(view), "INT32", view.shape), view)
+
+
+def test_big_endian_input_is_sent_little_endian():
+    array = np.arange(5, dtype=">i4")
+    assert codec.to_raw(array) == np.arange(5, dtype="<i4").tobytes()
+
+
+def test_bytes_tensor_round_trip_with_length_prefixes():
+    array = np.array([[b"", b"a"], ["\u00e9t\u00e9", b"\x00\x01"]], dtype=object)
+    raw = codec.to_raw(array)
+    assert raw[:4] == b"\x00\x00\x00\x00"
+    back = codec.from_raw(raw, "BYTES", (2, 2))
+    assert back.tolist() == [[b"", b"a"], ["\u00e9t\u00e9".encode(), b"\x00\x01"]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "datatype", "shape", "message"),
+    [
+        (b"\x00" * 7, "FP32", (2,), "7 bytes of raw contents, but FP32 [2] needs 8"),
+        (b"\x00" * 8, "FP32", (-1, 2), "negative dimension"),
+        (b"\x00" * 8, "BF16", (4,), "unknown datatype 'BF16'"),
+        (b"\x05\x00\x00\x00ab", "BYTES", (1,), "past the end"),
+        (b"\x01\x00\x00\x00ab", "BYTES", (1,), "trailing bytes"),
+        (b"\x01\x00\x00\x00a", "BYTES", (2,), "end after 1 of 2"),
+    ],
+)
+def test_mismatches_raise_clear_errors(raw, datatype, shape, message):
+    with pytest.raises(codec.CodecError, match=re.escape(message)):
+        codec.from_raw(raw, datatype, shape, name="x")
+
+
+def test_unsupported_numpy_dtype():
+    with pytest.raises(codec.CodecError, match="no KServe datatype"):
+        codec.datatype_of(np.complex64)
+
+
+def test_request_round_trip_raw_and_typed():
+    inputs = {"a": _sample("FP32"), "b": _sample("INT64", (3,))}
+    request = codec.encode_infer_request("slice", inputs, outputs=["y"], request_id="7")
+    assert request.model_name == "slice" and request.id == "7" and [o.name for o in request.outputs] == ["y"]
+    decoded = codec.decode_infer_request(request)
+    assert set(decoded) == {"a", "b"}
+    for name in inputs:
+        np.testing.assert_array_equal(decoded[name], inputs[name])
+
+    typed = pb.ModelInferRequest(model_name="slice")
+    tensor = typed.inputs.add(name="a", datatype="FP32", shape=[2, 2])
+    tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(codec.decode_infer_request(typed)["a"], [[1, 2], [3, 4]])
+
+
+def test_request_with_wrong_typed_count_or_mixed_contents_is_rejected():
+    typed = pb.ModelInferRequest()
+    tensor = typed.inputs.add(name="a", datatype="INT32", shape=[3])
+    tensor.contents.int_contents.extend([1, 2])
+    with pytest.raises(codec.CodecError, match="2 values in int_contents, but shape \\[3\\] needs 3"):
+        codec.decode_infer_request(typed)
+    tensor.contents.int_contents.append(3)
+    typed.raw_input_contents.append(b"\x00" * 12)
+    with pytest.raises(codec.CodecError, match="both raw and typed"):
+        codec.decode_infer_request(typed)
+
+
+def test_raw_count_must_match_inputs():
+    request = codec.encode_infer_request("m", {"a": np.zeros(2, np.float32)})
+    request.raw_input_contents.append(b"")
+    with pytest.raises(codec.CodecError, match="2 raw contents for 1 input tensors"):
+        codec.decode_infer_request(request)
+
+
+def test_response_round_trip():
+    outputs = {"y": _sample("FP16", (1, 5))}
+    decoded = codec.decode_infer_response(codec.encode_infer_response("m", outputs))
+    np.testing.assert_array_equal(decoded["y"], outputs["y"])
