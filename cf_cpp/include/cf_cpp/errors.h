@@ -1,0 +1,21 @@
+// Exceptions thrown by cf_cpp. The Python binding maps InvalidInput to ValueError and IoError to OSError.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace cf {
+
+// Bad arguments: shapes, out-of-range indices, non-positive or non-finite values, unfitted model.
+class InvalidInput : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// A model file could not be read or written, or is not a cf_cpp model.
+class IoError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace cf

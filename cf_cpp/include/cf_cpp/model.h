@@ -1,0 +1,109 @@
+// cf_cpp core interface: hybrid matrix factorization for latency / energy prediction.
+//
+// The model works in log space. For row r (a device) and column c (a block signature) it predicts
+//
+//     log y(r, c) = mu + b_r + [1, p_r] . z_c,        z_c = [b_c, q_c] = Theta x_c + e_c
+//
+// mu is the global mean, b_r / p_r the row bias and factors, z_c the column bias and factors. With column
+// features x_c (standardised internally, plus an intercept) every column has a prior Theta x_c, learned from the
+// data, so a column nobody has measured is still predicted (e_c = 0) and a sparsely measured one stays close to its
+// prior (e_c is ridge-regularised). Without features Theta is absent and the model is a plain biased MF.
+//
+// Fitting is alternating least squares; every row / column solve is independent, so the work is split across
+// std::threads and the result does not depend on the thread count. Only plain C++ types cross this interface.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cf_cpp/errors.h"
+
+namespace cf {
+
+// Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
+struct Config {
+  int rank = 16;                // latent dimension k (0 = biases only)
+  double reg = 0.1;             // ridge on row factors p_r
+  double reg_bias = 0.01;       // ridge on row biases b_r
+  double reg_col = 3.0;         // ridge on column factor deviations from the prior (q part of e_c)
+  double reg_col_bias = 3.0;    // ridge on column bias deviation from the prior (b part of e_c)
+  double reg_features = 1.0;    // ridge on the feature map Theta
+  int iterations = 20;          // ALS sweeps
+  std::uint64_t seed = 0;       // initialisation seed
+  int threads = 0;              // 0 = hardware concurrency
+  double init_scale = 0.1;      // std of the random initial factors
+};
+
+// Borrowed views of caller-owned arrays (no copies are made by the interface).
+struct Observations {
+  const std::int64_t* rows = nullptr;
+  const std::int64_t* cols = nullptr;
+  const double* values = nullptr;  // strictly positive, finite (raw units, e.g. ms)
+  std::size_t size = 0;
+};
+
+struct Features {
+  const double* data = nullptr;  // row-major n_cols x n_features
+  std::int64_t n_cols = 0;
+  std::int64_t n_features = 0;
+};
+
+class Model {
+ public:
+  explicit Model(const Config& config = Config());
+
+  // Fits from scratch. features may be null (no cold start). Throws InvalidInput on bad input.
+  void fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features);
+
+  // Warm-started refit: existing rows / columns keep their factors as the starting point, new ones (when
+  // n_rows / n_cols grew) are initialised. features null keeps the current ones (they must then cover n_cols).
+  void refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
+             int iterations);
+
+  // Log-space predictions into out[0..n).
+  void predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const;
+
+  // Adds a row solved by ridge regression against the fixed column model; returns its index.
+  std::int64_t fold_in_row(const std::int64_t* cols, const double* values, std::size_t n);
+
+  // Appends n new (cold) columns predicted from their features (null only when the model has no features).
+  std::int64_t add_cols(std::int64_t n, const Features* features);
+
+  void save(const std::string& path) const;
+  static Model load(const std::string& path);
+
+  // Inspection.
+  const Config& config() const { return config_; }
+  bool fitted() const { return fitted_; }
+  std::int64_t n_rows() const { return n_rows_; }
+  std::int64_t n_cols() const { return n_cols_; }
+  std::int64_t n_features() const { return n_features_; }
+  double global_mean() const { return mu_; }
+  const std::vector<double>& row_params() const { return rows_; }  // n_rows x (k+1): [b_r, p_r]
+  std::vector<double> col_params() const;                          // n_cols x (k+1): z_c = [b_c, q_c]
+  const std::vector<std::int64_t>& col_counts() const { return col_counts_; }
+
+ private:
+  int dim() const { return config_.rank + 1; }
+  void check_fitted() const;
+  void set_features(const Features& f);
+  void grow(std::int64_t n_rows, std::int64_t n_cols);
+  void run_als(const Observations& obs, int iterations);
+  void refresh_col_params();
+
+  Config config_;
+  bool fitted_ = false;
+  std::int64_t n_rows_ = 0, n_cols_ = 0, n_features_ = 0;  // n_features_ counts the raw features
+  double mu_ = 0.0;
+  std::vector<double> rows_;        // n_rows x dim
+  std::vector<double> dev_;         // n_cols x dim: e_c
+  std::vector<double> x_;           // n_cols x (n_features + 1): standardised features + intercept
+  std::vector<double> feat_mean_, feat_scale_;  // raw -> standardised (scale 0 drops a constant feature)
+  std::vector<double> theta_;       // dim x (n_features + 1)
+  std::vector<double> z_;           // cache: n_cols x dim, z_c = Theta x_c + e_c
+  std::vector<std::int64_t> col_counts_;
+};
+
+}  // namespace cf

@@ -1,0 +1,36 @@
+"""cf_cpp: the C++ collaborative-filtering engine of RoaD-RuNNer.
+
+Predicts a sparse ``rows x cols`` matrix of positive quantities (per-device latency in ms or energy in mJ; rows are
+nodes, columns are block signatures) by matrix factorisation in log space::
+
+    log y[r, c] = mu + b_r + b_c + p_r . q_c,        [b_c, q_c] = Theta @ x_c + e_c
+
+``x_c`` are optional column features (e.g. log flops, log parameter bytes, log input/output bytes, op-type counts).
+With features every column has a learned prior, so a column no row has measured is predicted from its features (cold
+start) and a sparsely measured column is pulled toward its prior. Fitting is alternating least squares: deterministic
+for a seed, multi-threaded, identical for any thread count.
+
+Usage::
+
+    import numpy as np
+    from cf_cpp import CFModel
+
+    model = CFModel(rank=16, reg=0.1, iterations=20, seed=0)
+    model.fit(rows, cols, values, n_rows, n_cols, col_features=None)  # int64 / float64 1-D arrays; returns self
+    y = model.predict(rows, cols)                 # raw units (log=True for log units)
+    r = model.fold_in_row(cols, values)           # new row from a few measurements -> its row index
+    c0 = model.add_cols(n, col_features)          # new cold columns -> first index
+    model.refit(rows, cols, values)               # warm-started refit on the updated data
+    model.save(path); model = CFModel.load(path)
+
+Errors: invalid input (non-positive or non-finite values, out-of-range indices, shape mismatches, unfitted model)
+raises :class:`InvalidInputError`, a subclass of ``ValueError``; unreadable model files raise
+:class:`ModelFileError`, a subclass of ``OSError``. Arrays of the exact dtype (int64 indices, float64 values,
+C-contiguous) are used without copies; other numeric arrays are converted.
+"""
+
+from cf_cpp._core import InvalidInputError, ModelFileError
+from cf_cpp._model import CFModel
+
+__all__ = ["CFModel", "InvalidInputError", "ModelFileError"]
+__version__ = "0.1.0"

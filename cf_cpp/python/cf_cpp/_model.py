@@ -1,0 +1,201 @@
+"""The public estimator: input coercion and checks in front of the C++ core (``cf_cpp._core.Model``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from cf_cpp import _core
+
+
+def _index(name: str, x: ArrayLike) -> NDArray[np.int64]:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise _core.InvalidInputError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise _core.InvalidInputError(f"{name} must hold integers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int64)  # no copy when already int64 and contiguous
+
+
+def _values(name: str, x: ArrayLike) -> NDArray[np.float64]:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise _core.InvalidInputError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size and not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise _core.InvalidInputError(f"{name} must be numeric, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _features(x: ArrayLike | None) -> NDArray[np.float64] | None:
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise _core.InvalidInputError(f"col_features must be 2-D (n_cols, n_features), got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise _core.InvalidInputError(f"col_features must be numeric, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+class CFModel:
+    """Hybrid matrix factorisation in log space (see the package docstring for the model).
+
+    Hyperparameters: ``rank`` latent dimension; ``reg`` / ``reg_bias`` ridge on row factors / biases;
+    ``reg_col`` / ``reg_col_bias`` ridge pulling column factors / biases toward their feature prior;
+    ``reg_features`` ridge on the feature map; ``iterations`` ALS sweeps; ``seed``; ``threads`` (0 = all cores).
+    """
+
+    def __init__(
+        self,
+        rank: int = 16,
+        reg: float = 0.1,
+        reg_bias: float = 0.01,
+        reg_col: float = 3.0,
+        reg_col_bias: float = 3.0,
+        reg_features: float = 1.0,
+        iterations: int = 20,
+        seed: int = 0,
+        threads: int = 0,
+        init_scale: float = 0.1,
+    ) -> None:
+        self._core = _core.Model(
+            rank=rank,
+            reg=reg,
+            reg_bias=reg_bias,
+            reg_col=reg_col,
+            reg_col_bias=reg_col_bias,
+            reg_features=reg_features,
+            iterations=iterations,
+            seed=seed,
+            threads=threads,
+            init_scale=init_scale,
+        )
+
+    def fit(
+        self,
+        rows: ArrayLike,
+        cols: ArrayLike,
+        values: ArrayLike,
+        n_rows: int,
+        n_cols: int,
+        col_features: ArrayLike | None = None,
+    ) -> CFModel:
+        """Fit from scratch on entries ``(rows[i], cols[i]) -> values[i]`` (values > 0, raw units). Returns self."""
+        self._core.fit(
+            _index("rows", rows),
+            _index("cols", cols),
+            _values("values", values),
+            int(n_rows),
+            int(n_cols),
+            _features(col_features),
+        )
+        return self
+
+    def refit(
+        self,
+        rows: ArrayLike,
+        cols: ArrayLike,
+        values: ArrayLike,
+        n_rows: int | None = None,
+        n_cols: int | None = None,
+        col_features: ArrayLike | None = None,
+        iterations: int | None = None,
+    ) -> CFModel:
+        """Refit on the full updated data, warm-started from the current parameters. Returns self.
+
+        ``n_rows`` / ``n_cols`` may grow (default: unchanged); ``col_features=None`` keeps the current features.
+        """
+        self._core.refit(
+            _index("rows", rows),
+            _index("cols", cols),
+            _values("values", values),
+            n_rows,
+            n_cols,
+            _features(col_features),
+            iterations,
+        )
+        return self
+
+    def predict(self, rows: ArrayLike, cols: ArrayLike, log: bool = False) -> NDArray[np.float64]:
+        """Predicted values of entries ``(rows[i], cols[i])``: raw units, or natural log with ``log=True``."""
+        return self._core.predict(_index("rows", rows), _index("cols", cols), log)
+
+    def predict_matrix(self, log: bool = False) -> NDArray[np.float64]:
+        """The full ``(n_rows, n_cols)`` prediction matrix."""
+        return self._core.predict_matrix(log)
+
+    def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int:
+        """Add a new row from a few measurements (ridge solve, no refit). Returns the new row index."""
+        return int(self._core.fold_in_row(_index("cols", cols), _values("values", values)))
+
+    def add_cols(self, n: int, col_features: ArrayLike | None = None) -> int:
+        """Append ``n`` cold columns predicted from their features. Returns the first new column index."""
+        return int(self._core.add_cols(int(n), _features(col_features)))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted model to ``path`` (binary)."""
+        self._core.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CFModel:
+        """Read a model written by :meth:`save`."""
+        model = cls.__new__(cls)
+        model._core = _core.Model.load(os.fspath(path))
+        return model
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor hyperparameters."""
+        return dict(self._core.get_params())
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self._core.is_fitted)
+
+    @property
+    def rank(self) -> int:
+        return int(self._core.rank)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self._core.n_rows)
+
+    @property
+    def n_cols(self) -> int:
+        return int(self._core.n_cols)
+
+    @property
+    def n_features(self) -> int:
+        return int(self._core.n_features)
+
+    @property
+    def global_mean(self) -> float:
+        return float(self._core.global_mean)
+
+    @property
+    def row_biases(self) -> NDArray[np.float64]:
+        return self._core.row_biases
+
+    @property
+    def row_factors(self) -> NDArray[np.float64]:
+        return self._core.row_factors
+
+    @property
+    def col_biases(self) -> NDArray[np.float64]:
+        """Column biases including the feature prior."""
+        return self._core.col_biases
+
+    @property
+    def col_factors(self) -> NDArray[np.float64]:
+        """Column factors including the feature prior."""
+        return self._core.col_factors
+
+    @property
+    def col_counts(self) -> NDArray[np.int64]:
+        """Training observations per column (0 = cold, predicted from features only)."""
+        return self._core.col_counts
+
+    def __repr__(self) -> str:
+        return f"CFModel(rank={self.rank}, n_rows={self.n_rows}, n_cols={self.n_cols}, fitted={self.is_fitted})"

@@ -1,0 +1,255 @@
+// nanobind binding of the cf_cpp core. Arrays are borrowed without copies when they already have the expected dtype
+// and layout (int64 indices, float64 values, C-contiguous); heavy calls release the GIL.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cf_cpp/model.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using Index1 = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Value1 = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Matrix2 = nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Out1 = nb::ndarray<nb::numpy, double, nb::ndim<1>>;
+using Out2 = nb::ndarray<nb::numpy, double, nb::ndim<2>>;
+
+cf::Observations observations(const Index1& rows, const Index1& cols, const Value1& values) {
+  if (rows.shape(0) != cols.shape(0) || rows.shape(0) != values.shape(0))
+    throw cf::InvalidInput("rows, cols and values must have the same length, got " + std::to_string(rows.shape(0)) +
+                           ", " + std::to_string(cols.shape(0)) + " and " + std::to_string(values.shape(0)));
+  return cf::Observations{rows.data(), cols.data(), values.data(), rows.shape(0)};
+}
+
+std::optional<cf::Features> features(const std::optional<Matrix2>& f) {
+  if (!f) return std::nullopt;
+  return cf::Features{f->data(), static_cast<std::int64_t>(f->shape(0)), static_cast<std::int64_t>(f->shape(1))};
+}
+
+Out1 owned_1d(std::vector<double>&& v) {
+  auto* heap = new std::vector<double>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
+  return Out1(heap->data(), {heap->size()}, owner);
+}
+
+Out2 owned_2d(std::vector<double>&& v, std::size_t n0, std::size_t n1) {
+  auto* heap = new std::vector<double>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
+  return Out2(heap->data(), {n0, n1}, owner);
+}
+
+// Column j of a row-major n x d matrix.
+std::vector<double> column(const std::vector<double>& m, std::size_t d, std::size_t j) {
+  std::vector<double> out(m.size() / d);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = m[i * d + j];
+  return out;
+}
+
+// Columns 1..d-1 of a row-major n x d matrix.
+std::vector<double> factors(const std::vector<double>& m, std::size_t d) {
+  std::vector<double> out;
+  out.reserve(m.size() / d * (d - 1));
+  for (std::size_t i = 0; i < m.size() / d; ++i) out.insert(out.end(), m.begin() + i * d + 1, m.begin() + (i + 1) * d);
+  return out;
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "cf_cpp core: hybrid matrix factorisation (ALS in log space) with feature cold start.";
+  nb::exception<cf::InvalidInput>(m, "InvalidInputError", PyExc_ValueError);
+  nb::exception<cf::IoError>(m, "ModelFileError", PyExc_OSError);
+
+  nb::class_<cf::Model>(m, "Model",
+      "Matrix factorisation in log space with global mean, row/column biases and an optional column-feature prior.\n\n"
+      "Predicts log y[r, c] = mu + b_r + b_c + p_r . q_c where [b_c, q_c] = Theta x_c + e_c: with column features\n"
+      "x_c every column has a learned prior (cold start), and sparsely measured columns stay close to it.\n"
+      "Fitted by alternating least squares, deterministic for a seed and independent of the thread count.")
+      .def(
+          "__init__",
+          [](cf::Model* self, int rank, double reg, double reg_bias, double reg_col, double reg_col_bias,
+             double reg_features, int iterations, std::uint64_t seed, int threads, double init_scale) {
+            cf::Config c;
+            c.rank = rank;
+            c.reg = reg;
+            c.reg_bias = reg_bias;
+            c.reg_col = reg_col;
+            c.reg_col_bias = reg_col_bias;
+            c.reg_features = reg_features;
+            c.iterations = iterations;
+            c.seed = seed;
+            c.threads = threads;
+            c.init_scale = init_scale;
+            new (self) cf::Model(c);
+          },
+          "rank"_a = 16, "reg"_a = 0.1, "reg_bias"_a = 0.01, "reg_col"_a = 3.0, "reg_col_bias"_a = 3.0,
+          "reg_features"_a = 1.0, "iterations"_a = 20, "seed"_a = 0, "threads"_a = 0, "init_scale"_a = 0.1,
+          "Create an unfitted model.\n\n"
+          "rank: latent dimension (0 = biases (+ feature prior of the column bias) only).\n"
+          "reg / reg_bias: ridge on row factors / row biases.\n"
+          "reg_col / reg_col_bias: ridge pulling column factors / biases toward their feature prior (toward 0\n"
+          "without features).\n"
+          "reg_features: ridge on the feature map Theta.\n"
+          "iterations: ALS sweeps. seed: initialisation seed. threads: worker threads (0 = all cores).")
+      .def(
+          "fit",
+          [](cf::Model& self, const Index1& rows, const Index1& cols, const Value1& values, std::int64_t n_rows,
+             std::int64_t n_cols, const std::optional<Matrix2>& col_features) -> cf::Model& {
+            cf::Observations obs = observations(rows, cols, values);
+            std::optional<cf::Features> f = features(col_features);
+            nb::gil_scoped_release release;
+            self.fit(obs, n_rows, n_cols, f ? &*f : nullptr);
+            return self;
+          },
+          "rows"_a, "cols"_a, "values"_a, "n_rows"_a, "n_cols"_a, "col_features"_a = nb::none(),
+          nb::rv_policy::reference,
+          "Fit from scratch on observed entries (rows[i], cols[i]) -> values[i] (> 0, raw units).\n\n"
+          "col_features: optional float array (n_cols, n_features), e.g. log flops, log bytes, op counts.\n"
+          "Raises ValueError on out-of-range indices, non-positive / non-finite values or shape mismatches.\n"
+          "Returns self.")
+      .def(
+          "refit",
+          [](cf::Model& self, const Index1& rows, const Index1& cols, const Value1& values,
+             std::optional<std::int64_t> n_rows, std::optional<std::int64_t> n_cols,
+             const std::optional<Matrix2>& col_features, std::optional<int> iterations) -> cf::Model& {
+            cf::Observations obs = observations(rows, cols, values);
+            std::optional<cf::Features> f = features(col_features);
+            std::int64_t nr = n_rows.value_or(self.n_rows()), nc = n_cols.value_or(self.n_cols());
+            nb::gil_scoped_release release;
+            self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1));
+            return self;
+          },
+          "rows"_a, "cols"_a, "values"_a, "n_rows"_a = nb::none(), "n_cols"_a = nb::none(),
+          "col_features"_a = nb::none(), "iterations"_a = nb::none(), nb::rv_policy::reference,
+          "Refit on the full current data, warm-started from the current parameters (fewer iterations needed).\n\n"
+          "n_rows / n_cols may grow (default: unchanged); new columns need col_features when the model uses them.\n"
+          "col_features=None keeps the current features. Returns self.")
+      .def(
+          "predict",
+          [](const cf::Model& self, const Index1& rows, const Index1& cols, bool log) {
+            if (rows.shape(0) != cols.shape(0))
+              throw cf::InvalidInput("rows and cols must have the same length, got " + std::to_string(rows.shape(0)) +
+                                     " and " + std::to_string(cols.shape(0)));
+            std::vector<double> out(rows.shape(0));
+            {
+              nb::gil_scoped_release release;
+              self.predict_log(rows.data(), cols.data(), out.size(), out.data());
+              if (!log)
+                for (double& v : out) v = std::exp(v);
+            }
+            return owned_1d(std::move(out));
+          },
+          "rows"_a, "cols"_a, "log"_a = false,
+          "Predict entries (rows[i], cols[i]); raw units, or natural-log units with log=True.")
+      .def(
+          "predict_matrix",
+          [](const cf::Model& self, bool log) {
+            const std::size_t nr = static_cast<std::size_t>(self.n_rows()), nc = static_cast<std::size_t>(self.n_cols());
+            std::vector<std::int64_t> r(nr * nc), c(nr * nc);
+            for (std::size_t i = 0; i < nr * nc; ++i) {
+              r[i] = static_cast<std::int64_t>(i / (nc ? nc : 1));
+              c[i] = static_cast<std::int64_t>(i % (nc ? nc : 1));
+            }
+            std::vector<double> out(nr * nc);
+            {
+              nb::gil_scoped_release release;
+              self.predict_log(r.data(), c.data(), out.size(), out.data());
+              if (!log)
+                for (double& v : out) v = std::exp(v);
+            }
+            return owned_2d(std::move(out), nr, nc);
+          },
+          "log"_a = false, "The full (n_rows, n_cols) prediction matrix.")
+      .def(
+          "fold_in_row",
+          [](cf::Model& self, const Index1& cols, const Value1& values) {
+            if (cols.shape(0) != values.shape(0))
+              throw cf::InvalidInput("cols and values must have the same length, got " + std::to_string(cols.shape(0)) +
+                                     " and " + std::to_string(values.shape(0)));
+            nb::gil_scoped_release release;
+            return self.fold_in_row(cols.data(), values.data(), cols.shape(0));
+          },
+          "cols"_a, "values"_a,
+          "Add a new row (e.g. a new device) from a few measurements, by a ridge solve against the fixed column\n"
+          "model (shrunk toward the average row); no refit. Returns the new row index.")
+      .def(
+          "add_cols",
+          [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features) {
+            std::optional<cf::Features> f = features(col_features);
+            return self.add_cols(n, f ? &*f : nullptr);
+          },
+          "n"_a, "col_features"_a = nb::none(),
+          "Append n cold columns (e.g. new block signatures) predicted from their features (n, n_features).\n"
+          "Returns the index of the first new column.")
+      .def(
+          "save", [](const cf::Model& self, const std::string& path) { self.save(path); }, "path"_a,
+          "Save the fitted model to a binary file (raises OSError on I/O failure).")
+      .def_static(
+          "load", [](const std::string& path) { return cf::Model::load(path); }, "path"_a,
+          "Load a model written by save() (raises OSError if the file is missing or not a cf_cpp model).")
+      .def_prop_ro("rank", [](const cf::Model& s) { return s.config().rank; }, "Latent dimension.")
+      .def_prop_ro("is_fitted", &cf::Model::fitted, "Whether fit() has run.")
+      .def_prop_ro("n_rows", &cf::Model::n_rows, "Number of rows (including folded-in rows).")
+      .def_prop_ro("n_cols", &cf::Model::n_cols, "Number of columns (including added cold columns).")
+      .def_prop_ro("n_features", &cf::Model::n_features, "Number of raw column features (0 without features).")
+      .def_prop_ro("global_mean", &cf::Model::global_mean, "Mean of the log training values.")
+      .def_prop_ro(
+          "row_biases", [](const cf::Model& s) { return owned_1d(column(s.row_params(), s.config().rank + 1, 0)); },
+          "Row biases b_r (copy).", nb::rv_policy::move)
+      .def_prop_ro(
+          "row_factors",
+          [](const cf::Model& s) {
+            const std::size_t d = s.config().rank + 1;
+            return owned_2d(factors(s.row_params(), d), static_cast<std::size_t>(s.n_rows()), d - 1);
+          },
+          "Row factors p_r, shape (n_rows, rank) (copy).", nb::rv_policy::move)
+      .def_prop_ro(
+          "col_biases", [](const cf::Model& s) { return owned_1d(column(s.col_params(), s.config().rank + 1, 0)); },
+          "Column biases b_c including the feature prior (copy).", nb::rv_policy::move)
+      .def_prop_ro(
+          "col_factors",
+          [](const cf::Model& s) {
+            const std::size_t d = s.config().rank + 1;
+            return owned_2d(factors(s.col_params(), d), static_cast<std::size_t>(s.n_cols()), d - 1);
+          },
+          "Column factors q_c including the feature prior, shape (n_cols, rank) (copy).", nb::rv_policy::move)
+      .def_prop_ro(
+          "col_counts",
+          [](const cf::Model& s) {
+            auto* heap = new std::vector<std::int64_t>(s.col_counts());
+            nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<std::int64_t>*>(p); });
+            return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+          },
+          "Training observations per column (0 = cold column, predicted from features only).", nb::rv_policy::move)
+      .def("get_params",
+           [](const cf::Model& s) {
+             const cf::Config& c = s.config();
+             nb::dict d;
+             d["rank"] = c.rank;
+             d["reg"] = c.reg;
+             d["reg_bias"] = c.reg_bias;
+             d["reg_col"] = c.reg_col;
+             d["reg_col_bias"] = c.reg_col_bias;
+             d["reg_features"] = c.reg_features;
+             d["iterations"] = c.iterations;
+             d["seed"] = c.seed;
+             d["threads"] = c.threads;
+             d["init_scale"] = c.init_scale;
+             return d;
+           },
+           "Constructor hyperparameters as a dict.")
+      .def("__repr__", [](const cf::Model& s) {
+        return "Model(rank=" + std::to_string(s.config().rank) + ", n_rows=" + std::to_string(s.n_rows()) +
+               ", n_cols=" + std::to_string(s.n_cols()) + ", n_features=" + std::to_string(s.n_features()) +
+               ", fitted=" + (s.fitted() ? "True" : "False") + ")";
+      });
+}

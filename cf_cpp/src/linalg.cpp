@@ -1,0 +1,74 @@
+#include "linalg.h"
+
+#include <cmath>
+
+namespace cf::detail {
+
+double dot(const double* a, const double* b, std::size_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < n; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+void gram_transposed(const double* dt, std::size_t d, std::size_t n, double* gram) {
+  // Four dot products per pass over row i: one load of dt[i] feeds four multiply-adds.
+  for (std::size_t i = 0; i < d; ++i) {
+    const double* a = dt + i * n;
+    std::size_t j = i;
+    for (; j + 4 <= d; j += 4) {
+      const double *b0 = dt + j * n, *b1 = b0 + n, *b2 = b1 + n, *b3 = b2 + n;
+      double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (std::size_t k = 0; k < n; ++k) {
+        const double x = a[k];
+        s0 += x * b0[k];
+        s1 += x * b1[k];
+        s2 += x * b2[k];
+        s3 += x * b3[k];
+      }
+      const double s[4] = {s0, s1, s2, s3};
+      for (std::size_t t = 0; t < 4; ++t) gram[i * d + j + t] = gram[(j + t) * d + i] = s[t];
+    }
+    for (; j < d; ++j) gram[i * d + j] = gram[j * d + i] = dot(a, dt + j * n, n);
+  }
+}
+
+void ridge_solve(double* a, const double* ridge, double* b, std::size_t d) {
+  double scale = 0;
+  for (std::size_t i = 0; i < d; ++i) {
+    if (ridge) a[i * d + i] += ridge[i];
+    scale = std::fmax(scale, std::fabs(a[i * d + i]));
+  }
+  const double jitter = 1e-12 * (scale > 0 ? scale : 1.0);
+  // In-place Cholesky: lower triangle of a becomes L.
+  for (std::size_t j = 0; j < d; ++j) {
+    double s = a[j * d + j];
+    for (std::size_t k = 0; k < j; ++k) s -= a[j * d + k] * a[j * d + k];
+    if (!(s > jitter)) s = jitter;
+    double l = std::sqrt(s);
+    a[j * d + j] = l;
+    for (std::size_t i = j + 1; i < d; ++i) {
+      double v = a[i * d + j];
+      for (std::size_t k = 0; k < j; ++k) v -= a[i * d + k] * a[j * d + k];
+      a[i * d + j] = v / l;
+    }
+  }
+  for (std::size_t i = 0; i < d; ++i) {  // L y = b
+    double v = b[i];
+    for (std::size_t k = 0; k < i; ++k) v -= a[i * d + k] * b[k];
+    b[i] = v / a[i * d + i];
+  }
+  for (std::size_t i = d; i-- > 0;) {  // L^T x = y
+    double v = b[i];
+    for (std::size_t k = i + 1; k < d; ++k) v -= a[k * d + i] * b[k];
+    b[i] = v / a[i * d + i];
+  }
+}
+
+}  // namespace cf::detail

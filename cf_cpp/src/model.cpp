@@ -1,0 +1,251 @@
+// Model orchestration: validation, state, ALS sweeps, fold-in and cold columns.
+#include "cf_cpp/model.h"
+
+#include <cmath>
+#include <string>
+
+#include "als.h"
+#include "feature_map.h"
+#include "linalg.h"
+#include "rng.h"
+#include "sparse.h"
+
+namespace cf {
+
+using detail::Compressed;
+
+namespace {
+
+void check_config(const Config& c) {
+  if (c.rank < 0) throw InvalidInput("rank must be >= 0, got " + std::to_string(c.rank));
+  if (c.iterations < 0) throw InvalidInput("iterations must be >= 0, got " + std::to_string(c.iterations));
+  if (c.threads < 0) throw InvalidInput("threads must be >= 0, got " + std::to_string(c.threads));
+  const double regs[] = {c.reg, c.reg_bias, c.reg_col, c.reg_col_bias, c.reg_features, c.init_scale};
+  for (double r : regs)
+    if (!std::isfinite(r) || r < 0) throw InvalidInput("regularisation constants must be finite and >= 0");
+}
+
+void check_features(const Features& f, std::int64_t n_cols) {
+  if (f.n_cols != n_cols)
+    throw InvalidInput("col_features has " + std::to_string(f.n_cols) + " rows, expected n_cols = " +
+                       std::to_string(n_cols));
+  if (f.n_features < 0) throw InvalidInput("col_features must have a non-negative number of columns");
+  const std::size_t n = static_cast<std::size_t>(f.n_cols * f.n_features);
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(f.data[i])) throw InvalidInput("col_features must be finite (entry " + std::to_string(i) + ")");
+}
+
+}  // namespace
+
+Model::Model(const Config& config) : config_(config) { check_config(config_); }
+
+void Model::check_fitted() const {
+  if (!fitted_) throw InvalidInput("model is not fitted: call fit() first");
+}
+
+void Model::set_features(const Features& f) {
+  const std::int64_t nf = f.n_features, fx = nf + 1;
+  if (nf != n_features_ || theta_.empty()) theta_.assign(static_cast<std::size_t>(dim() * fx), 0.0);
+  n_features_ = nf;
+  feat_mean_.assign(static_cast<std::size_t>(nf), 0.0);
+  feat_scale_.assign(static_cast<std::size_t>(nf), 0.0);
+  for (std::int64_t j = 0; j < nf; ++j) {
+    double s = 0, ss = 0;
+    for (std::int64_t c = 0; c < f.n_cols; ++c) s += f.data[c * nf + j];
+    const double m = s / static_cast<double>(f.n_cols);
+    for (std::int64_t c = 0; c < f.n_cols; ++c) ss += (f.data[c * nf + j] - m) * (f.data[c * nf + j] - m);
+    const double sd = std::sqrt(ss / static_cast<double>(f.n_cols));
+    feat_mean_[j] = m;
+    feat_scale_[j] = sd > 1e-12 * (1.0 + std::fabs(m)) ? 1.0 / sd : 0.0;  // constant feature: dropped
+  }
+  x_.assign(static_cast<std::size_t>(f.n_cols * fx), 0.0);
+  for (std::int64_t c = 0; c < f.n_cols; ++c) {
+    for (std::int64_t j = 0; j < nf; ++j) x_[c * fx + j] = (f.data[c * nf + j] - feat_mean_[j]) * feat_scale_[j];
+    x_[c * fx + nf] = 1.0;  // intercept of the prior
+  }
+}
+
+void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
+  const int d = dim();
+  detail::NormalRng rng(config_.seed + 0x51ED2701ULL * static_cast<std::uint64_t>(n_rows_ + 1) +
+                        static_cast<std::uint64_t>(n_cols_));
+  rows_.resize(static_cast<std::size_t>(n_rows * d), 0.0);
+  for (std::int64_t r = n_rows_; r < n_rows; ++r)
+    for (int i = 1; i < d; ++i) rows_[r * d + i] = config_.init_scale * rng.next();
+  dev_.resize(static_cast<std::size_t>(n_cols * d), 0.0);
+  for (std::int64_t c = n_cols_; c < n_cols; ++c)
+    for (int i = 1; i < d; ++i) dev_[c * d + i] = config_.init_scale * rng.next();
+  col_counts_.resize(static_cast<std::size_t>(n_cols), 0);
+  n_rows_ = n_rows;
+  n_cols_ = n_cols;
+}
+
+void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features) {
+  detail::validate(obs, n_rows, n_cols);
+  if (obs.size == 0) throw InvalidInput("fit needs at least one observation");
+  if (features) check_features(*features, n_cols);
+  fitted_ = false;
+  n_rows_ = n_cols_ = n_features_ = 0;
+  rows_.clear();
+  dev_.clear();
+  theta_.clear();
+  x_.clear();
+  feat_mean_.clear();
+  feat_scale_.clear();
+  col_counts_.clear();
+  if (features) set_features(*features);
+  grow(n_rows, n_cols);
+  run_als(obs, config_.iterations);
+}
+
+void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
+                  int iterations) {
+  if (!fitted_) {
+    Config saved = config_;
+    if (iterations >= 0) config_.iterations = iterations;
+    fit(obs, n_rows, n_cols, features);
+    config_ = saved;
+    return;
+  }
+  if (n_rows < n_rows_ || n_cols < n_cols_)
+    throw InvalidInput("refit cannot shrink the model: it has " + std::to_string(n_rows_) + " rows and " +
+                       std::to_string(n_cols_) + " columns");
+  detail::validate(obs, n_rows, n_cols);
+  if (obs.size == 0) throw InvalidInput("refit needs at least one observation");
+  if (features) {
+    check_features(*features, n_cols);
+    set_features(*features);
+  } else if (!x_.empty() && n_cols > n_cols_) {
+    throw InvalidInput("col_features must be given to refit with new columns (the model uses column features)");
+  }
+  grow(n_rows, n_cols);
+  run_als(obs, iterations >= 0 ? iterations : config_.iterations);
+}
+
+void Model::refresh_col_params() {
+  const int d = dim();
+  z_ = dev_;
+  if (!x_.empty()) {
+    std::vector<double> prior(z_.size());
+    detail::apply_theta(x_.data(), n_cols_, static_cast<int>(n_features_ + 1), theta_.data(), d, prior.data());
+    for (std::size_t k = 0; k < z_.size(); ++k) z_[k] += prior[k];
+  }
+}
+
+void Model::run_als(const Observations& obs, int iterations) {
+  const int d = dim(), fx = static_cast<int>(n_features_ + 1);
+  const bool with_features = !x_.empty();
+  Compressed by_row = detail::compress(obs.rows, obs.cols, obs.values, obs.size, n_rows_);
+  Compressed by_col = detail::compress(obs.cols, obs.rows, obs.values, obs.size, n_cols_);
+  double s = 0;
+  for (double v : by_row.value) s += v;
+  mu_ = s / static_cast<double>(obs.size);
+  for (std::int64_t c = 0; c < n_cols_; ++c) col_counts_[c] = by_col.ptr[c + 1] - by_col.ptr[c];
+
+  std::vector<double> ridge_row(d, config_.reg), ridge_col(d, config_.reg_col);
+  ridge_row[0] = config_.reg_bias;
+  ridge_col[0] = config_.reg_col_bias;
+  std::vector<double> grams, prior;
+  if (with_features) {
+    grams = detail::row_feature_grams(by_row, x_.data(), fx, config_.threads);
+    prior.resize(dev_.size());
+    detail::apply_theta(x_.data(), n_cols_, fx, theta_.data(), d, prior.data());
+  }
+  for (int it = 0; it < iterations; ++it) {
+    z_ = dev_;
+    if (with_features)
+      for (std::size_t k = 0; k < z_.size(); ++k) z_[k] += prior[k];
+    detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), config_.threads);
+    if (with_features) {
+      detail::solve_theta(by_row, x_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
+                          theta_.data(), config_.threads);
+      detail::apply_theta(x_.data(), n_cols_, fx, theta_.data(), d, prior.data());
+    }
+    detail::solve_cols(by_col, rows_.data(), with_features ? prior.data() : nullptr, mu_, d, ridge_col.data(),
+                       dev_.data(), config_.threads);
+  }
+  // Rows without observations take the mean of the observed rows (as a fold-in with no data would).
+  std::vector<double> mean(d, 0.0);
+  std::int64_t n_obs_rows = 0;
+  for (std::int64_t r = 0; r < n_rows_; ++r)
+    if (by_row.ptr[r + 1] > by_row.ptr[r]) {
+      ++n_obs_rows;
+      for (int i = 0; i < d; ++i) mean[i] += rows_[r * d + i];
+    }
+  for (std::int64_t r = 0; r < n_rows_; ++r)
+    if (by_row.ptr[r + 1] == by_row.ptr[r])
+      for (int i = 0; i < d; ++i) rows_[r * d + i] = mean[i] / static_cast<double>(n_obs_rows);
+  refresh_col_params();
+  fitted_ = true;
+}
+
+void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const {
+  check_fitted();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (rows[i] < 0 || rows[i] >= n_rows_)
+      throw InvalidInput("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is out of range [0, " +
+                         std::to_string(n_rows_) + ")");
+    if (cols[i] < 0 || cols[i] >= n_cols_)
+      throw InvalidInput("cols[" + std::to_string(i) + "] = " + std::to_string(cols[i]) + " is out of range [0, " +
+                         std::to_string(n_cols_) + ")");
+  }
+  const int d = dim();
+  for (std::size_t i = 0; i < n; ++i) {
+    const double* a = rows_.data() + rows[i] * d;
+    const double* z = z_.data() + cols[i] * d;
+    double s = mu_ + a[0] + z[0];
+    for (int k = 1; k < d; ++k) s += a[k] * z[k];
+    out[i] = s;
+  }
+}
+
+std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, std::size_t n) {
+  check_fitted();
+  std::vector<std::int64_t> rows(n, 0);
+  detail::validate(Observations{rows.data(), cols, values, n}, 1, n_cols_);
+  const int d = dim();
+  std::vector<double> logy(n), prior(d, 0.0), ridge(d, config_.reg), out(d);
+  for (std::size_t i = 0; i < n; ++i) logy[i] = std::log(values[i]);
+  for (std::int64_t r = 0; r < n_rows_; ++r)
+    for (int i = 0; i < d; ++i) prior[i] += rows_[r * d + i] / static_cast<double>(n_rows_);
+  ridge[0] = config_.reg_bias;
+  if (n == 0) {
+    out = prior;
+  } else {
+    detail::solve_row(cols, logy.data(), static_cast<std::int64_t>(n), z_.data(), mu_, d, ridge.data(), prior.data(),
+                      out.data());
+  }
+  rows_.insert(rows_.end(), out.begin(), out.end());
+  return n_rows_++;
+}
+
+std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
+  check_fitted();
+  if (n <= 0) throw InvalidInput("add_cols needs n > 0, got " + std::to_string(n));
+  const int d = dim();
+  const std::int64_t first = n_cols_, fx = n_features_ + 1;
+  if (!x_.empty()) {
+    if (!features) throw InvalidInput("the model uses column features: add_cols needs col_features");
+    check_features(*features, n);
+    if (features->n_features != n_features_)
+      throw InvalidInput("col_features has " + std::to_string(features->n_features) + " columns, the model was fitted "
+                         "with " + std::to_string(n_features_));
+    for (std::int64_t c = 0; c < n; ++c) {
+      for (std::int64_t j = 0; j < n_features_; ++j)
+        x_.push_back((features->data[c * n_features_ + j] - feat_mean_[j]) * feat_scale_[j]);
+      x_.push_back(1.0);
+    }
+  } else if (features && features->n_features > 0) {
+    throw InvalidInput("the model was fitted without column features");
+  }
+  dev_.resize(static_cast<std::size_t>((n_cols_ + n) * d), 0.0);
+  col_counts_.resize(static_cast<std::size_t>(n_cols_ + n), 0);
+  n_cols_ += n;
+  (void)fx;
+  refresh_col_params();
+  return first;
+}
+
+std::vector<double> Model::col_params() const { return z_; }
+
+}  // namespace cf

@@ -1,0 +1,47 @@
+// Static-partition parallel loop over [0, n). Each index is processed by exactly one thread and writes only its own
+// outputs, so results never depend on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
+
+namespace cf::detail {
+
+inline int resolve_threads(int threads) {
+  if (threads > 0) return threads;
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+// fn(begin, end) is called on disjoint contiguous chunks; the first exception thrown by a chunk is rethrown.
+template <class Fn>
+void parallel_chunks(std::int64_t n, int threads, Fn&& fn, std::int64_t min_chunk = 16) {
+  if (n <= 0) return;
+  std::int64_t t = std::min<std::int64_t>(resolve_threads(threads), std::max<std::int64_t>(1, n / min_chunk));
+  if (t <= 1) {
+    fn(std::int64_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(t));
+  std::int64_t step = (n + t - 1) / t;
+  for (std::int64_t i = 0; i < t; ++i) {
+    std::int64_t lo = i * step, hi = std::min(n, lo + step);
+    if (lo >= hi) break;
+    pool.emplace_back([&, i, lo, hi] {
+      try {
+        fn(lo, hi);
+      } catch (...) {
+        errors[static_cast<std::size_t>(i)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace cf::detail

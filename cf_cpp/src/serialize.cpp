@@ -1,0 +1,147 @@
+// Binary save / load of a fitted model: magic, format version, config, dimensions, then the parameter arrays, each
+// prefixed by its length. Native byte order (little-endian on every supported platform).
+#include <cstring>
+#include <fstream>
+
+#include "cf_cpp/model.h"
+
+namespace cf {
+
+namespace {
+
+constexpr char kMagic[8] = {'C', 'F', 'C', 'P', 'P', 'M', 'F', '\0'};
+constexpr std::uint32_t kVersion = 1;
+
+class Writer {
+ public:
+  explicit Writer(const std::string& path) : out_(path, std::ios::binary | std::ios::trunc), path_(path) {
+    if (!out_) throw IoError("cannot open '" + path + "' for writing");
+  }
+  template <class T>
+  void put(const T& v) {
+    out_.write(reinterpret_cast<const char*>(&v), sizeof(T));
+  }
+  template <class T>
+  void put_vec(const std::vector<T>& v) {
+    put<std::uint64_t>(v.size());
+    out_.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
+  }
+  void raw(const char* p, std::size_t n) { out_.write(p, static_cast<std::streamsize>(n)); }
+  void close() {
+    out_.close();
+    if (!out_) throw IoError("failed writing '" + path_ + "'");
+  }
+
+ private:
+  std::ofstream out_;
+  std::string path_;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& path) : in_(path, std::ios::binary), path_(path) {
+    if (!in_) throw IoError("cannot open '" + path + "' for reading");
+  }
+  template <class T>
+  T get() {
+    T v{};
+    in_.read(reinterpret_cast<char*>(&v), sizeof(T));
+    if (!in_) fail();
+    return v;
+  }
+  template <class T>
+  std::vector<T> get_vec(std::uint64_t expected) {
+    std::uint64_t n = get<std::uint64_t>();
+    if (n != expected) fail();
+    std::vector<T> v(n);
+    in_.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(T)));
+    if (!in_) fail();
+    return v;
+  }
+  void raw(char* p, std::size_t n) {
+    in_.read(p, static_cast<std::streamsize>(n));
+    if (!in_) fail();
+  }
+  [[noreturn]] void fail() const { throw IoError("'" + path_ + "' is truncated or not a cf_cpp model file"); }
+
+ private:
+  std::ifstream in_;
+  std::string path_;
+};
+
+}  // namespace
+
+void Model::save(const std::string& path) const {
+  check_fitted();
+  Writer w(path);
+  w.raw(kMagic, sizeof(kMagic));
+  w.put(kVersion);
+  w.put<std::int32_t>(config_.rank);
+  w.put(config_.reg);
+  w.put(config_.reg_bias);
+  w.put(config_.reg_col);
+  w.put(config_.reg_col_bias);
+  w.put(config_.reg_features);
+  w.put<std::int32_t>(config_.iterations);
+  w.put(config_.seed);
+  w.put<std::int32_t>(config_.threads);
+  w.put(config_.init_scale);
+  w.put(n_rows_);
+  w.put(n_cols_);
+  w.put(n_features_);
+  w.put(mu_);
+  w.put_vec(rows_);
+  w.put_vec(dev_);
+  w.put_vec(x_);
+  w.put_vec(feat_mean_);
+  w.put_vec(feat_scale_);
+  w.put_vec(theta_);
+  w.put_vec(col_counts_);
+  w.close();
+}
+
+Model Model::load(const std::string& path) {
+  Reader r(path);
+  char magic[sizeof(kMagic)];
+  r.raw(magic, sizeof(magic));
+  if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) r.fail();
+  if (r.get<std::uint32_t>() != kVersion) throw IoError("'" + path + "' has an unsupported cf_cpp format version");
+  Config c;
+  c.rank = r.get<std::int32_t>();
+  c.reg = r.get<double>();
+  c.reg_bias = r.get<double>();
+  c.reg_col = r.get<double>();
+  c.reg_col_bias = r.get<double>();
+  c.reg_features = r.get<double>();
+  c.iterations = r.get<std::int32_t>();
+  c.seed = r.get<std::uint64_t>();
+  c.threads = r.get<std::int32_t>();
+  c.init_scale = r.get<double>();
+  if (c.rank < 0 || c.iterations < 0 || c.threads < 0) r.fail();
+  Model m(c);
+  m.n_rows_ = r.get<std::int64_t>();
+  m.n_cols_ = r.get<std::int64_t>();
+  m.n_features_ = r.get<std::int64_t>();
+  m.mu_ = r.get<double>();
+  if (m.n_rows_ <= 0 || m.n_cols_ <= 0 || m.n_features_ < 0 || m.n_rows_ > (1LL << 40) || m.n_cols_ > (1LL << 40))
+    r.fail();
+  const std::uint64_t d = static_cast<std::uint64_t>(c.rank + 1), nr = m.n_rows_, nc = m.n_cols_,
+                      nf = m.n_features_;
+  m.rows_ = r.get_vec<double>(nr * d);
+  m.dev_ = r.get_vec<double>(nc * d);
+  std::uint64_t nx = r.get<std::uint64_t>();
+  const bool with_features = nx != 0;
+  if (with_features && nx != nc * (nf + 1)) r.fail();
+  m.x_.resize(nx);
+  r.raw(reinterpret_cast<char*>(m.x_.data()), nx * sizeof(double));
+  m.feat_mean_ = r.get_vec<double>(with_features ? nf : 0);
+  m.feat_scale_ = r.get_vec<double>(with_features ? nf : 0);
+  m.theta_ = r.get_vec<double>(with_features ? d * (nf + 1) : 0);
+  m.col_counts_ = r.get_vec<std::int64_t>(nc);
+  if (!with_features) m.n_features_ = 0;
+  m.refresh_col_params();
+  m.fitted_ = true;
+  return m;
+}
+
+}  // namespace cf

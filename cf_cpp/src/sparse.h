@@ -1,0 +1,24 @@
+// Compressed sparse storage of the observed log values, by row and by column, plus input validation.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cf_cpp/model.h"
+
+namespace cf::detail {
+
+struct Compressed {
+  std::vector<std::int64_t> ptr;    // n_major + 1 offsets
+  std::vector<std::int64_t> index;  // minor index per entry
+  std::vector<double> value;        // log value per entry
+};
+
+// Throws InvalidInput unless all indices are in range and all values are finite and > 0.
+void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols);
+
+// Stable counting sort by major index; log() applied to values.
+Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* values, std::size_t n,
+                    std::int64_t n_major);
+
+}  // namespace cf::detail

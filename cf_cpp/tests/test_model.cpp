@@ -1,0 +1,189 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cf_cpp/model.h"
+#include "synthetic.h"
+
+namespace {
+
+double log_rmse(const cf::Model& m, const Synthetic& s, std::int64_t n_rows) {
+  double se = 0;
+  std::int64_t n = 0;
+  std::vector<double> out(1);
+  for (std::int64_t r = 0; r < n_rows; ++r)
+    for (std::int64_t c = 0; c < s.n_cols; ++c) {
+      m.predict_log(&r, &c, 1, out.data());
+      se += std::pow(out[0] - s.truth_log[r * s.n_cols + c], 2);
+      ++n;
+    }
+  return std::sqrt(se / static_cast<double>(n));
+}
+
+cf::Config small_config() {
+  cf::Config c;
+  c.rank = 4;
+  c.iterations = 15;
+  c.seed = 7;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("fit recovers a low-rank matrix from 40% of its entries") {
+  Synthetic s = make_synthetic(30, 200, 0.4, 1);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Model m(small_config());
+  m.fit(observations(s), s.n_rows, s.n_cols, &f);
+  CHECK(m.fitted());
+  CHECK(log_rmse(m, s, s.n_rows) < 0.1);
+}
+
+TEST_CASE("results do not depend on the thread count") {
+  Synthetic s = make_synthetic(40, 300, 0.3, 2);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Config c1 = small_config(), c4 = small_config();
+  c1.threads = 1;
+  c4.threads = 4;
+  cf::Model a(c1), b(c4);
+  a.fit(observations(s), s.n_rows, s.n_cols, &f);
+  b.fit(observations(s), s.n_rows, s.n_cols, &f);
+  CHECK(a.row_params() == b.row_params());
+  CHECK(a.col_params() == b.col_params());
+}
+
+TEST_CASE("the same seed gives the same model, another seed a different start") {
+  Synthetic s = make_synthetic(20, 100, 0.5, 3);
+  cf::Config c = small_config();
+  cf::Model a(c), b(c);
+  a.fit(observations(s), s.n_rows, s.n_cols, nullptr);
+  b.fit(observations(s), s.n_rows, s.n_cols, nullptr);
+  CHECK(a.row_params() == b.row_params());
+  c.seed = 8;
+  cf::Model d(c);
+  d.fit(observations(s), s.n_rows, s.n_cols, nullptr);
+  CHECK(a.row_params() != d.row_params());
+}
+
+TEST_CASE("unmeasured columns are predicted from their features") {
+  Synthetic s = make_synthetic(30, 200, 0.5, 4);
+  // Drop every observation of columns >= 150: they are cold.
+  Synthetic train = s;
+  train.rows.clear();
+  train.cols.clear();
+  train.values.clear();
+  for (std::size_t i = 0; i < s.values.size(); ++i)
+    if (s.cols[i] < 150) {
+      train.rows.push_back(s.rows[i]);
+      train.cols.push_back(s.cols[i]);
+      train.values.push_back(s.values[i]);
+    }
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Model with(small_config()), without(small_config());
+  with.fit(observations(train), s.n_rows, s.n_cols, &f);
+  without.fit(observations(train), s.n_rows, s.n_cols, nullptr);
+  CHECK(with.col_counts()[160] == 0);
+  double se_with = 0, se_without = 0;
+  std::vector<double> out(1);
+  for (std::int64_t r = 0; r < s.n_rows; ++r)
+    for (std::int64_t c = 150; c < s.n_cols; ++c) {
+      double t = s.truth_log[r * s.n_cols + c];
+      with.predict_log(&r, &c, 1, out.data());
+      se_with += (out[0] - t) * (out[0] - t);
+      without.predict_log(&r, &c, 1, out.data());
+      se_without += (out[0] - t) * (out[0] - t);
+    }
+  CHECK(std::sqrt(se_with / (30 * 50)) < 0.15);
+  CHECK(se_with < 0.1 * se_without);
+}
+
+TEST_CASE("fold_in_row adds a row close to the held-out truth") {
+  Synthetic s = make_synthetic(31, 200, 1.0, 5);
+  Synthetic train = s;
+  train.rows.clear();
+  train.cols.clear();
+  train.values.clear();
+  std::vector<std::int64_t> new_cols;
+  std::vector<double> new_vals;
+  for (std::size_t i = 0; i < s.values.size(); ++i) {
+    if (s.rows[i] < 30) {
+      train.rows.push_back(s.rows[i]);
+      train.cols.push_back(s.cols[i]);
+      train.values.push_back(s.values[i]);
+    } else if (s.cols[i] % 10 == 0) {  // 20 revealed entries of the new row
+      new_cols.push_back(s.cols[i]);
+      new_vals.push_back(s.values[i]);
+    }
+  }
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Model m(small_config());
+  m.fit(observations(train), 30, s.n_cols, &f);
+  std::int64_t r = m.fold_in_row(new_cols.data(), new_vals.data(), new_cols.size());
+  CHECK(r == 30);
+  CHECK(m.n_rows() == 31);
+  double se = 0;
+  std::vector<double> out(1);
+  for (std::int64_t c = 0; c < s.n_cols; ++c) {
+    m.predict_log(&r, &c, 1, out.data());
+    se += std::pow(out[0] - s.truth_log[30 * s.n_cols + c], 2);
+  }
+  CHECK(std::sqrt(se / s.n_cols) < 0.15);
+}
+
+TEST_CASE("warm-started refit with one sweep stays as good as the fit") {
+  Synthetic s = make_synthetic(30, 200, 0.4, 6);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Model m(small_config());
+  m.fit(observations(s), s.n_rows, s.n_cols, &f);
+  double before = log_rmse(m, s, s.n_rows);
+  m.refit(observations(s), s.n_rows, s.n_cols, nullptr, 1);
+  CHECK(log_rmse(m, s, s.n_rows) < before * 1.05 + 1e-3);
+  CHECK_THROWS_AS(m.refit(observations(s), s.n_rows - 1, s.n_cols, nullptr, 1), cf::InvalidInput);
+}
+
+TEST_CASE("add_cols appends cold columns predicted from features") {
+  Synthetic s = make_synthetic(20, 100, 0.5, 7);
+  cf::Features f{s.features.data(), 80, s.n_features};
+  Synthetic train = s;
+  train.rows.clear();
+  train.cols.clear();
+  train.values.clear();
+  for (std::size_t i = 0; i < s.values.size(); ++i)
+    if (s.cols[i] < 80) {
+      train.rows.push_back(s.rows[i]);
+      train.cols.push_back(s.cols[i]);
+      train.values.push_back(s.values[i]);
+    }
+  cf::Model m(small_config());
+  m.fit(observations(train), s.n_rows, 80, &f);
+  cf::Features extra{s.features.data() + 80 * 3, 20, 3};
+  CHECK(m.add_cols(20, &extra) == 80);
+  CHECK(m.n_cols() == 100);
+  std::int64_t r = 3, c = 95;
+  double out = 0;
+  m.predict_log(&r, &c, 1, &out);
+  CHECK(std::fabs(out - s.truth_log[3 * 100 + 95]) < 0.4);
+  CHECK_THROWS_AS(m.add_cols(2, nullptr), cf::InvalidInput);
+}
+
+TEST_CASE("invalid input raises InvalidInput with a clear message") {
+  std::vector<std::int64_t> rows = {0, 1}, cols = {0, 5};
+  std::vector<double> values = {1.0, 2.0};
+  cf::Model m(small_config());
+  CHECK_THROWS_WITH_AS(m.fit(cf::Observations{rows.data(), cols.data(), values.data(), 2}, 2, 3, nullptr),
+                       "cols[1] = 5 is out of range [0, 3)", cf::InvalidInput);
+  cols[1] = 1;
+  values[0] = -1.0;
+  CHECK_THROWS_AS(m.fit(cf::Observations{rows.data(), cols.data(), values.data(), 2}, 2, 3, nullptr),
+                  cf::InvalidInput);
+  values[0] = std::nan("");
+  CHECK_THROWS_AS(m.fit(cf::Observations{rows.data(), cols.data(), values.data(), 2}, 2, 3, nullptr),
+                  cf::InvalidInput);
+  double out;
+  CHECK_THROWS_WITH_AS(m.predict_log(rows.data(), cols.data(), 1, &out), "model is not fitted: call fit() first",
+                       cf::InvalidInput);
+  cf::Config bad;
+  bad.rank = -1;
+  CHECK_THROWS_AS(cf::Model{bad}, cf::InvalidInput);
+}

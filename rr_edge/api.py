@@ -1,0 +1,203 @@
+"""Python API for edge apps: connect as a node, profile, plan, and call the plan like a function.
+
+Synchronous::
+
+    import rr_edge
+
+    with rr_edge.connect("cloud:50051", node="camera-1") as node:
+        node.netprofile(max_mb=64)                       # once per link
+        node.profile("resnet18.onnx")                     # a 30% sample of the model's blocks
+        plan = node.plan("resnet18.onnx", objective="latency")
+        with node.runner("resnet18.onnx", plan) as run:
+            logits = run(image)["logits"]                 # outputs by name; run.run(x) also says fallback/timings
+
+asyncio (blocking work runs in worker threads, the event loop stays free)::
+
+    async with rr_edge.connect_async("cloud:50051", node="camera-1") as node:
+        plan = await node.plan("resnet18.onnx")
+        runner = await node.runner("resnet18.onnx", plan)
+        outputs = await runner(image)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rr_edge.blocks import BlockGraph, analyze
+from rr_edge.client import Client, ClientOptions
+from rr_edge.meters import Meter, MeterOptions, select_meter
+from rr_edge.meters.model import PowerSpec, resolve_power
+from rr_edge.netprofile import NetProfileConfig, run_netprofile
+from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_server_cache
+from rr_edge.onnx_io import load_model
+from rr_edge.profiler import ProfileConfig, ProfileResult, run_profile
+from rr_edge.profiles import NetworkProfile
+from rr_edge.runner import Runner, RunnerConfig, RunResult
+from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
+
+__all__ = ["AsyncEdgeNode", "AsyncRunner", "EdgeNode", "connect", "connect_async"]
+
+
+@dataclass
+class _Model:
+    model: onnx.ModelProto
+    graph: BlockGraph
+    slicer: Slicer
+
+
+class EdgeNode:
+    """This device as a node of a RoaD-RuNNer server. A context manager; not thread-safe (runners are)."""
+
+    def __init__(
+        self,
+        server: str,
+        node: str,
+        *,
+        options: ClientOptions | None = None,
+        settings: OrtSettings | None = None,
+        energy: str = "auto",
+        meter_options: MeterOptions | None = None,
+        power: PowerSpec | None = None,
+    ) -> None:
+        self.node = node
+        self.client = Client(server, options)
+        self.settings = settings or OrtSettings()
+        self._energy, self._meter_options = energy, meter_options or MeterOptions()
+        self._meter: Meter | None = None
+        self.power = power or resolve_power(self._meter_options.power_config, self._meter_options.device_class)[0]
+        self._models: dict[str, _Model] = {}
+
+    @property
+    def meter(self) -> Meter:
+        if self._meter is None:
+            self._meter = select_meter(self._energy, self._meter_options)
+        return self._meter
+
+    def _load(self, model: str | Path) -> _Model:
+        key = str(Path(model).resolve())
+        if key not in self._models:
+            proto = load_model(model)
+            graph = analyze(proto, Path(model).stem)
+            self._models[key] = _Model(proto, graph, Slicer(proto, graph))
+        return self._models[key]
+
+    def blocks(self, model: str | Path) -> BlockGraph:
+        """The model's atomic blocks."""
+        return self._load(model).graph
+
+    def netprofile(self, max_mb: float = 64, config: NetProfileConfig | None = None) -> NetworkProfile:
+        """Profile the link to the server (both directions) and report it."""
+        cfg = config or NetProfileConfig(max_mb=max_mb)
+        return run_netprofile(self.client, self.node, cfg, meter=self.meter)
+
+    def profile(self, model: str | Path, sample: float = 0.3, seed: int | None = None) -> ProfileResult:
+        """Profile a sample of the model's blocks not measured yet on this node and report it."""
+        m = self._load(model)
+        config = ProfileConfig(sample=sample, seed=seed)
+        return run_profile(
+            self.client, self.node, m.model, m.graph.model, settings=self.settings, meter=self.meter, config=config
+        )
+
+    def plan(
+        self,
+        model: str | Path,
+        objective: str = "latency",
+        *,
+        slo_ms: float | None = None,
+        preloaded: bool = False,
+        amortize_over: int = 1,
+    ) -> PlanReport:
+        """Predictions from the server, every plan (i, j), the Pareto set, the chosen plan and the baselines."""
+        m = self._load(model)
+        costs = gather_costs(self.client, self.node, m.graph, self.power)
+        return plan_with_server_cache(
+            self.client,
+            m.model,
+            m.graph,
+            costs,
+            m.slicer,
+            objective=objective,
+            slo_ms=slo_ms,
+            preloaded=preloaded,
+            amortize_over=amortize_over,
+        )
+
+    def runner(
+        self, model: str | Path, plan: PlanReport | tuple[int, int], config: RunnerConfig | None = None
+    ) -> Runner:
+        """A callable runner of the plan (a PlanReport's chosen plan, or a split (i, j))."""
+        m = self._load(model)
+        report = plan if isinstance(plan, PlanReport) else None
+        split = (report.chosen.i, report.chosen.j) if report else (int(plan[0]), int(plan[1]))  # type: ignore[index]
+        return make_runner(m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> EdgeNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(server: str, node: str, **kw: Any) -> EdgeNode:
+    """Connect to a server as `node` (see EdgeNode for the options)."""
+    return EdgeNode(server, node, **kw)
+
+
+class AsyncRunner:
+    """`await runner(x)`: the runner's blocking work in a worker thread."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.sync = runner
+
+    async def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:
+        return await asyncio.to_thread(self.sync.run, inputs)
+
+    async def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        return (await self.run(inputs)).outputs
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+
+class AsyncEdgeNode:
+    """asyncio face of EdgeNode: the same methods, awaitable; `runner` returns an AsyncRunner."""
+
+    def __init__(self, server: str, node: str, **kw: Any) -> None:
+        self.sync = EdgeNode(server, node, **kw)
+
+    async def netprofile(self, *args: Any, **kw: Any) -> NetworkProfile:
+        return await asyncio.to_thread(self.sync.netprofile, *args, **kw)
+
+    async def profile(self, *args: Any, **kw: Any) -> ProfileResult:
+        return await asyncio.to_thread(self.sync.profile, *args, **kw)
+
+    async def plan(self, *args: Any, **kw: Any) -> PlanReport:
+        return await asyncio.to_thread(self.sync.plan, *args, **kw)
+
+    async def runner(self, *args: Any, **kw: Any) -> AsyncRunner:
+        return AsyncRunner(await asyncio.to_thread(self.sync.runner, *args, **kw))
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncEdgeNode:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def connect_async(server: str, node: str, **kw: Any) -> AsyncEdgeNode:
+    """asyncio variant of `connect`."""
+    return AsyncEdgeNode(server, node, **kw)

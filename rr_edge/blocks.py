@@ -1,0 +1,344 @@
+"""Atomic blocks of an ONNX graph (pure analysis over an in-memory `onnx.ModelProto`).
+
+Nodes are first classified:
+
+* **static** nodes compute from weights and constants only (Constant, initializer arithmetic) or
+  from a tensor's *shape* only (Shape/Size and everything downstream of them). Their outputs are
+  known before inference, so they never cross a boundary: every block that needs one carries
+  its own copy of the static chain.
+* **active** nodes depend on the values of the graph inputs. Active nodes whose outputs reach no
+  graph output (dead code) are ignored.
+
+Walking the active nodes in topological order while tracking the set of *live* tensors (produced
+so far, still needed later or a graph output), a position where exactly one tensor is live is a
+single-tensor cut point: every path from the inputs to the outputs passes through that tensor.
+This holds for any topological order, so skip connections, multi-branch modules (inception,
+densenet) and attention blocks never get cut in the middle. A block is the run of nodes between
+two consecutive cut points. Finally, a block made only of cheap element-wise ops that does not
+grow its input (`FUSED_OPS`: the Relu after a residual Add, the Clip or SiLU after a Conv, a
+post-norm LayerNormalization) is fused into the block before it: a split there would send a
+tensor of the same size for no gain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import NodeProto, TensorProto
+
+from rr_edge.errors import ModelError
+from rr_edge.flops import node_flops
+from rr_edge.onnx_io import TensorInfo, dtype_size
+from rr_edge.shapes import tensor_infos_of
+from rr_edge.signature import block_signature
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FUSED_OPS", "Block", "BlockGraph", "analyze", "node_inputs"]
+
+# Cheap element-wise / normalisation ops: a block made only of these (and no bigger than its input)
+# is fused into the block before it.
+FUSED_OPS = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
+        "Selu", "Celu", "Softplus", "Gelu", "Mish", "Erf", "Exp", "Neg", "Sqrt", "Identity", "Dropout",
+        "Add", "Sub", "Mul", "Div", "Pow", "BatchNormalization", "LayerNormalization", "GroupNormalization",
+        "InstanceNormalization",
+    }
+)  # fmt: skip
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+@dataclass(frozen=True)
+class Block:
+    """One atomic block: a contiguous run of the model's nodes between two cut points."""
+
+    index: int
+    ops: tuple[str, ...]
+    signature: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    flops: int
+    param_bytes: int
+    input_bytes: int
+    output_bytes: int
+    nodes: tuple[int, ...] = field(repr=False)  # indices into model.graph.node, topological, static copies included
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "ops": list(self.ops),
+            "signature": self.signature,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "flops": self.flops,
+            "param_bytes": self.param_bytes,
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class BlockGraph:
+    """A model split into atomic blocks, in execution order."""
+
+    model: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    blocks: tuple[Block, ...]
+    tensors: Mapping[str, TensorInfo] = field(repr=False, compare=False)  # every tensor with a known type
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def boundary_bytes(self) -> list[int]:
+        """Bytes crossing each boundary k = 0..N (N = number of blocks).
+
+        k = 0 is the model input, k = N the model output, and 0 < k < N the tensor(s) leaving
+        block k-1 (= entering block k). Length N + 1.
+        """
+        if not self.blocks:
+            return [sum(t.nbytes for t in self.inputs), sum(t.nbytes for t in self.outputs)]
+        return [self.blocks[0].input_bytes] + [b.output_bytes for b in self.blocks]
+
+    def check_range(self, a: int, b: int) -> None:
+        """Raise ModelError unless 0 <= a <= b < N."""
+        n = len(self.blocks)
+        if not (0 <= a <= b < n):
+            raise ModelError(f"block range {a}:{b} out of bounds: model {self.model!r} has blocks 0..{n - 1}")
+
+    def to_json(self) -> dict[str, object]:
+        """The `rr-edge blocks --json` object (SPEC section 3)."""
+        return {
+            "model": self.model,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "blocks": [b.to_json() for b in self.blocks],
+        }
+
+
+def node_inputs(node: NodeProto) -> list[str]:
+    """Explicit inputs of a node plus outer-scope tensors its subgraphs (If/Loop/Scan) read."""
+    names = [x for x in node.input if x]
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            names.extend(_outer_refs(g))
+    return names
+
+
+def _outer_refs(g: onnx.GraphProto) -> list[str]:
+    local = {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    refs: list[str] = []
+    for n in g.node:
+        for x in node_inputs(n):
+            if x not in local:
+                refs.append(x)
+        local.update(o for o in n.output if o)
+    return refs
+
+
+class _Index:
+    """Producer/consumer index of a graph, in topological order."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.nodes = list(graph.node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
+        self.graph_outputs = [vi.name for vi in graph.output]
+        self.inputs = [node_inputs(n) for n in self.nodes]
+        self.producer: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+        self.order = self._topological_order()
+
+    def _topological_order(self) -> list[int]:
+        known = set(self.initializers) | set(self.graph_inputs)
+        ok = True
+        for i, ins in enumerate(self.inputs):
+            if any(x not in known and self.producer.get(x, -1) >= i for x in ins):
+                ok = False
+                break
+            known.update(o for o in self.nodes[i].output if o)
+        if ok:
+            return list(range(len(self.nodes)))
+        log.info("graph nodes are not in topological order; sorting")
+        indeg = [0] * len(self.nodes)
+        users: dict[int, list[int]] = {}
+        for i, ins in enumerate(self.inputs):
+            for src in {self.producer[x] for x in ins if x in self.producer}:
+                indeg[i] += 1
+                users.setdefault(src, []).append(i)
+        ready = [i for i, d in enumerate(indeg) if d == 0]
+        order: list[int] = []
+        while ready:
+            i = ready.pop(0)
+            order.append(i)
+            for u in users.get(i, []):
+                indeg[u] -= 1
+                if indeg[u] == 0:
+                    ready.append(u)
+        if len(order) != len(self.nodes):
+            raise ModelError("graph has a cycle")
+        return order
+
+
+def _classify(ix: _Index, infos: Mapping[str, TensorInfo]) -> tuple[set[int], set[str]]:
+    """Active node indices and active tensor names (those depending on input values)."""
+    active_tensors = set(ix.graph_inputs)
+    active: set[int] = set()
+    for i in ix.order:
+        node = ix.nodes[i]
+        if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx"):
+            x = node.input[0] if node.input else ""
+            info = infos.get(x)
+            if info is not None and -1 not in info.shape:
+                continue  # static: only the (known) shape is read
+        if any(x in active_tensors for x in ix.inputs[i]):
+            active.add(i)
+            active_tensors.update(o for o in node.output if o)
+    # drop dead code: active nodes none of whose outputs reach a graph output
+    needed = set(ix.graph_outputs)
+    live: set[int] = set()
+    for i in reversed(ix.order):
+        if i in active and any(o in needed for o in ix.nodes[i].output):
+            live.add(i)
+            needed.update(x for x in ix.inputs[i] if x in active_tensors)
+    return live, active_tensors & (needed | set(ix.graph_outputs))
+
+
+def _cut_runs(ix: _Index, active: set[int], active_tensors: set[str]) -> list[tuple[list[int], str | None]]:
+    """Runs of active nodes between single-tensor cut points; each with its cut tensor (None: the end)."""
+    remaining: dict[str, int] = {}
+    seq = [i for i in ix.order if i in active]
+    for i in seq:
+        for x in set(ix.inputs[i]):
+            if x in active_tensors:
+                remaining[x] = remaining.get(x, 0) + 1
+    for o in ix.graph_outputs:
+        remaining[o] = remaining.get(o, 0) + 1  # consumed by the sink
+    live = {x for x in ix.graph_inputs if remaining.get(x, 0) > 0}
+    runs: list[tuple[list[int], str | None]] = []
+    current: list[int] = []
+    for pos, i in enumerate(seq):
+        current.append(i)
+        for x in set(ix.inputs[i]):
+            if x in remaining:
+                remaining[x] -= 1
+                if remaining[x] == 0:
+                    live.discard(x)
+        for o in ix.nodes[i].output:
+            if o and remaining.get(o, 0) > 0:
+                live.add(o)
+        if len(live) == 1 and pos < len(seq) - 1:
+            (cut,) = live
+            if cut not in ix.graph_outputs:
+                runs.append((current, cut))
+                current = []
+    if current:
+        runs.append((current, None))
+    return runs
+
+
+def _fuse_cheap(
+    ix: _Index, runs: list[tuple[list[int], str | None]], infos: Mapping[str, TensorInfo]
+) -> list[tuple[list[int], str | None]]:
+    fused: list[tuple[list[int], str | None]] = []
+    for nodes, cut in runs:
+        prev_cut = fused[-1][1] if fused else None
+        if (
+            prev_cut is not None
+            and all(ix.nodes[i].op_type in FUSED_OPS for i in nodes)
+            and _bytes([cut] if cut else ix.graph_outputs, infos) <= _bytes([prev_cut], infos)
+        ):
+            prev_nodes, _ = fused[-1]
+            fused[-1] = (prev_nodes + nodes, cut)
+        else:
+            fused.append((nodes, cut))
+    return fused
+
+
+def _static_closure(ix: _Index, nodes: Iterable[int], active: set[int]) -> set[int]:
+    """Static nodes (non-active) the given nodes need, transitively."""
+    out: set[int] = set()
+    stack = [x for i in nodes for x in ix.inputs[i]]
+    while stack:
+        x = stack.pop()
+        p = ix.producer.get(x)
+        if p is None or p in active or p in out:
+            continue
+        out.add(p)
+        if ix.nodes[p].op_type not in _SHAPE_OPS:
+            stack.extend(ix.inputs[p])
+    return out
+
+
+def _bytes(names: Iterable[str], infos: Mapping[str, TensorInfo]) -> int:
+    return sum(infos[n].nbytes for n in names if n in infos)
+
+
+def _param_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorProto]) -> int:
+    seen: set[str] = set()
+    total = 0
+    for n in nodes:
+        for x in node_inputs(n):
+            if x in initializers and x not in seen:
+                seen.add(x)
+                t = initializers[x]
+                numel = 1
+                for d in t.dims:
+                    numel *= d
+                total += numel * dtype_size(t.data_type)
+    return total
+
+
+def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -> BlockGraph:
+    """Split `model` into atomic blocks (see the module docstring)."""
+    graph = model.graph
+    infos = tensor_infos_of(model)
+    ix = _Index(graph)
+    if not ix.graph_inputs:
+        raise ModelError(f"model {name!r} has no graph inputs")
+    active, active_tensors = _classify(ix, infos)
+    runs = _cut_runs(ix, active, active_tensors)
+    if fuse:
+        runs = _fuse_cheap(ix, runs, infos)
+    position = {i: p for p, i in enumerate(ix.order)}
+    blocks: list[Block] = []
+    prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
+    for k, (run, cut) in enumerate(runs):
+        outputs = [cut] if cut is not None else list(ix.graph_outputs)
+        members = sorted(set(run) | _static_closure(ix, run, active), key=position.__getitem__)
+        nodes = [ix.nodes[i] for i in members]
+        blocks.append(
+            Block(
+                index=k,
+                ops=tuple(n.op_type for n in nodes),
+                signature=block_signature(nodes, prev_cut, outputs, infos, ix.initializers),
+                inputs=tuple(prev_cut),
+                outputs=tuple(outputs),
+                flops=sum(node_flops(n, infos) for n in nodes),
+                param_bytes=_param_bytes(nodes, ix.initializers),
+                input_bytes=_bytes(prev_cut, infos),
+                output_bytes=_bytes(outputs, infos),
+                nodes=tuple(members),
+            )
+        )
+        prev_cut = outputs
+    log.debug("%s: %d nodes -> %d blocks", name, len(ix.nodes), len(blocks))
+
+    def info(n: str) -> TensorInfo:
+        return infos.get(n) or TensorInfo(n, (), "undefined")
+
+    return BlockGraph(
+        model=name,
+        inputs=tuple(info(n) for n in ix.graph_inputs),
+        outputs=tuple(info(n) for n in ix.graph_outputs),
+        blocks=tuple(blocks),
+        tensors=infos,
+    )

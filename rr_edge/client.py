@@ -1,0 +1,668 @@
+"""gRPC client of a RoaD-RuNNer server: the roadrunner.v1 services and the KServe v2 inference service.
+
+    with Client("localhost:8001") as client:
+        client.register_node("jetson-1", describe_device())
+        slice_id = client.ensure_slice(onnx_bytes, label="resnet18[3:7]")
+        outputs = client.infer(slice_id, {"input": x})
+
+Every call has a deadline: the `timeout_s` argument when given, else `ClientOptions.timeout_s` plus, for
+transfers, the time their bytes take at `ClientOptions.min_bandwidth_bytes_per_s`. Errors, all raised `from None` by one helper (`_rpc`):
+
+    grpc.RpcError
+    ├── UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED  ->  rr_edge.errors.ServerUnavailable(code)
+    └── any other status                          ->  rr_edge.errors.ServerError(code)
+
+Messages are limited to `max_message_bytes` both ways (the server's default is the same 256 MiB); slices and echo
+payloads travel in `chunk_bytes` chunks. With `token`, each call carries ``authorization: Bearer <token>``;
+with `tls`, the channel is TLS (mTLS when a client certificate is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from rr_edge.device import DeviceInfo
+from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.profiles import (
+    BlockFeatures,
+    DirectionProfile,
+    LatencyStats,
+    LayerMeasurement,
+    ModelMeasurement,
+    NetworkProfile,
+    NetworkSample,
+)
+from rr_edge.session import OrtSettings
+from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as ipb
+from rr_proto.inference import grpc_service_pb2_grpc as igrpc
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
+from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rgrpc
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "Client",
+    "ClientOptions",
+    "NodeInfo",
+    "Prediction",
+    "Predictions",
+    "ServerInfo",
+    "SliceStatus",
+    "TlsOptions",
+    "UploadResult",
+    "slice_id_of",
+]
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+# Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
+DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_ROLES = {"edge": pb.NODE_ROLE_EDGE, "cloud": pb.NODE_ROLE_CLOUD}
+_PROVENANCE = {
+    pb.PROVENANCE_MEASURED: "measured",
+    pb.PROVENANCE_PREDICTED: "predicted",
+    pb.PROVENANCE_COLD_START: "cold-start",
+}
+_HEALTH = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """PEM files: the CA that signed the server (None: system roots), and a client certificate/key for mTLS."""
+
+    root_certificates: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None  # override the name checked against the server certificate
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(p: Path | None) -> bytes | None:
+            if p is None:
+                return None
+            try:
+                return Path(p).read_bytes()
+            except OSError as exc:
+                raise ServerError(f"cannot read TLS file {p}: {exc.strerror or exc}", "INVALID_ARGUMENT") from None
+
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ServerError("mTLS needs both a client certificate and its key", "INVALID_ARGUMENT")
+        return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.client_key), read(self.client_cert))
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Connection settings (see the module docstring)."""
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    min_bandwidth_bytes_per_s: float = DEFAULT_MIN_BANDWIDTH_BYTES_PER_S
+    token: str | None = None
+    tls: TlsOptions | None = None
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            # Larger HTTP/2 frames and flow-control window: fewer round trips per multi-MB tensor (the server
+            # sets the same).
+            ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
+            ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
+            ("grpc.http2.bdp_probe", 1),
+            ("grpc.primary_user_agent", "rr-edge"),
+        ]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    cloud_node_id: str
+    providers: tuple[str, ...]
+    version: str
+    max_message_bytes: int
+    max_slice_bytes: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    role: str
+    device: dict[str, Any]
+    registered_at: float
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """`rr-edge upload --json`: {"slice_id", "cached", "bytes"}."""
+
+    slice_id: str
+    cached: bool
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SliceStatus:
+    slice_id: str
+    cached: bool
+    bytes: int
+    loaded: bool
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted (or measured) cost of one block signature on one node; provenances: measured/predicted/cold-start."""
+
+    signature: str
+    latency_ms: float
+    energy_mJ: float
+    latency_provenance: str
+    energy_provenance: str
+    energy_source: str
+
+
+@dataclass(frozen=True)
+class Predictions:
+    by_signature: dict[str, Prediction]
+    e2e_correction: float
+
+
+def slice_id_of(data: bytes) -> str:
+    """Slice id: lowercase hex SHA-256 of the ONNX bytes as uploaded."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _server_error(exc: grpc.RpcError, what: str) -> ServerError:
+    """The one mapping from a gRPC error to this package's exceptions."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    cls = ServerUnavailable if code in _UNAVAILABLE else ServerError
+    return cls(f"{what}: {name}: {details}", name)
+
+
+class Client:
+    """A connection to one server. Thread-safe (gRPC channels are); use as a context manager or call `close`."""
+
+    def __init__(self, address: str, options: ClientOptions | None = None) -> None:
+        self.address = address.removeprefix("grpc://").removeprefix("grpcs://")
+        self.options = opts = options or ClientOptions()
+        if opts.tls is not None:
+            overrides = opts.channel_options()
+            if opts.tls.server_name:
+                overrides.append(("grpc.ssl_target_name_override", opts.tls.server_name))
+            self._channel = grpc.secure_channel(self.address, opts.tls.credentials(), options=overrides)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=opts.channel_options())
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
+        )
+        self._nodes = rgrpc.NodeServiceStub(self._channel)
+        self._profiles = rgrpc.ProfileServiceStub(self._channel)
+        self._predictions = rgrpc.PredictionServiceStub(self._channel)
+        self._slices = rgrpc.SliceServiceStub(self._channel)
+        self._echo = rgrpc.EchoServiceStub(self._channel)
+        self._infer = igrpc.GRPCInferenceServiceStub(self._channel)
+        self._health = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _rpc(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as exc:
+            raise _server_error(exc, what) from None
+
+    def _kw(self, timeout_s: float | None, nbytes: int = 0) -> dict[str, Any]:
+        """Call options: an explicit `timeout_s` is the deadline; by default `options.timeout_s` plus the time
+        `nbytes` take at `options.min_bandwidth_bytes_per_s`."""
+        if timeout_s is None:
+            timeout_s = self.options.timeout_s + nbytes / self.options.min_bandwidth_bytes_per_s
+        return {"timeout": timeout_s, "metadata": self._metadata}
+
+    # -- health and server ---------------------------------------------------------------------------------------
+
+    def health(self, service: str = "", timeout_s: float | None = None) -> str:
+        """grpc.health.v1 status of `service` ("" = the whole server): SERVING, NOT_SERVING, SERVICE_UNKNOWN..."""
+        name = service.encode()
+        request = (b"\x0a" + _varint(len(name)) + name) if name else b""
+        with self._rpc("Health.Check"):
+            raw = self._health(request, **self._kw(timeout_s))
+        return _HEALTH.get(_health_status(raw), "UNKNOWN")
+
+    def healthy(self, timeout_s: float | None = None) -> bool:
+        """True when the server answers SERVING within the deadline; never raises."""
+        try:
+            return self.health(timeout_s=timeout_s) == "SERVING"
+        except ServerError:
+            return False
+
+    def server_info(self, timeout_s: float | None = None) -> ServerInfo:
+        with self._rpc("GetServerInfo"):
+            r = self._nodes.GetServerInfo(pb.GetServerInfoRequest(), **self._kw(timeout_s))
+        return ServerInfo(r.cloud_node_id, tuple(r.providers), r.version, r.max_message_bytes, r.max_slice_bytes)
+
+    # -- nodes ---------------------------------------------------------------------------------------------------
+
+    def register_node(
+        self, node_id: str, device: DeviceInfo | None = None, role: str = "edge", timeout_s: float | None = None
+    ) -> bool:
+        """Register (or update) this node; True when it was created, False when it existed."""
+        if role not in _ROLES:
+            raise ValueError(f"role must be one of {', '.join(_ROLES)}")
+        request = pb.RegisterNodeRequest(node_id=node_id, role=_ROLES[role])
+        if device is not None:
+            request.device.CopyFrom(_device_pb(device))
+        with self._rpc("RegisterNode"):
+            return bool(self._nodes.RegisterNode(request, **self._kw(timeout_s)).created)
+
+    def get_node(self, node_id: str, timeout_s: float | None = None) -> NodeInfo:
+        with self._rpc("GetNode"):
+            return _node_info(self._nodes.GetNode(pb.GetNodeRequest(node_id=node_id), **self._kw(timeout_s)).node)
+
+    def list_nodes(self, timeout_s: float | None = None) -> list[NodeInfo]:
+        with self._rpc("ListNodes"):
+            return [_node_info(n) for n in self._nodes.ListNodes(pb.ListNodesRequest(), **self._kw(timeout_s)).nodes]
+
+    # -- profiles ------------------------------------------------------------------------------------------------
+
+    def list_measured_signatures(self, node_id: str, timeout_s: float | None = None) -> set[str]:
+        """Block signatures `node_id` has already measured."""
+        request = pb.ListMeasuredSignaturesRequest(node_id=node_id)
+        with self._rpc("ListMeasuredSignatures"):
+            return set(self._profiles.ListMeasuredSignatures(request, **self._kw(timeout_s)).signatures)
+
+    def report_layer_profiles(
+        self,
+        node_id: str,
+        settings: OrtSettings,
+        layers: Iterable[LayerMeasurement],
+        models: Iterable[ModelMeasurement] = (),
+        timeout_s: float | None = None,
+    ) -> tuple[int, int]:
+        """Stream block (and whole-model) measurements; returns (accepted layers, accepted models) once stored."""
+        wire_settings = pb.RuntimeSettings(
+            execution_provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            graph_optimization=settings.graph_optimization,
+        )
+
+        def requests() -> Iterator[pb.ReportLayerProfilesRequest]:
+            for layer in layers:
+                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, layer=_layer_pb(layer))
+            for model in models:
+                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=_model_pb(model))
+
+        with self._rpc("ReportLayerProfiles"):
+            r = self._profiles.ReportLayerProfiles(requests(), **self._kw(timeout_s))
+        return r.accepted_layers, r.accepted_models
+
+    def report_network_profile(self, node_id: str, profile: NetworkProfile, timeout_s: float | None = None) -> None:
+        request = pb.ReportNetworkProfileRequest(node_id=node_id, profile=_network_pb(profile))
+        with self._rpc("ReportNetworkProfile"):
+            self._profiles.ReportNetworkProfile(request, **self._kw(timeout_s))
+
+    def get_network_profile(self, node_id: str, timeout_s: float | None = None) -> NetworkProfile | None:
+        """The node's stored network profile, or None when it has none."""
+        try:
+            with self._rpc("GetNetworkProfile"):
+                r = self._profiles.GetNetworkProfile(pb.GetNetworkProfileRequest(node_id=node_id), **self._kw(timeout_s))
+        except ServerError as exc:
+            if exc.code == "NOT_FOUND":
+                return None
+            raise
+        return _network_from_pb(r.profile) if r.HasField("profile") else None
+
+    # -- predictions ---------------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        node_id: str,
+        signatures: Sequence[str],
+        features: Sequence[BlockFeatures] | None = None,
+        timeout_s: float | None = None,
+    ) -> Predictions:
+        """Latency/energy of each signature on `node_id` (features let the server cold-start unknown blocks)."""
+        request = pb.PredictRequest(node_id=node_id, signatures=list(signatures))
+        if features is not None:
+            if len(features) != len(signatures):
+                raise ValueError("features must be parallel to signatures")
+            request.features.extend(_features_pb(f) for f in features)
+        with self._rpc("Predict"):
+            r = self._predictions.Predict(request, **self._kw(timeout_s))
+        by_sig = {
+            p.signature: Prediction(
+                p.signature,
+                p.latency_ms,
+                p.energy_mj,
+                _PROVENANCE.get(p.latency_provenance, "unknown"),
+                _PROVENANCE.get(p.energy_provenance, "unknown"),
+                p.energy_source,
+            )
+            for p in r.predictions
+        }
+        return Predictions(by_sig, r.e2e_correction or 1.0)
+
+    # -- slices --------------------------------------------------------------------------------------------------
+
+    def slice_status(self, slice_id: str, timeout_s: float | None = None) -> SliceStatus:
+        """Whether the server holds `slice_id` (an unknown id is simply not cached)."""
+        try:
+            with self._rpc("GetSliceStatus"):
+                r = self._slices.GetSliceStatus(pb.GetSliceStatusRequest(slice_id=slice_id), **self._kw(timeout_s))
+        except ServerError as exc:
+            if exc.code == "NOT_FOUND":
+                return SliceStatus(slice_id, False, 0, False)
+            raise
+        return SliceStatus(r.slice_id or slice_id, r.cached, r.bytes, r.loaded)
+
+    def upload_slice(
+        self, data: bytes, label: str = "", *, check_cached: bool = True, timeout_s: float | None = None
+    ) -> UploadResult:
+        """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached."""
+        slice_id = slice_id_of(data)
+        if check_cached:
+            status = self.slice_status(slice_id, timeout_s)
+            if status.cached:
+                log.debug("slice %s (%s) already cached", slice_id[:12], label)
+                return UploadResult(slice_id, True, status.bytes or len(data))
+        chunk = self.options.chunk_bytes
+        view = memoryview(data)
+
+        def parts() -> Iterator[pb.UploadSliceRequest]:
+            yield pb.UploadSliceRequest(header=pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label))
+            for offset in range(0, len(data), chunk):
+                yield pb.UploadSliceRequest(chunk=bytes(view[offset : offset + chunk]))
+
+        with self._rpc(f"UploadSlice {label or slice_id[:12]}"):
+            r = self._slices.UploadSlice(parts(), **self._kw(timeout_s, len(data)))
+        if r.slice_id and r.slice_id != slice_id:
+            raise ServerError(f"UploadSlice: server stored {r.slice_id}, expected {slice_id}", "DATA_LOSS")
+        return UploadResult(slice_id, r.cached, r.bytes or len(data))
+
+    def ensure_slice(self, onnx_bytes: bytes, label: str = "") -> str:
+        """Make sure the server holds the slice (uploading it if needed); returns its id."""
+        return self.upload_slice(onnx_bytes, label).slice_id
+
+    # -- inference (KServe v2) -----------------------------------------------------------------------------------
+
+    def server_live(self, timeout_s: float | None = None) -> bool:
+        with self._rpc("ServerLive"):
+            return bool(self._infer.ServerLive(ipb.ServerLiveRequest(), **self._kw(timeout_s)).live)
+
+    def server_ready(self, timeout_s: float | None = None) -> bool:
+        with self._rpc("ServerReady"):
+            return bool(self._infer.ServerReady(ipb.ServerReadyRequest(), **self._kw(timeout_s)).ready)
+
+    def model_ready(self, slice_id: str, timeout_s: float | None = None) -> bool:
+        with self._rpc("ModelReady"):
+            return bool(self._infer.ModelReady(ipb.ModelReadyRequest(name=slice_id), **self._kw(timeout_s)).ready)
+
+    def model_metadata(self, slice_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """{"name", "platform", "inputs": [{"name","datatype","shape"}], "outputs": [...]}."""
+        with self._rpc("ModelMetadata"):
+            r = self._infer.ModelMetadata(ipb.ModelMetadataRequest(name=slice_id), **self._kw(timeout_s))
+
+        def tensors(ts: Iterable[Any]) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in ts]
+
+        return {"name": r.name, "platform": r.platform, "inputs": tensors(r.inputs), "outputs": tensors(r.outputs)}
+
+    def load_model(self, slice_id: str, timeout_s: float | None = None) -> None:
+        """Open an inference session for a cached slice ahead of the first request."""
+        with self._rpc("RepositoryModelLoad"):
+            self._infer.RepositoryModelLoad(ipb.RepositoryModelLoadRequest(model_name=slice_id), **self._kw(timeout_s))
+
+    def unload_model(self, slice_id: str, timeout_s: float | None = None) -> None:
+        request = ipb.RepositoryModelUnloadRequest(model_name=slice_id)
+        with self._rpc("RepositoryModelUnload"):
+            self._infer.RepositoryModelUnload(request, **self._kw(timeout_s))
+
+    def infer(
+        self,
+        slice_id: str,
+        inputs: Mapping[str, np.ndarray],
+        timeout_s: float | None = None,
+        outputs: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Run a cached slice on the server (raw tensor contents both ways)."""
+        request = codec.encode_infer_request(slice_id, inputs, outputs)
+        nbytes = sum(len(r) for r in request.raw_input_contents)
+        with self._rpc(f"ModelInfer {slice_id[:12]}"):
+            response = self._infer.ModelInfer(request, **self._kw(timeout_s, 2 * nbytes))
+        return _decode(response)
+
+    def stream_infer(
+        self, slice_id: str, batches: Iterable[Mapping[str, np.ndarray]], timeout_s: float | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run many requests over one ModelStreamInfer stream, outputs in order.
+
+        A per-message error raises ServerError (code "INFER_ERROR"). The stream lives as long as `batches` yields,
+        so it has no deadline unless `timeout_s` (for the whole stream) is given.
+        """
+        requests = (codec.encode_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches))
+        kw: dict[str, Any] = {"metadata": self._metadata}
+        if timeout_s is not None:
+            kw["timeout"] = timeout_s
+        with self._rpc(f"ModelStreamInfer {slice_id[:12]}"):
+            for message in self._infer.ModelStreamInfer(requests, **kw):
+                if message.error_message:
+                    raise ServerError(f"ModelStreamInfer {slice_id[:12]}: {message.error_message}", "INFER_ERROR")
+                yield _decode(message.infer_response)
+
+    # -- echo (network profiling) --------------------------------------------------------------------------------
+
+    def echo_send(self, nbytes: int, chunk_bytes: int | None = None, timeout_s: float | None = None) -> int:
+        """Send `nbytes` bytes to the server in chunks; returns what it says it received."""
+        chunk = chunk_bytes or self.options.chunk_bytes
+        block = _payload(min(chunk, max(nbytes, 1)))
+
+        def parts() -> Iterator[pb.SendRequest]:
+            left = nbytes
+            while left > 0:
+                n = min(left, chunk)
+                yield pb.SendRequest(payload=block if n == len(block) else block[:n])
+                left -= n
+
+        with self._rpc(f"Echo.Send {nbytes} B"):
+            received = self._echo.Send(parts(), **self._kw(timeout_s, nbytes)).received_bytes
+        if received != nbytes:
+            raise ServerError(f"Echo.Send: server received {received} of {nbytes} bytes", "DATA_LOSS")
+        return received
+
+    def echo_receive(self, nbytes: int, chunk_bytes: int | None = None, timeout_s: float | None = None) -> int:
+        """Have the server stream `nbytes` bytes to this node; returns the byte count received."""
+        chunk = chunk_bytes or self.options.chunk_bytes
+        request = pb.ReceiveRequest(bytes=nbytes, chunk_bytes=chunk)
+        received = 0
+        with self._rpc(f"Echo.Receive {nbytes} B"):
+            for message in self._echo.Receive(request, **self._kw(timeout_s, nbytes)):
+                received += len(message.payload)
+        if received != nbytes:
+            raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
+        return received
+
+
+# -- conversions (protobuf stops here) ---------------------------------------------------------------------------
+
+_PAYLOADS: dict[int, bytes] = {}
+
+
+def _payload(n: int) -> bytes:
+    """Incompressible bytes of length n (cached: echo sends the same block repeatedly)."""
+    if n not in _PAYLOADS:
+        _PAYLOADS[n] = np.random.default_rng(n).bytes(n)
+    return _PAYLOADS[n]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _health_status(raw: bytes) -> int:
+    """`status` (field 1, varint) of a serialized HealthCheckResponse; 0 when absent."""
+    if len(raw) >= 2 and raw[0] == 0x08:
+        return raw[1] & 0x7F
+    return 0
+
+
+def _decode(response: ipb.ModelInferResponse) -> dict[str, np.ndarray]:
+    try:
+        return codec.decode_infer_response(response)
+    except codec.CodecError as exc:
+        raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None
+
+
+def _device_pb(d: DeviceInfo) -> pb.DeviceDescriptor:
+    return pb.DeviceDescriptor(
+        cpu_model=d.cpu_model,
+        cpu_cores=d.cpu_cores,
+        memory_bytes=d.memory_bytes,
+        gpu_name=d.gpu_name,
+        ort_version=d.ort_version,
+        ort_providers=list(d.ort_providers),
+        intra_op_threads=d.intra_op_threads,
+        inter_op_threads=d.inter_op_threads,
+        graph_optimization=d.graph_optimization,
+        device_class=d.device_class,
+        hostname=d.hostname,
+        extra={str(k): str(v) for k, v in d.extra.items()},
+    )
+
+
+def _node_info(n: pb.Node) -> NodeInfo:
+    roles = {v: k for k, v in _ROLES.items()}
+    dev = n.device
+    device = {
+        "cpu_model": dev.cpu_model,
+        "cpu_cores": dev.cpu_cores,
+        "memory_bytes": dev.memory_bytes,
+        "gpu_name": dev.gpu_name,
+        "ort_version": dev.ort_version,
+        "ort_providers": list(dev.ort_providers),
+        "intra_op_threads": dev.intra_op_threads,
+        "inter_op_threads": dev.inter_op_threads,
+        "graph_optimization": dev.graph_optimization,
+        "device_class": dev.device_class,
+        "hostname": dev.hostname,
+        "extra": dict(dev.extra),
+    }
+    return NodeInfo(n.node_id, roles.get(n.role, "unspecified"), device, n.registered_at)
+
+
+def _features_pb(f: BlockFeatures) -> pb.BlockFeatures:
+    return pb.BlockFeatures(
+        ops=list(f.ops),
+        flops=f.flops,
+        param_bytes=f.param_bytes,
+        input_bytes=f.input_bytes,
+        output_bytes=f.output_bytes,
+    )
+
+
+def _latency_pb(s: LatencyStats) -> pb.LatencyStats:
+    return pb.LatencyStats(median_ms=s.median_ms, p10_ms=s.p10_ms, p90_ms=s.p90_ms, cv=s.cv, samples=s.samples)
+
+
+def _layer_pb(m: LayerMeasurement) -> pb.LayerProfile:
+    layer = pb.LayerProfile(
+        signature=m.signature,
+        features=_features_pb(m.features),
+        latency=_latency_pb(m.latency),
+        energy_source=m.energy_source if m.energy_mJ is not None else "",
+        slice_id=m.slice_id,
+    )
+    if m.energy_mJ is not None:
+        layer.energy_mj = m.energy_mJ
+    return layer
+
+
+def _model_pb(m: ModelMeasurement) -> pb.ModelProfile:
+    model = pb.ModelProfile(
+        model=m.model,
+        block_signatures=list(m.block_signatures),
+        latency=_latency_pb(m.latency),
+        sum_of_blocks_ms=m.sum_of_blocks_ms,
+        energy_source=m.energy_source if m.energy_mJ is not None else "",
+    )
+    if m.energy_mJ is not None:
+        model.energy_mj = m.energy_mJ
+    return model
+
+
+def _direction_pb(d: DirectionProfile) -> pb.DirectionProfile:
+    samples = []
+    for s in d.samples:
+        sample = pb.NetworkSample(bytes=s.bytes, ms=s.ms)
+        if s.energy_mJ is not None:
+            sample.energy_mj = s.energy_mJ
+        samples.append(sample)
+    return pb.DirectionProfile(
+        samples=samples,
+        chosen_model=d.chosen_model,
+        poly4_error=d.poly4_error,
+        affine_error=d.affine_error,
+        model_json=json.dumps(d.model),
+    )
+
+
+def _network_pb(p: NetworkProfile) -> pb.NetworkProfile:
+    return pb.NetworkProfile(
+        uplink=_direction_pb(p.uplink),
+        downlink=_direction_pb(p.downlink),
+        energy_source=p.energy_source,
+        measured_at=p.measured_at,
+    )
+
+
+def _direction_from_pb(d: pb.DirectionProfile) -> DirectionProfile:
+    samples = tuple(
+        NetworkSample(s.bytes, s.ms, s.energy_mj if s.HasField("energy_mj") else None) for s in d.samples
+    )
+    try:
+        model = json.loads(d.model_json) if d.model_json else {}
+    except ValueError:
+        model = {}
+    return DirectionProfile(samples, d.chosen_model, d.poly4_error, d.affine_error, model)
+
+
+def _network_from_pb(p: pb.NetworkProfile) -> NetworkProfile:
+    return NetworkProfile(
+        _direction_from_pb(p.uplink), _direction_from_pb(p.downlink), p.energy_source, p.measured_at
+    )

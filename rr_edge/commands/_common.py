@@ -1,0 +1,107 @@
+"""Options and helpers shared by the commands that talk to a server: connection flags, progress bars, JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions
+from rr_edge.errors import RoadRunnerError
+from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
+
+ENV_TOKEN = "RR_TOKEN"
+
+
+def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
+    """--server (required), --node (when `node`), token and TLS flags, --timeout."""
+    p.add_argument("--server", required=True, metavar="ADDR", help="server address HOST:PORT")
+    if node:
+        p.add_argument("--node", required=True, metavar="NAME", help="this node's id on the server")
+    p.add_argument("--token-file", type=Path, metavar="F", help=f"bearer token file (default: ${ENV_TOKEN})")
+    p.add_argument("--tls-ca", type=Path, metavar="F", help="use TLS; PEM of the CA that signed the server")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    p.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (mTLS)")
+    p.add_argument("--tls-key", type=Path, metavar="F", help="client key (mTLS)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="per-call deadline (s)")
+
+
+def add_energy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--energy", choices=CHOICES, default="auto", help="energy meter (default auto: a real one if any)")
+    p.add_argument("--power-config", type=Path, metavar="F", help="power model config (JSON/TOML) for --energy model")
+    p.add_argument("--device-class", metavar="NAME", help="device class in the power model (default $RR_DEVICE_CLASS)")
+
+
+def make_meter(args: argparse.Namespace, gpu_work: bool = False) -> Meter:
+    options = MeterOptions(power_config=args.power_config, device_class=args.device_class)
+    return select_meter(args.energy, options, gpu_work=gpu_work)
+
+
+def connect(args: argparse.Namespace) -> Client:
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise RoadRunnerError(f"cannot read token file {args.token_file}: {exc.strerror or exc}") from None
+    else:
+        token = os.environ.get(ENV_TOKEN) or None
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        tls = TlsOptions(root_certificates=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
+    return Client(args.server, ClientOptions(timeout_s=args.timeout, token=token, tls=tls))
+
+
+def print_json(obj: Any) -> None:
+    """Strict JSON on stdout (NaN and infinities become null)."""
+    json.dump(_finite(obj), sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    return o
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Any]:
+    """Yields a callback `(stage, done, total, label)` drawing one rich bar per stage on stderr."""
+    if not enabled:
+        yield lambda *a: None
+        return
+    progress = Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int, label: str = "") -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=max(total, 1), label="")
+        progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1), label=label)
+
+    with progress:
+        yield update

@@ -1,0 +1,36 @@
+"""`rr-edge demo`: the main job, self-contained (rr_edge.demo)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from rr_edge.commands._common import print_json
+from rr_edge.demo import DemoOptions, run_demo
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    d = DemoOptions()
+    p = subparsers.add_parser("demo", help="run the whole system end to end on this machine")
+    p.add_argument("--model", default=d.model, help=f"torchvision model (default {d.model})")
+    p.add_argument("--input-size", type=int, default=d.input_size)
+    p.add_argument("--sample", type=float, default=d.sample, help="fraction of unique blocks to profile")
+    p.add_argument("--max-mb", type=float, default=d.max_mb, help="largest network-profile payload (MB)")
+    p.add_argument("--repeat", type=int, default=d.repeat, help="requests per measured plan")
+    p.add_argument("--objective", choices=("latency", "energy", "pareto"), default=d.objective)
+    p.add_argument("--out", type=Path, default=d.out_dir, help="where the model and the plot go")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        model=args.model, input_size=args.input_size, sample=args.sample, max_mb=args.max_mb,
+        repeat=args.repeat, objective=args.objective, out_dir=args.out,
+    )  # fmt: skip
+    summary = run_demo(options, Console())
+    if args.json:
+        print_json(summary)
+    return 0

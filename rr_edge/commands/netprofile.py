@@ -1,0 +1,59 @@
+"""`rr-edge netprofile --server ADDR --node NAME [--max-mb 256] [--json]`: profile the link to the server in both
+directions, fit the network models and report them (rr_edge.netprofile.run_netprofile)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from rr_edge.commands._common import (
+    add_energy_args,
+    add_server_args,
+    connect,
+    make_meter,
+    print_json,
+    progress_bars,
+    stderr_console,
+)
+from rr_edge.netprofile import DEFAULT_MAX_MB, NetProfileConfig, run_netprofile, summary
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("netprofile", help="profile upload/download to the server and fit network models")
+    add_server_args(p)
+    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="largest payload in MiB (default 256)")
+    p.add_argument("--repeats", type=int, default=3, help="timed transfers per size (default 3)")
+    p.add_argument("--points-per-octave", type=int, default=1, help="sizes per doubling (default 1)")
+    add_energy_args(p)
+    p.add_argument("--json", action="store_true", help="print the profile summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = NetProfileConfig(max_mb=args.max_mb, repeats=args.repeats, points_per_octave=args.points_per_octave)
+    meter = make_meter(args)
+    try:
+        with connect(args) as client, progress_bars(not args.json) as progress:
+            profile = run_netprofile(client, args.node, config, meter=meter, progress=progress)
+    finally:
+        meter.close()
+    out = summary(profile)
+    out["node"] = args.node
+    out["energy_measured"] = meter.measured
+    if args.json:
+        print_json(out)
+        return 0
+    table = Table(title=f"network profile of {args.node} -> {args.server}")
+    for col in ("direction", "chosen", "poly4 err", "affine err", "bandwidth MB/s", "largest"):
+        table.add_column(col, justify="right" if col != "direction" else "left")
+    for name in ("uplink", "downlink"):
+        d = out[name]
+        bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
+        table.add_row(name, d["chosen_model"], f"{d['poly4_error']:.3f}", f"{d['affine_error']:.3f}", bw,
+                      f"{d['max_bytes'] / 2**20:.3g} MiB")
+    console = stderr_console()
+    console.print(table)
+    suffix = "" if meter.measured else " (MODELLED, not measured)"
+    console.print(f"energy source: {meter.description}{suffix}")
+    return 0

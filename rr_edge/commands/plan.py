@@ -1,0 +1,100 @@
+"""`rr-edge plan PATH --server ADDR --node NAME [--objective latency|energy|pareto] [--preloaded] [--json] [--plot PNG]`.
+
+Gathers this node's and the cloud node's block predictions and the network profile from the server, evaluates every
+plan (i, j), and prints the Pareto set, the chosen plan and the four baselines (rr_edge.offload).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rr_edge.blocks import analyze
+from rr_edge.commands._common import add_energy_args, add_server_args, connect, print_json
+from rr_edge.meters.model import resolve_power
+from rr_edge.offload import PlanReport, gather_costs, plan_with_server_cache
+from rr_edge.onnx_io import load_model
+from rr_edge.planner import OBJECTIVES, Plan
+from rr_edge.plot import plot_pareto
+from rr_edge.slicing import Slicer
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `plan` and `run`."""
+    p.add_argument("--objective", choices=[o for o in OBJECTIVES if o != "slo"], default="latency")
+    p.add_argument("--slo-ms", type=float, metavar="MS", help="latency SLO: least edge energy with latency <= MS")
+    p.add_argument("--preloaded", action="store_true", help="the slices are already on the server (no upload cost)")
+    p.add_argument("--amortize", type=int, default=1, metavar="K", help="spread the weight upload over K inferences")
+    add_energy_args(p)  # the power model gives the node's idle and radio power
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("plan", help="choose how to split a model between this node and the server")
+    p.add_argument("path", metavar="PATH", help="ONNX model")
+    add_server_args(p)
+    add_plan_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON (SPEC section 6)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="write the Pareto figure")
+    p.set_defaults(func=run)
+
+
+def build_plan(args: argparse.Namespace, client, model, graph, slicer: Slicer) -> PlanReport:
+    power, _ = resolve_power(args.power_config, args.device_class)
+    costs = gather_costs(client, args.node, graph, power)
+    return plan_with_server_cache(
+        client,
+        model,
+        graph,
+        costs,
+        slicer,
+        objective=args.objective,
+        slo_ms=args.slo_ms,
+        preloaded=args.preloaded,
+        amortize_over=args.amortize,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.path)
+    graph = analyze(model, Path(args.path).stem)
+    with connect(args) as client:
+        report = build_plan(args, client, model, graph, Slicer(model, graph))
+    if args.plot:
+        plot_pareto(report.table, report.pareto, report.chosen, report.baselines, args.plot, title=graph.model)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print_report(report)
+    return 0
+
+
+def _row(table: Table, name: str, plan: Plan) -> None:
+    table.add_row(
+        name,
+        f"{plan.i},{plan.j}",
+        str(plan.offloaded_blocks),
+        f"{plan.latency_ms:.2f}",
+        f"{plan.energy_mJ:.1f}",
+        f"{plan.upload_bytes / 1e6:.2f}",
+    )
+
+
+def plan_table(report: PlanReport, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("plan", "i,j", "offloaded", "latency ms", f"edge energy mJ ({report.costs.energy_source})", "upload MB"):
+        table.add_column(column, justify="right" if column != "plan" else "left")
+    for k, plan in enumerate(report.pareto):
+        _row(table, f"pareto {k}" + (" <- chosen" if (plan.i, plan.j) == (report.chosen.i, report.chosen.j) else ""), plan)
+    for name, plan in report.baselines.items():
+        _row(table, name, plan)
+    return table
+
+
+def print_report(report: PlanReport) -> None:
+    console = Console()
+    console.print(plan_table(report, f"{report.blocks} blocks; objective {report.chosen.objective}"))
+    counts = report.costs.provenance_counts()
+    console.print(f"predictions: edge {counts['edge']}, cloud {counts['cloud']}; e2e correction {report.costs.e2e_correction:.3f}")

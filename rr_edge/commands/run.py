@@ -1,0 +1,123 @@
+"""`rr-edge run PATH --server ADDR --node NAME [--objective ...|--split I,J] --input X.npy [--output Y.npy] [--repeat K]`.
+
+Plans (or takes the forced `--split`), then runs the plan K times: head and tail locally, the middle on the server,
+finishing locally when the server fails (`"fallback": true`). Every output is checked against the whole model run
+locally on the same input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from rr_edge.blocks import analyze
+from rr_edge.commands._common import add_server_args, connect, make_meter, print_json
+from rr_edge.commands.plan import add_plan_args, build_plan
+from rr_edge.errors import RoadRunnerError
+from rr_edge.meters.base import Meter
+from rr_edge.offload import make_runner, outputs_close, validate_split
+from rr_edge.onnx_io import load_model
+from rr_edge.runner import Runner, RunnerConfig, RunResult
+from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("run", help="run a model split between this node and the server")
+    p.add_argument("path", metavar="PATH", help="ONNX model")
+    add_server_args(p)
+    add_plan_args(p)
+    p.add_argument("--split", metavar="I,J", help="force plan (I, J) instead of planning")
+    p.add_argument("--input", required=True, type=Path, metavar="X.npy", help="input array (single-input models)")
+    p.add_argument("--output", type=Path, metavar="Y.npy", help="write the (last) output array")
+    p.add_argument("--repeat", type=int, default=1, metavar="K", help="requests to run (default 1)")
+    p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
+    p.add_argument("--retry-interval", type=float, default=1.0, metavar="S", help="health check period when down")
+    p.add_argument("--threads", type=int, default=-1, help="intra-op threads (default $RR_THREADS or ORT's)")
+    p.add_argument("--json", action="store_true", help="print JSON (SPEC section 6)")
+    p.set_defaults(func=run)
+
+
+def _load_input(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RoadRunnerError(f"cannot read input {path}: {exc}") from None
+
+
+def _energy(meter: Meter, result: RunResult, reading_mJ: float | None) -> float:
+    """Measured energy of the request window, or, for the power model, compute at active power and waiting at idle."""
+    if meter.measured and reading_mJ is not None:
+        return reading_mJ
+    power = getattr(meter, "power")
+    local_ms = result.total_ms - result.remote_ms
+    return power.watts("compute") * local_ms + power.watts("idle") * result.remote_ms
+
+
+def run_requests(runner: Runner, x: np.ndarray, repeat: int, meter: Meter) -> tuple[list[RunResult], list[float]]:
+    results, energies = [], []
+    for _ in range(repeat):
+        token = meter.start("compute")
+        result = runner.run(x)
+        reading = meter.stop(token)
+        results.append(result)
+        energies.append(_energy(meter, result, reading.energy_mJ))
+    return results, energies
+
+
+def summarize(split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float) -> dict[str, Any]:
+    lat = np.array([r.total_ms for r in results])
+    return {
+        "split": list(split),
+        "requests": len(results),
+        "latency_ms": {"median": float(np.median(lat)), "p90": float(np.percentile(lat, 90)), "mean": float(lat.mean())},
+        "energy_mJ": float(np.median(energies)),
+        "energy_source": meter.source,
+        "energy_measured": meter.measured,
+        "fallback": any(r.fallback for r in results),
+        "fallback_requests": sum(r.fallback for r in results),
+        "max_abs_diff_vs_local": diff,
+        "remote_ms_median": float(np.median([r.remote_ms for r in results])),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        raise RoadRunnerError("--repeat must be >= 1")
+    model = load_model(args.path)
+    graph = analyze(model, Path(args.path).stem)
+    slicer = Slicer(model, graph)
+    x = _load_input(args.input)
+    settings = OrtSettings(intra_op_threads=args.threads)
+    meter = make_meter(args)
+    reference = settings.create_session(model.SerializeToString())
+    expected = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, {reference.get_inputs()[0].name: x})))
+    with connect(args) as client:
+        report = None
+        if args.split:
+            split = validate_split(args.split, len(graph.blocks))
+        else:
+            report = build_plan(args, client, model, graph, slicer)
+            split = (report.chosen.i, report.chosen.j)
+        config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
+        with make_runner(slicer, graph, split, client, config=config, settings=settings, report=report) as runner:
+            start = time.perf_counter()
+            results, energies = run_requests(runner, x, args.repeat, meter)
+            wall_s = time.perf_counter() - start
+    diff = max(outputs_close(r.outputs, expected) for r in results)
+    summary = summarize(split, results, energies, meter, diff)
+    summary["wall_s"] = wall_s
+    if report is not None:
+        summary["predicted"] = report.chosen.to_dict()
+    if args.output:
+        np.save(args.output, next(iter(results[-1].outputs.values())))
+    if args.json:
+        print_json(summary)
+    else:
+        Console().print(summary)
+    return 0

@@ -1,0 +1,47 @@
+"""`rr-edge slice PATH --blocks A:B -o OUT`: blocks A..B as a standalone ONNX model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rr_edge.blocks import analyze
+from rr_edge.errors import ModelError
+from rr_edge.onnx_io import save_model, load_model
+from rr_edge.slicing import slice_model
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "slice",
+        help="write blocks A..B (inclusive, 0-based) as a standalone ONNX model",
+    )
+    p.add_argument("path", metavar="PATH", help="ONNX model")
+    p.add_argument("--blocks", required=True, metavar="A:B", help="inclusive 0-based block range, e.g. 0:4")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx file")
+    p.set_defaults(func=run)
+
+
+def parse_range(text: str, n_blocks: int) -> tuple[int, int]:
+    """'A:B' (or 'A') -> (A, B); negative indices count from the end, as in Python."""
+    first, sep, last = text.partition(":")
+    try:
+        a = int(first)
+        b = int(last) if sep else a
+    except ValueError:
+        raise ModelError(f"--blocks expects A:B with integers, got {text!r}") from None
+    a = a + n_blocks if a < 0 else a
+    b = b + n_blocks if b < 0 else b
+    if not (0 <= a <= b < n_blocks):
+        raise ModelError(f"--blocks {text} out of range: the model has blocks 0..{n_blocks - 1}")
+    return a, b
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    model = load_model(path)
+    graph = analyze(model, path.stem)
+    a, b = parse_range(args.blocks, len(graph))
+    out = save_model(slice_model(model, graph, a, b), args.output)
+    print(out)
+    return 0

@@ -1,0 +1,37 @@
+"""`rr-edge upload PATH --server ADDR [--json]`: pre-offload a slice (nothing is sent when the server has it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rr_edge.commands._common import add_server_args, connect, print_json, stderr_console
+from rr_edge.errors import ModelError
+from rr_edge.onnx_io import load_model
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("upload", help="upload (pre-offload) an ONNX slice to the server's cache")
+    p.add_argument("path", metavar="PATH", help="ONNX slice (e.g. from `rr-edge slice`)")
+    add_server_args(p, node=False)
+    p.add_argument("--label", default="", help="label for the server's logs (default: the file name)")
+    p.add_argument("--json", action="store_true", help='print {"slice_id", "cached", "bytes"}')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    load_model(path)  # a clear local error for a missing or broken file; the server validates again
+    try:
+        data = path.read_bytes()  # the slice id is the SHA-256 of exactly these bytes
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with connect(args) as client:
+        result = client.upload_slice(data, label=args.label or path.name)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        state = "already cached, nothing sent" if result.cached else "uploaded"
+        stderr_console().print(f"{path.name}: {state} ({result.bytes:,} bytes)")
+        print(result.slice_id)
+    return 0

@@ -1,0 +1,162 @@
+"""The main job (`rr-edge demo`, `make demo`): the whole system on this machine, end to end.
+
+An embedded server on localhost (temporary data dir) -> export a model -> register this machine as an edge node ->
+network profile -> profile a p-sample of blocks -> predictions -> Pareto set and chosen plan -> run the plan over gRPC,
+checked against local execution -> measured vs predicted latency and speedups against the baselines -> Pareto plot.
+
+Edge and server share this machine's cores here, so the "cloud" is no faster than the edge: the numbers show the
+system working, not the gains of a real edge/cloud pair (tools/testbed emulates those).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rr_edge.api import EdgeNode
+from rr_edge.offload import PlanReport, outputs_close
+from rr_edge.planner import Plan, plan_cost
+from rr_edge.session import OrtSettings
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    model: str = "resnet18"
+    input_size: int = 224
+    sample: float = 0.3
+    seed: int = 0
+    max_mb: float = 64
+    repeat: int = 20
+    objective: str = "latency"
+    out_dir: Path = Path("demo-out")
+    edge_threads: int = 1  # the edge is the weaker device: one core; the server uses the rest
+
+
+@dataclass(frozen=True)
+class Measured:
+    split: tuple[int, int]
+    median_ms: float
+    p90_ms: float
+    upload_s: float
+    fallback: bool
+    max_abs_diff: float
+
+
+def _measure(node: EdgeNode, path: Path, split: tuple[int, int], x: np.ndarray, expected: dict, repeat: int) -> Measured:
+    start = time.perf_counter()
+    runner = node.runner(path, split)  # uploads the middle slice when the server lacks it
+    upload_s = time.perf_counter() - start
+    with runner:
+        runner.run(x)  # warm-up: the server opens its session
+        results = [runner.run(x) for _ in range(repeat)]
+    lat = np.array([r.total_ms for r in results])
+    return Measured(
+        split,
+        float(np.median(lat)),
+        float(np.percentile(lat, 90)),
+        upload_s,
+        any(r.fallback for r in results),
+        max(outputs_close(r.outputs, expected) for r in results),
+    )
+
+
+def _plans_to_measure(report: PlanReport) -> dict[str, Plan]:
+    plans = {"roadrunner (chosen)": report.chosen}
+    plans.update(report.baselines)
+    if report.chosen.i == report.chosen.j:  # also run the best plan that really offloads
+        offloading = [p for p in report.pareto if p.i != p.j]
+        if offloading:
+            plans["best offloading pareto plan"] = offloading[0]
+    return plans
+
+
+def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
+    from rr_edge.export import export_model
+    from rr_server import Server, ServerConfig
+
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"model": options.model, "input_size": options.input_size}
+    with tempfile.TemporaryDirectory(prefix="rr-demo-") as data_dir:
+        with Server(ServerConfig(data_dir=Path(data_dir), listen="127.0.0.1:0")) as server:
+            console.rule(f"[bold]RoaD-RuNNer demo: {options.model} at {options.input_size}")
+            console.print(f"embedded server on {server.address} (data dir {data_dir}, providers {server.providers})")
+            path = out / f"{options.model}_{options.input_size}.onnx"
+            if not path.exists():
+                with console.status(f"exporting {options.model} (random weights)"):
+                    export_model(options.model, path, input_size=options.input_size)
+            console.print(f"model: {path}")
+            settings = OrtSettings(intra_op_threads=options.edge_threads)
+            with EdgeNode(server.address, "demo-edge", settings=settings) as node:
+                graph = node.blocks(path)
+                unique = len({b.signature for b in graph.blocks})
+                console.print(f"{len(graph.blocks)} atomic blocks, {unique} unique signatures")
+                console.print(f"energy meter: {node.meter.description}")
+                with console.status(f"network profile up to {options.max_mb} MB"):
+                    net = node.netprofile(max_mb=options.max_mb)
+                console.print(
+                    f"network: uplink {net.uplink.chosen_model} (held-out error poly4 {net.uplink.poly4_error:.1%}, "
+                    f"affine {net.uplink.affine_error:.1%}); downlink {net.downlink.chosen_model}"
+                )
+                with console.status(f"profiling {options.sample:.0%} of the unique blocks"):
+                    prof = node.profile(path, sample=options.sample, seed=options.seed)
+                console.print(f"profiled {len(prof.layers)} of {prof.unique_signatures} unique blocks in {prof.elapsed_s:.1f} s")
+                time.sleep(1.0)  # let the server's debounced refresh and its own cloud timings land
+                report = node.plan(path, options.objective, amortize_over=options.repeat)
+                _print_plan(console, report)
+                x = np.random.default_rng(options.seed).standard_normal(graph.inputs[0].shape).astype(np.float32)
+                whole = settings.create_session(path.read_bytes())
+                expected = dict(zip([o.name for o in whole.get_outputs()], whole.run(None, {whole.get_inputs()[0].name: x})))
+                measured: dict[str, Measured] = {}
+                plans = _plans_to_measure(report)
+                with console.status("running the plans over gRPC") as status:
+                    for name, plan in plans.items():
+                        status.update(f"running {name} ({plan.i},{plan.j}) x {options.repeat}")
+                        measured[name] = _measure(node, path, (plan.i, plan.j), x, expected, options.repeat)
+                summary["plans"] = _print_measured(console, report, plans, measured)
+                from rr_edge.plot import plot_pareto
+
+                png = plot_pareto(report.table, report.pareto, report.chosen, report.baselines, out / "pareto.png", title=graph.model)
+                console.print(f"Pareto plot: {png}")
+                summary.update(
+                    blocks=len(graph.blocks),
+                    profiled=len(prof.layers),
+                    chosen=report.chosen.to_dict(),
+                    max_abs_diff_vs_local=max(m.max_abs_diff for m in measured.values()),
+                    pareto_png=str(png),
+                )
+    return summary
+
+
+def _print_plan(console: Console, report: PlanReport) -> None:
+    from rr_edge.commands.plan import plan_table
+
+    console.print(plan_table(report, f"Pareto set and baselines (predicted; objective {report.chosen.objective})"))
+    counts = report.costs.provenance_counts()
+    console.print(f"block predictions: edge {counts['edge']}, cloud {counts['cloud']}")
+
+
+def _print_measured(console: Console, report: PlanReport, plans: dict[str, Plan], measured: dict[str, Measured]) -> list:
+    chosen = measured["roadrunner (chosen)"].median_ms
+    table = Table(title="measured over gRPC on this machine (median of the requests)")
+    for column in ("plan", "i,j", "predicted ms", "measured ms", "p90 ms", "chosen speedup", "max |diff| vs local"):
+        table.add_column(column, justify="left" if column == "plan" else "right")
+    rows = []
+    for name, plan in plans.items():
+        m = measured[name]
+        predicted = plan_cost(report.inputs, plan.i, plan.j).latency_ms
+        table.add_row(
+            name, f"{plan.i},{plan.j}", f"{predicted:.1f}", f"{m.median_ms:.1f}", f"{m.p90_ms:.1f}",
+            f"{m.median_ms / chosen:.2f}x", f"{m.max_abs_diff:.1e}" + (" (fallback)" if m.fallback else ""),
+        )  # fmt: skip
+        rows.append({"plan": name, "split": [plan.i, plan.j], "predicted_ms": predicted, "measured_ms": m.median_ms,
+                     "p90_ms": m.p90_ms, "fallback": m.fallback, "max_abs_diff": m.max_abs_diff})  # fmt: skip
+    console.print(table)
+    return rows

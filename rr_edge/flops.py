@@ -1,0 +1,97 @@
+"""Floating-point operation counts per ONNX node (pure; a multiply-add counts as 2).
+
+Dense ops (Conv, ConvTranspose, Gemm, MatMul, Einsum-free attention built from MatMul) dominate
+and are counted exactly from shapes: 2 per MAC, plus one add per output element for a bias.
+Element-wise ops, pooling, reductions and normalisations are counted per output element with
+small per-element costs. Shape/data-movement ops count 0. Unknown shapes count 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from onnx import NodeProto
+
+from rr_edge.onnx_io import TensorInfo
+
+__all__ = ["node_flops"]
+
+# Cost per output element of cheap ops.
+_ELEMENTWISE = {
+    "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Pow": 1, "Neg": 1, "Abs": 1, "Sqrt": 1, "Reciprocal": 1,
+    "Max": 1, "Min": 1, "Sum": 1, "Mean": 1, "Relu": 1, "LeakyRelu": 1, "PRelu": 1, "Clip": 1,
+    "Sigmoid": 1, "HardSigmoid": 1, "HardSwish": 1, "Tanh": 1, "Exp": 1, "Log": 1, "Erf": 1,
+    "Elu": 1, "Selu": 1, "Celu": 1, "Softplus": 1, "Gelu": 1, "Mish": 1, "Where": 1,
+    "BatchNormalization": 2, "InstanceNormalization": 5, "LayerNormalization": 5,
+    "GroupNormalization": 5, "Softmax": 3, "LogSoftmax": 3, "LRN": 3,
+}  # fmt: skip
+_POOLS = {"MaxPool", "AveragePool", "LpPool"}
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        if d < 0:
+            return 0
+        n *= d
+    return n
+
+
+def _ints(node: NodeProto, name: str) -> list[int]:
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints)
+    return []
+
+
+def _int(node: NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(a.i)
+    return default
+
+
+def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
+    """FLOPs of one node given the static shapes of its tensors (`infos` by tensor name)."""
+
+    def shape(i: int, outputs: bool = False) -> tuple[int, ...] | None:
+        names = node.output if outputs else node.input
+        if i >= len(names) or not names[i] or names[i] not in infos:
+            return None
+        return infos[names[i]].shape
+
+    out = shape(0, outputs=True)
+    out_n = _numel(out) if out is not None else 0
+    op = node.op_type
+    if op == "Conv":
+        w = shape(1)
+        if w is None or out is None:
+            return 0
+        macs = out_n * _numel(w[1:])
+        return 2 * macs + (out_n if len(node.input) > 2 and node.input[2] else 0)
+    if op == "ConvTranspose":
+        x, w = shape(0), shape(1)
+        if x is None or w is None:
+            return 0
+        macs = _numel(x) * _numel(w[1:])
+        return 2 * macs + (out_n if len(node.input) > 2 and node.input[2] else 0)
+    if op == "Gemm":
+        a = shape(0)
+        if a is None or out is None or len(a) != 2:
+            return 0
+        k = a[0] if _int(node, "transA", 0) else a[1]
+        return 2 * out_n * k + (out_n if len(node.input) > 2 and node.input[2] else 0)
+    if op in ("MatMul", "MatMulInteger"):
+        a = shape(0)
+        if a is None or out is None or not a:
+            return 0
+        return 2 * out_n * a[-1]
+    if op in _ELEMENTWISE:
+        return _ELEMENTWISE[op] * out_n
+    if op in _POOLS:
+        return out_n * _numel(tuple(_ints(node, "kernel_shape")))
+    if op in _GLOBAL_POOLS:
+        x = shape(0)
+        return _numel(x) if x is not None else 0
+    return 0

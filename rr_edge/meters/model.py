@@ -1,0 +1,157 @@
+"""Declared power model: energy = declared watts x elapsed time. An ESTIMATE, never a measurement.
+
+The last resort where no real meter works (and the meter of the emulated testbed, whose device classes have no
+hardware to measure). Power per device class comes from a JSON or TOML file; the class is `device_class=`, else
+``$RR_DEVICE_CLASS``, else the file's ``default`` class, else the built-in `DEFAULT_POWER`. The file is `config=`,
+else ``$RR_POWER_CONFIG``, else the testbed table ``tools/testbed/classes.json`` when the source tree is present.
+Both shapes are read::
+
+    {"classes": [{"name": "emu-nano", "power": {"active_w": 10, "idle_w": 1.25, "net_tx_w": 1.5, "net_rx_w": 1}}]}
+
+    [classes.emu-nano]            # TOML; a "power" sub-table works too
+    active_w = 10.0
+    idle_w = 1.25
+
+Activities: compute -> active_w; tx -> idle_w + net_tx_w; rx -> idle_w + net_rx_w; idle -> idle_w (the radio
+figures are what a transfer adds on top of the idle device).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rr_edge.errors import MeterError
+from rr_edge.meters.base import Meter
+
+log = logging.getLogger(__name__)
+
+ENV_CONFIG = "RR_POWER_CONFIG"
+ENV_DEVICE_CLASS = "RR_DEVICE_CLASS"
+TESTBED_CLASSES = Path(__file__).resolve().parents[2] / "tools" / "testbed" / "classes.json"
+
+
+@dataclass(frozen=True)
+class PowerSpec:
+    """Declared power draw (W) of a device class."""
+
+    active_w: float
+    idle_w: float
+    net_tx_w: float = 0.0
+    net_rx_w: float = 0.0
+    device_class: str = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("active_w", "idle_w", "net_tx_w", "net_rx_w"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0 or value != value:
+                raise MeterError(f"power model {self.device_class!r}: {name} must be a number >= 0, got {value!r}")
+
+    def watts(self, activity: str) -> float:
+        return {
+            "compute": self.active_w,
+            "tx": self.idle_w + self.net_tx_w,
+            "rx": self.idle_w + self.net_rx_w,
+            "idle": self.idle_w,
+        }[activity]
+
+
+# A small edge board (Jetson-Nano-like, 10 W mode) when nothing is configured.
+DEFAULT_POWER = PowerSpec(active_w=10.0, idle_w=1.25, net_tx_w=1.5, net_rx_w=1.0, device_class="default")
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MeterError(f"power model config {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise MeterError(f"power model config {path}: TOML needs Python 3.11+; use JSON") from None
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as exc:
+        raise MeterError(f"power model config {path}: not valid {path.suffix[1:] or 'JSON'} ({exc})") from None
+
+
+def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
+    """Class name -> PowerSpec from a JSON/TOML file (see the module docstring)."""
+    p = Path(path)
+    raw = _parse(p).get("classes")
+    if isinstance(raw, list):
+        items = [(str(c.get("name", "")), c) for c in raw if isinstance(c, dict)]
+    elif isinstance(raw, dict):
+        items = [(str(k), v) for k, v in raw.items() if isinstance(v, dict)]
+    else:
+        raise MeterError(f"power model config {p}: expected a 'classes' list or table")
+    table: dict[str, PowerSpec] = {}
+    for name, entry in items:
+        power = entry.get("power", entry)
+        try:
+            table[name] = PowerSpec(
+                active_w=power["active_w"],
+                idle_w=power["idle_w"],
+                net_tx_w=power.get("net_tx_w", 0.0),
+                net_rx_w=power.get("net_rx_w", 0.0),
+                device_class=name,
+            )
+        except (KeyError, TypeError) as exc:
+            raise MeterError(f"power model config {p}: class {name!r} lacks {exc} (needs active_w, idle_w)") from None
+    return table
+
+
+def resolve_power(config: str | Path | None = None, device_class: str | None = None) -> tuple[PowerSpec, str]:
+    """The PowerSpec to use and where it came from (a file path or "built-in default")."""
+    path = Path(config) if config else Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None
+    if path is None and TESTBED_CLASSES.is_file():
+        path = TESTBED_CLASSES
+    cls = device_class or os.environ.get(ENV_DEVICE_CLASS) or None
+    if path is None:
+        if cls and cls != DEFAULT_POWER.device_class:
+            raise MeterError(f"device class {cls!r} given but no power model config (set {ENV_CONFIG})")
+        return DEFAULT_POWER, "built-in default"
+    table = load_power_table(path)
+    if cls is None:
+        return table.get("default", DEFAULT_POWER), str(path) if "default" in table else "built-in default"
+    if cls not in table:
+        raise MeterError(f"device class {cls!r} not in power model config {path} (known: {', '.join(table)})")
+    return table[cls], str(path)
+
+
+class ModelMeter(Meter):
+    """Energy = declared watts of the current activity x elapsed seconds (source "model", measured=False)."""
+
+    source = "model"
+    measured = False
+    min_window_s = 0.0
+
+    def __init__(
+        self, power: PowerSpec | None = None, *, config: str | Path | None = None, device_class: str | None = None
+    ) -> None:
+        super().__init__()
+        if power is None:
+            power, self.origin = resolve_power(config, device_class)
+        else:
+            self.origin = "given"
+        self.power = power
+
+    @property
+    def description(self) -> str:
+        p = self.power
+        return (
+            f"model (estimate, not measured): class {p.device_class!r} active {p.active_w} W, idle {p.idle_w} W "
+            f"from {self.origin}"
+        )
+
+    def _begin(self, activity: str) -> Any:
+        return self.power.watts(activity)
+
+    def _end(self, state: Any, elapsed_s: float) -> float:
+        return float(state) * elapsed_s * 1000.0

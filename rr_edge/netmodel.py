@@ -1,0 +1,292 @@
+"""Network cost model of one direction of the edge <-> cloud link (pure, no I/O).
+
+Two curves of transfer time (ms) against message size (bytes) are fitted to a network profile:
+
+* ``poly4``  — the paper's fourth-order polynomial of message size (fitted on x = bytes / largest size, so it stays
+  well conditioned from KB to hundreds of MB); outside the profiled range it is continued linearly with the affine
+  slope instead of letting the quartic explode;
+* ``affine`` — the physical model ``rtt_ms + bytes / bandwidth`` with both terms non-negative.
+
+Both are fitted with relative (1 / time) weights, so small messages count as much as large ones, and scored by
+leave-one-size-out prediction on the profiled sizes (mean absolute relative error). The affine model is kept unless
+the polynomial is clearly better (``poly_margin``): with the same data it has one parameter where the quartic has
+five. Optional energy per transfer (mJ) is fitted with a non-negative affine model of bytes.
+
+At run time `NetworkModel.update` folds observed (bytes, ms) transfers into an exponentially weighted multiplicative
+correction of the fitted curve; `NetworkModel.drifted` says when it moved by more than a threshold (default 25%)
+since the last plan, and `NetworkModel.rebased` marks the current correction as the one planned with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.polynomial import polynomial as P
+
+AFFINE = "affine"
+POLY4 = "poly4"
+DEFAULT_ALPHA = 0.2
+DEFAULT_DRIFT_THRESHOLD = 0.25
+DEFAULT_POLY_MARGIN = 0.9
+_EPS_MS = 1e-9
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """Predicts transfer time (ms) and, optionally, edge energy (mJ) of one message of ``nbytes`` bytes.
+
+    ``coeffs``: affine -> (rtt_ms, ms_per_byte); poly4 -> c0..c4 of the polynomial in x = bytes / scale_bytes.
+    ``slope_ms_per_byte`` continues a polynomial outside ``[lo_bytes, hi_bytes]``.
+    ``energy_coeffs``: (mJ per transfer, mJ per byte) or None when no energy was profiled.
+    ``drift`` is the exponentially weighted ratio observed / fitted time; ``ref_drift`` its value when last planned.
+    """
+
+    kind: str
+    coeffs: tuple[float, ...]
+    scale_bytes: float = 1.0
+    lo_bytes: float = 0.0
+    hi_bytes: float = float("inf")
+    slope_ms_per_byte: float = 0.0
+    energy_coeffs: tuple[float, float] | None = None
+    drift: float = 1.0
+    ref_drift: float = 1.0
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        if self.kind not in (AFFINE, POLY4):
+            raise ValueError(f"unknown network model kind {self.kind!r} (expected {AFFINE!r} or {POLY4!r})")
+        if self.kind == AFFINE and len(self.coeffs) != 2:
+            raise ValueError("an affine network model needs coeffs (rtt_ms, ms_per_byte)")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if not all(np.isfinite(c) for c in self.coeffs) or self.drift <= 0 or self.ref_drift <= 0:
+            raise ValueError("network model coefficients must be finite and drift positive")
+
+    @classmethod
+    def affine(cls, rtt_ms: float, bandwidth_bytes_per_ms: float, **kw: Any) -> NetworkModel:
+        """Affine link: ``rtt_ms`` per message plus ``1 / bandwidth`` ms per byte (bandwidth in bytes/ms = kB/s)."""
+        if rtt_ms < 0 or bandwidth_bytes_per_ms <= 0:
+            raise ValueError("rtt_ms must be >= 0 and bandwidth > 0")
+        return cls(AFFINE, (float(rtt_ms), 1.0 / float(bandwidth_bytes_per_ms)), **kw)
+
+    @property
+    def rtt_ms(self) -> float:
+        """Fixed cost per message (ms) of the fitted curve: its value at 0 bytes."""
+        return float(self._base(np.zeros(1))[0])
+
+    @property
+    def has_energy(self) -> bool:
+        return self.energy_coeffs is not None
+
+    def affine_terms(self) -> tuple[float, float] | None:
+        """(ms per message, ms per byte) when ``predict_ms`` is exactly affine in bytes >= 0, else None."""
+        if self.kind != AFFINE or self.coeffs[0] < 0 or self.coeffs[1] < 0:
+            return None
+        return self.coeffs[0] * self.drift, self.coeffs[1] * self.drift
+
+    def energy_terms(self) -> tuple[float, float] | None:
+        """(mJ per message, mJ per byte) of ``predict_mJ`` when it is exactly affine in bytes >= 0, else None."""
+        e = self.energy_coeffs
+        if e is None or e[0] < 0 or e[1] < 0:
+            return None
+        return e[0] * self.drift, e[1] * self.drift
+
+    def _base(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == AFFINE:
+            return self.coeffs[0] + self.coeffs[1] * x
+        lo, hi, s = self.lo_bytes, self.hi_bytes, self.slope_ms_per_byte
+        inside = P.polyval(np.clip(x, lo, hi) / self.scale_bytes, self.coeffs)
+        return inside + s * (x - np.clip(x, lo, hi))
+
+    def predict_ms(self, nbytes: Any) -> Any:
+        """Transfer time (ms) of messages of ``nbytes`` bytes (scalar -> float, array -> array); never negative."""
+        x = np.asarray(nbytes, dtype=np.float64)
+        out = np.maximum(self._base(x) * self.drift, 0.0)
+        return float(out) if out.ndim == 0 else out
+
+    def predict_mJ(self, nbytes: Any) -> Any:
+        """Edge energy (mJ) of transferring ``nbytes`` bytes; raises ValueError when no energy was profiled."""
+        if self.energy_coeffs is None:
+            raise ValueError("this network model has no energy profile")
+        x = np.asarray(nbytes, dtype=np.float64)
+        out = np.maximum(self.energy_coeffs[0] + self.energy_coeffs[1] * x, 0.0) * self.drift
+        return float(out) if out.ndim == 0 else out
+
+    def update(self, nbytes: Any, ms: Any, alpha: float | None = None) -> NetworkModel:
+        """Fold observed transfers (bytes, ms; scalars or equal-length arrays, in time order) into ``drift``."""
+        a = self.alpha if alpha is None else float(alpha)
+        if not 0.0 < a <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {a}")
+        xb = np.atleast_1d(np.asarray(nbytes, dtype=np.float64))
+        tm = np.atleast_1d(np.asarray(ms, dtype=np.float64))
+        if xb.shape != tm.shape or np.any(xb < 0) or np.any(~np.isfinite(tm)) or np.any(tm < 0):
+            raise ValueError("update needs equal-length non-negative bytes and finite non-negative ms")
+        ratios = tm / np.maximum(self._base(xb), _EPS_MS)
+        d = self.drift
+        for r in ratios:
+            d = (1.0 - a) * d + a * float(r)
+        return replace(self, drift=max(d, 1e-6))
+
+    def drifted(self, threshold: float = DEFAULT_DRIFT_THRESHOLD) -> bool:
+        """True when the predicted times moved by more than ``threshold`` (relative) since the last plan."""
+        return abs(self.drift / self.ref_drift - 1.0) > threshold
+
+    def rebased(self) -> NetworkModel:
+        """The same model, with the current drift marked as the one the plan was made with."""
+        return replace(self, ref_drift=self.drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (what travels in the protobuf profile message)."""
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "coeffs": [float(c) for c in self.coeffs],
+            "scale_bytes": float(self.scale_bytes),
+            "lo_bytes": float(self.lo_bytes),
+            "hi_bytes": None if np.isinf(self.hi_bytes) else float(self.hi_bytes),
+            "slope_ms_per_byte": float(self.slope_ms_per_byte),
+            "energy_coeffs": None if self.energy_coeffs is None else [float(c) for c in self.energy_coeffs],
+            "drift": float(self.drift),
+            "ref_drift": float(self.ref_drift),
+            "alpha": float(self.alpha),
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkModel:
+        """Inverse of `to_dict`; raises ValueError on a malformed dict."""
+        try:
+            energy = d.get("energy_coeffs")
+            hi = d.get("hi_bytes")
+            return cls(
+                kind=str(d["kind"]),
+                coeffs=tuple(float(c) for c in d["coeffs"]),
+                scale_bytes=float(d.get("scale_bytes", 1.0)),
+                lo_bytes=float(d.get("lo_bytes", 0.0)),
+                hi_bytes=float("inf") if hi is None else float(hi),
+                slope_ms_per_byte=float(d.get("slope_ms_per_byte", 0.0)),
+                energy_coeffs=None if energy is None else (float(energy[0]), float(energy[1])),
+                drift=float(d.get("drift", 1.0)),
+                ref_drift=float(d.get("ref_drift", 1.0)),
+                alpha=float(d.get("alpha", DEFAULT_ALPHA)),
+            )
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"malformed network model dict: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class NetworkFit:
+    """Both fitted curves of one direction, their held-out errors (mean |relative error|) and the chosen one."""
+
+    chosen: NetworkModel
+    affine: NetworkModel
+    poly: NetworkModel | None
+    affine_error: float
+    poly_error: float
+    sizes: int = 0
+    method: str = "leave-one-size-out"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chosen": self.chosen.kind,
+            "affine_error": _json_float(self.affine_error),
+            "poly_error": _json_float(self.poly_error),
+            "held_out": self.method,
+            "sizes": self.sizes,
+            "model": self.chosen.to_dict(),
+            "affine": self.affine.to_dict(),
+            "poly": None if self.poly is None else self.poly.to_dict(),
+        }
+
+
+def _json_float(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def _nn_affine(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Non-negative (a, b) minimising sum(((a + b x - y) / y)^2): 2-variable active-set enumeration."""
+    w = 1.0 / y
+    A = np.stack([w, w * x], axis=1)
+    t = np.ones_like(y)
+    cands: list[tuple[float, float]] = []
+    if len(x) >= 2 and np.ptp(x) > 0:
+        sol = np.linalg.lstsq(A, t, rcond=None)[0]
+        cands.append((float(sol[0]), float(sol[1])))
+    cands.append((0.0, float(max(np.dot(A[:, 1], t) / max(np.dot(A[:, 1], A[:, 1]), 1e-300), 0.0))))
+    cands.append((float(max(np.dot(A[:, 0], t) / np.dot(A[:, 0], A[:, 0]), 0.0)), 0.0))
+    feasible = [(a, b) for a, b in cands if a >= 0 and b >= 0]
+    return min(feasible, key=lambda ab: float(np.sum((A @ np.array(ab) - t) ** 2)))
+
+
+def _fit_affine(x: np.ndarray, y: np.ndarray) -> NetworkModel:
+    a, b = _nn_affine(x, y)
+    return NetworkModel(AFFINE, (a, b), lo_bytes=float(x.min()), hi_bytes=float(x.max()), slope_ms_per_byte=b)
+
+
+def _fit_poly(x: np.ndarray, y: np.ndarray) -> NetworkModel:
+    deg = min(4, len(x) - 1)
+    scale = float(x.max()) or 1.0
+    c = P.polyfit(x / scale, y, deg, w=1.0 / y)
+    coeffs = tuple(float(v) for v in c) + (0.0,) * (4 - deg)
+    slope = _nn_affine(x, y)[1]
+    return NetworkModel(POLY4, coeffs, scale, float(x.min()), float(x.max()), slope)
+
+
+def _held_out_error(x: np.ndarray, y: np.ndarray, fitter: Any, min_points: int) -> float:
+    """Mean |relative error| predicting each size from a fit on the other sizes (nan if too few sizes)."""
+    if len(x) - 1 < min_points:
+        return float("nan")
+    errs = []
+    for k in range(len(x)):
+        keep = np.arange(len(x)) != k
+        model = fitter(x[keep], y[keep])
+        errs.append(abs(model.predict_ms(x[k]) - y[k]) / y[k])
+    return float(np.mean(errs))
+
+
+def fit_network_model(
+    sizes_bytes: Any,
+    times_ms: Any,
+    energies_mJ: Any = None,
+    *,
+    poly_margin: float = DEFAULT_POLY_MARGIN,
+) -> NetworkFit:
+    """Fit both curves to one direction's profile (repeats allowed; medians per size are used) and choose.
+
+    ``sizes_bytes``, ``times_ms`` (and optional ``energies_mJ``): equal-length samples, times > 0.
+    The polynomial is chosen only if its held-out error is below ``poly_margin`` x the affine one.
+    """
+    x_all = np.asarray(sizes_bytes, dtype=np.float64).ravel()
+    y_all = np.asarray(times_ms, dtype=np.float64).ravel()
+    if x_all.shape != y_all.shape or x_all.size == 0:
+        raise ValueError("sizes_bytes and times_ms must be non-empty and of equal length")
+    if np.any(~np.isfinite(x_all)) or np.any(x_all < 0) or np.any(~np.isfinite(y_all)) or np.any(y_all <= 0):
+        raise ValueError("sizes must be finite and >= 0, times finite and > 0")
+    notes: list[str] = []
+    xs = np.unique(x_all)
+    if xs.size < 2:
+        raise ValueError("a network profile needs at least two distinct message sizes")
+    ys = np.array([np.median(y_all[x_all == s]) for s in xs])
+    energy = None
+    if energies_mJ is not None:
+        e_all = np.asarray(energies_mJ, dtype=np.float64).ravel()
+        if e_all.shape != x_all.shape:
+            raise ValueError("energies_mJ must have the length of sizes_bytes")
+        if np.all(np.isfinite(e_all)) and np.all(e_all > 0):
+            es = np.array([np.median(e_all[x_all == s]) for s in xs])
+            energy = _nn_affine(xs, es)
+        else:
+            notes.append("energy not fitted: missing or non-positive values")
+    affine = replace(_fit_affine(xs, ys), energy_coeffs=energy)
+    poly = replace(_fit_poly(xs, ys), energy_coeffs=energy) if xs.size >= 3 else None
+    aff_err = _held_out_error(xs, ys, _fit_affine, 2)
+    poly_err = _held_out_error(xs, ys, _fit_poly, 3) if poly is not None else float("nan")
+    use_poly = (
+        poly is not None and np.isfinite(poly_err) and (not np.isfinite(aff_err) or poly_err < poly_margin * aff_err)
+    )
+    if not np.isfinite(aff_err):
+        notes.append("too few sizes for a held-out error; affine model kept")
+    chosen = poly if use_poly and poly is not None else affine
+    return NetworkFit(chosen, affine, poly, aff_err, poly_err, sizes=int(xs.size), notes=tuple(notes))

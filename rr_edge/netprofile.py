@@ -1,0 +1,258 @@
+"""Network profiler: time (and meter) uploads and downloads of 1 KB .. max MB to the server, fit each direction.
+
+Uplink uses `EchoService.Send` (the edge streams the payload, the server acknowledges the byte count), downlink
+`EchoService.Receive` (the server streams it). Sizes are log-spaced (`points_per_octave` per doubling) and each is
+repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the
+connection first. Energy, where a meter is given, is metered per size over consecutive transfers lasting at least the
+meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: both the 4th-order polynomial and the affine model,
+each with its held-out error, and the chosen one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rr_edge.meters.base import Meter
+from rr_edge.netmodel import fit_network_model
+from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
+
+if TYPE_CHECKING:
+    from rr_edge.client import Client
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_MB",
+    "NetProfileConfig",
+    "fit_direction",
+    "log_sizes",
+    "measure_direction",
+    "profile_network",
+    "run_netprofile",
+]
+
+DEFAULT_MAX_MB = 256
+DEFAULT_MIN_TIME_S = 0.1
+MAX_TRANSFERS_PER_SIZE = 500
+MiB = 1024 * 1024
+
+# progress(direction, done, total, label)
+Progress = Callable[[str, int, int, str], None]
+
+
+@dataclass(frozen=True)
+class NetProfileConfig:
+    """Sizes from `min_bytes` to `max_mb` MiB, `points_per_octave` per doubling; each size is transferred at least
+    `repeats` times and for at least `min_time_s` (small messages get many transfers, so their medians hold up
+    on a busy machine)."""
+
+    max_mb: float = DEFAULT_MAX_MB
+    min_bytes: int = 1024
+    points_per_octave: int = 1
+    repeats: int = 3
+    min_time_s: float = DEFAULT_MIN_TIME_S
+    warmup: int = 3
+    chunk_bytes: int | None = None  # default: the client's chunk size
+
+    def __post_init__(self) -> None:
+        if self.max_mb * MiB < 2 * self.min_bytes:
+            raise ValueError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
+        if self.repeats < 1 or self.points_per_octave < 1:
+            raise ValueError("repeats and points_per_octave must be >= 1")
+
+    def sizes(self) -> list[int]:
+        return log_sizes(self.min_bytes, int(self.max_mb * MiB), self.points_per_octave)
+
+
+def log_sizes(min_bytes: int, max_bytes: int, points_per_octave: int = 1) -> list[int]:
+    """Log-spaced sizes from min_bytes to max_bytes inclusive (distinct, increasing)."""
+    octaves = math.log2(max_bytes / min_bytes)
+    n = max(int(math.ceil(octaves * points_per_octave - 1e-9)), 1)
+    sizes = np.unique(np.round(np.geomspace(min_bytes, max_bytes, n + 1)).astype(np.int64))
+    return [int(s) for s in sizes]
+
+
+def measure_direction(
+    transfer: Callable[[int], object],
+    sizes: Sequence[int],
+    repeats: int,
+    *,
+    min_time_s: float = 0.0,
+    meter: Meter | None = None,
+    activity: str = "tx",
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[int, int, int], None] | None = None,
+    seed: int = 0,
+) -> list[NetworkSample]:
+    """At least `repeats` timed transfers and `min_time_s` of transfer time for every size; energy per transfer
+    when metered.
+
+    Timing is spread over the whole measurement: a first shuffled round times every size once and sets its target
+    count (max(repeats, min_time_s / its time)); then the remaining transfers of every size are spaced evenly over
+    as many rounds as the most-sampled size needs, each round in a shuffled (seeded) order. A burst of load from
+    elsewhere on the machine thus touches all sizes alike instead of bending one stretch of the curve.
+    """
+    order = [int(s) for s in dict.fromkeys(sizes)]
+    times: dict[int, list[float]] = {s: [] for s in order}
+    rng = random.Random(seed)
+
+    def timed(size: int) -> None:
+        t0 = clock()
+        transfer(size)
+        times[size].append((clock() - t0) * 1000.0)
+
+    first = order[:]
+    rng.shuffle(first)
+    for k, size in enumerate(first):
+        if progress:
+            progress(k, len(order), size)
+        timed(size)
+    target = {
+        s: min(max(repeats, math.ceil(min_time_s * 1000.0 / max(times[s][0], 1e-3))), MAX_TRANSFERS_PER_SIZE)
+        for s in order
+    }
+    rounds = max(target.values())
+    for r in range(1, rounds):
+        due = [s for s in order if len(times[s]) < min(target[s], math.ceil((r + 1) * target[s] / rounds))]
+        rng.shuffle(due)
+        for size in due:
+            timed(size)
+        if progress:
+            progress(sum(len(times[s]) >= target[s] for s in order), len(order), 0)
+    if progress:
+        progress(len(order), len(order), 0)
+    energy: dict[int, float | None] = dict.fromkeys(times)
+    if meter is not None:
+        for size in times:
+            token = meter.start(activity)
+            count = 0
+            while count == 0 or meter.elapsed_s(token) < meter.min_window_s:
+                transfer(size)
+                count += 1
+            reading = meter.stop(token)
+            energy[size] = reading.energy_mJ / count if reading.energy_mJ is not None else None
+    return [NetworkSample(size, ms, energy[size]) for size in times for ms in times[size]]
+
+
+def fit_direction(samples: Sequence[NetworkSample]) -> DirectionProfile:
+    """Both fits of one direction (via rr_edge.netmodel) and the chosen one."""
+    sizes = [s.bytes for s in samples]
+    times = [max(s.ms, 1e-6) for s in samples]
+    energies = [s.energy_mJ for s in samples]
+    has_energy = all(e is not None and e > 0 for e in energies)
+    fit = fit_network_model(sizes, times, energies if has_energy else None)
+    return DirectionProfile(
+        samples=tuple(samples),
+        chosen_model=fit.chosen.kind,
+        poly4_error=_finite(fit.poly_error),
+        affine_error=_finite(fit.affine_error),
+        model=fit.chosen.to_dict(),
+    )
+
+
+def _finite(v: float) -> float:
+    return float(v) if math.isfinite(v) else -1.0
+
+
+def profile_network(
+    client: Client,
+    config: NetProfileConfig | None = None,
+    *,
+    meter: Meter | None = None,
+    progress: Progress | None = None,
+) -> NetworkProfile:
+    """Measure both directions against the server `client` is connected to and fit them."""
+    cfg = config or NetProfileConfig()
+    sizes = cfg.sizes()
+    chunk = cfg.chunk_bytes
+
+    def up(n: int) -> object:
+        return client.echo_send(n, chunk)
+
+    def down(n: int) -> object:
+        return client.echo_receive(n, chunk)
+
+    for _ in range(cfg.warmup):
+        up(cfg.min_bytes)
+        down(cfg.min_bytes)
+    directions = {}
+    for name, transfer, activity in (("uplink", up, "tx"), ("downlink", down, "rx")):
+
+        def report(done: int, total: int, size: int, name: str = name) -> None:
+            if progress:
+                progress(name, done, total, f"{size / MiB:.3g} MiB" if size else "")
+
+        samples = measure_direction(
+            transfer, sizes, cfg.repeats, min_time_s=cfg.min_time_s, meter=meter, activity=activity, progress=report
+        )
+        directions[name] = fit_direction(samples)
+        d = directions[name]
+        log.info("%s: chosen %s (held-out error poly4 %.3f, affine %.3f)", name, d.chosen_model, d.poly4_error,
+                 d.affine_error)
+    return NetworkProfile(
+        uplink=directions["uplink"],
+        downlink=directions["downlink"],
+        energy_source=meter.source if meter is not None else "",
+        measured_at=time.time(),
+    )
+
+
+def run_netprofile(
+    client: Client,
+    node_id: str,
+    config: NetProfileConfig | None = None,
+    *,
+    meter: Meter | None = None,
+    register: bool = True,
+    progress: Progress | None = None,
+) -> NetworkProfile:
+    """Register the node, profile the link, report the profile to the server."""
+    if register:
+        from rr_edge.device import describe_device
+
+        client.register_node(node_id, describe_device(energy_source=meter.source if meter else ""))
+    profile = profile_network(client, config, meter=meter, progress=progress)
+    client.report_network_profile(node_id, profile)
+    return profile
+
+
+def summary(profile: NetworkProfile) -> dict[str, object]:
+    """JSON summary of a profile (the `rr-edge netprofile --json` object)."""
+
+    def direction(d: DirectionProfile) -> dict[str, object]:
+        sizes = sorted({s.bytes for s in d.samples})
+        by_size = {b: [s.ms for s in d.samples if s.bytes == b] for b in sizes}
+        model = d.model
+        bandwidth = None
+        if model.get("kind") == "affine" and model["coeffs"][1] > 0:
+            bandwidth = 1.0 / model["coeffs"][1] / 1000.0  # bytes per ms -> MB/s
+        elif model.get("slope_ms_per_byte", 0) > 0:
+            bandwidth = 1.0 / model["slope_ms_per_byte"] / 1000.0
+        return {
+            "chosen_model": d.chosen_model,
+            "poly4_error": d.poly4_error,
+            "affine_error": d.affine_error,
+            "bandwidth_MBps": bandwidth,
+            "sizes": len(sizes),
+            "max_bytes": sizes[-1] if sizes else 0,
+            "median_ms": {str(b): float(np.median(v)) for b, v in by_size.items()},
+            "energy_mJ": {
+                str(b): next((s.energy_mJ for s in d.samples if s.bytes == b), None) for b in sizes
+            },
+            "model": model,
+        }
+
+    return {
+        "uplink": direction(profile.uplink),
+        "downlink": direction(profile.downlink),
+        "energy_source": profile.energy_source,
+        "measured_at": profile.measured_at,
+    }

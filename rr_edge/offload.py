@@ -1,0 +1,244 @@
+"""From a model and a server to a plan and a runner: the online phase of the edge.
+
+    gather   predictions for this node and for the cloud node, the network profile, the e2e correction
+    plan     every plan (i, j) with the planner, the Pareto set, the chosen plan and the four baselines
+    runner   the chosen (or a forced) split as slices: head and tail local, the middle offloaded
+
+The cost model and the planner are pure (`rr_edge.planner`); this module gathers their inputs through the client
+and turns a split into runnable slices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rr_edge import neurosurgeon
+from rr_edge.baselines import all_baselines
+from rr_edge.blocks import BlockGraph
+from rr_edge.client import Client, Prediction, slice_id_of
+from rr_edge.errors import RoadRunnerError
+from rr_edge.meters.model import PowerSpec
+from rr_edge.netmodel import NetworkModel
+from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, evaluate_all, pareto, plan_cost
+from rr_edge.profiler import features_of
+from rr_edge.runner import PlanSlices, Runner, RunnerConfig
+from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBJECTIVE = "latency"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per-block predictions of one model on the edge node and on the cloud node, with their provenance."""
+
+    edge: tuple[Prediction, ...]
+    cloud: tuple[Prediction, ...]
+    e2e_correction: float
+    uplink: NetworkModel
+    downlink: NetworkModel
+    power: PowerSpec
+
+    @property
+    def energy_source(self) -> str:
+        sources = {p.energy_source for p in self.edge if p.energy_source}
+        return ",".join(sorted(sources)) or "model"
+
+    def provenance_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for side, preds in (("edge", self.edge), ("cloud", self.cloud)):
+            counts: dict[str, int] = {}
+            for p in preds:
+                counts[p.latency_provenance] = counts.get(p.latency_provenance, 0) + 1
+            out[side] = counts
+        return out
+
+
+@dataclass
+class PlanReport:
+    """Everything `rr-edge plan` prints, plus the full table for plots."""
+
+    blocks: int
+    table: PlanTable
+    pareto: list[Plan]
+    chosen: Plan
+    baselines: dict[str, Plan]
+    inputs: PlanInputs
+    costs: Costs
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """SPEC section 6 `plan --json` (plus energy_source and provenance counts)."""
+        return {
+            "blocks": self.blocks,
+            "pareto": [p.to_dict() for p in self.pareto],
+            "chosen": self.chosen.to_dict(),
+            "baselines": {name: p.to_dict() for name, p in self.baselines.items()},
+            "energy_source": self.costs.energy_source,
+            "provenance": self.costs.provenance_counts(),
+            "e2e_correction": self.costs.e2e_correction,
+            **self.extras,
+        }
+
+
+def _block_dicts(graph: BlockGraph) -> list[dict[str, Any]]:
+    return [b.to_json() for b in graph.blocks]
+
+
+def gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSpec) -> Costs:
+    """Ask the server for the predictions of every block on this node and on the cloud node, and the network."""
+    profile = client.get_network_profile(node_id)
+    if profile is None:
+        raise RoadRunnerError(f"node {node_id!r} has no network profile on the server: run `rr-edge netprofile`")
+    signatures = [b.signature for b in graph.blocks]
+    features = [features_of(b) for b in graph.blocks]
+    edge = client.predict(node_id, signatures, features)
+    cloud = client.predict(client.server_info().cloud_node_id, signatures, features)
+    missing = [s for s in signatures if s not in edge.by_signature or s not in cloud.by_signature]
+    if missing:
+        raise RoadRunnerError(f"the server returned no prediction for {len(missing)} block(s), e.g. {missing[0]}")
+    return Costs(
+        edge=tuple(edge.by_signature[s] for s in signatures),
+        cloud=tuple(cloud.by_signature[s] for s in signatures),
+        e2e_correction=edge.e2e_correction or 1.0,
+        uplink=NetworkModel.from_dict(profile.uplink.model),
+        downlink=NetworkModel.from_dict(profile.downlink.model),
+        power=power,
+    )
+
+
+def plan_inputs(graph: BlockGraph, costs: Costs, *, preloaded: bool = False, amortize_over: int = 1) -> PlanInputs:
+    """The planner's inputs for one model (pure)."""
+    return PlanInputs(
+        edge_ms=np.array([p.latency_ms for p in costs.edge]),
+        edge_mJ=np.array([p.energy_mJ for p in costs.edge]),
+        cloud_ms=np.array([p.latency_ms for p in costs.cloud]),
+        weight_bytes=np.array([b.param_bytes for b in graph.blocks]),
+        boundary_bytes=np.array(graph.boundary_bytes()),
+        uplink=costs.uplink,
+        downlink=costs.downlink,
+        idle_power_W=costs.power.watts("idle"),
+        tx_power_W=costs.power.watts("tx"),
+        preloaded=preloaded,
+        amortize_over=amortize_over,
+        e2e_correction=costs.e2e_correction,
+    )
+
+
+def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> PlanInputs | None:
+    """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only."""
+    blocks = _block_dicts(graph)
+    predicted: dict[str, np.ndarray] = {}
+    for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
+        measured = [k for k, p in enumerate(preds) if p.latency_provenance == "measured"]
+        if len(measured) < 2:
+            log.info("neurosurgeon: fewer than 2 measured %s blocks; deciding on the CF figures", side)
+            return None
+        model = neurosurgeon.fit(
+            [blocks[k] for k in measured],
+            [preds[k].latency_ms for k in measured],
+            [preds[k].energy_mJ for k in measured],
+        )
+        lat, en = model.predict(blocks)
+        predicted[f"{side}_ms"] = lat
+        if side == "edge" and en is not None:
+            predicted["edge_mJ"] = en
+    return replace(inputs, **predicted)
+
+
+def make_plan(
+    graph: BlockGraph,
+    costs: Costs,
+    *,
+    objective: str = DEFAULT_OBJECTIVE,
+    slo_ms: float | None = None,
+    preloaded: bool = False,
+    amortize_over: int = 1,
+    cached: Sequence[tuple[int, int]] = (),
+) -> PlanReport:
+    """Evaluate every plan, keep the Pareto set, choose one, cost the baselines (pure)."""
+    inputs = replace(
+        plan_inputs(graph, costs, preloaded=preloaded, amortize_over=amortize_over), cached_slices=frozenset(cached)
+    )
+    table = evaluate_all(inputs)
+    front = pareto(table)
+    chosen = choose(table, objective if objective != "pareto" else "pareto", slo_ms)
+    baselines = all_baselines(inputs, neurosurgeon_inputs(graph, costs, inputs))
+    return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs)
+
+
+def plan_with_server_cache(
+    client: Client, model: onnx.ModelProto, graph: BlockGraph, costs: Costs, slicer: Slicer | None = None, **kw: Any
+) -> PlanReport:
+    """`make_plan`, then, when the chosen middle slice is already on the server, re-plan with it free of upload."""
+    report = make_plan(graph, costs, **kw)
+    chosen = report.chosen
+    if kw.get("preloaded") or chosen.i == chosen.j:
+        return report
+    slicer = slicer or Slicer(model, graph)
+    middle = slicer.slice(chosen.i + 1, chosen.j).SerializeToString()
+    if not client.slice_status(slice_id_of(middle)).cached:
+        return report
+    log.info("chosen slice %d..%d is already on the server: its upload is not charged", chosen.i + 1, chosen.j)
+    return make_plan(graph, costs, **{**kw, "cached": [(chosen.i + 1, chosen.j)]})
+
+
+def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:
+    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes."""
+    if not -1 <= i <= j <= n_blocks - 1:
+        raise RoadRunnerError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
+    if i == j:  # nothing offloaded: the whole model runs locally
+        return PlanSlices((i, j), slicer.slice(0, n_blocks - 1).SerializeToString(), None, None, label)
+
+    def part(a: int, b: int) -> bytes | None:
+        return slicer.slice(a, b).SerializeToString() if a <= b else None
+
+    middle = part(i + 1, j)
+    return PlanSlices((i, j), part(0, i), middle, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]")
+
+
+def make_runner(
+    slicer: Slicer,
+    graph: BlockGraph,
+    split: tuple[int, int],
+    client: Client | None,
+    *,
+    config: RunnerConfig | None = None,
+    settings: OrtSettings | None = None,
+    report: PlanReport | None = None,
+) -> Runner:
+    """A runner for `split`; with a plan report, it also tracks the network against the planned models."""
+    i, j = split
+    slices = plan_slices(slicer, len(graph.blocks), i, j, graph.model)
+    kw: dict[str, Any] = {}
+    if report is not None and slices.offloads:
+        kw = {
+            "uplink": report.inputs.uplink.rebased(),
+            "downlink": report.inputs.downlink.rebased(),
+            "expected_cloud_ms": plan_cost(report.inputs, i, j).breakdown.get("cloud_ms", 0.0),
+        }
+    return Runner(slices, client if slices.offloads else None, config, settings, **kw)
+
+
+def validate_split(text: str, n_blocks: int) -> tuple[int, int]:
+    """Parse `--split I,J`."""
+    try:
+        i, j = (int(v) for v in text.split(","))
+    except ValueError:
+        raise RoadRunnerError(f"--split wants I,J (two integers), got {text!r}") from None
+    if not -1 <= i <= j <= n_blocks - 1:
+        raise RoadRunnerError(f"--split {i},{j} out of range: need -1 <= I <= J <= {n_blocks - 1}")
+    return i, j
+
+
+def outputs_close(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    """Largest absolute difference between two output dicts (same names)."""
+    return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)))) for k in b)

@@ -1,0 +1,440 @@
+"""DNN profiler: time (and meter) a random sample of a model's unique blocks on this node.
+
+    select_signatures   which unique signatures to measure: ceil(p x unique), at least one, none already measured
+    time_runs           warm up, then repeat until both a minimum count and a minimum measured time are reached
+    profile_model       each chosen block as a standalone slice in ONNX Runtime with the node's `OrtSettings`, energy
+                        per run from the meter, plus the whole model end to end against the sum of its blocks
+    report_profile      upload the profiled slices (so the server times its own cloud row) and stream the reports
+    run_profile         all of it against a server, as `rr-edge profile` does
+
+The core (`select_signatures`, `time_runs`, `profile_model`) talks to no server: sessions and meters are passed in.
+A signature shared by several blocks is measured once, on its first block. The end-to-end record compares the whole
+model's latency with the sum over *all* blocks of their standalone latencies: blocks outside the sample get a short
+sweep (`ProfileConfig.sweep`) whose figures are used only for that sum, never reported as measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from rr_edge.blocks import Block, BlockGraph, analyze
+from rr_edge.errors import ModelError
+from rr_edge.meters.base import Meter
+from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
+from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
+
+if TYPE_CHECKING:
+    from rr_edge.client import Client
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_SAMPLE",
+    "ProfileConfig",
+    "ProfileResult",
+    "Progress",
+    "TimingPolicy",
+    "features_of",
+    "profile_model",
+    "random_feeds",
+    "report_profile",
+    "run_profile",
+    "select_signatures",
+    "time_runs",
+]
+
+DEFAULT_SAMPLE = 0.3
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+# progress(stage, done, total, label): stage is "blocks", "sweep", "model" or "upload".
+Progress = Callable[[str, int, int, str], None]
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to time one runnable: `warmup_runs` untimed, then at least `min_runs` runs and `min_time_s` of
+    measured time (and at least the meter's `min_window_s`), stopping at `max_runs` or `max_time_s` regardless.
+
+    With `rounds` > 1 (blocks in `profile_model`), the runs are split into that many passes taken round-robin over
+    all the blocks being profiled, each pass with one warm-up run of its own: every block's samples then span the
+    whole profiling session, so a burst of load elsewhere on the machine does not skew one block's figures.
+    """
+
+    warmup_runs: int = 3
+    min_runs: int = 10
+    min_time_s: float = 0.5
+    max_runs: int = 100_000
+    max_time_s: float = 30.0
+    rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.min_runs < 1 or self.warmup_runs < 0:
+            raise ValueError("rounds and min_runs must be >= 1, warmup_runs >= 0")
+
+    def per_round(self, first: bool) -> TimingPolicy:
+        """The policy of one of `rounds` passes."""
+        n = self.rounds
+        return replace(
+            self,
+            warmup_runs=self.warmup_runs if first else min(self.warmup_runs, 1),
+            min_runs=math.ceil(self.min_runs / n),
+            min_time_s=self.min_time_s / n,
+            max_runs=max(self.max_runs // n, 1),
+            max_time_s=self.max_time_s / n,
+            rounds=1,
+        )
+
+
+DEFAULT_TIMING = TimingPolicy(rounds=3)
+DEFAULT_E2E_TIMING = TimingPolicy(warmup_runs=1, min_runs=5, min_time_s=0.5)
+DEFAULT_SWEEP_TIMING = TimingPolicy(warmup_runs=1, min_runs=3, min_time_s=0.0)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What to profile and how long. `seed=None` draws a seed (reported in the result)."""
+
+    sample: float = DEFAULT_SAMPLE
+    seed: int | None = None
+    timing: TimingPolicy = DEFAULT_TIMING
+    whole_model: bool = True
+    e2e_timing: TimingPolicy = DEFAULT_E2E_TIMING
+    sweep: TimingPolicy = DEFAULT_SWEEP_TIMING
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample <= 1.0:
+            raise ValueError(f"sample must be in (0, 1], got {self.sample}")
+
+
+@dataclass
+class ProfileResult:
+    """What one profiling run measured. `slices` holds the ONNX bytes of each profiled block (by signature)."""
+
+    model: str
+    seed: int
+    unique_signatures: int
+    already_measured: int
+    layers: list[LayerMeasurement]
+    model_run: ModelMeasurement | None
+    settings: OrtSettings
+    energy_source: str
+    energy_measured: bool
+    elapsed_s: float = 0.0
+    slices: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def to_json(self, node: str = "") -> dict[str, Any]:
+        """The `rr-edge profile --json` object (SPEC section 6) plus extras."""
+        return {
+            "node": node,
+            "model": self.model,
+            "unique_signatures": self.unique_signatures,
+            "already_measured": self.already_measured,
+            "seed": self.seed,
+            "profiled": [m.to_json() for m in self.layers],
+            "whole_model": self.model_run.to_json() if self.model_run else None,
+            "settings": {
+                "execution_provider": self.settings.provider,
+                "intra_op_threads": self.settings.intra_op_threads,
+                "inter_op_threads": self.settings.inter_op_threads,
+                "graph_optimization": self.settings.graph_optimization,
+            },
+            "energy_source": self.energy_source,
+            "energy_measured": self.energy_measured,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+# -- pure core -------------------------------------------------------------------------------------------------
+
+
+def sample_size(unique: int, sample: float) -> int:
+    """ceil(sample x unique), at least 1 (rounded first so that 0.3 x 10 is 3, not 4)."""
+    if unique <= 0:
+        return 0
+    return max(1, math.ceil(round(sample * unique, 9)))
+
+
+def select_signatures(
+    signatures: Sequence[str], measured: Collection[str], sample: float, seed: int | None
+) -> list[str]:
+    """Signatures to profile, in first-appearance order: ceil(sample x unique) of the model's unique signatures,
+    drawn (seeded) among those not in `measured`; fewer when fewer remain, none when all are measured."""
+    unique = list(dict.fromkeys(signatures))
+    done = set(measured)
+    candidates = sorted(s for s in unique if s not in done)
+    k = min(sample_size(len(unique), sample), len(candidates))
+    chosen = set(random.Random(seed).sample(candidates, k))
+    return [s for s in unique if s in chosen]
+
+
+def time_runs(
+    run: Callable[[], object],
+    policy: TimingPolicy = DEFAULT_TIMING,
+    *,
+    min_window_s: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Per-run wall times (ms) of `run` under `policy` (after its warm-up)."""
+    for _ in range(policy.warmup_runs):
+        run()
+    min_time = max(policy.min_time_s, min_window_s)
+    times: list[float] = []
+    start = clock()
+    while True:
+        t0 = clock()
+        run()
+        t1 = clock()
+        times.append((t1 - t0) * 1000.0)
+        total = t1 - start
+        if len(times) >= policy.min_runs and total >= min_time:
+            break
+        if len(times) >= policy.max_runs or total >= policy.max_time_s:
+            break
+    return times
+
+
+def features_of(block: Block) -> BlockFeatures:
+    return BlockFeatures(block.ops, block.flops, block.param_bytes, block.input_bytes, block.output_bytes)
+
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for a session: standard-normal floats, zeros for integers and booleans (dynamic dims = 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for arg in session.get_inputs():
+        dtype = _ORT_DTYPES.get(arg.type)
+        if dtype is None:
+            raise ModelError(f"input {arg.name!r} has type {arg.type}, which the profiler cannot generate")
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in arg.shape)
+        if np.issubdtype(dtype, np.floating):
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[arg.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+class _Timed:
+    """A session with its inputs, ready to be timed."""
+
+    def __init__(self, onnx_bytes: bytes, settings: OrtSettings, label: str) -> None:
+        try:
+            self.session = settings.create_session(onnx_bytes)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
+            raise ModelError(f"{label}: ONNX Runtime cannot load it ({exc})") from None
+        self.feeds = random_feeds(self.session)
+        self.label = label
+
+    def __call__(self) -> object:
+        return self.session.run(None, self.feeds)
+
+
+def _measure(timed: _Timed, policy: TimingPolicy, meter: Meter | None) -> tuple[list[float], float | None]:
+    """Run times (ms) of one pass, and the energy (mJ) metered over its timed runs (None without a meter)."""
+    if meter is None:
+        return time_runs(timed, policy), None
+    for _ in range(policy.warmup_runs):
+        timed()
+    token = meter.start("compute")
+    times = time_runs(timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s)
+    return times, meter.stop(token).energy_mJ
+
+
+def _measure_rounds(
+    timeds: Sequence[_Timed], policy: TimingPolicy, meter: Meter | None, progress: Progress | None = None
+) -> list[tuple[LatencyStats, float | None]]:
+    """Latency statistics and energy per run of each runnable, over `policy.rounds` round-robin passes."""
+    times: list[list[float]] = [[] for _ in timeds]
+    energy: list[float | None] = [0.0 if meter is not None else None for _ in timeds]
+    steps = policy.rounds * len(timeds)
+    for r in range(policy.rounds):
+        for i, timed in enumerate(timeds):
+            if progress:
+                progress("blocks", r * len(timeds) + i, steps, timed.label)
+            t, e = _measure(timed, policy.per_round(first=r == 0), meter)
+            times[i].extend(t)
+            previous = energy[i]
+            energy[i] = None if e is None or previous is None else previous + e
+    if progress:
+        progress("blocks", steps, steps, "")
+    return [
+        (LatencyStats.of(t), e / len(t) if e is not None else None) for t, e in zip(times, energy, strict=True)
+    ]
+
+
+def profile_model(
+    model: onnx.ModelProto,
+    graph: BlockGraph,
+    *,
+    measured: Collection[str] = (),
+    settings: OrtSettings | None = None,
+    meter: Meter | None = None,
+    config: ProfileConfig | None = None,
+    progress: Progress | None = None,
+) -> ProfileResult:
+    """Profile a sample of `graph`'s unique signatures not in `measured` (see the module docstring)."""
+    cfg = config or ProfileConfig()
+    s = (settings or OrtSettings()).resolved()
+    seed = cfg.seed if cfg.seed is not None else random.randrange(2**31)
+    started = time.perf_counter()
+    signatures = [b.signature for b in graph.blocks]
+    unique = list(dict.fromkeys(signatures))
+    first_block = {}
+    for block in graph.blocks:
+        first_block.setdefault(block.signature, block)
+    chosen = select_signatures(signatures, measured, cfg.sample, seed)
+    log.info(
+        "%s: %d blocks, %d unique signatures, %d already measured, profiling %d",
+        graph.model, len(graph.blocks), len(unique), len(set(unique) & set(measured)), len(chosen),
+    )
+    slicer = Slicer(model, graph)
+    source = meter.source if meter is not None else ""
+    layers: list[LayerMeasurement] = []
+    slices: dict[str, bytes] = {}
+    medians: dict[str, float] = {}
+    timeds = []
+    for sig in chosen:
+        block = first_block[sig]
+        slices[sig] = slicer.slice(block.index, block.index).SerializeToString()
+        timeds.append(_Timed(slices[sig], s, f"{graph.model}[{block.index}]"))
+    for sig, (latency, energy) in zip(chosen, _measure_rounds(timeds, cfg.timing, meter, progress), strict=True):
+        block = first_block[sig]
+        medians[sig] = latency.median_ms
+        data = slices[sig]
+        layers.append(
+            LayerMeasurement(sig, block.index, features_of(block), latency, energy, source, slice_bytes=len(data))
+        )
+        log.debug("block %d %s: median %.3f ms cv %.3f", block.index, sig[:12], latency.median_ms, latency.cv)
+    del timeds
+    model_run = None
+    if cfg.whole_model:
+        model_run = _whole_model(model, graph, slicer, medians, s, meter, cfg, progress)
+    return ProfileResult(
+        model=graph.model,
+        seed=seed,
+        unique_signatures=len(unique),
+        already_measured=len(set(unique) & set(measured)),
+        layers=layers,
+        model_run=model_run,
+        settings=s,
+        energy_source=source,
+        energy_measured=bool(meter is not None and meter.measured),
+        elapsed_s=time.perf_counter() - started,
+        slices=slices,
+    )
+
+
+def _whole_model(
+    model: onnx.ModelProto,
+    graph: BlockGraph,
+    slicer: Slicer,
+    medians: dict[str, float],
+    settings: OrtSettings,
+    meter: Meter | None,
+    cfg: ProfileConfig,
+    progress: Progress | None,
+) -> ModelMeasurement:
+    rest = [b for b in {b.signature: b for b in reversed(graph.blocks)}.values() if b.signature not in medians]
+    rest.sort(key=lambda b: b.index)
+    for k, block in enumerate(rest):
+        if progress:
+            progress("sweep", k, len(rest), f"{graph.model}[{block.index}]")
+        data = slicer.slice(block.index, block.index).SerializeToString()
+        times = time_runs(_Timed(data, settings, f"{graph.model}[{block.index}]"), cfg.sweep)
+        medians[block.signature] = float(np.median(times))
+    if progress:
+        progress("model", 0, 1, graph.model)
+    [(latency, energy)] = _measure_rounds([_Timed(model.SerializeToString(), settings, graph.model)], cfg.e2e_timing, meter)
+    if progress:
+        progress("model", 1, 1, graph.model)
+    total = sum(medians[b.signature] for b in graph.blocks)
+    source = meter.source if meter is not None and energy is not None else ""
+    return ModelMeasurement(graph.model, tuple(b.signature for b in graph.blocks), latency, total, energy, source)
+
+
+# -- against a server -------------------------------------------------------------------------------------------
+
+
+def report_profile(
+    client: Client,
+    node_id: str,
+    result: ProfileResult,
+    *,
+    upload_slices: bool = True,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    progress: Progress | None = None,
+) -> tuple[int, int]:
+    """Upload each profiled block's slice up to `max_upload_bytes` (setting its `slice_id`), then stream the
+    layer and whole-model reports. Updates `result.layers` in place; returns the server's accepted counts."""
+    if upload_slices:
+        limit = max_upload_bytes
+        try:
+            info = client.server_info()
+            if info.max_slice_bytes > 0:
+                limit = min(limit, info.max_slice_bytes)
+        except Exception as exc:  # noqa: BLE001 - the limit is an optimisation; the report must still go out
+            log.debug("GetServerInfo failed (%s); using the local slice limit", exc)
+        for k, layer in enumerate(result.layers):
+            data = result.slices.get(layer.signature)
+            if progress:
+                progress("upload", k, len(result.layers), layer.signature[:12])
+            if data is None or len(data) > limit:
+                log.info("not uploading slice of %s (%d bytes > %d)", layer.signature[:12], len(data or b""), limit)
+                continue
+            uploaded = client.upload_slice(data, label=f"{result.model}[{layer.block_index}]")
+            result.layers[k] = replace(layer, slice_id=uploaded.slice_id)
+        if progress:
+            progress("upload", len(result.layers), len(result.layers), "")
+    models = [result.model_run] if result.model_run is not None else []
+    return client.report_layer_profiles(node_id, result.settings, result.layers, models)
+
+
+def run_profile(
+    client: Client,
+    node_id: str,
+    model: onnx.ModelProto,
+    name: str,
+    *,
+    settings: OrtSettings | None = None,
+    meter: Meter | None = None,
+    config: ProfileConfig | None = None,
+    register: bool = True,
+    progress: Progress | None = None,
+) -> ProfileResult:
+    """Register the node (with this machine's descriptor), profile what it has not measured yet, report it."""
+    from rr_edge.device import describe_device
+
+    s = (settings or OrtSettings()).resolved()
+    cfg = config or ProfileConfig()
+    if register:
+        client.register_node(node_id, describe_device(s, energy_source=meter.source if meter else ""))
+    graph = analyze(model, name)
+    measured = client.list_measured_signatures(node_id)
+    result = profile_model(model, graph, measured=measured, settings=s, meter=meter, config=cfg, progress=progress)
+    report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
+    return result

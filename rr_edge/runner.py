@@ -1,0 +1,325 @@
+"""Executes one plan: head and tail slices in local ONNX Runtime, the middle slice on the server.
+
+    edge: blocks 0..i  ->  server: blocks i+1..j  ->  edge: blocks j+1..N-1
+
+The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and called through
+the KServe protocol with a deadline. When the server is unreachable, times out or breaks the stream, the runner runs
+the middle slice locally, so the request still completes (`RunResult.fallback` is True); while the server is down
+every request runs locally, and a health check every `RunnerConfig.retry_interval_s` returns to the plan once it
+answers again. Observed transfer times update the plan's network models (exponentially weighted); `replan_needed`
+turns True when they drift by more than `RunnerConfig.drift_threshold`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.netmodel import NetworkModel
+from rr_edge.session import OrtSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRY_INTERVAL_S = 1.0
+DEFAULT_DRIFT_THRESHOLD = 0.25
+
+
+class RemoteExecutor(Protocol):
+    """What the runner needs from the server connection (rr_edge.client.Client provides it)."""
+
+    def ensure_slice(self, onnx_bytes: bytes, label: str = "") -> str: ...
+
+    def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
+
+    def healthy(self, timeout_s: float) -> bool: ...
+
+    def stream_infer(
+        self, slice_id: str, batches: Iterator[Mapping[str, np.ndarray]], timeout_s: float | None = None
+    ) -> Iterator[dict[str, np.ndarray]]: ...
+
+
+@dataclass(frozen=True)
+class PlanSlices:
+    """The three parts of a plan as standalone ONNX models (None where a part is empty)."""
+
+    split: tuple[int, int]
+    head: bytes | None
+    middle: bytes | None
+    tail: bytes | None
+    label: str = ""
+
+    @property
+    def offloads(self) -> bool:
+        return self.middle is not None
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Deadlines and recovery of the runner (seconds)."""
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
+    # Keep one ModelStreamInfer stream open for repeated requests instead of one ModelInfer call each.
+    stream: bool = True
+
+
+@dataclass
+class RunResult:
+    """Outputs of one request and how it went (times in ms)."""
+
+    outputs: dict[str, np.ndarray]
+    fallback: bool
+    total_ms: float
+    head_ms: float = 0.0
+    remote_ms: float = 0.0
+    tail_ms: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    error: str = ""
+
+
+class _Local:
+    """One local ONNX Runtime session fed by name from the tensors produced so far."""
+
+    def __init__(self, onnx_bytes: bytes, settings: OrtSettings) -> None:
+        self.session = settings.create_session(onnx_bytes)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def feed(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: env[name] for name in self.inputs}
+
+    def __call__(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, self.feed(env)), strict=True))
+
+
+_END = object()
+
+
+class _Stream:
+    """One open ModelStreamInfer stream: requests go in through a queue, each answer is awaited with a deadline."""
+
+    def __init__(self, remote: RemoteExecutor, slice_id: str) -> None:
+        self._requests: queue.Queue[object] = queue.Queue()
+        self._answers = remote.stream_infer(slice_id, iter(self._requests.get, _END))
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rr-stream")
+
+    def infer(self, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        self._requests.put(dict(inputs))
+        try:
+            return self._reader.submit(next, self._answers).result(timeout=timeout_s)
+        except FutureTimeout:
+            raise ServerUnavailable(f"no stream answer within {timeout_s:.1f} s", "DEADLINE_EXCEEDED") from None
+        except StopIteration:
+            raise ServerUnavailable("the inference stream ended", "UNAVAILABLE") from None
+
+    def close(self) -> None:
+        self._requests.put(_END)
+        self._reader.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Link:
+    """Network models of the plan, updated from observed transfers."""
+
+    uplink: NetworkModel | None = None
+    downlink: NetworkModel | None = None
+    expected_cloud_ms: float = 0.0
+    observed: list[float] = field(default_factory=list)
+
+    def update(self, bytes_up: int, bytes_down: int, remote_ms: float) -> None:
+        if self.uplink is None or self.downlink is None:
+            return
+        network_ms = max(remote_ms - self.expected_cloud_ms, 0.0)
+        up, down = self.uplink.predict_ms(bytes_up), self.downlink.predict_ms(bytes_down)
+        share = up / (up + down) if up + down > 0 else 0.5
+        self.uplink = self.uplink.update(bytes_up, network_ms * share)
+        self.downlink = self.downlink.update(bytes_down, network_ms * (1.0 - share))
+
+    def drifted(self, threshold: float) -> bool:
+        return any(m is not None and m.drifted(threshold) for m in (self.uplink, self.downlink))
+
+
+class Runner:
+    """Callable on a dict of input arrays (or one array for a single-input model); thread-safe.
+
+    `remote` is None for a plan that offloads nothing. `uplink`/`downlink` and `expected_cloud_ms` (the plan's
+    predicted cloud compute) let the runner track the network; both are optional.
+    """
+
+    def __init__(
+        self,
+        slices: PlanSlices,
+        remote: RemoteExecutor | None = None,
+        config: RunnerConfig | None = None,
+        settings: OrtSettings | None = None,
+        *,
+        uplink: NetworkModel | None = None,
+        downlink: NetworkModel | None = None,
+        expected_cloud_ms: float = 0.0,
+    ) -> None:
+        if slices.offloads and remote is None:
+            raise ValueError("a plan that offloads needs a remote executor")
+        self.slices = slices
+        self.config = config or RunnerConfig()
+        self.settings = (settings or OrtSettings()).resolved()
+        self.remote = remote
+        self._head = _Local(slices.head, self.settings) if slices.head else None
+        self._tail = _Local(slices.tail, self.settings) if slices.tail else None
+        self._middle_local: _Local | None = None
+        self._middle_inputs: list[str] = []
+        self._slice_id: str | None = None
+        self._stream: _Stream | None = None
+        self._down_since: float | None = None
+        self._last_probe = 0.0
+        self._lock = threading.Lock()
+        self.link = _Link(uplink, downlink, expected_cloud_ms)
+        if slices.middle is not None:
+            self._middle_local = _Local(slices.middle, self.settings)
+            self._middle_inputs = self._middle_local.inputs
+            self._connect()
+        first = self._head or self._middle_local or self._tail
+        assert first is not None
+        self.input_names = first.inputs
+
+    # -- server state -------------------------------------------------------------------------------------------
+
+    @property
+    def server_down(self) -> bool:
+        return self._down_since is not None
+
+    @property
+    def replan_needed(self) -> bool:
+        return self.link.drifted(self.config.drift_threshold)
+
+    def _connect(self) -> bool:
+        """Upload the middle slice if needed; False (and server marked down) when the server is unreachable."""
+        assert self.remote is not None and self.slices.middle is not None
+        try:
+            self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label)
+        except ServerUnavailable as exc:
+            self._mark_down(exc)
+            return False
+        self._down_since = None
+        return True
+
+    def _mark_down(self, exc: Exception) -> None:
+        self._drop_stream()
+        if self._down_since is None:
+            log.warning("server unavailable, running locally until it answers again: %s", exc)
+            self._down_since = time.monotonic()
+        self._last_probe = time.monotonic()
+
+    def _remote_usable(self) -> bool:
+        if self._down_since is None:
+            return True
+        if time.monotonic() - self._last_probe < self.config.retry_interval_s:
+            return False
+        assert self.remote is not None
+        self._last_probe = time.monotonic()
+        if self.remote.healthy(timeout_s=min(self.config.timeout_s, 2.0)) and self._connect():
+            log.info("server is back after %.1f s; offloading again", time.monotonic() - self._down_since_or_now())
+            return True
+        return False
+
+    def _down_since_or_now(self) -> float:
+        return self._down_since if self._down_since is not None else time.monotonic()
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def _remote_infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.remote is not None and self._slice_id is not None
+        if not self.config.stream:
+            return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
+        if self._stream is None:
+            self._stream = _Stream(self.remote, self._slice_id)
+        try:
+            return self._stream.infer(feed, self.config.timeout_s)
+        except ServerError:
+            self._drop_stream()  # a stream that failed once is not reused
+            raise
+
+    def close(self) -> None:
+        """Close the inference stream (the runner stays usable: the next request opens a new one)."""
+        with self._lock:
+            self._drop_stream()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- execution ----------------------------------------------------------------------------------------------
+
+    def _middle(self, env: dict[str, np.ndarray], result: RunResult) -> None:
+        assert self._middle_local is not None
+        feed = self._middle_local.feed(env)
+        with self._lock:  # one request at a time on the remote path: a stream answers in order
+            if self._remote_usable():
+                start = time.perf_counter()
+                try:
+                    outputs = self._remote_infer(feed)
+                except ServerUnavailable as exc:
+                    self._mark_down(exc)
+                    result.error = str(exc)
+                except ServerError as exc:
+                    if exc.code not in ("NOT_FOUND", "INFER_ERROR"):
+                        raise
+                    self._connect()  # the server may have lost the slice (new data dir): upload it again
+                    result.error = str(exc)
+                else:
+                    result.remote_ms = (time.perf_counter() - start) * 1e3
+                    result.bytes_up = sum(a.nbytes for a in feed.values())
+                    result.bytes_down = sum(a.nbytes for a in outputs.values())
+                    self.link.update(result.bytes_up, result.bytes_down, result.remote_ms)
+                    env.update(outputs)
+                    return
+        result.fallback = True
+        env.update(self._middle_local(env))
+
+    def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:
+        """Run one request through the plan."""
+        if isinstance(inputs, np.ndarray):
+            if len(self.input_names) != 1:
+                raise ValueError(f"this model takes {len(self.input_names)} inputs; pass a dict")
+            inputs = {self.input_names[0]: inputs}
+        start = time.perf_counter()
+        env = dict(inputs)
+        result = RunResult(outputs={}, fallback=False, total_ms=0.0)
+        last: _Local | None = None
+        if self._head is not None:
+            t = time.perf_counter()
+            env.update(self._head(env))
+            result.head_ms = (time.perf_counter() - t) * 1e3
+            last = self._head
+        if self._middle_local is not None:
+            self._middle(env, result)
+            last = self._middle_local
+        if self._tail is not None:
+            t = time.perf_counter()
+            env.update(self._tail(env))
+            result.tail_ms = (time.perf_counter() - t) * 1e3
+            last = self._tail
+        assert last is not None
+        result.outputs = {name: env[name] for name in last.outputs}
+        result.total_ms = (time.perf_counter() - start) * 1e3
+        return result
+
+    def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(inputs).outputs

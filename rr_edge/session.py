@@ -1,0 +1,131 @@
+"""ONNX Runtime settings of this node (`OrtSettings`) and the sessions built from them.
+
+Every latency the node measures is tied to the settings it ran with (execution provider, intra/inter-op threads,
+graph optimisation level); they travel with each report (`RuntimeSettings` on the wire). Defaults: the best
+provider that really loads here, ``$RR_THREADS`` intra-op threads (the testbed sets it per device class) or ONNX
+Runtime's own choice, one inter-op thread, all graph optimisations.
+
+`onnxruntime.get_available_providers()` lists what the wheel was built with (CUDA on onnxruntime-gpu), not what
+works: `usable_providers` creates a probe session and keeps what really loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from rr_edge.errors import RoadRunnerError
+
+log = logging.getLogger(__name__)
+
+ENV_THREADS = "RR_THREADS"
+CPU = "CPUExecutionProvider"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
+GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_SHORT = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+@functools.lru_cache(maxsize=1)
+def usable_providers() -> tuple[str, ...]:
+    """Providers that really load on this machine, best first (CPU always last)."""
+    built = [p for p in ort.get_available_providers() if p in GPU_PROVIDERS]
+    if not built or not _gpu_device_nodes():
+        return (CPU,)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a provider failing to load is expected here and reported below
+    loaded: list[str] = []
+    ort.set_default_logger_severity(4)  # library load failures are logged by ONNX Runtime's default logger
+    try:
+        # One at a time (a session silently drops providers it cannot load), CUDA first: TensorRT needs it.
+        for provider in sorted(built, key=lambda p: p != "CUDAExecutionProvider"):
+            if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" not in loaded:
+                continue  # TensorRT needs CUDA; probing it without prints an "EP Error" banner
+            try:
+                got = ort.InferenceSession(probe.SerializeToString(), options, providers=[provider, CPU])
+            except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+                log.debug("provider %s failed to load: %s", provider, exc)
+                continue
+            if provider in got.get_providers():
+                loaded.append(provider)
+    finally:
+        ort.set_default_logger_severity(2)
+    loaded.sort(key=built.index)
+    skipped = [p for p in built if p not in loaded]
+    if skipped:
+        log.info("execution providers %s are built in but do not load here (no GPU or libraries)", skipped)
+    return (*loaded, CPU)
+
+
+def _gpu_device_nodes() -> bool:
+    """Whether an NVIDIA (desktop or Jetson) or AMD GPU device node exists; without one no GPU provider can load."""
+    dev = Path("/dev")
+    return any(dev.glob("nvidia[0-9]*")) or (dev / "nvhost-ctrl").exists() or (dev / "kfd").exists()
+
+
+def _default_threads() -> int:
+    value = os.environ.get(ENV_THREADS, "")
+    try:
+        return max(int(value), 0) if value else 0
+    except ValueError:
+        log.warning("ignoring %s=%r (not an integer)", ENV_THREADS, value)
+        return 0
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """How this node runs ONNX Runtime. `intra_op_threads=0` lets ONNX Runtime choose (one per physical core)."""
+
+    provider: str = ""
+    intra_op_threads: int = -1
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPTIMIZATION:
+            raise ValueError(
+                f"graph optimization {self.graph_optimization!r} unknown (choose {', '.join(GRAPH_OPTIMIZATION)})"
+            )
+
+    def resolved(self) -> OrtSettings:
+        """Concrete settings: provider and thread count filled in from this machine."""
+        usable = usable_providers()
+        default = "CUDAExecutionProvider" if "CUDAExecutionProvider" in usable else usable[0]  # TensorRT: opt-in
+        provider = _SHORT.get(self.provider.lower(), self.provider) if self.provider else default
+        if provider not in usable:
+            raise RoadRunnerError(f"execution provider {provider} does not load here (usable: {', '.join(usable)})")
+        threads = _default_threads() if self.intra_op_threads < 0 else self.intra_op_threads
+        return replace(self, provider=provider, intra_op_threads=threads)
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(self.intra_op_threads, 0)
+        options.inter_op_num_threads = max(self.inter_op_threads, 0)
+        options.graph_optimization_level = GRAPH_OPTIMIZATION[self.graph_optimization]
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        return options
+
+    def create_session(self, model: bytes | str) -> ort.InferenceSession:
+        """A session on these settings' provider (CPU as ONNX Runtime's own fallback for unsupported ops)."""
+        s = self.resolved()
+        providers = [s.provider] if s.provider == CPU else [s.provider, CPU]
+        return ort.InferenceSession(model, s.session_options(), providers=providers)

@@ -1,0 +1,84 @@
+"""Static shapes and dtypes of every tensor of an ONNX graph (pure; no file I/O).
+
+Shape inference runs on a light copy of the model whose large initializers are replaced by typed
+graph inputs, so a 500 MB model costs about as much as its graph structure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+from onnx import TensorProto
+
+from rr_edge.onnx_io import TensorInfo, dtype_name, value_info_to_tensor_info
+
+log = logging.getLogger(__name__)
+
+__all__ = ["initializer_info", "tensor_infos_of"]
+
+_KEEP_VALUES_MAX_BYTES = 4096  # small initializers (shapes, axes, scalars) keep their values for inference
+
+
+def initializer_info(t: TensorProto) -> TensorInfo:
+    return TensorInfo(t.name, tuple(int(d) for d in t.dims), dtype_name(t.data_type))
+
+
+def tensor_infos_of(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """TensorInfo for every named tensor: graph inputs/outputs, initializers and node outputs.
+
+    Uses the model's own value_info when it already covers every node output with a static
+    shape, otherwise runs ONNX shape inference (with data propagation) on a light copy.
+    """
+    graph = model.graph
+    infos: dict[str, TensorInfo] = {}
+    for t in graph.initializer:
+        infos[t.name] = initializer_info(t)
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        if vi.type.HasField("tensor_type"):
+            infos[vi.name] = value_info_to_tensor_info(vi)
+    if not _complete(graph, infos):
+        for vi in _inferred_value_infos(model):
+            if vi.type.HasField("tensor_type"):
+                info = value_info_to_tensor_info(vi)
+                known = infos.get(vi.name)
+                if known is None or (-1 in known.shape and -1 not in info.shape):
+                    infos[vi.name] = info
+    return infos
+
+
+def _complete(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
+    for node in graph.node:
+        for out in node.output:
+            if not out:
+                continue
+            info = infos.get(out)
+            if info is None or -1 in info.shape or info.dtype == "undefined":
+                return False
+    return True
+
+
+def _inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    src = model.graph
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    declared = {vi.name for vi in src.input}
+    for t in src.initializer:
+        size = len(t.raw_data) if t.HasField("raw_data") else 0
+        if size <= _KEEP_VALUES_MAX_BYTES and t.data_location != TensorProto.EXTERNAL:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+        log.warning("shape inference failed, some block features will be unknown: %s", exc)
+        return []
+    return [*inferred.graph.value_info, *inferred.graph.output]

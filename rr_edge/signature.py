@@ -1,0 +1,139 @@
+"""Structural signatures of blocks (pure).
+
+A signature hashes what determines a block's cost on a device and nothing else:
+
+* op types, domains and attributes of its nodes, in order;
+* the wiring between them, with tensor names replaced by positions (block inputs `i0, i1...`,
+  node outputs `n<j>.<k>`, weights `w0, w1...` in order of first use, other outside tensors `x0...`);
+* shapes and dtypes of every tensor it reads or writes, and weight shapes;
+* values only of small structural constants (integer tensors such as shapes and axes, scalars),
+  never of weights.
+
+So two structurally identical blocks, in one model or in two, share a signature, and any
+difference in shape gives a different one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
+
+from rr_edge.onnx_io import TensorInfo
+
+__all__ = ["SIGNATURE_LENGTH", "block_signature"]
+
+SIGNATURE_LENGTH = 16  # hex characters (64 bits)
+_VALUE_MAX_INTS = 64  # integer/bool constants up to this many elements are structural: hash their values
+
+_INT_TYPES = {
+    TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
+    TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL,
+}  # fmt: skip
+
+
+def _tensor_key(t: TensorProto) -> list[object]:
+    dims = [int(d) for d in t.dims]
+    numel = 1
+    for d in dims:
+        numel *= d
+    key: list[object] = ["T", dims, int(t.data_type)]
+    structural = (t.data_type in _INT_TYPES and numel <= _VALUE_MAX_INTS) or numel <= 1
+    if structural and t.data_location != TensorProto.EXTERNAL:
+        try:
+            key.append(numpy_helper.to_array(t).reshape(-1).tolist())
+        except (ValueError, TypeError):
+            key.append(None)
+    return key
+
+
+def _graph_key(g: GraphProto) -> list[object]:
+    """Subgraph (If/Loop/Scan bodies): ops, attributes and wiring by position."""
+    names: dict[str, str] = {}
+    for i, vi in enumerate(g.input):
+        names[vi.name] = f"i{i}"
+    for t in g.initializer:
+        names.setdefault(t.name, "w")
+    nodes: list[object] = []
+    for j, n in enumerate(g.node):
+        ins = [names.get(x, "x") if x else "" for x in n.input]
+        for k, o in enumerate(n.output):
+            names[o] = f"n{j}.{k}"
+        nodes.append([n.domain, n.op_type, ins, _attrs_key(n)])
+    return ["G", nodes, [names.get(o.name, "x") for o in g.output]]
+
+
+def _attr_value(a: AttributeProto) -> object:
+    t = a.type
+    if t == AttributeProto.FLOAT:
+        return repr(a.f)
+    if t == AttributeProto.INT:
+        return int(a.i)
+    if t == AttributeProto.STRING:
+        return a.s.decode("utf-8", "replace")
+    if t == AttributeProto.TENSOR:
+        return _tensor_key(a.t)
+    if t == AttributeProto.GRAPH:
+        return _graph_key(a.g)
+    if t == AttributeProto.FLOATS:
+        return [repr(f) for f in a.floats]
+    if t == AttributeProto.INTS:
+        return [int(i) for i in a.ints]
+    if t == AttributeProto.STRINGS:
+        return [s.decode("utf-8", "replace") for s in a.strings]
+    if t == AttributeProto.TENSORS:
+        return [_tensor_key(x) for x in a.tensors]
+    if t == AttributeProto.GRAPHS:
+        return [_graph_key(x) for x in a.graphs]
+    return a.ref_attr_name or None
+
+
+def _attrs_key(n: NodeProto) -> list[object]:
+    return [[a.name, _attr_value(a)] for a in sorted(n.attribute, key=lambda a: a.name)]
+
+
+def block_signature(
+    nodes: Sequence[NodeProto],
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    infos: Mapping[str, TensorInfo],
+    initializers: Mapping[str, TensorProto],
+) -> str:
+    """Hex signature of the sub-graph `nodes` (topological order) with the given boundary tensors."""
+    names: dict[str, str] = {name: f"i{i}" for i, name in enumerate(inputs)}
+    weights: list[object] = []
+    externals: list[object] = []
+
+    def info_key(name: str) -> list[object]:
+        info = infos.get(name)
+        return [list(info.shape), info.dtype] if info is not None else ["?"]
+
+    def ref(name: str) -> str:
+        if not name:
+            return ""
+        canon = names.get(name)
+        if canon is None:
+            if name in initializers:
+                canon = f"w{len(weights)}"
+                weights.append(_tensor_key(initializers[name]))
+            else:
+                canon = f"x{len(externals)}"
+                externals.append(info_key(name))
+            names[name] = canon
+        return canon
+
+    record: list[object] = [[info_key(n) for n in inputs]]
+    for j, node in enumerate(nodes):
+        ins = [ref(x) for x in node.input]
+        for k, o in enumerate(node.output):
+            if o:
+                names[o] = f"n{j}.{k}"
+        outs = [info_key(o) if o else None for o in node.output]
+        record.append([node.domain, node.op_type, ins, outs, _attrs_key(node)])
+    record.append([ref(o) for o in outputs])
+    record.append(weights)
+    record.append(externals)
+    blob = json.dumps(record, separators=(",", ":"), sort_keys=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:SIGNATURE_LENGTH]

@@ -1,0 +1,119 @@
+"""Cutting a model into standalone sub-models along block boundaries (pure; no file I/O).
+
+`Slicer` indexes the model once (initializers, tensor types, functions), then each
+`slice(a, b)` assembles blocks a..b: their nodes in the original order, the initializers those
+nodes read, graph inputs = tensors entering block a and outputs = tensors leaving block b, all
+names kept. A shape-only read of a tensor outside the slice (a `Shape` node whose input is
+computed elsewhere) becomes a Constant holding the statically known shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import NodeProto, helper, numpy_helper
+
+from rr_edge.blocks import BlockGraph, node_inputs
+from rr_edge.errors import ModelError
+from rr_edge.onnx_io import TensorInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Slicer", "slice_model"]
+
+
+class Slicer:
+    """Reusable slicer: graph indexing happens once, each `slice` call is proportional to its size."""
+
+    def __init__(self, model: onnx.ModelProto, graph: BlockGraph) -> None:
+        self._model = model
+        self._graph = graph
+        self._nodes = list(model.graph.node)
+        self._initializers = {t.name: t for t in model.graph.initializer}
+        self._elem_type = {
+            name: helper.np_dtype_to_tensor_dtype(np.dtype(info.dtype))
+            for name, info in graph.tensors.items()
+            if info.dtype not in ("undefined", "bfloat16", "string") and not info.dtype.startswith("float8")
+        }
+        self._declared = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+
+    def __len__(self) -> int:
+        return len(self._graph.blocks)
+
+    def slice(self, a: int, b: int) -> onnx.ModelProto:
+        """Blocks a..b (inclusive, 0-based) as a standalone ModelProto."""
+        graph = self._graph
+        graph.check_range(a, b)
+        members = sorted({i for blk in graph.blocks[a : b + 1] for i in blk.nodes})
+        inputs = list(graph.blocks[a].inputs)
+        outputs = list(graph.blocks[b].outputs)
+        available = set(inputs)
+        nodes: list[NodeProto] = []
+        used_init: dict[str, None] = {}
+        for i in members:
+            node = self._nodes[i]
+            missing = [x for x in node_inputs(node) if x not in available and x not in self._initializers]
+            if missing and node.op_type in ("Shape", "Size"):
+                node = self._constant_shape(node)
+            elif missing:
+                raise ModelError(f"slice {a}:{b} needs tensor {missing[0]!r} computed outside it")
+            else:
+                for x in node_inputs(node):
+                    if x in self._initializers:
+                        used_init[x] = None
+            nodes.append(node)
+            available.update(o for o in node.output if o)
+        for o in outputs:
+            if o not in available:
+                raise ModelError(f"slice {a}:{b} does not compute its output {o!r}")
+        internal = available - set(inputs) - set(outputs)
+        m = onnx.ModelProto()
+        m.ir_version = self._model.ir_version
+        m.opset_import.extend(self._model.opset_import)
+        m.producer_name = "roadrunner"
+        g = m.graph  # filled in place: each initializer is copied exactly once
+        g.name = f"{graph.model}_blocks_{a}_{b}"
+        g.node.extend(nodes)
+        g.input.extend(self._value_info(n) for n in inputs)
+        g.output.extend(self._value_info(n) for n in outputs)
+        g.initializer.extend(self._initializers[n] for n in used_init)
+        g.value_info.extend(self._value_info(n) for n in sorted(internal) if n in self._elem_type)
+        used_ops = {(n.domain, n.op_type) for n in nodes}
+        m.functions.extend(f for f in self._model.functions if (f.domain, f.name) in used_ops)
+        return m
+
+    def _value_info(self, name: str) -> onnx.ValueInfoProto:
+        info = self._graph.tensors.get(name)
+        if info is None or name not in self._elem_type:
+            declared = self._declared.get(name)
+            if declared is not None:
+                return declared
+            return helper.make_empty_tensor_value_info(name)
+        return helper.make_tensor_value_info(name, self._elem_type[name], list(_dims(info)))
+
+    def _constant_shape(self, node: NodeProto) -> NodeProto:
+        info = self._graph.tensors.get(node.input[0])
+        if info is None or -1 in info.shape:
+            raise ModelError(f"slice reads the shape of {node.input[0]!r}, which is not static")
+        if node.op_type == "Size":
+            value = np.array(info.numel, dtype=np.int64)
+        else:
+            attrs = {a.name: a.i for a in node.attribute}
+            rank = len(info.shape)
+            start = attrs.get("start", 0)
+            end = attrs.get("end", rank)
+            value = np.array(info.shape[start:end], dtype=np.int64)
+        return helper.make_node(
+            "Constant", [], list(node.output), name=f"{node.name}_static", value=numpy_helper.from_array(value)
+        )
+
+
+def _dims(info: TensorInfo) -> tuple[int | str, ...]:
+    return tuple(d if d >= 0 else f"{info.name}_d{i}" for i, d in enumerate(info.shape))
+
+
+def slice_model(model: onnx.ModelProto, graph: BlockGraph, a: int, b: int) -> onnx.ModelProto:
+    """Blocks a..b of `model` (analysed as `graph`) as a standalone model. For many slices use `Slicer`."""
+    return Slicer(model, graph).slice(a, b)

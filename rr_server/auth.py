@@ -1,0 +1,77 @@
+"""Bearer-token authentication: a token file maps each node id to its token.
+
+File format: one `node_id token` per line; blank lines and lines starting with `#` are ignored. Clients send
+`authorization: Bearer <token>` metadata. A caller is identified by its token; a node may only write its own data.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from contextvars import ContextVar
+from pathlib import Path
+
+from rr_server.errors import PermissionDenied, Unauthenticated
+
+_HEADER = "authorization"
+_SCHEME = "bearer "
+
+
+class TokenTable:
+    """Token -> node id lookup with constant-time comparison."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        if not tokens:
+            raise ValueError("token table is empty")
+        self._by_node = dict(tokens)
+
+    @classmethod
+    def from_file(cls, path: Path) -> TokenTable:
+        tokens: dict[str, str] = {}
+        for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{lineno}: expected 'node_id token'")
+            node_id, token = parts
+            if node_id in tokens:
+                raise ValueError(f"{path}:{lineno}: node {node_id!r} listed twice")
+            tokens[node_id] = token
+        return cls(tokens)
+
+    def node_of(self, token: str) -> str | None:
+        found = None
+        for node_id, known in self._by_node.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = node_id
+        return found
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> str:
+        """Node id of the caller; raises Unauthenticated when the bearer token is missing or unknown."""
+        header = next((str(value) for key, value in metadata if key.lower() == _HEADER), None)
+        if header is None:
+            raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+        if not header.lower().startswith(_SCHEME):
+            raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+        node_id = self.node_of(header[len(_SCHEME) :].strip())
+        if node_id is None:
+            raise Unauthenticated("invalid bearer token")
+        return node_id
+
+
+def caller() -> str | None:
+    """Node id the interceptor authenticated for the current call (None when the server runs without auth)."""
+    return CALLER.get()
+
+
+def require_writer(node_id: str) -> None:
+    """Raise PermissionDenied unless the current caller may write data for `node_id`."""
+    who = CALLER.get()
+    if who is not None and who != node_id:
+        raise PermissionDenied(f"caller is node {who!r}; it may not write data for node {node_id!r}")
+
+
+# Set by the interceptor around each authenticated call (sync server: one call per worker thread at a time).
+CALLER: ContextVar[str | None] = ContextVar("rr_caller", default=None)

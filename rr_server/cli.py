@@ -1,0 +1,111 @@
+"""`rr-server`: run the RoaD-RuNNer cloud service (SPEC section 5). Logging is configured here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rr_server.config import DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
+from rr_server.server import Server
+
+log = logging.getLogger("rr_server")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg (+ exc)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rr-server", description="RoaD-RuNNer cloud server (gRPC).")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to listen on (port 0 picks a free one)")
+    p.add_argument("--data-dir", required=True, type=Path, help="SQLite database and slice files live here")
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS with --tls-key")
+    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    p.add_argument("--client-ca", type=Path, help="CA (PEM) that signs client certificates; enables mTLS")
+    p.add_argument("--auth-token-file", type=Path, help="file of 'node_id token' lines; requires bearer tokens")
+    p.add_argument("--max-slice-mb", type=float, default=DEFAULT_MAX_SLICE_MB, help="largest accepted slice upload")
+    p.add_argument("--providers", default="cuda,cpu", help="execution providers in order of preference")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    p.add_argument("--port-file", type=Path, help="write the bound HOST:PORT here once serving (for scripts/tests)")
+    args = p.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        p.error("--client-ca needs --tls-cert and --tls-key")
+    if args.max_slice_mb <= 0:
+        p.error("--max-slice-mb must be positive")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    tls = TlsConfig(args.tls_cert, args.tls_key, args.client_ca) if args.tls_cert else None
+    return ServerConfig(
+        data_dir=args.data_dir,
+        listen=args.listen,
+        tls=tls,
+        auth_token_file=args.auth_token_file,
+        max_slice_bytes=int(args.max_slice_mb * 1024 * 1024),
+        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        metrics_port=args.metrics_port,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        server = Server(config_from_args(args))
+        address = server.start()
+    except (OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(address)
+        tmp.replace(args.port_file)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.is_set():
+        time.sleep(0.2)
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

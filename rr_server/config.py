@@ -1,0 +1,58 @@
+"""Server configuration: one documented value object with its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:8001"
+DEFAULT_MAX_SLICE_MB = 512
+# Largest single gRPC message either way. ModelInfer carries whole tensors in one message (intermediate activations
+# of the paper's models at batch 1 are a few MB; the transport benchmark goes to 64 MB), uploads and echo traffic are
+# chunked, so 256 MiB bounds memory per call while leaving ample room for big batches.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_UPLOAD_CHUNK_BYTES = 1024 * 1024
+DEFAULT_SESSION_CACHE_SIZE = 16
+DEFAULT_WORKERS = 32
+DEFAULT_PROVIDERS = ("cuda", "cpu")
+DEFAULT_CLOUD_NODE_ID = "cloud"
+DEFAULT_GRACE_S = 10.0
+# On stop, health reports NOT_SERVING this long before the listener closes, so probes and balancers notice.
+DEFAULT_DRAIN_S = 0.5
+# Predictor refresh: wait this long after the last report before refitting (debounce).
+DEFAULT_REFRESH_DEBOUNCE_S = 0.5
+# Echo: largest stream the server sends in one Receive call.
+DEFAULT_MAX_ECHO_BYTES = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate and key (PEM); with `client_ca`, clients must present a certificate it signed (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `rr-server` can be told; `Server(ServerConfig(data_dir=...))` is a complete in-process server."""
+
+    data_dir: Path
+    listen: str = DEFAULT_LISTEN
+    tls: TlsConfig | None = None
+    auth_token_file: Path | None = None
+    max_slice_bytes: int = DEFAULT_MAX_SLICE_MB * 1024 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    metrics_port: int | None = None
+    session_cache_size: int = DEFAULT_SESSION_CACHE_SIZE
+    workers: int = DEFAULT_WORKERS
+    cloud_node_id: str = DEFAULT_CLOUD_NODE_ID
+    refresh_debounce_s: float = DEFAULT_REFRESH_DEBOUNCE_S
+    # Time the blocks edges report with a slice_id on this server's execution provider (the cloud row).
+    cloud_profiling: bool = True
+    max_echo_bytes: int = DEFAULT_MAX_ECHO_BYTES
+    grace_s: float = DEFAULT_GRACE_S
+    drain_s: float = DEFAULT_DRAIN_S
+    extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)

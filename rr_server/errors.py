@@ -1,0 +1,52 @@
+"""Domain errors of the server, each tied to the gRPC status code it becomes.
+
+    ServerError                 base; carries `code` (a grpc.StatusCode)
+    ├── InvalidArgument         malformed or inconsistent request data        -> INVALID_ARGUMENT
+    ├── NotFound                unknown node, slice or model                  -> NOT_FOUND
+    ├── ResourceExhausted       size or limit violations                      -> RESOURCE_EXHAUSTED
+    ├── FailedPrecondition      request valid, but the state does not allow it -> FAILED_PRECONDITION
+    ├── Unauthenticated         missing or invalid bearer token               -> UNAUTHENTICATED
+    ├── PermissionDenied        valid token, but not allowed to do this       -> PERMISSION_DENIED
+    └── Unavailable             the server cannot serve right now             -> UNAVAILABLE
+
+Core modules raise these; one interceptor (`rr_server.interceptor`) turns them into status codes. Anything else that
+escapes a servicer becomes INTERNAL with the details in the log only.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServerError(Exception):
+    """Base class of the errors the server raises deliberately; the message goes to the client."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(ServerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServerError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhausted(ServerError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(ServerError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(ServerError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServerError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(ServerError):
+    code = grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,135 @@
+"""KServe v2 / Open Inference Protocol gRPC service over cached slices (a model name is a slice id).
+
+ModelInfer and ModelStreamInfer use the zero-copy framing of `rr_server.wire` (registered by `add_to_server`);
+every other method uses the generated protobuf classes. Clients see the standard messages either way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as pb
+from rr_proto.inference import grpc_service_pb2_grpc as pb_grpc
+from rr_server import wire
+from rr_server.errors import InvalidArgument, NotFound, ServerError
+from rr_server.repository import PLATFORM, VERSION, ModelRepository
+
+SERVICE = "inference.GRPCInferenceService"
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "rr-server"
+EXTENSIONS = ("model_repository", "streaming")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repository: ModelRepository, version: str, is_ready) -> None:
+        self._repo = repository
+        self._version = version
+        self._is_ready = is_ready
+
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=list(EXTENSIONS))
+
+    def ModelReady(self, request, context):
+        _check_version(request.version)
+        return pb.ModelReadyResponse(ready=self._repo.is_ready(request.name))
+
+    def ModelMetadata(self, request, context):
+        _check_version(request.version)
+        session = self._repo.session(request.name)
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=[VERSION],
+            platform=PLATFORM,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                for s in session.inputs
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                for s in session.outputs
+            ],
+        )
+
+    def ModelInfer(self, request, context):
+        return self._infer(request)
+
+    def ModelStreamInfer(self, request_iterator, context):
+        for request in request_iterator:
+            try:
+                yield wire.StreamItem(response=self._infer(request))
+            except ServerError as exc:
+                yield wire.StreamItem(error_message=f"{exc.code.name}: {exc}")
+            except Exception:  # noqa: BLE001 - one bad message must not end the stream
+                log.exception("ModelStreamInfer message %r failed", request.header.id)
+                yield wire.StreamItem(error_message="INTERNAL: internal server error (see server log)")
+
+    def RepositoryIndex(self, request, context):
+        states = self._repo.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(name=s.name, version=s.version, state=s.state, reason=s.reason)
+                for s in states
+            ]
+        )
+
+    def RepositoryModelLoad(self, request, context):
+        self._repo.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        self._repo.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _infer(self, request: wire.InferRequest) -> wire.InferResponse:
+        if request.error:
+            raise InvalidArgument(request.error)
+        header = request.header
+        _check_version(header.model_version)
+        try:
+            inputs = wire.decode_inputs(request)
+        except codec.CodecError as exc:
+            raise InvalidArgument(str(exc)) from None
+        outputs = self._repo.infer(header.model_name, inputs, [o.name for o in header.outputs])
+        return wire.encode_outputs(header.model_name, VERSION, header.id, outputs)
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """Register the service: protobuf (de)serialisers everywhere except the tensor-carrying methods."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        name = method.name
+        behavior = getattr(servicer, name)
+        request_type = getattr(pb, method.input_type.name)
+        deserialize = request_type.FromString
+        serialize = _serialize_message
+        if name == "ModelInfer":
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                behavior, wire.parse_infer_request, wire.serialize_infer_response
+            )
+        elif name == "ModelStreamInfer":
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                behavior, wire.parse_infer_request, wire.serialize_stream_item
+            )
+        else:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def _serialize_message(message) -> bytes:
+    return message.SerializeToString()
+
+
+def _check_version(version: str) -> None:
+    if version not in ("", VERSION):
+        raise NotFound(f"model version {version!r} does not exist (slices have version {VERSION!r})")

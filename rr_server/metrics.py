@@ -1,0 +1,49 @@
+"""Prometheus metrics of one server instance (own registry, so several servers can live in one process)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Request counts and latency per method, session-cache hits, upload and echo bytes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rr_requests", "gRPC requests by method and status code", ["method", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "rr_request_seconds",
+            "gRPC request latency by method",
+            ["method"],
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.session_cache = Counter(
+            "rr_session_cache", "ONNX Runtime session lookups by result (hit/miss)", ["result"], registry=self.registry
+        )
+        self.upload_bytes = Counter("rr_upload_bytes", "Slice bytes received by UploadSlice", registry=self.registry)
+        self.inferences = Counter("rr_inferences", "Slice executions by outcome", ["outcome"], registry=self.registry)
+        self._http: Any = None
+
+    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Expose /metrics on `port` (0 picks a free one); returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._http = server
+        bound = server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", addr, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

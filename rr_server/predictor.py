@@ -1,0 +1,276 @@
+"""Latency and energy predictions per (node, block signature), with provenance.
+
+Two matrices, nodes x signatures, of positive values (latency ms, energy mJ), factorised in log space by the cf_cpp
+engine (`rr_server.cf_engine`). Columns carry structural features (log flops and bytes, op-type counts), so a
+signature no node measured is still predicted from its features (cold start).
+
+Answers, per value:
+* MEASURED    - the node reported this signature (or the server timed it for its own row): the latest measurement.
+* PREDICTED   - collaborative filtering from this node's and other nodes' measurements.
+* COLD_START  - no node measured this signature: predicted from its features only.
+* UNKNOWN     - nothing to go on (no measurement of this quantity anywhere yet); the value is 0.
+
+Refits run in a background thread, debounced after reports arrive (`notify`), never on the request path. A node that
+was not in the last fit is folded in (a ridge solve against the fixed column factors) instead of refitting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rr_server.cf_engine import engine_name, make_engine
+from rr_server.errors import NotFound
+from rr_server.records import Features, Measurement
+from rr_server.storage import Storage
+
+log = logging.getLogger(__name__)
+
+MEASURED = "measured"
+PREDICTED = "predicted"
+COLD_START = "cold_start"
+UNKNOWN = "unknown"
+
+# Op types counted as separate features; everything else lands in "other".
+OP_VOCABULARY = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "Relu", "Clip", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Mul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Reshape", "Flatten",
+    "Transpose", "Softmax", "LayerNormalization", "Gelu", "Erf", "Div", "Sub", "ReduceMean", "Split", "Slice",
+)  # fmt: skip
+_MAX_DEBOUNCE_S = 5.0
+
+
+def feature_vector(f: Features) -> np.ndarray:
+    """Numeric column features of a block: log sizes and log(1 + count) per op type."""
+    counts = Counter(f.ops)
+    known = [counts.get(op, 0) for op in OP_VOCABULARY]
+    other = len(f.ops) - sum(known)
+    sizes = [f.flops, f.param_bytes, f.input_bytes, f.output_bytes, len(f.ops)]
+    return np.log1p(np.asarray(sizes + known + [other], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    signature: str
+    latency_ms: float
+    energy_mj: float
+    latency_provenance: str
+    energy_provenance: str
+    energy_source: str
+
+
+@dataclass
+class _Target:
+    """One fitted matrix (latency or energy) and its index maps. Engine calls go through `lock`."""
+
+    engine: Any
+    rows: dict[str, int]
+    cols: dict[str, int]
+    measured_cols: set[str]
+    row_counts: dict[str, tuple[int, float]]
+    scale: tuple[np.ndarray, np.ndarray]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def features_matrix(self, features: Sequence[Features]) -> np.ndarray:
+        mean, std = self.scale
+        return (np.stack([feature_vector(f) for f in features]) - mean) / std
+
+    def value(self, node_id: str, signature: str, features: Features | None) -> tuple[float, str] | None:
+        with self.lock:
+            col = self.cols.get(signature)
+            if col is None:
+                if features is None:
+                    return None
+                col = self.engine.add_cols(1, self.features_matrix([features]))
+                self.cols[signature] = col
+            provenance = PREDICTED if signature in self.measured_cols else COLD_START
+            row = self.rows.get(node_id)
+            if row is not None:
+                return float(self.engine.predict(np.array([row]), np.array([col]))[0]), provenance
+            rows = np.fromiter(self.rows.values(), dtype=np.int64)
+            logs = self.engine.predict(rows, np.full(rows.size, col), log=True)
+            return float(np.exp(np.mean(logs))), provenance
+
+
+class Predictor:
+    """Serves predictions from the latest fit; `notify()` after storing reports schedules a refit."""
+
+    def __init__(self, storage: Storage, debounce_s: float = 0.5) -> None:
+        self._storage = storage
+        self._debounce_s = debounce_s
+        self._targets: dict[str, _Target | None] = {"latency": None, "energy": None}
+        self._sources: dict[str, str] = {}
+        self._default_source = ""
+        self._fitted_version = -1
+        self._wake = threading.Event()
+        self._fresh = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._worker, name="rr-predictor", daemon=True)
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def notify(self) -> None:
+        """New measurements were stored: refit soon (debounced), off the request path."""
+        self._wake.set()
+
+    def wait_fresh(self, timeout: float = 10.0) -> bool:
+        """Block until the fit includes every measurement stored before this call (tests, tools)."""
+        target = self._storage.version
+        self.notify()
+        with self._fresh:
+            return self._fresh.wait_for(lambda: self._fitted_version >= target, timeout=timeout)
+
+    def _worker(self) -> None:
+        while not self._stop:
+            self._wake.wait()
+            started = time.monotonic()
+            while not self._stop:  # debounce: wait until reports stop arriving (bounded)
+                self._wake.clear()
+                time.sleep(self._debounce_s)
+                if not self._wake.is_set() or time.monotonic() - started > _MAX_DEBOUNCE_S:
+                    break
+            if not self._stop:
+                self.refresh()
+
+    def refresh(self) -> None:
+        """Refit (or fold new nodes into) both matrices from storage. Never raises: a failed fit keeps the old one."""
+        version = self._storage.version
+        try:
+            measurements = self._storage.latest_measurements()
+            signatures = self._storage.signatures()
+            latency = [(m, m.latency_ms) for m in measurements]
+            energy = [(m, m.energy_mj) for m in measurements if m.energy_mj is not None]
+            started = time.perf_counter()
+            self._targets = {
+                "latency": self._fit(latency, signatures, self._targets["latency"]),
+                "energy": self._fit(energy, signatures, self._targets["energy"]),
+            }
+            self._sources, self._default_source = _energy_sources(measurements)
+            log.info(
+                "predictor refreshed with %s: %d measurements, %d signatures in %.1f ms",
+                engine_name(),
+                len(measurements),
+                len(signatures),
+                1e3 * (time.perf_counter() - started),
+            )
+        except Exception:  # noqa: BLE001 - keep serving the previous fit
+            log.exception("predictor refresh failed; keeping the previous fit")
+        with self._fresh:
+            self._fitted_version = max(self._fitted_version, version)
+            self._fresh.notify_all()
+
+    def _fit(
+        self, data: list[tuple[Measurement, float]], signatures: dict[str, Features], previous: _Target | None
+    ) -> _Target | None:
+        if not data:
+            return None
+        by_node: dict[str, dict[str, float]] = {}
+        for m, value in data:
+            by_node.setdefault(m.node_id, {})[m.signature] = value
+        col_names = sorted(set(signatures) | {m.signature for m, _ in data})
+        # Fingerprint per node: a changed or added value of a known node forces a refit, a new node is folded in.
+        counts = {node: (len(values), sum(values.values())) for node, values in by_node.items()}
+        if previous is not None and _only_new_rows(previous, col_names, counts):
+            return self._fold_in(previous, by_node, counts)
+        rows = {node: k for k, node in enumerate(sorted(by_node))}
+        cols = {sig: k for k, sig in enumerate(col_names)}
+        r = np.array([rows[m.node_id] for m, _ in data], dtype=np.int64)
+        c = np.array([cols[m.signature] for m, _ in data], dtype=np.int64)
+        v = np.array([value for _, value in data], dtype=np.float64)
+        raw = np.stack([feature_vector(signatures.get(s, Features())) for s in col_names])
+        mean, std = raw.mean(axis=0), raw.std(axis=0)
+        std[std == 0] = 1.0
+        engine = make_engine(len(data))
+        engine.fit(r, c, v, len(rows), len(cols), col_features=(raw - mean) / std)
+        measured = {m.signature for m, _ in data}
+        return _Target(engine, rows, cols, measured, counts, (mean, std))
+
+    @staticmethod
+    def _fold_in(
+        previous: _Target, by_node: dict[str, dict[str, float]], counts: dict[str, tuple[int, float]]
+    ) -> _Target:
+        rows = dict(previous.rows)
+        measured = set(previous.measured_cols)
+        with previous.lock:
+            for node in sorted(set(by_node) - set(rows)):
+                values = by_node[node]
+                cols = np.array([previous.cols[s] for s in values], dtype=np.int64)
+                rows[node] = previous.engine.fold_in_row(cols, np.array(list(values.values()), dtype=np.float64))
+                measured |= set(values)
+                log.info("folded node %s into the model (%d measurements)", node, len(values))
+        return _Target(previous.engine, rows, dict(previous.cols), measured, counts, previous.scale, previous.lock)
+
+    def predict(
+        self, node_id: str, signatures: Sequence[str], features: Mapping[str, Features] | None = None
+    ) -> list[PredictionRecord]:
+        """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows."""
+        features = dict(features or {})
+        known = self._storage.signatures()
+        mine = {m.signature: m for m in self._storage.latest_measurements(node_id)}
+        latency_t, energy_t = self._targets["latency"], self._targets["energy"]
+        unknown = [
+            s
+            for s in signatures
+            if s not in mine and s not in features and s not in known and not (latency_t and s in latency_t.cols)
+        ]
+        if unknown:
+            raise NotFound(
+                f"{len(unknown)} signature(s) unknown to the server, e.g. {unknown[0][:16]!r}; send their features"
+            )
+        out = []
+        for sig in signatures:
+            f = features.get(sig) or known.get(sig)
+            m = mine.get(sig)
+            if m is not None:
+                latency, latency_p = m.latency_ms, MEASURED
+            else:
+                latency, latency_p = _estimate(latency_t, node_id, sig, f)
+            if m is not None and m.energy_mj is not None:
+                energy, energy_p, source = m.energy_mj, MEASURED, m.energy_source
+            else:
+                energy, energy_p = _estimate(energy_t, node_id, sig, f)
+                source = self._sources.get(node_id, self._default_source) if energy_p != UNKNOWN else ""
+            out.append(PredictionRecord(sig, latency, energy, latency_p, energy_p, source))
+        return out
+
+
+def _estimate(target: _Target | None, node_id: str, signature: str, features: Features | None) -> tuple[float, str]:
+    if target is None:
+        return 0.0, UNKNOWN
+    found = target.value(node_id, signature, features)
+    return found if found is not None else (0.0, UNKNOWN)
+
+
+def _only_new_rows(previous: _Target, col_names: list[str], counts: dict[str, tuple[int, float]]) -> bool:
+    """True when the data differ from the previous fit only by whole new nodes (fold them in, no refit)."""
+    if any(s not in previous.cols for s in col_names):
+        return False
+    if any(counts.get(node) != n for node, n in previous.row_counts.items()):
+        return False
+    return len(counts) > len(previous.row_counts)
+
+
+def _energy_sources(measurements: list[Measurement]) -> tuple[dict[str, str], str]:
+    per_node: dict[str, Counter] = {}
+    overall: Counter = Counter()
+    for m in measurements:
+        if m.energy_mj is not None and m.energy_source:
+            per_node.setdefault(m.node_id, Counter())[m.energy_source] += 1
+            overall[m.energy_source] += 1
+    sources = {node: c.most_common(1)[0][0] for node, c in per_node.items()}
+    return sources, (overall.most_common(1)[0][0] if overall else "")

@@ -1,0 +1,129 @@
+"""roadrunner.v1.ProfileService: layer-profile and network-profile reports.
+
+A layer-profile stream is validated as a whole and stored in one transaction before the acknowledgement, so a
+report is either completely stored or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
+from rr_server.auth import require_writer
+from rr_server.cloud_profiler import CloudProfiler
+from rr_server.convert import (
+    features_from_pb,
+    measurement_from_pb,
+    model_run_from_pb,
+    network_profile_from_dict,
+    network_profile_to_dict,
+)
+from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from rr_server.predictor import Predictor
+from rr_server.records import (
+    MAX_ENERGY_MJ,
+    MAX_ID_LENGTH,
+    MAX_LATENCY_MS,
+    Features,
+    Measurement,
+    ModelRun,
+    check_features,
+    check_id,
+    check_measurement,
+    check_positive,
+)
+from rr_server.slices import SliceStore, check_slice_id
+from rr_server.storage import Storage
+
+MAX_ITEMS_PER_REPORT = 100_000
+MAX_NETWORK_SAMPLES = 10_000
+
+
+class ProfileServicer(rr_grpc.ProfileServiceServicer):
+    def __init__(self, storage: Storage, predictor: Predictor, slices: SliceStore, cloud: CloudProfiler | None) -> None:
+        self._storage = storage
+        self._predictor = predictor
+        self._slices = slices
+        self._cloud = cloud
+
+    def _known_node(self, node_id: str) -> str:
+        check_id(node_id, "node_id")
+        require_writer(node_id)
+        if self._storage.get_node(node_id) is None:
+            raise NotFound(f"node {node_id!r} is not registered; call NodeService.RegisterNode first")
+        return node_id
+
+    def ReportLayerProfiles(self, request_iterator, context):
+        now = time.time()
+        measurements: list[Measurement] = []
+        runs: list[ModelRun] = []
+        features: dict[str, Features] = {}
+        slice_ids: dict[str, str] = {}
+        checked: set[str] = set()
+        for k, request in enumerate(request_iterator):
+            if k >= MAX_ITEMS_PER_REPORT:
+                raise ResourceExhausted(f"more than {MAX_ITEMS_PER_REPORT} items in one report; split it")
+            if request.node_id not in checked:
+                checked.add(self._known_node(request.node_id))
+            which = request.WhichOneof("item")
+            if which == "layer":
+                layer = request.layer
+                m = check_measurement(measurement_from_pb(request.node_id, request.settings, layer, now))
+                measurements.append(m)
+                if layer.HasField("features"):
+                    f = check_features(features_from_pb(layer.features), f"signature {layer.signature[:16]!r}")
+                    if not f.is_empty():
+                        features[layer.signature] = f
+                if layer.slice_id:
+                    slice_ids[layer.signature] = check_slice_id(layer.slice_id)
+            elif which == "model":
+                runs.append(_check_run(model_run_from_pb(request.node_id, request.model, now)))
+            else:
+                raise InvalidArgument(f"report item {k} carries neither a layer nor a model profile")
+        self._storage.add_reports(measurements, features, slice_ids, runs)
+        self._predictor.notify()
+        if self._cloud is not None:
+            for signature, slice_id in slice_ids.items():
+                if self._slices.get(slice_id) is not None:
+                    self._cloud.submit(signature, slice_id)
+        return rr.ReportLayerProfilesResponse(accepted_layers=len(measurements), accepted_models=len(runs))
+
+    def ReportNetworkProfile(self, request, context):
+        node_id = self._known_node(request.node_id)
+        for direction in ("uplink", "downlink"):
+            samples = getattr(request.profile, direction).samples
+            if len(samples) > MAX_NETWORK_SAMPLES:
+                raise ResourceExhausted(f"{direction}: more than {MAX_NETWORK_SAMPLES} samples")
+            for k, s in enumerate(samples):
+                if s.bytes <= 0:
+                    raise InvalidArgument(f"{direction} sample {k}: bytes must be positive, got {s.bytes}")
+                check_positive(s.ms, f"{direction} sample {k}: ms", MAX_LATENCY_MS)
+                if s.HasField("energy_mj"):
+                    check_positive(s.energy_mj, f"{direction} sample {k}: energy_mj", MAX_ENERGY_MJ)
+            for name in ("poly4_error", "affine_error"):
+                value = getattr(getattr(request.profile, direction), name)
+                if not math.isfinite(value) or value < 0:
+                    raise InvalidArgument(f"{direction}: {name} must be finite and >= 0, got {value!r}")
+        self._storage.put_network_profile(node_id, network_profile_to_dict(request.profile))
+        return rr.ReportNetworkProfileResponse()
+
+    def GetNetworkProfile(self, request, context):
+        profile = self._storage.get_network_profile(request.node_id)
+        if profile is None:
+            raise NotFound(f"no network profile for node {request.node_id!r}")
+        return rr.GetNetworkProfileResponse(profile=network_profile_from_dict(profile))
+
+    def ListMeasuredSignatures(self, request, context):
+        return rr.ListMeasuredSignaturesResponse(signatures=self._storage.measured_signatures(request.node_id))
+
+
+def _check_run(run: ModelRun) -> ModelRun:
+    if not run.model or len(run.model) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"model name must be 1-{MAX_ID_LENGTH} characters")
+    check_positive(run.latency_ms, f"model {run.model!r}: latency median_ms", MAX_LATENCY_MS)
+    check_positive(run.sum_of_blocks_ms, f"model {run.model!r}: sum_of_blocks_ms", MAX_LATENCY_MS)
+    if run.energy_mj is not None:
+        check_positive(run.energy_mj, f"model {run.model!r}: energy_mj", MAX_ENERGY_MJ)
+    return run

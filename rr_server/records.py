@@ -1,0 +1,118 @@
+"""Plain records the core works with (protobuf stops at the servicers)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rr_server.errors import InvalidArgument
+
+ROLE_EDGE = "edge"
+ROLE_CLOUD = "cloud"
+
+SOURCE_EDGE = "edge-report"
+SOURCE_CLOUD_PROFILER = "cloud-profiler"
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    role: str
+    device: dict
+    registered_at: float
+
+
+@dataclass(frozen=True)
+class Features:
+    """Structural features of an atomic block (SPEC section 3)."""
+
+    ops: tuple[str, ...] = ()
+    flops: int = 0
+    param_bytes: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+
+    def is_empty(self) -> bool:
+        return not self.ops and not (self.flops or self.param_bytes or self.input_bytes or self.output_bytes)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One node's measurement of one block signature."""
+
+    node_id: str
+    signature: str
+    latency_ms: float
+    p10_ms: float = 0.0
+    p90_ms: float = 0.0
+    cv: float = 0.0
+    samples: int = 1
+    energy_mj: float | None = None
+    energy_source: str = ""
+    source: str = SOURCE_EDGE
+    settings: dict = field(default_factory=dict)
+    measured_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """A whole-model end-to-end measurement against the sum of its blocks."""
+
+    node_id: str
+    model: str
+    latency_ms: float
+    sum_of_blocks_ms: float
+    energy_mj: float | None = None
+    energy_source: str = ""
+    measured_at: float = 0.0
+
+
+# Largest plausible values: a block taking more than a day or a joule-hour is a unit bug, not a measurement.
+MAX_LATENCY_MS = 86_400_000.0
+MAX_ENERGY_MJ = 3.6e9
+MAX_ID_LENGTH = 256
+ENERGY_SOURCES = ("nvml", "rapl", "jetson", "model", "")
+
+
+def check_id(value: str, what: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{what} is empty")
+    if len(value) > MAX_ID_LENGTH or not value.isprintable() or any(c.isspace() for c in value):
+        raise InvalidArgument(f"{what} {value[:40]!r} must be up to {MAX_ID_LENGTH} printable characters, no spaces")
+    return value
+
+
+def check_positive(value: float, what: str, upper: float) -> float:
+    if not math.isfinite(value) or value <= 0 or value > upper:
+        raise InvalidArgument(f"{what} must be a finite number in (0, {upper:g}], got {value!r}")
+    return value
+
+
+def check_features(features: Features, what: str) -> Features:
+    for name in ("flops", "param_bytes", "input_bytes", "output_bytes"):
+        value = getattr(features, name)
+        if value < 0:
+            raise InvalidArgument(f"{what}: {name} must not be negative, got {value}")
+    if len(features.ops) > 100_000:
+        raise InvalidArgument(f"{what}: {len(features.ops)} ops is not a block")
+    return features
+
+
+def check_measurement(m: Measurement) -> Measurement:
+    """Validate a reported measurement; raises InvalidArgument naming the bad field."""
+    where = f"signature {m.signature[:16]!r}"
+    check_id(m.signature, "signature")
+    check_positive(m.latency_ms, f"{where}: latency median_ms", MAX_LATENCY_MS)
+    for name in ("p10_ms", "p90_ms", "cv"):
+        value = getattr(m, name)
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgument(f"{where}: {name} must be finite and >= 0, got {value!r}")
+    if m.p10_ms and m.p90_ms and m.p10_ms > m.p90_ms:
+        raise InvalidArgument(f"{where}: p10_ms {m.p10_ms} > p90_ms {m.p90_ms}")
+    if m.samples < 0 or m.samples > 10_000_000:
+        raise InvalidArgument(f"{where}: samples must be in [0, 1e7], got {m.samples}")
+    if m.energy_mj is not None:
+        check_positive(m.energy_mj, f"{where}: energy_mj", MAX_ENERGY_MJ)
+        if m.energy_source not in ENERGY_SOURCES[:-1]:
+            raise InvalidArgument(f"{where}: energy_source must be one of nvml, rapl, jetson, model")
+    return m

@@ -1,0 +1,73 @@
+"""Slices as models: what the KServe service sees (readiness, signatures, load/unload, execution)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rr_server.metrics import Metrics
+from rr_server.sessions import Session, SessionPool
+from rr_server.slices import SliceStore, check_slice_id
+
+PLATFORM = "onnxruntime_onnx"
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    version: str
+    state: str  # "READY" (session open), "UNAVAILABLE" (cached, loads on first use)
+    reason: str
+
+
+class ModelRepository:
+    """Cached slices addressed by id; sessions are opened on first use (dynamic offloading) or by `load`."""
+
+    def __init__(self, slices: SliceStore, sessions: SessionPool, metrics: Metrics) -> None:
+        self._slices = slices
+        self._sessions = sessions
+        self._metrics = metrics
+
+    def is_ready(self, slice_id: str) -> bool:
+        """A cached slice is ready: its session opens on the first request if it is not open yet."""
+        try:
+            return self._slices.get(check_slice_id(slice_id)) is not None
+        except Exception:  # noqa: BLE001 - a malformed name is simply not ready
+            return False
+
+    def session(self, slice_id: str) -> Session:
+        info = self._slices.require(check_slice_id(slice_id))
+        return self._sessions.get(slice_id, info.path)
+
+    def infer(
+        self, slice_id: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        session = self.session(slice_id)
+        try:
+            result = session.run(inputs, outputs)
+        except Exception:
+            self._metrics.inferences.labels("error").inc()
+            raise
+        self._metrics.inferences.labels("ok").inc()
+        return result
+
+    def load(self, slice_id: str) -> Session:
+        return self.session(slice_id)
+
+    def unload(self, slice_id: str) -> bool:
+        self._slices.require(check_slice_id(slice_id))
+        return self._sessions.evict(slice_id)
+
+    def index(self, ready_only: bool = False) -> list[ModelState]:
+        loaded = set(self._sessions.loaded_ids())
+        states = []
+        for info in self._slices.list():
+            ready = info.slice_id in loaded
+            if ready_only and not ready:
+                continue
+            reason = "" if ready else "cached; loads on first request"
+            states.append(ModelState(info.slice_id, VERSION, "READY" if ready else "UNAVAILABLE", reason))
+        return states

@@ -1,0 +1,229 @@
+"""Build, start and stop the gRPC server with every service, health checking and reflection.
+
+`Server(config).start()` binds (port 0 picks a free port), returns the bound address and serves from a thread pool;
+`stop()` marks health NOT_SERVING, lets in-flight calls finish within the grace period, then closes the background
+workers and storage. The CLI calls `stop()` on SIGTERM/SIGINT.
+
+Why the synchronous grpcio server: ONNX Runtime and SQLite release the GIL, so a thread pool runs slices in
+parallel without an event loop; docs/performance.md ("Server and transport") has the sync-vs-asyncio measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from concurrent import futures
+from importlib import metadata
+
+import grpc
+import onnxruntime as ort
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rr_proto.inference import grpc_service_pb2 as kserve_pb
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
+from rr_server.auth import TokenTable
+from rr_server.cloud_profiler import CloudProfiler
+from rr_server.config import ServerConfig
+from rr_server.echo_servicer import EchoServicer
+from rr_server.inference_servicer import InferenceServicer
+from rr_server.inference_servicer import add_to_server as add_inference_service
+from rr_server.interceptor import PolicyInterceptor
+from rr_server.metrics import Metrics
+from rr_server.node_servicer import NodeServicer
+from rr_server.prediction_servicer import PredictionServicer
+from rr_server.predictor import Predictor
+from rr_server.profile_servicer import ProfileServicer
+from rr_server.records import ROLE_CLOUD
+from rr_server.repository import ModelRepository
+from rr_server.sessions import SessionPool, resolve_providers
+from rr_server.slice_servicer import SliceServicer
+from rr_server.slices import SliceStore
+from rr_server.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    *(s.full_name for s in rr.DESCRIPTOR.services_by_name.values()),
+)
+# Slack for protobuf framing on top of the payload limit.
+_ENVELOPE_BYTES = 64 * 1024
+
+
+def version() -> str:
+    try:
+        return metadata.version("roadrunner")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
+    """Channel/server options used on both ends: deliberate message limits and HTTP/2 windows for big tensors."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes + _ENVELOPE_BYTES),
+        ("grpc.max_receive_message_length", max_message_bytes + _ENVELOPE_BYTES),
+        # Larger frames and a larger initial flow-control window: fewer round trips per multi-MB tensor.
+        ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
+        ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
+        ("grpc.http2.bdp_probe", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class Server:
+    """The rr-server, usable in-process: `with Server(config) as s: s.address`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.address: str | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.metrics = Metrics()
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = Storage(data_dir)
+        self.slices = SliceStore(data_dir / "slices", config.max_slice_bytes)
+        self.providers = resolve_providers(config.providers)
+        self.sessions = SessionPool(
+            self.providers,
+            config.session_cache_size,
+            on_lookup=lambda hit: self.metrics.session_cache.labels("hit" if hit else "miss").inc(),
+        )
+        self.repository = ModelRepository(self.slices, self.sessions, self.metrics)
+        self.predictor = Predictor(self.storage, config.refresh_debounce_s)
+        self.cloud_profiler = (
+            CloudProfiler(config.cloud_node_id, self.storage, self.slices, self.sessions, self.predictor.notify)
+            if config.cloud_profiling
+            else None
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
+        self._grpc: grpc.Server | None = None
+        self._stopped = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Bind, start serving and return the bound address HOST:PORT."""
+        self._register_cloud_node()
+        self.predictor.start()
+        if self.cloud_profiler is not None:
+            self.cloud_profiler.start()
+        options = grpc_options(self.config.max_message_bytes) + list(self.config.extra_grpc_options)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="rr-grpc"),
+            interceptors=[PolicyInterceptor(self._tokens, self.metrics)],
+            options=options,
+        )
+        self._add_services(server)
+        host = self.config.listen.rsplit(":", 1)[0]
+        if self.config.tls is not None:
+            tls = self.config.tls
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+                require_client_auth=tls.client_ca is not None,
+            )
+            self.port = server.add_secure_port(self.config.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(self.config.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        server.start()
+        self._grpc = server
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(self.config.metrics_port)
+        self.address = f"{host}:{self.port}"
+        log.info(
+            "rr-server %s listening on %s (%s) providers=%s data=%s auth=%s",
+            version(),
+            self.address,
+            "TLS" if self.config.tls else "plaintext",
+            ",".join(self.providers),
+            self.config.data_dir,
+            "tokens" if self._tokens else "off",
+        )
+        return self.address
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING (for `drain_s`), then no new calls; in-flight calls get up to `grace`
+        seconds to finish; then the background workers and storage close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.grace_s if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        if self._grpc is not None and self.config.drain_s > 0:
+            time.sleep(self.config.drain_s)
+        if self._grpc is not None:
+            log.info("stopping: finishing in-flight calls (grace %.1f s)", grace)
+            self._grpc.stop(grace).wait()
+        if self.cloud_profiler is not None:
+            self.cloud_profiler.close()
+        self.predictor.close()
+        self.metrics.close()
+        self.storage.close()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        if self._grpc is not None:
+            self._grpc.wait_for_termination()
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(grace=1.0)
+
+    def ready(self) -> bool:
+        return self._grpc is not None and not self._stopped.is_set()
+
+    # -- wiring ----------------------------------------------------------------------------------------------------
+
+    def server_info(self) -> rr.GetServerInfoResponse:
+        return rr.GetServerInfoResponse(
+            cloud_node_id=self.config.cloud_node_id,
+            providers=self.providers,
+            version=version(),
+            max_message_bytes=self.config.max_message_bytes,
+            max_slice_bytes=self.config.max_slice_bytes,
+        )
+
+    def _register_cloud_node(self) -> None:
+        device = {
+            "cpu_model": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count() or 0,
+            "ort_version": ort.__version__,
+            "ort_providers": list(self.providers),
+            "hostname": platform.node(),
+        }
+        self.storage.upsert_node(self.config.cloud_node_id, ROLE_CLOUD, device)
+
+    def _add_services(self, server: grpc.Server) -> None:
+        add_inference_service(InferenceServicer(self.repository, version(), self.ready), server)
+        rr_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.storage, self.server_info()), server)
+        rr_grpc.add_ProfileServiceServicer_to_server(
+            ProfileServicer(self.storage, self.predictor, self.slices, self.cloud_profiler), server
+        )
+        rr_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.storage, self.predictor), server)
+        rr_grpc.add_SliceServiceServicer_to_server(SliceServicer(self.slices, self.sessions, self.metrics), server)
+        rr_grpc.add_EchoServiceServicer_to_server(
+            EchoServicer(self.config.max_echo_bytes, self.config.max_message_bytes), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+
+def serve(config: ServerConfig) -> Server:
+    """Start a server and return it (its `address` is bound); call `stop()` when done."""
+    server = Server(config)
+    server.start()
+    return server

@@ -1,0 +1,228 @@
+"""Bounded LRU of ONNX Runtime sessions, one per slice, on the best execution provider that really loads.
+
+`onnxruntime.get_available_providers()` lists what the wheel was built with (CUDA on onnxruntime-gpu), not what
+works: the CUDA provider needs its libraries and a GPU, and ONNX Runtime silently falls back to CPU when it cannot
+load. `resolve_providers` therefore creates a probe session and keeps only the providers it actually got.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from rr_proto.codec import datatype_of, dtype_of
+from rr_server.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+# ONNX Runtime element types -> KServe datatypes.
+_KSERVE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, KServe datatype, shape (-1 for a dynamic dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def resolve_providers(requested: Sequence[str]) -> list[str]:
+    """ONNX Runtime provider names that really load here, in the requested order; CPU is always last."""
+    names = []
+    for short in requested:
+        name = PROVIDER_NAMES.get(short.lower(), short)
+        if name not in names:
+            names.append(name)
+    if "CPUExecutionProvider" not in names:
+        names.append("CPUExecutionProvider")
+    available = set(ort.get_available_providers())
+    wanted = [n for n in names if n in available]
+    accelerated = [n for n in wanted if n != "CPUExecutionProvider"]
+    if not accelerated:
+        return ["CPUExecutionProvider"]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the failed load of a provider is expected here; we report it ourselves
+    ort.set_default_logger_severity(4)  # the provider bridge logs load failures globally; we report them below
+    try:
+        loaded = ort.InferenceSession(probe.SerializeToString(), options, providers=wanted).get_providers()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("probe session with %s failed (%s); using CPU", wanted, exc)
+        return ["CPUExecutionProvider"]
+    finally:
+        ort.set_default_logger_severity(2)
+    missing = [n for n in accelerated if n not in loaded]
+    if missing:
+        log.warning("execution providers %s are built in but did not load here; falling back to %s", missing, loaded)
+    return [n for n in wanted if n in loaded]
+
+
+class Session:
+    """An ONNX Runtime session of one slice with its KServe-facing signature. `run` is thread-safe."""
+
+    def __init__(self, slice_id: str, session: ort.InferenceSession) -> None:
+        self.slice_id = slice_id
+        self._session = session
+        self.providers = tuple(session.get_providers())
+        self.inputs = tuple(_spec(a) for a in session.get_inputs())
+        self.outputs = tuple(_spec(a) for a in session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+
+    def check_inputs(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Raise InvalidArgument unless `arrays` are exactly this slice's inputs with matching dtypes and shapes."""
+        expected = {spec.name: spec for spec in self.inputs}
+        unknown = sorted(set(arrays) - set(expected))
+        if unknown:
+            raise InvalidArgument(f"unknown input(s) {unknown}; slice {self.slice_id[:12]} takes {sorted(expected)}")
+        missing = sorted(set(expected) - set(arrays))
+        if missing:
+            raise InvalidArgument(f"missing input(s) {missing} for slice {self.slice_id[:12]}")
+        for name, array in arrays.items():
+            spec = expected[name]
+            got = datatype_of(array.dtype)
+            if got != spec.datatype:
+                raise InvalidArgument(f"input {name!r}: datatype {got}, but the slice expects {spec.datatype}")
+            if len(array.shape) != len(spec.shape) or any(
+                want >= 0 and want != have for want, have in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise InvalidArgument(
+                    f"input {name!r}: shape {list(array.shape)}, but the slice expects {list(spec.shape)} (-1 = any)"
+                )
+
+    def run(self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        names = list(outputs) or self._output_names
+        unknown = sorted(set(names) - set(self._output_names))
+        if unknown:
+            raise InvalidArgument(f"unknown output(s) {unknown}; slice {self.slice_id[:12]} has {self._output_names}")
+        self.check_inputs(arrays)
+        results = self._session.run(names, dict(arrays))
+        return dict(zip(names, results, strict=True))
+
+
+class SessionPool:
+    """At most `capacity` open sessions, least recently used evicted first; concurrent loads of one slice are merged."""
+
+    def __init__(
+        self,
+        providers: Sequence[str],
+        capacity: int,
+        on_lookup: Callable[[bool], None] | None = None,
+        intra_op_threads: int = 0,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("session cache capacity must be >= 1")
+        self.providers = list(providers)
+        self.capacity = capacity
+        self._intra = intra_op_threads
+        self._on_lookup = on_lookup or (lambda hit: None)
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, slice_id: str, path: Path) -> Session:
+        with self._lock:
+            session = self._sessions.get(slice_id)
+            if session is not None:
+                self._sessions.move_to_end(slice_id)
+                self._on_lookup(True)
+                return session
+            load_lock = self._loading.setdefault(slice_id, threading.Lock())
+        with load_lock:
+            with self._lock:
+                session = self._sessions.get(slice_id)
+                if session is not None:
+                    self._sessions.move_to_end(slice_id)
+                    self._on_lookup(True)
+                    return session
+            self._on_lookup(False)
+            session = self._load(slice_id, path)
+            with self._lock:
+                self._sessions[slice_id] = session
+                self._loading.pop(slice_id, None)
+                while len(self._sessions) > self.capacity:
+                    evicted, _ = self._sessions.popitem(last=False)
+                    log.info("session cache full: evicted slice %s", evicted[:12])
+            return session
+
+    def _load(self, slice_id: str, path: Path) -> Session:
+        options = ort.SessionOptions()
+        if self._intra:
+            options.intra_op_num_threads = self._intra
+        try:
+            raw = ort.InferenceSession(str(path), options, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            raise InvalidArgument(f"ONNX Runtime cannot load slice {slice_id[:12]}: {exc}"[:500]) from None
+        session = Session(slice_id, raw)
+        log.info("loaded slice %s on %s", slice_id[:12], ",".join(session.providers))
+        return session
+
+    def loaded(self, slice_id: str) -> bool:
+        with self._lock:
+            return slice_id in self._sessions
+
+    def evict(self, slice_id: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(slice_id, None) is not None
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+
+def _spec(arg) -> TensorSpec:
+    datatype = _KSERVE.get(arg.type)
+    if datatype is None:
+        raise InvalidArgument(f"tensor {arg.name!r} has type {arg.type}, which KServe cannot carry")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def random_inputs(session: Session, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the right dtype and shape (dynamic dimensions set to 1), for timing."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in session.inputs:
+        shape = tuple(d if d >= 0 else 1 for d in spec.shape)
+        dt = dtype_of(spec.datatype)
+        if dt.kind == "f":
+            arrays[spec.name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind in "iu":
+            arrays[spec.name] = np.zeros(shape, dtype=dt)
+        elif dt.kind == "b":
+            arrays[spec.name] = np.zeros(shape, dtype=bool)
+        else:
+            arrays[spec.name] = np.full(shape, b"", dtype=object)
+    return arrays

@@ -1,0 +1,223 @@
+"""Content-addressed store of uploaded ONNX slices, validated as untrusted input.
+
+A slice's id is the lowercase hex SHA-256 of its bytes. An upload streams into a temporary file while hashing; only
+when the size matches the header, the digest matches the id and the model passes validation is it fsynced and
+renamed into place (then the directory is fsynced). Anything else removes the temporary file: nothing is stored.
+
+Validation (`validate_onnx`): parses with external data loading off, rejects any tensor that refers to external data
+(initializers, sparse initializers, attribute tensors, subgraphs, functions), any op or opset outside the standard
+domains, then runs `onnx.checker`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+_SLICE_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SliceInfo:
+    slice_id: str
+    bytes: int
+    path: Path
+
+
+def check_slice_id(slice_id: str) -> str:
+    if not _SLICE_ID.match(slice_id):
+        raise InvalidArgument(f"slice id must be 64 lowercase hex characters (SHA-256), got {slice_id[:80]!r}")
+    return slice_id
+
+
+class SliceStore:
+    """Slices under `root/<sha256>.onnx`; uploads go through `Upload` (see `begin`)."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._tmp = root / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
+            stale.unlink(missing_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def path_of(self, slice_id: str) -> Path:
+        return self.root / f"{check_slice_id(slice_id)}.onnx"
+
+    def get(self, slice_id: str) -> SliceInfo | None:
+        path = self.path_of(slice_id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        return SliceInfo(slice_id, size, path)
+
+    def require(self, slice_id: str) -> SliceInfo:
+        info = self.get(slice_id)
+        if info is None:
+            raise NotFound(f"slice {slice_id} is not cached on this server; upload it first")
+        return info
+
+    def list(self) -> list[SliceInfo]:
+        out = []
+        for path in sorted(self.root.glob("*.onnx")):
+            if _SLICE_ID.match(path.stem):
+                out.append(SliceInfo(path.stem, path.stat().st_size, path))
+        return out
+
+    def begin(self, slice_id: str, size_bytes: int) -> Upload:
+        check_slice_id(slice_id)
+        if size_bytes <= 0:
+            raise InvalidArgument(f"slice size_bytes must be positive, got {size_bytes}")
+        if size_bytes > self.max_bytes:
+            raise ResourceExhausted(f"slice of {size_bytes} bytes exceeds the server's limit of {self.max_bytes} bytes")
+        return Upload(self, slice_id, size_bytes)
+
+    def put_bytes(self, data: bytes) -> SliceInfo:
+        """Store a complete slice given as bytes (tests, the server's own tools); same checks as an upload."""
+        slice_id = hashlib.sha256(data).hexdigest()
+        if self.get(slice_id):
+            return self.require(slice_id)
+        upload = self.begin(slice_id, len(data))
+        upload.write(data)
+        return upload.commit()
+
+    def _lock_for(self, slice_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(slice_id, threading.Lock())
+
+
+class Upload:
+    """One in-progress upload into a temporary file. Use `write` per chunk, then `commit`; `abort` on failure."""
+
+    def __init__(self, store: SliceStore, slice_id: str, size_bytes: int) -> None:
+        self._store = store
+        self.slice_id = slice_id
+        self.size_bytes = size_bytes
+        self.received = 0
+        self._hash = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=store._tmp, prefix=f"{slice_id[:16]}-", suffix=".part")
+        self._file = os.fdopen(fd, "wb")
+        self._path = Path(name)
+
+    def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.size_bytes:
+            raise InvalidArgument(
+                f"upload sent more than the {self.size_bytes} bytes declared in its header (declared size is wrong)"
+            )
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> SliceInfo:
+        """Verify size, digest and content; move the slice into place durably. Raises on any mismatch."""
+        try:
+            if self.received != self.size_bytes:
+                raise InvalidArgument(
+                    f"upload ended after {self.received} bytes but its header declared {self.size_bytes}"
+                )
+            digest = self._hash.hexdigest()
+            if digest != self.slice_id:
+                raise InvalidArgument(f"SHA-256 mismatch: header says {self.slice_id}, received bytes hash to {digest}")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            validate_onnx(self._path.read_bytes())
+            final = self._store.path_of(self.slice_id)
+            with self._store._lock_for(self.slice_id):
+                os.replace(self._path, final)
+                _fsync_dir(final.parent)
+            log.info("stored slice %s (%d bytes)", self.slice_id, self.received)
+            return SliceInfo(self.slice_id, self.received, final)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def validate_onnx(data: bytes) -> onnx.ModelProto:
+    """Parse and check an untrusted ONNX model; raises InvalidArgument with the first problem found."""
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - the protobuf parser raises assorted types on garbage
+        raise InvalidArgument(f"not an ONNX model: {type(exc).__name__}: {exc}"[:300]) from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise InvalidArgument("not an ONNX model: no graph or an empty graph")
+    for opset in model.opset_import:
+        if opset.domain not in STANDARD_DOMAINS:
+            raise InvalidArgument(f"opset domain {opset.domain!r} is not a standard ONNX domain (custom ops refused)")
+    if model.functions:
+        raise InvalidArgument("model-local functions are not accepted (custom ops refused)")
+    for where, tensor in _tensors(model.graph, "graph"):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise InvalidArgument(f"{where}: tensor {tensor.name!r} refers to external data {location!r} (refused)")
+    for where, node in _nodes(model.graph, "graph"):
+        if node.domain not in STANDARD_DOMAINS:
+            raise InvalidArgument(f"{where}: op {node.op_type!r} in custom domain {node.domain!r} (refused)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - ValidationError and friends
+        raise InvalidArgument(f"onnx.checker rejected the model: {exc}"[:500]) from None
+    return model
+
+
+def _nodes(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.NodeProto]]:
+    for node in graph.node:
+        yield where, node
+        for attr in node.attribute:
+            for k, sub in enumerate(_subgraphs(attr)):
+                yield from _nodes(sub, f"{where}/{node.name or node.op_type}.{attr.name}[{k}]")
+
+
+def _tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:
+    for tensor in graph.initializer:
+        yield f"{where} initializer", tensor
+    for sparse in graph.sparse_initializer:
+        yield f"{where} sparse initializer", sparse.values
+        yield f"{where} sparse initializer", sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield f"{where} attribute {attr.name}", attr.t
+            for t in attr.tensors:
+                yield f"{where} attribute {attr.name}", t
+            if attr.HasField("sparse_tensor"):
+                yield f"{where} attribute {attr.name}", attr.sparse_tensor.values
+            for k, sub in enumerate(_subgraphs(attr)):
+                yield from _tensors(sub, f"{where}/{node.name or node.op_type}.{attr.name}[{k}]")
+
+
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    graphs = list(attr.graphs)
+    if attr.HasField("g"):
+        graphs.append(attr.g)
+    return graphs

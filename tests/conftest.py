@@ -1,0 +1,95 @@
+"""Shared fixtures: exported zoo models cached on disk, analysed models cached in memory, ORT helpers.
+
+Exports are slow (seconds to tens of seconds each), so every exported model is kept under
+`$RR_MODEL_CACHE` (default `<repo>/.cache/models`), keyed by name, input size, batch, the torch
+version and `rr_edge.export.EXPORT_FORMAT` (bumped whenever exported graphs change).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rr_edge.blocks import BlockGraph, analyze
+from rr_edge.onnx_io import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ORT_ENABLE_BASIC (constant folding, redundant-node elimination, semantics-preserving fusions):
+# chained slices reproduced the full output bit for bit on every paper model, and it is faster than
+# ORT_DISABLE_ALL. ORT_ENABLE_ALL (layout transforms, fusions that a boundary can split) also stays
+# within tolerance but is not bit-exact (2e-5 absolute on resnet50 logits of magnitude 110).
+ORT_LEVEL = "basic"
+
+
+def model_cache_dir() -> Path:
+    d = Path(os.environ.get("RR_MODEL_CACHE", REPO / ".cache" / "models"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@functools.cache
+def _export_key() -> str:
+    import torch
+
+    from rr_edge.export import EXPORT_FORMAT
+
+    return f"t{torch.__version__.split('+')[0]}_f{EXPORT_FORMAT}"
+
+
+def exported_model(name: str, size: int = 224, batch: int = 1) -> Path:
+    """Path of `name` exported at `size` (exporting once, then cached on disk)."""
+    from rr_edge.export import export_model
+
+    path = model_cache_dir() / f"{name}_{size}_b{batch}_{_export_key()}.onnx"
+    if not path.exists():
+        export_model(name, path, input_size=size, batch=batch)
+    return path
+
+
+@functools.lru_cache(maxsize=3)
+def analysed_model(name: str, size: int = 224) -> tuple[onnx.ModelProto, BlockGraph]:
+    """(model, blocks) of an exported zoo model, a few kept in memory."""
+    model = load_model(exported_model(name, size))
+    return model, analyze(model, f"{name}@{size}")
+
+
+@pytest.fixture(scope="session")
+def zoo() -> Callable[..., tuple[onnx.ModelProto, BlockGraph]]:
+    return analysed_model
+
+
+@pytest.fixture(scope="session")
+def zoo_path() -> Callable[..., Path]:
+    return exported_model
+
+
+def ort_session(model: onnx.ModelProto | bytes | Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[ORT_LEVEL]
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: onnx.ModelProto | bytes | Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort_session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
+
+
+def random_inputs(graph: BlockGraph, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in graph.inputs}

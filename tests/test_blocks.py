@@ -1,0 +1,244 @@
+"""Atomic blocks, signatures and features (SPEC section 3, issue 2 'Must hold')."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import random_inputs, run_onnx
+from onnx import TensorProto, helper, numpy_helper
+from test_slicing import check_chained
+
+from rr_edge.blocks import analyze
+from rr_edge.export import export_model
+from rr_edge.onnx_io import load_model
+
+# Published multiply-accumulate counts at 224 x 224 (GMACs); FLOPs = 2 x MACs.
+PUBLISHED_GMACS = {"resnet50": 4.1, "vgg16": 15.5, "mobilenet_v2": 0.30, "alexnet": 0.71}
+RESNET50_STAGES = (3, 4, 6, 3)
+
+
+def add_blocks(graph):  # type: ignore[no-untyped-def]
+    return [b for b in graph.blocks if "Add" in b.ops]
+
+
+def test_resnet50_every_bottleneck_is_one_block(zoo) -> None:
+    _, graph = zoo("resnet50", 224)
+    adds = add_blocks(graph)
+    assert len(adds) == 16
+    for b in adds:
+        assert b.ops.count("Add") == 1
+        assert b.ops[0] == "Conv" and b.ops[-1] == "Relu"
+        assert b.ops.count("Conv") in (3, 4)  # three convs, plus the downsample projection in a stage's first
+    assert sum(b.ops.count("Conv") for b in graph.blocks) == 53
+    assert [a.index for a in adds] == list(range(adds[0].index, adds[0].index + 16)), "bottlenecks are consecutive"
+
+
+def stage_blocks(graph, stages=RESNET50_STAGES):  # type: ignore[no-untyped-def]
+    adds = add_blocks(graph)
+    out, start = [], 0
+    for n in stages:
+        out.append(adds[start : start + n])
+        start += n
+    return out
+
+
+def test_resnet50_repeated_bottlenecks_share_signatures(zoo) -> None:
+    _, graph = zoo("resnet50", 224)
+    sigs = []
+    for stage in stage_blocks(graph):
+        assert stage[0].ops.count("Conv") == 4
+        assert len({b.signature for b in stage[1:]}) == 1
+        assert stage[0].signature != stage[1].signature
+        sigs.extend([stage[0].signature, stage[1].signature])
+    assert len(set(sigs)) == 8
+
+
+@pytest.mark.parametrize("name,stages", [("resnet101", (3, 4, 23, 3)), ("resnet152", (3, 8, 36, 3))])
+def test_deeper_resnets_share_resnet50_stage_signatures(zoo, name: str, stages) -> None:  # type: ignore[no-untyped-def]
+    _, r50 = zoo("resnet50", 224)
+    _, deep = zoo(name, 224)
+    for s50, sdeep in zip(stage_blocks(r50), stage_blocks(deep, stages), strict=True):
+        assert [b.signature for b in s50[:2]] == [b.signature for b in sdeep[:2]]
+        assert {b.signature for b in sdeep[1:]} == {s50[1].signature}
+    assert r50.blocks[0].signature == deep.blocks[0].signature  # the stem too
+
+
+def test_signatures_differ_with_input_size(zoo) -> None:
+    _, g224 = zoo("resnet50", 224)
+    _, g512 = zoo("resnet50", 512)
+    assert [b.ops for b in g224.blocks] == [b.ops for b in g512.blocks]
+    for b224, b512 in zip(g224.blocks, g512.blocks, strict=True):
+        if b224.ops != ("Reshape",) and b224.ops != ("Gemm",):  # after the global pool the shapes agree
+            assert b224.signature != b512.signature, b224.index
+    assert g224.blocks[-1].signature == g512.blocks[-1].signature  # classifier head: same shapes, same signature
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
+def test_flops_match_published(zoo, name: str) -> None:
+    _, graph = zoo(name, 224)
+    total = sum(b.flops for b in graph.blocks)
+    assert total == pytest.approx(2e9 * PUBLISHED_GMACS[name], rel=0.03)
+
+
+def test_json_format_and_features(zoo) -> None:
+    model, graph = zoo("resnet18", 224)
+    doc = json.loads(json.dumps(graph.to_json()))
+    assert set(doc) == {"model", "inputs", "outputs", "blocks"}
+    assert doc["inputs"] == [{"name": "input", "shape": [1, 3, 224, 224], "dtype": "float32"}]
+    assert doc["outputs"] == [{"name": "output", "shape": [1, 1000], "dtype": "float32"}]
+    keys = {"index", "ops", "signature", "inputs", "outputs", "flops", "param_bytes", "input_bytes", "output_bytes"}
+    for i, b in enumerate(doc["blocks"]):
+        assert set(b) == keys and b["index"] == i
+        assert isinstance(b["signature"], str) and len(b["signature"]) >= 16
+    assert doc["blocks"][0]["inputs"] == ["input"] and doc["blocks"][-1]["outputs"] == ["output"]
+    for prev, nxt in zip(doc["blocks"], doc["blocks"][1:]):
+        assert prev["outputs"] == nxt["inputs"] and prev["output_bytes"] == nxt["input_bytes"]
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    assert sum(b["param_bytes"] for b in doc["blocks"]) == pytest.approx(weights, rel=0.01)
+    assert doc["blocks"][0]["input_bytes"] == 3 * 224 * 224 * 4
+
+
+def test_boundary_bytes(zoo) -> None:
+    _, graph = zoo("resnet18", 224)
+    bb = graph.boundary_bytes()
+    assert len(bb) == len(graph) + 1
+    assert bb[0] == 3 * 224 * 224 * 4 and bb[-1] == 1000 * 4
+    assert bb[1] == 64 * 112 * 112 * 4  # after conv1 + relu
+
+
+def test_signature_is_stable_across_analyses(zoo, zoo_path) -> None:
+    _, graph = zoo("mobilenet_v2", 224)
+    again = analyze(load_model(zoo_path("mobilenet_v2", 224)), "other name")
+    assert [b.signature for b in again.blocks] == [b.signature for b in graph.blocks]
+
+
+def test_signature_ignores_weight_values() -> None:
+    a, b = branchy_model(seed=1), branchy_model(seed=2)
+    assert [x.signature for x in analyze(a).blocks] == [x.signature for x in analyze(b).blocks]
+
+
+def branchy_model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
+    """x -> Conv -> {Relu ; Sigmoid -> Mul(const)} -> Concat -> Conv -> Add(skip from first conv) -> Relu
+    -> Reshape(shape from a Shape side chain) -> Gemm."""
+    rng = np.random.default_rng(seed)
+    c = channels
+
+    def w(name: str, *shape: int) -> TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Sigmoid", ["c0"], ["s0"]),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+        helper.make_node("Mul", ["s0", "k"], ["m0"]),
+        helper.make_node("Concat", ["r0", "m0"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "c0"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Shape", ["r1"], ["shp"]),
+        helper.make_node("Gather", ["shp", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["newshape"], axis=0),
+        helper.make_node("Reshape", ["r1", "newshape"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w2", "b2"], ["y"], transB=1),
+        helper.make_node("Relu", ["c1"], ["dead"]),  # dead code: reaches no output
+    ]
+    inits = [
+        w("w0", c, 3, 3, 3), w("w1", c, 2 * c, 3, 3), w("w2", 10, c * 8 * 8), w("b2", 10),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "branchy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_branches_skip_and_shape_chain_stay_inside_blocks() -> None:
+    model = branchy_model()
+    graph = analyze(model, "branchy")
+    assert [b.outputs for b in graph.blocks] == [("c0",), ("r1",), ("flat",), ("y",)]
+    two = graph.blocks[1]
+    assert {"Relu", "Sigmoid", "Mul", "Concat", "Conv", "Add"} <= set(two.ops)
+    assert two.inputs == ("c0",)
+    assert "Shape" not in graph.blocks[1].ops and "Shape" in graph.blocks[2].ops  # side chain goes with Reshape
+    assert all(len(b.inputs) == 1 for b in graph.blocks)
+    assert graph.blocks[3].flops == 2 * 2 * 10 * 256 + 2 * 10
+    check_chained(model, graph)
+
+
+def test_multi_input_and_output_model() -> None:
+    x = helper.make_tensor_value_info("a", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("Neg", ["r"], ["o1"]),
+        helper.make_node("Exp", ["r"], ["o2"]),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("o1", "o2")]
+    model = helper.make_model(helper.make_graph(nodes, "mimo", [x, y], outs), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    graph = analyze(model)
+    assert [b.inputs for b in graph.blocks] == [("a", "b"), ("r",)]
+    assert graph.blocks[-1].outputs == ("o1", "o2")
+    assert graph.boundary_bytes() == [32, 16, 32]
+    check_chained(model, graph)
+
+
+ATTENTION_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class TinyViT(nn.Module):
+        def __init__(self, dim=32, depth=2, heads=4):
+            super().__init__()
+            self.patch = nn.Conv2d(3, dim, 8, stride=8)
+            self.layers = nn.ModuleList(
+                nn.TransformerEncoderLayer(dim, heads, 64, dropout=0.0, batch_first=True) for _ in range(depth)
+            )
+            self.head = nn.Linear(dim, 10)
+
+        def forward(self, x):
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            for layer in self.layers:
+                t = layer(t)
+            return self.head(t.mean(dim=1))
+
+    def make():
+        return TinyViT()
+    """
+)
+
+
+def test_attention_module_via_from(tmp_path: Path) -> None:
+    src = tmp_path / "tiny_vit.py"
+    src.write_text(ATTENTION_MODULE)
+    path = export_model(None, tmp_path / "tiny_vit.onnx", input_size=32, from_callable=f"{src}:make")
+    model = load_model(path)
+    graph = analyze(model, "tiny_vit")
+    encoder = [b for b in graph.blocks if "Softmax" in b.ops]
+    assert len(encoder) == 2, [b.ops for b in graph.blocks]
+    assert encoder[0].signature == encoder[1].signature
+    for b in encoder:  # post-norm layer: attention + residual Add + LayerNorm, then MLP + Add + LayerNorm
+        assert b.ops[-2:] == ("Add", "LayerNormalization")
+        mlp = graph.blocks[b.index + 1]
+        assert mlp.ops.count("MatMul") == 2 and mlp.ops[-2:] == ("Add", "LayerNormalization")
+    check_chained(model, graph)
+    feeds = random_inputs(graph)
+    assert run_onnx(model, feeds)["output"].shape == (1, 10)

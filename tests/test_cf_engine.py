@@ -1,0 +1,154 @@
+"""Behaviour of the cf_cpp engine through its Python API (fast: small synthetic matrices, fixed seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cf_cpp = pytest.importorskip("cf_cpp")
+CFModel = cf_cpp.CFModel
+
+
+def synthetic(n_rows: int = 20, n_cols: int = 150, fill: float = 0.4, seed: int = 0):
+    """Positive matrix whose log is row bias + feature-driven column effect + a rank-2 interaction."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_cols, 3))
+    col_bias = 1.0 + 0.8 * x[:, 0] - 0.3 * x[:, 1]
+    q = np.stack([0.5 * x[:, 1] + 0.2 * x[:, 2], 0.4 * x[:, 2]], axis=1)
+    p = 0.5 * rng.standard_normal((n_rows, 2))
+    b = 0.5 * rng.standard_normal(n_rows)
+    log_truth = b[:, None] + col_bias[None, :] + p @ q.T
+    mask = rng.random((n_rows, n_cols)) < fill
+    rows, cols = np.nonzero(mask)
+    return rows, cols, np.exp(log_truth[rows, cols]), log_truth, x
+
+
+def log_rmse(model, log_truth: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
+    pred = model.predict(rows, cols, log=True)
+    return float(np.sqrt(np.mean((pred - log_truth[rows, cols]) ** 2)))
+
+
+def all_entries(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    r, c = np.indices(shape)
+    return r.ravel(), c.ravel()
+
+
+@pytest.mark.parametrize(("fill", "tol"), [(0.2, 0.15), (0.5, 0.08)])
+@pytest.mark.parametrize("use_features", [True, False])
+def test_fit_recovers_the_matrix(fill: float, tol: float, use_features: bool) -> None:
+    rows, cols, values, truth, x = synthetic(fill=fill)
+    model = CFModel(rank=4, iterations=15, seed=1).fit(
+        rows, cols, values, *truth.shape, col_features=x if use_features else None
+    )
+    assert log_rmse(model, truth, *all_entries(truth.shape)) < (tol if use_features else 2.5 * tol)
+
+
+def test_predict_units_and_log_agree() -> None:
+    rows, cols, values, truth, x = synthetic()
+    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
+    np.testing.assert_allclose(np.exp(model.predict(rows, cols, log=True)), model.predict(rows, cols), rtol=1e-12)
+    assert model.predict_matrix().shape == truth.shape
+    np.testing.assert_allclose(model.predict_matrix()[rows, cols], model.predict(rows, cols), rtol=1e-12)
+
+
+def test_deterministic_for_seed_and_thread_count() -> None:
+    rows, cols, values, truth, x = synthetic()
+    a = CFModel(rank=4, iterations=5, seed=3, threads=1).fit(rows, cols, values, *truth.shape, col_features=x)
+    b = CFModel(rank=4, iterations=5, seed=3, threads=2).fit(rows, cols, values, *truth.shape, col_features=x)
+    np.testing.assert_array_equal(a.row_factors, b.row_factors)
+    np.testing.assert_array_equal(a.col_factors, b.col_factors)
+
+
+def test_cold_columns_use_the_feature_prior() -> None:
+    rows, cols, values, truth, x = synthetic(fill=0.5)
+    keep = cols < 120  # columns 120.. are never measured
+    with_f = CFModel(rank=4, iterations=15).fit(rows[keep], cols[keep], values[keep], *truth.shape, col_features=x)
+    without = CFModel(rank=4, iterations=15).fit(rows[keep], cols[keep], values[keep], *truth.shape)
+    assert with_f.col_counts[130] == 0
+    r, c = all_entries((truth.shape[0], 30))
+    c = c + 120
+    assert log_rmse(with_f, truth, r, c) < 0.15
+    assert log_rmse(with_f, truth, r, c) < 0.3 * log_rmse(without, truth, r, c)
+
+
+def test_fold_in_row_returns_new_index_and_predicts_it() -> None:
+    rows, cols, values, truth, x = synthetic(n_rows=21, fill=1.0)
+    train = rows < 20
+    model = CFModel(rank=4, iterations=15).fit(rows[train], cols[train], values[train], 20, 150, col_features=x)
+    revealed = np.arange(0, 150, 15)
+    new = model.fold_in_row(revealed, np.exp(truth[20, revealed]))
+    assert new == 20 and model.n_rows == 21
+    c = np.arange(150)
+    assert log_rmse(model, truth, np.full(150, new), c) < 0.15
+
+
+def test_add_cols_and_refit() -> None:
+    rows, cols, values, truth, x = synthetic(fill=0.5)
+    keep = cols < 100
+    model = CFModel(rank=4, iterations=10).fit(rows[keep], cols[keep], values[keep], 20, 100, col_features=x[:100])
+    assert model.add_cols(50, x[100:]) == 100
+    assert model.n_cols == 150
+    r, c = all_entries((20, 150))
+    cold_error = log_rmse(model, truth, r[c >= 100], c[c >= 100])
+    assert cold_error < 0.2
+    model.refit(rows, cols, values, iterations=3)  # now columns 100.. are measured too
+    assert log_rmse(model, truth, r[c >= 100], c[c >= 100]) < cold_error
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    rows, cols, values, truth, x = synthetic()
+    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
+    model.save(tmp_path / "m.cfm")
+    back = CFModel.load(tmp_path / "m.cfm")
+    np.testing.assert_array_equal(back.predict(rows, cols), model.predict(rows, cols))
+    assert back.get_params() == model.get_params()
+    with pytest.raises(OSError):
+        CFModel.load(tmp_path / "missing.cfm")
+    (tmp_path / "bad.cfm").write_bytes(b"garbage")
+    with pytest.raises(cf_cpp.ModelFileError):
+        CFModel.load(tmp_path / "bad.cfm")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"values": [1.0, -2.0]}, "must be finite and > 0"),
+        ({"values": [1.0, 0.0]}, "must be finite and > 0"),
+        ({"values": [1.0, np.inf]}, "must be finite and > 0"),
+        ({"values": [1.0, np.nan]}, "must be finite and > 0"),
+        ({"rows": [0, 5]}, "out of range"),
+        ({"cols": [-1, 0]}, "out of range"),
+        ({"values": [1.0]}, "same length"),
+        ({"rows": [[0, 1]]}, "1-D"),
+        ({"rows": [0.0, 1.0]}, "integers"),
+        ({"col_features": np.ones((3, 2))}, "expected n_cols"),
+        ({"col_features": np.ones(2)}, "2-D"),
+        ({"col_features": np.array([[np.nan], [1.0]])}, "finite"),
+    ],
+)
+def test_invalid_input_raises_value_error(kwargs: dict, message: str) -> None:
+    args = {"rows": [0, 1], "cols": [0, 1], "values": [1.0, 2.0], "n_rows": 2, "n_cols": 2, "col_features": None}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        CFModel(rank=1, iterations=2).fit(**args)
+
+
+def test_unfitted_and_bad_hyperparameters() -> None:
+    with pytest.raises(ValueError, match="not fitted"):
+        CFModel().predict([0], [0])
+    with pytest.raises(ValueError, match="rank"):
+        CFModel(rank=-1)
+    model = CFModel(rank=1, iterations=2).fit([0, 1], [0, 1], [1.0, 2.0], 2, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        model.predict([0], [2])
+    with pytest.raises(ValueError, match="out of range"):
+        model.fold_in_row([7], [1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        model.fold_in_row([0], [-1.0])
+
+
+def test_public_surface() -> None:
+    assert sorted(cf_cpp.__all__) == ["CFModel", "InvalidInputError", "ModelFileError"]
+    assert issubclass(cf_cpp.InvalidInputError, ValueError)
+    assert issubclass(cf_cpp.ModelFileError, OSError)
+    assert "fold_in_row" in cf_cpp.__doc__

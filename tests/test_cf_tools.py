@@ -1,0 +1,106 @@
+"""cf_eval, its methods and the data-set converters on tiny inputs (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cf_cpp")
+
+from tools import cf_eval, cf_methods, cf_protocols, nb201_features  # noqa: E402
+from tools.cf_data import load_csv, write_csv  # noqa: E402
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    """12 rows x 60 cols, log = row bias + 1.5 f_a - 0.5 f_b + rank-1 term, 10% missing."""
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((60, 2))
+    rb, p = rng.standard_normal(12), 0.3 * rng.standard_normal(12)
+    logv = 2 + rb[:, None] + 1.5 * feats[:, 0] - 0.5 * feats[:, 1] + p[:, None] * feats[:, 1]
+    m = np.exp(logv)
+    m[rng.random(m.shape) < 0.1] = np.nan
+    path = tmp_path / "small.csv"
+    write_csv(path, m, [f"dev{i}" for i in range(12)], [f"blk{j}" for j in range(60)], feats, ["a", "b"])
+    return path
+
+
+def test_load_csv_round_trip(small_csv: Path) -> None:
+    m = load_csv(small_csv)
+    assert (m.n_rows, m.n_cols) == (12, 60)
+    assert m.feature_names == ("f_a", "f_b")
+    assert m.features is not None and m.features.shape == (60, 2)
+    assert np.all(m.values > 0)
+    assert 0.8 * 720 < m.size < 720
+
+
+def test_load_csv_rejects_missing_columns(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("device,block,ms\na,b,1\n")
+    with pytest.raises(ValueError, match="missing column"):
+        load_csv(bad)
+
+
+def test_metrics_definitions() -> None:
+    r = cf_protocols.metrics(np.array([1.0, 1.05, 1.5, 2.0]), np.array([1.0, 1.0, 1.0, 1.0]))
+    assert r["within10"] == pytest.approx(50.0)
+    assert r["mape"] == pytest.approx(100 * (0 + 0.05 + 0.5 + 1.0) / 4)
+    assert r["median_ape"] == pytest.approx(100 * 0.275)
+    assert r["log_rmse"] == pytest.approx(np.sqrt(np.mean(np.log([1, 1.05, 1.5, 2.0]) ** 2)))
+
+
+@pytest.mark.parametrize("protocol", ["random", "new-row", "cold-col"])
+def test_cf_eval_json_shape(small_csv: Path, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--csv", str(small_csv), "--protocol", protocol, "--fill", "0.5", "--seeds", "1", "--json"]
+    assert cf_eval.main(argv + ["--reveal", "1,3,5"] if protocol == "new-row" else argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["protocol"] == protocol and report["fill"] == 0.5
+    assert set(report["methods"]) == set(cf_methods.METHODS)
+    for scores in report["methods"].values():
+        assert set(scores) >= {"log_rmse", "mape", "median_ape", "within10", "fit_s"}
+        assert 0 <= scores["within10"] <= 100
+    if protocol == "new-row":
+        assert set(report["by_revealed"]) == {"1", "3", "5"}
+
+
+def test_cf_cpp_uses_features_where_they_explain_the_data(small_csv: Path) -> None:
+    m = load_csv(small_csv)
+    report = cf_eval.evaluate(m, "cold-col", 0.5, 1, ("cf_cpp", "mf_no_features", "biases_only"))
+    assert report["methods"]["cf_cpp"]["log_rmse"] < 0.5 * report["methods"]["mf_no_features"]["log_rmse"]
+
+
+def test_cf_eval_rejects_bad_arguments(small_csv: Path) -> None:
+    with pytest.raises(SystemExit):
+        cf_eval.main(["--csv", str(small_csv), "--fill", "0"])
+    with pytest.raises(SystemExit):
+        cf_eval.main(["--csv", str(small_csv), "--methods", "nope"])
+    assert cf_eval.main(["--csv", str(small_csv.parent / "missing.csv")]) == 2
+
+
+def test_nb201_features() -> None:
+    arch = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"
+    f = nb201_features.features(arch)
+    names = nb201_features.names()
+    assert len(f) == len(names) == 64
+    enc = dict(zip(names, f, strict=True))
+    assert enc["enc_e0_nor_conv_3x3"] == 1 and enc["enc_e1_none"] == 1
+    # node 1's conv feeds nothing that reaches the output (edges 1->2 and 1->3 are none): it is dead code
+    assert enc["live_e0_nor_conv_3x3"] == 0 and enc["live_e3_skip_connect"] == 1
+    assert len(nb201_features.features(arch, encoding_only=True)) == 30
+    with pytest.raises(ValueError):
+        nb201_features.features("|foo~0|")
+
+
+@pytest.mark.skipif(not (DATASETS / "deepbench").is_dir(), reason="shared datasets not present")
+def test_converter_deepbench(tmp_path: Path) -> None:
+    from tools import convert_datasets
+
+    path = convert_datasets.convert("deepbench_gemm", DATASETS, tmp_path)
+    m = load_csv(path)
+    assert m.n_rows == 21 and m.n_cols == 254
+    assert m.features is not None and m.features.shape[1] == 7

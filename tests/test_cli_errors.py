@@ -1,0 +1,128 @@
+"""Bad input to every model command: one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from test_blocks import branchy_model
+
+from rr_edge.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    good = d / "good.onnx"
+    onnx.save_model(branchy_model(), good)
+    data = good.read_bytes()
+    files = {"good": good}
+    files["not_onnx"] = d / "notes.onnx"
+    files["not_onnx"].write_text("this is not a model\n" * 20)
+    files["empty"] = d / "empty.onnx"
+    files["empty"].write_bytes(b"")
+    for frac in (0.5, 0.9):
+        f = d / f"truncated_{frac}.onnx"
+        f.write_bytes(data[: int(len(data) * frac)])
+        files[f"truncated_{frac}"] = f
+    ext = d / "external.onnx"
+    onnx.save_model(
+        branchy_model(), ext, save_as_external_data=True, all_tensors_to_one_file=True,
+        location="external.data", size_threshold=0,
+    )  # fmt: skip
+    (d / "external.data").unlink()
+    files["missing_external"] = ext
+    short = d / "short_external.onnx"
+    onnx.save_model(
+        branchy_model(), short, save_as_external_data=True, all_tensors_to_one_file=True,
+        location="short.data", size_threshold=0,
+    )  # fmt: skip
+    raw = (d / "short.data").read_bytes()
+    (d / "short.data").write_bytes(raw[: len(raw) // 2])
+    files["short_external"] = short
+    files["missing"] = d / "does_not_exist.onnx"
+    files["directory"] = d
+    return files
+
+
+BAD = ["not_onnx", "empty", "truncated_0.5", "truncated_0.9", "missing_external", "short_external", "missing", "directory"]
+
+
+def assert_one_line_error(capsys: pytest.CaptureFixture[str], code: int, command: str) -> str:
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"rr-edge {command}: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", BAD)
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_blocks_bad_model(bad_files, capsys, kind: str, json_flag: list[str]) -> None:  # type: ignore[no-untyped-def]
+    code = main(["blocks", str(bad_files[kind]), *json_flag])
+    line = assert_one_line_error(capsys, code, "blocks")
+    if kind == "missing_external":
+        assert "external.data" in line
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_slice_bad_model(bad_files, capsys, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "part.onnx"
+    code = main(["slice", str(bad_files[kind]), "--blocks", "0:1", "-o", str(out)])
+    assert_one_line_error(capsys, code, "slice")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("blocks", ["0:4", "4:4", "2:1", "-9:0", "0:99", "a:b", "1:x", ""])
+def test_slice_bad_range(bad_files, capsys, tmp_path: Path, blocks: str) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "part.onnx"
+    code = main(["slice", str(bad_files["good"]), f"--blocks={blocks}", "-o", str(out)])
+    line = assert_one_line_error(capsys, code, "slice")
+    assert "--blocks" in line
+    assert not out.exists()
+
+
+def test_slice_good_range_writes_model(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "part.onnx"
+    assert main(["slice", str(bad_files["good"]), "--blocks=1:-1", "-o", str(out)]) == 0
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["no_such_model_xyz"],
+        ["resnet5O"],
+        ["resnet18", "--input-size", "0"],
+        ["resnet18", "--batch", "-1"],
+        ["--from", "nocolon"],
+        ["--from", "no_such_module_xyz:make"],
+        ["--from", "/no/such/file.py:make"],
+        ["--from", "json:nothing_here"],
+        ["--from", "json:dumps"],  # callable that fails
+        ["--from", "collections:OrderedDict"],  # returns something that is not a module
+        [],
+    ],
+)
+def test_export_bad_input(capsys, tmp_path: Path, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m.onnx"
+    code = main(["export", *argv, "-o", str(out)])
+    assert_one_line_error(capsys, code, "export")
+    assert not out.exists()
+
+
+def test_subprocess_error_has_no_traceback(bad_files) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rr_edge.cli", "blocks", str(bad_files["truncated_0.5"]), "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -1,0 +1,180 @@
+"""rr_edge.client against the real server started in-process on a free port."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _server_support import conv_model, start_server
+
+from rr_edge.client import Client, ClientOptions, TlsOptions, slice_id_of
+from rr_edge.device import describe_device
+from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.profiles import (
+    BlockFeatures,
+    DirectionProfile,
+    LatencyStats,
+    LayerMeasurement,
+    ModelMeasurement,
+    NetworkProfile,
+    NetworkSample,
+)
+from rr_edge.session import OrtSettings
+from rr_server import TlsConfig
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    srv = start_server(tmp_path_factory.mktemp("rr-client"))
+    try:
+        yield srv.address
+    finally:
+        srv.stop(grace=0.5)
+
+
+@pytest.fixture()
+def client(server: str) -> Iterator[Client]:
+    with Client(server) as c:
+        yield c
+
+
+def test_health_and_server_info(client: Client) -> None:
+    assert client.health() == "SERVING"
+    assert client.healthy()
+    info = client.server_info()
+    assert info.cloud_node_id and "CPUExecutionProvider" in info.providers
+    assert info.max_slice_bytes > 0
+    assert client.server_live() and client.server_ready()
+
+
+def test_register_and_get_node(client: Client) -> None:
+    device = describe_device(OrtSettings(intra_op_threads=1))
+    assert client.register_node("client-node", device) in (True, False)
+    assert client.register_node("client-node", device) is False  # idempotent: updated, not created
+    node = client.get_node("client-node")
+    assert node.role == "edge"
+    assert node.device["cpu_model"] == device.cpu_model
+    assert node.device["intra_op_threads"] == 1
+    assert node.device["ort_providers"] == list(device.ort_providers)
+    assert "client-node" in {n.node_id for n in client.list_nodes()}
+
+
+def test_upload_is_chunked_verified_and_idempotent(server: str) -> None:
+    data = conv_model(channels=8, size=16, out_channels=8, seed=11)
+    with Client(server, ClientOptions(chunk_bytes=512)) as c:  # many chunks
+        assert not c.slice_status(slice_id_of(data)).cached
+        first = c.upload_slice(data, label="conv")
+        assert first.slice_id == slice_id_of(data) and not first.cached and first.bytes == len(data)
+        again = c.upload_slice(data, label="conv")
+        assert again.cached and again.slice_id == first.slice_id
+        assert again.to_json() == {"slice_id": first.slice_id, "cached": True, "bytes": len(data)}
+        assert c.slice_status(first.slice_id).cached
+        assert c.ensure_slice(data) == first.slice_id
+
+
+def test_infer_matches_local_onnxruntime(client: Client) -> None:
+    data = conv_model(seed=5)
+    slice_id = client.ensure_slice(data)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    expected = OrtSettings(provider="cpu", intra_op_threads=1).create_session(data).run(None, {"x": x})[0]
+    out = client.infer(slice_id, {"x": x})
+    np.testing.assert_allclose(out["y"], expected, rtol=1e-5, atol=1e-5)
+    streamed = list(client.stream_infer(slice_id, [{"x": x}, {"x": 2 * x}]))
+    assert len(streamed) == 2
+    np.testing.assert_allclose(streamed[0]["y"], expected, rtol=1e-5, atol=1e-5)
+    meta = client.model_metadata(slice_id)
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [1, 3, 8, 8]}]
+    assert client.model_ready(slice_id)
+
+
+def test_stream_infer_error_message_raises(client: Client) -> None:
+    slice_id = client.ensure_slice(conv_model(seed=6))
+    bad = {"x": np.zeros((1, 3, 4, 4), dtype=np.float32)}
+    with pytest.raises(ServerError) as info:
+        list(client.stream_infer(slice_id, [bad]))
+    assert info.value.code in ("INFER_ERROR", "INVALID_ARGUMENT")
+
+
+def test_echo_both_directions(client: Client) -> None:
+    for n in (1, 1000, 3 * 1024 * 1024 + 7):
+        assert client.echo_send(n) == n
+        assert client.echo_receive(n) == n
+
+
+def test_reports_round_trip(client: Client) -> None:
+    client.register_node("reporter")
+    settings = OrtSettings(provider="CPUExecutionProvider", intra_op_threads=1)
+    features = BlockFeatures(("Conv", "Relu"), 1000, 400, 300, 300)
+    lat = LatencyStats(2.0, 1.8, 2.4, 0.05, 20)
+    layers = [
+        LayerMeasurement("sig-a", 0, features, lat, 12.5, "model"),
+        LayerMeasurement("sig-b", 1, features, lat, None, ""),
+    ]
+    model = ModelMeasurement("m", ("sig-a", "sig-b"), LatencyStats(3.5, 3.4, 3.7, 0.02, 5), 4.0, None, "")
+    assert client.report_layer_profiles("reporter", settings, layers, [model]) == (2, 1)
+    assert {"sig-a", "sig-b"} <= client.list_measured_signatures("reporter")
+    predictions = client.predict("reporter", ["sig-a"])
+    assert predictions.by_signature["sig-a"].latency_provenance == "measured"
+    assert predictions.by_signature["sig-a"].latency_ms == pytest.approx(2.0, rel=0.05)
+
+    samples = tuple(NetworkSample(b, 0.5 + b / 1e5, 1.0) for b in (1024, 4096, 16384))
+    direction = DirectionProfile(samples, "affine", 0.1, 0.05, {"kind": "affine", "coeffs": [0.5, 1e-5]})
+    client.report_network_profile("reporter", NetworkProfile(direction, direction, "model", 1.0))
+    back = client.get_network_profile("reporter")
+    assert back is not None and back.uplink.samples == samples and back.uplink.model["kind"] == "affine"
+    assert back.energy_source == "model"
+    assert client.get_network_profile("nobody-has-this") is None
+
+
+def test_errors_map_to_domain_exceptions(client: Client, server: str) -> None:
+    with pytest.raises(ServerError) as info:
+        client.infer("0" * 64, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    assert info.value.code == "NOT_FOUND" and not isinstance(info.value, ServerUnavailable)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with pytest.raises(ServerUnavailable) as late:
+        client.echo_receive(64 * 1024 * 1024, timeout_s=0.0001)
+    assert late.value.code == "DEADLINE_EXCEEDED"
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    with Client("127.0.0.1:1", ClientOptions(timeout_s=2.0)) as c:
+        with pytest.raises(ServerUnavailable) as info:
+            c.server_info()
+        assert info.value.code == "UNAVAILABLE"
+        assert not c.healthy(timeout_s=0.5)
+
+
+def test_bearer_token(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("edge-1 s3cret\n")
+    srv = start_server(tmp_path / "data", auth_token_file=tokens)
+    try:
+        with Client(srv.address, ClientOptions(token="s3cret")) as c:
+            assert c.register_node("edge-1") in (True, False)
+        with Client(srv.address) as c, pytest.raises(ServerError) as info:
+            c.register_node("edge-1")
+        assert info.value.code == "UNAUTHENTICATED"
+    finally:
+        srv.stop(grace=0.5)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI needed to make a test certificate")
+def test_tls(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    srv = start_server(tmp_path / "data", tls=TlsConfig(cert=cert, key=key))
+    try:
+        with Client(srv.address, ClientOptions(tls=TlsOptions(root_certificates=cert))) as c:
+            assert c.health() == "SERVING"
+        with Client(srv.address, ClientOptions(timeout_s=2.0)) as plain:
+            assert not plain.healthy()
+    finally:
+        srv.stop(grace=0.5)

@@ -1,0 +1,344 @@
+"""Energy meters: fake sysfs trees for RAPL and Jetson (synthetic traces of known energy), the power model, auto
+selection, and the real NVML path where a GPU exists."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rr_edge.errors import MeterError
+from rr_edge.meters import JetsonMeter, ModelMeter, MeterOptions, PowerSpec, RaplMeter, select_meter
+from rr_edge.meters import rapl as rapl_mod
+from rr_edge.meters.jetson import trapezoid_mj
+from rr_edge.meters.nvml import nvml_gpu_name
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _write(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{value}\n")
+
+
+# ---------------------------------------------------------------------------------------------------------- RAPL
+
+
+def _rapl_tree(root: Path, *, max_range: int = 262143328850, with_psys: bool = False) -> dict[str, Path]:
+    base = root / "class" / "powercap"
+    zones = {
+        "pkg0": base / "intel-rapl:0",
+        "core0": base / "intel-rapl:0" / "intel-rapl:0:0",
+        "dram0": base / "intel-rapl:0" / "intel-rapl:0:1",
+        "pkg1": base / "intel-rapl:1",
+    }
+    names = {"pkg0": "package-0", "core0": "core", "dram0": "dram", "pkg1": "package-1"}
+    if with_psys:
+        zones["psys"] = base / "intel-rapl:2"
+        names["psys"] = "psys"
+    for key, path in zones.items():
+        _write(path / "name", names[key])
+        _write(path / "max_energy_range_uj", max_range)
+        _write(path / "energy_uj", 1000)
+    # the sysfs class directory also lists sub-zones at top level as symlinks
+    (base / "intel-rapl:0:0").symlink_to(zones["core0"])
+    return zones
+
+
+def _rapl_trace(zones: dict[str, Path], meter: RaplMeter, powers_w: dict[str, float], seconds: float) -> float:
+    """Advance each zone's counter by power x time; returns the energy (mJ) a correct meter must report."""
+    expected = 0.0
+    for key, watts in powers_w.items():
+        path = zones[key] / "energy_uj"
+        max_range = int((zones[key] / "max_energy_range_uj").read_text())
+        uj = round(watts * seconds * 1e6)
+        _write(path, (int(path.read_text()) + uj) % max_range)
+        if key != "core0":  # nested in package-0: must not be added
+            expected += uj / 1000.0
+    return expected
+
+
+def test_rapl_sums_packages_and_dram_not_subzones(tmp_path: Path) -> None:
+    zones = _rapl_tree(tmp_path)
+    meter = RaplMeter(tmp_path)
+    assert sorted(z.name for z in meter.zones) == ["dram", "package-0", "package-1"]
+    token = meter.start()
+    expected = _rapl_trace(zones, meter, {"pkg0": 35.0, "core0": 20.0, "dram0": 4.0, "pkg1": 12.5}, 2.0)
+    reading = meter.stop(token)
+    assert reading.source == "rapl" and reading.measured
+    assert reading.energy_mJ == pytest.approx(expected, rel=0.01)
+    assert reading.energy_mJ == pytest.approx((35.0 + 4.0 + 12.5) * 2.0 * 1000, rel=0.01)
+
+
+def test_rapl_wraparound(tmp_path: Path) -> None:
+    max_range = 10_000_000  # 10 J
+    zones = _rapl_tree(tmp_path, max_range=max_range)
+    for key in zones:
+        _write(zones[key] / "energy_uj", max_range - 500_000)  # 0.5 J before the wrap
+    meter = RaplMeter(tmp_path)
+    with meter.measure() as reading:
+        expected = _rapl_trace(zones, meter, {"pkg0": 3.0, "dram0": 1.0, "pkg1": 0.1}, 1.0)
+    assert int((zones["pkg0"] / "energy_uj").read_text()) < max_range - 500_000  # it did wrap
+    assert reading.energy_mJ == pytest.approx(expected, rel=0.01)
+    assert reading.energy_mJ == pytest.approx(4100.0, rel=0.01)
+
+
+def test_rapl_counter_delta_wrap() -> None:
+    assert rapl_mod.counter_delta(90, 10, 100) == 20
+    assert rapl_mod.counter_delta(10, 90, 100) == 80
+
+
+def test_rapl_psys_only_when_no_package(tmp_path: Path) -> None:
+    base = tmp_path / "class" / "powercap" / "intel-rapl:0"
+    _write(base / "name", "psys")
+    _write(base / "max_energy_range_uj", 1000)
+    _write(base / "energy_uj", 1)
+    assert [z.name for z in RaplMeter(tmp_path).zones] == ["psys"]
+
+
+def test_rapl_absent_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(MeterError, match="no RAPL"):
+        RaplMeter(tmp_path)
+
+
+def test_rapl_permission_error_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _rapl_tree(tmp_path)
+    real = Path.read_text
+
+    def deny(self: Path, *a: object, **k: object) -> str:
+        if self.name == "energy_uj":
+            raise PermissionError(13, "Permission denied")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    with pytest.raises(MeterError, match=r"permission denied .*energy_uj.*root"):
+        RaplMeter(tmp_path)
+    # auto does not fail on it: it falls back (here to the model, with no other meter present)
+    meter = select_meter("auto", MeterOptions(sysfs_root=tmp_path, skip=("nvml",)))
+    assert meter.source == "model"
+    with pytest.raises(MeterError, match="permission denied"):
+        select_meter("rapl", MeterOptions(sysfs_root=tmp_path))
+
+
+# -------------------------------------------------------------------------------------------------------- Jetson
+
+
+def _hwmon_tree(root: Path, rails: dict[int, str]) -> Path:
+    dev = root / "bus" / "i2c" / "drivers" / "ina3221" / "1-0040" / "hwmon" / "hwmon3"
+    _write(dev / "name", "ina3221")
+    for n, label in rails.items():
+        _write(dev / f"in{n}_label", label)
+        _write(dev / f"in{n}_input", 5000)
+        _write(dev / f"curr{n}_input", 0)
+    _write(dev / "in7_label", "sum of shunt voltages")
+    _write(dev / "in7_input", 1)
+    return dev
+
+
+def _iio_tree(root: Path, device: str, rails: dict[int, str]) -> Path:
+    dev = root / "bus" / "i2c" / "drivers" / "ina3221x" / device / "iio:device0"
+    for n, label in rails.items():
+        _write(dev / f"rail_name_{n}", label)
+        _write(dev / f"in_power{n}_input", 0)
+    return dev
+
+
+def _set_power_hwmon(dev: Path, n: int, mw: float) -> None:
+    _write(dev / f"in{n}_input", 5000)
+    _write(dev / f"curr{n}_input", round(mw / 5.0))  # 5 V x mA = mW
+
+
+def _set_power_iio(dev: Path, n: int, mw: float) -> None:
+    _write(dev / f"in_power{n}_input", round(mw))
+
+
+def _trace(t: float) -> float:
+    """Synthetic board power (mW): 2 W idle, a 9 W burst with ramps, back to idle."""
+    if t < 0.2:
+        return 2000.0
+    if t < 0.3:
+        return 2000.0 + (t - 0.2) / 0.1 * 7000.0
+    if t < 0.8:
+        return 9000.0
+    if t < 0.9:
+        return 9000.0 - (t - 0.8) / 0.1 * 7000.0
+    return 2000.0
+
+
+def _trace_energy_mj(duration: float) -> float:
+    # exact integral of _trace over [0, duration] for duration >= 0.9
+    return 2000 * 0.2 + (2000 + 9000) / 2 * 0.1 + 9000 * 0.5 + (9000 + 2000) / 2 * 0.1 + 2000 * (duration - 0.9)
+
+
+def _drive(meter: JetsonMeter, clock: FakeClock, set_power, duration: float = 1.2, dt: float = 0.01) -> float:
+    set_power(_trace(0.0))
+    token = meter.start()
+    steps = round(duration / dt)
+    for k in range(1, steps + 1):
+        clock.t += dt
+        set_power(_trace(k * dt))
+        if k < steps:
+            meter.sample()
+    reading = meter.stop(token)
+    assert reading.elapsed_s == pytest.approx(duration)
+    return reading.energy_mJ or 0.0
+
+
+def test_jetson_hwmon_uses_input_rail_alone(tmp_path: Path) -> None:
+    dev = _hwmon_tree(tmp_path, {1: "VDD_IN", 2: "VDD_CPU_GPU_CV", 3: "VDD_SOC"})
+    clock = FakeClock()
+    meter = JetsonMeter(tmp_path, interval_s=0, clock=clock)
+    assert [r.name for r in meter.rails] == ["VDD_IN"]
+    assert "input rail" in meter.description
+
+    def set_power(mw: float) -> None:
+        _set_power_hwmon(dev, 1, mw)
+        _set_power_hwmon(dev, 2, mw * 0.6)  # nested sub-rails: must not be added
+        _set_power_hwmon(dev, 3, mw * 0.2)
+
+    energy = _drive(meter, clock, set_power)
+    assert energy == pytest.approx(_trace_energy_mj(1.2), rel=0.01)
+
+
+def test_jetson_iio_l4t32_input_rail(tmp_path: Path) -> None:
+    dev = _iio_tree(tmp_path, "6-0040", {0: "POM_5V_IN", 1: "POM_5V_GPU", 2: "POM_5V_CPU"})
+    clock = FakeClock()
+    meter = JetsonMeter(tmp_path, interval_s=0, clock=clock)
+    assert [r.name for r in meter.rails] == ["POM_5V_IN"] and meter.rails[0].layout == "iio"
+
+    def set_power(mw: float) -> None:
+        _set_power_iio(dev, 0, mw)
+        _set_power_iio(dev, 1, mw / 3)
+        _set_power_iio(dev, 2, mw / 3)
+
+    assert _drive(meter, clock, set_power) == pytest.approx(_trace_energy_mj(1.2), rel=0.01)
+
+
+def test_jetson_sums_rails_without_input_rail(tmp_path: Path) -> None:
+    # AGX Xavier on L4T 32: two monitors, no board input rail -> the sum of all six rails
+    a = _iio_tree(tmp_path, "1-0040", {0: "GPU", 1: "CPU", 2: "SOC"})
+    b = _iio_tree(tmp_path, "1-0041", {0: "CV", 1: "VDDRQ", 2: "SYS5V"})
+    clock = FakeClock()
+    meter = JetsonMeter(tmp_path, interval_s=0, clock=clock)
+    assert len(meter.rails) == 6 and "sum of rails" in meter.description
+    shares = [0.3, 0.2, 0.1, 0.1, 0.1, 0.2]
+
+    def set_power(mw: float) -> None:
+        for k, dev in enumerate((a, a, a, b, b, b)):
+            _set_power_iio(dev, k % 3, mw * shares[k])
+
+    assert _drive(meter, clock, set_power) == pytest.approx(_trace_energy_mj(1.2), rel=0.01)
+
+
+def test_jetson_explicit_rails_and_unknown_rail(tmp_path: Path) -> None:
+    _hwmon_tree(tmp_path, {1: "VDD_IN", 2: "VDD_CPU_GPU_CV"})
+    assert [r.name for r in JetsonMeter(tmp_path, rails=["VDD_CPU_GPU_CV"], interval_s=0).rails] == ["VDD_CPU_GPU_CV"]
+    with pytest.raises(MeterError, match="unknown Jetson rail"):
+        JetsonMeter(tmp_path, rails=["NOPE"], interval_s=0)
+
+
+def test_jetson_sampler_thread_integrates_constant_power(tmp_path: Path) -> None:
+    dev = _hwmon_tree(tmp_path, {1: "VDD_IN"})
+    _set_power_hwmon(dev, 1, 4000.0)
+    meter = JetsonMeter(tmp_path, interval_s=0.005)
+    import time
+
+    with meter.measure() as reading:
+        time.sleep(0.2)
+    assert reading.energy_mJ == pytest.approx(4000.0 * reading.elapsed_s, rel=0.02)
+
+
+def test_jetson_absent_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(MeterError, match="no Jetson INA3221"):
+        JetsonMeter(tmp_path)
+
+
+def test_trapezoid() -> None:
+    assert trapezoid_mj([(0.0, 1000.0), (1.0, 3000.0), (2.0, 3000.0)]) == pytest.approx(5000.0)
+
+
+# ---------------------------------------------------------------------------------------------------- model, auto
+
+
+def test_model_meter_from_testbed_style_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "classes.json"
+    cfg.write_text(json.dumps({"classes": [{"name": "emu-x", "power": {"active_w": 8.0, "idle_w": 2.0, "net_tx_w": 1.0}}]}))
+    clock = FakeClock()
+    meter = ModelMeter(config=cfg, device_class="emu-x")
+    meter.clock = clock
+    token = meter.start("compute")
+    clock.t += 0.5
+    r = meter.stop(token)
+    assert r.source == "model" and not r.measured
+    assert r.energy_mJ == pytest.approx(4000.0)
+    token = meter.start("tx")
+    clock.t += 1.0
+    assert meter.stop(token).energy_mJ == pytest.approx(3000.0)  # idle + radio
+    assert "not measured" in meter.description
+
+
+def test_model_meter_toml_and_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "power.toml"
+    cfg.write_text('[classes.default]\nactive_w = 5.0\nidle_w = 1.0\n[classes.big.power]\nactive_w = 30\nidle_w = 5\n')
+    assert ModelMeter(config=cfg).power.active_w == 5.0
+    assert ModelMeter(config=cfg, device_class="big").power.idle_w == 5.0
+    with pytest.raises(MeterError, match="not in power model config"):
+        ModelMeter(config=cfg, device_class="nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(MeterError, match="not valid"):
+        ModelMeter(config=bad)
+    with pytest.raises(MeterError, match=">= 0"):
+        PowerSpec(active_w=-1.0, idle_w=0.0)
+
+
+def test_model_meter_testbed_classes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    classes = Path(__file__).resolve().parents[1] / "tools" / "testbed" / "classes.json"
+    if not classes.is_file():
+        pytest.skip("tools/testbed/classes.json not present")
+    monkeypatch.setenv("RR_DEVICE_CLASS", "emu-nano")
+    meter = ModelMeter()
+    assert meter.power.device_class == "emu-nano" and meter.power.active_w > 0
+
+
+def test_auto_prefers_real_meter_over_model(tmp_path: Path) -> None:
+    _rapl_tree(tmp_path)
+    assert select_meter("auto", MeterOptions(sysfs_root=tmp_path, skip=("nvml",))).source == "rapl"
+    _hwmon_tree(tmp_path, {1: "VDD_IN"})
+    assert select_meter("auto", MeterOptions(sysfs_root=tmp_path, skip=("nvml",))).source == "jetson"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert select_meter("auto", MeterOptions(sysfs_root=empty, skip=("nvml",))).source == "model"
+    with pytest.raises(MeterError, match="unknown energy meter"):
+        select_meter("bogus")
+
+
+def test_nvml_meter_on_gpu() -> None:
+    if nvml_gpu_name() is None:
+        pytest.skip("no NVIDIA GPU/driver visible to NVML on this machine: the NVML meter path is not exercised here")
+    from rr_edge.meters import NvmlMeter
+
+    meter = NvmlMeter()
+    with meter.measure() as reading:
+        import time
+
+        time.sleep(1.0)
+    meter.close()
+    assert reading.source == "nvml" and reading.measured
+    assert reading.energy_mJ is not None and reading.energy_mJ > 0
+    assert math.isfinite(reading.power_W or math.nan) and 1.0 < (reading.power_W or 0) < 2000.0
+
+
+def test_nvml_explicit_without_gpu_is_clear() -> None:
+    if nvml_gpu_name() is not None:
+        pytest.skip("a GPU is present")
+    with pytest.raises(MeterError, match="NVML|nvidia-ml-py"):
+        select_meter("nvml")

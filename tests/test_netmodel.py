@@ -1,0 +1,109 @@
+"""Network model: both fits on a known affine link, held-out errors, extrapolation, EW drift and serialisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rr_edge.netmodel import AFFINE, POLY4, NetworkModel, fit_network_model
+
+RTT_MS = 2.0
+BYTES_PER_MS = 80_000.0  # 80 MB/s, the paper's link
+
+
+def profile(rng: np.random.Generator, noise: float = 0.02, repeats: int = 3):
+    sizes = np.repeat(np.logspace(3, np.log10(256e6), 16).round(), repeats)  # 1 KB .. 256 MB
+    times = (RTT_MS + sizes / BYTES_PER_MS) * rng.normal(1.0, noise, sizes.size).clip(0.9, 1.1)
+    energy = (0.5 + sizes * 2e-5) * rng.normal(1.0, noise, sizes.size).clip(0.9, 1.1)
+    return sizes, times, energy
+
+
+def test_affine_link_recovered_by_both_fits_and_affine_chosen():
+    sizes, times, energy = profile(np.random.default_rng(0))
+    fit = fit_network_model(sizes, times, energy)
+    rtt, ms_per_byte = fit.affine.coeffs
+    assert rtt == pytest.approx(RTT_MS, rel=0.05)
+    assert 1.0 / ms_per_byte == pytest.approx(BYTES_PER_MS, rel=0.03)
+    probe = np.logspace(3, np.log10(256e6), 40)
+    truth = RTT_MS + probe / BYTES_PER_MS
+    assert fit.poly is not None and fit.poly.kind == POLY4
+    assert np.max(np.abs(fit.poly.predict_ms(probe) / truth - 1)) < 0.1
+    assert np.max(np.abs(fit.affine.predict_ms(probe) / truth - 1)) < 0.05
+    assert fit.chosen.kind == AFFINE
+    assert fit.affine_error < 0.05 and np.isfinite(fit.poly_error)
+    d = fit.to_dict()
+    assert d["chosen"] == AFFINE and {"affine_error", "poly_error"} <= set(d)
+    json.dumps(d)
+    assert fit.chosen.predict_mJ(1e6) == pytest.approx(0.5 + 20.0, rel=0.05)
+
+
+def test_polynomial_chosen_when_the_link_is_not_affine():
+    sizes = np.logspace(3, 8, 14)
+    x = sizes / sizes.max()
+    times = 5.0 + 400.0 * x + 3000.0 * x**2  # congestion: super-linear in size
+    fit = fit_network_model(sizes, times)
+    assert fit.chosen.kind == POLY4
+    assert fit.poly_error < 0.9 * fit.affine_error
+
+
+def test_predictions_vectorised_non_negative_and_sane_outside_the_range():
+    sizes = np.logspace(3, 7, 10)
+    x = sizes / sizes.max()
+    fit = fit_network_model(sizes, 1.0 + 100.0 * x + 50.0 * x**2)
+    poly = fit.poly
+    assert poly is not None
+    out = poly.predict_ms(np.array([[0.0, 1e3], [1e7, 1e9]]))
+    assert out.shape == (2, 2) and np.all(out >= 0)
+    assert isinstance(poly.predict_ms(1e5), float)
+    # beyond the largest profiled size the curve grows linearly (no quartic blow-up), and stays monotone
+    far = poly.predict_ms(np.array([1e7, 1e8, 1e9]))
+    assert np.all(np.diff(far) > 0)
+    assert far[2] < 1e3 * far[0]
+    assert NetworkModel.affine(0.0, 1.0).predict_ms(-5.0) == 0.0
+
+
+def test_ew_update_and_drift_detection():
+    model = NetworkModel.affine(1.0, 1000.0, alpha=0.5)  # 1000 bytes: 2 ms
+    assert not model.drifted()
+    same = model.update(1000, 2.0)
+    assert same.drift == pytest.approx(1.0) and not same.drifted()
+    slow = model.update(1000, 3.0)  # observed 1.5x -> drift 1.25: exactly 25%, not more
+    assert slow.drift == pytest.approx(1.25) and not slow.drifted(0.25)
+    slower = slow.update(1000, 3.0)  # 1.375
+    assert slower.drifted(0.25)
+    assert slower.predict_ms(1000) == pytest.approx(2.0 * 1.375)
+    rebased = slower.rebased()
+    assert not rebased.drifted() and rebased.predict_ms(1000) == pytest.approx(2.75)
+    batch = model.update([1000, 1000], [3.0, 3.0])
+    assert batch.drift == pytest.approx(slower.drift)
+    faster = model.update([1000] * 10, [1.0] * 10)
+    assert faster.drifted() and faster.drift < 0.75
+    with pytest.raises(ValueError):
+        model.update([1, 2], [1.0])
+
+
+def test_round_trip_through_dict_and_json():
+    sizes, times, energy = profile(np.random.default_rng(1))
+    fit = fit_network_model(sizes, times, energy)
+    for m in (fit.affine, fit.poly, fit.chosen.update(1e6, 50.0)):
+        assert m is not None
+        back = NetworkModel.from_dict(json.loads(json.dumps(m.to_dict())))
+        assert back == m
+    with pytest.raises(ValueError):
+        NetworkModel.from_dict({"coeffs": [1, 2]})
+    with pytest.raises(ValueError):
+        NetworkModel.from_dict({"kind": "cubic", "coeffs": [1, 2]})
+
+
+def test_bad_profiles_rejected():
+    with pytest.raises(ValueError):
+        fit_network_model([1000, 1000], [1.0, 1.1])  # one distinct size
+    with pytest.raises(ValueError):
+        fit_network_model([1000, 2000], [1.0, 0.0])
+    with pytest.raises(ValueError):
+        fit_network_model([1000, 2000, 3000], [1.0, 2.0])
+    small = fit_network_model([1000, 2000], [1.5, 2.0])  # two sizes: affine only, no held-out error
+    assert small.chosen.kind == AFFINE and small.poly is None
+    assert small.affine.predict_ms(3000) == pytest.approx(2.5)

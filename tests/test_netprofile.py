@@ -1,0 +1,131 @@
+"""Network profiler: log-spaced sizes, synthetic-link fits, and a loopback profile against `rr-server` run as a
+subprocess (a separate process, so client and server do not share one interpreter lock)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _retry import retry_once
+
+from rr_edge.client import Client
+from rr_edge.meters import ModelMeter, PowerSpec
+from rr_edge.netmodel import NetworkModel
+from rr_edge.netprofile import (
+    NetProfileConfig,
+    fit_direction,
+    log_sizes,
+    measure_direction,
+    run_netprofile,
+    summary,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_log_sizes() -> None:
+    sizes = log_sizes(1024, 256 * 1024 * 1024)
+    assert sizes[0] == 1024 and sizes[-1] == 256 * 1024 * 1024 and len(sizes) == 19
+    assert all(b == 2 * a for a, b in zip(sizes, sizes[1:], strict=False))
+    assert len(log_sizes(1024, 1024 * 1024, 2)) == 21
+    assert NetProfileConfig(max_mb=1).sizes()[-1] == 1024 * 1024
+    with pytest.raises(ValueError):
+        NetProfileConfig(max_mb=0.001)
+
+
+def test_synthetic_affine_link_is_recovered() -> None:
+    """Transfers on a fake clock: 2 ms RTT + 80 MB/s, with +-3% noise; the affine model wins and recovers both."""
+    now = [0.0]
+    rng = np.random.default_rng(0)
+    rtt_ms, bytes_per_ms = 2.0, 80_000.0
+
+    def transfer(n: int) -> None:
+        now[0] += (rtt_ms + n / bytes_per_ms) * (1 + rng.uniform(-0.03, 0.03)) / 1000.0
+
+    meter = ModelMeter(PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=2.0))
+    meter.clock = lambda: now[0]
+    samples = measure_direction(
+        transfer, log_sizes(1024, 64 * 1024 * 1024), 3, meter=meter, activity="tx", clock=lambda: now[0]
+    )
+    direction = fit_direction(samples)
+    assert direction.chosen_model == "affine"
+    assert 0 <= direction.affine_error < 0.05 and direction.affine_error <= direction.poly4_error
+    model = NetworkModel.from_dict(direction.model)
+    assert model.rtt_ms == pytest.approx(rtt_ms, rel=0.1)
+    assert 1.0 / model.coeffs[1] == pytest.approx(bytes_per_ms, rel=0.03)
+    # energy was metered (modelled: 3 W while sending) and fitted too
+    assert all(s.energy_mJ is not None for s in samples)
+    assert model.predict_mJ(8e6) == pytest.approx(3.0 * (rtt_ms + 8e6 / bytes_per_ms), rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("rr-net")
+    port_file = data / "port"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(data / "d"),
+         "--port-file", str(port_file), "--log-level", "WARNING"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
+                pytest.fail(f"rr-server did not start: {err[-2000:]}")
+            time.sleep(0.1)
+        yield port_file.read_text().strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _held_out_error(client: Client, config: NetProfileConfig, held_out: list[int], transfer: str) -> tuple[str, float]:
+    """Chosen model and its mean |relative error| on sizes it was not fitted on. Profile sizes and held-out sizes
+    are measured together (interleaved, as the profiler measures), so a change of load on this shared machine
+    between two measurement sessions cannot pass for a modelling error."""
+    call = client.echo_send if transfer == "up" else client.echo_receive
+    samples = measure_direction(call, config.sizes() + held_out, config.repeats, min_time_s=config.min_time_s, seed=1)
+    fitted = fit_direction([s for s in samples if s.bytes not in held_out])
+    model = NetworkModel.from_dict(fitted.model)
+    errors = []
+    for n in held_out:
+        measured = float(np.median([s.ms for s in samples if s.bytes == n]))
+        errors.append(abs(model.predict_ms(n) - measured) / measured)
+    return fitted.chosen_model, float(np.mean(errors))
+
+
+@retry_once
+def test_loopback_profile_against_server(server_process: str) -> None:
+    config = NetProfileConfig(max_mb=16, repeats=3)
+    meter = ModelMeter(PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=1.5, net_rx_w=1.0))
+    with Client(server_process) as client:
+        profile = run_netprofile(client, "net-edge", config, meter=meter)
+        assert {s.bytes for s in profile.uplink.samples} == set(config.sizes())
+        for n in config.sizes():
+            assert sum(s.bytes == n for s in profile.downlink.samples) >= 3
+        assert profile.energy_source == "model"
+        stored = client.get_network_profile("net-edge")
+        assert stored is not None and stored.uplink.chosen_model == profile.uplink.chosen_model
+        assert stored.downlink.samples == profile.downlink.samples
+        out = summary(profile)
+        for name in ("uplink", "downlink"):
+            d = getattr(profile, name)
+            assert d.chosen_model in ("affine", "poly4") and out[name]["chosen_model"] == d.chosen_model
+            assert d.affine_error >= 0 and d.poly4_error >= 0
+
+        # held-out sizes: between the profiled ones (x 1.5), across the range
+        held_out = [1536, 48 * 1024, 1536 * 1024, 12 * 1024 * 1024]
+        for name, transfer in (("uplink", "up"), ("downlink", "down")):
+            chosen, error = _held_out_error(client, config, held_out, transfer)
+            assert error < 0.20, f"{name}: chosen {chosen} misses held-out sizes by {error:.0%}"

@@ -1,0 +1,306 @@
+"""Planner: hand-computed optima, brute-force Pareto reference, objectives, upload charging and amortisation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rr_edge.netmodel import NetworkModel, fit_network_model
+from rr_edge.planner import (
+    Plan,
+    PlanInputs,
+    choose,
+    correction_factor,
+    evaluate_all,
+    inputs_from_blocks,
+    pareto,
+    pareto_indices,
+    plan_cost,
+)
+
+SPEC_KEYS = {"i", "j", "latency_ms", "energy_mJ", "offloaded_blocks", "upload_bytes"}
+
+
+def link(rtt_ms: float = 1.0, bytes_per_ms: float = 1000.0) -> NetworkModel:
+    return NetworkModel.affine(rtt_ms, bytes_per_ms)
+
+
+def make(edge_ms, cloud_ms, boundary, weights=None, edge_mJ=None, **kw) -> PlanInputs:
+    n = len(edge_ms)
+    kw.setdefault("uplink", link())
+    kw.setdefault("downlink", link())
+    kw.setdefault("preloaded", weights is None)  # no weights given: no slice upload to charge
+    return PlanInputs(
+        edge_ms=edge_ms,
+        edge_mJ=edge_mJ if edge_mJ is not None else edge_ms,
+        cloud_ms=cloud_ms,
+        weight_bytes=weights if weights is not None else [0] * n,
+        boundary_bytes=boundary,
+        **kw,
+    )
+
+
+def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
+    """O(N^3) reference: every (i, j) costed by explicit loops over the blocks."""
+    n, c, K = inputs.n_blocks, inputs.e2e_correction, inputs.amortize_over
+    up, down, tx = inputs.uplink, inputs.downlink, inputs.tx_power_W
+    out = [(n - 1, n - 1, c * sum(inputs.edge_ms), c * sum(inputs.edge_mJ))]
+    for i in range(-1, n):
+        for j in range(i + 1, n):
+            lat = en = 0.0
+            for k in range(n):
+                if k <= i or k > j:
+                    lat += c * inputs.edge_ms[k]
+                    en += c * inputs.edge_mJ[k]
+                else:
+                    lat += inputs.cloud_ms[k]
+                    en += inputs.idle_power_W * inputs.cloud_ms[k]
+            for model, b in ((up, inputs.boundary_bytes[i + 1]), (down, inputs.boundary_bytes[j + 1])):
+                ms = model.predict_ms(b)
+                lat += ms
+                en += model.predict_mJ(b) if model.has_energy else tx * ms
+            if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
+                w = sum(inputs.weight_bytes[i + 1 : j + 1])
+                ms = up.predict_ms(w)
+                lat += ms / K
+                en += (up.predict_mJ(w) if up.has_energy else tx * ms) / K
+            out.append((i, j, lat, en))
+    return out
+
+
+def brute_pareto(points):
+    front = []
+    for p in points:
+        dominated = any((q[2] <= p[2] and q[3] <= p[3]) and (q[2] < p[2] or q[3] < p[3]) for q in points)
+        if not dominated:
+            front.append(p)
+    return front
+
+
+def random_inputs(rng: np.random.Generator, n: int, **kw) -> PlanInputs:
+    return PlanInputs(
+        edge_ms=rng.uniform(0.5, 20, n),
+        edge_mJ=rng.uniform(0.5, 50, n),
+        cloud_ms=rng.uniform(0.05, 4, n),
+        weight_bytes=rng.integers(0, 2_000_000, n),
+        boundary_bytes=rng.integers(1_000, 3_000_000, n + 1),
+        uplink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
+        downlink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
+        idle_power_W=rng.uniform(0.1, 2),
+        tx_power_W=rng.uniform(0.5, 3),
+        **kw,
+    )
+
+
+# ---- hand-computed optima -------------------------------------------------------------------------------------
+
+
+def test_all_local_optimum_when_the_network_is_slow():
+    # 3 blocks of 1 ms each on the edge; any transfer costs >= 1000 ms.
+    inp = make([1, 1, 1], [0.1, 0.1, 0.1], [10, 10, 10, 10], uplink=link(1000.0), downlink=link(1000.0))
+    best = choose(inp, "latency")
+    assert (best.i, best.j, best.offloaded_blocks, best.upload_bytes) == (2, 2, 0, 0)
+    assert best.latency_ms == pytest.approx(3.0)
+    assert best.objective == "latency"
+
+
+def test_start_on_cloud_optimum_i_minus_one():
+    # block 0 is expensive on the edge and its input is tiny; block 1 is cheap; its input (boundary 1) is huge.
+    # (-1, 0): 0 + up(10)=1.01 + cloud 1 + down(5000)=6 + tail 1 = 9.01
+    # (-1, 1): up 1.01 + cloud 2 + down(10)=1.01 = 4.02   <- optimum
+    # ( 0, 1): head 100 + ...  ; all local: 101
+    inp = make([100, 1], [1, 1], [10, 5000, 10])
+    best = choose(inp, "latency")
+    assert (best.i, best.j) == (-1, 1)
+    assert best.latency_ms == pytest.approx(1.01 + 2 + 1.01)
+
+
+def test_two_split_optimum_with_a_tail():
+    # middle block heavy on the edge, first and last cheap; boundary 0 and 3 huge, 1 and 2 small.
+    # (0, 1): head 1 + up(100)=1.1 + cloud 1 + down(100)=1.1 + tail 1 = 5.2 -- every other plan is worse
+    inp = make([1, 50, 1], [1, 1, 1], [1e6, 100, 100, 1e6])
+    best = choose(inp, "latency")
+    assert (best.i, best.j) == (0, 1)
+    assert best.latency_ms == pytest.approx(5.2)
+    assert best.breakdown["tail_ms"] == pytest.approx(1.0)
+
+
+def test_no_tail_optimum_j_is_last_block():
+    # (0, 2): head 1 + up(100)=1.1 + cloud 2 + down(100)=1.1 = 5.2 beats (0, 1) = 1 + 1.1 + 1 + 1.1 + 50
+    inp = make([1, 50, 50], [1, 1, 1], [1e6, 100, 100, 100])
+    best = choose(inp, "latency")
+    assert (best.i, best.j) == (0, 2)
+    assert best.latency_ms == pytest.approx(5.2)
+
+
+def test_energy_objective_prefers_idle_waiting():
+    # Edge: 10 ms / 100 mJ per block. Cloud: 30 ms per block, idle 0.1 W, tx 1 W.
+    # all local: 20 ms, 200 mJ;  (-1, 1): up 1.01 + 60 + down 1.01 = 62.02 ms, 2.02 + 6 = 8.02 mJ
+    inp = make([10, 10], [30, 30], [10, 10, 10], edge_mJ=[100, 100], idle_power_W=0.1, tx_power_W=1.0)
+    fast, frugal = choose(inp, "latency"), choose(inp, "energy")
+    assert (fast.i, fast.j) == (1, 1)
+    assert (frugal.i, frugal.j) == (-1, 1)
+    assert frugal.energy_mJ == pytest.approx(2.02 + 6.0)
+    front = pareto(evaluate_all(inp))
+    assert (front[0].i, front[-1].i) == (1, -1)
+
+
+def test_slo_gives_least_energy_within_the_deadline():
+    inp = make([10, 10], [30, 30], [10, 10, 10], edge_mJ=[100, 100], idle_power_W=0.1, tx_power_W=1.0)
+    assert (choose(inp, slo_ms=100).i, choose(inp, slo_ms=100).objective) == (-1, "slo")
+    tight = choose(inp, "slo", slo_ms=25)
+    assert (tight.i, tight.j, tight.objective) == (1, 1, "slo")
+    unmet = choose(inp, "slo", slo_ms=1)
+    assert (unmet.i, unmet.j, unmet.objective) == (1, 1, "slo-unmet")
+    with pytest.raises(ValueError):
+        choose(inp, "slo")
+    with pytest.raises(ValueError):
+        choose(inp, "fastest")
+
+
+def test_pareto_objective_picks_a_front_member():
+    inp = random_inputs(np.random.default_rng(3), 12)
+    front = pareto(evaluate_all(inp))
+    knee = choose(inp, "pareto")
+    assert (knee.i, knee.j) in {(p.i, p.j) for p in front}
+
+
+# ---- upload charging, caching, amortisation, correction ---------------------------------------------------------
+
+
+def test_weight_upload_charged_unless_preloaded_and_amortised():
+    # (-1, 0) uploads 1000 weight bytes: 1 + 1000/1000 = 2 ms
+    inp = make([100], [1], [10, 10], weights=[1000])
+    charged = plan_cost(inp, -1, 0)
+    assert charged.upload_bytes == 1000
+    assert charged.breakdown["weight_upload_ms"] == pytest.approx(2.0)
+    assert charged.latency_ms == pytest.approx(1.01 + 1 + 1.01 + 2.0)
+    pre = plan_cost(replace(inp, preloaded=True), -1, 0)
+    assert (pre.upload_bytes, pre.latency_ms) == (0, pytest.approx(1.01 + 1 + 1.01))
+    cached = plan_cost(replace(inp, cached_slices=frozenset({(0, 0)})), -1, 0)
+    assert cached.latency_ms == pytest.approx(pre.latency_ms)
+    amort = plan_cost(replace(inp, amortize_over=4), -1, 0)
+    assert amort.latency_ms == pytest.approx(1.01 + 1 + 1.01 + 0.5)
+
+
+def test_upload_cost_moves_the_optimum():
+    # Offloading block 1 saves 10 ms of compute but its weights take 1 + 100 ms to upload.
+    inp = make([1, 20], [1, 1], [1e6, 100, 100], weights=[0, 100_000])
+    assert (choose(inp).i, choose(inp).j) == (1, 1)
+    pre = choose(replace(inp, preloaded=True))
+    assert (pre.i, pre.j) == (0, 1)
+    assert choose(replace(inp, amortize_over=1000)).offloaded_blocks == 1
+    assert choose(replace(inp, cached_slices=frozenset({(1, 1)}))).j == 1
+
+
+def test_e2e_correction_scales_edge_compute_only():
+    inp = make([10, 10], [1, 1], [1e9, 1e9, 1e9], e2e_correction=0.5)
+    local = plan_cost(inp, 1, 1)
+    assert (local.latency_ms, local.energy_mJ) == (pytest.approx(10.0), pytest.approx(10.0))
+    assert correction_factor(15.0, [10.0, 10.0]) == pytest.approx(0.75)
+    assert correction_factor(0.0, [10.0]) == 1.0
+
+
+# ---- table, pareto, reference -------------------------------------------------------------------------------------
+
+
+def poly_link() -> NetworkModel:
+    sizes = np.logspace(3, 7, 12)
+    x = sizes / sizes.max()
+    fit = fit_network_model(sizes, 2.0 + 300.0 * x + 200.0 * x**2, 0.3 + 50.0 * x)
+    assert fit.chosen.kind == "poly4"
+    return fit.chosen
+
+
+@pytest.mark.parametrize("uplink", ["affine", "affine+energy", "poly"])
+def test_table_matches_direct_costs_and_dedupes_local_plans(uplink):
+    inp = random_inputs(np.random.default_rng(7), 9, cached_slices=frozenset({(2, 5)}), amortize_over=3)
+    if uplink == "affine+energy":
+        inp = replace(inp, uplink=replace(inp.uplink, energy_coeffs=(0.4, 2e-5)))
+    elif uplink == "poly":
+        inp = replace(inp, uplink=poly_link(), downlink=poly_link())
+    table = evaluate_all(inp)
+    i, j, lat, en = table.flat()
+    assert len(table) == lat.size == 9 * 10 // 2 + 1
+    assert int(np.sum(i == j)) == 1 and (i[0], j[0]) == (8, 8)
+    assert np.all(np.isfinite(lat)) and np.all(np.isfinite(en))
+    assert np.all(np.isinf(table.latency_ms).sum() == table.latency_ms.size - lat.size)
+    ref = {(a, b): (x, y) for a, b, x, y in brute_force(inp)}
+    for a, b, x, y in zip(i, j, lat, en, strict=True):
+        assert ref[(int(a), int(b))] == (pytest.approx(x, rel=1e-9), pytest.approx(y, rel=1e-9))
+        p = plan_cost(inp, int(a), int(b))
+        assert (p.latency_ms, p.energy_mJ) == (pytest.approx(x, rel=1e-9), pytest.approx(y, rel=1e-9))
+
+
+@pytest.mark.parametrize("n,seed", [(1, 0), (2, 1), (5, 2), (12, 3), (25, 4), (40, 5)])
+def test_pareto_complete_and_non_dominated_against_brute_force(n, seed):
+    rng = np.random.default_rng(seed)
+    inp = random_inputs(rng, n, preloaded=bool(seed % 2))
+    front = pareto(evaluate_all(inp))
+    ref = brute_pareto(brute_force(inp))
+    assert sorted((p.i, p.j) for p in front) == sorted((a, b) for a, b, _, _ in ref)
+    lat = [p.latency_ms for p in front]
+    assert lat == sorted(lat)
+    for p in front:
+        for q in front:
+            assert not (q.latency_ms <= p.latency_ms and q.energy_mJ < p.energy_mJ) or p is q
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_prefilter_path_is_exact_on_large_tables(seed):
+    # 150 blocks -> 11,326 plans: above the pre-filter threshold. Fast but hungry edge, slow but frugal cloud:
+    # a long front (hundreds of plans). Compare with a plain sweep over all plans.
+    rng = np.random.default_rng(seed)
+    n = 150
+    inp = PlanInputs(
+        edge_ms=rng.uniform(0.5, 5, n), edge_mJ=rng.uniform(5, 50, n), cloud_ms=rng.uniform(0.5, 20, n),
+        weight_bytes=rng.integers(0, 200_000, n), boundary_bytes=rng.integers(1_000, 300_000, n + 1),
+        uplink=link(1.0, 5e4), downlink=link(1.0, 5e4), idle_power_W=0.2, tx_power_W=1.0,
+    )  # fmt: skip
+    table = evaluate_all(inp)
+    i, j, lat, en = table.flat()
+    plain = pareto_indices(lat, en, lambda k: (j - i)[k])
+    front = pareto(table)
+    assert sorted((p.i, p.j) for p in front) == sorted(zip(i[plain].tolist(), j[plain].tolist(), strict=True))
+    assert len(front) > 100
+
+
+def test_pareto_ties_keep_one_plan_with_fewest_offloaded_blocks():
+    idx = pareto_indices(np.array([1.0, 1.0, 2.0, 0.5]), np.array([1.0, 1.0, 0.5, 3.0]), lambda k: -k)
+    assert idx.tolist() == [3, 1, 2]
+
+
+def test_plan_json_shape_is_spec_section_6():
+    inp = make([1, 50, 1], [1, 1, 1], [1e6, 100, 100, 1e6])
+    front = pareto(evaluate_all(inp))
+    for p in front:
+        d = p.to_dict()
+        assert set(d) == SPEC_KEYS
+        assert all(isinstance(d[k], int) for k in ("i", "j", "offloaded_blocks", "upload_bytes"))
+        json.dumps(d)
+    chosen = choose(inp, "energy").to_dict()
+    assert set(chosen) == SPEC_KEYS | {"objective"} and chosen["objective"] == "energy"
+    assert isinstance(front[0], Plan)
+
+
+def test_inputs_from_block_dicts_and_validation():
+    blocks = [
+        {"input_bytes": 600, "output_bytes": 400, "param_bytes": 10},
+        {"input_bytes": 400, "output_bytes": 40, "param_bytes": 20},
+    ]
+    inp = inputs_from_blocks(
+        blocks, edge_ms=[1, 2], edge_mJ=[1, 2], cloud_ms=[0.1, 0.2], uplink=link(), downlink=link()
+    )
+    assert inp.boundary_bytes.tolist() == [600, 400, 40]
+    assert inp.weight_bytes.tolist() == [10, 20]
+    with pytest.raises(ValueError, match="boundary_bytes"):
+        make([1, 2], [1, 1], [1, 2])
+    with pytest.raises(ValueError, match="non-negative"):
+        make([1, -2], [1, 1], [1, 2, 3])
+    with pytest.raises(ValueError, match="amortize_over"):
+        make([1], [1], [1, 2], amortize_over=0)
+    with pytest.raises(ValueError):
+        plan_cost(make([1], [1], [1, 2]), 1, 0)

@@ -1,0 +1,151 @@
+"""DNN profiler: sampling, timing policy, and resnet50@224 profiled against the real server in-process."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _retry import retry_once
+from _server_support import start_server
+
+from rr_edge.client import Client
+from rr_edge.meters import ModelMeter, PowerSpec
+from rr_edge.profiler import (
+    ProfileConfig,
+    TimingPolicy,
+    profile_model,
+    run_profile,
+    sample_size,
+    select_signatures,
+    time_runs,
+)
+from rr_edge.profiles import LatencyStats
+from rr_edge.session import OrtSettings
+
+FAST = TimingPolicy(warmup_runs=1, min_runs=5, min_time_s=0.05)
+ONE_THREAD = OrtSettings(intra_op_threads=1)
+
+
+# -- pure core ---------------------------------------------------------------------------------------------------
+
+
+def test_sample_size_rounds_before_ceil() -> None:
+    assert sample_size(10, 0.3) == 3  # 0.3 * 10 = 3.0000000000000004 in floating point
+    assert sample_size(13, 0.3) == 4
+    assert sample_size(1, 0.01) == 1 and sample_size(0, 0.3) == 0
+
+
+def test_select_signatures() -> None:
+    sigs = [f"s{k}" for k in range(20)] + ["s3", "s3", "s7"]  # repeated blocks
+    chosen = select_signatures(sigs, set(), 0.3, seed=1)
+    assert len(chosen) == 6 and len(set(chosen)) == 6  # ceil(0.3 x 20 unique), each once
+    assert chosen == select_signatures(sigs, set(), 0.3, seed=1)  # seeded
+    assert chosen == [s for s in dict.fromkeys(sigs) if s in chosen]  # block order
+    again = select_signatures(sigs, set(chosen), 0.3, seed=1)
+    assert len(again) == 6 and not set(again) & set(chosen)
+    almost_all = {f"s{k}" for k in range(19)}
+    assert select_signatures(sigs, almost_all, 0.3, seed=2) == ["s19"]  # fewer remain
+    assert select_signatures(sigs, almost_all | {"s19"}, 0.3, seed=2) == []
+    assert select_signatures(["a"], set(), 0.01, seed=0) == ["a"]  # at least one
+
+
+def test_time_runs_meets_count_and_time() -> None:
+    step = 1 / 64  # exact in binary floating point
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def run() -> None:
+        now[0] += step
+
+    times = time_runs(run, TimingPolicy(warmup_runs=2, min_runs=3, min_time_s=0.125), clock=clock)
+    assert len(times) == 8 and all(t == pytest.approx(step * 1000) for t in times)  # time-bound
+    times = time_runs(run, TimingPolicy(warmup_runs=0, min_runs=30, min_time_s=0.125), clock=clock)
+    assert len(times) == 30  # count-bound
+    times = time_runs(run, TimingPolicy(warmup_runs=0, min_runs=3, min_time_s=0.0), min_window_s=0.25, clock=clock)
+    assert len(times) == 16  # the meter's window
+    times = time_runs(run, TimingPolicy(warmup_runs=0, min_runs=1000, min_time_s=0.0, max_time_s=0.0625), clock=clock)
+    assert len(times) == 4  # capped
+
+
+def test_latency_stats() -> None:
+    s = LatencyStats.of([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s.median_ms == 3.0 and s.samples == 5 and s.p10_ms < 2.0 < 4.0 < s.p90_ms
+    assert s.cv == pytest.approx(statistics.stdev([1.0, 2.0, 3.0, 4.0, 100.0]) / 22.0)
+    with pytest.raises(ValueError):
+        LatencyStats.of([])
+
+
+# -- resnet50 against the real server ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet50(zoo: Callable[..., Any]) -> Any:
+    return zoo("resnet50", 224)
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    srv = start_server(tmp_path / "server")
+    try:
+        yield srv.address
+    finally:
+        srv.stop(grace=0.5)
+
+
+def test_resnet50_sampling_against_server(resnet50: Any, server: str) -> None:
+    model, graph = resnet50
+    signatures = [b.signature for b in graph.blocks]
+    unique = len(set(signatures))
+    assert len(signatures) > unique  # resnet50 repeats its bottleneck blocks
+    k = math.ceil(0.3 * unique)
+    meter = ModelMeter(PowerSpec(active_w=10.0, idle_w=2.0))
+    config = ProfileConfig(sample=0.3, seed=7, timing=FAST, whole_model=False)
+    with Client(server) as client:
+        first = run_profile(client, "edge-a", model, "resnet50", settings=ONE_THREAD, meter=meter, config=config)
+        got = [m.signature for m in first.layers]
+        assert len(got) == k == len(set(got))  # each repeated signature measured once
+        for m in first.layers:  # ...on its first block
+            assert m.block_index == signatures.index(m.signature)
+            assert m.energy_source == "model" and m.energy_mJ is not None and m.energy_mJ > 0
+            assert m.slice_id and client.slice_status(m.slice_id).cached
+        assert client.list_measured_signatures("edge-a") == set(got)
+
+        second = run_profile(client, "edge-a", model, "resnet50", settings=ONE_THREAD, meter=meter, config=config)
+        got2 = [m.signature for m in second.layers]
+        assert len(got2) == min(k, unique - k) and not set(got2) & set(got)  # only unmeasured ones
+        assert second.already_measured == k
+        assert client.list_measured_signatures("edge-a") == set(got) | set(got2)
+        out = second.to_json("edge-a")
+        assert out["node"] == "edge-a" and out["unique_signatures"] == unique
+        assert set(out["profiled"][0]["latency_ms"]) == {"median", "p10", "p90", "cv"}
+        assert out["profiled"][0]["energy_source"] == "model"
+        assert client.get_node("edge-a").device["intra_op_threads"] == 1
+
+
+def test_resnet50_whole_model_vs_sum_of_blocks(resnet50: Any) -> None:
+    model, graph = resnet50
+    config = ProfileConfig(sample=0.1, seed=1, timing=FAST, e2e_timing=FAST)
+    result = profile_model(model, graph, settings=ONE_THREAD, config=config)
+    run = result.model_run
+    assert run is not None and run.block_signatures == tuple(b.signature for b in graph.blocks)
+    assert run.latency.median_ms > 0 and run.sum_of_blocks_ms > 0
+    assert 0.5 < run.e2e_ratio < 2.0  # same kernels: the two totals are of the same size
+    assert run.energy_mJ is None and result.energy_source == ""  # no meter given: no energy claimed
+
+
+@retry_once
+def test_block_median_repeatable_within_10_percent(resnet50: Any) -> None:
+    model, graph = resnet50
+    config = ProfileConfig(sample=0.3, seed=3, timing=TimingPolicy(min_runs=10, min_time_s=0.5), whole_model=False)
+    a = profile_model(model, graph, settings=ONE_THREAD, config=config)
+    b = profile_model(model, graph, settings=ONE_THREAD, config=config)
+    assert [m.signature for m in a.layers] == [m.signature for m in b.layers]
+    for x, y in zip(a.layers, b.layers, strict=True):
+        assert x.latency.cv >= 0
+        assert y.latency.median_ms == pytest.approx(x.latency.median_ms, rel=0.10), x.signature

@@ -1,0 +1,175 @@
+"""In-process tests of inference.GRPCInferenceService (KServe v2) over uploaded slices."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from _server_support import Stubs, conv_model, sha256, start_server, two_output_model
+
+from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as pb
+
+UNKNOWN = "0" * 64
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("inference"))
+    stubs = Stubs.connect(server.address)
+    conv, two = conv_model(), two_output_model()
+    stubs.upload(conv)
+    stubs.upload(two)
+    yield server, stubs, sha256(conv), sha256(two), conv
+    stubs.close()
+    server.stop(grace=1)
+
+
+def local(model: bytes, feeds: dict) -> dict:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def x_input(seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 3, 8, 8)).astype(np.float32)
+
+
+def test_server_live_ready_metadata(env):
+    _, stubs, *_ = env
+    assert stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+    assert stubs.kserve.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
+    meta = stubs.kserve.ServerMetadata(pb.ServerMetadataRequest(), timeout=5)
+    assert meta.name == "rr-server" and meta.version
+    assert "model_repository" in meta.extensions
+
+
+def test_model_ready(env):
+    _, stubs, conv_id, *_ = env
+    assert stubs.kserve.ModelReady(pb.ModelReadyRequest(name=conv_id), timeout=5).ready
+    assert not stubs.kserve.ModelReady(pb.ModelReadyRequest(name=UNKNOWN), timeout=5).ready
+    assert not stubs.kserve.ModelReady(pb.ModelReadyRequest(name="not-a-slice-id"), timeout=5).ready
+
+
+def test_model_metadata(env):
+    _, stubs, conv_id, two_id, _ = env
+    meta = stubs.kserve.ModelMetadata(pb.ModelMetadataRequest(name=conv_id), timeout=10)
+    assert meta.name == conv_id and meta.platform == "onnxruntime_onnx" and list(meta.versions) == ["1"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [1, 3, 8, 8])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("y", "FP32", [1, 4, 8, 8])]
+    meta = stubs.kserve.ModelMetadata(pb.ModelMetadataRequest(name=two_id), timeout=10)
+    assert {t.name: t.datatype for t in meta.inputs} == {"a": "FP32", "n": "INT64"}
+
+
+def test_model_infer_raw_matches_local_ort(env):
+    _, stubs, conv_id, _, conv = env
+    x = x_input()
+    response = stubs.kserve.ModelInfer(codec.encode_infer_request(conv_id, {"x": x}, request_id="r1"), timeout=10)
+    assert response.id == "r1" and response.model_name == conv_id
+    got = codec.decode_infer_response(response)
+    np.testing.assert_allclose(got["y"], local(conv, {"x": x})["y"], atol=1e-5)
+
+
+def test_model_infer_typed_contents(env):
+    _, stubs, _, two_id, _ = env
+    request = pb.ModelInferRequest(model_name=two_id)
+    a = request.inputs.add(name="a", datatype="FP32", shape=[2, 3])
+    a.contents.fp32_contents.extend([1, 2, 3, 4, 5, 6])
+    n = request.inputs.add(name="n", datatype="INT64", shape=[4])
+    n.contents.int64_contents.extend([1, -2, 3, 40])
+    got = codec.decode_infer_response(stubs.kserve.ModelInfer(request, timeout=10))
+    np.testing.assert_array_equal(got["sum"], np.arange(1, 7, dtype=np.float32).reshape(2, 3) * 2)
+    np.testing.assert_array_equal(got["doubled"], [2, -4, 6, 80])
+
+
+def test_model_infer_requested_output_subset(env):
+    _, stubs, _, two_id, _ = env
+    feeds = {"a": np.ones((2, 3), np.float32), "n": np.arange(4, dtype=np.int64)}
+    response = stubs.kserve.ModelInfer(codec.encode_infer_request(two_id, feeds, outputs=["doubled"]), timeout=10)
+    assert [o.name for o in response.outputs] == ["doubled"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda r: setattr(r.inputs[0], "datatype", "FP64"), "needs"),  # byte count no longer matches
+        (lambda r: setattr(r.inputs[0], "datatype", "INT32"), "datatype INT32"),
+        (lambda r: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.extend([1, 3, 16, 4])), "shape"),
+        (lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0][:-4]), "bytes"),
+        (lambda r: setattr(r.inputs[0], "name", "z"), "unknown input"),
+        (lambda r: setattr(r.inputs[0], "datatype", "FP99"), "unknown datatype"),
+        (lambda r: r.outputs.add(name="nope"), "unknown output"),
+    ],
+    ids=["dtype-bytes", "dtype", "shape", "byte-count", "name", "datatype-name", "output"],
+)
+def test_model_infer_bad_input(env, mutate, fragment):
+    _, stubs, conv_id, _, _ = env
+    request = codec.encode_infer_request(conv_id, {"x": x_input()})
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ModelInfer(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in err.value.details()
+    # the server keeps serving
+    good = stubs.kserve.ModelInfer(codec.encode_infer_request(conv_id, {"x": x_input()}), timeout=10)
+    assert good.outputs[0].name == "y"
+
+
+def test_model_infer_unknown_model(env):
+    _, stubs, *_ = env
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ModelInfer(codec.encode_infer_request(UNKNOWN, {"x": x_input()}), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "not cached" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ModelMetadata(pb.ModelMetadataRequest(name="resnet18"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_model_stream_infer_reports_errors_per_message(env):
+    _, stubs, conv_id, _, conv = env
+    xs = [x_input(k) for k in range(3)]
+    bad = codec.encode_infer_request(UNKNOWN, {"x": xs[0]}, request_id="bad")
+    requests = [
+        codec.encode_infer_request(conv_id, {"x": xs[0]}, request_id="0"),
+        bad,
+        codec.encode_infer_request(conv_id, {"x": xs[1]}, request_id="1"),
+        codec.encode_infer_request(conv_id, {"x": xs[2][:, :2]}, request_id="bad-shape"),
+        codec.encode_infer_request(conv_id, {"x": xs[2]}, request_id="2"),
+    ]
+    responses = list(stubs.kserve.ModelStreamInfer(iter(requests), timeout=20))
+    assert len(responses) == 5
+    assert responses[1].error_message.startswith("NOT_FOUND")
+    assert responses[3].error_message.startswith("INVALID_ARGUMENT")
+    for k, index in enumerate((0, 2, 4)):
+        r = responses[index]
+        assert not r.error_message and r.infer_response.id == str(k)
+        np.testing.assert_allclose(
+            codec.decode_infer_response(r.infer_response)["y"], local(conv, {"x": xs[k]})["y"], atol=1e-5
+        )
+
+
+def test_repository_index_load_unload(env):
+    server, stubs, conv_id, two_id, _ = env
+    stubs.kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=conv_id), timeout=10)
+    index = stubs.kserve.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+    states = {m.name: m.state for m in index.models}
+    assert states[conv_id] == "READY" and two_id in states
+    stubs.kserve.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=conv_id), timeout=10)
+    assert not server.sessions.loaded(conv_id)
+    ready = stubs.kserve.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=10)
+    assert conv_id not in {m.name for m in ready.models}
+    # unloaded slices stay cached and load again on demand
+    x = x_input()
+    assert stubs.kserve.ModelInfer(codec.encode_infer_request(conv_id, {"x": x}), timeout=10).outputs
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=UNKNOWN), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_version_is_not_found(env):
+    _, stubs, conv_id, *_ = env
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ModelMetadata(pb.ModelMetadataRequest(name=conv_id, version="7"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

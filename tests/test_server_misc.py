@@ -1,0 +1,166 @@
+"""EchoService, metrics, reflection, public API, concurrency and graceful shutdown (in-process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from _server_support import Stubs, conv_model, sha256, start_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import rr_server
+from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as pb
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+
+
+@pytest.fixture
+def env(tmp_path):
+    server = start_server(tmp_path, metrics_port=0)
+    stubs = Stubs.connect(server.address)
+    yield server, stubs
+    stubs.close()
+    server.stop(grace=1)
+
+
+def test_public_api_matches_all():
+    public = {
+        name
+        for name in dir(rr_server)
+        if not name.startswith("_") and not isinstance(getattr(rr_server, name), types.ModuleType)
+    }
+    assert public == set(rr_server.__all__)
+
+
+def test_echo_send_and_receive(env):
+    _, stubs = env
+    chunks = [rr.SendRequest(payload=b"x" * n) for n in (1, 1000, 1 << 20)]
+    assert stubs.echo.Send(iter(chunks), timeout=10).received_bytes == 1 + 1000 + (1 << 20)
+    got = list(stubs.echo.Receive(rr.ReceiveRequest(bytes=3 * 1000 + 5, chunk_bytes=1000), timeout=10))
+    assert [len(r.payload) for r in got] == [1000, 1000, 1000, 5]
+    assert sum(len(r.payload) for r in stubs.echo.Receive(rr.ReceiveRequest(bytes=5 << 20), timeout=10)) == 5 << 20
+    assert list(stubs.echo.Receive(rr.ReceiveRequest(bytes=0), timeout=10)) == []
+    with pytest.raises(grpc.RpcError) as err:
+        list(stubs.echo.Receive(rr.ReceiveRequest(bytes=-1), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        list(stubs.echo.Receive(rr.ReceiveRequest(bytes=1 << 40), timeout=10))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_metrics_endpoint(env):
+    server, stubs = env
+    data = conv_model()
+    stubs.upload(data)
+    request = codec.encode_infer_request(sha256(data), {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    for _ in range(3):
+        stubs.kserve.ModelInfer(request, timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stubs.kserve.ModelInfer(codec.encode_infer_request("0" * 64, {"x": np.zeros(1, np.float32)}), timeout=10)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'rr_requests_total{code="OK",method="ModelInfer"} 3.0' in text
+    assert 'rr_requests_total{code="NOT_FOUND",method="ModelInfer"} 1.0' in text
+    assert 'rr_session_cache_total{result="hit"} 2.0' in text
+    assert 'rr_session_cache_total{result="miss"} 1.0' in text
+    assert f"rr_upload_bytes_total {float(len(data))}" in text
+    assert 'rr_request_seconds_count{method="ModelInfer"} 4.0' in text
+
+
+def test_health_and_reflection(env):
+    _, stubs = env
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    for service in ("", "inference.GRPCInferenceService", "roadrunner.v1.SliceService"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    reflect = reflection_pb2_grpc.ServerReflectionStub(stubs.channel)
+    answer = next(
+        reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    )
+    names = {s.name for s in answer.list_services_response.service}
+    assert {
+        "inference.GRPCInferenceService",
+        "roadrunner.v1.NodeService",
+        "roadrunner.v1.ProfileService",
+        "roadrunner.v1.PredictionService",
+        "roadrunner.v1.SliceService",
+        "roadrunner.v1.EchoService",
+        "grpc.health.v1.Health",
+    } <= names
+
+
+def test_sixteen_clients_fifty_inferences_each(env):
+    server, stubs = env
+    data = conv_model(size=32)
+    slice_id = stubs.upload(data).slice_id
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def client(k: int) -> int:
+        own = Stubs.connect(server.address)  # a separate channel (HTTP/2 connection) per client
+        rng = np.random.default_rng(k)
+        errors = 0
+        try:
+            for _ in range(50):
+                x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+                try:
+                    out = codec.decode_infer_response(
+                        own.kserve.ModelInfer(codec.encode_infer_request(slice_id, {"x": x}), timeout=30)
+                    )["y"]
+                    if not np.allclose(out, reference.run(None, {"x": x})[0], atol=1e-4):
+                        errors += 1
+                except grpc.RpcError:
+                    errors += 1
+        finally:
+            own.close()
+        return errors
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(client, range(16))) == 0
+
+
+def test_graceful_stop_finishes_in_flight_calls(tmp_path):
+    server = start_server(tmp_path, drain_s=0.5)
+    stubs = Stubs.connect(server.address)
+    received = []
+
+    def slow_stream():
+        # a client-streaming upload still sending when the server is asked to stop
+        for _ in range(20):
+            time.sleep(0.05)
+            yield rr.SendRequest(payload=b"z" * 1000)
+
+    def call():
+        received.append(stubs.echo.Send(slow_stream(), timeout=20).received_bytes)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.3)
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
+    stopper.start()
+    time.sleep(0.2)  # inside the drain period: still answering, but NOT_SERVING
+    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    worker.join(20)
+    stopper.join(20)
+    assert received == [20_000]
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stubs.close()
+
+
+def test_stopped_server_refuses_new_calls(tmp_path):
+    server = start_server(tmp_path)
+    stubs = Stubs.connect(server.address)
+    assert stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+    server.stop(grace=0)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    stubs.close()

@@ -1,0 +1,224 @@
+"""NodeService, ProfileService and PredictionService in-process: registration, reports, predictions, cloud row."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+from _server_support import Stubs, conv_model, layer, report, sha256, start_server
+
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+
+SIGS = [f"sig{k:02d}" for k in range(6)]
+
+
+@pytest.fixture
+def env(tmp_path):
+    server = start_server(tmp_path)
+    stubs = Stubs.connect(server.address)
+    yield server, stubs
+    stubs.close()
+    server.stop(grace=1)
+
+
+def register(stubs: Stubs, node_id: str, cores: int = 4) -> rr.RegisterNodeResponse:
+    device = rr.DeviceDescriptor(cpu_model="test-cpu", cpu_cores=cores, ort_providers=["CPUExecutionProvider"])
+    return stubs.nodes.RegisterNode(
+        rr.RegisterNodeRequest(node_id=node_id, role=rr.NODE_ROLE_EDGE, device=device), timeout=5
+    )
+
+
+def features(k: int) -> dict:
+    return {
+        "ops": ["Conv", "Relu"] * (k + 1),
+        "flops": 10**6 * (k + 1),
+        "param_bytes": 1000 * (k + 1),
+        "input_bytes": 4096,
+        "output_bytes": 4096,
+    }
+
+
+def test_register_get_list_and_server_info(env):
+    server, stubs = env
+    first = register(stubs, "pi4")
+    assert first.created and first.node.node_id == "pi4" and first.node.device.cpu_cores == 4
+    again = register(stubs, "pi4", cores=8)
+    assert not again.created and again.node.device.cpu_cores == 8
+    assert again.node.registered_at == first.node.registered_at
+    got = stubs.nodes.GetNode(rr.GetNodeRequest(node_id="pi4"), timeout=5).node
+    assert got.role == rr.NODE_ROLE_EDGE and got.device.cpu_model == "test-cpu"
+    ids = {n.node_id for n in stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5).nodes}
+    assert ids == {"pi4", "cloud"}
+    info = stubs.nodes.GetServerInfo(rr.GetServerInfoRequest(), timeout=5)
+    assert info.cloud_node_id == "cloud" and info.providers[-1] == "CPUExecutionProvider"
+    assert info.max_message_bytes == server.config.max_message_bytes and info.max_slice_bytes > 0
+    cloud = stubs.nodes.GetNode(rr.GetNodeRequest(node_id="cloud"), timeout=5).node
+    assert cloud.role == rr.NODE_ROLE_CLOUD
+
+
+def test_register_errors(env):
+    _, stubs = env
+    for node_id, code in (
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+        ("a b", grpc.StatusCode.INVALID_ARGUMENT),
+        ("cloud", grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            register(stubs, node_id)
+        assert err.value.code() == code
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.nodes.GetNode(rr.GetNodeRequest(node_id="ghost"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_layer_report_measured_and_listed(env):
+    _, stubs = env
+    register(stubs, "pi4")
+    layers = [layer(s, 2.0 + k, energy_mj=10.0 + k, **features(k)) for k, s in enumerate(SIGS[:3])]
+    model = rr.ReportLayerProfilesRequest(
+        node_id="pi4", model=rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=12.0), sum_of_blocks_ms=9.0)
+    )
+    ack = stubs.profiles.ReportLayerProfiles(iter([*report("pi4", *layers), model]), timeout=10)
+    assert (ack.accepted_layers, ack.accepted_models) == (3, 1)
+    listed = stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="pi4"), timeout=5)
+    assert list(listed.signatures) == SIGS[:3]
+    answer = stubs.predictions.Predict(rr.PredictRequest(node_id="pi4", signatures=SIGS[:3]), timeout=5)
+    assert [p.latency_ms for p in answer.predictions] == [2.0, 3.0, 4.0]
+    assert [p.energy_mj for p in answer.predictions] == [10.0, 11.0, 12.0]
+    assert {p.latency_provenance for p in answer.predictions} == {rr.PROVENANCE_MEASURED}
+    assert {p.energy_source for p in answer.predictions} == {"rapl"}
+    assert math.isclose(answer.e2e_correction, 12.0 / 9.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        (layer("s", float("nan")), "latency median_ms"),
+        (layer("s", -1.0), "latency median_ms"),
+        (layer("s", 0.0), "latency median_ms"),
+        (layer("s", float("inf")), "latency median_ms"),
+        (layer("s", 1.0, energy_mj=-5.0), "energy_mj"),
+        (layer("s", 1.0, energy_mj=float("nan")), "energy_mj"),
+        (layer("", 1.0), "signature is empty"),
+        (layer("s", 1.0, flops=-3), "flops"),
+    ],
+    ids=["nan", "negative", "zero", "inf", "neg-energy", "nan-energy", "no-signature", "neg-flops"],
+)
+def test_bad_layer_report_rejected_whole(env, bad, fragment):
+    server, stubs = env
+    register(stubs, "pi4")
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("pi4", layer("good", 1.0), bad), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in err.value.details()
+    assert server.storage.count_measurements() == 0  # the good item of the same report is not stored either
+    ack = stubs.profiles.ReportLayerProfiles(report("pi4", layer("good", 1.0)), timeout=10)
+    assert ack.accepted_layers == 1
+
+
+def test_report_for_unregistered_node(env):
+    _, stubs = env
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("ghost", layer("s", 1.0)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "RegisterNode" in err.value.details()
+
+
+def test_network_profile_roundtrip_and_validation(env):
+    _, stubs = env
+    register(stubs, "pi4")
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.GetNetworkProfile(rr.GetNetworkProfileRequest(node_id="pi4"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    up = rr.DirectionProfile(
+        samples=[rr.NetworkSample(bytes=1024, ms=1.5, energy_mj=0.5), rr.NetworkSample(bytes=2**20, ms=15.0)],
+        chosen_model="affine",
+        poly4_error=0.2,
+        affine_error=0.1,
+        model_json='{"kind": "affine"}',
+    )
+    profile = rr.NetworkProfile(uplink=up, downlink=up, energy_source="model", measured_at=1.7e9)
+    stubs.profiles.ReportNetworkProfile(rr.ReportNetworkProfileRequest(node_id="pi4", profile=profile), timeout=5)
+    got = stubs.profiles.GetNetworkProfile(rr.GetNetworkProfileRequest(node_id="pi4"), timeout=5).profile
+    assert got == profile
+    bad = rr.NetworkProfile(uplink=rr.DirectionProfile(samples=[rr.NetworkSample(bytes=10, ms=float("nan"))]))
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportNetworkProfile(rr.ReportNetworkProfileRequest(node_id="pi4", profile=bad), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "uplink sample 0" in err.value.details()
+    assert stubs.profiles.GetNetworkProfile(rr.GetNetworkProfileRequest(node_id="pi4"), timeout=5).profile == profile
+
+
+def test_predictions_measured_predicted_cold_start_and_fold_in(env):
+    server, stubs = env
+    # Two nodes measure everything (node b twice as slow), node c measures half: the rest is predicted.
+    for node, factor in (("a", 1.0), ("b", 2.0)):
+        register(stubs, node)
+        layers = [
+            layer(s, factor * (1.0 + k), energy_mj=factor * 5.0 * (1 + k), **features(k))
+            for k, s in enumerate(SIGS[:4])
+        ]
+        stubs.profiles.ReportLayerProfiles(report(node, *layers), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    register(stubs, "c")
+    stubs.profiles.ReportLayerProfiles(
+        report("c", *[layer(s, 2.0 * (1.0 + k), energy_mj=10.0 * (1 + k)) for k, s in enumerate(SIGS[:2])]),
+        timeout=10,
+    )
+    assert server.predictor.wait_fresh(10)
+    cold_features = [rr.BlockFeatures()] * 4 + [rr.BlockFeatures(**features(4)), rr.BlockFeatures(**features(5))]
+    answer = stubs.predictions.Predict(
+        rr.PredictRequest(node_id="c", signatures=SIGS, features=cold_features), timeout=10
+    )
+    by_sig = {p.signature: p for p in answer.predictions}
+    assert [by_sig[s].latency_provenance for s in SIGS] == [rr.PROVENANCE_MEASURED] * 2 + [
+        rr.PROVENANCE_PREDICTED
+    ] * 2 + [rr.PROVENANCE_COLD_START] * 2
+    for p in answer.predictions:
+        assert p.latency_ms > 0 and math.isfinite(p.latency_ms)
+        assert p.energy_mj > 0 and p.energy_source == "rapl"
+    # c looks like b (twice as slow as a): its predictions for sig02/sig03 lean toward b's values (6, 8)
+    assert by_sig["sig02"].latency_ms > 3.0 and by_sig["sig03"].latency_ms > 4.0
+    assert answer.e2e_correction == 1.0
+
+
+def test_predict_errors(env):
+    _, stubs = env
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.predictions.Predict(rr.PredictRequest(node_id="ghost", signatures=["x"]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    register(stubs, "pi4")
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.predictions.Predict(rr.PredictRequest(node_id="pi4", signatures=["never-seen"]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "send their features" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.predictions.Predict(
+            rr.PredictRequest(node_id="pi4", signatures=["a", "b"], features=[rr.BlockFeatures()]), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_predictions_without_any_data_are_unspecified(env):
+    _, stubs = env
+    register(stubs, "pi4")
+    answer = stubs.predictions.Predict(
+        rr.PredictRequest(node_id="pi4", signatures=["s"], features=[rr.BlockFeatures(**features(1))]), timeout=5
+    )
+    (p,) = answer.predictions
+    assert p.latency_provenance == rr.PROVENANCE_UNSPECIFIED and p.latency_ms == 0.0
+
+
+def test_cloud_node_times_reported_slices(env):
+    server, stubs = env
+    register(stubs, "pi4")
+    block = conv_model(seed=5)
+    stubs.upload(block)
+    item = layer("convsig", 3.0, **features(0))
+    item.slice_id = sha256(block)
+    stubs.profiles.ReportLayerProfiles(report("pi4", item), timeout=10)
+    assert server.cloud_profiler.wait_idle(30)
+    listed = stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="cloud"), timeout=5)
+    assert list(listed.signatures) == ["convsig"]
+    (m,) = server.storage.latest_measurements("cloud")
+    assert m.source == "cloud-profiler" and m.latency_ms > 0 and m.samples >= 3
+    answer = stubs.predictions.Predict(rr.PredictRequest(node_id="cloud", signatures=["convsig"]), timeout=5)
+    assert answer.predictions[0].latency_provenance == rr.PROVENANCE_MEASURED

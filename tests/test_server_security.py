@@ -1,0 +1,172 @@
+"""Bearer tokens (UNAUTHENTICATED / PERMISSION_DENIED), TLS and mutual TLS with certificates made at test time."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from _server_support import Stubs, layer, report, start_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rr_proto.inference import grpc_service_pb2 as pb
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server import TlsConfig
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+@pytest.fixture
+def env(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# node token\nalice tok-alice\nbob tok-bob\n")
+    server = start_server(tmp_path / "data", auth_token_file=tokens)
+    stubs = Stubs.connect(server.address)
+    yield server, stubs
+    stubs.close()
+    server.stop(grace=1)
+
+
+def test_missing_or_invalid_token_is_unauthenticated(env):
+    _, stubs = env
+    for metadata in (None, bearer("wrong"), [("authorization", "Basic abc")]):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5, metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5, metadata=bearer("tok-bob")).nodes
+
+
+def test_health_is_open_without_token(env):
+    _, stubs = env
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_node_writes_only_its_own_reports(env):
+    server, stubs = env
+    alice = bearer("tok-alice")
+    stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="alice"), timeout=5, metadata=alice)
+    stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="bob"), timeout=5, metadata=bearer("tok-bob"))
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="bob"), timeout=5, metadata=alice)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("bob", layer("s", 1.0)), timeout=5, metadata=alice)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "'alice'" in err.value.details() and "'bob'" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportNetworkProfile(
+            rr.ReportNetworkProfileRequest(node_id="bob", profile=rr.NetworkProfile()), timeout=5, metadata=alice
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert server.storage.count_measurements() == 0
+    ack = stubs.profiles.ReportLayerProfiles(report("alice", layer("s", 1.0)), timeout=5, metadata=alice)
+    assert ack.accepted_layers == 1
+    # reading is allowed to any authenticated node
+    listed = stubs.profiles.ListMeasuredSignatures(
+        rr.ListMeasuredSignaturesRequest(node_id="alice"), timeout=5, metadata=bearer("tok-bob")
+    )
+    assert list(listed.signatures) == ["s"]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all signed by the CA."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rr-test-ca",
+        cwd=d,
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            cwd=d,
+        )
+    return d
+
+
+def test_tls(tmp_path, pki):
+    server = start_server(tmp_path, tls=TlsConfig(pki / "server.pem", pki / "server.key"))
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
+        stubs = Stubs.connect(server.address, creds)
+        assert stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        stubs.close()
+        plain = Stubs.connect(server.address)
+        with pytest.raises(grpc.RpcError) as err:
+            plain.kserve.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        plain.close()
+    finally:
+        server.stop(grace=1)
+
+
+def test_mutual_tls(tmp_path, pki):
+    server = start_server(tmp_path, tls=TlsConfig(pki / "server.pem", pki / "server.key", pki / "ca.pem"))
+    try:
+        ca = (pki / "ca.pem").read_bytes()
+        with_cert = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(pki / "client.key").read_bytes(),
+            certificate_chain=(pki / "client.pem").read_bytes(),
+        )
+        stubs = Stubs.connect(server.address, with_cert)
+        assert stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        stubs.close()
+        without = Stubs.connect(server.address, grpc.ssl_channel_credentials(root_certificates=ca))
+        with pytest.raises(grpc.RpcError) as err:
+            without.kserve.ServerLive(pb.ServerLiveRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        without.close()
+    finally:
+        server.stop(grace=1)

@@ -1,0 +1,159 @@
+"""SliceService: chunked upload verified by SHA-256, idempotent, and the untrusted-ONNX bad-input suite."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from _server_support import IR_VERSION, Stubs, conv_model, sha256, start_server, stored_slice_files, upload_requests
+from onnx import TensorProto, helper
+
+from rr_proto import codec
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+
+
+@pytest.fixture
+def env(tmp_path):
+    server = start_server(tmp_path, max_slice_bytes=256 * 1024)
+    stubs = Stubs.connect(server.address)
+    yield server, stubs, tmp_path
+    stubs.close()
+    server.stop(grace=1)
+
+
+def external_data_model() -> bytes:
+    """An initializer whose data lives 'outside' the model, at ../../etc/passwd."""
+    w = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "ext", [x], [y], initializer=[w])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION
+    ).SerializeToString()
+
+
+def custom_domain_model() -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    node = helper.make_node("Pwn", ["x"], ["y"], domain="com.evil.ops")
+    graph = helper.make_graph([node], "custom", [x], [y])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.evil.ops", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION).SerializeToString()
+
+
+def checker_failure_model() -> bytes:
+    """Parses, standard domain, but invalid: Relu with two inputs."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x", "x"], ["y"])], "bad", [x], [y])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION
+    ).SerializeToString()
+
+
+def test_upload_status_and_idempotence(env):
+    server, stubs, data_dir = env
+    data = conv_model()
+    slice_id = sha256(data)
+    status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=slice_id), timeout=5)
+    assert not status.cached and not status.loaded
+    first = stubs.upload(data)
+    assert (first.slice_id, first.cached, first.bytes) == (slice_id, False, len(data))
+    again = stubs.upload(data)
+    assert (again.cached, again.bytes) == (True, len(data))
+    status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=slice_id), timeout=5)
+    assert status.cached and status.bytes == len(data) and not status.loaded
+    stubs.kserve.ModelInfer(codec.encode_infer_request(slice_id, {"x": np.zeros((1, 3, 8, 8), np.float32)}), timeout=10)
+    assert stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=slice_id), timeout=5).loaded
+    assert [p.name for p in stored_slice_files(data_dir)] == [f"{slice_id}.onnx"]
+    assert (data_dir / "slices" / f"{slice_id}.onnx").read_bytes() == data
+
+
+def test_header_only_cached_upload_needs_no_chunks(env):
+    _, stubs, _ = env
+    data = conv_model(seed=3)
+    stubs.upload(data)
+    header_only = iter([rr.UploadSliceRequest(header=rr.SliceHeader(slice_id=sha256(data), size_bytes=len(data)))])
+    assert stubs.slices.UploadSlice(header_only, timeout=5).cached
+
+
+def _bad_uploads():
+    good = conv_model(seed=7)
+    garbage = np.random.default_rng(0).bytes(5000)
+    return {
+        "garbage": (upload_requests(garbage), grpc.StatusCode.INVALID_ARGUMENT, "not an ONNX model"),
+        "external-data": (upload_requests(external_data_model()), grpc.StatusCode.INVALID_ARGUMENT, "external data"),
+        "custom-domain": (upload_requests(custom_domain_model()), grpc.StatusCode.INVALID_ARGUMENT, "com.evil.ops"),
+        "checker": (upload_requests(checker_failure_model()), grpc.StatusCode.INVALID_ARGUMENT, "onnx.checker"),
+        "size-lie-short": (
+            upload_requests(good, size=len(good) + 10),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "declared",
+        ),
+        "size-lie-long": (upload_requests(good, size=len(good) - 10), grpc.StatusCode.INVALID_ARGUMENT, "declared"),
+        "sha-mismatch": (
+            upload_requests(good, slice_id=sha256(good + b"x")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SHA-256 mismatch",
+        ),
+        "bad-id": (upload_requests(good, slice_id="ABC"), grpc.StatusCode.INVALID_ARGUMENT, "64 lowercase hex"),
+        "too-big": (
+            upload_requests(good, size=10 * 1024 * 1024),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "exceeds",
+        ),
+        "no-header": (
+            iter([rr.UploadSliceRequest(chunk=good)]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "starts with a SliceHeader",
+        ),
+        "empty": (iter([]), grpc.StatusCode.INVALID_ARGUMENT, "starts with a SliceHeader"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_uploads()))
+def test_bad_upload_is_rejected_and_nothing_stored(env, case):
+    _, stubs, data_dir = env
+    requests, code, fragment = _bad_uploads()[case]
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.slices.UploadSlice(requests, timeout=10)
+    assert err.value.code() == code, err.value.details()
+    assert fragment in err.value.details()
+    assert stored_slice_files(data_dir) == []
+    # the next good request is answered
+    good = conv_model(seed=11)
+    assert not stubs.upload(good).cached
+    assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(good)]
+
+
+def test_validation_also_refuses_external_data_in_subgraph():
+    from rr_server.errors import InvalidArgument
+    from rr_server.slices import validate_onnx
+
+    ext = onnx.load_from_string(external_data_model())
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    then_branch = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])],
+        initializer=list(ext.graph.initializer),
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["w2"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4])],
+        initializer=[helper.make_tensor("w2", TensorProto.FLOAT, [4], [0, 0, 0, 0])],
+    )
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)
+    graph = helper.make_graph([node], "if", [cond], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    with pytest.raises(InvalidArgument, match="external data"):
+        validate_onnx(model.SerializeToString())

@@ -1,0 +1,230 @@
+"""The emulated testbed: up builds namespaces, shaped links and cgroups; exec lands in both; down leaves nothing.
+
+Needs root and ``ip netns``; uses its own prefix (``rrt``) and state dir so a running testbed is not disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tools.testbed
+from tools.testbed import TestbedConfig, cgroups, netns
+from tools.testbed.classes import CLASSES_JSON, load_classes
+from tools.testbed.config import DEFAULT_PERIOD_US
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "rrt"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "testbed needs root (network namespaces, tc, cgroups)"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "ip/tc not installed (Debian package iproute2)"
+    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
+        return "`ip netns` unavailable"
+    try:
+        cgroups.detect()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable cgroup cpu controller
+        return f"no cgroup cpu controller: {exc}"
+    return None
+
+
+needs_root = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def cli(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "tools.testbed", "--prefix", PREFIX, "--state-dir", str(state_dir), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def leftovers(cfg: TestbedConfig) -> list[str]:
+    """Everything named after the prefix that still exists: namespaces, root-ns links, cgroup dirs, qdiscs."""
+    found = [f"netns:{n}" for n in netns.list_netns(cfg.prefix)]
+    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
+    found += [f"link:{x['ifname']}" for x in links if x["ifname"].startswith(cfg.prefix)]
+    qdiscs = json.loads(subprocess.run(["tc", "-j", "qdisc", "show"], capture_output=True, text=True).stdout or "[]")
+    found += [f"qdisc:{q['dev']}" for q in qdiscs if str(q.get("dev", "")).startswith(cfg.prefix)]
+    parent = cgroups.detect().root / cfg.cgroup_parent
+    if parent.exists():
+        found.append(f"cgroup:{parent}")
+    return found
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):
+    c = TestbedConfig(prefix=PREFIX, state_dir=str(tmp_path / "state"))
+    yield c
+    cli(tmp_path / "state", "down", check=False)  # never leave anything behind, whatever happened
+
+
+RECEIVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 0)); s.listen(1); print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); n = 0
+while (b := c.recv(1 << 16)):
+    n += len(b)
+print(n, flush=True)
+"""
+
+SENDER = """
+import os, socket
+host, port = os.environ["RR_SERVER"].rsplit(":", 1)
+with socket.create_connection((host, int(port)), timeout=10) as c:
+    c.sendall(b"x" * (4 << 20))
+"""
+
+
+@needs_root
+def test_up_exec_transfer_down(cfg: TestbedConfig) -> None:
+    state_dir = Path(cfg.state_dir)
+    data = json.loads(cli(state_dir, "up").stdout)
+    again = json.loads(cli(state_dir, "up").stdout)  # idempotent
+    assert data["devices"] == again["devices"]
+
+    classes = load_classes()
+    edges = [n for n, c in classes.items() if not c.is_server]
+    assert {"emu-nano", "emu-tx1", "emu-nx", "emu-agx", "server"} <= set(data["devices"])
+
+    st = json.loads(cli(state_dir, "status").stdout)
+    live = st["live"]
+    assert set(live["netns"]) == {cfg.netns(n) for n in classes}
+    server_tbf = {q["dev"] for q in live["netns"][cfg.netns("server")]["tbf"]}
+    assert server_tbf == {cfg.server_if(classes[n].short) for n in edges}
+    for name in edges:
+        tbf = live["netns"][cfg.netns(name)]["tbf"]
+        assert [(q["dev"], q["rate_bps"]) for q in tbf] == [(cfg.edge_if, 640_000_000 // 8)]
+        cg = live["cgroups"][name]
+        assert cg["period_us"] == cfg.period_us
+        quota = classes[name].cpu_quota
+        assert quota is not None and cg["quota_us"] == round(quota * cfg.period_us)
+    assert live["cgroups"]["server"]["quota_us"] is None
+
+    # exec: the process runs in the device's cgroup and namespace, with the documented environment
+    out = cli(state_dir, "exec", "emu-nano", "--", sys.executable, "-c",
+              "import json,os,socket; print(json.dumps({'cg': open('/proc/self/cgroup').read(),"
+              " 'env': {k: v for k, v in os.environ.items() if k.startswith(('RR_', 'OMP_'))},"
+              " 'ns': os.readlink('/proc/self/ns/net')}))").stdout  # fmt: skip
+    seen = json.loads(out)
+    assert f"/{cfg.cgroup_parent}/emu-nano" in seen["cg"]
+    assert seen["ns"] != os.readlink("/proc/self/ns/net")
+    assert seen["env"]["RR_DEVICE_CLASS"] == "emu-nano"
+    assert seen["env"]["RR_THREADS"] == seen["env"]["OMP_NUM_THREADS"] == str(classes["emu-nano"].threads)
+    assert seen["env"]["RR_SERVER"] == f"{cfg.server_addr}:50051"
+
+    # TCP over the shaped link: edge namespace -> server namespace
+    rx = subprocess.Popen(["ip", "netns", "exec", cfg.netns("server"), sys.executable, "-c", RECEIVER,
+                           cfg.server_addr], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert rx.stdout is not None
+        port = rx.stdout.readline().strip()
+        cli(state_dir, "exec", "emu-agx", "--port", port, "--", sys.executable, "-c", SENDER)
+        assert int(rx.stdout.readline()) == 4 << 20
+    finally:
+        rx.kill()
+        rx.wait()
+
+    # down while a process still lives inside a namespace: it is stopped and nothing remains
+    lingering = subprocess.Popen(["ip", "netns", "exec", cfg.netns("emu-nx"), "sleep", "60"])
+    removed = json.loads(cli(state_dir, "down").stdout)["removed"]
+    assert lingering.wait(timeout=10) != 0
+    assert f"netns:{cfg.netns('server')}" in removed
+    assert leftovers(cfg) == []
+    assert not Path(cfg.state_file).exists()
+    assert json.loads(cli(state_dir, "down").stdout)["removed"] == []  # down twice is fine
+
+
+@needs_root
+def test_down_after_crash_half_way(cfg: TestbedConfig) -> None:
+    """A crash mid-`up` (namespace made, veth pair never moved, cgroup made, no state file) is still cleaned up."""
+    state_dir = Path(cfg.state_dir)
+    netns.ensure_netns(cfg.netns("server"))
+    netns.ensure_netns(cfg.netns("emu-nano"))
+    subprocess.run(["ip", "link", "add", cfg.server_if("nano"), "type", "veth", "peer", "name",
+                    cfg.edge_if_root("nano")], check=True)  # fmt: skip
+    subprocess.run(["tc", "qdisc", "add", "dev", cfg.server_if("nano"), "root", "tbf", "rate", "640mbit",
+                    "burst", "256kb", "latency", "50ms"], check=True)  # fmt: skip
+    cgroups.ensure(cgroups.detect(), cfg.cgroup_parent, "emu-nano", 0.1, cfg.period_us)
+    assert not Path(cfg.state_file).exists()
+    assert len(leftovers(cfg)) >= 5
+
+    # `up` repairs the half-built testbed ...
+    cli(state_dir, "up", "--classes", "emu-nano")
+    st = json.loads(cli(state_dir, "status").stdout)["live"]
+    assert set(st["netns"]) == {cfg.netns("server"), cfg.netns("emu-nano")}
+    assert [q["dev"] for q in st["netns"][cfg.netns("emu-nano")]["tbf"]] == [cfg.edge_if]
+
+    # ... and a fresh crash residue next to it is removed by `down` all the same
+    subprocess.run(["ip", "link", "add", cfg.server_if("tx1"), "type", "veth", "peer", "name",
+                    cfg.edge_if_root("tx1")], check=True)  # fmt: skip
+    Path(cfg.state_file).unlink()
+    cli(state_dir, "down")
+    assert leftovers(cfg) == []
+
+
+@needs_root
+def test_unknown_device_is_a_clear_error(cfg: TestbedConfig) -> None:
+    state_dir = Path(cfg.state_dir)
+    proc = cli(state_dir, "exec", "emu-nano", "--", "true", check=False)
+    assert proc.returncode == 1 and "not up" in proc.stderr
+    cli(state_dir, "up", "--classes", "emu-agx")
+    proc = cli(state_dir, "exec", "emu-nano", "--", "true", check=False)
+    assert proc.returncode == 1 and "emu-nano" in proc.stderr
+    proc = cli(state_dir, "up", "--classes", "emu-bogus", check=False)
+    assert proc.returncode == 1 and "unknown device class" in proc.stderr
+
+
+def test_class_table_is_complete_and_ordered() -> None:
+    """Quotas follow the CPU scores, fit the kernel minimum at the default period, every class declares power."""
+    raw = json.loads(CLASSES_JSON.read_text())
+    classes = load_classes()
+    assert [c["name"] for c in raw["classes"]] == list(classes)
+    edges = [c for c in classes.values() if not c.is_server]
+    assert [c.name for c in edges] == ["emu-nano", "emu-tx1", "emu-nx", "emu-agx"]
+    assert classes["server"].cpu_quota is None
+    nano_quota, nano_score = edges[0].cpu_quota, edges[0].cpu_score
+    assert nano_quota is not None and nano_score is not None
+    for c in edges:
+        assert c.cpu_quota is not None and c.cpu_score is not None
+        assert (cgroups.quota_us(c.cpu_quota, DEFAULT_PERIOD_US) or 0) >= cgroups.MIN_QUOTA_US
+        assert c.cpu_quota / nano_quota == pytest.approx(c.cpu_score / nano_score, rel=0.02)
+    for c in classes.values():
+        p = c.power
+        assert p.source == "modelled" and p.active_w > p.idle_w > 0 and p.net_tx_w > 0 and p.net_rx_w > 0
+    assert len({c.short for c in classes.values()}) == len(classes)
+
+
+def test_cgroup_v2_files(tmp_path: Path) -> None:
+    """cgroup v2 (cpu.max, subtree_control) on a stand-in directory tree: no root needed."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    (tmp_path / "roadrunner").mkdir()
+    (tmp_path / "roadrunner" / "cgroup.subtree_control").write_text("")
+    h = cgroups.detect(tmp_path)
+    assert h.version == 2
+    path = cgroups.ensure(h, "roadrunner", "emu-nx", 0.235, 10_000)
+    assert (path / "cpu.max").read_text() == "2350 10000"
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"
+    assert cgroups.read_limits(h, path) == {"quota_us": 2350, "period_us": 10_000}
+    cgroups.set_weight(h, "roadrunner", 8192)
+    assert (tmp_path / "roadrunner" / "cpu.weight").read_text() == "800"
+    server = cgroups.ensure(h, "roadrunner", "server", None, 10_000)
+    assert cgroups.read_limits(h, server) == {"quota_us": None, "period_us": 10_000}
+    with pytest.raises(tools.testbed.TestbedError, match="kernel minimum"):
+        cgroups.quota_us(0.05, 10_000)
+
+
+def test_public_surface() -> None:
+    assert sorted(tools.testbed.__all__) == sorted(n for n in tools.testbed.__all__ if hasattr(tools.testbed, n))

@@ -1,0 +1,262 @@
+"""Benchmark: tensor transport of rr-server's ModelInfer vs a raw TCP socket echo (issue 8; docs/performance.md).
+
+    python tools/bench_transport.py [--sizes-mb 1,4,16,64] [--repeat 7] [--tiny-repeat 300]
+
+One run, loopback, everything measured against a baseline in the same run:
+* `socket`: a raw TCP echo (length-prefixed bytes, sendall/recv_into) in a separate process: the floor.
+* `grpc_bytes`: a bare gRPC unary echo of the same bytes (generic handler, no protobuf), tuned options.
+* `model_infer_*`: rr-server (subprocess, `python -m rr_server.cli`) running an Identity slice on an FP32 tensor of
+  the same size via ModelInfer (raw contents), round trip including the client's encoding and decoding:
+  `codec` = the client builds/reads protobuf objects (rr_proto.codec, what generic clients do); `wire` = the
+  zero-copy framing of rr_server.wire; `wire_default_options` = the same with grpcio's default channel options
+  (only the message limits raised) instead of `rr_server.grpc_options`.
+Methods are measured round robin within each repetition (this machine is shared and noisy); median round trip per
+size; `ratio_vs_socket` = socket RTT / method RTT (1.0 = as fast as the raw socket).
+Per-call overhead: median RTT of a 4-byte tensor via ModelInfer vs a bare gRPC unary call and the socket.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+from rr_proto import codec  # noqa: E402
+from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc  # noqa: E402
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
+from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
+from rr_server import grpc_options, wire  # noqa: E402
+
+MB = 1024 * 1024
+MAX_MESSAGE = 256 * MB
+_ECHO_METHOD = "/bench.Echo/Echo"
+_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def identity_slice() -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+# -- raw socket echo ---------------------------------------------------------------------------------------------
+
+
+def serve_socket(port_file: Path) -> None:
+    """Echo server: each message is an 8-byte length followed by that many bytes, sent back unchanged."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port_file.write_text(str(listener.getsockname()[1]))
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        while True:
+            head = _recv_exact(conn, 8, bytearray(8))
+            if head is None:
+                break
+            (n,) = struct.unpack("<Q", head)
+            if len(buf) < n:
+                buf = bytearray(n)
+            view = memoryview(buf)[:n]
+            if _recv_exact(conn, n, view) is None:
+                break
+            conn.sendall(head)
+            conn.sendall(view)
+        conn.close()
+
+
+def _recv_exact(conn: socket.socket, n: int, into) -> bytes | None:
+    view = memoryview(into)
+    got = 0
+    while got < n:
+        k = conn.recv_into(view[got:], n - got)
+        if k == 0:
+            return None
+        got += k
+    return bytes(into[:8]) if n == 8 else b""
+
+
+def _socket_roundtrip(conn: socket.socket, payload: bytes, back: bytearray) -> None:
+    conn.sendall(struct.pack("<Q", len(payload)))
+    conn.sendall(payload)
+    _recv_exact(conn, 8, bytearray(8))
+    _recv_exact(conn, len(payload), back)
+
+
+def socket_rtt(port: int, payload: bytes, repeat: int) -> list[float]:
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = bytearray(len(payload))
+    times = timed(lambda: _socket_roundtrip(conn, payload, back), repeat)
+    conn.close()
+    return times
+
+
+# -- bare gRPC bytes echo ----------------------------------------------------------------------------------------
+
+
+def start_grpc_echo() -> tuple[grpc.Server, int]:
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=grpc_options(MAX_MESSAGE))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def timed(call, repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times[1:]
+
+
+def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port_file = data_dir / "port"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "d"),
+         "--port-file", str(port_file), "--log-level", "WARNING", "--providers", "cpu"],
+        env=env, cwd=REPO,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("rr-server did not start")
+        time.sleep(0.05)
+    return proc, port_file.read_text().strip()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes-mb", default="1,4,16,64")
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--tiny-repeat", type=int, default=300)
+    p.add_argument("--serve-socket", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_socket:
+        serve_socket(args.serve_socket)
+        return 0
+
+    sizes = [float(s) for s in args.sizes_mb.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="rr-bench-transport-"))
+    sock_proc = subprocess.Popen([sys.executable, __file__, "--serve-socket", str(tmp / "sock.port")])
+    server_proc, address = start_rr_server(tmp)
+    echo_server, echo_port = start_grpc_echo()
+    try:
+        while not (tmp / "sock.port").exists():
+            time.sleep(0.05)
+        sock_port = int((tmp / "sock.port").read_text())
+        sock_conn = socket.create_connection(("127.0.0.1", sock_port))
+        sock_conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def socket_call(payload: bytes) -> None:
+            _socket_roundtrip(sock_conn, payload, bytearray(len(payload)))
+
+        tuned = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE))
+        default = grpc.insecure_channel(
+            address,
+            options=[("grpc.max_send_message_length", MAX_MESSAGE + MB), ("grpc.max_receive_message_length", MAX_MESSAGE + MB)],
+        )  # fmt: skip
+        echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(MAX_MESSAGE))
+        echo = echo_channel.unary_unary(_ECHO_METHOD)
+        data = identity_slice()
+        slice_id = hashlib.sha256(data).hexdigest()
+        rr_grpc.SliceServiceStub(tuned).UploadSlice(
+            iter([rr.UploadSliceRequest(header=rr.SliceHeader(slice_id=slice_id, size_bytes=len(data))),
+                  rr.UploadSliceRequest(chunk=data)]),
+            timeout=30,
+        )  # fmt: skip
+        kserve_tuned = kserve_grpc.GRPCInferenceServiceStub(tuned)
+        wire_tuned = tuned.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
+        wire_default = default.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
+
+        rows = []
+        for size in sizes:
+            n = int(size * MB) // 4
+            x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+            payload = x.tobytes()
+            methods = {
+                "socket": lambda: socket_call(payload),
+                "grpc_bytes": lambda: echo(payload, timeout=60),
+                "model_infer_codec": lambda: codec.decode_infer_response(
+                    kserve_tuned.ModelInfer(codec.encode_infer_request(slice_id, {"x": x}), timeout=60)
+                ),
+                "model_infer_wire": lambda: wire_tuned(wire.serialize_infer_request(slice_id, {"x": x}), timeout=60),
+                "model_infer_wire_default_options": lambda: wire_default(
+                    wire.serialize_infer_request(slice_id, {"x": x}), timeout=60
+                ),
+            }
+            times: dict[str, list[float]] = {name: [] for name in methods}
+            for _ in range(args.repeat + 1):  # round robin, so load changes hit every method alike
+                for name, call in methods.items():
+                    t0 = time.perf_counter()
+                    call()
+                    times[name].append(time.perf_counter() - t0)
+            row: dict = {"mb": size, "bytes": len(payload)}
+            for name, values in times.items():
+                row[f"{name}_ms"] = 1e3 * statistics.median(values[1:])
+            for name in methods:
+                if name != "socket":
+                    row[f"{name}_ratio_vs_socket"] = row["socket_ms"] / row[f"{name}_ms"]
+            rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+
+        tiny = np.zeros(1, np.float32)
+        tiny_request = codec.encode_infer_request(slice_id, {"x": tiny})
+        tiny_wire = wire.serialize_infer_request(slice_id, {"x": tiny})
+        overhead = {
+            "socket_us": 1e6 * statistics.median(socket_rtt(sock_port, tiny.tobytes(), args.tiny_repeat)),
+            "grpc_unary_us": 1e6 * statistics.median(timed(lambda: echo(b"1234", timeout=10), args.tiny_repeat)),
+            "model_infer_us": 1e6
+            * statistics.median(timed(lambda: kserve_tuned.ModelInfer(tiny_request, timeout=10), args.tiny_repeat)),
+            "model_infer_wire_us": 1e6
+            * statistics.median(timed(lambda: wire_tuned(tiny_wire, timeout=10), args.tiny_repeat)),
+        }
+        overhead["model_infer_minus_grpc_unary_us"] = overhead["model_infer_us"] - overhead["grpc_unary_us"]
+        result = {
+            "benchmark": "transport",
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__},
+            "link": "loopback",
+            "repeat": args.repeat,
+            "sizes": rows,
+            "tiny_tensor": {k: round(v, 1) for k, v in overhead.items()},
+        }
+        print(json.dumps(result, indent=2))
+        return 0
+    finally:
+        echo_server.stop(0)
+        server_proc.terminate()
+        server_proc.wait(30)
+        sock_proc.kill()
+        sock_proc.wait(10)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Evaluation protocols (train / test splits) and error metrics for cf_eval. Metrics use held-out entries only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from tools import cf_methods
+from tools.cf_data import Matrix
+
+HOLDOUT_FRACTION = 0.2  # share of rows (new-row) or columns (cold-col) held out per seed
+REVEALS = (1, 3, 5, 10)
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    err = np.log(pred) - np.log(truth)
+    ape = np.abs(pred / truth - 1.0)
+    return {
+        "log_rmse": float(np.sqrt(np.mean(err**2))),
+        "mape": float(100 * np.mean(ape)),
+        "median_ape": float(100 * np.median(ape)),
+        "within10": float(100 * np.mean(ape <= 0.10)),
+    }
+
+
+def _sample(mask: np.ndarray, fill: float, rng: np.random.Generator) -> np.ndarray:
+    """Keep a random fraction ``fill`` of the True entries of mask."""
+    idx = np.flatnonzero(mask)
+    keep = rng.permutation(idx)[: max(1, int(round(fill * idx.size)))]
+    out = np.zeros_like(mask)
+    out[keep] = True
+    return out
+
+
+def _fit(method, m: Matrix, train: np.ndarray, n_rows: int, rows: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    method.fit(rows[train], m.cols[train], m.values[train], n_rows, m.n_cols, m.features)
+    return time.perf_counter() - t0
+
+
+def random_fill(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    train = _sample(np.ones(m.size, dtype=bool), fill, rng)
+    test = ~train
+    out = {}
+    for name in names:
+        method = cf_methods.make(name, seed)
+        fit_s = _fit(method, m, train, m.n_rows, m.rows)
+        out[name] = {**metrics(method.predict(m.rows[test], m.cols[test]), m.values[test]), "fit_s": fit_s}
+    return out
+
+
+def cold_col(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    n_hold = max(1, int(round(HOLDOUT_FRACTION * m.n_cols)))
+    held = np.zeros(m.n_cols, dtype=bool)
+    held[rng.choice(m.n_cols, n_hold, replace=False)] = True
+    test = held[m.cols]
+    train = _sample(~test, fill, rng)
+    out = {}
+    for name in names:
+        method = cf_methods.make(name, seed)
+        fit_s = _fit(method, m, train, m.n_rows, m.rows)
+        out[name] = {**metrics(method.predict(m.rows[test], m.cols[test]), m.values[test]), "fit_s": fit_s}
+    return out
+
+
+def new_row(
+    m: Matrix, names: Iterable[str], fill: float, seed: int, reveals: tuple[int, ...] = REVEALS
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Hold out whole rows; the others are sampled at ``fill``; each held row is folded in from n revealed entries
+    and scored on its entries beyond the largest n (the same test entries for every n)."""
+    rng = np.random.default_rng(seed)
+    n_hold = max(1, int(round(HOLDOUT_FRACTION * m.n_rows)))
+    held_rows = np.sort(rng.choice(m.n_rows, n_hold, replace=False))
+    is_held = np.isin(m.rows, held_rows)
+    train = _sample(~is_held, fill, rng)
+    remap = np.full(m.n_rows, -1, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(m.n_rows), held_rows)
+    remap[kept] = np.arange(kept.size)
+    order = {r: rng.permutation(np.flatnonzero(m.rows == r)) for r in held_rows}
+    top = max(reveals)
+    result: dict[int, dict[str, dict[str, float]]] = {n: {} for n in reveals}
+    for name in names:
+        method = cf_methods.make(name, seed)
+        fit_s = _fit(method, m, train, kept.size, remap[m.rows])
+        for n in reveals:
+            preds, truths, fold_s = [], [], 0.0
+            for r in held_rows:
+                entries = order[r]
+                if entries.size <= top:
+                    continue  # too few entries to reveal and still test
+                shown, test = entries[:n], entries[top:]
+                t0 = time.perf_counter()
+                new = method.fold_in(m.cols[shown], m.values[shown])
+                fold_s += time.perf_counter() - t0
+                preds.append(method.predict(np.full(test.size, new), m.cols[test]))
+                truths.append(m.values[test])
+            if not preds:  # no held row has more than max(reveals) entries
+                result[n][name] = {k: float("nan") for k in ("log_rmse", "mape", "median_ape", "within10")}
+                result[n][name].update(fit_s=fit_s, fold_in_ms=float("nan"))
+                continue
+            scored = metrics(np.concatenate(preds), np.concatenate(truths))
+            result[n][name] = {**scored, "fit_s": fit_s, "fold_in_ms": 1000 * fold_s / len(preds)}
+    return result
