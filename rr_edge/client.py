@@ -6,7 +6,8 @@
         outputs = client.infer(slice_id, {"input": x})
 
 Every call has a deadline: the `timeout_s` argument when given, else `ClientOptions.timeout_s` plus, for
-transfers, the time their bytes take at `ClientOptions.min_bandwidth_bytes_per_s`. Errors, all raised `from None` by one helper (`_rpc`):
+transfers, the time their bytes take at `ClientOptions.min_bandwidth_bytes_per_s`. Errors, all raised `from None`
+by one helper (`_rpc`):
 
     grpc.RpcError
     ├── UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED  ->  rr_edge.errors.ServerUnavailable(code)
@@ -212,9 +213,7 @@ class Client:
             self._channel = grpc.secure_channel(self.address, opts.tls.credentials(), options=overrides)
         else:
             self._channel = grpc.insecure_channel(self.address, options=opts.channel_options())
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
-        )
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
         self._nodes = rgrpc.NodeServiceStub(self._channel)
         self._profiles = rgrpc.ProfileServiceStub(self._channel)
         self._predictions = rgrpc.PredictionServiceStub(self._channel)
@@ -337,7 +336,9 @@ class Client:
         """The node's stored network profile, or None when it has none."""
         try:
             with self._rpc("GetNetworkProfile"):
-                r = self._profiles.GetNetworkProfile(pb.GetNetworkProfileRequest(node_id=node_id), **self._kw(timeout_s))
+                r = self._profiles.GetNetworkProfile(
+                    pb.GetNetworkProfileRequest(node_id=node_id), **self._kw(timeout_s)
+                )
         except ServerError as exc:
             if exc.code == "NOT_FOUND":
                 return None
@@ -652,9 +653,7 @@ def _network_pb(p: NetworkProfile) -> pb.NetworkProfile:
 
 
 def _direction_from_pb(d: pb.DirectionProfile) -> DirectionProfile:
-    samples = tuple(
-        NetworkSample(s.bytes, s.ms, s.energy_mj if s.HasField("energy_mj") else None) for s in d.samples
-    )
+    samples = tuple(NetworkSample(s.bytes, s.ms, s.energy_mj if s.HasField("energy_mj") else None) for s in d.samples)
     try:
         model = json.loads(d.model_json) if d.model_json else {}
     except ValueError:
@@ -663,6 +662,4 @@ def _direction_from_pb(d: pb.DirectionProfile) -> DirectionProfile:
 
 
 def _network_from_pb(p: pb.NetworkProfile) -> NetworkProfile:
-    return NetworkProfile(
-        _direction_from_pb(p.uplink), _direction_from_pb(p.downlink), p.energy_source, p.measured_at
-    )
+    return NetworkProfile(_direction_from_pb(p.uplink), _direction_from_pb(p.downlink), p.energy_source, p.measured_at)

@@ -73,9 +73,10 @@ def memory_bytes() -> int:
     for line in _read("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
             total = int(line.split()[1]) * 1024
-            limit = _read("/sys/fs/cgroup/memory.max").strip() or _read(
-                "/sys/fs/cgroup/memory/memory.limit_in_bytes"
-            ).strip()
+            limit = (
+                _read("/sys/fs/cgroup/memory.max").strip()
+                or _read("/sys/fs/cgroup/memory/memory.limit_in_bytes").strip()
+            )
             if limit.isdigit() and 0 < int(limit) < total:
                 return int(limit)
             return total

@@ -86,6 +86,25 @@ class NetworkModel:
             return None
         return self.coeffs[0] * self.drift, self.coeffs[1] * self.drift
 
+    def affine_lower_bound(self) -> tuple[float, float]:
+        """(a, b) with a + b * bytes <= predict_ms(bytes) for every bytes >= 0 (equal for an affine model).
+
+        For a polynomial, b is the extrapolation slope and a the exact minimum of base(x) - b x: constant outside
+        the profiled range, and over it found at the polynomial's stationary points (roots of its derivative).
+        """
+        if self.kind == AFFINE:
+            return self.coeffs[0] * self.drift, self.coeffs[1] * self.drift
+        b, scale = self.slope_ms_per_byte, self.scale_bytes
+        g = np.array(self.coeffs, dtype=np.float64)
+        g[1] -= b * scale  # g(t) = poly(t) - b * scale * t, t = x / scale
+        t_lo, t_hi = self.lo_bytes / scale, min(self.hi_bytes, 1e18) / scale
+        ts = [t_lo, t_hi]
+        roots = P.polyroots(P.polyder(g)) if np.any(g[2:]) else np.array([])
+        ts += [float(t.real) for t in roots if abs(t.imag) < 1e-9 and t_lo <= t.real <= t_hi]
+        a = float(np.min(P.polyval(np.array(ts), g)))
+        a -= 1e-9 * (1.0 + abs(a))  # round-off margin: a bound must never exceed the curve
+        return a * self.drift, b * self.drift
+
     def energy_terms(self) -> tuple[float, float] | None:
         """(mJ per message, mJ per byte) of ``predict_mJ`` when it is exactly affine in bytes >= 0, else None."""
         e = self.energy_coeffs

@@ -4,8 +4,8 @@ Uplink uses `EchoService.Send` (the edge streams the payload, the server acknowl
 `EchoService.Receive` (the server streams it). Sizes are log-spaced (`points_per_octave` per doubling) and each is
 repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the
 connection first. Energy, where a meter is given, is metered per size over consecutive transfers lasting at least the
-meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: both the 4th-order polynomial and the affine model,
-each with its held-out error, and the chosen one.
+meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: both the
+4th-order polynomial and the affine model, each with its held-out error, and the chosen one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -195,8 +195,13 @@ def profile_network(
         )
         directions[name] = fit_direction(samples)
         d = directions[name]
-        log.info("%s: chosen %s (held-out error poly4 %.3f, affine %.3f)", name, d.chosen_model, d.poly4_error,
-                 d.affine_error)
+        log.info(
+            "%s: chosen %s (held-out error poly4 %.3f, affine %.3f)",
+            name,
+            d.chosen_model,
+            d.poly4_error,
+            d.affine_error,
+        )
     return NetworkProfile(
         uplink=directions["uplink"],
         downlink=directions["downlink"],
@@ -224,10 +229,10 @@ def run_netprofile(
     return profile
 
 
-def summary(profile: NetworkProfile) -> dict[str, object]:
+def summary(profile: NetworkProfile) -> dict[str, Any]:
     """JSON summary of a profile (the `rr-edge netprofile --json` object)."""
 
-    def direction(d: DirectionProfile) -> dict[str, object]:
+    def direction(d: DirectionProfile) -> dict[str, Any]:
         sizes = sorted({s.bytes for s in d.samples})
         by_size = {b: [s.ms for s in d.samples if s.bytes == b] for b in sizes}
         model = d.model
@@ -244,9 +249,7 @@ def summary(profile: NetworkProfile) -> dict[str, object]:
             "sizes": len(sizes),
             "max_bytes": sizes[-1] if sizes else 0,
             "median_ms": {str(b): float(np.median(v)) for b, v in by_size.items()},
-            "energy_mJ": {
-                str(b): next((s.energy_mJ for s in d.samples if s.bytes == b), None) for b in sizes
-            },
+            "energy_mJ": {str(b): next((s.energy_mJ for s in d.samples if s.bytes == b), None) for b in sizes},
             "model": model,
         }
 

@@ -1,8 +1,9 @@
-"""Pareto front over (latency, energy) of many points — exact, with a cheap pre-filter for plan tables. Pure.
+"""Pareto front over (latency, energy) — exact, and fast on plan tables with row + column structure. Pure.
 
-`pareto_indices` returns the mutually non-dominated points (minimising both coordinates), sorted by latency, one
-point per distinct (latency, energy). For a 2-D plan table it first drops whole rows and columns that a seed front
-strictly dominates, so that only a few thousand cells reach the exact sort-and-sweep.
+`pareto_indices` / `sweep` return the mutually non-dominated points (minimising both coordinates), sorted by
+latency, one point per distinct (latency, energy). `separable_candidates` handles a whole plan table whose cells
+are bounded below by ``row[r] + col[j]``: it drops, exactly, the rows, columns and cells that a front of real plans
+strictly dominates, so that only a few thousand cells of a 1,000-block model reach the sort-and-sweep.
 """
 
 from __future__ import annotations
@@ -18,42 +19,73 @@ def pareto_indices(
     """Flat indices of the non-dominated finite points over (latency, energy), by increasing latency.
 
     Equal points are kept once: the one with the smallest ``tiebreak(flat indices)`` (e.g. offloaded blocks), then
-    the lowest index. Arrays may be 2-D (rows then seed a cheap exact pre-filter); +inf marks an invalid point.
+    the lowest index. Arrays of any shape are flattened; non-finite points are ignored.
     """
-    lat = np.asarray(latency, dtype=np.float64)
-    en = np.asarray(energy, dtype=np.float64)
-    cand = _prefilter(lat, en)
-    fl, fe = lat.ravel(), en.ravel()
+    fl = np.asarray(latency, dtype=np.float64).ravel()
+    fe = np.asarray(energy, dtype=np.float64).ravel()
+    cand = np.flatnonzero(np.isfinite(fl) & np.isfinite(fe))
     tie = np.zeros(cand.size) if tiebreak is None else np.asarray(tiebreak(cand))
-    order = cand[np.lexsort((cand, tie, fe[cand], fl[cand]))]
-    e = fe[order]
+    return cand[sweep(fl[cand], fe[cand], tie, cand)]
+
+
+def sweep(lat: np.ndarray, en: np.ndarray, tie: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of the non-dominated points of small 1-D arrays, by increasing latency (exact sort and sweep).
+
+    Equal points are kept once: the smallest ``tie``, then the smallest ``ids``.
+    """
+    order = np.lexsort((ids, tie, en, lat))
+    e = en[order]
     best_before = np.concatenate(([np.inf], np.minimum.accumulate(e)[:-1])) if e.size else e
     return order[e < best_before]
 
 
-def _prefilter(lat: np.ndarray, en: np.ndarray) -> np.ndarray:
-    """Flat indices of finite points not provably dominated (exact: only strictly dominated points are dropped).
+def _suffix_argmin(v: np.ndarray) -> np.ndarray:
+    """k -> argmin of v[k:] (any of the equal minima)."""
+    rev = v[::-1]
+    run = np.minimum.accumulate(rev)
+    pos = np.maximum.accumulate(np.where(rev == run, np.arange(v.size), 0))
+    return (v.size - 1 - pos)[::-1]
 
-    For a 2-D table: the row minima (of latency and of energy) seed a front; a row (column) whose
-    corner (min latency, min energy) that front strictly dominates is dominated in full and dropped; the cells of
-    the surviving rows x columns are then tested one by one against the front's staircase.
+
+Exact = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def separable_candidates(
+    row_l: np.ndarray,
+    col_l: np.ndarray,
+    row_e: np.ndarray,
+    col_e: np.ndarray,
+    exact: Exact,
+    extra_l: np.ndarray,
+    extra_e: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells (r, j), j >= r, that may be non-dominated, for a table bounded below by (row_l[r] + col_l[j],
+    row_e[r] + col_e[j]) — the exact values when the table is separable. ``exact(r, j)`` gives true cell values.
+
+    O(N) bounds: the best latency and the best energy of row r lie over the suffix j >= r, those of column j over
+    the prefix r <= j. The cells reaching those optima (true values) and the ``extra`` points (other valid plans)
+    seed a front; rows and columns whose optimistic corner it strictly dominates are dropped whole, then each cell
+    of the surviving rows x columns is tested, by its bound, against the front's staircase. Only dominated cells
+    are dropped, so the result contains the whole front.
     """
-    fl, fe = lat.ravel(), en.ravel()
-    if lat.ndim != 2 or fl.size <= 4096:
-        return np.flatnonzero(np.isfinite(fe) & np.isfinite(fl))
-    R, C = lat.shape
-    ar = np.arange(R)
-    rl, re = lat.argmin(axis=1), en.argmin(axis=1)  # (argmin along axis 0 is slow in numpy: rows only)
-    seeds = np.concatenate((ar * C + rl, ar * C + re))
-    seeds = np.unique(seeds[np.isfinite(fl[seeds]) & np.isfinite(fe[seeds])])
-    front = seeds[pareto_indices(fl[seeds], fe[seeds])]
-    stair = _Staircase(fl[front], fe[front])
-    rows = np.flatnonzero(stair.maybe_free(lat[ar, rl], en[ar, re]))
-    cols = np.flatnonzero(stair.maybe_free(lat.min(axis=0), en.min(axis=0)))
-    sub_l, sub_e = lat[np.ix_(rows, cols)], en[np.ix_(rows, cols)]
-    keep = stair.maybe_free(sub_l, sub_e) & np.isfinite(sub_l) & np.isfinite(sub_e)
-    rr, cc = np.nonzero(keep)
-    return np.union1d(rows[rr] * C + cols[cc], front)
+    R = row_l.size
+    rows_all = np.arange(R)
+    jl, je = _suffix_argmin(col_l)[:R], _suffix_argmin(col_e)[:R]
+    sl1, se1 = exact(rows_all, jl)
+    sl2, se2 = exact(rows_all, je)
+    seed_l = np.concatenate((sl1, sl2, extra_l))
+    seed_e = np.concatenate((se1, se2, extra_e))
+    keep = sweep(seed_l, seed_e, np.zeros(seed_l.size), np.arange(seed_l.size))
+    stair = _Staircase(seed_l[keep], seed_e[keep])
+    rows = np.flatnonzero(stair.maybe_free(row_l + col_l[jl], row_e + col_e[je]))
+    corner_l = col_l + np.minimum.accumulate(row_l)[: col_l.size]
+    corner_e = col_e + np.minimum.accumulate(row_e)[: col_e.size]
+    cols = np.flatnonzero(stair.maybe_free(corner_l, corner_e))
+    sub_l = row_l[rows][:, None] + col_l[cols][None, :]
+    sub_e = row_e[rows][:, None] + col_e[cols][None, :]
+    ok = stair.maybe_free(sub_l, sub_e) & (cols[None, :] >= rows[:, None])
+    rr, cc = np.nonzero(ok)
+    return rows[rr], cols[cc]
 
 
 class _Staircase:

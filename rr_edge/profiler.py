@@ -226,7 +226,7 @@ _ORT_DTYPES = {
 def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for a session: standard-normal floats, zeros for integers and booleans (dynamic dims = 1)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for arg in session.get_inputs():
         dtype = _ORT_DTYPES.get(arg.type)
         if dtype is None:
@@ -282,9 +282,7 @@ def _measure_rounds(
             energy[i] = None if e is None or previous is None else previous + e
     if progress:
         progress("blocks", steps, steps, "")
-    return [
-        (LatencyStats.of(t), e / len(t) if e is not None else None) for t, e in zip(times, energy, strict=True)
-    ]
+    return [(LatencyStats.of(t), e / len(t) if e is not None else None) for t, e in zip(times, energy, strict=True)]
 
 
 def profile_model(
@@ -304,13 +302,17 @@ def profile_model(
     started = time.perf_counter()
     signatures = [b.signature for b in graph.blocks]
     unique = list(dict.fromkeys(signatures))
-    first_block = {}
+    first_block: dict[str, Block] = {}
     for block in graph.blocks:
         first_block.setdefault(block.signature, block)
     chosen = select_signatures(signatures, measured, cfg.sample, seed)
     log.info(
         "%s: %d blocks, %d unique signatures, %d already measured, profiling %d",
-        graph.model, len(graph.blocks), len(unique), len(set(unique) & set(measured)), len(chosen),
+        graph.model,
+        len(graph.blocks),
+        len(unique),
+        len(set(unique) & set(measured)),
+        len(chosen),
     )
     slicer = Slicer(model, graph)
     source = meter.source if meter is not None else ""
@@ -369,7 +371,8 @@ def _whole_model(
         medians[block.signature] = float(np.median(times))
     if progress:
         progress("model", 0, 1, graph.model)
-    [(latency, energy)] = _measure_rounds([_Timed(model.SerializeToString(), settings, graph.model)], cfg.e2e_timing, meter)
+    whole = _Timed(model.SerializeToString(), settings, graph.model)
+    [(latency, energy)] = _measure_rounds([whole], cfg.e2e_timing, meter)
     if progress:
         progress("model", 1, 1, graph.model)
     total = sum(medians[b.signature] for b in graph.blocks)

@@ -11,13 +11,11 @@ import logging
 import onnx
 from onnx import TensorProto
 
-from rr_edge.onnx_io import TensorInfo, dtype_name, value_info_to_tensor_info
+from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, value_info_to_tensor_info
 
 log = logging.getLogger(__name__)
 
 __all__ = ["initializer_info", "tensor_infos_of"]
-
-_KEEP_VALUES_MAX_BYTES = 4096  # small initializers (shapes, axes, scalars) keep their values for inference
 
 
 def initializer_info(t: TensorProto) -> TensorInfo:
@@ -59,25 +57,8 @@ def _complete(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
 
 
 def _inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    g = light.graph
-    src = model.graph
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    declared = {vi.name for vi in src.input}
-    for t in src.initializer:
-        size = len(t.raw_data) if t.HasField("raw_data") else 0
-        if size <= _KEEP_VALUES_MAX_BYTES and t.data_location != TensorProto.EXTERNAL:
-            g.initializer.append(t)
-        elif t.name not in declared:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light_copy(model), strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
         log.warning("shape inference failed, some block features will be unknown: %s", exc)
         return []

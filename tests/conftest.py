@@ -80,7 +80,13 @@ def ort_session(model: onnx.ModelProto | bytes | Path):  # type: ignore[no-untyp
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[ORT_LEVEL]
     opts.intra_op_num_threads = os.cpu_count() or 1
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model) if isinstance(model, Path) else model
+    src = (
+        model.SerializeToString()
+        if isinstance(model, onnx.ModelProto)
+        else str(model)
+        if isinstance(model, Path)
+        else model
+    )
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 

@@ -96,7 +96,7 @@ def test_json_format_and_features(zoo) -> None:
         assert set(b) == keys and b["index"] == i
         assert isinstance(b["signature"], str) and len(b["signature"]) >= 16
     assert doc["blocks"][0]["inputs"] == ["input"] and doc["blocks"][-1]["outputs"] == ["output"]
-    for prev, nxt in zip(doc["blocks"], doc["blocks"][1:]):
+    for prev, nxt in zip(doc["blocks"], doc["blocks"][1:], strict=False):
         assert prev["outputs"] == nxt["inputs"] and prev["output_bytes"] == nxt["input_bytes"]
     weights = sum(t.ByteSize() for t in model.graph.initializer)
     assert sum(b["param_bytes"] for b in doc["blocks"]) == pytest.approx(weights, rel=0.01)
@@ -191,7 +191,9 @@ def test_multi_input_and_output_model() -> None:
         helper.make_node("Exp", ["r"], ["o2"]),
     ]
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("o1", "o2")]
-    model = helper.make_model(helper.make_graph(nodes, "mimo", [x, y], outs), opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "mimo", [x, y], outs), opset_imports=[helper.make_opsetid("", 18)]
+    )
     model.ir_version = 9
     graph = analyze(model)
     assert [b.inputs for b in graph.blocks] == [("a", "b"), ("r",)]

@@ -50,7 +50,16 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-BAD = ["not_onnx", "empty", "truncated_0.5", "truncated_0.9", "missing_external", "short_external", "missing", "directory"]
+BAD = [
+    "not_onnx",
+    "empty",
+    "truncated_0.5",
+    "truncated_0.9",
+    "missing_external",
+    "short_external",
+    "missing",
+    "directory",
+]
 
 
 def assert_one_line_error(capsys: pytest.CaptureFixture[str], code: int, command: str) -> str:

@@ -178,3 +178,20 @@ def test_tls(tmp_path: Path) -> None:
             assert not plain.healthy()
     finally:
         srv.stop(grace=0.5)
+
+
+def test_upload_command_json(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from rr_edge.cli import main
+
+    data = conv_model(seed=21)
+    path = tmp_path / "slice.onnx"
+    path.write_bytes(data)
+    assert main(["upload", str(path), "--server", server, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first == {"slice_id": slice_id_of(data), "cached": False, "bytes": len(data)}
+    assert main(["upload", str(path), "--server", server, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cached"] is True
+    assert main(["upload", str(tmp_path / "missing.onnx"), "--server", server]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -38,7 +38,9 @@ def test_cli_export_is_valid_self_contained_and_matches_torch(tmp_path: Path, ca
     assert [(t.name, t.shape, t.dtype) for t in graph.inputs] == [("input", (2, 3, 96, 96), "float32")]
     assert [(t.name, t.shape) for t in graph.outputs] == [("output", (2, 1000))]
     x = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
-    np.testing.assert_allclose(run_onnx(model, {"input": x})["output"], torch_reference("resnet18", x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        run_onnx(model, {"input": x})["output"], torch_reference("resnet18", x), rtol=1e-3, atol=1e-4
+    )
 
 
 def test_torchscript_exporter_fallback_path(tmp_path: Path) -> None:
@@ -47,7 +49,9 @@ def test_torchscript_exporter_fallback_path(tmp_path: Path) -> None:
     graph = analyze(model, "m")
     assert len(graph) >= 10
     x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    np.testing.assert_allclose(run_onnx(model, {"input": x})["output"], torch_reference("mobilenet_v2", x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        run_onnx(model, {"input": x})["output"], torch_reference("mobilenet_v2", x), rtol=1e-3, atol=1e-4
+    )
 
 
 def test_export_overwrites_atomically(tmp_path: Path) -> None:

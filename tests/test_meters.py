@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rr_edge.errors import MeterError
-from rr_edge.meters import JetsonMeter, ModelMeter, MeterOptions, PowerSpec, RaplMeter, select_meter
+from rr_edge.meters import JetsonMeter, MeterOptions, ModelMeter, PowerSpec, RaplMeter, select_meter
 from rr_edge.meters import rapl as rapl_mod
 from rr_edge.meters.jetson import trapezoid_mj
 from rr_edge.meters.nvml import nvml_gpu_name
@@ -270,7 +270,9 @@ def test_trapezoid() -> None:
 
 def test_model_meter_from_testbed_style_json(tmp_path: Path) -> None:
     cfg = tmp_path / "classes.json"
-    cfg.write_text(json.dumps({"classes": [{"name": "emu-x", "power": {"active_w": 8.0, "idle_w": 2.0, "net_tx_w": 1.0}}]}))
+    cfg.write_text(
+        json.dumps({"classes": [{"name": "emu-x", "power": {"active_w": 8.0, "idle_w": 2.0, "net_tx_w": 1.0}}]})
+    )
     clock = FakeClock()
     meter = ModelMeter(config=cfg, device_class="emu-x")
     meter.clock = clock
@@ -287,7 +289,7 @@ def test_model_meter_from_testbed_style_json(tmp_path: Path) -> None:
 
 def test_model_meter_toml_and_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "power.toml"
-    cfg.write_text('[classes.default]\nactive_w = 5.0\nidle_w = 1.0\n[classes.big.power]\nactive_w = 30\nidle_w = 5\n')
+    cfg.write_text("[classes.default]\nactive_w = 5.0\nidle_w = 1.0\n[classes.big.power]\nactive_w = 30\nidle_w = 5\n")
     assert ModelMeter(config=cfg).power.active_w == 5.0
     assert ModelMeter(config=cfg, device_class="big").power.idle_w == 5.0
     with pytest.raises(MeterError, match="not in power model config"):

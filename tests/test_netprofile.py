@@ -129,3 +129,18 @@ def test_loopback_profile_against_server(server_process: str) -> None:
         for name, transfer in (("uplink", "up"), ("downlink", "down")):
             chosen, error = _held_out_error(client, config, held_out, transfer)
             assert error < 0.20, f"{name}: chosen {chosen} misses held-out sizes by {error:.0%}"
+
+
+def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from rr_edge.cli import main
+
+    argv = ["netprofile", "--server", server_process, "--node", "cli-net", "--max-mb", "1", "--energy", "model",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["node"] == "cli-net" and out["energy_source"] == "model" and out["energy_measured"] is False
+    for d in ("uplink", "downlink"):
+        assert out[d]["chosen_model"] in ("affine", "poly4") and out[d]["max_bytes"] == 1024 * 1024
+        assert out[d]["affine_error"] >= 0

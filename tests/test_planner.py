@@ -19,6 +19,7 @@ from rr_edge.planner import (
     pareto,
     pareto_indices,
     plan_cost,
+    plan_costs,
 )
 
 SPEC_KEYS = {"i", "j", "latency_ms", "energy_mJ", "offloaded_blocks", "upload_bytes"}
@@ -236,9 +237,15 @@ def test_table_matches_direct_costs_and_dedupes_local_plans(uplink):
 
 
 @pytest.mark.parametrize("n,seed", [(1, 0), (2, 1), (5, 2), (12, 3), (25, 4), (40, 5)])
-def test_pareto_complete_and_non_dominated_against_brute_force(n, seed):
+@pytest.mark.parametrize("variant", ["affine", "poly", "cached"])
+def test_pareto_complete_and_non_dominated_against_brute_force(n, seed, variant):
     rng = np.random.default_rng(seed)
-    inp = random_inputs(rng, n, preloaded=bool(seed % 2))
+    inp = random_inputs(rng, n, preloaded=bool(seed % 2) and variant == "affine")
+    if variant == "poly":  # non-affine upload: the dense path
+        inp = replace(inp, uplink=poly_link(), downlink=poly_link())
+    elif variant == "cached":  # cheaper cells that break the row/column structure
+        cells = {(int(a), int(b)) for a, b in rng.integers(0, n, (4, 2)) if a <= b}
+        inp = replace(inp, cached_slices=frozenset(cells | {(0, n - 1)}), amortize_over=2)
     front = pareto(evaluate_all(inp))
     ref = brute_pareto(brute_force(inp))
     assert sorted((p.i, p.j) for p in front) == sorted((a, b) for a, b, _, _ in ref)
@@ -250,9 +257,9 @@ def test_pareto_complete_and_non_dominated_against_brute_force(n, seed):
 
 
 @pytest.mark.parametrize("seed", [11, 12])
-def test_prefilter_path_is_exact_on_large_tables(seed):
-    # 150 blocks -> 11,326 plans: above the pre-filter threshold. Fast but hungry edge, slow but frugal cloud:
-    # a long front (hundreds of plans). Compare with a plain sweep over all plans.
+def test_pruned_pareto_paths_are_exact_on_large_tables(seed):
+    # 150 blocks -> 11,326 plans; fast but hungry edge, slow but frugal cloud: a front of hundreds of plans.
+    # The pruned paths (separable, with cached cells, dense) against a plain sweep over every plan.
     rng = np.random.default_rng(seed)
     n = 150
     inp = PlanInputs(
@@ -260,12 +267,19 @@ def test_prefilter_path_is_exact_on_large_tables(seed):
         weight_bytes=rng.integers(0, 200_000, n), boundary_bytes=rng.integers(1_000, 300_000, n + 1),
         uplink=link(1.0, 5e4), downlink=link(1.0, 5e4), idle_power_W=0.2, tx_power_W=1.0,
     )  # fmt: skip
-    table = evaluate_all(inp)
-    i, j, lat, en = table.flat()
-    plain = pareto_indices(lat, en, lambda k: (j - i)[k])
-    front = pareto(table)
-    assert sorted((p.i, p.j) for p in front) == sorted(zip(i[plain].tolist(), j[plain].tolist(), strict=True))
-    assert len(front) > 100
+    variants = {
+        "affine": inp,
+        "cached": replace(inp, cached_slices=frozenset({(3, 90), (0, 149), (40, 41), (7, 7)})),
+        "poly": replace(inp, uplink=poly_link()),
+    }
+    for name, variant in variants.items():
+        table = evaluate_all(variant)
+        i, j, lat, en = table.flat()
+        plain = pareto_indices(lat, en, lambda k, i=i, j=j: (j - i)[k])
+        front = pareto(table)
+        got = sorted((p.i, p.j) for p in front)
+        assert got == sorted(zip(i[plain].tolist(), j[plain].tolist(), strict=True)), name
+        assert len(front) > 100, name
 
 
 def test_pareto_ties_keep_one_plan_with_fewest_offloaded_blocks():
@@ -304,3 +318,28 @@ def test_inputs_from_block_dicts_and_validation():
         make([1], [1], [1, 2], amortize_over=0)
     with pytest.raises(ValueError):
         plan_cost(make([1], [1], [1, 2]), 1, 0)
+
+
+@pytest.mark.parametrize("variant", ["affine", "poly", "preloaded"])
+def test_vectorised_plan_costs_match_the_reference(variant):
+    rng = np.random.default_rng(21)
+    inp = random_inputs(rng, 30, cached_slices=frozenset({(4, 20), (0, 29)}), amortize_over=5)
+    if variant == "poly":
+        inp = replace(inp, uplink=poly_link(), downlink=poly_link())
+    elif variant == "preloaded":
+        inp = replace(inp, preloaded=True)
+    i = np.array([-1, -1, 3, 3, 0, 29, 10, 28, -1])
+    j = np.array([29, 20, 20, 3, 0, 29, 12, 29, 0])
+    for got, (a, b) in zip(plan_costs(inp, i, j), zip(i, j, strict=True), strict=True):
+        ref = plan_cost(inp, int(a), int(b))
+        assert (got.i, got.j, got.offloaded_blocks, got.upload_bytes) == (
+            ref.i,
+            ref.j,
+            ref.offloaded_blocks,
+            ref.upload_bytes,
+        )
+        assert got.latency_ms == pytest.approx(ref.latency_ms, rel=1e-9)
+        assert got.energy_mJ == pytest.approx(ref.energy_mJ, rel=1e-9)
+        assert got.breakdown == pytest.approx(ref.breakdown, rel=1e-9, abs=1e-9)
+    with pytest.raises(ValueError):
+        plan_costs(inp, [2], [1])

@@ -128,6 +128,7 @@ def test_resnet50_sampling_against_server(resnet50: Any, server: str) -> None:
         assert client.get_node("edge-a").device["intra_op_threads"] == 1
 
 
+@retry_once
 def test_resnet50_whole_model_vs_sum_of_blocks(resnet50: Any) -> None:
     model, graph = resnet50
     config = ProfileConfig(sample=0.1, seed=1, timing=FAST, e2e_timing=FAST)
@@ -142,10 +143,53 @@ def test_resnet50_whole_model_vs_sum_of_blocks(resnet50: Any) -> None:
 @retry_once
 def test_block_median_repeatable_within_10_percent(resnet50: Any) -> None:
     model, graph = resnet50
-    config = ProfileConfig(sample=0.3, seed=3, timing=TimingPolicy(min_runs=10, min_time_s=0.5), whole_model=False)
+    config = ProfileConfig(sample=0.3, seed=3, whole_model=False)  # the default timing policy
     a = profile_model(model, graph, settings=ONE_THREAD, config=config)
     b = profile_model(model, graph, settings=ONE_THREAD, config=config)
     assert [m.signature for m in a.layers] == [m.signature for m in b.layers]
     for x, y in zip(a.layers, b.layers, strict=True):
         assert x.latency.cv >= 0
         assert y.latency.median_ms == pytest.approx(x.latency.median_ms, rel=0.10), x.signature
+
+
+# -- reporting details and the command ---------------------------------------------------------------------------
+
+
+def test_large_slices_are_not_uploaded(server: str, tmp_path: Path) -> None:
+    from _server_support import conv_model
+
+    from rr_edge.blocks import analyze
+    from rr_edge.onnx_io import load_model
+
+    path = tmp_path / "conv.onnx"
+    path.write_bytes(conv_model(channels=4, size=8, out_channels=4, seed=2))
+    model = load_model(path)
+    config = ProfileConfig(sample=1.0, seed=0, timing=FAST, e2e_timing=FAST, max_upload_bytes=16)
+    with Client(server) as client:
+        result = run_profile(client, "edge-small", model, "conv", settings=ONE_THREAD, config=config)
+        assert len(result.layers) == len(analyze(model, "conv").blocks) == 1
+        assert result.layers[0].slice_id == ""  # above the limit: reported without a slice
+        assert client.list_measured_signatures("edge-small") == {result.layers[0].signature}
+
+
+def test_profile_command_json(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from _server_support import conv_model
+
+    from rr_edge.cli import main
+
+    path = tmp_path / "conv.onnx"
+    path.write_bytes(conv_model(channels=4, size=8, out_channels=4, seed=3))
+    argv = ["profile", str(path), "--server", server, "--node", "cli-edge", "--seed", "1", "--energy", "model",
+            "--threads", "1", "--min-time", "0.05", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["node"] == "cli-edge" and out["unique_signatures"] == 1 and len(out["profiled"]) == 1
+    entry = out["profiled"][0]
+    assert set(entry["latency_ms"]) == {"median", "p10", "p90", "cv"}
+    assert entry["energy_source"] == "model" and entry["energy_mJ"] > 0 and out["energy_measured"] is False
+    assert main(argv) == 0  # everything measured now: nothing left to profile
+    assert json.loads(capsys.readouterr().out)["profiled"] == []
+    assert main(["profile", str(path), "--server", server, "--node", "x", "--sample", "2", "--json"]) == 2
+    assert "sample must be in" in capsys.readouterr().err

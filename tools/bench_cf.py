@@ -8,7 +8,9 @@ training and 100,000 other entries held out. Times: fit (cf_cpp best of ``--repe
 one row (median over 200 rows of ``density * cols`` entries), prediction of 1,000,000 entries. Accuracy: log RMSE on
 the held-out entries. The references (tools/cf_reference.py) are a numpy ALS of the same objective and
 scikit-surprise's SVD (SGD), both at the same rank and iteration count. Prints one JSON object; ratios are
-reference time / cf_cpp time (machines are noisy: compare ratios, not absolute times).
+reference time / cf_cpp time (machines are noisy: compare ratios, not absolute times). ``machine.load_avg_1m``
+records how busy the machine was: with other work running, wall-clock times grow while ``fit_cpu_s_all`` (CPU seconds
+of the fit, all threads) does not.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def _rmse(pred: np.ndarray, truth: np.ndarray) -> float:
 def bench_cf_cpp(train, test, args) -> dict:
     rows, cols, logv = train
     values = np.exp(logv)
-    fits = []
+    fits: list[float] = []
+    cpu: list[float] = []
     for _ in range(args.repeats):
         model = CFModel(
             rank=args.rank,
@@ -56,9 +59,10 @@ def bench_cf_cpp(train, test, args) -> dict:
             seed=args.seed,
             threads=args.threads,
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.fit(rows, cols, values, args.rows, args.cols)
         fits.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     test_rmse = _rmse(model.predict(test[0], test[1], log=True), test[2])
     rng = np.random.default_rng(args.seed + 1)
     per_row = max(1, int(args.density * args.cols))
@@ -79,6 +83,7 @@ def bench_cf_cpp(train, test, args) -> dict:
     return {
         "fit_s": min(fits),
         "fit_s_all": fits,
+        "fit_cpu_s_all": cpu,  # CPU seconds summed over all threads: robust to other load on the machine
         "fold_in_ms": 1000 * float(np.median(fold)),
         "fold_in_entries": per_row,
         "predict_1m_s": min(pred),

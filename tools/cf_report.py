@@ -17,8 +17,10 @@ import platform
 import time
 from pathlib import Path
 
-from tools import cf_methods, convert_datasets
-from tools.cf_data import load_csv
+import numpy as np
+
+from tools import cf_methods, cf_protocols, convert_datasets
+from tools.cf_data import Matrix, load_csv
 from tools.cf_eval import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +28,43 @@ DATASETS = ("oneproxy_nb201", "oneproxy_nb201_onehot", "help_nb201", "ncnn_bench
 FILLS = (0.05, 0.1, 0.3, 0.5)
 TARGETS = {"random_within10": 95.0, "random_log_rmse": 0.05, "new_row_within10": 85.0}
 BASELINES = ("biases_only", "mf_no_features", "neurosurgeon")
+CEILING_REVEALS = (10, 30, 100, 300)  # new-row on oneproxy_nb201 with many revealed entries: the fold-in ceiling
+
+
+def per_row_within10(m: Matrix, fill: float, seed: int) -> dict[str, float]:
+    """cf_cpp within10 per row (device) on the random protocol's held-out entries of one seed."""
+    rng = np.random.default_rng(seed)
+    train = cf_protocols._sample(np.ones(m.size, dtype=bool), fill, rng)
+    method = cf_methods.make("cf_cpp", seed)
+    method.fit(m.rows[train], m.cols[train], m.values[train], m.n_rows, m.n_cols, m.features)
+    test = ~train
+    ape = np.abs(method.predict(m.rows[test], m.cols[test]) / m.values[test] - 1)
+    rows = m.rows[test]
+    return {label: float(100 * np.mean(ape[rows == r] <= 0.1)) for r, label in enumerate(m.row_labels)}
+
+
+DISCUSSION = """## Reading the results
+
+* **new-row target not reached.** A folded-in device is a combination of the training devices: its bias and
+  factors are solved against fixed column factors learned from the other (here 14) very heterogeneous devices (CPU,
+  GPU, DSP, VPU, Edge TPU, FPGA and Eyeriss estimates). The ceiling table above shows that even with hundreds of
+  revealed entries fold-in stays well below the random protocol, so the gap is the span of the training devices, not
+  the few revealed entries. Stronger or covariance-shaped fold-in priors and lower ranks did not help (tried
+  during development). Closing it needs devices similar to the new one in the matrix (in RoaD-RuNNer the cloud node
+  and earlier nodes of the same class), or more revealed blocks: the default sample p = 0.3 of a model's blocks is
+  far more than 10.
+* **neurosurgeon vs cf_cpp on help_nb201 and in cold-col.** NB201 latency is close to a *sum* of per-op costs; the
+  per-device linear regression (chosen over the log one on most devices) captures that additive structure, which a
+  log-space model can only approximate. cf_cpp has the lower log_rmse at fills >= 0.1 on help_nb201 but fewer
+  predictions within 10%. `cf_cpp_residual` (the engine on the residual of that regression) gets both.
+* **ncnn_benchmark at fills 0.05 and 0.1.** About one or two training entries per run (263 runs x 40 models): no
+  factor model can be estimated, and the only feature is an int8 flag; biases_only is the right model there and
+  cf_cpp stays within a few points of it. The data set is also very noisy (self-reported runs across ncnn versions):
+  no method gets half of its predictions within 10%.
+* **deepbench_gemm.** Kernel times span five orders of magnitude and many kernels hit different code paths per
+  device, so within10 is low for every method; cf_cpp has the best log_rmse except at fills 0.05 / 0.1, where the
+  shared feature regression wins on log_rmse.
+"""
 
 
 def run(seeds: int) -> dict:
@@ -35,6 +74,9 @@ def run(seeds: int) -> dict:
         results["random"][name] = {str(f): evaluate(m, "random", f, seeds) for f in FILLS}
         results["new-row"][name] = evaluate(m, "new-row", 0.3, seeds)
         results["cold-col"][name] = evaluate(m, "cold-col", 0.3, seeds)
+        if name == "oneproxy_nb201":
+            results["new_row_ceiling"] = evaluate(m, "new-row", 0.3, seeds, ("cf_cpp",), CEILING_REVEALS)
+            results["per_device_random_0.3_seed0"] = per_row_within10(m, 0.3, 0)
     return results
 
 
@@ -127,6 +169,21 @@ def render(results: dict, elapsed_s: float) -> str:
         lines.append(
             f"| {n} | " + " | ".join(_cell(rep["methods"][m], "within10", ".1f") for m in cf_methods.METHODS) + " |"
         )
+    lines += [
+        "",
+        "Same protocol with many revealed entries (test = each held row's entries beyond the first "
+        f"{max(CEILING_REVEALS)}), cf_cpp only, within10 %: how far fold-in gets with more data:",
+        "",
+    ]
+    ceiling = results["new_row_ceiling"]["by_revealed"]
+    lines += ["| revealed | " + " | ".join(ceiling) + " |", "|" + "---|" * (1 + len(ceiling))]
+    lines.append(
+        "| cf_cpp | " + " | ".join(_cell(r["methods"]["cf_cpp"], "within10", ".1f") for r in ceiling.values()) + " |"
+    )
+    lines += ["", "## cf_cpp per device, oneproxy_nb201, random, fill 0.3, seed 0 (within10 %)", ""]
+    per_dev = results["per_device_random_0.3_seed0"]
+    lines += ["| device | within10 |", "|---|---|"] + [f"| {d} | {v:.1f} |" for d, v in per_dev.items()]
+    lines += ["", DISCUSSION]
     losses = _losses(results)
     lines += ["", "## Where cf_cpp does not beat a baseline", ""]
     lines += losses or ["cf_cpp beats biases_only, mf_no_features and neurosurgeon everywhere (log_rmse and within10)."]

@@ -91,7 +91,7 @@ NB_MODULE(_core, m) {
             c.init_scale = init_scale;
             new (self) cf::Model(c);
           },
-          "rank"_a = 16, "reg"_a = 0.1, "reg_bias"_a = 0.01, "reg_col"_a = 3.0, "reg_col_bias"_a = 3.0,
+          "rank"_a = 16, "reg"_a = 0.3, "reg_bias"_a = 0.01, "reg_col"_a = 3.0, "reg_col_bias"_a = 3.0,
           "reg_features"_a = 1.0, "iterations"_a = 20, "seed"_a = 0, "threads"_a = 0, "init_scale"_a = 0.1,
           "Create an unfitted model.\n\n"
           "rank: latent dimension (0 = biases (+ feature prior of the column bias) only).\n"

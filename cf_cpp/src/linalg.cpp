@@ -17,28 +17,6 @@ double dot(const double* a, const double* b, std::size_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
-void gram_transposed(const double* dt, std::size_t d, std::size_t n, double* gram) {
-  // Four dot products per pass over row i: one load of dt[i] feeds four multiply-adds.
-  for (std::size_t i = 0; i < d; ++i) {
-    const double* a = dt + i * n;
-    std::size_t j = i;
-    for (; j + 4 <= d; j += 4) {
-      const double *b0 = dt + j * n, *b1 = b0 + n, *b2 = b1 + n, *b3 = b2 + n;
-      double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      for (std::size_t k = 0; k < n; ++k) {
-        const double x = a[k];
-        s0 += x * b0[k];
-        s1 += x * b1[k];
-        s2 += x * b2[k];
-        s3 += x * b3[k];
-      }
-      const double s[4] = {s0, s1, s2, s3};
-      for (std::size_t t = 0; t < 4; ++t) gram[i * d + j + t] = gram[(j + t) * d + i] = s[t];
-    }
-    for (; j < d; ++j) gram[i * d + j] = gram[j * d + i] = dot(a, dt + j * n, n);
-  }
-}
-
 void ridge_solve(double* a, const double* ridge, double* b, std::size_t d) {
   double scale = 0;
   for (std::size_t i = 0; i < d; ++i) {

@@ -8,9 +8,6 @@ namespace cf::detail {
 
 double dot(const double* a, const double* b, std::size_t n);
 
-// gram (d x d, full) = Dt Dt^T where Dt is d x n row-major (one row per latent dimension).
-void gram_transposed(const double* dt, std::size_t d, std::size_t n, double* gram);
-
 // Solves (A + diag(ridge)) x = b in place of b for a symmetric positive (semi)definite A (d x d, overwritten).
 // ridge may be null. A tiny jitter is added when the factorisation meets a non-positive pivot.
 void ridge_solve(double* a, const double* ridge, double* b, std::size_t d);

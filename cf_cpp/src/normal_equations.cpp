@@ -7,25 +7,31 @@
 namespace cf::detail {
 
 NormalEquations::NormalEquations(std::size_t d)
-    : d_(d), dp_((d + 3) / 4 * 4), block_(dp_ * kBlock, 0.0), target_(kBlock, 0.0), gram_(dp_ * dp_, 0.0),
-      rhs_(dp_, 0.0) {}
+    : d_(d), m_(d - 1), mp_((d + 2) / 4 * 4), block_(mp_ * kBlock, 0.0), target_(kBlock, 0.0),
+      gram_(mp_ * mp_, 0.0), sums_(mp_, 0.0), rhs_(mp_, 0.0) {}
 
 void NormalEquations::reset() {
   fill_ = 0;
+  count_ = target_sum_ = 0;
   std::fill(gram_.begin(), gram_.end(), 0.0);
+  std::fill(sums_.begin(), sums_.end(), 0.0);
   std::fill(rhs_.begin(), rhs_.end(), 0.0);
 }
 
 void NormalEquations::flush() {
   if (fill_ == 0) return;
   if (fill_ < kBlock) {  // zero the unused tail so the fixed-size kernel can run over the whole block
-    for (std::size_t i = 0; i < d_; ++i) std::fill(&block_[i * kBlock + fill_], &block_[(i + 1) * kBlock], 0.0);
+    for (std::size_t i = 0; i < m_; ++i) std::fill(&block_[i * kBlock + fill_], &block_[(i + 1) * kBlock], 0.0);
     std::fill(target_.begin() + static_cast<std::ptrdiff_t>(fill_), target_.end(), 0.0);
   }
+  count_ += static_cast<double>(fill_);
+  double ts = 0;
+  for (std::size_t k = 0; k < kBlock; ++k) ts += target_[k];
+  target_sum_ += ts;
   const double* b = block_.data();
-  for (std::size_t i = 0; i < dp_; i += 4) {
+  for (std::size_t i = 0; i < mp_; i += 4) {
     const double *a0 = b + i * kBlock, *a1 = a0 + kBlock, *a2 = a1 + kBlock, *a3 = a2 + kBlock;
-    for (std::size_t j = i; j < dp_; j += 4) {
+    for (std::size_t j = i; j < mp_; j += 4) {
       const double *c0 = b + j * kBlock, *c1 = c0 + kBlock, *c2 = c1 + kBlock, *c3 = c2 + kBlock;
       double s[16] = {0};
       for (std::size_t k = 0; k < kBlock; ++k) {
@@ -47,9 +53,15 @@ void NormalEquations::flush() {
         s[15] += a3[k] * c3[k];
       }
       for (std::size_t u = 0; u < 4; ++u)
-        for (std::size_t v = 0; v < 4; ++v) gram_[(i + u) * dp_ + j + v] += s[u * 4 + v];
+        for (std::size_t v = 0; v < 4; ++v) gram_[(i + u) * mp_ + j + v] += s[u * 4 + v];
     }
-    for (std::size_t u = 0; u < 4; ++u) rhs_[i + u] += dot(b + (i + u) * kBlock, target_.data(), kBlock);
+    for (std::size_t u = 0; u < 4; ++u) {
+      const double* row = b + (i + u) * kBlock;
+      double sum = 0;
+      for (std::size_t k = 0; k < kBlock; ++k) sum += row[k];
+      sums_[i + u] += sum;
+      rhs_[i + u] += dot(row, target_.data(), kBlock);
+    }
   }
   fill_ = 0;
 }
@@ -57,9 +69,13 @@ void NormalEquations::flush() {
 void NormalEquations::solve(const double* ridge, const double* prior, double* out) {
   flush();
   std::vector<double> a(d_ * d_);
-  for (std::size_t i = 0; i < d_; ++i)
-    for (std::size_t j = i; j < d_; ++j) a[i * d_ + j] = a[j * d_ + i] = gram_[i * dp_ + j];
-  std::copy(rhs_.begin(), rhs_.begin() + static_cast<std::ptrdiff_t>(d_), out);
+  a[0] = count_;
+  out[0] = target_sum_;
+  for (std::size_t i = 0; i < m_; ++i) {
+    a[i + 1] = a[(i + 1) * d_] = sums_[i];
+    out[i + 1] = rhs_[i];
+    for (std::size_t j = i; j < m_; ++j) a[(i + 1) * d_ + j + 1] = a[(j + 1) * d_ + i + 1] = gram_[i * mp_ + j];
+  }
   if (prior)
     for (std::size_t i = 0; i < d_; ++i) out[i] += ridge[i] * prior[i];
   ridge_solve(a.data(), ridge, out, d_);

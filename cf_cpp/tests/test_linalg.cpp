@@ -23,16 +23,6 @@ TEST_CASE("ridge_solve adds the ridge to the diagonal") {
   CHECK(b[1] == doctest::Approx(1.0));
 }
 
-TEST_CASE("gram_transposed matches the definition") {
-  std::vector<double> dt = {1, 2, 3, 4, 5, 6};  // 2 x 3
-  std::vector<double> g(4);
-  gram_transposed(dt.data(), 2, 3, g.data());
-  CHECK(g[0] == doctest::Approx(14));
-  CHECK(g[1] == doctest::Approx(32));
-  CHECK(g[2] == doctest::Approx(32));
-  CHECK(g[3] == doctest::Approx(77));
-}
-
 TEST_CASE("parallel_chunks covers every index exactly once") {
   for (int threads : {1, 2, 3, 8}) {
     std::vector<int> hits(1000, 0);

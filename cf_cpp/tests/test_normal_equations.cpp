@@ -15,10 +15,11 @@ TEST_CASE("NormalEquations matches a direct ridge solve across block boundaries"
       std::normal_distribution<double> normal;
       std::vector<double> x(n * d), t(n), gram(d * d, 0.0), rhs(d, 0.0), ridge(d, 0.5), prior(d, 0.25);
       for (auto& v : x) v = normal(gen);
+      for (std::size_t e = 0; e < n; ++e) x[e * d] = 1.0;  // the constant (bias) regressor
       for (auto& v : t) v = normal(gen);
       NormalEquations ne(d);
       for (std::size_t e = 0; e < n; ++e) {
-        ne.add(&x[e * d], t[e]);
+        ne.add_with_bias(&x[e * d], t[e]);
         for (std::size_t i = 0; i < d; ++i) {
           rhs[i] += x[e * d + i] * t[e];
           for (std::size_t j = 0; j < d; ++j) gram[i * d + j] += x[e * d + i] * x[e * d + j];

@@ -23,9 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="MODULE:CALLABLE",
         help="export CALLABLE() from MODULE (a module name or path/to/file.py) instead of a torchvision model",
     )
-    p.add_argument(
-        "--torchscript", action="store_true", help="use the TorchScript exporter instead of the dynamo one"
-    )
+    p.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of the dynamo one")
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="output .onnx file")
     p.set_defaults(func=run)
 

@@ -16,6 +16,7 @@ from rr_edge.commands._common import (
     progress_bars,
     stderr_console,
 )
+from rr_edge.errors import RoadRunnerError
 from rr_edge.netprofile import DEFAULT_MAX_MB, NetProfileConfig, run_netprofile, summary
 
 
@@ -31,7 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
-    config = NetProfileConfig(max_mb=args.max_mb, repeats=args.repeats, points_per_octave=args.points_per_octave)
+    try:
+        config = NetProfileConfig(max_mb=args.max_mb, repeats=args.repeats, points_per_octave=args.points_per_octave)
+    except ValueError as exc:
+        raise RoadRunnerError(f"invalid option: {exc}") from None
     meter = make_meter(args)
     try:
         with connect(args) as client, progress_bars(not args.json) as progress:
@@ -50,8 +54,14 @@ def run(args: argparse.Namespace) -> int:
     for name in ("uplink", "downlink"):
         d = out[name]
         bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
-        table.add_row(name, d["chosen_model"], f"{d['poly4_error']:.3f}", f"{d['affine_error']:.3f}", bw,
-                      f"{d['max_bytes'] / 2**20:.3g} MiB")
+        table.add_row(
+            name,
+            d["chosen_model"],
+            f"{d['poly4_error']:.3f}",
+            f"{d['affine_error']:.3f}",
+            bw,
+            f"{d['max_bytes'] / 2**20:.3g} MiB",
+        )
     console = stderr_console()
     console.print(table)
     suffix = "" if meter.measured else " (MODELLED, not measured)"

@@ -20,6 +20,7 @@ from rr_edge.commands._common import (
     progress_bars,
     stderr_console,
 )
+from rr_edge.errors import RoadRunnerError
 from rr_edge.onnx_io import load_model
 from rr_edge.profiler import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_SAMPLE, ProfileConfig, TimingPolicy, run_profile
 from rr_edge.session import GRAPH_OPTIMIZATION, OrtSettings
@@ -37,9 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default="all")
     p.add_argument("--min-runs", type=int, default=10, help="timed runs per block, at least (default 10)")
     p.add_argument("--min-time", type=float, default=0.5, help="measured seconds per block, at least (default 0.5)")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin passes over the blocks (default 3)")
     p.add_argument("--no-whole-model", action="store_true", help="skip the end-to-end run of the whole model")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-                   help="do not upload profiled slices above this size (default 64)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+        help="do not upload profiled slices above this size (default 64)",
+    )
     p.add_argument("--name", help="model name in reports (default: the file name)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -48,19 +54,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     settings = OrtSettings(args.provider, args.threads, 1, args.graph_optimization).resolved()
-    config = ProfileConfig(
-        sample=args.sample,
-        seed=args.seed,
-        timing=TimingPolicy(min_runs=args.min_runs, min_time_s=args.min_time),
-        whole_model=not args.no_whole_model,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-    )
+    try:
+        config = ProfileConfig(
+            sample=args.sample,
+            seed=args.seed,
+            timing=TimingPolicy(min_runs=args.min_runs, min_time_s=args.min_time, rounds=args.rounds),
+            whole_model=not args.no_whole_model,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+        )
+    except ValueError as exc:
+        raise RoadRunnerError(f"invalid option: {exc}") from None
     model = load_model(path)
     meter = make_meter(args, gpu_work=settings.uses_gpu)
     try:
         with connect(args) as client, progress_bars(not args.json) as progress:
             result = run_profile(
-                client, args.node, model, args.name or path.stem, settings=settings, meter=meter, config=config,
+                client,
+                args.node,
+                model,
+                args.name or path.stem,
+                settings=settings,
+                meter=meter,
+                config=config,
                 progress=progress,
             )
     finally:
@@ -70,20 +85,32 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = stderr_console()
     modelled = "" if result.energy_measured else " (MODELLED, not measured)"
-    table = Table(title=f"{result.model} on {args.node}: {len(result.layers)} of {result.unique_signatures} unique "
-                        f"signatures profiled ({result.already_measured} already measured), seed {result.seed}")
+    table = Table(
+        title=f"{result.model} on {args.node}: {len(result.layers)} of {result.unique_signatures} unique "
+        f"signatures profiled ({result.already_measured} already measured), seed {result.seed}"
+    )
     for col in ("block", "signature", "ops", "median ms", "p10", "p90", "cv", f"energy mJ [{meter.source}]"):
         table.add_column(col, justify="right" if col not in ("signature", "ops") else "left")
     for m in result.layers:
         ops = ",".join(dict.fromkeys(m.features.ops))
         energy = f"{m.energy_mJ:.3g}" if m.energy_mJ is not None else "-"
         lat = m.latency
-        table.add_row(str(m.block_index), m.signature[:16], ops[:40], f"{lat.median_ms:.3f}", f"{lat.p10_ms:.3f}",
-                      f"{lat.p90_ms:.3f}", f"{lat.cv:.2f}", energy)
+        table.add_row(
+            str(m.block_index),
+            m.signature[:16],
+            ops[:40],
+            f"{lat.median_ms:.3f}",
+            f"{lat.p10_ms:.3f}",
+            f"{lat.p90_ms:.3f}",
+            f"{lat.cv:.2f}",
+            energy,
+        )
     console.print(table)
     if result.model_run is not None:
         r = result.model_run
-        console.print(f"whole model: median {r.latency.median_ms:.2f} ms, sum of blocks {r.sum_of_blocks_ms:.2f} ms "
-                      f"(ratio {r.e2e_ratio:.2f})")
+        console.print(
+            f"whole model: median {r.latency.median_ms:.2f} ms, sum of blocks {r.sum_of_blocks_ms:.2f} ms "
+            f"(ratio {r.e2e_ratio:.2f})"
+        )
     console.print(f"energy source: {meter.description}{modelled}; took {result.elapsed_s:.1f} s")
     return 0

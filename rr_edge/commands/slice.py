@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rr_edge.blocks import analyze
 from rr_edge.errors import ModelError
-from rr_edge.onnx_io import save_model, load_model
+from rr_edge.onnx_io import load_model, save_model
 from rr_edge.slicing import slice_model
 
 

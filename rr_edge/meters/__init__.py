@@ -1,8 +1,8 @@
 """Energy meters behind one interface (`Meter`): NVML, RAPL, Jetson INA3221 and a declared power model.
 
-    select_meter("auto")          # the best real meter, the model only as a last resort
-    with meter.measure() as r:    # r.energy_mJ, r.elapsed_s, r.source, r.measured
-        work()
+select_meter("auto")          # the best real meter, the model only as a last resort
+with meter.measure() as r:    # r.energy_mJ, r.elapsed_s, r.source, r.measured
+    work()
 """
 
 from rr_edge.meters.base import ACTIVITIES, SOURCES, EnergyReading, Meter

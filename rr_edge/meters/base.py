@@ -91,7 +91,7 @@ class Meter(ABC):
             done = self.stop(token)
             reading.energy_mJ, reading.elapsed_s = done.energy_mJ, done.elapsed_s
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most meters
         """Release handles (NVML, sampler threads). Idempotent."""
 
     def __enter__(self) -> Meter:

@@ -25,7 +25,7 @@ namespace cf {
 // Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
 struct Config {
   int rank = 16;                // latent dimension k (0 = biases only)
-  double reg = 0.1;             // ridge on row factors p_r
+  double reg = 0.3;             // ridge on row factors p_r
   double reg_bias = 0.01;       // ridge on row biases b_r
   double reg_col = 3.0;         // ridge on column factor deviations from the prior (q part of e_c)
   double reg_col_bias = 3.0;    // ridge on column bias deviation from the prior (b part of e_c)

@@ -10,7 +10,7 @@ class Model:
     def __init__(
         self,
         rank: int = 16,
-        reg: float = 0.1,
+        reg: float = 0.3,
         reg_bias: float = 0.01,
         reg_col: float = 3.0,
         reg_col_bias: float = 3.0,

@@ -1,0 +1,215 @@
+"""Cost model of one partition plan: inputs, the plan value object and its cost by direct sums. Pure, no I/O.
+
+A plan (i, j), -1 <= i <= j <= N-1, runs blocks 0..i on the edge, i+1..j on the cloud and j+1..N-1 on the edge.
+i == j offloads nothing (all those plans are one plan; it is reported once, as i = j = N-1); i = -1 starts on the
+cloud; j = N-1 returns the model output. Cost of an offloading plan, per inference:
+
+    latency_ms = c * edge_ms[0..i]                      head, c = e2e correction (whole-model ms / sum of block ms)
+               + up(boundary[i+1]) + W / K              input of block i+1 sent up; W = up(weight bytes of i+1..j)
+               + c_cloud * cloud_ms[i+1..j]             cloud compute
+               + down(boundary[j+1])                    input of block j+1 (the model output when j = N-1) sent down
+               + c * edge_ms[j+1..N-1]                  tail
+    energy_mJ  = c * edge_mJ[head + tail]
+               + transfer energy (network model's mJ, else tx_power_W x transfer ms; weights / K)
+               + idle_power_W x cloud ms                the edge waits for the cloud
+
+W is charged for every offloaded slice (a weightless slice still costs one message) unless the server already holds
+it (``preloaded`` or ``cached_slices``); K = ``amortize_over``. ``Plan.upload_bytes`` is that slice's weight bytes
+(0 when nothing is uploaded); activation bytes are in the breakdown (``uplink_bytes``, ``downlink_bytes``).
+`plan_cost` is the reference implementation; `rr_edge.planner` evaluates every plan at once with the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rr_edge.netmodel import NetworkModel
+
+BREAKDOWN = (  # keys of Plan.breakdown: *_ms add up to latency_ms, *_mJ to energy_mJ
+    "head_ms", "uplink_ms", "weight_upload_ms", "cloud_ms", "downlink_ms", "tail_ms",
+    "compute_mJ", "transfer_mJ", "weight_upload_mJ", "idle_mJ", "uplink_bytes", "downlink_bytes",
+)  # fmt: skip
+
+
+def _vec(name: str, v: Any, n: int) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64).ravel()
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have {n} entries, got {a.size}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"{name} must be finite and non-negative")
+    return a
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything the cost model needs for one model on one edge node (units: ms, mJ, bytes, W).
+
+    Per block (N entries): ``edge_ms``, ``edge_mJ`` (edge compute), ``cloud_ms``, ``weight_bytes`` (slice upload).
+    ``boundary_bytes`` (N+1): boundary k is the tensor entering block k; k = 0 the model input, k = N its output.
+    ``cached_slices``: block ranges (first, last), inclusive, whose slice the server already holds.
+    ``e2e_correction`` scales edge compute (ms and mJ); ``cloud_correction`` scales cloud ms.
+    """
+
+    edge_ms: np.ndarray
+    edge_mJ: np.ndarray
+    cloud_ms: np.ndarray
+    weight_bytes: np.ndarray
+    boundary_bytes: np.ndarray
+    uplink: NetworkModel
+    downlink: NetworkModel
+    idle_power_W: float = 0.0
+    tx_power_W: float = 0.0
+    preloaded: bool = False
+    cached_slices: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+    amortize_over: int = 1
+    e2e_correction: float = 1.0
+    cloud_correction: float = 1.0
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.edge_ms).size
+        if n < 1:
+            raise ValueError("a model needs at least one block")
+        for name in ("edge_ms", "edge_mJ", "cloud_ms", "weight_bytes"):
+            object.__setattr__(self, name, _vec(name, getattr(self, name), n))
+        object.__setattr__(self, "boundary_bytes", _vec("boundary_bytes", self.boundary_bytes, n + 1))
+        object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
+        if int(self.amortize_over) < 1:
+            raise ValueError("amortize_over must be >= 1")
+        for name in ("idle_power_W", "tx_power_W", "e2e_correction", "cloud_correction"):
+            v = float(getattr(self, name))
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be finite and non-negative")
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.edge_ms.size)
+
+
+def correction_factor(whole_model_ms: float, block_ms: Iterable[float]) -> float:
+    """E2E correction: measured whole-model latency / sum of the per-block latencies (1.0 if unknown)."""
+    total = float(np.sum(np.fromiter(block_ms, dtype=np.float64)))
+    if not whole_model_ms or whole_model_ms <= 0 or total <= 0:
+        return 1.0
+    return float(whole_model_ms) / total
+
+
+def inputs_from_blocks(blocks: Sequence[Mapping[str, Any]], **kw: Any) -> PlanInputs:
+    """PlanInputs from SPEC §3 block dicts (``input_bytes``, ``output_bytes``, ``param_bytes``) plus the other fields.
+
+    boundary k = input_bytes of block k, boundary N = output_bytes of the last block; weight_bytes = param_bytes.
+    """
+    if not blocks:
+        raise ValueError("a model needs at least one block")
+    boundary = [int(b["input_bytes"]) for b in blocks] + [int(blocks[-1]["output_bytes"])]
+    weights = [int(b["param_bytes"]) for b in blocks]
+    return PlanInputs(weight_bytes=np.array(weights), boundary_bytes=np.array(boundary), **kw)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One partition: edge 0..i, cloud i+1..j, edge j+1..N-1, with its predicted cost per inference."""
+
+    i: int
+    j: int
+    latency_ms: float
+    energy_mJ: float
+    offloaded_blocks: int
+    upload_bytes: int  # slice weight bytes that must be uploaded (0 when nothing offloaded or already cached)
+    breakdown: dict[str, float] = field(default_factory=dict, compare=False)
+    objective: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """SPEC §6 `plan --json` entry; ``objective`` is added when the plan was chosen by `choose`."""
+        d: dict[str, Any] = {
+            "i": self.i, "j": self.j, "latency_ms": self.latency_ms, "energy_mJ": self.energy_mJ,
+            "offloaded_blocks": self.offloaded_blocks, "upload_bytes": self.upload_bytes,
+        }  # fmt: skip
+        if self.objective is not None:
+            d["objective"] = self.objective
+        return d
+
+
+def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
+    """Cost of one plan (i, j) with its breakdown, by direct sums (the reference the matrix form must match)."""
+    n = inputs.n_blocks
+    if not -1 <= i <= j <= n - 1:
+        raise ValueError(f"invalid plan ({i}, {j}); need -1 <= i <= j <= {n - 1}")
+    c, K = float(inputs.e2e_correction), int(inputs.amortize_over)
+    if i == j:
+        i = j = n - 1
+    head = c * float(inputs.edge_ms[: i + 1].sum())
+    tail = c * float(inputs.edge_ms[j + 1 :].sum())
+    compute_mJ = c * float(inputs.edge_mJ[: i + 1].sum() + inputs.edge_mJ[j + 1 :].sum())
+    parts = dict.fromkeys(BREAKDOWN, 0.0)
+    wbytes = 0
+    if j > i:
+        up_b, down_b = float(inputs.boundary_bytes[i + 1]), float(inputs.boundary_bytes[j + 1])
+        cloud = float(inputs.cloud_correction) * float(inputs.cloud_ms[i + 1 : j + 1].sum())
+        up_ms, down_ms = inputs.uplink.predict_ms(up_b), inputs.downlink.predict_ms(down_b)
+        xfer = transfer_mJ(inputs.uplink, up_b, up_ms, inputs.tx_power_W)
+        xfer += transfer_mJ(inputs.downlink, down_b, down_ms, inputs.tx_power_W)
+        w_ms = w_mJ = 0.0
+        if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
+            wbytes = int(round(float(inputs.weight_bytes[i + 1 : j + 1].sum())))
+            full_ms = inputs.uplink.predict_ms(float(wbytes))
+            w_ms = full_ms / K
+            w_mJ = transfer_mJ(inputs.uplink, float(wbytes), full_ms, inputs.tx_power_W) / K
+        parts.update(
+            uplink_ms=up_ms, weight_upload_ms=w_ms, cloud_ms=cloud, downlink_ms=down_ms, transfer_mJ=xfer,
+            weight_upload_mJ=w_mJ, idle_mJ=inputs.idle_power_W * cloud, uplink_bytes=up_b, downlink_bytes=down_b,
+        )  # fmt: skip
+    parts.update(head_ms=head, tail_ms=tail, compute_mJ=compute_mJ)
+    latency = sum(parts[k] for k in BREAKDOWN if k.endswith("_ms"))
+    energy = sum(parts[k] for k in BREAKDOWN if k.endswith("_mJ"))
+    return Plan(i, j, float(latency), float(energy), j - i, wbytes, {k: float(v) for k, v in parts.items()})
+
+
+def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[int] | np.ndarray) -> list[Plan]:
+    """`plan_cost` of many plans at once, by prefix sums (same figures, O(N + len(i)))."""
+    n, c, K = inputs.n_blocks, float(inputs.e2e_correction), int(inputs.amortize_over)
+    ii, jj = np.asarray(i, dtype=np.int64).ravel(), np.asarray(j, dtype=np.int64).ravel()
+    if ii.shape != jj.shape or np.any(ii < -1) or np.any(ii > jj) or np.any(jj > n - 1):
+        raise ValueError(f"invalid plans; need -1 <= i <= j <= {n - 1}")
+    off = jj > ii
+    ii, jj = np.where(off, ii, n - 1), np.where(off, jj, n - 1)
+    r, j1 = ii + 1, jj + 1
+    pe, pj, pc, pw = (np.concatenate(([0.0], np.cumsum(v))) for v in
+                      (inputs.edge_ms, inputs.edge_mJ, inputs.cloud_ms, inputs.weight_bytes))  # fmt: skip
+    bb = inputs.boundary_bytes
+    z = np.zeros(ii.size)
+    up_b, down_b = np.where(off, bb[r], 0.0), np.where(off, bb[j1], 0.0)
+    up_ms = np.where(off, inputs.uplink.predict_ms(bb[r]), 0.0)
+    down_ms = np.where(off, inputs.downlink.predict_ms(bb[j1]), 0.0)
+    xfer = np.where(off, transfer_mJ(inputs.uplink, bb[r], up_ms, inputs.tx_power_W)
+                    + transfer_mJ(inputs.downlink, bb[j1], down_ms, inputs.tx_power_W), 0.0)  # fmt: skip
+    cloud = np.where(off, (pc[j1] - pc[r]) * float(inputs.cloud_correction), 0.0)
+    cached = np.array([(int(a), int(b)) in inputs.cached_slices for a, b in zip(r, jj, strict=True)], dtype=bool)
+    charged = off & ~cached & (not inputs.preloaded)
+    wbytes = np.where(charged, np.round(pw[j1] - pw[r]), 0.0)
+    full_ms = np.asarray(inputs.uplink.predict_ms(wbytes))
+    w_ms = np.where(charged, full_ms / K, 0.0)
+    w_mJ = np.where(charged, np.asarray(transfer_mJ(inputs.uplink, wbytes, full_ms, inputs.tx_power_W)) / K, 0.0)
+    cols = {
+        "head_ms": c * pe[r], "uplink_ms": up_ms, "weight_upload_ms": w_ms, "cloud_ms": cloud,
+        "downlink_ms": down_ms, "tail_ms": c * (pe[n] - pe[j1]), "compute_mJ": c * (pj[r] + pj[n] - pj[j1]),
+        "transfer_mJ": xfer + z, "weight_upload_mJ": w_mJ, "idle_mJ": inputs.idle_power_W * cloud,
+        "uplink_bytes": up_b, "downlink_bytes": down_b,
+    }  # fmt: skip
+    lat = sum(v for k, v in cols.items() if k.endswith("_ms"))
+    en = sum(v for k, v in cols.items() if k.endswith("_mJ"))
+    rows = [
+        dict(zip(BREAKDOWN, vals, strict=True)) for vals in zip(*(cols[k].tolist() for k in BREAKDOWN), strict=True)
+    ]
+    return [
+        Plan(int(a), int(b), float(x), float(y), int(b - a), int(w), bd)
+        for a, b, x, y, w, bd in zip(ii, jj, np.asarray(lat), np.asarray(en), wbytes, rows, strict=True)
+    ]
+
+
+def transfer_mJ(model: NetworkModel, nbytes: Any, ms: Any, tx_power_W: float) -> Any:
+    """Edge energy (mJ) of a transfer: the network model's energy if profiled, else tx power (W) x time (ms)."""
+    return model.predict_mJ(nbytes) if model.has_energy else tx_power_W * ms

@@ -1,0 +1,123 @@
+"""End to end against a real `rr-server` subprocess: plan and run over gRPC, local fallback, recovery."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rr_edge.blocks import analyze
+from rr_edge.client import Client
+from rr_edge.offload import make_runner
+from rr_edge.onnx_io import load_model
+from rr_edge.runner import RunnerConfig
+from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
+from tests._server_process import ServerProcess
+from tests.conftest import REPO, exported_model
+
+NODE = "e2e-edge"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rr_edge(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "rr_edge.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    port = _free_port()
+    proc = ServerProcess(tmp_path / "data", "--listen", f"127.0.0.1:{port}")
+    yield proc
+    proc.stop()
+
+
+def _local(path: Path, x: np.ndarray) -> np.ndarray:
+    session = OrtSettings().create_session(str(path))
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize(("name", "split"), [("resnet18", (2, 8)), ("mobilenet_v2", (3, 15))])
+def test_forced_two_split_plan_matches_local(server, tmp_path, name, split):
+    path = exported_model(name)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = rr_edge(
+        "run", str(path), "--server", server.address, "--node", NODE, "--split", f"{split[0]},{split[1]}",
+        "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), "--repeat", "3", "--json",
+    )  # fmt: skip
+    assert out["split"] == list(split)
+    assert out["fallback"] is False
+    assert out["max_abs_diff_vs_local"] <= 1e-4
+    assert set(out["latency_ms"]) >= {"median", "p90"} and out["latency_ms"]["median"] > 0
+    assert out["energy_source"] in ("nvml", "rapl", "jetson", "model")
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), _local(path, x), rtol=1e-4, atol=1e-4)
+
+
+def test_profile_plan_json_against_real_server(server, tmp_path):
+    path = exported_model("resnet18")
+    common = ["--server", server.address, "--node", NODE]
+    net = rr_edge("netprofile", *common, "--max-mb", "2", "--json")
+    assert net["uplink"]["chosen_model"] in ("affine", "poly4")
+    prof = rr_edge("profile", str(path), *common, "--sample", "0.3", "--seed", "1", "--json", "--min-runs", "3",
+                   "--min-time", "0.05")  # fmt: skip
+    assert len(prof["profiled"]) >= 1
+    plan = rr_edge("plan", str(path), *common, "--json", "--plot", str(tmp_path / "p.png"))
+    n = plan["blocks"]
+    assert n == len(analyze(load_model(path)).blocks)
+    keys = {"i", "j", "latency_ms", "energy_mJ", "offloaded_blocks", "upload_bytes"}
+    for entry in plan["pareto"] + [plan["chosen"], *plan["baselines"].values()]:
+        assert keys <= set(entry) and -1 <= entry["i"] <= entry["j"] <= n - 1
+    assert set(plan["baselines"]) == {"offload_none", "offload_all", "neurosurgeon", "neurosurgeon_non_offloaded"}
+    assert plan["chosen"]["objective"] == "latency"
+    front = plan["pareto"]
+    for a in front:
+        for b in front:
+            dominated = b["latency_ms"] <= a["latency_ms"] and b["energy_mJ"] <= a["energy_mJ"] and (
+                b["latency_ms"] < a["latency_ms"] or b["energy_mJ"] < a["energy_mJ"]
+            )
+            assert not dominated, (a, b)
+    assert plan["chosen"]["latency_ms"] == min(p["latency_ms"] for p in front)
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_server_killed_mid_run_falls_back_then_resumes(server, tmp_path):
+    path = exported_model("resnet18")
+    model = load_model(path)
+    graph = analyze(model)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    expected = _local(path, x)
+    address = server.address
+    config = RunnerConfig(timeout_s=10, retry_interval_s=0.2)
+    with Client(address) as client:
+        runner = make_runner(Slicer(model, graph), graph, (1, 9), client, config=config)
+        results = []
+        for k in range(50):
+            if k == 10:
+                server.kill9()
+            if k == 25:
+                server = ServerProcess(server.data_dir, "--listen", address)
+            results.append(runner.run(x))
+        runner.close()
+        server.stop()
+    assert len(results) == 50
+    for r in results:
+        np.testing.assert_allclose(next(iter(r.outputs.values())), expected, rtol=1e-4, atol=1e-4)
+    assert not any(r.fallback for r in results[:10])
+    assert all(r.fallback for r in results[10:25])
+    assert any(r.fallback for r in results) and not any(r.fallback for r in results[-10:])
+    assert all(r.remote_ms > 0 for r in results[-10:])

@@ -1,0 +1,59 @@
+"""`python -m tools.eval {collect,analyze,all} [--quick] [--out DIR] [--models a,b] [--classes c,d]`
+
+    collect   testbed up -> ground truth, report, settle, execute -> testbed down (raw JSON in .cache/eval/NAME)
+    analyze   raw JSON -> OUT/eval.json, ground-truth CSVs, fig3..fig6 PNGs and OUT/README.md
+    all       collect, then analyze
+
+Needs root (network namespaces, tc, cgroups). Full run: the ten paper models on four emulated classes; --quick: three
+small models. Output: docs/results/ (full) or docs/results/quick/ (quick) unless --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .config import get_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("collect", "analyze", "all"))
+    p.add_argument("--quick", action="store_true", help="the reduced run (< 10 min)")
+    p.add_argument("--out", type=Path, help="output directory (default docs/results[/quick])")
+    p.add_argument("--models", help="comma-separated override of the model set")
+    p.add_argument("--classes", help="comma-separated override of the edge classes")
+    p.add_argument("--name", help="work-dir name (default full/quick)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = get_config(args.quick)
+    if args.models:
+        cfg = replace(cfg, models=tuple(args.models.split(",")))
+    if args.classes:
+        cfg = replace(cfg, classes=tuple(args.classes.split(",")))
+    if args.name:
+        cfg = replace(cfg, name=args.name)
+    out = args.out or cfg.default_out
+    started = time.perf_counter()
+    if args.command in ("collect", "all"):
+        from .harness import collect
+
+        collect(cfg)
+    if args.command in ("analyze", "all"):
+        from .analysis import analyze_run
+
+        summary = analyze_run(cfg, out)
+        print(json.dumps(summary, indent=1))
+    logging.getLogger("tools.eval").info("done in %.0f s", time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Raw worker outputs -> eval.json: every number behind Fig. 3-6 and the report's tables (pure except `analyze_run`).
+
+Measured cost of a plan = the median per-request latency / modelled energy of its split as RUN on the testbed, plus
+the measured upload of its middle slice when the plan uploads weights at run time (not pre-offloaded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import accuracy, metrics
+from .config import CHAIN, EvalConfig, group_of
+from .groundtruth import from_worker_outputs, write_blocks_csv, write_long_csv
+
+log = logging.getLogger(__name__)
+
+OURS = "roadrunner"
+# Fig. 3 comparisons: label -> (our plan, baseline plan)
+COMPARISONS = {
+    "Offload None": (OURS, "offload_none"),
+    "Offload All": (OURS, "offload_all"),
+    "Neurosurgeon": (OURS, "neurosurgeon"),
+    "NS-nonOffloaded": (OURS, "neurosurgeon_non_offloaded"),
+    "RR-preOffloaded vs Neurosurgeon": ("roadrunner_preoffloaded", "neurosurgeon"),
+}
+
+
+def measured_cost(model_out: Mapping[str, Any], plan_name: str) -> dict[str, float]:
+    """Measured latency (ms) and modelled energy (mJ) of one plan, upload included when charged."""
+    plan = model_out["plans"][plan_name]
+    i, j = plan["split"]
+    m = model_out["measured"][f"{i},{j}"]
+    charged = (not plan["preloaded"]) and i < j
+    return {
+        "latency_ms": m["latency_ms"]["median"] + (m["upload_ms"] if charged else 0.0),
+        "energy_mJ": m["energy_mJ"] + (m["upload_mJ"] if charged else 0.0),
+        "run_ms": m["latency_ms"]["median"],
+        "upload_ms": m["upload_ms"] if charged else 0.0,
+        "fallback_requests": m["fallback_requests"],
+        "max_abs_diff_vs_local": m["max_abs_diff_vs_local"],
+    }
+
+
+def plan_rows(execute: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (device, model, plan): split, predicted (CF and Neurosurgeon) and measured cost."""
+    rows = []
+    for dev, out in execute.items():
+        for model, mo in out["models"].items():
+            for name, plan in mo["plans"].items():
+                meas = measured_cost(mo, name)
+                pred, ns = plan["predicted"], plan["predicted_ns"]
+                rows.append({
+                    "device": dev, "model": model, "group": group_of(model), "plan": name,
+                    "split": plan["split"], "preloaded": plan["preloaded"], "blocks": mo["blocks"],
+                    "offloaded_blocks": plan["offloaded_blocks"],
+                    "measured_ms": meas["latency_ms"], "measured_mJ": meas["energy_mJ"],
+                    "run_ms": meas["run_ms"], "upload_ms": meas["upload_ms"],
+                    "predicted_ms": pred["latency_ms"], "predicted_mJ": pred["energy_mJ"],
+                    "ns_predicted_ms": ns["latency_ms"] if ns else None,
+                    "ns_predicted_mJ": ns["energy_mJ"] if ns else None,
+                    "fallback_requests": meas["fallback_requests"],
+                    "max_abs_diff_vs_local": meas["max_abs_diff_vs_local"],
+                })  # fmt: skip
+    return rows
+
+
+def fig3(execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    points = []
+    for dev, out in execute.items():
+        for model, mo in out["models"].items():
+            for label, (ours, base) in COMPARISONS.items():
+                a, b = measured_cost(mo, ours), measured_cost(mo, base)
+                s, g = metrics.speedup(b["latency_ms"], a["latency_ms"]), metrics.energy_gain_pct(b["energy_mJ"], a["energy_mJ"])
+                points.append({
+                    "device": dev, "model": model, "group": group_of(model), "comparison": label,
+                    "speedup": s, "energy_gain_pct": g, "quadrant": metrics.quadrant(s, g),
+                    "ours_split": mo["plans"][ours]["split"], "baseline_split": mo["plans"][base]["split"],
+                })  # fmt: skip
+    summary: dict[str, Any] = {}
+    for group in ("chain", "residual", "all"):
+        summary[group] = {}
+        for label in COMPARISONS:
+            sel = [p for p in points if p["comparison"] == label and (group == "all" or p["group"] == group)]
+            if not sel:
+                continue
+            summary[group][label] = {
+                "n": len(sel),
+                "mean_speedup": metrics.mean(p["speedup"] for p in sel),
+                "geomean_speedup": metrics.geomean(p["speedup"] for p in sel),
+                "max_speedup": max(p["speedup"] for p in sel),
+                "mean_energy_gain_pct": metrics.mean(p["energy_gain_pct"] for p in sel),
+                "max_energy_gain_pct": max(p["energy_gain_pct"] for p in sel),
+                "quadrants": {q: sum(p["quadrant"] == q for p in sel) for q in ("green", "orange", "red")},
+            }
+    return {"points": points, "summary": summary}
+
+
+def _errors(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for target, unit in (("latency", "ms"), ("energy", "mJ")):
+        for method, col in (("roadrunner", f"predicted_{unit}"), ("neurosurgeon", f"ns_predicted_{unit}")):
+            errs: dict[str, list[float]] = {}
+            for r in rows:
+                if r[col] is not None:
+                    errs.setdefault(r[key], []).append(metrics.abs_pct_error(r[col], r[f"measured_{unit}"]))
+            out.setdefault(target, {})[method] = {k: metrics.median(v) for k, v in errs.items()}
+    return out
+
+
+def fig5(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median absolute % error of whole-plan predictions vs measurements, per model and per device."""
+    distinct: dict[tuple, dict[str, Any]] = {}
+    for r in rows:  # a split run once is scored once, whichever plans chose it
+        distinct.setdefault((r["device"], r["model"], tuple(r["split"]), r["preloaded"]), r)
+    uniq = list(distinct.values())
+    chosen = [r for r in rows if r["plan"] == OURS]
+    overall = {}
+    for name, sel in (("all_plans", uniq), ("chosen_plan", chosen)):
+        overall[name] = {
+            f"{method}_{target}_median_ape": metrics.median(
+                metrics.abs_pct_error(r[col], r[f"measured_{unit}"]) for r in sel if r[col] is not None)
+            for target, unit in (("latency", "ms"), ("energy", "mJ"))
+            for method, col in (("roadrunner", f"predicted_{unit}"), ("neurosurgeon", f"ns_predicted_{unit}"))
+        }  # fmt: skip
+        overall[name]["n"] = len(sel)
+    return {
+        "per_model": _errors(uniq, "model"),
+        "per_device": _errors(uniq, "device"),
+        "per_model_device_latency": {
+            f"{d}/{m}": metrics.median(
+                metrics.abs_pct_error(r["predicted_ms"], r["measured_ms"]) for r in uniq if r["device"] == d and r["model"] == m)
+            for d, m in dict.fromkeys((r["device"], r["model"]) for r in uniq)
+        },  # fmt: skip
+        "overall": overall,
+    }
+
+
+def fig6(execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    share: dict[str, dict[str, dict[str, float]]] = {}
+    for dev, out in execute.items():
+        for model, mo in out["models"].items():
+            for objective, plan in (("latency", OURS), ("energy", "roadrunner_energy")):
+                p = mo["plans"][plan]
+                share.setdefault(objective, {}).setdefault(dev, {})[model] = 100.0 * p["offloaded_blocks"] / mo["blocks"]
+    mean = {o: {d: metrics.mean(v.values()) for d, v in by_dev.items()} for o, by_dev in share.items()}
+    overall = {o: metrics.mean(x for v in by_dev.values() for x in v.values()) for o, by_dev in share.items()}
+    return {"share_pct": share, "mean_pct": mean, "overall_pct": overall}
+
+
+def groundtruth_summary(gt_out: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    whole, ratio, elapsed = {}, {}, {}
+    for dev, out in gt_out.items():
+        elapsed[dev] = out.get("worker_elapsed_s")
+        for model, m in out["models"].items():
+            w = m["whole_model"]
+            whole.setdefault(dev, {})[model] = w["latency_ms"]["median"]
+            ratio.setdefault(dev, {})[model] = w["e2e_over_sum_of_blocks"]
+    return {"whole_model_ms": whole, "whole_over_sum_of_blocks": ratio, "elapsed_s": elapsed}
+
+
+def headline(f3: dict[str, Any], f4: dict[str, Any], f5: dict[str, Any], f6: dict[str, Any]) -> dict[str, Any]:
+    s = f3["summary"]["all"]
+    lat4 = f4.get("latency", {})
+    return {
+        "mean_speedup_vs_ns_non_offloaded": s.get("NS-nonOffloaded", {}).get("mean_speedup"),
+        "geomean_speedup_vs_ns_non_offloaded": s.get("NS-nonOffloaded", {}).get("geomean_speedup"),
+        "max_energy_gain_pct_vs_ns_non_offloaded": s.get("NS-nonOffloaded", {}).get("max_energy_gain_pct"),
+        "max_energy_gain_pct_any_baseline": max((v["max_energy_gain_pct"] for v in s.values()), default=None),
+        "latency_prediction_median_ape_pct": f5["overall"]["all_plans"]["roadrunner_latency_median_ape"],
+        "energy_prediction_median_ape_pct": f5["overall"]["all_plans"]["roadrunner_energy_median_ape"],
+        "chosen_plan_latency_median_ape_pct": f5["overall"]["chosen_plan"]["roadrunner_latency_median_ape"],
+        "cf_latency_rmse_converged_fill": metrics.converged_fill(lat4.get("fills", []), lat4.get("cf", {}).get("rmse", [])),
+        "cf_energy_rmse_converged_fill": metrics.converged_fill(
+            f4.get("energy", {}).get("fills", []), f4.get("energy", {}).get("cf", {}).get("rmse", [])),
+        "offloaded_share_pct": f6["overall_pct"],
+    }  # fmt: skip
+
+
+def _load(work: Path, prefix: str) -> dict[str, Any]:
+    return {p.stem[len(prefix) + 1 :]: json.loads(p.read_text()) for p in sorted(work.glob(f"{prefix}-*.json"))
+            if not p.name.endswith(".spec.json")}
+
+
+def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
+    """Read cfg.work_dir, write eval.json, the ground-truth CSVs, the figures and the README into out_dir."""
+    from . import figures, report
+
+    work = cfg.work_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gt_out = _load(work, "groundtruth")
+    execute = _load(work, "execute")
+    reports = _load(work, "report")
+    order = [d for d in (*cfg.classes, "server") if d in gt_out]
+    gt_out = {d: gt_out[d] for d in order}
+    execute = {d: execute[d] for d in cfg.classes if d in execute}
+    gt, occurrences = from_worker_outputs(gt_out)
+    n_lat = write_long_csv(out_dir / "groundtruth_latency.csv", gt, gt.latency_ms)
+    n_en = write_long_csv(out_dir / "groundtruth_energy.csv", gt, gt.energy_mJ)
+    write_blocks_csv(out_dir / "groundtruth_blocks.csv", occurrences)
+    blocks = [gt.blocks[c] for c in gt.cols]
+    t = time.perf_counter()
+    f4 = {
+        "latency": accuracy.fill_sweep(gt.latency_ms, gt.features, blocks, cfg.fig4_fills, cfg.fig4_seeds),
+        "energy": accuracy.fill_sweep(gt.energy_mJ, gt.features, blocks, cfg.fig4_fills, cfg.fig4_seeds),
+        "rows": gt.rows,
+        "cols": len(gt.cols),
+        "seconds": time.perf_counter() - t,
+    }
+    rows = plan_rows(execute)
+    f3, f5, f6 = fig3(execute), fig5(rows), fig6(execute)
+    phases_file = work / "phases.json"
+    data = {
+        "meta": {
+            "run": cfg.name,
+            "config": cfg.to_json(),
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "host": {"platform": platform.platform(), "cpus": _cpus()},
+            "phases_s": json.loads(phases_file.read_text()) if phases_file.exists() else {},
+            "speed": "EMULATED: cgroup CPU quota of one host CPU per device class (tools/testbed)",
+            "energy_source": "model",
+            "energy_note": "MODELLED: declared watts (tools/testbed/classes.json) x measured time; not measured",
+            "chain_models": [m for m in cfg.models if m in CHAIN],
+            "residual_models": [m for m in cfg.models if m not in CHAIN],
+        },
+        "headline": headline(f3, f4, f5, f6),
+        "groundtruth": {"rows": gt.rows, "signatures": len(gt.cols), "latency_entries": n_lat,
+                        "energy_entries": n_en, **groundtruth_summary(gt_out)},
+        "network": {d: r.get("network") for d, r in reports.items()},
+        "fig3": f3,
+        "fig4": f4,
+        "fig5": f5,
+        "fig6": f6,
+        "plans": rows,
+        "provenance": {d: {m: mo["provenance"] for m, mo in out["models"].items()} for d, out in execute.items()},
+    }
+    (out_dir / "eval.json").write_text(json.dumps(data, indent=1))
+    figures.write_all(data, out_dir)
+    report.write(data, out_dir)
+    return data["headline"]
+
+
+def _cpus() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

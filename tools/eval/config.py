@@ -1,0 +1,80 @@
+"""What a run covers: models, device classes, timing policies and sizes for the full and the quick evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Paper Fig. 3: (a) chain models, (c) residual models (MobileNetV2 is grouped with the ResNets there).
+CHAIN = ("alexnet", "vgg11", "vgg13", "vgg16")
+RESIDUAL = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2")
+PAPER_MODELS = CHAIN + RESIDUAL
+EDGE_CLASSES = ("emu-nano", "emu-tx1", "emu-nx", "emu-agx")
+SERVER_CLASS = "server"
+OBJECTIVES = ("latency", "energy")
+
+
+def group_of(model: str) -> str:
+    return "chain" if model in CHAIN else "residual"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """warm-up runs (untimed), then at least `min_runs` and `min_time_s`, at most `max_runs`; the median counts."""
+
+    warmup: int = 1
+    min_runs: int = 3
+    min_time_s: float = 0.0
+    max_runs: int = 3
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    name: str
+    models: tuple[str, ...]
+    classes: tuple[str, ...] = EDGE_CLASSES
+    input_size: int = 224
+    sample: float = 0.3  # fraction of a model's unique blocks each node profiles (SPEC default)
+    seed: int = 0
+    gt_timing: Timing = Timing()  # ground truth: every block and the whole model
+    run_timing: Timing = field(default_factory=lambda: Timing(warmup=1, min_runs=3, min_time_s=1.0, max_runs=10))
+    netprofile_max_mb: float = 64.0
+    fig4_fills: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+    fig4_seeds: int = 5
+    port: int = 50051
+    max_slice_mb: int = 2048  # vgg16 is 553 MB, above the server's 512 MB default
+
+    @property
+    def work_dir(self) -> Path:
+        return REPO / ".cache" / "eval" / self.name
+
+    @property
+    def models_dir(self) -> Path:
+        return REPO / ".cache" / "eval" / "models"
+
+    @property
+    def default_out(self) -> Path:
+        return REPO / "docs" / "results" / ("quick" if self.name == "quick" else "")
+
+    def model_path(self, model: str) -> Path:
+        return self.models_dir / f"{model}-{self.input_size}.onnx"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = EvalConfig(name="full", models=PAPER_MODELS)
+QUICK = EvalConfig(
+    name="quick",
+    models=("alexnet", "resnet18", "mobilenet_v2"),
+    netprofile_max_mb=16.0,
+    fig4_seeds=3,
+    run_timing=Timing(warmup=1, min_runs=3, min_time_s=0.5, max_runs=5),
+)
+
+
+def get_config(quick: bool) -> EvalConfig:
+    return QUICK if quick else FULL

@@ -1,0 +1,287 @@
+"""On the device: the online phase of RoaD-RuNNer against the testbed's server, and the measurement of every plan.
+
+    report    the node registers, reports a p-sample of its blocks (the measurements of the ground-truth run, the
+              blocks chosen exactly as `rr-edge profile` chooses them) and profiles its link (`run_netprofile`)
+    settle    wait until the server's cloud profiler has timed every reported slice (no background load later)
+    execute   per model: predictions -> plans (latency, energy, pre-offloaded) and the four baselines; then every
+              distinct split is RUN on the testbed (head/tail here, middle on the server) and the middle slice's
+              upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new)
+
+Latency of a plan as measured = median per-request latency (+ the measured upload of its middle slice when the plan
+uploads weights at run time: RoaD-RuNNer, Offload All, NS-nonOffloaded). Energy is MODELLED from measured times with
+the class's declared watts: compute x local ms + idle x remote ms (+ tx x upload ms).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rr_edge.blocks import analyze
+from rr_edge.client import Client
+from rr_edge.device import describe_device
+from rr_edge.meters.model import ModelMeter, resolve_power
+from rr_edge.netprofile import NetProfileConfig, run_netprofile
+from rr_edge.offload import gather_costs, make_plan, make_runner, neurosurgeon_inputs, outputs_close
+from rr_edge.onnx_io import load_model
+from rr_edge.planner import PlanInputs, plan_cost
+from rr_edge.profiler import ProfileResult, features_of, report_profile, select_signatures
+from rr_edge.profiles import LatencyStats, LayerMeasurement, ModelMeasurement
+from rr_edge.runner import RunnerConfig
+from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
+
+from .config import Timing
+from .throttle import CgroupSwitch
+
+log = logging.getLogger(__name__)
+
+# Plans executed per model: name -> whether its weights are already on the server (no upload charged).
+PLANS = {
+    "roadrunner": False,
+    "roadrunner_energy": False,
+    "roadrunner_preoffloaded": True,
+    "offload_none": False,
+    "offload_all": False,
+    "neurosurgeon": True,
+    "neurosurgeon_non_offloaded": False,
+}
+
+
+def connect(server: str, wait_s: float = 120.0) -> Client:
+    client = Client(server)
+    deadline = time.monotonic() + wait_s
+    while not client.healthy(timeout_s=2.0):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server {server} not healthy after {wait_s:.0f} s")
+        time.sleep(1.0)
+    return client
+
+
+def _stats(d: dict[str, float], samples: int) -> LatencyStats:
+    return LatencyStats(d["median"], d["p10"], d["p90"], d["cv"], samples)
+
+
+def sampled_result(name: str, graph: Any, slicer: Slicer, gt: dict[str, Any], measured: set[str], sample: float,
+                   seed: int) -> ProfileResult:
+    """The ProfileResult `rr-edge profile --sample p` would report, built from the ground-truth measurements."""
+    signatures = [b.signature for b in graph.blocks]
+    chosen = select_signatures(signatures, measured, sample, seed)
+    first = {}
+    for b in graph.blocks:
+        first.setdefault(b.signature, b)
+    layers, slices = [], {}
+    for sig in chosen:
+        block, m = first[sig], gt["measurements"][sig]
+        slices[sig] = slicer.slice(block.index, block.index).SerializeToString()
+        layers.append(LayerMeasurement(sig, block.index, features_of(block), _stats(m["latency_ms"], m["samples"]),
+                                       m["energy_mJ"], "model", slice_bytes=len(slices[sig])))
+    whole = gt["whole_model"]
+    model_run = ModelMeasurement(name, tuple(signatures), _stats(whole["latency_ms"], 3), whole["sum_of_blocks_ms"],
+                                 whole["energy_mJ"], "model")
+    unique = set(signatures)
+    return ProfileResult(name, seed, len(unique), len(unique & measured), layers, model_run, OrtSettings().resolved(),
+                         "model", False, slices=slices)
+
+
+def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
+    node, gt = spec["device"], spec["groundtruth"]
+    switch.free()
+    client = connect(spec["server"])
+    client.register_node(node, describe_device(OrtSettings(), energy_source="model"))
+    out: dict[str, Any] = {"device": node, "models": {}}
+    for k, (name, path) in enumerate(spec["models"].items()):
+        model = load_model(path)
+        graph = analyze(model, name)
+        measured = client.list_measured_signatures(node)
+        result = sampled_result(name, graph, Slicer(model, graph), gt["models"][name], measured, spec["sample"],
+                                spec["seed"] + k)
+        report_profile(client, node, result)
+        out["models"][name] = {"reported": [m.signature for m in result.layers], "unique": result.unique_signatures,
+                               "already_measured": result.already_measured}
+    with switch.throttled():
+        t0 = time.perf_counter()
+        prof = run_netprofile(client, node, NetProfileConfig(max_mb=spec["netprofile_max_mb"]), meter=ModelMeter())
+        out["netprofile_s"] = time.perf_counter() - t0
+    out["network"] = {d: {"chosen_model": p.chosen_model, "poly4_error": p.poly4_error, "affine_error": p.affine_error,
+                          "samples": [[s.bytes, s.ms] for s in p.samples]}
+                      for d, p in (("uplink", prof.uplink), ("downlink", prof.downlink))}
+    client.close()
+    return out
+
+
+def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
+    """Poll the cloud node's provenance until every expected signature is measured (or nothing moves for long)."""
+    switch.free()
+    client = connect(spec["server"])
+    cloud = client.server_info().cloud_node_id
+    expected = set(spec["signatures"])
+    features = {}
+    for name, path in spec["models"].items():
+        graph = analyze(load_model(path), name)
+        for b in graph.blocks:
+            features.setdefault(b.signature, features_of(b))
+    sigs = sorted(features)
+    start, last_count, last_change = time.monotonic(), -1, time.monotonic()
+    while True:
+        preds = client.predict(cloud, sigs, [features[s] for s in sigs]).by_signature
+        done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
+        if len(done) != last_count:
+            last_count, last_change = len(done), time.monotonic()
+        if expected <= done or time.monotonic() - last_change > spec.get("stall_s", 60) or \
+                time.monotonic() - start > spec.get("max_s", 900):
+            break
+        time.sleep(2.0)
+    client.close()
+    return {"expected": len(expected), "measured": len(done & expected), "cloud_measured_total": len(done),
+            "waited_s": time.monotonic() - start}
+
+
+def _tagged(data: bytes) -> bytes:
+    """The same slice with a unique ModelProto.doc_string (field 6) appended: same size, new content hash."""
+    tag = f"rr-eval upload probe {uuid.uuid4().hex}".encode()
+    return data + bytes([0x32, len(tag)]) + tag
+
+
+def measure_split(slicer: Slicer, graph: Any, split: tuple[int, int], client: Client, timing: Timing,
+                  switch: CgroupSwitch, x: np.ndarray, power: Any, reference: dict | None) -> dict[str, Any]:
+    switch.free()
+    runner = make_runner(slicer, graph, split, client, config=RunnerConfig(timeout_s=300.0))
+    results = []
+    with switch.throttled():
+        for _ in range(timing.warmup):
+            runner.run(x)
+        t0 = time.perf_counter()
+        while True:
+            results.append(runner.run(x))
+            n, elapsed = len(results), time.perf_counter() - t0
+            if (n >= timing.min_runs and elapsed >= timing.min_time_s) or n >= timing.max_runs:
+                break
+    runner.close()
+    outputs = results[-1].outputs
+    offloads = runner.slices.offloads
+    del runner
+    total = np.array([r.total_ms for r in results])
+    remote = np.array([r.remote_ms for r in results])
+    energy = power.watts("compute") * (total - remote) + power.watts("idle") * remote
+    rec: dict[str, Any] = {
+        "split": list(split),
+        "runs_ms": total.tolist(),
+        "latency_ms": {"median": float(np.median(total)), "p90": float(np.percentile(total, 90))},
+        "remote_ms": float(np.median(remote)),
+        "head_ms": float(np.median([r.head_ms for r in results])),
+        "tail_ms": float(np.median([r.tail_ms for r in results])),
+        "energy_mJ": float(np.median(energy)),
+        "fallback_requests": sum(r.fallback for r in results),
+        "bytes_up": results[-1].bytes_up,
+        "bytes_down": results[-1].bytes_down,
+        "max_abs_diff_vs_local": outputs_close(outputs, reference) if reference else 0.0,
+        "upload_ms": 0.0,
+        "upload_bytes": 0,
+        "upload_mJ": 0.0,
+    }
+    if offloads:
+        i, j = split
+        data = _tagged(slicer.slice(i + 1, j).SerializeToString())
+        with switch.throttled():
+            t0 = time.perf_counter()
+            up = client.upload_slice(data, label=f"{graph.model}[{i + 1}:{j}] probe", timeout_s=600.0)
+            upload_ms = (time.perf_counter() - t0) * 1e3
+        if up.cached:
+            raise RuntimeError(f"upload probe of {graph.model}[{i + 1}:{j}] was already cached")
+        rec.update(upload_ms=upload_ms, upload_bytes=len(data), upload_mJ=power.watts("tx") * upload_ms)
+        del data
+    rec["_outputs"] = outputs
+    gc.collect()
+    return rec
+
+
+def _cost(inputs: PlanInputs | None, i: int, j: int, preloaded: bool) -> dict[str, Any] | None:
+    if inputs is None:
+        return None
+    plan = plan_cost(replace(inputs, preloaded=preloaded, cached_slices=frozenset()), i, j)
+    return {**plan.to_dict(), "breakdown": plan.breakdown}
+
+
+def execute_model(name: str, path: Path, client: Client, node: str, spec: dict[str, Any], switch: CgroupSwitch,
+                  power: Any) -> dict[str, Any]:
+    switch.free()
+    started = time.perf_counter()
+    model = load_model(path)
+    graph = analyze(model, name)
+    slicer = Slicer(model, graph)
+    n = len(graph.blocks)
+    costs = gather_costs(client, node, graph, power)
+    reports = {
+        "latency": make_plan(graph, costs, objective="latency"),
+        "energy": make_plan(graph, costs, objective="energy"),
+        "preloaded": make_plan(graph, costs, objective="latency", preloaded=True),
+    }
+    lat = reports["latency"]
+    ns_inputs = neurosurgeon_inputs(graph, costs, lat.inputs)
+    chosen = {
+        "roadrunner": reports["latency"].chosen,
+        "roadrunner_energy": reports["energy"].chosen,
+        "roadrunner_preoffloaded": reports["preloaded"].chosen,
+        **lat.baselines,
+    }
+
+    def norm(i: int, j: int) -> tuple[int, int]:
+        return (n - 1, n - 1) if i == j else (i, j)
+
+    splits = [norm(n - 1, n - 1)] + [norm(p.i, p.j) for p in chosen.values()]
+    splits = list(dict.fromkeys(splits))
+    x = np.random.default_rng(spec["seed"]).standard_normal((1, 3, spec["input_size"], spec["input_size"]))
+    x = x.astype(np.float32)
+    measured: dict[str, Any] = {}
+    reference = None
+    timing = Timing(**spec["timing"])
+    for split in splits:
+        log.info("%s on %s: running split %s", name, node, split)
+        rec = measure_split(slicer, graph, split, client, timing, switch, x, power, reference)
+        outputs = rec.pop("_outputs")
+        if reference is None:
+            reference = outputs
+        measured[f"{split[0]},{split[1]}"] = rec
+    plans = {}
+    for pname, plan in chosen.items():
+        i, j = norm(plan.i, plan.j)
+        pre = PLANS[pname]
+        plans[pname] = {
+            "split": [i, j],
+            "preloaded": pre,
+            "offloaded_blocks": j - i,
+            "predicted": _cost(lat.inputs, i, j, pre),
+            "predicted_ns": _cost(ns_inputs, i, j, pre),
+        }
+    return {
+        "model": name,
+        "blocks": n,
+        "plans": plans,
+        "measured": measured,
+        "pareto": {k: [p.to_dict() for p in r.pareto] for k, r in reports.items()},
+        "provenance": costs.provenance_counts(),
+        "e2e_correction": costs.e2e_correction,
+        "energy_source": costs.energy_source,
+        "network_models": {"uplink": lat.inputs.uplink.to_dict(), "downlink": lat.inputs.downlink.to_dict()},
+        "elapsed_s": time.perf_counter() - started,
+    }
+
+
+def execute(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
+    node = spec["device"]
+    switch.free()
+    client = connect(spec["server"])
+    power = resolve_power(device_class=node)[0]
+    out: dict[str, Any] = {"device": node, "energy_source": "model", "models": {}}
+    for name, path in spec["models"].items():
+        out["models"][name] = execute_model(name, Path(path), client, node, spec, switch, power)
+    client.close()
+    return out

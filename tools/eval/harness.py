@@ -1,0 +1,204 @@
+"""Host side of a run: export the models, bring the testbed and the server up, run each phase as worker processes
+inside the devices, and always tear everything down (also on failure or Ctrl-C).
+
+Phases (raw outputs under `EvalConfig.work_dir`):
+
+    groundtruth   every edge class in parallel (their quotas sum to < 1 host CPU), then the server's row alone
+    report        per edge class in turn: the p-sample reported to the server, then the network profile
+    settle        wait for the server's cloud profiler to finish timing the reported slices
+    execute       per edge class in turn (the server is shared, so one device offloads at a time)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tools import testbed
+from tools.testbed import cgroups
+from tools.testbed.config import TestbedConfig
+
+from .config import REPO, SERVER_CLASS, EvalConfig
+
+log = logging.getLogger(__name__)
+
+PHASES = ("groundtruth", "report", "settle", "execute")
+CPU_SHARES = 8192  # the testbed's weight against other load on the host (see docs/testbed.md)
+
+
+def export_models(cfg: EvalConfig) -> dict[str, str]:
+    """Export (once; cached under .cache/eval/models) every model of the run; returns name -> path."""
+    out = {}
+    for name in cfg.models:
+        path = cfg.model_path(name)
+        if not path.exists():
+            from rr_edge.export import export_model
+
+            log.info("exporting %s at %d", name, cfg.input_size)
+            export_model(name, path, input_size=cfg.input_size)
+        out[name] = str(path)
+    return out
+
+
+def testbed_config(cfg: EvalConfig) -> TestbedConfig:
+    return TestbedConfig(classes=cfg.classes, cpu_shares=CPU_SHARES)
+
+
+@contextmanager
+def testbed_up(tcfg: TestbedConfig) -> Iterator[None]:
+    """The testbed for the duration of the block; `down` runs whatever happens."""
+    try:
+        testbed.up(tcfg)
+        yield
+    finally:
+        removed = testbed.down(tcfg)
+        log.info("testbed down (%d objects removed)", len(removed))
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+class Cluster:
+    """The running testbed: starts the server and workers inside devices."""
+
+    def __init__(self, cfg: EvalConfig, tcfg: TestbedConfig, work: Path) -> None:
+        self.cfg, self.tcfg, self.work = cfg, tcfg, work
+        self.server: subprocess.Popen[Any] | None = None
+        self.server_addr = f"{tcfg.server_addr}:{cfg.port}"
+        hier = cgroups.detect()
+        self._free_procs = hier.root / "cgroup.procs"
+
+    def start_server(self) -> None:
+        data = self.work / "server-data"
+        data.mkdir(parents=True, exist_ok=True)
+        exe = str(Path(sys.executable).parent / "rr-server")
+        argv = [exe, "--listen", f"0.0.0.0:{self.cfg.port}", "--data-dir", str(data),
+                "--max-slice-mb", str(self.cfg.max_slice_mb), "--log-level", "WARNING"]
+        logf = open(self.work / "server.log", "ab")
+        self.server = testbed.spawn(self.tcfg, SERVER_CLASS, argv, port=self.cfg.port, cwd=REPO, stdout=logf,
+                                    stderr=subprocess.STDOUT)
+        logf.close()
+
+    def stop_server(self) -> None:
+        if self.server is None:
+            return
+        self.server.terminate()
+        try:
+            self.server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+        self.server = None
+
+    def spawn_worker(self, device: str, command: str, spec: dict[str, Any]) -> tuple[subprocess.Popen[Any], Path]:
+        stem = f"{command}-{device}"
+        spec_path, out_path = self.work / f"{stem}.spec.json", self.work / f"{stem}.json"
+        spec_path.write_text(json.dumps({"device": device, "server": self.server_addr, **spec}, indent=1))
+        out_path.unlink(missing_ok=True)
+        _, cg, _ = testbed.device_env(self.tcfg, device, self.cfg.port)
+        tfd = os.open(cg / "cgroup.procs", os.O_WRONLY)
+        ffd = os.open(self._free_procs, os.O_WRONLY)
+        argv = [sys.executable, "-m", "tools.eval.worker", command, "--spec", str(spec_path), "--out", str(out_path),
+                "--throttle-fd", str(tfd), "--free-fd", str(ffd)]
+        logf = open(self.work / f"{stem}.log", "wb")
+        try:
+            proc = testbed.spawn(self.tcfg, device, argv, port=self.cfg.port, cwd=REPO, stdout=logf,
+                                 stderr=subprocess.STDOUT, pass_fds=(tfd, ffd))
+        finally:
+            logf.close()
+            os.close(tfd)
+            os.close(ffd)
+        return proc, out_path
+
+    def run_workers(self, command: str, jobs: dict[str, dict[str, Any]], timeout_s: float = 3600) -> dict[str, Any]:
+        """Run `command` on every device of `jobs` (device -> spec) concurrently; their outputs by device."""
+        if self.server is not None and self.server.poll() is not None:
+            raise RuntimeError(f"rr-server exited ({self.server.returncode}):\n{_tail(self.work / 'server.log')}")
+        started = {dev: self.spawn_worker(dev, command, spec) for dev, spec in jobs.items()}
+        deadline = time.monotonic() + timeout_s
+        results, failed = {}, []
+        for dev, (proc, out) in started.items():
+            try:
+                rc = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            if rc != 0 or not out.exists():
+                failed.append(f"{command} on {dev} failed (rc {rc}):\n{_tail(self.work / f'{command}-{dev}.log')}")
+            else:
+                results[dev] = json.loads(out.read_text())
+        if failed:
+            raise RuntimeError("\n".join(failed))
+        return results
+
+
+def collect(cfg: EvalConfig) -> dict[str, float]:
+    """All four phases on a fresh testbed and server; raw JSON in cfg.work_dir. Returns the phase durations (s)."""
+    work = cfg.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    for old in work.glob("*.json"):
+        old.unlink()
+    data = work / "server-data"
+    if data.exists():
+        subprocess.run(["rm", "-rf", str(data)], check=True)
+    t0 = time.perf_counter()
+    models = export_models(cfg)
+    times = {"export": time.perf_counter() - t0}
+    tcfg = testbed_config(cfg)
+    with testbed_up(tcfg):
+        cluster = Cluster(cfg, tcfg, work)
+        cluster.start_server()
+        try:
+            times.update(_phases(cfg, cluster, models))
+        finally:
+            cluster.stop_server()
+            subprocess.run(["rm", "-rf", str(data)], check=False)  # probe uploads: GBs of slices
+    (work / "phases.json").write_text(json.dumps(times, indent=1))
+    return times
+
+
+def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[str, float]:
+    times: dict[str, float] = {}
+    common = {"models": models, "seed": cfg.seed, "input_size": cfg.input_size}
+    gt_spec = {**common, "timing": cfg.gt_timing.__dict__}
+
+    t = time.perf_counter()
+    log.info("ground truth on %s (in parallel)", ", ".join(cfg.classes))
+    gt = cluster.run_workers("groundtruth", {dev: gt_spec for dev in cfg.classes})
+    log.info("ground truth on the server row")
+    gt.update(cluster.run_workers("groundtruth", {SERVER_CLASS: gt_spec}))
+    times["groundtruth"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    reported: set[str] = set()
+    for dev in cfg.classes:
+        log.info("report + network profile: %s", dev)
+        spec = {**common, "sample": cfg.sample, "netprofile_max_mb": cfg.netprofile_max_mb, "groundtruth": gt[dev]}
+        rep = cluster.run_workers("report", {dev: spec})[dev]
+        for m in rep["models"].values():
+            reported.update(m["reported"])
+    times["report"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log.info("waiting for the cloud profiler (%d signatures)", len(reported))
+    cluster.run_workers("settle", {cfg.classes[-1]: {**common, "signatures": sorted(reported)}})
+    times["settle"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    for dev in cfg.classes:
+        log.info("plans executed on %s", dev)
+        cluster.run_workers("execute", {dev: {**common, "timing": cfg.run_timing.__dict__}})
+    times["execute"] = time.perf_counter() - t
+    return times

@@ -1,0 +1,72 @@
+"""Run only the timed work at the emulated speed: move this process into its class cgroup and back out.
+
+The harness opens two `cgroup.procs` files on the host (the device class's cgroup and the hierarchy's root) and
+passes their descriptors to the worker; `ip netns exec` hides the host's cgroupfs, so descriptors are the only way
+in. Writing our pid to one moves every thread of the process. Model loading, slicing and ONNX Runtime session
+creation then run at full speed (they are never timed); every timed run, upload and network probe runs throttled.
+Without descriptors (tests, a plain run) both moves are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rr_edge.meters.base import Meter
+
+
+class CgroupSwitch:
+    """`throttled()` context: inside the class cgroup; outside it, the free (root) cgroup."""
+
+    def __init__(self, throttle_fd: int | None = None, free_fd: int | None = None) -> None:
+        self._throttle_fd, self._free_fd = throttle_fd, free_fd
+        self.throttled_now = False
+
+    def _move(self, fd: int | None) -> None:
+        if fd is not None:
+            os.write(fd, str(os.getpid()).encode())
+
+    def throttle(self) -> None:
+        self._move(self._throttle_fd)
+        self.throttled_now = True
+
+    def free(self) -> None:
+        self._move(self._free_fd)
+        self.throttled_now = False
+
+    @contextmanager
+    def throttled(self) -> Iterator[None]:
+        self.throttle()
+        try:
+            yield
+        finally:
+            self.free()
+
+
+class ThrottledMeter(Meter):
+    """Wraps a meter: each metered window (the profiler's timed runs) runs inside the class cgroup."""
+
+    def __init__(self, inner: Meter, switch: CgroupSwitch) -> None:
+        super().__init__()
+        self.inner, self.switch = inner, switch
+        self.source = inner.source  # type: ignore[misc]
+        self.measured = inner.measured  # type: ignore[misc]
+        self.min_window_s = inner.min_window_s
+
+    def start(self, activity: str = "compute") -> tuple[Any, float]:
+        self.switch.throttle()
+        return self.inner.start(activity)
+
+    def stop(self, token: tuple[Any, float]) -> Any:
+        try:
+            return self.inner.stop(token)
+        finally:
+            self.switch.free()
+
+    def _begin(self, activity: str) -> Any:  # pragma: no cover - start/stop delegate
+        raise NotImplementedError
+
+    def _end(self, state: Any, elapsed_s: float) -> float:  # pragma: no cover
+        raise NotImplementedError
