@@ -114,10 +114,14 @@ class EdgeNode:
         slo_ms: float | None = None,
         preloaded: bool = False,
         amortize_over: int = 1,
+        wait_s: float = 10.0,
     ) -> PlanReport:
-        """Predictions from the server, every plan (i, j), the Pareto set, the chosen plan and the baselines."""
+        """Predictions from the server, every plan (i, j), the Pareto set, the chosen plan and the baselines.
+
+        Waits up to `wait_s` for the server's background refit after a fresh profile.
+        """
         m = self._load(model)
-        costs = gather_costs(self.client, self.node, m.graph, self.power)
+        costs = gather_costs(self.client, self.node, m.graph, self.power, wait_s)
         return plan_with_server_cache(
             self.client,
             m.model,

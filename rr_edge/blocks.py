@@ -23,6 +23,7 @@ tensor of the same size for no gain.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from onnx import NodeProto, TensorProto
 
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
-from rr_edge.onnx_io import TensorInfo, dtype_size
+from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy
 from rr_edge.shapes import tensor_infos_of
 from rr_edge.signature import block_signature
 
@@ -155,6 +156,7 @@ class _Index:
             for o in n.output:
                 if o:
                     self.producer[o] = i
+        self.sorted = True  # whether graph.node already is in topological order
         self.order = self._topological_order()
 
     def _topological_order(self) -> list[int]:
@@ -165,6 +167,7 @@ class _Index:
                 ok = False
                 break
             known.update(o for o in self.nodes[i].output if o)
+        self.sorted = ok
         if ok:
             return list(range(len(self.nodes)))
         log.info("graph nodes are not in topological order; sorting")
@@ -174,10 +177,10 @@ class _Index:
             for src in {self.producer[x] for x in ins if x in self.producer}:
                 indeg[i] += 1
                 users.setdefault(src, []).append(i)
-        ready = [i for i, d in enumerate(indeg) if d == 0]
+        ready = deque(i for i, d in enumerate(indeg) if d == 0)
         order: list[int] = []
         while ready:
-            i = ready.pop(0)
+            i = ready.popleft()
             order.append(i)
             for u in users.get(i, []):
                 indeg[u] -= 1
@@ -186,6 +189,15 @@ class _Index:
         if len(order) != len(self.nodes):
             raise ModelError("graph has a cycle")
         return order
+
+
+def _reordered(model: onnx.ModelProto, order: Sequence[int]) -> onnx.ModelProto:
+    """A weight-free copy with nodes in topological order (shape inference needs that order)."""
+    light = light_copy(model)
+    nodes = list(light.graph.node)
+    del light.graph.node[:]
+    light.graph.node.extend(nodes[i] for i in order)
+    return light
 
 
 def _classify(ix: _Index, infos: Mapping[str, TensorInfo]) -> tuple[set[int], set[str]]:
@@ -263,10 +275,10 @@ def _fuse_cheap(
     return fused
 
 
-def _static_closure(ix: _Index, nodes: Iterable[int], active: set[int]) -> set[int]:
-    """Static nodes (non-active) the given nodes need, transitively."""
+def _static_closure(ix: _Index, tensors: Iterable[str], active: set[int]) -> set[int]:
+    """Static (non-active) nodes needed to compute `tensors`, transitively."""
     out: set[int] = set()
-    stack = [x for i in nodes for x in ix.inputs[i]]
+    stack = list(tensors)
     while stack:
         x = stack.pop()
         p = ix.producer.get(x)
@@ -299,9 +311,8 @@ def _param_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorPr
 
 def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -> BlockGraph:
     """Split `model` into atomic blocks (see the module docstring)."""
-    graph = model.graph
-    infos = tensor_infos_of(model)
-    ix = _Index(graph)
+    ix = _Index(model.graph)
+    infos = tensor_infos_of(model if ix.sorted else _reordered(model, ix.order))
     if not ix.graph_inputs:
         raise ModelError(f"model {name!r} has no graph inputs")
     active, active_tensors = _classify(ix, infos)
@@ -313,7 +324,8 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
     for k, (run, cut) in enumerate(runs):
         outputs = [cut] if cut is not None else list(ix.graph_outputs)
-        members = sorted(set(run) | _static_closure(ix, run, active), key=position.__getitem__)
+        needs = [x for i in run for x in ix.inputs[i]] + (outputs if cut is None else [])
+        members = sorted(set(run) | _static_closure(ix, needs, active), key=position.__getitem__)
         nodes = [ix.nodes[i] for i in members]
         blocks.append(
             Block(

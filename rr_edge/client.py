@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,16 +32,14 @@ from typing import Any
 import grpc
 import numpy as np
 
+from rr_edge import _wire as wire
 from rr_edge.device import DeviceInfo
 from rr_edge.errors import ServerError, ServerUnavailable
 from rr_edge.profiles import (
     BlockFeatures,
-    DirectionProfile,
-    LatencyStats,
     LayerMeasurement,
     ModelMeasurement,
     NetworkProfile,
-    NetworkSample,
 )
 from rr_edge.session import OrtSettings
 from rr_proto import codec
@@ -75,12 +72,6 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-_ROLES = {"edge": pb.NODE_ROLE_EDGE, "cloud": pb.NODE_ROLE_CLOUD}
-_PROVENANCE = {
-    pb.PROVENANCE_MEASURED: "measured",
-    pb.PROVENANCE_PREDICTED: "predicted",
-    pb.PROVENANCE_COLD_START: "cold-start",
-}
 _HEALTH = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
@@ -277,21 +268,26 @@ class Client:
         self, node_id: str, device: DeviceInfo | None = None, role: str = "edge", timeout_s: float | None = None
     ) -> bool:
         """Register (or update) this node; True when it was created, False when it existed."""
-        if role not in _ROLES:
-            raise ValueError(f"role must be one of {', '.join(_ROLES)}")
-        request = pb.RegisterNodeRequest(node_id=node_id, role=_ROLES[role])
+        if role not in wire.ROLES:
+            raise ValueError(f"role must be one of {', '.join(wire.ROLES)}")
+        request = pb.RegisterNodeRequest(node_id=node_id, role=wire.ROLES[role])
         if device is not None:
-            request.device.CopyFrom(_device_pb(device))
+            request.device.CopyFrom(wire.device_pb(device))
         with self._rpc("RegisterNode"):
             return bool(self._nodes.RegisterNode(request, **self._kw(timeout_s)).created)
 
     def get_node(self, node_id: str, timeout_s: float | None = None) -> NodeInfo:
         with self._rpc("GetNode"):
-            return _node_info(self._nodes.GetNode(pb.GetNodeRequest(node_id=node_id), **self._kw(timeout_s)).node)
+            return NodeInfo(
+                *wire.node_fields(self._nodes.GetNode(pb.GetNodeRequest(node_id=node_id), **self._kw(timeout_s)).node)
+            )
 
     def list_nodes(self, timeout_s: float | None = None) -> list[NodeInfo]:
         with self._rpc("ListNodes"):
-            return [_node_info(n) for n in self._nodes.ListNodes(pb.ListNodesRequest(), **self._kw(timeout_s)).nodes]
+            return [
+                NodeInfo(*wire.node_fields(n))
+                for n in self._nodes.ListNodes(pb.ListNodesRequest(), **self._kw(timeout_s)).nodes
+            ]
 
     # -- profiles ------------------------------------------------------------------------------------------------
 
@@ -310,25 +306,20 @@ class Client:
         timeout_s: float | None = None,
     ) -> tuple[int, int]:
         """Stream block (and whole-model) measurements; returns (accepted layers, accepted models) once stored."""
-        wire_settings = pb.RuntimeSettings(
-            execution_provider=settings.provider,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            graph_optimization=settings.graph_optimization,
-        )
+        wire_settings = wire.settings_pb(settings)
 
         def requests() -> Iterator[pb.ReportLayerProfilesRequest]:
             for layer in layers:
-                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, layer=_layer_pb(layer))
+                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, layer=wire.layer_pb(layer))
             for model in models:
-                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=_model_pb(model))
+                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=wire.model_pb(model))
 
         with self._rpc("ReportLayerProfiles"):
             r = self._profiles.ReportLayerProfiles(requests(), **self._kw(timeout_s))
         return r.accepted_layers, r.accepted_models
 
     def report_network_profile(self, node_id: str, profile: NetworkProfile, timeout_s: float | None = None) -> None:
-        request = pb.ReportNetworkProfileRequest(node_id=node_id, profile=_network_pb(profile))
+        request = pb.ReportNetworkProfileRequest(node_id=node_id, profile=wire.network_pb(profile))
         with self._rpc("ReportNetworkProfile"):
             self._profiles.ReportNetworkProfile(request, **self._kw(timeout_s))
 
@@ -343,7 +334,7 @@ class Client:
             if exc.code == "NOT_FOUND":
                 return None
             raise
-        return _network_from_pb(r.profile) if r.HasField("profile") else None
+        return wire.network_from_pb(r.profile) if r.HasField("profile") else None
 
     # -- predictions ---------------------------------------------------------------------------------------------
 
@@ -359,7 +350,7 @@ class Client:
         if features is not None:
             if len(features) != len(signatures):
                 raise ValueError("features must be parallel to signatures")
-            request.features.extend(_features_pb(f) for f in features)
+            request.features.extend(wire.features_pb(f) for f in features)
         with self._rpc("Predict"):
             r = self._predictions.Predict(request, **self._kw(timeout_s))
         by_sig = {
@@ -367,8 +358,8 @@ class Client:
                 p.signature,
                 p.latency_ms,
                 p.energy_mj,
-                _PROVENANCE.get(p.latency_provenance, "unknown"),
-                _PROVENANCE.get(p.energy_provenance, "unknown"),
+                wire.PROVENANCE.get(p.latency_provenance, "unknown"),
+                wire.PROVENANCE.get(p.energy_provenance, "unknown"),
                 p.energy_source,
             )
             for p in r.predictions
@@ -515,7 +506,7 @@ class Client:
         return received
 
 
-# -- conversions (protobuf stops here) ---------------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------------------------------
 
 _PAYLOADS: dict[int, bytes] = {}
 
@@ -548,118 +539,3 @@ def _decode(response: ipb.ModelInferResponse) -> dict[str, np.ndarray]:
         return codec.decode_infer_response(response)
     except codec.CodecError as exc:
         raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None
-
-
-def _device_pb(d: DeviceInfo) -> pb.DeviceDescriptor:
-    return pb.DeviceDescriptor(
-        cpu_model=d.cpu_model,
-        cpu_cores=d.cpu_cores,
-        memory_bytes=d.memory_bytes,
-        gpu_name=d.gpu_name,
-        ort_version=d.ort_version,
-        ort_providers=list(d.ort_providers),
-        intra_op_threads=d.intra_op_threads,
-        inter_op_threads=d.inter_op_threads,
-        graph_optimization=d.graph_optimization,
-        device_class=d.device_class,
-        hostname=d.hostname,
-        extra={str(k): str(v) for k, v in d.extra.items()},
-    )
-
-
-def _node_info(n: pb.Node) -> NodeInfo:
-    roles = {v: k for k, v in _ROLES.items()}
-    dev = n.device
-    device = {
-        "cpu_model": dev.cpu_model,
-        "cpu_cores": dev.cpu_cores,
-        "memory_bytes": dev.memory_bytes,
-        "gpu_name": dev.gpu_name,
-        "ort_version": dev.ort_version,
-        "ort_providers": list(dev.ort_providers),
-        "intra_op_threads": dev.intra_op_threads,
-        "inter_op_threads": dev.inter_op_threads,
-        "graph_optimization": dev.graph_optimization,
-        "device_class": dev.device_class,
-        "hostname": dev.hostname,
-        "extra": dict(dev.extra),
-    }
-    return NodeInfo(n.node_id, roles.get(n.role, "unspecified"), device, n.registered_at)
-
-
-def _features_pb(f: BlockFeatures) -> pb.BlockFeatures:
-    return pb.BlockFeatures(
-        ops=list(f.ops),
-        flops=f.flops,
-        param_bytes=f.param_bytes,
-        input_bytes=f.input_bytes,
-        output_bytes=f.output_bytes,
-    )
-
-
-def _latency_pb(s: LatencyStats) -> pb.LatencyStats:
-    return pb.LatencyStats(median_ms=s.median_ms, p10_ms=s.p10_ms, p90_ms=s.p90_ms, cv=s.cv, samples=s.samples)
-
-
-def _layer_pb(m: LayerMeasurement) -> pb.LayerProfile:
-    layer = pb.LayerProfile(
-        signature=m.signature,
-        features=_features_pb(m.features),
-        latency=_latency_pb(m.latency),
-        energy_source=m.energy_source if m.energy_mJ is not None else "",
-        slice_id=m.slice_id,
-    )
-    if m.energy_mJ is not None:
-        layer.energy_mj = m.energy_mJ
-    return layer
-
-
-def _model_pb(m: ModelMeasurement) -> pb.ModelProfile:
-    model = pb.ModelProfile(
-        model=m.model,
-        block_signatures=list(m.block_signatures),
-        latency=_latency_pb(m.latency),
-        sum_of_blocks_ms=m.sum_of_blocks_ms,
-        energy_source=m.energy_source if m.energy_mJ is not None else "",
-    )
-    if m.energy_mJ is not None:
-        model.energy_mj = m.energy_mJ
-    return model
-
-
-def _direction_pb(d: DirectionProfile) -> pb.DirectionProfile:
-    samples = []
-    for s in d.samples:
-        sample = pb.NetworkSample(bytes=s.bytes, ms=s.ms)
-        if s.energy_mJ is not None:
-            sample.energy_mj = s.energy_mJ
-        samples.append(sample)
-    return pb.DirectionProfile(
-        samples=samples,
-        chosen_model=d.chosen_model,
-        poly4_error=d.poly4_error,
-        affine_error=d.affine_error,
-        model_json=json.dumps(d.model),
-    )
-
-
-def _network_pb(p: NetworkProfile) -> pb.NetworkProfile:
-    return pb.NetworkProfile(
-        uplink=_direction_pb(p.uplink),
-        downlink=_direction_pb(p.downlink),
-        energy_source=p.energy_source,
-        measured_at=p.measured_at,
-    )
-
-
-def _direction_from_pb(d: pb.DirectionProfile) -> DirectionProfile:
-    samples = tuple(NetworkSample(s.bytes, s.ms, s.energy_mj if s.HasField("energy_mj") else None) for s in d.samples)
-    try:
-        model = json.loads(d.model_json) if d.model_json else {}
-    except ValueError:
-        model = {}
-    return DirectionProfile(samples, d.chosen_model, d.poly4_error, d.affine_error, model)
-
-
-def _network_from_pb(p: pb.NetworkProfile) -> NetworkProfile:
-    return NetworkProfile(_direction_from_pb(p.uplink), _direction_from_pb(p.downlink), p.energy_source, p.measured_at)

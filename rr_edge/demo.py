@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rr_edge.api import EdgeNode
-from rr_edge.offload import PlanReport, outputs_close
+from rr_edge.offload import PlanReport, local_outputs, outputs_close
 from rr_edge.planner import Plan, plan_cost
 from rr_edge.session import OrtSettings
 
@@ -49,7 +49,9 @@ class Measured:
     max_abs_diff: float
 
 
-def _measure(node: EdgeNode, path: Path, split: tuple[int, int], x: np.ndarray, expected: dict, repeat: int) -> Measured:
+def _measure(
+    node: EdgeNode, path: Path, split: tuple[int, int], x: np.ndarray, expected: dict, repeat: int
+) -> Measured:
     start = time.perf_counter()
     runner = node.runner(path, split)  # uploads the middle slice when the server lacks it
     upload_s = time.perf_counter() - start
@@ -86,6 +88,7 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
     summary: dict[str, Any] = {"model": options.model, "input_size": options.input_size}
     with tempfile.TemporaryDirectory(prefix="rr-demo-") as data_dir:
         with Server(ServerConfig(data_dir=Path(data_dir), listen="127.0.0.1:0")) as server:
+            assert server.address is not None
             console.rule(f"[bold]RoaD-RuNNer demo: {options.model} at {options.input_size}")
             console.print(f"embedded server on {server.address} (data dir {data_dir}, providers {server.providers})")
             path = out / f"{options.model}_{options.input_size}.onnx"
@@ -107,13 +110,14 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 )
                 with console.status(f"profiling {options.sample:.0%} of the unique blocks"):
                     prof = node.profile(path, sample=options.sample, seed=options.seed)
-                console.print(f"profiled {len(prof.layers)} of {prof.unique_signatures} unique blocks in {prof.elapsed_s:.1f} s")
-                time.sleep(1.0)  # let the server's debounced refresh and its own cloud timings land
+                console.print(
+                    f"profiled {len(prof.layers)} of {prof.unique_signatures} unique blocks in {prof.elapsed_s:.1f} s"
+                )
+                time.sleep(1.0)  # let the server's own cloud timings of the profiled blocks land
                 report = node.plan(path, options.objective, amortize_over=options.repeat)
                 _print_plan(console, report)
                 x = np.random.default_rng(options.seed).standard_normal(graph.inputs[0].shape).astype(np.float32)
-                whole = settings.create_session(path.read_bytes())
-                expected = dict(zip([o.name for o in whole.get_outputs()], whole.run(None, {whole.get_inputs()[0].name: x})))
+                expected = local_outputs(settings, path.read_bytes(), x)
                 measured: dict[str, Measured] = {}
                 plans = _plans_to_measure(report)
                 with console.status("running the plans over gRPC") as status:
@@ -123,7 +127,9 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 summary["plans"] = _print_measured(console, report, plans, measured)
                 from rr_edge.plot import plot_pareto
 
-                png = plot_pareto(report.table, report.pareto, report.chosen, report.baselines, out / "pareto.png", title=graph.model)
+                png = plot_pareto(
+                    report.table, report.pareto, report.chosen, report.baselines, out / "pareto.png", title=graph.model
+                )
                 console.print(f"Pareto plot: {png}")
                 summary.update(
                     blocks=len(graph.blocks),
@@ -143,7 +149,9 @@ def _print_plan(console: Console, report: PlanReport) -> None:
     console.print(f"block predictions: edge {counts['edge']}, cloud {counts['cloud']}")
 
 
-def _print_measured(console: Console, report: PlanReport, plans: dict[str, Plan], measured: dict[str, Measured]) -> list:
+def _print_measured(
+    console: Console, report: PlanReport, plans: dict[str, Plan], measured: dict[str, Measured]
+) -> list:
     chosen = measured["roadrunner (chosen)"].median_ms
     table = Table(title="measured over gRPC on this machine (median of the requests)")
     for column in ("plan", "i,j", "predicted ms", "measured ms", "p90 ms", "chosen speedup", "max |diff| vs local"):

@@ -74,6 +74,11 @@ def _zoo_model(name: str) -> Any:
     return torchvision.models.get_model(name, weights=None)
 
 
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _user_model(spec: str) -> Any:
     """`MODULE:CALLABLE` or `path/to/file.py:CALLABLE`; the callable returns (or is) an nn.Module class."""
     torch, _ = _torch()
@@ -99,14 +104,14 @@ def _user_model(spec: str) -> Any:
     except ModelError:
         raise
     except Exception as exc:  # user code: any import failure is a bad --from argument
-        raise ModelError(f"--from: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"--from: cannot import {module_name!r}: {_one_line(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"--from: {module_name!r} has no callable {attr!r}")
     try:
         model = factory()
     except Exception as exc:
-        raise ModelError(f"--from: {spec}() failed: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"--from: {spec}() failed: {_one_line(exc)}") from None
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"--from: {spec}() returned {type(model).__name__}, expected a torch.nn.Module")
     return model
@@ -158,8 +163,8 @@ def export_model(
                 fn(tmp)
             load_model(tmp)
         except Exception as exc:  # exporter internals raise anything; try the next exporter
-            log.warning("%s exporter failed on %s: %s: %s", kind, label, type(exc).__name__, exc)
-            errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            log.warning("%s exporter failed on %s: %s", kind, label, _one_line(exc, 2000))
+            errors.append(f"{kind}: {_one_line(exc)}")
             _cleanup(tmp)
             continue
         if external:

@@ -11,6 +11,7 @@ and turns a split into runnable slices.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -93,8 +94,26 @@ def _block_dicts(graph: BlockGraph) -> list[dict[str, Any]]:
     return [b.to_json() for b in graph.blocks]
 
 
-def gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSpec) -> Costs:
-    """Ask the server for the predictions of every block on this node and on the cloud node, and the network."""
+class PredictionsPending(RoadRunnerError):
+    """The server has not predicted every block yet (nothing measured, or a refit still running)."""
+
+
+def gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSpec, wait_s: float = 0.0) -> Costs:
+    """Ask the server for the predictions of every block on this node and on the cloud node, and the network.
+
+    The server refits in the background after reports arrive; `wait_s` polls that long for complete predictions.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _gather_costs(client, node_id, graph, power)
+        except PredictionsPending:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
+def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSpec) -> Costs:
     profile = client.get_network_profile(node_id)
     if profile is None:
         raise RoadRunnerError(f"node {node_id!r} has no network profile on the server: run `rr-edge netprofile`")
@@ -102,9 +121,17 @@ def gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSp
     features = [features_of(b) for b in graph.blocks]
     edge = client.predict(node_id, signatures, features)
     cloud = client.predict(client.server_info().cloud_node_id, signatures, features)
-    missing = [s for s in signatures if s not in edge.by_signature or s not in cloud.by_signature]
+    missing = [
+        s
+        for s in signatures
+        for preds in (edge, cloud)
+        if s not in preds.by_signature or preds.by_signature[s].latency_provenance == "unknown"
+    ]
     if missing:
-        raise RoadRunnerError(f"the server returned no prediction for {len(missing)} block(s), e.g. {missing[0]}")
+        raise PredictionsPending(
+            f"the server has no latency prediction yet for {len(set(missing))} block(s) (e.g. {missing[0]}): "
+            "profile the model on this node first, or retry once the server has refitted"
+        )
     return Costs(
         edge=tuple(edge.by_signature[s] for s in signatures),
         cloud=tuple(cloud.by_signature[s] for s in signatures),
@@ -136,7 +163,7 @@ def plan_inputs(graph: BlockGraph, costs: Costs, *, preloaded: bool = False, amo
 def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> PlanInputs | None:
     """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only."""
     blocks = _block_dicts(graph)
-    predicted: dict[str, np.ndarray] = {}
+    predicted: dict[str, Any] = {}
     for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
         measured = [k for k, p in enumerate(preds) if p.latency_provenance == "measured"]
         if len(measured) < 2:
@@ -237,6 +264,13 @@ def validate_split(text: str, n_blocks: int) -> tuple[int, int]:
     if not -1 <= i <= j <= n_blocks - 1:
         raise RoadRunnerError(f"--split {i},{j} out of range: need -1 <= I <= J <= {n_blocks - 1}")
     return i, j
+
+
+def local_outputs(settings: OrtSettings, onnx_bytes: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The whole model run locally on a single input: the reference a plan's outputs are checked against."""
+    session = settings.create_session(onnx_bytes)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {session.get_inputs()[0].name: x}), strict=True))
 
 
 def outputs_close(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class _Stream:
     """One open ModelStreamInfer stream: requests go in through a queue, each answer is awaited with a deadline."""
 
     def __init__(self, remote: RemoteExecutor, slice_id: str) -> None:
-        self._requests: queue.Queue[object] = queue.Queue()
+        self._requests: queue.Queue[Any] = queue.Queue()
         self._answers = remote.stream_infer(slice_id, iter(self._requests.get, _END))
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rr-stream")
 

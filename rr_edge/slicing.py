@@ -46,7 +46,8 @@ class Slicer:
         """Blocks a..b (inclusive, 0-based) as a standalone ModelProto."""
         graph = self._graph
         graph.check_range(a, b)
-        members = sorted({i for blk in graph.blocks[a : b + 1] for i in blk.nodes})
+        # blocks list their nodes in topological order, so first occurrences in block order are too
+        members = list(dict.fromkeys(i for blk in graph.blocks[a : b + 1] for i in blk.nodes))
         inputs = list(graph.blocks[a].inputs)
         outputs = list(graph.blocks[b].outputs)
         available = set(inputs)

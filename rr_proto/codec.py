@@ -105,7 +105,7 @@ def to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=dt).tobytes()
 
 
-def from_raw(raw: bytes, datatype: str, shape: Sequence[int], name: str = "") -> np.ndarray:
+def from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int], name: str = "") -> np.ndarray:
     """Array from raw contents; checks the byte count against datatype and shape."""
     dt = dtype_of(datatype)
     count = _element_count(shape, name)
@@ -119,7 +119,7 @@ def from_raw(raw: bytes, datatype: str, shape: Sequence[int], name: str = "") ->
     return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
 
 
-def _bytes_from_raw(raw: bytes, count: int, name: str) -> np.ndarray:
+def _bytes_from_raw(raw: bytes | memoryview, count: int, name: str) -> np.ndarray:
     out = np.empty(count, dtype=object)
     offset = 0
     for k in range(count):

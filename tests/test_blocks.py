@@ -244,3 +244,30 @@ def test_attention_module_via_from(tmp_path: Path) -> None:
     check_chained(model, graph)
     feeds = random_inputs(graph)
     assert run_onnx(model, feeds)["output"].shape == (1, 10)
+
+
+def test_nodes_out_of_topological_order() -> None:
+    model = branchy_model()
+    reference = analyze(model, "ordered")
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    graph = analyze(model, "reversed")
+    assert [b.outputs for b in graph.blocks] == [b.outputs for b in reference.blocks]
+    assert [b.flops for b in graph.blocks] == [b.flops for b in reference.blocks]
+    check_chained(model, graph)
+
+
+def test_cli_blocks_json_and_table(zoo_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from rr_edge.cli import main
+
+    path = zoo_path("resnet18", 224)
+    assert main(["blocks", str(path), "--json", "--name", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    doc = json.loads(out)
+    assert doc == analyze(load_model(path), "resnet18").to_json()
+    assert main(["blocks", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert f"{path.stem}: {len(doc['blocks'])} blocks" in table
+    assert doc["blocks"][-1]["signature"] in table

@@ -104,3 +104,14 @@ def test_converter_deepbench(tmp_path: Path) -> None:
     m = load_csv(path)
     assert m.n_rows == 21 and m.n_cols == 254
     assert m.features is not None and m.features.shape[1] == 7
+
+
+def test_bench_cf_small_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from tools import bench_cf
+
+    argv = ["--rows", "40", "--cols", "200", "--rank", "4", "--iterations", "10", "--repeats", "1", "--no-surprise"]
+    assert bench_cf.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["targets"]) == {"fit_s", "fold_in_ms", "predict_1m_s"}
+    # numpy ALS implements the same objective: same accuracy within a small tolerance
+    assert out["cf_cpp"]["test_log_rmse"] == pytest.approx(out["numpy_als"]["test_log_rmse"], rel=0.1)

@@ -135,3 +135,11 @@ def test_subprocess_error_has_no_traceback(bad_files) -> None:  # type: ignore[n
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_export_from_module_with_syntax_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "broken.py"
+    src.write_text("def make(:\n    pass\n")
+    code = main(["export", "--from", f"{src}:make", "-o", str(tmp_path / "m.onnx")])
+    line = assert_one_line_error(capsys, code, "export")
+    assert "SyntaxError" in line

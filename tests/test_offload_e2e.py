@@ -87,8 +87,10 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     front = plan["pareto"]
     for a in front:
         for b in front:
-            dominated = b["latency_ms"] <= a["latency_ms"] and b["energy_mJ"] <= a["energy_mJ"] and (
-                b["latency_ms"] < a["latency_ms"] or b["energy_mJ"] < a["energy_mJ"]
+            dominated = (
+                b["latency_ms"] <= a["latency_ms"]
+                and b["energy_mJ"] <= a["energy_mJ"]
+                and (b["latency_ms"] < a["latency_ms"] or b["energy_mJ"] < a["energy_mJ"])
             )
             assert not dominated, (a, b)
     assert plan["chosen"]["latency_ms"] == min(p["latency_ms"] for p in front)

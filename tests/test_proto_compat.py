@@ -22,7 +22,8 @@ from google.protobuf import descriptor_pb2
 from tritonclient.grpc import service_pb2
 proto = descriptor_pb2.FileDescriptorProto()
 service_pb2.DESCRIPTOR.CopyToProto(proto)
-print(json.dumps({"package": proto.package, "file": json.loads(__import__("google.protobuf.json_format", fromlist=["x"]).MessageToJson(proto))}))
+from google.protobuf import json_format
+print(json.dumps({"package": proto.package, "file": json.loads(json_format.MessageToJson(proto))}))
 """
 
 
@@ -81,7 +82,9 @@ def test_every_message_matches_field_by_field(triton, mine):
             continue
         assert name in their_messages, f"{name} does not exist in tritonclient's protocol"
         assert fields == {k: v for k, v in their_messages[name].items() if k in fields}, name
-        assert set(fields) == set(their_messages[name]), f"{name}: fields differ {set(fields) ^ set(their_messages[name])}"
+        assert set(fields) == set(their_messages[name]), (
+            f"{name}: fields differ {set(fields) ^ set(their_messages[name])}"
+        )
 
 
 def test_every_method_matches(triton, mine):

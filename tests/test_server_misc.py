@@ -164,3 +164,20 @@ def test_stopped_server_refuses_new_calls(tmp_path):
         stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     stubs.close()
+
+
+def test_oversized_message_is_resource_exhausted(tmp_path):
+    server = start_server(tmp_path, max_message_bytes=1 << 20)
+    stubs = Stubs.connect(server.address)
+    try:
+        data = conv_model()
+        slice_id = stubs.upload(data).slice_id
+        big = codec.encode_infer_request(slice_id, {"x": np.zeros((1, 3, 512, 512), np.float32)})  # 3 MiB
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(big, timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        small = codec.encode_infer_request(slice_id, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+        assert stubs.kserve.ModelInfer(small, timeout=10).outputs
+    finally:
+        stubs.close()
+        server.stop(grace=1)

@@ -159,12 +159,15 @@ def test_predictions_measured_predicted_cold_start_and_fold_in(env):
         ]
         stubs.profiles.ReportLayerProfiles(report(node, *layers), timeout=10)
     assert server.predictor.wait_fresh(10)
+    fitted = server.predictor._targets["latency"].engine
     register(stubs, "c")
     stubs.profiles.ReportLayerProfiles(
         report("c", *[layer(s, 2.0 * (1.0 + k), energy_mj=10.0 * (1 + k)) for k, s in enumerate(SIGS[:2])]),
         timeout=10,
     )
     assert server.predictor.wait_fresh(10)
+    assert server.predictor._targets["latency"].engine is fitted  # the new node was folded in, no refit
+    assert "c" in server.predictor._targets["latency"].rows
     cold_features = [rr.BlockFeatures()] * 4 + [rr.BlockFeatures(**features(4)), rr.BlockFeatures(**features(5))]
     answer = stubs.predictions.Predict(
         rr.PredictRequest(node_id="c", signatures=SIGS, features=cold_features), timeout=10

@@ -3,7 +3,8 @@
     python tools/bench_blocks.py [--model resnet152] [--size 768] [--slice-size 224] [--repeat 3]
 
 Targets: `rr-edge blocks` on resnet152 at 768 under 2 s; slicing all blocks of resnet152 one by
-one under 10 s. Baselines measured in the same run, so the ratios survive noisy machines:
+one under 10 s. Wall-clock medians and CPU seconds (process + children) are both reported: on a
+shared, loaded machine the CPU time is the stable figure. Baselines measured in the same run, so the ratios survive noisy machines:
 `onnx.load` of the same file (analysis should cost a fraction of reading the model) and
 `onnx.utils.Extractor` (build once, extract every block) for slicing. Prints one JSON object.
 """
@@ -94,7 +95,8 @@ def bench_blocks(path: Path, repeat: int) -> dict[str, object]:
         "baseline_onnx_load_s": round(load_s, 3),
         "ratio_analyze_to_load": round(analyze_s / load_s, 3),
         "target_s": 2.0,
-        "meets_target": cli_s < 2.0,
+        "meets_target_wall": cli_s < 2.0,
+        "meets_target_cpu": CPU["cli"] < 2.0,
     }
 
 
@@ -120,7 +122,7 @@ def bench_slicing(path: Path, repeat: int, baseline: bool) -> dict[str, object]:
         "slice_all_blocks_serialized_s": round(ser_s, 3),
         "slice_all_blocks_serialized_cpu_s": CPU["slice_all_serialized"],
         "target_s": 10.0,
-        "meets_target": ser_s < 10.0,
+        "meets_target_wall": ser_s < 10.0,
     }
     if baseline:
         import onnx.utils

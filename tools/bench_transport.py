@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from concurrent import futures
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,21 +70,25 @@ def serve_socket(port_file: Path) -> None:
     port_file.write_text(str(listener.getsockname()[1]))
     while True:
         conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = bytearray()
-        while True:
-            head = _recv_exact(conn, 8, bytearray(8))
-            if head is None:
-                break
-            (n,) = struct.unpack("<Q", head)
-            if len(buf) < n:
-                buf = bytearray(n)
-            view = memoryview(buf)[:n]
-            if _recv_exact(conn, n, view) is None:
-                break
-            conn.sendall(head)
-            conn.sendall(view)
-        conn.close()
+        threading.Thread(target=_echo_connection, args=(conn,), daemon=True).start()
+
+
+def _echo_connection(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    while True:
+        head = _recv_exact(conn, 8, bytearray(8))
+        if head is None:
+            break
+        (n,) = struct.unpack("<Q", head)
+        if len(buf) < n:
+            buf = bytearray(n)
+        view = memoryview(buf)[:n]
+        if _recv_exact(conn, n, view) is None:
+            break
+        conn.sendall(head)
+        conn.sendall(view)
+    conn.close()
 
 
 def _recv_exact(conn: socket.socket, n: int, into) -> bytes | None:
@@ -136,6 +141,14 @@ def timed(call, repeat: int) -> list[float]:
     return times[1:]
 
 
+def codec_infer(stub, slice_id: str, x: np.ndarray) -> None:
+    codec.decode_infer_response(stub.ModelInfer(codec.encode_infer_request(slice_id, {"x": x}), timeout=60))
+
+
+def wire_infer(call, slice_id: str, x: np.ndarray) -> None:
+    call(wire.serialize_infer_request(slice_id, {"x": x}), timeout=60)
+
+
 def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     port_file = data_dir / "port"
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -181,7 +194,7 @@ def main() -> int:
         tuned = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE))
         default = grpc.insecure_channel(
             address,
-            options=[("grpc.max_send_message_length", MAX_MESSAGE + MB), ("grpc.max_receive_message_length", MAX_MESSAGE + MB)],
+            options=[("grpc.max_send_message_length", MAX_MESSAGE + MB), ("grpc.max_receive_message_length", MAX_MESSAGE + MB)],  # noqa: E501
         )  # fmt: skip
         echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(MAX_MESSAGE))
         echo = echo_channel.unary_unary(_ECHO_METHOD)
@@ -202,15 +215,11 @@ def main() -> int:
             x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
             payload = x.tobytes()
             methods = {
-                "socket": lambda: socket_call(payload),
-                "grpc_bytes": lambda: echo(payload, timeout=60),
-                "model_infer_codec": lambda: codec.decode_infer_response(
-                    kserve_tuned.ModelInfer(codec.encode_infer_request(slice_id, {"x": x}), timeout=60)
-                ),
-                "model_infer_wire": lambda: wire_tuned(wire.serialize_infer_request(slice_id, {"x": x}), timeout=60),
-                "model_infer_wire_default_options": lambda: wire_default(
-                    wire.serialize_infer_request(slice_id, {"x": x}), timeout=60
-                ),
+                "socket": partial(socket_call, payload),
+                "grpc_bytes": partial(echo, payload, timeout=60),
+                "model_infer_codec": partial(codec_infer, kserve_tuned, slice_id, x),
+                "model_infer_wire": partial(wire_infer, wire_tuned, slice_id, x),
+                "model_infer_wire_default_options": partial(wire_infer, wire_default, slice_id, x),
             }
             times: dict[str, list[float]] = {name: [] for name in methods}
             for _ in range(args.repeat + 1):  # round robin, so load changes hit every method alike

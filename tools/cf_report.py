@@ -47,17 +47,17 @@ DISCUSSION = """## Reading the results
 
 * **new-row target not reached.** A folded-in device is a combination of the training devices: its bias and
   factors are solved against fixed column factors learned from the other (here 14) very heterogeneous devices (CPU,
-  GPU, DSP, VPU, Edge TPU, FPGA and Eyeriss estimates). The ceiling table above shows that even with hundreds of
-  revealed entries fold-in stays well below the random protocol, so the gap is the span of the training devices, not
-  the few revealed entries. Stronger or covariance-shaped fold-in priors and lower ranks did not help (tried
-  during development). Closing it needs devices similar to the new one in the matrix (in RoaD-RuNNer the cloud node
-  and earlier nodes of the same class), or more revealed blocks: the default sample p = 0.3 of a model's blocks is
-  far more than 10.
+  GPU, DSP, VPU, Edge TPU, FPGA and Eyeriss estimates). The table with many revealed entries shows both limits:
+  more revealed entries help, but even hundreds stay below what the random protocol reaches, so part of the gap is
+  the span of the training devices, not only the 10 revealed entries. Stronger or covariance-shaped fold-in priors
+  and lower ranks did not help (tried during development). Closing it needs devices similar to the new one in the
+  matrix (in RoaD-RuNNer: earlier nodes of the same class) or more revealed blocks (the default sample p = 0.3 of a
+  model's blocks is far more than 10), and a refit once the new node has reported.
 * **neurosurgeon vs cf_cpp on help_nb201 and in cold-col.** NB201 latency is close to a *sum* of per-op costs; the
   per-device linear regression (chosen over the log one on most devices) captures that additive structure, which a
-  log-space model can only approximate. cf_cpp has the lower log_rmse at fills >= 0.1 on help_nb201 but fewer
-  predictions within 10%. `cf_cpp_residual` (the engine on the residual of that regression) gets both.
-* **ncnn_benchmark at fills 0.05 and 0.1.** About one or two training entries per run (263 runs x 40 models): no
+  log-space model can only approximate. On help_nb201 cf_cpp has the lower log_rmse at every fill but fewer
+  predictions within 10%; `cf_cpp_residual` (the engine on the residual of that regression) is best on both at fills 0.3 and 0.5.
+* **ncnn_benchmark at fills 0.05 and 0.1.** About 2 to 3 training entries per run (263 runs x 40 models): no
   factor model can be estimated, and the only feature is an int8 flag; biases_only is the right model there and
   cf_cpp stays within a few points of it. The data set is also very noisy (self-reported runs across ncnn versions):
   no method gets half of its predictions within 10%.

@@ -54,8 +54,8 @@ def _table(graph: BlockGraph) -> Table:
         title_justify="left",
     )
     table.add_column("#", justify="right")
-    table.add_column("ops")
-    table.add_column("signature")
+    table.add_column("ops", overflow="fold")
+    table.add_column("signature", no_wrap=True)
     table.add_column("MFLOPs", justify="right")
     table.add_column("params MB", justify="right")
     table.add_column("in MB", justify="right")

@@ -1,4 +1,4 @@
-"""`rr-edge plan PATH --server ADDR --node NAME [--objective latency|energy|pareto] [--preloaded] [--json] [--plot PNG]`.
+"""`rr-edge plan PATH --server ADDR --node NAME [--objective latency|energy|pareto] [--preloaded] [--json] [--plot F]`.
 
 Gathers this node's and the cloud node's block predictions and the network profile from the server, evaluates every
 plan (i, j), and prints the Pareto set, the chosen plan and the four baselines (rr_edge.offload).
@@ -29,6 +29,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preloaded", action="store_true", help="the slices are already on the server (no upload cost)")
     p.add_argument("--amortize", type=int, default=1, metavar="K", help="spread the weight upload over K inferences")
     add_energy_args(p)  # the power model gives the node's idle and radio power
+    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="wait up to S for the server's predictions")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def build_plan(args: argparse.Namespace, client, model, graph, slicer: Slicer) -> PlanReport:
     power, _ = resolve_power(args.power_config, args.device_class)
-    costs = gather_costs(client, args.node, graph, power)
+    costs = gather_costs(client, args.node, graph, power, wait_s=args.wait)
     return plan_with_server_cache(
         client,
         model,
@@ -84,10 +85,21 @@ def _row(table: Table, name: str, plan: Plan) -> None:
 
 def plan_table(report: PlanReport, title: str) -> Table:
     table = Table(title=title)
-    for column in ("plan", "i,j", "offloaded", "latency ms", f"edge energy mJ ({report.costs.energy_source})", "upload MB"):
+    for column in (
+        "plan",
+        "i,j",
+        "offloaded",
+        "latency ms",
+        f"edge energy mJ ({report.costs.energy_source})",
+        "upload MB",
+    ):
         table.add_column(column, justify="right" if column != "plan" else "left")
     for k, plan in enumerate(report.pareto):
-        _row(table, f"pareto {k}" + (" <- chosen" if (plan.i, plan.j) == (report.chosen.i, report.chosen.j) else ""), plan)
+        _row(
+            table,
+            f"pareto {k}" + (" <- chosen" if (plan.i, plan.j) == (report.chosen.i, report.chosen.j) else ""),
+            plan,
+        )
     for name, plan in report.baselines.items():
         _row(table, name, plan)
     return table
@@ -97,4 +109,6 @@ def print_report(report: PlanReport) -> None:
     console = Console()
     console.print(plan_table(report, f"{report.blocks} blocks; objective {report.chosen.objective}"))
     counts = report.costs.provenance_counts()
-    console.print(f"predictions: edge {counts['edge']}, cloud {counts['cloud']}; e2e correction {report.costs.e2e_correction:.3f}")
+    console.print(
+        f"predictions: edge {counts['edge']}, cloud {counts['cloud']}; e2e correction {report.costs.e2e_correction:.3f}"
+    )

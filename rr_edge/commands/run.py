@@ -1,4 +1,4 @@
-"""`rr-edge run PATH --server ADDR --node NAME [--objective ...|--split I,J] --input X.npy [--output Y.npy] [--repeat K]`.
+"""`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.npy [--output Y] [--repeat K]`.
 
 Plans (or takes the forced `--split`), then runs the plan K times: head and tail locally, the middle on the server,
 finishing locally when the server fails (`"fallback": true`). Every output is checked against the whole model run
@@ -20,7 +20,7 @@ from rr_edge.commands._common import add_server_args, connect, make_meter, print
 from rr_edge.commands.plan import add_plan_args, build_plan
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters.base import Meter
-from rr_edge.offload import make_runner, outputs_close, validate_split
+from rr_edge.offload import local_outputs, make_runner, outputs_close, validate_split
 from rr_edge.onnx_io import load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
@@ -54,7 +54,7 @@ def _energy(meter: Meter, result: RunResult, reading_mJ: float | None) -> float:
     """Measured energy of the request window, or, for the power model, compute at active power and waiting at idle."""
     if meter.measured and reading_mJ is not None:
         return reading_mJ
-    power = getattr(meter, "power")
+    power = meter.power  # type: ignore[attr-defined]  # only the model meter is not measured
     local_ms = result.total_ms - result.remote_ms
     return power.watts("compute") * local_ms + power.watts("idle") * result.remote_ms
 
@@ -70,12 +70,18 @@ def run_requests(runner: Runner, x: np.ndarray, repeat: int, meter: Meter) -> tu
     return results, energies
 
 
-def summarize(split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float) -> dict[str, Any]:
+def summarize(
+    split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float
+) -> dict[str, Any]:
     lat = np.array([r.total_ms for r in results])
     return {
         "split": list(split),
         "requests": len(results),
-        "latency_ms": {"median": float(np.median(lat)), "p90": float(np.percentile(lat, 90)), "mean": float(lat.mean())},
+        "latency_ms": {
+            "median": float(np.median(lat)),
+            "p90": float(np.percentile(lat, 90)),
+            "mean": float(lat.mean()),
+        },
         "energy_mJ": float(np.median(energies)),
         "energy_source": meter.source,
         "energy_measured": meter.measured,
@@ -95,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
     x = _load_input(args.input)
     settings = OrtSettings(intra_op_threads=args.threads)
     meter = make_meter(args)
-    reference = settings.create_session(model.SerializeToString())
-    expected = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, {reference.get_inputs()[0].name: x})))
+    expected = local_outputs(settings, model.SerializeToString(), x)
     with connect(args) as client:
         report = None
         if args.split:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rr_edge.errors import MeterError
-from rr_edge.meters.base import Meter
+from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.meters.rapl import DEFAULT_SYSFS_ROOT, read_int, read_sysfs
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,13 @@ class JetsonMeter(Meter):
     def _end(self, state: Any, elapsed_s: float) -> float:
         self._open.remove(state)
         return trapezoid_mj(state.close())
+
+    def stop(self, token: tuple[Any, float]) -> EnergyReading:
+        """The window is the span of its samples (first at start, last at stop), so energy and time match."""
+        window = token[0]
+        self._open.remove(window)
+        samples = window.close()
+        return EnergyReading(self.source, self.measured, trapezoid_mj(samples), samples[-1][0] - samples[0][0])
 
     def close(self) -> None:
         for w in list(self._open):

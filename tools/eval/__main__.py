@@ -13,12 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from .config import get_config
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name:
         cfg = replace(cfg, name=args.name)
     out = args.out or cfg.default_out
+    signal.signal(signal.SIGTERM, _terminate)  # so that the testbed's teardown (a `finally`) runs on SIGTERM too
     started = time.perf_counter()
     if args.command in ("collect", "all"):
         from .harness import collect

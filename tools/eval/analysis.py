@@ -1,6 +1,6 @@
 """Raw worker outputs -> eval.json: every number behind Fig. 3-6 and the report's tables (pure except `analyze_run`).
 
-Measured cost of a plan = the median per-request latency / modelled energy of its split as RUN on the testbed, plus
+Measured cost of a plan = the mean per-request latency (tools/eval/timing.py) / modelled energy of its split as RUN on the testbed, plus
 the measured upload of its middle slice when the plan uploads weights at run time (not pre-offloaded).
 """
 
@@ -38,9 +38,9 @@ def measured_cost(model_out: Mapping[str, Any], plan_name: str) -> dict[str, flo
     m = model_out["measured"][f"{i},{j}"]
     charged = (not plan["preloaded"]) and i < j
     return {
-        "latency_ms": m["latency_ms"]["median"] + (m["upload_ms"] if charged else 0.0),
+        "latency_ms": m["latency_ms"]["mean"] + (m["upload_ms"] if charged else 0.0),
         "energy_mJ": m["energy_mJ"] + (m["upload_mJ"] if charged else 0.0),
-        "run_ms": m["latency_ms"]["median"],
+        "run_ms": m["latency_ms"]["mean"],
         "upload_ms": m["upload_ms"] if charged else 0.0,
         "fallback_requests": m["fallback_requests"],
         "max_abs_diff_vs_local": m["max_abs_diff_vs_local"],
@@ -159,7 +159,7 @@ def groundtruth_summary(gt_out: Mapping[str, Mapping[str, Any]]) -> dict[str, An
         elapsed[dev] = out.get("worker_elapsed_s")
         for model, m in out["models"].items():
             w = m["whole_model"]
-            whole.setdefault(dev, {})[model] = w["latency_ms"]["median"]
+            whole.setdefault(dev, {})[model] = w["latency_ms"]["mean"]
             ratio.setdefault(dev, {})[model] = w["e2e_over_sum_of_blocks"]
     return {"whole_model_ms": whole, "whole_over_sum_of_blocks": ratio, "elapsed_s": elapsed}
 

@@ -23,12 +23,14 @@ def group_of(model: str) -> str:
 
 @dataclass(frozen=True)
 class Timing:
-    """warm-up runs (untimed), then at least `min_runs` and `min_time_s`, at most `max_runs`; the median counts."""
+    """Unthrottled warm-up runs, a throttled burn-in of `burn_s`, then a throttled window of at least `min_runs`
+    runs and `min_time_s` (at most `max_runs`) whose mean is the latency (see tools/eval/timing.py)."""
 
     warmup: int = 1
     min_runs: int = 3
-    min_time_s: float = 0.0
-    max_runs: int = 3
+    min_time_s: float = 0.1
+    max_runs: int = 10_000
+    burn_s: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class EvalConfig:
     sample: float = 0.3  # fraction of a model's unique blocks each node profiles (SPEC default)
     seed: int = 0
     gt_timing: Timing = Timing()  # ground truth: every block and the whole model
-    run_timing: Timing = field(default_factory=lambda: Timing(warmup=1, min_runs=3, min_time_s=1.0, max_runs=10))
+    run_timing: Timing = field(default_factory=lambda: Timing(warmup=1, min_runs=3, min_time_s=1.0, max_runs=20))
     netprofile_max_mb: float = 64.0
     fig4_fills: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
     fig4_seeds: int = 5
@@ -72,7 +74,7 @@ QUICK = EvalConfig(
     models=("alexnet", "resnet18", "mobilenet_v2"),
     netprofile_max_mb=16.0,
     fig4_seeds=3,
-    run_timing=Timing(warmup=1, min_runs=3, min_time_s=0.5, max_runs=5),
+    run_timing=Timing(warmup=1, min_runs=3, min_time_s=0.5, max_runs=20),
 )
 
 

@@ -1,33 +1,30 @@
-"""On the device: the ground truth. Every unique block of every model timed (and metered) by the product's own
-profiler (`rr_edge.profiler.profile_model` with sample = 1.0), plus the whole model end to end.
+"""On the device: the ground truth. Every unique block of every model run as a standalone slice (the slices
+`rr_edge.slicing.Slicer` makes, the sessions and inputs of `rr_edge.profiler`), and the whole model end to end.
 
-Each timed window runs in the device class's cgroup (`ThrottledMeter`); the energy is the `model` meter's (declared
-watts x measured time), never a measurement.
+Timing follows `tools.eval.timing` (window mean inside the class cgroup). Energy is the `model` meter's rule,
+declared active watts x latency: MODELLED, never measured.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from rr_edge.blocks import analyze
-from rr_edge.meters.model import ModelMeter
+from rr_edge.meters.model import resolve_power
 from rr_edge.onnx_io import load_model
-from rr_edge.profiler import ProfileConfig, TimingPolicy, profile_model
+from rr_edge.profiler import random_feeds
 from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
 
 from .config import Timing
-from .throttle import CgroupSwitch, ThrottledMeter
+from .throttle import CgroupSwitch
+from .timing import stats, window
 
 log = logging.getLogger(__name__)
-
-
-def timing_policy(t: Timing) -> TimingPolicy:
-    return TimingPolicy(
-        warmup_runs=t.warmup, min_runs=t.min_runs, min_time_s=t.min_time_s, max_runs=t.max_runs, rounds=1
-    )
 
 
 def block_record(block: Any) -> dict[str, Any]:
@@ -42,39 +39,48 @@ def block_record(block: Any) -> dict[str, Any]:
     }
 
 
-def profile_all(path: Path, name: str, timing: Timing, switch: CgroupSwitch) -> dict[str, Any]:
+def _time_onnx(data: bytes, settings: OrtSettings, switch: CgroupSwitch, timing: Timing) -> dict[str, Any]:
+    session = settings.create_session(data)
+    feeds = random_feeds(session)
+    times, _ = window(lambda: session.run(None, feeds), switch, timing)
+    del session
+    return stats(times)
+
+
+def profile_all(path: Path, name: str, timing: Timing, switch: CgroupSwitch, active_w: float) -> dict[str, Any]:
     """Every unique block of one model, and the model end to end."""
     switch.free()
     started = time.perf_counter()
     model = load_model(path)
     graph = analyze(model, name)
-    policy = timing_policy(timing)
-    meter = ThrottledMeter(ModelMeter(), switch)
-    cfg = ProfileConfig(sample=1.0, seed=0, timing=policy, whole_model=True, e2e_timing=policy, sweep=policy)
-    result = profile_model(model, graph, settings=OrtSettings(), meter=meter, config=cfg)
-    measurements = {
-        m.signature: {
-            "latency_ms": m.latency.to_json(),
-            "samples": m.latency.samples,
-            "energy_mJ": m.energy_mJ,
-            "energy_source": m.energy_source,
-        }
-        for m in result.layers
-    }
+    slicer = Slicer(model, graph)
+    settings = OrtSettings().resolved()
+    measurements: dict[str, Any] = {}
+    for block in graph.blocks:
+        if block.signature in measurements:
+            continue
+        lat = _time_onnx(slicer.slice(block.index, block.index).SerializeToString(), settings, switch, timing)
+        measurements[block.signature] = {"latency_ms": lat, "energy_mJ": active_w * lat["mean"]}
+        gc.collect()
+    whole = _time_onnx(model.SerializeToString(), settings, switch, timing)
+    total = sum(measurements[b.signature]["latency_ms"]["mean"] for b in graph.blocks)
     return {
         "model": name,
         "blocks": [block_record(b) for b in graph.blocks],
         "measurements": measurements,
-        "whole_model": result.model_run.to_json() if result.model_run else None,
-        "settings": result.to_json()["settings"],
+        "whole_model": {"latency_ms": whole, "sum_of_blocks_ms": total, "e2e_over_sum_of_blocks": whole["mean"] / total,
+                        "energy_mJ": active_w * whole["mean"]},
+        "settings": {"execution_provider": settings.provider, "intra_op_threads": settings.intra_op_threads},
         "elapsed_s": time.perf_counter() - started,
     }
 
 
 def run(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     timing = Timing(**spec["timing"])
-    out: dict[str, Any] = {"device": spec["device"], "energy_source": "model", "models": {}}
+    power = resolve_power(device_class=spec["device"])[0]
+    out: dict[str, Any] = {"device": spec["device"], "energy_source": "model", "latency": "window mean (ms)",
+                           "power_w": power.active_w, "models": {}}
     for name, path in spec["models"].items():
         log.info("ground truth: %s on %s", name, spec["device"])
-        out["models"][name] = profile_all(Path(path), name, timing, switch)
+        out["models"][name] = profile_all(Path(path), name, timing, switch, power.active_w)
     return out

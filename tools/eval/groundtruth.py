@@ -1,6 +1,6 @@
 """The ground-truth matrix (nodes x block signatures) as tools/cf_eval long-format CSVs, and back.
 
-    groundtruth_latency.csv / groundtruth_energy.csv   row (device class), col (signature), value (ms / mJ),
+    groundtruth_latency.csv / groundtruth_energy.csv   row (device class), col (signature), value (window-mean ms / mJ),
                                                        f_* column features (the server's CF features, log scale)
     groundtruth_blocks.csv                             signature, model, block index, ops and sizes per block
 
@@ -68,7 +68,7 @@ def from_worker_outputs(outputs: Mapping[str, Mapping[str, Any]]) -> tuple[Groun
     for r, out in enumerate(outputs.values()):
         for m in out["models"].values():
             for sig, meas in m["measurements"].items():
-                lat[r, index[sig]] = meas["latency_ms"]["median"]
+                lat[r, index[sig]] = meas["latency_ms"]["mean"]
                 if meas.get("energy_mJ") is not None:
                     en[r, index[sig]] = meas["energy_mJ"]
     return GroundTruth(rows, cols, lat, en, blocks), occurrences

@@ -188,7 +188,7 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
         spec = {**common, "sample": cfg.sample, "netprofile_max_mb": cfg.netprofile_max_mb, "groundtruth": gt[dev]}
         rep = cluster.run_workers("report", {dev: spec})[dev]
         for m in rep["models"].values():
-            reported.update(m["reported"])
+            reported.update(m.get("uploaded", m["reported"]))
     times["report"] = time.perf_counter() - t
 
     t = time.perf_counter()

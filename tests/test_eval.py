@@ -1,0 +1,302 @@
+"""Unit tests of the evaluation harness's pure parts (tools/eval): metrics, CSVs, analysis, figures, report.
+
+No testbed, no server: the measured inputs are small synthetic worker outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("cf_cpp")
+
+from tools.cf_data import load_csv  # noqa: E402
+from tools.eval import accuracy, analysis, config, figures, metrics, report  # noqa: E402
+from tools.eval.device_run import PLANS, _tagged  # noqa: E402
+from tools.eval.groundtruth import FEATURE_NAMES, from_worker_outputs, read_long_csv, write_long_csv  # noqa: E402
+from tools.eval.throttle import CgroupSwitch  # noqa: E402
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+
+
+def test_speedup_and_energy_gain():
+    assert metrics.speedup(100.0, 25.0) == pytest.approx(4.0)
+    assert metrics.energy_gain_pct(200.0, 50.0) == pytest.approx(75.0)
+    assert metrics.energy_gain_pct(100.0, 150.0) == pytest.approx(-50.0)
+    with pytest.raises(ValueError):
+        metrics.speedup(1.0, 0.0)
+
+
+def test_errors_and_summaries():
+    assert metrics.abs_pct_error(110.0, 100.0) == pytest.approx(10.0)
+    assert metrics.abs_pct_error(90.0, 100.0) == pytest.approx(10.0)
+    assert metrics.rmse([1, 2, 3], [1, 2, 5]) == pytest.approx(math.sqrt(4 / 3))
+    np.testing.assert_allclose(metrics.ape([2, 3], [4, 3]), [50.0, 0.0])
+    assert metrics.median([3, None, 1, float("nan"), 2]) == 2
+    assert metrics.geomean([1, 4]) == pytest.approx(2.0)
+    assert metrics.mean([]) is None
+
+
+@pytest.mark.parametrize(
+    ("s", "g", "q"), [(2.0, 10.0, "green"), (2.0, -5.0, "orange"), (0.5, 5.0, "orange"), (0.9, -1.0, "red")]
+)
+def test_quadrant(s, g, q):
+    assert metrics.quadrant(s, g) == q
+
+
+def test_converged_fill():
+    fills = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert metrics.converged_fill(fills, [5.0, 2.0, 1.05, 1.0, 1.0]) == 0.3
+    assert metrics.converged_fill(fills, [1.0, 1.0, 1.0, 1.0, 1.0]) == 0.1
+    assert metrics.converged_fill([], []) is None
+
+
+# -- config -----------------------------------------------------------------------------------------------------
+
+
+def test_model_sets():
+    assert set(config.PAPER_MODELS) == set(config.CHAIN) | set(config.RESIDUAL)
+    assert len(config.PAPER_MODELS) == 10
+    assert config.group_of("vgg16") == "chain" and config.group_of("mobilenet_v2") == "residual"
+    assert set(config.QUICK.models) <= set(config.FULL.models)
+    assert config.QUICK.default_out.name == "quick" and config.FULL.default_out.name == "results"
+
+
+# -- throttle ---------------------------------------------------------------------------------------------------
+
+
+def test_cgroup_switch_writes_pid_to_the_right_descriptor():
+    (tr, tw), (fr, fw) = os.pipe(), os.pipe()
+    try:
+        switch = CgroupSwitch(tw, fw)
+        with switch.throttled():
+            assert switch.throttled_now
+        assert not switch.throttled_now
+        pid = str(os.getpid()).encode()
+        assert os.read(tr, 64) == pid
+        assert os.read(fr, 64) == pid
+    finally:
+        for fd in (tr, tw, fr, fw):
+            os.close(fd)
+    CgroupSwitch().throttle()  # without descriptors: a no-op
+
+
+def test_upload_probe_is_a_valid_model_with_a_new_hash():
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    data = helper.make_model(graph).SerializeToString()
+    a, b = _tagged(data), _tagged(data)
+    assert a != b and len(a) == len(b)
+    parsed = onnx.load_from_string(a)
+    onnx.checker.check_model(parsed)
+    assert parsed.doc_string.startswith("rr-eval upload probe")
+
+
+# -- ground truth -----------------------------------------------------------------------------------------------
+
+
+def _block(k: int, sig: str) -> dict:
+    return {
+        "index": k,
+        "signature": sig,
+        "ops": ["Conv", "Relu"] if k % 2 else ["Gemm"],
+        "flops": 1000 * (k + 1),
+        "param_bytes": 400 * (k + 1),
+        "input_bytes": 4096 // (k + 1),
+        "output_bytes": 2048 // (k + 1),
+    }
+
+
+def _gt_outputs(devices=("emu-nano", "emu-agx", "server"), n=6) -> dict:
+    speed = {"emu-nano": 10.0, "emu-agx": 2.0, "server": 0.5}
+    out = {}
+    for dev in devices:
+        blocks = [_block(k, f"s{k}") for k in range(n)]
+        meas = {
+            b["signature"]: {
+                "latency_ms": {"median": speed[dev] * (b["index"] + 1), "p10": 0, "p90": 0, "cv": 0},
+                "samples": 3,
+                "energy_mJ": 3.0 * speed[dev] * (b["index"] + 1),
+            }
+            for b in blocks
+        }
+        whole = {"latency_ms": {"median": 21.0 * speed[dev]}, "e2e_over_sum_of_blocks": 1.0}
+        out[dev] = {"models": {"m": {"blocks": blocks, "measurements": meas, "whole_model": whole}}}
+    return out
+
+
+def test_groundtruth_csv_round_trip_and_cf_eval_format(tmp_path):
+    gt, occurrences = from_worker_outputs(_gt_outputs())
+    assert gt.rows == ["emu-nano", "emu-agx", "server"] and len(gt.cols) == 6
+    assert gt.latency_ms[0, 2] == pytest.approx(30.0) and gt.energy_mJ[1, 0] == pytest.approx(6.0)
+    assert len(occurrences) == 6
+    path = tmp_path / "lat.csv"
+    assert write_long_csv(path, gt, gt.latency_ms) == 18
+    rows, cols, values, feats = read_long_csv(path)
+    assert rows == gt.rows and cols == gt.cols
+    np.testing.assert_allclose(values, gt.latency_ms, rtol=1e-5)
+    assert feats.shape == (6, len(FEATURE_NAMES))
+    m = load_csv(path)  # tools/cf_eval reads it as is
+    assert m.values.size == 18 and m.features.shape == (6, len(FEATURE_NAMES))
+    assert m.feature_names == FEATURE_NAMES and m.row_labels == tuple(gt.rows)
+
+
+def test_fill_sweep_cf_learns_a_rank_one_matrix():
+    rng = np.random.default_rng(0)
+    n_rows, n_cols = 5, 40
+    blocks = [_block(k, f"s{k}") for k in range(n_cols)]
+    col = rng.lognormal(0, 1, n_cols)
+    values = np.outer(np.array([1, 1.5, 3, 6, 10.0]), col)
+    feats = np.stack([np.log1p([b["flops"], b["param_bytes"], b["input_bytes"], b["output_bytes"]]) for b in blocks])
+    res = accuracy.fill_sweep(values, feats, blocks, [0.2, 0.5], seeds=2)
+    assert res["fills"] == [0.2, 0.5]
+    for method in ("cf", "ns"):
+        assert all(v is not None and v >= 0 for v in res[method]["rmse"])
+    assert res["cf"]["median_ape"][-1] < 20.0  # near-exact structure is learnt from half the entries
+
+
+def test_reveal_mask_counts():
+    values = np.ones((3, 10))
+    values[2, 5:] = np.nan
+    mask = accuracy.reveal_mask(values, 0.3, np.random.default_rng(1))
+    assert mask.sum(axis=1).tolist() == [3, 3, 2]
+    assert not mask[2, 5:].any()
+
+
+# -- analysis, figures, report ----------------------------------------------------------------------------------
+
+
+def _plan(split, pre, pred_ms, ns_ms, n):
+    cost = lambda ms: {"latency_ms": ms, "energy_mJ": 10 * ms}  # noqa: E731
+    return {
+        "split": split,
+        "preloaded": pre,
+        "offloaded_blocks": split[1] - split[0],
+        "predicted": cost(pred_ms),
+        "predicted_ns": cost(ns_ms),
+    }
+
+
+def _meas(ms, upload_ms=0.0):
+    return {
+        "latency_ms": {"median": ms, "p90": ms},
+        "energy_mJ": 10 * ms,
+        "upload_ms": upload_ms,
+        "upload_mJ": 2 * upload_ms,
+        "fallback_requests": 0,
+        "max_abs_diff_vs_local": 0.0,
+    }
+
+
+def _execute() -> dict:
+    out = {}
+    for dev, k in (("emu-nano", 4.0), ("emu-agx", 1.0)):
+        models = {}
+        for model in ("alexnet", "resnet18"):
+            n = 10
+            plans = {
+                "roadrunner": _plan([2, 7], False, 30 * k, 40 * k, n),
+                "roadrunner_energy": _plan([-1, 9], False, 60 * k, 50 * k, n),
+                "roadrunner_preoffloaded": _plan([-1, 9], True, 12 * k, 15 * k, n),
+                "offload_none": _plan([9, 9], False, 100 * k, 90 * k, n),
+                "offload_all": _plan([-1, 9], False, 60 * k, 50 * k, n),
+                "neurosurgeon": _plan([4, 9], True, 40 * k, 35 * k, n),
+                "neurosurgeon_non_offloaded": _plan([9, 9], False, 100 * k, 90 * k, n),
+            }
+            measured = {
+                "2,7": _meas(25 * k, 5 * k),
+                "-1,9": _meas(10 * k, 50 * k),
+                "9,9": _meas(100 * k),
+                "4,9": _meas(50 * k, 7 * k),
+            }
+            models[model] = {"blocks": n, "plans": plans, "measured": measured}
+        out[dev] = {"models": models}
+    assert set(plans) == set(PLANS)
+    return out
+
+
+def test_measured_cost_charges_upload_only_when_not_preloaded():
+    mo = _execute()["emu-agx"]["models"]["alexnet"]
+    assert analysis.measured_cost(mo, "roadrunner")["latency_ms"] == pytest.approx(30.0)
+    assert analysis.measured_cost(mo, "offload_all")["latency_ms"] == pytest.approx(60.0)
+    assert analysis.measured_cost(mo, "roadrunner_preoffloaded")["latency_ms"] == pytest.approx(10.0)
+    assert analysis.measured_cost(mo, "neurosurgeon")["latency_ms"] == pytest.approx(50.0)
+    assert analysis.measured_cost(mo, "offload_none")["upload_ms"] == 0.0
+
+
+def test_fig3_fig5_fig6_numbers():
+    ex = _execute()
+    f3 = analysis.fig3(ex)
+    assert len(f3["points"]) == 2 * 2 * len(analysis.COMPARISONS)
+    p = next(p for p in f3["points"] if p["comparison"] == "Offload None" and p["device"] == "emu-agx")
+    assert p["speedup"] == pytest.approx(100 / 30) and p["quadrant"] == "green"
+    s = f3["summary"]["all"]["NS-nonOffloaded"]
+    assert s["mean_speedup"] == pytest.approx(100 / 30)
+    assert f3["summary"]["chain"]["Offload None"]["n"] == 2  # alexnet on two devices
+    rows = analysis.plan_rows(ex)
+    f5 = analysis.fig5(rows)
+    # distinct plans per (device, model): (2,7), (-1,9) uploaded, (-1,9) pre-loaded, (9,9), (4,9)
+    assert f5["overall"]["all_plans"]["n"] == 2 * 2 * 5
+    assert f5["per_model"]["latency"]["roadrunner"]["alexnet"] is not None
+    assert f5["overall"]["chosen_plan"]["roadrunner_latency_median_ape"] == pytest.approx(0.0)
+    f6 = analysis.fig6(ex)
+    assert f6["share_pct"]["latency"]["emu-nano"]["alexnet"] == pytest.approx(50.0)
+    assert f6["overall_pct"]["energy"] == pytest.approx(100.0)
+
+
+def _eval_data() -> dict:
+    ex = _execute()
+    rows = analysis.plan_rows(ex)
+    f3, f5, f6 = analysis.fig3(ex), analysis.fig5(rows), analysis.fig6(ex)
+    sweep = {
+        "fills": [0.1, 0.3],
+        "seeds": 1,
+        "cf": {"rmse": [2.0, 1.0], "mape": [20.0, 10.0]},
+        "ns": {"rmse": [3.0, 3.0], "mape": [30.0, 30.0]},
+    }
+    f4 = {"latency": sweep, "energy": sweep, "rows": ["emu-nano", "emu-agx"], "cols": 12}
+    gt = analysis.groundtruth_summary(_gt_outputs(("emu-nano", "emu-agx")))
+    return {
+        "meta": {
+            "run": "quick",
+            "config": config.QUICK.to_json(),
+            "generated": "now",
+            "host": {"platform": "linux", "cpus": "cpu"},
+            "phases_s": {"execute": 60.0},
+        },
+        "headline": analysis.headline(f3, f4, f5, f6),
+        "groundtruth": gt,
+        "fig3": f3,
+        "fig4": f4,
+        "fig5": f5,
+        "fig6": f6,
+        "plans": rows,
+    }
+
+
+def test_figures_are_written(tmp_path):
+    paths = figures.write_all(_eval_data(), tmp_path)
+    assert [p.name for p in paths] == ["fig3.png", "fig4.png", "fig5.png", "fig6.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_report_places_paper_numbers_beside_ours(tmp_path):
+    data = _eval_data()
+    text = report.write(data, tmp_path).read_text()
+    for needle in ("9.58x", "88.73%", "3.19%", "30%", "modelled", "emulated", "fig3.png", "fig6.png"):
+        assert needle in text
+    assert f"{data['headline']['mean_speedup_vs_ns_non_offloaded']:.2f}x mean" in text
+    json.dumps(data)  # eval.json is plain JSON

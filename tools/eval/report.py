@@ -1,0 +1,268 @@
+"""eval.json -> README.md: figures, tables, the paper's headline numbers beside ours, and what differs and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PAPER = {
+    "speedup_vs_ns_non_offloaded": "9.58x average (abstract; body: 4.97x average on CPU, up to 35.74x on GPU)",
+    "energy": "up to 88.73% less energy (vs NS-nonOffloaded, GPU)",
+    "latency_error": "3.19% latency prediction error (0.18% energy)",
+    "rmse_fill": "RMSE converged at 30% fill (p = 0.3 chosen)",
+    "offload_share": "74.45% of layers offloaded (latency objective), 90.1% (energy objective)",
+}
+COMMAND = {
+    "full": "sudo make eval            # = sudo .venv/bin/python -m tools.eval all",
+    "quick": "sudo make eval-quick      # = sudo .venv/bin/python -m tools.eval all --quick",
+}
+
+
+def _f(v: Any, fmt: str = "{:.2f}", none: str = "n/a") -> str:
+    return none if v is None else fmt.format(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _headline(d: dict[str, Any]) -> str:
+    h = d["headline"]
+    share = h.get("offloaded_share_pct") or {}
+    rows = [
+        ["average speedup vs NS-nonOffloaded", PAPER["speedup_vs_ns_non_offloaded"],
+         f"{_f(h['mean_speedup_vs_ns_non_offloaded'])}x mean, {_f(h['geomean_speedup_vs_ns_non_offloaded'])}x "
+         "geometric mean (measured latency)"],
+        ["energy reduction", PAPER["energy"],
+         f"up to {_f(h['max_energy_gain_pct_vs_ns_non_offloaded'], '{:.1f}')}% vs NS-nonOffloaded, up to "
+         f"{_f(h['max_energy_gain_pct_any_baseline'], '{:.1f}')}% vs any baseline (**modelled** energy)"],
+        ["whole-plan prediction error", PAPER["latency_error"],
+         f"median {_f(h['latency_prediction_median_ape_pct'])}% latency over every executed plan "
+         f"({_f(h['chosen_plan_latency_median_ape_pct'])}% for the chosen plans), "
+         f"{_f(h['energy_prediction_median_ape_pct'])}% energy (model)"],
+        ["CF RMSE convergence", PAPER["rmse_fill"],
+         f"latency RMSE within 10% of its 50%-fill value from {_f(h['cf_latency_rmse_converged_fill'], '{:.0%}')} "
+         f"fill; energy from {_f(h['cf_energy_rmse_converged_fill'], '{:.0%}')}"],
+        ["blocks offloaded", PAPER["offload_share"],
+         f"{_f(share.get('latency'), '{:.1f}')}% (latency objective), {_f(share.get('energy'), '{:.1f}')}% "
+         "(energy objective)"],
+    ]  # fmt: skip
+    return _table(["", "paper", "this testbed"], rows)
+
+
+def _fig3(d: dict[str, Any]) -> str:
+    rows = []
+    for group, by in d["fig3"]["summary"].items():
+        for label, s in by.items():
+            q = s["quadrants"]
+            rows.append([group, label, str(s["n"]), _f(s["mean_speedup"]), _f(s["geomean_speedup"]),
+                         _f(s["max_speedup"]), _f(s["mean_energy_gain_pct"], "{:.1f}"),
+                         _f(s["max_energy_gain_pct"], "{:.1f}"), f"{q['green']}/{q['orange']}/{q['red']}"])
+    return _table(["models", "RoaD-RuNNer vs", "points", "mean speedup", "geomean", "max", "mean energy gain %",
+                   "max energy gain %", "green/orange/red"], rows)
+
+
+def _fig4(d: dict[str, Any]) -> str:
+    f4 = d["fig4"]
+    rows = []
+    lat, en = f4["latency"], f4["energy"]
+    for k, fill in enumerate(lat["fills"]):
+        rows.append([f"{fill:.0%}", _f(lat["cf"]["rmse"][k], "{:.3f}"), _f(lat["ns"]["rmse"][k], "{:.3f}"),
+                     _f(lat["cf"]["mape"][k], "{:.1f}"), _f(lat["ns"]["mape"][k], "{:.1f}"),
+                     _f(en["cf"]["rmse"][k], "{:.2f}"), _f(en["ns"]["rmse"][k], "{:.2f}")])
+    return _table(["fill", "CF RMSE ms", "NS RMSE ms", "CF MAPE %", "NS MAPE %", "CF RMSE mJ (model)",
+                   "NS RMSE mJ (model)"], rows)
+
+
+def _fig5(d: dict[str, Any]) -> str:
+    f5 = d["fig5"]
+    parts = []
+    for key, title in (("per_model", "model"), ("per_device", "device")):
+        lat, en = f5[key]["latency"], f5[key]["energy"]
+        rows = [[k, _f(lat["roadrunner"].get(k)), _f(lat["neurosurgeon"].get(k)), _f(en["roadrunner"].get(k)),
+                 _f(en["neurosurgeon"].get(k))] for k in lat["roadrunner"]]
+        parts.append(_table([title, "RR latency err %", "NS latency err %", "RR energy err % (model)",
+                             "NS energy err % (model)"], rows))
+    cells = f5["per_model_device_latency"]
+    devices = list(dict.fromkeys(k.split("/")[0] for k in cells))
+    models = list(dict.fromkeys(k.split("/")[1] for k in cells))
+    rows = [[m] + [_f(cells.get(f"{dv}/{m}"), "{:.1f}") for dv in devices] for m in models]
+    parts.append("Median absolute error (%) of the predicted latency of every executed plan, per model and device:\n\n"
+                 + _table(["model"] + devices, rows))
+    return "\n\n".join(parts)
+
+
+def _fig6(d: dict[str, Any]) -> str:
+    mean = d["fig6"]["mean_pct"]
+    devices = list(mean.get("latency", {}))
+    rows = [[o] + [_f(mean[o].get(dv), "{:.1f}") for dv in devices] for o in mean]
+    return _table(["objective"] + devices, rows)
+
+
+def _plans(d: dict[str, Any]) -> str:
+    rows = []
+    for r in d["plans"]:
+        err = 100 * abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"]
+        rows.append([r["device"], r["model"], r["plan"], f"{r['split'][0]},{r['split'][1]}",
+                     f"{r['offloaded_blocks']}/{r['blocks']}", _f(r["predicted_ms"], "{:.1f}"),
+                     _f(r["measured_ms"], "{:.1f}"), _f(r["upload_ms"], "{:.0f}"), f"{err:.1f}",
+                     _f(r["measured_mJ"], "{:.0f}")])
+    return _table(["device", "model", "plan", "split i,j", "offloaded", "predicted ms", "measured ms",
+                   "of which upload ms", "error %", "energy mJ (model)"], rows)
+
+
+def _groundtruth(d: dict[str, Any]) -> str:
+    g = d["groundtruth"]
+    whole = g["whole_model_ms"]
+    devices = list(whole)
+    models = list(next(iter(whole.values()), {}))
+    rows = [[m] + [f"{whole[dv][m]:.1f} ({g['whole_over_sum_of_blocks'][dv][m]:.2f})" for dv in devices]
+            for m in models]
+    return _table(["model"] + devices, rows)
+
+
+def render(d: dict[str, Any]) -> str:
+    meta = d["meta"]
+    cfg = meta["config"]
+    run = meta["run"]
+    phases = ", ".join(f"{k} {v / 60:.1f} min" for k, v in meta["phases_s"].items())
+    gt = cfg["gt_timing"]
+    rt = cfg["run_timing"]
+    other = "quick/README.md" if run == "full" else "../README.md"
+    return f"""# RoaD-RuNNer on the emulated testbed: evaluation results ({run} run)
+
+> **Read first.** Every device here is **emulated**: a cgroup CPU quota of *one CPU of this host*
+> ({meta['host']['cpus']}, {meta['host']['platform']}) per Jetson class, in its own network namespace behind a
+> `tc tbf` link ({'640mbit'} per device, both directions), see [docs/testbed.md](../testbed.md). Every energy figure
+> is **modelled** (declared watts of `tools/testbed/classes.json` x measured time, `energy_source = "model"`), never
+> measured. The "cloud server" is the same 2-CPU host (its own namespace and cgroup, no quota, 2 ORT threads), not
+> the paper's 2 x Xeon + V100. Latencies in Fig. 3, 5 and 6 are **measured** by running each plan on the testbed.
+
+Generated {meta['generated']} by `python -m tools.eval all{' --quick' if run == 'quick' else ''}` (phases: {phases}).
+Models: {', '.join(cfg['models'])} at {cfg['input_size']}x{cfg['input_size']}; edge classes: {', '.join(cfg['classes'])}.
+The other run's report: [{other}]({other}). Raw numbers: [eval.json](eval.json).
+
+## Headline numbers: paper vs this testbed
+
+{_headline(d)}
+
+## Fig. 3: speedup and energy gain (measured latency, modelled energy)
+
+![Fig. 3](fig3.png)
+
+Each point is one (edge class, model): x = % less (modelled) energy than the baseline, y = how many times faster
+(measured). "RoaD-RuNNer" is the plan chosen for the latency objective with dynamic offloading: its middle slice's
+weights are uploaded at run time, and the measured upload is added to its latency, as for Offload All and
+NS-nonOffloaded. Neurosurgeon and RoaD-RuNNer-preOffloaded have their weights on the server already (no upload).
+Neurosurgeon decides with its own regression predictor; every plan is then run and measured.
+
+{_fig3(d)}
+
+## Fig. 4: prediction RMSE vs fraction of profiled blocks
+
+![Fig. 4](fig4.png)
+
+Ground-truth matrix: {len(d['fig4']['rows'])} nodes ({', '.join(d['fig4']['rows'])}) x {d['fig4']['cols']} unique
+block signatures, complete. Per fill, every node reveals that fraction of its blocks at random; CF (the server's
+cf_cpp engine and features, all nodes at once) and Neurosurgeon's per-layer-type regression (fitted per node on the
+same revealed blocks) predict the hidden entries; mean over {d['fig4']['latency']['seeds']} seeds.
+
+{_fig4(d)}
+
+## Fig. 5: whole-plan prediction error per model and per device
+
+![Fig. 5](fig5.png)
+
+Error = |predicted - measured| / measured of the whole-plan latency (and modelled energy), over every distinct plan
+executed (the chosen plans and the baselines), median per model / device. "RR" predictions are the planner's cost
+with CF predictions (what RoaD-RuNNer uses to decide); "NS" the same cost with Neurosurgeon's regression figures.
+
+{_fig5(d)}
+
+## Fig. 6: share of blocks offloaded per device class and objective
+
+![Fig. 6](fig6.png)
+
+Mean over models of the chosen plan's offloaded blocks / all blocks (%):
+
+{_fig6(d)}
+
+## Every executed plan
+
+{_plans(d)}
+
+## Ground truth (the CF data set)
+
+[groundtruth_latency.csv](groundtruth_latency.csv) and [groundtruth_energy.csv](groundtruth_energy.csv) are in the
+long format of `tools/cf_eval` (`row` = device class, `col` = block signature, `value` = median ms / modelled mJ,
+`f_*` = the server's CF column features, log scale); [groundtruth_blocks.csv](groundtruth_blocks.csv) maps every
+(model, block index) to its signature, ops and sizes. Evaluate CF on it with
+`python -m tools.cf_eval --csv docs/results/groundtruth_latency.csv --protocol random --fill 0.3`.
+Whole-model latency per class in ms (whole model / sum of its blocks run one by one):
+
+{_groundtruth(d)}
+
+## How it was measured
+
+* **Ground truth**: `rr_edge.profiler.profile_model` with sample = 1.0 inside each class's cgroup and namespace
+  (the edge classes in parallel: their quotas add up to < 1 host CPU; the server row alone). Timing policy: warm-up
+  {gt['warmup']}, then {gt['min_runs']} runs, median (`TimingPolicy(warmup_runs={gt['warmup']}, min_runs={gt['min_runs']},
+  min_time_s={gt['min_time_s']}, max_runs={gt['max_runs']})`), the cheapest policy that fits the 90-minute budget
+  (emu-nano runs at 10% of one CPU).
+* **Profiling (p = {cfg['sample']})**: each node reports the blocks `rr-edge profile --sample {cfg['sample']}` would
+  pick (same `select_signatures`, seeded, skipping signatures it already reported), with the ground-truth
+  measurements of those blocks instead of timing them a second time, plus the whole-model record (the e2e
+  correction). The server times the reported slices itself (its cloud row). Then `run_netprofile` (up to
+  {cfg['netprofile_max_mb']:.0f} MiB, each direction) runs inside the device.
+* **Plans**: `rr_edge.offload.gather_costs` + `make_plan` for the latency and energy objectives and pre-offloaded;
+  the four baselines of `rr_edge.baselines`. Every distinct split is run with `rr_edge.offload.make_runner` inside
+  the device (head and tail local, middle over gRPC on the server): warm-up {rt['warmup']}, then at least
+  {rt['min_runs']} requests and {rt['min_time_s']} s (at most {rt['max_runs']}), median. Outputs match local
+  execution (max |diff| in eval.json). The upload of a plan's middle slice is timed on a fresh copy (a unique
+  `doc_string` appended, so the server cannot short-circuit it by hash), inside the device; it includes the server's
+  validation (size cap, `onnx.checker`, SHA-256, write).
+* Only timed work runs throttled: the worker moves itself into its class cgroup for every timed window (runs,
+  uploads, network profile) and back to the root cgroup for loading, slicing and session creation (untimed), via
+  cgroup.procs descriptors the harness passes in (`tools/eval/throttle.py`).
+
+## Differences from the paper, and why
+
+1. **Emulated devices.** The Jetsons are one x86 CPU scaled by a CFS quota (nano 0.10, tx1 0.121, nx 0.235,
+   agx 0.506 of a CPU, 1 thread). Every class therefore has the same per-operator speed profile; the latency matrix
+   is close to rank 1, which makes CF's job *easier* than on the paper's real ARM boards with GPUs. Small blocks are
+   distorted by throttling granularity (10 ms CFS period) and per-call overheads.
+2. **No GPU experiments.** Fig. 3b/3d (GPU execution) have no counterpart; our Fig. 3 is the paper's 3a/3c (CPU).
+3. **The server is weak and shares the host.** The paper's server (40 cores + V100) is about 10-100x faster than its
+   edges; ours is the same 2 CPUs, about 2-10x faster than the emulated edges (2 threads vs a fraction of one).
+   Offloading therefore pays less, which lowers speedups against Offload None and raises them against Offload All.
+4. **Modelled energy.** Declared watts x measured time (compute at active power, waiting for the server at idle
+   power, uploads at idle + tx). Energy "gains" therefore follow the time split between local compute and waiting,
+   not a meter; the paper used the Jetsons' INA3221 rails.
+5. **Network.** One dedicated 640mbit `tbf` link per device (≈ 77 MB/s of payload, docs/testbed.md), not a shared
+   wireless medium; no loss, no contention between devices (devices offload one at a time).
+6. **Short timing policy.** Warm-up 1, 3 runs, median, on a host shared with other jobs: individual figures carry
+   noise of several percent (see the p90s in eval.json), which flows into the prediction errors.
+7. **Profiling reuses the ground truth** (see above): the same code and the same block choice as `rr-edge profile`,
+   but measured once, to fit the time budget.
+8. **Neurosurgeon on residual models.** Our atomic blocks fold residual structures into one block, so a single-split
+   Neurosurgeon applies to ResNets and MobileNetV2 too; the paper compared on chain models only.
+9. **Input size.** 224x224 only; the 512 and 768 variants were not run (time budget of the full run).
+
+## Regenerate
+
+```
+{COMMAND.get(run, COMMAND["full"])}
+```
+
+Needs root (namespaces, tc, cgroups); `make eval` brings the testbed up and always tears it down. Raw worker outputs
+and logs stay in `.cache/eval/{run}/`; `python -m tools.eval analyze{' --quick' if run == 'quick' else ''}` rebuilds
+this report, the figures and eval.json from them without re-measuring.
+"""
+
+
+def write(data: dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / "README.md"
+    path.write_text(render(data))
+    return path
