@@ -10,6 +10,7 @@ CF_SOURCES := $(shell find cf_cpp -path cf_cpp/build -prune -o -type f \( -name 
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST := $(PY) -m pytest
 BUF := .cache/buf/node_modules/.bin/buf
+DOCTEST := /usr/include/doctest/doctest.h
 
 .PHONY: setup proto lint-proto demo test test-slow test-all check bench eval eval-quick clean
 
@@ -23,10 +24,16 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[edge,zoo,dev]'
 	touch $@
 
+# cf_cpp builds with scikit-build-core + nanobind from the venv (no build isolation: rebuilds reuse cf_cpp/build).
 $(CF_STAMP): $(CF_SOURCES) $(STAMP)
-	$(PIP) install -q ./cf_cpp
+	$(PIP) install -q 'scikit-build-core>=0.10' 'nanobind>=2.0'
+	$(PIP) install -q --no-build-isolation ./cf_cpp
 	$(PIP) install -q -e '.[server]'
 	touch $@
+
+# The C++ unit tests use doctest (Debian package doctest-dev).
+$(DOCTEST):
+	apt-get install -y -q doctest-dev || (apt-get update -q && apt-get install -y -q doctest-dev)
 
 proto: $(STAMP)
 	$(PY) tools/gen_proto.py
@@ -41,14 +48,14 @@ lint-proto: $(BUF)
 demo: setup
 	$(VENV)/bin/rr-edge demo
 
-test: setup lint-proto
+test: setup lint-proto $(DOCTEST)
 	cf_cpp/run_ctest.sh
 	$(PYTEST) -m "not slow" -q
 
 test-slow: setup
 	$(PYTEST) -m slow -q
 
-test-all: setup
+test-all: setup lint-proto $(DOCTEST)
 	cf_cpp/run_ctest.sh
 	$(PYTEST) -q
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ def _zoo_model(name: str) -> Any:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
         raise ModelError(f"unknown torchvision classification model {name!r}{hint}")
-    return torchvision.models.get_model(name, weights=None)
+    with warnings.catch_warnings():  # inception/googlenet warn about their future default init
+        warnings.simplefilter("ignore", FutureWarning)
+        return torchvision.models.get_model(name, weights=None)
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

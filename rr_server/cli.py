@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from rr_server.config import DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
+from rr_server.config import DEFAULT_CLI_DRAIN_S, DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
 from rr_server.server import Server
 
 log = logging.getLogger("rr_server")
@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-slice-mb", type=float, default=DEFAULT_MAX_SLICE_MB, help="largest accepted slice upload")
     p.add_argument("--providers", default="cuda,cpu", help="execution providers in order of preference")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=DEFAULT_CLI_DRAIN_S,
+        help="on SIGTERM, report NOT_SERVING this long before closing the port; in-flight calls then finish",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="json", choices=["json", "text"])
     p.add_argument("--port-file", type=Path, help="write the bound HOST:PORT here once serving (for scripts/tests)")
@@ -77,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_slice_bytes=int(args.max_slice_mb * 1024 * 1024),
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         metrics_port=args.metrics_port,
+        drain_s=args.drain_seconds,
     )
 
 

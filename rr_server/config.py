@@ -17,8 +17,10 @@ DEFAULT_WORKERS = 32
 DEFAULT_PROVIDERS = ("cuda", "cpu")
 DEFAULT_CLOUD_NODE_ID = "cloud"
 DEFAULT_GRACE_S = 10.0
-# On stop, health reports NOT_SERVING this long before the listener closes, so probes and balancers notice.
-DEFAULT_DRAIN_S = 0.5
+# On stop, health reports NOT_SERVING this long before the listener closes, so probes and balancers notice. In-process
+# servers (tests, the demo) default to no drain; `rr-server` uses DEFAULT_CLI_DRAIN_S (--drain-seconds).
+DEFAULT_DRAIN_S = 0.0
+DEFAULT_CLI_DRAIN_S = 0.5
 # Predictor refresh: wait this long after the last report before refitting (debounce).
 DEFAULT_REFRESH_DEBOUNCE_S = 0.5
 # Echo: largest stream the server sends in one Receive call.

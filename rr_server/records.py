@@ -71,7 +71,7 @@ class ModelRun:
 MAX_LATENCY_MS = 86_400_000.0
 MAX_ENERGY_MJ = 3.6e9
 MAX_ID_LENGTH = 256
-ENERGY_SOURCES = ("nvml", "rapl", "jetson", "model", "")
+ENERGY_SOURCES = ("nvml", "rapl", "jetson", "model")
 
 
 def check_id(value: str, what: str) -> str:
@@ -113,6 +113,6 @@ def check_measurement(m: Measurement) -> Measurement:
         raise InvalidArgument(f"{where}: samples must be in [0, 1e7], got {m.samples}")
     if m.energy_mj is not None:
         check_positive(m.energy_mj, f"{where}: energy_mj", MAX_ENERGY_MJ)
-        if m.energy_source not in ENERGY_SOURCES[:-1]:
-            raise InvalidArgument(f"{where}: energy_source must be one of nvml, rapl, jetson, model")
+        if m.energy_source not in ENERGY_SOURCES:
+            raise InvalidArgument(f"{where}: energy_source must be one of {', '.join(ENERGY_SOURCES)}")
     return m

@@ -98,7 +98,6 @@ class Stubs:
 
 
 def start_server(data_dir: Path, **overrides) -> Server:
-    overrides.setdefault("drain_s", 0.0)
     config = ServerConfig(data_dir=data_dir, listen="127.0.0.1:0", refresh_debounce_s=0.05, **overrides)
     server = Server(config)
     server.start()

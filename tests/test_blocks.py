@@ -14,8 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 from test_slicing import check_chained
 
 from rr_edge.blocks import analyze
+from rr_edge.cli import main
 from rr_edge.export import export_model
 from rr_edge.onnx_io import load_model
+from rr_edge.slicing import slice_model
 
 # Published multiply-accumulate counts at 224 x 224 (GMACs); FLOPs = 2 x MACs.
 PUBLISHED_GMACS = {"resnet50": 4.1, "vgg16": 15.5, "mobilenet_v2": 0.30, "alexnet": 0.71}
@@ -259,8 +261,6 @@ def test_nodes_out_of_topological_order() -> None:
 
 
 def test_cli_blocks_json_and_table(zoo_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from rr_edge.cli import main
-
     path = zoo_path("resnet18", 224)
     assert main(["blocks", str(path), "--json", "--name", "resnet18"]) == 0
     out = capsys.readouterr().out
@@ -271,3 +271,33 @@ def test_cli_blocks_json_and_table(zoo_path, capsys) -> None:  # type: ignore[no
     table = capsys.readouterr().out
     assert f"{path.stem}: {len(doc['blocks'])} blocks" in table
     assert doc["blocks"][-1]["signature"] in table
+
+
+def test_shape_read_of_an_earlier_block_becomes_a_constant() -> None:
+    """Reshape in a later block takes its target shape from `a`, computed in block 0: the shape is
+    static, so `a` does not widen the boundary and the slice holds the shape as a Constant."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"]),
+        helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["a"], ["shp"], start=0, end=2),
+        helper.make_node("Concat", ["shp", "minus1"], ["newshape"], axis=0),
+        helper.make_node("Reshape", ["p", "newshape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape_read",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])],
+        initializer=[
+            numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w"),
+            numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    blocks = analyze(model, "shape_read")
+    assert [b.inputs for b in blocks.blocks] == [("x",), ("a",), ("p",)]
+    last = slice_model(model, blocks, 2, 2)
+    assert "Shape" not in [n.op_type for n in last.graph.node]
+    assert "Constant" in [n.op_type for n in last.graph.node]
+    check_chained(model, blocks)

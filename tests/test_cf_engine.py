@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-cf_cpp = pytest.importorskip("cf_cpp")
+import cf_cpp  # noqa: E402  (a missing build must fail the suite)
 CFModel = cf_cpp.CFModel
 
 
@@ -152,3 +152,23 @@ def test_public_surface() -> None:
     assert issubclass(cf_cpp.InvalidInputError, ValueError)
     assert issubclass(cf_cpp.ModelFileError, OSError)
     assert "fold_in_row" in cf_cpp.__doc__
+
+
+def test_fit_releases_the_gil() -> None:
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    rows, cols = rng.integers(0, 300, n), rng.integers(0, 3000, n)
+    values = np.exp(rng.standard_normal(n))
+    model = CFModel(rank=8, iterations=10, threads=1)
+    worker = threading.Thread(target=model.fit, args=(rows, cols, values, 300, 3000))
+    ticks = 0
+    worker.start()
+    time.sleep(0.01)  # hand the GIL to the worker: it enters fit(); if fit kept the GIL we would wait for its end here
+    while worker.is_alive():
+        ticks += 1  # only advances while the fit runs without holding the GIL
+    worker.join()
+    assert model.is_fitted
+    assert ticks > 1000

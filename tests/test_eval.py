@@ -126,13 +126,13 @@ def _gt_outputs(devices=("emu-nano", "emu-agx", "server"), n=6) -> dict:
         blocks = [_block(k, f"s{k}") for k in range(n)]
         meas = {
             b["signature"]: {
-                "latency_ms": {"median": speed[dev] * (b["index"] + 1), "p10": 0, "p90": 0, "cv": 0},
+                "latency_ms": {"mean": speed[dev] * (b["index"] + 1), "p10": 0, "p90": 0, "cv": 0},
                 "samples": 3,
                 "energy_mJ": 3.0 * speed[dev] * (b["index"] + 1),
             }
             for b in blocks
         }
-        whole = {"latency_ms": {"median": 21.0 * speed[dev]}, "e2e_over_sum_of_blocks": 1.0}
+        whole = {"latency_ms": {"mean": 21.0 * speed[dev]}, "e2e_over_sum_of_blocks": 1.0}
         out[dev] = {"models": {"m": {"blocks": blocks, "measurements": meas, "whole_model": whole}}}
     return out
 
@@ -155,7 +155,7 @@ def test_groundtruth_csv_round_trip_and_cf_eval_format(tmp_path):
 
 def test_fill_sweep_cf_learns_a_rank_one_matrix():
     rng = np.random.default_rng(0)
-    n_rows, n_cols = 5, 40
+    n_cols = 40
     blocks = [_block(k, f"s{k}") for k in range(n_cols)]
     col = rng.lognormal(0, 1, n_cols)
     values = np.outer(np.array([1, 1.5, 3, 6, 10.0]), col)
@@ -191,7 +191,8 @@ def _plan(split, pre, pred_ms, ns_ms, n):
 
 def _meas(ms, upload_ms=0.0):
     return {
-        "latency_ms": {"median": ms, "p90": ms},
+        "latency_ms": {"mean": ms, "median": ms, "p90": ms},
+        "remote_ms": ms / 2,
         "energy_mJ": 10 * ms,
         "upload_ms": upload_ms,
         "upload_mJ": 2 * upload_ms,
@@ -300,3 +301,16 @@ def test_report_places_paper_numbers_beside_ours(tmp_path):
         assert needle in text
     assert f"{data['headline']['mean_speedup_vs_ns_non_offloaded']:.2f}x mean" in text
     json.dumps(data)  # eval.json is plain JSON
+
+
+def test_error_components_split_local_remote_upload():
+    rows = [
+        {"predicted_local_ms": 90.0, "local_ms": 100.0, "predicted_remote_ms": 30.0, "remote_ms": 20.0,
+         "predicted_upload_ms": None, "upload_ms": 0.0},
+        {"predicted_local_ms": 110.0, "local_ms": 100.0, "predicted_remote_ms": 20.0, "remote_ms": 20.0,
+         "predicted_upload_ms": 50.0, "upload_ms": 100.0},
+    ]  # fmt: skip
+    comp = analysis.components(rows)
+    assert comp["local"]["n"] == 2 and comp["local"]["median_ape"] == pytest.approx(10.0)
+    assert comp["remote"]["median_ratio"] == pytest.approx(1.25)
+    assert comp["upload"]["n"] == 1 and comp["upload"]["median_ratio"] == pytest.approx(0.5)

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,13 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
+def _wait_healthy(client: Client, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not client.healthy(timeout_s=2.0):
+        assert time.monotonic() < deadline, "the restarted server never became healthy"
+        time.sleep(0.1)
+
+
 def test_server_killed_mid_run_falls_back_then_resumes(server, tmp_path):
     path = exported_model("resnet18")
     model = load_model(path)
@@ -113,6 +121,7 @@ def test_server_killed_mid_run_falls_back_then_resumes(server, tmp_path):
                 server.kill9()
             if k == 25:
                 server = ServerProcess(server.data_dir, "--listen", address)
+                _wait_healthy(client)
             results.append(runner.run(x))
         runner.close()
         server.stop()

@@ -1,6 +1,7 @@
 """Benchmark: tensor transport of rr-server's ModelInfer vs a raw TCP socket echo (issue 8; docs/performance.md).
 
     python tools/bench_transport.py [--sizes-mb 1,4,16,64] [--repeat 7] [--tiny-repeat 300]
+    sudo python tools/bench_transport.py --testbed-rate 667mbit [--testbed-device emu-agx]   # over the emulated link
 
 One run, loopback, everything measured against a baseline in the same run:
 * `socket`: a raw TCP echo (length-prefixed bytes, sendall/recv_into) in a separate process: the floor.
@@ -13,7 +14,9 @@ One run, loopback, everything measured against a baseline in the same run:
 Methods are measured round robin within each repetition (this machine is shared and noisy); median round trip per
 size; `ratio_vs_socket` = socket RTT / method RTT (1.0 = as fast as the raw socket).
 Per-call overhead: median RTT of a 4-byte tensor via ModelInfer vs a bare gRPC unary call and the socket.
-Prints one JSON object.
+With `--testbed-rate`, rr-server and the socket echo run in the testbed's server namespace (tools.testbed, own prefix
+`rrt`, created and removed by the run) and the client in an edge namespace behind veth + tbf at that rate (667mbit =
+80 MB/s of payload); the bare gRPC echo is skipped there. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ MB = 1024 * 1024
 MAX_MESSAGE = 256 * MB
 _ECHO_METHOD = "/bench.Echo/Echo"
 _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+TESTBED_PREFIX = "rrt"  # own testbed objects, apart from other users of tools.testbed
+TESTBED_PORT = 8001
 
 
 def identity_slice() -> bytes:
@@ -64,9 +69,9 @@ def identity_slice() -> bytes:
 # -- raw socket echo ---------------------------------------------------------------------------------------------
 
 
-def serve_socket(port_file: Path) -> None:
+def serve_socket(port_file: Path, bind: str = "127.0.0.1") -> None:
     """Echo server: each message is an 8-byte length followed by that many bytes, sent back unchanged."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server((bind, 0))
     port_file.write_text(str(listener.getsockname()[1]))
     while True:
         conn, _ = listener.accept()
@@ -107,15 +112,6 @@ def _socket_roundtrip(conn: socket.socket, payload: bytes, back: bytearray) -> N
     conn.sendall(payload)
     _recv_exact(conn, 8, bytearray(8))
     _recv_exact(conn, len(payload), back)
-
-
-def socket_rtt(port: int, payload: bytes, repeat: int) -> list[float]:
-    conn = socket.create_connection(("127.0.0.1", port))
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    back = bytearray(len(payload))
-    times = timed(lambda: _socket_roundtrip(conn, payload, back), repeat)
-    conn.close()
-    return times
 
 
 # -- bare gRPC bytes echo ----------------------------------------------------------------------------------------
@@ -165,105 +161,171 @@ def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     return proc, port_file.read_text().strip()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes-mb", default="1,4,16,64")
-    p.add_argument("--repeat", type=int, default=7)
-    p.add_argument("--tiny-repeat", type=int, default=300)
-    p.add_argument("--serve-socket", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.serve_socket:
-        serve_socket(args.serve_socket)
-        return 0
+def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
+    """Round trips against a running rr-server and socket echo server (and a bare gRPC echo when `echo` is given)."""
+    sock_conn = socket.create_connection(sock_addr)
+    sock_conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    sizes = [float(s) for s in args.sizes_mb.split(",")]
+    def socket_call(payload: bytes) -> None:
+        _socket_roundtrip(sock_conn, payload, bytearray(len(payload)))
+
+    tuned = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE))
+    default = grpc.insecure_channel(
+        address,
+        options=[("grpc.max_send_message_length", MAX_MESSAGE + MB), ("grpc.max_receive_message_length", MAX_MESSAGE + MB)],  # noqa: E501
+    )  # fmt: skip
+    data = identity_slice()
+    slice_id = hashlib.sha256(data).hexdigest()
+    rr_grpc.SliceServiceStub(tuned).UploadSlice(
+        iter([rr.UploadSliceRequest(header=rr.SliceHeader(slice_id=slice_id, size_bytes=len(data))),
+              rr.UploadSliceRequest(chunk=data)]),
+        timeout=30,
+    )  # fmt: skip
+    kserve_tuned = kserve_grpc.GRPCInferenceServiceStub(tuned)
+    wire_tuned = tuned.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
+    wire_default = default.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
+
+    rows = []
+    for size in sizes:
+        n = int(size * MB) // 4
+        x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        payload = x.tobytes()
+        methods = {"socket": partial(socket_call, payload)}
+        if echo is not None:
+            methods["grpc_bytes"] = partial(echo, payload, timeout=120)
+        methods["model_infer_codec"] = partial(codec_infer, kserve_tuned, slice_id, x)
+        methods["model_infer_wire"] = partial(wire_infer, wire_tuned, slice_id, x)
+        methods["model_infer_wire_default_options"] = partial(wire_infer, wire_default, slice_id, x)
+        times: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(repeat + 1):  # round robin, so load changes hit every method alike
+            for name, call in methods.items():
+                t0 = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t0)
+        row: dict = {"mb": size, "bytes": len(payload)}
+        for name, values in times.items():
+            row[f"{name}_ms"] = 1e3 * statistics.median(values[1:])
+        for name in methods:
+            if name != "socket":
+                row[f"{name}_ratio_vs_socket"] = row["socket_ms"] / row[f"{name}_ms"]
+        rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+
+    tiny = np.zeros(1, np.float32)
+    tiny_request = codec.encode_infer_request(slice_id, {"x": tiny})
+    tiny_wire = wire.serialize_infer_request(slice_id, {"x": tiny})
+    back = bytearray(4)
+    overhead = {
+        "socket_us": 1e6 * statistics.median(timed(lambda: _socket_roundtrip(sock_conn, tiny.tobytes(), back),
+                                                   tiny_repeat)),
+        "model_infer_us": 1e6
+        * statistics.median(timed(lambda: kserve_tuned.ModelInfer(tiny_request, timeout=10), tiny_repeat)),
+        "model_infer_wire_us": 1e6 * statistics.median(timed(lambda: wire_tuned(tiny_wire, timeout=10), tiny_repeat)),
+    }  # fmt: skip
+    if echo is not None:
+        overhead["grpc_unary_us"] = 1e6 * statistics.median(timed(lambda: echo(b"1234", timeout=10), tiny_repeat))
+        overhead["model_infer_minus_grpc_unary_us"] = overhead["model_infer_us"] - overhead["grpc_unary_us"]
+    sock_conn.close()
+    tuned.close()
+    default.close()
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "loadavg_1m_at_end": os.getloadavg()[0],
+        },
+        "repeat": repeat,
+        "sizes": rows,
+        "tiny_tensor": {k: round(v, 1) for k, v in overhead.items()},
+    }
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, what: str) -> str:
+    deadline = time.monotonic() + 60
+    while not path.exists() or not path.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
+def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rr-bench-transport-"))
     sock_proc = subprocess.Popen([sys.executable, __file__, "--serve-socket", str(tmp / "sock.port")])
     server_proc, address = start_rr_server(tmp)
     echo_server, echo_port = start_grpc_echo()
     try:
-        while not (tmp / "sock.port").exists():
-            time.sleep(0.05)
-        sock_port = int((tmp / "sock.port").read_text())
-        sock_conn = socket.create_connection(("127.0.0.1", sock_port))
-        sock_conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def socket_call(payload: bytes) -> None:
-            _socket_roundtrip(sock_conn, payload, bytearray(len(payload)))
-
-        tuned = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE))
-        default = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_send_message_length", MAX_MESSAGE + MB), ("grpc.max_receive_message_length", MAX_MESSAGE + MB)],  # noqa: E501
-        )  # fmt: skip
+        sock_port = int(_wait_file(tmp / "sock.port", sock_proc, "socket echo"))
         echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(MAX_MESSAGE))
-        echo = echo_channel.unary_unary(_ECHO_METHOD)
-        data = identity_slice()
-        slice_id = hashlib.sha256(data).hexdigest()
-        rr_grpc.SliceServiceStub(tuned).UploadSlice(
-            iter([rr.UploadSliceRequest(header=rr.SliceHeader(slice_id=slice_id, size_bytes=len(data))),
-                  rr.UploadSliceRequest(chunk=data)]),
-            timeout=30,
-        )  # fmt: skip
-        kserve_tuned = kserve_grpc.GRPCInferenceServiceStub(tuned)
-        wire_tuned = tuned.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
-        wire_default = default.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
-
-        rows = []
-        for size in sizes:
-            n = int(size * MB) // 4
-            x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
-            payload = x.tobytes()
-            methods = {
-                "socket": partial(socket_call, payload),
-                "grpc_bytes": partial(echo, payload, timeout=60),
-                "model_infer_codec": partial(codec_infer, kserve_tuned, slice_id, x),
-                "model_infer_wire": partial(wire_infer, wire_tuned, slice_id, x),
-                "model_infer_wire_default_options": partial(wire_infer, wire_default, slice_id, x),
-            }
-            times: dict[str, list[float]] = {name: [] for name in methods}
-            for _ in range(args.repeat + 1):  # round robin, so load changes hit every method alike
-                for name, call in methods.items():
-                    t0 = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - t0)
-            row: dict = {"mb": size, "bytes": len(payload)}
-            for name, values in times.items():
-                row[f"{name}_ms"] = 1e3 * statistics.median(values[1:])
-            for name in methods:
-                if name != "socket":
-                    row[f"{name}_ratio_vs_socket"] = row["socket_ms"] / row[f"{name}_ms"]
-            rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-            print(json.dumps(rows[-1]), file=sys.stderr)
-
-        tiny = np.zeros(1, np.float32)
-        tiny_request = codec.encode_infer_request(slice_id, {"x": tiny})
-        tiny_wire = wire.serialize_infer_request(slice_id, {"x": tiny})
-        overhead = {
-            "socket_us": 1e6 * statistics.median(socket_rtt(sock_port, tiny.tobytes(), args.tiny_repeat)),
-            "grpc_unary_us": 1e6 * statistics.median(timed(lambda: echo(b"1234", timeout=10), args.tiny_repeat)),
-            "model_infer_us": 1e6
-            * statistics.median(timed(lambda: kserve_tuned.ModelInfer(tiny_request, timeout=10), args.tiny_repeat)),
-            "model_infer_wire_us": 1e6
-            * statistics.median(timed(lambda: wire_tuned(tiny_wire, timeout=10), args.tiny_repeat)),
-        }
-        overhead["model_infer_minus_grpc_unary_us"] = overhead["model_infer_us"] - overhead["grpc_unary_us"]
-        result = {
-            "benchmark": "transport",
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__},
-            "link": "loopback",
-            "repeat": args.repeat,
-            "sizes": rows,
-            "tiny_tensor": {k: round(v, 1) for k, v in overhead.items()},
-        }
-        print(json.dumps(result, indent=2))
-        return 0
+        result = measure(address, ("127.0.0.1", sock_port), echo_channel.unary_unary(_ECHO_METHOD), sizes, repeat,
+                         tiny_repeat)  # fmt: skip
+        return {"benchmark": "transport", "link": "loopback", **result}
     finally:
         echo_server.stop(0)
         server_proc.terminate()
         server_proc.wait(30)
         sock_proc.kill()
         sock_proc.wait(10)
+
+
+def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
+    """Server and socket echo in the testbed's server namespace, the client in `device`'s (veth + tbf `rate`)."""
+    testbed = [sys.executable, "-m", "tools.testbed", "--prefix", TESTBED_PREFIX]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([*testbed, "up", "--rate", rate, "--classes", device], check=True, env=env, cwd=REPO,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="rr-bench-link-"))
+    procs = []
+    try:
+        server_cmd = [sys.executable, "-m", "rr_server.cli", "--listen", f"0.0.0.0:{TESTBED_PORT}", "--data-dir",
+                      str(tmp / "d"), "--port-file", str(tmp / "server.port"), "--log-level", "WARNING",
+                      "--providers", "cpu"]  # fmt: skip
+        procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *server_cmd], env=env, cwd=REPO))
+        _wait_file(tmp / "server.port", procs[-1], "rr-server")
+        sock_cmd = [sys.executable, __file__, "--serve-socket", str(tmp / "sock.port"), "--bind", "0.0.0.0"]
+        procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *sock_cmd], env=env, cwd=REPO))
+        sock_port = _wait_file(tmp / "sock.port", procs[-1], "socket echo")
+        client_cmd = [sys.executable, __file__, "--client-of", f"$RR_SERVER_HOST:{TESTBED_PORT}",
+                      "--socket-port", sock_port, "--sizes-mb", ",".join(map(str, sizes)), "--repeat", str(repeat),
+                      "--tiny-repeat", str(tiny_repeat)]  # fmt: skip
+        shell = " ".join(client_cmd)  # $RR_SERVER_HOST is set by `testbed exec`
+        done = subprocess.run([*testbed, "exec", device, "--", "sh", "-c", shell], env=env, cwd=REPO,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        result = json.loads(done.stdout)
+        return {"benchmark": "transport", "link": f"testbed veth + tbf {rate}, client as {device}", **result}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+        subprocess.run([*testbed, "down"], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes-mb", default="1,4,16,64")
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--tiny-repeat", type=int, default=300)
+    p.add_argument("--testbed-rate", help="measure over the testbed link at this tbf rate (root), e.g. 667mbit")
+    p.add_argument("--testbed-device", default="emu-agx", help="device class the client runs as (default %(default)s)")
+    p.add_argument("--serve-socket", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--bind", default="127.0.0.1", help=argparse.SUPPRESS)
+    p.add_argument("--client-of", help=argparse.SUPPRESS)
+    p.add_argument("--socket-port", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_socket:
+        serve_socket(args.serve_socket, args.bind)
+        return 0
+    sizes = [float(s) for s in args.sizes_mb.split(",")]
+    if args.client_of:
+        host = args.client_of.rsplit(":", 1)[0]
+        result = measure(args.client_of, (host, args.socket_port), None, sizes, args.repeat, args.tiny_repeat)
+    elif args.testbed_rate:
+        result = run_testbed(args.testbed_rate, args.testbed_device, sizes, args.repeat, args.tiny_repeat)
+    else:
+        result = run_loopback(sizes, args.repeat, args.tiny_repeat)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

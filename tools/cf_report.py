@@ -1,6 +1,6 @@
 """Write docs/results/cf_public_datasets.md (+ .json): every cf_eval method x public data set x fill.
 
-    python -m tools.cf_report [--seeds 3] [--out docs/results/cf_public_datasets]
+    python -m tools.cf_report [--seeds 3] [--out docs/results/cf_public_datasets] [--render-only]
 
 Converts the data sets on the fly (tools/convert_datasets.py, cached under .cache/cf_datasets), runs the random
 protocol at fills 0.05, 0.1, 0.3, 0.5 and the new-row and cold-col protocols at fill 0.3 (seeds 0..seeds-1), and
@@ -56,7 +56,8 @@ DISCUSSION = """## Reading the results
 * **neurosurgeon vs cf_cpp on help_nb201 and in cold-col.** NB201 latency is close to a *sum* of per-op costs; the
   per-device linear regression (chosen over the log one on most devices) captures that additive structure, which a
   log-space model can only approximate. On help_nb201 cf_cpp has the lower log_rmse at every fill but fewer
-  predictions within 10%; `cf_cpp_residual` (the engine on the residual of that regression) is best on both at fills 0.3 and 0.5.
+  predictions within 10%; `cf_cpp_residual` (the engine on the residual of that regression) is best on both at
+  fills 0.3 and 0.5.
 * **ncnn_benchmark at fills 0.05 and 0.1.** About 2 to 3 training entries per run (263 runs x 40 models): no
   factor model can be estimated, and the only feature is an int8 flag; biases_only is the right model there and
   cf_cpp stays within a few points of it. The data set is also very noisy (self-reported runs across ncnn versions):
@@ -194,13 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.cf_report", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "cf_public_datasets")
+    p.add_argument("--render-only", action="store_true", help="re-render the .md from the existing .json")
     args = p.parse_args(argv)
-    t0 = time.perf_counter()
-    results = run(args.seeds)
-    elapsed = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render(results, elapsed))
+    if args.render_only:
+        results = json.loads(args.out.with_suffix(".json").read_text())
+    else:
+        t0 = time.perf_counter()
+        results = run(args.seeds)
+        results["elapsed_s"] = time.perf_counter() - t0
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(render(results, results.get("elapsed_s", float("nan"))))
     print(args.out.with_suffix(".md"))
     return 0
 

@@ -41,8 +41,14 @@ def predict_cf(values: np.ndarray, mask: np.ndarray, features: np.ndarray, seed:
     engine = make_engine(int(r.size))
     mean, std = features.mean(axis=0), features.std(axis=0)
     std[std == 0] = 1.0
-    engine.fit(r.astype(np.int64), c.astype(np.int64), values[r, c].astype(np.float64), values.shape[0],
-               values.shape[1], col_features=(features - mean) / std)
+    engine.fit(
+        r.astype(np.int64),
+        c.astype(np.int64),
+        values[r, c].astype(np.float64),
+        values.shape[0],
+        values.shape[1],
+        col_features=(features - mean) / std,
+    )
     rr, cc = np.indices(values.shape)
     return np.asarray(engine.predict(rr.ravel().astype(np.int64), cc.ravel().astype(np.int64))).reshape(values.shape)
 
@@ -52,7 +58,7 @@ def predict_ns(values: np.ndarray, mask: np.ndarray, blocks: Sequence[dict[str, 
     out = np.full(values.shape, np.nan)
     for r in range(values.shape[0]):
         seen = np.flatnonzero(mask[r])
-        model = neurosurgeon.fit([blocks[c] for c in seen], values[r, seen])
+        model = neurosurgeon.fit([blocks[int(c)] for c in seen], values[r, seen])
         out[r] = model.predict(blocks)[0]
     return out
 
@@ -71,8 +77,9 @@ def scores(pred: np.ndarray, truth: np.ndarray, hidden: np.ndarray) -> dict[str,
     }
 
 
-def fill_sweep(values: np.ndarray, features: np.ndarray, blocks: Sequence[dict[str, Any]], fills: Sequence[float],
-               seeds: int) -> dict[str, Any]:
+def fill_sweep(
+    values: np.ndarray, features: np.ndarray, blocks: Sequence[dict[str, Any]], fills: Sequence[float], seeds: int
+) -> dict[str, Any]:
     """Mean (over seeds) scores of CF and Neurosurgeon at every fill."""
     out: dict[str, Any] = {"fills": list(fills), "seeds": seeds, "cf": {}, "ns": {}}
     per: dict[str, list[list[dict[str, float]]]] = {"cf": [], "ns": []}

@@ -1,7 +1,10 @@
-"""Raw worker outputs -> eval.json: every number behind Fig. 3-6 and the report's tables (pure except `analyze_run`).
+"""Raw worker outputs -> eval.json: every number behind Fig. 3-6 and the report's tables.
 
-Measured cost of a plan = the mean per-request latency (tools/eval/timing.py) / modelled energy of its split as RUN on the testbed, plus
-the measured upload of its middle slice when the plan uploads weights at run time (not pre-offloaded).
+Pure except `analyze_run`, which reads the work dir and writes the outputs.
+
+Measured cost of a plan = the mean per-request latency (tools/eval/timing.py) / modelled energy of its split as RUN
+on the testbed, plus the measured upload of its middle slice when the plan uploads weights at run time (not
+pre-offloaded).
 """
 
 from __future__ import annotations
@@ -41,10 +44,34 @@ def measured_cost(model_out: Mapping[str, Any], plan_name: str) -> dict[str, flo
         "latency_ms": m["latency_ms"]["mean"] + (m["upload_ms"] if charged else 0.0),
         "energy_mJ": m["energy_mJ"] + (m["upload_mJ"] if charged else 0.0),
         "run_ms": m["latency_ms"]["mean"],
+        "local_ms": m["latency_ms"]["mean"] - m["remote_ms"],
+        "remote_ms": m["remote_ms"],
         "upload_ms": m["upload_ms"] if charged else 0.0,
         "fallback_requests": m["fallback_requests"],
         "max_abs_diff_vs_local": m["max_abs_diff_vs_local"],
     }
+
+
+def _parts(pred: Mapping[str, Any], *keys: str) -> float | None:
+    bd = pred.get("breakdown")
+    return None if bd is None else float(sum(bd[k] for k in keys))
+
+
+def components(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the latency error comes from: median |error| (%) and median predicted/measured ratio per component."""
+    out = {}
+    for part in ("local", "remote", "upload"):
+        pairs = [
+            (r[f"predicted_{part}_ms"], r[f"{part}_ms"])
+            for r in rows
+            if r.get(f"predicted_{part}_ms") is not None and r[f"{part}_ms"] > 0 and r[f"predicted_{part}_ms"] > 0
+        ]
+        out[part] = {
+            "n": len(pairs),
+            "median_ape": metrics.median(metrics.abs_pct_error(p, m) for p, m in pairs),
+            "median_ratio": metrics.median(p / m for p, m in pairs),
+        }
+    return out
 
 
 def plan_rows(execute: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -61,6 +88,10 @@ def plan_rows(execute: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "offloaded_blocks": plan["offloaded_blocks"],
                     "measured_ms": meas["latency_ms"], "measured_mJ": meas["energy_mJ"],
                     "run_ms": meas["run_ms"], "upload_ms": meas["upload_ms"],
+                    "local_ms": meas["local_ms"], "remote_ms": meas["remote_ms"],
+                    "predicted_local_ms": _parts(pred, "head_ms", "tail_ms"),
+                    "predicted_remote_ms": _parts(pred, "uplink_ms", "cloud_ms", "downlink_ms"),
+                    "predicted_upload_ms": _parts(pred, "weight_upload_ms"),
                     "predicted_ms": pred["latency_ms"], "predicted_mJ": pred["energy_mJ"],
                     "ns_predicted_ms": ns["latency_ms"] if ns else None,
                     "ns_predicted_mJ": ns["energy_mJ"] if ns else None,
@@ -76,7 +107,10 @@ def fig3(execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for model, mo in out["models"].items():
             for label, (ours, base) in COMPARISONS.items():
                 a, b = measured_cost(mo, ours), measured_cost(mo, base)
-                s, g = metrics.speedup(b["latency_ms"], a["latency_ms"]), metrics.energy_gain_pct(b["energy_mJ"], a["energy_mJ"])
+                s, g = (
+                    metrics.speedup(b["latency_ms"], a["latency_ms"]),
+                    metrics.energy_gain_pct(b["energy_mJ"], a["energy_mJ"]),
+                )
                 points.append({
                     "device": dev, "model": model, "group": group_of(model), "comparison": label,
                     "speedup": s, "energy_gain_pct": g, "quadrant": metrics.quadrant(s, g),
@@ -134,10 +168,14 @@ def fig5(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "per_device": _errors(uniq, "device"),
         "per_model_device_latency": {
             f"{d}/{m}": metrics.median(
-                metrics.abs_pct_error(r["predicted_ms"], r["measured_ms"]) for r in uniq if r["device"] == d and r["model"] == m)
+                metrics.abs_pct_error(r["predicted_ms"], r["measured_ms"])
+                for r in uniq
+                if r["device"] == d and r["model"] == m
+            )
             for d, m in dict.fromkeys((r["device"], r["model"]) for r in uniq)
         },  # fmt: skip
         "overall": overall,
+        "components": components(uniq),
     }
 
 
@@ -147,14 +185,18 @@ def fig6(execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         for model, mo in out["models"].items():
             for objective, plan in (("latency", OURS), ("energy", "roadrunner_energy")):
                 p = mo["plans"][plan]
-                share.setdefault(objective, {}).setdefault(dev, {})[model] = 100.0 * p["offloaded_blocks"] / mo["blocks"]
+                share.setdefault(objective, {}).setdefault(dev, {})[model] = (
+                    100.0 * p["offloaded_blocks"] / mo["blocks"]
+                )
     mean = {o: {d: metrics.mean(v.values()) for d, v in by_dev.items()} for o, by_dev in share.items()}
     overall = {o: metrics.mean(x for v in by_dev.values() for x in v.values()) for o, by_dev in share.items()}
     return {"share_pct": share, "mean_pct": mean, "overall_pct": overall}
 
 
 def groundtruth_summary(gt_out: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    whole, ratio, elapsed = {}, {}, {}
+    whole: dict[str, dict[str, float]] = {}
+    ratio: dict[str, dict[str, float]] = {}
+    elapsed: dict[str, Any] = {}
     for dev, out in gt_out.items():
         elapsed[dev] = out.get("worker_elapsed_s")
         for model, m in out["models"].items():
@@ -175,7 +217,8 @@ def headline(f3: dict[str, Any], f4: dict[str, Any], f5: dict[str, Any], f6: dic
         "latency_prediction_median_ape_pct": f5["overall"]["all_plans"]["roadrunner_latency_median_ape"],
         "energy_prediction_median_ape_pct": f5["overall"]["all_plans"]["roadrunner_energy_median_ape"],
         "chosen_plan_latency_median_ape_pct": f5["overall"]["chosen_plan"]["roadrunner_latency_median_ape"],
-        "cf_latency_rmse_converged_fill": metrics.converged_fill(lat4.get("fills", []), lat4.get("cf", {}).get("rmse", [])),
+        "cf_latency_rmse_converged_fill": metrics.converged_fill(
+            lat4.get("fills", []), lat4.get("cf", {}).get("rmse", [])),
         "cf_energy_rmse_converged_fill": metrics.converged_fill(
             f4.get("energy", {}).get("fills", []), f4.get("energy", {}).get("cf", {}).get("rmse", [])),
         "offloaded_share_pct": f6["overall_pct"],
@@ -183,8 +226,11 @@ def headline(f3: dict[str, Any], f4: dict[str, Any], f5: dict[str, Any], f6: dic
 
 
 def _load(work: Path, prefix: str) -> dict[str, Any]:
-    return {p.stem[len(prefix) + 1 :]: json.loads(p.read_text()) for p in sorted(work.glob(f"{prefix}-*.json"))
-            if not p.name.endswith(".spec.json")}
+    return {
+        p.stem[len(prefix) + 1 :]: json.loads(p.read_text())
+        for p in sorted(work.glob(f"{prefix}-*.json"))
+        if not p.name.endswith(".spec.json")
+    }
 
 
 def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
@@ -215,7 +261,8 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     rows = plan_rows(execute)
     f3, f5, f6 = fig3(execute), fig5(rows), fig6(execute)
     phases_file = work / "phases.json"
-    data = {
+    headline_numbers = headline(f3, f4, f5, f6)
+    data: dict[str, Any] = {
         "meta": {
             "run": cfg.name,
             "config": cfg.to_json(),
@@ -228,9 +275,14 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             "chain_models": [m for m in cfg.models if m in CHAIN],
             "residual_models": [m for m in cfg.models if m not in CHAIN],
         },
-        "headline": headline(f3, f4, f5, f6),
-        "groundtruth": {"rows": gt.rows, "signatures": len(gt.cols), "latency_entries": n_lat,
-                        "energy_entries": n_en, **groundtruth_summary(gt_out)},
+        "headline": headline_numbers,
+        "groundtruth": {
+            "rows": gt.rows,
+            "signatures": len(gt.cols),
+            "latency_entries": n_lat,
+            "energy_entries": n_en,
+            **groundtruth_summary(gt_out),
+        },
         "network": {d: r.get("network") for d, r in reports.items()},
         "fig3": f3,
         "fig4": f4,
@@ -242,7 +294,7 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     (out_dir / "eval.json").write_text(json.dumps(data, indent=1))
     figures.write_all(data, out_dir)
     report.write(data, out_dir)
-    return data["headline"]
+    return headline_numbers
 
 
 def _cpus() -> str:

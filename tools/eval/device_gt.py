@@ -43,7 +43,6 @@ def _time_onnx(data: bytes, settings: OrtSettings, switch: CgroupSwitch, timing:
     session = settings.create_session(data)
     feeds = random_feeds(session)
     times, _ = window(lambda: session.run(None, feeds), switch, timing)
-    del session
     return stats(times)
 
 
@@ -68,8 +67,12 @@ def profile_all(path: Path, name: str, timing: Timing, switch: CgroupSwitch, act
         "model": name,
         "blocks": [block_record(b) for b in graph.blocks],
         "measurements": measurements,
-        "whole_model": {"latency_ms": whole, "sum_of_blocks_ms": total, "e2e_over_sum_of_blocks": whole["mean"] / total,
-                        "energy_mJ": active_w * whole["mean"]},
+        "whole_model": {
+            "latency_ms": whole,
+            "sum_of_blocks_ms": total,
+            "e2e_over_sum_of_blocks": whole["mean"] / total,
+            "energy_mJ": active_w * whole["mean"],
+        },
         "settings": {"execution_provider": settings.provider, "intra_op_threads": settings.intra_op_threads},
         "elapsed_s": time.perf_counter() - started,
     }
@@ -78,8 +81,13 @@ def profile_all(path: Path, name: str, timing: Timing, switch: CgroupSwitch, act
 def run(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     timing = Timing(**spec["timing"])
     power = resolve_power(device_class=spec["device"])[0]
-    out: dict[str, Any] = {"device": spec["device"], "energy_source": "model", "latency": "window mean (ms)",
-                           "power_w": power.active_w, "models": {}}
+    out: dict[str, Any] = {
+        "device": spec["device"],
+        "energy_source": "model",
+        "latency": "window mean (ms)",
+        "power_w": power.active_w,
+        "models": {},
+    }
     for name, path in spec["models"].items():
         log.info("ground truth: %s on %s", name, spec["device"])
         out["models"][name] = profile_all(Path(path), name, timing, switch, power.active_w)

@@ -23,6 +23,7 @@ import gc
 import logging
 import time
 import uuid
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,29 +74,55 @@ def connect(server: str, wait_s: float = 120.0) -> Client:
 
 def _stats(d: dict[str, float]) -> LatencyStats:
     """The reported statistics; the window mean stands in for the median (see tools/eval/timing.py)."""
-    return LatencyStats(d["mean"], d["p10"], d["p90"], d["cv"], d["n"])
+    return LatencyStats(d["mean"], d["p10"], d["p90"], d["cv"], int(d["n"]))
 
 
-def sampled_result(name: str, graph: Any, slicer: Slicer, gt: dict[str, Any], measured: set[str], sample: float,
-                   seed: int) -> ProfileResult:
+def sampled_result(
+    name: str, graph: Any, slicer: Slicer, gt: dict[str, Any], measured: set[str], sample: float, seed: int
+) -> ProfileResult:
     """The ProfileResult `rr-edge profile --sample p` would report, built from the ground-truth measurements."""
     signatures = [b.signature for b in graph.blocks]
     chosen = select_signatures(signatures, measured, sample, seed)
-    first = {}
+    first: dict[str, Any] = {}
     for b in graph.blocks:
         first.setdefault(b.signature, b)
     layers, slices = [], {}
     for sig in chosen:
         block, m = first[sig], gt["measurements"][sig]
         slices[sig] = slicer.slice(block.index, block.index).SerializeToString()
-        layers.append(LayerMeasurement(sig, block.index, features_of(block), _stats(m["latency_ms"]),
-                                       m["energy_mJ"], "model", slice_bytes=len(slices[sig])))
+        layers.append(
+            LayerMeasurement(
+                sig,
+                block.index,
+                features_of(block),
+                _stats(m["latency_ms"]),
+                m["energy_mJ"],
+                "model",
+                slice_bytes=len(slices[sig]),
+            )
+        )
     whole = gt["whole_model"]
-    model_run = ModelMeasurement(name, tuple(signatures), _stats(whole["latency_ms"]), whole["sum_of_blocks_ms"],
-                                 whole["energy_mJ"], "model")
+    model_run = ModelMeasurement(
+        name, tuple(signatures), _stats(whole["latency_ms"]), whole["sum_of_blocks_ms"], whole["energy_mJ"], "model"
+    )
     unique = set(signatures)
-    return ProfileResult(name, seed, len(unique), len(unique & measured), layers, model_run, OrtSettings().resolved(),
-                         "model", False, slices=slices)
+    return ProfileResult(
+        name,
+        seed,
+        len(unique),
+        len(unique & measured),
+        layers,
+        model_run,
+        OrtSettings().resolved(),
+        "model",
+        False,
+        slices=slices,
+    )
+
+
+def _seed(base: int, node: str, k: int) -> int:
+    """Each node draws its own sample (as separate devices would), reproducibly."""
+    return base + 1000 * zlib.crc32(node.encode()) + k
 
 
 def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
@@ -108,18 +135,34 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
         model = load_model(path)
         graph = analyze(model, name)
         measured = client.list_measured_signatures(node)
-        result = sampled_result(name, graph, Slicer(model, graph), gt["models"][name], measured, spec["sample"],
-                                spec["seed"] + k)
+        result = sampled_result(
+            name,
+            graph,
+            Slicer(model, graph),
+            gt["models"][name],
+            measured,
+            spec["sample"],
+            _seed(spec["seed"], node, k),
+        )
         report_profile(client, node, result, max_upload_bytes=spec.get("max_upload_mb", 2048) * 1024 * 1024)
-        out["models"][name] = {"reported": [m.signature for m in result.layers],
-                               "uploaded": [m.signature for m in result.layers if m.slice_id], "unique": result.unique_signatures,
-                               "already_measured": result.already_measured}
+        out["models"][name] = {
+            "reported": [m.signature for m in result.layers],
+            "uploaded": [m.signature for m in result.layers if m.slice_id],
+            "unique": result.unique_signatures,
+            "already_measured": result.already_measured,
+        }
     t0 = time.perf_counter()
     prof = run_netprofile(client, node, NetProfileConfig(max_mb=spec["netprofile_max_mb"]), meter=ModelMeter())
     out["netprofile_s"] = time.perf_counter() - t0
-    out["network"] = {d: {"chosen_model": p.chosen_model, "poly4_error": p.poly4_error, "affine_error": p.affine_error,
-                          "samples": [[s.bytes, s.ms] for s in p.samples]}
-                      for d, p in (("uplink", prof.uplink), ("downlink", prof.downlink))}
+    out["network"] = {
+        d: {
+            "chosen_model": p.chosen_model,
+            "poly4_error": p.poly4_error,
+            "affine_error": p.affine_error,
+            "samples": [[s.bytes, s.ms] for s in p.samples],
+        }
+        for d, p in (("uplink", prof.uplink), ("downlink", prof.downlink))
+    }
     client.close()
     return out
 
@@ -130,7 +173,7 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     client = connect(spec["server"])
     cloud = client.server_info().cloud_node_id
     expected = set(spec["signatures"])
-    features = {}
+    features: dict[str, Any] = {}
     for name, path in spec["models"].items():
         graph = analyze(load_model(path), name)
         for b in graph.blocks:
@@ -142,13 +185,20 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
         done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
         if len(done) != last_count:
             last_count, last_change = len(done), time.monotonic()
-        if expected <= done or time.monotonic() - last_change > spec.get("stall_s", 30) or \
-                time.monotonic() - start > spec.get("max_s", 900):
+        if (
+            expected <= done
+            or time.monotonic() - last_change > spec.get("stall_s", 30)
+            or time.monotonic() - start > spec.get("max_s", 900)
+        ):
             break
         time.sleep(2.0)
     client.close()
-    return {"expected": len(expected), "measured": len(done & expected), "cloud_measured_total": len(done),
-            "waited_s": time.monotonic() - start}
+    return {
+        "expected": len(expected),
+        "measured": len(done & expected),
+        "cloud_measured_total": len(done),
+        "waited_s": time.monotonic() - start,
+    }
 
 
 def _tagged(data: bytes) -> bytes:
@@ -157,15 +207,23 @@ def _tagged(data: bytes) -> bytes:
     return data + bytes([0x32, len(tag)]) + tag
 
 
-def measure_split(slicer: Slicer, graph: Any, split: tuple[int, int], client: Client, timing: Timing,
-                  switch: CgroupSwitch, x: np.ndarray, power: Any, reference: dict | None) -> dict[str, Any]:
+def measure_split(
+    slicer: Slicer,
+    graph: Any,
+    split: tuple[int, int],
+    client: Client,
+    timing: Timing,
+    switch: CgroupSwitch,
+    x: np.ndarray,
+    power: Any,
+    reference: dict | None,
+) -> dict[str, Any]:
     switch.free()
     runner = make_runner(slicer, graph, split, client, config=RunnerConfig(timeout_s=300.0))
     _, results = window(lambda: runner.run(x), switch, timing)
     runner.close()
     outputs = results[-1].outputs
     offloads = runner.slices.offloads
-    del runner
     total = np.array([r.total_ms for r in results])
     remote = np.array([r.remote_ms for r in results])
     energy = power.watts("compute") * (total - remote) + power.watts("idle") * remote
@@ -207,8 +265,9 @@ def _cost(inputs: PlanInputs | None, i: int, j: int, preloaded: bool) -> dict[st
     return {**plan.to_dict(), "breakdown": plan.breakdown}
 
 
-def execute_model(name: str, path: Path, client: Client, node: str, spec: dict[str, Any], switch: CgroupSwitch,
-                  power: Any) -> dict[str, Any]:
+def execute_model(
+    name: str, path: Path, client: Client, node: str, spec: dict[str, Any], switch: CgroupSwitch, power: Any
+) -> dict[str, Any]:
     switch.free()
     started = time.perf_counter()
     model = load_model(path)

@@ -12,8 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 TAG = "emulated devices, modelled energy"
-MARKERS = {"Offload None": "o", "Offload All": "s", "Neurosurgeon": "^", "NS-nonOffloaded": "v",
-           "RR-preOffloaded vs Neurosurgeon": "D"}
+MARKERS = {
+    "Offload None": "o",
+    "Offload All": "s",
+    "Neurosurgeon": "^",
+    "NS-nonOffloaded": "v",
+    "RR-preOffloaded vs Neurosurgeon": "D",
+}
 QUADRANT_COLOURS = {"red": "#f4cccc", "orange": "#fde9c9", "green": "#d9ead3"}
 
 
@@ -43,8 +48,15 @@ def fig3(data: dict[str, Any], path: Path) -> None:
         for label, marker in MARKERS.items():
             ps = [p for p in sel if p["comparison"] == label]
             if ps:
-                ax.scatter([p["energy_gain_pct"] for p in ps], [p["speedup"] for p in ps], marker=marker, label=label,
-                           edgecolors="black", linewidths=0.5, zorder=3)
+                ax.scatter(
+                    [p["energy_gain_pct"] for p in ps],
+                    [p["speedup"] for p in ps],
+                    marker=marker,
+                    label=label,
+                    edgecolors="black",
+                    linewidths=0.5,
+                    zorder=3,
+                )
         ax.set_yscale("log")
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
@@ -74,8 +86,9 @@ def fig4(data: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{target}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Fig. 4 - prediction RMSE vs fill, ground-truth matrix {len(f4['rows'])} nodes x {f4['cols']} "
-                 f"blocks ({TAG})")
+    fig.suptitle(
+        f"Fig. 4 - prediction RMSE vs fill, ground-truth matrix {len(f4['rows'])} nodes x {f4['cols']} blocks ({TAG})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -110,8 +123,9 @@ def fig5(data: dict[str, Any], path: Path) -> None:
 def fig6(data: dict[str, Any], path: Path) -> None:
     share = data["fig6"]["share_pct"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, (objective, title) in zip(axes, (("latency", "(a) latency objective"), ("energy", "(b) energy objective")),
-                                      strict=True):
+    for ax, (objective, title) in zip(
+        axes, (("latency", "(a) latency objective"), ("energy", "(b) energy objective")), strict=True
+    ):
         by_dev = share.get(objective, {})
         devices = list(by_dev)
         models = list(next(iter(by_dev.values()), {}))

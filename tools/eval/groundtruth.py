@@ -30,8 +30,13 @@ BLOCK_FIELDS = ("signature", "model", "index", "ops", "flops", "param_bytes", "i
 
 def features_of(block: Mapping[str, Any]) -> np.ndarray:
     """The server's column features (log1p sizes and op counts) of a block record."""
-    f = Features(tuple(block["ops"]), int(block["flops"]), int(block["param_bytes"]), int(block["input_bytes"]),
-                 int(block["output_bytes"]))
+    f = Features(
+        tuple(block["ops"]),
+        int(block["flops"]),
+        int(block["param_bytes"]),
+        int(block["input_bytes"]),
+        int(block["output_bytes"]),
+    )
     return feature_vector(f)
 
 
@@ -56,7 +61,7 @@ def from_worker_outputs(outputs: Mapping[str, Mapping[str, Any]]) -> tuple[Groun
     blocks: dict[str, dict[str, Any]] = {}
     occurrences = []
     for out in outputs.values():
-        for name, m in out["models"].items():
+        for m in out["models"].values():
             for b in m["blocks"]:
                 blocks.setdefault(b["signature"], b)
     for name, m in next(iter(outputs.values()))["models"].items():

@@ -3,7 +3,7 @@ inside the devices, and always tear everything down (also on failure or Ctrl-C).
 
 Phases (raw outputs under `EvalConfig.work_dir`):
 
-    groundtruth   every edge class in parallel (their quotas sum to < 1 host CPU), then the server's row alone
+    groundtruth   every edge class in turn, then the server's row
     report        per edge class in turn: the p-sample reported to the server, then the network profile
     settle        wait for the server's cloud profiler to finish timing the reported slices
     execute       per edge class in turn (the server is shared, so one device offloads at a time)
@@ -84,11 +84,21 @@ class Cluster:
         data = self.work / "server-data"
         data.mkdir(parents=True, exist_ok=True)
         exe = str(Path(sys.executable).parent / "rr-server")
-        argv = [exe, "--listen", f"0.0.0.0:{self.cfg.port}", "--data-dir", str(data),
-                "--max-slice-mb", str(self.cfg.max_slice_mb), "--log-level", "WARNING"]
+        argv = [
+            exe,
+            "--listen",
+            f"0.0.0.0:{self.cfg.port}",
+            "--data-dir",
+            str(data),
+            "--max-slice-mb",
+            str(self.cfg.max_slice_mb),
+            "--log-level",
+            "WARNING",
+        ]
         logf = open(self.work / "server.log", "ab")
-        self.server = testbed.spawn(self.tcfg, SERVER_CLASS, argv, port=self.cfg.port, cwd=REPO, stdout=logf,
-                                    stderr=subprocess.STDOUT)
+        self.server = testbed.spawn(
+            self.tcfg, SERVER_CLASS, argv, port=self.cfg.port, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT
+        )
         logf.close()
 
     def stop_server(self) -> None:
@@ -110,12 +120,32 @@ class Cluster:
         _, cg, _ = testbed.device_env(self.tcfg, device, self.cfg.port)
         tfd = os.open(cg / "cgroup.procs", os.O_WRONLY)
         ffd = os.open(self._free_procs, os.O_WRONLY)
-        argv = [sys.executable, "-m", "tools.eval.worker", command, "--spec", str(spec_path), "--out", str(out_path),
-                "--throttle-fd", str(tfd), "--free-fd", str(ffd)]
+        argv = [
+            sys.executable,
+            "-m",
+            "tools.eval.worker",
+            command,
+            "--spec",
+            str(spec_path),
+            "--out",
+            str(out_path),
+            "--throttle-fd",
+            str(tfd),
+            "--free-fd",
+            str(ffd),
+        ]
         logf = open(self.work / f"{stem}.log", "wb")
         try:
-            proc = testbed.spawn(self.tcfg, device, argv, port=self.cfg.port, cwd=REPO, stdout=logf,
-                                 stderr=subprocess.STDOUT, pass_fds=(tfd, ffd))
+            proc = testbed.spawn(
+                self.tcfg,
+                device,
+                argv,
+                port=self.cfg.port,
+                cwd=REPO,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                pass_fds=(tfd, ffd),
+            )
         finally:
             logf.close()
             os.close(tfd)
@@ -175,10 +205,10 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     gt_spec = {**common, "timing": cfg.gt_timing.__dict__}
 
     t = time.perf_counter()
-    log.info("ground truth on %s (in parallel)", ", ".join(cfg.classes))
-    gt = cluster.run_workers("groundtruth", {dev: gt_spec for dev in cfg.classes})
-    log.info("ground truth on the server row")
-    gt.update(cluster.run_workers("groundtruth", {SERVER_CLASS: gt_spec}))
+    gt: dict[str, Any] = {}
+    for dev in (*cfg.classes, SERVER_CLASS):  # one at a time: in parallel, the host's load skews the quotas
+        log.info("ground truth on %s", dev)
+        gt.update(cluster.run_workers("groundtruth", {dev: gt_spec}))
     times["groundtruth"] = time.perf_counter() - t
 
     t = time.perf_counter()
