@@ -50,7 +50,7 @@ demo: setup
 
 test: setup lint-proto $(DOCTEST)
 	cf_cpp/run_ctest.sh
-	$(PYTEST) -m "not slow" -q
+	BUF=$(abspath $(BUF)) $(PYTEST) -m "not slow" -q
 
 test-slow: setup
 	$(PYTEST) -m slow -q
@@ -63,6 +63,16 @@ check: setup lint-proto
 	$(VENV)/bin/ruff format --check rr_edge rr_server rr_proto/codec.py tools tests
 	$(VENV)/bin/ruff check rr_edge rr_server rr_proto/codec.py tools tests
 	$(VENV)/bin/mypy rr_edge rr_server rr_proto/codec.py
+
+# Benchmarks (tools/, JSON on stdout; figures and how to read them in docs/performance.md).
+bench: setup
+	$(PY) -m tools.bench_blocks --repeat 5
+	$(PY) -m tools.bench_planner --repeats 31
+	$(PY) -m tools.bench_profiler
+	$(PY) -m tools.bench_transport
+	$(PY) -m tools.bench_server
+	$(PY) -m tools.plan_quality
+	$(PIP) install -q scikit-surprise && $(PY) -m tools.bench_cf
 
 clean:
 	rm -rf $(VENV) cf_cpp/build build rr_proto/inference rr_proto/roadrunner

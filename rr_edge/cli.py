@@ -17,26 +17,22 @@ from rr_edge.errors import RoadRunnerError
 COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when `argv` names a command, only that command's module is imported (fast start-up)."""
     parser = argparse.ArgumentParser(prog="rr-edge", description="RoaD-RuNNer edge node")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"rr_edge.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"rr_edge.commands.{name}":
-                raise
-            continue  # command not built yet
-        module.add_parser(sub)
+    named = [a for a in (argv or []) if a in COMMANDS][:1]
+    for name in named or COMMANDS:
+        importlib.import_module(f"rr_edge.commands.{name}").add_parser(sub)
     return parser
 
 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,9 +4,10 @@
 
 Targets: `rr-edge blocks` on resnet152 at 768 under 2 s; slicing all blocks of resnet152 one by
 one under 10 s. Wall-clock medians and CPU seconds (process + children) are both reported: on a
-shared, loaded machine the CPU time is the stable figure. Baselines measured in the same run, so the ratios survive noisy machines:
-`onnx.load` of the same file (analysis should cost a fraction of reading the model) and
-`onnx.utils.Extractor` (build once, extract every block) for slicing. Prints one JSON object.
+shared, loaded machine the CPU time is the stable figure. Baselines measured in the same run, so
+the ratios survive noisy machines: `onnx.load` of the same file (analysis should cost a fraction
+of reading the model) and `onnx.utils.Extractor` (build once, extract every block) for slicing.
+Prints one JSON object.
 """
 
 from __future__ import annotations

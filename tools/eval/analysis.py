@@ -193,6 +193,18 @@ def fig6(execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {"share_pct": share, "mean_pct": mean, "overall_pct": overall}
 
 
+def repeatability(gt_out: Mapping[str, Mapping[str, Any]], execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The noise floor: one whole model run locally twice, minutes apart (ground truth vs the Offload None run)."""
+    diffs = {}
+    for dev, out in execute.items():
+        for model, mo in out["models"].items():
+            n = mo["blocks"]
+            a = gt_out[dev]["models"][model]["whole_model"]["latency_ms"]["mean"]
+            b = mo["measured"][f"{n - 1},{n - 1}"]["latency_ms"]["mean"]
+            diffs[f"{dev}/{model}"] = metrics.abs_pct_error(a, b)
+    return {"abs_diff_pct": diffs, "median_abs_diff_pct": metrics.median(diffs.values())}
+
+
 def groundtruth_summary(gt_out: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     whole: dict[str, dict[str, float]] = {}
     ratio: dict[str, dict[str, float]] = {}
@@ -245,6 +257,8 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     order = [d for d in (*cfg.classes, "server") if d in gt_out]
     gt_out = {d: gt_out[d] for d in order}
     execute = {d: execute[d] for d in cfg.classes if d in execute}
+    missing = {d: out.get("errors", {}) for d, out in execute.items() if out.get("errors")}
+    missing.update({d: "execute phase failed" for d in cfg.classes if d not in execute})
     gt, occurrences = from_worker_outputs(gt_out)
     n_lat = write_long_csv(out_dir / "groundtruth_latency.csv", gt, gt.latency_ms)
     n_en = write_long_csv(out_dir / "groundtruth_energy.csv", gt, gt.energy_mJ)
@@ -274,7 +288,9 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             "energy_note": "MODELLED: declared watts (tools/testbed/classes.json) x measured time; not measured",
             "chain_models": [m for m in cfg.models if m in CHAIN],
             "residual_models": [m for m in cfg.models if m not in CHAIN],
+            "missing": missing,
         },
+        "repeatability": repeatability(gt_out, execute),
         "headline": headline_numbers,
         "groundtruth": {
             "rows": gt.rows,

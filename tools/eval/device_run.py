@@ -338,6 +338,10 @@ def execute(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     power = resolve_power(device_class=node)[0]
     out: dict[str, Any] = {"device": node, "energy_source": "model", "models": {}}
     for name, path in spec["models"].items():
-        out["models"][name] = execute_model(name, Path(path), client, node, spec, switch, power)
+        try:
+            out["models"][name] = execute_model(name, Path(path), client, node, spec, switch, power)
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not cost the others' measurements
+            log.exception("%s on %s failed", name, node)
+            out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
     client.close()
     return out

@@ -227,8 +227,15 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     times["settle"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    failed = []
     for dev in cfg.classes:
         log.info("plans executed on %s", dev)
-        cluster.run_workers("execute", {dev: {**common, "timing": cfg.run_timing.__dict__}})
+        try:
+            cluster.run_workers("execute", {dev: {**common, "timing": cfg.run_timing.__dict__}})
+        except RuntimeError as exc:  # keep the other devices' measurements; the report lists what is missing
+            log.error("%s", exc)
+            failed.append(dev)
+    if failed:
+        (cluster.work / "failed.json").write_text(json.dumps(failed))
     times["execute"] = time.perf_counter() - t
     return times

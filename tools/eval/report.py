@@ -261,6 +261,11 @@ with CF predictions (what RoaD-RuNNer uses to decide); "NS" the same cost with N
 
 {_fig5(d)}
 
+**Noise floor.** The same whole model, run locally on the same class minutes apart (ground-truth run vs the Offload
+None plan), differs by a median {_f(d.get("repeatability", {}).get("median_abs_diff_pct"), "{:.1f}")}% here: the
+2-CPU host is shared with other jobs, and a CFS quota only holds while the host has CPU to give. No prediction can be
+more accurate than this on this host.
+
 ## Fig. 6: share of blocks offloaded per device class and objective
 
 ![Fig. 6](fig6.png)
