@@ -152,20 +152,24 @@ class SessionPool:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
+    def _cached(self, slice_id: str) -> Session | None:
+        """The open session of `slice_id`, marked most recently used (caller holds the lock)."""
+        session = self._sessions.get(slice_id)
+        if session is not None:
+            self._sessions.move_to_end(slice_id)
+            self._on_lookup(True)
+        return session
+
     def get(self, slice_id: str, path: Path) -> Session:
         with self._lock:
-            session = self._sessions.get(slice_id)
+            session = self._cached(slice_id)
             if session is not None:
-                self._sessions.move_to_end(slice_id)
-                self._on_lookup(True)
                 return session
             load_lock = self._loading.setdefault(slice_id, threading.Lock())
         with load_lock:
             with self._lock:
-                session = self._sessions.get(slice_id)
+                session = self._cached(slice_id)
                 if session is not None:
-                    self._sessions.move_to_end(slice_id)
-                    self._on_lookup(True)
                     return session
             self._on_lookup(False)
             session = self._load(slice_id, path)

@@ -28,18 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rr_edge.blocks import analyze  # noqa: E402
-from rr_edge.export import export_model  # noqa: E402
 from rr_edge.onnx_io import load_model  # noqa: E402
 from rr_edge.slicing import Slicer  # noqa: E402
-
-
-def cached_export(name: str, size: int) -> Path:
-    cache = Path(os.environ.get("RR_MODEL_CACHE", REPO / ".cache" / "models"))
-    path = cache / f"bench_{name}_{size}.onnx"
-    if not path.exists():
-        export_model(name, path, input_size=size)
-    return path
-
+from tools._models import cached_export  # noqa: E402
 
 CPU: dict[str, float] = {}  # label -> median CPU seconds (process + children), filled by `timed`
 

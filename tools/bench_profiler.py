@@ -38,16 +38,7 @@ from rr_edge.netprofile import NetProfileConfig, run_netprofile, summary  # noqa
 from rr_edge.onnx_io import load_model  # noqa: E402
 from rr_edge.profiler import ProfileConfig, random_feeds, run_profile  # noqa: E402
 from rr_edge.session import OrtSettings  # noqa: E402
-
-
-def cached_export(name: str, size: int) -> Path:
-    from rr_edge.export import export_model
-
-    cache = Path(os.environ.get("RR_MODEL_CACHE", REPO / ".cache" / "models"))
-    path = cache / f"bench_{name}_{size}.onnx"
-    if not path.exists():
-        export_model(name, path, input_size=size)
-    return path
+from tools._models import cached_export  # noqa: E402
 
 
 @contextmanager

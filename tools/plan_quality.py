@@ -62,8 +62,8 @@ def plan_quality(
                 rng = random.Random(seed)
                 splits = {(p.i, p.j) for p in report.pareto} | {(report.chosen.i, report.chosen.j)}
                 while len(splits) < len(report.pareto) + 1 + n_random:
-                    i = rng.randint(-1, n - 1)
-                    splits.add((i, rng.choice([i, n - 1, rng.randint(i, n - 1)])))
+                    i = rng.randint(-1, n - 2)
+                    splits.add((i, rng.choice([n - 1, rng.randint(i + 1, n - 1)])))  # i < j: really offloads
                 shape = node.blocks(path).inputs[0].shape
                 x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
                 measured = measure(node, path, sorted(splits), x, repeat)
