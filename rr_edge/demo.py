@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 
 from rr_edge.api import EdgeNode
-from rr_edge.offload import PlanReport, local_outputs, outputs_close
+from rr_edge.measure import Measured, measure_splits
+from rr_edge.offload import PlanReport, local_outputs
 from rr_edge.planner import Plan, plan_cost
 from rr_edge.session import OrtSettings
+
+CHOSEN = "roadrunner (chosen)"
 
 
 @dataclass(frozen=True)
@@ -39,38 +43,8 @@ class DemoOptions:
     edge_threads: int = 1  # the edge is the weaker device: one core; the server uses the rest
 
 
-@dataclass(frozen=True)
-class Measured:
-    split: tuple[int, int]
-    median_ms: float
-    p90_ms: float
-    upload_s: float
-    fallback: bool
-    max_abs_diff: float
-
-
-def _measure(
-    node: EdgeNode, path: Path, split: tuple[int, int], x: np.ndarray, expected: dict, repeat: int
-) -> Measured:
-    start = time.perf_counter()
-    runner = node.runner(path, split)  # uploads the middle slice when the server lacks it
-    upload_s = time.perf_counter() - start
-    with runner:
-        runner.run(x)  # warm-up: the server opens its session
-        results = [runner.run(x) for _ in range(repeat)]
-    lat = np.array([r.total_ms for r in results])
-    return Measured(
-        split,
-        float(np.median(lat)),
-        float(np.percentile(lat, 90)),
-        upload_s,
-        any(r.fallback for r in results),
-        max(outputs_close(r.outputs, expected) for r in results),
-    )
-
-
 def _plans_to_measure(report: PlanReport) -> dict[str, Plan]:
-    plans = {"roadrunner (chosen)": report.chosen}
+    plans = {CHOSEN: report.chosen}
     plans.update(report.baselines)
     if report.chosen.i == report.chosen.j:  # also run the best plan that really offloads
         offloading = [p for p in report.pareto if p.i != p.j]
@@ -118,12 +92,11 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 _print_plan(console, report)
                 x = np.random.default_rng(options.seed).standard_normal(graph.inputs[0].shape).astype(np.float32)
                 expected = local_outputs(settings, path.read_bytes(), x)
-                measured: dict[str, Measured] = {}
                 plans = _plans_to_measure(report)
-                with console.status("running the plans over gRPC") as status:
-                    for name, plan in plans.items():
-                        status.update(f"running {name} ({plan.i},{plan.j}) x {options.repeat}")
-                        measured[name] = _measure(node, path, (plan.i, plan.j), x, expected, options.repeat)
+                splits = [(p.i, p.j) for p in plans.values()]
+                with console.status(f"running {len(set(splits))} plans over gRPC, {options.repeat} requests each"):
+                    by_split = measure_splits(lambda s: node.runner(path, s), splits, x, options.repeat, expected)
+                measured = {name: by_split[(p.i, p.j)] for name, p in plans.items()}
                 summary["plans"] = _print_measured(console, report, plans, measured)
                 from rr_edge.plot import plot_pareto
 
@@ -133,12 +106,38 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 console.print(f"Pareto plot: {png}")
                 summary.update(
                     blocks=len(graph.blocks),
+                    unique_signatures=unique,
                     profiled=len(prof.layers),
                     chosen=report.chosen.to_dict(),
                     max_abs_diff_vs_local=max(m.max_abs_diff for m in measured.values()),
+                    energy_source=report.costs.energy_source,
                     pareto_png=str(png),
                 )
+    _print_summary(console, summary)
     return summary
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    rows = {row["plan"]: row for row in s["plans"]}
+    chosen = rows[CHOSEN]
+    error = chosen["measured_ms"] / chosen["predicted_ms"] - 1.0
+    speedups = ", ".join(
+        f"{row['measured_ms'] / chosen['measured_ms']:.2f}x vs {name}" for name, row in rows.items() if name != CHOSEN
+    )
+    lines = [
+        f"model {s['model']}@{s['input_size']}: {s['blocks']} atomic blocks, {s['unique_signatures']} unique; "
+        f"profiled {s['profiled']} of them on this node",
+        f"chosen plan {tuple(chosen['split'])} ({s['chosen']['objective']}): "
+        f"predicted {chosen['predicted_ms']:.1f} ms, "
+        f"measured {chosen['measured_ms']:.1f} ms ({error:+.0%})",
+        f"speedup of the chosen plan (measured): {speedups}",
+        f"outputs over gRPC vs the whole model run locally: max |diff| {s['max_abs_diff_vs_local']:.1e}",
+        f"edge energy source: {s['energy_source']}" + (" (declared power model: an estimate, not a measurement)"
+                                                        if s["energy_source"] == "model" else ""),
+        f"Pareto plot: {s['pareto_png']}",
+        "note: edge and server share this machine, so the server is no faster than the edge here",
+    ]  # fmt: skip
+    console.print(Panel("\n".join(lines), title="summary", expand=False))
 
 
 def _print_plan(console: Console, report: PlanReport) -> None:
@@ -152,14 +151,15 @@ def _print_plan(console: Console, report: PlanReport) -> None:
 def _print_measured(
     console: Console, report: PlanReport, plans: dict[str, Plan], measured: dict[str, Measured]
 ) -> list:
-    chosen = measured["roadrunner (chosen)"].median_ms
-    table = Table(title="measured over gRPC on this machine (median of the requests)")
+    chosen = measured[CHOSEN].median_ms
+    preloaded = replace(report.inputs, preloaded=True)  # measured after the upload, so predicted without it
+    table = Table(title="measured over gRPC on this machine (median of the requests, interleaved)")
     for column in ("plan", "i,j", "predicted ms", "measured ms", "p90 ms", "chosen speedup", "max |diff| vs local"):
-        table.add_column(column, justify="left" if column == "plan" else "right")
+        table.add_column(column, justify="left" if column == "plan" else "right", no_wrap=column == "plan")
     rows = []
     for name, plan in plans.items():
         m = measured[name]
-        predicted = plan_cost(report.inputs, plan.i, plan.j).latency_ms
+        predicted = plan_cost(preloaded, plan.i, plan.j).latency_ms
         table.add_row(
             name, f"{plan.i},{plan.j}", f"{predicted:.1f}", f"{m.median_ms:.1f}", f"{m.p90_ms:.1f}",
             f"{m.median_ms / chosen:.2f}x", f"{m.max_abs_diff:.1e}" + (" (fallback)" if m.fallback else ""),

@@ -2,7 +2,8 @@
 
 An in-process rr-server on loopback; the edge profiles a 30% sample of resnet18's blocks and its network, plans for
 latency, then every Pareto plan, the chosen plan and `--random` random single/two-split plans are run over gRPC
-(`--repeat` requests each, interleaved round-robin, slices uploaded beforehand, median latency). Prints JSON with the ratio
+(`--repeat` requests each, interleaved round-robin, slices uploaded beforehand,
+median latency). Prints JSON with the ratio
 chosen / best measured (target <= 1.10, issue 5).
 
     python -m tools.plan_quality [--model resnet18] [--random 10] [--repeat 15] [--seed 0]
@@ -23,24 +24,9 @@ import numpy as np
 
 from rr_edge.api import EdgeNode
 from rr_edge.export import export_model
+from rr_edge.measure import measure_splits
 from rr_edge.session import OrtSettings
 from rr_server import Server, ServerConfig
-
-
-def measure(node: EdgeNode, path: Path, splits: list[tuple[int, int]], x: np.ndarray, repeat: int) -> dict:
-    """Median latency of each split; requests interleaved round-robin so load changes hit every plan alike."""
-    runners = {s: node.runner(path, s) for s in splits}
-    times: dict[tuple[int, int], list[float]] = {s: [] for s in splits}
-    try:
-        for runner in runners.values():
-            runner.run(x)  # warm-up (the server opens its session)
-        for _ in range(repeat):
-            for s, runner in runners.items():
-                times[s].append(runner.run(x).total_ms)
-    finally:
-        for runner in runners.values():
-            runner.close()
-    return {s: float(np.median(t)) for s, t in times.items()}
 
 
 def plan_quality(
@@ -66,7 +52,10 @@ def plan_quality(
                     splits.add((i, rng.choice([n - 1, rng.randint(i + 1, n - 1)])))  # i < j: really offloads
                 shape = node.blocks(path).inputs[0].shape
                 x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-                measured = measure(node, path, sorted(splits), x, repeat)
+                measured = {
+                    split: m.median_ms
+                    for split, m in measure_splits(lambda s: node.runner(path, s), sorted(splits), x, repeat).items()
+                }
     chosen = (report.chosen.i, report.chosen.j)
     best = min(measured, key=measured.__getitem__)
     return {
