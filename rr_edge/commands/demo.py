@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, input_size=args.input_size, sample=args.sample, max_mb=args.max_mb,
         repeat=args.repeat, objective=args.objective, out_dir=args.out,
     )  # fmt: skip
-    console = Console() if Console().is_terminal else Console(width=120)
+    stderr = bool(args.json)  # stdout carries only the JSON then
+    console = Console(stderr=stderr) if Console(stderr=stderr).is_terminal else Console(stderr=stderr, width=120)
     summary = run_demo(options, console)
     if args.json:
         print_json(summary)

@@ -1,0 +1,29 @@
+"""The main job (`rr-edge demo`) end to end: embedded server, profiles, plan, runs over gRPC, summary and plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import REPO, exported_model
+
+
+def test_demo_runs_end_to_end_and_verifies_outputs(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    shutil.copy(exported_model("resnet18"), out / "resnet18_224.onnx")  # skip the export
+    done = subprocess.run(
+        [sys.executable, "-m", "rr_edge.cli", "demo", "--out", str(out), "--max-mb", "4", "--repeat", "5", "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["blocks"] == 13 and summary["profiled"] == 4  # ceil(0.3 x 12 unique signatures)
+    assert summary["max_abs_diff_vs_local"] <= 1e-4
+    names = {row["plan"] for row in summary["plans"]}
+    assert {"roadrunner (chosen)", "offload_none", "offload_all", "neurosurgeon"} <= names
+    assert all(row["measured_ms"] > 0 and not row["fallback"] for row in summary["plans"])
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert "summary" in done.stderr and "energy source: model" in done.stderr
