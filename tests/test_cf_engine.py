@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import cf_cpp  # noqa: E402  (a missing build must fail the suite)
+
 CFModel = cf_cpp.CFModel
 
 
