@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -137,7 +137,6 @@ class _Link:
     uplink: NetworkModel | None = None
     downlink: NetworkModel | None = None
     expected_cloud_ms: float = 0.0
-    observed: list[float] = field(default_factory=list)
 
     def update(self, bytes_up: int, bytes_down: int, remote_ms: float) -> None:
         if self.uplink is None or self.downlink is None:
@@ -179,7 +178,6 @@ class Runner:
         self._head = _Local(slices.head, self.settings) if slices.head else None
         self._tail = _Local(slices.tail, self.settings) if slices.tail else None
         self._middle_local: _Local | None = None
-        self._middle_inputs: list[str] = []
         self._slice_id: str | None = None
         self._stream: _Stream | None = None
         self._down_since: float | None = None
@@ -188,7 +186,6 @@ class Runner:
         self.link = _Link(uplink, downlink, expected_cloud_ms)
         if slices.middle is not None:
             self._middle_local = _Local(slices.middle, self.settings)
-            self._middle_inputs = self._middle_local.inputs
             self._connect()
         first = self._head or self._middle_local or self._tail
         assert first is not None

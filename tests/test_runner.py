@@ -1,0 +1,88 @@
+"""Runner against an in-process server: stream and unary agree, local plans need no server, drift asks to re-plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rr_server
+from rr_edge.blocks import analyze
+from rr_edge.client import Client
+from rr_edge.netmodel import NetworkModel
+from rr_edge.offload import make_runner, plan_slices
+from rr_edge.runner import Runner, RunnerConfig
+from rr_edge.slicing import Slicer
+from tools.bench_runner import conv_chain
+
+
+@pytest.fixture(scope="module")
+def chain():
+    model = conv_chain(layers=4)
+    graph = analyze(model, "chain")
+    return model, graph, Slicer(model, graph)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path_factory.mktemp("rt"), listen="127.0.0.1:0")) as s:
+        assert s.address is not None
+        with Client(s.address) as c:
+            yield c
+
+
+def _x(graph) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
+
+
+def test_chain_has_one_block_per_conv(chain):
+    _, graph, _ = chain
+    assert len(graph.blocks) == 4
+
+
+@pytest.mark.parametrize("split", [(-1, 3), (0, 2), (1, 1), (2, 3)])
+def test_stream_and_unary_runs_equal_the_local_model(chain, client, split):
+    model, graph, slicer = chain
+    x = _x(graph)
+    local = make_runner(slicer, graph, (3, 3), None)(x)
+    for stream in (True, False):
+        with make_runner(slicer, graph, split, client, config=RunnerConfig(stream=stream)) as runner:
+            for _ in range(3):
+                result = runner.run(x)
+                assert result.fallback is False
+                assert (result.remote_ms > 0) == (split[0] != split[1])
+                np.testing.assert_allclose(result.outputs["y3"], local["y3"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_plan_that_offloads_needs_a_server(chain):
+    _, graph, slicer = chain
+    with pytest.raises(ValueError, match="needs a remote executor"):
+        Runner(plan_slices(slicer, len(graph.blocks), 0, 2))
+
+
+def test_unreachable_server_at_start_runs_locally(chain):
+    _, graph, slicer = chain
+    x = _x(graph)
+    with Client("127.0.0.1:1") as dead:
+        runner = make_runner(slicer, graph, (0, 2), dead, config=RunnerConfig(timeout_s=2, retry_interval_s=60))
+        result = runner.run(x)
+    assert result.fallback and runner.server_down
+    np.testing.assert_allclose(result.outputs["y3"], make_runner(slicer, graph, (3, 3), None)(x)["y3"], rtol=1e-5)
+
+
+def test_network_drift_asks_for_a_replan(chain, client):
+    _, graph, slicer = chain
+    x = _x(graph)
+    optimistic = NetworkModel.affine(rtt_ms=1e-4, bandwidth_bytes_per_ms=1e9)  # predicts ~0 ms: reality drifts
+    slices = plan_slices(slicer, len(graph.blocks), 0, 2)
+    with Runner(slices, client, uplink=optimistic, downlink=optimistic) as runner:
+        assert not runner.replan_needed
+        for _ in range(5):
+            runner.run(x)
+        assert runner.replan_needed
+    honest = NetworkModel.affine(rtt_ms=1e6, bandwidth_bytes_per_ms=1e9)  # predicts far slower than reality
+    with Runner(slices, client, uplink=honest, downlink=honest, config=RunnerConfig(drift_threshold=0.25)) as runner:
+        runner.run(x)
+        assert not runner.replan_needed  # one observation moves the EW estimate by alpha = 0.2 only
+        runner.run(x)
+        assert runner.replan_needed  # drift works both ways
+
