@@ -42,7 +42,7 @@ from rr_edge.profiles import (
     NetworkProfile,
 )
 from rr_edge.session import OrtSettings
-from rr_proto import codec
+from rr_proto import codec, framing
 from rr_proto.inference import grpc_service_pb2 as ipb
 from rr_proto.inference import grpc_service_pb2_grpc as igrpc
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
@@ -72,6 +72,8 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 _HEALTH = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
@@ -211,6 +213,11 @@ class Client:
         self._slices = rgrpc.SliceServiceStub(self._channel)
         self._echo = rgrpc.EchoServiceStub(self._channel)
         self._infer = igrpc.GRPCInferenceServiceStub(self._channel)
+        # The tensor-carrying methods exchange bytes framed by rr_proto.framing (no protobuf copies of tensors).
+        self._model_infer = self._channel.unary_unary(_MODEL_INFER, request_serializer=None, response_deserializer=None)
+        self._model_stream_infer = self._channel.stream_stream(
+            _MODEL_STREAM_INFER, request_serializer=None, response_deserializer=None
+        )
         self._health = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
         )
@@ -448,11 +455,11 @@ class Client:
         timeout_s: float | None = None,
         outputs: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
-        """Run a cached slice on the server (raw tensor contents both ways)."""
-        request = codec.encode_infer_request(slice_id, inputs, outputs)
-        nbytes = sum(len(r) for r in request.raw_input_contents)
+        """Run a cached slice on the server (raw tensor contents both ways, framed without copies by
+        rr_proto.framing; the outputs are read-only views of the received message)."""
+        request = framing.serialize_infer_request(slice_id, inputs, outputs)
         with self._rpc(f"ModelInfer {slice_id[:12]}"):
-            response = self._infer.ModelInfer(request, **self._kw(timeout_s, 2 * nbytes))
+            response = self._model_infer(request, **self._kw(timeout_s, 2 * len(request)))
         return _decode(response)
 
     def stream_infer(
@@ -463,15 +470,16 @@ class Client:
         A per-message error raises ServerError (code "INFER_ERROR"). The stream lives as long as `batches` yields,
         so it has no deadline unless `timeout_s` (for the whole stream) is given.
         """
-        requests = (codec.encode_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches))
+        requests = (framing.serialize_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches))
         kw: dict[str, Any] = {"metadata": self._metadata}
         if timeout_s is not None:
             kw["timeout"] = timeout_s
         with self._rpc(f"ModelStreamInfer {slice_id[:12]}"):
-            for message in self._infer.ModelStreamInfer(requests, **kw):
-                if message.error_message:
-                    raise ServerError(f"ModelStreamInfer {slice_id[:12]}: {message.error_message}", "INFER_ERROR")
-                yield _decode(message.infer_response)
+            for message in self._model_stream_infer(requests, **kw):
+                item = _stream_item(message)
+                if item.error_message:
+                    raise ServerError(f"ModelStreamInfer {slice_id[:12]}: {item.error_message}", "INFER_ERROR")
+                yield _decode(item.response)
 
     # -- echo (network profiling) --------------------------------------------------------------------------------
 
@@ -534,8 +542,20 @@ def _health_status(raw: bytes) -> int:
     return 0
 
 
-def _decode(response: ipb.ModelInferResponse) -> dict[str, np.ndarray]:
+def _decode(response: bytes | framing.InferResponse | None) -> dict[str, np.ndarray]:
+    """Output arrays of a serialised ModelInferResponse (or one already split); malformed -> DATA_LOSS."""
     try:
-        return codec.decode_infer_response(response)
+        if response is None:
+            raise codec.CodecError("stream message carries neither a response nor an error")
+        if not isinstance(response, framing.InferResponse):
+            response = framing.parse_infer_response(response)
+        return framing.decode_outputs(response)
+    except codec.CodecError as exc:
+        raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None
+
+
+def _stream_item(message: bytes) -> framing.StreamItem:
+    try:
+        return framing.parse_stream_item(message)
     except codec.CodecError as exc:
         raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None

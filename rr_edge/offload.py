@@ -74,6 +74,7 @@ class PlanReport:
     baselines: dict[str, Plan]
     inputs: PlanInputs
     costs: Costs
+    options: dict[str, Any] = field(default_factory=dict)  # make_plan's keyword arguments, for re-planning
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -199,7 +200,19 @@ def make_plan(
     front = pareto(table)
     chosen = choose(table, objective if objective != "pareto" else "pareto", slo_ms)
     baselines = all_baselines(inputs, neurosurgeon_inputs(graph, costs, inputs))
-    return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs)
+    options = {"objective": objective, "slo_ms": slo_ms, "preloaded": preloaded, "amortize_over": amortize_over}
+    return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs, {**options, "cached": cached})
+
+
+def replan(report: PlanReport, graph: BlockGraph, runner: Runner) -> PlanReport:
+    """Plan again with the network the runner measured (after `runner.replan_needed`); its slice counts as cached."""
+    uplink, downlink = runner.network_models()
+    if uplink is None or downlink is None:
+        return report
+    costs = replace(report.costs, uplink=uplink.rebased(), downlink=downlink.rebased())
+    i, j = runner.slices.split
+    cached = [*report.options.get("cached", ()), *([(i + 1, j)] if i < j else [])]
+    return make_plan(graph, costs, **{**report.options, "cached": cached})
 
 
 def plan_with_server_cache(

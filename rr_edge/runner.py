@@ -150,6 +150,10 @@ class _Link:
     def drifted(self, threshold: float) -> bool:
         return any(m is not None and m.drifted(threshold) for m in (self.uplink, self.downlink))
 
+    def rebase(self) -> None:
+        self.uplink = self.uplink.rebased() if self.uplink else None
+        self.downlink = self.downlink.rebased() if self.downlink else None
+
 
 class Runner:
     """Callable on a dict of input arrays (or one array for a single-input model); thread-safe.
@@ -199,7 +203,16 @@ class Runner:
 
     @property
     def replan_needed(self) -> bool:
+        """The measured network moved more than `drift_threshold` from the models the plan was made with."""
         return self.link.drifted(self.config.drift_threshold)
+
+    def network_models(self) -> tuple[NetworkModel | None, NetworkModel | None]:
+        """(uplink, downlink) as measured so far, for re-planning."""
+        return self.link.uplink, self.link.downlink
+
+    def mark_planned(self) -> None:
+        """The current network models were planned with: drift counts from here."""
+        self.link.rebase()
 
     def _connect(self) -> bool:
         """Upload the middle slice if needed; False (and server marked down) when the server is unreachable."""

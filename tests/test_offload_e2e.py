@@ -97,6 +97,12 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert plan["chosen"]["latency_ms"] == min(p["latency_ms"] for p in front)
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    ran = rr_edge("run", str(path), *common, "--input", str(tmp_path / "x.npy"), "--repeat", "5", "--json")
+    assert ran["splits_used"][0] == [plan["chosen"]["i"], plan["chosen"]["j"]]  # planned, then run as planned
+    assert ran["fallback"] is False and ran["max_abs_diff_vs_local"] <= 1e-4
+    assert ran["predicted"]["objective"] == "latency"
+
 
 def _wait_healthy(client: Client, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s

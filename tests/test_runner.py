@@ -86,3 +86,27 @@ def test_network_drift_asks_for_a_replan(chain, client):
         runner.run(x)
         assert runner.replan_needed  # drift works both ways
 
+
+def test_replan_uses_the_measured_network_and_counts_the_running_slice_as_cached(chain, client):
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.offload import Costs, make_plan, replan
+
+    _, graph, slicer = chain
+    x = _x(graph)
+
+    def preds(ms: float) -> tuple[Prediction, ...]:
+        return tuple(Prediction(b.signature, ms, ms * 10, "measured", "measured", "model") for b in graph.blocks)
+
+    optimistic = NetworkModel.affine(rtt_ms=1e-4, bandwidth_bytes_per_ms=1e9)
+    costs = Costs(preds(10.0), preds(0.1), 1.0, optimistic, optimistic, DEFAULT_POWER)
+    report = make_plan(graph, costs, objective="latency", amortize_over=100)
+    assert (report.chosen.i, report.chosen.j) == (-1, 3)  # slow edge, fast cloud, free network: offload all
+    with make_runner(slicer, graph, (-1, 3), client, report=report) as runner:
+        for _ in range(5):
+            runner.run(x)
+        assert runner.replan_needed
+        again = replan(report, graph, runner)
+    assert again.costs.uplink.drift > 1.25 and again.options["objective"] == "latency"
+    assert (0, 3) in again.inputs.cached_slices
+    assert again.chosen.upload_bytes == 0  # the running slice is on the server already

@@ -20,7 +20,7 @@ from rr_edge.commands._common import add_server_args, connect, make_meter, print
 from rr_edge.commands.plan import add_plan_args, build_plan
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters.base import Meter
-from rr_edge.offload import local_outputs, make_runner, outputs_close, validate_split
+from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
 from rr_edge.onnx_io import load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
@@ -59,15 +59,11 @@ def _energy(meter: Meter, result: RunResult, reading_mJ: float | None) -> float:
     return power.watts("compute") * local_ms + power.watts("idle") * result.remote_ms
 
 
-def run_requests(runner: Runner, x: np.ndarray, repeat: int, meter: Meter) -> tuple[list[RunResult], list[float]]:
-    results, energies = [], []
-    for _ in range(repeat):
-        token = meter.start("compute")
-        result = runner.run(x)
-        reading = meter.stop(token)
-        results.append(result)
-        energies.append(_energy(meter, result, reading.energy_mJ))
-    return results, energies
+def run_one(runner: Runner, x: np.ndarray, meter: Meter) -> tuple[RunResult, float]:
+    token = meter.start("compute")
+    result = runner.run(x)
+    reading = meter.stop(token)
+    return result, _energy(meter, result, reading.energy_mJ)
 
 
 def summarize(
@@ -110,13 +106,32 @@ def run(args: argparse.Namespace) -> int:
             report = build_plan(args, client, model, graph, slicer)
             split = (report.chosen.i, report.chosen.j)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
-        with make_runner(slicer, graph, split, client, config=config, settings=settings, report=report) as runner:
-            start = time.perf_counter()
-            results, energies = run_requests(runner, x, args.repeat, meter)
-            wall_s = time.perf_counter() - start
+        runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
+        results, energies, splits_used = [], [], [split]
+        start = time.perf_counter()
+        try:
+            for _ in range(args.repeat):
+                result, energy = run_one(runner, x, meter)
+                results.append(result)
+                energies.append(energy)
+                if report is not None and runner.replan_needed:  # the network drifted: plan again
+                    report = replan(report, graph, runner)
+                    if (report.chosen.i, report.chosen.j) == split:
+                        runner.mark_planned()
+                    else:
+                        runner.close()
+                        split = (report.chosen.i, report.chosen.j)
+                        splits_used.append(split)
+                        runner = make_runner(
+                            slicer, graph, split, client, config=config, settings=settings, report=report
+                        )
+        finally:
+            runner.close()
+        wall_s = time.perf_counter() - start
     diff = max(outputs_close(r.outputs, expected) for r in results)
     summary = summarize(split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
+    summary["splits_used"] = [list(s) for s in splits_used]
     if report is not None:
         summary["predicted"] = report.chosen.to_dict()
     if args.output:
