@@ -35,7 +35,7 @@ from rr_edge.client import Client, ClientOptions
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
-from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_server_cache
+from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_server_cache, replan
 from rr_edge.onnx_io import load_model
 from rr_edge.profiler import ProfileConfig, ProfileResult, run_profile
 from rr_edge.profiles import NetworkProfile
@@ -133,6 +133,10 @@ class EdgeNode:
             preloaded=preloaded,
             amortize_over=amortize_over,
         )
+
+    def replan(self, model: str | Path, report: PlanReport, runner: Runner) -> PlanReport:
+        """Plan again with the network `runner` measured (when `runner.replan_needed`); no new server queries."""
+        return replan(report, self._load(model).graph, runner)
 
     def runner(
         self, model: str | Path, plan: PlanReport | tuple[int, int], config: RunnerConfig | None = None
