@@ -20,6 +20,7 @@ __all__ = [
     "datatype_of",
     "decode_infer_request",
     "decode_infer_response",
+    "decode_tensors",
     "dtype_of",
     "encode_infer_request",
     "encode_infer_response",
@@ -151,11 +152,15 @@ def from_contents(contents: pb.InferTensorContents, datatype: str, shape: Sequen
     return np.asarray(values, dtype=dt).reshape(tuple(shape))
 
 
-def _decode_tensors(tensors, raw_contents: Sequence[bytes], what: str) -> dict[str, np.ndarray]:
+def decode_tensors(tensors, raw_contents: Sequence[bytes | memoryview], what: str) -> dict[str, np.ndarray]:
+    """Arrays of KServe tensor descriptions with their raw contents (parallel) or, when there are none, typed
+    contents; `what` ("input"/"output") names them in errors. Raw contents may be memoryviews (zero-copy)."""
     if raw_contents and len(raw_contents) != len(tensors):
         raise CodecError(f"{len(raw_contents)} raw contents for {len(tensors)} {what} tensors")
     arrays: dict[str, np.ndarray] = {}
     for k, tensor in enumerate(tensors):
+        if tensor.name in arrays:
+            raise CodecError(f"{what} {tensor.name!r} appears twice")
         if raw_contents:
             if tensor.HasField("contents"):
                 raise CodecError(f"tensor {tensor.name!r}: both raw and typed contents given")
@@ -180,7 +185,7 @@ def encode_infer_request(
 
 def decode_infer_request(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     """Input arrays of a ModelInferRequest (raw or typed contents)."""
-    return _decode_tensors(request.inputs, request.raw_input_contents, "input")
+    return decode_tensors(request.inputs, request.raw_input_contents, "input")
 
 
 def encode_infer_response(
@@ -196,4 +201,4 @@ def encode_infer_response(
 
 def decode_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     """Output arrays of a ModelInferResponse (raw or typed contents)."""
-    return _decode_tensors(response.outputs, response.raw_output_contents, "output")
+    return decode_tensors(response.outputs, response.raw_output_contents, "output")

@@ -7,13 +7,15 @@ One run, loopback, everything measured against a baseline in the same run:
 * `socket`: a raw TCP echo (length-prefixed bytes, sendall/recv_into) in a separate process: the floor.
 * `grpc_bytes`: a bare gRPC unary echo of the same bytes (generic handler, no protobuf), tuned options.
 * `model_infer_*`: rr-server (subprocess, `python -m rr_server.cli`) running an Identity slice on an FP32 tensor of
-  the same size via ModelInfer (raw contents), round trip including the client's encoding and decoding:
-  `codec` = the client builds/reads protobuf objects (rr_proto.codec, what generic clients do); `wire` = the
-  zero-copy framing of rr_server.wire; `wire_default_options` = the same with grpcio's default channel options
-  (only the message limits raised) instead of `rr_server.grpc_options`.
+  the same size via ModelInfer (raw contents), round trip including the client's encoding and decoding to numpy:
+  `client` = the edge client, `rr_edge.client.Client.infer` (zero-copy framing of rr_proto.framing, its own
+  channel options); `framing_default_options` = the same framing over a channel with grpcio's default options (only
+  the message limits raised); `codec` = a client that builds/reads protobuf objects (rr_proto.codec, what generic
+  KServe clients such as tritonclient do).
 Methods are measured round robin within each repetition (this machine is shared and noisy); median round trip per
 size; `ratio_vs_socket` = socket RTT / method RTT (1.0 = as fast as the raw socket).
-Per-call overhead: median RTT of a 4-byte tensor via ModelInfer vs a bare gRPC unary call and the socket.
+Per-call overhead: median RTT of a 4-byte tensor via ModelInfer vs a bare gRPC unary call and the socket (also
+round robin; both ModelInfer clients include their encoding and decoding).
 With `--testbed-rate`, rr-server and the socket echo run in the testbed's server namespace (tools.testbed, own prefix
 `rrt`, created and removed by the run) and the client in an edge namespace behind veth + tbf at that rate (667mbit =
 80 MB/s of payload); the bare gRPC echo is skipped there. Prints one JSON object.
@@ -45,11 +47,12 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
-from rr_proto import codec  # noqa: E402
+from rr_edge.client import Client  # noqa: E402
+from rr_proto import codec, framing  # noqa: E402
 from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
-from rr_server import grpc_options, wire  # noqa: E402
+from rr_server import grpc_options  # noqa: E402
 
 MB = 1024 * 1024
 MAX_MESSAGE = 256 * MB
@@ -128,21 +131,25 @@ def start_grpc_echo() -> tuple[grpc.Server, int]:
     return server, port
 
 
-def timed(call, repeat: int) -> list[float]:
-    times = []
+def round_robin(methods: dict, repeat: int) -> dict[str, float]:
+    """Median seconds per call of each method, measured round robin (one call of each per repetition, so load
+    changes on this shared machine hit every method alike), after one warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeat + 1):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+        for name, call in methods.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
 def codec_infer(stub, slice_id: str, x: np.ndarray) -> None:
     codec.decode_infer_response(stub.ModelInfer(codec.encode_infer_request(slice_id, {"x": x}), timeout=60))
 
 
-def wire_infer(call, slice_id: str, x: np.ndarray) -> None:
-    call(wire.serialize_infer_request(slice_id, {"x": x}), timeout=60)
+def framing_infer(call, slice_id: str, x: np.ndarray) -> None:
+    framing.decode_outputs(framing.parse_infer_response(call(framing.serialize_infer_request(slice_id, {"x": x}),
+                                                             timeout=60)))  # fmt: skip
 
 
 def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -182,8 +189,8 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         timeout=30,
     )  # fmt: skip
     kserve_tuned = kserve_grpc.GRPCInferenceServiceStub(tuned)
-    wire_tuned = tuned.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
-    wire_default = default.unary_unary(_INFER_METHOD, response_deserializer=wire.parse_infer_response)
+    framing_default = default.unary_unary(_INFER_METHOD)
+    client = Client(address)
 
     rows = []
     for size in sizes:
@@ -193,18 +200,13 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         methods = {"socket": partial(socket_call, payload)}
         if echo is not None:
             methods["grpc_bytes"] = partial(echo, payload, timeout=120)
+        methods["model_infer_client"] = partial(client.infer, slice_id, {"x": x}, 60)
+        methods["model_infer_framing_default_options"] = partial(framing_infer, framing_default, slice_id, x)
         methods["model_infer_codec"] = partial(codec_infer, kserve_tuned, slice_id, x)
-        methods["model_infer_wire"] = partial(wire_infer, wire_tuned, slice_id, x)
-        methods["model_infer_wire_default_options"] = partial(wire_infer, wire_default, slice_id, x)
-        times: dict[str, list[float]] = {name: [] for name in methods}
-        for _ in range(repeat + 1):  # round robin, so load changes hit every method alike
-            for name, call in methods.items():
-                t0 = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - t0)
+        medians = round_robin(methods, repeat)
         row: dict = {"mb": size, "bytes": len(payload)}
-        for name, values in times.items():
-            row[f"{name}_ms"] = 1e3 * statistics.median(values[1:])
+        for name, value in medians.items():
+            row[f"{name}_ms"] = 1e3 * value
         for name in methods:
             if name != "socket":
                 row[f"{name}_ratio_vs_socket"] = row["socket_ms"] / row[f"{name}_ms"]
@@ -212,20 +214,20 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         print(json.dumps(rows[-1]), file=sys.stderr)
 
     tiny = np.zeros(1, np.float32)
-    tiny_request = codec.encode_infer_request(slice_id, {"x": tiny})
-    tiny_wire = wire.serialize_infer_request(slice_id, {"x": tiny})
     back = bytearray(4)
-    overhead = {
-        "socket_us": 1e6 * statistics.median(timed(lambda: _socket_roundtrip(sock_conn, tiny.tobytes(), back),
-                                                   tiny_repeat)),
-        "model_infer_us": 1e6
-        * statistics.median(timed(lambda: kserve_tuned.ModelInfer(tiny_request, timeout=10), tiny_repeat)),
-        "model_infer_wire_us": 1e6 * statistics.median(timed(lambda: wire_tuned(tiny_wire, timeout=10), tiny_repeat)),
-    }  # fmt: skip
+    tiny_methods = {
+        "socket": partial(_socket_roundtrip, sock_conn, tiny.tobytes(), back),
+        "model_infer_client": partial(client.infer, slice_id, {"x": tiny}, 10),
+        "model_infer_codec": partial(codec_infer, kserve_tuned, slice_id, tiny),
+    }
     if echo is not None:
-        overhead["grpc_unary_us"] = 1e6 * statistics.median(timed(lambda: echo(b"1234", timeout=10), tiny_repeat))
-        overhead["model_infer_minus_grpc_unary_us"] = overhead["model_infer_us"] - overhead["grpc_unary_us"]
+        tiny_methods["grpc_unary"] = partial(echo, b"1234", timeout=10)
+    overhead = {f"{name}_us": 1e6 * value for name, value in round_robin(tiny_methods, tiny_repeat).items()}
+    if echo is not None:
+        overhead["model_infer_client_minus_grpc_unary_us"] = (overhead["model_infer_client_us"]
+                                                              - overhead["grpc_unary_us"])  # fmt: skip
     sock_conn.close()
+    client.close()
     tuned.close()
     default.close()
     return {

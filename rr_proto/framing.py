@@ -1,0 +1,270 @@
+"""Zero-copy framing of KServe ModelInfer messages: tensor bytes never pass through protobuf objects.
+
+The tensors of a KServe ModelInferRequest/Response travel in one repeated `bytes` field (`raw_input_contents` = 7,
+`raw_output_contents` = 6). Letting protobuf build and parse them costs several full copies of every tensor (and
+upb's serializer is slow for multi-MB fields). Protobuf's wire format allows splitting a message: fields may come in
+any order and concatenated encodings merge, so
+
+* serialising: the small header (names, shapes, datatypes) is serialised by protobuf and each raw tensor is appended
+  as `tag + length + bytes`, in one join (the only copy of the tensor on this side);
+* parsing: one pass over the top-level fields keeps each raw tensor as a `memoryview` of the received bytes and
+  hands only the small remainder to protobuf; arrays are then numpy views of those bytes (read-only, like protobuf's).
+
+Raw contents are the last field of both messages, so what `serialize_*` produces is byte-for-byte what protobuf
+itself would serialise: any KServe peer (tritonclient included) reads it. Both sides use this module: rr_server
+(`rr_server.wire` registers it as the servicer's (de)serialisers) and the edge client (`rr_edge.client`).
+
+    request  = serialize_infer_request("slice-id", {"x": x})          # client -> bytes
+    parsed   = parse_infer_request(request); decode_inputs(parsed)     # server -> {"x": view of x}
+    response = serialize_infer_response(encode_outputs("slice-id", "1", "", {"y": y}))
+    decode_outputs(parse_infer_response(response))                    # client -> {"y": view of y}
+
+Malformed bytes raise `FramingError` (a `codec.CodecError`); `parse_infer_request` records it in `.error` instead,
+so the server can answer INVALID_ARGUMENT from its servicer (a deserializer that raises becomes INTERNAL in grpcio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as pb
+
+__all__ = [
+    "FramingError",
+    "InferRequest",
+    "InferResponse",
+    "StreamItem",
+    "decode_inputs",
+    "decode_outputs",
+    "encode_outputs",
+    "parse_infer_request",
+    "parse_infer_response",
+    "parse_stream_item",
+    "serialize_infer_request",
+    "serialize_infer_response",
+    "serialize_stream_item",
+    "split_field",
+]
+
+RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
+RAW_OUTPUT_FIELD = 6  # ModelInferResponse.raw_output_contents
+INFER_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
+ERROR_MESSAGE_FIELD = 1  # ModelStreamInferResponse.error_message
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+class FramingError(codec.CodecError):
+    """The bytes are not a well-formed protobuf message of the expected type."""
+
+
+@dataclass
+class InferRequest:
+    """A parsed ModelInferRequest: every field but the raw contents in `header`, raw contents as views."""
+
+    header: pb.ModelInferRequest
+    raw: list[memoryview] = field(default_factory=list)
+    error: str = ""  # set when the bytes are not a valid message (the server reports it as INVALID_ARGUMENT)
+
+
+@dataclass
+class InferResponse:
+    """A ModelInferResponse: every field but the raw contents in `header`; `raw` holds buffers (bytes, memoryview,
+    contiguous numpy arrays) parallel to `header.outputs`."""
+
+    header: pb.ModelInferResponse
+    raw: list = field(default_factory=list)
+
+
+@dataclass
+class StreamItem:
+    """A ModelStreamInferResponse: a response, or a per-message error."""
+
+    response: InferResponse | None = None
+    error_message: str = ""
+
+
+# -- protobuf wire primitives ----------------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits, value = value & 0x7F, value >> 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _read_varint(data, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise FramingError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise FramingError("varint too long")
+
+
+def _field_header(number: int, length: int) -> bytes:
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(length)
+
+
+def split_field(data: bytes | memoryview, field_number: int) -> tuple[bytes, list[memoryview]]:
+    """(encoding of every other top-level field, views of each occurrence of length-delimited `field_number`)."""
+    view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    rest: list[memoryview] = []
+    found: list[memoryview] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(view, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise FramingError("field number 0")
+        if wire_type == _VARINT:
+            _, pos = _read_varint(view, pos, end)
+        elif wire_type == _FIXED64:
+            pos += 8
+        elif wire_type == _FIXED32:
+            pos += 4
+        elif wire_type == _LENGTH_DELIMITED:
+            length, pos = _read_varint(view, pos, end)
+            if pos + length > end:
+                raise FramingError("length-delimited field runs past the end of the message")
+            if number == field_number:
+                found.append(view[pos : pos + length])
+                pos += length
+                continue
+            pos += length
+        else:
+            raise FramingError(f"unsupported wire type {wire_type}")
+        if pos > end:
+            raise FramingError("truncated message")
+        rest.append(view[start:pos])
+    return b"".join(rest), found
+
+
+def _buffer(array_or_bytes) -> memoryview | bytes:
+    if isinstance(array_or_bytes, bytes | memoryview):
+        return array_or_bytes
+    # A flat byte view of the (contiguous) array; also right for empty arrays, which memoryview.cast refuses.
+    return np.ascontiguousarray(array_or_bytes).reshape(-1).view(np.uint8).data
+
+
+def _raw_buffer(array: np.ndarray) -> memoryview | bytes:
+    """Raw contents of an array as a buffer, copied only when it is not C-contiguous little-endian (or BYTES)."""
+    if array.dtype.kind in "OSU" or array.dtype.byteorder == ">":
+        return codec.to_raw(array)
+    return _buffer(np.ascontiguousarray(array))
+
+
+def _parse(message_type, data: bytes | memoryview):
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        raise FramingError(f"malformed {message_type.DESCRIPTOR.name}: {exc}") from None
+
+
+def _response_parts(response: InferResponse) -> list:
+    parts: list = [response.header.SerializeToString()]
+    for raw in response.raw:
+        buf = _buffer(raw)
+        parts += [_field_header(RAW_OUTPUT_FIELD, len(buf)), buf]
+    return parts
+
+
+# -- requests --------------------------------------------------------------------------------------------------------
+
+
+def serialize_infer_request(
+    model_name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = (), request_id: str = ""
+) -> bytes:
+    """A ModelInferRequest carrying every input as raw contents (same bytes as `codec.encode_infer_request(...)`
+    serialised by protobuf)."""
+    header = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    parts: list = []
+    for name, array in inputs.items():
+        array = np.asarray(array)
+        header.inputs.add(name=name, datatype=codec.datatype_of(array.dtype), shape=array.shape)
+        buf = _raw_buffer(array)
+        parts += [_field_header(RAW_INPUT_FIELD, len(buf)), buf]
+    for name in outputs:
+        header.outputs.add(name=name)
+    return b"".join([header.SerializeToString(), *parts])
+
+
+def parse_infer_request(data: bytes) -> InferRequest:
+    """Never raises: a malformed message comes back with `error` set and an empty header."""
+    try:
+        rest, raw = split_field(data, RAW_INPUT_FIELD)
+        return InferRequest(_parse(pb.ModelInferRequest, rest), raw)
+    except FramingError as exc:
+        return InferRequest(pb.ModelInferRequest(), [], f"malformed ModelInferRequest: {exc}")
+
+
+def decode_inputs(request: InferRequest) -> dict[str, np.ndarray]:
+    """Input arrays (zero-copy views for raw contents, typed contents converted); raises codec.CodecError."""
+    return codec.decode_tensors(request.header.inputs, request.raw, "input")
+
+
+# -- responses -------------------------------------------------------------------------------------------------------
+
+
+def encode_outputs(model_name: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray]) -> InferResponse:
+    header = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request_id)
+    raw: list = []
+    for name, array in outputs.items():
+        header.outputs.add(name=name, datatype=codec.datatype_of(array.dtype), shape=array.shape)
+        raw.append(_raw_buffer(array))
+    return InferResponse(header, raw)
+
+
+def serialize_infer_response(response: InferResponse) -> bytes:
+    return b"".join(_response_parts(response))
+
+
+def parse_infer_response(data: bytes | memoryview) -> InferResponse:
+    """Raises FramingError on malformed bytes."""
+    rest, raw = split_field(data, RAW_OUTPUT_FIELD)
+    return InferResponse(_parse(pb.ModelInferResponse, rest), list(raw))
+
+
+def decode_outputs(response: InferResponse) -> dict[str, np.ndarray]:
+    """Output arrays (zero-copy views for raw contents, typed contents converted); raises codec.CodecError."""
+    return codec.decode_tensors(response.header.outputs, response.raw, "output")
+
+
+# -- ModelStreamInfer ------------------------------------------------------------------------------------------------
+
+
+def serialize_stream_item(item: StreamItem) -> bytes:
+    if item.response is None:
+        return pb.ModelStreamInferResponse(error_message=item.error_message).SerializeToString()
+    parts = _response_parts(item.response)
+    error = pb.ModelStreamInferResponse(error_message=item.error_message).SerializeToString()
+    inner = sum(len(p) for p in parts)
+    return b"".join([error, _field_header(INFER_RESPONSE_FIELD, inner), *parts])
+
+
+def parse_stream_item(data: bytes) -> StreamItem:
+    """Raises FramingError on malformed bytes. Several `infer_response` occurrences merge, as in protobuf."""
+    rest, inner = split_field(data, INFER_RESPONSE_FIELD)
+    error_message = _parse(pb.ModelStreamInferResponse, rest).error_message
+    if not inner:
+        return StreamItem(None, error_message)
+    if len(inner) == 1:
+        return StreamItem(parse_infer_response(inner[0]), error_message)
+    merged = parse_infer_response(b"".join(inner))  # rare: protobuf merges repeated occurrences of a message field
+    return StreamItem(merged, error_message)
