@@ -83,6 +83,75 @@ def test_fold_in_row_returns_new_index_and_predicts_it() -> None:
     assert log_rmse(model, truth, np.full(150, new), c) < 0.15
 
 
+def _isotropic_ridge_fold_in(model, revealed: np.ndarray, log_values: np.ndarray) -> np.ndarray:
+    """The fold-in before the population prior: ridge [b, p] toward the mean row (reg_bias 0.01, reg 0.3)."""
+    n_fit = int(np.count_nonzero(model.row_counts))
+    mean = np.hstack([model.row_biases[:n_fit, None], model.row_factors[:n_fit]]).mean(0)
+    z = np.hstack([np.ones((model.n_cols, 1)), model.col_factors])
+    offset = model.global_mean + model.col_biases
+    ridge = np.full(z.shape[1], 0.3)
+    ridge[0] = 0.01
+    zr = z[revealed]
+    a = np.linalg.solve(zr.T @ zr + np.diag(ridge), zr.T @ (log_values - offset[revealed]) + ridge * mean)
+    return offset + z @ a
+
+
+@pytest.mark.parametrize(("offset", "slope", "n"), [(0.0, 1.0, 5), (0.4, 1.5, 5), (0.4, 1.5, 10), (-0.2, 0.7, 10)])
+def test_fold_in_recognises_a_rescaled_copy_of_a_fitted_device(offset, slope, n) -> None:
+    rows, cols, values, truth, x = synthetic(fill=0.5)
+    model = CFModel(rank=4, iterations=15).fit(rows, cols, values, 20, 150, col_features=x)
+    new_truth = offset + slope * truth[3]  # a device like device 3, slower / more sensitive
+    revealed = np.arange(0, 150, 150 // n)[:n]
+    new = model.fold_in_row(revealed, np.exp(new_truth[revealed]))
+    error = np.sqrt(np.mean((model.predict(np.full(150, new), np.arange(150), log=True) - new_truth) ** 2))
+    baseline = np.sqrt(np.mean((_isotropic_ridge_fold_in(model, revealed, new_truth[revealed]) - new_truth) ** 2))
+    assert error < 0.2 * baseline
+    assert model.row_scales[new] == pytest.approx(slope, abs=0.05)  # the column-bias scale g of the new row
+
+
+def test_row_counts_scales_and_noise_track_fit_fold_in_and_refit() -> None:
+    rows, cols, values, truth, x = synthetic(fill=0.5)
+    model = CFModel(rank=3, iterations=10).fit(rows, cols, values, 20, 150, col_features=x)
+    np.testing.assert_array_equal(model.row_counts, np.bincount(rows, minlength=20))
+    np.testing.assert_array_equal(model.row_scales, np.ones(20))
+    assert 0 < model.noise_var < 0.01
+    revealed = np.arange(0, 150, 10)
+    new_values = np.exp(0.3 + 1.4 * truth[5, revealed])
+    new = model.fold_in_row(revealed, new_values)
+    assert model.row_counts[new] == 0 and model.row_scales[new] != 1.0
+    # The same entries again give the same row: folded-in rows are not part of the fold-in prior.
+    again = model.fold_in_row(revealed, new_values)
+    assert model.row_biases[again] == model.row_biases[new] and model.row_scales[again] == model.row_scales[new]
+    model.refit(
+        np.r_[rows, np.full(revealed.size, new)],
+        np.r_[cols, revealed],
+        np.r_[values, new_values],
+        n_rows=22,
+        iterations=2,
+    )
+    assert model.row_counts[new] == revealed.size and model.row_counts[again] == 0
+    np.testing.assert_array_equal(model.row_scales, np.ones(22))  # ALS rows have g = 1
+
+
+def test_version_1_model_files_still_load(tmp_path) -> None:
+    """Format 1 had no row scales, row counts or noise variance after the row parameters."""
+    rows, cols, values, truth, x = synthetic()
+    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
+    model.save(tmp_path / "v2.cfm")
+    blob = (tmp_path / "v2.cfm").read_bytes()
+    header = 8 + 4 + 4 + 5 * 8 + 4 + 8 + 4 + 8 + 3 * 8 + 8  # magic .. mu
+    n_rows, d = truth.shape[0], 3 + 1
+    rows_end = header + 8 + 8 * n_rows * d
+    extra = 2 * (8 + 8 * n_rows) + 8  # row scales, row counts, noise variance
+    assert blob[8:12] == (2).to_bytes(4, "little")
+    v1 = blob[:8] + (1).to_bytes(4, "little") + blob[12:rows_end] + blob[rows_end + extra :]
+    (tmp_path / "v1.cfm").write_bytes(v1)
+    back = CFModel.load(tmp_path / "v1.cfm")
+    np.testing.assert_array_equal(back.predict(rows, cols), model.predict(rows, cols))
+    np.testing.assert_array_equal(back.row_scales, np.ones(n_rows))
+    assert back.fold_in_row([0, 7], [1.0, 2.0]) == n_rows
+
+
 def test_add_cols_and_refit() -> None:
     rows, cols, values, truth, x = synthetic(fill=0.5)
     keep = cols < 100

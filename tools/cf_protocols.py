@@ -67,11 +67,11 @@ def cold_col(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[st
     return out
 
 
-def new_row(
-    m: Matrix, names: Iterable[str], fill: float, seed: int, reveals: tuple[int, ...] = REVEALS
-) -> dict[int, dict[str, dict[str, float]]]:
-    """Hold out whole rows; the others are sampled at ``fill``; each held row is folded in from n revealed entries
-    and scored on its entries beyond the largest n (the same test entries for every n)."""
+def new_row_split(
+    m: Matrix, fill: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, dict[int, np.ndarray]]:
+    """The new-row split of one seed: held-out rows, training mask, row index map of the kept rows (-1 for held
+    rows), number of kept rows, and each held row's entries in reveal order."""
     rng = np.random.default_rng(seed)
     n_hold = max(1, int(round(HOLDOUT_FRACTION * m.n_rows)))
     held_rows = np.sort(rng.choice(m.n_rows, n_hold, replace=False))
@@ -80,12 +80,21 @@ def new_row(
     remap = np.full(m.n_rows, -1, dtype=np.int64)
     kept = np.setdiff1d(np.arange(m.n_rows), held_rows)
     remap[kept] = np.arange(kept.size)
-    order = {r: rng.permutation(np.flatnonzero(m.rows == r)) for r in held_rows}
+    order = {int(r): rng.permutation(np.flatnonzero(m.rows == r)) for r in held_rows}
+    return held_rows, train, remap, int(kept.size), order
+
+
+def new_row(
+    m: Matrix, names: Iterable[str], fill: float, seed: int, reveals: tuple[int, ...] = REVEALS
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Hold out whole rows; the others are sampled at ``fill``; each held row is folded in from n revealed entries
+    and scored on its entries beyond the largest n (the same test entries for every n)."""
+    held_rows, train, remap, n_kept, order = new_row_split(m, fill, seed)
     top = max(reveals)
     result: dict[int, dict[str, dict[str, float]]] = {n: {} for n in reveals}
     for name in names:
         method = cf_methods.make(name, seed)
-        fit_s = _fit(method, m, train, kept.size, remap[m.rows])
+        fit_s = _fit(method, m, train, n_kept, remap[m.rows])
         for n in reveals:
             preds, truths, fold_s = [], [], 0.0
             for r in held_rows:

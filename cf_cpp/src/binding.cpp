@@ -179,8 +179,9 @@ NB_MODULE(_core, m) {
             return self.fold_in_row(cols.data(), values.data(), cols.shape(0));
           },
           "cols"_a, "values"_a,
-          "Add a new row (e.g. a new device) from a few measurements, by a ridge solve against the fixed column\n"
-          "model (shrunk toward the average row); no refit. Returns the new row index.")
+          "Add a new row (e.g. a new device) from a few measurements against the fixed column model, no refit: a\n"
+          "Bayesian fold-in (prior: mean / covariance of the fitted rows) blended with the fitted rows rescaled to\n"
+          "the measurements and weighted by their fit. Returns the new row index.")
       .def(
           "add_cols",
           [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features) {
@@ -230,6 +231,21 @@ NB_MODULE(_core, m) {
             return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
           },
           "Training observations per column (0 = cold column, predicted from features only).", nb::rv_policy::move)
+      .def_prop_ro(
+          "row_counts",
+          [](const cf::Model& s) {
+            auto* heap = new std::vector<std::int64_t>(s.row_counts());
+            nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<std::int64_t>*>(p); });
+            return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+          },
+          "Training observations per row (0 = folded in since the last fit / refit, or unobserved).",
+          nb::rv_policy::move)
+      .def_prop_ro(
+          "row_scales", [](const cf::Model& s) { return owned_1d(std::vector<double>(s.row_scales())); },
+          "Per-row coefficient g_r of the column bias (1 for fitted rows; a folded-in row may differ) (copy).",
+          nb::rv_policy::move)
+      .def_prop_ro("noise_var", &cf::Model::noise_var,
+                   "Mean squared training residual in log units (the observation noise of the fold-in).")
       .def("get_params",
            [](const cf::Model& s) {
              const cf::Config& c = s.config();

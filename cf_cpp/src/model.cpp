@@ -1,11 +1,13 @@
 // Model orchestration: validation, state, ALS sweeps, fold-in and cold columns.
 #include "cf_cpp/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "als.h"
 #include "feature_map.h"
+#include "fold_in.h"
 #include "linalg.h"
 #include "rng.h"
 #include "sparse.h"
@@ -70,6 +72,8 @@ void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
   detail::NormalRng rng(config_.seed + 0x51ED2701ULL * static_cast<std::uint64_t>(n_rows_ + 1) +
                         static_cast<std::uint64_t>(n_cols_));
   rows_.resize(static_cast<std::size_t>(n_rows * d), 0.0);
+  row_scale_.resize(static_cast<std::size_t>(n_rows), 1.0);
+  row_counts_.resize(static_cast<std::size_t>(n_rows), 0);
   for (std::int64_t r = n_rows_; r < n_rows; ++r)
     for (int i = 1; i < d; ++i) rows_[r * d + i] = config_.init_scale * rng.next();
   dev_.resize(static_cast<std::size_t>(n_cols * d), 0.0);
@@ -87,6 +91,8 @@ void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_col
   fitted_ = false;
   n_rows_ = n_cols_ = n_features_ = 0;
   rows_.clear();
+  row_scale_.clear();
+  row_counts_.clear();
   dev_.clear();
   theta_.clear();
   x_.clear();
@@ -141,6 +147,8 @@ void Model::run_als(const Observations& obs, int iterations) {
   for (double v : by_row.value) s += v;
   mu_ = s / static_cast<double>(obs.size);
   for (std::int64_t c = 0; c < n_cols_; ++c) col_counts_[c] = by_col.ptr[c + 1] - by_col.ptr[c];
+  for (std::int64_t r = 0; r < n_rows_; ++r) row_counts_[r] = by_row.ptr[r + 1] - by_row.ptr[r];
+  std::fill(row_scale_.begin(), row_scale_.end(), 1.0);  // the ALS row solves assume g_r = 1
 
   std::vector<double> ridge_row(d, config_.reg), ridge_col(d, config_.reg_col);
   ridge_row[0] = config_.reg_bias;
@@ -176,6 +184,19 @@ void Model::run_als(const Observations& obs, int iterations) {
     if (by_row.ptr[r + 1] == by_row.ptr[r])
       for (int i = 0; i < d; ++i) rows_[r * d + i] = mean[i] / static_cast<double>(n_obs_rows);
   refresh_col_params();
+  // Training residual variance: the observation noise of the Bayesian fold-in.
+  double sse = 0;
+  for (std::int64_t r = 0; r < n_rows_; ++r) {
+    const double* a = rows_.data() + r * d;
+    for (std::int64_t e = by_row.ptr[r]; e < by_row.ptr[r + 1]; ++e) {
+      const double* z = z_.data() + by_row.index[e] * d;
+      double res = by_row.value[e] - mu_ - a[0] - z[0];
+      for (int k = 1; k < d; ++k) res -= a[k] * z[k];
+      sse += res * res;
+    }
+  }
+  noise_var_ = sse / static_cast<double>(obs.size);
+  refresh_fold_in_prior();
   fitted_ = true;
 }
 
@@ -193,7 +214,7 @@ void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std:
   for (std::size_t i = 0; i < n; ++i) {
     const double* a = rows_.data() + rows[i] * d;
     const double* z = z_.data() + cols[i] * d;
-    double s = mu_ + a[0] + z[0];
+    double s = mu_ + a[0] + row_scale_[rows[i]] * z[0];
     for (int k = 1; k < d; ++k) s += a[k] * z[k];
     out[i] = s;
   }
@@ -203,19 +224,15 @@ std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, 
   check_fitted();
   std::vector<std::int64_t> rows(n, 0);
   detail::validate(Observations{rows.data(), cols, values, n}, 1, n_cols_);
-  const int d = dim();
-  std::vector<double> logy(n), prior(d, 0.0), ridge(d, config_.reg), out(d);
+  std::vector<double> logy(n);
   for (std::size_t i = 0; i < n; ++i) logy[i] = std::log(values[i]);
-  for (std::int64_t r = 0; r < n_rows_; ++r)
-    for (int i = 0; i < d; ++i) prior[i] += rows_[r * d + i] / static_cast<double>(n_rows_);
-  ridge[0] = config_.reg_bias;
-  if (n == 0) {
-    out = prior;
-  } else {
-    detail::solve_row(cols, logy.data(), static_cast<std::int64_t>(n), z_.data(), mu_, d, ridge.data(), prior.data(),
-                      out.data());
-  }
-  rows_.insert(rows_.end(), out.begin(), out.end());
+  if (!fold_in_prior_ || fold_in_prior_->population.empty())  // a fit always leaves an observed row
+    throw InvalidInput("the model has no fitted row to fold in against");
+  const detail::FoldedRow out =
+      detail::fold_in(cols, logy.data(), n, z_.data(), mu_, dim(), rows_.data(), *fold_in_prior_, noise_var_);
+  rows_.insert(rows_.end(), out.params.begin(), out.params.end());
+  row_scale_.push_back(out.scale);
+  row_counts_.push_back(0);
   return n_rows_++;
 }
 
@@ -244,6 +261,10 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
   (void)fx;
   refresh_col_params();
   return first;
+}
+
+void Model::refresh_fold_in_prior() {
+  fold_in_prior_ = std::make_shared<const detail::FoldInPrior>(detail::make_prior(rows_, row_counts_, dim()));
 }
 
 std::vector<double> Model::col_params() const { return z_; }

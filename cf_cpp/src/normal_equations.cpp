@@ -66,9 +66,8 @@ void NormalEquations::flush() {
   fill_ = 0;
 }
 
-void NormalEquations::solve(const double* ridge, const double* prior, double* out) {
+void NormalEquations::moments(double* a, double* out) {
   flush();
-  std::vector<double> a(d_ * d_);
   a[0] = count_;
   out[0] = target_sum_;
   for (std::size_t i = 0; i < m_; ++i) {
@@ -76,6 +75,11 @@ void NormalEquations::solve(const double* ridge, const double* prior, double* ou
     out[i + 1] = rhs_[i];
     for (std::size_t j = i; j < m_; ++j) a[(i + 1) * d_ + j + 1] = a[(j + 1) * d_ + i + 1] = gram_[i * mp_ + j];
   }
+}
+
+void NormalEquations::solve(const double* ridge, const double* prior, double* out) {
+  std::vector<double> a(d_ * d_);
+  moments(a.data(), out);
   if (prior)
     for (std::size_t i = 0; i < d_; ++i) out[i] += ridge[i] * prior[i];
   ridge_solve(a.data(), ridge, out, d_);

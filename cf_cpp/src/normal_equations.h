@@ -26,6 +26,9 @@ class NormalEquations {
     if (++fill_ == kBlock) flush();
   }
 
+  // The accumulated X^T X (d x d, row-major, into gram) and X^T t (d values, into rhs).
+  void moments(double* gram, double* rhs);
+
   // Solves (X^T X + diag(ridge)) a = X^T t + diag(ridge) prior (prior may be null); writes d values to out.
   void solve(const double* ridge, const double* prior, double* out);
 

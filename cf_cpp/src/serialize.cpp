@@ -1,5 +1,6 @@
 // Binary save / load of a fitted model: magic, format version, config, dimensions, then the parameter arrays, each
 // prefixed by its length. Native byte order (little-endian on every supported platform).
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -10,7 +11,10 @@ namespace cf {
 namespace {
 
 constexpr char kMagic[8] = {'C', 'F', 'C', 'P', 'P', 'M', 'F', '\0'};
-constexpr std::uint32_t kVersion = 1;
+// Version 2 added the fold-in state after the row parameters: row scales g_r, row counts, the noise variance.
+// Version 1 files still load (g_r = 1, every row in the fold-in population, kV1NoiseVar).
+constexpr std::uint32_t kVersion = 2;
+constexpr double kV1NoiseVar = 0.0025;  // (0.05 log units)^2, the training residual on oneproxy_nb201
 
 class Writer {
  public:
@@ -91,6 +95,9 @@ void Model::save(const std::string& path) const {
   w.put(n_features_);
   w.put(mu_);
   w.put_vec(rows_);
+  w.put_vec(row_scale_);
+  w.put_vec(row_counts_);
+  w.put(noise_var_);
   w.put_vec(dev_);
   w.put_vec(x_);
   w.put_vec(feat_mean_);
@@ -105,7 +112,9 @@ Model Model::load(const std::string& path) {
   char magic[sizeof(kMagic)];
   r.raw(magic, sizeof(magic));
   if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) r.fail();
-  if (r.get<std::uint32_t>() != kVersion) throw IoError("'" + path + "' has an unsupported cf_cpp format version");
+  const std::uint32_t version = r.get<std::uint32_t>();
+  if (version != 1 && version != kVersion)
+    throw IoError("'" + path + "' has an unsupported cf_cpp format version");
   Config c;
   c.rank = r.get<std::int32_t>();
   c.reg = r.get<double>();
@@ -128,6 +137,16 @@ Model Model::load(const std::string& path) {
   const std::uint64_t d = static_cast<std::uint64_t>(c.rank + 1), nr = m.n_rows_, nc = m.n_cols_,
                       nf = m.n_features_;
   m.rows_ = r.get_vec<double>(nr * d);
+  if (version >= 2) {
+    m.row_scale_ = r.get_vec<double>(nr);
+    m.row_counts_ = r.get_vec<std::int64_t>(nr);
+    m.noise_var_ = r.get<double>();
+    if (!std::isfinite(m.noise_var_) || m.noise_var_ < 0) r.fail();
+  } else {
+    m.row_scale_.assign(nr, 1.0);
+    m.row_counts_.assign(nr, 1);
+    m.noise_var_ = kV1NoiseVar;
+  }
   m.dev_ = r.get_vec<double>(nc * d);
   std::uint64_t nx = r.get<std::uint64_t>();
   const bool with_features = nx != 0;
@@ -140,6 +159,7 @@ Model Model::load(const std::string& path) {
   m.col_counts_ = r.get_vec<std::int64_t>(nc);
   if (!with_features) m.n_features_ = 0;
   m.refresh_col_params();
+  m.refresh_fold_in_prior();
   m.fitted_ = true;
   return m;
 }

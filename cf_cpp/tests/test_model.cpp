@@ -131,6 +131,58 @@ TEST_CASE("fold_in_row adds a row close to the held-out truth") {
   CHECK(std::sqrt(se / s.n_cols) < 0.15);
 }
 
+TEST_CASE("fold_in_row with no entries is the mean fitted row, and folded rows do not join the prior") {
+  Synthetic s = make_synthetic(20, 120, 0.5, 11);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Model m(small_config());
+  m.fit(observations(s), s.n_rows, s.n_cols, &f);
+  const int d = m.config().rank + 1;
+  std::int64_t empty = m.fold_in_row(nullptr, nullptr, 0);
+  for (int i = 0; i < d; ++i) {
+    double mean = 0;
+    for (std::int64_t r = 0; r < 20; ++r) mean += m.row_params()[r * d + i] / 20.0;
+    CHECK(m.row_params()[empty * d + i] == doctest::Approx(mean).epsilon(1e-12));
+  }
+  CHECK(m.row_scales()[empty] == 1.0);
+  // The same three entries folded in twice give the same row: earlier fold-ins do not shift the prior.
+  std::vector<std::int64_t> cols = {3, 50, 97};
+  std::vector<double> vals = {2.0, 0.5, 4.0};
+  std::int64_t a = m.fold_in_row(cols.data(), vals.data(), cols.size());
+  std::int64_t b = m.fold_in_row(cols.data(), vals.data(), cols.size());
+  for (int i = 0; i < d; ++i) CHECK(m.row_params()[a * d + i] == m.row_params()[b * d + i]);
+  CHECK(m.row_scales()[a] == m.row_scales()[b]);
+  CHECK(m.row_counts()[a] == 0);
+  CHECK(m.row_counts()[0] > 0);
+}
+
+TEST_CASE("a new device that copies a fitted one, up to a scale, is recognised from a few entries") {
+  Synthetic s = make_synthetic(20, 200, 0.6, 12);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Model m(small_config());
+  m.fit(observations(s), s.n_rows, s.n_cols, &f);
+  auto new_row_rmse = [&](double offset, double slope, std::size_t n, double* scale) {
+    std::vector<std::int64_t> cols;
+    std::vector<double> vals;
+    for (std::size_t i = 0; i < n; ++i) {
+      cols.push_back(static_cast<std::int64_t>(i * 200 / n));
+      vals.push_back(std::exp(offset + slope * s.truth_log[4 * s.n_cols + cols.back()]));
+    }
+    std::int64_t r = m.fold_in_row(cols.data(), vals.data(), n);
+    *scale = m.row_scales()[r];
+    double se = 0, out = 0;
+    for (std::int64_t c = 0; c < s.n_cols; ++c) {
+      m.predict_log(&r, &c, 1, &out);
+      se += std::pow(out - (offset + slope * s.truth_log[4 * s.n_cols + c]), 2);
+    }
+    return std::sqrt(se / static_cast<double>(s.n_cols));
+  };
+  double scale = 0;
+  CHECK(new_row_rmse(0.0, 1.0, 5, &scale) < 0.02);  // an exact copy of device 4
+  CHECK(scale == doctest::Approx(1.0).epsilon(0.01));
+  CHECK(new_row_rmse(0.4, 1.5, 10, &scale) < 0.05);  // 1.5x more sensitive to the column: g = 1.5
+  CHECK(scale == doctest::Approx(1.5).epsilon(0.05));
+}
+
 TEST_CASE("warm-started refit with one sweep stays as good as the fit") {
   Synthetic s = make_synthetic(30, 200, 0.4, 6);
   cf::Features f{s.features.data(), s.n_cols, s.n_features};

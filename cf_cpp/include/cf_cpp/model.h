@@ -2,12 +2,13 @@
 //
 // The model works in log space. For row r (a device) and column c (a block signature) it predicts
 //
-//     log y(r, c) = mu + b_r + [1, p_r] . z_c,        z_c = [b_c, q_c] = Theta x_c + e_c
+//     log y(r, c) = mu + b_r + [g_r, p_r] . z_c,        z_c = [b_c, q_c] = Theta x_c + e_c
 //
 // mu is the global mean, b_r / p_r the row bias and factors, z_c the column bias and factors. With column
 // features x_c (standardised internally, plus an intercept) every column has a prior Theta x_c, learned from the
 // data, so a column nobody has measured is still predicted (e_c = 0) and a sparsely measured one stays close to its
 // prior (e_c is ridge-regularised). Without features Theta is absent and the model is a plain biased MF.
+// g_r, the row's coefficient of the column bias, is 1 for fitted rows; a folded-in row may have another (fold_in.h).
 //
 // Fitting is alternating least squares; every row / column solve is independent, so the work is split across
 // std::threads and the result does not depend on the thread count. Only plain C++ types cross this interface.
@@ -15,12 +16,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cf_cpp/errors.h"
 
 namespace cf {
+
+namespace detail {
+struct FoldInPrior;  // src/fold_in.h
+}
 
 // Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
 struct Config {
@@ -65,7 +71,8 @@ class Model {
   // Log-space predictions into out[0..n).
   void predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const;
 
-  // Adds a row solved by ridge regression against the fixed column model; returns its index.
+  // Adds a row from its revealed entries against the fixed column model (Bayesian fold-in with the fitted rows'
+  // mean / covariance as prior, blended with rescaled fitted rows; see src/fold_in.h); returns its index.
   std::int64_t fold_in_row(const std::int64_t* cols, const double* values, std::size_t n);
 
   // Appends n new (cold) columns predicted from their features (null only when the model has no features).
@@ -84,6 +91,9 @@ class Model {
   const std::vector<double>& row_params() const { return rows_; }  // n_rows x (k+1): [b_r, p_r]
   std::vector<double> col_params() const;                          // n_cols x (k+1): z_c = [b_c, q_c]
   const std::vector<std::int64_t>& col_counts() const { return col_counts_; }
+  const std::vector<double>& row_scales() const { return row_scale_; }      // g_r (1 for fitted rows)
+  const std::vector<std::int64_t>& row_counts() const { return row_counts_; }  // training observations per row
+  double noise_var() const { return noise_var_; }  // mean squared training residual (log units)
 
  private:
   int dim() const { return config_.rank + 1; }
@@ -92,12 +102,18 @@ class Model {
   void grow(std::int64_t n_rows, std::int64_t n_cols);
   void run_als(const Observations& obs, int iterations);
   void refresh_col_params();
+  void refresh_fold_in_prior();
 
   Config config_;
   bool fitted_ = false;
   std::int64_t n_rows_ = 0, n_cols_ = 0, n_features_ = 0;  // n_features_ counts the raw features
   double mu_ = 0.0;
   std::vector<double> rows_;        // n_rows x dim
+  std::vector<double> row_scale_;   // n_rows: g_r
+  std::vector<std::int64_t> row_counts_;  // n_rows: 0 = folded in or unobserved (not in the fold-in population)
+  double noise_var_ = 0.0;
+  // Derived, rebuilt (never mutated) after every fit / refit / load: the fold-in population and prior.
+  std::shared_ptr<const detail::FoldInPrior> fold_in_prior_;
   std::vector<double> dev_;         // n_cols x dim: e_c
   std::vector<double> x_;           // n_cols x (n_features + 1): standardised features + intercept
   std::vector<double> feat_mean_, feat_scale_;  // raw -> standardised (scale 0 drops a constant feature)

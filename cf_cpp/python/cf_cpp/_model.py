@@ -128,7 +128,11 @@ class CFModel:
         return self._core.predict_matrix(log)
 
     def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int:
-        """Add a new row from a few measurements (ridge solve, no refit). Returns the new row index."""
+        """Add a new row from a few measurements (no refit). Returns the new row index.
+
+        The row is a Bayesian fold-in against the fixed columns (prior: mean / covariance of the fitted rows) blended
+        with the fitted rows rescaled to the measurements and weighted by their fit (see docs/cf_cpp.md).
+        """
         return int(self._core.fold_in_row(_index("cols", cols), _values("values", values)))
 
     def add_cols(self, n: int, col_features: ArrayLike | None = None) -> int:
@@ -196,6 +200,21 @@ class CFModel:
     def col_counts(self) -> NDArray[np.int64]:
         """Training observations per column (0 = cold, predicted from features only)."""
         return self._core.col_counts
+
+    @property
+    def row_counts(self) -> NDArray[np.int64]:
+        """Training observations per row (0 = folded in since the last fit / refit, or unobserved)."""
+        return self._core.row_counts
+
+    @property
+    def row_scales(self) -> NDArray[np.float64]:
+        """Per-row coefficient of the column bias: 1 for fitted rows, fitted by the fold-in for new ones."""
+        return self._core.row_scales
+
+    @property
+    def noise_var(self) -> float:
+        """Mean squared training residual (log units): the observation noise assumed by the fold-in."""
+        return float(self._core.noise_var)
 
     def __repr__(self) -> str:
         return f"CFModel(rank={self.rank}, n_rows={self.n_rows}, n_cols={self.n_cols}, fitted={self.is_fitted})"
