@@ -74,5 +74,13 @@ bench: setup
 	$(PY) -m tools.plan_quality
 	$(PIP) install -q scikit-surprise && $(PY) -m tools.bench_cf
 
+# Evaluation on the emulated testbed (needs root): docs/results/ (full, < 90 min) or docs/results/quick/ (< 10 min).
+# The harness tears the testbed down itself (also on SIGTERM); the fallback here covers a crash before that.
+eval: setup
+	$(PY) -m tools.eval all || { $(PY) -m tools.testbed down >/dev/null; exit 1; }
+
+eval-quick: setup
+	$(PY) -m tools.eval all --quick || { $(PY) -m tools.testbed down >/dev/null; exit 1; }
+
 clean:
 	rm -rf $(VENV) cf_cpp/build build rr_proto/inference rr_proto/roadrunner

@@ -19,6 +19,7 @@ MARKERS = {
     "NS-nonOffloaded": "v",
     "RR-preOffloaded vs Neurosurgeon": "D",
 }
+X_CLIP = -200.0  # energy "gains" below this (we spend > 3x the baseline's energy) are drawn at the edge
 QUADRANT_COLOURS = {"red": "#f4cccc", "orange": "#fde9c9", "green": "#d9ead3"}
 
 
@@ -40,7 +41,7 @@ def fig3(data: dict[str, Any], path: Path) -> None:
             ax.text(0.5, 0.5, "no models of this group in this run", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(title)
             continue
-        xs = [p["energy_gain_pct"] for p in sel]
+        xs = [max(p["energy_gain_pct"], X_CLIP) for p in sel]
         ys = [p["speedup"] for p in sel]
         xlim = (min(min(xs), -10.0) - 5, max(max(xs), 10.0) + 5)
         ylim = (min(min(ys), 0.5) / 1.5, max(max(ys), 2.0) * 1.5)
@@ -49,7 +50,7 @@ def fig3(data: dict[str, Any], path: Path) -> None:
             ps = [p for p in sel if p["comparison"] == label]
             if ps:
                 ax.scatter(
-                    [p["energy_gain_pct"] for p in ps],
+                    [max(p["energy_gain_pct"], X_CLIP) for p in ps],
                     [p["speedup"] for p in ps],
                     marker=marker,
                     label=label,
@@ -57,6 +58,16 @@ def fig3(data: dict[str, Any], path: Path) -> None:
                     linewidths=0.5,
                     zorder=3,
                 )
+        clipped = sum(p["energy_gain_pct"] < X_CLIP for p in sel)
+        if clipped:
+            ax.text(
+                0.01,
+                0.01,
+                f"{clipped} point(s) below {X_CLIP:.0f}% drawn at {X_CLIP:.0f}% (see eval.json)",
+                transform=ax.transAxes,
+                fontsize=7,
+                va="bottom",
+            )
         ax.set_yscale("log")
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
@@ -65,7 +76,7 @@ def fig3(data: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("energy gain of RoaD-RuNNer (%) [energy: model]")
         ax.set_ylabel("speedup of RoaD-RuNNer (x, measured)")
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Fig. 3 - RoaD-RuNNer vs baselines, plans run on the testbed ({TAG})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
