@@ -143,7 +143,14 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     )
 
 
-def plan_inputs(graph: BlockGraph, costs: Costs, *, preloaded: bool = False, amortize_over: int = 1) -> PlanInputs:
+def plan_inputs(
+    graph: BlockGraph,
+    costs: Costs,
+    *,
+    preloaded: bool = False,
+    amortize_over: int = 1,
+    cached: Sequence[tuple[int, int]] = (),
+) -> PlanInputs:
     """The planner's inputs for one model (pure)."""
     return PlanInputs(
         edge_ms=np.array([p.latency_ms for p in costs.edge]),
@@ -156,6 +163,7 @@ def plan_inputs(graph: BlockGraph, costs: Costs, *, preloaded: bool = False, amo
         idle_power_W=costs.power.watts("idle"),
         tx_power_W=costs.power.watts("tx"),
         preloaded=preloaded,
+        cached_slices=frozenset(cached),
         amortize_over=amortize_over,
         e2e_correction=costs.e2e_correction,
     )
@@ -193,12 +201,10 @@ def make_plan(
     cached: Sequence[tuple[int, int]] = (),
 ) -> PlanReport:
     """Evaluate every plan, keep the Pareto set, choose one, cost the baselines (pure)."""
-    inputs = replace(
-        plan_inputs(graph, costs, preloaded=preloaded, amortize_over=amortize_over), cached_slices=frozenset(cached)
-    )
+    inputs = plan_inputs(graph, costs, preloaded=preloaded, amortize_over=amortize_over, cached=cached)
     table = evaluate_all(inputs)
     front = pareto(table)
-    chosen = choose(table, objective if objective != "pareto" else "pareto", slo_ms)
+    chosen = choose(table, objective, slo_ms)
     baselines = all_baselines(inputs, neurosurgeon_inputs(graph, costs, inputs))
     options = {"objective": objective, "slo_ms": slo_ms, "preloaded": preloaded, "amortize_over": amortize_over}
     return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs, {**options, "cached": cached})
