@@ -4,8 +4,8 @@ An embedded server on localhost (temporary data dir) -> export a model -> regist
 network profile -> profile a p-sample of blocks -> predictions -> Pareto set and chosen plan -> run the plan over gRPC,
 checked against local execution -> measured vs predicted latency and speedups against the baselines -> Pareto plot.
 
-Edge and server share this machine's cores here, so the "cloud" is no faster than the edge: the numbers show the
-system working, not the gains of a real edge/cloud pair (tools/testbed emulates those).
+Edge and server share this machine's cores here (the edge runs ONNX Runtime on one thread, the server on all of
+them): the numbers show the system working, not the gains of a real edge/cloud pair (tools/testbed emulates those).
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         f"edge energy source: {s['energy_source']}" + (" (declared power model: an estimate, not a measurement)"
                                                         if s["energy_source"] == "model" else ""),
         f"Pareto plot: {s['pareto_png']}",
-        "note: edge and server share this machine, so the server is no faster than the edge here",
+        "note: edge and server share this machine's cores (the edge runs ONNX Runtime on one thread, the server on "
+        "all), so gains here are small; tools/testbed emulates real edge/cloud pairs",
     ]  # fmt: skip
     console.print(Panel("\n".join(lines), title="summary", expand=False))
 
