@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from test_blocks import branchy_model
@@ -143,3 +144,52 @@ def test_export_from_module_with_syntax_error(tmp_path: Path, capsys) -> None:  
     code = main(["export", "--from", f"{src}:make", "-o", str(tmp_path / "m.onnx")])
     line = assert_one_line_error(capsys, code, "export")
     assert "SyntaxError" in line
+
+
+# -- the commands that talk to a server ---------------------------------------------------------------------------
+
+DEAD = ["--server", "127.0.0.1:1", "--node", "n", "--timeout", "2"]  # nothing listens on port 1
+
+
+@pytest.mark.parametrize("command", ["profile", "plan", "run", "upload"])
+@pytest.mark.parametrize("kind", ["not_onnx", "truncated_0.5", "missing_external", "missing"])
+def test_server_commands_reject_bad_models(bad_files, capsys, tmp_path: Path, command: str, kind: str) -> None:  # type: ignore[no-untyped-def]
+    extra = ["--input", str(tmp_path / "x.npy")] if command == "run" else []
+    argv = [command, str(bad_files[kind]), *(DEAD if command != "upload" else DEAD[:2]), *extra]
+    assert_one_line_error(capsys, main(argv), command)
+
+
+@pytest.mark.parametrize("command", ["profile", "plan", "netprofile"])
+def test_unreachable_server_is_a_one_line_error(bad_files, capsys, command: str) -> None:  # type: ignore[no-untyped-def]
+    argv = [command, *([] if command == "netprofile" else [str(bad_files["good"])]), *DEAD]
+    line = assert_one_line_error(capsys, main(argv), command)
+    assert "UNAVAILABLE" in line or "unavailable" in line.lower() or "DEADLINE" in line
+
+
+def _input_of(path: Path) -> tuple[str, list[int]]:
+    vi = onnx.load(path).graph.input[0]
+    return vi.name, [d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda shape: np.zeros([d + 1 for d in shape], np.float32), "does not match the model input"),
+        (lambda shape: np.zeros(shape, np.float64), "does not match the model input"),
+        (None, "cannot read input"),
+    ],
+)
+def test_run_rejects_bad_input_arrays(bad_files, capsys, tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    x = tmp_path / "x.npy"
+    if make is not None:
+        np.save(x, make(_input_of(bad_files["good"])[1]))
+    code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(x)])
+    assert message in assert_one_line_error(capsys, code, "run")
+
+
+@pytest.mark.parametrize("split", ["5,1", "-2,0", "0,99", "a,b", "1"])
+def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -> None:  # type: ignore[no-untyped-def]
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(_input_of(bad_files["good"])[1], np.float32))
+    code = main(["run", str(bad_files["good"]), *DEAD, f"--split={split}", "--input", str(x)])
+    assert "--split" in assert_one_line_error(capsys, code, "run")

@@ -21,7 +21,7 @@ from rr_edge.commands.plan import add_plan_args, build_plan
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters.base import Meter
 from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
-from rr_edge.onnx_io import load_model
+from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
@@ -43,11 +43,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=run)
 
 
-def _load_input(path: Path) -> np.ndarray:
+def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
+    """The input array, checked against the model's (single) input."""
     try:
-        return np.load(path, allow_pickle=False)
+        x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise RoadRunnerError(f"cannot read input {path}: {exc}") from None
+    fits = x.ndim == len(want.shape) and all(w < 0 or w == d for w, d in zip(want.shape, x.shape, strict=True))
+    if not fits or str(x.dtype) != want.dtype:
+        raise RoadRunnerError(
+            f"input {path}: {x.dtype} {list(x.shape)} does not match the model input {want.name!r} "
+            f"{want.dtype} {list(want.shape)}"
+        )
+    return x
 
 
 def _energy(meter: Meter, result: RunResult, reading_mJ: float | None) -> float:
@@ -94,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.path)
     graph = analyze(model, Path(args.path).stem)
     slicer = Slicer(model, graph)
-    x = _load_input(args.input)
+    if len(graph.inputs) != 1:
+        raise RoadRunnerError(f"rr-edge run takes single-input models; {graph.model} has {len(graph.inputs)} inputs")
+    x = _load_input(args.input, graph.inputs[0])
     settings = OrtSettings(intra_op_threads=args.threads)
     meter = make_meter(args)
     expected = local_outputs(settings, model.SerializeToString(), x)
