@@ -351,9 +351,11 @@ class Client:
         signatures: Sequence[str],
         features: Sequence[BlockFeatures] | None = None,
         timeout_s: float | None = None,
+        model: str = "",
     ) -> Predictions:
-        """Latency/energy of each signature on `node_id` (features let the server cold-start unknown blocks)."""
-        request = pb.PredictRequest(node_id=node_id, signatures=list(signatures))
+        """Latency/energy of each signature on `node_id` (features let the server cold-start unknown blocks); `model`
+        selects that model's end-to-end correction when this node profiled it."""
+        request = pb.PredictRequest(node_id=node_id, signatures=list(signatures), model=model)
         if features is not None:
             if len(features) != len(signatures):
                 raise ValueError("features must be parallel to signatures")

@@ -120,7 +120,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         raise RoadRunnerError(f"node {node_id!r} has no network profile on the server: run `rr-edge netprofile`")
     signatures = [b.signature for b in graph.blocks]
     features = [features_of(b) for b in graph.blocks]
-    edge = client.predict(node_id, signatures, features)
+    edge = client.predict(node_id, signatures, features, model=graph.model)
     cloud = client.predict(client.server_info().cloud_node_id, signatures, features)
     missing = [
         s

@@ -55,5 +55,5 @@ class PredictionServicer(rr_grpc.PredictionServiceServicer):
                 )
                 for p in records
             ],
-            e2e_correction=self._storage.e2e_correction(node_id),
+            e2e_correction=self._storage.e2e_correction(node_id, request.model),
         )

@@ -220,13 +220,17 @@ class Storage:
     def count_measurements(self) -> int:
         return int(self._read("SELECT COUNT(*) AS n FROM measurements")[0]["n"])
 
-    def e2e_correction(self, node_id: str) -> float:
-        """Mean end-to-end / sum-of-blocks latency ratio of a node's model runs (1.0 when none)."""
-        rows = self._read(
-            "SELECT AVG(latency_ms / sum_of_blocks_ms) AS r FROM model_runs WHERE node_id = ? AND sum_of_blocks_ms > 0",
-            (node_id,),
+    def e2e_correction(self, node_id: str, model: str = "") -> float:
+        """Mean end-to-end / sum-of-blocks latency ratio of a node's runs of `model` (the ratio varies from model to
+        model), else of all its model runs; 1.0 when none."""
+        base = (
+            "SELECT AVG(latency_ms / sum_of_blocks_ms) AS r FROM model_runs WHERE node_id = ? AND sum_of_blocks_ms > 0"
         )
-        ratio = rows[0]["r"]
+        if model:
+            ratio = self._read(base + " AND model = ?", (node_id, model))[0]["r"]
+            if ratio is not None:
+                return float(ratio)
+        ratio = self._read(base, (node_id,))[0]["r"]
         return float(ratio) if ratio is not None else 1.0
 
     # -- network profiles ------------------------------------------------------------------------------------------

@@ -91,6 +91,24 @@ def test_layer_report_measured_and_listed(env):
     assert math.isclose(answer.e2e_correction, 12.0 / 9.0)
 
 
+def test_e2e_correction_is_per_model_with_the_node_mean_as_fallback(env):
+    _, stubs = env
+    register(stubs, "jet")
+
+    def run(model: str, e2e_ms: float, blocks_ms: float) -> rr.ReportLayerProfilesRequest:
+        profile = rr.ModelProfile(model=model, latency=rr.LatencyStats(median_ms=e2e_ms), sum_of_blocks_ms=blocks_ms)
+        return rr.ReportLayerProfilesRequest(node_id="jet", model=profile)
+
+    stubs.profiles.ReportLayerProfiles(iter([run("a", 6.0, 10.0), run("b", 12.0, 10.0)]), timeout=10)
+
+    def ratio(model: str) -> float:
+        request = rr.PredictRequest(node_id="jet", signatures=SIGS[:1], model=model, features=[features(0)])
+        return stubs.predictions.Predict(request, timeout=5).e2e_correction
+
+    assert math.isclose(ratio("a"), 0.6) and math.isclose(ratio("b"), 1.2)
+    assert math.isclose(ratio("never-profiled"), 0.9) and math.isclose(ratio(""), 0.9)
+
+
 @pytest.mark.parametrize(
     ("bad", "fragment"),
     [
