@@ -13,8 +13,9 @@ from rr_proto.inference import grpc_service_pb2 as pb
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 
 
-def _sample(datatype: str, shape=(2, 3, 4)) -> np.ndarray:
-    rng = np.random.default_rng(0)
+def sample(datatype: str, shape=(2, 3, 4), seed: int = 0) -> np.ndarray:
+    """A random array of a KServe datatype covering its whole range (shared with test_framing)."""
+    rng = np.random.default_rng(seed)
     dtype = codec.dtype_of(datatype)
     if datatype == "BOOL":
         return rng.random(shape) > 0.5
@@ -26,7 +27,7 @@ def _sample(datatype: str, shape=(2, 3, 4)) -> np.ndarray:
 
 @pytest.mark.parametrize("datatype", NUMERIC)
 def test_raw_round_trip_every_numeric_datatype(datatype):
-    array = _sample(datatype)
+    array = sample(datatype)
     assert codec.datatype_of(array.dtype) == datatype
     back = codec.from_raw(codec.to_raw(array), datatype, array.shape)
     assert back.dtype == array.dtype and back.shape == array.shape
@@ -75,7 +76,7 @@ def test_unsupported_numpy_dtype():
 
 
 def test_request_round_trip_raw_and_typed():
-    inputs = {"a": _sample("FP32"), "b": _sample("INT64", (3,))}
+    inputs = {"a": sample("FP32"), "b": sample("INT64", (3,))}
     request = codec.encode_infer_request("slice", inputs, outputs=["y"], request_id="7")
     assert request.model_name == "slice" and request.id == "7" and [o.name for o in request.outputs] == ["y"]
     decoded = codec.decode_infer_request(request)
@@ -109,6 +110,6 @@ def test_raw_count_must_match_inputs():
 
 
 def test_response_round_trip():
-    outputs = {"y": _sample("FP16", (1, 5))}
+    outputs = {"y": sample("FP16", (1, 5))}
     decoded = codec.decode_infer_response(codec.encode_infer_response("m", outputs))
     np.testing.assert_array_equal(decoded["y"], outputs["y"])

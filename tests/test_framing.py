@@ -8,25 +8,13 @@ import pytest
 
 from rr_proto import codec, framing
 from rr_proto.inference import grpc_service_pb2 as pb
-
-NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
-
-
-def _sample(datatype: str, shape=(2, 3, 4)) -> np.ndarray:
-    rng = np.random.default_rng(1)
-    dtype = codec.dtype_of(datatype)
-    if datatype == "BOOL":
-        return rng.random(shape) > 0.5
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
-    return rng.standard_normal(shape).astype(dtype)
+from tests.test_codec import NUMERIC, sample
 
 
 def _inputs() -> dict[str, np.ndarray]:
     return {
-        "a": _sample("FP32"),
-        "b": np.asfortranarray(_sample("INT64", (3, 2))),  # not C-contiguous: framed in C order
+        "a": sample("FP32"),
+        "b": np.asfortranarray(sample("INT64", (3, 2))),  # not C-contiguous: framed in C order
         "c": np.arange(6, dtype=">i4").reshape(2, 3),  # big-endian: sent little-endian
         "d": np.array([b"", b"xyz", "\u00e9"], dtype=object),  # BYTES
         "e": np.zeros((0, 4), np.float32),  # empty
@@ -35,7 +23,7 @@ def _inputs() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("datatype", NUMERIC)
 def test_request_is_byte_identical_to_protobuf(datatype):
-    inputs = {"x": _sample(datatype), "y": _sample(datatype, (5,))}
+    inputs = {"x": sample(datatype), "y": sample(datatype, (5,))}
     ours = framing.serialize_infer_request("slice", inputs, outputs=["o1", "o2"], request_id="42")
     theirs = codec.encode_infer_request("slice", inputs, outputs=["o1", "o2"], request_id="42")
     assert ours == theirs.SerializeToString(deterministic=True)
@@ -69,7 +57,7 @@ def test_decoded_raw_tensors_are_views_of_the_message():
 
 
 def test_parses_what_protobuf_writes_with_fields_reordered():
-    request = codec.encode_infer_request("m", {"x": _sample("FP32")}, outputs=["y"], request_id="1")
+    request = codec.encode_infer_request("m", {"x": sample("FP32")}, outputs=["y"], request_id="1")
     # Protobuf readers accept fields in any order: put the raw contents first.
     raw = b"".join(framing._field_header(framing.RAW_INPUT_FIELD, len(r)) + r for r in request.raw_input_contents)
     header = pb.ModelInferRequest()
@@ -92,7 +80,7 @@ def test_typed_contents_request():
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_response_is_byte_identical_to_protobuf_and_round_trips(stream):
-    outputs = {"y": _sample("FP16", (1, 5)), "z": np.arange(4, dtype=">f8"), "s": np.array([b"ab"], dtype=object)}
+    outputs = {"y": sample("FP16", (1, 5)), "z": np.arange(4, dtype=">f8"), "s": np.array([b"ab"], dtype=object)}
     response = framing.encode_outputs("m", "1", "9", outputs)
     expected = codec.encode_infer_response("m", outputs, request_id="9")
     expected.model_version = "1"
