@@ -40,16 +40,23 @@ def _fit(method, m: Matrix, train: np.ndarray, n_rows: int, rows: np.ndarray) ->
     return time.perf_counter() - t0
 
 
-def random_fill(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[str, dict[str, float]]:
-    rng = np.random.default_rng(seed)
-    train = _sample(np.ones(m.size, dtype=bool), fill, rng)
-    test = ~train
+def _fit_and_score(
+    m: Matrix, names: Iterable[str], train: np.ndarray, test: np.ndarray, seed: int
+) -> dict[str, dict[str, float]]:
+    """Fit every method on the `train` entries and score it on the `test` entries."""
     out = {}
     for name in names:
         method = cf_methods.make(name, seed)
         fit_s = _fit(method, m, train, m.n_rows, m.rows)
         out[name] = {**metrics(method.predict(m.rows[test], m.cols[test]), m.values[test]), "fit_s": fit_s}
     return out
+
+
+def random_fill(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    train = _sample(np.ones(m.size, dtype=bool), fill, rng)
+    test = ~train
+    return _fit_and_score(m, names, train, test, seed)
 
 
 def cold_col(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[str, dict[str, float]]:
@@ -59,12 +66,7 @@ def cold_col(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[st
     held[rng.choice(m.n_cols, n_hold, replace=False)] = True
     test = held[m.cols]
     train = _sample(~test, fill, rng)
-    out = {}
-    for name in names:
-        method = cf_methods.make(name, seed)
-        fit_s = _fit(method, m, train, m.n_rows, m.rows)
-        out[name] = {**metrics(method.predict(m.rows[test], m.cols[test]), m.values[test]), "fit_s": fit_s}
-    return out
+    return _fit_and_score(m, names, train, test, seed)
 
 
 def new_row_split(
