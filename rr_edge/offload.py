@@ -91,10 +91,6 @@ class PlanReport:
         }
 
 
-def _block_dicts(graph: BlockGraph) -> list[dict[str, Any]]:
-    return [b.to_json() for b in graph.blocks]
-
-
 class PredictionsPending(RoadRunnerError):
     """The server has not predicted every block yet (nothing measured, or a refit still running)."""
 
@@ -171,7 +167,7 @@ def plan_inputs(
 
 def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> PlanInputs | None:
     """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only."""
-    blocks = _block_dicts(graph)
+    blocks = [b.to_json() for b in graph.blocks]
     predicted: dict[str, Any] = {}
     for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
         measured = [k for k, p in enumerate(preds) if p.latency_provenance == "measured"]

@@ -233,19 +233,17 @@ class Runner:
         self._last_probe = time.monotonic()
 
     def _remote_usable(self) -> bool:
-        if self._down_since is None:
+        down_since = self._down_since
+        if down_since is None:
             return True
         if time.monotonic() - self._last_probe < self.config.retry_interval_s:
             return False
         assert self.remote is not None
         self._last_probe = time.monotonic()
         if self.remote.healthy(timeout_s=min(self.config.timeout_s, 2.0)) and self._connect():
-            log.info("server is back after %.1f s; offloading again", time.monotonic() - self._down_since_or_now())
+            log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
             return True
         return False
-
-    def _down_since_or_now(self) -> float:
-        return self._down_since if self._down_since is not None else time.monotonic()
 
     def _drop_stream(self) -> None:
         if self._stream is not None:
