@@ -130,6 +130,7 @@ def direction_pb(d: DirectionProfile) -> pb.DirectionProfile:
         poly4_error=d.poly4_error,
         affine_error=d.affine_error,
         model_json=json.dumps(d.model),
+        pwl_error=d.pwl_error,
     )
 
 
@@ -139,6 +140,7 @@ def network_pb(p: NetworkProfile) -> pb.NetworkProfile:
         downlink=direction_pb(p.downlink),
         energy_source=p.energy_source,
         measured_at=p.measured_at,
+        upload=direction_pb(p.upload) if p.upload is not None else None,
     )
 
 
@@ -148,8 +150,12 @@ def direction_from_pb(d: pb.DirectionProfile) -> DirectionProfile:
         model = json.loads(d.model_json) if d.model_json else {}
     except ValueError:
         model = {}
-    return DirectionProfile(samples, d.chosen_model, d.poly4_error, d.affine_error, model)
+    return DirectionProfile(samples, d.chosen_model, d.poly4_error, d.affine_error, model,
+                            d.pwl_error if d.HasField("pwl_error") else -1.0)  # fmt: skip
 
 
 def network_from_pb(p: pb.NetworkProfile) -> NetworkProfile:
-    return NetworkProfile(direction_from_pb(p.uplink), direction_from_pb(p.downlink), p.energy_source, p.measured_at)
+    upload = direction_from_pb(p.upload) if p.HasField("upload") else None
+    return NetworkProfile(
+        direction_from_pb(p.uplink), direction_from_pb(p.downlink), p.energy_source, p.measured_at, upload
+    )

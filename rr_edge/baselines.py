@@ -52,8 +52,9 @@ def single_split_costs(inputs: PlanInputs) -> tuple[np.ndarray, np.ndarray]:
     if not inputs.preloaded:
         wb = inputs.weight_bytes.sum() - np.concatenate(([0.0], np.cumsum(inputs.weight_bytes)))
         cached = np.array([(int(k), n - 1) in inputs.cached_slices for k in r])
-        w_ms = np.where(cached, 0.0, np.asarray(inputs.uplink.predict_ms(wb)))
-        w_mJ = inputs.uplink.predict_mJ(wb) if inputs.uplink.has_energy else inputs.tx_power_W * w_ms
+        link = inputs.weight_link
+        w_ms = np.where(cached, 0.0, np.asarray(link.predict_ms(wb)))
+        w_mJ = link.predict_mJ(wb) if link.has_energy else inputs.tx_power_W * w_ms
         lat = lat + w_ms / K
         en = en + np.where(cached, 0.0, w_mJ) / K
     lat[n], en[n] = head[n], head_mJ[n]  # r = N: nothing offloaded

@@ -389,11 +389,19 @@ class Client:
         return SliceStatus(r.slice_id or slice_id, r.cached, r.bytes, r.loaded)
 
     def upload_slice(
-        self, data: bytes, label: str = "", *, check_cached: bool = True, timeout_s: float | None = None
+        self,
+        data: bytes,
+        label: str = "",
+        *,
+        check_cached: bool = True,
+        timeout_s: float | None = None,
+        probe: bool = False,
     ) -> UploadResult:
-        """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached."""
+        """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached.
+
+        ``probe``: time the upload path only; the server verifies and validates the bytes, then discards them."""
         slice_id = slice_id_of(data)
-        if check_cached:
+        if check_cached and not probe:
             status = self.slice_status(slice_id, timeout_s)
             if status.cached:
                 log.debug("slice %s (%s) already cached", slice_id[:12], label)
@@ -402,7 +410,8 @@ class Client:
         view = memoryview(data)
 
         def parts() -> Iterator[pb.UploadSliceRequest]:
-            yield pb.UploadSliceRequest(header=pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label))
+            header = pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label, probe=probe)
+            yield pb.UploadSliceRequest(header=header)
             for offset in range(0, len(data), chunk):
                 yield pb.UploadSliceRequest(chunk=bytes(view[offset : offset + chunk]))
 

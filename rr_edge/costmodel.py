@@ -5,7 +5,7 @@ i == j offloads nothing (all those plans are one plan; it is reported once, as i
 cloud; j = N-1 returns the model output. Cost of an offloading plan, per inference:
 
     latency_ms = c * edge_ms[0..i]                      head, c = e2e correction (whole-model ms / sum of block ms)
-               + up(boundary[i+1]) + W / K              input of block i+1 sent up; W = up(weight bytes of i+1..j)
+               + up(boundary[i+1]) + W / K              input of block i+1 sent up; W = upload(weight bytes i+1..j)
                + c_cloud * cloud_ms[i+1..j]             cloud compute
                + down(boundary[j+1])                    input of block j+1 (the model output when j = N-1) sent down
                + c * edge_ms[j+1..N-1]                  tail
@@ -13,9 +13,12 @@ cloud; j = N-1 returns the model output. Cost of an offloading plan, per inferen
                + transfer energy (network model's mJ, else tx_power_W x transfer ms; weights / K)
                + idle_power_W x cloud ms                the edge waits for the cloud
 
-W is charged for every offloaded slice (a weightless slice still costs one message) unless the server already holds
-it (``preloaded`` or ``cached_slices``); K = ``amortize_over``. ``Plan.upload_bytes`` is that slice's weight bytes
-(0 when nothing is uploaded); activation bytes are in the breakdown (``uplink_bytes``, ``downlink_bytes``).
+``upload`` is the measured cost of a whole slice upload (the edge's hashing, the transfer, the server's validation
+and durable write; `rr_edge.netprofile`), ``up`` / ``down`` the echo transfer curves; without an upload curve W is
+costed with ``up``. W is charged for every offloaded slice (a weightless slice still costs one message) unless the
+server already holds it (``preloaded`` or ``cached_slices``); K = ``amortize_over``. ``Plan.upload_bytes`` is that
+slice's weight bytes (0 when nothing is uploaded); activation bytes are in the breakdown (``uplink_bytes``,
+``downlink_bytes``).
 `plan_cost` is the reference implementation; `rr_edge.planner` evaluates every plan at once with the same model.
 """
 
@@ -52,6 +55,7 @@ class PlanInputs:
     ``boundary_bytes`` (N+1): boundary k is the tensor entering block k; k = 0 the model input, k = N its output.
     ``cached_slices``: block ranges (first, last), inclusive, whose slice the server already holds.
     ``e2e_correction`` scales edge compute (ms and mJ); ``cloud_correction`` scales cloud ms.
+    ``upload``: the curve of whole slice uploads, for weights (None: the ``uplink`` curve).
     """
 
     edge_ms: np.ndarray
@@ -68,6 +72,7 @@ class PlanInputs:
     amortize_over: int = 1
     e2e_correction: float = 1.0
     cloud_correction: float = 1.0
+    upload: NetworkModel | None = None
 
     def __post_init__(self) -> None:
         n = np.asarray(self.edge_ms).size
@@ -87,6 +92,11 @@ class PlanInputs:
     @property
     def n_blocks(self) -> int:
         return int(self.edge_ms.size)
+
+    @property
+    def weight_link(self) -> NetworkModel:
+        """The curve slice weight uploads are costed with."""
+        return self.upload if self.upload is not None else self.uplink
 
 
 def correction_factor(whole_model_ms: float, block_ms: Iterable[float]) -> float:
@@ -155,9 +165,9 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
         w_ms = w_mJ = 0.0
         if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
             wbytes = int(round(float(inputs.weight_bytes[i + 1 : j + 1].sum())))
-            full_ms = inputs.uplink.predict_ms(float(wbytes))
+            full_ms = inputs.weight_link.predict_ms(float(wbytes))
             w_ms = full_ms / K
-            w_mJ = transfer_mJ(inputs.uplink, float(wbytes), full_ms, inputs.tx_power_W) / K
+            w_mJ = transfer_mJ(inputs.weight_link, float(wbytes), full_ms, inputs.tx_power_W) / K
         parts.update(
             uplink_ms=up_ms, weight_upload_ms=w_ms, cloud_ms=cloud, downlink_ms=down_ms, transfer_mJ=xfer,
             weight_upload_mJ=w_mJ, idle_mJ=inputs.idle_power_W * cloud, uplink_bytes=up_b, downlink_bytes=down_b,
@@ -190,9 +200,10 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     cached = np.array([(int(a), int(b)) in inputs.cached_slices for a, b in zip(r, jj, strict=True)], dtype=bool)
     charged = off & ~cached & (not inputs.preloaded)
     wbytes = np.where(charged, np.round(pw[j1] - pw[r]), 0.0)
-    full_ms = np.asarray(inputs.uplink.predict_ms(wbytes))
+    link = inputs.weight_link
+    full_ms = np.asarray(link.predict_ms(wbytes))
     w_ms = np.where(charged, full_ms / K, 0.0)
-    w_mJ = np.where(charged, np.asarray(transfer_mJ(inputs.uplink, wbytes, full_ms, inputs.tx_power_W)) / K, 0.0)
+    w_mJ = np.where(charged, np.asarray(transfer_mJ(link, wbytes, full_ms, inputs.tx_power_W)) / K, 0.0)
     cols = {
         "head_ms": c * pe[r], "uplink_ms": up_ms, "weight_upload_ms": w_ms, "cloud_ms": cloud,
         "downlink_ms": down_ms, "tail_ms": c * (pe[n] - pe[j1]), "compute_mJ": c * (pj[r] + pj[n] - pj[j1]),

@@ -1,16 +1,20 @@
 """Network cost model of one direction of the edge <-> cloud link (pure, no I/O).
 
-Two curves of transfer time (ms) against message size (bytes) are fitted to a network profile:
+Three curves of transfer time (ms) against message size (bytes) are fitted to a network profile:
 
 * ``poly4``  — the paper's fourth-order polynomial of message size (fitted on x = bytes / largest size, so it stays
   well conditioned from KB to hundreds of MB); outside the profiled range it is continued linearly with the affine
   slope instead of letting the quartic explode;
-* ``affine`` — the physical model ``rtt_ms + bytes / bandwidth`` with both terms non-negative.
+* ``affine`` — the physical model ``rtt_ms + bytes / bandwidth`` with both terms non-negative;
+* ``pwl``    — piecewise linear through the median time of every profiled size (made non-decreasing), continued
+  beyond the largest size with the bulk slope of its top sizes. Real links are not one straight line: a token-bucket
+  shaper (``tc tbf``, a provider's burst allowance) or TCP slow start sends the first few hundred KB faster than
+  the sustained rate, so a single line fitted over 1 KB .. 256 MB gets the bulk rate wrong by tens of percent.
 
-Both are fitted with relative (1 / time) weights, so small messages count as much as large ones, and scored by
-leave-one-size-out prediction on the profiled sizes (mean absolute relative error). The affine model is kept unless
-the polynomial is clearly better (``poly_margin``): with the same data it has one parameter where the quartic has
-five. Optional energy per transfer (mJ) is fitted with a non-negative affine model of bytes.
+Affine and polynomial are fitted with relative (1 / time) weights, so small messages count as much as large ones.
+All three are scored by leave-one-size-out prediction on the profiled sizes (mean absolute relative error). The
+affine model is kept unless another is clearly better (``poly_margin`` x its error); then the better of the other
+two is chosen. Optional energy per transfer (mJ) is fitted with a non-negative affine model of bytes.
 
 At run time `NetworkModel.update` folds observed (bytes, ms) transfers into an exponentially weighted multiplicative
 correction of the fitted curve; `NetworkModel.drifted` says when it moved by more than a threshold (default 25%)
@@ -27,6 +31,9 @@ from numpy.polynomial import polynomial as P
 
 AFFINE = "affine"
 POLY4 = "poly4"
+PWL = "pwl"
+KINDS = (AFFINE, POLY4, PWL)
+PWL_TAIL = 16.0  # the pwl extrapolation slope is fitted over the top four octaves of the profiled sizes
 DEFAULT_ALPHA = 0.2
 DEFAULT_DRIFT_THRESHOLD = 0.25
 DEFAULT_POLY_MARGIN = 0.9
@@ -37,8 +44,9 @@ _EPS_MS = 1e-9
 class NetworkModel:
     """Predicts transfer time (ms) and, optionally, edge energy (mJ) of one message of ``nbytes`` bytes.
 
-    ``coeffs``: affine -> (rtt_ms, ms_per_byte); poly4 -> c0..c4 of the polynomial in x = bytes / scale_bytes.
-    ``slope_ms_per_byte`` continues a polynomial outside ``[lo_bytes, hi_bytes]``.
+    ``coeffs``: affine -> (rtt_ms, ms_per_byte); poly4 -> c0..c4 of the polynomial in x = bytes / scale_bytes;
+    pwl -> ms at each of ``knots`` (bytes, increasing).
+    ``slope_ms_per_byte`` continues a polynomial or pwl curve outside ``[lo_bytes, hi_bytes]``.
     ``energy_coeffs``: (mJ per transfer, mJ per byte) or None when no energy was profiled.
     ``drift`` is the exponentially weighted ratio observed / fitted time; ``ref_drift`` its value when last planned.
     """
@@ -53,12 +61,17 @@ class NetworkModel:
     drift: float = 1.0
     ref_drift: float = 1.0
     alpha: float = DEFAULT_ALPHA
+    knots: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in (AFFINE, POLY4):
-            raise ValueError(f"unknown network model kind {self.kind!r} (expected {AFFINE!r} or {POLY4!r})")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown network model kind {self.kind!r} (expected one of {', '.join(KINDS)})")
         if self.kind == AFFINE and len(self.coeffs) != 2:
             raise ValueError("an affine network model needs coeffs (rtt_ms, ms_per_byte)")
+        if self.kind == PWL and (len(self.knots) < 2 or len(self.knots) != len(self.coeffs)):
+            raise ValueError("a pwl network model needs at least two knots and one time (coeffs) per knot")
+        if self.kind == PWL and not np.all(np.diff(self.knots) > 0):
+            raise ValueError("pwl knots must be strictly increasing")
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if not all(np.isfinite(c) for c in self.coeffs) or self.drift <= 0 or self.ref_drift <= 0:
@@ -94,6 +107,10 @@ class NetworkModel:
         """
         if self.kind == AFFINE:
             return self.coeffs[0] * self.drift, self.coeffs[1] * self.drift
+        if self.kind == PWL:  # base - b x is linear between knots and constant outside them: minimum at a knot
+            b = self.slope_ms_per_byte
+            a = float(np.min(np.asarray(self.coeffs) - b * np.asarray(self.knots)))
+            return (a - 1e-9 * (1.0 + abs(a))) * self.drift, b * self.drift
         b, scale = self.slope_ms_per_byte, self.scale_bytes
         g = np.array(self.coeffs, dtype=np.float64)
         g[1] -= b * scale  # g(t) = poly(t) - b * scale * t, t = x / scale
@@ -116,8 +133,12 @@ class NetworkModel:
         if self.kind == AFFINE:
             return self.coeffs[0] + self.coeffs[1] * x
         lo, hi, s = self.lo_bytes, self.hi_bytes, self.slope_ms_per_byte
-        inside = P.polyval(np.clip(x, lo, hi) / self.scale_bytes, self.coeffs)
-        return inside + s * (x - np.clip(x, lo, hi))
+        clipped = np.clip(x, lo, hi)
+        if self.kind == PWL:
+            inside = np.interp(clipped, self.knots, self.coeffs)
+        else:
+            inside = P.polyval(clipped / self.scale_bytes, self.coeffs)
+        return inside + s * (x - clipped)
 
     def predict_ms(self, nbytes: Any) -> Any:
         """Transfer time (ms) of messages of ``nbytes`` bytes (scalar -> float, array -> array); never negative."""
@@ -170,6 +191,8 @@ class NetworkModel:
             "ref_drift": float(self.ref_drift),
             "alpha": float(self.alpha),
         }
+        if self.knots:
+            d["knots"] = [float(k) for k in self.knots]
         return d
 
     @classmethod
@@ -189,6 +212,7 @@ class NetworkModel:
                 drift=float(d.get("drift", 1.0)),
                 ref_drift=float(d.get("ref_drift", 1.0)),
                 alpha=float(d.get("alpha", DEFAULT_ALPHA)),
+                knots=tuple(float(k) for k in d.get("knots", ())),
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed network model dict: {exc!r}") from None
@@ -196,13 +220,15 @@ class NetworkModel:
 
 @dataclass(frozen=True)
 class NetworkFit:
-    """Both fitted curves of one direction, their held-out errors (mean |relative error|) and the chosen one."""
+    """The fitted curves of one direction, their held-out errors (mean |relative error|) and the chosen one."""
 
     chosen: NetworkModel
     affine: NetworkModel
     poly: NetworkModel | None
     affine_error: float
     poly_error: float
+    pwl: NetworkModel | None = None
+    pwl_error: float = float("nan")
     sizes: int = 0
     method: str = "leave-one-size-out"
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -212,11 +238,13 @@ class NetworkFit:
             "chosen": self.chosen.kind,
             "affine_error": _json_float(self.affine_error),
             "poly_error": _json_float(self.poly_error),
+            "pwl_error": _json_float(self.pwl_error),
             "held_out": self.method,
             "sizes": self.sizes,
             "model": self.chosen.to_dict(),
             "affine": self.affine.to_dict(),
             "poly": None if self.poly is None else self.poly.to_dict(),
+            "pwl": None if self.pwl is None else self.pwl.to_dict(),
         }
 
 
@@ -253,6 +281,17 @@ def _fit_poly(x: np.ndarray, y: np.ndarray) -> NetworkModel:
     return NetworkModel(POLY4, coeffs, scale, float(x.min()), float(x.max()), slope)
 
 
+def _fit_pwl(x: np.ndarray, y: np.ndarray) -> NetworkModel:
+    """Through the points (x increasing), made non-decreasing; continued beyond the largest size with the
+    least-squares slope of the sizes within `PWL_TAIL` of it (the bulk rate, robust to one noisy point)."""
+    ys = np.maximum.accumulate(y)
+    tail = x >= x[-1] / PWL_TAIL
+    tail[-2:] = True
+    slope = max(float(np.polyfit(x[tail], ys[tail], 1)[0]), 0.0)
+    return NetworkModel(PWL, tuple(float(v) for v in ys), 1.0, float(x[0]), float(x[-1]), slope,
+                        knots=tuple(float(v) for v in x))  # fmt: skip
+
+
 def _held_out_error(x: np.ndarray, y: np.ndarray, fitter: Any, min_points: int) -> float:
     """Mean |relative error| predicting each size from a fit on the other sizes (nan if too few sizes)."""
     if len(x) - 1 < min_points:
@@ -272,10 +311,11 @@ def fit_network_model(
     *,
     poly_margin: float = DEFAULT_POLY_MARGIN,
 ) -> NetworkFit:
-    """Fit both curves to one direction's profile (repeats allowed; medians per size are used) and choose.
+    """Fit the three curves to one direction's profile (repeats allowed; medians per size are used) and choose.
 
     ``sizes_bytes``, ``times_ms`` (and optional ``energies_mJ``): equal-length samples, times > 0.
-    The polynomial is chosen only if its held-out error is below ``poly_margin`` x the affine one.
+    The polynomial or the piecewise-linear curve (the better of the two) is chosen only if its held-out error is
+    below ``poly_margin`` x the affine one.
     """
     x_all = np.asarray(sizes_bytes, dtype=np.float64).ravel()
     y_all = np.asarray(times_ms, dtype=np.float64).ravel()
@@ -300,12 +340,17 @@ def fit_network_model(
             notes.append("energy not fitted: missing or non-positive values")
     affine = replace(_fit_affine(xs, ys), energy_coeffs=energy)
     poly = replace(_fit_poly(xs, ys), energy_coeffs=energy) if xs.size >= 3 else None
+    pwl = replace(_fit_pwl(xs, ys), energy_coeffs=energy) if xs.size >= 3 else None
     aff_err = _held_out_error(xs, ys, _fit_affine, 2)
     poly_err = _held_out_error(xs, ys, _fit_poly, 3) if poly is not None else float("nan")
-    use_poly = (
-        poly is not None and np.isfinite(poly_err) and (not np.isfinite(aff_err) or poly_err < poly_margin * aff_err)
-    )
+    pwl_err = _held_out_error(xs, ys, _fit_pwl, 2) if pwl is not None else float("nan")
+    chosen = affine
     if not np.isfinite(aff_err):
         notes.append("too few sizes for a held-out error; affine model kept")
-    chosen = poly if use_poly and poly is not None else affine
-    return NetworkFit(chosen, affine, poly, aff_err, poly_err, sizes=int(xs.size), notes=tuple(notes))
+    else:
+        others = [(e, m) for e, m in ((poly_err, poly), (pwl_err, pwl)) if m is not None and np.isfinite(e)]
+        if others:
+            err, best = min(others, key=lambda em: em[0])
+            if err < poly_margin * aff_err:
+                chosen = best
+    return NetworkFit(chosen, affine, poly, aff_err, poly_err, pwl, pwl_err, sizes=int(xs.size), notes=tuple(notes))

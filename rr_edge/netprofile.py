@@ -1,7 +1,12 @@
 """Network profiler: time (and meter) uploads and downloads of 1 KB .. max MB to the server, fit each direction.
 
 Uplink uses `EchoService.Send` (the edge streams the payload, the server acknowledges the byte count), downlink
-`EchoService.Receive` (the server streams it). Sizes are log-spaced (`points_per_octave` per doubling) and each is
+`EchoService.Receive` (the server streams it). A third curve, ``upload``, times whole slice uploads of
+`upload_min_mb` .. `upload_max_mb` (`SliceService.UploadSlice` with ``probe`` set, of a valid ONNX model carrying
+that many random weight bytes): the edge hashes the bytes, streams them, and the server verifies, validates and
+writes them durably before it answers, then discards them. That is what uploading a slice's weights costs beyond
+the link; the planner costs weight uploads with this curve (the echo uplink alone predicted about half of the
+measured upload time on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is
 repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the
 connection first. Energy, where a meter is given, is metered per size over consecutive transfers lasting at least the
 meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: both the
@@ -35,11 +40,13 @@ __all__ = [
     "fit_direction",
     "log_sizes",
     "measure_direction",
+    "probe_slice",
     "profile_network",
     "run_netprofile",
 ]
 
 DEFAULT_MAX_MB = 256
+DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_MIN_TIME_S = 0.1
 MAX_TRANSFERS_PER_SIZE = 500
 MiB = 1024 * 1024
@@ -61,15 +68,43 @@ class NetProfileConfig:
     min_time_s: float = DEFAULT_MIN_TIME_S
     warmup: int = 3
     chunk_bytes: int | None = None  # default: the client's chunk size
+    upload_min_mb: float = 1.0
+    upload_max_mb: float = DEFAULT_UPLOAD_MAX_MB  # 0: no upload probes (weight uploads then use the uplink curve)
 
     def __post_init__(self) -> None:
         if self.max_mb * MiB < 2 * self.min_bytes:
             raise ValueError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
         if self.repeats < 1 or self.points_per_octave < 1:
             raise ValueError("repeats and points_per_octave must be >= 1")
+        if self.upload_max_mb and not 0 < 4 * self.upload_min_mb <= self.upload_max_mb:
+            raise ValueError(
+                f"upload probes need 0 < 4 x upload_min_mb <= upload_max_mb (three sizes or more), got "
+                f"{self.upload_min_mb} and {self.upload_max_mb} MB; upload_max_mb = 0 turns them off"
+            )
 
     def sizes(self) -> list[int]:
         return log_sizes(self.min_bytes, int(self.max_mb * MiB), self.points_per_octave)
+
+    def upload_sizes(self) -> list[int]:
+        """Weight bytes of the upload probes (the probe models are about 100 bytes larger)."""
+        if not self.upload_max_mb:
+            return []
+        return log_sizes(int(self.upload_min_mb * MiB), int(self.upload_max_mb * MiB), self.points_per_octave)
+
+
+def probe_slice(weight_bytes: int, seed: int = 0) -> bytes:
+    """A valid ONNX model (y = Identity(x)) carrying ``weight_bytes`` random bytes as an initializer: what an
+    upload probe sends. Random bytes, so nothing on the way can compress them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = onnx.TensorProto(name="w", data_type=TensorProto.UINT8, dims=[weight_bytes])
+    weights.raw_data = np.random.default_rng(seed).bytes(weight_bytes)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "upload_probe", [x], [y], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
 
 
 def log_sizes(min_bytes: int, max_bytes: int, points_per_octave: int = 1) -> list[int]:
@@ -155,6 +190,7 @@ def fit_direction(samples: Sequence[NetworkSample]) -> DirectionProfile:
         poly4_error=_finite(fit.poly_error),
         affine_error=_finite(fit.affine_error),
         model=fit.chosen.to_dict(),
+        pwl_error=_finite(fit.pwl_error),
     )
 
 
@@ -183,15 +219,29 @@ def profile_network(
     for _ in range(cfg.warmup):
         up(cfg.min_bytes)
         down(cfg.min_bytes)
+    probes = {len(b): b for b in (probe_slice(n, seed=k) for k, n in enumerate(cfg.upload_sizes()))}
+
+    def upload(n: int) -> object:
+        return client.upload_slice(probes[n], "netprofile upload probe", probe=True)
+
+    plan = [("uplink", up, sizes, "tx"), ("downlink", down, sizes, "rx")]
+    if probes:
+        plan.append(("upload", upload, sorted(probes), "tx"))
     directions = {}
-    for name, transfer, activity in (("uplink", up, "tx"), ("downlink", down, "rx")):
+    for name, transfer, direction_sizes, activity in plan:
 
         def report(done: int, total: int, size: int, name: str = name) -> None:
             if progress:
                 progress(name, done, total, f"{size / MiB:.3g} MiB" if size else "")
 
         samples = measure_direction(
-            transfer, sizes, cfg.repeats, min_time_s=cfg.min_time_s, meter=meter, activity=activity, progress=report
+            transfer,
+            direction_sizes,
+            cfg.repeats,
+            min_time_s=cfg.min_time_s,
+            meter=meter,
+            activity=activity,
+            progress=report,
         )
         directions[name] = fit_direction(samples)
         d = directions[name]
@@ -207,6 +257,7 @@ def profile_network(
         downlink=directions["downlink"],
         energy_source=meter.source if meter is not None else "",
         measured_at=time.time(),
+        upload=directions.get("upload"),
     )
 
 
@@ -245,6 +296,7 @@ def summary(profile: NetworkProfile) -> dict[str, Any]:
             "chosen_model": d.chosen_model,
             "poly4_error": d.poly4_error,
             "affine_error": d.affine_error,
+            "pwl_error": d.pwl_error,
             "bandwidth_MBps": bandwidth,
             "sizes": len(sizes),
             "max_bytes": sizes[-1] if sizes else 0,
@@ -256,6 +308,7 @@ def summary(profile: NetworkProfile) -> dict[str, Any]:
     return {
         "uplink": direction(profile.uplink),
         "downlink": direction(profile.downlink),
+        "upload": direction(profile.upload) if profile.upload is not None else None,
         "energy_source": profile.energy_source,
         "measured_at": profile.measured_at,
     }

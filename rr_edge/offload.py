@@ -47,6 +47,7 @@ class Costs:
     uplink: NetworkModel
     downlink: NetworkModel
     power: PowerSpec
+    upload: NetworkModel | None = None  # measured whole slice uploads (None: costed with the uplink)
 
     @property
     def energy_source(self) -> str:
@@ -136,6 +137,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         uplink=NetworkModel.from_dict(profile.uplink.model),
         downlink=NetworkModel.from_dict(profile.downlink.model),
         power=power,
+        upload=NetworkModel.from_dict(profile.upload.model) if profile.upload is not None else None,
     )
 
 
@@ -162,6 +164,7 @@ def plan_inputs(
         cached_slices=frozenset(cached),
         amortize_over=amortize_over,
         e2e_correction=costs.e2e_correction,
+        upload=costs.upload,
     )
 
 

@@ -50,8 +50,8 @@ class Upload:
     def cost(self, r: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ms, mJ) per inference of uploading blocks r..j (K-amortised)."""
         wb = self.weight_prefix[np.asarray(j) + 1] - self.weight_prefix[r]
-        ms = np.asarray(self.inputs.uplink.predict_ms(wb))
-        mj = np.asarray(transfer_mJ(self.inputs.uplink, wb, ms, self.inputs.tx_power_W))
+        ms = np.asarray(self.inputs.weight_link.predict_ms(wb))
+        mj = np.asarray(transfer_mJ(self.inputs.weight_link, wb, ms, self.inputs.tx_power_W))
         k = float(self.inputs.amortize_over)
         return ms / k, mj / k
 
@@ -160,9 +160,10 @@ def _invalid(n: int) -> np.ndarray:
 
 def _upload_terms(inputs: PlanInputs) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
     """Affine (per message, per byte) terms of the slice upload's ms and mJ, or None where not affine."""
-    ms = inputs.uplink.affine_terms()
-    if inputs.uplink.has_energy:
-        return ms, inputs.uplink.energy_terms()
+    link = inputs.weight_link
+    ms = link.affine_terms()
+    if link.has_energy:
+        return ms, link.energy_terms()
     return ms, None if ms is None else (inputs.tx_power_W * ms[0], inputs.tx_power_W * ms[1])
 
 
@@ -190,9 +191,9 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
         exact = ms_terms is not None and mj_terms is not None
         if not exact:  # a lower bound for pruning; the exact cost is added per cell
             upload = Upload(pw, inputs)
-            ms_terms = inputs.uplink.affine_lower_bound()
-            e = inputs.uplink.energy_coeffs  # max(e0 + e1 x, 0) * drift >= (e0 + e1 x) * drift
-            d, tx = inputs.uplink.drift, inputs.tx_power_W
+            ms_terms = inputs.weight_link.affine_lower_bound()
+            e = inputs.weight_link.energy_coeffs  # max(e0 + e1 x, 0) * drift >= (e0 + e1 x) * drift
+            d, tx = inputs.weight_link.drift, inputs.tx_power_W
             mj_terms = (e[0] * d, e[1] * d) if e is not None else (tx * ms_terms[0], tx * ms_terms[1])
         assert ms_terms is not None and mj_terms is not None
         folded = (
@@ -206,8 +207,8 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
         for a, b in sorted(inputs.cached_slices):
             if 0 <= a <= b < n:  # the server holds this slice: take its upload back out
                 wb = float(pw[b + 1] - pw[a])
-                ms = float(inputs.uplink.predict_ms(wb))
-                fixes.append((a, b, ms / K, float(transfer_mJ(inputs.uplink, wb, ms, inputs.tx_power_W)) / K))
+                ms = float(inputs.weight_link.predict_ms(wb))
+                fixes.append((a, b, ms / K, float(transfer_mJ(inputs.weight_link, wb, ms, inputs.tx_power_W)) / K))
     local = (float(pe[n]), float(pj[n]))
     return PlanTable(inputs, row_ms, col_ms, row_mJ, col_mJ, local, upload, bound, tuple(fixes))
 

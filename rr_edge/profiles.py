@@ -117,11 +117,15 @@ class DirectionProfile:
     poly4_error: float
     affine_error: float
     model: dict[str, Any] = field(default_factory=dict)
+    pwl_error: float = -1.0  # negative: not computed
 
 
 @dataclass(frozen=True)
 class NetworkProfile:
+    """Echo transfers up and down, and (optionally) whole slice uploads, which weight uploads are costed with."""
+
     uplink: DirectionProfile
     downlink: DirectionProfile
     energy_source: str
     measured_at: float
+    upload: DirectionProfile | None = None

@@ -92,7 +92,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
 
     def ReportNetworkProfile(self, request, context):
         node_id = self._known_node(request.node_id)
-        for direction in ("uplink", "downlink"):
+        directions = ["uplink", "downlink"] + (["upload"] if request.profile.HasField("upload") else [])
+        for direction in directions:
             samples = getattr(request.profile, direction).samples
             if len(samples) > MAX_NETWORK_SAMPLES:
                 raise ResourceExhausted(f"{direction}: more than {MAX_NETWORK_SAMPLES} samples")
@@ -102,10 +103,10 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 check_positive(s.ms, f"{direction} sample {k}: ms", MAX_LATENCY_MS)
                 if s.HasField("energy_mj"):
                     check_positive(s.energy_mj, f"{direction} sample {k}: energy_mj", MAX_ENERGY_MJ)
-            for name in ("poly4_error", "affine_error"):
+            for name in ("poly4_error", "affine_error", "pwl_error"):
                 value = getattr(getattr(request.profile, direction), name)
-                if not math.isfinite(value) or value < 0:
-                    raise InvalidArgument(f"{direction}: {name} must be finite and >= 0, got {value!r}")
+                if not math.isfinite(value):  # negative: not computed (too few sizes)
+                    raise InvalidArgument(f"{direction}: {name} must be finite, got {value!r}")
         self._storage.put_network_profile(node_id, network_profile_to_dict(request.profile))
         return rr.ReportNetworkProfileResponse()
 

@@ -22,7 +22,7 @@ class SliceServicer(rr_grpc.SliceServiceServicer):
             raise InvalidArgument("an upload starts with a SliceHeader message")
         header = first.header
         slice_id = check_slice_id(header.slice_id)
-        cached = self._slices.get(slice_id)
+        cached = None if header.probe else self._slices.get(slice_id)
         if cached is not None:  # idempotent: the client may stop sending; nothing new is stored
             return rr.UploadSliceResponse(slice_id=slice_id, cached=True, bytes=cached.bytes)
         upload = self._slices.begin(slice_id, header.size_bytes)
@@ -32,11 +32,11 @@ class SliceServicer(rr_grpc.SliceServiceServicer):
                     raise InvalidArgument("only chunks may follow the header")
                 upload.write(request.chunk)
                 self._metrics.upload_bytes.inc(len(request.chunk))
-            info = upload.commit()
+            size = upload.probe() if header.probe else upload.commit().bytes
         except BaseException:
             upload.abort()
             raise
-        return rr.UploadSliceResponse(slice_id=slice_id, cached=False, bytes=info.bytes)
+        return rr.UploadSliceResponse(slice_id=slice_id, cached=False, bytes=size)
 
     def GetSliceStatus(self, request, context):
         slice_id = check_slice_id(request.slice_id)

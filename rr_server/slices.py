@@ -128,17 +128,7 @@ class Upload:
     def commit(self) -> SliceInfo:
         """Verify size, digest and content; move the slice into place durably. Raises on any mismatch."""
         try:
-            if self.received != self.size_bytes:
-                raise InvalidArgument(
-                    f"upload ended after {self.received} bytes but its header declared {self.size_bytes}"
-                )
-            digest = self._hash.hexdigest()
-            if digest != self.slice_id:
-                raise InvalidArgument(f"SHA-256 mismatch: header says {self.slice_id}, received bytes hash to {digest}")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            validate_onnx(self._path.read_bytes())
+            self._verify()
             final = self._store.path_of(self.slice_id)
             with self._store._lock_for(self.slice_id):
                 os.replace(self._path, final)
@@ -148,6 +138,26 @@ class Upload:
         except BaseException:
             self.abort()
             raise
+
+    def probe(self) -> int:
+        """The work of `commit` up to the rename (verify, fsync, validate), then discard: nothing is stored.
+        Returns the bytes received; raises as `commit` does."""
+        try:
+            self._verify()
+            return self.received
+        finally:
+            self.abort()
+
+    def _verify(self) -> None:
+        if self.received != self.size_bytes:
+            raise InvalidArgument(f"upload ended after {self.received} bytes but its header declared {self.size_bytes}")
+        digest = self._hash.hexdigest()
+        if digest != self.slice_id:
+            raise InvalidArgument(f"SHA-256 mismatch: header says {self.slice_id}, received bytes hash to {digest}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        validate_onnx(self._path.read_bytes())
 
     def abort(self) -> None:
         if not self._file.closed:

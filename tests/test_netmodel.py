@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rr_edge.netmodel import AFFINE, POLY4, NetworkModel, fit_network_model
+from rr_edge.netmodel import AFFINE, POLY4, PWL, NetworkModel, fit_network_model
 
 RTT_MS = 2.0
 BYTES_PER_MS = 80_000.0  # 80 MB/s, the paper's link
@@ -20,7 +20,7 @@ def profile(rng: np.random.Generator, noise: float = 0.02, repeats: int = 3):
     return sizes, times, energy
 
 
-def test_affine_link_recovered_by_both_fits_and_affine_chosen():
+def test_affine_link_recovered_by_every_fit_and_no_polynomial_chosen():
     sizes, times, energy = profile(np.random.default_rng(0))
     fit = fit_network_model(sizes, times, energy)
     rtt, ms_per_byte = fit.affine.coeffs
@@ -31,10 +31,14 @@ def test_affine_link_recovered_by_both_fits_and_affine_chosen():
     assert fit.poly is not None and fit.poly.kind == POLY4
     assert np.max(np.abs(fit.poly.predict_ms(probe) / truth - 1)) < 0.1
     assert np.max(np.abs(fit.affine.predict_ms(probe) / truth - 1)) < 0.05
-    assert fit.chosen.kind == AFFINE
-    assert fit.affine_error < 0.05 and np.isfinite(fit.poly_error)
+    assert fit.pwl is not None and np.max(np.abs(fit.pwl.predict_ms(probe) / truth - 1)) < 0.05
+    # on a straight line the piecewise-linear curve is as good as the line, within noise: either may be chosen
+    assert fit.chosen.kind in (AFFINE, PWL)
+    assert fit.affine_error < 0.05 and np.isfinite(fit.poly_error) and fit.pwl_error < 0.05
+    far = np.array([512e6, 1e9])  # beyond the profile, where weight uploads of big slices land
+    assert np.max(np.abs(fit.chosen.predict_ms(far) / (RTT_MS + far / BYTES_PER_MS) - 1)) < 0.05
     d = fit.to_dict()
-    assert d["chosen"] == AFFINE and {"affine_error", "poly_error"} <= set(d)
+    assert d["chosen"] == fit.chosen.kind and {"affine_error", "poly_error", "pwl_error"} <= set(d)
     json.dumps(d)
     assert fit.chosen.predict_mJ(1e6) == pytest.approx(0.5 + 20.0, rel=0.05)
 
@@ -46,6 +50,34 @@ def test_polynomial_chosen_when_the_link_is_not_affine():
     fit = fit_network_model(sizes, times)
     assert fit.chosen.kind == POLY4
     assert fit.poly_error < 0.9 * fit.affine_error
+
+
+def test_piecewise_linear_chosen_for_a_token_bucket_link():
+    """tc tbf / burst allowances: the first BURST bytes go at line rate, the rest at the shaped rate. One line over
+    1 KB .. 256 MB misses the bulk rate; the pwl curve follows both regimes and extrapolates with the bulk rate."""
+    burst, line_bytes_per_ms = 2e6, 1e6
+    sizes = np.repeat(np.logspace(3, np.log10(256e6), 19).round(), 3)
+    rng = np.random.default_rng(3)
+
+    def link(b):
+        return 0.3 + np.minimum(b, burst) / line_bytes_per_ms + np.maximum(b - burst, 0) / BYTES_PER_MS
+
+    fit = fit_network_model(sizes, link(sizes) * rng.normal(1.0, 0.01, sizes.size).clip(0.97, 1.03))
+    assert fit.chosen.kind == PWL and fit.pwl_error < 0.5 * fit.affine_error
+    probe = np.logspace(3, 9, 60)  # up to 1 GB, four times beyond the profile
+    rel = np.abs(fit.chosen.predict_ms(probe) / link(probe) - 1)
+    assert np.max(rel) < 0.1 and np.median(rel) < 0.02  # worst next to the knee, which falls between two sizes
+    assert 1.0 / fit.chosen.slope_ms_per_byte == pytest.approx(BYTES_PER_MS, rel=0.03)
+    assert np.all(np.diff(fit.chosen.predict_ms(probe)) >= 0)
+    a, b = fit.chosen.affine_lower_bound()  # a line below the curve everywhere (the planner prunes with it)
+    assert np.all(a + b * probe <= fit.chosen.predict_ms(probe))
+    assert np.all(a + b * np.asarray(fit.chosen.knots) <= np.asarray(fit.chosen.coeffs))
+    back = NetworkModel.from_dict(json.loads(json.dumps(fit.chosen.to_dict())))
+    assert back == fit.chosen
+    with pytest.raises(ValueError, match="knots"):
+        NetworkModel(PWL, (1.0, 2.0), knots=(10.0, 5.0))
+    with pytest.raises(ValueError, match="knots"):
+        NetworkModel(PWL, (1.0, 2.0, 3.0), knots=(1.0, 5.0))
 
 
 def test_predictions_vectorised_non_negative_and_sane_outside_the_range():
@@ -87,7 +119,7 @@ def test_ew_update_and_drift_detection():
 def test_round_trip_through_dict_and_json():
     sizes, times, energy = profile(np.random.default_rng(1))
     fit = fit_network_model(sizes, times, energy)
-    for m in (fit.affine, fit.poly, fit.chosen.update(1e6, 50.0)):
+    for m in (fit.affine, fit.poly, fit.pwl, fit.chosen.update(1e6, 50.0)):
         assert m is not None
         back = NetworkModel.from_dict(json.loads(json.dumps(m.to_dict())))
         assert back == m
@@ -105,5 +137,5 @@ def test_bad_profiles_rejected():
     with pytest.raises(ValueError):
         fit_network_model([1000, 2000, 3000], [1.0, 2.0])
     small = fit_network_model([1000, 2000], [1.5, 2.0])  # two sizes: affine only, no held-out error
-    assert small.chosen.kind == AFFINE and small.poly is None
+    assert small.chosen.kind == AFFINE and small.poly is None and small.pwl is None
     assert small.affine.predict_ms(3000) == pytest.approx(2.5)

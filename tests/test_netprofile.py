@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from _retry import retry_once
 
-from rr_edge.client import Client
+from rr_edge.client import Client, slice_id_of
 from rr_edge.meters import ModelMeter, PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import (
@@ -22,6 +22,7 @@ from rr_edge.netprofile import (
     fit_direction,
     log_sizes,
     measure_direction,
+    probe_slice,
     run_netprofile,
     summary,
 )
@@ -107,7 +108,7 @@ def _held_out_error(client: Client, config: NetProfileConfig, held_out: list[int
 
 @retry_once
 def test_loopback_profile_against_server(server_process: str) -> None:
-    config = NetProfileConfig(max_mb=16, repeats=3)
+    config = NetProfileConfig(max_mb=16, repeats=3, upload_min_mb=0.25, upload_max_mb=4)
     meter = ModelMeter(PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=1.5, net_rx_w=1.0))
     with Client(server_process) as client:
         profile = run_netprofile(client, "net-edge", config, meter=meter)
@@ -118,11 +119,23 @@ def test_loopback_profile_against_server(server_process: str) -> None:
         stored = client.get_network_profile("net-edge")
         assert stored is not None and stored.uplink.chosen_model == profile.uplink.chosen_model
         assert stored.downlink.samples == profile.downlink.samples
+        assert stored.upload == profile.upload
         out = summary(profile)
-        for name in ("uplink", "downlink"):
+        for name in ("uplink", "downlink", "upload"):
             d = getattr(profile, name)
-            assert d.chosen_model in ("affine", "poly4") and out[name]["chosen_model"] == d.chosen_model
-            assert d.affine_error >= 0 and d.poly4_error >= 0
+            assert d.chosen_model in ("affine", "poly4", "pwl") and out[name]["chosen_model"] == d.chosen_model
+            assert d.affine_error >= 0 and d.poly4_error >= 0 and d.pwl_error >= 0
+        # upload probes: one size per probe model (weights + ~100 bytes of ONNX), each uploaded >= 3 times, and
+        # none of them stored on the server
+        assert profile.upload is not None
+        sizes = sorted({s.bytes for s in profile.upload.samples})
+        assert all(0 < b - w < 200 for b, w in zip(sizes, config.upload_sizes(), strict=True))
+        assert all(sum(s.bytes == n for s in profile.upload.samples) >= 3 for n in sizes)
+        assert not any(client.slice_status(slice_id_of(probe_slice(n, seed=k))).cached
+                       for k, n in enumerate(config.upload_sizes()))  # fmt: skip
+        # an upload costs more than echoing the same bytes up (hashing, validation, fsync on top of the transfer)
+        upload, uplink = (NetworkModel.from_dict(d.model) for d in (profile.upload, profile.uplink))
+        assert upload.predict_ms(4 * 2**20) > uplink.predict_ms(4 * 2**20)
 
         # held-out sizes: between the profiled ones (x 1.5), across the range
         held_out = [1536, 48 * 1024, 1536 * 1024, 12 * 1024 * 1024]
@@ -137,10 +150,13 @@ def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixt
     from rr_edge.cli import main
 
     argv = ["netprofile", "--server", server_process, "--node", "cli-net", "--max-mb", "1", "--energy", "model",
-            "--json"]  # fmt: skip
+            "--upload-max-mb", "0", "--json"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["node"] == "cli-net" and out["energy_source"] == "model" and out["energy_measured"] is False
     for d in ("uplink", "downlink"):
-        assert out[d]["chosen_model"] in ("affine", "poly4") and out[d]["max_bytes"] == 1024 * 1024
+        assert out[d]["chosen_model"] in ("affine", "poly4", "pwl") and out[d]["max_bytes"] == 1024 * 1024
         assert out[d]["affine_error"] >= 0
+    assert out["upload"] is None  # --upload-max-mb 0: no probes
+    assert main(argv[:-3] + ["--upload-max-mb", "0.5"]) == 2  # fewer than three probe sizes: a usage error
+    assert "upload_max_mb" in capsys.readouterr().err

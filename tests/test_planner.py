@@ -65,9 +65,10 @@ def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
                 en += model.predict_mJ(b) if model.has_energy else tx * ms
             if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
                 w = sum(inputs.weight_bytes[i + 1 : j + 1])
-                ms = up.predict_ms(w)
+                wl = inputs.upload or up  # whole slice uploads have their own curve when profiled
+                ms = wl.predict_ms(w)
                 lat += ms / K
-                en += (up.predict_mJ(w) if up.has_energy else tx * ms) / K
+                en += (wl.predict_mJ(w) if wl.has_energy else tx * ms) / K
             out.append((i, j, lat, en))
     return out
 
@@ -187,6 +188,18 @@ def test_weight_upload_charged_unless_preloaded_and_amortised():
     assert amort.latency_ms == pytest.approx(1.01 + 1 + 1.01 + 0.5)
 
 
+def test_weight_uploads_use_the_measured_upload_curve_and_activations_the_uplink():
+    upload = NetworkModel.affine(50.0, 100.0)  # 50 ms + 10 us per byte: what slice uploads measured
+    inp = make([5, 5], [1, 1], [100, 100, 100], weights=[1000, 3000], upload=upload)
+    p = plan_cost(inp, -1, 1)
+    assert p.breakdown["weight_upload_ms"] == pytest.approx(upload.predict_ms(4000))  # not the echo uplink's 5 ms
+    assert p.breakdown["uplink_ms"] == pytest.approx(link().predict_ms(100))
+    without = plan_cost(replace(inp, upload=None), -1, 1)
+    assert without.breakdown["weight_upload_ms"] == pytest.approx(link().predict_ms(4000))
+    # the dearer upload keeps the weights home: everything local wins with the measured curve, not without it
+    assert (choose(inp, "latency").i, choose(replace(inp, upload=None), "latency").i) == (1, -1)
+
+
 def test_upload_cost_moves_the_optimum():
     # Offloading block 1 saves 10 ms of compute but its weights take 1 + 100 ms to upload.
     inp = make([1, 20], [1, 1], [1e6, 100, 100], weights=[0, 100_000])
@@ -216,13 +229,25 @@ def poly_link() -> NetworkModel:
     return fit.chosen
 
 
-@pytest.mark.parametrize("uplink", ["affine", "affine+energy", "poly"])
+def pwl_upload(fixed_ms: float = 30.0, bytes_per_ms: float = 400.0, curve: float = 3e-10) -> NetworkModel:
+    """A measured slice-upload curve: a fixed cost, then slower than the echo link (validation + fsync on top)."""
+    sizes = np.logspace(5, 7, 7)
+    model = fit_network_model(sizes, fixed_ms + sizes / bytes_per_ms + curve * sizes**2).pwl
+    assert model is not None
+    return model
+
+
+@pytest.mark.parametrize("uplink", ["affine", "affine+energy", "poly", "upload-pwl", "upload-affine"])
 def test_table_matches_direct_costs_and_dedupes_local_plans(uplink):
     inp = random_inputs(np.random.default_rng(7), 9, cached_slices=frozenset({(2, 5)}), amortize_over=3)
     if uplink == "affine+energy":
         inp = replace(inp, uplink=replace(inp.uplink, energy_coeffs=(0.4, 2e-5)))
     elif uplink == "poly":
         inp = replace(inp, uplink=poly_link(), downlink=poly_link())
+    elif uplink == "upload-pwl":
+        inp = replace(inp, upload=pwl_upload())
+    elif uplink == "upload-affine":
+        inp = replace(inp, upload=NetworkModel.affine(25.0, 300.0, energy_coeffs=(1.0, 1e-4)))
     table = evaluate_all(inp)
     i, j, lat, en = table.flat()
     assert len(table) == lat.size == 9 * 10 // 2 + 1
@@ -237,12 +262,14 @@ def test_table_matches_direct_costs_and_dedupes_local_plans(uplink):
 
 
 @pytest.mark.parametrize("n,seed", [(1, 0), (2, 1), (5, 2), (12, 3), (25, 4), (40, 5)])
-@pytest.mark.parametrize("variant", ["affine", "poly", "cached"])
+@pytest.mark.parametrize("variant", ["affine", "poly", "cached", "upload-pwl"])
 def test_pareto_complete_and_non_dominated_against_brute_force(n, seed, variant):
     rng = np.random.default_rng(seed)
     inp = random_inputs(rng, n, preloaded=bool(seed % 2) and variant == "affine")
     if variant == "poly":  # non-affine upload: the dense path
         inp = replace(inp, uplink=poly_link(), downlink=poly_link())
+    elif variant == "upload-pwl":  # measured slice uploads, piecewise linear: the dense path
+        inp = replace(inp, upload=pwl_upload())
     elif variant == "cached":  # cheaper cells that break the row/column structure
         cells = {(int(a), int(b)) for a, b in rng.integers(0, n, (4, 2)) if a <= b}
         inp = replace(inp, cached_slices=frozenset(cells | {(0, n - 1)}), amortize_over=2)
@@ -271,6 +298,7 @@ def test_pruned_pareto_paths_are_exact_on_large_tables(seed):
         "affine": inp,
         "cached": replace(inp, cached_slices=frozenset({(3, 90), (0, 149), (40, 41), (7, 7)})),
         "poly": replace(inp, uplink=poly_link()),
+        "upload-pwl": replace(inp, upload=pwl_upload(1.0, 4e4, 1e-12)),
     }
     for name, variant in variants.items():
         table = evaluate_all(variant)
@@ -320,12 +348,14 @@ def test_inputs_from_block_dicts_and_validation():
         plan_cost(make([1], [1], [1, 2]), 1, 0)
 
 
-@pytest.mark.parametrize("variant", ["affine", "poly", "preloaded"])
+@pytest.mark.parametrize("variant", ["affine", "poly", "preloaded", "upload-pwl"])
 def test_vectorised_plan_costs_match_the_reference(variant):
     rng = np.random.default_rng(21)
     inp = random_inputs(rng, 30, cached_slices=frozenset({(4, 20), (0, 29)}), amortize_over=5)
     if variant == "poly":
         inp = replace(inp, uplink=poly_link(), downlink=poly_link())
+    elif variant == "upload-pwl":
+        inp = replace(inp, upload=pwl_upload())
     elif variant == "preloaded":
         inp = replace(inp, preloaded=True)
     i = np.array([-1, -1, 3, 3, 0, 29, 10, 28, -1])

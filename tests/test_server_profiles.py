@@ -155,14 +155,24 @@ def test_network_profile_roundtrip_and_validation(env):
         affine_error=0.1,
         model_json='{"kind": "affine"}',
     )
-    profile = rr.NetworkProfile(uplink=up, downlink=up, energy_source="model", measured_at=1.7e9)
+    upload = rr.DirectionProfile(
+        samples=[rr.NetworkSample(bytes=2**20, ms=30.0), rr.NetworkSample(bytes=2**22, ms=80.0)],
+        chosen_model="affine",
+        poly4_error=-1.0,  # not computed: too few sizes
+        affine_error=-1.0,
+    )
+    profile = rr.NetworkProfile(uplink=up, downlink=up, energy_source="model", measured_at=1.7e9, upload=upload)
     stubs.profiles.ReportNetworkProfile(rr.ReportNetworkProfileRequest(node_id="pi4", profile=profile), timeout=5)
     got = stubs.profiles.GetNetworkProfile(rr.GetNetworkProfileRequest(node_id="pi4"), timeout=5).profile
-    assert got == profile
+    assert got == profile and got.HasField("upload")
     bad = rr.NetworkProfile(uplink=rr.DirectionProfile(samples=[rr.NetworkSample(bytes=10, ms=float("nan"))]))
-    with pytest.raises(grpc.RpcError) as err:
-        stubs.profiles.ReportNetworkProfile(rr.ReportNetworkProfileRequest(node_id="pi4", profile=bad), timeout=5)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "uplink sample 0" in err.value.details()
+    bad_upload = rr.NetworkProfile(uplink=up, downlink=up, upload=rr.DirectionProfile(pwl_error=float("inf")))
+    for message, where in ((bad, "uplink sample 0"), (bad_upload, "upload: pwl_error")):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.profiles.ReportNetworkProfile(
+                rr.ReportNetworkProfileRequest(node_id="pi4", profile=message), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and where in err.value.details()
     assert stubs.profiles.GetNetworkProfile(rr.GetNetworkProfileRequest(node_id="pi4"), timeout=5).profile == profile
 
 

@@ -82,6 +82,26 @@ def test_header_only_cached_upload_needs_no_chunks(env):
     assert stubs.slices.UploadSlice(header_only, timeout=5).cached
 
 
+def test_probe_upload_runs_the_whole_ingest_and_stores_nothing(env):
+    """A probe (what `rr-edge netprofile` times to cost weight uploads) is verified and validated like an upload,
+    answered as not cached, and leaves nothing behind: not even when the same bytes are already stored."""
+    _, stubs, data_dir = env
+    data = conv_model(seed=5)
+    probe = stubs.slices.UploadSlice(upload_requests(data, probe=True), timeout=10)
+    assert (probe.slice_id, probe.cached, probe.bytes) == (sha256(data), False, len(data))
+    assert stored_slice_files(data_dir) == []
+    assert not stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(data)), timeout=5).cached
+    stubs.upload(data)
+    again = stubs.slices.UploadSlice(upload_requests(data, probe=True), timeout=10)
+    assert not again.cached  # a probe always sends its bytes, or it would time nothing
+    assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(data)]
+    for bad, fragment in ((checker_failure_model(), "onnx.checker"), (data[:-1], "not an ONNX model")):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.slices.UploadSlice(upload_requests(bad, probe=True), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
+    assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(data)]
+
+
 def _bad_uploads():
     good = conv_model(seed=7)
     garbage = np.random.default_rng(0).bytes(5000)

@@ -1,5 +1,6 @@
-"""`rr-edge netprofile --server ADDR --node NAME [--max-mb 256] [--json]`: profile the link to the server in both
-directions, fit the network models and report them (rr_edge.netprofile.run_netprofile)."""
+"""`rr-edge netprofile --server ADDR --node NAME [--max-mb 256] [--upload-max-mb 64] [--json]`: profile the link to
+the server in both directions and the slice upload path, fit the network models and report them
+(rr_edge.netprofile.run_netprofile)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ from rr_edge.commands._common import (
     stderr_console,
 )
 from rr_edge.errors import RoadRunnerError
-from rr_edge.netprofile import DEFAULT_MAX_MB, NetProfileConfig, run_netprofile, summary
+from rr_edge.netprofile import DEFAULT_MAX_MB, DEFAULT_UPLOAD_MAX_MB, NetProfileConfig, run_netprofile, summary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("netprofile", help="profile upload/download to the server and fit network models")
     add_server_args(p)
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="largest payload in MiB (default 256)")
+    p.add_argument(
+        "--upload-max-mb",
+        type=float,
+        default=DEFAULT_UPLOAD_MAX_MB,
+        help=f"largest slice upload probe in MiB, from 1 MiB (default {DEFAULT_UPLOAD_MAX_MB}; 0: none)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed transfers per size (default 3)")
     p.add_argument("--points-per-octave", type=int, default=1, help="sizes per doubling (default 1)")
     add_energy_args(p)
@@ -33,7 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = NetProfileConfig(max_mb=args.max_mb, repeats=args.repeats, points_per_octave=args.points_per_octave)
+        config = NetProfileConfig(
+            max_mb=args.max_mb,
+            repeats=args.repeats,
+            points_per_octave=args.points_per_octave,
+            upload_max_mb=args.upload_max_mb,
+        )
     except ValueError as exc:
         raise RoadRunnerError(f"invalid option: {exc}") from None
     meter = make_meter(args)
@@ -49,19 +61,15 @@ def run(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     table = Table(title=f"network profile of {args.node} -> {args.server}")
-    for col in ("direction", "chosen", "poly4 err", "affine err", "bandwidth MB/s", "largest"):
+    for col in ("direction", "chosen", "poly4 err", "affine err", "pwl err", "bandwidth MB/s", "largest"):
         table.add_column(col, justify="right" if col != "direction" else "left")
-    for name in ("uplink", "downlink"):
+    for name in ("uplink", "downlink", "upload"):
         d = out[name]
+        if d is None:
+            continue
         bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
-        table.add_row(
-            name,
-            d["chosen_model"],
-            f"{d['poly4_error']:.3f}",
-            f"{d['affine_error']:.3f}",
-            bw,
-            f"{d['max_bytes'] / 2**20:.3g} MiB",
-        )
+        errors = (f"{d[k]:.3f}" if d[k] >= 0 else "-" for k in ("poly4_error", "affine_error", "pwl_error"))
+        table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB")
     console = stderr_console()
     console.print(table)
     suffix = "" if meter.measured else " (MODELLED, not measured)"

@@ -152,16 +152,19 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
             "already_measured": result.already_measured,
         }
     t0 = time.perf_counter()
-    prof = run_netprofile(client, node, NetProfileConfig(max_mb=spec["netprofile_max_mb"]), meter=ModelMeter())
+    config = NetProfileConfig(max_mb=spec["netprofile_max_mb"], upload_max_mb=spec["upload_probe_max_mb"])
+    prof = run_netprofile(client, node, config, meter=ModelMeter())
     out["netprofile_s"] = time.perf_counter() - t0
     out["network"] = {
         d: {
             "chosen_model": p.chosen_model,
             "poly4_error": p.poly4_error,
             "affine_error": p.affine_error,
+            "pwl_error": p.pwl_error,
             "samples": [[s.bytes, s.ms] for s in p.samples],
         }
-        for d, p in (("uplink", prof.uplink), ("downlink", prof.downlink))
+        for d, p in (("uplink", prof.uplink), ("downlink", prof.downlink), ("upload", prof.upload))
+        if p is not None
     }
     client.close()
     return out

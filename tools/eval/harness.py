@@ -215,7 +215,13 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     reported: set[str] = set()
     for dev in cfg.classes:
         log.info("report + network profile: %s", dev)
-        spec = {**common, "sample": cfg.sample, "netprofile_max_mb": cfg.netprofile_max_mb, "groundtruth": gt[dev]}
+        spec = {
+            **common,
+            "sample": cfg.sample,
+            "netprofile_max_mb": cfg.netprofile_max_mb,
+            "upload_probe_max_mb": cfg.upload_probe_max_mb,
+            "groundtruth": gt[dev],
+        }
         rep = cluster.run_workers("report", {dev: spec})[dev]
         for m in rep["models"].values():
             reported.update(m.get("uploaded", m["reported"]))
