@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from rr_proto.framing import tune_allocator
 from rr_server.config import DEFAULT_CLI_DRAIN_S, DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
 from rr_server.server import Server
 
@@ -90,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    tune_allocator()  # big tensors reuse heap memory instead of fresh pages per call; RR_MALLOC_TUNING=0 opts out
     try:
         server = Server(config_from_args(args))
         address = server.start()

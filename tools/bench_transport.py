@@ -19,6 +19,8 @@ round robin; both ModelInfer clients include their encoding and decoding).
 With `--testbed-rate`, rr-server and the socket echo run in the testbed's server namespace (tools.testbed, own prefix
 `rrt`, created and removed by the run) and the client in an edge namespace behind veth + tbf at that rate (667mbit =
 80 MB/s of payload); the bare gRPC echo is skipped there. Prints one JSON object.
+Every process runs with `rr_proto.framing.tune_allocator()` as `rr-server` and `rr-edge` do (`RR_MALLOC_TUNING=0`
+in the environment: without it; the JSON records which).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from functools import partial
 from pathlib import Path
@@ -197,7 +200,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         n = int(size * MB) // 4
         x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
         payload = x.tobytes()
-        methods = {"socket": partial(socket_call, payload)}
+        methods: dict[str, Callable[[], object]] = {"socket": partial(socket_call, payload)}
         if echo is not None:
             methods["grpc_bytes"] = partial(echo, payload, timeout=120)
         methods["model_infer_client"] = partial(client.infer, slice_id, {"x": x}, 60)
@@ -236,6 +239,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
             "python": platform.python_version(),
             "grpcio": grpc.__version__,
             "loadavg_1m_at_end": os.getloadavg()[0],
+            "malloc_tuning": os.environ.get(framing.MALLOC_TUNING_ENV, "1") not in ("0", "off", "false", "no"),
         },
         "repeat": repeat,
         "sizes": rows,
@@ -315,6 +319,9 @@ def main() -> int:
     p.add_argument("--client-of", help=argparse.SUPPRESS)
     p.add_argument("--socket-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    # Every process of the run (this client, rr-server, the socket echo) has the allocator setting of the shipped
+    # entry points (`rr-edge`, `rr-server`); RR_MALLOC_TUNING=0 in the environment measures without it.
+    framing.tune_allocator()
     if args.serve_socket:
         serve_socket(args.serve_socket, args.bind)
         return 0
