@@ -46,6 +46,7 @@ __all__ = [
     "InferRequest",
     "InferResponse",
     "StreamItem",
+    "allocate_response",
     "decode_inputs",
     "decode_outputs",
     "encode_outputs",
@@ -88,10 +89,13 @@ class InferRequest:
 @dataclass
 class InferResponse:
     """A ModelInferResponse: every field but the raw contents in `header`; `raw` holds buffers (bytes, memoryview,
-    contiguous numpy arrays) parallel to `header.outputs`."""
+    contiguous numpy arrays) parallel to `header.outputs`. `serialized`, when set, is the whole message already laid
+    out (`allocate_response`; `raw` are then views of it), as a ModelStreamInferResponse when `stream`."""
 
     header: pb.ModelInferResponse
     raw: list = field(default_factory=list)
+    serialized: bytes | None = None
+    stream: bool = False
 
 
 @dataclass
@@ -245,7 +249,66 @@ def encode_outputs(model_name: str, version: str, request_id: str, outputs: Mapp
     return InferResponse(header, raw)
 
 
+def allocate_response(
+    model_name: str,
+    version: str,
+    request_id: str,
+    outputs: Sequence[tuple[str, np.dtype, tuple[int, ...]]],
+    stream: bool = False,
+) -> tuple[InferResponse, list[np.ndarray]]:
+    """A response whose message exists before its outputs: the bytes of `serialize_infer_response` (or, with
+    `stream`, of `serialize_stream_item` without an error) with the raw contents left to fill through the returned
+    writable arrays (C-contiguous, numeric dtypes). ONNX Runtime then writes its outputs straight into the message,
+    which is sent without another copy of the tensors (grpcio's serialiser must return one `bytes` object).
+
+    The message is a `bytes` object allocated uninitialised and written before anyone else sees it, as C code that
+    builds a `bytes` does; fill the arrays before handing `response` to grpcio and do not keep them afterwards.
+    """
+    header = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request_id)
+    sizes = []
+    for name, dtype, shape in outputs:
+        dtype = np.dtype(dtype)
+        if dtype.kind in "OSU" or dtype.byteorder == ">":
+            raise ValueError(f"output {name!r}: {dtype} cannot be laid out in place")
+        header.outputs.add(name=name, datatype=codec.datatype_of(dtype), shape=shape)
+        sizes.append(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    head = header.SerializeToString()
+    field_heads = [_field_header(RAW_OUTPUT_FIELD, n) for n in sizes]
+    inner = len(head) + sum(map(len, field_heads)) + sum(sizes)
+    prefix = _field_header(INFER_RESPONSE_FIELD, inner) if stream else b""
+    data, buf = _uninitialised_bytes(len(prefix) + inner)
+    pos = 0
+    for part in (prefix, head):
+        buf[pos : pos + len(part)] = np.frombuffer(part, np.uint8)
+        pos += len(part)
+    arrays = []
+    for field_head, n, (_, dtype, shape) in zip(field_heads, sizes, outputs, strict=True):
+        buf[pos : pos + len(field_head)] = np.frombuffer(field_head, np.uint8)
+        pos += len(field_head)
+        arrays.append(buf[pos : pos + n].view(dtype).reshape(shape))
+        pos += n
+    return InferResponse(header, list(arrays), data, stream), arrays
+
+
+def _uninitialised_bytes(n: int) -> tuple[bytes, np.ndarray]:
+    """A new `bytes` of length n (n >= 2: shorter ones may be shared singletons) and a writable uint8 view of it."""
+    if n < 2:
+        raise ValueError("a message of fewer than 2 bytes has nothing to fill")
+    data = _PyBytes_FromStringAndSize(None, n)
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value  # the object's own buffer, not a copy
+    if address is None:
+        raise MemoryError("no buffer for a new bytes object")
+    return data, np.ctypeslib.as_array((ctypes.c_ubyte * n).from_address(address))
+
+
+_PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
+_PyBytes_FromStringAndSize.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
+_PyBytes_FromStringAndSize.restype = ctypes.py_object
+
+
 def serialize_infer_response(response: InferResponse) -> bytes:
+    if response.serialized is not None and not response.stream:
+        return response.serialized
     return b"".join(_response_parts(response))
 
 
@@ -266,6 +329,8 @@ def decode_outputs(response: InferResponse) -> dict[str, np.ndarray]:
 def serialize_stream_item(item: StreamItem) -> bytes:
     if item.response is None:
         return pb.ModelStreamInferResponse(error_message=item.error_message).SerializeToString()
+    if item.response.serialized is not None and item.response.stream and not item.error_message:
+        return item.response.serialized
     parts = _response_parts(item.response)
     error = pb.ModelStreamInferResponse(error_message=item.error_message).SerializeToString()
     inner = sum(len(p) for p in parts)

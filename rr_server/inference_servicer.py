@@ -1,7 +1,9 @@
 """KServe v2 / Open Inference Protocol gRPC service over cached slices (a model name is a slice id).
 
 ModelInfer and ModelStreamInfer use the zero-copy framing of `rr_server.wire` (registered by `add_to_server`);
-every other method uses the generated protobuf classes. Clients see the standard messages either way.
+every other method uses the generated protobuf classes. Clients see the standard messages either way. Outputs of
+`PLACE_MIN_BYTES` and more are written by ONNX Runtime straight into the response message (`wire.allocate_response`,
+`sessions.PlacedOutputs`): one full-tensor copy less per call.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+import numpy as np
 
 from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
@@ -16,12 +19,16 @@ from rr_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from rr_server import wire
 from rr_server.errors import InvalidArgument, NotFound, ServerError
 from rr_server.repository import PLATFORM, VERSION, ModelRepository
+from rr_server.sessions import PlacedOutputs
 
 SERVICE = "inference.GRPCInferenceService"
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "rr-server"
+# Outputs at least this large (all together) are written by ONNX Runtime straight into the response message;
+# below it, binding costs more than the copy it saves (4-byte tensor: 1.80 vs 1.51 ms round trip, always binding).
+PLACE_MIN_BYTES = 256 * 1024
 EXTENSIONS = ("model_repository", "streaming")
 
 
@@ -67,7 +74,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(self, request_iterator, context):
         for request in request_iterator:
             try:
-                yield wire.StreamItem(response=self._infer(request))
+                yield wire.StreamItem(response=self._infer(request, stream=True))
             except ServerError as exc:
                 yield wire.StreamItem(error_message=f"{exc.code.name}: {exc}")
             except Exception:  # noqa: BLE001 - one bad message must not end the stream
@@ -91,7 +98,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repo.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    def _infer(self, request: wire.InferRequest) -> wire.InferResponse:
+    def _infer(self, request: wire.InferRequest, stream: bool = False) -> wire.InferResponse:
         if request.error:
             raise InvalidArgument(request.error)
         header = request.header
@@ -100,7 +107,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = wire.decode_inputs(request)
         except codec.CodecError as exc:
             raise InvalidArgument(str(exc)) from None
-        outputs = self._repo.infer(header.model_name, inputs, [o.name for o in header.outputs])
+        # ONNX Runtime writes the outputs straight into the response message when the session can bind them.
+        allocated: list[tuple[wire.InferResponse, list[np.ndarray]]] = []
+
+        def allocate(specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> list[np.ndarray] | None:
+            if sum(np.prod(shape, dtype=np.int64) * dtype.itemsize for _, dtype, shape in specs) < PLACE_MIN_BYTES:
+                return None
+            allocated.append(wire.allocate_response(header.model_name, VERSION, header.id, specs, stream))
+            return allocated[-1][1]
+
+        names = PlacedOutputs((o.name for o in header.outputs), allocate)
+        outputs = self._repo.infer(header.model_name, inputs, names)
+        if allocated:  # used unless the run fell back to ONNX Runtime's own output memory
+            response, placed = allocated[-1]
+            if len(placed) == len(outputs) and all(a is b for a, b in zip(outputs.values(), placed, strict=True)):
+                return response
         return wire.encode_outputs(header.model_name, VERSION, header.id, outputs)
 
 

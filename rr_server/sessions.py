@@ -3,6 +3,12 @@
 `onnxruntime.get_available_providers()` lists what the wheel was built with (CUDA on onnxruntime-gpu), not what
 works: the CUDA provider needs its libraries and a GPU, and ONNX Runtime silently falls back to CPU when it cannot
 load. `resolve_providers` therefore creates a probe session and keeps only the providers it actually got.
+
+`Session.run` can write the outputs straight into memory its caller provides (`PlacedOutputs`: the inference
+servicer passes the raw-content slots of the response message, so the outputs are not copied once more when it is
+sent). That needs the output shapes before the run: static ones from the model, dynamic ones as the last run with the
+same input shapes produced them; when they differ (data-dependent shapes), the run falls back to ONNX Runtime's own
+output memory and that input-shape key is not bound again.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +51,25 @@ _KSERVE = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+# (name, dtype, shape) of each output -> writable C-contiguous arrays of exactly those, for ONNX Runtime to fill,
+# or None to let ONNX Runtime allocate them (a plain run).
+Allocate = Callable[[list[tuple[str, np.dtype, tuple[int, ...]]]], list[np.ndarray] | None]
+_MAX_SHAPE_KEYS = 64  # remembered input-shape -> output-shape entries per session
+
+
+class PlacedOutputs(tuple[str, ...]):
+    """Output names (empty: all) together with where to put them: `Session.run(arrays, PlacedOutputs(names,
+    allocate))` asks `allocate` for the output arrays and binds them for ONNX Runtime to write into. It is a tuple of
+    names, so it passes unchanged through callers that take `outputs: Sequence[str]` (ModelRepository.infer)."""
+
+    allocate: Allocate
+
+    def __new__(cls, names: Iterable[str], allocate: Allocate) -> PlacedOutputs:
+        placed = super().__new__(cls, names)
+        placed.allocate = allocate
+        return placed
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,11 @@ class Session:
         self.inputs = tuple(_spec(a) for a in session.get_inputs())
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
+        self._dtypes = {spec.name: dtype_of(spec.datatype) for spec in self.inputs + self.outputs}
+        # Outputs are bound to caller memory only for numeric tensors (BYTES need ONNX Runtime's own objects).
+        self._bindable = all(dt.kind not in "OSU" for dt in self._dtypes.values())
+        self._static = {spec.name: spec.shape for spec in self.outputs if all(d >= 0 for d in spec.shape)}
+        self._shapes: dict[tuple, tuple[tuple[int, ...], ...] | None] = {}  # None: data-dependent, never bind
 
     def check_inputs(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Raise InvalidArgument unless `arrays` are exactly this slice's inputs with matching dtypes and shapes."""
@@ -128,8 +158,43 @@ class Session:
         if unknown:
             raise InvalidArgument(f"unknown output(s) {unknown}; slice {self.slice_id[:12]} has {self._output_names}")
         self.check_inputs(arrays)
+        key = (tuple(names), tuple((name, array.shape) for name, array in arrays.items()))
+        if isinstance(outputs, PlacedOutputs) and self._bindable:
+            placed = self._run_placed(arrays, names, key, outputs.allocate)
+            if placed is not None:
+                return placed
         results = self._session.run(names, dict(arrays))
+        if self._bindable and key not in self._shapes:
+            if len(self._shapes) >= _MAX_SHAPE_KEYS:
+                self._shapes.clear()
+            self._shapes[key] = tuple(r.shape for r in results)
         return dict(zip(names, results, strict=True))
+
+    def _run_placed(
+        self, arrays: Mapping[str, np.ndarray], names: list[str], key: tuple, allocate: Allocate
+    ) -> dict[str, np.ndarray] | None:
+        """Run with the outputs bound to `allocate`d memory; None when the output shapes are not known (yet)."""
+        if all(name in self._static for name in names):
+            shapes: tuple[tuple[int, ...], ...] | None = tuple(self._static[name] for name in names)
+        else:
+            shapes = self._shapes.get(key)
+        if shapes is None:
+            return None
+        placed = allocate([(name, self._dtypes[name], shape) for name, shape in zip(names, shapes, strict=True)])
+        if placed is None:
+            return None
+        binding = self._session.io_binding()
+        for name, array in arrays.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name, out in zip(names, placed, strict=True):
+            binding.bind_output(name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception:  # noqa: BLE001 - ORT raises RuntimeError-like types; the plain run reports real errors
+            log.info("slice %s: output shapes vary for the same input shapes; not binding them", self.slice_id[:12])
+            self._shapes[key] = None
+            return None
+        return dict(zip(names, placed, strict=True))
 
 
 class SessionPool:
