@@ -177,6 +177,7 @@ class Prediction:
 class Predictions:
     by_signature: dict[str, Prediction]
     e2e_correction: float
+    model_latency_ms: float = 0.0  # the node's measured whole-model latency of the queried model (0: unknown)
 
 
 def slice_id_of(data: bytes) -> str:
@@ -373,7 +374,7 @@ class Client:
             )
             for p in r.predictions
         }
-        return Predictions(by_sig, r.e2e_correction or 1.0)
+        return Predictions(by_sig, r.e2e_correction or 1.0, r.model_latency_ms)
 
     # -- slices --------------------------------------------------------------------------------------------------
 

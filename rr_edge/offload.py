@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -130,15 +131,27 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
             f"the server has no latency prediction yet for {len(set(missing))} block(s) (e.g. {missing[0]}): "
             "profile the model on this node first, or retry once the server has refitted"
         )
+    edge_preds = tuple(edge.by_signature[s] for s in signatures)
     return Costs(
-        edge=tuple(edge.by_signature[s] for s in signatures),
+        edge=edge_preds,
         cloud=tuple(cloud.by_signature[s] for s in signatures),
-        e2e_correction=edge.e2e_correction or 1.0,
+        e2e_correction=e2e_correction(edge.model_latency_ms, edge_preds, edge.e2e_correction),
         uplink=NetworkModel.from_dict(profile.uplink.model),
         downlink=NetworkModel.from_dict(profile.downlink.model),
         power=power,
         upload=NetworkModel.from_dict(profile.upload.model) if profile.upload is not None else None,
     )
+
+
+def e2e_correction(model_latency_ms: float, edge: Sequence[Prediction], fallback: float) -> float:
+    """The edge compute correction of one model: its measured whole-model latency over the sum of the block
+    predictions the plan uses, so that running every block locally is predicted as measured, and the CF predictions
+    of the blocks the node did not profile set only how that time divides between blocks. Without a whole-model
+    measurement: `fallback` (the server's whole / sum-of-profiled-blocks ratio)."""
+    total = sum(p.latency_ms for p in edge)
+    if model_latency_ms > 0 and total > 0:
+        return model_latency_ms / total
+    return fallback or 1.0
 
 
 def plan_inputs(
@@ -169,7 +182,8 @@ def plan_inputs(
 
 
 def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> PlanInputs | None:
-    """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only."""
+    """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only,
+    calibrated like the CF figures: the edge's blocks sum to the same whole-model latency."""
     blocks = [b.to_json() for b in graph.blocks]
     predicted: dict[str, Any] = {}
     for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
@@ -186,7 +200,9 @@ def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> 
         predicted[f"{side}_ms"] = lat
         if side == "edge" and en is not None:
             predicted["edge_mJ"] = en
-    return replace(inputs, **predicted)
+    whole_ms = inputs.e2e_correction * float(np.sum(inputs.edge_ms))
+    total = float(np.sum(predicted["edge_ms"]))
+    return replace(inputs, **predicted, e2e_correction=whole_ms / total if total > 0 else inputs.e2e_correction)
 
 
 def make_plan(
@@ -259,13 +275,15 @@ def make_runner(
     config: RunnerConfig | None = None,
     settings: OrtSettings | None = None,
     report: PlanReport | None = None,
+    around_local: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> Runner:
-    """A runner for `split`; with a plan report, it also tracks the network against the planned models."""
+    """A runner for `split`; with a plan report, it also tracks the network against the planned models.
+    `around_local`: see `Runner`."""
     i, j = split
     slices = plan_slices(slicer, len(graph.blocks), i, j, graph.model)
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {"around_local": around_local}
     if report is not None and slices.offloads:
-        kw = {
+        kw |= {
             "uplink": report.inputs.uplink.rebased(),
             "downlink": report.inputs.downlink.rebased(),
             "expected_cloud_ms": plan_cost(report.inputs, i, j).breakdown.get("cloud_ms", 0.0),

@@ -12,11 +12,12 @@ turns True when they drift by more than `RunnerConfig.drift_threshold`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -159,7 +160,9 @@ class Runner:
     """Callable on a dict of input arrays (or one array for a single-input model); thread-safe.
 
     `remote` is None for a plan that offloads nothing. `uplink`/`downlink` and `expected_cloud_ms` (the plan's
-    predicted cloud compute) let the runner track the network; both are optional.
+    predicted cloud compute) let the runner track the network; both are optional. `around_local`, when given, is
+    entered around every local ONNX Runtime run (head, tail, fallback middle) and nothing else: a meter of local
+    compute, or the testbed's CPU throttle of an emulated device (tools/eval).
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class Runner:
         uplink: NetworkModel | None = None,
         downlink: NetworkModel | None = None,
         expected_cloud_ms: float = 0.0,
+        around_local: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     ) -> None:
         if slices.offloads and remote is None:
             raise ValueError("a plan that offloads needs a remote executor")
@@ -179,6 +183,7 @@ class Runner:
         self.config = config or RunnerConfig()
         self.settings = (settings or OrtSettings()).resolved()
         self.remote = remote
+        self._around_local = around_local or contextlib.nullcontext
         self._head = _Local(slices.head, self.settings) if slices.head else None
         self._tail = _Local(slices.tail, self.settings) if slices.tail else None
         self._middle_local: _Local | None = None
@@ -299,7 +304,7 @@ class Runner:
                     env.update(outputs)
                     return
         result.fallback = True
-        env.update(self._middle_local(env))
+        env.update(self._run_local(self._middle_local, env))
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:
         """Run one request through the plan."""
@@ -313,7 +318,7 @@ class Runner:
         last: _Local | None = None
         if self._head is not None:
             t = time.perf_counter()
-            env.update(self._head(env))
+            env.update(self._run_local(self._head, env))
             result.head_ms = (time.perf_counter() - t) * 1e3
             last = self._head
         if self._middle_local is not None:
@@ -321,13 +326,17 @@ class Runner:
             last = self._middle_local
         if self._tail is not None:
             t = time.perf_counter()
-            env.update(self._tail(env))
+            env.update(self._run_local(self._tail, env))
             result.tail_ms = (time.perf_counter() - t) * 1e3
             last = self._tail
         assert last is not None
         result.outputs = {name: env[name] for name in last.outputs}
         result.total_ms = (time.perf_counter() - start) * 1e3
         return result
+
+    def _run_local(self, part: _Local, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._around_local():
+            return part(env)
 
     def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         return self.run(inputs).outputs

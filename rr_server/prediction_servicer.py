@@ -56,4 +56,5 @@ class PredictionServicer(rr_grpc.PredictionServiceServicer):
                 for p in records
             ],
             e2e_correction=self._storage.e2e_correction(node_id, request.model),
+            model_latency_ms=(self._storage.model_latency(node_id, request.model) or 0.0) if request.model else 0.0,
         )

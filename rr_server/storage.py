@@ -233,6 +233,13 @@ class Storage:
         ratio = self._read(base, (node_id,))[0]["r"]
         return float(ratio) if ratio is not None else 1.0
 
+    def model_latency(self, node_id: str, model: str) -> float | None:
+        """Mean whole-model latency (ms) of a node's runs of `model`; None when it has none."""
+        row = self._read(
+            "SELECT AVG(latency_ms) AS ms FROM model_runs WHERE node_id = ? AND model = ?", (node_id, model)
+        )
+        return float(row[0]["ms"]) if row[0]["ms"] is not None else None
+
     # -- network profiles ------------------------------------------------------------------------------------------
 
     def put_network_profile(self, node_id: str, profile: dict) -> None:

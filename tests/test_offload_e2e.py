@@ -73,7 +73,7 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     path = exported_model("resnet18")
     common = ["--server", server.address, "--node", NODE]
     net = rr_edge("netprofile", *common, "--max-mb", "2", "--json")
-    assert net["uplink"]["chosen_model"] in ("affine", "poly4")
+    assert net["uplink"]["chosen_model"] in ("affine", "poly4", "pwl")
     prof = rr_edge("profile", str(path), *common, "--sample", "0.3", "--seed", "1", "--json", "--min-runs", "3",
                    "--min-time", "0.05")  # fmt: skip
     assert len(prof["profiled"]) >= 1
@@ -95,6 +95,9 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
             )
             assert not dominated, (a, b)
     assert plan["chosen"]["latency_ms"] == min(p["latency_ms"] for p in front)
+    # block predictions are calibrated to the measured whole model: all-local is predicted as profiled
+    whole_ms = prof["whole_model"]["latency_ms"]["median"]
+    assert plan["baselines"]["offload_none"]["latency_ms"] == pytest.approx(whole_ms, rel=1e-9)
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
     np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32))

@@ -373,3 +373,13 @@ def test_vectorised_plan_costs_match_the_reference(variant):
         assert got.breakdown == pytest.approx(ref.breakdown, rel=1e-9, abs=1e-9)
     with pytest.raises(ValueError):
         plan_costs(inp, [2], [1])
+
+
+def test_e2e_correction_calibrates_the_block_predictions_to_the_measured_whole_model():
+    from rr_edge.client import Prediction
+    from rr_edge.offload import e2e_correction
+
+    preds = [Prediction(f"s{k}", ms, 1.0, "predicted", "predicted", "model") for k, ms in enumerate((4.0, 6.0))]
+    assert e2e_correction(15.0, preds, fallback=0.8) == pytest.approx(1.5)  # 15 ms measured / 10 ms predicted
+    assert e2e_correction(0.0, preds, fallback=0.8) == pytest.approx(0.8)  # model never run whole: server ratio
+    assert e2e_correction(0.0, preds, fallback=0.0) == 1.0

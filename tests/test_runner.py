@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,30 @@ def test_unreachable_server_at_start_runs_locally(chain):
         result = runner.run(x)
     assert result.fallback and runner.server_down
     np.testing.assert_allclose(result.outputs["y3"], make_runner(slicer, graph, (3, 3), None)(x)["y3"], rtol=1e-5)
+
+
+def test_around_local_wraps_local_onnx_runtime_runs_only(chain, client):
+    """The hook (a meter of local compute, the testbed's CPU throttle) sees head and tail, never the remote call;
+    with the server gone, the fallback middle runs locally inside it too."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def around():
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    with make_runner(slicer, graph, (0, 2), client, around_local=around) as runner:
+        result = runner.run(x)
+    assert not result.fallback and result.remote_ms > 0
+    assert events == ["enter", "exit"] * 2  # head, tail
+    events.clear()
+    with Client("127.0.0.1:1") as dead:
+        config = RunnerConfig(timeout_s=2, retry_interval_s=60)
+        assert make_runner(slicer, graph, (0, 2), dead, config=config, around_local=around).run(x).fallback
+    assert events == ["enter", "exit"] * 3  # head, middle (fallback), tail
 
 
 def test_network_drift_asks_for_a_replan(chain, client):

@@ -101,12 +101,16 @@ def test_e2e_correction_is_per_model_with_the_node_mean_as_fallback(env):
 
     stubs.profiles.ReportLayerProfiles(iter([run("a", 6.0, 10.0), run("b", 12.0, 10.0)]), timeout=10)
 
-    def ratio(model: str) -> float:
+    def answer(model: str) -> rr.PredictResponse:
         request = rr.PredictRequest(node_id="jet", signatures=SIGS[:1], model=model, features=[features(0)])
-        return stubs.predictions.Predict(request, timeout=5).e2e_correction
+        return stubs.predictions.Predict(request, timeout=5)
 
-    assert math.isclose(ratio("a"), 0.6) and math.isclose(ratio("b"), 1.2)
-    assert math.isclose(ratio("never-profiled"), 0.9) and math.isclose(ratio(""), 0.9)
+    assert math.isclose(answer("a").e2e_correction, 0.6) and math.isclose(answer("b").e2e_correction, 1.2)
+    assert math.isclose(answer("never-profiled").e2e_correction, 0.9) and math.isclose(answer("").e2e_correction, 0.9)
+    # the measured whole-model latency comes with it (mean of the node's runs), 0 where there is none
+    stubs.profiles.ReportLayerProfiles(iter([run("a", 8.0, 10.0)]), timeout=10)
+    assert math.isclose(answer("a").model_latency_ms, 7.0) and math.isclose(answer("b").model_latency_ms, 12.0)
+    assert answer("never-profiled").model_latency_ms == 0.0 and answer("").model_latency_ms == 0.0
 
 
 @pytest.mark.parametrize(

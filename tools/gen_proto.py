@@ -34,6 +34,8 @@ def main() -> int:
         return 1
     pattern = re.compile(rf"^from ({'|'.join(PACKAGES)})(\.[\w.]+)? import", re.MULTILINE)
     for path in OUT.rglob("*_pb2*.py*"):
+        if path.suffix not in (".py", ".pyi"):  # not the interpreter's __pycache__/*.pyc
+            continue
         text = path.read_text()
         path.write_text(pattern.sub(lambda m: f"from rr_proto.{m.group(1)}{m.group(2) or ''} import", text))
     for package in PACKAGES:

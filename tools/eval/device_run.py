@@ -12,9 +12,10 @@ upload of its middle slice when the plan uploads weights at run time: RoaD-RuNNe
 Energy is MODELLED from measured times with the class's declared watts: compute x local ms + idle x remote ms
 (+ (idle + tx) x upload ms).
 
-Only ONNX Runtime compute is throttled: the network profile and the upload probes run at the host's speed inside
-the device's namespace (the link, not the CPU, limits them; the boards have 4-8 cores for I/O, our classes a fraction
-of one host CPU, and a throttled gRPC client would measure the emulation, not the link).
+Only ONNX Runtime compute is throttled (plans: `Runner`'s `around_local` hook, around the head and tail runs only):
+the network profile, the upload probes and a plan's remote calls run at the host's speed inside the device's
+namespace (the link, not the CPU, limits them; the boards have 4-8 cores for I/O, our classes a fraction of one host
+CPU, and a throttled gRPC client would measure the emulation, not the link).
 """
 
 from __future__ import annotations
@@ -222,8 +223,11 @@ def measure_split(
     reference: dict | None,
 ) -> dict[str, Any]:
     switch.free()
-    runner = make_runner(slicer, graph, split, client, config=RunnerConfig(timeout_s=300.0))
-    _, results = window(lambda: runner.run(x), switch, timing)
+    # only the edge's ONNX Runtime runs are throttled (the gRPC client runs at host speed, as in the network profile)
+    runner = make_runner(
+        slicer, graph, split, client, config=RunnerConfig(timeout_s=300.0), around_local=switch.throttled
+    )
+    _, results = window(lambda: runner.run(x), CgroupSwitch(), timing)
     runner.close()
     outputs = results[-1].outputs
     offloads = runner.slices.offloads

@@ -3,7 +3,8 @@
 The harness opens two `cgroup.procs` files on the host (the device class's cgroup and the hierarchy's root) and
 passes their descriptors to the worker; `ip netns exec` hides the host's cgroupfs, so descriptors are the only way
 in. Writing our pid to one moves every thread of the process. Model loading, slicing and ONNX Runtime session
-creation then run at full speed (they are never timed); every timed run, upload and network probe runs throttled.
+creation then run at full speed (they are never timed); timed ONNX Runtime runs (blocks, whole models, and the
+head and tail of a plan) run throttled; network probes, uploads and a plan's remote call do not.
 Without descriptors (tests, a plain run) both moves are no-ops.
 """
 
