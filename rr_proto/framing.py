@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -271,7 +272,7 @@ def allocate_response(
         if dtype.kind in "OSU" or dtype.byteorder == ">":
             raise ValueError(f"output {name!r}: {dtype} cannot be laid out in place")
         header.outputs.add(name=name, datatype=codec.datatype_of(dtype), shape=shape)
-        sizes.append(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        sizes.append(math.prod(shape) * dtype.itemsize)
     head = header.SerializeToString()
     field_heads = [_field_header(RAW_OUTPUT_FIELD, n) for n in sizes]
     inner = len(head) + sum(map(len, field_heads)) + sum(sizes)

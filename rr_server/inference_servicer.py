@@ -9,6 +9,7 @@ every other method uses the generated protobuf classes. Clients see the standard
 from __future__ import annotations
 
 import logging
+import math
 
 import grpc
 import numpy as np
@@ -111,7 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         allocated: list[tuple[wire.InferResponse, list[np.ndarray]]] = []
 
         def allocate(specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> list[np.ndarray] | None:
-            if sum(np.prod(shape, dtype=np.int64) * dtype.itemsize for _, dtype, shape in specs) < PLACE_MIN_BYTES:
+            if sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in specs) < PLACE_MIN_BYTES:
                 return None
             allocated.append(wire.allocate_response(header.model_name, VERSION, header.id, specs, stream))
             return allocated[-1][1]

@@ -5,7 +5,8 @@
 
 One run, loopback, everything measured against a baseline in the same run:
 * `socket`: a raw TCP echo (length-prefixed bytes, sendall/recv_into) in a separate process: the floor.
-* `grpc_bytes`: a bare gRPC unary echo of the same bytes (generic handler, no protobuf), tuned options.
+* `grpc_bytes`: a bare gRPC unary echo of the same bytes (generic handler, no protobuf, a separate process), with
+  rr-server's options.
 * `model_infer_*`: rr-server (subprocess, `python -m rr_server.cli`) running an Identity slice on an FP32 tensor of
   the same size via ModelInfer (raw contents), round trip including the client's encoding and decoding to numpy:
   `client` = the edge client, `rr_edge.client.Client.infer` (zero-copy framing of rr_proto.framing, its own
@@ -123,7 +124,9 @@ def _socket_roundtrip(conn: socket.socket, payload: bytes, back: bytearray) -> N
 # -- bare gRPC bytes echo ----------------------------------------------------------------------------------------
 
 
-def start_grpc_echo() -> tuple[grpc.Server, int]:
+def serve_grpc_echo(port_file: Path) -> None:
+    """Bare gRPC echo server (a process of its own, as rr-server and the socket echo are: a server in the client's
+    process would take the client's GIL and CPU, and its clean-up after each call would land on the next method)."""
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
     )
@@ -131,17 +134,22 @@ def start_grpc_echo() -> tuple[grpc.Server, int]:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    return server, port
+    port_file.write_text(str(port))
+    server.wait_for_termination()
 
 
 def round_robin(methods: dict, repeat: int) -> dict[str, float]:
     """Median seconds per call of each method, measured round robin (one call of each per repetition, so load
-    changes on this shared machine hit every method alike), after one warm-up round."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeat + 1):
-        for name, call in methods.items():
+    changes on this shared machine hit every method alike), after one warm-up round. The order rotates by one
+    method per repetition: a method's calls follow each of the others alike (the server of the method before
+    may still be cleaning up when the next one starts)."""
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeat + 1):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
-            call()
+            methods[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
@@ -260,15 +268,17 @@ def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rr-bench-transport-"))
     sock_proc = subprocess.Popen([sys.executable, __file__, "--serve-socket", str(tmp / "sock.port")])
     server_proc, address = start_rr_server(tmp)
-    echo_server, echo_port = start_grpc_echo()
+    echo_proc = subprocess.Popen([sys.executable, __file__, "--serve-grpc-echo", str(tmp / "echo.port")])
     try:
         sock_port = int(_wait_file(tmp / "sock.port", sock_proc, "socket echo"))
+        echo_port = int(_wait_file(tmp / "echo.port", echo_proc, "gRPC echo"))
         echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(MAX_MESSAGE))
         result = measure(address, ("127.0.0.1", sock_port), echo_channel.unary_unary(_ECHO_METHOD), sizes, repeat,
                          tiny_repeat)  # fmt: skip
         return {"benchmark": "transport", "link": "loopback", **result}
     finally:
-        echo_server.stop(0)
+        echo_proc.kill()
+        echo_proc.wait(10)
         server_proc.terminate()
         server_proc.wait(30)
         sock_proc.kill()
@@ -315,6 +325,7 @@ def main() -> int:
     p.add_argument("--testbed-rate", help="measure over the testbed link at this tbf rate (root), e.g. 667mbit")
     p.add_argument("--testbed-device", default="emu-agx", help="device class the client runs as (default %(default)s)")
     p.add_argument("--serve-socket", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--serve-grpc-echo", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--bind", default="127.0.0.1", help=argparse.SUPPRESS)
     p.add_argument("--client-of", help=argparse.SUPPRESS)
     p.add_argument("--socket-port", type=int, help=argparse.SUPPRESS)
@@ -324,6 +335,9 @@ def main() -> int:
     framing.tune_allocator()
     if args.serve_socket:
         serve_socket(args.serve_socket, args.bind)
+        return 0
+    if args.serve_grpc_echo:
+        serve_grpc_echo(args.serve_grpc_echo)
         return 0
     sizes = [float(s) for s in args.sizes_mb.split(",")]
     if args.client_of:
