@@ -109,6 +109,18 @@ def test_fold_in_recognises_a_rescaled_copy_of_a_fitted_device(offset, slope, n)
     assert model.row_scales[new] == pytest.approx(slope, abs=0.05)  # the column-bias scale g of the new row
 
 
+def test_fold_in_recognises_a_device_in_a_population_larger_than_the_scored_experts() -> None:
+    # 60 fitted devices: more than the 32 experts the fold-in scores exactly (it keeps the best by a cheap fit).
+    rows, cols, values, truth, x = synthetic(n_rows=60, fill=0.5, seed=3)
+    model = CFModel(rank=4, iterations=15).fit(rows, cols, values, 60, 150, col_features=x)
+    new_truth = 0.3 + truth[47]
+    revealed = np.array([4, 40, 77, 101, 133])
+    new = model.fold_in_row(revealed, np.exp(new_truth[revealed]))
+    error = np.sqrt(np.mean((model.predict(np.full(150, new), np.arange(150), log=True) - new_truth) ** 2))
+    baseline = np.sqrt(np.mean((_isotropic_ridge_fold_in(model, revealed, new_truth[revealed]) - new_truth) ** 2))
+    assert error < 0.05 and error < 0.2 * baseline
+
+
 def test_row_counts_scales_and_noise_track_fit_fold_in_and_refit() -> None:
     rows, cols, values, truth, x = synthetic(fill=0.5)
     model = CFModel(rank=3, iterations=10).fit(rows, cols, values, 20, 150, col_features=x)

@@ -180,8 +180,8 @@ NB_MODULE(_core, m) {
           },
           "cols"_a, "values"_a,
           "Add a new row (e.g. a new device) from a few measurements against the fixed column model, no refit: a\n"
-          "Bayesian fold-in (prior: mean / covariance of the fitted rows) blended with the fitted rows rescaled to\n"
-          "the measurements and weighted by their fit. Returns the new row index.")
+          "Bayesian fold-in whose prior is a mixture built from the fitted rows (one Gaussian around each, with a\n"
+          "free offset and scale, and one around their mean), weighted by their evidence. Returns the new row index.")
       .def(
           "add_cols",
           [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features) {

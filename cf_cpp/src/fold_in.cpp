@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "linalg.h"
 #include "normal_equations.h"
@@ -10,17 +11,12 @@ namespace cf::detail {
 
 namespace {
 
-// Inverse of a symmetric positive definite d x d matrix, one ridge solve per unit vector.
-std::vector<double> spd_inverse(const std::vector<double>& a, std::size_t d) {
-  std::vector<double> inv(d * d), work(d * d), col(d);
-  for (std::size_t j = 0; j < d; ++j) {
-    work = a;
-    std::fill(col.begin(), col.end(), 0.0);
-    col[j] = 1.0;
-    ridge_solve(work.data(), nullptr, col.data(), d);
-    for (std::size_t i = 0; i < d; ++i) inv[i * d + j] = col[i];
-  }
-  return inv;
+// Residual sum of squares of the prior mean theta: sum (t - w . theta)^2.
+double residual_ss(const FoldInMoments& m, const double* theta) {
+  const std::size_t e = m.e;
+  double s = m.tt;
+  for (std::size_t i = 0; i < e; ++i) s -= 2 * theta[i] * m.wt[i] - theta[i] * dot(m.gram.data() + i * e, theta, e);
+  return s;
 }
 
 }  // namespace
@@ -30,9 +26,9 @@ FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::i
   FoldInPrior prior;
   for (std::size_t r = 0; r < row_counts.size(); ++r)
     if (row_counts[r] > 0) prior.population.push_back(static_cast<std::int64_t>(r));
+  if (prior.population.empty()) return prior;
   const double np = static_cast<double>(prior.population.size());
   std::vector<double> mean(d, 0.0), cov(d * d, 0.0);
-  if (prior.population.empty()) return prior;
   for (std::int64_t r : prior.population)
     for (std::size_t i = 0; i < d; ++i) mean[i] += rows[r * dim + i] / np;
   for (std::int64_t r : prior.population) {
@@ -45,96 +41,125 @@ FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::i
     for (std::size_t j = 0; j < i; ++j) cov[i * d + j] = cov[j * d + i];
   }
   prior.mean = std::move(mean);
-  prior.precision = spd_inverse(cov, d);
+  prior.covariance = std::move(cov);
   return prior;
+}
+
+FoldInMoments fold_in_moments(const std::int64_t* cols, const double* logy, std::size_t n, const double* z, double mu,
+                              int dim) {
+  const std::size_t d = static_cast<std::size_t>(dim), e = d + 1;
+  // The blocked kernel of the ALS solves accumulates over the regressors [1, z_c[0], z_c[1:]]; reordered below.
+  NormalEquations ne(e);
+  std::vector<double> buf(e), gram(e * e), xty(e);
+  FoldInMoments m{e, std::vector<double>(e * e), std::vector<double>(e), 0.0};
+  for (std::size_t k = 0; k < n; ++k) {
+    const double* zc = z + cols[k] * dim;
+    std::copy(zc, zc + d, buf.begin() + 1);  // buf[0] is ignored (the constant regressor)
+    ne.add_with_bias(buf.data(), logy[k] - mu);
+    m.tt += (logy[k] - mu) * (logy[k] - mu);
+  }
+  ne.moments(gram.data(), xty.data());
+  auto at = [](std::size_t i) { return i < 2 ? 1 - i : i; };  // [1, z0, q] -> [z0, 1, q]
+  for (std::size_t i = 0; i < e; ++i) {
+    m.wt[i] = xty[at(i)];
+    for (std::size_t j = 0; j < e; ++j) m.gram[i * e + j] = gram[at(i) * e + at(j)];
+  }
+  return m;
+}
+
+// With cov = L L' and B = L' W'W L: the posterior mean is theta + L u, (s2 I + B) u = L' W'(t - W theta), and
+// -2 log evidence = (r'r - r'W L u) / s2 + log det(s2 I + B) + const, r = t - W theta (Woodbury and Sylvester).
+FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<double>& theta, std::vector<double> cov,
+                                   double s2) {
+  const std::size_t e = m.e;
+  std::vector<double>& l = cov;
+  cholesky(l.data(), e);  // lower triangle: L
+  std::vector<double> r(e), ml(e * e, 0.0), lhs(e * e, 0.0), u(e, 0.0);
+  for (std::size_t i = 0; i < e; ++i) r[i] = m.wt[i] - dot(m.gram.data() + i * e, theta.data(), e);  // W'r
+  for (std::size_t i = 0; i < e; ++i)  // ml = W'W L
+    for (std::size_t j = 0; j < e; ++j) {
+      double v = 0;
+      for (std::size_t k = j; k < e; ++k) v += m.gram[i * e + k] * l[k * e + j];
+      ml[i * e + j] = v;
+    }
+  for (std::size_t i = 0; i < e; ++i) {  // lhs = s2 I + L' ml, u = L' W'r
+    for (std::size_t j = 0; j <= i; ++j) {
+      double v = 0;
+      for (std::size_t k = i; k < e; ++k) v += l[k * e + i] * ml[k * e + j];
+      lhs[i * e + j] = lhs[j * e + i] = v;
+    }
+    lhs[i * e + i] += s2;
+    for (std::size_t k = i; k < e; ++k) u[i] += l[k * e + i] * r[k];
+  }
+  const std::vector<double> ltr = u;
+  cholesky(lhs.data(), e);
+  double log_det = 0;
+  for (std::size_t i = 0; i < e; ++i) log_det += 2 * std::log(lhs[i * e + i]);
+  cholesky_solve(lhs.data(), u.data(), e);
+  FoldInPosterior out{theta, 0.0};
+  for (std::size_t i = 0; i < e; ++i)
+    for (std::size_t k = 0; k <= i; ++k) out.mean[i] += l[i * e + k] * u[k];
+  const double quad = (residual_ss(m, theta.data()) - dot(ltr.data(), u.data(), e)) / s2;
+  out.log_evidence = -0.5 * (quad + log_det);
+  return out;
 }
 
 FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, const double* z, double mu, int dim,
                   const double* rows, const FoldInPrior& prior, double noise_var) {
-  const std::vector<std::int64_t>& population = prior.population;
-  const std::vector<double>& mean = prior.mean;
-  const std::size_t d = static_cast<std::size_t>(dim), e = d + 1, np = population.size();
-  FoldedRow out{mean, 1.0};
+  const std::size_t d = static_cast<std::size_t>(dim), e = d + 1;
+  FoldedRow out{prior.mean, 1.0};
   if (n == 0) return out;
+  const FoldInMoments m = fold_in_moments(cols, logy, n, z, mu, dim);
+  const double s2 = kFoldInNoiseFactor * std::max(noise_var, 1e-12);
 
-  // Moments of the augmented column vectors w_c = [z_c[0], 1, z_c[1:]] over the revealed entries. A row [g, b, p]
-  // predicts mu + [g, b, p] . w_c; the population row r predicts [1, mu + b_r, p_r] . w_c.
-  // Accumulated by the blocked kernel of the ALS solves over the regressors [1, z_c[0], z_c[1:]], then reordered.
-  std::vector<double> gram(e * e), xty(e), buf(e);
-  NormalEquations ne(e);
-  double syy = 0;
-  for (std::size_t k = 0; k < n; ++k) {
-    const double* zc = z + cols[k] * dim;
-    std::copy(zc, zc + d, buf.begin() + 1);  // buf[0] is ignored (the constant regressor)
-    ne.add_with_bias(buf.data(), logy[k]);
-    syy += logy[k] * logy[k];
-  }
-  ne.moments(gram.data(), xty.data());
-  auto at = [](std::size_t i) { return i < 2 ? 1 - i : i; };  // [1, z0, q] -> [z0, 1, q]
-  std::vector<double> mom(e * e), wy(e), ws(e);
-  for (std::size_t i = 0; i < e; ++i) {
-    wy[i] = xty[at(i)];
-    ws[i] = gram[at(i) * e];  // the constant regressor's column: sums of the regressors
-    for (std::size_t j = 0; j < e; ++j) mom[i * e + j] = gram[at(i) * e + at(j)];
-  }
-  const double sy = xty[0];
+  // A component's prior: mean [1, bp], covariance spread C + sigma_0^2 e_b e_b' + sigma_s^2 v v', v = [1, 0, p].
+  auto component = [&](const double* bp, double spread) {
+    std::vector<double> theta(e, 1.0), s(e * e, 0.0), v(e, 0.0);
+    std::copy(bp, bp + d, theta.begin() + 1);
+    v[0] = 1.0;
+    std::copy(bp + 1, bp + d, v.begin() + 2);
+    for (std::size_t i = 0; i < d; ++i)
+      for (std::size_t j = 0; j < d; ++j) s[(i + 1) * e + j + 1] = spread * prior.covariance[i * d + j];
+    s[e + 1] += kFoldInOffsetStd * kFoldInOffsetStd;
+    for (std::size_t i = 0; i < e; ++i)
+      for (std::size_t j = 0; j < e; ++j) s[i * e + j] += kFoldInSlopeStd * kFoldInSlopeStd * v[i] * v[j];
+    return gaussian_posterior(m, theta, std::move(s), s2);
+  };
 
-  // (1) Bayesian fold-in of a = [g, b, p]: (W'W + s2 P) a = W'(y - mu) + s2 P m, with the prior mean m = [1, mean]
-  // and precision P = blockdiag(1 / sigma_g^2, prior.precision).
-  const std::vector<double>& prec = prior.precision;
-  std::vector<double> lhs(mom), rhs(e);
-  const double s2 = std::max(noise_var, 1e-12);
-  for (std::size_t i = 0; i < e; ++i) rhs[i] = wy[i] - mu * ws[i];
-  lhs[0] += s2 / (kFoldInScaleStd * kFoldInScaleStd);
-  rhs[0] += s2 / (kFoldInScaleStd * kFoldInScaleStd);
-  for (std::size_t i = 0; i < d; ++i)
-    for (std::size_t j = 0; j < d; ++j) {
-      lhs[(i + 1) * e + j + 1] += s2 * prec[i * d + j];
-      rhs[i + 1] += s2 * prec[i * d + j] * mean[j];
+  // Experts: all of a small population; of a large one the kMaxExperts whose rows, shifted by their best offset,
+  // fit the revealed entries best (the others would get negligible weight). O(n_pop e^2), then O(e^3) per component.
+  std::vector<std::int64_t> experts = prior.population;
+  if (experts.size() > kMaxExperts) {
+    const double nn = static_cast<double>(n);
+    std::vector<double> score(experts.size()), theta(e, 1.0);
+    for (std::size_t k = 0; k < experts.size(); ++k) {
+      std::copy(rows + experts[k] * dim, rows + experts[k] * dim + d, theta.begin() + 1);
+      double rsum = m.wt[1] - dot(m.gram.data() + e, theta.data(), e);  // sum of the residuals
+      score[k] = residual_ss(m, theta.data()) - rsum * rsum / nn;
     }
-  ridge_solve(lhs.data(), nullptr, rhs.data(), e);  // rhs = [g, b, p] of the Bayesian fold-in
+    std::vector<std::size_t> order(experts.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    auto better = [&](std::size_t a, std::size_t b) { return score[a] < score[b] || (score[a] == score[b] && a < b); };
+    std::partial_sort(order.begin(), order.begin() + kMaxExperts, order.end(), better);
+    std::vector<std::int64_t> best(kMaxExperts);
+    for (std::size_t k = 0; k < kMaxExperts; ++k) best[k] = experts[order[k]];
+    experts = std::move(best);
+  }
+  std::vector<FoldInPosterior> parts;
+  parts.reserve(experts.size() + 1);
+  parts.push_back(component(prior.mean.data(), kGlobalSpread));
+  for (std::int64_t r : experts) parts.push_back(component(rows + r * dim, kExpertSpread));
 
-  // (2) Device experts: centred simple regression of y on each population row's predictions.
-  const double tau = kExpertNoiseFactor * s2;
-  const double slope_ridge = tau / (kExpertSlopeStd * kExpertSlopeStd);  // prior s_r ~ N(1, sigma_s^2)
-  const double nn = static_cast<double>(n), ybar = sy / nn, syy_c = std::max(syy - sy * ybar, 0.0);
-  std::vector<double> alpha(np), slope(np), sse(np), aug(e);
-  double best = INFINITY;
-  for (std::size_t k = 0; k < np; ++k) {
-    const double* a = rows + population[k] * dim;
-    aug[0] = 1.0;
-    aug[1] = mu + a[0];
-    for (std::size_t i = 1; i < d; ++i) aug[i + 1] = a[i];
-    double sp = 0, spy = 0, spp = 0;
-    for (std::size_t i = 0; i < e; ++i) {
-      sp += aug[i] * ws[i];
-      spy += aug[i] * wy[i];
-      double t = 0;
-      for (std::size_t j = 0; j < e; ++j) t += mom[i * e + j] * aug[j];
-      spp += aug[i] * t;
-    }
-    const double pbar = sp / nn, sxx = std::max(spp - sp * pbar, 0.0), sxy = spy - sp * ybar;
-    slope[k] = (sxy + slope_ridge) / (sxx + slope_ridge);
-    alpha[k] = ybar - slope[k] * pbar;
-    sse[k] = std::max(syy_c - 2 * slope[k] * sxy + slope[k] * slope[k] * sxx, 0.0);
-    best = std::min(best, sse[k]);
+  double top = -INFINITY, total = 0;
+  for (const FoldInPosterior& p : parts) top = std::max(top, p.log_evidence);
+  std::vector<double> a(e, 0.0);
+  for (const FoldInPosterior& p : parts) {
+    const double w = std::exp(p.log_evidence - top);
+    total += w;
+    for (std::size_t i = 0; i < e; ++i) a[i] += w * p.mean[i];
   }
-  // Mixture of experts: sum_k w_k (alpha_k + s_k (mu + b_k + z0 + p_k . q)) = A + S z0 + P . q.
-  std::vector<double> pk(d, 0.0);
-  double total = 0, big_a = 0, big_s = 0;
-  for (std::size_t k = 0; k < np; ++k) {
-    const double wk = std::exp(-(sse[k] - best) / (2 * tau));
-    const double* a = rows + population[k] * dim;
-    total += wk;
-    big_a += wk * (alpha[k] + slope[k] * (mu + a[0]));
-    big_s += wk * slope[k];
-    for (std::size_t i = 1; i < d; ++i) pk[i] += wk * slope[k] * a[i];
-  }
-  // The experts' share fades once the entries outnumber the row's parameters (the linear fit is then determined).
-  const double beta = kExpertWeight * std::min(1.0, static_cast<double>(d) / nn);
-  out.params[0] = beta * big_a / total + (1 - beta) * (mu + rhs[1]) - mu;
-  for (std::size_t i = 1; i < d; ++i) out.params[i] = beta * pk[i] / total + (1 - beta) * rhs[i + 1];
-  out.scale = beta * big_s / total + (1 - beta) * rhs[0];
+  for (std::size_t i = 0; i < d; ++i) out.params[i] = a[i + 1] / total;
+  out.scale = a[0] / total;
   return out;
 }
 

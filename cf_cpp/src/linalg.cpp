@@ -17,14 +17,10 @@ double dot(const double* a, const double* b, std::size_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
-void ridge_solve(double* a, const double* ridge, double* b, std::size_t d) {
+void cholesky(double* a, std::size_t d) {
   double scale = 0;
-  for (std::size_t i = 0; i < d; ++i) {
-    if (ridge) a[i * d + i] += ridge[i];
-    scale = std::fmax(scale, std::fabs(a[i * d + i]));
-  }
+  for (std::size_t i = 0; i < d; ++i) scale = std::fmax(scale, std::fabs(a[i * d + i]));
   const double jitter = 1e-12 * (scale > 0 ? scale : 1.0);
-  // In-place Cholesky: lower triangle of a becomes L.
   for (std::size_t j = 0; j < d; ++j) {
     double s = a[j * d + j];
     for (std::size_t k = 0; k < j; ++k) s -= a[j * d + k] * a[j * d + k];
@@ -37,16 +33,26 @@ void ridge_solve(double* a, const double* ridge, double* b, std::size_t d) {
       a[i * d + j] = v / l;
     }
   }
+}
+
+void cholesky_solve(const double* l, double* b, std::size_t d) {
   for (std::size_t i = 0; i < d; ++i) {  // L y = b
     double v = b[i];
-    for (std::size_t k = 0; k < i; ++k) v -= a[i * d + k] * b[k];
-    b[i] = v / a[i * d + i];
+    for (std::size_t k = 0; k < i; ++k) v -= l[i * d + k] * b[k];
+    b[i] = v / l[i * d + i];
   }
   for (std::size_t i = d; i-- > 0;) {  // L^T x = y
     double v = b[i];
-    for (std::size_t k = i + 1; k < d; ++k) v -= a[k * d + i] * b[k];
-    b[i] = v / a[i * d + i];
+    for (std::size_t k = i + 1; k < d; ++k) v -= l[k * d + i] * b[k];
+    b[i] = v / l[i * d + i];
   }
+}
+
+void ridge_solve(double* a, const double* ridge, double* b, std::size_t d) {
+  if (ridge)
+    for (std::size_t i = 0; i < d; ++i) a[i * d + i] += ridge[i];
+  cholesky(a, d);
+  cholesky_solve(a, b, d);
 }
 
 }  // namespace cf::detail

@@ -71,8 +71,8 @@ class Model {
   // Log-space predictions into out[0..n).
   void predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const;
 
-  // Adds a row from its revealed entries against the fixed column model (Bayesian fold-in with the fitted rows'
-  // mean / covariance as prior, blended with rescaled fitted rows; see src/fold_in.h); returns its index.
+  // Adds a row from its revealed entries against the fixed column model (Bayesian fold-in with a mixture prior built
+  // from the fitted rows; see src/fold_in.h); returns its index.
   std::int64_t fold_in_row(const std::int64_t* cols, const double* values, std::size_t n);
 
   // Appends n new (cold) columns predicted from their features (null only when the model has no features).

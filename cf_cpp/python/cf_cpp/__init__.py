@@ -10,8 +10,9 @@ With features every column has a learned prior, so a column no row has measured 
 start) and a sparsely measured column is pulled toward its prior. Fitting is alternating least squares: deterministic
 for a seed, multi-threaded, identical for any thread count.
 
-A new row (device) is folded in from a few measurements without a refit: a Bayesian fold-in whose prior is the
-mean / covariance of the fitted rows, blended with the fitted rows rescaled to the measurements (a folded-in row may
+A new row (device) is folded in from a few measurements without a refit: a Bayesian fold-in whose prior is a
+mixture built from the fitted rows (one Gaussian around each fitted row, with a free offset and scale, and one around
+their mean), each component's posterior weighted by how well it explains the measurements (a folded-in row may
 scale the column bias: its coefficient is ``row_scales[r]``, 1 for fitted rows).
 
 Usage::

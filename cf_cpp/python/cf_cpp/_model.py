@@ -130,8 +130,9 @@ class CFModel:
     def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int:
         """Add a new row from a few measurements (no refit). Returns the new row index.
 
-        The row is a Bayesian fold-in against the fixed columns (prior: mean / covariance of the fitted rows) blended
-        with the fitted rows rescaled to the measurements and weighted by their fit (see docs/cf_cpp.md).
+        The row is a Bayesian fold-in against the fixed columns whose prior is a mixture built from the fitted rows
+        (one Gaussian around each, with a free offset and scale, and one around their mean), the components weighted
+        by their evidence (see docs/cf_cpp.md).
         """
         return int(self._core.fold_in_row(_index("cols", cols), _values("values", values)))
 
