@@ -190,8 +190,8 @@ class Session:
             binding.bind_output(name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
         try:
             self._session.run_with_iobinding(binding)
-        except Exception:  # noqa: BLE001 - ORT raises RuntimeError-like types; the plain run reports real errors
-            log.info("slice %s: output shapes vary for the same input shapes; not binding them", self.slice_id[:12])
+        except Exception as exc:  # noqa: BLE001 - ORT's own types; usually data-dependent output shapes
+            log.info("slice %s: bound run failed (%s); plain runs for these input shapes", self.slice_id[:12], exc)
             self._shapes[key] = None
             return None
         return dict(zip(names, placed, strict=True))

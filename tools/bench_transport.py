@@ -14,7 +14,8 @@ One run, loopback, everything measured against a baseline in the same run:
   the message limits raised); `codec` = a client that builds/reads protobuf objects (rr_proto.codec, what generic
   KServe clients such as tritonclient do).
 Methods are measured round robin within each repetition (this machine is shared and noisy); median round trip per
-size; `ratio_vs_socket` = socket RTT / method RTT (1.0 = as fast as the raw socket).
+size; `ratio_vs_socket` = socket RTT / method RTT (1.0 = as fast as the raw socket); `*_client_cpu_ms` = median CPU
+time of the client process per call (all threads: where a CPU-limited client spends the difference).
 Per-call overhead: median RTT of a 4-byte tensor via ModelInfer vs a bare gRPC unary call and the socket (also
 round robin; both ModelInfer clients include their encoding and decoding).
 With `--testbed-rate`, rr-server and the socket echo run in the testbed's server namespace (tools.testbed, own prefix
@@ -138,19 +139,24 @@ def serve_grpc_echo(port_file: Path) -> None:
     server.wait_for_termination()
 
 
-def round_robin(methods: dict, repeat: int) -> dict[str, float]:
+def round_robin(methods: dict, repeat: int, cpu: dict[str, float] | None = None) -> dict[str, float]:
     """Median seconds per call of each method, measured round robin (one call of each per repetition, so load
     changes on this shared machine hit every method alike), after one warm-up round. The order rotates by one
     method per repetition: a method's calls follow each of the others alike (the server of the method before
-    may still be cleaning up when the next one starts)."""
+    may still be cleaning up when the next one starts). `cpu`, when given, receives the median CPU seconds this
+    (client) process spent per call of each method, all its threads (grpcio's included)."""
     names = list(methods)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(repeat + 1):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             methods[name]()
             times[name].append(time.perf_counter() - t0)
+            cpu_times[name].append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.update({name: statistics.median(values[1:]) for name, values in cpu_times.items()})
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
@@ -214,10 +220,13 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         methods["model_infer_client"] = partial(client.infer, slice_id, {"x": x}, 60)
         methods["model_infer_framing_default_options"] = partial(framing_infer, framing_default, slice_id, x)
         methods["model_infer_codec"] = partial(codec_infer, kserve_tuned, slice_id, x)
-        medians = round_robin(methods, repeat)
+        cpu: dict[str, float] = {}
+        medians = round_robin(methods, repeat, cpu)
         row: dict = {"mb": size, "bytes": len(payload)}
         for name, value in medians.items():
             row[f"{name}_ms"] = 1e3 * value
+        for name, value in cpu.items():
+            row[f"{name}_client_cpu_ms"] = 1e3 * value
         for name in methods:
             if name != "socket":
                 row[f"{name}_ratio_vs_socket"] = row["socket_ms"] / row[f"{name}_ms"]
