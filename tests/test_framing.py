@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_codec import NUMERIC, sample
 
 from rr_proto import codec, framing
 from rr_proto.inference import grpc_service_pb2 as pb
-from tests.test_codec import NUMERIC, sample
 
 
 def _inputs() -> dict[str, np.ndarray]:
