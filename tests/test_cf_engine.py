@@ -110,7 +110,7 @@ def test_fold_in_recognises_a_rescaled_copy_of_a_fitted_device(offset, slope, n)
 
 
 def test_fold_in_recognises_a_device_in_a_population_larger_than_the_scored_experts() -> None:
-    # 60 fitted devices: more than the 32 experts the fold-in scores exactly (it keeps the best by a cheap fit).
+    # 60 fitted devices: more than the 16 experts the fold-in scores exactly (it keeps the best by a cheap fit).
     rows, cols, values, truth, x = synthetic(n_rows=60, fill=0.5, seed=3)
     model = CFModel(rank=4, iterations=15).fit(rows, cols, values, 60, 150, col_features=x)
     new_truth = 0.3 + truth[47]

@@ -76,20 +76,21 @@ FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<dou
   cholesky(l.data(), e);  // lower triangle: L
   std::vector<double> r(e), ml(e * e, 0.0), lhs(e * e, 0.0), u(e, 0.0);
   for (std::size_t i = 0; i < e; ++i) r[i] = m.wt[i] - dot(m.gram.data() + i * e, theta.data(), e);  // W'r
+  // Row-wise loops (contiguous inner index) over the lower triangle of L.
   for (std::size_t i = 0; i < e; ++i)  // ml = W'W L
-    for (std::size_t j = 0; j < e; ++j) {
-      double v = 0;
-      for (std::size_t k = j; k < e; ++k) v += m.gram[i * e + k] * l[k * e + j];
-      ml[i * e + j] = v;
+    for (std::size_t k = 0; k < e; ++k) {
+      const double g = m.gram[i * e + k];
+      for (std::size_t j = 0; j <= k; ++j) ml[i * e + j] += g * l[k * e + j];
     }
-  for (std::size_t i = 0; i < e; ++i) {  // lhs = s2 I + L' ml, u = L' W'r
-    for (std::size_t j = 0; j <= i; ++j) {
-      double v = 0;
-      for (std::size_t k = i; k < e; ++k) v += l[k * e + i] * ml[k * e + j];
-      lhs[i * e + j] = lhs[j * e + i] = v;
+  for (std::size_t k = 0; k < e; ++k)  // lower triangle of L' ml, u = L' W'r
+    for (std::size_t i = 0; i <= k; ++i) {
+      const double lki = l[k * e + i];
+      for (std::size_t j = 0; j <= i; ++j) lhs[i * e + j] += lki * ml[k * e + j];
+      u[i] += lki * r[k];
     }
+  for (std::size_t i = 0; i < e; ++i) {  // lhs = s2 I + L' ml (symmetric)
     lhs[i * e + i] += s2;
-    for (std::size_t k = i; k < e; ++k) u[i] += l[k * e + i] * r[k];
+    for (std::size_t j = 0; j < i; ++j) lhs[j * e + i] = lhs[i * e + j];
   }
   const std::vector<double> ltr = u;
   cholesky(lhs.data(), e);
@@ -130,12 +131,22 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
   // fit the revealed entries best (the others would get negligible weight). O(n_pop e^2), then O(e^3) per component.
   std::vector<std::int64_t> experts = prior.population;
   if (experts.size() > kMaxExperts) {
+    // score = sum r^2 - (sum r)^2 / n, r = t - w . theta: the residual sum of squares after the best offset.
     const double nn = static_cast<double>(n);
+    const double* g = m.gram.data();
     std::vector<double> score(experts.size()), theta(e, 1.0);
     for (std::size_t k = 0; k < experts.size(); ++k) {
       std::copy(rows + experts[k] * dim, rows + experts[k] * dim + d, theta.begin() + 1);
-      double rsum = m.wt[1] - dot(m.gram.data() + e, theta.data(), e);  // sum of the residuals
-      score[k] = residual_ss(m, theta.data()) - rsum * rsum / nn;
+      double quad = 0, lin = 0, sum = 0;
+      for (std::size_t i = 0; i < e; ++i) {
+        double gi = 0;
+        for (std::size_t j = 0; j < e; ++j) gi += g[i * e + j] * theta[j];
+        quad += theta[i] * gi;
+        lin += theta[i] * m.wt[i];
+        sum += theta[i] * g[e + i];  // row 1 of the gram: the sums of the regressors
+      }
+      const double rsum = m.wt[1] - sum;
+      score[k] = m.tt - 2 * lin + quad - rsum * rsum / nn;
     }
     std::vector<std::size_t> order(experts.size());
     std::iota(order.begin(), order.end(), std::size_t{0});

@@ -28,7 +28,7 @@ constexpr double kExpertSpread = 0.2;          // lambda_e: an expert's share of
 constexpr double kGlobalSpread = 1.0;          // lambda_g: the global component's share of C
 constexpr double kFoldInOffsetStd = 1.0;       // sigma_0: prior std of a free offset (log units)
 constexpr double kFoldInSlopeStd = 0.2;        // sigma_s: prior std of the column-profile scale around 1
-constexpr std::size_t kMaxExperts = 32;        // experts evaluated exactly (the best by a cheap score)
+constexpr std::size_t kMaxExperts = 16;        // experts evaluated exactly (the best by a cheap score)
 
 struct FoldedRow {
   std::vector<double> params;  // [b, p], dim values
