@@ -29,6 +29,7 @@ FILLS = (0.05, 0.1, 0.3, 0.5)
 TARGETS = {"random_within10": 95.0, "random_log_rmse": 0.05, "new_row_within10": 85.0}
 BASELINES = ("biases_only", "mf_no_features", "neurosurgeon")
 CEILING_REVEALS = (10, 30, 100, 300)  # new-row on oneproxy_nb201 with many revealed entries: the fold-in ceiling
+MANY_SEEDS = 50  # the new-row target also as a mean over seeds 0..49 (3 seeds hold out only 12 of the 18 devices)
 
 
 def per_row_within10(m: Matrix, fill: float, seed: int) -> dict[str, float]:
@@ -71,14 +72,22 @@ def per_device_new_row(m: Matrix, fill: float, seeds: int) -> dict[str, dict[str
 
 DISCUSSION = """## Reading the results
 
-* **new-row target not reached.** The fold-in (`cf_cpp/src/fold_in.h`) is a Bayesian solve whose prior is the
-  mean and covariance of the fitted devices' parameters, blended with the fitted devices rescaled to the revealed
-  entries and weighted by their fit; it is solved against column factors learned from the other (here 14) very
-  heterogeneous devices (CPU, GPU, DSP, VPU, Edge TPU, FPGA and Eyeriss estimates). The per-device table shows why
-  10 entries stay far from 85% on seeds 0..2: rice_pixel3, held out in all three seeds, reaches only about 78%
-  even with all its entries revealed (it is the noisiest device, 77% in the random protocol too), and the devices
-  unlike any training device (rice_edgegpu, rice_eyeriss) need far more than 10 entries; the figure depends
-  strongly on which devices a seed holds out (docs/cf_cpp.md gives a 50-seed mean). Closing the gap needs
+* **new-row target not reached.** The fold-in (`cf_cpp/src/fold_in.h`) gives the new device a mixture prior built
+  from the fitted devices: one Gaussian per fitted device ("like device r up to an offset and a scale, plus a small
+  move along the directions in which devices differ") and one for the population as a whole; the revealed entries
+  weight each component's posterior by its evidence. It is solved against column factors learned from the other
+  (here 14) very heterogeneous devices (CPU, GPU, DSP, VPU, Edge TPU, FPGA and Eyeriss estimates). The measured
+  figure is the first one in the Targets table (seeds 0..2, as every other cell); the row below it is the mean over
+  seeds 0..49, since 3 seeds hold out only 12 of the 18 devices and the figure depends strongly on which. The
+  per-device table shows why 10 entries stay far from 85% on seeds 0..2: rice_pixel3, held out in all three seeds,
+  reaches only about 78% even with all its entries revealed (it is the noisiest device, 77% in the random protocol
+  too), and the devices unlike any training device (rice_edgegpu, rice_eyeriss) need far more than 10 entries: the
+  many-revealed table needs about 100 entries to pass 85% on these seeds. Fold-ins tried on tuning seeds 100-149 and
+  not better than this one (all within about 1 point of it at 10 entries): a Gaussian-process prior on the column
+  profiles of the fitted devices (with a free offset, a per-row choice of its scale by marginal likelihood or
+  leave-one-out error, and a robust Huber weighting), an extra linear kernel on the column features, a mixture over
+  pairs of rescaled devices, experts weighted by leave-one-out error, a per-row leave-one-out stacking of these, a
+  raw-space (additive) rescaling of the devices, and other ranks / regularisations of the fit. Closing the gap needs
   devices similar to the new one in the matrix (in RoaD-RuNNer: earlier nodes of the same class), more revealed
   blocks (the default sample p = 0.3 of a model's blocks is far more than 10) and a refit once the new node has
   reported.
@@ -106,6 +115,7 @@ def run(seeds: int) -> dict:
         results["cold-col"][name] = evaluate(m, "cold-col", 0.3, seeds)
         if name == "oneproxy_nb201":
             results["new_row_ceiling"] = evaluate(m, "new-row", 0.3, seeds, ("cf_cpp",), CEILING_REVEALS)
+            results["new_row_many_seeds"] = evaluate(m, "new-row", 0.3, MANY_SEEDS, ("cf_cpp",), (10,))
             results["per_device_random_0.3_seed0"] = per_row_within10(m, 0.3, 0)
             results["per_device_new_row_0.3"] = per_device_new_row(m, 0.3, seeds)
     return results
@@ -181,8 +191,15 @@ def render(results: dict, elapsed_s: float) -> str:
         f"{ok(nb['log_rmse'] <= TARGETS['random_log_rmse'])} |",
         f"| oneproxy_nb201, new-row, 10 revealed: within10 >= 85% | {nr['within10']:.2f}% | "
         f"{ok(nr['within10'] >= TARGETS['new_row_within10'])} |",
-        "",
     ]
+    many = results.get("new_row_many_seeds")  # absent in reports written before it existed
+    if many:
+        nm, sd = many["methods"]["cf_cpp"]["within10"], many["methods_std"]["cf_cpp"]["within10"]
+        lines.append(
+            f"| the same, mean of seeds 0..{many['seeds'] - 1} (std over seeds {sd:.1f}) | {nm:.2f}% | "
+            f"{ok(nm >= TARGETS['new_row_within10'])} |"
+        )
+    lines.append("")
     for key, spec, low, title in (("within10", ".1f", False, "within10 (%)"), ("log_rmse", ".4f", True, "log_rmse")):
         lines += [f"## Random protocol: {title}", ""]
         rows = [(n, rep) for n, by in results["random"].items() for rep in by.values()]
