@@ -111,6 +111,7 @@ def model_pb(m: ModelMeasurement) -> pb.ModelProfile:
         latency=latency_pb(m.latency),
         sum_of_blocks_ms=m.sum_of_blocks_ms,
         energy_source=m.energy_source if m.energy_mJ is not None else "",
+        slice_id=m.slice_id,
     )
     if m.energy_mJ is not None:
         model.energy_mj = m.energy_mJ

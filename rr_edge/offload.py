@@ -49,6 +49,7 @@ class Costs:
     downlink: NetworkModel
     power: PowerSpec
     upload: NetworkModel | None = None  # measured whole slice uploads (None: costed with the uplink)
+    cloud_correction: float = 1.0  # the server's whole-model latency over the sum of its block predictions
 
     @property
     def energy_source(self) -> str:
@@ -89,6 +90,7 @@ class PlanReport:
             "energy_source": self.costs.energy_source,
             "provenance": self.costs.provenance_counts(),
             "e2e_correction": self.costs.e2e_correction,
+            "cloud_correction": self.costs.cloud_correction,
             **self.extras,
         }
 
@@ -119,7 +121,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     signatures = [b.signature for b in graph.blocks]
     features = [features_of(b) for b in graph.blocks]
     edge = client.predict(node_id, signatures, features, model=graph.model)
-    cloud = client.predict(client.server_info().cloud_node_id, signatures, features)
+    cloud = client.predict(client.server_info().cloud_node_id, signatures, features, model=graph.model)
     missing = [
         s
         for s in signatures
@@ -132,10 +134,12 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
             "profile the model on this node first, or retry once the server has refitted"
         )
     edge_preds = tuple(edge.by_signature[s] for s in signatures)
+    cloud_preds = tuple(cloud.by_signature[s] for s in signatures)
     return Costs(
         edge=edge_preds,
-        cloud=tuple(cloud.by_signature[s] for s in signatures),
+        cloud=cloud_preds,
         e2e_correction=e2e_correction(edge.model_latency_ms, edge_preds, edge.e2e_correction),
+        cloud_correction=e2e_correction(cloud.model_latency_ms, cloud_preds, 1.0),
         uplink=NetworkModel.from_dict(profile.uplink.model),
         downlink=NetworkModel.from_dict(profile.downlink.model),
         power=power,
@@ -177,6 +181,7 @@ def plan_inputs(
         cached_slices=frozenset(cached),
         amortize_over=amortize_over,
         e2e_correction=costs.e2e_correction,
+        cloud_correction=costs.cloud_correction,
         upload=costs.upload,
     )
 

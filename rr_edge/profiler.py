@@ -134,6 +134,7 @@ class ProfileResult:
     energy_measured: bool
     elapsed_s: float = 0.0
     slices: dict[str, bytes] = field(default_factory=dict, repr=False)
+    model_bytes: bytes | None = field(default=None, repr=False)  # the whole model, for the server to time
 
     def to_json(self, node: str = "") -> dict[str, Any]:
         """The `rr-edge profile --json` object (SPEC section 6) plus extras."""
@@ -333,9 +334,10 @@ def profile_model(
         )
         log.debug("block %d %s: median %.3f ms cv %.3f", block.index, sig[:12], latency.median_ms, latency.cv)
     del timeds
-    model_run = None
+    model_run, whole = None, None
     if cfg.whole_model:
-        model_run = _whole_model(model, graph, slicer, medians, s, meter, cfg, progress)
+        whole = model.SerializeToString()
+        model_run = _whole_model(whole, graph, slicer, medians, s, meter, cfg, progress)
     return ProfileResult(
         model=graph.model,
         seed=seed,
@@ -348,11 +350,12 @@ def profile_model(
         energy_measured=bool(meter is not None and meter.measured),
         elapsed_s=time.perf_counter() - started,
         slices=slices,
+        model_bytes=whole,
     )
 
 
 def _whole_model(
-    model: onnx.ModelProto,
+    model_bytes: bytes,
     graph: BlockGraph,
     slicer: Slicer,
     medians: dict[str, float],
@@ -371,7 +374,7 @@ def _whole_model(
         medians[block.signature] = float(np.median(times))
     if progress:
         progress("model", 0, 1, graph.model)
-    whole = _Timed(model.SerializeToString(), settings, graph.model)
+    whole = _Timed(model_bytes, settings, graph.model)
     [(latency, energy)] = _measure_rounds([whole], cfg.e2e_timing, meter)
     if progress:
         progress("model", 1, 1, graph.model)
@@ -392,8 +395,9 @@ def report_profile(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     progress: Progress | None = None,
 ) -> tuple[int, int]:
-    """Upload each profiled block's slice up to `max_upload_bytes` (setting its `slice_id`), then stream the
-    layer and whole-model reports. Updates `result.layers` in place; returns the server's accepted counts."""
+    """Upload each profiled block's slice up to `max_upload_bytes` (setting its `slice_id`), and the whole model
+    when it was run whole and fits the limit too (the server then times it: the cloud's whole-model latency), then
+    stream the layer and whole-model reports. Updates `result` in place; returns the server's accepted counts."""
     if upload_slices:
         limit = max_upload_bytes
         try:
@@ -413,6 +417,10 @@ def report_profile(
             result.layers[k] = replace(layer, slice_id=uploaded.slice_id)
         if progress:
             progress("upload", len(result.layers), len(result.layers), "")
+        whole = result.model_bytes
+        if result.model_run is not None and whole is not None and len(whole) <= limit:
+            uploaded = client.upload_slice(whole, label=result.model)
+            result.model_run = replace(result.model_run, slice_id=uploaded.slice_id)
     models = [result.model_run] if result.model_run is not None else []
     return client.report_layer_profiles(node_id, result.settings, result.layers, models)
 

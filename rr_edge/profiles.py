@@ -84,6 +84,7 @@ class ModelMeasurement:
     sum_of_blocks_ms: float
     energy_mJ: float | None
     energy_source: str
+    slice_id: str = ""  # the whole model as uploaded, for the server to time it (empty: not uploaded)
 
     @property
     def e2e_ratio(self) -> float:
@@ -98,6 +99,7 @@ class ModelMeasurement:
             "e2e_over_sum_of_blocks": self.e2e_ratio,
             "energy_mJ": self.energy_mJ,
             "energy_source": self.energy_source,
+            "slice_id": self.slice_id or None,
         }
 
 

@@ -2,7 +2,9 @@
 
 When an edge reports a layer profile that names the slice of that block (already uploaded), the signature is queued
 here; a background worker times the slice (warm-up, then repeated runs) and stores the result as a measurement of the
-cloud node with source `cloud-profiler`. Each signature is timed once per server data dir.
+cloud node with source `cloud-profiler`. A reported whole-model run that names the model's slice is timed the same
+way and stored as the cloud node's run of that model (its whole-model latency; the edge calibrates the cloud's block
+predictions with it). Each signature and each model is timed once per server data dir.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rr_server.errors import ServerError
-from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement
+from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement, ModelRun
 from rr_server.sessions import SessionPool, random_inputs
 from rr_server.slices import SliceStore
 from rr_server.storage import Storage
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WARMUP = 3
 DEFAULT_RUNS = 20
 DEFAULT_MAX_SECONDS = 5.0
+BLOCK, MODEL = "block", "model"
 
 
 class CloudProfiler:
@@ -49,8 +52,8 @@ class CloudProfiler:
         self._on_measured = on_measured
         self._runs = runs
         self._warmup = warmup
-        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
-        self._pending: set[str] = set()
+        self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
+        self._pending: set[tuple[str, str]] = set()  # (BLOCK, signature) or (MODEL, model name)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._worker, name="rr-cloud-profiler", daemon=True)
@@ -65,13 +68,19 @@ class CloudProfiler:
 
     def submit(self, signature: str, slice_id: str) -> bool:
         """Queue a block for timing unless the cloud node measured it already; returns whether it was queued."""
+        done = signature in set(self._storage.measured_signatures(self.node_id))
+        return self._enqueue(BLOCK, signature, slice_id, done)
+
+    def submit_model(self, model: str, slice_id: str) -> bool:
+        """Queue a whole model for timing unless the cloud node ran it already; returns whether it was queued."""
+        return self._enqueue(MODEL, model, slice_id, self._storage.model_latency(self.node_id, model) is not None)
+
+    def _enqueue(self, kind: str, key: str, slice_id: str, done: bool) -> bool:
         with self._lock:
-            if signature in self._pending:
+            if done or (kind, key) in self._pending:
                 return False
-            if signature in set(self._storage.measured_signatures(self.node_id)):
-                return False
-            self._pending.add(signature)
-        self._queue.put((signature, slice_id))
+            self._pending.add((kind, key))
+        self._queue.put((kind, key, slice_id))
         return True
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -83,19 +92,29 @@ class CloudProfiler:
             item = self._queue.get()
             if item is None:
                 return
-            signature, slice_id = item
+            kind, key, slice_id = item
             try:
-                self._measure(signature, slice_id)
+                if kind == MODEL:
+                    self._measure_model(key, slice_id)
+                else:
+                    self._measure(key, slice_id)
             except ServerError as exc:
-                log.warning("cloud profiling of %s skipped: %s", signature[:16], exc)
+                log.warning("cloud profiling of %s %s skipped: %s", kind, key[:16], exc)
             except Exception:  # noqa: BLE001 - a bad slice must not stop the worker
-                log.exception("cloud profiling of %s failed", signature[:16])
+                log.exception("cloud profiling of %s %s failed", kind, key[:16])
             finally:
                 with self._idle:
-                    self._pending.discard(signature)
+                    self._pending.discard((kind, key))
                     self._idle.notify_all()
 
-    def _measure(self, signature: str, slice_id: str) -> None:
+    def _measure_model(self, model: str, slice_id: str) -> None:
+        times, provider = self._time(slice_id)
+        run = ModelRun(self.node_id, model, float(statistics.median(times)), 0.0, measured_at=time.time())
+        self._storage.add_reports([], {}, {}, [run])  # sum_of_blocks 0: no ratio, only the whole-model latency
+        log.info("cloud node timed model %s whole: %.3f ms on %s", model, run.latency_ms, provider)
+
+    def _time(self, slice_id: str) -> tuple[list[float], str]:
+        """Per-run times (ms) of a slice on random inputs after warm-up, and the provider it ran on."""
         info = self._slices.require(slice_id)
         session = self._sessions.get(slice_id, info.path)
         inputs = random_inputs(session)
@@ -107,6 +126,10 @@ class CloudProfiler:
             t0 = time.perf_counter()
             session.run(inputs)
             times.append(1e3 * (time.perf_counter() - t0))
+        return times, session.providers[0]
+
+    def _measure(self, signature: str, slice_id: str) -> None:
+        times, provider = self._time(slice_id)
         arr = np.asarray(times)
         mean = float(arr.mean())
         m = Measurement(
@@ -118,9 +141,9 @@ class CloudProfiler:
             cv=float(arr.std() / mean) if mean > 0 else 0.0,
             samples=len(times),
             source=SOURCE_CLOUD_PROFILER,
-            settings={"execution_provider": session.providers[0]},
+            settings={"execution_provider": provider},
             measured_at=time.time(),
         )
         self._storage.add_reports([m], {}, {}, [])
-        log.info("cloud node timed %s: %.3f ms on %s", signature[:16], m.latency_ms, session.providers[0])
+        log.info("cloud node timed %s: %.3f ms on %s", signature[:16], m.latency_ms, provider)
         self._on_measured()

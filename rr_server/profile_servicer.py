@@ -61,6 +61,7 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         runs: list[ModelRun] = []
         features: dict[str, Features] = {}
         slice_ids: dict[str, str] = {}
+        model_slices: dict[str, str] = {}
         checked: set[str] = set()
         for k, request in enumerate(request_iterator):
             if k >= MAX_ITEMS_PER_REPORT:
@@ -80,6 +81,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                     slice_ids[layer.signature] = check_slice_id(layer.slice_id)
             elif which == "model":
                 runs.append(_check_run(model_run_from_pb(request.node_id, request.model, now)))
+                if request.model.slice_id:
+                    model_slices[request.model.model] = check_slice_id(request.model.slice_id)
             else:
                 raise InvalidArgument(f"report item {k} carries neither a layer nor a model profile")
         self._storage.add_reports(measurements, features, slice_ids, runs)
@@ -88,6 +91,9 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
             for signature, slice_id in slice_ids.items():
                 if self._slices.get(slice_id) is not None:
                     self._cloud.submit(signature, slice_id)
+            for model, slice_id in model_slices.items():
+                if self._slices.get(slice_id) is not None:
+                    self._cloud.submit_model(model, slice_id)
         return rr.ReportLayerProfilesResponse(accepted_layers=len(measurements), accepted_models=len(runs))
 
     def ReportNetworkProfile(self, request, context):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -77,6 +78,14 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     prof = rr_edge("profile", str(path), *common, "--sample", "0.3", "--seed", "1", "--json", "--min-runs", "3",
                    "--min-time", "0.05")  # fmt: skip
     assert len(prof["profiled"]) >= 1
+    # the whole model went up too: the server times it for the cloud's calibration (cloud_correction below)
+    assert prof["whole_model"]["slice_id"] == hashlib.sha256(load_model(path).SerializeToString()).hexdigest()
+    with Client(server.address) as client:
+        cloud, first = client.server_info().cloud_node_id, prof["profiled"][0]["signature"]
+        deadline = time.monotonic() + 120
+        while client.predict(cloud, [first], model=prof["model"]).model_latency_ms <= 0:
+            assert time.monotonic() < deadline, "the server never timed the whole model"
+            time.sleep(0.2)
     plan = rr_edge("plan", str(path), *common, "--json", "--plot", str(tmp_path / "p.png"))
     n = plan["blocks"]
     assert n == len(analyze(load_model(path)).blocks)
@@ -98,6 +107,7 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     # block predictions are calibrated to the measured whole model: all-local is predicted as profiled
     whole_ms = prof["whole_model"]["latency_ms"]["median"]
     assert plan["baselines"]["offload_none"]["latency_ms"] == pytest.approx(whole_ms, rel=1e-9)
+    assert plan["cloud_correction"] > 0 and plan["cloud_correction"] != 1.0
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
     np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32))

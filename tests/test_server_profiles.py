@@ -257,3 +257,33 @@ def test_cloud_node_times_reported_slices(env):
     assert m.source == "cloud-profiler" and m.latency_ms > 0 and m.samples >= 3
     answer = stubs.predictions.Predict(rr.PredictRequest(node_id="cloud", signatures=["convsig"]), timeout=5)
     assert answer.predictions[0].latency_provenance == rr.PROVENANCE_MEASURED
+
+
+def test_cloud_node_times_a_reported_whole_model_once(env):
+    """A model run that names the uploaded whole model: the server times it on its own provider and answers its
+    whole-model latency for the cloud node (what the edge calibrates the cloud's block predictions with)."""
+    server, stubs = env
+    register(stubs, "pi4")
+    whole = conv_model(seed=6)
+    stubs.upload(whole)
+
+    def run(slice_id: str) -> rr.ReportLayerProfilesRequest:
+        profile = rr.ModelProfile(model="convnet", latency=rr.LatencyStats(median_ms=9.0), sum_of_blocks_ms=10.0,
+                                  slice_id=slice_id)  # fmt: skip
+        return rr.ReportLayerProfilesRequest(node_id="pi4", model=profile)
+
+    def cloud_latency() -> float:
+        request = rr.PredictRequest(node_id="cloud", signatures=["s"], features=[features(0)], model="convnet")
+        return stubs.predictions.Predict(request, timeout=5).model_latency_ms
+
+    stubs.profiles.ReportLayerProfiles(iter([run(sha256(whole))]), timeout=10)
+    assert server.cloud_profiler.wait_idle(30)
+    first = cloud_latency()
+    assert first > 0
+    assert server.storage.e2e_correction("cloud", "convnet") == 1.0  # a whole-model time only, no ratio
+    assert not server.cloud_profiler.submit_model("convnet", sha256(whole))  # timed once per data dir
+    stubs.profiles.ReportLayerProfiles(iter([run(sha256(whole))]), timeout=10)
+    assert server.cloud_profiler.wait_idle(30) and cloud_latency() == first
+    with pytest.raises(grpc.RpcError) as err:  # a malformed slice id is refused with the report
+        stubs.profiles.ReportLayerProfiles(iter([run("not-a-sha")]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

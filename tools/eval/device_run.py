@@ -79,7 +79,14 @@ def _stats(d: dict[str, float]) -> LatencyStats:
 
 
 def sampled_result(
-    name: str, graph: Any, slicer: Slicer, gt: dict[str, Any], measured: set[str], sample: float, seed: int
+    name: str,
+    graph: Any,
+    slicer: Slicer,
+    gt: dict[str, Any],
+    measured: set[str],
+    sample: float,
+    seed: int,
+    model_bytes: bytes | None = None,
 ) -> ProfileResult:
     """The ProfileResult `rr-edge profile --sample p` would report, built from the ground-truth measurements."""
     signatures = [b.signature for b in graph.blocks]
@@ -118,6 +125,7 @@ def sampled_result(
         "model",
         False,
         slices=slices,
+        model_bytes=model_bytes,
     )
 
 
@@ -144,6 +152,7 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
             measured,
             spec["sample"],
             _seed(spec["seed"], node, k),
+            Path(path).read_bytes(),
         )
         report_profile(client, node, result, max_upload_bytes=spec.get("max_upload_mb", 2048) * 1024 * 1024)
         out["models"][name] = {
@@ -172,14 +181,17 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
 
 
 def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
-    """Poll the cloud node's provenance until every expected signature is measured (or nothing moves for long)."""
+    """Poll the cloud node until every expected signature is measured and every model timed whole (or nothing moves
+    for long)."""
     switch.free()
     client = connect(spec["server"])
     cloud = client.server_info().cloud_node_id
     expected = set(spec["signatures"])
     features: dict[str, Any] = {}
+    first_block: dict[str, str] = {}
     for name, path in spec["models"].items():
         graph = analyze(load_model(path), name)
+        first_block[name] = graph.blocks[0].signature
         for b in graph.blocks:
             features.setdefault(b.signature, features_of(b))
     sigs = sorted(features)
@@ -187,10 +199,11 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     while True:
         preds = client.predict(cloud, sigs, [features[s] for s in sigs]).by_signature
         done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
-        if len(done) != last_count:
-            last_count, last_change = len(done), time.monotonic()
+        whole = {m for m, s in first_block.items() if client.predict(cloud, [s], model=m).model_latency_ms > 0}
+        if len(done) + len(whole) != last_count:
+            last_count, last_change = len(done) + len(whole), time.monotonic()
         if (
-            expected <= done
+            (expected <= done and whole == set(first_block))
             or time.monotonic() - last_change > spec.get("stall_s", 30)
             or time.monotonic() - start > spec.get("max_s", 900)
         ):
@@ -201,6 +214,7 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
         "expected": len(expected),
         "measured": len(done & expected),
         "cloud_measured_total": len(done),
+        "models_timed_whole": len(whole),
         "waited_s": time.monotonic() - start,
     }
 
