@@ -62,7 +62,7 @@ test-all: setup lint-proto $(DOCTEST)
 check: setup lint-proto
 	$(VENV)/bin/ruff format --check rr_edge rr_server rr_proto/codec.py rr_proto/framing.py tools tests
 	$(VENV)/bin/ruff check rr_edge rr_server rr_proto/codec.py rr_proto/framing.py tools tests
-	$(VENV)/bin/mypy rr_edge rr_server rr_proto/codec.py rr_proto/framing.py
+	$(VENV)/bin/mypy rr_edge rr_server rr_proto/codec.py rr_proto/framing.py rr_proto/allocator.py
 
 # Benchmarks (tools/, JSON on stdout; figures and how to read them in docs/performance.md).
 bench: setup

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from rr_proto.framing import tune_allocator  # here, not at the top: `rr-edge --help` stays fast
+    from rr_proto.allocator import tune_allocator  # here, not at the top: `rr-edge --help` stays fast
 
     tune_allocator()  # big tensors reuse heap memory instead of fresh pages per call; RR_MALLOC_TUNING=0 opts out
     try:

@@ -31,8 +31,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,7 +56,6 @@ __all__ = [
     "serialize_infer_response",
     "serialize_stream_item",
     "split_field",
-    "tune_allocator",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,10 +65,6 @@ RAW_OUTPUT_FIELD = 6  # ModelInferResponse.raw_output_contents
 INFER_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
 ERROR_MESSAGE_FIELD = 1  # ModelStreamInferResponse.error_message
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
-
-MALLOC_TUNING_ENV = "RR_MALLOC_TUNING"  # "0" (or off/false/no) leaves glibc's allocator as it is
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc <malloc.h> mallopt parameters
-MALLOC_KEEP_BYTES = 1 << 30  # allocations below this come from the heap; freed heap memory up to this is kept
 
 
 class FramingError(codec.CodecError):
@@ -348,38 +341,3 @@ def parse_stream_item(data: bytes) -> StreamItem:
         return StreamItem(parse_infer_response(inner[0]), error_message)
     merged = parse_infer_response(b"".join(inner))  # rare: protobuf merges repeated occurrences of a message field
     return StreamItem(merged, error_message)
-
-
-# -- allocator -------------------------------------------------------------------------------------------------------
-
-
-def tune_allocator(environ: Mapping[str, str] = os.environ) -> bool:
-    """Make glibc's malloc reuse the memory of big messages instead of mapping fresh pages for each one.
-
-    Every ModelInfer of an N-byte tensor allocates several N-byte buffers per process (grpcio copies a message into
-    and out of its own slices; framing joins the request or response). By default glibc serves allocations above
-    its mmap threshold (dynamic, at most 32 MB) with a fresh `mmap` and unmaps them on free, and each thread but the
-    main one allocates from its own arena, whose heaps cannot hold a block above 64 MB, so those are mmapped too:
-    every call then page-faults and zeroes every page again (half of the client's CPU time at 16 MB in a perf
-    profile; docs/performance.md, "Server and transport"). This sets, process-wide: the mmap threshold and the trim
-    threshold to `MALLOC_KEEP_BYTES` (1 GiB: big buffers come from the heap, and freed heap memory stays for the
-    next call) and one arena for all threads (so a server thread's 64 MB message is a heap block too).
-
-    Cost: the process keeps its peak heap (up to 1 GiB free) instead of returning it to the system after a burst
-    of big messages, and threads share one malloc lock. Called first thing by the `rr-server` and `rr-edge` entry
-    points; not by the library (an embedding application decides for its own process). Set `RR_MALLOC_TUNING=0`
-    to opt out. Returns True when the setting was applied (glibc only; other C libraries are left alone).
-    """
-    if environ.get(MALLOC_TUNING_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
-        return False
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES), (_M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES), (_M_ARENA_MAX, 1))
-    applied = all([mallopt(param, value) == 1 for param, value in settings])
-    log.debug("malloc tuning for large messages %s", "applied" if applied else "partly refused by glibc")
-    return applied

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from rr_proto.framing import tune_allocator
+from rr_proto.allocator import tune_allocator
 from rr_server.config import DEFAULT_CLI_DRAIN_S, DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
 from rr_server.server import Server
 

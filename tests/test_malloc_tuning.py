@@ -1,4 +1,4 @@
-"""rr_proto.framing.tune_allocator: after it, big buffers are heap blocks reused across calls (not fresh mmaps),
+"""rr_proto.allocator.tune_allocator: after it, big buffers are heap blocks reused across calls (not fresh mmaps),
 in every thread; RR_MALLOC_TUNING=0 opts out; both entry points (rr-server, rr-edge) apply it at start."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rr_proto import framing
+from rr_proto import allocator
 
 REPO = Path(__file__).resolve().parents[1]
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-only")
@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # mmapped blocks (mallinfo2().hblkhd) while each buffer is alive.
 _PROBE = """
 import ctypes, json, sys, threading
-from rr_proto import framing
+from rr_proto import allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -29,7 +29,7 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
-applied = framing.tune_allocator()
+applied = allocator.tune_allocator()
 mmapped = []
 
 def big() -> None:
@@ -68,7 +68,7 @@ def test_opt_out_leaves_glibc_defaults() -> None:
 
 def test_opt_out_values() -> None:
     for value in ("0", "off", "False", " no "):
-        assert framing.tune_allocator({"RR_MALLOC_TUNING": value}) is False
+        assert allocator.tune_allocator({"RR_MALLOC_TUNING": value}) is False
 
 
 def test_rr_server_entry_point_tunes_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_rr_edge_entry_point_tunes_first(monkeypatch: pytest.MonkeyPatch, tmp_pa
     from rr_edge import cli
 
     calls: list[bool] = []
-    monkeypatch.setattr(framing, "tune_allocator", lambda: calls.append(True))
+    monkeypatch.setattr(allocator, "tune_allocator", lambda: calls.append(True))
     assert cli.main(["blocks", str(tmp_path / "missing.onnx")]) != 0
     assert calls == [True]
 

@@ -21,7 +21,7 @@ round robin; both ModelInfer clients include their encoding and decoding).
 With `--testbed-rate`, rr-server and the socket echo run in the testbed's server namespace (tools.testbed, own prefix
 `rrt`, created and removed by the run) and the client in an edge namespace behind veth + tbf at that rate (667mbit =
 80 MB/s of payload); the bare gRPC echo is skipped there. Prints one JSON object.
-Every process runs with `rr_proto.framing.tune_allocator()` as `rr-server` and `rr-edge` do (`RR_MALLOC_TUNING=0`
+Every process runs with `rr_proto.allocator.tune_allocator()` as `rr-server` and `rr-edge` do (`RR_MALLOC_TUNING=0`
 in the environment: without it; the JSON records which).
 """
 
@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from rr_edge.client import Client  # noqa: E402
-from rr_proto import codec, framing  # noqa: E402
+from rr_proto import allocator, codec, framing  # noqa: E402
 from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
@@ -256,7 +256,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
             "python": platform.python_version(),
             "grpcio": grpc.__version__,
             "loadavg_1m_at_end": os.getloadavg()[0],
-            "malloc_tuning": os.environ.get(framing.MALLOC_TUNING_ENV, "1") not in ("0", "off", "false", "no"),
+            "malloc_tuning": os.environ.get(allocator.MALLOC_TUNING_ENV, "1") not in ("0", "off", "false", "no"),
         },
         "repeat": repeat,
         "sizes": rows,
@@ -341,7 +341,7 @@ def main() -> int:
     args = p.parse_args()
     # Every process of the run (this client, rr-server, the socket echo) has the allocator setting of the shipped
     # entry points (`rr-edge`, `rr-server`); RR_MALLOC_TUNING=0 in the environment measures without it.
-    framing.tune_allocator()
+    allocator.tune_allocator()
     if args.serve_socket:
         serve_socket(args.serve_socket, args.bind)
         return 0
