@@ -1,13 +1,14 @@
 """Benchmark: the edge profilers (issue 4 targets; docs/performance.md#profiling).
 
-    python tools/bench_profiler.py [--model resnet152] [--size 224] [--sample 0.3] [--max-mb 256] [--seed 0]
+    python tools/bench_profiler.py [--model resnet152] [--size 224] [--sample 0.3] [--max-mb 256]
+                                   [--upload-max-mb 64] [--seed 0]
 
 * DNN profiler: `run_profile` of `--sample` of the model's unique block signatures against `rr-server` (a subprocess
   on a free loopback port, fresh data dir), registration, slice uploads and the report included; target < 60 s for
   30% of resnet152 at 224. Baseline in the same run: one full-model inference with the same ONNX Runtime settings
   (median of 5 after warm-up), giving the ratio profiling time / one inference.
-* Network profiler: `run_netprofile` from 1 KB to `--max-mb` MiB in both directions against the same server;
-  target < 30 s up to 256 MB on loopback.
+* Network profiler: `run_netprofile` from 1 KB to `--max-mb` MiB in both directions, and the slice-upload probes
+  from 1 MiB to `--upload-max-mb`, against the same server; target < 30 s up to 256 MB on loopback.
 
 Energy comes from `--energy` (default auto; on a machine without meters that is the declared power model, and the
 output says so). Prints one JSON object.
@@ -34,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from rr_edge.blocks import analyze  # noqa: E402
 from rr_edge.client import Client  # noqa: E402
 from rr_edge.meters import select_meter  # noqa: E402
-from rr_edge.netprofile import NetProfileConfig, run_netprofile, summary  # noqa: E402
+from rr_edge.netprofile import DEFAULT_UPLOAD_MAX_MB, NetProfileConfig, run_netprofile, summary  # noqa: E402
 from rr_edge.onnx_io import load_model  # noqa: E402
 from rr_edge.profiler import ProfileConfig, random_feeds, run_profile  # noqa: E402
 from rr_edge.session import OrtSettings  # noqa: E402
@@ -84,6 +85,7 @@ def main() -> int:
     ap.add_argument("--sample", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-mb", type=float, default=256)
+    ap.add_argument("--upload-max-mb", type=float, default=DEFAULT_UPLOAD_MAX_MB)
     ap.add_argument("--energy", default="auto")
     ap.add_argument("--skip-net", action="store_true")
     args = ap.parse_args()
@@ -134,17 +136,17 @@ def main() -> int:
         }
         if not args.skip_net:
             t0 = time.perf_counter()
-            profile = run_netprofile(client, "bench-edge", NetProfileConfig(max_mb=args.max_mb), meter=meter)
+            config = NetProfileConfig(max_mb=args.max_mb, upload_max_mb=args.upload_max_mb)
+            profile = run_netprofile(client, "bench-edge", config, meter=meter)
             net_s = time.perf_counter() - t0
             s = summary(profile)
+            keys = ("chosen_model", "poly4_error", "affine_error", "pwl_error", "bandwidth_MBps")
             out["net_profile"] = {
                 "max_mb": args.max_mb,
+                "upload_max_mb": args.upload_max_mb,
                 "total_s": round(net_s, 3),
                 "target_s": 30,
-                **{
-                    d: {k: s[d][k] for k in ("chosen_model", "poly4_error", "affine_error", "bandwidth_MBps")}  # type: ignore[index]
-                    for d in ("uplink", "downlink")
-                },
+                **{d: {k: s[d][k] for k in keys} for d in ("uplink", "downlink", "upload") if s[d]},  # type: ignore[index]
             }
     meter.close()
     out["machine"]["loadavg_end"] = os.getloadavg()  # type: ignore[index]
