@@ -147,12 +147,12 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     )
 
 
-def e2e_correction(model_latency_ms: float, edge: Sequence[Prediction], fallback: float) -> float:
-    """The edge compute correction of one model: its measured whole-model latency over the sum of the block
-    predictions the plan uses, so that running every block locally is predicted as measured, and the CF predictions
-    of the blocks the node did not profile set only how that time divides between blocks. Without a whole-model
-    measurement: `fallback` (the server's whole / sum-of-profiled-blocks ratio)."""
-    total = sum(p.latency_ms for p in edge)
+def e2e_correction(model_latency_ms: float, blocks: Sequence[Prediction], fallback: float) -> float:
+    """The compute correction of one model on one node (edge or cloud): the node's measured whole-model latency
+    over the sum of the block predictions the plan uses, so that running every block there is predicted as
+    measured, and the CF predictions of the blocks it did not profile set only how that time divides between
+    blocks. Without a whole-model measurement: `fallback` (for the edge, the server's whole / sum-of-blocks ratio)."""
+    total = sum(p.latency_ms for p in blocks)
     if model_latency_ms > 0 and total > 0:
         return model_latency_ms / total
     return fallback or 1.0
@@ -188,7 +188,8 @@ def plan_inputs(
 
 def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> PlanInputs | None:
     """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only,
-    calibrated like the CF figures: the edge's blocks sum to the same whole-model latency."""
+    calibrated like the CF figures on the edge (its blocks sum to the same whole-model latency); the cloud side keeps
+    the CF figures' cloud correction."""
     blocks = [b.to_json() for b in graph.blocks]
     predicted: dict[str, Any] = {}
     for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
