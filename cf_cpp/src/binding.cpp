@@ -41,6 +41,12 @@ Out1 owned_1d(std::vector<double>&& v) {
   return Out1(heap->data(), {heap->size()}, owner);
 }
 
+nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>> owned_counts(std::vector<std::int64_t>&& v) {
+  auto* heap = new std::vector<std::int64_t>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<std::int64_t>*>(p); });
+  return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+}
+
 Out2 owned_2d(std::vector<double>&& v, std::size_t n0, std::size_t n1) {
   auto* heap = new std::vector<double>(std::move(v));
   nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
@@ -225,19 +231,11 @@ NB_MODULE(_core, m) {
           "Column factors q_c including the feature prior, shape (n_cols, rank) (copy).", nb::rv_policy::move)
       .def_prop_ro(
           "col_counts",
-          [](const cf::Model& s) {
-            auto* heap = new std::vector<std::int64_t>(s.col_counts());
-            nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<std::int64_t>*>(p); });
-            return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
-          },
+          [](const cf::Model& s) { return owned_counts(std::vector<std::int64_t>(s.col_counts())); },
           "Training observations per column (0 = cold column, predicted from features only).", nb::rv_policy::move)
       .def_prop_ro(
           "row_counts",
-          [](const cf::Model& s) {
-            auto* heap = new std::vector<std::int64_t>(s.row_counts());
-            nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<std::int64_t>*>(p); });
-            return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
-          },
+          [](const cf::Model& s) { return owned_counts(std::vector<std::int64_t>(s.row_counts())); },
           "Training observations per row (0 = folded in since the last fit / refit, or unobserved).",
           nb::rv_policy::move)
       .def_prop_ro(
