@@ -3,7 +3,7 @@
 ModelInfer and ModelStreamInfer use the zero-copy framing of `rr_server.wire` (registered by `add_to_server`);
 every other method uses the generated protobuf classes. Clients see the standard messages either way. Outputs of
 `PLACE_MIN_BYTES` and more are written by ONNX Runtime straight into the response message (`wire.allocate_response`,
-`sessions.PlacedOutputs`): one full-tensor copy less per call.
+`Session.run`'s `allocate`): one full-tensor copy less per call.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from rr_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from rr_server import wire
 from rr_server.errors import InvalidArgument, NotFound, ServerError
 from rr_server.repository import PLATFORM, VERSION, ModelRepository
-from rr_server.sessions import PlacedOutputs
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -117,8 +116,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             allocated.append(wire.allocate_response(header.model_name, VERSION, header.id, specs, stream))
             return allocated[-1][1]
 
-        names = PlacedOutputs((o.name for o in header.outputs), allocate)
-        outputs = self._repo.infer(header.model_name, inputs, names)
+        names = [o.name for o in header.outputs]
+        outputs = self._repo.infer(header.model_name, inputs, names, allocate)
         if allocated:  # used unless the run fell back to ONNX Runtime's own output memory
             response, placed = allocated[-1]
             if len(placed) == len(outputs) and all(a is b for a, b in zip(outputs.values(), placed, strict=True)):

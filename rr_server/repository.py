@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rr_server.metrics import Metrics
-from rr_server.sessions import Session, SessionPool
+from rr_server.sessions import Allocate, Session, SessionPool
 from rr_server.slices import SliceStore, check_slice_id
 
 PLATFORM = "onnxruntime_onnx"
@@ -43,11 +43,16 @@ class ModelRepository:
         return self._sessions.get(slice_id, info.path)
 
     def infer(
-        self, slice_id: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ()
+        self,
+        slice_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] = (),
+        allocate: Allocate | None = None,
     ) -> dict[str, np.ndarray]:
+        """Run a slice (`Session.run`: `allocate` lets ONNX Runtime write the outputs into caller memory)."""
         session = self.session(slice_id)
         try:
-            result = session.run(inputs, outputs)
+            result = session.run(inputs, outputs, allocate)
         except Exception:
             self._metrics.inferences.labels("error").inc()
             raise

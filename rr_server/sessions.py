@@ -4,7 +4,7 @@
 works: the CUDA provider needs its libraries and a GPU, and ONNX Runtime silently falls back to CPU when it cannot
 load. `resolve_providers` therefore creates a probe session and keeps only the providers it actually got.
 
-`Session.run` can write the outputs straight into memory its caller provides (`PlacedOutputs`: the inference
+`Session.run` can write the outputs straight into memory its caller provides (its `allocate` argument: the inference
 servicer passes the raw-content slots of the response message, so the outputs are not copied once more when it is
 sent). That needs the output shapes before the run: static ones from the model, dynamic ones as the last run with the
 same input shapes produced them; when they differ (data-dependent shapes), the run falls back to ONNX Runtime's own
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,19 +57,6 @@ _KSERVE = {
 # or None to let ONNX Runtime allocate them (a plain run).
 Allocate = Callable[[list[tuple[str, np.dtype, tuple[int, ...]]]], list[np.ndarray] | None]
 _MAX_SHAPE_KEYS = 64  # remembered input-shape -> output-shape entries per session
-
-
-class PlacedOutputs(tuple[str, ...]):
-    """Output names (empty: all) together with where to put them: `Session.run(arrays, PlacedOutputs(names,
-    allocate))` asks `allocate` for the output arrays and binds them for ONNX Runtime to write into. It is a tuple of
-    names, so it passes unchanged through callers that take `outputs: Sequence[str]` (ModelRepository.infer)."""
-
-    allocate: Allocate
-
-    def __new__(cls, names: Iterable[str], allocate: Allocate) -> PlacedOutputs:
-        placed = super().__new__(cls, names)
-        placed.allocate = allocate
-        return placed
 
 
 @dataclass(frozen=True)
@@ -152,15 +139,18 @@ class Session:
                     f"input {name!r}: shape {list(array.shape)}, but the slice expects {list(spec.shape)} (-1 = any)"
                 )
 
-    def run(self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def run(
+        self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str] = (), allocate: Allocate | None = None
+    ) -> dict[str, np.ndarray]:
+        """The named outputs (empty: all); with `allocate`, written into the arrays it returns where it can."""
         names = list(outputs) or self._output_names
         unknown = sorted(set(names) - set(self._output_names))
         if unknown:
             raise InvalidArgument(f"unknown output(s) {unknown}; slice {self.slice_id[:12]} has {self._output_names}")
         self.check_inputs(arrays)
         key = (tuple(names), tuple((name, array.shape) for name, array in arrays.items()))
-        if isinstance(outputs, PlacedOutputs) and self._bindable:
-            placed = self._run_placed(arrays, names, key, outputs.allocate)
+        if allocate is not None and self._bindable:
+            placed = self._run_placed(arrays, names, key, allocate)
             if placed is not None:
                 return placed
         results = self._session.run(names, dict(arrays))

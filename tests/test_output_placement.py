@@ -14,7 +14,7 @@ from rr_edge.client import Client
 from rr_proto import framing
 from rr_server import wire
 from rr_server.inference_servicer import PLACE_MIN_BYTES
-from rr_server.sessions import PlacedOutputs, Session
+from rr_server.sessions import Session
 
 
 def _model(op: str, out_type: int, out_shape: list) -> bytes:
@@ -91,24 +91,24 @@ def test_allocated_response_refuses_non_numeric_outputs():
 def test_dynamic_shapes_are_bound_from_the_second_run():
     s, alloc = session(relu_model()), Recorder()
     x = np.array([-1.0, 2.0, -3.0], np.float32)
-    first = s.run({"x": x}, PlacedOutputs((), alloc))
+    first = s.run({"x": x}, (), alloc)
     assert alloc.given == []  # output shape not known before the first run with this input shape
-    second = s.run({"x": x}, PlacedOutputs((), alloc))
+    second = s.run({"x": x}, (), alloc)
     assert len(alloc.given) == 1 and second["y"] is alloc.given[0][0]
     np.testing.assert_array_equal(second["y"], first["y"])
     np.testing.assert_array_equal(second["y"], [0.0, 2.0, 0.0])
-    other = s.run({"x": np.ones(5, np.float32)}, PlacedOutputs((), alloc))  # new input shape: plain run again
+    other = s.run({"x": np.ones(5, np.float32)}, (), alloc)  # new input shape: plain run again
     assert len(alloc.given) == 1 and other["y"].shape == (5,)
 
 
 def test_static_shapes_are_bound_at_once_and_decline_means_a_plain_run():
     s, alloc = session(static_model()), Recorder()
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    out = s.run({"x": x}, PlacedOutputs(["y"], alloc))
+    out = s.run({"x": x}, ["y"], alloc)
     assert out["y"] is alloc.given[0][0]
     np.testing.assert_array_equal(out["y"], -x)
     declined = Recorder(decline=True)
-    out = s.run({"x": x}, PlacedOutputs(["y"], declined))
+    out = s.run({"x": x}, ["y"], declined)
     assert declined.given == [[]] and out["y"] is not None
     np.testing.assert_array_equal(out["y"], -x)
 
@@ -117,10 +117,10 @@ def test_data_dependent_shapes_fall_back_and_stay_unbound():
     s, alloc = session(nonzero_model()), Recorder()
     a = np.array([1, 0, 1, 1], np.float32)
     b = np.array([1, 0, 0, 1], np.float32)  # same input shape, fewer non-zeros
-    np.testing.assert_array_equal(s.run({"x": a}, PlacedOutputs((), alloc))["y"], [[0, 2, 3]])
-    np.testing.assert_array_equal(s.run({"x": b}, PlacedOutputs((), alloc))["y"], [[0, 3]])  # bound run failed
+    np.testing.assert_array_equal(s.run({"x": a}, (), alloc)["y"], [[0, 2, 3]])
+    np.testing.assert_array_equal(s.run({"x": b}, (), alloc)["y"], [[0, 3]])  # bound run failed
     assert len(alloc.given) == 1
-    np.testing.assert_array_equal(s.run({"x": a}, PlacedOutputs((), alloc))["y"], [[0, 2, 3]])
+    np.testing.assert_array_equal(s.run({"x": a}, (), alloc)["y"], [[0, 2, 3]])
     assert len(alloc.given) == 1  # that input shape is not bound again
 
 
