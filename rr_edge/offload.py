@@ -188,8 +188,8 @@ def plan_inputs(
 
 def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> PlanInputs | None:
     """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only,
-    calibrated like the CF figures on the edge (its blocks sum to the same whole-model latency); the cloud side keeps
-    the CF figures' cloud correction."""
+    calibrated like the CF figures on both nodes: on each, the regression's blocks sum to the same whole-model
+    latency as the CF figures' (the corrections are rescaled, the per-block shares are the regression's)."""
     blocks = [b.to_json() for b in graph.blocks]
     predicted: dict[str, Any] = {}
     for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
@@ -206,9 +206,18 @@ def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> 
         predicted[f"{side}_ms"] = lat
         if side == "edge" and en is not None:
             predicted["edge_mJ"] = en
-    whole_ms = inputs.e2e_correction * float(np.sum(inputs.edge_ms))
-    total = float(np.sum(predicted["edge_ms"]))
-    return replace(inputs, **predicted, e2e_correction=whole_ms / total if total > 0 else inputs.e2e_correction)
+    return replace(
+        inputs,
+        **predicted,
+        e2e_correction=_recalibrated(inputs.e2e_correction, inputs.edge_ms, predicted["edge_ms"]),
+        cloud_correction=_recalibrated(inputs.cloud_correction, inputs.cloud_ms, predicted["cloud_ms"]),
+    )
+
+
+def _recalibrated(correction: float, calibrated_ms: np.ndarray, new_ms: np.ndarray) -> float:
+    """The correction that makes `new_ms` sum to the whole-model latency `correction * sum(calibrated_ms)`."""
+    total = float(np.sum(new_ms))
+    return correction * float(np.sum(calibrated_ms)) / total if total > 0 else correction
 
 
 def make_plan(

@@ -69,3 +69,42 @@ def test_bad_input_rejected():
         fit(b, [1.0, float("nan")])
     with pytest.raises(ValueError, match="flops"):
         fit([{"ops": ["Conv"]}, {"ops": ["Conv"]}], [1.0, 2.0])
+
+
+def test_plan_inputs_keep_each_nodes_whole_model_latency():
+    """The Neurosurgeon baseline's per-block figures are rescaled on the edge and on the cloud alike, so each node's
+    whole model costs what the CF figures (calibrated to the measured whole model) say."""
+    from rr_edge.blocks import Block, BlockGraph
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import PowerSpec
+    from rr_edge.netmodel import NetworkModel
+    from rr_edge.offload import Costs, neurosurgeon_inputs
+    from rr_edge.planner import PlanInputs
+
+    flops = [1e8, 4e8, 2e8, 8e8, 3e8, 6e8]
+    blocks = tuple(
+        Block(k, ("Conv", "Relu"), f"sig{k}", (f"t{k}",), (f"t{k + 1}",), int(f), 4096, 1 << 16, 1 << 16, (k,))
+        for k, f in enumerate(flops)
+    )
+    graph = BlockGraph("m", (), (), blocks, {})
+
+    def preds(ms_per_gflop: float) -> tuple[Prediction, ...]:
+        # Measured blocks follow a linear law; the others carry a CF figure far off it.
+        return tuple(
+            Prediction(f"sig{k}", ms_per_gflop * f / 1e9 if k % 2 == 0 else 50.0, 1.0,
+                       "measured" if k % 2 == 0 else "predicted", "measured", "model")
+            for k, f in enumerate(flops)
+        )  # fmt: skip
+
+    link = NetworkModel.affine(1.0, 1000.0)
+    costs = Costs(preds(10.0), preds(1.0), 1.3, link, link, PowerSpec(5.0, 1.0))
+    inputs = PlanInputs(
+        edge_ms=[p.latency_ms for p in costs.edge], edge_mJ=np.ones(6), cloud_ms=[p.latency_ms for p in costs.cloud],
+        weight_bytes=np.full(6, 4096), boundary_bytes=np.full(7, 1 << 16), uplink=link, downlink=link,
+        e2e_correction=1.3, cloud_correction=0.6,
+    )  # fmt: skip
+    ns = neurosurgeon_inputs(graph, costs, inputs)
+    assert ns is not None
+    np.testing.assert_allclose(ns.cloud_ms, np.array(flops) / 1e9, rtol=1e-6)  # the regression's own shares
+    assert ns.e2e_correction * ns.edge_ms.sum() == pytest.approx(1.3 * inputs.edge_ms.sum())
+    assert ns.cloud_correction * ns.cloud_ms.sum() == pytest.approx(0.6 * inputs.cloud_ms.sum())
