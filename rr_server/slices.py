@@ -3,6 +3,7 @@
 A slice's id is the lowercase hex SHA-256 of its bytes. An upload streams into a temporary file while hashing; only
 when the size matches the header, the digest matches the id and the model passes validation is it fsynced and
 renamed into place (then the directory is fsynced). Anything else removes the temporary file: nothing is stored.
+A full disk (or quota) is RESOURCE_EXHAUSTED, not an internal error: the client learns why, the server keeps serving.
 
 Validation (`validate_onnx`): parses with external data loading off, rejects any tensor that refers to external data
 (initializers, sparse initializers, attribute tensors, subgraphs, functions), any op or opset outside the standard
@@ -11,6 +12,7 @@ domains, then runs `onnx.checker`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -18,6 +20,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +115,8 @@ class Upload:
         self.size_bytes = size_bytes
         self.received = 0
         self._hash = hashlib.sha256()
-        fd, name = tempfile.mkstemp(dir=store._tmp, prefix=f"{slice_id[:16]}-", suffix=".part")
+        with _disk_space("starting the upload"):
+            fd, name = tempfile.mkstemp(dir=store._tmp, prefix=f"{slice_id[:16]}-", suffix=".part")
         self._file = os.fdopen(fd, "wb")
         self._path = Path(name)
 
@@ -123,7 +127,8 @@ class Upload:
                 f"upload sent more than the {self.size_bytes} bytes declared in its header (declared size is wrong)"
             )
         self._hash.update(chunk)
-        self._file.write(chunk)
+        with _disk_space(f"writing byte {self.received - len(chunk)} of {self.size_bytes}"):
+            self._file.write(chunk)
 
     def commit(self) -> SliceInfo:
         """Verify size, digest and content; move the slice into place durably. Raises on any mismatch."""
@@ -154,15 +159,29 @@ class Upload:
         digest = self._hash.hexdigest()
         if digest != self.slice_id:
             raise InvalidArgument(f"SHA-256 mismatch: header says {self.slice_id}, received bytes hash to {digest}")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        with _disk_space("flushing the upload"):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
         validate_onnx(self._path.read_bytes())
 
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
         self._path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _disk_space(doing: str) -> Iterator[None]:
+    """Turn a full disk or quota into RESOURCE_EXHAUSTED (a condition the client can act on) instead of INTERNAL."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ResourceExhausted(
+            f"the server's slice store is out of disk space ({doing}); nothing was stored"
+        ) from None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import grpc
 import numpy as np
 import onnx
@@ -177,3 +180,35 @@ def test_validation_also_refuses_external_data_in_subgraph():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
     with pytest.raises(InvalidArgument, match="external data"):
         validate_onnx(model.SerializeToString())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs) for the server's data dir: uploads run out of disk space for real."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):
+    """An upload larger than the free space fails with RESOURCE_EXHAUSTED (not INTERNAL), its partial file is gone,
+    and the server stores the next upload that fits."""
+    server = start_server(small_disk, max_slice_bytes=8 * 1024 * 1024)
+    stubs = Stubs.connect(server.address)
+    try:
+        big = conv_model(channels=256, out_channels=256)  # 2.4 MB of weights on a 1 MiB disk
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.slices.UploadSlice(upload_requests(big), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "out of disk space" in err.value.details()
+        assert stored_slice_files(small_disk) == []
+        small = conv_model(seed=1)
+        assert not stubs.upload(small).cached
+        assert [p.stem for p in stored_slice_files(small_disk)] == [sha256(small)]
+    finally:
+        stubs.close()
+        server.stop(grace=1)

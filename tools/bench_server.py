@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -255,6 +256,7 @@ def main() -> int:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
     result: dict = {
         "benchmark": "server_throughput",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
