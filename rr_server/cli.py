@@ -53,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-ca", type=Path, help="CA (PEM) that signs client certificates; enables mTLS")
     p.add_argument("--auth-token-file", type=Path, help="file of 'node_id token' lines; requires bearer tokens")
     p.add_argument("--max-slice-mb", type=float, default=DEFAULT_MAX_SLICE_MB, help="largest accepted slice upload")
+    p.add_argument(
+        "--max-store-gb",
+        type=float,
+        help="disk budget of all stored slices; least recently used ones are evicted to fit (default: no bound)",
+    )
     p.add_argument("--providers", default="cuda,cpu", help="execution providers in order of preference")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument(
@@ -71,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--client-ca needs --tls-cert and --tls-key")
     if args.max_slice_mb <= 0:
         p.error("--max-slice-mb must be positive")
+    if args.max_store_gb is not None and args.max_store_gb * 1024 < args.max_slice_mb:
+        p.error("--max-store-gb must hold at least one slice of --max-slice-mb")
     return args
 
 
@@ -82,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls=tls,
         auth_token_file=args.auth_token_file,
         max_slice_bytes=int(args.max_slice_mb * 1024 * 1024),
+        max_store_bytes=None if args.max_store_gb is None else int(args.max_store_gb * 1024**3),
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         metrics_port=args.metrics_port,
         drain_s=args.drain_seconds,

@@ -46,6 +46,8 @@ class ServerConfig:
     tls: TlsConfig | None = None
     auth_token_file: Path | None = None
     max_slice_bytes: int = DEFAULT_MAX_SLICE_MB * 1024 * 1024
+    # Bytes all stored slices may take; least recently used slices are evicted to stay under it (None: no bound).
+    max_store_bytes: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     metrics_port: int | None = None

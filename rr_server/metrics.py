@@ -13,7 +13,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class Metrics:
-    """Request counts and latency per method, session-cache hits, upload and echo bytes."""
+    """Request counts and latency per method, session-cache hits, upload bytes, slice evictions, inferences."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -31,6 +31,9 @@ class Metrics:
             "rr_session_cache", "ONNX Runtime session lookups by result (hit/miss)", ["result"], registry=self.registry
         )
         self.upload_bytes = Counter("rr_upload_bytes", "Slice bytes received by UploadSlice", registry=self.registry)
+        self.slice_evictions = Counter(
+            "rr_slice_evictions", "Slices evicted to stay within the store budget", registry=self.registry
+        )
         self.inferences = Counter("rr_inferences", "Slice executions by outcome", ["outcome"], registry=self.registry)
         self._http: Any = None
 

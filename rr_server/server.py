@@ -87,7 +87,12 @@ class Server:
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = Storage(data_dir)
-        self.slices = SliceStore(data_dir / "slices", config.max_slice_bytes)
+        self.slices = SliceStore(
+            data_dir / "slices",
+            config.max_slice_bytes,
+            config.max_store_bytes,
+            on_evict=lambda _: self.metrics.slice_evictions.inc(),
+        )
         self.providers = resolve_providers(config.providers)
         self.sessions = SessionPool(
             self.providers,

@@ -5,6 +5,9 @@ when the size matches the header, the digest matches the id and the model passes
 renamed into place (then the directory is fsynced). Anything else removes the temporary file: nothing is stored.
 A full disk (or quota) is RESOURCE_EXHAUSTED, not an internal error: the client learns why, the server keeps serving.
 
+With a budget (`rr-server --max-store-gb`), committing a slice first evicts the least recently used others until
+the new one fits; an edge whose slice was evicted is told it is not cached and uploads it again.
+
 Validation (`validate_onnx`): parses with external data loading off, rejects any tensor that refers to external data
 (initializers, sparse initializers, attribute tensors, subgraphs, functions), any op or opset outside the standard
 domains, then runs `onnx.checker`.
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +52,25 @@ def check_slice_id(slice_id: str) -> str:
 
 
 class SliceStore:
-    """Slices under `root/<sha256>.onnx`; uploads go through `Upload` (see `begin`)."""
+    """Slices under `root/<sha256>.onnx`; uploads go through `Upload` (see `begin`). `budget_bytes` (None: no
+    bound) caps the bytes of all stored slices; `on_evict` is called with each slice evicted to stay under it."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        budget_bytes: int | None = None,
+        on_evict: Callable[[SliceInfo], None] | None = None,
+    ) -> None:
+        if budget_bytes is not None and budget_bytes < max_bytes:
+            raise ValueError(f"the slice store budget ({budget_bytes} bytes) must hold the largest slice ({max_bytes})")
         self.root = root
         self.max_bytes = max_bytes
+        self.budget_bytes = budget_bytes
+        self._on_evict = on_evict
+        self._uses = itertools.count(1)
+        self._last_used: dict[str, int] = {}  # slice id -> tick of its last lookup or commit in this process
+        self._evict_lock = threading.Lock()
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
@@ -69,6 +87,7 @@ class SliceStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
+        self._last_used[slice_id] = next(self._uses)
         return SliceInfo(slice_id, size, path)
 
     def require(self, slice_id: str) -> SliceInfo:
@@ -91,6 +110,41 @@ class SliceStore:
         if size_bytes > self.max_bytes:
             raise ResourceExhausted(f"slice of {size_bytes} bytes exceeds the server's limit of {self.max_bytes} bytes")
         return Upload(self, slice_id, size_bytes)
+
+    def _install(self, verified: Path, info: SliceInfo) -> None:
+        """Move a verified upload into place durably, after making room for it within the budget."""
+        with self._evict_lock, self._lock_for(info.slice_id):
+            self._make_room(info)
+            os.replace(verified, info.path)
+            _fsync_dir(info.path.parent)
+            self._last_used[info.slice_id] = next(self._uses)
+
+    def _make_room(self, incoming: SliceInfo) -> None:
+        """Evict least recently used slices until `incoming` fits the budget (call with `_evict_lock` held)."""
+        if self.budget_bytes is None:
+            return
+        stored = [s for s in self.list() if s.slice_id != incoming.slice_id]
+        excess = sum(s.bytes for s in stored) + incoming.bytes - self.budget_bytes
+        stored.sort(key=self._recency)
+        for victim in stored:
+            if excess <= 0:
+                break
+            victim.path.unlink(missing_ok=True)
+            self._last_used.pop(victim.slice_id, None)
+            excess -= victim.bytes
+            log.info("evicted slice %s (%d bytes) to stay within the store budget", victim.slice_id, victim.bytes)
+            if self._on_evict is not None:
+                self._on_evict(victim)
+
+    def _recency(self, info: SliceInfo) -> tuple[int, float]:
+        """Sort key, least recently used first: slices not used since this process started come first, by mtime."""
+        tick = self._last_used.get(info.slice_id)
+        if tick is not None:
+            return (1, tick)
+        try:
+            return (0, info.path.stat().st_mtime)
+        except FileNotFoundError:
+            return (0, 0.0)
 
     def put_bytes(self, data: bytes) -> SliceInfo:
         """Store a complete slice given as bytes (tests, the server's own tools); same checks as an upload."""
@@ -134,12 +188,10 @@ class Upload:
         """Verify size, digest and content; move the slice into place durably. Raises on any mismatch."""
         try:
             self._verify()
-            final = self._store.path_of(self.slice_id)
-            with self._store._lock_for(self.slice_id):
-                os.replace(self._path, final)
-                _fsync_dir(final.parent)
+            info = SliceInfo(self.slice_id, self.received, self._store.path_of(self.slice_id))
+            self._store._install(self._path, info)
             log.info("stored slice %s (%d bytes)", self.slice_id, self.received)
-            return SliceInfo(self.slice_id, self.received, final)
+            return info
         except BaseException:
             self.abort()
             raise

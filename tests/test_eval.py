@@ -314,3 +314,11 @@ def test_error_components_split_local_remote_upload():
     assert comp["local"]["n"] == 2 and comp["local"]["median_ape"] == pytest.approx(10.0)
     assert comp["remote"]["median_ratio"] == pytest.approx(1.25)
     assert comp["upload"]["n"] == 1 and comp["upload"]["median_ratio"] == pytest.approx(0.5)
+
+
+def test_a_run_refuses_to_start_without_the_disk_it_needs(tmp_path):
+    from tools.eval.harness import check_free_disk
+
+    check_free_disk(tmp_path, 0.001)
+    with pytest.raises(RuntimeError, match="needs about 1000000 GB free"):
+        check_free_disk(tmp_path, 1e6)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from rr_proto import codec
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server.slices import SliceStore
 
 
 @pytest.fixture
@@ -209,6 +210,38 @@ def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):
         small = conv_model(seed=1)
         assert not stubs.upload(small).cached
         assert [p.stem for p in stored_slice_files(small_disk)] == [sha256(small)]
+    finally:
+        stubs.close()
+        server.stop(grace=1)
+
+
+def test_store_budget_evicts_the_least_recently_used_slices(tmp_path):
+    a, b, c = (conv_model(channels=16, out_channels=16, seed=k) for k in range(3))
+    assert len(a) == len(b) == len(c)
+    evicted = []
+    store = SliceStore(tmp_path, max_bytes=len(a), budget_bytes=2 * len(a) + 100, on_evict=evicted.append)
+    ids = [store.put_bytes(x).slice_id for x in (a, b)]
+    assert store.get(ids[0]) is not None  # a is now used more recently than b
+    ids.append(store.put_bytes(c).slice_id)
+    assert [e.slice_id for e in evicted] == [ids[1]]
+    assert store.get(ids[1]) is None and store.get(ids[0]) is not None and store.get(ids[2]) is not None
+    assert sum(s.bytes for s in store.list()) <= store.budget_bytes
+    with pytest.raises(ValueError, match="must hold the largest slice"):
+        SliceStore(tmp_path / "other", max_bytes=len(a), budget_bytes=len(a) - 1)
+
+
+def test_server_with_a_store_budget_reports_evicted_slices_as_not_cached(tmp_path):
+    a, b, c = (conv_model(channels=16, out_channels=16, seed=k) for k in range(3))
+    server = start_server(tmp_path, max_slice_bytes=len(a), max_store_bytes=2 * len(a) + 100)
+    stubs = Stubs.connect(server.address)
+    try:
+        for data in (a, b, c):
+            stubs.upload(data)
+        status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(a)), timeout=5)
+        assert not status.cached
+        assert [p.stem for p in stored_slice_files(tmp_path)] == sorted([sha256(b), sha256(c)])
+        assert server.metrics.registry.get_sample_value("rr_slice_evictions_total") == 1
+        assert not stubs.upload(a).cached  # the edge uploads it again; b, now the oldest, makes room
     finally:
         stubs.close()
         server.stop(grace=1)

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("collect", "all"):
         from .harness import collect
 
-        collect(cfg)
+        try:
+            collect(cfg)
+        except RuntimeError as exc:  # a worker or the server failed, or too little disk: say why, no traceback
+            logging.getLogger("tools.eval").error("%s", exc)
+            return 1
     if args.command in ("analyze", "all"):
         from .analysis import analyze_run
 

@@ -48,7 +48,10 @@ class EvalConfig:
     fig4_fills: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
     fig4_seeds: int = 20
     port: int = 50051
-    max_slice_mb: int = 2048  # vgg16 is 553 MB, above the server's 512 MB default
+    max_slice_mb: int = 2048  # headroom above the largest whole model (vgg16, 553 MB)
+    # The server keeps every uploaded slice (each executed plan's middle part, for every class): the full run's
+    # slice store grew to about 20 GB here. The run refuses to start with less free disk than this.
+    min_free_disk_gb: float = 30.0
 
     @property
     def work_dir(self) -> Path:
@@ -77,6 +80,7 @@ QUICK = EvalConfig(
     upload_probe_max_mb=64.0,
     fig4_seeds=10,
     run_timing=Timing(warmup=1, min_runs=3, min_time_s=0.5, max_runs=20),
+    min_free_disk_gb=5.0,
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -174,6 +175,16 @@ class Cluster:
         return results
 
 
+def check_free_disk(path: Path, need_gb: float) -> None:
+    """Refuse to start a run that would fill the disk halfway through (the server's uploads then fail)."""
+    free_gb = shutil.disk_usage(path).free / 1024**3
+    if free_gb < need_gb:
+        raise RuntimeError(
+            f"the evaluation needs about {need_gb:.0f} GB free under {path} for the server's slices; "
+            f"{free_gb:.1f} GB are free"
+        )
+
+
 def collect(cfg: EvalConfig) -> dict[str, float]:
     """All four phases on a fresh testbed and server; raw JSON in cfg.work_dir. Returns the phase durations (s)."""
     work = cfg.work_dir
@@ -183,6 +194,7 @@ def collect(cfg: EvalConfig) -> dict[str, float]:
     data = work / "server-data"
     if data.exists():
         subprocess.run(["rm", "-rf", str(data)], check=True)
+    check_free_disk(work, cfg.min_free_disk_gb)
     t0 = time.perf_counter()
     models = export_models(cfg)
     times = {"export": time.perf_counter() - t0}
