@@ -12,7 +12,9 @@ One run, loopback, everything measured against a baseline in the same run:
   `client` = the edge client, `rr_edge.client.Client.infer` (zero-copy framing of rr_proto.framing, its own
   channel options); `framing_default_options` = the same framing over a channel with grpcio's default options (only
   the message limits raised); `codec` = a client that builds/reads protobuf objects (rr_proto.codec, what generic
-  KServe clients such as tritonclient do).
+  KServe clients such as tritonclient do); `runner_stream` = the edge runner itself (`rr_edge.runner.Runner` over a
+  plan whose only part is the Identity slice, on the server): what an offloaded plan pays per call, over the one
+  ModelStreamInfer stream the runner keeps open.
 Methods are measured round robin within each repetition (this machine is shared and noisy); median round trip per
 size; `ratio_vs_socket` = socket RTT / method RTT (1.0 = as fast as the raw socket); `*_client_cpu_ms` = median CPU
 time of the client process per call (all threads: where a CPU-limited client spends the difference).
@@ -32,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import struct
@@ -53,6 +56,7 @@ import numpy as np  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from rr_edge.client import Client  # noqa: E402
+from rr_edge.runner import PlanSlices, Runner  # noqa: E402
 from rr_proto import allocator, codec, framing  # noqa: E402
 from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
@@ -169,6 +173,11 @@ def framing_infer(call, slice_id: str, x: np.ndarray) -> None:
                                                              timeout=60)))  # fmt: skip
 
 
+def runner_call(runner: Runner, x: np.ndarray) -> None:
+    if runner.run({"x": x}).fallback:  # a local run would time the wrong thing
+        raise RuntimeError("the runner fell back to running the slice locally")
+
+
 def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     port_file = data_dir / "port"
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -208,6 +217,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
     kserve_tuned = kserve_grpc.GRPCInferenceServiceStub(tuned)
     framing_default = default.unary_unary(_INFER_METHOD)
     client = Client(address)
+    runner = Runner(PlanSlices(split=(-1, 0), head=None, middle=data, tail=None, label="identity"), remote=client)
 
     rows = []
     for size in sizes:
@@ -218,6 +228,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         if echo is not None:
             methods["grpc_bytes"] = partial(echo, payload, timeout=120)
         methods["model_infer_client"] = partial(client.infer, slice_id, {"x": x}, 60)
+        methods["runner_stream"] = partial(runner_call, runner, x)
         methods["model_infer_framing_default_options"] = partial(framing_infer, framing_default, slice_id, x)
         methods["model_infer_codec"] = partial(codec_infer, kserve_tuned, slice_id, x)
         cpu: dict[str, float] = {}
@@ -238,6 +249,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
     tiny_methods = {
         "socket": partial(_socket_roundtrip, sock_conn, tiny.tobytes(), back),
         "model_infer_client": partial(client.infer, slice_id, {"x": tiny}, 10),
+        "runner_stream": partial(runner_call, runner, tiny),
         "model_infer_codec": partial(codec_infer, kserve_tuned, slice_id, tiny),
     }
     if echo is not None:
@@ -247,6 +259,7 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         overhead["model_infer_client_minus_grpc_unary_us"] = (overhead["model_infer_client_us"]
                                                               - overhead["grpc_unary_us"])  # fmt: skip
     sock_conn.close()
+    runner.close()
     client.close()
     tuned.close()
     default.close()
@@ -292,6 +305,7 @@ def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
         server_proc.wait(30)
         sock_proc.kill()
         sock_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
@@ -324,6 +338,7 @@ def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_re
             proc.terminate()
             proc.wait(30)
         subprocess.run([*testbed, "down"], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:
