@@ -137,16 +137,8 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     std::vector<double> score(experts.size()), theta(e, 1.0);
     for (std::size_t k = 0; k < experts.size(); ++k) {
       std::copy(rows + experts[k] * dim, rows + experts[k] * dim + d, theta.begin() + 1);
-      double quad = 0, lin = 0, sum = 0;
-      for (std::size_t i = 0; i < e; ++i) {
-        double gi = 0;
-        for (std::size_t j = 0; j < e; ++j) gi += g[i * e + j] * theta[j];
-        quad += theta[i] * gi;
-        lin += theta[i] * m.wt[i];
-        sum += theta[i] * g[e + i];  // row 1 of the gram: the sums of the regressors
-      }
-      const double rsum = m.wt[1] - sum;
-      score[k] = m.tt - 2 * lin + quad - rsum * rsum / nn;
+      const double rsum = m.wt[1] - dot(g + e, theta.data(), e);  // row 1 of the gram: the sums of the regressors
+      score[k] = residual_ss(m, theta.data()) - rsum * rsum / nn;
     }
     std::vector<std::size_t> order(experts.size());
     std::iota(order.begin(), order.end(), std::size_t{0});
