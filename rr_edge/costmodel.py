@@ -99,11 +99,11 @@ class PlanInputs:
         return self.upload if self.upload is not None else self.uplink
 
 
-def correction_factor(whole_model_ms: float, block_ms: Iterable[float]) -> float:
-    """E2E correction: measured whole-model latency / sum of the per-block latencies (1.0 if unknown)."""
+def correction_factor(whole_model_ms: float, block_ms: Iterable[float], fallback: float = 1.0) -> float:
+    """E2E correction: measured whole-model latency / sum of the per-block latencies (`fallback` if unknown)."""
     total = float(np.sum(np.fromiter(block_ms, dtype=np.float64)))
     if not whole_model_ms or whole_model_ms <= 0 or total <= 0:
-        return 1.0
+        return fallback
     return float(whole_model_ms) / total
 
 

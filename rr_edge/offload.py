@@ -27,7 +27,7 @@ from rr_edge.client import Client, Prediction, slice_id_of
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
-from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, evaluate_all, pareto, plan_cost
+from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
 from rr_edge.profiler import features_of
 from rr_edge.runner import PlanSlices, Runner, RunnerConfig
 from rr_edge.session import OrtSettings
@@ -152,10 +152,7 @@ def e2e_correction(model_latency_ms: float, blocks: Sequence[Prediction], fallba
     over the sum of the block predictions the plan uses, so that running every block there is predicted as
     measured, and the CF predictions of the blocks it did not profile set only how that time divides between
     blocks. Without a whole-model measurement: `fallback` (for the edge, the server's whole / sum-of-blocks ratio)."""
-    total = sum(p.latency_ms for p in blocks)
-    if model_latency_ms > 0 and total > 0:
-        return model_latency_ms / total
-    return fallback or 1.0
+    return correction_factor(model_latency_ms, (p.latency_ms for p in blocks), fallback or 1.0)
 
 
 def plan_inputs(
@@ -216,8 +213,7 @@ def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> 
 
 def _recalibrated(correction: float, calibrated_ms: np.ndarray, new_ms: np.ndarray) -> float:
     """The correction that makes `new_ms` sum to the whole-model latency `correction * sum(calibrated_ms)`."""
-    total = float(np.sum(new_ms))
-    return correction * float(np.sum(calibrated_ms)) / total if total > 0 else correction
+    return correction_factor(correction * float(np.sum(calibrated_ms)), new_ms, correction)
 
 
 def make_plan(
