@@ -21,15 +21,11 @@ itself would serialise: any KServe peer (tritonclient included) reads it. Both s
 
 Malformed bytes raise `FramingError` (a `codec.CodecError`); `parse_infer_request` records it in `.error` instead,
 so the server can answer INVALID_ARGUMENT from its servicer (a deserializer that raises becomes INTERNAL in grpcio).
-
-`tune_allocator()` is the process-wide malloc setting that the `rr-server` and `rr-edge` entry points make for
-multi-MB messages (see its docstring; `RR_MALLOC_TUNING=0` opts out).
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +53,6 @@ __all__ = [
     "serialize_stream_item",
     "split_field",
 ]
-
-log = logging.getLogger(__name__)
 
 RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_FIELD = 6  # ModelInferResponse.raw_output_contents
