@@ -163,7 +163,10 @@ class Session:
     def _run_placed(
         self, arrays: Mapping[str, np.ndarray], names: list[str], key: tuple, allocate: Allocate
     ) -> dict[str, np.ndarray] | None:
-        """Run with the outputs bound to `allocate`d memory; None when the output shapes are not known (yet)."""
+        """Run with the outputs bound to `allocate`d memory; None when the output shapes are not known (yet), or a
+        bound run failed before for these input shapes."""
+        if key in self._shapes and self._shapes[key] is None:
+            return None
         if all(name in self._static for name in names):
             shapes: tuple[tuple[int, ...], ...] | None = tuple(self._static[name] for name in names)
         else:
