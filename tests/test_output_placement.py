@@ -124,6 +124,16 @@ def test_data_dependent_shapes_fall_back_and_stay_unbound():
     assert len(alloc.given) == 1  # that input shape is not bound again
 
 
+def test_a_static_shape_that_lies_falls_back_once():
+    """A model that declares a static output shape its data does not follow: the bound run fails once, and that
+    input shape is then run plainly without asking the allocator again."""
+    s, alloc = session(_model("NonZero", TensorProto.INT64, [1, 2])), Recorder()
+    a = np.array([1, 0, 1, 1], np.float32)  # three non-zeros, not the declared two
+    for _ in range(3):
+        np.testing.assert_array_equal(s.run({"x": a}, (), alloc)["y"], [[0, 2, 3]])
+    assert len(alloc.given) == 1
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("placement"))
