@@ -68,6 +68,49 @@ def test_cf_eval_json_shape(small_csv: Path, protocol: str, capsys: pytest.Captu
         assert set(report["by_revealed"]) == {"1", "3", "5"}
 
 
+def test_new_row_split_holds_out_the_given_rows(small_csv: Path) -> None:
+    m = load_csv(small_csv)
+    held, train, remap, n_kept, order = cf_protocols.new_row_split(m, 0.5, 0, held=[3])
+    assert held.tolist() == [3] and n_kept == m.n_rows - 1 and list(order) == [3]
+    assert remap[3] == -1 and sorted(remap[remap >= 0]) == list(range(n_kept))
+    assert not train[m.rows == 3].any() and train[m.rows != 3].any()
+    assert sorted(order[3]) == np.flatnonzero(m.rows == 3).tolist()
+
+
+def test_leave_one_out_folds_in_every_row_against_a_fit_without_it(
+    small_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = load_csv(small_csv)
+    fits: list[tuple[int, set[int]]] = []  # (rows in the fit, training cols seen) per fit
+    folds: list[int] = []
+    real_make = cf_methods.make
+
+    class Spy:
+        def __init__(self, name: str, seed: int) -> None:
+            self._inner = real_make(name, seed)
+
+        def fit(self, rows, cols, values, n_rows, n_cols, features=None):
+            fits.append((n_rows, set(np.unique(rows).tolist())))
+            return self._inner.fit(rows, cols, values, n_rows, n_cols, features)
+
+        def fold_in(self, cols, values):
+            folds.append(len(cols))
+            return self._inner.fold_in(cols, values)
+
+        def predict(self, rows, cols):
+            return self._inner.predict(rows, cols)
+
+    monkeypatch.setattr(cf_methods, "make", Spy)
+    report = cf_eval.evaluate(m, "new-row", 0.5, 1, ("cf_cpp",), (1, 3), leave_one_out=True)
+    assert report["leave_one_out"] is True
+    assert [n for n, _ in fits] == [m.n_rows - 1] * m.n_rows  # one fit per row, that row left out
+    assert all(seen == set(range(m.n_rows - 1)) for _, seen in fits)
+    assert sorted(folds) == [1] * m.n_rows + [3] * m.n_rows  # every row folded in from 1 and from 3 entries
+    assert 0 <= report["by_revealed"]["3"]["methods"]["cf_cpp"]["within10"] <= 100
+    with pytest.raises(ValueError, match="new-row"):
+        cf_eval.evaluate(m, "random", 0.5, 1, ("cf_cpp",), leave_one_out=True)
+
+
 def test_cf_cpp_uses_features_where_they_explain_the_data(small_csv: Path) -> None:
     m = load_csv(small_csv)
     report = cf_eval.evaluate(m, "cold-col", 0.5, 1, ("cf_cpp", "mf_no_features", "biases_only"))
@@ -79,6 +122,8 @@ def test_cf_eval_rejects_bad_arguments(small_csv: Path) -> None:
         cf_eval.main(["--csv", str(small_csv), "--fill", "0"])
     with pytest.raises(SystemExit):
         cf_eval.main(["--csv", str(small_csv), "--methods", "nope"])
+    with pytest.raises(SystemExit):
+        cf_eval.main(["--csv", str(small_csv), "--protocol", "random", "--leave-one-out"])
     assert cf_eval.main(["--csv", str(small_csv.parent / "missing.csv")]) == 2
 
 

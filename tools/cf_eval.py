@@ -1,6 +1,7 @@
 """Evaluate the cf_cpp engine and baselines on any long-format latency CSV.
 
     python -m tools.cf_eval --csv FILE [--protocol random|new-row|cold-col] [--fill 0.3] [--seeds 3] [--json]
+                            [--leave-one-out]
 
 The CSV has columns ``row,col,value`` and optional numeric column features ``f_*`` (constant per col); values must be
 positive (non-positive / missing ones are dropped). Protocols:
@@ -8,7 +9,8 @@ positive (non-positive / missing ones are dropped). Protocols:
 * random:   a random fraction ``fill`` of the observed entries trains, the rest is scored.
 * new-row:  20% of the rows are held out; the other rows are sampled at ``fill``; each held row is folded in from
             n = 1, 3, 5, 10 revealed entries and scored on its remaining entries. ``methods`` holds the largest n,
-            ``by_revealed`` every n.
+            ``by_revealed`` every n. With ``--leave-one-out`` every row is held out in turn, alone, and the rest
+            of the matrix is in the fit (a new node joining a fleet whose other nodes have all reported).
 * cold-col: 20% of the columns are held out entirely (predicted from features only); the rest is sampled at ``fill``.
 
 Metrics (held-out entries only, mean over seeds; ``methods_std`` has the standard deviations): log_rmse (natural log),
@@ -54,8 +56,11 @@ def evaluate(
     seeds: int,
     methods: tuple[str, ...] = cf_methods.METHODS,
     reveals: tuple[int, ...] = cf_protocols.REVEALS,
+    leave_one_out: bool = False,
 ) -> dict:
     """Run one protocol over ``seeds`` seeds (0..seeds-1) and return the report dict."""
+    if leave_one_out and protocol != "new-row":
+        raise ValueError("leave-one-out applies to the new-row protocol only")
     report: dict = {
         "protocol": protocol,
         "fill": fill,
@@ -66,7 +71,8 @@ def evaluate(
         "n_features": 0 if m.features is None else int(m.features.shape[1]),
     }
     if protocol == "new-row":
-        runs = [cf_protocols.new_row(m, methods, fill, s, reveals) for s in range(seeds)]
+        report["leave_one_out"] = leave_one_out
+        runs = [cf_protocols.new_row(m, methods, fill, s, reveals, leave_one_out) for s in range(seeds)]
         by_n = {}
         for n in reveals:
             mean, std = _aggregate([run[n] for run in runs])
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(cf_methods.METHODS), help="comma-separated subset")
     p.add_argument("--reveal", default=",".join(map(str, cf_protocols.REVEALS)), help="new-row: revealed counts")
+    p.add_argument("--leave-one-out", action="store_true", help="new-row: hold out every row in turn, alone")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fill must be in (0, 1]")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if args.leave_one_out and args.protocol != "new-row":
+        p.error("--leave-one-out applies to --protocol new-row only")
     methods = tuple(s for s in args.methods.split(",") if s)
     for name in methods:
         if name not in cf_methods.METHODS:
@@ -132,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = {"csv": str(args.csv), **evaluate(m, args.protocol, args.fill, args.seeds, methods, reveals)}
+    report = {
+        "csv": str(args.csv),
+        **evaluate(m, args.protocol, args.fill, args.seeds, methods, reveals, args.leave_one_out),
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_table(report, f"{args.csv.name}: {args.protocol}, fill {args.fill}, {args.seeds} seeds")
+        protocol = args.protocol + (" (leave-one-out)" if args.leave_one_out else "")
+        _print_table(report, f"{args.csv.name}: {protocol}, fill {args.fill}, {args.seeds} seeds")
     return 0
 
 

@@ -70,13 +70,17 @@ def cold_col(m: Matrix, names: Iterable[str], fill: float, seed: int) -> dict[st
 
 
 def new_row_split(
-    m: Matrix, fill: float, seed: int
+    m: Matrix, fill: float, seed: int, held: Iterable[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, dict[int, np.ndarray]]:
-    """The new-row split of one seed: held-out rows, training mask, row index map of the kept rows (-1 for held
-    rows), number of kept rows, and each held row's entries in reveal order."""
+    """The new-row split of one seed: held-out rows (``held``, else a random HOLDOUT_FRACTION of them), training
+    mask, row index map of the kept rows (-1 for held rows), number of kept rows, and each held row's entries in
+    reveal order."""
     rng = np.random.default_rng(seed)
-    n_hold = max(1, int(round(HOLDOUT_FRACTION * m.n_rows)))
-    held_rows = np.sort(rng.choice(m.n_rows, n_hold, replace=False))
+    if held is None:
+        n_hold = max(1, int(round(HOLDOUT_FRACTION * m.n_rows)))
+        held_rows = np.sort(rng.choice(m.n_rows, n_hold, replace=False))
+    else:
+        held_rows = np.unique(np.fromiter(held, dtype=np.int64))
     is_held = np.isin(m.rows, held_rows)
     train = _sample(~is_held, fill, rng)
     remap = np.full(m.n_rows, -1, dtype=np.int64)
@@ -87,32 +91,45 @@ def new_row_split(
 
 
 def new_row(
-    m: Matrix, names: Iterable[str], fill: float, seed: int, reveals: tuple[int, ...] = REVEALS
+    m: Matrix,
+    names: Iterable[str],
+    fill: float,
+    seed: int,
+    reveals: tuple[int, ...] = REVEALS,
+    leave_one_out: bool = False,
 ) -> dict[int, dict[str, dict[str, float]]]:
     """Hold out whole rows; the others are sampled at ``fill``; each held row is folded in from n revealed entries
-    and scored on its entries beyond the largest n (the same test entries for every n)."""
-    held_rows, train, remap, n_kept, order = new_row_split(m, fill, seed)
+    and scored on its entries beyond the largest n (the same test entries for every n). With ``leave_one_out`` every
+    row is held out in turn, alone (one fit per row; the predictions of all rows are scored together)."""
+    groups: list[list[int] | None] = [[r] for r in range(m.n_rows)] if leave_one_out else [None]
+    splits = [new_row_split(m, fill, seed, held) for held in groups]
     top = max(reveals)
     result: dict[int, dict[str, dict[str, float]]] = {n: {} for n in reveals}
     for name in names:
-        method = cf_methods.make(name, seed)
-        fit_s = _fit(method, m, train, n_kept, remap[m.rows])
-        for n in reveals:
-            preds, truths, fold_s = [], [], 0.0
+        preds: dict[int, list[np.ndarray]] = {n: [] for n in reveals}
+        truths: list[np.ndarray] = []
+        fold_s = dict.fromkeys(reveals, 0.0)
+        fit_s = 0.0
+        for held_rows, train, remap, n_kept, order in splits:
+            method = cf_methods.make(name, seed)
+            fit_s += _fit(method, m, train, n_kept, remap[m.rows])
             for r in held_rows:
                 entries = order[r]
                 if entries.size <= top:
                     continue  # too few entries to reveal and still test
-                shown, test = entries[:n], entries[top:]
-                t0 = time.perf_counter()
-                new = method.fold_in(m.cols[shown], m.values[shown])
-                fold_s += time.perf_counter() - t0
-                preds.append(method.predict(np.full(test.size, new), m.cols[test]))
+                test = entries[top:]
                 truths.append(m.values[test])
-            if not preds:  # no held row has more than max(reveals) entries
+                for n in reveals:
+                    t0 = time.perf_counter()
+                    new = method.fold_in(m.cols[entries[:n]], m.values[entries[:n]])
+                    fold_s[n] += time.perf_counter() - t0
+                    preds[n].append(method.predict(np.full(test.size, new), m.cols[test]))
+        fit_s /= len(splits)
+        for n in reveals:
+            if not truths:  # no held row has more than max(reveals) entries
                 result[n][name] = {k: float("nan") for k in ("log_rmse", "mape", "median_ape", "within10")}
                 result[n][name].update(fit_s=fit_s, fold_in_ms=float("nan"))
                 continue
-            scored = metrics(np.concatenate(preds), np.concatenate(truths))
-            result[n][name] = {**scored, "fit_s": fit_s, "fold_in_ms": 1000 * fold_s / len(preds)}
+            scored = metrics(np.concatenate(preds[n]), np.concatenate(truths))
+            result[n][name] = {**scored, "fit_s": fit_s, "fold_in_ms": 1000 * fold_s[n] / len(truths)}
     return result
