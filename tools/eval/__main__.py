@@ -1,11 +1,12 @@
-"""`python -m tools.eval {collect,analyze,all} [--quick] [--out DIR] [--models a,b] [--classes c,d]`
+"""`python -m tools.eval {collect,analyze,all} [--quick] [--input-size N] [--out DIR] [--models a,b] [--classes c,d]`
 
     collect   testbed up -> ground truth, report, settle, execute -> testbed down (raw JSON in .cache/eval/NAME)
     analyze   raw JSON -> OUT/eval.json, ground-truth CSVs, fig3..fig6 PNGs and OUT/README.md
     all       collect, then analyze
 
 Needs root (network namespaces, tc, cgroups). Full run: the ten paper models on four emulated classes; --quick: three
-small models. Output: docs/results/ (full) or docs/results/quick/ (quick) unless --out.
+small models. --input-size N exports the models at N x N (default 224) and names the run NAME-N (e.g. quick-512).
+Output: docs/results/ (full) or docs/results/NAME/ (any other run: quick, quick-512, ...) unless --out.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("collect", "analyze", "all"))
     p.add_argument("--quick", action="store_true", help="the reduced run (< 10 min)")
-    p.add_argument("--out", type=Path, help="output directory (default docs/results[/quick])")
+    p.add_argument("--out", type=Path, help="output directory (default docs/results[/NAME])")
     p.add_argument("--models", help="comma-separated override of the model set")
     p.add_argument("--classes", help="comma-separated override of the edge classes")
+    p.add_argument("--input-size", type=int, help="export the models at N x N instead of 224 (run named NAME-N)")
     p.add_argument("--name", help="work-dir name (default full/quick)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, models=tuple(args.models.split(",")))
     if args.classes:
         cfg = replace(cfg, classes=tuple(args.classes.split(",")))
+    if args.input_size is not None and args.input_size != cfg.input_size:
+        if args.input_size < 32:
+            p.error("--input-size must be >= 32")
+        cfg = replace(cfg, input_size=args.input_size, name=f"{cfg.name}-{args.input_size}")
     if args.name:
         cfg = replace(cfg, name=args.name)
     out = args.out or cfg.default_out

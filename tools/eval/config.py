@@ -63,7 +63,8 @@ class EvalConfig:
 
     @property
     def default_out(self) -> Path:
-        return REPO / "docs" / "results" / ("quick" if self.name == "quick" else "")
+        """docs/results for the full run, docs/results/NAME for any other (quick, other input sizes, ...)."""
+        return REPO / "docs" / "results" / ("" if self.name == "full" else self.name)
 
     def model_path(self, model: str) -> Path:
         return self.models_dir / f"{model}-{self.input_size}.onnx"
