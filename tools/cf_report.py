@@ -124,10 +124,8 @@ def run(seeds: int) -> dict:
         if name == "oneproxy_nb201":
             results["new_row_ceiling"] = evaluate(m, "new-row", 0.3, seeds, ("cf_cpp",), CEILING_REVEALS)
             results["new_row_many_seeds"] = evaluate(m, "new-row", 0.3, MANY_SEEDS, ("cf_cpp",), (10,))
-            loo = {
-                s: evaluate(m, "new-row", 0.3, s, ("cf_cpp",), (10,), leave_one_out=True) for s in (seeds, LOO_SEEDS)
-            }
-            results["new_row_leave_one_out"], results["new_row_leave_one_out_many_seeds"] = loo[seeds], loo[LOO_SEEDS]
+            for key, n_seeds in (("new_row_leave_one_out", seeds), ("new_row_leave_one_out_many_seeds", LOO_SEEDS)):
+                results[key] = evaluate(m, "new-row", 0.3, n_seeds, ("cf_cpp",), (10,), leave_one_out=True)
             results["per_device_random_0.3_seed0"] = per_row_within10(m, 0.3, 0)
             results["per_device_new_row_loo_0.3"] = per_device_new_row(m, 0.3, seeds)
     return results

@@ -265,20 +265,26 @@ def render(d: dict[str, Any]) -> str:
     phases = ", ".join(f"{k} {v / 60:.1f} min" for k, v in meta["phases_s"].items())
     gt = cfg["gt_timing"]
     rt = cfg["run_timing"]
-    other = "quick/README.md" if run == "full" else "../README.md"
+    up = "" if run == "full" else "../"  # this report's place below docs/results/
+    if run == "full":
+        others = "[quick/README.md](quick/README.md), [quick-512/README.md](quick-512/README.md)"
+    else:
+        others = "[../README.md](../README.md) (the full run)"
+    command = "python -m tools.eval all" + (" --quick" if run.startswith("quick") else "")
+    command += f" --input-size {cfg['input_size']}" if cfg["input_size"] != 224 else ""
     return f"""# RoaD-RuNNer on the emulated testbed: evaluation results ({run} run)
 
 > **Read first.** Every device here is **emulated**: a cgroup CPU quota of *one CPU of this host*
 > ({meta["host"]["cpus"]}, {meta["host"]["platform"]}) per Jetson class, in its own network namespace behind a
-> `tc tbf` link ({"640mbit"} per device, both directions), see [docs/testbed.md](../testbed.md). Every energy figure
+> `tc tbf` link ({"640mbit"} per device, both directions), see [docs/testbed.md]({up}../testbed.md). Every energy figure
 > is **modelled** (declared watts of `tools/testbed/classes.json` x measured time, `energy_source = "model"`), never
 > measured. The "cloud server" is the same 2-CPU host (its own namespace and cgroup, no quota, 2 ORT threads), not
 > the paper's 2 x Xeon + V100. Latencies in Fig. 3, 5 and 6 are **measured** by running each plan on the testbed.
 
-Generated {meta["generated"]} by `python -m tools.eval all{" --quick" if run == "quick" else ""}` (phases: {phases}).
+Generated {meta["generated"]} by `{command}` (phases: {phases}).
 Models: {", ".join(cfg["models"])} at {cfg["input_size"]}x{cfg["input_size"]}; edge classes:
 {", ".join(cfg["classes"])}.
-The other run's report: [{other}]({other}). Raw numbers: [eval.json](eval.json).
+Other runs' reports: {others}. Raw numbers: [eval.json](eval.json).
 
 ## Headline numbers: paper vs this testbed
 
