@@ -281,6 +281,12 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             "run": cfg.name,
             "config": cfg.to_json(),
             "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            # when the collect finished (it writes phases.json last): `analyze` may rebuild the report much later
+            "measured": (
+                time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(phases_file.stat().st_mtime))
+                if phases_file.exists()
+                else None
+            ),
             "host": {"platform": platform.platform(), "cpus": _cpus()},
             "phases_s": json.loads(phases_file.read_text()) if phases_file.exists() else {},
             "speed": "EMULATED: cgroup CPU quota of one host CPU per device class (tools/testbed)",

@@ -270,8 +270,10 @@ def render(d: dict[str, Any]) -> str:
         others = "[quick/README.md](quick/README.md), [quick-512/README.md](quick-512/README.md)"
     else:
         others = "[../README.md](../README.md) (the full run)"
-    command = "python -m tools.eval all" + (" --quick" if run.startswith("quick") else "")
-    command += f" --input-size {cfg['input_size']}" if cfg["input_size"] != 224 else ""
+    flags = (" --quick" if run.startswith("quick") else "") + (
+        f" --input-size {cfg['input_size']}" if cfg["input_size"] != 224 else ""
+    )
+    command = f"python -m tools.eval all{flags}"
     return f"""# RoaD-RuNNer on the emulated testbed: evaluation results ({run} run)
 
 > **Read first.** Every device here is **emulated**: a cgroup CPU quota of *one CPU of this host*
@@ -281,7 +283,8 @@ def render(d: dict[str, Any]) -> str:
 > measured. The "cloud server" is the same 2-CPU host (its own namespace and cgroup, no quota, 2 ORT threads), not
 > the paper's 2 x Xeon + V100. Latencies in Fig. 3, 5 and 6 are **measured** by running each plan on the testbed.
 
-Generated {meta["generated"]} by `{command}` (phases: {phases}).
+Measured {meta.get("measured") or "at an unknown time"} by `{command}` (phases: {phases}); report generated
+{meta["generated"]}.
 Models: {", ".join(cfg["models"])} at {cfg["input_size"]}x{cfg["input_size"]}; edge classes:
 {", ".join(cfg["classes"])}.
 Other runs' reports: {others}. Raw numbers: [eval.json](eval.json).
@@ -418,11 +421,11 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
 ## Regenerate
 
 ```
-{COMMAND.get(run, COMMAND["full"])}
+{COMMAND.get(run, f"sudo .venv/bin/{command}")}
 ```
 
 Needs root (namespaces, tc, cgroups); `make eval` brings the testbed up and always tears it down. Raw worker outputs
-and logs stay in `.cache/eval/{run}/`; `python -m tools.eval analyze{" --quick" if run == "quick" else ""}` rebuilds
+and logs stay in `.cache/eval/{run}/`; `python -m tools.eval analyze{flags}` rebuilds
 this report, the figures and eval.json from them without re-measuring.
 """
 
