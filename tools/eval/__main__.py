@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", help="comma-separated override of the model set")
     p.add_argument("--classes", help="comma-separated override of the edge classes")
     p.add_argument("--input-size", type=int, help="export the models at N x N instead of 224 (run named NAME-N)")
-    p.add_argument("--name", help="work-dir name (default full/quick)")
+    p.add_argument("--name", help="run name: work and output dir (default full, quick, or NAME-N with --input-size)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
