@@ -1,6 +1,7 @@
 """`python -m tools.eval {collect,analyze,all} [--quick] [--input-size N] [--out DIR] [--models a,b] [--classes c,d]`
 
-    collect   testbed up -> ground truth, report, settle, execute -> testbed down (raw JSON in .cache/eval/NAME)
+    collect   testbed up -> ground truth, report, settle, netprofile, execute -> testbed down (raw JSON in
+              .cache/eval/NAME)
     analyze   raw JSON -> OUT/eval.json, ground-truth CSVs, fig3..fig6 PNGs and OUT/README.md
     all       collect, then analyze
 

@@ -253,7 +253,9 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     gt_out = _load(work, "groundtruth")
     execute = _load(work, "execute")
-    reports = _load(work, "report")
+    # the network profiles (their own phase since it runs after settle; runs before that kept them in the reports)
+    networks = {d: r.get("network") for d, r in _load(work, "report").items()}
+    networks.update({d: r.get("network") for d, r in _load(work, "netprofile").items()})
     order = [d for d in (*cfg.classes, "server") if d in gt_out]
     gt_out = {d: gt_out[d] for d in order}
     execute = {d: execute[d] for d in cfg.classes if d in execute}
@@ -305,7 +307,7 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             "energy_entries": n_en,
             **groundtruth_summary(gt_out),
         },
-        "network": {d: r.get("network") for d, r in reports.items()},
+        "network": networks,
         "fig3": f3,
         "fig4": f4,
         "fig5": f5,

@@ -1,8 +1,10 @@
 """On the device: the online phase of RoaD-RuNNer against the testbed's server, and the measurement of every plan.
 
-    report    the node registers, reports a p-sample of its blocks (the measurements of the ground-truth run, the
-              blocks chosen exactly as `rr-edge profile` chooses them) and profiles its link (`run_netprofile`)
-    settle    wait until the server's cloud profiler has timed every reported slice (no background load later)
+    report      the node registers and reports a p-sample of its blocks (the measurements of the ground-truth run,
+                the blocks chosen exactly as `rr-edge profile` chooses them)
+    settle      wait until the server's cloud profiler has timed every reported slice (no background load later)
+    netprofile  the node profiles its link (`run_netprofile`), after `settle`: while the cloud profiler times big
+                slices, the server's CPU is busy and small probes measured several times their quiet-host time
     execute   per model: predictions -> plans (latency, energy, pre-offloaded) and the four baselines; then every
               distinct split is RUN on the testbed (head/tail here, middle on the server) and the middle slice's
               upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new)
@@ -161,10 +163,19 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
             "unique": result.unique_signatures,
             "already_measured": result.already_measured,
         }
+    client.close()
+    return out
+
+
+def netprofile(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
+    """The node's network profile (reported to the server by `run_netprofile`) and its raw samples."""
+    switch.free()
+    node = spec["device"]
+    client = connect(spec["server"])
     t0 = time.perf_counter()
     config = NetProfileConfig(max_mb=spec["netprofile_max_mb"], upload_max_mb=spec["upload_probe_max_mb"])
     prof = run_netprofile(client, node, config, meter=ModelMeter())
-    out["netprofile_s"] = time.perf_counter() - t0
+    out: dict[str, Any] = {"device": node, "netprofile_s": time.perf_counter() - t0}
     out["network"] = {
         d: {
             "chosen_model": p.chosen_model,

@@ -4,8 +4,9 @@ inside the devices, and always tear everything down (also on failure or Ctrl-C).
 Phases (raw outputs under `EvalConfig.work_dir`):
 
     groundtruth   every edge class in turn, then the server's row
-    report        per edge class in turn: the p-sample reported to the server, then the network profile
+    report        per edge class in turn: the p-sample reported to the server
     settle        wait for the server's cloud profiler to finish timing the reported slices
+    netprofile    per edge class in turn: the network profile, against a server with nothing else to do
     execute       per edge class in turn (the server is shared, so one device offloads at a time)
 """
 
@@ -226,15 +227,8 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     t = time.perf_counter()
     reported: set[str] = set()
     for dev in cfg.classes:
-        log.info("report + network profile: %s", dev)
-        spec = {
-            **common,
-            "sample": cfg.sample,
-            "netprofile_max_mb": cfg.netprofile_max_mb,
-            "upload_probe_max_mb": cfg.upload_probe_max_mb,
-            "groundtruth": gt[dev],
-        }
-        rep = cluster.run_workers("report", {dev: spec})[dev]
+        log.info("report: %s", dev)
+        rep = cluster.run_workers("report", {dev: {**common, "sample": cfg.sample, "groundtruth": gt[dev]}})[dev]
         for m in rep["models"].values():
             reported.update(m.get("uploaded", m["reported"]))
     times["report"] = time.perf_counter() - t
@@ -243,6 +237,13 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     log.info("waiting for the cloud profiler (%d signatures)", len(reported))
     cluster.run_workers("settle", {cfg.classes[-1]: {**common, "signatures": sorted(reported)}})
     times["settle"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    net_spec = {"netprofile_max_mb": cfg.netprofile_max_mb, "upload_probe_max_mb": cfg.upload_probe_max_mb}
+    for dev in cfg.classes:  # on a quiet server: after settle, one device at a time
+        log.info("network profile: %s", dev)
+        cluster.run_workers("netprofile", {dev: net_spec})
+    times["netprofile"] = time.perf_counter() - t
 
     t = time.perf_counter()
     failed = []

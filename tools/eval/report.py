@@ -253,7 +253,8 @@ def _input_size_note(cfg: dict[str, Any]) -> str:
     if n == 224:
         return (
             "224x224 only; the paper's 512 and 768 variants are not in this run (time budget). The three quick-run "
-            "models at 512x512: docs/results/quick-512/ (`python -m tools.eval all --quick --input-size 512`)."
+            "models at 512x512 and 768x768: docs/results/quick-512/ and quick-768/ (`python -m tools.eval all --quick "
+            "--input-size 512`, `... 768`)."
         )
     return f"{n}x{n} only in this run; the full run (docs/results/) is at 224x224. The paper ran 224, 512 and 768."
 
@@ -267,7 +268,7 @@ def render(d: dict[str, Any]) -> str:
     rt = cfg["run_timing"]
     up = "" if run == "full" else "../"  # this report's place below docs/results/
     if run == "full":
-        others = "[quick/README.md](quick/README.md), [quick-512/README.md](quick-512/README.md)"
+        others = ", ".join(f"[{d}/README.md]({d}/README.md)" for d in ("quick", "quick-512", "quick-768"))
     else:
         others = "[../README.md](../README.md) (the full run)"
     flags = (" --quick" if run.startswith("quick") else "") + (
@@ -375,9 +376,10 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
 * **Profiling (p = {cfg["sample"]})**: each node reports the blocks `rr-edge profile --sample {cfg["sample"]}` would
   pick (same `select_signatures`, seeded, skipping signatures it already reported), with the ground-truth
   measurements of those blocks (window mean in place of the median) instead of timing them a second time, plus the
-  whole-model record (the e2e correction). The server times the reported slices itself (its cloud row). Then
-  `run_netprofile` (up to {cfg["netprofile_max_mb"]:.0f} MiB each direction, slice-upload probes of 1 to
-  {cfg.get("upload_probe_max_mb", 0):.0f} MiB) runs in the device's namespace.
+  whole-model record (the e2e correction). The server times the reported slices itself (its cloud row). Once it
+  has, `run_netprofile` (up to {cfg["netprofile_max_mb"]:.0f} MiB each direction, slice-upload probes of 1 to
+  {cfg.get("upload_probe_max_mb", 0):.0f} MiB) runs in each device's namespace in turn (while the server was still
+  timing slices, its busy CPU made small probes several times slower than on a quiet host).
 * **Plans**: `rr_edge.offload.gather_costs` + `make_plan` for the latency and energy objectives and pre-offloaded;
   the four baselines of `rr_edge.baselines`. Every distinct split is run with `rr_edge.offload.make_runner` inside
   the device (head and tail local, middle over gRPC on the server). Outputs match local execution (max |diff| in

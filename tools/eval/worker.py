@@ -1,6 +1,6 @@
 """Entry point the harness spawns inside a device (namespace + cgroup):
 
-    python -m tools.eval.worker {groundtruth,report,settle,execute} --spec SPEC.json --out OUT.json
+    python -m tools.eval.worker {groundtruth,report,settle,netprofile,execute} --spec SPEC.json --out OUT.json
                                 [--throttle-fd N --free-fd M]
 
 Reads a JSON spec, writes a JSON result; logging goes to stderr (the harness keeps it in the work dir).
@@ -22,6 +22,7 @@ COMMANDS = {
     "groundtruth": device_gt.run,
     "report": device_run.report,
     "settle": device_run.settle,
+    "netprofile": device_run.netprofile,
     "execute": device_run.execute,
 }
 
