@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from tools.cf_data import load_csv  # noqa: E402
 from tools.eval import accuracy, analysis, config, figures, metrics, report  # noqa: E402
 from tools.eval.device_run import PLANS, _tagged  # noqa: E402
 from tools.eval.groundtruth import FEATURE_NAMES, from_worker_outputs, read_long_csv, write_long_csv  # noqa: E402
-from tools.eval.throttle import CgroupSwitch  # noqa: E402
+from tools.eval.throttle import CgroupSwitch, keep_moves_cheap  # noqa: E402
 
 # -- metrics ----------------------------------------------------------------------------------------------------
 
@@ -84,6 +86,30 @@ def test_cgroup_switch_writes_pid_to_the_right_descriptor():
         for fd in (tr, tw, fr, fw):
             os.close(fd)
     CgroupSwitch().throttle()  # without descriptors: a no-op
+
+
+def test_keepalive_moves_only_its_own_thread_until_stopped():
+    r, w = os.pipe()
+    stop, tids = threading.Event(), []
+
+    def run() -> None:
+        tids.append(threading.get_native_id())
+        keep_moves_cheap(w, every_s=0.002, stop=stop)
+
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        time.sleep(0.05)
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        os.close(w)
+        written = os.read(r, 1 << 16).decode()
+        tid = str(tids[0])
+        assert tid != str(os.getpid()) and len(written) >= 3 * len(tid)  # a thread id, written again and again
+        assert written == tid * (len(written) // len(tid))
+    finally:
+        os.close(r)
 
 
 def test_upload_probe_is_a_valid_model_with_a_new_hash():

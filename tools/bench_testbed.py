@@ -1,4 +1,4 @@
-"""Benchmark the emulated testbed: payload throughput over the shaped link and CPU-quota throttling jitter.
+"""Benchmark the emulated testbed: payload throughput over the shaped link, CPU-quota throttling jitter, cgroup moves.
 
     sudo PYTHONPATH=. python tools/bench_testbed.py [--quick] > docs/results/bench_testbed.json
 
@@ -6,7 +6,9 @@ Link: 64 MB over TCP (stdlib sockets) from an edge namespace to the server names
 outside any cgroup ("link") and inside the emu-agx cgroup ("as emu-agx"). CPU: a fixed pure-Python loop (about one
 resnet18 inference long when unthrottled) timed repeatedly inside each class cgroup at several CFS periods, with a
 seeded random idle gap before each run so that runs start at random phases of the period, as requests do. Ratios are
-against the unthrottled loop measured in the same run. Uses its own prefix (rrb); tears everything down at the end.
+against the unthrottled loop measured in the same run. cgroup_move: moving this process into emu-agx's cgroup after
+a 50 ms pause, without and with the evaluation's keepalive thread. Uses its own prefix (rrb); tears everything down
+at the end.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.testbed import TestbedConfig, down, load_classes, spawn, up  # noqa: E402
+from tools.eval.throttle import keep_moves_cheap  # noqa: E402
+from tools.testbed import TestbedConfig, cgroups, device_env, down, load_classes, spawn, up  # noqa: E402
 
 SEED = 1234
 PREFIX = "rrb"
@@ -168,6 +172,39 @@ def bench_cpu(
     return {"loop_iterations": iters, "runs": runs, "idle_gap_s": [0.0, gap_s], "cpu_shares": shares, "rows": rows}
 
 
+def bench_cgroup_move(state_dir: str, repeats: int, pause_s: float) -> dict[str, object]:
+    """Time moving this process into emu-agx's cgroup after `pause_s` without a move, as a plan's tail does after
+    waiting for the server, with and without the evaluation's keepalive thread (tools.eval.throttle)."""
+    cfg = TestbedConfig(prefix=PREFIX, state_dir=state_dir, classes=("emu-agx",))
+    up(cfg)
+    _, cgroup, _ = device_env(cfg, "emu-agx")
+    root = cgroups.detect().root
+    pid = str(os.getpid()).encode()
+    into, back = os.open(cgroup / "cgroup.procs", os.O_WRONLY), os.open(root / "cgroup.procs", os.O_WRONLY)
+    out: dict[str, object] = {"pause_s": pause_s, "repeats": repeats}
+    try:
+        for keepalive in (False, True):
+            stop = threading.Event()
+            if keepalive:
+                tasks = os.open(root / "tasks", os.O_WRONLY)
+                threading.Thread(target=keep_moves_cheap, args=(tasks,), kwargs={"stop": stop}, daemon=True).start()
+            ms = []
+            for _ in range(repeats):
+                time.sleep(pause_s)
+                t0 = time.perf_counter()
+                os.write(into, pid)
+                ms.append((time.perf_counter() - t0) * 1e3)
+                os.write(back, pid)
+            stop.set()
+            key = "with_keepalive" if keepalive else "without_keepalive"
+            out[key] = {"median_ms": round(statistics.median(ms), 3), "max_ms": round(max(ms), 3)}
+    finally:
+        os.write(back, pid)
+        os.close(into)
+        os.close(back)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
@@ -177,25 +214,37 @@ def main() -> int:
     ap.add_argument("--target-ms", type=float, default=47.0, help="loop CPU time (resnet18, ORT 1 thread: 47 ms)")
     ap.add_argument("--cpu-shares", type=int, default=8192, help="testbed weight vs other host load (1024: equal)")
     ap.add_argument("--gap-ms", type=float, default=100.0, help="max random idle gap before each run")
+    ap.add_argument("--parts", default="link,cpu,cgroup_move", help="which measurements (comma-separated)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if os.geteuid() != 0:
         print("error: needs root", file=sys.stderr)
         return 1
     runs = 5 if args.quick else args.runs
+    parts = set(args.parts.split(","))
+    unknown = parts - {"link", "cpu", "cgroup_move"}
+    if unknown:
+        ap.error(f"unknown part(s) {sorted(unknown)}; choose from link, cpu, cgroup_move")
     with tempfile.TemporaryDirectory() as state_dir:
         cfg = TestbedConfig(prefix=PREFIX, state_dir=state_dir)
         down(cfg)
         try:
             t0 = time.time()
-            link = bench_link(state_dir, args.rates.split(","), 64, 1 if args.quick else 3)
-            periods = [int(p) for p in args.periods.split(",")]
-            cpu = bench_cpu(state_dir, periods, runs, args.target_ms / 1000, args.gap_ms / 1000, args.cpu_shares)
+            results: dict[str, object] = {}
+            if "link" in parts:
+                results["link"] = bench_link(state_dir, args.rates.split(","), 64, 1 if args.quick else 3)
+            if "cpu" in parts:
+                periods = [int(p) for p in args.periods.split(",")]
+                results["cpu"] = bench_cpu(
+                    state_dir, periods, runs, args.target_ms / 1000, args.gap_ms / 1000, args.cpu_shares
+                )
+            if "cgroup_move" in parts:
+                results["cgroup_move"] = bench_cgroup_move(state_dir, runs, 0.05)
         finally:
             down(cfg)
     print(json.dumps({
         "bench": "testbed", "seed": SEED, "cpus": os.cpu_count(), "kernel": os.uname().release,
-        "loadavg_after": os.getloadavg(), "seconds": round(time.time() - t0, 1), "link": link, "cpu": cpu,
+        "loadavg_after": os.getloadavg(), "seconds": round(time.time() - t0, 1), **results,
     }, indent=2))  # fmt: skip
     return 0
 

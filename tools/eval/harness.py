@@ -122,6 +122,9 @@ class Cluster:
         _, cg, _ = testbed.device_env(self.tcfg, device, self.cfg.port)
         tfd = os.open(cg / "cgroup.procs", os.O_WRONLY)
         ffd = os.open(self._free_procs, os.O_WRONLY)
+        tasks = self._free_procs.with_name("tasks")  # cgroup v1 only (v2 moves threads only in threaded cgroups)
+        kfd = os.open(tasks, os.O_WRONLY) if tasks.exists() else None
+        fds = [fd for fd in (tfd, ffd, kfd) if fd is not None]
         argv = [
             sys.executable,
             "-m",
@@ -135,6 +138,7 @@ class Cluster:
             str(tfd),
             "--free-fd",
             str(ffd),
+            *(["--keepalive-fd", str(kfd)] if kfd is not None else []),
         ]
         logf = open(self.work / f"{stem}.log", "wb")
         try:
@@ -146,12 +150,12 @@ class Cluster:
                 cwd=REPO,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                pass_fds=(tfd, ffd),
+                pass_fds=fds,
             )
         finally:
             logf.close()
-            os.close(tfd)
-            os.close(ffd)
+            for fd in fds:
+                os.close(fd)
         return proc, out_path
 
     def run_workers(self, command: str, jobs: dict[str, dict[str, Any]], timeout_s: float = 3600) -> dict[str, Any]:
