@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.eval.throttle import keep_moves_cheap  # noqa: E402
+from tools.eval.throttle import CgroupSwitch, keep_moves_cheap  # noqa: E402
 from tools.testbed import TestbedConfig, cgroups, device_env, down, load_classes, spawn, up  # noqa: E402
 
 SEED = 1234
@@ -179,29 +179,31 @@ def bench_cgroup_move(state_dir: str, repeats: int, pause_s: float) -> dict[str,
     up(cfg)
     _, cgroup, _ = device_env(cfg, "emu-agx")
     root = cgroups.detect().root
-    pid = str(os.getpid()).encode()
-    into, back = os.open(cgroup / "cgroup.procs", os.O_WRONLY), os.open(root / "cgroup.procs", os.O_WRONLY)
+    fds = [os.open(path, os.O_WRONLY) for path in (cgroup / "cgroup.procs", root / "cgroup.procs", root / "tasks")]
+    switch = CgroupSwitch(fds[0], fds[1])
     out: dict[str, object] = {"pause_s": pause_s, "repeats": repeats}
     try:
         for keepalive in (False, True):
             stop = threading.Event()
+            mover = threading.Thread(target=keep_moves_cheap, args=(fds[2],), kwargs={"stop": stop})
             if keepalive:
-                tasks = os.open(root / "tasks", os.O_WRONLY)
-                threading.Thread(target=keep_moves_cheap, args=(tasks,), kwargs={"stop": stop}, daemon=True).start()
+                mover.start()
             ms = []
             for _ in range(repeats):
                 time.sleep(pause_s)
                 t0 = time.perf_counter()
-                os.write(into, pid)
+                switch.throttle()
                 ms.append((time.perf_counter() - t0) * 1e3)
-                os.write(back, pid)
+                switch.free()
             stop.set()
+            if keepalive:
+                mover.join()
             key = "with_keepalive" if keepalive else "without_keepalive"
             out[key] = {"median_ms": round(statistics.median(ms), 3), "max_ms": round(max(ms), 3)}
     finally:
-        os.write(back, pid)
-        os.close(into)
-        os.close(back)
+        switch.free()
+        for fd in fds:
+            os.close(fd)
     return out
 
 

@@ -5,9 +5,9 @@
     settle      wait until the server's cloud profiler has timed every reported slice (no background load later)
     netprofile  the node profiles its link (`run_netprofile`), after `settle`: while the cloud profiler times big
                 slices, the server's CPU is busy and small probes measured several times their quiet-host time
-    execute   per model: predictions -> plans (latency, energy, pre-offloaded) and the four baselines; then every
-              distinct split is RUN on the testbed (head/tail here, middle on the server) and the middle slice's
-              upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new)
+    execute     per model: predictions -> plans (latency, energy, pre-offloaded) and the four baselines; then every
+                distinct split is RUN on the testbed (head/tail here, middle on the server) and the middle slice's
+                upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new)
 
 Latency of a plan as measured = mean per-request latency over a throttled window (`tools.eval.timing`) (+ the measured
 upload of its middle slice when the plan uploads weights at run time: RoaD-RuNNer, Offload All, NS-nonOffloaded).
