@@ -22,6 +22,7 @@ from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
 from tests._server_process import ServerProcess
 from tests.conftest import REPO, exported_model
+from tools.eval.device_run import wait_for_cloud
 
 NODE = "e2e-edge"
 
@@ -80,12 +81,11 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert len(prof["profiled"]) >= 1
     # the whole model went up too: the server times it for the cloud's calibration (cloud_correction below)
     assert prof["whole_model"]["slice_id"] == hashlib.sha256(load_model(path).SerializeToString()).hexdigest()
-    with Client(server.address) as client:
-        cloud, first = client.server_info().cloud_node_id, prof["profiled"][0]["signature"]
-        deadline = time.monotonic() + 120
-        while client.predict(cloud, [first], model=prof["model"]).model_latency_ms <= 0:
-            assert time.monotonic() < deadline, "the server never timed the whole model"
-            time.sleep(0.2)
+    profiled = {m["signature"] for m in prof["profiled"]}
+    with Client(server.address) as client:  # the evaluation's wait for the cloud profiler (tools/eval)
+        measured, whole = wait_for_cloud(client, {prof["model"]: analyze(load_model(path))}, profiled, 0.2, 60, 120)
+    assert profiled <= measured, "the server never timed the uploaded blocks"
+    assert whole == {prof["model"]}, "the server never timed the whole model"
     plan = rr_edge("plan", str(path), *common, "--json", "--plot", str(tmp_path / "p.png"))
     n = plan["blocks"]
     assert n == len(analyze(load_model(path)).blocks)
