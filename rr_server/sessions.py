@@ -68,6 +68,21 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """How the server opens every slice (0 threads: ONNX Runtime's default, one per physical core).
+
+    ONNX Runtime's pool threads spin after each run by default; on a server they would steal the cores that gRPC's
+    threads need (tiny-tensor ModelInfer round trip 1.09 ms spinning vs 0.65 ms not, 2-core machine). A slice of
+    many small operators runs slower without spinning (mobilenet_v2 whole, 2 threads: ~1.4x), and the server's own
+    timings (`rr_server.cloud_profiler`) include that.
+    """
+    options = ort.SessionOptions()
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def resolve_providers(requested: Sequence[str]) -> list[str]:
     """ONNX Runtime provider names that really load here, in the requested order; CPU is always last."""
     names = []
@@ -240,14 +255,8 @@ class SessionPool:
             return session
 
     def _load(self, slice_id: str, path: Path) -> Session:
-        options = ort.SessionOptions()
-        if self._intra:
-            options.intra_op_num_threads = self._intra
-        # ONNX Runtime's pool threads spin after each run by default; on a server they would steal the cores that
-        # gRPC's threads need (tiny-tensor ModelInfer round trip 1.09 ms spinning vs 0.65 ms not, 2-core machine).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            raw = ort.InferenceSession(str(path), options, providers=self.providers)
+            raw = ort.InferenceSession(str(path), session_options(self._intra), providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
             raise InvalidArgument(f"ONNX Runtime cannot load slice {slice_id[:12]}: {exc}"[:500]) from None
         session = Session(slice_id, raw)

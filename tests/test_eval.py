@@ -12,13 +12,16 @@ import threading
 import time
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("cf_cpp")
 
 from tools.cf_data import load_csv  # noqa: E402
-from tools.eval import accuracy, analysis, config, figures, metrics, report  # noqa: E402
+from tools.eval import __main__ as _eval_main  # noqa: E402
+from tools.eval import accuracy, analysis, config, device_gt, figures, metrics, report  # noqa: E402
 from tools.eval.device_run import PLANS, _tagged  # noqa: E402
 from tools.eval.groundtruth import FEATURE_NAMES, from_worker_outputs, read_long_csv, write_long_csv  # noqa: E402
 from tools.eval.throttle import CgroupSwitch, keep_moves_cheap  # noqa: E402
@@ -69,6 +72,31 @@ def test_model_sets():
     assert config.QUICK.default_out.name == "quick" and config.FULL.default_out.name == "results"
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"quick": True},
+        {"quick": True, "input_size": 512},
+        {"input_size": 768, "name": "big"},
+        {"models": ("alexnet", "vgg11"), "classes": ("emu-agx",)},
+        {"quick": True, "name": "quick-again"},
+    ],
+)
+def test_cli_flags_remake_the_saved_run(options):
+    cfg = config.from_options(**options)
+    saved = json.loads(json.dumps(cfg.to_json()))  # as eval.json keeps it
+    flags = config.cli_flags(saved)
+    assert _eval_main.parse(["all", *flags])[1] == cfg
+    legacy = {k: v for k, v in saved.items() if k != "quick"}  # eval.json written before `quick` was saved
+    assert config.cli_flags(legacy) == flags
+
+
+def test_from_options_rejects_a_tiny_input_size():
+    with pytest.raises(ValueError, match="input-size"):
+        config.from_options(input_size=8)
+
+
 # -- throttle ---------------------------------------------------------------------------------------------------
 
 
@@ -113,14 +141,11 @@ def test_keepalive_moves_only_its_own_thread_until_stopped():
 
 
 def test_upload_probe_is_a_valid_model_with_a_new_hash():
-    onnx = pytest.importorskip("onnx")
-    from onnx import helper
-
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
         "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     data = helper.make_model(graph).SerializeToString()
     a, b = _tagged(data), _tagged(data)
@@ -131,6 +156,26 @@ def test_upload_probe_is_a_valid_model_with_a_new_hash():
 
 
 # -- ground truth -----------------------------------------------------------------------------------------------
+
+
+def _spinning(session) -> str:
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: ONNX Runtime's default, spinning
+        return "default"
+
+
+def test_server_ground_truth_opens_models_as_rr_server_does():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    open_server, recorded = device_gt.session_opener(config.SERVER_CLASS)
+    server = open_server(data)
+    assert _spinning(server) == "0" and recorded["spinning"] is False  # rr-server's pool threads do not spin
+    assert server.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
+    open_edge, _ = device_gt.session_opener("emu-nano")
+    assert _spinning(open_edge(data)) == "default"  # rr-edge's sessions keep ONNX Runtime's default
 
 
 def _block(k: int, sig: str) -> dict:
@@ -252,6 +297,21 @@ def _execute() -> dict:
         out[dev] = {"models": models}
     assert set(plans) == set(PLANS)
     return out
+
+
+def test_cloud_row_is_scored_against_the_servers_ground_truth(tmp_path):
+    ex = _execute()
+    for dev, k in (("emu-nano", 1.0), ("emu-agx", 3.0)):
+        for model, mo in ex[dev]["models"].items():
+            mo["plans"]["offload_all"]["predicted"]["breakdown"] = {"cloud_ms": (12.0 if model == "alexnet" else 5) * k}
+    whole = {m: {"whole_model": {"latency_ms": {"median": ms}}} for m, ms in (("alexnet", 20.0), ("resnet18", 5.0))}
+    cloud = analysis.cloud_vs_groundtruth({"server": {"models": whole}}, ex)
+    assert cloud["per_model"]["alexnet"] == {"predicted_ms": 24.0, "groundtruth_ms": 20.0, "ratio": pytest.approx(1.2)}
+    assert cloud["per_model"]["resnet18"]["ratio"] == pytest.approx(2.0)  # median of 5 and 15 over 5
+    assert cloud["median_ape"] == pytest.approx(60.0) and cloud["median_ratio"] == pytest.approx(1.6)
+    assert analysis.cloud_vs_groundtruth({}, ex) == {}  # no server row: nothing to score
+    text = report.write({**_eval_data(), "cloud": cloud}, tmp_path).read_text()
+    assert "| alexnet | 24.0 | 20.0 | 1.20 |" in text and "(median error 60.0%)" in text
 
 
 def test_measured_cost_charges_upload_only_when_not_preloaded():

@@ -18,17 +18,16 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from .config import get_config
+from .config import EvalConfig, from_options
 
 
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, EvalConfig]:
     p = argparse.ArgumentParser(prog="python -m tools.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("collect", "analyze", "all"))
     p.add_argument("--quick", action="store_true", help="the reduced run (< 10 min)")
@@ -39,20 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="run name: work and output dir (default full, quick, or NAME-N with --input-size)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    models = tuple(args.models.split(",")) if args.models else None
+    classes = tuple(args.classes.split(",")) if args.classes else None
+    try:
+        return args, from_options(args.quick, models, classes, args.input_size, args.name)
+    except ValueError as exc:
+        p.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    cfg = get_config(args.quick)
-    if args.models:
-        cfg = replace(cfg, models=tuple(args.models.split(",")))
-    if args.classes:
-        cfg = replace(cfg, classes=tuple(args.classes.split(",")))
-    if args.input_size is not None and args.input_size != cfg.input_size:
-        if args.input_size < 32:
-            p.error("--input-size must be >= 32")
-        cfg = replace(cfg, input_size=args.input_size, name=f"{cfg.name}-{args.input_size}")
-    if args.name:
-        cfg = replace(cfg, name=args.name)
     out = args.out or cfg.default_out
     signal.signal(signal.SIGTERM, _terminate)  # so that the testbed's teardown (a `finally`) runs on SIGTERM too
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import accuracy, metrics
-from .config import CHAIN, EvalConfig, group_of
+from .config import CHAIN, SERVER_CLASS, EvalConfig, group_of
 from .groundtruth import from_worker_outputs, write_blocks_csv, write_long_csv
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,34 @@ def repeatability(gt_out: Mapping[str, Mapping[str, Any]], execute: Mapping[str,
     return {"abs_diff_pct": diffs, "median_abs_diff_pct": metrics.median(diffs.values())}
 
 
+def cloud_vs_groundtruth(
+    gt_out: Mapping[str, Mapping[str, Any]], execute: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The cloud row of the plans against the server's own ground truth: each model's predicted cloud compute with
+    every block offloaded (Offload All's breakdown; the median over the edge classes) over the server's measured
+    whole-model latency. Errors here come from the cloud profiler's timings and the cloud's CF predictions."""
+    server = gt_out.get(SERVER_CLASS)
+    if server is None:
+        return {}
+    predicted: dict[str, list[float]] = {}
+    for out in execute.values():
+        for model, mo in out["models"].items():
+            breakdown = mo["plans"]["offload_all"]["predicted"].get("breakdown")
+            if breakdown is not None and model in server["models"]:
+                predicted.setdefault(model, []).append(breakdown["cloud_ms"])
+    per_model = {}
+    for model, values in predicted.items():
+        pred, gt = metrics.median(values), server["models"][model]["whole_model"]["latency_ms"]["median"]
+        per_model[model] = {"predicted_ms": pred, "groundtruth_ms": gt, "ratio": pred / gt}
+    return {
+        "per_model": per_model,
+        "median_ape": metrics.median(
+            metrics.abs_pct_error(v["predicted_ms"], v["groundtruth_ms"]) for v in per_model.values()
+        ),
+        "median_ratio": metrics.median(v["ratio"] for v in per_model.values()),
+    }
+
+
 def groundtruth_summary(gt_out: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     whole: dict[str, dict[str, float]] = {}
     ratio: dict[str, dict[str, float]] = {}
@@ -307,6 +335,7 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             "energy_entries": n_en,
             **groundtruth_summary(gt_out),
         },
+        "cloud": cloud_vs_groundtruth(gt_out, execute),
         "network": networks,
         "fig3": f3,
         "fig4": f4,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Timing:
 class EvalConfig:
     name: str
     models: tuple[str, ...]
+    quick: bool = False  # the reduced preset (`--quick`)
     classes: tuple[str, ...] = EDGE_CLASSES
     input_size: int = 224
     sample: float = 0.3  # fraction of a model's unique blocks each node profiles (SPEC default)
@@ -76,6 +77,7 @@ class EvalConfig:
 FULL = EvalConfig(name="full", models=PAPER_MODELS)
 QUICK = EvalConfig(
     name="quick",
+    quick=True,
     models=("alexnet", "resnet18", "mobilenet_v2"),
     netprofile_max_mb=64.0,
     upload_probe_max_mb=64.0,
@@ -87,3 +89,40 @@ QUICK = EvalConfig(
 
 def get_config(quick: bool) -> EvalConfig:
     return QUICK if quick else FULL
+
+
+def from_options(
+    quick: bool = False,
+    models: tuple[str, ...] | None = None,
+    classes: tuple[str, ...] | None = None,
+    input_size: int | None = None,
+    name: str | None = None,
+) -> EvalConfig:
+    """The run `python -m tools.eval` makes of its options: a preset, overridden; another input size names the run
+    NAME-N (e.g. quick-512) unless `name` is given."""
+    cfg = get_config(quick)
+    if models:
+        cfg = replace(cfg, models=tuple(models))
+    if classes:
+        cfg = replace(cfg, classes=tuple(classes))
+    if input_size is not None and input_size != cfg.input_size:
+        if input_size < 32:
+            raise ValueError("--input-size must be >= 32")
+        cfg = replace(cfg, input_size=input_size, name=f"{cfg.name}-{input_size}")
+    return replace(cfg, name=name) if name else cfg
+
+
+def cli_flags(saved: dict[str, Any]) -> list[str]:
+    """The options of `python -m tools.eval` that make the run whose configuration was saved (`to_json()`)."""
+    quick = saved.get("quick", saved["name"].startswith("quick"))  # runs saved before `quick` was recorded
+    preset = get_config(quick)
+    flags = ["--quick"] if quick else []
+    if tuple(saved["models"]) != preset.models:
+        flags += ["--models", ",".join(saved["models"])]
+    if tuple(saved["classes"]) != preset.classes:
+        flags += ["--classes", ",".join(saved["classes"])]
+    if saved["input_size"] != preset.input_size:
+        flags += ["--input-size", str(saved["input_size"])]
+    if saved["name"] != from_options(quick, input_size=saved["input_size"]).name:
+        flags += ["--name", saved["name"]]
+    return flags

@@ -10,8 +10,11 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import onnxruntime as ort
 
 from rr_edge.blocks import analyze
 from rr_edge.meters.model import resolve_power
@@ -19,8 +22,10 @@ from rr_edge.onnx_io import load_model
 from rr_edge.profiler import random_feeds
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
+from rr_server.config import DEFAULT_PROVIDERS
+from rr_server.sessions import resolve_providers, session_options
 
-from .config import Timing
+from .config import SERVER_CLASS, Timing
 from .throttle import CgroupSwitch
 from .timing import stats, window
 
@@ -39,29 +44,45 @@ def block_record(block: Any) -> dict[str, Any]:
     }
 
 
-def _time_onnx(data: bytes, settings: OrtSettings, switch: CgroupSwitch, timing: Timing) -> dict[str, Any]:
-    session = settings.create_session(data)
+def _time_onnx(
+    data: bytes, open_session: Callable[[bytes], Any], switch: CgroupSwitch, timing: Timing
+) -> dict[str, Any]:
+    session = open_session(data)
     feeds = random_feeds(session)
     times, _ = window(lambda: session.run(None, feeds), switch, timing)
     return stats(times)
 
 
-def profile_all(path: Path, name: str, timing: Timing, switch: CgroupSwitch, active_w: float) -> dict[str, Any]:
-    """Every unique block of one model, and the model end to end."""
+def session_opener(device: str) -> tuple[Callable[[bytes], Any], dict[str, Any]]:
+    """How `device` opens a model, and its settings as recorded: an edge class as `rr-edge` does (`OrtSettings`), the
+    server class as `rr-server` opens a slice (`rr_server.sessions.session_options`: its pool threads do not spin)."""
+    if device == SERVER_CLASS:
+        providers = resolve_providers(DEFAULT_PROVIDERS)
+        recorded = {"execution_provider": providers[0], "intra_op_threads": 0, "spinning": False}  # 0: ORT's default
+        return lambda data: ort.InferenceSession(data, session_options(), providers=providers), recorded
+    settings = OrtSettings().resolved()
+    recorded = {"execution_provider": settings.provider, "intra_op_threads": settings.intra_op_threads}
+    return settings.create_session, recorded
+
+
+def profile_all(
+    path: Path, name: str, timing: Timing, switch: CgroupSwitch, active_w: float, device: str = ""
+) -> dict[str, Any]:
+    """Every unique block of one model, and the model end to end, each opened as `device` opens it."""
     switch.free()
     started = time.perf_counter()
     model = load_model(path)
     graph = analyze(model, name)
     slicer = Slicer(model, graph)
-    settings = OrtSettings().resolved()
+    open_session, settings = session_opener(device)
     measurements: dict[str, Any] = {}
     for block in graph.blocks:
         if block.signature in measurements:
             continue
-        lat = _time_onnx(slicer.slice(block.index, block.index).SerializeToString(), settings, switch, timing)
+        lat = _time_onnx(slicer.slice(block.index, block.index).SerializeToString(), open_session, switch, timing)
         measurements[block.signature] = {"latency_ms": lat, "energy_mJ": active_w * lat["mean"]}
         gc.collect()
-    whole = _time_onnx(model.SerializeToString(), settings, switch, timing)
+    whole = _time_onnx(model.SerializeToString(), open_session, switch, timing)
     total = sum(measurements[b.signature]["latency_ms"]["mean"] for b in graph.blocks)
     return {
         "model": name,
@@ -73,7 +94,7 @@ def profile_all(path: Path, name: str, timing: Timing, switch: CgroupSwitch, act
             "e2e_over_sum_of_blocks": whole["mean"] / total,
             "energy_mJ": active_w * whole["mean"],
         },
-        "settings": {"execution_provider": settings.provider, "intra_op_threads": settings.intra_op_threads},
+        "settings": settings,
         "elapsed_s": time.perf_counter() - started,
     }
 
@@ -90,5 +111,5 @@ def run(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     }
     for name, path in spec["models"].items():
         log.info("ground truth: %s on %s", name, spec["device"])
-        out["models"][name] = profile_all(Path(path), name, timing, switch, power.active_w)
+        out["models"][name] = profile_all(Path(path), name, timing, switch, power.active_w, spec["device"])
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .config import cli_flags
+
 PAPER = {
     "speedup_vs_ns_non_offloaded": "9.58x average (abstract; body: 4.97x average on CPU, up to 35.74x on GPU)",
     "energy": "up to 88.73% less energy (vs NS-nonOffloaded, GPU)",
@@ -12,10 +14,7 @@ PAPER = {
     "rmse_fill": "RMSE converged at 30% fill (p = 0.3 chosen)",
     "offload_share": "74.45% of layers offloaded (latency objective), 90.1% (energy objective)",
 }
-COMMAND = {
-    "full": "sudo make eval            # = sudo .venv/bin/python -m tools.eval all",
-    "quick": "sudo make eval-quick      # = sudo .venv/bin/python -m tools.eval all --quick",
-}
+MAKE_TARGET = {"": "make eval", " --quick": "make eval-quick"}  # the runs a make target makes, by their flags
 
 
 def _f(v: Any, fmt: str = "{:.2f}", none: str = "n/a") -> str:
@@ -187,6 +186,19 @@ def _fig5(d: dict[str, Any]) -> str:
             "uplink + cloud + downlink as seen by the edge, upload = the slice's weights):\n\n"
             + _table(["component", "plans", "median error %", "median predicted / measured"], crow)
         )
+    cloud = d.get("cloud", {}).get("per_model")
+    if cloud:
+        crow = [
+            [m, _f(v["predicted_ms"], "{:.1f}"), _f(v["groundtruth_ms"], "{:.1f}"), _f(v["ratio"], "{:.2f}")]
+            for m, v in cloud.items()
+        ]
+        parts.append(
+            "The cloud's part, against the server's own ground truth: each model's predicted cloud compute with every "
+            "block offloaded (the cloud profiler's timings and the CF predictions of the cloud row, calibrated by the "
+            "profiler's whole-model run) next to the server's whole-model latency measured in the ground-truth phase "
+            f"(median error {_f(d['cloud']['median_ape'], '{:.1f}')}%):\n\n"
+            + _table(["model", "predicted cloud ms", "server ground truth ms", "predicted / measured"], crow)
+        )
     parts.append(
         "Median absolute error (%) of the predicted latency of every executed plan, per model and device:\n\n"
         + _table(["model"] + devices, rows)
@@ -271,10 +283,10 @@ def render(d: dict[str, Any]) -> str:
         others = ", ".join(f"[{d}/README.md]({d}/README.md)" for d in ("quick", "quick-512", "quick-768"))
     else:
         others = "[../README.md](../README.md) (the full run)"
-    flags = (" --quick" if run.startswith("quick") else "") + (
-        f" --input-size {cfg['input_size']}" if cfg["input_size"] != 224 else ""
-    )
+    flags = "".join(f" {f}" for f in cli_flags(cfg))
     command = f"python -m tools.eval all{flags}"
+    regenerate = f"sudo {MAKE_TARGET[flags]:<21}# = " if flags in MAKE_TARGET else ""
+    regenerate += f"sudo .venv/bin/{command}"
     return f"""# RoaD-RuNNer on the emulated testbed: evaluation results ({run} run)
 
 > **Read first.** Every device here is **emulated**: a cgroup CPU quota of *one CPU of this host*
@@ -423,7 +435,7 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
 ## Regenerate
 
 ```
-{COMMAND.get(run, f"sudo .venv/bin/{command}")}
+{regenerate}
 ```
 
 Needs root (namespaces, tc, cgroups); `make eval` brings the testbed up and always tears it down. Raw worker outputs
