@@ -72,9 +72,10 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     """How the server opens every slice (0 threads: ONNX Runtime's default, one per physical core).
 
     ONNX Runtime's pool threads spin after each run by default; on a server they would steal the cores that gRPC's
-    threads need (tiny-tensor ModelInfer round trip 1.09 ms spinning vs 0.65 ms not, 2-core machine). A slice of
-    many small operators runs slower without spinning (mobilenet_v2 whole, 2 threads: ~1.4x), and the server's own
-    timings (`rr_server.cloud_profiler`) include that.
+    threads need (tiny-tensor ModelInfer round trip 1.09 ms spinning vs 0.65 ms not, 2-core machine). A model of
+    many small operators runs slower without spinning (224x224, 2 threads: mobilenet_v2 1.27x, alexnet and resnet18
+    1.15x, resnet34 1.02x; `tools/bench_spinning.py`), and the server's own timings (`rr_server.cloud_profiler`)
+    include that.
     """
     options = ort.SessionOptions()
     if intra_op_threads:

@@ -83,7 +83,8 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert prof["whole_model"]["slice_id"] == hashlib.sha256(load_model(path).SerializeToString()).hexdigest()
     profiled = {m["signature"] for m in prof["profiled"]}
     with Client(server.address) as client:  # the evaluation's wait for the cloud profiler (tools/eval)
-        measured, whole = wait_for_cloud(client, {prof["model"]: analyze(load_model(path))}, profiled, 0.2, 60, 120)
+        graphs = {prof["model"]: analyze(load_model(path))}
+        measured, whole = wait_for_cloud(client, graphs, profiled, poll_s=0.2, stall_s=60, max_s=120)
     assert profiled <= measured, "the server never timed the uploaded blocks"
     assert whole == {prof["model"]}, "the server never timed the whole model"
     plan = rr_edge("plan", str(path), *common, "--json", "--plot", str(tmp_path / "p.png"))

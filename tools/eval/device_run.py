@@ -160,7 +160,7 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
         # The cloud profiler times this model's slices now; the next model's slicing would share the host's CPUs
         # with it (in the full run its whole-model times came out up to 2x the server's ground truth).
         uploaded = {m.signature for m in result.layers if m.slice_id}
-        wait_for_cloud(client, {name: graph}, uploaded, 0.25, spec.get("stall_s", 30), spec.get("max_s", 900))
+        wait_for_cloud(client, {name: graph}, uploaded, poll_s=0.25, stall_s=spec.get("stall_s", 30))
         out["models"][name] = {
             "reported": [m.signature for m in result.layers],
             "uploaded": [m.signature for m in result.layers if m.slice_id],
@@ -203,7 +203,12 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     graphs = {name: analyze(load_model(path), name) for name, path in spec["models"].items()}
     start = time.monotonic()
     done, whole = wait_for_cloud(
-        client, graphs, set(spec["signatures"]), 2.0, spec.get("stall_s", 30), spec.get("max_s", 900)
+        client,
+        graphs,
+        set(spec["signatures"]),
+        poll_s=2.0,
+        stall_s=spec.get("stall_s", 30),
+        max_s=spec.get("max_s", 900),
     )
     client.close()
     return {
@@ -216,7 +221,13 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
 
 
 def wait_for_cloud(
-    client: Client, graphs: dict[str, Any], expected: set[str], poll_s: float, stall_s: float, max_s: float
+    client: Client,
+    graphs: dict[str, Any],
+    expected: set[str],
+    *,
+    poll_s: float = 0.5,
+    stall_s: float = 30.0,
+    max_s: float = 900.0,
 ) -> tuple[set[str], set[str]]:
     """Poll until the cloud node has measured every `expected` signature and timed every model of `graphs` whole, or
     nothing moved for `stall_s`, or `max_s` passed; returns (measured signatures of the models, models timed whole)."""

@@ -384,14 +384,15 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
 * **Ground truth**: every unique block of every model as a standalone slice (`rr_edge.slicing.Slicer`, the
   profiler's sessions and random inputs) and the whole model, inside each class's cgroup and namespace, one class
   at a time (in parallel, the host's other load skewed the quotas: emu-nano came out as fast as emu-tx1); the
-  server row with 2 ORT threads.
+  server row opened as `rr-server` opens a slice (ONNX Runtime's default thread count, pool threads not spinning).
 * **Profiling (p = {cfg["sample"]})**: each node reports the blocks `rr-edge profile --sample {cfg["sample"]}` would
   pick (same `select_signatures`, seeded, skipping signatures it already reported), with the ground-truth
   measurements of those blocks (window mean in place of the median) instead of timing them a second time, plus the
-  whole-model record (the e2e correction). The server times the reported slices itself (its cloud row). Once it
-  has, `run_netprofile` (up to {cfg["netprofile_max_mb"]:.0f} MiB each direction, slice-upload probes of 1 to
-  {cfg.get("upload_probe_max_mb", 0):.0f} MiB) runs in each device's namespace in turn (while the server was still
-  timing slices, its busy CPU made small probes several times slower than on a quiet host).
+  whole-model record (the e2e correction). The server times the reported slices itself (its cloud row); the
+  device waits after each model until it has (with the next model's slicing beside it, the server's timings came
+  out up to 2x slow). Then `run_netprofile` (up to {cfg["netprofile_max_mb"]:.0f} MiB each direction, slice-upload
+  probes of 1 to {cfg.get("upload_probe_max_mb", 0):.0f} MiB) runs in each device's namespace in turn (while the
+  server was still timing slices, its busy CPU made small probes several times slower than on a quiet host).
 * **Plans**: `rr_edge.offload.gather_costs` + `make_plan` for the latency and energy objectives and pre-offloaded;
   the four baselines of `rr_edge.baselines`. Every distinct split is run with `rr_edge.offload.make_runner` inside
   the device (head and tail local, middle over gRPC on the server). Outputs match local execution (max |diff| in
