@@ -4,7 +4,9 @@ When an edge reports a layer profile that names the slice of that block (already
 here; a background worker times the slice (warm-up, then repeated runs) and stores the result as a measurement of the
 cloud node with source `cloud-profiler`. A reported whole-model run that names the model's slice is timed the same
 way and stored as the cloud node's run of that model (its whole-model latency; the edge calibrates the cloud's block
-predictions with it). Each signature and each model is timed once per server data dir.
+predictions with it). Each signature and each model is timed once per server data dir. Timed runs keep out of the
+way of the edges' requests (`rr_server.activity`): they wait until no inference runs, and one that a request overlapped
+is not counted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rr_server.activity import InferenceActivity
 from rr_server.errors import ServerError
 from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement, ModelRun
 from rr_server.sessions import SessionPool, random_inputs
@@ -44,6 +47,8 @@ class CloudProfiler:
         on_measured: Callable[[], None],
         runs: int = DEFAULT_RUNS,
         warmup: int = DEFAULT_WARMUP,
+        activity: InferenceActivity | None = None,
+        max_seconds: float = DEFAULT_MAX_SECONDS,
     ) -> None:
         self.node_id = node_id
         self._storage = storage
@@ -52,6 +57,8 @@ class CloudProfiler:
         self._on_measured = on_measured
         self._runs = runs
         self._warmup = warmup
+        self._activity = activity or InferenceActivity()
+        self._max_seconds = max_seconds
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()  # (BLOCK, signature) or (MODEL, model name)
         self._lock = threading.Lock()
@@ -114,18 +121,25 @@ class CloudProfiler:
         log.info("cloud node timed model %s whole: %.3f ms on %s", model, run.latency_ms, provider)
 
     def _time(self, slice_id: str) -> tuple[list[float], str]:
-        """Per-run times (ms) of a slice on random inputs after warm-up, and the provider it ran on."""
+        """Per-run times (ms) of a slice on random inputs after warm-up, and the provider it ran on.
+
+        The runs keep out of the way of inference: each waits until no request is running and counts only if none
+        started meanwhile (a run beside a request times the contention and slows the request). Past the time budget
+        a busy server still gets its minimum of 3 runs, disturbed or not."""
         info = self._slices.require(slice_id)
         session = self._sessions.get(slice_id, info.path)
         inputs = random_inputs(session)
         for _ in range(self._warmup):
             session.run(inputs)
         times: list[float] = []
-        deadline = time.perf_counter() + DEFAULT_MAX_SECONDS
+        deadline = time.perf_counter() + self._max_seconds
         while len(times) < self._runs and (len(times) < 3 or time.perf_counter() < deadline):
+            mark = self._activity.wait_idle(deadline - time.perf_counter())
             t0 = time.perf_counter()
             session.run(inputs)
-            times.append(1e3 * (time.perf_counter() - t0))
+            elapsed = time.perf_counter() - t0
+            if self._activity.undisturbed_since(mark) or time.perf_counter() >= deadline:
+                times.append(1e3 * elapsed)
         return times, session.providers[0]
 
     def _measure(self, signature: str, slice_id: str) -> None:

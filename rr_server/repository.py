@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rr_server.activity import InferenceActivity
 from rr_server.metrics import Metrics
 from rr_server.sessions import Allocate, Session, SessionPool
 from rr_server.slices import SliceStore, check_slice_id
@@ -26,10 +27,13 @@ class ModelState:
 class ModelRepository:
     """Cached slices addressed by id; sessions are opened on first use (dynamic offloading) or by `load`."""
 
-    def __init__(self, slices: SliceStore, sessions: SessionPool, metrics: Metrics) -> None:
+    def __init__(
+        self, slices: SliceStore, sessions: SessionPool, metrics: Metrics, activity: InferenceActivity | None = None
+    ) -> None:
         self._slices = slices
         self._sessions = sessions
         self._metrics = metrics
+        self.activity = activity or InferenceActivity()
 
     def is_ready(self, slice_id: str) -> bool:
         """A cached slice is ready: its session opens on the first request if it is not open yet."""
@@ -52,7 +56,8 @@ class ModelRepository:
         """Run a slice (`Session.run`: `allocate` lets ONNX Runtime write the outputs into caller memory)."""
         session = self.session(slice_id)
         try:
-            result = session.run(inputs, outputs, allocate)
+            with self.activity.running():
+                result = session.run(inputs, outputs, allocate)
         except Exception:
             self._metrics.inferences.labels("error").inc()
             raise

@@ -102,7 +102,14 @@ class Server:
         self.repository = ModelRepository(self.slices, self.sessions, self.metrics)
         self.predictor = Predictor(self.storage, config.refresh_debounce_s)
         self.cloud_profiler = (
-            CloudProfiler(config.cloud_node_id, self.storage, self.slices, self.sessions, self.predictor.notify)
+            CloudProfiler(
+                config.cloud_node_id,
+                self.storage,
+                self.slices,
+                self.sessions,
+                self.predictor.notify,
+                activity=self.repository.activity,
+            )
             if config.cloud_profiling
             else None
         )

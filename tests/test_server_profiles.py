@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import grpc
 import pytest
 from _server_support import Stubs, conv_model, layer, report, sha256, start_server
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server.activity import InferenceActivity
 
 SIGS = [f"sig{k:02d}" for k in range(6)]
 
@@ -242,14 +245,19 @@ def test_predictions_without_any_data_are_unspecified(env):
     assert p.latency_provenance == rr.PROVENANCE_UNSPECIFIED and p.latency_ms == 0.0
 
 
-def test_cloud_node_times_reported_slices(env):
-    server, stubs = env
+def report_uploaded_block(stubs: Stubs, signature: str, seed: int) -> None:
+    """pi4 reports a block whose slice it uploaded first: the server's cloud profiler queues it."""
     register(stubs, "pi4")
-    block = conv_model(seed=5)
+    block = conv_model(seed=seed)
     stubs.upload(block)
-    item = layer("convsig", 3.0, **features(0))
+    item = layer(signature, 3.0, **features(0))
     item.slice_id = sha256(block)
     stubs.profiles.ReportLayerProfiles(report("pi4", item), timeout=10)
+
+
+def test_cloud_node_times_reported_slices(env):
+    server, stubs = env
+    report_uploaded_block(stubs, "convsig", seed=5)
     assert server.cloud_profiler.wait_idle(30)
     listed = stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="cloud"), timeout=5)
     assert list(listed.signatures) == ["convsig"]
@@ -257,6 +265,42 @@ def test_cloud_node_times_reported_slices(env):
     assert m.source == "cloud-profiler" and m.latency_ms > 0 and m.samples >= 3
     answer = stubs.predictions.Predict(rr.PredictRequest(node_id="cloud", signatures=["convsig"]), timeout=5)
     assert answer.predictions[0].latency_provenance == rr.PROVENANCE_MEASURED
+
+
+def test_cloud_node_times_only_while_no_inference_runs(env):
+    server, stubs = env
+    with server.repository.activity.running():  # an edge's request in progress on the server
+        report_uploaded_block(stubs, "busysig", seed=7)
+        assert not server.cloud_profiler.wait_idle(0.5)  # queued and waiting for the request (budget 5 s)
+        assert server.storage.latest_measurements("cloud") == []
+    assert server.cloud_profiler.wait_idle(30)  # the request is over: timed now
+    (m,) = server.storage.latest_measurements("cloud")
+    assert m.signature == "busysig" and m.samples >= 3
+
+
+def test_inference_activity_marks_runs_that_a_request_disturbed():
+    activity = InferenceActivity()
+    mark = activity.wait_idle(0.0)
+    assert mark is not None and activity.undisturbed_since(mark)
+    with activity.running():
+        assert activity.wait_idle(0.01) is None  # busy: no mark
+        assert not activity.undisturbed_since(mark)
+    assert not activity.undisturbed_since(mark)  # a request started (and ended) since the mark
+    assert activity.undisturbed_since(activity.wait_idle(0.0))
+    assert not activity.undisturbed_since(None)
+    started, finishing = threading.Event(), threading.Event()
+
+    def request() -> None:
+        with activity.running():
+            started.set()
+            time.sleep(0.2)
+            finishing.set()  # the last thing the request does before it stops counting as running
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    assert started.wait(5)
+    assert activity.wait_idle(30) is not None and finishing.is_set()  # returns once the request is over
+    worker.join()
 
 
 def test_cloud_node_times_a_reported_whole_model_once(env):
