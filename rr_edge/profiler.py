@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "run_profile",
     "select_signatures",
     "time_runs",
+    "wait_for_cloud",
 ]
 
 DEFAULT_SAMPLE = 0.3
@@ -449,3 +450,45 @@ def run_profile(
     result = profile_model(model, graph, measured=measured, settings=s, meter=meter, config=cfg, progress=progress)
     report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
     return result
+
+
+def wait_for_cloud(
+    client: Client,
+    graphs: Mapping[str, BlockGraph],
+    expected: Collection[str],
+    whole: Collection[str] | None = None,
+    *,
+    poll_s: float = 0.5,
+    stall_s: float = 30.0,
+    max_s: float = 900.0,
+) -> tuple[set[str], set[str]]:
+    """Wait for the server's cloud profiler: poll until the cloud node has measured every `expected` signature and
+    timed every model of `whole` (default: every model of `graphs`) whole, or nothing moved for `stall_s`, or `max_s`
+    passed. Returns (measured signatures of the models' blocks, models timed whole).
+
+    The server times uploaded slices in the background, between requests; a plan made before it has uses predicted
+    cloud latencies where measured ones were coming."""
+    wanted_whole = set(graphs) if whole is None else set(whole)
+    cloud = client.server_info().cloud_node_id
+    features: dict[str, BlockFeatures] = {}
+    for graph in graphs.values():
+        for b in graph.blocks:
+            features.setdefault(b.signature, features_of(b))
+    sigs = sorted(features)
+    start = last_change = time.monotonic()
+    last_count = -1
+    while True:
+        preds = client.predict(cloud, sigs, [features[s] for s in sigs]).by_signature
+        done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
+        timed = {
+            name
+            for name, graph in graphs.items()
+            if client.predict(cloud, [graph.blocks[0].signature], model=name).model_latency_ms > 0
+        }
+        if len(done) + len(timed) != last_count:
+            last_count, last_change = len(done) + len(timed), time.monotonic()
+        now = time.monotonic()
+        finished = set(expected) <= done and wanted_whole <= timed
+        if finished or now - last_change > stall_s or now - start > max_s:
+            return done, timed
+        time.sleep(poll_s)

@@ -1,16 +1,22 @@
-"""`rr-edge profile PATH --server ADDR --node NAME [--sample 0.3] [--seed S] [--energy ...] [--json]`.
+"""`rr-edge profile PATH --server ADDR --node NAME [--sample 0.3] [--seed S] [--energy ...] [--wait-cloud S] [--json]`.
 
 Registers the node, profiles a sample of the model's block signatures it has not measured yet, uploads their slices
-and reports everything to the server (rr_edge.profiler.run_profile).
+and reports everything to the server (rr_edge.profiler.run_profile). With `--wait-cloud`, then waits (up to S seconds)
+until the server has timed the uploaded slices on itself, so that a plan made right after uses measured cloud
+latencies (rr_edge.profiler.wait_for_cloud).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
+import onnx
 from rich.table import Table
 
+from rr_edge.blocks import analyze
+from rr_edge.client import Client
 from rr_edge.commands._common import (
     add_energy_args,
     add_server_args,
@@ -22,7 +28,15 @@ from rr_edge.commands._common import (
 )
 from rr_edge.errors import RoadRunnerError
 from rr_edge.onnx_io import load_model
-from rr_edge.profiler import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_SAMPLE, ProfileConfig, TimingPolicy, run_profile
+from rr_edge.profiler import (
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_SAMPLE,
+    ProfileConfig,
+    ProfileResult,
+    TimingPolicy,
+    run_profile,
+    wait_for_cloud,
+)
 from rr_edge.session import GRAPH_OPTIMIZATION, OrtSettings
 
 
@@ -47,6 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="do not upload profiled slices above this size (default 64)",
     )
     p.add_argument("--name", help="model name in reports (default: the file name)")
+    p.add_argument(
+        "--wait-cloud",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="then wait up to S seconds for the server to time the uploaded slices itself (default: do not wait)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -78,10 +99,11 @@ def run(args: argparse.Namespace) -> int:
                 config=config,
                 progress=progress,
             )
+            cloud = _wait_for_cloud(client, model, result, args.wait_cloud) if args.wait_cloud > 0 else None
     finally:
         meter.close()
     if args.json:
-        print_json(result.to_json(args.node))
+        print_json({**result.to_json(args.node), **({"cloud": cloud} if cloud else {})})
         return 0
     console = stderr_console()
     modelled = "" if result.energy_measured else " (MODELLED, not measured)"
@@ -113,4 +135,23 @@ def run(args: argparse.Namespace) -> int:
             f"(ratio {r.e2e_ratio:.2f})"
         )
     console.print(f"energy source: {meter.description}{modelled}; took {result.elapsed_s:.1f} s")
+    if cloud:
+        whole = "and the whole model " if cloud["whole_model_timed"] else ""
+        timed = f"{cloud['measured']} of {cloud['uploaded']} uploaded slices {whole}"
+        console.print(f"server timed {timed}in {cloud['waited_s']:.1f} s")
     return 0
+
+
+def _wait_for_cloud(client: Client, model: onnx.ModelProto, result: ProfileResult, limit_s: float) -> dict:
+    uploaded = {m.signature for m in result.layers if m.slice_id}
+    whole = [result.model] if result.model_run is not None and result.model_run.slice_id else []
+    t0 = time.monotonic()
+    measured, timed = wait_for_cloud(
+        client, {result.model: analyze(model, result.model)}, uploaded, whole, stall_s=limit_s, max_s=limit_s
+    )
+    return {
+        "uploaded": len(uploaded),
+        "measured": len(uploaded & measured),
+        "whole_model_timed": result.model in timed,
+        "waited_s": round(time.monotonic() - t0, 3),
+    }

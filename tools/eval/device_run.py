@@ -41,7 +41,7 @@ from rr_edge.netprofile import NetProfileConfig, run_netprofile
 from rr_edge.offload import gather_costs, make_plan, make_runner, neurosurgeon_inputs, outputs_close
 from rr_edge.onnx_io import load_model
 from rr_edge.planner import PlanInputs, plan_cost
-from rr_edge.profiler import ProfileResult, features_of, report_profile, select_signatures
+from rr_edge.profiler import ProfileResult, features_of, report_profile, select_signatures, wait_for_cloud
 from rr_edge.profiles import LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.runner import RunnerConfig
 from rr_edge.session import OrtSettings
@@ -218,41 +218,6 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
         "models_timed_whole": len(whole),
         "waited_s": time.monotonic() - start,
     }
-
-
-def wait_for_cloud(
-    client: Client,
-    graphs: dict[str, Any],
-    expected: set[str],
-    *,
-    poll_s: float = 0.5,
-    stall_s: float = 30.0,
-    max_s: float = 900.0,
-) -> tuple[set[str], set[str]]:
-    """Poll until the cloud node has measured every `expected` signature and timed every model of `graphs` whole, or
-    nothing moved for `stall_s`, or `max_s` passed; returns (measured signatures of the models, models timed whole)."""
-    cloud = client.server_info().cloud_node_id
-    features: dict[str, Any] = {}
-    for graph in graphs.values():
-        for b in graph.blocks:
-            features.setdefault(b.signature, features_of(b))
-    sigs = sorted(features)
-    start = last_change = time.monotonic()
-    last_count = -1
-    while True:
-        preds = client.predict(cloud, sigs, [features[s] for s in sigs]).by_signature
-        done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
-        whole = {
-            name
-            for name, graph in graphs.items()
-            if client.predict(cloud, [graph.blocks[0].signature], model=name).model_latency_ms > 0
-        }
-        if len(done) + len(whole) != last_count:
-            last_count, last_change = len(done) + len(whole), time.monotonic()
-        now = time.monotonic()
-        if (expected <= done and whole == set(graphs)) or now - last_change > stall_s or now - start > max_s:
-            return done, whole
-        time.sleep(poll_s)
 
 
 def _tagged(data: bytes) -> bytes:
