@@ -37,7 +37,7 @@ from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
 from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_server_cache, replan
 from rr_edge.onnx_io import load_model
-from rr_edge.profiler import ProfileConfig, ProfileResult, run_profile
+from rr_edge.profiler import ProfileConfig, ProfileResult, run_profile, wait_for_cloud_timings
 from rr_edge.profiles import NetworkProfile
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
@@ -98,13 +98,19 @@ class EdgeNode:
         cfg = config or NetProfileConfig(max_mb=max_mb)
         return run_netprofile(self.client, self.node, cfg, meter=self.meter)
 
-    def profile(self, model: str | Path, sample: float = 0.3, seed: int | None = None) -> ProfileResult:
-        """Profile a sample of the model's blocks not measured yet on this node and report it."""
+    def profile(
+        self, model: str | Path, sample: float = 0.3, seed: int | None = None, wait_cloud_s: float = 0.0
+    ) -> ProfileResult:
+        """Profile a sample of the model's blocks not measured yet on this node and report it; then wait up to
+        `wait_cloud_s` for the server to time the uploaded slices itself (so that a plan right after uses them)."""
         m = self._load(model)
         config = ProfileConfig(sample=sample, seed=seed)
-        return run_profile(
+        result = run_profile(
             self.client, self.node, m.model, m.graph.model, settings=self.settings, meter=self.meter, config=config
         )
+        if wait_cloud_s > 0:
+            wait_for_cloud_timings(self.client, m.graph, result, wait_cloud_s)
+        return result
 
     def plan(
         self,

@@ -54,6 +54,7 @@ __all__ = [
     "select_signatures",
     "time_runs",
     "wait_for_cloud",
+    "wait_for_cloud_timings",
 ]
 
 DEFAULT_SAMPLE = 0.3
@@ -492,3 +493,18 @@ def wait_for_cloud(
         if finished or now - last_change > stall_s or now - start > max_s:
             return done, timed
         time.sleep(poll_s)
+
+
+def wait_for_cloud_timings(client: Client, graph: BlockGraph, result: ProfileResult, limit_s: float) -> dict[str, Any]:
+    """After `report_profile`: wait up to `limit_s` for the server to time the slices `result` uploaded (and the whole
+    model, if it went up). A summary: uploaded, measured, whole_model_timed, waited_s."""
+    uploaded = {m.signature for m in result.layers if m.slice_id}
+    whole = [graph.model] if result.model_run is not None and result.model_run.slice_id else []
+    t0 = time.monotonic()
+    measured, timed = wait_for_cloud(client, {graph.model: graph}, uploaded, whole, stall_s=limit_s, max_s=limit_s)
+    return {
+        "uploaded": len(uploaded),
+        "measured": len(uploaded & measured),
+        "whole_model_timed": graph.model in timed,
+        "waited_s": round(time.monotonic() - t0, 3),
+    }

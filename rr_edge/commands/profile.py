@@ -9,14 +9,11 @@ latencies (rr_edge.profiler.wait_for_cloud).
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import onnx
 from rich.table import Table
 
 from rr_edge.blocks import analyze
-from rr_edge.client import Client
 from rr_edge.commands._common import (
     add_energy_args,
     add_server_args,
@@ -32,10 +29,9 @@ from rr_edge.profiler import (
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_SAMPLE,
     ProfileConfig,
-    ProfileResult,
     TimingPolicy,
     run_profile,
-    wait_for_cloud,
+    wait_for_cloud_timings,
 )
 from rr_edge.session import GRAPH_OPTIMIZATION, OrtSettings
 
@@ -99,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 config=config,
                 progress=progress,
             )
-            cloud = _wait_for_cloud(client, model, result, args.wait_cloud) if args.wait_cloud > 0 else None
+            graph = analyze(model, result.model)
+            cloud = wait_for_cloud_timings(client, graph, result, args.wait_cloud) if args.wait_cloud > 0 else None
     finally:
         meter.close()
     if args.json:
@@ -140,18 +137,3 @@ def run(args: argparse.Namespace) -> int:
         timed = f"{cloud['measured']} of {cloud['uploaded']} uploaded slices {whole}"
         console.print(f"server timed {timed}in {cloud['waited_s']:.1f} s")
     return 0
-
-
-def _wait_for_cloud(client: Client, model: onnx.ModelProto, result: ProfileResult, limit_s: float) -> dict:
-    uploaded = {m.signature for m in result.layers if m.slice_id}
-    whole = [result.model] if result.model_run is not None and result.model_run.slice_id else []
-    t0 = time.monotonic()
-    measured, timed = wait_for_cloud(
-        client, {result.model: analyze(model, result.model)}, uploaded, whole, stall_s=limit_s, max_s=limit_s
-    )
-    return {
-        "uploaded": len(uploaded),
-        "measured": len(uploaded & measured),
-        "whole_model_timed": result.model in timed,
-        "waited_s": round(time.monotonic() - t0, 3),
-    }
