@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
                 config=config,
                 progress=progress,
             )
-            graph = analyze(model, result.model)
-            cloud = wait_for_cloud_timings(client, graph, result, args.wait_cloud) if args.wait_cloud > 0 else None
+            cloud = None
+            if args.wait_cloud > 0:
+                cloud = wait_for_cloud_timings(client, analyze(model, result.model), result, args.wait_cloud)
     finally:
         meter.close()
     if args.json:

@@ -159,11 +159,11 @@ def report(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
         report_profile(client, node, result, max_upload_bytes=spec.get("max_upload_mb", 2048) * 1024 * 1024)
         # The cloud profiler times this model's slices now; the next model's slicing would share the host's CPUs
         # with it (in the full run its whole-model times came out up to 2x the server's ground truth).
-        uploaded = {m.signature for m in result.layers if m.slice_id}
+        uploaded = [m.signature for m in result.layers if m.slice_id]
         wait_for_cloud(client, {name: graph}, uploaded, poll_s=0.25, stall_s=spec.get("stall_s", 30))
         out["models"][name] = {
             "reported": [m.signature for m in result.layers],
-            "uploaded": [m.signature for m in result.layers if m.slice_id],
+            "uploaded": uploaded,
             "unique": result.unique_signatures,
             "already_measured": result.already_measured,
         }
@@ -201,19 +201,15 @@ def settle(spec: dict[str, Any], switch: CgroupSwitch) -> dict[str, Any]:
     switch.free()
     client = connect(spec["server"])
     graphs = {name: analyze(load_model(path), name) for name, path in spec["models"].items()}
+    expected = set(spec["signatures"])
     start = time.monotonic()
     done, whole = wait_for_cloud(
-        client,
-        graphs,
-        set(spec["signatures"]),
-        poll_s=2.0,
-        stall_s=spec.get("stall_s", 30),
-        max_s=spec.get("max_s", 900),
+        client, graphs, expected, poll_s=2.0, stall_s=spec.get("stall_s", 30), max_s=spec.get("max_s", 900)
     )
     client.close()
     return {
-        "expected": len(spec["signatures"]),
-        "measured": len(done & set(spec["signatures"])),
+        "expected": len(expected),
+        "measured": len(done & expected),
         "cloud_measured_total": len(done),
         "models_timed_whole": len(whole),
         "waited_s": time.monotonic() - start,
