@@ -140,14 +140,16 @@ def test_keepalive_moves_only_its_own_thread_until_stopped():
         os.close(r)
 
 
+def _relu_model() -> bytes:
+    """A one-Relu ONNX model over 2 floats, loadable by this ONNX Runtime."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def test_upload_probe_is_a_valid_model_with_a_new_hash():
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    data = helper.make_model(graph).SerializeToString()
+    data = _relu_model()
     a, b = _tagged(data), _tagged(data)
     assert a != b and len(a) == len(b)
     parsed = onnx.load_from_string(a)
@@ -166,10 +168,7 @@ def _spinning(session) -> str:
 
 
 def test_server_ground_truth_opens_models_as_rr_server_does():
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    data = _relu_model()
     open_server, recorded = device_gt.session_opener(config.SERVER_CLASS)
     server = open_server(data)
     assert _spinning(server) == "0" and recorded["spinning"] is False  # rr-server's pool threads do not spin
