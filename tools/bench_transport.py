@@ -6,7 +6,9 @@
 One run, loopback, everything measured against a baseline in the same run:
 * `socket`: a raw TCP echo (length-prefixed bytes, sendall/recv_into) in a separate process: the floor.
 * `grpc_bytes`: a bare gRPC unary echo of the same bytes (generic handler, no protobuf, a separate process), with
-  rr-server's options.
+  rr-server's options: the floor of any ModelInfer over grpcio, which does the same and more.
+* `grpc_bytes_stream`: the same bytes through the same echo server as 1 MiB messages on one bidirectional stream
+  per round trip (the server sends each message back as it arrives), the other way grpcio moves big payloads.
 * `model_infer_*`: rr-server (subprocess, `python -m rr_server.cli`) running an Identity slice on an FP32 tensor of
   the same size via ModelInfer (raw contents), round trip including the client's encoding and decoding to numpy:
   `client` = the edge client, `rr_edge.client.Client.infer` (zero-copy framing of rr_proto.framing, its own
@@ -22,7 +24,7 @@ Per-call overhead: median RTT of a 4-byte tensor via ModelInfer vs a bare gRPC u
 round robin; both ModelInfer clients include their encoding and decoding).
 With `--testbed-rate`, rr-server and the socket echo run in the testbed's server namespace (tools.testbed, own prefix
 `rrt`, created and removed by the run) and the client in an edge namespace behind veth + tbf at that rate (667mbit =
-80 MB/s of payload); the bare gRPC echo is skipped there. Prints one JSON object.
+80 MB/s of payload); the bare gRPC echo runs in the server namespace too. Prints one JSON object.
 Every process runs with `rr_proto.allocator.tune_allocator()` as `rr-server` and `rr-edge` do (`RR_MALLOC_TUNING=0`
 in the environment: without it; the JSON records which).
 """
@@ -66,6 +68,8 @@ from rr_server import grpc_options  # noqa: E402
 MB = 1024 * 1024
 MAX_MESSAGE = 256 * MB
 _ECHO_METHOD = "/bench.Echo/Echo"
+_ECHO_STREAM_METHOD = "/bench.Echo/EchoStream"
+STREAM_CHUNK = MB  # message size of the streamed echo
 _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 TESTBED_PREFIX = "rrt"  # own testbed objects, apart from other users of tools.testbed
 TESTBED_PORT = 8001
@@ -129,18 +133,34 @@ def _socket_roundtrip(conn: socket.socket, payload: bytes, back: bytearray) -> N
 # -- bare gRPC bytes echo ----------------------------------------------------------------------------------------
 
 
-def serve_grpc_echo(port_file: Path) -> None:
+def serve_grpc_echo(port_file: Path, bind: str = "127.0.0.1") -> None:
     """Bare gRPC echo server (a process of its own, as rr-server and the socket echo are: a server in the client's
     process would take the client's GIL and CPU, and its clean-up after each call would land on the next method)."""
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+        "bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request),
+            "EchoStream": grpc.stream_stream_rpc_method_handler(lambda requests, context: requests),
+        },
     )
     server = grpc.server(futures.ThreadPoolExecutor(4), options=grpc_options(MAX_MESSAGE))
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"{bind}:0")
     server.start()
     port_file.write_text(str(port))
     server.wait_for_termination()
+
+
+def stream_echo(call, payload: bytes) -> None:
+    """One round trip of `payload` as STREAM_CHUNK messages on a fresh bidirectional stream, reassembled."""
+    view = memoryview(payload)
+    back = bytearray(len(payload))
+    got = 0
+    for message in call(bytes(view[i : i + STREAM_CHUNK]) for i in range(0, len(payload), STREAM_CHUNK)):
+        back[got : got + len(message)] = message
+        got += len(message)
+    if got != len(payload):
+        raise RuntimeError(f"streamed echo returned {got} of {len(payload)} bytes")
 
 
 def round_robin(methods: dict, repeat: int, cpu: dict[str, float] | None = None) -> dict[str, float]:
@@ -194,14 +214,19 @@ def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     return proc, port_file.read_text().strip()
 
 
-def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
-    """Round trips against a running rr-server and socket echo server (and a bare gRPC echo when `echo` is given)."""
+def measure(
+    address: str, sock_addr: tuple[str, int], echo_address: str, sizes: list[float], repeat: int, tiny_repeat: int
+) -> dict:
+    """Round trips against a running rr-server, socket echo server and bare gRPC echo server."""
     sock_conn = socket.create_connection(sock_addr)
     sock_conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def socket_call(payload: bytes) -> None:
         _socket_roundtrip(sock_conn, payload, bytearray(len(payload)))
 
+    echo_channel = grpc.insecure_channel(echo_address, options=grpc_options(MAX_MESSAGE))
+    echo = echo_channel.unary_unary(_ECHO_METHOD)
+    echo_stream = echo_channel.stream_stream(_ECHO_STREAM_METHOD)
     tuned = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE))
     default = grpc.insecure_channel(
         address,
@@ -224,9 +249,11 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         n = int(size * MB) // 4
         x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
         payload = x.tobytes()
-        methods: dict[str, Callable[[], object]] = {"socket": partial(socket_call, payload)}
-        if echo is not None:
-            methods["grpc_bytes"] = partial(echo, payload, timeout=120)
+        methods: dict[str, Callable[[], object]] = {
+            "socket": partial(socket_call, payload),
+            "grpc_bytes": partial(echo, payload, timeout=120),
+            "grpc_bytes_stream": partial(stream_echo, echo_stream, payload),
+        }
         methods["model_infer_client"] = partial(client.infer, slice_id, {"x": x}, 60)
         methods["runner_stream"] = partial(runner_call, runner, x)
         methods["model_infer_framing_default_options"] = partial(framing_infer, framing_default, slice_id, x)
@@ -251,18 +278,16 @@ def measure(address: str, sock_addr: tuple[str, int], echo, sizes: list[float], 
         "model_infer_client": partial(client.infer, slice_id, {"x": tiny}, 10),
         "runner_stream": partial(runner_call, runner, tiny),
         "model_infer_codec": partial(codec_infer, kserve_tuned, slice_id, tiny),
+        "grpc_unary": partial(echo, b"1234", timeout=10),
     }
-    if echo is not None:
-        tiny_methods["grpc_unary"] = partial(echo, b"1234", timeout=10)
     overhead = {f"{name}_us": 1e6 * value for name, value in round_robin(tiny_methods, tiny_repeat).items()}
-    if echo is not None:
-        overhead["model_infer_client_minus_grpc_unary_us"] = (overhead["model_infer_client_us"]
-                                                              - overhead["grpc_unary_us"])  # fmt: skip
+    overhead["model_infer_client_minus_grpc_unary_us"] = overhead["model_infer_client_us"] - overhead["grpc_unary_us"]
     sock_conn.close()
     runner.close()
     client.close()
     tuned.close()
     default.close()
+    echo_channel.close()
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -294,9 +319,7 @@ def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
     try:
         sock_port = int(_wait_file(tmp / "sock.port", sock_proc, "socket echo"))
         echo_port = int(_wait_file(tmp / "echo.port", echo_proc, "gRPC echo"))
-        echo_channel = grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=grpc_options(MAX_MESSAGE))
-        result = measure(address, ("127.0.0.1", sock_port), echo_channel.unary_unary(_ECHO_METHOD), sizes, repeat,
-                         tiny_repeat)  # fmt: skip
+        result = measure(address, ("127.0.0.1", sock_port), f"127.0.0.1:{echo_port}", sizes, repeat, tiny_repeat)
         return {"benchmark": "transport", "link": "loopback", **result}
     finally:
         echo_proc.kill()
@@ -325,9 +348,12 @@ def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_re
         sock_cmd = [sys.executable, __file__, "--serve-socket", str(tmp / "sock.port"), "--bind", "0.0.0.0"]
         procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *sock_cmd], env=env, cwd=REPO))
         sock_port = _wait_file(tmp / "sock.port", procs[-1], "socket echo")
+        echo_cmd = [sys.executable, __file__, "--serve-grpc-echo", str(tmp / "echo.port"), "--bind", "0.0.0.0"]
+        procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *echo_cmd], env=env, cwd=REPO))
+        echo_port = _wait_file(tmp / "echo.port", procs[-1], "gRPC echo")
         client_cmd = [sys.executable, __file__, "--client-of", f"$RR_SERVER_HOST:{TESTBED_PORT}",
-                      "--socket-port", sock_port, "--sizes-mb", ",".join(map(str, sizes)), "--repeat", str(repeat),
-                      "--tiny-repeat", str(tiny_repeat)]  # fmt: skip
+                      "--socket-port", sock_port, "--echo-port", echo_port, "--sizes-mb", ",".join(map(str, sizes)),
+                      "--repeat", str(repeat), "--tiny-repeat", str(tiny_repeat)]  # fmt: skip
         shell = " ".join(client_cmd)  # $RR_SERVER_HOST is set by `testbed exec`
         done = subprocess.run([*testbed, "exec", device, "--", "sh", "-c", shell], env=env, cwd=REPO,
                               capture_output=True, text=True, check=True)  # fmt: skip
@@ -353,6 +379,7 @@ def main() -> int:
     p.add_argument("--bind", default="127.0.0.1", help=argparse.SUPPRESS)
     p.add_argument("--client-of", help=argparse.SUPPRESS)
     p.add_argument("--socket-port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--echo-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     # Every process of the run (this client, rr-server, the socket echo) has the allocator setting of the shipped
     # entry points (`rr-edge`, `rr-server`); RR_MALLOC_TUNING=0 in the environment measures without it.
@@ -361,12 +388,13 @@ def main() -> int:
         serve_socket(args.serve_socket, args.bind)
         return 0
     if args.serve_grpc_echo:
-        serve_grpc_echo(args.serve_grpc_echo)
+        serve_grpc_echo(args.serve_grpc_echo, args.bind)
         return 0
     sizes = [float(s) for s in args.sizes_mb.split(",")]
     if args.client_of:
         host = args.client_of.rsplit(":", 1)[0]
-        result = measure(args.client_of, (host, args.socket_port), None, sizes, args.repeat, args.tiny_repeat)
+        result = measure(args.client_of, (host, args.socket_port), f"{host}:{args.echo_port}", sizes, args.repeat,
+                         args.tiny_repeat)  # fmt: skip
     elif args.testbed_rate:
         result = run_testbed(args.testbed_rate, args.testbed_device, sizes, args.repeat, args.tiny_repeat)
     else:
