@@ -25,9 +25,8 @@ def _noisy_devices(n_rows: int, n_cols: int, seed: int) -> tuple[np.ndarray, np.
     return b[:, None] + col + p @ q.T + 0.05 * rng.standard_normal((n_rows, n_cols)), x
 
 
-# 20 rows > MAX_EXPERTS: the engine scores only the 16 that fit best. Not with one entry: every row fits it exactly
-# after its offset, so which 16 are scored is decided by rounding.
-@pytest.mark.parametrize(("n_fitted", "n_revealed"), [(6, 1), (6, 3), (6, 10), (6, 40), (20, 3), (20, 10), (20, 40)])
+@pytest.mark.parametrize("n_fitted", [6, 20])  # 20 > MAX_EXPERTS: the engine scores only the best 16 exactly
+@pytest.mark.parametrize("n_revealed", [1, 3, 10, 40])
 def test_engine_fold_in_matches_the_reference(n_fitted: int, n_revealed: int) -> None:
     n_cols = 120
     log_y, x = _noisy_devices(n_fitted + 3, n_cols, seed=n_fitted)

@@ -66,7 +66,7 @@ def _posterior(w: np.ndarray, t: np.ndarray, theta: np.ndarray, cov: np.ndarray,
 
 def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Component]:
     """The posteriors of the mixture's components given the revealed entries: the global one first, then one per
-    expert (all fitted rows, or of more than MAX_EXPERTS the ones that fit the entries best after a free offset)."""
+    expert (all fitted rows, or of more than MAX_EXPERTS the ones that explain the entries best with a free offset)."""
     cols = np.asarray(cols, dtype=np.int64)
     w = _regressors(model, cols)
     t = np.log(np.asarray(values, dtype=np.float64)) - model.global_mean
@@ -79,7 +79,8 @@ def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Com
     experts = population
     if experts.size > MAX_EXPERTS:
         residuals = t[:, None] - w[:, 1:] @ pop.T - w[:, :1]  # each row as it is: g = 1
-        score = (residuals**2).sum(axis=0) - residuals.sum(axis=0) ** 2 / t.size
+        # -2 log evidence x s2 of each row with only its offset free (up to a constant)
+        score = (residuals**2).sum(axis=0) - residuals.sum(axis=0) ** 2 / (t.size + s2 / OFFSET_STD**2)
         experts = population[np.argsort(score, kind="stable")[:MAX_EXPERTS]]
     out = [Component(-1, *_posterior(w, t, *_prior(model, mean, GLOBAL_SPREAD, covariance), s2))]
     for r in experts:

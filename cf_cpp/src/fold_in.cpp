@@ -127,12 +127,15 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     return gaussian_posterior(m, theta, std::move(s), s2);
   };
 
-  // Experts: all of a small population; of a large one the kMaxExperts whose rows, shifted by their best offset,
-  // fit the revealed entries best (the others would get negligible weight). O(n_pop e^2), then O(e^3) per component.
+  // Experts: all of a small population; of a large one the kMaxExperts whose rows, with a free offset, explain the
+  // revealed entries best (the others would get negligible weight). O(n_pop e^2), then O(e^3) per component.
   std::vector<std::int64_t> experts = prior.population;
   if (experts.size() > kMaxExperts) {
-    // score = sum r^2 - (sum r)^2 / n, r = t - w . theta: the residual sum of squares after the best offset.
-    const double nn = static_cast<double>(n);
+    // score = sum r^2 - (sum r)^2 / (n + s2 / sigma_0^2), r = t - w . theta: s2 x (-2 log evidence) of the row with
+    // only its offset free (prior N(0, sigma_0^2)), up to a constant. The offset's prior matters where the entries
+    // cannot tell rows apart (one entry; a rank-0 model): the row needing the smaller offset is preferred, instead of
+    // rounding deciding between exact ties of the plain least-squares score.
+    const double nn = static_cast<double>(n) + s2 / (kFoldInOffsetStd * kFoldInOffsetStd);
     const double* g = m.gram.data();
     std::vector<double> score(experts.size()), theta(e, 1.0);
     for (std::size_t k = 0; k < experts.size(); ++k) {

@@ -141,3 +141,26 @@ TEST_CASE("an offset copy of one fitted row is recognised from a few entries, al
     CHECK(std::sqrt(se / double(pop.n_cols)) < 0.02);
   }
 }
+
+TEST_CASE("the fold-in does not depend on the order of the fitted rows, even from one entry") {
+  // With one entry every row fits it exactly after a free offset; the pre-selection of the experts must still be
+  // decided by the data (the offset each row needs), not by the rows' order or by rounding.
+  Population pop(3 * kMaxExperts, 5);
+  Population reversed = pop;
+  const std::int64_t n_pop = 3 * kMaxExperts;
+  for (std::int64_t r = 0; r < n_pop; ++r)
+    for (int i = 0; i < Population::dim; ++i)
+      reversed.rows[r * Population::dim + i] = pop.rows[(n_pop - 1 - r) * Population::dim + i];
+  const std::vector<double> truth = {1.0, 0.3, 0.2, -0.4, 0.1};
+  for (std::vector<std::int64_t> cols : {std::vector<std::int64_t>{77}, std::vector<std::int64_t>{5, 150, 290}}) {
+    std::vector<double> logy;
+    for (std::int64_t c : cols) logy.push_back(pop.log_y(truth, c));
+    const FoldedRow a = fold_in(cols.data(), logy.data(), cols.size(), pop.z.data(), pop.mu, Population::dim,
+                                pop.rows.data(), make_prior(pop.rows, pop.counts, Population::dim), 1e-3);
+    const FoldedRow b = fold_in(cols.data(), logy.data(), cols.size(), reversed.z.data(), reversed.mu,
+                                Population::dim, reversed.rows.data(),
+                                make_prior(reversed.rows, reversed.counts, Population::dim), 1e-3);
+    CHECK(a.scale == doctest::Approx(b.scale).epsilon(1e-9));
+    for (int i = 0; i < Population::dim; ++i) CHECK(a.params[i] == doctest::Approx(b.params[i]).epsilon(1e-9));
+  }
+}
