@@ -4,7 +4,8 @@
 
 Converts the data sets on the fly (tools/convert_datasets.py, cached under .cache/cf_datasets), runs the random
 protocol at fills 0.05, 0.1, 0.3, 0.5 and the new-row and cold-col protocols at fill 0.3 (seeds 0..seeds-1; on
-oneproxy_nb201 also new-row over more seeds and leave-one-out), and renders the tables. Every number in the report
+oneproxy_nb201 also new-row over more seeds and leave-one-out, and the fold-in against its own mixture components,
+tools/cf_fold_in_ceiling.py), and renders the tables. Every number in the report
 comes from this run.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools import cf_methods, cf_protocols, convert_datasets
+from tools import cf_fold_in_ceiling, cf_methods, cf_protocols, convert_datasets
 from tools.cf_data import Matrix, load_csv
 from tools.cf_eval import evaluate
 
@@ -84,7 +85,10 @@ DISCUSSION = """## Reading the results
   seeds 0..49, since 3 seeds hold out only 12 of the 18 devices and the figure depends strongly on which. Held out
   alone (leave-one-out: the situation of a node joining a fleet whose other nodes have all reported, 17 devices in
   the fit instead of 14), a new device gets about 85% from 10 entries (the Targets table's last two rows: seeds
-  0..2, and the mean of seeds 0..19; the fold-in's constants were not retuned for it). The per-device table
+  0..2, and the mean of seeds 0..19; the fold-in's constants were not retuned for it). On the report's seeds the
+  target is out of reach of this mixture: even the component that scores best on each device's test entries,
+  chosen in hindsight, gives less than 85% (the Targets table's second row; docs/cf_cpp.md has the same bound over
+  seeds 0..49 and leave-one-out, where it lies 4 points above the fold-in). The per-device table
   (leave-one-out) shows where the rest goes: rice_pixel3 reaches only about 78% even with all its entries revealed
   (it is the noisiest device, 77% in the random protocol too), and the devices least like the others (rice_edgegpu,
   eagle_gtx, eagle_i7) need far more than 10 entries: the many-revealed table needs about 100 entries to pass 85%
@@ -124,6 +128,7 @@ def run(seeds: int) -> dict:
         if name == "oneproxy_nb201":
             results["new_row_ceiling"] = evaluate(m, "new-row", 0.3, seeds, ("cf_cpp",), CEILING_REVEALS)
             results["new_row_many_seeds"] = evaluate(m, "new-row", 0.3, MANY_SEEDS, ("cf_cpp",), (10,))
+            results["new_row_components"] = cf_fold_in_ceiling.ceiling(m, 0.3, range(seeds), 10, leave_one_out=False)
             for key, n_seeds in (("new_row_leave_one_out", seeds), ("new_row_leave_one_out_many_seeds", LOO_SEEDS)):
                 results[key] = evaluate(m, "new-row", 0.3, n_seeds, ("cf_cpp",), (10,), leave_one_out=True)
             results["per_device_random_0.3_seed0"] = per_row_within10(m, 0.3, 0)
@@ -202,6 +207,13 @@ def render(results: dict, elapsed_s: float) -> str:
         f"| oneproxy_nb201, new-row, 10 revealed: within10 >= 85% | {nr['within10']:.2f}% | "
         f"{ok(nr['within10'] >= TARGETS['new_row_within10'])} |",
     ]
+    parts = results.get("new_row_components")  # absent in reports written before it existed
+    if parts:
+        lines.append(
+            f"| the same, seeds 0..{results['seeds'] - 1}: the fold-in's best mixture component, chosen in hindsight "
+            f"per device (`tools.cf_fold_in_ceiling`) | {parts['within10']['best_component']:.2f}% | "
+            "a bound, not a target: the most any choice among the components gives |"
+        )
     n_others = results["new-row"]["oneproxy_nb201"]["n_rows"] - 1
     variants = (
         ("new_row_many_seeds", "the same"),
