@@ -253,11 +253,11 @@ def measure(
             "socket": partial(socket_call, payload),
             "grpc_bytes": partial(echo, payload, timeout=120),
             "grpc_bytes_stream": partial(stream_echo, echo_stream, payload),
+            "model_infer_client": partial(client.infer, slice_id, {"x": x}, 60),
+            "runner_stream": partial(runner_call, runner, x),
+            "model_infer_framing_default_options": partial(framing_infer, framing_default, slice_id, x),
+            "model_infer_codec": partial(codec_infer, kserve_tuned, slice_id, x),
         }
-        methods["model_infer_client"] = partial(client.infer, slice_id, {"x": x}, 60)
-        methods["runner_stream"] = partial(runner_call, runner, x)
-        methods["model_infer_framing_default_options"] = partial(framing_infer, framing_default, slice_id, x)
-        methods["model_infer_codec"] = partial(codec_infer, kserve_tuned, slice_id, x)
         cpu: dict[str, float] = {}
         medians = round_robin(methods, repeat, cpu)
         row: dict = {"mb": size, "bytes": len(payload)}

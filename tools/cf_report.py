@@ -5,8 +5,7 @@
 Converts the data sets on the fly (tools/convert_datasets.py, cached under .cache/cf_datasets), runs the random
 protocol at fills 0.05, 0.1, 0.3, 0.5 and the new-row and cold-col protocols at fill 0.3 (seeds 0..seeds-1; on
 oneproxy_nb201 also new-row over more seeds and leave-one-out, and the fold-in against its own mixture components,
-tools/cf_fold_in_ceiling.py), and renders the tables. Every number in the report
-comes from this run.
+tools/cf_fold_in_ceiling.py), and renders the tables. Every number in the report comes from this run.
 """
 
 from __future__ import annotations
@@ -85,8 +84,8 @@ DISCUSSION = """## Reading the results
   seeds 0..49, since 3 seeds hold out only 12 of the 18 devices and the figure depends strongly on which. Held out
   alone (leave-one-out: the situation of a node joining a fleet whose other nodes have all reported, 17 devices in
   the fit instead of 14), a new device gets about 85% from 10 entries (the Targets table's last two rows: seeds
-  0..2, and the mean of seeds 0..19; the fold-in's constants were not retuned for it). On the report's seeds the
-  target is out of reach of this mixture: even the component that scores best on each device's test entries,
+  0..2, and the mean of seeds 0..19; the fold-in's constants were not retuned for it). On the report's seeds no
+  single component of this mixture reaches the target: even the one that scores best on each device's test entries,
   chosen in hindsight, gives less than 85% (the Targets table's second row; docs/cf_cpp.md has the same bound over
   seeds 0..49 and leave-one-out, where it lies 4 points above the fold-in). The per-device table
   (leave-one-out) shows where the rest goes: rice_pixel3 reaches only about 78% even with all its entries revealed
