@@ -115,12 +115,12 @@ class CloudProfiler:
                     self._idle.notify_all()
 
     def _measure_model(self, model: str, slice_id: str) -> None:
-        times, provider = self._time(slice_id)
+        times, provider = self.time_slice(slice_id)
         run = ModelRun(self.node_id, model, float(statistics.median(times)), 0.0, measured_at=time.time())
         self._storage.add_reports([], {}, {}, [run])  # sum_of_blocks 0: no ratio, only the whole-model latency
         log.info("cloud node timed model %s whole: %.3f ms on %s", model, run.latency_ms, provider)
 
-    def _time(self, slice_id: str) -> tuple[list[float], str]:
+    def time_slice(self, slice_id: str) -> tuple[list[float], str]:
         """Per-run times (ms) of a slice on random inputs after warm-up, and the provider it ran on.
 
         The runs keep out of the way of inference: each waits until no request is running and counts only if none
@@ -143,7 +143,7 @@ class CloudProfiler:
         return times, session.providers[0]
 
     def _measure(self, signature: str, slice_id: str) -> None:
-        times, provider = self._time(slice_id)
+        times, provider = self.time_slice(slice_id)
         arr = np.asarray(times)
         mean = float(arr.mean())
         m = Measurement(

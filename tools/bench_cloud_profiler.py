@@ -76,14 +76,14 @@ def run(model: str, blocks: str | None, rounds: int) -> dict[str, object]:
         edge = ctx.Process(target=_edge, args=(server.address, request, go, stop, out))
         edge.start()
         out.get(timeout=120)
-        profilers["gated"]._time(slice_id)  # session open and warm
+        profilers["gated"].time_slice(slice_id)  # session open and warm
         medians: dict[str, list[float]] = {"quiet": [], "gated": [], "ungated": []}
         kept: dict[str, list[int]] = {k: [] for k in medians}
         windows: dict[str, list[tuple[float, float]]] = {"alone": [], "gated": [], "ungated": []}
         for k in range(rounds):  # quiet, the client alone, then both profiles beside it (order alternating)
             go.clear()
             time.sleep(0.2)
-            times, _ = profilers["gated"]._time(slice_id)
+            times, _ = profilers["gated"].time_slice(slice_id)
             medians["quiet"].append(statistics.median(times))
             kept["quiet"].append(len(times))
             go.set()
@@ -92,7 +92,7 @@ def run(model: str, blocks: str | None, rounds: int) -> dict[str, object]:
             windows["alone"].append((t0, time.time()))
             for key in ("gated", "ungated") if k % 2 == 0 else ("ungated", "gated"):
                 t0 = time.time()
-                times, _ = profilers[key]._time(slice_id)  # exactly what the worker runs for a reported block
+                times, _ = profilers[key].time_slice(slice_id)  # exactly what the worker runs for a reported block
                 windows[key].append((t0, time.time()))
                 medians[key].append(statistics.median(times))
                 kept[key].append(len(times))
