@@ -41,7 +41,7 @@ def _regressors(model: CFModel, cols: np.ndarray) -> np.ndarray:
     return np.hstack([model.col_biases[cols, None], np.ones((cols.size, 1)), model.col_factors[cols]])
 
 
-def _prior(model: CFModel, bp: np.ndarray, spread: float, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _prior(bp: np.ndarray, spread: float, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean [1, b, p] and covariance spread C + OFFSET_STD^2 e_b e_b' + SLOPE_STD^2 v v', v = [1, 0, p]."""
     e = bp.size + 1
     theta = np.concatenate([[1.0], bp])
@@ -82,9 +82,9 @@ def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Com
         # -2 log evidence x s2 of each row with only its offset free (up to a constant)
         score = (residuals**2).sum(axis=0) - residuals.sum(axis=0) ** 2 / (t.size + s2 / OFFSET_STD**2)
         experts = population[np.argsort(score, kind="stable")[:MAX_EXPERTS]]
-    out = [Component(-1, *_posterior(w, t, *_prior(model, mean, GLOBAL_SPREAD, covariance), s2))]
+    out = [Component(-1, *_posterior(w, t, *_prior(mean, GLOBAL_SPREAD, covariance), s2))]
     for r in experts:
-        out.append(Component(int(r), *_posterior(w, t, *_prior(model, rows[r], EXPERT_SPREAD, covariance), s2)))
+        out.append(Component(int(r), *_posterior(w, t, *_prior(rows[r], EXPERT_SPREAD, covariance), s2)))
     return out
 
 
