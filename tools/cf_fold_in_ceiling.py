@@ -31,13 +31,9 @@ import numpy as np
 from tools import cf_fold_in_reference as ref
 from tools import cf_methods
 from tools.cf_data import Matrix, load_csv
-from tools.cf_protocols import HOLDOUT_FRACTION, new_row_split
+from tools.cf_protocols import HOLDOUT_FRACTION, new_row_splits, within10_hits
 
 WAYS = ("mixture", "top_component", "best_component", "all_revealed")
-
-
-def _hits(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return np.abs(pred / truth - 1.0) <= 0.10
 
 
 def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, np.ndarray]:
@@ -45,17 +41,17 @@ def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, n
     test_cols, truth = m.cols[entries[reveal:]], m.values[entries[reveal:]]
     cols, values = m.cols[entries[:reveal]], m.values[entries[:reveal]]
 
-    def engine(n: int) -> np.ndarray:
-        row = model.fold_in_row(m.cols[entries[:n]], m.values[entries[:n]])
-        return _hits(model.predict(np.full(test_cols.size, row), test_cols), truth)
+    def engine(shown_cols: np.ndarray, shown_values: np.ndarray) -> np.ndarray:
+        row = model.fold_in_row(shown_cols, shown_values)
+        return within10_hits(model.predict(np.full(test_cols.size, row), test_cols), truth)
 
     parts = ref.components(model, cols, values)
-    by_part = [_hits(ref.predict(model, p.mean, test_cols), truth) for p in parts]
+    by_part = [within10_hits(ref.predict(model, p.mean, test_cols), truth) for p in parts]
     return {
-        "mixture": engine(reveal),
+        "mixture": engine(cols, values),
         "top_component": by_part[int(np.argmax(ref.weights(parts)))],
         "best_component": max(by_part, key=np.mean),
-        "all_revealed": engine(entries.size),
+        "all_revealed": engine(m.cols[entries], m.values[entries]),
     }
 
 
@@ -63,9 +59,7 @@ def ceiling(m: Matrix, fill: float, seeds: range, reveal: int, leave_one_out: bo
     """Within10 (%) of every way of WAYS over the held-out rows of the new-row splits of `seeds`, and per row label."""
     flags: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: {w: [] for w in WAYS})
     for seed in seeds:
-        groups: list[list[int] | None] = [[r] for r in range(m.n_rows)] if leave_one_out else [None]
-        for held in groups:
-            held_rows, train, remap, n_kept, order = new_row_split(m, fill, seed, held)
+        for held_rows, train, remap, n_kept, order in new_row_splits(m, fill, seed, leave_one_out):
             method = cf_methods.make("cf_cpp", seed)  # as cf_eval makes it
             assert isinstance(method, cf_methods.Engine)
             method.fit(remap[m.rows][train], m.cols[train], m.values[train], n_kept, m.n_cols, m.features)
