@@ -145,22 +145,28 @@ def test_row_counts_scales_and_noise_track_fit_fold_in_and_refit() -> None:
     np.testing.assert_array_equal(model.row_scales, np.ones(22))  # ALS rows have g = 1
 
 
-def test_version_1_model_files_still_load(tmp_path) -> None:
-    """Format 1 had no row scales, row counts or noise variance after the row parameters."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_model_files_still_load(tmp_path, version: int) -> None:
+    """Formats 1 and 2 had no kernel_residual flag after init_scale and no kernel residuals at the end; format 1 also
+    had no row scales, row counts or noise variance after the row parameters."""
     rows, cols, values, truth, x = synthetic()
-    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
-    model.save(tmp_path / "v2.cfm")
-    blob = (tmp_path / "v2.cfm").read_bytes()
-    header = 8 + 4 + 4 + 5 * 8 + 4 + 8 + 4 + 8 + 3 * 8 + 8  # magic .. mu
+    model = CFModel(rank=3, iterations=5, kernel_residual=False).fit(rows, cols, values, *truth.shape, col_features=x)
+    model.save(tmp_path / "v3.cfm")
+    blob = (tmp_path / "v3.cfm").read_bytes()
+    flag = 8 + 4 + 4 + 5 * 8 + 4 + 8 + 4 + 8  # magic .. init_scale
     n_rows, d = truth.shape[0], 3 + 1
-    rows_end = header + 8 + 8 * n_rows * d
+    rows_end = flag + 1 + 3 * 8 + 8 + 8 + 8 * n_rows * d  # .. n_rows, n_cols, n_features, mu, row parameters
     extra = 2 * (8 + 8 * n_rows) + 8  # row scales, row counts, noise variance
-    assert blob[8:12] == (2).to_bytes(4, "little")
-    v1 = blob[:8] + (1).to_bytes(4, "little") + blob[12:rows_end] + blob[rows_end + extra :]
-    (tmp_path / "v1.cfm").write_bytes(v1)
-    back = CFModel.load(tmp_path / "v1.cfm")
+    kernels = n_rows * 4 * 8  # per row: four empty arrays (their lengths)
+    assert blob[8:12] == (3).to_bytes(4, "little") and blob[flag] == 0
+    old = blob[:8] + version.to_bytes(4, "little") + blob[12:flag] + blob[flag + 1 : rows_end]
+    old += blob[rows_end + (extra if version == 1 else 0) : -kernels]
+    (tmp_path / "old.cfm").write_bytes(old)
+    back = CFModel.load(tmp_path / "old.cfm")
     np.testing.assert_array_equal(back.predict(rows, cols), model.predict(rows, cols))
-    np.testing.assert_array_equal(back.row_scales, np.ones(n_rows))
+    assert back.get_params() == model.get_params()  # kernel_residual=False: refits behave as before
+    if version == 1:
+        np.testing.assert_array_equal(back.row_scales, np.ones(n_rows))
     assert back.fold_in_row([0, 7], [1.0, 2.0]) == n_rows
 
 
@@ -254,3 +260,64 @@ def test_fit_releases_the_gil() -> None:
     worker.join()
     assert model.is_fitted
     assert ticks > 1000
+
+
+def with_interaction(seed: int = 0):
+    """synthetic() at fill 0.5 plus, on rows 0-4, a pairwise interaction of two column features (which neither the
+    linear feature prior nor the rank-2 factors can express): what the kernel residuals are for."""
+    rows, cols, _, truth, x = synthetic(fill=0.5, seed=seed)
+    truth = truth.copy()
+    truth[:5] += 0.4 * x[:, 0] * x[:, 1]
+    return rows, cols, np.exp(truth[rows, cols]), truth, x
+
+
+def test_kernel_residual_learns_what_the_factors_miss() -> None:
+    rows, cols, values, truth, x = with_interaction()
+    seen = np.zeros(truth.shape, dtype=bool)
+    seen[rows, cols] = True
+    r, c = np.nonzero(~seen)
+    on = CFModel(rank=2, iterations=15).fit(rows, cols, values, *truth.shape, col_features=x)
+    off = CFModel(rank=2, iterations=15, kernel_residual=False).fit(rows, cols, values, *truth.shape, col_features=x)
+    odd = r < 5
+    assert log_rmse(on, truth, r[odd], c[odd]) < 0.6 * log_rmse(off, truth, r[odd], c[odd])
+    assert np.abs(on.row_residuals[:5]).max() > 0.2
+    np.testing.assert_array_equal(off.row_residuals, np.zeros(truth.shape))
+    # Without features there is nothing to regress on.
+    plain = CFModel(rank=2, iterations=15).fit(rows, cols, values, *truth.shape)
+    np.testing.assert_array_equal(plain.row_residuals, np.zeros(truth.shape))
+
+
+def test_fold_in_takes_its_experts_kernel_residual() -> None:
+    rows, cols, values, truth, x = with_interaction()
+    n_rows, n_cols = truth.shape
+    revealed = np.arange(0, n_cols, 15)  # 10 entries of a new device that is row 2 slowed down by 30%
+    new_values = 1.3 * np.exp(truth[2, revealed])
+    unseen = np.setdiff1d(np.arange(n_cols), revealed)
+    errors = {}
+    for kernel in (True, False):
+        model = CFModel(rank=2, iterations=15, kernel_residual=kernel).fit(rows, cols, values, n_rows, n_cols, x)
+        new = model.fold_in_row(revealed, new_values)
+        pred = model.predict(np.full(unseen.size, new), unseen, log=True)
+        errors[kernel] = np.sqrt(np.mean((pred - np.log(1.3) - truth[2, unseen]) ** 2))
+        if kernel:
+            assert np.abs(model.row_residuals[new]).max() > 0.2
+    assert errors[True] < 0.6 * errors[False]
+
+
+def test_kernel_residuals_survive_save_load_and_reach_added_columns(tmp_path) -> None:
+    rows, cols, values, truth, x = with_interaction()
+    keep = cols < 120
+    model = CFModel(rank=2, iterations=15).fit(rows[keep], cols[keep], values[keep], 20, 120, col_features=x[:120])
+    folded = model.fold_in_row([0, 10, 20, 30, 40], np.exp(truth[1, [0, 10, 20, 30, 40]]))
+    model.save(tmp_path / "m.cfm")
+    back = CFModel.load(tmp_path / "m.cfm")
+    r, c = all_entries((21, 120))
+    np.testing.assert_array_equal(back.predict(r, c), model.predict(r, c))
+    np.testing.assert_array_equal(back.row_residuals, model.row_residuals)
+    assert back.get_params()["kernel_residual"] is True
+    # Columns added later get each row's residual from their features: the interaction, up to its share that the
+    # factors took. A folded-in row gets its experts'.
+    back.add_cols(30, x[120:])
+    truth_pair = x[120:, 0] * x[120:, 1]
+    for row in (0, folded):
+        assert np.corrcoef(back.row_residuals[row, 120:], truth_pair)[0, 1] > 0.9

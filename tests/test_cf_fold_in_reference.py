@@ -15,14 +15,16 @@ from tools.cf_protocols import new_row_split
 
 
 def _noisy_devices(n_rows: int, n_cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Log values of n_rows devices: feature-driven columns, a rank-3 interaction, 5% noise; and the features."""
+    """Log values of n_rows devices: feature-driven columns, a rank-3 interaction, a per-device pairwise feature
+    interaction (what the kernel residuals capture), 5% noise; and the features."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_cols, 4))
     col = 1.0 + 0.8 * x[:, 0] - 0.3 * x[:, 1]
     q = np.stack([0.5 * x[:, 1] + 0.2 * x[:, 2], 0.4 * x[:, 2], 0.3 * x[:, 3]], axis=1)
     p = 0.6 * rng.standard_normal((n_rows, 3))
     b = rng.standard_normal(n_rows)
-    return b[:, None] + col + p @ q.T + 0.05 * rng.standard_normal((n_rows, n_cols)), x
+    pair = 0.3 * rng.standard_normal(n_rows)[:, None] * (x[:, 0] * x[:, 1])
+    return b[:, None] + col + p @ q.T + pair + 0.05 * rng.standard_normal((n_rows, n_cols)), x
 
 
 @pytest.mark.parametrize("n_fitted", [6, 20])  # 20 > MAX_EXPERTS: the engine scores only the best 16 exactly
@@ -33,12 +35,14 @@ def test_engine_fold_in_matches_the_reference(n_fitted: int, n_revealed: int) ->
     rng = np.random.default_rng(1)
     rows, cols = np.nonzero(rng.random((n_fitted, n_cols)) < 0.4)
     model = CFModel(rank=4, iterations=10, seed=0).fit(rows, cols, np.exp(log_y[rows, cols]), n_fitted, n_cols, x)
+    assert np.abs(model.row_residuals).max() > 0.05  # the kernel residuals take part
     everywhere = np.arange(n_cols)
     for new in range(n_fitted, n_fitted + 3):  # earlier fold-ins must not change the prior of later ones
         revealed = rng.permutation(n_cols)[:n_revealed]
         values = np.exp(log_y[new, revealed])
         engine = model.predict(np.full(n_cols, model.fold_in_row(revealed, values)), everywhere)
-        reference = ref.predict(model, ref.fold_in(model, revealed, values), everywhere)
+        row, residual = ref.fold_in(model, revealed, values)
+        reference = ref.predict(model, row, everywhere, residual)
         np.testing.assert_allclose(engine, reference, rtol=1e-7)
 
 

@@ -6,7 +6,9 @@ parameters, written the textbook way (dense algebra in the row's parameter space
 that a test can check the engine against it and `tools.cf_fold_in_ceiling` can look inside the mixture: which
 component a fold-in leaned on, and how well each single component would have done.
 
-A row is `a = [g, b, p]`; it predicts `log y(c) = mu + b + g b_c + p . q_c`.
+A row is `a = [g, b, p]`; it predicts `log y(c) = mu + b + g b_c + p . q_c`, plus its kernel residual h(c) where the
+model has them (`CFModel.row_residuals`): expert r explains the revealed entries minus its own h_r, and the folded-in
+row's h is the weighted mean of its experts' h_r.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class Component:
     row: int
     mean: np.ndarray  # [g, b, p]
     log_evidence: float  # up to a constant shared by all components of one fold-in
+
+    def residual(self, model: CFModel) -> np.ndarray:
+        """The component's kernel residual at every column: its expert's h_r (none for the global component)."""
+        return model.row_residuals[self.row] if self.row >= 0 else np.zeros(model.n_cols)
 
 
 def _regressors(model: CFModel, cols: np.ndarray) -> np.ndarray:
@@ -70,6 +76,7 @@ def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Com
     cols = np.asarray(cols, dtype=np.int64)
     w = _regressors(model, cols)
     t = np.log(np.asarray(values, dtype=np.float64)) - model.global_mean
+    targets = t[:, None] - model.row_residuals[:, cols].T  # per row: t - h_r (h_r = 0 without kernel residuals)
     population = np.flatnonzero(model.row_counts > 0)
     rows = np.hstack([model.row_biases[:, None], model.row_factors])
     pop = rows[population]
@@ -78,13 +85,13 @@ def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Com
     s2 = NOISE_FACTOR * max(model.noise_var, 1e-12)
     experts = population
     if experts.size > MAX_EXPERTS:
-        residuals = t[:, None] - w[:, 1:] @ pop.T - w[:, :1]  # each row as it is: g = 1
+        residuals = targets[:, population] - w[:, 1:] @ pop.T - w[:, :1]  # each row as it is: g = 1
         # -2 log evidence x s2 of each row with only its offset free (up to a constant)
         score = (residuals**2).sum(axis=0) - residuals.sum(axis=0) ** 2 / (t.size + s2 / OFFSET_STD**2)
         experts = population[np.argsort(score, kind="stable")[:MAX_EXPERTS]]
     out = [Component(-1, *_posterior(w, t, *_prior(mean, GLOBAL_SPREAD, covariance), s2))]
     for r in experts:
-        out.append(Component(int(r), *_posterior(w, t, *_prior(rows[r], EXPERT_SPREAD, covariance), s2)))
+        out.append(Component(int(r), *_posterior(w, targets[:, r], *_prior(rows[r], EXPERT_SPREAD, covariance), s2)))
     return out
 
 
@@ -95,13 +102,15 @@ def weights(parts: list[Component]) -> np.ndarray:
     return w / w.sum()
 
 
-def fold_in(model: CFModel, cols: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The folded-in row [g, b, p], as `CFModel.fold_in_row` computes it."""
+def fold_in(model: CFModel, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The folded-in row [g, b, p] and its kernel residual at every column, as `CFModel.fold_in_row` computes them."""
     parts = components(model, cols, values)
-    return weights(parts) @ np.array([p.mean for p in parts])
+    w = weights(parts)
+    return w @ np.array([p.mean for p in parts]), w @ np.array([p.residual(model) for p in parts])
 
 
-def predict(model: CFModel, row: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Raw-unit predictions of a row [g, b, p] at `cols`."""
+def predict(model: CFModel, row: np.ndarray, cols: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+    """Raw-unit predictions of a row [g, b, p] (with its kernel residual at every column, if any) at `cols`."""
     cols = np.asarray(cols, dtype=np.int64)
-    return np.exp(model.global_mean + _regressors(model, cols) @ row)
+    h = residual[cols] if residual is not None else 0.0
+    return np.exp(model.global_mean + _regressors(model, cols) @ row + h)

@@ -83,7 +83,8 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](cf::Model* self, int rank, double reg, double reg_bias, double reg_col, double reg_col_bias,
-             double reg_features, int iterations, std::uint64_t seed, int threads, double init_scale) {
+             double reg_features, int iterations, std::uint64_t seed, int threads, double init_scale,
+             bool kernel_residual) {
             cf::Config c;
             c.rank = rank;
             c.reg = reg;
@@ -95,17 +96,21 @@ NB_MODULE(_core, m) {
             c.seed = seed;
             c.threads = threads;
             c.init_scale = init_scale;
+            c.kernel_residual = kernel_residual;
             new (self) cf::Model(c);
           },
           "rank"_a = 16, "reg"_a = 0.3, "reg_bias"_a = 0.01, "reg_col"_a = 3.0, "reg_col_bias"_a = 3.0,
           "reg_features"_a = 1.0, "iterations"_a = 20, "seed"_a = 0, "threads"_a = 0, "init_scale"_a = 0.1,
+          "kernel_residual"_a = true,
           "Create an unfitted model.\n\n"
           "rank: latent dimension (0 = biases (+ feature prior of the column bias) only).\n"
           "reg / reg_bias: ridge on row factors / row biases.\n"
           "reg_col / reg_col_bias: ridge pulling column factors / biases toward their feature prior (toward 0\n"
           "without features).\n"
           "reg_features: ridge on the feature map Theta.\n"
-          "iterations: ALS sweeps. seed: initialisation seed. threads: worker threads (0 = all cores).")
+          "iterations: ALS sweeps. seed: initialisation seed. threads: worker threads (0 = all cores).\n"
+          "kernel_residual: with column features, fit each row's training residuals by kernel ridge regression on\n"
+          "the features (second-order polynomial kernel, ridge chosen per row on held-out entries).")
       .def(
           "fit",
           [](cf::Model& self, const Index1& rows, const Index1& cols, const Value1& values, std::int64_t n_rows,
@@ -244,6 +249,15 @@ NB_MODULE(_core, m) {
           nb::rv_policy::move)
       .def_prop_ro("noise_var", &cf::Model::noise_var,
                    "Mean squared training residual in log units (the observation noise of the fold-in).")
+      .def_prop_ro(
+          "row_residuals",
+          [](const cf::Model& s) {
+            std::vector<double> h(s.row_residuals());
+            if (h.empty()) h.assign(static_cast<std::size_t>(s.n_rows() * s.n_cols()), 0.0);
+            return owned_2d(std::move(h), static_cast<std::size_t>(s.n_rows()), static_cast<std::size_t>(s.n_cols()));
+          },
+          "Each row's kernel residual h_r(c) in log units, shape (n_rows, n_cols) (zeros without; copy).",
+          nb::rv_policy::move)
       .def("get_params",
            [](const cf::Model& s) {
              const cf::Config& c = s.config();
@@ -258,6 +272,7 @@ NB_MODULE(_core, m) {
              d["seed"] = c.seed;
              d["threads"] = c.threads;
              d["init_scale"] = c.init_scale;
+             d["kernel_residual"] = c.kernel_residual;
              return d;
            },
            "Constructor hyperparameters as a dict.")

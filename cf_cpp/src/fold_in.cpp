@@ -67,6 +67,20 @@ FoldInMoments fold_in_moments(const std::int64_t* cols, const double* logy, std:
   return m;
 }
 
+FoldInMoments shift_moments(const FoldInMoments& m, const std::int64_t* cols, const double* logy, std::size_t n,
+                            const double* z, double mu, int dim, const double* h) {
+  FoldInMoments out = m;
+  for (std::size_t k = 0; k < n; ++k) {
+    const double* zc = z + cols[k] * dim;
+    const double hk = h[cols[k]], t = logy[k] - mu;
+    out.wt[0] -= zc[0] * hk;  // regressors [z_c[0], 1, z_c[1:]]
+    out.wt[1] -= hk;
+    for (int i = 1; i < dim; ++i) out.wt[static_cast<std::size_t>(i) + 1] -= zc[i] * hk;
+    out.tt += hk * hk - 2 * t * hk;
+  }
+  return out;
+}
+
 // With cov = L L' and B = L' W'W L: the posterior mean is theta + L u, (s2 I + B) u = L' W'(t - W theta), and
 // -2 log evidence = (r'r - r'W L u) / s2 + log det(s2 I + B) + const, r = t - W theta (Woodbury and Sylvester).
 FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<double>& theta, std::vector<double> cov,
@@ -106,15 +120,20 @@ FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<dou
 }
 
 FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, const double* z, double mu, int dim,
-                  const double* rows, const FoldInPrior& prior, double noise_var) {
+                  const double* rows, const FoldInPrior& prior, double noise_var, const double* residuals,
+                  std::int64_t n_cols) {
   const std::size_t d = static_cast<std::size_t>(dim), e = d + 1;
-  FoldedRow out{prior.mean, 1.0};
+  FoldedRow out{prior.mean, 1.0, {}};
   if (n == 0) return out;
   const FoldInMoments m = fold_in_moments(cols, logy, n, z, mu, dim);
   const double s2 = kFoldInNoiseFactor * std::max(noise_var, 1e-12);
+  // Each expert's moments: those of t - h_r with kernel residuals, else the shared ones.
+  auto moments_of = [&](std::int64_t r) {
+    return residuals ? shift_moments(m, cols, logy, n, z, mu, dim, residuals + r * n_cols) : m;
+  };
 
   // A component's prior: mean [1, bp], covariance spread C + sigma_0^2 e_b e_b' + sigma_s^2 v v', v = [1, 0, p].
-  auto component = [&](const double* bp, double spread) {
+  auto component = [&](const FoldInMoments& mk, const double* bp, double spread) {
     std::vector<double> theta(e, 1.0), s(e * e, 0.0), v(e, 0.0);
     std::copy(bp, bp + d, theta.begin() + 1);
     v[0] = 1.0;
@@ -124,7 +143,7 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     s[e + 1] += kFoldInOffsetStd * kFoldInOffsetStd;
     for (std::size_t i = 0; i < e; ++i)
       for (std::size_t j = 0; j < e; ++j) s[i * e + j] += kFoldInSlopeStd * kFoldInSlopeStd * v[i] * v[j];
-    return gaussian_posterior(m, theta, std::move(s), s2);
+    return gaussian_posterior(mk, theta, std::move(s), s2);
   };
 
   // Experts: all of a small population; of a large one the kMaxExperts whose rows, with a free offset, explain the
@@ -139,9 +158,10 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     const double* g = m.gram.data();
     std::vector<double> score(experts.size()), theta(e, 1.0);
     for (std::size_t k = 0; k < experts.size(); ++k) {
+      const FoldInMoments mk = moments_of(experts[k]);
       std::copy(rows + experts[k] * dim, rows + experts[k] * dim + d, theta.begin() + 1);
-      const double rsum = m.wt[1] - dot(g + e, theta.data(), e);  // row 1 of the gram: the sums of the regressors
-      score[k] = residual_ss(m, theta.data()) - rsum * rsum / nn;
+      const double rsum = mk.wt[1] - dot(g + e, theta.data(), e);  // row 1 of the gram: the sums of the regressors
+      score[k] = residual_ss(mk, theta.data()) - rsum * rsum / nn;
     }
     std::vector<std::size_t> order(experts.size());
     std::iota(order.begin(), order.end(), std::size_t{0});
@@ -153,19 +173,20 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
   }
   std::vector<FoldInPosterior> parts;
   parts.reserve(experts.size() + 1);
-  parts.push_back(component(prior.mean.data(), kGlobalSpread));
-  for (std::int64_t r : experts) parts.push_back(component(rows + r * dim, kExpertSpread));
+  parts.push_back(component(m, prior.mean.data(), kGlobalSpread));
+  for (std::int64_t r : experts) parts.push_back(component(moments_of(r), rows + r * dim, kExpertSpread));
 
   double top = -INFINITY, total = 0;
   for (const FoldInPosterior& p : parts) top = std::max(top, p.log_evidence);
-  std::vector<double> a(e, 0.0);
-  for (const FoldInPosterior& p : parts) {
-    const double w = std::exp(p.log_evidence - top);
-    total += w;
-    for (std::size_t i = 0; i < e; ++i) a[i] += w * p.mean[i];
+  std::vector<double> a(e, 0.0), w(parts.size());
+  for (std::size_t k = 0; k < parts.size(); ++k) {
+    w[k] = std::exp(parts[k].log_evidence - top);
+    total += w[k];
+    for (std::size_t i = 0; i < e; ++i) a[i] += w[k] * parts[k].mean[i];
   }
   for (std::size_t i = 0; i < d; ++i) out.params[i] = a[i + 1] / total;
   out.scale = a[0] / total;
+  for (std::size_t k = 0; k < experts.size(); ++k) out.expert_weights.emplace_back(experts[k], w[k + 1] / total);
   return out;
 }
 

@@ -12,10 +12,14 @@
 // residual variance) give every component its Gaussian posterior and its evidence; the fold-in is the
 // evidence-weighted mean of the component posteriors, which is again a row of the model. With no data it is the
 // average row; with many entries every component reaches the least-squares fit.
+// With kernel residuals (row_kernel.h), expert r explains t - h_r rather than t ("like device r, including what the
+// low-rank model misses of it"), the global component explains t, and the new row's residual is the evidence-weighted
+// mean of its experts' h_r (FoldedRow::expert_weights).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace cf::detail {
@@ -33,6 +37,7 @@ constexpr std::size_t kMaxExperts = 16;        // experts evaluated exactly (the
 struct FoldedRow {
   std::vector<double> params;  // [b, p], dim values
   double scale = 1.0;          // g, the coefficient of the column bias
+  std::vector<std::pair<std::int64_t, double>> expert_weights;  // (fitted row, share of the mixture) per expert
 };
 
 // The population (fitted rows: row_counts > 0), the mean m and the covariance C + jitter I of its [b_r, p_r].
@@ -66,9 +71,15 @@ struct FoldInPosterior {
 FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<double>& theta, std::vector<double> cov,
                                    double s2);
 
+// The moments of the same entries with the targets t - h (h[c]: a row's kernel residual at every column).
+FoldInMoments shift_moments(const FoldInMoments& m, const std::int64_t* cols, const double* logy, std::size_t n,
+                            const double* z, double mu, int dim, const double* h);
+
 // cols / logy: the n revealed entries (cols already validated). z: n_cols x dim column parameters; rows: the row
-// parameters (prior.population indexes them; it must be non-empty); noise_var: training residual variance.
+// parameters (prior.population indexes them; it must be non-empty); noise_var: training residual variance;
+// residuals: the rows' kernel residuals (n_rows x n_cols) or null.
 FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, const double* z, double mu, int dim,
-                  const double* rows, const FoldInPrior& prior, double noise_var);
+                  const double* rows, const FoldInPrior& prior, double noise_var, const double* residuals = nullptr,
+                  std::int64_t n_cols = 0);
 
 }  // namespace cf::detail

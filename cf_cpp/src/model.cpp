@@ -9,7 +9,9 @@
 #include "feature_map.h"
 #include "fold_in.h"
 #include "linalg.h"
+#include "parallel.h"
 #include "rng.h"
+#include "row_kernel.h"
 #include "sparse.h"
 
 namespace cf {
@@ -74,6 +76,8 @@ void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
   rows_.resize(static_cast<std::size_t>(n_rows * d), 0.0);
   row_scale_.resize(static_cast<std::size_t>(n_rows), 1.0);
   row_counts_.resize(static_cast<std::size_t>(n_rows), 0);
+  kernels_.resize(static_cast<std::size_t>(n_rows));
+  blends_.resize(static_cast<std::size_t>(n_rows));
   for (std::int64_t r = n_rows_; r < n_rows; ++r)
     for (int i = 1; i < d; ++i) rows_[r * d + i] = config_.init_scale * rng.next();
   dev_.resize(static_cast<std::size_t>(n_cols * d), 0.0);
@@ -99,6 +103,9 @@ void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_col
   feat_mean_.clear();
   feat_scale_.clear();
   col_counts_.clear();
+  kernels_.clear();
+  blends_.clear();
+  residuals_.clear();
   if (features) set_features(*features);
   grow(n_rows, n_cols);
   run_als(obs, config_.iterations);
@@ -184,7 +191,8 @@ void Model::run_als(const Observations& obs, int iterations) {
     if (by_row.ptr[r + 1] == by_row.ptr[r])
       for (int i = 0; i < d; ++i) rows_[r * d + i] = mean[i] / static_cast<double>(n_obs_rows);
   refresh_col_params();
-  // Training residual variance: the observation noise of the Bayesian fold-in.
+  // Training residuals: their variance is the observation noise of the Bayesian fold-in; the kernel stage fits them.
+  std::vector<double> rho(by_row.value.size());
   double sse = 0;
   for (std::int64_t r = 0; r < n_rows_; ++r) {
     const double* a = rows_.data() + r * d;
@@ -192,10 +200,12 @@ void Model::run_als(const Observations& obs, int iterations) {
       const double* z = z_.data() + by_row.index[e] * d;
       double res = by_row.value[e] - mu_ - a[0] - z[0];
       for (int k = 1; k < d; ++k) res -= a[k] * z[k];
+      rho[e] = res;
       sse += res * res;
     }
   }
   noise_var_ = sse / static_cast<double>(obs.size);
+  fit_kernels(by_row.ptr, by_row.index, rho);
   refresh_fold_in_prior();
   fitted_ = true;
 }
@@ -216,6 +226,7 @@ void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std:
     const double* z = z_.data() + cols[i] * d;
     double s = mu_ + a[0] + row_scale_[rows[i]] * z[0];
     for (int k = 1; k < d; ++k) s += a[k] * z[k];
+    if (!residuals_.empty()) s += residuals_[rows[i] * n_cols_ + cols[i]];
     out[i] = s;
   }
 }
@@ -228,11 +239,19 @@ std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, 
   for (std::size_t i = 0; i < n; ++i) logy[i] = std::log(values[i]);
   if (!fold_in_prior_ || fold_in_prior_->population.empty())  // a fit always leaves an observed row
     throw InvalidInput("the model has no fitted row to fold in against");
-  const detail::FoldedRow out =
-      detail::fold_in(cols, logy.data(), n, z_.data(), mu_, dim(), rows_.data(), *fold_in_prior_, noise_var_);
+  const double* residuals = residuals_.empty() ? nullptr : residuals_.data();
+  const detail::FoldedRow out = detail::fold_in(cols, logy.data(), n, z_.data(), mu_, dim(), rows_.data(),
+                                                *fold_in_prior_, noise_var_, residuals, n_cols_);
   rows_.insert(rows_.end(), out.params.begin(), out.params.end());
   row_scale_.push_back(out.scale);
   row_counts_.push_back(0);
+  // The new row's residual: its experts' h_r, weighted as in the mixture (the global component has none).
+  blends_.push_back(residuals ? out.expert_weights : KernelBlend{});
+  kernels_.emplace_back();
+  if (residuals) {
+    residuals_.resize(residuals_.size() + static_cast<std::size_t>(n_cols_), 0.0);
+    blend_residuals(n_rows_);
+  }
   return n_rows_++;
 }
 
@@ -260,11 +279,57 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
   n_cols_ += n;
   (void)fx;
   refresh_col_params();
+  refresh_residuals();
   return first;
 }
 
 void Model::refresh_fold_in_prior() {
   fold_in_prior_ = std::make_shared<const detail::FoldInPrior>(detail::make_prior(rows_, row_counts_, dim()));
+}
+
+void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,
+                        const std::vector<double>& rho) {
+  const int fx = static_cast<int>(n_features_ + 1);
+  const bool on = config_.kernel_residual && !x_.empty();
+  // Rows without training entries (folded in earlier, or never observed) are now the mean row: no residual.
+  detail::parallel_chunks(
+      n_rows_, config_.threads,
+      [&](std::int64_t lo, std::int64_t hi) {
+        for (std::int64_t r = lo; r < hi; ++r) {
+          const std::int64_t b = ptr[r], n = ptr[r + 1] - b;
+          kernels_[r] = on && n > 0 ? detail::fit_row_kernel(index.data() + b, rho.data() + b,
+                                                             static_cast<std::size_t>(n), x_.data(), fx,
+                                                             config_.seed * 0x9E3779B97F4A7C15ULL + r)
+                                    : KernelExpansion{};
+          blends_[r].clear();
+        }
+      },
+      1);
+  refresh_residuals();
+}
+
+void Model::refresh_residuals() {
+  const bool any = std::any_of(kernels_.begin(), kernels_.end(), [](const KernelExpansion& h) { return !h.cols.empty(); });
+  residuals_.clear();
+  if (!any || x_.empty()) return;
+  residuals_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), 0.0);
+  const int fx = static_cast<int>(n_features_ + 1);
+  detail::parallel_chunks(
+      n_rows_, config_.threads,
+      [&](std::int64_t lo, std::int64_t hi) {
+        for (std::int64_t r = lo; r < hi; ++r)
+          detail::evaluate_kernel(kernels_[r], x_.data(), fx, n_cols_, residuals_.data() + r * n_cols_);
+      },
+      1);
+  for (std::int64_t r = 0; r < n_rows_; ++r) blend_residuals(r);  // after the fitted rows they blend
+}
+
+void Model::blend_residuals(std::int64_t r) {
+  double* mine = residuals_.data() + r * n_cols_;
+  for (const auto& [expert, w] : blends_[static_cast<std::size_t>(r)]) {
+    const double* theirs = residuals_.data() + expert * n_cols_;
+    for (std::int64_t c = 0; c < n_cols_; ++c) mine[c] += w * theirs[c];
+  }
 }
 
 std::vector<double> Model::col_params() const { return z_; }

@@ -23,6 +23,9 @@ class NormalRng {
     return r * std::cos(6.283185307179586 * u2);
   }
 
+  // Uniform integer in [0, n), n > 0 (modulo bias below 2^-40 for any n a model can have).
+  std::uint64_t index(std::uint64_t n) { return bits() % n; }
+
  private:
   std::uint64_t bits() {
     std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);

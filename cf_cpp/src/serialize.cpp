@@ -13,7 +13,10 @@ namespace {
 constexpr char kMagic[8] = {'C', 'F', 'C', 'P', 'P', 'M', 'F', '\0'};
 // Version 2 added the fold-in state after the row parameters: row scales g_r, row counts, the noise variance.
 // Version 1 files still load (g_r = 1, every row in the fold-in population, kV1NoiseVar).
-constexpr std::uint32_t kVersion = 2;
+// Version 3 added config.kernel_residual and, at the end, each row's kernel residual: its expansion (cols, alpha)
+// and its blend of experts (rows, weights).
+// Version 1 and 2 files load without kernel residuals (kernel_residual = false: refits behave as when they were saved).
+constexpr std::uint32_t kVersion = 3;
 constexpr double kV1NoiseVar = 0.0025;  // (0.05 log units)^2, the training residual on oneproxy_nb201
 
 class Writer {
@@ -66,6 +69,16 @@ class Reader {
     in_.read(p, static_cast<std::streamsize>(n));
     if (!in_) fail();
   }
+  // A vector whose length is only bounded (at most `most` elements).
+  template <class T>
+  std::vector<T> get_vec_upto(std::uint64_t most) {
+    std::uint64_t n = get<std::uint64_t>();
+    if (n > most) fail();
+    std::vector<T> v(n);
+    in_.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(T)));
+    if (!in_) fail();
+    return v;
+  }
   [[noreturn]] void fail() const { throw IoError("'" + path_ + "' is truncated or not a cf_cpp model file"); }
 
  private:
@@ -90,6 +103,7 @@ void Model::save(const std::string& path) const {
   w.put(config_.seed);
   w.put<std::int32_t>(config_.threads);
   w.put(config_.init_scale);
+  w.put<std::uint8_t>(config_.kernel_residual ? 1 : 0);
   w.put(n_rows_);
   w.put(n_cols_);
   w.put(n_features_);
@@ -104,6 +118,18 @@ void Model::save(const std::string& path) const {
   w.put_vec(feat_scale_);
   w.put_vec(theta_);
   w.put_vec(col_counts_);
+  for (std::size_t r = 0; r < kernels_.size(); ++r) {
+    w.put_vec(kernels_[r].cols);
+    w.put_vec(kernels_[r].alpha);
+    std::vector<std::int64_t> experts;
+    std::vector<double> weights;
+    for (const auto& [expert, weight] : blends_[r]) {
+      experts.push_back(expert);
+      weights.push_back(weight);
+    }
+    w.put_vec(experts);
+    w.put_vec(weights);
+  }
   w.close();
 }
 
@@ -113,7 +139,7 @@ Model Model::load(const std::string& path) {
   r.raw(magic, sizeof(magic));
   if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) r.fail();
   const std::uint32_t version = r.get<std::uint32_t>();
-  if (version != 1 && version != kVersion)
+  if (version < 1 || version > kVersion)
     throw IoError("'" + path + "' has an unsupported cf_cpp format version");
   Config c;
   c.rank = r.get<std::int32_t>();
@@ -126,6 +152,7 @@ Model Model::load(const std::string& path) {
   c.seed = r.get<std::uint64_t>();
   c.threads = r.get<std::int32_t>();
   c.init_scale = r.get<double>();
+  c.kernel_residual = version >= 3 && r.get<std::uint8_t>() != 0;
   if (c.rank < 0 || c.iterations < 0 || c.threads < 0) r.fail();
   Model m(c);
   m.n_rows_ = r.get<std::int64_t>();
@@ -158,7 +185,26 @@ Model Model::load(const std::string& path) {
   m.theta_ = r.get_vec<double>(with_features ? d * (nf + 1) : 0);
   m.col_counts_ = r.get_vec<std::int64_t>(nc);
   if (!with_features) m.n_features_ = 0;
+  m.kernels_.resize(nr);
+  m.blends_.resize(nr);
+  if (version >= 3)
+    for (std::uint64_t row = 0; row < nr; ++row) {
+      KernelExpansion& h = m.kernels_[row];
+      h.cols = r.get_vec_upto<std::int64_t>(std::uint64_t{1} << 32);
+      h.alpha = r.get_vec<double>(h.cols.size());
+      for (std::int64_t col : h.cols)
+        if (col < 0 || static_cast<std::uint64_t>(col) >= nc) r.fail();
+      if (!h.cols.empty() && !with_features) r.fail();
+      const std::vector<std::int64_t> experts = r.get_vec_upto<std::int64_t>(nr);
+      const std::vector<double> weights = r.get_vec<double>(experts.size());
+      for (std::size_t k = 0; k < experts.size(); ++k) {
+        // experts: fitted rows, which precede every row folded in against them
+        if (experts[k] < 0 || static_cast<std::uint64_t>(experts[k]) >= row || !m.blends_[experts[k]].empty()) r.fail();
+        m.blends_[row].emplace_back(experts[k], weights[k]);
+      }
+    }
   m.refresh_col_params();
+  m.refresh_residuals();
   m.refresh_fold_in_prior();
   m.fitted_ = true;
   return m;

@@ -9,6 +9,8 @@
 // data, so a column nobody has measured is still predicted (e_c = 0) and a sparsely measured one stays close to its
 // prior (e_c is ridge-regularised). Without features Theta is absent and the model is a plain biased MF.
 // g_r, the row's coefficient of the column bias, is 1 for fitted rows; a folded-in row may have another (fold_in.h).
+// With features and kernel_residual, each row also gets h_r(c), a kernel ridge regression of its training residuals
+// on the column features (src/row_kernel.h), added to the prediction; a folded-in row takes its experts' h_r.
 //
 // Fitting is alternating least squares; every row / column solve is independent, so the work is split across
 // std::threads and the result does not depend on the thread count. Only plain C++ types cross this interface.
@@ -18,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cf_cpp/errors.h"
@@ -27,6 +30,16 @@ namespace cf {
 namespace detail {
 struct FoldInPrior;  // src/fold_in.h
 }
+
+// A fitted row's kernel residual as an expansion over columns: h(c) = sum_i alpha[i] k(x_{cols[i]}, x_c)
+// (src/row_kernel.h). Empty = no correction.
+struct KernelExpansion {
+  std::vector<std::int64_t> cols;
+  std::vector<double> alpha;
+};
+
+// A folded-in row's kernel residual: the weighted sum of its experts' (fitted rows') residuals.
+using KernelBlend = std::vector<std::pair<std::int64_t, double>>;
 
 // Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
 struct Config {
@@ -40,6 +53,7 @@ struct Config {
   std::uint64_t seed = 0;       // initialisation seed
   int threads = 0;              // 0 = hardware concurrency
   double init_scale = 0.1;      // std of the random initial factors
+  bool kernel_residual = true;  // per-row kernel residual on the column features (only with features)
 };
 
 // Borrowed views of caller-owned arrays (no copies are made by the interface).
@@ -93,7 +107,9 @@ class Model {
   const std::vector<std::int64_t>& col_counts() const { return col_counts_; }
   const std::vector<double>& row_scales() const { return row_scale_; }      // g_r (1 for fitted rows)
   const std::vector<std::int64_t>& row_counts() const { return row_counts_; }  // training observations per row
-  double noise_var() const { return noise_var_; }  // mean squared training residual (log units)
+  double noise_var() const { return noise_var_; }  // mean squared training residual of the ALS model (log units)
+  // h_r(c) of every row and column, row-major n_rows x n_cols; empty when no row has a kernel residual.
+  const std::vector<double>& row_residuals() const { return residuals_; }
 
  private:
   int dim() const { return config_.rank + 1; }
@@ -103,6 +119,10 @@ class Model {
   void run_als(const Observations& obs, int iterations);
   void refresh_col_params();
   void refresh_fold_in_prior();
+  void fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,
+                   const std::vector<double>& rho);
+  void refresh_residuals();
+  void blend_residuals(std::int64_t r);  // adds a folded-in row's blend of its experts' residuals to its own
 
   Config config_;
   bool fitted_ = false;
@@ -120,6 +140,9 @@ class Model {
   std::vector<double> theta_;       // dim x (n_features + 1)
   std::vector<double> z_;           // cache: n_cols x dim, z_c = Theta x_c + e_c
   std::vector<std::int64_t> col_counts_;
+  std::vector<KernelExpansion> kernels_;  // n_rows: fitted rows' h_r (all empty without kernel residuals)
+  std::vector<KernelBlend> blends_;       // n_rows: folded-in rows' h_r
+  std::vector<double> residuals_;                 // cache: n_rows x n_cols, h_r(c); empty when every h_r = 0
 };
 
 }  // namespace cf

@@ -19,6 +19,7 @@ class Model:
         seed: int = 0,
         threads: int = 0,
         init_scale: float = 0.1,
+        kernel_residual: bool = True,
     ) -> None: ...
     def fit(
         self,
@@ -75,3 +76,5 @@ class Model:
     def row_scales(self) -> NDArray[np.float64]: ...
     @property
     def noise_var(self) -> float: ...
+    @property
+    def row_residuals(self) -> NDArray[np.float64]: ...

@@ -45,7 +45,9 @@ class CFModel:
 
     Hyperparameters: ``rank`` latent dimension; ``reg`` / ``reg_bias`` ridge on row factors / biases;
     ``reg_col`` / ``reg_col_bias`` ridge pulling column factors / biases toward their feature prior;
-    ``reg_features`` ridge on the feature map; ``iterations`` ALS sweeps; ``seed``; ``threads`` (0 = all cores).
+    ``reg_features`` ridge on the feature map; ``iterations`` ALS sweeps; ``seed``; ``threads`` (0 = all cores);
+    ``kernel_residual``: with column features, also fit each row's training residuals by kernel ridge regression on
+    the features (second-order polynomial kernel; a row keeps it only where it helps on its held-out entries).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class CFModel:
         seed: int = 0,
         threads: int = 0,
         init_scale: float = 0.1,
+        kernel_residual: bool = True,
     ) -> None:
         self._core = _core.Model(
             rank=rank,
@@ -72,6 +75,7 @@ class CFModel:
             seed=seed,
             threads=threads,
             init_scale=init_scale,
+            kernel_residual=kernel_residual,
         )
 
     def fit(
@@ -216,6 +220,11 @@ class CFModel:
     def noise_var(self) -> float:
         """Mean squared training residual (log units): the observation noise assumed by the fold-in."""
         return float(self._core.noise_var)
+
+    @property
+    def row_residuals(self) -> NDArray[np.float64]:
+        """Each row's kernel residual h_r(c) in log units, shape (n_rows, n_cols); zeros without it (copy)."""
+        return self._core.row_residuals
 
     def __repr__(self) -> str:
         return f"CFModel(rank={self.rank}, n_rows={self.n_rows}, n_cols={self.n_cols}, fitted={self.is_fitted})"
