@@ -309,7 +309,8 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
 }
 
 void Model::refresh_residuals() {
-  const bool any = std::any_of(kernels_.begin(), kernels_.end(), [](const KernelExpansion& h) { return !h.cols.empty(); });
+  const bool any =
+      std::any_of(kernels_.begin(), kernels_.end(), [](const KernelExpansion& h) { return !h.cols.empty(); });
   residuals_.clear();
   if (!any || x_.empty()) return;
   residuals_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), 0.0);

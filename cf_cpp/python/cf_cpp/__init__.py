@@ -8,12 +8,16 @@ nodes, columns are block signatures) by matrix factorisation in log space::
 ``x_c`` are optional column features (e.g. log flops, log parameter bytes, log input/output bytes, op-type counts).
 With features every column has a learned prior, so a column no row has measured is predicted from its features (cold
 start) and a sparsely measured column is pulled toward its prior. Fitting is alternating least squares: deterministic
-for a seed, multi-threaded, identical for any thread count.
+for a seed, multi-threaded, identical for any thread count. With features (and ``kernel_residual=True``, the
+default) each row then also fits its training residuals by kernel ridge regression on the features (second-order
+polynomial kernel), which adds ``h_r(c)`` (``row_residuals``) to its log predictions: what the row does differently
+with pairs of features, which the shared linear prior and factors cannot express.
 
 A new row (device) is folded in from a few measurements without a refit: a Bayesian fold-in whose prior is a
 mixture built from the fitted rows (one Gaussian around each fitted row, with a free offset and scale, and one around
 their mean), each component's posterior weighted by how well it explains the measurements (a folded-in row may
-scale the column bias: its coefficient is ``row_scales[r]``, 1 for fitted rows).
+scale the column bias: its coefficient is ``row_scales[r]``, 1 for fitted rows). Each fitted row's component
+carries that row's ``h_r``; the new row's residual is their weighted sum.
 
 Usage::
 
