@@ -142,7 +142,7 @@ class Model {
   std::vector<std::int64_t> col_counts_;
   std::vector<KernelExpansion> kernels_;  // n_rows: fitted rows' h_r (all empty without kernel residuals)
   std::vector<KernelBlend> blends_;       // n_rows: folded-in rows' h_r
-  std::vector<double> residuals_;                 // cache: n_rows x n_cols, h_r(c); empty when every h_r = 0
+  std::vector<double> residuals_;         // cache: n_rows x n_cols, h_r(c); empty when every h_r = 0
 };
 
 }  // namespace cf
