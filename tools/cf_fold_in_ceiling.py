@@ -46,7 +46,7 @@ def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, n
         return within10_hits(model.predict(np.full(test_cols.size, row), test_cols), truth)
 
     parts = ref.components(model, cols, values)
-    by_part = [within10_hits(ref.predict(model, p.mean, test_cols, p.residual(model)), truth) for p in parts]
+    by_part = [within10_hits(ref.predict(model, p.mean, test_cols, p.residual), truth) for p in parts]
     return {
         "mixture": engine(cols, values),
         "top_component": by_part[int(np.argmax(ref.weights(parts)))],

@@ -36,10 +36,7 @@ class Component:
     row: int
     mean: np.ndarray  # [g, b, p]
     log_evidence: float  # up to a constant shared by all components of one fold-in
-
-    def residual(self, model: CFModel) -> np.ndarray:
-        """The component's kernel residual at every column: its expert's h_r (none for the global component)."""
-        return model.row_residuals[self.row] if self.row >= 0 else np.zeros(model.n_cols)
+    residual: np.ndarray  # kernel residual at every column: the expert's h_r (zeros for the global component)
 
 
 def _regressors(model: CFModel, cols: np.ndarray) -> np.ndarray:
@@ -76,7 +73,8 @@ def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Com
     cols = np.asarray(cols, dtype=np.int64)
     w = _regressors(model, cols)
     t = np.log(np.asarray(values, dtype=np.float64)) - model.global_mean
-    targets = t[:, None] - model.row_residuals[:, cols].T  # per row: t - h_r (h_r = 0 without kernel residuals)
+    h = model.row_residuals  # zeros without kernel residuals
+    targets = t[:, None] - h[:, cols].T  # per row: t - h_r
     population = np.flatnonzero(model.row_counts > 0)
     rows = np.hstack([model.row_biases[:, None], model.row_factors])
     pop = rows[population]
@@ -89,9 +87,10 @@ def components(model: CFModel, cols: np.ndarray, values: np.ndarray) -> list[Com
         # -2 log evidence x s2 of each row with only its offset free (up to a constant)
         score = (residuals**2).sum(axis=0) - residuals.sum(axis=0) ** 2 / (t.size + s2 / OFFSET_STD**2)
         experts = population[np.argsort(score, kind="stable")[:MAX_EXPERTS]]
-    out = [Component(-1, *_posterior(w, t, *_prior(mean, GLOBAL_SPREAD, covariance), s2))]
+    out = [Component(-1, *_posterior(w, t, *_prior(mean, GLOBAL_SPREAD, covariance), s2), np.zeros(model.n_cols))]
     for r in experts:
-        out.append(Component(int(r), *_posterior(w, targets[:, r], *_prior(rows[r], EXPERT_SPREAD, covariance), s2)))
+        posterior = _posterior(w, targets[:, r], *_prior(rows[r], EXPERT_SPREAD, covariance), s2)
+        out.append(Component(int(r), *posterior, h[r]))
     return out
 
 
@@ -106,7 +105,7 @@ def fold_in(model: CFModel, cols: np.ndarray, values: np.ndarray) -> tuple[np.nd
     """The folded-in row [g, b, p] and its kernel residual at every column, as `CFModel.fold_in_row` computes them."""
     parts = components(model, cols, values)
     w = weights(parts)
-    return w @ np.array([p.mean for p in parts]), w @ np.array([p.residual(model) for p in parts])
+    return w @ np.array([p.mean for p in parts]), w @ np.array([p.residual for p in parts])
 
 
 def predict(model: CFModel, row: np.ndarray, cols: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:

@@ -19,8 +19,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <utility>
 #include <vector>
+
+#include "cf_cpp/model.h"
 
 namespace cf::detail {
 
@@ -37,7 +38,7 @@ constexpr std::size_t kMaxExperts = 16;        // experts evaluated exactly (the
 struct FoldedRow {
   std::vector<double> params;  // [b, p], dim values
   double scale = 1.0;          // g, the coefficient of the column bias
-  std::vector<std::pair<std::int64_t, double>> expert_weights;  // (fitted row, share of the mixture) per expert
+  KernelBlend expert_weights;  // (fitted row, share of the mixture) per expert
 };
 
 // The population (fitted rows: row_counts > 0), the mean m and the covariance C + jitter I of its [b_r, p_r].

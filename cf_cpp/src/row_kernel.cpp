@@ -77,8 +77,7 @@ KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals
     }
   }
   if (best_ridge < 0) return {};
-  KernelExpansion out{c, solve(gram(c.data(), m, c.data(), m, x, fx), rho, best_ridge)};
-  return out;
+  return {c, solve(gram(c.data(), m, c.data(), m, x, fx), rho, best_ridge)};
 }
 
 void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t n_cols, double* out) {

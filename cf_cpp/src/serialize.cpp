@@ -58,30 +58,31 @@ class Reader {
   }
   template <class T>
   std::vector<T> get_vec(std::uint64_t expected) {
-    std::uint64_t n = get<std::uint64_t>();
+    const std::uint64_t n = get<std::uint64_t>();
     if (n != expected) fail();
-    std::vector<T> v(n);
-    in_.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(T)));
-    if (!in_) fail();
-    return v;
+    return elements<T>(n);
+  }
+  // A vector whose length is only bounded (at most `most` elements).
+  template <class T>
+  std::vector<T> get_vec_upto(std::uint64_t most) {
+    const std::uint64_t n = get<std::uint64_t>();
+    if (n > most) fail();
+    return elements<T>(n);
   }
   void raw(char* p, std::size_t n) {
     in_.read(p, static_cast<std::streamsize>(n));
     if (!in_) fail();
   }
-  // A vector whose length is only bounded (at most `most` elements).
-  template <class T>
-  std::vector<T> get_vec_upto(std::uint64_t most) {
-    std::uint64_t n = get<std::uint64_t>();
-    if (n > most) fail();
-    std::vector<T> v(n);
-    in_.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(T)));
-    if (!in_) fail();
-    return v;
-  }
   [[noreturn]] void fail() const { throw IoError("'" + path_ + "' is truncated or not a cf_cpp model file"); }
 
  private:
+  template <class T>
+  std::vector<T> elements(std::uint64_t n) {
+    std::vector<T> v(n);
+    raw(reinterpret_cast<char*>(v.data()), n * sizeof(T));
+    return v;
+  }
+
   std::ifstream in_;
   std::string path_;
 };
