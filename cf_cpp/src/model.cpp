@@ -291,6 +291,11 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
                         const std::vector<double>& rho) {
   const int fx = static_cast<int>(n_features_ + 1);
   const bool on = config_.kernel_residual && !x_.empty();
+  // A basis only pays for rows with at least twice as many entries as its rank (row_kernel.h).
+  std::int64_t largest = 0;
+  for (std::int64_t r = 0; on && r < n_rows_; ++r)
+    largest = std::max<std::int64_t>(largest, std::min<std::int64_t>(ptr[r + 1] - ptr[r], detail::kKernelMaxEntries));
+  const detail::ColumnBasis basis = detail::column_basis(x_.data(), fx, n_cols_, largest / 2);
   // Rows without training entries (folded in earlier, or never observed) are now the mean row: no residual.
   detail::parallel_chunks(
       n_rows_, config_.threads,
@@ -299,7 +304,7 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
           const std::int64_t b = ptr[r], n = ptr[r + 1] - b;
           kernels_[r] = on && n > 0 ? detail::fit_row_kernel(index.data() + b, rho.data() + b,
                                                              static_cast<std::size_t>(n), x_.data(), fx,
-                                                             config_.seed * 0x9E3779B97F4A7C15ULL + r)
+                                                             config_.seed * 0x9E3779B97F4A7C15ULL + r, basis)
                                     : KernelExpansion{};
           blends_[r].clear();
         }

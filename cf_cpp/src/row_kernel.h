@@ -8,6 +8,11 @@
 // differently). The ridge is chosen per row on a fifth of its entries held out, among kKernelRidges, by the number of
 // held-out residuals brought within +-10%; a row where no ridge beats "no correction" keeps h_r = 0, so the stage can
 // only be chosen where it helps on held-out entries of that very row.
+//
+// Cost. Over its n entries a row's ridges cost O(n^3). The kernel has rank at most 1 + F + F(F+1)/2 over any set of
+// columns, and often far less (one-hot features); a ColumnBasis factors it once per fit, and a row with at least twice
+// as many entries as the basis has dimensions solves its ridges in that space instead, O(n m^2 + m^3), to the same
+// expansion. h_r is evaluated as a quadratic form in the features when that is cheaper than summing the expansion.
 #pragma once
 
 #include <cstddef>
@@ -22,14 +27,26 @@ using cf::KernelExpansion;
 
 constexpr double kKernelRidges[] = {0.01, 0.1, 1.0, 10.0};
 constexpr std::size_t kKernelMinEntries = 20;    // rows with fewer entries get no correction
-constexpr std::size_t kKernelMaxEntries = 1000;  // rows with more fit on a random subset of this size (O(n^3) solves)
+constexpr std::size_t kKernelMaxEntries = 1000;  // rows with more fit on a random subset of this size
+constexpr double kBasisTolerance = 1e-10;        // a ColumnBasis stops where every column's remainder is below this
+                                                 // fraction of the largest k(x_c, x_c)
 
 // x: n_cols x fx standardised features, the last of the fx values the prior's intercept (ignored here).
 double poly_kernel(const double* xa, const double* xb, int fx);
 
+// k(x_c, x_c') = l_c . l_c' for all columns up to kBasisTolerance (pivoted Cholesky of the column kernel).
+struct ColumnBasis {
+  std::int64_t rank = 0;  // 0: none
+  std::vector<double> l;  // n_cols x rank, row-major
+};
+
+// The basis of the n_cols columns, or none if the kernel needs more than max_rank dimensions.
+ColumnBasis column_basis(const double* x, int fx, std::int64_t n_cols, std::int64_t max_rank);
+
 // Fits h_r from a row's n training entries (cols, residuals rho); seed fixes the subset and the held-out fifth.
+// basis (may be empty) only changes how the ridges are solved, not the result (up to rounding).
 KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals, std::size_t n, const double* x,
-                               int fx, std::uint64_t seed);
+                               int fx, std::uint64_t seed, const ColumnBasis& basis = {});
 
 // out[c] = h(c) for c in [0, n_cols).
 void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t n_cols, double* out);

@@ -65,3 +65,60 @@ TEST_CASE("poly_kernel is (1 + x.x'/F)^2 over the features, ignoring the interce
   const double a[] = {1.0, 2.0, 1.0}, b[] = {3.0, -1.0, 1.0};
   CHECK(poly_kernel(a, b, 3) == doctest::Approx(std::pow(1.0 + (3.0 - 2.0) / 2.0, 2)));
 }
+
+TEST_CASE("a column basis reproduces the kernel, with the rank of the second-order features") {
+  const std::int64_t n_cols = 60;
+  const std::vector<double> x = features(n_cols, 7);
+  const ColumnBasis basis = column_basis(x.data(), 4, n_cols, n_cols);
+  CHECK(basis.rank == 10);  // 1 + 3 + 3 * 4 / 2 monomials of degree <= 2 in 3 features
+  double worst = 0;
+  for (std::int64_t a = 0; a < n_cols; ++a)
+    for (std::int64_t b = 0; b < n_cols; ++b) {
+      double lk = 0;
+      for (std::int64_t k = 0; k < basis.rank; ++k) lk += basis.l[a * basis.rank + k] * basis.l[b * basis.rank + k];
+      worst = std::fmax(worst, std::fabs(lk - poly_kernel(x.data() + a * 4, x.data() + b * 4, 4)));
+    }
+  CHECK(worst < 1e-8);
+  CHECK(column_basis(x.data(), 4, n_cols, 9).rank == 0);  // needs 10 dimensions: none
+}
+
+TEST_CASE("a row solved in the column basis gets the expansion it gets over its entries") {
+  const std::int64_t n_cols = 300;
+  const std::vector<double> x = features(n_cols, 11);
+  NormalRng rng(4);
+  std::vector<std::int64_t> cols;
+  std::vector<double> rho;
+  for (std::int64_t c = 0; c < n_cols; c += 3) {
+    cols.push_back(c);
+    rho.push_back(0.3 * x[c * 4] * x[c * 4 + 1] - 0.2 * x[c * 4 + 2] + 0.05 * rng.next());
+  }
+  const KernelExpansion dual = fit_row_kernel(cols.data(), rho.data(), cols.size(), x.data(), 4, 2);
+  const KernelExpansion primal =
+      fit_row_kernel(cols.data(), rho.data(), cols.size(), x.data(), 4, 2, column_basis(x.data(), 4, n_cols, 50));
+  REQUIRE(!dual.cols.empty());
+  REQUIRE(primal.cols == dual.cols);
+  std::vector<double> h_dual(n_cols), h_primal(n_cols);
+  evaluate_kernel(dual, x.data(), 4, n_cols, h_dual.data());
+  evaluate_kernel(primal, x.data(), 4, n_cols, h_primal.data());
+  for (std::int64_t c = 0; c < n_cols; ++c) CHECK(h_primal[c] == doctest::Approx(h_dual[c]).epsilon(1e-6));
+}
+
+TEST_CASE("evaluate_kernel sums the expansion, as a quadratic form or term by term") {
+  const std::int64_t n_cols = 50;
+  const std::vector<double> x = features(n_cols, 13);
+  NormalRng rng(6);
+  for (std::size_t n : {2, 20}) {  // fewer / more terms than features: both ways of summing
+    KernelExpansion h;
+    for (std::size_t i = 0; i < n; ++i) {
+      h.cols.push_back(static_cast<std::int64_t>(i * 2));
+      h.alpha.push_back(rng.next());
+    }
+    std::vector<double> out(n_cols);
+    evaluate_kernel(h, x.data(), 4, n_cols, out.data());
+    for (std::int64_t c = 0; c < n_cols; ++c) {
+      double sum = 0;
+      for (std::size_t i = 0; i < n; ++i) sum += h.alpha[i] * poly_kernel(x.data() + h.cols[i] * 4, x.data() + c * 4, 4);
+      CHECK(out[c] == doctest::Approx(sum).epsilon(1e-12));
+    }
+  }
+}
