@@ -181,7 +181,7 @@ KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals
     c[i] = cols[order[i]];
     rho[i] = residuals[order[i]];
   }
-  if (basis.rank > 0 && 2 * static_cast<std::size_t>(basis.rank) <= m)
+  if (basis.rank > 0 && kBasisEntriesPerDim * static_cast<std::size_t>(basis.rank) <= m)
     return choose_ridge(PrimalRidge(c, rho, held, basis), c, rho, held);
   return choose_ridge(DualRidge(c, rho, held, x, fx), c, rho, held);
 }

@@ -28,8 +28,9 @@ using cf::KernelExpansion;
 constexpr double kKernelRidges[] = {0.01, 0.1, 1.0, 10.0};
 constexpr std::size_t kKernelMinEntries = 20;    // rows with fewer entries get no correction
 constexpr std::size_t kKernelMaxEntries = 1000;  // rows with more fit on a random subset of this size
-constexpr double kBasisTolerance = 1e-10;        // a ColumnBasis stops where every column's remainder is below this
-                                                 // fraction of the largest k(x_c, x_c)
+constexpr double kBasisTolerance = 1e-10;  // a ColumnBasis stops where every column's remainder is below this
+                                           // fraction of the largest k(x_c, x_c)
+constexpr std::size_t kBasisEntriesPerDim = 2;  // a row solves in a basis of rank m only with n >= this * m entries
 
 // x: n_cols x fx standardised features, the last of the fx values the prior's intercept (ignored here).
 double poly_kernel(const double* xa, const double* xb, int fx);
