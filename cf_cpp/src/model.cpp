@@ -291,12 +291,9 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
                         const std::vector<double>& rho) {
   const int fx = static_cast<int>(n_features_ + 1);
   const bool on = config_.kernel_residual && !x_.empty();
-  // A column basis, of at most the rank any row could use (row_kernel.h).
-  std::int64_t largest = 0;
-  for (std::int64_t r = 0; on && r < n_rows_; ++r)
-    largest = std::max<std::int64_t>(largest, std::min<std::int64_t>(ptr[r + 1] - ptr[r], detail::kKernelMaxEntries));
   const detail::ColumnBasis basis =
-      detail::column_basis(x_.data(), fx, n_cols_, largest / static_cast<std::int64_t>(detail::kBasisEntriesPerDim));
+      on ? detail::column_basis(x_.data(), fx, n_cols_, detail::basis_rank_limit(ptr.data(), n_rows_, n_cols_))
+         : detail::ColumnBasis{};
   // Rows without training entries (folded in earlier, or never observed) are now the mean row: no residual.
   detail::parallel_chunks(
       n_rows_, config_.threads,

@@ -166,6 +166,18 @@ ColumnBasis column_basis(const double* x, int fx, std::int64_t n_cols, std::int6
   return basis;
 }
 
+std::int64_t basis_rank_limit(const std::int64_t* ptr, std::int64_t n_rows, std::int64_t n_cols) {
+  double largest = 0, dual_cost = 0;
+  for (std::int64_t r = 0; r < n_rows; ++r) {
+    const auto n = static_cast<double>(std::min<std::int64_t>(ptr[r + 1] - ptr[r], kKernelMaxEntries));
+    if (n < kKernelMinEntries) continue;
+    largest = std::max(largest, n);
+    dual_cost += n * n * n / 3;
+  }
+  const double affordable = std::sqrt(2 * dual_cost / static_cast<double>(std::max<std::int64_t>(n_cols, 1)));
+  return static_cast<std::int64_t>(std::min(largest / static_cast<double>(kBasisEntriesPerDim), affordable));
+}
+
 KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals, std::size_t n, const double* x,
                                int fx, std::uint64_t seed, const ColumnBasis& basis) {
   if (n < kKernelMinEntries || fx <= 1) return {};

@@ -44,6 +44,10 @@ struct ColumnBasis {
 // The basis of the n_cols columns, or none if the kernel needs more than max_rank dimensions.
 ColumnBasis column_basis(const double* x, int fx, std::int64_t n_cols, std::int64_t max_rank);
 
+// The largest rank worth a column basis for rows with entries [ptr[r], ptr[r + 1]): one that some row can use, and
+// whose cost (n_cols r^2 / 2) stays below that of the rows' solves over their entries (sum of n^3 / 3).
+std::int64_t basis_rank_limit(const std::int64_t* ptr, std::int64_t n_rows, std::int64_t n_cols);
+
 // Fits h_r from a row's n training entries (cols, residuals rho); seed fixes the subset and the held-out fifth.
 // basis (may be empty) only changes how the ridges are solved, not the result (up to rounding).
 KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals, std::size_t n, const double* x,

@@ -122,3 +122,13 @@ TEST_CASE("evaluate_kernel sums the expansion, as a quadratic form or term by te
     }
   }
 }
+
+TEST_CASE("a column basis is only worth a rank that some row can use and that costs less than the rows' solves") {
+  const std::vector<std::int64_t> ptr = {0, 400, 400 + kKernelMinEntries - 1, 400 + kKernelMinEntries + 2999};
+  // rows of 400, 19 (too few for a residual) and 3000 (capped at kKernelMaxEntries) entries
+  CHECK(basis_rank_limit(ptr.data(), 3, 10) == static_cast<std::int64_t>(kKernelMaxEntries / kBasisEntriesPerDim));
+  const double dual = (std::pow(400.0, 3) + std::pow(static_cast<double>(kKernelMaxEntries), 3)) / 3;
+  const std::int64_t n_cols = 100'000'000;  // so many columns that the basis may cost only a few dimensions
+  CHECK(basis_rank_limit(ptr.data(), 3, n_cols) == static_cast<std::int64_t>(std::sqrt(2 * dual / n_cols)));
+  CHECK(basis_rank_limit(ptr.data(), 1, n_cols) == 0);  // one row of 400: not one dimension
+}
