@@ -200,10 +200,6 @@ KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals
 
 void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t n_cols, double* out) {
   const std::size_t n = h.cols.size(), nf = static_cast<std::size_t>(std::max(fx - 1, 0));
-  if (n == 0) {
-    std::fill(out, out + n_cols, 0.0);
-    return;
-  }
   if (n < nf) {  // the expansion itself is cheaper: O(n F) per column
     for (std::int64_t c = 0; c < n_cols; ++c) {
       double s = 0;
