@@ -67,9 +67,10 @@ FoldInMoments fold_in_moments(const std::int64_t* cols, const double* logy, std:
   return m;
 }
 
-FoldInMoments shift_moments(const FoldInMoments& m, const std::int64_t* cols, const double* logy, std::size_t n,
-                            const double* z, double mu, int dim, const double* h) {
-  FoldInMoments out = m;
+void shift_moments(const FoldInMoments& m, const std::int64_t* cols, const double* logy, std::size_t n,
+                   const double* z, double mu, int dim, const double* h, FoldInMoments& out) {
+  out.wt = m.wt;
+  out.tt = m.tt;
   for (std::size_t k = 0; k < n; ++k) {
     const double* zc = z + cols[k] * dim;
     const double hk = h[cols[k]], t = logy[k] - mu;
@@ -78,7 +79,6 @@ FoldInMoments shift_moments(const FoldInMoments& m, const std::int64_t* cols, co
     for (int i = 1; i < dim; ++i) out.wt[static_cast<std::size_t>(i) + 1] -= zc[i] * hk;
     out.tt += hk * hk - 2 * t * hk;
   }
-  return out;
 }
 
 // With cov = L L' and B = L' W'W L: the posterior mean is theta + L u, (s2 I + B) u = L' W'(t - W theta), and
@@ -127,9 +127,13 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
   if (n == 0) return out;
   const FoldInMoments m = fold_in_moments(cols, logy, n, z, mu, dim);
   const double s2 = kFoldInNoiseFactor * std::max(noise_var, 1e-12);
-  // Each expert's moments: those of t - h_r with kernel residuals, else the shared ones.
-  auto moments_of = [&](std::int64_t r) {
-    return residuals ? shift_moments(m, cols, logy, n, z, mu, dim, residuals + r * n_cols) : m;
+  // Each expert's moments: those of t - h_r with kernel residuals (in one scratch copy, valid until the next
+  // call), else the shared ones.
+  FoldInMoments shifted = residuals ? m : FoldInMoments{};
+  auto moments_of = [&](std::int64_t r) -> const FoldInMoments& {
+    if (!residuals) return m;
+    shift_moments(m, cols, logy, n, z, mu, dim, residuals + r * n_cols, shifted);
+    return shifted;
   };
 
   // A component's prior: mean [1, bp], covariance spread C + sigma_0^2 e_b e_b' + sigma_s^2 v v', v = [1, 0, p].
@@ -158,7 +162,7 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     const double* g = m.gram.data();
     std::vector<double> score(experts.size()), theta(e, 1.0);
     for (std::size_t k = 0; k < experts.size(); ++k) {
-      const FoldInMoments mk = moments_of(experts[k]);
+      const FoldInMoments& mk = moments_of(experts[k]);
       std::copy(rows + experts[k] * dim, rows + experts[k] * dim + d, theta.begin() + 1);
       const double rsum = mk.wt[1] - dot(g + e, theta.data(), e);  // row 1 of the gram: the sums of the regressors
       score[k] = residual_ss(mk, theta.data()) - rsum * rsum / nn;

@@ -72,9 +72,10 @@ struct FoldInPosterior {
 FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<double>& theta, std::vector<double> cov,
                                    double s2);
 
-// The moments of the same entries with the targets t - h (h[c]: a row's kernel residual at every column).
-FoldInMoments shift_moments(const FoldInMoments& m, const std::int64_t* cols, const double* logy, std::size_t n,
-                            const double* z, double mu, int dim, const double* h);
+// The moments of the same entries with the targets t - h (h[c]: a row's kernel residual at every column), written
+// into out, whose gram must already be m's (the shift leaves it unchanged; only wt and tt are rewritten).
+void shift_moments(const FoldInMoments& m, const std::int64_t* cols, const double* logy, std::size_t n,
+                   const double* z, double mu, int dim, const double* h, FoldInMoments& out);
 
 // cols / logy: the n revealed entries (cols already validated). z: n_cols x dim column parameters; rows: the row
 // parameters (prior.population indexes them; it must be non-empty); noise_var: training residual variance;
