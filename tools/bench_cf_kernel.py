@@ -1,6 +1,6 @@
 """Fit-time cost of cf_cpp's per-row kernel residual (docs/cf_cpp.md, "Model"), with it off and on, in one run.
 
-    python -m tools.bench_cf_kernel [--repeats 3] [--threads 0] [--data-dir .cache/cf_datasets]
+    python -m tools.bench_cf_kernel [--repeats 3] [--threads 0] [--data-dir .cache/cf_datasets] [--ranks]
 
 Cases: oneproxy_nb201 and help_nb201 (real NAS-Bench-201 latencies with 57 architecture features; converted by
 ``python -m tools.convert_datasets``; skipped with a note when absent) with a random ``fill`` of their entries, and two
@@ -9,6 +9,11 @@ feature interaction, noise): 100 x 5,000 with 15 features and 50 x 3,000 with 34
 `rr_server.predictor.feature_vector`), 30% observed. Per case: the median fit time of ``--repeats`` fits with
 ``kernel_residual`` off and on (rank 16, 10 iterations) and their difference, the kernel stage's cost. Prints one
 JSON object. Wall-clock times on a shared machine are noisy: compare the two columns of one run.
+
+``--ranks`` times nothing; it prints each case's kernel rank instead, the dimension of the column basis the engine
+builds (a pivoted Cholesky of the column kernel on the standardised features, stopped where every column's remainder
+is below ``tol`` times the largest diagonal; tol 1e-10 as in the engine, and 1e-4), next to the bound 1 + F + F(F+1)/2.
+A row solves in the basis when it has at least twice as many entries as the rank (docs/cf_cpp.md, Model).
 """
 
 from __future__ import annotations
@@ -46,6 +51,25 @@ def real(path: Path, fill: float, seed: int = 0) -> Case:
     return m.rows[keep], m.cols[keep], m.values[keep], m.n_rows, m.n_cols, m.features
 
 
+def kernel_rank(features: np.ndarray, tol: float) -> int:
+    """Rank of the engine's column kernel (1 + x.x'/F)^2 on the standardised features, to `tol` (numpy, independent
+    of the C++ column basis)."""
+    std = features.std(axis=0)
+    x = np.where(std > 1e-12, (features - features.mean(axis=0)) / np.where(std > 1e-12, std, 1.0), 0.0)
+    f = features.shape[1]
+    remainder = (1 + (x * x).sum(axis=1) / f) ** 2
+    stop = tol * remainder.max()
+    basis: list[np.ndarray] = []
+    while remainder.max() > stop:
+        p = int(np.argmax(remainder))
+        column = (1 + x @ x[p] / f) ** 2 - sum(b * b[p] for b in basis)
+        column = column / np.sqrt(remainder[p])
+        remainder = remainder - column**2
+        remainder[p] = 0.0
+        basis.append(column)
+    return len(basis)
+
+
 def fit_times(case: Case, kernel_residual: bool, repeats: int, threads: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -61,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="cf_cpp threads (0 = all cores)")
     p.add_argument("--data-dir", type=Path, default=Path(".cache/cf_datasets"))
+    p.add_argument("--ranks", action="store_true", help="print each case's kernel rank instead of timing fits")
     args = p.parse_args(argv)
     cases: dict[str, Case] = {}
     skipped = []
@@ -72,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(f"{name}: {path} missing (python -m tools.convert_datasets {name})")
     cases["synthetic 100 x 5000, 15 features"] = synthetic(100, 5000, 15)
     cases["synthetic 50 x 3000, 34 features"] = synthetic(50, 3000, 34)
+    if args.ranks:
+        ranks = {}
+        for name, case in cases.items():
+            f = case[5].shape[1]
+            ranks[name] = {"features": f, "bound": 1 + f + f * (f + 1) // 2}
+            ranks[name].update({f"rank_tol_{tol:g}": kernel_rank(case[5], tol) for tol in (1e-10, 1e-4)})
+        print(json.dumps({"ranks": ranks, "skipped": skipped}, indent=2))
+        return 0
     results = {}
     for name, case in cases.items():
         off = float(np.median(fit_times(case, False, args.repeats, args.threads)))
