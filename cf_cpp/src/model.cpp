@@ -279,7 +279,7 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
   n_cols_ += n;
   (void)fx;
   refresh_col_params();
-  refresh_residuals();
+  refresh_residuals(first);
   return first;
 }
 
@@ -311,28 +311,35 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
   refresh_residuals();
 }
 
-void Model::refresh_residuals() {
+void Model::refresh_residuals(std::int64_t first_new_col) {
   const bool any =
       std::any_of(kernels_.begin(), kernels_.end(), [](const KernelExpansion& h) { return !h.cols.empty(); });
-  residuals_.clear();
-  if (!any || x_.empty()) return;
-  residuals_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), 0.0);
+  if (!any || x_.empty()) {
+    residuals_.clear();
+    return;
+  }
+  // The table keeps its first columns (when it has them: it is first_new_col wide) and evaluates the others.
+  const std::int64_t kept = residuals_.empty() ? 0 : first_new_col;
+  std::vector<double> table(static_cast<std::size_t>(n_rows_ * n_cols_), 0.0);
+  for (std::int64_t r = 0; r < n_rows_; ++r)
+    std::copy_n(residuals_.data() + r * kept, kept, table.data() + r * n_cols_);
+  residuals_ = std::move(table);
   const int fx = static_cast<int>(n_features_ + 1);
   detail::parallel_chunks(
       n_rows_, config_.threads,
       [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t r = lo; r < hi; ++r)
-          detail::evaluate_kernel(kernels_[r], x_.data(), fx, n_cols_, residuals_.data() + r * n_cols_);
+          detail::evaluate_kernel(kernels_[r], x_.data(), fx, kept, n_cols_, residuals_.data() + r * n_cols_ + kept);
       },
       1);
-  for (std::int64_t r = 0; r < n_rows_; ++r) blend_residuals(r);  // after the fitted rows they blend
+  for (std::int64_t r = 0; r < n_rows_; ++r) blend_residuals(r, kept);  // after the fitted rows they blend
 }
 
-void Model::blend_residuals(std::int64_t r) {
+void Model::blend_residuals(std::int64_t r, std::int64_t first_col) {
   double* mine = residuals_.data() + r * n_cols_;
   for (const auto& [expert, w] : blends_[static_cast<std::size_t>(r)]) {
     const double* theirs = residuals_.data() + expert * n_cols_;
-    for (std::int64_t c = 0; c < n_cols_; ++c) mine[c] += w * theirs[c];
+    for (std::int64_t c = first_col; c < n_cols_; ++c) mine[c] += w * theirs[c];
   }
 }
 

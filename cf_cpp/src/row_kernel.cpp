@@ -198,13 +198,14 @@ KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals
   return choose_ridge(DualRidge(c, rho, held, x, fx), c, rho, held);
 }
 
-void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t n_cols, double* out) {
+void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t first, std::int64_t last,
+                     double* out) {
   const std::size_t n = h.cols.size(), nf = static_cast<std::size_t>(std::max(fx - 1, 0));
   if (n < nf) {  // the expansion itself is cheaper: O(n F) per column
-    for (std::int64_t c = 0; c < n_cols; ++c) {
+    for (std::int64_t c = first; c < last; ++c) {
       double s = 0;
       for (std::size_t i = 0; i < n; ++i) s += h.alpha[i] * poly_kernel(x + h.cols[i] * fx, x + c * fx, fx);
-      out[c] = s;
+      out[c - first] = s;
     }
     return;
   }
@@ -222,10 +223,10 @@ void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int
     }
   }
   const double inv = 1.0 / static_cast<double>(std::max<std::size_t>(nf, 1));
-  for (std::int64_t c = 0; c < n_cols; ++c) {
+  for (std::int64_t c = first; c < last; ++c) {
     const double* xc = x + c * fx;
     for (std::size_t j = 0; j < nf; ++j) ax[j] = dot(a.data() + j * nf, xc, nf);
-    out[c] = s + 2 * inv * dot(v.data(), xc, nf) + inv * inv * dot(ax.data(), xc, nf);
+    out[c - first] = s + 2 * inv * dot(v.data(), xc, nf) + inv * inv * dot(ax.data(), xc, nf);
   }
 }
 

@@ -53,7 +53,8 @@ std::int64_t basis_rank_limit(const std::int64_t* ptr, std::int64_t n_rows, std:
 KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals, std::size_t n, const double* x,
                                int fx, std::uint64_t seed, const ColumnBasis& basis = {});
 
-// out[c] = h(c) for c in [0, n_cols).
-void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t n_cols, double* out);
+// out[c - first] = h(c) for c in [first, last) (x: the features of every column).
+void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t first, std::int64_t last,
+                     double* out);
 
 }  // namespace cf::detail

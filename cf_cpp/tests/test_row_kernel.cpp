@@ -37,7 +37,7 @@ TEST_CASE("the kernel residual learns a pairwise feature interaction from part o
   const KernelExpansion h = fit_row_kernel(cols.data(), rho.data(), cols.size(), x.data(), 4, 1);
   REQUIRE(!h.cols.empty());
   std::vector<double> out(n_cols);
-  evaluate_kernel(h, x.data(), 4, n_cols, out.data());
+  evaluate_kernel(h, x.data(), 4, 0, n_cols, out.data());
   double se = 0, ss = 0;
   for (std::int64_t c = 1; c < n_cols; c += 2) {  // unseen columns
     se += std::pow(out[c] - interaction(c), 2);
@@ -98,8 +98,8 @@ TEST_CASE("a row solved in the column basis gets the expansion it gets over its 
   REQUIRE(!dual.cols.empty());
   REQUIRE(primal.cols == dual.cols);
   std::vector<double> h_dual(n_cols), h_primal(n_cols);
-  evaluate_kernel(dual, x.data(), 4, n_cols, h_dual.data());
-  evaluate_kernel(primal, x.data(), 4, n_cols, h_primal.data());
+  evaluate_kernel(dual, x.data(), 4, 0, n_cols, h_dual.data());
+  evaluate_kernel(primal, x.data(), 4, 0, n_cols, h_primal.data());
   for (std::int64_t c = 0; c < n_cols; ++c) CHECK(h_primal[c] == doctest::Approx(h_dual[c]).epsilon(1e-6));
 }
 
@@ -114,7 +114,7 @@ TEST_CASE("evaluate_kernel sums the expansion, as a quadratic form or term by te
       h.alpha.push_back(rng.next());
     }
     std::vector<double> out(n_cols);
-    evaluate_kernel(h, x.data(), 4, n_cols, out.data());
+    evaluate_kernel(h, x.data(), 4, 0, n_cols, out.data());
     for (std::int64_t c = 0; c < n_cols; ++c) {
       double sum = 0;
       for (std::size_t i = 0; i < n; ++i) sum += h.alpha[i] * poly_kernel(x.data() + h.cols[i] * 4, x.data() + c * 4, 4);

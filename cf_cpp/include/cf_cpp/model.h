@@ -121,8 +121,9 @@ class Model {
   void refresh_fold_in_prior();
   void fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,
                    const std::vector<double>& rho);
-  void refresh_residuals();
-  void blend_residuals(std::int64_t r);  // adds a folded-in row's blend of its experts' residuals to its own
+  void refresh_residuals(std::int64_t first_new_col = 0);  // columns before first_new_col keep their values
+  // Adds a folded-in row's blend of its experts' residuals to its own, at the columns from first_col on.
+  void blend_residuals(std::int64_t r, std::int64_t first_col = 0);
 
   Config config_;
   bool fitted_ = false;
