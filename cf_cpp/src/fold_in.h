@@ -34,6 +34,7 @@ constexpr double kGlobalSpread = 1.0;          // lambda_g: the global component
 constexpr double kFoldInOffsetStd = 1.0;       // sigma_0: prior std of a free offset (log units)
 constexpr double kFoldInSlopeStd = 0.2;        // sigma_s: prior std of the column-profile scale around 1
 constexpr std::size_t kMaxExperts = 16;        // experts evaluated exactly (the best by a cheap score)
+constexpr std::size_t kLanes = 8;              // population rows scored together (FoldInPrior::lanes)
 
 struct FoldedRow {
   std::vector<double> params;  // [b, p], dim values
@@ -46,6 +47,9 @@ struct FoldedRow {
 struct FoldInPrior {
   std::vector<std::int64_t> population;
   std::vector<double> mean, covariance;  // dim, dim x dim
+  // For scoring the experts: the population in blocks of kLanes rows, parameter-major within a block (block b,
+  // parameter i, row u at (b dim + i) kLanes + u), zero-padded to whole blocks.
+  std::vector<double> lanes;
 };
 
 FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::int64_t>& row_counts, int dim);

@@ -16,8 +16,6 @@
 
 namespace cf {
 
-using detail::Compressed;
-
 namespace {
 
 void check_config(const Config& c) {
@@ -148,8 +146,7 @@ void Model::refresh_col_params() {
 void Model::run_als(const Observations& obs, int iterations) {
   const int d = dim(), fx = static_cast<int>(n_features_ + 1);
   const bool with_features = !x_.empty();
-  Compressed by_row = detail::compress(obs.rows, obs.cols, obs.values, obs.size, n_rows_);
-  Compressed by_col = detail::compress(obs.cols, obs.rows, obs.values, obs.size, n_cols_);
+  const auto [by_row, by_col] = detail::compress_both(obs, n_rows_, n_cols_, config_.threads);
   double s = 0;
   for (double v : by_row.value) s += v;
   mu_ = s / static_cast<double>(obs.size);
@@ -192,18 +189,21 @@ void Model::run_als(const Observations& obs, int iterations) {
       for (int i = 0; i < d; ++i) rows_[r * d + i] = mean[i] / static_cast<double>(n_obs_rows);
   refresh_col_params();
   // Training residuals: their variance is the observation noise of the Bayesian fold-in; the kernel stage fits them.
-  std::vector<double> rho(by_row.value.size());
-  double sse = 0;
-  for (std::int64_t r = 0; r < n_rows_; ++r) {
-    const double* a = rows_.data() + r * d;
-    for (std::int64_t e = by_row.ptr[r]; e < by_row.ptr[r + 1]; ++e) {
-      const double* z = z_.data() + by_row.index[e] * d;
-      double res = by_row.value[e] - mu_ - a[0] - z[0];
-      for (int k = 1; k < d; ++k) res -= a[k] * z[k];
-      rho[e] = res;
-      sse += res * res;
+  std::vector<double> rho(by_row.value.size()), row_sse(static_cast<std::size_t>(n_rows_), 0.0);
+  detail::parallel_chunks(n_rows_, config_.threads, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t r = lo; r < hi; ++r) {
+      const double* a = rows_.data() + r * d;
+      for (std::int64_t e = by_row.ptr[r]; e < by_row.ptr[r + 1]; ++e) {
+        const double* z = z_.data() + by_row.index[e] * d;
+        double res = by_row.value[e] - mu_ - a[0] - z[0];
+        for (int k = 1; k < d; ++k) res -= a[k] * z[k];
+        rho[e] = res;
+        row_sse[r] += res * res;
+      }
     }
-  }
+  });
+  double sse = 0;  // summed in row order: the same for every thread count
+  for (double v : row_sse) sse += v;
   noise_var_ = sse / static_cast<double>(obs.size);
   fit_kernels(by_row.ptr, by_row.index, rho);
   refresh_fold_in_prior();

@@ -6,62 +6,43 @@
 
 namespace cf::detail {
 
+namespace {
+
+// sums[i + u][j + v] += sum_k b_k[i + u] b_k[j + v] for u < 4, v < NV, over the block's first `fill` rows (stride w).
+template <std::size_t NV>
+void add_tile(const double* b, std::size_t w, std::size_t fill, std::size_t i, std::size_t j, double* sums) {
+  double s[4][NV] = {};
+  for (std::size_t k = 0; k < fill; ++k) {
+    const double* y = b + k * w;
+    for (std::size_t u = 0; u < 4; ++u)
+      for (std::size_t v = 0; v < NV; ++v) s[u][v] += y[i + u] * y[j + v];
+  }
+  for (std::size_t u = 0; u < 4; ++u)
+    for (std::size_t v = 0; v < NV; ++v) sums[(i + u) * w + j + v] += s[u][v];
+}
+
+}  // namespace
+
 NormalEquations::NormalEquations(std::size_t d)
-    : d_(d), m_(d - 1), mp_((d + 2) / 4 * 4), block_(mp_ * kBlock, 0.0), target_(kBlock, 0.0),
-      gram_(mp_ * mp_, 0.0), sums_(mp_, 0.0), rhs_(mp_, 0.0) {}
+    : d_(d), m_(d - 1), mp_((d + 2) / 4 * 4), width_(mp_ + 2), block_(kBlock * width_, 0.0),
+      sums_(mp_ * width_, 0.0) {
+  for (std::size_t k = 0; k < kBlock; ++k) block_[k * width_ + mp_] = 1.0;
+}
 
 void NormalEquations::reset() {
   fill_ = 0;
   count_ = target_sum_ = 0;
-  std::fill(gram_.begin(), gram_.end(), 0.0);
   std::fill(sums_.begin(), sums_.end(), 0.0);
-  std::fill(rhs_.begin(), rhs_.end(), 0.0);
 }
 
 void NormalEquations::flush() {
   if (fill_ == 0) return;
-  if (fill_ < kBlock) {  // zero the unused tail so the fixed-size kernel can run over the whole block
-    for (std::size_t i = 0; i < m_; ++i) std::fill(&block_[i * kBlock + fill_], &block_[(i + 1) * kBlock], 0.0);
-    std::fill(target_.begin() + static_cast<std::ptrdiff_t>(fill_), target_.end(), 0.0);
-  }
-  count_ += static_cast<double>(fill_);
-  double ts = 0;
-  for (std::size_t k = 0; k < kBlock; ++k) ts += target_[k];
-  target_sum_ += ts;
   const double* b = block_.data();
+  count_ += static_cast<double>(fill_);
+  for (std::size_t k = 0; k < fill_; ++k) target_sum_ += b[k * width_ + mp_ + 1];
   for (std::size_t i = 0; i < mp_; i += 4) {
-    const double *a0 = b + i * kBlock, *a1 = a0 + kBlock, *a2 = a1 + kBlock, *a3 = a2 + kBlock;
-    for (std::size_t j = i; j < mp_; j += 4) {
-      const double *c0 = b + j * kBlock, *c1 = c0 + kBlock, *c2 = c1 + kBlock, *c3 = c2 + kBlock;
-      double s[16] = {0};
-      for (std::size_t k = 0; k < kBlock; ++k) {
-        s[0] += a0[k] * c0[k];
-        s[1] += a0[k] * c1[k];
-        s[2] += a0[k] * c2[k];
-        s[3] += a0[k] * c3[k];
-        s[4] += a1[k] * c0[k];
-        s[5] += a1[k] * c1[k];
-        s[6] += a1[k] * c2[k];
-        s[7] += a1[k] * c3[k];
-        s[8] += a2[k] * c0[k];
-        s[9] += a2[k] * c1[k];
-        s[10] += a2[k] * c2[k];
-        s[11] += a2[k] * c3[k];
-        s[12] += a3[k] * c0[k];
-        s[13] += a3[k] * c1[k];
-        s[14] += a3[k] * c2[k];
-        s[15] += a3[k] * c3[k];
-      }
-      for (std::size_t u = 0; u < 4; ++u)
-        for (std::size_t v = 0; v < 4; ++v) gram_[(i + u) * mp_ + j + v] += s[u * 4 + v];
-    }
-    for (std::size_t u = 0; u < 4; ++u) {
-      const double* row = b + (i + u) * kBlock;
-      double sum = 0;
-      for (std::size_t k = 0; k < kBlock; ++k) sum += row[k];
-      sums_[i + u] += sum;
-      rhs_[i + u] += dot(row, target_.data(), kBlock);
-    }
+    for (std::size_t j = i; j < mp_; j += 4) add_tile<4>(b, width_, fill_, i, j, sums_.data());
+    add_tile<2>(b, width_, fill_, i, mp_, sums_.data());  // against [1, t]
   }
   fill_ = 0;
 }
@@ -71,9 +52,10 @@ void NormalEquations::moments(double* a, double* out) {
   a[0] = count_;
   out[0] = target_sum_;
   for (std::size_t i = 0; i < m_; ++i) {
-    a[i + 1] = a[(i + 1) * d_] = sums_[i];
-    out[i + 1] = rhs_[i];
-    for (std::size_t j = i; j < m_; ++j) a[(i + 1) * d_ + j + 1] = a[(j + 1) * d_ + i + 1] = gram_[i * mp_ + j];
+    const double* si = sums_.data() + i * width_;
+    a[i + 1] = a[(i + 1) * d_] = si[mp_];
+    out[i + 1] = si[mp_ + 1];
+    for (std::size_t j = i; j < m_; ++j) a[(i + 1) * d_ + j + 1] = a[(j + 1) * d_ + i + 1] = si[j];
   }
 }
 

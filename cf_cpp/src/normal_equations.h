@@ -1,7 +1,9 @@
 // Accumulates the normal equations of one ridge regression with a leading constant regressor (the bias),
 //     x = [1, y_1 .. y_m],  X^T X and X^T t,
-// entry by entry in cache-sized blocks with a register-tiled Gram kernel, then solves them. Used for every row /
-// column solve of ALS; treating the constant column apart keeps the tiled part at m = rank (a multiple of 4 for the
+// entry by entry in cache-sized blocks, then solves them. Used for every row / column solve of ALS and by the
+// fold-in. A block holds one row per entry, [y_1 .. y_m, 0 (padding to a multiple of 4), 1, t]; a register-tiled
+// kernel adds its products y y' (upper triangle, 4 x 4 tiles) and y [1, t] (the regressors' sums and X^T t) to the
+// totals. The constant regressor is kept out of the tiles so that they stay at m = rank (a multiple of 4 for the
 // usual ranks, so no padding work).
 #pragma once
 
@@ -21,8 +23,9 @@ class NormalEquations {
 
   // Adds one entry with regressors [1, y[1], ..., y[d-1]] (y[0] is ignored) and target t.
   void add_with_bias(const double* y, double t) {
-    for (std::size_t i = 0; i < m_; ++i) block_[i * kBlock + fill_] = y[i + 1];
-    target_[fill_] = t;
+    double* row = block_.data() + fill_ * width_;
+    for (std::size_t i = 0; i < m_; ++i) row[i] = y[i + 1];
+    row[mp_ + 1] = t;
     if (++fill_ == kBlock) flush();
   }
 
@@ -35,9 +38,10 @@ class NormalEquations {
  private:
   void flush();
 
-  std::size_t d_, m_, mp_, fill_ = 0;  // mp_: m rounded up to a multiple of 4 (zero rows)
+  std::size_t d_, m_, mp_, width_, fill_ = 0;  // mp_: m rounded up to a multiple of 4; width_ = mp_ + 2
   double count_ = 0, target_sum_ = 0;
-  std::vector<double> block_, target_, gram_, sums_, rhs_;
+  std::vector<double> block_;  // kBlock x width_
+  std::vector<double> sums_;   // mp_ x width_: [sum y y' (upper triangle), sum y, sum y t] per regressor
 };
 
 }  // namespace cf::detail

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <string>
 
+#include "parallel.h"
+
 namespace cf::detail {
 
 void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols) {
@@ -23,7 +25,7 @@ void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols)
   }
 }
 
-Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* values, std::size_t n,
+Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* logv, std::size_t n,
                     std::int64_t n_major) {
   Compressed out;
   out.ptr.assign(static_cast<std::size_t>(n_major) + 1, 0);
@@ -35,8 +37,24 @@ Compressed compress(const std::int64_t* major, const std::int64_t* minor, const 
   for (std::size_t i = 0; i < n; ++i) {
     std::int64_t pos = fill[static_cast<std::size_t>(major[i])]++;
     out.index[pos] = minor[i];
-    out.value[pos] = std::log(values[i]);
+    out.value[pos] = logv[i];
   }
+  return out;
+}
+
+Storage compress_both(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, int threads) {
+  std::vector<double> logv(obs.size);
+  parallel_chunks(static_cast<std::int64_t>(obs.size), threads, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t i = lo; i < hi; ++i) logv[i] = std::log(obs.values[i]);
+  }, 4096);
+  Storage out;
+  parallel_chunks(2, threads, [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t k = lo; k < hi; ++k)
+      if (k == 0)
+        out.by_row = compress(obs.rows, obs.cols, logv.data(), obs.size, n_rows);
+      else
+        out.by_col = compress(obs.cols, obs.rows, logv.data(), obs.size, n_cols);
+  }, 1);
   return out;
 }
 

@@ -17,8 +17,16 @@ struct Compressed {
 // Throws InvalidInput unless all indices are in range and all values are finite and > 0.
 void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols);
 
-// Stable counting sort by major index; log() applied to values.
-Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* values, std::size_t n,
+// Stable counting sort by major index of the entries (major[i], minor[i]) -> logv[i].
+Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* logv, std::size_t n,
                     std::int64_t n_major);
+
+struct Storage {
+  Compressed by_row, by_col;
+};
+
+// The observations (validated) in log space, by row and by column: the logs and the two sorts run on up to `threads`
+// threads (the two sorts at once).
+Storage compress_both(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, int threads);
 
 }  // namespace cf::detail

@@ -9,7 +9,7 @@
 using cf::detail::NormalEquations;
 
 TEST_CASE("NormalEquations matches a direct ridge solve across block boundaries") {
-  for (std::size_t d : {1u, 3u, 5u, 17u}) {
+  for (std::size_t d : {1u, 2u, 3u, 5u, 8u, 10u, 17u}) {  // every rank modulo 4
     for (std::size_t n : {1u, 63u, 64u, 65u, 300u}) {
       std::mt19937 gen(static_cast<unsigned>(d * 1000 + n));
       std::normal_distribution<double> normal;
