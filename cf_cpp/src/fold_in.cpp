@@ -4,52 +4,11 @@
 #include <cmath>
 #include <numeric>
 
+#include "expert_scores.h"
 #include "linalg.h"
 #include "normal_equations.h"
 
 namespace cf::detail {
-
-namespace {
-
-// Residual sum of squares of the prior mean theta: sum (t - w . theta)^2.
-double residual_ss(const FoldInMoments& m, const double* theta) {
-  const std::size_t e = m.e;
-  double s = m.tt;
-  for (std::size_t i = 0; i < e; ++i) s -= 2 * theta[i] * m.wt[i] - theta[i] * dot(m.gram.data() + i * e, theta, e);
-  return s;
-}
-
-// For every population row k, with theta = [1, b_k, p_k]: theta' G theta and (G theta)[1] (G = m.gram; its row 1
-// holds the sums of the regressors), from the symmetric upper triangle: O(e^2 / 2) per row, kLanes rows at a time in
-// registers (prior.lanes). quad and gsum get a multiple of kLanes values (the padding rows are zero).
-void gram_forms(const FoldInMoments& m, const FoldInPrior& prior, std::vector<double>& quad, std::vector<double>& gsum) {
-  const std::size_t e = m.e, d = e - 1, n_blocks = prior.lanes.size() / (d * kLanes);
-  const double* g = m.gram.data();
-  quad.assign(n_blocks * kLanes, 0.0);
-  gsum.assign(n_blocks * kLanes, 0.0);
-  for (std::size_t b = 0; b < n_blocks; ++b) {
-    const double* t = prior.lanes.data() + b * d * kLanes;  // t + i kLanes: parameter i of the block's rows
-    double q[kLanes], s[kLanes], acc[kLanes];
-    for (std::size_t u = 0; u < kLanes; ++u) q[u] = g[0], s[u] = g[e];
-    for (std::size_t j = 1; j < e; ++j) {  // theta_0 = 1: q = G_00 + 2 sum_j G_0j theta_j, s = G_10 + sum_j G_1j theta_j
-      const double g0 = 2 * g[j], g1 = g[e + j], *tj = t + (j - 1) * kLanes;
-      for (std::size_t u = 0; u < kLanes; ++u) q[u] += g0 * tj[u], s[u] += g1 * tj[u];
-    }
-    for (std::size_t i = 1; i < e; ++i) {  // + theta_i (G_ii theta_i + 2 sum_{j > i} G_ij theta_j)
-      const double* ti = t + (i - 1) * kLanes;
-      for (std::size_t u = 0; u < kLanes; ++u) acc[u] = g[i * e + i] * ti[u];
-      for (std::size_t j = i + 1; j < e; ++j) {
-        const double gij = 2 * g[i * e + j], *tj = t + (j - 1) * kLanes;
-        for (std::size_t u = 0; u < kLanes; ++u) acc[u] += gij * tj[u];
-      }
-      for (std::size_t u = 0; u < kLanes; ++u) q[u] += ti[u] * acc[u];
-    }
-    std::copy(q, q + kLanes, quad.begin() + static_cast<std::ptrdiff_t>(b * kLanes));
-    std::copy(s, s + kLanes, gsum.begin() + static_cast<std::ptrdiff_t>(b * kLanes));
-  }
-}
-
-}  // namespace
 
 FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::int64_t>& row_counts, int dim) {
   const std::size_t d = static_cast<std::size_t>(dim);
@@ -70,10 +29,15 @@ FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::i
     cov[i * d + i] += kFoldInJitter;
     for (std::size_t j = 0; j < i; ++j) cov[i * d + j] = cov[j * d + i];
   }
-  prior.lanes.assign((prior.population.size() + kLanes - 1) / kLanes * kLanes * d, 0.0);
-  for (std::size_t k = 0; k < prior.population.size(); ++k)
-    for (std::size_t i = 0; i < d; ++i)
-      prior.lanes[(k / kLanes * d + i) * kLanes + k % kLanes] = rows[prior.population[k] * dim + i];
+  for (std::vector<double>* root : {&prior.expert_root, &prior.global_root}) {
+    const double spread = root == &prior.expert_root ? kExpertSpread : kGlobalSpread;
+    root->resize(d * d);
+    for (std::size_t k = 0; k < d * d; ++k) (*root)[k] = spread * cov[k];
+    (*root)[0] += kFoldInOffsetStd * kFoldInOffsetStd;  // the bias, [b, p] index 0
+    cholesky(root->data(), d);
+    for (std::size_t i = 0; i < d; ++i) std::fill(root->begin() + i * d + i + 1, root->begin() + (i + 1) * d, 0.0);
+  }
+  prior.lanes = to_lanes(rows, prior.population, dim);
   prior.mean = std::move(mean);
   prior.covariance = std::move(cov);
   return prior;
@@ -115,41 +79,68 @@ void shift_moments(const FoldInMoments& m, const std::int64_t* cols, const doubl
   }
 }
 
-// With cov = L L' and B = L' W'W L: the posterior mean is theta + L u, (s2 I + B) u = L' W'(t - W theta), and
-// -2 log evidence = (r'r - r'W L u) / s2 + log det(s2 I + B) + const, r = t - W theta (Woodbury and Sylvester).
-FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<double>& theta, std::vector<double> cov,
-                                   double s2) {
-  const std::size_t e = m.e;
-  std::vector<double>& l = cov;
-  cholesky(l.data(), e);  // lower triangle: L
-  std::vector<double> r(e), ml(e * e, 0.0), lhs(e * e, 0.0), u(e, 0.0);
-  for (std::size_t i = 0; i < e; ++i) r[i] = m.wt[i] - dot(m.gram.data() + i * e, theta.data(), e);  // W'r
-  // Row-wise loops (contiguous inner index) over the lower triangle of L.
-  for (std::size_t i = 0; i < e; ++i)  // ml = W'W L
-    for (std::size_t k = 0; k < e; ++k) {
-      const double g = m.gram[i * e + k];
-      for (std::size_t j = 0; j <= k; ++j) ml[i * e + j] += g * l[k * e + j];
+ComponentFamily component_family(const FoldInMoments& m, const std::vector<double>& root, double s2) {
+  const std::size_t e = m.e, d = e - 1;
+  const double* g = m.gram.data() + e + 1;  // G_bp: rows and columns 1.. of the gram (row stride e)
+  const double* l = root.data();
+  ComponentFamily f{l, std::vector<double>(d * d, 0.0), 0.0};
+  std::vector<double> gl(d * d, 0.0);
+  // Row-wise loops (contiguous inner index) over the lower triangle of L_A.
+  for (std::size_t i = 0; i < d; ++i)  // gl = G_bp L_A
+    for (std::size_t k = 0; k < d; ++k) {
+      const double gik = g[i * e + k];
+      for (std::size_t j = 0; j <= k; ++j) gl[i * d + j] += gik * l[k * d + j];
     }
-  for (std::size_t k = 0; k < e; ++k)  // lower triangle of L' ml, u = L' W'r
+  for (std::size_t k = 0; k < d; ++k)  // lower triangle of L_A' gl
     for (std::size_t i = 0; i <= k; ++i) {
-      const double lki = l[k * e + i];
-      for (std::size_t j = 0; j <= i; ++j) lhs[i * e + j] += lki * ml[k * e + j];
-      u[i] += lki * r[k];
+      const double lki = l[k * d + i];
+      for (std::size_t j = 0; j <= i; ++j) f.chol[i * d + j] += lki * gl[k * d + j];
     }
-  for (std::size_t i = 0; i < e; ++i) {  // lhs = s2 I + L' ml (symmetric)
-    lhs[i * e + i] += s2;
-    for (std::size_t j = 0; j < i; ++j) lhs[j * e + i] = lhs[i * e + j];
+  for (std::size_t i = 0; i < d; ++i) f.chol[i * d + i] += s2;
+  cholesky(f.chol.data(), d);
+  for (std::size_t i = 0; i < d; ++i) f.log_det += 2 * std::log(f.chol[i * d + i]);
+  return f;
+}
+
+// In the blocks of K = s2 I + M' G M = [kappa, beta'; beta, K_0] with y = M' W'r = [y0; y1], r = t - W theta:
+// kappa = s2 + sigma_s^2 v'Gv, beta = sigma_s L_A' (G v)_bp, y0 = sigma_s v'W'r, y1 = L_A' (W'r)_bp. With
+// q = R^-1 beta, z = R^-1 y1 and the Schur complement c = kappa - q'q: u0 = (y0 - q'z) / c, u1 = R^-T (z - q u0),
+// y'u = y0 u0 + z'(z - q u0), log det K = log det K_0 + log c. Then the mean is theta + M u and
+// -2 log evidence = (r'r - y'u) / s2 + log det K (up to the shared constant), r'r = tt - theta'(wt + W'r).
+FoldInPosterior component_posterior(const FoldInMoments& m, const ComponentFamily& f, const double* bp, double s2) {
+  const std::size_t e = m.e, d = e - 1;
+  const double* g = m.gram.data();
+  const double* l = f.root;
+  constexpr double ss = kFoldInSlopeStd;
+  std::vector<double> theta(e, 1.0), v(e, 0.0), gv(e), wr(e), q(d, 0.0), z(d, 0.0);
+  std::copy(bp, bp + d, theta.begin() + 1);
+  v[0] = 1.0;
+  std::copy(bp + 1, bp + d, v.begin() + 2);
+  for (std::size_t i = 0; i < e; ++i) {  // G v and W'r = wt - G theta (G symmetric: by rows)
+    gv[i] = dot(g + i * e, v.data(), e);
+    wr[i] = m.wt[i] - dot(g + i * e, theta.data(), e);
   }
-  const std::vector<double> ltr = u;
-  cholesky(lhs.data(), e);
-  double log_det = 0;
-  for (std::size_t i = 0; i < e; ++i) log_det += 2 * std::log(lhs[i * e + i]);
-  cholesky_solve(lhs.data(), u.data(), e);
+  for (std::size_t k = 0; k < d; ++k)  // L_A' (G v)_bp and L_A' (W'r)_bp
+    for (std::size_t i = 0; i <= k; ++i) {
+      q[i] += l[k * d + i] * gv[k + 1];
+      z[i] += l[k * d + i] * wr[k + 1];
+    }
+  for (double& qi : q) qi *= ss;
+  solve_lower(f.chol.data(), q.data(), d);
+  solve_lower(f.chol.data(), z.data(), d);
+  const double c = s2 + ss * ss * dot(v.data(), gv.data(), e) - dot(q.data(), q.data(), d);
+  const double y0 = ss * dot(v.data(), wr.data(), e);
+  const double u0 = (y0 - dot(q.data(), z.data(), d)) / c;
+  std::vector<double> u1(d);
+  for (std::size_t i = 0; i < d; ++i) u1[i] = z[i] - q[i] * u0;
+  const double yu = y0 * u0 + dot(z.data(), u1.data(), d);
+  solve_lower_t(f.chol.data(), u1.data(), d);
   FoldInPosterior out{theta, 0.0};
-  for (std::size_t i = 0; i < e; ++i)
-    for (std::size_t k = 0; k <= i; ++k) out.mean[i] += l[i * e + k] * u[k];
-  const double quad = (residual_ss(m, theta.data()) - dot(ltr.data(), u.data(), e)) / s2;
-  out.log_evidence = -0.5 * (quad + log_det);
+  for (std::size_t i = 0; i < e; ++i) out.mean[i] += ss * v[i] * u0;
+  for (std::size_t i = 0; i < d; ++i)  // + (0; L_A u1)
+    for (std::size_t k = 0; k <= i; ++k) out.mean[i + 1] += l[i * d + k] * u1[k];
+  const double rr = m.tt - dot(theta.data(), m.wt.data(), e) - dot(theta.data(), wr.data(), e);
+  out.log_evidence = -0.5 * ((rr - yu) / s2 + f.log_det + std::log(c));
   return out;
 }
 
@@ -170,22 +161,8 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     return shifted;
   };
 
-  // A component's prior: mean [1, bp], covariance spread C + sigma_0^2 e_b e_b' + sigma_s^2 v v', v = [1, 0, p].
-  auto component = [&](const FoldInMoments& mk, const double* bp, double spread) {
-    std::vector<double> theta(e, 1.0), s(e * e, 0.0), v(e, 0.0);
-    std::copy(bp, bp + d, theta.begin() + 1);
-    v[0] = 1.0;
-    std::copy(bp + 1, bp + d, v.begin() + 2);
-    for (std::size_t i = 0; i < d; ++i)
-      for (std::size_t j = 0; j < d; ++j) s[(i + 1) * e + j + 1] = spread * prior.covariance[i * d + j];
-    s[e + 1] += kFoldInOffsetStd * kFoldInOffsetStd;
-    for (std::size_t i = 0; i < e; ++i)
-      for (std::size_t j = 0; j < e; ++j) s[i * e + j] += kFoldInSlopeStd * kFoldInSlopeStd * v[i] * v[j];
-    return gaussian_posterior(mk, theta, std::move(s), s2);
-  };
-
   // Experts: all of a small population; of a large one the kMaxExperts whose rows, with a free offset, explain the
-  // revealed entries best (the others would get negligible weight). O(n_pop e^2), then O(e^3) per component.
+  // revealed entries best (the others would get negligible weight). O(n_pop e^2), then O(e^2) per component.
   std::vector<std::int64_t> experts = prior.population;
   if (experts.size() > kMaxExperts) {
     // score = sum r^2 - (sum r)^2 / (n + s2 / sigma_0^2), r = t - w . theta: s2 x (-2 log evidence) of the row with
@@ -194,7 +171,7 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
     // rounding deciding between exact ties of the plain least-squares score.
     const double nn = static_cast<double>(n) + s2 / (kFoldInOffsetStd * kFoldInOffsetStd);
     std::vector<double> quad, gsum, score(experts.size());
-    gram_forms(m, prior, quad, gsum);
+    gram_forms(m.gram, e, prior.lanes, quad, gsum);
     for (std::size_t k = 0; k < experts.size(); ++k) {
       const FoldInMoments& mk = moments_of(experts[k]);
       const double* bp = rows + experts[k] * dim;
@@ -213,8 +190,11 @@ FoldedRow fold_in(const std::int64_t* cols, const double* logy, std::size_t n, c
   }
   std::vector<FoldInPosterior> parts;
   parts.reserve(experts.size() + 1);
-  parts.push_back(component(m, prior.mean.data(), kGlobalSpread));
-  for (std::int64_t r : experts) parts.push_back(component(moments_of(r), rows + r * dim, kExpertSpread));
+  // Components: prior mean [1, bp], covariance spread C + sigma_0^2 e_b e_b' + sigma_s^2 v v', v = [1, 0, p].
+  const ComponentFamily global = component_family(m, prior.global_root, s2);
+  const ComponentFamily expert = component_family(m, prior.expert_root, s2);
+  parts.push_back(component_posterior(m, global, prior.mean.data(), s2));
+  for (std::int64_t r : experts) parts.push_back(component_posterior(moments_of(r), expert, rows + r * dim, s2));
 
   double top = -INFINITY, total = 0;
   for (const FoldInPosterior& p : parts) top = std::max(top, p.log_evidence);

@@ -34,7 +34,6 @@ constexpr double kGlobalSpread = 1.0;          // lambda_g: the global component
 constexpr double kFoldInOffsetStd = 1.0;       // sigma_0: prior std of a free offset (log units)
 constexpr double kFoldInSlopeStd = 0.2;        // sigma_s: prior std of the column-profile scale around 1
 constexpr std::size_t kMaxExperts = 16;        // experts evaluated exactly (the best by a cheap score)
-constexpr std::size_t kLanes = 8;              // population rows scored together (FoldInPrior::lanes)
 
 struct FoldedRow {
   std::vector<double> params;  // [b, p], dim values
@@ -47,9 +46,10 @@ struct FoldedRow {
 struct FoldInPrior {
   std::vector<std::int64_t> population;
   std::vector<double> mean, covariance;  // dim, dim x dim
-  // For scoring the experts: the population in blocks of kLanes rows, parameter-major within a block (block b,
-  // parameter i, row u at (b dim + i) kLanes + u), zero-padded to whole blocks.
-  std::vector<double> lanes;
+  // Lower Cholesky factors (dim x dim) of the [b, p] block that all experts' / the global component's prior
+  // covariances share: spread C + sigma_0^2 e_b e_b' (see ComponentFamily).
+  std::vector<double> expert_root, global_root;
+  std::vector<double> lanes;  // the population's rows in blocks, for scoring the experts (expert_scores.h)
 };
 
 FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::int64_t>& row_counts, int dim);
@@ -65,16 +65,29 @@ struct FoldInMoments {
 FoldInMoments fold_in_moments(const std::int64_t* cols, const double* logy, std::size_t n, const double* z, double mu,
                               int dim);
 
-// Posterior of one mixture component: prior a ~ N(theta, cov), observations t = W a + N(0, s2 I). mean: the
-// posterior mean; log_evidence: log N(t; W theta, W cov W' + s2 I) + ((n - e) log s2 + n log 2 pi) / 2, i.e. up to a
-// constant that all components of one fold-in share.
+// Posterior of one mixture component: prior a ~ N(theta, S), observations t = W a + N(0, s2 I). mean: the posterior
+// mean; log_evidence: log N(t; W theta, W S W' + s2 I) + ((n - e) log s2 + n log 2 pi) / 2, i.e. up to a constant
+// that all components of one fold-in share.
 struct FoldInPosterior {
   std::vector<double> mean;
   double log_evidence = 0;
 };
 
-FoldInPosterior gaussian_posterior(const FoldInMoments& m, const std::vector<double>& theta, std::vector<double> cov,
-                                   double s2);
+// A component's prior covariance is S = sigma_s^2 v v' + [0, 0; 0, A], v = [1, 0, p] (its own column profile), with
+// A = spread C + sigma_0^2 e_b e_b' = L_A L_A' the same for every component of one spread. With the square root
+// M = [sigma_s v | (0; L_A)] (every square root of S gives the same posterior and evidence), the e x e system
+// s2 I + M' G M has the block K_0 = s2 I + L_A' G_bp L_A in common: factored once per fold-in here, it leaves each
+// component O(e^2) work (the Schur complement of its first row) instead of O(e^3).
+struct ComponentFamily {
+  const double* root = nullptr;  // L_A (d x d, lower), d = e - 1
+  std::vector<double> chol;      // K_0 = R R' (R lower)
+  double log_det = 0;            // log det K_0
+};
+
+ComponentFamily component_family(const FoldInMoments& m, const std::vector<double>& root, double s2);
+
+// The posterior of the family's component with prior mean theta = [1, bp] (bp: d values) and v = [1, 0, bp[1:]].
+FoldInPosterior component_posterior(const FoldInMoments& m, const ComponentFamily& f, const double* bp, double s2);
 
 // The moments of the same entries with the targets t - h (h[c]: a row's kernel residual at every column), written
 // into out, whose gram must already be m's (the shift leaves it unchanged; only wt and tt are rewritten).

@@ -98,17 +98,25 @@ void cholesky(double* a, std::size_t d) {
   }
 }
 
-void cholesky_solve(const double* l, double* b, std::size_t d) {
-  for (std::size_t i = 0; i < d; ++i) {  // L y = b
+void solve_lower(const double* l, double* b, std::size_t d) {
+  for (std::size_t i = 0; i < d; ++i) {
     double v = b[i];
     for (std::size_t k = 0; k < i; ++k) v -= l[i * d + k] * b[k];
     b[i] = v / l[i * d + i];
   }
-  for (std::size_t i = d; i-- > 0;) {  // L^T x = y
+}
+
+void solve_lower_t(const double* l, double* b, std::size_t d) {
+  for (std::size_t i = d; i-- > 0;) {
     double v = b[i];
     for (std::size_t k = i + 1; k < d; ++k) v -= l[k * d + i] * b[k];
     b[i] = v / l[i * d + i];
   }
+}
+
+void cholesky_solve(const double* l, double* b, std::size_t d) {
+  solve_lower(l, b, d);
+  solve_lower_t(l, b, d);
 }
 
 void ridge_solve(double* a, const double* ridge, double* b, std::size_t d) {

@@ -12,8 +12,10 @@ double dot(const double* a, const double* b, std::size_t n);
 // with A = L L^T (the strict upper triangle is left as it was). A tiny jitter replaces a non-positive pivot.
 void cholesky(double* a, std::size_t d);
 
-// Solves L L^T x = b in place of b, L the lower triangle left by cholesky().
+// Solves L L^T x = b in place of b, L the lower triangle left by cholesky(): solve_lower, then solve_lower_t.
 void cholesky_solve(const double* l, double* b, std::size_t d);
+void solve_lower(const double* l, double* b, std::size_t d);    // L y = b
+void solve_lower_t(const double* l, double* b, std::size_t d);  // L^T x = b
 
 // Solves (A + diag(ridge)) x = b in place of b for a symmetric positive (semi)definite A (d x d, overwritten).
 // ridge may be null. A tiny jitter is added when the factorisation meets a non-positive pivot.

@@ -57,9 +57,9 @@ struct Population {
 
 }  // namespace
 
-TEST_CASE("gaussian_posterior matches the dense Gaussian formulas") {
+TEST_CASE("a component's posterior and evidence match the dense Gaussian formulas") {
   Population pop(3, 1);
-  const std::size_t e = Population::dim + 1, n = 7;
+  const std::size_t e = Population::dim + 1, d = e - 1, n = 7;
   std::vector<std::int64_t> cols = {0, 5, 9, 40, 77, 120, 299};
   std::vector<double> logy = {1.2, 0.3, 2.0, 1.1, -0.4, 0.9, 1.7};
   const FoldInMoments m = fold_in_moments(cols.data(), logy.data(), n, pop.z.data(), pop.mu, Population::dim);
@@ -71,11 +71,20 @@ TEST_CASE("gaussian_posterior matches the dense Gaussian formulas") {
     for (int k = 1; k < Population::dim; ++k) w[i * e + k + 1] = pop.z[cols[i] * Population::dim + k];
     t[i] = logy[i] - pop.mu;
   }
-  std::vector<double> theta = {1.0, 0.2, -0.1, 0.3, 0.05}, cov(e * e, 0.0);
+  // The prior: mean theta = [1, bp], covariance S = sigma_s^2 v v' + [0, 0; 0, A], v = [1, 0, bp[1:]], A = L_A L_A'.
+  const std::vector<double> bp = {0.2, -0.1, 0.3, 0.05};
+  std::vector<double> root(d * d, 0.0), theta = {1.0, 0.2, -0.1, 0.3, 0.05}, v = {1.0, 0.0, -0.1, 0.3, 0.05};
+  for (std::size_t i = 0; i < d; ++i)
+    for (std::size_t j = 0; j <= i; ++j) root[i * d + j] = 0.3 * std::exp(-std::fabs(double(i) - double(j))) + (i == j);
+  std::vector<double> cov(e * e, 0.0);
   for (std::size_t i = 0; i < e; ++i)
-    for (std::size_t j = 0; j < e; ++j) cov[i * e + j] = 0.1 * std::exp(-std::fabs(double(i) - double(j))) + (i == j);
+    for (std::size_t j = 0; j < e; ++j) {
+      cov[i * e + j] = kFoldInSlopeStd * kFoldInSlopeStd * v[i] * v[j];
+      if (i > 0 && j > 0)
+        for (std::size_t k = 0; k < d; ++k) cov[i * e + j] += root[(i - 1) * d + k] * root[(j - 1) * d + k];
+    }
   const double s2 = 0.05;
-  const FoldInPosterior post = gaussian_posterior(m, theta, cov, s2);
+  const FoldInPosterior post = component_posterior(m, component_family(m, root, s2), bp.data(), s2);
 
   // Dense: K = W cov W' + s2 I, alpha = K^-1 (t - W theta), mean = theta + cov W' alpha.
   std::vector<double> k(n * n, 0.0), alpha(n);
