@@ -29,17 +29,18 @@ FoldInPrior make_prior(const std::vector<double>& rows, const std::vector<std::i
     cov[i * d + i] += kFoldInJitter;
     for (std::size_t j = 0; j < i; ++j) cov[i * d + j] = cov[j * d + i];
   }
-  for (std::vector<double>* root : {&prior.expert_root, &prior.global_root}) {
-    const double spread = root == &prior.expert_root ? kExpertSpread : kGlobalSpread;
-    root->resize(d * d);
-    for (std::size_t k = 0; k < d * d; ++k) (*root)[k] = spread * cov[k];
-    (*root)[0] += kFoldInOffsetStd * kFoldInOffsetStd;  // the bias, [b, p] index 0
-    cholesky(root->data(), d);
-    for (std::size_t i = 0; i < d; ++i) std::fill(root->begin() + i * d + i + 1, root->begin() + (i + 1) * d, 0.0);
-  }
+  auto root = [&](double spread) {  // lower Cholesky factor of spread C + sigma_0^2 e_b e_b' (the bias: index 0)
+    std::vector<double> l(d * d);
+    for (std::size_t k = 0; k < d * d; ++k) l[k] = spread * cov[k];
+    l[0] += kFoldInOffsetStd * kFoldInOffsetStd;
+    cholesky(l.data(), d);
+    for (std::size_t i = 0; i < d; ++i) std::fill(l.begin() + i * d + i + 1, l.begin() + (i + 1) * d, 0.0);
+    return l;
+  };
+  prior.expert_root = root(kExpertSpread);
+  prior.global_root = root(kGlobalSpread);
   prior.lanes = to_lanes(rows, prior.population, dim);
   prior.mean = std::move(mean);
-  prior.covariance = std::move(cov);
   return prior;
 }
 

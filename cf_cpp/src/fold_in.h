@@ -41,13 +41,13 @@ struct FoldedRow {
   KernelBlend expert_weights;  // (fitted row, share of the mixture) per expert
 };
 
-// The population (fitted rows: row_counts > 0), the mean m and the covariance C + jitter I of its [b_r, p_r].
-// Fixed between fits, so the model builds it once per fit / load.
+// The population (fitted rows: row_counts > 0) and the mean m of its [b_r, p_r]; of their covariance C + jitter I,
+// the lower Cholesky factors (dim x dim) of spread C + sigma_0^2 e_b e_b', the [b, p] block that all experts' / the
+// global component's prior covariances share (ComponentFamily). Fixed between fits, so the model builds it once per
+// fit / load.
 struct FoldInPrior {
   std::vector<std::int64_t> population;
-  std::vector<double> mean, covariance;  // dim, dim x dim
-  // Lower Cholesky factors (dim x dim) of the [b, p] block that all experts' / the global component's prior
-  // covariances share: spread C + sigma_0^2 e_b e_b' (see ComponentFamily).
+  std::vector<double> mean;  // dim
   std::vector<double> expert_root, global_root;
   std::vector<double> lanes;  // the population's rows in blocks, for scoring the experts (expert_scores.h)
 };

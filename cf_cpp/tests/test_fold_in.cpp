@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "expert_scores.h"
 #include "fold_in.h"
 #include "rng.h"
 
@@ -171,5 +172,33 @@ TEST_CASE("the fold-in does not depend on the order of the fitted rows, even fro
                                 make_prior(reversed.rows, reversed.counts, Population::dim), 1e-3);
     CHECK(a.scale == doctest::Approx(b.scale).epsilon(1e-9));
     for (int i = 0; i < Population::dim; ++i) CHECK(a.params[i] == doctest::Approx(b.params[i]).epsilon(1e-9));
+  }
+}
+
+TEST_CASE("the experts' scores: theta' G theta and (G theta)[1] for every row, in blocks with a padded tail") {
+  for (std::int64_t n_pop : {1, 8, 13}) {  // one partial block, one whole block, a whole and a partial one
+    Population pop(n_pop, 7);
+    const std::size_t e = Population::dim + 1;
+    std::vector<std::int64_t> population(static_cast<std::size_t>(n_pop));
+    for (std::int64_t k = 0; k < n_pop; ++k) population[k] = n_pop - 1 - k;  // any order
+    NormalRng rng(11);
+    std::vector<double> x(3 * e * e), gram(e * e, 0.0), quad, gsum;
+    for (double& v : x) v = rng.next();
+    for (std::size_t i = 0; i < e; ++i)  // symmetric: sum of outer products
+      for (std::size_t j = 0; j < e; ++j)
+        for (std::size_t k = 0; k < 3 * e; ++k) gram[i * e + j] += x[k * e + i] * x[k * e + j];
+    gram_forms(gram, e, to_lanes(pop.rows, population, Population::dim), quad, gsum);
+    REQUIRE(quad.size() == (static_cast<std::size_t>(n_pop) + kLanes - 1) / kLanes * kLanes);
+    for (std::int64_t k = 0; k < n_pop; ++k) {
+      std::vector<double> theta = {1.0};
+      for (int i = 0; i < Population::dim; ++i) theta.push_back(pop.rows[population[k] * Population::dim + i]);
+      double q = 0, s = 0;
+      for (std::size_t i = 0; i < e; ++i) {
+        s += gram[e + i] * theta[i];
+        for (std::size_t j = 0; j < e; ++j) q += theta[i] * gram[i * e + j] * theta[j];
+      }
+      CHECK(quad[k] == doctest::Approx(q).epsilon(1e-12));
+      CHECK(gsum[k] == doctest::Approx(s).epsilon(1e-12));
+    }
   }
 }
