@@ -158,5 +158,6 @@ def test_bench_cf_small_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_cf.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["targets"]) == {"fit_s", "fold_in_ms", "predict_1m_s"}
+    assert out["cf_cpp"]["fit_no_sweeps_s"] > 0 and out["cf_cpp"]["fold_in_10_ms"] > 0  # the parts are timed
     # numpy ALS implements the same objective: same accuracy within a small tolerance
     assert out["cf_cpp"]["test_log_rmse"] == pytest.approx(out["numpy_als"]["test_log_rmse"], rel=0.1)
