@@ -321,6 +321,12 @@ def test_kernel_residuals_survive_save_load_and_reach_added_columns(tmp_path) ->
     truth_pair = x[120:, 0] * x[120:, 1]
     for row in (0, folded):
         assert np.corrcoef(back.row_residuals[row, 120:], truth_pair)[0, 1] > 0.9
-    # add_cols evaluates only the new columns; a load evaluates every column: the same table.
+    # add_cols evaluates only the new columns; a load evaluates every column: the same table, column parameters and
+    # predictions.
     back.save(tmp_path / "m2.cfm")
-    np.testing.assert_array_equal(CFModel.load(tmp_path / "m2.cfm").row_residuals, back.row_residuals)
+    again = CFModel.load(tmp_path / "m2.cfm")
+    np.testing.assert_array_equal(again.row_residuals, back.row_residuals)
+    np.testing.assert_array_equal(again.col_factors, back.col_factors)
+    np.testing.assert_array_equal(again.col_biases, back.col_biases)
+    r, c = all_entries((21, 150))
+    np.testing.assert_array_equal(again.predict(r, c), back.predict(r, c))

@@ -133,13 +133,15 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
   run_als(obs, iterations >= 0 ? iterations : config_.iterations);
 }
 
-void Model::refresh_col_params() {
-  const int d = dim();
-  z_ = dev_;
+void Model::refresh_col_params(std::int64_t first_new_col) {
+  const int d = dim(), fx = static_cast<int>(n_features_ + 1);
+  const std::size_t kept = static_cast<std::size_t>(first_new_col * d);
+  z_.resize(kept);
+  z_.insert(z_.end(), dev_.begin() + static_cast<std::ptrdiff_t>(kept), dev_.end());
   if (!x_.empty()) {
-    std::vector<double> prior(z_.size());
-    detail::apply_theta(x_.data(), n_cols_, static_cast<int>(n_features_ + 1), theta_.data(), d, prior.data());
-    for (std::size_t k = 0; k < z_.size(); ++k) z_[k] += prior[k];
+    std::vector<double> prior(z_.size() - kept);
+    detail::apply_theta(x_.data() + first_new_col * fx, n_cols_ - first_new_col, fx, theta_.data(), d, prior.data());
+    for (std::size_t k = 0; k < prior.size(); ++k) z_[kept + k] += prior[k];
   }
 }
 
@@ -259,7 +261,7 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
   check_fitted();
   if (n <= 0) throw InvalidInput("add_cols needs n > 0, got " + std::to_string(n));
   const int d = dim();
-  const std::int64_t first = n_cols_, fx = n_features_ + 1;
+  const std::int64_t first = n_cols_;
   if (!x_.empty()) {
     if (!features) throw InvalidInput("the model uses column features: add_cols needs col_features");
     check_features(*features, n);
@@ -277,8 +279,7 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
   dev_.resize(static_cast<std::size_t>((n_cols_ + n) * d), 0.0);
   col_counts_.resize(static_cast<std::size_t>(n_cols_ + n), 0);
   n_cols_ += n;
-  (void)fx;
-  refresh_col_params();
+  refresh_col_params(first);
   refresh_residuals(first);
   return first;
 }

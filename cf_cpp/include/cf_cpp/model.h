@@ -117,7 +117,7 @@ class Model {
   void set_features(const Features& f);
   void grow(std::int64_t n_rows, std::int64_t n_cols);
   void run_als(const Observations& obs, int iterations);
-  void refresh_col_params();
+  void refresh_col_params(std::int64_t first_new_col = 0);  // columns before first_new_col keep their z_
   void refresh_fold_in_prior();
   void fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,
                    const std::vector<double>& rho);
