@@ -113,10 +113,10 @@ FoldInPosterior component_posterior(const FoldInMoments& m, const ComponentFamil
   const double* g = m.gram.data();
   const double* l = f.root;
   constexpr double ss = kFoldInSlopeStd;
-  std::vector<double> theta(e, 1.0), v(e, 0.0), gv(e), wr(e), q(d, 0.0), z(d, 0.0);
+  std::vector<double> theta(e, 1.0), gv(e), wr(e), q(d, 0.0), z(d, 0.0);
   std::copy(bp, bp + d, theta.begin() + 1);
-  v[0] = 1.0;
-  std::copy(bp + 1, bp + d, v.begin() + 2);
+  std::vector<double> v = theta;  // [1, 0, p]
+  v[1] = 0.0;
   for (std::size_t i = 0; i < e; ++i) {  // G v and W'r = wt - G theta (G symmetric: by rows)
     gv[i] = dot(g + i * e, v.data(), e);
     wr[i] = m.wt[i] - dot(g + i * e, theta.data(), e);
