@@ -165,10 +165,12 @@ void Model::run_als(const Observations& obs, int iterations) {
     prior.resize(dev_.size());
     detail::apply_theta(x_.data(), n_cols_, fx, theta_.data(), d, prior.data());
   }
-  for (int it = 0; it < iterations; ++it) {
+  auto set_col_params = [&] {  // z_ = dev_ + the feature prior of theta_ (empty without features)
     z_ = dev_;
-    if (with_features)
-      for (std::size_t k = 0; k < z_.size(); ++k) z_[k] += prior[k];
+    for (std::size_t k = 0; k < prior.size(); ++k) z_[k] += prior[k];
+  };
+  for (int it = 0; it < iterations; ++it) {
+    set_col_params();
     detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), config_.threads);
     if (with_features) {
       detail::solve_theta(by_row, x_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
@@ -189,7 +191,7 @@ void Model::run_als(const Observations& obs, int iterations) {
   for (std::int64_t r = 0; r < n_rows_; ++r)
     if (by_row.ptr[r + 1] == by_row.ptr[r])
       for (int i = 0; i < d; ++i) rows_[r * d + i] = mean[i] / static_cast<double>(n_obs_rows);
-  refresh_col_params();
+  set_col_params();  // prior is already the last sweep's
   // Training residuals: their variance is the observation noise of the Bayesian fold-in; the kernel stage fits them.
   std::vector<double> rho(by_row.value.size()), row_sse(static_cast<std::size_t>(n_rows_), 0.0);
   detail::parallel_chunks(n_rows_, config_.threads, [&](std::int64_t lo, std::int64_t hi) {
