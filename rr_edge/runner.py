@@ -188,6 +188,7 @@ class Runner:
         self._tail = _Local(slices.tail, self.settings) if slices.tail else None
         self._middle_local: _Local | None = None
         self._slice_id: str | None = None
+        self.upload_ms = 0.0  # time spent making sure the server holds the middle slice (uploading it if needed)
         self._stream: _Stream | None = None
         self._down_since: float | None = None
         self._last_probe = 0.0
@@ -222,11 +223,14 @@ class Runner:
     def _connect(self) -> bool:
         """Upload the middle slice if needed; False (and server marked down) when the server is unreachable."""
         assert self.remote is not None and self.slices.middle is not None
+        start = time.perf_counter()
         try:
             self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label)
         except ServerUnavailable as exc:
             self._mark_down(exc)
             return False
+        finally:
+            self.upload_ms += 1e3 * (time.perf_counter() - start)
         self._down_since = None
         return True
 

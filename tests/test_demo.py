@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, exported_model
 
 
@@ -27,5 +29,13 @@ def test_demo_runs_end_to_end_and_verifies_outputs(tmp_path):
     names = {row["plan"] for row in summary["plans"]}
     assert {"roadrunner (chosen)", "offload_none", "offload_all", "neurosurgeon"} <= names
     assert all(row["measured_ms"] > 0 and not row["fallback"] for row in summary["plans"])
+    # measured as planned: a plan that uploads weights at run time is charged its measured upload over K requests
+    rows = {row["plan"]: row for row in summary["plans"]}
+    assert rows["offload_all"]["upload_ms"] > 0 and rows["offload_none"]["upload_ms"] == 0
+    assert rows["neurosurgeon"]["upload_ms"] == 0  # Neurosurgeon's model is on the server beforehand
+    k = summary["amortize_over"]
+    assert k == 5
+    for row in summary["plans"]:
+        assert row["measured_ms"] == pytest.approx(row["request_ms"] + row["upload_ms"] / k)
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "summary" in done.stderr and "energy source: model" in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import rr_server
 from rr_edge.blocks import analyze
 from rr_edge.client import Client
+from rr_edge.measure import measure_splits
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
 from rr_edge.runner import Runner, RunnerConfig
@@ -136,3 +138,24 @@ def test_replan_uses_the_measured_network_and_counts_the_running_slice_as_cached
     assert again.costs.uplink.drift > 1.25 and again.options["objective"] == "latency"
     assert (0, 3) in again.inputs.cached_slices
     assert again.chosen.upload_bytes == 0  # the running slice is on the server already
+
+
+def test_measure_splits_records_each_middle_slice_upload(chain, client, monkeypatch):
+    """The one-time cost of dynamic offloading that the demo charges a plan: the runner's whole `ensure_slice` call
+    (status check and upload), none for a plan that offloads nothing."""
+    _, graph, slicer = chain
+    spent: list[float] = []
+    ensure = client.ensure_slice
+
+    def timed(onnx_bytes: bytes, label: str = "") -> str:
+        start = time.perf_counter()
+        try:
+            return ensure(onnx_bytes, label)
+        finally:
+            spent.append(1e3 * (time.perf_counter() - start))
+
+    monkeypatch.setattr(client, "ensure_slice", timed)
+    measured = measure_splits(lambda s: make_runner(slicer, graph, s, client), [(0, 1), (3, 3)], _x(graph), 2)
+    assert len(spent) == 1
+    assert measured[(0, 1)].upload_ms >= spent[0] > 0
+    assert measured[(3, 3)].upload_ms == 0
