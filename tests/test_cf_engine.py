@@ -145,26 +145,31 @@ def test_row_counts_scales_and_noise_track_fit_fold_in_and_refit() -> None:
     np.testing.assert_array_equal(model.row_scales, np.ones(22))  # ALS rows have g = 1
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_model_files_still_load(tmp_path, version: int) -> None:
-    """Formats 1 and 2 had no kernel_residual flag after init_scale and no kernel residuals at the end; format 1 also
-    had no row scales, row counts or noise variance after the row parameters."""
+    """Format 3 had no additive features at the end; formats 1 and 2 also no kernel_residual flag after init_scale
+    and no kernel residuals at the end; format 1 also no row scales, row counts or noise variance after the row
+    parameters."""
     rows, cols, values, truth, x = synthetic()
     model = CFModel(rank=3, iterations=5, kernel_residual=False).fit(rows, cols, values, *truth.shape, col_features=x)
-    model.save(tmp_path / "v3.cfm")
-    blob = (tmp_path / "v3.cfm").read_bytes()
+    model.save(tmp_path / "v4.cfm")
+    blob = (tmp_path / "v4.cfm").read_bytes()
     flag = 8 + 4 + 4 + 5 * 8 + 4 + 8 + 4 + 8  # magic .. init_scale
     n_rows, d = truth.shape[0], 3 + 1
     rows_end = flag + 1 + 3 * 8 + 8 + 8 + 8 * n_rows * d  # .. n_rows, n_cols, n_features, mu, row parameters
     extra = 2 * (8 + 8 * n_rows) + 8  # row scales, row counts, noise variance
+    additive = 3 * 8 + n_rows * 8  # their count, two empty arrays, an empty array per row (lengths)
     kernels = n_rows * 4 * 8  # per row: four empty arrays (their lengths)
-    assert blob[8:12] == (3).to_bytes(4, "little") and blob[flag] == 0
-    old = blob[:8] + version.to_bytes(4, "little") + blob[12:flag] + blob[flag + 1 : rows_end]
-    old += blob[rows_end + (extra if version == 1 else 0) : -kernels]
-    (tmp_path / "old.cfm").write_bytes(old)
+    assert blob[8:12] == (4).to_bytes(4, "little") and blob[flag] == 0
+    blob = blob[:8] + version.to_bytes(4, "little") + blob[12:-additive]
+    if version < 3:
+        old = blob[:flag] + blob[flag + 1 : rows_end]
+        blob = old + blob[rows_end + (extra if version == 1 else 0) : -kernels]
+    (tmp_path / "old.cfm").write_bytes(blob)
     back = CFModel.load(tmp_path / "old.cfm")
     np.testing.assert_array_equal(back.predict(rows, cols), model.predict(rows, cols))
     assert back.get_params() == model.get_params()  # kernel_residual=False: refits behave as before
+    assert back.n_additive == 0
     if version == 1:
         np.testing.assert_array_equal(back.row_scales, np.ones(n_rows))
     assert back.fold_in_row([0, 7], [1.0, 2.0]) == n_rows
@@ -212,10 +217,15 @@ def test_save_load_round_trip(tmp_path) -> None:
         ({"col_features": np.ones((3, 2))}, "expected n_cols"),
         ({"col_features": np.ones(2)}, "2-D"),
         ({"col_features": np.array([[np.nan], [1.0]])}, "finite"),
+        ({"additive_features": np.ones((3, 2))}, "additive_features has 3 rows"),
+        ({"additive_features": np.ones(2)}, "additive_features must be 2-D"),
+        ({"additive_features": np.array([[1.0], [-1.0]])}, ">= 0"),
+        ({"additive_features": np.array([[np.inf], [1.0]])}, "finite"),
     ],
 )
 def test_invalid_input_raises_value_error(kwargs: dict, message: str) -> None:
     args = {"rows": [0, 1], "cols": [0, 1], "values": [1.0, 2.0], "n_rows": 2, "n_cols": 2, "col_features": None}
+    args |= {"additive_features": None}
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         CFModel(rank=1, iterations=2).fit(**args)
@@ -330,3 +340,34 @@ def test_kernel_residuals_survive_save_load_and_reach_added_columns(tmp_path) ->
     np.testing.assert_array_equal(again.col_biases, back.col_biases)
     r, c = all_entries((21, 150))
     np.testing.assert_array_equal(again.predict(r, c), back.predict(r, c))
+
+
+def test_an_additive_device_folds_in_as_the_sum_of_its_op_counts(tmp_path) -> None:
+    """A device whose latency is a sum of per-op costs, unlike every fitted device, gets an additive row; a device
+    like the fitted ones does not; both survive save / load, and a refit makes every row a fitted one again."""
+    rows, cols, values, truth, x = synthetic(seed=5)
+    counts = np.random.default_rng(6).integers(0, 6, size=(x.shape[0], 4)).astype(float)
+    model = CFModel(rank=2, iterations=10).fit(rows, cols, values, 20, 150, x, additive_features=counts)
+    assert model.n_additive == 4
+    costs = 1.0 + counts @ np.array([0.5, 2.0, 0.1, 1.2])
+    shown = np.arange(12)
+    additive = model.fold_in_row(shown, costs[shown])
+    alike = model.fold_in_row(shown, 1.2 * np.exp(truth[3, shown]))
+    assert model.additive_rows.tolist() == [additive]
+    np.testing.assert_allclose(model.predict(np.full(150, additive), np.arange(150)), costs, rtol=1e-3)
+    alike_log = model.predict(np.full(150, alike), np.arange(150), log=True)
+    assert np.sqrt(np.mean((alike_log - truth[3] - np.log(1.2)) ** 2)) < 0.1
+
+    model.save(tmp_path / "m.cfm")
+    loaded = CFModel.load(tmp_path / "m.cfm")
+    np.testing.assert_array_equal(loaded.predict_matrix(), model.predict_matrix())
+    assert loaded.additive_rows.tolist() == [additive]
+
+    with pytest.raises(ValueError, match="needs additive_features"):
+        model.add_cols(1, np.zeros((1, 3)))
+    assert model.n_cols == 150
+    first = model.add_cols(1, np.zeros((1, 3)), additive_features=[[1.0, 0.0, 0.0, 2.0]])
+    assert model.predict([additive], [first])[0] == pytest.approx(1.0 + 0.5 + 2 * 1.2, rel=1e-3)
+
+    model.refit(rows, cols, values, n_rows=22, n_cols=151, iterations=2)
+    assert model.additive_rows.size == 0

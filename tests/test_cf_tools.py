@@ -39,6 +39,23 @@ def test_load_csv_round_trip(small_csv: Path) -> None:
     assert 0.8 * 720 < m.size < 720
 
 
+def test_csv_carries_additive_features(tmp_path: Path) -> None:
+    counts = np.arange(6.0).reshape(3, 2)
+    path = tmp_path / "additive.csv"
+    write_csv(
+        path, np.ones((2, 3)), ["d0", "d1"], ["c0", "c1", "c2"], np.ones((3, 1)), ["x"], counts, ["n_conv", "n_pool"]
+    )
+    m = load_csv(path)
+    assert m.feature_names == ("f_x",) and m.additive_names == ("a_n_conv", "a_n_pool")
+    np.testing.assert_array_equal(m.additive, counts)
+    np.testing.assert_array_equal(m.features, np.ones((3, 1)))
+    only = tmp_path / "only.csv"
+    write_csv(only, np.ones((2, 3)), ["d0", "d1"], ["c0", "c1", "c2"], additive=counts, additive_names=["n", "m"])
+    assert load_csv(only).features is None and load_csv(only).additive.shape == (3, 2)
+    with pytest.raises(ValueError, match="column features have shape"):
+        write_csv(only, np.ones((2, 3)), ["d0", "d1"], ["c0", "c1", "c2"], np.ones((2, 1)), ["x"])
+
+
 def test_load_csv_rejects_missing_columns(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("device,block,ms\na,b,1\n")
@@ -89,9 +106,9 @@ def test_leave_one_out_folds_in_every_row_against_a_fit_without_it(
         def __init__(self, name: str, seed: int) -> None:
             self._inner = real_make(name, seed)
 
-        def fit(self, rows, cols, values, n_rows, n_cols, features=None):
+        def fit(self, rows, cols, values, n_rows, n_cols, features=None, additive=None):
             fits.append((n_rows, set(np.unique(rows).tolist())))
-            return self._inner.fit(rows, cols, values, n_rows, n_cols, features)
+            return self._inner.fit(rows, cols, values, n_rows, n_cols, features, additive)
 
         def fold_in(self, cols, values):
             folds.append(len(cols))
@@ -137,6 +154,14 @@ def test_nb201_features() -> None:
     # node 1's conv feeds nothing that reaches the output (edges 1->2 and 1->3 are none): it is dead code
     assert enc["live_e0_nor_conv_3x3"] == 0 and enc["live_e3_skip_connect"] == 1
     assert len(nb201_features.features(arch, encoding_only=True)) == 30
+    counts = dict(zip(nb201_features.additive_names(), nb201_features.op_counts(arch), strict=True))
+    assert counts == {
+        "count_none": 4,
+        "count_skip_connect": 1,
+        "count_nor_conv_1x1": 0,
+        "count_nor_conv_3x3": 1,
+        "count_avg_pool_3x3": 0,
+    }
     with pytest.raises(ValueError):
         nb201_features.features("|foo~0|")
 

@@ -1,4 +1,7 @@
-"""Long-format CSV (``row,col,value`` + optional numeric ``f_*`` column features) -> index arrays for cf_eval."""
+"""Long-format CSV (``row,col,value`` + optional numeric column features) -> index arrays for cf_eval.
+
+Column features are ``f_*`` (any numeric description of a column) and ``a_*`` (additive features: raw quantities
+>= 0, such as op counts, that a row's value may be a weighted sum of); both are constant per column."""
 
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ class Matrix:
     feature_names: tuple[str, ...]
     row_labels: tuple[str, ...]
     col_labels: tuple[str, ...]
+    additive: np.ndarray | None = None  # (n_cols, n_additive) or None
+    additive_names: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -44,6 +49,7 @@ def load_csv(path: str | Path) -> Matrix:
             if need not in header:
                 raise ValueError(f"{path}: missing column {need!r} (need row,col,value[,f_*])")
         fnames = tuple(h for h in header if h.startswith("f_"))
+        anames = tuple(h for h in header if h.startswith("a_"))
         row_ids: dict[str, int] = {}
         col_ids: dict[str, int] = {}
         rows, cols, values = [], [], []
@@ -52,8 +58,8 @@ def load_csv(path: str | Path) -> Matrix:
         for rec in reader:
             v = float(rec["value"]) if rec["value"] not in ("", None) else math.nan
             c = col_ids.setdefault(rec["col"], len(col_ids))
-            if fnames and c not in feats:
-                feats[c] = [float(rec[n]) for n in fnames]
+            if (fnames or anames) and c not in feats:
+                feats[c] = [float(rec[n]) for n in fnames + anames]
             if not (math.isfinite(v) and v > 0):
                 dropped += 1
                 continue
@@ -62,7 +68,9 @@ def load_csv(path: str | Path) -> Matrix:
             values.append(v)
     if dropped:
         log.warning("%s: dropped %d entries with a non-positive or missing value", path, dropped)
-    features = np.array([feats[c] for c in range(len(col_ids))], dtype=np.float64) if fnames else None
+    table = np.array([feats[c] for c in range(len(col_ids))], dtype=np.float64) if feats else None
+    features = table[:, : len(fnames)] if fnames and table is not None else None
+    additive = table[:, len(fnames) :] if anames and table is not None else None
     return Matrix(
         rows=np.asarray(rows, dtype=np.int64),
         cols=np.asarray(cols, dtype=np.int64),
@@ -73,6 +81,8 @@ def load_csv(path: str | Path) -> Matrix:
         feature_names=fnames,
         row_labels=tuple(row_ids),
         col_labels=tuple(col_ids),
+        additive=additive,
+        additive_names=anames,
     )
 
 
@@ -83,23 +93,25 @@ def write_csv(
     col_labels: list[str],
     features: np.ndarray | None = None,
     feature_names: list[str] | None = None,
+    additive: np.ndarray | None = None,
+    additive_names: list[str] | None = None,
 ) -> None:
-    """Write a dense ``rows x cols`` matrix (NaN = missing) in long format, features repeated per entry."""
-    fnames = [f"f_{n}" for n in (feature_names or [])]
+    """Write a dense ``rows x cols`` matrix (NaN = missing) in long format, column features repeated per entry."""
+    names = [f"f_{n}" for n in (feature_names or [])] + [f"a_{n}" for n in (additive_names or [])]
+    parts = [p for p in (features if feature_names else None, additive if additive_names else None) if p is not None]
+    table = np.hstack(parts) if parts else np.zeros((len(col_labels), 0))
+    if table.shape != (len(col_labels), len(names)):
+        raise ValueError(f"column features have shape {table.shape}, expected ({len(col_labels)}, {len(names)})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["row", "col", "value", *fnames])
-        ftext = (
-            [[f"{v:.6g}" for v in features[c]] for c in range(len(col_labels))]
-            if fnames and features is not None
-            else None
-        )
+        w.writerow(["row", "col", "value", *names])
+        text = [[f"{v:.6g}" for v in table[c]] for c in range(len(col_labels))]
         for r, rl in enumerate(row_labels):
             for c, cl in enumerate(col_labels):
                 v = matrix[r, c]
                 if np.isfinite(v) and v > 0:
-                    w.writerow([rl, cl, repr(float(v)), *(ftext[c] if ftext else [])])
+                    w.writerow([rl, cl, repr(float(v)), *text[c]])
     tmp.replace(path)

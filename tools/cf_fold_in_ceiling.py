@@ -62,7 +62,7 @@ def ceiling(m: Matrix, fill: float, seeds: range, reveal: int, leave_one_out: bo
         for held_rows, train, remap, n_kept, order in new_row_splits(m, fill, seed, leave_one_out):
             method = cf_methods.make("cf_cpp", seed)  # as cf_eval makes it
             assert isinstance(method, cf_methods.Engine)
-            method.fit(remap[m.rows][train], m.cols[train], m.values[train], n_kept, m.n_cols, m.features)
+            method.fit(remap[m.rows][train], m.cols[train], m.values[train], n_kept, m.n_cols, m.features, m.additive)
             for r in held_rows:
                 if order[r].size <= reveal:
                     continue

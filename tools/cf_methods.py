@@ -1,7 +1,7 @@
 """Predictors compared by cf_eval. Each fits on observed (row, col, value) triplets of one matrix, predicts any
 (row, col), and adds a new row from a few revealed entries (``fold_in``). All work in log space.
 
-* ``cf_cpp``            the hybrid engine with column features (when the CSV has any).
+* ``cf_cpp``            the hybrid engine with column features and additive features (when the CSV has any).
 * ``mf_no_features``    the same engine without features (plain biased MF).
 * ``biases_only``       the engine at rank 0 without features: mu + b_row + b_col.
 * ``feature_regression`` one ridge regression of log value on the column features shared by all rows, plus a
@@ -34,6 +34,7 @@ class Predictor(Protocol):
         n_rows: int,
         n_cols: int,
         features: np.ndarray | None,
+        additive: np.ndarray | None = None,
     ) -> None: ...
 
     def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray: ...
@@ -48,8 +49,10 @@ class Engine:
         self.use_features = use_features
         self.model = CFModel(seed=seed, **params)  # CFModel defaults: see docs/cf_cpp.md
 
-    def fit(self, rows, cols, values, n_rows, n_cols, features) -> None:
-        self.model.fit(rows, cols, values, n_rows, n_cols, features if self.use_features else None)
+    def fit(self, rows, cols, values, n_rows, n_cols, features, additive=None) -> None:
+        if not self.use_features:
+            features = additive = None
+        self.model.fit(rows, cols, values, n_rows, n_cols, features, additive)
 
     def predict(self, rows, cols) -> np.ndarray:
         return self.model.predict(rows, cols)
@@ -83,7 +86,7 @@ class FeatureRegression:
     def __init__(self, lam: float = 1.0) -> None:
         self.lam = lam
 
-    def fit(self, rows, cols, values, n_rows, n_cols, features) -> None:
+    def fit(self, rows, cols, values, n_rows, n_cols, features, additive=None) -> None:
         self.x = _design(features, n_cols)
         y = np.log(values)
         self.offset = np.zeros(n_rows)
@@ -111,7 +114,7 @@ class Neurosurgeon:
     def __init__(self, lam: float = 1.0) -> None:
         self.lam = lam
 
-    def fit(self, rows, cols, values, n_rows, n_cols, features) -> None:
+    def fit(self, rows, cols, values, n_rows, n_cols, features, additive=None) -> None:
         self.x = _design(features, n_cols)
         d = self.x.shape[1]
         self.w = np.zeros((n_rows, d))
@@ -154,7 +157,7 @@ class Residual:
         self.base = Neurosurgeon()
         self.engine = Engine(True, seed)
 
-    def fit(self, rows, cols, values, n_rows, n_cols, features) -> None:
+    def fit(self, rows, cols, values, n_rows, n_cols, features, additive=None) -> None:
         self.base.fit(rows, cols, values, n_rows, n_cols, features)
         self.engine.fit(rows, cols, values / self.base.predict(rows, cols), n_rows, n_cols, features)
 

@@ -41,7 +41,7 @@ def _sample(mask: np.ndarray, fill: float, rng: np.random.Generator) -> np.ndarr
 
 def _fit(method, m: Matrix, train: np.ndarray, n_rows: int, rows: np.ndarray) -> float:
     t0 = time.perf_counter()
-    method.fit(rows[train], m.cols[train], m.values[train], n_rows, m.n_cols, m.features)
+    method.fit(rows[train], m.cols[train], m.values[train], n_rows, m.n_cols, m.features, m.additive)
     return time.perf_counter() - t0
 
 

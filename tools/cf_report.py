@@ -39,7 +39,7 @@ def per_row_within10(m: Matrix, fill: float, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     train = cf_protocols._sample(np.ones(m.size, dtype=bool), fill, rng)
     method = cf_methods.make("cf_cpp", seed)
-    method.fit(m.rows[train], m.cols[train], m.values[train], m.n_rows, m.n_cols, m.features)
+    method.fit(m.rows[train], m.cols[train], m.values[train], m.n_rows, m.n_cols, m.features, m.additive)
     test = ~train
     hits = cf_protocols.within10_hits(method.predict(m.rows[test], m.cols[test]), m.values[test])
     rows = m.rows[test]

@@ -3,12 +3,13 @@
     python -m tools.convert_datasets [--data ../shared/datasets] [--out .cache/cf_datasets] [NAME ...]
 
 Reads the (read-only) data sets and writes ``<out>/<name>.csv`` (rows = devices, cols = models / kernels, value = ms,
-features ``f_*`` per column). Nothing is copied into the repository: the default output is the git-ignored
-``.cache/cf_datasets``. Data sets:
+features ``f_*`` and additive features ``a_*`` per column). Nothing is copied into the repository: the default output
+is the git-ignored ``.cache/cf_datasets``. Data sets:
 
-* ``oneproxy_nb201``        18 devices x 1999 NB201 cells; features: architecture encoding + features derived from it
-                            (tools/nb201_features.py). ``rice_edgetpu`` values of -1 are missing.
-* ``oneproxy_nb201_onehot`` the same matrix with only the 30-dim architecture one-hot as features.
+* ``oneproxy_nb201``        18 devices x 1999 NB201 cells; features: architecture encoding + features derived from it;
+                            additive features: the cell's op counts (tools/nb201_features.py). ``rice_edgetpu``
+                            values of -1 are missing.
+* ``oneproxy_nb201_onehot`` the same matrix with only the 30-dim architecture one-hot as features (and the op counts).
 * ``help_nb201``            HELP's 27 device settings x 2000 NB201 cells (a fixed random subset, seed 0, of 15625),
                             same features as oneproxy_nb201.
 * ``ncnn_benchmark``        263 benchncnn runs x 40 CNNs (avg ms); feature: int8 flag of the model name.
@@ -41,7 +42,8 @@ HELP_SUBSET = 2000
 def _nb201_matrix(arch: list[str], y: np.ndarray, devices: list[str], encoding_only: bool):
     feats = np.array([nb201_features.features(a, encoding_only) for a in arch])
     names = nb201_features.names()[: feats.shape[1]]
-    return y.T, devices, [f"a{i}" for i in range(len(arch))], feats, names
+    counts = np.array([nb201_features.op_counts(a) for a in arch])
+    return y.T, devices, feats, names, (counts, nb201_features.additive_names())
 
 
 def oneproxy(data: Path, encoding_only: bool = False):
@@ -50,8 +52,8 @@ def oneproxy(data: Path, encoding_only: bool = False):
     header, body = rows[0], rows[1:]
     y = np.array([[float(x) for x in r[3:]] for r in body])
     y[y < 0] = np.nan
-    m, devs, _, feats, names = _nb201_matrix([r[2] for r in body], y, header[3:], encoding_only)
-    return m, devs, [f"nb201_{r[1]}" for r in body], feats, names
+    m, devs, feats, names, additive = _nb201_matrix([r[2] for r in body], y, header[3:], encoding_only)
+    return m, devs, [f"nb201_{r[1]}" for r in body], feats, names, additive
 
 
 def help_nb201(data: Path):
@@ -61,8 +63,8 @@ def help_nb201(data: Path):
     pick = np.sort(np.random.default_rng(0).choice(len(body), HELP_SUBSET, replace=False))
     body = [body[i] for i in pick]
     y = np.array([[float(x) for x in r[2:]] for r in body])
-    m, devs, _, feats, names = _nb201_matrix([r[1] for r in body], y, header[2:], False)
-    return m, devs, [f"nb201_{r[0]}" for r in body], feats, names
+    m, devs, feats, names, additive = _nb201_matrix([r[1] for r in body], y, header[2:], False)
+    return m, devs, [f"nb201_{r[0]}" for r in body], feats, names, additive
 
 
 def ncnn(data: Path):
@@ -78,7 +80,7 @@ def ncnn(data: Path):
     for (run, model), vals in cells.items():
         m[runs.index(run), models.index(model)] = vals[0]
     feats = np.array([[1.0 if name.endswith("_int8") else 0.0] for name in models])
-    return m, [f"run{r}" for r in runs], models, feats, ["int8"]
+    return m, [f"run{r}" for r in runs], models, feats, ["int8"], None
 
 
 def deepbench_gemm(data: Path):
@@ -115,7 +117,7 @@ def deepbench_gemm(data: Path):
         ]
     )
     cols = [f"gemm_{a}x{b}x{c}_{ta}{tb}" for a, b, c, ta, tb in kernels]
-    return m, devs, cols, feats, ["log_m", "log_n", "log_k", "log_flops", "log_elements", "a_t", "b_t"]
+    return m, devs, cols, feats, ["log_m", "log_n", "log_k", "log_flops", "log_elements", "a_t", "b_t"], None
 
 
 CONVERTERS = {
@@ -132,8 +134,8 @@ def convert(name: str, data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, force
     path = out / f"{name}.csv"
     if path.exists() and not force:
         return path
-    matrix, row_labels, col_labels, feats, fnames = CONVERTERS[name](data)
-    write_csv(path, matrix, row_labels, col_labels, feats, fnames)
+    matrix, row_labels, col_labels, feats, fnames, additive = CONVERTERS[name](data)
+    write_csv(path, matrix, row_labels, col_labels, feats, fnames, *(additive or (None, None)))
     return path
 
 

@@ -5,6 +5,9 @@
   edges (ops off such paths are dead code that some runtimes prune).
 * ``cost`` analytic counts of the live ops in the CIFAR NB201 network (3 stages of 5 cells with 16/32/64 channels at
   32/16/8 px): log multiply-adds x2, log conv weights, log activation traffic, log number of live ops.
+
+Additive features (``op_counts``): how many of the cell's 6 edges carry each op, live or not; a device whose latency
+is a sum of per-op costs (Eyeriss and FPGA estimators, simple CPUs) is a linear function of them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ def names() -> list[str]:
     enc = [f"enc_e{e}_{op}" for e in range(len(EDGES)) for op in OPS]
     live = [f"live_e{e}_{op}" for e in range(len(EDGES)) for op in OPS]
     return enc + live + ["log_flops", "log_conv_params", "log_activations", "log_live_ops"]
+
+
+def additive_names() -> list[str]:
+    return [f"count_{op}" for op in OPS]
+
+
+def op_counts(arch: str) -> list[float]:
+    ops = edge_ops(arch)
+    return [float(ops.count(op)) for op in OPS]
 
 
 def features(arch: str, encoding_only: bool = False) -> list[float]:

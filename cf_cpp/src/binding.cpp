@@ -114,36 +114,42 @@ NB_MODULE(_core, m) {
       .def(
           "fit",
           [](cf::Model& self, const Index1& rows, const Index1& cols, const Value1& values, std::int64_t n_rows,
-             std::int64_t n_cols, const std::optional<Matrix2>& col_features) -> cf::Model& {
+             std::int64_t n_cols, const std::optional<Matrix2>& col_features,
+             const std::optional<Matrix2>& additive_features) -> cf::Model& {
             cf::Observations obs = observations(rows, cols, values);
-            std::optional<cf::Features> f = features(col_features);
+            std::optional<cf::Features> f = features(col_features), a = features(additive_features);
             nb::gil_scoped_release release;
-            self.fit(obs, n_rows, n_cols, f ? &*f : nullptr);
+            self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr);
             return self;
           },
           "rows"_a, "cols"_a, "values"_a, "n_rows"_a, "n_cols"_a, "col_features"_a = nb::none(),
-          nb::rv_policy::reference,
+          "additive_features"_a = nb::none(), nb::rv_policy::reference,
           "Fit from scratch on observed entries (rows[i], cols[i]) -> values[i] (> 0, raw units).\n\n"
           "col_features: optional float array (n_cols, n_features), e.g. log flops, log bytes, op counts.\n"
+          "additive_features: optional float array (n_cols, n_additive) of raw quantities >= 0 that a device's value\n"
+          "may be a weighted sum of (op counts, flops): a folded-in row may then be such a sum.\n"
           "Raises ValueError on out-of-range indices, non-positive / non-finite values or shape mismatches.\n"
           "Returns self.")
       .def(
           "refit",
           [](cf::Model& self, const Index1& rows, const Index1& cols, const Value1& values,
              std::optional<std::int64_t> n_rows, std::optional<std::int64_t> n_cols,
-             const std::optional<Matrix2>& col_features, std::optional<int> iterations) -> cf::Model& {
+             const std::optional<Matrix2>& col_features, std::optional<int> iterations,
+             const std::optional<Matrix2>& additive_features) -> cf::Model& {
             cf::Observations obs = observations(rows, cols, values);
-            std::optional<cf::Features> f = features(col_features);
+            std::optional<cf::Features> f = features(col_features), a = features(additive_features);
             std::int64_t nr = n_rows.value_or(self.n_rows()), nc = n_cols.value_or(self.n_cols());
             nb::gil_scoped_release release;
-            self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1));
+            self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr);
             return self;
           },
           "rows"_a, "cols"_a, "values"_a, "n_rows"_a = nb::none(), "n_cols"_a = nb::none(),
-          "col_features"_a = nb::none(), "iterations"_a = nb::none(), nb::rv_policy::reference,
+          "col_features"_a = nb::none(), "iterations"_a = nb::none(), "additive_features"_a = nb::none(),
+          nb::rv_policy::reference,
           "Refit on the full current data, warm-started from the current parameters (fewer iterations needed).\n\n"
-          "n_rows / n_cols may grow (default: unchanged); new columns need col_features when the model uses them.\n"
-          "col_features=None keeps the current features. Returns self.")
+          "n_rows / n_cols may grow (default: unchanged); new columns need col_features / additive_features when\n"
+          "the model uses them; None keeps the current ones. Every row becomes a fitted row (none additive).\n"
+          "Returns self.")
       .def(
           "predict",
           [](const cf::Model& self, const Index1& rows, const Index1& cols, bool log) {
@@ -192,16 +198,19 @@ NB_MODULE(_core, m) {
           "cols"_a, "values"_a,
           "Add a new row (e.g. a new device) from a few measurements against the fixed column model, no refit: a\n"
           "Bayesian fold-in whose prior is a mixture built from the fitted rows (one Gaussian around each, with a\n"
-          "free offset and scale, and one around their mean), weighted by their evidence. Returns the new row index.")
+          "free offset and scale, and one around their mean), weighted by their evidence. With additive features\n"
+          "the row is instead their weighted sum when that regression cross-validates far better on the entries.\n"
+          "Returns the new row index.")
       .def(
           "add_cols",
-          [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features) {
-            std::optional<cf::Features> f = features(col_features);
-            return self.add_cols(n, f ? &*f : nullptr);
+          [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features,
+             const std::optional<Matrix2>& additive_features) {
+            std::optional<cf::Features> f = features(col_features), a = features(additive_features);
+            return self.add_cols(n, f ? &*f : nullptr, a ? &*a : nullptr);
           },
-          "n"_a, "col_features"_a = nb::none(),
-          "Append n cold columns (e.g. new block signatures) predicted from their features (n, n_features).\n"
-          "Returns the index of the first new column.")
+          "n"_a, "col_features"_a = nb::none(), "additive_features"_a = nb::none(),
+          "Append n cold columns (e.g. new block signatures) predicted from their features (n, n_features) and\n"
+          "their additive features (n, n_additive) when the model uses them. Returns the first new column index.")
       .def(
           "save", [](const cf::Model& self, const std::string& path) { self.save(path); }, "path"_a,
           "Save the fitted model to a binary file (raises OSError on I/O failure).")
@@ -213,6 +222,17 @@ NB_MODULE(_core, m) {
       .def_prop_ro("n_rows", &cf::Model::n_rows, "Number of rows (including folded-in rows).")
       .def_prop_ro("n_cols", &cf::Model::n_cols, "Number of columns (including added cold columns).")
       .def_prop_ro("n_features", &cf::Model::n_features, "Number of raw column features (0 without features).")
+      .def_prop_ro("n_additive", &cf::Model::n_additive, "Number of additive features (0 without).")
+      .def_prop_ro(
+          "additive_rows",
+          [](const cf::Model& s) {
+            std::vector<std::int64_t> rows;
+            for (std::size_t r = 0; r < s.additive_rows().size(); ++r)
+              if (!s.additive_rows()[r].empty()) rows.push_back(static_cast<std::int64_t>(r));
+            return owned_counts(std::move(rows));
+          },
+          "Indices of the additive rows (folded-in rows predicted as a weighted sum of the additive features).",
+          nb::rv_policy::move)
       .def_prop_ro("global_mean", &cf::Model::global_mean, "Mean of the log training values.")
       .def_prop_ro(
           "row_biases", [](const cf::Model& s) { return owned_1d(column(s.row_params(), s.config().rank + 1, 0)); },

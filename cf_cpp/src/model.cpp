@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "additive.h"
 #include "als.h"
 #include "feature_map.h"
 #include "fold_in.h"
@@ -27,14 +28,22 @@ void check_config(const Config& c) {
     if (!std::isfinite(r) || r < 0) throw InvalidInput("regularisation constants must be finite and >= 0");
 }
 
-void check_features(const Features& f, std::int64_t n_cols) {
+void check_features(const Features& f, std::int64_t n_cols, const char* name = "col_features") {
+  const std::string what(name);
   if (f.n_cols != n_cols)
-    throw InvalidInput("col_features has " + std::to_string(f.n_cols) + " rows, expected n_cols = " +
+    throw InvalidInput(what + " has " + std::to_string(f.n_cols) + " rows, expected n_cols = " +
                        std::to_string(n_cols));
-  if (f.n_features < 0) throw InvalidInput("col_features must have a non-negative number of columns");
+  if (f.n_features < 0) throw InvalidInput(what + " must have a non-negative number of columns");
   const std::size_t n = static_cast<std::size_t>(f.n_cols * f.n_features);
   for (std::size_t i = 0; i < n; ++i)
-    if (!std::isfinite(f.data[i])) throw InvalidInput("col_features must be finite (entry " + std::to_string(i) + ")");
+    if (!std::isfinite(f.data[i])) throw InvalidInput(what + " must be finite (entry " + std::to_string(i) + ")");
+}
+
+void check_additive(const Features& a, std::int64_t n_cols) {
+  check_features(a, n_cols, "additive_features");
+  const std::size_t n = static_cast<std::size_t>(a.n_cols * a.n_features);
+  for (std::size_t i = 0; i < n; ++i)
+    if (a.data[i] < 0) throw InvalidInput("additive_features must be >= 0 (entry " + std::to_string(i) + ")");
 }
 
 }  // namespace
@@ -67,6 +76,12 @@ void Model::set_features(const Features& f) {
   }
 }
 
+void Model::set_additive(const Features& a) {
+  n_add_ = a.n_features;
+  add_.assign(a.data, a.data + a.n_cols * a.n_features);
+  add_scale_ = detail::additive_scale(a.data, a.n_cols, a.n_features);
+}
+
 void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
   const int d = dim();
   detail::NormalRng rng(config_.seed + 0x51ED2701ULL * static_cast<std::uint64_t>(n_rows_ + 1) +
@@ -76,6 +91,7 @@ void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
   row_counts_.resize(static_cast<std::size_t>(n_rows), 0);
   kernels_.resize(static_cast<std::size_t>(n_rows));
   blends_.resize(static_cast<std::size_t>(n_rows));
+  additive_rows_.resize(static_cast<std::size_t>(n_rows));
   for (std::int64_t r = n_rows_; r < n_rows; ++r)
     for (int i = 1; i < d; ++i) rows_[r * d + i] = config_.init_scale * rng.next();
   dev_.resize(static_cast<std::size_t>(n_cols * d), 0.0);
@@ -86,10 +102,12 @@ void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
   n_cols_ = n_cols;
 }
 
-void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features) {
+void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
+                const Features* additive) {
   detail::validate(obs, n_rows, n_cols);
   if (obs.size == 0) throw InvalidInput("fit needs at least one observation");
   if (features) check_features(*features, n_cols);
+  if (additive) check_additive(*additive, n_cols);
   fitted_ = false;
   n_rows_ = n_cols_ = n_features_ = 0;
   rows_.clear();
@@ -104,17 +122,22 @@ void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_col
   kernels_.clear();
   blends_.clear();
   residuals_.clear();
+  n_add_ = 0;
+  add_.clear();
+  add_scale_.clear();
+  additive_rows_.clear();
   if (features) set_features(*features);
+  if (additive) set_additive(*additive);
   grow(n_rows, n_cols);
   run_als(obs, config_.iterations);
 }
 
 void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-                  int iterations) {
+                  int iterations, const Features* additive) {
   if (!fitted_) {
     Config saved = config_;
     if (iterations >= 0) config_.iterations = iterations;
-    fit(obs, n_rows, n_cols, features);
+    fit(obs, n_rows, n_cols, features, additive);
     config_ = saved;
     return;
   }
@@ -123,12 +146,18 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
                        std::to_string(n_cols_) + " columns");
   detail::validate(obs, n_rows, n_cols);
   if (obs.size == 0) throw InvalidInput("refit needs at least one observation");
-  if (features) {
+  // Everything is checked before anything changes.
+  if (features)
     check_features(*features, n_cols);
-    set_features(*features);
-  } else if (!x_.empty() && n_cols > n_cols_) {
+  else if (!x_.empty() && n_cols > n_cols_)
     throw InvalidInput("col_features must be given to refit with new columns (the model uses column features)");
-  }
+  if (additive)
+    check_additive(*additive, n_cols);
+  else if (n_add_ > 0 && n_cols > n_cols_)
+    throw InvalidInput("additive_features must be given to refit with new columns (the model uses them)");
+  if (features) set_features(*features);
+  if (additive) set_additive(*additive);
+  for (auto& w : additive_rows_) w.clear();  // every row is an ALS row again
   grow(n_rows, n_cols);
   run_als(obs, iterations >= 0 ? iterations : config_.iterations);
 }
@@ -226,13 +255,59 @@ void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std:
   }
   const int d = dim();
   for (std::size_t i = 0; i < n; ++i) {
-    const double* a = rows_.data() + rows[i] * d;
-    const double* z = z_.data() + cols[i] * d;
-    double s = mu_ + a[0] + row_scale_[rows[i]] * z[0];
-    for (int k = 1; k < d; ++k) s += a[k] * z[k];
+    const std::vector<double>& w = additive_rows_[rows[i]];
+    if (!w.empty()) {  // an additive row, where its regression is positive
+      const double v = detail::additive_value(w.data(), add_.data() + cols[i] * n_add_, n_add_, add_scale_.data());
+      if (v > 0) {
+        out[i] = std::log(v);
+        continue;
+      }
+    }
+    double s = low_rank_log(rows_.data() + rows[i] * d, row_scale_[rows[i]], cols[i]);
     if (!residuals_.empty()) s += residuals_[rows[i] * n_cols_ + cols[i]];
     out[i] = s;
   }
+}
+
+double Model::low_rank_log(const double* a, double g, std::int64_t c) const {
+  const int d = dim();
+  const double* z = z_.data() + c * d;
+  double s = mu_ + a[0] + g * z[0];
+  for (int k = 1; k < d; ++k) s += a[k] * z[k];
+  return s;
+}
+
+std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const double* values, std::size_t n) const {
+  if (n_add_ == 0 || n < static_cast<std::size_t>(n_add_ + 1) + detail::kAdditiveSpare) return {};
+  const std::vector<double> additive = detail::additive_cv(cols, values, n, add_.data(), n_add_, add_scale_.data());
+  const double additive_error = detail::log_rms_error(additive.data(), values, n);
+  if (!std::isfinite(additive_error)) return {};
+  // The collaborative fold-in, cross-validated on the same folds.
+  const std::size_t k = detail::cv_folds(n);
+  const double* residuals = residuals_.empty() ? nullptr : residuals_.data();
+  std::vector<double> folded(n);
+  std::vector<std::int64_t> train_cols;
+  std::vector<double> train_logy;
+  for (std::size_t fold = 0; fold < k; ++fold) {
+    train_cols.clear();
+    train_logy.clear();
+    for (std::size_t i = 0; i < n; ++i)
+      if (i % k != fold) {
+        train_cols.push_back(cols[i]);
+        train_logy.push_back(std::log(values[i]));
+      }
+    const detail::FoldedRow row = detail::fold_in(train_cols.data(), train_logy.data(), train_cols.size(), z_.data(),
+                                                  mu_, dim(), rows_.data(), *fold_in_prior_, noise_var_, residuals,
+                                                  n_cols_);
+    for (std::size_t i = fold; i < n; i += k) {
+      double s = low_rank_log(row.params.data(), row.scale, cols[i]);
+      if (residuals)
+        for (const auto& [expert, w] : row.expert_weights) s += w * residuals[expert * n_cols_ + cols[i]];
+      folded[i] = std::exp(s);
+    }
+  }
+  if (additive_error >= detail::kAdditiveMargin * detail::log_rms_error(folded.data(), values, n)) return {};
+  return detail::fit_additive(cols, values, n, add_.data(), n_add_, add_scale_.data());
 }
 
 std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, std::size_t n) {
@@ -252,6 +327,7 @@ std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, 
   // The new row's residual: its experts' h_r, weighted as in the mixture (the global component has none).
   blends_.push_back(residuals ? out.expert_weights : KernelBlend{});
   kernels_.emplace_back();
+  additive_rows_.push_back(additive_fold_in(cols, values, n));
   if (residuals) {
     residuals_.resize(residuals_.size() + static_cast<std::size_t>(n_cols_), 0.0);
     blend_residuals(n_rows_);
@@ -259,25 +335,37 @@ std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, 
   return n_rows_++;
 }
 
-std::int64_t Model::add_cols(std::int64_t n, const Features* features) {
+std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Features* additive) {
   check_fitted();
   if (n <= 0) throw InvalidInput("add_cols needs n > 0, got " + std::to_string(n));
-  const int d = dim();
-  const std::int64_t first = n_cols_;
+  // Everything is checked before anything changes.
   if (!x_.empty()) {
     if (!features) throw InvalidInput("the model uses column features: add_cols needs col_features");
     check_features(*features, n);
     if (features->n_features != n_features_)
       throw InvalidInput("col_features has " + std::to_string(features->n_features) + " columns, the model was fitted "
                          "with " + std::to_string(n_features_));
+  } else if (features && features->n_features > 0) {
+    throw InvalidInput("the model was fitted without column features");
+  }
+  if (n_add_ > 0) {
+    if (!additive) throw InvalidInput("the model uses additive features: add_cols needs additive_features");
+    check_additive(*additive, n);
+    if (additive->n_features != n_add_)
+      throw InvalidInput("additive_features has " + std::to_string(additive->n_features) + " columns, the model "
+                         "was fitted with " + std::to_string(n_add_));
+  } else if (additive && additive->n_features > 0) {
+    throw InvalidInput("the model was fitted without additive features");
+  }
+  const int d = dim();
+  const std::int64_t first = n_cols_;
+  if (!x_.empty())
     for (std::int64_t c = 0; c < n; ++c) {
       for (std::int64_t j = 0; j < n_features_; ++j)
         x_.push_back((features->data[c * n_features_ + j] - feat_mean_[j]) * feat_scale_[j]);
       x_.push_back(1.0);
     }
-  } else if (features && features->n_features > 0) {
-    throw InvalidInput("the model was fitted without column features");
-  }
+  if (n_add_ > 0) add_.insert(add_.end(), additive->data, additive->data + n * n_add_);
   dev_.resize(static_cast<std::size_t>((n_cols_ + n) * d), 0.0);
   col_counts_.resize(static_cast<std::size_t>(n_cols_ + n), 0);
   n_cols_ += n;

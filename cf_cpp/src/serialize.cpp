@@ -16,7 +16,8 @@ constexpr char kMagic[8] = {'C', 'F', 'C', 'P', 'P', 'M', 'F', '\0'};
 // Version 3 added config.kernel_residual and, at the end, each row's kernel residual: its expansion (cols, alpha)
 // and its blend of experts (rows, weights).
 // Version 1 and 2 files load without kernel residuals (kernel_residual = false: refits behave as when they were saved).
-constexpr std::uint32_t kVersion = 3;
+// Version 4 added, at the end, the additive features (count, raw values, scale) and each row's additive weights.
+constexpr std::uint32_t kVersion = 4;
 constexpr double kV1NoiseVar = 0.0025;  // (0.05 log units)^2, the training residual on oneproxy_nb201
 
 class Writer {
@@ -131,6 +132,10 @@ void Model::save(const std::string& path) const {
     w.put_vec(experts);
     w.put_vec(weights);
   }
+  w.put(n_add_);
+  w.put_vec(add_);
+  w.put_vec(add_scale_);
+  for (const std::vector<double>& weights : additive_rows_) w.put_vec(weights);
   w.close();
 }
 
@@ -204,6 +209,18 @@ Model Model::load(const std::string& path) {
         m.blends_[row].emplace_back(experts[k], weights[k]);
       }
     }
+  m.additive_rows_.resize(nr);
+  if (version >= 4) {
+    m.n_add_ = r.get<std::int64_t>();
+    if (m.n_add_ < 0 || m.n_add_ > (1LL << 20)) r.fail();
+    const std::uint64_t na = static_cast<std::uint64_t>(m.n_add_);
+    m.add_ = r.get_vec<double>(nc * na);
+    m.add_scale_ = r.get_vec<double>(na);
+    for (std::vector<double>& weights : m.additive_rows_) {
+      weights = r.get_vec_upto<double>(na + 1);
+      if (!weights.empty() && weights.size() != na + 1) r.fail();
+    }
+  }
   m.refresh_col_params();
   m.refresh_residuals();
   m.refresh_fold_in_prior();

@@ -74,23 +74,27 @@ class Model {
  public:
   explicit Model(const Config& config = Config());
 
-  // Fits from scratch. features may be null (no cold start). Throws InvalidInput on bad input.
-  void fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features);
+  // Fits from scratch. features may be null (no cold start); additive (raw, >= 0) may be null (no additive rows).
+  // Throws InvalidInput on bad input.
+  void fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
+           const Features* additive = nullptr);
 
   // Warm-started refit: existing rows / columns keep their factors as the starting point, new ones (when
-  // n_rows / n_cols grew) are initialised. features null keeps the current ones (they must then cover n_cols).
+  // n_rows / n_cols grew) are initialised. features / additive null keep the current ones (they must then cover
+  // n_cols). Every row becomes an ALS row again (no additive rows).
   void refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-             int iterations);
+             int iterations, const Features* additive = nullptr);
 
   // Log-space predictions into out[0..n).
   void predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const;
 
   // Adds a row from its revealed entries against the fixed column model (Bayesian fold-in with a mixture prior built
-  // from the fitted rows; see src/fold_in.h); returns its index.
+  // from the fitted rows; see src/fold_in.h), or an additive row (see above); returns its index.
   std::int64_t fold_in_row(const std::int64_t* cols, const double* values, std::size_t n);
 
-  // Appends n new (cold) columns predicted from their features (null only when the model has no features).
-  std::int64_t add_cols(std::int64_t n, const Features* features);
+  // Appends n new (cold) columns predicted from their features (null only when the model has no features) and
+  // their additive features (null only when the model has none).
+  std::int64_t add_cols(std::int64_t n, const Features* features, const Features* additive = nullptr);
 
   void save(const std::string& path) const;
   static Model load(const std::string& path);
@@ -101,6 +105,7 @@ class Model {
   std::int64_t n_rows() const { return n_rows_; }
   std::int64_t n_cols() const { return n_cols_; }
   std::int64_t n_features() const { return n_features_; }
+  std::int64_t n_additive() const { return n_add_; }
   double global_mean() const { return mu_; }
   const std::vector<double>& row_params() const { return rows_; }  // n_rows x (k+1): [b_r, p_r]
   std::vector<double> col_params() const;                          // n_cols x (k+1): z_c = [b_c, q_c]
@@ -110,11 +115,18 @@ class Model {
   double noise_var() const { return noise_var_; }  // mean squared training residual of the ALS model (log units)
   // h_r(c) of every row and column, row-major n_rows x n_cols; empty when no row has a kernel residual.
   const std::vector<double>& row_residuals() const { return residuals_; }
+  // Per row: w_r (n_additive + 1) of an additive row, empty for the others.
+  const std::vector<std::vector<double>>& additive_rows() const { return additive_rows_; }
 
  private:
   int dim() const { return config_.rank + 1; }
   void check_fitted() const;
   void set_features(const Features& f);
+  void set_additive(const Features& a);
+  // The model's log value at column c for row parameters a = [b, p] and column-bias coefficient g (no residual).
+  double low_rank_log(const double* a, double g, std::int64_t c) const;
+  // A new row's additive weights from its revealed entries, or empty when the fold-in cross-validates as well.
+  std::vector<double> additive_fold_in(const std::int64_t* cols, const double* values, std::size_t n) const;
   void grow(std::int64_t n_rows, std::int64_t n_cols);
   void run_als(const Observations& obs, int iterations);
   void refresh_col_params(std::int64_t first_new_col = 0);  // columns before first_new_col keep their z_
@@ -144,6 +156,10 @@ class Model {
   std::vector<KernelExpansion> kernels_;  // n_rows: fitted rows' h_r (all empty without kernel residuals)
   std::vector<KernelBlend> blends_;       // n_rows: folded-in rows' h_r
   std::vector<double> residuals_;         // cache: n_rows x n_cols, h_r(c); empty when every h_r = 0
+  std::int64_t n_add_ = 0;                // additive features per column (0 = none)
+  std::vector<double> add_;               // n_cols x n_add: raw additive features
+  std::vector<double> add_scale_;         // n_add: their root mean square over the fit's columns
+  std::vector<std::vector<double>> additive_rows_;  // n_rows: w_r of additive rows, empty for the others
 };
 
 }  // namespace cf

@@ -29,14 +29,14 @@ def _values(name: str, x: ArrayLike) -> NDArray[np.float64]:
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
-def _features(x: ArrayLike | None) -> NDArray[np.float64] | None:
+def _features(x: ArrayLike | None, name: str = "col_features") -> NDArray[np.float64] | None:
     if x is None:
         return None
     a = np.asarray(x)
     if a.ndim != 2:
-        raise _core.InvalidInputError(f"col_features must be 2-D (n_cols, n_features), got shape {a.shape}")
+        raise _core.InvalidInputError(f"{name} must be 2-D (n_cols, n_features), got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
-        raise _core.InvalidInputError(f"col_features must be numeric, got dtype {a.dtype}")
+        raise _core.InvalidInputError(f"{name} must be numeric, got dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
@@ -48,6 +48,12 @@ class CFModel:
     ``reg_features`` ridge on the feature map; ``iterations`` ALS sweeps; ``seed``; ``threads`` (0 = all cores);
     ``kernel_residual``: with column features, also fit each row's training residuals by kernel ridge regression on
     the features (second-order polynomial kernel; a row keeps it only where it helps on its held-out entries).
+
+    ``additive_features`` (of ``fit``, ``refit``, ``add_cols``): raw per-column quantities >= 0 that a device's value
+    may be a weighted sum of, such as the count of each op type in a block and its flops (the per-layer-type
+    regression of Neurosurgeon). A row folded in from at least 4 more entries than that regression has weights is then
+    predicted by it instead of the collaborative fold-in when it cross-validates on the entries with half the log
+    error or less (``additive_rows``).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class CFModel:
         n_rows: int,
         n_cols: int,
         col_features: ArrayLike | None = None,
+        additive_features: ArrayLike | None = None,
     ) -> CFModel:
         """Fit from scratch on entries ``(rows[i], cols[i]) -> values[i]`` (values > 0, raw units). Returns self."""
         self._core.fit(
@@ -95,6 +102,7 @@ class CFModel:
             int(n_rows),
             int(n_cols),
             _features(col_features),
+            _features(additive_features, "additive_features"),
         )
         return self
 
@@ -107,10 +115,12 @@ class CFModel:
         n_cols: int | None = None,
         col_features: ArrayLike | None = None,
         iterations: int | None = None,
+        additive_features: ArrayLike | None = None,
     ) -> CFModel:
         """Refit on the full updated data, warm-started from the current parameters. Returns self.
 
-        ``n_rows`` / ``n_cols`` may grow (default: unchanged); ``col_features=None`` keeps the current features.
+        ``n_rows`` / ``n_cols`` may grow (default: unchanged); ``col_features=None`` / ``additive_features=None`` keep
+        the current ones. Every row becomes a fitted row again (none stays additive).
         """
         self._core.refit(
             _index("rows", rows),
@@ -120,6 +130,7 @@ class CFModel:
             n_cols,
             _features(col_features),
             iterations,
+            _features(additive_features, "additive_features"),
         )
         return self
 
@@ -136,13 +147,17 @@ class CFModel:
 
         The row is a Bayesian fold-in against the fixed columns whose prior is a mixture built from the fitted rows
         (one Gaussian around each, with a free offset and scale, and one around their mean), the components weighted
-        by their evidence (see docs/cf_cpp.md).
+        by their evidence (see docs/cf_cpp.md); or an additive row (see the class docstring).
         """
         return int(self._core.fold_in_row(_index("cols", cols), _values("values", values)))
 
-    def add_cols(self, n: int, col_features: ArrayLike | None = None) -> int:
+    def add_cols(
+        self, n: int, col_features: ArrayLike | None = None, additive_features: ArrayLike | None = None
+    ) -> int:
         """Append ``n`` cold columns predicted from their features. Returns the first new column index."""
-        return int(self._core.add_cols(int(n), _features(col_features)))
+        return int(
+            self._core.add_cols(int(n), _features(col_features), _features(additive_features, "additive_features"))
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the fitted model to ``path`` (binary)."""
@@ -178,6 +193,15 @@ class CFModel:
     @property
     def n_features(self) -> int:
         return int(self._core.n_features)
+
+    @property
+    def n_additive(self) -> int:
+        return int(self._core.n_additive)
+
+    @property
+    def additive_rows(self) -> NDArray[np.int64]:
+        """Rows predicted as a weighted sum of the additive features (folded in since the last fit / refit)."""
+        return self._core.additive_rows
 
     @property
     def global_mean(self) -> float:

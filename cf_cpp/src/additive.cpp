@@ -1,0 +1,78 @@
+#include "additive.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "linalg.h"
+
+namespace cf::detail {
+
+std::vector<double> additive_scale(const double* a, std::int64_t n_cols, std::int64_t n_add) {
+  std::vector<double> scale(static_cast<std::size_t>(n_add), 0.0);
+  for (std::int64_t c = 0; c < n_cols; ++c)
+    for (std::int64_t j = 0; j < n_add; ++j) scale[j] += a[c * n_add + j] * a[c * n_add + j];
+  for (double& s : scale) s = s > 0 ? std::sqrt(s / static_cast<double>(n_cols)) : 1.0;
+  return scale;
+}
+
+std::vector<double> fit_additive(const std::int64_t* cols, const double* values, std::size_t n, const double* a,
+                                 std::int64_t n_add, const double* scale) {
+  const std::size_t e = static_cast<std::size_t>(n_add) + 1;
+  std::vector<double> gram(e * e, 0.0), w(e, 0.0), x(e);
+  double mean = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    x[0] = 1.0;
+    for (std::size_t j = 1; j < e; ++j) x[j] = a[cols[i] * n_add + static_cast<std::int64_t>(j) - 1] / scale[j - 1];
+    for (std::size_t p = 0; p < e; ++p) {
+      w[p] += x[p] * values[i];
+      for (std::size_t q = 0; q < e; ++q) gram[p * e + q] += x[p] * x[q];
+    }
+    mean += values[i] / static_cast<double>(n);
+  }
+  std::vector<double> ridge(e, kAdditiveRidge * mean * mean);
+  ridge[0] = 0.0;
+  ridge_solve(gram.data(), ridge.data(), w.data(), e);
+  return w;
+}
+
+double additive_value(const double* w, const double* a_c, std::int64_t n_add, const double* scale) {
+  double v = w[0];
+  for (std::int64_t j = 0; j < n_add; ++j) v += w[j + 1] * a_c[j] / scale[j];
+  return v;
+}
+
+std::size_t cv_folds(std::size_t n) { return std::min(n, kAdditiveFolds); }
+
+double log_rms_error(const double* pred, const double* values, std::size_t n) {
+  double sse = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!(pred[i] > 0)) return std::numeric_limits<double>::infinity();
+    const double err = std::log(pred[i] / values[i]);
+    sse += err * err;
+  }
+  return std::sqrt(sse / static_cast<double>(n));
+}
+
+std::vector<double> additive_cv(const std::int64_t* cols, const double* values, std::size_t n, const double* a,
+                                std::int64_t n_add, const double* scale) {
+  const std::size_t k = cv_folds(n);
+  std::vector<double> pred(n);
+  std::vector<std::int64_t> train_cols;
+  std::vector<double> train_values;
+  for (std::size_t fold = 0; fold < k; ++fold) {
+    train_cols.clear();
+    train_values.clear();
+    for (std::size_t i = 0; i < n; ++i)
+      if (i % k != fold) {
+        train_cols.push_back(cols[i]);
+        train_values.push_back(values[i]);
+      }
+    const std::vector<double> w = fit_additive(train_cols.data(), train_values.data(), train_cols.size(), a, n_add,
+                                               scale);
+    for (std::size_t i = fold; i < n; i += k) pred[i] = additive_value(w.data(), a + cols[i] * n_add, n_add, scale);
+  }
+  return pred;
+}
+
+}  // namespace cf::detail

@@ -1,0 +1,43 @@
+// Additive rows: a device whose value (raw units) is a weighted sum of per-column additive features, such as the
+// counts of each op type in a block or its flops:
+//     y(c) = w_0 + sum_j w_j a_cj / s_j        (s_j: feature j's root mean square over the columns)
+// the per-layer-type regression of Neurosurgeon. Some devices are close to additive (analytic estimators, simple
+// CPUs) yet unlike every device of the fleet, so a low-rank model in log space needs many entries to place them
+// while this regression needs a handful. A folded-in row becomes additive when, on its revealed entries, the
+// cross-validated error of this regression is well below that of the collaborative fold-in (Model::fold_in_row).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace cf::detail {
+
+// Chosen on oneproxy_nb201 (new-row protocol, fill 0.3, 10 revealed entries, tuning seeds 100-149).
+constexpr double kAdditiveRidge = 1e-6;     // ridge on w_1.. (scaled), x mean(y)^2: only for collinear features
+constexpr double kAdditiveMargin = 0.5;    // additive when its CV error is below margin x the fold-in's
+constexpr std::size_t kAdditiveFolds = 10;  // cross-validation folds (leave-one-out below this many entries)
+constexpr std::size_t kAdditiveSpare = 4;   // entries needed beyond its weights for the cross-validation to tell
+
+// Per-feature root mean square over the n_cols columns of a (row-major n_cols x n_add); 1 for an all-zero feature.
+std::vector<double> additive_scale(const double* a, std::int64_t n_cols, std::int64_t n_add);
+
+// w (n_add + 1) of the ridge regression of the n values (raw units) at columns cols on [1, a_c / scale]; the
+// intercept is not penalised.
+std::vector<double> fit_additive(const std::int64_t* cols, const double* values, std::size_t n, const double* a,
+                                 std::int64_t n_add, const double* scale);
+
+// w . [1, a_c / scale]: the additive row's value at a column (may be <= 0 outside the revealed range).
+double additive_value(const double* w, const double* a_c, std::int64_t n_add, const double* scale);
+
+// The cross-validation folds of n entries: entry i is in fold i % k, k = min(n, kAdditiveFolds).
+std::size_t cv_folds(std::size_t n);
+
+// Root mean square of log(pred / value) over the entries; infinite when a prediction is not positive.
+double log_rms_error(const double* pred, const double* values, std::size_t n);
+
+// Cross-validated predictions of the regression at the revealed entries (cv_folds folds).
+std::vector<double> additive_cv(const std::int64_t* cols, const double* values, std::size_t n, const double* a,
+                                std::int64_t n_add, const double* scale);
+
+}  // namespace cf::detail
