@@ -41,13 +41,14 @@ def make_engine(n_observed: int) -> Any:
 
 
 class BiasModel:
-    """log y = mu + b_r + b_c, with b_c of unmeasured columns from a ridge regression on column features."""
+    """log y = mu + b_r + b_c, with b_c of unmeasured columns from a ridge regression on column features (additive
+    features are accepted and unused: no additive rows)."""
 
     def __init__(self, reg: float = 1.0, iterations: int = 10) -> None:
         self.reg = reg
         self.iterations = iterations
 
-    def fit(self, rows, cols, values, n_rows, n_cols, col_features=None) -> BiasModel:
+    def fit(self, rows, cols, values, n_rows, n_cols, col_features=None, additive_features=None) -> BiasModel:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         y = np.log(np.asarray(values, dtype=np.float64))
@@ -68,7 +69,7 @@ class BiasModel:
             self.b_c[~measured] = x1[~measured] @ self.theta
         return self
 
-    def add_cols(self, n: int, col_features=None) -> int:
+    def add_cols(self, n: int, col_features=None, additive_features=None) -> int:
         first = int(self.b_c.size)
         prior = (
             np.zeros(n) if self.theta is None or col_features is None else _with_intercept(col_features) @ self.theta

@@ -2,7 +2,8 @@
 
 Two matrices, nodes x signatures, of positive values (latency ms, energy mJ), factorised in log space by the cf_cpp
 engine (`rr_server.cf_engine`). Columns carry structural features (log flops and bytes, op-type counts), so a
-signature no node measured is still predicted from its features (cold start).
+signature no node measured is still predicted from its features (cold start), and additive features (flops, bytes,
+op count), so a new node unlike the fleet whose values are close to a weighted sum of them is predicted by that sum.
 
 Answers, per value:
 * MEASURED    - the node reported this signature (or the server timed it for its own row): the latest measurement.
@@ -47,13 +48,23 @@ OP_VOCABULARY = (
 _MAX_DEBOUNCE_S = 5.0
 
 
+def _sizes(f: Features) -> list[int]:
+    return [f.flops, f.param_bytes, f.input_bytes, f.output_bytes, len(f.ops)]
+
+
 def feature_vector(f: Features) -> np.ndarray:
     """Numeric column features of a block: log sizes and log(1 + count) per op type."""
     counts = Counter(f.ops)
     known = [counts.get(op, 0) for op in OP_VOCABULARY]
     other = len(f.ops) - sum(known)
-    sizes = [f.flops, f.param_bytes, f.input_bytes, f.output_bytes, len(f.ops)]
-    return np.log1p(np.asarray(sizes + known + [other], dtype=np.float64))
+    return np.log1p(np.asarray(_sizes(f) + known + [other], dtype=np.float64))
+
+
+def additive_vector(f: Features) -> np.ndarray:
+    """Additive features of a block: the raw sizes (flops, parameter / input / output bytes, op count). A device
+    whose cost is compute plus memory traffic plus a per-op overhead is a weighted sum of them (cf_cpp folds such a
+    node in as one when that fits its reports far better than the fleet does)."""
+    return np.asarray(_sizes(f), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -82,13 +93,16 @@ class _Target:
         mean, std = self.scale
         return (np.stack([feature_vector(f) for f in features]) - mean) / std
 
+    def additive_matrix(self, features: Sequence[Features]) -> np.ndarray:
+        return np.stack([additive_vector(f) for f in features])
+
     def value(self, node_id: str, signature: str, features: Features | None) -> tuple[float, str] | None:
         with self.lock:
             col = self.cols.get(signature)
             if col is None:
                 if features is None:
                     return None
-                col = self.engine.add_cols(1, self.features_matrix([features]))
+                col = self.engine.add_cols(1, self.features_matrix([features]), self.additive_matrix([features]))
                 self.cols[signature] = col
             provenance = PREDICTED if signature in self.measured_cols else COLD_START
             row = self.rows.get(node_id)
@@ -192,11 +206,13 @@ class Predictor:
         r = np.array([rows[m.node_id] for m, _ in data], dtype=np.int64)
         c = np.array([cols[m.signature] for m, _ in data], dtype=np.int64)
         v = np.array([value for _, value in data], dtype=np.float64)
-        raw = np.stack([feature_vector(signatures.get(s, Features())) for s in col_names])
+        blocks = [signatures.get(s, Features()) for s in col_names]
+        raw = np.stack([feature_vector(f) for f in blocks])
         mean, std = raw.mean(axis=0), raw.std(axis=0)
         std[std == 0] = 1.0
+        additive = np.stack([additive_vector(f) for f in blocks])
         engine = make_engine(len(data))
-        engine.fit(r, c, v, len(rows), len(cols), col_features=(raw - mean) / std)
+        engine.fit(r, c, v, len(rows), len(cols), col_features=(raw - mean) / std, additive_features=additive)
         measured = {m.signature for m, _ in data}
         return _Target(engine, rows, cols, measured, counts, (mean, std))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,12 @@ def test_converter_deepbench(tmp_path: Path) -> None:
     m = load_csv(path)
     assert m.n_rows == 21 and m.n_cols == 254
     assert m.features is not None and m.features.shape[1] == 7
+    assert m.additive is None
+    # A cached CSV is reused, unless it is older than the converters' code.
+    path.write_text("stale")
+    assert convert_datasets.convert("deepbench_gemm", DATASETS, tmp_path).read_text() == "stale"
+    os.utime(path, (0, 0))
+    assert load_csv(convert_datasets.convert("deepbench_gemm", DATASETS, tmp_path)).n_cols == 254
 
 
 def test_bench_cf_small_run(capsys: pytest.CaptureFixture[str]) -> None:

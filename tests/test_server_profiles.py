@@ -219,6 +219,29 @@ def test_predictions_measured_predicted_cold_start_and_fold_in(env):
     assert answer.e2e_correction == 1.0
 
 
+def test_a_node_whose_latency_is_additive_in_the_block_sizes_is_predicted_by_that_sum(env):
+    """A new node unlike the fleet (its latency grows with the flops, theirs does not) that reports enough blocks is
+    folded in as a weighted sum of the blocks' sizes, and predicted by it where it measured nothing."""
+    server, stubs = env
+    sigs = [f"blk{k:02d}" for k in range(16)]
+    for node, factor in (("a", 1.0), ("b", 3.0), ("c", 0.5)):
+        register(stubs, node)
+        layers = [layer(s, factor * (1.0 + k % 3), **features(k)) for k, s in enumerate(sigs)]
+        stubs.profiles.ReportLayerProfiles(report(node, *layers), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    fitted = server.predictor._targets["latency"].engine
+    register(stubs, "npu")
+    npu_ms = [0.5 + 2.0 * (k + 1) for k in range(len(sigs))]  # 0.5 ms + 2 ms per Mflop
+    stubs.profiles.ReportLayerProfiles(report("npu", *[layer(s, npu_ms[k]) for k, s in enumerate(sigs[:12])]))
+    assert server.predictor.wait_fresh(10)
+    target = server.predictor._targets["latency"]
+    assert target.engine is fitted and target.engine.additive_rows.tolist() == [target.rows["npu"]]
+    answer = stubs.predictions.Predict(rr.PredictRequest(node_id="npu", signatures=sigs[12:]), timeout=10)
+    for p, truth in zip(answer.predictions, npu_ms[12:], strict=True):
+        assert p.latency_provenance == rr.PROVENANCE_PREDICTED
+        assert p.latency_ms == pytest.approx(truth, rel=0.01)
+
+
 def test_predict_errors(env):
     _, stubs = env
     with pytest.raises(grpc.RpcError) as err:

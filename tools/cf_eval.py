@@ -1,7 +1,7 @@
 """Evaluate the cf_cpp engine and baselines on any long-format latency CSV.
 
-    python -m tools.cf_eval --csv FILE [--protocol random|new-row|cold-col] [--fill 0.3] [--seeds 3] [--json]
-                            [--leave-one-out]
+    python -m tools.cf_eval --csv FILE [--protocol random|new-row|cold-col] [--fill 0.3] [--seeds 3] [--first-seed 0]
+                            [--json] [--leave-one-out]
 
 The CSV has columns ``row,col,value`` and optional numeric column features ``f_*`` (constant per col); values must be
 positive (non-positive / missing ones are dropped). Protocols:
@@ -57,22 +57,25 @@ def evaluate(
     methods: tuple[str, ...] = cf_methods.METHODS,
     reveals: tuple[int, ...] = cf_protocols.REVEALS,
     leave_one_out: bool = False,
+    first_seed: int = 0,
 ) -> dict:
-    """Run one protocol over ``seeds`` seeds (0..seeds-1) and return the report dict."""
+    """Run one protocol over ``seeds`` seeds (first_seed, first_seed + 1, ...) and return the report dict."""
     if leave_one_out and protocol != "new-row":
         raise ValueError("leave-one-out applies to the new-row protocol only")
     report: dict = {
         "protocol": protocol,
         "fill": fill,
         "seeds": seeds,
+        "first_seed": first_seed,
         "n_rows": m.n_rows,
         "n_cols": m.n_cols,
         "n_observed": m.size,
         "n_features": 0 if m.features is None else int(m.features.shape[1]),
     }
+    seed_range = range(first_seed, first_seed + seeds)
     if protocol == "new-row":
         report["leave_one_out"] = leave_one_out
-        runs = [cf_protocols.new_row(m, methods, fill, s, reveals, leave_one_out) for s in range(seeds)]
+        runs = [cf_protocols.new_row(m, methods, fill, s, reveals, leave_one_out) for s in seed_range]
         by_n = {}
         for n in reveals:
             mean, std = _aggregate([run[n] for run in runs])
@@ -83,7 +86,7 @@ def evaluate(
         report["by_revealed"] = by_n
         return report
     run = cf_protocols.random_fill if protocol == "random" else cf_protocols.cold_col
-    report["methods"], report["methods_std"] = _aggregate([run(m, methods, fill, s) for s in range(seeds)])
+    report["methods"], report["methods_std"] = _aggregate([run(m, methods, fill, s) for s in seed_range])
     return report
 
 
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=PROTOCOLS, default="random")
     p.add_argument("--fill", type=float, default=0.3, help="fraction of the (remaining) entries used for training")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--methods", default=",".join(cf_methods.METHODS), help="comma-separated subset")
     p.add_argument("--reveal", default=",".join(map(str, cf_protocols.REVEALS)), help="new-row: revealed counts")
     p.add_argument("--leave-one-out", action="store_true", help="new-row: hold out every row in turn, alone")
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = {
         "csv": str(args.csv),
-        **evaluate(m, args.protocol, args.fill, args.seeds, methods, reveals, args.leave_one_out),
+        **evaluate(m, args.protocol, args.fill, args.seeds, methods, reveals, args.leave_one_out, args.first_seed),
     }
     if args.json:
         print(json.dumps(report, indent=2))

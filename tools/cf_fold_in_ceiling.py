@@ -1,4 +1,4 @@
-"""Where the new-row fold-in loses accuracy: the engine's mixture against its own parts, per held-out row.
+"""Where the new-row fold-in loses accuracy: the engine's fold-in against its mixture's parts, per held-out row.
 
     python -m tools.cf_fold_in_ceiling --csv FILE [--seeds 3] [--first-seed 0] [--reveal 10] [--leave-one-out]
                                        [--fill 0.3]
@@ -7,7 +7,8 @@ The splits are those of `tools.cf_eval --protocol new-row` (same seeds, same hel
 held-out row is folded in from its first `reveal` entries and scored (within10, %) on the rest of its entries, four
 ways:
 
-* `mixture`: the engine's fold-in (`CFModel.fold_in_row`), what cf_eval reports for cf_cpp;
+* `engine`: the engine's fold-in (`CFModel.fold_in_row`: the mixture, or an additive row when the data set has
+  additive features and the row's entries pick it), what cf_eval reports for cf_cpp;
 * `top_component`: the mixture's heaviest component alone (a hard choice instead of the weighted mean);
 * `best_component`: the component that scores best on the test entries, chosen in hindsight: the most any choice
   among the mixture's components could give from these entries;
@@ -33,7 +34,7 @@ from tools import cf_methods
 from tools.cf_data import Matrix, load_csv
 from tools.cf_protocols import HOLDOUT_FRACTION, new_row_splits, within10_hits
 
-WAYS = ("mixture", "top_component", "best_component", "all_revealed")
+WAYS = ("engine", "top_component", "best_component", "all_revealed")
 
 
 def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, np.ndarray]:
@@ -48,7 +49,7 @@ def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, n
     parts = ref.components(model, cols, values)
     by_part = [within10_hits(ref.predict(model, p.mean, test_cols, p.residual), truth) for p in parts]
     return {
-        "mixture": engine(cols, values),
+        "engine": engine(cols, values),
         "top_component": by_part[int(np.argmax(ref.weights(parts)))],
         "best_component": max(by_part, key=np.mean),
         "all_revealed": engine(m.cols[entries], m.values[entries]),

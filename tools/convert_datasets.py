@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools import nb201_features
+from tools import cf_data, nb201_features
 from tools.cf_data import write_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,9 +130,10 @@ CONVERTERS = {
 
 
 def convert(name: str, data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, force: bool = False) -> Path:
-    """Write (or reuse) ``out/name.csv`` and return its path."""
+    """Write (or reuse) ``out/name.csv`` and return its path. A CSV older than the converters' code is rewritten."""
     path = out / f"{name}.csv"
-    if path.exists() and not force:
+    code = max(Path(mod.__file__).stat().st_mtime for mod in (sys.modules[__name__], nb201_features, cf_data))
+    if path.exists() and not force and path.stat().st_mtime >= code:
         return path
     matrix, row_labels, col_labels, feats, fnames, additive = CONVERTERS[name](data)
     write_csv(path, matrix, row_labels, col_labels, feats, fnames, *(additive or (None, None)))

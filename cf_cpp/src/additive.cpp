@@ -56,23 +56,16 @@ double log_rms_error(const double* pred, const double* values, std::size_t n) {
 
 std::vector<double> additive_cv(const std::int64_t* cols, const double* values, std::size_t n, const double* a,
                                 std::int64_t n_add, const double* scale) {
-  const std::size_t k = cv_folds(n);
-  std::vector<double> pred(n);
-  std::vector<std::int64_t> train_cols;
-  std::vector<double> train_values;
-  for (std::size_t fold = 0; fold < k; ++fold) {
-    train_cols.clear();
-    train_values.clear();
-    for (std::size_t i = 0; i < n; ++i)
-      if (i % k != fold) {
-        train_cols.push_back(cols[i]);
-        train_values.push_back(values[i]);
-      }
-    const std::vector<double> w = fit_additive(train_cols.data(), train_values.data(), train_cols.size(), a, n_add,
-                                               scale);
-    for (std::size_t i = fold; i < n; i += k) pred[i] = additive_value(w.data(), a + cols[i] * n_add, n_add, scale);
-  }
-  return pred;
+  return cross_validate(n, [&](const std::vector<std::size_t>& train) {
+    std::vector<std::int64_t> train_cols;
+    std::vector<double> train_values;
+    for (std::size_t i : train) {
+      train_cols.push_back(cols[i]);
+      train_values.push_back(values[i]);
+    }
+    std::vector<double> w = fit_additive(train_cols.data(), train_values.data(), train.size(), a, n_add, scale);
+    return [=](std::size_t i) { return additive_value(w.data(), a + cols[i] * n_add, n_add, scale); };
+  });
 }
 
 }  // namespace cf::detail

@@ -33,6 +33,23 @@ double additive_value(const double* w, const double* a_c, std::int64_t n_add, co
 // The cross-validation folds of n entries: entry i is in fold i % k, k = min(n, kAdditiveFolds).
 std::size_t cv_folds(std::size_t n);
 
+// Cross-validated predictions at n entries: for each fold, fit(train) gets the indices of the other folds' entries
+// and returns a predictor of an entry index, called for the fold's entries.
+template <class Fit>
+std::vector<double> cross_validate(std::size_t n, Fit fit) {
+  const std::size_t k = cv_folds(n);
+  std::vector<double> pred(n);
+  std::vector<std::size_t> train;
+  for (std::size_t fold = 0; fold < k; ++fold) {
+    train.clear();
+    for (std::size_t i = 0; i < n; ++i)
+      if (i % k != fold) train.push_back(i);
+    const auto predict = fit(train);
+    for (std::size_t i = fold; i < n; i += k) pred[i] = predict(i);
+  }
+  return pred;
+}
+
 // Root mean square of log(pred / value) over the entries; infinite when a prediction is not positive.
 double log_rms_error(const double* pred, const double* values, std::size_t n);
 

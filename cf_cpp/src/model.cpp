@@ -283,29 +283,23 @@ std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const doub
   const double additive_error = detail::log_rms_error(additive.data(), values, n);
   if (!std::isfinite(additive_error)) return {};
   // The collaborative fold-in, cross-validated on the same folds.
-  const std::size_t k = detail::cv_folds(n);
   const double* residuals = residuals_.empty() ? nullptr : residuals_.data();
-  std::vector<double> folded(n);
-  std::vector<std::int64_t> train_cols;
-  std::vector<double> train_logy;
-  for (std::size_t fold = 0; fold < k; ++fold) {
-    train_cols.clear();
-    train_logy.clear();
-    for (std::size_t i = 0; i < n; ++i)
-      if (i % k != fold) {
-        train_cols.push_back(cols[i]);
-        train_logy.push_back(std::log(values[i]));
-      }
-    const detail::FoldedRow row = detail::fold_in(train_cols.data(), train_logy.data(), train_cols.size(), z_.data(),
-                                                  mu_, dim(), rows_.data(), *fold_in_prior_, noise_var_, residuals,
-                                                  n_cols_);
-    for (std::size_t i = fold; i < n; i += k) {
+  const std::vector<double> folded = detail::cross_validate(n, [&](const std::vector<std::size_t>& train) {
+    std::vector<std::int64_t> train_cols;
+    std::vector<double> train_logy;
+    for (std::size_t i : train) {
+      train_cols.push_back(cols[i]);
+      train_logy.push_back(std::log(values[i]));
+    }
+    detail::FoldedRow row = detail::fold_in(train_cols.data(), train_logy.data(), train.size(), z_.data(), mu_, dim(),
+                                            rows_.data(), *fold_in_prior_, noise_var_, residuals, n_cols_);
+    return [this, row = std::move(row), cols, residuals](std::size_t i) {
       double s = low_rank_log(row.params.data(), row.scale, cols[i]);
       if (residuals)
         for (const auto& [expert, w] : row.expert_weights) s += w * residuals[expert * n_cols_ + cols[i]];
-      folded[i] = std::exp(s);
-    }
-  }
+      return std::exp(s);
+    };
+  });
   if (additive_error >= detail::kAdditiveMargin * detail::log_rms_error(folded.data(), values, n)) return {};
   return detail::fit_additive(cols, values, n, add_.data(), n_add_, add_scale_.data());
 }
