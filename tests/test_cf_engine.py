@@ -363,7 +363,7 @@ def test_an_additive_device_folds_in_as_the_sum_of_its_op_counts(tmp_path) -> No
     np.testing.assert_array_equal(loaded.predict_matrix(), model.predict_matrix())
     assert loaded.additive_rows.tolist() == [additive]
 
-    with pytest.raises(ValueError, match="needs additive_features"):
+    with pytest.raises(ValueError, match="uses additive_features"):
         model.add_cols(1, np.zeros((1, 3)))
     assert model.n_cols == 150
     first = model.add_cols(1, np.zeros((1, 3)), additive_features=[[1.0, 0.0, 0.0, 2.0]])

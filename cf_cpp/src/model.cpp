@@ -46,6 +46,23 @@ void check_additive(const Features& a, std::int64_t n_cols) {
     if (a.data[i] < 0) throw InvalidInput("additive_features must be >= 0 (entry " + std::to_string(i) + ")");
 }
 
+// The (additive) features of n columns being added, for a model that uses `width` of them per column (`used`).
+void check_added_cols(const Features* f, std::int64_t n, bool used, std::int64_t width, bool additive) {
+  const std::string name = additive ? "additive_features" : "col_features";
+  if (!used) {
+    if (f && f->n_features > 0) throw InvalidInput("the model was fitted without " + name);
+    return;
+  }
+  if (!f) throw InvalidInput("the model uses " + name + ": add_cols needs them");
+  if (additive)
+    check_additive(*f, n);
+  else
+    check_features(*f, n);
+  if (f->n_features != width)
+    throw InvalidInput(name + " has " + std::to_string(f->n_features) + " columns, the model was fitted with " +
+                       std::to_string(width));
+}
+
 }  // namespace
 
 Model::Model(const Config& config) : config_(config) { check_config(config_); }
@@ -333,24 +350,8 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Fea
   check_fitted();
   if (n <= 0) throw InvalidInput("add_cols needs n > 0, got " + std::to_string(n));
   // Everything is checked before anything changes.
-  if (!x_.empty()) {
-    if (!features) throw InvalidInput("the model uses column features: add_cols needs col_features");
-    check_features(*features, n);
-    if (features->n_features != n_features_)
-      throw InvalidInput("col_features has " + std::to_string(features->n_features) + " columns, the model was fitted "
-                         "with " + std::to_string(n_features_));
-  } else if (features && features->n_features > 0) {
-    throw InvalidInput("the model was fitted without column features");
-  }
-  if (n_add_ > 0) {
-    if (!additive) throw InvalidInput("the model uses additive features: add_cols needs additive_features");
-    check_additive(*additive, n);
-    if (additive->n_features != n_add_)
-      throw InvalidInput("additive_features has " + std::to_string(additive->n_features) + " columns, the model "
-                         "was fitted with " + std::to_string(n_add_));
-  } else if (additive && additive->n_features > 0) {
-    throw InvalidInput("the model was fitted without additive features");
-  }
+  check_added_cols(features, n, !x_.empty(), n_features_, false);
+  check_added_cols(additive, n, n_add_ > 0, n_add_, true);
   const int d = dim();
   const std::int64_t first = n_cols_;
   if (!x_.empty())
