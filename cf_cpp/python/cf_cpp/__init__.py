@@ -19,16 +19,22 @@ their mean), each component's posterior weighted by how well it explains the mea
 scale the column bias: its coefficient is ``row_scales[r]``, 1 for fitted rows). Each fitted row's component
 carries that row's ``h_r``; the new row's residual is their weighted sum.
 
+With ``additive_features`` (raw per-column quantities >= 0, e.g. op counts, flops, bytes) a new row may instead be
+their weighted sum, ``y[r, c] = w_r . [1, a_c]`` in raw units (Neurosurgeon's per-layer-type regression): when it
+has at least 4 more measurements than that regression has weights, and the regression's cross-validated log error on
+them is at most half the fold-in's (``additive_rows``). It places a device that is close to additive but unlike
+every fitted row from a handful of measurements.
+
 Usage::
 
     import numpy as np
     from cf_cpp import CFModel
 
     model = CFModel(rank=16, reg=0.1, iterations=20, seed=0)
-    model.fit(rows, cols, values, n_rows, n_cols, col_features=None)  # int64 / float64 1-D arrays; returns self
+    model.fit(rows, cols, values, n_rows, n_cols, col_features=None, additive_features=None)  # returns self
     y = model.predict(rows, cols)                 # raw units (log=True for log units)
     r = model.fold_in_row(cols, values)           # new row from a few measurements -> its row index
-    c0 = model.add_cols(n, col_features)          # new cold columns -> first index
+    c0 = model.add_cols(n, col_features, additive_features)  # new cold columns -> first index
     model.refit(rows, cols, values)               # warm-started refit on the updated data
     model.save(path); model = CFModel.load(path)
 
