@@ -18,6 +18,7 @@ constexpr double kAdditiveRidge = 1e-6;     // ridge on w_1.. (scaled), x mean(y
 constexpr double kAdditiveMargin = 0.5;    // additive when its CV error is below margin x the fold-in's
 constexpr std::size_t kAdditiveFolds = 10;  // cross-validation folds (leave-one-out below this many entries)
 constexpr std::size_t kAdditiveSpare = 4;   // entries needed beyond its weights for the cross-validation to tell
+constexpr std::size_t kAdditiveCvEntries = 100;  // the choice is cross-validated on at most this many entries
 
 // Per-feature root mean square over the n_cols columns of a (row-major n_cols x n_add); 1 for an all-zero feature.
 std::vector<double> additive_scale(const double* a, std::int64_t n_cols, std::int64_t n_add);

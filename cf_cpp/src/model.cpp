@@ -296,28 +296,39 @@ double Model::low_rank_log(const double* a, double g, std::int64_t c) const {
 
 std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const double* values, std::size_t n) const {
   if (n_add_ == 0 || n < static_cast<std::size_t>(n_add_ + 1) + detail::kAdditiveSpare) return {};
-  const std::vector<double> additive = detail::additive_cv(cols, values, n, add_.data(), n_add_, add_scale_.data());
-  const double additive_error = detail::log_rms_error(additive.data(), values, n);
+  // The choice is cross-validated on at most kAdditiveCvEntries of the entries, evenly spread (it bounds the cost).
+  std::vector<std::int64_t> cv_cols;
+  std::vector<double> cv_values;
+  const std::size_t stride = (n + detail::kAdditiveCvEntries - 1) / detail::kAdditiveCvEntries;
+  for (std::size_t i = 0; i < n; i += stride) {
+    cv_cols.push_back(cols[i]);
+    cv_values.push_back(values[i]);
+  }
+  const std::size_t m = cv_cols.size();
+  const std::vector<double> additive =
+      detail::additive_cv(cv_cols.data(), cv_values.data(), m, add_.data(), n_add_, add_scale_.data());
+  const double additive_error = detail::log_rms_error(additive.data(), cv_values.data(), m);
   if (!std::isfinite(additive_error)) return {};
   // The collaborative fold-in, cross-validated on the same folds.
   const double* residuals = residuals_.empty() ? nullptr : residuals_.data();
-  const std::vector<double> folded = detail::cross_validate(n, [&](const std::vector<std::size_t>& train) {
+  const std::vector<double> folded = detail::cross_validate(m, [&](const std::vector<std::size_t>& train) {
     std::vector<std::int64_t> train_cols;
     std::vector<double> train_logy;
     for (std::size_t i : train) {
-      train_cols.push_back(cols[i]);
-      train_logy.push_back(std::log(values[i]));
+      train_cols.push_back(cv_cols[i]);
+      train_logy.push_back(std::log(cv_values[i]));
     }
     detail::FoldedRow row = detail::fold_in(train_cols.data(), train_logy.data(), train.size(), z_.data(), mu_, dim(),
                                             rows_.data(), *fold_in_prior_, noise_var_, residuals, n_cols_);
-    return [this, row = std::move(row), cols, residuals](std::size_t i) {
-      double s = low_rank_log(row.params.data(), row.scale, cols[i]);
+    return [this, row = std::move(row), &cv_cols, residuals](std::size_t i) {
+      const std::int64_t c = cv_cols[i];
+      double s = low_rank_log(row.params.data(), row.scale, c);
       if (residuals)
-        for (const auto& [expert, w] : row.expert_weights) s += w * residuals[expert * n_cols_ + cols[i]];
+        for (const auto& [expert, w] : row.expert_weights) s += w * residuals[expert * n_cols_ + c];
       return std::exp(s);
     };
   });
-  if (additive_error >= detail::kAdditiveMargin * detail::log_rms_error(folded.data(), values, n)) return {};
+  if (additive_error >= detail::kAdditiveMargin * detail::log_rms_error(folded.data(), cv_values.data(), m)) return {};
   return detail::fit_additive(cols, values, n, add_.data(), n_add_, add_scale_.data());
 }
 

@@ -105,6 +105,17 @@ TEST_CASE("a device like the fitted ones stays a collaborative fold-in") {
   CHECK(f.model.additive_rows()[r].empty());
 }
 
+TEST_CASE("with more entries than the choice cross-validates on, it still tells the two kinds apart") {
+  Fitted f;
+  const std::size_t n = kAdditiveCvEntries + 50;
+  const std::int64_t additive = f.fold_in(n, [&](std::int64_t c) { return additive_truth(f.counts, c); });
+  const std::int64_t alike = f.fold_in(n, [&](std::int64_t c) { return 1.3 * std::exp(f.s.truth_log[c]); });
+  CHECK(f.model.additive_rows()[additive].size() == kAdd + 1);
+  CHECK(f.model.additive_rows()[alike].empty());
+  for (std::int64_t c = 0; c < 200; ++c)
+    CHECK(f.predict(additive, c) == doctest::Approx(additive_truth(f.counts, c)).epsilon(1e-3));
+}
+
 TEST_CASE("too few entries for the regression to be cross-validated: no additive row") {
   Fitted f;
   const std::size_t n = kAdd + 1 + kAdditiveSpare - 1;

@@ -52,8 +52,8 @@ class CFModel:
     ``additive_features`` (of ``fit``, ``refit``, ``add_cols``): raw per-column quantities >= 0 that a device's value
     may be a weighted sum of, such as the count of each op type in a block and its flops (the per-layer-type
     regression of Neurosurgeon). A row folded in from at least 4 more entries than that regression has weights is then
-    predicted by it instead of the collaborative fold-in when it cross-validates on the entries with half the log
-    error or less (``additive_rows``).
+    predicted by it instead of the collaborative fold-in when it cross-validates on the entries (at most 100 of them)
+    with half the log error or less (``additive_rows``).
     """
 
     def __init__(
