@@ -67,6 +67,10 @@ def additive_vector(f: Features) -> np.ndarray:
     return np.asarray(_sizes(f), dtype=np.float64)
 
 
+def additive_matrix(features: Sequence[Features]) -> np.ndarray:
+    return np.stack([additive_vector(f) for f in features])
+
+
 @dataclass(frozen=True)
 class PredictionRecord:
     signature: str
@@ -93,16 +97,13 @@ class _Target:
         mean, std = self.scale
         return (np.stack([feature_vector(f) for f in features]) - mean) / std
 
-    def additive_matrix(self, features: Sequence[Features]) -> np.ndarray:
-        return np.stack([additive_vector(f) for f in features])
-
     def value(self, node_id: str, signature: str, features: Features | None) -> tuple[float, str] | None:
         with self.lock:
             col = self.cols.get(signature)
             if col is None:
                 if features is None:
                     return None
-                col = self.engine.add_cols(1, self.features_matrix([features]), self.additive_matrix([features]))
+                col = self.engine.add_cols(1, self.features_matrix([features]), additive_matrix([features]))
                 self.cols[signature] = col
             provenance = PREDICTED if signature in self.measured_cols else COLD_START
             row = self.rows.get(node_id)
@@ -210,9 +211,9 @@ class Predictor:
         raw = np.stack([feature_vector(f) for f in blocks])
         mean, std = raw.mean(axis=0), raw.std(axis=0)
         std[std == 0] = 1.0
-        additive = np.stack([additive_vector(f) for f in blocks])
         engine = make_engine(len(data))
-        engine.fit(r, c, v, len(rows), len(cols), col_features=(raw - mean) / std, additive_features=additive)
+        features = (raw - mean) / std
+        engine.fit(r, c, v, len(rows), len(cols), col_features=features, additive_features=additive_matrix(blocks))
         measured = {m.signature for m, _ in data}
         return _Target(engine, rows, cols, measured, counts, (mean, std))
 
