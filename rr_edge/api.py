@@ -180,8 +180,21 @@ class AsyncRunner:
     async def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         return (await self.run(inputs)).outputs
 
+    @property
+    def replan_needed(self) -> bool:
+        return self.sync.replan_needed
+
+    def mark_planned(self) -> None:
+        self.sync.mark_planned()
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncRunner:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class AsyncEdgeNode:
@@ -189,6 +202,9 @@ class AsyncEdgeNode:
 
     def __init__(self, server: str, node: str, **kw: Any) -> None:
         self.sync = EdgeNode(server, node, **kw)
+
+    async def blocks(self, model: str | Path) -> BlockGraph:
+        return await asyncio.to_thread(self.sync.blocks, model)
 
     async def netprofile(self, *args: Any, **kw: Any) -> NetworkProfile:
         return await asyncio.to_thread(self.sync.netprofile, *args, **kw)
@@ -198,6 +214,9 @@ class AsyncEdgeNode:
 
     async def plan(self, *args: Any, **kw: Any) -> PlanReport:
         return await asyncio.to_thread(self.sync.plan, *args, **kw)
+
+    async def replan(self, model: str | Path, report: PlanReport, runner: AsyncRunner) -> PlanReport:
+        return await asyncio.to_thread(self.sync.replan, model, report, runner.sync)
 
     async def runner(self, *args: Any, **kw: Any) -> AsyncRunner:
         return AsyncRunner(await asyncio.to_thread(self.sync.runner, *args, **kw))

@@ -28,8 +28,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+RANGE_OPTIONS = ("--split", "--blocks")  # values may start with '-' (`--split -1,12`, `--blocks -3:-1`)
+
+
+def attach_range_values(argv: list[str]) -> list[str]:
+    """`--split -1,12` as `--split=-1,12`: argparse takes a value that starts with '-' for an option of its own."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in RANGE_OPTIONS and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = attach_range_values(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from rr_edge.api import EdgeNode
+from rr_edge.errors import RoadRunnerError
 from rr_edge.measure import Measured, measure_splits
 from rr_edge.offload import PlanReport, local_outputs
 from rr_edge.planner import Plan
@@ -41,6 +42,7 @@ class DemoOptions:
     objective: str = "latency"
     out_dir: Path = Path("demo-out")
     edge_threads: int = 1  # the edge is the weaker device: one core; the server uses the rest
+    tolerance: float = 1e-3  # largest |difference| allowed between any plan's outputs and the whole model run locally
 
 
 def _plans_to_measure(report: PlanReport) -> dict[str, Plan]:
@@ -114,8 +116,18 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                     energy_source=report.costs.energy_source,
                     pareto_png=str(png),
                 )
+    summary["verified"] = summary["max_abs_diff_vs_local"] <= options.tolerance
     _print_summary(console, summary)
     return summary
+
+
+def check_verified(summary: dict[str, Any], tolerance: float) -> None:
+    """Raise when a plan's outputs over gRPC differed from the whole model run locally by more than `tolerance`."""
+    if not summary["verified"]:
+        raise RoadRunnerError(
+            f"outputs over gRPC differ from the whole model run locally by {summary['max_abs_diff_vs_local']:.1e} "
+            f"(tolerance {tolerance:.0e})"
+        )
 
 
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
@@ -133,7 +145,8 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         f"measured {chosen['measured_ms']:.1f} ms ({error:+.0%})",
         f"speedup of the chosen plan (measured, run-time weight uploads spread over {s['amortize_over']} requests as "
         f"planned): {speedups}",
-        f"outputs over gRPC vs the whole model run locally: max |diff| {s['max_abs_diff_vs_local']:.1e}",
+        f"outputs over gRPC vs the whole model run locally: max |diff| {s['max_abs_diff_vs_local']:.1e} "
+        f"({'verified' if s['verified'] else 'NOT verified: over the tolerance'})",
         f"edge energy source: {s['energy_source']}" + (" (declared power model: an estimate, not a measurement)"
                                                         if s["energy_source"] == "model" else ""),
         f"Pareto plot: {s['pareto_png']}",

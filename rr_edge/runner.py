@@ -3,8 +3,9 @@
     edge: blocks 0..i  ->  server: blocks i+1..j  ->  edge: blocks j+1..N-1
 
 The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and called through
-the KServe protocol with a deadline. When the server is unreachable, times out or breaks the stream, the runner runs
-the middle slice locally, so the request still completes (`RunResult.fallback` is True); while the server is down
+the KServe protocol with a deadline. When the server is unreachable, times out, breaks the stream or answers with an
+error, the runner runs the middle slice locally, so the request still completes (`RunResult.fallback` is True; a
+slice the server no longer holds is uploaded again for the next request); while the server is down or failing
 every request runs locally, and a health check every `RunnerConfig.retry_interval_s` returns to the plan once it
 answers again. Observed transfer times update the plan's network models (exponentially weighted); `replan_needed`
 turns True when they drift by more than `RunnerConfig.drift_threshold`.
@@ -12,6 +13,7 @@ turns True when they drift by more than `RunnerConfig.drift_threshold`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -126,8 +128,13 @@ class _Stream:
         except StopIteration:
             raise ServerUnavailable("the inference stream ended", "UNAVAILABLE") from None
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Half-close the stream and wait up to `timeout_s` for the server to end it, so that the call finishes OK
+        rather than CANCELLED (a broken or slow stream is left to the channel, which cancels it when it closes)."""
         self._requests.put(_END)
+        drained = self._reader.submit(collections.deque, self._answers, 0)
+        with contextlib.suppress(FutureTimeout, ServerError):
+            drained.result(timeout=timeout_s)
         self._reader.shutdown(wait=False, cancel_futures=True)
 
 
@@ -237,7 +244,7 @@ class Runner:
     def _mark_down(self, exc: Exception) -> None:
         self._drop_stream()
         if self._down_since is None:
-            log.warning("server unavailable, running locally until it answers again: %s", exc)
+            log.warning("server failed, running locally until it answers again: %s", exc)
             self._down_since = time.monotonic()
         self._last_probe = time.monotonic()
 
@@ -292,14 +299,12 @@ class Runner:
                 start = time.perf_counter()
                 try:
                     outputs = self._remote_infer(feed)
-                except ServerUnavailable as exc:
-                    self._mark_down(exc)
-                    result.error = str(exc)
                 except ServerError as exc:
-                    if exc.code not in ("NOT_FOUND", "INFER_ERROR"):
-                        raise
-                    self._connect()  # the server may have lost the slice (new data dir): upload it again
                     result.error = str(exc)
+                    if exc.code in ("NOT_FOUND", "INFER_ERROR"):
+                        self._connect()  # the server may have lost the slice (new data dir): upload it again
+                    else:  # unreachable, or refusing (INTERNAL, RESOURCE_EXHAUSTED, ...): local until it recovers
+                        self._mark_down(exc)
                 else:
                     result.remote_ms = (time.perf_counter() - start) * 1e3
                     result.bytes_up = sum(a.nbytes for a in feed.values())

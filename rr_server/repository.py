@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from rr_server.activity import InferenceActivity
+from rr_server.errors import NotFound
 from rr_server.metrics import Metrics
 from rr_server.sessions import Allocate, Session, SessionPool
-from rr_server.slices import SliceStore, check_slice_id
+from rr_server.slices import SliceInfo, SliceStore, is_slice_id
 
 PLATFORM = "onnxruntime_onnx"
 VERSION = "1"
@@ -35,14 +36,16 @@ class ModelRepository:
 
     def is_ready(self, slice_id: str) -> bool:
         """A cached slice is ready: its session opens on the first request if it is not open yet."""
-        try:
-            return self._slices.get(check_slice_id(slice_id)) is not None
-        except Exception:  # noqa: BLE001 - a malformed name is simply not ready
-            return False
+        return is_slice_id(slice_id) and self._slices.get(slice_id) is not None
+
+    def _require(self, name: str) -> SliceInfo:
+        """The cached slice `name`; a name that is no slice id names no model (NOT_FOUND, as KServe has it)."""
+        if not is_slice_id(name):
+            raise NotFound(f"no model {name[:80]!r}: model names are slice ids (64 lowercase hex characters, SHA-256)")
+        return self._slices.require(name)
 
     def session(self, slice_id: str) -> Session:
-        info = self._slices.require(check_slice_id(slice_id))
-        return self._sessions.get(slice_id, info.path)
+        return self._sessions.get(slice_id, self._require(slice_id).path)
 
     def infer(
         self,
@@ -66,7 +69,7 @@ class ModelRepository:
         return self.session(slice_id)
 
     def unload(self, slice_id: str) -> bool:
-        self._slices.require(check_slice_id(slice_id))
+        self._require(slice_id)
         return self._sessions.evict(slice_id)
 
     def index(self, ready_only: bool = False) -> list[ModelState]:

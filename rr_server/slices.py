@@ -35,7 +35,7 @@ from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
 log = logging.getLogger(__name__)
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
-_SLICE_ID = re.compile(r"^[0-9a-f]{64}$")
+_SLICE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,12 @@ class SliceInfo:
     path: Path
 
 
+def is_slice_id(name: str) -> bool:
+    return _SLICE_ID.fullmatch(name) is not None
+
+
 def check_slice_id(slice_id: str) -> str:
-    if not _SLICE_ID.match(slice_id):
+    if not is_slice_id(slice_id):
         raise InvalidArgument(f"slice id must be 64 lowercase hex characters (SHA-256), got {slice_id[:80]!r}")
     return slice_id
 
@@ -99,7 +103,7 @@ class SliceStore:
     def list(self) -> list[SliceInfo]:
         out = []
         for path in sorted(self.root.glob("*.onnx")):
-            if _SLICE_ID.match(path.stem):
+            if is_slice_id(path.stem):
                 out.append(SliceInfo(path.stem, path.stat().st_size, path))
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_slice_bad_model(bad_files, capsys, tmp_path: Path, kind: str) -> None: 
 @pytest.mark.parametrize("blocks", ["0:4", "4:4", "2:1", "-9:0", "0:99", "a:b", "1:x", ""])
 def test_slice_bad_range(bad_files, capsys, tmp_path: Path, blocks: str) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "part.onnx"
-    code = main(["slice", str(bad_files["good"]), f"--blocks={blocks}", "-o", str(out)])
+    code = main(["slice", str(bad_files["good"]), "--blocks", blocks, "-o", str(out)])
     line = assert_one_line_error(capsys, code, "slice")
     assert "--blocks" in line
     assert not out.exists()
@@ -101,7 +102,7 @@ def test_slice_bad_range(bad_files, capsys, tmp_path: Path, blocks: str) -> None
 
 def test_slice_good_range_writes_model(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "part.onnx"
-    assert main(["slice", str(bad_files["good"]), "--blocks=1:-1", "-o", str(out)]) == 0
+    assert main(["slice", str(bad_files["good"]), "--blocks", "-3:-1", "-o", str(out)]) == 0
     onnx.checker.check_model(onnx.load(out), full_check=True)
 
 
@@ -166,6 +167,21 @@ def test_unreachable_server_is_a_one_line_error(bad_files, capsys, command: str)
     assert "UNAVAILABLE" in line or "unavailable" in line.lower() or "DEADLINE" in line
 
 
+def test_run_without_a_server_to_plan_with_runs_locally(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No plan can be made without the server: every request runs the whole model locally, marked as fallback."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal(_input_of(bad_files["good"])[1]).astype(np.float32))
+    assert main(["run", str(bad_files["good"]), *DEAD, "--input", str(x), "--repeat", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fallback"] and out["fallback_requests"] == 2 and out["max_abs_diff_vs_local"] < 1e-3
+
+
+@pytest.mark.parametrize("planning", [["--objective", "energy"], ["--slo-ms", "5"], ["--preloaded"]])
+def test_run_split_takes_no_planning_options(bad_files, capsys, planning: list[str]) -> None:  # type: ignore[no-untyped-def]
+    code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", *planning, "--input", "x.npy"])
+    assert "--split forces the plan" in assert_one_line_error(capsys, code, "run")
+
+
 def _input_of(path: Path) -> tuple[str, list[int]]:
     vi = onnx.load(path).graph.input[0]
     return vi.name, [d.dim_value for d in vi.type.tensor_type.shape.dim]
@@ -191,5 +207,5 @@ def test_run_rejects_bad_input_arrays(bad_files, capsys, tmp_path: Path, make, m
 def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -> None:  # type: ignore[no-untyped-def]
     x = tmp_path / "x.npy"
     np.save(x, np.zeros(_input_of(bad_files["good"])[1], np.float32))
-    code = main(["run", str(bad_files["good"]), *DEAD, f"--split={split}", "--input", str(x)])
+    code = main(["run", str(bad_files["good"]), *DEAD, "--split", split, "--input", str(x)])
     assert "--split" in assert_one_line_error(capsys, code, "run")

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from rr_edge.demo import check_verified
+from rr_edge.errors import RoadRunnerError
 from tests.conftest import REPO, exported_model
 
 
@@ -25,7 +27,7 @@ def test_demo_runs_end_to_end_and_verifies_outputs(tmp_path):
     assert summary["blocks"] == 13 and summary["profiled"] == 4  # ceil(0.3 x 12 unique signatures)
     # the plan waited for the server's own timings: the profiled blocks are measured on the cloud node too
     assert summary["provenance"]["cloud"].get("measured", 0) >= summary["profiled"]
-    assert summary["max_abs_diff_vs_local"] <= 1e-4
+    assert summary["max_abs_diff_vs_local"] <= 1e-4 and summary["verified"]
     names = {row["plan"] for row in summary["plans"]}
     assert {"roadrunner (chosen)", "offload_none", "offload_all", "neurosurgeon"} <= names
     assert all(row["measured_ms"] > 0 and not row["fallback"] for row in summary["plans"])
@@ -39,3 +41,9 @@ def test_demo_runs_end_to_end_and_verifies_outputs(tmp_path):
         assert row["measured_ms"] == pytest.approx(row["request_ms"] + row["upload_ms"] / k)
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "summary" in done.stderr and "energy source: model" in done.stderr
+
+
+def test_demo_fails_when_outputs_differ_from_local():
+    check_verified({"verified": True, "max_abs_diff_vs_local": 1e-6}, 1e-3)
+    with pytest.raises(RoadRunnerError, match=r"differ from the whole model run locally by 2.0e-02"):
+        check_verified({"verified": False, "max_abs_diff_vs_local": 0.02}, 1e-3)

@@ -49,10 +49,11 @@ def test_sync_and_async_runner_match_local(tiny_server):
 
     async def main() -> dict:
         async with rr_edge.connect_async(address, "api-edge") as node:
-            runner = await node.runner(path, (-1, n - 1))
-            out = await runner(x)
-            await runner.aclose()
-            return out
+            assert len((await node.blocks(path)).blocks) == n
+            async with await node.runner(path, (-1, n - 1)) as runner:
+                result = await runner.run(x)
+                assert not result.fallback and not runner.replan_needed  # no network models: nothing to drift
+            return result.outputs
 
     out = asyncio.run(main())
     np.testing.assert_allclose(next(iter(out.values())), next(iter(local.values())), rtol=1e-5, atol=1e-6)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 
 import rr_server
 from rr_edge.blocks import analyze
-from rr_edge.client import Client
+from rr_edge.client import Client, ClientOptions
 from rr_edge.measure import measure_splits
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
@@ -71,6 +72,36 @@ def test_unreachable_server_at_start_runs_locally(chain):
         result = runner.run(x)
     assert result.fallback and runner.server_down
     np.testing.assert_allclose(result.outputs["y3"], make_runner(slicer, graph, (3, 3), None)(x)["y3"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_error_status_from_the_server_finishes_the_request_locally(tmp_path, stream):
+    """Not only an unreachable server: a refusal (here RESOURCE_EXHAUSTED, the middle's 512 KiB input being over
+    the server's message limit) completes the request locally, and the runner stays local until it recovers."""
+    model = conv_chain(layers=3, size=128)
+    graph = analyze(model, "big")
+    slicer = Slicer(model, graph)
+    x = _x(graph)
+    config = rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", max_message_bytes=4096)
+    with rr_server.Server(config) as s, Client(str(s.address), ClientOptions(chunk_bytes=1024)) as small:
+        runner = make_runner(slicer, graph, (0, 1), small, config=RunnerConfig(stream=stream, retry_interval_s=60))
+        with runner:
+            first, second = runner.run(x), runner.run(x)
+    assert first.fallback and "RESOURCE_EXHAUSTED" in first.error and runner.server_down
+    assert second.fallback and second.error == ""  # local without asking again, until the retry interval
+    np.testing.assert_allclose(first.outputs["y2"], make_runner(slicer, graph, (2, 2), None)(x)["y2"], rtol=1e-5)
+
+
+def test_closing_a_runner_ends_its_stream_cleanly(chain, tmp_path):
+    """Closing half-closes the ModelStreamInfer stream: the server counts it OK, not CANCELLED."""
+    _, graph, slicer = chain
+    config = rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", metrics_port=0)
+    with rr_server.Server(config) as s, Client(str(s.address)) as c:
+        with make_runner(slicer, graph, (0, 2), c, config=RunnerConfig(stream=True)) as runner:
+            assert not runner.run(_x(graph)).fallback
+        text = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'rr_requests_total{code="OK",method="ModelStreamInfer"} 1.0' in text
+    assert 'code="CANCELLED",method="ModelStreamInfer"' not in text
 
 
 def test_around_local_wraps_local_onnx_runtime_runs_only(chain, client):

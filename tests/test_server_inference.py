@@ -124,7 +124,8 @@ def test_model_infer_unknown_model(env):
     assert "not cached" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         stubs.kserve.ModelMetadata(pb.ModelMetadataRequest(name="resnet18"), timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # not a slice id: no such model
+    assert "model names are slice ids" in err.value.details()
 
 
 def test_model_stream_infer_reports_errors_per_message(env):

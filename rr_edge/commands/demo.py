@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rr_edge.commands._common import print_json
-from rr_edge.demo import DemoOptions, run_demo
+from rr_edge.demo import DemoOptions, check_verified, run_demo
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,4 +35,5 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(options, console)
     if args.json:
         print_json(summary)
+    check_verified(summary, options.tolerance)  # after the summary: a failed check still shows what was measured
     return 0

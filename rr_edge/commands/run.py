@@ -1,13 +1,15 @@
 """`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.npy [--output Y] [--repeat K]`.
 
 Plans (or takes the forced `--split`), then runs the plan K times: head and tail locally, the middle on the server,
-finishing locally when the server fails (`"fallback": true`). Every output is checked against the whole model run
+finishing locally when the server fails (`"fallback": true`; also when the server cannot be reached to plan at all:
+then every request runs the whole model locally). Every output is checked against the whole model run
 locally on the same input.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,15 @@ from rich.console import Console
 from rr_edge.blocks import analyze
 from rr_edge.commands._common import add_server_args, connect, make_meter, print_json
 from rr_edge.commands.plan import add_plan_args, build_plan
-from rr_edge.errors import RoadRunnerError
+from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter
 from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -99,6 +103,8 @@ def summarize(
 def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise RoadRunnerError("--repeat must be >= 1")
+    if args.split and (args.objective != "latency" or args.slo_ms is not None or args.preloaded or args.amortize != 1):
+        raise RoadRunnerError("--split forces the plan: it takes no --objective, --slo-ms, --preloaded or --amortize")
     model = load_model(args.path)
     graph = analyze(model, Path(args.path).stem)
     slicer = Slicer(model, graph)
@@ -109,12 +115,16 @@ def run(args: argparse.Namespace) -> int:
     meter = make_meter(args)
     expected = local_outputs(settings, model.SerializeToString(), x)
     with connect(args) as client:
-        report = None
+        report, unplanned = None, False
         if args.split:
             split = validate_split(args.split, len(graph.blocks))
         else:
-            report = build_plan(args, client, model, graph, slicer)
-            split = (report.chosen.i, report.chosen.j)
+            try:
+                report = build_plan(args, client, model, graph, slicer)
+                split = (report.chosen.i, report.chosen.j)
+            except ServerUnavailable as exc:  # no plan without the server: every request runs locally
+                log.warning("cannot plan, running the whole model locally: %s", exc)
+                split, unplanned = (len(graph.blocks) - 1, len(graph.blocks) - 1), True
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
         runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
         results, energies, splits_used = [], [], [split]
@@ -138,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             runner.close()
         wall_s = time.perf_counter() - start
+    if unplanned:
+        for result in results:
+            result.fallback = True
     diff = max(outputs_close(r.outputs, expected) for r in results)
     summary = summarize(split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
