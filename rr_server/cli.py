@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="disk budget of all stored slices; least recently used ones are evicted to fit (default: no bound)",
     )
     p.add_argument("--providers", default="cuda,cpu", help="execution providers in order of preference")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (on the --listen interface)")
     p.add_argument(
         "--drain-seconds",
         type=float,

@@ -38,7 +38,7 @@ class Metrics:
         self._http: Any = None
 
     def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Expose /metrics on `port` (0 picks a free one); returns the bound port."""
+        """Expose /metrics on `addr`:`port` (port 0 picks a free one); returns the bound port."""
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         self._http = server
         bound = server.server_address[1]

@@ -151,7 +151,8 @@ class Server:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(self.config.metrics_port)
+            # on the gRPC listener's interface: a server on loopback does not publish its metrics beyond it
+            self.metrics_port = self.metrics.serve_http(self.config.metrics_port, addr=host.strip("[]") or "0.0.0.0")
         self.address = f"{host}:{self.port}"
         log.info(
             "rr-server %s listening on %s (%s) providers=%s data=%s auth=%s",

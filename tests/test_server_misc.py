@@ -71,6 +71,8 @@ def test_metrics_endpoint(env):
     assert 'rr_session_cache_total{result="miss"} 1.0' in text
     assert f"rr_upload_bytes_total {float(len(data))}" in text
     assert 'rr_request_seconds_count{method="ModelInfer"} 4.0' in text
+    with pytest.raises(OSError):  # served where gRPC listens (127.0.0.1), not on every interface
+        urllib.request.urlopen(f"http://127.0.0.2:{server.metrics_port}/metrics", timeout=5)
 
 
 def test_health_and_reflection(env):
