@@ -39,6 +39,7 @@ from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_ser
 from rr_edge.onnx_io import load_model
 from rr_edge.profiler import ProfileConfig, ProfileResult, run_profile, wait_for_cloud_timings
 from rr_edge.profiles import NetworkProfile
+from rr_edge.progress import Progress
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
@@ -93,20 +94,36 @@ class EdgeNode:
         """The model's atomic blocks."""
         return self._load(model).graph
 
-    def netprofile(self, max_mb: float = 64, config: NetProfileConfig | None = None) -> NetworkProfile:
-        """Profile the link to the server (both directions) and report it."""
+    def netprofile(
+        self, max_mb: float = 64, config: NetProfileConfig | None = None, progress: Progress | None = None
+    ) -> NetworkProfile:
+        """Profile the link to the server (both directions) and report it; `progress(stage, done, total, label)`
+        is called as it goes (`rr_edge.progress.progress_bars` draws it)."""
         cfg = config or NetProfileConfig(max_mb=max_mb)
-        return run_netprofile(self.client, self.node, cfg, meter=self.meter)
+        return run_netprofile(self.client, self.node, cfg, meter=self.meter, progress=progress)
 
     def profile(
-        self, model: str | Path, sample: float = 0.3, seed: int | None = None, wait_cloud_s: float = 0.0
+        self,
+        model: str | Path,
+        sample: float = 0.3,
+        seed: int | None = None,
+        wait_cloud_s: float = 0.0,
+        progress: Progress | None = None,
     ) -> ProfileResult:
-        """Profile a sample of the model's blocks not measured yet on this node and report it; then wait up to
-        `wait_cloud_s` for the server to time the uploaded slices itself (so that a plan right after uses them)."""
+        """Profile a sample of the model's blocks not measured yet on this node and report it (`progress` as for
+        `netprofile`); then wait up to `wait_cloud_s` for the server to time the uploaded slices itself (so that a
+        plan right after uses them)."""
         m = self._load(model)
         config = ProfileConfig(sample=sample, seed=seed)
         result = run_profile(
-            self.client, self.node, m.model, m.graph.model, settings=self.settings, meter=self.meter, config=config
+            self.client,
+            self.node,
+            m.model,
+            m.graph.model,
+            settings=self.settings,
+            meter=self.meter,
+            config=config,
+            progress=progress,
         )
         if wait_cloud_s > 0:
             wait_for_cloud_timings(self.client, m.graph, result, wait_cloud_s)

@@ -25,6 +25,7 @@ from rr_edge.errors import RoadRunnerError
 from rr_edge.measure import Measured, measure_splits
 from rr_edge.offload import PlanReport, local_outputs
 from rr_edge.planner import Plan
+from rr_edge.progress import progress_bars
 from rr_edge.session import OrtSettings
 
 CHOSEN = "roadrunner (chosen)"
@@ -78,14 +79,18 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 unique = len({b.signature for b in graph.blocks})
                 console.print(f"{len(graph.blocks)} atomic blocks, {unique} unique signatures")
                 console.print(f"energy meter: {node.meter.description}")
-                with console.status(f"network profile up to {options.max_mb} MB"):
-                    net = node.netprofile(max_mb=options.max_mb)
+                console.print(f"network profile up to {options.max_mb} MB")
+                with progress_bars(console=console) as progress:
+                    net = node.netprofile(max_mb=options.max_mb, progress=progress)
                 console.print(
                     f"network: uplink {net.uplink.chosen_model} (held-out error poly4 {net.uplink.poly4_error:.1%}, "
                     f"affine {net.uplink.affine_error:.1%}); downlink {net.downlink.chosen_model}"
                 )
-                with console.status(f"profiling {options.sample:.0%} of the unique blocks; the server times them too"):
-                    prof = node.profile(path, sample=options.sample, seed=options.seed, wait_cloud_s=CLOUD_WAIT_S)
+                console.print(f"profiling {options.sample:.0%} of the unique blocks; the server times them too")
+                with progress_bars(console=console) as progress:
+                    prof = node.profile(
+                        path, sample=options.sample, seed=options.seed, wait_cloud_s=CLOUD_WAIT_S, progress=progress
+                    )
                 console.print(
                     f"profiled {len(prof.layers)} of {prof.unique_signatures} unique blocks in {prof.elapsed_s:.1f} s"
                 )

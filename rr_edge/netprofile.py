@@ -28,6 +28,7 @@ import numpy as np
 from rr_edge.meters.base import Meter
 from rr_edge.netmodel import fit_network_model
 from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
+from rr_edge.progress import Progress
 
 if TYPE_CHECKING:
     from rr_edge.client import Client
@@ -50,9 +51,6 @@ DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_MIN_TIME_S = 0.1
 MAX_TRANSFERS_PER_SIZE = 500
 MiB = 1024 * 1024
-
-# progress(direction, done, total, label)
-Progress = Callable[[str, int, int, str], None]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from rr_edge.blocks import Block, BlockGraph, analyze
 from rr_edge.errors import ModelError
 from rr_edge.meters.base import Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
+from rr_edge.progress import Progress
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
 
@@ -61,7 +62,6 @@ DEFAULT_SAMPLE = 0.3
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
 # progress(stage, done, total, label): stage is "blocks", "sweep", "model" or "upload".
-Progress = Callable[[str, int, int, str], None]
 
 
 @dataclass(frozen=True)

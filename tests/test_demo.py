@@ -41,6 +41,7 @@ def test_demo_runs_end_to_end_and_verifies_outputs(tmp_path):
         assert row["measured_ms"] == pytest.approx(row["request_ms"] + row["upload_ms"] / k)
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "summary" in done.stderr and "energy source: model" in done.stderr
+    assert all(stage in done.stderr for stage in ("uplink", "downlink", "sweep"))  # the long steps' progress bars
 
 
 def test_demo_fails_when_outputs_differ_from_local():

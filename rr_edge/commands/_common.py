@@ -7,13 +7,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions
 from rr_edge.errors import RoadRunnerError
@@ -79,29 +76,3 @@ def _finite(o: Any) -> Any:
 
 def stderr_console() -> Console:
     return Console(stderr=True)
-
-
-@contextmanager
-def progress_bars(enabled: bool = True) -> Iterator[Any]:
-    """Yields a callback `(stage, done, total, label)` drawing one rich bar per stage on stderr."""
-    if not enabled:
-        yield lambda *a: None
-        return
-    progress = Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"),
-        TimeElapsedColumn(),
-        console=stderr_console(),
-        transient=False,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(stage: str, done: int, total: int, label: str = "") -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=max(total, 1), label="")
-        progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1), label=label)
-
-    with progress:
-        yield update

@@ -14,11 +14,11 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     print_json,
-    progress_bars,
     stderr_console,
 )
 from rr_edge.errors import RoadRunnerError
 from rr_edge.netprofile import DEFAULT_MAX_MB, DEFAULT_UPLOAD_MAX_MB, NetProfileConfig, run_netprofile, summary
+from rr_edge.progress import progress_bars
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

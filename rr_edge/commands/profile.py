@@ -20,7 +20,6 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     print_json,
-    progress_bars,
     stderr_console,
 )
 from rr_edge.errors import RoadRunnerError
@@ -33,6 +32,7 @@ from rr_edge.profiler import (
     run_profile,
     wait_for_cloud_timings,
 )
+from rr_edge.progress import progress_bars
 from rr_edge.session import GRAPH_OPTIMIZATION, OrtSettings
 
 

@@ -1,0 +1,38 @@
+"""Progress bars for long steps: a callback `(stage, done, total, label)`, one rich bar per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich import progress as bars
+from rich.console import Console
+
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, label)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True, console: Console | None = None) -> Iterator[Progress]:
+    """Yields the callback, drawing on `console` (stderr by default); a no-op callback when not `enabled`."""
+    if not enabled:
+        yield lambda *a: None
+        return
+    progress = bars.Progress(
+        bars.TextColumn("{task.description:<10}"),
+        bars.BarColumn(),
+        bars.MofNCompleteColumn(),
+        bars.TextColumn("{task.fields[label]}"),
+        bars.TimeElapsedColumn(),
+        console=console or Console(stderr=True),
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int, label: str = "") -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=max(total, 1), label="")
+        progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1), label=label)
+
+    with progress:
+        yield update
