@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_INTERVAL_S = 1.0
 DEFAULT_DRIFT_THRESHOLD = 0.25
+STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 
 
 class RemoteExecutor(Protocol):
@@ -128,13 +129,14 @@ class _Stream:
         except StopIteration:
             raise ServerUnavailable("the inference stream ended", "UNAVAILABLE") from None
 
-    def close(self, timeout_s: float = 1.0) -> None:
-        """Half-close the stream and wait up to `timeout_s` for the server to end it, so that the call finishes OK
-        rather than CANCELLED (a broken or slow stream is left to the channel, which cancels it when it closes)."""
+    def close(self, drain_s: float = 0.0) -> None:
+        """Half-close the stream. With `drain_s`, wait that long for the server to end it, so that the call finishes
+        OK rather than CANCELLED; a failed stream is closed without waiting (the channel cancels what is left)."""
         self._requests.put(_END)
-        drained = self._reader.submit(collections.deque, self._answers, 0)
-        with contextlib.suppress(FutureTimeout, ServerError):
-            drained.result(timeout=timeout_s)
+        if drain_s > 0:
+            drained = self._reader.submit(collections.deque, self._answers, 0)
+            with contextlib.suppress(FutureTimeout, ServerError):
+                drained.result(timeout=drain_s)
         self._reader.shutdown(wait=False, cancel_futures=True)
 
 
@@ -261,9 +263,9 @@ class Runner:
             return True
         return False
 
-    def _drop_stream(self) -> None:
+    def _drop_stream(self, drain_s: float = 0.0) -> None:
         if self._stream is not None:
-            self._stream.close()
+            self._stream.close(drain_s)
             self._stream = None
 
     def _remote_infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -281,7 +283,7 @@ class Runner:
     def close(self) -> None:
         """Close the inference stream (the runner stays usable: the next request opens a new one)."""
         with self._lock:
-            self._drop_stream()
+            self._drop_stream(drain_s=STREAM_DRAIN_S)
 
     def __enter__(self) -> Runner:
         return self
