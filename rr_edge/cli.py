@@ -2,7 +2,8 @@
 
 Each command module exposes `add_parser(subparsers)` which registers its parser and sets
 `func=run` on it; `run(args) -> int` does the work.  Logging is configured here and only here.
-Deliberate errors (RoadRunnerError) print one line and exit with status 2.
+Deliberate errors (RoadRunnerError) and a module missing from an uninstalled extra print one line and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import sys
 
 from rr_edge.errors import RoadRunnerError
+from rr_proto.extras import missing_extra
 
 COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
 
@@ -44,6 +46,17 @@ def attach_range_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = attach_range_values(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"rr-edge: error: {hint}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -6,7 +6,12 @@ In-process use (tests, the edge demo)::
 
     with Server(ServerConfig(data_dir=Path("/tmp/rr"), listen="127.0.0.1:0")) as server:
         print(server.address)          # "127.0.0.1:PORT", bound and serving
+
+`Server`, `grpc_options` and `serve` load `rr_server.server` (ONNX Runtime, grpc health and reflection) on first
+use, so `rr-server` can name a missing extra in one line.
 """
+
+import typing
 
 from rr_server.config import ServerConfig, TlsConfig
 from rr_server.errors import (
@@ -19,7 +24,24 @@ from rr_server.errors import (
     Unauthenticated,
     Unavailable,
 )
-from rr_server.server import Server, grpc_options, serve
+
+if typing.TYPE_CHECKING:
+    from rr_server.server import Server, grpc_options, serve
+
+_LAZY = ("Server", "grpc_options", "serve")
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name in _LAZY:
+        from rr_server import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module 'rr_server' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *_LAZY]
+
 
 __all__ = [
     "FailedPrecondition",

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from rr_proto.allocator import tune_allocator
+from rr_proto.extras import missing_extra
 from rr_server.config import DEFAULT_CLI_DRAIN_S, DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
-from rr_server.server import Server
 
 log = logging.getLogger("rr_server")
 
@@ -100,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     tune_allocator()  # big tensors reuse heap memory instead of fresh pages per call; RR_MALLOC_TUNING=0 opts out
+    try:
+        from rr_server.server import Server  # here, not at the top: a missing extra gets one line, not a traceback
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        log.error("cannot start: %s", hint)
+        return 2
     try:
         server = Server(config_from_args(args))
         address = server.start()

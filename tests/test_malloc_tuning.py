@@ -72,11 +72,11 @@ def test_opt_out_values() -> None:
 
 
 def test_rr_server_entry_point_tunes_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from rr_server import cli
+    from rr_server import cli, server
 
     calls: list[bool] = []
     monkeypatch.setattr(cli, "tune_allocator", lambda: calls.append(True))
-    monkeypatch.setattr(cli, "Server", _failing_server)
+    monkeypatch.setattr(server, "Server", _failing_server)
     assert cli.main(["--data-dir", str(tmp_path), "--log-level", "ERROR"]) == 2
     assert calls == [True]
 
