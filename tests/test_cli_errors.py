@@ -176,10 +176,15 @@ def test_run_without_a_server_to_plan_with_runs_locally(bad_files, capsys, tmp_p
     assert out["fallback"] and out["fallback_requests"] == 2 and out["max_abs_diff_vs_local"] < 1e-3
 
 
-@pytest.mark.parametrize("planning", [["--objective", "energy"], ["--slo-ms", "5"], ["--preloaded"]])
+@pytest.mark.parametrize(
+    "planning", [["--objective", "energy"], ["--slo-ms", "5"], ["--preloaded"], ["--amortize", "4", "--preloaded"]]
+)
 def test_run_split_takes_no_planning_options(bad_files, capsys, planning: list[str]) -> None:  # type: ignore[no-untyped-def]
     code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", *planning, "--input", "x.npy"])
-    assert "--split forces the plan" in assert_one_line_error(capsys, code, "run")
+    message = assert_one_line_error(capsys, code, "run")
+    assert "--split forces the plan" in message
+    assert all(flag in message for flag in planning if flag.startswith("--"))  # names exactly the flags given
+    assert message.count("--") == 1 + sum(flag.startswith("--") for flag in planning)
 
 
 def _input_of(path: Path) -> tuple[str, list[int]]:

@@ -21,15 +21,31 @@ from rr_edge.planner import OBJECTIVES, Plan
 from rr_edge.plot import plot_pareto
 from rr_edge.slicing import Slicer
 
+DEFAULT_OBJECTIVE = "latency"
+DEFAULT_AMORTIZE = 1
+
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by `plan` and `run`."""
-    p.add_argument("--objective", choices=[o for o in OBJECTIVES if o != "slo"], default="latency")
+    p.add_argument("--objective", choices=[o for o in OBJECTIVES if o != "slo"], default=DEFAULT_OBJECTIVE)
     p.add_argument("--slo-ms", type=float, metavar="MS", help="latency SLO: least edge energy with latency <= MS")
     p.add_argument("--preloaded", action="store_true", help="the slices are already on the server (no upload cost)")
-    p.add_argument("--amortize", type=int, default=1, metavar="K", help="spread the weight upload over K inferences")
+    p.add_argument(
+        "--amortize", type=int, default=DEFAULT_AMORTIZE, metavar="K", help="spread the weight upload over K inferences"
+    )
     add_energy_args(p)  # the power model gives the node's idle and radio power
     p.add_argument("--wait", type=float, default=10.0, metavar="S", help="wait up to S for the server's predictions")
+
+
+def planning_options(args: argparse.Namespace) -> list[str]:
+    """The flags of `add_plan_args` that steer the choice of plan and were given other than their defaults."""
+    given = {
+        "--objective": args.objective != DEFAULT_OBJECTIVE,
+        "--slo-ms": args.slo_ms is not None,
+        "--preloaded": args.preloaded,
+        "--amortize": args.amortize != DEFAULT_AMORTIZE,
+    }
+    return [flag for flag, on in given.items() if on]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from rr_edge.blocks import analyze
 from rr_edge.commands._common import add_server_args, connect, make_meter, print_json
-from rr_edge.commands.plan import add_plan_args, build_plan
+from rr_edge.commands.plan import add_plan_args, build_plan, planning_options
 from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter
 from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
@@ -103,8 +103,8 @@ def summarize(
 def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise RoadRunnerError("--repeat must be >= 1")
-    if args.split and (args.objective != "latency" or args.slo_ms is not None or args.preloaded or args.amortize != 1):
-        raise RoadRunnerError("--split forces the plan: it takes no --objective, --slo-ms, --preloaded or --amortize")
+    if args.split and (steering := planning_options(args)):
+        raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
     model = load_model(args.path)
     graph = analyze(model, Path(args.path).stem)
     slicer = Slicer(model, graph)
