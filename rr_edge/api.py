@@ -9,7 +9,7 @@ Synchronous::
         node.profile("resnet18.onnx")                     # a 30% sample of the model's blocks
         plan = node.plan("resnet18.onnx", objective="latency")
         with node.runner("resnet18.onnx", plan) as run:
-            logits = run(image)["logits"]                 # outputs by name; run.run(x) also says fallback/timings
+            logits = run(image)["output"]                 # outputs by name; run.run(x) also says fallback/timings
 
 asyncio (blocking work runs in worker threads, the event loop stays free)::
 

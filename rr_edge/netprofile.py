@@ -9,8 +9,9 @@ the link; the planner costs weight uploads with this curve (the echo uplink alon
 measured upload time on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is
 repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the
 connection first. Energy, where a meter is given, is metered per size over consecutive transfers lasting at least the
-meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: both the
-4th-order polynomial and the affine model, each with its held-out error, and the chosen one.
+meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: the
+4th-order polynomial, the affine model and the piecewise-linear curve, each with its held-out error, and the chosen
+one.
 """
 
 from __future__ import annotations

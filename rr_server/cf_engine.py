@@ -1,9 +1,9 @@
 """The matrix-factorisation engine behind the predictor: cf_cpp's CFModel, or a numpy stand-in.
 
-`make_engine()` returns a fresh `cf_cpp.CFModel` when the extension is installed (`make setup` builds it; it is part
-of the `server` extra). Without it the server still runs with `BiasModel`, a global-mean + row/column-bias model in
-log space with a ridge feature prior for unmeasured columns, which has the same methods the predictor uses (`fit`,
-`predict`, `fold_in_row`) and logs a warning once.
+`make_engine()` returns a fresh `cf_cpp.CFModel` when the extension is installed (`make setup` builds it, or
+`pip install ./cf_cpp`: it is not on PyPI, so no extra can name it). Without it the server still runs with
+`BiasModel`, a global-mean + row/column-bias model in log space with a ridge feature prior for unmeasured columns,
+which has the same methods the predictor uses (`fit`, `predict`, `fold_in_row`) and logs a warning once.
 """
 
 from __future__ import annotations

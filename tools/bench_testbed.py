@@ -1,6 +1,6 @@
 """Benchmark the emulated testbed: payload throughput over the shaped link, CPU-quota throttling jitter, cgroup moves.
 
-    sudo PYTHONPATH=. python tools/bench_testbed.py [--quick] > docs/results/bench_testbed.json
+    sudo PYTHONPATH=. python tools/bench_testbed.py [--quick] > docs/results/testbed_bench.json
 
 Link: 64 MB over TCP (stdlib sockets) from an edge namespace to the server namespace, at each tbf rate; sender
 outside any cgroup ("link") and inside the emu-agx cgroup ("as emu-agx"). CPU: a fixed pure-Python loop (about one

@@ -1,4 +1,4 @@
-"""Options and helpers shared by the commands that talk to a server: connection flags, progress bars, JSON."""
+"""Options and helpers shared by the commands that talk to a server: connection flags, energy flags, JSON."""
 
 from __future__ import annotations
 

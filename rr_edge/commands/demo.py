@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--model", default=d.model, help=f"torchvision model (default {d.model})")
     p.add_argument("--input-size", type=int, default=d.input_size)
     p.add_argument("--sample", type=float, default=d.sample, help="fraction of unique blocks to profile")
-    p.add_argument("--max-mb", type=float, default=d.max_mb, help="largest network-profile payload (MB)")
+    p.add_argument("--max-mb", type=float, default=d.max_mb, help="largest network-profile payload in MiB")
     p.add_argument("--repeat", type=int, default=d.repeat, help="requests per measured plan")
     p.add_argument("--objective", choices=("latency", "energy", "pareto"), default=d.objective)
     p.add_argument("--out", type=Path, default=d.out_dir, help="where the model and the plot go")
