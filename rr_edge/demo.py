@@ -79,7 +79,7 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 unique = len({b.signature for b in graph.blocks})
                 console.print(f"{len(graph.blocks)} atomic blocks, {unique} unique signatures")
                 console.print(f"energy meter: {node.meter.description}")
-                console.print(f"network profile up to {options.max_mb} MB")
+                console.print(f"network profile up to {options.max_mb} MiB")
                 with progress_bars(console=console) as progress:
                     net = node.netprofile(max_mb=options.max_mb, progress=progress)
                 console.print(

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     meter = make_meter(args)
     expected = local_outputs(settings, model.SerializeToString(), x)
     with connect(args) as client:
-        report, unplanned = None, False
+        report = None
         if args.split:
             split = validate_split(args.split, len(graph.blocks))
         else:
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 split = (report.chosen.i, report.chosen.j)
             except ServerUnavailable as exc:  # no plan without the server: every request runs locally
                 log.warning("cannot plan, running the whole model locally: %s", exc)
-                split, unplanned = (len(graph.blocks) - 1, len(graph.blocks) - 1), True
+                split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
         runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
         results, energies, splits_used = [], [], [split]
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             runner.close()
         wall_s = time.perf_counter() - start
-    if unplanned:
+    if report is None and not args.split:  # no plan could be made: every request ran locally
         for result in results:
             result.fallback = True
     diff = max(outputs_close(r.outputs, expected) for r in results)
