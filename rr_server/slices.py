@@ -269,7 +269,7 @@ def validate_onnx(data: bytes) -> onnx.ModelProto:
         if node.domain not in STANDARD_DOMAINS:
             raise InvalidArgument(f"{where}: op {node.op_type!r} in custom domain {node.domain!r} (refused)")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)  # the bytes as received: a ModelProto would be serialized again first
     except Exception as exc:  # noqa: BLE001 - ValidationError and friends
         raise InvalidArgument(f"onnx.checker rejected the model: {exc}"[:500]) from None
     return model

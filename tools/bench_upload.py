@@ -1,0 +1,125 @@
+"""Benchmark: where a slice upload's time goes (docs/performance.md, "Slice upload").
+
+    PYTHONPATH=. .venv/bin/python -m tools.bench_upload [--onnx FILE] [--repeat 7]   # ~10 s, JSON
+
+Default slice: the whole resnet18 at 224 x 224 (45 MiB, exported once into `.cache/models`).
+* `end_to_end_ms`: `Client.upload_slice(probe=True)` against rr-server in a subprocess over loopback: the edge's
+  hashing, the transfer in 1 MiB chunks and all of the server's work (the probe does everything a commit does except
+  the final rename, so it can be repeated).
+* `edge_sha256_ms`: the edge's SHA-256 of the slice (its id, sent in the header before any byte).
+* `server_stages_ms`: the server's steps one at a time, in this process, on the same bytes: SHA-256 and writing the
+  chunks to a temporary file, fsync, reading it back, parsing it (`onnx.load_from_string`, for the checks on
+  external data and custom domains), and `onnx.checker.check_model` given the received bytes (what rr-server does)
+  or the parsed ModelProto (which serializes it again first: what it did before).
+Medians over `--repeat` runs; the file system is the one holding `--store` (default: a temporary directory under
+`.cache`). This process tunes glibc's allocator as rr-server does (`rr_proto.allocator.tune_allocator`; without it
+every 45 MiB buffer is freshly mapped and page-faulted; `RR_MALLOC_TUNING=0` measures that way). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from rr_edge.client import Client
+from rr_proto import allocator
+from tools._models import REPO, cached_export
+
+CHUNK = 1 << 20
+
+
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(1e3 * statistics.median(times), 1)
+
+
+def server_stages(data: bytes, store: Path, repeat: int) -> dict[str, float]:
+    path = store / "stage.part"
+
+    def hash_and_write() -> None:
+        digest = hashlib.sha256()
+        with open(path, "wb") as f:
+            for offset in range(0, len(data), CHUNK):
+                digest.update(data[offset : offset + CHUNK])
+                f.write(data[offset : offset + CHUNK])
+
+    def fsync() -> None:
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+
+    stages = {"hash_and_write": median_ms(hash_and_write, repeat)}
+    fsyncs = []
+    for _ in range(repeat):  # each fsync after a fresh write, as in an upload
+        hash_and_write()
+        fsyncs.append(median_ms(fsync, 1))
+    stages["fsync"] = statistics.median(fsyncs)
+    stages["read_back"] = median_ms(path.read_bytes, repeat)
+    stages["parse"] = median_ms(lambda: onnx.load_from_string(data), repeat)
+    model = onnx.load_from_string(data)
+    stages["checker_on_bytes"] = median_ms(lambda: onnx.checker.check_model(data), repeat)
+    stages["checker_on_model_proto"] = median_ms(lambda: onnx.checker.check_model(model), repeat)
+    path.unlink()
+    return stages
+
+
+def end_to_end(data: bytes, store: Path, repeat: int) -> float:
+    port_file = store / "port"
+    cmd = [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(store / "server"),
+           "--port-file", str(port_file), "--log-level", "WARNING", "--providers", "cpu"]  # fmt: skip
+    server = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("rr-server did not start")
+            time.sleep(0.05)
+        with Client(port_file.read_text().strip()) as client:
+            client.upload_slice(data, probe=True)  # warm-up: the channel, the server's first allocations
+            return median_ms(lambda: client.upload_slice(data, probe=True), repeat)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--onnx", type=Path, help="the slice to upload (default: resnet18 at 224, exported once)")
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--store", type=Path, default=REPO / ".cache", help="where temporary files go (its file system)")
+    args = p.parse_args()
+    tuned = allocator.tune_allocator()
+    data = (args.onnx or cached_export("resnet18", 224)).read_bytes()
+    args.store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.store, prefix="rr-bench-upload-") as tmp:
+        e2e = end_to_end(data, Path(tmp), args.repeat)
+        stages = server_stages(data, Path(tmp), args.repeat)
+    result = {
+        "slice_mib": round(len(data) / CHUNK, 1),
+        "repeat": args.repeat,
+        "end_to_end_ms": e2e,
+        "end_to_end_mb_per_s": round(len(data) / 1e3 / e2e, 1),
+        "edge_sha256_ms": median_ms(lambda: hashlib.sha256(data).digest(), args.repeat),
+        "server_stages_ms": stages,
+        "allocator_tuned": tuned,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
