@@ -71,6 +71,7 @@ bench: setup
 	$(PY) -m tools.bench_profiler
 	$(PY) -m tools.bench_transport
 	$(PY) -m tools.bench_server
+	$(PY) -m tools.bench_upload
 	$(PY) -m tools.plan_quality
 	$(PIP) install -q scikit-surprise && $(PY) -m tools.bench_cf
 
