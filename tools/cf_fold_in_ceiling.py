@@ -17,7 +17,8 @@ ways:
 
 Components come from the numpy reference of the fold-in (`tools/cf_fold_in_reference.py`, checked against the engine
 by tests/test_cf_fold_in_reference.py). Prints one JSON object: the four figures over all held-out rows, and per row
-label.
+label with `held_out`, how many of the splits held that row out (each held-out row weighs the same in the totals,
+up to its number of test entries).
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def ceiling(m: Matrix, fill: float, seeds: range, reveal: int, leave_one_out: bo
 
     return {
         "within10": {w: pct([a for rows in flags.values() for a in rows[w]]) for w in WAYS},
-        "per_row": {label: {w: pct(rows[w]) for w in WAYS} for label, rows in sorted(flags.items())},
+        "per_row": {
+            label: {**{w: pct(rows[w]) for w in WAYS}, "held_out": len(rows["engine"])}
+            for label, rows in sorted(flags.items())
+        },
     }
 
 
