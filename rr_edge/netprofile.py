@@ -4,9 +4,10 @@ Uplink uses `EchoService.Send` (the edge streams the payload, the server acknowl
 `EchoService.Receive` (the server streams it). A third curve, ``upload``, times whole slice uploads of
 `upload_min_mb` .. `upload_max_mb` (`SliceService.UploadSlice` with ``probe`` set, of a valid ONNX model carrying
 that many random weight bytes): the edge hashes the bytes, streams them, and the server verifies, validates and
-writes them durably before it answers, then discards them. That is what uploading a slice's weights costs beyond
-the link; the planner costs weight uploads with this curve (the echo uplink alone predicted about half of the
-measured upload time on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is
+writes them durably and opens them in ONNX Runtime before it answers, then discards them. That is what making a
+slice's weights ready on the server costs beyond the link (the runner loads a slice right after uploading it); the
+planner costs weight uploads with this curve (the echo uplink alone predicted about half of the measured upload
+time on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is
 repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the
 connection first. Energy, where a meter is given, is metered per size over consecutive transfers lasting at least the
 meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: the
@@ -85,23 +86,30 @@ class NetProfileConfig:
         return log_sizes(self.min_bytes, int(self.max_mb * MiB), self.points_per_octave)
 
     def upload_sizes(self) -> list[int]:
-        """Weight bytes of the upload probes (the probe models are about 100 bytes larger)."""
+        """Weight bytes of the upload probes (a probe model rounds them down to whole rows of 1 KiB and adds about 100
+        bytes of graph; the curve is fitted to the probes' real sizes)."""
         if not self.upload_max_mb:
             return []
         return log_sizes(int(self.upload_min_mb * MiB), int(self.upload_max_mb * MiB), self.points_per_octave)
 
 
+PROBE_COLUMNS = 256  # output width of an upload probe's MatMul
+
+
 def probe_slice(weight_bytes: int, seed: int = 0) -> bytes:
-    """A valid ONNX model (y = Identity(x)) carrying ``weight_bytes`` random bytes as an initializer: what an
-    upload probe sends. Random bytes, so nothing on the way can compress them."""
+    """A valid ONNX model, y = x @ w with w an FP32 initializer of ``weight_bytes`` (rounded down to whole rows of
+    PROBE_COLUMNS) random bytes: what an upload probe sends. Random bytes, so nothing on the way can compress them;
+    a MatMul, so that the server's ONNX Runtime processes every weight when it opens the probe, as it does a slice's
+    (its CPU provider packs a constant MatMul operand, as it reorders convolution weights)."""
     import onnx
     from onnx import TensorProto, helper
 
-    weights = onnx.TensorProto(name="w", data_type=TensorProto.UINT8, dims=[weight_bytes])
-    weights.raw_data = np.random.default_rng(seed).bytes(weight_bytes)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "upload_probe", [x], [y], [weights])
+    rows = max(1, weight_bytes // (4 * PROBE_COLUMNS))
+    weights = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[rows, PROBE_COLUMNS])
+    weights.raw_data = np.random.default_rng(seed).bytes(4 * rows * PROBE_COLUMNS)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, PROBE_COLUMNS])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "upload_probe", [x], [y], [weights])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return model.SerializeToString()
 

@@ -2,11 +2,12 @@
 
     edge: blocks 0..i  ->  server: blocks i+1..j  ->  edge: blocks j+1..N-1
 
-The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and called through
-the KServe protocol with a deadline. When the server is unreachable, times out, breaks the stream or answers with an
-error, the runner runs the middle slice locally, so the request still completes (`RunResult.fallback` is True; a
-slice the server no longer holds is uploaded again for the next request); while the server is down or failing
-every request runs locally, and a health check every `RunnerConfig.retry_interval_s` returns to the plan once it
+The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and opened on the
+server before the first request (`RepositoryModelLoad`), then called through the KServe protocol with a deadline.
+When the server is unreachable, times out, breaks the stream or answers with an error, the runner runs the middle
+slice locally, so the request still completes (`RunResult.fallback` is True; a slice the server no longer holds is
+uploaded again for the next request); while the server is down, failing or refusing the slice, every request runs
+locally, and a health check every `RunnerConfig.retry_interval_s` returns to the plan once it
 answers again. Observed transfer times update the plan's network models (exponentially weighted); `replan_needed`
 turns True when they drift by more than `RunnerConfig.drift_threshold`.
 """
@@ -43,6 +44,8 @@ class RemoteExecutor(Protocol):
     """What the runner needs from the server connection (rr_edge.client.Client provides it)."""
 
     def ensure_slice(self, onnx_bytes: bytes, label: str = "") -> str: ...
+
+    def load_model(self, slice_id: str, timeout_s: float | None = None) -> None: ...
 
     def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
 
@@ -197,7 +200,7 @@ class Runner:
         self._tail = _Local(slices.tail, self.settings) if slices.tail else None
         self._middle_local: _Local | None = None
         self._slice_id: str | None = None
-        self.upload_ms = 0.0  # time spent making sure the server holds the middle slice (uploading it if needed)
+        self.upload_ms = 0.0  # time spent making the middle slice ready on the server (upload if needed, then load)
         self._stream: _Stream | None = None
         self._down_since: float | None = None
         self._last_probe = 0.0
@@ -230,12 +233,15 @@ class Runner:
         self.link.rebase()
 
     def _connect(self) -> bool:
-        """Upload the middle slice if needed; False (and server marked down) when the server is unreachable."""
+        """Make the middle slice ready on the server: upload it if needed, then have the server open its session, so
+        that the first request waits for neither. False (and server marked down) when the server is unreachable or
+        refuses the slice (too large, or ONNX Runtime there cannot open it)."""
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
             self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label)
-        except ServerUnavailable as exc:
+            self.remote.load_model(self._slice_id, self.config.timeout_s)
+        except ServerError as exc:  # unreachable, or refusing the slice: local until it recovers
             self._mark_down(exc)
             return False
         finally:

@@ -255,14 +255,21 @@ class SessionPool:
                     log.info("session cache full: evicted slice %s", evicted[:12])
             return session
 
-    def _load(self, slice_id: str, path: Path) -> Session:
+    def _open(self, what: str, path: Path) -> ort.InferenceSession:
         try:
-            raw = ort.InferenceSession(str(path), session_options(self._intra), providers=self.providers)
+            return ort.InferenceSession(str(path), session_options(self._intra), providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-            raise InvalidArgument(f"ONNX Runtime cannot load slice {slice_id[:12]}: {exc}"[:500]) from None
-        session = Session(slice_id, raw)
+            raise InvalidArgument(f"ONNX Runtime cannot load {what}: {exc}"[:500]) from None
+
+    def _load(self, slice_id: str, path: Path) -> Session:
+        session = Session(slice_id, self._open(f"slice {slice_id[:12]}", path))
         log.info("loaded slice %s on %s", slice_id[:12], ",".join(session.providers))
         return session
+
+    def open_once(self, path: Path) -> None:
+        """Open the model at `path` as a load would, then close it, keeping nothing: the last step of an upload
+        probe, which times what an edge waits for before its first request (upload, then load)."""
+        self._open("the probe slice", path)
 
     def loaded(self, slice_id: str) -> bool:
         with self._lock:

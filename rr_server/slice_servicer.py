@@ -32,7 +32,7 @@ class SliceServicer(rr_grpc.SliceServiceServicer):
                     raise InvalidArgument("only chunks may follow the header")
                 upload.write(request.chunk)
                 self._metrics.upload_bytes.inc(len(request.chunk))
-            size = upload.probe() if header.probe else upload.commit().bytes
+            size = upload.probe(self._sessions.open_once) if header.probe else upload.commit().bytes
         except BaseException:
             upload.abort()
             raise

@@ -40,6 +40,24 @@ def test_log_sizes() -> None:
         NetProfileConfig(max_mb=0.001)
 
 
+def test_probe_slice_carries_its_bytes_as_weights_onnx_runtime_must_process() -> None:
+    """An upload probe is as big as asked, its weights do not compress, and they feed a MatMul: the server's ONNX
+    Runtime packs them when it opens the probe, as it prepares a real slice's weights (an unused initializer would be
+    dropped at no cost, and the probe would time no load)."""
+    import onnx
+    import onnxruntime as ort
+
+    data = probe_slice(3 * 2**20 + 500, seed=1)
+    model = onnx.load_from_string(data)
+    (weights,) = model.graph.initializer
+    assert [n.op_type for n in model.graph.node] == ["MatMul"] and weights.name in model.graph.node[0].input
+    assert len(weights.raw_data) == 3 * 2**20 and 0 < len(data) - len(weights.raw_data) < 200
+    assert probe_slice(3 * 2**20 + 500, seed=2) != data  # another seed, other bytes (another slice id)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = np.ones((1, len(weights.raw_data) // 1024), np.float32)
+    assert session.run(None, {"x": x})[0].shape == (1, 256)
+
+
 def test_synthetic_affine_link_is_recovered() -> None:
     """Transfers on a fake clock: 2 ms RTT + 80 MB/s, with +-3% noise; the affine model wins and recovers both."""
     now = [0.0]
@@ -125,11 +143,11 @@ def test_loopback_profile_against_server(server_process: str) -> None:
             d = getattr(profile, name)
             assert d.chosen_model in ("affine", "poly4", "pwl") and out[name]["chosen_model"] == d.chosen_model
             assert d.affine_error >= 0 and d.poly4_error >= 0 and d.pwl_error >= 0
-        # upload probes: one size per probe model (weights + ~100 bytes of ONNX), each uploaded >= 3 times, and
-        # none of them stored on the server
+        # upload probes: one size per probe model (weights rounded down to whole 1 KiB rows + ~100 bytes of ONNX),
+        # each uploaded >= 3 times, and none of them stored on the server
         assert profile.upload is not None
         sizes = sorted({s.bytes for s in profile.upload.samples})
-        assert all(0 < b - w < 200 for b, w in zip(sizes, config.upload_sizes(), strict=True))
+        assert all(-1024 < b - w < 200 for b, w in zip(sizes, config.upload_sizes(), strict=True))
         assert all(sum(s.bytes == n for s in profile.upload.samples) >= 3 for n in sizes)
         assert not any(client.slice_status(slice_id_of(probe_slice(n, seed=k))).cached
                        for k, n in enumerate(config.upload_sizes()))  # fmt: skip

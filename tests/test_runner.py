@@ -11,7 +11,7 @@ import pytest
 
 import rr_server
 from rr_edge.blocks import analyze
-from rr_edge.client import Client, ClientOptions
+from rr_edge.client import Client, ClientOptions, slice_id_of
 from rr_edge.measure import measure_splits
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
@@ -56,6 +56,20 @@ def test_stream_and_unary_runs_equal_the_local_model(chain, client, split):
                 assert result.fallback is False
                 assert (result.remote_ms > 0) == (split[0] != split[1])
                 np.testing.assert_allclose(result.outputs["y3"], local["y3"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_runner_has_its_middle_slice_open_on_the_server_before_the_first_request(chain, tmp_path):
+    """Upload and load are one-time costs the runner pays when it starts (its `upload_ms`), not the first request."""
+    _, graph, slicer = chain
+    with (
+        rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as s,
+        Client(str(s.address)) as c,
+    ):
+        runner = make_runner(slicer, graph, (0, 2), c)
+        assert runner.slices.middle is not None and runner.upload_ms > 0 and not runner.server_down
+        status = c.slice_status(slice_id_of(runner.slices.middle))
+        assert status.cached and status.loaded
+        assert not runner.run(_x(graph)).fallback
 
 
 def test_a_plan_that_offloads_needs_a_server(chain):
@@ -173,20 +187,25 @@ def test_replan_uses_the_measured_network_and_counts_the_running_slice_as_cached
 
 def test_measure_splits_records_each_middle_slice_upload(chain, client, monkeypatch):
     """The one-time cost of dynamic offloading that the demo charges a plan: the runner's whole `ensure_slice` call
-    (status check and upload), none for a plan that offloads nothing."""
+    (status check and upload) and the server's opening of the slice, none for a plan that offloads nothing."""
     _, graph, slicer = chain
-    spent: list[float] = []
-    ensure = client.ensure_slice
+    spent: dict[str, list[float]] = {"ensure_slice": [], "load_model": []}
 
-    def timed(onnx_bytes: bytes, label: str = "") -> str:
-        start = time.perf_counter()
-        try:
-            return ensure(onnx_bytes, label)
-        finally:
-            spent.append(1e3 * (time.perf_counter() - start))
+    def timed(name: str):
+        call = getattr(client, name)
 
-    monkeypatch.setattr(client, "ensure_slice", timed)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[name].append(1e3 * (time.perf_counter() - start))
+
+        return wrapper
+
+    for name in spent:
+        monkeypatch.setattr(client, name, timed(name))
     measured = measure_splits(lambda s: make_runner(slicer, graph, s, client), [(0, 1), (3, 3)], _x(graph), 2)
-    assert len(spent) == 1
-    assert measured[(0, 1)].upload_ms >= spent[0] > 0
+    assert [len(times) for times in spent.values()] == [1, 1]
+    assert measured[(0, 1)].upload_ms >= spent["ensure_slice"][0] + spent["load_model"][0] > 0
     assert measured[(3, 3)].upload_ms == 0

@@ -60,6 +60,17 @@ def checker_failure_model() -> bytes:
     ).SerializeToString()
 
 
+def runtime_failure_model() -> bytes:
+    """Passes `onnx.checker` (which infers no types), but ONNX Runtime refuses it: Add of a float and an int64."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "i"], ["y"])], "mixed", [x, i], [y])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION
+    ).SerializeToString()
+
+
 def test_upload_status_and_idempotence(env):
     server, stubs, data_dir = env
     data = conv_model()
@@ -88,18 +99,25 @@ def test_header_only_cached_upload_needs_no_chunks(env):
 
 def test_probe_upload_runs_the_whole_ingest_and_stores_nothing(env):
     """A probe (what `rr-edge netprofile` times to cost weight uploads) is verified and validated like an upload,
-    answered as not cached, and leaves nothing behind: not even when the same bytes are already stored."""
+    opened in ONNX Runtime like a load, answered as not cached, and leaves nothing behind (no file, no open session):
+    not even when the same bytes are already stored."""
     _, stubs, data_dir = env
     data = conv_model(seed=5)
     probe = stubs.slices.UploadSlice(upload_requests(data, probe=True), timeout=10)
     assert (probe.slice_id, probe.cached, probe.bytes) == (sha256(data), False, len(data))
     assert stored_slice_files(data_dir) == []
-    assert not stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(data)), timeout=5).cached
+    status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(data)), timeout=5)
+    assert not status.cached and not status.loaded
     stubs.upload(data)
     again = stubs.slices.UploadSlice(upload_requests(data, probe=True), timeout=10)
     assert not again.cached  # a probe always sends its bytes, or it would time nothing
     assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(data)]
-    for bad, fragment in ((checker_failure_model(), "onnx.checker"), (data[:-1], "not an ONNX model")):
+    bad_probes = (
+        (checker_failure_model(), "onnx.checker"),
+        (data[:-1], "not an ONNX model"),
+        (runtime_failure_model(), "ONNX Runtime cannot load the probe slice"),  # a probe opens it, as a load would
+    )
+    for bad, fragment in bad_probes:
         with pytest.raises(grpc.RpcError) as err:
             stubs.slices.UploadSlice(upload_requests(bad, probe=True), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()

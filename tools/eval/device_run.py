@@ -7,7 +7,8 @@
                 slices, the server's CPU is busy and small probes measured several times their quiet-host time
     execute     per model: predictions -> plans (latency, energy, pre-offloaded) and the four baselines; then every
                 distinct split is RUN on the testbed (head/tail here, middle on the server) and the middle slice's
-                upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new)
+                upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new), with the
+                server opening it (`RepositoryModelLoad`) as the runner does before its first request
 
 Latency of a plan as measured = mean per-request latency over a throttled window (`tools.eval.timing`) (+ the measured
 upload of its middle slice when the plan uploads weights at run time: RoaD-RuNNer, Offload All, NS-nonOffloaded).
@@ -266,7 +267,9 @@ def measure_split(
         data = _tagged(slicer.slice(i + 1, j).SerializeToString())
         t0 = time.perf_counter()
         up = client.upload_slice(data, label=f"{graph.model}[{i + 1}:{j}] probe", timeout_s=600.0)
+        client.load_model(up.slice_id, timeout_s=600.0)  # as the runner does before its first request
         upload_ms = (time.perf_counter() - t0) * 1e3
+        client.unload_model(up.slice_id)
         if up.cached:
             raise RuntimeError(f"upload probe of {graph.model}[{i + 1}:{j}] was already cached")
         rec.update(upload_ms=upload_ms, upload_bytes=len(data), upload_mJ=power.watts("tx") * upload_ms)

@@ -398,7 +398,8 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
   the device (head and tail local, middle over gRPC on the server). Outputs match local execution (max |diff| in
   eval.json). The upload of a plan's middle slice is timed on a fresh copy (a unique `doc_string` appended, so the
   server cannot short-circuit it by hash); it includes the server's validation (size cap, `onnx.checker`, SHA-256,
-  write to disk).
+  write to disk) and its opening in ONNX Runtime (`RepositoryModelLoad`, as the runner does before its first
+  request; the network profile's upload probes include it too).
 * **What is throttled**: ONNX Runtime compute only. The worker moves itself into its class cgroup for every timed
   window of blocks and whole models, and around the head and tail runs of a plan (`Runner`'s `around_local` hook),
   and back to the root cgroup for everything else (loading, slicing, session creation, untimed), via `cgroup.procs`
