@@ -72,6 +72,19 @@ def test_a_runner_has_its_middle_slice_open_on_the_server_before_the_first_reque
         assert not runner.run(_x(graph)).fallback
 
 
+def test_a_server_that_refuses_the_slice_leaves_the_runner_local(chain, tmp_path):
+    """A slice over the server's size cap (or one its ONNX Runtime cannot open) is refused when the runner starts:
+    the runner does not fail, it runs locally like during an outage."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    config = rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", max_slice_bytes=1024)
+    with rr_server.Server(config) as s, Client(str(s.address)) as c:
+        runner = make_runner(slicer, graph, (0, 2), c, config=RunnerConfig(retry_interval_s=60))
+        result = runner.run(x)
+    assert runner.server_down and result.fallback
+    np.testing.assert_allclose(result.outputs["y3"], make_runner(slicer, graph, (3, 3), None)(x)["y3"], rtol=1e-5)
+
+
 def test_a_plan_that_offloads_needs_a_server(chain):
     _, graph, slicer = chain
     with pytest.raises(ValueError, match="needs a remote executor"):
