@@ -50,6 +50,7 @@ __all__ = [
 
 DEFAULT_MAX_MB = 256
 DEFAULT_UPLOAD_MAX_MB = 64
+DEFAULT_UPLOAD_MIN_MB = 1 / 16  # 64 KiB: the fixed costs of a small slice's upload are measured, not extrapolated
 DEFAULT_MIN_TIME_S = 0.1
 MAX_TRANSFERS_PER_SIZE = 500
 MiB = 1024 * 1024
@@ -68,7 +69,7 @@ class NetProfileConfig:
     min_time_s: float = DEFAULT_MIN_TIME_S
     warmup: int = 3
     chunk_bytes: int | None = None  # default: the client's chunk size
-    upload_min_mb: float = 1.0
+    upload_min_mb: float = DEFAULT_UPLOAD_MIN_MB
     upload_max_mb: float = DEFAULT_UPLOAD_MAX_MB  # 0: no upload probes (weight uploads then use the uplink curve)
 
     def __post_init__(self) -> None:

@@ -176,5 +176,5 @@ def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixt
         assert out[d]["chosen_model"] in ("affine", "poly4", "pwl") and out[d]["max_bytes"] == 1024 * 1024
         assert out[d]["affine_error"] >= 0
     assert out["upload"] is None  # --upload-max-mb 0: no probes
-    assert main(argv[:-3] + ["--upload-max-mb", "0.5"]) == 2  # fewer than three probe sizes: a usage error
+    assert main(argv[:-3] + ["--upload-max-mb", "0.2"]) == 2  # fewer than three probe sizes: a usage error
     assert "upload_max_mb" in capsys.readouterr().err

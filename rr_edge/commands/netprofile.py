@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--upload-max-mb",
         type=float,
         default=DEFAULT_UPLOAD_MAX_MB,
-        help=f"largest slice upload probe in MiB, from 1 MiB: 0 (none) or >= 4 (default {DEFAULT_UPLOAD_MAX_MB})",
+        help=f"largest slice upload probe in MiB, from 64 KiB: 0 (none) or >= 0.25 (default {DEFAULT_UPLOAD_MAX_MB})",
     )
     p.add_argument("--repeats", type=int, default=3, help="timed transfers per size (default 3)")
     p.add_argument("--points-per-octave", type=int, default=1, help="sizes per doubling (default 1)")

@@ -45,7 +45,7 @@ class EvalConfig:
     gt_timing: Timing = Timing()  # ground truth: every block and the whole model
     run_timing: Timing = field(default_factory=lambda: Timing(warmup=1, min_runs=3, min_time_s=1.0, max_runs=20))
     netprofile_max_mb: float = 256.0  # the SPEC default; slice uploads reach 553 MB (vgg16)
-    upload_probe_max_mb: float = 128.0  # whole-slice upload probes from 1 MiB (rr_edge.netprofile)
+    upload_probe_max_mb: float = 128.0  # whole-slice upload probes from 64 KiB (rr_edge.netprofile)
     fig4_fills: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
     fig4_seeds: int = 20
     port: int = 50051
