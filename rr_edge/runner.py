@@ -208,7 +208,7 @@ class Runner:
         self.link = _Link(uplink, downlink, expected_cloud_ms)
         if slices.middle is not None:
             self._middle_local = _Local(slices.middle, self.settings)
-            self._connect()
+            self._connect(at_start=True)
         first = self._head or self._middle_local or self._tail
         assert first is not None
         self.input_names = first.inputs
@@ -232,17 +232,21 @@ class Runner:
         """The current network models were planned with: drift counts from here."""
         self.link.rebase()
 
-    def _connect(self) -> bool:
+    def _connect(self, at_start: bool = False) -> bool:
         """Make the middle slice ready on the server: upload it if needed, then have the server open its session, so
-        that the first request waits for neither. False (and server marked down) when the server is unreachable or
-        refuses the slice (too large, or ONNX Runtime there cannot open it)."""
+        that the first request waits for neither. False (and server marked down) when the server is unreachable, or
+        when it refuses the slice (too large, or ONNX Runtime there cannot open it) while requests are being served;
+        a refusal `at_start` raises the ServerError instead: the plan cannot work with this server, and retrying
+        would only repeat the upload."""
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
             self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label)
             self.remote.load_model(self._slice_id, self.config.timeout_s)
-        except ServerError as exc:  # unreachable, or refusing the slice: local until it recovers
-            self._mark_down(exc)
+        except ServerError as exc:
+            if at_start and not isinstance(exc, ServerUnavailable):
+                raise
+            self._mark_down(exc)  # no request is lost: local until the server answers again
             return False
         finally:
             self.upload_ms += 1e3 * (time.perf_counter() - start)

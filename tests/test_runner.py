@@ -12,6 +12,7 @@ import pytest
 import rr_server
 from rr_edge.blocks import analyze
 from rr_edge.client import Client, ClientOptions, slice_id_of
+from rr_edge.errors import ServerError
 from rr_edge.measure import measure_splits
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
@@ -72,16 +73,27 @@ def test_a_runner_has_its_middle_slice_open_on_the_server_before_the_first_reque
         assert not runner.run(_x(graph)).fallback
 
 
-def test_a_server_that_refuses_the_slice_leaves_the_runner_local(chain, tmp_path):
-    """A slice over the server's size cap (or one its ONNX Runtime cannot open) is refused when the runner starts:
-    the runner does not fail, it runs locally like during an outage."""
+def test_a_server_that_refuses_the_slice_fails_the_runner_at_start_and_only_then(chain, tmp_path):
+    """Refused when the runner starts (here: over the server's size cap; the same for a slice its ONNX Runtime
+    cannot open), the plan cannot work with this server: a clear error. Refused later, when the runner has to upload
+    again (a server restarted on a fresh data dir and a smaller cap), the request completes locally."""
     _, graph, slicer = chain
     x = _x(graph)
-    config = rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", max_slice_bytes=1024)
-    with rr_server.Server(config) as s, Client(str(s.address)) as c:
-        runner = make_runner(slicer, graph, (0, 2), c, config=RunnerConfig(retry_interval_s=60))
-        result = runner.run(x)
-    assert runner.server_down and result.fallback
+    small = dict(listen="127.0.0.1:0", max_slice_bytes=1024)
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "a", **small)) as s, Client(str(s.address)) as c:
+        with pytest.raises(ServerError, match="exceeds the server's limit") as err:
+            make_runner(slicer, graph, (0, 2), c)
+        assert err.value.code == "RESOURCE_EXHAUSTED"
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "b", listen="127.0.0.1:0")) as s:
+        address = str(s.address)
+        with Client(address) as c:
+            runner = make_runner(slicer, graph, (0, 2), c, config=RunnerConfig(stream=False, retry_interval_s=60))
+            assert not runner.run(x).fallback
+            s.stop()
+            config = rr_server.ServerConfig(data_dir=tmp_path / "c", listen=address, max_slice_bytes=1024)
+            with rr_server.Server(config):
+                result = runner.run(x)  # NOT_FOUND on the new server, whose cap then refuses the upload
+    assert result.fallback and runner.server_down and "not cached on this server" in result.error
     np.testing.assert_allclose(result.outputs["y3"], make_runner(slicer, graph, (3, 3), None)(x)["y3"], rtol=1e-5)
 
 
