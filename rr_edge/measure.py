@@ -17,8 +17,9 @@ Split = tuple[int, int]
 @dataclass(frozen=True)
 class Measured:
     """Latency (ms) of one split over the measured requests, and whether every output was right; `upload_ms`: what
-    making sure the server held the split's middle slice took once, before the requests (the weight upload of
-    dynamic offloading, or only the cache check when the server already had it)."""
+    making the split's middle slice ready on the server took once, before the requests (the weight upload of
+    dynamic offloading and the server's opening of the slice, or only the cache check and the opening when the
+    server already had it)."""
 
     split: Split
     median_ms: float
@@ -35,7 +36,7 @@ def measure_splits(
     repeat: int,
     expected: Mapping[str, np.ndarray] | None = None,
 ) -> dict[Split, Measured]:
-    """Run `repeat` requests per split after one warm-up each (slices uploaded, server sessions open)."""
+    """Run `repeat` requests per split after one warm-up each (slices uploaded and opened by the runners)."""
     runners = {s: runner_for(s) for s in dict.fromkeys(splits)}
     upload_ms = {s: runner.upload_ms for s, runner in runners.items()}
     times: dict[Split, list[float]] = {s: [] for s in runners}
