@@ -13,12 +13,12 @@ cloud; j = N-1 returns the model output. Cost of an offloading plan, per inferen
                + transfer energy (network model's mJ, else tx_power_W x transfer ms; weights / K)
                + idle_power_W x cloud ms                the edge waits for the cloud
 
-``upload`` is the measured cost of a whole slice upload (the edge's hashing, the transfer, the server's validation
-and durable write; `rr_edge.netprofile`), ``up`` / ``down`` the echo transfer curves; without an upload curve W is
-costed with ``up``. W is charged for every offloaded slice (a weightless slice still costs one message) unless the
-server already holds it (``preloaded`` or ``cached_slices``); K = ``amortize_over``. ``Plan.upload_bytes`` is that
-slice's weight bytes (0 when nothing is uploaded); activation bytes are in the breakdown (``uplink_bytes``,
-``downlink_bytes``).
+``upload`` is the measured cost of a whole slice upload (the edge's hashing, the transfer, the server's validation,
+durable write and session opening; `rr_edge.netprofile`), ``up`` / ``down`` the echo transfer curves; without an
+upload curve W is costed with ``up``. W is charged for every offloaded slice (a weightless slice still costs one
+message) unless the server already holds it (``preloaded`` or ``cached_slices``); K = ``amortize_over``.
+``Plan.upload_bytes`` is that slice's weight bytes (0 when nothing is uploaded); activation bytes are in the
+breakdown (``uplink_bytes``, ``downlink_bytes``).
 `plan_cost` is the reference implementation; `rr_edge.planner` evaluates every plan at once with the same model.
 """
 
