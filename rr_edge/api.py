@@ -164,7 +164,10 @@ class EdgeNode:
     def runner(
         self, model: str | Path, plan: PlanReport | tuple[int, int], config: RunnerConfig | None = None
     ) -> Runner:
-        """A callable runner of the plan (a PlanReport's chosen plan, or a split (i, j))."""
+        """A callable runner of the plan (a PlanReport's chosen plan, or a split (i, j)). A plan that offloads has its
+        middle slice uploaded (if needed) and opened on the server here, before the first request; a server that
+        refuses the slice (too large, or its ONNX Runtime cannot open it) raises ServerError, an unreachable one
+        leaves the runner running locally until it answers."""
         m = self._load(model)
         report = plan if isinstance(plan, PlanReport) else None
         split = (report.chosen.i, report.chosen.j) if report else (int(plan[0]), int(plan[1]))  # type: ignore[index]
