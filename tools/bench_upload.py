@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from rr_edge.client import Client
 from rr_proto import allocator
 from rr_server.sessions import session_options
 from tools._models import REPO, cached_export
+from tools.bench_transport import start_rr_server
 
 CHUNK = 1 << 20
 CPU = ["CPUExecutionProvider"]
@@ -85,17 +85,9 @@ def server_stages(data: bytes, store: Path, repeat: int) -> dict[str, float]:
 
 
 def end_to_end(data: bytes, store: Path, repeat: int) -> float:
-    port_file = store / "port"
-    cmd = [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(store / "server"),
-           "--port-file", str(port_file), "--log-level", "WARNING", "--providers", "cpu"]  # fmt: skip
-    server = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    server, address = start_rr_server(store)
     try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("rr-server did not start")
-            time.sleep(0.05)
-        with Client(port_file.read_text().strip()) as client:
+        with Client(address) as client:
             client.upload_slice(data, probe=True)  # warm-up: the channel, the server's first allocations
             return median_ms(lambda: client.upload_slice(data, probe=True), repeat)
     finally:
