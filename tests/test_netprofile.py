@@ -3,16 +3,12 @@ subprocess (a separate process, so client and server do not share one interprete
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from _retry import retry_once
+from _server_process import ServerProcess
 
 from rr_edge.client import Client, slice_id_of
 from rr_edge.meters import ModelMeter, PowerSpec
@@ -26,8 +22,6 @@ from rr_edge.netprofile import (
     run_netprofile,
     summary,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_log_sizes() -> None:
@@ -85,28 +79,11 @@ def test_synthetic_affine_link_is_recovered() -> None:
 
 @pytest.fixture(scope="module")
 def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("rr-net")
-    port_file = data / "port"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(data / "d"),
-         "--port-file", str(port_file), "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    server = ServerProcess(tmp_path_factory.mktemp("rr-net") / "d", "--log-level", "WARNING")
     try:
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
-                pytest.fail(f"rr-server did not start: {err[-2000:]}")
-            time.sleep(0.1)
-        yield port_file.read_text().strip()
+        yield server.address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.terminate(timeout=15)
 
 
 def _held_out_error(client: Client, config: NetProfileConfig, held_out: list[int], transfer: str) -> tuple[str, float]:

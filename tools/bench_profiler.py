@@ -21,12 +21,9 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,29 +37,7 @@ from rr_edge.onnx_io import load_model  # noqa: E402
 from rr_edge.profiler import ProfileConfig, random_feeds, run_profile  # noqa: E402
 from rr_edge.session import OrtSettings  # noqa: E402
 from tools._models import cached_export  # noqa: E402
-
-
-@contextmanager
-def server_process() -> Iterator[str]:
-    """`rr-server` as a subprocess on a free loopback port with a fresh data dir; yields its address."""
-    with tempfile.TemporaryDirectory(prefix="rr-bench-") as tmp:
-        port_file = Path(tmp) / "port"
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", f"{tmp}/data",
-             "--port-file", str(port_file), "--log-level", "WARNING"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 60
-            while not (port_file.exists() and port_file.read_text().strip()):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("rr-server did not start")
-                time.sleep(0.1)
-            yield port_file.read_text().strip()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+from tools._server import rr_server  # noqa: E402
 
 
 def one_inference_ms(model_bytes: bytes, settings: OrtSettings, runs: int = 5) -> float:
@@ -112,7 +87,11 @@ def main() -> int:
         marks.setdefault(stage, now)
         stages[stage] = now - marks[stage]
 
-    with server_process() as address, Client(address) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="rr-bench-") as tmp,
+        rr_server(Path(tmp), providers="cuda,cpu") as address,
+        Client(address) as client,
+    ):
         t0 = time.perf_counter()
         result = run_profile(
             client, "bench-edge", model, graph.model, settings=settings, meter=meter,

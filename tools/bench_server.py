@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +41,8 @@ import onnxruntime as ort  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
 from rr_server import grpc_options, wire  # noqa: E402
+from tools._models import cached_export  # noqa: E402
+from tools._server import rr_server_command, serving  # noqa: E402
 
 MAX_MESSAGE = 256 * 1024 * 1024
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -49,15 +50,10 @@ _INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 def make_slice(model_name: str, blocks: str | None) -> bytes:
     from rr_edge.blocks import analyze
-    from rr_edge.export import export_model
     from rr_edge.onnx_io import load_model
     from rr_edge.slicing import slice_model
 
-    cache = Path(os.environ.get("RR_MODEL_CACHE", REPO / ".cache" / "models"))
-    path = cache / f"bench_{model_name}_224.onnx"
-    if not path.exists():
-        export_model(model_name, path)
-    model = load_model(path)
+    model = load_model(cached_export(model_name, 224))
     graph = analyze(model, model_name)
     n = len(graph.blocks)
     a, b = (int(v) for v in blocks.split(":")) if blocks else (n // 3, 2 * n // 3)
@@ -143,15 +139,6 @@ def drive(address: str, request: bytes, clients: int, seconds: float) -> dict:
     }
 
 
-def _wait_port(proc: subprocess.Popen, port_file: Path) -> str:
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.05)
-    return port_file.read_text().strip()
-
-
 def upload(address: str, data: bytes) -> str:
     slice_id = hashlib.sha256(data).hexdigest()
     channel = grpc.insecure_channel(address, options=grpc_options(MAX_MESSAGE))
@@ -211,18 +198,12 @@ def serve_asyncio(data_dir: Path, port_file: Path, workers: int) -> None:
     asyncio.run(main())
 
 
-def start_server(kind: str, tmp: Path, data: bytes) -> tuple[subprocess.Popen, str]:
+def server_command(kind: str, tmp: Path) -> tuple[list[str], Path]:
+    """The command line of the `sync` (rr-server itself) or `asyncio` server, and the file it writes its address to."""
     port_file = tmp / f"{kind}.port"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     if kind == "sync":
-        cmd = [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(tmp / kind),
-               "--port-file", str(port_file), "--log-level", "WARNING", "--providers", "cpu"]  # fmt: skip
-    else:
-        cmd = [sys.executable, __file__, "--serve-asyncio", str(tmp / kind), str(port_file)]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
-    address = _wait_port(proc, port_file)
-    upload(address, data)
-    return proc, address
+        return rr_server_command(tmp / kind, port_file), port_file
+    return [sys.executable, __file__, "--serve-asyncio", str(tmp / kind), str(port_file)], port_file
 
 
 def main() -> int:
@@ -235,28 +216,27 @@ def main() -> int:
     p.add_argument("--serve-asyncio", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_asyncio:
-        serve_asyncio(*args.serve_asyncio, workers=32)
+        data_dir, port_file = args.serve_asyncio
+        serve_asyncio(data_dir, port_file, workers=32)
         return 0
     data = make_slice(args.model, args.blocks)
     name, x = example_input(data)
 
-    tmp = Path(tempfile.mkdtemp(prefix="rr-bench-server-"))
-    servers = {kind: start_server(kind, tmp, data) for kind in ("sync", "asyncio")}
     request = wire.serialize_infer_request(hashlib.sha256(data).hexdigest(), {name: x})
     rounds: list[dict] = []
-    try:
+    with tempfile.TemporaryDirectory(prefix="rr-bench-server-") as tmp_dir, contextlib.ExitStack() as servers:
+        tmp = Path(tmp_dir)
+        addresses = {}
+        for kind in ("sync", "asyncio"):
+            addresses[kind] = servers.enter_context(serving(*server_command(kind, tmp), f"{kind} server"))
+            upload(addresses[kind], data)
         for _ in range(args.rounds):  # interleaved, so load changes on this shared machine hit every variant
             baseline, single = in_process(data, args.clients, args.seconds, tmp)
             one = {"in_process": {"throughput": baseline, "single_client_ms": 1e3 * single}}
-            for kind, (_, address) in servers.items():
+            for kind, address in addresses.items():
                 one[f"server_{kind}"] = drive(address, request, args.clients, args.seconds)
             rounds.append(one)
             print(json.dumps(one), file=sys.stderr)
-    finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(30)
-        shutil.rmtree(tmp, ignore_errors=True)
     result: dict = {
         "benchmark": "server_throughput",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,

@@ -32,11 +32,11 @@ in the environment: without it; the JSON records which).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import struct
@@ -64,6 +64,7 @@ from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc  # noqa: E40
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
 from rr_server import grpc_options  # noqa: E402
+from tools._server import rr_server, rr_server_command, serving  # noqa: E402
 
 MB = 1024 * 1024
 MAX_MESSAGE = 256 * MB
@@ -198,22 +199,6 @@ def runner_call(runner: Runner, x: np.ndarray) -> None:
         raise RuntimeError("the runner fell back to running the slice locally")
 
 
-def start_rr_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port_file = data_dir / "port"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rr_server.cli", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "d"),
-         "--port-file", str(port_file), "--log-level", "WARNING", "--providers", "cpu"],
-        env=env, cwd=REPO,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("rr-server did not start")
-        time.sleep(0.05)
-    return proc, port_file.read_text().strip()
-
-
 def measure(
     address: str, sock_addr: tuple[str, int], echo_address: str, sizes: list[float], repeat: int, tiny_repeat: int
 ) -> dict:
@@ -302,55 +287,41 @@ def measure(
     }
 
 
-def _wait_file(path: Path, proc: subprocess.Popen, what: str) -> str:
-    deadline = time.monotonic() + 60
-    while not path.exists() or not path.read_text().strip():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.05)
-    return path.read_text().strip()
-
-
 def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="rr-bench-transport-"))
-    sock_proc = subprocess.Popen([sys.executable, __file__, "--serve-socket", str(tmp / "sock.port")])
-    server_proc, address = start_rr_server(tmp)
-    echo_proc = subprocess.Popen([sys.executable, __file__, "--serve-grpc-echo", str(tmp / "echo.port")])
-    try:
-        sock_port = int(_wait_file(tmp / "sock.port", sock_proc, "socket echo"))
-        echo_port = int(_wait_file(tmp / "echo.port", echo_proc, "gRPC echo"))
+    with tempfile.TemporaryDirectory(prefix="rr-bench-transport-") as tmp_dir, contextlib.ExitStack() as stack:
+        tmp = Path(tmp_dir)
+
+        def start(flag: str, what: str) -> int:
+            port_file = tmp / f"{flag.strip('-')}.port"
+            return int(stack.enter_context(serving([sys.executable, __file__, flag, str(port_file)], port_file, what,
+                                                   kill=True)))  # fmt: skip
+
+        sock_port = start("--serve-socket", "socket echo")
+        echo_port = start("--serve-grpc-echo", "gRPC echo")
+        address = stack.enter_context(rr_server(tmp))
         result = measure(address, ("127.0.0.1", sock_port), f"127.0.0.1:{echo_port}", sizes, repeat, tiny_repeat)
         return {"benchmark": "transport", "link": "loopback", **result}
-    finally:
-        echo_proc.kill()
-        echo_proc.wait(10)
-        server_proc.terminate()
-        server_proc.wait(30)
-        sock_proc.kill()
-        sock_proc.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
     """Server and socket echo in the testbed's server namespace, the client in `device`'s (veth + tbf `rate`)."""
     testbed = [sys.executable, "-m", "tools.testbed", "--prefix", TESTBED_PREFIX]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run([*testbed, "up", "--rate", rate, "--classes", device], check=True, env=env, cwd=REPO,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    tmp = Path(tempfile.mkdtemp(prefix="rr-bench-link-"))
-    procs = []
-    try:
-        server_cmd = [sys.executable, "-m", "rr_server.cli", "--listen", f"0.0.0.0:{TESTBED_PORT}", "--data-dir",
-                      str(tmp / "d"), "--port-file", str(tmp / "server.port"), "--log-level", "WARNING",
-                      "--providers", "cpu"]  # fmt: skip
-        procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *server_cmd], env=env, cwd=REPO))
-        _wait_file(tmp / "server.port", procs[-1], "rr-server")
+    with tempfile.TemporaryDirectory(prefix="rr-bench-link-") as tmp_dir, contextlib.ExitStack() as stack:
+        tmp = Path(tmp_dir)
+        subprocess.run([*testbed, "up", "--rate", rate, "--classes", device], check=True, env=env, cwd=REPO,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        stack.callback(subprocess.run, [*testbed, "down"], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+
+        def in_server_namespace(cmd: list[str], port_file: Path, what: str) -> str:
+            return stack.enter_context(serving([*testbed, "exec", "server", "--", *cmd], port_file, what))
+
+        listen = f"0.0.0.0:{TESTBED_PORT}"
+        in_server_namespace(rr_server_command(tmp / "d", tmp / "server.port", listen), tmp / "server.port", "rr-server")
         sock_cmd = [sys.executable, __file__, "--serve-socket", str(tmp / "sock.port"), "--bind", "0.0.0.0"]
-        procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *sock_cmd], env=env, cwd=REPO))
-        sock_port = _wait_file(tmp / "sock.port", procs[-1], "socket echo")
+        sock_port = in_server_namespace(sock_cmd, tmp / "sock.port", "socket echo")
         echo_cmd = [sys.executable, __file__, "--serve-grpc-echo", str(tmp / "echo.port"), "--bind", "0.0.0.0"]
-        procs.append(subprocess.Popen([*testbed, "exec", "server", "--", *echo_cmd], env=env, cwd=REPO))
-        echo_port = _wait_file(tmp / "echo.port", procs[-1], "gRPC echo")
+        echo_port = in_server_namespace(echo_cmd, tmp / "echo.port", "gRPC echo")
         client_cmd = [sys.executable, __file__, "--client-of", f"$RR_SERVER_HOST:{TESTBED_PORT}",
                       "--socket-port", sock_port, "--echo-port", echo_port, "--sizes-mb", ",".join(map(str, sizes)),
                       "--repeat", str(repeat), "--tiny-repeat", str(tiny_repeat)]  # fmt: skip
@@ -359,12 +330,6 @@ def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_re
                               capture_output=True, text=True, check=True)  # fmt: skip
         result = json.loads(done.stdout)
         return {"benchmark": "transport", "link": f"testbed veth + tbf {rate}, client as {device}", **result}
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)
-        subprocess.run([*testbed, "down"], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:

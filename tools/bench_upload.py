@@ -37,7 +37,7 @@ from rr_edge.client import Client
 from rr_proto import allocator
 from rr_server.sessions import session_options
 from tools._models import REPO, cached_export
-from tools.bench_transport import start_rr_server
+from tools._server import rr_server
 
 CHUNK = 1 << 20
 CPU = ["CPUExecutionProvider"]
@@ -85,14 +85,9 @@ def server_stages(data: bytes, store: Path, repeat: int) -> dict[str, float]:
 
 
 def end_to_end(data: bytes, store: Path, repeat: int) -> float:
-    server, address = start_rr_server(store)
-    try:
-        with Client(address) as client:
-            client.upload_slice(data, probe=True)  # warm-up: the channel, the server's first allocations
-            return median_ms(lambda: client.upload_slice(data, probe=True), repeat)
-    finally:
-        server.terminate()
-        server.wait(30)
+    with rr_server(store) as address, Client(address) as client:
+        client.upload_slice(data, probe=True)  # warm-up: the channel, the server's first allocations
+        return median_ms(lambda: client.upload_slice(data, probe=True), repeat)
 
 
 def main() -> int:
