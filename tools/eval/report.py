@@ -21,6 +21,20 @@ def _f(v: Any, fmt: str = "{:.2f}", none: str = "n/a") -> str:
     return none if v is None else fmt.format(v)
 
 
+def _probe_sizes(d: dict[str, Any]) -> str:
+    """The range of the slice-upload probes the devices made, from their samples: "64 KiB to 128 MiB"."""
+    networks = d.get("network") or {}
+    sizes = [b for net in networks.values() for b, _ in ((net or {}).get("upload") or {}).get("samples", [])]
+    if not sizes:
+        return "none"
+
+    def size(nbytes: float) -> str:
+        kib = round(nbytes / 1024)
+        return f"{kib} KiB" if kib < 1024 else f"{kib / 1024:.0f} MiB"
+
+    return f"{size(min(sizes))} to {size(max(sizes))}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -62,9 +76,11 @@ def _findings(d: dict[str, Any]) -> str:
     up, loc, rem = comp.get("upload", {}), comp.get("local", {}), comp.get("remote", {})
     f4 = d["fig4"]["latency"]
     k30 = f4["fills"].index(0.3) if 0.3 in f4["fills"] else None
-    cf_better = sum(
-        c is not None and n is not None and c < n for c, n in zip(f4["cf"]["rmse"], f4["ns"]["rmse"], strict=True)
-    )
+
+    def cf_better(metric: str) -> int:
+        pairs = zip(f4["cf"][metric], f4["ns"][metric], strict=True)
+        return sum(c is not None and n is not None and c < n for c, n in pairs)
+
     rep = d.get("repeatability", {}).get("median_abs_diff_pct")
     err = d["headline"]["latency_prediction_median_ape_pct"]
     met = "met" if err is not None and err <= 10.0 else "not met"
@@ -82,14 +98,18 @@ def _findings(d: dict[str, Any]) -> str:
         f"(median {_f(err, '{:.1f}')}% over every executed plan, "
         f"{_f(d['headline'].get('chosen_plan_latency_median_ape_pct'), '{:.1f}')}% over the chosen plans). "
         "By component (median error; predicted / measured): weight uploads, costed with the node's measured "
-        f"slice-upload probes (up to {d['meta']['config'].get('upload_probe_max_mb', 0):.0f} MiB, extrapolated to "
+        f"slice-upload probes ({_probe_sizes(d)}, extrapolated to "
         f"slices of hundreds of MB), {_f(up.get('median_ape'), '{:.1f}')}% ({_f(up.get('median_ratio'))}); local "
         f"compute {_f(loc.get('median_ape'), '{:.1f}')}% ({_f(loc.get('median_ratio'))}), against a noise floor of "
         f"{_f(rep, '{:.1f}')}% (below); the remote part (tensors up and down + cloud compute) "
         f"{_f(rem.get('median_ape'), '{:.1f}')}% ({_f(rem.get('median_ratio'))}).",
-        f"* **CF vs regression (Fig. 4).** CF has the lower latency RMSE at {cf_better} of {len(f4['fills'])} fills"
-        + (f"; at 30% fill {f4['cf']['rmse'][k30]:.1f} ms vs {f4['ns']['rmse'][k30]:.1f} ms" if k30 is not None else "")
-        + ". The RMSE keeps falling up to 50% fill (the paper saw it converge at 30%): with only "
+        f"* **CF vs regression (Fig. 4).** CF has the lower latency RMSE at {cf_better('rmse')} of "
+        f"{len(f4['fills'])} fills and the lower MAPE at {cf_better('mape')}"
+        + (f"; at 30% fill {f4['cf']['rmse'][k30]:.2f} ms vs {f4['ns']['rmse'][k30]:.2f} ms, "
+           f"{f4['cf']['mape'][k30]:.1f}% vs {f4['ns']['mape'][k30]:.1f}%" if k30 is not None else "")
+        + ". The RMSE in ms is set by the few largest blocks (a per-layer-type regression on FLOPs fits those well); "
+        "the MAPE weighs every block alike (CF fits relative errors, in log space). The RMSE keeps falling up to "
+        "50% fill (the paper saw it converge at 30%): with only "
         f"{len(d['fig4']['rows'])} nodes (rows) and {d['fig4']['cols']} columns, each extra profiled block still adds "
         "information.",
     ]  # fmt: skip
@@ -280,7 +300,7 @@ def render(d: dict[str, Any]) -> str:
     rt = cfg["run_timing"]
     up = "" if run == "full" else "../"  # this report's place below docs/results/
     if run == "full":
-        others = ", ".join(f"[{d}/README.md]({d}/README.md)" for d in ("quick", "quick-512", "quick-768"))
+        others = ", ".join(f"[{r}/README.md]({r}/README.md)" for r in ("quick", "quick-load", "quick-512", "quick-768"))
     else:
         others = "[../README.md](../README.md) (the full run)"
     flags = "".join(f" {f}" for f in cli_flags(cfg))
@@ -391,7 +411,7 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
   whole-model record (the e2e correction). The server times the reported slices itself (its cloud row); the
   device waits after each model until it has (with the next model's slicing beside it, the server's timings came
   out up to 2x slow). Then `run_netprofile` (up to {cfg["netprofile_max_mb"]:.0f} MiB each direction, slice-upload
-  probes of 1 to {cfg.get("upload_probe_max_mb", 0):.0f} MiB) runs in each device's namespace in turn (while the
+  probes of {_probe_sizes(d)}) runs in each device's namespace in turn (while the
   server was still timing slices, its busy CPU made small probes several times slower than on a quiet host).
 * **Plans**: `rr_edge.offload.gather_costs` + `make_plan` for the latency and energy objectives and pre-offloaded;
   the four baselines of `rr_edge.baselines`. Every distinct split is run with `rr_edge.offload.make_runner` inside
