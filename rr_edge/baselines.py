@@ -50,7 +50,7 @@ def single_split_costs(inputs: PlanInputs) -> tuple[np.ndarray, np.ndarray]:
     lat = head + up_ms + cloud + down_ms
     en = head_mJ + up_mJ + down_mJ + inputs.idle_power_W * cloud
     if not inputs.preloaded:
-        wb = inputs.weight_bytes.sum() - np.concatenate(([0.0], np.cumsum(inputs.weight_bytes)))
+        wb = inputs.upload_bytes.sum() - np.concatenate(([0.0], np.cumsum(inputs.upload_bytes)))
         cached = np.array([(int(k), n - 1) in inputs.cached_slices for k in r])
         link = inputs.weight_link
         w_ms = np.where(cached, 0.0, np.asarray(link.predict_ms(wb)))

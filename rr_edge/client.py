@@ -397,21 +397,26 @@ class Client:
         check_cached: bool = True,
         timeout_s: float | None = None,
         probe: bool = False,
+        load: bool = False,
     ) -> UploadResult:
         """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached.
 
-        ``probe``: time the upload path only; the server verifies and validates the bytes, then discards them."""
+        ``load``: the server also opens the slice's session before it answers (unless it is open already), so that
+        the first request does not wait for it. ``probe``: time this path without storing anything: the status
+        query, then an upload that the server verifies, validates and opens as a load would, then discards."""
         slice_id = slice_id_of(data)
-        if check_cached and not probe:
+        if check_cached:
             status = self.slice_status(slice_id, timeout_s)
-            if status.cached:
+            if status.cached and not probe:
                 log.debug("slice %s (%s) already cached", slice_id[:12], label)
+                if load and not status.loaded:
+                    self.load_model(slice_id, timeout_s)
                 return UploadResult(slice_id, True, status.bytes or len(data))
         chunk = self.options.chunk_bytes
         view = memoryview(data)
 
         def parts() -> Iterator[pb.UploadSliceRequest]:
-            header = pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label, probe=probe)
+            header = pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label, probe=probe, load=load)
             yield pb.UploadSliceRequest(header=header)
             for offset in range(0, len(data), chunk):
                 yield pb.UploadSliceRequest(chunk=bytes(view[offset : offset + chunk]))
@@ -422,9 +427,10 @@ class Client:
             raise ServerError(f"UploadSlice: server stored {r.slice_id}, expected {slice_id}", "DATA_LOSS")
         return UploadResult(slice_id, r.cached, r.bytes or len(data))
 
-    def ensure_slice(self, onnx_bytes: bytes, label: str = "") -> str:
-        """Make sure the server holds the slice (uploading it if needed); returns its id."""
-        return self.upload_slice(onnx_bytes, label).slice_id
+    def ensure_slice(self, onnx_bytes: bytes, label: str = "", load: bool = False) -> str:
+        """Make sure the server holds the slice (uploading it if needed) and, with `load`, has its session open;
+        returns its id."""
+        return self.upload_slice(onnx_bytes, label, load=load).slice_id
 
     # -- inference (KServe v2) -----------------------------------------------------------------------------------
 

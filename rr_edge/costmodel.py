@@ -5,7 +5,7 @@ i == j offloads nothing (all those plans are one plan; it is reported once, as i
 cloud; j = N-1 returns the model output. Cost of an offloading plan, per inference:
 
     latency_ms = c * edge_ms[0..i]                      head, c = e2e correction (whole-model ms / sum of block ms)
-               + up(boundary[i+1]) + W / K              input of block i+1 sent up; W = upload(weight bytes i+1..j)
+               + up(boundary[i+1]) + W / K              input of block i+1 sent up; W = upload(slice bytes i+1..j)
                + c_cloud * cloud_ms[i+1..j]             cloud compute
                + down(boundary[j+1])                    input of block j+1 (the model output when j = N-1) sent down
                + c * edge_ms[j+1..N-1]                  tail
@@ -17,7 +17,7 @@ cloud; j = N-1 returns the model output. Cost of an offloading plan, per inferen
 durable write and session opening; `rr_edge.netprofile`), ``up`` / ``down`` the echo transfer curves; without an
 upload curve W is costed with ``up``. W is charged for every offloaded slice (a weightless slice still costs one
 message) unless the server already holds it (``preloaded`` or ``cached_slices``); K = ``amortize_over``.
-``Plan.upload_bytes`` is that slice's weight bytes (0 when nothing is uploaded); activation bytes are in the
+``Plan.upload_bytes`` is that slice's bytes (0 when nothing is uploaded); activation bytes are in the
 breakdown (``uplink_bytes``, ``downlink_bytes``).
 `plan_cost` is the reference implementation; `rr_edge.planner` evaluates every plan at once with the same model.
 """
@@ -51,17 +51,18 @@ def _vec(name: str, v: Any, n: int) -> np.ndarray:
 class PlanInputs:
     """Everything the cost model needs for one model on one edge node (units: ms, mJ, bytes, W).
 
-    Per block (N entries): ``edge_ms``, ``edge_mJ`` (edge compute), ``cloud_ms``, ``weight_bytes`` (slice upload).
+    Per block (N entries): ``edge_ms``, ``edge_mJ`` (edge compute), ``cloud_ms``, ``upload_bytes`` (what the block
+    adds to an uploaded slice: its weights and its serialized nodes, `Block.slice_bytes`).
     ``boundary_bytes`` (N+1): boundary k is the tensor entering block k; k = 0 the model input, k = N its output.
     ``cached_slices``: block ranges (first, last), inclusive, whose slice the server already holds.
     ``e2e_correction`` scales edge compute (ms and mJ); ``cloud_correction`` scales cloud ms.
-    ``upload``: the curve of whole slice uploads, for weights (None: the ``uplink`` curve).
+    ``upload``: the curve of whole slice uploads (None: the ``uplink`` curve).
     """
 
     edge_ms: np.ndarray
     edge_mJ: np.ndarray
     cloud_ms: np.ndarray
-    weight_bytes: np.ndarray
+    upload_bytes: np.ndarray
     boundary_bytes: np.ndarray
     uplink: NetworkModel
     downlink: NetworkModel
@@ -78,7 +79,7 @@ class PlanInputs:
         n = np.asarray(self.edge_ms).size
         if n < 1:
             raise ValueError("a model needs at least one block")
-        for name in ("edge_ms", "edge_mJ", "cloud_ms", "weight_bytes"):
+        for name in ("edge_ms", "edge_mJ", "cloud_ms", "upload_bytes"):
             object.__setattr__(self, name, _vec(name, getattr(self, name), n))
         object.__setattr__(self, "boundary_bytes", _vec("boundary_bytes", self.boundary_bytes, n + 1))
         object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
@@ -110,13 +111,14 @@ def correction_factor(whole_model_ms: float, block_ms: Iterable[float], fallback
 def inputs_from_blocks(blocks: Sequence[Mapping[str, Any]], **kw: Any) -> PlanInputs:
     """PlanInputs from SPEC §3 block dicts (``input_bytes``, ``output_bytes``, ``param_bytes``) plus the other fields.
 
-    boundary k = input_bytes of block k, boundary N = output_bytes of the last block; weight_bytes = param_bytes.
+    boundary k = input_bytes of block k, boundary N = output_bytes of the last block; upload_bytes = ``slice_bytes``
+    where the dicts have it (`Block.to_json` does), else param_bytes.
     """
     if not blocks:
         raise ValueError("a model needs at least one block")
     boundary = [int(b["input_bytes"]) for b in blocks] + [int(blocks[-1]["output_bytes"])]
-    weights = [int(b["param_bytes"]) for b in blocks]
-    return PlanInputs(weight_bytes=np.array(weights), boundary_bytes=np.array(boundary), **kw)
+    upload = [int(b.get("slice_bytes", b["param_bytes"])) for b in blocks]
+    return PlanInputs(upload_bytes=np.array(upload), boundary_bytes=np.array(boundary), **kw)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class Plan:
     latency_ms: float
     energy_mJ: float
     offloaded_blocks: int
-    upload_bytes: int  # slice weight bytes that must be uploaded (0 when nothing offloaded or already cached)
+    upload_bytes: int  # bytes of the slice that must be uploaded (0 when nothing offloaded or already cached)
     breakdown: dict[str, float] = field(default_factory=dict, compare=False)
     objective: str | None = None
 
@@ -164,7 +166,7 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
         xfer += transfer_mJ(inputs.downlink, down_b, down_ms, inputs.tx_power_W)
         w_ms = w_mJ = 0.0
         if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
-            wbytes = int(round(float(inputs.weight_bytes[i + 1 : j + 1].sum())))
+            wbytes = int(round(float(inputs.upload_bytes[i + 1 : j + 1].sum())))
             full_ms = inputs.weight_link.predict_ms(float(wbytes))
             w_ms = full_ms / K
             w_mJ = transfer_mJ(inputs.weight_link, float(wbytes), full_ms, inputs.tx_power_W) / K
@@ -188,7 +190,7 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     ii, jj = np.where(off, ii, n - 1), np.where(off, jj, n - 1)
     r, j1 = ii + 1, jj + 1
     pe, pj, pc, pw = (np.concatenate(([0.0], np.cumsum(v))) for v in
-                      (inputs.edge_ms, inputs.edge_mJ, inputs.cloud_ms, inputs.weight_bytes))  # fmt: skip
+                      (inputs.edge_ms, inputs.edge_mJ, inputs.cloud_ms, inputs.upload_bytes))  # fmt: skip
     bb = inputs.boundary_bytes
     z = np.zeros(ii.size)
     up_b, down_b = np.where(off, bb[r], 0.0), np.where(off, bb[j1], 0.0)

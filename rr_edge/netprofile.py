@@ -3,9 +3,10 @@
 Uplink uses `EchoService.Send` (the edge streams the payload, the server acknowledges the byte count), downlink
 `EchoService.Receive` (the server streams it). A third curve, ``upload``, times whole slice uploads of
 `upload_min_mb` .. `upload_max_mb` (`SliceService.UploadSlice` with ``probe`` set, of a valid ONNX model carrying
-that many random weight bytes): the edge hashes the bytes, streams them, and the server verifies, validates and
-writes them durably and opens them in ONNX Runtime before it answers, then discards them. That is what making a
-slice's weights ready on the server costs beyond the link (the runner loads a slice right after uploading it); the
+that many random weight bytes), each after the status query the runner makes first: the edge hashes the bytes, asks
+whether the server holds them, streams them, and the server verifies, validates and writes them durably and opens
+them in ONNX Runtime before it answers, then discards them. That is what making a slice's weights ready on the
+server costs beyond the link (the runner has a slice opened in the same call that uploads it); the
 planner costs weight uploads with this curve (the echo uplink alone predicted about half of the measured upload
 time on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is
 repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the

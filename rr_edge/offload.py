@@ -168,7 +168,7 @@ def plan_inputs(
         edge_ms=np.array([p.latency_ms for p in costs.edge]),
         edge_mJ=np.array([p.energy_mJ for p in costs.edge]),
         cloud_ms=np.array([p.latency_ms for p in costs.cloud]),
-        weight_bytes=np.array([b.param_bytes for b in graph.blocks]),
+        upload_bytes=np.array([b.slice_bytes for b in graph.blocks]),
         boundary_bytes=np.array(graph.boundary_bytes()),
         uplink=costs.uplink,
         downlink=costs.downlink,

@@ -173,7 +173,7 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
     pe = np.concatenate(([0.0], np.cumsum(inputs.edge_ms))) * c
     pj = np.concatenate(([0.0], np.cumsum(inputs.edge_mJ))) * c
     pc = np.concatenate(([0.0], np.cumsum(inputs.cloud_ms))) * float(inputs.cloud_correction)
-    pw = np.concatenate(([0.0], np.cumsum(inputs.weight_bytes)))
+    pw = np.concatenate(([0.0], np.cumsum(inputs.upload_bytes)))
     bb = inputs.boundary_bytes
     up_ms = np.asarray(inputs.uplink.predict_ms(bb))
     down_ms = np.asarray(inputs.downlink.predict_ms(bb))

@@ -3,7 +3,8 @@
     edge: blocks 0..i  ->  server: blocks i+1..j  ->  edge: blocks j+1..N-1
 
 The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and opened on the
-server before the first request (`RepositoryModelLoad`), then called through the KServe protocol with a deadline.
+server before the first request (in the upload's own call, `SliceHeader.load`), then called through the KServe
+protocol with a deadline.
 When the server is unreachable, times out, breaks the stream or answers with an error, the runner runs the middle
 slice locally, so the request still completes (`RunResult.fallback` is True; a slice the server no longer holds is
 uploaded again for the next request); while the server is down, failing or refusing the slice, every request runs
@@ -43,9 +44,7 @@ STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end it
 class RemoteExecutor(Protocol):
     """What the runner needs from the server connection (rr_edge.client.Client provides it)."""
 
-    def ensure_slice(self, onnx_bytes: bytes, label: str = "") -> str: ...
-
-    def load_model(self, slice_id: str, timeout_s: float | None = None) -> None: ...
+    def ensure_slice(self, onnx_bytes: bytes, label: str = "", load: bool = False) -> str: ...
 
     def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
 
@@ -233,16 +232,15 @@ class Runner:
         self.link.rebase()
 
     def _connect(self, at_start: bool = False) -> bool:
-        """Make the middle slice ready on the server: upload it if needed, then have the server open its session, so
-        that the first request waits for neither. False (and server marked down) when the server is unreachable, or
-        when it refuses the slice (too large, or ONNX Runtime there cannot open it) while requests are being served;
-        a refusal `at_start` raises the ServerError instead: the plan cannot work with this server, and retrying
-        would only repeat the upload."""
+        """Make the middle slice ready on the server: upload it if needed and have the server open its session (one
+        call: `ensure_slice(load=True)`), so that the first request waits for neither. False (and server marked
+        down) when the server is unreachable, or when it refuses the slice (too large, or ONNX Runtime there cannot
+        open it) while requests are being served; a refusal `at_start` raises the ServerError instead: the plan
+        cannot work with this server, and retrying would only repeat the upload."""
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
-            self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label)
-            self.remote.load_model(self._slice_id, self.config.timeout_s)
+            self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label, load=True)
         except ServerError as exc:
             if at_start and not isinstance(exc, ServerUnavailable):
                 raise

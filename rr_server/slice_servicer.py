@@ -7,7 +7,7 @@ from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
 from rr_server.errors import InvalidArgument
 from rr_server.metrics import Metrics
 from rr_server.sessions import SessionPool
-from rr_server.slices import SliceStore, check_slice_id
+from rr_server.slices import SliceInfo, SliceStore, check_slice_id
 
 
 class SliceServicer(rr_grpc.SliceServiceServicer):
@@ -24,6 +24,7 @@ class SliceServicer(rr_grpc.SliceServiceServicer):
         slice_id = check_slice_id(header.slice_id)
         cached = None if header.probe else self._slices.get(slice_id)
         if cached is not None:  # idempotent: the client may stop sending; nothing new is stored
+            self._load_if(header.load, cached)
             return rr.UploadSliceResponse(slice_id=slice_id, cached=True, bytes=cached.bytes)
         upload = self._slices.begin(slice_id, header.size_bytes)
         try:
@@ -32,11 +33,19 @@ class SliceServicer(rr_grpc.SliceServiceServicer):
                     raise InvalidArgument("only chunks may follow the header")
                 upload.write(request.chunk)
                 self._metrics.upload_bytes.inc(len(request.chunk))
-            size = upload.probe(self._sessions.open_once) if header.probe else upload.commit().bytes
+            if header.probe:
+                return rr.UploadSliceResponse(slice_id=slice_id, bytes=upload.probe(self._sessions.open_once))
+            stored = upload.commit()
         except BaseException:
             upload.abort()
             raise
-        return rr.UploadSliceResponse(slice_id=slice_id, cached=False, bytes=size)
+        self._load_if(header.load, stored)
+        return rr.UploadSliceResponse(slice_id=slice_id, cached=False, bytes=stored.bytes)
+
+    def _load_if(self, load: bool, info: SliceInfo) -> None:
+        """Open the slice's session now (SliceHeader.load), as RepositoryModelLoad would."""
+        if load:
+            self._sessions.get(info.slice_id, info.path)
 
     def GetSliceStatus(self, request, context):
         slice_id = check_slice_id(request.slice_id)

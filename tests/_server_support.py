@@ -55,10 +55,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def upload_requests(data: bytes, slice_id: str | None = None, size: int | None = None, probe: bool = False) -> Iterator:
+def upload_requests(
+    data: bytes, slice_id: str | None = None, size: int | None = None, probe: bool = False, load: bool = False
+) -> Iterator:
     size_bytes = len(data) if size is None else size
     yield rr.UploadSliceRequest(
-        header=rr.SliceHeader(slice_id=slice_id or sha256(data), size_bytes=size_bytes, probe=probe)
+        header=rr.SliceHeader(slice_id=slice_id or sha256(data), size_bytes=size_bytes, probe=probe, load=load)
     )
     for k in range(0, len(data), CHUNK):
         yield rr.UploadSliceRequest(chunk=data[k : k + CHUNK])

@@ -27,7 +27,7 @@ def make(edge_ms, cloud_ms, boundary, weights=None, edge_mJ=None, **kw) -> PlanI
     """Link both ways: 1 ms + 1 byte/us; no weights given -> nothing to upload (pre-loaded)."""
     return PlanInputs(
         edge_ms=edge_ms, edge_mJ=edge_mJ if edge_mJ is not None else edge_ms, cloud_ms=cloud_ms,
-        weight_bytes=weights if weights is not None else [0] * len(edge_ms), boundary_bytes=boundary,
+        upload_bytes=weights if weights is not None else [0] * len(edge_ms), boundary_bytes=boundary,
         uplink=NetworkModel.affine(1.0, 1000.0), downlink=NetworkModel.affine(1.0, 1000.0),
         preloaded=kw.pop("preloaded", weights is None), **kw,
     )  # fmt: skip
@@ -36,7 +36,7 @@ def make(edge_ms, cloud_ms, boundary, weights=None, edge_mJ=None, **kw) -> PlanI
 def random_inputs(rng: np.random.Generator, n: int, **kw) -> PlanInputs:
     return PlanInputs(
         edge_ms=rng.uniform(0.5, 20, n), edge_mJ=rng.uniform(0.5, 50, n), cloud_ms=rng.uniform(0.05, 4, n),
-        weight_bytes=rng.integers(0, 2_000_000, n), boundary_bytes=rng.integers(1_000, 3_000_000, n + 1),
+        upload_bytes=rng.integers(0, 2_000_000, n), boundary_bytes=rng.integers(1_000, 3_000_000, n + 1),
         uplink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
         downlink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
         idle_power_W=rng.uniform(0.1, 2), tx_power_W=rng.uniform(0.5, 3), **kw,

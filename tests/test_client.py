@@ -76,6 +76,31 @@ def test_upload_is_chunked_verified_and_idempotent(server: str) -> None:
         assert c.ensure_slice(data) == first.slice_id
 
 
+def test_ensure_slice_with_load_opens_the_session_in_the_fewest_calls(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a runner's start costs in calls: the status query, then the upload that also opens the session; for a
+    cached slice, a load call only when its session is not open yet. An upload probe makes the same status query."""
+    calls: list[str] = []
+    for name in ("slice_status", "load_model"):
+        call = getattr(client, name)
+        monkeypatch.setattr(client, name, lambda *a, _call=call, _name=name, **k: calls.append(_name) or _call(*a, **k))
+    fresh = conv_model(seed=31)
+    slice_id = client.ensure_slice(fresh, load=True)
+    assert calls == ["slice_status"] and client.slice_status(slice_id).loaded
+    cached = conv_model(seed=32)
+    client.ensure_slice(cached)
+    calls.clear()
+    client.ensure_slice(cached, load=True)
+    assert calls == ["slice_status", "load_model"] and client.slice_status(slice_id_of(cached)).loaded
+    calls.clear()
+    client.ensure_slice(cached, load=True)
+    assert calls == ["slice_status"]  # open already: nothing more to do
+    calls.clear()
+    probe = client.upload_slice(conv_model(seed=33), probe=True)
+    assert calls == ["slice_status"] and not probe.cached
+
+
 def test_infer_matches_local_onnxruntime(client: Client) -> None:
     data = conv_model(seed=5)
     slice_id = client.ensure_slice(data)

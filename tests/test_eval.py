@@ -394,6 +394,17 @@ def test_report_places_paper_numbers_beside_ours(tmp_path):
     json.dumps(data)  # eval.json is plain JSON
 
 
+def test_full_report_links_the_runs_stored_beside_it(tmp_path):
+    data = _eval_data()
+    data["meta"] = {**data["meta"], "run": "full", "config": config.FULL.to_json()}
+    for run in ("quick-768", "quick"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "README.md").write_text("# another run\n")
+    text = report.write(data, tmp_path).read_text()
+    links = "[quick/README.md](quick/README.md), [quick-768/README.md](quick-768/README.md)"
+    assert f"Other runs' reports: {links}." in text
+
+
 def test_error_components_split_local_remote_upload():
     rows = [
         {"predicted_local_ms": 90.0, "local_ms": 100.0, "predicted_remote_ms": 30.0, "remote_ms": 20.0,

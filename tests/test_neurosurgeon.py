@@ -100,7 +100,7 @@ def test_plan_inputs_keep_each_nodes_whole_model_latency():
     costs = Costs(preds(10.0), preds(1.0), 1.3, link, link, PowerSpec(5.0, 1.0))
     inputs = PlanInputs(
         edge_ms=[p.latency_ms for p in costs.edge], edge_mJ=np.ones(6), cloud_ms=[p.latency_ms for p in costs.cloud],
-        weight_bytes=np.full(6, 4096), boundary_bytes=np.full(7, 1 << 16), uplink=link, downlink=link,
+        upload_bytes=np.full(6, 4096), boundary_bytes=np.full(7, 1 << 16), uplink=link, downlink=link,
         e2e_correction=1.3, cloud_correction=0.6,
     )  # fmt: skip
     ns = neurosurgeon_inputs(graph, costs, inputs)

@@ -38,7 +38,7 @@ def make(edge_ms, cloud_ms, boundary, weights=None, edge_mJ=None, **kw) -> PlanI
         edge_ms=edge_ms,
         edge_mJ=edge_mJ if edge_mJ is not None else edge_ms,
         cloud_ms=cloud_ms,
-        weight_bytes=weights if weights is not None else [0] * n,
+        upload_bytes=weights if weights is not None else [0] * n,
         boundary_bytes=boundary,
         **kw,
     )
@@ -64,7 +64,7 @@ def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
                 lat += ms
                 en += model.predict_mJ(b) if model.has_energy else tx * ms
             if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
-                w = sum(inputs.weight_bytes[i + 1 : j + 1])
+                w = sum(inputs.upload_bytes[i + 1 : j + 1])
                 wl = inputs.upload or up  # whole slice uploads have their own curve when profiled
                 ms = wl.predict_ms(w)
                 lat += ms / K
@@ -87,7 +87,7 @@ def random_inputs(rng: np.random.Generator, n: int, **kw) -> PlanInputs:
         edge_ms=rng.uniform(0.5, 20, n),
         edge_mJ=rng.uniform(0.5, 50, n),
         cloud_ms=rng.uniform(0.05, 4, n),
-        weight_bytes=rng.integers(0, 2_000_000, n),
+        upload_bytes=rng.integers(0, 2_000_000, n),
         boundary_bytes=rng.integers(1_000, 3_000_000, n + 1),
         uplink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
         downlink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
@@ -291,7 +291,7 @@ def test_pruned_pareto_paths_are_exact_on_large_tables(seed):
     n = 150
     inp = PlanInputs(
         edge_ms=rng.uniform(0.5, 5, n), edge_mJ=rng.uniform(5, 50, n), cloud_ms=rng.uniform(0.5, 20, n),
-        weight_bytes=rng.integers(0, 200_000, n), boundary_bytes=rng.integers(1_000, 300_000, n + 1),
+        upload_bytes=rng.integers(0, 200_000, n), boundary_bytes=rng.integers(1_000, 300_000, n + 1),
         uplink=link(1.0, 5e4), downlink=link(1.0, 5e4), idle_power_W=0.2, tx_power_W=1.0,
     )  # fmt: skip
     variants = {
@@ -337,7 +337,11 @@ def test_inputs_from_block_dicts_and_validation():
         blocks, edge_ms=[1, 2], edge_mJ=[1, 2], cloud_ms=[0.1, 0.2], uplink=link(), downlink=link()
     )
     assert inp.boundary_bytes.tolist() == [600, 400, 40]
-    assert inp.weight_bytes.tolist() == [10, 20]
+    assert inp.upload_bytes.tolist() == [10, 20]  # the weights, where a dict does not say what a slice carries
+    sized = [{**blocks[0], "slice_bytes": 15}, {**blocks[1], "slice_bytes": 27}]
+    assert inputs_from_blocks(
+        sized, **{k: getattr(inp, k) for k in ("edge_ms", "edge_mJ", "cloud_ms", "uplink", "downlink")}
+    ).upload_bytes.tolist() == [15, 27]
     with pytest.raises(ValueError, match="boundary_bytes"):
         make([1, 2], [1, 1], [1, 2])
     with pytest.raises(ValueError, match="non-negative"):

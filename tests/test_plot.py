@@ -15,7 +15,7 @@ def test_plot_pareto_writes_a_png(tmp_path):
     n = 20
     inp = PlanInputs(
         edge_ms=rng.uniform(0.5, 5, n), edge_mJ=rng.uniform(5, 50, n), cloud_ms=rng.uniform(0.5, 20, n),
-        weight_bytes=rng.integers(0, 200_000, n), boundary_bytes=rng.integers(1_000, 300_000, n + 1),
+        upload_bytes=rng.integers(0, 200_000, n), boundary_bytes=rng.integers(1_000, 300_000, n + 1),
         uplink=NetworkModel.affine(1.0, 5e4), downlink=NetworkModel.affine(1.0, 5e4), idle_power_W=0.2,
         tx_power_W=1.0,
     )  # fmt: skip

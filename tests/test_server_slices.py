@@ -124,6 +124,34 @@ def test_probe_upload_runs_the_whole_ingest_and_stores_nothing(env):
     assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(data)]
 
 
+def test_upload_with_load_opens_the_session_before_answering(env):
+    """`SliceHeader.load` (how the runner uploads its middle slice): the answer comes once the session is open, for a
+    new upload and for a slice that was cached but not open; a slice ONNX Runtime refuses is stored, but refused."""
+    _, stubs, data_dir = env
+
+    def loaded(data: bytes) -> bool:
+        return stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(data)), timeout=5).loaded
+
+    fresh = conv_model(seed=8)
+    assert not stubs.slices.UploadSlice(upload_requests(fresh, load=True), timeout=10).cached
+    assert loaded(fresh)
+    cached = conv_model(seed=9)
+    stubs.upload(cached)
+    assert not loaded(cached)
+    header_only = iter([rr.UploadSliceRequest(header=rr.SliceHeader(slice_id=sha256(cached), load=True))])
+    assert stubs.slices.UploadSlice(header_only, timeout=10).cached
+    assert loaded(cached)
+    probe = conv_model(seed=10)
+    stubs.slices.UploadSlice(upload_requests(probe, probe=True, load=True), timeout=10)
+    assert not loaded(probe) and sha256(probe) not in {p.stem for p in stored_slice_files(data_dir)}
+    refused = runtime_failure_model()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.slices.UploadSlice(upload_requests(refused, load=True), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ONNX Runtime cannot load" in err.value.details()
+    status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(refused)), timeout=5)
+    assert status.cached and not status.loaded
+
+
 def _bad_uploads():
     good = conv_model(seed=7)
     garbage = np.random.default_rng(0).bytes(5000)

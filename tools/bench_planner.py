@@ -52,7 +52,7 @@ def synthetic_chain(n: int, seed: int = 0) -> PlanInputs:
     edge_ms = flops / EDGE_FLOPS_PER_MS * rng.uniform(0.8, 1.2, n)
     return PlanInputs(
         edge_ms=edge_ms, edge_mJ=EDGE_POWER_W * edge_ms * rng.uniform(0.9, 1.1, n),
-        cloud_ms=flops / CLOUD_FLOPS_PER_MS, weight_bytes=weights, boundary_bytes=boundary,
+        cloud_ms=flops / CLOUD_FLOPS_PER_MS, upload_bytes=weights, boundary_bytes=boundary,
         idle_power_W=IDLE_POWER_W, tx_power_W=TX_POWER_W, e2e_correction=0.9, uplink=_link(), downlink=_link(),
     )  # fmt: skip
 
@@ -78,7 +78,7 @@ def resnet152_768_standin(seed: int = 1) -> PlanInputs:
     edge_ms = flops / EDGE_GPU_FLOPS_PER_MS * rng.uniform(0.8, 1.2, n)
     return PlanInputs(
         edge_ms=edge_ms, edge_mJ=EDGE_POWER_W * edge_ms, cloud_ms=flops / CLOUD_FLOPS_PER_MS,
-        weight_bytes=np.array(w), boundary_bytes=boundary, idle_power_W=IDLE_POWER_W, tx_power_W=TX_POWER_W,
+        upload_bytes=np.array(w), boundary_bytes=boundary, idle_power_W=IDLE_POWER_W, tx_power_W=TX_POWER_W,
         uplink=_link(), downlink=_link(),
     )  # fmt: skip
 
@@ -110,7 +110,7 @@ def algorithm1_loop(inp: PlanInputs) -> int:
     pe = (c * np.concatenate(([0.0], np.cumsum(inp.edge_ms)))).tolist()
     pc = np.concatenate(([0.0], np.cumsum(inp.cloud_ms))).tolist()
     pj = (c * np.concatenate(([0.0], np.cumsum(inp.edge_mJ)))).tolist()
-    pw = np.concatenate(([0.0], np.cumsum(inp.weight_bytes))).tolist()
+    pw = np.concatenate(([0.0], np.cumsum(inp.upload_bytes))).tolist()
     bb = inp.boundary_bytes.tolist()
     (ua, ub), (da, db) = up.affine_terms() or (0, 0), down.affine_terms() or (0, 0)
     pts = [(pe[n], pj[n])]

@@ -7,8 +7,8 @@
                 slices, the server's CPU is busy and small probes measured several times their quiet-host time
     execute     per model: predictions -> plans (latency, energy, pre-offloaded) and the four baselines; then every
                 distinct split is RUN on the testbed (head/tail here, middle on the server) and the middle slice's
-                upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new), with the
-                server opening it (`RepositoryModelLoad`) as the runner does before its first request
+                upload is timed on a fresh copy (a protobuf doc_string tag makes its content hash new), from the
+                status query to the server's opening of it, as the runner makes a slice ready for its first request
 
 Latency of a plan as measured = mean per-request latency over a throttled window (`tools.eval.timing`) (+ the measured
 upload of its middle slice when the plan uploads weights at run time: RoaD-RuNNer, Offload All, NS-nonOffloaded).
@@ -266,8 +266,8 @@ def measure_split(
         i, j = split
         data = _tagged(slicer.slice(i + 1, j).SerializeToString())
         t0 = time.perf_counter()
-        up = client.upload_slice(data, label=f"{graph.model}[{i + 1}:{j}] probe", timeout_s=600.0)
-        client.load_model(up.slice_id, timeout_s=600.0)  # as the runner does before its first request
+        # as the runner makes it ready before its first request: status query, upload, session opened
+        up = client.upload_slice(data, label=f"{graph.model}[{i + 1}:{j}] probe", timeout_s=600.0, load=True)
         upload_ms = (time.perf_counter() - t0) * 1e3
         client.unload_model(up.slice_id)
         if up.cached:

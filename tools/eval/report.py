@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +292,8 @@ def _input_size_note(cfg: dict[str, Any]) -> str:
     return f"{n}x{n} only in this run; the full run (docs/results/) is at 224x224. The paper ran 224, 512 and 768."
 
 
-def render(d: dict[str, Any]) -> str:
+def render(d: dict[str, Any], runs_below: Sequence[str] = ()) -> str:
+    """The report's markdown; `runs_below`: the other runs' directories next to it (the full run links them)."""
     meta = d["meta"]
     cfg = meta["config"]
     run = meta["run"]
@@ -300,7 +302,7 @@ def render(d: dict[str, Any]) -> str:
     rt = cfg["run_timing"]
     up = "" if run == "full" else "../"  # this report's place below docs/results/
     if run == "full":
-        others = ", ".join(f"[{r}/README.md]({r}/README.md)" for r in ("quick", "quick-load", "quick-512", "quick-768"))
+        others = ", ".join(f"[{r}/README.md]({r}/README.md)" for r in runs_below) or "none"
     else:
         others = "[../README.md](../README.md) (the full run)"
     flags = "".join(f" {f}" for f in cli_flags(cfg))
@@ -418,8 +420,8 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
   the device (head and tail local, middle over gRPC on the server). Outputs match local execution (max |diff| in
   eval.json). The upload of a plan's middle slice is timed on a fresh copy (a unique `doc_string` appended, so the
   server cannot short-circuit it by hash); it includes the server's validation (size cap, `onnx.checker`, SHA-256,
-  write to disk) and its opening in ONNX Runtime (`RepositoryModelLoad`, as the runner does before its first
-  request; the network profile's upload probes include it too).
+  write to disk) and its opening in ONNX Runtime, as the runner has it opened before its first request (the
+  network profile's upload probes include the opening too).
 * **What is throttled**: ONNX Runtime compute only. The worker moves itself into its class cgroup for every timed
   window of blocks and whole models, and around the head and tail runs of a plan (`Runner`'s `around_local` hook),
   and back to the root cgroup for everything else (loading, slicing, session creation, untimed), via `cgroup.procs`
@@ -468,5 +470,5 @@ this report, the figures and eval.json from them without re-measuring.
 
 def write(data: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "README.md"
-    path.write_text(render(data))
+    path.write_text(render(data, sorted(p.parent.name for p in out_dir.glob("*/README.md"))))
     return path
