@@ -271,6 +271,7 @@ def test_cli_blocks_json_and_table(zoo_path, capsys) -> None:  # type: ignore[no
     assert main(["blocks", str(path)]) == 0
     table = capsys.readouterr().out
     assert f"{path.stem}: {len(doc['blocks'])} blocks" in table
+    assert "slice" in table  # the column of what each block adds to an uploaded slice
     assert doc["blocks"][-1]["signature"] in table
 
 

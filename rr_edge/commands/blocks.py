@@ -58,6 +58,7 @@ def _table(graph: BlockGraph) -> Table:
     table.add_column("signature", no_wrap=True)
     table.add_column("MFLOPs", justify="right")
     table.add_column("params MB", justify="right")
+    table.add_column("slice MB", justify="right")  # what it adds to an uploaded slice: weights and graph
     table.add_column("in MB", justify="right")
     table.add_column("out MB", justify="right")
     for b in graph.blocks:
@@ -67,6 +68,7 @@ def _table(graph: BlockGraph) -> Table:
             b.signature,
             f"{b.flops / 1e6:.1f}",
             _mb(b.param_bytes),
+            _mb(b.slice_bytes),
             _mb(b.input_bytes),
             _mb(b.output_bytes),
         )
