@@ -218,5 +218,10 @@ def test_upload_command_json(server: str, tmp_path: Path, capsys: pytest.Capture
     assert first == {"slice_id": slice_id_of(data), "cached": False, "bytes": len(data)}
     assert main(["upload", str(path), "--server", server, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cached"] is True
+    with Client(server) as client:
+        assert not client.slice_status(slice_id_of(data)).loaded
+        assert main(["upload", str(path), "--server", server, "--load"]) == 0
+        assert capsys.readouterr().out.strip() == slice_id_of(data)
+        assert client.slice_status(slice_id_of(data)).loaded
     assert main(["upload", str(tmp_path / "missing.onnx"), "--server", server]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`rr-edge upload PATH --server ADDR [--json]`: pre-offload a slice (nothing is sent when the server has it)."""
+"""`rr-edge upload PATH --server ADDR [--load] [--json]`: pre-offload a slice (nothing is sent when the server has
+it); with `--load` the server also opens its session, so that the first request for it does not wait."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("path", metavar="PATH", help="ONNX slice (e.g. from `rr-edge slice`)")
     add_server_args(p, node=False)
     p.add_argument("--label", default="", help="label for the server's logs (default: the file name)")
+    p.add_argument("--load", action="store_true", help="have the server open the slice's session too")
     p.add_argument("--json", action="store_true", help='print {"slice_id", "cached", "bytes"}')
     p.set_defaults(func=run)
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with connect(args) as client:
-        result = client.upload_slice(data, label=args.label or path.name)
+        result = client.upload_slice(data, label=args.label or path.name, load=args.load)
     if args.json:
         print_json(result.to_json())
     else:
