@@ -40,19 +40,15 @@ def rr_server_command(
 
 
 @contextmanager
-def serving(cmd: Sequence[str], port_file: Path, what: str, kill: bool = False) -> Iterator[str]:
-    """Run `cmd` (from the repository, which it can import); yield what it wrote to `port_file`; then stop it.
-
-    The process is terminated (SIGTERM, as an operator stops rr-server) or, with `kill`, killed."""
+def serving(cmd: Sequence[str], port_file: Path, what: str) -> Iterator[str]:
+    """Run `cmd` (from the repository, which it can import); yield what it wrote to `port_file`; then stop it with
+    SIGTERM, as an operator stops rr-server."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(list(cmd), env=env, cwd=REPO)
     try:
         yield wait_for_file(port_file, proc, what)
     finally:
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
+        proc.terminate()
         proc.wait(30)
 
 

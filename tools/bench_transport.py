@@ -293,8 +293,7 @@ def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
 
         def start(flag: str, what: str) -> int:
             port_file = tmp / f"{flag.strip('-')}.port"
-            return int(stack.enter_context(serving([sys.executable, __file__, flag, str(port_file)], port_file, what,
-                                                   kill=True)))  # fmt: skip
+            return int(stack.enter_context(serving([sys.executable, __file__, flag, str(port_file)], port_file, what)))
 
         sock_port = start("--serve-socket", "socket echo")
         echo_port = start("--serve-grpc-echo", "gRPC echo")
