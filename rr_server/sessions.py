@@ -268,7 +268,7 @@ class SessionPool:
 
     def open_once(self, path: Path) -> None:
         """Open the model at `path` as a load would, then close it, keeping nothing: the last step of an upload
-        probe, which times what an edge waits for before its first request (upload, then load)."""
+        probe, which times what an edge waits for before its first request (an upload with `load`)."""
         self._open("the probe slice", path)
 
     def loaded(self, slice_id: str) -> bool:

@@ -200,14 +200,13 @@ class Upload:
             self.abort()
             raise
 
-    def probe(self, then: Callable[[Path], object] | None = None) -> int:
+    def probe(self, then: Callable[[Path], object]) -> int:
         """The work of `commit` up to the rename (verify, fsync, validate), then `then(path)` on the verified file
         (the server opens it as a load would), then discard: nothing is stored. Returns the bytes received; raises
         as `commit` does."""
         try:
             self._verify()
-            if then is not None:
-                then(self._path)
+            then(self._path)
             return self.received
         finally:
             self.abort()
