@@ -29,6 +29,7 @@ import numpy as np
 
 from rr_edge.netmodel import NetworkModel, fit_network_model
 from rr_edge.planner import PlanInputs, choose, evaluate_all, inputs_from_blocks, pareto
+from tools._timing import median_ms, times_ms
 
 LINK = dict(rtt_ms=2.0, bytes_per_ms=80_000.0)  # the paper's 80 MB/s link
 EDGE_FLOPS_PER_MS = 20e6  # 20 GFLOP/s edge CPU
@@ -130,25 +131,16 @@ def algorithm1_loop(inp: PlanInputs) -> int:
     return front
 
 
-def _times_ms(fn: Callable[[], Any], repeats: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        times.append((clock() - t) * 1e3)
-    return times
-
-
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    return round(statistics.median(_times_ms(fn, repeats)), 3)
+    return round(median_ms(fn, repeats), 3)
 
 
 def bench(name: str, inp: PlanInputs, repeats: int, target_ms: float | None) -> dict[str, Any]:
     table = evaluate_all(inp)
     front = pareto(table)
-    totals = _times_ms(lambda: pareto(evaluate_all(inp)), repeats)
+    totals = times_ms(lambda: pareto(evaluate_all(inp)), repeats)
     total = round(statistics.median(totals), 3)
-    cpu = _times_ms(lambda: pareto(evaluate_all(inp)), repeats, time.process_time)
+    cpu = times_ms(lambda: pareto(evaluate_all(inp)), repeats, time.process_time)
     affine = inp.uplink.kind == inp.downlink.kind == "affine"  # the loop models affine links only
     fronts: list[int] = []
     baseline = _median_ms(lambda: fronts.append(algorithm1_loop(inp)), 1 if inp.n_blocks > 300 else 3)

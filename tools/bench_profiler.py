@@ -38,18 +38,14 @@ from rr_edge.profiler import ProfileConfig, random_feeds, run_profile  # noqa: E
 from rr_edge.session import OrtSettings  # noqa: E402
 from tools._models import cached_export  # noqa: E402
 from tools._server import rr_server  # noqa: E402
+from tools._timing import median_ms  # noqa: E402
 
 
 def one_inference_ms(model_bytes: bytes, settings: OrtSettings, runs: int = 5) -> float:
     session = settings.create_session(model_bytes)
     feeds = random_feeds(session)
     session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+    return median_ms(lambda: session.run(None, feeds), runs)
 
 
 def main() -> int:

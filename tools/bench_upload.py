@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,18 +43,14 @@ from rr_proto import allocator
 from rr_server.sessions import session_options
 from tools._models import REPO, cached_export
 from tools._server import rr_server
+from tools._timing import median_ms
 
 CHUNK = 1 << 20
 CPU = ["CPUExecutionProvider"]
 
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1e3 * statistics.median(times), 1)
+def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+    return round(median_ms(fn, repeat), 1)
 
 
 def server_stages(data: bytes, store: Path, repeat: int) -> dict[str, float]:
@@ -73,21 +68,21 @@ def server_stages(data: bytes, store: Path, repeat: int) -> dict[str, float]:
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
 
-    stages = {"hash_and_write": median_ms(hash_and_write, repeat)}
+    stages = {"hash_and_write": _median_ms(hash_and_write, repeat)}
     fsyncs = []
     for _ in range(repeat):  # each fsync after a fresh write, as in an upload
         hash_and_write()
-        fsyncs.append(median_ms(fsync, 1))
+        fsyncs.append(_median_ms(fsync, 1))
     stages["fsync"] = statistics.median(fsyncs)
-    stages["read_back"] = median_ms(path.read_bytes, repeat)
-    stages["parse"] = median_ms(lambda: onnx.load_from_string(data), repeat)
+    stages["read_back"] = _median_ms(path.read_bytes, repeat)
+    stages["parse"] = _median_ms(lambda: onnx.load_from_string(data), repeat)
     model = onnx.load_from_string(data)
-    stages["checker_on_bytes"] = median_ms(lambda: onnx.checker.check_model(data), repeat)
-    stages["checker_on_model_proto"] = median_ms(lambda: onnx.checker.check_model(model), repeat)
+    stages["checker_on_bytes"] = _median_ms(lambda: onnx.checker.check_model(data), repeat)
+    stages["checker_on_model_proto"] = _median_ms(lambda: onnx.checker.check_model(model), repeat)
     options = session_options()
-    stages["open_session"] = median_ms(lambda: ort.InferenceSession(str(path), options, providers=CPU), repeat)
+    stages["open_session"] = _median_ms(lambda: ort.InferenceSession(str(path), options, providers=CPU), repeat)
     path.write_bytes(probe_slice(len(data)))  # what an upload probe of the same size opens: one MatMul
-    stages["open_probe_session"] = median_ms(lambda: ort.InferenceSession(str(path), options, providers=CPU), repeat)
+    stages["open_probe_session"] = _median_ms(lambda: ort.InferenceSession(str(path), options, providers=CPU), repeat)
     path.unlink()
     return stages
 
@@ -95,7 +90,7 @@ def server_stages(data: bytes, store: Path, repeat: int) -> dict[str, float]:
 def end_to_end(data: bytes, store: Path, repeat: int) -> float:
     with rr_server(store) as address, Client(address) as client:
         client.upload_slice(data, probe=True)  # warm-up: the channel, the server's first allocations
-        return median_ms(lambda: client.upload_slice(data, probe=True), repeat)
+        return _median_ms(lambda: client.upload_slice(data, probe=True), repeat)
 
 
 def main() -> int:
@@ -124,7 +119,7 @@ def main() -> int:
         "repeat": args.repeat,
         "end_to_end_ms": e2e,
         "end_to_end_mb_per_s": round(len(data) / 1e3 / e2e, 1),
-        "edge_sha256_ms": median_ms(lambda: hashlib.sha256(data).digest(), args.repeat),
+        "edge_sha256_ms": _median_ms(lambda: hashlib.sha256(data).digest(), args.repeat),
         "server_stages_ms": stages,
         "allocator_tuned": tuned,
     }
