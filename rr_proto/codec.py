@@ -2,8 +2,8 @@
 
 Raw contents are the C-order bytes of the array in little-endian order; BYTES tensors are serialised as a
 4-byte little-endian length followed by the bytes of each element (the KServe convention). Every decode checks that
-the datatype is known, the shape is non-negative and the byte count matches, and raises `CodecError` (a ValueError)
-with a message that names the tensor otherwise.
+the datatype is known, the shape is non-negative and representable, the byte count matches and typed integer values
+fit the datatype, and raises `CodecError` (a ValueError) with a message that names the tensor otherwise.
 """
 
 from __future__ import annotations
@@ -112,16 +112,26 @@ def from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int], name:
     dt = dtype_of(datatype)
     count = _element_count(shape, name)
     if datatype == "BYTES":
-        return _bytes_from_raw(raw, count, name).reshape(tuple(shape))
+        return _shaped(_bytes_from_raw(raw, count, name), shape, name)
     expected = count * dt.itemsize
     if len(raw) != expected:
         raise CodecError(
             f"tensor {name!r}: {len(raw)} bytes of raw contents, but {datatype} {list(shape)} needs {expected}"
         )
-    return np.frombuffer(raw, dtype=dt).reshape(tuple(shape))
+    return _shaped(np.frombuffer(raw, dtype=dt), shape, name)
+
+
+def _shaped(flat: np.ndarray, shape: Sequence[int], name: str) -> np.ndarray:
+    """`flat` in `shape`; a shape numpy cannot represent (say [0, 2**62]: no elements, but too big) is a CodecError."""
+    try:
+        return flat.reshape(tuple(int(d) for d in shape))
+    except ValueError as exc:
+        raise CodecError(f"tensor {name!r}: shape {list(shape)} cannot be represented: {exc}") from None
 
 
 def _bytes_from_raw(raw: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    if 4 * count > len(raw):  # before allocating: a 4-byte request may declare billions of elements
+        raise CodecError(f"tensor {name!r}: {len(raw)} bytes of raw contents cannot hold {count} BYTES elements")
     out = np.empty(count, dtype=object)
     offset = 0
     for k in range(count):
@@ -149,8 +159,14 @@ def from_contents(contents: pb.InferTensorContents, datatype: str, shape: Sequen
     if len(values) != count:
         raise CodecError(f"tensor {name!r}: {len(values)} values in {field}, but shape {list(shape)} needs {count}")
     if datatype == "BYTES":
-        return np.array(list(values), dtype=object).reshape(tuple(shape))
-    return np.asarray(values, dtype=dt).reshape(tuple(shape))
+        return _shaped(np.array(list(values), dtype=object), shape, name)
+    if dt.kind in "iu":  # the contents fields are 32 or 64 bits wide: a value may not fit the datatype
+        wide = np.asarray(values, dtype=np.uint64 if field == "uint64_contents" else np.int64)
+        info = np.iinfo(dt)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise CodecError(f"tensor {name!r}: {field} holds values outside {datatype}'s [{info.min}, {info.max}]")
+        return _shaped(wide.astype(dt), shape, name)
+    return _shaped(np.asarray(values, dtype=dt), shape, name)
 
 
 def decode_tensors(tensors, raw_contents: Sequence[bytes | memoryview], what: str) -> dict[str, np.ndarray]:

@@ -62,12 +62,45 @@ def test_bytes_tensor_round_trip_with_length_prefixes():
         (b"\x00" * 8, "BF16", (4,), "unknown datatype 'BF16'"),
         (b"\x05\x00\x00\x00ab", "BYTES", (1,), "past the end"),
         (b"\x01\x00\x00\x00ab", "BYTES", (1,), "trailing bytes"),
-        (b"\x01\x00\x00\x00a", "BYTES", (2,), "end after 1 of 2"),
+        (b"\x02\x00\x00\x00ab\x00\x00", "BYTES", (2,), "end after 1 of 2"),
     ],
 )
 def test_mismatches_raise_clear_errors(raw, datatype, shape, message):
     with pytest.raises(codec.CodecError, match=re.escape(message)):
         codec.from_raw(raw, datatype, shape, name="x")
+
+
+def test_raw_bytes_count_is_checked_before_allocating():
+    # 4 bytes cannot hold 2e8 elements: refused at once (before, 1.6 GB were allocated first)
+    with pytest.raises(codec.CodecError, match="4 bytes of raw contents cannot hold 200000000 BYTES elements"):
+        codec.from_raw(b"\x00" * 4, "BYTES", (200_000_000,), name="x")
+
+
+def test_shape_numpy_cannot_represent_is_a_codec_error():
+    with pytest.raises(codec.CodecError, match=re.escape("shape [0, 4611686018427387904] cannot be represented")):
+        codec.from_raw(b"", "FP32", (0, 2**62), name="x")
+    with pytest.raises(codec.CodecError, match="cannot be represented"):
+        codec.from_contents(pb.InferTensorContents(), "FP32", (0, 2**62), name="x")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "values"),
+    [("UINT8", "uint_contents", [300, 1]), ("INT8", "int_contents", [-129]), ("UINT16", "uint_contents", [65536])],
+)
+def test_typed_values_outside_the_datatype_are_refused(datatype, field, values):
+    # the 32-bit contents fields carry the 8- and 16-bit datatypes: 300 as UINT8 used to wrap to 44
+    contents = pb.InferTensorContents(**{field: values})
+    with pytest.raises(codec.CodecError, match=f"values outside {datatype}'s"):
+        codec.from_contents(contents, datatype, (len(values),), name="x")
+
+
+def test_typed_values_at_the_ends_of_the_range_decode_exactly():
+    for datatype, field in (("UINT8", "uint_contents"), ("INT16", "int_contents"), ("UINT64", "uint64_contents"),
+                            ("INT64", "int64_contents")):  # fmt: skip
+        info = np.iinfo(codec.dtype_of(datatype))
+        contents = pb.InferTensorContents(**{field: [int(info.min), int(info.max)]})
+        array = codec.from_contents(contents, datatype, (2,), name="x")
+        assert array.dtype == codec.dtype_of(datatype) and array.tolist() == [info.min, info.max]
 
 
 def test_unsupported_numpy_dtype():
