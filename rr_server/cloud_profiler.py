@@ -127,7 +127,7 @@ class CloudProfiler:
         started meanwhile (a run beside a request times the contention and slows the request). Past the time budget
         a busy server still gets its minimum of 3 runs, disturbed or not."""
         info = self._slices.require(slice_id)
-        session = self._sessions.get(slice_id, info.path)
+        session = self._sessions.borrow(slice_id, info.path)
         inputs = random_inputs(session)
         for _ in range(self._warmup):
             session.run(inputs)

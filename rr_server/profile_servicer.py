@@ -20,12 +20,13 @@ from rr_server.convert import (
     network_profile_from_dict,
     network_profile_to_dict,
 )
-from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from rr_server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from rr_server.predictor import Predictor
 from rr_server.records import (
     MAX_ENERGY_MJ,
     MAX_ID_LENGTH,
     MAX_LATENCY_MS,
+    ROLE_CLOUD,
     Features,
     Measurement,
     ModelRun,
@@ -51,8 +52,11 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
     def _known_node(self, node_id: str) -> str:
         check_id(node_id, "node_id")
         require_writer(node_id)
-        if self._storage.get_node(node_id) is None:
+        node = self._storage.get_node(node_id)
+        if node is None:
             raise NotFound(f"node {node_id!r} is not registered; call NodeService.RegisterNode first")
+        if node.role == ROLE_CLOUD:  # its row is timed by the server itself (rr_server.cloud_profiler)
+            raise PermissionDenied(f"node {node_id!r} is this server's own row; only the server reports for it")
         return node_id
 
     def ReportLayerProfiles(self, request_iterator, context):

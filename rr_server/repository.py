@@ -35,8 +35,13 @@ class ModelRepository:
         self.activity = InferenceActivity()  # every run in progress, for the cloud profiler to keep out of the way
 
     def is_ready(self, slice_id: str) -> bool:
-        """A cached slice is ready: its session opens on the first request if it is not open yet."""
-        return is_slice_id(slice_id) and self._slices.get(slice_id) is not None
+        """A cached slice is ready unless ONNX Runtime refused it: its session opens on the first request if it is
+        not open yet."""
+        return (
+            is_slice_id(slice_id)
+            and self._slices.get(slice_id) is not None
+            and self._sessions.failure(slice_id) is None
+        )
 
     def _require(self, name: str) -> SliceInfo:
         """The cached slice `name`; a name that is no slice id names no model (NOT_FOUND, as KServe has it)."""
@@ -79,6 +84,6 @@ class ModelRepository:
             ready = info.slice_id in loaded
             if ready_only and not ready:
                 continue
-            reason = "" if ready else "cached; loads on first request"
+            reason = "" if ready else self._sessions.failure(info.slice_id) or "cached; loads on first request"
             states.append(ModelState(info.slice_id, VERSION, "READY" if ready else "UNAVAILABLE", reason))
         return states

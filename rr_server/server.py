@@ -42,7 +42,7 @@ from rr_server.records import ROLE_CLOUD
 from rr_server.repository import ModelRepository
 from rr_server.sessions import SessionPool, resolve_providers
 from rr_server.slice_servicer import SliceServicer
-from rr_server.slices import SliceStore
+from rr_server.slices import SliceInfo, SliceStore
 from rr_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Server:
             data_dir / "slices",
             config.max_slice_bytes,
             config.max_store_bytes,
-            on_evict=lambda _: self.metrics.slice_evictions.inc(),
+            on_evict=self._slice_evicted,
         )
         self.providers = resolve_providers(config.providers)
         self.sessions = SessionPool(
@@ -117,6 +117,11 @@ class Server:
         self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
         self._grpc: grpc.Server | None = None
         self._stopped = threading.Event()
+
+    def _slice_evicted(self, info: SliceInfo) -> None:
+        """A slice left the store (its budget): its session goes too, or it would keep memory and a cache slot."""
+        self.metrics.slice_evictions.inc()
+        self.sessions.evict(info.slice_id)
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 

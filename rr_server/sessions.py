@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from rr_proto.codec import datatype_of, dtype_of
 from rr_server.errors import InvalidArgument
@@ -57,6 +59,7 @@ _KSERVE = {
 # or None to let ONNX Runtime allocate them (a plain run).
 Allocate = Callable[[list[tuple[str, np.dtype, tuple[int, ...]]]], list[np.ndarray] | None]
 _MAX_SHAPE_KEYS = 64  # remembered input-shape -> output-shape entries per session
+_MAX_FAILED = 1024  # remembered load failures (slice ids ONNX Runtime refused)
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,10 @@ class Session:
             placed = self._run_placed(arrays, names, key, allocate)
             if placed is not None:
                 return placed
-        results = self._session.run(names, dict(arrays))
+        try:
+            results = self._session.run(names, dict(arrays))
+        except (OrtInvalidArgument, OrtFail) as exc:  # a kernel refused these values (an index out of range, ...)
+            raise InvalidArgument(f"slice {self.slice_id[:12]} cannot run on these inputs: {exc}"[:500]) from None
         if self._bindable and key not in self._shapes:
             if len(self._shapes) >= _MAX_SHAPE_KEYS:
                 self._shapes.clear()
@@ -181,13 +187,12 @@ class Session:
     ) -> dict[str, np.ndarray] | None:
         """Run with the outputs bound to `allocate`d memory; None when the output shapes are not known (yet), or a
         bound run failed before for these input shapes."""
-        if key in self._shapes and self._shapes[key] is None:
+        shapes = self._shapes.get(key, ())  # one lookup: another run may clear the table meanwhile
+        if shapes is None:
             return None
         if all(name in self._static for name in names):
-            shapes: tuple[tuple[int, ...], ...] | None = tuple(self._static[name] for name in names)
-        else:
-            shapes = self._shapes.get(key)
-        if shapes is None:
+            shapes = tuple(self._static[name] for name in names)
+        if not shapes:
             return None
         placed = allocate([(name, self._dtypes[name], shape) for name, shape in zip(names, shapes, strict=True)])
         if placed is None:
@@ -225,6 +230,7 @@ class SessionPool:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self._failed: OrderedDict[str, str] = OrderedDict()  # slice id -> why its last load failed (bounded)
 
     def _cached(self, slice_id: str) -> Session | None:
         """The open session of `slice_id`, marked most recently used (caller holds the lock)."""
@@ -246,10 +252,19 @@ class SessionPool:
                 if session is not None:
                     return session
             self._on_lookup(False)
-            session = self._load(slice_id, path)
+            try:
+                session = self._load(slice_id, path)
+            except InvalidArgument as exc:
+                with self._lock:
+                    self._loading.pop(slice_id, None)
+                    self._failed[slice_id] = str(exc)
+                    while len(self._failed) > _MAX_FAILED:
+                        self._failed.popitem(last=False)
+                raise
             with self._lock:
                 self._sessions[slice_id] = session
                 self._loading.pop(slice_id, None)
+                self._failed.pop(slice_id, None)
                 while len(self._sessions) > self.capacity:
                     evicted, _ = self._sessions.popitem(last=False)
                     log.info("session cache full: evicted slice %s", evicted[:12])
@@ -271,12 +286,25 @@ class SessionPool:
         probe, which times what an edge waits for before its first request (an upload with `load`)."""
         self._open("the probe slice", path)
 
+    def borrow(self, slice_id: str, path: Path) -> Session:
+        """The open session of `slice_id` if there is one, else a new one that is not cached: for timing runs
+        (`rr_server.cloud_profiler`), which must not evict the sessions edges are using."""
+        with self._lock:
+            session = self._sessions.get(slice_id)
+        return session if session is not None else self._load(slice_id, path)
+
     def loaded(self, slice_id: str) -> bool:
         with self._lock:
             return slice_id in self._sessions
 
+    def failure(self, slice_id: str) -> str | None:
+        """Why ONNX Runtime refused `slice_id` the last time it was opened (None: never refused, or opened since)."""
+        with self._lock:
+            return self._failed.get(slice_id)
+
     def evict(self, slice_id: str) -> bool:
         with self._lock:
+            self._failed.pop(slice_id, None)
             return self._sessions.pop(slice_id, None) is not None
 
     def loaded_ids(self) -> list[str]:

@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from _server_support import Stubs, conv_model, sha256, start_server, two_output_model
+from _server_support import IR_VERSION, Stubs, conv_model, sha256, start_server, two_output_model
+from onnx import TensorProto, helper, numpy_helper
 
 from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
@@ -114,6 +115,30 @@ def test_model_infer_bad_input(env, mutate, fragment):
     # the server keeps serving
     good = stubs.kserve.ModelInfer(codec.encode_infer_request(conv_id, {"x": x_input()}), timeout=10)
     assert good.outputs[0].name == "y"
+
+
+def test_a_kernel_that_refuses_the_values_is_invalid_argument(tmp_path):
+    """Inputs of the right dtype and shape whose values ONNX Runtime's kernel refuses (an index out of range) are the
+    client's mistake: INVALID_ARGUMENT with ONNX Runtime's reason, not INTERNAL."""
+    data = numpy_helper.from_array(np.arange(10, dtype=np.float32), "d")
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1])
+    o = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Gather", ["d", "i"], ["o"])], "gather", [i], [o], initializer=[data])
+    gather = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    server = start_server(tmp_path)
+    stubs = Stubs.connect(server.address)
+    try:
+        stubs.upload(gather.SerializeToString())
+        slice_id = sha256(gather.SerializeToString())
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(codec.encode_infer_request(slice_id, {"i": np.array([99])}), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot run on these inputs" in err.value.details() and "out of data bounds" in err.value.details()
+        good = stubs.kserve.ModelInfer(codec.encode_infer_request(slice_id, {"i": np.array([7])}), timeout=10)
+        assert codec.decode_infer_response(good)["o"].tolist() == [7.0]
+    finally:
+        stubs.close()
+        server.stop(grace=1)
 
 
 def test_model_infer_unknown_model(env):

@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from _server_support import Stubs, conv_model, layer, report, sha256, start_server
+from _server_support import Stubs, conv_model, layer, report, sha256, start_server, upload_requests
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.activity import InferenceActivity
@@ -147,6 +147,36 @@ def test_report_for_unregistered_node(env):
     with pytest.raises(grpc.RpcError) as err:
         stubs.profiles.ReportLayerProfiles(report("ghost", layer("s", 1.0)), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "RegisterNode" in err.value.details()
+
+
+def test_reports_for_the_servers_own_row_are_refused(env):
+    """The cloud node's row is timed by the server; an edge reporting as it would poison that row."""
+    server, stubs = env
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("cloud", layer("sigX", 1.0)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "server's own row" in err.value.details()
+    profile = rr.NetworkProfile(uplink=rr.DirectionProfile(samples=[rr.NetworkSample(bytes=1024, ms=1.0)]))
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportNetworkProfile(rr.ReportNetworkProfileRequest(node_id="cloud", profile=profile), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "sigX" not in set(server.storage.measured_signatures("cloud"))
+
+
+def test_cloud_profiling_leaves_the_edges_sessions_open(tmp_path):
+    """Timing a reported block opens its own session: it does not push the edges' slices out of the session cache."""
+    server = start_server(tmp_path, session_cache_size=2)
+    stubs = Stubs.connect(server.address)
+    try:
+        edge_slice = conv_model(seed=11)
+        stubs.slices.UploadSlice(upload_requests(edge_slice, load=True), timeout=10)
+        for k in range(3):
+            report_uploaded_block(stubs, f"timed{k}", seed=20 + k)
+        assert server.cloud_profiler.wait_idle(60)
+        assert len(server.storage.latest_measurements("cloud")) == 3
+        assert server.sessions.loaded(sha256(edge_slice))
+    finally:
+        stubs.close()
+        server.stop(grace=1)
 
 
 def test_network_profile_roundtrip_and_validation(env):

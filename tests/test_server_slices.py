@@ -13,6 +13,7 @@ from _server_support import IR_VERSION, Stubs, conv_model, sha256, start_server,
 from onnx import TensorProto, helper
 
 from rr_proto import codec
+from rr_proto.inference import grpc_service_pb2 as kpb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.slices import SliceStore
 
@@ -150,6 +151,11 @@ def test_upload_with_load_opens_the_session_before_answering(env):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ONNX Runtime cannot load" in err.value.details()
     status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(refused)), timeout=5)
     assert status.cached and not status.loaded
+    # KServe readiness says what a request would meet: not ready, and the index gives ONNX Runtime's reason
+    assert not stubs.kserve.ModelReady(kpb.ModelReadyRequest(name=sha256(refused)), timeout=5).ready
+    index = stubs.kserve.RepositoryIndex(kpb.RepositoryIndexRequest(), timeout=5).models
+    (entry,) = [m for m in index if m.name == sha256(refused)]
+    assert entry.state == "UNAVAILABLE" and "ONNX Runtime cannot load" in entry.reason
 
 
 def _bad_uploads():
@@ -281,10 +287,11 @@ def test_server_with_a_store_budget_reports_evicted_slices_as_not_cached(tmp_pat
     server = start_server(tmp_path, max_slice_bytes=len(a), max_store_bytes=2 * len(a) + 100)
     stubs = Stubs.connect(server.address)
     try:
-        for data in (a, b, c):
+        stubs.slices.UploadSlice(upload_requests(a, load=True), timeout=10)  # a's session is open
+        for data in (b, c):
             stubs.upload(data)
         status = stubs.slices.GetSliceStatus(rr.GetSliceStatusRequest(slice_id=sha256(a)), timeout=5)
-        assert not status.cached
+        assert not status.cached and not status.loaded  # evicted with its session
         assert [p.stem for p in stored_slice_files(tmp_path)] == sorted([sha256(b), sha256(c)])
         assert server.metrics.registry.get_sample_value("rr_slice_evictions_total") == 1
         assert not stubs.upload(a).cached  # the edge uploads it again; b, now the oldest, makes room
