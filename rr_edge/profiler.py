@@ -3,7 +3,8 @@
     select_signatures   which unique signatures to measure: ceil(p x unique), at least one, none already measured
     time_runs           warm up, then repeat until both a minimum count and a minimum measured time are reached
     profile_model       each chosen block as a standalone slice in ONNX Runtime with the node's `OrtSettings`, energy
-                        per run from the meter, plus the whole model end to end against the sum of its blocks
+                        per run from the meter (the metered mean power x the median run time), plus the whole model
+                        end to end against the sum of its blocks
     report_profile      upload the profiled slices (so the server times its own cloud row) and stream the reports
     run_profile         all of it against a server, as `rr-edge profile` does
 
@@ -29,7 +30,7 @@ import onnxruntime as ort
 
 from rr_edge.blocks import Block, BlockGraph, analyze
 from rr_edge.errors import ModelError
-from rr_edge.meters.base import Meter
+from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
 from rr_edge.session import OrtSettings
@@ -257,35 +258,48 @@ class _Timed:
         return self.session.run(None, self.feeds)
 
 
-def _measure(timed: _Timed, policy: TimingPolicy, meter: Meter | None) -> tuple[list[float], float | None]:
-    """Run times (ms) of one pass, and the energy (mJ) metered over its timed runs (None without a meter)."""
+def _measure(timed: _Timed, policy: TimingPolicy, meter: Meter | None) -> tuple[list[float], EnergyReading | None]:
+    """Run times (ms) of one pass, and the meter's reading over its timed runs (None without a meter)."""
     if meter is None:
         return time_runs(timed, policy), None
     for _ in range(policy.warmup_runs):
         timed()
     token = meter.start("compute")
     times = time_runs(timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s)
-    return times, meter.stop(token).energy_mJ
+    return times, meter.stop(token)
 
 
 def _measure_rounds(
     timeds: Sequence[_Timed], policy: TimingPolicy, meter: Meter | None, progress: Progress | None = None
 ) -> list[tuple[LatencyStats, float | None]]:
-    """Latency statistics and energy per run of each runnable, over `policy.rounds` round-robin passes."""
+    """Latency statistics and energy per run of each runnable, over `policy.rounds` round-robin passes.
+
+    The energy per run is the mean power over the metered windows times the median run time, so that it describes
+    the same typical run as the latency (the window's energy divided by the number of runs is a mean, which a few
+    slow runs on a busy machine inflate several times over)."""
     times: list[list[float]] = [[] for _ in timeds]
-    energy: list[float | None] = [0.0 if meter is not None else None for _ in timeds]
+    windows: list[list[EnergyReading | None]] = [[] for _ in timeds]
     steps = policy.rounds * len(timeds)
     for r in range(policy.rounds):
         for i, timed in enumerate(timeds):
             if progress:
                 progress("blocks", r * len(timeds) + i, steps, timed.label)
-            t, e = _measure(timed, policy.per_round(first=r == 0), meter)
+            t, reading = _measure(timed, policy.per_round(first=r == 0), meter)
             times[i].extend(t)
-            previous = energy[i]
-            energy[i] = None if e is None or previous is None else previous + e
+            windows[i].append(reading)
     if progress:
         progress("blocks", steps, steps, "")
-    return [(LatencyStats.of(t), e / len(t) if e is not None else None) for t, e in zip(times, energy, strict=True)]
+    stats = [LatencyStats.of(t) for t in times]
+    return [(latency, _energy_per_run(w, latency.median_ms)) for latency, w in zip(stats, windows, strict=True)]
+
+
+def _energy_per_run(windows: Sequence[EnergyReading | None], median_ms: float) -> float | None:
+    """mJ of a run of `median_ms` at the mean power of the metered windows (None unless every window has a reading)."""
+    readings = [w for w in windows if w is not None and w.energy_mJ is not None]
+    elapsed_s = sum(w.elapsed_s for w in readings)
+    if not readings or len(readings) < len(windows) or elapsed_s <= 0:
+        return None
+    return sum(float(w.energy_mJ or 0.0) for w in readings) / elapsed_s * median_ms / 1000.0
 
 
 def profile_model(

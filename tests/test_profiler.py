@@ -115,6 +115,8 @@ def test_resnet50_sampling_against_server(resnet50: Any, server: str) -> None:
         for m in first.layers:  # ...on its first block
             assert m.block_index == signatures.index(m.signature)
             assert m.energy_source == "model" and m.energy_mJ is not None and m.energy_mJ > 0
+            # the typical run's energy, like its latency: 10 W x the median (not the window's mean per run)
+            assert m.energy_mJ == pytest.approx(10.0 * m.latency.median_ms, rel=1e-9)
             assert m.slice_id and client.slice_status(m.slice_id).cached
         assert client.list_measured_signatures("edge-a") == set(got)
 
