@@ -94,11 +94,13 @@ def tensor_infos(values: Iterable[ValueInfoProto]) -> list[TensorInfo]:
     return [value_info_to_tensor_info(v) for v in values]
 
 
-def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike[str], *, check: bool = True, fixed_shape: bool = True) -> onnx.ModelProto:
     """Load an ONNX model (and its external data), raising `ModelError` with a one-line reason.
 
     Catches: missing file, directory, not a protobuf / not ONNX, truncated file, missing or short
-    external-data file, and (with `check`) models that fail `onnx.checker`.
+    external-data file, and (with `check`) models that fail `onnx.checker`. With `fixed_shape`
+    (RoaD-RuNNer plans for one input shape) a symbolic or unknown batch dimension is fixed to 1 and
+    any other non-fixed input dimension is a `ModelError`; see `_fix_batch_dim`.
     """
     p = Path(path)
     if not p.exists():
@@ -121,6 +123,8 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Mode
         except (onnx.checker.ValidationError, ValueError) as exc:
             raise ModelError(f"{p}: invalid ONNX model ({_short(exc)})") from None
     _check_initializer_sizes(model, p)
+    if fixed_shape:
+        _fix_batch_dim(model, str(p))
     return model
 
 
@@ -240,4 +244,48 @@ def _check_initializer_sizes(model: onnx.ModelProto, p: Path) -> None:
             raise ModelError(
                 f"{p}: initializer {t.name!r} holds {len(t.raw_data)} bytes, expected {numel * size} "
                 "(truncated file or external data?)"
+            )
+
+
+def _fix_batch_dim(model: onnx.ModelProto, label: str = "model") -> None:
+    """Give the model one fixed input shape, in place: batch 1 for a symbolic or unknown batch.
+
+    A graph input whose first dimension is a `dim_param` or unknown gets 1 there, and each such
+    symbol becomes 1 wherever else it appears in the graph's inputs, outputs and value_info. Any
+    input dimension still not fixed (height, width, sequence length...) is a `ModelError`.
+    Initializers listed as inputs (old IR) are not model inputs and are left alone; a model that
+    is already static is not touched at all.
+    """
+    g = model.graph
+    weights = {t.name for t in g.initializer}
+    inputs = [vi for vi in g.input if vi.name not in weights and vi.type.HasField("tensor_type")]
+    symbols: set[str] = set()
+    fixed: list[str] = []
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            if dims[0].HasField("dim_param"):
+                symbols.add(dims[0].dim_param)
+            dims[0].dim_value = 1  # clears dim_param (a oneof)
+            fixed.append(vi.name)
+    if symbols:
+        for vi in (*g.input, *g.output, *g.value_info):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param in symbols:
+                    d.dim_value = 1
+    if fixed:
+        named = ", ".join(repr(s) for s in sorted(symbols)) or "unknown"
+        log.info("%s: fixed the batch dimension (%s) of input(s) %s to 1", label, named, ", ".join(fixed))
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        if not tt.HasField("shape") or any(isinstance(d, str) for d in dims):
+            shown = "[" + ", ".join(map(str, dims)) + "]" if tt.HasField("shape") else "unknown"
+            example = ",".join(map(str, dims)) or "1,3,224,224"
+            unknown = ", ".join(str(d) for d in dims if isinstance(d, str)) or "each dimension"
+            raise ModelError(
+                f"{label}: input {vi.name!r} has a non-fixed shape {shown}; RoaD-RuNNer plans for one input "
+                "shape: re-export it with a fixed one (e.g. `rr-edge export ... --input-size N`) or run "
+                f"`python -m onnxruntime.tools.make_dynamic_shape_fixed --input_name {vi.name} "
+                f"--input_shape {example} IN.onnx OUT.onnx` with numbers for {unknown}"
             )
