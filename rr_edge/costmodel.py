@@ -57,6 +57,8 @@ class PlanInputs:
     ``cached_slices``: block ranges (first, last), inclusive, whose slice the server already holds.
     ``e2e_correction`` scales edge compute (ms and mJ); ``cloud_correction`` scales cloud ms.
     ``upload``: the curve of whole slice uploads (None: the ``uplink`` curve).
+    ``max_slice_bytes``: the server's limit on one slice (`ServerInfo.max_slice_bytes`; None: no limit). A plan whose
+    middle slice is larger cannot run there, whether uploaded or preloaded: its cost is +inf.
     """
 
     edge_ms: np.ndarray
@@ -74,6 +76,7 @@ class PlanInputs:
     e2e_correction: float = 1.0
     cloud_correction: float = 1.0
     upload: NetworkModel | None = None
+    max_slice_bytes: float | None = None
 
     def __post_init__(self) -> None:
         n = np.asarray(self.edge_ms).size
@@ -85,6 +88,8 @@ class PlanInputs:
         object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
         if int(self.amortize_over) < 1:
             raise ValueError("amortize_over must be >= 1")
+        if self.max_slice_bytes is not None and not self.max_slice_bytes > 0:
+            raise ValueError("max_slice_bytes must be positive (None: no limit)")
         for name in ("idle_power_W", "tx_power_W", "e2e_correction", "cloud_correction"):
             v = float(getattr(self, name))
             if not np.isfinite(v) or v < 0:
@@ -93,6 +98,13 @@ class PlanInputs:
     @property
     def n_blocks(self) -> int:
         return int(self.edge_ms.size)
+
+    def too_big(self, r: Any, j: Any) -> Any:
+        """Whether the middle slice of blocks r..j exceeds `max_slice_bytes` (broadcasts over index arrays)."""
+        if self.max_slice_bytes is None:
+            return np.zeros(np.broadcast(r, j).shape, dtype=bool)
+        prefix = np.concatenate(([0.0], np.cumsum(self.upload_bytes)))
+        return prefix[np.asarray(j) + 1] - prefix[r] > self.max_slice_bytes
 
     @property
     def weight_link(self) -> NetworkModel:
@@ -135,14 +147,19 @@ class Plan:
     objective: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """SPEC §6 `plan --json` entry; ``objective`` is added when the plan was chosen by `choose`."""
+        """SPEC §6 `plan --json` entry; ``objective`` is added when the plan was chosen by `choose`. A plan that cannot
+        run (its slice is over the server's limit) has null latency and energy."""
         d: dict[str, Any] = {
-            "i": self.i, "j": self.j, "latency_ms": self.latency_ms, "energy_mJ": self.energy_mJ,
+            "i": self.i, "j": self.j, "latency_ms": _finite(self.latency_ms), "energy_mJ": _finite(self.energy_mJ),
             "offloaded_blocks": self.offloaded_blocks, "upload_bytes": self.upload_bytes,
         }  # fmt: skip
         if self.objective is not None:
             d["objective"] = self.objective
         return d
+
+
+def _finite(x: float) -> float | None:
+    return x if np.isfinite(x) else None
 
 
 def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
@@ -177,6 +194,8 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
     parts.update(head_ms=head, tail_ms=tail, compute_mJ=compute_mJ)
     latency = sum(parts[k] for k in BREAKDOWN if k.endswith("_ms"))
     energy = sum(parts[k] for k in BREAKDOWN if k.endswith("_mJ"))
+    if j > i and inputs.too_big(i + 1, j):
+        latency = energy = np.inf
     return Plan(i, j, float(latency), float(energy), j - i, wbytes, {k: float(v) for k, v in parts.items()})
 
 
@@ -212,8 +231,9 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
         "transfer_mJ": xfer + z, "weight_upload_mJ": w_mJ, "idle_mJ": inputs.idle_power_W * cloud,
         "uplink_bytes": up_b, "downlink_bytes": down_b,
     }  # fmt: skip
-    lat = sum(v for k, v in cols.items() if k.endswith("_ms"))
-    en = sum(v for k, v in cols.items() if k.endswith("_mJ"))
+    over = off & inputs.too_big(r, jj)
+    lat = np.where(over, np.inf, sum(v for k, v in cols.items() if k.endswith("_ms")))
+    en = np.where(over, np.inf, sum(v for k, v in cols.items() if k.endswith("_mJ")))
     rows = [
         dict(zip(BREAKDOWN, vals, strict=True)) for vals in zip(*(cols[k].tolist() for k in BREAKDOWN), strict=True)
     ]

@@ -50,6 +50,7 @@ class Costs:
     power: PowerSpec
     upload: NetworkModel | None = None  # measured whole slice uploads (None: costed with the uplink)
     cloud_correction: float = 1.0  # the server's whole-model latency over the sum of its block predictions
+    max_slice_bytes: int = 0  # the server's limit on one slice (0: none); plans over it cannot run
 
     @property
     def energy_source(self) -> str:
@@ -121,7 +122,8 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     signatures = [b.signature for b in graph.blocks]
     features = [features_of(b) for b in graph.blocks]
     edge = client.predict(node_id, signatures, features, model=graph.model)
-    cloud = client.predict(client.server_info().cloud_node_id, signatures, features, model=graph.model)
+    server = client.server_info()
+    cloud = client.predict(server.cloud_node_id, signatures, features, model=graph.model)
     missing = [
         s
         for s in signatures
@@ -144,6 +146,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         downlink=NetworkModel.from_dict(profile.downlink.model),
         power=power,
         upload=NetworkModel.from_dict(profile.upload.model) if profile.upload is not None else None,
+        max_slice_bytes=server.max_slice_bytes,
     )
 
 
@@ -180,6 +183,7 @@ def plan_inputs(
         e2e_correction=costs.e2e_correction,
         cloud_correction=costs.cloud_correction,
         upload=costs.upload,
+        max_slice_bytes=costs.max_slice_bytes or None,
     )
 
 

@@ -98,6 +98,8 @@ class PlanTable:
             lat[hit] -= f_ms
             en[hit] -= f_mJ
         is_local = r == self.n_blocks
+        too_big = ~is_local & self.inputs.too_big(np.minimum(r, self.n_blocks - 1), j)
+        lat[too_big] = en[too_big] = np.inf
         lat[is_local], en[is_local] = self.local
         return lat, en
 
@@ -113,7 +115,7 @@ class PlanTable:
             for fr, fj, f_ms, f_mJ in self.fixes:
                 lat[fr, fj] -= f_ms
                 en[fr, fj] -= f_mJ
-            bad = _invalid(n)
+            bad = _invalid(n) | self.inputs.too_big(np.arange(n + 1)[:, None].clip(max=n - 1), np.arange(n)[None, :])
             lat[bad] = np.inf
             en[bad] = np.inf
             lat[-1, -1], en[-1, -1] = self.local
@@ -216,6 +218,12 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
 def _front_cells(table: PlanTable) -> tuple[np.ndarray, np.ndarray]:
     """(r, j) of the Pareto plans, by increasing latency; ties keep the fewest offloaded blocks."""
     n = table.n_blocks
+    if table.inputs.too_big(0, n - 1):  # the slice limit binds: cells are no longer bounded by rows + columns
+        r, j = _triangle(n)
+        r, j = np.concatenate(([n], r)), np.concatenate(([n - 1], j))
+        lat, en = table.values(r, j)
+        keep = pareto_indices(lat, en, lambda k: j[k] - r[k] + 1)
+        return r[keep], j[keep]
     special_r = np.array([n] + [f[0] for f in table.fixes], dtype=np.intp)
     special_j = np.array([n - 1] + [f[1] for f in table.fixes], dtype=np.intp)
     sp_l, sp_e = table.values(special_r, special_j)

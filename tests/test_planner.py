@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from rr_edge.baselines import neurosurgeon, offload_all
 from rr_edge.netmodel import NetworkModel, fit_network_model
 from rr_edge.planner import (
     Plan,
@@ -51,6 +52,9 @@ def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
     out = [(n - 1, n - 1, c * sum(inputs.edge_ms), c * sum(inputs.edge_mJ))]
     for i in range(-1, n):
         for j in range(i + 1, n):
+            limit = inputs.max_slice_bytes
+            if limit is not None and sum(inputs.upload_bytes[i + 1 : j + 1]) > limit:
+                continue  # cannot run on that server
             lat = en = 0.0
             for k in range(n):
                 if k <= i or k > j:
@@ -262,7 +266,7 @@ def test_table_matches_direct_costs_and_dedupes_local_plans(uplink):
 
 
 @pytest.mark.parametrize("n,seed", [(1, 0), (2, 1), (5, 2), (12, 3), (25, 4), (40, 5)])
-@pytest.mark.parametrize("variant", ["affine", "poly", "cached", "upload-pwl"])
+@pytest.mark.parametrize("variant", ["affine", "poly", "cached", "upload-pwl", "limited"])
 def test_pareto_complete_and_non_dominated_against_brute_force(n, seed, variant):
     rng = np.random.default_rng(seed)
     inp = random_inputs(rng, n, preloaded=bool(seed % 2) and variant == "affine")
@@ -273,6 +277,8 @@ def test_pareto_complete_and_non_dominated_against_brute_force(n, seed, variant)
     elif variant == "cached":  # cheaper cells that break the row/column structure
         cells = {(int(a), int(b)) for a, b in rng.integers(0, n, (4, 2)) if a <= b}
         inp = replace(inp, cached_slices=frozenset(cells | {(0, n - 1)}), amortize_over=2)
+    elif variant == "limited":  # the server refuses slices over 3 MB: such plans cannot run, whatever they cost
+        inp = replace(inp, max_slice_bytes=3e6, preloaded=bool(seed % 2))
     front = pareto(evaluate_all(inp))
     ref = brute_pareto(brute_force(inp))
     assert sorted((p.i, p.j) for p in front) == sorted((a, b) for a, b, _, _ in ref)
@@ -313,6 +319,22 @@ def test_pruned_pareto_paths_are_exact_on_large_tables(seed):
 def test_pareto_ties_keep_one_plan_with_fewest_offloaded_blocks():
     idx = pareto_indices(np.array([1.0, 1.0, 2.0, 0.5]), np.array([1.0, 1.0, 0.5, 3.0]), lambda k: -k)
     assert idx.tolist() == [3, 1, 2]
+
+
+def test_plans_over_the_servers_slice_limit_are_never_chosen():
+    """Offloading everything is fastest, but the server takes slices of at most 2 blocks: the planner and every
+    baseline keep within that, and a plan over it reports no cost (it cannot run)."""
+    fast_cloud = make([50.0] * 4, [1.0] * 4, [100] * 5, weights=[1000] * 4, preloaded=True, max_slice_bytes=2000)
+    table = evaluate_all(fast_cloud)
+    chosen = choose(table, "latency")
+    assert chosen.j - chosen.i == 2 and np.isfinite(chosen.latency_ms)
+    assert all(p.j - p.i <= 2 for p in pareto(table))
+    assert np.isinf(table.latency_ms[0, 3]) and np.isinf(table.plan(-1, 3).latency_ms)
+    assert offload_all(fast_cloud).to_dict()["latency_ms"] is None
+    ns = neurosurgeon(fast_cloud)
+    assert ns.j - ns.i <= 2 and np.isfinite(ns.latency_ms)
+    with pytest.raises(ValueError, match="max_slice_bytes must be positive"):
+        replace(fast_cloud, max_slice_bytes=0)
 
 
 def test_plan_json_shape_is_spec_section_6():
