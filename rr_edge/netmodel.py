@@ -14,7 +14,9 @@ Three curves of transfer time (ms) against message size (bytes) are fitted to a 
 Affine and polynomial are fitted with relative (1 / time) weights, so small messages count as much as large ones.
 All three are scored by leave-one-size-out prediction on the profiled sizes (mean absolute relative error). The
 affine model is kept unless another is clearly better (``poly_margin`` x its error); then the better of the other
-two is chosen. Optional energy per transfer (mJ) is fitted with a non-negative affine model of bytes.
+two is chosen. A curve that predicts a bigger message as faster than a smaller one is never chosen (a quartic
+fitted across a sharp knee can dip). Optional energy per transfer (mJ) is fitted with a non-negative affine model of
+bytes, on the sizes with a positive reading (at least `MIN_ENERGY_SIZES` of them).
 
 At run time `NetworkModel.update` folds observed (bytes, ms) transfers into an exponentially weighted multiplicative
 correction of the fitted curve; `NetworkModel.drifted` says when it moved by more than a threshold (default 25%)
@@ -37,6 +39,7 @@ PWL_TAIL = 16.0  # the pwl extrapolation slope is fitted over the top four octav
 DEFAULT_ALPHA = 0.2
 DEFAULT_DRIFT_THRESHOLD = 0.25
 DEFAULT_POLY_MARGIN = 0.9
+MIN_ENERGY_SIZES = 2
 _EPS_MS = 1e-9
 
 
@@ -121,6 +124,28 @@ class NetworkModel:
         a = float(np.min(P.polyval(np.array(ts), g)))
         a -= 1e-9 * (1.0 + abs(a))  # round-off margin: a bound must never exceed the curve
         return a * self.drift, b * self.drift
+
+    def non_decreasing(self) -> bool:
+        """True when ``predict_ms`` never falls as bytes grow, for every bytes >= 0.
+
+        Outside ``[lo_bytes, hi_bytes]`` a polynomial or pwl curve goes on from its end values with
+        ``slope_ms_per_byte``, so it never falls when that slope is >= 0 and it does not fall inside the range: a
+        pwl curve's knot times do not decrease, a polynomial's derivative is >= 0 at the range's ends and at the
+        derivative's stationary points inside it.
+        """
+        if self.kind == AFFINE:
+            return self.coeffs[1] >= 0
+        if self.slope_ms_per_byte < 0:
+            return False
+        if self.kind == PWL:
+            return bool(np.all(np.diff(self.coeffs) >= 0))
+        d = P.polyder(np.array(self.coeffs, dtype=np.float64))  # d/dt of the polynomial in t = bytes / scale
+        t_lo, t_hi = self.lo_bytes / self.scale_bytes, min(self.hi_bytes, 1e18) / self.scale_bytes
+        ts = [t_lo, t_hi]
+        roots = P.polyroots(P.polyder(d)) if np.any(d[1:]) else np.array([])
+        ts += [float(t.real) for t in roots if abs(t.imag) < 1e-9 and t_lo <= t.real <= t_hi]
+        tol = 1e-9 * (1.0 + float(np.max(np.abs(self.coeffs))))  # round-off of a flat stretch is not a dip
+        return bool(np.min(P.polyval(np.array(ts), d)) >= -tol)
 
     def energy_terms(self) -> tuple[float, float] | None:
         """(mJ per message, mJ per byte) of ``predict_mJ`` when it is exactly affine in bytes >= 0, else None."""
@@ -292,6 +317,24 @@ def _fit_pwl(x: np.ndarray, y: np.ndarray) -> NetworkModel:
                         knots=tuple(float(v) for v in x))  # fmt: skip
 
 
+def _fit_energy(x_all: np.ndarray, energies_mJ: Any, notes: list[str]) -> tuple[float, float] | None:
+    """Non-negative affine energy (mJ) of bytes through the median reading of each size that has a positive one;
+    None (with a note) when fewer than `MIN_ENERGY_SIZES` sizes do. Missing readings may be nan (or None)."""
+    e_all = np.asarray(energies_mJ, dtype=np.float64).ravel()
+    if e_all.shape != x_all.shape:
+        raise ValueError("energies_mJ must have the length of sizes_bytes")
+    ok = np.isfinite(e_all) & (e_all > 0)
+    xs = np.unique(x_all[ok])
+    if xs.size < MIN_ENERGY_SIZES:
+        notes.append(f"energy not fitted: {xs.size} size(s) with a positive reading, {MIN_ENERGY_SIZES} needed")
+        return None
+    missing = np.setdiff1d(x_all, xs)
+    if missing.size:
+        notes.append(f"energy fitted without sizes {[int(b) for b in missing]}: no positive reading")
+    es = np.array([np.median(e_all[ok & (x_all == s)]) for s in xs])
+    return _nn_affine(xs, es)
+
+
 def _held_out_error(x: np.ndarray, y: np.ndarray, fitter: Any, min_points: int) -> float:
     """Mean |relative error| predicting each size from a fit on the other sizes (nan if too few sizes)."""
     if len(x) - 1 < min_points:
@@ -313,9 +356,10 @@ def fit_network_model(
 ) -> NetworkFit:
     """Fit the three curves to one direction's profile (repeats allowed; medians per size are used) and choose.
 
-    ``sizes_bytes``, ``times_ms`` (and optional ``energies_mJ``): equal-length samples, times > 0.
-    The polynomial or the piecewise-linear curve (the better of the two) is chosen only if its held-out error is
-    below ``poly_margin`` x the affine one.
+    ``sizes_bytes``, ``times_ms`` (and optional ``energies_mJ``): equal-length samples, times > 0; an energy that
+    is not a positive finite number (nan: none) is left out of the energy fit.
+    The polynomial or the piecewise-linear curve (the better of the two that never decreases) is chosen only if its
+    held-out error is below ``poly_margin`` x the affine one.
     """
     x_all = np.asarray(sizes_bytes, dtype=np.float64).ravel()
     y_all = np.asarray(times_ms, dtype=np.float64).ravel()
@@ -328,16 +372,7 @@ def fit_network_model(
     if xs.size < 2:
         raise ValueError("a network profile needs at least two distinct message sizes")
     ys = np.array([np.median(y_all[x_all == s]) for s in xs])
-    energy = None
-    if energies_mJ is not None:
-        e_all = np.asarray(energies_mJ, dtype=np.float64).ravel()
-        if e_all.shape != x_all.shape:
-            raise ValueError("energies_mJ must have the length of sizes_bytes")
-        if np.all(np.isfinite(e_all)) and np.all(e_all > 0):
-            es = np.array([np.median(e_all[x_all == s]) for s in xs])
-            energy = _nn_affine(xs, es)
-        else:
-            notes.append("energy not fitted: missing or non-positive values")
+    energy = None if energies_mJ is None else _fit_energy(x_all, energies_mJ, notes)
     affine = replace(_fit_affine(xs, ys), energy_coeffs=energy)
     poly = replace(_fit_poly(xs, ys), energy_coeffs=energy) if xs.size >= 3 else None
     pwl = replace(_fit_pwl(xs, ys), energy_coeffs=energy) if xs.size >= 3 else None
@@ -348,7 +383,14 @@ def fit_network_model(
     if not np.isfinite(aff_err):
         notes.append("too few sizes for a held-out error; affine model kept")
     else:
-        others = [(e, m) for e, m in ((poly_err, poly), (pwl_err, pwl)) if m is not None and np.isfinite(e)]
+        others = []
+        for e, m in ((poly_err, poly), (pwl_err, pwl)):
+            if m is None or not np.isfinite(e):
+                continue
+            if m.non_decreasing():
+                others.append((e, m))
+            else:  # never cost a bigger message below a smaller one, however well the curve scores
+                notes.append(f"{m.kind} not chosen: it predicts some messages as faster than smaller ones")
         if others:
             err, best = min(others, key=lambda em: em[0])
             if err < poly_margin * aff_err:

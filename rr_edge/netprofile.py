@@ -22,8 +22,9 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -186,21 +187,48 @@ def measure_direction(
     return [NetworkSample(size, ms, energy[size]) for size in times for ms in times[size]]
 
 
-def fit_direction(samples: Sequence[NetworkSample]) -> DirectionProfile:
-    """Both fits of one direction (via rr_edge.netmodel) and the chosen one."""
-    sizes = [s.bytes for s in samples]
-    times = [max(s.ms, 1e-6) for s in samples]
-    energies = [s.energy_mJ for s in samples]
-    has_energy = all(e is not None and e > 0 for e in energies)
-    fit = fit_network_model(sizes, times, energies if has_energy else None)
+def fit_direction(samples: Sequence[NetworkSample], name: str = "network") -> DirectionProfile:
+    """The fits of one direction (via rr_edge.netmodel) and the chosen one, from its valid samples only.
+
+    A sample whose time is not a positive finite number (0: faster than the clock can tell) is dropped, and an
+    energy reading that is not one (a meter window too short to count) is cleared; each is logged with its size.
+    The profile keeps the samples it was fitted on. Raises ValueError when fewer than two sizes have a valid time.
+    """
+    kept = _valid_samples(samples, name)
+    if len({s.bytes for s in kept}) < 2:
+        raise ValueError(f"{name}: fewer than two message sizes have a positive time; cannot fit a network model")
+    metered = any(s.energy_mJ is not None for s in samples)
+    energies = [math.nan if s.energy_mJ is None else s.energy_mJ for s in kept]
+    fit = fit_network_model([s.bytes for s in kept], [s.ms for s in kept], energies if metered else None)
+    if metered and fit.chosen.energy_coeffs is None:
+        log.warning(
+            "%s: energy not fitted (%s); the planner costs it with the declared power model", name, "; ".join(fit.notes)
+        )
     return DirectionProfile(
-        samples=tuple(samples),
+        samples=tuple(kept),
         chosen_model=fit.chosen.kind,
         poly4_error=_finite(fit.poly_error),
         affine_error=_finite(fit.affine_error),
         model=fit.chosen.to_dict(),
         pwl_error=_finite(fit.pwl_error),
     )
+
+
+def _valid_samples(samples: Sequence[NetworkSample], name: str) -> list[NetworkSample]:
+    """Samples with a positive finite time, with their energy cleared where it is not a positive finite number."""
+    for size, n in Counter(s.bytes for s in samples if not _positive(s.ms)).items():
+        log.warning("%s: %d transfer(s) of %d bytes left out of the fit: not timed at a positive ms", name, n, size)
+    for size in sorted({s.bytes for s in samples if s.energy_mJ is not None and not _positive(s.energy_mJ)}):
+        log.warning("%s: no energy for %d bytes (the meter read no positive energy): left out of its fit", name, size)
+    return [
+        s if s.energy_mJ is None or _positive(s.energy_mJ) else replace(s, energy_mJ=None)
+        for s in samples
+        if _positive(s.ms)
+    ]
+
+
+def _positive(v: float) -> bool:
+    return math.isfinite(v) and v > 0
 
 
 def _finite(v: float) -> float:
@@ -252,7 +280,7 @@ def profile_network(
             activity=activity,
             progress=report,
         )
-        directions[name] = fit_direction(samples)
+        directions[name] = fit_direction(samples, name)
         d = directions[name]
         log.info(
             "%s: chosen %s (held-out error poly4 %.3f, affine %.3f)",
@@ -311,6 +339,9 @@ def summary(profile: NetworkProfile) -> dict[str, Any]:
             "max_bytes": sizes[-1] if sizes else 0,
             "median_ms": {str(b): float(np.median(v)) for b, v in by_size.items()},
             "energy_mJ": {str(b): next((s.energy_mJ for s in d.samples if s.bytes == b), None) for b in sizes},
+            # what the planner's energy of these transfers comes from: the meter's readings when they were fitted,
+            # otherwise the declared power model (never the meter's name for a modelled figure)
+            "energy_source": profile.energy_source if model.get("energy_coeffs") is not None else "model",
             "model": model,
         }
 

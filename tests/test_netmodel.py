@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,6 +79,42 @@ def test_piecewise_linear_chosen_for_a_token_bucket_link():
         NetworkModel(PWL, (1.0, 2.0), knots=(10.0, 5.0))
     with pytest.raises(ValueError, match="knots"):
         NetworkModel(PWL, (1.0, 2.0, 3.0), knots=(1.0, 5.0))
+
+
+def test_a_curve_that_predicts_bigger_messages_faster_is_never_chosen():
+    """A sharp knee (1 GB/s up to 2 MB, 80 MB/s beyond) bends the quartic into a dip: its held-out error beats the
+    others, yet it would cost a 200 MB message below a 100 MB one. The next best curve is chosen instead."""
+    sizes = 2.0 ** np.arange(10, 29)  # 1 KiB .. 256 MiB
+    times = np.where(sizes < 2e6, 0.3 + sizes / 1e6, 0.3 + sizes / BYTES_PER_MS)
+    fit = fit_network_model(sizes, times)
+    assert fit.poly is not None and not fit.poly.non_decreasing()
+    assert fit.poly_error < min(fit.pwl_error, 0.9 * fit.affine_error)  # the best score, alone
+    assert fit.chosen.kind == PWL and any("poly4 not chosen" in note for note in fit.notes)
+    probe = np.geomspace(512, 1e9, 2000)
+    assert np.all(np.diff(fit.chosen.predict_ms(probe)) >= 0)
+    # the check covers the whole line: the range fitted, and the linear continuation on both sides of it
+    rise_then_fall = NetworkModel(POLY4, (1.0, 2.0, -3.0, 0.0, 0.0), 1.0, 0.0, 1.0, 1.0)  # peak at t = 1/3
+    assert not rise_then_fall.non_decreasing()
+    assert replace(rise_then_fall, hi_bytes=0.3).non_decreasing()
+    assert not replace(rise_then_fall, hi_bytes=0.3, slope_ms_per_byte=-1.0).non_decreasing()
+    assert fit.affine.non_decreasing() and fit.pwl is not None and fit.pwl.non_decreasing()
+
+
+def test_energy_fitted_on_the_sizes_with_a_reading():
+    """A meter window too short for the smallest message reads 0 (or nothing): the other sizes still give the energy
+    curve; with fewer than two sizes read, none is fitted, and the notes say why."""
+    sizes, times, energy = profile(np.random.default_rng(2))
+    energy[sizes == sizes.min()] = 0.0
+    energy[sizes == sizes.max()] = np.nan
+    fit = fit_network_model(sizes, times, energy)
+    assert fit.chosen.energy_coeffs is not None
+    assert fit.chosen.predict_mJ(1e6) == pytest.approx(0.5 + 20.0, rel=0.05)
+    assert any("energy fitted without sizes [1000, 256000000]" in note for note in fit.notes)
+    energy[sizes != sizes[0]] = -1.0
+    energy[sizes == sizes[0]] = 1.0
+    none = fit_network_model(sizes, times, energy)
+    assert none.chosen.energy_coeffs is None and none.affine.energy_coeffs is None
+    assert any(note.startswith("energy not fitted") for note in none.notes)
 
 
 def test_predictions_vectorised_non_negative_and_sane_outside_the_range():

@@ -3,6 +3,7 @@ subprocess (a separate process, so client and server do not share one interprete
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from rr_edge.netprofile import (
     run_netprofile,
     summary,
 )
+from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
 
 
 def test_log_sizes() -> None:
@@ -75,6 +77,56 @@ def test_synthetic_affine_link_is_recovered() -> None:
     # energy was metered (modelled: 3 W while sending) and fitted too
     assert all(s.energy_mJ is not None for s in samples)
     assert model.predict_mJ(8e6) == pytest.approx(3.0 * (rtt_ms + 8e6 / bytes_per_ms), rel=0.05)
+
+
+def _link_ms(n: float) -> float:
+    return 0.3 + n / 80_000.0  # 0.3 ms + 80 MB/s
+
+
+def test_transfers_timed_at_zero_are_left_out_of_the_fit(caplog: pytest.LogCaptureFixture) -> None:
+    """A transfer faster than the clock reads 0 ms; with relative weights that one size would pull the whole line
+    to zero (64 MB in 0.07 ms). It is dropped, with a warning naming its size; a small positive time stays."""
+    sizes = log_sizes(1024, 256 * 1024 * 1024)
+    samples = [NetworkSample(n, 0.0 if n == 1024 else _link_ms(n)) for n in sizes for _ in range(3)]
+    samples.append(NetworkSample(2048, float("nan")))
+    with caplog.at_level(logging.WARNING, logger="rr_edge.netprofile"):
+        direction = fit_direction(samples, "uplink")
+    model = NetworkModel.from_dict(direction.model)
+    assert model.predict_ms(64 * 2**20) == pytest.approx(_link_ms(64 * 2**20), rel=0.02)
+    assert len(direction.samples) == 3 * (len(sizes) - 1) and all(s.ms > 0 for s in direction.samples)
+    assert "uplink: 3 transfer(s) of 1024 bytes" in caplog.text and "of 2048 bytes" in caplog.text
+    quick = [NetworkSample(n, 0.02 if n == 1024 else _link_ms(n)) for n in sizes]  # in-process loopback: real
+    fitted = fit_direction(quick)
+    assert fitted.samples == tuple(quick) and NetworkModel.from_dict(fitted.model).predict_ms(1024) < 0.1
+    with pytest.raises(ValueError, match="fewer than two message sizes"):
+        fit_direction([NetworkSample(1024, 1.0), NetworkSample(2048, 0.0)])
+
+
+def test_energy_fitted_without_unread_sizes_and_its_source_said_per_direction(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A meter window too short for 1 KB reads 0 mJ: the other sizes still give the direction's energy curve. When
+    fewer than two sizes have a reading the planner costs the direction with the declared power model, and the
+    summary says "model" for it, not the meter's name."""
+    sizes = log_sizes(1024, 64 * 1024 * 1024)
+
+    def mj(n: int) -> float:
+        return 0.0 if n == 1024 else 2.0 * _link_ms(n)  # 2 W while sending
+
+    up = fit_direction([NetworkSample(n, _link_ms(n), mj(n)) for n in sizes for _ in range(3)], "uplink")
+    with caplog.at_level(logging.WARNING, logger="rr_edge.netprofile"):
+        down = fit_direction([NetworkSample(n, _link_ms(n), mj(n) if n <= 2048 else None) for n in sizes])
+    assert NetworkModel.from_dict(up.model).predict_mJ(8e6) == pytest.approx(2.0 * _link_ms(8e6), rel=0.02)
+    assert [s.energy_mJ for s in up.samples if s.bytes == 1024] == [None] * 3  # a 0 mJ reading is no reading
+    assert down.model["energy_coeffs"] is None and "energy not fitted" in caplog.text
+    out = summary(NetworkProfile(up, down, "rapl", 0.0))
+    assert out["energy_source"] == "rapl"  # the meter that read the samples
+    assert out["uplink"]["energy_source"] == "rapl" and out["downlink"]["energy_source"] == "model"
+    assert out["uplink"]["energy_mJ"]["1024"] is None
+    # a profile stored before the field existed reads the same way
+    old = DirectionProfile((NetworkSample(1024, 1.0), NetworkSample(2048, 2.0)), "affine", -1.0, -1.0,
+                           NetworkModel.affine(0.5, 2000.0).to_dict())  # fmt: skip
+    assert summary(NetworkProfile(old, old, "rapl", 0.0))["uplink"]["energy_source"] == "model"
 
 
 @pytest.fixture(scope="module")
