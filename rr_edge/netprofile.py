@@ -235,6 +235,19 @@ def _finite(v: float) -> float:
     return float(v) if math.isfinite(v) else -1.0
 
 
+def _upload_probes(cfg: NetProfileConfig, max_slice_bytes: int) -> dict[int, bytes]:
+    """The upload probes by size, within the server's slice limit (0: none); none when fewer than two fit (weight
+    uploads are then costed with the uplink curve)."""
+    probes = {len(b): b for b in (probe_slice(n, seed=k) for k, n in enumerate(cfg.upload_sizes()))}
+    fitting = {n: b for n, b in probes.items() if not max_slice_bytes or n <= max_slice_bytes}
+    if len(fitting) < len(probes):
+        log.info("upload probes limited to the server's slice limit of %d bytes", max_slice_bytes)
+    if len(fitting) < 2 and probes:
+        log.warning("fewer than two upload probes fit the server's slice limit: uploads are costed with the uplink")
+        return {}
+    return fitting
+
+
 def profile_network(
     client: Client,
     config: NetProfileConfig | None = None,
@@ -256,7 +269,7 @@ def profile_network(
     for _ in range(cfg.warmup):
         up(cfg.min_bytes)
         down(cfg.min_bytes)
-    probes = {len(b): b for b in (probe_slice(n, seed=k) for k, n in enumerate(cfg.upload_sizes()))}
+    probes = _upload_probes(cfg, client.server_info().max_slice_bytes if cfg.upload_sizes() else 0)
 
     def upload(n: int) -> object:
         return client.upload_slice(probes[n], "netprofile upload probe", probe=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from rr_edge.netprofile import (
     log_sizes,
     measure_direction,
     probe_slice,
+    profile_network,
     run_netprofile,
     summary,
 )
@@ -189,6 +192,23 @@ def test_loopback_profile_against_server(server_process: str) -> None:
         for name, transfer in (("uplink", "up"), ("downlink", "down")):
             chosen, error = _held_out_error(client, config, held_out, transfer)
             assert error < 0.20, f"{name}: chosen {chosen} misses held-out sizes by {error:.0%}"
+
+
+def test_upload_probes_keep_within_the_servers_slice_limit(tmp_path: Path) -> None:
+    """A server that takes slices of at most 1 MiB: the probes stop there (they used to be refused, failing the
+    whole profile after both echo directions were measured); with room for fewer than two, there are none."""
+    server = ServerProcess(tmp_path / "d", "--log-level", "WARNING", "--max-slice-mb", "1")
+    config = NetProfileConfig(max_mb=0.25, repeats=1, min_time_s=0.0, upload_min_mb=0.125, upload_max_mb=4)
+    try:
+        with Client(server.address) as client:
+            profile = profile_network(client, config)
+            assert profile.upload is not None
+            sizes = sorted({s.bytes for s in profile.upload.samples})
+            assert len(sizes) >= 2 and max(sizes) <= 2**20 < max(len(probe_slice(n)) for n in config.upload_sizes())
+            tight = replace(config, upload_min_mb=0.5, upload_max_mb=2)  # 512 KiB fits, 1 and 2 MiB do not
+            assert profile_network(client, tight).upload is None
+    finally:
+        server.terminate(timeout=15)
 
 
 def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixture[str]) -> None:
