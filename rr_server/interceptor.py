@@ -1,21 +1,27 @@
-"""The one place where requests meet policy: authentication, domain errors -> status codes, metrics.
+"""The one place where requests meet policy: authentication, domain errors -> status codes, open streams, metrics.
 
 Every handler is wrapped so that a `ServerError` becomes its status code with its message, and anything else becomes
 INTERNAL with a generic message (the traceback goes to the log only). Health and reflection stay open without a token
 so that probes and `buf curl`/`grpcurl` discovery work; every other method needs a valid bearer token when the server
 runs with a token table.
+
+A streaming RPC holds one of the server's worker threads for as long as it is open (an edge keeps its ModelStreamInfer
+stream open between requests), so streams share `StreamSlots`: every worker but a reserve. Past them a new stream is
+RESOURCE_EXHAUSTED at once, and the reserve keeps unary calls (health checks, ModelInfer, slice status) answered
+however many streams are open.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import grpc
 
 from rr_server.auth import CALLER, TokenTable
-from rr_server.errors import ServerError, Unauthenticated
+from rr_server.errors import ResourceExhausted, ServerError, Unauthenticated
 from rr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -24,12 +30,37 @@ _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _INTERNAL_MESSAGE = "internal server error (details in the server log)"
 
 
-class PolicyInterceptor(grpc.ServerInterceptor):
-    """Authenticates, maps errors and records metrics for every RPC."""
+class StreamSlots:
+    """How many streaming RPCs may be open at once: `workers` minus a reserve for unary calls (a quarter, >= 2)."""
 
-    def __init__(self, tokens: TokenTable | None, metrics: Metrics) -> None:
+    def __init__(self, workers: int) -> None:
+        self.capacity = max(1, workers - max(2, workers // 4))
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def take(self, method: str) -> bool:
+        """Take a slot for a new stream of `method` (True), or raise ResourceExhausted when none is free."""
+        with self._lock:
+            if self.in_use >= self.capacity:
+                raise ResourceExhausted(
+                    f"{method}: all {self.capacity} stream slots of this server are in use (each open stream holds "
+                    "a worker thread); retry later, use the unary call, or start rr-server with more --workers"
+                )
+            self.in_use += 1
+        return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+
+
+class PolicyInterceptor(grpc.ServerInterceptor):
+    """Authenticates, maps errors, bounds open streams and records metrics for every RPC."""
+
+    def __init__(self, tokens: TokenTable | None, metrics: Metrics, slots: StreamSlots) -> None:
         self._tokens = tokens
         self._metrics = metrics
+        self._slots = slots
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -44,7 +75,7 @@ class PolicyInterceptor(grpc.ServerInterceptor):
             except Unauthenticated as exc:
                 auth_error = exc
         short = method.rsplit("/", 1)[-1]
-        return _wrap(handler, short, caller, auth_error, self._metrics)
+        return _wrap(handler, short, caller, auth_error, self._metrics, self._slots)
 
 
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
@@ -73,19 +104,26 @@ def _reset(token) -> None:
         pass
 
 
-def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics):
+def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics, slots):
+    streams = not handler.unary_unary  # a request or a response stream: the call may stay open for long
+
     def unary(behavior: Callable):
         def run(request_or_iterator, context):
             started = time.perf_counter()
             token = CALLER.set(caller)
+            slot = False
             try:
                 if auth_error is not None:
                     raise auth_error
+                if streams:
+                    slot = slots.take(method)
                 response = behavior(request_or_iterator, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
                 _finish(context, metrics, method, started, exc)
             finally:
                 _reset(token)
+                if slot:
+                    slots.give_back()
             _finish(context, metrics, method, started, None)
             return response
 
@@ -95,14 +133,18 @@ def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | No
         def run(request_or_iterator, context) -> Iterator:
             started = time.perf_counter()
             token = CALLER.set(caller)
+            slot = False
             try:
                 if auth_error is not None:
                     raise auth_error
+                slot = slots.take(method)
                 yield from behavior(request_or_iterator, context)
             except Exception as exc:  # noqa: BLE001
                 _finish(context, metrics, method, started, exc)
             finally:
                 _reset(token)
+                if slot:
+                    slots.give_back()
             _finish(context, metrics, method, started, None)
 
         return run

@@ -32,7 +32,7 @@ from rr_server.config import ServerConfig
 from rr_server.echo_servicer import EchoServicer
 from rr_server.inference_servicer import InferenceServicer
 from rr_server.inference_servicer import add_to_server as add_inference_service
-from rr_server.interceptor import PolicyInterceptor
+from rr_server.interceptor import PolicyInterceptor, StreamSlots
 from rr_server.metrics import Metrics
 from rr_server.node_servicer import NodeServicer
 from rr_server.prediction_servicer import PredictionServicer
@@ -115,6 +115,7 @@ class Server:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
+        self.stream_slots = StreamSlots(config.workers)
         self._grpc: grpc.Server | None = None
         self._stopped = threading.Event()
 
@@ -134,7 +135,7 @@ class Server:
         options = grpc_options(self.config.max_message_bytes) + list(self.config.extra_grpc_options)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="rr-grpc"),
-            interceptors=[PolicyInterceptor(self._tokens, self.metrics)],
+            interceptors=[PolicyInterceptor(self._tokens, self.metrics, self.stream_slots)],
             options=options,
         )
         self._add_services(server)

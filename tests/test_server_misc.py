@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import types
@@ -155,6 +156,43 @@ def test_graceful_stop_finishes_in_flight_calls(tmp_path):
     assert received == [20_000]
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     stubs.close()
+
+
+def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
+    """Each open stream holds a worker thread; idle ModelStreamInfer streams (one per edge runner) used to take all
+    of them, and then even health checks timed out. Streams get all workers but a reserve; one more is refused."""
+    server = start_server(tmp_path, workers=8)
+    stubs = Stubs.connect(server.address)
+    slots = server.stream_slots
+    assert slots.capacity == 6
+    queues = [queue.Queue() for _ in range(slots.capacity)]
+    calls = [stubs.kserve.ModelStreamInfer(iter(q.get, None)) for q in queues]  # open, and idle
+    try:
+        deadline = time.monotonic() + 20
+        while slots.in_use < slots.capacity and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert slots.in_use == slots.capacity
+        with pytest.raises(grpc.RpcError) as err:
+            next(stubs.kserve.ModelStreamInfer(iter([]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "stream slots" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.upload(conv_model())  # client-streaming: a stream too
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = health_pb2_grpc.HealthStub(stubs.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        assert stubs.kserve.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
+        queues[0].put(None)  # one stream ends: its slot is free again
+        list(calls[0])
+        assert slots.in_use == slots.capacity - 1
+        stubs.upload(conv_model())
+    finally:
+        for q in queues:
+            q.put(None)
+        for call in calls:
+            list(call)
+        stubs.close()
+        server.stop(grace=1)
+    assert slots.in_use == 0
 
 
 def test_stopped_server_refuses_new_calls(tmp_path):
