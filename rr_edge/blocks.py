@@ -299,18 +299,28 @@ def _bytes(names: Iterable[str], infos: Mapping[str, TensorInfo]) -> int:
 
 
 def _param_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorProto]) -> int:
-    seen: set[str] = set()
-    total = 0
-    for n in nodes:
-        for x in node_inputs(n):
-            if x in initializers and x not in seen:
-                seen.add(x)
-                t = initializers[x]
-                numel = 1
-                for d in t.dims:
-                    numel *= d
-                total += numel * dtype_size(t.data_type)
-    return total
+    """Bytes of the weights the nodes read: initializers of the graph (once each) and of their subgraphs."""
+    used = {x for n in nodes for x in node_inputs(n) if x in initializers}
+    inner = [t for n in nodes for t in _subgraph_initializers(n)]
+    return sum(_tensor_bytes(t) for t in [*(initializers[x] for x in sorted(used)), *inner])
+
+
+def _subgraph_initializers(node: NodeProto) -> list[TensorProto]:
+    """Initializers of the node's subgraphs (If/Loop/Scan bodies), nested ones included."""
+    found: list[TensorProto] = []
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            found.extend(g.initializer)
+            for n in g.node:
+                found.extend(_subgraph_initializers(n))
+    return found
+
+
+def _tensor_bytes(t: TensorProto) -> int:
+    numel = 1
+    for d in t.dims:
+        numel *= d
+    return numel * dtype_size(t.data_type)
 
 
 def _serialized_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorProto]) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
 
@@ -49,23 +49,33 @@ def _tensor_key(t: TensorProto) -> list[object]:
     return key
 
 
-def _graph_key(g: GraphProto) -> list[object]:
-    """Subgraph (If/Loop/Scan bodies): ops, attributes and wiring by position."""
-    names: dict[str, str] = {}
-    for i, vi in enumerate(g.input):
-        names[vi.name] = f"i{i}"
+Resolve = Callable[[str], str]  # a tensor name read inside a node -> its canonical name in the block's record
+
+
+def _graph_key(g: GraphProto, outer: Resolve) -> list[object]:
+    """Subgraph (If/Loop/Scan bodies): its input types, ops, attributes, wiring by position and weight shapes; a
+    tensor of an enclosing scope is named by `outer`, so what a body reads from outside is hashed like a block's own
+    reads (shapes of activations, weight shapes)."""
+    names: dict[str, str] = {vi.name: f"i{i}" for i, vi in enumerate(g.input)}
+    weights: list[object] = []
     for t in g.initializer:
-        names.setdefault(t.name, "w")
+        names[t.name] = f"w{len(weights)}"
+        weights.append(_tensor_key(t))
+
+    def resolve(name: str) -> str:
+        return names.get(name) or outer(name)
+
     nodes: list[object] = []
     for j, n in enumerate(g.node):
-        ins = [names.get(x, "x") if x else "" for x in n.input]
+        ins = [resolve(x) if x else "" for x in n.input]
         for k, o in enumerate(n.output):
             names[o] = f"n{j}.{k}"
-        nodes.append([n.domain, n.op_type, ins, _attrs_key(n)])
-    return ["G", nodes, [names.get(o.name, "x") for o in g.output]]
+        nodes.append([n.domain, n.op_type, ins, _attrs_key(n, resolve)])
+    types = [str(vi.type).replace("\n", " ") for vi in g.input]
+    return ["G", types, nodes, weights, [resolve(o.name) for o in g.output]]
 
 
-def _attr_value(a: AttributeProto) -> object:
+def _attr_value(a: AttributeProto, outer: Resolve) -> object:
     t = a.type
     if t == AttributeProto.FLOAT:
         return repr(a.f)
@@ -76,7 +86,7 @@ def _attr_value(a: AttributeProto) -> object:
     if t == AttributeProto.TENSOR:
         return _tensor_key(a.t)
     if t == AttributeProto.GRAPH:
-        return _graph_key(a.g)
+        return _graph_key(a.g, outer)
     if t == AttributeProto.FLOATS:
         return [repr(f) for f in a.floats]
     if t == AttributeProto.INTS:
@@ -86,12 +96,12 @@ def _attr_value(a: AttributeProto) -> object:
     if t == AttributeProto.TENSORS:
         return [_tensor_key(x) for x in a.tensors]
     if t == AttributeProto.GRAPHS:
-        return [_graph_key(x) for x in a.graphs]
+        return [_graph_key(x, outer) for x in a.graphs]
     return a.ref_attr_name or None
 
 
-def _attrs_key(n: NodeProto) -> list[object]:
-    return [[a.name, _attr_value(a)] for a in sorted(n.attribute, key=lambda a: a.name)]
+def _attrs_key(n: NodeProto, outer: Resolve) -> list[object]:
+    return [[a.name, _attr_value(a, outer)] for a in sorted(n.attribute, key=lambda a: a.name)]
 
 
 def block_signature(
@@ -131,7 +141,7 @@ def block_signature(
             if o:
                 names[o] = f"n{j}.{k}"
         outs = [info_key(o) if o else None for o in node.output]
-        record.append([node.domain, node.op_type, ins, outs, _attrs_key(node)])
+        record.append([node.domain, node.op_type, ins, outs, _attrs_key(node, ref)])
     record.append([ref(o) for o in outputs])
     record.append(weights)
     record.append(externals)

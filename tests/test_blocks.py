@@ -125,6 +125,42 @@ def test_signature_ignores_weight_values() -> None:
     assert [x.signature for x in analyze(a).blocks] == [x.signature for x in analyze(b).blocks]
 
 
+def if_model(k: int, weights_inside: bool, seed: int = 0) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> If(c: MatMul(w_a[64, k]) -> MatMul(w_b[k, 64]) ; Relu) -> MatMul: the then-branch's
+    weights are outer-scope initializers, or the branch's own."""
+    rng = np.random.default_rng(seed)
+
+    def w(name: str, *shape: int) -> TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    def vi(name: str, shape: list[int], dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    branch_weights = [w("wa", 64, k), w("wb", k, 64)]
+    then_nodes = [helper.make_node("MatMul", ["r", "wa"], ["t1"]), helper.make_node("MatMul", ["t1", "wb"], ["t"])]
+    then = helper.make_graph(then_nodes, "then", [], [vi("t", [1, 64])], branch_weights if weights_inside else [])
+    other = helper.make_graph([helper.make_node("Relu", ["r"], ["e"])], "else", [], [vi("e", [1, 64])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("If", ["c"], ["o"], then_branch=then, else_branch=other),
+        helper.make_node("MatMul", ["o", "w3"], ["y"]),
+    ]
+    inits = [w("w1", 64, 64), w("w3", 64, 64), *([] if weights_inside else branch_weights)]
+    graph = helper.make_graph(nodes, "if", [vi("x", [1, 64]), vi("c", [], TensorProto.BOOL)], [vi("y", [1, 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("weights_inside", [False, True])
+def test_signature_and_weight_bytes_see_into_subgraphs(weights_inside: bool) -> None:
+    """What an If branch computes sets the block's cost: its weight shapes change the signature (a 48x slower
+    branch used to share the signature), its weights count in param_bytes; weight values still do not matter."""
+    small, big = (analyze(if_model(k, weights_inside)).blocks[0] for k in (4, 16384))
+    assert small.signature != big.signature
+    assert small.param_bytes == 4 * (64 * 64 + 2 * 64 * 4) and big.param_bytes == 4 * (64 * 64 + 2 * 64 * 16384)
+    assert analyze(if_model(4, weights_inside, seed=1)).blocks[0].signature == small.signature
+
+
 def branchy_model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
     """x -> Conv -> {Relu ; Sigmoid -> Mul(const)} -> Concat -> Conv -> Add(skip from first conv) -> Relu
     -> Reshape(shape from a Shape side chain) -> Gemm."""
