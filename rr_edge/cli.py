@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from rr_edge.errors import RoadRunnerError
+from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_proto.extras import missing_extra
 
 COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
@@ -22,7 +22,7 @@ COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "pla
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; when `argv` names a command, only that command's module is imported (fast start-up)."""
     parser = argparse.ArgumentParser(prog="rr-edge", description="RoaD-RuNNer edge node")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     named = [a for a in (argv or []) if a in COMMANDS][:1]
     for name in named or COMMANDS:
@@ -69,7 +69,9 @@ def _run(argv: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except RoadRunnerError as exc:
-        print(f"rr-edge {args.command}: error: {exc}", file=sys.stderr)
+        server = getattr(args, "server", None)
+        hint = f"; check that rr-server is running at {server}" if isinstance(exc, ServerUnavailable) and server else ""
+        print(f"rr-edge {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

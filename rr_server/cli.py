@@ -13,7 +13,14 @@ from pathlib import Path
 
 from rr_proto.allocator import tune_allocator
 from rr_proto.extras import missing_extra
-from rr_server.config import DEFAULT_CLI_DRAIN_S, DEFAULT_LISTEN, DEFAULT_MAX_SLICE_MB, ServerConfig, TlsConfig
+from rr_server.config import (
+    DEFAULT_CLI_DRAIN_S,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_SLICE_MB,
+    DEFAULT_WORKERS,
+    ServerConfig,
+    TlsConfig,
+)
 
 log = logging.getLogger("rr_server")
 
@@ -44,36 +51,70 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rr-server", description="RoaD-RuNNer cloud server (gRPC).")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT to listen on (port 0 picks a free one)")
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help="address to listen on; 0.0.0.0:PORT accepts other machines, port 0 picks a free one (default %(default)s)",
+    )
     p.add_argument("--data-dir", required=True, type=Path, help="SQLite database and slice files live here")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS with --tls-key")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--client-ca", type=Path, help="CA (PEM) that signs client certificates; enables mTLS")
     p.add_argument("--auth-token-file", type=Path, help="file of 'node_id token' lines; requires bearer tokens")
-    p.add_argument("--max-slice-mb", type=float, default=DEFAULT_MAX_SLICE_MB, help="largest accepted slice upload")
+    p.add_argument(
+        "--max-slice-mb",
+        type=float,
+        default=DEFAULT_MAX_SLICE_MB,
+        help="largest accepted slice upload in MiB (default %(default)g)",
+    )
     p.add_argument(
         "--max-store-gb",
         type=float,
         help="disk budget of all stored slices; least recently used ones are evicted to fit (default: no bound)",
     )
-    p.add_argument("--providers", default="cuda,cpu", help="execution providers in order of preference")
+    p.add_argument(
+        "--providers", default="cuda,cpu", help="execution providers in order of preference (default %(default)s)"
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (on the --listen interface)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="gRPC worker threads; each open stream (an edge runner keeps one) holds one, and a quarter stays free "
+        "for unary calls (default %(default)s)",
+    )
     p.add_argument(
         "--drain-seconds",
         type=float,
         default=DEFAULT_CLI_DRAIN_S,
-        help="on SIGTERM, report NOT_SERVING this long before closing the port; in-flight calls then finish",
+        help="on SIGTERM, report NOT_SERVING this many seconds before closing the port; in-flight calls then finish "
+        "(default %(default)g)",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-format", default="json", choices=["json", "text"], help="log line format (default %(default)s)"
+    )
     p.add_argument("--port-file", type=Path, help="write the bound HOST:PORT here once serving (for scripts/tests)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     if args.client_ca is not None and args.tls_cert is None:
         p.error("--client-ca needs --tls-cert and --tls-key")
+    if args.workers < 4:
+        p.error("--workers must be at least 4")
     if args.max_slice_mb <= 0:
         p.error("--max-slice-mb must be positive")
     if args.max_store_gb is not None and args.max_store_gb * 1024 < args.max_slice_mb:
@@ -92,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_store_bytes=None if args.max_store_gb is None else int(args.max_store_gb * 1024**3),
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         metrics_port=args.metrics_port,
+        workers=args.workers,
         drain_s=args.drain_seconds,
     )
 

@@ -19,9 +19,47 @@ from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
 ENV_TOKEN = "RR_TOKEN"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def server_address(text: str) -> str:
+    """argparse type: HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix)."""
+    host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
+    if not sep or not host or (host.endswith(":") and not host.startswith("[")):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535")
+    return text
+
+
 def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
     """--server (required), --node (when `node`), token and TLS flags, --timeout."""
-    p.add_argument("--server", required=True, metavar="ADDR", help="server address HOST:PORT")
+    p.add_argument(
+        "--server",
+        required=True,
+        type=server_address,
+        metavar="ADDR",
+        help="server address HOST:PORT (rr-server listens on 127.0.0.1:8001 by default)",
+    )
     if node:
         p.add_argument("--node", required=True, metavar="NAME", help="this node's id on the server")
     p.add_argument("--token-file", type=Path, metavar="F", help=f"bearer token file (default: ${ENV_TOKEN})")
@@ -29,7 +67,13 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (mTLS)")
     p.add_argument("--tls-key", type=Path, metavar="F", help="client key (mTLS)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="per-call deadline (s)")
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="per-call deadline in seconds (default %(default)g)",
+    )
 
 
 def add_energy_args(p: argparse.ArgumentParser) -> None:

@@ -14,13 +14,33 @@ from rr_edge.demo import DemoOptions, check_verified, run_demo
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = DemoOptions()
     p = subparsers.add_parser("demo", help="run the whole system end to end on this machine")
-    p.add_argument("--model", default=d.model, help=f"torchvision model (default {d.model})")
-    p.add_argument("--input-size", type=int, default=d.input_size)
-    p.add_argument("--sample", type=float, default=d.sample, help="fraction of unique blocks to profile")
-    p.add_argument("--max-mb", type=float, default=d.max_mb, help="largest network-profile payload in MiB")
-    p.add_argument("--repeat", type=int, default=d.repeat, help="requests per measured plan")
-    p.add_argument("--objective", choices=("latency", "energy", "pareto"), default=d.objective)
-    p.add_argument("--out", type=Path, default=d.out_dir, help="where the model and the plot go")
+    p.add_argument("--model", default=d.model, help="torchvision model (default %(default)s)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=d.input_size,
+        metavar="N",
+        help="image side, input 1 x 3 x N x N (default %(default)s)",
+    )
+    p.add_argument(
+        "--sample", type=float, default=d.sample, help="fraction of unique blocks to profile (default %(default)g)"
+    )
+    p.add_argument(
+        "--max-mb", type=float, default=d.max_mb, help="largest network-profile payload in MiB (default %(default)g)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=d.repeat,
+        help="requests per measured plan, and the plan's amortization (default %(default)s)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=("latency", "energy", "pareto"),
+        default=d.objective,
+        help="the plan to choose (default %(default)s)",
+    )
+    p.add_argument("--out", type=Path, default=d.out_dir, help="where the model and the plot go (default %(default)s)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rr_edge.errors import ModelError
 from rr_edge.export import DEFAULT_BATCH, DEFAULT_INPUT_SIZE, export_model
 
 
@@ -15,8 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "a torch module of yours) to a self-contained ONNX file with input B x 3 x N x N.",
     )
     p.add_argument("model", nargs="?", help="torchvision model name, e.g. resnet50 (omit with --from)")
-    p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, metavar="N", help="image side (default 224)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B", help="batch size (default 1)")
+    p.add_argument(
+        "--input-size", type=int, default=DEFAULT_INPUT_SIZE, metavar="N", help="image side (default %(default)s)"
+    )
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B", help="batch size (default %(default)s)")
     p.add_argument(
         "--from",
         dest="from_callable",
@@ -29,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model and args.from_callable:
+        raise ModelError(f"give a torchvision model name or --from, not both (got {args.model!r} and --from)")
     path = export_model(
         args.model,
         args.output,

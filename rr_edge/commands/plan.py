@@ -7,13 +7,21 @@ plan (i, j), and prints the Pareto set, the chosen plan and the four baselines (
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import analyze
-from rr_edge.commands._common import add_energy_args, add_server_args, connect, print_json
+from rr_edge.commands._common import (
+    add_energy_args,
+    add_server_args,
+    connect,
+    positive_float,
+    positive_int,
+    print_json,
+)
 from rr_edge.meters.model import resolve_power
 from rr_edge.offload import PlanReport, gather_costs, plan_with_server_cache
 from rr_edge.onnx_io import load_model
@@ -25,16 +33,38 @@ DEFAULT_OBJECTIVE = "latency"
 DEFAULT_AMORTIZE = 1
 
 
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by `plan` and `run`."""
-    p.add_argument("--objective", choices=[o for o in OBJECTIVES if o != "slo"], default=DEFAULT_OBJECTIVE)
-    p.add_argument("--slo-ms", type=float, metavar="MS", help="latency SLO: least edge energy with latency <= MS")
+def add_plan_args(p: argparse.ArgumentParser, amortize_default: str = str(DEFAULT_AMORTIZE)) -> None:
+    """Flags shared by `plan` and `run`. `--amortize` defaults to None (given: K); `amortize_default` says in the
+    help what None stands for."""
+    p.add_argument(
+        "--objective",
+        choices=[o for o in OBJECTIVES if o != "slo"],
+        default=DEFAULT_OBJECTIVE,
+        help="the plan to choose: fastest, least edge energy or the Pareto knee (default %(default)s); "
+        "--slo-ms overrides it",
+    )
+    p.add_argument(
+        "--slo-ms",
+        type=positive_float,
+        metavar="MS",
+        help="latency SLO: the least edge energy with latency <= MS, whatever --objective says; "
+        "when no plan meets it, the fastest (with a warning)",
+    )
     p.add_argument("--preloaded", action="store_true", help="the slices are already on the server (no upload cost)")
     p.add_argument(
-        "--amortize", type=int, default=DEFAULT_AMORTIZE, metavar="K", help="spread the weight upload over K inferences"
+        "--amortize",
+        type=positive_int,
+        metavar="K",
+        help=f"spread the weight upload over K inferences (default {amortize_default})",
     )
     add_energy_args(p)  # the power model gives the node's idle and radio power
-    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="wait up to S for the server's predictions")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="wait up to S seconds for the server's predictions (default %(default)g)",
+    )
 
 
 def planning_options(args: argparse.Namespace) -> list[str]:
@@ -43,9 +73,20 @@ def planning_options(args: argparse.Namespace) -> list[str]:
         "--objective": args.objective != DEFAULT_OBJECTIVE,
         "--slo-ms": args.slo_ms is not None,
         "--preloaded": args.preloaded,
-        "--amortize": args.amortize != DEFAULT_AMORTIZE,
+        "--amortize": args.amortize is not None,
     }
     return [flag for flag, on in given.items() if on]
+
+
+def warn_if_slo_unmet(report: PlanReport, command: str) -> None:
+    """One line on stderr when no plan meets `--slo-ms` (the planner then chose the fastest)."""
+    if report.chosen.objective == "slo-unmet":
+        slo_ms = report.options.get("slo_ms")
+        print(
+            f"rr-edge {command}: warning: no plan meets {slo_ms:g} ms; chose the fastest, "
+            f"{report.chosen.latency_ms:.2f} ms",
+            file=sys.stderr,
+        )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,7 +99,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=run)
 
 
-def build_plan(args: argparse.Namespace, client, model, graph, slicer: Slicer) -> PlanReport:
+def build_plan(
+    args: argparse.Namespace, client, model, graph, slicer: Slicer, amortize_over: int = DEFAULT_AMORTIZE
+) -> PlanReport:
+    """The plan the flags of `add_plan_args` ask for; `amortize_over` applies when `--amortize` was not given."""
     power, _ = resolve_power(args.power_config, args.device_class)
     costs = gather_costs(client, args.node, graph, power, wait_s=args.wait)
     return plan_with_server_cache(
@@ -70,7 +114,7 @@ def build_plan(args: argparse.Namespace, client, model, graph, slicer: Slicer) -
         objective=args.objective,
         slo_ms=args.slo_ms,
         preloaded=args.preloaded,
-        amortize_over=args.amortize,
+        amortize_over=args.amortize or amortize_over,
     )
 
 
@@ -79,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     graph = analyze(model, Path(args.path).stem)
     with connect(args) as client:
         report = build_plan(args, client, model, graph, Slicer(model, graph))
+    warn_if_slo_unmet(report, "plan")
     if args.plot:
         plot_pareto(report.table, report.pareto, report.chosen, report.baselines, args.plot, title=graph.model)
     if args.json:

@@ -45,7 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_energy_args(p)
     p.add_argument("--provider", default="", help="ONNX Runtime provider (default: the best that loads)")
     p.add_argument("--threads", type=int, default=-1, help="intra-op threads (default $RR_THREADS or ORT's)")
-    p.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default="all")
+    p.add_argument(
+        "--graph-optimization",
+        choices=list(GRAPH_OPTIMIZATION),
+        default="all",
+        help="ONNX Runtime graph optimization level (default %(default)s)",
+    )
     p.add_argument("--min-runs", type=int, default=10, help="timed runs per block, at least (default 10)")
     p.add_argument("--min-time", type=float, default=0.5, help="measured seconds per block, at least (default 0.5)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin passes over the blocks (default 3)")

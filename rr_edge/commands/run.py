@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.table import Table
 
 from rr_edge.blocks import analyze
-from rr_edge.commands._common import add_server_args, connect, make_meter, print_json
-from rr_edge.commands.plan import add_plan_args, build_plan, planning_options
-from rr_edge.errors import RoadRunnerError, ServerUnavailable
+from rr_edge.commands._common import add_server_args, connect, make_meter, positive_int, print_json
+from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
+from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter
 from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
 from rr_edge.onnx_io import TensorInfo, load_model
@@ -35,13 +36,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p = subparsers.add_parser("run", help="run a model split between this node and the server")
     p.add_argument("path", metavar="PATH", help="ONNX model")
     add_server_args(p)
-    add_plan_args(p)
-    p.add_argument("--split", metavar="I,J", help="force plan (I, J) instead of planning")
+    add_plan_args(p, amortize_default="--repeat")
+    p.add_argument(
+        "--split",
+        metavar="I,J",
+        help="force plan (I, J) instead of planning: blocks 0..I on this node (I = -1: none), I+1..J on the server, "
+        "J+1.. on this node again; I = J runs everything here",
+    )
     p.add_argument("--input", required=True, type=Path, metavar="X.npy", help="input array (single-input models)")
     p.add_argument("--output", type=Path, metavar="Y.npy", help="write the (last) output array")
-    p.add_argument("--repeat", type=int, default=1, metavar="K", help="requests to run (default 1)")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="K", help="requests to run (default %(default)s)")
     p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
-    p.add_argument("--retry-interval", type=float, default=1.0, metavar="S", help="health check period when down")
+    p.add_argument(
+        "--retry-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="health check period in seconds while the server is down (default %(default)g)",
+    )
     p.add_argument("--threads", type=int, default=-1, help="intra-op threads (default $RR_THREADS or ORT's)")
     p.add_argument("--json", action="store_true", help="print JSON (SPEC section 6)")
     p.set_defaults(func=run)
@@ -101,8 +113,6 @@ def summarize(
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repeat < 1:
-        raise RoadRunnerError("--repeat must be >= 1")
     if args.split and (steering := planning_options(args)):
         raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
     model = load_model(args.path)
@@ -120,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
             split = validate_split(args.split, len(graph.blocks))
         else:
             try:
-                report = build_plan(args, client, model, graph, slicer)
+                report = build_plan(args, client, model, graph, slicer, amortize_over=args.repeat)
                 split = (report.chosen.i, report.chosen.j)
+                warn_if_slo_unmet(report, "run")
             except ServerUnavailable as exc:  # no plan without the server: every request runs locally
-                log.warning("cannot plan, running the whole model locally: %s", exc)
+                log.warning("cannot plan (is rr-server running at %s?), running it all locally: %s", args.server, exc)
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
         runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
@@ -135,16 +146,26 @@ def run(args: argparse.Namespace) -> int:
                 results.append(result)
                 energies.append(energy)
                 if report is not None and runner.replan_needed:  # the network drifted: plan again
-                    report = replan(report, graph, runner)
-                    if (report.chosen.i, report.chosen.j) == split:
-                        runner.mark_planned()
+                    new_report = replan(report, graph, runner)
+                    new_split = (new_report.chosen.i, new_report.chosen.j)
+                    new_runner = None
+                    if new_split != split:
+                        try:
+                            new_runner = make_runner(
+                                slicer, graph, new_split, client, config=config, settings=settings, report=new_report
+                            )
+                        except ServerError as exc:  # its middle slice is too big for the server, or fails to open
+                            log.warning(
+                                "keeping split %d,%d: the server refused plan %d,%d: %s", *split, *new_split, exc
+                            )
+                            new_report = report  # the plan that is running
+                    report = new_report
+                    if new_runner is None:
+                        runner.mark_planned()  # drift counts from here
                     else:
                         runner.close()
-                        split = (report.chosen.i, report.chosen.j)
+                        runner, split = new_runner, new_split
                         splits_used.append(split)
-                        runner = make_runner(
-                            slicer, graph, split, client, config=config, settings=settings, report=report
-                        )
         finally:
             runner.close()
         wall_s = time.perf_counter() - start
@@ -162,5 +183,28 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        Console().print(summary)
+        print_summary(graph.model, summary)
     return 0
+
+
+def print_summary(model: str, s: dict[str, Any]) -> None:
+    """The run for people: measured latency and energy next to the plan's prediction, then fallbacks and accuracy."""
+    table = Table(title=f"{model}: {s['requests']} requests in {s['wall_s']:.2f} s", title_justify="left")
+    for column in ("", "i,j", "median ms", "p90 ms", "server ms", f"energy mJ ({s['energy_source']})"):
+        table.add_column(column, justify="right" if column else "left")
+    lat = s["latency_ms"]
+    i, j = s["split"]
+    table.add_row(
+        "measured", f"{i},{j}", f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{s['remote_ms_median']:.2f}",
+        f"{s['energy_mJ']:.1f}",
+    )  # fmt: skip
+    if "predicted" in s:
+        p = s["predicted"]
+        table.add_row("predicted", f"{p['i']},{p['j']}", f"{p['latency_ms']:.2f}", "", "", f"{p['energy_mJ']:.1f}")
+    console = Console()
+    console.print(table)
+    splits = " -> ".join(f"{a},{b}" for a, b in s["splits_used"])
+    console.print(
+        f"fallback: {s['fallback_requests']} of {s['requests']} requests finished locally; "
+        f"max |output - local| {s['max_abs_diff_vs_local']:.2g}" + (f"; splits used {splits}" if "->" in splits else "")
+    )

@@ -17,7 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="write blocks A..B (inclusive, 0-based) as a standalone ONNX model",
     )
     p.add_argument("path", metavar="PATH", help="ONNX model")
-    p.add_argument("--blocks", required=True, metavar="A:B", help="inclusive 0-based block range, e.g. 0:4")
+    p.add_argument(
+        "--blocks",
+        required=True,
+        metavar="A:B",
+        help="inclusive 0-based block range, e.g. 0:4; the middle slice of `run --split I,J` is I+1:J",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx file")
     p.set_defaults(func=run)
 
@@ -32,8 +37,10 @@ def parse_range(text: str, n_blocks: int) -> tuple[int, int]:
         raise ModelError(f"--blocks expects A:B with integers, got {text!r}") from None
     a = a + n_blocks if a < 0 else a
     b = b + n_blocks if b < 0 else b
-    if not (0 <= a <= b < n_blocks):
+    if not (0 <= a < n_blocks and 0 <= b < n_blocks):
         raise ModelError(f"--blocks {text} out of range: the model has blocks 0..{n_blocks - 1}")
+    if a > b:
+        raise ModelError(f"--blocks {text} is reversed: A:B means blocks A..B, so A must not come after B")
     return a, b
 
 

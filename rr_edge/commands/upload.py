@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    load_model(path)  # a clear local error for a missing or broken file; the server validates again
+    load_model(path, fixed_shape=False)  # a clear local error for a missing or broken file; the server validates again
     try:
         data = path.read_bytes()  # the slice id is the SHA-256 of exactly these bytes
     except OSError as exc:

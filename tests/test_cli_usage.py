@@ -1,0 +1,282 @@
+"""The CLIs as a user meets them: options checked when parsed, defaults in --help, readable output, warnings."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_blocks import branchy_model
+
+from rr_edge.blocks import analyze
+from rr_edge.cli import COMMANDS, build_parser, main
+from rr_edge.client import Prediction
+from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.meters.model import DEFAULT_POWER
+from rr_edge.netmodel import NetworkModel
+from rr_edge.offload import Costs
+from rr_edge.runner import Runner
+from rr_server import cli as server_cli
+
+DEAD = ["--server", "127.0.0.1:1", "--node", "n", "--timeout", "2"]  # nothing listens on port 1
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("usage") / "good.onnx"
+    onnx.save_model(branchy_model(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def x(model: Path) -> Path:
+    shape = [d.dim_value for d in onnx.load(model).graph.input[0].type.tensor_type.shape.dim]
+    path = model.parent / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    return path
+
+
+def synthetic_costs(path: Path, edge_ms: float = 1.0, cloud_ms: float = 0.1) -> Costs:
+    """Every block `edge_ms` here and `cloud_ms` on the server, over a fast link (stands in for the server)."""
+    graph = analyze(onnx.load(path), path.stem)
+
+    def preds(ms: float) -> tuple[Prediction, ...]:
+        return tuple(Prediction(b.signature, ms, ms * 10, "measured", "measured", "model") for b in graph.blocks)
+
+    link = NetworkModel.affine(rtt_ms=0.01, bandwidth_bytes_per_ms=1e6)
+    return Costs(preds(edge_ms), preds(cloud_ms), 1.0, link, link, DEFAULT_POWER)
+
+
+def parse_error(capsys: pytest.CaptureFixture[str], argv: list[str], command: str) -> str:
+    """argv fails when parsed: exit code 2, the error on the last line of stderr, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"rr-edge {command}: error: argument "), err
+    return last
+
+
+# -- 1. run amortizes the upload over its requests ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "amortize"),
+    [
+        (["run", "--repeat", "50"], 50),
+        (["run", "--repeat", "50", "--amortize", "2"], 2),
+        (["run"], 1),
+        (["plan"], 1),
+        (["plan", "--amortize", "7"], 7),
+    ],
+)
+def test_run_amortizes_over_repeat_unless_told(monkeypatch, model, x, argv: list[str], amortize: int) -> None:  # type: ignore[no-untyped-def]
+    seen: dict[str, object] = {}
+
+    def plan_with_server_cache(*args, **kw):  # type: ignore[no-untyped-def]
+        seen.update(kw)
+        raise ServerUnavailable("stop here", "UNAVAILABLE")  # run then runs locally; plan reports the error
+
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: synthetic_costs(model))
+    monkeypatch.setattr("rr_edge.commands.plan.plan_with_server_cache", plan_with_server_cache)
+    extra = ["--input", str(x), "--json"] if argv[0] == "run" else []
+    main([argv[0], str(model), *DEAD, *argv[1:], *extra])
+    assert seen["amortize_over"] == amortize
+
+
+# -- 2. and 8. options checked when parsed ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--amortize", "0"],
+        ["--amortize", "-3"],
+        ["--amortize", "x"],
+        ["--slo-ms", "0"],
+        ["--slo-ms", "-5"],
+        ["--slo-ms", "nan"],
+        ["--timeout", "0"],
+        ["--timeout", "-1"],
+    ],
+)
+def test_non_positive_options_are_rejected_when_parsed(capsys, model, x, command: str, option: list[str]) -> None:  # type: ignore[no-untyped-def]
+    argv = [command, str(model), "--server", "127.0.0.1:1", "--node", "n", *option, "--input", str(x)]
+    line = parse_error(capsys, argv if command == "run" else argv[:-2], command)
+    assert option[0] in line
+
+
+@pytest.mark.parametrize("repeat", ["0", "-1"])
+def test_run_rejects_non_positive_repeat_when_parsed(capsys, model, x, repeat: str) -> None:  # type: ignore[no-untyped-def]
+    line = parse_error(capsys, ["run", str(model), *DEAD, "--input", str(x), "--repeat", repeat], "run")
+    assert "--repeat" in line
+
+
+@pytest.mark.parametrize("address", ["localhost", "localhost:", ":8001", "host:http", "host:0", "host:70000", "::1"])
+@pytest.mark.parametrize("command", ["plan", "netprofile", "upload"])
+def test_server_address_needs_host_and_port(capsys, model, command: str, address: str) -> None:  # type: ignore[no-untyped-def]
+    node = [] if command == "upload" else ["--node", "n"]
+    path = [] if command == "netprofile" else [str(model)]
+    line = parse_error(capsys, [command, *path, "--server", address, *node], command)
+    assert "--server" in line and repr(address) in line
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8001", "localhost:1", "[::1]:8001", "grpc://host.example:443"])
+def test_server_address_accepts_host_port(address: str) -> None:
+    args = build_parser(["upload"]).parse_args(["upload", "s.onnx", "--server", address])
+    assert args.server == address
+
+
+def test_unreachable_server_error_names_the_address(capsys, model) -> None:  # type: ignore[no-untyped-def]
+    code = main(["plan", str(model), *DEAD])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("rr-edge plan: error: ") and "UNAVAILABLE" in err[0]
+    assert err[0].endswith("check that rr-server is running at 127.0.0.1:1")
+
+
+# -- 3., 4. and 6. help texts -------------------------------------------------------------------------------------
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _undocumented_defaults(parser: argparse.ArgumentParser) -> list[str]:
+    """Options with a default value whose help does not show it."""
+    missing = []
+    for action in parser._actions:
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            continue
+        if "default" not in (action.help or ""):
+            missing.append(action.option_strings[-1])
+    return missing
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_edge_help_shows_every_default(command: str) -> None:
+    parser = _subparsers(build_parser([command]))[command]
+    assert _undocumented_defaults(parser) == []
+    assert all(a.help for a in parser._actions), "every option has a help text"
+    parser.format_help()  # every %(default)s expands
+
+
+def test_server_help_shows_every_default() -> None:
+    parser = server_cli.build_parser()
+    assert _undocumented_defaults(parser) == []
+    assert "127.0.0.1:8001" in parser.format_help().replace("\n", " ")
+
+
+def test_server_workers_are_configurable(tmp_path: Path) -> None:
+    """More edges keep more streams open (one worker thread each): --workers sizes the pool."""
+    args = server_cli.parse_args(["--data-dir", str(tmp_path), "--workers", "128"])
+    assert server_cli.config_from_args(args).workers == 128
+    with pytest.raises(SystemExit):
+        server_cli.parse_args(["--data-dir", str(tmp_path), "--workers", "2"])
+
+
+def test_planning_help_says_what_the_options_mean() -> None:
+    run = {a.dest: a.help or "" for a in _subparsers(build_parser(["run"]))["run"]._actions}
+    assert "-1" in run["split"] and "I+1..J" in run["split"]  # what I and J are
+    assert "--repeat" in run["amortize"]
+    assert "--objective" in run["slo_ms"]  # the SLO wins over the objective
+
+
+# -- 5. run's summary for people ----------------------------------------------------------------------------------
+
+
+def test_run_prints_a_readable_summary(capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    assert main(["run", str(model), *DEAD, "--split", "0,0", "--input", str(x), "--repeat", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "'latency_ms'" not in out  # not a Python dict
+    assert "3 requests" in out and "median ms" in out and "measured" in out
+    assert "0 of 3 requests finished locally" in out
+
+
+def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    assert main(["run", str(model), *DEAD, "--split", "0,0", "--input", str(x), "--repeat", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {
+        "split", "requests", "latency_ms", "energy_mJ", "energy_source", "energy_measured", "fallback",
+        "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used",
+    }  # fmt: skip
+
+
+# -- 6. an SLO no plan meets ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("slo", "warned"), [("0.001", True), ("1000", False)])
+def test_plan_warns_when_no_plan_meets_the_slo(monkeypatch, capsys, model, slo: str, warned: bool) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: synthetic_costs(model))
+    assert main(["plan", str(model), *DEAD, "--slo-ms", slo, "--preloaded", "--json"]) == 0
+    captured = capsys.readouterr()
+    chosen = json.loads(captured.out)["chosen"]
+    assert chosen["objective"] == ("slo-unmet" if warned else "slo")
+    lines = captured.err.strip().splitlines()
+    if warned:
+        assert lines == [f"rr-edge plan: warning: no plan meets {float(slo):g} ms; chose the fastest, "
+                         f"{chosen['latency_ms']:.2f} ms"]  # fmt: skip
+    else:
+        assert "warning" not in captured.err
+
+
+# -- 7. and 9. clean errors -----------------------------------------------------------------------------------------
+
+
+def test_export_name_and_from_are_exclusive(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m.onnx"
+    code = main(["export", "resnet18", "--from", "json:dumps", "-o", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("rr-edge export: error: ") and "not both" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("blocks", ["3:1", "-1:0", "2:1"])
+def test_slice_reversed_range_says_reversed(capsys, model, tmp_path: Path, blocks: str) -> None:  # type: ignore[no-untyped-def]
+    code = main(["slice", str(model), "--blocks", blocks, "-o", str(tmp_path / "s.onnx")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "reversed" in err and "out of range" not in err
+
+
+# -- 10. a replan the server refuses --------------------------------------------------------------------------------
+
+
+def test_run_keeps_its_split_when_the_server_refuses_a_replanned_slice(monkeypatch, caplog, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    """The network drifts on every request; the new plan's middle slice is refused: the run goes on as it was."""
+    from rr_edge.commands import run as run_command
+    from rr_edge.offload import make_plan
+
+    graph = analyze(onnx.load(model), model.stem)
+    local = make_plan(graph, synthetic_costs(model, edge_ms=0.1, cloud_ms=10.0))  # local is fastest
+    assert local.chosen.i == local.chosen.j
+    offloading = dataclasses.replace(local, chosen=dataclasses.replace(local.chosen, i=0, j=2))
+    real_make_runner = run_command.make_runner
+    refused = []
+
+    def make_runner(slicer, graph, split, client, **kw):  # type: ignore[no-untyped-def]
+        if split == (0, 2):
+            refused.append(split)
+            raise ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
+        return real_make_runner(slicer, graph, split, client, **kw)
+
+    monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
+    monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
+    monkeypatch.setattr(run_command, "make_runner", make_runner)
+    monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+    with caplog.at_level(logging.WARNING, logger="rr_edge.commands.run"):
+        code = main(["run", str(model), *DEAD, "--input", str(x), "--repeat", "3", "--json"])
+    assert code == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    split = [local.chosen.i, local.chosen.j]
+    assert out["requests"] == 3 and out["split"] == split and out["splits_used"] == [split]
+    assert out["predicted"]["i"] == local.chosen.i  # the running plan, not the refused one
+    assert len(refused) == 3 and "keeping split" in caplog.text and "RESOURCE_EXHAUSTED" in caplog.text
