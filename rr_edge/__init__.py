@@ -4,7 +4,7 @@ The public surface for edge apps (see rr_edge.api)::
 
     import rr_edge
 
-    with rr_edge.connect("cloud:50051", node="camera-1") as node:
+    with rr_edge.connect("cloud:8001", node="camera-1") as node:
         plan = node.plan("model.onnx")
         with node.runner("model.onnx", plan) as run:
             outputs = run(x)

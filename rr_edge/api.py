@@ -4,7 +4,7 @@ Synchronous::
 
     import rr_edge
 
-    with rr_edge.connect("cloud:50051", node="camera-1") as node:
+    with rr_edge.connect("cloud:8001", node="camera-1") as node:
         node.netprofile(max_mb=64)                       # once per link
         node.profile("resnet18.onnx")                     # a 30% sample of the model's blocks
         plan = node.plan("resnet18.onnx", objective="latency")
@@ -13,7 +13,7 @@ Synchronous::
 
 asyncio (blocking work runs in worker threads, the event loop stays free)::
 
-    async with rr_edge.connect_async("cloud:50051", node="camera-1") as node:
+    async with rr_edge.connect_async("cloud:8001", node="camera-1") as node:
         plan = await node.plan("resnet18.onnx")
         runner = await node.runner("resnet18.onnx", plan)
         outputs = await runner(image)
@@ -167,8 +167,10 @@ class EdgeNode:
         """A callable runner of the plan (a PlanReport's chosen plan, or a split (i, j)). A plan that offloads has its
         middle slice uploaded (if needed) and opened on the server here, before the first request; a server that
         refuses the slice (too large, or its ONNX Runtime cannot open it) raises ServerError, an unreachable one
-        leaves the runner running locally until it answers."""
+        leaves the runner running locally until it answers. Without `config`, requests have the client's
+        `ClientOptions.timeout_s` as their deadline."""
         m = self._load(model)
+        config = config or RunnerConfig(timeout_s=self.client.options.timeout_s)
         report = plan if isinstance(plan, PlanReport) else None
         split = (report.chosen.i, report.chosen.j) if report else (int(plan[0]), int(plan[1]))  # type: ignore[index]
         return make_runner(m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report)

@@ -13,6 +13,9 @@ by one helper (`_rpc`):
     ├── UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED  ->  rr_edge.errors.ServerUnavailable(code)
     └── any other status                          ->  rr_edge.errors.ServerError(code)
 
+A lost connection is retried with gRPC's exponential backoff capped at `ClientOptions.max_reconnect_backoff_s` (gRPC's
+own cap is 120 s), so that a restarted server is reachable again within about that long.
+
 Messages are limited to `max_message_bytes` both ways (the server's default is the same 256 MiB); slices and echo
 payloads travel in `chunk_bytes` chunks. With `token`, each call carries ``authorization: Bearer <token>``;
 with `tls`, the channel is TLS (mTLS when a client certificate is given).
@@ -53,9 +56,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_RECONNECT_BACKOFF_S",
     "DEFAULT_TIMEOUT_S",
     "Client",
     "ClientOptions",
+    "InferStream",
     "NodeInfo",
     "Prediction",
     "Predictions",
@@ -71,6 +76,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
+DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
+_INITIAL_RECONNECT_BACKOFF_S = 0.1
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 _MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -108,10 +115,13 @@ class ClientOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     min_bandwidth_bytes_per_s: float = DEFAULT_MIN_BANDWIDTH_BYTES_PER_S
+    # Longest wait between two connection attempts to a server that went away (gRPC's default is 120 s).
+    max_reconnect_backoff_s: float = DEFAULT_MAX_RECONNECT_BACKOFF_S
     token: str | None = None
     tls: TlsOptions | None = None
 
     def channel_options(self) -> list[tuple[str, Any]]:
+        backoff_s = max(self.max_reconnect_backoff_s, 0.001)
         return [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
@@ -121,6 +131,10 @@ class ClientOptions:
             ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
             ("grpc.http2.bdp_probe", 1),
             ("grpc.primary_user_agent", "rr-edge"),
+            # Reconnect quickly after a server restart: the backoff between attempts starts at 0.1 s and stays
+            # under `max_reconnect_backoff_s` (the connect timeout, grpc.min_reconnect_backoff_ms, keeps its 20 s).
+            ("grpc.initial_reconnect_backoff_ms", round(1e3 * min(_INITIAL_RECONNECT_BACKOFF_S, backoff_s))),
+            ("grpc.max_reconnect_backoff_ms", round(1e3 * backoff_s)),
         ]
 
 
@@ -482,22 +496,17 @@ class Client:
 
     def stream_infer(
         self, slice_id: str, batches: Iterable[Mapping[str, np.ndarray]], timeout_s: float | None = None
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Run many requests over one ModelStreamInfer stream, outputs in order.
+    ) -> InferStream:
+        """Run many requests over one ModelStreamInfer stream, outputs in order (see InferStream).
 
-        A per-message error raises ServerError (code "INFER_ERROR"). The stream lives as long as `batches` yields,
-        so it has no deadline unless `timeout_s` (for the whole stream) is given.
+        The stream lives as long as `batches` yields, so it has no deadline unless `timeout_s` (for the whole stream)
+        is given; `InferStream.cancel` ends it at once.
         """
         requests = (framing.serialize_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches))
         kw: dict[str, Any] = {"metadata": self._metadata}
         if timeout_s is not None:
             kw["timeout"] = timeout_s
-        with self._rpc(f"ModelStreamInfer {slice_id[:12]}"):
-            for message in self._model_stream_infer(requests, **kw):
-                item = _stream_item(message)
-                if item.error_message:
-                    raise ServerError(f"ModelStreamInfer {slice_id[:12]}: {item.error_message}", "INFER_ERROR")
-                yield _decode(item.response)
+        return InferStream(self._model_stream_infer(requests, **kw), f"ModelStreamInfer {slice_id[:12]}")
 
     # -- echo (network profiling) --------------------------------------------------------------------------------
 
@@ -530,6 +539,33 @@ class Client:
         if received != nbytes:
             raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
         return received
+
+
+class InferStream(Iterator[dict[str, np.ndarray]]):
+    """The answers of one ModelStreamInfer call, in order. A per-message error raises ServerError with the status
+    code the server gave it (its message reads "CODE: details"); the stream goes on after it. A broken call raises
+    ServerUnavailable (or ServerError), as every call does."""
+
+    def __init__(self, call: Any, what: str) -> None:
+        self._call = call
+        self._what = what
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        try:
+            message = next(self._call)
+        except grpc.RpcError as exc:
+            raise _server_error(exc, self._what) from None
+        item = _stream_item(message)
+        if item.error_message:
+            code = item.error_message.partition(":")[0].strip()
+            code = code if code in grpc.StatusCode.__members__ else "UNKNOWN"
+            cls = ServerUnavailable if grpc.StatusCode[code] in _UNAVAILABLE else ServerError
+            raise cls(f"{self._what}: {item.error_message}", code)
+        return _decode(item.response)
+
+    def cancel(self) -> None:
+        """End the call now (the server sees CANCELLED); a reader blocked in `next` gets ServerUnavailable."""
+        self._call.cancel()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ server before the first request (in the upload's own call, `SliceHeader.load`), 
 protocol with a deadline.
 When the server is unreachable, times out, breaks the stream or answers with an error, the runner runs the middle
 slice locally, so the request still completes (`RunResult.fallback` is True; a slice the server no longer holds is
-uploaded again for the next request); while the server is down, failing or refusing the slice, every request runs
-locally, and a health check every `RunnerConfig.retry_interval_s` returns to the plan once it
-answers again. Observed transfer times update the plan's network models (exponentially weighted); `replan_needed`
-turns True when they drift by more than `RunnerConfig.drift_threshold`.
+uploaded again for the next request; a request the server rejects as invalid, INVALID_ARGUMENT, is finished locally
+too and says nothing about the server). While the server is down, failing or refusing the slice, every request runs
+locally without waiting for it: a health check in the background, `RunnerConfig.retry_interval_s` after the end of
+the previous one, returns to the plan once the server answers again. Observed transfer times update the plan's
+network models (exponentially weighted); `replan_needed` turns True when they drift by more than
+`RunnerConfig.drift_threshold`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_INTERVAL_S = 1.0
 DEFAULT_DRIFT_THRESHOLD = 0.25
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
+PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
+
+
+class StreamAnswers(Protocol):
+    """The answers of one open inference stream, in order (rr_edge.client.InferStream)."""
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def __next__(self) -> dict[str, np.ndarray]: ...
+
+    def cancel(self) -> None: ...
 
 
 class RemoteExecutor(Protocol):
@@ -52,7 +65,7 @@ class RemoteExecutor(Protocol):
 
     def stream_infer(
         self, slice_id: str, batches: Iterator[Mapping[str, np.ndarray]], timeout_s: float | None = None
-    ) -> Iterator[dict[str, np.ndarray]]: ...
+    ) -> StreamAnswers: ...
 
 
 @dataclass(frozen=True)
@@ -133,12 +146,20 @@ class _Stream:
 
     def close(self, drain_s: float = 0.0) -> None:
         """Half-close the stream. With `drain_s`, wait that long for the server to end it, so that the call finishes
-        OK rather than CANCELLED; a failed stream is closed without waiting (the channel cancels what is left)."""
+        OK rather than CANCELLED; without (a failed stream), or when the server does not end it in time, cancel the
+        call, which also frees a reader still waiting for an answer."""
         self._requests.put(_END)
-        if drain_s > 0:
-            drained = self._reader.submit(collections.deque, self._answers, 0)
-            with contextlib.suppress(FutureTimeout, ServerError):
-                drained.result(timeout=drain_s)
+        drained = drain_s > 0
+        if drained:
+            draining = self._reader.submit(collections.deque, self._answers, 0)
+            try:
+                draining.result(timeout=drain_s)
+            except FutureTimeout:
+                drained = False
+            except ServerError:
+                pass
+        if not drained:
+            self._answers.cancel()
         self._reader.shutdown(wait=False, cancel_futures=True)
 
 
@@ -201,8 +222,10 @@ class Runner:
         self._slice_id: str | None = None
         self.upload_ms = 0.0  # time spent making the middle slice ready on the server (upload if needed, then load)
         self._stream: _Stream | None = None
+        self._unary = False  # set when the server refused a stream for want of room: ModelInfer calls instead
         self._down_since: float | None = None
-        self._last_probe = 0.0
+        self._last_probe = 0.0  # when the last health check of a server that is down ended
+        self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
         self.link = _Link(uplink, downlink, expected_cloud_ms)
         if slices.middle is not None:
@@ -259,17 +282,29 @@ class Runner:
         self._last_probe = time.monotonic()
 
     def _remote_usable(self) -> bool:
-        down_since = self._down_since
-        if down_since is None:
+        """True while the server is up. While it is down: False at once, and a health check started in the
+        background when none is running and `retry_interval_s` has passed since the last one ended."""
+        if self._down_since is None:
             return True
-        if time.monotonic() - self._last_probe < self.config.retry_interval_s:
-            return False
-        assert self.remote is not None
-        self._last_probe = time.monotonic()
-        if self.remote.healthy(timeout_s=min(self.config.timeout_s, 2.0)) and self._connect():
-            log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
-            return True
+        if time.monotonic() - self._last_probe >= self.config.retry_interval_s and self._probing.acquire(False):
+            if time.monotonic() - self._last_probe >= self.config.retry_interval_s:  # not just ended elsewhere
+                threading.Thread(target=self._probe, name="rr-probe", daemon=True).start()
+            else:
+                self._probing.release()
         return False
+
+    def _probe(self) -> None:
+        """Health check of a server that is down; when it answers, make the slice ready again (upload, load)."""
+        assert self.remote is not None
+        try:
+            down_since = self._down_since
+            if self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S)):
+                with self._lock:
+                    if self._down_since is not None and self._connect() and down_since is not None:
+                        log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
+        finally:
+            self._last_probe = time.monotonic()
+            self._probing.release()
 
     def _drop_stream(self, drain_s: float = 0.0) -> None:
         if self._stream is not None:
@@ -278,15 +313,24 @@ class Runner:
 
     def _remote_infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.remote is not None and self._slice_id is not None
-        if not self.config.stream:
+        if not self.config.stream or self._unary:
             return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
         if self._stream is None:
             self._stream = _Stream(self.remote, self._slice_id)
         try:
             return self._stream.infer(feed, self.config.timeout_s)
-        except ServerError:
-            self._drop_stream()  # a stream that failed once is not reused
+        except ServerUnavailable:
+            self._drop_stream()  # timed out or broken: cancelled, not reused (an error answer leaves it in step)
             raise
+        except ServerError as exc:
+            if exc.code != "RESOURCE_EXHAUSTED":
+                raise
+            # The server has no stream slot free (each open stream holds one of its threads): one ModelInfer call
+            # per request from now on, which it always has room for.
+            log.info("the server keeps no stream for this runner; sending one ModelInfer per request: %s", exc)
+            self._drop_stream()
+            self._unary = True
+            return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
 
     def close(self) -> None:
         """Close the inference stream (the runner stays usable: the next request opens a new one)."""
@@ -304,26 +348,34 @@ class Runner:
     def _middle(self, env: dict[str, np.ndarray], result: RunResult) -> None:
         assert self._middle_local is not None
         feed = self._middle_local.feed(env)
-        with self._lock:  # one request at a time on the remote path: a stream answers in order
-            if self._remote_usable():
-                start = time.perf_counter()
-                try:
-                    outputs = self._remote_infer(feed)
-                except ServerError as exc:
-                    result.error = str(exc)
-                    if exc.code in ("NOT_FOUND", "INFER_ERROR"):
-                        self._connect()  # the server may have lost the slice (new data dir): upload it again
-                    else:  # unreachable, or refusing (INTERNAL, RESOURCE_EXHAUSTED, ...): local until it recovers
-                        self._mark_down(exc)
-                else:
-                    result.remote_ms = (time.perf_counter() - start) * 1e3
-                    result.bytes_up = sum(a.nbytes for a in feed.values())
-                    result.bytes_down = sum(a.nbytes for a in outputs.values())
-                    self.link.update(result.bytes_up, result.bytes_down, result.remote_ms)
-                    env.update(outputs)
-                    return
+        if self._remote_usable():
+            with self._lock:  # one request at a time on the remote path: a stream answers in order
+                outputs = self._offload(feed, result) if not self.server_down else None
+            if outputs is not None:
+                env.update(outputs)
+                return
         result.fallback = True
         env.update(self._run_local(self._middle_local, env))
+
+    def _offload(self, feed: Mapping[str, np.ndarray], result: RunResult) -> dict[str, np.ndarray] | None:
+        """The middle slice on the server; None (and `result.error`) when this request has to finish locally."""
+        start = time.perf_counter()
+        try:
+            outputs = self._remote_infer(feed)
+        except ServerError as exc:
+            result.error = str(exc)
+            if exc.code == "NOT_FOUND":
+                self._connect()  # the server lost the slice (new data dir): upload it again
+            elif exc.code == "INVALID_ARGUMENT":
+                log.debug("the server rejected this request; running it locally: %s", exc)
+            else:  # unreachable, or refusing (INTERNAL, RESOURCE_EXHAUSTED, ...): local until it recovers
+                self._mark_down(exc)
+            return None
+        result.remote_ms = (time.perf_counter() - start) * 1e3
+        result.bytes_up = sum(a.nbytes for a in feed.values())
+        result.bytes_down = sum(a.nbytes for a in outputs.values())
+        self.link.update(result.bytes_up, result.bytes_down, result.remote_ms)
+        return outputs
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:
         """Run one request through the plan."""
@@ -349,7 +401,8 @@ class Runner:
             result.tail_ms = (time.perf_counter() - t) * 1e3
             last = self._tail
         assert last is not None
-        result.outputs = {name: env[name] for name in last.outputs}
+        # The server's outputs are read-only views of its message: copied only when they are the caller's.
+        result.outputs = {name: _writable(env[name]) for name in last.outputs}
         result.total_ms = (time.perf_counter() - start) * 1e3
         return result
 
@@ -359,3 +412,7 @@ class Runner:
 
     def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         return self.run(inputs).outputs
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.writeable else array.copy()

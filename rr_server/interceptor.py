@@ -5,10 +5,10 @@ INTERNAL with a generic message (the traceback goes to the log only). Health and
 so that probes and `buf curl`/`grpcurl` discovery work; every other method needs a valid bearer token when the server
 runs with a token table.
 
-A streaming RPC holds one of the server's worker threads for as long as it is open (an edge keeps its ModelStreamInfer
-stream open between requests), so streams share `StreamSlots`: every worker but a reserve. Past them a new stream is
-RESOURCE_EXHAUSTED at once, and the reserve keeps unary calls (health checks, ModelInfer, slice status) answered
-however many streams are open.
+A call holds one of the server's worker threads for as long as it is open, and two stay open while idle: an edge keeps
+its ModelStreamInfer stream open between requests, and a health Watch lasts as long as its watcher. Those share
+`StreamSlots`, every worker but a reserve; past them a new one is RESOURCE_EXHAUSTED at once, and the reserve keeps
+every other call (health checks, ModelInfer, uploads, slice status) answered however many are open.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from rr_server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+_LONG_LIVED = frozenset({"ModelStreamInfer", "Watch"})  # streams that stay open while idle: they take a StreamSlot
 _INTERNAL_MESSAGE = "internal server error (details in the server log)"
 
 
 class StreamSlots:
-    """How many streaming RPCs may be open at once: `workers` minus a reserve for unary calls (a quarter, >= 2)."""
+    """How many streams that may idle can be open at once: `workers` minus a reserve (a quarter, at least 2)."""
 
     def __init__(self, workers: int) -> None:
         self.capacity = max(1, workers - max(2, workers // 4))
@@ -44,7 +45,7 @@ class StreamSlots:
             if self.in_use >= self.capacity:
                 raise ResourceExhausted(
                     f"{method}: all {self.capacity} stream slots of this server are in use (each open stream holds "
-                    "a worker thread); retry later, use the unary call, or start rr-server with more --workers"
+                    "a worker thread); retry later, use ModelInfer, or start rr-server with more --workers"
                 )
             self.in_use += 1
         return True
@@ -105,25 +106,20 @@ def _reset(token) -> None:
 
 
 def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics, slots):
-    streams = not handler.unary_unary  # a request or a response stream: the call may stay open for long
+    long_lived = method in _LONG_LIVED  # both are response streams, wrapped by `streaming`
 
     def unary(behavior: Callable):
         def run(request_or_iterator, context):
             started = time.perf_counter()
             token = CALLER.set(caller)
-            slot = False
             try:
                 if auth_error is not None:
                     raise auth_error
-                if streams:
-                    slot = slots.take(method)
                 response = behavior(request_or_iterator, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
                 _finish(context, metrics, method, started, exc)
             finally:
                 _reset(token)
-                if slot:
-                    slots.give_back()
             _finish(context, metrics, method, started, None)
             return response
 
@@ -137,7 +133,8 @@ def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | No
             try:
                 if auth_error is not None:
                     raise auth_error
-                slot = slots.take(method)
+                if long_lived:
+                    slot = slots.take(method)
                 yield from behavior(request_or_iterator, context)
             except Exception as exc:  # noqa: BLE001
                 _finish(context, metrics, method, started, exc)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +127,67 @@ def test_stream_infer_error_message_raises(client: Client) -> None:
     bad = {"x": np.zeros((1, 3, 4, 4), dtype=np.float32)}
     with pytest.raises(ServerError) as info:
         list(client.stream_infer(slice_id, [bad]))
-    assert info.value.code in ("INFER_ERROR", "INVALID_ARGUMENT")
+    assert info.value.code == "INVALID_ARGUMENT"  # the server's own status code, as in unary calls
+
+
+def test_stream_infer_errors_carry_their_code_and_the_stream_goes_on(client: Client) -> None:
+    slice_id = client.ensure_slice(conv_model(seed=6))
+    x = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    with pytest.raises(ServerError) as info:
+        next(client.stream_infer("0" * 64, [{"x": x}]))
+    assert info.value.code == "NOT_FOUND"
+    answers = client.stream_infer(slice_id, [{"x": x[:, :, :4, :4]}, {"x": x}])
+    with pytest.raises(ServerError) as info:
+        next(answers)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert next(answers)["y"].shape == (1, 4, 8, 8)
+
+
+def test_a_cancelled_stream_frees_its_reader(client: Client) -> None:
+    """A reader waiting for an answer that will never come (no request sent) is released by `cancel`."""
+    slice_id = client.ensure_slice(conv_model(seed=6))
+    never: queue.Queue[dict[str, np.ndarray]] = queue.Queue()
+    answers = client.stream_infer(slice_id, iter(never.get, None))
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(next, answers)
+        answers.cancel()
+        with pytest.raises(ServerUnavailable) as info:
+            waiting.result(timeout=30)
+    never.put(None)  # lets gRPC's request thread end too
+    assert info.value.code == "CANCELLED"
+
+
+def test_reconnect_attempts_stay_frequent_while_a_server_is_away() -> None:
+    """gRPC backs off exponentially between connection attempts (up to 120 s by default), which would keep a
+    runner away from a restarted server long after it is back; the client caps the wait at
+    `max_reconnect_backoff_s` (1 s). Seen from a listener that accepts connections and drops them at once."""
+    attempts: list[float] = []
+    done = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.1)
+
+        def accept() -> None:
+            while len(attempts) < 8 and not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn, _ = listener.accept()
+                    attempts.append(time.monotonic())
+                    conn.close()
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        with Client(address) as c:
+            deadline = time.monotonic() + 30  # 8 attempts take about 5 s at a 1 s cap, about 40 s uncapped
+            while acceptor.is_alive() and time.monotonic() < deadline:
+                assert not c.healthy(timeout_s=0.2)
+                time.sleep(0.05)
+        done.set()
+        acceptor.join(timeout=5)
+    assert len(attempts) >= 8, f"only {len(attempts)} connection attempts in 30 s"
+    gaps = np.diff(attempts)
+    assert gaps.max() < 8.0, gaps  # a 1 s cap (+20 % jitter); uncapped, the 7th gap alone is about 10 s
 
 
 def test_echo_both_directions(client: Client) -> None:

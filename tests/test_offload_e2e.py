@@ -92,7 +92,8 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
         sigs = sorted(uploaded)
         preds = client.predict(cloud, sigs, [features[s] for s in sigs]).by_signature
     assert all(preds[s].latency_provenance == "measured" for s in sigs)
-    plan = rr_edge("plan", str(path), *common, "--json", "--plot", str(tmp_path / "p.png"))
+    # amortized as `run --repeat 5` will plan (run spreads the upload over its requests)
+    plan = rr_edge("plan", str(path), *common, "--amortize", "5", "--json", "--plot", str(tmp_path / "p.png"))
     n = plan["blocks"]
     assert n == len(analyze(load_model(path)).blocks)
     keys = {"i", "j", "latency_ms", "energy_mJ", "offloaded_blocks", "upload_bytes"}

@@ -1,0 +1,244 @@
+"""How the runner behaves while its server is hung, failing or handed a bad request, and how it comes back.
+
+A hung server is a real `rr-server` subprocess stopped with SIGSTOP: connections stay open, nothing answers (what a
+link that black-holes packets looks like too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import rr_server
+import rr_server.inference_servicer as inference_servicer
+from rr_edge.api import EdgeNode
+from rr_edge.blocks import analyze
+from rr_edge.client import Client, ClientOptions
+from rr_edge.offload import make_runner
+from rr_edge.runner import RunnerConfig
+from rr_edge.slicing import Slicer
+from tests._server_process import ServerProcess
+from tools.bench_runner import conv_chain
+
+GENEROUS_S = 30.0  # how long a test waits for something that takes well under a second
+
+
+@pytest.fixture(scope="module")
+def chain():
+    model = conv_chain(layers=4)
+    graph = analyze(model, "chain")
+    return model, graph, Slicer(model, graph)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data")
+    yield proc
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.proc.pid, signal.SIGCONT)
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    config = rr_server.ServerConfig(data_dir=tmp_path_factory.mktemp("recovery"), listen="127.0.0.1:0")
+    with rr_server.Server(config) as s, Client(str(s.address)) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def hung(server: ServerProcess) -> Iterator[None]:
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + GENEROUS_S
+    while not _stopped(server.proc.pid) and time.monotonic() < deadline:  # the signal lands a little later
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of the process is stopped."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            states.append("T (stopped)" in (task / "status").read_text())
+    return all(states)
+
+
+def _x(graph) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
+
+
+def _local(slicer, graph, x: np.ndarray) -> np.ndarray:
+    return make_runner(slicer, graph, (3, 3), None)(x)["y3"]
+
+
+def _stream_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("rr-stream") and t.is_alive()}
+
+
+def test_a_hung_server_is_probed_in_the_background_one_check_at_a_time(chain, server, monkeypatch):
+    """While the server is down every request runs locally at once: health checks run in a thread of their own,
+    never two together, and the next starts `retry_interval_s` after the previous one ended (each takes the whole
+    probe deadline here, longer than the interval). When the server answers again, the runner offloads again."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    interval = 0.1
+    probes: list[tuple[int, float, float]] = []  # (thread, start, end)
+    with Client(server.address) as client:
+        healthy = client.healthy
+
+        def recorded(timeout_s: float | None = None) -> bool:
+            start = time.monotonic()
+            try:
+                return healthy(timeout_s)
+            finally:
+                probes.append((threading.get_ident(), start, time.monotonic()))
+
+        monkeypatch.setattr(client, "healthy", recorded)
+        runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(timeout_s=1, retry_interval_s=interval))
+        assert not runner.run(x).fallback
+        with hung(server):
+            first = runner.run(x)  # waits for its answer until the deadline, then finishes locally
+            assert first.fallback and runner.server_down
+            results = []
+            deadline = time.monotonic() + GENEROUS_S
+            while len(probes) < 3 and time.monotonic() < deadline:
+                results.append(runner.run(x))
+                time.sleep(0.01)
+        assert len(probes) >= 3, "no health checks while the server was down"
+        assert all(r.fallback and r.error == "" for r in results)  # local, no remote attempt
+        assert threading.get_ident() not in {thread for thread, _, _ in probes}  # never in the request path
+        ordered = sorted(probes, key=lambda p: p[1])
+        for (_, _, end), (_, next_start, _) in zip(ordered, ordered[1:], strict=False):
+            assert next_start >= end + interval - 1e-3, "health checks overlapped or came too soon"
+        deadline = time.monotonic() + GENEROUS_S
+        while (result := runner.run(x)).fallback and time.monotonic() < deadline:
+            time.sleep(0.05)
+        runner.close()
+    assert not result.fallback and result.remote_ms > 0 and not runner.server_down
+    np.testing.assert_allclose(result.outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_stream_that_timed_out_is_cancelled(chain, server):
+    """The request that timed out finishes locally; its stream is cancelled, so the thread that waited for the
+    answer ends even though the server never answers."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    with Client(server.address) as client:
+        runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(timeout_s=1, retry_interval_s=60))
+        before = _stream_threads()
+        assert not runner.run(x).fallback
+        with hung(server):
+            result = runner.run(x)
+            assert result.fallback and "no stream answer within 1.0 s" in result.error
+            readers = _stream_threads() - before
+            deadline = time.monotonic() + GENEROUS_S
+            while any(t.is_alive() for t in readers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(t.is_alive() for t in readers), "the stream's reader still waits on the hung call"
+        runner.close()
+
+
+def test_an_edge_node_runner_takes_its_deadline_from_the_client_options(chain, server, tmp_path):
+    model, graph, _ = chain
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    x = _x(graph)
+    with EdgeNode(server.address, "deadline-node", options=ClientOptions(timeout_s=1.0)) as node:
+        runner = node.runner(path, (0, 2))
+        assert runner.config.timeout_s == 1.0
+        assert not runner.run(x).fallback
+        with hung(server):
+            result = runner.run(x)
+        runner.close()
+    assert result.fallback and "within 1.0 s" in result.error
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_failing_server_is_marked_down_without_reuploading(chain, in_process, monkeypatch, stream):
+    """INTERNAL on every request (ONNX Runtime failing on the server): the request finishes locally and the server
+    is marked down, in stream mode as in unary mode; only NOT_FOUND makes the runner check and upload the slice."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    runner = make_runner(slicer, graph, (0, 2), in_process, config=RunnerConfig(stream=stream, retry_interval_s=60))
+    assert not runner.run(x).fallback
+    checks: list[str] = []
+    monkeypatch.setattr(in_process, "slice_status", lambda *a, **k: checks.append("slice_status"))
+
+    def broken(self, request, stream=False):
+        raise RuntimeError("simulated ONNX Runtime failure")
+
+    monkeypatch.setattr(inference_servicer.InferenceServicer, "_infer", broken)
+    first, second = runner.run(x), runner.run(x)
+    runner.close()
+    assert first.fallback and "INTERNAL" in first.error and runner.server_down
+    assert second.fallback and second.error == ""  # local without asking the server again
+    assert checks == []
+    np.testing.assert_allclose(first.outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_bad_request_does_not_mark_the_server_down(chain, in_process, caplog, stream):
+    """INVALID_ARGUMENT blames the request, not the server: it is finished locally (where ONNX Runtime raises the
+    same error to the caller) and the next request is offloaded as before."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    with make_runner(slicer, graph, (-1, 3), in_process, config=RunnerConfig(stream=stream)) as runner:
+        assert not runner.run(x).fallback
+        with caplog.at_level(logging.WARNING, logger="rr_edge.runner"), pytest.raises(Exception, match="dimensions"):
+            runner.run(np.zeros((1, 8, 8, 8), np.float32))  # the model wants 16 x 16
+        assert not runner.server_down
+        assert "server failed" not in caplog.text
+        after = runner.run(x)
+    assert not after.fallback and after.remote_ms > 0
+
+
+@pytest.mark.parametrize("split", [(-1, 3), (0, 3), (0, 2), (1, 1)])
+@pytest.mark.parametrize("stream", [True, False])
+def test_outputs_are_writable_for_every_plan(chain, in_process, split, stream):
+    """Also when the server runs the last block and its answer is the caller's output."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    with make_runner(slicer, graph, split, in_process, config=RunnerConfig(stream=stream)) as runner:
+        result = runner.run(x)
+    assert not result.fallback
+    out = result.outputs["y3"]
+    assert out.flags.writeable
+    out += 1  # user code may update its outputs in place
+    np.testing.assert_allclose(out, _local(slicer, graph, x) + 1, rtol=1e-5, atol=1e-5)
+
+
+def test_a_server_without_a_free_stream_slot_gets_unary_calls(chain, tmp_path):
+    """Every stream slot of the server is taken (idle streams of other edges): the runner's stream is refused at
+    once, and it sends one ModelInfer per request instead of falling back to local execution."""
+    model, graph, slicer = chain
+    config = rr_server.ServerConfig(data_dir=tmp_path / "data", listen="127.0.0.1:0", workers=4)
+    with rr_server.Server(config) as server, Client(str(server.address)) as client:
+        queues = [queue.Queue() for _ in range(server.stream_slots.capacity)]
+        others = [client.stream_infer("0" * 64, iter(q.get, None)) for q in queues]
+        deadline = time.monotonic() + GENEROUS_S
+        while server.stream_slots.in_use < server.stream_slots.capacity and time.monotonic() < deadline:
+            time.sleep(0.01)
+        x = _x(graph)
+        with make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(timeout_s=GENEROUS_S)) as runner:
+            results = [runner.run(x) for _ in range(3)]
+            assert not any(r.fallback for r in results) and not runner.server_down
+            np.testing.assert_allclose(results[-1].outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-5)
+        for q in queues:
+            q.put(None)
+        for other in others:
+            list(other)
