@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from rr_edge.errors import RoadRunnerError, ServerUnavailable
+from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_proto.extras import missing_extra
 
 COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
@@ -69,12 +69,21 @@ def _run(argv: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except RoadRunnerError as exc:
-        server = getattr(args, "server", None)
-        hint = f"; check that rr-server is running at {server}" if isinstance(exc, ServerUnavailable) and server else ""
-        print(f"rr-edge {args.command}: error: {exc}{hint}", file=sys.stderr)
+        print(f"rr-edge {args.command}: error: {exc}{_hint(exc, getattr(args, 'server', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _hint(exc: RoadRunnerError, server: str | None) -> str:
+    """What to check, for the errors whose cause is outside the command line's reach."""
+    if isinstance(exc, ServerUnavailable) and server:
+        return f"; check that rr-server is running at {server}"
+    if isinstance(exc, ServerError) and exc.code == "UNAUTHENTICATED":
+        from rr_edge.commands._common import ENV_TOKEN
+
+        return f"; pass --token-file F or set ${ENV_TOKEN} (a token of the server's --auth-token-file)"
+    return ""
 
 
 if __name__ == "__main__":

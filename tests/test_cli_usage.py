@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _server_support import start_server
 from test_blocks import branchy_model
 
 from rr_edge.blocks import analyze
@@ -141,6 +142,19 @@ def test_unreachable_server_error_names_the_address(capsys, model) -> None:  # t
     assert code == 2 and len(err) == 1
     assert err[0].startswith("rr-edge plan: error: ") and "UNAVAILABLE" in err[0]
     assert err[0].endswith("check that rr-server is running at 127.0.0.1:1")
+
+
+def test_a_missing_token_error_says_how_to_give_one(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tokens = tmp_path / "tokens"
+    tokens.write_text("edge-1 s3cret\n")
+    server = start_server(tmp_path / "data", auth_token_file=tokens)
+    try:
+        code = main(["netprofile", "--server", server.address, "--node", "edge-1", "--max-mb", "0.01"])
+    finally:
+        server.stop(grace=0.5)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "UNAUTHENTICATED" in err and err.endswith("(a token of the server's --auth-token-file)")
+    assert "--token-file F or set $RR_TOKEN" in err
 
 
 # -- 3., 4. and 6. help texts -------------------------------------------------------------------------------------
