@@ -208,6 +208,12 @@ def test_run_rejects_bad_input_arrays(bad_files, capsys, tmp_path: Path, make, m
     assert message in assert_one_line_error(capsys, code, "run")
 
 
+def test_run_says_the_input_must_be_a_npy_array(bad_files, capsys) -> None:  # type: ignore[no-untyped-def]
+    # an ONNX file passed as the input: numpy alone says "pickled data", which tells a user nothing
+    code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(bad_files["good"])])
+    assert "as a .npy array (numpy.save writes one)" in assert_one_line_error(capsys, code, "run")
+
+
 @pytest.mark.parametrize("split", ["5,1", "-2,0", "0,99", "a,b", "1"])
 def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -> None:  # type: ignore[no-untyped-def]
     x = tmp_path / "x.npy"

@@ -64,7 +64,7 @@ def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise RoadRunnerError(f"cannot read input {path}: {exc}") from None
+        raise RoadRunnerError(f"cannot read input {path} as a .npy array (numpy.save writes one): {exc}") from None
     fits = x.ndim == len(want.shape) and all(w < 0 or w == d for w, d in zip(want.shape, x.shape, strict=True))
     if not fits or str(x.dtype) != want.dtype:
         raise RoadRunnerError(
