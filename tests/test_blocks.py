@@ -161,6 +161,15 @@ def test_signature_and_weight_bytes_see_into_subgraphs(weights_inside: bool) -> 
     assert analyze(if_model(4, weights_inside, seed=1)).blocks[0].signature == small.signature
 
 
+def flatten_constants() -> list[TensorProto]:
+    """zero, axes0, minus1: what a Shape -> Gather -> Unsqueeze -> Concat side chain reads to build [N, -1]."""
+    return [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+    ]
+
+
 def branchy_model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
     """x -> Conv -> {Relu ; Sigmoid -> Mul(const)} -> Concat -> Conv -> Add(skip from first conv) -> Relu
     -> Reshape(shape from a Shape side chain) -> Gemm."""
@@ -190,9 +199,7 @@ def branchy_model(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
     ]
     inits = [
         w("w0", c, 3, 3, 3), w("w1", c, 2 * c, 3, 3), w("w2", 10, c * 8 * 8), w("b2", 10),
-        numpy_helper.from_array(np.array(0, np.int64), "zero"),
-        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
-        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+        *flatten_constants(),
     ]  # fmt: skip
     graph = helper.make_graph(
         nodes,

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from conftest import run_onnx
 from onnx import TensorProto, helper, numpy_helper
+from test_blocks import flatten_constants
 
 from rr_edge.blocks import analyze
 from rr_edge.errors import ModelError
@@ -43,9 +44,7 @@ def tail_model(batch: Dim, height: Dim = 8) -> onnx.ModelProto:
     ]
     inits = [
         w("w1", 4, 3, 3, 3), w("w2", 4, 4, 3, 3), w("w3", 4, 4, 3, 3), w("w4", 4 * 8 * 8, 10),
-        numpy_helper.from_array(np.array(0, np.int64), "zero"),
-        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
-        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+        *flatten_constants(),
     ]  # fmt: skip
     graph = helper.make_graph(
         nodes,
