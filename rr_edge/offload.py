@@ -54,8 +54,11 @@ class Costs:
 
     @property
     def energy_source(self) -> str:
-        sources = {p.energy_source for p in self.edge if p.energy_source}
-        return ",".join(sorted(sources)) or "model"
+        """Where the plans' edge energy comes from: the sources of the block figures, and "model" too, since the
+        power model's idle watts cost every wait for the cloud, and its transmit watts every transfer whose direction
+        has no metered energy fit."""
+        sources = {p.energy_source for p in self.edge if p.energy_source} | {"model"}
+        return ",".join(sorted(sources))
 
     def provenance_counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

@@ -108,3 +108,20 @@ def test_plan_inputs_keep_each_nodes_whole_model_latency():
     np.testing.assert_allclose(ns.cloud_ms, np.array(flops) / 1e9, rtol=1e-6)  # the regression's own shares
     assert ns.e2e_correction * ns.edge_ms.sum() == pytest.approx(1.3 * inputs.edge_ms.sum())
     assert ns.cloud_correction * ns.cloud_ms.sum() == pytest.approx(0.6 * inputs.cloud_ms.sum())
+
+
+def test_plan_energy_names_the_power_model_beside_a_meter() -> None:
+    """Metered block energies (rapl) still go with modelled waiting and transfers: the plan says both."""
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import PowerSpec
+    from rr_edge.netmodel import NetworkModel
+    from rr_edge.offload import Costs
+
+    link = NetworkModel.affine(1.0, 1000.0)
+
+    def costs(source: str) -> Costs:
+        edge = (Prediction("s", 1.0, 1.0, "measured", "measured", source),)
+        return Costs(edge, edge, 1.0, link, link, PowerSpec(5.0, 1.0))
+
+    assert costs("rapl").energy_source == "model,rapl"
+    assert costs("model").energy_source == "model"
