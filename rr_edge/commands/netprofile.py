@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     table = Table(title=f"network profile of {args.node} -> {args.server}")
-    for col in ("direction", "chosen", "poly4 err", "affine err", "pwl err", "bandwidth MB/s", "largest"):
+    for col in ("direction", "chosen", "poly4 err", "affine err", "pwl err", "bandwidth MB/s", "largest", "energy"):
         table.add_column(col, justify="right" if col != "direction" else "left")
     for name in ("uplink", "downlink", "upload"):
         d = out[name]
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
         errors = (f"{d[k]:.3f}" if d[k] >= 0 else "-" for k in ("poly4_error", "affine_error", "pwl_error"))
-        table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB")
+        table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB", d["energy_source"])
     console = stderr_console()
     console.print(table)
     suffix = "" if meter.measured else " (MODELLED, not measured)"
