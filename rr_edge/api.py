@@ -79,7 +79,8 @@ class EdgeNode:
     @property
     def meter(self) -> Meter:
         if self._meter is None:
-            self._meter = select_meter(self._energy, self._meter_options)
+            gpu_work = self.settings.resolved().uses_gpu  # NVML before RAPL when the work runs on the GPU
+            self._meter = select_meter(self._energy, self._meter_options, gpu_work=gpu_work)
         return self._meter
 
     def _load(self, model: str | Path) -> _Model:
@@ -176,7 +177,13 @@ class EdgeNode:
         return make_runner(m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report)
 
     def close(self) -> None:
-        self.client.close()
+        """Close the connection and the energy meter (NVML handle, sampler threads)."""
+        try:
+            self.client.close()
+        finally:
+            if self._meter is not None:
+                self._meter.close()
+                self._meter = None
 
     def __enter__(self) -> EdgeNode:
         return self

@@ -2,8 +2,10 @@
 
 Prefers the torch.export-based exporter (`dynamo=True`, opset 18, needs `onnxscript`): its graphs
 are far cleaner (BatchNorm folded, no shape side chains), which gives many more single-tensor cut
-points. Falls back to the TorchScript exporter when it fails. Output is one self-contained .onnx
-file, written atomically and validated by loading it back.
+points. Falls back to the TorchScript exporter when it fails; a model whose tracing warns (data-dependent
+control flow, which tracing would fix to the example's branch) is refused instead. Output is one
+self-contained .onnx file, written atomically, validated by loading it back and by running it in ONNX
+Runtime against torch on a fresh random input (`CHECK_RTOL`, `CHECK_ATOL`).
 
 torch and torchvision are the `zoo` extra; they are imported lazily.
 """
@@ -19,7 +21,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,8 @@ DEFAULT_BATCH = 1
 DEFAULT_OPSET = 18
 SEED = 0
 EXPORT_FORMAT = 1  # bump when exported graphs change (caches of exported models key on it)
+CHECK_RTOL = 1e-3  # export check: ONNX Runtime vs torch, relative to each element
+CHECK_ATOL = 1e-4  # ... and absolute, as a fraction of the output's largest magnitude
 _MAX_INLINE_BYTES = 1_800_000_000  # protobuf limit is 2 GiB; above this, weights go to external data
 
 
@@ -82,6 +86,38 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@contextlib.contextmanager
+def _first_on_sys_path(folder: Path) -> Iterator[None]:
+    """`folder` first on sys.path inside the block only."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _import_file(path: Path) -> Any:
+    """Import a .py file as a module registered in sys.modules (dataclasses, pickling and typing resolve their
+    module there), under its stem unless another module already has that name."""
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() != path:
+        name = f"_rr_user_{abs(hash(str(path))):x}_{path.stem}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ModelError(f"--from: cannot import {path}")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = module
+    try:
+        mod_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def _user_model(spec: str) -> Any:
     """`MODULE:CALLABLE` or `path/to/file.py:CALLABLE`; the callable returns (or is) an nn.Module class."""
     torch, _ = _torch()
@@ -93,17 +129,11 @@ def _user_model(spec: str) -> Any:
             path = Path(module_name)
             if not path.is_file():
                 raise ModelError(f"--from: no such file {path}")
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            if mod_spec is None or mod_spec.loader is None:
-                raise ModelError(f"--from: cannot import {path}")
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
+            with _first_on_sys_path(path.resolve().parent):  # its sibling modules import as in a script
+                module = _import_file(path.resolve())
         else:
-            sys.path.insert(0, os.getcwd())
-            try:
+            with _first_on_sys_path(Path.cwd()):
                 module = importlib.import_module(module_name)
-            finally:
-                sys.path.pop(0)
     except ModelError:
         raise
     except Exception as exc:  # user code: any import failure is a bad --from argument
@@ -157,6 +187,7 @@ def export_model(
     if dynamo:
         attempts.append(("dynamo", lambda p: _export(torch, model, example, p, True, opset, external)))
     attempts.append(("torchscript", lambda p: _export(torch, model, example, p, False, opset, external)))
+    check_input = torch.randn(example.shape)  # a fresh input, not the one the exporter saw
     for kind, fn in attempts:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
         os.close(fd)
@@ -166,10 +197,23 @@ def export_model(
                 fn(tmp)
             load_model(tmp)
         except Exception as exc:  # exporter internals raise anything; try the next exporter
+            traced = _tracer_warning(torch, exc)
+            if traced is not None:
+                _cleanup(tmp)
+                raise ModelError(
+                    f"export of {label} failed: the model has data-dependent control flow (or Python values computed "
+                    f"from tensors) that tracing cannot export; the TorchScript exporter would fix it to the example "
+                    f"input's case ({_one_line(traced)}); " + "; ".join(errors)
+                ) from None
             log.warning("%s exporter failed on %s: %s", kind, label, _one_line(exc, 2000))
             errors.append(f"{kind}: {_one_line(exc)}")
             _cleanup(tmp)
             continue
+        try:
+            _check_against_torch(torch, model, check_input, tmp)
+        except BaseException:
+            _cleanup(tmp)
+            raise
         if external:
             _move_with_data(tmp, out)
         else:
@@ -180,6 +224,61 @@ def export_model(
     raise ModelError(f"export of {label} failed: " + "; ".join(errors))
 
 
+def _tracer_warning(torch: Any, exc: BaseException) -> BaseException | None:
+    """The TracerWarning (raised as an error) behind `exc`: torch's C++ often rewraps it as a SystemError."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, torch.jit.TracerWarning):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _torch_outputs(value: Any) -> list[Any]:
+    """The tensors of a forward's result in order (a tensor, or tuples / lists / dicts of them)."""
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _torch_outputs(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _torch_outputs(v)]
+    return [] if value is None else [value]
+
+
+def _check_against_torch(torch: Any, model: Any, x: Any, path: Path) -> None:
+    """ONNX Runtime on `path` must reproduce torch on `x` within float32 tolerance; ModelError otherwise.
+
+    Elementwise |onnx - torch| <= CHECK_RTOL * |torch| + CHECK_ATOL * max|torch| (the output's scale): the exporters
+    fold and reorder float32 arithmetic, so exact equality is not expected, but a wrong graph is off by far more.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        with torch.no_grad():
+            want = [t.detach().cpu().numpy() for t in _torch_outputs(model(x))]
+    except Exception as exc:
+        raise ModelError(f"exported model check: the torch forward failed: {_one_line(exc)}") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    if len(got) != len(want):
+        raise ModelError(f"exported model check: ONNX has {len(got)} outputs, torch returned {len(want)}")
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        if g.shape != w.shape:
+            raise ModelError(f"exported model check: output {k} has shape {g.shape} in ONNX, {w.shape} in torch")
+        finite = np.abs(w[np.isfinite(w)])
+        scale = float(finite.max()) if finite.size else 0.0
+        if not np.allclose(g, w, rtol=CHECK_RTOL, atol=CHECK_ATOL * scale, equal_nan=True):
+            err = float(np.nanmax(np.abs(g.astype(np.float64) - w)))
+            raise ModelError(
+                f"exported ONNX disagrees with torch on a fresh random input: output {k} max |onnx - torch| = "
+                f"{err:.3g} (output scale {scale:.3g}); the model may have data-dependent behaviour the exporter "
+                "fixed to the example input"
+            )
+
+
 def _export(torch: Any, model: Any, example: Any, path: Path, dynamo: bool, opset: int, external: bool) -> None:
     kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], "dynamo": dynamo}
     if dynamo:
@@ -187,7 +286,10 @@ def _export(torch: Any, model: Any, example: Any, path: Path, dynamo: bool, opse
     else:
         kwargs.update(opset_version=min(opset, 18), do_constant_folding=True)
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):  # the dynamo exporter prints progress lines
+    with contextlib.redirect_stdout(captured), warnings.catch_warnings():  # the dynamo exporter prints progress
+        if not dynamo:  # tracing fixes data-dependent branches to the example's: refuse instead of warning
+            warnings.simplefilter("error", torch.jit.TracerWarning)
+            torch.jit.TracerWarning.ignore_lib_warnings()  # torch's own internals, as torch.jit.trace does
         torch.onnx.export(model, (example,), str(path), **kwargs)
     if captured.getvalue().strip():
         log.debug("exporter output:\n%s", captured.getvalue().rstrip())

@@ -33,7 +33,13 @@ GRAPH_OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_SHORT = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_SHORT = {
+    "cpu": CPU,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
+_warned_fallback: set[OrtSettings] = set()  # settings whose session already fell back (warned once each)
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,4 +134,15 @@ class OrtSettings:
         """A session on these settings' provider (CPU as ONNX Runtime's own fallback for unsupported ops)."""
         s = self.resolved()
         providers = [s.provider] if s.provider == CPU else [s.provider, CPU]
-        return ort.InferenceSession(model, s.session_options(), providers=providers)
+        session = ort.InferenceSession(model, s.session_options(), providers=providers)
+        got = session.get_providers()
+        if got[:1] != [s.provider] and s not in _warned_fallback:
+            _warned_fallback.add(s)
+            log.warning(
+                "ONNX Runtime did not put %s first for this model (session providers: %s): latencies measured "
+                "with these settings are not %s latencies",
+                s.provider,
+                ", ".join(got) or "none",
+                s.provider,
+            )
+        return session

@@ -238,6 +238,24 @@ def test_jetson_sums_rails_without_input_rail(tmp_path: Path) -> None:
     assert _drive(meter, clock, set_power) == pytest.approx(_trace_energy_mj(1.2), rel=0.01)
 
 
+def test_jetson_agx_orin_sums_rails_sys5v_is_not_input(tmp_path: Path) -> None:
+    # AGX Orin on L4T 35: no board input rail; VIN_SYS_5V0 is the 5 V system supply beside GPU/CPU/SOC, not the total
+    top = tmp_path / "bus" / "i2c" / "drivers" / "ina3221"
+    a = top / "1-0040" / "hwmon" / "hwmon1"
+    b = top / "1-0041" / "hwmon" / "hwmon2"
+    rails = {(a, 1): ("VDD_GPU_SOC", 3000), (a, 2): ("VDD_CPU_CV", 1000), (a, 3): ("VIN_SYS_5V0", 400),
+             (b, 2): ("VDDQ_VDD2_1V8AO", 100)}  # fmt: skip
+    for (dev, n), (label, ma) in rails.items():
+        _write(dev / "name", "ina3221")
+        _write(dev / f"in{n}_label", label)
+        _write(dev / f"in{n}_input", 5000)
+        _write(dev / f"curr{n}_input", ma)
+    meter = JetsonMeter(tmp_path, interval_s=0)
+    assert sorted(r.name for r in meter.rails) == ["VDDQ_VDD2_1V8AO", "VDD_CPU_CV", "VDD_GPU_SOC", "VIN_SYS_5V0"]
+    assert "sum of rails" in meter.description
+    assert meter.read_mw() == pytest.approx(5.0 * (3000 + 1000 + 400 + 100))
+
+
 def test_jetson_explicit_rails_and_unknown_rail(tmp_path: Path) -> None:
     _hwmon_tree(tmp_path, {1: "VDD_IN", 2: "VDD_CPU_GPU_CV"})
     assert [r.name for r in JetsonMeter(tmp_path, rails=["VDD_CPU_GPU_CV"], interval_s=0).rails] == ["VDD_CPU_GPU_CV"]

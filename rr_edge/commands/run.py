@@ -90,6 +90,60 @@ def run_one(runner: Runner, x: np.ndarray, meter: Meter) -> tuple[RunResult, flo
     return result, _energy(meter, result, reading.energy_mJ)
 
 
+class RequestEnergy:
+    """Energy per request, in request order (`energies`).
+
+    A real meter with a `min_window_s` (NVML, Jetson, RAPL) cannot resolve one short request: NVML's counter moves
+    every ~20-100 ms and its window ends are aligned to updates. Consecutive requests are therefore metered together
+    in windows of at least `min_window_s`, each getting the window's energy divided by the runs in it; a window the
+    requests cannot fill (a short run, or the split changing) is topped up with extra runs of the same request, as
+    the profiler does. Latency is the runner's own per-request timing, outside the meter's waits. The power model
+    (`min_window_s` 0) meters each request alone (`run_one`).
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.energies: list[float] = []
+        self.windowed = meter.measured and meter.min_window_s > 0
+        self._token: Any = None
+        self._requests = 0  # requests in the open window (padding runs are counted apart)
+
+    def run(self, runner: Runner, x: np.ndarray, remaining: int) -> RunResult:
+        """Run one request; `remaining`: how many more requests are to come."""
+        if not self.windowed:
+            result, energy = run_one(runner, x, self.meter)
+            self.energies.append(energy)
+            return result
+        if self._token is None:
+            self._token = self.meter.start("compute")
+            self._requests = 0
+        result = runner.run(x)
+        self._requests += 1
+        elapsed = self.meter.elapsed_s(self._token)
+        rest_s = elapsed / self._requests * remaining  # the rest can fill a window of its own
+        if remaining == 0 or (elapsed >= self.meter.min_window_s and rest_s >= self.meter.min_window_s):
+            self.finish(runner, x)
+        return result
+
+    def finish(self, runner: Runner, x: np.ndarray) -> None:
+        """Close the open window, first topping it up to `min_window_s` with runs of the same request."""
+        if self._token is None:
+            return
+        token, self._token = self._token, None
+        padding = 0
+        while self.meter.elapsed_s(token) < self.meter.min_window_s:
+            runner.run(x)
+            padding += 1
+        reading = self.meter.stop(token)
+        runs = self._requests + padding
+        if padding:
+            log.debug(
+                "energy window topped up with %d extra runs to the meter's %g s", padding, self.meter.min_window_s
+            )
+        per_run = (reading.energy_mJ or 0.0) / runs
+        self.energies.extend([per_run] * self._requests)
+
+
 def summarize(
     split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float
 ) -> dict[str, Any]:
@@ -121,10 +175,9 @@ def run(args: argparse.Namespace) -> int:
     if len(graph.inputs) != 1:
         raise RoadRunnerError(f"rr-edge run takes single-input models; {graph.model} has {len(graph.inputs)} inputs")
     x = _load_input(args.input, graph.inputs[0])
-    settings = OrtSettings(intra_op_threads=args.threads)
-    meter = make_meter(args)
+    settings = OrtSettings(intra_op_threads=args.threads).resolved()
     expected = local_outputs(settings, model.SerializeToString(), x)
-    with connect(args) as client:
+    with connect(args) as client, make_meter(args, gpu_work=settings.uses_gpu) as meter:
         report = None
         if args.split:
             split = validate_split(args.split, len(graph.blocks))
@@ -138,13 +191,12 @@ def run(args: argparse.Namespace) -> int:
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
         runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
-        results, energies, splits_used = [], [], [split]
+        results, splits_used = [], [split]
+        energy = RequestEnergy(meter)
         start = time.perf_counter()
         try:
-            for _ in range(args.repeat):
-                result, energy = run_one(runner, x, meter)
-                results.append(result)
-                energies.append(energy)
+            for k in range(args.repeat):
+                results.append(energy.run(runner, x, remaining=args.repeat - 1 - k))
                 if report is not None and runner.replan_needed:  # the network drifted: plan again
                     new_report = replan(report, graph, runner)
                     new_split = (new_report.chosen.i, new_report.chosen.j)
@@ -163,12 +215,15 @@ def run(args: argparse.Namespace) -> int:
                     if new_runner is None:
                         runner.mark_planned()  # drift counts from here
                     else:
+                        energy.finish(runner, x)  # a window covers one split
                         runner.close()
                         runner, split = new_runner, new_split
                         splits_used.append(split)
+            energy.finish(runner, x)
         finally:
             runner.close()
         wall_s = time.perf_counter() - start
+        energies = energy.energies
     if report is None and not args.split:  # no plan could be made: every request ran locally
         for result in results:
             result.fallback = True

@@ -8,10 +8,12 @@ Two sysfs layouts are read (``root`` defaults to ``/sys``):
   ``class/hwmon/hwmon*`` whose ``name`` is ``ina3221``, with ``in{N}_label``, ``in{N}_input`` (mV) and
   ``curr{N}_input`` (mA).
 
-Total vs. sum: when a board input rail is present (``VDD_IN``, ``POM_5V_IN``, ...) it already contains every other
-rail, so it is used **alone**; the sub-rails (CPU, GPU, SOC, CV, ...) are nested inside it and adding them would count
-twice. Boards without an input rail (AGX Xavier: GPU, CPU, SOC, CV, VDDRQ, SYS5V on two monitors) are measured as the
-sum of all their rails. `rails=` overrides the choice. "Sum of shunt voltages" channels are never used.
+Total vs. sum: when a board input rail is present (``VDD_IN`` on TX1/TX2, Xavier NX, Orin NX/Nano; ``POM_5V_IN`` on
+Nano) it already contains every other rail, so it is used **alone**; the sub-rails (CPU, GPU, SOC, CV, ...) are nested
+inside it and adding them would count twice. Boards without an input rail (AGX Xavier: GPU, CPU, SOC, CV, VDDRQ, SYS5V
+on two monitors; AGX Orin: VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0, VDDQ_VDD2_1V8AO) are measured as the sum of all their
+rails: their 5 V system rail (``VIN_SYS_5V0``, ``SYS5V``) is a supply beside the others, not the board input.
+`rails=` overrides the choice. "Sum of shunt voltages" channels are never used.
 
 The rails give instantaneous power, so a sampler thread reads them every `interval_s` while a window is open and the
 energy is the trapezoidal integral of the samples (including one at each end of the window).
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 0.01
 DEFAULT_MIN_WINDOW_S = 0.2
-TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0", "VDD_5V_IN", "VIN")
+TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")  # board input rails (every other rail is nested in them)
 
 
 @dataclass(frozen=True)
