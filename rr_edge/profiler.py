@@ -490,6 +490,7 @@ def wait_for_cloud(
         for b in graph.blocks:
             features.setdefault(b.signature, features_of(b))
     sigs = sorted(features)
+    first_block = {name: graph.blocks[0].signature for name, graph in graphs.items()}  # a model's whole-run query
     start = last_change = time.monotonic()
     last_count = -1
     while True:
@@ -497,8 +498,8 @@ def wait_for_cloud(
         done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
         timed = {
             name
-            for name, graph in graphs.items()
-            if client.predict(cloud, [graph.blocks[0].signature], model=name).model_latency_ms > 0
+            for name, sig in first_block.items()
+            if client.predict(cloud, [sig], [features[sig]], model=name).model_latency_ms > 0
         }
         if len(done) + len(timed) != last_count:
             last_count, last_change = len(done) + len(timed), time.monotonic()

@@ -4,9 +4,11 @@ When an edge reports a layer profile that names the slice of that block (already
 here; a background worker times the slice (warm-up, then repeated runs) and stores the result as a measurement of the
 cloud node with source `cloud-profiler`. A reported whole-model run that names the model's slice is timed the same
 way and stored as the cloud node's run of that model (its whole-model latency; the edge calibrates the cloud's block
-predictions with it). Each signature and each model is timed once per server data dir. Timed runs keep out of the
-way of the edges' requests (`rr_server.activity`): they wait until no inference runs, and one that a request overlapped
-is not counted.
+predictions with it). Each signature and each model is timed once per server data dir, with the slice storage recorded
+for it (its first report's). The queue lives in memory, but the slices it comes from are stored with the report: at
+start, every stored slice the cloud node has not timed yet is queued again, so a `kill -9` loses none. Timed runs keep
+out of the way of the edges' requests (`rr_server.activity`): they wait until no inference runs, and one that a
+request overlapped is not counted.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ class CloudProfiler:
         self._thread = threading.Thread(target=self._worker, name="rr-cloud-profiler", daemon=True)
 
     def start(self) -> None:
+        """Queue the stored slices not timed yet (a restart loses no job), then start the worker."""
+        for signature, slice_id in self._storage.unmeasured_slices(self.node_id).items():
+            if self._slices.get(slice_id) is not None:
+                self._enqueue(BLOCK, signature, slice_id, False)
+        for model, slice_id in self._storage.untimed_models(self.node_id).items():
+            if self._slices.get(slice_id) is not None:
+                self._enqueue(MODEL, model, slice_id, False)
         self._thread.start()
 
     def close(self) -> None:

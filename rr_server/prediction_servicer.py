@@ -40,8 +40,7 @@ class PredictionServicer(rr_grpc.PredictionServiceServicer):
             s: check_features(features_from_pb(f), f"signature {s[:16]!r}")
             for s, f in zip(request.signatures, request.features, strict=False)
         }
-        features = {s: f for s, f in features.items() if not f.is_empty()}
-        self._storage.upsert_features(features)
+        features = {s: f for s, f in features.items() if not f.is_empty()}  # a query's features are not stored
         records = self._predictor.predict(node_id, list(request.signatures), features)
         return rr.PredictResponse(
             predictions=[

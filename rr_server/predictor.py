@@ -12,7 +12,12 @@ Answers, per value:
 * UNKNOWN     - nothing to go on (no measurement of this quantity anywhere yet); the value is 0.
 
 Refits run in a background thread, debounced after reports arrive (`notify`), never on the request path. A node that
-was not in the last fit is folded in (a ridge solve against the fixed column factors) instead of refitting.
+was not in the last fit is folded in (a ridge solve against the fixed column factors) instead of refitting, unless it
+measured a signature no fitted node measured (only a refit carries that to the others). A node with no row at all is
+predicted by the median of the edge rows.
+
+A query stores nothing: a signature outside the fit gets a cold-start column keyed by its features, kept only until the
+next refit (at most `MAX_COLD_COLUMNS` of them; past that a refit is scheduled, which drops them).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from rr_server.cf_engine import engine_name, make_engine
 from rr_server.errors import NotFound
-from rr_server.records import Features, Measurement
+from rr_server.records import ROLE_CLOUD, Features, Measurement
 from rr_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ OP_VOCABULARY = (
     "Transpose", "Softmax", "LayerNormalization", "Gelu", "Erf", "Div", "Sub", "ReduceMean", "Split", "Slice",
 )  # fmt: skip
 _MAX_DEBOUNCE_S = 5.0
+MAX_COLD_COLUMNS = 10_000
 
 
 def _sizes(f: Features) -> list[int]:
@@ -91,11 +97,9 @@ class _Target:
     measured_cols: set[str]
     row_counts: dict[str, tuple[int, float]]
     scale: tuple[np.ndarray, np.ndarray]
+    edge_rows: np.ndarray  # rows of edge nodes (not the server's own row): what a node without a row is like
+    cold: dict[bytes, int] = field(default_factory=dict)  # engine columns added for queried feature vectors
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def features_matrix(self, features: Sequence[Features]) -> np.ndarray:
-        mean, std = self.scale
-        return (np.stack([feature_vector(f) for f in features]) - mean) / std
 
     def value(self, node_id: str, signature: str, features: Features | None) -> tuple[float, str] | None:
         with self.lock:
@@ -103,15 +107,20 @@ class _Target:
             if col is None:
                 if features is None:
                     return None
-                col = self.engine.add_cols(1, self.features_matrix([features]), additive_matrix([features]))
-                self.cols[signature] = col
+                raw, additive = feature_vector(features), additive_vector(features)
+                key = raw.tobytes() + additive.tobytes()  # all a cold column depends on
+                col = self.cold.get(key)
+                if col is None:
+                    mean, std = self.scale
+                    col = self.engine.add_cols(1, ((raw - mean) / std)[None], additive[None])
+                    self.cold[key] = col
             provenance = PREDICTED if signature in self.measured_cols else COLD_START
             row = self.rows.get(node_id)
             if row is not None:
                 return float(self.engine.predict(np.array([row]), np.array([col]))[0]), provenance
-            rows = np.fromiter(self.rows.values(), dtype=np.int64)
+            rows = self.edge_rows if self.edge_rows.size else np.fromiter(self.rows.values(), dtype=np.int64)
             logs = self.engine.predict(rows, np.full(rows.size, col), log=True)
-            return float(np.exp(np.mean(logs))), provenance
+            return float(np.exp(np.median(logs))), provenance
 
 
 class Predictor:
@@ -124,6 +133,7 @@ class Predictor:
         self._sources: dict[str, str] = {}
         self._default_source = ""
         self._fitted_version = -1
+        self._known: tuple[int, dict[str, Features]] = (-1, {})
         self._wake = threading.Event()
         self._fresh = threading.Condition()
         self._stop = False
@@ -168,12 +178,13 @@ class Predictor:
         try:
             measurements = self._storage.latest_measurements()
             signatures = self._storage.signatures()
+            cloud = {n.node_id for n in self._storage.list_nodes() if n.role == ROLE_CLOUD}
             latency = [(m, m.latency_ms) for m in measurements]
             energy = [(m, m.energy_mj) for m in measurements if m.energy_mj is not None]
             started = time.perf_counter()
             self._targets = {
-                "latency": self._fit(latency, signatures, self._targets["latency"]),
-                "energy": self._fit(energy, signatures, self._targets["energy"]),
+                "latency": self._fit(latency, signatures, cloud, self._targets["latency"]),
+                "energy": self._fit(energy, signatures, cloud, self._targets["energy"]),
             }
             self._sources, self._default_source = _energy_sources(measurements)
             log.info(
@@ -190,7 +201,11 @@ class Predictor:
             self._fresh.notify_all()
 
     def _fit(
-        self, data: list[tuple[Measurement, float]], signatures: dict[str, Features], previous: _Target | None
+        self,
+        data: list[tuple[Measurement, float]],
+        signatures: dict[str, Features],
+        cloud: set[str],
+        previous: _Target | None,
     ) -> _Target | None:
         if not data:
             return None
@@ -200,8 +215,8 @@ class Predictor:
         col_names = sorted(set(signatures) | {m.signature for m, _ in data})
         # Fingerprint per node: a changed or added value of a known node forces a refit, a new node is folded in.
         counts = {node: (len(values), sum(values.values())) for node, values in by_node.items()}
-        if previous is not None and _only_new_rows(previous, col_names, counts):
-            return self._fold_in(previous, by_node, counts)
+        if previous is not None and _only_new_rows(previous, col_names, by_node, counts):
+            return self._fold_in(previous, by_node, counts, cloud)
         rows = {node: k for k, node in enumerate(sorted(by_node))}
         cols = {sig: k for k, sig in enumerate(col_names)}
         r = np.array([rows[m.node_id] for m, _ in data], dtype=np.int64)
@@ -215,29 +230,49 @@ class Predictor:
         features = (raw - mean) / std
         engine.fit(r, c, v, len(rows), len(cols), col_features=features, additive_features=additive_matrix(blocks))
         measured = {m.signature for m, _ in data}
-        return _Target(engine, rows, cols, measured, counts, (mean, std))
+        return _Target(engine, rows, cols, measured, counts, (mean, std), _edge_rows(rows, cloud))
 
     @staticmethod
     def _fold_in(
-        previous: _Target, by_node: dict[str, dict[str, float]], counts: dict[str, tuple[int, float]]
+        previous: _Target,
+        by_node: dict[str, dict[str, float]],
+        counts: dict[str, tuple[int, float]],
+        cloud: set[str],
     ) -> _Target:
         rows = dict(previous.rows)
-        measured = set(previous.measured_cols)
         with previous.lock:
             for node in sorted(set(by_node) - set(rows)):
                 values = by_node[node]
                 cols = np.array([previous.cols[s] for s in values], dtype=np.int64)
                 rows[node] = previous.engine.fold_in_row(cols, np.array(list(values.values()), dtype=np.float64))
-                measured |= set(values)
                 log.info("folded node %s into the model (%d measurements)", node, len(values))
-        return _Target(previous.engine, rows, dict(previous.cols), measured, counts, previous.scale, previous.lock)
+        return _Target(
+            previous.engine,
+            rows,
+            previous.cols,
+            previous.measured_cols,
+            counts,
+            previous.scale,
+            _edge_rows(rows, cloud),
+            previous.cold,
+            previous.lock,
+        )
+
+    def _signatures(self) -> dict[str, Features]:
+        """Stored signatures' features, re-read only after reports were stored (not on every query)."""
+        version, known = self._known
+        if version != self._storage.version:
+            version = self._storage.version
+            known = self._storage.signatures()
+            self._known = (version, known)
+        return known
 
     def predict(
         self, node_id: str, signatures: Sequence[str], features: Mapping[str, Features] | None = None
     ) -> list[PredictionRecord]:
         """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows."""
         features = dict(features or {})
-        known = self._storage.signatures()
+        known = self._signatures()
         mine = {m.signature: m for m in self._storage.latest_measurements(node_id)}
         latency_t, energy_t = self._targets["latency"], self._targets["energy"]
         unknown = [
@@ -263,6 +298,8 @@ class Predictor:
                 energy, energy_p = _estimate(energy_t, node_id, sig, f)
                 source = self._sources.get(node_id, self._default_source) if energy_p != UNKNOWN else ""
             out.append(PredictionRecord(sig, latency, energy, latency_p, energy_p, source))
+        if any(t is not None and len(t.cold) > MAX_COLD_COLUMNS for t in (latency_t, energy_t)):
+            self.notify()  # the refit drops the queried columns
         return out
 
 
@@ -273,13 +310,26 @@ def _estimate(target: _Target | None, node_id: str, signature: str, features: Fe
     return found if found is not None else (0.0, UNKNOWN)
 
 
-def _only_new_rows(previous: _Target, col_names: list[str], counts: dict[str, tuple[int, float]]) -> bool:
-    """True when the data differ from the previous fit only by whole new nodes (fold them in, no refit)."""
+def _only_new_rows(
+    previous: _Target,
+    col_names: list[str],
+    by_node: dict[str, dict[str, float]],
+    counts: dict[str, tuple[int, float]],
+) -> bool:
+    """True when the data differ from the previous fit only by whole new nodes that measured only signatures some
+    fitted node measured (fold them in, no refit: a first measurement of a signature must reach the other nodes)."""
     if any(s not in previous.cols for s in col_names):
         return False
     if any(counts.get(node) != n for node, n in previous.row_counts.items()):
         return False
-    return len(counts) > len(previous.row_counts)
+    new = set(counts) - set(previous.row_counts)
+    if any(s not in previous.measured_cols for node in new for s in by_node[node]):
+        return False
+    return bool(new)
+
+
+def _edge_rows(rows: dict[str, int], cloud: set[str]) -> np.ndarray:
+    return np.array(sorted(k for node, k in rows.items() if node not in cloud), dtype=np.int64)
 
 
 def _energy_sources(measurements: list[Measurement]) -> tuple[dict[str, str], str]:

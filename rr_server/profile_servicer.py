@@ -1,7 +1,8 @@
 """roadrunner.v1.ProfileService: layer-profile and network-profile reports.
 
 A layer-profile stream is validated as a whole and stored in one transaction before the acknowledgement, so a
-report is either completely stored or not at all.
+report is either completely stored or not at all. Only slices already uploaded are recorded for their blocks and
+models; the cloud profiler times the slice storage holds for each (the first one reported).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from rr_server.records import (
     MAX_ENERGY_MJ,
     MAX_ID_LENGTH,
     MAX_LATENCY_MS,
+    MIN_ENERGY_MJ,
+    MIN_LATENCY_MS,
     ROLE_CLOUD,
     Features,
     Measurement,
@@ -79,25 +82,25 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 measurements.append(m)
                 if layer.HasField("features"):
                     f = check_features(features_from_pb(layer.features), f"signature {layer.signature[:16]!r}")
-                    if not f.is_empty():
-                        features[layer.signature] = f
+                    if not f.is_empty() and features.setdefault(layer.signature, f) != f:
+                        raise InvalidArgument(f"signature {layer.signature[:16]!r}: two different features")
                 if layer.slice_id:
-                    slice_ids[layer.signature] = check_slice_id(layer.slice_id)
+                    slice_ids.setdefault(layer.signature, check_slice_id(layer.slice_id))
             elif which == "model":
                 runs.append(_check_run(model_run_from_pb(request.node_id, request.model, now)))
                 if request.model.slice_id:
-                    model_slices[request.model.model] = check_slice_id(request.model.slice_id)
+                    model_slices.setdefault(request.model.model, check_slice_id(request.model.slice_id))
             else:
                 raise InvalidArgument(f"report item {k} carries neither a layer nor a model profile")
-        self._storage.add_reports(measurements, features, slice_ids, runs)
+        slice_ids = {s: i for s, i in slice_ids.items() if self._slices.get(i) is not None}
+        model_slices = {m: i for m, i in model_slices.items() if self._slices.get(i) is not None}
+        self._storage.add_reports(measurements, features, slice_ids, runs, model_slices)
         self._predictor.notify()
         if self._cloud is not None:
-            for signature, slice_id in slice_ids.items():
-                if self._slices.get(slice_id) is not None:
-                    self._cloud.submit(signature, slice_id)
-            for model, slice_id in model_slices.items():
-                if self._slices.get(slice_id) is not None:
-                    self._cloud.submit_model(model, slice_id)
+            for signature in slice_ids:
+                self._cloud.submit(signature, self._storage.slice_of(signature))
+            for model in model_slices:
+                self._cloud.submit_model(model, self._storage.model_slice_of(model))
         return rr.ReportLayerProfilesResponse(accepted_layers=len(measurements), accepted_models=len(runs))
 
     def ReportNetworkProfile(self, request, context):
@@ -133,8 +136,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
 def _check_run(run: ModelRun) -> ModelRun:
     if not run.model or len(run.model) > MAX_ID_LENGTH:
         raise InvalidArgument(f"model name must be 1-{MAX_ID_LENGTH} characters")
-    check_positive(run.latency_ms, f"model {run.model!r}: latency median_ms", MAX_LATENCY_MS)
-    check_positive(run.sum_of_blocks_ms, f"model {run.model!r}: sum_of_blocks_ms", MAX_LATENCY_MS)
+    check_positive(run.latency_ms, f"model {run.model!r}: latency median_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
+    check_positive(run.sum_of_blocks_ms, f"model {run.model!r}: sum_of_blocks_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
     if run.energy_mj is not None:
-        check_positive(run.energy_mj, f"model {run.model!r}: energy_mj", MAX_ENERGY_MJ)
+        check_positive(run.energy_mj, f"model {run.model!r}: energy_mj", MAX_ENERGY_MJ, MIN_ENERGY_MJ)
     return run

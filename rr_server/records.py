@@ -67,10 +67,15 @@ class ModelRun:
     measured_at: float = 0.0
 
 
-# Largest plausible values: a block taking more than a day or a joule-hour is a unit bug, not a measurement.
+# Plausible ranges: a block taking more than a day or a joule-hour, or less than 0.1 us or a nanojoule, is a unit bug
+# (or a lie), not a measurement; one such value would drag the fleet's log-space predictions with it.
 MAX_LATENCY_MS = 86_400_000.0
 MAX_ENERGY_MJ = 3.6e9
+MIN_LATENCY_MS = 1e-4
+MIN_ENERGY_MJ = 1e-6
 MAX_ID_LENGTH = 256
+MAX_OPS_PER_BLOCK = 10_000
+MAX_OP_NAME_LENGTH = 128
 ENERGY_SOURCES = ("nvml", "rapl", "jetson", "model")
 
 
@@ -82,9 +87,11 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-def check_positive(value: float, what: str, upper: float) -> float:
-    if not math.isfinite(value) or value <= 0 or value > upper:
-        raise InvalidArgument(f"{what} must be a finite number in (0, {upper:g}], got {value!r}")
+def check_positive(value: float, what: str, upper: float, lower: float = 0.0) -> float:
+    """`value` must be finite, positive, at least `lower` and at most `upper`."""
+    if not math.isfinite(value) or value <= 0 or value < lower or value > upper:
+        low = f"[{lower:g}" if lower > 0 else "(0"
+        raise InvalidArgument(f"{what} must be a finite number in {low}, {upper:g}], got {value!r}")
     return value
 
 
@@ -93,8 +100,11 @@ def check_features(features: Features, what: str) -> Features:
         value = getattr(features, name)
         if value < 0:
             raise InvalidArgument(f"{what}: {name} must not be negative, got {value}")
-    if len(features.ops) > 100_000:
-        raise InvalidArgument(f"{what}: {len(features.ops)} ops is not a block")
+    if len(features.ops) > MAX_OPS_PER_BLOCK:
+        raise InvalidArgument(f"{what}: {len(features.ops)} ops is not a block (at most {MAX_OPS_PER_BLOCK})")
+    for op in features.ops:
+        if not op or len(op) > MAX_OP_NAME_LENGTH or not op.isprintable():
+            raise InvalidArgument(f"{what}: op {op[:40]!r} must be 1-{MAX_OP_NAME_LENGTH} printable characters")
     return features
 
 
@@ -102,7 +112,7 @@ def check_measurement(m: Measurement) -> Measurement:
     """Validate a reported measurement; raises InvalidArgument naming the bad field."""
     where = f"signature {m.signature[:16]!r}"
     check_id(m.signature, "signature")
-    check_positive(m.latency_ms, f"{where}: latency median_ms", MAX_LATENCY_MS)
+    check_positive(m.latency_ms, f"{where}: latency median_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
     for name in ("p10_ms", "p90_ms", "cv"):
         value = getattr(m, name)
         if not math.isfinite(value) or value < 0:
@@ -112,7 +122,7 @@ def check_measurement(m: Measurement) -> Measurement:
     if m.samples < 0 or m.samples > 10_000_000:
         raise InvalidArgument(f"{where}: samples must be in [0, 1e7], got {m.samples}")
     if m.energy_mj is not None:
-        check_positive(m.energy_mj, f"{where}: energy_mj", MAX_ENERGY_MJ)
+        check_positive(m.energy_mj, f"{where}: energy_mj", MAX_ENERGY_MJ, MIN_ENERGY_MJ)
         if m.energy_source not in ENERGY_SOURCES:
             raise InvalidArgument(f"{where}: energy_source must be one of {', '.join(ENERGY_SOURCES)}")
     return m

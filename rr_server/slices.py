@@ -15,6 +15,7 @@ domains, then runs `onnx.checker`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -225,7 +226,8 @@ class Upload:
 
     def abort(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # closing flushes the buffer: on a full disk that fails as well
+                self._file.close()
         self._path.unlink(missing_ok=True)
 
 

@@ -1,19 +1,33 @@
 """Durable state in SQLite (WAL, synchronous=FULL): nodes, signatures with features, measurements, network profiles.
 
 Every write commits before it returns, so a caller that acknowledges after a write survives `kill -9`.
-Measurements are appended (history kept); readers see the latest one per (node, signature).
+Measurements are appended (history kept); readers see the latest latency per (node, signature) and the latest energy
+(a newer report without a meter does not hide the measured energy).
+
+A signature's features and uploaded slice are set by its first report: later features that differ are kept out
+(logged), and a later report naming another slice keeps the first one (blocks with the same structure and other
+weights share a signature, not a slice). The
+slices named for blocks and whole models are kept here, so the cloud profiler finds the ones it has not timed yet
+after a restart.
+
+The schema only grows by `CREATE ... IF NOT EXISTS` (a new table or index reaches an existing database when it is
+opened); there is no schema version.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rr_server.records import Features, Measurement, ModelRun, NodeRecord
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -58,6 +72,10 @@ CREATE TABLE IF NOT EXISTS model_runs (
     energy_source TEXT NOT NULL,
     measured_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS model_slices (
+    model TEXT PRIMARY KEY,
+    slice_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS network_profiles (
     node_id TEXT PRIMARY KEY REFERENCES nodes(node_id),
     profile TEXT NOT NULL,
@@ -65,9 +83,14 @@ CREATE TABLE IF NOT EXISTS network_profiles (
 );
 """
 
+# The newest row per (node, signature), with the energy of the newest row that has one.
 _LATEST = """
-SELECT m.* FROM measurements m
-JOIN (SELECT MAX(id) AS id FROM measurements {where} GROUP BY node_id, signature) last ON m.id = last.id
+SELECT m.*, e.energy_mj AS last_energy_mj, e.energy_source AS last_energy_source FROM measurements m
+JOIN (
+    SELECT MAX(id) AS id, MAX(CASE WHEN energy_mj IS NOT NULL THEN id END) AS energy_id
+    FROM measurements {where} GROUP BY node_id, signature
+) last ON m.id = last.id
+LEFT JOIN measurements e ON e.id = last.energy_id
 ORDER BY m.node_id, m.signature
 """
 
@@ -91,16 +114,22 @@ class Storage:
         with self._lock:
             self._db.close()
 
-    def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: reads inside it see what the writes will change."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
+        with self._transaction() as db:
+            for sql, args in statements:
+                db.execute(sql, args)
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -111,18 +140,15 @@ class Storage:
     def upsert_node(self, node_id: str, role: str, device: dict) -> tuple[NodeRecord, bool]:
         """Create or update a node; returns the stored record and whether it was created."""
         now = time.time()
-        existing = self.get_node(node_id)
-        registered_at = existing.registered_at if existing else now
-        self._write(
-            [
-                (
-                    "INSERT INTO nodes(node_id, role, device, registered_at, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(node_id) DO UPDATE SET role=excluded.role, device=excluded.device, "
-                    "updated_at=excluded.updated_at",
-                    (node_id, role, json.dumps(device, sort_keys=True), registered_at, now),
-                )
-            ]
-        )
+        with self._transaction() as db:
+            existing = db.execute("SELECT registered_at FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            registered_at = existing["registered_at"] if existing else now
+            db.execute(
+                "INSERT INTO nodes(node_id, role, device, registered_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET role=excluded.role, device=excluded.device, "
+                "updated_at=excluded.updated_at",
+                (node_id, role, json.dumps(device, sort_keys=True), registered_at, now),
+            )
         return NodeRecord(node_id, role, device, registered_at), existing is None
 
     def get_node(self, node_id: str) -> NodeRecord | None:
@@ -140,19 +166,25 @@ class Storage:
         features: dict[str, Features],
         slice_ids: dict[str, str],
         runs: list[ModelRun],
+        model_slices: dict[str, str] | None = None,
     ) -> None:
-        """Store a batch of measurements, their signatures' features and model runs in one transaction."""
-        statements: list[tuple[str, tuple]] = []
-        for signature, f in features.items():
-            statements.append(_upsert_signature(signature, f, slice_ids.get(signature, "")))
-        for signature, slice_id in slice_ids.items():
-            if signature not in features:
-                statements.append(("UPDATE signatures SET slice_id = ? WHERE signature = ?", (slice_id, signature)))
-        for m in measurements:
-            statements.append(
-                (
-                    "INSERT INTO measurements(node_id, signature, latency_ms, p10_ms, p90_ms, cv, samples, energy_mj, "
-                    "energy_source, source, settings, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        """Store a batch of measurements, their signatures' features and slices, model runs and the slices of whole
+        models in one transaction."""
+        model_slices = model_slices or {}
+        if not (measurements or features or slice_ids or runs or model_slices):
+            return
+        with self._transaction() as db:
+            for signature in features.keys() | slice_ids.keys():
+                _store_signature(db, signature, features.get(signature), slice_ids.get(signature, ""))
+            for model, slice_id in model_slices.items():
+                db.execute(
+                    "INSERT INTO model_slices(model, slice_id) VALUES (?, ?) ON CONFLICT(model) DO NOTHING",
+                    (model, slice_id),
+                )
+            db.executemany(
+                "INSERT INTO measurements(node_id, signature, latency_ms, p10_ms, p90_ms, cv, samples, energy_mj, "
+                "energy_source, source, settings, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         m.node_id,
                         m.signature,
@@ -166,14 +198,14 @@ class Storage:
                         m.source,
                         json.dumps(m.settings, sort_keys=True),
                         m.measured_at or time.time(),
-                    ),
-                )
+                    )
+                    for m in measurements
+                ],
             )
-        for r in runs:
-            statements.append(
-                (
-                    "INSERT INTO model_runs(node_id, model, latency_ms, sum_of_blocks_ms, energy_mj, energy_source, "
-                    "measured_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            db.executemany(
+                "INSERT INTO model_runs(node_id, model, latency_ms, sum_of_blocks_ms, energy_mj, energy_source, "
+                "measured_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         r.node_id,
                         r.model,
@@ -182,19 +214,11 @@ class Storage:
                         r.energy_mj,
                         r.energy_source,
                         r.measured_at or time.time(),
-                    ),
-                )
+                    )
+                    for r in runs
+                ],
             )
-        if statements:
-            self._write(statements)
             self.version += 1
-
-    def upsert_features(self, features: dict[str, Features]) -> None:
-        """Remember features of signatures (e.g. sent along with a prediction query) without measurements."""
-        known = self.signatures()
-        new = {s: f for s, f in features.items() if s not in known or known[s].is_empty()}
-        if new:
-            self._write([_upsert_signature(s, f, "") for s, f in new.items()])
 
     def signatures(self) -> dict[str, Features]:
         return {r["signature"]: _features(r) for r in self._read("SELECT * FROM signatures")}
@@ -203,8 +227,30 @@ class Storage:
         rows = self._read("SELECT slice_id FROM signatures WHERE signature = ?", (signature,))
         return rows[0]["slice_id"] if rows else ""
 
+    def model_slice_of(self, model: str) -> str:
+        rows = self._read("SELECT slice_id FROM model_slices WHERE model = ?", (model,))
+        return rows[0]["slice_id"] if rows else ""
+
+    def unmeasured_slices(self, node_id: str) -> dict[str, str]:
+        """Signatures with a slice that `node_id` has not measured: signature -> slice id."""
+        rows = self._read(
+            "SELECT signature, slice_id FROM signatures s WHERE slice_id != '' AND NOT EXISTS "
+            "(SELECT 1 FROM measurements m WHERE m.node_id = ? AND m.signature = s.signature) ORDER BY signature",
+            (node_id,),
+        )
+        return {r["signature"]: r["slice_id"] for r in rows}
+
+    def untimed_models(self, node_id: str) -> dict[str, str]:
+        """Models with a whole-model slice that `node_id` has no run of: model -> slice id."""
+        rows = self._read(
+            "SELECT model, slice_id FROM model_slices s WHERE NOT EXISTS "
+            "(SELECT 1 FROM model_runs r WHERE r.node_id = ? AND r.model = s.model) ORDER BY model",
+            (node_id,),
+        )
+        return {r["model"]: r["slice_id"] for r in rows}
+
     def latest_measurements(self, node_id: str | None = None) -> list[Measurement]:
-        """Latest measurement per (node, signature), for one node or all."""
+        """Latest measurement per (node, signature), for one node or all, with the latest energy any of them had."""
         if node_id is None:
             rows = self._read(_LATEST.format(where=""))
         else:
@@ -258,12 +304,23 @@ class Storage:
         return json.loads(rows[0]["profile"]) if rows else None
 
 
+def _store_signature(db: sqlite3.Connection, signature: str, f: Features | None, slice_id: str) -> None:
+    """A reported signature's features and slice (inside the report's transaction): the first report that gives them
+    sets them; later features that differ are kept out (logged), so no reporter rewrites what others measured."""
+    row = db.execute("SELECT * FROM signatures WHERE signature = ?", (signature,)).fetchone()
+    stored = _features(row) if row is not None else Features()
+    if f is not None and not stored.is_empty() and f != stored:
+        log.warning("signature %s: a report gave other features than its first one; the first are kept", signature)
+    db.execute(*_upsert_signature(signature, f if stored.is_empty() and f is not None else stored, slice_id))
+
+
 def _upsert_signature(signature: str, f: Features, slice_id: str) -> tuple[str, tuple]:
+    """Set the features; the slice only while the signature has none."""
     return (
         "INSERT INTO signatures(signature, ops, flops, param_bytes, input_bytes, output_bytes, slice_id) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(signature) DO UPDATE SET ops=excluded.ops, flops=excluded.flops, "
         "param_bytes=excluded.param_bytes, input_bytes=excluded.input_bytes, output_bytes=excluded.output_bytes, "
-        "slice_id=CASE WHEN excluded.slice_id != '' THEN excluded.slice_id ELSE signatures.slice_id END",
+        "slice_id=CASE WHEN signatures.slice_id = '' THEN excluded.slice_id ELSE signatures.slice_id END",
         (signature, json.dumps(list(f.ops)), f.flops, f.param_bytes, f.input_bytes, f.output_bytes, slice_id),
     )
 
@@ -287,8 +344,8 @@ def _measurement(row: sqlite3.Row) -> Measurement:
         p90_ms=row["p90_ms"],
         cv=row["cv"],
         samples=row["samples"],
-        energy_mj=row["energy_mj"],
-        energy_source=row["energy_source"],
+        energy_mj=row["last_energy_mj"],
+        energy_source=row["last_energy_source"] if row["last_energy_mj"] is not None else row["energy_source"],
         source=row["source"],
         settings=json.loads(row["settings"]),
         measured_at=row["measured_at"],

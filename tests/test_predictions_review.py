@@ -1,0 +1,211 @@
+"""Predictions under hostile or unusual input: implausible values, nodes without a row, first measurements by a
+folded-in node, queries that must not write, oversized op lists."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from _server_support import Stubs, layer, report, start_server
+
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server import predictor as predictor_module
+from rr_server.records import (
+    MAX_OP_NAME_LENGTH,
+    MAX_OPS_PER_BLOCK,
+    MIN_ENERGY_MJ,
+    MIN_LATENCY_MS,
+    SOURCE_CLOUD_PROFILER,
+    Measurement,
+)
+
+SIGS = [f"s{k}" for k in range(8)]
+CONV = {"ops": ["Conv"], "flops": 1000, "param_bytes": 10, "input_bytes": 10, "output_bytes": 10}
+
+
+@pytest.fixture
+def env(tmp_path):
+    server = start_server(tmp_path, cloud_profiling=False)
+    stubs = Stubs.connect(server.address)
+    yield server, stubs
+    stubs.close()
+    server.stop(grace=1)
+
+
+def register(stubs: Stubs, *node_ids: str) -> None:
+    for node_id in node_ids:
+        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node_id, role=rr.NODE_ROLE_EDGE), timeout=5)
+
+
+def predict(stubs: Stubs, node_id: str, signatures: list[str], features: list | None = None) -> list[rr.Prediction]:
+    request = rr.PredictRequest(node_id=node_id, signatures=signatures, features=features or [])
+    return list(stubs.predictions.Predict(request, timeout=30).predictions)
+
+
+def rejected(stubs: Stubs, node_id: str, item: rr.LayerProfile) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report(node_id, item), timeout=10)
+    return err.value
+
+
+def test_implausibly_small_latency_and_energy_are_rejected(env):
+    server, stubs = env
+    register(stubs, "pi4")
+    for item, fragment in (
+        (layer("s", 1e-300), "latency median_ms"),
+        (layer("s", MIN_LATENCY_MS / 2), "latency median_ms"),
+        (layer("s", 1.0, energy_mj=1e-300), "energy_mj"),
+        (layer("s", 1.0, energy_mj=MIN_ENERGY_MJ / 2), "energy_mj"),
+    ):
+        err = rejected(stubs, "pi4", item)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.details()
+    assert server.storage.count_measurements() == 0
+    ack = stubs.profiles.ReportLayerProfiles(report("pi4", layer("s", MIN_LATENCY_MS, MIN_ENERGY_MJ)), timeout=10)
+    assert ack.accepted_layers == 1
+    # a whole-model run too: a 1e-300 ms model would drag the node's end-to-end correction
+    tiny = rr.ReportLayerProfilesRequest(
+        node_id="pi4", model=rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=1e-300), sum_of_blocks_ms=1.0)
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(iter([tiny]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model 'm'" in err.value.details()
+
+
+def report_scaled(server, stubs: Stubs, factors: dict[str, float]) -> None:
+    """Each node (registered now) reports every signature at factor * (1 + k) ms; the server's own row too."""
+    edges = {node: f for node, f in factors.items() if node != server.config.cloud_node_id}
+    register(stubs, *edges, "new")
+    for node, factor in edges.items():
+        stubs.profiles.ReportLayerProfiles(
+            report(node, *[layer(s, factor * (1 + k), **CONV) for k, s in enumerate(SIGS)]), timeout=10
+        )
+    if server.config.cloud_node_id in factors:
+        factor = factors[server.config.cloud_node_id]
+        timed = [
+            Measurement(server.config.cloud_node_id, s, factor * (1 + k), source=SOURCE_CLOUD_PROFILER)
+            for k, s in enumerate(SIGS)
+        ]
+        server.storage.add_reports(timed, {}, {}, [])
+    assert server.predictor.wait_fresh(10)
+
+
+def predicted_ratios(stubs: Stubs, node_id: str) -> list[float]:
+    answers = predict(stubs, node_id, SIGS)
+    assert {p.latency_provenance for p in answers} == {rr.PROVENANCE_PREDICTED}
+    return [p.latency_ms / (1 + k) for k, p in enumerate(answers)]
+
+
+def test_a_node_without_a_row_is_predicted_like_the_edge_nodes_not_the_server(env):
+    server, stubs = env
+    report_scaled(server, stubs, {"a": 2.0, server.config.cloud_node_id: 1e-3})
+    assert server.config.cloud_node_id in server.predictor._targets["latency"].rows
+    for ratio in predicted_ratios(stubs, "new"):
+        assert 1.0 < ratio < 4.0  # like a (2x); with the server's row as well, ~0.04x
+
+
+def test_one_outlying_node_does_not_drag_the_predictions_of_a_node_without_a_row(env):
+    server, stubs = env
+    report_scaled(server, stubs, {"a": 1.0, "b": 2.0, "c": 4.0, "fast": MIN_LATENCY_MS})
+    for ratio in predicted_ratios(stubs, "new"):
+        assert 0.7 < ratio < 4.0  # the median of the four rows, ~1.4x; their geometric mean is ~0.17x
+
+
+def test_a_first_measurement_by_a_folded_in_node_reaches_the_other_nodes(env):
+    """a and b measured energy on s*, only latency on t0; new node c is the first to measure t0's energy. It is not
+    folded in against t0's features-only column: a refit carries c's 1000 mJ to a's prediction."""
+    server, stubs = env
+    register(stubs, "a", "b", "c")
+    for node, factor in (("a", 1.0), ("b", 2.0)):
+        layers = [layer(s, factor * (1 + k % 3), energy_mj=factor * (1 + k % 3), **CONV) for k, s in enumerate(SIGS)]
+        stubs.profiles.ReportLayerProfiles(report(node, *layers, layer("t0", factor, **CONV)), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    (before,) = predict(stubs, "a", ["t0"])
+    assert before.energy_provenance == rr.PROVENANCE_COLD_START and before.energy_mj < 10.0
+    layers = [layer(s, 1.5 * (1 + k % 3), energy_mj=1.5 * (1 + k % 3), **CONV) for k, s in enumerate(SIGS)]
+    stubs.profiles.ReportLayerProfiles(report("c", *layers, layer("t0", 1.5, energy_mj=1000.0, **CONV)), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    (after,) = predict(stubs, "a", ["t0"])
+    assert after.energy_provenance == rr.PROVENANCE_PREDICTED
+    assert after.energy_mj > 2 * before.energy_mj  # stale: the cold-start value again
+
+
+def test_a_new_node_measuring_only_measured_signatures_is_still_folded_in(env):
+    server, stubs = env
+    register(stubs, "a", "b", "c")
+    for node, factor in (("a", 1.0), ("b", 2.0)):
+        layers = [layer(s, factor * (1 + k), energy_mj=factor * (1 + k), **CONV) for k, s in enumerate(SIGS)]
+        stubs.profiles.ReportLayerProfiles(report(node, *layers), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    fitted = {name: t.engine for name, t in server.predictor._targets.items() if t is not None}
+    stubs.profiles.ReportLayerProfiles(report("c", layer("s0", 1.5, energy_mj=1.5)), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    for name, engine in fitted.items():
+        target = server.predictor._targets[name]
+        assert target is not None and target.engine is engine and "c" in target.rows
+
+
+def test_predict_stores_nothing_and_the_model_does_not_grow(env, monkeypatch):
+    server, stubs = env
+    register(stubs, "a", "b")
+    for node, factor in (("a", 1.0), ("b", 2.0)):
+        layers = [layer(s, factor * (1 + k), **CONV) for k, s in enumerate(SIGS)]
+        stubs.profiles.ReportLayerProfiles(report(node, *layers), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    stored = server.storage.signatures()
+    target = server.predictor._targets["latency"]
+    n_cols = target.engine.n_cols
+    # Many signatures with the same features share one cold-start column; nothing reaches the database.
+    same = rr.BlockFeatures(ops=["Gemm"], flops=5000, input_bytes=10, output_bytes=10)
+    answers = predict(stubs, "a", [f"junk{k}" for k in range(50)], [same] * 50)
+    assert {p.latency_provenance for p in answers} == {rr.PROVENANCE_COLD_START}
+    assert len({p.latency_ms for p in answers}) == 1
+    assert server.storage.signatures() == stored
+    assert target.engine.n_cols == n_cols + 1 and target.cols.keys() == set(SIGS)
+    # A signature known only from an earlier query is not remembered.
+    with pytest.raises(grpc.RpcError) as err:
+        predict(stubs, "a", ["junk0"])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Past the cap on queried columns, a refit drops them all.
+    monkeypatch.setattr(predictor_module, "MAX_COLD_COLUMNS", 5)
+    distinct = [rr.BlockFeatures(ops=["Gemm"], flops=10**6 + k, input_bytes=10, output_bytes=10) for k in range(10)]
+    predict(stubs, "b", [f"other{k}" for k in range(10)], distinct)
+    assert server.storage.signatures() == stored
+    deadline = time.monotonic() + 10
+    while server.predictor._targets["latency"] is target and time.monotonic() < deadline:
+        time.sleep(0.02)
+    refitted = server.predictor._targets["latency"]
+    assert refitted is not target and refitted.engine.n_cols == len(SIGS) and not refitted.cold
+
+
+def test_op_names_and_op_counts_are_capped(env):
+    server, stubs = env
+    register(stubs, "pi4")
+    too_long = layer("s", 1.0, ops=["Conv", "X" * (MAX_OP_NAME_LENGTH + 1)], flops=10)
+    too_many = layer("s", 1.0, ops=["Relu"] * (MAX_OPS_PER_BLOCK + 1), flops=10)
+    for item in (too_long, too_many):
+        err = rejected(stubs, "pi4", item)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "signature 's'" in err.details()
+    assert server.storage.count_measurements() == 0 and server.storage.signatures() == {}
+    with pytest.raises(grpc.RpcError) as err:
+        predict(stubs, "pi4", ["q"], [rr.BlockFeatures(ops=["Y" * (MAX_OP_NAME_LENGTH + 1)])])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    longest = layer("s", 1.0, ops=["X" * MAX_OP_NAME_LENGTH] * MAX_OPS_PER_BLOCK, flops=10)
+    assert stubs.profiles.ReportLayerProfiles(report("pi4", longest), timeout=10).accepted_layers == 1
+
+
+def test_predict_rereads_the_signatures_only_after_new_reports(env, monkeypatch):
+    server, stubs = env
+    register(stubs, "a")
+    stubs.profiles.ReportLayerProfiles(report("a", layer("s0", 1.0, **CONV)), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    reads = []
+    signatures = server.storage.signatures
+    monkeypatch.setattr(server.storage, "signatures", lambda: reads.append(1) or signatures())
+    for _ in range(3):
+        predict(stubs, "a", ["s0"])
+    assert len(reads) <= 1
+    register(stubs, "b")
+    stubs.profiles.ReportLayerProfiles(report("a", layer("s1", 2.0, **CONV)), timeout=10)
+    (p,) = predict(stubs, "b", ["s1"])  # known as soon as it is stored, refit or not
+    assert p.latency_provenance in (rr.PROVENANCE_PREDICTED, rr.PROVENANCE_COLD_START)

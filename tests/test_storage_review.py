@@ -1,0 +1,163 @@
+"""Storage and cloud-row fixes: the latest energy beside the latest latency, a signature's features and slice set by
+its first report, cloud timing jobs that survive `kill -9`, and writes whose reads happen inside their transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from _server_process import ServerProcess
+from _server_support import Stubs, conv_model, layer, report, sha256, start_server
+
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server.records import Features
+from rr_server.storage import Storage
+
+FEATURES = {"ops": ["Conv", "Relu"], "flops": 10**6, "param_bytes": 448, "input_bytes": 768, "output_bytes": 1024}
+OTHER = {"ops": ["Gemm"], "flops": 10**12, "param_bytes": 1, "input_bytes": 1, "output_bytes": 1}
+
+
+def register(stubs: Stubs, *node_ids: str) -> None:
+    for node_id in node_ids:
+        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node_id, role=rr.NODE_ROLE_EDGE), timeout=10)
+
+
+def measured(stubs: Stubs, node_id: str) -> set[str]:
+    request = rr.ListMeasuredSignaturesRequest(node_id=node_id)
+    return set(stubs.profiles.ListMeasuredSignatures(request, timeout=10).signatures)
+
+
+# -- 3: a report without energy keeps the node's measured energy ------------------------------------------------------
+
+
+def test_a_report_without_energy_keeps_the_measured_energy(tmp_path):
+    server = start_server(tmp_path, cloud_profiling=False)
+    stubs = Stubs.connect(server.address)
+    try:
+        register(stubs, "a", "b")
+        stubs.profiles.ReportLayerProfiles(report("a", layer("sig", 2.0, energy_mj=10.0, **FEATURES)), timeout=10)
+        stubs.profiles.ReportLayerProfiles(report("b", layer("sig", 4.0, energy_mj=30.0, **FEATURES)), timeout=10)
+        stubs.profiles.ReportLayerProfiles(report("a", layer("sig", 1.5)), timeout=10)  # no meter this time
+        assert server.predictor.wait_fresh()
+        (p,) = stubs.predictions.Predict(rr.PredictRequest(node_id="a", signatures=["sig"]), timeout=10).predictions
+        assert (p.latency_ms, p.latency_provenance) == (1.5, rr.PROVENANCE_MEASURED)  # the latest latency
+        assert (p.energy_mj, p.energy_provenance, p.energy_source) == (10.0, rr.PROVENANCE_MEASURED, "rapl")
+        stubs.profiles.ReportLayerProfiles(report("a", layer("sig", 1.6, energy_mj=12.0)), timeout=10)
+        (m,) = server.storage.latest_measurements("a")
+        assert (m.latency_ms, m.energy_mj) == (1.6, 12.0)  # and the latest energy, once there is a newer one
+    finally:
+        stubs.close()
+        server.stop(grace=1)
+
+
+# -- 2: a signature's features and slice are set by its first report ---------------------------------------------------
+
+
+def test_a_signatures_features_and_slice_are_set_by_its_first_report(tmp_path):
+    server = start_server(tmp_path)
+    stubs = Stubs.connect(server.address)
+    timed: list[str] = []
+    time_slice = server.cloud_profiler.time_slice
+
+    def recording(slice_id: str) -> tuple[list[float], str]:
+        timed.append(slice_id)
+        return time_slice(slice_id)
+
+    server.cloud_profiler.time_slice = recording  # type: ignore[method-assign]
+    try:
+        register(stubs, "a", "b")
+        light, heavy = conv_model(seed=1), conv_model(channels=16, size=32, out_channels=16, seed=2)
+        stubs.upload(light)
+        stubs.upload(heavy)
+        # a prediction query's features are not stored: the first report sets them
+        query = rr.PredictRequest(node_id="a", signatures=["blk"], features=[rr.BlockFeatures(**OTHER)])
+        stubs.predictions.Predict(query, timeout=10)
+        first = layer("blk", 1.0, **FEATURES)
+        first.slice_id = sha256(light)
+        stubs.profiles.ReportLayerProfiles(report("a", first), timeout=10)
+        assert server.storage.signatures()["blk"] == Features(tuple(FEATURES["ops"]), 10**6, 448, 768, 1024)
+        # b gives other features and another slice: its measurement is stored, the first features and slice stay
+        wrong = layer("blk", 9.0, **OTHER)
+        wrong.slice_id = sha256(heavy)
+        stubs.profiles.ReportLayerProfiles(report("b", wrong), timeout=10)
+        assert measured(stubs, "b") == {"blk"}
+        assert server.storage.signatures()["blk"] == Features(tuple(FEATURES["ops"]), 10**6, 448, 768, 1024)
+        assert server.storage.slice_of("blk") == sha256(light)
+        assert server.cloud_profiler.wait_idle(60)
+        assert timed == [sha256(light)] and measured(stubs, "cloud") == {"blk"}
+        # one report giving a signature two different features is refused too
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.profiles.ReportLayerProfiles(
+                report("b", layer("twice", 1.0, **FEATURES), layer("twice", 1.0, **OTHER)), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "twice" not in server.storage.signatures()
+    finally:
+        stubs.close()
+        server.stop(grace=1)
+
+
+# -- 1: the cloud's timing jobs survive kill -9 -----------------------------------------------------------------------
+
+
+def test_slices_reported_before_a_kill_9_are_timed_after_the_restart(tmp_path):
+    data_dir = tmp_path / "data"
+    block, whole = conv_model(channels=32, size=32, out_channels=32, seed=3), conv_model(seed=4)
+    server = ServerProcess(data_dir)
+    stubs = Stubs.connect(server.address)
+    register(stubs, "a")
+    stubs.upload(block)
+    stubs.upload(whole)
+    items = []
+    for k in range(20):
+        item = layer(f"blk{k:02d}", 2.0 + k, **FEATURES)
+        item.slice_id = sha256(block)
+        items.append(rr.ReportLayerProfilesRequest(node_id="a", layer=item))
+    run = rr.ModelProfile(model="net", latency=rr.LatencyStats(median_ms=50.0), sum_of_blocks_ms=45.0)
+    run.slice_id = sha256(whole)  # last: queued behind every block
+    items.append(rr.ReportLayerProfilesRequest(node_id="a", model=run))
+    assert stubs.profiles.ReportLayerProfiles(iter(items), timeout=30).accepted_layers == 20
+    server.kill9()  # right after the acknowledgement: the queue held most of the jobs
+    stubs.close()
+
+    server = ServerProcess(data_dir)
+    try:
+        stubs = Stubs.connect(server.address)
+        cloud = stubs.nodes.GetServerInfo(rr.GetServerInfoRequest(), timeout=10).cloud_node_id
+        query = rr.PredictRequest(node_id=cloud, signatures=["blk00"], model="net")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = measured(stubs, cloud)
+            whole_ms = stubs.predictions.Predict(query, timeout=10).model_latency_ms
+            if len(done) == 20 and whole_ms > 0:
+                break
+            time.sleep(0.5)
+        assert done == {f"blk{k:02d}" for k in range(20)}
+        assert whole_ms > 0
+    finally:
+        stubs.close()
+        server.terminate()
+
+
+# -- 4: reads that decide a write happen inside its transaction -------------------------------------------------------
+
+
+def test_concurrent_registrations_create_a_node_once(tmp_path):
+    storage = Storage(tmp_path)
+    created: list[tuple[str, bool]] = []
+    barriers = {f"n{k}": threading.Barrier(6) for k in range(10)}
+
+    def register_all() -> None:
+        for node_id, barrier in barriers.items():
+            barrier.wait()
+            created.append((node_id, storage.upsert_node(node_id, "edge", {})[1]))
+
+    threads = [threading.Thread(target=register_all) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    storage.close()
+    assert len(created) == 60
+    assert sorted(node_id for node_id, new in created if new) == sorted(barriers)
