@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -145,23 +151,25 @@ def test_row_counts_scales_and_noise_track_fit_fold_in_and_refit() -> None:
     np.testing.assert_array_equal(model.row_scales, np.ones(22))  # ALS rows have g = 1
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_older_model_files_still_load(tmp_path, version: int) -> None:
-    """Format 3 had no additive features at the end; formats 1 and 2 also no kernel_residual flag after init_scale
-    and no kernel residuals at the end; format 1 also no row scales, row counts or noise variance after the row
-    parameters."""
+    """Format 4 had no checksum at the end; format 3 also no additive features at the end; formats 1 and 2 also no
+    kernel_residual flag after init_scale and no kernel residuals at the end; format 1 also no row scales, row counts
+    or noise variance after the row parameters."""
     rows, cols, values, truth, x = synthetic()
     model = CFModel(rank=3, iterations=5, kernel_residual=False).fit(rows, cols, values, *truth.shape, col_features=x)
-    model.save(tmp_path / "v4.cfm")
-    blob = (tmp_path / "v4.cfm").read_bytes()
+    model.save(tmp_path / "v5.cfm")
+    blob = (tmp_path / "v5.cfm").read_bytes()
     flag = 8 + 4 + 4 + 5 * 8 + 4 + 8 + 4 + 8  # magic .. init_scale
     n_rows, d = truth.shape[0], 3 + 1
     rows_end = flag + 1 + 3 * 8 + 8 + 8 + 8 * n_rows * d  # .. n_rows, n_cols, n_features, mu, row parameters
     extra = 2 * (8 + 8 * n_rows) + 8  # row scales, row counts, noise variance
     additive = 3 * 8 + n_rows * 8  # their count, two empty arrays, an empty array per row (lengths)
     kernels = n_rows * 4 * 8  # per row: four empty arrays (their lengths)
-    assert blob[8:12] == (4).to_bytes(4, "little") and blob[flag] == 0
-    blob = blob[:8] + version.to_bytes(4, "little") + blob[12:-additive]
+    assert blob[8:12] == (5).to_bytes(4, "little") and blob[flag] == 0
+    blob = blob[:8] + version.to_bytes(4, "little") + blob[12:-8]  # no checksum
+    if version < 4:
+        blob = blob[:-additive]
     if version < 3:
         old = blob[:flag] + blob[flag + 1 : rows_end]
         blob = old + blob[rows_end + (extra if version == 1 else 0) : -kernels]
@@ -202,6 +210,48 @@ def test_save_load_round_trip(tmp_path) -> None:
         CFModel.load(tmp_path / "bad.cfm")
 
 
+def test_load_rejects_damaged_files_as_model_file_errors(tmp_path) -> None:
+    rows, cols, values, truth, x = synthetic()
+    CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x).save(tmp_path / "m.cfm")
+    blob = (tmp_path / "m.cfm").read_bytes()
+    reg = 8 + 4 + 4  # magic, version, rank
+    first = 81 + 4 * 8 + 8  # .. kernel_residual flag, n_rows, n_cols, n_features, mu, length: the first row's bias
+
+    def patched(at: int, new: bytes) -> bytes:
+        return blob[:at] + new + blob[at + len(new) :]
+
+    damaged = {
+        "trailing bytes": blob + b"junk",
+        "a negative ridge (the model rejects it: an InvalidInputError before)": patched(reg, np.float64(-1).tobytes()),
+        "a flipped bit in a row parameter (only the checksum sees it)": patched(first, bytes([blob[first] ^ 1])),
+    }
+    for what, data in damaged.items():
+        (tmp_path / "bad.cfm").write_bytes(data)
+        with pytest.raises(cf_cpp.ModelFileError):
+            CFModel.load(tmp_path / "bad.cfm")
+            pytest.fail(f"loaded a file with {what}")
+
+
+def test_a_failed_save_keeps_the_previous_file(tmp_path) -> None:
+    rows, cols, values, truth, x = synthetic()
+    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
+    model.save(tmp_path / "m.cfm")
+    before = (tmp_path / "m.cfm").read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))  # stands in for a full disk
+    try:
+        with pytest.raises(cf_cpp.ModelFileError, match="previous file"):
+            model.save(tmp_path / "m.cfm")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (tmp_path / "m.cfm").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.cfm"]  # no temporary file left
+    with pytest.raises(ValueError, match="NUL"):
+        model.save(str(tmp_path / "m\0.cfm"))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -209,6 +259,9 @@ def test_save_load_round_trip(tmp_path) -> None:
         ({"values": [1.0, 0.0]}, "must be finite and > 0"),
         ({"values": [1.0, np.inf]}, "must be finite and > 0"),
         ({"values": [1.0, np.nan]}, "must be finite and > 0"),
+        ({"values": [1.0, -1e-9]}, r"values\[1\] = -1e-09 must be"),
+        ({"rows": np.array([0, 2**63 + 1], dtype=np.uint64)}, r"rows\[1\] = 9223372036854775809 is out of range"),
+        ({"n_cols": 2**62}, r"n_rows and n_cols must be in \[1, 1099511627776\]"),
         ({"rows": [0, 5]}, "out of range"),
         ({"cols": [-1, 0]}, "out of range"),
         ({"values": [1.0]}, "same length"),
@@ -231,11 +284,50 @@ def test_invalid_input_raises_value_error(kwargs: dict, message: str) -> None:
         CFModel(rank=1, iterations=2).fit(**args)
 
 
+@pytest.mark.parametrize("bad", [6.9, 2.0, "2", None])
+def test_integer_arguments_are_not_coerced(bad) -> None:
+    args = ([0, 1], [0, 1], [1.0, 2.0])
+    with pytest.raises(TypeError, match="n_rows must be an integer"):
+        CFModel(rank=1).fit(*args, n_rows=bad, n_cols=2)
+    if bad is not None:  # refit: None = unchanged
+        model = CFModel(rank=1, iterations=2).fit(*args, n_rows=2, n_cols=2)
+        with pytest.raises(TypeError, match="n_cols must be an integer"):
+            model.refit(*args, n_cols=bad)
+        with pytest.raises(TypeError, match="iterations must be an integer"):
+            model.refit(*args, iterations=bad)
+        with pytest.raises(TypeError, match="n must be an integer"):
+            model.add_cols(bad)
+
+
+def test_refit_arguments_are_checked() -> None:
+    args = ([0, 1], [0, 1], [1.0, 2.0])
+    with pytest.raises(ValueError, match="unfitted model fits from scratch: it needs n_rows and n_cols"):
+        CFModel(rank=1).refit(*args)
+    model = CFModel(rank=1, iterations=2).fit(*args, n_rows=np.int64(2), n_cols=2)
+    with pytest.raises(ValueError, match="iterations must be >= 0, got -3"):
+        model.refit(*args, iterations=-3)
+    assert model.refit(*args, n_rows=np.int32(3), iterations=0).n_rows == 3
+
+
+def test_huge_features_are_standardised_or_rejected() -> None:
+    rows, cols, values, truth, x = synthetic()
+    x = x.copy()
+    x[:, 1] = 1e308  # a constant: dropped (its plain mean overflowed: NaN predictions)
+    x[:, 2] *= 1e300
+    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
+    assert np.isfinite(model.predict_matrix(log=True)).all()
+    with pytest.raises(ValueError, match="too far from the fitted columns' features"):
+        model.add_cols(1, np.full((1, 3), 1e308))
+    assert model.n_cols == truth.shape[1]
+
+
 def test_unfitted_and_bad_hyperparameters() -> None:
     with pytest.raises(ValueError, match="not fitted"):
         CFModel().predict([0], [0])
     with pytest.raises(ValueError, match="rank"):
         CFModel(rank=-1)
+    with pytest.raises(ValueError, match="rank must be in"):
+        CFModel(rank=2**31 - 1)
     model = CFModel(rank=1, iterations=2).fit([0, 1], [0, 1], [1.0, 2.0], 2, 2)
     with pytest.raises(ValueError, match="out of range"):
         model.predict([0], [2])
@@ -270,6 +362,75 @@ def test_fit_releases_the_gil() -> None:
     worker.join()
     assert model.is_fitted
     assert ticks > 1000
+
+
+_OVERLAPPING_CALLS = """
+import threading, time
+import numpy as np
+from cf_cpp import CFModel
+
+rng = np.random.default_rng(0)
+nr, nc = 60, 200
+r, c = np.nonzero(rng.random((nr, nc)) < 0.3)
+v = np.exp(rng.normal(size=r.size))
+f = rng.normal(size=(nc, 3))
+m = CFModel(rank=3, iterations=2, threads=1).fit(r, c, v, nr, nc, col_features=f)
+pr, pc = rng.integers(0, nr, 2000), rng.integers(0, nc, 2000)
+calls = {
+    "predict": lambda: m.predict(pr, pc),
+    "predict_matrix": lambda: m.predict_matrix(),
+    "fold_in_row": lambda: m.fold_in_row(pc[:10], np.ones(10)),
+    "add_cols": lambda: m.add_cols(1, np.ones((1, 3))),
+    "fit": lambda: m.fit(r, c, v, nr, nc, col_features=f),
+    "refit": lambda: m.refit(r, c, v, n_rows=nr, n_cols=nc, iterations=1),
+    "properties": lambda: (m.row_factors, m.col_factors, m.row_residuals, m.row_scales, m.additive_rows),
+}
+errors = []
+for pair in [("fold_in_row", "predict"), ("add_cols", "predict_matrix"), ("fit", "predict"),
+             ("refit", "fold_in_row"), ("add_cols", "fold_in_row"), ("fold_in_row", "properties")]:
+    stop = time.monotonic() + 0.3
+    def loop(name):
+        while time.monotonic() < stop:
+            try:
+                calls[name]()
+            except ValueError as e:  # e.g. refit cannot shrink the model the other thread grew: raised, fine
+                errors.append(type(e).__name__)
+    threads = [threading.Thread(target=loop, args=(name,)) for name in pair]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+assert np.isfinite(m.predict_matrix()).all()
+# The caller's index array changes while fit runs without the GIL (validated, then used out of bounds before).
+rows = np.repeat(np.arange(500), 20)
+cols = rng.integers(0, 50, rows.size)
+vals = np.exp(rng.normal(size=rows.size))
+flipping = True
+def flip():
+    while flipping:
+        cols[-1] = 10**12
+        cols[-1] = 0
+t = threading.Thread(target=flip)
+t.start()
+for _ in range(100):
+    try:
+        CFModel(rank=2, iterations=0, threads=1, kernel_residual=False).fit(rows, cols, vals, 500, 50)
+    except ValueError:
+        pass
+flipping = False
+t.join()
+print("survived", sorted(set(errors)))
+"""
+
+
+def test_overlapping_calls_on_one_model_raise_or_complete() -> None:
+    """Calls release the GIL: misuse (unserialised calls that change the model, arrays written during a call) must
+    wait or raise, never crash. In a subprocess, so that a crash fails this test instead of killing pytest."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_OVERLAPPING_CALLS)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, f"died with {out.returncode}: {out.stderr[-2000:]}"
+    assert "survived" in out.stdout
 
 
 def with_interaction(seed: int = 0):

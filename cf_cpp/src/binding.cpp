@@ -1,5 +1,7 @@
 // nanobind binding of the cf_cpp core. Arrays are borrowed without copies when they already have the expected dtype
-// and layout (int64 indices, float64 values, C-contiguous); heavy calls release the GIL.
+// and layout (int64 indices, float64 values, C-contiguous); heavy calls release the GIL. The Model's own lock
+// (model.h) serialises what changes it against every other call on it, so overlapping calls wait, never crash; no
+// lock is held while the GIL is taken back.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -138,6 +140,10 @@ NB_MODULE(_core, m) {
              const std::optional<Matrix2>& additive_features) -> cf::Model& {
             cf::Observations obs = observations(rows, cols, values);
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
+            if (iterations && *iterations < 0)
+              throw cf::InvalidInput("iterations must be >= 0, got " + std::to_string(*iterations));
+            if ((!n_rows || !n_cols) && !self.fitted())
+              throw cf::InvalidInput("refit of an unfitted model fits from scratch: it needs n_rows and n_cols");
             std::int64_t nr = n_rows.value_or(self.n_rows()), nc = n_cols.value_or(self.n_cols());
             nb::gil_scoped_release release;
             self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr);
@@ -147,8 +153,9 @@ NB_MODULE(_core, m) {
           "col_features"_a = nb::none(), "iterations"_a = nb::none(), "additive_features"_a = nb::none(),
           nb::rv_policy::reference,
           "Refit on the full current data, warm-started from the current parameters (fewer iterations needed).\n\n"
-          "n_rows / n_cols may grow (default: unchanged); new columns need col_features / additive_features when\n"
-          "the model uses them; None keeps the current ones. Every row becomes a fitted row (none additive).\n"
+          "n_rows / n_cols may grow (default: unchanged; an unfitted model needs them: it fits from scratch); new\n"
+          "columns need col_features / additive_features when the model uses them; None keeps the current ones.\n"
+          "iterations: >= 0 (default: the constructor's). Every row becomes a fitted row (none additive).\n"
           "Returns self.")
       .def(
           "predict",
@@ -170,7 +177,8 @@ NB_MODULE(_core, m) {
       .def(
           "predict_matrix",
           [](const cf::Model& self, bool log) {
-            const std::size_t nr = static_cast<std::size_t>(self.n_rows()), nc = static_cast<std::size_t>(self.n_cols());
+            const std::size_t nr = static_cast<std::size_t>(self.n_rows());
+            const std::size_t nc = static_cast<std::size_t>(self.n_cols());
             std::vector<std::int64_t> r(nr * nc), c(nr * nc);
             for (std::size_t i = 0; i < nr * nc; ++i) {
               r[i] = static_cast<std::int64_t>(i / (nc ? nc : 1));
@@ -206,17 +214,29 @@ NB_MODULE(_core, m) {
           [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features,
              const std::optional<Matrix2>& additive_features) {
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
+            nb::gil_scoped_release release;
             return self.add_cols(n, f ? &*f : nullptr, a ? &*a : nullptr);
           },
           "n"_a, "col_features"_a = nb::none(), "additive_features"_a = nb::none(),
           "Append n cold columns (e.g. new block signatures) predicted from their features (n, n_features) and\n"
           "their additive features (n, n_additive) when the model uses them. Returns the first new column index.")
       .def(
-          "save", [](const cf::Model& self, const std::string& path) { self.save(path); }, "path"_a,
-          "Save the fitted model to a binary file (raises OSError on I/O failure).")
+          "save",
+          [](const cf::Model& self, const std::string& path) {
+            nb::gil_scoped_release release;
+            self.save(path);
+          },
+          "path"_a,
+          "Save the fitted model to a binary file (raises OSError on I/O failure). It is written to a temporary file\n"
+          "next to path and renamed over it when complete: a failed save leaves the previous file.")
       .def_static(
-          "load", [](const std::string& path) { return cf::Model::load(path); }, "path"_a,
-          "Load a model written by save() (raises OSError if the file is missing or not a cf_cpp model).")
+          "load",
+          [](const std::string& path) {
+            nb::gil_scoped_release release;
+            return cf::Model::load(path);
+          },
+          "path"_a,
+          "Load a model written by save() (raises OSError if the file is missing, damaged or not a cf_cpp model).")
       .def_prop_ro("rank", [](const cf::Model& s) { return s.config().rank; }, "Latent dimension.")
       .def_prop_ro("is_fitted", &cf::Model::fitted, "Whether fit() has run.")
       .def_prop_ro("n_rows", &cf::Model::n_rows, "Number of rows (including folded-in rows).")
@@ -226,9 +246,10 @@ NB_MODULE(_core, m) {
       .def_prop_ro(
           "additive_rows",
           [](const cf::Model& s) {
+            const std::vector<std::vector<double>> weights = s.additive_rows();
             std::vector<std::int64_t> rows;
-            for (std::size_t r = 0; r < s.additive_rows().size(); ++r)
-              if (!s.additive_rows()[r].empty()) rows.push_back(static_cast<std::int64_t>(r));
+            for (std::size_t r = 0; r < weights.size(); ++r)
+              if (!weights[r].empty()) rows.push_back(static_cast<std::int64_t>(r));
             return owned_counts(std::move(rows));
           },
           "Indices of the additive rows (folded-in rows predicted as a weighted sum of the additive features).",
@@ -241,7 +262,8 @@ NB_MODULE(_core, m) {
           "row_factors",
           [](const cf::Model& s) {
             const std::size_t d = s.config().rank + 1;
-            return owned_2d(factors(s.row_params(), d), static_cast<std::size_t>(s.n_rows()), d - 1);
+            const std::vector<double> params = s.row_params();  // one snapshot: its shape is its own
+            return owned_2d(factors(params, d), params.size() / d, d - 1);
           },
           "Row factors p_r, shape (n_rows, rank) (copy).", nb::rv_policy::move)
       .def_prop_ro(
@@ -251,20 +273,21 @@ NB_MODULE(_core, m) {
           "col_factors",
           [](const cf::Model& s) {
             const std::size_t d = s.config().rank + 1;
-            return owned_2d(factors(s.col_params(), d), static_cast<std::size_t>(s.n_cols()), d - 1);
+            const std::vector<double> params = s.col_params();
+            return owned_2d(factors(params, d), params.size() / d, d - 1);
           },
           "Column factors q_c including the feature prior, shape (n_cols, rank) (copy).", nb::rv_policy::move)
       .def_prop_ro(
           "col_counts",
-          [](const cf::Model& s) { return owned_counts(std::vector<std::int64_t>(s.col_counts())); },
+          [](const cf::Model& s) { return owned_counts(s.col_counts()); },
           "Training observations per column (0 = cold column, predicted from features only).", nb::rv_policy::move)
       .def_prop_ro(
           "row_counts",
-          [](const cf::Model& s) { return owned_counts(std::vector<std::int64_t>(s.row_counts())); },
+          [](const cf::Model& s) { return owned_counts(s.row_counts()); },
           "Training observations per row (0 = folded in since the last fit / refit, or unobserved).",
           nb::rv_policy::move)
       .def_prop_ro(
-          "row_scales", [](const cf::Model& s) { return owned_1d(std::vector<double>(s.row_scales())); },
+          "row_scales", [](const cf::Model& s) { return owned_1d(s.row_scales()); },
           "Per-row coefficient g_r of the column bias (1 for fitted rows; a folded-in row may differ) (copy).",
           nb::rv_policy::move)
       .def_prop_ro("noise_var", &cf::Model::noise_var,
@@ -272,9 +295,11 @@ NB_MODULE(_core, m) {
       .def_prop_ro(
           "row_residuals",
           [](const cf::Model& s) {
-            std::vector<double> h(s.row_residuals());
-            if (h.empty()) h.assign(static_cast<std::size_t>(s.n_rows() * s.n_cols()), 0.0);
-            return owned_2d(std::move(h), static_cast<std::size_t>(s.n_rows()), static_cast<std::size_t>(s.n_cols()));
+            const std::size_t nr = static_cast<std::size_t>(s.n_rows()), nc = static_cast<std::size_t>(s.n_cols());
+            std::vector<double> h = s.row_residuals();
+            if (h.empty()) h.assign(nr * nc, 0.0);
+            if (h.size() != nr * nc) throw cf::InvalidInput("the model changed during the call (another thread)");
+            return owned_2d(std::move(h), nr, nc);
           },
           "Each row's kernel residual h_r(c) in log units, shape (n_rows, n_cols) (zeros without; copy).",
           nb::rv_policy::move)

@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <new>
 #include <string>
 
 #include "additive.h"
@@ -19,8 +22,13 @@ namespace cf {
 
 namespace {
 
+// A new column's standardised features beyond this many standard deviations are rejected: it keeps the prior
+// (linear in them) and the kernel residual (quadratic, squared again) finite.
+constexpr double kMaxStandardised = 1e50;
+
 void check_config(const Config& c) {
-  if (c.rank < 0) throw InvalidInput("rank must be >= 0, got " + std::to_string(c.rank));
+  if (c.rank < 0 || c.rank > kMaxRank)
+    throw InvalidInput("rank must be in [0, " + std::to_string(kMaxRank) + "], got " + std::to_string(c.rank));
   if (c.iterations < 0) throw InvalidInput("iterations must be >= 0, got " + std::to_string(c.iterations));
   if (c.threads < 0) throw InvalidInput("threads must be >= 0, got " + std::to_string(c.threads));
   const double regs[] = {c.reg, c.reg_bias, c.reg_col, c.reg_col_bias, c.reg_features, c.init_scale};
@@ -63,6 +71,37 @@ void check_added_cols(const Features* f, std::int64_t n, bool used, std::int64_t
                        std::to_string(width));
 }
 
+// Mean and standard deviation of n values at stride apart. When the plain sums overflow (features near the largest
+// double), they are taken of the values divided by the largest magnitude, then scaled back.
+void moments(const double* f, std::int64_t n, std::int64_t stride, double* mean, double* sd) {
+  double s = 0, ss = 0;
+  for (std::int64_t c = 0; c < n; ++c) s += f[c * stride];
+  double m = s / static_cast<double>(n);
+  for (std::int64_t c = 0; c < n; ++c) ss += (f[c * stride] - m) * (f[c * stride] - m);
+  *mean = m;
+  *sd = std::sqrt(ss / static_cast<double>(n));
+  if (std::isfinite(*mean) && std::isfinite(*sd)) return;
+  double big = 0;
+  for (std::int64_t c = 0; c < n; ++c) big = std::max(big, std::fabs(f[c * stride]));
+  s = ss = 0;
+  for (std::int64_t c = 0; c < n; ++c) s += f[c * stride] / big;
+  m = s / static_cast<double>(n);
+  for (std::int64_t c = 0; c < n; ++c) ss += (f[c * stride] / big - m) * (f[c * stride] / big - m);
+  *mean = m * big;
+  *sd = std::sqrt(ss / static_cast<double>(n)) * big;
+}
+
+// Feature j of column c standardised; throws unless it is finite and within kMaxStandardised.
+double standardise(double v, double mean, double scale, std::int64_t c, std::int64_t j) {
+  double x = (v - mean) * scale;
+  if (!std::isfinite(x)) x = v * scale - mean * scale;  // v - mean overflowed
+  if (!(std::fabs(x) <= kMaxStandardised))
+    throw InvalidInput("col_features[" + std::to_string(c) + ", " + std::to_string(j) + "] = " +
+                       detail::format_value(v) + " is too far from the fitted columns' features (standardised: " +
+                       detail::format_value(x) + ")");
+  return x;
+}
+
 }  // namespace
 
 Model::Model(const Config& config) : config_(config) { check_config(config_); }
@@ -78,17 +117,15 @@ void Model::set_features(const Features& f) {
   feat_mean_.assign(static_cast<std::size_t>(nf), 0.0);
   feat_scale_.assign(static_cast<std::size_t>(nf), 0.0);
   for (std::int64_t j = 0; j < nf; ++j) {
-    double s = 0, ss = 0;
-    for (std::int64_t c = 0; c < f.n_cols; ++c) s += f.data[c * nf + j];
-    const double m = s / static_cast<double>(f.n_cols);
-    for (std::int64_t c = 0; c < f.n_cols; ++c) ss += (f.data[c * nf + j] - m) * (f.data[c * nf + j] - m);
-    const double sd = std::sqrt(ss / static_cast<double>(f.n_cols));
+    double m, sd;
+    moments(f.data + j, f.n_cols, nf, &m, &sd);
     feat_mean_[j] = m;
     feat_scale_[j] = sd > 1e-12 * (1.0 + std::fabs(m)) ? 1.0 / sd : 0.0;  // constant feature: dropped
   }
   x_.assign(static_cast<std::size_t>(f.n_cols * fx), 0.0);
   for (std::int64_t c = 0; c < f.n_cols; ++c) {
-    for (std::int64_t j = 0; j < nf; ++j) x_[c * fx + j] = (f.data[c * nf + j] - feat_mean_[j]) * feat_scale_[j];
+    for (std::int64_t j = 0; j < nf; ++j)
+      x_[c * fx + j] = standardise(f.data[c * nf + j], feat_mean_[j], feat_scale_[j], c, j);
     x_[c * fx + nf] = 1.0;  // intercept of the prior
   }
 }
@@ -121,41 +158,32 @@ void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
 
 void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
                 const Features* additive) {
+  std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
+  fit_unlocked(obs, n_rows, n_cols, features, config_.iterations, additive);
+}
+
+void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
+                         int iterations, const Features* additive) {
   detail::validate(obs, n_rows, n_cols);
   if (obs.size == 0) throw InvalidInput("fit needs at least one observation");
   if (features) check_features(*features, n_cols);
   if (additive) check_additive(*additive, n_cols);
-  fitted_ = false;
-  n_rows_ = n_cols_ = n_features_ = 0;
-  rows_.clear();
-  row_scale_.clear();
-  row_counts_.clear();
-  dev_.clear();
-  theta_.clear();
-  x_.clear();
-  feat_mean_.clear();
-  feat_scale_.clear();
-  col_counts_.clear();
-  kernels_.clear();
-  blends_.clear();
-  residuals_.clear();
-  n_add_ = 0;
-  add_.clear();
-  add_scale_.clear();
-  additive_rows_.clear();
-  if (features) set_features(*features);
-  if (additive) set_additive(*additive);
-  grow(n_rows, n_cols);
-  run_als(obs, config_.iterations);
+  // Built aside and moved in at the end: a fit that throws (bad input, out of memory) leaves this model as it was.
+  Model next(config_);
+  if (features) next.set_features(*features);
+  if (additive) next.set_additive(*additive);
+  next.grow(n_rows, n_cols);
+  next.run_als(obs, iterations);
+  *this = std::move(next);
 }
 
 void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
                   int iterations, const Features* additive) {
+  std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
+  if (iterations < -1)
+    throw InvalidInput("iterations must be >= 0 (or -1: the configured number), got " + std::to_string(iterations));
   if (!fitted_) {
-    Config saved = config_;
-    if (iterations >= 0) config_.iterations = iterations;
-    fit(obs, n_rows, n_cols, features, additive);
-    config_ = saved;
+    fit_unlocked(obs, n_rows, n_cols, features, iterations >= 0 ? iterations : config_.iterations, additive);
     return;
   }
   if (n_rows < n_rows_ || n_cols < n_cols_)
@@ -172,23 +200,27 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
     check_additive(*additive, n_cols);
   else if (n_add_ > 0 && n_cols > n_cols_)
     throw InvalidInput("additive_features must be given to refit with new columns (the model uses them)");
-  if (features) set_features(*features);
-  if (additive) set_additive(*additive);
-  for (auto& w : additive_rows_) w.clear();  // every row is an ALS row again
-  grow(n_rows, n_cols);
-  run_als(obs, iterations >= 0 ? iterations : config_.iterations);
+  // Refitted on a copy, moved in at the end: a refit that throws (out of memory) leaves this model as it was.
+  Model next(*this);
+  if (features) next.set_features(*features);
+  if (additive) next.set_additive(*additive);
+  for (auto& w : next.additive_rows_) w.clear();  // every row is an ALS row again
+  next.grow(n_rows, n_cols);
+  next.run_als(obs, iterations >= 0 ? iterations : config_.iterations);
+  *this = std::move(next);
 }
 
 void Model::refresh_col_params(std::int64_t first_new_col) {
   const int d = dim(), fx = static_cast<int>(n_features_ + 1);
   const std::size_t kept = static_cast<std::size_t>(first_new_col * d);
+  std::vector<double> prior;
+  if (!x_.empty()) {
+    prior.resize(dev_.size() - kept);
+    detail::apply_theta(x_.data() + first_new_col * fx, n_cols_ - first_new_col, fx, theta_.data(), d, prior.data());
+  }
   z_.resize(kept);
   z_.insert(z_.end(), dev_.begin() + static_cast<std::ptrdiff_t>(kept), dev_.end());
-  if (!x_.empty()) {
-    std::vector<double> prior(z_.size() - kept);
-    detail::apply_theta(x_.data() + first_new_col * fx, n_cols_ - first_new_col, fx, theta_.data(), d, prior.data());
-    for (std::size_t k = 0; k < prior.size(); ++k) z_[kept + k] += prior[k];
-  }
+  for (std::size_t k = 0; k < prior.size(); ++k) z_[kept + k] += prior[k];
 }
 
 void Model::run_als(const Observations& obs, int iterations) {
@@ -261,27 +293,28 @@ void Model::run_als(const Observations& obs, int iterations) {
 }
 
 void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
-  for (std::size_t i = 0; i < n; ++i) {
-    if (rows[i] < 0 || rows[i] >= n_rows_)
-      throw InvalidInput("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) + " is out of range [0, " +
-                         std::to_string(n_rows_) + ")");
-    if (cols[i] < 0 || cols[i] >= n_cols_)
-      throw InvalidInput("cols[" + std::to_string(i) + "] = " + std::to_string(cols[i]) + " is out of range [0, " +
-                         std::to_string(n_cols_) + ")");
-  }
   const int d = dim();
   for (std::size_t i = 0; i < n; ++i) {
-    const std::vector<double>& w = additive_rows_[rows[i]];
+    // Each index is read once and checked where it is used: the caller's arrays may change during the call.
+    const std::int64_t r = rows[i], c = cols[i];
+    if (r < 0 || r >= n_rows_)
+      throw InvalidInput("rows[" + std::to_string(i) + "] = " + std::to_string(r) + " is out of range [0, " +
+                         std::to_string(n_rows_) + ")");
+    if (c < 0 || c >= n_cols_)
+      throw InvalidInput("cols[" + std::to_string(i) + "] = " + std::to_string(c) + " is out of range [0, " +
+                         std::to_string(n_cols_) + ")");
+    const std::vector<double>& w = additive_rows_[r];
     if (!w.empty()) {  // an additive row, where its regression is positive
-      const double v = detail::additive_value(w.data(), add_.data() + cols[i] * n_add_, n_add_, add_scale_.data());
+      const double v = detail::additive_value(w.data(), add_.data() + c * n_add_, n_add_, add_scale_.data());
       if (v > 0) {
         out[i] = std::log(v);
         continue;
       }
     }
-    double s = low_rank_log(rows_.data() + rows[i] * d, row_scale_[rows[i]], cols[i]);
-    if (!residuals_.empty()) s += residuals_[rows[i] * n_cols_ + cols[i]];
+    double s = low_rank_log(rows_.data() + r * d, row_scale_[r], c);
+    if (!residuals_.empty()) s += residuals_[r * n_cols_ + c];
     out[i] = s;
   }
 }
@@ -332,8 +365,14 @@ std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const doub
   return detail::fit_additive(cols, values, n, add_.data(), n_add_, add_scale_.data());
 }
 
-std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, std::size_t n) {
+std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* caller_values, std::size_t n) {
+  std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
+  // Copies: the caller's arrays may change during the call (they are checked once, then used many times).
+  const std::vector<std::int64_t> col_copy(caller_cols, caller_cols + n);
+  const std::vector<double> value_copy(caller_values, caller_values + n);
+  const std::int64_t* cols = col_copy.data();
+  const double* values = value_copy.data();
   std::vector<std::int64_t> rows(n, 0);
   detail::validate(Observations{rows.data(), cols, values, n}, 1, n_cols_);
   std::vector<double> logy(n);
@@ -358,25 +397,49 @@ std::int64_t Model::fold_in_row(const std::int64_t* cols, const double* values, 
 }
 
 std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Features* additive) {
+  std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
   if (n <= 0) throw InvalidInput("add_cols needs n > 0, got " + std::to_string(n));
-  // Everything is checked before anything changes.
+  if (n > kMaxDim - n_cols_)
+    throw InvalidInput("add_cols: n_cols would exceed " + std::to_string(kMaxDim) + " (" + std::to_string(n_cols_) +
+                       " + " + std::to_string(n) + ")");
+  // Everything is checked, and the arrays are reserved, before anything changes.
   check_added_cols(features, n, !x_.empty(), n_features_, false);
   check_added_cols(additive, n, n_add_ > 0, n_add_, true);
   const int d = dim();
-  const std::int64_t first = n_cols_;
-  if (!x_.empty())
+  const std::int64_t first = n_cols_, fx = n_features_ + 1, total = n_cols_ + n;
+  std::vector<double> x_new;
+  if (!x_.empty()) {
+    x_new.reserve(static_cast<std::size_t>(n * fx));
     for (std::int64_t c = 0; c < n; ++c) {
       for (std::int64_t j = 0; j < n_features_; ++j)
-        x_.push_back((features->data[c * n_features_ + j] - feat_mean_[j]) * feat_scale_[j]);
-      x_.push_back(1.0);
+        x_new.push_back(standardise(features->data[c * n_features_ + j], feat_mean_[j], feat_scale_[j], c, j));
+      x_new.push_back(1.0);
     }
+  }
+  const std::size_t x_size = x_.size(), add_size = add_.size();
+  x_.reserve(x_size + x_new.size());
+  add_.reserve(add_size + static_cast<std::size_t>(n * n_add_));
+  dev_.reserve(static_cast<std::size_t>(total * d));
+  z_.reserve(static_cast<std::size_t>(total * d));
+  col_counts_.reserve(static_cast<std::size_t>(total));
+  x_.insert(x_.end(), x_new.begin(), x_new.end());
   if (n_add_ > 0) add_.insert(add_.end(), additive->data, additive->data + n * n_add_);
-  dev_.resize(static_cast<std::size_t>((n_cols_ + n) * d), 0.0);
-  col_counts_.resize(static_cast<std::size_t>(n_cols_ + n), 0);
-  n_cols_ += n;
-  refresh_col_params(first);
-  refresh_residuals(first);
+  dev_.resize(static_cast<std::size_t>(total * d), 0.0);
+  col_counts_.resize(static_cast<std::size_t>(total), 0);
+  n_cols_ = total;
+  try {
+    refresh_col_params(first);
+    refresh_residuals(first);  // changes nothing when it throws
+  } catch (...) {               // out of memory: back to the columns before
+    n_cols_ = first;
+    x_.resize(x_size);
+    add_.resize(add_size);
+    dev_.resize(static_cast<std::size_t>(first * d));
+    z_.resize(static_cast<std::size_t>(first * d));
+    col_counts_.resize(static_cast<std::size_t>(first));
+    throw;
+  }
   return first;
 }
 
@@ -415,20 +478,22 @@ void Model::refresh_residuals(std::int64_t first_new_col) {
     residuals_.clear();
     return;
   }
-  // The table keeps its first columns (when it has them: it is first_new_col wide) and evaluates the others.
+  // The table keeps its first columns (when it has them: it is first_new_col wide) and evaluates the others; it
+  // replaces the old one only once it is complete, so this changes nothing when it throws.
   const std::int64_t kept = residuals_.empty() ? 0 : first_new_col;
+  if (n_rows_ > static_cast<std::int64_t>(PTRDIFF_MAX / sizeof(double)) / n_cols_) throw std::bad_alloc();
   std::vector<double> table(static_cast<std::size_t>(n_rows_ * n_cols_), 0.0);
   for (std::int64_t r = 0; r < n_rows_; ++r)
     std::copy_n(residuals_.data() + r * kept, kept, table.data() + r * n_cols_);
-  residuals_ = std::move(table);
   const int fx = static_cast<int>(n_features_ + 1);
   detail::parallel_chunks(
       n_rows_, config_.threads,
       [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t r = lo; r < hi; ++r)
-          detail::evaluate_kernel(kernels_[r], x_.data(), fx, kept, n_cols_, residuals_.data() + r * n_cols_ + kept);
+          detail::evaluate_kernel(kernels_[r], x_.data(), fx, kept, n_cols_, table.data() + r * n_cols_ + kept);
       },
       1);
+  residuals_ = std::move(table);
   for (std::int64_t r = 0; r < n_rows_; ++r) blend_residuals(r, kept);  // after the fitted rows they blend
 }
 
@@ -439,7 +504,5 @@ void Model::blend_residuals(std::int64_t r, std::int64_t first_col) {
     for (std::int64_t c = first_col; c < n_cols_; ++c) mine[c] += w * theirs[c];
   }
 }
-
-std::vector<double> Model::col_params() const { return z_; }
 
 }  // namespace cf

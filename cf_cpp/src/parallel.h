@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -16,7 +17,9 @@ inline int resolve_threads(int threads) {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
-// fn(begin, end) is called on disjoint contiguous chunks; the first exception thrown by a chunk is rethrown.
+// fn(begin, end) is called on disjoint contiguous chunks; the first exception thrown by a chunk is rethrown. When a
+// thread cannot be started (resource limits), its chunk and the remaining ones run on the calling thread: the same
+// chunks, so the same results.
 template <class Fn>
 void parallel_chunks(std::int64_t n, int threads, Fn&& fn, std::int64_t min_chunk = 16) {
   if (n <= 0) return;
@@ -28,16 +31,31 @@ void parallel_chunks(std::int64_t n, int threads, Fn&& fn, std::int64_t min_chun
   std::vector<std::thread> pool;
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(t));
   std::int64_t step = (n + t - 1) / t;
+  auto run = [&](std::int64_t i, std::int64_t lo, std::int64_t hi) {
+    try {
+      fn(lo, hi);
+    } catch (...) {
+      errors[static_cast<std::size_t>(i)] = std::current_exception();
+    }
+  };
+  bool inline_rest = false;  // set once a thread could not be started
+  try {
+    pool.reserve(static_cast<std::size_t>(t));  // emplace_back below then never reallocates
+  } catch (const std::bad_alloc&) {
+    inline_rest = true;
+  }
   for (std::int64_t i = 0; i < t; ++i) {
     std::int64_t lo = i * step, hi = std::min(n, lo + step);
     if (lo >= hi) break;
-    pool.emplace_back([&, i, lo, hi] {
+    if (!inline_rest) {
       try {
-        fn(lo, hi);
-      } catch (...) {
-        errors[static_cast<std::size_t>(i)] = std::current_exception();
+        pool.emplace_back(run, i, lo, hi);
+        continue;
+      } catch (...) {  // std::system_error (no thread) or std::bad_alloc: never unwind past a joinable thread
+        inline_rest = true;
       }
-    });
+    }
+    run(i, lo, hi);
   }
   for (auto& th : pool) th.join();
   for (auto& e : errors)

@@ -1,8 +1,19 @@
 // Binary save / load of a fitted model: magic, format version, config, dimensions, then the parameter arrays, each
 // prefixed by its length. Native byte order (little-endian on every supported platform).
+// save writes a temporary file next to the target and renames it over the target once it is complete, so a failed
+// save leaves the previous file. load checks every length against the bytes left in the file before allocating,
+// every parameter for finiteness, and that the file ends after the last field; any failure is an IoError.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 
 #include "cf_cpp/model.h"
 
@@ -17,44 +28,111 @@ constexpr char kMagic[8] = {'C', 'F', 'C', 'P', 'P', 'M', 'F', '\0'};
 // and its blend of experts (rows, weights).
 // Version 1 and 2 files load without kernel residuals (kernel_residual = false: refits behave as when they were saved).
 // Version 4 added, at the end, the additive features (count, raw values, scale) and each row's additive weights.
-constexpr std::uint32_t kVersion = 4;
+// Version 5 added, after the last field, a checksum (64-bit FNV-1a) of every byte before it: a damaged file whose
+// values pass every other check (a corrupted scale of 1e270, say) is still caught. Older files load without.
+constexpr std::uint32_t kVersion = 5;
 constexpr double kV1NoiseVar = 0.0025;  // (0.05 log units)^2, the training residual on oneproxy_nb201
 
+std::uint64_t fnv1a(std::uint64_t hash, const char* p, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) hash = (hash ^ static_cast<unsigned char>(p[i])) * 0x100000001b3ULL;
+  return hash;
+}
+constexpr std::uint64_t kFnvOffset = 0xcbf29ce484222325ULL;
+
+void check_path(const std::string& path) {
+  if (path.find('\0') != std::string::npos) throw InvalidInput("the model path contains a NUL byte");
+}
+
+// Writes to a new temporary file in the target's directory; commit() renames it over the target. Until then, and
+// when anything fails, the target is untouched and the temporary file is removed.
 class Writer {
  public:
-  explicit Writer(const std::string& path) : out_(path, std::ios::binary | std::ios::trunc), path_(path) {
-    if (!out_) throw IoError("cannot open '" + path + "' for writing");
+  explicit Writer(const std::string& path) : path_(path) {
+    check_path(path);
+    struct stat target;
+    const bool exists = ::stat(path.c_str(), &target) == 0;
+    if (exists && (!S_ISREG(target.st_mode) || ::access(path.c_str(), W_OK) != 0))
+      throw IoError("cannot open '" + path + "' for writing" + (S_ISREG(target.st_mode) ? "" : ": not a regular file"));
+    static std::atomic<unsigned> counter{0};
+    int fd = -1;
+    for (int attempt = 0; fd < 0; ++attempt) {
+      tmp_ = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+      fd = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd < 0 && (errno != EEXIST || attempt == 100)) fail("cannot open '" + path + "' for writing");
+    }
+    if (exists) ::fchmod(fd, target.st_mode & 07777);  // the replacement keeps the target's permissions
+    out_ = ::fdopen(fd, "wb");
+    if (!out_) {
+      ::close(fd);
+      ::unlink(tmp_.c_str());
+      fail("cannot open '" + path + "' for writing");
+    }
+  }
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+  ~Writer() {
+    if (out_) {
+      std::fclose(out_);
+      ::unlink(tmp_.c_str());
+    }
   }
   template <class T>
   void put(const T& v) {
-    out_.write(reinterpret_cast<const char*>(&v), sizeof(T));
+    raw(reinterpret_cast<const char*>(&v), sizeof(T));
   }
   template <class T>
   void put_vec(const std::vector<T>& v) {
     put<std::uint64_t>(v.size());
-    out_.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
+    raw(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
   }
-  void raw(const char* p, std::size_t n) { out_.write(p, static_cast<std::streamsize>(n)); }
-  void close() {
-    out_.close();
-    if (!out_) throw IoError("failed writing '" + path_ + "'");
+  void raw(const char* p, std::size_t n) {  // errors: checked by commit()
+    std::fwrite(p, 1, n, out_);
+    hash_ = fnv1a(hash_, p, n);
+  }
+  // Appends the checksum of everything written, then replaces the target.
+  void commit() {
+    std::fwrite(&hash_, sizeof(hash_), 1, out_);
+    const bool written = std::fflush(out_) == 0 && !std::ferror(out_) && ::fsync(::fileno(out_)) == 0;
+    const int err = errno;
+    const bool closed = std::fclose(out_) == 0;
+    out_ = nullptr;
+    if (!written || !closed || std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      if (!written) errno = err;
+      const std::string why = std::strerror(errno);
+      ::unlink(tmp_.c_str());
+      throw IoError("failed writing '" + path_ + "': " + why + " (the previous file, if any, is unchanged)");
+    }
   }
 
  private:
-  std::ofstream out_;
-  std::string path_;
+  [[noreturn]] static void fail(const std::string& what) { throw IoError(what + ": " + std::strerror(errno)); }
+
+  std::FILE* out_ = nullptr;
+  std::string path_, tmp_;
+  std::uint64_t hash_ = kFnvOffset;
 };
 
 class Reader {
  public:
-  explicit Reader(const std::string& path) : in_(path, std::ios::binary), path_(path) {
+  explicit Reader(const std::string& path) : path_(path) {
+    check_path(path);
+    in_.open(path, std::ios::binary);
     if (!in_) throw IoError("cannot open '" + path + "' for reading");
+    in_.seekg(0, std::ios::end);
+    const std::streamoff size = in_.tellg();
+    in_.seekg(0, std::ios::beg);
+    if (!in_ || size < 0) fail();
+    left_ = static_cast<std::uint64_t>(size);
   }
   template <class T>
   T get() {
     T v{};
-    in_.read(reinterpret_cast<char*>(&v), sizeof(T));
-    if (!in_) fail();
+    raw(reinterpret_cast<char*>(&v), sizeof(T));
+    return v;
+  }
+  double get_finite() {
+    const double v = get<double>();
+    if (!std::isfinite(v)) fail();
     return v;
   }
   template <class T>
@@ -71,14 +149,21 @@ class Reader {
     return elements<T>(n);
   }
   void raw(char* p, std::size_t n) {
+    if (n > left_) fail();
     in_.read(p, static_cast<std::streamsize>(n));
     if (!in_) fail();
+    left_ -= n;
+    hash_ = fnv1a(hash_, p, n);
   }
+  std::uint64_t hash() const { return hash_; }  // of every byte read so far
+  bool at_end() const { return left_ == 0; }
+  const std::string& path() const { return path_; }
   [[noreturn]] void fail() const { throw IoError("'" + path_ + "' is truncated or not a cf_cpp model file"); }
 
  private:
   template <class T>
   std::vector<T> elements(std::uint64_t n) {
+    if (n > left_ / sizeof(T)) fail();  // before allocating: a length prefix cannot promise more than the file holds
     std::vector<T> v(n);
     raw(reinterpret_cast<char*>(v.data()), n * sizeof(T));
     return v;
@@ -86,11 +171,22 @@ class Reader {
 
   std::ifstream in_;
   std::string path_;
+  std::uint64_t left_ = 0;  // bytes not read yet
+  std::uint64_t hash_ = kFnvOffset;
 };
+
+// Loaded parameters: every value finite (and >= 0 where `nonnegative`).
+template <class T>
+bool valid(const std::vector<T>& v, bool nonnegative = false) {
+  for (const T& x : v)
+    if (!std::isfinite(static_cast<double>(x)) || (nonnegative && x < 0)) return false;
+  return true;
+}
 
 }  // namespace
 
 void Model::save(const std::string& path) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
   Writer w(path);
   w.raw(kMagic, sizeof(kMagic));
@@ -136,96 +232,111 @@ void Model::save(const std::string& path) const {
   w.put_vec(add_);
   w.put_vec(add_scale_);
   for (const std::vector<double>& weights : additive_rows_) w.put_vec(weights);
-  w.close();
+  w.commit();
 }
 
 Model Model::load(const std::string& path) {
   Reader r(path);
-  char magic[sizeof(kMagic)];
-  r.raw(magic, sizeof(magic));
-  if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) r.fail();
-  const std::uint32_t version = r.get<std::uint32_t>();
-  if (version < 1 || version > kVersion)
-    throw IoError("'" + path + "' has an unsupported cf_cpp format version");
-  Config c;
-  c.rank = r.get<std::int32_t>();
-  c.reg = r.get<double>();
-  c.reg_bias = r.get<double>();
-  c.reg_col = r.get<double>();
-  c.reg_col_bias = r.get<double>();
-  c.reg_features = r.get<double>();
-  c.iterations = r.get<std::int32_t>();
-  c.seed = r.get<std::uint64_t>();
-  c.threads = r.get<std::int32_t>();
-  c.init_scale = r.get<double>();
-  c.kernel_residual = version >= 3 && r.get<std::uint8_t>() != 0;
-  if (c.rank < 0 || c.iterations < 0 || c.threads < 0) r.fail();
-  Model m(c);
-  m.n_rows_ = r.get<std::int64_t>();
-  m.n_cols_ = r.get<std::int64_t>();
-  m.n_features_ = r.get<std::int64_t>();
-  m.mu_ = r.get<double>();
-  if (m.n_rows_ <= 0 || m.n_cols_ <= 0 || m.n_features_ < 0 || m.n_rows_ > (1LL << 40) || m.n_cols_ > (1LL << 40))
-    r.fail();
-  const std::uint64_t d = static_cast<std::uint64_t>(c.rank + 1), nr = m.n_rows_, nc = m.n_cols_,
-                      nf = m.n_features_;
-  m.rows_ = r.get_vec<double>(nr * d);
-  if (version >= 2) {
-    m.row_scale_ = r.get_vec<double>(nr);
-    m.row_counts_ = r.get_vec<std::int64_t>(nr);
-    m.noise_var_ = r.get<double>();
-    if (!std::isfinite(m.noise_var_) || m.noise_var_ < 0) r.fail();
-  } else {
-    m.row_scale_.assign(nr, 1.0);
-    m.row_counts_.assign(nr, 1);
-    m.noise_var_ = kV1NoiseVar;
-  }
-  m.dev_ = r.get_vec<double>(nc * d);
-  std::uint64_t nx = r.get<std::uint64_t>();
-  const bool with_features = nx != 0;
-  if (with_features && nx != nc * (nf + 1)) r.fail();
-  m.x_.resize(nx);
-  r.raw(reinterpret_cast<char*>(m.x_.data()), nx * sizeof(double));
-  m.feat_mean_ = r.get_vec<double>(with_features ? nf : 0);
-  m.feat_scale_ = r.get_vec<double>(with_features ? nf : 0);
-  m.theta_ = r.get_vec<double>(with_features ? d * (nf + 1) : 0);
-  m.col_counts_ = r.get_vec<std::int64_t>(nc);
-  if (!with_features) m.n_features_ = 0;
-  m.kernels_.resize(nr);
-  m.blends_.resize(nr);
-  if (version >= 3)
-    for (std::uint64_t row = 0; row < nr; ++row) {
-      KernelExpansion& h = m.kernels_[row];
-      h.cols = r.get_vec_upto<std::int64_t>(std::uint64_t{1} << 32);
-      h.alpha = r.get_vec<double>(h.cols.size());
-      for (std::int64_t col : h.cols)
-        if (col < 0 || static_cast<std::uint64_t>(col) >= nc) r.fail();
-      if (!h.cols.empty() && !with_features) r.fail();
-      const std::vector<std::int64_t> experts = r.get_vec_upto<std::int64_t>(nr);
-      const std::vector<double> weights = r.get_vec<double>(experts.size());
-      for (std::size_t k = 0; k < experts.size(); ++k) {
-        // experts: fitted rows, which precede every row folded in against them
-        if (experts[k] < 0 || static_cast<std::uint64_t>(experts[k]) >= row || !m.blends_[experts[k]].empty()) r.fail();
-        m.blends_[row].emplace_back(experts[k], weights[k]);
+  // The reading, as a lambda (it has the member's access) so that one handler maps what the model rejects.
+  const auto read = [&r]() -> Model {
+    char magic[sizeof(kMagic)];
+    r.raw(magic, sizeof(magic));
+    if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) r.fail();
+    const std::uint32_t version = r.get<std::uint32_t>();
+    if (version < 1 || version > kVersion) throw IoError("'" + r.path() + "' has an unsupported cf_cpp format version");
+    Config c;
+    c.rank = r.get<std::int32_t>();
+    c.reg = r.get<double>();
+    c.reg_bias = r.get<double>();
+    c.reg_col = r.get<double>();
+    c.reg_col_bias = r.get<double>();
+    c.reg_features = r.get<double>();
+    c.iterations = r.get<std::int32_t>();
+    c.seed = r.get<std::uint64_t>();
+    c.threads = r.get<std::int32_t>();
+    c.init_scale = r.get<double>();
+    c.kernel_residual = version >= 3 && r.get<std::uint8_t>() != 0;
+    if (c.rank < 0 || c.rank > kMaxRank || c.iterations < 0 || c.threads < 0) r.fail();
+    Model m(c);
+    m.n_rows_ = r.get<std::int64_t>();
+    m.n_cols_ = r.get<std::int64_t>();
+    m.n_features_ = r.get<std::int64_t>();
+    m.mu_ = r.get_finite();
+    if (m.n_rows_ <= 0 || m.n_cols_ <= 0 || m.n_features_ < 0 || m.n_rows_ > kMaxDim || m.n_cols_ > kMaxDim) r.fail();
+    const std::uint64_t d = static_cast<std::uint64_t>(c.rank + 1), nr = m.n_rows_, nc = m.n_cols_,
+                        nf = m.n_features_;
+    m.rows_ = r.get_vec<double>(nr * d);
+    if (version >= 2) {
+      m.row_scale_ = r.get_vec<double>(nr);
+      m.row_counts_ = r.get_vec<std::int64_t>(nr);
+      m.noise_var_ = r.get_finite();
+      if (m.noise_var_ < 0 || !valid(m.row_scale_) || !valid(m.row_counts_, true)) r.fail();
+    } else {
+      m.row_scale_.assign(nr, 1.0);
+      m.row_counts_.assign(nr, 1);
+      m.noise_var_ = kV1NoiseVar;
+    }
+    m.dev_ = r.get_vec<double>(nc * d);
+    m.x_ = r.get_vec_upto<double>(UINT64_MAX);
+    const bool with_features = !m.x_.empty();
+    if (with_features && (m.x_.size() % nc != 0 || m.x_.size() / nc != nf + 1)) r.fail();
+    m.feat_mean_ = r.get_vec<double>(with_features ? nf : 0);
+    m.feat_scale_ = r.get_vec<double>(with_features ? nf : 0);
+    m.theta_ = r.get_vec<double>(with_features ? d * (nf + 1) : 0);
+    m.col_counts_ = r.get_vec<std::int64_t>(nc);
+    if (!valid(m.rows_) || !valid(m.dev_) || !valid(m.x_) || !valid(m.feat_mean_) || !valid(m.feat_scale_, true) ||
+        !valid(m.theta_) || !valid(m.col_counts_, true))
+      r.fail();
+    if (!with_features) m.n_features_ = 0;
+    m.kernels_.resize(nr);
+    m.blends_.resize(nr);
+    if (version >= 3)
+      for (std::uint64_t row = 0; row < nr; ++row) {
+        KernelExpansion& h = m.kernels_[row];
+        h.cols = r.get_vec_upto<std::int64_t>(std::uint64_t{1} << 32);
+        h.alpha = r.get_vec<double>(h.cols.size());
+        for (std::int64_t col : h.cols)
+          if (col < 0 || static_cast<std::uint64_t>(col) >= nc) r.fail();
+        if ((!h.cols.empty() && !with_features) || !valid(h.alpha)) r.fail();
+        const std::vector<std::int64_t> experts = r.get_vec_upto<std::int64_t>(nr);
+        const std::vector<double> weights = r.get_vec<double>(experts.size());
+        if (!valid(weights)) r.fail();
+        for (std::size_t k = 0; k < experts.size(); ++k) {
+          // experts: fitted rows, which precede every row folded in against them
+          if (experts[k] < 0 || static_cast<std::uint64_t>(experts[k]) >= row || !m.blends_[experts[k]].empty())
+            r.fail();
+          m.blends_[row].emplace_back(experts[k], weights[k]);
+        }
+      }
+    m.additive_rows_.resize(nr);
+    if (version >= 4) {
+      m.n_add_ = r.get<std::int64_t>();
+      if (m.n_add_ < 0 || m.n_add_ > (1LL << 20)) r.fail();
+      const std::uint64_t na = static_cast<std::uint64_t>(m.n_add_);
+      m.add_ = r.get_vec<double>(nc * na);
+      m.add_scale_ = r.get_vec<double>(na);
+      if (!valid(m.add_, true) || !valid(m.add_scale_, true)) r.fail();
+      for (std::vector<double>& weights : m.additive_rows_) {
+        weights = r.get_vec_upto<double>(na + 1);
+        if ((!weights.empty() && weights.size() != na + 1) || !valid(weights)) r.fail();
       }
     }
-  m.additive_rows_.resize(nr);
-  if (version >= 4) {
-    m.n_add_ = r.get<std::int64_t>();
-    if (m.n_add_ < 0 || m.n_add_ > (1LL << 20)) r.fail();
-    const std::uint64_t na = static_cast<std::uint64_t>(m.n_add_);
-    m.add_ = r.get_vec<double>(nc * na);
-    m.add_scale_ = r.get_vec<double>(na);
-    for (std::vector<double>& weights : m.additive_rows_) {
-      weights = r.get_vec_upto<double>(na + 1);
-      if (!weights.empty() && weights.size() != na + 1) r.fail();
+    if (version >= 5) {
+      const std::uint64_t expected = r.hash();
+      if (r.get<std::uint64_t>() != expected) r.fail();
     }
+    if (!r.at_end()) r.fail();  // trailing bytes: another version relabelled, or not a model file
+    m.refresh_col_params();
+    m.refresh_residuals();
+    m.refresh_fold_in_prior();
+    m.fitted_ = true;
+    return m;
+  };
+  try {
+    return read();
+  } catch (const InvalidInput& e) {  // a value the model rejects (a hyperparameter, say): the file is bad
+    throw IoError("'" + path + "' is not a valid cf_cpp model file: " + e.what());
   }
-  m.refresh_col_params();
-  m.refresh_residuals();
-  m.refresh_fold_in_prior();
-  m.fitted_ = true;
-  return m;
 }
 
 }  // namespace cf

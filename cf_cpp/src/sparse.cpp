@@ -1,16 +1,23 @@
 #include "sparse.h"
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include "parallel.h"
 
 namespace cf::detail {
 
+std::string format_value(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
 void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols) {
-  if (n_rows <= 0 || n_cols <= 0)
-    throw InvalidInput("n_rows and n_cols must be positive, got " + std::to_string(n_rows) + " and " +
-                       std::to_string(n_cols));
+  if (n_rows <= 0 || n_cols <= 0 || n_rows > kMaxDim || n_cols > kMaxDim)
+    throw InvalidInput("n_rows and n_cols must be in [1, " + std::to_string(kMaxDim) + "], got " +
+                       std::to_string(n_rows) + " and " + std::to_string(n_cols));
   for (std::size_t i = 0; i < obs.size; ++i) {
     if (obs.rows[i] < 0 || obs.rows[i] >= n_rows)
       throw InvalidInput("rows[" + std::to_string(i) + "] = " + std::to_string(obs.rows[i]) + " is out of range [0, " +
@@ -20,23 +27,36 @@ void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols)
                          std::to_string(n_cols) + ")");
     double v = obs.values[i];
     if (!std::isfinite(v) || v <= 0)
-      throw InvalidInput("values[" + std::to_string(i) + "] = " + std::to_string(v) +
+      throw InvalidInput("values[" + std::to_string(i) + "] = " + format_value(v) +
                          " must be finite and > 0 (the model works in log space)");
   }
 }
 
+namespace {
+
+[[noreturn]] void changed() { throw InvalidInput("rows / cols changed during the call (another thread wrote them)"); }
+
+}  // namespace
+
 Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* logv, std::size_t n,
-                    std::int64_t n_major) {
+                    std::int64_t n_major, std::int64_t n_minor) {
   Compressed out;
   out.ptr.assign(static_cast<std::size_t>(n_major) + 1, 0);
-  for (std::size_t i = 0; i < n; ++i) ++out.ptr[static_cast<std::size_t>(major[i]) + 1];
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t m = major[i];
+    if (m < 0 || m >= n_major) changed();
+    ++out.ptr[static_cast<std::size_t>(m) + 1];
+  }
   for (std::int64_t m = 0; m < n_major; ++m) out.ptr[m + 1] += out.ptr[m];
   std::vector<std::int64_t> fill(out.ptr.begin(), out.ptr.end() - 1);
   out.index.resize(n);
   out.value.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
-    std::int64_t pos = fill[static_cast<std::size_t>(major[i])]++;
-    out.index[pos] = minor[i];
+    const std::int64_t m = major[i], k = minor[i];
+    if (m < 0 || m >= n_major || k < 0 || k >= n_minor || fill[static_cast<std::size_t>(m)] == out.ptr[m + 1])
+      changed();
+    std::int64_t pos = fill[static_cast<std::size_t>(m)]++;
+    out.index[pos] = k;
     out.value[pos] = logv[i];
   }
   return out;
@@ -45,15 +65,18 @@ Compressed compress(const std::int64_t* major, const std::int64_t* minor, const 
 Storage compress_both(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, int threads) {
   std::vector<double> logv(obs.size);
   parallel_chunks(static_cast<std::int64_t>(obs.size), threads, [&](std::int64_t lo, std::int64_t hi) {
-    for (std::int64_t i = lo; i < hi; ++i) logv[i] = std::log(obs.values[i]);
+    for (std::int64_t i = lo; i < hi; ++i) {
+      logv[i] = std::log(obs.values[i]);
+      if (!std::isfinite(logv[i])) throw InvalidInput("values changed during the call (another thread wrote them)");
+    }
   }, 4096);
   Storage out;
   parallel_chunks(2, threads, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t k = lo; k < hi; ++k)
       if (k == 0)
-        out.by_row = compress(obs.rows, obs.cols, logv.data(), obs.size, n_rows);
+        out.by_row = compress(obs.rows, obs.cols, logv.data(), obs.size, n_rows, n_cols);
       else
-        out.by_col = compress(obs.cols, obs.rows, logv.data(), obs.size, n_cols);
+        out.by_col = compress(obs.cols, obs.rows, logv.data(), obs.size, n_cols, n_rows);
   }, 1);
   return out;
 }

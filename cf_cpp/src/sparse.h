@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cf_cpp/model.h"
@@ -14,12 +15,17 @@ struct Compressed {
   std::vector<double> value;        // log value per entry
 };
 
-// Throws InvalidInput unless all indices are in range and all values are finite and > 0.
+// A value for an error message (%g: "-1e-09", not std::to_string's "-0.000000").
+std::string format_value(double v);
+
+// Throws InvalidInput unless 0 < n_rows, n_cols <= kMaxDim, all indices are in range and all values are finite and
+// > 0.
 void validate(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols);
 
-// Stable counting sort by major index of the entries (major[i], minor[i]) -> logv[i].
+// Stable counting sort by major index of the entries (major[i], minor[i]) -> logv[i]. The indices were validated,
+// but the caller's arrays may change during the call: both are checked again where they are used (InvalidInput).
 Compressed compress(const std::int64_t* major, const std::int64_t* minor, const double* logv, std::size_t n,
-                    std::int64_t n_major);
+                    std::int64_t n_major, std::int64_t n_minor);
 
 struct Storage {
   Compressed by_row, by_col;

@@ -1,9 +1,18 @@
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <climits>
 #include <cmath>
+#include <fstream>
+#include <new>
+#include <thread>
 #include <vector>
 
 #include "cf_cpp/model.h"
+#include "sparse.h"
 #include "synthetic.h"
 
 namespace {
@@ -19,6 +28,36 @@ double log_rmse(const cf::Model& m, const Synthetic& s, std::int64_t n_rows) {
       ++n;
     }
   return std::sqrt(se / static_cast<double>(n));
+}
+
+// Lowers this process's address-space limit to 1 GiB above its current size while alive: larger allocations fail
+// with std::bad_alloc whatever the machine's overcommit policy.
+class AddressSpaceLimit {
+ public:
+  AddressSpaceLimit() {
+    getrlimit(RLIMIT_AS, &saved_);
+    std::size_t pages = 0;
+    std::ifstream("/proc/self/statm") >> pages;
+    rlimit lower = saved_;
+    lower.rlim_cur = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) + (rlim_t{1} << 30);
+    setrlimit(RLIMIT_AS, &lower);
+  }
+  ~AddressSpaceLimit() { setrlimit(RLIMIT_AS, &saved_); }
+
+ private:
+  rlimit saved_{};
+};
+
+std::vector<double> all_predictions(const cf::Model& m) {
+  std::vector<std::int64_t> rows, cols;
+  for (std::int64_t r = 0; r < m.n_rows(); ++r)
+    for (std::int64_t c = 0; c < m.n_cols(); ++c) {
+      rows.push_back(r);
+      cols.push_back(c);
+    }
+  std::vector<double> out(rows.size());
+  m.predict_log(rows.data(), cols.data(), rows.size(), out.data());
+  return out;
 }
 
 cf::Config small_config() {
@@ -238,4 +277,126 @@ TEST_CASE("invalid input raises InvalidInput with a clear message") {
   cf::Config bad;
   bad.rank = -1;
   CHECK_THROWS_AS(cf::Model{bad}, cf::InvalidInput);
+}
+
+TEST_CASE("error messages print values with %g") {
+  std::vector<std::int64_t> rows = {0, 1}, cols = {0, 1};
+  std::vector<double> values = {-1e-9, 2.0};
+  cf::Model m(small_config());
+  CHECK_THROWS_WITH_AS(m.fit(cf::Observations{rows.data(), cols.data(), values.data(), 2}, 2, 2, nullptr),
+                       "values[0] = -1e-09 must be finite and > 0 (the model works in log space)", cf::InvalidInput);
+}
+
+TEST_CASE("overlapping calls on one model wait for each other") {
+  // fold_in_row and add_cols grow the arrays that predict_log and the accessors read; before the model's lock they
+  // reallocated them under a concurrent reader (use after free).
+  Synthetic s = make_synthetic(60, 300, 0.3, 10);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  cf::Config c = small_config();
+  c.iterations = 2;
+  c.threads = 1;
+  cf::Model m(c);
+  m.fit(observations(s), s.n_rows, s.n_cols, &f);
+  std::atomic<bool> stop{false};
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    std::vector<std::int64_t> cols = {0, 10, 20, 30};
+    std::vector<double> values = {1.0, 2.0, 3.0, 4.0};
+    for (int k = 0; k < 150; ++k) m.fold_in_row(cols.data(), values.data(), cols.size());
+  });
+  threads.emplace_back([&] {
+    const cf::Features one{s.features.data(), 1, s.n_features};  // the first column's features
+    for (int k = 0; k < 150; ++k) m.add_cols(1, &one);
+  });
+  for (int t = 0; t < 2; ++t)
+    threads.emplace_back([&] {
+      std::vector<std::int64_t> rows(s.n_cols), cols(s.n_cols);
+      std::vector<double> out(s.n_cols);
+      while (!stop) {
+        for (std::int64_t k = 0; k < s.n_cols; ++k) {
+          rows[k] = k % s.n_rows;
+          cols[k] = k;
+        }
+        m.predict_log(rows.data(), cols.data(), rows.size(), out.data());
+        for (double v : out)
+          if (!std::isfinite(v)) ++mismatches;
+        if (m.row_params().size() % static_cast<std::size_t>(c.rank + 1) != 0) ++mismatches;
+      }
+    });
+  threads[0].join();
+  threads[1].join();
+  stop = true;
+  for (std::size_t t = 2; t < threads.size(); ++t) threads[t].join();
+  CHECK(mismatches == 0);
+  CHECK(m.n_rows() == 60 + 150);
+  CHECK(m.n_cols() == 300 + 150);
+  CHECK(m.row_params().size() == static_cast<std::size_t>((60 + 150) * (c.rank + 1)));
+  CHECK(m.row_residuals().size() == static_cast<std::size_t>((60 + 150) * (300 + 150)));
+}
+
+TEST_CASE("sizes are checked up front, and a fit, refit or add_cols that fails changes nothing") {
+  Synthetic s = make_synthetic(10, 40, 0.6, 11);
+  cf::Model m(small_config());
+  CHECK_THROWS_AS(m.fit(observations(s), s.n_rows, cf::kMaxDim + 1, nullptr), cf::InvalidInput);
+  CHECK_THROWS_AS(m.fit(observations(s), cf::kMaxDim + 1, s.n_cols, nullptr), cf::InvalidInput);
+  cf::Config huge = small_config();
+  huge.rank = INT_MAX;  // dim() = rank + 1 overflowed
+  CHECK_THROWS_AS(cf::Model{huge}, cf::InvalidInput);
+  huge.rank = cf::kMaxRank + 1;
+  CHECK_THROWS_AS(cf::Model{huge}, cf::InvalidInput);
+
+  m.fit(observations(s), s.n_rows, s.n_cols, nullptr);
+  const std::vector<double> before = all_predictions(m);
+  CHECK_THROWS_AS(m.refit(observations(s), s.n_rows, s.n_cols, nullptr, -2), cf::InvalidInput);
+  CHECK_THROWS_AS(m.add_cols(cf::kMaxDim, nullptr), cf::InvalidInput);
+  {
+    AddressSpaceLimit limit;
+    // Within the limits, but more memory than there is: the model stays as it was (it was left unfitted, or with
+    // grown arrays and an old residual table).
+    CHECK_THROWS_AS(m.refit(observations(s), s.n_rows, cf::kMaxDim, nullptr, 2), std::bad_alloc);
+    CHECK_THROWS_AS(m.add_cols(cf::kMaxDim - s.n_cols, nullptr), std::bad_alloc);
+    CHECK_THROWS_AS(m.fit(observations(s), cf::kMaxDim, s.n_cols, nullptr), std::bad_alloc);
+  }
+  CHECK(m.fitted());
+  CHECK(m.n_rows() == s.n_rows);
+  CHECK(m.n_cols() == s.n_cols);
+  CHECK(all_predictions(m) == before);
+}
+
+TEST_CASE("features near the largest double are standardised without overflow") {
+  // Feature 1 constant at 1e308 (dropped, as a constant 1 is), feature 2 at +-1e300: the same model as with
+  // feature 1 constant at 1 and feature 2 at +-1, to rounding. Before, their sums overflowed: NaN predictions.
+  Synthetic s = make_synthetic(12, 40, 0.6, 12);
+  std::vector<double> huge = s.features, plain = s.features;
+  for (std::int64_t c = 0; c < s.n_cols; ++c) {
+    huge[c * 3 + 1] = 1e308;
+    plain[c * 3 + 1] = 1.0;
+    huge[c * 3 + 2] = c % 2 ? 1e300 : -1e300;
+    plain[c * 3 + 2] = c % 2 ? 1.0 : -1.0;
+  }
+  cf::Features fh{huge.data(), s.n_cols, 3}, fp{plain.data(), s.n_cols, 3};
+  cf::Model a(small_config()), b(small_config());
+  a.fit(observations(s), s.n_rows, s.n_cols, &fh);
+  b.fit(observations(s), s.n_rows, s.n_cols, &fp);
+  const std::vector<double> pa = all_predictions(a), pb = all_predictions(b);
+  for (std::size_t i = 0; i < pa.size(); ++i) CHECK(pa[i] == doctest::Approx(pb[i]).epsilon(1e-9));
+  // A new column whose standardised features would overflow the prior and the kernel is rejected, unchanged model.
+  std::vector<double> extreme = {1e308, 1e308, 1e300};
+  cf::Features fe{extreme.data(), 1, 3};
+  CHECK_THROWS_AS(b.add_cols(1, &fe), cf::InvalidInput);
+  CHECK(b.n_cols() == s.n_cols);
+  CHECK(all_predictions(b) == pb);
+}
+
+TEST_CASE("compress checks each index where it uses it (the caller's arrays may change after validation)") {
+  std::vector<std::int64_t> major = {0, 1, 2}, minor = {0, 0, 7};
+  std::vector<double> logv = {0.0, 0.0, 0.0};
+  CHECK_THROWS_AS(cf::detail::compress(major.data(), minor.data(), logv.data(), 3, 2, 5), cf::InvalidInput);
+  major[2] = 1;
+  CHECK_THROWS_AS(cf::detail::compress(major.data(), minor.data(), logv.data(), 3, 2, 5), cf::InvalidInput);
+  minor[2] = 4;
+  const cf::detail::Compressed out = cf::detail::compress(major.data(), minor.data(), logv.data(), 3, 2, 5);
+  CHECK(out.ptr == std::vector<std::int64_t>{0, 1, 3});
+  CHECK(out.index == std::vector<std::int64_t>{0, 0, 4});
 }

@@ -14,11 +14,16 @@
 //
 // Fitting is alternating least squares; every row / column solve is independent, so the work is split across
 // std::threads and the result does not depend on the thread count. Only plain C++ types cross this interface.
+//
+// A Model may be shared between threads: calls that only read it (predict_log, save, the inspection accessors, which
+// return copies) run at the same time; fit, refit, fold_in_row and add_cols wait for every other call to finish.
+// fit / refit / add_cols change nothing when they throw.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +34,14 @@ namespace cf {
 
 namespace detail {
 struct FoldInPrior;  // src/fold_in.h
+
+// The lock of one Model object: a copied or moved-from Model gets a fresh one (it guards an object, not a value).
+struct ObjectMutex {
+  ObjectMutex() = default;
+  ObjectMutex(const ObjectMutex&) {}
+  ObjectMutex& operator=(const ObjectMutex&) { return *this; }
+  mutable std::shared_mutex mutex;
+};
 }
 
 // A fitted row's kernel residual as an expansion over columns: h(c) = sum_i alpha[i] k(x_{cols[i]}, x_c)
@@ -41,9 +54,13 @@ struct KernelExpansion {
 // A folded-in row's kernel residual: the weighted sum of its experts' (fitted rows') residuals.
 using KernelBlend = std::vector<std::pair<std::int64_t, double>>;
 
+// Size limits, checked (InvalidInput) before anything is allocated; load checks them too.
+constexpr std::int64_t kMaxDim = std::int64_t{1} << 40;  // rows, columns
+constexpr int kMaxRank = 1024;
+
 // Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
 struct Config {
-  int rank = 16;                // latent dimension k (0 = biases only)
+  int rank = 16;                // latent dimension k (0 = biases only, at most kMaxRank)
   double reg = 0.3;             // ridge on row factors p_r
   double reg_bias = 0.01;       // ridge on row biases b_r
   double reg_col = 3.0;         // ridge on column factor deviations from the prior (q part of e_c)
@@ -81,7 +98,7 @@ class Model {
 
   // Warm-started refit: existing rows / columns keep their factors as the starting point, new ones (when
   // n_rows / n_cols grew) are initialised. features / additive null keep the current ones (they must then cover
-  // n_cols). Every row becomes an ALS row again (no additive rows).
+  // n_cols). Every row becomes an ALS row again (no additive rows). iterations -1 = config().iterations.
   void refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
              int iterations, const Features* additive = nullptr);
 
@@ -99,26 +116,34 @@ class Model {
   void save(const std::string& path) const;
   static Model load(const std::string& path);
 
-  // Inspection.
-  const Config& config() const { return config_; }
-  bool fitted() const { return fitted_; }
-  std::int64_t n_rows() const { return n_rows_; }
-  std::int64_t n_cols() const { return n_cols_; }
-  std::int64_t n_features() const { return n_features_; }
-  std::int64_t n_additive() const { return n_add_; }
-  double global_mean() const { return mu_; }
-  const std::vector<double>& row_params() const { return rows_; }  // n_rows x (k+1): [b_r, p_r]
-  std::vector<double> col_params() const;                          // n_cols x (k+1): z_c = [b_c, q_c]
-  const std::vector<std::int64_t>& col_counts() const { return col_counts_; }
-  const std::vector<double>& row_scales() const { return row_scale_; }      // g_r (1 for fitted rows)
-  const std::vector<std::int64_t>& row_counts() const { return row_counts_; }  // training observations per row
-  double noise_var() const { return noise_var_; }  // mean squared training residual of the ALS model (log units)
+  // Inspection (copies, taken under the lock).
+  Config config() const { return read(config_); }
+  bool fitted() const { return read(fitted_); }
+  std::int64_t n_rows() const { return read(n_rows_); }
+  std::int64_t n_cols() const { return read(n_cols_); }
+  std::int64_t n_features() const { return read(n_features_); }
+  std::int64_t n_additive() const { return read(n_add_); }
+  double global_mean() const { return read(mu_); }
+  std::vector<double> row_params() const { return read(rows_); }  // n_rows x (k+1): [b_r, p_r]
+  std::vector<double> col_params() const { return read(z_); }     // n_cols x (k+1): z_c = [b_c, q_c]
+  std::vector<std::int64_t> col_counts() const { return read(col_counts_); }
+  std::vector<double> row_scales() const { return read(row_scale_); }      // g_r (1 for fitted rows)
+  std::vector<std::int64_t> row_counts() const { return read(row_counts_); }  // training observations per row
+  double noise_var() const { return read(noise_var_); }  // mean squared training residual of the ALS model (log)
   // h_r(c) of every row and column, row-major n_rows x n_cols; empty when no row has a kernel residual.
-  const std::vector<double>& row_residuals() const { return residuals_; }
+  std::vector<double> row_residuals() const { return read(residuals_); }
   // Per row: w_r (n_additive + 1) of an additive row, empty for the others.
-  const std::vector<std::vector<double>>& additive_rows() const { return additive_rows_; }
+  std::vector<std::vector<double>> additive_rows() const { return read(additive_rows_); }
 
  private:
+  template <class T>
+  T read(const T& member) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
+    return member;
+  }
+  // fit with the lock held (refit of an unfitted model fits).
+  void fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
+                    int iterations, const Features* additive);
   int dim() const { return config_.rank + 1; }
   void check_fitted() const;
   void set_features(const Features& f);
@@ -137,6 +162,7 @@ class Model {
   // Adds a folded-in row's blend of its experts' residuals to its own, at the columns from first_col on.
   void blend_residuals(std::int64_t r, std::int64_t first_col = 0);
 
+  detail::ObjectMutex mutex_;  // shared: the calls that only read; exclusive: fit, refit, fold_in_row, add_cols
   Config config_;
   bool fitted_ = false;
   std::int64_t n_rows_ = 0, n_cols_ = 0, n_features_ = 0;  // n_features_ counts the raw features

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import os
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -17,7 +18,22 @@ def _index(name: str, x: ArrayLike) -> NDArray[np.int64]:
         raise _core.InvalidInputError(f"{name} must be 1-D, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise _core.InvalidInputError(f"{name} must hold integers, got dtype {a.dtype}")
+    if a.size and a.dtype == np.uint64 and a.max() > np.iinfo(np.int64).max:  # would wrap to negative
+        i = int(np.argmax(a > np.iinfo(np.int64).max))
+        raise _core.InvalidInputError(f"{name}[{i}] = {a[i]} is out of range (more than 2**63 - 1)")
     return np.ascontiguousarray(a, dtype=np.int64)  # no copy when already int64 and contiguous
+
+
+def _integer(name: str, x: SupportsIndex) -> int:
+    """An integer argument: ints and numpy integers, not floats or strings (no silent truncation)."""
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__} {x!r}") from None
+
+
+def _optional_integer(name: str, x: SupportsIndex | None) -> int | None:
+    return None if x is None else _integer(name, x)
 
 
 def _values(name: str, x: ArrayLike) -> NDArray[np.float64]:
@@ -99,8 +115,8 @@ class CFModel:
             _index("rows", rows),
             _index("cols", cols),
             _values("values", values),
-            int(n_rows),
-            int(n_cols),
+            _integer("n_rows", n_rows),
+            _integer("n_cols", n_cols),
             _features(col_features),
             _features(additive_features, "additive_features"),
         )
@@ -119,17 +135,18 @@ class CFModel:
     ) -> CFModel:
         """Refit on the full updated data, warm-started from the current parameters. Returns self.
 
-        ``n_rows`` / ``n_cols`` may grow (default: unchanged); ``col_features=None`` / ``additive_features=None`` keep
-        the current ones. Every row becomes a fitted row again (none stays additive).
+        ``n_rows`` / ``n_cols`` may grow (default: unchanged; an unfitted model needs them: it fits from scratch);
+        ``col_features=None`` / ``additive_features=None`` keep the current ones. ``iterations`` (>= 0) defaults to
+        the constructor's. Every row becomes a fitted row again (none stays additive).
         """
         self._core.refit(
             _index("rows", rows),
             _index("cols", cols),
             _values("values", values),
-            n_rows,
-            n_cols,
+            _optional_integer("n_rows", n_rows),
+            _optional_integer("n_cols", n_cols),
             _features(col_features),
-            iterations,
+            _optional_integer("iterations", iterations),
             _features(additive_features, "additive_features"),
         )
         return self
@@ -156,7 +173,9 @@ class CFModel:
     ) -> int:
         """Append ``n`` cold columns predicted from their features. Returns the first new column index."""
         return int(
-            self._core.add_cols(int(n), _features(col_features), _features(additive_features, "additive_features"))
+            self._core.add_cols(
+                _integer("n", n), _features(col_features), _features(additive_features, "additive_features")
+            )
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
