@@ -5,10 +5,12 @@ INTERNAL with a generic message (the traceback goes to the log only). Health and
 so that probes and `buf curl`/`grpcurl` discovery work; every other method needs a valid bearer token when the server
 runs with a token table.
 
-A call holds one of the server's worker threads for as long as it is open, and two stay open while idle: an edge keeps
-its ModelStreamInfer stream open between requests, and a health Watch lasts as long as its watcher. Those share
-`StreamSlots`, every worker but a reserve; past them a new one is RESOURCE_EXHAUSTED at once, and the reserve keeps
-every other call (health checks, ModelInfer, uploads, slice status) answered however many are open.
+Every call holds one of the server's worker threads for as long as it is open, and a stream may stay open while
+idle: an edge keeps its ModelStreamInfer stream open between requests, a slow client can hold an upload or a health
+Watch open. So streams take `StreamSlots` from three pools: most workers for the edges' inference streams, a few for
+every other stream (uploads, reports, echo) and one for the streams open without a token (health Watch,
+reflection). Past its pool a new stream is RESOURCE_EXHAUSTED at once, and the workers left over always answer unary
+calls (health checks, ModelInfer, slice status), however many streams are open.
 """
 
 from __future__ import annotations
@@ -27,32 +29,44 @@ from rr_server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-_LONG_LIVED = frozenset({"ModelStreamInfer", "Watch"})  # streams that stay open while idle: they take a StreamSlot
+_EDGE_STREAMS = frozenset({"ModelStreamInfer"})  # kept open by every edge runner between its requests
 _INTERNAL_MESSAGE = "internal server error (details in the server log)"
 
 
 class StreamSlots:
-    """How many streams that may idle can be open at once: `workers` minus a reserve (a quarter, at least 2)."""
+    """Open streams per pool, out of `workers`: a reserve of a quarter (at least 4) is kept from the edges' inference
+    streams; half of it may serve other streams, one of them open streams; the rest only unary calls."""
 
     def __init__(self, workers: int) -> None:
-        self.capacity = max(1, workers - max(2, workers // 4))
-        self.in_use = 0
+        reserve = max(4, workers // 4)
+        self.capacity = {"edge": max(1, workers - reserve), "other": max(1, reserve // 2 - 1), "open": 1}
+        self.in_use = dict.fromkeys(self.capacity, 0)
         self._lock = threading.Lock()
 
-    def take(self, method: str) -> bool:
-        """Take a slot for a new stream of `method` (True), or raise ResourceExhausted when none is free."""
+    @staticmethod
+    def pool_of(method: str, streaming: bool) -> str | None:
+        """The pool a call of `method` (full path) takes a slot from; None for a unary call."""
+        if not streaming:
+            return None
+        if method.startswith(_OPEN_PREFIXES):
+            return "open"
+        return "edge" if method.rsplit("/", 1)[-1] in _EDGE_STREAMS else "other"
+
+    def take(self, pool: str, method: str) -> bool:
+        """Take a slot of `pool` for a new stream of `method` (True), or raise ResourceExhausted when none is free."""
         with self._lock:
-            if self.in_use >= self.capacity:
+            if self.in_use[pool] >= self.capacity[pool]:
                 raise ResourceExhausted(
-                    f"{method}: all {self.capacity} stream slots of this server are in use (each open stream holds "
-                    "a worker thread); retry later, use ModelInfer, or start rr-server with more --workers"
+                    f"{method}: all {self.capacity[pool]} slots of this server for such streams are in use (each open "
+                    "stream holds a worker thread); retry later, use the unary call, or start rr-server with more "
+                    "--workers"
                 )
-            self.in_use += 1
+            self.in_use[pool] += 1
         return True
 
-    def give_back(self) -> None:
+    def give_back(self, pool: str) -> None:
         with self._lock:
-            self.in_use -= 1
+            self.in_use[pool] -= 1
 
 
 class PolicyInterceptor(grpc.ServerInterceptor):
@@ -76,7 +90,8 @@ class PolicyInterceptor(grpc.ServerInterceptor):
             except Unauthenticated as exc:
                 auth_error = exc
         short = method.rsplit("/", 1)[-1]
-        return _wrap(handler, short, caller, auth_error, self._metrics, self._slots)
+        pool = StreamSlots.pool_of(method, not handler.unary_unary)
+        return _wrap(handler, short, caller, auth_error, self._metrics, self._slots, pool)
 
 
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
@@ -105,21 +120,26 @@ def _reset(token) -> None:
         pass
 
 
-def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics, slots):
-    long_lived = method in _LONG_LIVED  # both are response streams, wrapped by `streaming`
+def _wrap(
+    handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics, slots, pool: str | None
+):
 
     def unary(behavior: Callable):
         def run(request_or_iterator, context):
             started = time.perf_counter()
             token = CALLER.set(caller)
+            slot = False
             try:
                 if auth_error is not None:
                     raise auth_error
+                slot = pool is not None and slots.take(pool, method)
                 response = behavior(request_or_iterator, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
                 _finish(context, metrics, method, started, exc)
             finally:
                 _reset(token)
+                if slot:
+                    slots.give_back(pool)
             _finish(context, metrics, method, started, None)
             return response
 
@@ -133,15 +153,14 @@ def _wrap(handler, method: str, caller: str | None, auth_error: ServerError | No
             try:
                 if auth_error is not None:
                     raise auth_error
-                if long_lived:
-                    slot = slots.take(method)
+                slot = pool is not None and slots.take(pool, method)
                 yield from behavior(request_or_iterator, context)
             except Exception as exc:  # noqa: BLE001
                 _finish(context, metrics, method, started, exc)
             finally:
                 _reset(token)
                 if slot:
-                    slots.give_back()
+                    slots.give_back(pool)
             _finish(context, metrics, method, started, None)
 
         return run

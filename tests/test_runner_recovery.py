@@ -228,10 +228,10 @@ def test_a_server_without_a_free_stream_slot_gets_unary_calls(chain, tmp_path):
     model, graph, slicer = chain
     config = rr_server.ServerConfig(data_dir=tmp_path / "data", listen="127.0.0.1:0", workers=4)
     with rr_server.Server(config) as server, Client(str(server.address)) as client:
-        queues = [queue.Queue() for _ in range(server.stream_slots.capacity)]
+        queues = [queue.Queue() for _ in range(server.stream_slots.capacity["edge"])]
         others = [client.stream_infer("0" * 64, iter(q.get, None)) for q in queues]
         deadline = time.monotonic() + GENEROUS_S
-        while server.stream_slots.in_use < server.stream_slots.capacity and time.monotonic() < deadline:
+        while server.stream_slots.in_use["edge"] < server.stream_slots.capacity["edge"] and time.monotonic() < deadline:
             time.sleep(0.01)
         x = _x(graph)
         with make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(timeout_s=GENEROUS_S)) as runner:

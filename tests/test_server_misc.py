@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -158,39 +159,56 @@ def test_graceful_stop_finishes_in_flight_calls(tmp_path):
     stubs.close()
 
 
+def _wait_for(predicate, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert predicate()
+
+
 def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
-    """Each open stream holds a worker thread; idle ModelStreamInfer streams (one per edge runner) used to take all
-    of them, and then even health checks timed out. Streams get all workers but a reserve; one more is refused."""
-    server = start_server(tmp_path, workers=8)
+    """Each open stream holds a worker thread. Idle ModelStreamInfer streams (one per edge runner) used to take all of
+    them, and then even health checks timed out; idle uploads and health Watch streams (open without a token) could do
+    the same. Streams take slots of three pools; past a pool's slots one more is refused, unary calls always answer."""
+    server = start_server(tmp_path, workers=12)
     stubs = Stubs.connect(server.address)
     slots = server.stream_slots
-    assert slots.capacity == 6
-    queues = [queue.Queue() for _ in range(slots.capacity)]
+    assert slots.capacity == {"edge": 8, "other": 1, "open": 1}
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    queues = [queue.Queue() for _ in range(slots.capacity["edge"])]
     calls = [stubs.kserve.ModelStreamInfer(iter(q.get, None)) for q in queues]  # open, and idle
+    upload_chunks: queue.Queue = queue.Queue()
+    held_upload = stubs.slices.UploadSlice.future(iter(upload_chunks.get, None), timeout=30)  # open, and idle
+    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
     try:
-        deadline = time.monotonic() + 20
-        while slots.in_use < slots.capacity and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert slots.in_use == slots.capacity
-        with pytest.raises(grpc.RpcError) as err:
-            next(stubs.kserve.ModelStreamInfer(iter([]), timeout=10))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "stream slots" in err.value.details()
-        stubs.upload(conv_model())  # a client stream, but never idle: it takes no slot
-        health = health_pb2_grpc.HealthStub(stubs.channel)
+        _wait_for(lambda: slots.in_use == slots.capacity)
+        for call_more in (
+            lambda: next(stubs.kserve.ModelStreamInfer(iter([]), timeout=10)),
+            lambda: stubs.upload(conv_model()),
+            lambda: next(health.Watch(health_pb2.HealthCheckRequest(), timeout=10)),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call_more()
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "slots" in err.value.details()
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         assert stubs.kserve.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
+        assert stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5).nodes
         queues[0].put(None)  # one stream ends: its slot is free again
         list(calls[0])
-        assert slots.in_use == slots.capacity - 1
+        assert slots.in_use["edge"] == slots.capacity["edge"] - 1
         next(stubs.kserve.ModelStreamInfer(iter([]), timeout=10), None)  # a new stream is accepted (ends at once)
     finally:
         for q in queues:
             q.put(None)
+        upload_chunks.put(None)
+        watch.cancel()
         for call in calls:
             list(call)
+        with contextlib.suppress(grpc.RpcError):
+            held_upload.result()
+        _wait_for(lambda: sum(slots.in_use.values()) == 0)
         stubs.close()
         server.stop(grace=1)
-    assert slots.in_use == 0
 
 
 def test_stopped_server_refuses_new_calls(tmp_path):
