@@ -38,6 +38,9 @@ class TokenTable:
             node_id, token = parts
             if node_id in tokens:
                 raise ValueError(f"{path}:{lineno}: node {node_id!r} listed twice")
+            holder = next((n for n, t in tokens.items() if hmac.compare_digest(t.encode(), token.encode())), None)
+            if holder is not None:  # the caller would be whichever node comes last: refuse the ambiguity
+                raise ValueError(f"{path}:{lineno}: node {node_id!r} has the same token as node {holder!r}")
             tokens[node_id] = token
         return cls(tokens)
 

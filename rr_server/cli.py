@@ -163,14 +163,22 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:
+        if stop.is_set():  # a second signal: stop now, without the grace period
+            log.info("received %s again: stopping now", signal.Signals(signum).name)
+            server.stop_now()
+            return
         log.info("received %s", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not stop.is_set():
-        time.sleep(0.2)
-    server.stop()
+    try:
+        while not stop.is_set():
+            time.sleep(0.2)
+        server.stop()
+    finally:
+        if args.port_file:  # the address is no longer served
+            args.port_file.unlink(missing_ok=True)
     return 0
 
 

@@ -191,6 +191,11 @@ class Server:
         self.storage.close()
         log.info("stopped")
 
+    def stop_now(self) -> None:
+        """End every call at once, also while a graceful `stop` waits for them (a second SIGTERM)."""
+        if self._grpc is not None:
+            self._grpc.stop(0)
+
     def wait(self) -> None:
         if self._grpc is not None:
             self._grpc.wait_for_termination()

@@ -237,3 +237,33 @@ def test_oversized_message_is_resource_exhausted(tmp_path):
     finally:
         stubs.close()
         server.stop(grace=1)
+
+
+def test_sigterm_removes_the_port_file_and_a_second_one_stops_at_once(tmp_path):
+    """A graceful stop waits up to its grace (10 s) for calls in flight; a second SIGTERM ends them now. Either way
+    the port file goes: nothing serves that address any more."""
+    import signal
+
+    from _server_process import ServerProcess
+
+    for second_signal in (False, True):
+        server = ServerProcess(tmp_path / f"data{int(second_signal)}")
+        stubs = Stubs.connect(server.address)
+        requests: queue.Queue = queue.Queue()
+        stream = stubs.kserve.ModelStreamInfer(iter(requests.get, None), timeout=60)
+        requests.put(pb.ModelInferRequest(model_name="0" * 64))
+        assert next(stream).error_message.startswith("NOT_FOUND")  # the stream is open on the server, and idle
+        try:
+            server.proc.send_signal(signal.SIGTERM)
+            if second_signal:
+                _wait_for(lambda server=server: "finishing in-flight calls" in server.log())
+                server.proc.send_signal(signal.SIGTERM)
+                server.proc.wait(timeout=8)  # well inside the 10 s grace the first signal gave
+            else:
+                requests.put(None)  # the call ends by itself: the stop finishes
+                server.proc.wait(timeout=30)
+            assert server.proc.returncode == 0 and not server.port_file.exists()
+        finally:
+            requests.put(None)
+            stubs.close()
+            server.stop()

@@ -170,3 +170,13 @@ def test_mutual_tls(tmp_path, pki):
         without.close()
     finally:
         server.stop(grace=1)
+
+
+def test_a_token_shared_by_two_nodes_is_refused(tmp_path):
+    """The caller would silently be whichever node is listed last."""
+    from rr_server.auth import TokenTable
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice s3cret\nbob s3cret\n")
+    with pytest.raises(ValueError, match="node 'bob' has the same token as node 'alice'"):
+        TokenTable.from_file(tokens)
