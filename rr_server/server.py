@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import ssl
 import threading
 import time
 from concurrent import futures
@@ -28,7 +29,7 @@ from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
 from rr_server.auth import TokenTable
 from rr_server.cloud_profiler import CloudProfiler
-from rr_server.config import ServerConfig
+from rr_server.config import ServerConfig, TlsConfig
 from rr_server.echo_servicer import EchoServicer
 from rr_server.inference_servicer import InferenceServicer
 from rr_server.inference_servicer import add_to_server as add_inference_service
@@ -73,6 +74,21 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
         ("grpc.http2.bdp_probe", 1),
         ("grpc.so_reuseport", 0),
     ]
+
+
+def check_tls(tls: TlsConfig) -> None:
+    """Raise ValueError, naming the file, unless the certificate and key match and the client CA file is a CA bundle
+    (gRPC itself only says that it failed to bind)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        raise ValueError(f"TLS: {tls.cert} and {tls.key} are not a matching PEM certificate and key ({exc})") from None
+    if tls.client_ca is not None:
+        try:
+            context.load_verify_locations(tls.client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(f"TLS: {tls.client_ca} is not a PEM CA bundle ({exc})") from None
 
 
 class Server:
@@ -127,11 +143,8 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     def start(self) -> str:
-        """Bind, start serving and return the bound address HOST:PORT."""
-        self._register_cloud_node()
-        self.predictor.start()
-        if self.cloud_profiler is not None:
-            self.cloud_profiler.start()
+        """Bind, start serving and return the bound address HOST:PORT (OSError or ValueError, with nothing started,
+        when the address or the TLS files are unusable)."""
         options = grpc_options(self.config.max_message_bytes) + list(self.config.extra_grpc_options)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="rr-grpc"),
@@ -140,18 +153,28 @@ class Server:
         )
         self._add_services(server)
         host = self.config.listen.rsplit(":", 1)[0]
-        if self.config.tls is not None:
-            tls = self.config.tls
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key.read_bytes(), tls.cert.read_bytes())],
-                root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-                require_client_auth=tls.client_ca is not None,
-            )
-            self.port = server.add_secure_port(self.config.listen, credentials)
-        else:
-            self.port = server.add_insecure_port(self.config.listen)
+        try:
+            if self.config.tls is not None:
+                tls = self.config.tls
+                check_tls(tls)
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                    root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = server.add_secure_port(self.config.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:  # gRPC's "Failed to bind to address": the port is taken or the address invalid
+            raise OSError(
+                f"cannot listen on {self.config.listen} (in use, or not an address of this host): {exc}"
+            ) from None
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
+        self._register_cloud_node()
+        self.predictor.start()
+        if self.cloud_profiler is not None:
+            self.cloud_profiler.start()
         server.start()
         self._grpc = server
         for name in ("", *SERVICE_NAMES):

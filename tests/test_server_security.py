@@ -180,3 +180,23 @@ def test_a_token_shared_by_two_nodes_is_refused(tmp_path):
     tokens.write_text("alice s3cret\nbob s3cret\n")
     with pytest.raises(ValueError, match="node 'bob' has the same token as node 'alice'"):
         TokenTable.from_file(tokens)
+
+
+def test_unusable_tls_files_and_addresses_are_one_clear_error(tmp_path, pki):
+    """gRPC only says "Failed to bind to address" for all of these; the server names the cause, starts nothing."""
+    from rr_server import Server, ServerConfig
+
+    def start(**kw) -> None:
+        Server(ServerConfig(data_dir=tmp_path / "d", listen="127.0.0.1:0", **kw)).start()
+
+    with pytest.raises(ValueError, match="not a matching PEM certificate and key"):
+        start(tls=TlsConfig(pki / "server.pem", pki / "client.key"))
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    with pytest.raises(ValueError, match="is not a PEM CA bundle"):
+        start(tls=TlsConfig(pki / "server.pem", pki / "server.key", tmp_path / "garbage.pem"))
+    running = start_server(tmp_path / "first")
+    try:
+        with pytest.raises(OSError, match="cannot listen on"):
+            Server(ServerConfig(data_dir=tmp_path / "d", listen=running.address)).start()
+    finally:
+        running.stop(grace=1)
