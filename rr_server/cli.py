@@ -18,6 +18,7 @@ from rr_server.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_SLICE_MB,
     DEFAULT_WORKERS,
+    PROVIDER_ALIASES,
     ServerConfig,
     TlsConfig,
 )
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _providers(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(p.strip() for p in args.providers.split(",") if p.strip())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
@@ -115,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--client-ca needs --tls-cert and --tls-key")
     if args.workers < 4:
         p.error("--workers must be at least 4")
+    unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_ALIASES and not n.endswith("ExecutionProvider")]
+    if unknown:
+        p.error(f"--providers: unknown {', '.join(unknown)}; use {', '.join(PROVIDER_ALIASES)} or an ONNX Runtime name")
     if args.max_slice_mb <= 0:
         p.error("--max-slice-mb must be positive")
     if args.max_store_gb is not None and args.max_store_gb * 1024 < args.max_slice_mb:
@@ -131,7 +139,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         auth_token_file=args.auth_token_file,
         max_slice_bytes=int(args.max_slice_mb * 1024 * 1024),
         max_store_bytes=None if args.max_store_gb is None else int(args.max_store_gb * 1024**3),
-        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        providers=_providers(args),
         metrics_port=args.metrics_port,
         workers=args.workers,
         drain_s=args.drain_seconds,

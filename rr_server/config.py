@@ -16,6 +16,7 @@ DEFAULT_UPLOAD_CHUNK_BYTES = 1024 * 1024
 DEFAULT_SESSION_CACHE_SIZE = 16
 DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter (rr_server.interceptor)
 DEFAULT_PROVIDERS = ("cuda", "cpu")
+PROVIDER_ALIASES = ("cuda", "cpu", "tensorrt")  # short names of --providers (rr_server.sessions maps them)
 DEFAULT_CLOUD_NODE_ID = "cloud"
 DEFAULT_GRACE_S = 10.0
 # On stop, health reports NOT_SERVING this long before the listener closes, so probes and balancers notice. In-process

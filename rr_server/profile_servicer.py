@@ -134,8 +134,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
 
 
 def _check_run(run: ModelRun) -> ModelRun:
-    if not run.model or len(run.model) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"model name must be 1-{MAX_ID_LENGTH} characters")
+    if not run.model or len(run.model) > MAX_ID_LENGTH or not run.model.isprintable():  # no newlines in the logs
+        raise InvalidArgument(f"model name {run.model[:40]!r} must be 1-{MAX_ID_LENGTH} printable characters")
     check_positive(run.latency_ms, f"model {run.model!r}: latency median_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
     check_positive(run.sum_of_blocks_ms, f"model {run.model!r}: sum_of_blocks_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
     if run.energy_mj is not None:

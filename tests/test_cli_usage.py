@@ -190,6 +190,15 @@ def test_server_help_shows_every_default() -> None:
     assert "127.0.0.1:8001" in parser.format_help().replace("\n", " ")
 
 
+def test_server_refuses_unknown_providers(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """An unknown name used to start the server on the CPU without a word."""
+    with pytest.raises(SystemExit):
+        server_cli.parse_args(["--data-dir", str(tmp_path), "--providers", "cuda,foo"])
+    assert "unknown foo" in capsys.readouterr().err
+    args = server_cli.parse_args(["--data-dir", str(tmp_path), "--providers", "CUDA,CPUExecutionProvider"])
+    assert server_cli.config_from_args(args).providers == ("CUDA", "CPUExecutionProvider")
+
+
 def test_server_workers_are_configurable(tmp_path: Path) -> None:
     """More edges keep more streams open (one worker thread each): --workers sizes the pool."""
     args = server_cli.parse_args(["--data-dir", str(tmp_path), "--workers", "128"])

@@ -161,3 +161,23 @@ def test_concurrent_registrations_create_a_node_once(tmp_path):
     storage.close()
     assert len(created) == 60
     assert sorted(node_id for node_id, new in created if new) == sorted(barriers)
+
+
+def test_a_model_name_with_a_newline_is_refused(tmp_path):
+    """Model names reach the log as they are: a newline would forge log lines."""
+    server = start_server(tmp_path)
+    stubs = Stubs.connect(server.address)
+    try:
+        register(stubs, "a")
+        forged = rr.ReportLayerProfilesRequest(
+            node_id="a",
+            model=rr.ModelProfile(
+                model="resnet\nERROR forged", latency=rr.LatencyStats(median_ms=5.0), sum_of_blocks_ms=5.0
+            ),
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.profiles.ReportLayerProfiles(iter([forged]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "printable" in err.value.details()
+    finally:
+        stubs.close()
+        server.stop(grace=1)
