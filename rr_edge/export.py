@@ -67,7 +67,11 @@ def classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _zoo_model(name: str) -> Any:
+# torchvision models built for one input size, and the keyword that sets it (the others adapt to any size)
+_SIZE_KEYWORDS = {"vit_": ("image_size", int), "maxvit_": ("input_size", lambda n: (n, n))}
+
+
+def _zoo_model(name: str, input_size: int = DEFAULT_INPUT_SIZE) -> Any:
     _, torchvision = _torch()
     names = classification_models()
     if name not in names:
@@ -78,7 +82,8 @@ def _zoo_model(name: str) -> Any:
         raise ModelError(f"unknown torchvision classification model {name!r}{hint}")
     with warnings.catch_warnings():  # inception/googlenet warn about their future default init
         warnings.simplefilter("ignore", FutureWarning)
-        return torchvision.models.get_model(name, weights=None)
+        size = {key: value(input_size) for prefix, (key, value) in _SIZE_KEYWORDS.items() if name.startswith(prefix)}
+        return torchvision.models.get_model(name, weights=None, **size)
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

@@ -84,3 +84,13 @@ def test_paper_models_export_at_768(zoo, name: str) -> None:
     assert graph.inputs[0].shape == (1, 3, 768, 768)
     assert graph.outputs[0].shape == (1, 1000)
     assert all(b.signature for b in graph.blocks)
+
+
+def test_models_built_for_one_size_are_built_for_the_asked_one() -> None:
+    """ViT takes its image size at construction: exporting it at --input-size 64 used to fail (built for 224)."""
+    from rr_edge.export import _zoo_model
+
+    vit = _zoo_model("vit_b_16", 64).eval()
+    with torch.no_grad():
+        assert tuple(vit(torch.randn(1, 3, 64, 64)).shape) == (1, 1000)
+    assert _zoo_model("resnet18", 64).fc.in_features == 512  # the others adapt to any size: built as they were

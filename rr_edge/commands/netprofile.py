@@ -24,7 +24,12 @@ from rr_edge.progress import progress_bars
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("netprofile", help="profile upload/download to the server and fit network models")
     add_server_args(p)
-    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="largest payload in MiB (default 256)")
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=DEFAULT_MAX_MB,
+        help="largest echo payload in MiB (default %(default)g; the slice-upload probes have --upload-max-mb)",
+    )
     p.add_argument(
         "--upload-max-mb",
         type=float,
