@@ -9,6 +9,11 @@ for it (its first report's). The queue lives in memory, but the slices it comes 
 start, every stored slice the cloud node has not timed yet is queued again, so a `kill -9` loses none. Timed runs keep
 out of the way of the edges' requests (`rr_server.activity`): they wait until no inference runs, and one that a
 request overlapped is not counted.
+
+A reported slice is the reporter's word, so timing is bounded: its random inputs may take at most
+`MAX_TIMING_INPUT_BYTES` (the shapes it declares), and no run may take longer than the time budget (`max_seconds`);
+a slice past either is skipped with a warning and not timed again while the server runs. `close` stops the run in
+progress.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from collections.abc import Callable
 import numpy as np
 
 from rr_server.activity import InferenceActivity
-from rr_server.errors import ServerError
+from rr_server.errors import DeadlineExceeded, ResourceExhausted, ServerError, Unavailable
 from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement, ModelRun
-from rr_server.sessions import SessionPool, random_inputs
+from rr_server.run_watchdog import RunCaller
+from rr_server.sessions import MAX_TIMING_INPUT_BYTES, Session, SessionPool, random_inputs
 from rr_server.slices import SliceStore
 from rr_server.storage import Storage
 
@@ -63,6 +69,9 @@ class CloudProfiler:
         self._max_seconds = max_seconds
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()  # (BLOCK, signature) or (MODEL, model name)
+        self._skipped: set[tuple[str, str]] = set()  # too big or too slow to time: not queued again
+        self._caller = RunCaller()  # ended by close(): stops the timing run in progress
+        self._closed = threading.Event()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._worker, name="rr-cloud-profiler", daemon=True)
@@ -78,6 +87,8 @@ class CloudProfiler:
         self._thread.start()
 
     def close(self) -> None:
+        self._closed.set()
+        self._caller.end(Unavailable("the server is stopping"))
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -93,7 +104,7 @@ class CloudProfiler:
 
     def _enqueue(self, kind: str, key: str, slice_id: str, done: bool) -> bool:
         with self._lock:
-            if done or (kind, key) in self._pending:
+            if done or (kind, key) in self._pending or (kind, key) in self._skipped:
                 return False
             self._pending.add((kind, key))
         self._queue.put((kind, key, slice_id))
@@ -106,7 +117,7 @@ class CloudProfiler:
     def _worker(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or self._closed.is_set():
                 return
             kind, key, slice_id = item
             try:
@@ -114,7 +125,13 @@ class CloudProfiler:
                     self._measure_model(key, slice_id)
                 else:
                     self._measure(key, slice_id)
+            except (DeadlineExceeded, ResourceExhausted) as exc:  # too slow or too big: never worth another try
+                with self._lock:
+                    self._skipped.add((kind, key))
+                log.warning("cloud profiling of %s %s skipped for good: %s", kind, key[:16], exc)
             except ServerError as exc:
+                if self._closed.is_set():
+                    return
                 log.warning("cloud profiling of %s %s skipped: %s", kind, key[:16], exc)
             except Exception:  # noqa: BLE001 - a bad slice must not stop the worker
                 log.exception("cloud profiling of %s %s failed", kind, key[:16])
@@ -134,22 +151,26 @@ class CloudProfiler:
 
         The runs keep out of the way of inference: each waits until no request is running and counts only if none
         started meanwhile (a run beside a request times the contention and slows the request). Past the time budget
-        a busy server still gets its minimum of 3 runs, disturbed or not."""
+        a busy server still gets its minimum of 3 runs, disturbed or not. No run may take longer than the budget
+        (DeadlineExceeded), nor the random inputs more than MAX_TIMING_INPUT_BYTES (ResourceExhausted)."""
         info = self._slices.require(slice_id)
         session = self._sessions.borrow(slice_id, info.path)
-        inputs = random_inputs(session)
+        inputs = random_inputs(session, max_bytes=MAX_TIMING_INPUT_BYTES)
         for _ in range(self._warmup):
-            session.run(inputs)
+            self._run(session, inputs)
         times: list[float] = []
         deadline = time.perf_counter() + self._max_seconds
         while len(times) < self._runs and (len(times) < 3 or time.perf_counter() < deadline):
             mark = self._activity.wait_idle(deadline - time.perf_counter())
             t0 = time.perf_counter()
-            session.run(inputs)
+            self._run(session, inputs)
             elapsed = time.perf_counter() - t0
             if self._activity.undisturbed_since(mark) or time.perf_counter() >= deadline:
                 times.append(1e3 * elapsed)
         return times, session.providers[0]
+
+    def _run(self, session: Session, inputs: dict[str, np.ndarray]) -> None:
+        session.run(inputs, caller=self._caller, seconds=self._max_seconds)
 
     def _measure(self, signature: str, slice_id: str) -> None:
         times, provider = self.time_slice(slice_id)

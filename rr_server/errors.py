@@ -7,7 +7,9 @@
     ├── FailedPrecondition      request valid, but the state does not allow it -> FAILED_PRECONDITION
     ├── Unauthenticated         missing or invalid bearer token               -> UNAUTHENTICATED
     ├── PermissionDenied        valid token, but not allowed to do this       -> PERMISSION_DENIED
-    └── Unavailable             the server cannot serve right now             -> UNAVAILABLE
+    ├── Unavailable             the server cannot serve right now             -> UNAVAILABLE
+    ├── DeadlineExceeded        a run outlived its deadline and was stopped   -> DEADLINE_EXCEEDED
+    └── Cancelled               a run's caller went away, so it was stopped   -> CANCELLED
 
 Core modules raise these; one interceptor (`rr_server.interceptor`) turns them into status codes. Anything else that
 escapes a servicer becomes INTERNAL with the details in the log only.
@@ -50,3 +52,15 @@ class PermissionDenied(ServerError):
 
 class Unavailable(ServerError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServerError):
+    """A run outlived its time (its caller's deadline or the server's limit) and was stopped."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(ServerError):
+    """A run's caller went away (the client cancelled the call), so the run was stopped."""
+
+    code = grpc.StatusCode.CANCELLED

@@ -3,7 +3,8 @@
 ModelInfer and ModelStreamInfer use the zero-copy framing of `rr_server.wire` (registered by `add_to_server`);
 every other method uses the generated protobuf classes. Clients see the standard messages either way. Outputs of
 `PLACE_MIN_BYTES` and more are written by ONNX Runtime straight into the response message (`wire.allocate_response`,
-`Session.run`'s `allocate`): one full-tensor copy less per call.
+`Session.run`'s `allocate`): one full-tensor copy less per call. Every run is stopped when its call ends early (the
+client cancelled it, its deadline passed, the server cancelled it on stop) or outlives its deadline (`_caller`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from rr_server import wire
-from rr_server.errors import InvalidArgument, NotFound, ServerError
+from rr_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, ServerError
 from rr_server.repository import PLATFORM, VERSION, ModelRepository
+from rr_server.run_watchdog import RunCaller
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -69,12 +71,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     def ModelInfer(self, request, context):
-        return self._infer(request)
+        return self._infer(request, caller=_caller(context))
 
     def ModelStreamInfer(self, request_iterator, context):
+        caller = _caller(context)
         for request in request_iterator:
             try:
-                yield wire.StreamItem(response=self._infer(request, stream=True))
+                yield wire.StreamItem(response=self._infer(request, stream=True, caller=caller))
             except ServerError as exc:
                 yield wire.StreamItem(error_message=f"{exc.code.name}: {exc}")
             except Exception:  # noqa: BLE001 - one bad message must not end the stream
@@ -98,7 +101,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._repo.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    def _infer(self, request: wire.InferRequest, stream: bool = False) -> wire.InferResponse:
+    def _infer(
+        self, request: wire.InferRequest, stream: bool = False, caller: RunCaller | None = None
+    ) -> wire.InferResponse:
         if request.error:
             raise InvalidArgument(request.error)
         header = request.header
@@ -117,7 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return allocated[-1][1]
 
         names = [o.name for o in header.outputs]
-        outputs = self._repo.infer(header.model_name, inputs, names, allocate)
+        outputs = self._repo.infer(header.model_name, inputs, names, allocate, caller)
         if allocated:  # used unless the run fell back to ONNX Runtime's own output memory
             response, placed = allocated[-1]
             if len(placed) == len(outputs) and all(a is b for a, b in zip(outputs.values(), placed, strict=True)):
@@ -145,6 +150,21 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
         else:
             handlers[name] = grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def _caller(context: grpc.ServicerContext) -> RunCaller:
+    """The runs of one call: none outlives the call's deadline, and its run in progress is stopped when the call ends
+    (gRPC calls back on completion, cancellation by the client, a passed deadline and the server's stop)."""
+    caller = RunCaller(context.time_remaining)
+
+    def ended() -> None:
+        if context.time_remaining() <= 0:
+            caller.end(DeadlineExceeded("the call's deadline passed; its run was stopped"))
+        else:
+            caller.end(Cancelled("the call was cancelled (the client went away, or the server is stopping)"))
+
+    context.add_callback(ended)
+    return caller
 
 
 def _serialize_message(message) -> bytes:

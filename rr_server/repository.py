@@ -10,6 +10,7 @@ import numpy as np
 from rr_server.activity import InferenceActivity
 from rr_server.errors import NotFound
 from rr_server.metrics import Metrics
+from rr_server.run_watchdog import RunCaller
 from rr_server.sessions import Allocate, Session, SessionPool
 from rr_server.slices import SliceInfo, SliceStore, is_slice_id
 
@@ -58,17 +59,23 @@ class ModelRepository:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] = (),
         allocate: Allocate | None = None,
+        caller: RunCaller | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run a slice (`Session.run`: `allocate` lets ONNX Runtime write the outputs into caller memory)."""
+        """Run a slice (`Session.run`: `allocate` lets ONNX Runtime write the outputs into caller memory; the run is
+        stopped past the caller's deadline or the server's limit, or when the caller ends)."""
         session = self.session(slice_id)
         try:
             with self.activity.running():
-                result = session.run(inputs, outputs, allocate)
+                result = session.run(inputs, outputs, allocate, caller)
         except Exception:
             self._metrics.inferences.labels("error").inc()
             raise
         self._metrics.inferences.labels("ok").inc()
         return result
+
+    def terminate_runs(self) -> None:
+        """Stop every run in progress and refuse new ones (`SessionPool.terminate_runs`): the server is stopping."""
+        self._sessions.terminate_runs()
 
     def load(self, slice_id: str) -> Session:
         return self.session(slice_id)

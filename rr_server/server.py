@@ -207,6 +207,7 @@ class Server:
         if self._grpc is not None:
             log.info("stopping: finishing in-flight calls (grace %.1f s)", grace)
             self._grpc.stop(grace).wait()
+        self.repository.terminate_runs()  # a run stuck in ONNX Runtime would keep the process from exiting
         if self.cloud_profiler is not None:
             self.cloud_profiler.close()
         self.predictor.close()

@@ -8,12 +8,13 @@ load. `resolve_providers` therefore creates a probe session and keeps only the p
 servicer passes the raw-content slots of the response message, so the outputs are not copied once more when it is
 sent). That needs the output shapes before the run: static ones from the model, dynamic ones as the last run with the
 same input shapes produced them; when they differ (data-dependent shapes), the run falls back to ONNX Runtime's own
-output memory and that input-shape key is not bound again.
+output memory and that input-shape key is not bound again. Every run is watched (`rr_server.run_watchdog`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,8 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from rr_proto.codec import datatype_of, dtype_of
-from rr_server.errors import InvalidArgument
+from rr_server.errors import InvalidArgument, ResourceExhausted, Unavailable
+from rr_server.run_watchdog import MAX_RUN_SECONDS, Run, RunCaller, RunWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ _KSERVE = {
 Allocate = Callable[[list[tuple[str, np.dtype, tuple[int, ...]]]], list[np.ndarray] | None]
 _MAX_SHAPE_KEYS = 64  # remembered input-shape -> output-shape entries per session
 _MAX_FAILED = 1024  # remembered load failures (slice ids ONNX Runtime refused)
+# The most bytes of random inputs `random_inputs` makes (a slice's declared input shapes are the uploader's word:
+# float[50000,50000] is 10 GB; real block inputs are a few MB).
+MAX_TIMING_INPUT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -121,12 +126,16 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return [n for n in wanted if n in loaded]
 
 
+_STANDALONE = RunWatchdog()  # watches the runs of sessions made outside a SessionPool (its thread starts with a run)
+
+
 class Session:
     """An ONNX Runtime session of one slice with its KServe-facing signature. `run` is thread-safe."""
 
-    def __init__(self, slice_id: str, session: ort.InferenceSession) -> None:
+    def __init__(self, slice_id: str, session: ort.InferenceSession, watchdog: RunWatchdog | None = None) -> None:
         self.slice_id = slice_id
         self._session = session
+        self._watchdog = watchdog or _STANDALONE  # a pool's sessions share the pool's
         self.providers = tuple(session.get_providers())
         self.inputs = tuple(_spec(a) for a in session.get_inputs())
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
@@ -159,23 +168,32 @@ class Session:
                 )
 
     def run(
-        self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str] = (), allocate: Allocate | None = None
+        self,
+        arrays: Mapping[str, np.ndarray],
+        outputs: Sequence[str] = (),
+        allocate: Allocate | None = None,
+        caller: RunCaller | None = None,
+        seconds: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """The named outputs (empty: all); with `allocate`, written into the arrays it returns where it can."""
+        """The named outputs (empty: all); with `allocate`, written into the arrays it returns where it can.
+
+        The run is stopped (`RunWatchdog.watch`) past `seconds`, the caller's deadline or the server's limit
+        (DeadlineExceeded), when the caller ends (its reason: Cancelled, ...) or the server stops (Unavailable)."""
         names = list(outputs) or self._output_names
         unknown = sorted(set(names) - set(self._output_names))
         if unknown:
             raise InvalidArgument(f"unknown output(s) {unknown}; slice {self.slice_id[:12]} has {self._output_names}")
         self.check_inputs(arrays)
         key = (tuple(names), tuple((name, array.shape) for name, array in arrays.items()))
-        if allocate is not None and self._bindable:
-            placed = self._run_placed(arrays, names, key, allocate)
-            if placed is not None:
-                return placed
-        try:
-            results = self._session.run(names, dict(arrays))
-        except (OrtInvalidArgument, OrtFail) as exc:  # a kernel refused these values (an index out of range, ...)
-            raise InvalidArgument(f"slice {self.slice_id[:12]} cannot run on these inputs: {exc}"[:500]) from None
+        with self._watchdog.watch(f"slice {self.slice_id[:12]}", caller, seconds) as run:
+            if allocate is not None and self._bindable:
+                placed = self._run_placed(arrays, names, key, allocate, run)
+                if placed is not None:
+                    return placed
+            try:
+                results = self._session.run(names, dict(arrays), run.options)
+            except (OrtInvalidArgument, OrtFail) as exc:  # a kernel refused these values (an index out of range, ...)
+                raise InvalidArgument(f"slice {self.slice_id[:12]} cannot run on these inputs: {exc}"[:500]) from None
         if self._bindable and key not in self._shapes:
             if len(self._shapes) >= _MAX_SHAPE_KEYS:
                 self._shapes.clear()
@@ -183,7 +201,7 @@ class Session:
         return dict(zip(names, results, strict=True))
 
     def _run_placed(
-        self, arrays: Mapping[str, np.ndarray], names: list[str], key: tuple, allocate: Allocate
+        self, arrays: Mapping[str, np.ndarray], names: list[str], key: tuple, allocate: Allocate, run: Run
     ) -> dict[str, np.ndarray] | None:
         """Run with the outputs bound to `allocate`d memory; None when the output shapes are not known (yet), or a
         bound run failed before for these input shapes."""
@@ -203,8 +221,10 @@ class Session:
         for name, out in zip(names, placed, strict=True):
             binding.bind_output(name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
         try:
-            self._session.run_with_iobinding(binding)
+            self._session.run_with_iobinding(binding, run.options)
         except Exception as exc:  # noqa: BLE001 - ORT's own types; usually data-dependent output shapes
+            if run.stopped is not None:
+                raise
             log.info("slice %s: bound run failed (%s); plain runs for these input shapes", self.slice_id[:12], exc)
             self._shapes[key] = None
             return None
@@ -220,11 +240,13 @@ class SessionPool:
         capacity: int,
         on_lookup: Callable[[bool], None] | None = None,
         intra_op_threads: int = 0,
+        max_run_seconds: float | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("session cache capacity must be >= 1")
         self.providers = list(providers)
         self.capacity = capacity
+        self.watchdog = RunWatchdog(MAX_RUN_SECONDS if max_run_seconds is None else max_run_seconds)
         self._intra = intra_op_threads
         self._on_lookup = on_lookup or (lambda hit: None)
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -277,7 +299,7 @@ class SessionPool:
             raise InvalidArgument(f"ONNX Runtime cannot load {what}: {exc}"[:500]) from None
 
     def _load(self, slice_id: str, path: Path) -> Session:
-        session = Session(slice_id, self._open(f"slice {slice_id[:12]}", path))
+        session = Session(slice_id, self._open(f"slice {slice_id[:12]}", path), self.watchdog)
         log.info("loaded slice %s on %s", slice_id[:12], ",".join(session.providers))
         return session
 
@@ -311,6 +333,11 @@ class SessionPool:
         with self._lock:
             return list(self._sessions)
 
+    def terminate_runs(self) -> None:
+        """Stop every run of these sessions in progress (inference and timing) and refuse new ones: the server is
+        stopping, and a run that never ends would keep its process from exiting."""
+        self.watchdog.terminate_all(Unavailable("the server is stopping: runs in progress were stopped"))
+
 
 def _spec(arg) -> TensorSpec:
     datatype = _KSERVE.get(arg.type)
@@ -320,19 +347,27 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
-def random_inputs(session: Session, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of the right dtype and shape (dynamic dimensions set to 1), for timing."""
+def random_inputs(session: Session, seed: int = 0, max_bytes: int = MAX_TIMING_INPUT_BYTES) -> dict[str, np.ndarray]:
+    """Inputs of the right dtype and shape (dynamic dimensions set to 1), for timing; ResourceExhausted (and nothing
+    allocated) when they would take more than `max_bytes` together."""
+    shapes = {spec.name: tuple(d if d >= 0 else 1 for d in spec.shape) for spec in session.inputs}
+    dtypes = {spec.name: dtype_of(spec.datatype) for spec in session.inputs}
+    total = sum(math.prod(shapes[name]) * dtypes[name].itemsize for name in shapes)
+    if total > max_bytes:
+        raise ResourceExhausted(
+            f"slice {session.slice_id[:12]} declares inputs of {total / 2**20:,.0f} MiB; random inputs for timing "
+            f"are limited to {max_bytes / 2**20:,.0f} MiB"
+        )
     rng = np.random.default_rng(seed)
     arrays = {}
-    for spec in session.inputs:
-        shape = tuple(d if d >= 0 else 1 for d in spec.shape)
-        dt = dtype_of(spec.datatype)
+    for name, shape in shapes.items():
+        dt = dtypes[name]
         if dt.kind == "f":
-            arrays[spec.name] = rng.standard_normal(shape).astype(dt)
+            arrays[name] = rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
         elif dt.kind in "iu":
-            arrays[spec.name] = np.zeros(shape, dtype=dt)
+            arrays[name] = np.zeros(shape, dtype=dt)
         elif dt.kind == "b":
-            arrays[spec.name] = np.zeros(shape, dtype=bool)
+            arrays[name] = np.zeros(shape, dtype=bool)
         else:
-            arrays[spec.name] = np.full(shape, b"", dtype=object)
+            arrays[name] = np.full(shape, b"", dtype=object)
     return arrays

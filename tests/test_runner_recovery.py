@@ -179,7 +179,7 @@ def test_a_failing_server_is_marked_down_without_reuploading(chain, in_process, 
     checks: list[str] = []
     monkeypatch.setattr(in_process, "slice_status", lambda *a, **k: checks.append("slice_status"))
 
-    def broken(self, request, stream=False):
+    def broken(self, request, stream=False, **kw):
         raise RuntimeError("simulated ONNX Runtime failure")
 
     monkeypatch.setattr(inference_servicer.InferenceServicer, "_infer", broken)
