@@ -68,10 +68,13 @@ def classification_models() -> list[str]:
 
 
 # torchvision models built for one input size, and the keyword that sets it (the others adapt to any size)
-_SIZE_KEYWORDS = {"vit_": ("image_size", int), "maxvit_": ("input_size", lambda n: (n, n))}
+_SIZE_KEYWORDS: dict[str, tuple[str, Callable[[int], Any]]] = {
+    "vit_": ("image_size", int),
+    "maxvit_": ("input_size", lambda n: (n, n)),
+}
 
 
-def _zoo_model(name: str, input_size: int = DEFAULT_INPUT_SIZE) -> Any:
+def _zoo_model(name: str, input_size: int) -> Any:
     _, torchvision = _torch()
     names = classification_models()
     if name not in names:
@@ -177,7 +180,7 @@ def export_model(
     if from_callable:
         model = _user_model(from_callable)
     elif name:
-        model = _zoo_model(name)
+        model = _zoo_model(name, input_size)
     else:
         raise ModelError("give a torchvision model name or --from MODULE:CALLABLE")
     model.eval()

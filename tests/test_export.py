@@ -94,3 +94,18 @@ def test_models_built_for_one_size_are_built_for_the_asked_one() -> None:
     with torch.no_grad():
         assert tuple(vit(torch.randn(1, 3, 64, 64)).shape) == (1, 1000)
     assert _zoo_model("resnet18", 64).fc.in_features == 512  # the others adapt to any size: built as they were
+
+
+def test_export_builds_the_zoo_model_for_its_input_size(monkeypatch, tmp_path: Path) -> None:
+    import rr_edge.export as export
+
+    asked: list[int] = []
+
+    def zoo_model(name: str, input_size: int) -> None:
+        asked.append(input_size)
+        raise export.ModelError("stop here")
+
+    monkeypatch.setattr(export, "_zoo_model", zoo_model)
+    with pytest.raises(export.ModelError, match="stop here"):
+        export_model("vit_b_16", tmp_path / "v.onnx", input_size=64)
+    assert asked == [64]
