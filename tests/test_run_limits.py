@@ -3,7 +3,9 @@ server's stop, and the cloud profiler's time and input budgets."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -192,3 +194,29 @@ def test_random_inputs_refuses_declared_shapes_past_the_budget(tmp_path):
         sessions.random_inputs(session, max_bytes=1 << 20)
     (x,) = sessions.random_inputs(session, max_bytes=4_000_000).values()
     assert x.shape == (1000, 1000) and x.dtype == np.float32
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_sessions_constants_are_not_folded_into_memory(tmp_path):
+    """ConstantOfShape from a few bytes of graph: folded at load it would stay in memory with the cached session."""
+    shape = numpy_helper.from_array(np.array([64, 1024, 1024], np.int64), "shape")  # 256 MiB of float32
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("Add", ["big", "x"], ["y"]),  # never run here: the session is only opened
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 1024, 1024])
+    model = helper.make_model(
+        helper.make_graph(nodes, "fold", [x], [y], initializer=[shape]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=IR_VERSION,
+    )
+    path = tmp_path / "fold.onnx"
+    path.write_bytes(model.SerializeToString())
+    pool = sessions.SessionPool(["CPUExecutionProvider"], 2)
+    before = _rss_bytes()
+    pool.get("f" * 64, path)
+    assert _rss_bytes() - before < 64 * 2**20  # folded, it grows by 256 MiB
