@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def start_server(data_dir: Path, **overrides) -> Server:
     server = Server(config)
     server.start()
     return server
+
+
+@contextmanager
+def serving(data_dir: Path, **overrides) -> Iterator[tuple[Server, Stubs]]:
+    """An in-process server (`start_server`) and stubs connected to it, both closed on the way out."""
+    server = start_server(data_dir, **overrides)
+    stubs = Stubs.connect(server.address)
+    try:
+        yield server, stubs
+    finally:
+        stubs.close()
+        server.stop(grace=1)
 
 
 def stored_slice_files(data_dir: Path) -> list[Path]:

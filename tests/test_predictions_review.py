@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from _server_support import Stubs, layer, report, start_server
+from _server_support import Stubs, layer, report, serving
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import predictor as predictor_module
@@ -26,11 +26,8 @@ CONV = {"ops": ["Conv"], "flops": 1000, "param_bytes": 10, "input_bytes": 10, "o
 
 @pytest.fixture
 def env(tmp_path):
-    server = start_server(tmp_path, cloud_profiling=False)
-    stubs = Stubs.connect(server.address)
-    yield server, stubs
-    stubs.close()
-    server.stop(grace=1)
+    with serving(tmp_path, cloud_profiling=False) as (server, stubs):
+        yield server, stubs
 
 
 def register(stubs: Stubs, *node_ids: str) -> None:

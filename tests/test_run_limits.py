@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from _server_process import ServerProcess
-from _server_support import IR_VERSION, Stubs, conv_model, layer, report, sha256, start_server
+from _server_support import IR_VERSION, Stubs, conv_model, layer, report, serving, sha256
 from onnx import TensorProto, helper, numpy_helper
 
 from rr_proto import codec
@@ -66,11 +66,8 @@ def relu_model(shape: list[int]) -> bytes:
 
 @pytest.fixture
 def env(tmp_path):
-    server = start_server(tmp_path)
-    stubs = Stubs.connect(server.address)
-    yield server, stubs
-    stubs.close()
-    server.stop(grace=1)
+    with serving(tmp_path) as (server, stubs):
+        yield server, stubs
 
 
 def wait_busy(server, timeout: float = 20.0) -> None:
@@ -104,9 +101,7 @@ def test_cancelling_the_call_stops_an_endless_run(env):
 
 def test_the_servers_limit_stops_a_run_without_deadline(tmp_path, monkeypatch):
     monkeypatch.setattr(sessions, "MAX_RUN_SECONDS", 0.5)
-    server = start_server(tmp_path)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path) as (server, stubs):
         stubs.upload(loop_model())
         stubs.upload(relu_model([1]))
         loop = codec.encode_infer_request(sha256(loop_model()), {"x": X})
@@ -118,9 +113,6 @@ def test_the_servers_limit_stops_a_run_without_deadline(tmp_path, monkeypatch):
         answers = list(stubs.kserve.ModelStreamInfer(iter([loop, relu]), timeout=30))
         assert answers[0].error_message.startswith("DEADLINE_EXCEEDED: ")
         assert answers[1].error_message == "" and codec.decode_infer_response(answers[1].infer_response)["y"] == 1
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_terminate_runs_stops_runs_in_progress_and_refuses_new_ones(env):

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from _server_support import IR_VERSION, Stubs, conv_model, sha256, start_server, two_output_model
+from _server_support import IR_VERSION, Stubs, conv_model, serving, sha256, start_server, two_output_model
 from onnx import TensorProto, helper, numpy_helper
 
 from rr_proto import codec
@@ -125,9 +125,7 @@ def test_a_kernel_that_refuses_the_values_is_invalid_argument(tmp_path):
     o = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Gather", ["d", "i"], ["o"])], "gather", [i], [o], initializer=[data])
     gather = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
-    server = start_server(tmp_path)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path) as (server, stubs):
         stubs.upload(gather.SerializeToString())
         slice_id = sha256(gather.SerializeToString())
         with pytest.raises(grpc.RpcError) as err:
@@ -136,9 +134,6 @@ def test_a_kernel_that_refuses_the_values_is_invalid_argument(tmp_path):
         assert "cannot run on these inputs" in err.value.details() and "out of data bounds" in err.value.details()
         good = stubs.kserve.ModelInfer(codec.encode_infer_request(slice_id, {"i": np.array([7])}), timeout=10)
         assert codec.decode_infer_response(good)["o"].tolist() == [7.0]
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_model_infer_unknown_model(env):

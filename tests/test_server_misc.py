@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from _server_support import Stubs, conv_model, sha256, start_server
+from _server_support import Stubs, conv_model, serving, sha256, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -25,11 +25,8 @@ from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 
 @pytest.fixture
 def env(tmp_path):
-    server = start_server(tmp_path, metrics_port=0)
-    stubs = Stubs.connect(server.address)
-    yield server, stubs
-    stubs.close()
-    server.stop(grace=1)
+    with serving(tmp_path, metrics_port=0) as (server, stubs):
+        yield server, stubs
 
 
 def test_public_api_matches_all():
@@ -223,9 +220,7 @@ def test_stopped_server_refuses_new_calls(tmp_path):
 
 
 def test_oversized_message_is_resource_exhausted(tmp_path):
-    server = start_server(tmp_path, max_message_bytes=1 << 20)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path, max_message_bytes=1 << 20) as (server, stubs):
         data = conv_model()
         slice_id = stubs.upload(data).slice_id
         big = codec.encode_infer_request(slice_id, {"x": np.zeros((1, 3, 512, 512), np.float32)})  # 3 MiB
@@ -234,9 +229,6 @@ def test_oversized_message_is_resource_exhausted(tmp_path):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         small = codec.encode_infer_request(slice_id, {"x": np.zeros((1, 3, 8, 8), np.float32)})
         assert stubs.kserve.ModelInfer(small, timeout=10).outputs
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_sigterm_removes_the_port_file_and_a_second_one_stops_at_once(tmp_path):

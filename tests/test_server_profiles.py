@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from _server_support import Stubs, conv_model, layer, report, sha256, start_server, upload_requests
+from _server_support import Stubs, conv_model, layer, report, serving, sha256, upload_requests
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.activity import InferenceActivity
@@ -18,11 +18,8 @@ SIGS = [f"sig{k:02d}" for k in range(6)]
 
 @pytest.fixture
 def env(tmp_path):
-    server = start_server(tmp_path)
-    stubs = Stubs.connect(server.address)
-    yield server, stubs
-    stubs.close()
-    server.stop(grace=1)
+    with serving(tmp_path) as (server, stubs):
+        yield server, stubs
 
 
 def register(stubs: Stubs, node_id: str, cores: int = 4) -> rr.RegisterNodeResponse:
@@ -164,9 +161,7 @@ def test_reports_for_the_servers_own_row_are_refused(env):
 
 def test_cloud_profiling_leaves_the_edges_sessions_open(tmp_path):
     """Timing a reported block opens its own session: it does not push the edges' slices out of the session cache."""
-    server = start_server(tmp_path, session_cache_size=2)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path, session_cache_size=2) as (server, stubs):
         edge_slice = conv_model(seed=11)
         stubs.slices.UploadSlice(upload_requests(edge_slice, load=True), timeout=10)
         for k in range(3):
@@ -174,9 +169,6 @@ def test_cloud_profiling_leaves_the_edges_sessions_open(tmp_path):
         assert server.cloud_profiler.wait_idle(60)
         assert len(server.storage.latest_measurements("cloud")) == 3
         assert server.sessions.loaded(sha256(edge_slice))
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_network_profile_roundtrip_and_validation(env):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _server_support import Stubs, layer, report, start_server
+from _server_support import Stubs, layer, report, serving, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rr_proto.inference import grpc_service_pb2 as pb
@@ -23,11 +23,8 @@ def bearer(token: str) -> list[tuple[str, str]]:
 def env(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# node token\nalice tok-alice\nbob tok-bob\n")
-    server = start_server(tmp_path / "data", auth_token_file=tokens)
-    stubs = Stubs.connect(server.address)
-    yield server, stubs
-    stubs.close()
-    server.stop(grace=1)
+    with serving(tmp_path / "data", auth_token_file=tokens) as (server, stubs):
+        yield server, stubs
 
 
 def test_missing_or_invalid_token_is_unauthenticated(env):

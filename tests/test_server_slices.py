@@ -9,7 +9,14 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from _server_support import IR_VERSION, Stubs, conv_model, sha256, start_server, stored_slice_files, upload_requests
+from _server_support import (
+    IR_VERSION,
+    conv_model,
+    serving,
+    sha256,
+    stored_slice_files,
+    upload_requests,
+)
 from onnx import TensorProto, helper
 
 from rr_proto import codec
@@ -20,11 +27,8 @@ from rr_server.slices import SliceStore
 
 @pytest.fixture
 def env(tmp_path):
-    server = start_server(tmp_path, max_slice_bytes=256 * 1024)
-    stubs = Stubs.connect(server.address)
-    yield server, stubs, tmp_path
-    stubs.close()
-    server.stop(grace=1)
+    with serving(tmp_path, max_slice_bytes=256 * 1024) as (server, stubs):
+        yield server, stubs, tmp_path
 
 
 def external_data_model() -> bytes:
@@ -250,9 +254,7 @@ def small_disk(tmp_path):
 def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):
     """An upload larger than the free space fails with RESOURCE_EXHAUSTED (not INTERNAL), its partial file is gone,
     and the server stores the next upload that fits."""
-    server = start_server(small_disk, max_slice_bytes=8 * 1024 * 1024)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(small_disk, max_slice_bytes=8 * 1024 * 1024) as (server, stubs):
         big = conv_model(channels=256, out_channels=256)  # 2.4 MB of weights on a 1 MiB disk
         with pytest.raises(grpc.RpcError) as err:
             stubs.slices.UploadSlice(upload_requests(big), timeout=10)
@@ -262,9 +264,6 @@ def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):
         small = conv_model(seed=1)
         assert not stubs.upload(small).cached
         assert [p.stem for p in stored_slice_files(small_disk)] == [sha256(small)]
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_store_budget_evicts_the_least_recently_used_slices(tmp_path):
@@ -284,9 +283,7 @@ def test_store_budget_evicts_the_least_recently_used_slices(tmp_path):
 
 def test_server_with_a_store_budget_reports_evicted_slices_as_not_cached(tmp_path):
     a, b, c = (conv_model(channels=16, out_channels=16, seed=k) for k in range(3))
-    server = start_server(tmp_path, max_slice_bytes=len(a), max_store_bytes=2 * len(a) + 100)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path, max_slice_bytes=len(a), max_store_bytes=2 * len(a) + 100) as (server, stubs):
         stubs.slices.UploadSlice(upload_requests(a, load=True), timeout=10)  # a's session is open
         for data in (b, c):
             stubs.upload(data)
@@ -295,6 +292,3 @@ def test_server_with_a_store_budget_reports_evicted_slices_as_not_cached(tmp_pat
         assert [p.stem for p in stored_slice_files(tmp_path)] == sorted([sha256(b), sha256(c)])
         assert server.metrics.registry.get_sample_value("rr_slice_evictions_total") == 1
         assert not stubs.upload(a).cached  # the edge uploads it again; b, now the oldest, makes room
-    finally:
-        stubs.close()
-        server.stop(grace=1)

@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 from _server_process import ServerProcess
-from _server_support import Stubs, conv_model, layer, report, sha256, start_server
+from _server_support import Stubs, conv_model, layer, report, serving, sha256, start_server
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.records import Features
@@ -33,9 +33,7 @@ def measured(stubs: Stubs, node_id: str) -> set[str]:
 
 
 def test_a_report_without_energy_keeps_the_measured_energy(tmp_path):
-    server = start_server(tmp_path, cloud_profiling=False)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path, cloud_profiling=False) as (server, stubs):
         register(stubs, "a", "b")
         stubs.profiles.ReportLayerProfiles(report("a", layer("sig", 2.0, energy_mj=10.0, **FEATURES)), timeout=10)
         stubs.profiles.ReportLayerProfiles(report("b", layer("sig", 4.0, energy_mj=30.0, **FEATURES)), timeout=10)
@@ -47,9 +45,6 @@ def test_a_report_without_energy_keeps_the_measured_energy(tmp_path):
         stubs.profiles.ReportLayerProfiles(report("a", layer("sig", 1.6, energy_mj=12.0)), timeout=10)
         (m,) = server.storage.latest_measurements("a")
         assert (m.latency_ms, m.energy_mj) == (1.6, 12.0)  # and the latest energy, once there is a newer one
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 # -- 2: a signature's features and slice are set by its first report ---------------------------------------------------
@@ -165,9 +160,7 @@ def test_concurrent_registrations_create_a_node_once(tmp_path):
 
 def test_a_model_name_with_a_newline_is_refused(tmp_path):
     """Model names reach the log as they are: a newline would forge log lines."""
-    server = start_server(tmp_path)
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path) as (server, stubs):
         register(stubs, "a")
         forged = rr.ReportLayerProfilesRequest(
             node_id="a",
@@ -178,6 +171,3 @@ def test_a_model_name_with_a_newline_is_refused(tmp_path):
         with pytest.raises(grpc.RpcError) as err:
             stubs.profiles.ReportLayerProfiles(iter([forged]), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "printable" in err.value.details()
-    finally:
-        stubs.close()
-        server.stop(grace=1)
