@@ -200,10 +200,15 @@ def slice_id_of(data: bytes) -> str:
 
 
 def _server_error(exc: grpc.RpcError, what: str) -> ServerError:
-    """The one mapping from a gRPC error to this package's exceptions."""
+    """This package's exception for a failed call."""
     code = exc.code() if callable(getattr(exc, "code", None)) else None
-    name = code.name if code is not None else "UNKNOWN"
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    return _error(code, details, what)
+
+
+def _error(code: grpc.StatusCode | None, details: str, what: str) -> ServerError:
+    """The one mapping from a status code (of a call, or of one answer in a stream) to this package's exceptions."""
+    name = code.name if code is not None else "UNKNOWN"
     cls = ServerUnavailable if code in _UNAVAILABLE else ServerError
     return cls(f"{what}: {name}: {details}", name)
 
@@ -556,11 +561,10 @@ class InferStream(Iterator[dict[str, np.ndarray]]):
         except grpc.RpcError as exc:
             raise _server_error(exc, self._what) from None
         item = _stream_item(message)
-        if item.error_message:
-            code = item.error_message.partition(":")[0].strip()
-            code = code if code in grpc.StatusCode.__members__ else "UNKNOWN"
-            cls = ServerUnavailable if grpc.StatusCode[code] in _UNAVAILABLE else ServerError
-            raise cls(f"{self._what}: {item.error_message}", code)
+        if item.error_message:  # the server writes "CODE: details"
+            name, _, details = item.error_message.partition(": ")
+            code = grpc.StatusCode.__members__.get(name)
+            raise _error(code, details if code is not None else item.error_message, self._what)
         return _decode(item.response)
 
     def cancel(self) -> None:

@@ -31,7 +31,7 @@ from rr_server.activity import InferenceActivity
 from rr_server.errors import DeadlineExceeded, ResourceExhausted, ServerError, Unavailable
 from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement, ModelRun
 from rr_server.run_watchdog import RunCaller
-from rr_server.sessions import MAX_TIMING_INPUT_BYTES, Session, SessionPool, random_inputs
+from rr_server.sessions import Session, SessionPool, random_inputs
 from rr_server.slices import SliceStore
 from rr_server.storage import Storage
 
@@ -155,7 +155,7 @@ class CloudProfiler:
         (DeadlineExceeded), nor the random inputs more than MAX_TIMING_INPUT_BYTES (ResourceExhausted)."""
         info = self._slices.require(slice_id)
         session = self._sessions.borrow(slice_id, info.path)
-        inputs = random_inputs(session, max_bytes=MAX_TIMING_INPUT_BYTES)
+        inputs = random_inputs(session)  # at most MAX_TIMING_INPUT_BYTES
         for _ in range(self._warmup):
             self._run(session, inputs)
         times: list[float] = []
