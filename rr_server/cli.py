@@ -15,6 +15,8 @@ from rr_proto.allocator import tune_allocator
 from rr_proto.extras import missing_extra
 from rr_server.config import (
     DEFAULT_CLI_DRAIN_S,
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_LISTEN,
     DEFAULT_MAX_SLICE_MB,
     DEFAULT_WORKERS,
@@ -95,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)g)",
     )
     p.add_argument(
+        "--keepalive-seconds",
+        type=float,
+        default=DEFAULT_KEEPALIVE_S,
+        help="ping each connection with open calls this often; one that does not answer within "
+        f"{DEFAULT_KEEPALIVE_TIMEOUT_S:g} s is closed and its streams end (default %(default)g)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -118,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tls-cert and --tls-key go together")
     if args.client_ca is not None and args.tls_cert is None:
         p.error("--client-ca needs --tls-cert and --tls-key")
+    if args.keepalive_seconds < 1:
+        p.error("--keepalive-seconds must be at least 1")
     if args.workers < 4:
         p.error("--workers must be at least 4")
     unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_ALIASES and not n.endswith("ExecutionProvider")]
@@ -143,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         workers=args.workers,
         drain_s=args.drain_seconds,
+        keepalive_s=args.keepalive_seconds,
     )
 
 

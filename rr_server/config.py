@@ -18,6 +18,11 @@ DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter 
 DEFAULT_PROVIDERS = ("cuda", "cpu")
 PROVIDER_ALIASES = ("cuda", "cpu", "tensorrt")  # short names of --providers (rr_server.sessions maps them)
 DEFAULT_CLOUD_NODE_ID = "cloud"
+# The server pings each connection this often while it has calls open and closes it when a ping goes unanswered for
+# DEFAULT_KEEPALIVE_TIMEOUT_S: an edge that vanished without closing (power off, a dropped link) then gives back its
+# stream's worker thread within about keepalive + timeout, instead of when TCP notices (never, on an idle stream).
+DEFAULT_KEEPALIVE_S = 30.0
+DEFAULT_KEEPALIVE_TIMEOUT_S = 10.0
 DEFAULT_GRACE_S = 10.0
 # On stop, health reports NOT_SERVING this long before the listener closes, so probes and balancers notice. In-process
 # servers (tests, the demo) default to no drain; `rr-server` uses DEFAULT_CLI_DRAIN_S (--drain-seconds).
@@ -61,4 +66,6 @@ class ServerConfig:
     max_echo_bytes: int = DEFAULT_MAX_ECHO_BYTES
     grace_s: float = DEFAULT_GRACE_S
     drain_s: float = DEFAULT_DRAIN_S
+    keepalive_s: float = DEFAULT_KEEPALIVE_S
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
     extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)

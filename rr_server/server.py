@@ -76,6 +76,18 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     ]
 
 
+def keepalive_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Server-only options: ping each connection with open calls every `keepalive_s` and close it when a ping goes
+    unanswered for `keepalive_timeout_s`, so a vanished edge gives its stream slot back. Only the server pings: the
+    server's default ping policy would answer keepalive pings from clients with GOAWAY."""
+    timeout_ms = int(config.keepalive_timeout_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),  # the ack deadline gRPC 1.85 applies to every ping (default 60 s)
+    ]
+
+
 def check_tls(tls: TlsConfig) -> None:
     """Raise ValueError, naming the file, unless the certificate and key match and the client CA file is a CA bundle
     (gRPC itself only says that it failed to bind)."""
@@ -145,7 +157,11 @@ class Server:
     def start(self) -> str:
         """Bind, start serving and return the bound address HOST:PORT (OSError or ValueError, with nothing started,
         when the address or the TLS files are unusable)."""
-        options = grpc_options(self.config.max_message_bytes) + list(self.config.extra_grpc_options)
+        options = [
+            *grpc_options(self.config.max_message_bytes),
+            *keepalive_options(self.config),
+            *self.config.extra_grpc_options,
+        ]
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="rr-grpc"),
             interceptors=[PolicyInterceptor(self._tokens, self.metrics, self.stream_slots)],

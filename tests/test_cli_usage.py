@@ -207,6 +207,13 @@ def test_server_workers_are_configurable(tmp_path: Path) -> None:
         server_cli.parse_args(["--data-dir", str(tmp_path), "--workers", "2"])
 
 
+def test_server_keepalive_is_configurable(tmp_path: Path) -> None:
+    args = server_cli.parse_args(["--data-dir", str(tmp_path), "--keepalive-seconds", "5"])
+    assert server_cli.config_from_args(args).keepalive_s == 5.0
+    with pytest.raises(SystemExit):
+        server_cli.parse_args(["--data-dir", str(tmp_path), "--keepalive-seconds", "0"])
+
+
 def test_planning_help_says_what_the_options_mean() -> None:
     run = {a.dest: a.help or "" for a in _subparsers(build_parser(["run"]))["run"]._actions}
     assert "-1" in run["split"] and "I+1..J" in run["split"]  # what I and J are

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 import types
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -206,6 +211,33 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
         _wait_for(lambda: sum(slots.in_use.values()) == 0)
         stubs.close()
         server.stop(grace=1)
+
+
+_IDLE_STREAM_CLIENT = """
+import queue, sys
+from _server_support import Stubs
+q = queue.Queue()
+call = Stubs.connect(sys.argv[1]).kserve.ModelStreamInfer(iter(q.get, None))  # open, and idle
+q.get()
+"""
+
+
+def test_a_vanished_edge_gives_its_stream_slot_back(tmp_path):
+    """An edge that stops answering (stopped here with SIGSTOP; in the field a power cut or a dropped link) used to
+    hold its ModelStreamInfer stream, and the worker thread under it, until TCP noticed, which on an idle stream is
+    never. The server pings each connection and closes one whose ping goes unanswered, which ends its streams."""
+    with serving(tmp_path, keepalive_s=1.0, keepalive_timeout_s=1.0) as (server, _):
+        client = subprocess.Popen(
+            [sys.executable, "-c", _IDLE_STREAM_CLIENT, server.address],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        )
+        try:
+            _wait_for(lambda: server.stream_slots.in_use["edge"] == 1)
+            os.kill(client.pid, signal.SIGSTOP)
+            _wait_for(lambda: server.stream_slots.in_use["edge"] == 0, timeout_s=30)
+        finally:
+            client.kill()
+            client.wait()
 
 
 def test_stopped_server_refuses_new_calls(tmp_path):
