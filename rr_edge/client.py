@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Client",
     "ClientOptions",
+    "InferOutputs",
     "InferStream",
     "NodeInfo",
     "Prediction",
@@ -491,7 +492,7 @@ class Client:
         inputs: Mapping[str, np.ndarray],
         timeout_s: float | None = None,
         outputs: Sequence[str] = (),
-    ) -> dict[str, np.ndarray]:
+    ) -> InferOutputs:
         """Run a cached slice on the server (raw tensor contents both ways, framed without copies by
         rr_proto.framing; the outputs are read-only views of the received message)."""
         request = framing.serialize_infer_request(slice_id, inputs, outputs)
@@ -546,7 +547,14 @@ class Client:
         return received
 
 
-class InferStream(Iterator[dict[str, np.ndarray]]):
+class InferOutputs(dict[str, np.ndarray]):
+    """A slice's outputs by name, with the server's run time of the request: `server_run_ms` (None when the server
+    did not say), so that the rest of a round trip is the network's."""
+
+    server_run_ms: float | None = None
+
+
+class InferStream(Iterator[InferOutputs]):
     """The answers of one ModelStreamInfer call, in order. A per-message error raises ServerError with the status
     code the server gave it (its message reads "CODE: details"); the stream goes on after it. A broken call raises
     ServerUnavailable (or ServerError), as every call does."""
@@ -555,7 +563,7 @@ class InferStream(Iterator[dict[str, np.ndarray]]):
         self._call = call
         self._what = what
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> InferOutputs:
         try:
             message = next(self._call)
         except grpc.RpcError as exc:
@@ -600,14 +608,16 @@ def _health_status(raw: bytes) -> int:
     return 0
 
 
-def _decode(response: bytes | framing.InferResponse | None) -> dict[str, np.ndarray]:
+def _decode(response: bytes | framing.InferResponse | None) -> InferOutputs:
     """Output arrays of a serialised ModelInferResponse (or one already split); malformed -> DATA_LOSS."""
     try:
         if response is None:
             raise codec.CodecError("stream message carries neither a response nor an error")
         if not isinstance(response, framing.InferResponse):
             response = framing.parse_infer_response(response)
-        return framing.decode_outputs(response)
+        outputs = InferOutputs(framing.decode_outputs(response))
+        outputs.server_run_ms = framing.run_ms(response)
+        return outputs
     except codec.CodecError as exc:
         raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None
 

@@ -243,6 +243,19 @@ class NetworkModel:
             raise ValueError(f"malformed network model dict: {exc!r}") from None
 
 
+def split_network_ms(
+    network_ms: float, uplink: NetworkModel | None, downlink: NetworkModel | None, bytes_up: int, bytes_down: int
+) -> tuple[float, float]:
+    """(uplink ms, downlink ms) of a round trip's measured network time: shared as the two models predict the
+    transfers, or by bytes without models (the edge sees one round trip, not its two directions)."""
+    if uplink is not None and downlink is not None:
+        up, down = float(uplink.predict_ms(bytes_up)), float(downlink.predict_ms(bytes_down))
+    else:
+        up, down = float(bytes_up), float(bytes_down)
+    share = up / (up + down) if up + down > 0 else 0.5
+    return network_ms * share, network_ms * (1.0 - share)
+
+
 @dataclass(frozen=True)
 class NetworkFit:
     """The fitted curves of one direction, their held-out errors (mean |relative error|) and the chosen one."""

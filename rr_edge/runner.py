@@ -27,13 +27,16 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from rr_edge.errors import ServerError, ServerUnavailable
-from rr_edge.netmodel import NetworkModel
+from rr_edge.netmodel import NetworkModel, split_network_ms
 from rr_edge.session import OrtSettings
+
+if TYPE_CHECKING:
+    from rr_edge.meters.model import PowerSpec
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +105,30 @@ class RunResult:
     fallback: bool
     total_ms: float
     head_ms: float = 0.0
-    remote_ms: float = 0.0
+    remote_ms: float = 0.0  # the middle slice's round trip to the server
+    server_ms: float | None = None  # of which the server ran the slice (None: the server did not say)
     tail_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
     error: str = ""
+
+    def remote_parts(self) -> tuple[float, float]:
+        """(server ms, network ms) of the round trip: the run the server reported and the rest (all of it the
+        server's when it did not say)."""
+        if self.server_ms is None:
+            return self.remote_ms, 0.0
+        return self.server_ms, max(self.remote_ms - self.server_ms, 0.0)
+
+
+def modelled_mJ(
+    result: RunResult, power: PowerSpec, uplink: NetworkModel | None, downlink: NetworkModel | None
+) -> float:
+    """A power model's edge energy of one request from its measured times, charged as the planner predicts it:
+    local compute at active power, the server's run at idle, the network's time at tx / rx power (the round trip's
+    network time shared between the directions by `split_network_ms`)."""
+    server_ms, network_ms = result.remote_parts()
+    up_ms, down_ms = split_network_ms(network_ms, uplink, downlink, result.bytes_up, result.bytes_down)
+    return power.request_mJ(result.total_ms - result.remote_ms, server_ms, up_ms, down_ms)
 
 
 class _Local:
@@ -171,14 +193,15 @@ class _Link:
     downlink: NetworkModel | None = None
     expected_cloud_ms: float = 0.0
 
-    def update(self, bytes_up: int, bytes_down: int, remote_ms: float) -> None:
+    def update(self, bytes_up: int, bytes_down: int, remote_ms: float, server_ms: float | None = None) -> None:
+        """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
+        predicted it) is the network's, shared between the two directions as their models predict."""
         if self.uplink is None or self.downlink is None:
             return
-        network_ms = max(remote_ms - self.expected_cloud_ms, 0.0)
-        up, down = self.uplink.predict_ms(bytes_up), self.downlink.predict_ms(bytes_down)
-        share = up / (up + down) if up + down > 0 else 0.5
-        self.uplink = self.uplink.update(bytes_up, network_ms * share)
-        self.downlink = self.downlink.update(bytes_down, network_ms * (1.0 - share))
+        network_ms = max(remote_ms - (self.expected_cloud_ms if server_ms is None else server_ms), 0.0)
+        up_ms, down_ms = split_network_ms(network_ms, self.uplink, self.downlink, bytes_up, bytes_down)
+        self.uplink = self.uplink.update(bytes_up, up_ms)
+        self.downlink = self.downlink.update(bytes_down, down_ms)
 
     def drifted(self, threshold: float) -> bool:
         return any(m is not None and m.drifted(threshold) for m in (self.uplink, self.downlink))
@@ -372,9 +395,10 @@ class Runner:
                 self._mark_down(exc)
             return None
         result.remote_ms = (time.perf_counter() - start) * 1e3
+        result.server_ms = getattr(outputs, "server_run_ms", None)  # rr_edge.client.InferOutputs
         result.bytes_up = sum(a.nbytes for a in feed.values())
         result.bytes_down = sum(a.nbytes for a in outputs.values())
-        self.link.update(result.bytes_up, result.bytes_down, result.remote_ms)
+        self.link.update(result.bytes_up, result.bytes_down, result.remote_ms, result.server_ms)
         return outputs
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:

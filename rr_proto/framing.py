@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ __all__ = [
     "parse_infer_request",
     "parse_infer_response",
     "parse_stream_item",
+    "run_ms",
     "serialize_infer_request",
     "serialize_infer_response",
     "serialize_stream_item",
@@ -58,6 +60,9 @@ RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_FIELD = 6  # ModelInferResponse.raw_output_contents
 INFER_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
 ERROR_MESSAGE_FIELD = 1  # ModelStreamInferResponse.error_message
+# ModelInferResponse.parameters entry with the server's run time of the request (ms, double): what the edge needs to
+# tell the network's share of a round trip from the server's.
+RUN_MS_PARAMETER = "server_run_ms"
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
@@ -84,6 +89,13 @@ class InferResponse:
     raw: list = field(default_factory=list)
     serialized: bytes | None = None
     stream: bool = False
+    run_ms_slot: np.ndarray | None = None  # the 8 bytes of RUN_MS_PARAMETER's double inside `serialized`
+
+    def set_run_ms(self, ms: float) -> None:
+        """Record the server's run time of the request (RUN_MS_PARAMETER), also in the laid-out message if any."""
+        self.header.parameters[RUN_MS_PARAMETER].double_param = ms
+        if self.run_ms_slot is not None:
+            self.run_ms_slot[:] = np.frombuffer(struct.pack("<d", ms), np.uint8)
 
 
 @dataclass
@@ -253,6 +265,10 @@ def allocate_response(
     builds a `bytes` does; fill the arrays before handing `response` to grpcio and do not keep them afterwards.
     """
     header = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request_id)
+    # Serialised, fields 1-3 come first, then this parameters entry (field 4), whose last 8 bytes are the double that
+    # set_run_ms fills in; the outputs (field 5) follow.
+    header.parameters[RUN_MS_PARAMETER].double_param = 0.0
+    run_ms_end = len(header.SerializeToString())
     sizes = []
     for name, dtype, shape in outputs:
         dtype = np.dtype(dtype)
@@ -275,7 +291,8 @@ def allocate_response(
         pos += len(field_head)
         arrays.append(buf[pos : pos + n].view(dtype).reshape(shape))
         pos += n
-    return InferResponse(header, list(arrays), data, stream), arrays
+    slot = buf[len(prefix) + run_ms_end - 8 : len(prefix) + run_ms_end]
+    return InferResponse(header, list(arrays), data, stream, slot), arrays
 
 
 def _uninitialised_bytes(n: int) -> tuple[bytes, np.ndarray]:
@@ -304,6 +321,14 @@ def parse_infer_response(data: bytes | memoryview) -> InferResponse:
     """Raises FramingError on malformed bytes."""
     rest, raw = split_field(data, RAW_OUTPUT_FIELD)
     return InferResponse(_parse(pb.ModelInferResponse, rest), list(raw))
+
+
+def run_ms(response: InferResponse) -> float | None:
+    """The server's run time of the request (RUN_MS_PARAMETER), or None when the server did not say."""
+    parameter = response.header.parameters.get(RUN_MS_PARAMETER)
+    if parameter is None or parameter.WhichOneof("parameter_choice") != "double_param":
+        return None
+    return parameter.double_param
 
 
 def decode_outputs(response: InferResponse) -> dict[str, np.ndarray]:

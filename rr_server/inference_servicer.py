@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import grpc
 import numpy as np
@@ -122,12 +123,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return allocated[-1][1]
 
         names = [o.name for o in header.outputs]
+        started = time.perf_counter()
         outputs = self._repo.infer(header.model_name, inputs, names, allocate, caller)
-        if allocated:  # used unless the run fell back to ONNX Runtime's own output memory
-            response, placed = allocated[-1]
-            if len(placed) == len(outputs) and all(a is b for a, b in zip(outputs.values(), placed, strict=True)):
-                return response
-        return wire.encode_outputs(header.model_name, VERSION, header.id, outputs)
+        run_ms = (time.perf_counter() - started) * 1e3
+        if allocated and _filled(allocated[-1][1], outputs):  # unless the run fell back to ORT's own output memory
+            response = allocated[-1][0]
+        else:
+            response = wire.encode_outputs(header.model_name, VERSION, header.id, outputs)
+        response.set_run_ms(run_ms)
+        return response
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
@@ -165,6 +169,11 @@ def _caller(context: grpc.ServicerContext) -> RunCaller:
 
     context.add_callback(ended)
     return caller
+
+
+def _filled(placed: list[np.ndarray], outputs: dict[str, np.ndarray]) -> bool:
+    """Whether ONNX Runtime wrote every output into the arrays laid out for it."""
+    return len(placed) == len(outputs) and all(a is b for a, b in zip(outputs.values(), placed, strict=True))
 
 
 def _serialize_message(message) -> bytes:

@@ -69,6 +69,8 @@ def test_allocated_response_is_byte_identical_to_protobuf(stream):
         assert out.flags.writeable and out.flags.c_contiguous and out.shape == value.shape
         out[...] = value
     expected = framing.encode_outputs("m", "1", "id7", {"y": y, "z": z, "e": empty})
+    for r in (response, expected):  # the server's run time, known only after the outputs were laid out
+        r.set_run_ms(12.375)
     if stream:
         wanted = framing.serialize_stream_item(framing.StreamItem(expected))
         assert framing.serialize_stream_item(framing.StreamItem(response)) == wanted
@@ -81,6 +83,9 @@ def test_allocated_response_is_byte_identical_to_protobuf(stream):
         )
     message = response.serialized
     assert message is not None and np.shares_memory(arrays[0], np.frombuffer(message, np.uint8))
+    parsed = framing.parse_stream_item(message).response if stream else framing.parse_infer_response(message)
+    assert parsed is not None and framing.run_ms(parsed) == 12.375
+    assert framing.run_ms(framing.encode_outputs("m", "1", "", {"y": y})) is None  # a server that does not say
 
 
 def test_allocated_response_refuses_non_numeric_outputs():

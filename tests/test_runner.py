@@ -16,7 +16,8 @@ from rr_edge.errors import ServerError
 from rr_edge.measure import measure_splits
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
-from rr_edge.runner import Runner, RunnerConfig
+from rr_edge.meters.model import PowerSpec
+from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
 from rr_edge.slicing import Slicer
 from tools.bench_runner import conv_chain
 
@@ -56,6 +57,8 @@ def test_stream_and_unary_runs_equal_the_local_model(chain, client, split):
                 result = runner.run(x)
                 assert result.fallback is False
                 assert (result.remote_ms > 0) == (split[0] != split[1])
+                if split[0] != split[1]:  # the server says how long it ran the slice, the rest was the network's
+                    assert result.server_ms is not None and 0 < result.server_ms < result.remote_ms
                 np.testing.assert_allclose(result.outputs["y3"], local["y3"], rtol=1e-5, atol=1e-6)
 
 
@@ -185,6 +188,21 @@ def test_network_drift_asks_for_a_replan(chain, client):
         assert runner.replan_needed  # drift works both ways
 
 
+def test_network_drift_is_told_from_the_servers_own_run_time(chain, client):
+    """The server reports its run time with each answer, so the network's share of a round trip is measured, not
+    guessed from the plan's cloud prediction: a prediction of 1000 s for the slice no longer hides that the network
+    is slower than its model."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    optimistic = NetworkModel.affine(rtt_ms=1e-4, bandwidth_bytes_per_ms=1e9)
+    slices = plan_slices(slicer, len(graph.blocks), 0, 2)
+    with Runner(slices, client, uplink=optimistic, downlink=optimistic, expected_cloud_ms=1e6) as runner:
+        for _ in range(5):
+            runner.run(x)
+        assert runner.replan_needed and runner.link.uplink is not None
+        assert runner.link.uplink.drift > 1.25  # slower than its model, as it is (not "0 ms, faster")
+
+
 def test_replan_uses_the_measured_network_and_counts_the_running_slice_as_cached(chain, client):
     from rr_edge.client import Prediction
     from rr_edge.meters.model import DEFAULT_POWER
@@ -229,3 +247,19 @@ def test_measure_splits_records_each_middle_slice_upload(chain, client, monkeypa
     assert len(spent) == 1
     assert measured[(0, 1)].upload_ms >= spent[0] > 0
     assert measured[(3, 3)].upload_ms == 0
+
+
+def test_a_power_model_charges_a_request_as_the_planner_predicts_it():
+    """Local compute at active power, the server's reported run at idle, the rest of the round trip at tx / rx
+    (shared by the link models, here by bytes): the measured side of the energy the planner predicts."""
+    power = PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=2.0, net_rx_w=1.0)
+    result = RunResult({}, False, total_ms=30.0, remote_ms=20.0, server_ms=5.0, bytes_up=3000, bytes_down=1000)
+    # 10 W x 10 ms + 1 W x 5 ms + (1 + 2) W x 15 ms x 3/4 + (1 + 1) W x 15 ms x 1/4
+    assert modelled_mJ(result, power, None, None) == pytest.approx(100.0 + 5.0 + 33.75 + 7.5)
+    slow_up = NetworkModel.affine(rtt_ms=0.0, bandwidth_bytes_per_ms=1.0)  # uplink 3000 ms vs downlink 1 ms
+    fast_down = NetworkModel.affine(rtt_ms=0.0, bandwidth_bytes_per_ms=1000.0)
+    assert modelled_mJ(result, power, slow_up, fast_down) == pytest.approx(
+        105.0 + 3.0 * 15.0 * 3000 / 3001 + 2.0 * 15.0 / 3001
+    )
+    unknown = RunResult({}, False, total_ms=30.0, remote_ms=20.0)  # a server that does not say: all of it waiting
+    assert modelled_mJ(unknown, power, None, None) == pytest.approx(100.0 + 20.0)

@@ -25,7 +25,7 @@ from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter
 from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
 from rr_edge.onnx_io import TensorInfo, load_model
-from rr_edge.runner import Runner, RunnerConfig, RunResult
+from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
 
@@ -74,20 +74,20 @@ def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
     return x
 
 
-def _energy(meter: Meter, result: RunResult, reading_mJ: float | None) -> float:
-    """Measured energy of the request window, or, for the power model, compute at active power and waiting at idle."""
+def _energy(meter: Meter, runner: Runner, result: RunResult, reading_mJ: float | None) -> float:
+    """Measured energy of the request window, or the power model's charge of its measured times (as `plan` predicts
+    them: compute at active power, the server's run at idle, the transfers at tx / rx)."""
     if meter.measured and reading_mJ is not None:
         return reading_mJ
     power = meter.power  # type: ignore[attr-defined]  # only the model meter is not measured
-    local_ms = result.total_ms - result.remote_ms
-    return power.watts("compute") * local_ms + power.watts("idle") * result.remote_ms
+    return modelled_mJ(result, power, runner.link.uplink, runner.link.downlink)
 
 
 def run_one(runner: Runner, x: np.ndarray, meter: Meter) -> tuple[RunResult, float]:
     token = meter.start("compute")
     result = runner.run(x)
     reading = meter.stop(token)
-    return result, _energy(meter, result, reading.energy_mJ)
+    return result, _energy(meter, runner, result, reading.energy_mJ)
 
 
 class RequestEnergy:

@@ -59,6 +59,16 @@ class PowerSpec:
             "idle": self.idle_w,
         }[activity]
 
+    def request_mJ(self, local_ms: float, server_ms: float, up_ms: float, down_ms: float) -> float:
+        """Edge energy of one request, charged as the planner predicts it: local compute at active power, the
+        server's run at idle, the transfers at tx and rx power."""
+        return (
+            self.watts("compute") * local_ms
+            + self.watts("idle") * server_ms
+            + self.watts("tx") * up_ms
+            + self.watts("rx") * down_ms
+        )
+
 
 # A small edge board (Jetson-Nano-like, 10 W mode) when nothing is configured.
 DEFAULT_POWER = PowerSpec(active_w=10.0, idle_w=1.25, net_tx_w=1.5, net_rx_w=1.0, device_class="default")

@@ -38,13 +38,14 @@ from rr_edge.blocks import analyze
 from rr_edge.client import Client
 from rr_edge.device import describe_device
 from rr_edge.meters.model import ModelMeter, resolve_power
+from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
 from rr_edge.offload import gather_costs, make_plan, make_runner, neurosurgeon_inputs, outputs_close
 from rr_edge.onnx_io import load_model
 from rr_edge.planner import PlanInputs, plan_cost
 from rr_edge.profiler import ProfileResult, features_of, report_profile, select_signatures, wait_for_cloud
 from rr_edge.profiles import LatencyStats, LayerMeasurement, ModelMeasurement
-from rr_edge.runner import RunnerConfig
+from rr_edge.runner import RunnerConfig, modelled_mJ
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
 
@@ -233,7 +234,11 @@ def measure_split(
     x: np.ndarray,
     power: Any,
     reference: dict | None,
+    links: tuple[NetworkModel, NetworkModel],
 ) -> dict[str, Any]:
+    """Run one split in a timing window. Its edge energy (model) is charged as the planner charges it, from measured
+    times: local compute at active power, the server's run (the time it reports) at idle, and the rest of the round
+    trip at tx and rx power, shared between the two directions as the node's network models predict them."""
     switch.free()
     # only the edge's ONNX Runtime runs are throttled (the gRPC client runs at host speed, as in the network profile)
     runner = make_runner(
@@ -245,12 +250,14 @@ def measure_split(
     offloads = runner.slices.offloads
     total = np.array([r.total_ms for r in results])
     remote = np.array([r.remote_ms for r in results])
-    energy = power.watts("compute") * (total - remote) + power.watts("idle") * remote
+    server = np.array([r.remote_parts()[0] for r in results])
+    energy = [modelled_mJ(r, power, *links) for r in results]
     rec: dict[str, Any] = {
         "split": list(split),
         "runs_ms": total.tolist(),
         "latency_ms": stats(total.tolist()),
         "remote_ms": float(np.mean(remote)),
+        "server_ms": float(np.mean(server)),
         "head_ms": float(np.mean([r.head_ms for r in results])),
         "tail_ms": float(np.mean([r.tail_ms for r in results])),
         "energy_mJ": float(np.mean(energy)),
@@ -322,7 +329,8 @@ def execute_model(
     timing = Timing(**spec["timing"])
     for split in splits:
         log.info("%s on %s: running split %s", name, node, split)
-        rec = measure_split(slicer, graph, split, client, timing, switch, x, power, reference)
+        links = (lat.inputs.uplink, lat.inputs.downlink)
+        rec = measure_split(slicer, graph, split, client, timing, switch, x, power, reference, links)
         outputs = rec.pop("_outputs")
         if reference is None:
             reference = outputs
