@@ -121,11 +121,16 @@ class ClientOptions:
     token: str | None = None
     tls: TlsOptions | None = None
 
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.max_message_bytes <= 0 or self.min_bandwidth_bytes_per_s <= 0:
+            raise ValueError("timeout_s, max_message_bytes and min_bandwidth_bytes_per_s must be positive")
+        _check_chunk(self.chunk_bytes, self.max_message_bytes)
+
     def channel_options(self) -> list[tuple[str, Any]]:
         backoff_s = max(self.max_reconnect_backoff_s, 0.001)
         return [
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes + framing.ENVELOPE_BYTES),
+            ("grpc.max_receive_message_length", self.max_message_bytes + framing.ENVELOPE_BYTES),
             # Larger HTTP/2 frames and flow-control window: fewer round trips per multi-MB tensor (the server
             # sets the same).
             ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
@@ -336,14 +341,15 @@ class Client:
         """Stream block (and whole-model) measurements; returns (accepted layers, accepted models) once stored."""
         wire_settings = wire.settings_pb(settings)
 
-        def requests() -> Iterator[pb.ReportLayerProfilesRequest]:
-            for layer in layers:
-                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, layer=wire.layer_pb(layer))
-            for model in models:
-                yield pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=wire.model_pb(model))
-
+        # Built before the call: a measurement that cannot be encoded raises here, before any of them is stored.
+        requests = [
+            *(pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, layer=wire.layer_pb(layer))
+              for layer in layers),
+            *(pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=wire.model_pb(model))
+              for model in models),
+        ]  # fmt: skip
         with self._rpc("ReportLayerProfiles"):
-            r = self._profiles.ReportLayerProfiles(requests(), **self._kw(timeout_s))
+            r = self._profiles.ReportLayerProfiles(iter(requests), **self._kw(timeout_s))
         return r.accepted_layers, r.accepted_models
 
     def report_network_profile(self, node_id: str, profile: NetworkProfile, timeout_s: float | None = None) -> None:
@@ -508,17 +514,19 @@ class Client:
         The stream lives as long as `batches` yields, so it has no deadline unless `timeout_s` (for the whole stream)
         is given; `InferStream.cancel` ends it at once.
         """
-        requests = (framing.serialize_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches))
+        requests = _Requests(
+            framing.serialize_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches)
+        )
         kw: dict[str, Any] = {"metadata": self._metadata}
         if timeout_s is not None:
             kw["timeout"] = timeout_s
-        return InferStream(self._model_stream_infer(requests, **kw), f"ModelStreamInfer {slice_id[:12]}")
+        return InferStream(self._model_stream_infer(requests, **kw), f"ModelStreamInfer {slice_id[:12]}", requests)
 
     # -- echo (network profiling) --------------------------------------------------------------------------------
 
     def echo_send(self, nbytes: int, chunk_bytes: int | None = None, timeout_s: float | None = None) -> int:
         """Send `nbytes` bytes to the server in chunks; returns what it says it received."""
-        chunk = chunk_bytes or self.options.chunk_bytes
+        chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         block = _payload(min(chunk, max(nbytes, 1)))
 
         def parts() -> Iterator[pb.SendRequest]:
@@ -536,7 +544,7 @@ class Client:
 
     def echo_receive(self, nbytes: int, chunk_bytes: int | None = None, timeout_s: float | None = None) -> int:
         """Have the server stream `nbytes` bytes to this node; returns the byte count received."""
-        chunk = chunk_bytes or self.options.chunk_bytes
+        chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         request = pb.ReceiveRequest(bytes=nbytes, chunk_bytes=chunk)
         received = 0
         with self._rpc(f"Echo.Receive {nbytes} B"):
@@ -545,6 +553,29 @@ class Client:
         if received != nbytes:
             raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
         return received
+
+
+class _Requests(Iterator[Any]):
+    """The requests of a streaming call, for gRPC to send. gRPC swallows an exception raised while it draws them
+    (the call ends "UNKNOWN: Exception iterating requests!"), so it is kept here, the call is half-closed instead,
+    and the caller re-raises it with `raise_error` where its message is seen."""
+
+    def __init__(self, source: Iterator[Any]) -> None:
+        self._source = source
+        self._error: Exception | None = None
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._source)
+        except StopIteration:
+            raise
+        except Exception as exc:  # noqa: BLE001 - kept for the caller, who raises it
+            self._error = exc
+            raise StopIteration from None
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class InferOutputs(dict[str, np.ndarray]):
@@ -559,14 +590,19 @@ class InferStream(Iterator[InferOutputs]):
     code the server gave it (its message reads "CODE: details"); the stream goes on after it. A broken call raises
     ServerUnavailable (or ServerError), as every call does."""
 
-    def __init__(self, call: Any, what: str) -> None:
+    def __init__(self, call: Any, what: str, requests: _Requests | None = None) -> None:
         self._call = call
         self._what = what
+        self._requests = requests
 
     def __next__(self) -> InferOutputs:
         try:
             message = next(self._call)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, StopIteration) as exc:
+            if self._requests is not None:
+                self._requests.raise_error()  # a batch this side could not send, after the answers to those before
+            if isinstance(exc, StopIteration):
+                raise
             raise _server_error(exc, self._what) from None
         item = _stream_item(message)
         if item.error_message:  # the server writes "CODE: details"
@@ -581,6 +617,14 @@ class InferStream(Iterator[InferOutputs]):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _check_chunk(chunk_bytes: int, max_message_bytes: int) -> int:
+    """`chunk_bytes`, if a chunk of that size can be sent: 0 or less would send nothing forever."""
+    if not 0 < chunk_bytes <= max_message_bytes:
+        raise ValueError(f"chunk_bytes must be in 1..{max_message_bytes} (max_message_bytes), got {chunk_bytes}")
+    return chunk_bytes
+
 
 _PAYLOADS: dict[int, bytes] = {}
 

@@ -64,6 +64,11 @@ ERROR_MESSAGE_FIELD = 1  # ModelStreamInferResponse.error_message
 # tell the network's share of a round trip from the server's.
 RUN_MS_PARAMETER = "server_run_ms"
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+# Both ends allow a gRPC message this much beyond their payload limit (max_message_bytes), for protobuf framing:
+# a tensor of exactly the limit still travels.
+ENVELOPE_BYTES = 64 * 1024
+# A request or response has a handful of fields plus two per tensor (its metadata and its raw contents).
+MAX_TOP_LEVEL_FIELDS = 65_536
 
 
 class FramingError(codec.CodecError):
@@ -140,12 +145,17 @@ def _field_header(number: int, length: int) -> bytes:
 
 
 def split_field(data: bytes | memoryview, field_number: int) -> tuple[bytes, list[memoryview]]:
-    """(encoding of every other top-level field, views of each occurrence of length-delimited `field_number`)."""
+    """(encoding of every other top-level field, views of each occurrence of length-delimited `field_number`).
+
+    At most MAX_TOP_LEVEL_FIELDS fields: a message of millions of tiny fields is legal protobuf, but walking it here
+    is Python work per field (a 32 MiB one used to take half a minute and gigabytes)."""
     view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
-    rest: list[memoryview] = []
+    rest: list[memoryview] = []  # runs of other fields, cut only where an occurrence of field_number sits
     found: list[memoryview] = []
-    pos, end = 0, len(view)
-    while pos < end:
+    pos, end, run_start = 0, len(view), 0
+    for _ in range(MAX_TOP_LEVEL_FIELDS):
+        if pos >= end:
+            break
         start = pos
         key, pos = _read_varint(view, pos, end)
         number, wire_type = key >> 3, key & 7
@@ -162,15 +172,20 @@ def split_field(data: bytes | memoryview, field_number: int) -> tuple[bytes, lis
             if pos + length > end:
                 raise FramingError("length-delimited field runs past the end of the message")
             if number == field_number:
+                rest.append(view[run_start:start])
                 found.append(view[pos : pos + length])
                 pos += length
+                run_start = pos
                 continue
             pos += length
-        else:
+        else:  # groups (3, 4) are deprecated and no KServe peer sends them
             raise FramingError(f"unsupported wire type {wire_type}")
         if pos > end:
             raise FramingError("truncated message")
-        rest.append(view[start:pos])
+    else:
+        if pos < end:
+            raise FramingError(f"more than {MAX_TOP_LEVEL_FIELDS} top-level fields")
+    rest.append(view[run_start:end])
     return b"".join(rest), found
 
 

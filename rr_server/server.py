@@ -24,6 +24,7 @@ import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rr_proto import framing
 from rr_proto.inference import grpc_service_pb2 as kserve_pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
@@ -52,8 +53,6 @@ SERVICE_NAMES = (
     kserve_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     *(s.full_name for s in rr.DESCRIPTOR.services_by_name.values()),
 )
-# Slack for protobuf framing on top of the payload limit.
-_ENVELOPE_BYTES = 64 * 1024
 
 
 def version() -> str:
@@ -66,8 +65,8 @@ def version() -> str:
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     """Channel/server options used on both ends: deliberate message limits and HTTP/2 windows for big tensors."""
     return [
-        ("grpc.max_send_message_length", max_message_bytes + _ENVELOPE_BYTES),
-        ("grpc.max_receive_message_length", max_message_bytes + _ENVELOPE_BYTES),
+        ("grpc.max_send_message_length", max_message_bytes + framing.ENVELOPE_BYTES),
+        ("grpc.max_receive_message_length", max_message_bytes + framing.ENVELOPE_BYTES),
         # Larger frames and a larger initial flow-control window: fewer round trips per multi-MB tensor.
         ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
         ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),

@@ -143,6 +143,39 @@ def test_stream_infer_errors_carry_their_code_and_the_stream_goes_on(client: Cli
     assert next(answers)["y"].shape == (1, 4, 8, 8)
 
 
+def test_a_batch_that_cannot_be_sent_raises_its_own_error_after_the_answers_before_it(client: Client) -> None:
+    """gRPC swallows what the request iterator raises ("UNKNOWN: Exception iterating requests!"), and the answer to
+    the good batch before it was lost too; now that one arrives and then the batch's own error is raised."""
+    slice_id = client.ensure_slice(conv_model(seed=6))
+    x = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    answers = client.stream_infer(slice_id, [{"x": x}, {"x": x.astype(np.complex64)}])
+    assert next(answers)["y"].shape == (1, 4, 8, 8)
+    with pytest.raises(ValueError, match="complex64 has no KServe datatype"):
+        next(answers)
+
+
+def test_a_tensor_of_exactly_the_message_limit_travels(tmp_path: Path) -> None:
+    """The server allows the protobuf envelope on top of its max_message_bytes, and so does the client now: a 1 MiB
+    tensor under a 1 MiB limit was refused by the client itself ("Sent message larger than max")."""
+    limit = 1 << 20
+    server = start_server(tmp_path, max_message_bytes=limit)
+    try:
+        with Client(server.address, ClientOptions(max_message_bytes=limit)) as c:
+            slice_id = c.ensure_slice(conv_model(channels=4, size=256, out_channels=4))
+            x = np.ones((1, 4, 256, 256), np.float32)
+            assert x.nbytes == limit and c.infer(slice_id, {"x": x})["y"].nbytes == limit
+    finally:
+        server.stop(grace=1)
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, -4096, 2 << 20])
+def test_chunk_sizes_that_cannot_work_are_refused(chunk_bytes: int) -> None:
+    """0 sent empty echo chunks until the deadline (reported as an unreachable server), a negative size uploaded
+    nothing; more than a message cannot be sent."""
+    with pytest.raises(ValueError, match="chunk_bytes must be in 1..1048576"):
+        ClientOptions(chunk_bytes=chunk_bytes, max_message_bytes=1 << 20)
+
+
 def test_a_cancelled_stream_frees_its_reader(client: Client) -> None:
     """A reader waiting for an answer that will never come (no request sent) is released by `cancel`."""
     slice_id = client.ensure_slice(conv_model(seed=6))
