@@ -76,12 +76,13 @@ bench: setup
 	$(PIP) install -q scikit-surprise && $(PY) -m tools.bench_cf
 
 # Evaluation on the emulated testbed (needs root): docs/results/ (full, < 90 min) or docs/results/quick/ (< 10 min).
-# The harness tears the testbed down itself (also on SIGTERM); the fallback here covers a crash before that.
+# The harness tears its testbed (prefix rre) down itself, also on SIGTERM and SIGHUP; after a crash it leaves, the next
+# run refuses to start and names the `down` command (a fallback `down` here would also stop a second, running one).
 eval: setup
-	$(PY) -m tools.eval all || { $(PY) -m tools.testbed down >/dev/null; exit 1; }
+	$(PY) -m tools.eval all
 
 eval-quick: setup
-	$(PY) -m tools.eval all --quick || { $(PY) -m tools.testbed down >/dev/null; exit 1; }
+	$(PY) -m tools.eval all --quick
 
 clean:
 	rm -rf $(VENV) cf_cpp/build build rr_proto/inference rr_proto/roadrunner

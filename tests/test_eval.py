@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,10 +24,12 @@ pytest.importorskip("cf_cpp")
 
 from tools.cf_data import load_csv  # noqa: E402
 from tools.eval import __main__ as _eval_main  # noqa: E402
-from tools.eval import accuracy, analysis, config, device_gt, figures, metrics, report  # noqa: E402
+from tools.eval import accuracy, analysis, config, device_gt, figures, harness, metrics, report  # noqa: E402
 from tools.eval.device_run import PLANS, _tagged  # noqa: E402
 from tools.eval.groundtruth import FEATURE_NAMES, from_worker_outputs, read_long_csv, write_long_csv  # noqa: E402
 from tools.eval.throttle import CgroupSwitch, keep_moves_cheap  # noqa: E402
+from tools.testbed import TestbedConfig  # noqa: E402
+from tools.testbed.config import DEFAULT_PREFIX  # noqa: E402
 
 # -- metrics ----------------------------------------------------------------------------------------------------
 
@@ -90,6 +95,38 @@ def test_cli_flags_remake_the_saved_run(options):
     assert _eval_main.parse(["all", *flags])[1] == cfg
     legacy = {k: v for k, v in saved.items() if k != "quick"}  # eval.json written before `quick` was saved
     assert config.cli_flags(legacy) == flags
+
+
+def test_cli_flags_keep_an_output_directory_that_is_not_the_default():
+    saved = config.QUICK.to_json()
+    assert config.cli_flags(saved, "docs/results/quick") == ["--quick"]
+    flags = config.cli_flags(saved, "docs/results/quick-load")
+    assert flags == ["--quick", "--out", "docs/results/quick-load"]
+    args, cfg = _eval_main.parse(["analyze", *flags])
+    assert cfg == config.QUICK and args.out == Path("docs/results/quick-load")
+
+
+@pytest.mark.parametrize("name", ["../../docs/results", "/etc", ".hidden", "a/b", "..", ""])
+def test_a_run_name_cannot_leave_its_folder(name):
+    with pytest.raises(ValueError, match="--name"):
+        config.from_options(name=name)
+    with pytest.raises(SystemExit):
+        _eval_main.parse(["collect", "--name", name])
+    assert config.from_options(name="quick-2.b_c").name == "quick-2.b_c"
+
+
+def test_sighup_raises_system_exit_so_the_teardown_runs():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # were SIGHUP left alone, it must not kill the test run
+    try:
+        _eval_main.exit_on_signals()
+        with pytest.raises(SystemExit) as info:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(1)
+        assert info.value.code == 128 + signal.SIGHUP
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_from_options_rejects_a_tiny_input_size():
@@ -303,7 +340,10 @@ def test_cloud_row_is_scored_against_the_servers_ground_truth(tmp_path):
     for dev, k in (("emu-nano", 1.0), ("emu-agx", 3.0)):
         for model, mo in ex[dev]["models"].items():
             mo["plans"]["offload_all"]["predicted"]["breakdown"] = {"cloud_ms": (12.0 if model == "alexnet" else 5) * k}
-    whole = {m: {"whole_model": {"latency_ms": {"median": ms}}} for m, ms in (("alexnet", 20.0), ("resnet18", 5.0))}
+    whole = {
+        m: {"whole_model": {"latency_ms": {"mean": ms, "median": ms / 2}}}
+        for m, ms in (("alexnet", 20.0), ("resnet18", 5.0))
+    }  # the window mean, as every other latency here
     cloud = analysis.cloud_vs_groundtruth({"server": {"models": whole}}, ex)
     assert cloud["per_model"]["alexnet"] == {"predicted_ms": 24.0, "groundtruth_ms": 20.0, "ratio": pytest.approx(1.2)}
     assert cloud["per_model"]["resnet18"]["ratio"] == pytest.approx(2.0)  # median of 5 and 15 over 5
@@ -390,6 +430,7 @@ def test_report_places_paper_numbers_beside_ours(tmp_path):
         assert needle in text
     assert f"{data['headline']['mean_speedup_vs_ns_non_offloaded']:.2f}x mean" in text
     assert "slice-upload probes (64 KiB to 64 MiB," in text  # the sizes the devices probed, from their samples
+    assert "`value` = window-mean ms / modelled mJ" in text
     assert "lower latency RMSE at 2 of 2 fills and the lower MAPE at 2; at 30% fill 1.00 ms vs 3.00 ms" in text
     json.dumps(data)  # eval.json is plain JSON
 
@@ -424,3 +465,93 @@ def test_a_run_refuses_to_start_without_the_disk_it_needs(tmp_path):
     check_free_disk(tmp_path, 0.001)
     with pytest.raises(RuntimeError, match="needs about 1000000 GB free"):
         check_free_disk(tmp_path, 1e6)
+
+
+def test_report_names_the_hosts_cpus_and_the_output_directory(tmp_path):
+    data = _eval_data()
+    text = report.render(data)
+    assert "same 2-CPU host" in text and "2 ORT threads" in text  # a run from before the count was recorded
+    assert "sudo make eval-quick" in text and "--out" not in text
+    data["meta"] = {**data["meta"], "host": {**data["meta"]["host"], "cpu_count": 16}, "out": "docs/results/q-load"}
+    text = report.render(data)
+    assert "same 16-CPU host" in text and "one ORT thread per physical core" in text and "2-CPU" not in text
+    assert "sudo .venv/bin/python -m tools.eval all --quick --out docs/results/q-load" in text
+    assert "python -m tools.eval analyze --quick --out docs/results/q-load" in text and "sudo make" not in text
+
+
+# -- harness ----------------------------------------------------------------------------------------------------
+
+
+def test_the_evaluation_tears_down_only_its_own_testbed(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(harness.testbed, "up", lambda tcfg: calls.append("up"))
+    monkeypatch.setattr(harness.testbed, "down", lambda tcfg: calls.append("down") or [])
+    tcfg = harness.testbed_config(config.QUICK)
+    assert tcfg.prefix != DEFAULT_PREFIX  # a testbed brought up by hand is not the evaluation's
+    tcfg = replace(tcfg, state_dir=str(tmp_path))
+    with harness.testbed_up(tcfg):
+        pass
+    assert calls == ["up", "down"]
+    Path(tcfg.state_file).write_text("{}")  # another evaluation's testbed
+    with pytest.raises(RuntimeError, match="already up"), harness.testbed_up(tcfg):
+        pass
+    assert calls == ["up", "down"]
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """The work dir of a finished run (raw outputs, server data) and empty model and state dirs, all under tmp."""
+    work, models = tmp_path / "work", tmp_path / "models"
+    (work / "server-data").mkdir(parents=True)
+    models.mkdir()
+    (work / "execute-emu-nano.json").write_text("{}")
+    monkeypatch.setattr(config.EvalConfig, "work_dir", property(lambda self: work))
+    monkeypatch.setattr(config.EvalConfig, "models_dir", property(lambda self: models))
+    testbed_config, state_dir = harness.testbed_config, str(tmp_path / "state")
+    monkeypatch.setattr(harness, "testbed_config", lambda cfg: replace(testbed_config(cfg), state_dir=state_dir))
+
+    def no_testbed(tcfg: TestbedConfig) -> None:
+        raise AssertionError("a test brought the testbed up")
+
+    monkeypatch.setattr(harness, "testbed_up", no_testbed)
+    return work
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [({"classes": ("emu-bogus",)}, "unknown device class"), ({"models": ("alexnet", "no_such_net")}, "no_such_net")],
+)
+def test_collect_refuses_a_bad_run_before_deleting_the_last_one(work, change, error):
+    pytest.importorskip("torchvision")
+    with pytest.raises(RuntimeError, match=error):
+        harness.collect(replace(config.QUICK, **change))
+    assert (work / "execute-emu-nano.json").exists() and (work / "server-data").exists()
+
+
+def test_collect_needs_root_and_records_the_runs_configuration(work, monkeypatch):
+    cfg = replace(config.QUICK, min_free_disk_gb=1e9)
+    for m in cfg.models:
+        cfg.model_path(m).write_bytes(b"")
+    monkeypatch.setattr(harness.os, "geteuid", lambda: 1000)
+    with pytest.raises(RuntimeError, match="needs root"):
+        harness.collect(cfg)
+    assert (work / "execute-emu-nano.json").exists()
+    monkeypatch.setattr(harness.os, "geteuid", lambda: 0)
+    with pytest.raises(RuntimeError, match="GB free"):  # past the checks: the last run is gone, this one recorded
+        harness.collect(cfg)
+    assert not (work / "execute-emu-nano.json").exists() and not (work / "server-data").exists()
+    assert json.loads((work / "config.json").read_text()) == json.loads(json.dumps(cfg.to_json()))
+    assert json.loads((work / "host.json").read_text()) == {"cpu_count": os.cpu_count()}
+
+
+def test_analyze_needs_raw_outputs_of_the_same_run(work, tmp_path):
+    (work / "execute-emu-nano.json").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="no raw outputs in .*; run collect first"):
+        analysis.analyze_run(config.QUICK, out)
+    (work / "groundtruth-emu-nano.json").write_text("{}")
+    collected = config.from_options(quick=True, models=("alexnet",))
+    (work / "config.json").write_text(json.dumps(collected.to_json()))
+    with pytest.raises(RuntimeError, match="collect --quick --models alexnet`; analyze it with the same options"):
+        analysis.analyze_run(config.QUICK, out)
+    assert not out.exists()

@@ -14,9 +14,9 @@ from rr_edge.blocks import analyze
 from rr_edge.client import Client, ClientOptions, slice_id_of
 from rr_edge.errors import ServerError
 from rr_edge.measure import measure_splits
+from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
-from rr_edge.meters.model import PowerSpec
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
 from rr_edge.slicing import Slicer
 from tools.bench_runner import conv_chain

@@ -105,7 +105,7 @@ def test_up_exec_transfer_down(cfg: TestbedConfig) -> None:
     assert server_tbf == {cfg.server_if(classes[n].short) for n in edges}
     for name in edges:
         tbf = live["netns"][cfg.netns(name)]["tbf"]
-        assert [(q["dev"], q["rate_bps"]) for q in tbf] == [(cfg.edge_if, 640_000_000 // 8)]
+        assert [(q["dev"], q["rate_bytes_per_s"]) for q in tbf] == [(cfg.edge_if, 640_000_000 // 8)]
         cg = live["cgroups"][name]
         assert cg["period_us"] == cfg.period_us
         quota = classes[name].cpu_quota
@@ -184,6 +184,36 @@ def test_unknown_device_is_a_clear_error(cfg: TestbedConfig) -> None:
     assert proc.returncode == 1 and "emu-nano" in proc.stderr
     proc = cli(state_dir, "up", "--classes", "emu-bogus", check=False)
     assert proc.returncode == 1 and "unknown device class" in proc.stderr
+
+
+@needs_root
+def test_a_bad_option_leaves_nothing_behind(cfg: TestbedConfig) -> None:
+    state_dir = Path(cfg.state_dir)
+    for args, error in (
+        (("--cpu-shares", "0"), "cpu_shares must be at least 2"),
+        (("--period-us", "1000"), "kernel minimum"),
+        (("--rate", "fast"), "nothing was left behind"),
+    ):
+        proc = cli(state_dir, "up", "--classes", "emu-nano", *args, check=False)
+        assert proc.returncode == 1 and error in proc.stderr
+        assert leftovers(cfg) == [] and not Path(cfg.state_file).exists()
+    # a testbed that was up stays: a quota under the minimum is refused before anything changes, so it stays usable,
+    # and a failure half-way says how to remove what is left
+    cli(state_dir, "up", "--classes", "emu-nano")
+    assert cli(state_dir, "up", "--classes", "emu-nano", "--period-us", "1000", check=False).returncode == 1
+    cli(state_dir, "exec", "emu-nano", "--", "true")
+    proc = cli(state_dir, "up", "--classes", "emu-nano", "--rate", "fast", check=False)
+    assert (
+        proc.returncode == 1
+        and f"python -m tools.testbed --prefix {PREFIX} --state-dir {state_dir} down" in proc.stderr
+    )
+    assert cfg.netns("emu-nano") in json.loads(cli(state_dir, "status").stdout)["live"]["netns"]
+
+
+def test_cpu_shares_below_the_kernel_minimum_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        TestbedConfig(cpu_shares=1)
+    assert TestbedConfig(cpu_shares=2).cpu_shares == 2
 
 
 def test_class_table_is_complete_and_ordered() -> None:

@@ -27,6 +27,13 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def exit_on_signals() -> None:
+    """SIGTERM (kill) and SIGHUP (a closed terminal) raise SystemExit, so the testbed's teardown (a `finally`) runs, as
+    it does on Ctrl-C."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+
+
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, EvalConfig]:
     p = argparse.ArgumentParser(prog="python -m tools.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("collect", "analyze", "all"))
@@ -52,21 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     out = args.out or cfg.default_out
-    signal.signal(signal.SIGTERM, _terminate)  # so that the testbed's teardown (a `finally`) runs on SIGTERM too
+    exit_on_signals()
     started = time.perf_counter()
-    if args.command in ("collect", "all"):
-        from .harness import collect
+    try:
+        if args.command in ("collect", "all"):
+            from .harness import collect
 
-        try:
             collect(cfg)
-        except RuntimeError as exc:  # a worker or the server failed, or too little disk: say why, no traceback
-            logging.getLogger("tools.eval").error("%s", exc)
-            return 1
-    if args.command in ("analyze", "all"):
-        from .analysis import analyze_run
+        if args.command in ("analyze", "all"):
+            from .analysis import analyze_run
 
-        summary = analyze_run(cfg, out)
-        print(json.dumps(summary, indent=1))
+            print(json.dumps(analyze_run(cfg, out), indent=1))
+    except RuntimeError as exc:  # a bad option, a worker or the server failed, too little disk: say why, no traceback
+        logging.getLogger("tools.eval").error("%s", exc)
+        return 1
     logging.getLogger("tools.eval").info("done in %.0f s", time.perf_counter() - started)
     return 0
 

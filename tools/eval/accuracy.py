@@ -35,7 +35,7 @@ def reveal_mask(values: np.ndarray, fill: float, rng: np.random.Generator, min_p
     return mask
 
 
-def predict_cf(values: np.ndarray, mask: np.ndarray, features: np.ndarray, seed: int) -> np.ndarray:
+def predict_cf(values: np.ndarray, mask: np.ndarray, features: np.ndarray) -> np.ndarray:
     """Dense prediction of every entry from the revealed ones."""
     r, c = np.nonzero(mask)
     engine = make_engine(int(r.size))
@@ -92,7 +92,7 @@ def fill_sweep(
             hidden = observed & ~mask
             if not hidden.any():
                 continue
-            runs["cf"].append(scores(predict_cf(values, mask, features, seed), values, hidden))
+            runs["cf"].append(scores(predict_cf(values, mask, features), values, hidden))
             runs["ns"].append(scores(predict_ns(values, mask, blocks), values, hidden))
         for k in runs:
             per[k].append(runs[k])

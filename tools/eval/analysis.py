@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import accuracy, metrics
-from .config import CHAIN, SERVER_CLASS, EvalConfig, group_of
+from .config import CHAIN, REPO, SERVER_CLASS, EvalConfig, cli_flags, group_of
 from .groundtruth import from_worker_outputs, write_blocks_csv, write_long_csv
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,8 @@ def cloud_vs_groundtruth(
 ) -> dict[str, Any]:
     """The cloud row of the plans against the server's own ground truth: each model's predicted cloud compute with
     every block offloaded (Offload All's breakdown; the median over the edge classes) over the server's measured
-    whole-model latency. Errors here come from the cloud profiler's timings and the cloud's CF predictions."""
+    whole-model latency (its window mean, as everywhere else). Errors here come from the cloud profiler's timings and
+    the cloud's CF predictions."""
     server = gt_out.get(SERVER_CLASS)
     if server is None:
         return {}
@@ -222,7 +223,7 @@ def cloud_vs_groundtruth(
                 predicted.setdefault(model, []).append(breakdown["cloud_ms"])
     per_model = {}
     for model, values in predicted.items():
-        pred, gt = metrics.median(values), server["models"][model]["whole_model"]["latency_ms"]["median"]
+        pred, gt = metrics.median(values), server["models"][model]["whole_model"]["latency_ms"]["mean"]
         per_model[model] = {"predicted_ms": pred, "groundtruth_ms": gt, "ratio": pred / gt}
     return {
         "per_model": per_model,
@@ -273,13 +274,31 @@ def _load(work: Path, prefix: str) -> dict[str, Any]:
     }
 
 
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _shown(path: Path) -> str:
+    """`path` as the printed commands give it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     """Read cfg.work_dir, write eval.json, the ground-truth CSVs, the figures and the README into out_dir."""
     from . import figures, report
 
     work = cfg.work_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     gt_out = _load(work, "groundtruth")
+    if not gt_out:
+        raise RuntimeError(f"no raw outputs in {work}; run collect first")
+    saved = _read(work / "config.json")  # runs collected before it was written have none
+    if saved is not None and cli_flags(saved) != cli_flags(cfg.to_json()):
+        raise RuntimeError(
+            f"{work} holds the run of `{' '.join(['python -m tools.eval collect', *cli_flags(saved)])}`; "
+            "analyze it with the same options"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
     execute = _load(work, "execute")
     # the network profiles (their own phase since it runs after settle; runs before that kept them in the reports)
     networks = {d: r.get("network") for d, r in _load(work, "report").items()}
@@ -309,7 +328,8 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = {
         "meta": {
             "run": cfg.name,
-            "config": cfg.to_json(),
+            "config": saved or cfg.to_json(),
+            "out": _shown(out_dir),
             "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             # when the collect finished (it writes phases.json last): `analyze` may rebuild the report much later
             "measured": (
@@ -317,7 +337,11 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
                 if phases_file.exists()
                 else None
             ),
-            "host": {"platform": platform.platform(), "cpus": _cpus()},
+            "host": {
+                "platform": platform.platform(),
+                "cpus": _cpus(),
+                "cpu_count": (_read(work / "host.json") or {}).get("cpu_count"),  # of the host that collected
+            },
             "phases_s": json.loads(phases_file.read_text()) if phases_file.exists() else {},
             "speed": "EMULATED: cgroup CPU quota of one host CPU per device class (tools/testbed)",
             "energy_source": "model",

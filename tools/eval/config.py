@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ PAPER_MODELS = CHAIN + RESIDUAL
 EDGE_CLASSES = ("emu-nano", "emu-tx1", "emu-nx", "emu-agx")
 SERVER_CLASS = "server"
 OBJECTIVES = ("latency", "energy")
+# A run's name is a folder under .cache/eval/ (wiped by `collect`) and docs/results/: no separators, no `..`.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 def group_of(model: str) -> str:
@@ -105,6 +108,8 @@ def from_options(
         cfg = replace(cfg, models=tuple(models))
     if classes:
         cfg = replace(cfg, classes=tuple(classes))
+    if name is not None and not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"--name must be letters, digits, '.', '_' and '-', not starting with '.'; got {name!r}")
     if input_size is not None and input_size != cfg.input_size:
         if input_size < 32:
             raise ValueError("--input-size must be >= 32")
@@ -112,8 +117,9 @@ def from_options(
     return replace(cfg, name=name) if name else cfg
 
 
-def cli_flags(saved: dict[str, Any]) -> list[str]:
-    """The options of `python -m tools.eval` that make the run whose configuration was saved (`to_json()`)."""
+def cli_flags(saved: dict[str, Any], out: str | None = None) -> list[str]:
+    """The options of `python -m tools.eval` that make the run whose configuration was saved (`to_json()`), with its
+    output directory `out` (relative to the repository or absolute) when that is not the run's default."""
     quick = saved.get("quick", saved["name"].startswith("quick"))  # runs saved before `quick` was recorded
     preset = get_config(quick)
     flags = ["--quick"] if quick else []
@@ -125,4 +131,6 @@ def cli_flags(saved: dict[str, Any]) -> list[str]:
         flags += ["--input-size", str(saved["input_size"])]
     if saved["name"] != from_options(quick, input_size=saved["input_size"]).name:
         flags += ["--name", saved["name"]]
+    if out is not None and (REPO / out).resolve() != replace(preset, name=saved["name"]).default_out.resolve():
+        flags += ["--out", out]
     return flags

@@ -27,12 +27,13 @@ from typing import Any
 from tools import testbed
 from tools.testbed import cgroups
 from tools.testbed.config import TestbedConfig
+from tools.testbed.lifecycle import selected_classes
 
 from .config import REPO, SERVER_CLASS, EvalConfig
 
 log = logging.getLogger(__name__)
 
-PHASES = ("groundtruth", "report", "settle", "execute")
+TESTBED_PREFIX = "rre"  # its own testbed: one brought up by hand (prefix rr, docs/testbed.md) is left alone
 CPU_SHARES = 8192  # the testbed's weight against other load on the host (see docs/testbed.md)
 
 
@@ -51,12 +52,23 @@ def export_models(cfg: EvalConfig) -> dict[str, str]:
 
 
 def testbed_config(cfg: EvalConfig) -> TestbedConfig:
-    return TestbedConfig(classes=cfg.classes, cpu_shares=CPU_SHARES)
+    return TestbedConfig(prefix=TESTBED_PREFIX, classes=cfg.classes, cpu_shares=CPU_SHARES)
+
+
+def check_testbed_free(tcfg: TestbedConfig) -> None:
+    """A testbed of this prefix that exists already belongs to another evaluation (or a crashed one): refuse it."""
+    if Path(tcfg.state_file).exists():
+        raise RuntimeError(
+            f"a testbed with prefix {tcfg.prefix!r} is already up ({tcfg.state_file}): another evaluation is running, "
+            f"or one crashed; if none is running, `python -m tools.testbed --prefix {tcfg.prefix} down` removes it"
+        )
 
 
 @contextmanager
 def testbed_up(tcfg: TestbedConfig) -> Iterator[None]:
-    """The testbed for the duration of the block; `down` runs whatever happens."""
+    """The testbed for the duration of the block; `down` runs whatever happens once this `up` has started, and only
+    then: an existing testbed of the prefix is refused and left as it is."""
+    check_testbed_free(tcfg)
     try:
         testbed.up(tcfg)
         yield
@@ -190,8 +202,31 @@ def check_free_disk(path: Path, need_gb: float) -> None:
         )
 
 
+def check_run(cfg: EvalConfig) -> None:
+    """Refuse a run that cannot start (unknown class or model, not root, testbed busy) before the last run's outputs
+    are deleted."""
+    tcfg = testbed_config(cfg)
+    selected_classes(tcfg)  # a TestbedError (a RuntimeError) names the unknown classes
+    missing = [m for m in cfg.models if not cfg.model_path(m).exists()]
+    if missing:
+        from rr_edge.errors import ModelError
+        from rr_edge.export import classification_models
+
+        try:
+            known = classification_models()
+        except ModelError as exc:  # torch or torchvision missing: nothing can be exported
+            raise RuntimeError(str(exc)) from None
+        unknown = [m for m in missing if m not in known]
+        if unknown:
+            raise RuntimeError(f"unknown model(s) {', '.join(unknown)}: not in torchvision.models.list_models()")
+    if os.geteuid() != 0:
+        raise RuntimeError("the evaluation needs root (network namespaces, tc, cgroups)")
+    check_testbed_free(tcfg)
+
+
 def collect(cfg: EvalConfig) -> dict[str, float]:
     """All four phases on a fresh testbed and server; raw JSON in cfg.work_dir. Returns the phase durations (s)."""
+    check_run(cfg)
     work = cfg.work_dir
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("*.json"):
@@ -199,6 +234,8 @@ def collect(cfg: EvalConfig) -> dict[str, float]:
     data = work / "server-data"
     if data.exists():
         subprocess.run(["rm", "-rf", str(data)], check=True)
+    (work / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))  # what `analyze` must match
+    (work / "host.json").write_text(json.dumps({"cpu_count": os.cpu_count()}))
     check_free_disk(work, cfg.min_free_disk_gb)
     t0 = time.perf_counter()
     models = export_models(cfg)
@@ -250,15 +287,11 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     times["netprofile"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    failed = []
     for dev in cfg.classes:
         log.info("plans executed on %s", dev)
         try:
             cluster.run_workers("execute", {dev: {**common, "timing": cfg.run_timing.__dict__}})
         except RuntimeError as exc:  # keep the other devices' measurements; the report lists what is missing
             log.error("%s", exc)
-            failed.append(dev)
-    if failed:
-        (cluster.work / "failed.json").write_text(json.dumps(failed))
     times["execute"] = time.perf_counter() - t
     return times

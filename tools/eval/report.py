@@ -280,6 +280,13 @@ def _groundtruth(d: dict[str, Any]) -> str:
     return _table(["model"] + devices, rows)
 
 
+def _host(meta: dict[str, Any]) -> tuple[str, str]:
+    """The measuring host's CPU count and the server's ONNX Runtime threads (rr-server: ORT's default); runs from
+    before the count was recorded ran on a 2-CPU host."""
+    n = meta["host"].get("cpu_count")
+    return ("2", "2 ORT threads") if n is None else (str(n), "one ORT thread per physical core")
+
+
 def _input_size_note(cfg: dict[str, Any]) -> str:
     """Which of the paper's input sizes (224, 512, 768) this run covers."""
     n = cfg["input_size"]
@@ -305,7 +312,8 @@ def render(d: dict[str, Any], runs_below: Sequence[str] = ()) -> str:
         others = ", ".join(f"[{r}/README.md]({r}/README.md)" for r in runs_below) or "none"
     else:
         others = "[../README.md](../README.md) (the full run)"
-    flags = "".join(f" {f}" for f in cli_flags(cfg))
+    flags = "".join(f" {f}" for f in cli_flags(cfg, meta.get("out")))
+    cpus, threads = _host(meta)
     command = f"python -m tools.eval all{flags}"
     regenerate = f"sudo {MAKE_TARGET[flags]:<21}# = " if flags in MAKE_TARGET else ""
     regenerate += f"sudo .venv/bin/{command}"
@@ -315,7 +323,7 @@ def render(d: dict[str, Any], runs_below: Sequence[str] = ()) -> str:
 > ({meta["host"]["cpus"]}, {meta["host"]["platform"]}) per Jetson class, in its own network namespace behind a
 > `tc tbf` link ({"640mbit"} per device, both directions), see [docs/testbed.md]({up}../testbed.md). Every energy figure
 > is **modelled** (declared watts of `tools/testbed/classes.json` x measured time, `energy_source = "model"`), never
-> measured. The "cloud server" is the same 2-CPU host (its own namespace and cgroup, no quota, 2 ORT threads), not
+> measured. The "cloud server" is the same {cpus}-CPU host (its own namespace and cgroup, no quota, {threads}), not
 > the paper's 2 x Xeon + V100. Latencies in Fig. 3, 5 and 6 are **measured** by running each plan on the testbed.
 
 Measured {meta.get("measured") or "at an unknown time"} by `{command}` (phases: {phases}); report generated
@@ -367,8 +375,8 @@ with CF predictions (what RoaD-RuNNer uses to decide); "NS" the same cost with N
 
 **Noise floor.** The same whole model, run locally on the same class minutes apart (ground-truth run vs the Offload
 None plan), differs by a median {_f(d.get("repeatability", {}).get("median_abs_diff_pct"), "{:.1f}")}% here: the
-2-CPU host is shared with other jobs, and a CFS quota only holds while the host has CPU to give. No prediction can be
-more accurate than this on this host.
+{cpus}-CPU host is shared with other jobs, and a CFS quota only holds while the host has CPU to give. No prediction can
+be more accurate than this on this host.
 
 ## Fig. 6: share of blocks offloaded per device class and objective
 
@@ -385,7 +393,7 @@ Mean over models of the chosen plan's offloaded blocks / all blocks (%):
 ## Ground truth (the CF data set)
 
 [groundtruth_latency.csv](groundtruth_latency.csv) and [groundtruth_energy.csv](groundtruth_energy.csv) are in the
-long format of `tools/cf_eval` (`row` = device class, `col` = block signature, `value` = median ms / modelled mJ,
+long format of `tools/cf_eval` (`row` = device class, `col` = block signature, `value` = window-mean ms / modelled mJ,
 `f_*` = the server's CF column features, log scale); [groundtruth_blocks.csv](groundtruth_blocks.csv) maps every
 (model, block index) to its signature, ops and sizes. Evaluate CF on it with
 `python -m tools.cf_eval --csv docs/results/groundtruth_latency.csv --protocol random --fill 0.3`.
@@ -440,14 +448,15 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
    distorted by throttling granularity (10 ms CFS period) and per-call overheads.
 2. **No GPU experiments.** Fig. 3b/3d (GPU execution) have no counterpart; our Fig. 3 is the paper's 3a/3c (CPU).
 3. **The server is weak and shares the host.** The paper's server (40 cores + V100) is about 10-100x faster than its
-   edges; ours is the same 2 CPUs, about 2-10x faster than the emulated edges (2 threads vs a fraction of one).
+   edges; ours is the same {cpus} CPUs, about 2-10x faster than the emulated edges ({threads} vs a fraction of one).
    Offloading therefore pays less, which lowers speedups against Offload None and raises them against Offload All.
-4. **Modelled energy.** Declared watts x measured time (compute at active power, waiting for the server at idle
-   power, uploads at idle + tx). Energy "gains" therefore follow the time split between local compute and waiting,
-   not a meter; the paper used the Jetsons' INA3221 rails.
+4. **Modelled energy.** Declared watts x measured time, charged as the planner charges its predictions: compute at
+   active power, the server's run (the time it reports with each answer) at idle power, the rest of the round trip
+   at idle + tx (uplink) and idle + rx (downlink), the uploads at idle + tx. Energy "gains" therefore follow the time
+   split between local compute, network and waiting, not a meter; the paper used the Jetsons' INA3221 rails.
 5. **Network.** One dedicated 640mbit `tbf` link per device (≈ 77 MB/s of payload, docs/testbed.md), not a shared
    wireless medium; no loss, no contention between devices (devices offload one at a time).
-6. **Short timing policy on a shared host.** Three runs (or a short window) per figure, on a 2-CPU host shared with
+6. **Short timing policy on a shared host.** Three runs (or a short window) per figure, on a {cpus}-CPU host shared with
    other jobs: individual figures carry noise of several percent (see the p90s in eval.json), which flows into the
    prediction errors. CFS throttling adds its own artefacts (see "How it was measured").
 7. **Profiling reuses the ground truth** (see above): the same code and the same block choice as `rr-edge profile`,

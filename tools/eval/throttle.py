@@ -15,9 +15,6 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from rr_edge.meters.base import Meter
 
 KEEPALIVE_S = 0.005  # how often the keepalive thread moves itself; moves stay cheap below about 20 ms apart
 
@@ -70,30 +67,3 @@ def keep_moves_cheap(tasks_fd: int, every_s: float = KEEPALIVE_S, stop: threadin
         os.write(tasks_fd, me)
         if stop.wait(every_s):
             return
-
-
-class ThrottledMeter(Meter):
-    """Wraps a meter: each metered window (the profiler's timed runs) runs inside the class cgroup."""
-
-    def __init__(self, inner: Meter, switch: CgroupSwitch) -> None:
-        super().__init__()
-        self.inner, self.switch = inner, switch
-        self.source = inner.source  # type: ignore[misc]
-        self.measured = inner.measured  # type: ignore[misc]
-        self.min_window_s = inner.min_window_s
-
-    def start(self, activity: str = "compute") -> tuple[Any, float]:
-        self.switch.throttle()
-        return self.inner.start(activity)
-
-    def stop(self, token: tuple[Any, float]) -> Any:
-        try:
-            return self.inner.stop(token)
-        finally:
-            self.switch.free()
-
-    def _begin(self, activity: str) -> Any:  # pragma: no cover - start/stop delegate
-        raise NotImplementedError
-
-    def _end(self, state: Any, elapsed_s: float) -> float:  # pragma: no cover
-        raise NotImplementedError

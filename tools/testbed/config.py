@@ -41,6 +41,8 @@ class TestbedConfig:
             raise ValueError(f"prefix must be 1-4 alphanumeric characters, got {self.prefix!r}")
         if not 1000 <= self.period_us <= 1_000_000:
             raise ValueError(f"period_us must be within 1000..1000000, got {self.period_us}")
+        if self.cpu_shares is not None and self.cpu_shares < 2:  # the kernel turns 0 and 1 into 2 without a word
+            raise ValueError(f"cpu_shares must be at least 2, got {self.cpu_shares}")
         ipaddress.ip_network(self.subnet)
 
     # --- naming conventions -------------------------------------------------------------------------------------

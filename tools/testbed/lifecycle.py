@@ -17,7 +17,7 @@ from typing import Any
 from . import cgroups, netns, state
 from ._sh import TestbedError, require_tools
 from .classes import SERVER_CLASS, DeviceClass, load_classes
-from .config import DEFAULT_SERVER_PORT, TestbedConfig
+from .config import DEFAULT_PREFIX, DEFAULT_SERVER_PORT, DEFAULT_STATE_DIR, TestbedConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,35 @@ def _edge_position(name: str) -> int:
     return edges.index(name)
 
 
+def _down_command(cfg: TestbedConfig) -> str:
+    options = "" if cfg.prefix == DEFAULT_PREFIX else f" --prefix {cfg.prefix}"
+    options += "" if cfg.state_dir == DEFAULT_STATE_DIR else f" --state-dir {cfg.state_dir}"
+    return f"python -m tools.testbed{options} down"
+
+
 def up(cfg: TestbedConfig) -> dict[str, Any]:
-    """Create namespaces, shaped veth pairs and cgroups for the selected classes; return the state written."""
+    """Create namespaces, shaped veth pairs and cgroups for the selected classes; return the state written.
+
+    A failure (a bad rate, say) on a prefix that was not up before removes what this call made; on one that was, the
+    error says how to remove what is left.
+    """
     _require_root()
     require_tools()
     hier = cgroups.detect()
     classes = selected_classes(cfg)
+    for cls in classes.values():  # a quota under the kernel's minimum: refused before anything exists
+        cgroups.quota_us(cls.cpu_quota, cfg.period_us)
+    fresh = state.load(cfg.state_file) is None
+    try:
+        return _build(cfg, hier, classes)
+    except TestbedError as exc:
+        if fresh:
+            down(cfg)
+            raise TestbedError(f"{exc} (nothing was left behind)") from None
+        raise TestbedError(f"{exc}; the testbed is incomplete: `up` again, or `{_down_command(cfg)}`") from None
+
+
+def _build(cfg: TestbedConfig, hier: cgroups.Hierarchy, classes: dict[str, DeviceClass]) -> dict[str, Any]:
     server_ns = cfg.netns(SERVER_CLASS)
     data: dict[str, Any] = {
         "status": "incomplete",

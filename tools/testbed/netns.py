@@ -130,7 +130,7 @@ def describe(netns: str) -> dict[str, object]:
                       for a in item.get("addr_info", [])],
         })  # fmt: skip
     tbf = [
-        {"dev": q.get("dev"), "kind": q.get("kind"), "rate_bps": (q.get("options") or {}).get("rate")}
+        {"dev": q.get("dev"), "kind": q.get("kind"), "rate_bytes_per_s": (q.get("options") or {}).get("rate")}
         for q in json.loads(qdiscs or "[]")
         if q.get("kind") == "tbf"
     ]
