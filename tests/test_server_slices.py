@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -211,7 +212,7 @@ def test_bad_upload_is_rejected_and_nothing_stored(env, case):
     assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(good)]
 
 
-def test_validation_also_refuses_external_data_in_subgraph():
+def test_validation_also_refuses_external_data_in_subgraph(tmp_path):
     from rr_server.errors import InvalidArgument
     from rr_server.slices import validate_onnx
 
@@ -235,8 +236,39 @@ def test_validation_also_refuses_external_data_in_subgraph():
     node = helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)
     graph = helper.make_graph([node], "if", [cond], [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    path = tmp_path / "if.onnx"
+    path.write_bytes(model.SerializeToString())
     with pytest.raises(InvalidArgument, match="external data"):
-        validate_onnx(model.SerializeToString())
+        validate_onnx(path)
+
+
+_PEAK_OF_VALIDATION = """
+import re, sys
+from pathlib import Path
+from rr_server.slices import validate_onnx
+def peak():  # VmHWM: this process's own high-water mark (ru_maxrss would start from pytest's, across exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+before = peak()
+validate_onnx(Path(sys.argv[1]))
+print(peak() - before)
+"""
+
+
+def test_validating_an_upload_holds_at_most_two_copies_of_it(tmp_path):
+    """The bytes read once, parsed, and checked by onnx.checker from those bytes: three copies of a slice of up to
+    --max-slice-mb (1 GiB) per upload at once. One parse is dropped before the checker reads the file."""
+    weights = onnx.numpy_helper.from_array(np.ones((4096, 8192), np.float32), "w")  # 128 MiB
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8192])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big", [x], [y], initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    path = tmp_path / "big.onnx"
+    path.write_bytes(model.SerializeToString())
+    del model, graph, weights
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_VALIDATION, str(path)], capture_output=True, text=True, check=True
+    )
+    assert int(run.stdout) <= 2.3 * path.stat().st_size  # 2.7x before
 
 
 @pytest.fixture
