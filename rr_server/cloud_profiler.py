@@ -128,11 +128,12 @@ class CloudProfiler:
             except (DeadlineExceeded, ResourceExhausted) as exc:  # too slow or too big: never worth another try
                 with self._lock:
                     self._skipped.add((kind, key))
-                log.warning("cloud profiling of %s %s skipped for good: %s", kind, key[:16], exc)
+                # str(exc), not exc: a log record kept (by a handler that stores them) would hold its frames alive
+                log.warning("cloud profiling of %s %s skipped for good: %s", kind, key[:16], str(exc))
             except ServerError as exc:
                 if self._closed.is_set():
                     return
-                log.warning("cloud profiling of %s %s skipped: %s", kind, key[:16], exc)
+                log.warning("cloud profiling of %s %s skipped: %s", kind, key[:16], str(exc))
             except Exception:  # noqa: BLE001 - a bad slice must not stop the worker
                 log.exception("cloud profiling of %s %s failed", kind, key[:16])
             finally:

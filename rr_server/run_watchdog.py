@@ -120,8 +120,8 @@ class RunWatchdog:
             try:
                 yield run
             except Exception:
-                if run.stopped is not None:
-                    raise run.stopped from None
+                if run.stopped is not None:  # a copy: the one kept would hold this traceback, and its frames, alive
+                    raise type(run.stopped)(str(run.stopped)) from None
                 raise
         finally:
             if caller is not None:
@@ -137,12 +137,13 @@ class RunWatchdog:
         with self._cond:
             self._closed = why
             runs = list(self._active)
+            self._cond.notify()  # the thread ends: every run is stopped and no new one comes
         for run in runs:
             run.stop(why)
 
     def _watch(self) -> None:
         with self._cond:
-            while True:
+            while self._closed is None:
                 now = time.monotonic()
                 heap = self._heap
                 while heap and (heap[0][0] <= now or heap[0][2] not in self._active):

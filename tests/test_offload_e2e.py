@@ -142,19 +142,23 @@ def test_server_killed_mid_run_falls_back_then_resumes(server, tmp_path):
     with Client(address) as client:
         runner = make_runner(Slicer(model, graph), graph, (1, 9), client, config=config)
         results = []
-        for k in range(50):
+        for k in range(25):
             if k == 10:
                 server.kill9()
-            if k == 25:
-                server = ServerProcess(server.data_dir, "--listen", address)
-                _wait_healthy(client)
             results.append(runner.run(x))
+        server = ServerProcess(server.data_dir, "--listen", address)
+        _wait_healthy(client)
+        # The runner notices in the background (every retry_interval_s): requests finish locally until it has.
+        deadline = time.monotonic() + 60
+        while (result := runner.run(x)).fallback:
+            results.append(result)
+            assert time.monotonic() < deadline, "the runner never went back to the restarted server"
+        results += [result, *(runner.run(x) for _ in range(9))]
         runner.close()
         server.stop()
-    assert len(results) == 50
     for r in results:
         np.testing.assert_allclose(next(iter(r.outputs.values())), expected, rtol=1e-4, atol=1e-4)
     assert not any(r.fallback for r in results[:10])
     assert all(r.fallback for r in results[10:25])
-    assert any(r.fallback for r in results) and not any(r.fallback for r in results[-10:])
+    assert not any(r.fallback for r in results[-10:])  # back, and staying
     assert all(r.remote_ms > 0 for r in results[-10:])

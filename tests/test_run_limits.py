@@ -3,8 +3,11 @@ server's stop, and the cloud profiler's time and input budgets."""
 
 from __future__ import annotations
 
+import gc
 import os
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import grpc
@@ -156,14 +159,21 @@ def report_slice(stubs: Stubs, signature: str, data: bytes) -> None:
     stubs.profiles.ReportLayerProfiles(report("pi4", item), timeout=10)
 
 
-def test_cloud_profiler_skips_an_endless_slice_and_times_the_next(env):
-    server, stubs = env
-    stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="pi4", role=rr.NODE_ROLE_EDGE), timeout=5)
-    report_slice(stubs, "loopsig", loop_model())
-    report_slice(stubs, "convsig", conv_model(seed=3))
-    assert server.cloud_profiler.wait_idle(60)  # the loop's first run stops at the budget (5 s)
-    assert server.storage.measured_signatures("cloud") == ["convsig"]
-    assert not server.cloud_profiler.submit("loopsig", sha256(loop_model()))  # skipped for good
+def test_cloud_profiler_skips_an_endless_slice_and_times_the_next(tmp_path):
+    with serving(tmp_path) as (server, stubs):
+        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="pi4", role=rr.NODE_ROLE_EDGE), timeout=5)
+        report_slice(stubs, "loopsig", loop_model())
+        report_slice(stubs, "convsig", conv_model(seed=3))
+        assert server.cloud_profiler.wait_idle(60)  # the loop's first run stops at the budget (5 s)
+        assert server.storage.measured_signatures("cloud") == ["convsig"]
+        assert not server.cloud_profiler.submit("loopsig", sha256(loop_model()))  # skipped for good
+        stopped = weakref.ref(server)
+    # Nothing keeps the stopped server alive: the watchdog's thread held the stopped run's exception, whose
+    # traceback held the cloud profiler's frames, the server and its CF models until the interpreter exited.
+    del server, stubs
+    gc.collect()
+    assert stopped() is None
+    assert "rr-run-watchdog" not in {t.name for t in threading.enumerate()}
 
 
 def test_cloud_profiler_skips_a_slice_with_huge_inputs_and_times_the_next(env):
