@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from rr_edge.costmodel import transfer_mJ
 from rr_edge.planner import Plan, PlanInputs, choose, plan_cost
 
 BASELINES = ("offload_none", "offload_all", "neurosurgeon", "neurosurgeon_non_offloaded")
@@ -45,8 +46,8 @@ def single_split_costs(inputs: PlanInputs) -> tuple[np.ndarray, np.ndarray]:
     down_b = float(inputs.boundary_bytes[n])
     up_ms = np.asarray(inputs.uplink.predict_ms(up_b))
     down_ms = float(inputs.downlink.predict_ms(down_b))
-    up_mJ = inputs.uplink.predict_mJ(up_b) if inputs.uplink.has_energy else inputs.tx_power_W * up_ms
-    down_mJ = inputs.downlink.predict_mJ(down_b) if inputs.downlink.has_energy else inputs.tx_power_W * down_ms
+    up_mJ = transfer_mJ(inputs.uplink, up_b, up_ms, inputs.tx_power_W)
+    down_mJ = transfer_mJ(inputs.downlink, down_b, down_ms, inputs.receive_power_W)
     lat = head + up_ms + cloud + down_ms
     en = head_mJ + up_mJ + down_mJ + inputs.idle_power_W * cloud
     if not inputs.preloaded:
@@ -54,7 +55,7 @@ def single_split_costs(inputs: PlanInputs) -> tuple[np.ndarray, np.ndarray]:
         cached = np.array([(int(k), n - 1) in inputs.cached_slices for k in r])
         link = inputs.weight_link
         w_ms = np.where(cached, 0.0, np.asarray(link.predict_ms(wb)))
-        w_mJ = link.predict_mJ(wb) if link.has_energy else inputs.tx_power_W * w_ms
+        w_mJ = transfer_mJ(link, wb, w_ms, inputs.tx_power_W)
         lat = lat + w_ms / K
         en = en + np.where(cached, 0.0, w_mJ) / K
     over = inputs.too_big(r[:n], n - 1)

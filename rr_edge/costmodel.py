@@ -10,7 +10,8 @@ cloud; j = N-1 returns the model output. Cost of an offloading plan, per inferen
                + down(boundary[j+1])                    input of block j+1 (the model output when j = N-1) sent down
                + c * edge_ms[j+1..N-1]                  tail
     energy_mJ  = c * edge_mJ[head + tail]
-               + transfer energy (network model's mJ, else tx_power_W x transfer ms; weights / K)
+               + transfer energy (network model's mJ, else tx_power_W x uplink / upload ms and rx_power_W x
+                                 downlink ms; weights / K)
                + idle_power_W x cloud ms                the edge waits for the cloud
 
 ``upload`` is the measured cost of a whole slice upload (the edge's hashing, the transfer, the server's validation,
@@ -57,6 +58,8 @@ class PlanInputs:
     ``cached_slices``: block ranges (first, last), inclusive, whose slice the server already holds.
     ``e2e_correction`` scales edge compute (ms and mJ); ``cloud_correction`` scales cloud ms.
     ``upload``: the curve of whole slice uploads (None: the ``uplink`` curve).
+    ``tx_power_W`` / ``rx_power_W``: the edge's power while sending / receiving, for transfers whose network model has
+    no metered energy (``rx_power_W`` None: as ``tx_power_W``).
     ``max_slice_bytes``: the server's limit on one slice (`ServerInfo.max_slice_bytes`; None: no limit). A plan whose
     middle slice is larger cannot run there, whether uploaded or preloaded: its cost is +inf.
     """
@@ -70,6 +73,7 @@ class PlanInputs:
     downlink: NetworkModel
     idle_power_W: float = 0.0
     tx_power_W: float = 0.0
+    rx_power_W: float | None = None
     preloaded: bool = False
     cached_slices: frozenset[tuple[int, int]] = field(default_factory=frozenset)
     amortize_over: int = 1
@@ -90,10 +94,14 @@ class PlanInputs:
             raise ValueError("amortize_over must be >= 1")
         if self.max_slice_bytes is not None and not self.max_slice_bytes > 0:
             raise ValueError("max_slice_bytes must be positive (None: no limit)")
-        for name in ("idle_power_W", "tx_power_W", "e2e_correction", "cloud_correction"):
+        for name in ("idle_power_W", "tx_power_W", "receive_power_W", "e2e_correction", "cloud_correction"):
             v = float(getattr(self, name))
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be finite and non-negative")
+
+    @property
+    def receive_power_W(self) -> float:
+        return self.tx_power_W if self.rx_power_W is None else float(self.rx_power_W)
 
     @property
     def n_blocks(self) -> int:
@@ -180,7 +188,7 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
         cloud = float(inputs.cloud_correction) * float(inputs.cloud_ms[i + 1 : j + 1].sum())
         up_ms, down_ms = inputs.uplink.predict_ms(up_b), inputs.downlink.predict_ms(down_b)
         xfer = transfer_mJ(inputs.uplink, up_b, up_ms, inputs.tx_power_W)
-        xfer += transfer_mJ(inputs.downlink, down_b, down_ms, inputs.tx_power_W)
+        xfer += transfer_mJ(inputs.downlink, down_b, down_ms, inputs.receive_power_W)
         w_ms = w_mJ = 0.0
         if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
             wbytes = int(round(float(inputs.upload_bytes[i + 1 : j + 1].sum())))
@@ -216,7 +224,7 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     up_ms = np.where(off, inputs.uplink.predict_ms(bb[r]), 0.0)
     down_ms = np.where(off, inputs.downlink.predict_ms(bb[j1]), 0.0)
     xfer = np.where(off, transfer_mJ(inputs.uplink, bb[r], up_ms, inputs.tx_power_W)
-                    + transfer_mJ(inputs.downlink, bb[j1], down_ms, inputs.tx_power_W), 0.0)  # fmt: skip
+                    + transfer_mJ(inputs.downlink, bb[j1], down_ms, inputs.receive_power_W), 0.0)  # fmt: skip
     cloud = np.where(off, (pc[j1] - pc[r]) * float(inputs.cloud_correction), 0.0)
     cached = np.array([(int(a), int(b)) in inputs.cached_slices for a, b in zip(r, jj, strict=True)], dtype=bool)
     charged = off & ~cached & (not inputs.preloaded)
@@ -243,6 +251,7 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     ]
 
 
-def transfer_mJ(model: NetworkModel, nbytes: Any, ms: Any, tx_power_W: float) -> Any:
-    """Edge energy (mJ) of a transfer: the network model's energy if profiled, else tx power (W) x time (ms)."""
-    return model.predict_mJ(nbytes) if model.has_energy else tx_power_W * ms
+def transfer_mJ(model: NetworkModel, nbytes: Any, ms: Any, power_W: float) -> Any:
+    """Edge energy (mJ) of a transfer: the network model's energy if profiled, else the radio's power (W) in that
+    direction x time (ms)."""
+    return model.predict_mJ(nbytes) if model.has_energy else power_W * ms

@@ -180,6 +180,7 @@ def plan_inputs(
         downlink=costs.downlink,
         idle_power_W=costs.power.watts("idle"),
         tx_power_W=costs.power.watts("tx"),
+        rx_power_W=costs.power.watts("rx"),
         preloaded=preloaded,
         cached_slices=frozenset(cached),
         amortize_over=amortize_over,

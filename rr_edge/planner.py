@@ -180,7 +180,7 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
     up_ms = np.asarray(inputs.uplink.predict_ms(bb))
     down_ms = np.asarray(inputs.downlink.predict_ms(bb))
     up_mJ = transfer_mJ(inputs.uplink, bb, up_ms, inputs.tx_power_W)
-    down_mJ = transfer_mJ(inputs.downlink, bb, down_ms, inputs.tx_power_W)
+    down_mJ = transfer_mJ(inputs.downlink, bb, down_ms, inputs.receive_power_W)
     idle = float(inputs.idle_power_W)
     row_ms = pe + up_ms - pc  # per r: head + uplink - cloud prefix
     col_ms = pc[1:] + down_ms[1:] + (pe[n] - pe[1:])  # per j: cloud prefix + downlink + tail

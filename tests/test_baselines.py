@@ -39,7 +39,7 @@ def random_inputs(rng: np.random.Generator, n: int, **kw) -> PlanInputs:
         upload_bytes=rng.integers(0, 2_000_000, n), boundary_bytes=rng.integers(1_000, 3_000_000, n + 1),
         uplink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
         downlink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
-        idle_power_W=rng.uniform(0.1, 2), tx_power_W=rng.uniform(0.5, 3), **kw,
+        idle_power_W=rng.uniform(0.1, 2), tx_power_W=rng.uniform(0.5, 3), rx_power_W=rng.uniform(0.3, 2), **kw,
     )  # fmt: skip
 
 

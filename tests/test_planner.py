@@ -48,7 +48,7 @@ def make(edge_ms, cloud_ms, boundary, weights=None, edge_mJ=None, **kw) -> PlanI
 def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
     """O(N^3) reference: every (i, j) costed by explicit loops over the blocks."""
     n, c, K = inputs.n_blocks, inputs.e2e_correction, inputs.amortize_over
-    up, down, tx = inputs.uplink, inputs.downlink, inputs.tx_power_W
+    up, down, tx, rx = inputs.uplink, inputs.downlink, inputs.tx_power_W, inputs.receive_power_W
     out = [(n - 1, n - 1, c * sum(inputs.edge_ms), c * sum(inputs.edge_mJ))]
     for i in range(-1, n):
         for j in range(i + 1, n):
@@ -63,10 +63,10 @@ def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
                 else:
                     lat += inputs.cloud_ms[k]
                     en += inputs.idle_power_W * inputs.cloud_ms[k]
-            for model, b in ((up, inputs.boundary_bytes[i + 1]), (down, inputs.boundary_bytes[j + 1])):
+            for model, b, watts in ((up, inputs.boundary_bytes[i + 1], tx), (down, inputs.boundary_bytes[j + 1], rx)):
                 ms = model.predict_ms(b)
                 lat += ms
-                en += model.predict_mJ(b) if model.has_energy else tx * ms
+                en += model.predict_mJ(b) if model.has_energy else watts * ms
             if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
                 w = sum(inputs.upload_bytes[i + 1 : j + 1])
                 wl = inputs.upload or up  # whole slice uploads have their own curve when profiled
@@ -97,6 +97,7 @@ def random_inputs(rng: np.random.Generator, n: int, **kw) -> PlanInputs:
         downlink=NetworkModel.affine(rng.uniform(0.5, 5), rng.uniform(5e3, 1e5)),
         idle_power_W=rng.uniform(0.1, 2),
         tx_power_W=rng.uniform(0.5, 3),
+        rx_power_W=rng.uniform(0.3, 2),
         **kw,
     )
 
