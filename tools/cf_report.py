@@ -30,7 +30,7 @@ FILLS = (0.05, 0.1, 0.3, 0.5)
 TARGETS = {"random_within10": 95.0, "random_log_rmse": 0.05, "new_row_within10": 85.0}
 BASELINES = ("biases_only", "mf_no_features", "neurosurgeon")
 CEILING_REVEALS = (10, 30, 100, 300)  # new-row on oneproxy_nb201 with many revealed entries: the fold-in ceiling
-MANY_SEEDS = 50  # the new-row target also as a mean over seeds 0..49 (3 seeds hold out only 12 of the 18 devices)
+MANY_SEEDS = 50  # the new-row target also as a mean over seeds 0..49 (3 seeds hold out 12 rows, only 8 of 18 devices)
 LOO_SEEDS = 20  # ... and with every device held out in turn (one fit per device and seed)
 
 
@@ -59,11 +59,11 @@ DISCUSSION = """## Reading the results
   half the mixture's log error or less (docs/cf_cpp.md, Model): Eyeriss and FPGA (analytic estimates, exactly
   additive in the ops of all edges) then reach 100% in the per-device table, against 75% and 83% from the mixture.
   The first figure of the Targets table is on seeds 0..2, as every other cell; the rows below it give the mean over
-  seeds 0..49, since 3 seeds hold out only 12 of the 18 devices and the figure depends strongly on which (standard
-  deviation over seeds in the table): seeds 0..2 hold out rice_pixel3 three times and rice_edgegpu twice, the two
-  devices the fold-in places worst. Held out alone (leave-one-out: a node joining a fleet whose other nodes have all
-  reported, 17 devices in the fit instead of 14), a new device gets more than 85% from 10 entries (the last two
-  rows; no constant was retuned for it). The per-device table (leave-one-out) shows where the rest goes:
+  seeds 0..49, since 3 seeds hold out 12 rows covering only 8 of the 18 devices and the figure depends strongly on
+  which (standard deviation over seeds in the table): seeds 0..2 hold out rice_pixel3 three times and rice_edgegpu
+  twice, the two devices the fold-in places worst. Held out alone (leave-one-out: a node joining a fleet whose other
+  nodes have all reported, 17 devices in the fit instead of 14), a new device gets more than 85% from 10 entries (the
+  last two rows; no constant was retuned for it). The per-device table (leave-one-out) shows where the rest goes:
   rice_pixel3 reaches only about 78% even with all its entries revealed (it is the noisiest device, 77% in the
   random protocol too), and rice_edgegpu, the device least like the others, gets 58% from 10 entries but 89% from all of
   them; no handful of op counts describes it (its latency depends on which edge carries an op). The additive choice
