@@ -75,6 +75,7 @@ def test_ceiling_tool_agrees_with_cf_eval(tmp_path, capsys, leave_one_out: bool)
     # Chosen in hindsight per row, the best component is at least as good as the heaviest one.
     for scores in [out["within10"], *out["per_row"].values()]:
         assert scores["best_component"] >= scores["top_component"]
+        assert scores["best_scale"] >= scores["engine"]  # the factors tried include 1
     held = Counter(f"dev{r}" for seed in (0, 1) for r in new_row_split(load_csv(path), 0.3, seed)[0])
     if leave_one_out:
         held = Counter({f"dev{i}": 2 for i in range(12)})  # every row alone, once per seed

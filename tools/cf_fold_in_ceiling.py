@@ -4,7 +4,7 @@
                                        [--fill 0.3]
 
 The splits are those of `tools.cf_eval --protocol new-row` (same seeds, same held-out rows, same reveal order). Each
-held-out row is folded in from its first `reveal` entries and scored (within10, %) on the rest of its entries, four
+held-out row is folded in from its first `reveal` entries and scored (within10, %) on the rest of its entries, five
 ways:
 
 * `engine`: the engine's fold-in (`CFModel.fold_in_row`: the mixture, or an additive row when the data set has
@@ -13,10 +13,12 @@ ways:
 * `best_component`: the component that scores best on the test entries, chosen in hindsight: the most any choice
   among the mixture's components could give from these entries;
 * `all_revealed`: the engine's fold-in from all of the row's entries, scored on the same entries (in-sample): the
-  most the fixed column model allows at all.
+  most the fixed column model allows at all;
+* `best_scale`: the engine's fold-in times the one factor (within +-30%) that scores best on the row's test entries,
+  chosen in hindsight: the most any recalibration of the row's level could give (what is left is its shape).
 
 Components come from the numpy reference of the fold-in (`tools/cf_fold_in_reference.py`, checked against the engine
-by tests/test_cf_fold_in_reference.py). Prints one JSON object: the four figures over all held-out rows, and per row
+by tests/test_cf_fold_in_reference.py). Prints one JSON object: the five figures over all held-out rows, and per row
 label with `held_out`, how many of the splits held that row out (each held-out row weighs the same in the totals,
 up to its number of test entries).
 """
@@ -35,7 +37,8 @@ from tools import cf_methods
 from tools.cf_data import Matrix, load_csv
 from tools.cf_protocols import HOLDOUT_FRACTION, new_row_splits, within10_hits
 
-WAYS = ("engine", "top_component", "best_component", "all_revealed")
+WAYS = ("engine", "top_component", "best_component", "all_revealed", "best_scale")
+SCALES = np.exp(np.linspace(-0.3, 0.3, 121))  # the factors best_scale tries
 
 
 def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, np.ndarray]:
@@ -49,11 +52,13 @@ def score_row(model, m: Matrix, entries: np.ndarray, reveal: int) -> dict[str, n
 
     parts = ref.components(model, cols, values)
     by_part = [within10_hits(ref.predict(model, p.mean, test_cols, p.residual), truth) for p in parts]
+    folded = model.predict(np.full(test_cols.size, model.fold_in_row(cols, values)), test_cols)
     return {
-        "engine": engine(cols, values),
+        "engine": within10_hits(folded, truth),
         "top_component": by_part[int(np.argmax(ref.weights(parts)))],
         "best_component": max(by_part, key=np.mean),
         "all_revealed": engine(m.cols[entries], m.values[entries]),
+        "best_scale": max((within10_hits(folded * s, truth) for s in SCALES), key=np.mean),
     }
 
 
