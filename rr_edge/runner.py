@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -120,6 +121,11 @@ class RunResult:
         return self.server_ms, max(self.remote_ms - self.server_ms, 0.0)
 
 
+def _busy(exc: ServerError) -> bool:
+    """The server had no stream slot free (rr_server.interceptor): a passing condition, not a refusal."""
+    return exc.code == "RESOURCE_EXHAUSTED" and "slots" in str(exc)
+
+
 def modelled_mJ(
     result: RunResult, power: PowerSpec, uplink: NetworkModel | None, downlink: NetworkModel | None
 ) -> float:
@@ -156,6 +162,8 @@ class _Stream:
         self._requests: queue.Queue[Any] = queue.Queue()
         self._answers = remote.stream_infer(slice_id, iter(self._requests.get, _END))
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rr-stream")
+        # A runner dropped without close(): gRPC's thread that reads the requests would wait on the queue for ever.
+        weakref.finalize(self, self._requests.put, _END)
 
     def infer(self, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
         self._requests.put(dict(inputs))
@@ -282,13 +290,15 @@ class Runner:
         call: `ensure_slice(load=True)`), so that the first request waits for neither. False (and server marked
         down) when the server is unreachable, or when it refuses the slice (too large, or ONNX Runtime there cannot
         open it) while requests are being served; a refusal `at_start` raises the ServerError instead: the plan
-        cannot work with this server, and retrying would only repeat the upload."""
+        cannot work with this server, and retrying would only repeat the upload. A server with no stream slot free
+        for the upload (RESOURCE_EXHAUSTED, "slots": many edges starting at once) is busy, not refusing: the runner
+        starts locally and the background health check connects again later."""
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
             self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label, load=True)
         except ServerError as exc:
-            if at_start and not isinstance(exc, ServerUnavailable):
+            if at_start and not isinstance(exc, ServerUnavailable) and not _busy(exc):
                 raise
             self._mark_down(exc)  # no request is lost: local until the server answers again
             return False

@@ -28,7 +28,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from rr_proto.codec import datatype_of, dtype_of
-from rr_server.errors import InvalidArgument, ResourceExhausted, Unavailable
+from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from rr_server.run_watchdog import MAX_RUN_SECONDS, Run, RunCaller, RunWatchdog
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,8 @@ class SessionPool:
                 str(path), session_options(self._intra), providers=self.providers, disabled_optimizers=UNFOLDED
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            if not path.exists():  # evicted from the store meanwhile: gone, not refused
+                raise NotFound(f"{what} is not cached on this server (evicted); upload it again") from None
             raise InvalidArgument(f"ONNX Runtime cannot load {what}: {exc}"[:500]) from None
 
     def _load(self, slice_id: str, path: Path) -> Session:

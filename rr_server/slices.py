@@ -105,7 +105,10 @@ class SliceStore:
         out = []
         for path in sorted(self.root.glob("*.onnx")):
             if is_slice_id(path.stem):
-                out.append(SliceInfo(path.stem, path.stat().st_size, path))
+                try:
+                    out.append(SliceInfo(path.stem, path.stat().st_size, path))
+                except FileNotFoundError:  # evicted since the glob
+                    continue
         return out
 
     def begin(self, slice_id: str, size_bytes: int) -> Upload:

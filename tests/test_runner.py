@@ -263,3 +263,52 @@ def test_a_power_model_charges_a_request_as_the_planner_predicts_it():
     )
     unknown = RunResult({}, False, total_ms=30.0, remote_ms=20.0)  # a server that does not say: all of it waiting
     assert modelled_mJ(unknown, power, None, None) == pytest.approx(100.0 + 20.0)
+
+
+def test_a_server_with_no_upload_slot_free_is_busy_not_refusing(chain, tmp_path):
+    """Many edges starting at once take every stream slot for uploads: RESOURCE_EXHAUSTED then, at start, used to
+    fail the runner as if the server refused the plan. It starts locally and connects once a slot is free."""
+    import queue
+
+    from _server_support import Stubs
+
+    _, graph, slicer = chain
+    x = _x(graph)
+    config = rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", workers=4)  # one slot for uploads
+    with rr_server.Server(config) as s, Client(str(s.address)) as c:
+        stubs = Stubs.connect(str(s.address))
+        held: queue.Queue = queue.Queue()
+        hold = stubs.slices.UploadSlice.future(iter(held.get, None), timeout=30)  # open, and idle
+        deadline = time.monotonic() + 10
+        while s.stream_slots.in_use["other"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        runner = make_runner(slicer, graph, (0, 2), c, config=RunnerConfig(retry_interval_s=0.1))
+        assert runner.server_down and runner.run(x).fallback
+        held.put(None)
+        with contextlib.suppress(Exception):
+            hold.result()
+        deadline = time.monotonic() + 30
+        while runner.run(x).fallback:
+            assert time.monotonic() < deadline, "the runner never connected"
+            time.sleep(0.05)
+        runner.close()
+        stubs.close()
+
+
+def test_a_dropped_streaming_runner_ends_its_request_thread(chain, client):
+    """Without close(), gRPC's thread reading the stream's requests waited on the runner's queue for ever."""
+    import gc
+    import threading
+
+    _, graph, slicer = chain
+    before = threading.active_count()
+    for _ in range(5):
+        runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(stream=True))
+        runner.run(_x(graph))
+        del runner
+        gc.collect()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before + 1

@@ -324,3 +324,26 @@ def test_server_with_a_store_budget_reports_evicted_slices_as_not_cached(tmp_pat
         assert [p.stem for p in stored_slice_files(tmp_path)] == sorted([sha256(b), sha256(c)])
         assert server.metrics.registry.get_sample_value("rr_slice_evictions_total") == 1
         assert not stubs.upload(a).cached  # the edge uploads it again; b, now the oldest, makes room
+
+
+def test_a_slice_evicted_while_it_is_opened_is_not_found_not_refused(tmp_path):
+    """Its file gone between the lookup and ONNX Runtime's open: NOT_FOUND (the edge uploads it again), not
+    INVALID_ARGUMENT remembered as a slice ONNX Runtime refused."""
+    from rr_server import sessions
+    from rr_server.errors import NotFound
+
+    pool = sessions.SessionPool(["CPUExecutionProvider"], 2)
+    gone = tmp_path / "gone.onnx"
+    with pytest.raises(NotFound, match="evicted"):
+        pool.get(sha256(conv_model()), gone)
+    assert pool.failure(sha256(conv_model())) is None
+
+
+def test_listing_skips_a_slice_evicted_meanwhile(tmp_path, monkeypatch):
+    store = SliceStore(tmp_path, max_bytes=1 << 20)
+    info = store.put_bytes(conv_model())
+    real_glob = type(store.root).glob
+    evicted = info.path.with_stem("f" * 64)  # listed by the glob, gone before its stat
+
+    monkeypatch.setattr(type(store.root), "glob", lambda self, pattern: [*real_glob(self, pattern), evicted])
+    assert [i.slice_id for i in store.list()] == [info.slice_id]
