@@ -590,7 +590,7 @@ class InferStream(Iterator[InferOutputs]):
     code the server gave it (its message reads "CODE: details"); the stream goes on after it. A broken call raises
     ServerUnavailable (or ServerError), as every call does."""
 
-    def __init__(self, call: Any, what: str, requests: _Requests | None = None) -> None:
+    def __init__(self, call: Any, what: str, requests: _Requests) -> None:
         self._call = call
         self._what = what
         self._requests = requests
@@ -599,8 +599,7 @@ class InferStream(Iterator[InferOutputs]):
         try:
             message = next(self._call)
         except (grpc.RpcError, StopIteration) as exc:
-            if self._requests is not None:
-                self._requests.raise_error()  # a batch this side could not send, after the answers to those before
+            self._requests.raise_error()  # a batch this side could not send, after the answers to those before
             if isinstance(exc, StopIteration):
                 raise
             raise _server_error(exc, self._what) from None

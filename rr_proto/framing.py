@@ -152,10 +152,11 @@ def split_field(data: bytes | memoryview, field_number: int) -> tuple[bytes, lis
     view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
     rest: list[memoryview] = []  # runs of other fields, cut only where an occurrence of field_number sits
     found: list[memoryview] = []
-    pos, end, run_start = 0, len(view), 0
-    for _ in range(MAX_TOP_LEVEL_FIELDS):
-        if pos >= end:
-            break
+    pos, end, run_start, fields = 0, len(view), 0, 0
+    while pos < end:
+        fields += 1
+        if fields > MAX_TOP_LEVEL_FIELDS:
+            raise FramingError(f"more than {MAX_TOP_LEVEL_FIELDS} top-level fields")
         start = pos
         key, pos = _read_varint(view, pos, end)
         number, wire_type = key >> 3, key & 7
@@ -182,9 +183,6 @@ def split_field(data: bytes | memoryview, field_number: int) -> tuple[bytes, lis
             raise FramingError(f"unsupported wire type {wire_type}")
         if pos > end:
             raise FramingError("truncated message")
-    else:
-        if pos < end:
-            raise FramingError(f"more than {MAX_TOP_LEVEL_FIELDS} top-level fields")
     rest.append(view[run_start:end])
     return b"".join(rest), found
 
