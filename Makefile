@@ -59,10 +59,12 @@ test-all: setup lint-proto $(DOCTEST)
 	cf_cpp/run_ctest.sh
 	$(PYTEST) -q
 
+PROTO_PY = rr_proto/codec.py rr_proto/framing.py rr_proto/allocator.py rr_proto/extras.py rr_proto/status.py  # hand-written
+
 check: setup lint-proto
-	$(VENV)/bin/ruff format --check rr_edge rr_server rr_proto/codec.py rr_proto/framing.py tools tests
-	$(VENV)/bin/ruff check rr_edge rr_server rr_proto/codec.py rr_proto/framing.py tools tests
-	$(VENV)/bin/mypy rr_edge rr_server rr_proto/codec.py rr_proto/framing.py rr_proto/allocator.py
+	$(VENV)/bin/ruff format --check rr_edge rr_server $(PROTO_PY) tools tests
+	$(VENV)/bin/ruff check rr_edge rr_server $(PROTO_PY) tools tests
+	$(VENV)/bin/mypy rr_edge rr_server $(PROTO_PY)
 
 # Benchmarks (tools/, JSON on stdout; figures and how to read them in docs/performance.md).
 bench: setup

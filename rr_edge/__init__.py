@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rr_edge.errors import MeterError, ModelError, RoadRunnerError, ServerError, ServerUnavailable
+from rr_edge.errors import MeterError, ModelError, RoadRunnerError, ServerBusy, ServerError, ServerUnavailable
 
 _LAZY = {
     "AsyncEdgeNode": "rr_edge.api",
@@ -49,6 +49,7 @@ __all__ = [
     "RunResult",
     "Runner",
     "RunnerConfig",
+    "ServerBusy",
     "ServerError",
     "ServerUnavailable",
     "TlsOptions",

@@ -11,7 +11,12 @@ by one helper (`_rpc`):
 
     grpc.RpcError
     ├── UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED  ->  rr_edge.errors.ServerUnavailable(code)
+    ├── RESOURCE_EXHAUSTED with a retry pushback   ->  rr_edge.errors.ServerBusy(retry_after_s)
     └── any other status                          ->  rr_edge.errors.ServerError(code)
+
+A server with every stream slot in use refuses a new stream as busy. Uploads, reports and echo transfers are then
+tried again after the pushback the server gives, the wait doubling each time (jittered, at most 2 s), for up to
+`ClientOptions.busy_wait_s` (0: not retried) before ServerBusy is raised.
 
 A lost connection is retried with gRPC's exponential backoff capped at `ClientOptions.max_reconnect_backoff_s` (gRPC's
 own cap is 120 s), so that a restarted server is reachable again within about that long.
@@ -26,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ import numpy as np
 
 from rr_edge import _wire as wire
 from rr_edge.device import DeviceInfo
-from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_edge.profiles import (
     BlockFeatures,
     LayerMeasurement,
@@ -50,10 +57,12 @@ from rr_proto.inference import grpc_service_pb2 as ipb
 from rr_proto.inference import grpc_service_pb2_grpc as igrpc
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rgrpc
+from rr_proto.status import RETRY_PUSHBACK_KEY
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_BUSY_WAIT_S",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_RECONNECT_BACKOFF_S",
@@ -78,6 +87,8 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
+DEFAULT_BUSY_WAIT_S = 10.0
+_MAX_BUSY_PAUSE_S = 2.0
 _INITIAL_RECONNECT_BACKOFF_S = 0.1
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -118,12 +129,16 @@ class ClientOptions:
     min_bandwidth_bytes_per_s: float = DEFAULT_MIN_BANDWIDTH_BYTES_PER_S
     # Longest wait between two connection attempts to a server that went away (gRPC's default is 120 s).
     max_reconnect_backoff_s: float = DEFAULT_MAX_RECONNECT_BACKOFF_S
+    # How long an upload, report or echo transfer the server is too busy for is retried (0: not retried).
+    busy_wait_s: float = DEFAULT_BUSY_WAIT_S
     token: str | None = None
     tls: TlsOptions | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_message_bytes <= 0 or self.min_bandwidth_bytes_per_s <= 0:
             raise ValueError("timeout_s, max_message_bytes and min_bandwidth_bytes_per_s must be positive")
+        if self.busy_wait_s < 0:
+            raise ValueError("busy_wait_s must not be negative")
         _check_chunk(self.chunk_bytes, self.max_message_bytes)
 
     def channel_options(self) -> list[tuple[str, Any]]:
@@ -209,7 +224,23 @@ def _server_error(exc: grpc.RpcError, what: str) -> ServerError:
     """This package's exception for a failed call."""
     code = exc.code() if callable(getattr(exc, "code", None)) else None
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        pushback_ms = _pushback_ms(exc)
+        if pushback_ms is not None:
+            return ServerBusy(f"{what}: {code.name}: {details}", pushback_ms / 1e3)
     return _error(code, details, what)
+
+
+def _pushback_ms(exc: grpc.RpcError) -> float | None:
+    """The server's retry pushback of a refused call (RETRY_PUSHBACK_KEY), or None when it gave none."""
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+    for key, value in trailing or ():
+        if key == RETRY_PUSHBACK_KEY:
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                return None
+    return None
 
 
 def _error(code: grpc.StatusCode | None, details: str, what: str) -> ServerError:
@@ -265,6 +296,23 @@ class Client:
             yield
         except grpc.RpcError as exc:
             raise _server_error(exc, what) from None
+
+    def _retry_busy(self, what: str, call: Callable[[], Any], busy_wait_s: float | None = None) -> Any:
+        """`call()` under `_rpc(what)`, made again while the server answers busy: after its pushback, doubled each
+        time (jittered, capped), for up to `busy_wait_s` (None: `options.busy_wait_s`); then ServerBusy."""
+        give_up = time.monotonic() + (self.options.busy_wait_s if busy_wait_s is None else busy_wait_s)
+        pause_s: float | None = None
+        while True:
+            try:
+                with self._rpc(what):
+                    return call()
+            except ServerBusy as exc:
+                pause_s = exc.retry_after_s if pause_s is None else min(2 * pause_s, _MAX_BUSY_PAUSE_S)
+                wait_s = pause_s * random.uniform(0.5, 1.5)  # edges refused together do not come back together
+                if time.monotonic() + wait_s > give_up:
+                    raise
+                log.debug("%s; trying again in %.2f s", exc, wait_s)
+                time.sleep(wait_s)
 
     def _kw(self, timeout_s: float | None, nbytes: int = 0) -> dict[str, Any]:
         """Call options: an explicit `timeout_s` is the deadline; by default `options.timeout_s` plus the time
@@ -348,8 +396,9 @@ class Client:
             *(pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=wire.model_pb(model))
               for model in models),
         ]  # fmt: skip
-        with self._rpc("ReportLayerProfiles"):
-            r = self._profiles.ReportLayerProfiles(iter(requests), **self._kw(timeout_s))
+        r = self._retry_busy(
+            "ReportLayerProfiles", lambda: self._profiles.ReportLayerProfiles(iter(requests), **self._kw(timeout_s))
+        )
         return r.accepted_layers, r.accepted_models
 
     def report_network_profile(self, node_id: str, profile: NetworkProfile, timeout_s: float | None = None) -> None:
@@ -424,12 +473,14 @@ class Client:
         timeout_s: float | None = None,
         probe: bool = False,
         load: bool = False,
+        busy_wait_s: float | None = None,
     ) -> UploadResult:
         """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached.
 
         ``load``: the server also opens the slice's session before it answers (unless it is open already), so that
         the first request does not wait for it. ``probe``: time this path without storing anything: the status
-        query, then an upload that the server verifies, validates and opens as a load would, then discards."""
+        query, then an upload that the server verifies, validates and opens as a load would, then discards.
+        ``busy_wait_s``: how long to retry while the server is busy (None: `ClientOptions.busy_wait_s`)."""
         slice_id = slice_id_of(data)
         if check_cached:
             status = self.slice_status(slice_id, timeout_s)
@@ -447,16 +498,21 @@ class Client:
             for offset in range(0, len(data), chunk):
                 yield pb.UploadSliceRequest(chunk=bytes(view[offset : offset + chunk]))
 
-        with self._rpc(f"UploadSlice {label or slice_id[:12]}"):
-            r = self._slices.UploadSlice(parts(), **self._kw(timeout_s, len(data)))
+        r = self._retry_busy(
+            f"UploadSlice {label or slice_id[:12]}",
+            lambda: self._slices.UploadSlice(parts(), **self._kw(timeout_s, len(data))),
+            busy_wait_s,
+        )
         if r.slice_id and r.slice_id != slice_id:
             raise ServerError(f"UploadSlice: server stored {r.slice_id}, expected {slice_id}", "DATA_LOSS")
         return UploadResult(slice_id, r.cached, r.bytes or len(data))
 
-    def ensure_slice(self, onnx_bytes: bytes, label: str = "", load: bool = False) -> str:
+    def ensure_slice(
+        self, onnx_bytes: bytes, label: str = "", load: bool = False, busy_wait_s: float | None = None
+    ) -> str:
         """Make sure the server holds the slice (uploading it if needed) and, with `load`, has its session open;
         returns its id."""
-        return self.upload_slice(onnx_bytes, label, load=load).slice_id
+        return self.upload_slice(onnx_bytes, label, load=load, busy_wait_s=busy_wait_s).slice_id
 
     # -- inference (KServe v2) -----------------------------------------------------------------------------------
 
@@ -536,8 +592,9 @@ class Client:
                 yield pb.SendRequest(payload=block if n == len(block) else block[:n])
                 left -= n
 
-        with self._rpc(f"Echo.Send {nbytes} B"):
-            received = self._echo.Send(parts(), **self._kw(timeout_s, nbytes)).received_bytes
+        received = self._retry_busy(
+            f"Echo.Send {nbytes} B", lambda: self._echo.Send(parts(), **self._kw(timeout_s, nbytes)).received_bytes
+        )
         if received != nbytes:
             raise ServerError(f"Echo.Send: server received {received} of {nbytes} bytes", "DATA_LOSS")
         return received
@@ -546,10 +603,11 @@ class Client:
         """Have the server stream `nbytes` bytes to this node; returns the byte count received."""
         chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         request = pb.ReceiveRequest(bytes=nbytes, chunk_bytes=chunk)
-        received = 0
-        with self._rpc(f"Echo.Receive {nbytes} B"):
-            for message in self._echo.Receive(request, **self._kw(timeout_s, nbytes)):
-                received += len(message.payload)
+
+        def receive() -> int:
+            return sum(len(m.payload) for m in self._echo.Receive(request, **self._kw(timeout_s, nbytes)))
+
+        received = self._retry_busy(f"Echo.Receive {nbytes} B", receive)
         if received != nbytes:
             raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
         return received

@@ -3,7 +3,8 @@
     RoadRunnerError            base of everything this package raises on purpose
     ├── ModelError             unreadable / invalid ONNX, bad block range, export failure
     ├── ServerError            the server answered with an error status (carries the gRPC code name)
-    │   └── ServerUnavailable  the server cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, broken stream)
+    │   ├── ServerUnavailable  the server cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, broken stream)
+    │   └── ServerBusy         the server had no capacity free for the call and said when to retry
     └── MeterError             an energy meter cannot be read
 
 The CLI turns any RoadRunnerError into a one-line message on stderr and exit code 2.
@@ -30,6 +31,15 @@ class ServerError(RoadRunnerError):
 
 class ServerUnavailable(ServerError):
     """The server could not be reached in time."""
+
+
+class ServerBusy(ServerError):
+    """The server refused the call only for want of capacity (RESOURCE_EXHAUSTED with a retry pushback): nothing was
+    done, and the same call may succeed after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, "RESOURCE_EXHAUSTED")
+        self.retry_after_s = retry_after_s
 
 
 class MeterError(RoadRunnerError):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_edge.netmodel import NetworkModel, split_network_ms
 from rr_edge.session import OrtSettings
 
@@ -61,7 +61,9 @@ class StreamAnswers(Protocol):
 class RemoteExecutor(Protocol):
     """What the runner needs from the server connection (rr_edge.client.Client provides it)."""
 
-    def ensure_slice(self, onnx_bytes: bytes, label: str = "", load: bool = False) -> str: ...
+    def ensure_slice(
+        self, onnx_bytes: bytes, label: str = "", load: bool = False, busy_wait_s: float | None = None
+    ) -> str: ...
 
     def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
 
@@ -119,11 +121,6 @@ class RunResult:
         if self.server_ms is None:
             return self.remote_ms, 0.0
         return self.server_ms, max(self.remote_ms - self.server_ms, 0.0)
-
-
-def _busy(exc: ServerError) -> bool:
-    """The server had no stream slot free (rr_server.interceptor): a passing condition, not a refusal."""
-    return exc.code == "RESOURCE_EXHAUSTED" and "slots" in str(exc)
 
 
 def modelled_mJ(
@@ -291,14 +288,14 @@ class Runner:
         down) when the server is unreachable, or when it refuses the slice (too large, or ONNX Runtime there cannot
         open it) while requests are being served; a refusal `at_start` raises the ServerError instead: the plan
         cannot work with this server, and retrying would only repeat the upload. A server with no stream slot free
-        for the upload (RESOURCE_EXHAUSTED, "slots": many edges starting at once) is busy, not refusing: the runner
-        starts locally and the background health check connects again later."""
+        for the upload (ServerBusy: many edges starting at once) is busy, not refusing: the runner runs locally at
+        once instead of waiting, and the background health check connects again later."""
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
-            self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label, load=True)
+            self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label, load=True, busy_wait_s=0)
         except ServerError as exc:
-            if at_start and not isinstance(exc, ServerUnavailable) and not _busy(exc):
+            if at_start and not isinstance(exc, (ServerUnavailable, ServerBusy)):
                 raise
             self._mark_down(exc)  # no request is lost: local until the server answers again
             return False
@@ -355,9 +352,7 @@ class Runner:
         except ServerUnavailable:
             self._drop_stream()  # timed out or broken: cancelled, not reused (an error answer leaves it in step)
             raise
-        except ServerError as exc:
-            if exc.code != "RESOURCE_EXHAUSTED":
-                raise
+        except ServerBusy as exc:
             # The server has no stream slot free (each open stream holds one of its threads): one ModelInfer call
             # per request from now on, which it always has room for.
             log.info("the server keeps no stream for this runner; sending one ModelInfer per request: %s", exc)

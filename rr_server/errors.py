@@ -4,6 +4,7 @@
     ├── InvalidArgument         malformed or inconsistent request data        -> INVALID_ARGUMENT
     ├── NotFound                unknown node, slice or model                  -> NOT_FOUND
     ├── ResourceExhausted       size or limit violations                      -> RESOURCE_EXHAUSTED
+    │   └── Busy                no capacity free right now: retry later       -> RESOURCE_EXHAUSTED + pushback
     ├── FailedPrecondition      request valid, but the state does not allow it -> FAILED_PRECONDITION
     ├── Unauthenticated         missing or invalid bearer token               -> UNAUTHENTICATED
     ├── PermissionDenied        valid token, but not allowed to do this       -> PERMISSION_DENIED
@@ -36,6 +37,15 @@ class NotFound(ServerError):
 
 class ResourceExhausted(ServerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Busy(ResourceExhausted):
+    """A passing shortage (every stream slot in use), not a refusal of the request: the interceptor tells the client
+    to retry after `retry_after_s` (rr_proto.status.RETRY_PUSHBACK_KEY)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class FailedPrecondition(ServerError):

@@ -9,8 +9,9 @@ Every call holds one of the server's worker threads for as long as it is open, a
 idle: an edge keeps its ModelStreamInfer stream open between requests, a slow client can hold an upload or a health
 Watch open. So streams take `StreamSlots` from three pools: most workers for the edges' inference streams, a few for
 every other stream (uploads, reports, echo) and one for the streams open without a token (health Watch,
-reflection). Past its pool a new stream is RESOURCE_EXHAUSTED at once, and the workers left over always answer unary
-calls (health checks, ModelInfer, slice status), however many streams are open.
+reflection). Past its pool a new stream is RESOURCE_EXHAUSTED at once, with gRPC's retry pushback in its trailing
+metadata (`Busy`: nothing was done, try again shortly), and the workers left over always answer unary calls (health
+checks, ModelInfer, slice status), however many streams are open.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from rr_proto.status import RETRY_PUSHBACK_KEY
 from rr_server.auth import CALLER, TokenTable
-from rr_server.errors import ResourceExhausted, ServerError, Unauthenticated
+from rr_server.errors import Busy, ServerError, Unauthenticated
 from rr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _EDGE_STREAMS = frozenset({"ModelStreamInfer"})  # kept open by every edge runner between its requests
 _INTERNAL_MESSAGE = "internal server error (details in the server log)"
+BUSY_RETRY_AFTER_S = 0.25  # the pushback of a stream refused for want of a slot: most streams that hold one are short
 
 
 class StreamSlots:
@@ -53,13 +56,14 @@ class StreamSlots:
         return "edge" if method.rsplit("/", 1)[-1] in _EDGE_STREAMS else "other"
 
     def take(self, pool: str, method: str) -> bool:
-        """Take a slot of `pool` for a new stream of `method` (True), or raise ResourceExhausted when none is free."""
+        """Take a slot of `pool` for a new stream of `method` (True), or raise Busy when none is free."""
         with self._lock:
             if self.in_use[pool] >= self.capacity[pool]:
-                raise ResourceExhausted(
+                raise Busy(
                     f"{method}: all {self.capacity[pool]} slots of this server for such streams are in use (each open "
                     "stream holds a worker thread); retry later, use the unary call, or start rr-server with more "
-                    "--workers"
+                    "--workers",
+                    BUSY_RETRY_AFTER_S,
                 )
             self.in_use[pool] += 1
         return True
@@ -107,6 +111,8 @@ def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseExc
         log.error("%s failed", method, exc_info=exc)
     metrics.requests.labels(method, code.name).inc()
     metrics.latency.labels(method).observe(time.perf_counter() - started)
+    if isinstance(exc, Busy):
+        context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(round(1e3 * exc.retry_after_s))),))
     if exc is not None:
         # Raises; grpc then ends the call with this status.
         context.abort(code, str(exc) if isinstance(exc, ServerError) else _INTERNAL_MESSAGE)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _server_support import conv_model, start_server
+from _server_support import Stubs, conv_model, start_server
 
 from rr_edge.client import Client, ClientOptions, TlsOptions, slice_id_of
 from rr_edge.device import describe_device
-from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_edge.profiles import (
     BlockFeatures,
     DirectionProfile,
@@ -252,6 +252,62 @@ def test_reports_round_trip(client: Client) -> None:
     assert back is not None and back.uplink.samples == samples and back.uplink.model["kind"] == "affine"
     assert back.energy_source == "model"
     assert client.get_network_profile("nobody-has-this") is None
+
+
+def _refused(server, method: str) -> float:
+    return (
+        server.metrics.registry.get_sample_value("rr_requests_total", {"method": method, "code": "RESOURCE_EXHAUSTED"})
+        or 0.0
+    )
+
+
+def test_uploads_and_reports_wait_for_a_busy_server(tmp_path: Path) -> None:
+    """Many edges uploading or reporting at once take every stream slot the server keeps for such calls, and the next
+    one is refused. That refusal is marked busy (gRPC's retry pushback); the client tries again after it instead of
+    failing, for up to `busy_wait_s`, and with 0 raises ServerBusy at once."""
+    data = conv_model(seed=11)
+    settings = OrtSettings(provider="CPUExecutionProvider", intra_op_threads=1)
+    features = BlockFeatures(("Conv",), 1000, 400, 300, 300)
+    layer = LayerMeasurement("sig-busy", 0, features, LatencyStats(2.0, 2.0, 2.0, 0.0, 5), None, "")
+    server = start_server(tmp_path, workers=4)  # one slot for uploads, reports and echo
+    stubs = Stubs.connect(server.address)
+    held: queue.Queue = queue.Queue()
+    hold = stubs.slices.UploadSlice.future(iter(held.get, None), timeout=30)  # open, and idle
+    try:
+        with Client(server.address, ClientOptions(busy_wait_s=0)) as impatient:
+            deadline = time.monotonic() + 10
+            while server.stream_slots.in_use["other"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            with pytest.raises(ServerBusy) as busy:
+                impatient.upload_slice(data)
+            assert busy.value.code == "RESOURCE_EXHAUSTED" and busy.value.retry_after_s == pytest.approx(0.25)
+            with pytest.raises(ServerBusy):
+                impatient.report_layer_profiles("busy-node", settings, [layer])
+            assert not impatient.slice_status(slice_id_of(data)).cached  # a busy refusal stored nothing
+
+        with Client(server.address) as patient, ThreadPoolExecutor(2) as pool:
+            patient.register_node("busy-node")
+            refused = _refused(server, "UploadSlice"), _refused(server, "ReportLayerProfiles")
+            upload = pool.submit(patient.upload_slice, data)
+            report = pool.submit(patient.report_layer_profiles, "busy-node", settings, [layer])
+            deadline = time.monotonic() + 10
+            while (
+                min(_refused(server, "UploadSlice") - refused[0], _refused(server, "ReportLayerProfiles") - refused[1])
+                < 2
+            ):
+                assert time.monotonic() < deadline, "the calls were not retried"
+                time.sleep(0.02)
+            held.put(None)  # the slot comes free: both get through
+            assert upload.result(timeout=20).slice_id == slice_id_of(data)
+            assert report.result(timeout=20) == (1, 0)
+            assert patient.slice_status(slice_id_of(data)).cached
+    finally:
+        held.put(None)
+        with contextlib.suppress(Exception):
+            hold.result()
+        stubs.close()
+        server.stop(grace=0.5)
 
 
 def test_errors_map_to_domain_exceptions(client: Client, server: str) -> None:

@@ -26,6 +26,7 @@ import rr_server
 from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_proto.status import RETRY_PUSHBACK_KEY
 
 
 @pytest.fixture
@@ -192,6 +193,8 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 call_more()
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "slots" in err.value.details()
+            # gRPC's retry pushback says it is a passing shortage, and when to try again
+            assert (RETRY_PUSHBACK_KEY, "250") in [tuple(m) for m in err.value.trailing_metadata()]
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         assert stubs.kserve.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
         assert stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5).nodes
