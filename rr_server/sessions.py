@@ -280,12 +280,13 @@ class SessionPool:
             self._on_lookup(False)
             try:
                 session = self._load(slice_id, path)
-            except InvalidArgument as exc:
+            except Exception as exc:  # any outcome leaves no load lock behind (NotFound: evicted meanwhile)
                 with self._lock:
                     self._loading.pop(slice_id, None)
-                    self._failed[slice_id] = str(exc)
-                    while len(self._failed) > _MAX_FAILED:
-                        self._failed.popitem(last=False)
+                    if isinstance(exc, InvalidArgument):  # ONNX Runtime refused it: remembered
+                        self._failed[slice_id] = str(exc)
+                        while len(self._failed) > _MAX_FAILED:
+                            self._failed.popitem(last=False)
                 raise
             with self._lock:
                 self._sessions[slice_id] = session

@@ -337,6 +337,7 @@ def test_a_slice_evicted_while_it_is_opened_is_not_found_not_refused(tmp_path):
     with pytest.raises(NotFound, match="evicted"):
         pool.get(sha256(conv_model()), gone)
     assert pool.failure(sha256(conv_model())) is None
+    assert not pool._loading  # no per-slice load lock left behind for a slice that may never come back
 
 
 def test_listing_skips_a_slice_evicted_meanwhile(tmp_path, monkeypatch):
