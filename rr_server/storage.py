@@ -1,6 +1,8 @@
 """Durable state in SQLite (WAL, synchronous=FULL): nodes, signatures with features, measurements, network profiles.
 
-Every write commits before it returns, so a caller that acknowledges after a write survives `kill -9`.
+Every write commits before it returns, so a caller that acknowledges after a write survives `kill -9`. Writes go
+through one connection, one at a time; reads use read-only connections of their own, so that (WAL) they see the last
+commit and wait neither for a write nor for another read (the predictor's refit reads every measurement).
 Measurements are appended (history kept); readers see the latest latency per (node, signature) and the latest energy
 (a newer report without a meter does not hide the measured energy).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -108,11 +111,15 @@ class Storage:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        self.version = 0  # bumped on every measurement write; the predictor compares it
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle read connections
+        self._opened: list[sqlite3.Connection] = []  # every read connection, for close()
+        self._opened_lock = threading.Lock()  # not the writer's lock: opening a reader waits for no write
+        self.version = 0  # bumped after every measurement write commits; the predictor compares it
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._lock, self._opened_lock:
+            for db in (*self._opened, self._db):
+                db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -132,8 +139,19 @@ class Storage:
                 db.execute(sql, args)
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        """One query on an idle read connection (a new one when every one is in use): no lock taken."""
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            with self._opened_lock:
+                self._opened.append(db)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            self._readers.put(db)
 
     # -- nodes -----------------------------------------------------------------------------------------------------
 
@@ -218,6 +236,7 @@ class Storage:
                     for r in runs
                 ],
             )
+        with self._lock:  # after the commit: a reader that sees this version sees the write
             self.version += 1
 
     def signatures(self) -> dict[str, Features]:
