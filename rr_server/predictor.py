@@ -273,7 +273,7 @@ class Predictor:
         """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows."""
         features = dict(features or {})
         known = self._signatures()
-        mine = {m.signature: m for m in self._storage.latest_measurements(node_id)}
+        mine = {m.signature: m for m in self._storage.latest_measurements(node_id, signatures)}
         latency_t, energy_t = self._targets["latency"], self._targets["energy"]
         unknown = [
             s

@@ -268,13 +268,20 @@ class Storage:
         )
         return {r["model"]: r["slice_id"] for r in rows}
 
-    def latest_measurements(self, node_id: str | None = None) -> list[Measurement]:
-        """Latest measurement per (node, signature), for one node or all, with the latest energy any of them had."""
-        if node_id is None:
-            rows = self._read(_LATEST.format(where=""))
-        else:
-            rows = self._read(_LATEST.format(where="WHERE node_id = ?"), (node_id,))
-        return [_measurement(r) for r in rows]
+    def latest_measurements(
+        self, node_id: str | None = None, signatures: Iterable[str] | None = None
+    ) -> list[Measurement]:
+        """Latest measurement per (node, signature), for one node or all and of `signatures` or all, with the latest
+        energy any of them had."""
+        clauses, args = [], []
+        if node_id is not None:
+            clauses.append("node_id = ?")
+            args.append(node_id)
+        if signatures is not None:  # one parameter however many: a JSON array
+            clauses.append("signature IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(signatures)))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [_measurement(r) for r in self._read(_LATEST.format(where=where), tuple(args))]
 
     def measured_signatures(self, node_id: str) -> list[str]:
         rows = self._read(

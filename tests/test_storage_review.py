@@ -13,7 +13,7 @@ from _server_process import ServerProcess
 from _server_support import Stubs, conv_model, layer, report, serving, sha256, start_server
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
-from rr_server.records import Features
+from rr_server.records import Features, Measurement
 from rr_server.storage import Storage
 
 FEATURES = {"ops": ["Conv", "Relu"], "flops": 10**6, "param_bytes": 448, "input_bytes": 768, "output_bytes": 1024}
@@ -46,6 +46,20 @@ def test_a_report_without_energy_keeps_the_measured_energy(tmp_path):
         stubs.profiles.ReportLayerProfiles(report("a", layer("sig", 1.6, energy_mj=12.0)), timeout=10)
         (m,) = server.storage.latest_measurements("a")
         assert (m.latency_ms, m.energy_mj) == (1.6, 12.0)  # and the latest energy, once there is a newer one
+
+
+def test_a_prediction_reads_only_the_measurements_it_asks_for(tmp_path):
+    """Predict read every latest measurement of the node for each query (10,000 rows for a node that profiled
+    10,000 blocks); it reads those of the queried signatures, the latest of each, energy kept as above."""
+    storage = Storage(tmp_path)
+    storage.upsert_node("a", "edge", {})
+    rows = [Measurement("a", f"sig{k}", 1.0 + k, energy_mj=2.0 * k if k % 2 else None) for k in range(50)]
+    storage.add_reports(rows, {}, {}, [])
+    storage.add_reports([Measurement("a", "sig3", 9.0)], {}, {}, [])  # newer latency, no meter
+    got = storage.latest_measurements("a", ["sig3", "sig4", "nobody's", "sig3"])
+    assert [(m.signature, m.latency_ms, m.energy_mj) for m in got] == [("sig3", 9.0, 6.0), ("sig4", 5.0, None)]
+    assert storage.latest_measurements("a", []) == [] and len(storage.latest_measurements("a")) == 50
+    storage.close()
 
 
 # -- 2: a signature's features and slice are set by its first report ---------------------------------------------------
