@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_INTERVAL_S = 1.0
+DEFAULT_STREAM_RETRY_S = 30.0
 DEFAULT_DRIFT_THRESHOLD = 0.25
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
@@ -98,6 +99,8 @@ class RunnerConfig:
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
     # Keep one ModelStreamInfer stream open for repeated requests instead of one ModelInfer call each.
     stream: bool = True
+    # After a server had no stream slot free: one ModelInfer per request for this long, then a stream is tried again.
+    stream_retry_s: float = DEFAULT_STREAM_RETRY_S
 
 
 @dataclass
@@ -250,7 +253,7 @@ class Runner:
         self._slice_id: str | None = None
         self.upload_ms = 0.0  # time spent making the middle slice ready on the server (upload if needed, then load)
         self._stream: _Stream | None = None
-        self._unary = False  # set when the server refused a stream for want of room: ModelInfer calls instead
+        self._unary_until = 0.0  # ModelInfer calls until then (monotonic): the server had no stream slot free
         self._down_since: float | None = None
         self._last_probe = 0.0  # when the last health check of a server that is down ended
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
@@ -343,7 +346,7 @@ class Runner:
 
     def _remote_infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.remote is not None and self._slice_id is not None
-        if not self.config.stream or self._unary:
+        if not self.config.stream or time.monotonic() < self._unary_until:
             return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
         if self._stream is None:
             self._stream = _Stream(self.remote, self._slice_id)
@@ -354,10 +357,14 @@ class Runner:
             raise
         except ServerBusy as exc:
             # The server has no stream slot free (each open stream holds one of its threads): one ModelInfer call
-            # per request from now on, which it always has room for.
-            log.info("the server keeps no stream for this runner; sending one ModelInfer per request: %s", exc)
+            # per request, which it always has room for, until a stream is worth trying again.
+            log.info(
+                "the server keeps no stream for this runner; one ModelInfer per request for %.0f s: %s",
+                self.config.stream_retry_s,
+                exc,
+            )
             self._drop_stream()
-            self._unary = True
+            self._unary_until = time.monotonic() + self.config.stream_retry_s
             return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
 
     def close(self) -> None:

@@ -224,21 +224,29 @@ def test_outputs_are_writable_for_every_plan(chain, in_process, split, stream):
 
 def test_a_server_without_a_free_stream_slot_gets_unary_calls(chain, tmp_path):
     """Every stream slot of the server is taken (idle streams of other edges): the runner's stream is refused at
-    once, and it sends one ModelInfer per request instead of falling back to local execution."""
+    once, and it sends one ModelInfer per request instead of falling back to local execution. Once slots are free
+    again and `stream_retry_s` has passed, it streams again (it used to send ModelInfer calls for ever)."""
     model, graph, slicer = chain
     config = rr_server.ServerConfig(data_dir=tmp_path / "data", listen="127.0.0.1:0", workers=4)
     with rr_server.Server(config) as server, Client(str(server.address)) as client:
-        queues = [queue.Queue() for _ in range(server.stream_slots.capacity["edge"])]
+        slots = server.stream_slots
+        queues = [queue.Queue() for _ in range(slots.capacity["edge"])]
         others = [client.stream_infer("0" * 64, iter(q.get, None)) for q in queues]
         deadline = time.monotonic() + GENEROUS_S
-        while server.stream_slots.in_use["edge"] < server.stream_slots.capacity["edge"] and time.monotonic() < deadline:
+        while slots.in_use["edge"] < slots.capacity["edge"] and time.monotonic() < deadline:
             time.sleep(0.01)
         x = _x(graph)
-        with make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(timeout_s=GENEROUS_S)) as runner:
+        runner_config = RunnerConfig(timeout_s=GENEROUS_S, stream_retry_s=0.5)
+        with make_runner(slicer, graph, (0, 2), client, config=runner_config) as runner:
             results = [runner.run(x) for _ in range(3)]
             assert not any(r.fallback for r in results) and not runner.server_down
             np.testing.assert_allclose(results[-1].outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-5)
-        for q in queues:
-            q.put(None)
-        for other in others:
-            list(other)
+            for q in queues:
+                q.put(None)
+            for other in others:
+                list(other)
+            while slots.in_use["edge"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(runner_config.stream_retry_s)
+            assert not runner.run(x).fallback
+            assert slots.in_use["edge"] == 1  # its own stream, kept open for the next request
