@@ -34,7 +34,7 @@ import numpy as np
 
 from rr_server.cf_engine import engine_name, make_engine
 from rr_server.errors import NotFound
-from rr_server.records import ROLE_CLOUD, Features, Measurement
+from rr_server.records import ROLE_CLOUD, Features, LatestValue
 from rr_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -176,21 +176,21 @@ class Predictor:
         """Refit (or fold new nodes into) both matrices from storage. Never raises: a failed fit keeps the old one."""
         version = self._storage.version
         try:
-            measurements = self._storage.latest_measurements()
+            values = self._storage.latest_values()
             signatures = self._storage.signatures()
             cloud = {n.node_id for n in self._storage.list_nodes() if n.role == ROLE_CLOUD}
-            latency = [(m, m.latency_ms) for m in measurements]
-            energy = [(m, m.energy_mj) for m in measurements if m.energy_mj is not None]
+            latency = [(v.node_id, v.signature, v.latency_ms) for v in values]
+            energy = [(v.node_id, v.signature, v.energy_mj) for v in values if v.energy_mj is not None]
             started = time.perf_counter()
             self._targets = {
                 "latency": self._fit(latency, signatures, cloud, self._targets["latency"]),
                 "energy": self._fit(energy, signatures, cloud, self._targets["energy"]),
             }
-            self._sources, self._default_source = _energy_sources(measurements)
+            self._sources, self._default_source = _energy_sources(values)
             log.info(
                 "predictor refreshed with %s: %d measurements, %d signatures in %.1f ms",
                 engine_name(),
-                len(measurements),
+                len(values),
                 len(signatures),
                 1e3 * (time.perf_counter() - started),
             )
@@ -202,7 +202,7 @@ class Predictor:
 
     def _fit(
         self,
-        data: list[tuple[Measurement, float]],
+        data: list[tuple[str, str, float]],  # (node, signature, value)
         signatures: dict[str, Features],
         cloud: set[str],
         previous: _Target | None,
@@ -210,18 +210,18 @@ class Predictor:
         if not data:
             return None
         by_node: dict[str, dict[str, float]] = {}
-        for m, value in data:
-            by_node.setdefault(m.node_id, {})[m.signature] = value
-        col_names = sorted(set(signatures) | {m.signature for m, _ in data})
+        for node, signature, value in data:
+            by_node.setdefault(node, {})[signature] = value
+        col_names = sorted(set(signatures) | {signature for _, signature, _ in data})
         # Fingerprint per node: a changed or added value of a known node forces a refit, a new node is folded in.
         counts = {node: (len(values), sum(values.values())) for node, values in by_node.items()}
         if previous is not None and _only_new_rows(previous, col_names, by_node, counts):
             return self._fold_in(previous, by_node, counts, cloud)
         rows = {node: k for k, node in enumerate(sorted(by_node))}
         cols = {sig: k for k, sig in enumerate(col_names)}
-        r = np.array([rows[m.node_id] for m, _ in data], dtype=np.int64)
-        c = np.array([cols[m.signature] for m, _ in data], dtype=np.int64)
-        v = np.array([value for _, value in data], dtype=np.float64)
+        r = np.array([rows[node] for node, _, _ in data], dtype=np.int64)
+        c = np.array([cols[signature] for _, signature, _ in data], dtype=np.int64)
+        v = np.array([value for _, _, value in data], dtype=np.float64)
         blocks = [signatures.get(s, Features()) for s in col_names]
         raw = np.stack([feature_vector(f) for f in blocks])
         mean, std = raw.mean(axis=0), raw.std(axis=0)
@@ -229,7 +229,7 @@ class Predictor:
         engine = make_engine(len(data))
         features = (raw - mean) / std
         engine.fit(r, c, v, len(rows), len(cols), col_features=features, additive_features=additive_matrix(blocks))
-        measured = {m.signature for m, _ in data}
+        measured = {signature for _, signature, _ in data}
         return _Target(engine, rows, cols, measured, counts, (mean, std), _edge_rows(rows, cloud))
 
     @staticmethod
@@ -332,12 +332,12 @@ def _edge_rows(rows: dict[str, int], cloud: set[str]) -> np.ndarray:
     return np.array(sorted(k for node, k in rows.items() if node not in cloud), dtype=np.int64)
 
 
-def _energy_sources(measurements: list[Measurement]) -> tuple[dict[str, str], str]:
+def _energy_sources(values: list[LatestValue]) -> tuple[dict[str, str], str]:
     per_node: dict[str, Counter] = {}
     overall: Counter = Counter()
-    for m in measurements:
-        if m.energy_mj is not None and m.energy_source:
-            per_node.setdefault(m.node_id, Counter())[m.energy_source] += 1
-            overall[m.energy_source] += 1
+    for v in values:
+        if v.energy_mj is not None and v.energy_source:
+            per_node.setdefault(v.node_id, Counter())[v.energy_source] += 1
+            overall[v.energy_source] += 1
     sources = {node: c.most_common(1)[0][0] for node, c in per_node.items()}
     return sources, (overall.most_common(1)[0][0] if overall else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rr_server.errors import InvalidArgument
 
@@ -52,6 +53,17 @@ class Measurement:
     source: str = SOURCE_EDGE
     settings: dict = field(default_factory=dict)
     measured_at: float = 0.0
+
+
+class LatestValue(NamedTuple):
+    """A node's latest latency of one signature and its latest metered energy (None: never metered): what the
+    predictor fits, as a plain tuple."""
+
+    node_id: str
+    signature: str
+    latency_ms: float
+    energy_mj: float | None
+    energy_source: str
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rr_server.records import Features, Measurement, ModelRun, NodeRecord
+from rr_server.records import Features, LatestValue, Measurement, ModelRun, NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS network_profiles (
 
 # The newest row per (node, signature), with the energy of the newest row that has one.
 _LATEST = """
-SELECT m.*, e.energy_mj AS last_energy_mj, e.energy_source AS last_energy_source FROM measurements m
+SELECT {columns} FROM measurements m
 JOIN (
     SELECT MAX(id) AS id, MAX(CASE WHEN energy_mj IS NOT NULL THEN id END) AS energy_id
     FROM measurements {where} GROUP BY node_id, signature
@@ -96,6 +96,8 @@ JOIN (
 LEFT JOIN measurements e ON e.id = last.energy_id
 ORDER BY m.node_id, m.signature
 """
+_RECORD_COLUMNS = "m.*, e.energy_mj AS last_energy_mj, e.energy_source AS last_energy_source"
+_VALUE_COLUMNS = "m.node_id, m.signature, m.latency_ms, e.energy_mj, e.energy_source"  # a LatestValue
 
 
 class Storage:
@@ -138,8 +140,9 @@ class Storage:
             for sql, args in statements:
                 db.execute(sql, args)
 
-    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        """One query on an idle read connection (a new one when every one is in use): no lock taken."""
+    def _read(self, sql: str, args: tuple = (), plain: bool = False) -> list:
+        """One query on an idle read connection (a new one when every one is in use): no lock taken. Rows are
+        sqlite3.Row, or tuples when `plain`."""
         try:
             db = self._readers.get_nowait()
         except queue.Empty:
@@ -149,7 +152,10 @@ class Storage:
             with self._opened_lock:
                 self._opened.append(db)
         try:
-            return db.execute(sql, args).fetchall()
+            cursor = db.cursor()
+            if plain:
+                cursor.row_factory = None
+            return cursor.execute(sql, args).fetchall()
         finally:
             self._readers.put(db)
 
@@ -281,7 +287,12 @@ class Storage:
             clauses.append("signature IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(list(signatures)))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return [_measurement(r) for r in self._read(_LATEST.format(where=where), tuple(args))]
+        return [_measurement(r) for r in self._read(_LATEST.format(columns=_RECORD_COLUMNS, where=where), tuple(args))]
+
+    def latest_values(self) -> list[LatestValue]:
+        """Every node's latest latency per signature with its latest metered energy, as plain tuples: the refit
+        reads all of them, and building full records took longer than the query."""
+        return list(map(LatestValue._make, self._read(_LATEST.format(columns=_VALUE_COLUMNS, where=""), plain=True)))
 
     def measured_signatures(self, node_id: str) -> list[str]:
         rows = self._read(

@@ -59,6 +59,18 @@ def test_a_prediction_reads_only_the_measurements_it_asks_for(tmp_path):
     got = storage.latest_measurements("a", ["sig3", "sig4", "nobody's", "sig3"])
     assert [(m.signature, m.latency_ms, m.energy_mj) for m in got] == [("sig3", 9.0, 6.0), ("sig4", 5.0, None)]
     assert storage.latest_measurements("a", []) == [] and len(storage.latest_measurements("a")) == 50
+
+    # The refit reads every latest value as a plain tuple: the same values and metered sources as the records.
+    storage.upsert_node("b", "edge", {})
+    storage.add_reports([Measurement("b", "sig3", 4.0, energy_mj=8.0, energy_source="rapl")], {}, {}, [])
+    values = storage.latest_values()
+    records = storage.latest_measurements()
+    assert [(v.node_id, v.signature, v.latency_ms, v.energy_mj) for v in values] == [
+        (m.node_id, m.signature, m.latency_ms, m.energy_mj) for m in records
+    ]
+    metered = [(v.signature, v.energy_source) for v in values if v.energy_mj is not None]
+    assert metered == [(m.signature, m.energy_source) for m in records if m.energy_mj is not None]
+    assert ("sig3", "rapl") in metered and len(values) == 51
     storage.close()
 
 

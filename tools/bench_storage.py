@@ -1,13 +1,13 @@
 """Benchmark: a small read (GetNode's) while the predictor's refit reads every measurement, the way rr-server's
-storage reads now (read-only connections of their own) against the way it read before (the writer's one connection,
-under its lock).
+storage reads now (read-only connections of their own; the refit reads plain tuples, `latest_values`) against the way
+it read before (the writer's one connection, under its lock; the refit built full records, `latest_measurements`).
 
     PYTHONPATH=. .venv/bin/python -m tools.bench_storage [--measurements 200000] [--queries 200] [--rounds 3]
 
-One database of `--measurements` rows (20 nodes); per round and per way, in alternation: a thread calls
-`latest_measurements()` in a loop (the refit's read) while the main thread times `get_node` `--queries` times, 5 ms
-apart. Prints one JSON object: per way the median, 90th percentile and maximum of the small read (ms, over all
-rounds) and the median time of one refit read.
+One database of `--measurements` rows (20 nodes); per round and per way, in alternation: a thread does the refit's
+read in a loop while the main thread times `get_node` `--queries` times, 5 ms apart. Prints one JSON object: per way
+the median, 90th percentile and maximum of the small read (ms, over all rounds) and the median time of one refit
+read.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ NODES = 20
 class SharedConnectionStorage(Storage):
     """The storage as it read before: every read on the writer's connection, under its lock."""
 
-    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, args: tuple = (), plain: bool = False) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+
+WAYS = {  # storage, and the refit's read
+    "own_read_connections": (Storage, Storage.latest_values),
+    "shared_connection_before": (SharedConnectionStorage, Storage.latest_measurements),
+}
 
 
 def fill(data_dir: Path, measurements: int) -> None:
@@ -49,7 +55,7 @@ def fill(data_dir: Path, measurements: int) -> None:
     storage.close()
 
 
-def one_round(storage: Storage, queries: int) -> tuple[list[float], list[float]]:
+def one_round(storage: Storage, refit_read, queries: int) -> tuple[list[float], list[float]]:
     """(small read ms per query, refit read ms per loop) with the refit's read running throughout."""
     stop = threading.Event()
     refits: list[float] = []
@@ -57,7 +63,7 @@ def one_round(storage: Storage, queries: int) -> tuple[list[float], list[float]]
     def refit_reads() -> None:
         while not stop.is_set():
             start = time.perf_counter()
-            storage.latest_measurements()
+            refit_read(storage)
             refits.append(1e3 * (time.perf_counter() - start))
 
     thread = threading.Thread(target=refit_reads)
@@ -81,14 +87,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    ways = {"own_read_connections": Storage, "shared_connection_before": SharedConnectionStorage}
     with tempfile.TemporaryDirectory() as tmp:
         fill(Path(tmp), args.measurements)
-        samples: dict[str, tuple[list[float], list[float]]] = {way: ([], []) for way in ways}
+        samples: dict[str, tuple[list[float], list[float]]] = {way: ([], []) for way in WAYS}
         for _ in range(args.rounds):
-            for way, cls in ways.items():
+            for way, (cls, refit_read) in WAYS.items():
                 storage = cls(Path(tmp))
-                small, refits = one_round(storage, args.queries)
+                small, refits = one_round(storage, refit_read, args.queries)
                 storage.close()
                 samples[way][0].extend(small)
                 samples[way][1].extend(refits)
