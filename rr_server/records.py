@@ -63,7 +63,7 @@ class LatestValue(NamedTuple):
     signature: str
     latency_ms: float
     energy_mj: float | None
-    energy_source: str
+    energy_source: str | None  # of that energy (None with it)
 
 
 @dataclass(frozen=True)
