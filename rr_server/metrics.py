@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -13,7 +15,8 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class Metrics:
-    """Request counts and latency per method, session-cache hits, upload bytes, slice evictions, inferences."""
+    """Request counts and latency per method, session-cache hits, upload bytes, slice evictions, inferences, stream
+    slots per pool."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -35,7 +38,20 @@ class Metrics:
             "rr_slice_evictions", "Slices evicted to stay within the store budget", registry=self.registry
         )
         self.inferences = Counter("rr_inferences", "Slice executions by outcome", ["outcome"], registry=self.registry)
+        self.stream_slots = Gauge("rr_stream_slots", "Stream slots per pool", ["pool"], registry=self.registry)
+        self.stream_slots_in_use = Gauge(
+            "rr_stream_slots_in_use",
+            "Stream slots in use per pool (a full pool refuses new streams as busy)",
+            ["pool"],
+            registry=self.registry,
+        )
         self._http: Any = None
+
+    def track_stream_slots(self, capacity: Mapping[str, int], in_use: Mapping[str, int]) -> None:
+        """Report the stream slots of each pool (rr_server.interceptor.StreamSlots), read at every scrape."""
+        for pool in capacity:
+            self.stream_slots.labels(pool).set_function(partial(capacity.__getitem__, pool))
+            self.stream_slots_in_use.labels(pool).set_function(partial(in_use.__getitem__, pool))
 
     def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
         """Expose /metrics on `addr`:`port` (port 0 picks a free one); returns the bound port."""

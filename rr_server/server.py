@@ -143,6 +143,7 @@ class Server:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
         self.stream_slots = StreamSlots(config.workers)
+        self.metrics.track_stream_slots(self.stream_slots.capacity, self.stream_slots.in_use)
         self._grpc: grpc.Server | None = None
         self._stopped = threading.Event()
 

@@ -185,6 +185,10 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
     watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
     try:
         _wait_for(lambda: slots.in_use == slots.capacity)
+        for pool, capacity in slots.capacity.items():  # what an operator sees: every pool full
+            labels = {"pool": pool}
+            assert server.metrics.registry.get_sample_value("rr_stream_slots", labels) == capacity
+            assert server.metrics.registry.get_sample_value("rr_stream_slots_in_use", labels) == capacity
         for call_more in (
             lambda: next(stubs.kserve.ModelStreamInfer(iter([]), timeout=10)),
             lambda: stubs.upload(conv_model()),
@@ -212,6 +216,7 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
         with contextlib.suppress(grpc.RpcError):
             held_upload.result()
         _wait_for(lambda: sum(slots.in_use.values()) == 0)
+        assert server.metrics.registry.get_sample_value("rr_stream_slots_in_use", {"pool": "edge"}) == 0
         stubs.close()
         server.stop(grace=1)
 
