@@ -211,8 +211,9 @@ def test_a_model_name_with_a_newline_is_refused(tmp_path):
 
 def test_reads_wait_for_no_writer(tmp_path):
     """Every read took the one connection's lock, so a refit reading every measurement (2 s at 200,000 of them,
-    tools/bench_storage) or a large report being written held up each GetNode and Predict. Reads have read-only connections of their own:
-    they see the last commit while a write is in progress, and the write once it has committed."""
+    tools/bench_storage) or a large report being written held up each GetNode and Predict. Reads have read-only
+    connections of their own: they see the last commit while a write is in progress, and the write once it has
+    committed."""
     storage = Storage(tmp_path)
     storage.upsert_node("a", "edge", {})
     with ThreadPoolExecutor(2) as pool:
