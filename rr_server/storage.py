@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -100,12 +99,51 @@ _RECORD_COLUMNS = "m.*, e.energy_mj AS last_energy_mj, e.energy_source AS last_e
 _VALUE_COLUMNS = "m.node_id, m.signature, m.latency_ms, e.energy_mj, e.energy_source"  # a LatestValue
 
 
+class _Readers:
+    """Read-only connections to the database, one lent per query and kept for the next (WAL: a reader sees the last
+    commit and waits for no writer). `close` waits for the queries running on them, then closes them all."""
+
+    def __init__(self, path: Path) -> None:
+        self._uri = f"{path.as_uri()}?mode=ro"
+        self._idle: list[sqlite3.Connection] = []
+        self._lent = 0
+        self._closed = False
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def lend(self) -> Iterator[sqlite3.Connection]:
+        with self._changed:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            db = self._idle.pop() if self._idle else None
+            self._lent += 1
+        try:
+            if db is None:
+                db = sqlite3.connect(self._uri, uri=True, check_same_thread=False, isolation_level=None)
+                db.row_factory = sqlite3.Row
+            yield db
+        finally:
+            with self._changed:
+                self._lent -= 1
+                if db is not None:
+                    self._idle.append(db)
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.wait_for(lambda: self._lent == 0)
+            for db in self._idle:
+                db.close()
+            self._idle.clear()
+
+
 class Storage:
     """Thread-safe access to the server's SQLite database under `data_dir`."""
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "roadrunner.sqlite3"
+        self.path = (data_dir / "roadrunner.sqlite3").resolve()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -113,15 +151,13 @@ class Storage:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle read connections
-        self._opened: list[sqlite3.Connection] = []  # every read connection, for close()
-        self._opened_lock = threading.Lock()  # not the writer's lock: opening a reader waits for no write
+        self._readers = _Readers(self.path)
         self.version = 0  # bumped after every measurement write commits; the predictor compares it
 
     def close(self) -> None:
-        with self._lock, self._opened_lock:
-            for db in (*self._opened, self._db):
-                db.close()
+        self._readers.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -141,23 +177,13 @@ class Storage:
                 db.execute(sql, args)
 
     def _read(self, sql: str, args: tuple = (), plain: bool = False) -> list:
-        """One query on an idle read connection (a new one when every one is in use): no lock taken. Rows are
-        sqlite3.Row, or tuples when `plain`."""
-        try:
-            db = self._readers.get_nowait()
-        except queue.Empty:
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            with self._opened_lock:
-                self._opened.append(db)
-        try:
+        """One query on a read connection of its own (the writer's lock is not taken). Rows are sqlite3.Row, or
+        tuples when `plain`."""
+        with self._readers.lend() as db:
             cursor = db.cursor()
             if plain:
                 cursor.row_factory = None
             return cursor.execute(sql, args).fetchall()
-        finally:
-            self._readers.put(db)
 
     # -- nodes -----------------------------------------------------------------------------------------------------
 

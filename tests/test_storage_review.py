@@ -3,6 +3,7 @@ its first report, cloud timing jobs that survive `kill -9`, and writes whose rea
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -225,3 +226,29 @@ def test_reads_wait_for_no_writer(tmp_path):
             assert all(f.result(timeout=10) is not None for f in concurrent)
         assert [n.node_id for n in pool.submit(storage.list_nodes).result(timeout=10)] == ["a", "b"]
     storage.close()
+
+
+def test_close_waits_for_the_reads_running(tmp_path):
+    """Reads do not take the writer's lock, so close() used to close a read connection under a running query (the
+    server's stop beside a refit's read: a segmentation fault). It waits for running reads; later ones are refused."""
+    storage = Storage(tmp_path)
+    storage.upsert_node("a", "edge", {})
+    lent, release = threading.Event(), threading.Event()
+
+    def long_read() -> int:
+        with storage._readers.lend() as db:
+            lent.set()
+            release.wait(10)
+            return db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0]
+
+    with ThreadPoolExecutor(2) as pool:
+        read = pool.submit(long_read)
+        assert lent.wait(10)
+        closing = pool.submit(storage.close)
+        time.sleep(0.2)
+        assert not closing.done()  # waiting for the read
+        release.set()
+        assert read.result(timeout=10) == 1
+        closing.result(timeout=10)
+    with pytest.raises(sqlite3.ProgrammingError):
+        storage.get_node("a")
