@@ -16,7 +16,8 @@ by one helper (`_rpc`):
 
 A server with every stream slot in use refuses a new stream as busy. Uploads, reports and echo transfers are then
 tried again after the pushback the server gives, the wait doubling each time (jittered, at most 2 s), for up to
-`ClientOptions.busy_wait_s` (0: not retried) before ServerBusy is raised.
+`ClientOptions.busy_wait_s` or the call's `busy_wait_s` (0: not retried), and never past an explicit `timeout_s`,
+before ServerBusy is raised.
 
 A lost connection is retried with gRPC's exponential backoff capped at `ClientOptions.max_reconnect_backoff_s` (gRPC's
 own cap is 120 s), so that a restarted server is reachable again within about that long.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -88,6 +90,7 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
 DEFAULT_BUSY_WAIT_S = 10.0
+_MIN_BUSY_PAUSE_S = 0.05
 _MAX_BUSY_PAUSE_S = 2.0
 _INITIAL_RECONNECT_BACKOFF_S = 0.1
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -235,11 +238,12 @@ def _pushback_ms(exc: grpc.RpcError) -> float | None:
     """The server's retry pushback of a refused call (RETRY_PUSHBACK_KEY), or None when it gave none."""
     trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
     for key, value in trailing or ():
-        if key == RETRY_PUSHBACK_KEY:
+        if key == RETRY_PUSHBACK_KEY:  # gRFC A6: a negative or unreadable pushback means "do not retry"
             try:
-                return max(float(value), 0.0)
+                ms = float(value)
             except ValueError:
                 return None
+            return ms if math.isfinite(ms) and ms >= 0 else None
     return None
 
 
@@ -297,22 +301,33 @@ class Client:
         except grpc.RpcError as exc:
             raise _server_error(exc, what) from None
 
-    def _retry_busy(self, what: str, call: Callable[[], Any], busy_wait_s: float | None = None) -> Any:
-        """`call()` under `_rpc(what)`, made again while the server answers busy: after its pushback, doubled each
-        time (jittered, capped), for up to `busy_wait_s` (None: `options.busy_wait_s`); then ServerBusy."""
-        give_up = time.monotonic() + (self.options.busy_wait_s if busy_wait_s is None else busy_wait_s)
+    def _retry_busy(
+        self,
+        what: str,
+        call: Callable[[float | None], Any],
+        timeout_s: float | None,
+        busy_wait_s: float | None = None,
+    ) -> Any:
+        """`call(attempt_timeout_s)` under `_rpc(what)`, made again while the server answers busy: after its
+        pushback, doubled each time (jittered, capped), for up to `busy_wait_s` (None: `options.busy_wait_s`); then
+        ServerBusy. An explicit `timeout_s` bounds the whole: each attempt gets what is left of it."""
+        start = time.monotonic()
+        wait_s = self.options.busy_wait_s if busy_wait_s is None else busy_wait_s
+        give_up = start + (wait_s if timeout_s is None else min(wait_s, timeout_s))
         pause_s: float | None = None
         while True:
+            left_s = None if timeout_s is None else timeout_s - (time.monotonic() - start)
             try:
                 with self._rpc(what):
-                    return call()
+                    return call(left_s)
             except ServerBusy as exc:
-                pause_s = exc.retry_after_s if pause_s is None else min(2 * pause_s, _MAX_BUSY_PAUSE_S)
-                wait_s = pause_s * random.uniform(0.5, 1.5)  # edges refused together do not come back together
-                if time.monotonic() + wait_s > give_up:
+                pause_s = max(exc.retry_after_s, _MIN_BUSY_PAUSE_S) if pause_s is None else 2 * pause_s
+                pause_s = min(pause_s, _MAX_BUSY_PAUSE_S)
+                sleep_s = pause_s * random.uniform(0.5, 1.5)  # edges refused together do not come back together
+                if time.monotonic() + sleep_s > give_up:
                     raise
-                log.debug("%s; trying again in %.2f s", exc, wait_s)
-                time.sleep(wait_s)
+                log.debug("%s; trying again in %.2f s", exc, sleep_s)
+                time.sleep(sleep_s)
 
     def _kw(self, timeout_s: float | None, nbytes: int = 0) -> dict[str, Any]:
         """Call options: an explicit `timeout_s` is the deadline; by default `options.timeout_s` plus the time
@@ -397,7 +412,9 @@ class Client:
               for model in models),
         ]  # fmt: skip
         r = self._retry_busy(
-            "ReportLayerProfiles", lambda: self._profiles.ReportLayerProfiles(iter(requests), **self._kw(timeout_s))
+            "ReportLayerProfiles",
+            lambda t: self._profiles.ReportLayerProfiles(iter(requests), **self._kw(t)),
+            timeout_s,
         )
         return r.accepted_layers, r.accepted_models
 
@@ -500,7 +517,8 @@ class Client:
 
         r = self._retry_busy(
             f"UploadSlice {label or slice_id[:12]}",
-            lambda: self._slices.UploadSlice(parts(), **self._kw(timeout_s, len(data))),
+            lambda t: self._slices.UploadSlice(parts(), **self._kw(t, len(data))),
+            timeout_s,
             busy_wait_s,
         )
         if r.slice_id and r.slice_id != slice_id:
@@ -580,7 +598,13 @@ class Client:
 
     # -- echo (network profiling) --------------------------------------------------------------------------------
 
-    def echo_send(self, nbytes: int, chunk_bytes: int | None = None, timeout_s: float | None = None) -> int:
+    def echo_send(
+        self,
+        nbytes: int,
+        chunk_bytes: int | None = None,
+        timeout_s: float | None = None,
+        busy_wait_s: float | None = None,
+    ) -> int:
         """Send `nbytes` bytes to the server in chunks; returns what it says it received."""
         chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         block = _payload(min(chunk, max(nbytes, 1)))
@@ -593,21 +617,30 @@ class Client:
                 left -= n
 
         received = self._retry_busy(
-            f"Echo.Send {nbytes} B", lambda: self._echo.Send(parts(), **self._kw(timeout_s, nbytes)).received_bytes
+            f"Echo.Send {nbytes} B",
+            lambda t: self._echo.Send(parts(), **self._kw(t, nbytes)).received_bytes,
+            timeout_s,
+            busy_wait_s,
         )
         if received != nbytes:
             raise ServerError(f"Echo.Send: server received {received} of {nbytes} bytes", "DATA_LOSS")
         return received
 
-    def echo_receive(self, nbytes: int, chunk_bytes: int | None = None, timeout_s: float | None = None) -> int:
+    def echo_receive(
+        self,
+        nbytes: int,
+        chunk_bytes: int | None = None,
+        timeout_s: float | None = None,
+        busy_wait_s: float | None = None,
+    ) -> int:
         """Have the server stream `nbytes` bytes to this node; returns the byte count received."""
         chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         request = pb.ReceiveRequest(bytes=nbytes, chunk_bytes=chunk)
 
-        def receive() -> int:
-            return sum(len(m.payload) for m in self._echo.Receive(request, **self._kw(timeout_s, nbytes)))
+        def receive(attempt_timeout_s: float | None) -> int:
+            return sum(len(m.payload) for m in self._echo.Receive(request, **self._kw(attempt_timeout_s, nbytes)))
 
-        received = self._retry_busy(f"Echo.Receive {nbytes} B", receive)
+        received = self._retry_busy(f"Echo.Receive {nbytes} B", receive, timeout_s, busy_wait_s)
         if received != nbytes:
             raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
         return received

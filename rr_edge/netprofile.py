@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rr_edge.errors import ServerBusy
 from rr_edge.meters.base import Meter
 from rr_edge.netmodel import fit_network_model
 from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
@@ -55,6 +56,7 @@ DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_UPLOAD_MIN_MB = 1 / 16  # 64 KiB: the fixed costs of a small slice's upload are measured, not extrapolated
 DEFAULT_MIN_TIME_S = 0.1
 MAX_TRANSFERS_PER_SIZE = 500
+BUSY_WAIT_S = 60.0  # longest a measurement waits out a server with no stream slot free, in all
 MiB = 1024 * 1024
 
 
@@ -134,6 +136,7 @@ def measure_direction(
     meter: Meter | None = None,
     activity: str = "tx",
     clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], object] = time.sleep,
     progress: Callable[[int, int, int], None] | None = None,
     seed: int = 0,
 ) -> list[NetworkSample]:
@@ -144,15 +147,33 @@ def measure_direction(
     count (max(repeats, min_time_s / its time)); then the remaining transfers of every size are spaced evenly over
     as many rounds as the most-sampled size needs, each round in a shuffled (seeded) order. A burst of load from
     elsewhere on the machine thus touches all sizes alike instead of bending one stretch of the curve.
+
+    A transfer the server refuses as busy (ServerBusy: no stream slot free; `transfer` should not retry it itself)
+    is waited out outside the timing and the energy window, for up to BUSY_WAIT_S in all.
     """
     order = [int(s) for s in dict.fromkeys(sizes)]
     times: dict[int, list[float]] = {s: [] for s in order}
     rng = random.Random(seed)
+    waited_s = 0.0
+
+    def wait_out(exc: ServerBusy) -> None:
+        nonlocal waited_s
+        pause_s = min(max(exc.retry_after_s, 0.05), 2.0)
+        if waited_s + pause_s > BUSY_WAIT_S:
+            raise exc
+        waited_s += pause_s
+        sleep(pause_s)
 
     def timed(size: int) -> None:
-        t0 = clock()
-        transfer(size)
-        times[size].append((clock() - t0) * 1000.0)
+        while True:
+            t0 = clock()
+            try:
+                transfer(size)
+            except ServerBusy as exc:
+                wait_out(exc)
+                continue
+            times[size].append((clock() - t0) * 1000.0)
+            return
 
     first = order[:]
     rng.shuffle(first)
@@ -177,12 +198,19 @@ def measure_direction(
     energy: dict[int, float | None] = dict.fromkeys(times)
     if meter is not None:
         for size in times:
-            token = meter.start(activity)
-            count = 0
-            while count == 0 or meter.elapsed_s(token) < meter.min_window_s:
-                transfer(size)
-                count += 1
-            reading = meter.stop(token)
+            while True:  # a window with a busy refusal in it is dropped and started again
+                token = meter.start(activity)
+                count = 0
+                try:
+                    while count == 0 or meter.elapsed_s(token) < meter.min_window_s:
+                        transfer(size)
+                        count += 1
+                except ServerBusy as exc:
+                    meter.stop(token)
+                    wait_out(exc)
+                    continue
+                reading = meter.stop(token)
+                break
             energy[size] = reading.energy_mJ / count if reading.energy_mJ is not None else None
     return [NetworkSample(size, ms, energy[size]) for size in times for ms in times[size]]
 
@@ -260,19 +288,20 @@ def profile_network(
     sizes = cfg.sizes()
     chunk = cfg.chunk_bytes
 
+    # Busy refusals are waited out by measure_direction, outside the timing: not retried inside a timed call.
     def up(n: int) -> object:
-        return client.echo_send(n, chunk)
+        return client.echo_send(n, chunk, busy_wait_s=0)
 
     def down(n: int) -> object:
-        return client.echo_receive(n, chunk)
+        return client.echo_receive(n, chunk, busy_wait_s=0)
 
-    for _ in range(cfg.warmup):
-        up(cfg.min_bytes)
-        down(cfg.min_bytes)
+    for _ in range(cfg.warmup):  # untimed: the client may wait out a busy server itself
+        client.echo_send(cfg.min_bytes, chunk)
+        client.echo_receive(cfg.min_bytes, chunk)
     probes = _upload_probes(cfg, client.server_info().max_slice_bytes if cfg.upload_sizes() else 0)
 
     def upload(n: int) -> object:
-        return client.upload_slice(probes[n], "netprofile upload probe", probe=True)
+        return client.upload_slice(probes[n], "netprofile upload probe", probe=True, busy_wait_s=0)
 
     plan = [("uplink", up, sizes, "tx"), ("downlink", down, sizes, "rx")]
     if probes:

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from _server_support import Stubs, conv_model, start_server
 
-from rr_edge.client import Client, ClientOptions, TlsOptions, slice_id_of
+from rr_edge.client import Client, ClientOptions, TlsOptions, _server_error, slice_id_of
 from rr_edge.device import describe_device
 from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_edge.profiles import (
@@ -30,6 +31,7 @@ from rr_edge.profiles import (
     NetworkSample,
 )
 from rr_edge.session import OrtSettings
+from rr_proto.status import RETRY_PUSHBACK_KEY
 from rr_server import TlsConfig
 
 
@@ -285,6 +287,11 @@ def test_uploads_and_reports_wait_for_a_busy_server(tmp_path: Path) -> None:
             with pytest.raises(ServerBusy):
                 impatient.report_layer_profiles("busy-node", settings, [layer])
             assert not impatient.slice_status(slice_id_of(data)).cached  # a busy refusal stored nothing
+        with Client(server.address) as bounded:  # an explicit timeout bounds the retries too (it took 7.9 s)
+            started = time.monotonic()
+            with pytest.raises(ServerBusy):
+                bounded.upload_slice(data, timeout_s=0.5)
+            assert time.monotonic() - started < 3.0
 
         with Client(server.address) as patient, ThreadPoolExecutor(2) as pool:
             patient.register_node("busy-node")
@@ -308,6 +315,30 @@ def test_uploads_and_reports_wait_for_a_busy_server(tmp_path: Path) -> None:
             hold.result()
         stubs.close()
         server.stop(grace=0.5)
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, pushback: str) -> None:
+        self._pushback = pushback
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return "no slot"
+
+    def trailing_metadata(self) -> tuple:
+        return ((RETRY_PUSHBACK_KEY, self._pushback),)
+
+
+def test_only_a_valid_pushback_makes_a_refusal_busy() -> None:
+    """gRFC A6: a negative or unreadable pushback means "do not retry" (and a NaN one made the retry loop raise)."""
+    busy = _server_error(_Refused("250"), "UploadSlice")
+    assert isinstance(busy, ServerBusy) and busy.retry_after_s == 0.25
+    assert isinstance(_server_error(_Refused("0"), "UploadSlice"), ServerBusy)
+    for bad in ("-1", "nan", "inf", "soon"):
+        error = _server_error(_Refused(bad), "UploadSlice")
+        assert type(error) is ServerError and error.code == "RESOURCE_EXHAUSTED"
 
 
 def test_errors_map_to_domain_exceptions(client: Client, server: str) -> None:

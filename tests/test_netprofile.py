@@ -14,6 +14,7 @@ from _retry import retry_once
 from _server_process import ServerProcess
 
 from rr_edge.client import Client, slice_id_of
+from rr_edge.errors import ServerBusy
 from rr_edge.meters import ModelMeter, PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import (
@@ -84,6 +85,40 @@ def test_synthetic_affine_link_is_recovered() -> None:
 
 def _link_ms(n: float) -> float:
     return 0.3 + n / 80_000.0  # 0.3 ms + 80 MB/s
+
+
+def test_busy_refusals_are_waited_out_outside_the_timing() -> None:
+    """A server with no stream slot free refuses a transfer as busy. Retried inside the timed call (as the client
+    retries by default), its pauses counted as transfer time: 891 ms for a 1 ms echo. The measurement waits a
+    refusal out untimed, and starts an energy window with one in it again; a server busy for good still fails."""
+    now = [0.0]
+    calls = [0]
+
+    def advance(s: float) -> None:
+        now[0] += s
+
+    def transfer(n: int) -> None:
+        calls[0] += 1
+        if calls[0] % 3 == 0:  # every third attempt is refused after a 1 ms round trip
+            advance(0.001)
+            raise ServerBusy("UploadSlice: RESOURCE_EXHAUSTED: all slots in use", 0.25)
+        advance(_link_ms(n) / 1000.0)
+
+    meter = ModelMeter(PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=2.0))
+    meter.clock = lambda: now[0]
+    sizes = [1024, 2**20]
+    samples = measure_direction(transfer, sizes, 3, meter=meter, clock=lambda: now[0], sleep=advance)
+    assert calls[0] > 3 * len(sizes) and len(samples) == 3 * len(sizes)
+    for s in samples:
+        assert s.ms == pytest.approx(_link_ms(s.bytes))
+        assert s.energy_mJ == pytest.approx(3.0 * _link_ms(s.bytes))  # 2 W sending over 1 W idle
+
+    def refused(n: int) -> None:
+        advance(0.001)
+        raise ServerBusy("busy", 0.25)
+
+    with pytest.raises(ServerBusy):
+        measure_direction(refused, sizes, 3, clock=lambda: now[0], sleep=advance)
 
 
 def test_transfers_timed_at_zero_are_left_out_of_the_fit(caplog: pytest.LogCaptureFixture) -> None:
