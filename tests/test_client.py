@@ -317,6 +317,30 @@ def test_uploads_and_reports_wait_for_a_busy_server(tmp_path: Path) -> None:
         server.stop(grace=0.5)
 
 
+def test_many_edges_uploading_at_once_all_get_through(tmp_path: Path) -> None:
+    """Eight edges upload and report at once to a server with one slot for such streams: before, all but the first
+    failed with RESOURCE_EXHAUSTED; now each waits its turn and every upload and report is stored."""
+    server = start_server(tmp_path, workers=4)
+    settings = OrtSettings(provider="CPUExecutionProvider", intra_op_threads=1)
+    features = BlockFeatures(("Conv",), 1000, 400, 300, 300)
+
+    def edge(k: int) -> tuple[str, tuple[int, int]]:
+        with Client(server.address) as c:
+            c.register_node(f"edge-{k}")
+            slice_id = c.upload_slice(conv_model(channels=4, size=64, seed=100 + k)).slice_id
+            layer = LayerMeasurement(f"sig-{k}", 0, features, LatencyStats(2.0, 2.0, 2.0, 0.0, 5), None, "")
+            return slice_id, c.report_layer_profiles(f"edge-{k}", settings, [layer])
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(edge, range(8)))
+        with Client(server.address) as c:
+            assert all(c.slice_status(slice_id).cached and accepted == (1, 0) for slice_id, accepted in results)
+            assert all(f"sig-{k}" in c.list_measured_signatures(f"edge-{k}") for k in range(8))
+    finally:
+        server.stop(grace=0.5)
+
+
 class _Refused(grpc.RpcError):
     def __init__(self, pushback: str) -> None:
         self._pushback = pushback
