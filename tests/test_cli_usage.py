@@ -230,6 +230,26 @@ def test_run_prints_a_readable_summary(capsys, model, x) -> None:  # type: ignor
     assert "{" not in out and "'latency_ms'" not in out  # not a Python dict
     assert "3 requests" in out and "median ms" in out and "measured" in out
     assert "0 of 3 requests finished locally" in out
+    assert "made ready once" in out  # the slice's one-time upload, apart from the requests
+
+
+def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The plan's latency and energy include its share of the slice upload (amortized over --repeat), which no
+    request pays: the runner makes the slice ready once, before the first. The table's predicted row leaves that
+    share out; the upload is measured and predicted on a line of its own."""
+    from rr_edge.commands.run import print_summary
+
+    predicted = {"i": 0, "j": 3, "latency_ms": 5.0, "weight_upload_ms": 2.0, "energy_mJ": 9.0, "weight_upload_mJ": 3.0}
+    summary = {
+        "requests": 5, "wall_s": 0.1, "split": [0, 3], "latency_ms": {"median": 3.1, "p90": 3.3},
+        "remote_ms_median": 1.2, "energy_mJ": 6.1, "energy_source": "model", "upload_ms": 9.5, "fallback_requests": 0,
+        "max_abs_diff_vs_local": 1e-6, "splits_used": [[0, 3]], "predicted": predicted, "amortize_over": 5,
+    }  # fmt: skip
+    print_summary("m", summary)
+    out = capsys.readouterr().out
+    predicted_row = next(line for line in out.splitlines() if "predicted" in line and "0,3" in line)
+    assert "3.00" in predicted_row and "6.0" in predicted_row  # 5 - 2 ms, 9 - 3 mJ
+    assert "made ready once (upload, open): 9.50 ms, predicted 10.00 ms" in out  # 2 ms x 5 requests
 
 
 def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-untyped-def]
@@ -237,7 +257,7 @@ def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-unt
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {
         "split", "requests", "latency_ms", "energy_mJ", "energy_source", "energy_measured", "fallback",
-        "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used",
+        "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used", "upload_ms",
     }  # fmt: skip
 
 

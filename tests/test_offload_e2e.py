@@ -122,6 +122,9 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert ran["splits_used"][0] == [plan["chosen"]["i"], plan["chosen"]["j"]]  # planned, then run as planned
     assert ran["fallback"] is False and ran["max_abs_diff_vs_local"] <= 1e-4
     assert ran["predicted"]["objective"] == "latency"
+    # the slice is made ready once, outside the requests: measured on its own, its prediction shared by the 5
+    assert ran["amortize_over"] == 5 and ran["upload_ms"] >= 0
+    assert (ran["upload_ms"] > 0) == (ran["predicted"]["i"] < ran["predicted"]["j"])
 
 
 def _wait_healthy(client: Client, timeout_s: float = 60.0) -> None:
