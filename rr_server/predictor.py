@@ -34,7 +34,15 @@ import numpy as np
 
 from rr_server.cf_engine import engine_name, make_engine
 from rr_server.errors import NotFound
-from rr_server.records import ROLE_CLOUD, Features, LatestValue
+from rr_server.records import (
+    MAX_ENERGY_MJ,
+    MAX_LATENCY_MS,
+    MIN_ENERGY_MJ,
+    MIN_LATENCY_MS,
+    ROLE_CLOUD,
+    Features,
+    LatestValue,
+)
 from rr_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,11 @@ OP_VOCABULARY = (
     "Transpose", "Softmax", "LayerNormalization", "Gelu", "Erf", "Div", "Sub", "ReduceMean", "Split", "Slice",
 )  # fmt: skip
 _MAX_DEBOUNCE_S = 5.0
+_MAX_RETRY_S = 60.0  # longest wait before a failed refit is tried again
+BOUNDS = {
+    "latency": (MIN_LATENCY_MS, MAX_LATENCY_MS),
+    "energy": (MIN_ENERGY_MJ, MAX_ENERGY_MJ),
+}  # what reports may hold
 MAX_COLD_COLUMNS = 10_000
 
 
@@ -95,9 +108,10 @@ class _Target:
     rows: dict[str, int]
     cols: dict[str, int]
     measured_cols: set[str]
-    row_counts: dict[str, tuple[int, float]]
+    row_counts: dict[str, tuple[int, int]]  # per node: (values, hash of its (signature, value) pairs)
     scale: tuple[np.ndarray, np.ndarray]
     edge_rows: np.ndarray  # rows of edge nodes (not the server's own row): what a node without a row is like
+    bounds: tuple[float, float]  # a prediction is clipped to what a report may hold (an extrapolation can overflow)
     cold: dict[bytes, int] = field(default_factory=dict)  # engine columns added for queried feature vectors
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,10 +131,11 @@ class _Target:
             provenance = PREDICTED if signature in self.measured_cols else COLD_START
             row = self.rows.get(node_id)
             if row is not None:
-                return float(self.engine.predict(np.array([row]), np.array([col]))[0]), provenance
-            rows = self.edge_rows if self.edge_rows.size else np.fromiter(self.rows.values(), dtype=np.int64)
-            logs = self.engine.predict(rows, np.full(rows.size, col), log=True)
-            return float(np.exp(np.median(logs))), provenance
+                value = float(self.engine.predict(np.array([row]), np.array([col]))[0])
+            else:
+                rows = self.edge_rows if self.edge_rows.size else np.fromiter(self.rows.values(), dtype=np.int64)
+                value = float(np.exp(np.median(self.engine.predict(rows, np.full(rows.size, col), log=True))))
+            return float(np.clip(value, *self.bounds)), provenance
 
 
 class Predictor:
@@ -135,6 +150,7 @@ class Predictor:
         self._fitted_version = -1
         self._known: tuple[int, dict[str, Features]] = (-1, {})
         self._wake = threading.Event()
+        self._retry_in_s: float | None = None  # after a failed refit: when to try again (None: when notified)
         self._fresh = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._worker, name="rr-predictor", daemon=True)
@@ -162,7 +178,7 @@ class Predictor:
 
     def _worker(self) -> None:
         while not self._stop:
-            self._wake.wait()
+            self._wake.wait(self._retry_in_s)
             started = time.monotonic()
             while not self._stop:  # debounce: wait until reports stop arriving (bounded)
                 self._wake.clear()
@@ -173,7 +189,8 @@ class Predictor:
                 self.refresh()
 
     def refresh(self) -> None:
-        """Refit (or fold new nodes into) both matrices from storage. Never raises: a failed fit keeps the old one."""
+        """Refit (or fold new nodes into) both matrices from storage. Never raises: a failed fit keeps the old one
+        and is tried again after a pause (doubling, at most `_MAX_RETRY_S`) or the next report."""
         version = self._storage.version
         try:
             values = self._storage.latest_values()
@@ -183,8 +200,8 @@ class Predictor:
             energy = [(v.node_id, v.signature, v.energy_mj) for v in values if v.energy_mj is not None]
             started = time.perf_counter()
             self._targets = {
-                "latency": self._fit(latency, signatures, cloud, self._targets["latency"]),
-                "energy": self._fit(energy, signatures, cloud, self._targets["energy"]),
+                "latency": self._fit(latency, "latency", signatures, cloud, self._targets["latency"]),
+                "energy": self._fit(energy, "energy", signatures, cloud, self._targets["energy"]),
             }
             self._sources, self._default_source = _energy_sources(values)
             log.info(
@@ -195,7 +212,12 @@ class Predictor:
                 1e3 * (time.perf_counter() - started),
             )
         except Exception:  # noqa: BLE001 - keep serving the previous fit
-            log.exception("predictor refresh failed; keeping the previous fit")
+            self._retry_in_s = min(2 * (self._retry_in_s or 0.5), _MAX_RETRY_S)
+            log.exception(
+                "predictor refresh failed; keeping the previous fit, trying again in %.0f s", self._retry_in_s
+            )
+            return
+        self._retry_in_s = None
         with self._fresh:
             self._fitted_version = max(self._fitted_version, version)
             self._fresh.notify_all()
@@ -203,6 +225,7 @@ class Predictor:
     def _fit(
         self,
         data: list[tuple[str, str, float]],  # (node, signature, value)
+        quantity: str,  # "latency" or "energy"
         signatures: dict[str, Features],
         cloud: set[str],
         previous: _Target | None,
@@ -214,7 +237,7 @@ class Predictor:
             by_node.setdefault(node, {})[signature] = value
         col_names = sorted(set(signatures) | {signature for _, signature, _ in data})
         # Fingerprint per node: a changed or added value of a known node forces a refit, a new node is folded in.
-        counts = {node: (len(values), sum(values.values())) for node, values in by_node.items()}
+        counts = {node: (len(values), hash(tuple(sorted(values.items())))) for node, values in by_node.items()}
         if previous is not None and _only_new_rows(previous, col_names, by_node, counts):
             return self._fold_in(previous, by_node, counts, cloud)
         rows = {node: k for k, node in enumerate(sorted(by_node))}
@@ -230,13 +253,13 @@ class Predictor:
         features = (raw - mean) / std
         engine.fit(r, c, v, len(rows), len(cols), col_features=features, additive_features=additive_matrix(blocks))
         measured = {signature for _, signature, _ in data}
-        return _Target(engine, rows, cols, measured, counts, (mean, std), _edge_rows(rows, cloud))
+        return _Target(engine, rows, cols, measured, counts, (mean, std), _edge_rows(rows, cloud), BOUNDS[quantity])
 
     @staticmethod
     def _fold_in(
         previous: _Target,
         by_node: dict[str, dict[str, float]],
-        counts: dict[str, tuple[int, float]],
+        counts: dict[str, tuple[int, int]],
         cloud: set[str],
     ) -> _Target:
         rows = dict(previous.rows)
@@ -254,6 +277,7 @@ class Predictor:
             counts,
             previous.scale,
             _edge_rows(rows, cloud),
+            previous.bounds,
             previous.cold,
             previous.lock,
         )
@@ -314,7 +338,7 @@ def _only_new_rows(
     previous: _Target,
     col_names: list[str],
     by_node: dict[str, dict[str, float]],
-    counts: dict[str, tuple[int, float]],
+    counts: dict[str, tuple[int, int]],
 ) -> bool:
     """True when the data differ from the previous fit only by whole new nodes that measured only signatures some
     fitted node measured (fold them in, no refit: a first measurement of a signature must reach the other nodes)."""

@@ -206,3 +206,79 @@ def test_predict_rereads_the_signatures_only_after_new_reports(env, monkeypatch)
     stubs.profiles.ReportLayerProfiles(report("a", layer("s1", 2.0, **CONV)), timeout=10)
     (p,) = predict(stubs, "b", ["s1"])  # known as soon as it is stored, refit or not
     assert p.latency_provenance in (rr.PROVENANCE_PREDICTED, rr.PROVENANCE_COLD_START)
+
+
+# -- found by review: the refit's change detection, a failed refit, predictions past what reports may hold -----------
+
+
+def _storage_with(tmp_path, reports: dict[str, dict[str, float]]):
+    from rr_server.records import Features
+    from rr_server.storage import Storage
+
+    storage = Storage(tmp_path)
+    for node, values in reports.items():
+        storage.upsert_node(node, "edge", {})
+        features = {s: Features(("Conv",), 1000 * (1 + k), 10, 10, 10) for k, s in enumerate(values)}
+        storage.add_reports([Measurement(node, s, v) for s, v in values.items()], features, {}, [])
+    return storage
+
+
+def test_a_changed_node_is_refitted_when_a_new_node_arrives_with_it(tmp_path):
+    """A node's change was told by (count, sum of values): a node that swapped two values while a new node reported
+    kept its stale row (the new one was folded in)."""
+    storage = _storage_with(tmp_path, {"a": {s: 1.0 + k for k, s in enumerate(SIGS)}, "b": dict.fromkeys(SIGS, 2.0)})
+    p = predictor_module.Predictor(storage)
+    p.refresh()
+    fitted = p._targets["latency"]
+    storage.add_reports([Measurement("a", "s0", 2.0), Measurement("a", "s1", 1.0)], {}, {}, [])  # same sum
+    storage.upsert_node("d", "edge", {})
+    storage.add_reports([Measurement("d", "s0", 3.0)], {}, {}, [])
+    p.refresh()
+    assert p._targets["latency"].engine is not fitted.engine  # refitted, not folded in
+    storage.close()
+
+
+def test_a_failed_refit_is_tried_again_and_not_reported_fresh(tmp_path, monkeypatch):
+    """A refit that raised still marked the fit fresh (wait_fresh said True) and was not tried again before the
+    next report: every answer stayed on the old fit, or unknown after a failed first fit."""
+    storage = _storage_with(tmp_path, {"a": {s: 1.0 + k for k, s in enumerate(SIGS)}})
+    real = predictor_module.make_engine
+    calls = []
+
+    def flaky(n: int):
+        calls.append(n)
+        if len(calls) == 1:
+            raise RuntimeError("the engine failed once")
+        return real(n)
+
+    monkeypatch.setattr(predictor_module, "make_engine", flaky)
+    p = predictor_module.Predictor(storage, debounce_s=0.01)
+    p.start()
+    try:
+        assert p._targets["latency"] is None  # the first fit failed ...
+        deadline = time.monotonic() + 20
+        while p._targets["latency"] is None:  # ... and is tried again by itself, no report needed
+            assert time.monotonic() < deadline, "the failed refit was never tried again"
+            time.sleep(0.05)
+        assert p.wait_fresh(10)
+        (answer,) = p.predict("a", ["s3"])
+        assert answer.latency_provenance == predictor_module.MEASURED and answer.latency_ms == 4.0
+    finally:
+        p.close()
+        storage.close()
+
+
+def test_predictions_stay_within_what_a_report_may_hold(tmp_path):
+    """A node with values at both ends of the valid range extrapolated to 1e29 ms, and a cold-start query with huge
+    features to inf; predictions are clipped to the range reports are held to."""
+    from rr_server.records import MAX_LATENCY_MS, Features
+
+    values = {s: (MIN_LATENCY_MS if k % 2 else 8.64e7) for k, s in enumerate(SIGS)}
+    storage = _storage_with(tmp_path, {"a": {s: 1.0 + k for k, s in enumerate(SIGS)}, "d": values})
+    p = predictor_module.Predictor(storage)
+    p.refresh()
+    huge = Features(("Conv",) * 3, 2**62, 2**62, 2**62, 2**62)
+    answers = p.predict("d", ["big"], {"big": huge}) + p.predict("a", ["big"], {"big": huge})
+    for answer in answers:
+        assert MIN_LATENCY_MS <= answer.latency_ms <= MAX_LATENCY_MS
+    storage.close()
