@@ -77,8 +77,11 @@ class NetworkModel:
             raise ValueError("pwl knots must be strictly increasing")
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-        if not all(np.isfinite(c) for c in self.coeffs) or self.drift <= 0 or self.ref_drift <= 0:
-            raise ValueError("network model coefficients must be finite and drift positive")
+        numbers = (*self.coeffs, *self.knots, *(self.energy_coeffs or ()), self.slope_ms_per_byte, self.lo_bytes)
+        if not all(np.isfinite(c) for c in (*numbers, self.drift, self.ref_drift, self.scale_bytes)):
+            raise ValueError("network model coefficients, knots, drift and scale must be finite numbers")
+        if self.drift <= 0 or self.ref_drift <= 0 or self.scale_bytes <= 0 or np.isnan(self.hi_bytes):
+            raise ValueError("network model drift and scale must be positive, hi_bytes a number")
 
     @classmethod
     def affine(cls, rtt_ms: float, bandwidth_bytes_per_ms: float, **kw: Any) -> NetworkModel:

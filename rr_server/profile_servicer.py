@@ -7,6 +7,7 @@ models; the cloud profiler times the slice storage holds for each (the first one
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -120,6 +121,7 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 value = getattr(getattr(request.profile, direction), name)
                 if not math.isfinite(value):  # negative: not computed (too few sizes)
                     raise InvalidArgument(f"{direction}: {name} must be finite, got {value!r}")
+            _check_model_json(getattr(request.profile, direction).model_json, direction)
         self._storage.put_network_profile(node_id, network_profile_to_dict(request.profile))
         return rr.ReportNetworkProfileResponse()
 
@@ -141,3 +143,30 @@ def _check_run(run: ModelRun) -> ModelRun:
     if run.energy_mj is not None:
         check_positive(run.energy_mj, f"model {run.model!r}: energy_mj", MAX_ENERGY_MJ, MIN_ENERGY_MJ)
     return run
+
+
+def _check_model_json(text: str, direction: str) -> None:
+    """A direction's fitted model (rr_edge.netmodel.NetworkModel.to_dict as JSON) must be a JSON object whose numbers
+    are all finite: a NaN or an infinity in it broke the edge's planning."""
+    if not text:
+        return
+    try:
+        model = json.loads(text)
+    except ValueError:
+        raise InvalidArgument(f"{direction}: model_json is not JSON") from None
+    if not isinstance(model, dict) or not all(math.isfinite(x) for x in _numbers(model)):
+        raise InvalidArgument(f"{direction}: model_json must be a JSON object of finite numbers")
+
+
+def _numbers(value: object) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [float(value) if abs(value) < 2**1000 else math.inf]
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return []

@@ -164,6 +164,18 @@ def test_round_trip_through_dict_and_json():
         NetworkModel.from_dict({"coeffs": [1, 2]})
     with pytest.raises(ValueError):
         NetworkModel.from_dict({"kind": "cubic", "coeffs": [1, 2]})
+    # a NaN or an infinity anywhere made planning fail with an IndexError deep in the Pareto sweep
+    affine = {"kind": "affine", "coeffs": [1.0, 1e-5]}
+    pwl = {"kind": "pwl", "coeffs": [1.0, 2.0], "knots": [1.0, 10.0]}
+    for bad in (
+        {**affine, "energy_coeffs": [float("nan"), 0.0]},
+        {**affine, "drift": float("inf")},
+        {**affine, "scale_bytes": 0.0},
+        {**pwl, "slope_ms_per_byte": float("nan")},
+        {**pwl, "knots": [1.0, float("inf")]},
+    ):
+        with pytest.raises(ValueError, match="finite|positive"):
+            NetworkModel.from_dict(bad)
 
 
 def test_bad_profiles_rejected():

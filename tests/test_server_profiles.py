@@ -196,7 +196,16 @@ def test_network_profile_roundtrip_and_validation(env):
     assert got == profile and got.HasField("upload")
     bad = rr.NetworkProfile(uplink=rr.DirectionProfile(samples=[rr.NetworkSample(bytes=10, ms=float("nan"))]))
     bad_upload = rr.NetworkProfile(uplink=up, downlink=up, upload=rr.DirectionProfile(pwl_error=float("inf")))
-    for message, where in ((bad, "uplink sample 0"), (bad_upload, "upload: pwl_error")):
+    nan_model = rr.NetworkProfile(
+        uplink=up, downlink=rr.DirectionProfile(model_json='{"kind": "affine", "drift": NaN}')
+    )
+    not_json = rr.NetworkProfile(uplink=up, downlink=rr.DirectionProfile(model_json="affine"))
+    for message, where in (
+        (bad, "uplink sample 0"),
+        (bad_upload, "upload: pwl_error"),
+        (nan_model, "downlink: model_json must be a JSON object of finite numbers"),
+        (not_json, "downlink: model_json is not JSON"),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             stubs.profiles.ReportNetworkProfile(
                 rr.ReportNetworkProfileRequest(node_id="pi4", profile=message), timeout=5
