@@ -118,21 +118,29 @@ class RunResult:
     bytes_down: int = 0
     error: str = ""
 
-    def remote_parts(self) -> tuple[float, float]:
-        """(server ms, network ms) of the round trip: the run the server reported and the rest (all of it the
-        server's when it did not say)."""
-        if self.server_ms is None:
+    def remote_parts(self, expected_server_ms: float | None = None) -> tuple[float, float]:
+        """(server ms, network ms) of the round trip: the run the server reported and the rest. When it did not say
+        (a server other than rr-server): `expected_server_ms` (the plan's, at most the round trip), or else all of
+        it."""
+        server_ms = self.server_ms if self.server_ms is not None else expected_server_ms
+        if server_ms is None:
             return self.remote_ms, 0.0
-        return self.server_ms, max(self.remote_ms - self.server_ms, 0.0)
+        server_ms = min(server_ms, self.remote_ms)
+        return server_ms, self.remote_ms - server_ms
 
 
 def modelled_mJ(
-    result: RunResult, power: PowerSpec, uplink: NetworkModel | None, downlink: NetworkModel | None
+    result: RunResult,
+    power: PowerSpec,
+    uplink: NetworkModel | None,
+    downlink: NetworkModel | None,
+    expected_server_ms: float | None = None,
 ) -> float:
     """A power model's edge energy of one request from its measured times, charged as the planner predicts it:
     local compute at active power, the server's run at idle, the network's time at tx / rx power (the round trip's
-    network time shared between the directions by `split_network_ms`)."""
-    server_ms, network_ms = result.remote_parts()
+    network time shared between the directions by `split_network_ms`; the server's run as `remote_parts` takes it:
+    reported, or else `expected_server_ms`)."""
+    server_ms, network_ms = result.remote_parts(expected_server_ms)
     up_ms, down_ms = split_network_ms(network_ms, uplink, downlink, result.bytes_up, result.bytes_down)
     return power.request_mJ(result.total_ms - result.remote_ms, server_ms, up_ms, down_ms)
 

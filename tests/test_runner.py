@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import urllib.request
 
@@ -263,6 +264,10 @@ def test_a_power_model_charges_a_request_as_the_planner_predicts_it():
     )
     unknown = RunResult({}, False, total_ms=30.0, remote_ms=20.0)  # a server that does not say: all of it waiting
     assert modelled_mJ(unknown, power, None, None) == pytest.approx(100.0 + 20.0)
+    # ... unless the plan's cloud time is given: the rest is the network's, as the planner charged it
+    unsaid = dataclasses.replace(result, server_ms=None)
+    assert modelled_mJ(unsaid, power, None, None, expected_server_ms=5.0) == modelled_mJ(result, power, None, None)
+    assert unknown.remote_parts(expected_server_ms=50.0) == (20.0, 0.0)  # never more than the round trip
 
 
 def test_a_server_with_no_upload_slot_free_is_busy_not_refusing(chain, tmp_path):

@@ -80,7 +80,7 @@ def _energy(meter: Meter, runner: Runner, result: RunResult, reading_mJ: float |
     if meter.measured and reading_mJ is not None:
         return reading_mJ
     power = meter.power  # type: ignore[attr-defined]  # only the model meter is not measured
-    return modelled_mJ(result, power, runner.link.uplink, runner.link.downlink)
+    return modelled_mJ(result, power, runner.link.uplink, runner.link.downlink, runner.link.expected_cloud_ms)
 
 
 def run_one(runner: Runner, x: np.ndarray, meter: Meter) -> tuple[RunResult, float]:
