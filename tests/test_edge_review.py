@@ -252,7 +252,7 @@ class QuantisedMeter:
 class StubRunner:
     """A 10 ms request on the meter's clock; its latency is its own timing, not the meter's."""
 
-    link = types.SimpleNamespace(uplink=None, downlink=None)  # no network models (Runner.link)
+    link = types.SimpleNamespace(uplink=None, downlink=None, expected_cloud_ms=0.0)  # no network models (Runner.link)
 
     def __init__(self, meter: QuantisedMeter) -> None:
         self.meter, self.runs = meter, 0
