@@ -115,19 +115,35 @@ class _Target:
     cold: dict[bytes, int] = field(default_factory=dict)  # engine columns added for queried feature vectors
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def add_cold(self, blocks: Sequence[Features]) -> None:
+        """Columns for the feature vectors of `blocks` that have none yet, in one engine call: added one at a time,
+        each call copying every column, a query of 16,000 new blocks took 36 s."""
+        with self.lock:
+            self._add_cold(blocks)
+
+    def _add_cold(self, blocks: Sequence[Features]) -> None:  # the caller holds the lock
+        new: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        for f in blocks:
+            raw, additive = feature_vector(f), additive_vector(f)
+            key = raw.tobytes() + additive.tobytes()  # all a cold column depends on
+            if key not in self.cold:
+                new[key] = raw, additive
+        if new:
+            mean, std = self.scale
+            raws, additives = (np.stack(parts) for parts in zip(*new.values(), strict=True))
+            first = self.engine.add_cols(len(new), (raws - mean) / std, additives)
+            self.cold.update({key: first + k for k, key in enumerate(new)})
+
     def value(self, node_id: str, signature: str, features: Features | None) -> tuple[float, str] | None:
         with self.lock:
             col = self.cols.get(signature)
             if col is None:
                 if features is None:
                     return None
-                raw, additive = feature_vector(features), additive_vector(features)
-                key = raw.tobytes() + additive.tobytes()  # all a cold column depends on
-                col = self.cold.get(key)
-                if col is None:
-                    mean, std = self.scale
-                    col = self.engine.add_cols(1, ((raw - mean) / std)[None], additive[None])
-                    self.cold[key] = col
+                key = feature_vector(features).tobytes() + additive_vector(features).tobytes()
+                if key not in self.cold:
+                    self._add_cold([features])
+                col = self.cold[key]
             provenance = PREDICTED if signature in self.measured_cols else COLD_START
             row = self.rows.get(node_id)
             if row is not None:
@@ -308,6 +324,10 @@ class Predictor:
             raise NotFound(
                 f"{len(unknown)} signature(s) unknown to the server, e.g. {unknown[0][:16]!r}; send their features"
             )
+        for target in (latency_t, energy_t):  # every column the query lacks, in one engine call per matrix
+            if target is not None:
+                blocks = [features.get(s) or known.get(s) for s in signatures if s not in target.cols]
+                target.add_cold([f for f in blocks if f is not None])
         out = []
         for sig in signatures:
             f = features.get(sig) or known.get(sig)
