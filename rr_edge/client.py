@@ -90,8 +90,6 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
 DEFAULT_BUSY_WAIT_S = 10.0
-_MIN_BUSY_PAUSE_S = 0.05
-_MAX_BUSY_PAUSE_S = 2.0
 _INITIAL_RECONNECT_BACKOFF_S = 0.1
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -321,8 +319,7 @@ class Client:
                 with self._rpc(what):
                     return call(left_s)
             except ServerBusy as exc:
-                pause_s = max(exc.retry_after_s, _MIN_BUSY_PAUSE_S) if pause_s is None else 2 * pause_s
-                pause_s = min(pause_s, _MAX_BUSY_PAUSE_S)
+                pause_s = exc.pause_s(pause_s)
                 sleep_s = pause_s * random.uniform(0.5, 1.5)  # edges refused together do not come back together
                 if time.monotonic() + sleep_s > give_up:
                     raise

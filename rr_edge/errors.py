@@ -37,9 +37,17 @@ class ServerBusy(ServerError):
     """The server refused the call only for want of capacity (RESOURCE_EXHAUSTED with a retry pushback): nothing was
     done, and the same call may succeed after `retry_after_s`."""
 
+    MIN_PAUSE_S, MAX_PAUSE_S = 0.05, 2.0  # the pauses a client takes, whatever the pushback
+
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message, "RESOURCE_EXHAUSTED")
         self.retry_after_s = retry_after_s
+
+    def pause_s(self, previous_s: float | None = None) -> float:
+        """How long to wait before trying again: the pushback, or twice the `previous_s` pause of a retry already
+        refused, kept within [MIN_PAUSE_S, MAX_PAUSE_S]."""
+        wanted = self.retry_after_s if previous_s is None else 2 * previous_s
+        return min(max(wanted, self.MIN_PAUSE_S), self.MAX_PAUSE_S)
 
 
 class MeterError(RoadRunnerError):

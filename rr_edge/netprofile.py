@@ -158,7 +158,7 @@ def measure_direction(
 
     def wait_out(exc: ServerBusy) -> None:
         nonlocal waited_s
-        pause_s = min(max(exc.retry_after_s, 0.05), 2.0)
+        pause_s = exc.pause_s()
         if waited_s + pause_s > BUSY_WAIT_S:
             raise exc
         waited_s += pause_s

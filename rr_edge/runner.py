@@ -209,15 +209,16 @@ class _Link:
     downlink: NetworkModel | None = None
     expected_cloud_ms: float = 0.0
 
-    def update(self, bytes_up: int, bytes_down: int, remote_ms: float, server_ms: float | None = None) -> None:
+    def update(self, result: RunResult) -> None:
         """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
-        predicted it) is the network's, shared between the two directions as their models predict."""
+        predicted it: `RunResult.remote_parts`) is the network's, shared between the two directions as their models
+        predict."""
         if self.uplink is None or self.downlink is None:
             return
-        network_ms = max(remote_ms - (self.expected_cloud_ms if server_ms is None else server_ms), 0.0)
-        up_ms, down_ms = split_network_ms(network_ms, self.uplink, self.downlink, bytes_up, bytes_down)
-        self.uplink = self.uplink.update(bytes_up, up_ms)
-        self.downlink = self.downlink.update(bytes_down, down_ms)
+        _, network_ms = result.remote_parts(self.expected_cloud_ms)
+        up_ms, down_ms = split_network_ms(network_ms, self.uplink, self.downlink, result.bytes_up, result.bytes_down)
+        self.uplink = self.uplink.update(result.bytes_up, up_ms)
+        self.downlink = self.downlink.update(result.bytes_down, down_ms)
 
     def drifted(self, threshold: float) -> bool:
         return any(m is not None and m.drifted(threshold) for m in (self.uplink, self.downlink))
@@ -418,7 +419,7 @@ class Runner:
         result.server_ms = getattr(outputs, "server_run_ms", None)  # rr_edge.client.InferOutputs
         result.bytes_up = sum(a.nbytes for a in feed.values())
         result.bytes_down = sum(a.nbytes for a in outputs.values())
-        self.link.update(result.bytes_up, result.bytes_down, result.remote_ms, result.server_ms)
+        self.link.update(result)
         return outputs
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:

@@ -121,11 +121,13 @@ class _Target:
         with self.lock:
             self._add_cold(blocks)
 
-    def _add_cold(self, blocks: Sequence[Features]) -> None:  # the caller holds the lock
-        new: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    def _add_cold(self, blocks: Sequence[Features]) -> list[bytes]:
+        """(The caller holds the lock.) The `cold` keys of `blocks`, their columns added where missing."""
+        keys, new = [], {}
         for f in blocks:
             raw, additive = feature_vector(f), additive_vector(f)
             key = raw.tobytes() + additive.tobytes()  # all a cold column depends on
+            keys.append(key)
             if key not in self.cold:
                 new[key] = raw, additive
         if new:
@@ -133,6 +135,7 @@ class _Target:
             raws, additives = (np.stack(parts) for parts in zip(*new.values(), strict=True))
             first = self.engine.add_cols(len(new), (raws - mean) / std, additives)
             self.cold.update({key: first + k for k, key in enumerate(new)})
+        return keys
 
     def value(self, node_id: str, signature: str, features: Features | None) -> tuple[float, str] | None:
         with self.lock:
@@ -140,9 +143,7 @@ class _Target:
             if col is None:
                 if features is None:
                     return None
-                key = feature_vector(features).tobytes() + additive_vector(features).tobytes()
-                if key not in self.cold:
-                    self._add_cold([features])
+                (key,) = self._add_cold([features])
                 col = self.cold[key]
             provenance = PREDICTED if signature in self.measured_cols else COLD_START
             row = self.rows.get(node_id)
