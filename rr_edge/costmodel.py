@@ -53,7 +53,7 @@ class PlanInputs:
     """Everything the cost model needs for one model on one edge node (units: ms, mJ, bytes, W).
 
     Per block (N entries): ``edge_ms``, ``edge_mJ`` (edge compute), ``cloud_ms``, ``upload_bytes`` (what the block
-    adds to an uploaded slice: its weights and its serialized nodes, `Block.slice_bytes`).
+    adds to an uploaded slice: its weights and its serialized nodes, `Block.slice_bytes`; rounded to whole bytes).
     ``boundary_bytes`` (N+1): boundary k is the tensor entering block k; k = 0 the model input, k = N its output.
     ``cached_slices``: block ranges (first, last), inclusive, whose slice the server already holds.
     ``e2e_correction`` scales edge compute (ms and mJ); ``cloud_correction`` scales cloud ms.
@@ -88,6 +88,7 @@ class PlanInputs:
             raise ValueError("a model needs at least one block")
         for name in ("edge_ms", "edge_mJ", "cloud_ms", "upload_bytes"):
             object.__setattr__(self, name, _vec(name, getattr(self, name), n))
+        object.__setattr__(self, "upload_bytes", np.round(self.upload_bytes))  # whole bytes, as every plan reports
         object.__setattr__(self, "boundary_bytes", _vec("boundary_bytes", self.boundary_bytes, n + 1))
         object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
         if int(self.amortize_over) < 1:
@@ -191,7 +192,7 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
         xfer += transfer_mJ(inputs.downlink, down_b, down_ms, inputs.receive_power_W)
         w_ms = w_mJ = 0.0
         if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
-            wbytes = int(round(float(inputs.upload_bytes[i + 1 : j + 1].sum())))
+            wbytes = int(inputs.upload_bytes[i + 1 : j + 1].sum())
             full_ms = inputs.weight_link.predict_ms(float(wbytes))
             w_ms = full_ms / K
             w_mJ = transfer_mJ(inputs.weight_link, float(wbytes), full_ms, inputs.tx_power_W) / K
@@ -228,7 +229,7 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     cloud = np.where(off, (pc[j1] - pc[r]) * float(inputs.cloud_correction), 0.0)
     cached = np.array([(int(a), int(b)) in inputs.cached_slices for a, b in zip(r, jj, strict=True)], dtype=bool)
     charged = off & ~cached & (not inputs.preloaded)
-    wbytes = np.where(charged, np.round(pw[j1] - pw[r]), 0.0)
+    wbytes = np.where(charged, pw[j1] - pw[r], 0.0)
     link = inputs.weight_link
     full_ms = np.asarray(link.predict_ms(wbytes))
     w_ms = np.where(charged, full_ms / K, 0.0)

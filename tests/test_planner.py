@@ -317,6 +317,18 @@ def test_pruned_pareto_paths_are_exact_on_large_tables(seed):
         assert len(front) > 100, name
 
 
+def test_fractional_upload_bytes_cost_the_same_in_the_table_and_per_plan():
+    """Upload sizes given as fractions (an estimate) are whole bytes everywhere: the table's cells, `plan_cost`
+    and the plan's reported upload_bytes agree."""
+    inp = make([5.0] * 4, [1.0] * 4, [100] * 5, weights=[0.4, 1000.4, 0.4, 2500.6], upload=link(0.0, 1.0))
+    table = evaluate_all(inp)
+    for i, j in [(-1, 0), (-1, 2), (0, 3), (1, 2)]:
+        plan = plan_cost(inp, i, j)
+        assert plan.upload_bytes == sum(round(w) for w in inp.upload_bytes[i + 1 : j + 1])
+        assert table.latency_ms[i + 1, j] == pytest.approx(plan.latency_ms, rel=1e-12)
+        assert plan_costs(inp, [i], [j])[0] == plan
+
+
 def test_pareto_ties_keep_one_plan_with_fewest_offloaded_blocks():
     idx = pareto_indices(np.array([1.0, 1.0, 2.0, 0.5]), np.array([1.0, 1.0, 0.5, 3.0]), lambda k: -k)
     assert idx.tolist() == [3, 1, 2]
