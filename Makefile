@@ -50,6 +50,7 @@ demo: setup
 
 test: setup lint-proto $(DOCTEST)
 	cf_cpp/run_ctest.sh
+	cf_cpp/run_sanitized.sh $(PY)
 	BUF=$(abspath $(BUF)) $(PYTEST) -m "not slow" -q
 
 test-slow: setup
@@ -57,6 +58,7 @@ test-slow: setup
 
 test-all: setup lint-proto $(DOCTEST)
 	cf_cpp/run_ctest.sh
+	cf_cpp/run_sanitized.sh $(PY)
 	$(PYTEST) -q
 
 PROTO_PY = rr_proto/codec.py rr_proto/framing.py rr_proto/allocator.py rr_proto/extras.py rr_proto/status.py  # hand-written

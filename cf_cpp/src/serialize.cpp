@@ -86,6 +86,7 @@ class Writer {
     raw(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
   }
   void raw(const char* p, std::size_t n) {  // errors: checked by commit()
+    if (n == 0) return;                       // an empty vector's data() may be null, which fwrite must not get
     std::fwrite(p, 1, n, out_);
     hash_ = fnv1a(hash_, p, n);
   }
