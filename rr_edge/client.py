@@ -408,6 +408,7 @@ class Client:
             *(pb.ReportLayerProfilesRequest(node_id=node_id, settings=wire_settings, model=wire.model_pb(model))
               for model in models),
         ]  # fmt: skip
+        requests.append(pb.ReportLayerProfilesRequest(node_id=node_id, end=pb.ReportEnd(items=len(requests))))
         r = self._retry_busy(
             "ReportLayerProfiles",
             lambda t: self._profiles.ReportLayerProfiles(iter(requests), **self._kw(t)),

@@ -1,8 +1,9 @@
 """roadrunner.v1.ProfileService: layer-profile and network-profile reports.
 
-A layer-profile stream is validated as a whole and stored in one transaction before the acknowledgement, so a
-report is either completely stored or not at all. Only slices already uploaded are recorded for their blocks and
-models; the cloud profiler times the slice storage holds for each (the first one reported).
+A layer-profile stream is validated as a whole and stored in one transaction before the acknowledgement, so a report
+is either completely stored or not at all; it must close with its `end` message, which counts its items (a cancelled
+stream can reach a gRPC Python server as a clean end: grpc/grpc#33038). Only slices already uploaded are recorded
+for their blocks and models; the cloud profiler times the slice storage holds for each (the first one reported).
 """
 
 from __future__ import annotations
@@ -71,12 +72,20 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         slice_ids: dict[str, str] = {}
         model_slices: dict[str, str] = {}
         checked: set[str] = set()
+        ended = False
         for k, request in enumerate(request_iterator):
+            if ended:
+                raise InvalidArgument("a report item came after the report's end message; nothing was stored")
             if k >= MAX_ITEMS_PER_REPORT:
                 raise ResourceExhausted(f"more than {MAX_ITEMS_PER_REPORT} items in one report; split it")
+            which = request.WhichOneof("item")
+            if which == "end":
+                if request.end.items != k:
+                    raise InvalidArgument(f"the report's end message counts {request.end.items} items, {k} arrived")
+                ended = True
+                continue
             if request.node_id not in checked:
                 checked.add(self._known_node(request.node_id))
-            which = request.WhichOneof("item")
             if which == "layer":
                 layer = request.layer
                 m = check_measurement(measurement_from_pb(request.node_id, request.settings, layer, now))
@@ -93,6 +102,10 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                     model_slices.setdefault(request.model.model, check_slice_id(request.model.slice_id))
             else:
                 raise InvalidArgument(f"report item {k} carries neither a layer nor a model profile")
+        if not ended:
+            raise InvalidArgument(
+                "the report stream ended without its end message (cut short or cancelled?); nothing was stored"
+            )
         slice_ids = {s: i for s, i in slice_ids.items() if self._slices.get(i) is not None}
         model_slices = {m: i for m, i in model_slices.items() if self._slices.get(i) is not None}
         self._storage.add_reports(measurements, features, slice_ids, runs, model_slices)

@@ -140,7 +140,10 @@ def layer(signature: str, median_ms: float, energy_mj: float | None = None, **fe
     return msg
 
 
-def report(node_id: str, *layers: rr.LayerProfile) -> Iterator[rr.ReportLayerProfilesRequest]:
+def report(node_id: str, *items: rr.LayerProfile | rr.ModelProfile) -> Iterator[rr.ReportLayerProfilesRequest]:
+    """A whole report: one message per layer or whole-model profile, then the end message that counts them."""
     settings = rr.RuntimeSettings(execution_provider="CPUExecutionProvider", intra_op_threads=1)
-    for item in layers:
-        yield rr.ReportLayerProfilesRequest(node_id=node_id, settings=settings, layer=item)
+    for item in items:
+        kind = "model" if isinstance(item, rr.ModelProfile) else "layer"
+        yield rr.ReportLayerProfilesRequest(node_id=node_id, settings=settings, **{kind: item})
+    yield rr.ReportLayerProfilesRequest(node_id=node_id, end=rr.ReportEnd(items=len(items)))

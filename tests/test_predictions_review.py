@@ -61,11 +61,9 @@ def test_implausibly_small_latency_and_energy_are_rejected(env):
     ack = stubs.profiles.ReportLayerProfiles(report("pi4", layer("s", MIN_LATENCY_MS, MIN_ENERGY_MJ)), timeout=10)
     assert ack.accepted_layers == 1
     # a whole-model run too: a 1e-300 ms model would drag the node's end-to-end correction
-    tiny = rr.ReportLayerProfilesRequest(
-        node_id="pi4", model=rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=1e-300), sum_of_blocks_ms=1.0)
-    )
+    tiny = rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=1e-300), sum_of_blocks_ms=1.0)
     with pytest.raises(grpc.RpcError) as err:
-        stubs.profiles.ReportLayerProfiles(iter([tiny]), timeout=10)
+        stubs.profiles.ReportLayerProfiles(report("pi4", tiny), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model 'm'" in err.value.details()
 
 

@@ -76,10 +76,8 @@ def test_layer_report_measured_and_listed(env):
     _, stubs = env
     register(stubs, "pi4")
     layers = [layer(s, 2.0 + k, energy_mj=10.0 + k, **features(k)) for k, s in enumerate(SIGS[:3])]
-    model = rr.ReportLayerProfilesRequest(
-        node_id="pi4", model=rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=12.0), sum_of_blocks_ms=9.0)
-    )
-    ack = stubs.profiles.ReportLayerProfiles(iter([*report("pi4", *layers), model]), timeout=10)
+    model = rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=12.0), sum_of_blocks_ms=9.0)
+    ack = stubs.profiles.ReportLayerProfiles(report("pi4", *layers, model), timeout=10)
     assert (ack.accepted_layers, ack.accepted_models) == (3, 1)
     listed = stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="pi4"), timeout=5)
     assert list(listed.signatures) == SIGS[:3]
@@ -95,11 +93,10 @@ def test_e2e_correction_is_per_model_with_the_node_mean_as_fallback(env):
     _, stubs = env
     register(stubs, "jet")
 
-    def run(model: str, e2e_ms: float, blocks_ms: float) -> rr.ReportLayerProfilesRequest:
-        profile = rr.ModelProfile(model=model, latency=rr.LatencyStats(median_ms=e2e_ms), sum_of_blocks_ms=blocks_ms)
-        return rr.ReportLayerProfilesRequest(node_id="jet", model=profile)
+    def run(model: str, e2e_ms: float, blocks_ms: float) -> rr.ModelProfile:
+        return rr.ModelProfile(model=model, latency=rr.LatencyStats(median_ms=e2e_ms), sum_of_blocks_ms=blocks_ms)
 
-    stubs.profiles.ReportLayerProfiles(iter([run("a", 6.0, 10.0), run("b", 12.0, 10.0)]), timeout=10)
+    stubs.profiles.ReportLayerProfiles(report("jet", run("a", 6.0, 10.0), run("b", 12.0, 10.0)), timeout=10)
 
     def answer(model: str) -> rr.PredictResponse:
         request = rr.PredictRequest(node_id="jet", signatures=SIGS[:1], model=model, features=[features(0)])
@@ -108,7 +105,7 @@ def test_e2e_correction_is_per_model_with_the_node_mean_as_fallback(env):
     assert math.isclose(answer("a").e2e_correction, 0.6) and math.isclose(answer("b").e2e_correction, 1.2)
     assert math.isclose(answer("never-profiled").e2e_correction, 0.9) and math.isclose(answer("").e2e_correction, 0.9)
     # the measured whole-model latency comes with it (mean of the node's runs), 0 where there is none
-    stubs.profiles.ReportLayerProfiles(iter([run("a", 8.0, 10.0)]), timeout=10)
+    stubs.profiles.ReportLayerProfiles(report("jet", run("a", 8.0, 10.0)), timeout=10)
     assert math.isclose(answer("a").model_latency_ms, 7.0) and math.isclose(answer("b").model_latency_ms, 12.0)
     assert answer("never-profiled").model_latency_ms == 0.0 and answer("").model_latency_ms == 0.0
 
@@ -137,6 +134,46 @@ def test_bad_layer_report_rejected_whole(env, bad, fragment):
     assert server.storage.count_measurements() == 0  # the good item of the same report is not stored either
     ack = stubs.profiles.ReportLayerProfiles(report("pi4", layer("good", 1.0)), timeout=10)
     assert ack.accepted_layers == 1
+
+
+def test_a_report_is_stored_only_when_it_closes_with_its_end_message(env):
+    """gRPC Python can hand a cancelled stream to the server as a clean end (grpc/grpc#33038): a report is stored
+    only when its end message arrives and counts every item before it."""
+    server, stubs = env
+    register(stubs, "pi4")
+    *items, end = report("pi4", layer("a", 1.0), layer("b", 2.0))
+    miscounted = rr.ReportLayerProfilesRequest(node_id="pi4", end=rr.ReportEnd(items=1))
+    for stream, fragment in (
+        (items, "without its end message"),
+        ([*items, miscounted], "counts 1 items, 2 arrived"),
+        ([*items, end, items[0]], "after the report's end"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.profiles.ReportLayerProfiles(iter(stream), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
+    assert server.storage.count_measurements() == 0
+    assert stubs.profiles.ReportLayerProfiles(iter([*items, end]), timeout=10).accepted_layers == 2
+
+
+def test_a_report_cancelled_by_its_client_is_never_stored(env):
+    """Before the end message, 13-20 of 60 such cancelled reports were stored (a reviewer's count)."""
+    server, stubs = env
+    register(stubs, "pi4")
+    for k in range(20):
+        release = threading.Event()
+
+        def cut_short(k=k, release=release):
+            yield from list(report("pi4", layer(f"c{k}a", 1.0), layer(f"c{k}b", 1.0)))[:-1]
+            release.wait(10)  # the client cancels here, before its end message
+
+        call = stubs.profiles.ReportLayerProfiles.future(cut_short(), timeout=10)
+        time.sleep(0.02 + 0.01 * (k % 4))
+        call.cancel()
+        time.sleep(0.1)
+        release.set()
+    time.sleep(0.3)
+    assert server.storage.count_measurements() == 0
+    assert not stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="pi4")).signatures
 
 
 def test_report_for_unregistered_node(env):
@@ -365,23 +402,22 @@ def test_cloud_node_times_a_reported_whole_model_once(env):
     whole = conv_model(seed=6)
     stubs.upload(whole)
 
-    def run(slice_id: str) -> rr.ReportLayerProfilesRequest:
-        profile = rr.ModelProfile(model="convnet", latency=rr.LatencyStats(median_ms=9.0), sum_of_blocks_ms=10.0,
-                                  slice_id=slice_id)  # fmt: skip
-        return rr.ReportLayerProfilesRequest(node_id="pi4", model=profile)
+    def run(slice_id: str) -> rr.ModelProfile:
+        return rr.ModelProfile(model="convnet", latency=rr.LatencyStats(median_ms=9.0), sum_of_blocks_ms=10.0,
+                               slice_id=slice_id)  # fmt: skip
 
     def cloud_latency() -> float:
         request = rr.PredictRequest(node_id="cloud", signatures=["s"], features=[features(0)], model="convnet")
         return stubs.predictions.Predict(request, timeout=5).model_latency_ms
 
-    stubs.profiles.ReportLayerProfiles(iter([run(sha256(whole))]), timeout=10)
+    stubs.profiles.ReportLayerProfiles(report("pi4", run(sha256(whole))), timeout=10)
     assert server.cloud_profiler.wait_idle(30)
     first = cloud_latency()
     assert first > 0
     assert server.storage.e2e_correction("cloud", "convnet") == 1.0  # a whole-model time only, no ratio
     assert not server.cloud_profiler.submit_model("convnet", sha256(whole))  # timed once per data dir
-    stubs.profiles.ReportLayerProfiles(iter([run(sha256(whole))]), timeout=10)
+    stubs.profiles.ReportLayerProfiles(report("pi4", run(sha256(whole))), timeout=10)
     assert server.cloud_profiler.wait_idle(30) and cloud_latency() == first
     with pytest.raises(grpc.RpcError) as err:  # a malformed slice id is refused with the report
-        stubs.profiles.ReportLayerProfiles(iter([run("not-a-sha")]), timeout=10)
+        stubs.profiles.ReportLayerProfiles(report("pi4", run("not-a-sha")), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
