@@ -12,6 +12,7 @@ import json
 import math
 import time
 
+from rr_edge.netmodel import NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
 from rr_server.auth import require_writer
@@ -26,6 +27,7 @@ from rr_server.convert import (
 from rr_server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from rr_server.predictor import Predictor
 from rr_server.records import (
+    ENERGY_SOURCES,
     MAX_ENERGY_MJ,
     MAX_ID_LENGTH,
     MAX_LATENCY_MS,
@@ -135,6 +137,10 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 if not math.isfinite(value):  # negative: not computed (too few sizes)
                     raise InvalidArgument(f"{direction}: {name} must be finite, got {value!r}")
             _check_model_json(getattr(request.profile, direction).model_json, direction)
+        if not math.isfinite(request.profile.measured_at) or request.profile.measured_at < 0:
+            raise InvalidArgument(f"measured_at must be Unix seconds, got {request.profile.measured_at!r}")
+        if request.profile.energy_source not in ("", *ENERGY_SOURCES):
+            raise InvalidArgument(f"energy_source must be empty or one of {', '.join(ENERGY_SOURCES)}")
         self._storage.put_network_profile(node_id, network_profile_to_dict(request.profile))
         return rr.ReportNetworkProfileResponse()
 
@@ -159,27 +165,14 @@ def _check_run(run: ModelRun) -> ModelRun:
 
 
 def _check_model_json(text: str, direction: str) -> None:
-    """A direction's fitted model (rr_edge.netmodel.NetworkModel.to_dict as JSON) must be a JSON object whose numbers
-    are all finite: a NaN or an infinity in it broke the edge's planning."""
-    if not text:
-        return
+    """A direction's fitted model must be one the edge can plan with (`NetworkModel.to_dict` as JSON, finite numbers):
+    a NaN in it, or no model at all, made every later plan of the node fail."""
     try:
         model = json.loads(text)
-    except ValueError:
-        raise InvalidArgument(f"{direction}: model_json is not JSON") from None
-    if not isinstance(model, dict) or not all(math.isfinite(x) for x in _numbers(model)):
-        raise InvalidArgument(f"{direction}: model_json must be a JSON object of finite numbers")
-
-
-def _numbers(value: object) -> list[float]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [float(value) if abs(value) < 2**1000 else math.inf]
-    if isinstance(value, float):
-        return [value]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _numbers(v)]
-    if isinstance(value, list):
-        return [x for v in value for x in _numbers(v)]
-    return []
+        if not isinstance(model, dict):
+            raise ValueError("not a JSON object")
+        NetworkModel.from_dict(model)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise InvalidArgument(
+            f"{direction}: model_json is not a network model (NetworkModel.to_dict as JSON): {str(exc)[:120]}"
+        ) from None

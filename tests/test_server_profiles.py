@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -10,6 +11,7 @@ import grpc
 import pytest
 from _server_support import Stubs, conv_model, layer, report, serving, sha256, upload_requests
 
+from rr_edge.netmodel import NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.activity import InferenceActivity
 
@@ -219,13 +221,14 @@ def test_network_profile_roundtrip_and_validation(env):
         chosen_model="affine",
         poly4_error=0.2,
         affine_error=0.1,
-        model_json='{"kind": "affine"}',
+        model_json=json.dumps(NetworkModel.affine(1.0, 1e5).to_dict()),
     )
     upload = rr.DirectionProfile(
         samples=[rr.NetworkSample(bytes=2**20, ms=30.0), rr.NetworkSample(bytes=2**22, ms=80.0)],
         chosen_model="affine",
         poly4_error=-1.0,  # not computed: too few sizes
         affine_error=-1.0,
+        model_json='{"kind": "affine", "coeffs": [13.3, 1.6e-5]}',
     )
     profile = rr.NetworkProfile(uplink=up, downlink=up, energy_source="model", measured_at=1.7e9, upload=upload)
     stubs.profiles.ReportNetworkProfile(rr.ReportNetworkProfileRequest(node_id="pi4", profile=profile), timeout=5)
@@ -233,15 +236,23 @@ def test_network_profile_roundtrip_and_validation(env):
     assert got == profile and got.HasField("upload")
     bad = rr.NetworkProfile(uplink=rr.DirectionProfile(samples=[rr.NetworkSample(bytes=10, ms=float("nan"))]))
     bad_upload = rr.NetworkProfile(uplink=up, downlink=up, upload=rr.DirectionProfile(pwl_error=float("inf")))
-    nan_model = rr.NetworkProfile(
-        uplink=up, downlink=rr.DirectionProfile(model_json='{"kind": "affine", "drift": NaN}')
-    )
-    not_json = rr.NetworkProfile(uplink=up, downlink=rr.DirectionProfile(model_json="affine"))
+
+    def downlink_model(text: str) -> rr.NetworkProfile:
+        return rr.NetworkProfile(uplink=up, downlink=rr.DirectionProfile(model_json=text))
+
     for message, where in (
         (bad, "uplink sample 0"),
         (bad_upload, "upload: pwl_error"),
-        (nan_model, "downlink: model_json must be a JSON object of finite numbers"),
-        (not_json, "downlink: model_json is not JSON"),
+        (downlink_model('{"kind": "affine", "coeffs": [1.0, 1e-5], "drift": NaN}'), "must be finite"),
+        (downlink_model("affine"), "downlink: model_json is not a network model"),
+        (downlink_model("{}"), "downlink: model_json is not a network model"),  # the edge could not plan with it
+        (downlink_model(""), "downlink: model_json is not a network model"),
+        (downlink_model('{"kind": "affine", "coeffs": [1.0, 1e999]}'), "must be finite"),
+        (downlink_model("[" * 5000 + "]" * 5000), "not a network model"),  # too deep for the JSON parser
+        (downlink_model('{"kind": "affine", "coeffs": ' + "[" * 600 + "]" * 600 + "}"), "not a network model"),
+        (rr.NetworkProfile(uplink=up, downlink=up, measured_at=float("nan")), "measured_at"),
+        (rr.NetworkProfile(uplink=up, downlink=up, measured_at=-1e300), "measured_at"),
+        (rr.NetworkProfile(uplink=up, downlink=up, energy_source="guess"), "energy_source"),
     ):
         with pytest.raises(grpc.RpcError) as err:
             stubs.profiles.ReportNetworkProfile(
