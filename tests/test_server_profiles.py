@@ -69,6 +69,17 @@ def test_register_errors(env):
         with pytest.raises(grpc.RpcError) as err:
             register(stubs, node_id)
         assert err.value.code() == code
+    huge = rr.DeviceDescriptor(extra={f"k{k}": "x" * 1000 for k in range(20)})  # ListNodes carries every descriptor
+    invalid, denied = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED
+    for request, code, fragment in (
+        (rr.RegisterNodeRequest(node_id="pi4", device=huge), invalid, "descriptor"),
+        (rr.RegisterNodeRequest(node_id="pi4", device=rr.DeviceDescriptor(cpu_cores=-2)), invalid, "cpu_cores"),
+        (rr.RegisterNodeRequest(node_id="pi4", role=rr.NODE_ROLE_CLOUD), denied, "cloud role"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.nodes.RegisterNode(request, timeout=5)
+        assert err.value.code() == code and fragment in err.value.details()
+    assert [n.node_id for n in stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5).nodes] == ["cloud"]
     with pytest.raises(grpc.RpcError) as err:
         stubs.nodes.GetNode(rr.GetNodeRequest(node_id="ghost"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
