@@ -1,7 +1,10 @@
 """The one place where requests meet policy: authentication, domain errors -> status codes, open streams, metrics.
 
-Every handler is wrapped so that a `ServerError` becomes its status code with its message, and anything else becomes
-INTERNAL with a generic message (the traceback goes to the log only). Health and reflection stay open without a token
+Every handler is wrapped so that a `ServerError` becomes its status code with its message (cut to
+`MAX_DETAILS_CHARS`: a message quoting a 100 KB name outgrew gRPC's metadata limit and reached the client as
+RESOURCE_EXHAUSTED), a request that does not parse becomes INVALID_ARGUMENT (grpcio answers INTERNAL to a
+deserializer that raises), and anything else becomes INTERNAL with a generic message (the traceback goes to the log
+only). Health and reflection stay open without a token
 so that probes and `buf curl`/`grpcurl` discovery work; every other method needs a valid bearer token when the server
 runs with a token table.
 
@@ -25,7 +28,7 @@ import grpc
 
 from rr_proto.status import RETRY_PUSHBACK_KEY
 from rr_server.auth import CALLER, TokenTable
-from rr_server.errors import Busy, ServerError, Unauthenticated
+from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated
 from rr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _EDGE_STREAMS = frozenset({"ModelStreamInfer"})  # kept open by every edge runner between its requests
 _INTERNAL_MESSAGE = "internal server error (details in the server log)"
+MAX_DETAILS_CHARS = 1000  # of an error message (grpc-message metadata; the client's limit on it is 8-16 KiB)
 BUSY_RETRY_AFTER_S = 0.25  # the pushback of a stream refused for want of a slot: most streams that hold one are short
 
 
@@ -98,11 +102,16 @@ class PolicyInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, short, caller, auth_error, self._metrics, self._slots, pool)
 
 
+def _details(exc: ServerError) -> str:
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS_CHARS else f"{text[: MAX_DETAILS_CHARS - 30]}... ({len(text)} characters)"
+
+
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
     code = grpc.StatusCode.OK
     if isinstance(exc, ServerError):
         code = exc.code
-        log.info("%s -> %s: %s", method, code.name, exc)
+        log.info("%s -> %s: %s", method, code.name, _details(exc))
     elif isinstance(exc, grpc.RpcError):  # the client went away while we read its stream
         code = grpc.StatusCode.CANCELLED
         log.info("%s cancelled by the client", method)
@@ -115,8 +124,40 @@ def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseExc
         context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(round(1e3 * exc.retry_after_s))),))
     if exc is not None:
         # Raises; grpc then ends the call with this status.
-        context.abort(code, str(exc) if isinstance(exc, ServerError) else _INTERNAL_MESSAGE)
+        context.abort(code, _details(exc) if isinstance(exc, ServerError) else _INTERNAL_MESSAGE)
     return None
+
+
+class _Malformed:
+    """What a request that does not parse is handed to its handler as (the interceptor raises for it)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable | None) -> Callable | None:
+    """`deserialize`, returning `_Malformed` instead of raising."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or any error of a custom parser
+            return _Malformed(exc)
+
+    return parse
+
+
+def _parsed(method: str, request):
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(f"{method}: the request message does not parse ({request.error})")
+    return request
+
+
+def _each_parsed(method: str, requests: Iterator) -> Iterator:
+    for request in requests:
+        yield _parsed(method, request)
 
 
 def _reset(token) -> None:
@@ -130,6 +171,11 @@ def _wrap(
     handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics, slots, pool: str | None
 ):
 
+    def requests(request_or_iterator):
+        if client_streams:
+            return _each_parsed(method, request_or_iterator)
+        return _parsed(method, request_or_iterator)
+
     def unary(behavior: Callable):
         def run(request_or_iterator, context):
             started = time.perf_counter()
@@ -139,7 +185,7 @@ def _wrap(
                 if auth_error is not None:
                     raise auth_error
                 slot = pool is not None and slots.take(pool, method)
-                response = behavior(request_or_iterator, context)
+                response = behavior(requests(request_or_iterator), context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
                 _finish(context, metrics, method, started, exc)
             finally:
@@ -160,7 +206,7 @@ def _wrap(
                 if auth_error is not None:
                     raise auth_error
                 slot = pool is not None and slots.take(pool, method)
-                yield from behavior(request_or_iterator, context)
+                yield from behavior(requests(request_or_iterator), context)
             except Exception as exc:  # noqa: BLE001
                 _finish(context, metrics, method, started, exc)
             finally:
@@ -171,8 +217,9 @@ def _wrap(
 
         return run
 
+    client_streams = bool(handler.request_streaming)
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _lenient(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

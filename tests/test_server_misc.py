@@ -271,6 +271,39 @@ def test_oversized_message_is_resource_exhausted(tmp_path):
         assert stubs.kserve.ModelInfer(small, timeout=10).outputs
 
 
+def test_a_request_that_does_not_parse_is_invalid_argument(env):
+    """Invalid UTF-8 in a string field fails protobuf's parser; grpcio answered INTERNAL ("Exception deserializing
+    request!") to that, before any handler or metric saw the call."""
+    server, stubs = env
+    not_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (node_id / model name), 2 bytes that are not UTF-8
+
+    def raw(method: str, streaming: bool = False):
+        make = stubs.channel.stream_unary if streaming else stubs.channel.unary_unary
+        return make(method, request_serializer=None, response_deserializer=None)
+
+    for method, request in (
+        ("/roadrunner.v1.NodeService/RegisterNode", not_utf8),
+        ("/inference.GRPCInferenceService/ModelReady", not_utf8),
+        ("/roadrunner.v1.ProfileService/ReportLayerProfiles", iter([not_utf8])),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            raw(method, streaming=not isinstance(request, bytes))(request, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "does not parse" in err.value.details()
+    assert stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5).nodes  # still serving
+
+
+def test_error_messages_are_cut_to_fit_the_status_metadata(env):
+    """An error quoting a 100 KB name outgrew gRPC's metadata limit: the client got RESOURCE_EXHAUSTED ("received
+    metadata size exceeds hard limit") instead of the error."""
+    _, stubs = env
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.nodes.GetNode(rr.GetNodeRequest(node_id="n" * 100_000), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    details = err.value.details()
+    assert details.startswith("node 'nnnn") and details.endswith(" characters)") and len(details) <= 1000
+
+
 def test_sigterm_removes_the_port_file_and_a_second_one_stops_at_once(tmp_path):
     """A graceful stop waits up to its grace (10 s) for calls in flight; a second SIGTERM ends them now. Either way
     the port file goes: nothing serves that address any more."""
