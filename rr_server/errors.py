@@ -20,11 +20,21 @@ from __future__ import annotations
 
 import grpc
 
+MAX_DETAILS_CHARS = 1000  # of a message sent back (grpc-message metadata: clients allow it 8-16 KiB)
+
 
 class ServerError(Exception):
     """Base class of the errors the server raises deliberately; the message goes to the client."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        """The message, cut to MAX_DETAILS_CHARS (one quoting a 100 KB name outgrew gRPC's metadata limit, and the
+        client got RESOURCE_EXHAUSTED instead)."""
+        text = str(self)
+        if len(text) <= MAX_DETAILS_CHARS:
+            return text
+        return f"{text[: MAX_DETAILS_CHARS - 30]}... ({len(text)} characters)"
 
 
 class InvalidArgument(ServerError):

@@ -80,10 +80,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 yield wire.StreamItem(response=self._infer(request, stream=True, caller=caller))
             except ServerError as exc:
-                yield wire.StreamItem(error_message=f"{exc.code.name}: {exc}")
+                yield _stream_error(request, f"{exc.code.name}: {exc.details()}")
             except Exception:  # noqa: BLE001 - one bad message must not end the stream
-                log.exception("ModelStreamInfer message %r failed", request.header.id)
-                yield wire.StreamItem(error_message="INTERNAL: internal server error (see server log)")
+                log.exception("ModelStreamInfer message %r failed", request.header.id[:64])
+                yield _stream_error(request, "INTERNAL: internal server error (see server log)")
 
     def RepositoryIndex(self, request, context):
         states = self._repo.index(ready_only=request.ready)
@@ -169,6 +169,14 @@ def _caller(context: grpc.ServicerContext) -> RunCaller:
 
     context.add_callback(ended)
     return caller
+
+
+def _stream_error(request: wire.InferRequest, message: str) -> wire.StreamItem:
+    """A stream's per-message error, with the request's model and id: a client with several requests in flight
+    tells by them which one failed."""
+    h = request.header
+    header = pb.ModelInferResponse(model_name=h.model_name[:256], model_version=h.model_version[:64], id=h.id[:256])
+    return wire.StreamItem(response=wire.InferResponse(header), error_message=message)
 
 
 def _filled(placed: list[np.ndarray], outputs: dict[str, np.ndarray]) -> bool:

@@ -1,8 +1,7 @@
 """The one place where requests meet policy: authentication, domain errors -> status codes, open streams, metrics.
 
-Every handler is wrapped so that a `ServerError` becomes its status code with its message (cut to
-`MAX_DETAILS_CHARS`: a message quoting a 100 KB name outgrew gRPC's metadata limit and reached the client as
-RESOURCE_EXHAUSTED), a request that does not parse becomes INVALID_ARGUMENT (grpcio answers INTERNAL to a
+Every handler is wrapped so that a `ServerError` becomes its status code with its message (`ServerError.details`,
+cut to fit the status metadata), a request that does not parse becomes INVALID_ARGUMENT (grpcio answers INTERNAL to a
 deserializer that raises), and anything else becomes INTERNAL with a generic message (the traceback goes to the log
 only). Health and reflection stay open without a token
 so that probes and `buf curl`/`grpcurl` discovery work; every other method needs a valid bearer token when the server
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _EDGE_STREAMS = frozenset({"ModelStreamInfer"})  # kept open by every edge runner between its requests
 _INTERNAL_MESSAGE = "internal server error (details in the server log)"
-MAX_DETAILS_CHARS = 1000  # of an error message (grpc-message metadata; the client's limit on it is 8-16 KiB)
 BUSY_RETRY_AFTER_S = 0.25  # the pushback of a stream refused for want of a slot: most streams that hold one are short
 
 
@@ -102,16 +100,11 @@ class PolicyInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, short, caller, auth_error, self._metrics, self._slots, pool)
 
 
-def _details(exc: ServerError) -> str:
-    text = str(exc)
-    return text if len(text) <= MAX_DETAILS_CHARS else f"{text[: MAX_DETAILS_CHARS - 30]}... ({len(text)} characters)"
-
-
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
     code = grpc.StatusCode.OK
     if isinstance(exc, ServerError):
         code = exc.code
-        log.info("%s -> %s: %s", method, code.name, _details(exc))
+        log.info("%s -> %s: %s", method, code.name, exc.details())
     elif isinstance(exc, grpc.RpcError):  # the client went away while we read its stream
         code = grpc.StatusCode.CANCELLED
         log.info("%s cancelled by the client", method)
@@ -124,7 +117,7 @@ def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseExc
         context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(round(1e3 * exc.retry_after_s))),))
     if exc is not None:
         # Raises; grpc then ends the call with this status.
-        context.abort(code, _details(exc) if isinstance(exc, ServerError) else _INTERNAL_MESSAGE)
+        context.abort(code, exc.details() if isinstance(exc, ServerError) else _INTERNAL_MESSAGE)
     return None
 
 

@@ -305,7 +305,8 @@ class SessionPool:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
             if not path.exists():  # evicted from the store meanwhile: gone, not refused
                 raise NotFound(f"{what} is not cached on this server (evicted); upload it again") from None
-            raise InvalidArgument(f"ONNX Runtime cannot load {what}: {exc}"[:500]) from None
+            reason = str(exc).replace(str(path), what)  # not the server's file layout
+            raise InvalidArgument(f"ONNX Runtime cannot load {what}: {reason}"[:500]) from None
 
     def _load(self, slice_id: str, path: Path) -> Session:
         session = Session(slice_id, self._open(f"slice {slice_id[:12]}", path), self.watchdog)

@@ -163,6 +163,9 @@ def test_model_stream_infer_reports_errors_per_message(env):
     assert len(responses) == 5
     assert responses[1].error_message.startswith("NOT_FOUND")
     assert responses[3].error_message.startswith("INVALID_ARGUMENT")
+    # an error names its request, as a response does: a client with several in flight tells which one failed
+    assert [responses[k].infer_response.id for k in (1, 3)] == ["bad", "bad-shape"]
+    assert responses[3].infer_response.model_name == conv_id and not responses[3].infer_response.outputs
     for k, index in enumerate((0, 2, 4)):
         r = responses[index]
         assert not r.error_message and r.infer_response.id == str(k)
