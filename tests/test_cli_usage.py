@@ -244,6 +244,7 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
         "requests": 5, "wall_s": 0.1, "split": [0, 3], "latency_ms": {"median": 3.1, "p90": 3.3},
         "remote_ms_median": 1.2, "energy_mJ": 6.1, "energy_source": "model", "upload_ms": 9.5, "fallback_requests": 0,
         "max_abs_diff_vs_local": 1e-6, "splits_used": [[0, 3]], "predicted": predicted, "amortize_over": 5,
+        "predicted_upload_ms": 10.0,
     }  # fmt: skip
     print_summary("m", summary)
     out = capsys.readouterr().out

@@ -33,12 +33,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def rr_edge(*args: str) -> dict:
+def rr_edge_text(*args: str) -> str:
+    """What `rr-edge ARGS` prints (it must exit 0)."""
     done = subprocess.run(
         [sys.executable, "-m", "rr_edge.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    return done.stdout
+
+
+def rr_edge(*args: str) -> dict:
+    return json.loads(rr_edge_text(*args))
 
 
 @pytest.fixture
@@ -125,6 +130,11 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     # the slice is made ready once, outside the requests: measured on its own, its prediction shared by the 5
     assert ran["amortize_over"] == 5 and ran["upload_ms"] >= 0
     assert (ran["upload_ms"] > 0) == (ran["predicted"]["i"] < ran["predicted"]["j"])
+    share = ran["predicted"]["weight_upload_ms"]
+    assert ran["predicted_upload_ms"] == pytest.approx(5 * share) and 0 <= share <= ran["predicted"]["latency_ms"]
+    # the same run for people: the planned run's table (a KeyError once made this exit 1 after every request ran)
+    table = rr_edge_text("run", str(path), *common, "--input", str(tmp_path / "x.npy"), "--repeat", "2")
+    assert "measured" in table and "predicted" in table and "made ready once" in table
 
 
 def _wait_healthy(client: Client, timeout_s: float = 60.0) -> None:

@@ -23,7 +23,7 @@ from rr_edge.commands._common import add_server_args, connect, make_meter, posit
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter
-from rr_edge.offload import local_outputs, make_runner, outputs_close, replan, validate_split
+from rr_edge.offload import PlanReport, local_outputs, make_runner, outputs_close, replan, validate_split
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
 from rr_edge.session import OrtSettings
@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
         results, splits_used = [], [split]
         upload_ms = 0.0  # of the runners replaced so far (each makes its slice ready once, outside the requests)
+        predicted_upload_ms = _upload_ms(report)  # of every runner made from a plan
         energy = RequestEnergy(meter)
         start = time.perf_counter()
         try:
@@ -221,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
                         upload_ms += runner.upload_ms
                         runner, split = new_runner, new_split
                         splits_used.append(split)
+                        predicted_upload_ms += _upload_ms(new_report)
             energy.finish(runner, x)
         finally:
             runner.close()
@@ -235,8 +237,10 @@ def run(args: argparse.Namespace) -> int:
     summary["wall_s"] = wall_s
     summary["splits_used"] = [list(s) for s in splits_used]
     summary["upload_ms"] = upload_ms  # making the middle slices ready (upload, open), once, not in any request
-    if report is not None:
-        summary["predicted"] = report.chosen.to_dict()  # its upload is shared by the --repeat requests
+    if report is not None:  # the plan running at the end; its upload share is in its latency and energy
+        upload_share = {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
+        summary["predicted"] = {**report.chosen.to_dict(), **upload_share}
+        summary["predicted_upload_ms"] = predicted_upload_ms
         summary["amortize_over"] = report.inputs.amortize_over
     if args.output:
         np.save(args.output, next(iter(results[-1].outputs.values())))
@@ -245,6 +249,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_summary(graph.model, summary)
     return 0
+
+
+def _upload_ms(report: PlanReport | None) -> float:
+    """The predicted time to make the chosen plan's middle slice ready (0 when cached or nothing is offloaded)."""
+    if report is None:
+        return 0.0
+    return report.chosen.breakdown.get("weight_upload_ms", 0.0) * report.inputs.amortize_over
 
 
 def print_summary(model: str, s: dict[str, Any]) -> None:
@@ -268,7 +279,7 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     splits = " -> ".join(f"{a},{b}" for a, b in s["splits_used"])
     upload = f"middle slice made ready once (upload, open): {s['upload_ms']:.2f} ms"
     if "predicted" in s:
-        upload += f", predicted {s['predicted']['weight_upload_ms'] * s['amortize_over']:.2f} ms"
+        upload += f", predicted {s['predicted_upload_ms']:.2f} ms"
     console.print(upload)
     console.print(
         f"fallback: {s['fallback_requests']} of {s['requests']} requests finished locally; "
