@@ -17,17 +17,26 @@ from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_proto.extras import missing_extra
 
 COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; when `argv` names a command, only that command's module is imported (fast start-up)."""
     parser = argparse.ArgumentParser(prog="rr-edge", description="RoaD-RuNNer edge node")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")
+    _add_log_level(parser, "WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
     named = [a for a in (argv or []) if a in COMMANDS][:1]
     for name in named or COMMANDS:
         importlib.import_module(f"rr_edge.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():  # also after the command: `rr-edge plan --log-level info ...`
+        _add_log_level(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level", default=default, type=str.upper, choices=LOG_LEVELS, help="logging level (default WARNING)"
+    )
 
 
 RANGE_OPTIONS = ("--split", "--blocks")  # values may start with '-' (`--split -1,12`, `--blocks -3:-1`)
@@ -59,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -70,6 +79,10 @@ def _run(argv: list[str]) -> int:
         return int(args.func(args) or 0)
     except RoadRunnerError as exc:
         print(f"rr-edge {args.command}: error: {exc}{_hint(exc, getattr(args, 'server', None))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written (its name is in the message)
+        logging.getLogger("rr_edge").debug("rr-edge %s", args.command, exc_info=True)
+        print(f"rr-edge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

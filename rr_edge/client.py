@@ -252,11 +252,22 @@ def _error(code: grpc.StatusCode | None, details: str, what: str) -> ServerError
     return cls(f"{what}: {name}: {details}", name)
 
 
+def check_address(text: str) -> str:
+    """`text` if it is HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix), else
+    ValueError. Without a port gRPC would quietly dial 443."""
+    host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
+    if not sep or not host or (host.endswith(":") and not host.startswith("[")):
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return text
+
+
 class Client:
     """A connection to one server. Thread-safe (gRPC channels are); use as a context manager or call `close`."""
 
     def __init__(self, address: str, options: ClientOptions | None = None) -> None:
-        self.address = address.removeprefix("grpc://").removeprefix("grpcs://")
+        self.address = check_address(address).removeprefix("grpc://").removeprefix("grpcs://")
         self.options = opts = options or ClientOptions()
         if opts.tls is not None:
             overrides = opts.channel_options()

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default="INFO",
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging level (default %(default)s)",
     )
@@ -123,6 +124,9 @@ def _providers(args: argparse.Namespace) -> tuple[str, ...]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:  # without a port gRPC would bind 443
+        p.error(f"--listen: expected HOST:PORT (e.g. {DEFAULT_LISTEN}, or 0.0.0.0:8001), got {args.listen!r}")
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     if args.client_ca is not None and args.tls_cert is None:

@@ -220,3 +220,48 @@ def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -
     np.save(x, np.zeros(_input_of(bad_files["good"])[1], np.float32))
     code = main(["run", str(bad_files["good"]), *DEAD, "--split", split, "--input", str(x)])
     assert "--split" in assert_one_line_error(capsys, code, "run")
+
+
+def test_output_files_are_checked_before_the_work(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A file a command cannot write is refused when the command line is read, not after the run that produces it."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(_input_of(bad_files["good"])[1], np.float32))
+    for argv, fragment in (
+        (["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(x), "--output", str(tmp_path)],
+         "is a directory"),
+        (["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(x), "--output", f"{blocked}/y.npy"],
+         "not a writable directory"),
+        (["plan", str(bad_files["good"]), *DEAD, "--plot", str(tmp_path / "p.txt")], "a figure ends in one of"),
+        (["slice", str(bad_files["good"]), "--blocks", "0:0", "-o", f"{blocked}/s.onnx"], "not a writable directory"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and fragment in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_output_is_written_at_exactly_the_path_given(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(_input_of(bad_files["good"])[1], np.float32))
+    out = tmp_path / "new-dir" / "y_out"  # no .npy suffix, in a directory made for it
+    assert main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(x), "--output", str(out)]) == 0
+    assert np.load(out).shape and not out.with_suffix(".npy").exists()
+
+
+def test_a_file_error_at_run_time_is_one_line(bad_files, capsys, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", str(tmp_path / "s.onnx"))
+
+    monkeypatch.setattr("rr_edge.commands.slice.save_model", refuse)
+    code = main(["slice", str(bad_files["good"]), "--blocks", "0:0", "-o", str(tmp_path / "s.onnx")])
+    assert "Permission denied" in assert_one_line_error(capsys, code, "slice")
+
+
+def test_log_level_is_checked_and_taken_after_the_command_too(bad_files, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        main(["--log-level", "loud", "blocks", str(bad_files["good"])])
+    assert exc.value.code == 2 and "invalid choice: 'LOUD'" in capsys.readouterr().err
+    assert main(["blocks", "--log-level", "debug", str(bad_files["good"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)

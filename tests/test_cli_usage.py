@@ -331,3 +331,20 @@ def test_run_keeps_its_split_when_the_server_refuses_a_replanned_slice(monkeypat
     assert out["requests"] == 3 and out["split"] == split and out["splits_used"] == [split]
     assert out["predicted"]["i"] == local.chosen.i  # the running plan, not the refused one
     assert len(refused) == 3 and "keeping split" in caplog.text and "RESOURCE_EXHAUSTED" in caplog.text
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "8002", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_server_listen_needs_a_port(tmp_path: Path, capsys, listen: str) -> None:  # type: ignore[no-untyped-def]
+    """Without a port gRPC bound 443 without a word (and `--listen 8002` failed on an address lookup)."""
+    with pytest.raises(SystemExit):
+        server_cli.parse_args(["--data-dir", str(tmp_path), "--listen", listen])
+    assert "--listen: expected HOST:PORT" in capsys.readouterr().err
+    args = server_cli.parse_args(["--data-dir", str(tmp_path), "--listen", "[::1]:0", "--log-level", "debug"])
+    assert args.listen == "[::1]:0" and args.log_level == "DEBUG"
+
+
+def test_the_python_api_refuses_an_address_without_a_port() -> None:
+    from rr_edge.client import Client
+
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        Client("127.0.0.1")  # gRPC would dial port 443

@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions
+from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
 
@@ -42,13 +42,11 @@ def positive_float(text: str) -> float:
 
 
 def server_address(text: str) -> str:
-    """argparse type: HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix)."""
-    host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
-    if not sep or not host or (host.endswith(":") and not host.startswith("[")):
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
-    if not (port.isdigit() and 0 < int(port) < 65536):
-        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535")
-    return text
+    """argparse type: HOST:PORT (`rr_edge.client.check_address`)."""
+    try:
+        return check_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rr_edge.commands._paths import output_path
 from rr_edge.errors import ModelError
 from rr_edge.export import DEFAULT_BATCH, DEFAULT_INPUT_SIZE, export_model
 
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="export CALLABLE() from MODULE (a module name or path/to/file.py) instead of a torchvision model",
     )
     p.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of the dynamo one")
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="output .onnx file")
+    p.add_argument("-o", "--output", required=True, type=output_path, metavar="PATH", help="output .onnx file")
     p.set_defaults(func=run)
 
 

@@ -22,6 +22,7 @@ from rr_edge.commands._common import (
     positive_int,
     print_json,
 )
+from rr_edge.commands._paths import plot_path
 from rr_edge.meters.model import resolve_power
 from rr_edge.offload import PlanReport, gather_costs, plan_with_server_cache
 from rr_edge.onnx_io import load_model
@@ -95,7 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_server_args(p)
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (SPEC section 6)")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="write the Pareto figure")
+    p.add_argument("--plot", type=plot_path, metavar="PNG", help="write the Pareto figure (.png, .pdf, .svg, .jpg)")
     p.set_defaults(func=run)
 
 

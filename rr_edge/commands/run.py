@@ -20,6 +20,7 @@ from rich.table import Table
 
 from rr_edge.blocks import analyze
 from rr_edge.commands._common import add_server_args, connect, make_meter, positive_int, print_json
+from rr_edge.commands._paths import output_path
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "J+1.. on this node again; I = J runs everything here",
     )
     p.add_argument("--input", required=True, type=Path, metavar="X.npy", help="input array (single-input models)")
-    p.add_argument("--output", type=Path, metavar="Y.npy", help="write the (last) output array")
+    p.add_argument("--output", type=output_path, metavar="Y.npy", help="write the (last) output array (.npy format)")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="K", help="requests to run (default %(default)s)")
     p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
     p.add_argument(
@@ -242,8 +243,10 @@ def run(args: argparse.Namespace) -> int:
         summary["predicted"] = {**report.chosen.to_dict(), **upload_share}
         summary["predicted_upload_ms"] = predicted_upload_ms
         summary["amortize_over"] = report.inputs.amortize_over
-    if args.output:
-        np.save(args.output, next(iter(results[-1].outputs.values())))
+    if args.output:  # at exactly that path (np.save of a name would add .npy)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with args.output.open("wb") as f:
+            np.save(f, next(iter(results[-1].outputs.values())))
     if args.json:
         print_json(summary)
     else:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rr_edge.blocks import analyze
+from rr_edge.commands._paths import output_path
 from rr_edge.errors import ModelError
 from rr_edge.onnx_io import load_model, save_model
 from rr_edge.slicing import slice_model
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="A:B",
         help="inclusive 0-based block range, e.g. 0:4; the middle slice of `run --split I,J` is I+1:J",
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx file")
+    p.add_argument("-o", "--output", required=True, type=output_path, metavar="OUT", help="output .onnx file")
     p.set_defaults(func=run)
 
 
