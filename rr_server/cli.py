@@ -1,4 +1,4 @@
-"""`rr-server`: run the RoaD-RuNNer cloud service (SPEC section 5). Logging is configured here and only here."""
+"""`rr-server`: run the RoaD-RuNNer cloud service. Logging is configured here and only here."""
 
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("path", metavar="PATH", help="ONNX model")
     p.add_argument("--name", help="model name to report (default: file name without .onnx)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (SPEC section 3)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: the model, its inputs and its atomic blocks"
+    )
     p.set_defaults(func=run)
 
 

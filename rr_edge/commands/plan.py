@@ -95,7 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("path", metavar="PATH", help="ONNX model")
     add_server_args(p)
     add_plan_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON (SPEC section 6)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: the chosen plan, the Pareto set and the baselines"
+    )
     p.add_argument("--plot", type=plot_path, metavar="PNG", help="write the Pareto figure (.png, .pdf, .svg, .jpg)")
     p.set_defaults(func=run)
 

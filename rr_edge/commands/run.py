@@ -56,7 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="health check period in seconds while the server is down (default %(default)g)",
     )
     p.add_argument("--threads", type=int, default=-1, help="intra-op threads (default $RR_THREADS or ORT's)")
-    p.add_argument("--json", action="store_true", help="print JSON (SPEC section 6)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: measured and predicted latency and energy"
+    )
     p.set_defaults(func=run)
 
 
