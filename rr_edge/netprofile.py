@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MB = 256
+MAX_ECHO_MB = 1024  # the most rr-server echoes in one transfer (its max_echo_bytes)
 DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_UPLOAD_MIN_MB = 1 / 16  # 64 KiB: the fixed costs of a small slice's upload are measured, not extrapolated
 DEFAULT_MIN_TIME_S = 0.1
@@ -79,6 +80,8 @@ class NetProfileConfig:
     def __post_init__(self) -> None:
         if self.max_mb * MiB < 2 * self.min_bytes:
             raise ValueError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
+        if self.max_mb > MAX_ECHO_MB:  # else the sweep would send up to there before the server refused
+            raise ValueError(f"max size {self.max_mb:g} MB is over the {MAX_ECHO_MB} MiB rr-server echoes")
         if self.repeats < 1 or self.points_per_octave < 1:
             raise ValueError("repeats and points_per_octave must be >= 1")
         if self.upload_max_mb and not 0 < 4 * self.upload_min_mb <= self.upload_max_mb:

@@ -18,6 +18,8 @@ class EchoServicer(rr_grpc.EchoServiceServicer):
         received = 0
         for request in request_iterator:
             received += len(request.payload)
+            if received > self._max_total:  # as Receive: a transfer is a measurement, not a way to load the server
+                raise ResourceExhausted(f"more than the echo limit of {self._max_total} bytes sent")
         return rr.SendResponse(received_bytes=received)
 
     def Receive(self, request, context):

@@ -38,6 +38,8 @@ def test_log_sizes() -> None:
     assert NetProfileConfig(max_mb=1).sizes()[-1] == 1024 * 1024
     with pytest.raises(ValueError):
         NetProfileConfig(max_mb=0.001)
+    with pytest.raises(ValueError, match="over the 1024 MiB rr-server echoes"):
+        NetProfileConfig(max_mb=2000)  # refused before its sweep sent 2 GB for the server to refuse the last size
 
 
 def test_probe_slice_carries_its_bytes_as_weights_onnx_runtime_must_process() -> None:

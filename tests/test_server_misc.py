@@ -60,6 +60,18 @@ def test_echo_send_and_receive(env):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_echo_refuses_transfers_over_its_limit_both_ways(tmp_path):
+    with serving(tmp_path, max_echo_bytes=1 << 20) as (_, stubs):
+        for call in (
+            lambda: stubs.echo.Send(iter([rr.SendRequest(payload=bytes(600_000))] * 2), timeout=10),
+            lambda: list(stubs.echo.Receive(rr.ReceiveRequest(bytes=(1 << 20) + 1), timeout=10)),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "echo limit" in err.value.details()
+        assert stubs.echo.Send(iter([rr.SendRequest(payload=bytes(1 << 20))]), timeout=10).received_bytes == 1 << 20
+
+
 def test_metrics_endpoint(env):
     server, stubs = env
     data = conv_model()

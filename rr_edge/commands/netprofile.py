@@ -17,7 +17,14 @@ from rr_edge.commands._common import (
     stderr_console,
 )
 from rr_edge.errors import RoadRunnerError
-from rr_edge.netprofile import DEFAULT_MAX_MB, DEFAULT_UPLOAD_MAX_MB, NetProfileConfig, run_netprofile, summary
+from rr_edge.netprofile import (
+    DEFAULT_MAX_MB,
+    DEFAULT_UPLOAD_MAX_MB,
+    MAX_ECHO_MB,
+    NetProfileConfig,
+    run_netprofile,
+    summary,
+)
 from rr_edge.progress import progress_bars
 
 
@@ -28,7 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--max-mb",
         type=float,
         default=DEFAULT_MAX_MB,
-        help="largest echo payload in MiB (default %(default)g; the slice-upload probes have --upload-max-mb)",
+        help=f"largest echo payload in MiB, at most {MAX_ECHO_MB} (default %(default)g; the slice-upload probes have "
+        "--upload-max-mb)",
     )
     p.add_argument(
         "--upload-max-mb",
