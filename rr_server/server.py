@@ -95,11 +95,15 @@ def check_tls(tls: TlsConfig) -> None:
         context.load_cert_chain(tls.cert, tls.key)
     except ssl.SSLError as exc:
         raise ValueError(f"TLS: {tls.cert} and {tls.key} are not a matching PEM certificate and key ({exc})") from None
+    except OSError as exc:  # ssl does not name the file it could not read
+        raise ValueError(f"TLS: cannot read {tls.cert} or {tls.key}: {exc.strerror or exc}") from None
     if tls.client_ca is not None:
         try:
             context.load_verify_locations(tls.client_ca)
         except ssl.SSLError as exc:
             raise ValueError(f"TLS: {tls.client_ca} is not a PEM CA bundle ({exc})") from None
+        except OSError as exc:
+            raise ValueError(f"TLS: cannot read {tls.client_ca}: {exc.strerror or exc}") from None
 
 
 class Server:
@@ -187,6 +191,17 @@ class Server:
             ) from None
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
+        if self.config.metrics_port is not None:
+            # on the gRPC listener's interface: a server on loopback does not publish its metrics beyond it
+            try:
+                self.metrics_port = self.metrics.serve_http(
+                    self.config.metrics_port, addr=host.strip("[]") or "0.0.0.0"
+                )
+            except OSError as exc:
+                server.stop(None)  # gives the bound gRPC port back
+                raise OSError(
+                    f"cannot serve metrics on port {self.config.metrics_port}: {exc.strerror or exc}"
+                ) from None
         self._register_cloud_node()
         self.predictor.start()
         if self.cloud_profiler is not None:
@@ -195,9 +210,6 @@ class Server:
         self._grpc = server
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.metrics_port is not None:
-            # on the gRPC listener's interface: a server on loopback does not publish its metrics beyond it
-            self.metrics_port = self.metrics.serve_http(self.config.metrics_port, addr=host.strip("[]") or "0.0.0.0")
         self.address = f"{host}:{self.port}"
         log.info(
             "rr-server %s listening on %s (%s) providers=%s data=%s auth=%s",

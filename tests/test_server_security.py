@@ -191,9 +191,15 @@ def test_unusable_tls_files_and_addresses_are_one_clear_error(tmp_path, pki):
     (tmp_path / "garbage.pem").write_text("not a certificate")
     with pytest.raises(ValueError, match="is not a PEM CA bundle"):
         start(tls=TlsConfig(pki / "server.pem", pki / "server.key", tmp_path / "garbage.pem"))
-    running = start_server(tmp_path / "first")
+    with pytest.raises(ValueError, match="cannot read .*missing.pem"):  # ssl's own error names no file
+        start(tls=TlsConfig(tmp_path / "missing.pem", pki / "server.key"))
+    with pytest.raises(ValueError, match="cannot read .*missing-ca.pem"):
+        start(tls=TlsConfig(pki / "server.pem", pki / "server.key", tmp_path / "missing-ca.pem"))
+    running = start_server(tmp_path / "first", metrics_port=0)
     try:
         with pytest.raises(OSError, match="cannot listen on"):
             Server(ServerConfig(data_dir=tmp_path / "d", listen=running.address)).start()
+        with pytest.raises(OSError, match=f"cannot serve metrics on port {running.metrics_port}"):
+            start(metrics_port=running.metrics_port)
     finally:
         running.stop(grace=1)
