@@ -422,21 +422,32 @@ def report_profile(
                 limit = min(limit, info.max_slice_bytes)
         except Exception as exc:  # noqa: BLE001 - the limit is an optimisation; the report must still go out
             log.debug("GetServerInfo failed (%s); using the local slice limit", exc)
+        too_big = []
         for k, layer in enumerate(result.layers):
             data = result.slices.get(layer.signature)
             if progress:
                 progress("upload", k, len(result.layers), layer.signature[:12])
             if data is None or len(data) > limit:
-                log.info("not uploading slice of %s (%d bytes > %d)", layer.signature[:12], len(data or b""), limit)
+                too_big.append(f"block {layer.block_index}")
                 continue
             uploaded = client.upload_slice(data, label=f"{result.model}[{layer.block_index}]")
             result.layers[k] = replace(layer, slice_id=uploaded.slice_id)
         if progress:
             progress("upload", len(result.layers), len(result.layers), "")
         whole = result.model_bytes
-        if result.model_run is not None and whole is not None and len(whole) <= limit:
-            uploaded = client.upload_slice(whole, label=result.model)
-            result.model_run = replace(result.model_run, slice_id=uploaded.slice_id)
+        if result.model_run is not None and whole is not None:
+            if len(whole) <= limit:
+                uploaded = client.upload_slice(whole, label=result.model)
+                result.model_run = replace(result.model_run, slice_id=uploaded.slice_id)
+            else:
+                too_big.append("the whole model")
+        if too_big:
+            log.warning(
+                "not uploaded for the server to time, over the %.3g MiB limit (--max-upload-mb, or the server's "
+                "--max-slice-mb): %s; the cloud's latency of these is predicted instead",
+                limit / 2**20,
+                ", ".join(too_big),
+            )
     models = [result.model_run] if result.model_run is not None else []
     return client.report_layer_profiles(node_id, result.settings, result.layers, models)
 

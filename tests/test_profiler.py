@@ -182,7 +182,7 @@ def test_block_median_repeatable_within_10_percent(resnet50: Any) -> None:
 # -- reporting details and the command ---------------------------------------------------------------------------
 
 
-def test_large_slices_are_not_uploaded(server: str, tmp_path: Path) -> None:
+def test_large_slices_are_not_uploaded(server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from _server_support import conv_model
 
     from rr_edge.blocks import analyze
@@ -197,6 +197,8 @@ def test_large_slices_are_not_uploaded(server: str, tmp_path: Path) -> None:
         assert len(result.layers) == len(analyze(model, "conv").blocks) == 1
         assert result.layers[0].slice_id == ""  # above the limit: reported without a slice
         assert client.list_measured_signatures("edge-small") == {result.layers[0].signature}
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING" and "not uploaded" in r.getMessage()]
+    assert "block 0" in warning.getMessage() and "the whole model" in warning.getMessage()  # and says so
 
 
 def test_profile_command_json(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
@@ -114,7 +112,3 @@ def _finite(o: Any) -> Any:
     if isinstance(o, list | tuple):
         return [_finite(v) for v in o]
     return o
-
-
-def stderr_console() -> Console:
-    return Console(stderr=True)

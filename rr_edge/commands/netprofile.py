@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
 from rich.table import Table
 
 from rr_edge.commands._common import (
@@ -14,7 +15,6 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     print_json,
-    stderr_console,
 )
 from rr_edge.errors import RoadRunnerError
 from rr_edge.netprofile import (
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
         errors = (f"{d[k]:.3f}" if d[k] >= 0 else "-" for k in ("poly4_error", "affine_error", "pwl_error"))
         table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB", d["energy_source"])
-    console = stderr_console()
+    console = Console()
     console.print(table)
     suffix = "" if meter.measured else " (MODELLED, not measured)"
     console.print(f"energy source: {meter.description}{suffix}")

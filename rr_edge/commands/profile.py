@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import analyze
@@ -20,7 +21,6 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     print_json,
-    stderr_console,
 )
 from rr_edge.errors import RoadRunnerError
 from rr_edge.onnx_io import load_model
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**result.to_json(args.node), **({"cloud": cloud} if cloud else {})})
         return 0
-    console = stderr_console()
+    console = Console()
     modelled = "" if result.energy_measured else " (MODELLED, not measured)"
     table = Table(
         title=f"{result.model} on {args.node}: {len(result.layers)} of {result.unique_signatures} unique "

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rr_edge.commands._common import add_server_args, connect, print_json, stderr_console
+from rich.console import Console
+
+from rr_edge.commands._common import add_server_args, connect, print_json
 from rr_edge.errors import ModelError
 from rr_edge.onnx_io import load_model
 
@@ -34,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.to_json())
     else:
         state = "already cached, nothing sent" if result.cached else "uploaded"
-        stderr_console().print(f"{path.name}: {state} ({result.bytes:,} bytes)")
+        Console().print(f"{path.name}: {state} ({result.bytes:,} bytes)")
         print(result.slice_id)
     return 0
