@@ -91,7 +91,7 @@ def _run(argv: list[str]) -> int:
 def _hint(exc: RoadRunnerError, server: str | None) -> str:
     """What to check, for the errors whose cause is outside the command line's reach."""
     if isinstance(exc, ServerUnavailable) and server:
-        return f"; check that rr-server is running at {server}"
+        return f"; check that rr-server is running at {server} (a server with TLS needs --tls or --tls-ca)"
     if isinstance(exc, ServerError) and exc.code == "UNAUTHENTICATED":
         from rr_edge.commands._common import ENV_TOKEN
 

@@ -311,14 +311,14 @@ def make_runner(
 
 
 def validate_split(text: str, n_blocks: int) -> tuple[int, int]:
-    """Parse `--split I,J`."""
+    """Parse `--split I,J`; I = J (nothing offloaded) is the all-local plan, written as the planner writes it."""
     try:
         i, j = (int(v) for v in text.split(","))
     except ValueError:
         raise RoadRunnerError(f"--split wants I,J (two integers), got {text!r}") from None
     if not -1 <= i <= j <= n_blocks - 1:
         raise RoadRunnerError(f"--split {i},{j} out of range: need -1 <= I <= J <= {n_blocks - 1}")
-    return i, j
+    return (i, j) if i < j else (n_blocks - 1, n_blocks - 1)
 
 
 def local_outputs(settings: OrtSettings, onnx_bytes: bytes, x: np.ndarray) -> dict[str, np.ndarray]:

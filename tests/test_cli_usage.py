@@ -256,6 +256,8 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
 def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-untyped-def]
     assert main(["run", str(model), *DEAD, "--split", "0,0", "--input", str(x), "--repeat", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    last = len(analyze(onnx.load(model)).blocks) - 1
+    assert out["split"] == [last, last]  # all local, written as plan writes it
     assert set(out) == {
         "split", "requests", "latency_ms", "energy_mJ", "energy_source", "energy_measured", "fallback",
         "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used", "upload_ms",
