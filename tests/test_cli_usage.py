@@ -141,7 +141,7 @@ def test_unreachable_server_error_names_the_address(capsys, model) -> None:  # t
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("rr-edge plan: error: ") and "UNAVAILABLE" in err[0]
-    assert err[0].endswith("check that rr-server is running at 127.0.0.1:1")
+    assert "check that rr-server is running at 127.0.0.1:1 (a server with TLS needs --tls" in err[0]
 
 
 def test_a_missing_token_error_says_how_to_give_one(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
