@@ -1,11 +1,10 @@
 """The one place where requests meet policy: authentication, domain errors -> status codes, open streams, metrics.
 
 Every handler is wrapped so that a `ServerError` becomes its status code with its message (`ServerError.details`,
-cut to fit the status metadata), a request that does not parse becomes INVALID_ARGUMENT (grpcio answers INTERNAL to a
-deserializer that raises), and anything else becomes INTERNAL with a generic message (the traceback goes to the log
-only). Health and reflection stay open without a token
-so that probes and `buf curl`/`grpcurl` discovery work; every other method needs a valid bearer token when the server
-runs with a token table.
+cut to fit the status metadata), a request that does not parse becomes INVALID_ARGUMENT (grpcio answers INTERNAL to
+a deserializer that raises), and anything else becomes INTERNAL with a generic message (the traceback goes to the
+log only). Health and reflection stay open without a token so that probes and `buf curl`/`grpcurl` discovery work;
+every other method needs a valid bearer token when the server runs with a token table.
 
 Every call holds one of the server's worker threads for as long as it is open, and a stream may stay open while
 idle: an edge keeps its ModelStreamInfer stream open between requests, a slow client can hold an upload or a health
