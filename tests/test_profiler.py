@@ -192,6 +192,7 @@ def test_large_slices_are_not_uploaded(server: str, tmp_path: Path, caplog: pyte
     path.write_bytes(conv_model(channels=4, size=8, out_channels=4, seed=2))
     model = load_model(path)
     config = ProfileConfig(sample=1.0, seed=0, timing=FAST, e2e_timing=FAST, max_upload_bytes=16)
+    caplog.set_level("WARNING", logger="rr_edge.profiler")
     with Client(server) as client:
         result = run_profile(client, "edge-small", model, "conv", settings=ONE_THREAD, config=config)
         assert len(result.layers) == len(analyze(model, "conv").blocks) == 1

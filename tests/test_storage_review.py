@@ -149,6 +149,7 @@ def test_slices_reported_before_a_kill_9_are_timed_after_the_restart(tmp_path):
     run = rr.ModelProfile(model="net", latency=rr.LatencyStats(median_ms=50.0), sum_of_blocks_ms=45.0)
     run.slice_id = sha256(whole)  # last: queued behind every block
     items.append(rr.ReportLayerProfilesRequest(node_id="a", model=run))
+    items.append(rr.ReportLayerProfilesRequest(node_id="a", end=rr.ReportEnd(items=len(items))))
     assert stubs.profiles.ReportLayerProfiles(iter(items), timeout=30).accepted_layers == 20
     server.kill9()  # right after the acknowledgement: the queue held most of the jobs
     stubs.close()

@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.to_json())
     else:
         state = "already cached, nothing sent" if result.cached else "uploaded"
-        Console().print(f"{path.name}: {state} ({result.bytes:,} bytes)")
-        print(result.slice_id)
+        Console(stderr=True).print(f"{path.name}: {state} ({result.bytes:,} bytes)")
+        print(result.slice_id)  # alone on stdout, for scripts
     return 0
