@@ -14,7 +14,8 @@ by one helper (`_rpc`):
     ├── RESOURCE_EXHAUSTED with a retry pushback   ->  rr_edge.errors.ServerBusy(retry_after_s)
     └── any other status                          ->  rr_edge.errors.ServerError(code)
 
-A server with every stream slot in use refuses a new stream as busy. Uploads, reports and echo transfers are then
+A server with every stream slot in use refuses a new stream as busy, and one refitting its predictions to make room
+for more never-measured blocks refuses such a query. Uploads, reports, echo transfers and predictions are then
 tried again after the pushback the server gives, the wait doubling each time (jittered, at most 2 s), for up to
 `ClientOptions.busy_wait_s` or the call's `busy_wait_s` (0: not retried), and never past an explicit `timeout_s`,
 before ServerBusy is raised.
@@ -130,7 +131,7 @@ class ClientOptions:
     min_bandwidth_bytes_per_s: float = DEFAULT_MIN_BANDWIDTH_BYTES_PER_S
     # Longest wait between two connection attempts to a server that went away (gRPC's default is 120 s).
     max_reconnect_backoff_s: float = DEFAULT_MAX_RECONNECT_BACKOFF_S
-    # How long an upload, report or echo transfer the server is too busy for is retried (0: not retried).
+    # How long an upload, report, echo transfer or prediction the server is too busy for is retried (0: not retried).
     busy_wait_s: float = DEFAULT_BUSY_WAIT_S
     token: str | None = None
     tls: TlsOptions | None = None
@@ -462,8 +463,7 @@ class Client:
             if len(features) != len(signatures):
                 raise ValueError("features must be parallel to signatures")
             request.features.extend(wire.features_pb(f) for f in features)
-        with self._rpc("Predict"):
-            r = self._predictions.Predict(request, **self._kw(timeout_s))
+        r = self._retry_busy("Predict", lambda t: self._predictions.Predict(request, **self._kw(t)), timeout_s)
         by_sig = {
             p.signature: Prediction(
                 p.signature,

@@ -17,7 +17,8 @@ measured a signature no fitted node measured (only a refit carries that to the o
 predicted by the median of the edge rows.
 
 A query stores nothing: a signature outside the fit gets a cold-start column keyed by its features, kept only until the
-next refit (at most `MAX_COLD_COLUMNS` of them; past that a refit is scheduled, which drops them).
+next refit. Past `MAX_COLD_COLUMNS` of them a refit is scheduled, which drops them, and until it has, a query that
+needs new ones is refused as Busy (retry shortly): queries alone cannot grow the engine's memory without bound.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from rr_server.cf_engine import engine_name, make_engine
-from rr_server.errors import NotFound
+from rr_server.errors import Busy, NotFound
 from rr_server.records import (
     MAX_ENERGY_MJ,
     MAX_LATENCY_MS,
@@ -65,6 +66,7 @@ BOUNDS = {
     "energy": (MIN_ENERGY_MJ, MAX_ENERGY_MJ),
 }  # what reports may hold
 MAX_COLD_COLUMNS = 10_000
+REFIT_RETRY_AFTER_S = 1.0  # the pushback of a query refused until the refit that drops the cold columns
 
 
 def _sizes(f: Features) -> list[int]:
@@ -130,6 +132,12 @@ class _Target:
             keys.append(key)
             if key not in self.cold:
                 new[key] = raw, additive
+        if new and self.cold and len(self.cold) + len(new) > MAX_COLD_COLUMNS:
+            raise Busy(
+                f"{len(new)} block(s) no node measured, beside the {len(self.cold)} already queried since the last "
+                "fit: the server is refitting to make room; retry shortly",
+                REFIT_RETRY_AFTER_S,
+            )
         if new:
             mean, std = self.scale
             raws, additives = (np.stack(parts) for parts in zip(*new.values(), strict=True))
@@ -328,7 +336,11 @@ class Predictor:
         for target in (latency_t, energy_t):  # every column the query lacks, in one engine call per matrix
             if target is not None:
                 blocks = [features.get(s) or known.get(s) for s in signatures if s not in target.cols]
-                target.add_cold([f for f in blocks if f is not None])
+                try:
+                    target.add_cold([f for f in blocks if f is not None])
+                except Busy:
+                    self.notify()  # the refit drops the queried columns
+                    raise
         out = []
         for sig in signatures:
             f = features.get(sig) or known.get(sig)

@@ -9,6 +9,8 @@ import grpc
 import pytest
 from _server_support import Stubs, layer, report, serving
 
+from rr_edge.client import Client
+from rr_edge.profiles import BlockFeatures
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import predictor as predictor_module
 from rr_server.records import (
@@ -161,16 +163,24 @@ def test_predict_stores_nothing_and_the_model_does_not_grow(env, monkeypatch):
     with pytest.raises(grpc.RpcError) as err:
         predict(stubs, "a", ["junk0"])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    # Past the cap on queried columns, a refit drops them all.
+    # Past the cap on queried columns, a refit drops them all; until then a query needing more is refused as busy.
     monkeypatch.setattr(predictor_module, "MAX_COLD_COLUMNS", 5)
     distinct = [rr.BlockFeatures(ops=["Gemm"], flops=10**6 + k, input_bytes=10, output_bytes=10) for k in range(10)]
-    predict(stubs, "b", [f"other{k}" for k in range(10)], distinct)
-    assert server.storage.signatures() == stored
+    with pytest.raises(grpc.RpcError) as err:
+        predict(stubs, "b", [f"other{k}" for k in range(10)], distinct)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "refitting" in err.value.details()
+    assert ("grpc-retry-pushback-ms", "1000") in err.value.trailing_metadata()
+    assert server.storage.signatures() == stored and target.engine.n_cols == n_cols + 1  # nothing added
     deadline = time.monotonic() + 10
     while server.predictor._targets["latency"] is target and time.monotonic() < deadline:
         time.sleep(0.02)
     refitted = server.predictor._targets["latency"]
     assert refitted is not target and refitted.engine.n_cols == len(SIGS) and not refitted.cold
+    # A fresh fit takes one query of any size, the edge's client waits out a refusal.
+    assert len(predict(stubs, "b", [f"other{k}" for k in range(10)], distinct)) == 10
+    with Client(server.address) as client:
+        more = [BlockFeatures(("Gemm",), 10**7 + k, 0, 10, 10) for k in range(10)]
+        assert len(client.predict("b", [f"more{k}" for k in range(10)], more).by_signature) == 10
 
 
 def test_op_names_and_op_counts_are_capped(env):
