@@ -17,7 +17,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rr_edge.errors import MeterError, ModelError, RoadRunnerError, ServerBusy, ServerError, ServerUnavailable
+from rr_edge.errors import (
+    InputError,
+    MeterError,
+    ModelError,
+    PredictionsPending,
+    RoadRunnerError,
+    ServerBusy,
+    ServerError,
+    ServerUnavailable,
+)
 
 _LAZY = {
     "AsyncEdgeNode": "rr_edge.api",
@@ -41,10 +50,12 @@ __all__ = [
     "Client",
     "ClientOptions",
     "EdgeNode",
+    "InputError",
     "MeterError",
     "ModelError",
     "OrtSettings",
     "PlanReport",
+    "PredictionsPending",
     "RoadRunnerError",
     "RunResult",
     "Runner",

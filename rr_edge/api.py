@@ -22,6 +22,7 @@ asyncio (blocking work runs in worker threads, the event loop stays free)::
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,9 @@ class _Model:
 
 
 class EdgeNode:
-    """This device as a node of a RoaD-RuNNer server. A context manager; not thread-safe (runners are)."""
+    """This device as a node of a RoaD-RuNNer server. A context manager; its methods and its runners may be called
+    from several threads (or, through AsyncEdgeNode, concurrent tasks): the energy meter is made once and a model is
+    loaded once. Profiling and network profiling time this device, so run them one at a time."""
 
     def __init__(
         self,
@@ -75,21 +78,24 @@ class EdgeNode:
         self._meter: Meter | None = None
         self.power = power or resolve_power(self._meter_options.power_config, self._meter_options.device_class)[0]
         self._models: dict[str, _Model] = {}
+        self._lock = threading.Lock()  # makes the meter and loads models once, whatever calls at the same time
 
     @property
     def meter(self) -> Meter:
-        if self._meter is None:
-            gpu_work = self.settings.resolved().uses_gpu  # NVML before RAPL when the work runs on the GPU
-            self._meter = select_meter(self._energy, self._meter_options, gpu_work=gpu_work)
-        return self._meter
+        with self._lock:
+            if self._meter is None:
+                gpu_work = self.settings.resolved().uses_gpu  # NVML before RAPL when the work runs on the GPU
+                self._meter = select_meter(self._energy, self._meter_options, gpu_work=gpu_work)
+            return self._meter
 
     def _load(self, model: str | Path) -> _Model:
         key = str(Path(model).resolve())
-        if key not in self._models:
-            proto = load_model(model)
-            graph = analyze(proto, Path(model).stem)
-            self._models[key] = _Model(proto, graph, Slicer(proto, graph))
-        return self._models[key]
+        with self._lock:
+            if key not in self._models:
+                proto = load_model(model)
+                graph = analyze(proto, Path(model).stem)
+                self._models[key] = _Model(proto, graph, Slicer(proto, graph))
+            return self._models[key]
 
     def blocks(self, model: str | Path) -> BlockGraph:
         """The model's atomic blocks."""
@@ -170,10 +176,14 @@ class EdgeNode:
         refuses the slice (too large, or its ONNX Runtime cannot open it) raises ServerError, an unreachable one
         leaves the runner running locally until it answers. Without `config`, requests have the client's
         `ClientOptions.timeout_s` as their deadline."""
+        if isinstance(plan, PlanReport):
+            report, split = plan, (plan.chosen.i, plan.chosen.j)
+        elif isinstance(plan, tuple | list) and len(plan) == 2 and all(isinstance(k, int) for k in plan):
+            report, split = None, (plan[0], plan[1])
+        else:
+            raise TypeError(f"plan is a PlanReport or a split (i, j) of two ints, not {plan!r}")
         m = self._load(model)
         config = config or RunnerConfig(timeout_s=self.client.options.timeout_s)
-        report = plan if isinstance(plan, PlanReport) else None
-        split = (report.chosen.i, report.chosen.j) if report else (int(plan[0]), int(plan[1]))  # type: ignore[index]
         return make_runner(m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report)
 
     def close(self) -> None:
@@ -181,9 +191,10 @@ class EdgeNode:
         try:
             self.client.close()
         finally:
-            if self._meter is not None:
-                self._meter.close()
-                self._meter = None
+            with self._lock:
+                if self._meter is not None:
+                    self._meter.close()
+                    self._meter = None
 
     def __enter__(self) -> EdgeNode:
         return self

@@ -278,6 +278,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(self.address, options=opts.channel_options())
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
+        self._closed = False
         self._nodes = rgrpc.NodeServiceStub(self._channel)
         self._profiles = rgrpc.ProfileServiceStub(self._channel)
         self._predictions = rgrpc.PredictionServiceStub(self._channel)
@@ -296,6 +297,7 @@ class Client:
     # -- plumbing ------------------------------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -304,12 +306,20 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_open(self, what: str) -> None:
+        if self._closed:  # gRPC's own error is a bare ValueError ("Channel closed!")
+            raise ServerUnavailable(f"{what}: this client is closed", "UNAVAILABLE")
+
     @contextmanager
     def _rpc(self, what: str) -> Iterator[None]:
+        self._check_open(what)
         try:
             yield
         except grpc.RpcError as exc:
             raise _server_error(exc, what) from None
+        except ValueError:
+            self._check_open(what)  # closed while the call ran
+            raise
 
     def _retry_busy(
         self,
@@ -603,7 +613,9 @@ class Client:
         kw: dict[str, Any] = {"metadata": self._metadata}
         if timeout_s is not None:
             kw["timeout"] = timeout_s
-        return InferStream(self._model_stream_infer(requests, **kw), f"ModelStreamInfer {slice_id[:12]}", requests)
+        what = f"ModelStreamInfer {slice_id[:12]}"
+        self._check_open(what)
+        return InferStream(self._model_stream_infer(requests, **kw), what, requests)
 
     # -- echo (network profiling) --------------------------------------------------------------------------------
 

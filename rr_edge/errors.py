@@ -2,6 +2,8 @@
 
     RoadRunnerError            base of everything this package raises on purpose
     ├── ModelError             unreadable / invalid ONNX, bad block range, export failure
+    ├── InputError             a request's inputs do not match the model (also a ValueError)
+    ├── PredictionsPending     the server has no prediction yet for some block (profile first, or wait)
     ├── ServerError            the server answered with an error status (carries the gRPC code name)
     │   ├── ServerUnavailable  the server cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, broken stream)
     │   └── ServerBusy         the server had no capacity free for the call and said when to retry
@@ -19,6 +21,14 @@ class RoadRunnerError(Exception):
 
 class ModelError(RoadRunnerError):
     """A model file or a model operation is invalid."""
+
+
+class InputError(RoadRunnerError, ValueError):
+    """The inputs of a request do not match the model's (names, types, shapes)."""
+
+
+class PredictionsPending(RoadRunnerError):
+    """The server has not predicted every block yet (nothing measured, or a refit still running)."""
 
 
 class ServerError(RoadRunnerError):

@@ -24,7 +24,7 @@ from rr_edge import neurosurgeon
 from rr_edge.baselines import all_baselines
 from rr_edge.blocks import BlockGraph
 from rr_edge.client import Client, Prediction, slice_id_of
-from rr_edge.errors import RoadRunnerError
+from rr_edge.errors import PredictionsPending, RoadRunnerError
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
@@ -99,10 +99,6 @@ class PlanReport:
         }
 
 
-class PredictionsPending(RoadRunnerError):
-    """The server has not predicted every block yet (nothing measured, or a refit still running)."""
-
-
 def gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSpec, wait_s: float = 0.0) -> Costs:
     """Ask the server for the predictions of every block on this node and on the cloud node, and the network.
 
@@ -121,7 +117,9 @@ def gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSp
 def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerSpec) -> Costs:
     profile = client.get_network_profile(node_id)
     if profile is None:
-        raise RoadRunnerError(f"node {node_id!r} has no network profile on the server: run `rr-edge netprofile`")
+        raise RoadRunnerError(
+            f"node {node_id!r} has no network profile on the server: run `rr-edge netprofile` (EdgeNode.netprofile)"
+        )
     signatures = [b.signature for b in graph.blocks]
     features = [features_of(b) for b in graph.blocks]
     edge = client.predict(node_id, signatures, features, model=graph.model)
@@ -136,7 +134,8 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     if missing:
         raise PredictionsPending(
             f"the server has no latency prediction yet for {len(set(missing))} block(s) (e.g. {missing[0]}): "
-            "profile the model on this node first, or retry once the server has refitted"
+            "profile the model on this node first (rr-edge profile, EdgeNode.profile), or retry once the server has "
+            "refitted"
         )
     edge_preds = tuple(edge.by_signature[s] for s in signatures)
     cloud_preds = tuple(cloud.by_signature[s] for s in signatures)

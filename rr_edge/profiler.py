@@ -33,7 +33,7 @@ from rr_edge.errors import ModelError
 from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
-from rr_edge.session import OrtSettings
+from rr_edge.session import ORT_DTYPES, OrtSettings
 from rr_edge.slicing import Slicer
 
 if TYPE_CHECKING:
@@ -214,25 +214,12 @@ def features_of(block: Block) -> BlockFeatures:
     return BlockFeatures(block.ops, block.flops, block.param_bytes, block.input_bytes, block.output_bytes)
 
 
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
 def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for a session: standard-normal floats, zeros for integers and booleans (dynamic dims = 1)."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for arg in session.get_inputs():
-        dtype = _ORT_DTYPES.get(arg.type)
+        dtype = ORT_DTYPES.get(arg.type)
         if dtype is None:
             raise ModelError(f"input {arg.name!r} has type {arg.type}, which the profiler cannot generate")
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in arg.shape)

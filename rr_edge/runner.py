@@ -4,15 +4,14 @@
 
 The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and opened on the
 server before the first request (in the upload's own call, `SliceHeader.load`), then called through the KServe
-protocol with a deadline.
-When the server is unreachable, times out, breaks the stream or answers with an error, the runner runs the middle
-slice locally, so the request still completes (`RunResult.fallback` is True; a slice the server no longer holds is
-uploaded again for the next request; a request the server rejects as invalid, INVALID_ARGUMENT, is finished locally
-too and says nothing about the server). While the server is down, failing or refusing the slice, every request runs
-locally without waiting for it: a health check in the background, `RunnerConfig.retry_interval_s` after the end of
-the previous one, returns to the plan once the server answers again. Observed transfer times update the plan's
-network models (exponentially weighted); `replan_needed` turns True when they drift by more than
-`RunnerConfig.drift_threshold`.
+protocol with a deadline. When the server is unreachable, times out, breaks the stream or answers with an error, the
+runner runs the middle slice locally, so the request still completes (`RunResult.fallback` is True,
+`RunResult.error` says why; a slice the server no longer holds is uploaded again for the next request; a request the
+server rejects as invalid, INVALID_ARGUMENT, is finished locally too and says nothing about the server). While the
+server is down, failing or refusing the slice, every request runs locally without waiting for it: a health check in
+the background, `RunnerConfig.retry_interval_s` after the end of the previous one, returns to the plan once the
+server answers again. Observed transfer times update the plan's network models (exponentially weighted);
+`replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold`.
 """
 
 from __future__ import annotations
@@ -32,9 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
+from rr_edge.errors import InputError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.netmodel import NetworkModel, split_network_ms
-from rr_edge.session import OrtSettings
+from rr_edge.session import ORT_DTYPES, OrtSettings
 
 if TYPE_CHECKING:
     from rr_edge.meters.model import PowerSpec
@@ -116,7 +115,7 @@ class RunResult:
     tail_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
-    error: str = ""
+    error: str = ""  # why the request finished locally (with `fallback`)
 
     def remote_parts(self, expected_server_ms: float | None = None) -> tuple[float, float]:
         """(server ms, network ms) of the round trip: the run the server reported and the rest. When it did not say
@@ -152,6 +151,35 @@ class _Local:
         self.session = settings.create_session(onnx_bytes)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
+        # per input: numpy type (None: one numpy has no name for) and shape (None: a dimension of any size)
+        self._specs = [
+            (
+                arg.name,
+                np.dtype(ORT_DTYPES[arg.type]) if arg.type in ORT_DTYPES else None,
+                [d if isinstance(d, int) and d > 0 else None for d in arg.shape],
+            )
+            for arg in self.session.get_inputs()
+        ]
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        """InputError unless `given` holds an array of the right type and shape for each input of this part: checked
+        before any work (a wrong tensor went to the server, and came back as ONNX Runtime's own error)."""
+        for name, dtype, shape in self._specs:
+            x = given.get(name)
+            if not isinstance(x, np.ndarray):
+                got = "nothing" if x is None else f"a {type(x).__name__}"
+            elif (
+                (dtype is not None and x.dtype != dtype)
+                or x.ndim != len(shape)
+                or any(d is not None and d != n for d, n in zip(shape, x.shape, strict=True))
+            ):
+                got = f"{x.dtype} {list(x.shape)}"
+            else:
+                continue
+            takes = ", ".join(
+                f"{n!r} {t or '?'} {['?' if d is None else d for d in dims]}" for n, t, dims in self._specs
+            )
+            raise InputError(f"input {name!r}: got {got}; the model takes {takes}")
 
     def feed(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: env[name] for name in self.inputs}
@@ -264,6 +292,7 @@ class Runner:
         self._stream: _Stream | None = None
         self._unary_until = 0.0  # ModelInfer calls until then (monotonic): the server had no stream slot free
         self._down_since: float | None = None
+        self._down_reason = ""  # the error that marked the server down
         self._last_probe = 0.0  # when the last health check of a server that is down ended
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
@@ -273,6 +302,7 @@ class Runner:
             self._connect(at_start=True)
         first = self._head or self._middle_local or self._tail
         assert first is not None
+        self._first = first
         self.input_names = first.inputs
 
     # -- server state -------------------------------------------------------------------------------------------
@@ -321,6 +351,7 @@ class Runner:
         if self._down_since is None:
             log.warning("server failed, running locally until it answers again: %s", exc)
             self._down_since = time.monotonic()
+            self._down_reason = str(exc)
         self._last_probe = time.monotonic()
 
     def _remote_usable(self) -> bool:
@@ -399,6 +430,7 @@ class Runner:
                 env.update(outputs)
                 return
         result.fallback = True
+        result.error = result.error or f"server down, running locally until it answers: {self._down_reason}"
         env.update(self._run_local(self._middle_local, env))
 
     def _offload(self, feed: Mapping[str, np.ndarray], result: RunResult) -> dict[str, np.ndarray] | None:
@@ -426,8 +458,11 @@ class Runner:
         """Run one request through the plan."""
         if isinstance(inputs, np.ndarray):
             if len(self.input_names) != 1:
-                raise ValueError(f"this model takes {len(self.input_names)} inputs; pass a dict")
+                raise InputError(f"this model takes {len(self.input_names)} inputs; pass a dict")
             inputs = {self.input_names[0]: inputs}
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"inputs are an array or a dict of arrays by input name, not {type(inputs).__name__}")
+        self._first.check(inputs)
         start = time.perf_counter()
         env = dict(inputs)
         result = RunResult(outputs={}, fallback=False, total_ms=0.0)

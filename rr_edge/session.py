@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
@@ -38,6 +39,17 @@ _SHORT = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
     "rocm": "ROCMExecutionProvider",
+}
+ORT_DTYPES = {  # ONNX Runtime's input type names -> numpy
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
 }
 _warned_fallback: set[OrtSettings] = set()  # settings whose session already fell back (warned once each)
 

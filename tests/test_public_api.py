@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 import rr_edge
 import rr_server
+from rr_edge import api
 
 
 @pytest.mark.parametrize("package", [rr_edge, rr_server])
@@ -63,3 +66,34 @@ def test_plan_without_network_profile_says_what_to_do(tiny_server):
     address, path = tiny_server
     with rr_edge.connect(address, "never-profiled") as node, pytest.raises(rr_edge.RoadRunnerError, match="netprofile"):
         node.plan(Path(path), wait_s=0)
+
+
+def test_a_node_shared_by_threads_makes_its_meter_and_loads_a_model_once(tiny_server, monkeypatch):
+    """AsyncEdgeNode invites concurrent calls: two meters were made (one never closed) and a model loaded per call."""
+    address, path = tiny_server
+    made, loaded = [], []
+    real_select, real_load = api.select_meter, api.load_model
+
+    def slow_select(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.1)  # a meter's probe takes a while: the window two callers met in
+        made.append(real_select(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(api, "select_meter", slow_select)
+    monkeypatch.setattr(api, "load_model", lambda p: loaded.append(p) or real_load(p))
+    with rr_edge.connect(address, "api-threads", energy="model") as node:
+        with ThreadPoolExecutor(4) as pool:
+            meters = set(pool.map(lambda _: id(node.meter), range(4)))
+            graphs = set(pool.map(lambda _: id(node.blocks(path)), range(4)))
+    assert len(made) == 1 and len(meters) == 1 and len(loaded) == 1 and len(graphs) == 1
+
+
+def test_a_closed_node_and_bad_arguments_raise_the_packages_errors(tiny_server):
+    address, path = tiny_server
+    node = rr_edge.connect(address, "api-closed")
+    with pytest.raises(TypeError, match="a split \\(i, j\\) of two ints"):
+        node.runner(path, "2,9")  # type: ignore[arg-type]
+    node.close()
+    node.close()  # twice is fine
+    with pytest.raises(rr_edge.ServerUnavailable, match="this client is closed"):
+        node.plan(path, wait_s=0)  # gRPC's own error was a bare ValueError ("Cannot invoke RPC on closed channel!")

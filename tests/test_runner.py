@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 import urllib.request
 
@@ -13,7 +14,7 @@ import pytest
 import rr_server
 from rr_edge.blocks import analyze
 from rr_edge.client import Client, ClientOptions, slice_id_of
-from rr_edge.errors import ServerError
+from rr_edge.errors import InputError, ServerError, ServerUnavailable
 from rr_edge.measure import measure_splits
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
@@ -63,6 +64,29 @@ def test_stream_and_unary_runs_equal_the_local_model(chain, client, split):
                 np.testing.assert_allclose(result.outputs["y3"], local["y3"], rtol=1e-5, atol=1e-6)
 
 
+def test_inputs_that_do_not_fit_the_model_are_refused_before_any_work(chain, client):
+    """A wrong array went to the server (a wasted round trip) and came back as ONNX Runtime's own error; a wrong
+    name was a KeyError, a list a ValueError from dict()."""
+    model, graph, slicer = chain
+    x = _x(graph)
+    name = graph.inputs[0].name
+    with make_runner(slicer, graph, (-1, 3), client) as runner:
+        for bad, fragment in (
+            (x.astype(np.float64), "got float64"),
+            (x[:, :1], f"got float32 {list(x[:, :1].shape)}"),
+            (x[0], "got float32"),
+            ({"other": x}, f"input {name!r}: got nothing"),
+            ({name: x.tolist()}, "got a list"),
+            ([x], "not list"),
+        ):
+            with pytest.raises(InputError, match=re.escape(fragment)) as err:
+                runner.run(bad)
+            assert f"the model takes {name!r} float32 {list(x.shape)}" in str(err.value) or bad.__class__ is list
+        result = runner.run({name: x, "unused": x})  # extra names are ignored
+        assert result.fallback is False and not runner.server_down
+    assert issubclass(InputError, ValueError)
+
+
 def test_a_runner_has_its_middle_slice_open_on_the_server_before_the_first_request(chain, tmp_path):
     """Upload and load are one-time costs the runner pays when it starts (its `upload_ms`), not the first request."""
     _, graph, slicer = chain
@@ -107,6 +131,28 @@ def test_a_plan_that_offloads_needs_a_server(chain):
         Runner(plan_slices(slicer, len(graph.blocks), 0, 2))
 
 
+def test_a_runner_whose_client_was_closed_finishes_its_requests_locally(chain, tmp_path, monkeypatch):
+    """gRPC's error for a closed channel is a bare ValueError: it came out of Runner.run, and out of the runner's
+    health probe thread on every retry interval."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    crashed: list[BaseException] = []
+    monkeypatch.setattr("threading.excepthook", lambda args: crashed.append(args.exc_value))
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as s:
+        client = Client(s.address)
+        with make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(retry_interval_s=0.05)) as runner:
+            assert runner.run(x).fallback is False
+            client.close()
+            for _ in range(5):
+                result = runner.run(x)
+                assert result.fallback is True and "closed" in result.error  # each says why, not the first only
+                time.sleep(0.06)  # past the retry interval: the runner probes the server again
+        with pytest.raises(ServerUnavailable, match="this client is closed"):
+            client.server_info()
+        assert client.healthy() is False
+    assert crashed == []
+
+
 def test_unreachable_server_at_start_runs_locally(chain):
     _, graph, slicer = chain
     x = _x(graph)
@@ -131,7 +177,7 @@ def test_an_error_status_from_the_server_finishes_the_request_locally(tmp_path, 
         with runner:
             first, second = runner.run(x), runner.run(x)
     assert first.fallback and "RESOURCE_EXHAUSTED" in first.error and runner.server_down
-    assert second.fallback and second.error == ""  # local without asking again, until the retry interval
+    assert second.fallback and second.error.startswith("server down")  # not asked again, until the retry interval
     np.testing.assert_allclose(first.outputs["y2"], make_runner(slicer, graph, (2, 2), None)(x)["y2"], rtol=1e-5)
 
 
