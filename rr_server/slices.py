@@ -80,8 +80,6 @@ class SliceStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
             stale.unlink(missing_ok=True)
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
 
     def path_of(self, slice_id: str) -> Path:
         return self.root / f"{check_slice_id(slice_id)}.onnx"
@@ -121,7 +119,7 @@ class SliceStore:
 
     def _install(self, verified: Path, info: SliceInfo) -> None:
         """Move a verified upload into place durably, after making room for it within the budget."""
-        with self._evict_lock, self._lock_for(info.slice_id):
+        with self._evict_lock:  # one install at a time: eviction and the move see one store
             self._make_room(info)
             os.replace(verified, info.path)
             _fsync_dir(info.path.parent)
@@ -162,10 +160,6 @@ class SliceStore:
         upload = self.begin(slice_id, len(data))
         upload.write(data)
         return upload.commit()
-
-    def _lock_for(self, slice_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(slice_id, threading.Lock())
 
 
 class Upload:

@@ -137,20 +137,22 @@ def test_slices_reported_before_a_kill_9_are_timed_after_the_restart(tmp_path):
     data_dir = tmp_path / "data"
     block, whole = conv_model(channels=32, size=32, out_channels=32, seed=3), conv_model(seed=4)
     server = ServerProcess(data_dir)
-    stubs = Stubs.connect(server.address)
-    register(stubs, "a")
-    stubs.upload(block)
-    stubs.upload(whole)
-    items = []
-    for k in range(20):
-        item = layer(f"blk{k:02d}", 2.0 + k, **FEATURES)
-        item.slice_id = sha256(block)
-        items.append(rr.ReportLayerProfilesRequest(node_id="a", layer=item))
-    run = rr.ModelProfile(model="net", latency=rr.LatencyStats(median_ms=50.0), sum_of_blocks_ms=45.0)
-    run.slice_id = sha256(whole)  # last: queued behind every block
-    items.append(rr.ReportLayerProfilesRequest(node_id="a", model=run))
-    items.append(rr.ReportLayerProfilesRequest(node_id="a", end=rr.ReportEnd(items=len(items))))
-    assert stubs.profiles.ReportLayerProfiles(iter(items), timeout=30).accepted_layers == 20
+    try:  # a failure must not leave the server process running
+        stubs = Stubs.connect(server.address)
+        register(stubs, "a")
+        stubs.upload(block)
+        stubs.upload(whole)
+        items = []
+        for k in range(20):
+            item = layer(f"blk{k:02d}", 2.0 + k, **FEATURES)
+            item.slice_id = sha256(block)
+            items.append(item)
+        run = rr.ModelProfile(model="net", latency=rr.LatencyStats(median_ms=50.0), sum_of_blocks_ms=45.0)
+        run.slice_id = sha256(whole)  # last: queued behind every block
+        assert stubs.profiles.ReportLayerProfiles(report("a", *items, run), timeout=30).accepted_layers == 20
+    except BaseException:
+        server.terminate()
+        raise
     server.kill9()  # right after the acknowledgement: the queue held most of the jobs
     stubs.close()
 
