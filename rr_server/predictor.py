@@ -11,7 +11,9 @@ Answers, per value:
 * COLD_START  - no node measured this signature: predicted from its features only.
 * UNKNOWN     - nothing to go on (no measurement of this quantity anywhere yet); the value is 0.
 
-Refits run in a background thread, debounced after reports arrive (`notify`), never on the request path. A node that
+Refits run in a background thread, debounced after reports arrive (`notify`), never on the request path, and with
+at least `REFIT_IDLE_FACTOR` times the last refit's duration between two of them: a refit reads and fits everything,
+so under steady reports at tens of thousands of signatures (3.4 s each) they had run back to back. A node that
 was not in the last fit is folded in (a ridge solve against the fixed column factors) instead of refitting, unless it
 measured a signature no fitted node measured (only a refit carries that to the others). A node with no row at all is
 predicted by the median of the edge rows.
@@ -61,6 +63,7 @@ OP_VOCABULARY = (
 )  # fmt: skip
 _MAX_DEBOUNCE_S = 5.0
 _MAX_RETRY_S = 60.0  # longest wait before a failed refit is tried again
+REFIT_IDLE_FACTOR = 2.0  # refits take at most a third of a core: after one of t s, the next waits >= 2 t
 BOUNDS = {
     "latency": (MIN_LATENCY_MS, MAX_LATENCY_MS),
     "energy": (MIN_ENERGY_MJ, MAX_ENERGY_MJ),
@@ -177,6 +180,8 @@ class Predictor:
         self._wake = threading.Event()
         self._retry_in_s: float | None = None  # after a failed refit: when to try again (None: when notified)
         self._fresh = threading.Condition()
+        self._last_refit = (0.0, 0.0)  # (monotonic end, duration s) of the last refit
+        self._closing = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._worker, name="rr-predictor", daemon=True)
 
@@ -186,6 +191,7 @@ class Predictor:
 
     def close(self) -> None:
         self._stop = True
+        self._closing.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
@@ -210,8 +216,11 @@ class Predictor:
                 time.sleep(self._debounce_s)
                 if not self._wake.is_set() or time.monotonic() - started > _MAX_DEBOUNCE_S:
                     break
+            self._closing.wait(idle_before_refit(*self._last_refit, time.monotonic()))
             if not self._stop:
+                begun = time.monotonic()
                 self.refresh()
+                self._last_refit = (time.monotonic(), time.monotonic() - begun)
 
     def refresh(self) -> None:
         """Refit (or fold new nodes into) both matrices from storage. Never raises: a failed fit keeps the old one
@@ -358,6 +367,12 @@ class Predictor:
         if any(t is not None and len(t.cold) > MAX_COLD_COLUMNS for t in (latency_t, energy_t)):
             self.notify()  # the refit drops the queried columns
         return out
+
+
+def idle_before_refit(last_end: float, last_duration_s: float, now: float) -> float:
+    """Seconds to wait before the next refit: until `REFIT_IDLE_FACTOR` x the last one's duration has passed since
+    it ended."""
+    return max(0.0, last_end + REFIT_IDLE_FACTOR * last_duration_s - now)
 
 
 def _estimate(target: _Target | None, node_id: str, signature: str, features: Features | None) -> tuple[float, str]:
