@@ -21,7 +21,16 @@ pkg="$build/python"
 rm -rf "$pkg" && mkdir -p "$pkg"
 cp -r "$here/python/cf_cpp" "$pkg/"
 cp "$build"/_core*.so "$pkg/cf_cpp/"
-runtime="$(${CXX:-c++} -print-file-name=libasan.so) $(${CXX:-c++} -print-file-name=libubsan.so)"
+# The sanitizer runtimes Python must load first (GCC's names; the build above links the same ones).
+runtime=""
+for lib in libasan.so libubsan.so; do
+  path="$(${CXX:-c++} -print-file-name=$lib)"
+  if [[ "$path" != /* || ! -e "$path" ]]; then
+    echo "run_sanitized.sh: ${CXX:-c++} has no $lib (GCC's sanitizer runtime; Debian: libgcc-12-dev)" >&2
+    exit 1
+  fi
+  runtime="$runtime $path"
+done
 cd "$root"
 # Python itself is not leak-free at exit: leaks are checked by the C++ tests only.
 LD_PRELOAD="$runtime" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$pkg" "$python" - <<'PY'

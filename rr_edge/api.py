@@ -22,6 +22,7 @@ asyncio (blocking work runs in worker threads, the event loop stays free)::
 from __future__ import annotations
 
 import asyncio
+import operator
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import onnx
 
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client, ClientOptions
+from rr_edge.errors import ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
@@ -78,11 +80,12 @@ class EdgeNode:
         self._meter: Meter | None = None
         self.power = power or resolve_power(self._meter_options.power_config, self._meter_options.device_class)[0]
         self._models: dict[str, _Model] = {}
-        self._lock = threading.Lock()  # makes the meter and loads models once, whatever calls at the same time
+        self._meter_lock = threading.Lock()  # the meter is made once, whatever calls at the same time
+        self._load_lock = threading.Lock()  # and each model loaded once
 
     @property
     def meter(self) -> Meter:
-        with self._lock:
+        with self._meter_lock:
             if self._meter is None:
                 gpu_work = self.settings.resolved().uses_gpu  # NVML before RAPL when the work runs on the GPU
                 self._meter = select_meter(self._energy, self._meter_options, gpu_work=gpu_work)
@@ -90,7 +93,7 @@ class EdgeNode:
 
     def _load(self, model: str | Path) -> _Model:
         key = str(Path(model).resolve())
-        with self._lock:
+        with self._load_lock:
             if key not in self._models:
                 proto = load_model(model)
                 graph = analyze(proto, Path(model).stem)
@@ -178,10 +181,14 @@ class EdgeNode:
         `ClientOptions.timeout_s` as their deadline."""
         if isinstance(plan, PlanReport):
             report, split = plan, (plan.chosen.i, plan.chosen.j)
-        elif isinstance(plan, tuple | list) and len(plan) == 2 and all(isinstance(k, int) for k in plan):
-            report, split = None, (plan[0], plan[1])
         else:
-            raise TypeError(f"plan is a PlanReport or a split (i, j) of two ints, not {plan!r}")
+            try:
+                i, j = (operator.index(k) for k in plan)  # ints, numpy's too; not "2,9" nor 2.0
+            except (TypeError, ValueError):
+                raise TypeError(f"plan is a PlanReport or a split (i, j) of two ints, not {plan!r}") from None
+            report, split = None, (i, j)
+        if self.client.closed:  # else the runner would start, and stay, local
+            raise ServerUnavailable("EdgeNode.runner: this node is closed")
         m = self._load(model)
         config = config or RunnerConfig(timeout_s=self.client.options.timeout_s)
         return make_runner(m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report)
@@ -191,7 +198,7 @@ class EdgeNode:
         try:
             self.client.close()
         finally:
-            with self._lock:
+            with self._meter_lock:
                 if self._meter is not None:
                     self._meter.close()
                     self._meter = None

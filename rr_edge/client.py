@@ -306,6 +306,10 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self, what: str) -> None:
         if self._closed:  # gRPC's own error is a bare ValueError ("Channel closed!")
             raise ServerUnavailable(f"{what}: this client is closed", "UNAVAILABLE")

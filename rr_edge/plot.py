@@ -66,6 +66,7 @@ def plot_pareto(
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out

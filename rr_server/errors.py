@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import grpc
 
-MAX_DETAILS_CHARS = 1000  # of a message sent back (grpc-message metadata: clients allow it 8-16 KiB)
+MAX_DETAILS_BYTES = 1000  # UTF-8 bytes of a message sent back (grpc-message metadata, percent-encoded: at most 3x
+# on the wire; clients allow it 8-16 KiB)
 
 
 class ServerError(Exception):
@@ -29,12 +30,14 @@ class ServerError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def details(self) -> str:
-        """The message, cut to MAX_DETAILS_CHARS (one quoting a 100 KB name outgrew gRPC's metadata limit, and the
-        client got RESOURCE_EXHAUSTED instead)."""
+        """The message, cut to MAX_DETAILS_BYTES of UTF-8 (one quoting a 100 KB name outgrew gRPC's metadata limit,
+        and the client got RESOURCE_EXHAUSTED instead)."""
         text = str(self)
-        if len(text) <= MAX_DETAILS_CHARS:
+        raw = text.encode()
+        if len(raw) <= MAX_DETAILS_BYTES:
             return text
-        return f"{text[: MAX_DETAILS_CHARS - 30]}... ({len(text)} characters)"
+        head = raw[: MAX_DETAILS_BYTES - 30].decode(errors="ignore")  # no character cut in half
+        return f"{head}... ({len(text)} characters)"
 
 
 class InvalidArgument(ServerError):

@@ -181,7 +181,7 @@ class Predictor:
         self._retry_in_s: float | None = None  # after a failed refit: when to try again (None: when notified)
         self._fresh = threading.Condition()
         self._last_refit = (0.0, 0.0)  # (monotonic end, duration s) of the last refit
-        self._closing = threading.Event()
+        self._urgent = threading.Event()  # refit now, no debounce nor rest (queries are refused until then), or stop
         self._stop = False
         self._thread = threading.Thread(target=self._worker, name="rr-predictor", daemon=True)
 
@@ -191,7 +191,7 @@ class Predictor:
 
     def close(self) -> None:
         self._stop = True
-        self._closing.set()
+        self._urgent.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
@@ -211,12 +211,13 @@ class Predictor:
         while not self._stop:
             self._wake.wait(self._retry_in_s)
             started = time.monotonic()
-            while not self._stop:  # debounce: wait until reports stop arriving (bounded)
+            while not self._stop and not self._urgent.is_set():  # debounce: until reports stop arriving (bounded)
                 self._wake.clear()
-                time.sleep(self._debounce_s)
+                self._urgent.wait(self._debounce_s)
                 if not self._wake.is_set() or time.monotonic() - started > _MAX_DEBOUNCE_S:
                     break
-            self._closing.wait(idle_before_refit(*self._last_refit, time.monotonic()))
+            self._urgent.wait(idle_before_refit(*self._last_refit, time.monotonic()))
+            self._urgent.clear()
             if not self._stop:
                 begun = time.monotonic()
                 self.refresh()
@@ -347,8 +348,9 @@ class Predictor:
                 blocks = [features.get(s) or known.get(s) for s in signatures if s not in target.cols]
                 try:
                     target.add_cold([f for f in blocks if f is not None])
-                except Busy:
-                    self.notify()  # the refit drops the queried columns
+                except Busy:  # the refit drops the queried columns: at once, the query's retry waits for it
+                    self._urgent.set()
+                    self.notify()
                     raise
         out = []
         for sig in signatures:

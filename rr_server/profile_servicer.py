@@ -78,14 +78,14 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         for k, request in enumerate(request_iterator):
             if ended:
                 raise InvalidArgument("a report item came after the report's end message; nothing was stored")
-            if k >= MAX_ITEMS_PER_REPORT:
-                raise ResourceExhausted(f"more than {MAX_ITEMS_PER_REPORT} items in one report; split it")
             which = request.WhichOneof("item")
             if which == "end":
                 if request.end.items != k:
                     raise InvalidArgument(f"the report's end message counts {request.end.items} items, {k} arrived")
                 ended = True
                 continue
+            if k >= MAX_ITEMS_PER_REPORT:
+                raise ResourceExhausted(f"more than {MAX_ITEMS_PER_REPORT} items in one report; split it")
             if request.node_id not in checked:
                 checked.add(self._known_node(request.node_id))
             if which == "layer":
@@ -106,7 +106,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 raise InvalidArgument(f"report item {k} carries neither a layer nor a model profile")
         if not ended:
             raise InvalidArgument(
-                "the report stream ended without its end message (cut short or cancelled?); nothing was stored"
+                "the report stream ended without its end message (cut short or cancelled?); nothing was stored. "
+                "Edges before roadrunner 0.2 do not send it: upgrade the edge"
             )
         slice_ids = {s: i for s, i in slice_ids.items() if self._slices.get(i) is not None}
         model_slices = {m: i for m, i in model_slices.items() if self._slices.get(i) is not None}

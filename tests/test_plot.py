@@ -23,5 +23,5 @@ def test_plot_pareto_writes_a_png(tmp_path):
     out = plot_pareto(table, pareto(table), choose(table, "pareto"), all_baselines(inp), tmp_path / "p.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = pareto(table)
-    out2 = plot_pareto(front, front, None, {}, tmp_path / "q.png")
+    out2 = plot_pareto(front, front, None, {}, tmp_path / "new" / "dir" / "q.png")  # made, as --plot promises
     assert out2.stat().st_size > 1000

@@ -165,6 +165,7 @@ def test_predict_stores_nothing_and_the_model_does_not_grow(env, monkeypatch):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     # Past the cap on queried columns, a refit drops them all; until then a query needing more is refused as busy.
     monkeypatch.setattr(predictor_module, "MAX_COLD_COLUMNS", 5)
+    server.predictor._last_refit = (time.monotonic(), 60.0)  # the last refit took a minute: ordinary ones rest 2 min
     distinct = [rr.BlockFeatures(ops=["Gemm"], flops=10**6 + k, input_bytes=10, output_bytes=10) for k in range(10)]
     with pytest.raises(grpc.RpcError) as err:
         predict(stubs, "b", [f"other{k}" for k in range(10)], distinct)
@@ -176,7 +177,9 @@ def test_predict_stores_nothing_and_the_model_does_not_grow(env, monkeypatch):
         time.sleep(0.02)
     refitted = server.predictor._targets["latency"]
     assert refitted is not target and refitted.engine.n_cols == len(SIGS) and not refitted.cold
-    # A fresh fit takes one query of any size, the edge's client waits out a refusal.
+    # A fresh fit takes one query of any size, the edge's client waits out a refusal (the refit it waits for skips
+    # the rest after a long refit, and the debounce).
+    server.predictor._last_refit = (time.monotonic(), 60.0)
     assert len(predict(stubs, "b", [f"other{k}" for k in range(10)], distinct)) == 10
     with Client(server.address) as client:
         more = [BlockFeatures(("Gemm",), 10**7 + k, 0, 10, 10) for k in range(10)]

@@ -80,7 +80,13 @@ def test_a_node_shared_by_threads_makes_its_meter_and_loads_a_model_once(tiny_se
         return made[-1]
 
     monkeypatch.setattr(api, "select_meter", slow_select)
-    monkeypatch.setattr(api, "load_model", lambda p: loaded.append(p) or real_load(p))
+
+    def slow_load(p):  # type: ignore[no-untyped-def]
+        time.sleep(0.1)
+        loaded.append(p)
+        return real_load(p)
+
+    monkeypatch.setattr(api, "load_model", slow_load)
     with rr_edge.connect(address, "api-threads", energy="model") as node:
         with ThreadPoolExecutor(4) as pool:
             meters = set(pool.map(lambda _: id(node.meter), range(4)))
@@ -93,7 +99,12 @@ def test_a_closed_node_and_bad_arguments_raise_the_packages_errors(tiny_server):
     node = rr_edge.connect(address, "api-closed")
     with pytest.raises(TypeError, match="a split \\(i, j\\) of two ints"):
         node.runner(path, "2,9")  # type: ignore[arg-type]
+    last = np.int64(len(node.blocks(path).blocks) - 1)
+    with node.runner(path, (last, last)) as run:  # numpy's ints are ints
+        assert run.slices.split == (last, last)
     node.close()
+    with pytest.raises(rr_edge.ServerUnavailable, match="closed"):
+        node.runner(path, (-1, int(last)))  # it would have run everything locally, for good
     node.close()  # twice is fine
     with pytest.raises(rr_edge.ServerUnavailable, match="this client is closed"):
         node.plan(path, wait_s=0)  # gRPC's own error was a bare ValueError ("Cannot invoke RPC on closed channel!")

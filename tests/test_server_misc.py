@@ -309,11 +309,13 @@ def test_error_messages_are_cut_to_fit_the_status_metadata(env):
     """An error quoting a 100 KB name outgrew gRPC's metadata limit: the client got RESOURCE_EXHAUSTED ("received
     metadata size exceeds hard limit") instead of the error."""
     _, stubs = env
-    with pytest.raises(grpc.RpcError) as err:
-        stubs.nodes.GetNode(rr.GetNodeRequest(node_id="n" * 100_000), timeout=5)
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    details = err.value.details()
-    assert details.startswith("node 'nnnn") and details.endswith(" characters)") and len(details) <= 1000
+    for name in ("n" * 100_000, "😀" * 100_000):  # percent-encoded, an emoji is 12 bytes on the wire
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.nodes.GetNode(rr.GetNodeRequest(node_id=name), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        details = err.value.details()
+        assert details.startswith(f"node '{name[:4]}") and details.endswith(" characters)")
+        assert len(details.encode()) <= 1000
 
 
 def test_sigterm_removes_the_port_file_and_a_second_one_stops_at_once(tmp_path):

@@ -13,6 +13,7 @@ from _server_support import Stubs, conv_model, layer, report, serving, sha256, u
 
 from rr_edge.netmodel import NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server import profile_servicer
 from rr_server.activity import InferenceActivity
 
 SIGS = [f"sig{k:02d}" for k in range(6)]
@@ -166,6 +167,16 @@ def test_a_report_is_stored_only_when_it_closes_with_its_end_message(env):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
     assert server.storage.count_measurements() == 0
     assert stubs.profiles.ReportLayerProfiles(iter([*items, end]), timeout=10).accepted_layers == 2
+
+
+def test_a_report_may_hold_exactly_the_most_items(env, monkeypatch):
+    _, stubs = env
+    register(stubs, "pi4")
+    monkeypatch.setattr(profile_servicer, "MAX_ITEMS_PER_REPORT", 2)
+    assert stubs.profiles.ReportLayerProfiles(report("pi4", layer("a", 1.0), layer("b", 1.0)), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("pi4", *[layer(s, 1.0) for s in "abc"]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "more than 2 items" in err.value.details()
 
 
 def test_a_report_cancelled_by_its_client_is_never_stored(env):

@@ -30,6 +30,18 @@ double log_rmse(const cf::Model& m, const Synthetic& s, std::int64_t n_rows) {
   return std::sqrt(se / static_cast<double>(n));
 }
 
+// Built with AddressSanitizer (GCC says so with __SANITIZE_ADDRESS__, clang with __has_feature).
+#if defined(__SANITIZE_ADDRESS__)
+#define CF_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CF_ASAN 1
+#endif
+#endif
+#ifndef CF_ASAN
+#define CF_ASAN 0
+#endif
+
 // Lowers this process's address-space limit to 1 GiB above its current size while alive: larger allocations fail
 // with std::bad_alloc whatever the machine's overcommit policy.
 class AddressSpaceLimit {
@@ -350,7 +362,7 @@ TEST_CASE("sizes are checked up front, and a fit, refit or add_cols that fails c
   const std::vector<double> before = all_predictions(m);
   CHECK_THROWS_AS(m.refit(observations(s), s.n_rows, s.n_cols, nullptr, -2), cf::InvalidInput);
   CHECK_THROWS_AS(m.add_cols(cf::kMaxDim, nullptr), cf::InvalidInput);
-#ifndef __SANITIZE_ADDRESS__  // AddressSanitizer's operator new aborts on a failed allocation instead of throwing
+#if !CF_ASAN  // AddressSanitizer's operator new aborts on a failed allocation instead of throwing
   {
     AddressSpaceLimit limit;
     // Within the limits, but more memory than there is: the model stays as it was (it was left unfitted, or with

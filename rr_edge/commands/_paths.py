@@ -13,6 +13,8 @@ def output_path(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; name the file to write")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot overwrite {text!r}: not writable")
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
