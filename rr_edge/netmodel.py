@@ -82,6 +82,11 @@ class NetworkModel:
             raise ValueError("network model coefficients, knots, drift and scale must be finite numbers")
         if self.drift <= 0 or self.ref_drift <= 0 or self.scale_bytes <= 0 or np.isnan(self.hi_bytes):
             raise ValueError("network model drift and scale must be positive, hi_bytes a number")
+        times = (*self.energy_coeffs, self.slope_ms_per_byte) if self.energy_coeffs else (self.slope_ms_per_byte,)
+        if self.kind in (AFFINE, PWL):
+            times = (*times, *self.coeffs)  # a quartic's coefficients may be negative, its values are not
+        if any(c < 0 for c in times):
+            raise ValueError("network model times, slopes and energies must not be negative")
 
     @classmethod
     def affine(cls, rtt_ms: float, bandwidth_bytes_per_ms: float, **kw: Any) -> NetworkModel:

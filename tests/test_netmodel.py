@@ -96,7 +96,8 @@ def test_a_curve_that_predicts_bigger_messages_faster_is_never_chosen():
     rise_then_fall = NetworkModel(POLY4, (1.0, 2.0, -3.0, 0.0, 0.0), 1.0, 0.0, 1.0, 1.0)  # peak at t = 1/3
     assert not rise_then_fall.non_decreasing()
     assert replace(rise_then_fall, hi_bytes=0.3).non_decreasing()
-    assert not replace(rise_then_fall, hi_bytes=0.3, slope_ms_per_byte=-1.0).non_decreasing()
+    with pytest.raises(ValueError, match="must not be negative"):  # nor can its continuation fall
+        replace(rise_then_fall, hi_bytes=0.3, slope_ms_per_byte=-1.0)
     assert fit.affine.non_decreasing() and fit.pwl is not None and fit.pwl.non_decreasing()
 
 

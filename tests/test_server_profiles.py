@@ -270,6 +270,7 @@ def test_network_profile_roundtrip_and_validation(env):
         (downlink_model("{}"), "downlink: model_json is not a network model"),  # the edge could not plan with it
         (downlink_model(""), "downlink: model_json is not a network model"),
         (downlink_model('{"kind": "affine", "coeffs": [1.0, 1e999]}'), "must be finite"),
+        (downlink_model('{"kind": "affine", "coeffs": [-1e9, -1]}'), "must not be negative"),
         (downlink_model("[" * 5000 + "]" * 5000), "not a network model"),  # too deep for the JSON parser
         (downlink_model('{"kind": "affine", "coeffs": ' + "[" * 600 + "]" * 600 + "}"), "not a network model"),
         (rr.NetworkProfile(uplink=up, downlink=up, measured_at=float("nan")), "measured_at"),
