@@ -33,7 +33,7 @@ import numpy as np
 
 from rr_edge.errors import InputError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.netmodel import NetworkModel, split_network_ms
-from rr_edge.session import ORT_DTYPES, OrtSettings
+from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits
 
 if TYPE_CHECKING:
     from rr_edge.meters.model import PowerSpec
@@ -168,11 +168,7 @@ class _Local:
             x = given.get(name)
             if not isinstance(x, np.ndarray):
                 got = "nothing" if x is None else f"a {type(x).__name__}"
-            elif (
-                (dtype is not None and x.dtype != dtype)
-                or x.ndim != len(shape)
-                or any(d is not None and d != n for d, n in zip(shape, x.shape, strict=True))
-            ):
+            elif not array_fits(x, dtype, shape):
                 got = f"{x.dtype} {list(x.shape)}"
             else:
                 continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +52,18 @@ ORT_DTYPES = {  # ONNX Runtime's input type names -> numpy
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+
+def array_fits(x: np.ndarray, dtype: object, shape: Sequence[int | None]) -> bool:
+    """Whether `x` has the element type `dtype` (a numpy dtype or its name; None: any) and the `shape` (a dimension
+    that is None or negative: any size)."""
+    return (
+        (dtype is None or str(x.dtype) == str(dtype))
+        and x.ndim == len(shape)
+        and all(d is None or d < 0 or d == n for d, n in zip(shape, x.shape, strict=True))
+    )
+
+
 _warned_fallback: set[OrtSettings] = set()  # settings whose session already fell back (warned once each)
 
 

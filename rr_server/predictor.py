@@ -221,7 +221,8 @@ class Predictor:
             if not self._stop:
                 begun = time.monotonic()
                 self.refresh()
-                self._last_refit = (time.monotonic(), time.monotonic() - begun)
+                ended = time.monotonic()
+                self._last_refit = (ended, ended - begun)
 
     def refresh(self) -> None:
         """Refit (or fold new nodes into) both matrices from storage. Never raises: a failed fit keeps the old one

@@ -27,7 +27,7 @@ from rr_edge.meters.base import Meter
 from rr_edge.offload import PlanReport, local_outputs, make_runner, outputs_close, replan, validate_split
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
-from rr_edge.session import OrtSettings
+from rr_edge.session import OrtSettings, array_fits
 from rr_edge.slicing import Slicer
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise RoadRunnerError(f"cannot read input {path} as a .npy array (numpy.save writes one): {exc}") from None
-    fits = x.ndim == len(want.shape) and all(w < 0 or w == d for w, d in zip(want.shape, x.shape, strict=True))
-    if not fits or str(x.dtype) != want.dtype:
+    if not array_fits(x, want.dtype, want.shape):
         raise RoadRunnerError(
             f"input {path}: {x.dtype} {list(x.shape)} does not match the model input {want.name!r} "
             f"{want.dtype} {list(want.shape)}"
