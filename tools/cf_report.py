@@ -74,7 +74,9 @@ DISCUSSION = """## Reading the results
   on the column profiles of the fitted devices (with a free offset, a per-row choice of its scale by marginal
   likelihood or leave-one-out error, and a robust Huber weighting), an extra linear kernel on the column features, a
   mixture over pairs of rescaled devices, experts weighted by leave-one-out error, a per-row leave-one-out stacking
-  of these, a raw-space (additive) rescaling of the devices, and other ranks / regularisations of the fit; a
+  of these, a raw-space (additive) rescaling of the devices, a mixture over the noise level of the revealed entries
+  (weighted by evidence: it helps rice_pixel3, and costs where only 3 entries are revealed), and other ranks /
+  regularisations of the fit; a
   per-device regression on the op counts mixed in by leave-one-out error was tried too, before the additive rows,
   and moved within10 by less than half a point. Closing the rest of the gap needs devices similar to the new one in
   the matrix (in RoaD-RuNNer: earlier nodes of the same class), more revealed blocks (the default sample p = 0.3 of a
