@@ -3,8 +3,10 @@
 Every write commits before it returns, so a caller that acknowledges after a write survives `kill -9`. Writes go
 through one connection, one at a time; reads use read-only connections of their own, so that (WAL) they see the last
 commit and wait neither for a write nor for another read (the predictor's refit reads every measurement).
-Measurements are appended (history kept); readers see the latest latency per (node, signature) and the latest energy
-(a newer report without a meter does not hide the measured energy).
+Measurements are appended; readers see the latest latency per (node, signature) and the latest energy (a newer
+report without a meter does not hide the measured energy). A write keeps the last MEASUREMENTS_KEPT measurements of each
+(node, signature) it touches, and the newest with an energy, and the last RUNS_KEPT runs of each (node, model): a
+node that profiles the same model every day does not grow the database, or the refit's read of it, without end.
 
 A signature's features and uploaded slice are set by its first report: later features that differ are kept out
 (logged), and a later report naming another slice keeps the first one (blocks with the same structure and other
@@ -84,6 +86,28 @@ CREATE TABLE IF NOT EXISTS network_profiles (
     updated_at REAL NOT NULL
 );
 """
+
+MEASUREMENTS_KEPT = 8  # per (node, signature); older ones go when the next is stored
+RUNS_KEPT = 16  # whole-model runs per (node, model): the end-to-end correction is their mean
+
+# Rows beyond the newest {kept} of each (node, {key}) of one node and the keys of a JSON array, except the newest row
+# with an energy (measurements).
+_PRUNE = """
+DELETE FROM {table} WHERE id IN (
+    SELECT id FROM (
+        SELECT id, ROW_NUMBER() OVER newest_first AS k, {keep_also} AS keep_also
+        FROM {table} WHERE node_id = ? AND {key} IN (SELECT value FROM json_each(?))
+        WINDOW newest_first AS (PARTITION BY {key} ORDER BY id DESC)
+    ) WHERE k > {kept} AND id != COALESCE(keep_also, -1)
+)
+"""
+_PRUNE_MEASUREMENTS = _PRUNE.format(
+    table="measurements",
+    key="signature",
+    kept=MEASUREMENTS_KEPT,
+    keep_also="MAX(CASE WHEN energy_mj IS NOT NULL THEN id END) OVER (PARTITION BY signature)",
+)
+_PRUNE_RUNS = _PRUNE.format(table="model_runs", key="model", kept=RUNS_KEPT, keep_also="NULL")
 
 # The newest row per (node, signature), with the energy of the newest row that has one.
 _LATEST = """
@@ -268,6 +292,8 @@ class Storage:
                     for r in runs
                 ],
             )
+            _prune(db, _PRUNE_MEASUREMENTS, {(m.node_id, m.signature) for m in measurements})
+            _prune(db, _PRUNE_RUNS, {(r.node_id, r.model) for r in runs})
         with self._lock:  # after the commit: a reader that sees this version sees the write
             self.version += 1
 
@@ -365,6 +391,15 @@ class Storage:
     def get_network_profile(self, node_id: str) -> dict | None:
         rows = self._read("SELECT profile FROM network_profiles WHERE node_id = ?", (node_id,))
         return json.loads(rows[0]["profile"]) if rows else None
+
+
+def _prune(db: sqlite3.Connection, sql: str, pairs: set[tuple[str, str]]) -> None:
+    """Run a _PRUNE statement for the (node, key) pairs a write touched: one statement per node."""
+    keys: dict[str, list[str]] = {}
+    for node_id, key in pairs:
+        keys.setdefault(node_id, []).append(key)
+    for node_id, node_keys in keys.items():
+        db.execute(sql, (node_id, json.dumps(node_keys)))
 
 
 def _store_signature(db: sqlite3.Connection, signature: str, f: Features | None, slice_id: str) -> None:

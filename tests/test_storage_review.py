@@ -14,8 +14,8 @@ from _server_process import ServerProcess
 from _server_support import Stubs, conv_model, layer, report, serving, sha256, start_server
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
-from rr_server.records import Features, Measurement
-from rr_server.storage import Storage
+from rr_server.records import Features, Measurement, ModelRun
+from rr_server.storage import MEASUREMENTS_KEPT, RUNS_KEPT, Storage
 
 FEATURES = {"ops": ["Conv", "Relu"], "flops": 10**6, "param_bytes": 448, "input_bytes": 768, "output_bytes": 1024}
 OTHER = {"ops": ["Gemm"], "flops": 10**12, "param_bytes": 1, "input_bytes": 1, "output_bytes": 1}
@@ -81,6 +81,29 @@ def test_the_refit_reads_the_latest_values_as_the_records_have_them(tmp_path):
     metered = [(v.signature, v.energy_source) for v in values if v.energy_mj is not None]
     assert metered == [(m.signature, m.energy_source) for m in records if m.energy_mj is not None]
     assert ("sig3", "rapl") in metered and len(values) == 51
+    storage.close()
+
+
+def test_history_is_bounded_per_node_and_signature_and_keeps_the_latest_energy(tmp_path):
+    """A node that profiles the same blocks again and again kept every measurement (and every whole-model run):
+    the database, and the refit's read of it, grew without end. A write keeps the last MEASUREMENTS_KEPT of each
+    (node, signature) it touches and the newest with an energy, and the last RUNS_KEPT runs of each (node, model)."""
+    storage = Storage(tmp_path)
+    for node in ("a", "b"):
+        storage.upsert_node(node, "edge", {})
+    storage.add_reports([Measurement("a", "x", 1.0, energy_mj=5.0, energy_source="rapl")], {}, {}, [])
+    for k in range(3 * MEASUREMENTS_KEPT):
+        batch = [Measurement("a", "x", 2.0 + k), Measurement("a", "y", 1.0 + k), Measurement("b", "x", 3.0 + k)]
+        runs = [ModelRun("a", "m", latency_ms=float(k), sum_of_blocks_ms=1.0)]
+        storage.add_reports(batch, {}, {}, runs)
+    storage.add_reports([Measurement("b", "z", 1.0)], {}, {}, [])  # touches nothing else of b's
+    assert storage.count_measurements() == (MEASUREMENTS_KEPT + 1) + MEASUREMENTS_KEPT + MEASUREMENTS_KEPT + 1
+    last = 3 * MEASUREMENTS_KEPT - 1
+    latest = {(m.node_id, m.signature): (m.latency_ms, m.energy_mj) for m in storage.latest_measurements()}
+    assert latest == {("a", "x"): (2.0 + last, 5.0), ("a", "y"): (1.0 + last, None), ("b", "x"): (3.0 + last, None),
+                      ("b", "z"): (1.0, None)}  # fmt: skip
+    kept_runs = range(3 * MEASUREMENTS_KEPT - RUNS_KEPT, 3 * MEASUREMENTS_KEPT)
+    assert storage.e2e_correction("a", "m") == pytest.approx(sum(kept_runs) / RUNS_KEPT)
     storage.close()
 
 
