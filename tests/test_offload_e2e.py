@@ -131,7 +131,11 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert ran["amortize_over"] == 5 and ran["upload_ms"] >= 0
     assert (ran["upload_ms"] > 0) == (ran["predicted"]["i"] < ran["predicted"]["j"])
     share = ran["predicted"]["weight_upload_ms"]
-    assert ran["predicted_upload_ms"] == pytest.approx(5 * share) and 0 <= share <= ran["predicted"]["latency_ms"]
+    assert 0 <= share <= ran["predicted"]["latency_ms"]
+    if ran["replans"] == 0:  # a busy machine's drift can re-plan, and a re-plan counts an uploaded slice as cached
+        assert ran["predicted_upload_ms"] == pytest.approx(5 * share)
+    else:
+        assert ran["predicted_upload_ms"] >= 5 * share
     # the same run for people: the planned run's table (a KeyError once made this exit 1 after every request ran)
     table = rr_edge_text("run", str(path), *common, "--input", str(tmp_path / "x.npy"), "--repeat", "2")
     assert "measured" in table and "predicted" in table and "made ready once" in table

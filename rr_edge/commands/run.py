@@ -196,12 +196,14 @@ def run(args: argparse.Namespace) -> int:
         results, splits_used = [], [split]
         upload_ms = 0.0  # of the runners replaced so far (each makes its slice ready once, outside the requests)
         predicted_upload_ms = _upload_ms(report)  # of every runner made from a plan
+        replans = 0
         energy = RequestEnergy(meter)
         start = time.perf_counter()
         try:
             for k in range(args.repeat):
                 results.append(energy.run(runner, x, remaining=args.repeat - 1 - k))
                 if report is not None and runner.replan_needed:  # the network drifted: plan again
+                    replans += 1
                     new_report = replan(report, graph, runner)
                     new_split = (new_report.chosen.i, new_report.chosen.j)
                     new_runner = None
@@ -243,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         upload_share = {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
         summary["predicted"] = {**report.chosen.to_dict(), **upload_share}
         summary["predicted_upload_ms"] = predicted_upload_ms
+        summary["replans"] = replans  # after network drift; a re-planned slice already uploaded is predicted free
         summary["amortize_over"] = report.inputs.amortize_over
     if args.output:  # at exactly that path (np.save of a name would add .npy)
         args.output.parent.mkdir(parents=True, exist_ok=True)
