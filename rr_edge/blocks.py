@@ -34,7 +34,7 @@ from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
 from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy
 from rr_edge.shapes import tensor_infos_of
-from rr_edge.signature import block_signature
+from rr_edge.signature import block_signature, model_opsets
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ FUSED_OPS = frozenset(
     }
 )  # fmt: skip
 _SHAPE_OPS = frozenset({"Shape", "Size"})
+# Element types a tensor between two blocks may have: ONNX Runtime hands them to numpy (not bfloat16, float8, int4...).
+EXCHANGED_DTYPES = frozenset(
+    {"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64"}
+)
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,7 @@ def _classify(ix: _Index, infos: Mapping[str, TensorInfo]) -> tuple[set[int], se
         if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx"):
             x = node.input[0] if node.input else ""
             info = infos.get(x)
-            if info is not None and -1 not in info.shape:
+            if info is not None and info.static:
                 continue  # static: only the (known) shape is read
         if any(x in active_tensors for x in ix.inputs[i]):
             active.add(i)
@@ -228,8 +232,12 @@ def _classify(ix: _Index, infos: Mapping[str, TensorInfo]) -> tuple[set[int], se
     return live, active_tensors & (needed | set(ix.graph_outputs))
 
 
-def _cut_runs(ix: _Index, active: set[int], active_tensors: set[str]) -> list[tuple[list[int], str | None]]:
-    """Runs of active nodes between single-tensor cut points; each with its cut tensor (None: the end)."""
+def _cut_runs(
+    ix: _Index, active: set[int], active_tensors: set[str], infos: Mapping[str, TensorInfo]
+) -> list[tuple[list[int], str | None]]:
+    """Runs of active nodes between single-tensor cut points; each with its cut tensor (None: the end). A cut
+    point's tensor must be one a slice can declare as its input or output and the edge can hand over: a tensor (not
+    a sequence or an optional) of known rank and of a type numpy holds (`EXCHANGED_DTYPES`)."""
     remaining: dict[str, int] = {}
     seq = [i for i in ix.order if i in active]
     for i in seq:
@@ -253,7 +261,13 @@ def _cut_runs(ix: _Index, active: set[int], active_tensors: set[str]) -> list[tu
                 live.add(o)
         if len(live) == 1 and pos < len(seq) - 1:
             (cut,) = live
-            if cut not in ix.graph_outputs:
+            info = infos.get(cut)
+            if (
+                cut not in ix.graph_outputs
+                and info is not None
+                and info.shape is not None
+                and info.dtype in EXCHANGED_DTYPES
+            ):
                 runs.append((current, cut))
                 current = []
     if current:
@@ -279,19 +293,35 @@ def _fuse_cheap(
     return fused
 
 
-def _static_closure(ix: _Index, tensors: Iterable[str], active: set[int]) -> set[int]:
-    """Static (non-active) nodes needed to compute `tensors`, transitively."""
-    out: set[int] = set()
-    stack = list(tensors)
-    while stack:
-        x = stack.pop()
-        p = ix.producer.get(x)
-        if p is None or p in active or p in out:
-            continue
-        out.add(p)
-        if ix.nodes[p].op_type not in _SHAPE_OPS:
-            stack.extend(ix.inputs[p])
-    return out
+def _members(ix: _Index, run: Sequence[int], active: set[int], outputs: Iterable[str]) -> list[int]:
+    """A block's nodes: its run of active nodes, each preceded by the static nodes it needs and no earlier node of
+    the block has brought (depth first, in input order), then those the block's `outputs` need. The order depends
+    on the block's own structure only, not on where the model keeps a static node that several blocks share (an
+    exporter may keep one Constant for every layer), so equal blocks hash equal."""
+    order: list[int] = []
+    seen: set[int] = set()
+
+    def bring(tensors: Iterable[str]) -> None:
+        stack: list[tuple[int, bool]] = [(p, False) for p in _static_producers(ix, tensors, active)][::-1]
+        while stack:
+            p, ready = stack.pop()
+            if ready:
+                order.append(p)
+            elif p not in seen:
+                seen.add(p)
+                stack.append((p, True))
+                if ix.nodes[p].op_type not in _SHAPE_OPS:  # a static Shape reads no value
+                    stack.extend((q, False) for q in _static_producers(ix, ix.inputs[p], active)[::-1])
+
+    for i in run:
+        bring(ix.inputs[i])
+        order.append(i)
+    bring(outputs)
+    return order
+
+
+def _static_producers(ix: _Index, tensors: Iterable[str], active: set[int]) -> list[int]:
+    return [p for p in (ix.producer.get(x) for x in tensors) if p is not None and p not in active]
 
 
 def _bytes(names: Iterable[str], infos: Mapping[str, TensorInfo]) -> int:
@@ -335,22 +365,21 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     if not ix.graph_inputs:
         raise ModelError(f"model {name!r} has no graph inputs")
     active, active_tensors = _classify(ix, infos)
-    runs = _cut_runs(ix, active, active_tensors)
+    runs = _cut_runs(ix, active, active_tensors, infos)
     if fuse:
         runs = _fuse_cheap(ix, runs, infos)
-    position = {i: p for p, i in enumerate(ix.order)}
+    opsets = model_opsets(model)
     blocks: list[Block] = []
     prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
     for k, (run, cut) in enumerate(runs):
         outputs = [cut] if cut is not None else list(ix.graph_outputs)
-        needs = [x for i in run for x in ix.inputs[i]] + (outputs if cut is None else [])
-        members = sorted(set(run) | _static_closure(ix, needs, active), key=position.__getitem__)
+        members = _members(ix, run, active, outputs if cut is None else [])
         nodes = [ix.nodes[i] for i in members]
         blocks.append(
             Block(
                 index=k,
                 ops=tuple(n.op_type for n in nodes),
-                signature=block_signature(nodes, prev_cut, outputs, infos, ix.initializers),
+                signature=block_signature(nodes, prev_cut, outputs, infos, ix.initializers, opsets),
                 inputs=tuple(prev_cut),
                 outputs=tuple(outputs),
                 flops=sum(node_flops(n, infos) for n in nodes),

@@ -1,7 +1,8 @@
 """Floating-point operation counts per ONNX node (pure; a multiply-add counts as 2).
 
-Dense ops (Conv, ConvTranspose, Gemm, MatMul, Einsum-free attention built from MatMul) dominate
-and are counted exactly from shapes: 2 per MAC, plus one add per output element for a bias.
+Dense ops (Conv, ConvTranspose, Gemm, MatMul, Einsum, and the recurrent LSTM, GRU and RNN) dominate
+and are counted from shapes: 2 per MAC, plus one add per output element for a bias (a recurrent
+op counts its input and hidden-state products, not its gates' element-wise work).
 Element-wise ops, pooling, reductions and normalisations are counted per output element with
 small per-element costs. Shape/data-movement ops count 0. Unknown shapes count 0.
 """
@@ -52,6 +53,21 @@ def _int(node: NodeProto, name: str, default: int) -> int:
     return default
 
 
+def _einsum_flops(node: NodeProto, shapes: list[tuple[int, ...] | None]) -> int:
+    """2 x the product of the sizes of every index of the equation (each combination is one multiply-add); 0 with
+    an ellipsis or an unknown size."""
+    equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "").replace(" ", "")
+    terms = equation.split("->")[0].split(",")
+    if "." in equation or len(terms) != len(shapes):
+        return 0
+    sizes: dict[str, int] = {}
+    for term, dims in zip(terms, shapes, strict=True):
+        if dims is None or len(term) != len(dims):
+            return 0
+        sizes.update(zip(term, dims, strict=True))
+    return 2 * _numel(tuple(sizes.values()))
+
+
 def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
     """FLOPs of one node given the static shapes of its tensors (`infos` by tensor name)."""
 
@@ -81,12 +97,20 @@ def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
         if a is None or out is None or len(a) != 2:
             return 0
         k = a[0] if _int(node, "transA", 0) else a[1]
-        return 2 * out_n * k + (out_n if len(node.input) > 2 and node.input[2] else 0)
+        return 2 * out_n * max(k, 0) + (out_n if len(node.input) > 2 and node.input[2] else 0)
     if op in ("MatMul", "MatMulInteger"):
         a = shape(0)
         if a is None or out is None or not a:
             return 0
-        return 2 * out_n * a[-1]
+        return 2 * out_n * max(a[-1], 0)
+    if op in ("LSTM", "GRU", "RNN"):
+        x, w, r = shape(0), shape(1), shape(2)
+        if x is None or w is None or r is None or len(w) != 3 or w[2] <= 0:
+            return 0
+        steps = _numel(x) // w[2]  # sequence x batch, in either layout
+        return 2 * steps * (_numel(w) + _numel(r))
+    if op == "Einsum":
+        return _einsum_flops(node, [shape(i) for i in range(len(node.input))])
     if op in _ELEMENTWISE:
         return _ELEMENTWISE[op] * out_n
     if op in _POOLS:

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import TensorProto, ValueInfoProto, helper
+from onnx import TensorProto, ValueInfoProto, helper, numpy_helper
 
 from rr_edge.errors import ModelError
 
@@ -25,6 +25,7 @@ __all__ = [
     "TensorInfo",
     "dtype_name",
     "dtype_size",
+    "elem_type",
     "light_copy",
     "load_model",
     "public_file_mode",
@@ -36,17 +37,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Name, static shape and element type of a tensor. Unknown dimensions are -1."""
+    """Name, static shape and element type of a tensor. Unknown dimensions are -1; an unknown rank is shape None."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None
     dtype: str  # numpy-style name: "float32", "int64", ...
 
     @property
+    def static(self) -> bool:
+        """Every dimension known."""
+        return self.shape is not None and -1 not in self.shape
+
+    @property
     def numel(self) -> int:
+        """Elements; 0 when the shape is not static."""
+        if not self.static:
+            return 0
         n = 1
-        for d in self.shape:
-            n *= max(d, 0)
+        for d in self.shape or ():
+            n *= d
         return n
 
     @property
@@ -54,12 +63,12 @@ class TensorInfo:
         return self.numel * dtype_size(self.dtype)
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return {"name": self.name, "shape": None if self.shape is None else list(self.shape), "dtype": self.dtype}
 
 
 def dtype_name(elem_type: int) -> str:
-    """numpy-style name of an ONNX element type ("float32"; "undefined" for 0)."""
-    if elem_type == TensorProto.UNDEFINED:
+    """numpy-style name of an ONNX element type ("float32"; "undefined" for 0 and for no type of this onnx)."""
+    if elem_type == TensorProto.UNDEFINED or elem_type not in TensorProto.DataType.values():
         return "undefined"
     if elem_type == TensorProto.BFLOAT16:
         return "bfloat16"
@@ -78,6 +87,14 @@ _SIZE_BY_NAME = {
 }  # fmt: skip
 
 
+_ELEM_TYPE_BY_NAME = {dtype_name(t): t for t in TensorProto.DataType.values() if t != TensorProto.UNDEFINED}
+
+
+def elem_type(dtype: str) -> int:
+    """The ONNX element type of a `dtype_name` (TensorProto.UNDEFINED for "undefined" or an unknown name)."""
+    return _ELEM_TYPE_BY_NAME.get(dtype, TensorProto.UNDEFINED)
+
+
 def dtype_size(dtype: str | int) -> int:
     """Bytes per element of a dtype name or ONNX element type (0 when unknown or variable, e.g. string)."""
     name = dtype_name(dtype) if isinstance(dtype, int) else dtype
@@ -86,8 +103,11 @@ def dtype_size(dtype: str | int) -> int:
 
 def value_info_to_tensor_info(vi: ValueInfoProto) -> TensorInfo:
     tt = vi.type.tensor_type
-    shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-    return TensorInfo(vi.name, shape, dtype_name(tt.elem_type))
+    if not tt.HasField("shape"):  # not even the rank is known
+        return TensorInfo(vi.name, None, dtype_name(tt.elem_type))
+    return TensorInfo(
+        vi.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim), dtype_name(tt.elem_type)
+    )
 
 
 def tensor_infos(values: Iterable[ValueInfoProto]) -> list[TensorInfo]:
@@ -111,12 +131,13 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True, fixed_shape:
         raise ModelError(f"{p}: empty file, not an ONNX model")
     try:
         model = onnx.load_model(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
-        raise ModelError(f"{p}: not an ONNX model or truncated file ({_short(exc)})") from None
     except OSError as exc:
         raise ModelError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # the parser onnx picks by extension: protobuf, JSON (.json), text (.textproto, .onnxtxt)
+        raise ModelError(f"{p}: not an ONNX model or truncated file ({_short(exc)})") from None
     _check_structure(model, p)
     _load_external(model, p)
+    _densify_sparse_initializers(model)
     if check:
         try:  # the structure is what needs checking; payload sizes are checked below
             onnx.checker.check_model(light_copy(model))
@@ -227,6 +248,21 @@ def _load_external(model: onnx.ModelProto, p: Path) -> None:
             load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise ModelError(f"{p}: cannot read external data ({_short(exc)})") from None
+
+
+def _densify_sparse_initializers(model: onnx.ModelProto) -> None:
+    """Replace the graph's sparse initializers by dense ones of the same name, in place: the analysis and the slices
+    then handle one kind of weight (sparse ones are rare; a slice of them is as big as their dense values)."""
+    g = model.graph
+    for sparse in g.sparse_initializer:
+        values, indices = numpy_helper.to_array(sparse.values), numpy_helper.to_array(sparse.indices)
+        dims = [int(d) for d in sparse.dims]
+        dense = np.zeros(dims, dtype=values.dtype).reshape(-1)
+        # indices: linear positions (NNZ), or coordinates (NNZ x rank)
+        at = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+        dense[at] = values
+        g.initializer.append(numpy_helper.from_array(dense.reshape(dims), sparse.values.name))
+    del g.sparse_initializer[:]
 
 
 def _check_initializer_sizes(model: onnx.ModelProto, p: Path) -> None:

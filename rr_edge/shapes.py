@@ -40,7 +40,7 @@ def tensor_infos_of(model: onnx.ModelProto) -> dict[str, TensorInfo]:
             if vi.type.HasField("tensor_type"):
                 info = value_info_to_tensor_info(vi)
                 known = infos.get(vi.name)
-                if known is None or (-1 in known.shape and -1 not in info.shape):
+                if known is None or _known_dims(info) > _known_dims(known):
                     infos[vi.name] = info
     return infos
 
@@ -51,9 +51,14 @@ def _complete(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
             if not out:
                 continue
             info = infos.get(out)
-            if info is None or -1 in info.shape or info.dtype == "undefined":
+            if info is None or not info.static or info.dtype == "undefined":
                 return False
     return True
+
+
+def _known_dims(info: TensorInfo) -> int:
+    """How much of the shape is known: -1 for an unknown rank, else the number of fixed dimensions."""
+    return -1 if info.shape is None else sum(d >= 0 for d in info.shape)
 
 
 def _inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -2,7 +2,8 @@
 
 A signature hashes what determines a block's cost on a device and nothing else:
 
-* op types, domains and attributes of its nodes, in order;
+* op types, domains and attributes of its nodes, in order (an attribute written out at its schema's default value
+  counts as left out: exporters differ in which defaults they write);
 * the wiring between them, with tensor names replaced by positions (block inputs `i0, i1...`,
   node outputs `n<j>.<k>`, weights `w0, w1...` in order of first use, other outside tensors `x0...`);
 * shapes and dtypes of every tensor it reads or writes, and weight shapes;
@@ -18,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 
+import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
 
 from rr_edge.onnx_io import TensorInfo
 
-__all__ = ["SIGNATURE_LENGTH", "block_signature"]
+__all__ = ["SIGNATURE_LENGTH", "block_signature", "model_opsets"]
 
 SIGNATURE_LENGTH = 16  # hex characters (64 bits)
 _VALUE_MAX_INTS = 64  # integer/bool constants up to this many elements are structural: hash their values
@@ -50,9 +53,10 @@ def _tensor_key(t: TensorProto) -> list[object]:
 
 
 Resolve = Callable[[str], str]  # a tensor name read inside a node -> its canonical name in the block's record
+Opsets = Mapping[str, int]  # domain ("" for the default one) -> the model's opset version of it
 
 
-def _graph_key(g: GraphProto, outer: Resolve) -> list[object]:
+def _graph_key(g: GraphProto, outer: Resolve, opsets: Opsets) -> list[object]:
     """Subgraph (If/Loop/Scan bodies): its input types, ops, attributes, wiring by position and weight shapes; a
     tensor of an enclosing scope is named by `outer`, so what a body reads from outside is hashed like a block's own
     reads (shapes of activations, weight shapes)."""
@@ -70,12 +74,12 @@ def _graph_key(g: GraphProto, outer: Resolve) -> list[object]:
         ins = [resolve(x) if x else "" for x in n.input]
         for k, o in enumerate(n.output):
             names[o] = f"n{j}.{k}"
-        nodes.append([n.domain, n.op_type, ins, _attrs_key(n, resolve)])
+        nodes.append([n.domain, n.op_type, ins, _attrs_key(n, resolve, opsets)])
     types = [str(vi.type).replace("\n", " ") for vi in g.input]
     return ["G", types, nodes, weights, [resolve(o.name) for o in g.output]]
 
 
-def _attr_value(a: AttributeProto, outer: Resolve) -> object:
+def _attr_value(a: AttributeProto, outer: Resolve, opsets: Opsets) -> object:
     t = a.type
     if t == AttributeProto.FLOAT:
         return repr(a.f)
@@ -86,7 +90,7 @@ def _attr_value(a: AttributeProto, outer: Resolve) -> object:
     if t == AttributeProto.TENSOR:
         return _tensor_key(a.t)
     if t == AttributeProto.GRAPH:
-        return _graph_key(a.g, outer)
+        return _graph_key(a.g, outer, opsets)
     if t == AttributeProto.FLOATS:
         return [repr(f) for f in a.floats]
     if t == AttributeProto.INTS:
@@ -96,12 +100,34 @@ def _attr_value(a: AttributeProto, outer: Resolve) -> object:
     if t == AttributeProto.TENSORS:
         return [_tensor_key(x) for x in a.tensors]
     if t == AttributeProto.GRAPHS:
-        return [_graph_key(x, outer) for x in a.graphs]
+        return [_graph_key(x, outer, opsets) for x in a.graphs]
     return a.ref_attr_name or None
 
 
-def _attrs_key(n: NodeProto, outer: Resolve) -> list[object]:
-    return [[a.name, _attr_value(a, outer)] for a in sorted(n.attribute, key=lambda a: a.name)]
+def _attrs_key(n: NodeProto, outer: Resolve, opsets: Opsets) -> list[object]:
+    domain = "" if n.domain == "ai.onnx" else n.domain
+    defaults = _defaults(domain, n.op_type, opsets.get(domain, 0))
+    key = []
+    for a in sorted(n.attribute, key=lambda a: a.name):
+        value = _attr_value(a, outer, opsets)
+        if a.name not in defaults or defaults[a.name] != value:
+            key.append([a.name, value])
+    return key
+
+
+@lru_cache(maxsize=1024)
+def _defaults(domain: str, op_type: str, version: int) -> dict[str, object]:
+    """The keys of the attributes with a default value in the op's schema at that opset version (none when onnx does
+    not know the op: a custom domain, a function)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, version, domain)
+    except onnx.defs.SchemaError:
+        return {}
+    return {
+        name: _attr_value(attr.default_value, str, {})
+        for name, attr in schema.attributes.items()
+        if attr.default_value.type != AttributeProto.UNDEFINED
+    }
 
 
 def block_signature(
@@ -110,15 +136,18 @@ def block_signature(
     outputs: Sequence[str],
     infos: Mapping[str, TensorInfo],
     initializers: Mapping[str, TensorProto],
+    opsets: Opsets | None = None,
 ) -> str:
-    """Hex signature of the sub-graph `nodes` (topological order) with the given boundary tensors."""
+    """Hex signature of the sub-graph `nodes` (topological order) with the given boundary tensors; `opsets`: the
+    model's opset versions (`model_opsets`), which say the attributes' default values."""
+    opsets = opsets or {}
     names: dict[str, str] = {name: f"i{i}" for i, name in enumerate(inputs)}
     weights: list[object] = []
     externals: list[object] = []
 
     def info_key(name: str) -> list[object]:
         info = infos.get(name)
-        return [list(info.shape), info.dtype] if info is not None else ["?"]
+        return [info.shape and list(info.shape), info.dtype] if info is not None else ["?"]
 
     def ref(name: str) -> str:
         if not name:
@@ -141,9 +170,14 @@ def block_signature(
             if o:
                 names[o] = f"n{j}.{k}"
         outs = [info_key(o) if o else None for o in node.output]
-        record.append([node.domain, node.op_type, ins, outs, _attrs_key(node, ref)])
+        record.append([node.domain, node.op_type, ins, outs, _attrs_key(node, ref, opsets)])
     record.append([ref(o) for o in outputs])
     record.append(weights)
     record.append(externals)
     blob = json.dumps(record, separators=(",", ":"), sort_keys=False).encode()
     return hashlib.sha256(blob).hexdigest()[:SIGNATURE_LENGTH]
+
+
+def model_opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """Domain ("" for the default one) -> the model's opset version of it."""
+    return {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import}

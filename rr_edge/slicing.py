@@ -17,7 +17,7 @@ from onnx import NodeProto, helper, numpy_helper
 
 from rr_edge.blocks import BlockGraph, node_inputs
 from rr_edge.errors import ModelError
-from rr_edge.onnx_io import TensorInfo
+from rr_edge.onnx_io import TensorInfo, elem_type
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,7 @@ class Slicer:
         self._graph = graph
         self._nodes = list(model.graph.node)
         self._initializers = {t.name: t for t in model.graph.initializer}
-        self._elem_type = {
-            name: helper.np_dtype_to_tensor_dtype(np.dtype(info.dtype))
-            for name, info in graph.tensors.items()
-            if info.dtype not in ("undefined", "bfloat16", "string") and not info.dtype.startswith("float8")
-        }
+        self._elem_type = {name: elem_type(info.dtype) for name, info in graph.tensors.items() if elem_type(info.dtype)}
         self._declared = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
 
     def __len__(self) -> int:
@@ -67,7 +63,9 @@ class Slicer:
             nodes.append(node)
             available.update(o for o in node.output if o)
         for o in outputs:
-            if o not in available:
+            if o in self._initializers:  # a weight the model also returns
+                used_init[o] = None
+            elif o not in available:
                 raise ModelError(f"slice {a}:{b} does not compute its output {o!r}")
         internal = available - set(inputs) - set(outputs)
         m = onnx.ModelProto()
@@ -80,10 +78,23 @@ class Slicer:
         g.input.extend(self._value_info(n) for n in inputs)
         g.output.extend(self._value_info(n) for n in outputs)
         g.initializer.extend(self._initializers[n] for n in used_init)
+        if m.ir_version < 4:  # before IR 4 every initializer is also a graph input
+            g.input.extend(self._value_info(n) for n in used_init if n not in inputs)
         g.value_info.extend(self._value_info(n) for n in sorted(internal) if n in self._elem_type)
-        used_ops = {(n.domain, n.op_type) for n in nodes}
-        m.functions.extend(f for f in self._model.functions if (f.domain, f.name) in used_ops)
+        m.functions.extend(self._functions_called(nodes))
         return m
+
+    def _functions_called(self, nodes: list[NodeProto]) -> list[onnx.FunctionProto]:
+        """The model-local functions the nodes call, and those that these call, in the model's order."""
+        by_key = {(f.domain, f.name): f for f in self._model.functions}
+        called: set[tuple[str, str]] = set()
+        stack = [(n.domain, n.op_type) for n in nodes]
+        while stack:
+            key = stack.pop()
+            if key in by_key and key not in called:
+                called.add(key)
+                stack.extend((n.domain, n.op_type) for n in by_key[key].node)
+        return [f for f in self._model.functions if (f.domain, f.name) in called]
 
     def _value_info(self, name: str) -> onnx.ValueInfoProto:
         info = self._graph.tensors.get(name)
@@ -92,11 +103,11 @@ class Slicer:
             if declared is not None:
                 return declared
             return helper.make_empty_tensor_value_info(name)
-        return helper.make_tensor_value_info(name, self._elem_type[name], list(_dims(info)))
+        return helper.make_tensor_value_info(name, self._elem_type[name], _dims(info))
 
     def _constant_shape(self, node: NodeProto) -> NodeProto:
         info = self._graph.tensors.get(node.input[0])
-        if info is None or -1 in info.shape:
+        if info is None or info.shape is None or not info.static:
             raise ModelError(f"slice reads the shape of {node.input[0]!r}, which is not static")
         if node.op_type == "Size":
             value = np.array(info.numel, dtype=np.int64)
@@ -111,8 +122,11 @@ class Slicer:
         )
 
 
-def _dims(info: TensorInfo) -> tuple[int | str, ...]:
-    return tuple(d if d >= 0 else f"{info.name}_d{i}" for i, d in enumerate(info.shape))
+def _dims(info: TensorInfo) -> list[int | str] | None:
+    """The shape for a value info: unknown dimensions get a name of their own, an unknown rank stays unknown."""
+    if info.shape is None:
+        return None
+    return [d if d >= 0 else f"{info.name}_d{i}" for i, d in enumerate(info.shape)]
 
 
 def slice_model(model: onnx.ModelProto, graph: BlockGraph, a: int, b: int) -> onnx.ModelProto:

@@ -1,0 +1,281 @@
+"""Graph analysis and slicing on the less common corners of ONNX (found by review): tensors of unknown rank, weights
+returned as outputs, bfloat16 and sequence tensors, nested model-local functions, IR 3 files, sparse weights, an
+invalid element type, text and JSON files; FLOPs of recurrent and Einsum nodes; signatures that do not depend on
+which defaults an exporter writes or where it keeps a shared constant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_onnx
+from onnx import TensorProto, helper, numpy_helper
+from test_slicing import check_chained
+
+from rr_edge.blocks import analyze
+from rr_edge.errors import ModelError
+from rr_edge.flops import node_flops
+from rr_edge.onnx_io import TensorInfo, load_model
+from rr_edge.slicing import Slicer
+
+F = TensorProto.FLOAT
+
+
+def weight(name: str, shape: tuple[int, ...], seed: int = 0) -> TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), name)
+
+
+def make(nodes, inputs, outputs, initializers=(), opset: int = 17, ir: int = 8, **kw) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers), **kw.pop("graph", {}))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *kw.pop("opsets", [])], **kw)
+    model.ir_version = ir
+    return model
+
+
+def io(name: str, shape, elem: int = F) -> onnx.ValueInfoProto:  # type: ignore[no-untyped-def]
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def loaded(model: onnx.ModelProto, tmp_path: Path) -> onnx.ModelProto:
+    """Through the file, as every command reads a model."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return load_model(path)
+
+
+def fully_checked_slices(model: onnx.ModelProto) -> None:
+    """Every single-block slice and every two-piece split passes the full checker (types and shapes too)."""
+    graph = analyze(model)
+    slicer = Slicer(model, graph)
+    n = len(graph.blocks)
+    for a, b in [(k, k) for k in range(n)] + [(0, k) for k in range(n)] + [(k, n - 1) for k in range(n)]:
+        onnx.checker.check_model(slicer.slice(a, b), full_check=True)
+
+
+def unknown_rank_model() -> onnx.ModelProto:
+    """Squeeze with axes computed from the input's values: shape inference cannot tell the rank of `s`."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "big"], ["flag"]),  # always False: axes = [0]
+        helper.make_node("Cast", ["flag"], ["axes0"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["axes0", "zero"], ["axes"]),
+        helper.make_node("Squeeze", ["b", "axes"], ["s"]),
+        helper.make_node("MatMul", ["s", "w"], ["t"]),
+        helper.make_node("Sigmoid", ["t"], ["u"]),
+        helper.make_node("Shape", ["s"], ["shape"]),
+        helper.make_node("Reshape", ["u", "shape"], ["y"]),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.float32(1e9), "big"),
+    ]
+    return make(nodes, [io("x", [1, 4])], [io("y", [4])], [weight("w", (4, 4)), *constants])
+
+
+def test_a_tensor_of_unknown_rank_is_read_as_such(tmp_path: Path) -> None:
+    """It was taken for a scalar: its slices declared it so (ORT: wrong rank), and the Shape of it became a constant
+    empty shape. Now it is no cut point and its Shape is computed."""
+    model = loaded(unknown_rank_model(), tmp_path)
+    graph = analyze(model)
+    assert graph.tensors["s"].shape is None and not graph.tensors["s"].static
+    assert all("s" not in b.inputs and "s" not in b.outputs for b in graph.blocks)
+    assert "Shape" in graph.blocks[-1].ops
+    check_chained(model, graph)
+    fully_checked_slices(model)
+
+
+def test_a_graph_output_that_is_a_weight(tmp_path: Path) -> None:
+    """Slices with the last block said they did not compute their output 'w2'."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MatMul", ["b", "w2"], ["y"]),
+    ]
+    model = loaded(
+        make(
+            nodes,
+            [io("x", [1, 4])],
+            [io("y", [1, 4]), io("w2", [4, 4])],
+            [weight("w1", (4, 4)), weight("w2", (4, 4), 1)],
+        ),
+        tmp_path,
+    )
+    graph = analyze(model)
+    assert len(graph.blocks) >= 2
+    check_chained(model, graph)
+    fully_checked_slices(model)
+
+
+def test_bfloat16_and_sequence_tensors_are_no_cut_points_and_are_typed_inside_a_slice(tmp_path: Path) -> None:
+    """A bfloat16 tensor between blocks became an untyped slice input (ORT: no type information), and ORT cannot
+    hand one to numpy anyway; a sequence was a cut point no slice can declare. Inside a slice a bfloat16 tensor
+    keeps its type."""
+    w = weight("w", (4, 4))
+    bf16 = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Cast", ["a"], ["ab"], to=TensorProto.BFLOAT16),
+        helper.make_node("Cast", ["ab"], ["af"], to=F),
+        helper.make_node("MatMul", ["af", "w"], ["y"]),
+    ]
+    model = loaded(make(bf16, [io("x", [1, 4])], [io("y", [1, 4])], [w]), tmp_path)
+    graph = analyze(model)
+    assert all("ab" not in b.inputs for b in graph.blocks)
+    whole = Slicer(model, graph).slice(0, len(graph.blocks) - 1)
+    assert {v.name: v.type.tensor_type.elem_type for v in whole.graph.value_info}["ab"] == TensorProto.BFLOAT16
+    check_chained(model, graph)
+    fully_checked_slices(model)
+
+    sequence = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("SplitToSequence", ["a"], ["seq"], axis=1),
+        helper.make_node("ConcatFromSequence", ["seq"], ["b"], axis=1),
+        helper.make_node("MatMul", ["b", "w"], ["y"]),
+    ]
+    model = loaded(make(sequence, [io("x", [1, 4])], [io("y", [1, 4])], [w]), tmp_path)
+    graph = analyze(model)
+    assert all("seq" not in b.inputs for b in graph.blocks)
+    check_chained(model, graph)
+
+
+def test_a_function_that_calls_another_keeps_both(tmp_path: Path) -> None:
+    """The slice kept only the function its nodes call: 'my:Inner is not a registered function/op'."""
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("my", 1)]
+    inner = helper.make_function("my", "Inner", ["u"], ["v"], [helper.make_node("Relu", ["u"], ["v"])], opsets[:1])
+    outer_nodes = [helper.make_node("Inner", ["p"], ["t"], domain="my"), helper.make_node("Neg", ["t"], ["q"])]
+    outer = helper.make_function("my", "Outer", ["p"], ["q"], outer_nodes, opsets)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Outer", ["a"], ["b"], domain="my"),
+        helper.make_node("MatMul", ["b", "w"], ["y"]),
+    ]
+    model = make(
+        nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight("w", (4, 4))], opsets=opsets[1:], functions=[outer, inner]
+    )
+    model = loaded(model, tmp_path)
+    graph = analyze(model)
+    whole = Slicer(model, graph).slice(0, len(graph.blocks) - 1)
+    assert sorted(f.name for f in whole.functions) == ["Inner", "Outer"]
+    check_chained(model, graph)
+
+
+def test_slices_of_an_ir3_model_list_their_weights_as_inputs(tmp_path: Path) -> None:
+    """Before IR 4 every initializer must be a graph input too: the slices failed the checker."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MatMul", ["b", "w2"], ["y"]),
+    ]
+    inputs = [io("x", [1, 4]), io("w1", [4, 4]), io("w2", [4, 4])]
+    model = loaded(
+        make(nodes, inputs, [io("y", [1, 4])], [weight("w1", (4, 4)), weight("w2", (4, 4), 1)], opset=8, ir=3), tmp_path
+    )
+    graph = analyze(model)
+    assert [t.name for t in graph.inputs] == ["x"] and len(graph.blocks) == 2
+    fully_checked_slices(model)
+    feeds = {"x": np.ones((1, 4), np.float32)}
+    slicer = Slicer(model, graph)
+    got = run_onnx(slicer.slice(1, 1), run_onnx(slicer.slice(0, 0), feeds))
+    np.testing.assert_allclose(got["y"], run_onnx(model, feeds)["y"], rtol=1e-6)
+
+
+def test_sparse_weights_are_read_as_dense_ones(tmp_path: Path) -> None:
+    """A sparse initializer was not seen: its MatMul had no weights and no FLOPs, and slicing failed."""
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "w2"),
+        numpy_helper.from_array(np.array([0, 5], np.int64), ""),
+        [4, 4],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MatMul", ["b", "w2"], ["c"]),
+        helper.make_node("Tanh", ["c"], ["y"]),
+    ]
+    original = make(
+        nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight("w1", (4, 4))], graph={"sparse_initializer": [sparse]}
+    )
+    feeds = {"x": np.ones((1, 4), np.float32)}
+    model = loaded(original, tmp_path)
+    dense = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w2"))
+    assert dense.reshape(-1)[[0, 5]].tolist() == [1.0, 2.0] and np.count_nonzero(dense) == 2
+    graph = analyze(model)
+    assert sum(b.param_bytes for b in graph.blocks) == 2 * 4 * 4 * 4
+    np.testing.assert_allclose(run_onnx(model, feeds)["y"], run_onnx(original, feeds)["y"], rtol=1e-6)
+    check_chained(model, graph)
+
+
+def test_an_unknown_element_type_is_undefined_not_a_traceback(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = make(nodes, [io("x", [1, 4])], [io("y", [1, 4])])
+    model.graph.output[0].type.tensor_type.elem_type = 75  # no ONNX type
+    graph = analyze(loaded(model, tmp_path))
+    assert graph.outputs[0].dtype == "undefined"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".textproto", ".onnxtxt"])
+def test_a_model_file_with_a_text_suffix_that_does_not_parse_is_a_model_error(tmp_path: Path, suffix: str) -> None:
+    """onnx picks a JSON or text parser by the suffix; their errors went through as tracebacks."""
+    path = tmp_path / f"m{suffix}"
+    path.write_text("{ not a model")
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        load_model(path)
+
+
+def test_flops_of_recurrent_and_einsum_nodes_and_an_unknown_reduced_dimension(tmp_path: Path) -> None:
+    seq, batch, size, hidden = 5, 2, 3, 4
+    for op, gates in (("LSTM", 4), ("GRU", 3), ("RNN", 1)):
+        w, r = weight("W", (1, gates * hidden, size)), weight("R", (1, gates * hidden, hidden), 1)
+        nodes = [helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=hidden)]
+        model = make(nodes, [io("x", [seq, batch, size])], [io("y", [seq, 1, batch, hidden])], [w, r])
+        (block,) = analyze(loaded(model, tmp_path)).blocks
+        assert block.flops == 2 * seq * batch * gates * hidden * (size + hidden), op
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["y"], equation="bij,jk->bik")]
+    model = make(nodes, [io("x", [2, 3, 5])], [io("y", [2, 3, 7])], [weight("w", (5, 7))])
+    assert analyze(loaded(model, tmp_path)).blocks[0].flops == 2 * 2 * 3 * 5 * 7
+    # a MatMul whose reduced dimension is unknown: 0, never negative
+    model = loaded(unknown_rank_model(), tmp_path)
+    assert all(b.flops >= 0 for b in analyze(model).blocks)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = make(nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight("w", (4, 4))])
+    infos = {**analyze(model).tensors, "x": TensorInfo("x", (1, -1), "float32")}
+    assert node_flops(model.graph.node[0], infos) == 0
+
+
+def conv_relu(**conv_attributes) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], **conv_attributes),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    return make(nodes, [io("x", [1, 3, 8, 8])], [io("y", [1, 4, 6, 6])], [weight("w", (4, 3, 3, 3))])
+
+
+def test_an_attribute_written_at_its_default_does_not_change_the_signature() -> None:
+    """The dynamo exporter writes auto_pad='NOTSET' and group=1, the TorchScript one leaves them out: the same
+    Conv got two signatures. A value other than the default still counts."""
+    plain = analyze(conv_relu(strides=[1, 1])).blocks[0].signature
+    assert analyze(conv_relu(strides=[1, 1], auto_pad="NOTSET", group=1)).blocks[0].signature == plain
+    assert analyze(conv_relu(strides=[1, 1], auto_pad="VALID")).blocks[0].signature != plain
+
+
+def test_blocks_sharing_a_constant_node_share_their_signature() -> None:
+    """An exporter may keep one Constant node for every layer, where the first layer uses it: that layer's block
+    listed it after its first node, the others before theirs, and the signatures differed."""
+    k = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.full((1, 4), 0.5, np.float32)))
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a0"]), k]
+    for layer in range(3):
+        last = "y" if layer == 2 else f"c{layer}"
+        if layer:
+            nodes.append(helper.make_node("MatMul", [f"c{layer - 1}", f"w{layer}"], [f"a{layer}"]))
+        nodes += [
+            helper.make_node("Mul", [f"a{layer}", "k"], [f"b{layer}"]),
+            helper.make_node("Softmax", [f"b{layer}"], [last]),
+        ]
+    model = make(nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight(f"w{i}", (4, 4), i) for i in range(3)])
+    graph = analyze(model)
+    layers = [b for b in graph.blocks if "MatMul" in b.ops]
+    assert len(layers) == 3 and len({b.signature for b in layers}) == 1
+    check_chained(model, graph)
