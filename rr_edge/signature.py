@@ -107,7 +107,7 @@ def _attr_value(a: AttributeProto, outer: Resolve, opsets: Opsets) -> object:
 def _attrs_key(n: NodeProto, outer: Resolve, opsets: Opsets) -> list[object]:
     domain = "" if n.domain == "ai.onnx" else n.domain
     defaults = _defaults(domain, n.op_type, opsets.get(domain, 0))
-    key = []
+    key: list[object] = []
     for a in sorted(n.attribute, key=lambda a: a.name):
         value = _attr_value(a, outer, opsets)
         if a.name not in defaults or defaults[a.name] != value:

@@ -49,7 +49,7 @@ def _mb(n: int) -> str:
 
 
 def _table(graph: BlockGraph) -> Table:
-    ins = ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in graph.inputs)
+    ins = ", ".join(f"{t.name} {list(t.shape or ())} {t.dtype}" for t in graph.inputs)  # inputs: fixed shapes
     total = sum(b.flops for b in graph.blocks)
     table = Table(
         title=f"{graph.model}: {len(graph)} blocks, {total / 1e9:.3f} GFLOPs, input {ins}",
