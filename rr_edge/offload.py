@@ -238,7 +238,8 @@ def make_plan(
     table = evaluate_all(inputs)
     front = pareto(table)
     chosen = choose(table, objective, slo_ms)
-    baselines = all_baselines(inputs, neurosurgeon_inputs(graph, costs, inputs))
+    minimised = "energy" if objective == "energy" or slo_ms is not None else "latency"  # by Neurosurgeon, too
+    baselines = all_baselines(inputs, neurosurgeon_inputs(graph, costs, inputs), minimised)
     options = {"objective": objective, "slo_ms": slo_ms, "preloaded": preloaded, "amortize_over": amortize_over}
     return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs, {**options, "cached": cached})
 

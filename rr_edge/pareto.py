@@ -1,9 +1,13 @@
 """Pareto front over (latency, energy) — exact, and fast on plan tables with row + column structure. Pure.
 
 `pareto_indices` / `sweep` return the mutually non-dominated points (minimising both coordinates), sorted by
-latency, one point per distinct (latency, energy). `separable_candidates` handles a whole plan table whose cells
-are bounded below by ``row[r] + col[j]``: it drops, exactly, the rows, columns and cells that a front of real plans
-strictly dominates, so that only a few thousand cells of a 1,000-block model reach the sort-and-sweep.
+latency, one point per distinct (latency, energy). Values that differ by less than TIE_TOLERANCE times the largest of
+their kind are equal: plans that cost the same, summed in another order, differ in their last bits, and that noise
+must not decide between them (nor keep one that an equal one dominates).
+
+`separable_candidates` handles a whole plan table whose cells are bounded below by ``row[r] + col[j]``: it drops,
+exactly, the rows, columns and cells that a front of real plans strictly dominates, so that only a few thousand cells
+of a 1,000-block model reach the sort-and-sweep.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+TIE_TOLERANCE = 1e-12  # relative to the largest finite value of a coordinate among the points compared
 
 
 def pareto_indices(
@@ -31,12 +37,24 @@ def pareto_indices(
 def sweep(lat: np.ndarray, en: np.ndarray, tie: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Positions of the non-dominated points of small 1-D arrays, by increasing latency (exact sort and sweep).
 
-    Equal points are kept once: the smallest ``tie``, then the smallest ``ids``.
+    Equal points (`TIE_TOLERANCE`) are kept once: the smallest ``tie``, then the smallest ``ids``.
     """
+    lat, en = _snap(lat), _snap(en)
     order = np.lexsort((ids, tie, en, lat))
     e = en[order]
     best_before = np.concatenate(([np.inf], np.minimum.accumulate(e)[:-1])) if e.size else e
     return order[e < best_before]
+
+
+def _snap(v: np.ndarray) -> np.ndarray:
+    """v on a grid of TIE_TOLERANCE x its largest finite magnitude (infinities kept)."""
+    v = np.asarray(v, dtype=np.float64)
+    finite = np.isfinite(v)
+    scale = float(np.abs(v[finite]).max()) if finite.any() else 0.0
+    if scale == 0.0:
+        return v
+    q = TIE_TOLERANCE * scale
+    return np.where(finite, np.round(v / q) * q, v)
 
 
 def _suffix_argmin(v: np.ndarray) -> np.ndarray:
@@ -100,10 +118,13 @@ class _Staircase:
         stair = np.where(pos >= 0, front_en[np.maximum(pos, 0)], np.inf)
         # cell b is tested against edge b - 1 (never above the point's latency); the last cell: beyond hi
         self.stair = np.concatenate(([np.inf], stair[:-1], [front_en[-1]]))
+        finite = front_en[np.isfinite(front_en)]
+        self.slack = 2 * TIE_TOLERANCE * float(np.abs(finite).max()) if finite.size else 0.0
 
     def maybe_free(self, lat: np.ndarray, en: np.ndarray) -> np.ndarray:
-        """False where some front point has latency <= lat and energy < en (strictly dominated)."""
+        """False where some front point has latency <= lat and energy < en (strictly dominated, by more than the
+        tie tolerance: an equal point may still win on its tie-break)."""
         b = np.subtract(lat, self.lo)
         b *= 1.0 / self.width
         np.clip(b, 0.0, self.bins, out=b)  # below the front -> cell 0 (never dominated), inf -> beyond hi
-        return en <= self.stair.take(b.astype(np.int32))
+        return en <= self.stair.take(b.astype(np.int32)) + self.slack

@@ -53,6 +53,16 @@ def synthetic_costs(path: Path, edge_ms: float = 1.0, cloud_ms: float = 0.1) -> 
     return Costs(preds(edge_ms), preds(cloud_ms), 1.0, link, link, DEFAULT_POWER)
 
 
+def synthetic_costs_for(graph, edge_ms: float, edge_mJ: float, cloud_ms: float) -> Costs:  # type: ignore[no-untyped-def]
+    """Every block the same, measured (so Neurosurgeon's regression has data), over a fast link."""
+
+    def preds(ms: float, mj: float) -> tuple[Prediction, ...]:
+        return tuple(Prediction(b.signature, ms, mj, "measured", "measured", "model") for b in graph.blocks)
+
+    link = NetworkModel.affine(rtt_ms=0.01, bandwidth_bytes_per_ms=1e6)
+    return Costs(preds(edge_ms, edge_mJ), preds(cloud_ms, 0.0), 1.0, link, link, DEFAULT_POWER)
+
+
 def parse_error(capsys: pytest.CaptureFixture[str], argv: list[str], command: str) -> str:
     """argv fails when parsed: exit code 2, the error on the last line of stderr, no traceback."""
     with pytest.raises(SystemExit) as exc:
@@ -107,6 +117,9 @@ def test_run_amortizes_over_repeat_unless_told(monkeypatch, model, x, argv: list
         ["--slo-ms", "nan"],
         ["--timeout", "0"],
         ["--timeout", "-1"],
+        ["--wait", "nan"],  # no clock reaches it: waited for ever
+        ["--wait", "-1"],
+        ["--wait", "inf"],
     ],
 )
 def test_non_positive_options_are_rejected_when_parsed(capsys, model, x, command: str, option: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -280,6 +293,25 @@ def test_plan_warns_when_no_plan_meets_the_slo(monkeypatch, capsys, model, slo: 
                          f"{chosen['latency_ms']:.2f} ms"]  # fmt: skip
     else:
         assert "warning" not in captured.err
+
+
+@pytest.mark.parametrize("objective", ["latency", "energy"])
+def test_the_neurosurgeon_baselines_minimise_what_the_plan_minimises(objective: str) -> None:
+    """With --objective energy the Neurosurgeon baselines were still decided for latency, so the JSON compared an
+    energy-saving plan with a Neurosurgeon never asked to save energy (found by review)."""
+    from rr_edge.baselines import neurosurgeon
+    from rr_edge.offload import make_plan
+
+    graph = analyze(branchy_model(), "m")
+    # the edge is fast and hungry, the server slow and idle-cheap: latency and energy want different splits
+    costs = synthetic_costs_for(graph, edge_ms=1.0, edge_mJ=100.0, cloud_ms=5.0)
+    report = make_plan(graph, costs, objective=objective, preloaded=True)
+    basis = dataclasses.replace(report.inputs, preloaded=True)
+    by_latency, by_energy = neurosurgeon(basis, objective="latency"), neurosurgeon(basis, objective="energy")
+    assert (by_latency.i, by_latency.j) != (by_energy.i, by_energy.j)  # the objective matters here
+    got = report.baselines["neurosurgeon"]
+    want = by_energy if objective == "energy" else by_latency
+    assert (got.i, got.j) == (want.i, want.j)
 
 
 # -- 7. and 9. clean errors -----------------------------------------------------------------------------------------

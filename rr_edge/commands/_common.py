@@ -39,6 +39,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0 (a wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # also NaN, which no clock ever reaches
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def server_address(text: str) -> str:
     """argparse type: HOST:PORT (`rr_edge.client.check_address`)."""
     try:

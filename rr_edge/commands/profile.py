@@ -21,6 +21,7 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     print_json,
+    seconds,
 )
 from rr_edge.errors import RoadRunnerError
 from rr_edge.onnx_io import load_model
@@ -64,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--name", help="model name in reports (default: the file name)")
     p.add_argument(
         "--wait-cloud",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="S",
         help="then wait up to S seconds for the server to time the uploaded slices itself (default: do not wait)",
