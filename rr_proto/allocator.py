@@ -8,7 +8,7 @@ import os
 import platform
 from collections.abc import Mapping
 
-__all__ = ["MALLOC_KEEP_BYTES", "MALLOC_TUNING_ENV", "tune_allocator"]
+__all__ = ["MALLOC_KEEP_BYTES", "MALLOC_TUNING_ENV", "release_free_memory", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,11 @@ def tune_allocator(environ: Mapping[str, str] = os.environ) -> bool:
     next call) and one arena for all threads (so a server thread's 64 MB message is a heap block too).
 
     Cost: the process keeps its peak heap (up to 1 GiB free) instead of returning it to the system after a burst
-    of big messages, and threads share one malloc lock. Called first thing by the `rr-server` and `rr-edge` entry
-    points; not by the library (an embedding application decides for its own process). Set `RR_MALLOC_TUNING=0`
-    to opt out. Returns True when the setting was applied (glibc only; other C libraries are left alone).
+    of big messages, and threads share one malloc lock; a process whose work leaves much memory free at known
+    points (the server's refits) gives it back there with `release_free_memory`. Called first thing by the
+    `rr-server` and `rr-edge` entry points; not by the library (an embedding application decides for its own
+    process). Set `RR_MALLOC_TUNING=0` to opt out. Returns True when the setting was applied (glibc only; other C
+    libraries are left alone).
     """
     if environ.get(MALLOC_TUNING_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
         return False
@@ -47,3 +49,18 @@ def tune_allocator(environ: Mapping[str, str] = os.environ) -> bool:
     applied = all([mallopt(param, value) == 1 for param, value in settings])
     log.debug("malloc tuning for large messages %s", "applied" if applied else "partly refused by glibc")
     return applied
+
+
+def release_free_memory() -> bool:
+    """Return the heap memory that is free to the system (glibc `malloc_trim(0)`, every arena), e.g. after a big
+    transient computation under `tune_allocator`, which otherwise keeps it. A few ms per 100 MB; the next big
+    message faults its pages in again. Returns False where there is no such call (other C libraries)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    malloc_trim(0)
+    return True

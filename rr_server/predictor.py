@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from rr_proto.allocator import release_free_memory
 from rr_server.cf_engine import engine_name, make_engine
 from rr_server.errors import Busy, NotFound
 from rr_server.records import (
@@ -187,6 +188,7 @@ class Predictor:
 
     def start(self) -> None:
         self.refresh()
+        release_free_memory()
         self._thread.start()
 
     def close(self) -> None:
@@ -221,6 +223,7 @@ class Predictor:
             if not self._stop:
                 begun = time.monotonic()
                 self.refresh()
+                release_free_memory()  # a refit's transients: about half the server's memory at 40,000 blocks
                 ended = time.monotonic()
                 self._last_refit = (ended, ended - begun)
 
