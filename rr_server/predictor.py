@@ -177,7 +177,6 @@ class Predictor:
         self._sources: dict[str, str] = {}
         self._default_source = ""
         self._fitted_version = -1
-        self._known: tuple[int, dict[str, Features]] = (-1, {})
         self._wake = threading.Event()
         self._retry_in_s: float | None = None  # after a failed refit: when to try again (None: when notified)
         self._fresh = threading.Condition()
@@ -321,21 +320,12 @@ class Predictor:
             previous.lock,
         )
 
-    def _signatures(self) -> dict[str, Features]:
-        """Stored signatures' features, re-read only after reports were stored (not on every query)."""
-        version, known = self._known
-        if version != self._storage.version:
-            version = self._storage.version
-            known = self._storage.signatures()
-            self._known = (version, known)
-        return known
-
     def predict(
         self, node_id: str, signatures: Sequence[str], features: Mapping[str, Features] | None = None
     ) -> list[PredictionRecord]:
         """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows."""
         features = dict(features or {})
-        known = self._signatures()
+        known = self._storage.signatures(signatures)  # those of the query only (all: 40,000 of them, say)
         mine = {m.signature: m for m in self._storage.latest_measurements(node_id, signatures)}
         latency_t, energy_t = self._targets["latency"], self._targets["energy"]
         unknown = [

@@ -297,8 +297,14 @@ class Storage:
         with self._lock:  # after the commit: a reader that sees this version sees the write
             self.version += 1
 
-    def signatures(self) -> dict[str, Features]:
-        return {r["signature"]: _features(r) for r in self._read("SELECT * FROM signatures")}
+    def signatures(self, only: Iterable[str] | None = None) -> dict[str, Features]:
+        """Stored signatures' features: all, or those of `only` that are stored."""
+        if only is None:
+            return {r["signature"]: _features(r) for r in self._read("SELECT * FROM signatures")}
+        rows = self._read(  # one parameter however many: a JSON array
+            "SELECT * FROM signatures WHERE signature IN (SELECT value FROM json_each(?))", (json.dumps(list(only)),)
+        )
+        return {r["signature"]: _features(r) for r in rows}
 
     def slice_of(self, signature: str) -> str:
         rows = self._read("SELECT slice_id FROM signatures WHERE signature = ?", (signature,))

@@ -202,17 +202,18 @@ def test_op_names_and_op_counts_are_capped(env):
     assert stubs.profiles.ReportLayerProfiles(report("pi4", longest), timeout=10).accepted_layers == 1
 
 
-def test_predict_rereads_the_signatures_only_after_new_reports(env, monkeypatch):
+def test_predict_reads_the_features_of_its_own_signatures_only(env, monkeypatch):
+    """A query after any report re-read every stored signature's features (40,000 of them, say) and the predictor
+    kept them all in memory; it reads those of the queried signatures, and a new one is known once stored."""
     server, stubs = env
     register(stubs, "a")
-    stubs.profiles.ReportLayerProfiles(report("a", layer("s0", 1.0, **CONV)), timeout=10)
+    stubs.profiles.ReportLayerProfiles(report("a", layer("s0", 1.0, **CONV), layer("s9", 1.0, **CONV)), timeout=10)
     assert server.predictor.wait_fresh(10)
     reads = []
     signatures = server.storage.signatures
-    monkeypatch.setattr(server.storage, "signatures", lambda: reads.append(1) or signatures())
-    for _ in range(3):
-        predict(stubs, "a", ["s0"])
-    assert len(reads) <= 1
+    monkeypatch.setattr(server.storage, "signatures", lambda only=None: reads.append(only) or signatures(only))
+    predict(stubs, "a", ["s0"])
+    assert reads and all(only is not None and set(only) == {"s0"} for only in reads)
     register(stubs, "b")
     stubs.profiles.ReportLayerProfiles(report("a", layer("s1", 2.0, **CONV)), timeout=10)
     (p,) = predict(stubs, "b", ["s1"])  # known as soon as it is stored, refit or not
