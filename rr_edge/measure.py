@@ -37,12 +37,14 @@ def measure_splits(
     expected: Mapping[str, np.ndarray] | None = None,
 ) -> dict[Split, Measured]:
     """Run `repeat` requests per split after one warm-up each (slices uploaded and opened by the runners)."""
-    runners = {s: runner_for(s) for s in dict.fromkeys(splits)}
-    upload_ms = {s: runner.upload_ms for s, runner in runners.items()}
-    times: dict[Split, list[float]] = {s: [] for s in runners}
-    fallback = dict.fromkeys(runners, False)
-    diff = dict.fromkeys(runners, 0.0)
+    runners: dict[Split, Runner] = {}
     try:
+        for split in dict.fromkeys(splits):  # those made are closed below, should making the next one fail
+            runners[split] = runner_for(split)
+        upload_ms = {s: runner.upload_ms for s, runner in runners.items()}
+        times: dict[Split, list[float]] = {s: [] for s in runners}
+        fallback = dict.fromkeys(runners, False)
+        diff = dict.fromkeys(runners, 0.0)
         for runner in runners.values():
             runner.run(x)
         for _ in range(repeat):

@@ -416,4 +416,9 @@ def fit_network_model(
             err, best = min(others, key=lambda em: em[0])
             if err < poly_margin * aff_err:
                 chosen = best
+            elif err < aff_err:
+                notes.append(
+                    f"affine kept: {best.kind}'s held-out error {err:.4f} is lower than affine's {aff_err:.4f} by "
+                    f"less than {1 - poly_margin:.0%} (the physical model extrapolates more safely)"
+                )
     return NetworkFit(chosen, affine, poly, aff_err, poly_err, pwl, pwl_err, sizes=int(xs.size), notes=tuple(notes))

@@ -53,6 +53,7 @@ __all__ = [
 
 DEFAULT_MAX_MB = 256
 MAX_ECHO_MB = 1024  # the most rr-server echoes in one transfer (its max_echo_bytes)
+MAX_UPLOAD_PROBE_MB = 1024  # rr-server's default slice limit (and protobuf's 2 GiB per message is near)
 DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_UPLOAD_MIN_MB = 1 / 16  # 64 KiB: the fixed costs of a small slice's upload are measured, not extrapolated
 DEFAULT_MIN_TIME_S = 0.1
@@ -78,12 +79,19 @@ class NetProfileConfig:
     upload_max_mb: float = DEFAULT_UPLOAD_MAX_MB  # 0: no upload probes (weight uploads then use the uplink curve)
 
     def __post_init__(self) -> None:
+        for name in ("max_mb", "min_time_s", "upload_min_mb", "upload_max_mb"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.min_time_s < 0 or self.upload_min_mb < 0 or self.upload_max_mb < 0:
+            raise ValueError("min_time_s, upload_min_mb and upload_max_mb must be >= 0")
         if self.max_mb * MiB < 2 * self.min_bytes:
             raise ValueError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
         if self.max_mb > MAX_ECHO_MB:  # else the sweep would send up to there before the server refused
             raise ValueError(f"max size {self.max_mb:g} MB is over the {MAX_ECHO_MB} MiB rr-server echoes")
         if self.repeats < 1 or self.points_per_octave < 1:
             raise ValueError("repeats and points_per_octave must be >= 1")
+        if self.upload_max_mb > MAX_UPLOAD_PROBE_MB:
+            raise ValueError(f"upload probes of at most {MAX_UPLOAD_PROBE_MB} MiB, got {self.upload_max_mb:g}")
         if self.upload_max_mb and not 0 < 4 * self.upload_min_mb <= self.upload_max_mb:
             raise ValueError(
                 f"upload probes need 0 < 4 x upload_min_mb <= upload_max_mb (three sizes or more), got "
@@ -242,6 +250,7 @@ def fit_direction(samples: Sequence[NetworkSample], name: str = "network") -> Di
         affine_error=_finite(fit.affine_error),
         model=fit.chosen.to_dict(),
         pwl_error=_finite(fit.pwl_error),
+        notes=fit.notes,
     )
 
 
@@ -267,16 +276,20 @@ def _finite(v: float) -> float:
 
 
 def _upload_probes(cfg: NetProfileConfig, max_slice_bytes: int) -> dict[int, bytes]:
-    """The upload probes by size, within the server's slice limit (0: none); none when fewer than two fit (weight
-    uploads are then costed with the uplink curve)."""
-    probes = {len(b): b for b in (probe_slice(n, seed=k) for k, n in enumerate(cfg.upload_sizes()))}
-    fitting = {n: b for n, b in probes.items() if not max_slice_bytes or n <= max_slice_bytes}
-    if len(fitting) < len(probes):
-        log.info("upload probes limited to the server's slice limit of %d bytes", max_slice_bytes)
-    if len(fitting) < 2 and probes:
+    """The upload probes by size, within the server's slice limit (0: none), smallest first, none built past it;
+    none when fewer than two fit (weight uploads are then costed with the uplink curve)."""
+    sizes = cfg.upload_sizes()
+    probes: dict[int, bytes] = {}
+    for k, n in enumerate(sizes):
+        probe = probe_slice(n, seed=k) if not max_slice_bytes or n <= max_slice_bytes else b""
+        if not probe or (max_slice_bytes and len(probe) > max_slice_bytes):
+            log.info("upload probes limited to the server's slice limit of %d bytes", max_slice_bytes)
+            break
+        probes[len(probe)] = probe
+    if len(probes) < 2 and sizes:
         log.warning("fewer than two upload probes fit the server's slice limit: uploads are costed with the uplink")
         return {}
-    return fitting
+    return probes
 
 
 def profile_network(
@@ -362,6 +375,11 @@ def run_netprofile(
     return profile
 
 
+def errors(d: DirectionProfile) -> dict[str, float]:
+    """Held-out error of each kind of curve (negative: not fitted, e.g. too few sizes)."""
+    return {"poly4": d.poly4_error, "affine": d.affine_error, "pwl": d.pwl_error}
+
+
 def summary(profile: NetworkProfile) -> dict[str, Any]:
     """JSON summary of a profile (the `rr-edge netprofile --json` object)."""
 
@@ -376,9 +394,7 @@ def summary(profile: NetworkProfile) -> dict[str, Any]:
             bandwidth = 1.0 / model["slope_ms_per_byte"] / 1000.0
         return {
             "chosen_model": d.chosen_model,
-            "poly4_error": d.poly4_error,
-            "affine_error": d.affine_error,
-            "pwl_error": d.pwl_error,
+            **{f"{kind}_error": error if error >= 0 else None for kind, error in errors(d).items()},  # null: not fitted
             "bandwidth_MBps": bandwidth,
             "sizes": len(sizes),
             "max_bytes": sizes[-1] if sizes else 0,
@@ -388,6 +404,7 @@ def summary(profile: NetworkProfile) -> dict[str, Any]:
             # otherwise the declared power model (never the meter's name for a modelled figure)
             "energy_source": profile.energy_source if model.get("energy_coeffs") is not None else "model",
             "model": model,
+            "notes": list(d.notes),
         }
 
     return {

@@ -85,6 +85,11 @@ class TimingPolicy:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.min_runs < 1 or self.warmup_runs < 0:
             raise ValueError("rounds and min_runs must be >= 1, warmup_runs >= 0")
+        if not (0 <= self.min_time_s < math.inf and 0 < self.max_time_s < math.inf):  # NaN too: no clock reaches it
+            raise ValueError(
+                f"min_time_s must be finite and >= 0, max_time_s finite and > 0; got {self.min_time_s}, "
+                f"{self.max_time_s}"
+            )
 
     def per_round(self, first: bool) -> TimingPolicy:
         """The policy of one of `rounds` passes."""

@@ -120,6 +120,7 @@ class DirectionProfile:
     affine_error: float
     model: dict[str, Any] = field(default_factory=dict)
     pwl_error: float = -1.0  # negative: not computed
+    notes: tuple[str, ...] = ()  # why the chosen curve was chosen over another, what was not fitted
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,30 @@ def test_non_positive_options_are_rejected_when_parsed(capsys, model, x, command
     assert option[0] in line
 
 
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("netprofile", ["--max-mb", "nan"]),  # a traceback (NaN to int)
+        ("netprofile", ["--max-mb", "inf"]),
+        ("netprofile", ["--upload-max-mb", "inf"]),  # a traceback (OverflowError)
+        ("netprofile", ["--upload-max-mb", "-1"]),
+        ("profile", ["--max-upload-mb", "inf"]),  # a traceback (OverflowError)
+        ("profile", ["--max-upload-mb", "-1"]),  # nothing uploaded, silently
+        ("profile", ["--min-time", "nan"]),  # every block timed for its 30 s cap
+        ("profile", ["--min-time", "-1"]),
+        ("run", ["--retry-interval", "nan"]),
+    ],
+)
+def test_non_finite_or_negative_amounts_are_rejected_when_parsed(
+    capsys, model, x, command: str, option: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by a review of profiling: NaN passes every `<` and `>` check, inf overflowed an int()."""
+    target = [] if command == "netprofile" else [str(model)]
+    extra = ["--input", str(x)] if command == "run" else []
+    line = parse_error(capsys, [command, *target, *DEAD, *option, *extra], command)
+    assert option[0] in line
+
+
 @pytest.mark.parametrize("repeat", ["0", "-1"])
 def test_run_rejects_non_positive_repeat_when_parsed(capsys, model, x, repeat: str) -> None:  # type: ignore[no-untyped-def]
     line = parse_error(capsys, ["run", str(model), *DEAD, "--input", str(x), "--repeat", repeat], "run")

@@ -14,6 +14,8 @@ from rr_edge.commands._common import (
     add_server_args,
     connect,
     make_meter,
+    non_negative_float,
+    positive_float,
     print_json,
 )
 from rr_edge.errors import RoadRunnerError
@@ -33,14 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_server_args(p)
     p.add_argument(
         "--max-mb",
-        type=float,
+        type=positive_float,
         default=DEFAULT_MAX_MB,
         help=f"largest echo payload in MiB, at most {MAX_ECHO_MB} (default %(default)g; the slice-upload probes have "
         "--upload-max-mb)",
     )
     p.add_argument(
         "--upload-max-mb",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_UPLOAD_MAX_MB,
         help=f"largest slice upload probe in MiB, from 64 KiB: 0 (none) or >= 0.25 (default {DEFAULT_UPLOAD_MAX_MB})",
     )
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if d is None:
             continue
         bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
-        errors = (f"{d[k]:.3f}" if d[k] >= 0 else "-" for k in ("poly4_error", "affine_error", "pwl_error"))
+        errors = (f"{d[k]:.3f}" if d[k] is not None else "-" for k in ("poly4_error", "affine_error", "pwl_error"))
         table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB", d["energy_source"])
     console = Console()
     console.print(table)

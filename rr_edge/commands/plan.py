@@ -18,10 +18,10 @@ from rr_edge.commands._common import (
     add_energy_args,
     add_server_args,
     connect,
+    non_negative_float,
     positive_float,
     positive_int,
     print_json,
-    seconds,
 )
 from rr_edge.commands._paths import plot_path
 from rr_edge.meters.model import resolve_power
@@ -62,7 +62,7 @@ def add_plan_args(p: argparse.ArgumentParser, amortize_default: str = str(DEFAUL
     add_energy_args(p)  # the power model gives the node's idle and radio power
     p.add_argument(
         "--wait",
-        type=seconds,
+        type=non_negative_float,
         default=10.0,
         metavar="S",
         help="wait up to S seconds for the server's predictions (default %(default)g)",

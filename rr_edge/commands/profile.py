@@ -20,8 +20,8 @@ from rr_edge.commands._common import (
     add_server_args,
     connect,
     make_meter,
+    non_negative_float,
     print_json,
-    seconds,
 )
 from rr_edge.errors import RoadRunnerError
 from rr_edge.onnx_io import load_model
@@ -53,19 +53,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="ONNX Runtime graph optimization level (default %(default)s)",
     )
     p.add_argument("--min-runs", type=int, default=10, help="timed runs per block, at least (default 10)")
-    p.add_argument("--min-time", type=float, default=0.5, help="measured seconds per block, at least (default 0.5)")
+    p.add_argument(
+        "--min-time", type=non_negative_float, default=0.5, help="measured seconds per block, at least (default 0.5)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="round-robin passes over the blocks (default 3)")
     p.add_argument("--no-whole-model", action="store_true", help="skip the end-to-end run of the whole model")
     p.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
         help="do not upload profiled slices above this size (default 64)",
     )
     p.add_argument("--name", help="model name in reports (default: the file name)")
     p.add_argument(
         "--wait-cloud",
-        type=seconds,
+        type=non_negative_float,
         default=0.0,
         metavar="S",
         help="then wait up to S seconds for the server to time the uploaded slices itself (default: do not wait)",

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import analyze
-from rr_edge.commands._common import add_server_args, connect, make_meter, positive_int, print_json
+from rr_edge.commands._common import add_server_args, connect, make_meter, positive_float, positive_int, print_json
 from rr_edge.commands._paths import output_path
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
     p.add_argument(
         "--retry-interval",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="health check period in seconds while the server is down (default %(default)g)",
