@@ -113,7 +113,7 @@ class _Target:
     engine: Any
     rows: dict[str, int]
     cols: dict[str, int]
-    measured_cols: set[str]
+    measured: np.ndarray  # per column: some node measured it (bool; a set of 40,000 signatures held megabytes)
     row_counts: dict[str, tuple[int, int]]  # per node: (values, hash of its (signature, value) pairs)
     scale: tuple[np.ndarray, np.ndarray]
     edge_rows: np.ndarray  # rows of edge nodes (not the server's own row): what a node without a row is like
@@ -157,7 +157,7 @@ class _Target:
                     return None
                 (key,) = self._add_cold([features])
                 col = self.cold[key]
-            provenance = PREDICTED if signature in self.measured_cols else COLD_START
+            provenance = PREDICTED if col < self.measured.size and self.measured[col] else COLD_START
             row = self.rows.get(node_id)
             if row is not None:
                 value = float(self.engine.predict(np.array([row]), np.array([col]))[0])
@@ -290,7 +290,8 @@ class Predictor:
         engine = make_engine(len(data))
         features = (raw - mean) / std
         engine.fit(r, c, v, len(rows), len(cols), col_features=features, additive_features=additive_matrix(blocks))
-        measured = {signature for _, signature, _ in data}
+        measured = np.zeros(len(cols), dtype=bool)
+        measured[c] = True
         return _Target(engine, rows, cols, measured, counts, (mean, std), _edge_rows(rows, cloud), BOUNDS[quantity])
 
     @staticmethod
@@ -311,7 +312,7 @@ class Predictor:
             previous.engine,
             rows,
             previous.cols,
-            previous.measured_cols,
+            previous.measured,
             counts,
             previous.scale,
             _edge_rows(rows, cloud),
@@ -391,7 +392,7 @@ def _only_new_rows(
     if any(counts.get(node) != n for node, n in previous.row_counts.items()):
         return False
     new = set(counts) - set(previous.row_counts)
-    if any(s not in previous.measured_cols for node in new for s in by_node[node]):
+    if any(not previous.measured[previous.cols[s]] for node in new for s in by_node[node]):
         return False
     return bool(new)
 
