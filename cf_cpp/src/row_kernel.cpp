@@ -70,8 +70,9 @@ class PrimalRidge {
               const ColumnBasis& basis)
       : rho_(rho), held_(held), r_(static_cast<std::size_t>(basis.rank)), l_(c.size() * r_),
         g_kept_(r_ * r_, 0.0), g_held_(r_ * r_, 0.0), b_kept_(r_, 0.0), b_held_(r_, 0.0) {
+    const auto n = static_cast<std::size_t>(basis.n_cols);
     for (std::size_t i = 0; i < c.size(); ++i)
-      std::copy_n(basis.l.data() + c[i] * basis.rank, r_, l_.data() + i * r_);
+      for (std::size_t k = 0; k < r_; ++k) l_[i * r_ + k] = basis.l[k * n + static_cast<std::size_t>(c[i])];
     for (std::size_t i = 0; i < c.size(); ++i) {  // lower triangles of L'L and L'rho, held-out and kept apart
       std::vector<double>& g = i < held ? g_held_ : g_kept_;
       std::vector<double>& b = i < held ? b_held_ : b_kept_;
@@ -143,26 +144,30 @@ ColumnBasis column_basis(const double* x, int fx, std::int64_t n_cols, std::int6
   std::vector<double> remainder(n);  // k(x_c, x_c) minus what the dimensions so far explain
   for (std::size_t c = 0; c < n; ++c) remainder[c] = poly_kernel(x + c * fx, x + c * fx, fx);
   const double stop = kBasisTolerance * *std::max_element(remainder.begin(), remainder.end());
-  std::vector<std::vector<double>> dims;  // one column of L per dimension, grown as needed
+  ColumnBasis basis{0, n_cols, {}};
+  // Room for every dimension allowed (pages are only touched as dimensions are added), so that adding one never
+  // moves the others: the basis is the biggest transient of a fit (tens of MB at 40,000 columns).
+  basis.l.reserve(n * static_cast<std::size_t>(std::clamp<std::int64_t>(max_rank, 0, n_cols)));
   for (;;) {
     const auto p = static_cast<std::size_t>(std::max_element(remainder.begin(), remainder.end()) - remainder.begin());
     if (remainder[p] <= stop) break;
-    if (static_cast<std::int64_t>(dims.size()) == max_rank) return {};
-    std::vector<double> l(n);
+    if (basis.rank == max_rank) return {};
+    const std::size_t k = static_cast<std::size_t>(basis.rank);
+    basis.l.resize((k + 1) * n);
+    double* l = basis.l.data() + k * n;
     for (std::size_t c = 0; c < n; ++c) l[c] = poly_kernel(x + c * fx, x + p * fx, fx);
-    for (const std::vector<double>& d : dims)
+    for (std::size_t j = 0; j < k; ++j) {
+      const double* d = basis.l.data() + j * n;
       for (std::size_t c = 0; c < n; ++c) l[c] -= d[c] * d[p];
+    }
     const double pivot = std::sqrt(remainder[p]);
     for (std::size_t c = 0; c < n; ++c) {
       l[c] /= pivot;
       remainder[c] -= l[c] * l[c];
     }
     remainder[p] = 0;
-    dims.push_back(std::move(l));
+    ++basis.rank;
   }
-  ColumnBasis basis{static_cast<std::int64_t>(dims.size()), std::vector<double>(n * dims.size())};
-  for (std::size_t k = 0; k < dims.size(); ++k)
-    for (std::size_t c = 0; c < n; ++c) basis.l[c * dims.size() + k] = dims[k][c];
   return basis;
 }
 

@@ -38,7 +38,8 @@ double poly_kernel(const double* xa, const double* xb, int fx);
 // k(x_c, x_c') = l_c . l_c' for all columns up to kBasisTolerance (pivoted Cholesky of the column kernel).
 struct ColumnBasis {
   std::int64_t rank = 0;  // 0: none
-  std::vector<double> l;  // n_cols x rank, row-major
+  std::int64_t n_cols = 0;
+  std::vector<double> l;  // rank x n_cols: one dimension after another (built in place, never transposed)
 };
 
 // The basis of the n_cols columns, or none if the kernel needs more than max_rank dimensions.

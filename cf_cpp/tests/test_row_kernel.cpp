@@ -71,11 +71,13 @@ TEST_CASE("a column basis reproduces the kernel, with the rank of the second-ord
   const std::vector<double> x = features(n_cols, 7);
   const ColumnBasis basis = column_basis(x.data(), 4, n_cols, n_cols);
   CHECK(basis.rank == 10);  // 1 + 3 + 3 * 4 / 2 monomials of degree <= 2 in 3 features
+  CHECK(basis.n_cols == n_cols);
+  CHECK(basis.l.size() == static_cast<std::size_t>(basis.rank * n_cols));
   double worst = 0;
   for (std::int64_t a = 0; a < n_cols; ++a)
     for (std::int64_t b = 0; b < n_cols; ++b) {
       double lk = 0;
-      for (std::int64_t k = 0; k < basis.rank; ++k) lk += basis.l[a * basis.rank + k] * basis.l[b * basis.rank + k];
+      for (std::int64_t k = 0; k < basis.rank; ++k) lk += basis.l[k * n_cols + a] * basis.l[k * n_cols + b];
       worst = std::fmax(worst, std::fabs(lk - poly_kernel(x.data() + a * 4, x.data() + b * 4, 4)));
     }
   CHECK(worst < 1e-8);
