@@ -5,7 +5,8 @@ A signature hashes what determines a block's cost on a device and nothing else:
 * op types, domains and attributes of its nodes, in order (an attribute written out at its schema's default value
   counts as left out: exporters differ in which defaults they write);
 * the wiring between them, with tensor names replaced by positions (block inputs `i0, i1...`,
-  node outputs `n<j>.<k>`, weights `w0, w1...` in order of first use, other outside tensors `x0...`);
+  node outputs `n<j>.<k>`, weights `w0, w1...` in order of first use, other outside tensors `x0...`); an Identity
+  only renames its input (exporters alias shared weights with one), so it is left out;
 * shapes and dtypes of every tensor it reads or writes, and weight shapes;
 * values only of small structural constants (integer tensors such as shapes and axes, scalars),
   never of weights.
@@ -164,18 +165,28 @@ def block_signature(
         return canon
 
     record: list[object] = [[info_key(n) for n in inputs]]
-    for j, node in enumerate(nodes):
+    j = 0
+    for node in nodes:
+        if _is_alias(node):  # names its input anew (an exporter's Identity of a shared weight): not part of the shape
+            names[node.output[0]] = ref(node.input[0])
+            continue
         ins = [ref(x) for x in node.input]
         for k, o in enumerate(node.output):
             if o:
                 names[o] = f"n{j}.{k}"
         outs = [info_key(o) if o else None for o in node.output]
         record.append([node.domain, node.op_type, ins, outs, _attrs_key(node, ref, opsets)])
+        j += 1
     record.append([ref(o) for o in outputs])
     record.append(weights)
     record.append(externals)
     blob = json.dumps(record, separators=(",", ":"), sort_keys=False).encode()
     return hashlib.sha256(blob).hexdigest()[:SIGNATURE_LENGTH]
+
+
+def _is_alias(node: NodeProto) -> bool:
+    is_identity = node.op_type == "Identity" and node.domain in ("", "ai.onnx")
+    return is_identity and len(node.input) == 1 and node.input[0] != "" and len(node.output) == 1
 
 
 def model_opsets(model: onnx.ModelProto) -> dict[str, int]:

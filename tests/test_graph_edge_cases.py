@@ -279,3 +279,21 @@ def test_blocks_sharing_a_constant_node_share_their_signature() -> None:
     layers = [b for b in graph.blocks if "MatMul" in b.ops]
     assert len(layers) == 3 and len({b.signature for b in layers}) == 1
     check_chained(model, graph)
+
+
+def test_an_identity_that_renames_a_shared_weight_does_not_change_the_signature() -> None:
+    """The TorchScript exporter reads a weight shared by layers through an Identity in every layer but the first:
+    the first layer of a transformer stack got a signature of its own."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a0"]),
+        helper.make_node("Softmax", ["a0"], ["c0"]),
+        helper.make_node("Identity", ["w"], ["w_again"]),
+        helper.make_node("MatMul", ["c0", "w_again"], ["a1"]),
+        helper.make_node("Softmax", ["a1"], ["y"]),
+    ]
+    model = make(nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight("w", (4, 4))])
+    graph = analyze(model)
+    layers = [b for b in graph.blocks if "MatMul" in b.ops]
+    assert len(layers) == 2 and "Identity" in layers[1].ops
+    assert layers[0].signature == layers[1].signature
+    check_chained(model, graph)
