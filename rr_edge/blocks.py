@@ -293,7 +293,9 @@ def _fuse_cheap(
     return fused
 
 
-def _members(ix: _Index, run: Sequence[int], active: set[int], outputs: Iterable[str]) -> list[int]:
+def _members(
+    ix: _Index, run: Sequence[int], active: set[int], outputs: Iterable[str], infos: Mapping[str, TensorInfo]
+) -> list[int]:
     """A block's nodes: its run of active nodes, each preceded by the static nodes it needs and no earlier node of
     the block has brought (depth first, in input order), then those the block's `outputs` need. The order depends
     on the block's own structure only, not on where the model keeps a static node that several blocks share (an
@@ -310,7 +312,7 @@ def _members(ix: _Index, run: Sequence[int], active: set[int], outputs: Iterable
             elif p not in seen:
                 seen.add(p)
                 stack.append((p, True))
-                if ix.nodes[p].op_type not in _SHAPE_OPS:  # a static Shape reads no value
+                if not _reads_a_known_shape(ix.nodes[p], infos):  # a Shape of a static shape reads no value
                     stack.extend((q, False) for q in _static_producers(ix, ix.inputs[p], active)[::-1])
 
     for i in run:
@@ -318,6 +320,13 @@ def _members(ix: _Index, run: Sequence[int], active: set[int], outputs: Iterable
         order.append(i)
     bring(outputs)
     return order
+
+
+def _reads_a_known_shape(node: NodeProto, infos: Mapping[str, TensorInfo]) -> bool:
+    """A Shape or Size of a tensor whose shape is static: computed without its input (a slice makes it a Constant)."""
+    is_shape = node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx") and bool(node.input)
+    info = infos.get(node.input[0]) if is_shape else None
+    return info is not None and info.static
 
 
 def _static_producers(ix: _Index, tensors: Iterable[str], active: set[int]) -> list[int]:
@@ -373,7 +382,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
     for k, (run, cut) in enumerate(runs):
         outputs = [cut] if cut is not None else list(ix.graph_outputs)
-        members = _members(ix, run, active, outputs if cut is None else [])
+        members = _members(ix, run, active, outputs if cut is None else [], infos)
         nodes = [ix.nodes[i] for i in members]
         blocks.append(
             Block(

@@ -1,9 +1,9 @@
 """Pareto front over (latency, energy) — exact, and fast on plan tables with row + column structure. Pure.
 
 `pareto_indices` / `sweep` return the mutually non-dominated points (minimising both coordinates), sorted by
-latency, one point per distinct (latency, energy). Values that differ by less than TIE_TOLERANCE times the largest of
-their kind are equal: plans that cost the same, summed in another order, differ in their last bits, and that noise
-must not decide between them (nor keep one that an equal one dominates).
+latency, one point per distinct (latency, energy). Values that differ by at most TIE_TOLERANCE times the largest of
+their kind from the next one are equal (`tolerant_ranks`): plans that cost the same, summed in another order, differ
+in their last bits, and that noise must not decide between them (nor keep one that an equal one dominates).
 
 `separable_candidates` handles a whole plan table whose cells are bounded below by ``row[r] + col[j]``: it drops,
 exactly, the rows, columns and cells that a front of real plans strictly dominates, so that only a few thousand cells
@@ -39,22 +39,27 @@ def sweep(lat: np.ndarray, en: np.ndarray, tie: np.ndarray, ids: np.ndarray) -> 
 
     Equal points (`TIE_TOLERANCE`) are kept once: the smallest ``tie``, then the smallest ``ids``.
     """
-    lat, en = _snap(lat), _snap(en)
+    lat, en = tolerant_ranks(lat), tolerant_ranks(en)
     order = np.lexsort((ids, tie, en, lat))
     e = en[order]
     best_before = np.concatenate(([np.inf], np.minimum.accumulate(e)[:-1])) if e.size else e
     return order[e < best_before]
 
 
-def _snap(v: np.ndarray) -> np.ndarray:
-    """v on a grid of TIE_TOLERANCE x its largest finite magnitude (infinities kept)."""
+def tolerant_ranks(v: np.ndarray) -> np.ndarray:
+    """The rank of each value among the distinct values of v, where sorted neighbours at most TIE_TOLERANCE x the
+    largest finite magnitude apart count as one value (so do all infinities of one sign): equal ranks, equal
+    values, wherever they fall (rounding to a grid would part two values one bit apart across a grid line)."""
     v = np.asarray(v, dtype=np.float64)
     finite = np.isfinite(v)
-    scale = float(np.abs(v[finite]).max()) if finite.any() else 0.0
-    if scale == 0.0:
-        return v
-    q = TIE_TOLERANCE * scale
-    return np.where(finite, np.round(v / q) * q, v)
+    tol = TIE_TOLERANCE * float(np.abs(v[finite]).max()) if finite.any() else 0.0
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    with np.errstate(invalid="ignore"):  # inf - inf
+        same = (np.diff(s) <= tol) | (s[1:] == s[:-1])
+    ranks = np.empty(v.size, dtype=np.int64)
+    ranks[order] = np.cumsum(np.concatenate(([0], ~same)))[: v.size]
+    return ranks
 
 
 def _suffix_argmin(v: np.ndarray) -> np.ndarray:

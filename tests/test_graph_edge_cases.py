@@ -297,3 +297,24 @@ def test_an_identity_that_renames_a_shared_weight_does_not_change_the_signature(
     assert len(layers) == 2 and "Identity" in layers[1].ops
     assert layers[0].signature == layers[1].signature
     check_chained(model, graph)
+
+
+def test_a_shape_of_a_static_tensor_of_unknown_shape_comes_after_its_producer() -> None:
+    """A Shape of NonZero(weight) (static, shape [1, ?]) read by the block's first node was listed before the
+    NonZero that another node of the block reads: the slicer took the Shape for one of an outside tensor and
+    refused it as not static (found by review)."""
+    nodes = [
+        helper.make_node("NonZero", ["w"], ["nz"]),
+        helper.make_node("Shape", ["nz"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=F),
+        helper.make_node("Cast", ["nz"], ["nzf"], to=F),
+        helper.make_node("ReduceSum", ["nzf"], ["rs"], keepdims=0),
+        helper.make_node("Mul", ["x", "sf"], ["a"]),
+        helper.make_node("Add", ["a", "rs"], ["y"]),
+    ]
+    w = numpy_helper.from_array(np.array([1, 0, 2, 0, 3], np.float32), "w")
+    model = make(nodes, [io("x", [2])], [io("y", [2])], [w])
+    graph = analyze(model)
+    order = [model.graph.node[i].op_type for i in graph.blocks[0].nodes]
+    assert order.index("NonZero") < order.index("Shape")
+    check_chained(model, graph)

@@ -10,6 +10,7 @@ import pytest
 
 from rr_edge.baselines import neurosurgeon, offload_all
 from rr_edge.netmodel import NetworkModel, fit_network_model
+from rr_edge.pareto import sweep, tolerant_ranks
 from rr_edge.planner import (
     Plan,
     PlanInputs,
@@ -373,6 +374,18 @@ def test_plans_that_cost_the_same_are_equal_however_their_sums_round(seeds):
         assert by_latency.energy_mJ == pytest.approx(least_energy_among_fastest, abs=tol), seed
         assert by_energy.energy_mJ == pytest.approx(frugal, abs=tol), seed
         assert by_energy.latency_ms == pytest.approx(fastest_among_frugal, abs=tol), seed
+
+
+def test_costs_one_bit_apart_are_equal_wherever_they_fall():
+    """Rounding to a grid of the tolerance parted two energies one bit apart that straddled a grid line, and the
+    4 ms plan stayed on the front beside a 2 ms plan of the same energy (found by review)."""
+    mid = 0.7000000000005  # a midpoint of the 1e-12 grid of a scale of 1.0
+    hi = np.nextafter(mid, 1.0)
+    lo = np.nextafter(hi, 0.0)
+    assert lo < hi
+    keep = sweep(np.array([2.0, 4.0, 0.5]), np.array([hi, lo, 1.0]), np.array([0, 3, 1]), np.arange(3))
+    assert keep.tolist() == [2, 0]
+    assert tolerant_ranks(np.array([1.0, np.inf, lo, hi, np.inf, -np.inf])).tolist() == [2, 3, 1, 1, 3, 0]
 
 
 def test_plans_over_the_servers_slice_limit_are_never_chosen():
