@@ -120,7 +120,8 @@ class DirectionProfile:
     affine_error: float
     model: dict[str, Any] = field(default_factory=dict)
     pwl_error: float = -1.0  # negative: not computed
-    notes: tuple[str, ...] = ()  # why the chosen curve was chosen over another, what was not fitted
+    # why the chosen curve was chosen over another, what was not fitted (local: the server keeps no notes)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
