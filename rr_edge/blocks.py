@@ -33,7 +33,7 @@ from onnx import NodeProto, TensorProto
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
 from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy
-from rr_edge.shapes import tensor_infos_of
+from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_opsets
 
 log = logging.getLogger(__name__)
@@ -371,6 +371,12 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     """Split `model` into atomic blocks (see the module docstring)."""
     ix = _Index(model.graph)
     infos = tensor_infos_of(model if ix.sorted else _reordered(model, ix.order))
+    # tensors of a known numpy type whose shape static inference could not tell: sizes, FLOPs and the profiler's
+    # inputs need them (ONNX Runtime hands neither sequences nor bfloat16 to numpy)
+    unknown = [o for n in ix.nodes for o in n.output if o in infos and not infos[o].static]
+    unknown = [o for o in unknown if infos[o].dtype in EXCHANGED_DTYPES]
+    if unknown:
+        infos.update(run_shapes(model, unknown))
     if not ix.graph_inputs:
         raise ModelError(f"model {name!r} has no graph inputs")
     active, active_tensors = _classify(ix, infos)

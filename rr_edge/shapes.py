@@ -1,7 +1,11 @@
-"""Static shapes and dtypes of every tensor of an ONNX graph (pure; no file I/O).
+"""Static shapes and dtypes of every tensor of an ONNX graph (no file I/O).
 
 Shape inference runs on a light copy of the model whose large initializers are replaced by typed
-graph inputs, so a 500 MB model costs about as much as its graph structure.
+graph inputs, so a 500 MB model costs about as much as its graph structure. What it cannot tell
+(the TorchScript exporter computes many shapes through Shape -> Gather -> Div chains that it does
+not follow) `run_shapes` reads from one run of the model in ONNX Runtime: the model has one fixed
+input shape, so the shapes of that run are the shapes of every run, unless a shape depends on the
+input's values (NonZero, a Tile by computed repeats), where they are those of made-up inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, value_info_to_te
 
 log = logging.getLogger(__name__)
 
-__all__ = ["initializer_info", "tensor_infos_of"]
+__all__ = ["initializer_info", "run_shapes", "tensor_infos_of"]
 
 
 def initializer_info(t: TensorProto) -> TensorInfo:
@@ -68,3 +72,38 @@ def _inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
         log.warning("shape inference failed, some block features will be unknown: %s", exc)
         return []
     return [*inferred.graph.value_info, *inferred.graph.output]
+
+
+def run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, TensorInfo]:
+    """TensorInfo of each of `names` (node outputs of the main graph) as one run of `model` in ONNX Runtime produces
+    them, on made-up inputs of the model's fixed input shapes (standard-normal floats, zeros otherwise). Empty, with
+    a warning, when the model does not run so (the static figures then stay as they are)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in declared)
+    weights = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(0)
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for vi in model.graph.input:
+            if vi.name in weights:
+                continue
+            tt = vi.type.tensor_type
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            shape = [d.dim_value for d in tt.shape.dim]
+            floating = np.issubdtype(dtype, np.floating)
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if floating else np.zeros(shape, dtype)
+        values = session.run(names, feeds)
+    except Exception as exc:  # noqa: BLE001 - any refusal: keep what static inference knows
+        log.warning("could not run the model to read the shapes static inference left unknown: %s", exc)
+        return {}
+    log.info("%d tensor shapes that static inference left unknown were read from one run of the model", len(names))
+    arrays = {n: v for n, v in zip(names, values, strict=True) if isinstance(v, np.ndarray)}  # not sequences
+    return {n: TensorInfo(n, tuple(int(d) for d in a.shape), str(a.dtype)) for n, a in arrays.items()}

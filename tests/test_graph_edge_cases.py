@@ -18,6 +18,7 @@ from rr_edge.blocks import analyze
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
 from rr_edge.onnx_io import TensorInfo, load_model
+from rr_edge.profiler import ProfileConfig, TimingPolicy, profile_model
 from rr_edge.slicing import Slicer
 
 F = TensorProto.FLOAT
@@ -76,7 +77,13 @@ def unknown_rank_model() -> onnx.ModelProto:
     return make(nodes, [io("x", [1, 4])], [io("y", [4])], [weight("w", (4, 4)), *constants])
 
 
-def test_a_tensor_of_unknown_rank_is_read_as_such(tmp_path: Path) -> None:
+@pytest.fixture
+def no_shape_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model ONNX Runtime cannot run to read the shapes static inference left unknown: they stay unknown."""
+    monkeypatch.setattr("rr_edge.blocks.run_shapes", lambda model, names: {})
+
+
+def test_a_tensor_of_unknown_rank_is_read_as_such(tmp_path: Path, no_shape_run: None) -> None:
     """It was taken for a scalar: its slices declared it so (ORT: wrong rank), and the Shape of it became a constant
     empty shape. Now it is no cut point and its Shape is computed."""
     model = loaded(unknown_rank_model(), tmp_path)
@@ -299,7 +306,7 @@ def test_an_identity_that_renames_a_shared_weight_does_not_change_the_signature(
     check_chained(model, graph)
 
 
-def test_a_shape_of_a_static_tensor_of_unknown_shape_comes_after_its_producer() -> None:
+def test_a_shape_of_a_static_tensor_of_unknown_shape_comes_after_its_producer(no_shape_run: None) -> None:
     """A Shape of NonZero(weight) (static, shape [1, ?]) read by the block's first node was listed before the
     NonZero that another node of the block reads: the slicer took the Shape for one of an outside tensor and
     refused it as not static (found by review)."""
@@ -318,3 +325,43 @@ def test_a_shape_of_a_static_tensor_of_unknown_shape_comes_after_its_producer() 
     order = [model.graph.node[i].op_type for i in graph.blocks[0].nodes]
     assert order.index("NonZero") < order.index("Shape")
     check_chained(model, graph)
+
+
+def computed_repeats_model() -> onnx.ModelProto:
+    """A Tile by repeats computed from the input (always [1, 1, 2, 2] here): static inference knows neither the
+    Tile's shape nor any after it; one run does."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["a"]),
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "big"], ["g"]),  # False for these inputs
+        helper.make_node("Cast", ["g"], ["gi"], to=TensorProto.INT64),
+        helper.make_node("Add", ["gi", "twos"], ["repeats"]),
+        helper.make_node("Tile", ["a", "repeats"], ["t"]),
+        helper.make_node("Conv", ["t", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["b"]),
+        helper.make_node("ReduceMean", ["b"], ["y"], axes=[2, 3], keepdims=0),
+    ]
+    constants = [
+        numpy_helper.from_array(np.float32(1e9), "big"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.int64), "twos"),
+    ]
+    weights = [weight("w0", (8, 3, 3, 3)), weight("w1", (8, 8, 3, 3), 1), *constants]
+    return make(nodes, [io("x", [1, 3, 8, 8])], [io("y", [1, 8])], weights)
+
+
+def test_shapes_static_inference_cannot_tell_are_read_from_a_run(tmp_path: Path) -> None:
+    """Such tensors (every shape the TorchScript exporter computes through Shape -> Gather -> Div chains) counted
+    0 bytes and their nodes 0 FLOPs, so the planner took those transfers for free and the blocks for instant, and
+    the profiler fed their blocks inputs with every unknown dimension 1: ONNX Runtime refused them (found by an
+    end-to-end sweep)."""
+    model = loaded(computed_repeats_model(), tmp_path)
+    graph = analyze(model)
+    assert graph.tensors["t"].shape == (1, 8, 16, 16)
+    assert all(b.output_bytes > 0 for b in graph.blocks)
+    assert sum(b.flops for b in graph.blocks) >= 2 * (8 * 16 * 16) * (8 * 3 * 3)  # the second Conv, at its real size
+    check_chained(model, graph)
+    config = ProfileConfig(sample=1.0, seed=0, timing=TimingPolicy(warmup_runs=0, min_runs=1, min_time_s=0.0),
+                           whole_model=False)  # fmt: skip
+    result = profile_model(model, graph, config=config)
+    assert len(result.layers) == len({b.signature for b in graph.blocks})
