@@ -86,7 +86,11 @@ def _zoo_model(name: str, input_size: int) -> Any:
     with warnings.catch_warnings():  # inception/googlenet warn about their future default init
         warnings.simplefilter("ignore", FutureWarning)
         size = {key: value(input_size) for prefix, (key, value) in _SIZE_KEYWORDS.items() if name.startswith(prefix)}
-        return torchvision.models.get_model(name, weights=None, **size)
+        try:
+            return torchvision.models.get_model(name, weights=None, **size)
+        except (ValueError, AssertionError, TypeError, RuntimeError) as exc:  # e.g. a size its patches do not divide
+            why = _one_line(exc)
+            raise ModelError(f"torchvision cannot build {name} for --input-size {input_size}: {why}") from None
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

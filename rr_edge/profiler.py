@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 
 from rr_edge.blocks import Block, BlockGraph, analyze
-from rr_edge.errors import ModelError
+from rr_edge.errors import ModelError, ServerError, ServerUnavailable
 from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
@@ -422,15 +422,17 @@ def report_profile(
             if data is None or len(data) > limit:
                 too_big.append(f"block {layer.block_index}")
                 continue
-            uploaded = client.upload_slice(data, label=f"{result.model}[{layer.block_index}]")
-            result.layers[k] = replace(layer, slice_id=uploaded.slice_id)
+            slice_id = _upload_or_warn(client, data, f"{result.model}[{layer.block_index}]")
+            if slice_id:
+                result.layers[k] = replace(layer, slice_id=slice_id)
         if progress:
             progress("upload", len(result.layers), len(result.layers), "")
         whole = result.model_bytes
         if result.model_run is not None and whole is not None:
             if len(whole) <= limit:
-                uploaded = client.upload_slice(whole, label=result.model)
-                result.model_run = replace(result.model_run, slice_id=uploaded.slice_id)
+                slice_id = _upload_or_warn(client, whole, result.model)
+                if slice_id:
+                    result.model_run = replace(result.model_run, slice_id=slice_id)
             else:
                 too_big.append("the whole model")
         if too_big:
@@ -442,6 +444,18 @@ def report_profile(
             )
     models = [result.model_run] if result.model_run is not None else []
     return client.report_layer_profiles(node_id, result.settings, result.layers, models)
+
+
+def _upload_or_warn(client: Client, data: bytes, label: str) -> str:
+    """Upload a slice for the server to time; its slice id, or "" with a warning when the server refuses it as a
+    slice (the measurements are reported all the same, and the cloud's latency of it is predicted)."""
+    try:
+        return client.upload_slice(data, label=label).slice_id
+    except ServerError as exc:
+        if isinstance(exc, ServerUnavailable) or exc.code not in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+            raise
+        log.warning("the server refused %s for timing (%s); its cloud latency is predicted instead", label, exc)
+        return ""
 
 
 def run_profile(

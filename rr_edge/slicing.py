@@ -10,6 +10,7 @@ computed elsewhere) becomes a Constant holding the statically known shape.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -70,7 +71,10 @@ class Slicer:
         internal = available - set(inputs) - set(outputs)
         m = onnx.ModelProto()
         m.ir_version = self._model.ir_version
-        m.opset_import.extend(self._model.opset_import)
+        functions = self._functions_called(nodes)
+        used = _domains(nodes) | {d for f in functions for d in _domains(f.node)} | {"", "ai.onnx"}
+        # only the domains it uses: a server refuses a slice that imports a custom domain, even one it never uses
+        m.opset_import.extend(o for o in self._model.opset_import if o.domain in used)
         m.producer_name = "roadrunner"
         g = m.graph  # filled in place: each initializer is copied exactly once
         g.name = f"{graph.model}_blocks_{a}_{b}"
@@ -81,7 +85,7 @@ class Slicer:
         if m.ir_version < 4:  # before IR 4 every initializer is also a graph input
             g.input.extend(self._value_info(n) for n in used_init if n not in inputs)
         g.value_info.extend(self._value_info(n) for n in sorted(internal) if n in self._elem_type)
-        m.functions.extend(self._functions_called(nodes))
+        m.functions.extend(functions)
         return m
 
     def _functions_called(self, nodes: list[NodeProto]) -> list[onnx.FunctionProto]:
@@ -120,6 +124,17 @@ class Slicer:
         return helper.make_node(
             "Constant", [], list(node.output), name=f"{node.name}_static", value=numpy_helper.from_array(value)
         )
+
+
+def _domains(nodes: Iterable[NodeProto]) -> set[str]:
+    """The operator domains of the nodes and of the nodes of their subgraphs (If/Loop/Scan bodies)."""
+    found: set[str] = set()
+    for n in nodes:
+        found.add(n.domain)
+        for attr in n.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                found |= _domains(g.node)
+    return found
 
 
 def _dims(info: TensorInfo) -> list[int | str] | None:

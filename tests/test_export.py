@@ -96,6 +96,14 @@ def test_models_built_for_one_size_are_built_for_the_asked_one() -> None:
     assert _zoo_model("resnet18", 64).fc.in_features == 512  # the others adapt to any size: built as they were
 
 
+def test_a_size_the_builder_refuses_is_one_clear_error(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """vit_b_16 at 60 px (patches of 16) raised an AssertionError with a traceback (found by an end-to-end sweep)."""
+    code = main(["export", "vit_b_16", "--input-size", "60", "-o", str(tmp_path / "v.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "cannot build vit_b_16 for --input-size 60" in err.strip().splitlines()[-1]
+
+
 def test_export_builds_the_zoo_model_for_its_input_size(monkeypatch, tmp_path: Path) -> None:
     import rr_edge.export as export
 

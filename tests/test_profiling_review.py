@@ -87,3 +87,35 @@ def test_runners_made_before_one_fails_are_closed() -> None:
     with pytest.raises(RuntimeError, match="refused"):
         measure_splits(runner_for, [(0, 1), (2, 2)], np.zeros(1), 3)
     assert closed == [(0, 1)]
+
+
+def test_a_slice_the_server_refuses_leaves_the_profile_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One slice the server would not take (here a contrib op of ONNX Runtime, which rr-server refuses in uploads)
+    made `rr-edge profile` fail after every block was measured, and nothing was reported."""
+    from _server_support import start_server
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rr_edge.client import Client
+    from rr_edge.profiler import ProfileConfig, run_profile
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Gelu", ["a"], ["b"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["b", "w"], ["y"]),
+    ]
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [w])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    server = start_server(tmp_path / "server", cloud_profiling=False)
+    try:
+        with Client(server.address) as client:
+            config = ProfileConfig(sample=1.0, seed=0, timing=TimingPolicy(warmup_runs=0, min_runs=2, min_time_s=0.0))
+            result = run_profile(client, "edge-a", model, "gelu", config=config)
+            assert {m.slice_id for m in result.layers if "Gelu" in m.features.ops} == {""}  # refused, not timed
+            assert any(m.slice_id for m in result.layers)  # the standard ones went up
+            assert client.list_measured_signatures("edge-a") == {m.signature for m in result.layers}
+    finally:
+        server.stop(grace=1)

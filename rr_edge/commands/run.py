@@ -45,7 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "J+1.. on this node again; I = J runs everything here",
     )
     p.add_argument("--input", required=True, type=Path, metavar="X.npy", help="input array (single-input models)")
-    p.add_argument("--output", type=output_path, metavar="Y.npy", help="write the (last) output array (.npy format)")
+    p.add_argument(
+        "--output",
+        type=output_path,
+        metavar="Y.npy",
+        help="write the last request's output (.npy; the first output of a model with several)",
+    )
     p.add_argument("--repeat", type=positive_int, default=1, metavar="K", help="requests to run (default %(default)s)")
     p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
     p.add_argument(
