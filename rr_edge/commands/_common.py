@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,23 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0 < value < math.inf:  # also NaN
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+    return _finite_float(text, "> 0", lambda v: v > 0)
 
 
 def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (NaN, which no clock or size ever reaches, is refused too)."""
+    """argparse type: a finite number >= 0."""
+    return _finite_float(text, ">= 0", lambda v: v >= 0)
+
+
+def _finite_float(text: str, bound: str, within: Callable[[float], bool]) -> float:
+    """A finite number `within` its bound: NaN, which passes no comparison (no clock ever reaches it), and infinity
+    are refused too."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not (math.isfinite(value) and within(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
 
 
