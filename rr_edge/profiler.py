@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from rr_edge.blocks import Block, BlockGraph, analyze
 from rr_edge.errors import ModelError, ServerError, ServerUnavailable
 from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
-from rr_edge.session import ORT_DTYPES, OrtSettings
+from rr_edge.session import OrtSettings, random_feeds
 from rr_edge.slicing import Slicer
 
 if TYPE_CHECKING:
@@ -50,7 +49,6 @@ __all__ = [
     "TimingPolicy",
     "features_of",
     "profile_model",
-    "random_feeds",
     "report_profile",
     "run_profile",
     "select_signatures",
@@ -217,22 +215,6 @@ def time_runs(
 
 def features_of(block: Block) -> BlockFeatures:
     return BlockFeatures(block.ops, block.flops, block.param_bytes, block.input_bytes, block.output_bytes)
-
-
-def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for a session: standard-normal floats, zeros for integers and booleans (dynamic dims = 1)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for arg in session.get_inputs():
-        dtype = ORT_DTYPES.get(arg.type)
-        if dtype is None:
-            raise ModelError(f"input {arg.name!r} has type {arg.type}, which the profiler cannot generate")
-        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in arg.shape)
-        if np.issubdtype(dtype, np.floating):
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[arg.name] = np.zeros(shape, dtype=dtype)
-    return feeds
 
 
 class _Timed:

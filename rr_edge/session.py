@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from rr_edge.errors import RoadRunnerError
+from rr_edge.errors import ModelError, RoadRunnerError
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +171,20 @@ class OrtSettings:
                 s.provider,
             )
         return session
+
+
+def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """Made-up inputs for a session (profiling, reading shapes): standard-normal floats, zeros for integers and
+    booleans (zeros are valid indices), dynamic dimensions 1."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for arg in session.get_inputs():
+        dtype = ORT_DTYPES.get(arg.type)
+        if dtype is None:
+            raise ModelError(f"input {arg.name!r} has type {arg.type}, for which no made-up input can be generated")
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in arg.shape)
+        if np.issubdtype(dtype, np.floating):
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[arg.name] = np.zeros(shape, dtype=dtype)
+    return feeds

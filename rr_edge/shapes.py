@@ -81,26 +81,17 @@ def run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, TensorInfo
     import numpy as np
     import onnxruntime as ort
 
+    from rr_edge.session import random_feeds
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in declared)
-    weights = {t.name for t in model.graph.initializer}
-    rng = np.random.default_rng(0)
     try:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feeds = {}
-        for vi in model.graph.input:
-            if vi.name in weights:
-                continue
-            tt = vi.type.tensor_type
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-            shape = [d.dim_value for d in tt.shape.dim]
-            floating = np.issubdtype(dtype, np.floating)
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if floating else np.zeros(shape, dtype)
-        values = session.run(names, feeds)
+        values = session.run(names, random_feeds(session))
     except Exception as exc:  # noqa: BLE001 - any refusal: keep what static inference knows
         log.warning("could not run the model to read the shapes static inference left unknown: %s", exc)
         return {}

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from rr_edge.profiler import random_feeds
+from rr_edge.session import random_feeds
 from rr_server.sessions import session_options
 from tools._models import cached_export
 

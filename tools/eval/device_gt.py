@@ -19,8 +19,7 @@ import onnxruntime as ort
 from rr_edge.blocks import analyze
 from rr_edge.meters.model import resolve_power
 from rr_edge.onnx_io import load_model
-from rr_edge.profiler import random_feeds
-from rr_edge.session import OrtSettings
+from rr_edge.session import OrtSettings, random_feeds
 from rr_edge.slicing import Slicer
 from rr_server.config import DEFAULT_PROVIDERS
 from rr_server.sessions import resolve_providers, session_options
