@@ -98,7 +98,11 @@ class BlockGraph:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     blocks: tuple[Block, ...]
-    tensors: Mapping[str, TensorInfo] = field(repr=False, compare=False)  # every tensor with a known type
+    tensors: Mapping[str, TensorInfo] = field(repr=False, compare=False)  # every tensor with a known type, static
+    # shapes static inference left unknown, as one run on made-up inputs gave them (`shapes.run_shapes`): they count
+    # bytes and FLOPs and shape the profiler's inputs, but slices keep those dimensions free (they may depend on the
+    # input's values)
+    sample_shapes: Mapping[str, TensorInfo] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -371,18 +375,18 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     """Split `model` into atomic blocks (see the module docstring)."""
     ix = _Index(model.graph)
     infos = tensor_infos_of(model if ix.sorted else _reordered(model, ix.order))
-    # tensors of a known numpy type whose shape static inference could not tell: sizes, FLOPs and the profiler's
-    # inputs need them (ONNX Runtime hands neither sequences nor bfloat16 to numpy)
+    # tensors of a known numpy type whose shape static inference could not tell: sizes, FLOPs, signatures and the
+    # profiler's inputs take them from a run (ONNX Runtime hands neither sequences nor bfloat16 to numpy)
     unknown = [o for n in ix.nodes for o in n.output if o in infos and not infos[o].static]
     unknown = [o for o in unknown if infos[o].dtype in EXCHANGED_DTYPES]
-    if unknown:
-        infos.update(run_shapes(model, unknown))
+    sampled = run_shapes(model, unknown) if unknown else {}
+    sizes = {**infos, **sampled}
     if not ix.graph_inputs:
         raise ModelError(f"model {name!r} has no graph inputs")
     active, active_tensors = _classify(ix, infos)
     runs = _cut_runs(ix, active, active_tensors, infos)
     if fuse:
-        runs = _fuse_cheap(ix, runs, infos)
+        runs = _fuse_cheap(ix, runs, sizes)
     opsets = model_opsets(model)
     blocks: list[Block] = []
     prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
@@ -394,13 +398,13 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
             Block(
                 index=k,
                 ops=tuple(n.op_type for n in nodes),
-                signature=block_signature(nodes, prev_cut, outputs, infos, ix.initializers, opsets),
+                signature=block_signature(nodes, prev_cut, outputs, sizes, ix.initializers, opsets),
                 inputs=tuple(prev_cut),
                 outputs=tuple(outputs),
-                flops=sum(node_flops(n, infos) for n in nodes),
+                flops=sum(node_flops(n, sizes) for n in nodes),
                 param_bytes=_param_bytes(nodes, ix.initializers),
-                input_bytes=_bytes(prev_cut, infos),
-                output_bytes=_bytes(outputs, infos),
+                input_bytes=_bytes(prev_cut, sizes),
+                output_bytes=_bytes(outputs, sizes),
                 nodes=tuple(members),
                 slice_bytes=_serialized_bytes(nodes, ix.initializers),
             )
@@ -417,4 +421,5 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
         outputs=tuple(info(n) for n in ix.graph_outputs),
         blocks=tuple(blocks),
         tensors=infos,
+        sample_shapes=sampled,
     )

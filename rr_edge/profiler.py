@@ -30,10 +30,11 @@ import onnx
 from rr_edge.blocks import Block, BlockGraph, analyze
 from rr_edge.errors import ModelError, ServerError, ServerUnavailable
 from rr_edge.meters.base import EnergyReading, Meter
+from rr_edge.onnx_io import TensorInfo
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
 from rr_edge.session import OrtSettings, random_feeds
-from rr_edge.slicing import Slicer
+from rr_edge.slicing import Slicer, whole_model_bytes
 
 if TYPE_CHECKING:
     from rr_edge.client import Client
@@ -220,12 +221,14 @@ def features_of(block: Block) -> BlockFeatures:
 class _Timed:
     """A session with its inputs, ready to be timed."""
 
-    def __init__(self, onnx_bytes: bytes, settings: OrtSettings, label: str) -> None:
+    def __init__(
+        self, onnx_bytes: bytes, settings: OrtSettings, label: str, shapes: Mapping[str, TensorInfo] | None = None
+    ) -> None:
         try:
             self.session = settings.create_session(onnx_bytes)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
             raise ModelError(f"{label}: ONNX Runtime cannot load it ({exc})") from None
-        self.feeds = random_feeds(self.session)
+        self.feeds = random_feeds(self.session, shapes={n: i.shape for n, i in (shapes or {}).items()})
         self.label = label
 
     def __call__(self) -> object:
@@ -314,7 +317,7 @@ def profile_model(
     for sig in chosen:
         block = first_block[sig]
         slices[sig] = slicer.slice(block.index, block.index).SerializeToString()
-        timeds.append(_Timed(slices[sig], s, f"{graph.model}[{block.index}]"))
+        timeds.append(_Timed(slices[sig], s, f"{graph.model}[{block.index}]", graph.sample_shapes))
     for sig, (latency, energy) in zip(chosen, _measure_rounds(timeds, cfg.timing, meter, progress), strict=True):
         block = first_block[sig]
         medians[sig] = latency.median_ms
@@ -326,7 +329,7 @@ def profile_model(
     del timeds
     model_run, whole = None, None
     if cfg.whole_model:
-        whole = model.SerializeToString()
+        whole = whole_model_bytes(model)
         model_run = _whole_model(whole, graph, slicer, medians, s, meter, cfg, progress)
     return ProfileResult(
         model=graph.model,
@@ -360,7 +363,7 @@ def _whole_model(
         if progress:
             progress("sweep", k, len(rest), f"{graph.model}[{block.index}]")
         data = slicer.slice(block.index, block.index).SerializeToString()
-        times = time_runs(_Timed(data, settings, f"{graph.model}[{block.index}]"), cfg.sweep)
+        times = time_runs(_Timed(data, settings, f"{graph.model}[{block.index}]", graph.sample_shapes), cfg.sweep)
         medians[block.signature] = float(np.median(times))
     if progress:
         progress("model", 0, 1, graph.model)

@@ -22,7 +22,7 @@ from rr_edge.onnx_io import TensorInfo, elem_type
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Slicer", "slice_model"]
+__all__ = ["Slicer", "slice_model", "whole_model_bytes"]
 
 
 class Slicer:
@@ -72,9 +72,7 @@ class Slicer:
         m = onnx.ModelProto()
         m.ir_version = self._model.ir_version
         functions = self._functions_called(nodes)
-        used = _domains(nodes) | {d for f in functions for d in _domains(f.node)} | {"", "ai.onnx"}
-        # only the domains it uses: a server refuses a slice that imports a custom domain, even one it never uses
-        m.opset_import.extend(o for o in self._model.opset_import if o.domain in used)
+        m.opset_import.extend(_opsets_used(self._model, nodes, functions))
         m.producer_name = "roadrunner"
         g = m.graph  # filled in place: each initializer is copied exactly once
         g.name = f"{graph.model}_blocks_{a}_{b}"
@@ -124,6 +122,28 @@ class Slicer:
         return helper.make_node(
             "Constant", [], list(node.output), name=f"{node.name}_static", value=numpy_helper.from_array(value)
         )
+
+
+def whole_model_bytes(model: onnx.ModelProto) -> bytes:
+    """The model's ONNX bytes, without the opset imports of domains no node uses (copied only when it has some)."""
+    used = list(_opsets_used(model, model.graph.node, model.functions))
+    if len(used) == len(model.opset_import):
+        return model.SerializeToString()
+    trimmed = onnx.ModelProto()
+    trimmed.CopyFrom(model)
+    del trimmed.opset_import[:]
+    trimmed.opset_import.extend(used)
+    return trimmed.SerializeToString()
+
+
+def _opsets_used(
+    model: onnx.ModelProto, nodes: Iterable[NodeProto], functions: Iterable[onnx.FunctionProto]
+) -> list[onnx.OperatorSetIdProto]:
+    """The model's opset imports of the domains the nodes and functions use (and the default one): a server refuses
+    a model that imports a custom domain, even one it never uses (onnxruntime's quantization preprocessing leaves
+    several)."""
+    used = _domains(nodes) | {d for f in functions for d in _domains(f.node)} | {"", "ai.onnx"}
+    return [o for o in model.opset_import if o.domain in used]
 
 
 def _domains(nodes: Iterable[NodeProto]) -> set[str]:

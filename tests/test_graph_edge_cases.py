@@ -17,9 +17,10 @@ from test_slicing import check_chained
 from rr_edge.blocks import analyze
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
+from rr_edge.offload import outputs_close
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.profiler import ProfileConfig, TimingPolicy, profile_model
-from rr_edge.slicing import Slicer
+from rr_edge.slicing import Slicer, whole_model_bytes
 
 F = TensorProto.FLOAT
 
@@ -328,23 +329,25 @@ def test_a_shape_of_a_static_tensor_of_unknown_shape_comes_after_its_producer(no
 
 
 def computed_repeats_model() -> onnx.ModelProto:
-    """A Tile by repeats computed from the input (always [1, 1, 2, 2] here): static inference knows neither the
-    Tile's shape nor any after it; one run does."""
+    """A Tile by repeats computed from the input's values: [1, 1, 2, 2] when its largest value is over 0.5 (made-up
+    standard-normal inputs), else [1, 1, 1, 1]. Static inference knows neither the Tile's shape nor any after it."""
     nodes = [
         helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c0"], ["a"]),
         helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
-        helper.make_node("Greater", ["m", "big"], ["g"]),  # False for these inputs
+        helper.make_node("Greater", ["m", "half"], ["g"]),
         helper.make_node("Cast", ["g"], ["gi"], to=TensorProto.INT64),
-        helper.make_node("Add", ["gi", "twos"], ["repeats"]),
+        helper.make_node("Mul", ["gi", "spatial"], ["extra"]),
+        helper.make_node("Add", ["extra", "ones"], ["repeats"]),
         helper.make_node("Tile", ["a", "repeats"], ["t"]),
         helper.make_node("Conv", ["t", "w1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["b"]),
         helper.make_node("ReduceMean", ["b"], ["y"], axes=[2, 3], keepdims=0),
     ]
     constants = [
-        numpy_helper.from_array(np.float32(1e9), "big"),
-        numpy_helper.from_array(np.array([1, 1, 2, 2], np.int64), "twos"),
+        numpy_helper.from_array(np.float32(0.5), "half"),
+        numpy_helper.from_array(np.array([0, 0, 1, 1], np.int64), "spatial"),
+        numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "ones"),
     ]
     weights = [weight("w0", (8, 3, 3, 3)), weight("w1", (8, 8, 3, 3), 1), *constants]
     return make(nodes, [io("x", [1, 3, 8, 8])], [io("y", [1, 8])], weights)
@@ -354,17 +357,24 @@ def test_shapes_static_inference_cannot_tell_are_read_from_a_run(tmp_path: Path)
     """Such tensors (every shape the TorchScript exporter computes through Shape -> Gather -> Div chains) counted
     0 bytes and their nodes 0 FLOPs, so the planner took those transfers for free and the blocks for instant, and
     the profiler fed their blocks inputs with every unknown dimension 1: ONNX Runtime refused them (found by an
-    end-to-end sweep)."""
+    end-to-end sweep). The run's shapes count and shape the profiler's inputs, but slices keep those dimensions
+    free: an input whose values make other shapes still runs split (found by review)."""
     model = loaded(computed_repeats_model(), tmp_path)
     graph = analyze(model)
-    assert graph.tensors["t"].shape == (1, 8, 16, 16)
+    assert graph.sample_shapes["t"].shape == (1, 8, 16, 16) and not graph.tensors["t"].static
     assert all(b.output_bytes > 0 for b in graph.blocks)
     assert sum(b.flops for b in graph.blocks) >= 2 * (8 * 16 * 16) * (8 * 3 * 3)  # the second Conv, at its real size
-    check_chained(model, graph)
     config = ProfileConfig(sample=1.0, seed=0, timing=TimingPolicy(warmup_runs=0, min_runs=1, min_time_s=0.0),
                            whole_model=False)  # fmt: skip
     result = profile_model(model, graph, config=config)
     assert len(result.layers) == len({b.signature for b in graph.blocks})
+    slicer = Slicer(model, graph)
+    for x in (np.random.default_rng(0).standard_normal((1, 3, 8, 8)), np.full((1, 3, 8, 8), 0.25)):
+        feeds = {"x": x.astype(np.float32)}  # the second leaves the Tile's input as it is: other shapes after it
+        values = dict(feeds)
+        for k, block in enumerate(graph.blocks):
+            values.update(run_onnx(slicer.slice(k, k), {n: values[n] for n in block.inputs}))
+        np.testing.assert_allclose(values["y"], run_onnx(model, feeds)["y"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_slice_imports_only_the_domains_its_nodes_use() -> None:
@@ -378,3 +388,28 @@ def test_a_slice_imports_only_the_domains_its_nodes_use() -> None:
     whole = Slicer(model, graph).slice(0, len(graph.blocks) - 1)
     assert [o.domain for o in whole.opset_import] == [""]
     check_chained(model, graph)
+    # and the whole model, as the profiler uploads it for the server to time
+    assert [o.domain for o in onnx.load_from_string(whole_model_bytes(model)).opset_import] == [""]
+    plain = make(nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight("w", (4, 4))])
+    assert whole_model_bytes(plain) == plain.SerializeToString()
+
+
+def test_an_empty_tensor_between_blocks_is_profiled_and_compared(tmp_path: Path) -> None:
+    """A NonZero that finds nothing gives 0-element tensors: the profiler made its inputs with every dimension of 0
+    a 1 (ONNX Runtime refused them), and comparing the outputs took the largest of no differences (found by an
+    end-to-end sweep)."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Neg", ["r"], ["n"]),  # <= 0 everywhere
+        helper.make_node("Relu", ["n"], ["z"]),  # all zeros
+        helper.make_node("NonZero", ["z"], ["nz"]),  # [2, 0]
+        helper.make_node("Transpose", ["nz"], ["at"]),
+        helper.make_node("Cast", ["at"], ["y"], to=F),
+    ]
+    model = loaded(make(nodes, [io("x", [3, 4])], [io("y", [0, 2])]), tmp_path)
+    graph = analyze(model)
+    config = ProfileConfig(sample=1.0, seed=0, timing=TimingPolicy(warmup_runs=0, min_runs=1, min_time_s=0.0),
+                           whole_model=False)  # fmt: skip
+    assert profile_model(model, graph, config=config).layers
+    empty = {"y": np.zeros((0, 2), np.float32)}
+    assert outputs_close(empty, empty) == 0.0
