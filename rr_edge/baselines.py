@@ -58,7 +58,7 @@ def single_split_costs(inputs: PlanInputs) -> tuple[np.ndarray, np.ndarray]:
         w_mJ = transfer_mJ(link, wb, w_ms, inputs.tx_power_W)
         lat = lat + w_ms / K
         en = en + np.where(cached, 0.0, w_mJ) / K
-    over = inputs.too_big(r[:n], n - 1)
+    over = inputs.refused(r[:n], n - 1)
     lat[:n][over] = en[:n][over] = np.inf  # a slice over the server's limit cannot run
     lat[n], en[n] = head[n], head_mJ[n]  # r = N: nothing offloaded
     return lat, en

@@ -35,6 +35,7 @@ from rr_edge.flops import node_flops
 from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy
 from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_opsets
+from rr_proto.operators import STANDARD_DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Block:
     # What the block adds to a slice's ONNX bytes: its nodes and initializers, serialized. More than param_bytes by
     # the graph itself, e.g. the exporter's per-node metadata: a quarter of mobilenet_v2's first 14 blocks.
     slice_bytes: int = 0
+    offloadable: bool = True  # only standard ONNX operators (`rr_proto.operators`): a server runs it
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -87,6 +89,7 @@ class Block:
             "input_bytes": self.input_bytes,
             "output_bytes": self.output_bytes,
             "slice_bytes": self.slice_bytes,
+            "offloadable": self.offloadable,
         }
 
 
@@ -337,6 +340,18 @@ def _static_producers(ix: _Index, tensors: Iterable[str], active: set[int]) -> l
     return [p for p in (ix.producer.get(x) for x in tensors) if p is not None and p not in active]
 
 
+def _standard_ops_only(nodes: Iterable[NodeProto]) -> bool:
+    """Every node (and every node of its subgraphs) is a standard ONNX operator."""
+    for n in nodes:
+        if n.domain not in STANDARD_DOMAINS:
+            return False
+        for attr in n.attribute:
+            graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            if not all(_standard_ops_only(g.node) for g in graphs):
+                return False
+    return True
+
+
 def _bytes(names: Iterable[str], infos: Mapping[str, TensorInfo]) -> int:
     return sum(infos[n].nbytes for n in names if n in infos)
 
@@ -407,6 +422,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
                 output_bytes=_bytes(outputs, sizes),
                 nodes=tuple(members),
                 slice_bytes=_serialized_bytes(nodes, ix.initializers),
+                offloadable=_standard_ops_only(nodes),
             )
         )
         prev_cut = outputs

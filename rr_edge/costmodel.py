@@ -62,6 +62,8 @@ class PlanInputs:
     no metered energy (``rx_power_W`` None: as ``tx_power_W``).
     ``max_slice_bytes``: the server's limit on one slice (`ServerInfo.max_slice_bytes`; None: no limit). A plan whose
     middle slice is larger cannot run there, whether uploaded or preloaded: its cost is +inf.
+    ``local_only``: blocks the server does not run (`Block.offloadable`: an op outside the standard ONNX domains); a
+    plan that offloads one cannot run either.
     """
 
     edge_ms: np.ndarray
@@ -81,6 +83,7 @@ class PlanInputs:
     cloud_correction: float = 1.0
     upload: NetworkModel | None = None
     max_slice_bytes: float | None = None
+    local_only: frozenset[int] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         n = np.asarray(self.edge_ms).size
@@ -91,6 +94,9 @@ class PlanInputs:
         object.__setattr__(self, "upload_bytes", np.round(self.upload_bytes))  # whole bytes, as every plan reports
         object.__setattr__(self, "boundary_bytes", _vec("boundary_bytes", self.boundary_bytes, n + 1))
         object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
+        object.__setattr__(self, "local_only", frozenset(int(k) for k in self.local_only))
+        if any(not 0 <= k < n for k in self.local_only):
+            raise ValueError(f"local_only holds blocks outside 0..{n - 1}")
         if int(self.amortize_over) < 1:
             raise ValueError("amortize_over must be >= 1")
         if self.max_slice_bytes is not None and not self.max_slice_bytes > 0:
@@ -108,12 +114,19 @@ class PlanInputs:
     def n_blocks(self) -> int:
         return int(self.edge_ms.size)
 
-    def too_big(self, r: Any, j: Any) -> Any:
-        """Whether the middle slice of blocks r..j exceeds `max_slice_bytes` (broadcasts over index arrays)."""
-        if self.max_slice_bytes is None:
-            return np.zeros(np.broadcast(r, j).shape, dtype=bool)
-        prefix = np.concatenate(([0.0], np.cumsum(self.upload_bytes)))
-        return prefix[np.asarray(j) + 1] - prefix[r] > self.max_slice_bytes
+    def refused(self, r: Any, j: Any) -> Any:
+        """Whether the server cannot run the middle slice of blocks r..j: over `max_slice_bytes`, or holding a block
+        of `local_only` (broadcasts over index arrays)."""
+        out = np.zeros(np.broadcast(r, j).shape, dtype=bool)
+        if self.max_slice_bytes is not None:
+            prefix = np.concatenate(([0.0], np.cumsum(self.upload_bytes)))
+            out |= prefix[np.asarray(j) + 1] - prefix[r] > self.max_slice_bytes
+        if self.local_only:
+            marks = np.zeros(self.n_blocks)
+            marks[list(self.local_only)] = 1
+            counts = np.concatenate(([0.0], np.cumsum(marks)))
+            out |= counts[np.asarray(j) + 1] - counts[r] > 0
+        return out
 
     @property
     def weight_link(self) -> NetworkModel:
@@ -203,7 +216,7 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
     parts.update(head_ms=head, tail_ms=tail, compute_mJ=compute_mJ)
     latency = sum(parts[k] for k in BREAKDOWN if k.endswith("_ms"))
     energy = sum(parts[k] for k in BREAKDOWN if k.endswith("_mJ"))
-    if j > i and inputs.too_big(i + 1, j):
+    if j > i and inputs.refused(i + 1, j):
         latency = energy = np.inf
     return Plan(i, j, float(latency), float(energy), j - i, wbytes, {k: float(v) for k, v in parts.items()})
 
@@ -240,7 +253,7 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
         "transfer_mJ": xfer + z, "weight_upload_mJ": w_mJ, "idle_mJ": inputs.idle_power_W * cloud,
         "uplink_bytes": up_b, "downlink_bytes": down_b,
     }  # fmt: skip
-    over = off & inputs.too_big(r, jj)
+    over = off & inputs.refused(r, jj)
     lat = np.where(over, np.inf, sum(v for k, v in cols.items() if k.endswith("_ms")))
     en = np.where(over, np.inf, sum(v for k, v in cols.items() if k.endswith("_mJ")))
     rows = [

@@ -187,6 +187,7 @@ def plan_inputs(
         cloud_correction=costs.cloud_correction,
         upload=costs.upload,
         max_slice_bytes=costs.max_slice_bytes or None,
+        local_only=frozenset(b.index for b in graph.blocks if not b.offloadable),
     )
 
 

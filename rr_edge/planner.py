@@ -98,8 +98,8 @@ class PlanTable:
             lat[hit] -= f_ms
             en[hit] -= f_mJ
         is_local = r == self.n_blocks
-        too_big = ~is_local & self.inputs.too_big(np.minimum(r, self.n_blocks - 1), j)
-        lat[too_big] = en[too_big] = np.inf
+        refused = ~is_local & self.inputs.refused(np.minimum(r, self.n_blocks - 1), j)
+        lat[refused] = en[refused] = np.inf
         lat[is_local], en[is_local] = self.local
         return lat, en
 
@@ -115,7 +115,7 @@ class PlanTable:
             for fr, fj, f_ms, f_mJ in self.fixes:
                 lat[fr, fj] -= f_ms
                 en[fr, fj] -= f_mJ
-            bad = _invalid(n) | self.inputs.too_big(np.arange(n + 1)[:, None].clip(max=n - 1), np.arange(n)[None, :])
+            bad = _invalid(n) | self.inputs.refused(np.arange(n + 1)[:, None].clip(max=n - 1), np.arange(n)[None, :])
             lat[bad] = np.inf
             en[bad] = np.inf
             lat[-1, -1], en[-1, -1] = self.local
@@ -218,7 +218,7 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
 def _front_cells(table: PlanTable) -> tuple[np.ndarray, np.ndarray]:
     """(r, j) of the Pareto plans, by increasing latency; ties keep the fewest offloaded blocks."""
     n = table.n_blocks
-    if table.inputs.too_big(0, n - 1):  # the slice limit binds: cells are no longer bounded by rows + columns
+    if table.inputs.refused(0, n - 1):  # the server refuses some slices: cells are no longer bounded by rows + columns
         r, j = _triangle(n)
         r, j = np.concatenate(([n], r)), np.concatenate(([n - 1], j))
         lat, en = table.values(r, j)

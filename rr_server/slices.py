@@ -31,11 +31,11 @@ from pathlib import Path
 
 import onnx
 
+from rr_proto.operators import STANDARD_DOMAINS
 from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
-STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 _SLICE_ID = re.compile(r"[0-9a-f]{64}")
 
 

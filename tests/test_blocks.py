@@ -94,7 +94,7 @@ def test_json_format_and_features(zoo) -> None:
     assert doc["inputs"] == [{"name": "input", "shape": [1, 3, 224, 224], "dtype": "float32"}]
     assert doc["outputs"] == [{"name": "output", "shape": [1, 1000], "dtype": "float32"}]
     keys = {"index", "ops", "signature", "inputs", "outputs", "flops", "param_bytes", "input_bytes", "output_bytes",
-            "slice_bytes"}  # fmt: skip
+            "slice_bytes", "offloadable"}  # fmt: skip
     for i, b in enumerate(doc["blocks"]):
         assert set(b) == keys and b["index"] == i
         assert isinstance(b["signature"], str) and len(b["signature"]) >= 16

@@ -413,3 +413,18 @@ def test_an_empty_tensor_between_blocks_is_profiled_and_compared(tmp_path: Path)
     assert profile_model(model, graph, config=config).layers
     empty = {"y": np.zeros((0, 2), np.float32)}
     assert outputs_close(empty, empty) == 0.0
+
+
+def test_a_block_of_a_custom_domain_is_not_offloadable() -> None:
+    """The server runs standard ONNX operators only: a block with an ONNX Runtime contrib op is marked so, and the
+    plan inputs keep it local."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Gelu", ["a"], ["b"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["b", "w"], ["y"]),
+    ]
+    model = make(nodes, [io("x", [1, 4])], [io("y", [1, 4])], [weight("w", (4, 4))],
+                 opsets=[helper.make_opsetid("com.microsoft", 1)])  # fmt: skip
+    graph = analyze(model)
+    assert [b.offloadable for b in graph.blocks] == ["Gelu" not in b.ops for b in graph.blocks]
+    assert [b["offloadable"] for b in graph.to_json()["blocks"]] == [True, False]

@@ -404,6 +404,23 @@ def test_plans_over_the_servers_slice_limit_are_never_chosen():
         replace(fast_cloud, max_slice_bytes=0)
 
 
+def test_plans_that_offload_a_block_the_server_does_not_run_are_never_chosen():
+    """A block of ops outside the standard ONNX domains (ONNX Runtime's QLinear* contrib ops of a quantized model)
+    is refused by every server: the planner planned to offload it, and the run failed (found by an end-to-end
+    sweep). Plans around it stay possible."""
+    fast_cloud = make([50.0] * 4, [1.0] * 4, [100] * 5, preloaded=True, local_only={2})
+    table = evaluate_all(fast_cloud)
+    for p in [*pareto(table), choose(table, "latency"), choose(table, "energy")]:
+        assert not p.i < 2 <= p.j, p  # block 2 never in the middle slice
+    assert choose(table, "latency").i < choose(table, "latency").j  # still offloads the blocks around it
+    assert np.isinf(table.plan(1, 2).latency_ms) and np.isinf(table.latency_ms[0, 3])
+    assert offload_all(fast_cloud).to_dict()["latency_ms"] is None
+    ns = neurosurgeon(fast_cloud)
+    assert not ns.i < 2 <= ns.j and np.isfinite(ns.latency_ms)
+    with pytest.raises(ValueError, match="local_only"):
+        replace(fast_cloud, local_only={4})
+
+
 def test_plan_json_shape_is_spec_section_6():
     inp = make([1, 50, 1], [1, 1, 1], [1e6, 100, 100, 1e6])
     front = pareto(evaluate_all(inp))
