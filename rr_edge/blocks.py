@@ -394,7 +394,10 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     # profiler's inputs take them from a run (ONNX Runtime hands neither sequences nor bfloat16 to numpy)
     unknown = [o for n in ix.nodes for o in n.output if o in infos and not infos[o].static]
     unknown = [o for o in unknown if infos[o].dtype in EXCHANGED_DTYPES]
-    sampled = run_shapes(model, unknown) if unknown else {}
+    untyped = [o for n in ix.nodes for o in n.output if o and o not in infos]  # outputs of ops inference skips
+    sampled = run_shapes(model, unknown + untyped) if unknown or untyped else {}
+    if not sampled and unknown and untyped:  # one of these was no tensor numpy holds: without them
+        sampled = run_shapes(model, unknown)
     sizes = {**infos, **sampled}
     if not ix.graph_inputs:
         raise ModelError(f"model {name!r} has no graph inputs")

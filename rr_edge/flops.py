@@ -1,6 +1,7 @@
 """Floating-point operation counts per ONNX node (pure; a multiply-add counts as 2).
 
-Dense ops (Conv, ConvTranspose, Gemm, MatMul, Einsum, and the recurrent LSTM, GRU and RNN) dominate
+Dense ops (Conv, ConvTranspose, Gemm, MatMul, Einsum, the recurrent LSTM, GRU and RNN, and the
+quantized ConvInteger, QLinearConv, MatMulInteger and QLinearMatMul) dominate
 and are counted from shapes: 2 per MAC, plus one add per output element for a bias (a recurrent
 op counts its input and hidden-state products, not its gates' element-wise work).
 Element-wise ops, pooling, reductions and normalisations are counted per output element with
@@ -27,6 +28,7 @@ _ELEMENTWISE = {
     "GroupNormalization": 5, "Softmax": 3, "LogSoftmax": 3, "LRN": 3,
 }  # fmt: skip
 _POOLS = {"MaxPool", "AveragePool", "LpPool"}
+_CONVS = {"Conv": (1, 2), "ConvInteger": (1, 99), "QLinearConv": (3, 8)}  # op -> (weight input, bias input)
 _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
 
 
@@ -80,12 +82,13 @@ def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
     out = shape(0, outputs=True)
     out_n = _numel(out) if out is not None else 0
     op = node.op_type
-    if op == "Conv":
-        w = shape(1)
+    if op in _CONVS:  # the quantized ones take their weight at another input
+        weight, bias = _CONVS[op]
+        w = shape(weight)
         if w is None or out is None:
             return 0
         macs = out_n * _numel(w[1:])
-        return 2 * macs + (out_n if len(node.input) > 2 and node.input[2] else 0)
+        return 2 * macs + (out_n if len(node.input) > bias and node.input[bias] else 0)
     if op == "ConvTranspose":
         x, w = shape(0), shape(1)
         if x is None or w is None:
@@ -98,7 +101,7 @@ def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
             return 0
         k = a[0] if _int(node, "transA", 0) else a[1]
         return 2 * out_n * max(k, 0) + (out_n if len(node.input) > 2 and node.input[2] else 0)
-    if op in ("MatMul", "MatMulInteger"):
+    if op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
         a = shape(0)
         if a is None or out is None or not a:
             return 0

@@ -428,3 +428,25 @@ def test_a_block_of_a_custom_domain_is_not_offloadable() -> None:
     graph = analyze(model)
     assert [b.offloadable for b in graph.blocks] == ["Gelu" not in b.ops for b in graph.blocks]
     assert [b["offloadable"] for b in graph.to_json()["blocks"]] == [True, False]
+
+
+def test_quantized_convolutions_and_tensors_after_a_contrib_op_are_counted(tmp_path: Path) -> None:
+    """A quantized model in ONNX Runtime's QOperator format counted 2 of its 10 MFLOPs: QLinearConv had no rule,
+    and shape inference gives the outputs of contrib ops (com.microsoft) no type, so nothing after them had a
+    shape (found by an end-to-end sweep)."""
+    nodes = [
+        helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),  # untyped for ONNX inference
+        helper.make_node("Conv", ["g", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    model = make(nodes, [io("x", [1, 4, 8, 8])], [io("y", [1, 4, 8, 8])], [weight("w", (4, 4, 3, 3))],
+                 opsets=[helper.make_opsetid("com.microsoft", 1)])  # fmt: skip
+    graph = analyze(loaded(model, tmp_path))
+    assert sum(b.flops for b in graph.blocks) >= 2 * (4 * 8 * 8) * (4 * 3 * 3)
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")
+    w8 = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.uint8), "w8")
+    conv = helper.make_node("QLinearConv", ["xq", "s", "z", "w8", "s", "z", "s", "z"], ["yq"], pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), conv,
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]  # fmt: skip
+    graph = analyze(loaded(make(nodes, [io("x", [1, 4, 8, 8])], [io("y", [1, 4, 8, 8])], [scale, zero, w8]), tmp_path))
+    assert sum(b.flops for b in graph.blocks) >= 2 * (4 * 8 * 8) * (4 * 3 * 3)
