@@ -30,7 +30,6 @@ import onnx
 from rr_edge.blocks import Block, BlockGraph, analyze
 from rr_edge.errors import ModelError, ServerError, ServerUnavailable
 from rr_edge.meters.base import EnergyReading, Meter
-from rr_edge.onnx_io import TensorInfo
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
 from rr_edge.session import OrtSettings, random_feeds
@@ -221,14 +220,12 @@ def features_of(block: Block) -> BlockFeatures:
 class _Timed:
     """A session with its inputs, ready to be timed."""
 
-    def __init__(
-        self, onnx_bytes: bytes, settings: OrtSettings, label: str, shapes: Mapping[str, TensorInfo] | None = None
-    ) -> None:
+    def __init__(self, onnx_bytes: bytes, settings: OrtSettings, label: str) -> None:
         try:
             self.session = settings.create_session(onnx_bytes)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
             raise ModelError(f"{label}: ONNX Runtime cannot load it ({exc})") from None
-        self.feeds = random_feeds(self.session, shapes={n: i.shape for n, i in (shapes or {}).items()})
+        self.feeds = random_feeds(self.session)
         self.label = label
 
     def __call__(self) -> object:
@@ -308,7 +305,7 @@ def profile_model(
         len(set(unique) & set(measured)),
         len(chosen),
     )
-    slicer = Slicer(model, graph)
+    slicer = Slicer(model, graph, sampled_shapes=True)  # the server times these slices too, on made-up inputs
     source = meter.source if meter is not None else ""
     layers: list[LayerMeasurement] = []
     slices: dict[str, bytes] = {}
@@ -317,7 +314,7 @@ def profile_model(
     for sig in chosen:
         block = first_block[sig]
         slices[sig] = slicer.slice(block.index, block.index).SerializeToString()
-        timeds.append(_Timed(slices[sig], s, f"{graph.model}[{block.index}]", graph.sample_shapes))
+        timeds.append(_Timed(slices[sig], s, f"{graph.model}[{block.index}]"))
     for sig, (latency, energy) in zip(chosen, _measure_rounds(timeds, cfg.timing, meter, progress), strict=True):
         block = first_block[sig]
         medians[sig] = latency.median_ms
@@ -363,7 +360,7 @@ def _whole_model(
         if progress:
             progress("sweep", k, len(rest), f"{graph.model}[{block.index}]")
         data = slicer.slice(block.index, block.index).SerializeToString()
-        times = time_runs(_Timed(data, settings, f"{graph.model}[{block.index}]", graph.sample_shapes), cfg.sweep)
+        times = time_runs(_Timed(data, settings, f"{graph.model}[{block.index}]"), cfg.sweep)
         medians[block.signature] = float(np.median(times))
     if progress:
         progress("model", 0, 1, graph.model)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -173,21 +173,16 @@ class OrtSettings:
         return session
 
 
-def random_feeds(
-    session: ort.InferenceSession, seed: int = 0, shapes: Mapping[str, Sequence[int] | None] | None = None
-) -> dict[str, np.ndarray]:
+def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
     """Made-up inputs for a session (profiling, reading shapes): standard-normal floats, zeros for integers and
-    booleans (zeros are valid indices); an input of free dimensions has its shape in `shapes`, else those are 1."""
+    booleans (zeros are valid indices), free dimensions 1."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for arg in session.get_inputs():
         dtype = ORT_DTYPES.get(arg.type)
         if dtype is None:
             raise ModelError(f"input {arg.name!r} has type {arg.type}, for which no made-up input can be generated")
-        known = (shapes or {}).get(arg.name)
-        shape = (
-            tuple(known) if known is not None else tuple(d if isinstance(d, int) and d >= 0 else 1 for d in arg.shape)
-        )
+        shape = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in arg.shape)
         if np.issubdtype(dtype, np.floating):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         else:

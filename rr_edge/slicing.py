@@ -28,9 +28,13 @@ __all__ = ["Slicer", "slice_model", "whole_model_bytes"]
 class Slicer:
     """Reusable slicer: graph indexing happens once, each `slice` call is proportional to its size."""
 
-    def __init__(self, model: onnx.ModelProto, graph: BlockGraph) -> None:
+    def __init__(self, model: onnx.ModelProto, graph: BlockGraph, *, sampled_shapes: bool = False) -> None:
+        """With `sampled_shapes`, slices declare the shapes one run gave where static inference has none
+        (`BlockGraph.sample_shapes`): slices to time, on made-up inputs of those shapes, here and on the server.
+        Without, those dimensions stay free, as slices that run requests need (a shape may depend on the input)."""
         self._model = model
         self._graph = graph
+        self._sampled = graph.sample_shapes if sampled_shapes else {}
         self._nodes = list(model.graph.node)
         self._initializers = {t.name: t for t in model.graph.initializer}
         self._elem_type = {name: elem_type(info.dtype) for name, info in graph.tensors.items() if elem_type(info.dtype)}
@@ -99,7 +103,7 @@ class Slicer:
         return [f for f in self._model.functions if (f.domain, f.name) in called]
 
     def _value_info(self, name: str) -> onnx.ValueInfoProto:
-        info = self._graph.tensors.get(name)
+        info = self._sampled.get(name) or self._graph.tensors.get(name)
         if info is None or name not in self._elem_type:
             declared = self._declared.get(name)
             if declared is not None:
