@@ -386,19 +386,26 @@ def _serialized_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, Ten
     return sum(n.ByteSize() for n in nodes) + sum(initializers[x].ByteSize() for x in used)
 
 
+def _sampled_shapes(model: onnx.ModelProto, ix: _Index, infos: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:
+    """The shapes static inference could not tell, from one run (`run_shapes`): of tensors of a numpy type, and of
+    the untyped outputs of ops inference skips (contrib ops), unless one of those is no tensor numpy holds."""
+    outputs = [o for n in ix.nodes for o in n.output if o]
+    unknown = [o for o in outputs if o in infos and not infos[o].static and infos[o].dtype in EXCHANGED_DTYPES]
+    untyped = [o for o in outputs if o not in infos]
+    if not unknown and not untyped:
+        return {}
+    sampled = run_shapes(model, unknown + untyped)
+    if not sampled and unknown and untyped:  # ONNX Runtime would not hand over one of the untyped: without them
+        sampled = run_shapes(model, unknown)
+    return sampled
+
+
 def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -> BlockGraph:
     """Split `model` into atomic blocks (see the module docstring)."""
     ix = _Index(model.graph)
     infos = tensor_infos_of(model if ix.sorted else _reordered(model, ix.order))
-    # tensors of a known numpy type whose shape static inference could not tell: sizes, FLOPs, signatures and the
-    # profiler's inputs take them from a run (ONNX Runtime hands neither sequences nor bfloat16 to numpy)
-    unknown = [o for n in ix.nodes for o in n.output if o in infos and not infos[o].static]
-    unknown = [o for o in unknown if infos[o].dtype in EXCHANGED_DTYPES]
-    untyped = [o for n in ix.nodes for o in n.output if o and o not in infos]  # outputs of ops inference skips
-    sampled = run_shapes(model, unknown + untyped) if unknown or untyped else {}
-    if not sampled and unknown and untyped:  # one of these was no tensor numpy holds: without them
-        sampled = run_shapes(model, unknown)
-    sizes = {**infos, **sampled}
+    sampled = _sampled_shapes(model, ix, infos)
+    sizes = {**infos, **sampled}  # what counts bytes, FLOPs and signatures
     if not ix.graph_inputs:
         raise ModelError(f"model {name!r} has no graph inputs")
     active, active_tensors = _classify(ix, infos)
