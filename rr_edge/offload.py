@@ -311,14 +311,23 @@ def make_runner(
     return Runner(slices, client if slices.offloads else None, config, settings, **kw)
 
 
-def validate_split(text: str, n_blocks: int) -> tuple[int, int]:
-    """Parse `--split I,J`; I = J (nothing offloaded) is the all-local plan, written as the planner writes it."""
+def validate_split(text: str, graph: BlockGraph) -> tuple[int, int]:
+    """Parse `--split I,J`; I = J (nothing offloaded) is the all-local plan, written as the planner writes it. A
+    split that offloads a block the server does not run (`Block.offloadable`) is refused here, naming it."""
+    n_blocks = len(graph.blocks)
     try:
         i, j = (int(v) for v in text.split(","))
     except ValueError:
         raise RoadRunnerError(f"--split wants I,J (two integers), got {text!r}") from None
     if not -1 <= i <= j <= n_blocks - 1:
         raise RoadRunnerError(f"--split {i},{j} out of range: need -1 <= I <= J <= {n_blocks - 1}")
+    local = [b for b in graph.blocks[i + 1 : j + 1] if not b.offloadable]
+    if local:
+        ops = sorted({op for b in local for op in b.ops})
+        raise RoadRunnerError(
+            f"--split {i},{j} offloads block {local[0].index} ({', '.join(ops[:4])}), which holds operators outside "
+            "the standard ONNX domains: rr-server does not run them; keep it on the edge"
+        )
     return (i, j) if i < j else (n_blocks - 1, n_blocks - 1)
 
 

@@ -222,6 +222,27 @@ def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -
     assert "--split" in assert_one_line_error(capsys, code, "run")
 
 
+def test_run_refuses_a_split_that_offloads_a_block_the_server_does_not_run(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The server refused such a slice after its upload, with a message naming the domain but not the block."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("Gelu", ["a"], ["b"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["b", "w"], ["y"]),
+    ]
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], [w]), opset_imports=opsets)
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    code = main(["run", str(tmp_path / "m.onnx"), *DEAD, "--split", "-1,1", "--input", str(tmp_path / "x.npy")])
+    message = assert_one_line_error(capsys, code, "run")
+    assert "offloads block 1 (Gelu, MatMul)" in message and "keep it on the edge" in message
+
+
 def test_output_files_are_checked_before_the_work(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A file a command cannot write is refused when the command line is read, not after the run that produces it."""
     blocked = tmp_path / "a-file"

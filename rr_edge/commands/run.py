@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     with connect(args) as client, make_meter(args, gpu_work=settings.uses_gpu) as meter:
         report = None
         if args.split:
-            split = validate_split(args.split, len(graph.blocks))
+            split = validate_split(args.split, graph)
         else:
             try:
                 report = build_plan(args, client, model, graph, slicer, amortize_over=args.repeat)
