@@ -52,6 +52,9 @@ FUSED_OPS = frozenset(
     }
 )  # fmt: skip
 _SHAPE_OPS = frozenset({"Shape", "Size"})
+_SEQUENCE_OPS = frozenset(  # ops whose outputs are sequences or optionals, not tensors
+    {"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SplitToSequence", "Optional"}
+)
 # Element types a tensor between two blocks may have: ONNX Runtime hands them to numpy (not bfloat16, float8, int4...).
 EXCHANGED_DTYPES = frozenset(
     {"bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64"}
@@ -388,10 +391,11 @@ def _serialized_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, Ten
 
 def _sampled_shapes(model: onnx.ModelProto, ix: _Index, infos: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:
     """The shapes static inference could not tell, from one run (`run_shapes`): of tensors of a numpy type, and of
-    the untyped outputs of ops inference skips (contrib ops), unless one of those is no tensor numpy holds."""
+    untyped outputs (of contrib ops inference skips, and of what reads them), unless one of those is no tensor numpy
+    holds. No run when only the sequences of sequence ops lack a tensor type."""
     outputs = [o for n in ix.nodes for o in n.output if o]
     unknown = [o for o in outputs if o in infos and not infos[o].static and infos[o].dtype in EXCHANGED_DTYPES]
-    untyped = [o for o in outputs if o not in infos]
+    untyped = [o for n in ix.nodes if n.op_type not in _SEQUENCE_OPS for o in n.output if o and o not in infos]
     if not unknown and not untyped:
         return {}
     sampled = run_shapes(model, unknown + untyped)

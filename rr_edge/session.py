@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -173,12 +173,16 @@ class OrtSettings:
         return session
 
 
-def random_feeds(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(
+    session: ort.InferenceSession, seed: int = 0, given: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Made-up inputs for a session (profiling, reading shapes): standard-normal floats, zeros for integers and
-    booleans (zeros are valid indices), free dimensions 1."""
+    booleans (zeros are valid indices), free dimensions 1; the arrays of `given` as they are."""
     rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, np.ndarray] = dict(given or {})
     for arg in session.get_inputs():
+        if arg.name in feeds:
+            continue
         dtype = ORT_DTYPES.get(arg.type)
         if dtype is None:
             raise ModelError(f"input {arg.name!r} has type {arg.type}, for which no made-up input can be generated")

@@ -77,21 +77,27 @@ def _inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 def run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, TensorInfo]:
     """TensorInfo of each of `names` (node outputs of the main graph) as one run of `model` in ONNX Runtime produces
     them, on made-up inputs of the model's fixed input shapes (standard-normal floats, zeros otherwise). Empty, with
-    a warning, when the model does not run so (the static figures then stay as they are)."""
+    a warning, when the model does not run so (the static figures then stay as they are).
+
+    The session holds the model's structure only (`light_copy`); its large weights are fed as inputs, read in place
+    where numpy can, so a model costs about its own size once more, whatever its size (no 2 GB message)."""
     import numpy as np
     import onnxruntime as ort
+    from onnx import numpy_helper
 
     from rr_edge.session import random_feeds
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = light_copy(model)
     declared = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in declared)
+    kept = {t.name for t in probe.graph.initializer}
+    weights = {t.name: t for t in model.graph.initializer if t.name not in kept}  # inputs of the probe now
     try:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        values = session.run(names, random_feeds(session))
+        given = {name: numpy_helper.to_array(t) for name, t in weights.items()}
+        values = session.run(names, random_feeds(session, given=given))
     except Exception as exc:  # noqa: BLE001 - any refusal: keep what static inference knows
         log.warning("could not run the model to read the shapes static inference left unknown: %s", exc)
         return {}

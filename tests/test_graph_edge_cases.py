@@ -458,3 +458,19 @@ def test_quantized_convolutions_and_tensors_after_a_contrib_op_are_counted(tmp_p
              helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]  # fmt: skip
     graph = analyze(loaded(make(nodes, [io("x", [1, 4, 8, 8])], [io("y", [1, 4, 8, 8])], [scale, zero, w8]), tmp_path))
     assert sum(b.flops for b in graph.blocks) >= 2 * (4 * 8 * 8) * (4 * 3 * 3)
+
+
+def test_a_model_whose_tensor_shapes_are_all_known_is_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sequence has no tensor type, so a model with one was run in ONNX Runtime for nothing on every analysis,
+    its weights copied (found by review)."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr("rr_edge.blocks.run_shapes", lambda model, names: calls.append(names) or {})
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("SequenceConstruct", ["a", "a"], ["seq"]),
+        helper.make_node("SequenceLength", ["seq"], ["n"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    model = make(nodes, [io("x", [1, 4])], [io("y", [1, 4]), io("n", [], TensorProto.INT64)], [weight("w", (4, 4))])
+    analyze(model)
+    assert calls == []
