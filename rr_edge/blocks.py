@@ -39,7 +39,7 @@ from rr_proto.operators import STANDARD_DOMAINS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FUSED_OPS", "Block", "BlockGraph", "analyze", "node_inputs"]
+__all__ = ["FUSED_OPS", "Block", "BlockGraph", "analyze", "node_domains", "node_inputs", "subgraphs"]
 
 # Cheap element-wise / normalisation ops: a block made only of these (and no bigger than its input)
 # is fused into the block before it.
@@ -142,11 +142,24 @@ class BlockGraph:
 def node_inputs(node: NodeProto) -> list[str]:
     """Explicit inputs of a node plus outer-scope tensors its subgraphs (If/Loop/Scan) read."""
     names = [x for x in node.input if x]
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            names.extend(_outer_refs(g))
+    for g in subgraphs(node):
+        names.extend(_outer_refs(g))
     return names
+
+
+def subgraphs(node: NodeProto) -> list[onnx.GraphProto]:
+    """The graphs of a node's attributes (If branches, Loop and Scan bodies)."""
+    return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+
+
+def node_domains(nodes: Iterable[NodeProto]) -> set[str]:
+    """The operator domains of the nodes and of the nodes of their subgraphs."""
+    found: set[str] = set()
+    for n in nodes:
+        found.add(n.domain)
+        for g in subgraphs(n):
+            found |= node_domains(g.node)
+    return found
 
 
 def _outer_refs(g: onnx.GraphProto) -> list[str]:
@@ -224,11 +237,8 @@ def _classify(ix: _Index, infos: Mapping[str, TensorInfo]) -> tuple[set[int], se
     active: set[int] = set()
     for i in ix.order:
         node = ix.nodes[i]
-        if node.op_type in _SHAPE_OPS and node.domain in ("", "ai.onnx"):
-            x = node.input[0] if node.input else ""
-            info = infos.get(x)
-            if info is not None and info.static:
-                continue  # static: only the (known) shape is read
+        if _reads_a_known_shape(node, infos):
+            continue  # static: only the (known) shape is read
         if any(x in active_tensors for x in ix.inputs[i]):
             active.add(i)
             active_tensors.update(o for o in node.output if o)
@@ -343,18 +353,6 @@ def _static_producers(ix: _Index, tensors: Iterable[str], active: set[int]) -> l
     return [p for p in (ix.producer.get(x) for x in tensors) if p is not None and p not in active]
 
 
-def _standard_ops_only(nodes: Iterable[NodeProto]) -> bool:
-    """Every node (and every node of its subgraphs) is a standard ONNX operator."""
-    for n in nodes:
-        if n.domain not in STANDARD_DOMAINS:
-            return False
-        for attr in n.attribute:
-            graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            if not all(_standard_ops_only(g.node) for g in graphs):
-                return False
-    return True
-
-
 def _bytes(names: Iterable[str], infos: Mapping[str, TensorInfo]) -> int:
     return sum(infos[n].nbytes for n in names if n in infos)
 
@@ -369,11 +367,10 @@ def _param_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorPr
 def _subgraph_initializers(node: NodeProto) -> list[TensorProto]:
     """Initializers of the node's subgraphs (If/Loop/Scan bodies), nested ones included."""
     found: list[TensorProto] = []
-    for attr in node.attribute:
-        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            found.extend(g.initializer)
-            for n in g.node:
-                found.extend(_subgraph_initializers(n))
+    for g in subgraphs(node):
+        found.extend(g.initializer)
+        for n in g.node:
+            found.extend(_subgraph_initializers(n))
     return found
 
 
@@ -436,7 +433,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
                 output_bytes=_bytes(outputs, sizes),
                 nodes=tuple(members),
                 slice_bytes=_serialized_bytes(nodes, ix.initializers),
-                offloadable=_standard_ops_only(nodes),
+                offloadable=node_domains(nodes) <= STANDARD_DOMAINS,
             )
         )
         prev_cut = outputs

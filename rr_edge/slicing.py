@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
-from rr_edge.blocks import BlockGraph, node_inputs
+from rr_edge.blocks import BlockGraph, node_domains, node_inputs
 from rr_edge.errors import ModelError
 from rr_edge.onnx_io import TensorInfo, elem_type
 
@@ -146,19 +146,8 @@ def _opsets_used(
     """The model's opset imports of the domains the nodes and functions use (and the default one): a server refuses
     a model that imports a custom domain, even one it never uses (onnxruntime's quantization preprocessing leaves
     several)."""
-    used = _domains(nodes) | {d for f in functions for d in _domains(f.node)} | {"", "ai.onnx"}
+    used = node_domains(nodes) | {d for f in functions for d in node_domains(f.node)} | {"", "ai.onnx"}
     return [o for o in model.opset_import if o.domain in used]
-
-
-def _domains(nodes: Iterable[NodeProto]) -> set[str]:
-    """The operator domains of the nodes and of the nodes of their subgraphs (If/Loop/Scan bodies)."""
-    found: set[str] = set()
-    for n in nodes:
-        found.add(n.domain)
-        for attr in n.attribute:
-            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                found |= _domains(g.node)
-    return found
 
 
 def _dims(info: TensorInfo) -> list[int | str] | None:
