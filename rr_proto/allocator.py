@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["MALLOC_KEEP_BYTES", "MALLOC_TUNING_ENV", "release_free_memory", "tune_allocator"]
 
@@ -38,13 +39,9 @@ def tune_allocator(environ: Mapping[str, str] = os.environ) -> bool:
     """
     if environ.get(MALLOC_TUNING_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
         return False
-    if platform.libc_ver()[0] != "glibc":
+    mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = ((_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES), (_M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES), (_M_ARENA_MAX, 1))
     applied = all([mallopt(param, value) == 1 for param, value in settings])
     log.debug("malloc tuning for large messages %s", "applied" if applied else "partly refused by glibc")
@@ -55,12 +52,20 @@ def release_free_memory() -> bool:
     """Return the heap memory that is free to the system (glibc `malloc_trim(0)`, every arena), e.g. after a big
     transient computation under `tune_allocator`, which otherwise keeps it. A few ms per 100 MB; the next big
     message faults its pages in again. Returns False where there is no such call (other C libraries)."""
-    if platform.libc_ver()[0] != "glibc":
+    malloc_trim = _glibc("malloc_trim", [ctypes.c_size_t])
+    if malloc_trim is None:
         return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     malloc_trim(0)
     return True
+
+
+def _glibc(name: str, argtypes: list[type]) -> Any:
+    """glibc's function `name` (returning int), or None under another C library or where it lacks one."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function

@@ -299,12 +299,11 @@ class Storage:
 
     def signatures(self, only: Iterable[str] | None = None) -> dict[str, Features]:
         """Stored signatures' features: all, or those of `only` that are stored."""
-        if only is None:
-            return {r["signature"]: _features(r) for r in self._read("SELECT * FROM signatures")}
-        rows = self._read(  # one parameter however many: a JSON array
-            "SELECT * FROM signatures WHERE signature IN (SELECT value FROM json_each(?))", (json.dumps(list(only)),)
-        )
-        return {r["signature"]: _features(r) for r in rows}
+        where: str = ""
+        args: tuple[str, ...] = ()
+        if only is not None:  # one parameter however many: a JSON array
+            where, args = "WHERE signature IN (SELECT value FROM json_each(?))", (json.dumps(list(only)),)
+        return {r["signature"]: _features(r) for r in self._read(f"SELECT * FROM signatures {where}", args)}
 
     def slice_of(self, signature: str) -> str:
         rows = self._read("SELECT slice_id FROM signatures WHERE signature = ?", (signature,))
