@@ -375,7 +375,7 @@ def run_netprofile(
     return profile
 
 
-def errors(d: DirectionProfile) -> dict[str, float]:
+def _errors(d: DirectionProfile) -> dict[str, float]:
     """Held-out error of each kind of curve (negative: not fitted, e.g. too few sizes)."""
     return {"poly4": d.poly4_error, "affine": d.affine_error, "pwl": d.pwl_error}
 
@@ -394,7 +394,7 @@ def summary(profile: NetworkProfile) -> dict[str, Any]:
             bandwidth = 1.0 / model["slope_ms_per_byte"] / 1000.0
         return {
             "chosen_model": d.chosen_model,
-            **{f"{kind}_error": error if error >= 0 else None for kind, error in errors(d).items()},  # null: not fitted
+            **{f"{kind}_error": error if error >= 0 else None for kind, error in _errors(d).items()},  # null: none
             "bandwidth_MBps": bandwidth,
             "sizes": len(sizes),
             "max_bytes": sizes[-1] if sizes else 0,
