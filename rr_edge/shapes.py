@@ -1,16 +1,22 @@
 """Static shapes and dtypes of every tensor of an ONNX graph (no file I/O).
 
 Shape inference runs on a light copy of the model whose large initializers are replaced by typed
-graph inputs, so a 500 MB model costs about as much as its graph structure. What it cannot tell
-(the TorchScript exporter computes many shapes through Shape -> Gather -> Div chains that it does
-not follow) `run_shapes` reads from one run of the model in ONNX Runtime: the model has one fixed
-input shape, so the shapes of that run are the shapes of every run, unless a shape depends on the
-input's values (NonZero, a Tile by computed repeats), where they are those of made-up inputs.
+graph inputs, so a 500 MB model costs about as much as its graph structure. A plain pass comes first;
+only what it leaves unknown is asked of a second pass with data propagation, which follows some of
+the shape arithmetic of exporters but makes a dimension per element of a 1-D tensor that a Gather
+reads (about 18 times the vector's size in memory), so in that pass a long 1-D graph input has a
+free length (no shape is that long; the plain pass has its length). What neither pass can tell
+(the TorchScript exporter computes many shapes through Shape -> Gather -> Div chains that data
+propagation does not follow to the end) `run_shapes` reads from one run of the model in ONNX
+Runtime: the model has one fixed input shape, so the shapes of that run are the shapes of every
+run, unless a shape depends on the input's values (NonZero, a Tile by computed repeats), where they
+are those of made-up inputs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import onnx
 from onnx import TensorProto
@@ -18,6 +24,8 @@ from onnx import TensorProto
 from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, value_info_to_tensor_info
 
 log = logging.getLogger(__name__)
+
+_LONGEST_SHAPE = 64  # a 1-D tensor with more elements is no shape: data propagation leaves its length free
 
 __all__ = ["initializer_info", "run_shapes", "tensor_infos_of"]
 
@@ -30,23 +38,31 @@ def tensor_infos_of(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """TensorInfo for every named tensor: graph inputs/outputs, initializers and node outputs.
 
     Uses the model's own value_info when it already covers every node output with a static
-    shape, otherwise runs ONNX shape inference (with data propagation) on a light copy.
+    shape, otherwise runs ONNX shape inference on a light copy: plain, then with data propagation
+    for what the plain pass leaves unknown.
     """
     graph = model.graph
     infos: dict[str, TensorInfo] = {}
     for t in graph.initializer:
         infos[t.name] = initializer_info(t)
-    for vi in (*graph.input, *graph.value_info, *graph.output):
-        if vi.type.HasField("tensor_type"):
-            infos[vi.name] = value_info_to_tensor_info(vi)
+    _merge(infos, (*graph.input, *graph.value_info, *graph.output))
+    if _complete(graph, infos):
+        return infos
+    light = light_copy(model)
+    _merge(infos, _inferred_value_infos(light, data_prop=False))
     if not _complete(graph, infos):
-        for vi in _inferred_value_infos(model):
-            if vi.type.HasField("tensor_type"):
-                info = value_info_to_tensor_info(vi)
-                known = infos.get(vi.name)
-                if known is None or _known_dims(info) > _known_dims(known):
-                    infos[vi.name] = info
+        _merge(infos, _inferred_value_infos(_free_long_vectors(light), data_prop=True))
     return infos
+
+
+def _merge(infos: dict[str, TensorInfo], value_infos: Iterable[onnx.ValueInfoProto]) -> None:
+    """Add each tensor's info, replacing a known one only where it tells more dimensions."""
+    for vi in value_infos:
+        if vi.type.HasField("tensor_type"):
+            info = value_info_to_tensor_info(vi)
+            known = infos.get(vi.name)
+            if known is None or _known_dims(info) > _known_dims(known):
+                infos[vi.name] = info
 
 
 def _complete(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
@@ -65,9 +81,20 @@ def _known_dims(info: TensorInfo) -> int:
     return -1 if info.shape is None else sum(d >= 0 for d in info.shape)
 
 
-def _inferred_value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def _free_long_vectors(light: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `light` whose 1-D graph inputs longer than any shape have a free length."""
+    free = onnx.ModelProto()
+    free.CopyFrom(light)
+    for vi in free.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.HasField("tensor_type") and len(dims) == 1 and dims[0].dim_value > _LONGEST_SHAPE:
+            dims[0].dim_param = f"{vi.name}_length"  # in the oneof of dim_value, which it clears
+    return free
+
+
+def _inferred_value_infos(light: onnx.ModelProto, data_prop: bool) -> list[onnx.ValueInfoProto]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(light_copy(model), strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
         log.warning("shape inference failed, some block features will be unknown: %s", exc)
         return []
