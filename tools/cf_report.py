@@ -80,8 +80,9 @@ DISCUSSION = """## Reading the results
   per-device regression on the op counts mixed in by leave-one-out error was tried too, before the additive rows,
   and moved within10 by less than half a point, as did a second set of additive features chosen by
   cross-validation, the counts of the live ops only (several CPUs and GPUs are nearly linear in them). Closing
-  the rest of the gap needs devices similar to the new one in the matrix (in RoaD-RuNNer: earlier nodes of the same class), more revealed blocks (the default sample p = 0.3 of a
-  model's blocks is far more than 10) and a refit once the new node has reported.
+  the rest of the gap needs devices similar to the new one in the matrix (in RoaD-RuNNer: earlier nodes of the
+  same class), more revealed blocks (the default sample p = 0.3 of a model's blocks is far more than 10) and a
+  refit once the new node has reported.
 * **neurosurgeon vs cf_cpp on help_nb201 and in cold-col.** NB201 latency is close to a *sum* of per-op costs; the
   per-device linear regression (chosen over the log one on most devices) captures that additive structure, which a
   log-space model can only approximate. On help_nb201 (random protocol) cf_cpp has the lower log_rmse at every fill
