@@ -18,6 +18,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -93,8 +94,11 @@ def _zoo_model(name: str, input_size: int) -> Any:
             raise ModelError(f"torchvision cannot build {name} for --input-size {input_size}: {why}") from None
 
 
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # torch.export colours parts of its messages
+
+
 def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    text = " ".join(_ANSI_STYLE.sub("", f"{type(exc).__name__}: {exc}").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -188,12 +192,18 @@ def export_model(
     else:
         raise ModelError("give a torchvision model name or --from MODULE:CALLABLE")
     model.eval()
+    label = from_callable or name
     example = torch.randn(batch, 3, input_size, input_size)
+    try:  # no exporter can help a model that does not run (and theirs would bury the reason in their logs)
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # noqa: BLE001 - the model's own code raises anything
+        shape = "x".join(str(d) for d in example.shape)
+        raise ModelError(f"{label} does not run on a {shape} input: {_one_line(exc)}") from None
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = n_bytes > _MAX_INLINE_BYTES
-    label = from_callable or name
     errors: list[str] = []
     attempts: list[tuple[str, Callable[[Path], None]]] = []
     if dynamo:

@@ -104,6 +104,26 @@ def test_a_size_the_builder_refuses_is_one_clear_error(capsys, tmp_path: Path) -
     assert "cannot build vit_b_16 for --input-size 60" in err.strip().splitlines()[-1]
 
 
+def test_a_size_too_small_for_the_model_is_one_clear_error_before_any_exporter(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """squeezenet1_0 at 6 px (its first convolution is 7x7): both exporters failed in turn, torch.export printing
+    its own logged errors and its advice in colour codes before the error (found by an end-to-end sweep)."""
+    code = main(["export", "squeezenet1_0", "--input-size", "6", "-o", str(tmp_path / "s.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "exporter" not in err and "\x1b" not in err
+    assert err.strip().splitlines() == [
+        "rr-edge export: error: squeezenet1_0 does not run on a 1x3x6x6 input: RuntimeError: Calculated padded input "
+        "size per channel: (6 x 6). Kernel size: (7 x 7). Kernel size can't be greater than actual input size"
+    ]
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_exporter_error_is_reported_without_its_colour_codes() -> None:
+    from rr_edge.export import _one_line
+
+    exc = RuntimeError("Failed. \x1b[96mThis is step 1/3\x1b[0m of exporting\nthe model")
+    assert _one_line(exc) == "RuntimeError: Failed. This is step 1/3 of exporting the model"
+
+
 def test_export_builds_the_zoo_model_for_its_input_size(monkeypatch, tmp_path: Path) -> None:
     import rr_edge.export as export
 
