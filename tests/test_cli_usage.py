@@ -274,13 +274,16 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
     """The plan's latency and energy include its share of the slice upload (amortized over --repeat), which no
     request pays: the runner makes the slice ready once, before the first. The table's predicted row leaves that
     share out; the upload is measured and predicted on a line of its own."""
-    from rr_edge.commands.run import print_summary
+    from types import SimpleNamespace
 
-    predicted = {"i": 0, "j": 3, "latency_ms": 5.0, "weight_upload_ms": 2.0, "energy_mJ": 9.0, "weight_upload_mJ": 3.0}
+    from rr_edge.commands.run import Segment, print_summary
+
+    breakdown = {"weight_upload_ms": 2.0, "weight_upload_mJ": 3.0}
+    plan = SimpleNamespace(chosen=SimpleNamespace(latency_ms=5.0, energy_mJ=9.0, breakdown=breakdown))
+    requests = [SimpleNamespace(total_ms=3.1, remote_ms=1.2, fallback=False)] * 5
     summary = {
-        "requests": 5, "wall_s": 0.1, "split": [0, 3], "latency_ms": {"median": 3.1, "p90": 3.3},
-        "remote_ms_median": 1.2, "energy_mJ": 6.1, "energy_source": "model", "upload_ms": 9.5, "fallback_requests": 0,
-        "max_abs_diff_vs_local": 1e-6, "splits_used": [[0, 3]], "predicted": predicted, "amortize_over": 5,
+        "requests": 5, "wall_s": 0.1, "energy_source": "model", "upload_ms": 9.5, "fallback_requests": 0,
+        "max_abs_diff_vs_local": 1e-6, "segments": [Segment((0, 3), plan, 0, 5).summary(requests, [6.1] * 5)],
         "predicted_upload_ms": 10.0,
     }  # fmt: skip
     print_summary("m", summary)
@@ -297,7 +300,8 @@ def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-unt
     assert out["split"] == [last, last]  # all local, written as plan writes it
     assert set(out) == {
         "split", "requests", "latency_ms", "energy_mJ", "energy_source", "energy_measured", "fallback",
-        "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used", "upload_ms",
+        "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used", "segments",
+        "upload_ms",
     }  # fmt: skip
 
 
@@ -389,6 +393,37 @@ def test_run_keeps_its_split_when_the_server_refuses_a_replanned_slice(monkeypat
     assert out["requests"] == 3 and out["split"] == split and out["splits_used"] == [split]
     assert out["predicted"]["i"] == local.chosen.i  # the running plan, not the refused one
     assert len(refused) == 3 and "keeping split" in caplog.text and "RESOURCE_EXHAUSTED" in caplog.text
+
+
+def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    """A re-plan switches split after the first of 3 requests: the requests of each split are measured and predicted
+    apart (they were all reported under the last split, next to its prediction; found by review)."""
+    from rr_edge.commands import run as run_command
+    from rr_edge.offload import make_plan
+
+    graph = analyze(onnx.load(model), model.stem)
+    local = make_plan(graph, synthetic_costs(model, edge_ms=0.1, cloud_ms=10.0))
+    offloading = dataclasses.replace(local, chosen=dataclasses.replace(local.chosen, i=0, j=2, latency_ms=77.0))
+    monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
+    monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
+    monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+    argv = ["run", str(model), *DEAD, "--input", str(x), "--repeat", "3"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    last = [local.chosen.i, local.chosen.j]
+    assert out["splits_used"] == [last, [0, 2]] and out["split"] == [0, 2] and out["requests"] == 3
+    first, second = out["segments"]
+    assert (first["split"], first["requests"], second["split"], second["requests"]) == (last, 1, [0, 2], 2)
+    assert first["predicted"]["latency_ms"] == pytest.approx(local.chosen.latency_ms)  # nothing uploaded
+    upload_share = offloading.chosen.breakdown.get("weight_upload_ms", 0.0)
+    assert second["predicted"]["latency_ms"] == pytest.approx(77.0 - upload_share)
+    assert second["fallback_requests"] == 2 and first["fallback_requests"] == 0  # no server: run here
+    assert main(argv) == 0
+    rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert [[cell.strip() for cell in row] for row in rows] == [
+        ["measured", "{},{}".format(*last)], ["predicted", "{},{}".format(*last)],
+        ["measured", "0,2"], ["predicted", "0,2"],
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "8002", "127.0.0.1:http", "127.0.0.1:70000"])

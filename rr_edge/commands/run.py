@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,26 +153,53 @@ class RequestEnergy:
         self.energies.extend([per_run] * self._requests)
 
 
-def summarize(
-    split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float
-) -> dict[str, Any]:
+def measured(results: list[RunResult], energies: list[float]) -> dict[str, Any]:
+    """What a run of requests measured: latency, the server's part, energy per request, fallbacks."""
     lat = np.array([r.total_ms for r in results])
     return {
-        "split": list(split),
         "requests": len(results),
         "latency_ms": {
             "median": float(np.median(lat)),
             "p90": float(np.percentile(lat, 90)),
             "mean": float(lat.mean()),
         },
+        "remote_ms_median": float(np.median([r.remote_ms for r in results])),
         "energy_mJ": float(np.median(energies)),
+        "fallback_requests": sum(r.fallback for r in results),
+    }
+
+
+def summarize(
+    split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float
+) -> dict[str, Any]:
+    return {
+        "split": list(split),
+        **measured(results, energies),
         "energy_source": meter.source,
         "energy_measured": meter.measured,
         "fallback": any(r.fallback for r in results),
-        "fallback_requests": sum(r.fallback for r in results),
         "max_abs_diff_vs_local": diff,
-        "remote_ms_median": float(np.median([r.remote_ms for r in results])),
     }
+
+
+@dataclass
+class Segment:
+    """The requests of a run that one split served (a re-plan can switch split), with the plan it ran last."""
+
+    split: tuple[int, int]
+    report: PlanReport | None
+    first: int  # index of its first request
+    end: int = -1  # one past its last (set when the split changes or the run ends)
+
+    def summary(self, results: list[RunResult], energies: list[float]) -> dict[str, Any]:
+        """Measured, and predicted per request (the plan's latency and energy without its share of the upload,
+        which no request pays)."""
+        out = {"split": list(self.split), **measured(results[self.first : self.end], energies[self.first : self.end])}
+        if self.report is not None:
+            p = self.report.chosen
+            upload_ms, upload_mJ = (p.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ"))
+            out["predicted"] = {"latency_ms": p.latency_ms - upload_ms, "energy_mJ": p.energy_mJ - upload_mJ}
+        return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
         runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
-        results, splits_used = [], [split]
+        results: list[RunResult] = []
+        segments = [Segment(split, report, 0)]
         upload_ms = 0.0  # of the runners replaced so far (each makes its slice ready once, outside the requests)
         predicted_upload_ms = _upload_ms(report)  # of every runner made from a plan
         replans = 0
@@ -226,16 +255,19 @@ def run(args: argparse.Namespace) -> int:
                     report = new_report
                     if new_runner is None:
                         runner.mark_planned()  # drift counts from here
+                        segments[-1].report = report
                     else:
                         energy.finish(runner, x)  # a window covers one split
                         runner.close()
                         upload_ms += runner.upload_ms
                         runner, split = new_runner, new_split
-                        splits_used.append(split)
+                        segments[-1].end = len(results)
+                        segments.append(Segment(split, report, len(results)))
                         predicted_upload_ms += _upload_ms(new_report)
             energy.finish(runner, x)
         finally:
             runner.close()
+        segments[-1].end = len(results)
         upload_ms += runner.upload_ms
         wall_s = time.perf_counter() - start
         energies = energy.energies
@@ -245,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
     diff = max(outputs_close(r.outputs, expected) for r in results)
     summary = summarize(split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
-    summary["splits_used"] = [list(s) for s in splits_used]
+    summary["splits_used"] = [list(segment.split) for segment in segments]
+    summary["segments"] = [segment.summary(results, energies) for segment in segments]
     summary["upload_ms"] = upload_ms  # making the middle slices ready (upload, open), once, not in any request
     if report is not None:  # the plan running at the end; its upload share is in its latency and energy
         upload_share = {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
@@ -276,22 +309,21 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     table = Table(title=f"{model}: {s['requests']} requests in {s['wall_s']:.2f} s", title_justify="left")
     for column in ("", "i,j", "median ms", "p90 ms", "server ms", f"energy mJ ({s['energy_source']})"):
         table.add_column(column, justify="right" if column else "left")
-    lat = s["latency_ms"]
-    i, j = s["split"]
-    table.add_row(
-        "measured", f"{i},{j}", f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{s['remote_ms_median']:.2f}",
-        f"{s['energy_mJ']:.1f}",
-    )  # fmt: skip
-    if "predicted" in s:  # per request as measured: without its share of the upload, which has a row of its own
-        p = s["predicted"]
-        per_request_ms, per_request_mJ = p["latency_ms"] - p["weight_upload_ms"], p["energy_mJ"] - p["weight_upload_mJ"]
-        table.add_row("predicted", f"{p['i']},{p['j']}", f"{per_request_ms:.2f}", "", "", f"{per_request_mJ:.1f}")
+    for segment in s["segments"]:  # one split after the other when a re-plan switched
+        lat, split = segment["latency_ms"], "{},{}".format(*segment["split"])
+        table.add_row(
+            "measured", split, f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{segment['remote_ms_median']:.2f}",
+            f"{segment['energy_mJ']:.1f}",
+        )  # fmt: skip
+        if "predicted" in segment:
+            p = segment["predicted"]
+            table.add_row("predicted", split, f"{p['latency_ms']:.2f}", "", "", f"{p['energy_mJ']:.1f}")
 
     console = Console()
     console.print(table)
-    splits = " -> ".join(f"{a},{b}" for a, b in s["splits_used"])
+    splits = " -> ".join("{},{}".format(*segment["split"]) for segment in s["segments"])
     upload = f"middle slice made ready once (upload, open): {s['upload_ms']:.2f} ms"
-    if "predicted" in s:
+    if "predicted_upload_ms" in s:
         upload += f", predicted {s['predicted_upload_ms']:.2f} ms"
     console.print(upload)
     console.print(
