@@ -214,6 +214,14 @@ def test_run_says_the_input_must_be_a_npy_array(bad_files, capsys) -> None:  # t
     assert "as a .npy array (numpy.save writes one)" in assert_one_line_error(capsys, code, "run")
 
 
+def test_run_says_an_npz_archive_is_not_an_input_array(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """numpy.load returns an archive object for .npz: run failed on it with an AttributeError (found by review)."""
+    x = tmp_path / "x.npz"
+    np.savez(x, input=np.zeros(_input_of(bad_files["good"])[1], np.float32))
+    code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(x)])
+    assert "is an .npz archive; give one array as a .npy file" in assert_one_line_error(capsys, code, "run")
+
+
 @pytest.mark.parametrize("split", ["5,1", "-2,0", "0,99", "a,b", "1"])
 def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -> None:  # type: ignore[no-untyped-def]
     x = tmp_path / "x.npy"

@@ -320,6 +320,22 @@ def test_model_meter_toml_and_errors(tmp_path: Path) -> None:
         PowerSpec(active_w=-1.0, idle_w=0.0)
 
 
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'", "not a text file"),  # a .npy given by mistake
+        (b"[1]", "expected an object with a 'classes'"),
+        (b'{"classes": [{"name": "a", "power": 5}]}', "'power' must be a table of watts"),
+    ],
+)
+def test_a_power_model_config_of_the_wrong_shape_is_one_clear_error(tmp_path: Path, content: bytes, error: str) -> None:
+    """A binary file raised UnicodeDecodeError, a JSON list AttributeError, with tracebacks (found by review)."""
+    cfg = tmp_path / "power.json"
+    cfg.write_bytes(content)
+    with pytest.raises(MeterError, match=error):
+        ModelMeter(config=cfg)
+
+
 def test_model_meter_testbed_classes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     classes = Path(__file__).resolve().parents[1] / "tools" / "testbed" / "classes.json"
     if not classes.is_file():

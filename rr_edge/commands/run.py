@@ -74,6 +74,9 @@ def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise RoadRunnerError(f"cannot read input {path} as a .npy array (numpy.save writes one): {exc}") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive of arrays
+        x.close()
+        raise RoadRunnerError(f"input {path} is an .npz archive; give one array as a .npy file (numpy.save writes one)")
     shape = want.shape or ()  # a model input's shape is fixed when the model loads
     if not array_fits(x, want.dtype, shape):
         raise RoadRunnerError(

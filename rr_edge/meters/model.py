@@ -75,20 +75,27 @@ DEFAULT_POWER = PowerSpec(active_w=10.0, idle_w=1.25, net_tx_w=1.5, net_rx_w=1.0
 
 
 def _parse(path: Path) -> dict[str, Any]:
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MeterError(f"power model config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise MeterError(f"power model config {path}: not a text file (expected {kind})") from None
     try:
-        if path.suffix.lower() == ".toml":
+        if kind == "TOML":
             try:
                 import tomllib
             except ImportError:  # Python 3.10
                 raise MeterError(f"power model config {path}: TOML needs Python 3.11+; use JSON") from None
-            return tomllib.loads(text)
-        return json.loads(text)
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
     except ValueError as exc:
-        raise MeterError(f"power model config {path}: not valid {path.suffix[1:] or 'JSON'} ({exc})") from None
+        raise MeterError(f"power model config {path}: not valid {kind} ({exc})") from None
+    if not isinstance(data, dict):
+        raise MeterError(f"power model config {path}: expected an object with a 'classes' list or table")
+    return data
 
 
 def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
@@ -104,6 +111,8 @@ def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
     table: dict[str, PowerSpec] = {}
     for name, entry in items:
         power = entry.get("power", entry)
+        if not isinstance(power, dict):
+            raise MeterError(f"power model config {p}: class {name!r}: 'power' must be a table of watts")
         try:
             table[name] = PowerSpec(
                 active_w=power["active_w"],
