@@ -3,7 +3,8 @@
 `make_engine()` returns a fresh `cf_cpp.CFModel` when the extension is installed (`make setup` builds it, or
 `pip install ./cf_cpp`: it is not on PyPI, so no extra can name it). Without it the server still runs with
 `BiasModel`, a global-mean + row/column-bias model in log space with a ridge feature prior for unmeasured columns,
-which has the same methods the predictor uses (`fit`, `predict`, `fold_in_row`) and logs a warning once.
+which has the same methods the predictor uses (`fit`, `predict`, `fold_in_row`), with a warning when the server
+starts.
 """
 
 from __future__ import annotations
@@ -28,15 +29,20 @@ def engine_name() -> str:
     return "cf_cpp" if _CFModel is not None else "numpy-biases"
 
 
+def warn_if_biases_only() -> None:
+    """Log once that predictions fall back to `BiasModel` (the server calls it when it starts)."""
+    global _warned
+    if _CFModel is None and not _warned:
+        log.warning("cf_cpp is not installed (pip install ./cf_cpp); predicting with row/column biases only")
+        _warned = True
+
+
 def make_engine(n_observed: int) -> Any:
     """A new, unfitted engine; the rank shrinks for tiny matrices so ALS stays well-posed."""
-    global _warned
     if _CFModel is not None:
         rank = int(max(1, min(16, n_observed // 8)))
         return _CFModel(rank=rank, iterations=20, seed=0)
-    if not _warned:
-        log.warning("cf_cpp is not installed (pip install ./cf_cpp); predicting with row/column biases only")
-        _warned = True
+    warn_if_biases_only()
     return BiasModel()
 
 

@@ -29,6 +29,7 @@ from rr_proto.inference import grpc_service_pb2 as kserve_pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
 from rr_server.auth import TokenTable
+from rr_server.cf_engine import engine_name, warn_if_biases_only
 from rr_server.cloud_profiler import CloudProfiler
 from rr_server.config import ServerConfig, TlsConfig
 from rr_server.echo_servicer import EchoServicer
@@ -203,6 +204,7 @@ class Server:
                     f"cannot serve metrics on port {self.config.metrics_port}: {exc.strerror or exc}"
                 ) from None
         self._register_cloud_node()
+        warn_if_biases_only()
         self.predictor.start()
         if self.cloud_profiler is not None:
             self.cloud_profiler.start()
@@ -212,11 +214,12 @@ class Server:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{host}:{self.port}"
         log.info(
-            "rr-server %s listening on %s (%s) providers=%s data=%s auth=%s",
+            "rr-server %s listening on %s (%s) providers=%s predictor=%s data=%s auth=%s",
             version(),
             self.address,
             "TLS" if self.config.tls else "plaintext",
             ",".join(self.providers),
+            engine_name(),
             self.config.data_dir,
             "tokens" if self._tokens else "off",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -346,3 +347,16 @@ def test_sigterm_removes_the_port_file_and_a_second_one_stops_at_once(tmp_path):
             requests.put(None)
             stubs.close()
             server.stop()
+
+
+def test_a_server_without_cf_cpp_says_so_when_it_starts(tmp_path, monkeypatch, caplog):
+    """The warning came only with the first profile report, long after an operator looked at the start-up log
+    (found by review)."""
+    from rr_server import cf_engine
+
+    monkeypatch.setattr(cf_engine, "_CFModel", None)
+    monkeypatch.setattr(cf_engine, "_warned", False)
+    with caplog.at_level(logging.INFO, logger="rr_server"):
+        server = start_server(tmp_path / "data")
+        server.stop(grace=0)
+    assert "cf_cpp is not installed" in caplog.text and "predictor=numpy-biases" in caplog.text
