@@ -78,7 +78,7 @@ def _run(argv: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except RoadRunnerError as exc:
-        print(f"rr-edge {args.command}: error: {exc}{_hint(exc, getattr(args, 'server', None))}", file=sys.stderr)
+        print(f"rr-edge {args.command}: error: {exc}{_hint(exc, args)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file that cannot be read or written (its name is in the message)
         logging.getLogger("rr_edge").debug("rr-edge %s", args.command, exc_info=True)
@@ -88,10 +88,17 @@ def _run(argv: list[str]) -> int:
         return 130
 
 
-def _hint(exc: RoadRunnerError, server: str | None) -> str:
+def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
     """What to check, for the errors whose cause is outside the command line's reach."""
+    server = getattr(args, "server", None)
     if isinstance(exc, ServerUnavailable) and server:
-        return f"; check that rr-server is running at {server} (a server with TLS needs --tls or --tls-ca)"
+        if getattr(args, "tls_cert", None):
+            tls = "and that it serves TLS and trusts this client certificate"
+        elif getattr(args, "tls", False) or getattr(args, "tls_ca", None):
+            tls = "and that it serves TLS (a server with mTLS also needs --tls-cert and --tls-key)"
+        else:
+            tls = "(a server with TLS needs --tls or --tls-ca)"
+        return f"; check that rr-server is running at {server} {tls}"
     if isinstance(exc, ServerError) and exc.code == "UNAUTHENTICATED":
         from rr_edge.commands._common import ENV_TOKEN
 

@@ -181,6 +181,20 @@ def test_unreachable_server_error_names_the_address(capsys, model) -> None:  # t
     assert "check that rr-server is running at 127.0.0.1:1 (a server with TLS needs --tls" in err[0]
 
 
+def test_the_unreachable_server_hint_fits_the_tls_flags_given(capsys, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With --tls given, the hint still said a TLS server needs --tls (found by review)."""
+    pem = tmp_path / "ca.pem"
+    pem.write_text("not read: the connection fails first")
+    for flags, hint in (
+        (["--tls"], "and that it serves TLS (a server with mTLS also needs --tls-cert and --tls-key)"),
+        (["--tls-ca", str(pem), "--tls-cert", str(pem), "--tls-key", str(pem)], "trusts this client certificate"),
+    ):
+        code = main(["plan", str(model), *DEAD, *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].endswith(hint), err
+        assert "needs --tls or --tls-ca" not in err[0]
+
+
 def test_a_missing_token_error_says_how_to_give_one(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     tokens = tmp_path / "tokens"
     tokens.write_text("edge-1 s3cret\n")

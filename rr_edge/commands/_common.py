@@ -70,7 +70,12 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
     )
     if node:
         p.add_argument("--node", required=True, metavar="NAME", help="this node's id on the server")
-    p.add_argument("--token-file", type=Path, metavar="F", help=f"bearer token file (default: ${ENV_TOKEN})")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="F",
+        help=f"file holding the bearer token (default: the token itself in ${ENV_TOKEN})",
+    )
     p.add_argument("--tls-ca", type=Path, metavar="F", help="use TLS; PEM of the CA that signed the server")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     p.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (mTLS)")
