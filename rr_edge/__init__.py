@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from rr_edge.errors import (
+    ArgumentError,
     InputError,
     MeterError,
     ModelError,
@@ -45,6 +46,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "ArgumentError",
     "AsyncEdgeNode",
     "AsyncRunner",
     "Client",

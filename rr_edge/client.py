@@ -47,7 +47,7 @@ import numpy as np
 
 from rr_edge import _wire as wire
 from rr_edge.device import DeviceInfo
-from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
+from rr_edge.errors import ArgumentError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.profiles import (
     BlockFeatures,
     LayerMeasurement,
@@ -138,9 +138,9 @@ class ClientOptions:
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_message_bytes <= 0 or self.min_bandwidth_bytes_per_s <= 0:
-            raise ValueError("timeout_s, max_message_bytes and min_bandwidth_bytes_per_s must be positive")
+            raise ArgumentError("timeout_s, max_message_bytes and min_bandwidth_bytes_per_s must be positive")
         if self.busy_wait_s < 0:
-            raise ValueError("busy_wait_s must not be negative")
+            raise ArgumentError("busy_wait_s must not be negative")
         _check_chunk(self.chunk_bytes, self.max_message_bytes)
 
     def channel_options(self) -> list[tuple[str, Any]]:
@@ -258,9 +258,9 @@ def check_address(text: str) -> str:
     ValueError. Without a port gRPC would quietly dial 443."""
     host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
     if not sep or not host or (host.endswith(":") and not host.startswith("[")):
-        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
+        raise ArgumentError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
     if not (port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+        raise ArgumentError(f"{text!r}: the port must be a number from 1 to 65535")
     return text
 
 
@@ -388,7 +388,7 @@ class Client:
     ) -> bool:
         """Register (or update) this node; True when it was created, False when it existed."""
         if role not in wire.ROLES:
-            raise ValueError(f"role must be one of {', '.join(wire.ROLES)}")
+            raise ArgumentError(f"role must be one of {', '.join(wire.ROLES)}")
         request = pb.RegisterNodeRequest(node_id=node_id, role=wire.ROLES[role])
         if device is not None:
             request.device.CopyFrom(wire.device_pb(device))
@@ -475,7 +475,7 @@ class Client:
         request = pb.PredictRequest(node_id=node_id, signatures=list(signatures), model=model)
         if features is not None:
             if len(features) != len(signatures):
-                raise ValueError("features must be parallel to signatures")
+                raise ArgumentError("features must be parallel to signatures")
             request.features.extend(wire.features_pb(f) for f in features)
         r = self._retry_busy("Predict", lambda t: self._predictions.Predict(request, **self._kw(t)), timeout_s)
         by_sig = {
@@ -737,7 +737,7 @@ class InferStream(Iterator[InferOutputs]):
 def _check_chunk(chunk_bytes: int, max_message_bytes: int) -> int:
     """`chunk_bytes`, if a chunk of that size can be sent: 0 or less would send nothing forever."""
     if not 0 < chunk_bytes <= max_message_bytes:
-        raise ValueError(f"chunk_bytes must be in 1..{max_message_bytes} (max_message_bytes), got {chunk_bytes}")
+        raise ArgumentError(f"chunk_bytes must be in 1..{max_message_bytes} (max_message_bytes), got {chunk_bytes}")
     return chunk_bytes
 
 

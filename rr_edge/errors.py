@@ -3,6 +3,8 @@
     RoadRunnerError            base of everything this package raises on purpose
     ├── ModelError             unreadable / invalid ONNX, bad block range, export failure
     ├── InputError             a request's inputs do not match the model (also a ValueError)
+    ├── ArgumentError          an invalid argument of the API: an address without a port, a timeout <= 0 (also a
+    │                          ValueError)
     ├── PredictionsPending     the server has no prediction yet for some block (profile first, or wait)
     ├── ServerError            the server answered with an error status (carries the gRPC code name)
     │   ├── ServerUnavailable  the server cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, broken stream)
@@ -25,6 +27,10 @@ class ModelError(RoadRunnerError):
 
 class InputError(RoadRunnerError, ValueError):
     """The inputs of a request do not match the model's (names, types, shapes)."""
+
+
+class ArgumentError(RoadRunnerError, ValueError):
+    """An argument of the API is invalid (a server address, a timeout, a chunk size)."""
 
 
 class PredictionsPending(RoadRunnerError):

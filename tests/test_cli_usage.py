@@ -451,7 +451,12 @@ def test_server_listen_needs_a_port(tmp_path: Path, capsys, listen: str) -> None
 
 
 def test_the_python_api_refuses_an_address_without_a_port() -> None:
+    from rr_edge import ArgumentError, RoadRunnerError, connect
     from rr_edge.client import Client
 
     with pytest.raises(ValueError, match="expected HOST:PORT"):
         Client("127.0.0.1")  # gRPC would dial port 443
+    for address in ("127.0.0.1", "127.0.0.1:0"):  # a plain ValueError, not the package's own (found by review)
+        with pytest.raises(ArgumentError) as raised:
+            connect(address, node="x")
+        assert isinstance(raised.value, RoadRunnerError)
