@@ -47,6 +47,7 @@ from rr_server.storage import Storage
 
 MAX_ITEMS_PER_REPORT = 100_000
 MAX_NETWORK_SAMPLES = 10_000
+MAX_CLOCK_AHEAD_S = 365 * 86400.0  # an edge clock may run ahead; a time in milliseconds is 1000x ahead
 
 
 class ProfileServicer(rr_grpc.ProfileServiceServicer):
@@ -138,8 +139,9 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 if not math.isfinite(value):  # negative: not computed (too few sizes)
                     raise InvalidArgument(f"{direction}: {name} must be finite, got {value!r}")
             _check_model_json(getattr(request.profile, direction).model_json, direction)
-        if not math.isfinite(request.profile.measured_at) or request.profile.measured_at < 0:
-            raise InvalidArgument(f"measured_at must be Unix seconds, got {request.profile.measured_at!r}")
+        measured_at = request.profile.measured_at
+        if not (math.isfinite(measured_at) and 0 <= measured_at <= time.time() + MAX_CLOCK_AHEAD_S):
+            raise InvalidArgument(f"measured_at must be Unix seconds (not milliseconds), got {measured_at!r}")
         if request.profile.energy_source not in ("", *ENERGY_SOURCES):
             raise InvalidArgument(f"energy_source must be empty or one of {', '.join(ENERGY_SOURCES)}")
         self._storage.put_network_profile(node_id, network_profile_to_dict(request.profile))

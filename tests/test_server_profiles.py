@@ -275,6 +275,7 @@ def test_network_profile_roundtrip_and_validation(env):
         (downlink_model('{"kind": "affine", "coeffs": ' + "[" * 600 + "]" * 600 + "}"), "not a network model"),
         (rr.NetworkProfile(uplink=up, downlink=up, measured_at=float("nan")), "measured_at"),
         (rr.NetworkProfile(uplink=up, downlink=up, measured_at=-1e300), "measured_at"),
+        (rr.NetworkProfile(uplink=up, downlink=up, measured_at=1764230400000.0), "not milliseconds"),
         (rr.NetworkProfile(uplink=up, downlink=up, energy_source="guess"), "energy_source"),
     ):
         with pytest.raises(grpc.RpcError) as err:
