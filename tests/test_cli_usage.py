@@ -372,6 +372,7 @@ def test_slice_reversed_range_says_reversed(capsys, model, tmp_path: Path, block
     code = main(["slice", str(model), "--blocks", blocks, "-o", str(tmp_path / "s.onnx")])
     _, err = capsys.readouterr()
     assert code == 2 and "reversed" in err and "out of range" not in err
+    assert ("a negative index counts from the end" in err) == blocks.startswith("-")  # -1:0 is blocks N-1..0
 
 
 # -- 10. a replan the server refuses --------------------------------------------------------------------------------

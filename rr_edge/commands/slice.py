@@ -32,16 +32,15 @@ def parse_range(text: str, n_blocks: int) -> tuple[int, int]:
     """'A:B' (or 'A') -> (A, B); negative indices count from the end, as in Python."""
     first, sep, last = text.partition(":")
     try:
-        a = int(first)
-        b = int(last) if sep else a
+        given = (int(first), int(last) if sep else int(first))
     except ValueError:
         raise ModelError(f"--blocks expects A:B with integers, got {text!r}") from None
-    a = a + n_blocks if a < 0 else a
-    b = b + n_blocks if b < 0 else b
+    a, b = (k + n_blocks if k < 0 else k for k in given)
     if not (0 <= a < n_blocks and 0 <= b < n_blocks):
         raise ModelError(f"--blocks {text} out of range: the model has blocks 0..{n_blocks - 1}")
     if a > b:
-        raise ModelError(f"--blocks {text} is reversed: A:B means blocks A..B, so A must not come after B")
+        counted = f" (blocks {a}..{b}: a negative index counts from the end)" if min(given) < 0 else ""
+        raise ModelError(f"--blocks {text} is reversed{counted}: A:B means blocks A..B, so A must not come after B")
     return a, b
 
 
