@@ -140,6 +140,8 @@ def test_non_positive_options_are_rejected_when_parsed(capsys, model, x, command
         ("profile", ["--min-time", "nan"]),  # every block timed for its 30 s cap
         ("profile", ["--min-time", "-1"]),
         ("run", ["--retry-interval", "nan"]),
+        ("run", ["--threads", "-5"]),  # taken for the default, silently
+        ("profile", ["--threads", "-1"]),
     ],
 )
 def test_non_finite_or_negative_amounts_are_rejected_when_parsed(

@@ -21,6 +21,7 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     non_negative_float,
+    non_negative_int,
     print_json,
 )
 from rr_edge.errors import RoadRunnerError
@@ -45,7 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--seed", type=int, help="random seed of the sample (default: drawn and reported)")
     add_energy_args(p)
     p.add_argument("--provider", default="", help="ONNX Runtime provider (default: the best that loads)")
-    p.add_argument("--threads", type=int, default=-1, help="intra-op threads (default $RR_THREADS or ORT's)")
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=-1,
+        help="intra-op threads, 0: ONNX Runtime's choice (default: $RR_THREADS, else 0)",
+    )
     p.add_argument(
         "--graph-optimization",
         choices=list(GRAPH_OPTIMIZATION),

@@ -20,7 +20,15 @@ from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import analyze
-from rr_edge.commands._common import add_server_args, connect, make_meter, positive_float, positive_int, print_json
+from rr_edge.commands._common import (
+    add_server_args,
+    connect,
+    make_meter,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    print_json,
+)
 from rr_edge.commands._paths import output_path
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
@@ -61,7 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="S",
         help="health check period in seconds while the server is down (default %(default)g)",
     )
-    p.add_argument("--threads", type=int, default=-1, help="intra-op threads (default $RR_THREADS or ORT's)")
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=-1,
+        help="intra-op threads, 0: ONNX Runtime's choice (default: $RR_THREADS, else 0)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object: measured and predicted latency and energy"
     )
