@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from rr_server.server import Server  # here, not at the top: a missing extra gets one line, not a traceback
     except ModuleNotFoundError as exc:
-        hint = missing_extra(exc)
+        hint = missing_extra(exc, role="server")
         if hint is None:
             raise
         log.error("cannot start: %s", hint)

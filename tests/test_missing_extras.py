@@ -36,10 +36,11 @@ def test_rr_edge_names_the_edge_extra(module: str, argv: list[str]) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_rr_server_names_the_server_extra(tmp_path: Path) -> None:
-    proc = run_without("grpc_health", "rr_server.cli", ["--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"])
+@pytest.mark.parametrize("module", ["grpc_health", "onnxruntime"])  # onnxruntime: it said [edge] (found by review)
+def test_rr_server_names_the_server_extra(tmp_path: Path, module: str) -> None:
+    proc = run_without(module, "rr_server.cli", ["--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"])
     assert proc.returncode == 2, proc.stderr
-    assert "pip install 'roadrunner[server]'" in proc.stderr
+    assert f"'{module}' module is not installed: pip install 'roadrunner[server]'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
