@@ -63,16 +63,16 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"model": options.model, "input_size": options.input_size}
+    console.rule(f"[bold]RoaD-RuNNer demo: {options.model} at {options.input_size}")
+    path = out / f"{options.model}_{options.input_size}.onnx"
+    if not path.exists():  # before the server starts: a name torchvision does not know is the first error
+        with console.status(f"exporting {options.model} (random weights)"):
+            export_model(options.model, path, input_size=options.input_size)
+    console.print(f"model: {path}")
     with tempfile.TemporaryDirectory(prefix="rr-demo-") as data_dir:
         with Server(ServerConfig(data_dir=Path(data_dir), listen="127.0.0.1:0")) as server:
             assert server.address is not None
-            console.rule(f"[bold]RoaD-RuNNer demo: {options.model} at {options.input_size}")
             console.print(f"embedded server on {server.address} (data dir {data_dir}, providers {server.providers})")
-            path = out / f"{options.model}_{options.input_size}.onnx"
-            if not path.exists():
-                with console.status(f"exporting {options.model} (random weights)"):
-                    export_model(options.model, path, input_size=options.input_size)
-            console.print(f"model: {path}")
             settings = OrtSettings(intra_op_threads=options.edge_threads)
             with EdgeNode(server.address, "demo-edge", settings=settings) as node:
                 graph = node.blocks(path)

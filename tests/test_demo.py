@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -48,3 +49,21 @@ def test_demo_fails_when_outputs_differ_from_local():
     check_verified({"verified": True, "max_abs_diff_vs_local": 1e-6}, 1e-3)
     with pytest.raises(RoadRunnerError, match=r"differ from the whole model run locally by 2.0e-02"):
         check_verified({"verified": False, "max_abs_diff_vs_local": 0.02}, 1e-3)
+
+
+def test_demo_with_a_model_torchvision_does_not_know_starts_no_server(tmp_path, monkeypatch):
+    """The embedded server started (and its data dir was made) before the name was refused (found by review)."""
+    import rr_server
+
+    class NoServer:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the server started before the model was exported")
+
+    monkeypatch.setattr(rr_server, "Server", NoServer)
+    from rich.console import Console
+
+    from rr_edge.demo import DemoOptions, run_demo
+    from rr_edge.errors import ModelError
+
+    with pytest.raises(ModelError, match="nosuch"):
+        run_demo(DemoOptions(model="nosuch", out_dir=tmp_path), Console(file=io.StringIO()))
