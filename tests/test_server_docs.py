@@ -50,6 +50,21 @@ def test_doc_has_examples_for_every_rpc():
                 assert f"{service.full_name}/{method.name}" in text, f"{service.full_name}/{method.name} undocumented"
 
 
+def test_the_slice_the_examples_use_is_made_when_none_is_given(tmp_path):
+    """The examples needed a slice of one x [1,3,8,8] input and said "any small ONNX model" (found by review)."""
+    import onnx
+
+    script = "set -euo pipefail\nunset SLICE\n" + blocks("sh")[0].replace("$BUF --list-methods", ": ")
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = onnx.load(tmp_path / "slice.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in model.graph.input] == [
+        ("x", [1, 3, 8, 8])
+    ]
+
+
 @pytest.mark.skipif(_buf() is None, reason="Buf CLI not installed (npm install @bufbuild/buf; set $BUF)")
 def test_buf_curl_examples(live):
     server, env, tmp = live
