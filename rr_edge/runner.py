@@ -11,7 +11,8 @@ server rejects as invalid, INVALID_ARGUMENT, is finished locally too and says no
 server is down, failing or refusing the slice, every request runs locally without waiting for it: a health check in
 the background, `RunnerConfig.retry_interval_s` after the end of the previous one, returns to the plan once the
 server answers again. Observed transfer times update the plan's network models (exponentially weighted);
-`replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold`.
+`replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold` and by enough to matter
+(`MATERIAL_SHARE` of a round trip).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_INTERVAL_S = 1.0
 DEFAULT_STREAM_RETRY_S = 30.0
 DEFAULT_DRIFT_THRESHOLD = 0.25
+MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of a round trip or more
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
 
@@ -232,6 +234,7 @@ class _Link:
     uplink: NetworkModel | None = None
     downlink: NetworkModel | None = None
     expected_cloud_ms: float = 0.0
+    last: RunResult | None = None  # the last round trip learnt from
 
     def update(self, result: RunResult) -> None:
         """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
@@ -243,9 +246,21 @@ class _Link:
         up_ms, down_ms = split_network_ms(network_ms, self.uplink, self.downlink, result.bytes_up, result.bytes_down)
         self.uplink = self.uplink.update(result.bytes_up, up_ms)
         self.downlink = self.downlink.update(result.bytes_down, down_ms)
+        self.last = result
 
     def drifted(self, threshold: float) -> bool:
-        return any(m is not None and m.drifted(threshold) for m in (self.uplink, self.downlink))
+        """A direction's model moved by more than `threshold` (relative) since the plan, and the move matters: it
+        changes the predicted transfers of the last round trip by at least `MATERIAL_SHARE` of that round trip
+        (a 25% drift of a 0.2 ms transfer in a 10 ms round trip is timing noise, and re-planning costs more)."""
+        if self.uplink is None or self.downlink is None or self.last is None:
+            return False
+        if not (self.uplink.drifted(threshold) or self.downlink.drifted(threshold)):
+            return False
+        moved_ms = sum(
+            model.predict_ms(nbytes) * abs(1.0 - model.ref_drift / model.drift)
+            for model, nbytes in ((self.uplink, self.last.bytes_up), (self.downlink, self.last.bytes_down))
+        )
+        return moved_ms >= MATERIAL_SHARE * self.last.remote_ms
 
     def rebase(self) -> None:
         self.uplink = self.uplink.rebased() if self.uplink else None
@@ -309,7 +324,8 @@ class Runner:
 
     @property
     def replan_needed(self) -> bool:
-        """The measured network moved more than `drift_threshold` from the models the plan was made with."""
+        """The measured network moved more than `drift_threshold` from the models the plan was made with, by a
+        material share of a round trip (`MATERIAL_SHARE`)."""
         return self.link.drifted(self.config.drift_threshold)
 
     def network_models(self) -> tuple[NetworkModel | None, NetworkModel | None]:
