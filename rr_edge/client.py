@@ -114,10 +114,10 @@ class TlsOptions:
             try:
                 return Path(p).read_bytes()
             except OSError as exc:
-                raise ServerError(f"cannot read TLS file {p}: {exc.strerror or exc}", "INVALID_ARGUMENT") from None
+                raise ArgumentError(f"cannot read TLS file {p}: {exc.strerror or exc}") from None
 
         if (self.client_cert is None) != (self.client_key is None):
-            raise ServerError("mTLS needs both a client certificate and its key", "INVALID_ARGUMENT")
+            raise ArgumentError("mTLS needs both a client certificate and its key")
         return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.client_key), read(self.client_cert))
 
 

@@ -82,7 +82,6 @@ class PlanReport:
     inputs: PlanInputs
     costs: Costs
     options: dict[str, Any] = field(default_factory=dict)  # make_plan's keyword arguments, for re-planning
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """SPEC section 6 `plan --json` (plus energy_source and provenance counts)."""
@@ -95,7 +94,6 @@ class PlanReport:
             "provenance": self.costs.provenance_counts(),
             "e2e_correction": self.costs.e2e_correction,
             "cloud_correction": self.costs.cloud_correction,
-            **self.extras,
         }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ __all__ = [
     "load_model",
     "public_file_mode",
     "save_model",
-    "tensor_infos",
     "value_info_to_tensor_info",
 ]
 
@@ -108,10 +106,6 @@ def value_info_to_tensor_info(vi: ValueInfoProto) -> TensorInfo:
     return TensorInfo(
         vi.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim), dtype_name(tt.elem_type)
     )
-
-
-def tensor_infos(values: Iterable[ValueInfoProto]) -> list[TensorInfo]:
-    return [value_info_to_tensor_info(v) for v in values]
 
 
 def load_model(path: str | os.PathLike[str], *, check: bool = True, fixed_shape: bool = True) -> onnx.ModelProto:

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from rr_edge.client import DEFAULT_TIMEOUT_S
 from rr_edge.errors import InputError, ServerBusy, ServerError, ServerUnavailable
-from rr_edge.netmodel import NetworkModel, split_network_ms
+from rr_edge.netmodel import DEFAULT_DRIFT_THRESHOLD, NetworkModel, split_network_ms
 from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits
 
 if TYPE_CHECKING:
@@ -41,10 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRY_INTERVAL_S = 1.0
 DEFAULT_STREAM_RETRY_S = 30.0
-DEFAULT_DRIFT_THRESHOLD = 0.25
 MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of a round trip or more
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)

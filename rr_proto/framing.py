@@ -59,7 +59,6 @@ __all__ = [
 RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_FIELD = 6  # ModelInferResponse.raw_output_contents
 INFER_RESPONSE_FIELD = 2  # ModelStreamInferResponse.infer_response
-ERROR_MESSAGE_FIELD = 1  # ModelStreamInferResponse.error_message
 # ModelInferResponse.parameters entry with the server's run time of the request (ms, double): what the edge needs to
 # tell the network's share of a round trip from the server's.
 RUN_MS_PARAMETER = "server_run_ms"

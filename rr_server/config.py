@@ -12,7 +12,6 @@ DEFAULT_MAX_SLICE_MB = 1024
 # of the paper's models at batch 1 are a few MB; the transport benchmark goes to 64 MB), uploads and echo traffic are
 # chunked, so 256 MiB bounds memory per call while leaving ample room for big batches.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-DEFAULT_UPLOAD_CHUNK_BYTES = 1024 * 1024
 DEFAULT_SESSION_CACHE_SIZE = 16
 DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter (rr_server.interceptor)
 DEFAULT_PROVIDERS = ("cuda", "cpu")

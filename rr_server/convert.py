@@ -34,16 +34,6 @@ def features_from_pb(f: rr.BlockFeatures) -> Features:
     return Features(tuple(f.ops), int(f.flops), int(f.param_bytes), int(f.input_bytes), int(f.output_bytes))
 
 
-def features_to_pb(f: Features) -> rr.BlockFeatures:
-    return rr.BlockFeatures(
-        ops=list(f.ops),
-        flops=f.flops,
-        param_bytes=f.param_bytes,
-        input_bytes=f.input_bytes,
-        output_bytes=f.output_bytes,
-    )
-
-
 def measurement_from_pb(node_id: str, settings: rr.RuntimeSettings, layer: rr.LayerProfile, now: float) -> Measurement:
     return Measurement(
         node_id=node_id,

@@ -25,6 +25,7 @@ needs new ones is refused as Busy (retry shortly): queries alone cannot grow the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -308,18 +309,7 @@ class Predictor:
                 cols = np.array([previous.cols[s] for s in values], dtype=np.int64)
                 rows[node] = previous.engine.fold_in_row(cols, np.array(list(values.values()), dtype=np.float64))
                 log.info("folded node %s into the model (%d measurements)", node, len(values))
-        return _Target(
-            previous.engine,
-            rows,
-            previous.cols,
-            previous.measured,
-            counts,
-            previous.scale,
-            _edge_rows(rows, cloud),
-            previous.bounds,
-            previous.cold,
-            previous.lock,
-        )
+        return dataclasses.replace(previous, rows=rows, row_counts=counts, edge_rows=_edge_rows(rows, cloud))
 
     def predict(
         self, node_id: str, signatures: Sequence[str], features: Mapping[str, Features] | None = None

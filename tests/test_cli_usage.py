@@ -463,3 +463,14 @@ def test_the_python_api_refuses_an_address_without_a_port() -> None:
         with pytest.raises(ArgumentError) as raised:
             connect(address, node="x")
         assert isinstance(raised.value, RoadRunnerError)
+
+
+def test_a_tls_setting_the_edge_cannot_use_is_an_argument_error(tmp_path: Path) -> None:
+    """It was a ServerError with the code INVALID_ARGUMENT, as if the server had answered (found by review)."""
+    from rr_edge import ArgumentError
+    from rr_edge.client import TlsOptions
+
+    with pytest.raises(ArgumentError, match="cannot read TLS file"):
+        TlsOptions(root_certificates=tmp_path / "missing.pem").credentials()
+    with pytest.raises(ArgumentError, match="needs both a client certificate and its key"):
+        TlsOptions(client_cert=tmp_path / "cert.pem").credentials()
