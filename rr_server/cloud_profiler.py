@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rr_edge.profiles import LatencyStats
 from rr_server.activity import InferenceActivity
 from rr_server.errors import DeadlineExceeded, ResourceExhausted, ServerError, Unavailable
 from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement, ModelRun
@@ -175,16 +176,15 @@ class CloudProfiler:
 
     def _measure(self, signature: str, slice_id: str) -> None:
         times, provider = self.time_slice(slice_id)
-        arr = np.asarray(times)
-        mean = float(arr.mean())
+        stats = LatencyStats.of(times)  # as the edge summarises its timings
         m = Measurement(
             node_id=self.node_id,
             signature=signature,
-            latency_ms=float(statistics.median(times)),
-            p10_ms=float(np.percentile(arr, 10)),
-            p90_ms=float(np.percentile(arr, 90)),
-            cv=float(arr.std() / mean) if mean > 0 else 0.0,
-            samples=len(times),
+            latency_ms=stats.median_ms,
+            p10_ms=stats.p10_ms,
+            p90_ms=stats.p90_ms,
+            cv=stats.cv,
+            samples=stats.samples,
             source=SOURCE_CLOUD_PROFILER,
             settings={"execution_provider": provider},
             measured_at=time.time(),

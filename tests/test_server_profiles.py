@@ -456,3 +456,21 @@ def test_cloud_node_times_a_reported_whole_model_once(env):
     with pytest.raises(grpc.RpcError) as err:  # a malformed slice id is refused with the report
         stubs.profiles.ReportLayerProfiles(report("pi4", run("not-a-sha")), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_cloud_summarises_its_timings_as_the_edge_does(tmp_path, monkeypatch):
+    """The cloud's rows held a population cv (ddof 0) beside the edges' sample cv (ddof 1) in one column (found by
+    review)."""
+    from rr_edge.profiles import LatencyStats
+
+    times = [2.0, 2.5, 3.0, 10.0]
+    with serving(tmp_path) as (server, stubs):
+        monkeypatch.setattr(server.cloud_profiler, "time_slice", lambda slice_id: (times, "CPUExecutionProvider"))
+        report_uploaded_block(stubs, "timed", seed=5)
+        assert server.cloud_profiler.wait_idle(60)
+        (stored,) = server.storage.latest_measurements("cloud")
+    expected = LatencyStats.of(times)
+    assert (stored.latency_ms, stored.p10_ms, stored.p90_ms, stored.samples) == (
+        expected.median_ms, expected.p10_ms, expected.p90_ms, 4
+    )  # fmt: skip
+    assert stored.cv == pytest.approx(expected.cv)
