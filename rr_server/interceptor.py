@@ -17,6 +17,7 @@ checks, ModelInfer, slice status), however many streams are open.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -168,44 +169,36 @@ def _wrap(
             return _each_parsed(method, request_or_iterator)
         return _parsed(method, request_or_iterator)
 
+    @contextlib.contextmanager
+    def policy(context) -> Iterator[None]:
+        """Around the handler: the caller, its authentication, a stream slot, the status code and the metrics."""
+        started = time.perf_counter()
+        token = CALLER.set(caller)
+        slot = False
+        try:
+            if auth_error is not None:
+                raise auth_error
+            slot = pool is not None and slots.take(pool, method)
+            yield
+        except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
+            _finish(context, metrics, method, started, exc)
+        finally:
+            _reset(token)
+            if slot:
+                slots.give_back(pool)
+        _finish(context, metrics, method, started, None)
+
     def unary(behavior: Callable):
         def run(request_or_iterator, context):
-            started = time.perf_counter()
-            token = CALLER.set(caller)
-            slot = False
-            try:
-                if auth_error is not None:
-                    raise auth_error
-                slot = pool is not None and slots.take(pool, method)
-                response = behavior(requests(request_or_iterator), context)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
-                _finish(context, metrics, method, started, exc)
-            finally:
-                _reset(token)
-                if slot:
-                    slots.give_back(pool)
-            _finish(context, metrics, method, started, None)
-            return response
+            with policy(context):
+                return behavior(requests(request_or_iterator), context)
 
         return run
 
     def streaming(behavior: Callable):
         def run(request_or_iterator, context) -> Iterator:
-            started = time.perf_counter()
-            token = CALLER.set(caller)
-            slot = False
-            try:
-                if auth_error is not None:
-                    raise auth_error
-                slot = pool is not None and slots.take(pool, method)
+            with policy(context):
                 yield from behavior(requests(request_or_iterator), context)
-            except Exception as exc:  # noqa: BLE001
-                _finish(context, metrics, method, started, exc)
-            finally:
-                _reset(token)
-                if slot:
-                    slots.give_back(pool)
-            _finish(context, metrics, method, started, None)
 
         return run
 
