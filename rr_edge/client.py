@@ -61,6 +61,7 @@ from rr_proto.inference import grpc_service_pb2_grpc as igrpc
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rgrpc
 from rr_proto.status import RETRY_PUSHBACK_KEY
+from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES, grpc_options
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
@@ -146,13 +146,7 @@ class ClientOptions:
     def channel_options(self) -> list[tuple[str, Any]]:
         backoff_s = max(self.max_reconnect_backoff_s, 0.001)
         return [
-            ("grpc.max_send_message_length", self.max_message_bytes + framing.ENVELOPE_BYTES),
-            ("grpc.max_receive_message_length", self.max_message_bytes + framing.ENVELOPE_BYTES),
-            # Larger HTTP/2 frames and flow-control window: fewer round trips per multi-MB tensor (the server
-            # sets the same).
-            ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
-            ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
-            ("grpc.http2.bdp_probe", 1),
+            *grpc_options(self.max_message_bytes),  # as the server's
             ("grpc.primary_user_agent", "rr-edge"),
             # Reconnect quickly after a server restart: the backoff between attempts starts at 0.1 s and stays
             # under `max_reconnect_backoff_s` (the connect timeout, grpc.min_reconnect_backoff_ms, keeps its 20 s).

@@ -7,7 +7,7 @@ In-process use (tests, the edge demo)::
     with Server(ServerConfig(data_dir=Path("/tmp/rr"), listen="127.0.0.1:0")) as server:
         print(server.address)          # "127.0.0.1:PORT", bound and serving
 
-`Server`, `grpc_options` and `serve` load `rr_server.server` (ONNX Runtime, grpc health and reflection) on first
+`Server` and `serve` load `rr_server.server` (ONNX Runtime, grpc health and reflection) on first
 use, so `rr-server` can name a missing extra in one line.
 """
 
@@ -26,9 +26,9 @@ from rr_server.errors import (
 )
 
 if typing.TYPE_CHECKING:
-    from rr_server.server import Server, grpc_options, serve
+    from rr_server.server import Server, serve
 
-_LAZY = ("Server", "grpc_options", "serve")
+_LAZY = ("Server", "serve")
 
 
 def __getattr__(name: str) -> typing.Any:
@@ -55,6 +55,5 @@ __all__ = [
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",
-    "grpc_options",
     "serve",
 ]

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES
+
 DEFAULT_LISTEN = "127.0.0.1:8001"
 # Fits the largest paper model whole (vgg16: 553 MB of weights), so offload-all plans are uploadable by default.
 DEFAULT_MAX_SLICE_MB = 1024
-# Largest single gRPC message either way. ModelInfer carries whole tensors in one message (intermediate activations
-# of the paper's models at batch 1 are a few MB; the transport benchmark goes to 64 MB), uploads and echo traffic are
-# chunked, so 256 MiB bounds memory per call while leaving ample room for big batches.
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_SESSION_CACHE_SIZE = 16
 DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter (rr_server.interceptor)
 DEFAULT_PROVIDERS = ("cuda", "cpu")

@@ -24,10 +24,10 @@ import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rr_proto import framing
 from rr_proto.inference import grpc_service_pb2 as kserve_pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
+from rr_proto.transport import grpc_options
 from rr_server.auth import TokenTable
 from rr_server.cf_engine import engine_name, warn_if_biases_only
 from rr_server.cloud_profiler import CloudProfiler
@@ -61,19 +61,6 @@ def version() -> str:
         return metadata.version("roadrunner")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
-    """Channel/server options used on both ends: deliberate message limits and HTTP/2 windows for big tensors."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes + framing.ENVELOPE_BYTES),
-        ("grpc.max_receive_message_length", max_message_bytes + framing.ENVELOPE_BYTES),
-        # Larger frames and a larger initial flow-control window: fewer round trips per multi-MB tensor.
-        ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
-        ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
-        ("grpc.http2.bdp_probe", 1),
-        ("grpc.so_reuseport", 0),
-    ]
 
 
 def keepalive_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -164,6 +151,7 @@ class Server:
         when the address or the TLS files are unusable)."""
         options = [
             *grpc_options(self.config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on a port in use fails instead of sharing it
             *keepalive_options(self.config),
             *self.config.extra_grpc_options,
         ]

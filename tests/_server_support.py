@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
-from rr_server import Server, ServerConfig, grpc_options
+from rr_proto.transport import grpc_options
+from rr_server import Server, ServerConfig
 
 IR_VERSION = 8  # what the installed ONNX Runtime reads (onnx.helper would write a newer one)
 CHUNK = 64 * 1024

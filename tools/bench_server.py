@@ -40,7 +40,8 @@ import onnxruntime as ort  # noqa: E402
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
-from rr_server import grpc_options, wire  # noqa: E402
+from rr_proto.transport import grpc_options  # noqa: E402
+from rr_server import wire  # noqa: E402
 from tools._models import cached_export  # noqa: E402
 from tools._server import rr_server_command, serving  # noqa: E402
 
