@@ -23,6 +23,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from rr_edge.errors import ModelError, RoadRunnerError
+from rr_proto.providers import provider_name
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,6 @@ GRAPH_OPTIMIZATION = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-_SHORT = {
-    "cpu": CPU,
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
 }
 ORT_DTYPES = {  # ONNX Runtime's input type names -> numpy
     "tensor(float)": np.float32,
@@ -136,7 +131,7 @@ class OrtSettings:
         """Concrete settings: provider and thread count filled in from this machine."""
         usable = usable_providers()
         default = "CUDAExecutionProvider" if "CUDAExecutionProvider" in usable else usable[0]  # TensorRT: opt-in
-        provider = _SHORT.get(self.provider.lower(), self.provider) if self.provider else default
+        provider = provider_name(self.provider) if self.provider else default
         if provider not in usable:
             raise RoadRunnerError(f"execution provider {provider} does not load here (usable: {', '.join(usable)})")
         threads = _default_threads() if self.intra_op_threads < 0 else self.intra_op_threads

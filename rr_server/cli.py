@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rr_proto.allocator import tune_allocator
 from rr_proto.extras import missing_extra
+from rr_proto.providers import PROVIDER_NAMES
 from rr_server.config import (
     DEFAULT_CLI_DRAIN_S,
     DEFAULT_KEEPALIVE_S,
@@ -20,7 +21,6 @@ from rr_server.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_SLICE_MB,
     DEFAULT_WORKERS,
-    PROVIDER_ALIASES,
     ServerConfig,
     TlsConfig,
 )
@@ -135,9 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--keepalive-seconds must be at least 1")
     if args.workers < 4:
         p.error("--workers must be at least 4")
-    unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_ALIASES and not n.endswith("ExecutionProvider")]
+    unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_NAMES and not n.endswith("ExecutionProvider")]
     if unknown:
-        p.error(f"--providers: unknown {', '.join(unknown)}; use {', '.join(PROVIDER_ALIASES)} or an ONNX Runtime name")
+        p.error(f"--providers: unknown {', '.join(unknown)}; use {', '.join(PROVIDER_NAMES)} or an ONNX Runtime name")
     if args.max_slice_mb <= 0:
         p.error("--max-slice-mb must be positive")
     if args.max_store_gb is not None and args.max_store_gb * 1024 < args.max_slice_mb:

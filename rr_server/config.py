@@ -13,7 +13,6 @@ DEFAULT_MAX_SLICE_MB = 1024
 DEFAULT_SESSION_CACHE_SIZE = 16
 DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter (rr_server.interceptor)
 DEFAULT_PROVIDERS = ("cuda", "cpu")
-PROVIDER_ALIASES = ("cuda", "cpu", "tensorrt")  # short names of --providers (rr_server.sessions maps them)
 DEFAULT_CLOUD_NODE_ID = "cloud"
 # The server pings each connection this often while it has calls open and closes it when a ping goes unanswered for
 # DEFAULT_KEEPALIVE_TIMEOUT_S: an edge that vanished without closing (power off, a dropped link) then gives back its

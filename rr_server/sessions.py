@@ -2,7 +2,7 @@
 
 `onnxruntime.get_available_providers()` lists what the wheel was built with (CUDA on onnxruntime-gpu), not what
 works: the CUDA provider needs its libraries and a GPU, and ONNX Runtime silently falls back to CPU when it cannot
-load. `resolve_providers` therefore creates a probe session and keeps only the providers it actually got.
+load. `resolve_providers` therefore keeps only the providers a probe session really got (`rr_edge.session`).
 
 `Session.run` can write the outputs straight into memory its caller provides (its `allocate` argument: the inference
 servicer passes the raw-content slots of the response message, so the outputs are not copied once more when it is
@@ -23,21 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
+from rr_edge.session import usable_providers
 from rr_proto.codec import datatype_of, dtype_of
+from rr_proto.providers import provider_name
 from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from rr_server.run_watchdog import MAX_RUN_SECONDS, Run, RunCaller, RunWatchdog
 
 log = logging.getLogger(__name__)
-
-PROVIDER_NAMES = {
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 
 # ONNX Runtime element types -> KServe datatypes.
 _KSERVE = {
@@ -97,37 +92,15 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
-    """ONNX Runtime provider names that really load here, in the requested order; CPU is always last."""
-    names = []
-    for short in requested:
-        name = PROVIDER_NAMES.get(short.lower(), short)
-        if name not in names:
-            names.append(name)
-    if "CPUExecutionProvider" not in names:
-        names.append("CPUExecutionProvider")
-    available = set(ort.get_available_providers())
-    wanted = [n for n in names if n in available]
-    accelerated = [n for n in wanted if n != "CPUExecutionProvider"]
-    if not accelerated:
-        return ["CPUExecutionProvider"]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # the failed load of a provider is expected here; we report it ourselves
-    ort.set_default_logger_severity(4)  # the provider bridge logs load failures globally; we report them below
-    try:
-        loaded = ort.InferenceSession(probe.SerializeToString(), options, providers=wanted).get_providers()
-    except Exception as exc:  # noqa: BLE001
-        log.warning("probe session with %s failed (%s); using CPU", wanted, exc)
-        return ["CPUExecutionProvider"]
-    finally:
-        ort.set_default_logger_severity(2)
-    missing = [n for n in accelerated if n not in loaded]
+    """ONNX Runtime provider names that really load here (`rr_edge.session.usable_providers`), in the requested
+    order; CPU is always last."""
+    names = list(dict.fromkeys([*(provider_name(p) for p in requested), "CPUExecutionProvider"]))
+    usable = usable_providers()
+    built = set(ort.get_available_providers())
+    missing = [n for n in names if n in built and n not in usable]
     if missing:
-        log.warning("execution providers %s are built in but did not load here; falling back to %s", missing, loaded)
-    return [n for n in wanted if n in loaded]
+        log.warning("execution providers %s are built in but do not load here; using %s", missing, usable)
+    return [n for n in names if n in usable]
 
 
 _STANDALONE = RunWatchdog()  # watches the runs of sessions made outside a SessionPool (its thread starts with a run)

@@ -360,3 +360,19 @@ def test_a_server_without_cf_cpp_says_so_when_it_starts(tmp_path, monkeypatch, c
         server = start_server(tmp_path / "data")
         server.stop(grace=0)
     assert "cf_cpp is not installed" in caplog.text and "predictor=numpy-biases" in caplog.text
+
+
+def test_the_server_keeps_the_requested_providers_that_load_in_its_order(monkeypatch, caplog):
+    """The server and the edge probe providers with one function and name them with one table."""
+    from rr_server import sessions
+
+    monkeypatch.setattr(sessions, "usable_providers", lambda: ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert sessions.resolve_providers(["cpu", "CUDA"]) == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+    assert sessions.resolve_providers(["cuda"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(sessions, "usable_providers", lambda: ("CPUExecutionProvider",))
+    monkeypatch.setattr(
+        sessions.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    with caplog.at_level(logging.WARNING, logger="rr_server.sessions"):
+        assert sessions.resolve_providers(["cuda", "rocm"]) == ["CPUExecutionProvider"]
+    assert "['CUDAExecutionProvider'] are built in but do not load here" in caplog.text  # ROCm is not built in
