@@ -125,11 +125,7 @@ class NetworkModel:
         b, scale = self.slope_ms_per_byte, self.scale_bytes
         g = np.array(self.coeffs, dtype=np.float64)
         g[1] -= b * scale  # g(t) = poly(t) - b * scale * t, t = x / scale
-        t_lo, t_hi = self.lo_bytes / scale, min(self.hi_bytes, 1e18) / scale
-        ts = [t_lo, t_hi]
-        roots = P.polyroots(P.polyder(g)) if np.any(g[2:]) else np.array([])
-        ts += [float(t.real) for t in roots if abs(t.imag) < 1e-9 and t_lo <= t.real <= t_hi]
-        a = float(np.min(P.polyval(np.array(ts), g)))
+        a = float(np.min(P.polyval(self._extreme_points(g), g)))
         a -= 1e-9 * (1.0 + abs(a))  # round-off margin: a bound must never exceed the curve
         return a * self.drift, b * self.drift
 
@@ -148,12 +144,16 @@ class NetworkModel:
         if self.kind == PWL:
             return bool(np.all(np.diff(self.coeffs) >= 0))
         d = P.polyder(np.array(self.coeffs, dtype=np.float64))  # d/dt of the polynomial in t = bytes / scale
-        t_lo, t_hi = self.lo_bytes / self.scale_bytes, min(self.hi_bytes, 1e18) / self.scale_bytes
-        ts = [t_lo, t_hi]
-        roots = P.polyroots(P.polyder(d)) if np.any(d[1:]) else np.array([])
-        ts += [float(t.real) for t in roots if abs(t.imag) < 1e-9 and t_lo <= t.real <= t_hi]
         tol = 1e-9 * (1.0 + float(np.max(np.abs(self.coeffs))))  # round-off of a flat stretch is not a dip
-        return bool(np.min(P.polyval(np.array(ts), d)) >= -tol)
+        return bool(np.min(P.polyval(self._extreme_points(d), d)) >= -tol)
+
+    def _extreme_points(self, poly: np.ndarray) -> np.ndarray:
+        """Where polynomial `poly` (in t = bytes / scale_bytes) can reach its extremes on the fitted range: the
+        range's ends and the stationary points inside it."""
+        t_lo, t_hi = self.lo_bytes / self.scale_bytes, min(self.hi_bytes, 1e18) / self.scale_bytes
+        roots = P.polyroots(P.polyder(poly)) if np.any(poly[2:]) else np.array([])
+        inside = [float(t.real) for t in roots if abs(t.imag) < 1e-9 and t_lo <= t.real <= t_hi]
+        return np.array([t_lo, t_hi, *inside])
 
     def energy_terms(self) -> tuple[float, float] | None:
         """(mJ per message, mJ per byte) of ``predict_mJ`` when it is exactly affine in bytes >= 0, else None."""
