@@ -336,7 +336,7 @@ def local_outputs(settings: OrtSettings, onnx_bytes: bytes, x: np.ndarray) -> di
     return dict(zip(names, session.run(names, {session.get_inputs()[0].name: x}), strict=True))
 
 
-def outputs_close(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
     """Largest absolute difference between two output dicts (same names; 0 between empty outputs)."""
     diffs = (np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) for k in b)
     return max(float(np.max(d, initial=0.0)) for d in diffs)

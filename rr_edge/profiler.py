@@ -223,8 +223,8 @@ class _Timed:
     def __init__(self, onnx_bytes: bytes, settings: OrtSettings, label: str) -> None:
         try:
             self.session = settings.create_session(onnx_bytes)
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
-            raise ModelError(f"{label}: ONNX Runtime cannot load it ({exc})") from None
+        except ModelError as exc:
+            raise ModelError(f"{label}: {exc}") from None
         self.feeds = random_feeds(self.session)
         self.label = label
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -151,10 +152,14 @@ class OrtSettings:
         return options
 
     def create_session(self, model: bytes | str) -> ort.InferenceSession:
-        """A session on these settings' provider (CPU as ONNX Runtime's own fallback for unsupported ops)."""
+        """A session on these settings' provider (CPU as ONNX Runtime's own fallback for unsupported ops); a model
+        ONNX Runtime refuses (an IR version newer than it reads, an operator it lacks) is a ModelError."""
         s = self.resolved()
         providers = [s.provider] if s.provider == CPU else [s.provider, CPU]
-        session = ort.InferenceSession(model, s.session_options(), providers=providers)
+        try:
+            session = ort.InferenceSession(model, s.session_options(), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
+            raise ModelError(f"ONNX Runtime cannot load the model: {ort_reason(exc)}") from None
         got = session.get_providers()
         if got[:1] != [s.provider] and s not in _warned_fallback:
             _warned_fallback.add(s)
@@ -166,6 +171,16 @@ class OrtSettings:
                 s.provider,
             )
         return session
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_SOURCE = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ [^(\s]*\([^)]*\)(?: const)? ")  # where in its C++ it failed
+
+
+def ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's error message without its status prefix and C++ source location."""
+    text = " ".join(str(exc).split())
+    return _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text)) or type(exc).__name__
 
 
 def random_feeds(

@@ -40,7 +40,7 @@ from rr_edge.device import describe_device
 from rr_edge.meters.model import ModelMeter, resolve_power
 from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
-from rr_edge.offload import gather_costs, make_plan, make_runner, neurosurgeon_inputs, outputs_close
+from rr_edge.offload import gather_costs, make_plan, make_runner, max_abs_diff, neurosurgeon_inputs
 from rr_edge.onnx_io import load_model
 from rr_edge.planner import PlanInputs, plan_cost
 from rr_edge.profiler import ProfileResult, features_of, report_profile, select_signatures, wait_for_cloud
@@ -264,7 +264,7 @@ def measure_split(
         "fallback_requests": sum(r.fallback for r in results),
         "bytes_up": results[-1].bytes_up,
         "bytes_down": results[-1].bytes_down,
-        "max_abs_diff_vs_local": outputs_close(outputs, reference) if reference else 0.0,
+        "max_abs_diff_vs_local": max_abs_diff(outputs, reference) if reference else 0.0,
         "upload_ms": 0.0,
         "upload_bytes": 0,
         "upload_mJ": 0.0,
