@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rr-edge: error: {hint}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # also while the command's modules are still being imported
+        return 130
 
 
 def _run(argv: list[str]) -> int:

@@ -474,3 +474,14 @@ def test_a_tls_setting_the_edge_cannot_use_is_an_argument_error(tmp_path: Path) 
         TlsOptions(root_certificates=tmp_path / "missing.pem").credentials()
     with pytest.raises(ArgumentError, match="needs both a client certificate and its key"):
         TlsOptions(client_cert=tmp_path / "cert.pem").credentials()
+
+
+def test_ctrl_c_while_the_command_is_still_importing_exits_130(monkeypatch) -> None:
+    """A Ctrl-C in the first half second (importing ONNX Runtime) printed a 30-line traceback (found by review)."""
+    import rr_edge.cli as cli
+
+    def interrupted(name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["run", "m.onnx"]) == 130
