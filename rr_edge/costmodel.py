@@ -64,6 +64,8 @@ class PlanInputs:
     middle slice is larger cannot run there, whether uploaded or preloaded: its cost is +inf.
     ``local_only``: blocks the server does not run (`Block.offloadable`: an op outside the standard ONNX domains); a
     plan that offloads one cannot run either.
+    ``max_message_bytes``: the largest message between the edge and the server (the smaller of the two ends'
+    limits; None: no limit); a plan whose tensors sent up or down are larger cannot run either.
     """
 
     edge_ms: np.ndarray
@@ -84,6 +86,7 @@ class PlanInputs:
     upload: NetworkModel | None = None
     max_slice_bytes: float | None = None
     local_only: frozenset[int] = field(default_factory=frozenset)
+    max_message_bytes: float | None = None
 
     def __post_init__(self) -> None:
         n = np.asarray(self.edge_ms).size
@@ -99,12 +102,20 @@ class PlanInputs:
             raise ValueError(f"local_only holds blocks outside 0..{n - 1}")
         if int(self.amortize_over) < 1:
             raise ValueError("amortize_over must be >= 1")
-        if self.max_slice_bytes is not None and not self.max_slice_bytes > 0:
-            raise ValueError("max_slice_bytes must be positive (None: no limit)")
+        for name in ("max_slice_bytes", "max_message_bytes"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (None: no limit)")
         for name in ("idle_power_W", "tx_power_W", "receive_power_W", "e2e_correction", "cloud_correction"):
             v = float(getattr(self, name))
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be finite and non-negative")
+
+    @property
+    def refuses_some(self) -> bool:
+        """Whether `refused` holds for some plan (then a plan's cost is no longer a row term plus a column term)."""
+        n = self.n_blocks
+        too_big = self.max_message_bytes is not None and bool(np.any(self.boundary_bytes > self.max_message_bytes))
+        return too_big or bool(self.refused(0, n - 1))
 
     @property
     def receive_power_W(self) -> float:
@@ -115,9 +126,13 @@ class PlanInputs:
         return int(self.edge_ms.size)
 
     def refused(self, r: Any, j: Any) -> Any:
-        """Whether the server cannot run the middle slice of blocks r..j: over `max_slice_bytes`, or holding a block
-        of `local_only` (broadcasts over index arrays)."""
+        """Whether the plan offloading blocks r..j cannot run: its middle slice is over `max_slice_bytes` or holds a
+        block of `local_only`, or the tensors it sends up (boundary r) or down (boundary j+1) are over
+        `max_message_bytes` (broadcasts over index arrays)."""
         out = np.zeros(np.broadcast(r, j).shape, dtype=bool)
+        if self.max_message_bytes is not None:
+            too_big = self.boundary_bytes > self.max_message_bytes
+            out |= too_big[r] | too_big[np.asarray(j) + 1]
         if self.max_slice_bytes is not None:
             prefix = np.concatenate(([0.0], np.cumsum(self.upload_bytes)))
             out |= prefix[np.asarray(j) + 1] - prefix[r] > self.max_slice_bytes

@@ -23,7 +23,7 @@ import onnx
 from rr_edge import neurosurgeon
 from rr_edge.baselines import all_baselines
 from rr_edge.blocks import BlockGraph
-from rr_edge.client import Client, Prediction, slice_id_of
+from rr_edge.client import Client, Prediction, ServerInfo, slice_id_of
 from rr_edge.errors import PredictionsPending, RoadRunnerError
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
@@ -51,6 +51,7 @@ class Costs:
     upload: NetworkModel | None = None  # measured whole slice uploads (None: costed with the uplink)
     cloud_correction: float = 1.0  # the server's whole-model latency over the sum of its block predictions
     max_slice_bytes: int = 0  # the server's limit on one slice (0: none); plans over it cannot run
+    max_message_bytes: int = 0  # the largest message either way (0: none); plans sending larger tensors cannot run
 
     @property
     def energy_source(self) -> str:
@@ -147,6 +148,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         power=power,
         upload=NetworkModel.from_dict(profile.upload.model) if profile.upload is not None else None,
         max_slice_bytes=server.max_slice_bytes,
+        max_message_bytes=message_limit(client, server),
     )
 
 
@@ -186,6 +188,7 @@ def plan_inputs(
         upload=costs.upload,
         max_slice_bytes=costs.max_slice_bytes or None,
         local_only=frozenset(b.index for b in graph.blocks if not b.offloadable),
+        max_message_bytes=costs.max_message_bytes or None,
     )
 
 
@@ -307,6 +310,26 @@ def make_runner(
             "expected_cloud_ms": plan_cost(report.inputs, i, j).breakdown.get("cloud_ms", 0.0),
         }
     return Runner(slices, client if slices.offloads else None, config, settings, **kw)
+
+
+def message_limit(client: Client, server: ServerInfo) -> int:
+    """The largest message the edge and the server both take (0: neither said)."""
+    limits = [m for m in (client.options.max_message_bytes, server.max_message_bytes) if m > 0]
+    return min(limits, default=0)
+
+
+def check_messages(graph: BlockGraph, split: tuple[int, int], limit: int) -> None:
+    """Raise when `split` sends a tensor over `limit` bytes up or down (0: no limit)."""
+    i, j = split
+    if i == j or limit <= 0:
+        return
+    bounds = graph.boundary_bytes()
+    for where, k in (("up to", i + 1), ("back from", j + 1)):
+        if bounds[k] > limit:
+            raise RoadRunnerError(
+                f"split {i},{j} sends {bounds[k]:,} bytes {where} the server in one message, over the limit of "
+                f"{limit:,}; choose another split"
+            )
 
 
 def validate_split(text: str, graph: BlockGraph) -> tuple[int, int]:

@@ -218,7 +218,7 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
 def _front_cells(table: PlanTable) -> tuple[np.ndarray, np.ndarray]:
     """(r, j) of the Pareto plans, by increasing latency; ties keep the fewest offloaded blocks."""
     n = table.n_blocks
-    if table.inputs.refused(0, n - 1):  # the server refuses some slices: cells are no longer bounded by rows + columns
+    if table.inputs.refuses_some:  # some plans cannot run: cells are no longer bounded by rows + columns
         r, j = _triangle(n)
         r, j = np.concatenate(([n], r)), np.concatenate(([n - 1], j))
         lat, en = table.values(r, j)

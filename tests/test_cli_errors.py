@@ -342,3 +342,19 @@ def test_a_long_run_keeps_only_the_last_outputs(tmp_path: Path) -> None:
 
     assert peak_mib(40) - peak_mib(2) < 100  # 38 more requests kept would be 600 MiB
     assert np.array_equal(np.load(tmp_path / "y.npy"), np.maximum(np.load(tmp_path / "x.npy"), 0))
+
+
+def test_run_refuses_a_split_whose_tensors_are_over_the_message_limit(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Such a split fell back on every request and retried the server each second (found by review)."""
+    from _server_support import conv_model, start_server
+
+    (tmp_path / "m.onnx").write_bytes(conv_model())  # x [1,3,8,8] -> y [1,4,8,8] float: 768 bytes up, 1,024 down
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    server = start_server(tmp_path / "data", max_message_bytes=1000)
+    try:
+        argv = ["run", str(tmp_path / "m.onnx"), "--server", server.address, "--node", "n"]
+        code = main([*argv, "--split", "-1,0", "--input", str(tmp_path / "x.npy")])
+    finally:
+        server.stop(grace=0.5)
+    message = assert_one_line_error(capsys, code, "run")
+    assert "split -1,0 sends 1,024 bytes back from the server in one message, over the limit of 1,000" in message

@@ -56,6 +56,9 @@ def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
             limit = inputs.max_slice_bytes
             if limit is not None and sum(inputs.upload_bytes[i + 1 : j + 1]) > limit:
                 continue  # cannot run on that server
+            message = inputs.max_message_bytes
+            if message is not None and max(inputs.boundary_bytes[i + 1], inputs.boundary_bytes[j + 1]) > message:
+                continue  # a tensor too big for one message
             lat = en = 0.0
             for k in range(n):
                 if k <= i or k > j:
@@ -268,7 +271,7 @@ def test_table_matches_direct_costs_and_dedupes_local_plans(uplink):
 
 
 @pytest.mark.parametrize("n,seed", [(1, 0), (2, 1), (5, 2), (12, 3), (25, 4), (40, 5)])
-@pytest.mark.parametrize("variant", ["affine", "poly", "cached", "upload-pwl", "limited"])
+@pytest.mark.parametrize("variant", ["affine", "poly", "cached", "upload-pwl", "limited", "messages"])
 def test_pareto_complete_and_non_dominated_against_brute_force(n, seed, variant):
     rng = np.random.default_rng(seed)
     inp = random_inputs(rng, n, preloaded=bool(seed % 2) and variant == "affine")
@@ -281,6 +284,8 @@ def test_pareto_complete_and_non_dominated_against_brute_force(n, seed, variant)
         inp = replace(inp, cached_slices=frozenset(cells | {(0, n - 1)}), amortize_over=2)
     elif variant == "limited":  # the server refuses slices over 3 MB: such plans cannot run, whatever they cost
         inp = replace(inp, max_slice_bytes=3e6, preloaded=bool(seed % 2))
+    elif variant == "messages":  # tensors over the message limit cannot be sent: about half the boundaries
+        inp = replace(inp, max_message_bytes=float(np.median(inp.boundary_bytes)))
     front = pareto(evaluate_all(inp))
     ref = brute_pareto(brute_force(inp))
     assert sorted((p.i, p.j) for p in front) == sorted((a, b) for a, b, _, _ in ref)
@@ -402,6 +407,20 @@ def test_plans_over_the_servers_slice_limit_are_never_chosen():
     assert ns.j - ns.i <= 2 and np.isfinite(ns.latency_ms)
     with pytest.raises(ValueError, match="max_slice_bytes must be positive"):
         replace(fast_cloud, max_slice_bytes=0)
+
+
+def test_plans_that_send_a_tensor_over_the_message_limit_are_never_chosen():
+    """Offloading from block 1 is fastest, but its input (boundary 1) is larger than one message may be: every
+    request fell back and was retried (found by review). Plans that send it are refused; others stay."""
+    fast_cloud = make([50.0] * 4, [1.0] * 4, [100, 5000, 100, 100, 100], preloaded=True, max_message_bytes=1000)
+    table = evaluate_all(fast_cloud)
+    for p in [*pareto(table), choose(table, "latency"), choose(table, "energy")]:
+        assert 0 not in (p.i, p.j), p  # boundary 1 goes neither up (i = 0) nor down (j = 0)
+    assert np.isinf(table.plan(0, 3).latency_ms) and np.isinf(table.plan(-1, 0).latency_ms)
+    assert np.isfinite(table.plan(-1, 3).latency_ms)  # the model input is small
+    assert neurosurgeon(fast_cloud).i != 0
+    with pytest.raises(ValueError, match="max_message_bytes must be positive"):
+        replace(fast_cloud, max_message_bytes=0)
 
 
 def test_plans_that_offload_a_block_the_server_does_not_run_are_never_chosen():

@@ -9,6 +9,7 @@ locally on the same input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -33,7 +34,16 @@ from rr_edge.commands._paths import output_path
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter
-from rr_edge.offload import PlanReport, local_outputs, make_runner, max_abs_diff, replan, validate_split
+from rr_edge.offload import (
+    PlanReport,
+    check_messages,
+    local_outputs,
+    make_runner,
+    max_abs_diff,
+    message_limit,
+    replan,
+    validate_split,
+)
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
 from rr_edge.session import OrtSettings, array_fits
@@ -233,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
         report = None
         if args.split:
             split = validate_split(args.split, graph)
+            with contextlib.suppress(ServerUnavailable):  # checked again by the server when it runs
+                check_messages(graph, split, message_limit(client, client.server_info()))
         else:
             try:
                 report = build_plan(args, client, model, graph, slicer, amortize_over=args.repeat)
