@@ -378,14 +378,15 @@ class Runner:
         return False
 
     def _probe(self) -> None:
-        """Health check of a server that is down; when it answers, make the slice ready again (upload, load)."""
+        """Health check of a server that is down; when it answers, make the slice ready again (upload, load). Not
+        under the request lock: no request goes to a server that is down, and `close` must not wait for an upload
+        of minutes on a slow link."""
         assert self.remote is not None
         try:
             down_since = self._down_since
             if self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S)):
-                with self._lock:
-                    if self._down_since is not None and self._connect() and down_since is not None:
-                        log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
+                if self._down_since is not None and self._connect() and down_since is not None:
+                    log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
         finally:
             self._last_probe = time.monotonic()
             self._probing.release()

@@ -258,3 +258,32 @@ def test_a_server_without_a_free_stream_slot_gets_unary_calls(chain, tmp_path):
             time.sleep(runner_config.stream_retry_s)
             assert not runner.run(x).fallback
             assert slots.in_use["edge"] == 1  # its own stream, kept open for the next request
+
+
+def test_closing_a_runner_does_not_wait_for_a_background_reupload(chain, in_process, monkeypatch):
+    """The health check held the request lock while it uploaded the slice again: on a slow link `run` hung 24 s
+    after its last request, deaf to Ctrl-C (found by review)."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    runner = make_runner(slicer, graph, (0, 2), in_process, config=RunnerConfig(retry_interval_s=0.01))
+    assert not runner.run(x).fallback
+    uploading, release = threading.Event(), threading.Event()
+    real_ensure = in_process.ensure_slice
+
+    def slow_upload(*args, **kwargs):  # type: ignore[no-untyped-def]
+        uploading.set()
+        release.wait(GENEROUS_S)
+        return real_ensure(*args, **kwargs)
+
+    monkeypatch.setattr(in_process, "ensure_slice", slow_upload)
+    runner._mark_down(RuntimeError("simulated: the server went away"))  # the next request starts a health check
+    time.sleep(0.02)
+    assert runner.run(x).fallback
+    assert uploading.wait(GENEROUS_S), "no health check uploaded the slice"
+    closing = threading.Thread(target=runner.close)
+    closing.start()
+    closing.join(GENEROUS_S / 3)
+    stuck = closing.is_alive()
+    release.set()
+    closing.join()
+    assert not stuck, "close() waited for the background upload"
