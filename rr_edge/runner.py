@@ -358,11 +358,15 @@ class Runner:
         return True
 
     def _mark_down(self, exc: Exception) -> None:
+        """Local until the server answers again; a new reason while down (it answers but refuses the slice, or
+        the edge's token) is logged and reported with the requests from then on."""
         self._drop_stream()
         if self._down_since is None:
             log.warning("server failed, running locally until it answers again: %s", exc)
             self._down_since = time.monotonic()
-            self._down_reason = str(exc)
+        elif str(exc) != self._down_reason:
+            log.warning("server still unusable, running locally: %s", exc)
+        self._down_reason = str(exc)
         self._last_probe = time.monotonic()
 
     def _remote_usable(self) -> bool:

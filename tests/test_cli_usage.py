@@ -316,7 +316,8 @@ def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-unt
     assert out["split"] == [last, last]  # all local, written as plan writes it
     assert set(out) == {
         "split", "requests", "latency_ms", "energy_mJ", "energy_source", "energy_measured", "fallback",
-        "fallback_requests", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used", "segments",
+        "fallback_requests", "fallback_reasons", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used",
+        "segments",
         "upload_ms",
     }  # fmt: skip
 
@@ -435,6 +436,8 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     upload_share = offloading.chosen.breakdown.get("weight_upload_ms", 0.0)
     assert second["predicted"]["latency_ms"] == pytest.approx(77.0 - upload_share)
     assert second["fallback_requests"] == 2 and first["fallback_requests"] == 0  # no server: run here
+    ((reason, count),) = out["fallback_reasons"].items()  # why, for the JSON reader too
+    assert count == 2 and "UNAVAILABLE" in reason
     assert main(argv) == 0
     rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [[cell.strip() for cell in row] for row in rows] == [

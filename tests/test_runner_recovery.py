@@ -287,3 +287,33 @@ def test_closing_a_runner_does_not_wait_for_a_background_reupload(chain, in_proc
     release.set()
     closing.join()
     assert not stuck, "close() waited for the background upload"
+
+
+def test_a_server_that_answers_but_refuses_the_slice_says_why(chain, in_process, monkeypatch, caplog):
+    """Restarted with a smaller --max-slice-mb (or without the edge's token), the server answered health checks and
+    refused the slice: the edge went on reporting the first failure, UNAVAILABLE, for good (found by review)."""
+    from rr_edge.errors import ServerError
+
+    _, graph, slicer = chain
+    x = _x(graph)
+    runner = make_runner(slicer, graph, (0, 2), in_process, config=RunnerConfig(retry_interval_s=0.01))
+    assert not runner.run(x).fallback
+    refusal = "UploadSlice: RESOURCE_EXHAUSTED: slice of 9,000 bytes exceeds the server's limit"
+    tried = threading.Event()
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tried.set()
+        raise ServerError(refusal, "RESOURCE_EXHAUSTED")
+
+    monkeypatch.setattr(in_process, "ensure_slice", refuse)
+    with caplog.at_level(logging.WARNING, logger="rr_edge.runner"):
+        runner._mark_down(RuntimeError("UNAVAILABLE: Stream removed"))
+        time.sleep(0.02)
+        runner.run(x)  # starts the health check, which the server passes, then refuses the slice
+        assert tried.wait(GENEROUS_S)
+        deadline = time.monotonic() + GENEROUS_S
+        while refusal not in (result := runner.run(x)).error and time.monotonic() < deadline:
+            time.sleep(0.01)
+    runner.close()
+    assert result.fallback and result.error.endswith(refusal)
+    assert f"server still unusable, running locally: {refusal}" in caplog.text

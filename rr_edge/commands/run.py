@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,7 @@ def summarize(
         "energy_source": meter.source,
         "energy_measured": meter.measured,
         "fallback": any(r.fallback for r in results),
+        "fallback_reasons": dict(Counter(r.error for r in results if r.fallback).most_common()),
         "max_abs_diff_vs_local": diff,
     }
 
@@ -361,3 +363,5 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
         f"fallback: {s['fallback_requests']} of {s['requests']} requests finished locally; "
         f"max |output - local| {s['max_abs_diff_vs_local']:.2g}" + (f"; splits used {splits}" if "->" in splits else "")
     )
+    for reason, count in list(s.get("fallback_reasons", {}).items())[:3]:  # the most frequent first
+        console.print(f"  {count} finished locally: {reason}")
