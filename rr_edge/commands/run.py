@@ -1,9 +1,9 @@
 """`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.npy [--output Y] [--repeat K]`.
 
 Plans (or takes the forced `--split`), then runs the plan K times: head and tail locally, the middle on the server,
-finishing locally when the server fails (`"fallback": true`; also when the server cannot be reached to plan at all:
-then every request runs the whole model locally). Every output is checked against the whole model run
-locally on the same input.
+finishing locally when the server fails (`"fallback": true`; also while the server cannot be reached to plan at all:
+then requests run the whole model locally until it answers). Splits change as plans do (`_planned_run`). Every
+output is checked against the whole model run locally on the same input.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,9 @@ from rr_edge.commands._common import (
     print_json,
 )
 from rr_edge.commands._paths import output_path
+from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
-from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
+from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter
 from rr_edge.offload import (
     PlanReport,
@@ -210,24 +210,16 @@ def summarize(
     }
 
 
-@dataclass
-class Segment:
-    """The requests of a run that one split served (a re-plan can switch split), with the plan it ran last."""
-
-    split: tuple[int, int]
-    report: PlanReport | None
-    first: int  # index of its first request
-    end: int = -1  # one past its last (set when the split changes or the run ends)
-
-    def summary(self, results: list[RunResult], energies: list[float]) -> dict[str, Any]:
-        """Measured, and predicted per request (the plan's latency and energy without its share of the upload,
-        which no request pays)."""
-        out = {"split": list(self.split), **measured(results[self.first : self.end], energies[self.first : self.end])}
-        if self.report is not None:
-            p = self.report.chosen
-            upload_ms, upload_mJ = (p.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ"))
-            out["predicted"] = {"latency_ms": p.latency_ms - upload_ms, "energy_mJ": p.energy_mJ - upload_mJ}
-        return out
+def segment_summary(segment: Segment, results: list[RunResult], energies: list[float]) -> dict[str, Any]:
+    """A segment's requests measured, and predicted per request (the plan's latency and energy without its share
+    of the upload, which no request pays)."""
+    span = slice(segment.first, segment.end)
+    out = {"split": list(segment.split), **measured(results[span], energies[span])}
+    if segment.report is not None:
+        p = segment.report.chosen
+        upload_ms, upload_mJ = (p.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ"))
+        out["predicted"] = {"latency_ms": p.latency_ms - upload_ms, "energy_mJ": p.energy_mJ - upload_mJ}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,68 +248,46 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("cannot plan (is rr-server running at %s?), running it all locally: %s", args.server, exc)
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
-        runner = make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
+
+        def runner_for(split: tuple[int, int], report: PlanReport | None) -> Runner:
+            return make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
+
+        def plan(remaining: int) -> PlanReport:
+            return build_plan(args, client, model, graph, slicer, amortize_over=remaining)
+
+        energy = RequestEnergy(meter)
+        run = PlannedRun(
+            runner_for, None if args.split else plan, lambda report, runner: replan(report, graph, runner),
+            split, report, energy, x, args.retry_interval,
+        )  # fmt: skip
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
-        segments = [Segment(split, report, 0)]
-        upload_ms = 0.0  # of the runners replaced so far (each makes its slice ready once, outside the requests)
-        predicted_upload_ms = _upload_ms(report)  # of every runner made from a plan
-        replans = 0
-        energy = RequestEnergy(meter)
         start = time.perf_counter()
         try:
             for k in range(args.repeat):
-                result = energy.run(runner, x, remaining=args.repeat - 1 - k)
+                result = run.request(remaining=args.repeat - 1 - k)
                 diff = float(np.max([diff, max_abs_diff(result.outputs, expected)]))  # NaN stays NaN
                 outputs, result.outputs = result.outputs, {}  # compared: only the last request's are kept
                 results.append(result)
-                if report is not None and runner.replan_needed:  # the network drifted: plan again
-                    replans += 1
-                    new_report = replan(report, graph, runner)
-                    new_split = (new_report.chosen.i, new_report.chosen.j)
-                    new_runner = None
-                    if new_split != split:
-                        try:
-                            new_runner = make_runner(
-                                slicer, graph, new_split, client, config=config, settings=settings, report=new_report
-                            )
-                        except ServerError as exc:  # its middle slice is too big for the server, or fails to open
-                            log.warning(
-                                "keeping split %d,%d: the server refused plan %d,%d: %s", *split, *new_split, exc
-                            )
-                            new_report = report  # the plan that is running
-                    report = new_report
-                    if new_runner is None:
-                        runner.mark_planned()  # drift counts from here
-                        segments[-1].report = report
-                    else:
-                        energy.finish(runner, x)  # a window covers one split
-                        runner.close()
-                        upload_ms += runner.upload_ms
-                        runner, split = new_runner, new_split
-                        segments[-1].end = len(results)
-                        segments.append(Segment(split, report, len(results)))
-                        predicted_upload_ms += _upload_ms(new_report)
-            energy.finish(runner, x)
         finally:
-            runner.close()
-        segments[-1].end = len(results)
-        upload_ms += runner.upload_ms
+            run.close()
         wall_s = time.perf_counter() - start
         energies = energy.energies
-    if report is None and not args.split:  # no plan could be made: every request ran locally
-        for result in results:
-            result.fallback = True
-    summary = summarize(split, results, energies, meter, diff)
+    for segment in run.segments:
+        if segment.report is None and not args.split:  # no plan could be made: these requests ran locally
+            for result in results[segment.first : segment.end]:
+                result.fallback = True
+                result.error = result.error or "no plan: the server could not be reached to plan"
+    summary = summarize(run.split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
-    summary["splits_used"] = [list(segment.split) for segment in segments]
-    summary["segments"] = [segment.summary(results, energies) for segment in segments]
-    summary["upload_ms"] = upload_ms  # making the middle slices ready (upload, open), once, not in any request
-    if report is not None:  # the plan running at the end; its upload share is in its latency and energy
+    summary["splits_used"] = [list(segment.split) for segment in run.segments]
+    summary["segments"] = [segment_summary(segment, results, energies) for segment in run.segments]
+    summary["upload_ms"] = run.upload_ms  # making the middle slices ready (upload, open), once, not in any request
+    if (report := run.report) is not None:  # the plan running at the end; its upload share is in its figures
         upload_share = {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
         summary["predicted"] = {**report.chosen.to_dict(), **upload_share}
-        summary["predicted_upload_ms"] = predicted_upload_ms
-        summary["replans"] = replans  # after network drift; a re-planned slice already uploaded is predicted free
+        summary["predicted_upload_ms"] = run.predicted_upload_ms
+        summary["replans"] = run.replans  # after network drift; a re-planned slice already uploaded is predicted free
         summary["amortize_over"] = report.inputs.amortize_over
     if args.output:  # at exactly that path (np.save of a name would add .npy)
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -328,13 +298,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_summary(graph.model, summary)
     return 0
-
-
-def _upload_ms(report: PlanReport | None) -> float:
-    """The predicted time to make the chosen plan's middle slice ready (0 when cached or nothing is offloaded)."""
-    if report is None:
-        return 0.0
-    return report.chosen.breakdown.get("weight_upload_ms", 0.0) * report.inputs.amortize_over
 
 
 def print_summary(model: str, s: dict[str, Any]) -> None:

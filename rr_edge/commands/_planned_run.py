@@ -1,0 +1,156 @@
+"""The runner of `rr-edge run`, switched from split to split as plans change (one `Segment` of requests each).
+
+After each request, `PlannedRun` asks whether another plan is due:
+
+* no plan could be made (the server was down when `run` started): planning is tried again `retry_interval_s` after
+  the last try, the wait doubling (up to `MAX_RETRY_S`) while the server stays away;
+* the runner's network drifted (`Runner.replan_needed`): plan again with what it measured (`rr_edge.offload.replan`);
+* a re-plan went local because the network had slowed down: a local split measures no network, so the first plan
+  is tried again after the same doubling wait, and re-planned from there if the network is still slow.
+
+A plan whose middle slice the server refuses is not taken (a warning; the running split goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
+from rr_edge.offload import PlanReport
+from rr_edge.runner import Runner, RunResult
+
+log = logging.getLogger("rr_edge.commands.run")
+
+MAX_RETRY_S = 60.0  # the longest wait between two tries of a plan the server or the network refused
+
+
+class Energy(Protocol):
+    def run(self, runner: Runner, x: np.ndarray, remaining: int) -> RunResult: ...
+    def finish(self, runner: Runner, x: np.ndarray) -> None: ...
+
+
+@dataclass
+class Segment:
+    """The requests of a run that one split served, with the plan it ran last (None: no plan could be made)."""
+
+    split: tuple[int, int]
+    report: PlanReport | None
+    first: int  # index of its first request
+    end: int = -1  # one past its last (set when the split changes or the run ends)
+
+
+def offloads(report: PlanReport | None) -> bool:
+    return report is not None and report.chosen.i < report.chosen.j
+
+
+def upload_ms(report: PlanReport | None) -> float:
+    """The predicted time to make the chosen plan's middle slice ready (0 when cached or nothing is offloaded)."""
+    if report is None:
+        return 0.0
+    return report.chosen.breakdown.get("weight_upload_ms", 0.0) * report.inputs.amortize_over
+
+
+class PlannedRun:
+    """`make_runner(split, report)` makes a runner; `plan(remaining)` makes a plan for the remaining requests (None:
+    the split is forced, no plan is ever made); `replan(report, runner)` plans again with the runner's network."""
+
+    def __init__(
+        self,
+        make_runner: Callable[[tuple[int, int], PlanReport | None], Runner],
+        plan: Callable[[int], PlanReport] | None,
+        replan: Callable[[PlanReport, Runner], PlanReport],
+        split: tuple[int, int],
+        report: PlanReport | None,
+        energy: Energy,
+        x: np.ndarray,
+        retry_interval_s: float,
+    ) -> None:
+        self._make_runner, self._plan, self._replan = make_runner, plan, replan
+        self._energy, self._x = energy, x
+        self.runner = make_runner(split, report)
+        self.split, self.report, self.first_report = split, report, report
+        self.segments = [Segment(split, report, 0)]
+        self.done = 0
+        self.replans = 0
+        self.upload_ms = 0.0  # making middle slices ready (upload, open), once per runner, not in any request
+        self.predicted_upload_ms = upload_ms(report)
+        self._retry_s = retry_interval_s
+        self._next_try = time.monotonic() + retry_interval_s
+
+    def request(self, remaining: int) -> RunResult:
+        """Serve one request; `remaining`: how many are to come after it."""
+        result = self._energy.run(self.runner, self._x, remaining)
+        self.done += 1
+        if remaining and (report := self._next_plan(remaining)) is not None:
+            self._take(report)
+        return result
+
+    def close(self) -> None:
+        self._energy.finish(self.runner, self._x)
+        self.runner.close()
+        self.segments[-1].end = self.done
+        self.upload_ms += self.runner.upload_ms
+
+    def _next_plan(self, remaining: int) -> PlanReport | None:
+        if self.report is None:
+            return self._late_plan(remaining) if self._plan is not None and self._due() else None
+        if self.runner.replan_needed:
+            self.replans += 1
+            return self._replan(self.report, self.runner)
+        if not offloads(self.report) and offloads(self.first_report) and self._due():
+            log.info("trying plan %d,%d again: the network may have recovered", *self._split_of(self.first_report))
+            return self.first_report
+        return None
+
+    def _late_plan(self, remaining: int) -> PlanReport | None:
+        assert self._plan is not None
+        try:
+            report = self._plan(remaining)
+        except ServerUnavailable:
+            return None
+        except RoadRunnerError as exc:  # the server answers but cannot plan this node: no use asking again
+            log.warning("the server is back but cannot plan: %s; every request runs here", exc)
+            self._plan = None
+            return None
+        log.info("the server answered: running plan %d,%d", *self._split_of(report))
+        self.first_report = report
+        return report
+
+    def _due(self) -> bool:
+        """Whether the wait since the last try is over; if so, the next wait is twice as long."""
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + self._retry_s
+        self._retry_s = min(2 * self._retry_s, MAX_RETRY_S)
+        return True
+
+    def _take(self, report: PlanReport) -> None:
+        split = self._split_of(report)
+        if split == self.split:
+            self.report = self.segments[-1].report = report
+            self.runner.mark_planned()  # drift counts from here
+            return
+        try:
+            runner = self._make_runner(split, report)
+        except ServerError as exc:  # its middle slice is too big for the server, or fails to open
+            log.warning("keeping split %d,%d: the server refused plan %d,%d: %s", *self.split, *split, exc)
+            return
+        self._energy.finish(self.runner, self._x)  # an energy window covers one split
+        self.runner.close()
+        self.upload_ms += self.runner.upload_ms
+        self.runner, self.split, self.report = runner, split, report
+        self.segments[-1].end = self.done
+        self.segments.append(Segment(split, report, self.done))
+        self.predicted_upload_ms += upload_ms(report)
+        self._next_try = time.monotonic() + self._retry_s
+
+    @staticmethod
+    def _split_of(report: Any) -> tuple[int, int]:
+        return report.chosen.i, report.chosen.j

@@ -1,0 +1,143 @@
+"""`rr-edge run` switching splits: a plan made late when the server comes up, a re-plan after network drift, and a
+return to the network after a re-plan went local (found by an adversarial review: a run that started before its
+server, or that went local during a brief slowdown, stayed local for good)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rr_edge.commands import _planned_run
+from rr_edge.commands._planned_run import MAX_RETRY_S, PlannedRun
+from rr_edge.errors import ModelError, ServerError, ServerUnavailable
+from rr_edge.runner import RunResult
+
+LOCAL = (4, 4)
+
+
+def report(i: int, j: int) -> Any:
+    return SimpleNamespace(chosen=SimpleNamespace(i=i, j=j, breakdown={}), inputs=SimpleNamespace(amortize_over=1))
+
+
+class FakeRunner:
+    def __init__(self, split: tuple[int, int]) -> None:
+        self.split, self.replan_needed, self.upload_ms, self.closed = split, False, 0.0, False
+
+    def mark_planned(self) -> None:
+        self.replan_needed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeEnergy:
+    def run(self, runner: FakeRunner, x: np.ndarray, remaining: int) -> RunResult:
+        return RunResult({}, False, 1.0)
+
+    def finish(self, runner: FakeRunner, x: np.ndarray) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(_planned_run.time, "monotonic", c)
+    return c
+
+
+def planned_run(first: Any, plan: Any = None, replan: Any = None, refuse: tuple[int, int] | None = None) -> PlannedRun:
+    def make_runner(split: tuple[int, int], report: Any) -> FakeRunner:
+        if split == refuse:
+            raise ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
+        return FakeRunner(split)
+
+    split = LOCAL if first is None else (first.chosen.i, first.chosen.j)
+    return PlannedRun(make_runner, plan, replan or (lambda r, runner: r), split, first, FakeEnergy(), np.zeros(1), 1.0)
+
+
+def test_a_run_that_started_before_its_server_plans_once_the_server_answers(clock: Clock) -> None:
+    tries: list[float] = []
+    offloading = report(0, 2)
+
+    def plan(remaining: int) -> Any:
+        tries.append(clock.t)
+        if len(tries) < 4:
+            raise ServerUnavailable("UNAVAILABLE: connection refused", "UNAVAILABLE")
+        return offloading
+
+    run = planned_run(None, plan)
+    for _ in range(200):
+        clock.t += 0.5
+        run.request(remaining=10)
+    assert [b - a for a, b in zip(tries, tries[1:], strict=False)] == [1.0, 2.0, 4.0]  # from 1 s, doubling
+    assert [(s.split, s.report) for s in run.segments] == [(LOCAL, None), ((0, 2), offloading)]
+    assert run.first_report is offloading and run.runner.split == (0, 2)
+
+
+def test_a_server_that_cannot_plan_this_node_is_not_asked_again(clock: Clock) -> None:
+    tries: list[int] = []
+
+    def plan(remaining: int) -> Any:
+        tries.append(remaining)
+        raise ModelError("node 'cam' has no network profile on the server")
+
+    run = planned_run(None, plan)
+    for _ in range(50):
+        clock.t += 1.0
+        run.request(remaining=10)
+    assert len(tries) == 1 and run.split == LOCAL
+
+
+def test_a_re_plan_that_went_local_tries_the_network_plan_again_later(clock: Clock) -> None:
+    offloading, local = report(0, 2), report(*LOCAL)
+    run = planned_run(offloading, replan=lambda r, runner: local)
+    run.runner.replan_needed = True  # the network slowed down
+    run.request(remaining=100)
+    assert run.split == LOCAL and run.replans == 1
+    for _ in range(3):  # still slow whenever it is tried again: local, with longer and longer waits
+        waited = 0.0
+        while run.split == LOCAL:
+            clock.t += 0.25
+            waited += 0.25
+            run.request(remaining=100)
+        assert run.split == (0, 2) and run.report is offloading
+        run.runner.replan_needed = True
+        run.request(remaining=100)
+        assert run.split == LOCAL
+    assert waited == 4.0  # 1, 2, then 4 s
+    assert [s.split for s in run.segments] == [(0, 2), LOCAL] * 4
+
+
+def test_the_waits_stop_doubling_at_a_minute(clock: Clock) -> None:
+    run = planned_run(None, lambda remaining: (_ for _ in ()).throw(ServerUnavailable("down", "UNAVAILABLE")))
+    for _ in range(2000):
+        clock.t += 1.0
+        run.request(remaining=10)
+    assert run._retry_s == MAX_RETRY_S
+
+
+def test_a_plan_the_server_refuses_keeps_the_running_split(clock: Clock) -> None:
+    offloading, other = report(0, 2), report(1, 3)
+    run = planned_run(offloading, replan=lambda r, runner: other, refuse=(1, 3))
+    run.runner.replan_needed = True
+    run.request(remaining=5)
+    assert run.split == (0, 2) and run.report is offloading and len(run.segments) == 1
+    assert not run.runner.closed
+
+
+def test_no_plan_is_made_after_the_last_request(clock: Clock) -> None:
+    run = planned_run(report(0, 2), replan=lambda r, runner: report(*LOCAL))
+    run.runner.replan_needed = True
+    run.request(remaining=0)
+    assert run.replans == 0 and run.split == (0, 2)
