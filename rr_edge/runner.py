@@ -247,6 +247,12 @@ class _Link:
         self.downlink = self.downlink.update(result.bytes_down, down_ms)
         self.last = result
 
+    def timed_out(self, bytes_up: int, waited_ms: float) -> None:
+        """A round trip that got no answer in `waited_ms`: learnt as if it had taken that long (a lower bound), so
+        that a link slowed down past the deadline asks for a re-plan instead of timing out again and again."""
+        bytes_down = self.last.bytes_down if self.last is not None else 0  # the same slice answers the same bytes
+        self.update(RunResult({}, True, waited_ms, remote_ms=waited_ms, bytes_up=bytes_up, bytes_down=bytes_down))
+
     def drifted(self, threshold: float) -> bool:
         """A direction's model moved by more than `threshold` (relative) since the plan, and the move matters: it
         changes the predicted transfers of the last round trip by at least `MATERIAL_SHARE` of that round trip
@@ -456,6 +462,8 @@ class Runner:
             outputs = self._remote_infer(feed)
         except ServerError as exc:
             result.error = str(exc)
+            if exc.code == "DEADLINE_EXCEEDED":
+                self.link.timed_out(sum(a.nbytes for a in feed.values()), (time.perf_counter() - start) * 1e3)
             if exc.code == "NOT_FOUND":
                 self._connect()  # the server lost the slice (new data dir): upload it again
             elif exc.code == "INVALID_ARGUMENT":

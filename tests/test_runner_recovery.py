@@ -317,3 +317,31 @@ def test_a_server_that_answers_but_refuses_the_slice_says_why(chain, in_process,
     runner.close()
     assert result.fallback and result.error.endswith(refusal)
     assert f"server still unusable, running locally: {refusal}" in caplog.text
+
+
+def test_a_request_that_timed_out_counts_as_a_slow_network(chain, in_process, monkeypatch):
+    """A link slowed down past the deadline timed out, the health check passed, the next request timed out again,
+    and so on every few seconds, with no re-plan: a failed request told the network models nothing (found by
+    review). Its wait is now a lower bound of the network's time."""
+    from rr_edge.netmodel import NetworkModel
+    from rr_edge.offload import plan_slices
+    from rr_edge.runner import Runner
+
+    _, graph, slicer = chain
+    x = _x(graph)
+    honest = NetworkModel.affine(rtt_ms=0.5, bandwidth_bytes_per_ms=1e6)
+    slices = plan_slices(slicer, len(graph.blocks), 0, 2)
+    runner = Runner(slices, in_process, RunnerConfig(timeout_s=0.3, stream=False), uplink=honest, downlink=honest)
+    assert not runner.run(x).fallback
+    real_infer = inference_servicer.InferenceServicer._infer
+
+    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.6)  # past the 0.3 s deadline: the link is that slow now
+        return real_infer(self, *args, **kwargs)
+
+    monkeypatch.setattr(inference_servicer.InferenceServicer, "_infer", slow)
+    late = runner.run(x)
+    runner.close()
+    assert late.fallback and "DEADLINE_EXCEEDED" in late.error
+    assert runner.link.uplink is not None and runner.link.uplink.drift > 10  # 300 ms against a 0.5 ms model
+    assert runner.replan_needed
