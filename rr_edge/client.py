@@ -90,6 +90,7 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
+UPLOAD_MARGIN = 3.0  # an upload with a predicted duration may take this many times that beyond timeout_s
 DEFAULT_BUSY_WAIT_S = 10.0
 _INITIAL_RECONNECT_BACKOFF_S = 0.1
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -350,8 +351,11 @@ class Client:
         """Call options: an explicit `timeout_s` is the deadline; by default `options.timeout_s` plus the time
         `nbytes` take at `options.min_bandwidth_bytes_per_s`."""
         if timeout_s is None:
-            timeout_s = self.options.timeout_s + nbytes / self.options.min_bandwidth_bytes_per_s
+            timeout_s = self._transfer_timeout_s(nbytes)
         return {"timeout": timeout_s, "metadata": self._metadata}
+
+    def _transfer_timeout_s(self, nbytes: int) -> float:
+        return self.options.timeout_s + nbytes / self.options.min_bandwidth_bytes_per_s
 
     # -- health and server ---------------------------------------------------------------------------------------
 
@@ -543,11 +547,22 @@ class Client:
         return UploadResult(slice_id, r.cached, r.bytes or len(data))
 
     def ensure_slice(
-        self, onnx_bytes: bytes, label: str = "", load: bool = False, busy_wait_s: float | None = None
+        self,
+        onnx_bytes: bytes,
+        label: str = "",
+        load: bool = False,
+        busy_wait_s: float | None = None,
+        expected_s: float | None = None,
     ) -> str:
         """Make sure the server holds the slice (uploading it if needed) and, with `load`, has its session open;
-        returns its id."""
-        return self.upload_slice(onnx_bytes, label, load=load, busy_wait_s=busy_wait_s).slice_id
+        returns its id. `expected_s`: how long the upload is predicted to take; its deadline then allows
+        `UPLOAD_MARGIN` times that beyond `timeout_s`, when that is later than the default (a link slower than
+        `min_bandwidth_bytes_per_s` would otherwise never finish a large slice, sending it again and again)."""
+        timeout_s = None
+        if expected_s is not None:
+            planned = self.options.timeout_s + UPLOAD_MARGIN * expected_s
+            timeout_s = max(planned, self._transfer_timeout_s(len(onnx_bytes)))
+        return self.upload_slice(onnx_bytes, label, load=load, busy_wait_s=busy_wait_s, timeout_s=timeout_s).slice_id
 
     # -- inference (KServe v2) -----------------------------------------------------------------------------------
 

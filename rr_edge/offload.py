@@ -308,6 +308,7 @@ def make_runner(
             "uplink": report.inputs.uplink.rebased(),
             "downlink": report.inputs.downlink.rebased(),
             "expected_cloud_ms": plan_cost(report.inputs, i, j).breakdown.get("cloud_ms", 0.0),
+            "expected_upload_ms": float(report.inputs.weight_link.predict_ms(len(slices.middle or b""))),
         }
     return Runner(slices, client if slices.offloads else None, config, settings, **kw)
 

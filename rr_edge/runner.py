@@ -46,6 +46,7 @@ DEFAULT_RETRY_INTERVAL_S = 1.0
 DEFAULT_STREAM_RETRY_S = 30.0
 MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of a round trip or more
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
+MAX_PROBE_WAIT_S = 60.0  # the longest wait between two uploads to a server that answers but whose uploads fail
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
 
 
@@ -63,7 +64,12 @@ class RemoteExecutor(Protocol):
     """What the runner needs from the server connection (rr_edge.client.Client provides it)."""
 
     def ensure_slice(
-        self, onnx_bytes: bytes, label: str = "", load: bool = False, busy_wait_s: float | None = None
+        self,
+        onnx_bytes: bytes,
+        label: str = "",
+        load: bool = False,
+        busy_wait_s: float | None = None,
+        expected_s: float | None = None,
     ) -> str: ...
 
     def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
@@ -276,9 +282,10 @@ class Runner:
     """Callable on a dict of input arrays (or one array for a single-input model); thread-safe.
 
     `remote` is None for a plan that offloads nothing. `uplink`/`downlink` and `expected_cloud_ms` (the plan's
-    predicted cloud compute) let the runner track the network; both are optional. `around_local`, when given, is
-    entered around every local ONNX Runtime run (head, tail, fallback middle) and nothing else: a meter of local
-    compute, or the testbed's CPU throttle of an emulated device (tools/eval).
+    predicted cloud compute) let the runner track the network; both are optional. `expected_upload_ms`, the plan's
+    prediction of the middle slice's upload, sets how long that upload may take (`Client.ensure_slice`).
+    `around_local`, when given, is entered around every local ONNX Runtime run (head, tail, fallback middle) and
+    nothing else: a meter of local compute, or the testbed's CPU throttle of an emulated device (tools/eval).
     """
 
     def __init__(
@@ -291,6 +298,7 @@ class Runner:
         uplink: NetworkModel | None = None,
         downlink: NetworkModel | None = None,
         expected_cloud_ms: float = 0.0,
+        expected_upload_ms: float | None = None,
         around_local: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     ) -> None:
         if slices.offloads and remote is None:
@@ -310,9 +318,11 @@ class Runner:
         self._down_since: float | None = None
         self._down_reason = ""  # the error that marked the server down
         self._last_probe = 0.0  # when the last health check of a server that is down ended
+        self._probe_wait_s = self.config.retry_interval_s  # doubles while the server answers but the slice fails
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
         self.link = _Link(uplink, downlink, expected_cloud_ms)
+        self._expected_upload_s = None if expected_upload_ms is None else expected_upload_ms / 1e3
         if slices.middle is not None:
             self._middle_local = _Local(slices.middle, self.settings)
             self._connect(at_start=True)
@@ -352,7 +362,9 @@ class Runner:
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
-            self._slice_id = self.remote.ensure_slice(self.slices.middle, self.slices.label, load=True, busy_wait_s=0)
+            self._slice_id = self.remote.ensure_slice(
+                self.slices.middle, self.slices.label, load=True, busy_wait_s=0, expected_s=self._expected_upload_s
+            )
         except ServerError as exc:
             if at_start and not isinstance(exc, (ServerUnavailable, ServerBusy)):
                 raise
@@ -380,8 +392,8 @@ class Runner:
         background when none is running and `retry_interval_s` has passed since the last one ended."""
         if self._down_since is None:
             return True
-        if time.monotonic() - self._last_probe >= self.config.retry_interval_s and self._probing.acquire(False):
-            if time.monotonic() - self._last_probe >= self.config.retry_interval_s:  # not just ended elsewhere
+        if time.monotonic() - self._last_probe >= self._probe_wait_s and self._probing.acquire(False):
+            if time.monotonic() - self._last_probe >= self._probe_wait_s:  # not just ended elsewhere
                 threading.Thread(target=self._probe, name="rr-probe", daemon=True).start()
             else:
                 self._probing.release()
@@ -394,9 +406,12 @@ class Runner:
         assert self.remote is not None
         try:
             down_since = self._down_since
-            if self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S)):
-                if self._down_since is not None and self._connect() and down_since is not None:
+            if self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S)) and down_since is not None:
+                if self._connect():
                     log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
+                    self._probe_wait_s = self.config.retry_interval_s
+                else:  # it answers but the upload failed (a slow link, a refusal): do not send it again at once
+                    self._probe_wait_s = min(2 * self._probe_wait_s, MAX_PROBE_WAIT_S)
         finally:
             self._last_probe = time.monotonic()
             self._probing.release()

@@ -380,3 +380,34 @@ def test_a_dropped_streaming_runner_ends_its_request_thread(chain, client):
     while threading.active_count() > before + 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before + 1
+
+
+def test_the_upload_of_a_planned_slice_may_take_what_the_plan_predicts(chain, client, monkeypatch):
+    """The upload's deadline was timeout_s + bytes at 1 MB/s: on a 2 Mbit/s link a 25 MB slice never finished and was
+    sent again every minute (found by review). With the plan's prediction, it may take three times that."""
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.offload import Costs, make_plan
+
+    _, graph, slicer = chain
+
+    def preds(ms: float) -> tuple[Prediction, ...]:
+        return tuple(Prediction(b.signature, ms, ms * 10, "measured", "measured", "model") for b in graph.blocks)
+
+    slow = NetworkModel.affine(rtt_ms=1.0, bandwidth_bytes_per_ms=0.25)  # 250 bytes/s: uploads take a while
+    report = make_plan(graph, Costs(preds(1e9), preds(0.1), 1.0, slow, slow, DEFAULT_POWER), amortize_over=10**9)
+    assert report.chosen.i < report.chosen.j
+    asked: list[float | None] = []
+    real = client.upload_slice
+
+    def upload_slice(data, label="", **kw):  # type: ignore[no-untyped-def]
+        asked.append(kw.get("timeout_s"))
+        return real(data, label, **kw)
+
+    monkeypatch.setattr(client, "upload_slice", upload_slice)
+    with make_runner(slicer, graph, (report.chosen.i, report.chosen.j), client, report=report) as runner:
+        middle = len(runner.slices.middle or b"")
+    predicted_s = slow.predict_ms(middle) / 1e3
+    assert asked == [pytest.approx(client.options.timeout_s + 3 * predicted_s)]
+    client.ensure_slice(runner.slices.middle or b"")  # without a prediction: the default deadline
+    assert asked[-1] is None

@@ -317,6 +317,7 @@ def test_a_server_that_answers_but_refuses_the_slice_says_why(chain, in_process,
     runner.close()
     assert result.fallback and result.error.endswith(refusal)
     assert f"server still unusable, running locally: {refusal}" in caplog.text
+    assert runner._probe_wait_s >= 0.02  # each failed upload doubles the wait before the next (it was sent each second)
 
 
 def test_a_request_that_timed_out_counts_as_a_slow_network(chain, in_process, monkeypatch):
