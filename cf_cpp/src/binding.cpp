@@ -7,6 +7,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <array>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -22,8 +23,8 @@ namespace {
 using Index1 = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Value1 = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Matrix2 = nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
-using Out1 = nb::ndarray<nb::numpy, double, nb::ndim<1>>;
 using Out2 = nb::ndarray<nb::numpy, double, nb::ndim<2>>;
+const cf::Config kDefaults;  // the constructor's defaults are the core's
 
 cf::Observations observations(const Index1& rows, const Index1& cols, const Value1& values) {
   if (rows.shape(0) != cols.shape(0) || rows.shape(0) != values.shape(0))
@@ -37,23 +38,21 @@ std::optional<cf::Features> features(const std::optional<Matrix2>& f) {
   return cf::Features{f->data(), static_cast<std::int64_t>(f->shape(0)), static_cast<std::int64_t>(f->shape(1))};
 }
 
-Out1 owned_1d(std::vector<double>&& v) {
-  auto* heap = new std::vector<double>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
-  return Out1(heap->data(), {heap->size()}, owner);
+// A numpy array that owns `v` (moved to the heap, freed with the array): no copy of the data.
+template <class T, std::size_t D>
+nb::ndarray<nb::numpy, T, nb::ndim<D>> owned(std::vector<T>&& v, std::array<std::size_t, D> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T, nb::ndim<D>>(heap->data(), D, shape.data(), owner);
 }
 
-nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>> owned_counts(std::vector<std::int64_t>&& v) {
-  auto* heap = new std::vector<std::int64_t>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<std::int64_t>*>(p); });
-  return nb::ndarray<nb::numpy, std::int64_t, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+template <class T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> owned_1d(std::vector<T>&& v) {
+  const std::size_t n = v.size();
+  return owned<T, 1>(std::move(v), {n});
 }
 
-Out2 owned_2d(std::vector<double>&& v, std::size_t n0, std::size_t n1) {
-  auto* heap = new std::vector<double>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
-  return Out2(heap->data(), {n0, n1}, owner);
-}
+Out2 owned_2d(std::vector<double>&& v, std::size_t n0, std::size_t n1) { return owned<double, 2>(std::move(v), {n0, n1}); }
 
 // Column j of a row-major n x d matrix.
 std::vector<double> column(const std::vector<double>& m, std::size_t d, std::size_t j) {
@@ -101,9 +100,11 @@ NB_MODULE(_core, m) {
             c.kernel_residual = kernel_residual;
             new (self) cf::Model(c);
           },
-          "rank"_a = 16, "reg"_a = 0.3, "reg_bias"_a = 0.01, "reg_col"_a = 3.0, "reg_col_bias"_a = 3.0,
-          "reg_features"_a = 1.0, "iterations"_a = 20, "seed"_a = 0, "threads"_a = 0, "init_scale"_a = 0.1,
-          "kernel_residual"_a = true,
+          "rank"_a = kDefaults.rank, "reg"_a = kDefaults.reg, "reg_bias"_a = kDefaults.reg_bias,
+          "reg_col"_a = kDefaults.reg_col, "reg_col_bias"_a = kDefaults.reg_col_bias,
+          "reg_features"_a = kDefaults.reg_features, "iterations"_a = kDefaults.iterations, "seed"_a = kDefaults.seed,
+          "threads"_a = kDefaults.threads, "init_scale"_a = kDefaults.init_scale,
+          "kernel_residual"_a = kDefaults.kernel_residual,
           "Create an unfitted model.\n\n"
           "rank: latent dimension (0 = biases (+ feature prior of the column bias) only).\n"
           "reg / reg_bias: ridge on row factors / row biases.\n"
@@ -250,7 +251,7 @@ NB_MODULE(_core, m) {
             std::vector<std::int64_t> rows;
             for (std::size_t r = 0; r < weights.size(); ++r)
               if (!weights[r].empty()) rows.push_back(static_cast<std::int64_t>(r));
-            return owned_counts(std::move(rows));
+            return owned_1d(std::move(rows));
           },
           "Indices of the additive rows (folded-in rows predicted as a weighted sum of the additive features).",
           nb::rv_policy::move)
@@ -279,11 +280,11 @@ NB_MODULE(_core, m) {
           "Column factors q_c including the feature prior, shape (n_cols, rank) (copy).", nb::rv_policy::move)
       .def_prop_ro(
           "col_counts",
-          [](const cf::Model& s) { return owned_counts(s.col_counts()); },
+          [](const cf::Model& s) { return owned_1d(s.col_counts()); },
           "Training observations per column (0 = cold column, predicted from features only).", nb::rv_policy::move)
       .def_prop_ro(
           "row_counts",
-          [](const cf::Model& s) { return owned_counts(s.row_counts()); },
+          [](const cf::Model& s) { return owned_1d(s.row_counts()); },
           "Training observations per row (0 = folded in since the last fit / refit, or unobserved).",
           nb::rv_policy::move)
       .def_prop_ro(
