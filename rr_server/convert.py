@@ -6,10 +6,16 @@ from google.protobuf import json_format
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.errors import InvalidArgument
+from rr_server.predictor import COLD_START, MEASURED, PREDICTED, PredictionRecord
 from rr_server.records import ROLE_CLOUD, ROLE_EDGE, Features, Measurement, ModelRun, NodeRecord
 
 _ROLES: dict[int, str] = {rr.NODE_ROLE_EDGE: ROLE_EDGE, rr.NODE_ROLE_CLOUD: ROLE_CLOUD}
 _ROLE_PB: dict[str, rr.NodeRole] = {ROLE_EDGE: rr.NODE_ROLE_EDGE, ROLE_CLOUD: rr.NODE_ROLE_CLOUD}
+_PROVENANCE = {
+    MEASURED: rr.PROVENANCE_MEASURED,
+    PREDICTED: rr.PROVENANCE_PREDICTED,
+    COLD_START: rr.PROVENANCE_COLD_START,
+}
 
 
 def role_from_pb(role: int) -> str:
@@ -68,3 +74,14 @@ def network_profile_to_dict(profile: rr.NetworkProfile) -> dict:
 
 def network_profile_from_dict(data: dict) -> rr.NetworkProfile:
     return json_format.ParseDict(data, rr.NetworkProfile(), ignore_unknown_fields=True)
+
+
+def prediction_to_pb(p: PredictionRecord) -> rr.Prediction:
+    return rr.Prediction(
+        signature=p.signature,
+        latency_ms=p.latency_ms,
+        energy_mj=p.energy_mj,
+        latency_provenance=_PROVENANCE.get(p.latency_provenance, rr.PROVENANCE_UNSPECIFIED),
+        energy_provenance=_PROVENANCE.get(p.energy_provenance, rr.PROVENANCE_UNSPECIFIED),
+        energy_source=p.energy_source,
+    )

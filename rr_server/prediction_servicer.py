@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
-from rr_server.convert import features_from_pb
+from rr_server.convert import features_from_pb, prediction_to_pb
 from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
-from rr_server.predictor import COLD_START, MEASURED, PREDICTED, Predictor
+from rr_server.predictor import Predictor
 from rr_server.records import check_features, check_id
 from rr_server.storage import Storage
 
 MAX_SIGNATURES = 100_000
-_PROVENANCE = {
-    MEASURED: rr.PROVENANCE_MEASURED,
-    PREDICTED: rr.PROVENANCE_PREDICTED,
-    COLD_START: rr.PROVENANCE_COLD_START,
-}
 
 
 class PredictionServicer(rr_grpc.PredictionServiceServicer):
@@ -43,17 +38,7 @@ class PredictionServicer(rr_grpc.PredictionServiceServicer):
         features = {s: f for s, f in features.items() if not f.is_empty()}  # a query's features are not stored
         records = self._predictor.predict(node_id, list(request.signatures), features)
         return rr.PredictResponse(
-            predictions=[
-                rr.Prediction(
-                    signature=p.signature,
-                    latency_ms=p.latency_ms,
-                    energy_mj=p.energy_mj,
-                    latency_provenance=_PROVENANCE.get(p.latency_provenance, rr.PROVENANCE_UNSPECIFIED),
-                    energy_provenance=_PROVENANCE.get(p.energy_provenance, rr.PROVENANCE_UNSPECIFIED),
-                    energy_source=p.energy_source,
-                )
-                for p in records
-            ],
+            predictions=[prediction_to_pb(p) for p in records],
             e2e_correction=self._storage.e2e_correction(node_id, request.model),
             model_latency_ms=(self._storage.model_latency(node_id, request.model) or 0.0) if request.model else 0.0,
         )
