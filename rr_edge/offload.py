@@ -362,5 +362,5 @@ def local_outputs(settings: OrtSettings, onnx_bytes: bytes, x: np.ndarray) -> di
 
 def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
     """Largest absolute difference between two output dicts (same names; 0 between empty outputs)."""
-    diffs = (np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) for k in b)
-    return max(float(np.max(d, initial=0.0)) for d in diffs)
+    diffs = [np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)), initial=0.0) for k in b]
+    return float(np.max(diffs, initial=0.0))  # a NaN anywhere stays NaN (Python's max would drop it)

@@ -9,8 +9,9 @@ runner runs the middle slice locally, so the request still completes (`RunResult
 `RunResult.error` says why; a slice the server no longer holds is uploaded again for the next request; a request the
 server rejects as invalid, INVALID_ARGUMENT, is finished locally too and says nothing about the server). While the
 server is down, failing or refusing the slice, every request runs locally without waiting for it: a health check in
-the background, `RunnerConfig.retry_interval_s` after the end of the previous one, returns to the plan once the
-server answers again. Observed transfer times update the plan's network models (exponentially weighted);
+the background, `RunnerConfig.retry_interval_s` after the end of the previous one (twice as long after each
+upload that failed while the server answered, up to `MAX_PROBE_WAIT_S`), returns to the plan once the server
+answers again. Observed transfer times update the plan's network models (exponentially weighted);
 `replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold` and by enough to matter
 (`MATERIAL_SHARE` of a round trip).
 """
@@ -362,8 +363,9 @@ class Runner:
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
+            planned = {} if self._expected_upload_s is None else {"expected_s": self._expected_upload_s}
             self._slice_id = self.remote.ensure_slice(
-                self.slices.middle, self.slices.label, load=True, busy_wait_s=0, expected_s=self._expected_upload_s
+                self.slices.middle, self.slices.label, load=True, busy_wait_s=0, **planned
             )
         except ServerError as exc:
             if at_start and not isinstance(exc, (ServerUnavailable, ServerBusy)):
@@ -389,7 +391,8 @@ class Runner:
 
     def _remote_usable(self) -> bool:
         """True while the server is up. While it is down: False at once, and a health check started in the
-        background when none is running and `retry_interval_s` has passed since the last one ended."""
+        background when none is running and the probe wait (`retry_interval_s`, doubled after each failed upload)
+        has passed since the last one ended."""
         if self._down_since is None:
             return True
         if time.monotonic() - self._last_probe >= self._probe_wait_s and self._probing.acquire(False):

@@ -63,11 +63,13 @@ def array_fits(x: np.ndarray, dtype: object, shape: Sequence[int | None]) -> boo
 _warned_fallback: set[OrtSettings] = set()  # settings whose session already fell back (warned once each)
 
 
-@functools.lru_cache(maxsize=1)
-def usable_providers() -> tuple[str, ...]:
-    """Providers that really load on this machine, best first (CPU always last)."""
-    built = [p for p in ort.get_available_providers() if p in GPU_PROVIDERS]
-    if not built or not _gpu_device_nodes():
+@functools.lru_cache(maxsize=8)
+def usable_providers(wanted: tuple[str, ...] = GPU_PROVIDERS) -> tuple[str, ...]:
+    """Of the providers `wanted` (the GPU ones by default), those built in that really load on this machine, in
+    ONNX Runtime's order of preference, then CPU (always)."""
+    gpu = _gpu_device_nodes()
+    built = [p for p in ort.get_available_providers() if p in wanted and p != CPU and (gpu or p not in GPU_PROVIDERS)]
+    if not built:
         return (CPU,)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
@@ -101,7 +103,8 @@ def usable_providers() -> tuple[str, ...]:
 def _gpu_device_nodes() -> bool:
     """Whether an NVIDIA (desktop or Jetson) or AMD GPU device node exists; without one no GPU provider can load."""
     dev = Path("/dev")
-    return any(dev.glob("nvidia[0-9]*")) or (dev / "nvhost-ctrl").exists() or (dev / "kfd").exists()
+    nodes = ("nvhost-ctrl", "kfd", "dxg")  # Jetson, AMD, WSL2
+    return any(dev.glob("nvidia[0-9]*")) or any((dev / name).exists() for name in nodes)
 
 
 def _default_threads() -> int:
@@ -173,14 +176,23 @@ class OrtSettings:
         return session
 
 
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
-_ORT_SOURCE = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ [^(\s]*\([^)]*\)(?: const)? ")  # where in its C++ it failed
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (?:Load model from .*? failed:)?")
+_ORT_SOURCE = re.compile(r"\S+\.(?:cc|cpp|h):\d+ ")  # where in its C++ it failed, then the function's signature
 
 
 def ort_reason(exc: BaseException) -> str:
-    """ONNX Runtime's error message without its status prefix and C++ source location."""
-    text = " ".join(str(exc).split())
-    return _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text)) or type(exc).__name__
+    """ONNX Runtime's error message without its status prefix, its C++ source location and function signature."""
+    text = _ORT_PREFIX.sub("", " ".join(str(exc).split()))
+    where = _ORT_SOURCE.search(text)
+    if where is not None and (start := text.find("(", where.end())) >= 0:
+        depth = 0
+        for k in range(start, len(text)):  # the signature's argument list ends where its parentheses close
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            if depth == 0:
+                rest = text[k + 1 :].removeprefix(" const")
+                text = text[: where.start()] + rest.strip()
+                break
+    return text.strip() or type(exc).__name__
 
 
 def random_feeds(

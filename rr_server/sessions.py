@@ -93,9 +93,9 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
     """ONNX Runtime provider names that really load here (`rr_edge.session.usable_providers`), in the requested
-    order; CPU is always last."""
+    order; CPU is always among them (last unless it was asked for before others)."""
     names = list(dict.fromkeys([*(provider_name(p) for p in requested), "CPUExecutionProvider"]))
-    usable = usable_providers()
+    usable = usable_providers(tuple(names))
     built = set(ort.get_available_providers())
     missing = [n for n in names if n in built and n not in usable]
     if missing:

@@ -358,3 +358,29 @@ def test_run_refuses_a_split_whose_tensors_are_over_the_message_limit(capsys, tm
         server.stop(grace=0.5)
     message = assert_one_line_error(capsys, code, "run")
     assert "split -1,0 sends 1,024 bytes back from the server in one message, over the limit of 1,000" in message
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            "[ONNXRuntimeError] : 1 : FAIL : Load model from /tmp/m.onnx failed:/onnxruntime_src/onnxruntime/core/"
+            "graph/model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::PathString&) "
+            "Unsupported model IR version: 14, max supported IR version: 13",
+            "Unsupported model IR version: 14, max supported IR version: 13",
+        ),
+        (
+            "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model_load_utils.h:46 void "
+            "onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::unordered_map<std::basic_string<char>, "
+            "int>&, bool, int) ONNX Runtime only *guarantees* support for models stamped with official released onnx "
+            "opset versions.",
+            "ONNX Runtime only *guarantees* support for models stamped with official released onnx opset versions.",
+        ),
+        ("[ONNXRuntimeError] : 10 : INVALID_GRAPH : This is an invalid model. (x)", "This is an invalid model. (x)"),
+    ],
+)
+def test_onnx_runtime_errors_are_told_without_their_cxx_location(message: str, reason: str) -> None:
+    """A return type before the function, and a "Load model from" prefix, left the location in (found by review)."""
+    from rr_edge.session import ort_reason
+
+    assert ort_reason(RuntimeError(message)) == reason

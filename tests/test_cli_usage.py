@@ -404,7 +404,7 @@ def test_run_keeps_its_split_when_the_server_refuses_a_replanned_slice(monkeypat
     monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
     monkeypatch.setattr(run_command, "make_runner", make_runner)
     monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
-    with caplog.at_level(logging.WARNING, logger="rr_edge.commands.run"):
+    with caplog.at_level(logging.WARNING, logger="rr_edge.commands._planned_run"):
         code = main(["run", str(model), *DEAD, "--input", str(x), "--repeat", "3", "--json"])
     assert code == 0, capsys.readouterr().err
     out = json.loads(capsys.readouterr().out)

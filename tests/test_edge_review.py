@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import rr_edge.session as session
@@ -303,3 +304,17 @@ def test_paper_models_pass_the_export_check_on_the_torchscript_path(tmp_path: Pa
     from rr_edge.export import export_model
 
     export_model(name, tmp_path / "m.onnx", input_size=224, dynamo=False)  # alexnet/vgg: TorchScript needs 224
+
+
+def test_the_largest_output_difference_keeps_a_nan_wherever_it_is() -> None:
+    """Python's max() dropped a NaN that was not first (found by review): a broken output passed as 1.0 off."""
+    from rr_edge.offload import max_abs_diff
+
+    zeros = {"a": np.zeros(2), "b": np.zeros(2)}
+    for outputs in (
+        {"a": np.array([1.0, 0]), "b": np.array([np.nan, 0])},
+        {"a": np.array([np.nan, 0]), "b": np.ones(2)},
+    ):
+        assert np.isnan(max_abs_diff(outputs, zeros))
+    assert max_abs_diff({"a": np.array([1.0, -3.0])}, {"a": np.zeros(2)}) == 3.0
+    assert max_abs_diff({}, {}) == 0.0

@@ -12,14 +12,17 @@ import pytest
 
 from rr_edge.commands import _planned_run
 from rr_edge.commands._planned_run import MAX_RETRY_S, PlannedRun
-from rr_edge.errors import ModelError, ServerError, ServerUnavailable
+from rr_edge.errors import ModelError, PredictionsPending, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.runner import RunResult
 
 LOCAL = (4, 4)
 
 
-def report(i: int, j: int) -> Any:
-    return SimpleNamespace(chosen=SimpleNamespace(i=i, j=j, breakdown={}), inputs=SimpleNamespace(amortize_over=1))
+def report(i: int, j: int, upload_ms: float = 0.0) -> Any:
+    breakdown = {"weight_upload_ms": upload_ms}
+    return SimpleNamespace(
+        chosen=SimpleNamespace(i=i, j=j, breakdown=breakdown), inputs=SimpleNamespace(amortize_over=1)
+    )
 
 
 class FakeRunner:
@@ -85,6 +88,33 @@ def test_a_run_that_started_before_its_server_plans_once_the_server_answers(cloc
     assert run.first_report is offloading and run.runner.split == (0, 2)
 
 
+def test_a_server_busy_or_still_refitting_is_asked_again(clock: Clock) -> None:
+    """A server just back up is often busy or refitting: planning gave up for good on either (found by review)."""
+    answers: list[Any] = [ServerBusy("busy", 0.1), PredictionsPending("refitting"), report(0, 2)]
+
+    def plan(remaining: int) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    run = planned_run(None, plan)
+    for _ in range(40):
+        clock.t += 1.0
+        run.request(remaining=10)
+    assert not answers and run.split == (0, 2)
+
+
+def test_a_late_plan_that_keeps_the_local_split_starts_a_segment_of_its_own(clock: Clock) -> None:
+    """The requests run before any plan stay marked as such (the late plan's report overwrote theirs)."""
+    local = report(*LOCAL)
+    run = planned_run(None, lambda remaining: local)
+    for _ in range(5):
+        clock.t += 1.0
+        run.request(remaining=10)
+    assert [(s.split, s.report) for s in run.segments] == [(LOCAL, None), (LOCAL, local)]
+
+
 def test_a_server_that_cannot_plan_this_node_is_not_asked_again(clock: Clock) -> None:
     tries: list[int] = []
 
@@ -100,7 +130,7 @@ def test_a_server_that_cannot_plan_this_node_is_not_asked_again(clock: Clock) ->
 
 
 def test_a_re_plan_that_went_local_tries_the_network_plan_again_later(clock: Clock) -> None:
-    offloading, local = report(0, 2), report(*LOCAL)
+    offloading, local = report(0, 2, upload_ms=7.0), report(*LOCAL)
     run = planned_run(offloading, replan=lambda r, runner: local)
     run.runner.replan_needed = True  # the network slowed down
     run.request(remaining=100)
@@ -117,6 +147,13 @@ def test_a_re_plan_that_went_local_tries_the_network_plan_again_later(clock: Clo
         assert run.split == LOCAL
     assert waited == 4.0  # 1, 2, then 4 s
     assert [s.split for s in run.segments] == [(0, 2), LOCAL] * 4
+    assert run.predicted_upload_ms == 7.0  # once: the slice stays on the server between the tries
+    while run.split == LOCAL:
+        clock.t += 0.25
+        run.request(remaining=100)
+    for _ in range(_planned_run.STEADY_REQUESTS):  # the network serves again: a later slowdown waits 1 s again
+        run.request(remaining=100)
+    assert run._retry_s == 1.0
 
 
 def test_the_waits_stop_doubling_at_a_minute(clock: Clock) -> None:
@@ -131,9 +168,11 @@ def test_a_plan_the_server_refuses_keeps_the_running_split(clock: Clock) -> None
     offloading, other = report(0, 2), report(1, 3)
     run = planned_run(offloading, replan=lambda r, runner: other, refuse=(1, 3))
     run.runner.replan_needed = True
-    run.request(remaining=5)
+    for _ in range(5):
+        run.request(remaining=5)
     assert run.split == (0, 2) and run.report is offloading and len(run.segments) == 1
     assert not run.runner.closed
+    assert run.replans == 1  # not re-planned, sliced and refused again on every request (found by review)
 
 
 def test_no_plan_is_made_after_the_last_request(clock: Clock) -> None:

@@ -366,10 +366,10 @@ def test_the_server_keeps_the_requested_providers_that_load_in_its_order(monkeyp
     """The server and the edge probe providers with one function and name them with one table."""
     from rr_server import sessions
 
-    monkeypatch.setattr(sessions, "usable_providers", lambda: ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    monkeypatch.setattr(sessions, "usable_providers", lambda wanted: ("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert sessions.resolve_providers(["cpu", "CUDA"]) == ["CPUExecutionProvider", "CUDAExecutionProvider"]
     assert sessions.resolve_providers(["cuda"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(sessions, "usable_providers", lambda: ("CPUExecutionProvider",))
+    monkeypatch.setattr(sessions, "usable_providers", lambda wanted: ("CPUExecutionProvider",))
     monkeypatch.setattr(
         sessions.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )

@@ -38,7 +38,7 @@ std::optional<cf::Features> features(const std::optional<Matrix2>& f) {
   return cf::Features{f->data(), static_cast<std::int64_t>(f->shape(0)), static_cast<std::int64_t>(f->shape(1))};
 }
 
-// A numpy array that owns `v` (moved to the heap, freed with the array): no copy of the data.
+// A numpy array of `v`'s data (moved to the heap, freed with its owner capsule).
 template <class T, std::size_t D>
 nb::ndarray<nb::numpy, T, nb::ndim<D>> owned(std::vector<T>&& v, std::array<std::size_t, D> shape) {
   auto* heap = new std::vector<T>(std::move(v));

@@ -21,13 +21,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
+from rr_edge.errors import PredictionsPending, RoadRunnerError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.offload import PlanReport
 from rr_edge.runner import Runner, RunResult
 
-log = logging.getLogger("rr_edge.commands.run")
+log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 60.0  # the longest wait between two tries of a plan the server or the network refused
+STEADY_REQUESTS = 20  # an offloading split that served this many requests without a re-plan resets the wait
 
 
 class Energy(Protocol):
@@ -49,7 +50,7 @@ def offloads(report: PlanReport | None) -> bool:
     return report is not None and report.chosen.i < report.chosen.j
 
 
-def upload_ms(report: PlanReport | None) -> float:
+def upload_prediction_ms(report: PlanReport | None) -> float:
     """The predicted time to make the chosen plan's middle slice ready (0 when cached or nothing is offloaded)."""
     if report is None:
         return 0.0
@@ -79,14 +80,17 @@ class PlannedRun:
         self.done = 0
         self.replans = 0
         self.upload_ms = 0.0  # making middle slices ready (upload, open), once per runner, not in any request
-        self.predicted_upload_ms = upload_ms(report)
-        self._retry_s = retry_interval_s
+        self.predicted_upload_ms = upload_prediction_ms(report)
+        self._ready = {split}  # splits whose middle slice was made ready once (their upload is predicted once)
+        self._retry_s = self._first_retry_s = retry_interval_s
         self._next_try = time.monotonic() + retry_interval_s
 
     def request(self, remaining: int) -> RunResult:
         """Serve one request; `remaining`: how many are to come after it."""
         result = self._energy.run(self.runner, self._x, remaining)
         self.done += 1
+        if offloads(self.report) and self.done - self.segments[-1].first >= STEADY_REQUESTS:
+            self._retry_s = self._first_retry_s  # the network serves: a later slowdown waits from the start again
         if remaining and (report := self._next_plan(remaining)) is not None:
             self._take(report)
         return result
@@ -110,9 +114,10 @@ class PlannedRun:
 
     def _late_plan(self, remaining: int) -> PlanReport | None:
         assert self._plan is not None
+        self._energy.finish(self.runner, self._x)  # planning asks the server: not the requests' energy
         try:
             report = self._plan(remaining)
-        except ServerUnavailable:
+        except (ServerUnavailable, ServerBusy, PredictionsPending):  # may pass: asked again after the wait
             return None
         except RoadRunnerError as exc:  # the server answers but cannot plan this node: no use asking again
             log.warning("the server is back but cannot plan: %s; every request runs here", exc)
@@ -133,22 +138,25 @@ class PlannedRun:
 
     def _take(self, report: PlanReport) -> None:
         split = self._split_of(report)
-        if split == self.split:
+        if split == self.split and self.report is not None:
             self.report = self.segments[-1].report = report
             self.runner.mark_planned()  # drift counts from here
             return
+        self._energy.finish(self.runner, self._x)  # an energy window covers one split, and no upload
         try:
             runner = self._make_runner(split, report)
         except ServerError as exc:  # its middle slice is too big for the server, or fails to open
             log.warning("keeping split %d,%d: the server refused plan %d,%d: %s", *self.split, *split, exc)
+            self.runner.mark_planned()  # not asked again until the network drifts again
             return
-        self._energy.finish(self.runner, self._x)  # an energy window covers one split
         self.runner.close()
         self.upload_ms += self.runner.upload_ms
         self.runner, self.split, self.report = runner, split, report
         self.segments[-1].end = self.done
-        self.segments.append(Segment(split, report, self.done))
-        self.predicted_upload_ms += upload_ms(report)
+        self.segments.append(Segment(split, report, self.done))  # also when a late plan keeps the split
+        if split not in self._ready:
+            self._ready.add(split)
+            self.predicted_upload_ms += upload_prediction_ms(report)
         self._next_try = time.monotonic() + self._retry_s
 
     @staticmethod

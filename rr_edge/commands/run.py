@@ -237,8 +237,9 @@ def run(args: argparse.Namespace) -> int:
         report = None
         if args.split:
             split = validate_split(args.split, graph)
-            with contextlib.suppress(ServerUnavailable):  # checked again by the server when it runs
-                check_messages(graph, split, message_limit(client, client.server_info()))
+            if split[0] < split[1]:
+                with contextlib.suppress(ServerUnavailable):  # checked again by the server when it runs
+                    check_messages(graph, split, message_limit(client, client.server_info()))
         else:
             try:
                 report = build_plan(args, client, model, graph, slicer, amortize_over=args.repeat)
@@ -252,11 +253,13 @@ def run(args: argparse.Namespace) -> int:
         def runner_for(split: tuple[int, int], report: PlanReport | None) -> Runner:
             return make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
 
-        def plan(remaining: int) -> PlanReport:
-            return build_plan(args, client, model, graph, slicer, amortize_over=remaining)
+        def plan(remaining: int) -> PlanReport:  # between requests: no waiting for predictions
+            return build_plan(
+                argparse.Namespace(**{**vars(args), "wait": 0.0}), client, model, graph, slicer, remaining
+            )
 
         energy = RequestEnergy(meter)
-        run = PlannedRun(
+        planned = PlannedRun(
             runner_for, None if args.split else plan, lambda report, runner: replan(report, graph, runner),
             split, report, energy, x, args.retry_interval,
         )  # fmt: skip
@@ -265,29 +268,31 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             for k in range(args.repeat):
-                result = run.request(remaining=args.repeat - 1 - k)
+                result = planned.request(remaining=args.repeat - 1 - k)
                 diff = float(np.max([diff, max_abs_diff(result.outputs, expected)]))  # NaN stays NaN
                 outputs, result.outputs = result.outputs, {}  # compared: only the last request's are kept
                 results.append(result)
         finally:
-            run.close()
+            planned.close()
         wall_s = time.perf_counter() - start
         energies = energy.energies
-    for segment in run.segments:
+    for segment in planned.segments:
         if segment.report is None and not args.split:  # no plan could be made: these requests ran locally
             for result in results[segment.first : segment.end]:
                 result.fallback = True
                 result.error = result.error or "no plan: the server could not be reached to plan"
-    summary = summarize(run.split, results, energies, meter, diff)
+    summary = summarize(planned.split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
-    summary["splits_used"] = [list(segment.split) for segment in run.segments]
-    summary["segments"] = [segment_summary(segment, results, energies) for segment in run.segments]
-    summary["upload_ms"] = run.upload_ms  # making the middle slices ready (upload, open), once, not in any request
-    if (report := run.report) is not None:  # the plan running at the end; its upload share is in its figures
+    summary["splits_used"] = [list(segment.split) for segment in planned.segments]
+    summary["segments"] = [segment_summary(segment, results, energies) for segment in planned.segments]
+    summary["upload_ms"] = planned.upload_ms  # making the middle slices ready (upload, open), once, not in any request
+    if (report := planned.report) is not None:  # the plan running at the end; its upload share is in its figures
         upload_share = {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
         summary["predicted"] = {**report.chosen.to_dict(), **upload_share}
-        summary["predicted_upload_ms"] = run.predicted_upload_ms
-        summary["replans"] = run.replans  # after network drift; a re-planned slice already uploaded is predicted free
+        summary["predicted_upload_ms"] = planned.predicted_upload_ms
+        summary["replans"] = (
+            planned.replans
+        )  # after network drift; a re-planned slice already uploaded is predicted free
         summary["amortize_over"] = report.inputs.amortize_over
     if args.output:  # at exactly that path (np.save of a name would add .npy)
         args.output.parent.mkdir(parents=True, exist_ok=True)
