@@ -18,6 +18,7 @@ one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rr_edge.errors import ServerBusy
-from rr_edge.meters.base import Meter
+from rr_edge.meters.base import Meter, fill_window
 from rr_edge.netmodel import fit_network_model
 from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
 from rr_edge.progress import Progress
@@ -211,11 +212,8 @@ def measure_direction(
         for size in times:
             while True:  # a window with a busy refusal in it is dropped and started again
                 token = meter.start(activity)
-                count = 0
                 try:
-                    while count == 0 or meter.elapsed_s(token) < meter.min_window_s:
-                        transfer(size)
-                        count += 1
+                    count = fill_window(meter, token, functools.partial(transfer, size), at_least=1)
                 except ServerBusy as exc:
                     meter.stop(token)
                     wait_out(exc)

@@ -34,7 +34,7 @@ from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerUnavailable
-from rr_edge.meters.base import Meter
+from rr_edge.meters.base import Meter, fill_window
 from rr_edge.offload import (
     PlanReport,
     check_messages,
@@ -166,10 +166,7 @@ class RequestEnergy:
         if self._token is None:
             return
         token, self._token = self._token, None
-        padding = 0
-        while self.meter.elapsed_s(token) < self.meter.min_window_s:
-            runner.run(x)
-            padding += 1
+        padding = fill_window(self.meter, token, lambda: runner.run(x))
         reading = self.meter.stop(token)
         runs = self._requests + padding
         if padding:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -99,3 +99,13 @@ class Meter(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def fill_window(meter: Meter, token: Any, run_once: Callable[[], object], at_least: int = 0) -> int:
+    """Call `run_once` (at least `at_least` times) until the window `token` opened on `meter` lasts its
+    `min_window_s`: one short run is below what the meter resolves. Returns how many runs it made."""
+    runs = 0
+    while runs < at_least or meter.elapsed_s(token) < meter.min_window_s:
+        run_once()
+        runs += 1
+    return runs
