@@ -246,15 +246,19 @@ def make_plan(
     return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs, {**options, "cached": cached})
 
 
-def replan(report: PlanReport, graph: BlockGraph, runner: Runner) -> PlanReport:
-    """Plan again with the network the runner measured (after `runner.replan_needed`); its slice counts as cached."""
+def replan(report: PlanReport, graph: BlockGraph, runner: Runner, amortize_over: int | None = None) -> PlanReport:
+    """Plan again with the network the runner measured (after `runner.replan_needed`); its slice counts as cached.
+    `amortize_over`: the requests a new slice's upload is spread over now (None: as the report planned)."""
     uplink, downlink = runner.network_models()
     if uplink is None or downlink is None:
         return report
     costs = replace(report.costs, uplink=uplink.rebased(), downlink=downlink.rebased())
     i, j = runner.slices.split
     cached = [*report.options.get("cached", ()), *([(i + 1, j)] if i < j else [])]
-    return make_plan(graph, costs, **{**report.options, "cached": cached})
+    options = {**report.options, "cached": cached}
+    if amortize_over is not None:
+        options["amortize_over"] = max(int(amortize_over), 1)
+    return make_plan(graph, costs, **options)
 
 
 def plan_with_server_cache(

@@ -128,14 +128,14 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert ran["fallback"] is False and ran["max_abs_diff_vs_local"] <= 1e-4
     assert ran["predicted"]["objective"] == "latency"
     # the slice is made ready once, outside the requests: measured on its own, its prediction shared by the 5
-    assert ran["amortize_over"] == 5 and ran["upload_ms"] >= 0
+    assert ran["amortize_over"] <= 5 and ran["upload_ms"] >= 0  # a re-plan spreads uploads over the requests left
     assert (ran["upload_ms"] > 0) == (ran["predicted"]["i"] < ran["predicted"]["j"])
     share = ran["predicted"]["weight_upload_ms"]
     assert 0 <= share <= ran["predicted"]["latency_ms"]
     if ran["replans"] == 0:  # a busy machine's drift can re-plan, and a re-plan counts an uploaded slice as cached
-        assert ran["predicted_upload_ms"] == pytest.approx(5 * share)
+        assert ran["amortize_over"] == 5 and ran["predicted_upload_ms"] == pytest.approx(5 * share)
     else:
-        assert ran["predicted_upload_ms"] >= 5 * share
+        assert ran["predicted_upload_ms"] >= ran["amortize_over"] * share
     # the same run for people: the planned run's table (a KeyError once made this exit 1 after every request ran)
     table = rr_edge_text("run", str(path), *common, "--input", str(tmp_path / "x.npy"), "--repeat", "2")
     assert "measured" in table and "predicted" in table and "made ready once" in table

@@ -66,7 +66,9 @@ def planned_run(first: Any, plan: Any = None, replan: Any = None, refuse: tuple[
         return FakeRunner(split)
 
     split = LOCAL if first is None else (first.chosen.i, first.chosen.j)
-    return PlannedRun(make_runner, plan, replan or (lambda r, runner: r), split, first, FakeEnergy(), np.zeros(1), 1.0)
+    return PlannedRun(
+        make_runner, plan, replan or (lambda r, runner, remaining: r), split, first, FakeEnergy(), np.zeros(1), 1.0
+    )
 
 
 def test_a_run_that_started_before_its_server_plans_once_the_server_answers(clock: Clock) -> None:
@@ -131,7 +133,7 @@ def test_a_server_that_cannot_plan_this_node_is_not_asked_again(clock: Clock) ->
 
 def test_a_re_plan_that_went_local_tries_the_network_plan_again_later(clock: Clock) -> None:
     offloading, local = report(0, 2, upload_ms=7.0), report(*LOCAL)
-    run = planned_run(offloading, replan=lambda r, runner: local)
+    run = planned_run(offloading, replan=lambda r, runner, remaining: local)
     run.runner.replan_needed = True  # the network slowed down
     run.request(remaining=100)
     assert run.split == LOCAL and run.replans == 1
@@ -166,7 +168,7 @@ def test_the_waits_stop_doubling_at_a_minute(clock: Clock) -> None:
 
 def test_a_plan_the_server_refuses_keeps_the_running_split(clock: Clock) -> None:
     offloading, other = report(0, 2), report(1, 3)
-    run = planned_run(offloading, replan=lambda r, runner: other, refuse=(1, 3))
+    run = planned_run(offloading, replan=lambda r, runner, remaining: other, refuse=(1, 3))
     run.runner.replan_needed = True
     for _ in range(5):
         run.request(remaining=5)
@@ -175,8 +177,17 @@ def test_a_plan_the_server_refuses_keeps_the_running_split(clock: Clock) -> None
     assert run.replans == 1  # not re-planned, sliced and refused again on every request (found by review)
 
 
+def test_a_re_plan_spreads_an_upload_over_the_requests_left(clock: Clock) -> None:
+    """Late in a run a new slice's upload has few requests to pay for it (it was spread over all of them)."""
+    asked: list[int] = []
+    run = planned_run(report(0, 2), replan=lambda r, runner, remaining: asked.append(remaining) or r)
+    run.runner.replan_needed = True
+    run.request(remaining=42)
+    assert asked == [42]
+
+
 def test_no_plan_is_made_after_the_last_request(clock: Clock) -> None:
-    run = planned_run(report(0, 2), replan=lambda r, runner: report(*LOCAL))
+    run = planned_run(report(0, 2), replan=lambda r, runner, remaining: report(*LOCAL))
     run.runner.replan_needed = True
     run.request(remaining=0)
     assert run.replans == 0 and run.split == (0, 2)

@@ -288,6 +288,8 @@ def test_replan_uses_the_measured_network_and_counts_the_running_slice_as_cached
         assert runner.replan_needed
         again = replan(report, graph, runner)
     assert again.costs.uplink.drift > 1.25 and again.options["objective"] == "latency"
+    assert again.inputs.amortize_over == 100  # as planned, unless told the requests left:
+    assert replan(report, graph, runner, amortize_over=7).inputs.amortize_over == 7
     assert (0, 3) in again.inputs.cached_slices
     assert again.chosen.upload_bytes == 0  # the running slice is on the server already
 

@@ -59,13 +59,14 @@ def upload_prediction_ms(report: PlanReport | None) -> float:
 
 class PlannedRun:
     """`make_runner(split, report)` makes a runner; `plan(remaining)` makes a plan for the remaining requests (None:
-    the split is forced, no plan is ever made); `replan(report, runner)` plans again with the runner's network."""
+    the split is forced, no plan is ever made); `replan(report, runner, remaining)` plans again with the runner's
+    network for the remaining requests."""
 
     def __init__(
         self,
         make_runner: Callable[[tuple[int, int], PlanReport | None], Runner],
         plan: Callable[[int], PlanReport] | None,
-        replan: Callable[[PlanReport, Runner], PlanReport],
+        replan: Callable[[PlanReport, Runner, int], PlanReport],
         split: tuple[int, int],
         report: PlanReport | None,
         energy: Energy,
@@ -106,7 +107,7 @@ class PlannedRun:
             return self._late_plan(remaining) if self._plan is not None and self._due() else None
         if self.runner.replan_needed:
             self.replans += 1
-            return self._replan(self.report, self.runner)
+            return self._replan(self.report, self.runner, remaining)
         if not offloads(self.report) and offloads(self.first_report) and self._due():
             log.info("trying plan %d,%d again: the network may have recovered", *self._split_of(self.first_report))
             return self.first_report

@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
 
         energy = RequestEnergy(meter)
         planned = PlannedRun(
-            runner_for, None if args.split else plan, lambda report, runner: replan(report, graph, runner),
+            runner_for, None if args.split else plan, lambda report, runner, remaining: replan(report, graph, runner, None if args.amortize else remaining),
             split, report, energy, x, args.retry_interval,
         )  # fmt: skip
         results: list[RunResult] = []
