@@ -255,11 +255,13 @@ def run(args: argparse.Namespace) -> int:
                 argparse.Namespace(**{**vars(args), "wait": 0.0}), client, model, graph, slicer, remaining
             )
 
+        def plan_again(report: PlanReport, runner: Runner, remaining: int) -> PlanReport:
+            return replan(report, graph, runner, None if args.amortize else remaining)
+
         energy = RequestEnergy(meter)
         planned = PlannedRun(
-            runner_for, None if args.split else plan, lambda report, runner, remaining: replan(report, graph, runner, None if args.amortize else remaining),
-            split, report, energy, x, args.retry_interval,
-        )  # fmt: skip
+            runner_for, None if args.split else plan, plan_again, split, report, energy, x, args.retry_interval
+        )
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
         start = time.perf_counter()
