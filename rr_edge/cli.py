@@ -93,6 +93,11 @@ def _run(argv: list[str]) -> int:
 def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
     """What to check, for the errors whose cause is outside the command line's reach."""
     server = getattr(args, "server", None)
+    if isinstance(exc, ServerUnavailable) and exc.code == "DEADLINE_EXCEEDED" and server:
+        return (
+            "; a transfer took longer than its deadline (--timeout, plus its bytes at 1 MB/s): on a slow link, "
+            "give a larger --timeout (or send less: a smaller --max-mb / --upload-max-mb)"
+        )
     if isinstance(exc, ServerUnavailable) and server:
         if getattr(args, "tls_cert", None):
             tls = "and that it serves TLS and trusts this client certificate"

@@ -397,26 +397,33 @@ def report_profile(
         except Exception as exc:  # noqa: BLE001 - the limit is an optimisation; the report must still go out
             log.debug("GetServerInfo failed (%s); using the local slice limit", exc)
         too_big = []
-        for k, layer in enumerate(result.layers):
-            data = result.slices.get(layer.signature)
-            if progress:
-                progress("upload", k, len(result.layers), layer.signature[:12])
-            if data is None or len(data) > limit:
-                too_big.append(f"block {layer.block_index}")
-                continue
-            slice_id = _upload_or_warn(client, data, f"{result.model}[{layer.block_index}]")
-            if slice_id:
-                result.layers[k] = replace(layer, slice_id=slice_id)
-        if progress:
-            progress("upload", len(result.layers), len(result.layers), "")
-        whole = result.model_bytes
-        if result.model_run is not None and whole is not None:
-            if len(whole) <= limit:
-                slice_id = _upload_or_warn(client, whole, result.model)
+        try:
+            for k, layer in enumerate(result.layers):
+                data = result.slices.get(layer.signature)
+                if progress:
+                    progress("upload", k, len(result.layers), layer.signature[:12])
+                if data is None or len(data) > limit:
+                    too_big.append(f"block {layer.block_index}")
+                    continue
+                slice_id = _upload_or_warn(client, data, f"{result.model}[{layer.block_index}]")
                 if slice_id:
-                    result.model_run = replace(result.model_run, slice_id=slice_id)
-            else:
-                too_big.append("the whole model")
+                    result.layers[k] = replace(layer, slice_id=slice_id)
+            if progress:
+                progress("upload", len(result.layers), len(result.layers), "")
+            whole = result.model_bytes
+            if result.model_run is not None and whole is not None:
+                if len(whole) <= limit:
+                    slice_id = _upload_or_warn(client, whole, result.model)
+                    if slice_id:
+                        result.model_run = replace(result.model_run, slice_id=slice_id)
+                else:
+                    too_big.append("the whole model")
+        except ServerUnavailable as exc:  # a slow link past the deadline, or the server gone: report what was measured
+            log.warning(
+                "uploads for the server to time stopped (%s); the measurements are reported, the cloud's latency of "
+                "the blocks not uploaded is predicted",
+                exc,
+            )
         if too_big:
             log.warning(
                 "not uploaded for the server to time, over the %.3g MiB limit (--max-upload-mb, or the server's "

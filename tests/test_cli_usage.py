@@ -489,3 +489,30 @@ def test_ctrl_c_while_the_command_is_still_importing_exits_130(monkeypatch) -> N
 
     monkeypatch.setattr(cli.importlib, "import_module", interrupted)
     assert cli.main(["run", "m.onnx"]) == 130
+
+
+def test_plan_warns_when_most_blocks_are_only_cold_start_predictions(monkeypatch, capsys, model) -> None:  # type: ignore[no-untyped-def]
+    """A model no node profiled was planned from block features alone, 24x off, with no word (found by review)."""
+    costs = synthetic_costs(model)
+    cold = tuple(dataclasses.replace(p, latency_provenance="cold-start") for p in costs.edge)
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: dataclasses.replace(costs, edge=cold))
+    assert main(["plan", str(model), *DEAD, "--preloaded", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {len(cold)} of {len(cold)} blocks have only cold-start predictions" in err
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: costs)
+    assert main(["plan", str(model), *DEAD, "--preloaded", "--json"]) == 0
+    assert "cold-start" not in capsys.readouterr().err
+
+
+def test_a_transfer_past_its_deadline_says_how_to_give_it_more_time(capsys, monkeypatch, model) -> None:  # type: ignore[no-untyped-def]
+    """On a slow link netprofile's large transfers passed their deadline and the hint said to check that the server
+    was running (found by review)."""
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ServerUnavailable("Echo.Send 16777216 B: DEADLINE_EXCEEDED: Deadline Exceeded", "DEADLINE_EXCEEDED")
+
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", slow)
+    assert main(["plan", str(model), *DEAD]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("on a slow link, give a larger --timeout (or send less: a smaller --max-mb / --upload-max-mb)")
+    assert "check that rr-server is running" not in err

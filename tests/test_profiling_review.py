@@ -3,6 +3,7 @@ computed, why a network curve was kept, upload probes built past the server's li
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -117,5 +118,39 @@ def test_a_slice_the_server_refuses_leaves_the_profile_reported(tmp_path) -> Non
             assert {m.slice_id for m in result.layers if "Gelu" in m.features.ops} == {""}  # refused, not timed
             assert any(m.slice_id for m in result.layers)  # the standard ones went up
             assert client.list_measured_signatures("edge-a") == {m.signature for m in result.layers}
+    finally:
+        server.stop(grace=1)
+
+
+def test_uploads_cut_short_by_a_slow_link_leave_the_profile_reported(tmp_path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """On a 2 Mbit/s link a slice upload passed its deadline and `rr-edge profile` exited with every measurement
+    lost (found by review). The uploads stop; what was measured is reported."""
+    from _server_support import start_server
+
+    from rr_edge.client import Client
+    from rr_edge.errors import ServerUnavailable
+    from rr_edge.profiler import ProfileConfig, run_profile
+    from tools.bench_runner import conv_chain
+
+    server = start_server(tmp_path / "server", cloud_profiling=False)
+    try:
+        with Client(server.address) as client:
+            real, calls = client.upload_slice, []
+
+            def slow_link(data, label="", **kw):  # type: ignore[no-untyped-def]
+                calls.append(label)
+                if len(calls) > 1:
+                    raise ServerUnavailable(
+                        f"UploadSlice {label}: DEADLINE_EXCEEDED: Deadline Exceeded", "DEADLINE_EXCEEDED"
+                    )
+                return real(data, label, **kw)
+
+            monkeypatch.setattr(client, "upload_slice", slow_link)
+            config = ProfileConfig(sample=1.0, seed=0, timing=TimingPolicy(warmup_runs=0, min_runs=2, min_time_s=0.0))
+            with caplog.at_level(logging.WARNING, logger="rr_edge.profiler"):
+                result = run_profile(client, "edge-a", conv_chain(layers=4), "chain", config=config)
+            assert len(calls) == 2 and sum(bool(m.slice_id) for m in result.layers) == 1  # no upload after the cut
+            assert client.list_measured_signatures("edge-a") == {m.signature for m in result.layers}
+            assert "uploads for the server to time stopped" in caplog.text
     finally:
         server.stop(grace=1)

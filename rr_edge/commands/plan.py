@@ -81,12 +81,22 @@ def planning_options(args: argparse.Namespace) -> list[str]:
 
 
 def warn_if_slo_unmet(report: PlanReport, command: str) -> None:
-    """One line on stderr when no plan meets `--slo-ms` (the planner then chose the fastest)."""
+    """One line on stderr when no plan meets `--slo-ms` (the planner then chose the fastest), and one when most of
+    the model's blocks on this node are cold-start predictions (no node measured them: from block features only,
+    far less accurate; `rr-edge profile` measures a sample)."""
     if report.chosen.objective == "slo-unmet":
         slo_ms = report.options.get("slo_ms")
         print(
             f"rr-edge {command}: warning: no plan meets {slo_ms:g} ms; chose the fastest, "
             f"{report.chosen.latency_ms:.2f} ms",
+            file=sys.stderr,
+        )
+    edge = report.costs.provenance_counts()["edge"]
+    cold = edge.get("cold-start", 0)
+    if cold * 2 > sum(edge.values()):
+        print(
+            f"rr-edge {command}: warning: {cold} of {sum(edge.values())} blocks have only cold-start predictions "
+            "on this node (no node measured them), which can be far off; profile the model first (rr-edge profile)",
             file=sys.stderr,
         )
 
