@@ -213,10 +213,15 @@ def segment_summary(segment: Segment, results: list[RunResult], energies: list[f
     span = slice(segment.first, segment.end)
     out = {"split": list(segment.split), **measured(results[span], energies[span])}
     if segment.report is not None:
-        p = segment.report.chosen
-        upload_ms, upload_mJ = (p.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ"))
-        out["predicted"] = {"latency_ms": p.latency_ms - upload_ms, "energy_mJ": p.energy_mJ - upload_mJ}
+        p, share = segment.report.chosen, upload_share(segment.report)
+        latency_ms, energy_mJ = p.latency_ms - share["weight_upload_ms"], p.energy_mJ - share["weight_upload_mJ"]
+        out["predicted"] = {"latency_ms": latency_ms, "energy_mJ": energy_mJ}
     return out
+
+
+def upload_share(report: PlanReport) -> dict[str, float]:
+    """The chosen plan's per-request share of its slice upload (`weight_upload_ms`, `weight_upload_mJ`)."""
+    return {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,8 +291,7 @@ def run(args: argparse.Namespace) -> int:
     summary["segments"] = [segment_summary(segment, results, energies) for segment in planned.segments]
     summary["upload_ms"] = planned.upload_ms  # making the middle slices ready (upload, open), once, not in any request
     if (report := planned.report) is not None:  # the plan running at the end; its upload share is in its figures
-        upload_share = {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
-        summary["predicted"] = {**report.chosen.to_dict(), **upload_share}
+        summary["predicted"] = {**report.chosen.to_dict(), **upload_share(report)}
         summary["predicted_upload_ms"] = planned.predicted_upload_ms
         summary["replans"] = (
             planned.replans
