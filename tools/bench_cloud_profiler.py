@@ -32,7 +32,8 @@ from pathlib import Path
 import grpc
 
 from rr_proto import framing
-from rr_server import Server, ServerConfig, grpc_options
+from rr_proto.transport import grpc_options
+from rr_server import Server, ServerConfig
 from rr_server.activity import InferenceActivity
 from rr_server.cloud_profiler import CloudProfiler
 from tools.bench_server import _INFER, MAX_MESSAGE, example_input, make_slice, upload
