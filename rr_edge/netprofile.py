@@ -7,13 +7,16 @@ that many random weight bytes), each after the status query the runner makes fir
 whether the server holds them, streams them, and the server verifies, validates and writes them durably and opens
 them in ONNX Runtime before it answers, then discards them. That is what making a slice's weights ready on the
 server costs beyond the link (the runner has a slice opened in the same call that uploads it); the
-planner costs weight uploads with this curve (the echo uplink alone predicted about half of the measured upload
-time on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is
-repeated, in shuffled rounds over the sizes (see `measure_direction`); a few small warm-up transfers open the
-connection first. Energy, where a meter is given, is metered per size over consecutive transfers lasting at least the
-meter's minimum window, and divided per transfer. Fits come from `rr_edge.netmodel.fit_network_model`: the
-4th-order polynomial, the affine model and the piecewise-linear curve, each with its held-out error, and the chosen
-one.
+planner costs weight uploads with this curve (the echo uplink alone predicted about half of the measured upload time
+on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is repeated, in shuffled rounds
+over the sizes (see `measure_direction`); a few small warm-up transfers open the connection first. The sweep adapts
+to the link: sizes are first timed once each, smallest first, and the first size whose transfer takes longer than
+`max_transfer_s` is the largest measured (on a 10 Mbit/s link the full 256 MiB sweep took about 45 minutes and its
+largest transfers ran past their deadlines); larger messages are costed by continuing the curve with the slope of
+its top sizes, and the direction's notes say where the sweep stopped. Energy, where a meter is given, is metered per
+size over consecutive transfers lasting at least the meter's minimum window, and divided per transfer. Fits come
+from `rr_edge.netmodel.fit_network_model`: the 4th-order polynomial, the affine model and the piecewise-linear
+curve, each with its held-out error, and the chosen one.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ MAX_UPLOAD_PROBE_MB = 1024  # rr-server's default slice limit (and protobuf's 2 
 DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_UPLOAD_MIN_MB = 1 / 16  # 64 KiB: the fixed costs of a small slice's upload are measured, not extrapolated
 DEFAULT_MIN_TIME_S = 0.1
+DEFAULT_MAX_TRANSFER_S = 3.0  # the first size whose transfer takes longer is the largest one measured
+PROBE_OVERHEAD_BYTES = 256  # an upload probe's graph and framing beyond its weight bytes (about 100 in practice)
 MAX_TRANSFERS_PER_SIZE = 500
 BUSY_WAIT_S = 60.0  # longest a measurement waits out a server with no stream slot free, in all
 MiB = 1024 * 1024
@@ -67,7 +72,8 @@ MiB = 1024 * 1024
 class NetProfileConfig:
     """Sizes from `min_bytes` to `max_mb` MiB, `points_per_octave` per doubling; each size is transferred at least
     `repeats` times and for at least `min_time_s` (small messages get many transfers, so their medians hold up
-    on a busy machine)."""
+    on a busy machine). The first size whose transfer takes longer than `max_transfer_s` (0: no limit) is the
+    largest measured in its direction."""
 
     max_mb: float = DEFAULT_MAX_MB
     min_bytes: int = 1024
@@ -78,13 +84,14 @@ class NetProfileConfig:
     chunk_bytes: int | None = None  # default: the client's chunk size
     upload_min_mb: float = DEFAULT_UPLOAD_MIN_MB
     upload_max_mb: float = DEFAULT_UPLOAD_MAX_MB  # 0: no upload probes (weight uploads then use the uplink curve)
+    max_transfer_s: float = DEFAULT_MAX_TRANSFER_S
 
     def __post_init__(self) -> None:
-        for name in ("max_mb", "min_time_s", "upload_min_mb", "upload_max_mb"):
+        for name in ("max_mb", "min_time_s", "upload_min_mb", "upload_max_mb", "max_transfer_s"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.min_time_s < 0 or self.upload_min_mb < 0 or self.upload_max_mb < 0:
-            raise ValueError("min_time_s, upload_min_mb and upload_max_mb must be >= 0")
+        if min(self.min_time_s, self.upload_min_mb, self.upload_max_mb, self.max_transfer_s) < 0:
+            raise ValueError("min_time_s, upload_min_mb, upload_max_mb and max_transfer_s must be >= 0")
         if self.max_mb * MiB < 2 * self.min_bytes:
             raise ValueError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
         if self.max_mb > MAX_ECHO_MB:  # else the sweep would send up to there before the server refused
@@ -151,20 +158,27 @@ def measure_direction(
     sleep: Callable[[float], object] = time.sleep,
     progress: Callable[[int, int, int], None] | None = None,
     seed: int = 0,
+    max_transfer_s: float = 0.0,
+    prepare: Callable[[int], object] | None = None,
 ) -> list[NetworkSample]:
     """At least `repeats` timed transfers and `min_time_s` of transfer time for every size; energy per transfer
     when metered.
 
-    Timing is spread over the whole measurement: a first shuffled round times every size once and sets its target
-    count (max(repeats, min_time_s / its time)); then the remaining transfers of every size are spaced evenly over
-    as many rounds as the most-sampled size needs, each round in a shuffled (seeded) order. A burst of load from
-    elsewhere on the machine thus touches all sizes alike instead of bending one stretch of the curve.
+    A first round times every size once, smallest first, and sets its target count (max(repeats, min_time_s / its
+    time)); it ends at the first size whose transfer takes longer than `max_transfer_s` (0: no limit; the second
+    size at the earliest, as a fit needs two), and the sizes above it are not measured. Then the remaining transfers
+    of every size are spaced evenly over as many rounds as the most-sampled size needs, each round in a shuffled
+    (seeded) order. A burst of load from elsewhere on the machine thus touches all sizes alike instead of bending
+    one stretch of the curve.
+
+    `prepare(size)`, when given, runs once per size before its first transfer, outside the timing (an upload
+    probe is built there, so only the probes of the sizes reached take memory).
 
     A transfer the server refuses as busy (ServerBusy: no stream slot free; `transfer` should not retry it itself)
     is waited out outside the timing and the energy window, for up to BUSY_WAIT_S in all.
     """
-    order = [int(s) for s in dict.fromkeys(sizes)]
-    times: dict[int, list[float]] = {s: [] for s in order}
+    ascending = sorted({int(s) for s in sizes})
+    times: dict[int, list[float]] = {s: [] for s in ascending}
     rng = random.Random(seed)
     waited_s = 0.0
 
@@ -187,12 +201,17 @@ def measure_direction(
             times[size].append((clock() - t0) * 1000.0)
             return
 
-    first = order[:]
-    rng.shuffle(first)
-    for k, size in enumerate(first):
+    order: list[int] = []
+    for size in ascending:
         if progress:
-            progress(k, len(order), size)
+            progress(len(order), len(ascending), size)
+        if prepare is not None:
+            prepare(size)
         timed(size)
+        order.append(size)
+        if max_transfer_s and times[size][0] > max_transfer_s * 1000.0 and len(order) >= 2:  # a fit needs two
+            break
+    times = {s: times[s] for s in order}
     target = {
         s: min(max(repeats, math.ceil(min_time_s * 1000.0 / max(times[s][0], 1e-3))), MAX_TRANSFERS_PER_SIZE)
         for s in order
@@ -273,21 +292,28 @@ def _finite(v: float) -> float:
     return float(v) if math.isfinite(v) else -1.0
 
 
-def _upload_probes(cfg: NetProfileConfig, max_slice_bytes: int) -> dict[int, bytes]:
-    """The upload probes by size, within the server's slice limit (0: none), smallest first, none built past it;
-    none when fewer than two fit (weight uploads are then costed with the uplink curve)."""
+def _upload_probe_sizes(cfg: NetProfileConfig, max_slice_bytes: int) -> list[int]:
+    """Weight bytes of the upload probes whose model fits the server's slice limit (0: none); none when fewer than
+    two fit (weight uploads are then costed with the uplink curve)."""
     sizes = cfg.upload_sizes()
-    probes: dict[int, bytes] = {}
-    for k, n in enumerate(sizes):
-        probe = probe_slice(n, seed=k) if not max_slice_bytes or n <= max_slice_bytes else b""
-        if not probe or (max_slice_bytes and len(probe) > max_slice_bytes):
-            log.info("upload probes limited to the server's slice limit of %d bytes", max_slice_bytes)
-            break
-        probes[len(probe)] = probe
-    if len(probes) < 2 and sizes:
+    fitting = [n for n in sizes if not max_slice_bytes or n + PROBE_OVERHEAD_BYTES <= max_slice_bytes]
+    if len(fitting) < len(sizes):
+        log.info("upload probes limited to the server's slice limit of %d bytes", max_slice_bytes)
+    if len(fitting) < 2 and sizes:
         log.warning("fewer than two upload probes fit the server's slice limit: uploads are costed with the uplink")
-        return {}
-    return probes
+        return []
+    return fitting
+
+
+def _stop_note(measured: Sequence[NetworkSample], planned: Sequence[int], max_transfer_s: float) -> tuple[str, ...]:
+    """The note on a sweep that stopped before its largest size (none when it did not)."""
+    largest = max(s.bytes for s in measured)
+    if largest >= max(planned):
+        return ()
+    return (
+        f"sizes over {largest / MiB:.3g} MiB not measured: a transfer of that size took over {max_transfer_s:g} s "
+        "(max_transfer_s); larger messages are costed with the slope of the top sizes",
+    )
 
 
 def profile_network(
@@ -312,16 +338,23 @@ def profile_network(
     for _ in range(cfg.warmup):  # untimed: the client may wait out a busy server itself
         client.echo_send(cfg.min_bytes, chunk)
         client.echo_receive(cfg.min_bytes, chunk)
-    probes = _upload_probes(cfg, client.server_info().max_slice_bytes if cfg.upload_sizes() else 0)
+    probe_sizes = _upload_probe_sizes(cfg, client.server_info().max_slice_bytes if cfg.upload_sizes() else 0)
+    probes: dict[int, bytes] = {}  # by weight bytes, built as the sweep reaches them (outside the timing)
+
+    def build_probe(n: int) -> None:
+        probes[n] = probe_slice(n, seed=n)
 
     def upload(n: int) -> object:
         return client.upload_slice(probes[n], "netprofile upload probe", probe=True, busy_wait_s=0)
 
-    plan = [("uplink", up, sizes, "tx"), ("downlink", down, sizes, "rx")]
-    if probes:
-        plan.append(("upload", upload, sorted(probes), "tx"))
+    plan: list[tuple[str, Callable[[int], object], Callable[[int], object] | None, list[int], str]] = [
+        ("uplink", up, None, sizes, "tx"),
+        ("downlink", down, None, sizes, "rx"),
+    ]
+    if probe_sizes:
+        plan.append(("upload", upload, build_probe, probe_sizes, "tx"))
     directions = {}
-    for name, transfer, direction_sizes, activity in plan:
+    for name, transfer, prepare, direction_sizes, activity in plan:
 
         def report(done: int, total: int, size: int, name: str = name) -> None:
             if progress:
@@ -335,9 +368,14 @@ def profile_network(
             meter=meter,
             activity=activity,
             progress=report,
+            prepare=prepare,
+            max_transfer_s=cfg.max_transfer_s,
         )
-        directions[name] = fit_direction(samples, name)
-        d = directions[name]
+        stopped = _stop_note(samples, direction_sizes, cfg.max_transfer_s)
+        if prepare is not None:  # a probe is its weight bytes and a small graph: fitted to the bytes sent
+            samples = [replace(s, bytes=len(probes[s.bytes])) for s in samples]
+        d = fit_direction(samples, name)
+        directions[name] = d = replace(d, notes=d.notes + stopped)
         log.info(
             "%s: chosen %s (held-out error poly4 %.3f, affine %.3f)",
             name,

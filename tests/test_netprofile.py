@@ -89,6 +89,30 @@ def _link_ms(n: float) -> float:
     return 0.3 + n / 80_000.0  # 0.3 ms + 80 MB/s
 
 
+def test_a_slow_link_ends_the_sweep_where_a_transfer_takes_longer_than_max_transfer_s() -> None:
+    """A 10 Mbit/s link on a fake clock: the default sweep to 256 MiB took about 45 minutes there (and its largest
+    transfers ran past their deadlines). The sweep stops at the first size over the limit, taking well under a
+    minute, and the fit still costs a 64 MiB message as the link sends it."""
+    now = [0.0]
+
+    def slow(n: int) -> None:
+        now[0] += (5.0 + n / 1250.0) / 1000.0  # 5 ms + 1.25 MB/s
+
+    sizes = log_sizes(1024, 256 * 2**20)
+    samples = measure_direction(slow, sizes, 3, min_time_s=0.1, clock=lambda: now[0], max_transfer_s=3.0)
+    measured = sorted({s.bytes for s in samples})
+    assert measured == sizes[: len(measured)] and measured[-1] == 4 * 2**20  # 4 MiB: 3.36 s, the first over 3 s
+    assert now[0] < 60.0
+    model = NetworkModel.from_dict(fit_direction(samples).model)
+    assert model.predict_ms(64 * 2**20) == pytest.approx(5.0 + 64 * 2**20 / 1250.0, rel=0.02)
+    now[0] = 0.0
+    assert len({s.bytes for s in measure_direction(slow, sizes, 3, clock=lambda: now[0])}) == len(sizes)  # 0: all
+    assert now[0] > 20 * 60  # one direction of the old sweep: over 20 minutes
+    now[0] = 0.0  # a link slower than the limit at every size still gives the two sizes a fit needs
+    glacial = measure_direction(slow, sizes, 1, clock=lambda: now[0], max_transfer_s=0.001)
+    assert sorted({s.bytes for s in glacial}) == sizes[:2]
+
+
 def test_busy_refusals_are_waited_out_outside_the_timing() -> None:
     """A server with no stream slot free refuses a transfer as busy. Retried inside the timed call (as the client
     retries by default), its pauses counted as transfer time: 891 ms for a 1 ms echo. The measurement waits a
@@ -231,6 +255,35 @@ def test_loopback_profile_against_server(server_process: str) -> None:
             assert error < 0.20, f"{name}: chosen {chosen} misses held-out sizes by {error:.0%}"
 
 
+def test_a_sweep_stopped_by_max_transfer_s_says_so_and_builds_no_probe_past_it(
+    server_process: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a real server with a 1 ms limit, which loopback transfers of MiBs exceed: each direction measures a
+    run of the smallest sizes, every one but the largest under the limit at its first transfer, its notes say where
+    it stopped, and upload probes are built only for the sizes reached (they used to be built all at once)."""
+    import rr_edge.netprofile as netprofile
+
+    built: list[int] = []
+    real = netprofile.probe_slice
+    monkeypatch.setattr(netprofile, "probe_slice", lambda n, seed=0: built.append(n) or real(n, seed))
+    config = NetProfileConfig(max_mb=16, repeats=1, min_time_s=0.0, upload_min_mb=0.25, upload_max_mb=16,
+                              max_transfer_s=0.001)  # fmt: skip
+    with Client(server_process) as client:
+        profile = profile_network(client, config)
+    assert profile.upload is not None
+    for name, d, planned in (("uplink", profile.uplink, config.sizes()), ("downlink", profile.downlink, config.sizes()),
+                             ("upload", profile.upload, config.upload_sizes())):  # fmt: skip
+        firsts = {}
+        for s in d.samples:  # in the order timed, per size: the first is the sweep's
+            firsts.setdefault(s.bytes, s.ms)
+        sizes = sorted(firsts)
+        assert len(sizes) < len(planned), name
+        assert all(firsts[n] <= 1.0 for n in sizes[1:-1]), name  # each size before the last stayed under the limit
+        assert any("not measured" in note for note in d.notes), name
+    reached = {s.bytes for s in profile.upload.samples}  # the probes' real sizes: weights and a small graph
+    assert sorted(built) == config.upload_sizes()[: len(reached)]
+
+
 def test_upload_probes_keep_within_the_servers_slice_limit(tmp_path: Path) -> None:
     """A server that takes slices of at most 1 MiB: the probes stop there (they used to be refused, failing the
     whole profile after both echo directions were measured); with room for fewer than two, there are none."""
@@ -264,3 +317,6 @@ def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixt
     assert out["upload"] is None  # --upload-max-mb 0: no probes
     assert main(argv[:-3] + ["--upload-max-mb", "0.2"]) == 2  # fewer than three probe sizes: a usage error
     assert "upload_max_mb" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv[:-1] + ["--max-transfer-s", "-1"])
+    assert "--max-transfer-s" in capsys.readouterr().err

@@ -56,14 +56,13 @@ def test_the_affine_curve_kept_over_a_slightly_better_one_is_said() -> None:
     pytest.fail("no case where the affine curve was kept over a better one")
 
 
-def test_upload_probes_past_the_servers_slice_limit_are_never_built(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """With a 1 MiB limit and probes up to 256 MiB, every probe was built (776 MiB at the peak), then dropped."""
-    built: list[int] = []
-    real = netprofile.probe_slice
-    monkeypatch.setattr(netprofile, "probe_slice", lambda n, seed=0: built.append(n) or real(n, seed))
-    probes = netprofile._upload_probes(NetProfileConfig(max_mb=1, upload_max_mb=256), max_slice_bytes=2**20)
-    assert len(probes) >= 2 and all(n <= 2**20 for n in probes)
-    assert max(built) <= 2**20 and len(built) <= len(probes) + 1
+def test_upload_probes_past_the_servers_slice_limit_are_never_built() -> None:
+    """With a 1 MiB limit and probes up to 256 MiB, every probe was built (776 MiB at the peak), then dropped. Only
+    the sizes whose probe fits the limit are kept, and the overhead allowed for a probe's graph bounds the real one."""
+    sizes = netprofile._upload_probe_sizes(NetProfileConfig(max_mb=1, upload_max_mb=256), max_slice_bytes=2**20)
+    assert len(sizes) >= 2 and sizes[-1] == 2**20 // 2  # 1 MiB itself leaves no room for the graph
+    assert all(len(netprofile.probe_slice(n)) <= n + netprofile.PROBE_OVERHEAD_BYTES for n in (1000, 2**16, 2**20))
+    assert netprofile._upload_probe_sizes(NetProfileConfig(max_mb=1, upload_max_mb=256), max_slice_bytes=2**17) == []
 
 
 def test_runners_made_before_one_fails_are_closed() -> None:

@@ -1,7 +1,8 @@
 """Server subprocesses for the benchmarks: start one, wait for the address it writes to a file, stop it.
 
 `rr_server(data_dir)` is `rr-server` on a free loopback port; `serving(cmd, port_file)` is any command that writes
-its address (or port) to `port_file` once it listens, as `rr-server --port-file` does (write, then rename).
+its address (or port) to `port_file` once it listens, as `rr-server --port-file` does (write, then rename);
+`emulated_link(prefix, rate, device)` brings up an emulated link (tools.testbed, root) for the length of a run.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def serving(cmd: Sequence[str], port_file: Path, what: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@contextmanager
+def emulated_link(prefix: str, rate: str, device: str) -> Iterator[list[str]]:
+    """tools.testbed up under its own `prefix`, one edge class `device` behind veth + tbf at `rate`; yields the
+    testbed's command (``[python, -m, tools.testbed, --prefix, prefix]``, to which ``exec DEVICE -- CMD`` runs CMD
+    there); brought down after, also on an error."""
+    command = [sys.executable, "-m", "tools.testbed", "--prefix", prefix]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    up = [*command, "up", "--rate", rate, "--classes", device]
+    subprocess.run(up, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        yield command
+    finally:
+        subprocess.run([*command, "down"], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 @contextmanager

@@ -63,8 +63,8 @@ from rr_proto import allocator, codec, framing  # noqa: E402
 from rr_proto.inference import grpc_service_pb2_grpc as kserve_grpc  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr  # noqa: E402
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc  # noqa: E402
-from rr_server import grpc_options  # noqa: E402
-from tools._server import rr_server, rr_server_command, serving  # noqa: E402
+from rr_proto.transport import grpc_options  # noqa: E402
+from tools._server import emulated_link, rr_server, rr_server_command, serving  # noqa: E402
 
 MB = 1024 * 1024
 MAX_MESSAGE = 256 * MB
@@ -304,13 +304,10 @@ def run_loopback(sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
 
 def run_testbed(rate: str, device: str, sizes: list[float], repeat: int, tiny_repeat: int) -> dict:
     """Server and socket echo in the testbed's server namespace, the client in `device`'s (veth + tbf `rate`)."""
-    testbed = [sys.executable, "-m", "tools.testbed", "--prefix", TESTBED_PREFIX]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with tempfile.TemporaryDirectory(prefix="rr-bench-link-") as tmp_dir, contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
-        subprocess.run([*testbed, "up", "--rate", rate, "--classes", device], check=True, env=env, cwd=REPO,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
-        stack.callback(subprocess.run, [*testbed, "down"], env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        testbed = stack.enter_context(emulated_link(TESTBED_PREFIX, rate, device))
 
         def in_server_namespace(cmd: list[str], port_file: Path, what: str) -> str:
             return stack.enter_context(serving([*testbed, "exec", "server", "--", *cmd], port_file, what))

@@ -1,5 +1,5 @@
-"""`rr-edge netprofile --server ADDR --node NAME [--max-mb 256] [--upload-max-mb 64] [--json]`: profile the link to
-the server in both directions and the slice upload path, fit the network models and report them
+"""`rr-edge netprofile --server ADDR --node NAME [--max-mb 256] [--upload-max-mb 64] [--max-transfer-s 3] [--json]`:
+profile the link to the server in both directions and the slice upload path, fit the network models and report them
 (rr_edge.netprofile.run_netprofile)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rr_edge.commands._common import (
 from rr_edge.errors import RoadRunnerError
 from rr_edge.netprofile import (
     DEFAULT_MAX_MB,
+    DEFAULT_MAX_TRANSFER_S,
     DEFAULT_UPLOAD_MAX_MB,
     MAX_ECHO_MB,
     NetProfileConfig,
@@ -46,6 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         default=DEFAULT_UPLOAD_MAX_MB,
         help=f"largest slice upload probe in MiB, from 64 KiB: 0 (none) or >= 0.25 (default {DEFAULT_UPLOAD_MAX_MB})",
     )
+    p.add_argument(
+        "--max-transfer-s",
+        type=non_negative_float,
+        default=DEFAULT_MAX_TRANSFER_S,
+        help="a direction's sweep ends at the first size whose transfer takes longer; larger messages are costed "
+        "with the slope of the top sizes (default %(default)g; 0: every size up to the largest)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed transfers per size (default 3)")
     p.add_argument("--points-per-octave", type=int, default=1, help="sizes per doubling (default 1)")
     add_energy_args(p)
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             points_per_octave=args.points_per_octave,
             upload_max_mb=args.upload_max_mb,
+            max_transfer_s=args.max_transfer_s,
         )
     except ValueError as exc:
         raise RoadRunnerError(f"invalid option: {exc}") from None
@@ -87,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB", d["energy_source"])
     console = Console()
     console.print(table)
+    for name in ("uplink", "downlink", "upload"):
+        for note in out[name]["notes"] if out[name] else ():
+            console.print(f"{name}: {note}", style="dim", highlight=False)
     suffix = "" if meter.measured else " (MODELLED, not measured)"
     console.print(f"energy source: {meter.description}{suffix}")
     return 0
