@@ -266,15 +266,27 @@ def plan_with_server_cache(
 ) -> PlanReport:
     """`make_plan`, then, when the chosen middle slice is already on the server, re-plan with it free of upload."""
     report = make_plan(graph, costs, **kw)
-    chosen = report.chosen
-    if kw.get("preloaded") or chosen.i == chosen.j:
+    chosen = (report.chosen.i, report.chosen.j)
+    if kw.get("preloaded") or not _on_server(client, slicer or Slicer(model, graph), chosen):
         return report
-    slicer = slicer or Slicer(model, graph)
-    middle = slicer.slice(chosen.i + 1, chosen.j).SerializeToString()
-    if not client.slice_status(slice_id_of(middle)).cached:
-        return report
-    log.info("chosen slice %d..%d is already on the server: its upload is not charged", chosen.i + 1, chosen.j)
-    return make_plan(graph, costs, **{**kw, "cached": [(chosen.i + 1, chosen.j)]})
+    log.info("chosen slice %d..%d is already on the server: its upload is not charged", chosen[0] + 1, chosen[1])
+    return make_plan(graph, costs, **{**kw, "cached": [(chosen[0] + 1, chosen[1])]})
+
+
+def plan_for_split(
+    client: Client, graph: BlockGraph, costs: Costs, slicer: Slicer, split: tuple[int, int], **kw: Any
+) -> PlanReport:
+    """`make_plan` with the forced `split` as its chosen plan (the other plans stay, for comparison); its upload is
+    not charged when its middle slice is already on the server."""
+    cached = [(split[0] + 1, split[1])] if not kw.get("preloaded") and _on_server(client, slicer, split) else []
+    report = make_plan(graph, costs, **{**kw, "cached": cached})
+    return replace(report, chosen=report.table.plan(*split))
+
+
+def _on_server(client: Client, slicer: Slicer, split: tuple[int, int]) -> bool:
+    """Whether plan `split` offloads a middle slice the server already holds."""
+    i, j = split
+    return i < j and client.slice_status(slice_id_of(slicer.slice(i + 1, j).SerializeToString())).cached
 
 
 def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:

@@ -73,6 +73,7 @@ def test_forced_two_split_plan_matches_local(server, tmp_path, name, split):
     assert out["max_abs_diff_vs_local"] <= 1e-4
     assert set(out["latency_ms"]) >= {"median", "p90"} and out["latency_ms"]["median"] > 0
     assert out["energy_source"] in ("nvml", "rapl", "jetson", "model")
+    assert "predicted" not in out  # a node the server cannot predict yet (no profile): the split runs unpredicted
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), _local(path, x), rtol=1e-4, atol=1e-4)
 
 
@@ -139,6 +140,13 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     # the same run for people: the planned run's table (a KeyError once made this exit 1 after every request ran)
     table = rr_edge_text("run", str(path), *common, "--input", str(tmp_path / "x.npy"), "--repeat", "2")
     assert "measured" in table and "predicted" in table and "made ready once" in table
+    # a forced split is predicted as the planner costs it (it printed no prediction): here offload_all
+    forced = rr_edge("run", str(path), *common, "--split", f"-1,{n - 1}", "--input", str(tmp_path / "x.npy"),
+                     "--repeat", "5", "--json")  # fmt: skip
+    predicted, offload_all = forced["predicted"], plan["baselines"]["offload_all"]
+    assert (predicted["i"], predicted["j"]) == (-1, n - 1) and forced["segments"][-1]["predicted"]["latency_ms"] > 0
+    if forced["replans"] == 0 and predicted["weight_upload_ms"] > 0:  # not re-predicted, its slice not cached
+        assert predicted["latency_ms"] == pytest.approx(offload_all["latency_ms"], rel=1e-9)
 
 
 def _wait_healthy(client: Client, timeout_s: float = 60.0) -> None:

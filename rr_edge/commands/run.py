@@ -1,6 +1,7 @@
 """`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.npy [--output Y] [--repeat K]`.
 
-Plans (or takes the forced `--split`), then runs the plan K times: head and tail locally, the middle on the server,
+Plans (or takes the forced `--split`, predicted like any plan when the server can predict this node), then runs the
+plan K times: head and tail locally, the middle on the server,
 finishing locally when the server fails (`"fallback": true`; also while the server cannot be reached to plan at all:
 then requests run the whole model locally until it answers). Splits change as plans do (`_planned_run`). Every
 output is checked against the whole model run locally on the same input.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -20,7 +22,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rr_edge.blocks import analyze
+from rr_edge.blocks import BlockGraph, analyze
+from rr_edge.client import Client
 from rr_edge.commands._common import (
     add_server_args,
     connect,
@@ -35,13 +38,16 @@ from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
+from rr_edge.meters.model import resolve_power
 from rr_edge.offload import (
     PlanReport,
     check_messages,
+    gather_costs,
     local_outputs,
     make_runner,
     max_abs_diff,
     message_limit,
+    plan_for_split,
     replan,
     validate_split,
 )
@@ -219,6 +225,22 @@ def segment_summary(segment: Segment, results: list[RunResult], energies: list[f
     return out
 
 
+def forced_plan(
+    args: argparse.Namespace, client: Client, graph: BlockGraph, slicer: Slicer, split: tuple[int, int]
+) -> PlanReport | None:
+    """The plan report with `--split` as its chosen plan, for its prediction; None (a warning says why) when the
+    server cannot predict this node: the split then runs unpredicted."""
+    power, _ = resolve_power(args.power_config, args.device_class)
+    try:
+        costs = gather_costs(client, args.node, graph, power, wait_s=args.wait)
+        report = plan_for_split(client, graph, costs, slicer, split, amortize_over=args.repeat)
+    except RoadRunnerError as exc:  # no profile of this node or its link yet, or no server
+        log.warning("no prediction for --split %d,%d: %s", *split, exc)
+        return None
+    warn_if_slo_unmet(report, "run")
+    return report
+
+
 def upload_share(report: PlanReport) -> dict[str, float]:
     """The chosen plan's per-request share of its slice upload (`weight_upload_ms`, `weight_upload_mJ`)."""
     return {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
@@ -242,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
             if split[0] < split[1]:
                 with contextlib.suppress(ServerUnavailable):  # checked again by the server when it runs
                     check_messages(graph, split, message_limit(client, client.server_info()))
+            report = forced_plan(args, client, graph, slicer, split)
         else:
             try:
                 report = build_plan(args, client, model, graph, slicer, amortize_over=args.repeat)
@@ -261,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
             )
 
         def plan_again(report: PlanReport, runner: Runner, remaining: int) -> PlanReport:
-            return replan(report, graph, runner, None if args.amortize else remaining)
+            new = replan(report, graph, runner, None if args.amortize else remaining)
+            return dataclasses.replace(new, chosen=new.table.plan(*split)) if args.split else new  # re-predicted
 
         energy = RequestEnergy(meter)
         planned = PlannedRun(
