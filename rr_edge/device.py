@@ -12,8 +12,10 @@ import logging
 import os
 import platform
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -118,3 +120,18 @@ def describe_device(settings: OrtSettings | None = None, *, energy_source: str =
         hostname=socket.gethostname(),
         extra=extra,
     )
+
+
+# What a node's measured latencies depend on besides its blocks: a change of any of them makes earlier measurements
+# of the node a different machine's (intra-op threads alone change a block's latency by up to the core count).
+TIMING_SETUP = ("cpu_model", "ort_version", "intra_op_threads", "inter_op_threads", "graph_optimization")
+TIMING_SETUP_EXTRA = ("ort_provider", "cpu_quota")
+
+
+def setup_changes(registered: Mapping[str, Any], now: DeviceInfo) -> dict[str, tuple[object, object]]:
+    """The timing setup that differs between a node's registered descriptor (`NodeInfo.device`) and `now`, as
+    {name: (registered, now)}; a setting the registered descriptor lacks (an older client's) is not a change."""
+    extra = registered.get("extra") or {}
+    pairs = [(k, registered.get(k), getattr(now, k)) for k in TIMING_SETUP]
+    pairs += [(k, extra.get(k), now.extra.get(k)) for k in TIMING_SETUP_EXTRA]
+    return {k: (old, new) for k, old, new in pairs if old not in (None, "") and old != new}

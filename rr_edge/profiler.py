@@ -37,6 +37,7 @@ from rr_edge.slicing import Slicer, whole_model_bytes
 
 if TYPE_CHECKING:
     from rr_edge.client import Client
+    from rr_edge.device import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -464,13 +465,37 @@ def run_profile(
 
     s = (settings or OrtSettings()).resolved()
     cfg = config or ProfileConfig()
+    changes: dict[str, tuple[object, object]] = {}
     if register:
-        client.register_node(node_id, describe_device(s, energy_source=meter.source if meter else ""))
+        device = describe_device(s, energy_source=meter.source if meter else "")
+        changes = _setup_changes(client, node_id, device)
+        client.register_node(node_id, device)
     graph = analyze(model, name)
     measured = client.list_measured_signatures(node_id)
+    if changes and measured:
+        log.warning(
+            "node %r has %d block(s) measured with another setup (%s): its row now mixes both; profile this setup "
+            "as another --node to keep them apart",
+            node_id,
+            len(measured),
+            ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()),
+        )
     result = profile_model(model, graph, measured=measured, settings=s, meter=meter, config=cfg, progress=progress)
     report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
     return result
+
+
+def _setup_changes(client: Client, node_id: str, device: DeviceInfo) -> dict[str, tuple[object, object]]:
+    """What differs in the timing setup of `device` from the node's registered one (none for a new node)."""
+    from rr_edge.device import setup_changes
+
+    try:
+        registered = client.get_node(node_id).device
+    except ServerError as exc:
+        if exc.code == "NOT_FOUND":
+            return {}
+        raise
+    return setup_changes(registered, device)
 
 
 def wait_for_cloud(

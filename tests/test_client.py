@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ import pytest
 from _server_support import Stubs, conv_model, start_server
 
 from rr_edge.client import Client, ClientOptions, TlsOptions, _server_error, slice_id_of
-from rr_edge.device import describe_device
+from rr_edge.device import describe_device, setup_changes
 from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_edge.profiles import (
     BlockFeatures,
@@ -69,6 +70,14 @@ def test_register_and_get_node(client: Client) -> None:
     assert node.device["intra_op_threads"] == 1
     assert node.device["ort_providers"] == list(device.ort_providers)
     assert "client-node" in {n.node_id for n in client.list_nodes()}
+    # the timing setup read back compares as unchanged; a changed one is named; an older descriptor's gaps are not
+    assert setup_changes(node.device, device) == {}
+    cuda = replace(device, extra={**device.extra, "ort_provider": "CUDAExecutionProvider"}, graph_optimization="basic")
+    assert setup_changes(node.device, cuda) == {
+        "graph_optimization": (device.graph_optimization, "basic"),
+        "ort_provider": ("CPUExecutionProvider", "CUDAExecutionProvider"),
+    }
+    assert setup_changes({"cpu_model": device.cpu_model}, replace(device, intra_op_threads=7)) == {}
 
 
 def test_upload_is_chunked_verified_and_idempotent(server: str) -> None:

@@ -202,6 +202,36 @@ def test_large_slices_are_not_uploaded(server: str, tmp_path: Path, caplog: pyte
     assert "block 0" in warning.getMessage() and "the whole model" in warning.getMessage()  # and says so
 
 
+def test_a_node_profiled_again_with_other_threads_is_warned(
+    server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Blocks measured with 1 intra-op thread and later ones with 2 end up in one node's row, which the predictor
+    takes for one machine: said on the second profile, naming the setting; not for a new node nor the same setup."""
+    from _server_support import conv_model
+
+    from rr_edge.onnx_io import load_model
+
+    path = tmp_path / "conv.onnx"
+    path.write_bytes(conv_model(channels=4, size=8, out_channels=4, seed=2))
+    model = load_model(path)
+    config = ProfileConfig(sample=1.0, seed=0, timing=FAST, e2e_timing=FAST)
+    caplog.set_level("WARNING", logger="rr_edge.profiler")
+
+    def warnings() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if "another setup" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    with Client(server) as client:
+        run_profile(client, "edge-t", model, "conv", settings=ONE_THREAD, config=config)
+        assert warnings() == []  # a new node
+        run_profile(client, "edge-t", model, "conv", settings=ONE_THREAD, config=config)
+        assert warnings() == []  # the same setup
+        run_profile(client, "edge-t", model, "conv", settings=OrtSettings(intra_op_threads=2), config=config)
+        (message,) = warnings()
+        assert "'edge-t'" in message and "intra_op_threads 1 -> 2" in message and "another --node" in message
+
+
 def test_profile_command_json(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
