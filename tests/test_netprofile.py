@@ -60,6 +60,20 @@ def test_probe_slice_carries_its_bytes_as_weights_onnx_runtime_must_process() ->
     assert session.run(None, {"x": x})[0].shape == (1, 256)
 
 
+def test_building_a_probe_holds_at_most_three_times_its_size() -> None:
+    """make_graph and make_model copy what they are given: a probe built with its weights first held 5x its size at
+    the peak (1.28 GB for 256 MiB). Peak RSS of a fresh process building a 64 MiB probe, over its peak before."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, rr_edge.netprofile as n; peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "n.probe_slice(1024); before = peak(); data = n.probe_slice(64 * 2**20); print((peak() - before) * 1024)"
+    )
+    grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grown < 3.5 * 64 * 2**20
+
+
 def test_synthetic_affine_link_is_recovered() -> None:
     """Transfers on a fake clock: 2 ms RTT + 80 MB/s, with +-3% noise; the affine model wins and recovers both."""
     now = [0.0]
