@@ -134,8 +134,9 @@ def probe_slice(weight_bytes: int, seed: int = 0) -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, PROBE_COLUMNS])
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "upload_probe", [x], [y], [weights])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    # the bytes go in last, into the model's own copy of the initializer: make_graph and make_model copy what they
-    # are given, and a probe built with its bytes held 5x its size at the peak (2x now)
+    # the bytes go in last, into the model's own initializer: make_graph and make_model copy what they are given,
+    # and a probe built with its bytes first held 4-5x its size at the peak (3x now: the bytes, the proto's copy and
+    # the serialized one)
     model.graph.initializer[0].raw_data = np.random.default_rng(seed).bytes(4 * rows * PROBE_COLUMNS)
     return model.SerializeToString()
 
