@@ -252,6 +252,53 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path) -> None:
         model.save(str(tmp_path / "m\0.cfm"))
 
 
+def test_save_writes_through_a_link_and_long_names_save(tmp_path) -> None:
+    """Saving through a symbolic link replaced the link with a regular file and left its target stale; a legal name
+    near the 255-byte limit failed (the temporary file's name was the target's plus a suffix)."""
+    rows, cols, values, truth, x = synthetic()
+    model = CFModel(rank=3, iterations=5).fit(rows, cols, values, *truth.shape, col_features=x)
+    (tmp_path / "v1.cfm").write_bytes(b"old")
+    (tmp_path / "current.cfm").symlink_to("v1.cfm")
+    model.save(tmp_path / "current.cfm")
+    assert (tmp_path / "current.cfm").is_symlink()
+    np.testing.assert_array_equal(CFModel.load(tmp_path / "v1.cfm").predict(rows, cols), model.predict(rows, cols))
+    long_name = tmp_path / ("m" * 250 + ".cfm")
+    model.save(long_name)
+    assert CFModel.load(long_name).n_rows == model.n_rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["v1.cfm", "current.cfm", long_name.name])
+
+
+def test_load_refuses_what_is_not_a_regular_file(tmp_path) -> None:
+    """A FIFO blocked load() for good; a directory is no model file either."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "fifo", tmp_path):
+        with pytest.raises(cf_cpp.ModelFileError, match="not a regular file"):
+            CFModel.load(path)
+
+
+def test_a_fit_that_diverges_raises_and_keeps_the_model() -> None:
+    """init_scale=1e200 (finite, accepted) gave NaN parameters: a fit that succeeded, predicted NaN and saved a file
+    that would not load. The fit now raises."""
+    rows, cols, values, truth, _ = synthetic()
+    with pytest.raises(ValueError, match="diverged"):
+        CFModel(rank=3, iterations=5, init_scale=1e200).fit(rows, cols, values, *truth.shape)
+
+
+def test_out_of_range_integers_and_numpy_bools_are_value_errors_or_taken() -> None:
+    """Integers past the C++ types gave nanobind's TypeError with a signature dump, numpy bools were refused."""
+    args = ([0, 1], [0, 1], [1.0, 2.0])
+    for make in (lambda: CFModel(rank=2**31), lambda: CFModel(iterations=2**40), lambda: CFModel(seed=-1),
+                 lambda: CFModel(rank=1).fit(*args, n_rows=2**63, n_cols=2)):  # fmt: skip
+        with pytest.raises(ValueError, match="out of range"):
+            make()
+    model = CFModel(rank=1, iterations=2, kernel_residual=np.bool_(False)).fit(*args, n_rows=2, n_cols=2)
+    with pytest.raises(ValueError, match="out of range"):
+        model.add_cols(2**63)
+    assert model.predict([0], [0], log=np.bool_(True)) == pytest.approx(np.log(model.predict([0], [0])))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -178,21 +178,15 @@ NB_MODULE(_core, m) {
       .def(
           "predict_matrix",
           [](const cf::Model& self, bool log) {
-            const std::size_t nr = static_cast<std::size_t>(self.n_rows());
-            const std::size_t nc = static_cast<std::size_t>(self.n_cols());
-            std::vector<std::int64_t> r(nr * nc), c(nr * nc);
-            for (std::size_t i = 0; i < nr * nc; ++i) {
-              r[i] = static_cast<std::int64_t>(i / (nc ? nc : 1));
-              c[i] = static_cast<std::int64_t>(i % (nc ? nc : 1));
-            }
-            std::vector<double> out(nr * nc);
+            std::int64_t nr = 0, nc = 0;
+            std::vector<double> out;
             {
               nb::gil_scoped_release release;
-              self.predict_log(r.data(), c.data(), out.size(), out.data());
+              out = self.predict_matrix_log(&nr, &nc);
               if (!log)
                 for (double& v : out) v = std::exp(v);
             }
-            return owned_2d(std::move(out), nr, nc);
+            return owned_2d(std::move(out), static_cast<std::size_t>(nr), static_cast<std::size_t>(nc));
           },
           "log"_a = false, "The full (n_rows, n_cols) prediction matrix.")
       .def(
@@ -296,11 +290,10 @@ NB_MODULE(_core, m) {
       .def_prop_ro(
           "row_residuals",
           [](const cf::Model& s) {
-            const std::size_t nr = static_cast<std::size_t>(s.n_rows()), nc = static_cast<std::size_t>(s.n_cols());
-            std::vector<double> h = s.row_residuals();
-            if (h.empty()) h.assign(nr * nc, 0.0);
-            if (h.size() != nr * nc) throw cf::InvalidInput("the model changed during the call (another thread)");
-            return owned_2d(std::move(h), nr, nc);
+            std::int64_t nr = 0, nc = 0;
+            std::vector<double> h = s.row_residuals(&nr, &nc);
+            if (h.empty()) h.assign(static_cast<std::size_t>(nr * nc), 0.0);
+            return owned_2d(std::move(h), static_cast<std::size_t>(nr), static_cast<std::size_t>(nc));
           },
           "Each row's kernel residual h_r(c) in log units, shape (n_rows, n_cols) (zeros without; copy).",
           nb::rv_policy::move)

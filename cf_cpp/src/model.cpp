@@ -130,10 +130,12 @@ void Model::set_features(const Features& f) {
   }
 }
 
-void Model::set_additive(const Features& a) {
-  n_add_ = a.n_features;
+void Model::set_additive(const Features& a, std::int64_t n_cols) {
+  if (a.n_cols != n_cols || a.n_features < 0) check_additive(a, n_cols);  // its shape error
   add_.assign(a.data, a.data + a.n_cols * a.n_features);
-  add_scale_ = detail::additive_scale(a.data, a.n_cols, a.n_features);
+  check_additive(Features{add_.data(), a.n_cols, a.n_features}, n_cols);  // the copy: the caller's may change
+  n_add_ = a.n_features;
+  add_scale_ = detail::additive_scale(add_.data(), a.n_cols, a.n_features);
 }
 
 void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
@@ -167,11 +169,10 @@ void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int6
   detail::validate(obs, n_rows, n_cols);
   if (obs.size == 0) throw InvalidInput("fit needs at least one observation");
   if (features) check_features(*features, n_cols);
-  if (additive) check_additive(*additive, n_cols);
   // Built aside and moved in at the end: a fit that throws (bad input, out of memory) leaves this model as it was.
   Model next(config_);
   if (features) next.set_features(*features);
-  if (additive) next.set_additive(*additive);
+  if (additive) next.set_additive(*additive, n_cols);
   next.grow(n_rows, n_cols);
   next.run_als(obs, iterations);
   *this = std::move(next);
@@ -196,14 +197,13 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
     check_features(*features, n_cols);
   else if (!x_.empty() && n_cols > n_cols_)
     throw InvalidInput("col_features must be given to refit with new columns (the model uses column features)");
-  if (additive)
-    check_additive(*additive, n_cols);
-  else if (n_add_ > 0 && n_cols > n_cols_)
+  if (!additive && n_add_ > 0 && n_cols > n_cols_)
     throw InvalidInput("additive_features must be given to refit with new columns (the model uses them)");
-  // Refitted on a copy, moved in at the end: a refit that throws (out of memory) leaves this model as it was.
+  // Refitted on a copy, moved in at the end: a refit that throws (bad input, out of memory) leaves this model as it
+  // was.
   Model next(*this);
   if (features) next.set_features(*features);
-  if (additive) next.set_additive(*additive);
+  if (additive) next.set_additive(*additive, n_cols);
   for (auto& w : next.additive_rows_) w.clear();  // every row is an ALS row again
   next.grow(n_rows, n_cols);
   next.run_als(obs, iterations >= 0 ? iterations : config_.iterations);
@@ -287,6 +287,11 @@ void Model::run_als(const Observations& obs, int iterations) {
   double sse = 0;  // summed in row order: the same for every thread count
   for (double v : row_sse) sse += v;
   noise_var_ = sse / static_cast<double>(obs.size);
+  const auto finite = [](const std::vector<double>& v) {
+    return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+  };
+  if (!std::isfinite(noise_var_) || !std::isfinite(mu_) || !finite(rows_) || !finite(z_))  // e.g. a huge init_scale
+    throw InvalidInput("the fit diverged to non-finite parameters: lower init_scale or raise the regularisation");
   fit_kernels(by_row.ptr, by_row.index, rho);
   refresh_fold_in_prior();
   fitted_ = true;
@@ -295,7 +300,6 @@ void Model::run_als(const Observations& obs, int iterations) {
 void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const {
   std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
-  const int d = dim();
   for (std::size_t i = 0; i < n; ++i) {
     // Each index is read once and checked where it is used: the caller's arrays may change during the call.
     const std::int64_t r = rows[i], c = cols[i];
@@ -305,18 +309,30 @@ void Model::predict_log(const std::int64_t* rows, const std::int64_t* cols, std:
     if (c < 0 || c >= n_cols_)
       throw InvalidInput("cols[" + std::to_string(i) + "] = " + std::to_string(c) + " is out of range [0, " +
                          std::to_string(n_cols_) + ")");
-    const std::vector<double>& w = additive_rows_[r];
-    if (!w.empty()) {  // an additive row, where its regression is positive
-      const double v = detail::additive_value(w.data(), add_.data() + c * n_add_, n_add_, add_scale_.data());
-      if (v > 0) {
-        out[i] = std::log(v);
-        continue;
-      }
-    }
-    double s = low_rank_log(rows_.data() + r * d, row_scale_[r], c);
-    if (!residuals_.empty()) s += residuals_[r * n_cols_ + c];
-    out[i] = s;
+    out[i] = entry_log(r, c);
   }
+}
+
+std::vector<double> Model::predict_matrix_log(std::int64_t* n_rows, std::int64_t* n_cols) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
+  check_fitted();
+  std::vector<double> out(static_cast<std::size_t>(n_rows_ * n_cols_));
+  for (std::int64_t r = 0; r < n_rows_; ++r)
+    for (std::int64_t c = 0; c < n_cols_; ++c) out[r * n_cols_ + c] = entry_log(r, c);
+  *n_rows = n_rows_;
+  *n_cols = n_cols_;
+  return out;
+}
+
+double Model::entry_log(std::int64_t r, std::int64_t c) const {
+  const std::vector<double>& w = additive_rows_[r];
+  if (!w.empty()) {  // an additive row, where its regression is positive
+    const double v = detail::additive_value(w.data(), add_.data() + c * n_add_, n_add_, add_scale_.data());
+    if (v > 0) return std::log(v);
+  }
+  double s = low_rank_log(rows_.data() + r * dim(), row_scale_[r], c);
+  if (!residuals_.empty()) s += residuals_[r * n_cols_ + c];
+  return s;
 }
 
 double Model::low_rank_log(const double* a, double g, std::int64_t c) const {
@@ -417,6 +433,9 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Fea
       x_new.push_back(1.0);
     }
   }
+  std::vector<double> add_new;  // checked again as copied: the caller's array may change during the call
+  if (n_add_ > 0) add_new.assign(additive->data, additive->data + n * n_add_);
+  if (n_add_ > 0) check_additive(Features{add_new.data(), n, n_add_}, n);
   const std::size_t x_size = x_.size(), add_size = add_.size();
   x_.reserve(x_size + x_new.size());
   add_.reserve(add_size + static_cast<std::size_t>(n * n_add_));
@@ -424,7 +443,7 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Fea
   z_.reserve(static_cast<std::size_t>(total * d));
   col_counts_.reserve(static_cast<std::size_t>(total));
   x_.insert(x_.end(), x_new.begin(), x_new.end());
-  if (n_add_ > 0) add_.insert(add_.end(), additive->data, additive->data + n * n_add_);
+  add_.insert(add_.end(), add_new.begin(), add_new.end());
   dev_.resize(static_cast<std::size_t>(total * d), 0.0);
   col_counts_.resize(static_cast<std::size_t>(total), 0);
   n_cols_ = total;

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -43,20 +44,35 @@ void check_path(const std::string& path) {
   if (path.find('\0') != std::string::npos) throw InvalidInput("the model path contains a NUL byte");
 }
 
+// `path`, or the file its chain of symbolic links ends at.
+std::string through_links(const std::string& path) {
+  check_path(path);
+  struct stat link;
+  if (::lstat(path.c_str(), &link) != 0 || !S_ISLNK(link.st_mode)) return path;
+  char* resolved = ::realpath(path.c_str(), nullptr);
+  if (!resolved) throw IoError("cannot save through the link '" + path + "': " + std::strerror(errno));
+  std::string target(resolved);
+  std::free(resolved);
+  return target;
+}
+
 // Writes to a new temporary file in the target's directory; commit() renames it over the target. Until then, and
 // when anything fails, the target is untouched and the temporary file is removed.
+// A symbolic link is written through (its target is replaced, the link kept); the temporary file has a short name
+// of its own, so a target name near the file system's limit still saves.
 class Writer {
  public:
-  explicit Writer(const std::string& path) : path_(path) {
-    check_path(path);
+  explicit Writer(const std::string& path) : path_(through_links(path)) {
     struct stat target;
-    const bool exists = ::stat(path.c_str(), &target) == 0;
-    if (exists && (!S_ISREG(target.st_mode) || ::access(path.c_str(), W_OK) != 0))
+    const bool exists = ::stat(path_.c_str(), &target) == 0;
+    if (exists && (!S_ISREG(target.st_mode) || ::access(path_.c_str(), W_OK) != 0))
       throw IoError("cannot open '" + path + "' for writing" + (S_ISREG(target.st_mode) ? "" : ": not a regular file"));
+    const std::size_t slash = path_.rfind('/');
+    const std::string dir = slash == std::string::npos ? "" : path_.substr(0, slash + 1);
     static std::atomic<unsigned> counter{0};
     int fd = -1;
     for (int attempt = 0; fd < 0; ++attempt) {
-      tmp_ = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+      tmp_ = dir + ".cf_cpp.tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
       fd = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd < 0 && (errno != EEXIST || attempt == 100)) fail("cannot open '" + path + "' for writing");
     }
@@ -117,6 +133,9 @@ class Reader {
  public:
   explicit Reader(const std::string& path) : path_(path) {
     check_path(path);
+    struct stat file;  // a FIFO or a device would block or never end: only regular files are model files
+    if (::stat(path.c_str(), &file) == 0 && !S_ISREG(file.st_mode))
+      throw IoError("cannot read '" + path + "': not a regular file");
     in_.open(path, std::ios::binary);
     if (!in_) throw IoError("cannot open '" + path + "' for reading");
     in_.seekg(0, std::ios::end);

@@ -104,6 +104,9 @@ class Model {
 
   // Log-space predictions into out[0..n).
   void predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const;
+  // Every entry's log prediction, row-major, and the shape it was predicted at (read under one lock: a refit in
+  // another thread cannot change the shape in between).
+  std::vector<double> predict_matrix_log(std::int64_t* n_rows, std::int64_t* n_cols) const;
 
   // Adds a row from its revealed entries against the fixed column model (Bayesian fold-in with a mixture prior built
   // from the fitted rows; see src/fold_in.h), or an additive row (see above); returns its index.
@@ -130,8 +133,14 @@ class Model {
   std::vector<double> row_scales() const { return read(row_scale_); }      // g_r (1 for fitted rows)
   std::vector<std::int64_t> row_counts() const { return read(row_counts_); }  // training observations per row
   double noise_var() const { return read(noise_var_); }  // mean squared training residual of the ALS model (log)
-  // h_r(c) of every row and column, row-major n_rows x n_cols; empty when no row has a kernel residual.
-  std::vector<double> row_residuals() const { return read(residuals_); }
+  // h_r(c) of every row and column, row-major n_rows x n_cols (the shape it was read at, when asked); empty when no
+  // row has a kernel residual.
+  std::vector<double> row_residuals(std::int64_t* n_rows = nullptr, std::int64_t* n_cols = nullptr) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
+    if (n_rows) *n_rows = n_rows_;
+    if (n_cols) *n_cols = n_cols_;
+    return residuals_;
+  }
   // Per row: w_r (n_additive + 1) of an additive row, empty for the others.
   std::vector<std::vector<double>> additive_rows() const { return read(additive_rows_); }
 
@@ -145,9 +154,10 @@ class Model {
   void fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
                     int iterations, const Features* additive);
   int dim() const { return config_.rank + 1; }
+  double entry_log(std::int64_t r, std::int64_t c) const;  // one in-range entry's log prediction (lock held)
   void check_fitted() const;
   void set_features(const Features& f);
-  void set_additive(const Features& a);
+  void set_additive(const Features& a, std::int64_t n_cols);
   // The model's log value at column c for row parameters a = [b, p] and column-bias coefficient g (no residual).
   double low_rank_log(const double* a, double g, std::int64_t c) const;
   // A new row's additive weights from its revealed entries, or empty when the fold-in cross-validates as well.

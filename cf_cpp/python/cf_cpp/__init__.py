@@ -41,7 +41,9 @@ Usage::
 Errors: invalid input (non-positive or non-finite values, out-of-range indices, shape mismatches, unfitted model)
 raises :class:`InvalidInputError`, a subclass of ``ValueError``; unreadable model files raise
 :class:`ModelFileError`, a subclass of ``OSError``. Arrays of the exact dtype (int64 indices, float64 values,
-C-contiguous) are used without copies; other numeric arrays are converted.
+C-contiguous) are used without copies, borrowed for the length of the call: another thread must not write to them
+while it runs (what it reads mid-write is undefined); other numeric arrays are converted. A model is saved through a
+symbolic link to its target; only regular files load.
 """
 
 from cf_cpp._core import InvalidInputError, ModelFileError

@@ -1,7 +1,8 @@
+# Private binding: arrays, not sequences (the CFModel wrapper in _model.py converts and checks what users pass).
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
 class InvalidInputError(ValueError): ...
 class ModelFileError(OSError): ...
@@ -23,30 +24,30 @@ class Model:
     ) -> None: ...
     def fit(
         self,
-        rows: ArrayLike,
-        cols: ArrayLike,
-        values: ArrayLike,
+        rows: NDArray[Any],
+        cols: NDArray[Any],
+        values: NDArray[Any],
         n_rows: int,
         n_cols: int,
-        col_features: ArrayLike | None = None,
-        additive_features: ArrayLike | None = None,
+        col_features: NDArray[Any] | None = None,
+        additive_features: NDArray[Any] | None = None,
     ) -> Model: ...
     def refit(
         self,
-        rows: ArrayLike,
-        cols: ArrayLike,
-        values: ArrayLike,
+        rows: NDArray[Any],
+        cols: NDArray[Any],
+        values: NDArray[Any],
         n_rows: int | None = None,
         n_cols: int | None = None,
-        col_features: ArrayLike | None = None,
+        col_features: NDArray[Any] | None = None,
         iterations: int | None = None,
-        additive_features: ArrayLike | None = None,
+        additive_features: NDArray[Any] | None = None,
     ) -> Model: ...
-    def predict(self, rows: ArrayLike, cols: ArrayLike, log: bool = False) -> NDArray[np.float64]: ...
+    def predict(self, rows: NDArray[Any], cols: NDArray[Any], log: bool = False) -> NDArray[np.float64]: ...
     def predict_matrix(self, log: bool = False) -> NDArray[np.float64]: ...
-    def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int: ...
+    def fold_in_row(self, cols: NDArray[Any], values: NDArray[Any]) -> int: ...
     def add_cols(
-        self, n: int, col_features: ArrayLike | None = None, additive_features: ArrayLike | None = None
+        self, n: int, col_features: NDArray[Any] | None = None, additive_features: NDArray[Any] | None = None
     ) -> int: ...
     def save(self, path: str) -> None: ...
     @staticmethod

@@ -24,16 +24,21 @@ def _index(name: str, x: ArrayLike) -> NDArray[np.int64]:
     return np.ascontiguousarray(a, dtype=np.int64)  # no copy when already int64 and contiguous
 
 
-def _integer(name: str, x: SupportsIndex) -> int:
-    """An integer argument: ints and numpy integers, not floats or strings (no silent truncation)."""
+def _integer(name: str, x: SupportsIndex, bits: int = 64, signed: bool = True) -> int:
+    """An integer argument: ints and numpy integers, not floats or strings (no silent truncation), within the C++
+    type's range (`bits`, `signed`) or an InvalidInputError (the binding would raise a bare TypeError)."""
     try:
-        return operator.index(x)
+        v = operator.index(x)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(x).__name__} {x!r}") from None
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if not low <= v <= high:
+        raise _core.InvalidInputError(f"{name} = {v} is out of range [{low}, {high}]")
+    return v
 
 
-def _optional_integer(name: str, x: SupportsIndex | None) -> int | None:
-    return None if x is None else _integer(name, x)
+def _optional_integer(name: str, x: SupportsIndex | None, bits: int = 64) -> int | None:
+    return None if x is None else _integer(name, x, bits)
 
 
 def _values(name: str, x: ArrayLike) -> NDArray[np.float64]:
@@ -87,17 +92,17 @@ class CFModel:
         kernel_residual: bool = True,
     ) -> None:
         self._core = _core.Model(
-            rank=rank,
+            rank=_integer("rank", rank, 32),
             reg=reg,
             reg_bias=reg_bias,
             reg_col=reg_col,
             reg_col_bias=reg_col_bias,
             reg_features=reg_features,
-            iterations=iterations,
-            seed=seed,
-            threads=threads,
+            iterations=_integer("iterations", iterations, 32),
+            seed=_integer("seed", seed, 64, signed=False),
+            threads=_integer("threads", threads, 32),
             init_scale=init_scale,
-            kernel_residual=kernel_residual,
+            kernel_residual=bool(kernel_residual),
         )
 
     def fit(
@@ -146,18 +151,18 @@ class CFModel:
             _optional_integer("n_rows", n_rows),
             _optional_integer("n_cols", n_cols),
             _features(col_features),
-            _optional_integer("iterations", iterations),
+            _optional_integer("iterations", iterations, 32),
             _features(additive_features, "additive_features"),
         )
         return self
 
     def predict(self, rows: ArrayLike, cols: ArrayLike, log: bool = False) -> NDArray[np.float64]:
         """Predicted values of entries ``(rows[i], cols[i])``: raw units, or natural log with ``log=True``."""
-        return self._core.predict(_index("rows", rows), _index("cols", cols), log)
+        return self._core.predict(_index("rows", rows), _index("cols", cols), bool(log))
 
     def predict_matrix(self, log: bool = False) -> NDArray[np.float64]:
         """The full ``(n_rows, n_cols)`` prediction matrix."""
-        return self._core.predict_matrix(log)
+        return self._core.predict_matrix(bool(log))
 
     def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int:
         """Add a new row from a few measurements (no refit). Returns the new row index.
