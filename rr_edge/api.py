@@ -10,6 +10,7 @@ Synchronous::
         plan = node.plan("resnet18.onnx", objective="latency")
         with node.runner("resnet18.onnx", plan) as run:
             logits = run(image)["output"]                 # outputs by name; run.run(x) also says fallback/timings
+        # after run.replan_needed: plan = node.replan(path, plan, run); run = node.switch(path, run, plan)
 
 asyncio (blocking work runs in worker threads, the event loop stays free)::
 
@@ -34,12 +35,13 @@ import onnx
 
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client, ClientOptions
-from rr_edge.errors import ServerUnavailable
+from rr_edge.errors import ArgumentError, ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
 from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_server_cache, replan
 from rr_edge.onnx_io import load_model
+from rr_edge.planner import check_objective
 from rr_edge.profiler import ProfileConfig, ProfileResult, run_profile, wait_for_cloud_timings
 from rr_edge.profiles import NetworkProfile
 from rr_edge.progress import Progress
@@ -55,6 +57,7 @@ class _Model:
     model: onnx.ModelProto
     graph: BlockGraph
     slicer: Slicer
+    version: tuple[int, int] | None  # the file's (size, mtime_ns) when loaded
 
 
 class EdgeNode:
@@ -92,13 +95,21 @@ class EdgeNode:
             return self._meter
 
     def _load(self, model: str | Path) -> _Model:
-        key = str(Path(model).resolve())
+        """The model at `model`, analysed once per version of the file (its size and modification time: a file
+        replaced on disk is loaded again)."""
+        path = Path(model).resolve()
+        try:
+            stat = path.stat()
+        except OSError:
+            stat = None  # load_model says what is wrong with the path
+        version = (stat.st_size, stat.st_mtime_ns) if stat else None
         with self._load_lock:
-            if key not in self._models:
+            cached = self._models.get(str(path))
+            if cached is None or cached.version != version or version is None:
                 proto = load_model(model)
                 graph = analyze(proto, Path(model).stem)
-                self._models[key] = _Model(proto, graph, Slicer(proto, graph))
-            return self._models[key]
+                cached = self._models[str(path)] = _Model(proto, graph, Slicer(proto, graph), version)
+            return cached
 
     def blocks(self, model: str | Path) -> BlockGraph:
         """The model's atomic blocks."""
@@ -153,6 +164,9 @@ class EdgeNode:
 
         Waits up to `wait_s` for the server's background refit after a fresh profile.
         """
+        check_objective(objective, slo_ms)  # before the server is asked anything
+        if amortize_over < 1:
+            raise ArgumentError(f"amortize_over must be >= 1, got {amortize_over}")
         m = self._load(model)
         costs = gather_costs(self.client, self.node, m.graph, self.power, wait_s)
         return plan_with_server_cache(
@@ -168,8 +182,22 @@ class EdgeNode:
         )
 
     def replan(self, model: str | Path, report: PlanReport, runner: Runner) -> PlanReport:
-        """Plan again with the network `runner` measured (when `runner.replan_needed`); no new server queries."""
-        return replan(report, self._load(model).graph, runner)
+        """Plan again with the network `runner` measured (when `runner.replan_needed`); no new server queries. The
+        runner's drift counts from this plan on (`replan_needed` is False until the network moves again); `switch`
+        gives the runner of the new plan's split."""
+        new = replan(report, self._load(model).graph, runner)
+        runner.mark_planned()
+        return new
+
+    def switch(self, model: str | Path, runner: Runner, report: PlanReport) -> Runner:
+        """The runner of `report`'s chosen plan: `runner` itself when it runs that split already, else a new runner
+        of it (its slice uploaded and opened, as `runner` does), `runner` then closed. When the server refuses the new
+        plan's slice, ServerError, and `runner` stays open and usable."""
+        if (report.chosen.i, report.chosen.j) == runner.slices.split:
+            return runner
+        new = self.runner(model, report, runner.config)
+        runner.close()
+        return new
 
     def runner(
         self, model: str | Path, plan: PlanReport | tuple[int, int], config: RunnerConfig | None = None
@@ -264,6 +292,10 @@ class AsyncEdgeNode:
 
     async def replan(self, model: str | Path, report: PlanReport, runner: AsyncRunner) -> PlanReport:
         return await asyncio.to_thread(self.sync.replan, model, report, runner.sync)
+
+    async def switch(self, model: str | Path, runner: AsyncRunner, report: PlanReport) -> AsyncRunner:
+        new = await asyncio.to_thread(self.sync.switch, model, runner.sync, report)
+        return runner if new is runner.sync else AsyncRunner(new)
 
     async def runner(self, *args: Any, **kw: Any) -> AsyncRunner:
         return AsyncRunner(await asyncio.to_thread(self.sync.runner, *args, **kw))

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from rr_edge.errors import ArgumentError
 from rr_edge.netmodel import NetworkModel
 
 BREAKDOWN = (  # keys of Plan.breakdown: *_ms add up to latency_ms, *_mJ to energy_mJ
@@ -101,7 +102,7 @@ class PlanInputs:
         if any(not 0 <= k < n for k in self.local_only):
             raise ValueError(f"local_only holds blocks outside 0..{n - 1}")
         if int(self.amortize_over) < 1:
-            raise ValueError("amortize_over must be >= 1")
+            raise ArgumentError("amortize_over must be >= 1")
         for name in ("max_slice_bytes", "max_message_bytes"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (None: no limit)")
@@ -203,7 +204,7 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
     """Cost of one plan (i, j) with its breakdown, by direct sums (the reference the matrix form must match)."""
     n = inputs.n_blocks
     if not -1 <= i <= j <= n - 1:
-        raise ValueError(f"invalid plan ({i}, {j}); need -1 <= i <= j <= {n - 1}")
+        raise ArgumentError(f"invalid plan ({i}, {j}); need -1 <= i <= j <= {n - 1}")
     c, K = float(inputs.e2e_correction), int(inputs.amortize_over)
     if i == j:
         i = j = n - 1
@@ -241,7 +242,7 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     n, c, K = inputs.n_blocks, float(inputs.e2e_correction), int(inputs.amortize_over)
     ii, jj = np.asarray(i, dtype=np.int64).ravel(), np.asarray(j, dtype=np.int64).ravel()
     if ii.shape != jj.shape or np.any(ii < -1) or np.any(ii > jj) or np.any(jj > n - 1):
-        raise ValueError(f"invalid plans; need -1 <= i <= j <= {n - 1}")
+        raise ArgumentError(f"invalid plans; need -1 <= i <= j <= {n - 1}")
     off = jj > ii
     ii, jj = np.where(off, ii, n - 1), np.where(off, jj, n - 1)
     r, j1 = ii + 1, jj + 1

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rr_edge.errors import ServerBusy
+from rr_edge.errors import ArgumentError, ServerBusy
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.netmodel import fit_network_model
 from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
@@ -89,19 +89,19 @@ class NetProfileConfig:
     def __post_init__(self) -> None:
         for name in ("max_mb", "min_time_s", "upload_min_mb", "upload_max_mb", "max_transfer_s"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be a finite number, got {getattr(self, name)}")
         if min(self.min_time_s, self.upload_min_mb, self.upload_max_mb, self.max_transfer_s) < 0:
-            raise ValueError("min_time_s, upload_min_mb, upload_max_mb and max_transfer_s must be >= 0")
+            raise ArgumentError("min_time_s, upload_min_mb, upload_max_mb and max_transfer_s must be >= 0")
         if self.max_mb * MiB < 2 * self.min_bytes:
-            raise ValueError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
+            raise ArgumentError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
         if self.max_mb > MAX_ECHO_MB:  # else the sweep would send up to there before the server refused
-            raise ValueError(f"max size {self.max_mb:g} MB is over the {MAX_ECHO_MB} MiB rr-server echoes")
+            raise ArgumentError(f"max size {self.max_mb:g} MB is over the {MAX_ECHO_MB} MiB rr-server echoes")
         if self.repeats < 1 or self.points_per_octave < 1:
-            raise ValueError("repeats and points_per_octave must be >= 1")
+            raise ArgumentError("repeats and points_per_octave must be >= 1")
         if self.upload_max_mb > MAX_UPLOAD_PROBE_MB:
-            raise ValueError(f"upload probes of at most {MAX_UPLOAD_PROBE_MB} MiB, got {self.upload_max_mb:g}")
+            raise ArgumentError(f"upload probes of at most {MAX_UPLOAD_PROBE_MB} MiB, got {self.upload_max_mb:g}")
         if self.upload_max_mb and not 0 < 4 * self.upload_min_mb <= self.upload_max_mb:
-            raise ValueError(
+            raise ArgumentError(
                 f"upload probes need 0 < 4 x upload_min_mb <= upload_max_mb (three sizes or more), got "
                 f"{self.upload_min_mb} and {self.upload_max_mb} MB; upload_max_mb = 0 turns them off"
             )

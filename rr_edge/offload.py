@@ -24,7 +24,7 @@ from rr_edge import neurosurgeon
 from rr_edge.baselines import all_baselines
 from rr_edge.blocks import BlockGraph
 from rr_edge.client import Client, Prediction, ServerInfo, slice_id_of
-from rr_edge.errors import PredictionsPending, RoadRunnerError
+from rr_edge.errors import ArgumentError, PredictionsPending, RoadRunnerError
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
@@ -292,7 +292,7 @@ def _on_server(client: Client, slicer: Slicer, split: tuple[int, int]) -> bool:
 def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:
     """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes."""
     if not -1 <= i <= j <= n_blocks - 1:
-        raise RoadRunnerError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
+        raise ArgumentError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
     if i == j:  # nothing offloaded: the whole model runs locally
         return PlanSlices((i, j), slicer.slice(0, n_blocks - 1).SerializeToString(), None, None, label)
 

@@ -30,6 +30,7 @@ from rr_edge.costmodel import (
     plan_costs,
     transfer_mJ,
 )
+from rr_edge.errors import ArgumentError
 from rr_edge.pareto import pareto_indices, separable_candidates, sweep
 
 __all__ = [
@@ -250,6 +251,14 @@ def _knee(front: Sequence[Plan]) -> Plan:
     return front[int(np.argmin(nl**2 + ne**2))]
 
 
+def check_objective(objective: str, slo_ms: float | None = None) -> None:
+    """ArgumentError unless `objective` is one of OBJECTIVES (with the `slo_ms` that "slo" needs)."""
+    if objective not in OBJECTIVES:
+        raise ArgumentError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective == "slo" and slo_ms is None:
+        raise ArgumentError("objective 'slo' needs slo_ms")
+
+
 def choose(inputs: PlanInputs | PlanTable, objective: str = "latency", slo_ms: float | None = None) -> Plan:
     """The chosen plan (``objective`` field set), from the Pareto set.
 
@@ -257,13 +266,11 @@ def choose(inputs: PlanInputs | PlanTable, objective: str = "latency", slo_ms: f
     (closest to the utopia point after min-max normalisation); slo (or any objective with ``slo_ms``): least energy
     with latency <= slo_ms — when no plan meets it, the fastest plan with objective "slo-unmet".
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    check_objective(objective, slo_ms)
     table = inputs if isinstance(inputs, PlanTable) else evaluate_all(inputs)
     front = pareto(table)
     if objective == "slo" or slo_ms is not None:
-        if slo_ms is None:
-            raise ValueError("objective 'slo' needs slo_ms")
+        assert slo_ms is not None
         ok = [p for p in front if p.latency_ms <= slo_ms]
         plan, name = (ok[-1], "slo") if ok else (front[0], "slo-unmet")
     elif objective == "latency":

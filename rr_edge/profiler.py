@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from rr_edge.blocks import Block, BlockGraph, analyze
-from rr_edge.errors import ModelError, ServerError, ServerUnavailable
+from rr_edge.errors import ArgumentError, ModelError, ServerError, ServerUnavailable
 from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
@@ -83,9 +83,9 @@ class TimingPolicy:
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.min_runs < 1 or self.warmup_runs < 0:
-            raise ValueError("rounds and min_runs must be >= 1, warmup_runs >= 0")
+            raise ArgumentError("rounds and min_runs must be >= 1, warmup_runs >= 0")
         if not (0 <= self.min_time_s < math.inf and 0 < self.max_time_s < math.inf):  # NaN too: no clock reaches it
-            raise ValueError(
+            raise ArgumentError(
                 f"min_time_s must be finite and >= 0, max_time_s finite and > 0; got {self.min_time_s}, "
                 f"{self.max_time_s}"
             )
@@ -123,7 +123,7 @@ class ProfileConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample <= 1.0:
-            raise ValueError(f"sample must be in (0, 1], got {self.sample}")
+            raise ArgumentError(f"sample must be in (0, 1], got {self.sample}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -32,11 +33,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from rr_edge.client import DEFAULT_TIMEOUT_S
-from rr_edge.errors import InputError, ServerBusy, ServerError, ServerUnavailable
+from rr_edge.errors import ArgumentError, InputError, ModelError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.netmodel import DEFAULT_DRIFT_THRESHOLD, NetworkModel, split_network_ms
-from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits
+from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits, ort_reason
 
 if TYPE_CHECKING:
     from rr_edge.meters.model import PowerSpec
@@ -108,6 +110,13 @@ class RunnerConfig:
     stream: bool = True
     # After a server had no stream slot free: one ModelInfer per request for this long, then a stream is tried again.
     stream_retry_s: float = DEFAULT_STREAM_RETRY_S
+
+    def __post_init__(self) -> None:
+        # a deadline of 0 timed every request out: the server was taken for down, never for misconfigured
+        for name in ("timeout_s", "retry_interval_s", "drift_threshold", "stream_retry_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0 and (name == "drift_threshold" or value < math.inf)):
+                raise ArgumentError(f"RunnerConfig.{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass
@@ -189,7 +198,13 @@ class _Local:
         return {name: env[name] for name in self.inputs}
 
     def __call__(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(self.outputs, self.feed(env)), strict=True))
+        try:
+            values = self.session.run(self.outputs, self.feed(env))
+        except InvalidArgument as exc:  # values the model cannot take (an index past a table, say): this request's
+            raise InputError(f"ONNX Runtime refused this request's values: {ort_reason(exc)}") from None
+        except (Fail, RuntimeException) as exc:
+            raise ModelError(f"ONNX Runtime failed running the model: {ort_reason(exc)}") from None
+        return dict(zip(self.outputs, values, strict=True))
 
 
 _END = object()

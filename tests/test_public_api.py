@@ -108,3 +108,82 @@ def test_a_closed_node_and_bad_arguments_raise_the_packages_errors(tiny_server):
     node.close()  # twice is fine
     with pytest.raises(rr_edge.ServerUnavailable, match="this client is closed"):
         node.plan(path, wait_s=0)  # gRPC's own error was a bare ValueError ("Cannot invoke RPC on closed channel!")
+
+
+def _gather_model() -> bytes:
+    """ids[1,5] int64 -> Gather over a 10-row table -> y: an id past the table is a bad value, not a bad shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "gather", [ids], [y], [table])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_bad_values_and_bad_arguments_are_the_packages_errors(tiny_server, tmp_path):
+    """ONNX Runtime's own InvalidArgument reached the app for an id past a Gather's table (not a RoadRunnerError,
+    not even a ValueError); invalid settings were bare ValueErrors, and RunnerConfig(timeout_s=0) was taken: every
+    request then timed out and the server was taken for down."""
+    address, _ = tiny_server
+    path = tmp_path / "gather.onnx"
+    path.write_bytes(_gather_model())
+    with rr_edge.connect(address, "api-values") as node:
+        with node.runner(path, (0, 0)) as run:  # everything local
+            with pytest.raises(rr_edge.InputError, match="refused this request's values"):
+                run.run(np.full((1, 5), 99, np.int64))
+            assert run.run(np.arange(5, dtype=np.int64)[None]).outputs["y"].shape == (1, 5, 4)
+        for bad in (lambda: node.plan(path, objective="bogus", wait_s=0), lambda: node.profile(path, sample=0),
+                    lambda: node.netprofile(max_mb=0), lambda: node.runner(path, (5, 2))):  # fmt: skip
+            with pytest.raises(rr_edge.ArgumentError):
+                bad()
+    for bad_config in ({"timeout_s": 0}, {"retry_interval_s": -1}, {"timeout_s": float("nan")}):
+        with pytest.raises(rr_edge.ArgumentError, match="RunnerConfig"):
+            rr_edge.RunnerConfig(**bad_config)
+
+
+def test_a_model_file_replaced_on_disk_is_loaded_again(tiny_server, tmp_path):
+    """A node kept the first version of a file for good: a new model at the same path ran as the old one."""
+    address, _ = tiny_server
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_gather_model())
+    with rr_edge.connect(address, "api-stale") as node:
+        assert node.blocks(path).inputs[0].name == "ids"
+        from tests._server_support import conv_model
+
+        path.write_bytes(conv_model())
+        assert node.blocks(path).inputs[0].name == "x"
+
+
+def test_replan_counts_drift_from_the_new_plan_and_switch_gives_its_runner(tiny_server):
+    """The documented loop re-planned on every request: replan never marked the runner planned, and no call made
+    the runner of a new split."""
+    import dataclasses
+
+    from rr_edge.netmodel import NetworkModel
+    from rr_edge.profiles import DirectionProfile, NetworkProfile
+
+    address, path = tiny_server
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    fast = DirectionProfile((), "affine", 0.0, 0.0, NetworkModel.affine(0.001, 1e9).to_dict())  # far above loopback
+    with rr_edge.connect(address, "api-replan") as node:
+        node.profile(path, sample=1.0, seed=0)
+        node.client.report_network_profile("api-replan", NetworkProfile(fast, fast, "model", time.time()))
+        report = node.plan(path, wait_s=30)
+        n = report.blocks
+        report = dataclasses.replace(report, chosen=report.table.plan(-1, n - 1))  # everything on the server
+        run = node.runner(path, report)
+        for _ in range(20):
+            run.run(x)
+            if run.replan_needed:
+                break
+        assert run.replan_needed, "loopback never drifted from a 1 GB/ms link"
+        report = node.replan(path, report, run)
+        assert not run.replan_needed  # drift counts from the new plan
+        same = dataclasses.replace(report, chosen=report.table.plan(-1, n - 1))
+        assert node.switch(path, run, same) is run
+        local = dataclasses.replace(report, chosen=report.table.plan(n - 1, n - 1))
+        other = node.switch(path, run, local)
+        assert other is not run and other.slices.split == (n - 1, n - 1)
+        assert not other.run(x).fallback
+        other.close()
