@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rr_proto.allocator import tune_allocator
@@ -21,11 +23,14 @@ from rr_server.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_SLICE_MB,
     DEFAULT_WORKERS,
+    OPEN_STREAM_SLOTS,
     ServerConfig,
     TlsConfig,
 )
 
 log = logging.getLogger("rr_server")
+
+_INT64_MAX = 2**63 - 1  # a byte limit travels in GetServerInfo's int64 fields
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,6 +59,33 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (as `rr-edge` parses its numbers, `rr_edge.commands._common`)."""
+    return _finite_float(text, "> 0", lambda v: v > 0)
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _finite_float(text, ">= 0", lambda v: v >= 0)
+
+
+def _finite_float(text: str, bound: str, within: Callable[[float], bool]) -> float:
+    """A finite number `within` its bound. NaN (every comparison with it is false, so a `<= 0` check lets it through)
+    and infinity (no byte count, no clock) are usage errors here, not tracebacks where they become integers later."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not (math.isfinite(value) and within(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+    return value
+
+
+def _bytes(value: float, unit: int) -> int:
+    """A limit given in MiB or GiB, in whole bytes."""
+    return int(value * unit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rr-server", description="RoaD-RuNNer cloud server (gRPC).")
     p.add_argument(
@@ -69,13 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token-file", type=Path, help="file of 'node_id token' lines; requires bearer tokens")
     p.add_argument(
         "--max-slice-mb",
-        type=float,
+        type=_positive_float,
         default=DEFAULT_MAX_SLICE_MB,
         help="largest accepted slice upload in MiB (default %(default)g)",
     )
     p.add_argument(
         "--max-store-gb",
-        type=float,
+        type=_positive_float,
         help="disk budget of all stored slices; least recently used ones are evicted to fit (default: no bound)",
     )
     p.add_argument(
@@ -87,18 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_WORKERS,
         help="gRPC worker threads; each open stream (an edge runner keeps one) holds one, and a quarter stays free "
-        "for unary calls (default %(default)s)",
+        f"for unary calls; health Watch and reflection streams have {OPEN_STREAM_SLOTS} more threads of their own "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--drain-seconds",
-        type=float,
+        type=_non_negative_float,
         default=DEFAULT_CLI_DRAIN_S,
         help="on SIGTERM, report NOT_SERVING this many seconds before closing the port; in-flight calls then finish "
         "(default %(default)g)",
     )
     p.add_argument(
         "--keepalive-seconds",
-        type=float,
+        type=_positive_float,
         default=DEFAULT_KEEPALIVE_S,
         help="ping each connection with open calls this often; one that does not answer within "
         f"{DEFAULT_KEEPALIVE_TIMEOUT_S:g} s is closed and its streams end (default %(default)g)",
@@ -138,9 +171,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_NAMES and not n.endswith("ExecutionProvider")]
     if unknown:
         p.error(f"--providers: unknown {', '.join(unknown)}; use {', '.join(PROVIDER_NAMES)} or an ONNX Runtime name")
-    if args.max_slice_mb <= 0:
-        p.error("--max-slice-mb must be positive")
-    if args.max_store_gb is not None and args.max_store_gb * 1024 < args.max_slice_mb:
+    for flag, value, unit in (
+        ("--max-slice-mb", args.max_slice_mb, 2**20),
+        ("--max-store-gb", args.max_store_gb, 2**30),
+    ):
+        if value is None:
+            continue
+        if _bytes(value, unit) < 1:
+            p.error(f"{flag} {value:g} is less than one byte")
+        if _bytes(value, unit) > _INT64_MAX:
+            p.error(f"{flag} {value:g} is more bytes than a limit can hold ({_INT64_MAX})")
+    if args.max_store_gb is not None and _bytes(args.max_store_gb, 2**30) < _bytes(args.max_slice_mb, 2**20):
         p.error("--max-store-gb must hold at least one slice of --max-slice-mb")
     return args
 
@@ -152,8 +193,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         listen=args.listen,
         tls=tls,
         auth_token_file=args.auth_token_file,
-        max_slice_bytes=int(args.max_slice_mb * 1024 * 1024),
-        max_store_bytes=None if args.max_store_gb is None else int(args.max_store_gb * 1024**3),
+        max_slice_bytes=_bytes(args.max_slice_mb, 2**20),
+        max_store_bytes=None if args.max_store_gb is None else _bytes(args.max_store_gb, 2**30),
         providers=_providers(args),
         metrics_port=args.metrics_port,
         workers=args.workers,

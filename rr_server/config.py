@@ -12,6 +12,9 @@ DEFAULT_LISTEN = "127.0.0.1:8001"
 DEFAULT_MAX_SLICE_MB = 1024
 DEFAULT_SESSION_CACHE_SIZE = 16
 DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter (rr_server.interceptor)
+# Streams open without a token (health Watch, reflection) at once, on threads of their own added to the workers:
+# anyone may open them, so they never take a worker; --workers does not change how many there are.
+OPEN_STREAM_SLOTS = 8
 DEFAULT_PROVIDERS = ("cuda", "cpu")
 DEFAULT_CLOUD_NODE_ID = "cloud"
 # The server pings each connection this often while it has calls open and closes it when a ping goes unanswered for

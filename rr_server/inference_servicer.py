@@ -5,6 +5,8 @@ every other method uses the generated protobuf classes. Clients see the standard
 `PLACE_MIN_BYTES` and more are written by ONNX Runtime straight into the response message (`wire.allocate_response`,
 `Session.run`'s `allocate`): one full-tensor copy less per call. Every run is stopped when its call ends early (the
 client cancelled it, its deadline passed, the server cancelled it on stop) or outlives its deadline (`_caller`).
+A request whose outputs, as the slice declares them, are larger than the server's message limit is refused before
+it runs (`Session.check_output_size`): its response could never be sent, and computing it only cost time and memory.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ EXTENSIONS = ("model_repository", "streaming")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: ModelRepository, version: str, is_ready) -> None:
+    def __init__(self, repository: ModelRepository, version: str, is_ready, max_message_bytes: int) -> None:
         self._repo = repository
         self._version = version
         self._is_ready = is_ready
+        self._max_message_bytes = max_message_bytes
 
     def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -124,7 +127,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         names = [o.name for o in header.outputs]
         started = time.perf_counter()
-        outputs = self._repo.infer(header.model_name, inputs, names, allocate, caller)
+        outputs = self._repo.infer(
+            header.model_name, inputs, names, allocate, caller, max_output_bytes=self._max_message_bytes
+        )
         run_ms = (time.perf_counter() - started) * 1e3
         if allocated and _filled(allocated[-1][1], outputs):  # unless the run fell back to ORT's own output memory
             response = allocated[-1][0]

@@ -9,10 +9,12 @@ every other method needs a valid bearer token when the server runs with a token 
 Every call holds one of the server's worker threads for as long as it is open, and a stream may stay open while
 idle: an edge keeps its ModelStreamInfer stream open between requests, a slow client can hold an upload or a health
 Watch open. So streams take `StreamSlots` from three pools: most workers for the edges' inference streams, a few for
-every other stream (uploads, reports, echo) and one for the streams open without a token (health Watch,
-reflection). Past its pool a new stream is RESOURCE_EXHAUSTED at once, with gRPC's retry pushback in its trailing
-metadata (`Busy`: nothing was done, try again shortly), and the workers left over always answer unary calls (health
-checks, ModelInfer, slice status), however many streams are open.
+every other stream (uploads, reports, echo), and OPEN_STREAM_SLOTS threads of their own, on top of the workers, for
+the streams open without a token (health Watch, reflection: gRPC's client-side health checking keeps a Watch open
+per channel, and one such Watch must not shut out reflection or a second client). Past its pool a new stream is
+RESOURCE_EXHAUSTED at once, with gRPC's retry pushback in its trailing metadata (`Busy`: nothing was done, try again
+shortly), and the workers left over always answer unary calls (health checks, ModelInfer, slice status), however
+many streams are open.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import grpc
 
 from rr_proto.status import RETRY_PUSHBACK_KEY
 from rr_server.auth import CALLER, TokenTable
+from rr_server.config import OPEN_STREAM_SLOTS
 from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated
 from rr_server.metrics import Metrics
 
@@ -39,12 +42,18 @@ BUSY_RETRY_AFTER_S = 0.25  # the pushback of a stream refused for want of a slot
 
 
 class StreamSlots:
-    """Open streams per pool, out of `workers`: a reserve of a quarter (at least 4) is kept from the edges' inference
-    streams; half of it may serve other streams, one of them open streams; the rest only unary calls."""
+    """Open streams per pool. Out of `workers`, a reserve of a quarter (at least 4) is kept from the edges' inference
+    streams; less than half of it may serve other streams, the rest only unary calls. Streams open without a token
+    have OPEN_STREAM_SLOTS threads of their own: the server's thread pool has `threads` of them in all."""
 
     def __init__(self, workers: int) -> None:
         reserve = max(4, workers // 4)
-        self.capacity = {"edge": max(1, workers - reserve), "other": max(1, reserve // 2 - 1), "open": 1}
+        self.capacity = {
+            "edge": max(1, workers - reserve),
+            "other": max(1, reserve // 2 - 1),
+            "open": OPEN_STREAM_SLOTS,
+        }
+        self.threads = workers + OPEN_STREAM_SLOTS
         self.in_use = dict.fromkeys(self.capacity, 0)
         self._lock = threading.Lock()
 
@@ -61,18 +70,26 @@ class StreamSlots:
         """Take a slot of `pool` for a new stream of `method` (True), or raise Busy when none is free."""
         with self._lock:
             if self.in_use[pool] >= self.capacity[pool]:
-                raise Busy(
-                    f"{method}: all {self.capacity[pool]} slots of this server for such streams are in use (each open "
-                    "stream holds a worker thread); retry later, use the unary call, or start rr-server with more "
-                    "--workers",
-                    BUSY_RETRY_AFTER_S,
-                )
+                raise Busy(_busy_message(pool, method, self.capacity[pool]), BUSY_RETRY_AFTER_S)
             self.in_use[pool] += 1
         return True
 
     def give_back(self, pool: str) -> None:
         with self._lock:
             self.in_use[pool] -= 1
+
+
+def _busy_message(pool: str, method: str, capacity: int) -> str:
+    """Why a stream was refused, naming the limit it met and what changes it."""
+    if pool == "open":
+        return (
+            f"{method}: all {capacity} slots of this server for streams open without a token (health Watch, "
+            "reflection) are in use, a fixed number; retry later, or use the unary health Check"
+        )
+    return (
+        f"{method}: all {capacity} slots of this server for such streams are in use (each open stream holds a worker "
+        "thread); retry later, use the unary call, or start rr-server with more --workers"
+    )
 
 
 class PolicyInterceptor(grpc.ServerInterceptor):

@@ -156,7 +156,7 @@ class Server:
             *self.config.extra_grpc_options,
         ]
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="rr-grpc"),
+            futures.ThreadPoolExecutor(max_workers=self.stream_slots.threads, thread_name_prefix="rr-grpc"),
             interceptors=[PolicyInterceptor(self._tokens, self.metrics, self.stream_slots)],
             options=options,
         )
@@ -275,7 +275,9 @@ class Server:
         self.storage.upsert_node(self.config.cloud_node_id, ROLE_CLOUD, device)
 
     def _add_services(self, server: grpc.Server) -> None:
-        add_inference_service(InferenceServicer(self.repository, version(), self.ready), server)
+        add_inference_service(
+            InferenceServicer(self.repository, version(), self.ready, self.config.max_message_bytes), server
+        )
         rr_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.storage, self.server_info()), server)
         rr_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.storage, self.predictor, self.slices, self.cloud_profiler), server

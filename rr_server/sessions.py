@@ -121,6 +121,9 @@ class Session:
         # Outputs are bound to caller memory only for numeric tensors (BYTES need ONNX Runtime's own objects).
         self._bindable = all(dt.kind not in "OSU" for dt in self._dtypes.values())
         self._static = {spec.name: spec.shape for spec in self.outputs if all(d >= 0 for d in spec.shape)}
+        # Declared dimensions as ONNX Runtime gives them: an int, a symbol (str, e.g. a batch "N") or None.
+        self._input_dims = {a.name: tuple(a.shape) for a in session.get_inputs()}
+        self._output_dims = {a.name: tuple(a.shape) for a in session.get_outputs()}
         self._shapes: dict[tuple, tuple[tuple[int, ...], ...] | None] = {}  # None: data-dependent, never bind
 
     def check_inputs(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -143,6 +146,42 @@ class Session:
                 raise InvalidArgument(
                     f"input {name!r}: shape {list(array.shape)}, but the slice expects {list(spec.shape)} (-1 = any)"
                 )
+
+    def declared_output_bytes(self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str] = ()) -> dict[str, int]:
+        """Bytes of each named output (empty: all) whose shape is known before the run: every dimension static, or a
+        symbol that an input of `arrays` has too (a batch "N"), taken from that input. Outputs whose size only the run
+        can tell (data-dependent, strings) are left out. For refusing a run whose result could never be sent."""
+        symbols: dict[str, int] = {}
+        for name, dims in self._input_dims.items():
+            array = arrays.get(name)
+            if array is None or array.ndim != len(dims):
+                continue  # check_inputs refuses it
+            for dim, size in zip(dims, array.shape, strict=True):
+                if isinstance(dim, str):  # the smallest, should inputs disagree: a lower bound never refuses wrongly
+                    symbols[dim] = min(size, symbols.get(dim, size))
+        sizes = {}
+        for name in outputs or self._output_names:
+            declared, dtype = self._output_dims.get(name), self._dtypes.get(name)
+            if declared is None or dtype is None or dtype.kind in "OSU":
+                continue  # an unknown output: `run` refuses it
+            resolved = [_resolve(dim, symbols) for dim in declared]
+            if all(size is not None for size in resolved):
+                sizes[name] = math.prod(size for size in resolved if size is not None) * dtype.itemsize
+        return sizes
+
+    def check_output_size(self, arrays: Mapping[str, np.ndarray], outputs: Sequence[str], limit: int) -> None:
+        """ResourceExhausted when the outputs whose size is known before the run (`declared_output_bytes`) already
+        exceed `limit` (the server's message size): a float[2^28] output ran for seconds and took 2 GB of memory,
+        and then gRPC refused to send it."""
+        sizes = self.declared_output_bytes(arrays, outputs)
+        total = sum(sizes.values())
+        if total > limit:
+            largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
+            named = ", ".join(f"{name!r} {size:,} bytes" for name, size in largest)
+            raise ResourceExhausted(
+                f"slice {self.slice_id[:12]}: its outputs would take {total:,} bytes ({named}), over the server's "
+                f"message limit of {limit:,} bytes; not run (ask for fewer outputs or a smaller batch)"
+            )
 
     def run(
         self,
@@ -320,6 +359,13 @@ class SessionPool:
         """Stop every run of these sessions in progress (inference and timing) and refuse new ones: the server is
         stopping, and a run that never ends would keep its process from exiting."""
         self.watchdog.terminate_all(Unavailable("the server is stopping: runs in progress were stopped"))
+
+
+def _resolve(dim: int | str | None, symbols: Mapping[str, int]) -> int | None:
+    """A declared dimension's size: static, or a symbol's size in the inputs; None when unknown before the run."""
+    if isinstance(dim, int):
+        return dim if dim >= 0 else None
+    return symbols.get(dim) if isinstance(dim, str) else None
 
 
 def _spec(arg) -> TensorSpec:

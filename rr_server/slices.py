@@ -10,7 +10,8 @@ the new one fits; an edge whose slice was evicted is told it is not cached and u
 
 Validation (`validate_onnx`): parses with external data loading off, rejects any tensor that refers to external data
 (initializers, sparse initializers, attribute tensors, subgraphs, functions), any op or opset outside the standard
-domains, then runs `onnx.checker`.
+domains, any model-local function and any `training_info` (a slice is for inference; those graphs would go
+unchecked), then runs `onnx.checker`.
 """
 
 from __future__ import annotations
@@ -275,6 +276,8 @@ def _check_parsed(model: onnx.ModelProto) -> None:
             raise InvalidArgument(f"opset domain {opset.domain!r} is not a standard ONNX domain (custom ops refused)")
     if model.functions:
         raise InvalidArgument("model-local functions are not accepted (custom ops refused)")
+    if model.training_info:  # graphs of their own (initialization, algorithm), which the walks below do not visit
+        raise InvalidArgument("training_info is not accepted: a slice is for inference")
     for where, tensor in _tensors(model.graph, "graph"):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
@@ -304,8 +307,10 @@ def _tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.Ten
                 yield f"{where} attribute {attr.name}", attr.t
             for t in attr.tensors:
                 yield f"{where} attribute {attr.name}", t
-            if attr.HasField("sparse_tensor"):
-                yield f"{where} attribute {attr.name}", attr.sparse_tensor.values
+            attr_sparse = [*attr.sparse_tensors, *([attr.sparse_tensor] if attr.HasField("sparse_tensor") else [])]
+            for st in attr_sparse:
+                yield f"{where} attribute {attr.name}", st.values
+                yield f"{where} attribute {attr.name}", st.indices
             for k, sub in enumerate(_subgraphs(attr)):
                 yield from _tensors(sub, f"{where}/{node.name or node.op_type}.{attr.name}[{k}]")
 

@@ -7,6 +7,7 @@ Measurements are appended; readers see the latest latency per (node, signature) 
 report without a meter does not hide the measured energy). A write keeps the last MEASUREMENTS_KEPT measurements of each
 (node, signature) it touches, and the newest with an energy, and the last RUNS_KEPT runs of each (node, model): a
 node that profiles the same model every day does not grow the database, or the refit's read of it, without end.
+A write that meets a full disk stores nothing and raises ResourceExhausted; the next one works once there is room.
 
 A signature's features and uploaded slice are set by its first report: later features that differ are kept out
 (logged), and a later report naming another slice keeps the first one (blocks with the same structure and other
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rr_server.errors import ResourceExhausted
 from rr_server.records import Features, LatestValue, Measurement, ModelRun, NodeRecord
 
 log = logging.getLogger(__name__)
@@ -185,15 +187,21 @@ class Storage:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: reads inside it see what the writes will change."""
-        with self._lock:
+        """One write transaction under the lock: reads inside it see what the writes will change.
+
+        On an error it is rolled back only if it is still open: SQLite rolls a transaction back itself on some errors
+        (a full disk), and a ROLLBACK then would raise in place of the real error. A full disk is ResourceExhausted
+        (`_disk_full`), not an internal error: the client learns why, and the next write works once there is room."""
+        with self._lock, _disk_full():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                # Inside the try: a COMMIT that fails (a full disk) must not leave the transaction open.
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
         with self._transaction() as db:
@@ -396,6 +404,22 @@ class Storage:
     def get_network_profile(self, node_id: str) -> dict | None:
         rows = self._read("SELECT profile FROM network_profiles WHERE node_id = ?", (node_id,))
         return json.loads(rows[0]["profile"]) if rows else None
+
+
+@contextmanager
+def _disk_full() -> Iterator[None]:
+    """SQLITE_FULL (the disk or the database's page limit is full) -> ResourceExhausted, as a slice upload on a full
+    disk is: nothing was stored, and the client is told why instead of "internal server error"."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_FULL:
+            raise
+        log.error("database write failed: %s", exc)
+        raise ResourceExhausted(
+            "the server's disk is full (its database could not be written); nothing was stored: retry once the "
+            "server's operator has freed space"
+        ) from None
 
 
 def _prune(db: sqlite3.Connection, sql: str, pairs: set[tuple[str, str]]) -> None:

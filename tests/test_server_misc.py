@@ -28,6 +28,7 @@ from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.status import RETRY_PUSHBACK_KEY
+from rr_server.config import OPEN_STREAM_SLOTS
 
 
 @pytest.fixture
@@ -185,17 +186,19 @@ def _wait_for(predicate, timeout_s: float = 20.0) -> None:
 def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
     """Each open stream holds a worker thread. Idle ModelStreamInfer streams (one per edge runner) used to take all of
     them, and then even health checks timed out; idle uploads and health Watch streams (open without a token) could do
-    the same. Streams take slots of three pools; past a pool's slots one more is refused, unary calls always answer."""
+    the same. Streams take slots of three pools (streams open without a token on threads of their own); past a pool's
+    slots one more is refused, unary calls always answer."""
     server = start_server(tmp_path, workers=12)
     stubs = Stubs.connect(server.address)
     slots = server.stream_slots
-    assert slots.capacity == {"edge": 8, "other": 1, "open": 1}
+    assert slots.capacity == {"edge": 8, "other": 1, "open": OPEN_STREAM_SLOTS}
+    assert slots.threads == 12 + OPEN_STREAM_SLOTS
     health = health_pb2_grpc.HealthStub(stubs.channel)
     queues = [queue.Queue() for _ in range(slots.capacity["edge"])]
     calls = [stubs.kserve.ModelStreamInfer(iter(q.get, None)) for q in queues]  # open, and idle
     upload_chunks: queue.Queue = queue.Queue()
     held_upload = stubs.slices.UploadSlice.future(iter(upload_chunks.get, None), timeout=30)  # open, and idle
-    watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(slots.capacity["open"])]
     try:
         _wait_for(lambda: slots.in_use == slots.capacity)
         for pool, capacity in slots.capacity.items():  # what an operator sees: every pool full
@@ -223,7 +226,8 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
         for q in queues:
             q.put(None)
         upload_chunks.put(None)
-        watch.cancel()
+        for watch in watches:
+            watch.cancel()
         for call in calls:
             list(call)
         with contextlib.suppress(grpc.RpcError):
