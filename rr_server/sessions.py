@@ -83,11 +83,17 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     many small operators runs slower without spinning (224x224, 2 threads: mobilenet_v2 1.27x, alexnet and resnet18
     1.15x, resnet34 1.02x; `tools/bench_spinning.py`), and the server's own timings (`rr_server.cloud_profiler`)
     include that.
+
+    No CPU memory arena: an arena keeps the peak of every run for as long as its session is cached, and the cache
+    counts slices, not bytes (four 139-byte slices that expand to 2 GiB inside pinned 8.7 GB). Without it a run's
+    buffers go back to malloc (rr-server's tuning keeps up to 1 GiB of them for reuse); the middle third of resnet18
+    and of mobilenet_v2 at 224 ran no slower side by side (`tools/bench_arena.py`, docs/performance.md).
     """
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = False
     return options
 
 
