@@ -314,7 +314,8 @@ class Predictor:
     def predict(
         self, node_id: str, signatures: Sequence[str], features: Mapping[str, Features] | None = None
     ) -> list[PredictionRecord]:
-        """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows."""
+        """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows, and Busy
+        (retry shortly) for one only reported since the last fit, without its features."""
         features = dict(features or {})
         known = self._storage.signatures(signatures)  # those of the query only (all: 40,000 of them, say)
         mine = {m.signature: m for m in self._storage.latest_measurements(node_id, signatures)}
@@ -324,6 +325,13 @@ class Predictor:
             for s in signatures
             if s not in mine and s not in features and s not in known and not (latency_t and s in latency_t.cols)
         ]
+        if unknown and (reported := self._storage.measured_by_any(unknown)):
+            self.notify()  # reported since the last fit (without features): the next fit has them
+            raise Busy(
+                f"{len(reported)} signature(s) reported moments ago, e.g. {next(iter(reported))[:16]!r}, are not in "
+                "the model yet: the server is refitting; retry shortly",
+                REFIT_RETRY_AFTER_S,
+            )
         if unknown:
             raise NotFound(
                 f"{len(unknown)} signature(s) unknown to the server, e.g. {unknown[0][:16]!r}; send their features"

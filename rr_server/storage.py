@@ -365,6 +365,14 @@ class Storage:
         )
         return [r["signature"] for r in rows]
 
+    def measured_by_any(self, signatures: Iterable[str]) -> set[str]:
+        """Those of `signatures` that some node has reported a measurement of."""
+        rows = self._read(
+            "SELECT DISTINCT signature FROM measurements WHERE signature IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(signatures)),),
+        )
+        return {r["signature"] for r in rows}
+
     def count_measurements(self) -> int:
         return int(self._read("SELECT COUNT(*) AS n FROM measurements")[0]["n"])
 

@@ -326,3 +326,22 @@ def test_refits_rest_twice_as_long_as_the_last_one_took():
     assert wait(last_end=100.0, last_duration_s=3.0, now=101.0) == 5.0  # 2 x 3 s after its end
     assert wait(last_end=100.0, last_duration_s=3.0, now=107.0) == 0.0
     assert wait(last_end=0.0, last_duration_s=0.0, now=5.0) == 0.0  # no refit yet
+
+
+def test_a_signature_reported_since_the_last_fit_is_busy_not_unknown(tmp_path):
+    """Reported without features, a signature was NOT_FOUND ("unknown to the server; send their features") until the
+    next refit, though protocol.md keeps NOT_FOUND for signatures no report has named: now Busy (retry shortly)."""
+    from rr_server.errors import Busy, NotFound
+
+    storage = _storage_with(tmp_path, {"a": {s: 1.0 + k for k, s in enumerate(SIGS)}})
+    p = predictor_module.Predictor(storage)
+    p.refresh()
+    storage.add_reports([Measurement("a", "new", 5.0)], {}, {}, [])  # no features
+    with pytest.raises(Busy, match="reported moments ago"):
+        p.predict("a2", ["new"])
+    with pytest.raises(NotFound, match="unknown to the server"):
+        p.predict("a2", ["never-reported"])
+    p.refresh()
+    (record,) = p.predict("a2", ["new"])
+    assert record.latency_ms > 0
+    storage.close()
