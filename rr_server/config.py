@@ -15,6 +15,9 @@ DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter 
 # Streams open without a token (health Watch, reflection) at once, on threads of their own added to the workers:
 # anyone may open them, so they never take a worker; --workers does not change how many there are.
 OPEN_STREAM_SLOTS = 8
+# An upload, report or echo stream that sends nothing for this long is closed, freeing its slot (a 1 MiB chunk
+# takes 84 s at 100 kbit/s: slower links need more).
+DEFAULT_STREAM_IDLE_S = 120.0
 DEFAULT_PROVIDERS = ("cuda", "cpu")
 DEFAULT_CLOUD_NODE_ID = "cloud"
 # The server pings each connection this often while it has calls open and closes it when a ping goes unanswered for
@@ -66,5 +69,6 @@ class ServerConfig:
     grace_s: float = DEFAULT_GRACE_S
     drain_s: float = DEFAULT_DRAIN_S
     keepalive_s: float = DEFAULT_KEEPALIVE_S
+    stream_idle_s: float = DEFAULT_STREAM_IDLE_S
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
     extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)

@@ -32,6 +32,7 @@ from rr_server.auth import CALLER, TokenTable
 from rr_server.config import OPEN_STREAM_SLOTS
 from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated
 from rr_server.metrics import Metrics
+from rr_server.paced import paced
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,13 @@ def _busy_message(pool: str, method: str, capacity: int) -> str:
 class PolicyInterceptor(grpc.ServerInterceptor):
     """Authenticates, maps errors, bounds open streams and records metrics for every RPC."""
 
-    def __init__(self, tokens: TokenTable | None, metrics: Metrics, slots: StreamSlots) -> None:
+    def __init__(
+        self, tokens: TokenTable | None, metrics: Metrics, slots: StreamSlots, stream_idle_s: float | None = None
+    ) -> None:
         self._tokens = tokens
         self._metrics = metrics
         self._slots = slots
+        self._idle_s = stream_idle_s  # an upload, report or echo stream silent this long is closed (None: never)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -114,7 +118,8 @@ class PolicyInterceptor(grpc.ServerInterceptor):
                 auth_error = exc
         short = method.rsplit("/", 1)[-1]
         pool = StreamSlots.pool_of(method, not handler.unary_unary)
-        return _wrap(handler, short, caller, auth_error, self._metrics, self._slots, pool)
+        idle_s = self._idle_s if pool == "other" else None
+        return _wrap(handler, short, caller, auth_error, self._metrics, self._slots, pool, idle_s)
 
 
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
@@ -178,12 +183,20 @@ def _reset(token) -> None:
 
 
 def _wrap(
-    handler, method: str, caller: str | None, auth_error: ServerError | None, metrics: Metrics, slots, pool: str | None
+    handler,
+    method: str,
+    caller: str | None,
+    auth_error: ServerError | None,
+    metrics: Metrics,
+    slots,
+    pool: str | None,
+    idle_s: float | None = None,
 ):
 
     def requests(request_or_iterator):
         if client_streams:
-            return _each_parsed(method, request_or_iterator)
+            stream = _each_parsed(method, request_or_iterator)
+            return stream if idle_s is None else paced(stream, idle_s, method)
         return _parsed(method, request_or_iterator)
 
     @contextlib.contextmanager

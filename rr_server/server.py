@@ -157,7 +157,7 @@ class Server:
         ]
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.stream_slots.threads, thread_name_prefix="rr-grpc"),
-            interceptors=[PolicyInterceptor(self._tokens, self.metrics, self.stream_slots)],
+            interceptors=[PolicyInterceptor(self._tokens, self.metrics, self.stream_slots, self.config.stream_idle_s)],
             options=options,
         )
         self._add_services(server)
