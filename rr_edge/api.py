@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ class EdgeNode:
         self._models: dict[str, _Model] = {}
         self._meter_lock = threading.Lock()  # the meter is made once, whatever calls at the same time
         self._load_lock = threading.Lock()  # and each model loaded once
+        self._runners: weakref.WeakSet[Runner] = weakref.WeakSet()  # closed with the node
 
     @property
     def meter(self) -> Meter:
@@ -219,11 +221,19 @@ class EdgeNode:
             raise ServerUnavailable("EdgeNode.runner: this node is closed")
         m = self._load(model)
         config = config or RunnerConfig(timeout_s=self.client.options.timeout_s)
-        return make_runner(m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report)
+        runner = make_runner(
+            m.slicer, m.graph, split, self.client, config=config, settings=self.settings, report=report
+        )
+        self._runners.add(runner)
+        return runner
 
     def close(self) -> None:
-        """Close the connection and the energy meter (NVML handle, sampler threads)."""
+        """Close the connection, the runners made here (their streams and threads; a runner used after it finishes
+        its requests locally, `error` saying the client is closed) and the energy meter (NVML handle, sampler
+        threads)."""
         try:
+            for runner in list(self._runners):
+                runner.close()
             self.client.close()
         finally:
             with self._meter_lock:

@@ -410,6 +410,8 @@ class Runner:
         has passed since the last one ended."""
         if self._down_since is None:
             return True
+        if getattr(self.remote, "closed", False):  # closed on purpose: nothing to probe
+            return False
         if time.monotonic() - self._last_probe >= self._probe_wait_s and self._probing.acquire(False):
             if time.monotonic() - self._last_probe >= self._probe_wait_s:  # not just ended elsewhere
                 threading.Thread(target=self._probe, name="rr-probe", daemon=True).start()

@@ -187,3 +187,27 @@ def test_replan_counts_drift_from_the_new_plan_and_switch_gives_its_runner(tiny_
         assert other is not run and other.slices.split == (n - 1, n - 1)
         assert not other.run(x).fallback
         other.close()
+
+
+def test_closing_a_node_closes_its_runners_and_they_stop_probing(tiny_server, monkeypatch):
+    """A runner still open when its node closed kept its stream's threads and probed the closed client every
+    retry interval. Closing the node closes its runners; one used after finishes locally, saying why, probing
+    nothing."""
+    address, path = tiny_server
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    node = rr_edge.connect(address, "api-close-runners")
+    n = len(node.blocks(path).blocks)
+    closed: list[object] = []
+    real_close = rr_edge.Runner.close
+    monkeypatch.setattr(rr_edge.Runner, "close", lambda self: closed.append(self) or real_close(self))
+    offloading = node.runner(path, (-1, n - 1), rr_edge.RunnerConfig(retry_interval_s=0.01))
+    assert not offloading.run(x).fallback
+    node.close()
+    assert closed == [offloading]
+    probes: list[object] = []
+    monkeypatch.setattr(offloading, "_probe", lambda: probes.append(1))
+    for _ in range(3):
+        result = offloading.run(x)
+        assert result.fallback and "closed" in result.error
+        time.sleep(0.02)
+    assert probes == []
