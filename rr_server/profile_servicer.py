@@ -46,6 +46,9 @@ from rr_server.slices import SliceStore, check_slice_id
 from rr_server.storage import Storage
 
 MAX_ITEMS_PER_REPORT = 100_000
+# The op names of one report's block features, in all: each block may name 10,000 ops of 128 characters, and 400 such
+# blocks in one accepted report made a 505 MB database (a real model's blocks name tens of short ops each).
+MAX_REPORT_OP_BYTES = 64 * 1024 * 1024
 MAX_NETWORK_SAMPLES = 10_000
 MAX_CLOCK_AHEAD_S = 365 * 86400.0  # an edge clock may run ahead; a time in milliseconds is 1000x ahead
 
@@ -76,6 +79,7 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         model_slices: dict[str, str] = {}
         checked: set[str] = set()
         ended = False
+        op_bytes = 0
         for k, request in enumerate(request_iterator):
             if ended:
                 raise InvalidArgument("a report item came after the report's end message; nothing was stored")
@@ -95,6 +99,12 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 measurements.append(m)
                 if layer.HasField("features"):
                     f = check_features(features_from_pb(layer.features), f"signature {layer.signature[:16]!r}")
+                    op_bytes += sum(map(len, f.ops))
+                    if op_bytes > MAX_REPORT_OP_BYTES:
+                        raise ResourceExhausted(
+                            f"the report's block features name over {MAX_REPORT_OP_BYTES:,} bytes of ops in all; "
+                            "nothing was stored (split the report)"
+                        )
                     if not f.is_empty() and features.setdefault(layer.signature, f) != f:
                         raise InvalidArgument(f"signature {layer.signature[:16]!r}: two different features")
                 if layer.slice_id:

@@ -202,6 +202,22 @@ def test_op_names_and_op_counts_are_capped(env):
     assert stubs.profiles.ReportLayerProfiles(report("pi4", longest), timeout=10).accepted_layers == 1
 
 
+def test_a_reports_op_names_have_a_budget(env, monkeypatch):
+    """Within the per-block caps, 400 blocks of 10,000 ops of 128 characters in one accepted report made a 505 MB
+    database: a report's op names have a budget in all (here lowered to 1,000 bytes), and one past it stores nothing."""
+    from rr_server import profile_servicer
+
+    server, stubs = env
+    register(stubs, "pi4")
+    monkeypatch.setattr(profile_servicer, "MAX_REPORT_OP_BYTES", 1000)
+    blocks = [layer(f"s{k}", 1.0, ops=["Conv"] * 100, flops=10) for k in range(3)]  # 400 bytes of ops each
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("pi4", *blocks), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "bytes of ops" in err.value.details()
+    assert server.storage.count_measurements() == 0 and server.storage.signatures() == {}
+    assert stubs.profiles.ReportLayerProfiles(report("pi4", *blocks[:2]), timeout=10).accepted_layers == 2
+
+
 def test_predict_reads_the_features_of_its_own_signatures_only(env, monkeypatch):
     """A query after any report re-read every stored signature's features (40,000 of them, say) and the predictor
     kept them all in memory; it reads those of the queried signatures, and a new one is known once stored."""
