@@ -220,11 +220,20 @@ def test_load_rejects_damaged_files_as_model_file_errors(tmp_path) -> None:
     def patched(at: int, new: bytes) -> bytes:
         return blob[:at] + new + blob[at + len(new) :]
 
+    def patched_in(data: bytes, changes: dict[int, bytes]) -> bytes:
+        for at, new in changes.items():
+            data = data[:at] + new + data[at + len(new) :]
+        return data
+
     damaged = {
         "trailing bytes": blob + b"junk",
         "a negative ridge (the model rejects it: an InvalidInputError before)": patched(reg, np.float64(-1).tobytes()),
         "a flipped bit in a row parameter (only the checksum sees it)": patched(first, bytes([blob[first] ^ 1])),
     }
+    # format 4 has no checksum: a mean and a row bias of 1.5e308, each finite, predicted inf (one line per format)
+    v4 = blob[:8] + (4).to_bytes(4, "little") + blob[12:-8]
+    big = np.float64(1.5e308).tobytes()
+    damaged["finite values whose prediction overflows (format 4)"] = patched_in(v4, {first - 16: big, first: big})
     for what, data in damaged.items():
         (tmp_path / "bad.cfm").write_bytes(data)
         with pytest.raises(cf_cpp.ModelFileError):

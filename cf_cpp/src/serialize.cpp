@@ -350,6 +350,13 @@ Model Model::load(const std::string& path) {
     m.refresh_residuals();
     m.refresh_fold_in_prior();
     m.fitted_ = true;
+    // Every value read is finite, yet a damaged magnitude (a feature of 1e300 in a file of a format before the
+    // checksum) can still make predictions overflow: a model that predicts a non-finite value is not loaded.
+    for (std::int64_t row = 0; row < m.n_rows_; ++row)
+      for (std::int64_t col = 0; col < m.n_cols_; ++col)
+        if (!std::isfinite(m.entry_log(row, col)))
+          throw IoError("'" + r.path() + "' is not a valid cf_cpp model file: it predicts a non-finite value at (" +
+                        std::to_string(row) + ", " + std::to_string(col) + ")");
     return m;
   };
   try {
