@@ -36,7 +36,7 @@ import onnx
 
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client, ClientOptions
-from rr_edge.errors import ArgumentError, ServerUnavailable
+from rr_edge.errors import ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
@@ -107,7 +107,7 @@ class EdgeNode:
         version = (stat.st_size, stat.st_mtime_ns) if stat else None
         with self._load_lock:
             cached = self._models.get(str(path))
-            if cached is None or cached.version != version or version is None:
+            if cached is None or cached.version != version:
                 proto = load_model(model)
                 graph = analyze(proto, Path(model).stem)
                 cached = self._models[str(path)] = _Model(proto, graph, Slicer(proto, graph), version)
@@ -167,8 +167,6 @@ class EdgeNode:
         Waits up to `wait_s` for the server's background refit after a fresh profile.
         """
         check_objective(objective, slo_ms)  # before the server is asked anything
-        if amortize_over < 1:
-            raise ArgumentError(f"amortize_over must be >= 1, got {amortize_over}")
         m = self._load(model)
         costs = gather_costs(self.client, self.node, m.graph, self.power, wait_s)
         return plan_with_server_cache(
