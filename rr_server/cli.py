@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rr_proto.allocator import tune_allocator
+from rr_proto.argtypes import non_negative_float, positive_float
 from rr_proto.extras import missing_extra
 from rr_proto.providers import PROVIDER_NAMES
 from rr_server.config import (
@@ -60,28 +59,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (as `rr-edge` parses its numbers, `rr_edge.commands._common`)."""
-    return _finite_float(text, "> 0", lambda v: v > 0)
-
-
-def _non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    return _finite_float(text, ">= 0", lambda v: v >= 0)
-
-
-def _finite_float(text: str, bound: str, within: Callable[[float], bool]) -> float:
-    """A finite number `within` its bound. NaN (every comparison with it is false, so a `<= 0` check lets it through)
-    and infinity (no byte count, no clock) are usage errors here, not tracebacks where they become integers later."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
-    if not (math.isfinite(value) and within(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
-    return value
-
-
 def _bytes(value: float, unit: int) -> int:
     """A limit given in MiB or GiB, in whole bytes."""
     return int(value * unit)
@@ -102,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token-file", type=Path, help="file of 'node_id token' lines; requires bearer tokens")
     p.add_argument(
         "--max-slice-mb",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_MAX_SLICE_MB,
         help="largest accepted slice upload in MiB (default %(default)g)",
     )
     p.add_argument(
         "--max-store-gb",
-        type=_positive_float,
+        type=positive_float,
         help="disk budget of all stored slices; least recently used ones are evicted to fit (default: no bound)",
     )
     p.add_argument(
@@ -125,21 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--drain-seconds",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_CLI_DRAIN_S,
         help="on SIGTERM, report NOT_SERVING this many seconds before closing the port; in-flight calls then finish "
         "(default %(default)g)",
     )
     p.add_argument(
         "--keepalive-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_KEEPALIVE_S,
         help="ping each connection with open calls this often; one that does not answer within "
         f"{DEFAULT_KEEPALIVE_TIMEOUT_S:g} s is closed and its streams end (default %(default)g)",
     )
     p.add_argument(
         "--stream-idle-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_STREAM_IDLE_S,
         help="close an upload, report or echo stream that sends nothing for this long, freeing its slot for other "
         "clients (default %(default)g; a 1 MiB upload chunk takes 84 s at 100 kbit/s)",

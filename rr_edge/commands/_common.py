@@ -7,13 +7,13 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
+from rr_proto.argtypes import non_negative_float, positive_float  # noqa: F401  (the commands import them from here)
 
 ENV_TOKEN = "RR_TOKEN"
 
@@ -35,28 +35,6 @@ def _int_at_least(text: str, low: int) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    return _finite_float(text, "> 0", lambda v: v > 0)
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    return _finite_float(text, ">= 0", lambda v: v >= 0)
-
-
-def _finite_float(text: str, bound: str, within: Callable[[float], bool]) -> float:
-    """A finite number `within` its bound: NaN, which passes no comparison (no clock ever reaches it), and infinity
-    are refused too."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
-    if not (math.isfinite(value) and within(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
 
 

@@ -1,0 +1,31 @@
+"""argparse types for numbers, shared by the `rr-edge` and `rr-server` command lines: a finite number within a
+bound, or a one-line usage error. NaN passes no comparison (a `<= 0` check lets it through, and no clock ever reaches
+it) and infinity is no byte count or clock either: both are refused here rather than fail later as tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = ["non_negative_float", "positive_float"]
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _finite_float(text, "> 0", lambda v: v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _finite_float(text, ">= 0", lambda v: v >= 0)
+
+
+def _finite_float(text: str, bound: str, within: Callable[[float], bool]) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not (math.isfinite(value) and within(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+    return value
