@@ -36,7 +36,9 @@ def live(tmp_path):
 
 
 def _buf() -> str | None:
-    return os.environ.get("BUF") or shutil.which("buf")
+    """$BUF (make test sets it), a buf on the PATH, or the one `make setup` installs under .cache."""
+    installed = REPO / ".cache" / "buf" / "node_modules" / ".bin" / "buf"
+    return os.environ.get("BUF") or shutil.which("buf") or (str(installed) if installed.exists() else None)
 
 
 def test_doc_has_examples_for_every_rpc():
