@@ -23,26 +23,41 @@ _END = object()
 def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
     """The messages of `requests`, in order; DeadlineExceeded when none arrives for `idle_s` seconds."""
     arrived: queue.Queue[Any] = queue.Queue(maxsize=2)  # the reader stays at most two messages ahead
+    done = threading.Event()  # the handler stopped reading (returned or raised): so does the reader
+
+    def offer(item: Any) -> bool:
+        while not done.is_set():
+            try:
+                arrived.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def read() -> None:
         try:
             for request in requests:
-                arrived.put(request)
-            arrived.put(_END)
+                if not offer(request):
+                    return
+            offer(_END)
         except BaseException as exc:  # noqa: BLE001 - the client cancelled, or the message did not parse
-            arrived.put(exc)
+            offer(exc)
 
-    threading.Thread(target=read, name=f"rr-read-{method}", daemon=True).start()
-    while True:
-        try:
-            item = arrived.get(timeout=idle_s)
-        except queue.Empty:
-            raise DeadlineExceeded(
-                f"{method}: no message from the client for {idle_s:g} s; the stream was closed to free its slot "
-                "(rr-server --stream-idle-seconds)"
-            ) from None
-        if item is _END:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    reader = threading.Thread(target=read, name=f"rr-read-{method}", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = arrived.get(timeout=idle_s)
+            except queue.Empty:
+                raise DeadlineExceeded(
+                    f"{method}: no message from the client for {idle_s:g} s; the stream was closed to free its slot "
+                    "(rr-server --stream-idle-seconds)"
+                ) from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()

@@ -38,6 +38,18 @@ def test_paced_passes_messages_and_errors_and_times_out_a_silent_stream() -> Non
     stop.set()
 
 
+def test_the_reader_ends_when_the_handler_stops_reading() -> None:
+    """A handler that raised after its first message left the reader blocked for good on a full queue."""
+    before = {t for t in threading.enumerate() if t.name.startswith("rr-read-")}
+    stream = paced(iter(range(100)), 5.0, "Abandoned")
+    assert next(stream) == 0
+    stream.close()  # what the handler's exit does to the generator
+    deadline = time.monotonic() + 5
+    while any(t.name == "rr-read-Abandoned" for t in set(threading.enumerate()) - before):
+        assert time.monotonic() < deadline, "the reader thread never ended"
+        time.sleep(0.05)
+
+
 def test_a_silent_upload_is_closed_and_its_slot_serves_another_client(tmp_path) -> None:
     data = conv_model(seed=5)
     with serving(tmp_path / "d", workers=4, stream_idle_s=0.5) as (server, stubs):  # one slot for such streams
