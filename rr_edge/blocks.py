@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -152,14 +152,17 @@ def subgraphs(node: NodeProto) -> list[onnx.GraphProto]:
     return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
 
 
+def with_subgraph_nodes(nodes: Iterable[NodeProto]) -> Iterator[NodeProto]:
+    """The nodes and, recursively, the nodes of their subgraphs (If branches, Loop and Scan bodies)."""
+    for n in nodes:
+        yield n
+        for g in subgraphs(n):
+            yield from with_subgraph_nodes(g.node)
+
+
 def node_domains(nodes: Iterable[NodeProto]) -> set[str]:
     """The operator domains of the nodes and of the nodes of their subgraphs."""
-    found: set[str] = set()
-    for n in nodes:
-        found.add(n.domain)
-        for g in subgraphs(n):
-            found |= node_domains(g.node)
-    return found
+    return {n.domain for n in with_subgraph_nodes(nodes)}
 
 
 def _outer_refs(g: onnx.GraphProto) -> list[str]:
@@ -437,6 +440,11 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
             )
         )
         prev_cut = outputs
+    if not blocks:  # every node is static (the outputs depend on the inputs' shapes only): nothing to split or run
+        raise ModelError(
+            f"model {name!r} has no blocks: none of its outputs depends on the values of its inputs (only on their "
+            "shapes), so there is nothing to split between edge and server"
+        )
     log.debug("%s: %d nodes -> %d blocks", name, len(ix.nodes), len(blocks))
 
     def info(n: str) -> TensorInfo:

@@ -553,5 +553,9 @@ class Runner:
         return self.run(inputs).outputs
 
 
-def _writable(array: np.ndarray) -> np.ndarray:
-    return array if array.flags.writeable else array.copy()
+def _writable(value: Any) -> Any:
+    """An output as the caller may keep it: a read-only array (a view of the server's message) copied; a tensor
+    sequence (a list of arrays from ONNX Runtime) as it is."""
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        return value.copy()
+    return value

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
-from rr_edge.blocks import BlockGraph, node_domains, node_inputs
+from rr_edge.blocks import BlockGraph, node_domains, node_inputs, with_subgraph_nodes
 from rr_edge.errors import ModelError
 from rr_edge.onnx_io import TensorInfo, elem_type
 
@@ -91,15 +91,17 @@ class Slicer:
         return m
 
     def _functions_called(self, nodes: list[NodeProto]) -> list[onnx.FunctionProto]:
-        """The model-local functions the nodes call, and those that these call, in the model's order."""
+        """The model-local functions the nodes call (in their subgraphs too: a function called only inside an If
+        branch was left out, and ONNX Runtime could not load the slice), and those that these call, in the model's
+        order."""
         by_key = {(f.domain, f.name): f for f in self._model.functions}
         called: set[tuple[str, str]] = set()
-        stack = [(n.domain, n.op_type) for n in nodes]
+        stack = [(n.domain, n.op_type) for n in with_subgraph_nodes(nodes)]
         while stack:
             key = stack.pop()
             if key in by_key and key not in called:
                 called.add(key)
-                stack.extend((n.domain, n.op_type) for n in by_key[key].node)
+                stack.extend((n.domain, n.op_type) for n in with_subgraph_nodes(by_key[key].node))
         return [f for f in self._model.functions if (f.domain, f.name) in called]
 
     def _value_info(self, name: str) -> onnx.ValueInfoProto:

@@ -413,3 +413,21 @@ def test_the_upload_of_a_planned_slice_may_take_what_the_plan_predicts(chain, cl
     assert asked == [pytest.approx(client.options.timeout_s + 3 * predicted_s)]
     client.ensure_slice(runner.slices.middle or b"")  # without a prediction: the default deadline
     assert asked[-1] is None
+
+
+def test_a_tensor_sequence_output_comes_back_as_a_list():
+    """A model with a sequence-typed output: the runner's output handling read `.flags` of ONNX Runtime's list and
+    `rr-edge run` ended in a traceback, even with everything local."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    seq = helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Tanh", ["x"], ["a"]), helper.make_node("SequenceConstruct", ["a", "a"], ["parts"])]
+    model = helper.make_model(helper.make_graph(nodes, "seq_out", [x], [seq]),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=9)  # fmt: skip
+    graph = analyze(model)
+    last = len(graph.blocks) - 1
+    with make_runner(Slicer(model, graph), graph, (last, last), None) as runner:
+        parts = runner.run(np.ones((1, 4), np.float32)).outputs["parts"]
+    assert isinstance(parts, list) and len(parts) == 2
+    np.testing.assert_allclose(parts[0], np.tanh(np.ones((1, 4))), rtol=1e-6)

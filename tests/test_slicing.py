@@ -113,3 +113,55 @@ def test_whole_model_slice_equals_model(zoo) -> None:
     whole = slice_model(model, graph, 0, len(graph) - 1)
     again = analyze(whole, "again")
     assert [b.signature for b in again.blocks] == [b.signature for b in graph.blocks]
+
+
+def _function_in_if_model() -> onnx.ModelProto:
+    """x -> Tanh -> If(ReduceSum > -1e9: local.MyAct, else Neg) -> Tanh -> y: a model-local function called only
+    inside an If branch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    float_x = [1, 4]
+    my_act = helper.make_function(
+        "local", "MyAct", ["X"], ["Y"], [helper.make_node("Tanh", ["X"], ["t"]), helper.make_node("Mul", ["t", "X"], ["Y"])],
+        [helper.make_opsetid("", 18)],
+    )  # fmt: skip
+    then_g = helper.make_graph([helper.make_node("MyAct", ["a"], ["t_out"], domain="local")], "then", [],
+                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, float_x)])  # fmt: skip
+    else_g = helper.make_graph([helper.make_node("Neg", ["a"], ["e_out"])], "else", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, float_x)])  # fmt: skip
+    nodes = [
+        helper.make_node("Tanh", ["x"], ["a"]),
+        helper.make_node("ReduceSum", ["a"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "low"], ["cond"]),
+        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
+        helper.make_node("Tanh", ["b"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "function_in_if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, float_x)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, float_x)],
+                              [numpy_helper.from_array(np.array(-1e9, np.float32), "low")])  # fmt: skip
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)]
+    return helper.make_model(graph, opset_imports=opsets, functions=[my_act], ir_version=9)
+
+
+def test_a_function_called_only_inside_a_subgraph_goes_with_its_slice() -> None:
+    """The slice kept the If but not the function its branch calls: ONNX Runtime refused the slice (and the all-local
+    plan, which runs the whole-model slice), although the checker passed it."""
+    model = _function_in_if_model()
+    graph = analyze(model)
+    x = {"x": np.linspace(-1, 1, 4, dtype=np.float32).reshape(1, 4)}
+    expected = run_onnx(model, x)["y"]
+    whole = Slicer(model, graph).slice(0, len(graph.blocks) - 1)
+    assert [f.name for f in whole.functions] == ["MyAct"]
+    np.testing.assert_allclose(run_onnx(whole, x)["y"], expected, rtol=1e-6)
+
+
+def test_a_model_whose_outputs_depend_on_input_shapes_only_has_no_blocks() -> None:
+    """Shape(x) as the only output analysed to 0 blocks without a word; `run` then failed on "blocks 0..-1"."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["y"])], "only_shape",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    with pytest.raises(ModelError, match="none of its outputs depends on the values of its inputs"):
+        analyze(model, "only_shape")
