@@ -121,10 +121,8 @@ def _function_in_if_model() -> onnx.ModelProto:
     from onnx import TensorProto, helper, numpy_helper
 
     float_x = [1, 4]
-    my_act = helper.make_function(
-        "local", "MyAct", ["X"], ["Y"], [helper.make_node("Tanh", ["X"], ["t"]), helper.make_node("Mul", ["t", "X"], ["Y"])],
-        [helper.make_opsetid("", 18)],
-    )  # fmt: skip
+    body = [helper.make_node("Tanh", ["X"], ["t"]), helper.make_node("Mul", ["t", "X"], ["Y"])]
+    my_act = helper.make_function("local", "MyAct", ["X"], ["Y"], body, [helper.make_opsetid("", 18)])
     then_g = helper.make_graph([helper.make_node("MyAct", ["a"], ["t_out"], domain="local")], "then", [],
                                [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, float_x)])  # fmt: skip
     else_g = helper.make_graph([helper.make_node("Neg", ["a"], ["e_out"])], "else", [],
