@@ -211,7 +211,9 @@ def test_run_rejects_bad_input_arrays(bad_files, capsys, tmp_path: Path, make, m
 def test_run_says_the_input_must_be_a_npy_array(bad_files, capsys) -> None:  # type: ignore[no-untyped-def]
     # an ONNX file passed as the input: numpy alone says "pickled data", which tells a user nothing
     code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", "--input", str(bad_files["good"])])
-    assert "as a .npy array (numpy.save writes one)" in assert_one_line_error(capsys, code, "run")
+    message = assert_one_line_error(capsys, code, "run")
+    assert "as a .npy array (numpy.save writes one): not a .npy file" in message
+    assert "allow_pickle" not in message and "unsafe" not in message  # never advise unpickling a file
 
 
 def test_run_says_an_npz_archive_is_not_an_input_array(bad_files, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -96,7 +96,8 @@ def warn_if_slo_unmet(report: PlanReport, command: str) -> None:
     if cold * 2 > sum(edge.values()):
         print(
             f"rr-edge {command}: warning: {cold} of {sum(edge.values())} blocks have only cold-start predictions "
-            "on this node (no node measured them), which can be far off; profile the model first (rr-edge profile)",
+            "on this node (no node measured them), which can be far off; run rr-edge profile (again: each run measures "
+            "a sample of the blocks not measured yet; --sample 1 measures them all)",
             file=sys.stderr,
         )
 

@@ -103,7 +103,9 @@ def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise RoadRunnerError(f"cannot read input {path} as a .npy array (numpy.save writes one): {exc}") from None
+        # numpy reads any file that is not .npy nor .npz as a pickle, and says to "load it unsafely": never advise that
+        why = "not a .npy file" if "allow_pickle" in str(exc) else str(exc)
+        raise RoadRunnerError(f"cannot read input {path} as a .npy array (numpy.save writes one): {why}") from None
     if not isinstance(x, np.ndarray):  # an .npz archive of arrays
         x.close()
         raise RoadRunnerError(f"input {path} is an .npz archive; give one array as a .npy file (numpy.save writes one)")
