@@ -35,7 +35,7 @@ import numpy as np
 
 from rr_edge.errors import ArgumentError, ServerBusy
 from rr_edge.meters.base import Meter, fill_window
-from rr_edge.netmodel import fit_network_model
+from rr_edge.netmodel import NetworkModel, fit_network_model
 from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
 from rr_edge.progress import Progress
 
@@ -212,7 +212,7 @@ def measure_direction(
             prepare(size)
         timed(size)
         order.append(size)
-        if max_transfer_s and times[size][0] > max_transfer_s * 1000.0 and len(order) >= 2:  # a fit needs two
+        if max_transfer_s and _past_limit(times[size][0], times[order[0]][0], max_transfer_s, len(order)):
             break
     times = {s: times[s] for s in order}
     target = {
@@ -246,16 +246,24 @@ def measure_direction(
     return [NetworkSample(size, ms, energy[size]) for size in times for ms in times[size]]
 
 
+def _past_limit(ms: float, smallest_ms: float, max_transfer_s: float, sizes: int) -> bool:
+    """Whether the sweep ends at a size whose first transfer took `ms`: over the limit, with the two sizes a fit
+    needs, and at four times the smallest size's time or more (a sweep stopped while every time was the round trip
+    fitted no bandwidth at all: a slope of 0, every message free)."""
+    return ms > max_transfer_s * 1000.0 and sizes >= 2 and ms >= 4 * smallest_ms
+
+
 def fit_direction(samples: Sequence[NetworkSample], name: str = "network") -> DirectionProfile:
     """The fits of one direction (via rr_edge.netmodel) and the chosen one, from its valid samples only.
 
     A sample whose time is not a positive finite number (0: faster than the clock can tell) is dropped, and an
     energy reading that is not one (a meter window too short to count) is cleared; each is logged with its size.
-    The profile keeps the samples it was fitted on. Raises ValueError when fewer than two sizes have a valid time.
+    The profile keeps the samples it was fitted on. Raises ArgumentError (a ValueError) when fewer than two sizes
+    have a valid time.
     """
     kept = _valid_samples(samples, name)
     if len({s.bytes for s in kept}) < 2:
-        raise ValueError(f"{name}: fewer than two message sizes have a positive time; cannot fit a network model")
+        raise ArgumentError(f"{name}: fewer than two message sizes have a positive time; cannot fit a network model")
     metered = any(s.energy_mJ is not None for s in samples)
     energies = [math.nan if s.energy_mJ is None else s.energy_mJ for s in kept]
     fit = fit_network_model([s.bytes for s in kept], [s.ms for s in kept], energies if metered else None)
@@ -272,6 +280,20 @@ def fit_direction(samples: Sequence[NetworkSample], name: str = "network") -> Di
         pwl_error=_finite(fit.pwl_error),
         notes=fit.notes,
     )
+
+
+def with_bandwidth(d: DirectionProfile, name: str) -> DirectionProfile | None:
+    """`d`, if its curve grows with message size. A curve that does not costs every message, of any size, the same:
+    a sweep stopped at its second size fitted a slope of 0 on a 200 Mbit/s link, and the planner offloaded 45 MB of
+    weights on it (2 s measured, 7.6 ms predicted). Then the echo directions are an ArgumentError; the upload curve
+    is dropped (None, with a warning), weight uploads being costed with the uplink's."""
+    if NetworkModel.from_dict(d.model).slope_ms_per_byte > 0:
+        return d
+    why = f"{name}: transfer times did not grow with message size up to {max(s.bytes for s in d.samples):,} bytes"
+    if name == "upload":
+        log.warning("%s; weight uploads are costed with the uplink curve", why)
+        return None
+    raise ArgumentError(f"{why}, so the link's bandwidth cannot be told; profile larger messages (--max-mb)")
 
 
 def _valid_samples(samples: Sequence[NetworkSample], name: str) -> list[NetworkSample]:
@@ -356,7 +378,7 @@ def profile_network(
     ]
     if probe_sizes:
         plan.append(("upload", upload, build_probe, probe_sizes, "tx"))
-    directions = {}
+    directions: dict[str, DirectionProfile | None] = {}
     for name, transfer, prepare, direction_sizes, activity in plan:
 
         def report(done: int, total: int, size: int, name: str = name) -> None:
@@ -377,8 +399,10 @@ def profile_network(
         stopped = _stop_note(samples, direction_sizes, cfg.max_transfer_s)
         if prepare is not None:  # a probe is its weight bytes and a small graph: fitted to the bytes sent
             samples = [replace(s, bytes=len(probes[s.bytes])) for s in samples]
-        d = fit_direction(samples, name)
-        directions[name] = d = replace(d, notes=d.notes + stopped)
+        fitted = fit_direction(samples, name)
+        directions[name] = d = with_bandwidth(replace(fitted, notes=fitted.notes + stopped), name)
+        if d is None:
+            continue
         log.info(
             "%s: chosen %s (held-out error poly4 %.3f, affine %.3f)",
             name,
@@ -386,9 +410,11 @@ def profile_network(
             d.poly4_error,
             d.affine_error,
         )
+    uplink, downlink = directions["uplink"], directions["downlink"]
+    assert uplink is not None and downlink is not None  # with_bandwidth raises for them
     return NetworkProfile(
-        uplink=directions["uplink"],
-        downlink=directions["downlink"],
+        uplink=uplink,
+        downlink=downlink,
         energy_source=meter.source if meter is not None else "",
         measured_at=time.time(),
         upload=directions.get("upload"),

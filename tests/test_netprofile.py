@@ -122,9 +122,24 @@ def test_a_slow_link_ends_the_sweep_where_a_transfer_takes_longer_than_max_trans
     now[0] = 0.0
     assert len({s.bytes for s in measure_direction(slow, sizes, 3, clock=lambda: now[0])}) == len(sizes)  # 0: all
     assert now[0] > 20 * 60  # one direction of the old sweep: over 20 minutes
-    now[0] = 0.0  # a link slower than the limit at every size still gives the two sizes a fit needs
+    now[0] = 0.0  # a limit below every size's time: the sweep still goes on until the bandwidth shows
     glacial = measure_direction(slow, sizes, 1, clock=lambda: now[0], max_transfer_s=0.001)
-    assert sorted({s.bytes for s in glacial}) == sizes[:2]
+    assert max(s.bytes for s in glacial) == 32 * 1024  # 31.2 ms: the first at 4x the 1 KiB time (5.8 ms) or more
+    model = NetworkModel.from_dict(fit_direction(glacial).model)
+    assert model.predict_ms(64 * 2**20) == pytest.approx(5.0 + 64 * 2**20 / 1250.0, rel=0.05)
+
+
+def test_a_direction_whose_times_do_not_grow_is_refused_and_a_flat_upload_curve_dropped() -> None:
+    """A sweep stopped at its second size (a limit of 0.5 ms on a 200 Mbit/s link) fitted a slope of 0: a profile
+    that cost 64 MiB as 2.5 ms, and the planner offloaded 45 MB of weights on it (2 s measured, 7.6 ms predicted)."""
+    from rr_edge.netprofile import with_bandwidth
+
+    flat = fit_direction([NetworkSample(n, 2.46) for n in (1024, 2048) for _ in range(3)], "uplink")
+    with pytest.raises(ValueError, match="bandwidth cannot be told"):
+        with_bandwidth(flat, "uplink")
+    assert with_bandwidth(flat, "upload") is None  # uploads then costed with the uplink curve
+    sloped = fit_direction([NetworkSample(n, _link_ms(n)) for n in (1024, 2048, 4096)], "uplink")
+    assert with_bandwidth(sloped, "uplink") is sloped
 
 
 def test_busy_refusals_are_waited_out_outside_the_timing() -> None:
@@ -292,24 +307,27 @@ def test_a_sweep_stopped_by_max_transfer_s_says_so_and_builds_no_probe_past_it(
             firsts.setdefault(s.bytes, s.ms)
         sizes = sorted(firsts)
         assert len(sizes) < len(planned), name
-        assert all(firsts[n] <= 1.0 for n in sizes[1:-1]), name  # each size before the last stayed under the limit
+        # each size before the last stayed under the limit, or under 4x the smallest size's time (no bandwidth yet)
+        assert all(firsts[n] <= 1.0 or firsts[n] < 4 * firsts[sizes[0]] for n in sizes[:-1]), name
         assert any("not measured" in note for note in d.notes), name
     reached = {s.bytes for s in profile.upload.samples}  # the probes' real sizes: weights and a small graph
     assert sorted(built) == config.upload_sizes()[: len(reached)]
 
 
 def test_upload_probes_keep_within_the_servers_slice_limit(tmp_path: Path) -> None:
-    """A server that takes slices of at most 1 MiB: the probes stop there (they used to be refused, failing the
-    whole profile after both echo directions were measured); with room for fewer than two, there are none."""
-    server = ServerProcess(tmp_path / "d", "--log-level", "WARNING", "--max-slice-mb", "1")
-    config = NetProfileConfig(max_mb=0.25, repeats=1, min_time_s=0.0, upload_min_mb=0.125, upload_max_mb=4)
+    """A server that takes slices of at most 8 MiB: the probes stop there (they used to be refused, failing the
+    whole profile after both echo directions were measured); with room for fewer than two, there are none. (Sizes up
+    to a few MiB: below one, loopback upload times are the server's fixed costs, and a curve with no slope is
+    dropped.)"""
+    server = ServerProcess(tmp_path / "d", "--log-level", "WARNING", "--max-slice-mb", "8")
+    config = NetProfileConfig(max_mb=0.25, repeats=1, min_time_s=0.0, upload_min_mb=0.125, upload_max_mb=32)
     try:
         with Client(server.address) as client:
             profile = profile_network(client, config)
             assert profile.upload is not None
             sizes = sorted({s.bytes for s in profile.upload.samples})
-            assert len(sizes) >= 2 and max(sizes) <= 2**20 < max(len(probe_slice(n)) for n in config.upload_sizes())
-            tight = replace(config, upload_min_mb=0.5, upload_max_mb=2)  # 512 KiB fits, 1 and 2 MiB do not
+            assert len(sizes) >= 2 and max(sizes) <= 8 * 2**20 < len(probe_slice(config.upload_sizes()[-1]))
+            tight = replace(config, upload_min_mb=4, upload_max_mb=16)  # 4 MiB fits, 8 and 16 MiB do not
             assert profile_network(client, tight).upload is None
     finally:
         server.terminate(timeout=15)
