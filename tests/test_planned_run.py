@@ -191,3 +191,26 @@ def test_no_plan_is_made_after_the_last_request(clock: Clock) -> None:
     run.runner.replan_needed = True
     run.request(remaining=0)
     assert run.replans == 0 and run.split == (0, 2)
+
+
+def test_re_plans_that_keep_the_split_come_ever_further_apart(clock: Clock) -> None:
+    """A steady link timed unevenly (a CPU-throttled edge) drifted past the threshold every three or four requests:
+    364 re-plans in 1500 requests, 35 ms each. Re-plans that keep the split double the gap to the next (to 32);
+    one that changes the split resets it."""
+    offloading = report(0, 2)
+    asked: list[int] = []
+    run = planned_run(offloading, replan=lambda r, runner, remaining: asked.append(run.done) or offloading)
+    for _ in range(200):
+        run.runner.replan_needed = True  # noise: every request looks drifted
+        run.request(remaining=1000)
+    gaps = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+    assert gaps[:6] == [2, 4, 8, 16, 32, 32] and run.replans == len(asked) < 12
+    other = report(1, 3)
+    run._replan = lambda r, runner, remaining: asked.append(run.done) or other
+    while run.split != (1, 3):
+        run.runner.replan_needed = True
+        run.request(remaining=1000)
+    run._replan = lambda r, runner, remaining: asked.append(run.done) or other
+    run.runner.replan_needed = True
+    run.request(remaining=1000)
+    assert asked[-1] - asked[-2] == 1  # the split changed: the next drift is re-planned at once
