@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 DEFAULT_OBJECTIVE = "latency"
 
 
+MAX_CACHE_QUERIES = 4  # slices asked about before planning: each is cut out of the model and hashed
+
+
 @dataclass(frozen=True)
 class Costs:
     """Per-block predictions of one model on the edge node and on the cloud node, with their provenance."""
@@ -264,13 +267,36 @@ def replan(report: PlanReport, graph: BlockGraph, runner: Runner, amortize_over:
 def plan_with_server_cache(
     client: Client, model: onnx.ModelProto, graph: BlockGraph, costs: Costs, slicer: Slicer | None = None, **kw: Any
 ) -> PlanReport:
-    """`make_plan`, then, when the chosen middle slice is already on the server, re-plan with it free of upload."""
+    """`make_plan`, with the slices the server already holds free of upload: the chosen plan's, and those of the
+    plans (MAX_CACHE_QUERIES in all) that would beat it with no upload to pay. Only the chosen one's was asked
+    about: a plan whose slice the server held from an earlier run (1.7x faster, measured on the testbed) lost to the
+    all-local plan, which pays no upload."""
     report = make_plan(graph, costs, **kw)
-    chosen = (report.chosen.i, report.chosen.j)
-    if kw.get("preloaded") or not _on_server(client, slicer or Slicer(model, graph), chosen):
+    if kw.get("preloaded"):
         return report
-    log.info("chosen slice %d..%d is already on the server: its upload is not charged", chosen[0] + 1, chosen[1])
-    return make_plan(graph, costs, **{**kw, "cached": [(chosen[0] + 1, chosen[1])]})
+    slicer = slicer or Slicer(model, graph)
+    held = [split for split in _worth_asking(report) if _on_server(client, slicer, split)]
+    if not held:
+        return report
+    log.info("slices already on the server, their upload not charged: %s", ", ".join(f"{i + 1}..{j}" for i, j in held))
+    return make_plan(graph, costs, **{**kw, "cached": [*kw.get("cached", ()), *((i + 1, j) for i, j in held)]})
+
+
+def _worth_asking(report: PlanReport) -> list[tuple[int, int]]:
+    """The splits whose slice is worth asking the server about: the chosen plan's (when it offloads), then the plans
+    that, with no upload to pay, would beat it on the objective (energy with a deadline), best first."""
+    chosen = report.chosen
+    by_energy = report.options.get("objective") == "energy" or report.options.get("slo_ms") is not None
+    i, j, latency_ms, energy_mJ = evaluate_all(replace(report.inputs, preloaded=True)).flat()
+    key, bar = (energy_mJ, chosen.energy_mJ) if by_energy else (latency_ms, chosen.latency_ms)
+    splits = [(chosen.i, chosen.j)] if chosen.i < chosen.j else []
+    for k in np.argsort(key, kind="stable"):
+        if len(splits) >= MAX_CACHE_QUERIES or not key[k] < bar:
+            break
+        split = (int(i[k]), int(j[k]))
+        if split[0] < split[1] and split not in splits:
+            splits.append(split)
+    return splits
 
 
 def plan_for_split(

@@ -431,3 +431,27 @@ def test_a_tensor_sequence_output_comes_back_as_a_list():
         parts = runner.run(np.ones((1, 4), np.float32)).outputs["parts"]
     assert isinstance(parts, list) and len(parts) == 2
     np.testing.assert_allclose(parts[0], np.tanh(np.ones((1, 4))), rtol=1e-6)
+
+
+def test_a_plan_whose_slice_the_server_holds_wins_though_another_was_chosen_first(chain, tmp_path):
+    """Only the chosen plan's slice was looked up on the server: with uploads dear, all-local was chosen, though
+    the server already held the slice of the plan that offloads everything (1.7x faster on the testbed)."""
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.offload import Costs, plan_with_server_cache
+
+    model, graph, slicer = chain
+
+    def preds(ms: float) -> tuple[Prediction, ...]:
+        return tuple(Prediction(b.signature, ms, ms * 10, "measured", "measured", "model") for b in graph.blocks)
+
+    fast = NetworkModel.affine(rtt_ms=0.01, bandwidth_bytes_per_ms=1e6)
+    dear_uploads = NetworkModel.affine(rtt_ms=5000.0, bandwidth_bytes_per_ms=1e6)  # any upload: 5 s
+    costs = Costs(preds(10.0), preds(0.1), 1.0, fast, fast, DEFAULT_POWER, upload=dear_uploads)
+    n = len(graph.blocks)
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as s, Client(s.address) as c:
+        before = plan_with_server_cache(c, model, graph, costs, slicer)
+        assert before.chosen.i == before.chosen.j  # nothing on the server yet: local
+        c.upload_slice(slicer.slice(0, n - 1).SerializeToString(), "held")
+        after = plan_with_server_cache(c, model, graph, costs, slicer)
+    assert (after.chosen.i, after.chosen.j) == (-1, n - 1) and after.chosen.upload_bytes == 0
