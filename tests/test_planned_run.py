@@ -214,3 +214,25 @@ def test_re_plans_that_keep_the_split_come_ever_further_apart(clock: Clock) -> N
     run.runner.replan_needed = True
     run.request(remaining=1000)
     assert asked[-1] - asked[-2] == 1  # the split changed: the next drift is re-planned at once
+
+
+def test_a_run_planned_local_probes_the_link_after_doubling_waits(clock: Clock) -> None:
+    """A local plan measures no network: a link that got faster went unnoticed for the rest of the run."""
+    local, offloading = report(*LOCAL), report(0, 2)
+    probes: list[float] = []
+
+    def probe(r: Any, remaining: int) -> Any:
+        probes.append(clock.t)
+        return offloading if len(probes) == 3 else local
+
+    run = PlannedRun(lambda split, r: FakeRunner(split), None, lambda r, runner, remaining: r, LOCAL, local,
+                     FakeEnergy(), np.zeros(1), 1.0, probe=probe)  # fmt: skip
+    while run.split == LOCAL:
+        clock.t += 0.25
+        run.request(remaining=100)
+    assert [t - 1000.0 for t in probes] == [1.0, 2.0, 4.0]  # after --retry-interval, then waits doubling from it
+    assert run.split == (0, 2) and run.first_report is offloading
+    run.runner.replan_needed = True  # slow again: local, then the offloading plan is tried again later
+    run._replan = lambda r, runner, remaining: local
+    run.request(remaining=100)
+    assert run.split == LOCAL

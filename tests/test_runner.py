@@ -455,3 +455,24 @@ def test_a_plan_whose_slice_the_server_holds_wins_though_another_was_chosen_firs
         c.upload_slice(slicer.slice(0, n - 1).SerializeToString(), "held")
         after = plan_with_server_cache(c, model, graph, costs, slicer)
     assert (after.chosen.i, after.chosen.j) == (-1, n - 1) and after.chosen.upload_bytes == 0
+
+
+def test_a_probe_of_the_link_replans_a_run_planned_local(chain, client):
+    """A plan made on a profile of a slow link stays local; one echo each way over the real (loopback) link shows it
+    fast, and the plan made with that measurement offloads (a run planned local at 20 Mbit/s stayed local after the
+    link went to 200)."""
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.offload import Costs, make_plan, replan_with_probe
+
+    _, graph, _ = chain
+
+    def preds(ms: float) -> tuple[Prediction, ...]:
+        return tuple(Prediction(b.signature, ms, ms * 10, "measured", "measured", "model") for b in graph.blocks)
+
+    slow = NetworkModel.affine(rtt_ms=5.0, bandwidth_bytes_per_ms=1.0)  # 1 kB/s as profiled
+    report = make_plan(graph, Costs(preds(50.0), preds(0.1), 1.0, slow, slow, DEFAULT_POWER), amortize_over=100)
+    assert report.chosen.i == report.chosen.j
+    probed = replan_with_probe(client, report, graph, amortize_over=100)
+    assert probed.chosen.i < probed.chosen.j
+    assert probed.costs.uplink.drift < 0.01 and not probed.costs.uplink.drifted()  # measured, and planned with

@@ -9,7 +9,9 @@ After each request, `PlannedRun` asks whether another plan is due:
   that changes it resets that gap to one: on a steady but noisy link (a CPU-throttled edge times its transfers
   unevenly) one request in three or four re-planned, 35 ms each, half again a 19 ms request's time;
 * a re-plan went local because the network had slowed down: a local split measures no network, so the first plan
-  is tried again after the same doubling wait, and re-planned from there if the network is still slow.
+  is tried again after the same doubling wait, and re-planned from there if the network is still slow;
+* the plan was local from the start: after the same doubling wait, `probe(report, remaining)` measures the link and
+  plans again with it (a link that got faster went unnoticed for the rest of the run).
 
 A plan whose middle slice the server refuses is not taken (a warning; the running split goes on).
 """
@@ -64,7 +66,8 @@ def upload_prediction_ms(report: PlanReport | None) -> float:
 class PlannedRun:
     """`make_runner(split, report)` makes a runner; `plan(remaining)` makes a plan for the remaining requests (None:
     the split is forced, no plan is ever made); `replan(report, runner, remaining)` plans again with the runner's
-    network for the remaining requests."""
+    network for the remaining requests; `probe(report, remaining)`, when given, plans again with the link measured
+    now (for a run whose plan is local)."""
 
     def __init__(
         self,
@@ -76,8 +79,9 @@ class PlannedRun:
         energy: Energy,
         x: np.ndarray,
         retry_interval_s: float,
+        probe: Callable[[PlanReport, int], PlanReport] | None = None,
     ) -> None:
-        self._make_runner, self._plan, self._replan = make_runner, plan, replan
+        self._make_runner, self._plan, self._replan, self._probe = make_runner, plan, replan, probe
         self._energy, self._x = energy, x
         self.runner = make_runner(split, report)
         self.split, self.report, self.first_report = split, report, report
@@ -120,7 +124,21 @@ class PlannedRun:
         if not offloads(self.report) and offloads(self.first_report) and self._due():
             log.info("trying plan %d,%d again: the network may have recovered", *self._split_of(self.first_report))
             return self.first_report
+        if self._probe is not None and not offloads(self.report) and self._due():
+            return self._probed_plan(remaining)
         return None
+
+    def _probed_plan(self, remaining: int) -> PlanReport | None:
+        assert self._probe is not None and self.report is not None
+        self._energy.finish(self.runner, self._x)  # the probe's transfers are not the requests' energy
+        try:
+            report = self._probe(self.report, remaining)
+        except (ServerUnavailable, ServerBusy, ServerError):  # asked again after the wait
+            return None
+        if offloads(report):
+            log.info("the link measured faster: running plan %d,%d", *self._split_of(report))
+            self.first_report = report
+        return report
 
     def _late_plan(self, remaining: int) -> PlanReport | None:
         assert self._plan is not None

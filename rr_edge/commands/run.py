@@ -49,6 +49,7 @@ from rr_edge.offload import (
     message_limit,
     plan_for_split,
     replan,
+    replan_with_probe,
     validate_split,
 )
 from rr_edge.onnx_io import TensorInfo, load_model
@@ -285,13 +286,24 @@ def run(args: argparse.Namespace) -> int:
                 argparse.Namespace(**{**vars(args), "wait": 0.0}), client, model, graph, slicer, remaining
             )
 
+        def probe(report: PlanReport, remaining: int) -> PlanReport:
+            return replan_with_probe(client, report, graph, None if args.amortize else remaining)
+
         def plan_again(report: PlanReport, runner: Runner, remaining: int) -> PlanReport:
             new = replan(report, graph, runner, None if args.amortize else remaining)
             return dataclasses.replace(new, chosen=new.table.plan(*split)) if args.split else new  # re-predicted
 
         energy = RequestEnergy(meter)
         planned = PlannedRun(
-            runner_for, None if args.split else plan, plan_again, split, report, energy, x, args.retry_interval
+            runner_for,
+            None if args.split else plan,
+            plan_again,
+            split,
+            report,
+            energy,
+            x,
+            args.retry_interval,
+            probe=None if args.split else probe,
         )
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
