@@ -320,7 +320,8 @@ def test_upload_probes_keep_within_the_servers_slice_limit(tmp_path: Path) -> No
     to a few MiB: below one, loopback upload times are the server's fixed costs, and a curve with no slope is
     dropped.)"""
     server = ServerProcess(tmp_path / "d", "--log-level", "WARNING", "--max-slice-mb", "8")
-    config = NetProfileConfig(max_mb=0.25, repeats=1, min_time_s=0.0, upload_min_mb=0.125, upload_max_mb=32)
+    # echoes to 4 MiB: up to 256 KiB, loopback times may not grow at all, and such a direction is refused
+    config = NetProfileConfig(max_mb=4, repeats=1, min_time_s=0.0, upload_min_mb=0.125, upload_max_mb=32)
     try:
         with Client(server.address) as client:
             profile = profile_network(client, config)
