@@ -7,10 +7,13 @@ the shape arithmetic of exporters but makes a dimension per element of a 1-D ten
 reads (about 18 times the vector's size in memory), so in that pass a long 1-D graph input has a
 free length (no shape is that long; the plain pass has its length). What neither pass can tell
 (the TorchScript exporter computes many shapes through Shape -> Gather -> Div chains that data
-propagation does not follow to the end) `run_shapes` reads from one run of the model in ONNX
-Runtime: the model has one fixed input shape, so the shapes of that run are the shapes of every
-run, unless a shape depends on the input's values (NonZero, a Tile by computed repeats), where they
-are those of made-up inputs.
+propagation does not follow to the end) a third step works out: it evaluates the shape arithmetic
+(`_fold_shape_arithmetic`: Shapes of tensors of known shape, constants, and what computes from those
+alone), so that a Reshape's target is a known value and inference goes on past it, round after round.
+What is still unknown then `run_shapes` reads from one run of the model in ONNX Runtime: the model
+has one fixed input shape, so the shapes of that run are the shapes of every run, unless a shape
+depends on the input's values (NonZero, a Tile by computed repeats), where they are those of made-up
+inputs.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, value_info_to_tensor_info
 
 log = logging.getLogger(__name__)
 
 _LONGEST_SHAPE = 64  # a 1-D tensor with more elements is no shape: data propagation leaves its length free
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                         "Bernoulli"})  # fmt: skip
 
 __all__ = ["initializer_info", "run_shapes", "tensor_infos_of"]
 
@@ -52,15 +58,17 @@ def tensor_infos_of(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     _merge(infos, _inferred_value_infos(light, data_prop=False))
     if not _complete(graph, infos):
         _merge(infos, _inferred_value_infos(_free_long_vectors(light), data_prop=True))
+    if not _complete(graph, infos):
+        _fold_shape_arithmetic(light, infos)
     return infos
 
 
 def _merge(infos: dict[str, TensorInfo], value_infos: Iterable[onnx.ValueInfoProto]) -> None:
     """Add each tensor's info, replacing a known one only where it tells more dimensions."""
     for vi in value_infos:
-        if vi.type.HasField("tensor_type"):
+        known = infos.get(vi.name)
+        if vi.type.HasField("tensor_type") and not (known is not None and known.static and known.dtype != "undefined"):
             info = value_info_to_tensor_info(vi)
-            known = infos.get(vi.name)
             if known is None or _known_dims(info) > _known_dims(known):
                 infos[vi.name] = info
 
@@ -99,6 +107,87 @@ def _inferred_value_infos(light: onnx.ModelProto, data_prop: bool) -> list[onnx.
         log.warning("shape inference failed, some block features will be unknown: %s", exc)
         return []
     return [*inferred.graph.value_info, *inferred.graph.output]
+
+
+def _fold_shape_arithmetic(light: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+    """Complete `infos` by evaluating the graph's shape arithmetic and inferring shapes again, until nothing changes.
+
+    A round evaluates (ONNX's reference implementation, node by node) every node whose inputs all have known values:
+    constants, small initializers, the Shape or Size of a tensor of known static shape, and such results (at most
+    `_LONGEST_SHAPE` elements each). The nodes evaluated become initializers, so inference sees a Reshape's target as
+    a value and knows the shapes after it, whose Shapes the next round evaluates. Nothing that depends on the inputs'
+    values is evaluated, so what this finds holds for every run."""
+    opsets = {o.domain or "": o.version for o in light.opset_import}
+    values = {t.name: numpy_helper.to_array(t) for t in light.graph.initializer}
+    work = onnx.ModelProto()
+    work.CopyFrom(light)
+    given_up: set[tuple[str, ...]] = set()  # (outputs of) nodes not evaluated, or with a large result
+    for _ in range(len(light.graph.node)):
+        new: dict[str, np.ndarray] = {}
+        for node in work.graph.node:
+            key = tuple(node.output)
+            if key in given_up or not _foldable(node, values, infos):
+                continue
+            arrays = _evaluate(node, values, infos, opsets)
+            if arrays is None or any(v.size > _LONGEST_SHAPE for v in arrays):
+                given_up.add(key)
+                continue
+            found = {o: v for o, v in zip(node.output, arrays, strict=True) if o}
+            new.update(found)
+            values.update(found)
+        if not new:
+            return
+        _hold_values(work, new)
+        _merge(infos, _inferred_value_infos(work, data_prop=False))
+        _merge(infos, (helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                       for n, v in new.items()))  # fmt: skip
+        if _complete(light.graph, infos):
+            return
+
+
+def _evaluate(
+    node: onnx.NodeProto, values: dict[str, np.ndarray], infos: dict[str, TensorInfo], opsets: dict[str, int]
+) -> list[np.ndarray] | None:
+    """The node's outputs from known values (None where the reference implementation cannot compute them)."""
+    from onnx.reference import ReferenceEvaluator
+
+    if node.op_type in ("Shape", "Size"):
+        return [_shape_value(node, infos[node.input[0]])]
+    try:
+        outs = ReferenceEvaluator(node, opsets=opsets).run(None, {x: values[x] for x in node.input if x})
+    except Exception as exc:  # noqa: BLE001 - an op the reference cannot evaluate stays unknown
+        log.debug("could not evaluate %s %r: %s", node.op_type, node.name, exc)
+        return None
+    if len(outs) != len(node.output) or not all(isinstance(v, (np.ndarray, np.generic)) for v in outs):
+        return None  # a sequence, say
+    return [np.asarray(v) for v in outs]
+
+
+def _foldable(node: onnx.NodeProto, values: dict[str, np.ndarray], infos: dict[str, TensorInfo]) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM_OPS:
+        return False
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return False
+    if node.op_type in ("Shape", "Size"):
+        info = infos.get(node.input[0]) if node.input else None
+        return info is not None and info.static
+    return all(x in values for x in node.input if x)
+
+
+def _shape_value(node: onnx.NodeProto, info: TensorInfo) -> np.ndarray:
+    shape = info.shape or ()
+    if node.op_type == "Size":
+        return np.array(info.numel, dtype=np.int64)
+    attrs = {a.name: a.i for a in node.attribute}
+    return np.array(shape[attrs.get("start", 0) : attrs.get("end", len(shape))], dtype=np.int64)
+
+
+def _hold_values(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    """Drop the nodes that compute `values` from `model`, which holds them as initializers instead."""
+    nodes = [n for n in model.graph.node if not any(o in values for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in values.items())
 
 
 def run_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, TensorInfo]:
