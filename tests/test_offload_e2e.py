@@ -147,6 +147,15 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert (predicted["i"], predicted["j"]) == (-1, n - 1) and forced["segments"][-1]["predicted"]["latency_ms"] > 0
     if forced["replans"] == 0 and predicted["weight_upload_ms"] > 0:  # not re-predicted, its slice not cached
         assert predicted["latency_ms"] == pytest.approx(offload_all["latency_ms"], rel=1e-9)
+    # ... with its upload as --preloaded and --amortize say (--split refused both)
+    fresh = [s for s in ((1, n - 3), (2, n - 3), (3, n - 3)) if s != (plan["chosen"]["i"], plan["chosen"]["j"])]
+    for split, flags in zip(fresh, (["--preloaded"], ["--amortize", "1"]), strict=False):
+        forced = rr_edge("run", str(path), *common, "--split", "{},{}".format(*split), *flags, "--repeat", "3",
+                         "--input", str(tmp_path / "x.npy"), "--json")  # fmt: skip
+        assert forced["split"] == list(split)
+        if forced["replans"] == 0:  # a re-plan spreads the upload over the requests left, unless --amortize
+            assert forced["amortize_over"] == (1 if "--amortize" in flags else 3)
+            assert (forced["predicted"]["weight_upload_ms"] > 0) == ("--amortize" in flags)
 
 
 def _wait_healthy(client: Client, timeout_s: float = 60.0) -> None:

@@ -69,14 +69,10 @@ def add_plan_args(p: argparse.ArgumentParser, amortize_default: str = str(DEFAUL
     )
 
 
-def planning_options(args: argparse.Namespace) -> list[str]:
-    """The flags of `add_plan_args` that steer the choice of plan and were given other than their defaults."""
-    given = {
-        "--objective": args.objective != DEFAULT_OBJECTIVE,
-        "--slo-ms": args.slo_ms is not None,
-        "--preloaded": args.preloaded,
-        "--amortize": args.amortize is not None,
-    }
+def choice_options(args: argparse.Namespace) -> list[str]:
+    """The flags of `add_plan_args` that only steer the choice among plans and were given other than their defaults
+    (`--preloaded` and `--amortize` change what plans cost as well)."""
+    given = {"--objective": args.objective != DEFAULT_OBJECTIVE, "--slo-ms": args.slo_ms is not None}
     return [flag for flag, on in given.items() if on]
 
 

@@ -35,7 +35,7 @@ from rr_edge.commands._common import (
 )
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
-from rr_edge.commands.plan import add_plan_args, build_plan, planning_options, warn_if_slo_unmet
+from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_if_slo_unmet
 from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.meters.model import resolve_power
@@ -236,7 +236,9 @@ def forced_plan(
     power, _ = resolve_power(args.power_config, args.device_class)
     try:
         costs = gather_costs(client, args.node, graph, power, wait_s=args.wait)
-        report = plan_for_split(client, graph, costs, slicer, split, amortize_over=args.repeat)
+        report = plan_for_split(
+            client, graph, costs, slicer, split, preloaded=args.preloaded, amortize_over=args.amortize or args.repeat
+        )
     except RoadRunnerError as exc:  # no profile of this node or its link yet, or no server
         log.warning("no prediction for --split %d,%d: %s", *split, exc)
         return None
@@ -250,7 +252,7 @@ def upload_share(report: PlanReport) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.split and (steering := planning_options(args)):
+    if args.split and (steering := choice_options(args)):
         raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
     model = load_model(args.path)
     graph = analyze(model, Path(args.path).stem)
