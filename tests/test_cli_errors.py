@@ -178,7 +178,7 @@ def test_run_without_a_server_to_plan_with_runs_locally(bad_files, capsys, tmp_p
 
 @pytest.mark.parametrize(
     "planning",
-    [["--objective", "energy"], ["--slo-ms", "5"], ["--objective", "knee", "--amortize", "4", "--slo-ms", "9"]],
+    [["--objective", "energy"], ["--slo-ms", "5"], ["--objective", "pareto", "--amortize", "4", "--slo-ms", "9"]],
 )
 def test_run_split_takes_no_choice_of_plan(bad_files, capsys, planning: list[str]) -> None:  # type: ignore[no-untyped-def]
     code = main(["run", str(bad_files["good"]), *DEAD, "--split", "0,0", *planning, "--input", "x.npy"])
