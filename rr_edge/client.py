@@ -30,24 +30,33 @@ with `tls`, the channel is TLS (mTLS when a client certificate is given).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
 from rr_edge import _wire as wire
+from rr_edge._status import server_error
+from rr_edge.client_options import (
+    DEFAULT_BUSY_WAIT_S,
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_RECONNECT_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    ClientOptions,
+    TlsOptions,
+    check_address,
+    check_chunk,
+)
+from rr_edge.client_types import NodeInfo, Prediction, Predictions, ServerInfo, SliceStatus, UploadResult, slice_id_of
 from rr_edge.device import DeviceInfo
 from rr_edge.errors import ArgumentError, ServerBusy, ServerError, ServerUnavailable
+from rr_edge.infer_stream import InferOutputs, InferStream, Requests, decode
 from rr_edge.profiles import (
     BlockFeatures,
     LayerMeasurement,
@@ -55,13 +64,11 @@ from rr_edge.profiles import (
     NetworkProfile,
 )
 from rr_edge.session import OrtSettings
-from rr_proto import codec, framing
+from rr_proto import framing
 from rr_proto.inference import grpc_service_pb2 as ipb
 from rr_proto.inference import grpc_service_pb2_grpc as igrpc
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rgrpc
-from rr_proto.status import RETRY_PUSHBACK_KEY
-from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES, grpc_options
 
 log = logging.getLogger(__name__)
 
@@ -82,181 +89,14 @@ __all__ = [
     "SliceStatus",
     "TlsOptions",
     "UploadResult",
+    "check_address",
     "slice_id_of",
 ]
 
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_CHUNK_BYTES = 1024 * 1024
-# Transfers get timeout_s plus bytes / this rate: 1 MB/s still completes, a stalled link does not hang forever.
-DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
-DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
 UPLOAD_MARGIN = 3.0  # an upload with a predicted duration may take this many times that beyond timeout_s
-DEFAULT_BUSY_WAIT_S = 10.0
-_INITIAL_RECONNECT_BACKOFF_S = 0.1
-_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 _MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 _HEALTH = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-
-
-@dataclass(frozen=True)
-class TlsOptions:
-    """PEM files: the CA that signed the server (None: system roots), and a client certificate/key for mTLS."""
-
-    root_certificates: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    server_name: str | None = None  # override the name checked against the server certificate
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(p: Path | None) -> bytes | None:
-            if p is None:
-                return None
-            try:
-                return Path(p).read_bytes()
-            except OSError as exc:
-                raise ArgumentError(f"cannot read TLS file {p}: {exc.strerror or exc}") from None
-
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ArgumentError("mTLS needs both a client certificate and its key")
-        return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.client_key), read(self.client_cert))
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """Connection settings (see the module docstring)."""
-
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    min_bandwidth_bytes_per_s: float = DEFAULT_MIN_BANDWIDTH_BYTES_PER_S
-    # Longest wait between two connection attempts to a server that went away (gRPC's default is 120 s).
-    max_reconnect_backoff_s: float = DEFAULT_MAX_RECONNECT_BACKOFF_S
-    # How long an upload, report, echo transfer or prediction the server is too busy for is retried (0: not retried).
-    busy_wait_s: float = DEFAULT_BUSY_WAIT_S
-    token: str | None = None
-    tls: TlsOptions | None = None
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.max_message_bytes <= 0 or self.min_bandwidth_bytes_per_s <= 0:
-            raise ArgumentError("timeout_s, max_message_bytes and min_bandwidth_bytes_per_s must be positive")
-        if self.busy_wait_s < 0:
-            raise ArgumentError("busy_wait_s must not be negative")
-        _check_chunk(self.chunk_bytes, self.max_message_bytes)
-
-    def channel_options(self) -> list[tuple[str, Any]]:
-        backoff_s = max(self.max_reconnect_backoff_s, 0.001)
-        return [
-            *grpc_options(self.max_message_bytes),  # as the server's
-            ("grpc.primary_user_agent", "rr-edge"),
-            # Reconnect quickly after a server restart: the backoff between attempts starts at 0.1 s and stays
-            # under `max_reconnect_backoff_s` (the connect timeout, grpc.min_reconnect_backoff_ms, keeps its 20 s).
-            ("grpc.initial_reconnect_backoff_ms", round(1e3 * min(_INITIAL_RECONNECT_BACKOFF_S, backoff_s))),
-            ("grpc.max_reconnect_backoff_ms", round(1e3 * backoff_s)),
-        ]
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    cloud_node_id: str
-    providers: tuple[str, ...]
-    version: str
-    max_message_bytes: int
-    max_slice_bytes: int
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    role: str
-    device: dict[str, Any]
-    registered_at: float
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """`rr-edge upload --json`: {"slice_id", "cached", "bytes"}."""
-
-    slice_id: str
-    cached: bool
-    bytes: int
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class SliceStatus:
-    slice_id: str
-    cached: bool
-    bytes: int
-    loaded: bool
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted (or measured) cost of one block signature on one node; provenances: measured/predicted/cold-start."""
-
-    signature: str
-    latency_ms: float
-    energy_mJ: float
-    latency_provenance: str
-    energy_provenance: str
-    energy_source: str
-
-
-@dataclass(frozen=True)
-class Predictions:
-    by_signature: dict[str, Prediction]
-    e2e_correction: float
-    model_latency_ms: float = 0.0  # the node's measured whole-model latency of the queried model (0: unknown)
-
-
-def slice_id_of(data: bytes) -> str:
-    """Slice id: lowercase hex SHA-256 of the ONNX bytes as uploaded."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def _server_error(exc: grpc.RpcError, what: str) -> ServerError:
-    """This package's exception for a failed call."""
-    code = exc.code() if callable(getattr(exc, "code", None)) else None
-    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        pushback_ms = _pushback_ms(exc)
-        if pushback_ms is not None:
-            return ServerBusy(f"{what}: {code.name}: {details}", pushback_ms / 1e3)
-    return _error(code, details, what)
-
-
-def _pushback_ms(exc: grpc.RpcError) -> float | None:
-    """The server's retry pushback of a refused call (RETRY_PUSHBACK_KEY), or None when it gave none."""
-    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
-    for key, value in trailing or ():
-        if key == RETRY_PUSHBACK_KEY:  # gRFC A6: a negative or unreadable pushback means "do not retry"
-            try:
-                ms = float(value)
-            except ValueError:
-                return None
-            return ms if math.isfinite(ms) and ms >= 0 else None
-    return None
-
-
-def _error(code: grpc.StatusCode | None, details: str, what: str) -> ServerError:
-    """The one mapping from a status code (of a call, or of one answer in a stream) to this package's exceptions."""
-    name = code.name if code is not None else "UNKNOWN"
-    cls = ServerUnavailable if code in _UNAVAILABLE else ServerError
-    return cls(f"{what}: {name}: {details}", name)
-
-
-def check_address(text: str) -> str:
-    """`text` if it is HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix), else
-    ValueError. Without a port gRPC would quietly dial 443."""
-    host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
-    if not sep or not host or (host.endswith(":") and not host.startswith("[")):
-        raise ArgumentError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
-    if not (port.isdigit() and 0 < int(port) < 65536):
-        raise ArgumentError(f"{text!r}: the port must be a number from 1 to 65535")
-    return text
 
 
 class Client:
@@ -315,7 +155,7 @@ class Client:
         try:
             yield
         except grpc.RpcError as exc:
-            raise _server_error(exc, what) from None
+            raise server_error(exc, what) from None
         except ValueError:
             self._check_open(what)  # closed while the call ran
             raise
@@ -610,7 +450,7 @@ class Client:
         request = framing.serialize_infer_request(slice_id, inputs, outputs)
         with self._rpc(f"ModelInfer {slice_id[:12]}"):
             response = self._model_infer(request, **self._kw(timeout_s, 2 * len(request)))
-        return _decode(response)
+        return decode(response)
 
     def stream_infer(
         self, slice_id: str, batches: Iterable[Mapping[str, np.ndarray]], timeout_s: float | None = None
@@ -620,7 +460,7 @@ class Client:
         The stream lives as long as `batches` yields, so it has no deadline unless `timeout_s` (for the whole stream)
         is given; `InferStream.cancel` ends it at once.
         """
-        requests = _Requests(
+        requests = Requests(
             framing.serialize_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches)
         )
         kw: dict[str, Any] = {"metadata": self._metadata}
@@ -640,7 +480,7 @@ class Client:
         busy_wait_s: float | None = None,
     ) -> int:
         """Send `nbytes` bytes to the server in chunks; returns what it says it received."""
-        chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
+        chunk = check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         block = _payload(min(chunk, max(nbytes, 1)))
 
         def parts() -> Iterator[pb.SendRequest]:
@@ -668,7 +508,7 @@ class Client:
         busy_wait_s: float | None = None,
     ) -> int:
         """Have the server stream `nbytes` bytes to this node; returns the byte count received."""
-        chunk = _check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
+        chunk = check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         request = pb.ReceiveRequest(bytes=nbytes, chunk_bytes=chunk)
 
         def receive(attempt_timeout_s: float | None) -> int:
@@ -678,76 +518,6 @@ class Client:
         if received != nbytes:
             raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
         return received
-
-
-class _Requests(Iterator[Any]):
-    """The requests of a streaming call, for gRPC to send. gRPC swallows an exception raised while it draws them
-    (the call ends "UNKNOWN: Exception iterating requests!"), so it is kept here, the call is half-closed instead,
-    and the caller re-raises it with `raise_error` where its message is seen."""
-
-    def __init__(self, source: Iterator[Any]) -> None:
-        self._source = source
-        self._error: Exception | None = None
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._source)
-        except StopIteration:
-            raise
-        except Exception as exc:  # noqa: BLE001 - kept for the caller, who raises it
-            self._error = exc
-            raise StopIteration from None
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
-class InferOutputs(dict[str, np.ndarray]):
-    """A slice's outputs by name, with the server's run time of the request: `server_run_ms` (None when the server
-    did not say), so that the rest of a round trip is the network's."""
-
-    server_run_ms: float | None = None
-
-
-class InferStream(Iterator[InferOutputs]):
-    """The answers of one ModelStreamInfer call, in order. A per-message error raises ServerError with the status
-    code the server gave it (its message reads "CODE: details"); the stream goes on after it. A broken call raises
-    ServerUnavailable (or ServerError), as every call does."""
-
-    def __init__(self, call: Any, what: str, requests: _Requests) -> None:
-        self._call = call
-        self._what = what
-        self._requests = requests
-
-    def __next__(self) -> InferOutputs:
-        try:
-            message = next(self._call)
-        except (grpc.RpcError, StopIteration) as exc:
-            self._requests.raise_error()  # a batch this side could not send, after the answers to those before
-            if isinstance(exc, StopIteration):
-                raise
-            raise _server_error(exc, self._what) from None
-        item = _stream_item(message)
-        if item.error_message:  # the server writes "CODE: details"
-            name, _, details = item.error_message.partition(": ")
-            code = grpc.StatusCode.__members__.get(name)
-            raise _error(code, details if code is not None else item.error_message, self._what)
-        return _decode(item.response)
-
-    def cancel(self) -> None:
-        """End the call now (the server sees CANCELLED); a reader blocked in `next` gets ServerUnavailable."""
-        self._call.cancel()
-
-
-# -- helpers ---------------------------------------------------------------------------------------------------------
-
-
-def _check_chunk(chunk_bytes: int, max_message_bytes: int) -> int:
-    """`chunk_bytes`, if a chunk of that size can be sent: 0 or less would send nothing forever."""
-    if not 0 < chunk_bytes <= max_message_bytes:
-        raise ArgumentError(f"chunk_bytes must be in 1..{max_message_bytes} (max_message_bytes), got {chunk_bytes}")
-    return chunk_bytes
 
 
 _PAYLOADS: dict[int, bytes] = {}
@@ -774,24 +544,3 @@ def _health_status(raw: bytes) -> int:
     if len(raw) >= 2 and raw[0] == 0x08:
         return raw[1] & 0x7F
     return 0
-
-
-def _decode(response: bytes | framing.InferResponse | None) -> InferOutputs:
-    """Output arrays of a serialised ModelInferResponse (or one already split); malformed -> DATA_LOSS."""
-    try:
-        if response is None:
-            raise codec.CodecError("stream message carries neither a response nor an error")
-        if not isinstance(response, framing.InferResponse):
-            response = framing.parse_infer_response(response)
-        outputs = InferOutputs(framing.decode_outputs(response))
-        outputs.server_run_ms = framing.run_ms(response)
-        return outputs
-    except codec.CodecError as exc:
-        raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None
-
-
-def _stream_item(message: bytes) -> framing.StreamItem:
-    try:
-        return framing.parse_stream_item(message)
-    except codec.CodecError as exc:
-        raise ServerError(f"malformed inference response: {exc}", "DATA_LOSS") from None

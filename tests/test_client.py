@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from _server_support import Stubs, conv_model, start_server
 
-from rr_edge.client import Client, ClientOptions, TlsOptions, _server_error, slice_id_of
+from rr_edge._status import server_error
+from rr_edge.client import Client, ClientOptions, TlsOptions, slice_id_of
 from rr_edge.device import describe_device, setup_changes
 from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_edge.profiles import (
@@ -366,11 +367,11 @@ class _Refused(grpc.RpcError):
 
 def test_only_a_valid_pushback_makes_a_refusal_busy() -> None:
     """gRFC A6: a negative or unreadable pushback means "do not retry" (and a NaN one made the retry loop raise)."""
-    busy = _server_error(_Refused("250"), "UploadSlice")
+    busy = server_error(_Refused("250"), "UploadSlice")
     assert isinstance(busy, ServerBusy) and busy.retry_after_s == 0.25
-    assert isinstance(_server_error(_Refused("0"), "UploadSlice"), ServerBusy)
+    assert isinstance(server_error(_Refused("0"), "UploadSlice"), ServerBusy)
     for bad in ("-1", "nan", "inf", "soon"):
-        error = _server_error(_Refused(bad), "UploadSlice")
+        error = server_error(_Refused(bad), "UploadSlice")
         assert type(error) is ServerError and error.code == "RESOURCE_EXHAUSTED"
 
 
