@@ -32,7 +32,7 @@ from onnx import NodeProto, TensorProto
 
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
-from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy
+from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy, subgraphs
 from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_opsets
 from rr_proto.operators import STANDARD_DOMAINS
@@ -145,11 +145,6 @@ def node_inputs(node: NodeProto) -> list[str]:
     for g in subgraphs(node):
         names.extend(_outer_refs(g))
     return names
-
-
-def subgraphs(node: NodeProto) -> list[onnx.GraphProto]:
-    """The graphs of a node's attributes (If branches, Loop and Scan bodies)."""
-    return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
 
 
 def with_subgraph_nodes(nodes: Iterable[NodeProto]) -> Iterator[NodeProto]:

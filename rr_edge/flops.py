@@ -5,7 +5,8 @@ quantized ConvInteger, QLinearConv, MatMulInteger and QLinearMatMul) dominate
 and are counted from shapes: 2 per MAC, plus one add per output element for a bias (a recurrent
 op counts its input and hidden-state products, not its gates' element-wise work).
 Element-wise ops, pooling, reductions and normalisations are counted per output element with
-small per-element costs. Shape/data-movement ops count 0. Unknown shapes count 0.
+small per-element costs. Shape/data-movement ops count 0. Unknown shapes count 0. If, Loop and
+Scan count the nodes of the graphs they run (`_body_flops`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 
 from onnx import NodeProto
 
-from rr_edge.onnx_io import TensorInfo
+from rr_edge.onnx_io import TensorInfo, subgraphs
 
 __all__ = ["node_flops"]
 
@@ -71,7 +72,34 @@ def _einsum_flops(node: NodeProto, shapes: list[tuple[int, ...] | None]) -> int:
 
 
 def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
-    """FLOPs of one node given the static shapes of its tensors (`infos` by tensor name)."""
+    """FLOPs of one node given the static shapes of its tensors (`infos` by tensor name, those of its subgraphs'
+    tensors included), the work of the graphs it runs (If, Loop, Scan) included."""
+    return _own_flops(node, infos) + _body_flops(node, infos)
+
+
+def _body_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
+    """FLOPs of the graphs a node runs: the costlier branch of an If, a Scan's body once per element of its first scan
+    input, a Loop's body once per iteration: as many as its first scan output is long, once when it has none (a trip
+    count is a value, which shapes do not tell)."""
+    graphs = subgraphs(node)
+    if not graphs:
+        return 0
+    per_run = [sum(node_flops(n, infos) for n in g.node) for g in graphs]
+    if node.op_type == "Loop":
+        carried = max(len(node.input) - 2, 0)  # inputs: trip count, condition, loop-carried values
+        scanned = infos.get(node.output[carried]) if len(node.output) > carried else None
+        return per_run[0] * (scanned.shape[0] if scanned and scanned.shape and scanned.shape[0] > 0 else 1)
+    if node.op_type == "Scan":
+        first = node.input[len(node.input) - _int(node, "num_scan_inputs", 1)]
+        info = infos.get(first)
+        axes = _ints(node, "scan_input_axes") or [0]
+        if info is None or not info.shape or not -len(info.shape) <= axes[0] < len(info.shape):
+            return per_run[0]
+        return per_run[0] * max(info.shape[axes[0]], 1)
+    return max(per_run)
+
+
+def _own_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
 
     def shape(i: int, outputs: bool = False) -> tuple[int, ...] | None:
         names = node.output if outputs else node.input

@@ -143,6 +143,11 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True, fixed_shape:
     return model
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs of a node's attributes (If branches, Loop and Scan bodies)."""
+    return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+
+
 def light_copy(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProto:
     """The model's structure without its large weights (replaced by typed graph inputs).
 
@@ -277,16 +282,27 @@ def _check_initializer_sizes(model: onnx.ModelProto, p: Path) -> None:
             )
 
 
+def _free_negative_dims(graph: onnx.GraphProto) -> None:
+    """Make each negative `dim_value` of the graph's inputs, outputs and value_info an unknown dimension, in place:
+    some exporters (paddle2onnx) and hand-edited models write -1 for a free dimension, and ONNX Runtime reads it so,
+    but to onnx it is a size, which nothing fixes and every byte count takes for 0."""
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.ClearField("dim_value")
+
+
 def _fix_batch_dim(model: onnx.ModelProto, label: str = "model") -> None:
     """Give the model one fixed input shape, in place: batch 1 for a symbolic or unknown batch.
 
-    A graph input whose first dimension is a `dim_param` or unknown gets 1 there, and each such
+    A graph input whose first dimension is a `dim_param`, unknown or negative gets 1 there, and each such
     symbol becomes 1 wherever else it appears in the graph's inputs, outputs and value_info. Any
     input dimension still not fixed (height, width, sequence length...) is a `ModelError`.
     Initializers listed as inputs (old IR) are not model inputs and are left alone; a model that
     is already static is not touched at all.
     """
     g = model.graph
+    _free_negative_dims(g)
     weights = {t.name for t in g.initializer}
     inputs = [vi for vi in g.input if vi.name not in weights and vi.type.HasField("tensor_type")]
     symbols: set[str] = set()

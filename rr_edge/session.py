@@ -46,6 +46,9 @@ ORT_DTYPES = {  # ONNX Runtime's input type names -> numpy
     "tensor(int16)": np.int16,
     "tensor(int8)": np.int8,
     "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,  # a depth camera's frames
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
     "tensor(bool)": np.bool_,
 }
 

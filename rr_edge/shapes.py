@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, value_info_to_tensor_info
+from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, subgraphs, value_info_to_tensor_info
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def tensor_infos_of(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     infos: dict[str, TensorInfo] = {}
     for t in graph.initializer:
         infos[t.name] = initializer_info(t)
-    _merge(infos, (*graph.input, *graph.value_info, *graph.output))
-    if _complete(graph, infos):
+    _merge(infos, (*graph.input, *graph.value_info, *graph.output, *_inner_value_infos(graph)))
+    if _complete(graph, infos) and _complete_inside(graph, infos):
         return infos
     light = light_copy(model)
     _merge(infos, _inferred_value_infos(light, data_prop=False))
@@ -84,6 +84,29 @@ def _complete(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
     return True
 
 
+def _complete_inside(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
+    """Whether every tensor computed inside the graph's subgraphs (If branches, Loop and Scan bodies) has a type and
+    a static shape: what a body's FLOPs are counted from."""
+    for node in graph.node:
+        for g in subgraphs(node):
+            if not _complete(g, infos) or not _complete_inside(g, infos):
+                return False
+    return True
+
+
+def _inner_value_infos(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[onnx.ValueInfoProto]:
+    """The declared inputs, value_info and outputs of the graph's subgraphs, nested ones included: the tensors of a
+    body, whose FLOPs count for the node that runs it (`flops.node_flops`). A name of an enclosing graph is left out
+    (ONNX forbids a body to reuse one; a model that does must not have its outer tensor's shape replaced)."""
+    outer = outer | {o for n in graph.node for o in n.output} | {vi.name for vi in (*graph.input, *graph.output)}
+    found: list[onnx.ValueInfoProto] = []
+    for node in graph.node:
+        for g in subgraphs(node):
+            found.extend(vi for vi in (*g.input, *g.value_info, *g.output) if vi.name not in outer)
+            found.extend(_inner_value_infos(g, outer))
+    return found
+
+
 def _known_dims(info: TensorInfo) -> int:
     """How much of the shape is known: -1 for an unknown rank, else the number of fixed dimensions."""
     return -1 if info.shape is None else sum(d >= 0 for d in info.shape)
@@ -106,7 +129,7 @@ def _inferred_value_infos(light: onnx.ModelProto, data_prop: bool) -> list[onnx.
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
         log.warning("shape inference failed, some block features will be unknown: %s", exc)
         return []
-    return [*inferred.graph.value_info, *inferred.graph.output]
+    return [*inferred.graph.value_info, *inferred.graph.output, *_inner_value_infos(inferred.graph)]
 
 
 def _fold_shape_arithmetic(light: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
@@ -166,7 +189,7 @@ def _evaluate(
 def _foldable(node: onnx.NodeProto, values: dict[str, np.ndarray], infos: dict[str, TensorInfo]) -> bool:
     if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM_OPS:
         return False
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    if subgraphs(node):
         return False
     if node.op_type in ("Shape", "Size"):
         info = infos.get(node.input[0]) if node.input else None
