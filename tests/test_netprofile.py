@@ -295,7 +295,8 @@ def test_a_sweep_stopped_by_max_transfer_s_says_so_and_builds_no_probe_past_it(
     built: list[int] = []
     real = netprofile.probe_slice
     monkeypatch.setattr(netprofile, "probe_slice", lambda n, seed=0: built.append(n) or real(n, seed))
-    config = NetProfileConfig(max_mb=16, repeats=1, min_time_s=0.0, upload_min_mb=0.25, upload_max_mb=16,
+    # uploads to 64 MiB: the first one warms the server up (20-30 ms here), and 16 MiB took under 4x that
+    config = NetProfileConfig(max_mb=16, repeats=1, min_time_s=0.0, upload_min_mb=0.25, upload_max_mb=64,
                               max_transfer_s=0.001)  # fmt: skip
     with Client(server_process) as client:
         profile = profile_network(client, config)
