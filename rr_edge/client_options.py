@@ -92,7 +92,12 @@ class ClientOptions:
 
 def check_address(text: str) -> str:
     """`text` if it is HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix), else
-    ValueError. Without a port gRPC would quietly dial 443."""
+    ValueError. Without a port gRPC would quietly dial 443; an http(s):// URL, as buf curl takes, it would look up
+    whole as a host name ("Misformatted domain name")."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        tls = " and TLS (--tls or --tls-ca)" if scheme.lower() == "https" else ""
+        raise ArgumentError(f"expected HOST:PORT, not a URL: give {rest.rstrip('/')!r}{tls}, got {text!r}")
     host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
     if not sep or not host or (host.endswith(":") and not host.startswith("[")):
         raise ArgumentError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")

@@ -189,6 +189,26 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def _with_its_flag(exc: Exception, args: argparse.Namespace) -> str:
+    """The error, naming the option whose file it is (`[Errno 2] No such file or directory: 'tokens'` did not say
+    that the file was --auth-token-file's)."""
+    filename = getattr(exc, "filename", None)
+    if not isinstance(exc, OSError) or filename is None:
+        return str(exc)
+    failed = Path(filename)
+    for flag, path in (
+        ("--auth-token-file", args.auth_token_file),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--client-ca", args.client_ca),
+        ("--data-dir", args.data_dir),
+    ):
+        related = flag == "--data-dir" and (path in failed.parents or failed in path.parents)  # a file in it, or above
+        if path is not None and (failed == path or related):
+            return f"{flag} {filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
@@ -205,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(config_from_args(args))
         address = server.start()
     except (OSError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s", _with_its_flag(exc, args))
         return 2
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")

@@ -175,6 +175,20 @@ def test_server_address_accepts_host_port(address: str) -> None:
     assert args.server == address
 
 
+@pytest.mark.parametrize(
+    ("address", "hint"),
+    [
+        ("http://127.0.0.1:8001", "'127.0.0.1:8001', got"),
+        ("https://rr.example:443/", "'rr.example:443' and TLS (--tls or --tls-ca)"),
+    ],
+)
+def test_server_address_is_not_a_url(capsys, model, address: str, hint: str) -> None:  # type: ignore[no-untyped-def]
+    """`--server http://127.0.0.1:8001` (the form of buf curl's URLs in protocol.md) was taken, then failed on a DNS
+    lookup of the whole URL ("Misformatted domain name") with the hint to check that rr-server runs (docs review)."""
+    line = parse_error(capsys, ["plan", str(model), "--server", address, "--node", "n"], "plan")
+    assert "--server: expected HOST:PORT, not a URL: give " + hint in line and repr(address) in line
+
+
 def test_unreachable_server_error_names_the_address(capsys, model) -> None:  # type: ignore[no-untyped-def]
     code = main(["plan", str(model), *DEAD])
     err = capsys.readouterr().err.strip().splitlines()
@@ -252,6 +266,27 @@ def test_server_refuses_unknown_providers(tmp_path: Path, capsys) -> None:  # ty
     assert server_cli.config_from_args(args).providers == ("CUDA", "CPUExecutionProvider")
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--auth-token-file", "{tmp}/no-tokens"], "cannot start: --auth-token-file {tmp}/no-tokens: No such file"),
+        (["--data-dir", "{tmp}/a-file/data"], "cannot start: --data-dir {tmp}/a-file/data: Not a directory"),
+    ],
+)
+def test_server_start_errors_name_the_option(tmp_path: Path, flags: list[str], message: str) -> None:
+    """`rr-server --auth-token-file tokens` with no such file said only `[Errno 2] No such file or directory:
+    'tokens'` (docs review)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("")
+    argv = ["--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--log-format", "text"]
+    argv += [f.format(tmp=tmp_path) for f in flags]
+    done = subprocess.run([sys.executable, "-m", "rr_server.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert message.format(tmp=tmp_path) in done.stderr.strip().splitlines()[-1], done.stderr
+
+
 def test_server_workers_are_configurable(tmp_path: Path) -> None:
     """More edges keep more streams open (one worker thread each): --workers sizes the pool."""
     args = server_cli.parse_args(["--data-dir", str(tmp_path), "--workers", "128"])
@@ -284,6 +319,18 @@ def test_run_prints_a_readable_summary(capsys, model, x) -> None:  # type: ignor
     assert "3 requests" in out and "median ms" in out and "measured" in out
     assert "0 of 3 requests finished locally" in out
     assert "made ready once" in out  # the slice's one-time upload, apart from the requests
+
+
+def test_plan_and_run_tables_read_as_text(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    """plan printed its provenance counts as Python dicts (`edge {'measured': 4, 'cold-start': 9}`) and run titled
+    one request "1 requests" (docs review)."""
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: synthetic_costs(model))
+    assert main(["plan", str(model), *DEAD, "--preloaded"]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and f"predictions: edge {len(analyze(onnx.load(model)).blocks)} measured; cloud " in out
+    assert main(["run", str(model), *DEAD, "--split", "0,0", "--input", str(x)]) == 0
+    out = capsys.readouterr().out
+    assert ": 1 request in " in out and "1 requests in" not in out
 
 
 def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:  # type: ignore[no-untyped-def]

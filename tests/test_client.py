@@ -445,3 +445,13 @@ def test_upload_command_json(server: str, tmp_path: Path, capsys: pytest.Capture
         assert client.slice_status(slice_id_of(data)).loaded
     assert main(["upload", str(tmp_path / "missing.onnx"), "--server", server]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8001", "HTTPS://rr.example:443/"])
+def test_a_url_is_no_server_address(url: str) -> None:
+    """A URL (buf curl's form) was taken and then looked up whole as a host name, failing as "server unavailable"
+    (docs review); the CLI refused it, the Python API did not."""
+    from rr_edge.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="expected HOST:PORT, not a URL"):
+        Client(url)

@@ -320,6 +320,24 @@ def test_model_meter_toml_and_errors(tmp_path: Path) -> None:
         PowerSpec(active_w=-1.0, idle_w=0.0)
 
 
+def test_a_power_model_config_of_one_class_is_used_without_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The docs' own one-class example (pi4, no `default`) was ignored for the built-in 10 W figures, silently, unless
+    its class was named (docs review). Several classes and no default: the built-in figures, with a warning."""
+    monkeypatch.delenv("RR_DEVICE_CLASS", raising=False)
+    one = tmp_path / "pi4.json"
+    one.write_text(json.dumps({"classes": [{"name": "pi4", "power": {"active_w": 6.4, "idle_w": 2.7}}]}))
+    meter = ModelMeter(config=one)
+    assert (meter.power.device_class, meter.power.active_w) == ("pi4", 6.4) and str(one) in meter.description
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"classes": [{"name": n, "power": {"active_w": w, "idle_w": 1.0}} for n, w in
+                                           (("pi4", 6.4), ("nano", 7.5))]}))  # fmt: skip
+    with caplog.at_level("WARNING", logger="rr_edge.meters.model"):
+        meter = ModelMeter(config=two)
+    assert "built-in default" in meter.description and "pi4, nano" in caplog.text and "--device-class" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("content", "error"),
     [

@@ -181,6 +181,5 @@ def print_report(report: PlanReport) -> None:
     console = Console()
     console.print(plan_table(report, f"{report.blocks} blocks; objective {report.chosen.objective}"))
     counts = report.costs.provenance_counts()
-    console.print(
-        f"predictions: edge {counts['edge']}, cloud {counts['cloud']}; e2e correction {report.costs.e2e_correction:.3f}"
-    )
+    edge, cloud = (", ".join(f"{n} {kind}" for kind, n in counts[row].items()) for row in ("edge", "cloud"))
+    console.print(f"predictions: edge {edge}; cloud {cloud}; e2e correction {report.costs.e2e_correction:.3f}")

@@ -348,9 +348,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def print_summary(model: str, s: dict[str, Any]) -> None:
     """The run for people: measured latency and energy next to the plan's prediction, then fallbacks and accuracy."""
-    table = Table(title=f"{model}: {s['requests']} requests in {s['wall_s']:.2f} s", title_justify="left")
+    table = Table(title=f"{model}: {_count(s['requests'], 'request')} in {s['wall_s']:.2f} s", title_justify="left")
     for column in ("", "i,j", "median ms", "p90 ms", "server ms", f"energy mJ ({s['energy_source']})"):
         table.add_column(column, justify="right" if column else "left")
     for segment in s["segments"]:  # one split after the other when a re-plan switched

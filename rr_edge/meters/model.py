@@ -129,6 +129,7 @@ def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
 def resolve_power(config: str | Path | None = None, device_class: str | None = None) -> tuple[PowerSpec, str]:
     """The PowerSpec to use and where it came from (a file path or "built-in default")."""
     path = Path(config) if config else Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None
+    chosen = path is not None  # by the user, not the testbed's file found beside the code
     if path is None and TESTBED_CLASSES.is_file():
         path = TESTBED_CLASSES
     cls = device_class or os.environ.get(ENV_DEVICE_CLASS) or None
@@ -138,7 +139,20 @@ def resolve_power(config: str | Path | None = None, device_class: str | None = N
         return DEFAULT_POWER, "built-in default"
     table = load_power_table(path)
     if cls is None:
-        return table.get("default", DEFAULT_POWER), str(path) if "default" in table else "built-in default"
+        if "default" in table:
+            return table["default"], str(path)
+        if chosen and len(table) == 1:  # a file of one class: the user's device (it was ignored for the built-in)
+            (only,) = table.values()
+            return only, str(path)
+        if chosen:
+            log.warning(
+                "power model config %s has several classes (%s) and no 'default': the built-in figures are used; "
+                "name one with --device-class or $%s",
+                path,
+                ", ".join(table),
+                ENV_DEVICE_CLASS,
+            )
+        return DEFAULT_POWER, "built-in default"
     if cls not in table:
         raise MeterError(f"device class {cls!r} not in power model config {path} (known: {', '.join(table)})")
     return table[cls], str(path)
