@@ -361,3 +361,38 @@ def test_a_signature_reported_since_the_last_fit_is_busy_not_unknown(tmp_path):
     (record,) = p.predict("a2", ["new"])
     assert record.latency_ms > 0
     storage.close()
+
+
+def test_cold_start_from_a_few_alike_blocks_stays_near_them(tmp_path):
+    """A first profile of resnet18 at 96 measured 4 of its 12 distinct blocks, all of one kind (Conv Relu Conv Add
+    Relu: their log FLOPs differ by 0.001). Features were scaled by their spread over the measured blocks alone, so a
+    Reshape (0 FLOPs) sat 45,000 such spreads away: the other 8 were predicted at 1e-4 ms or 86,400,000 ms, every
+    plan's edge energy came out 0 (the e2e correction, 1e-8, scaled it away), and the demo printed it (docs review)."""
+    from rr_server.records import Features
+    from rr_server.storage import Storage
+
+    measured = {
+        "add1": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 85045248, 294912, 147456, 147456), 0.387),
+        "add2": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 84989952, 1179648, 73728, 73728), 0.387),
+        "add3": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 84962304, 4718592, 36864, 36864), 0.396),
+        "add4": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 84948480, 18874368, 18432, 18432), 0.541),
+    }
+    cold = {
+        "stem": Features(("Conv", "Relu"), 43499520, 37632, 110592, 589824),
+        "pool": Features(("MaxPool",), 331776, 0, 589824, 147456),
+        "down": Features(("Conv", "Relu", "Conv", "Conv", "Add", "Relu"), 66115584, 917504, 147456, 73728),
+        "mean": Features(("ReduceMean",), 4608, 16, 18432, 2048),
+        "flat": Features(("Reshape",), 0, 16, 2048, 2048),
+        "fc": Features(("Gemm",), 1025000, 2052000, 2048, 4000),
+    }
+    storage = Storage(tmp_path)
+    features = {s: f for s, (f, _) in measured.items()}
+    for node, scale in (("edge", 1.0), ("server", 1.5)):
+        storage.upsert_node(node, "edge", {})
+        storage.add_reports([Measurement(node, s, v * scale) for s, (_, v) in measured.items()], features, {}, [])
+    p = predictor_module.Predictor(storage)
+    p.refresh()
+    answers = p.predict("edge", list(cold), cold)
+    assert all(a.latency_provenance == predictor_module.COLD_START for a in answers)
+    assert all(0.387 / 100 < a.latency_ms < 0.541 * 100 for a in answers), [a.latency_ms for a in answers]
+    storage.close()

@@ -25,6 +25,10 @@ namespace {
 // A new column's standardised features beyond this many standard deviations are rejected: it keeps the prior
 // (linear in them) and the kernel residual (quadratic, squared again) finite.
 constexpr double kMaxStandardised = 1e50;
+// How far (standard deviations of the fitted columns' features) beyond the features of the measured columns an
+// unmeasured column's prior may extrapolate. Four alike blocks (log FLOPs within 0.001 of each other, a standard
+// deviation of 0.0004) put a Reshape's log FLOPs 45,000 standard deviations away, and its prior at exp(-60).
+constexpr double kFeatureMargin = 1.0;
 
 void check_config(const Config& c) {
   if (c.rank < 0 || c.rank > kMaxRank)
@@ -130,6 +134,37 @@ void Model::set_features(const Features& f) {
   }
 }
 
+void Model::set_feature_range() {
+  const std::int64_t nf = n_features_, fx = nf + 1;
+  x_lo_.assign(static_cast<std::size_t>(nf), INFINITY);
+  x_hi_.assign(static_cast<std::size_t>(nf), -INFINITY);
+  for (std::int64_t c = 0; c < n_cols_; ++c)
+    if (col_counts_[c] > 0)
+      for (std::int64_t j = 0; j < nf; ++j) {
+        x_lo_[j] = std::min(x_lo_[j], x_[c * fx + j]);
+        x_hi_[j] = std::max(x_hi_[j], x_[c * fx + j]);
+      }
+  for (std::int64_t j = 0; j < nf; ++j) {
+    if (x_lo_[j] > x_hi_[j]) {  // no measured column (a model loaded without any): no clipping
+      x_lo_[j] = -INFINITY;
+      x_hi_[j] = INFINITY;
+    } else {
+      x_lo_[j] -= kFeatureMargin;
+      x_hi_[j] += kFeatureMargin;
+    }
+  }
+  clip_features(0);
+}
+
+void Model::clip_features(std::int64_t first) {
+  const std::int64_t nf = n_features_, fx = nf + 1;
+  xp_.resize(static_cast<std::size_t>(first * fx));
+  xp_.insert(xp_.end(), x_.begin() + first * fx, x_.end());
+  for (std::int64_t c = first; c < n_cols_; ++c)
+    if (col_counts_[c] == 0)
+      for (std::int64_t j = 0; j < nf; ++j) xp_[c * fx + j] = std::clamp(xp_[c * fx + j], x_lo_[j], x_hi_[j]);
+}
+
 void Model::set_additive(const Features& a, std::int64_t n_cols) {
   if (a.n_cols != n_cols || a.n_features < 0) check_additive(a, n_cols);  // its shape error
   add_.assign(a.data, a.data + a.n_cols * a.n_features);
@@ -216,7 +251,7 @@ void Model::refresh_col_params(std::int64_t first_new_col) {
   std::vector<double> prior;
   if (!x_.empty()) {
     prior.resize(dev_.size() - kept);
-    detail::apply_theta(x_.data() + first_new_col * fx, n_cols_ - first_new_col, fx, theta_.data(), d, prior.data());
+    detail::apply_theta(xp_.data() + first_new_col * fx, n_cols_ - first_new_col, fx, theta_.data(), d, prior.data());
   }
   z_.resize(kept);
   z_.insert(z_.end(), dev_.begin() + static_cast<std::ptrdiff_t>(kept), dev_.end());
@@ -232,6 +267,7 @@ void Model::run_als(const Observations& obs, int iterations) {
   mu_ = s / static_cast<double>(obs.size);
   for (std::int64_t c = 0; c < n_cols_; ++c) col_counts_[c] = by_col.ptr[c + 1] - by_col.ptr[c];
   for (std::int64_t r = 0; r < n_rows_; ++r) row_counts_[r] = by_row.ptr[r + 1] - by_row.ptr[r];
+  if (with_features) set_feature_range();
   std::fill(row_scale_.begin(), row_scale_.end(), 1.0);  // the ALS row solves assume g_r = 1
 
   std::vector<double> ridge_row(d, config_.reg), ridge_col(d, config_.reg_col);
@@ -239,9 +275,9 @@ void Model::run_als(const Observations& obs, int iterations) {
   ridge_col[0] = config_.reg_col_bias;
   std::vector<double> grams, prior;
   if (with_features) {
-    grams = detail::row_feature_grams(by_row, x_.data(), fx, config_.threads);
+    grams = detail::row_feature_grams(by_row, xp_.data(), fx, config_.threads);
     prior.resize(dev_.size());
-    detail::apply_theta(x_.data(), n_cols_, fx, theta_.data(), d, prior.data());
+    detail::apply_theta(xp_.data(), n_cols_, fx, theta_.data(), d, prior.data());
   }
   auto set_col_params = [&] {  // z_ = dev_ + the feature prior of theta_ (empty without features)
     z_ = dev_;
@@ -251,9 +287,9 @@ void Model::run_als(const Observations& obs, int iterations) {
     set_col_params();
     detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), config_.threads);
     if (with_features) {
-      detail::solve_theta(by_row, x_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
+      detail::solve_theta(by_row, xp_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
                           theta_.data(), config_.threads);
-      detail::apply_theta(x_.data(), n_cols_, fx, theta_.data(), d, prior.data());
+      detail::apply_theta(xp_.data(), n_cols_, fx, theta_.data(), d, prior.data());
     }
     detail::solve_cols(by_col, rows_.data(), with_features ? prior.data() : nullptr, mu_, d, ridge_col.data(),
                        dev_.data(), config_.threads);
@@ -448,11 +484,13 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Fea
   col_counts_.resize(static_cast<std::size_t>(total), 0);
   n_cols_ = total;
   try {
+    if (!x_.empty()) clip_features(first);
     refresh_col_params(first);
     refresh_residuals(first);  // changes nothing when it throws
   } catch (...) {               // out of memory: back to the columns before
     n_cols_ = first;
     x_.resize(x_size);
+    xp_.resize(x_size);
     add_.resize(add_size);
     dev_.resize(static_cast<std::size_t>(first * d));
     z_.resize(static_cast<std::size_t>(first * d));
@@ -471,7 +509,7 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
   const int fx = static_cast<int>(n_features_ + 1);
   const bool on = config_.kernel_residual && !x_.empty();
   const detail::ColumnBasis basis =
-      on ? detail::column_basis(x_.data(), fx, n_cols_, detail::basis_rank_limit(ptr.data(), n_rows_, n_cols_))
+      on ? detail::column_basis(xp_.data(), fx, n_cols_, detail::basis_rank_limit(ptr.data(), n_rows_, n_cols_))
          : detail::ColumnBasis{};
   // Rows without training entries (folded in earlier, or never observed) are now the mean row: no residual.
   detail::parallel_chunks(
@@ -480,7 +518,7 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
         for (std::int64_t r = lo; r < hi; ++r) {
           const std::int64_t b = ptr[r], n = ptr[r + 1] - b;
           kernels_[r] = on && n > 0 ? detail::fit_row_kernel(index.data() + b, rho.data() + b,
-                                                             static_cast<std::size_t>(n), x_.data(), fx,
+                                                             static_cast<std::size_t>(n), xp_.data(), fx,
                                                              config_.seed * 0x9E3779B97F4A7C15ULL + r, basis)
                                     : KernelExpansion{};
           blends_[r].clear();
@@ -509,7 +547,7 @@ void Model::refresh_residuals(std::int64_t first_new_col) {
       n_rows_, config_.threads,
       [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t r = lo; r < hi; ++r)
-          detail::evaluate_kernel(kernels_[r], x_.data(), fx, kept, n_cols_, table.data() + r * n_cols_ + kept);
+          detail::evaluate_kernel(kernels_[r], xp_.data(), fx, kept, n_cols_, table.data() + r * n_cols_ + kept);
       },
       1);
   residuals_ = std::move(table);

@@ -346,6 +346,7 @@ Model Model::load(const std::string& path) {
       if (r.get<std::uint64_t>() != expected) r.fail();
     }
     if (!r.at_end()) r.fail();  // trailing bytes: another version relabelled, or not a model file
+    if (with_features) m.set_feature_range();
     m.refresh_col_params();
     m.refresh_residuals();
     m.refresh_fold_in_prior();

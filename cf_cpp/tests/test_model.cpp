@@ -270,6 +270,38 @@ TEST_CASE("add_cols appends cold columns predicted from features") {
   CHECK_THROWS_AS(m.add_cols(2, nullptr), cf::InvalidInput);
 }
 
+TEST_CASE("an unmeasured column far from every measured one is not extrapolated without bound") {
+  // Four alike measured columns (feature 0 within 0.001 of 18.3, feature 1 spread over 0..3) on two rows, values
+  // near 0.4 and 0.6; a column whose feature 0 is 0 (a Reshape's log FLOPs beside four convolutions') went to exp(-60)
+  // through the prior, fitted at the measured columns' spread of 0.0004. Clipped to that range plus one standard
+  // deviation it stays near the measured values, whether fitted unmeasured, added by add_cols or loaded.
+  const std::vector<double> features = {18.3004, 0.0, 18.3001, 1.0, 18.2999, 2.0, 18.2996, 3.0, 0.0, 1.5};
+  const std::vector<std::int64_t> rows = {0, 0, 0, 0, 1, 1, 1, 1}, cols = {0, 1, 2, 3, 0, 1, 2, 3};
+  const std::vector<double> values = {0.39, 0.39, 0.40, 0.54, 0.58, 0.59, 0.60, 0.80};
+  cf::Observations obs{rows.data(), cols.data(), values.data(), values.size()};
+  cf::Config config;
+  config.rank = 1;
+  cf::Model fitted(config);
+  cf::Features all{features.data(), 5, 2};
+  fitted.fit(obs, 2, 5, &all);
+  cf::Model added(config);
+  cf::Features measured{features.data(), 4, 2}, cold{features.data() + 8, 1, 2};
+  added.fit(obs, 2, 4, &measured);
+  CHECK(added.add_cols(1, &cold) == 4);
+  const std::string path = "cf_cpp_test_far_column.bin";
+  added.save(path);
+  const cf::Model loaded = cf::Model::load(path);
+  std::remove(path.c_str());
+  const cf::Model* models[] = {&fitted, &added, &loaded};
+  for (const cf::Model* m : models)
+    for (std::int64_t r = 0; r < 2; ++r) {
+      const std::int64_t c = 4;
+      double out = 0;
+      m->predict_log(&r, &c, 1, &out);
+      CHECK(std::fabs(out - std::log(r == 0 ? 0.43 : 0.64)) < std::log(3.0));
+    }
+}
+
 TEST_CASE("invalid input raises InvalidInput with a clear message") {
   std::vector<std::int64_t> rows = {0, 1}, cols = {0, 5};
   std::vector<double> values = {1.0, 2.0};

@@ -158,6 +158,8 @@ class Model {
   void check_fitted() const;
   void set_features(const Features& f);
   void set_additive(const Features& a, std::int64_t n_cols);
+  void set_feature_range();                  // x_lo_, x_hi_ from the measured columns (col_counts_), then xp_
+  void clip_features(std::int64_t first);    // xp_ for the columns from first on (those before are kept)
   // The model's log value at column c for row parameters a = [b, p] and column-bias coefficient g (no residual).
   double low_rank_log(const double* a, double g, std::int64_t c) const;
   // A new row's additive weights from its revealed entries, or empty when the fold-in cross-validates as well.
@@ -185,6 +187,10 @@ class Model {
   std::shared_ptr<const detail::FoldInPrior> fold_in_prior_;
   std::vector<double> dev_;         // n_cols x dim: e_c
   std::vector<double> x_;           // n_cols x (n_features + 1): standardised features + intercept
+  // Derived (after every fit / refit / load, extended by add_cols): x_ as priors and kernel residuals read it, each
+  // feature of an unmeasured column clipped to the measured columns' range widened by kFeatureMargin.
+  std::vector<double> xp_;
+  std::vector<double> x_lo_, x_hi_;  // n_features: that widened range
   std::vector<double> feat_mean_, feat_scale_;  // raw -> standardised (scale 0 drops a constant feature)
   std::vector<double> theta_;       // dim x (n_features + 1)
   std::vector<double> z_;           // cache: n_cols x dim, z_c = Theta x_c + e_c
