@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
@@ -82,6 +84,9 @@ def _run(argv: list[str]) -> int:
     except RoadRunnerError as exc:
         print(f"rr-edge {args.command}: error: {exc}{_hint(exc, args)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rr-edge blocks m.onnx --json | head`): quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to fail
+        return 128 + signal.SIGPIPE
     except OSError as exc:  # a file that cannot be read or written (its name is in the message)
         logging.getLogger("rr_edge").debug("rr-edge %s", args.command, exc_info=True)
         print(f"rr-edge {args.command}: error: {exc}", file=sys.stderr)

@@ -563,3 +563,21 @@ def test_a_transfer_past_its_deadline_says_how_to_give_it_more_time(capsys, monk
     err = capsys.readouterr().err.strip()
     assert err.endswith("on a slow link, give a larger --timeout (or send less: a smaller --max-mb / --upload-max-mb)")
     assert "check that rr-server is running" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(model: Path) -> None:
+    """`rr-edge blocks m.onnx --json | head -c 300` ended with "rr-edge blocks: error: [Errno 32] Broken pipe" (model
+    review): a closed pipe ends the command as SIGPIPE would, without a word."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rr_edge.cli", "blocks", str(model), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes: its output goes nowhere
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE and err == ""
