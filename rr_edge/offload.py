@@ -416,11 +416,15 @@ def validate_split(text: str, graph: BlockGraph) -> tuple[int, int]:
     return (i, j) if i < j else (n_blocks - 1, n_blocks - 1)
 
 
-def local_outputs(settings: OrtSettings, onnx_bytes: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The whole model run locally on a single input: the reference a plan's outputs are checked against."""
+def local_outputs(
+    settings: OrtSettings, onnx_bytes: bytes, inputs: Mapping[str, np.ndarray] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """The whole model run locally on one request (its inputs by name, or the one input's array): the reference a
+    plan's outputs are checked against."""
     session = settings.create_session(onnx_bytes)
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {session.get_inputs()[0].name: x}), strict=True))
+    feeds = dict(inputs) if isinstance(inputs, Mapping) else {session.get_inputs()[0].name: inputs}
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:

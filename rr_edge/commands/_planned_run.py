@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,8 +38,8 @@ MAX_REPLAN_GAP = 32  # the most requests between two drift re-plans, after re-pl
 
 
 class Energy(Protocol):
-    def run(self, runner: Runner, x: np.ndarray, remaining: int) -> RunResult: ...
-    def finish(self, runner: Runner, x: np.ndarray) -> None: ...
+    def run(self, runner: Runner, x: Mapping[str, np.ndarray], remaining: int) -> RunResult: ...
+    def finish(self, runner: Runner, x: Mapping[str, np.ndarray]) -> None: ...
 
 
 @dataclass
@@ -77,7 +77,7 @@ class PlannedRun:
         split: tuple[int, int],
         report: PlanReport | None,
         energy: Energy,
-        x: np.ndarray,
+        x: Mapping[str, np.ndarray],
         retry_interval_s: float,
         probe: Callable[[PlanReport, int], PlanReport] | None = None,
     ) -> None:

@@ -1,4 +1,4 @@
-"""`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.npy [--output Y] [--repeat K]`.
+"""`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.np[yz] [--output Y] [--repeat K]`.
 
 Plans (or takes the forced `--split`, predicted like any plan when the server can predict this node), then runs the
 plan K times: head and tail locally, the middle on the server,
@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="force plan (I, J) instead of planning: blocks 0..I on this node (I = -1: none), I+1..J on the server, "
         "J+1.. on this node again; I = J runs everything here",
     )
-    p.add_argument("--input", required=True, type=Path, metavar="X.npy", help="input array (single-input models)")
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        metavar="X.npy",
+        help="the request: an array (.npy), or an .npz archive of one array per input name (numpy.savez)",
+    )
     p.add_argument(
         "--output",
         type=output_path,
         metavar="Y.npy",
-        help="write the last request's output (.npy; the first output of a model with several)",
+        help="write the last request's output: .npy (the first output of a model with several), or .npz (all, by name)",
     )
     p.add_argument("--repeat", type=positive_int, default=1, metavar="K", help="requests to run (default %(default)s)")
     p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
@@ -99,24 +106,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(func=run)
 
 
-def _load_input(path: Path, want: TensorInfo) -> np.ndarray:
-    """The input array, checked against the model's (single) input."""
+def _load_inputs(path: Path, wants: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    """The request's inputs by name, each checked against the model's: one array (.npy) for a model of one input, or
+    an .npz archive of one array per input name (a model of one input takes an archive of one array, whatever its
+    name)."""
     try:
-        x = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         # numpy reads any file that is not .npy nor .npz as a pickle, and says to "load it unsafely": never advise that
-        why = "not a .npy file" if "allow_pickle" in str(exc) else str(exc)
-        raise RoadRunnerError(f"cannot read input {path} as a .npy array (numpy.save writes one): {why}") from None
-    if not isinstance(x, np.ndarray):  # an .npz archive of arrays
-        x.close()
-        raise RoadRunnerError(f"input {path} is an .npz archive; give one array as a .npy file (numpy.save writes one)")
-    shape = want.shape or ()  # a model input's shape is fixed when the model loads
-    if not array_fits(x, want.dtype, shape):
+        why = "not a .npy or .npz file" if "allow_pickle" in str(exc) else str(exc)
         raise RoadRunnerError(
-            f"input {path}: {x.dtype} {list(x.shape)} does not match the model input {want.name!r} "
-            f"{want.dtype} {list(shape)}"
-        )
-    return x
+            f"cannot read input {path} as a .npy array or an .npz archive (numpy.save / numpy.savez write them): {why}"
+        ) from None
+    names = [want.name for want in wants]
+    if isinstance(loaded, np.ndarray):
+        if len(wants) != 1:
+            raise RoadRunnerError(
+                f"input {path} is one array; the model takes {len(wants)} inputs ({', '.join(names)}): give an .npz "
+                "archive of one array per name (numpy.savez(path, name=array, ...))"
+            )
+        arrays = {names[0]: loaded}
+    else:
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+        if len(wants) == 1 and len(arrays) == 1:
+            arrays = {names[0]: next(iter(arrays.values()))}
+        if sorted(arrays) != sorted(names):
+            raise RoadRunnerError(f"input {path} holds arrays {sorted(arrays)}; the model takes {sorted(names)}")
+    for want in wants:
+        x, shape = arrays[want.name], want.shape or ()  # a model input's shape is fixed when the model loads
+        if not array_fits(x, want.dtype, shape):
+            raise RoadRunnerError(
+                f"input {path}: {x.dtype} {list(x.shape)} does not match the model input {want.name!r} "
+                f"{want.dtype} {list(shape)}"
+            )
+    return arrays
 
 
 def _energy(meter: Meter, runner: Runner, result: RunResult, reading_mJ: float | None) -> float:
@@ -128,7 +152,7 @@ def _energy(meter: Meter, runner: Runner, result: RunResult, reading_mJ: float |
     return modelled_mJ(result, power, runner.link.uplink, runner.link.downlink, runner.link.expected_cloud_ms)
 
 
-def run_one(runner: Runner, x: np.ndarray, meter: Meter) -> tuple[RunResult, float]:
+def run_one(runner: Runner, x: Mapping[str, np.ndarray], meter: Meter) -> tuple[RunResult, float]:
     token = meter.start("compute")
     result = runner.run(x)
     reading = meter.stop(token)
@@ -153,7 +177,7 @@ class RequestEnergy:
         self._token: Any = None
         self._requests = 0  # requests in the open window (padding runs are counted apart)
 
-    def run(self, runner: Runner, x: np.ndarray, remaining: int) -> RunResult:
+    def run(self, runner: Runner, x: Mapping[str, np.ndarray], remaining: int) -> RunResult:
         """Run one request; `remaining`: how many more requests are to come."""
         if not self.windowed:
             result, energy = run_one(runner, x, self.meter)
@@ -170,7 +194,7 @@ class RequestEnergy:
             self.finish(runner, x)
         return result
 
-    def finish(self, runner: Runner, x: np.ndarray) -> None:
+    def finish(self, runner: Runner, x: Mapping[str, np.ndarray]) -> None:
         """Close the open window, first topping it up to `min_window_s` with runs of the same request."""
         if self._token is None:
             return
@@ -257,9 +281,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.path)
     graph = analyze(model, Path(args.path).stem)
     slicer = Slicer(model, graph)
-    if len(graph.inputs) != 1:
-        raise RoadRunnerError(f"rr-edge run takes single-input models; {graph.model} has {len(graph.inputs)} inputs")
-    x = _load_input(args.input, graph.inputs[0])
+    x = _load_inputs(args.input, graph.inputs)
     settings = OrtSettings(intra_op_threads=args.threads).resolved()
     expected = local_outputs(settings, model.SerializeToString(), x)
     with connect(args) as client, make_meter(args, gpu_work=settings.uses_gpu) as meter:
@@ -340,7 +362,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output:  # at exactly that path (np.save of a name would add .npy)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         with args.output.open("wb") as f:
-            np.save(f, next(iter(outputs.values())))
+            if args.output.suffix == ".npz":
+                np.savez(f, **outputs)  # type: ignore[arg-type]  # numpy's stub takes the keyword for a flag
+            else:
+                np.save(f, next(iter(outputs.values())))
     if args.json:
         print_json(summary)
     else:
