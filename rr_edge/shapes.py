@@ -33,7 +33,7 @@ _LONGEST_SHAPE = 64  # a 1-D tensor with more elements is no shape: data propaga
 _RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                          "Bernoulli"})  # fmt: skip
 
-__all__ = ["initializer_info", "run_shapes", "tensor_infos_of"]
+__all__ = ["initializer_info", "run_shapes", "shape_value", "tensor_infos_of"]
 
 
 def initializer_info(t: TensorProto) -> TensorInfo:
@@ -175,7 +175,7 @@ def _evaluate(
     from onnx.reference import ReferenceEvaluator
 
     if node.op_type in ("Shape", "Size"):
-        return [_shape_value(node, infos[node.input[0]])]
+        return [shape_value(node, infos[node.input[0]])]
     try:
         outs = ReferenceEvaluator(node, opsets=opsets).run(None, {x: values[x] for x in node.input if x})
     except Exception as exc:  # noqa: BLE001 - an op the reference cannot evaluate stays unknown
@@ -197,7 +197,8 @@ def _foldable(node: onnx.NodeProto, values: dict[str, np.ndarray], infos: dict[s
     return all(x in values for x in node.input if x)
 
 
-def _shape_value(node: onnx.NodeProto, info: TensorInfo) -> np.ndarray:
+def shape_value(node: onnx.NodeProto, info: TensorInfo) -> np.ndarray:
+    """What a Shape (with its start and end) or Size node computes from a tensor of static shape `info`."""
     shape = info.shape or ()
     if node.op_type == "Size":
         return np.array(info.numel, dtype=np.int64)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
 from rr_edge.blocks import BlockGraph, node_domains, node_inputs, with_subgraph_nodes
 from rr_edge.errors import ModelError
 from rr_edge.onnx_io import TensorInfo, elem_type
+from rr_edge.shapes import shape_value
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +117,8 @@ class Slicer:
         info = self._graph.tensors.get(node.input[0])
         if info is None or info.shape is None or not info.static:
             raise ModelError(f"slice reads the shape of {node.input[0]!r}, which is not static")
-        if node.op_type == "Size":
-            value = np.array(info.numel, dtype=np.int64)
-        else:
-            attrs = {a.name: a.i for a in node.attribute}
-            rank = len(info.shape)
-            start = attrs.get("start", 0)
-            end = attrs.get("end", rank)
-            value = np.array(info.shape[start:end], dtype=np.int64)
-        return helper.make_node(
-            "Constant", [], list(node.output), name=f"{node.name}_static", value=numpy_helper.from_array(value)
-        )
+        value = numpy_helper.from_array(shape_value(node, info))
+        return helper.make_node("Constant", [], list(node.output), name=f"{node.name}_static", value=value)
 
 
 def whole_model_bytes(model: onnx.ModelProto) -> bytes:
