@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import signal
 import threading
 import time
@@ -164,12 +165,15 @@ def test_keepalive_moves_only_its_own_thread_until_stopped():
     thread = threading.Thread(target=run)
     try:
         thread.start()
-        time.sleep(0.05)
+        written, deadline = "", time.monotonic() + 30  # 3 writes 2 ms apart took over 50 ms on a loaded machine
+        while not (tids and len(written) >= 3 * len(str(tids[0]))) and time.monotonic() < deadline:
+            if select.select([r], [], [], 0.1)[0]:
+                written += os.read(r, 1 << 16).decode()
         stop.set()
         thread.join(timeout=5)
         assert not thread.is_alive()
         os.close(w)
-        written = os.read(r, 1 << 16).decode()
+        written += os.read(r, 1 << 16).decode()
         tid = str(tids[0])
         assert tid != str(os.getpid()) and len(written) >= 3 * len(tid)  # a thread id, written again and again
         assert written == tid * (len(written) // len(tid))
