@@ -11,7 +11,8 @@ Answers, per value:
 * COLD_START  - no node measured this signature: predicted from its features only.
 * UNKNOWN     - nothing to go on (no measurement of this quantity anywhere yet); the value is 0.
 
-Refits run in a background thread, debounced after reports arrive (`notify`), never on the request path, and with
+Refits run in a background thread, debounced after reports arrive (`notify`), never on the request path (a query
+about signatures measured since the last fit waits for the next, up to `FRESH_WAIT_S`), and with
 at least `REFIT_IDLE_FACTOR` times the last refit's duration between two of them: a refit reads and fits everything,
 so under steady reports at tens of thousands of signatures (3.4 s each) they had run back to back. A node that
 was not in the last fit is folded in (a ridge solve against the fixed column factors) instead of refitting, unless it
@@ -72,6 +73,7 @@ BOUNDS = {
 }  # what reports may hold
 MAX_COLD_COLUMNS = 10_000
 REFIT_RETRY_AFTER_S = 1.0  # the pushback of a query refused until the refit that drops the cold columns
+FRESH_WAIT_S = 5.0  # longest a query waits for the refit of measurements stored before it
 
 
 def _sizes(f: Features) -> list[int]:
@@ -316,6 +318,7 @@ class Predictor:
     ) -> list[PredictionRecord]:
         """Latency and energy of each signature on `node_id`; raises NotFound for a signature nobody knows, and Busy
         (retry shortly) for one only reported since the last fit, without its features."""
+        self._await_fit(signatures)
         features = dict(features or {})
         known = self._storage.signatures(signatures)  # those of the query only (all: 40,000 of them, say)
         mine = {m.signature: m for m in self._storage.latest_measurements(node_id, signatures)}
@@ -362,6 +365,15 @@ class Predictor:
         if any(t is not None and len(t.cold) > MAX_COLD_COLUMNS for t in (latency_t, energy_t)):
             self.notify()  # the refit drops the queried columns
         return out
+
+    def _await_fit(self, signatures: Sequence[str]) -> None:
+        """Measurements of some of `signatures` stored since the last fit (a profile's reports, the server's timings
+        of its blocks, moments ago): wait for the refit that takes them in, at most FRESH_WAIT_S. Without it a plan
+        made right after `rr-edge profile` (vit_b_16, a second profile) read the fit from before that profile: the
+        blocks it had just measured elsewhere in the model, and the blocks like them, stayed predicted from three
+        tiny blocks, 350x too fast. Queries about other signatures do not wait for other nodes' reports."""
+        if self._thread.is_alive() and self._storage.written_after(signatures, self._fitted_version):
+            self.wait_fresh(FRESH_WAIT_S)
 
 
 def idle_before_refit(last_end: float, last_duration_s: float, now: float) -> float:

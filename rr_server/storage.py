@@ -179,6 +179,7 @@ class Storage:
         self._db.executescript(_SCHEMA)
         self._readers = _Readers(self.path)
         self.version = 0  # bumped after every measurement write commits; the predictor compares it
+        self._written: dict[str, int] = {}  # per signature: the version of the last write that measured it
 
     def close(self) -> None:
         self._readers.close()
@@ -304,6 +305,12 @@ class Storage:
             _prune(db, _PRUNE_RUNS, {(r.node_id, r.model) for r in runs})
         with self._lock:  # after the commit: a reader that sees this version sees the write
             self.version += 1
+            self._written.update((m.signature, self.version) for m in measurements)
+
+    def written_after(self, signatures: Iterable[str], version: int) -> bool:
+        """Whether a write after `version` measured one of `signatures` (since this process started)."""
+        with self._lock:
+            return any(self._written.get(s, 0) > version for s in signatures)
 
     def signatures(self, only: Iterable[str] | None = None) -> dict[str, Features]:
         """Stored signatures' features: all, or those of `only` that are stored."""

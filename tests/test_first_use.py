@@ -1,0 +1,71 @@
+"""A first-time user on a fresh server: profile, then plan at once. The plan must see the profile's measurements."""
+
+from __future__ import annotations
+
+from _server_support import Stubs, layer, report
+
+from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+from rr_server.server import Server, ServerConfig
+
+BIG = {"ops": ["MatMul", "Add"], "flops": 2_000_000_000, "param_bytes": 9_000_000, "input_bytes": 600_000,
+       "output_bytes": 600_000}  # fmt: skip
+TINY = {"ops": ["Transpose"], "flops": 0, "param_bytes": 0, "input_bytes": 600_000, "output_bytes": 600_000}
+
+
+def predict(stubs: Stubs, node_id: str, signatures: list[str]) -> dict[str, rr.Prediction]:
+    request = rr.PredictRequest(node_id=node_id, signatures=signatures)
+    return {p.signature: p for p in stubs.predictions.Predict(request, timeout=30).predictions}
+
+
+def test_a_query_right_after_a_report_uses_the_fit_that_includes_it(tmp_path):
+    # A long debounce: the refit of the second report has not run when the query comes, as after a profile whose
+    # slices the server timed until moments before the plan.
+    server = Server(
+        ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", refresh_debounce_s=1.0, cloud_profiling=False)
+    )
+    server.start()
+    stubs = Stubs.connect(server.address)
+    try:
+        for node in ("edge-1", "edge-2"):
+            stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node, role=rr.NODE_ROLE_EDGE), timeout=5)
+        stubs.profiles.ReportLayerProfiles(
+            report("edge-1", layer("tiny", 0.05, **TINY), layer("big", 10.0, **BIG)), timeout=10
+        )
+        assert server.predictor.wait_fresh(10)
+        stubs.profiles.ReportLayerProfiles(report("edge-2", layer("tiny", 0.06, **TINY), layer("big2", 12.0, **BIG)),
+                                           timeout=10)  # fmt: skip
+        got = predict(stubs, "edge-1", ["big2"])["big2"]
+        # edge-2 measured big2 moments ago: edge-1's figure is a prediction from it, not a cold start from tiny.
+        assert got.latency_provenance == rr.PROVENANCE_PREDICTED
+        assert got.latency_ms > 1.0
+    finally:
+        stubs.close()
+        server.stop(grace=1)
+
+
+def test_a_query_does_not_wait_for_other_signatures_reports(tmp_path, monkeypatch):
+    """Only a query about signatures measured since the last fit waits for the refit: in a fleet that reports all the
+    time, every query would otherwise wait for the next one."""
+    server = Server(
+        ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", refresh_debounce_s=1.0, cloud_profiling=False)
+    )
+    server.start()
+    stubs = Stubs.connect(server.address)
+    waits: list[float] = []
+    try:
+        for node in ("edge-1", "edge-2"):
+            stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node, role=rr.NODE_ROLE_EDGE), timeout=5)
+        stubs.profiles.ReportLayerProfiles(
+            report("edge-1", layer("tiny", 0.05, **TINY), layer("big", 10.0, **BIG)), timeout=10
+        )
+        assert server.predictor.wait_fresh(10)
+        real = server.predictor.wait_fresh
+        monkeypatch.setattr(server.predictor, "wait_fresh", lambda timeout=10.0: waits.append(timeout) or real(timeout))
+        stubs.profiles.ReportLayerProfiles(report("edge-2", layer("big2", 12.0, **BIG)), timeout=10)
+        assert predict(stubs, "edge-1", ["tiny", "big"])["big"].latency_provenance == rr.PROVENANCE_MEASURED
+        assert waits == []  # nothing it asked about was measured since the fit
+        predict(stubs, "edge-1", ["big", "big2"])
+        assert len(waits) == 1
+    finally:
+        stubs.close()
+        server.stop(grace=1)
