@@ -142,11 +142,14 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         )
     edge_preds = tuple(edge.by_signature[s] for s in signatures)
     cloud_preds = tuple(cloud.by_signature[s] for s in signatures)
+    edge_correction = e2e_correction(edge.model_latency_ms, edge_preds, edge.e2e_correction)
     return Costs(
         edge=edge_preds,
         cloud=cloud_preds,
-        e2e_correction=e2e_correction(edge.model_latency_ms, edge_preds, edge.e2e_correction),
-        cloud_correction=e2e_correction(cloud.model_latency_ms, cloud_preds, 1.0),
+        e2e_correction=edge_correction,
+        cloud_correction=e2e_correction(
+            cloud.model_latency_ms, cloud_preds, edge_correction / (edge.e2e_correction or 1)
+        ),
         uplink=NetworkModel.from_dict(profile.uplink.model),
         downlink=NetworkModel.from_dict(profile.downlink.model),
         power=power,
@@ -160,7 +163,11 @@ def e2e_correction(model_latency_ms: float, blocks: Sequence[Prediction], fallba
     """The compute correction of one model on one node (edge or cloud): the node's measured whole-model latency
     over the sum of the block predictions the plan uses, so that running every block there is predicted as
     measured, and the CF predictions of the blocks it did not profile set only how that time divides between
-    blocks. Without a whole-model measurement: `fallback` (for the edge, the server's whole / sum-of-blocks ratio)."""
+    blocks. Without a whole-model measurement: `fallback`. For the edge that is the server's whole /
+    sum-of-blocks ratio; for the cloud (a model over the upload limit is never timed there) the edge's correction
+    less that ratio, i.e. the error of the block predictions both rows share. A first profile's cold-start
+    predictions of vit_b_16 were 350x too fast on both; with the cloud's left at 1, offloading everything looked
+    350x cheaper than it measured (first-use review)."""
     return correction_factor(model_latency_ms, (p.latency_ms for p in blocks), fallback or 1.0)
 
 

@@ -69,3 +69,42 @@ def test_a_query_does_not_wait_for_other_signatures_reports(tmp_path, monkeypatc
     finally:
         stubs.close()
         server.stop(grace=1)
+
+
+def test_the_cloud_correction_without_a_cloud_whole_model_time_carries_the_shared_prediction_error(tmp_path):
+    """A model over the upload limit is never timed whole on the server, and its cloud correction was 1: when the
+    block predictions both rows share were 350x too fast (a first profile of vit_b_16), the edge's correction
+    absorbed that and the cloud's did not, so offloading everything looked 350x cheaper than it measured. Without a
+    cloud whole-model time the cloud takes the edge's correction less the edge's own whole / sum-of-blocks ratio."""
+    import pytest
+    from test_blocks import branchy_model
+
+    from rr_edge.blocks import analyze
+    from rr_edge.client import Client
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.netprofile import NetProfileConfig, profile_network
+    from rr_edge.offload import gather_costs
+
+    graph = analyze(branchy_model(), "branchy")
+    signatures = list(dict.fromkeys(b.signature for b in graph.blocks))
+    server = Server(ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", cloud_profiling=False))
+    server.start()
+    stubs = Stubs.connect(server.address)
+    try:
+        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="e", role=rr.NODE_ROLE_EDGE), timeout=5)
+        per_block = [layer(s, 1.0 + k, ops=["Conv"], flops=1000 * (k + 1)) for k, s in enumerate(signatures)]
+        blocks_ms = sum(1.0 + k for k, _ in enumerate(signatures))
+        whole = rr.ModelProfile(model="branchy", latency=rr.LatencyStats(median_ms=3 * blocks_ms),
+                                sum_of_blocks_ms=2 * blocks_ms)  # fmt: skip
+        stubs.profiles.ReportLayerProfiles(report("e", *per_block, whole), timeout=10)
+        assert server.predictor.wait_fresh(10)
+        with Client(server.address) as client:
+            config = NetProfileConfig(max_mb=4, repeats=1, min_time_s=0.0, upload_max_mb=0)
+            client.report_network_profile("e", profile_network(client, config))
+            costs = gather_costs(client, "e", graph, DEFAULT_POWER, wait_s=10)
+        # the edge: measured whole / the blocks as predicted (3); its own whole / sum-of-blocks ratio: 1.5
+        assert costs.e2e_correction == pytest.approx(3.0, rel=1e-6)
+        assert costs.cloud_correction == pytest.approx(2.0, rel=1e-6)  # it was 1.0
+    finally:
+        stubs.close()
+        server.stop(grace=1)
