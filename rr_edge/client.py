@@ -467,8 +467,9 @@ class Client:
         if timeout_s is not None:
             kw["timeout"] = timeout_s
         what = f"ModelStreamInfer {slice_id[:12]}"
-        self._check_open(what)
-        return InferStream(self._model_stream_infer(requests, **kw), what, requests)
+        with self._rpc(what):  # a client closed meanwhile by another thread: ServerUnavailable, not ValueError
+            call = self._model_stream_infer(requests, **kw)
+        return InferStream(call, what, requests)
 
     # -- echo (network profiling) --------------------------------------------------------------------------------
 

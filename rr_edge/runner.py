@@ -383,7 +383,10 @@ class Runner:
                 self.slices.middle, self.slices.label, load=True, busy_wait_s=0, **planned
             )
         except ServerError as exc:
-            if at_start and not isinstance(exc, (ServerUnavailable, ServerBusy)):
+            # NOT_FOUND is no refusal: another edge's upload evicted the slice (`--max-store-gb`) between this one's
+            # upload and its load, and the server says to upload it again; the health check does that.
+            transient = isinstance(exc, (ServerUnavailable, ServerBusy)) or exc.code == "NOT_FOUND"
+            if at_start and not transient:
                 raise
             self._mark_down(exc)  # no request is lost: local until the server answers again
             return False
@@ -463,6 +466,11 @@ class Runner:
             self._drop_stream()
             self._unary_until = time.monotonic() + self.config.stream_retry_s
             return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
+
+    @property
+    def busy(self) -> bool:
+        """A request is on the remote path now (`close` would wait for it)."""
+        return self._lock.locked()
 
     def close(self) -> None:
         """Close the inference stream (the runner stays usable: the next request opens a new one)."""
