@@ -10,7 +10,8 @@ runner runs the middle slice locally, so the request still completes (`RunResult
 server rejects as invalid, INVALID_ARGUMENT, is finished locally too and says nothing about the server). While the
 server is down, failing or refusing the slice, every request runs locally without waiting for it: a health check in
 the background, `RunnerConfig.retry_interval_s` after the end of the previous one (twice as long after each
-upload that failed while the server answered, up to `MAX_PROBE_WAIT_S`), returns to the plan once the server
+upload that failed while the server answered, up to `MAX_PROBE_WAIT_S`; after the server's pushback when it
+was only busy), returns to the plan once the server
 answers again. Observed transfer times update the plan's network models (exponentially weighted);
 `replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold` and by enough to matter
 (`MATERIAL_SHARE` of a round trip).
@@ -335,6 +336,7 @@ class Runner:
         self._down_reason = ""  # the error that marked the server down
         self._last_probe = 0.0  # when the last health check of a server that is down ended
         self._probe_wait_s = self.config.retry_interval_s  # doubles while the server answers but the slice fails
+        self._refusal: ServerError | None = None  # why the last upload failed
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
         self.link = _Link(uplink, downlink, expected_cloud_ms)
@@ -389,6 +391,7 @@ class Runner:
             if at_start and not transient:
                 raise
             self._mark_down(exc)  # no request is lost: local until the server answers again
+            self._refusal = exc
             return False
         finally:
             self.upload_ms += 1e3 * (time.perf_counter() - start)
@@ -433,6 +436,8 @@ class Runner:
                 if self._connect():
                     log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
                     self._probe_wait_s = self.config.retry_interval_s
+                elif isinstance(self._refusal, ServerBusy):  # no upload slot free: again after the server's pushback
+                    self._probe_wait_s = max(self.config.retry_interval_s, self._refusal.retry_after_s)
                 else:  # it answers but the upload failed (a slow link, a refusal): do not send it again at once
                     self._probe_wait_s = min(2 * self._probe_wait_s, MAX_PROBE_WAIT_S)
         finally:
