@@ -94,7 +94,7 @@ def sampled_result(
 ) -> ProfileResult:
     """The ProfileResult `rr-edge profile --sample p` would report, built from the ground-truth measurements."""
     signatures = [b.signature for b in graph.blocks]
-    chosen = select_signatures(signatures, measured, sample, seed)
+    chosen = select_signatures(signatures, measured, sample, seed, {b.signature: b.flops for b in graph.blocks})
     first: dict[str, Any] = {}
     for b in graph.blocks:
         first.setdefault(b.signature, b)
