@@ -212,7 +212,7 @@ def measure_direction(
             prepare(size)
         timed(size)
         order.append(size)
-        if max_transfer_s and _past_limit(times[size][0], times[order[0]][0], max_transfer_s, len(order)):
+        if max_transfer_s and _past_limit(times[size][0], min(times[s][0] for s in order), max_transfer_s, len(order)):
             break
     times = {s: times[s] for s in order}
     target = {
@@ -246,11 +246,12 @@ def measure_direction(
     return [NetworkSample(size, ms, energy[size]) for size in times for ms in times[size]]
 
 
-def _past_limit(ms: float, smallest_ms: float, max_transfer_s: float, sizes: int) -> bool:
+def _past_limit(ms: float, fastest_ms: float, max_transfer_s: float, sizes: int) -> bool:
     """Whether the sweep ends at a size whose first transfer took `ms`: over the limit, with the two sizes a fit
-    needs, and at four times the smallest size's time or more (a sweep stopped while every time was the round trip
-    fitted no bandwidth at all: a slope of 0, every message free)."""
-    return ms > max_transfer_s * 1000.0 and sizes >= 2 and ms >= 4 * smallest_ms
+    needs, and at four times the fastest transfer so far or more (a sweep stopped while every time was the round
+    trip fitted no bandwidth at all: a slope of 0, every message free). The fastest, not the smallest size's: the
+    sweep's first transfer, slowed by warming up, took 20-30 ms on a loaded machine, more than a quarter of 16 MiB's."""
+    return ms > max_transfer_s * 1000.0 and sizes >= 2 and ms >= 4 * fastest_ms
 
 
 def fit_direction(samples: Sequence[NetworkSample], name: str = "network") -> DirectionProfile:

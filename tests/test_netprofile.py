@@ -308,7 +308,7 @@ def test_a_sweep_stopped_by_max_transfer_s_says_so_and_builds_no_probe_past_it(
             firsts.setdefault(s.bytes, s.ms)
         sizes = sorted(firsts)
         assert len(sizes) < len(planned), name
-        # each size before the last stayed under the limit, or under 4x the smallest size's time (no bandwidth yet)
+        # each size before the last stayed under the limit, or under 4x the fastest time (no bandwidth yet)
         assert all(firsts[n] <= 1.0 or firsts[n] < 4 * firsts[sizes[0]] for n in sizes[:-1]), name
         assert any("not measured" in note for note in d.notes), name
     reached = {s.bytes for s in profile.upload.samples}  # the probes' real sizes: weights and a small graph
