@@ -140,16 +140,19 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
             "profile the model on this node first (rr-edge profile, EdgeNode.profile), or retry once the server has "
             "refitted"
         )
-    edge_preds = tuple(edge.by_signature[s] for s in signatures)
+    edge_preds, edge_correction, shared = calibrated(
+        tuple(edge.by_signature[s] for s in signatures), edge.model_latency_ms, edge.e2e_correction or 1.0
+    )
     cloud_preds = tuple(cloud.by_signature[s] for s in signatures)
-    edge_correction = e2e_correction(edge.model_latency_ms, edge_preds, edge.e2e_correction)
+    if cloud.model_latency_ms > 0:
+        cloud_correction = e2e_correction(cloud.model_latency_ms, cloud_preds, 1.0)
+    else:  # never timed whole there (over the upload limit): the error of the predictions both rows share
+        cloud_preds, cloud_correction = tuple(_scaled(p, shared) for p in cloud_preds), 1.0
     return Costs(
         edge=edge_preds,
         cloud=cloud_preds,
         e2e_correction=edge_correction,
-        cloud_correction=e2e_correction(
-            cloud.model_latency_ms, cloud_preds, edge_correction / (edge.e2e_correction or 1)
-        ),
+        cloud_correction=cloud_correction,
         uplink=NetworkModel.from_dict(profile.uplink.model),
         downlink=NetworkModel.from_dict(profile.downlink.model),
         power=power,
@@ -160,15 +163,44 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
 
 
 def e2e_correction(model_latency_ms: float, blocks: Sequence[Prediction], fallback: float) -> float:
-    """The compute correction of one model on one node (edge or cloud): the node's measured whole-model latency
-    over the sum of the block predictions the plan uses, so that running every block there is predicted as
-    measured, and the CF predictions of the blocks it did not profile set only how that time divides between
-    blocks. Without a whole-model measurement: `fallback`. For the edge that is the server's whole /
-    sum-of-blocks ratio; for the cloud (a model over the upload limit is never timed there) the edge's correction
-    less that ratio, i.e. the error of the block predictions both rows share. A first profile's cold-start
-    predictions of vit_b_16 were 350x too fast on both; with the cloud's left at 1, offloading everything looked
-    350x cheaper than it measured (first-use review)."""
+    """The compute correction of one model on one node: the node's measured whole-model latency over the sum of
+    the block predictions the plan uses, so that running every block there is predicted as measured, and the CF
+    predictions set only how that time divides between blocks (`fallback` without a whole-model measurement)."""
     return correction_factor(model_latency_ms, (p.latency_ms for p in blocks), fallback or 1.0)
+
+
+def calibrated(
+    preds: tuple[Prediction, ...], whole_ms: float, ratio: float
+) -> tuple[tuple[Prediction, ...], float, float]:
+    """The edge's block predictions for one model, its compute correction, and the error of the predictions of the
+    blocks it did not measure (the factor they were scaled by).
+
+    The profile times the whole model (`whole_ms`) and every block standalone (the unsampled ones briefly), and the
+    server keeps their `ratio` (whole / sum of blocks). So the blocks this node did not measure are scaled together
+    to the standalone total the profile found for them, the measured ones are kept, and every block takes the
+    ratio: running them all is predicted as measured, and CF decides only how the unmeasured time divides. One
+    factor for every block stretched the measured ones with the cold-start error: a measured Transpose of vit_b_16
+    came out at 18 ms (first-use review). When that total is not known (no whole-model time, every block measured,
+    or noise putting the measured ones over it), one factor as before, and the error is that factor less the ratio.
+    The cloud's predictions share the error: a model over the upload limit is never timed whole there, and with its
+    blocks left as predicted, offloading a first profile's vit_b_16 looked 350x cheaper than it measured."""
+    measured = sum(p.latency_ms for p in preds if p.latency_provenance == "measured")
+    rest = sum(p.latency_ms for p in preds if p.latency_provenance != "measured")
+    swept = whole_ms / ratio if whole_ms > 0 else 0.0
+    if rest > 0 and swept > measured:
+        error = (swept - measured) / rest
+        return tuple(_scaled(p, error) for p in preds), ratio, error
+    correction = e2e_correction(whole_ms, preds, ratio)
+    return preds, correction, correction / ratio
+
+
+def _scaled(p: Prediction, factor: float) -> Prediction:
+    """`p` times `factor` where it is not measured (latency and energy each)."""
+    return replace(
+        p,
+        latency_ms=p.latency_ms if p.latency_provenance == "measured" else p.latency_ms * factor,
+        energy_mJ=p.energy_mJ if p.energy_provenance == "measured" else p.energy_mJ * factor,
+    )
 
 
 def plan_inputs(

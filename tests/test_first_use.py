@@ -71,11 +71,14 @@ def test_a_query_does_not_wait_for_other_signatures_reports(tmp_path, monkeypatc
         server.stop(grace=1)
 
 
-def test_the_cloud_correction_without_a_cloud_whole_model_time_carries_the_shared_prediction_error(tmp_path):
-    """A model over the upload limit is never timed whole on the server, and its cloud correction was 1: when the
-    block predictions both rows share were 350x too fast (a first profile of vit_b_16), the edge's correction
-    absorbed that and the cloud's did not, so offloading everything looked 350x cheaper than it measured. Without a
-    cloud whole-model time the cloud takes the edge's correction less the edge's own whole / sum-of-blocks ratio."""
+def test_the_blocks_not_measured_take_the_calibration_and_the_cloud_shares_their_error(tmp_path):
+    """One factor for every block (whole-model time / sum of the block predictions) stretched the measured blocks
+    with the cold-start error: a measured Transpose of vit_b_16 came out at 18 ms. And a model over the upload limit
+    is never timed whole on the server: its cloud correction was 1, so a first profile whose predictions both rows
+    share were 350x too fast made offloading everything look 350x cheaper than it measured (first-use review).
+    Now the blocks the node did not measure are scaled together to the standalone total the profile's sweep found
+    for them, every block takes the whole / sum-of-blocks ratio, and the cloud's unmeasured blocks take the same
+    error."""
     import pytest
     from test_blocks import branchy_model
 
@@ -87,24 +90,41 @@ def test_the_cloud_correction_without_a_cloud_whole_model_time_carries_the_share
 
     graph = analyze(branchy_model(), "branchy")
     signatures = list(dict.fromkeys(b.signature for b in graph.blocks))
+    assert len(signatures) == len(graph.blocks) >= 4
     server = Server(ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", cloud_profiling=False))
     server.start()
     stubs = Stubs.connect(server.address)
     try:
-        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="e", role=rr.NODE_ROLE_EDGE), timeout=5)
-        per_block = [layer(s, 1.0 + k, ops=["Conv"], flops=1000 * (k + 1)) for k, s in enumerate(signatures)]
-        blocks_ms = sum(1.0 + k for k, _ in enumerate(signatures))
-        whole = rr.ModelProfile(model="branchy", latency=rr.LatencyStats(median_ms=3 * blocks_ms),
-                                sum_of_blocks_ms=2 * blocks_ms)  # fmt: skip
-        stubs.profiles.ReportLayerProfiles(report("e", *per_block, whole), timeout=10)
+        for node in ("e", "other"):
+            stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node, role=rr.NODE_ROLE_EDGE), timeout=5)
+        features = [{"ops": ["Conv"], "flops": 1000 * (k + 1)} for k in range(len(signatures))]
+        # "other" measured every block, "e" the first two: 1 ms each, and its whole model at 12 ms, 1.5x its
+        # blocks' standalone sum of 8 ms (the sweep): the blocks it did not measure total 6 ms standalone.
+        stubs.profiles.ReportLayerProfiles(
+            report(
+                "other",
+                *(layer(s, 0.1 * (k + 1), **f) for k, (s, f) in enumerate(zip(signatures, features, strict=True))),
+            ),
+            timeout=10,
+        )
+        whole = rr.ModelProfile(model="branchy", latency=rr.LatencyStats(median_ms=12.0), sum_of_blocks_ms=8.0)
+        stubs.profiles.ReportLayerProfiles(report("e", *(layer(s, 1.0) for s in signatures[:2]), whole), timeout=10)
         assert server.predictor.wait_fresh(10)
         with Client(server.address) as client:
             config = NetProfileConfig(max_mb=4, repeats=1, min_time_s=0.0, upload_max_mb=0)
             client.report_network_profile("e", profile_network(client, config))
             costs = gather_costs(client, "e", graph, DEFAULT_POWER, wait_s=10)
-        # the edge: measured whole / the blocks as predicted (3); its own whole / sum-of-blocks ratio: 1.5
-        assert costs.e2e_correction == pytest.approx(3.0, rel=1e-6)
-        assert costs.cloud_correction == pytest.approx(2.0, rel=1e-6)  # it was 1.0
+            raw = client.predict(client.server_info().cloud_node_id, signatures).by_signature
+            raw_edge = client.predict("e", signatures).by_signature
+        edge = [p.latency_ms for p in costs.edge]
+        assert costs.e2e_correction == pytest.approx(1.5)
+        assert edge[:2] == [1.0, 1.0]  # measured: kept (stretched by the cold-start error before)
+        assert sum(edge[2:]) == pytest.approx(6.0)  # the standalone total of the blocks it did not measure
+        assert costs.e2e_correction * sum(edge) == pytest.approx(12.0)  # all blocks here: as measured
+        error = sum(edge[2:]) / sum(raw_edge[s].latency_ms for s in signatures[2:])
+        assert costs.cloud_correction == 1.0  # no whole-model time on the cloud: its blocks share the error
+        for p, r in zip(costs.cloud, (raw[s] for s in signatures), strict=True):
+            assert p.latency_ms == pytest.approx(r.latency_ms * error)
     finally:
         stubs.close()
         server.stop(grace=1)
