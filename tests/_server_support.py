@@ -103,7 +103,7 @@ class Stubs:
 
 
 def start_server(data_dir: Path, **overrides) -> Server:
-    config = ServerConfig(data_dir=data_dir, listen="127.0.0.1:0", refresh_debounce_s=0.05, **overrides)
+    config = ServerConfig(**{"data_dir": data_dir, "listen": "127.0.0.1:0", "refresh_debounce_s": 0.05, **overrides})
     server = Server(config)
     server.start()
     return server

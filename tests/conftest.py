@@ -18,6 +18,7 @@ import pytest
 
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.onnx_io import load_model
+from rr_edge.slicing import Slicer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +59,16 @@ def analysed_model(name: str, size: int = 224) -> tuple[onnx.ModelProto, BlockGr
     """(model, blocks) of an exported zoo model, a few kept in memory."""
     model = load_model(exported_model(name, size))
     return model, analyze(model, f"{name}@{size}")
+
+
+@pytest.fixture(scope="module")
+def chain() -> tuple[onnx.ModelProto, BlockGraph, Slicer]:
+    """A four-conv chain (`tools.bench_runner.conv_chain`), its blocks and a Slicer: what runner tests split."""
+    from tools.bench_runner import conv_chain
+
+    model = conv_chain(layers=4)
+    graph = analyze(model, "chain")
+    return model, graph, Slicer(model, graph)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from _server_support import Stubs, layer, report
+from _server_support import Stubs, layer, report, serving
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
-from rr_server.server import Server, ServerConfig
 
 BIG = {"ops": ["MatMul", "Add"], "flops": 2_000_000_000, "param_bytes": 9_000_000, "input_bytes": 600_000,
        "output_bytes": 600_000}  # fmt: skip
@@ -20,12 +19,7 @@ def predict(stubs: Stubs, node_id: str, signatures: list[str]) -> dict[str, rr.P
 def test_a_query_right_after_a_report_uses_the_fit_that_includes_it(tmp_path):
     # A long debounce: the refit of the second report has not run when the query comes, as after a profile whose
     # slices the server timed until moments before the plan.
-    server = Server(
-        ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", refresh_debounce_s=1.0, cloud_profiling=False)
-    )
-    server.start()
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path, refresh_debounce_s=1.0, cloud_profiling=False) as (server, stubs):
         for node in ("edge-1", "edge-2"):
             stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node, role=rr.NODE_ROLE_EDGE), timeout=5)
         stubs.profiles.ReportLayerProfiles(
@@ -38,21 +32,13 @@ def test_a_query_right_after_a_report_uses_the_fit_that_includes_it(tmp_path):
         # edge-2 measured big2 moments ago: edge-1's figure is a prediction from it, not a cold start from tiny.
         assert got.latency_provenance == rr.PROVENANCE_PREDICTED
         assert got.latency_ms > 1.0
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_a_query_does_not_wait_for_other_signatures_reports(tmp_path, monkeypatch):
     """Only a query about signatures measured since the last fit waits for the refit: in a fleet that reports all the
     time, every query would otherwise wait for the next one."""
-    server = Server(
-        ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", refresh_debounce_s=1.0, cloud_profiling=False)
-    )
-    server.start()
-    stubs = Stubs.connect(server.address)
-    waits: list[float] = []
-    try:
+    with serving(tmp_path, refresh_debounce_s=1.0, cloud_profiling=False) as (server, stubs):
+        waits: list[float] = []
         for node in ("edge-1", "edge-2"):
             stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node, role=rr.NODE_ROLE_EDGE), timeout=5)
         stubs.profiles.ReportLayerProfiles(
@@ -66,9 +52,6 @@ def test_a_query_does_not_wait_for_other_signatures_reports(tmp_path, monkeypatc
         assert waits == []  # nothing it asked about was measured since the fit
         predict(stubs, "edge-1", ["big", "big2"])
         assert len(waits) == 1
-    finally:
-        stubs.close()
-        server.stop(grace=1)
 
 
 def test_the_blocks_not_measured_take_the_calibration_and_the_cloud_shares_their_error(tmp_path):
@@ -91,10 +74,7 @@ def test_the_blocks_not_measured_take_the_calibration_and_the_cloud_shares_their
     graph = analyze(branchy_model(), "branchy")
     signatures = list(dict.fromkeys(b.signature for b in graph.blocks))
     assert len(signatures) == len(graph.blocks) >= 4
-    server = Server(ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", cloud_profiling=False))
-    server.start()
-    stubs = Stubs.connect(server.address)
-    try:
+    with serving(tmp_path, cloud_profiling=False) as (server, stubs):
         for node in ("e", "other"):
             stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id=node, role=rr.NODE_ROLE_EDGE), timeout=5)
         features = [{"ops": ["Conv"], "flops": 1000 * (k + 1)} for k in range(len(signatures))]
@@ -125,6 +105,3 @@ def test_the_blocks_not_measured_take_the_calibration_and_the_cloud_shares_their
         assert costs.cloud_correction == 1.0  # no whole-model time on the cloud: its blocks share the error
         for p, r in zip(costs.cloud, (raw[s] for s in signatures), strict=True):
             assert p.latency_ms == pytest.approx(r.latency_ms * error)
-    finally:
-        stubs.close()
-        server.stop(grace=1)

@@ -25,13 +25,6 @@ from tools.bench_runner import conv_chain
 
 
 @pytest.fixture(scope="module")
-def chain():
-    model = conv_chain(layers=4)
-    graph = analyze(model, "chain")
-    return model, graph, Slicer(model, graph)
-
-
-@pytest.fixture(scope="module")
 def client(tmp_path_factory):
     with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path_factory.mktemp("rt"), listen="127.0.0.1:0")) as s:
         assert s.address is not None

@@ -23,23 +23,13 @@ import pytest
 import rr_server
 import rr_server.inference_servicer as inference_servicer
 from rr_edge.api import EdgeNode
-from rr_edge.blocks import analyze
 from rr_edge.client import Client, ClientOptions
 from rr_edge.offload import make_runner
 from rr_edge.runner import RunnerConfig
-from rr_edge.slicing import Slicer
 from rr_server.errors import InvalidArgument
 from tests._server_process import ServerProcess
-from tools.bench_runner import conv_chain
 
 GENEROUS_S = 30.0  # how long a test waits for something that takes well under a second
-
-
-@pytest.fixture(scope="module")
-def chain():
-    model = conv_chain(layers=4)
-    graph = analyze(model, "chain")
-    return model, graph, Slicer(model, graph)
 
 
 @pytest.fixture

@@ -12,21 +12,11 @@ import numpy as np
 import pytest
 
 import rr_server
-from rr_edge.blocks import analyze
 from rr_edge.client import Client
 from rr_edge.offload import make_runner
 from rr_edge.runner import RunnerConfig
-from rr_edge.slicing import Slicer
-from tools.bench_runner import conv_chain
 
 GENEROUS_S = 15.0  # how long a test waits for something that takes well under a second
-
-
-@pytest.fixture(scope="module")
-def chain():
-    model = conv_chain(layers=4)
-    graph = analyze(model, "chain")
-    return model, graph, Slicer(model, graph)
 
 
 @pytest.fixture
