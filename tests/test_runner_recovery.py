@@ -336,3 +336,34 @@ def test_a_request_that_timed_out_counts_as_a_slow_network(chain, in_process, mo
     assert late.fallback and "DEADLINE_EXCEEDED" in late.error
     assert runner.link.uplink is not None and runner.link.uplink.drift > 10  # 300 ms against a 0.5 ms model
     assert runner.replan_needed
+
+
+def test_a_slice_the_server_lost_is_uploaded_again_off_the_request_path(chain, tmp_path, monkeypatch):
+    """NOT_FOUND (the slice evicted, or a server on a fresh data dir): the upload ran in the request that met it,
+    under the runner's lock, so every request waited for it (6.5 s once: soak review). It runs in the health check
+    now; requests finish locally meanwhile, then offload again."""
+    import threading
+
+    _, graph, slicer = chain
+    x = _x(graph)
+    address = None
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "a", listen="127.0.0.1:0")) as s:
+        address = str(s.address)
+        client = Client(address)
+        runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(stream=False, retry_interval_s=0.05))
+        assert not runner.run(x).fallback
+    uploads: list[str] = []
+    real = client.ensure_slice
+    monkeypatch.setattr(
+        client, "ensure_slice", lambda *a, **k: uploads.append(threading.current_thread().name) or real(*a, **k)
+    )
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "b", listen=address)):
+        lost = runner.run(x)
+        assert lost.fallback and "NOT_FOUND" in lost.error
+        deadline = time.monotonic() + GENEROUS_S
+        while runner.run(x).fallback:
+            assert time.monotonic() < deadline, "the runner never offloaded again"
+            time.sleep(0.02)
+        runner.close()
+    client.close()
+    assert uploads and threading.main_thread().name not in uploads and set(uploads) == {"rr-probe"}
