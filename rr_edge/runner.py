@@ -333,10 +333,9 @@ class Runner:
         self._stream: _Stream | None = None
         self._unary_until = 0.0  # ModelInfer calls until then (monotonic): the server had no stream slot free
         self._down_since: float | None = None
-        self._down_reason = ""  # the error that marked the server down
+        self._down_error: Exception | None = None  # the error that marked the server down (the last one while down)
         self._last_probe = 0.0  # when the last health check of a server that is down ended
         self._probe_wait_s = self.config.retry_interval_s  # doubles while the server answers but the slice fails
-        self._refusal: ServerError | None = None  # why the last upload failed
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
         self.link = _Link(uplink, downlink, expected_cloud_ms)
@@ -391,7 +390,6 @@ class Runner:
             if at_start and not transient:
                 raise
             self._mark_down(exc)  # no request is lost: local until the server answers again
-            self._refusal = exc
             return False
         finally:
             self.upload_ms += 1e3 * (time.perf_counter() - start)
@@ -405,9 +403,9 @@ class Runner:
         if self._down_since is None:
             log.warning("server failed, running locally until it answers again: %s", exc)
             self._down_since = time.monotonic()
-        elif str(exc) != self._down_reason:
+        elif str(exc) != str(self._down_error):
             log.warning("server still unusable, running locally: %s", exc)
-        self._down_reason = str(exc)
+        self._down_error = exc
         self._last_probe = time.monotonic()
 
     def _remote_usable(self) -> bool:
@@ -436,8 +434,8 @@ class Runner:
                 if self._connect():
                     log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
                     self._probe_wait_s = self.config.retry_interval_s
-                elif isinstance(self._refusal, ServerBusy):  # no upload slot free: again after the server's pushback
-                    self._probe_wait_s = max(self.config.retry_interval_s, self._refusal.retry_after_s)
+                elif isinstance(self._down_error, ServerBusy):  # no upload slot free: again after its pushback
+                    self._probe_wait_s = max(self.config.retry_interval_s, self._down_error.retry_after_s)
                 else:  # it answers but the upload failed (a slow link, a refusal): do not send it again at once
                     self._probe_wait_s = min(2 * self._probe_wait_s, MAX_PROBE_WAIT_S)
         finally:
@@ -500,7 +498,7 @@ class Runner:
                 env.update(outputs)
                 return
         result.fallback = True
-        result.error = result.error or f"server down, running locally until it answers: {self._down_reason}"
+        result.error = result.error or f"server down, running locally until it answers: {self._down_error}"
         env.update(self._run_local(self._middle_local, env))
 
     def _offload(self, feed: Mapping[str, np.ndarray], result: RunResult) -> dict[str, np.ndarray] | None:

@@ -354,7 +354,7 @@ def test_a_server_with_no_upload_slot_free_is_busy_not_refusing(chain, tmp_path)
         while runner._last_probe - start < 3:  # noqa: SLF001 - the probe's schedule is what is checked
             assert runner.run(x).fallback
             time.sleep(0.05)
-        assert runner._probe_wait_s <= 1.0 and isinstance(runner._refusal, ServerBusy)  # noqa: SLF001
+        assert runner._probe_wait_s <= 1.0 and isinstance(runner._down_error, ServerBusy)  # noqa: SLF001
         held.put(None)
         with contextlib.suppress(Exception):
             hold.result()
