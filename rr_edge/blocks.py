@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -32,7 +32,7 @@ from onnx import NodeProto, TensorProto
 
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops
-from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy, subgraphs
+from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy, subgraphs, with_subgraph_nodes
 from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_opsets
 from rr_proto.operators import STANDARD_DOMAINS
@@ -145,14 +145,6 @@ def node_inputs(node: NodeProto) -> list[str]:
     for g in subgraphs(node):
         names.extend(_outer_refs(g))
     return names
-
-
-def with_subgraph_nodes(nodes: Iterable[NodeProto]) -> Iterator[NodeProto]:
-    """The nodes and, recursively, the nodes of their subgraphs (If branches, Loop and Scan bodies)."""
-    for n in nodes:
-        yield n
-        for g in subgraphs(n):
-            yield from with_subgraph_nodes(g.node)
 
 
 def node_domains(nodes: Iterable[NodeProto]) -> set[str]:

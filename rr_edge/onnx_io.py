@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,14 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True, fixed_shape:
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The graphs of a node's attributes (If branches, Loop and Scan bodies)."""
     return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+
+
+def with_subgraph_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """The nodes and, recursively, the nodes of their subgraphs (If branches, Loop and Scan bodies)."""
+    for n in nodes:
+        yield n
+        for g in subgraphs(n):
+            yield from with_subgraph_nodes(g.node)
 
 
 def light_copy(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProto:

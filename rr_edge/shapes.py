@@ -25,7 +25,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rr_edge.onnx_io import TensorInfo, dtype_name, light_copy, subgraphs, value_info_to_tensor_info
+from rr_edge.onnx_io import (
+    TensorInfo,
+    dtype_name,
+    light_copy,
+    subgraphs,
+    value_info_to_tensor_info,
+    with_subgraph_nodes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,13 @@ def tensor_infos_of(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     for t in graph.initializer:
         infos[t.name] = initializer_info(t)
     _merge(infos, (*graph.input, *graph.value_info, *graph.output, *_inner_value_infos(graph)))
-    if _complete(graph, infos) and _complete_inside(graph, infos):
+    if _complete(with_subgraph_nodes(graph.node), infos):  # inside If/Loop/Scan too: their FLOPs count
         return infos
     light = light_copy(model)
     _merge(infos, _inferred_value_infos(light, data_prop=False))
-    if not _complete(graph, infos):
+    if not _complete(graph.node, infos):
         _merge(infos, _inferred_value_infos(_free_long_vectors(light), data_prop=True))
-    if not _complete(graph, infos):
+    if not _complete(graph.node, infos):
         _fold_shape_arithmetic(light, infos)
     return infos
 
@@ -73,23 +80,14 @@ def _merge(infos: dict[str, TensorInfo], value_infos: Iterable[onnx.ValueInfoPro
                 infos[vi.name] = info
 
 
-def _complete(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
-    for node in graph.node:
+def _complete(nodes: Iterable[onnx.NodeProto], infos: dict[str, TensorInfo]) -> bool:
+    """Whether every tensor the nodes compute has a type and a static shape."""
+    for node in nodes:
         for out in node.output:
             if not out:
                 continue
             info = infos.get(out)
             if info is None or not info.static or info.dtype == "undefined":
-                return False
-    return True
-
-
-def _complete_inside(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> bool:
-    """Whether every tensor computed inside the graph's subgraphs (If branches, Loop and Scan bodies) has a type and
-    a static shape: what a body's FLOPs are counted from."""
-    for node in graph.node:
-        for g in subgraphs(node):
-            if not _complete(g, infos) or not _complete_inside(g, infos):
                 return False
     return True
 
@@ -164,7 +162,7 @@ def _fold_shape_arithmetic(light: onnx.ModelProto, infos: dict[str, TensorInfo])
         _merge(infos, _inferred_value_infos(work, data_prop=False))
         _merge(infos, (helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                        for n, v in new.items()))  # fmt: skip
-        if _complete(light.graph, infos):
+        if _complete(light.graph.node, infos):
             return
 
 

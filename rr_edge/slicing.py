@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
-from rr_edge.blocks import BlockGraph, node_domains, node_inputs, with_subgraph_nodes
+from rr_edge.blocks import BlockGraph, node_domains, node_inputs
 from rr_edge.errors import ModelError
-from rr_edge.onnx_io import TensorInfo, elem_type
+from rr_edge.onnx_io import TensorInfo, elem_type, with_subgraph_nodes
 from rr_edge.shapes import shape_value
 
 log = logging.getLogger(__name__)
