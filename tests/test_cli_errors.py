@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from test_blocks import branchy_model
+from test_graph_edge_cases import io, make
 
 from rr_edge.cli import main
 
@@ -222,7 +223,7 @@ def test_run_says_the_input_must_be_a_npy_array(bad_files, capsys) -> None:  # t
 
 def two_input_model() -> onnx.ModelProto:
     """y = Relu(a + b) @ w, z = Sigmoid(y): two inputs, two outputs."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
     nodes = [
@@ -231,13 +232,7 @@ def two_input_model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["r", "w"], ["y"]),
         helper.make_node("Sigmoid", ["y"], ["z"]),
     ]
-    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("a", "b")]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in ("y", "z")]
-    model = helper.make_model(
-        helper.make_graph(nodes, "two", ins, outs, [w]), opset_imports=[helper.make_opsetid("", 17)]
-    )
-    model.ir_version = 9
-    return model
+    return make(nodes, [io(n, [1, 4]) for n in ("a", "b")], [io(n, [1, 3]) for n in ("y", "z")], [w], ir=9)
 
 
 def test_run_takes_an_npz_archive_for_a_model_of_several_inputs(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

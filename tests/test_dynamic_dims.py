@@ -11,6 +11,7 @@ import pytest
 from conftest import run_onnx
 from onnx import TensorProto, helper, numpy_helper
 from test_blocks import flatten_constants
+from test_graph_edge_cases import io, make
 
 from rr_edge.blocks import analyze
 from rr_edge.errors import ModelError
@@ -149,15 +150,7 @@ def shuffle_model(batch: Dim) -> onnx.ModelProto:
         ]
         x = p + "out"
     nodes.append(helper.make_node("ReduceMean", [x], ["y"], axes=[2, 3], keepdims=0))
-    graph = helper.make_graph(
-        nodes,
-        "shuffle",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
+    model = make(nodes, [io("x", [batch, 3, 8, 8])], [io("y", [batch, 8])], inits, ir=9)
     onnx.checker.check_model(model, full_check=True)
     return model
 
