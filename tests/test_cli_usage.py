@@ -551,6 +551,29 @@ def test_plan_warns_when_most_blocks_are_only_cold_start_predictions(monkeypatch
     assert "cold-start" not in capsys.readouterr().err
 
 
+def test_plan_warns_when_its_upload_is_larger_than_the_network_profile_timed(monkeypatch, capsys, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A slice larger than the largest upload probe was costed by extrapolation with no word: 1.4-4x low after a
+    small profile (found by review)."""
+    costs = synthetic_costs(model)
+    probed = dataclasses.replace(costs, upload=dataclasses.replace(costs.uplink, hi_bytes=64.0))
+    server = start_server(tmp_path / "data")  # asked which slices it holds already (none)
+    args = ["plan", str(model), "--server", server.address, "--node", "n", "--json"]
+    try:
+        monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: probed)
+        assert main(args) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["chosen"]["upload_bytes"] > 64
+        assert "more than the 6.1e-05 MiB the network profile timed" in captured.err
+        assert "rr-edge netprofile --upload-max-mb 1 measures it" in captured.err
+        assert main([*args, "--preloaded"]) == 0  # nothing to upload
+        assert "extrapolated" not in capsys.readouterr().err
+        monkeypatch.setattr("rr_edge.commands.plan.gather_costs", lambda *a, **kw: costs)  # no limit recorded
+        assert main(args) == 0
+        assert "extrapolated" not in capsys.readouterr().err
+    finally:
+        server.stop(grace=0.5)
+
+
 def test_a_transfer_past_its_deadline_says_how_to_give_it_more_time(capsys, monkeypatch, model) -> None:  # type: ignore[no-untyped-def]
     """On a slow link netprofile's large transfers passed their deadline and the hint said to check that the server
     was running (found by review)."""

@@ -7,6 +7,7 @@ plan (i, j), and prints the Pareto set, the chosen plan and the four baselines (
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from rr_edge.commands._common import (
 )
 from rr_edge.commands._paths import plot_path
 from rr_edge.meters.model import resolve_power
+from rr_edge.netprofile import MAX_ECHO_MB, MAX_UPLOAD_PROBE_MB, MiB
 from rr_edge.offload import PlanReport, gather_costs, plan_with_server_cache
 from rr_edge.onnx_io import load_model
 from rr_edge.planner import OBJECTIVES, Plan
@@ -76,10 +78,11 @@ def choice_options(args: argparse.Namespace) -> list[str]:
     return [flag for flag, on in given.items() if on]
 
 
-def warn_if_slo_unmet(report: PlanReport, command: str) -> None:
-    """One line on stderr when no plan meets `--slo-ms` (the planner then chose the fastest), and one when most of
-    the model's blocks on this node are cold-start predictions (no node measured them: from block features only,
-    far less accurate; `rr-edge profile` measures a sample)."""
+def warn_about_plan(report: PlanReport, command: str) -> None:
+    """One line on stderr for each: no plan meets `--slo-ms` (the planner then chose the fastest); most of the model's
+    blocks on this node are cold-start predictions (no node measured them: from block features only, far less
+    accurate; `rr-edge profile` measures a sample); the chosen plan uploads a slice larger than the network profile
+    measured (its upload time is extrapolated, and a server's per-byte costs change with size)."""
     if report.chosen.objective == "slo-unmet":
         slo_ms = report.options.get("slo_ms")
         print(
@@ -96,6 +99,25 @@ def warn_if_slo_unmet(report: PlanReport, command: str) -> None:
             "a sample of the blocks not measured yet; --sample 1 measures them all)",
             file=sys.stderr,
         )
+    note = upload_extrapolated(report)
+    if note:
+        print(f"rr-edge {command}: warning: {note}", file=sys.stderr)
+
+
+def upload_extrapolated(report: PlanReport) -> str | None:
+    """What to say when the chosen plan's slice upload is larger than any the network profile timed (None: it is not;
+    a slice already on the server, or preloaded, uploads nothing)."""
+    size = report.chosen.upload_bytes
+    link = report.inputs.weight_link
+    if size <= link.hi_bytes:
+        return None
+    flag, limit = ("--upload-max-mb", MAX_UPLOAD_PROBE_MB) if report.costs.upload else ("--max-mb", MAX_ECHO_MB)
+    mib = min(limit, max(1, 2 ** math.ceil(math.log2(size / MiB))))
+    return (
+        f"the chosen plan uploads a {size / MiB:.1f} MiB slice, more than the {link.hi_bytes / MiB:.3g} MiB the "
+        f"network profile timed: its upload time is extrapolated; rr-edge netprofile {flag} {mib} measures it (a "
+        "slow link's sweep also stops at --max-transfer-s)"
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -134,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     graph = analyze(model, Path(args.path).stem)
     with connect(args) as client:
         report = build_plan(args, client, model, graph, Slicer(model, graph))
-    warn_if_slo_unmet(report, "plan")
+    warn_about_plan(report, "plan")
     if args.plot:
         plot_pareto(report.table, report.pareto, report.chosen, report.baselines, args.plot, title=graph.model)
     if args.json:

@@ -36,7 +36,7 @@ from rr_edge.commands._common import (
 )
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
-from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_if_slo_unmet
+from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
 from rr_edge.errors import RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.meters.model import resolve_power
@@ -266,7 +266,7 @@ def forced_plan(
     except RoadRunnerError as exc:  # no profile of this node or its link yet, or no server
         log.warning("no prediction for --split %d,%d: %s", *split, exc)
         return None
-    warn_if_slo_unmet(report, "run")
+    warn_about_plan(report, "run")
     return report
 
 
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 report = build_plan(args, client, model, graph, slicer, amortize_over=args.repeat)
                 split = (report.chosen.i, report.chosen.j)
-                warn_if_slo_unmet(report, "run")
+                warn_about_plan(report, "run")
             except ServerUnavailable as exc:  # no plan without the server: every request runs locally
                 log.warning("cannot plan (is rr-server running at %s?), running it all locally: %s", args.server, exc)
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
