@@ -14,9 +14,11 @@ so far, still needed later or a graph output), a position where exactly one tens
 single-tensor cut point: every path from the inputs to the outputs passes through that tensor.
 This holds for any topological order, so skip connections, multi-branch modules (inception,
 densenet) and attention blocks never get cut in the middle. A block is the run of nodes between
-two consecutive cut points. Finally, a block made only of cheap element-wise ops that does not
-grow its input (`FUSED_OPS`: the Relu after a residual Add, the Clip or SiLU after a Conv, a
-post-norm LayerNormalization) is fused into the block before it: a split there would send a
+two consecutive cut points. In a QDQ-quantized model a cut point never falls inside a
+DequantizeLinear -> op -> QuantizeLinear unit (ONNX Runtime fuses a unit into one int8 kernel only
+within one session). Finally, a block made only of cheap element-wise ops that does not grow its
+input (`FUSED_OPS`: the Relu after a residual Add, the Clip or SiLU after a Conv, a post-norm
+LayerNormalization) is fused into the block before it: a split there would send a
 tensor of the same size for no gain.
 """
 
@@ -257,6 +259,7 @@ def _cut_runs(
     for o in ix.graph_outputs:
         remaining[o] = remaining.get(o, 0) + 1  # consumed by the sink
     live = {x for x in ix.graph_inputs if remaining.get(x, 0) > 0}
+    uncut = _inside_qdq_units(ix, seq)
     runs: list[tuple[list[int], str | None]] = []
     current: list[int] = []
     for pos, i in enumerate(seq):
@@ -274,6 +277,7 @@ def _cut_runs(
             info = infos.get(cut)
             if (
                 cut not in ix.graph_outputs
+                and cut not in uncut
                 and info is not None
                 and info.shape is not None
                 and info.dtype in EXCHANGED_DTYPES
@@ -283,6 +287,24 @@ def _cut_runs(
     if current:
         runs.append((current, None))
     return runs
+
+
+def _inside_qdq_units(ix: _Index, seq: Sequence[int]) -> set[str]:
+    """Tensors inside a quantized model's QDQ node units, which a block boundary must not split: the output of a
+    DequantizeLinear, and a tensor only QuantizeLinear nodes read. ONNX Runtime fuses DequantizeLinear -> op ->
+    QuantizeLinear into one quantized kernel (QLinearConv, QLinearAdd, ...) only inside one session; cut between
+    them, the op runs in float and the tensor crosses at 4 bytes an element instead of 1. The boundaries left are the
+    quantized tensors between units."""
+    readers: dict[str, set[str]] = {}
+    for i in seq:
+        for x in ix.inputs[i]:
+            readers.setdefault(x, set()).add(ix.nodes[i].op_type)
+    inside = set()
+    for i in seq:
+        for o in ix.nodes[i].output:
+            if ix.nodes[i].op_type == "DequantizeLinear" or readers.get(o) == {"QuantizeLinear"}:
+                inside.add(o)
+    return inside
 
 
 def _fuse_cheap(

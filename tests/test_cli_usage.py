@@ -551,7 +551,7 @@ def test_plan_warns_when_most_blocks_are_only_cold_start_predictions(monkeypatch
     assert "cold-start" not in capsys.readouterr().err
 
 
-def test_plan_warns_when_its_upload_is_larger_than_the_network_profile_timed(monkeypatch, capsys, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_plan_warns_when_its_upload_is_past_the_profiled_sizes(monkeypatch, capsys, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A slice larger than the largest upload probe was costed by extrapolation with no word: 1.4-4x low after a
     small profile (found by review)."""
     costs = synthetic_costs(model)
