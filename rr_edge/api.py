@@ -233,11 +233,7 @@ class EdgeNode:
             # The idle runners first (their streams end cleanly), then the connection, which cancels the calls of
             # requests in flight: they finish locally at once instead of holding close() up to their deadline (30 s
             # on a hung server); then the runners that were busy.
-            runners = list(self._runners)
-            busy = [runner for runner in runners if runner.busy]
-            for runner in runners:
-                if runner not in busy:
-                    runner.close()
+            busy = [runner for runner in list(self._runners) if not runner.close_if_idle()]
             self.client.close()
             for runner in busy:
                 runner.close()

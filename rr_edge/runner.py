@@ -470,15 +470,21 @@ class Runner:
             self._unary_until = time.monotonic() + self.config.stream_retry_s
             return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
 
-    @property
-    def busy(self) -> bool:
-        """A request is on the remote path now (`close` would wait for it)."""
-        return self._lock.locked()
-
     def close(self) -> None:
-        """Close the inference stream (the runner stays usable: the next request opens a new one)."""
+        """Close the inference stream (the runner stays usable: the next request opens a new one); waits for a
+        request on the remote path to finish first."""
         with self._lock:
             self._drop_stream(drain_s=STREAM_DRAIN_S)
+
+    def close_if_idle(self) -> bool:
+        """`close` unless a request is on the remote path now (checked and closed at once); whether it closed."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._drop_stream(drain_s=STREAM_DRAIN_S)
+        finally:
+            self._lock.release()
+        return True
 
     def __enter__(self) -> Runner:
         return self
