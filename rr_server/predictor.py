@@ -240,10 +240,11 @@ class Predictor:
             latency = [(v.node_id, v.signature, v.latency_ms) for v in values]
             energy = [(v.node_id, v.signature, v.energy_mj) for v in values if v.energy_mj is not None]
             started = time.perf_counter()
-            self._targets = {
-                "latency": self._fit(latency, "latency", signatures, cloud, self._targets["latency"]),
-                "energy": self._fit(energy, "energy", signatures, cloud, self._targets["energy"]),
-            }
+            # Each target is kept as soon as it is fitted: a fold-in grows the previous engine in place, and its row
+            # map must not be lost when the other target's fit then fails (a retry would fold the node in again).
+            for quantity, data in (("latency", latency), ("energy", energy)):
+                fitted = self._fit(data, quantity, signatures, cloud, self._targets[quantity])
+                self._targets = {**self._targets, quantity: fitted}
             self._sources, self._default_source = _energy_sources(values)
             log.info(
                 "predictor refreshed with %s: %d measurements, %d signatures in %.1f ms",

@@ -296,6 +296,30 @@ def test_a_failed_refit_is_tried_again_and_not_reported_fresh(tmp_path, monkeypa
         storage.close()
 
 
+def test_a_refresh_that_fails_after_a_fold_in_keeps_the_folded_row(tmp_path, monkeypatch):
+    """The latency fold-in grew the shared engine in place, then the energy fit failed and the new row map was
+    dropped: every retry folded the node in again, one unused engine row more each time (found by review)."""
+    storage = _storage_with(tmp_path, {"a": {s: 1.0 + k for k, s in enumerate(SIGS)}, "b": dict.fromkeys(SIGS, 2.0)})
+    storage.add_reports([Measurement("a", SIGS[0], 1.0, energy_mj=5.0, energy_source="rapl")], {}, {}, [])
+    p = predictor_module.Predictor(storage)
+    p.refresh()
+    storage.upsert_node("d", "edge", {})
+    storage.add_reports([Measurement("d", s, 3.0) for s in SIGS[:3]], {}, {}, [])  # latency only: folded in
+    real = predictor_module.make_engine
+
+    def failing(n: int):
+        raise MemoryError("the energy refit failed")
+
+    monkeypatch.setattr(predictor_module, "make_engine", failing)
+    for _ in range(3):
+        p.refresh()
+    monkeypatch.setattr(predictor_module, "make_engine", real)
+    p.refresh()
+    latency = p._targets["latency"]
+    assert latency.engine.n_rows == len(latency.rows) == 3
+    storage.close()
+
+
 def test_predictions_stay_within_what_a_report_may_hold(tmp_path):
     """A node with values at both ends of the valid range extrapolated to 1e29 ms, and a cold-start query with huge
     features to inf; predictions are clipped to the range reports are held to."""

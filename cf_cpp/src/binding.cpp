@@ -11,6 +11,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cf_cpp/model.h"
@@ -53,6 +54,19 @@ nb::ndarray<nb::numpy, T, nb::ndim<1>> owned_1d(std::vector<T>&& v) {
 }
 
 Out2 owned_2d(std::vector<double>&& v, std::size_t n0, std::size_t n1) { return owned<double, 2>(std::move(v), {n0, n1}); }
+
+// What `read` returns, read with the GIL released: the model's accessors wait for its lock, which a fit, refit or
+// fold-in in another thread holds meanwhile (other Python threads run on). Arrays are built after, with the GIL.
+template <class F>
+auto released(F&& read) {
+  nb::gil_scoped_release release;
+  return read();
+}
+
+// The row or column parameters (n x d, row-major: bias and factors) and d.
+std::pair<std::vector<double>, std::size_t> params_of(const cf::Model& s, std::vector<double> (cf::Model::*get)() const) {
+  return {(s.*get)(), static_cast<std::size_t>(s.config().rank) + 1};
+}
 
 // Column j of a row-major n x d matrix.
 std::vector<double> column(const std::vector<double>& m, std::size_t d, std::size_t j) {
@@ -143,9 +157,10 @@ NB_MODULE(_core, m) {
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
             if (iterations && *iterations < 0)
               throw cf::InvalidInput("iterations must be >= 0, got " + std::to_string(*iterations));
-            if ((!n_rows || !n_cols) && !self.fitted())
-              throw cf::InvalidInput("refit of an unfitted model fits from scratch: it needs n_rows and n_cols");
-            std::int64_t nr = n_rows.value_or(self.n_rows()), nc = n_cols.value_or(self.n_cols());
+            if ((n_rows && *n_rows < 0) || (n_cols && *n_cols < 0))
+              throw cf::InvalidInput("n_rows and n_cols must be >= 0 (None: unchanged)");
+            // None: the size the model has when the refit takes its lock (resolved there).
+            std::int64_t nr = n_rows.value_or(cf::kUnchanged), nc = n_cols.value_or(cf::kUnchanged);
             nb::gil_scoped_release release;
             self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr);
             return self;
@@ -232,16 +247,22 @@ NB_MODULE(_core, m) {
           },
           "path"_a,
           "Load a model written by save() (raises OSError if the file is missing, damaged or not a cf_cpp model).")
-      .def_prop_ro("rank", [](const cf::Model& s) { return s.config().rank; }, "Latent dimension.")
-      .def_prop_ro("is_fitted", &cf::Model::fitted, "Whether fit() has run.")
-      .def_prop_ro("n_rows", &cf::Model::n_rows, "Number of rows (including folded-in rows).")
-      .def_prop_ro("n_cols", &cf::Model::n_cols, "Number of columns (including added cold columns).")
-      .def_prop_ro("n_features", &cf::Model::n_features, "Number of raw column features (0 without features).")
-      .def_prop_ro("n_additive", &cf::Model::n_additive, "Number of additive features (0 without).")
+      .def_prop_ro("rank", [](const cf::Model& s) { return released([&] { return s.config().rank; }); },
+                   "Latent dimension.")
+      .def_prop_ro("is_fitted", [](const cf::Model& s) { return released([&] { return s.fitted(); }); },
+                   "Whether fit() has run.")
+      .def_prop_ro("n_rows", [](const cf::Model& s) { return released([&] { return s.n_rows(); }); },
+                   "Number of rows (including folded-in rows).")
+      .def_prop_ro("n_cols", [](const cf::Model& s) { return released([&] { return s.n_cols(); }); },
+                   "Number of columns (including added cold columns).")
+      .def_prop_ro("n_features", [](const cf::Model& s) { return released([&] { return s.n_features(); }); },
+                   "Number of raw column features (0 without features).")
+      .def_prop_ro("n_additive", [](const cf::Model& s) { return released([&] { return s.n_additive(); }); },
+                   "Number of additive features (0 without).")
       .def_prop_ro(
           "additive_rows",
           [](const cf::Model& s) {
-            const std::vector<std::vector<double>> weights = s.additive_rows();
+            const std::vector<std::vector<double>> weights = released([&] { return s.additive_rows(); });
             std::vector<std::int64_t> rows;
             for (std::size_t r = 0; r < weights.size(); ++r)
               if (!weights[r].empty()) rows.push_back(static_cast<std::int64_t>(r));
@@ -249,49 +270,54 @@ NB_MODULE(_core, m) {
           },
           "Indices of the additive rows (folded-in rows predicted as a weighted sum of the additive features).",
           nb::rv_policy::move)
-      .def_prop_ro("global_mean", &cf::Model::global_mean, "Mean of the log training values.")
+      .def_prop_ro("global_mean", [](const cf::Model& s) { return released([&] { return s.global_mean(); }); },
+                   "Mean of the log training values.")
       .def_prop_ro(
-          "row_biases", [](const cf::Model& s) { return owned_1d(column(s.row_params(), s.config().rank + 1, 0)); },
+          "row_biases",
+          [](const cf::Model& s) {
+            const auto [params, d] = released([&] { return params_of(s, &cf::Model::row_params); });
+            return owned_1d(column(params, d, 0));
+          },
           "Row biases b_r (copy).", nb::rv_policy::move)
       .def_prop_ro(
           "row_factors",
           [](const cf::Model& s) {
-            const std::size_t d = s.config().rank + 1;
-            const std::vector<double> params = s.row_params();  // one snapshot: its shape is its own
+            const auto [params, d] = released([&] { return params_of(s, &cf::Model::row_params); });
             return owned_2d(factors(params, d), params.size() / d, d - 1);
           },
           "Row factors p_r, shape (n_rows, rank) (copy).", nb::rv_policy::move)
       .def_prop_ro(
-          "col_biases", [](const cf::Model& s) { return owned_1d(column(s.col_params(), s.config().rank + 1, 0)); },
+          "col_biases",
+          [](const cf::Model& s) {
+            const auto [params, d] = released([&] { return params_of(s, &cf::Model::col_params); });
+            return owned_1d(column(params, d, 0));
+          },
           "Column biases b_c including the feature prior (copy).", nb::rv_policy::move)
       .def_prop_ro(
           "col_factors",
           [](const cf::Model& s) {
-            const std::size_t d = s.config().rank + 1;
-            const std::vector<double> params = s.col_params();
+            const auto [params, d] = released([&] { return params_of(s, &cf::Model::col_params); });
             return owned_2d(factors(params, d), params.size() / d, d - 1);
           },
           "Column factors q_c including the feature prior, shape (n_cols, rank) (copy).", nb::rv_policy::move)
       .def_prop_ro(
-          "col_counts",
-          [](const cf::Model& s) { return owned_1d(s.col_counts()); },
+          "col_counts", [](const cf::Model& s) { return owned_1d(released([&] { return s.col_counts(); })); },
           "Training observations per column (0 = cold column, predicted from features only).", nb::rv_policy::move)
       .def_prop_ro(
-          "row_counts",
-          [](const cf::Model& s) { return owned_1d(s.row_counts()); },
+          "row_counts", [](const cf::Model& s) { return owned_1d(released([&] { return s.row_counts(); })); },
           "Training observations per row (0 = folded in since the last fit / refit, or unobserved).",
           nb::rv_policy::move)
       .def_prop_ro(
-          "row_scales", [](const cf::Model& s) { return owned_1d(s.row_scales()); },
+          "row_scales", [](const cf::Model& s) { return owned_1d(released([&] { return s.row_scales(); })); },
           "Per-row coefficient g_r of the column bias (1 for fitted rows; a folded-in row may differ) (copy).",
           nb::rv_policy::move)
-      .def_prop_ro("noise_var", &cf::Model::noise_var,
+      .def_prop_ro("noise_var", [](const cf::Model& s) { return released([&] { return s.noise_var(); }); },
                    "Mean squared training residual in log units (the observation noise of the fold-in).")
       .def_prop_ro(
           "row_residuals",
           [](const cf::Model& s) {
             std::int64_t nr = 0, nc = 0;
-            std::vector<double> h = s.row_residuals(&nr, &nc);
+            std::vector<double> h = released([&] { return s.row_residuals(&nr, &nc); });
             if (h.empty()) h.assign(static_cast<std::size_t>(nr * nc), 0.0);
             return owned_2d(std::move(h), static_cast<std::size_t>(nr), static_cast<std::size_t>(nc));
           },
@@ -299,7 +325,7 @@ NB_MODULE(_core, m) {
           nb::rv_policy::move)
       .def("get_params",
            [](const cf::Model& s) {
-             const cf::Config& c = s.config();
+             const cf::Config c = released([&] { return s.config(); });
              nb::dict d;
              d["rank"] = c.rank;
              d["reg"] = c.reg;
@@ -316,8 +342,10 @@ NB_MODULE(_core, m) {
            },
            "Constructor hyperparameters as a dict.")
       .def("__repr__", [](const cf::Model& s) {
-        return "Model(rank=" + std::to_string(s.config().rank) + ", n_rows=" + std::to_string(s.n_rows()) +
-               ", n_cols=" + std::to_string(s.n_cols()) + ", n_features=" + std::to_string(s.n_features()) +
-               ", fitted=" + (s.fitted() ? "True" : "False") + ")";
+        return released([&] {
+          return "Model(rank=" + std::to_string(s.config().rank) + ", n_rows=" + std::to_string(s.n_rows()) +
+                 ", n_cols=" + std::to_string(s.n_cols()) + ", n_features=" + std::to_string(s.n_features()) +
+                 ", fitted=" + (s.fitted() ? "True" : "False") + ")";
+        });
       });
 }

@@ -199,6 +199,8 @@ void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_col
   fit_unlocked(obs, n_rows, n_cols, features, config_.iterations, additive);
 }
 
+int Model::threads() const { return detail::capped_threads(config_.threads); }
+
 void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
                          int iterations, const Features* additive) {
   detail::validate(obs, n_rows, n_cols);
@@ -219,9 +221,13 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
   if (iterations < -1)
     throw InvalidInput("iterations must be >= 0 (or -1: the configured number), got " + std::to_string(iterations));
   if (!fitted_) {
+    if (n_rows == kUnchanged || n_cols == kUnchanged)
+      throw InvalidInput("refit of an unfitted model fits from scratch: it needs n_rows and n_cols");
     fit_unlocked(obs, n_rows, n_cols, features, iterations >= 0 ? iterations : config_.iterations, additive);
     return;
   }
+  if (n_rows == kUnchanged) n_rows = n_rows_;
+  if (n_cols == kUnchanged) n_cols = n_cols_;
   if (n_rows < n_rows_ || n_cols < n_cols_)
     throw InvalidInput("refit cannot shrink the model: it has " + std::to_string(n_rows_) + " rows and " +
                        std::to_string(n_cols_) + " columns");
@@ -261,7 +267,7 @@ void Model::refresh_col_params(std::int64_t first_new_col) {
 void Model::run_als(const Observations& obs, int iterations) {
   const int d = dim(), fx = static_cast<int>(n_features_ + 1);
   const bool with_features = !x_.empty();
-  const auto [by_row, by_col] = detail::compress_both(obs, n_rows_, n_cols_, config_.threads);
+  const auto [by_row, by_col] = detail::compress_both(obs, n_rows_, n_cols_, threads());
   double s = 0;
   for (double v : by_row.value) s += v;
   mu_ = s / static_cast<double>(obs.size);
@@ -275,7 +281,7 @@ void Model::run_als(const Observations& obs, int iterations) {
   ridge_col[0] = config_.reg_col_bias;
   std::vector<double> grams, prior;
   if (with_features) {
-    grams = detail::row_feature_grams(by_row, xp_.data(), fx, config_.threads);
+    grams = detail::row_feature_grams(by_row, xp_.data(), fx, threads());
     prior.resize(dev_.size());
     detail::apply_theta(xp_.data(), n_cols_, fx, theta_.data(), d, prior.data());
   }
@@ -285,14 +291,14 @@ void Model::run_als(const Observations& obs, int iterations) {
   };
   for (int it = 0; it < iterations; ++it) {
     set_col_params();
-    detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), config_.threads);
+    detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), threads());
     if (with_features) {
       detail::solve_theta(by_row, xp_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
-                          theta_.data(), config_.threads);
+                          theta_.data(), threads());
       detail::apply_theta(xp_.data(), n_cols_, fx, theta_.data(), d, prior.data());
     }
     detail::solve_cols(by_col, rows_.data(), with_features ? prior.data() : nullptr, mu_, d, ridge_col.data(),
-                       dev_.data(), config_.threads);
+                       dev_.data(), threads());
   }
   // Rows without observations take the mean of the observed rows (as a fold-in with no data would).
   std::vector<double> mean(d, 0.0);
@@ -308,7 +314,7 @@ void Model::run_als(const Observations& obs, int iterations) {
   set_col_params();  // prior is already the last sweep's
   // Training residuals: their variance is the observation noise of the Bayesian fold-in; the kernel stage fits them.
   std::vector<double> rho(by_row.value.size()), row_sse(static_cast<std::size_t>(n_rows_), 0.0);
-  detail::parallel_chunks(n_rows_, config_.threads, [&](std::int64_t lo, std::int64_t hi) {
+  detail::parallel_chunks(n_rows_, threads(), [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t r = lo; r < hi; ++r) {
       const double* a = rows_.data() + r * d;
       for (std::int64_t e = by_row.ptr[r]; e < by_row.ptr[r + 1]; ++e) {
@@ -434,13 +440,24 @@ std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* c
   const double* residuals = residuals_.empty() ? nullptr : residuals_.data();
   const detail::FoldedRow out = detail::fold_in(cols, logy.data(), n, z_.data(), mu_, dim(), rows_.data(),
                                                 *fold_in_prior_, noise_var_, residuals, n_cols_);
+  std::vector<double> additive = additive_fold_in(cols, values, n);
+  // The new row's residual: its experts' h_r, weighted as in the mixture (the global component has none).
+  KernelBlend blend = residuals ? out.expert_weights : KernelBlend{};
+  // Everything that can throw (out of memory) happens before the first change: a fold-in that fails leaves the
+  // model as it was, every per-row array one entry per row.
+  rows_.reserve(rows_.size() + out.params.size());
+  row_scale_.reserve(row_scale_.size() + 1);
+  row_counts_.reserve(row_counts_.size() + 1);
+  blends_.reserve(blends_.size() + 1);
+  kernels_.reserve(kernels_.size() + 1);
+  additive_rows_.reserve(additive_rows_.size() + 1);
+  if (residuals) residuals_.reserve(residuals_.size() + static_cast<std::size_t>(n_cols_));
   rows_.insert(rows_.end(), out.params.begin(), out.params.end());
   row_scale_.push_back(out.scale);
   row_counts_.push_back(0);
-  // The new row's residual: its experts' h_r, weighted as in the mixture (the global component has none).
-  blends_.push_back(residuals ? out.expert_weights : KernelBlend{});
+  blends_.push_back(std::move(blend));
   kernels_.emplace_back();
-  additive_rows_.push_back(additive_fold_in(cols, values, n));
+  additive_rows_.push_back(std::move(additive));
   if (residuals) {
     residuals_.resize(residuals_.size() + static_cast<std::size_t>(n_cols_), 0.0);
     blend_residuals(n_rows_);
@@ -513,7 +530,7 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
          : detail::ColumnBasis{};
   // Rows without training entries (folded in earlier, or never observed) are now the mean row: no residual.
   detail::parallel_chunks(
-      n_rows_, config_.threads,
+      n_rows_, threads(),
       [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t r = lo; r < hi; ++r) {
           const std::int64_t b = ptr[r], n = ptr[r + 1] - b;
@@ -544,7 +561,7 @@ void Model::refresh_residuals(std::int64_t first_new_col) {
     std::copy_n(residuals_.data() + r * kept, kept, table.data() + r * n_cols_);
   const int fx = static_cast<int>(n_features_ + 1);
   detail::parallel_chunks(
-      n_rows_, config_.threads,
+      n_rows_, threads(),
       [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t r = lo; r < hi; ++r)
           detail::evaluate_kernel(kernels_[r], xp_.data(), fx, kept, n_cols_, table.data() + r * n_cols_ + kept);

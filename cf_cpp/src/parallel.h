@@ -17,6 +17,13 @@ inline int resolve_threads(int threads) {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
+// The threads a model's parallel sections use: `threads`, at most the hardware's (more only take turns on its cores,
+// for the same results), or with 0 the hardware's.
+inline int capped_threads(int threads) {
+  const int hw = resolve_threads(0);
+  return threads > 0 ? std::min(threads, hw) : hw;
+}
+
 // fn(begin, end) is called on disjoint contiguous chunks; the first exception thrown by a chunk is rethrown. When a
 // thread cannot be started (resource limits), its chunk and the remaining ones run on the calling thread: the same
 // chunks, so the same results.

@@ -134,8 +134,8 @@ class Reader {
   explicit Reader(const std::string& path) : path_(path) {
     check_path(path);
     struct stat file;  // a FIFO or a device would block or never end: only regular files are model files
-    if (::stat(path.c_str(), &file) == 0 && !S_ISREG(file.st_mode))
-      throw IoError("cannot read '" + path + "': not a regular file");
+    if (::stat(path.c_str(), &file) != 0) throw IoError("cannot read '" + path + "': " + std::strerror(errno));
+    if (!S_ISREG(file.st_mode)) throw IoError("cannot read '" + path + "': not a regular file");
     in_.open(path, std::ios::binary);
     if (!in_) throw IoError("cannot open '" + path + "' for reading");
     in_.seekg(0, std::ios::end);

@@ -17,7 +17,7 @@
 //
 // A Model may be shared between threads: calls that only read it (predict_log, save, the inspection accessors, which
 // return copies) run at the same time; fit, refit, fold_in_row and add_cols wait for every other call to finish.
-// fit / refit / add_cols change nothing when they throw.
+// fit / refit / fold_in_row / add_cols change nothing when they throw.
 #pragma once
 
 #include <cstddef>
@@ -57,6 +57,7 @@ using KernelBlend = std::vector<std::pair<std::int64_t, double>>;
 // Size limits, checked (InvalidInput) before anything is allocated; load checks them too.
 constexpr std::int64_t kMaxDim = std::int64_t{1} << 40;  // rows, columns
 constexpr int kMaxRank = 1024;
+constexpr std::int64_t kUnchanged = -1;  // refit's n_rows / n_cols: the model's current size
 
 // Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
 struct Config {
@@ -68,7 +69,7 @@ struct Config {
   double reg_features = 1.0;    // ridge on the feature map Theta
   int iterations = 20;          // ALS sweeps
   std::uint64_t seed = 0;       // initialisation seed
-  int threads = 0;              // 0 = hardware concurrency
+  int threads = 0;              // 0 = hardware concurrency (more than it are not started)
   double init_scale = 0.1;      // std of the random initial factors
   bool kernel_residual = true;  // per-row kernel residual on the column features (only with features)
 };
@@ -97,8 +98,10 @@ class Model {
            const Features* additive = nullptr);
 
   // Warm-started refit: existing rows / columns keep their factors as the starting point, new ones (when
-  // n_rows / n_cols grew) are initialised. features / additive null keep the current ones (they must then cover
-  // n_cols). Every row becomes an ALS row again (no additive rows). iterations -1 = config().iterations.
+  // n_rows / n_cols grew) are initialised; kUnchanged keeps the size the model has when the refit takes its lock (a
+  // fold-in or add_cols in another thread may grow it until then). features / additive null keep the current ones
+  // (they must then cover n_cols). Every row becomes an ALS row again (no additive rows). iterations -1 =
+  // config().iterations.
   void refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
              int iterations, const Features* additive = nullptr);
 
@@ -154,6 +157,7 @@ class Model {
   void fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
                     int iterations, const Features* additive);
   int dim() const { return config_.rank + 1; }
+  int threads() const;  // worker threads of a parallel section: config().threads, at most the hardware's
   double entry_log(std::int64_t r, std::int64_t c) const;  // one in-range entry's log prediction (lock held)
   void check_fitted() const;
   void set_features(const Features& f);

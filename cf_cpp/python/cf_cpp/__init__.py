@@ -43,7 +43,11 @@ raises :class:`InvalidInputError`, a subclass of ``ValueError``; unreadable mode
 :class:`ModelFileError`, a subclass of ``OSError``. Arrays of the exact dtype (int64 indices, float64 values,
 C-contiguous) are used without copies, borrowed for the length of the call: another thread must not write to them
 while it runs (what it reads mid-write is undefined); other numeric arrays are converted. A model is saved through a
-symbolic link to its target; only regular files load.
+symbolic link to its target; only regular files load. Before ``fit`` the properties are empty (arrays of length 0,
+0.0). ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give an independent model (through the bytes ``save`` writes).
+A model is safe to share between threads: reads (``predict``, the properties) run together, and wait, with the GIL
+released, for a ``fit``, ``refit``, ``fold_in_row`` or ``add_cols`` in another thread; a call that raises changes
+nothing. ``threads`` beyond the machine's cores are not started (the results do not depend on the count).
 """
 
 from cf_cpp._core import InvalidInputError, ModelFileError

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 import os
+import tempfile
 from typing import Any, SupportsIndex
 
 import numpy as np
@@ -35,6 +37,24 @@ def _integer(name: str, x: SupportsIndex, bits: int = 64, signed: bool = True) -
     if not low <= v <= high:
         raise _core.InvalidInputError(f"{name} = {v} is out of range [{low}, {high}]")
     return v
+
+
+def _real(name: str, x: float) -> float:
+    """A real-valued hyperparameter: ints and floats (numpy's too), not strings or bools, representable as a double
+    (the binding would raise a bare TypeError). Its range is checked by the core."""
+    if isinstance(x, bool | np.bool_) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    try:
+        return float(x)
+    except OverflowError:
+        raise _core.InvalidInputError(f"{name} = {x} is out of the range of a double") from None
+
+
+def _flag(name: str, x: bool) -> bool:
+    """A switch: True or False (numpy's too); not any object's truth value, so that ``log="no"`` is no yes."""
+    if not isinstance(x, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {type(x).__name__} {x!r}")
+    return bool(x)
 
 
 def _optional_integer(name: str, x: SupportsIndex | None, bits: int = 64) -> int | None:
@@ -93,16 +113,16 @@ class CFModel:
     ) -> None:
         self._core = _core.Model(
             rank=_integer("rank", rank, 32),
-            reg=reg,
-            reg_bias=reg_bias,
-            reg_col=reg_col,
-            reg_col_bias=reg_col_bias,
-            reg_features=reg_features,
+            reg=_real("reg", reg),
+            reg_bias=_real("reg_bias", reg_bias),
+            reg_col=_real("reg_col", reg_col),
+            reg_col_bias=_real("reg_col_bias", reg_col_bias),
+            reg_features=_real("reg_features", reg_features),
             iterations=_integer("iterations", iterations, 32),
             seed=_integer("seed", seed, 64, signed=False),
             threads=_integer("threads", threads, 32),
-            init_scale=init_scale,
-            kernel_residual=bool(kernel_residual),
+            init_scale=_real("init_scale", init_scale),
+            kernel_residual=_flag("kernel_residual", kernel_residual),
         )
 
     def fit(
@@ -115,7 +135,10 @@ class CFModel:
         col_features: ArrayLike | None = None,
         additive_features: ArrayLike | None = None,
     ) -> CFModel:
-        """Fit from scratch on entries ``(rows[i], cols[i]) -> values[i]`` (values > 0, raw units). Returns self."""
+        """Fit from scratch on entries ``(rows[i], cols[i]) -> values[i]`` (values > 0, raw units). Returns self.
+
+        An entry given more than once counts once per time (its fit is the geometric mean of its values, weighted).
+        """
         self._core.fit(
             _index("rows", rows),
             _index("cols", cols),
@@ -142,7 +165,8 @@ class CFModel:
 
         ``n_rows`` / ``n_cols`` may grow (default: unchanged; an unfitted model needs them: it fits from scratch);
         ``col_features=None`` / ``additive_features=None`` keep the current ones. ``iterations`` (>= 0) defaults to
-        the constructor's. Every row becomes a fitted row again (none stays additive).
+        the constructor's. Every row becomes a fitted row again (none stays additive); a row with no entry in the
+        data (one folded in, whose entries were not added) becomes the fitted rows' mean.
         """
         self._core.refit(
             _index("rows", rows),
@@ -158,14 +182,15 @@ class CFModel:
 
     def predict(self, rows: ArrayLike, cols: ArrayLike, log: bool = False) -> NDArray[np.float64]:
         """Predicted values of entries ``(rows[i], cols[i])``: raw units, or natural log with ``log=True``."""
-        return self._core.predict(_index("rows", rows), _index("cols", cols), bool(log))
+        return self._core.predict(_index("rows", rows), _index("cols", cols), _flag("log", log))
 
     def predict_matrix(self, log: bool = False) -> NDArray[np.float64]:
         """The full ``(n_rows, n_cols)`` prediction matrix."""
-        return self._core.predict_matrix(bool(log))
+        return self._core.predict_matrix(_flag("log", log))
 
     def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int:
-        """Add a new row from a few measurements (no refit). Returns the new row index.
+        """Add a new row from a few measurements (no refit). Returns the new row index. With no measurements the row
+        is the fitted rows' mean; a column given twice counts twice (as in `fit`).
 
         The row is a Bayesian fold-in against the fixed columns whose prior is a mixture built from the fitted rows
         (one Gaussian around each, with a free offset and scale, and one around their mean), the components weighted
@@ -183,16 +208,38 @@ class CFModel:
             )
         )
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
         """Write the fitted model to ``path`` (binary)."""
-        self._core.save(os.fspath(path))
+        self._core.save(os.fsdecode(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CFModel:
+    def load(cls, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> CFModel:
         """Read a model written by :meth:`save`."""
         model = cls.__new__(cls)
-        model._core = _core.Model.load(os.fspath(path))
+        model._core = _core.Model.load(os.fsdecode(path))
         return model
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled, and copied by `copy`, as its hyperparameters and, once fitted, the bytes `save` writes: a copy is
+        a model of its own (the C++ model is not shared)."""
+        state: dict[str, Any] = {"params": self.get_params(), "saved": None}
+        if self.is_fitted:
+            with tempfile.TemporaryDirectory(prefix="cf_cpp-") as tmp:
+                path = os.path.join(tmp, "model.cf")
+                self.save(path)
+                with open(path, "rb") as f:
+                    state["saved"] = f.read()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["saved"] is None:
+            self._core = CFModel(**state["params"])._core
+            return
+        with tempfile.TemporaryDirectory(prefix="cf_cpp-") as tmp:
+            path = os.path.join(tmp, "model.cf")
+            with open(path, "wb") as f:
+                f.write(state["saved"])
+            self._core = _core.Model.load(path)
 
     def get_params(self) -> dict[str, Any]:
         """Constructor hyperparameters."""
