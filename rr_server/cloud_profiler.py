@@ -12,12 +12,14 @@ request overlapped is not counted.
 
 A reported slice is the reporter's word, so timing is bounded: its random inputs may take at most
 `MAX_TIMING_INPUT_BYTES` (the shapes it declares), and no run may take longer than the time budget (`max_seconds`);
-a slice past either is skipped with a warning and not timed again while the server runs. `close` stops the run in
+a slice past either is skipped with a warning and not timed again while the server runs. A slice whose timing the
+process did not survive is never timed again (`rr_server.crash_journal`, in the data dir). `close` stops the run in
 progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import statistics
@@ -29,6 +31,7 @@ import numpy as np
 
 from rr_edge.profiles import LatencyStats
 from rr_server.activity import InferenceActivity
+from rr_server.crash_journal import CrashJournal
 from rr_server.errors import DeadlineExceeded, ResourceExhausted, ServerError, Unavailable
 from rr_server.records import SOURCE_CLOUD_PROFILER, Measurement, ModelRun
 from rr_server.run_watchdog import RunCaller
@@ -58,6 +61,7 @@ class CloudProfiler:
         warmup: int = DEFAULT_WARMUP,
         activity: InferenceActivity | None = None,
         max_seconds: float = DEFAULT_MAX_SECONDS,
+        journal: CrashJournal | None = None,
     ) -> None:
         self.node_id = node_id
         self._storage = storage
@@ -68,6 +72,7 @@ class CloudProfiler:
         self._warmup = warmup
         self._activity = activity or InferenceActivity()
         self._max_seconds = max_seconds
+        self._journal = journal  # the slice being timed, so that one whose run ended the process is not run again
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str]] = set()  # (BLOCK, signature) or (MODEL, model name)
         self._skipped: set[tuple[str, str]] = set()  # too big or too slow to time: not queued again
@@ -104,8 +109,9 @@ class CloudProfiler:
         return self._enqueue(MODEL, model, slice_id, self._storage.model_latency(self.node_id, model) is not None)
 
     def _enqueue(self, kind: str, key: str, slice_id: str, done: bool) -> bool:
+        crashed = self._journal is not None and slice_id in self._journal.crashed
         with self._lock:
-            if done or (kind, key) in self._pending or (kind, key) in self._skipped:
+            if done or crashed or (kind, key) in self._pending or (kind, key) in self._skipped:
                 return False
             self._pending.add((kind, key))
         self._queue.put((kind, key, slice_id))
@@ -122,10 +128,11 @@ class CloudProfiler:
                 return
             kind, key, slice_id = item
             try:
-                if kind == MODEL:
-                    self._measure_model(key, slice_id)
-                else:
-                    self._measure(key, slice_id)
+                with self._journal.running(slice_id) if self._journal else contextlib.nullcontext():
+                    if kind == MODEL:
+                        self._measure_model(key, slice_id)
+                    else:
+                        self._measure(key, slice_id)
             except (DeadlineExceeded, ResourceExhausted) as exc:  # too slow or too big: never worth another try
                 with self._lock:
                     self._skipped.add((kind, key))

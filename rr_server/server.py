@@ -32,6 +32,7 @@ from rr_server.auth import TokenTable
 from rr_server.cf_engine import engine_name, warn_if_biases_only
 from rr_server.cloud_profiler import CloudProfiler
 from rr_server.config import ServerConfig, TlsConfig
+from rr_server.crash_journal import CrashJournal
 from rr_server.echo_servicer import EchoServicer
 from rr_server.inference_servicer import InferenceServicer
 from rr_server.inference_servicer import add_to_server as add_inference_service
@@ -128,6 +129,7 @@ class Server:
                 self.sessions,
                 self.predictor.notify,
                 activity=self.repository.activity,
+                journal=CrashJournal(data_dir / "cloud-profiler-running"),
             )
             if config.cloud_profiling
             else None

@@ -11,7 +11,8 @@ the new one fits; an edge whose slice was evicted is told it is not cached and u
 Validation (`validate_onnx`): parses with external data loading off, rejects any tensor that refers to external data
 (initializers, sparse initializers, attribute tensors, subgraphs, functions), any op or opset outside the standard
 domains, any model-local function and any `training_info` (a slice is for inference; those graphs would go
-unchecked), then runs `onnx.checker`.
+unchecked) and any 32- or 64-bit integer division by a value computed at run time (`rr_server.integer_division`: it
+can trap the processor), then runs `onnx.checker`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import onnx
 
 from rr_proto.operators import STANDARD_DOMAINS
 from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from rr_server.integer_division import check_integer_division
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,7 @@ def _check_parsed(model: onnx.ModelProto) -> None:
     for where, node in _nodes(model.graph, "graph"):
         if node.domain not in STANDARD_DOMAINS:
             raise InvalidArgument(f"{where}: op {node.op_type!r} in custom domain {node.domain!r} (refused)")
+    check_integer_division(model)
 
 
 def _nodes(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.NodeProto]]:

@@ -474,3 +474,34 @@ def test_the_cloud_summarises_its_timings_as_the_edge_does(tmp_path, monkeypatch
         expected.median_ms, expected.p10_ms, expected.p90_ms, 4
     )  # fmt: skip
     assert stored.cv == pytest.approx(expected.cv)
+
+
+def test_a_slice_whose_timing_ended_the_process_is_not_timed_again(tmp_path, monkeypatch):
+    """A slice whose run killed the server (INT64_MIN / -1 traps the processor in ONNX Runtime) was queued again at
+    every start, so every restart died a few seconds in (found by review). The journal names the slice being timed;
+    the state a dead process leaves is made here by copying it while the timing hangs."""
+    import threading
+
+    hanging, release = threading.Event(), threading.Event()
+
+    def hang(slice_id: str):  # type: ignore[no-untyped-def]
+        hanging.set()
+        release.wait(30)
+        raise RuntimeError("stopped")
+
+    journal = tmp_path / "cloud-profiler-running"
+    with serving(tmp_path) as (server, stubs):
+        monkeypatch.setattr(server.cloud_profiler, "time_slice", hang)
+        report_uploaded_block(stubs, "deadly", seed=5)
+        assert hanging.wait(30)
+        left = journal.read_text()  # what a process killed now leaves behind
+        release.set()
+        assert server.cloud_profiler.wait_idle(30)
+    assert not journal.exists()  # a timing that ends, however, clears it
+    journal.write_text(left)
+    monkeypatch.undo()
+    with serving(tmp_path) as (server, stubs):
+        report_uploaded_block(stubs, "fine", seed=6)
+        assert server.cloud_profiler.wait_idle(30)
+        assert [m.signature for m in server.storage.latest_measurements("cloud")] == ["fine"]
+    assert (tmp_path / "cloud-profiler-running.crashed").read_text().split() == [left.strip()]

@@ -164,6 +164,18 @@ def test_upload_with_load_opens_the_session_before_answering(env):
     assert entry.state == "UNAVAILABLE" and "ONNX Runtime cannot load" in entry.reason
 
 
+def division_model(divisor: str, elem: int = TensorProto.INT64, constant: int | None = None) -> bytes:
+    """y = a / divisor, where divisor is the input "b" or a constant ("c", holding `constant`)."""
+    nodes = [helper.make_node("Div", ["a", divisor], ["y"])]
+    if divisor == "c":
+        nodes.insert(0, helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", elem, [1], [constant])))
+    io = [helper.make_tensor_value_info(n, elem, [1]) for n in ("a", "b")]
+    graph = helper.make_graph(
+        nodes, "div", io if divisor == "b" else io[:1], [helper.make_tensor_value_info("y", elem, [1])]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def _bad_uploads():
     good = conv_model(seed=7)
     garbage = np.random.default_rng(0).bytes(5000)
@@ -195,6 +207,17 @@ def _bad_uploads():
             "starts with a SliceHeader",
         ),
         "empty": (iter([]), grpc.StatusCode.INVALID_ARGUMENT, "starts with a SliceHeader"),
+        # INT64_MIN / -1 sent to such a slice killed the server with SIGFPE (found by review)
+        "int-division-by-an-input": (
+            upload_requests(division_model("b")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "divides int64 by 'b', a value computed at run time",
+        ),
+        "int-division-by-minus-one": (
+            upload_requests(division_model("c", TensorProto.INT32, -1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "divides int32 by a constant holding -1",
+        ),
     }
 
 
@@ -211,6 +234,24 @@ def test_bad_upload_is_rejected_and_nothing_stored(env, case):
     good = conv_model(seed=11)
     assert not stubs.upload(good).cached
     assert [p.stem for p in stored_slice_files(data_dir)] == [sha256(good)]
+
+
+def test_divisions_that_cannot_trap_are_accepted(env):
+    """Integer division by a constant other than -1 (shape arithmetic), and float division by anything."""
+    _, stubs, _ = env
+    for model, feeds, want in (
+        (division_model("c", TensorProto.INT64, 2), {"a": np.array([-7], np.int64)}, [-3]),
+        (
+            division_model("b", TensorProto.FLOAT),
+            {"a": np.array([3], np.float32), "b": np.array([-1], np.float32)},
+            [-3],
+        ),
+        (division_model("b", TensorProto.INT8), {"a": np.array([-128], np.int8), "b": np.array([-1], np.int8)}, None),
+    ):
+        stubs.upload(model)
+        reply = stubs.kserve.ModelInfer(codec.encode_infer_request(sha256(model), feeds), timeout=10)
+        if want is not None:
+            np.testing.assert_array_equal(codec.decode_infer_response(reply)["y"], want)
 
 
 def test_validation_also_refuses_external_data_in_subgraph(tmp_path):

@@ -1,0 +1,107 @@
+"""Integer division a request could turn into a processor trap, refused at upload.
+
+ONNX Runtime's CPU kernels for `Div` and `Mod` on int32 / int64 divide with the processor's instruction, and the most
+negative value divided by -1 overflows it: the processor raises SIGFPE, which ends the whole server process (every
+client's requests, the cloud profiler, the store), not the one call. Division by zero is checked by ONNX Runtime, this
+is not. So a slice may divide 32- and 64-bit integers only by constants (an initializer or a `Constant` node) that
+hold no -1; its inputs, computed values and shapes are refused as divisors. Narrower integers are promoted before
+they are divided (no trap), and DNN slices divide integers only in shape arithmetic, by constants.
+
+Element types come from ONNX shape inference on a weight-free copy of the model (`light_copy`); a divisor whose type
+inference cannot tell is let through (onnx.checker and ONNX Runtime decide as before).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from rr_edge.onnx_io import light_copy
+from rr_server.errors import InvalidArgument
+
+_DIVISIONS = frozenset({"Div", "Mod"})
+_TRAPPING = frozenset({TensorProto.INT32, TensorProto.INT64})
+
+
+def check_integer_division(model: onnx.ModelProto) -> None:
+    """Raise InvalidArgument for the first int32 / int64 `Div` or `Mod` whose divisor is not a constant without -1."""
+    if not any(node.op_type in _DIVISIONS for _, node in _graphs_nodes(model.graph)):
+        return
+    try:
+        typed = onnx.shape_inference.infer_shapes(light_copy(model)).graph
+    except Exception:  # noqa: BLE001 - inference failing on a model the checker accepted: types unknown
+        typed = model.graph
+    types = _element_types(typed)
+    constants = _constants(model.graph)
+    for graph, node in _graphs_nodes(model.graph):
+        if node.op_type not in _DIVISIONS or len(node.input) < 2 or types.get(node.input[0]) not in _TRAPPING:
+            continue
+        what = f"{graph}: {node.op_type} {node.name or node.output[0]!r} divides {_type_name(types[node.input[0]])} by"
+        divisor = constants.get(node.input[1])
+        if divisor is None:
+            raise InvalidArgument(
+                f"{what} {node.input[1]!r}, a value computed at run time: refused, since the most negative value "
+                "divided by -1 traps the server's processor (divide by constants only)"
+            )
+        if np.any(_value(divisor) == -1):
+            raise InvalidArgument(
+                f"{what} a constant holding -1: refused, since the most negative value divided by -1 traps the "
+                "server's processor (negate instead)"
+            )
+
+
+def _graphs_nodes(graph: onnx.GraphProto, where: str = "graph") -> Iterator[tuple[str, onnx.NodeProto]]:
+    for node in graph.node:
+        yield where, node
+        for attr in node.attribute:
+            for k, sub in enumerate([*attr.graphs, *([attr.g] if attr.HasField("g") else [])]):
+                yield from _graphs_nodes(sub, f"{where}/{node.name or node.op_type}.{attr.name}[{k}]")
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                yield from _subgraphs(sub)
+
+
+def _element_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element type of every tensor the (inferred) graph and its subgraphs declare."""
+    types: dict[str, int] = {}
+    for g in _subgraphs(graph):
+        for t in g.initializer:
+            types[t.name] = t.data_type
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | onnx.AttributeProto]:
+    """The initializers and the dense `Constant` nodes' values, in the graph and its subgraphs, by tensor name (read
+    only when they divide: a model's weights are not copied)."""
+    out: dict[str, onnx.TensorProto | onnx.AttributeProto] = {}
+    for g in _subgraphs(graph):
+        for t in g.initializer:
+            out[t.name] = t
+        for node in g.node:
+            if node.op_type == "Constant" and node.output and node.attribute:
+                if node.attribute[0].name in ("value", "value_int", "value_ints"):
+                    out[node.output[0]] = node.attribute[0]
+    return out
+
+
+def _value(constant: onnx.TensorProto | onnx.AttributeProto) -> np.ndarray:
+    if isinstance(constant, onnx.TensorProto):
+        return numpy_helper.to_array(constant)
+    if constant.name == "value":
+        return numpy_helper.to_array(constant.t)
+    return np.asarray(onnx.helper.get_attribute_value(constant))
+
+
+def _type_name(elem_type: int) -> str:
+    return TensorProto.DataType.Name(elem_type).lower()
