@@ -1,9 +1,11 @@
 """numpy <-> KServe v2 tensors: datatypes, raw contents and typed contents.
 
 Raw contents are the C-order bytes of the array in little-endian order; BYTES tensors are serialised as a
-4-byte little-endian length followed by the bytes of each element (the KServe convention). Every decode checks that
-the datatype is known, the shape is non-negative and representable, the byte count matches and typed integer values
-fit the datatype, and raises `CodecError` (a ValueError) with a message that names the tensor otherwise.
+4-byte little-endian length followed by the bytes of each element (the KServe convention). A BYTES element decodes
+to a str (UTF-8), as ONNX Runtime's string tensors hold them; bytes that are not UTF-8 are refused. Every decode
+checks that the datatype is known, the shape is non-negative and representable, the byte count matches and typed
+integer values fit the datatype, and raises `CodecError` (a ValueError) with a message that names the tensor
+otherwise.
 """
 
 from __future__ import annotations
@@ -141,11 +143,19 @@ def _bytes_from_raw(raw: bytes | memoryview, count: int, name: str) -> np.ndarra
         offset += 4
         if offset + length > len(raw):
             raise CodecError(f"tensor {name!r}: element {k} claims {length} bytes past the end of the contents")
-        out[k] = raw[offset : offset + length]
+        out[k] = _text(raw[offset : offset + length], name, k)
         offset += length
     if offset != len(raw):
         raise CodecError(f"tensor {name!r}: {len(raw) - offset} trailing bytes after {count} BYTES elements")
     return out
+
+
+def _text(data: bytes | memoryview, name: str, k: int) -> str:
+    """A BYTES element as the str ONNX Runtime's string tensors hold (it took bytes for their repr: b'...')."""
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"tensor {name!r}: BYTES element {k} is not UTF-8 text ({exc.reason})") from None
 
 
 def from_contents(contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], name: str = "") -> np.ndarray:
@@ -156,10 +166,15 @@ def from_contents(contents: pb.InferTensorContents, datatype: str, shape: Sequen
         raise CodecError(f"tensor {name!r}: datatype {datatype} cannot travel as typed contents; use raw contents")
     values = getattr(contents, field)
     count = _element_count(shape, name)
+    filled = [f.name for f, _ in contents.ListFields()]
+    if filled and field not in filled:
+        raise CodecError(f"tensor {name!r}: datatype {datatype} takes {field}, got {', '.join(filled)}")
     if len(values) != count:
         raise CodecError(f"tensor {name!r}: {len(values)} values in {field}, but shape {list(shape)} needs {count}")
     if datatype == "BYTES":
-        return _shaped(np.array(list(values), dtype=object), shape, name)
+        text = np.empty(count, dtype=object)
+        text[:] = [_text(v, name, k) for k, v in enumerate(values)]
+        return _shaped(text, shape, name)
     if dt.kind in "iu":  # the contents fields are 32 or 64 bits wide: a value may not fit the datatype
         wide = np.asarray(values, dtype=np.uint64 if field == "uint64_contents" else np.int64)
         info = np.iinfo(dt)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 
 from rr_edge.netmodel import NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
@@ -31,12 +32,12 @@ from rr_server.records import (
     MAX_ENERGY_MJ,
     MAX_ID_LENGTH,
     MAX_LATENCY_MS,
-    MIN_ENERGY_MJ,
     MIN_LATENCY_MS,
     ROLE_CLOUD,
     Features,
     Measurement,
     ModelRun,
+    check_energy_source,
     check_features,
     check_id,
     check_measurement,
@@ -172,9 +173,7 @@ def _check_run(run: ModelRun) -> ModelRun:
         raise InvalidArgument(f"model name {run.model[:40]!r} must be 1-{MAX_ID_LENGTH} printable characters")
     check_positive(run.latency_ms, f"model {run.model!r}: latency median_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
     check_positive(run.sum_of_blocks_ms, f"model {run.model!r}: sum_of_blocks_ms", MAX_LATENCY_MS, MIN_LATENCY_MS)
-    if run.energy_mj is not None:
-        check_positive(run.energy_mj, f"model {run.model!r}: energy_mj", MAX_ENERGY_MJ, MIN_ENERGY_MJ)
-    return run
+    return replace(run, energy_source=check_energy_source(run.energy_mj, run.energy_source, f"model {run.model!r}"))
 
 
 def _check_model_json(text: str, direction: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from rr_server.errors import InvalidArgument
@@ -88,6 +88,7 @@ MIN_ENERGY_MJ = 1e-6
 MAX_ID_LENGTH = 256
 MAX_OPS_PER_BLOCK = 10_000
 MAX_OP_NAME_LENGTH = 128
+MAX_SETTING_LENGTH = 64  # a RuntimeSettings string (execution provider, graph optimization level)
 ENERGY_SOURCES = ("nvml", "rapl", "jetson", "model")
 
 
@@ -133,8 +134,19 @@ def check_measurement(m: Measurement) -> Measurement:
         raise InvalidArgument(f"{where}: p10_ms {m.p10_ms} > p90_ms {m.p90_ms}")
     if m.samples < 0 or m.samples > 10_000_000:
         raise InvalidArgument(f"{where}: samples must be in [0, 1e7], got {m.samples}")
-    if m.energy_mj is not None:
-        check_positive(m.energy_mj, f"{where}: energy_mj", MAX_ENERGY_MJ, MIN_ENERGY_MJ)
-        if m.energy_source not in ENERGY_SOURCES:
-            raise InvalidArgument(f"{where}: energy_source must be one of {', '.join(ENERGY_SOURCES)}")
-    return m
+    for name, value in m.settings.items():  # stored with every measurement: a 1 MB string grew the database 384 MiB
+        if isinstance(value, str) and (len(value) > MAX_SETTING_LENGTH or not value.isprintable()):
+            raise InvalidArgument(
+                f"{where}: settings {name} {value[:40]!r} must be at most {MAX_SETTING_LENGTH} printable characters"
+            )
+    return replace(m, energy_source=check_energy_source(m.energy_mj, m.energy_source, where))
+
+
+def check_energy_source(energy_mj: float | None, source: str, where: str) -> str:
+    """The source of a reported energy (checked with the energy); "" without one, whatever was sent."""
+    if energy_mj is None:
+        return ""
+    check_positive(energy_mj, f"{where}: energy_mj", MAX_ENERGY_MJ, MIN_ENERGY_MJ)
+    if source not in ENERGY_SOURCES:
+        raise InvalidArgument(f"{where}: energy_source must be one of {', '.join(ENERGY_SOURCES)}, got {source[:40]!r}")
+    return source

@@ -64,13 +64,16 @@ class ModelRepository:
     ) -> dict[str, np.ndarray]:
         """Run a slice (`Session.run`: `allocate` lets ONNX Runtime write the outputs into caller memory; the run is
         stopped past the caller's deadline or the server's limit, or when the caller ends). With `max_output_bytes`,
-        outputs declared larger than that are refused before the run (`Session.check_output_size`)."""
+        outputs declared larger than that are refused before the run (`Session.check_output_size`), and larger ones
+        it gave after it (`Session.check_result_size`)."""
         session = self.session(slice_id)
         if max_output_bytes is not None:
             session.check_output_size(inputs, outputs, max_output_bytes)
         try:
             with self.activity.running():
                 result = session.run(inputs, outputs, allocate, caller)
+            if max_output_bytes is not None:
+                session.check_result_size(result, max_output_bytes)
         except Exception:
             self._metrics.inferences.labels("error").inc()
             raise

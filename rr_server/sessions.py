@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 
 from rr_edge.session import usable_providers
 from rr_proto.codec import datatype_of, dtype_of
@@ -179,14 +180,25 @@ class Session:
         """ResourceExhausted when the outputs whose size is known before the run (`declared_output_bytes`) already
         exceed `limit` (the server's message size): a float[2^28] output ran for seconds and took 2 GB of memory,
         and then gRPC refused to send it."""
-        sizes = self.declared_output_bytes(arrays, outputs)
+        self._check_sizes(self.declared_output_bytes(arrays, outputs), limit, "would take", "not run")
+
+    def check_result_size(self, results: Mapping[str, np.ndarray], limit: int) -> None:
+        """ResourceExhausted when the outputs a run gave exceed `limit`: sizes that depend on the input values (an
+        Expand to a shape read from an input) are only known now. Refused here, before the response is encoded:
+        gRPC's own refusal came after two more copies, and ended a ModelStreamInfer stream instead of one message."""
+        sizes = {
+            name: sum(len(x) for x in a.ravel()) if a.dtype.kind in "OSU" else a.nbytes for name, a in results.items()
+        }
+        self._check_sizes(sizes, limit, "take", "not sent")
+
+    def _check_sizes(self, sizes: Mapping[str, int], limit: int, verb: str, outcome: str) -> None:
         total = sum(sizes.values())
         if total > limit:
             largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
             named = ", ".join(f"{name!r} {size:,} bytes" for name, size in largest)
             raise ResourceExhausted(
-                f"slice {self.slice_id[:12]}: its outputs would take {total:,} bytes ({named}), over the server's "
-                f"message limit of {limit:,} bytes; not run (ask for fewer outputs or a smaller batch)"
+                f"slice {self.slice_id[:12]}: its outputs {verb} {total:,} bytes ({named}), over the server's "
+                f"message limit of {limit:,} bytes; {outcome} (ask for fewer outputs or a smaller batch)"
             )
 
     def run(
@@ -214,7 +226,8 @@ class Session:
                     return placed
             try:
                 results = self._session.run(names, dict(arrays), run.options)
-            except (OrtInvalidArgument, OrtFail) as exc:  # a kernel refused these values (an index out of range, ...)
+            except (OrtInvalidArgument, OrtFail, OrtRuntimeException) as exc:  # a kernel refused these values
+                # (an index out of range, a string Cast to a number, ...)
                 raise InvalidArgument(f"slice {self.slice_id[:12]} cannot run on these inputs: {exc}"[:500]) from None
         if self._bindable and key not in self._shapes:
             if len(self._shapes) >= _MAX_SHAPE_KEYS:
@@ -251,6 +264,11 @@ class Session:
             self._shapes[key] = None
             return None
         return dict(zip(names, placed, strict=True))
+
+
+def _payload_bytes(array: np.ndarray) -> int:
+    """What an output takes on the wire, about: a string tensor's text, not its pointers."""
+    return sum(len(x) for x in array.ravel()) if array.dtype.kind in "OSU" else array.nbytes
 
 
 class SessionPool:

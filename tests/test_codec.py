@@ -51,7 +51,16 @@ def test_bytes_tensor_round_trip_with_length_prefixes():
     raw = codec.to_raw(array)
     assert raw[:4] == b"\x00\x00\x00\x00"
     back = codec.from_raw(raw, "BYTES", (2, 2))
-    assert back.tolist() == [[b"", b"a"], ["\u00e9t\u00e9".encode(), b"\x00\x01"]]
+    assert back.tolist() == [["", "a"], ["\u00e9t\u00e9", "\x00\x01"]]  # str, as ONNX Runtime holds strings
+
+
+def test_bytes_elements_decode_to_text_or_are_refused():
+    """A BYTES element reached ONNX Runtime as a memoryview or bytes, which it stored as their repr: an Identity
+    slice answered b'<memory at 0x7f...>' (found by review)."""
+    contents = codec.pb.InferTensorContents(bytes_contents=[b"hello", "\u00e9".encode()])
+    assert codec.from_contents(contents, "BYTES", (2,)).tolist() == ["hello", "\u00e9"]
+    with pytest.raises(codec.CodecError, match="tensor 's': BYTES element 1 is not UTF-8 text"):
+        codec.from_raw(codec.to_raw(np.array([b"ok", b"\xff"], dtype=object)), "BYTES", (2,), name="s")
 
 
 @pytest.mark.parametrize(
@@ -146,3 +155,10 @@ def test_response_round_trip():
     outputs = {"y": sample("FP16", (1, 5))}
     decoded = codec.decode_infer_response(codec.encode_infer_response("m", outputs))
     np.testing.assert_array_equal(decoded["y"], outputs["y"])
+
+
+def test_typed_contents_in_the_wrong_field_are_named():
+    """FP32 values sent in int_contents were "0 values in fp32_contents" (found by review)."""
+    contents = codec.pb.InferTensorContents(int_contents=[1, 2])
+    with pytest.raises(codec.CodecError, match="tensor 'x': datatype FP32 takes fp32_contents, got int_contents"):
+        codec.from_contents(contents, "FP32", (2,), name="x")

@@ -16,6 +16,7 @@ from rr_server import predictor as predictor_module
 from rr_server.records import (
     MAX_OP_NAME_LENGTH,
     MAX_OPS_PER_BLOCK,
+    MAX_SETTING_LENGTH,
     MIN_ENERGY_MJ,
     MIN_LATENCY_MS,
     SOURCE_CLOUD_PROFILER,
@@ -216,6 +217,32 @@ def test_a_reports_op_names_have_a_budget(env, monkeypatch):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "bytes of ops" in err.value.details()
     assert server.storage.count_measurements() == 0 and server.storage.signatures() == {}
     assert stubs.profiles.ReportLayerProfiles(report("pi4", *blocks[:2]), timeout=10).accepted_layers == 2
+
+
+def test_report_settings_are_capped_and_a_source_without_energy_is_not_stored(env):
+    """A report whose RuntimeSettings held 1 MB strings was stored with every one of its measurements (384 MiB of
+    database for 100 layers), and an energy source without an energy was stored as given (found by review)."""
+    server, stubs = env
+    register(stubs, "pi4")
+    request = next(report("pi4", layer("s", 1.0)))
+    request.settings.graph_optimization = "X" * (MAX_SETTING_LENGTH + 1)
+    end = rr.ReportLayerProfilesRequest(node_id="pi4", end=rr.ReportEnd(items=1))
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(iter([request, end]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "settings graph_optimization" in err.value.details()
+    assert server.storage.count_measurements() == 0
+    unmetered = layer("s", 1.0)
+    unmetered.energy_source = "bogus"
+    run = rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=2.0), sum_of_blocks_ms=1.0, energy_source="x")
+    assert stubs.profiles.ReportLayerProfiles(report("pi4", unmetered, run), timeout=10).accepted_layers == 1
+    (stored,) = server.storage.latest_measurements("pi4")
+    assert stored.energy_mj is None and stored.energy_source == ""
+    run.energy_mj = 5.0
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("pi4", run), timeout=10)
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "energy_source must be one of" in err.value.details()
+    )
 
 
 def test_predict_reads_the_features_of_its_own_signatures_only(env, monkeypatch):

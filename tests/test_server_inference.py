@@ -197,3 +197,67 @@ def test_unknown_version_is_not_found(env):
     with pytest.raises(grpc.RpcError) as err:
         stubs.kserve.ModelMetadata(pb.ModelMetadataRequest(name=conv_id, version="7"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _model(nodes: list, inputs: list, outputs: list) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION
+    ).SerializeToString()
+
+
+def test_string_tensors_arrive_as_text_and_a_refused_cast_is_invalid_argument(tmp_path):
+    """A string Identity answered b'<memory at 0x7f...>' (raw contents) or "b'hello'" (typed), and a Cast of "abc" to
+    float was INTERNAL "internal server error" (found by review)."""
+    strings = [helper.make_tensor_value_info(n, TensorProto.STRING, [2]) for n in ("s", "t")]
+    identity = _model([helper.make_node("Identity", ["s"], ["t"])], strings[:1], strings[1:])
+    cast = _model([helper.make_node("Cast", ["s"], ["f"], to=TensorProto.FLOAT)], strings[:1],
+                  [helper.make_tensor_value_info("f", TensorProto.FLOAT, [2])])  # fmt: skip
+    words = np.array(["hello", "\u00e9t\u00e9"], dtype=object)
+    with serving(tmp_path) as (_, stubs):
+        for model in (identity, cast):
+            stubs.upload(model)
+        raw = codec.encode_infer_request(sha256(identity), {"s": words})
+        typed = pb.ModelInferRequest(model_name=sha256(identity))
+        typed.inputs.add(name="s", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
+            [b"hello", "\u00e9t\u00e9".encode()]
+        )
+        for request in (raw, typed):
+            answer = codec.decode_infer_response(stubs.kserve.ModelInfer(request, timeout=10))
+            assert answer["t"].tolist() == ["hello", "\u00e9t\u00e9"]
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(codec.encode_infer_request(sha256(cast), {"s": words}), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot run on these inputs" in err.value.details()
+        numbers = np.array(["1.5", "-2"], dtype=object)
+        answer = codec.decode_infer_response(
+            stubs.kserve.ModelInfer(codec.encode_infer_request(sha256(cast), {"s": numbers}), timeout=10)
+        )
+        assert answer["f"].tolist() == [1.5, -2.0]
+
+
+def test_an_output_over_the_message_limit_fails_its_message_and_the_stream_goes_on(tmp_path):
+    """An output whose size depends on the input values (Expand to a shape sent in the request) was only refused by
+    gRPC, after two more copies, and that ended the ModelStreamInfer stream: the requests behind it got no answer
+    (found by review)."""
+    expand = _model(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])],
+    )
+
+    def request(rows: int) -> pb.ModelInferRequest:
+        feeds = {"x": np.ones(1, np.float32), "shape": np.array([rows, 256], np.int64)}
+        return codec.encode_infer_request(sha256(expand), feeds, request_id=str(rows))
+
+    with serving(tmp_path, max_message_bytes=1 << 20) as (_, stubs):
+        stubs.upload(expand)
+        answers = list(stubs.kserve.ModelStreamInfer(iter([request(4), request(2048), request(8)]), timeout=30))
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(request(2048), timeout=10)
+    assert [(a.error_message[:18] or a.infer_response.id) for a in answers] == ["4", "RESOURCE_EXHAUSTED", "8"]
+    assert "its outputs take 2,097,152 bytes" in answers[1].error_message and "not sent" in answers[1].error_message
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -15,6 +15,7 @@ from rr_edge.netmodel import NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import profile_servicer
 from rr_server.activity import InferenceActivity
+from rr_server.cloud_profiler import CloudProfiler
 
 SIGS = [f"sig{k:02d}" for k in range(6)]
 
@@ -476,32 +477,41 @@ def test_the_cloud_summarises_its_timings_as_the_edge_does(tmp_path, monkeypatch
     assert stored.cv == pytest.approx(expected.cv)
 
 
-def test_a_slice_whose_timing_ended_the_process_is_not_timed_again(tmp_path, monkeypatch):
+def test_a_slice_whose_timing_ended_the_process_twice_is_not_timed_again(tmp_path, monkeypatch):
     """A slice whose run killed the server (INT64_MIN / -1 traps the processor in ONNX Runtime) was queued again at
     every start, so every restart died a few seconds in (found by review). The journal names the slice being timed;
-    the state a dead process leaves is made here by copying it while the timing hangs."""
+    the state a dead process leaves is made here by copying it while the timing hangs. One death may be a kill -9:
+    the slice is timed once more; after a second it is not."""
     import threading
 
-    hanging, release = threading.Event(), threading.Event()
-
-    def hang(slice_id: str):  # type: ignore[no-untyped-def]
-        hanging.set()
-        release.wait(30)
-        raise RuntimeError("stopped")
-
     journal = tmp_path / "cloud-profiler-running"
-    with serving(tmp_path) as (server, stubs):
-        monkeypatch.setattr(server.cloud_profiler, "time_slice", hang)
-        report_uploaded_block(stubs, "deadly", seed=5)
-        assert hanging.wait(30)
-        left = journal.read_text()  # what a process killed now leaves behind
-        release.set()
-        assert server.cloud_profiler.wait_idle(30)
-    assert not journal.exists()  # a timing that ends, however, clears it
-    journal.write_text(left)
-    monkeypatch.undo()
+
+    def dies_timing(signature: str, report_it: bool) -> str:
+        """Start a server whose timing hangs, (report a slice,) and return the journal a crash would leave."""
+        hanging, release = threading.Event(), threading.Event()
+
+        def hang(self, slice_id: str):  # type: ignore[no-untyped-def]
+            hanging.set()
+            release.wait(30)
+            raise RuntimeError("stopped")
+
+        monkeypatch.setattr(CloudProfiler, "time_slice", hang)  # before the server starts: it queues stored slices
+        with serving(tmp_path) as (server, stubs):
+            if report_it:
+                report_uploaded_block(stubs, signature, seed=5)
+            assert hanging.wait(30), "the slice was not timed"
+            left = journal.read_text()
+            release.set()
+            assert server.cloud_profiler.wait_idle(30)
+        monkeypatch.undo()
+        assert not journal.exists()  # a timing that ends, however, clears it
+        journal.write_text(left)
+        return left
+
+    deadly = dies_timing("deadly", report_it=True)
+    assert dies_timing("deadly", report_it=False) == deadly  # queued again at start after one death
     with serving(tmp_path) as (server, stubs):
         report_uploaded_block(stubs, "fine", seed=6)
         assert server.cloud_profiler.wait_idle(30)
         assert [m.signature for m in server.storage.latest_measurements("cloud")] == ["fine"]
-    assert (tmp_path / "cloud-profiler-running.crashed").read_text().split() == [left.strip()]
+    assert (tmp_path / "cloud-profiler-running.crashed").read_text().split() == [deadly.strip()] * 2
