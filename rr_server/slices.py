@@ -11,8 +11,8 @@ the new one fits; an edge whose slice was evicted is told it is not cached and u
 Validation (`validate_onnx`): parses with external data loading off, rejects any tensor that refers to external data
 (initializers, sparse initializers, attribute tensors, subgraphs, functions), any op or opset outside the standard
 domains, any model-local function and any `training_info` (a slice is for inference; those graphs would go
-unchecked) and any 32- or 64-bit integer division by a value computed at run time (`rr_server.integer_division`: it
-can trap the processor), then runs `onnx.checker`.
+unchecked), more than `MAX_SLICE_NODES` nodes, and any 32- or 64-bit integer division by a value computed at run
+time (`rr_server.integer_division`: it can trap the processor), then runs `onnx.checker`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from rr_server.integer_division import check_integer_division
 log = logging.getLogger(__name__)
 
 _SLICE_ID = re.compile(r"[0-9a-f]{64}")
+# ONNX Runtime opens about 20,000 nodes a second here, and no deadline stops it: a 4.7 MiB slice of 200,000 Relu nodes
+# held a worker for 10.7 s (found by review). The largest graphs exported from torchvision have about 6,300 nodes.
+MAX_SLICE_NODES = 100_000
 
 
 @dataclass(frozen=True)
@@ -284,9 +287,16 @@ def _check_parsed(model: onnx.ModelProto) -> None:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
             raise InvalidArgument(f"{where}: tensor {tensor.name!r} refers to external data {location!r} (refused)")
+    count = 0
     for where, node in _nodes(model.graph, "graph"):
         if node.domain not in STANDARD_DOMAINS:
             raise InvalidArgument(f"{where}: op {node.op_type!r} in custom domain {node.domain!r} (refused)")
+        count += 1
+        if count > MAX_SLICE_NODES:
+            raise InvalidArgument(
+                f"more than {MAX_SLICE_NODES:,} nodes: not a slice of a DNN (opening it would hold a worker for "
+                "seconds to minutes, past any deadline)"
+            )
     check_integer_division(model)
 
 
