@@ -734,3 +734,32 @@ def test_copies_and_pickles_are_models_of_their_own() -> None:
         np.testing.assert_array_equal(model.predict_matrix(), before)
     unfitted = pickle.loads(pickle.dumps(CFModel(rank=5)))
     assert not unfitted.is_fitted and unfitted.rank == 5
+
+
+_SIZES_OUT_OF_MEMORY = """
+import resource
+from cf_cpp import CFModel
+
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + 500 * 2**20, resource.RLIM_INFINITY))
+model = CFModel(rank=4, iterations=1, threads=1)
+calls = (lambda: model.fit([0], [0], [1.0], 20_000_000, 60), lambda: model.fit([0], [0], [1.0], 2, 2).add_cols(2**33))
+for call in calls:
+    try:
+        call()
+    except MemoryError as e:
+        print(e)
+"""
+
+
+def test_sizes_past_the_memory_say_what_ran_out() -> None:
+    """A fit of 20 million rows, or add_cols(2**33), within the size limits (2**40) but past the machine's memory,
+    was a bare MemoryError('std::bad_alloc') (found by review). In a subprocess: it lowers its own memory limit."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_SIZES_OUT_OF_MEMORY)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == [
+        "fit of 20000000 rows x 60 columns: out of memory",
+        "add_cols of 8589934592 columns: out of memory",
+    ]

@@ -63,6 +63,24 @@ auto released(F&& read) {
   return read();
 }
 
+// `call()` with the GIL released; running out of memory is a MemoryError saying for what (nanobind's own says only
+// std::bad_alloc, and sizes are only refused up to kMaxDim, far beyond any machine's memory).
+template <class F>
+auto sized(const std::string& what, F&& call) {
+  try {
+    nb::gil_scoped_release release;
+    return call();
+  } catch (const std::bad_alloc&) {
+    PyErr_SetString(PyExc_MemoryError, (what + ": out of memory").c_str());
+    throw nb::python_error();
+  }
+}
+
+std::string rows_by_cols(std::int64_t n_rows, std::int64_t n_cols) {
+  auto size = [](std::int64_t n) { return n == cf::kUnchanged ? std::string("the current") : std::to_string(n); };
+  return size(n_rows) + " rows x " + size(n_cols) + " columns";
+}
+
 // The row or column parameters (n x d, row-major: bias and factors) and d.
 std::pair<std::vector<double>, std::size_t> params_of(const cf::Model& s, std::vector<double> (cf::Model::*get)() const) {
   return {(s.*get)(), static_cast<std::size_t>(s.config().rank) + 1};
@@ -135,8 +153,8 @@ NB_MODULE(_core, m) {
              const std::optional<Matrix2>& additive_features) -> cf::Model& {
             cf::Observations obs = observations(rows, cols, values);
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
-            nb::gil_scoped_release release;
-            self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr);
+            sized("fit of " + rows_by_cols(n_rows, n_cols),
+                  [&] { self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr); });
             return self;
           },
           "rows"_a, "cols"_a, "values"_a, "n_rows"_a, "n_cols"_a, "col_features"_a = nb::none(),
@@ -161,8 +179,8 @@ NB_MODULE(_core, m) {
               throw cf::InvalidInput("n_rows and n_cols must be >= 0 (None: unchanged)");
             // None: the size the model has when the refit takes its lock (resolved there).
             std::int64_t nr = n_rows.value_or(cf::kUnchanged), nc = n_cols.value_or(cf::kUnchanged);
-            nb::gil_scoped_release release;
-            self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr);
+            sized("refit to " + rows_by_cols(nr, nc),
+                  [&] { self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr); });
             return self;
           },
           "rows"_a, "cols"_a, "values"_a, "n_rows"_a = nb::none(), "n_cols"_a = nb::none(),
@@ -210,8 +228,7 @@ NB_MODULE(_core, m) {
             if (cols.shape(0) != values.shape(0))
               throw cf::InvalidInput("cols and values must have the same length, got " + std::to_string(cols.shape(0)) +
                                      " and " + std::to_string(values.shape(0)));
-            nb::gil_scoped_release release;
-            return self.fold_in_row(cols.data(), values.data(), cols.shape(0));
+            return sized("fold_in_row", [&] { return self.fold_in_row(cols.data(), values.data(), cols.shape(0)); });
           },
           "cols"_a, "values"_a,
           "Add a new row (e.g. a new device) from a few measurements against the fixed column model, no refit: a\n"
@@ -224,8 +241,8 @@ NB_MODULE(_core, m) {
           [](cf::Model& self, std::int64_t n, const std::optional<Matrix2>& col_features,
              const std::optional<Matrix2>& additive_features) {
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
-            nb::gil_scoped_release release;
-            return self.add_cols(n, f ? &*f : nullptr, a ? &*a : nullptr);
+            return sized("add_cols of " + std::to_string(n) + " columns",
+                         [&] { return self.add_cols(n, f ? &*f : nullptr, a ? &*a : nullptr); });
           },
           "n"_a, "col_features"_a = nb::none(), "additive_features"_a = nb::none(),
           "Append n cold columns (e.g. new block signatures) predicted from their features (n, n_features) and\n"
