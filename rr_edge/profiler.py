@@ -284,7 +284,12 @@ def _energy_per_run(windows: Sequence[EnergyReading | None], median_ms: float) -
     elapsed_s = sum(w.elapsed_s for w in readings)
     if not readings or len(readings) < len(windows) or elapsed_s <= 0:
         return None
-    return sum(float(w.energy_mJ or 0.0) for w in readings) / elapsed_s * median_ms / 1000.0
+    energy = sum(float(w.energy_mJ or 0.0) for w in readings) / elapsed_s * median_ms / 1000.0
+    if not (math.isfinite(energy) and energy > 0):  # a counter that did not move (some VMs), rails that read 0 mA:
+        # no energy rather than a reading the server refuses with the whole report (the latencies with it)
+        log.warning("the meter read no positive energy (%r mJ per run): reported without energy", energy)
+        return None
+    return energy
 
 
 def profile_model(

@@ -128,7 +128,7 @@ class RunResult:
     fallback: bool
     total_ms: float
     head_ms: float = 0.0
-    remote_ms: float = 0.0  # the middle slice's round trip to the server
+    remote_ms: float = 0.0  # the middle slice's round trip to the server (with `fallback`: the wait before it)
     server_ms: float | None = None  # of which the server ran the slice (None: the server did not say)
     tail_ms: float = 0.0
     bytes_up: int = 0
@@ -514,6 +514,9 @@ class Runner:
             outputs = self._remote_infer(feed)
         except ServerError as exc:
             result.error = str(exc)
+            # The wait for the server is no local compute: a power model charges it as the plan did (idle, radio).
+            result.remote_ms = (time.perf_counter() - start) * 1e3
+            result.bytes_up = sum(a.nbytes for a in feed.values())
             if exc.code == "DEADLINE_EXCEEDED":
                 self.link.timed_out(sum(a.nbytes for a in feed.values()), (time.perf_counter() - start) * 1e3)
             if exc.code == "NOT_FOUND":  # the server lost the slice (evicted, a new data dir): upload it again,

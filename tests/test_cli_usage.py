@@ -343,17 +343,20 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
     from rr_edge.commands.run import print_summary, segment_summary
 
     breakdown = {"weight_upload_ms": 2.0, "weight_upload_mJ": 3.0}
-    plan = SimpleNamespace(chosen=SimpleNamespace(latency_ms=5.0, energy_mJ=9.0, breakdown=breakdown))
+    chosen = SimpleNamespace(latency_ms=5.0, energy_mJ=9.0, breakdown=breakdown)
+    plan = SimpleNamespace(chosen=chosen, costs=SimpleNamespace(energy_source="model,rapl"))
     requests = [SimpleNamespace(total_ms=3.1, remote_ms=1.2, fallback=False)] * 5
     summary = {
-        "requests": 5, "wall_s": 0.1, "energy_source": "model", "upload_ms": 9.5, "fallback_requests": 0,
+        "requests": 5, "wall_s": 0.1, "energy_source": "rapl", "upload_ms": 9.5, "fallback_requests": 0,
         "max_abs_diff_vs_local": 1e-6, "segments": [segment_summary(Segment((0, 3), plan, 0, 5), requests, [6.1] * 5)],
         "predicted_upload_ms": 10.0,
     }  # fmt: skip
     print_summary("m", summary)
     out = capsys.readouterr().out
     predicted_row = next(line for line in out.splitlines() if "predicted" in line and "0,3" in line)
-    assert "3.00" in predicted_row and "6.0" in predicted_row  # 5 - 2 ms, 9 - 3 mJ
+    assert "3.00" in predicted_row and "6.0 (model,rapl)" in predicted_row  # 5 - 2 ms, 9 - 3 mJ, from the plan
+    measured_row = next(line for line in out.splitlines() if "measured" in line and "0,3" in line)
+    assert "6.1 (rapl)" in measured_row  # the run's meter labels only what it measured (found by review)
     assert "made ready once (upload, open): 9.50 ms, predicted 10.00 ms" in out  # 2 ms x 5 requests
 
 

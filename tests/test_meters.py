@@ -396,3 +396,17 @@ def test_nvml_explicit_without_gpu_is_clear() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(MeterError, match="NVML|nvidia-ml-py"):
         select_meter("nvml")
+
+
+def test_a_meter_that_reads_no_energy_leaves_the_energy_out_not_the_profile(tmp_path: Path, chain, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A RAPL counter that never moves (some VMs) gave 0 mJ per block, which the server refuses: the whole report,
+    latencies with it, was lost (found by review). Now the blocks are reported without energy, with a warning."""
+    from rr_edge.profiler import ProfileConfig, TimingPolicy, profile_model
+
+    _rapl_tree(tmp_path)  # counters written once, never advanced
+    model, graph, _ = chain
+    policy = TimingPolicy(warmup_runs=1, min_runs=3, min_time_s=0.0, rounds=1)
+    config = ProfileConfig(sample=1.0, seed=0, timing=policy, e2e_timing=policy)
+    result = profile_model(model, graph, meter=RaplMeter(tmp_path, min_window_s=0.0), config=config)
+    assert result.layers and all(m.energy_mJ is None and m.latency.median_ms > 0 for m in result.layers)
+    assert "the meter read no positive energy" in caplog.text

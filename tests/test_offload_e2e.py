@@ -128,6 +128,10 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     assert ran["splits_used"][0] == [plan["chosen"]["i"], plan["chosen"]["j"]]  # planned, then run as planned
     assert ran["fallback"] is False and ran["max_abs_diff_vs_local"] <= 1e-4
     assert ran["predicted"]["objective"] == "latency"
+    # the prediction carries its own energy source, apart from the run's meter (a modelled figure is no measurement)
+    assert (
+        ran["predicted"]["energy_source"] == ran["segments"][-1]["predicted"]["energy_source"] == plan["energy_source"]
+    )
     # the slice is made ready once, outside the requests: measured on its own, its prediction shared by the 5
     assert ran["amortize_over"] <= 5 and ran["upload_ms"] >= 0  # a re-plan spreads uploads over the requests left
     assert (ran["upload_ms"] > 0) == (ran["predicted"]["i"] < ran["predicted"]["j"])

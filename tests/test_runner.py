@@ -328,6 +328,30 @@ def test_a_power_model_charges_a_request_as_the_planner_predicts_it():
     assert unknown.remote_parts(expected_server_ms=50.0) == (20.0, 0.0)  # never more than the round trip
 
 
+def test_a_request_that_waited_for_the_server_before_finishing_locally_charges_the_wait_as_waiting(chain, tmp_path):
+    """A request that waited 1 s for a server and then finished locally was charged at compute power for the whole
+    second, 8x the modelled energy of a wait (found by review)."""
+    model, graph, slicer = chain
+    x = _x(graph)
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as server:
+        real = server.repository.infer
+
+        def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)
+            return real(*args, **kwargs)
+
+        with Client(str(server.address)) as client:
+            runner = make_runner(slicer, graph, (0, 1), client, config=RunnerConfig(timeout_s=0.5, retry_interval_s=60))
+            with runner:
+                server.repository.infer = slow
+                result = runner.run(x)
+    assert result.fallback and "within 0.5 s" in result.error
+    assert result.remote_ms >= 450 and result.bytes_up == x.nbytes
+    power = PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=1.0, net_rx_w=1.0)
+    local_ms = result.total_ms - result.remote_ms
+    assert modelled_mJ(result, power, None, None) < 10.0 * local_ms + 2.0 * result.remote_ms + 1e-9
+
+
 def test_a_server_with_no_upload_slot_free_is_busy_not_refusing(chain, tmp_path):
     """Many edges starting at once take every stream slot for uploads: RESOURCE_EXHAUSTED then, at start, used to
     fail the runner as if the server refused the plan. It starts locally and connects once a slot is free."""

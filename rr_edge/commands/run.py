@@ -248,7 +248,9 @@ def segment_summary(segment: Segment, results: list[RunResult], energies: list[f
     if segment.report is not None:
         p, share = segment.report.chosen, upload_share(segment.report)
         latency_ms, energy_mJ = p.latency_ms - share["weight_upload_ms"], p.energy_mJ - share["weight_upload_mJ"]
-        out["predicted"] = {"latency_ms": latency_ms, "energy_mJ": energy_mJ}
+        out["predicted"] = {
+            "latency_ms": latency_ms, "energy_mJ": energy_mJ, "energy_source": segment.report.costs.energy_source,
+        }  # fmt: skip
     return out
 
 
@@ -353,7 +355,9 @@ def run(args: argparse.Namespace) -> int:
     summary["segments"] = [segment_summary(segment, results, energies) for segment in planned.segments]
     summary["upload_ms"] = planned.upload_ms  # making the middle slices ready (upload, open), once, not in any request
     if (report := planned.report) is not None:  # the plan running at the end; its upload share is in its figures
-        summary["predicted"] = {**report.chosen.to_dict(), **upload_share(report)}
+        summary["predicted"] = {
+            **report.chosen.to_dict(), **upload_share(report), "energy_source": report.costs.energy_source,
+        }  # fmt: skip
         summary["predicted_upload_ms"] = planned.predicted_upload_ms
         summary["replans"] = (
             planned.replans
@@ -380,17 +384,18 @@ def _count(n: int, noun: str) -> str:
 def print_summary(model: str, s: dict[str, Any]) -> None:
     """The run for people: measured latency and energy next to the plan's prediction, then fallbacks and accuracy."""
     table = Table(title=f"{model}: {_count(s['requests'], 'request')} in {s['wall_s']:.2f} s", title_justify="left")
-    for column in ("", "i,j", "median ms", "p90 ms", "server ms", f"energy mJ ({s['energy_source']})"):
+    for column in ("", "i,j", "median ms", "p90 ms", "server ms", "energy mJ (source)"):
         table.add_column(column, justify="right" if column else "left")
     for segment in s["segments"]:  # one split after the other when a re-plan switched
         lat, split = segment["latency_ms"], "{},{}".format(*segment["split"])
         table.add_row(
             "measured", split, f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{segment['remote_ms_median']:.2f}",
-            f"{segment['energy_mJ']:.1f}",
+            f"{segment['energy_mJ']:.1f} ({s['energy_source']})",
         )  # fmt: skip
-        if "predicted" in segment:
+        if "predicted" in segment:  # the plan's energy has its own source: the profile's, and the power model's
             p = segment["predicted"]
-            table.add_row("predicted", split, f"{p['latency_ms']:.2f}", "", "", f"{p['energy_mJ']:.1f}")
+            energy = f"{p['energy_mJ']:.1f} ({p['energy_source']})"
+            table.add_row("predicted", split, f"{p['latency_ms']:.2f}", "", "", energy)
 
     console = Console()
     console.print(table)
