@@ -249,9 +249,9 @@ def _measure(timed: _Timed, policy: TimingPolicy, meter: Meter | None) -> tuple[
         return time_runs(timed, policy), None
     for _ in range(policy.warmup_runs):
         timed()
-    token = meter.start("compute")
-    times = time_runs(timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s)
-    return times, meter.stop(token)
+    with meter.measure("compute") as reading:  # closed however the runs end (a Jetson window has a sampler thread)
+        times = time_runs(timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s)
+    return times, reading
 
 
 def _measure_rounds(

@@ -318,6 +318,14 @@ def test_model_meter_toml_and_errors(tmp_path: Path) -> None:
         ModelMeter(config=bad)
     with pytest.raises(MeterError, match=">= 0"):
         PowerSpec(active_w=-1.0, idle_w=0.0)
+    # JSON's Infinity and true were taken: every energy inf (printed as null), and 1 W (found by review)
+    for watts in (math.inf, True, float("nan")):
+        with pytest.raises(MeterError, match="must be a finite number >= 0"):
+            PowerSpec(active_w=watts, idle_w=0.0)  # type: ignore[arg-type]
+    infinite = tmp_path / "inf.json"
+    infinite.write_text('{"classes": {"nano": {"active_w": Infinity, "idle_w": 1}}}')
+    with pytest.raises(MeterError, match="active_w must be a finite number >= 0, got inf"):
+        ModelMeter(config=infinite)
 
 
 def test_a_power_model_config_of_one_class_is_used_without_naming_it(
@@ -410,3 +418,69 @@ def test_a_meter_that_reads_no_energy_leaves_the_energy_out_not_the_profile(tmp_
     result = profile_model(model, graph, meter=RaplMeter(tmp_path, min_window_s=0.0), config=config)
     assert result.layers and all(m.energy_mJ is None and m.latency.median_ms > 0 for m in result.layers)
     assert "the meter read no positive energy" in caplog.text
+
+
+def test_a_jetson_read_that_fails_once_is_skipped_and_one_that_keeps_failing_is_raised(tmp_path: Path) -> None:
+    """An INA3221 attribute that read empty for 30 ms ended the measurement, and the profile with it (found by
+    review). A skipped read leaves the integral of the rest; a rail that stays unreadable still fails the window."""
+    dev = _hwmon_tree(tmp_path, {1: "VDD_IN"})
+    clock = FakeClock()
+    meter = JetsonMeter(tmp_path, interval_s=0, clock=clock)
+    _set_power_hwmon(dev, 1, 4000)
+    token = meter.start()
+    for k in range(10):
+        clock.t += 0.01
+        if k == 4:
+            (dev / "curr1_input").write_text("")
+        meter.sample()
+        _set_power_hwmon(dev, 1, 4000)
+    assert meter.stop(token).energy_mJ == pytest.approx(4000 * 0.1)
+    token = meter.start()
+    (dev / "curr1_input").write_text("")
+    for _ in range(5):
+        clock.t += 0.01
+        meter.sample()
+    with pytest.raises(MeterError, match="expected an integer"):
+        meter.stop(token)
+
+
+def test_a_window_whose_work_fails_is_closed(tmp_path: Path, chain) -> None:  # type: ignore[no-untyped-def]
+    """A profile or request that raised left its Jetson window open, and its sampler thread ran for the node's
+    life (found by review)."""
+    import threading
+
+    from rr_edge.profiler import TimingPolicy, _measure
+
+    dev = _hwmon_tree(tmp_path, {1: "VDD_IN"})
+    _set_power_hwmon(dev, 1, 4000)
+    meter = JetsonMeter(tmp_path, interval_s=0.01)
+
+    def fails() -> None:
+        raise RuntimeError("the run failed")
+
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            _measure(fails, TimingPolicy(warmup_runs=0, min_runs=1, min_time_s=0.0), meter)  # type: ignore[arg-type]
+    assert meter._open == []
+    assert not [t for t in threading.enumerate() if t.name == "jetson-meter"]
+    meter.close()
+
+
+def test_a_request_window_whose_request_fails_is_closed(tmp_path: Path) -> None:
+    """`rr-edge run` meters consecutive requests in one window: a request that raised left it open."""
+    from types import SimpleNamespace
+
+    from rr_edge.commands.run import RequestEnergy
+
+    dev = _hwmon_tree(tmp_path, {1: "VDD_IN"})
+    _set_power_hwmon(dev, 1, 4000)
+    meter = JetsonMeter(tmp_path, interval_s=0.01, min_window_s=10.0)
+
+    def fails(x):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the request failed")
+
+    energy = RequestEnergy(meter)
+    with pytest.raises(RuntimeError):
+        energy.run(SimpleNamespace(run=fails), {}, remaining=3)  # type: ignore[arg-type]
+    assert meter._open == []
+    meter.close()

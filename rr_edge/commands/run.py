@@ -37,7 +37,7 @@ from rr_edge.commands._common import (
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
-from rr_edge.errors import RoadRunnerError, ServerUnavailable
+from rr_edge.errors import MeterError, RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.meters.model import resolve_power
 from rr_edge.offload import (
@@ -153,9 +153,8 @@ def _energy(meter: Meter, runner: Runner, result: RunResult, reading_mJ: float |
 
 
 def run_one(runner: Runner, x: Mapping[str, np.ndarray], meter: Meter) -> tuple[RunResult, float]:
-    token = meter.start("compute")
-    result = runner.run(x)
-    reading = meter.stop(token)
+    with meter.measure("compute") as reading:  # closed however the request ends
+        result = runner.run(x)
     return result, _energy(meter, runner, result, reading.energy_mJ)
 
 
@@ -186,7 +185,11 @@ class RequestEnergy:
         if self._token is None:
             self._token = self.meter.start("compute")
             self._requests = 0
-        result = runner.run(x)
+        try:
+            result = runner.run(x)
+        except BaseException:
+            self.abandon()
+            raise
         self._requests += 1
         elapsed = self.meter.elapsed_s(self._token)
         rest_s = elapsed / self._requests * remaining  # the rest can fill a window of its own
@@ -198,8 +201,12 @@ class RequestEnergy:
         """Close the open window, first topping it up to `min_window_s` with runs of the same request."""
         if self._token is None:
             return
+        try:
+            padding = fill_window(self.meter, self._token, lambda: runner.run(x))
+        except BaseException:
+            self.abandon()
+            raise
         token, self._token = self._token, None
-        padding = fill_window(self.meter, token, lambda: runner.run(x))
         reading = self.meter.stop(token)
         runs = self._requests + padding
         if padding:
@@ -208,6 +215,14 @@ class RequestEnergy:
             )
         per_run = (reading.energy_mJ or 0.0) / runs
         self.energies.extend([per_run] * self._requests)
+
+    def abandon(self) -> None:
+        """Close the open window without counting it: a request failed in it (a window left open kept a Jetson
+        sampler thread running for the node's life)."""
+        token, self._token = self._token, None
+        if token is not None:
+            with contextlib.suppress(MeterError):
+                self.meter.stop(token)
 
 
 def measured(results: list[RunResult], energies: list[float]) -> dict[str, Any]:

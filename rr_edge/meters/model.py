@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,11 @@ class PowerSpec:
     def __post_init__(self) -> None:
         for name in ("active_w", "idle_w", "net_tx_w", "net_rx_w"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0 or value != value:
-                raise MeterError(f"power model {self.device_class!r}: {name} must be a number >= 0, got {value!r}")
+            # not a bool (JSON's true read as 1 W), nor inf (every energy inf, printed as null)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise MeterError(
+                    f"power model {self.device_class!r}: {name} must be a finite number >= 0, got {value!r}"
+                )
 
     def watts(self, activity: str) -> float:
         return {
