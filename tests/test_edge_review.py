@@ -318,3 +318,19 @@ def test_the_largest_output_difference_keeps_a_nan_wherever_it_is() -> None:
         assert np.isnan(max_abs_diff(outputs, zeros))
     assert max_abs_diff({"a": np.array([1.0, -3.0])}, {"a": np.zeros(2)}) == 3.0
     assert max_abs_diff({}, {}) == 0.0
+
+
+def test_auto_meters_only_the_device_doing_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_nvml: FakeNvml
+) -> None:
+    """With RAPL unreadable and a GPU present, CPU work was metered by NVML: the idle GPU's draw (30 W) as the work's
+    energy; and NVML read GPU 0 while CUDA_VISIBLE_DEVICES=1 ran the work on GPU 1 (found by review)."""
+    from rr_edge.meters import select_meter
+
+    options = MeterOptions(sysfs_root=tmp_path)  # no RAPL, no Jetson here
+    assert select_meter("auto", options, gpu_work=False).source == "model"
+    gpu = select_meter("auto", options, gpu_work=True)
+    assert gpu.source == "nvml" and gpu.index == 0  # type: ignore[attr-defined]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    assert select_meter("auto", options, gpu_work=True).index == 1  # type: ignore[attr-defined]
+    assert select_meter("nvml", MeterOptions(gpu_index=3)).index == 3  # type: ignore[attr-defined]

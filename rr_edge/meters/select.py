@@ -1,19 +1,22 @@
 """`--energy auto|nvml|rapl|jetson|model`: build the meter to use.
 
-``auto`` tries the real meters and only falls back to the declared power model when none works:
+``auto`` tries the real meters that see the device doing the work, and falls back to the declared power model
+(logged as an estimate) when none works:
 
-1. ``jetson`` — the board input rail covers CPU and GPU together;
-2. ``nvml`` first when the work runs on an NVIDIA GPU (`gpu_work=True`), since RAPL does not see the GPU;
-3. ``rapl`` — CPU package (+ DRAM);
-4. ``nvml`` — any NVIDIA GPU, when nothing better exists;
-5. ``model`` — declared watts x time, an estimate (logged as such).
+* ``jetson`` first: the board input rail covers CPU and GPU together;
+* then, for work on an NVIDIA GPU (`gpu_work=True`), ``nvml``: GPU board energy (RAPL does not see the GPU);
+* or, for work on the CPU, ``rapl``: CPU package (+ DRAM) (NVML does not see the CPU).
 
-Naming a real meter explicitly fails with its reason instead of falling back.
+A meter of the other device is not used: an idle GPU's 30 W read as the cost of CPU work, or a CPU package missing a
+GPU's work, are measurements of the wrong thing. Naming a real meter explicitly uses it, or fails with its reason.
+NVML meters the GPU ONNX Runtime runs on: device 0 of the process, which is the first GPU of
+``$CUDA_VISIBLE_DEVICES`` when that names one by number (`MeterOptions.gpu_index` sets another).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +38,7 @@ class MeterOptions:
     """Where meters look. `sysfs_root` is injectable so tests use fake trees."""
 
     sysfs_root: str | Path = DEFAULT_SYSFS_ROOT
-    gpu_index: int = 0
+    gpu_index: int | None = None  # NVML's index of the GPU (None: `default_gpu_index`)
     jetson_rails: tuple[str, ...] | None = None
     power_config: str | Path | None = None
     device_class: str | None = None
@@ -45,7 +48,7 @@ class MeterOptions:
 def _builders(opts: MeterOptions) -> dict[str, Callable[[], Meter]]:
     return {
         "jetson": lambda: JetsonMeter(opts.sysfs_root, rails=opts.jetson_rails),
-        "nvml": lambda: NvmlMeter(opts.gpu_index),
+        "nvml": lambda: NvmlMeter(default_gpu_index() if opts.gpu_index is None else opts.gpu_index),
         "rapl": lambda: RaplMeter(opts.sysfs_root),
         "model": lambda: ModelMeter(config=opts.power_config, device_class=opts.device_class),
     }
@@ -59,7 +62,7 @@ def select_meter(kind: str = "auto", options: MeterOptions | None = None, *, gpu
         if kind not in builders:
             raise MeterError(f"unknown energy meter {kind!r} (choose from {', '.join(CHOICES)})")
         return builders[kind]()
-    order = ["jetson", "nvml", "rapl"] if gpu_work else ["jetson", "rapl", "nvml"]
+    order = ["jetson", "nvml"] if gpu_work else ["jetson", "rapl"]
     reasons = []
     for name in order:
         if name in opts.skip:
@@ -75,3 +78,14 @@ def select_meter(kind: str = "auto", options: MeterOptions | None = None, *, gpu
     meter = builders["model"]()
     log.warning("no energy meter works (%s); energy is MODELLED: %s", "; ".join(reasons), meter.description)
     return meter
+
+
+def default_gpu_index() -> int:
+    """NVML's index of the process's CUDA device 0: NVML numbers all GPUs and ignores $CUDA_VISIBLE_DEVICES, which
+    ONNX Runtime follows (with CUDA_VISIBLE_DEVICES=1 the meter read GPU 0 while the work ran on GPU 1)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if first.isdigit():
+        return int(first)
+    if first:
+        log.warning("CUDA_VISIBLE_DEVICES=%s does not name a GPU by number: NVML meters GPU 0", first)
+    return 0
