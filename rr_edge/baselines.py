@@ -19,6 +19,7 @@ from dataclasses import replace
 import numpy as np
 
 from rr_edge.costmodel import transfer_mJ
+from rr_edge.pareto import tolerant_ranks
 from rr_edge.planner import Plan, PlanInputs, choose, plan_cost
 
 BASELINES = ("offload_none", "offload_all", "neurosurgeon", "neurosurgeon_non_offloaded")
@@ -69,7 +70,8 @@ def _decide(predicted: PlanInputs, objective: str) -> int:
     lat, en = single_split_costs(predicted)
     keys = (lat, en) if objective != "energy" else (en, lat)
     r = np.arange(lat.size)
-    best = np.lexsort((-r, keys[1], keys[0]))[0]
+    # tolerant ranks: 1.7 and 1.6999999999999997 ms are a tie, decided by energy (found by review)
+    best = np.lexsort((-r, tolerant_ranks(keys[1]), tolerant_ranks(keys[0])))[0]
     return int(best) - 1
 
 

@@ -101,8 +101,12 @@ class PlanInputs:
         object.__setattr__(self, "local_only", frozenset(int(k) for k in self.local_only))
         if any(not 0 <= k < n for k in self.local_only):
             raise ValueError(f"local_only holds blocks outside 0..{n - 1}")
-        if int(self.amortize_over) < 1:
-            raise ArgumentError("amortize_over must be >= 1")
+        if (
+            isinstance(self.amortize_over, bool)
+            or int(self.amortize_over) != self.amortize_over
+            or self.amortize_over < 1
+        ):
+            raise ArgumentError(f"amortize_over must be a whole number of requests >= 1, got {self.amortize_over!r}")
         for name in ("max_slice_bytes", "max_message_bytes"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (None: no limit)")

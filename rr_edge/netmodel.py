@@ -75,6 +75,10 @@ class NetworkModel:
             raise ValueError("a pwl network model needs at least two knots and one time (coeffs) per knot")
         if self.kind == PWL and not np.all(np.diff(self.knots) > 0):
             raise ValueError("pwl knots must be strictly increasing")
+        if self.kind == PWL:  # its range is its knots': a hand-built one (hi_bytes inf) was flat past its last knot
+            # while the planner's lower bound took the slope there, and pruned the cheapest plans (found by review)
+            object.__setattr__(self, "lo_bytes", float(self.knots[0]))
+            object.__setattr__(self, "hi_bytes", float(self.knots[-1]))
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         numbers = (*self.coeffs, *self.knots, *(self.energy_coeffs or ()), self.slope_ms_per_byte, self.lo_bytes)

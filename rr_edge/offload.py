@@ -346,9 +346,12 @@ def _worth_asking(report: PlanReport) -> list[tuple[int, int]]:
     """The splits whose slice is worth asking the server about: the chosen plan's (when it offloads), then the plans
     that, with no upload to pay, would beat it on the objective (energy with a deadline), best first."""
     chosen = report.chosen
-    by_energy = report.options.get("objective") == "energy" or report.options.get("slo_ms") is not None
+    slo_ms = report.options.get("slo_ms")
+    by_energy = report.options.get("objective") == "energy" or slo_ms is not None
     i, j, latency_ms, energy_mJ = evaluate_all(replace(report.inputs, preloaded=True)).flat()
     key, bar = (energy_mJ, chosen.energy_mJ) if by_energy else (latency_ms, chosen.latency_ms)
+    if slo_ms is not None:  # a plan over the deadline even with no upload cannot be chosen: not worth a query
+        key = np.where(latency_ms <= slo_ms, key, np.inf)
     splits = [(chosen.i, chosen.j)] if chosen.i < chosen.j else []
     for k in np.argsort(key, kind="stable"):
         if len(splits) >= MAX_CACHE_QUERIES or not key[k] < bar:

@@ -17,6 +17,7 @@ from rr_edge.baselines import (
     roadrunner_preoffloaded,
     single_split_costs,
 )
+from rr_edge.errors import ArgumentError
 from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import PlanInputs, choose, plan_cost
 
@@ -119,3 +120,27 @@ def test_all_baselines_keys_and_json_shape():
     for name, plan in out.items():
         ours = pre if name == "neurosurgeon" else best  # Neurosurgeon has its weights pre-loaded
         assert ours.latency_ms <= plan.latency_ms + 1e-9
+
+
+def test_neurosurgeon_breaks_a_tie_in_the_last_bit_by_energy() -> None:
+    """Two single splits of equal latency (1.7 ms) that differ in the last bit: the energy tie-break was skipped and
+    the costlier one chosen (found by review)."""
+    inp = PlanInputs(
+        edge_ms=[0.3, 0.6, 0.4, 0.4], edge_mJ=[0.4, 0.6, 1.1, 0.5], cloud_ms=[0.4, 0.1, 0.0, 0.1],
+        upload_bytes=[0, 0, 0, 0], boundary_bytes=[100, 200, 200, 100, 100],
+        uplink=NetworkModel.affine(0.2, 1000.0), downlink=NetworkModel.affine(0.7, 1000.0),
+        idle_power_W=1.0, tx_power_W=1.0, rx_power_W=0.5, preloaded=True,
+    )  # fmt: skip
+    lat, en = single_split_costs(inp)
+    assert lat[0] != lat[1] and lat[0] == pytest.approx(lat[1]) and en[0] < en[1]  # i = -1 and i = 0
+    assert neurosurgeon(inp, objective="latency").i == -1
+
+
+def test_amortize_over_is_a_whole_number_of_requests() -> None:
+    """K = 2.5 was taken, and divided as 2 by one path and 2.5 by another (found by review)."""
+    base = dict(edge_ms=[1.0], edge_mJ=[1.0], cloud_ms=[1.0], upload_bytes=[0], boundary_bytes=[1, 1],
+                uplink=NetworkModel.affine(0.1, 1e3), downlink=NetworkModel.affine(0.1, 1e3))  # fmt: skip
+    for k in (2.5, 0, True):
+        with pytest.raises(ArgumentError, match="whole number of requests"):
+            PlanInputs(**base, amortize_over=k)  # type: ignore[arg-type]
+    assert PlanInputs(**base, amortize_over=3.0).amortize_over == 3.0

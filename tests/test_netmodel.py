@@ -189,3 +189,16 @@ def test_bad_profiles_rejected():
     small = fit_network_model([1000, 2000], [1.5, 2.0])  # two sizes: affine only, no held-out error
     assert small.chosen.kind == AFFINE and small.poly is None and small.pwl is None
     assert small.affine.predict_ms(3000) == pytest.approx(2.5)
+
+
+def test_a_hand_built_pwl_curve_goes_on_with_its_slope_and_its_lower_bound_holds() -> None:
+    """A pwl curve given without hi_bytes (inf, as from_dict reads a null) was flat past its last knot while the
+    planner's affine lower bound took the slope there: the bound lay above the curve and pruned the cheapest plans
+    from the Pareto set (found by review)."""
+    curve = NetworkModel(PWL, (0.0, 1.0), knots=(0.0, 1000.0), slope_ms_per_byte=1.0)
+    assert (curve.lo_bytes, curve.hi_bytes) == (0.0, 1000.0)
+    assert curve.predict_ms(2e6) == pytest.approx(1.0 + (2e6 - 1000.0))
+    a, b = curve.affine_lower_bound()
+    for nbytes in (0.0, 500.0, 1000.0, 2e6, 1e9):
+        assert a + b * nbytes <= curve.predict_ms(nbytes)
+    assert NetworkModel.from_dict({**curve.to_dict(), "hi_bytes": None}).hi_bytes == 1000.0

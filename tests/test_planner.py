@@ -512,3 +512,20 @@ def test_e2e_correction_calibrates_the_block_predictions_to_the_measured_whole_m
     assert e2e_correction(15.0, preds, fallback=0.8) == pytest.approx(1.5)  # 15 ms measured / 10 ms predicted
     assert e2e_correction(0.0, preds, fallback=0.8) == pytest.approx(0.8)  # model never run whole: server ratio
     assert e2e_correction(0.0, preds, fallback=0.0) == 1.0
+
+
+def test_the_server_cache_is_asked_only_about_plans_that_can_meet_the_deadline() -> None:
+    """With a deadline, the cache queries went to the least-energy plans whether or not they met it: all four to
+    plans of 93-103 ms against a 65 ms deadline (found by review)."""
+    from types import SimpleNamespace
+
+    from rr_edge.offload import _worth_asking
+
+    link = NetworkModel.affine(1.0, 1000.0)
+    inputs = PlanInputs(edge_ms=[10] * 5 + [1], edge_mJ=[10] * 5 + [1], cloud_ms=[20] * 5 + [1],
+                        upload_bytes=[100_000] * 6, boundary_bytes=[100] * 7, uplink=link, downlink=link,
+                        idle_power_W=0.1, tx_power_W=1.0)  # fmt: skip
+    chosen = choose(inputs, "slo", 65.0)
+    asked = _worth_asking(SimpleNamespace(chosen=chosen, options={"objective": "slo", "slo_ms": 65.0}, inputs=inputs))
+    free = replace(inputs, preloaded=True)
+    assert asked and all(plan_cost(free, i, j).latency_ms <= 65.0 for i, j in asked)
