@@ -25,7 +25,7 @@ from rr_edge.commands._common import (
     print_json,
 )
 from rr_edge.commands._paths import plot_path
-from rr_edge.meters.model import resolve_power
+from rr_edge.meters.model import BUILT_IN_POWER, resolve_power
 from rr_edge.netprofile import MAX_ECHO_MB, MAX_UPLOAD_PROBE_MB, MiB
 from rr_edge.offload import PlanReport, gather_costs, plan_with_server_cache
 from rr_edge.onnx_io import load_model
@@ -136,7 +136,15 @@ def build_plan(
     args: argparse.Namespace, client, model, graph, slicer: Slicer, amortize_over: int = DEFAULT_AMORTIZE
 ) -> PlanReport:
     """The plan the flags of `add_plan_args` ask for; `amortize_over` applies when `--amortize` was not given."""
-    power, _ = resolve_power(args.power_config, args.device_class)
+    power, origin = resolve_power(args.power_config, args.device_class)
+    if origin == BUILT_IN_POWER and (args.objective != "latency" or args.slo_ms is not None):
+        # energy decides the plan: say whose watts cost the waits and transfers (a desktop idles far above 1.25 W)
+        print(
+            f"rr-edge {args.command}: warning: no power model configured: waits and transfers are costed with the "
+            f"built-in figures of a small board (idle {power.idle_w:g} W, send +{power.net_tx_w:g} W, receive "
+            f"+{power.net_rx_w:g} W); give --power-config (and --device-class) for this device",
+            file=sys.stderr,
+        )
     costs = gather_costs(client, args.node, graph, power, wait_s=args.wait)
     return plan_with_server_cache(
         client,

@@ -74,6 +74,8 @@ class PowerSpec:
         )
 
 
+BUILT_IN_POWER = "built-in default"  # resolve_power's origin of DEFAULT_POWER
+
 # A small edge board (Jetson-Nano-like, 10 W mode) when nothing is configured.
 DEFAULT_POWER = PowerSpec(active_w=10.0, idle_w=1.25, net_tx_w=1.5, net_rx_w=1.0, device_class="default")
 
@@ -131,7 +133,7 @@ def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
 
 
 def resolve_power(config: str | Path | None = None, device_class: str | None = None) -> tuple[PowerSpec, str]:
-    """The PowerSpec to use and where it came from (a file path or "built-in default")."""
+    """The PowerSpec to use and where it came from (a file path or BUILT_IN_POWER)."""
     path = Path(config) if config else Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None
     chosen = path is not None  # by the user, not the testbed's file found beside the code
     if path is None and TESTBED_CLASSES.is_file():
@@ -140,7 +142,7 @@ def resolve_power(config: str | Path | None = None, device_class: str | None = N
     if path is None:
         if cls and cls != DEFAULT_POWER.device_class:
             raise MeterError(f"device class {cls!r} given but no power model config (set {ENV_CONFIG})")
-        return DEFAULT_POWER, "built-in default"
+        return DEFAULT_POWER, BUILT_IN_POWER
     table = load_power_table(path)
     if cls is None:
         if "default" in table:
@@ -156,7 +158,7 @@ def resolve_power(config: str | Path | None = None, device_class: str | None = N
                 ", ".join(table),
                 ENV_DEVICE_CLASS,
             )
-        return DEFAULT_POWER, "built-in default"
+        return DEFAULT_POWER, BUILT_IN_POWER
     if cls not in table:
         raise MeterError(f"device class {cls!r} not in power model config {path} (known: {', '.join(table)})")
     return table[cls], str(path)
