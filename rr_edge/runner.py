@@ -518,7 +518,7 @@ class Runner:
             result.remote_ms = (time.perf_counter() - start) * 1e3
             result.bytes_up = sum(a.nbytes for a in feed.values())
             if exc.code == "DEADLINE_EXCEEDED":
-                self.link.timed_out(sum(a.nbytes for a in feed.values()), (time.perf_counter() - start) * 1e3)
+                self.link.timed_out(result.bytes_up, result.remote_ms)
             if exc.code == "NOT_FOUND":  # the server lost the slice (evicted, a new data dir): upload it again,
                 self._mark_down(exc)  # in the health check, at once: under the request lock it held every request
                 self._last_probe = -math.inf  # up for as long as the upload took (6.5 s once: soak review)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from rr_edge.onnx_io import light_copy
+from rr_edge.onnx_io import light_copy, subgraphs, with_subgraph_nodes
 from rr_server.errors import InvalidArgument
 
 _DIVISIONS = frozenset({"Div", "Mod"})
@@ -28,7 +28,7 @@ _TRAPPING = frozenset({TensorProto.INT32, TensorProto.INT64})
 
 def check_integer_division(model: onnx.ModelProto) -> None:
     """Raise InvalidArgument for the first int32 / int64 `Div` or `Mod` whose divisor is not a constant without -1."""
-    if not any(node.op_type in _DIVISIONS for _, node in _graphs_nodes(model.graph)):
+    if not any(node.op_type in _DIVISIONS for node in with_subgraph_nodes(model.graph.node)):
         return
     try:
         typed = onnx.shape_inference.infer_shapes(light_copy(model)).graph
@@ -36,43 +36,38 @@ def check_integer_division(model: onnx.ModelProto) -> None:
         typed = model.graph
     types = _element_types(typed)
     constants = _constants(model.graph)
-    for graph, node in _graphs_nodes(model.graph):
-        if node.op_type not in _DIVISIONS or len(node.input) < 2 or types.get(node.input[0]) not in _TRAPPING:
-            continue
-        what = f"{graph}: {node.op_type} {node.name or node.output[0]!r} divides {_type_name(types[node.input[0]])} by"
-        divisor = constants.get(node.input[1])
-        if divisor is None:
-            raise InvalidArgument(
-                f"{what} {node.input[1]!r}, a value computed at run time: refused, since the most negative value "
-                "divided by -1 traps the server's processor (divide by constants only)"
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.op_type not in _DIVISIONS or len(node.input) < 2 or types.get(node.input[0]) not in _TRAPPING:
+                continue
+            what = (
+                f"graph {graph.name!r}: {node.op_type} {node.name or node.output[0]!r} divides "
+                f"{_type_name(types[node.input[0]])} by"
             )
-        if np.any(_value(divisor) == -1):
-            raise InvalidArgument(
-                f"{what} a constant holding -1: refused, since the most negative value divided by -1 traps the "
-                "server's processor (negate instead)"
-            )
+            divisor = constants.get(node.input[1])
+            if divisor is None:
+                raise InvalidArgument(
+                    f"{what} {node.input[1]!r}, a value computed at run time: refused, since the most negative value "
+                    "divided by -1 traps the server's processor (divide by constants only)"
+                )
+            if np.any(_value(divisor) == -1):
+                raise InvalidArgument(
+                    f"{what} a constant holding -1: refused, since the most negative value divided by -1 traps the "
+                    "server's processor (negate instead)"
+                )
 
 
-def _graphs_nodes(graph: onnx.GraphProto, where: str = "graph") -> Iterator[tuple[str, onnx.NodeProto]]:
-    for node in graph.node:
-        yield where, node
-        for attr in node.attribute:
-            for k, sub in enumerate([*attr.graphs, *([attr.g] if attr.HasField("g") else [])]):
-                yield from _graphs_nodes(sub, f"{where}/{node.name or node.op_type}.{attr.name}[{k}]")
-
-
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and, recursively, its nodes' subgraphs (If branches, Loop and Scan bodies)."""
     yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                yield from _subgraphs(sub)
+    for node in with_subgraph_nodes(graph.node):
+        yield from subgraphs(node)
 
 
 def _element_types(graph: onnx.GraphProto) -> dict[str, int]:
     """Element type of every tensor the (inferred) graph and its subgraphs declare."""
     types: dict[str, int] = {}
-    for g in _subgraphs(graph):
+    for g in _graphs(graph):
         for t in g.initializer:
             types[t.name] = t.data_type
         for vi in (*g.input, *g.output, *g.value_info):
@@ -85,7 +80,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | onnx.Attr
     """The initializers and the dense `Constant` nodes' values, in the graph and its subgraphs, by tensor name (read
     only when they divide: a model's weights are not copied)."""
     out: dict[str, onnx.TensorProto | onnx.AttributeProto] = {}
-    for g in _subgraphs(graph):
+    for g in _graphs(graph):
         for t in g.initializer:
             out[t.name] = t
         for node in g.node:

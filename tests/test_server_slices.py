@@ -176,6 +176,19 @@ def division_model(divisor: str, elem: int = TensorProto.INT64, constant: int | 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
+def division_in_a_branch_model() -> bytes:
+    """y = If(c, a / b, a): the division inside a subgraph, on the outer graph's int64 inputs."""
+    out = [helper.make_tensor_value_info("q", TensorProto.INT64, [1])]
+    then = helper.make_graph([helper.make_node("Div", ["a", "b"], ["q"])], "then", [], out)
+    other = helper.make_graph([helper.make_node("Identity", ["a"], ["q"])], "else", [], out)
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)
+    io = [helper.make_tensor_value_info(n, TensorProto.INT64, [1]) for n in ("a", "b", "y")]
+    graph = helper.make_graph(
+        [node], "branch", [helper.make_tensor_value_info("c", TensorProto.BOOL, []), *io[:2]], io[2:]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def _bad_uploads():
     good = conv_model(seed=7)
     garbage = np.random.default_rng(0).bytes(5000)
@@ -212,6 +225,11 @@ def _bad_uploads():
             upload_requests(division_model("b")),
             grpc.StatusCode.INVALID_ARGUMENT,
             "divides int64 by 'b', a value computed at run time",
+        ),
+        "int-division-in-a-branch": (
+            upload_requests(division_in_a_branch_model()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "graph 'then': Div 'q' divides int64 by 'b'",
         ),
         "int-division-by-minus-one": (
             upload_requests(division_model("c", TensorProto.INT32, -1)),
