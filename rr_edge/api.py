@@ -18,6 +18,9 @@ asyncio (blocking work runs in worker threads, the event loop stays free)::
         plan = await node.plan("resnet18.onnx")
         runner = await node.runner("resnet18.onnx", plan)
         outputs = await runner(image)
+
+A model is analysed, profiled and run at batch 1: a symbolic batch dimension (``["N", 3, 224, 224]``) is fixed to 1
+when the model is loaded, so a runner takes one image per request (docs/usage.md, section 2).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class EdgeNode:
     @property
     def meter(self) -> Meter:
         with self._meter_lock:
+            if self.client.closed:  # a meter made now would outlive the node: nothing would close it
+                raise ServerUnavailable("EdgeNode: this node is closed")
             if self._meter is None:
                 gpu_work = self.settings.resolved().uses_gpu  # NVML before RAPL when the work runs on the GPU
                 self._meter = select_meter(self._energy, self._meter_options, gpu_work=gpu_work)
@@ -193,6 +198,8 @@ class EdgeNode:
         """The runner of `report`'s chosen plan: `runner` itself when it runs that split already, else a new runner
         of it (its slice uploaded and opened, as `runner` does), `runner` then closed. When the server refuses the new
         plan's slice, ServerError, and `runner` stays open and usable."""
+        if not isinstance(report, PlanReport):  # a split goes to `runner`; here it met report.chosen: AttributeError
+            raise TypeError(f"switch takes the PlanReport of `plan` or `replan`, not {report!r}")
         if (report.chosen.i, report.chosen.j) == runner.slices.split:
             return runner
         new = self.runner(model, report, runner.config)
@@ -215,6 +222,8 @@ class EdgeNode:
             except (TypeError, ValueError):
                 raise TypeError(f"plan is a PlanReport or a split (i, j) of two ints, not {plan!r}") from None
             report, split = None, (i, j)
+        if config is not None and not isinstance(config, RunnerConfig):
+            raise TypeError(f"config is a RunnerConfig, not {type(config).__name__} (RunnerConfig(**{config!r})?)")
         if self.client.closed:  # else the runner would start, and stay, local
             raise ServerUnavailable("EdgeNode.runner: this node is closed")
         m = self._load(model)

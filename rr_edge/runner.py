@@ -173,7 +173,7 @@ class _Local:
         self._specs = [
             (
                 arg.name,
-                np.dtype(ORT_DTYPES[arg.type]) if arg.type in ORT_DTYPES else None,
+                np.dtype(ORT_DTYPES[arg.type]) if arg.type in ORT_DTYPES else TEXT if arg.type == STRING else None,
                 [d if isinstance(d, int) and d > 0 else None for d in arg.shape],
             )
             for arg in self.session.get_inputs()
@@ -186,7 +186,11 @@ class _Local:
             x = given.get(name)
             if not isinstance(x, np.ndarray):
                 got = "nothing" if x is None else f"a {type(x).__name__}"
-            elif not array_fits(x, dtype, shape):
+            elif dtype == TEXT and not _is_text(x):  # bytes elements: ONNX Runtime would compare their repr, b'...'
+                got = f"{x.dtype} {list(x.shape)}" + (
+                    " holding bytes: decode them to str" if x.dtype.kind in "OS" else ""
+                )
+            elif not array_fits(x, None if dtype == TEXT else dtype, shape):
                 got = f"{x.dtype} {list(x.shape)}"
             else:
                 continue
@@ -206,6 +210,16 @@ class _Local:
         except (Fail, RuntimeException) as exc:
             raise ModelError(f"ONNX Runtime failed running the model: {ort_reason(exc)}") from None
         return dict(zip(self.outputs, values, strict=True))
+
+
+STRING = "tensor(string)"
+TEXT = "str"  # the element type `_Local.check` names and requires for a string input
+
+
+def _is_text(x: np.ndarray) -> bool:
+    """A string input's array: numpy str, or objects that are all str (bytes went to the server as text, decoded,
+    and to local ONNX Runtime as their repr: two answers to one request)."""
+    return x.dtype.kind == "U" or (x.dtype.kind == "O" and all(isinstance(e, str) for e in x.flat))
 
 
 _END = object()

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -59,6 +60,16 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
+_MAX_SECONDS = 86_400.0  # the longest timing flag: a day
+
+
+def _directory(text: str) -> Path:
+    """argparse type: a path, not an empty one (Path("") is the working directory: the state would land there)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (write . for the working directory)")
+    return Path(text)
+
+
 def _bytes(value: float, unit: int) -> int:
     """A limit given in MiB or GiB, in whole bytes."""
     return int(value * unit)
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on; 0.0.0.0:PORT accepts other machines, port 0 picks a free one (default %(default)s)",
     )
-    p.add_argument("--data-dir", required=True, type=Path, help="SQLite database and slice files live here")
+    p.add_argument("--data-dir", required=True, type=_directory, help="SQLite database and slice files live here")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS with --tls-key")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--client-ca", type=Path, help="CA (PEM) that signs client certificates; enables mTLS")
@@ -149,8 +160,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tls-cert and --tls-key go together")
     if args.client_ca is not None and args.tls_cert is None:
         p.error("--client-ca needs --tls-cert and --tls-key")
-    if args.keepalive_seconds < 1:
-        p.error("--keepalive-seconds must be at least 1")
+    for flag, value, low, high in (  # past a day, threading's timeouts overflow (1e10 s made every upload INTERNAL)
+        ("--keepalive-seconds", args.keepalive_seconds, 1.0, _MAX_SECONDS),
+        ("--stream-idle-seconds", args.stream_idle_seconds, 0.1, _MAX_SECONDS),
+        ("--drain-seconds", args.drain_seconds, 0.0, _MAX_SECONDS),
+    ):
+        if not low <= value <= high:
+            p.error(f"{flag} must be in [{low:g}, {high:g}] seconds, got {value:g}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        p.error(f"--metrics-port must be a port, 0..65535 (0: a free one), got {args.metrics_port}")
+    if args.port_file is not None and not args.port_file.parent.is_dir():
+        p.error(f"--port-file: no directory {str(args.port_file.parent)!r} to write it in")
     if args.workers < 4:
         p.error("--workers must be at least 4")
     unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_NAMES and not n.endswith("ExecutionProvider")]
@@ -214,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     tune_allocator()  # big tensors reuse heap memory instead of fresh pages per call; RR_MALLOC_TUNING=0 opts out
     try:
+        from rr_server.errors import ServerError
         from rr_server.server import Server  # here, not at the top: a missing extra gets one line, not a traceback
     except ModuleNotFoundError as exc:
         hint = missing_extra(exc, role="server")
@@ -224,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(config_from_args(args))
         address = server.start()
-    except (OSError, ValueError) as exc:
+    except sqlite3.DatabaseError as exc:  # damaged, not a database, unreadable: one line, not a traceback
+        log.error("cannot start: the database in --data-dir %s: %s", args.data_dir, exc)
+        return 2
+    except (OSError, ValueError, ServerError) as exc:  # ServerError: a full disk as the server registers itself
         log.error("cannot start: %s", _with_its_flag(exc, args))
         return 2
     if args.port_file:

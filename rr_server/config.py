@@ -72,3 +72,6 @@ class ServerConfig:
     stream_idle_s: float = DEFAULT_STREAM_IDLE_S
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
     extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))  # a str too (it failed on data_dir.mkdir)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rr_server.activity import InferenceActivity
-from rr_server.errors import NotFound
+from rr_server.errors import InvalidArgument, NotFound
 from rr_server.metrics import Metrics
 from rr_server.run_watchdog import RunCaller
 from rr_server.sessions import Allocate, Session, SessionPool
@@ -51,7 +51,15 @@ class ModelRepository:
         return self._slices.require(name)
 
     def session(self, slice_id: str) -> Session:
-        return self._sessions.get(slice_id, self._require(slice_id).path)
+        try:
+            return self._sessions.get(slice_id, self._require(slice_id).path)
+        except InvalidArgument:  # ONNX Runtime refused the stored file: refused as uploaded, or damaged since?
+            if not self._slices.drop_if_damaged(slice_id):
+                raise
+            self._sessions.forget_failure(slice_id)
+            raise NotFound(
+                f"slice {slice_id} was damaged on this server's disk and is removed; upload it again"
+            ) from None
 
     def infer(
         self,

@@ -15,9 +15,9 @@ import os
 import platform
 import ssl
 import threading
-import time
 from concurrent import futures
 from importlib import metadata
+from pathlib import Path
 
 import grpc
 import onnxruntime as ort
@@ -33,6 +33,7 @@ from rr_server.cf_engine import engine_name, warn_if_biases_only
 from rr_server.cloud_profiler import CloudProfiler
 from rr_server.config import ServerConfig, TlsConfig
 from rr_server.crash_journal import CrashJournal
+from rr_server.dir_lock import DataDirLock
 from rr_server.echo_servicer import EchoServicer
 from rr_server.inference_servicer import InferenceServicer
 from rr_server.inference_servicer import add_to_server as add_inference_service
@@ -106,6 +107,14 @@ class Server:
         self.metrics = Metrics()
         data_dir = config.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = DataDirLock(data_dir)  # first: a second server must not touch the first one's files
+        try:
+            self._open_state(config, data_dir)
+        except BaseException:
+            self._dir_lock.release()
+            raise
+
+    def _open_state(self, config: ServerConfig, data_dir: Path) -> None:
         self.storage = Storage(data_dir)
         self.slices = SliceStore(
             data_dir / "slices",
@@ -140,6 +149,7 @@ class Server:
         self.metrics.track_stream_slots(self.stream_slots.capacity, self.stream_slots.in_use)
         self._grpc: grpc.Server | None = None
         self._stopped = threading.Event()
+        self._now = threading.Event()  # stop_now was called
 
     def _slice_evicted(self, info: SliceInfo) -> None:
         """A slice left the store (its budget): its session goes too, or it would keep memory and a cache slot."""
@@ -150,7 +160,14 @@ class Server:
 
     def start(self) -> str:
         """Bind, start serving and return the bound address HOST:PORT (OSError or ValueError, with nothing started,
-        when the address or the TLS files are unusable)."""
+        when the address or the TLS files are unusable: the server is then stopped, the data dir free)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop(grace=0)
+            raise
+
+    def _start(self) -> str:
         options = [
             *grpc_options(self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on a port in use fails instead of sharing it
@@ -224,7 +241,7 @@ class Server:
         grace = self.config.grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
         if self._grpc is not None and self.config.drain_s > 0:
-            time.sleep(self.config.drain_s)
+            self._now.wait(self.config.drain_s)  # a second SIGTERM (stop_now) cuts it short
         if self._grpc is not None:
             log.info("stopping: finishing in-flight calls (grace %.1f s)", grace)
             self._grpc.stop(grace).wait()
@@ -234,10 +251,12 @@ class Server:
         self.predictor.close()
         self.metrics.close()
         self.storage.close()
+        self._dir_lock.release()
         log.info("stopped")
 
     def stop_now(self) -> None:
-        """End every call at once, also while a graceful `stop` waits for them (a second SIGTERM)."""
+        """End every call at once, also while a graceful `stop` drains or waits for them (a second SIGTERM)."""
+        self._now.set()
         if self._grpc is not None:
             self._grpc.stop(0)
 

@@ -333,6 +333,11 @@ class SessionPool:
                     log.info("session cache full: evicted slice %s", evicted[:12])
             return session
 
+    def forget_failure(self, slice_id: str) -> None:
+        """Drop the remembered refusal of `slice_id` (its stored file is gone: a new upload is tried afresh)."""
+        with self._lock:
+            self._failed.pop(slice_id, None)
+
     def _open(self, what: str, path: Path) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(

@@ -82,6 +82,7 @@ class SliceStore:
         self._uses = itertools.count(1)
         self._last_used: dict[str, int] = {}  # slice id -> tick of its last lookup or commit in this process
         self._evict_lock = threading.Lock()
+        self._intact: set[str] = set()  # ids whose stored bytes `drop_if_damaged` hashed and found whole
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
@@ -104,6 +105,29 @@ class SliceStore:
         if info is None:
             raise NotFound(f"slice {slice_id} is not cached on this server; upload it first")
         return info
+
+    def drop_if_damaged(self, slice_id: str) -> bool:
+        """Remove the stored copy of `slice_id` when its bytes no longer hash to its id (a disk fault, a hand edit);
+        whether it did. The edge then finds the slice not cached and uploads it again; kept, a damaged copy was
+        trusted as cached for good, and every request failed."""
+        if slice_id in self._intact:  # hashed once: a slice refused as uploaded is not hashed at every request
+            return False
+        path = self.path_of(slice_id)
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            return False
+        if digest.hexdigest() == slice_id:
+            self._intact.add(slice_id)
+            return False
+        with self._evict_lock:
+            path.unlink(missing_ok=True)
+            self._last_used.pop(slice_id, None)
+        log.error("stored slice %s was damaged (its bytes no longer hash to its id): removed", slice_id)
+        return True
 
     def list(self) -> list[SliceInfo]:
         out = []

@@ -415,7 +415,8 @@ def test_a_meter_that_reads_no_energy_leaves_the_energy_out_not_the_profile(tmp_
     model, graph, _ = chain
     policy = TimingPolicy(warmup_runs=1, min_runs=3, min_time_s=0.0, rounds=1)
     config = ProfileConfig(sample=1.0, seed=0, timing=policy, e2e_timing=policy)
-    result = profile_model(model, graph, meter=RaplMeter(tmp_path, min_window_s=0.0), config=config)
+    with caplog.at_level("WARNING", logger="rr_edge.profiler"):
+        result = profile_model(model, graph, meter=RaplMeter(tmp_path, min_window_s=0.0), config=config)
     assert result.layers and all(m.energy_mJ is None and m.latency.median_ms > 0 for m in result.layers)
     assert "the meter read no positive energy" in caplog.text
 

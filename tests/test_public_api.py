@@ -212,3 +212,20 @@ def test_closing_a_node_closes_its_runners_and_they_stop_probing(tiny_server, mo
         assert result.fallback and "closed" in result.error
         time.sleep(0.02)
     assert probes == []
+
+
+def test_wrong_arguments_are_type_errors_and_a_closed_node_makes_no_meter(tiny_server):
+    """switch with a split and runner with a dict of settings were AttributeErrors from deep inside; a closed node
+    asked to profile made a new energy meter (a Jetson sampler, an NVML handle) that nothing closed (found by
+    review)."""
+    address, path = tiny_server
+    node = rr_edge.connect(address, "api-args", energy="model")
+    run = node.runner(path, (0, 0))
+    with pytest.raises(TypeError, match="switch takes the PlanReport"):
+        node.switch(path, run, (0, 0))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config is a RunnerConfig, not dict"):
+        node.runner(path, (0, 0), {"timeout_s": 1})  # type: ignore[arg-type]
+    node.close()
+    with pytest.raises(rr_edge.ServerUnavailable):
+        node.profile(path)
+    assert node._meter is None

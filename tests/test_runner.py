@@ -500,3 +500,33 @@ def test_a_probe_of_the_link_replans_a_run_planned_local(chain, client):
     probed = replan_with_probe(client, report, graph, amortize_over=100)
     assert probed.chosen.i < probed.chosen.j
     assert probed.costs.uplink.drift < 0.01 and not probed.costs.uplink.drifted()  # measured, and planned with
+
+
+def test_a_string_input_takes_str_the_same_whether_offloaded_or_not(tmp_path):
+    """A string input fed bytes got another answer offloaded (the codec decodes them to text) than locally (ONNX
+    Runtime compared their repr, b'a'), and a float array for it went to the server first (found by review). Both are
+    refused before any work; str, as numpy str or objects, runs and gives one answer either way."""
+    from onnx import TensorProto, helper
+
+    s = helper.make_tensor_value_info("s", TensorProto.STRING, [4])
+    eq = helper.make_tensor_value_info("e", TensorProto.BOOL, [4])
+    nodes = [helper.make_node("Identity", ["s"], ["t"]), helper.make_node("Equal", ["t", "a"], ["e"])]
+    a = helper.make_tensor("a", TensorProto.STRING, [1], [b"a"])
+    model = helper.make_model(helper.make_graph(nodes, "streq", [s], [eq], [a]), ir_version=9,
+                              opset_imports=[helper.make_opsetid("", 19)])  # fmt: skip  # Equal of strings: 19
+    graph = analyze(model, "streq")
+    slicer = Slicer(model, graph)
+    n = len(graph.blocks)
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as server:
+        with Client(str(server.address)) as client:
+            for split in ((-1, n - 1), (n - 1, n - 1)):
+                with make_runner(slicer, graph, split, client if split[0] < split[1] else None) as runner:
+                    for bad, fragment in (
+                        (np.array([b"a", b"x", b"a", b"y"], dtype=object), "holding bytes: decode them to str"),
+                        (np.zeros(4, np.float32), "got float32 [4]"),
+                    ):
+                        with pytest.raises(InputError, match=re.escape(fragment)):
+                            runner.run({"s": bad})
+                    for good in (np.array(["a", "x", "a", "y"]), np.array(["a", "x", "a", "y"], dtype=object)):
+                        result = runner.run({"s": good})
+                        assert not result.fallback and result.outputs["e"].tolist() == [True, False, True, False]

@@ -380,3 +380,21 @@ def test_the_server_keeps_the_requested_providers_that_load_in_its_order(monkeyp
     with caplog.at_level(logging.WARNING, logger="rr_server.sessions"):
         assert sessions.resolve_providers(["cuda", "rocm"]) == ["CPUExecutionProvider"]
     assert "['CUDAExecutionProvider'] are built in but do not load here" in caplog.text  # ROCm is not built in
+
+
+def test_a_second_sigterm_cuts_the_drain_short(tmp_path):
+    """With --drain-seconds 20 the log said "stopping now" at the second SIGTERM, and the process still slept out
+    the drain (found by review)."""
+    import signal
+
+    from _server_process import ServerProcess
+
+    server = ServerProcess(tmp_path / "data", "--drain-seconds", "20")
+    try:
+        server.proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "received SIGTERM" in server.log())
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=15)  # well inside the 20 s drain the first signal began
+        assert server.proc.returncode == 0
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 
+import rr_server
 from rr_proto import codec
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import cli as server_cli
@@ -133,6 +134,16 @@ def test_sparse_attribute_indices_with_external_data_are_refused_before_the_chec
         ["--keepalive-seconds", "nan"],
         ["--keepalive-seconds", "inf"],
         ["--drain-seconds", "nan"],
+        # found by the operations review: past a day, threading's timeouts overflow (1e10 made every upload INTERNAL,
+        # 1e12 crashed at SIGTERM); 1e-9 failed every stream; ports past 65535 and an empty data dir
+        ["--stream-idle-seconds", "1e10"],
+        ["--stream-idle-seconds", "1e-9"],
+        ["--drain-seconds", "1e12"],
+        ["--keepalive-seconds", "1e12"],
+        ["--metrics-port", "70000"],
+        ["--metrics-port", "-5"],
+        ["--data-dir", ""],
+        ["--port-file", "/nonexistent-dir/port"],
     ],
 )
 def test_server_limits_that_are_no_number_of_bytes_or_seconds_are_usage_errors(tmp_path, capsys, flags):
@@ -239,3 +250,35 @@ def test_an_output_larger_than_a_message_is_refused_before_it_runs(tmp_path):
         assert next(stream).error_message.startswith("RESOURCE_EXHAUSTED:")  # and the stream goes on
         requests.put(None)
         assert _runs(server) == runs  # refused before running
+
+
+def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path, capsys):
+    """A second server on the same data dir swept the first one's uploads in progress from slices/tmp (the upload
+    then failed as INVALID_ARGUMENT), evicted its slices under its own budget, and its predictor missed the first's
+    reports (found by review). The first server's data dir is free again once it stops, or if it fails to start."""
+    from _server_process import ServerProcess
+
+    from rr_server.dir_lock import DataDirInUse
+
+    first = ServerProcess(tmp_path / "data")
+    try:
+        assert server_cli.main(["--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"]) == 2
+        assert f"is in use by another rr-server (pid {first.proc.pid})" in capsys.readouterr().err
+    finally:
+        first.stop()
+    with pytest.raises(OSError):  # a port that cannot be bound: start fails, and frees the data dir
+        rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "data", listen="256.0.0.1:0")).start()
+    with rr_server.Server(rr_server.ServerConfig(data_dir=str(tmp_path / "data"), listen="127.0.0.1:0")) as server:
+        assert server.address  # a str data dir too (it failed on str.mkdir: API review)
+        with pytest.raises(DataDirInUse):
+            rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "data", listen="127.0.0.1:0"))
+
+
+def test_a_damaged_database_is_one_line_at_start(tmp_path, capsys):
+    """A database that is not one printed a sqlite3 traceback and exited 1 (found by review); it is refused, not
+    overwritten."""
+    (tmp_path / "roadrunner.sqlite3").write_bytes(b"not a database" * 100)
+    assert server_cli.main(["--data-dir", str(tmp_path), "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start: the database in --data-dir" in err and "not a database" in err and "Traceback" not in err
+    assert (tmp_path / "roadrunner.sqlite3").read_bytes() == b"not a database" * 100

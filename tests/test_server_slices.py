@@ -425,3 +425,27 @@ def test_listing_skips_a_slice_evicted_meanwhile(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(store.root), "glob", lambda self, pattern: [*real_glob(self, pattern), evicted])
     assert [i.slice_id for i in store.list()] == [info.slice_id]
+
+
+def test_a_slice_damaged_on_disk_is_removed_so_the_edge_uploads_it_again(env):
+    """A stored slice cut in half stayed "cached" for good: the re-upload of the genuine bytes was answered cached,
+    and every request failed as INVALID_ARGUMENT (found by review). A stored file ONNX Runtime cannot load is hashed:
+    damaged, it is removed and the request is NOT_FOUND, which makes the edge upload it again."""
+    _, stubs, data_dir = env
+    good = conv_model(seed=21)
+    stubs.upload(good)
+    (stored,) = [p for p in stored_slice_files(data_dir) if p.stem == sha256(good)]
+    stored.write_bytes(good[: len(good) // 2])
+    request = codec.encode_infer_request(sha256(good), {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ModelInfer(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "damaged" in err.value.details()
+    assert not stubs.upload(good).cached  # uploaded again, for real
+    assert stubs.kserve.ModelInfer(request, timeout=10).outputs
+    refused = runtime_failure_model()  # stored whole, refused by ONNX Runtime: still INVALID_ARGUMENT, still stored
+    stubs.upload(refused)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(kpb.ModelInferRequest(model_name=sha256(refused)), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stubs.upload(refused).cached
