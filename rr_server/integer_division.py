@@ -3,10 +3,14 @@
 ONNX Runtime's CPU kernels for `Div` and `Mod` on int32 / int64 divide with the processor's instruction, and the most
 negative value divided by -1 overflows it: the processor raises SIGFPE, which ends the whole server process (every
 client's requests, the cloud profiler, the store), not the one call. Division by zero is checked by ONNX Runtime, this
-is not. So a slice may divide 32- and 64-bit integers only by constants (an initializer or a `Constant` node) that
-hold no -1; its inputs, computed values and shapes are refused as divisors. Narrower integers are promoted before
-they are divided (no trap), and DNN slices divide integers only in shape arithmetic, by constants.
+is not. So a slice may not divide 32- or 64-bit integers by a value computed from its inputs' values (a request would
+choose it), nor by a constant holding -1. Divisors computed from constants and from tensor shapes (Shape, Size) are
+taken: that is the shape arithmetic of dynamic-shape exports (swin_t's TorchScript export divides by a product of
+shape dimensions). Narrower integers are promoted before they are divided (no trap).
 
+What is left: a slice written to trap can still divide the most negative value by arithmetic on constants or shapes
+that makes -1 (a dimension minus 1, on an empty input); uploading takes a node's token where the server requires
+them.
 Element types come from ONNX shape inference on a weight-free copy of the model (`light_copy`); a divisor whose type
 inference cannot tell is let through (onnx.checker and ONNX Runtime decide as before).
 """
@@ -24,6 +28,7 @@ from rr_server.errors import InvalidArgument
 
 _DIVISIONS = frozenset({"Div", "Mod"})
 _TRAPPING = frozenset({TensorProto.INT32, TensorProto.INT64})
+_SHAPE_READS = frozenset({"Shape", "Size"})  # their outputs depend on the input's shape, not on its values
 
 
 def check_integer_division(model: onnx.ModelProto) -> None:
@@ -36,25 +41,49 @@ def check_integer_division(model: onnx.ModelProto) -> None:
         typed = model.graph
     types = _element_types(typed)
     constants = _constants(model.graph)
-    for graph in _graphs(model.graph):
-        for node in graph.node:
-            if node.op_type not in _DIVISIONS or len(node.input) < 2 or types.get(node.input[0]) not in _TRAPPING:
-                continue
-            what = (
-                f"graph {graph.name!r}: {node.op_type} {node.name or node.output[0]!r} divides "
-                f"{_type_name(types[node.input[0]])} by"
-            )
-            divisor = constants.get(node.input[1])
-            if divisor is None:
-                raise InvalidArgument(
-                    f"{what} {node.input[1]!r}, a value computed at run time: refused, since the most negative value "
-                    "divided by -1 traps the server's processor (divide by constants only)"
-                )
-            if np.any(_value(divisor) == -1):
-                raise InvalidArgument(
-                    f"{what} a constant holding -1: refused, since the most negative value divided by -1 traps the "
-                    "server's processor (negate instead)"
-                )
+    _check(model.graph, set(), types, constants)
+
+
+def _check(
+    graph: onnx.GraphProto,
+    outer: set[str],
+    types: dict[str, int],
+    constants: dict[str, onnx.TensorProto | onnx.AttributeProto],
+) -> None:
+    """Check `graph`'s divisions; `outer`: the tensors of enclosing graphs that depend on the inputs' values."""
+    initializers = {t.name for t in graph.initializer}
+    dependent = outer | {vi.name for vi in graph.input if vi.name not in initializers}  # a body's inputs too
+    for node in graph.node:
+        if node.op_type in _DIVISIONS and len(node.input) > 1 and types.get(node.input[0]) in _TRAPPING:
+            _check_division(graph, node, node.input[1] in dependent, types, constants)
+        for sub in subgraphs(node):
+            _check(sub, dependent, types, constants)
+        if node.op_type not in _SHAPE_READS and (subgraphs(node) or any(x in dependent for x in node.input if x)):
+            dependent.update(o for o in node.output if o)
+
+
+def _check_division(
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    computed: bool,
+    types: dict[str, int],
+    constants: dict[str, onnx.TensorProto | onnx.AttributeProto],
+) -> None:
+    what = (
+        f"graph {graph.name!r}: {node.op_type} {node.name or node.output[0]!r} divides "
+        f"{_type_name(types[node.input[0]])} by"
+    )
+    if computed:
+        raise InvalidArgument(
+            f"{what} {node.input[1]!r}, a value computed from the inputs: refused, since the most negative value "
+            "divided by -1 traps the server's processor (divide by constants or shapes)"
+        )
+    divisor = constants.get(node.input[1])
+    if divisor is not None and np.any(_value(divisor) == -1):
+        raise InvalidArgument(
+            f"{what} a constant holding -1: refused, since the most negative value divided by -1 traps the "
+            "server's processor (negate instead)"
+        )
 
 
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

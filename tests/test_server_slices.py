@@ -224,7 +224,7 @@ def _bad_uploads():
         "int-division-by-an-input": (
             upload_requests(division_model("b")),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "divides int64 by 'b', a value computed at run time",
+            "divides int64 by 'b', a value computed from the inputs",
         ),
         "int-division-in-a-branch": (
             upload_requests(division_in_a_branch_model()),
@@ -271,9 +271,23 @@ def test_a_slice_of_more_nodes_than_a_dnn_has_is_refused(env, monkeypatch):
     assert not stubs.upload(model).cached
 
 
+def shape_division_model() -> bytes:
+    """y = shape(x) / (shape(x) * shape(x)): int64 division by shape arithmetic, as dynamic-shape exports do (swin_t's
+    TorchScript export divides by a product of dimensions)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "s"], ["m"]),
+             helper.make_node("Div", ["s", "m"], ["y"])]  # fmt: skip
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph(nodes, "shapes", [x], [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def test_divisions_that_cannot_trap_are_accepted(env):
-    """Integer division by a constant other than -1 (shape arithmetic), and float division by anything."""
+    """Integer division by a constant other than -1 or by shape arithmetic, and float division by anything."""
     _, stubs, _ = env
+    shapes = shape_division_model()
+    stubs.upload(shapes)
+    reply = stubs.kserve.ModelInfer(codec.encode_infer_request(sha256(shapes), {"x": np.ones((2, 3), np.float32)}))
+    np.testing.assert_array_equal(codec.decode_infer_response(reply)["y"], [0, 0])
     for model, feeds, want in (
         (division_model("c", TensorProto.INT64, 2), {"a": np.array([-7], np.int64)}, [-3]),
         (
