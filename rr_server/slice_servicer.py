@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
-from rr_server.errors import Cancelled, InvalidArgument
+from rr_server.errors import InvalidArgument
 from rr_server.metrics import Metrics
 from rr_server.sessions import SessionPool
 from rr_server.slices import SliceInfo, SliceStore, check_slice_id
@@ -33,8 +33,6 @@ class SliceServicer(rr_grpc.SliceServiceServicer):
                     raise InvalidArgument("only chunks may follow the header")
                 upload.write(request.chunk)
                 self._metrics.upload_bytes.inc(len(request.chunk))
-            if not context.is_active():  # the stream ended with the call (cancelled, or the server stopping), not
-                raise Cancelled("the upload was cut off before its last chunk")  # as a short upload: no client error
             if header.probe:
                 return rr.UploadSliceResponse(slice_id=slice_id, bytes=upload.probe(self._sessions.open_once))
             stored = upload.commit()
