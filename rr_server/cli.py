@@ -18,6 +18,7 @@ from rr_proto.extras import missing_extra
 from rr_proto.providers import PROVIDER_NAMES
 from rr_server.config import (
     DEFAULT_CLI_DRAIN_S,
+    DEFAULT_GRACE_S,
     DEFAULT_KEEPALIVE_S,
     DEFAULT_KEEPALIVE_TIMEOUT_S,
     DEFAULT_LISTEN,
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)g)",
     )
     p.add_argument(
+        "--grace-seconds",
+        type=non_negative_float,
+        default=DEFAULT_GRACE_S,
+        help="on SIGTERM, after the drain, calls in flight (an edge's open inference stream among them) get this long "
+        "to end before they are cut; a second SIGTERM cuts them at once (default %(default)g)",
+    )
+    p.add_argument(
         "--keepalive-seconds",
         type=positive_float,
         default=DEFAULT_KEEPALIVE_S,
@@ -164,6 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("--keepalive-seconds", args.keepalive_seconds, 1.0, _MAX_SECONDS),
         ("--stream-idle-seconds", args.stream_idle_seconds, 0.1, _MAX_SECONDS),
         ("--drain-seconds", args.drain_seconds, 0.0, _MAX_SECONDS),
+        ("--grace-seconds", args.grace_seconds, 0.0, _MAX_SECONDS),
     ):
         if not low <= value <= high:
             p.error(f"{flag} must be in [{low:g}, {high:g}] seconds, got {value:g}")
@@ -204,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         workers=args.workers,
         drain_s=args.drain_seconds,
+        grace_s=args.grace_seconds,
         keepalive_s=args.keepalive_seconds,
         stream_idle_s=args.stream_idle_seconds,
     )
