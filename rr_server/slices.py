@@ -34,7 +34,7 @@ from pathlib import Path
 import onnx
 
 from rr_proto.operators import STANDARD_DOMAINS
-from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from rr_server.integer_division import check_integer_division
 
 log = logging.getLogger(__name__)
@@ -260,15 +260,21 @@ class Upload:
 
 @contextmanager
 def _disk_space(doing: str) -> Iterator[None]:
-    """Turn a full disk or quota into RESOURCE_EXHAUSTED (a condition the client can act on) instead of INTERNAL."""
+    """Turn a full disk or quota into RESOURCE_EXHAUSTED (a condition the client can act on), and a store the server
+    may not write (read-only, permissions) into UNAVAILABLE saying so, instead of INTERNAL."""
     try:
         yield
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise ResourceExhausted(
-            f"the server's slice store is out of disk space ({doing}); nothing was stored"
-        ) from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(
+                f"the server's slice store is out of disk space ({doing}); nothing was stored"
+            ) from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            log.error("the slice store cannot be written (%s): %s", doing, exc)
+            raise Unavailable(
+                f"the server cannot write its slice store ({doing}: {exc.strerror}); nothing was stored"
+            ) from None
+        raise
 
 
 def _fsync_dir(path: Path) -> None:

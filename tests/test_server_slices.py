@@ -389,6 +389,23 @@ def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):
         assert [p.stem for p in stored_slice_files(small_disk)] == [sha256(small)]
 
 
+def test_a_store_the_server_may_not_write_is_unavailable_saying_so(small_disk):
+    """A data dir on a filesystem turned read-only made every upload INTERNAL "internal server error" (found by
+    review); the edge now learns why, as a server that is down for now, and the server serves again once writable."""
+    with serving(small_disk) as (server, stubs):
+        store = str(small_disk / "slices")  # the store alone read-only (the database stays writable): a bind mount
+        subprocess.run(["mount", "--bind", store, store], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", store], check=True)
+            with pytest.raises(grpc.RpcError) as err:
+                stubs.upload(conv_model(seed=3))
+        finally:
+            subprocess.run(["umount", store], check=True)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot write its slice store" in err.value.details() and "Read-only file system" in err.value.details()
+        assert not stubs.upload(conv_model(seed=3)).cached
+
+
 def test_store_budget_evicts_the_least_recently_used_slices(tmp_path):
     a, b, c = (conv_model(channels=16, out_channels=16, seed=k) for k in range(3))
     assert len(a) == len(b) == len(c)
