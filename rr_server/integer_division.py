@@ -79,7 +79,15 @@ def _check_division(
             "divided by -1 traps the server's processor (divide by constants or shapes)"
         )
     divisor = constants.get(node.input[1])
-    if divisor is not None and np.any(_value(divisor) == -1):
+    if divisor is None:
+        return
+    try:
+        minus_one = bool(np.any(_value(divisor) == -1))
+    except Exception:  # noqa: BLE001 - a constant onnx.checker (run after this) would refuse: short data, no type
+        raise InvalidArgument(
+            f"{what} a constant that cannot be read (its data does not match its type and shape)"
+        ) from None
+    if minus_one:
         raise InvalidArgument(
             f"{what} a constant holding -1: refused, since the most negative value divided by -1 traps the "
             "server's processor (negate instead)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -186,10 +187,7 @@ class Session:
         """ResourceExhausted when the outputs a run gave exceed `limit`: sizes that depend on the input values (an
         Expand to a shape read from an input) are only known now. Refused here, before the response is encoded:
         gRPC's own refusal came after two more copies, and ended a ModelStreamInfer stream instead of one message."""
-        sizes = {
-            name: sum(len(x) for x in a.ravel()) if a.dtype.kind in "OSU" else a.nbytes for name, a in results.items()
-        }
-        self._check_sizes(sizes, limit, "take", "not sent")
+        self._check_sizes({name: _payload_bytes(a) for name, a in results.items()}, limit, "take", "not sent")
 
     def _check_sizes(self, sizes: Mapping[str, int], limit: int, verb: str, outcome: str) -> None:
         total = sum(sizes.values())
@@ -227,7 +225,9 @@ class Session:
             try:
                 results = self._session.run(names, dict(arrays), run.options)
             except (OrtInvalidArgument, OrtFail, OrtRuntimeException) as exc:  # a kernel refused these values
-                # (an index out of range, a string Cast to a number, ...)
+                # (an index out of range, a string Cast to a number, ...), unless the device failed
+                if isinstance(exc, OrtRuntimeException) and _DEVICE_FAULT.search(str(exc)):
+                    raise Unavailable(f"slice {self.slice_id[:12]}: the server's device failed: {exc}"[:500]) from None
                 raise InvalidArgument(f"slice {self.slice_id[:12]} cannot run on these inputs: {exc}"[:500]) from None
         if self._bindable and key not in self._shapes:
             if len(self._shapes) >= _MAX_SHAPE_KEYS:
@@ -264,6 +264,11 @@ class Session:
             self._shapes[key] = None
             return None
         return dict(zip(names, placed, strict=True))
+
+
+# An ONNX Runtime RuntimeException that is the server's fault (its GPU, its memory), not the request's: UNAVAILABLE,
+# so that the edge runs locally until the server recovers instead of sending it every request.
+_DEVICE_FAULT = re.compile(r"CUDA|cuDNN|CUBLAS|cublas|TensorRT|out of memory|bad.alloc")
 
 
 def _payload_bytes(array: np.ndarray) -> int:

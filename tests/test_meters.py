@@ -436,6 +436,14 @@ def test_a_jetson_read_that_fails_once_is_skipped_and_one_that_keeps_failing_is_
         meter.sample()
         _set_power_hwmon(dev, 1, 4000)
     assert meter.stop(token).energy_mJ == pytest.approx(4000 * 0.1)
+    (dev / "curr1_input").write_text("")  # the window's first read fails: skipped as well (found by review)
+    token = meter.start()
+    _set_power_hwmon(dev, 1, 4000)
+    for _ in range(10):
+        clock.t += 0.01
+        meter.sample()
+    reading = meter.stop(token)  # the window is the span of its samples: from the first read that worked
+    assert reading.elapsed_s == pytest.approx(0.09) and reading.energy_mJ == pytest.approx(4000 * 0.09)
     token = meter.start()
     (dev / "curr1_input").write_text("")
     for _ in range(5):

@@ -261,3 +261,22 @@ def test_an_output_over_the_message_limit_fails_its_message_and_the_stream_goes_
     assert [(a.error_message[:18] or a.infer_response.id) for a in answers] == ["4", "RESOURCE_EXHAUSTED", "8"]
     assert "its outputs take 2,097,152 bytes" in answers[1].error_message and "not sent" in answers[1].error_message
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_device_fault_is_unavailable_not_the_requests_fault(env, monkeypatch):
+    """ONNX Runtime reports a failing GPU (a CUDA error) as a RuntimeException, like a string it cannot Cast: taken
+    for the request's fault, the edge kept sending every request to a broken server (found by review)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    server, stubs, conv_id, _, _ = env
+
+    class Failing:
+        def run(self, *args):  # type: ignore[no-untyped-def]
+            raise RuntimeException("CUDA failure 700: an illegal memory access was encountered")
+
+    session = server.repository.session(conv_id)
+    monkeypatch.setattr(session, "_session", Failing())
+    monkeypatch.setattr(session, "_bindable", False)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.kserve.ModelInfer(codec.encode_infer_request(conv_id, {"x": x_input()}), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "the server's device failed" in err.value.details()

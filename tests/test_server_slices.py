@@ -189,6 +189,14 @@ def division_in_a_branch_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
+def division_by_a_short_constant_model() -> bytes:
+    """y = a / d, d an int64 initializer of 4 elements holding 3 bytes (onnx.checker refuses it, after this check)."""
+    d = onnx.TensorProto(name="d", data_type=TensorProto.INT64, dims=[4], raw_data=b"\x01\x02\x03")
+    io = [helper.make_tensor_value_info(n, TensorProto.INT64, [4]) for n in ("a", "y")]
+    graph = helper.make_graph([helper.make_node("Div", ["a", "d"], ["y"])], "short", io[:1], io[1:], [d])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
 def _bad_uploads():
     good = conv_model(seed=7)
     garbage = np.random.default_rng(0).bytes(5000)
@@ -230,6 +238,11 @@ def _bad_uploads():
             upload_requests(division_in_a_branch_model()),
             grpc.StatusCode.INVALID_ARGUMENT,
             "graph 'then': Div 'q' divides int64 by 'b'",
+        ),
+        "int-division-by-an-unreadable-constant": (  # it escaped as INTERNAL (found by review)
+            upload_requests(division_by_a_short_constant_model()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a constant that cannot be read",
         ),
         "int-division-by-minus-one": (
             upload_requests(division_model("c", TensorProto.INT32, -1)),

@@ -22,6 +22,18 @@ namespace cf {
 
 namespace {
 
+// Room for `more` elements after the current ones, growing geometrically: exact reserves made every fold-in copy the
+// whole residual table (quadratic over many fold-ins). Throws (out of memory) before anything changes.
+template <class T>
+void reserve_more(std::vector<T>& v, std::size_t more) {
+  const std::size_t needed = v.size() + more;
+  if (needed > v.capacity()) v.reserve(std::max(needed, 2 * v.capacity()));
+}
+
+}  // namespace
+
+namespace {
+
 // A new column's standardised features beyond this many standard deviations are rejected: it keeps the prior
 // (linear in them) and the kernel residual (quadratic, squared again) finite.
 constexpr double kMaxStandardised = 1e50;
@@ -445,13 +457,13 @@ std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* c
   KernelBlend blend = residuals ? out.expert_weights : KernelBlend{};
   // Everything that can throw (out of memory) happens before the first change: a fold-in that fails leaves the
   // model as it was, every per-row array one entry per row.
-  rows_.reserve(rows_.size() + out.params.size());
-  row_scale_.reserve(row_scale_.size() + 1);
-  row_counts_.reserve(row_counts_.size() + 1);
-  blends_.reserve(blends_.size() + 1);
-  kernels_.reserve(kernels_.size() + 1);
-  additive_rows_.reserve(additive_rows_.size() + 1);
-  if (residuals) residuals_.reserve(residuals_.size() + static_cast<std::size_t>(n_cols_));
+  reserve_more(rows_, out.params.size());
+  reserve_more(row_scale_, 1);
+  reserve_more(row_counts_, 1);
+  reserve_more(blends_, 1);
+  reserve_more(kernels_, 1);
+  reserve_more(additive_rows_, 1);
+  if (residuals) reserve_more(residuals_, static_cast<std::size_t>(n_cols_));
   rows_.insert(rows_.end(), out.params.begin(), out.params.end());
   row_scale_.push_back(out.scale);
   row_counts_.push_back(0);

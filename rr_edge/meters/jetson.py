@@ -128,7 +128,7 @@ class _Window:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._failed: list[MeterError] = []
-        self.sample()
+        self.try_sample()  # a first read that fails is skipped too
         self._thread: threading.Thread | None = None
         if interval_s > 0:
             self._thread = threading.Thread(target=self._run, args=(interval_s,), name="jetson-meter", daemon=True)

@@ -82,7 +82,8 @@ def select_meter(kind: str = "auto", options: MeterOptions | None = None, *, gpu
 
 def default_gpu_index() -> int:
     """NVML's index of the process's CUDA device 0: NVML numbers all GPUs and ignores $CUDA_VISIBLE_DEVICES, which
-    ONNX Runtime follows (with CUDA_VISIBLE_DEVICES=1 the meter read GPU 0 while the work ran on GPU 1)."""
+    ONNX Runtime follows (with CUDA_VISIBLE_DEVICES=1 the meter read GPU 0 while the work ran on GPU 1). NVML numbers
+    GPUs in PCI bus order, CUDA fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID: alike on a machine of one kind."""
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     if first.isdigit():
         return int(first)
