@@ -1,7 +1,7 @@
 """DNN profiler: time (and meter) a random sample of a model's unique blocks on this node.
 
     select_signatures   which unique signatures to measure: ceil(p x unique), at least one, none already measured,
-                        the ones with the most FLOPs and the most bytes moved among them, the others drawn at random
+                        the one with the most FLOPs among them and the others drawn at random
     time_runs           warm up, then repeat until both a minimum count and a minimum measured time are reached
     profile_model       each chosen block as a standalone slice in ONNX Runtime with the node's `OrtSettings`, energy
                         per run from the meter (the metered mean power x the median run time), plus the whole model
@@ -181,36 +181,21 @@ def select_signatures(
     measured: Collection[str],
     sample: float,
     seed: int | None,
-    extremes: Sequence[Mapping[str, float]] = (),
+    cost: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Signatures to profile, in first-appearance order: ceil(sample x unique) of the model's unique signatures,
-    drawn (seeded) among those not in `measured`; fewer when fewer remain, none when all are measured. For each of
-    `extremes` (measures of a signature's cost: `block_measures`), the largest not measured yet is always one of them
-    while the sample holds it, the others drawn: predictions of blocks beyond every measured one extrapolate badly.
-    A first profile of vit_b_16 that drew a Transpose, a Concat and a Gather predicted its encoder blocks 350x too
-    fast (first-use review); one of vgg11 that held its largest convolutions predicted its first fully connected block
-    (411 MB of weights, few FLOPs) at 0.01x."""
+    drawn (seeded) among those not in `measured`; fewer when fewer remain, none when all are measured. With `cost`
+    (say, each signature's FLOPs) the costliest of those is always one of them, the others drawn: predictions of
+    blocks no node measured extrapolate badly upward, and a first profile of vit_b_16 that drew a Transpose, a Concat
+    and a Gather predicted its encoder blocks 350x too fast (first-use review)."""
     unique = list(dict.fromkeys(signatures))
     done = set(measured)
     candidates = sorted(s for s in unique if s not in done)
     k = min(sample_size(len(unique), sample), len(candidates))
-    largest = [_largest(candidates, measure) for measure in extremes] if k else []
-    first = list(dict.fromkeys(largest))[:k]
+    first = [max(candidates, key=lambda s: (cost.get(s, 0.0), s))] if cost and k else []
     rest = [s for s in candidates if s not in first]
     chosen = set(first) | set(random.Random(seed).sample(rest, k - len(first)))
     return [s for s in unique if s in chosen]
-
-
-def _largest(candidates: Sequence[str], measure: Mapping[str, float]) -> str:
-    return max(candidates, key=lambda s: (measure.get(s, 0.0), s))
-
-
-def block_measures(blocks: Sequence[Block]) -> tuple[dict[str, float], dict[str, float]]:
-    """Two measures of what a block costs, by signature: its FLOPs (compute-bound work) and the bytes it reads and
-    writes, weights and tensors (memory-bound work: a fully connected layer)."""
-    flops = {b.signature: float(b.flops) for b in blocks}
-    moved = {b.signature: float(b.param_bytes + b.input_bytes + b.output_bytes) for b in blocks}
-    return flops, moved
 
 
 def time_runs(
@@ -327,7 +312,7 @@ def profile_model(
     first_block: dict[str, Block] = {}
     for block in graph.blocks:
         first_block.setdefault(block.signature, block)
-    chosen = select_signatures(signatures, measured, cfg.sample, seed, block_measures(graph.blocks))
+    chosen = select_signatures(signatures, measured, cfg.sample, seed, {b.signature: b.flops for b in graph.blocks})
     log.info(
         "%s: %d blocks, %d unique signatures, %d already measured, profiling %d",
         graph.model,

@@ -43,14 +43,7 @@ from rr_edge.netprofile import NetProfileConfig, run_netprofile
 from rr_edge.offload import gather_costs, make_plan, make_runner, max_abs_diff, neurosurgeon_inputs
 from rr_edge.onnx_io import load_model
 from rr_edge.planner import PlanInputs, plan_cost
-from rr_edge.profiler import (
-    ProfileResult,
-    block_measures,
-    features_of,
-    report_profile,
-    select_signatures,
-    wait_for_cloud,
-)
+from rr_edge.profiler import ProfileResult, features_of, report_profile, select_signatures, wait_for_cloud
 from rr_edge.profiles import LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.runner import RunnerConfig, modelled_mJ
 from rr_edge.session import OrtSettings
@@ -101,7 +94,7 @@ def sampled_result(
 ) -> ProfileResult:
     """The ProfileResult `rr-edge profile --sample p` would report, built from the ground-truth measurements."""
     signatures = [b.signature for b in graph.blocks]
-    chosen = select_signatures(signatures, measured, sample, seed, block_measures(graph.blocks))
+    chosen = select_signatures(signatures, measured, sample, seed, {b.signature: b.flops for b in graph.blocks})
     first: dict[str, Any] = {}
     for b in graph.blocks:
         first.setdefault(b.signature, b)
