@@ -26,19 +26,10 @@ import rr_edge
 from rr_edge.meters.model import DEFAULT_POWER
 from rr_edge.offload import gather_costs
 from rr_edge.onnx_io import load_model
-from rr_edge.session import OrtSettings, random_feeds
 from rr_edge.slicing import Slicer
 from rr_server import Server, ServerConfig
 from tools._models import cached_export
-from tools._timing import median_ms
-
-
-def block_ms(onnx_bytes: bytes, settings: OrtSettings) -> float:
-    session = settings.create_session(onnx_bytes)
-    feeds = random_feeds(session)
-    for _ in range(2):
-        session.run(None, feeds)
-    return median_ms(lambda: session.run(None, feeds), 5)
+from tools._timing import session_median_ms
 
 
 def one_seed(path: Path, sample: float, seed: int) -> dict[str, Any]:
@@ -57,7 +48,9 @@ def one_seed(path: Path, sample: float, seed: int) -> dict[str, Any]:
                     "ops": list(b.ops[:3]),
                     "provenance": p.latency_provenance,
                     "predicted_ms": round(p.latency_ms, 4),
-                    "measured_ms": round(block_ms(slicer.slice(b.index, b.index).SerializeToString(), settings), 4),
+                    "measured_ms": round(
+                        session_median_ms(slicer.slice(b.index, b.index).SerializeToString(), settings, 5, warmup=2), 4
+                    ),
                 }  # fmt: skip
                 for b, p in zip(graph.blocks, costs.edge, strict=True)
             ]

@@ -35,17 +35,14 @@ from rr_edge.meters import select_meter  # noqa: E402
 from rr_edge.netprofile import DEFAULT_UPLOAD_MAX_MB, NetProfileConfig, run_netprofile, summary  # noqa: E402
 from rr_edge.onnx_io import load_model  # noqa: E402
 from rr_edge.profiler import ProfileConfig, run_profile  # noqa: E402
-from rr_edge.session import OrtSettings, random_feeds  # noqa: E402
+from rr_edge.session import OrtSettings  # noqa: E402
 from tools._models import cached_export  # noqa: E402
 from tools._server import rr_server  # noqa: E402
-from tools._timing import median_ms  # noqa: E402
+from tools._timing import session_median_ms  # noqa: E402
 
 
 def one_inference_ms(model_bytes: bytes, settings: OrtSettings, runs: int = 5) -> float:
-    session = settings.create_session(model_bytes)
-    feeds = random_feeds(session)
-    session.run(None, feeds)
-    return median_ms(lambda: session.run(None, feeds), runs)
+    return session_median_ms(model_bytes, settings, runs)
 
 
 def main() -> int:

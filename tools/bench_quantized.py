@@ -21,10 +21,10 @@ import numpy as np
 
 from rr_edge.blocks import analyze
 from rr_edge.onnx_io import load_model
-from rr_edge.session import OrtSettings, random_feeds
+from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer, whole_model_bytes
 from tools._models import cached_export
-from tools._timing import median_ms
+from tools._timing import session_median_ms
 
 
 def quantize(src: Path, dst: Path, size: int) -> None:
@@ -44,11 +44,7 @@ def quantize(src: Path, dst: Path, size: int) -> None:
 
 
 def time_ms(model: bytes, repeat: int) -> float:
-    session = OrtSettings(intra_op_threads=1).create_session(model)
-    feeds = random_feeds(session)
-    for _ in range(3):
-        session.run(None, feeds)
-    return median_ms(lambda: session.run(None, feeds), repeat)
+    return session_median_ms(model, OrtSettings(intra_op_threads=1), repeat, warmup=3)
 
 
 def blocks_report(path: Path, repeat: int) -> dict[str, object]:
