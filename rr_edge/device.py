@@ -19,6 +19,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from rr_edge.cpus import usable_cpus
 from rr_edge.meters.nvml import nvml_gpu_name
 from rr_edge.session import OrtSettings, usable_providers
 
@@ -65,10 +66,7 @@ def cpu_model() -> str:
 
 
 def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(usable_cpus())
 
 
 def memory_bytes() -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from rr_edge.cpus import ort_threads
 from rr_edge.errors import ModelError, RoadRunnerError
 from rr_proto.providers import provider_name
 
@@ -121,7 +122,8 @@ def _default_threads() -> int:
 
 @dataclass(frozen=True)
 class OrtSettings:
-    """How this node runs ONNX Runtime. `intra_op_threads=0` lets ONNX Runtime choose (one per physical core)."""
+    """How this node runs ONNX Runtime. `intra_op_threads=0`: one per physical core, ONNX Runtime's choice, given
+    explicitly so that its threads are not pinned (`rr_edge.cpus`)."""
 
     provider: str = ""
     intra_op_threads: int = -1
@@ -150,7 +152,7 @@ class OrtSettings:
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(self.intra_op_threads, 0)
+        options.intra_op_num_threads = ort_threads(self.intra_op_threads)
         options.inter_op_num_threads = max(self.inter_op_threads, 0)
         options.graph_optimization_level = GRAPH_OPTIMIZATION[self.graph_optimization]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

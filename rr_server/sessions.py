@@ -28,6 +28,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 
+from rr_edge.cpus import ort_threads
 from rr_edge.session import usable_providers
 from rr_proto.codec import datatype_of, dtype_of
 from rr_proto.providers import provider_name
@@ -78,7 +79,8 @@ class TensorSpec:
 
 
 def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
-    """How the server opens every slice (0 threads: ONNX Runtime's default, one per physical core).
+    """How the server opens every slice (0 threads: one per physical core, as ONNX Runtime would choose, but given
+    explicitly so that no slice's pool threads are pinned to cores: `rr_edge.cpus`).
 
     ONNX Runtime's pool threads spin after each run by default; on a server they would steal the cores that gRPC's
     threads need (tiny-tensor ModelInfer round trip 1.09 ms spinning vs 0.65 ms not, 2-core machine). A model of
@@ -92,8 +94,7 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     and of mobilenet_v2 at 224 ran no slower side by side (`tools/bench_arena.py`, docs/performance.md).
     """
     options = ort.SessionOptions()
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
+    options.intra_op_num_threads = ort_threads(intra_op_threads)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = False
     return options
