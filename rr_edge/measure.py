@@ -1,8 +1,14 @@
-"""Measure plans side by side: every split's requests interleaved round-robin, so that load changing on a shared
-machine hits every plan alike (timing plans one after the other measures the load drift as much as the plans)."""
+"""Measure plans side by side: every split's requests interleaved in rounds, so that load changing on a shared
+machine hits every plan alike (timing plans one after the other measures the load drift as much as the plans).
+
+Each round runs the splits in a new random order. In a fixed order a split always follows the same one, and what
+that one leaves behind (a server kept idle while the edge ran a long slice, caches filled with other weights) counts
+against this split alone, in every round; a random order spreads it over all of them.
+"""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -35,8 +41,10 @@ def measure_splits(
     x: np.ndarray,
     repeat: int,
     expected: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
 ) -> dict[Split, Measured]:
-    """Run `repeat` requests per split after one warm-up each (slices uploaded and opened by the runners)."""
+    """Run `repeat` requests per split after one warm-up each (slices uploaded and opened by the runners), one per
+    split per round, in an order shuffled each round (`seed`)."""
     runners: dict[Split, Runner] = {}
     try:
         for split in dict.fromkeys(splits):  # those made are closed below, should making the next one fail
@@ -47,9 +55,12 @@ def measure_splits(
         diff = dict.fromkeys(runners, 0.0)
         for runner in runners.values():
             runner.run(x)
+        order = list(runners)
+        rng = random.Random(seed)
         for _ in range(repeat):
-            for s, runner in runners.items():
-                result = runner.run(x)
+            rng.shuffle(order)
+            for s in order:
+                result = runners[s].run(x)
                 times[s].append(result.total_ms)
                 fallback[s] |= result.fallback
                 if expected is not None:

@@ -1,6 +1,7 @@
 """Plan quality (issue 5): the chosen latency-optimal plan for resnet18@224 is, measured over gRPC on this machine,
-within 10% of the best plan among the Pareto plans and 10 random single/two-split plans. A measurement on a shared
-machine: slow tier, retried once (not loosened)."""
+within 10% of the best plan among the Pareto plans and 10 random single/two-split plans (the two measured again head
+to head when another plan came out fastest; `tools.plan_quality`). A measurement on a shared machine: slow tier,
+retried once (not loosened)."""
 
 from __future__ import annotations
 

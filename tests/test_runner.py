@@ -308,6 +308,26 @@ def test_measure_splits_records_each_middle_slice_upload(chain, client, monkeypa
     assert measured[(3, 3)].upload_ms == 0
 
 
+def test_measure_splits_runs_each_round_in_a_new_order(chain, client):
+    """In a fixed order a split always followed the same one, whose after-effects then counted against it alone."""
+    _, graph, slicer = chain
+    order: list[tuple[int, int]] = []
+
+    def runner_for(split: tuple[int, int]) -> Runner:
+        runner = make_runner(slicer, graph, split, client)
+        run = runner.run
+        runner.run = lambda x: (order.append(split), run(x))[1]  # type: ignore[method-assign]
+        return runner
+
+    splits = [(0, 1), (0, 3), (1, 2), (3, 3)]
+    measured = measure_splits(runner_for, splits, _x(graph), 6)
+    rounds = [order[k : k + 4] for k in range(4, len(order), 4)]  # after one warm-up each, in the given order
+    assert order[:4] == splits and len(rounds) == 6
+    assert all(sorted(r) == splits for r in rounds)  # every split once per round
+    assert len({tuple(r) for r in rounds}) > 1
+    assert set(measured) == set(splits)
+
+
 def test_a_power_model_charges_a_request_as_the_planner_predicts_it():
     """Local compute at active power, the server's reported run at idle, the rest of the round trip at tx / rx
     (shared by the link models, here by bytes): the measured side of the energy the planner predicts."""

@@ -2,9 +2,11 @@
 
 An in-process rr-server on loopback; the edge profiles a 30% sample of resnet18's blocks and its network, plans for
 latency, then every Pareto plan, the chosen plan and `--random` random single/two-split plans are run over gRPC
-(`--repeat` requests each, interleaved round-robin, slices uploaded beforehand,
-median latency). Prints JSON with the ratio
-chosen / best measured (target <= 1.10, issue 5).
+(`--repeat` requests each, interleaved in rounds of random order, slices uploaded beforehand, median latency).
+Where another plan measured fastest, the chosen plan and that one are measured again, head to head with fresh
+runners and twice the requests: picking the fastest of many noisy medians favours whichever plan's noise ran low,
+so the pass that picks "best" does not also price it. Prints JSON with the ratio chosen / best from that second
+measurement (target <= 1.10, issue 5), and the first pass's.
 
     python -m tools.plan_quality [--model resnet18] [--random 10] [--repeat 15] [--seed 0]
 """
@@ -21,12 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from rr_edge.api import EdgeNode
+from rr_edge.blocks import BlockGraph
 from rr_edge.export import export_model
 from rr_edge.measure import measure_splits
+from rr_edge.offload import Costs
 from rr_edge.session import OrtSettings
+from rr_edge.slicing import Slicer
 from rr_server import Server, ServerConfig
+from tools._timing import session_median_ms
 
 
 def plan_quality(
@@ -52,24 +59,47 @@ def plan_quality(
                     splits.add((i, rng.choice([n - 1, rng.randint(i + 1, n - 1)])))  # i < j: really offloads
                 shape = node.blocks(path).inputs[0].shape
                 x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-                measured = {
-                    split: m.median_ms
-                    for split, m in measure_splits(lambda s: node.runner(path, s), sorted(splits), x, repeat).items()
-                }
-    chosen = (report.chosen.i, report.chosen.j)
-    best = min(measured, key=measured.__getitem__)
+                chosen = (report.chosen.i, report.chosen.j)
+
+                def median_ms(plans: list[tuple[int, int]], requests: int) -> dict[tuple[int, int], float]:
+                    runs = measure_splits(lambda s: node.runner(path, s), plans, x, requests, seed=seed)
+                    return {split: m.median_ms for split, m in runs.items()}
+
+                measured = median_ms(sorted(splits), repeat)
+                best = min(measured, key=measured.__getitem__)
+                head_to_head = median_ms([chosen, best], 2 * repeat) if best != chosen else {chosen: measured[chosen]}
+                per_block = _blocks(path, node.blocks(path), report.costs, node.settings)
     return {
         "model": model,
         "blocks": n,
         "chosen": list(chosen),
-        "chosen_measured_ms": measured[chosen],
+        "chosen_measured_ms": head_to_head[chosen],
         "chosen_predicted_ms": report.chosen.latency_ms,
         "best": list(best),
-        "best_measured_ms": measured[best],
-        "ratio_chosen_to_best": measured[chosen] / measured[best],
+        "best_measured_ms": head_to_head[best],
+        "ratio_chosen_to_best": head_to_head[chosen] / head_to_head[best],
+        "first_pass_ratio": measured[chosen] / measured[best],
         "plans_tried": len(measured),
         "measured_ms": {f"{i},{j}": ms for (i, j), ms in measured.items()},
+        "pareto_predicted_ms": {f"{p.i},{p.j}": p.latency_ms for p in report.pareto},
+        "per_block": per_block,
     }
+
+
+def _blocks(path: Path, graph: BlockGraph, costs: Costs, settings: OrtSettings) -> list[dict[str, Any]]:
+    """Each block's predictions on the edge and the cloud with their provenance, and its time alone on the edge's
+    settings (median of 15 runs): where a plan's prediction went wrong."""
+    slicer = Slicer(onnx.load(str(path)), graph)
+    return [
+        {
+            "edge_predicted_ms": edge.latency_ms,
+            "edge_provenance": edge.latency_provenance,
+            "edge_alone_ms": session_median_ms(slicer.slice(k, k).SerializeToString(), settings, 15, warmup=3),
+            "cloud_predicted_ms": cloud.latency_ms,
+            "cloud_provenance": cloud.latency_provenance,
+        }
+        for k, (edge, cloud) in enumerate(zip(costs.edge, costs.cloud, strict=True))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
