@@ -1,13 +1,19 @@
 """Benchmark: how far a first profile's predictions are from each block's own time (docs/performance.md#cold-start).
 
-    PYTHONPATH=. .venv/bin/python -m tools.bench_cold_start [--model vgg11] [--size 224] [--sample 0.3] [--seeds 0,1,2]
+    PYTHONPATH=. .venv/bin/python -m tools.bench_cold_start [--model vgg11] [--size 224] [--sample 0.3] \
+        [--seeds 0,1,2] [--all-features]
 
 Per seed: a fresh in-process rr-server, one edge node that profiles the model once (`--sample`, that seed), then the
 edge's block predictions as the planner gets them (`gather_costs`: measured, predicted or cold-start, calibrated to
 the profile's whole-model time) against each block run alone here (ONNX Runtime, the node's settings, median of 5
 after 2 warm-ups). Prints one JSON object: per seed and block the provenance, predicted and measured ms; per seed the
-blocks not measured, their worst ratio predicted / measured and the median of |log ratio|. A shared machine's noise
-is in both columns alike; compare ratios within one run.
+blocks not measured, their worst ratio predicted / measured, the median of |log ratio|, and the sum of
+|predicted - measured| over the sum measured (`abs_error_share`: the error in ms that a plan would see). A shared
+machine's noise is in both columns alike; compare ratios within one run. `summary`: the medians of the last two over
+the seeds.
+
+`--all-features` fits the column prior to all of `rr_server.predictor.feature_vector` whatever the number of measured
+columns (the rule before `rr_server.prior_selection`), for comparison.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from rr_edge.meters.model import DEFAULT_POWER
 from rr_edge.offload import gather_costs
 from rr_edge.onnx_io import load_model
 from rr_edge.slicing import Slicer
-from rr_server import Server, ServerConfig
+from rr_server import Server, ServerConfig, predictor, prior_selection
 from tools._models import cached_export
 from tools._timing import session_median_ms
 
@@ -54,13 +60,16 @@ def one_seed(path: Path, sample: float, seed: int) -> dict[str, Any]:
                 }  # fmt: skip
                 for b, p in zip(graph.blocks, costs.edge, strict=True)
             ]
-    ratios = [b["predicted_ms"] / b["measured_ms"] for b in blocks if b["provenance"] != "measured"]
+    unmeasured = [b for b in blocks if b["provenance"] != "measured"]
+    ratios = [b["predicted_ms"] / b["measured_ms"] for b in unmeasured]
+    missed_ms = sum(abs(b["predicted_ms"] - b["measured_ms"]) for b in unmeasured)
     return {
         "seed": seed,
         "blocks": blocks,
         "unmeasured": len(ratios),
         "worst_ratio": min(ratios, key=lambda r: -abs(np.log(r))) if ratios else None,
         "median_abs_log_ratio": round(statistics.median(abs(float(np.log(r))) for r in ratios), 3) if ratios else None,
+        "abs_error_share": round(missed_ms / sum(b["measured_ms"] for b in unmeasured), 3) if unmeasured else None,
     }
 
 
@@ -70,13 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--sample", type=float, default=0.3)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--all-features", action="store_true", help="the prior on every feature (the earlier rule)")
     args = p.parse_args(argv)
+    if args.all_features:
+        predictor.choose_prior_features = lambda *fit: prior_selection.FEATURE_SETS[-1]  # type: ignore[assignment]
     path = cached_export(args.model, args.size)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = {
         "model": f"{args.model}@{args.size}",
         "sample": args.sample,
+        "prior": "all features" if args.all_features else "prior_features",
         "runs": [one_seed(path, args.sample, s) for s in seeds],
+    }
+    out["summary"] = {
+        key: statistics.median(r[key] for r in out["runs"] if r[key] is not None)
+        for key in ("median_abs_log_ratio", "abs_error_share")
     }
     json.dump(out, sys.stdout, indent=1)
     print()
