@@ -40,7 +40,6 @@ import numpy as np
 from rr_proto.allocator import release_free_memory
 from rr_server.cf_engine import engine_name, make_engine
 from rr_server.errors import Busy, NotFound
-from rr_server.prior_selection import choose_prior_features, standardized
 from rr_server.records import (
     MAX_ENERGY_MJ,
     MAX_LATENCY_MS,
@@ -119,7 +118,7 @@ class _Target:
     cols: dict[str, int]
     measured: np.ndarray  # per column: some node measured it (bool; a set of 40,000 signatures held megabytes)
     row_counts: dict[str, tuple[int, int]]  # per node: (values, hash of its (signature, value) pairs)
-    scale: tuple[np.ndarray, np.ndarray]  # mean and std of the prior's features (`rr_server.prior_selection`)
+    scale: tuple[np.ndarray, np.ndarray]
     edge_rows: np.ndarray  # rows of edge nodes (not the server's own row): what a node without a row is like
     bounds: tuple[float, float]  # a prediction is clipped to what a report may hold (an extrapolation can overflow)
     cold: dict[bytes, int] = field(default_factory=dict)  # engine columns added for queried feature vectors
@@ -149,7 +148,7 @@ class _Target:
         if new:
             mean, std = self.scale
             raws, additives = (np.stack(parts) for parts in zip(*new.values(), strict=True))
-            first = self.engine.add_cols(len(new), (raws[:, : len(mean)] - mean) / std, additives)
+            first = self.engine.add_cols(len(new), (raws - mean) / std, additives)
             self.cold.update({key: first + k for k, key in enumerate(new)})
         return keys
 
@@ -289,11 +288,12 @@ class Predictor:
         c = np.array([cols[signature] for _, signature, _ in data], dtype=np.int64)
         v = np.array([value for _, _, value in data], dtype=np.float64)
         blocks = [signatures.get(s, Features()) for s in col_names]
-        raw, additive = np.stack([feature_vector(f) for f in blocks]), additive_matrix(blocks)
-        raw = raw[:, : choose_prior_features(r, c, v, len(rows), raw, additive, make_engine)]
-        mean, std = standardized(raw)
+        raw = np.stack([feature_vector(f) for f in blocks])
+        mean, std = raw.mean(axis=0), raw.std(axis=0)
+        std[std == 0] = 1.0
         engine = make_engine(len(data))
-        engine.fit(r, c, v, len(rows), len(cols), col_features=(raw - mean) / std, additive_features=additive)
+        features = (raw - mean) / std
+        engine.fit(r, c, v, len(rows), len(cols), col_features=features, additive_features=additive_matrix(blocks))
         measured = np.zeros(len(cols), dtype=bool)
         measured[c] = True
         return _Target(engine, rows, cols, measured, counts, (mean, std), _edge_rows(rows, cloud), BOUNDS[quantity])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import grpc
-import numpy as np
 import pytest
 from _server_support import Stubs, layer, report, serving
 
@@ -14,7 +13,6 @@ from rr_edge.client import Client
 from rr_edge.profiles import BlockFeatures
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import predictor as predictor_module
-from rr_server import prior_selection
 from rr_server.records import (
     MAX_OP_NAME_LENGTH,
     MAX_OPS_PER_BLOCK,
@@ -449,51 +447,3 @@ def test_cold_start_from_a_few_alike_blocks_stays_near_them(tmp_path):
     assert all(a.latency_provenance == predictor_module.COLD_START for a in answers)
     assert all(0.387 / 100 < a.latency_ms < 0.541 * 100 for a in answers), [a.latency_ms for a in answers]
     storage.close()
-
-
-def test_a_first_profiles_cold_start_prior_is_chosen_by_held_out_columns(tmp_path):
-    """A first 30% profile of resnet18 at 224 measured four signatures: three residual 3x3-convolution blocks and the
-    average pool. A prior fitted to all 34 features from those priced the stem convolution (half a residual block's
-    FLOPs, no Add) at 0.6 ms on one thread; it runs 2.3 ms. Held-out columns pick log FLOPs alone here."""
-    from rr_server.cf_engine import make_engine
-    from rr_server.records import Features
-    from rr_server.storage import Storage
-
-    measured = {
-        "res64": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 463024128, 294912, 802816, 802816), 4.47),
-        "res256": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 462572544, 4718592, 200704, 200704), 4.50),
-        "res512": (Features(("Conv", "Relu", "Conv", "Add", "Relu"), 462497280, 18874368, 100352, 100352), 5.39),
-        "pool": (Features(("ReduceMean",), 25088, 16, 100352, 2048), 0.01),
-    }
-    stem = Features(("Conv", "Relu"), 236830720, 37632, 602112, 3211264)
-    blocks = [f for f, _ in measured.values()]
-    raw = np.stack([predictor_module.feature_vector(f) for f in blocks])
-    assert raw.shape[1] == prior_selection.FEATURE_SETS[-1]
-    rows, cols = np.zeros(4, dtype=np.int64), np.arange(4)
-    values = np.array([v for _, v in measured.values()])
-    additive = predictor_module.additive_matrix(blocks)
-    assert prior_selection.choose_prior_features(rows, cols, values, 1, raw, additive, make_engine) == 1
-
-    storage = Storage(tmp_path)
-    features = {s: f for s, (f, _) in measured.items()}
-    for node, scale in (("edge", 1.0), ("server", 0.55)):
-        storage.upsert_node(node, "edge", {})
-        storage.add_reports([Measurement(node, s, v * scale) for s, (_, v) in measured.items()], features, {}, [])
-    p = predictor_module.Predictor(storage)
-    p.refresh()
-    (answer,) = p.predict("edge", ["stem"], {"stem": stem})
-    assert answer.latency_provenance == predictor_module.COLD_START
-    assert 2.3 / 2 < answer.latency_ms < 2.3 * 2
-    storage.close()
-
-
-def test_the_prior_uses_every_feature_without_trials_once_enough_columns_are_measured():
-    def refuse(n_observed: int) -> None:
-        raise AssertionError("no trial fit expected")
-
-    n = prior_selection.CV_UNTIL_COLUMNS
-    raw = np.random.default_rng(0).standard_normal((n, prior_selection.FEATURE_SETS[-1]))
-    rows, cols, values = np.zeros(n, dtype=np.int64), np.arange(n), np.ones(n)
-    assert prior_selection.choose_prior_features(rows, cols, values, 1, raw, raw[:, :5], refuse) == 34
-    one = prior_selection.choose_prior_features(rows[:1], cols[:1], values[:1], 1, raw, raw[:, :5], refuse)
-    assert one == prior_selection.FEATURE_SETS[0]

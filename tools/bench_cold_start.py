@@ -1,7 +1,6 @@
 """Benchmark: how far a first profile's predictions are from each block's own time (docs/performance.md#cold-start).
 
-    PYTHONPATH=. .venv/bin/python -m tools.bench_cold_start [--model vgg11] [--size 224] [--sample 0.3] \
-        [--seeds 0,1,2] [--all-features]
+    PYTHONPATH=. .venv/bin/python -m tools.bench_cold_start [--model vgg11] [--size 224] [--sample 0.3] [--seeds 0,1,2]
 
 Per seed: a fresh in-process rr-server, one edge node that profiles the model once (`--sample`, that seed), then the
 edge's block predictions as the planner gets them (`gather_costs`: measured, predicted or cold-start, calibrated to
@@ -11,9 +10,6 @@ blocks not measured, their worst ratio predicted / measured, the median of |log 
 |predicted - measured| over the sum measured (`abs_error_share`: the error in ms that a plan would see). A shared
 machine's noise is in both columns alike; compare ratios within one run. `summary`: the medians of the last two over
 the seeds.
-
-`--all-features` fits the column prior to all of `rr_server.predictor.feature_vector` whatever the number of measured
-columns (the rule before `rr_server.prior_selection`), for comparison.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from rr_edge.meters.model import DEFAULT_POWER
 from rr_edge.offload import gather_costs
 from rr_edge.onnx_io import load_model
 from rr_edge.slicing import Slicer
-from rr_server import Server, ServerConfig, predictor, prior_selection
+from rr_server import Server, ServerConfig
 from tools._models import cached_export
 from tools._timing import session_median_ms
 
@@ -79,16 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--sample", type=float, default=0.3)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--all-features", action="store_true", help="the prior on every feature (the earlier rule)")
     args = p.parse_args(argv)
-    if args.all_features:
-        predictor.choose_prior_features = lambda *fit: prior_selection.FEATURE_SETS[-1]  # type: ignore[assignment]
     path = cached_export(args.model, args.size)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = {
         "model": f"{args.model}@{args.size}",
         "sample": args.sample,
-        "prior": "all features" if args.all_features else "prior_features",
         "runs": [one_seed(path, args.sample, s) for s in seeds],
     }
     out["summary"] = {
