@@ -61,14 +61,14 @@ def plan_quality(
                 x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
                 chosen = (report.chosen.i, report.chosen.j)
 
-                def median_ms(plans: list[tuple[int, int]], requests: int) -> dict[tuple[int, int], float]:
+                def medians(plans: list[tuple[int, int]], requests: int) -> dict[tuple[int, int], float]:
                     runs = measure_splits(lambda s: node.runner(path, s), plans, x, requests, seed=seed)
                     return {split: m.median_ms for split, m in runs.items()}
 
-                measured = median_ms(sorted(splits), repeat)
+                measured = medians(sorted(splits), repeat)
                 best = min(measured, key=measured.__getitem__)
-                head_to_head = median_ms([chosen, best], 2 * repeat) if best != chosen else {chosen: measured[chosen]}
-                per_block = _blocks(path, node.blocks(path), report.costs, node.settings)
+                head_to_head = medians([chosen, best], 2 * repeat) if best != chosen else {chosen: measured[chosen]}
+                per_block = _per_block(path, node.blocks(path), report.costs, node.settings)
     return {
         "model": model,
         "blocks": n,
@@ -86,7 +86,7 @@ def plan_quality(
     }
 
 
-def _blocks(path: Path, graph: BlockGraph, costs: Costs, settings: OrtSettings) -> list[dict[str, Any]]:
+def _per_block(path: Path, graph: BlockGraph, costs: Costs, settings: OrtSettings) -> list[dict[str, Any]]:
     """Each block's predictions on the edge and the cloud with their provenance, and its time alone on the edge's
     settings (median of 15 runs): where a plan's prediction went wrong."""
     slicer = Slicer(onnx.load(str(path)), graph)
