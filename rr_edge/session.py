@@ -2,8 +2,9 @@
 
 Every latency the node measures is tied to the settings it ran with (execution provider, intra/inter-op threads,
 graph optimisation level); they travel with each report (`RuntimeSettings` on the wire). Defaults: the best
-provider that really loads here, ``$RR_THREADS`` intra-op threads (the testbed sets it per device class) or ONNX
-Runtime's own choice, one inter-op thread, all graph optimisations.
+provider that really loads here, ``$RR_THREADS`` intra-op threads (the testbed sets it per device class) or one per
+physical core (ONNX Runtime's own count, given explicitly so that it pins no thread: `rr_edge.cpus`), one inter-op
+thread, all graph optimisations.
 
 `onnxruntime.get_available_providers()` lists what the wheel was built with (CUDA on onnxruntime-gpu), not what
 works: `usable_providers` creates a probe session and keeps what really loaded.
