@@ -28,19 +28,34 @@ def usable_cpus() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
+def _cpu_list(text: str) -> set[int]:
+    """The CPUs of a sysfs list such as "0-3,8"."""
+    cpus: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def physical_cores(cpus: Iterable[int] | None = None, sys_cpu: Path = SYS_CPU) -> int:
     """How many physical cores `cpus` (default: the usable ones) span: hyperthreads of one core count once, and a CPU
-    whose topology cannot be read counts alone."""
-    cores = set()
-    for cpu in usable_cpus() if cpus is None else cpus:
+    whose topology cannot be read counts alone unless a readable sibling lists it."""
+    wanted = usable_cpus() if cpus is None else set(cpus)
+    cores: set[frozenset[int]] = set()
+    unread = set()
+    for cpu in wanted:
         try:
-            cores.add((sys_cpu / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(len(cores), 1)
+            cores.add(frozenset(_cpu_list((sys_cpu / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text())))
+        except (OSError, ValueError):
+            unread.add(cpu)
+    covered = set().union(*cores)
+    return max(len(cores) + len(unread - covered), 1)
 
 
 def ort_threads(requested: int) -> int:
-    """The intra-op thread count to give ONNX Runtime: `requested`, or where it is 0 (ONNX Runtime's choice) the
-    count ONNX Runtime would choose, given explicitly so that its threads are not pinned."""
-    return requested if requested > 0 else physical_cores()
+    """The intra-op thread count to give ONNX Runtime: `requested`, or where it is 0 or less (ONNX Runtime's choice)
+    the count ONNX Runtime would choose, given explicitly so that its threads are not pinned. Without a sysfs CPU tree
+    (not Linux, or /sys masked) it stays 0, ONNX Runtime's own choice: cores cannot be told from hyperthreads there."""
+    if requested > 0:
+        return requested
+    return physical_cores() if SYS_CPU.is_dir() else 0

@@ -138,14 +138,15 @@ class OrtSettings:
             )
 
     def resolved(self) -> OrtSettings:
-        """Concrete settings: provider and thread count filled in from this machine."""
+        """Concrete settings: provider and thread count filled in from this machine (0 threads: the count
+        `rr_edge.cpus.ort_threads` gives ONNX Runtime, so that reports name the threads that really ran)."""
         usable = usable_providers()
         default = "CUDAExecutionProvider" if "CUDAExecutionProvider" in usable else usable[0]  # TensorRT: opt-in
         provider = provider_name(self.provider) if self.provider else default
         if provider not in usable:
             raise RoadRunnerError(f"execution provider {provider} does not load here (usable: {', '.join(usable)})")
         threads = _default_threads() if self.intra_op_threads < 0 else self.intra_op_threads
-        return replace(self, provider=provider, intra_op_threads=threads)
+        return replace(self, provider=provider, intra_op_threads=ort_threads(threads))  # reported as it runs
 
     @property
     def uses_gpu(self) -> bool:

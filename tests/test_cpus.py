@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from rr_edge import cpus
 from rr_edge.cpus import ort_threads, physical_cores
 from rr_edge.session import OrtSettings
 from rr_server.sessions import session_options
@@ -28,15 +29,20 @@ def test_hyperthreads_of_one_core_count_once(tmp_path):
     assert physical_cores([0, 2], sys_cpu) == 1  # an affinity of one core's two threads
 
 
-def test_a_cpu_without_readable_topology_counts_alone(tmp_path):
-    sys_cpu = _topology(tmp_path, {0: "0-1", 1: "0-1"})
+def test_a_cpu_without_readable_topology_counts_alone_unless_a_sibling_lists_it(tmp_path):
+    sys_cpu = _topology(tmp_path, {0: "0-1", 1: "0-1", 2: "2,3"})
     assert physical_cores([0, 1, 5], sys_cpu) == 2
+    assert physical_cores([0, 2, 3], sys_cpu) == 2  # cpu3 unreadable, but cpu2 names it as its sibling
     assert physical_cores([], sys_cpu) == 1
 
 
-def test_an_explicit_thread_count_is_kept_and_zero_is_the_core_count():
+def test_an_explicit_thread_count_is_kept_and_zero_is_the_core_count(monkeypatch):
     assert ort_threads(3) == 3
-    assert ort_threads(0) == physical_cores() >= 1
+    assert ort_threads(0) == ort_threads(-1) == physical_cores() >= 1
+    monkeypatch.delenv("RR_THREADS", raising=False)
+    assert OrtSettings().resolved().intra_op_threads == physical_cores()  # what reports say is what runs
+    monkeypatch.setattr(cpus, "SYS_CPU", Path("/nonexistent"))
+    assert ort_threads(0) == 0  # no sysfs: ONNX Runtime's own choice
 
 
 def _pinned_threads_made_by(options: ort.SessionOptions) -> list[str]:

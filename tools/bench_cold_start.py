@@ -69,6 +69,12 @@ def one_seed(path: Path, sample: float, seed: int) -> dict[str, Any]:
     }
 
 
+def _median(values: list[float | None]) -> float | None:
+    """The median of the values a run had (None: every block was measured in every run)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vgg11")
@@ -84,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [one_seed(path, args.sample, s) for s in seeds],
     }
     out["summary"] = {
-        key: statistics.median(r[key] for r in out["runs"] if r[key] is not None)
-        for key in ("median_abs_log_ratio", "abs_error_share")
+        key: _median([r[key] for r in out["runs"]]) for key in ("median_abs_log_ratio", "abs_error_share")
     }
     json.dump(out, sys.stdout, indent=1)
     print()

@@ -64,7 +64,7 @@ def _two_callers(
     """Both sessions run at once, from a common start until the first has done `runs` runs: (runs per second of the
     two together, each thread's median ms, faster first)."""
     times: list[list[float]] = [[] for _ in sessions]
-    ready = threading.Barrier(len(sessions) + 1)
+    ready = threading.Barrier(len(sessions) + 1, timeout=60)  # a warm-up that fails breaks it, not hangs
     stop = threading.Event()
 
     def call(k: int) -> None:
@@ -85,7 +85,8 @@ def _two_callers(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return sum(map(len, times)) / elapsed, sorted(statistics.median(t) for t in times)
+    # a thread the scheduler never let run before the other finished has no runs: nan, not a crash
+    return sum(map(len, times)) / elapsed, sorted(statistics.median(t) if t else float("nan") for t in times)
 
 
 def bench(model: str, rounds: int, runs: int) -> dict:

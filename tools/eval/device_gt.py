@@ -17,6 +17,7 @@ from typing import Any
 import onnxruntime as ort
 
 from rr_edge.blocks import analyze
+from rr_edge.cpus import ort_threads
 from rr_edge.meters.model import resolve_power
 from rr_edge.onnx_io import load_model
 from rr_edge.session import OrtSettings, random_feeds
@@ -57,7 +58,7 @@ def session_opener(device: str) -> tuple[Callable[[bytes], Any], dict[str, Any]]
     server class as `rr-server` opens a slice (`rr_server.sessions.session_options`: its pool threads do not spin)."""
     if device == SERVER_CLASS:
         providers = resolve_providers(DEFAULT_PROVIDERS)
-        recorded = {"execution_provider": providers[0], "intra_op_threads": 0, "spinning": False}  # 0: ORT's default
+        recorded = {"execution_provider": providers[0], "intra_op_threads": ort_threads(0), "spinning": False}
         return lambda data: ort.InferenceSession(data, session_options(), providers=providers), recorded
     settings = OrtSettings().resolved()
     recorded = {"execution_provider": settings.provider, "intra_op_threads": settings.intra_op_threads}
