@@ -134,7 +134,8 @@ def test_profile_plan_json_against_real_server(server, tmp_path):
     )
     # the slice is made ready once, outside the requests: measured on its own, its prediction shared by the 5
     assert ran["amortize_over"] <= 5 and ran["upload_ms"] >= 0  # a re-plan spreads uploads over the requests left
-    assert (ran["upload_ms"] > 0) == (ran["predicted"]["i"] < ran["predicted"]["j"])
+    # a slice was made ready iff some plan of the run offloads (a re-plan may have moved to all-local after it)
+    assert (ran["upload_ms"] > 0) == any(i < j for i, j in ran["splits_used"])
     share = ran["predicted"]["weight_upload_ms"]
     assert 0 <= share <= ran["predicted"]["latency_ms"]
     if ran["replans"] == 0:  # a busy machine's drift can re-plan, and a re-plan counts an uploaded slice as cached
