@@ -31,6 +31,7 @@ from rr_edge.cpus import physical_cores, usable_cpus
 from rr_edge.session import random_feeds
 from rr_server.sessions import session_options
 from tools._models import cached_export
+from tools._timing import median_ms
 
 KINDS = ("pinned", "explicit")
 
@@ -48,14 +49,9 @@ def _median_ms(session: ort.InferenceSession, feeds: dict[str, np.ndarray], runs
         os.sched_setaffinity(0, {cpu})  # this thread only (Linux: 0 is the calling thread)
     try:
         session.run(None, feeds)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times.append((time.perf_counter() - start) * 1e3)
+        return median_ms(lambda: session.run(None, feeds), runs)
     finally:
         os.sched_setaffinity(0, allowed)
-    return statistics.median(times)
 
 
 def _two_callers(

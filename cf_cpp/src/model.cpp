@@ -30,10 +30,6 @@ void reserve_more(std::vector<T>& v, std::size_t more) {
   if (needed > v.capacity()) v.reserve(std::max(needed, 2 * v.capacity()));
 }
 
-}  // namespace
-
-namespace {
-
 // A new column's standardised features beyond this many standard deviations are rejected: it keeps the prior
 // (linear in them) and the kernel residual (quadratic, squared again) finite.
 constexpr double kMaxStandardised = 1e50;
