@@ -11,7 +11,6 @@ parallel without an event loop; docs/performance.md ("Server and transport") has
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import ssl
 import threading
@@ -24,6 +23,7 @@ import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rr_edge.device import cpu_cores, cpu_model, memory_bytes
 from rr_proto.inference import grpc_service_pb2 as kserve_pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
@@ -286,9 +286,10 @@ class Server:
         )
 
     def _register_cloud_node(self) -> None:
-        device = {
-            "cpu_model": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count() or 0,
+        device = {  # read as an edge reads its own (`rr_edge.device`): the CPUs this process may use, not all
+            "cpu_model": cpu_model(),
+            "cpu_cores": cpu_cores(),
+            "memory_bytes": memory_bytes(),
             "ort_version": ort.__version__,
             "ort_providers": list(self.providers),
             "hostname": platform.node(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 
@@ -59,6 +60,21 @@ def test_register_get_list_and_server_info(env):
     assert info.max_message_bytes == server.config.max_message_bytes and info.max_slice_bytes > 0
     cloud = stubs.nodes.GetNode(rr.GetNodeRequest(node_id="cloud"), timeout=5).node
     assert cloud.role == rr.NODE_ROLE_CLOUD
+
+
+def test_cloud_node_reports_the_cpus_the_server_may_use(tmp_path):
+    """The server describes its own node as an edge does (rr_edge.device): under a CPU affinity, the CPUs it may use,
+    not all of the machine's."""
+    everything = os.sched_getaffinity(0)
+    one = {min(everything)}
+    os.sched_setaffinity(0, one)  # this thread's: the server registers its node from the thread that starts it
+    try:
+        with serving(tmp_path) as (_, stubs):
+            cloud = stubs.nodes.GetNode(rr.GetNodeRequest(node_id="cloud"), timeout=5).node
+    finally:
+        os.sched_setaffinity(0, everything)
+    assert cloud.device.cpu_cores == 1
+    assert cloud.device.memory_bytes > 0 and cloud.device.cpu_model
 
 
 def test_register_errors(env):
