@@ -127,9 +127,9 @@ def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseExc
     if isinstance(exc, ServerError):
         code = exc.code
         log.info("%s -> %s: %s", method, code.name, exc.details())
-    elif isinstance(exc, grpc.RpcError):  # the client went away while we read its stream
+    elif isinstance(exc, grpc.RpcError):  # the stream ended under us while we read it
         code = grpc.StatusCode.CANCELLED
-        log.info("%s cancelled by the client", method)
+        log.info("%s cancelled: the client went away, or the server is stopping", method)
     elif exc is not None:
         code = grpc.StatusCode.INTERNAL
         log.error("%s failed", method, exc_info=exc)
