@@ -46,9 +46,8 @@ def single_split_costs(inputs: PlanInputs) -> tuple[np.ndarray, np.ndarray]:
     up_b = inputs.boundary_bytes
     down_b = float(inputs.boundary_bytes[n])
     up_ms = np.asarray(inputs.uplink.predict_ms(up_b))
-    down_ms = float(inputs.downlink.predict_ms(down_b))
+    down_ms, down_mJ = inputs.answer(down_b)
     up_mJ = transfer_mJ(inputs.uplink, up_b, up_ms, inputs.tx_power_W)
-    down_mJ = transfer_mJ(inputs.downlink, down_b, down_ms, inputs.receive_power_W)
     lat = head + up_ms + cloud + down_ms
     en = head_mJ + up_mJ + down_mJ + inputs.idle_power_W * cloud
     if not inputs.preloaded:

@@ -7,12 +7,15 @@ cloud; j = N-1 returns the model output. Cost of an offloading plan, per inferen
     latency_ms = c * edge_ms[0..i]                      head, c = e2e correction (whole-model ms / sum of block ms)
                + up(boundary[i+1]) + W / K              input of block i+1 sent up; W = upload(slice bytes i+1..j)
                + c_cloud * cloud_ms[i+1..j]             cloud compute
-               + down(boundary[j+1])                    input of block j+1 (the model output when j = N-1) sent down
+               + down(boundary[j+1]) - rt               input of block j+1 (the model output when j = N-1) sent down
                + c * edge_ms[j+1..N-1]                  tail
     energy_mJ  = c * edge_mJ[head + tail]
                + transfer energy (network model's mJ, else tx_power_W x uplink / upload ms and rx_power_W x
                                  downlink ms; weights / K)
                + idle_power_W x cloud ms                the edge waits for the cloud
+
+``rt`` = min(up(0), down(0)): both echo curves hold one round trip of the link, and a request with its answer makes
+one (`rr_edge.netmodel.round_trip_overlap_ms`); the breakdown's ``downlink_ms`` is the answer's time beyond it.
 
 ``upload`` is the measured cost of a whole slice upload (the edge's hashing, the transfer, the server's validation,
 durable write and session opening; `rr_edge.netprofile`), ``up`` / ``down`` the echo transfer curves; without an
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from rr_edge.errors import ArgumentError
-from rr_edge.netmodel import NetworkModel
+from rr_edge.netmodel import NetworkModel, answer_ms
 
 BREAKDOWN = (  # keys of Plan.breakdown: *_ms add up to latency_ms, *_mJ to energy_mJ
     "head_ms", "uplink_ms", "weight_upload_ms", "cloud_ms", "downlink_ms", "tail_ms",
@@ -148,6 +151,18 @@ class PlanInputs:
             out |= counts[np.asarray(j) + 1] - counts[r] > 0
         return out
 
+    def answer(self, nbytes: Any) -> tuple[Any, Any]:
+        """(ms, edge mJ) that an answer of ``nbytes`` bytes adds to its request's round trip: the downlink's time
+        less the round trip the uplink's already holds (`rr_edge.netmodel.answer_ms`), and that share of the
+        downlink's energy (metered, or ``receive_power_W`` x ms). Scalars or arrays, as given."""
+        ms = answer_ms(self.uplink, self.downlink, nbytes)
+        if not self.downlink.has_energy:
+            return ms, self.receive_power_W * ms
+        full = np.asarray(self.downlink.predict_ms(nbytes))
+        share = np.divide(ms, full, out=np.zeros(full.shape), where=full > 0)
+        mJ = np.asarray(self.downlink.predict_mJ(nbytes)) * share
+        return ms, float(mJ) if mJ.ndim == 0 else mJ
+
     @property
     def weight_link(self) -> NetworkModel:
         """The curve slice weight uploads are costed with."""
@@ -220,9 +235,8 @@ def plan_cost(inputs: PlanInputs, i: int, j: int) -> Plan:
     if j > i:
         up_b, down_b = float(inputs.boundary_bytes[i + 1]), float(inputs.boundary_bytes[j + 1])
         cloud = float(inputs.cloud_correction) * float(inputs.cloud_ms[i + 1 : j + 1].sum())
-        up_ms, down_ms = inputs.uplink.predict_ms(up_b), inputs.downlink.predict_ms(down_b)
-        xfer = transfer_mJ(inputs.uplink, up_b, up_ms, inputs.tx_power_W)
-        xfer += transfer_mJ(inputs.downlink, down_b, down_ms, inputs.receive_power_W)
+        up_ms, (down_ms, down_mJ) = inputs.uplink.predict_ms(up_b), inputs.answer(down_b)
+        xfer = transfer_mJ(inputs.uplink, up_b, up_ms, inputs.tx_power_W) + down_mJ
         w_ms = w_mJ = 0.0
         if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
             wbytes = int(inputs.upload_bytes[i + 1 : j + 1].sum())
@@ -256,9 +270,9 @@ def plan_costs(inputs: PlanInputs, i: Sequence[int] | np.ndarray, j: Sequence[in
     z = np.zeros(ii.size)
     up_b, down_b = np.where(off, bb[r], 0.0), np.where(off, bb[j1], 0.0)
     up_ms = np.where(off, inputs.uplink.predict_ms(bb[r]), 0.0)
-    down_ms = np.where(off, inputs.downlink.predict_ms(bb[j1]), 0.0)
-    xfer = np.where(off, transfer_mJ(inputs.uplink, bb[r], up_ms, inputs.tx_power_W)
-                    + transfer_mJ(inputs.downlink, bb[j1], down_ms, inputs.receive_power_W), 0.0)  # fmt: skip
+    ans_ms, ans_mJ = inputs.answer(bb[j1])
+    down_ms = np.where(off, ans_ms, 0.0)
+    xfer = np.where(off, transfer_mJ(inputs.uplink, bb[r], up_ms, inputs.tx_power_W) + ans_mJ, 0.0)
     cloud = np.where(off, (pc[j1] - pc[r]) * float(inputs.cloud_correction), 0.0)
     cached = np.array([(int(a), int(b)) in inputs.cached_slices for a, b in zip(r, jj, strict=True)], dtype=bool)
     charged = off & ~cached & (not inputs.preloaded)

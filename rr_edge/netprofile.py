@@ -12,8 +12,9 @@ on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and eac
 over the sizes (see `measure_direction`); a few small warm-up transfers open the connection first. The sweep adapts
 to the link: sizes are first timed once each, smallest first, and the first size whose transfer takes longer than
 `max_transfer_s` is the largest measured (on a 10 Mbit/s link the full 256 MiB sweep took about 45 minutes and its
-largest transfers ran past their deadlines); larger messages are costed by continuing the curve with the slope of
-its top sizes, and the direction's notes say where the sweep stopped. Energy, where a meter is given, is metered per
+largest transfers ran past their deadlines); larger messages are costed by continuing the chosen curve in a straight
+line (`rr_edge.netmodel`: a pwl curve with the slope of its top sizes, the others with the affine fit's), and the
+direction's notes say where the sweep stopped. Energy, where a meter is given, is metered per
 size over consecutive transfers lasting at least the meter's minimum window, and divided per transfer. Fits come
 from `rr_edge.netmodel.fit_network_model`: the 4th-order polynomial, the affine model and the piecewise-linear
 curve, each with its held-out error, and the chosen one.
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rr_edge.errors import ArgumentError, ServerBusy
+from rr_edge.errors import ArgumentError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.netmodel import NetworkModel, fit_network_model
 from rr_edge.profiles import DirectionProfile, NetworkProfile, NetworkSample
@@ -92,6 +93,8 @@ class NetProfileConfig:
                 raise ArgumentError(f"{name} must be a finite number, got {getattr(self, name)}")
         if min(self.min_time_s, self.upload_min_mb, self.upload_max_mb, self.max_transfer_s) < 0:
             raise ArgumentError("min_time_s, upload_min_mb, upload_max_mb and max_transfer_s must be >= 0")
+        if self.min_bytes < 1:
+            raise ArgumentError(f"min_bytes must be at least 1, got {self.min_bytes}")
         if self.max_mb * MiB < 2 * self.min_bytes:
             raise ArgumentError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
         if self.max_mb > MAX_ECHO_MB:  # else the sweep would send up to there before the server refused
@@ -338,7 +341,8 @@ def _stop_note(measured: Sequence[NetworkSample], planned: Sequence[int], max_tr
         return ()
     return (
         f"sizes over {largest / MiB:.3g} MiB not measured: a transfer of that size took over {max_transfer_s:g} s "
-        "(max_transfer_s); larger messages are costed with the slope of the top sizes",
+        "(max_transfer_s, --max-transfer-s); larger messages are costed by continuing the chosen curve in a straight "
+        "line",
     )
 
 
@@ -370,19 +374,17 @@ def profile_network(
     def build_probe(n: int) -> None:
         probes[n] = probe_slice(n, seed=n)
 
-    def upload(n: int) -> object:
+    def upload_probe(n: int) -> object:
         return client.upload_slice(probes[n], "netprofile upload probe", probe=True, busy_wait_s=0)
 
-    plan: list[tuple[str, Callable[[int], object], Callable[[int], object] | None, list[int], str]] = [
-        ("uplink", up, None, sizes, "tx"),
-        ("downlink", down, None, sizes, "rx"),
-    ]
-    if probe_sizes:
-        plan.append(("upload", upload, build_probe, probe_sizes, "tx"))
-    directions: dict[str, DirectionProfile | None] = {}
-    for name, transfer, prepare, direction_sizes, activity in plan:
-
-        def report(done: int, total: int, size: int, name: str = name) -> None:
+    def measure(
+        name: str,
+        transfer: Callable[[int], object],
+        direction_sizes: list[int],
+        activity: str,
+        prepare: Callable[[int], object] | None = None,
+    ) -> DirectionProfile | None:
+        def report(done: int, total: int, size: int) -> None:
             if progress:
                 progress(name, done, total, f"{size / MiB:.3g} MiB" if size else "")
 
@@ -401,24 +403,28 @@ def profile_network(
         if prepare is not None:  # a probe is its weight bytes and a small graph: fitted to the bytes sent
             samples = [replace(s, bytes=len(probes[s.bytes])) for s in samples]
         fitted = fit_direction(samples, name)
-        directions[name] = d = with_bandwidth(replace(fitted, notes=fitted.notes + stopped), name)
-        if d is None:
-            continue
-        log.info(
-            "%s: chosen %s (held-out error poly4 %.3f, affine %.3f)",
-            name,
-            d.chosen_model,
-            d.poly4_error,
-            d.affine_error,
-        )
-    uplink, downlink = directions["uplink"], directions["downlink"]
+        d = with_bandwidth(replace(fitted, notes=fitted.notes + stopped), name)
+        if d is not None:
+            log.info("%s: chosen %s (held-out error poly4 %.3f, affine %.3f)", name, d.chosen_model,
+                     d.poly4_error, d.affine_error)  # fmt: skip
+        return d
+
+    uplink, downlink = measure("uplink", up, sizes, "tx"), measure("downlink", down, sizes, "rx")
     assert uplink is not None and downlink is not None  # with_bandwidth raises for them
+    upload = None
+    if probe_sizes:
+        try:
+            upload = measure("upload", upload_probe, probe_sizes, "tx", prepare=build_probe)
+        except (ArgumentError, ServerError) as exc:  # the two curves measured so far are kept
+            if isinstance(exc, ServerUnavailable):
+                raise
+            log.warning("upload probes failed, slice uploads are costed with the uplink curve: %s", exc)
     return NetworkProfile(
         uplink=uplink,
         downlink=downlink,
         energy_source=meter.source if meter is not None else "",
         measured_at=time.time(),
-        upload=directions.get("upload"),
+        upload=upload,
     )
 
 

@@ -295,7 +295,7 @@ def replan(report: PlanReport, graph: BlockGraph, runner: Runner, amortize_over:
     uplink, downlink = runner.network_models()
     if uplink is None or downlink is None:
         return report
-    costs = replace(report.costs, uplink=uplink.rebased(), downlink=downlink.rebased())
+    costs = with_link(report.costs, uplink, downlink)
     i, j = runner.slices.split
     cached = [*report.options.get("cached", ()), *([(i + 1, j)] if i < j else [])]
     options = {**report.options, "cached": cached}
@@ -317,11 +317,20 @@ def replan_with_probe(
         start = time.perf_counter()
         echo(LINK_PROBE_BYTES, busy_wait_s=0)
         elapsed_ms = (time.perf_counter() - start) * 1e3
-        measured.append(model.update(LINK_PROBE_BYTES, elapsed_ms, alpha=1.0).rebased())
+        measured.append(model.update(LINK_PROBE_BYTES, elapsed_ms, alpha=1.0))
     options = dict(report.options)
     if amortize_over is not None:
         options["amortize_over"] = max(int(amortize_over), 1)
-    return make_plan(graph, replace(costs, uplink=measured[0], downlink=measured[1]), **options)
+    return make_plan(graph, with_link(costs, measured[0], measured[1]), **options)
+
+
+def with_link(costs: Costs, uplink: NetworkModel, downlink: NetworkModel) -> Costs:
+    """`costs` with the link as measured since: the two curves, and the slice upload curve scaled as the uplink
+    moved (it is the same link; a re-plan after a 10x slowdown had costed a new slice's upload at the old speed)."""
+    upload = costs.upload
+    if upload is not None:
+        upload = replace(upload, drift=upload.drift * uplink.drift / costs.uplink.drift).rebased()
+    return replace(costs, uplink=uplink.rebased(), downlink=downlink.rebased(), upload=upload)
 
 
 def plan_with_server_cache(

@@ -5,9 +5,10 @@ depends only on its first cloud block r = i + 1 and a part that depends only on 
 
     latency(r, j) = row_ms[r] + col_ms[j] (+ upload(r, j) when the upload curve is not affine)
     row_ms[r] = c * edge_ms[0..r-1] + up(boundary[r]) - cloud_prefix[r] (- b * weight_prefix[r] + a, folded upload)
-    col_ms[j] = cloud_prefix[j+1] + down(boundary[j+1]) + c * edge_ms[j+1..N-1] (+ b * weight_prefix[j+1])
+    col_ms[j] = cloud_prefix[j+1] + answer(boundary[j+1]) + c * edge_ms[j+1..N-1] (+ b * weight_prefix[j+1])
 
-and likewise for energy. `evaluate_all` builds these vectors in O(N); the (N+1) x N matrices of all plans are
+where answer(b) = down(b) less the round trip both curves hold (`PlanInputs.answer`), and likewise for energy.
+`evaluate_all` builds these vectors in O(N); the (N+1) x N matrices of all plans are
 materialised only when asked for. `pareto` uses the structure to discard whole rows and columns of dominated plans
 in O(N) and examines the few remaining cells exactly, so planning a 1,000-block model takes milliseconds.
 """
@@ -179,9 +180,8 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
     pw = np.concatenate(([0.0], np.cumsum(inputs.upload_bytes)))
     bb = inputs.boundary_bytes
     up_ms = np.asarray(inputs.uplink.predict_ms(bb))
-    down_ms = np.asarray(inputs.downlink.predict_ms(bb))
     up_mJ = transfer_mJ(inputs.uplink, bb, up_ms, inputs.tx_power_W)
-    down_mJ = transfer_mJ(inputs.downlink, bb, down_ms, inputs.receive_power_W)
+    down_ms, down_mJ = (np.asarray(v) for v in inputs.answer(bb))
     idle = float(inputs.idle_power_W)
     row_ms = pe + up_ms - pc  # per r: head + uplink - cloud prefix
     col_ms = pc[1:] + down_ms[1:] + (pe[n] - pe[1:])  # per j: cloud prefix + downlink + tail

@@ -38,7 +38,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from rr_edge.client import DEFAULT_TIMEOUT_S
 from rr_edge.errors import ArgumentError, InputError, ModelError, ServerBusy, ServerError, ServerUnavailable
-from rr_edge.netmodel import DEFAULT_DRIFT_THRESHOLD, NetworkModel, split_network_ms
+from rr_edge.netmodel import DEFAULT_DRIFT_THRESHOLD, NetworkModel, round_trip_ms, split_network_ms
 from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits, ort_reason
 
 if TYPE_CHECKING:
@@ -274,14 +274,17 @@ class _Link:
 
     def update(self, result: RunResult) -> None:
         """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
-        predicted it: `RunResult.remote_parts`) is the network's, shared between the two directions as their models
-        predict."""
+        predicted it: `RunResult.remote_parts`) is the network's. Over the predicted network time (`round_trip_ms`)
+        it is the ratio both directions' curves learn: each curve is an echo call's time, and both hold the one
+        round trip a request makes."""
         if self.uplink is None or self.downlink is None:
             return
         _, network_ms = result.remote_parts(self.expected_cloud_ms)
-        up_ms, down_ms = split_network_ms(network_ms, self.uplink, self.downlink, result.bytes_up, result.bytes_down)
-        self.uplink = self.uplink.update(result.bytes_up, up_ms)
-        self.downlink = self.downlink.update(result.bytes_down, down_ms)
+        predicted = round_trip_ms(self.uplink, self.downlink, result.bytes_up, result.bytes_down)
+        if predicted > 0:  # curves that cost nothing cannot be scaled to anything
+            ratio = network_ms / predicted
+            self.uplink = self.uplink.update(result.bytes_up, self.uplink.predict_ms(result.bytes_up) * ratio)
+            self.downlink = self.downlink.update(result.bytes_down, self.downlink.predict_ms(result.bytes_down) * ratio)
         self.last = result
 
     def timed_out(self, bytes_up: int, waited_ms: float) -> None:

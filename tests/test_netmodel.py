@@ -8,7 +8,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rr_edge.netmodel import AFFINE, POLY4, PWL, NetworkModel, fit_network_model
+from rr_edge.netmodel import (
+    AFFINE,
+    POLY4,
+    PWL,
+    NetworkModel,
+    answer_ms,
+    fit_network_model,
+    round_trip_ms,
+    round_trip_overlap_ms,
+    split_network_ms,
+)
 
 RTT_MS = 2.0
 BYTES_PER_MS = 80_000.0  # 80 MB/s, the paper's link
@@ -152,6 +162,25 @@ def test_ew_update_and_drift_detection():
     assert faster.drifted() and faster.drift < 0.75
     with pytest.raises(ValueError):
         model.update([1, 2], [1.0])
+    zero = NetworkModel.affine(0.0, 100.0)  # a curve at 0 ms for 0 bytes: no ratio to it exists
+    assert zero.update(0, 1.0).drift == 1.0
+    assert zero.update([0, 100], [1.0, 2.0], alpha=0.5).drift == pytest.approx(1.5)  # only the 100 bytes count
+
+
+def test_a_request_and_its_answer_pay_the_links_round_trip_once():
+    """Each curve is an echo call's time, so each holds one round trip of the link (40 ms here); a request sent up
+    and its answer sent down make one round trip, not two (found by review: 85 ms predicted where 42 were spent)."""
+    up = NetworkModel.affine(40.0, 1000.0)
+    down = NetworkModel.affine(45.0, 2000.0)  # its calls cost 5 ms more: that part is the answer's own
+    assert round_trip_overlap_ms(up, down) == pytest.approx(40.0)
+    assert round_trip_ms(up, down, 1000, 4000) == pytest.approx(40.0 + 1.0 + 5.0 + 2.0)
+    assert answer_ms(up, down, np.array([0.0, 4000.0])) == pytest.approx([5.0, 7.0])
+    assert isinstance(answer_ms(up, down, 4000), float)
+    slower = replace(up, drift=2.0)  # the round trip is the drifted curves' smaller fixed cost
+    assert round_trip_overlap_ms(slower, down) == pytest.approx(45.0)
+    assert round_trip_ms(slower, down, 1000, 4000) == pytest.approx(82.0 + 2.0)
+    # a measured round trip is shared as the planner charges it: the fixed cost with the uplink
+    assert split_network_ms(48.0, up, down, 1000, 4000) == pytest.approx((41.0, 7.0))
 
 
 def test_round_trip_through_dict_and_json():

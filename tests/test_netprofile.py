@@ -14,7 +14,7 @@ from _retry import retry_once
 from _server_process import ServerProcess
 
 from rr_edge.client import Client, slice_id_of
-from rr_edge.errors import ServerBusy
+from rr_edge.errors import ArgumentError, ServerBusy, ServerError
 from rr_edge.meters import ModelMeter, PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import (
@@ -335,6 +335,47 @@ def test_upload_probes_keep_within_the_servers_slice_limit(tmp_path: Path) -> No
         server.terminate(timeout=15)
 
 
+def test_failed_upload_probes_keep_the_two_measured_directions(
+    server_process: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Upload probes run after both echo sweeps: one refused for a reason other than a busy server (here the
+    server's disk, as it would say RESOURCE_EXHAUSTED) had discarded the whole profile, minutes of measuring on a slow
+    link. The two directions are kept and uploads are costed with the uplink; a server gone still fails it."""
+    from rr_edge.errors import ServerUnavailable
+
+    config = NetProfileConfig(max_mb=1, repeats=1, min_time_s=0.0, upload_min_mb=0.0625, upload_max_mb=1)
+    with Client(server_process) as client:
+        real = client.upload_slice
+
+        def full_disk(data: bytes, *args: object, **kwargs: object) -> object:
+            if len(data) > 2**19:
+                raise ServerError("UploadSlice: RESOURCE_EXHAUSTED: no space left on the server's disk")
+            return real(data, *args, **kwargs)
+
+        client.upload_slice = full_disk  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="rr_edge.netprofile"):
+            profile = profile_network(client, config)
+        assert profile.upload is None and profile.uplink.samples and profile.downlink.samples
+        assert "upload probes failed" in caplog.text and "no space left" in caplog.text
+
+        def gone(*args: object, **kwargs: object) -> object:
+            raise ServerUnavailable("the server went away")
+
+        client.upload_slice = gone  # type: ignore[method-assign]
+        with pytest.raises(ServerUnavailable):
+            profile_network(client, config)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [("min_bytes", 0, "min_bytes"), ("repeats", 0, "repeats"), ("upload_max_mb", 0.1, "upload_max_mb")],
+)
+def test_a_config_that_cannot_sweep_is_refused_with_its_field_named(field: str, value: float, says: str) -> None:
+    """min_bytes 0 had passed and failed later in log_sizes with a bare ZeroDivisionError (found by review)."""
+    with pytest.raises(ArgumentError, match=says):
+        NetProfileConfig(**{field: value})
+
+
 def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -349,8 +390,9 @@ def test_netprofile_command_json(server_process: str, capsys: pytest.CaptureFixt
         assert out[d]["chosen_model"] in ("affine", "poly4", "pwl") and out[d]["max_bytes"] == 1024 * 1024
         assert out[d]["affine_error"] >= 0
     assert out["upload"] is None  # --upload-max-mb 0: no probes
-    assert main(argv[:-3] + ["--upload-max-mb", "0.2"]) == 2  # fewer than three probe sizes: a usage error
-    assert "upload_max_mb" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # fewer than three probe sizes: a usage error, naming the flag
+        main(argv[:-3] + ["--upload-max-mb", "0.2"])
+    assert "--upload-max-mb: 0 (no upload probes) or at least 0.25" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(argv[:-1] + ["--max-transfer-s", "-1"])
     assert "--max-transfer-s" in capsys.readouterr().err

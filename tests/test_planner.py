@@ -67,10 +67,14 @@ def brute_force(inputs: PlanInputs) -> list[tuple[int, int, float, float]]:
                 else:
                     lat += inputs.cloud_ms[k]
                     en += inputs.idle_power_W * inputs.cloud_ms[k]
-            for model, b, watts in ((up, inputs.boundary_bytes[i + 1], tx), (down, inputs.boundary_bytes[j + 1], rx)):
-                ms = model.predict_ms(b)
-                lat += ms
-                en += model.predict_mJ(b) if model.has_energy else watts * ms
+            ms = up.predict_ms(inputs.boundary_bytes[i + 1])
+            lat += ms
+            en += up.predict_mJ(inputs.boundary_bytes[i + 1]) if up.has_energy else tx * ms
+            # the answer: the downlink's time less the one round trip both echo curves hold, and that share of its mJ
+            b = inputs.boundary_bytes[j + 1]
+            ms = max(down.predict_ms(b) - min(up.predict_ms(0), down.predict_ms(0)), 0.0)
+            lat += ms
+            en += down.predict_mJ(b) * ms / down.predict_ms(b) if down.has_energy else rx * ms
             if not inputs.preloaded and (i + 1, j) not in inputs.cached_slices:
                 w = sum(inputs.upload_bytes[i + 1 : j + 1])
                 wl = inputs.upload or up  # whole slice uploads have their own curve when profiled
@@ -120,41 +124,42 @@ def test_all_local_optimum_when_the_network_is_slow():
 
 def test_start_on_cloud_optimum_i_minus_one():
     # block 0 is expensive on the edge and its input is tiny; block 1 is cheap; its input (boundary 1) is huge.
-    # (-1, 0): 0 + up(10)=1.01 + cloud 1 + down(5000)=6 + tail 1 = 9.01
-    # (-1, 1): up 1.01 + cloud 2 + down(10)=1.01 = 4.02   <- optimum
+    # Each link costs 1 ms per message: a request and its answer pay that once, so the answer adds bytes / 1000 ms.
+    # (-1, 0): 0 + up(10)=1.01 + cloud 1 + answer(5000)=5 + tail 1 = 8.01
+    # (-1, 1): up 1.01 + cloud 2 + answer(10)=0.01 = 3.02   <- optimum
     # ( 0, 1): head 100 + ...  ; all local: 101
     inp = make([100, 1], [1, 1], [10, 5000, 10])
     best = choose(inp, "latency")
     assert (best.i, best.j) == (-1, 1)
-    assert best.latency_ms == pytest.approx(1.01 + 2 + 1.01)
+    assert best.latency_ms == pytest.approx(1.01 + 2 + 0.01)
 
 
 def test_two_split_optimum_with_a_tail():
     # middle block heavy on the edge, first and last cheap; boundary 0 and 3 huge, 1 and 2 small.
-    # (0, 1): head 1 + up(100)=1.1 + cloud 1 + down(100)=1.1 + tail 1 = 5.2 -- every other plan is worse
+    # (0, 1): head 1 + up(100)=1.1 + cloud 1 + answer(100)=0.1 + tail 1 = 4.2 -- every other plan is worse
     inp = make([1, 50, 1], [1, 1, 1], [1e6, 100, 100, 1e6])
     best = choose(inp, "latency")
     assert (best.i, best.j) == (0, 1)
-    assert best.latency_ms == pytest.approx(5.2)
+    assert best.latency_ms == pytest.approx(4.2)
     assert best.breakdown["tail_ms"] == pytest.approx(1.0)
 
 
 def test_no_tail_optimum_j_is_last_block():
-    # (0, 2): head 1 + up(100)=1.1 + cloud 2 + down(100)=1.1 = 5.2 beats (0, 1) = 1 + 1.1 + 1 + 1.1 + 50
+    # (0, 2): head 1 + up(100)=1.1 + cloud 2 + answer(100)=0.1 = 4.2 beats (0, 1) = 1 + 1.1 + 1 + 0.1 + 50
     inp = make([1, 50, 50], [1, 1, 1], [1e6, 100, 100, 100])
     best = choose(inp, "latency")
     assert (best.i, best.j) == (0, 2)
-    assert best.latency_ms == pytest.approx(5.2)
+    assert best.latency_ms == pytest.approx(4.2)
 
 
 def test_energy_objective_prefers_idle_waiting():
     # Edge: 10 ms / 100 mJ per block. Cloud: 30 ms per block, idle 0.1 W, tx 1 W.
-    # all local: 20 ms, 200 mJ;  (-1, 1): up 1.01 + 60 + down 1.01 = 62.02 ms, 2.02 + 6 = 8.02 mJ
+    # all local: 20 ms, 200 mJ;  (-1, 1): up 1.01 + 60 + answer 0.01 = 61.02 ms, 1.02 + 6 = 7.02 mJ
     inp = make([10, 10], [30, 30], [10, 10, 10], edge_mJ=[100, 100], idle_power_W=0.1, tx_power_W=1.0)
     fast, frugal = choose(inp, "latency"), choose(inp, "energy")
     assert (fast.i, fast.j) == (1, 1)
     assert (frugal.i, frugal.j) == (-1, 1)
-    assert frugal.energy_mJ == pytest.approx(2.02 + 6.0)
+    assert frugal.energy_mJ == pytest.approx(1.02 + 6.0)
     front = pareto(evaluate_all(inp))
     assert (front[0].i, front[-1].i) == (1, -1)
 
@@ -188,13 +193,13 @@ def test_weight_upload_charged_unless_preloaded_and_amortised():
     charged = plan_cost(inp, -1, 0)
     assert charged.upload_bytes == 1000
     assert charged.breakdown["weight_upload_ms"] == pytest.approx(2.0)
-    assert charged.latency_ms == pytest.approx(1.01 + 1 + 1.01 + 2.0)
+    assert charged.latency_ms == pytest.approx(1.01 + 1 + 0.01 + 2.0)
     pre = plan_cost(replace(inp, preloaded=True), -1, 0)
-    assert (pre.upload_bytes, pre.latency_ms) == (0, pytest.approx(1.01 + 1 + 1.01))
+    assert (pre.upload_bytes, pre.latency_ms) == (0, pytest.approx(1.01 + 1 + 0.01))
     cached = plan_cost(replace(inp, cached_slices=frozenset({(0, 0)})), -1, 0)
     assert cached.latency_ms == pytest.approx(pre.latency_ms)
     amort = plan_cost(replace(inp, amortize_over=4), -1, 0)
-    assert amort.latency_ms == pytest.approx(1.01 + 1 + 1.01 + 0.5)
+    assert amort.latency_ms == pytest.approx(1.01 + 1 + 0.01 + 0.5)
 
 
 def test_weight_uploads_use_the_measured_upload_curve_and_activations_the_uplink():

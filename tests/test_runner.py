@@ -245,6 +245,26 @@ def test_a_drift_asks_for_a_replan_only_when_it_matters_to_the_round_trip(server
     assert not link.drifted(0.25)
 
 
+def test_a_round_trip_as_predicted_moves_no_drift_on_a_link_with_a_long_round_trip() -> None:
+    """Each curve holds the link's 40 ms round trip, and a request with its answer makes one: a round trip of
+    40 + 1 + 1 ms is what the plan predicted, so neither curve drifts. Charged 2 round trips, it had pulled both
+    drifts toward 0.5 and asked for a re-plan (found by review)."""
+    from rr_edge.runner import _Link
+
+    model = NetworkModel.affine(rtt_ms=40.0, bandwidth_bytes_per_ms=1000.0)
+    link = _Link(model, model)
+    for _ in range(20):
+        trip = 5.0 + 42.0
+        link.update(RunResult({}, False, trip, remote_ms=trip, server_ms=5.0, bytes_up=1000, bytes_down=1000))
+    assert link.uplink is not None and link.downlink is not None
+    assert link.uplink.drift == pytest.approx(1.0) and link.downlink.drift == pytest.approx(1.0)
+    assert not link.drifted(0.25)
+    for _ in range(20):  # the link's round trip doubles: both curves learn it
+        trip = 5.0 + 84.0
+        link.update(RunResult({}, False, trip, remote_ms=trip, server_ms=5.0, bytes_up=1000, bytes_down=1000))
+    assert link.uplink.drift == pytest.approx(2.0, rel=0.02) and link.drifted(0.25)
+
+
 def test_network_drift_is_told_from_the_servers_own_run_time(chain, client):
     """The server reports its run time with each answer, so the network's share of a round trip is measured, not
     guessed from the plan's cloud prediction: a prediction of 1000 s for the slice no longer hides that the network
@@ -520,6 +540,23 @@ def test_a_probe_of_the_link_replans_a_run_planned_local(chain, client):
     probed = replan_with_probe(client, report, graph, amortize_over=100)
     assert probed.chosen.i < probed.chosen.j
     assert probed.costs.uplink.drift < 0.01 and not probed.costs.uplink.drifted()  # measured, and planned with
+
+
+def test_a_replan_costs_slice_uploads_at_the_uplinks_new_speed() -> None:
+    """The slice upload curve is the same link as the uplink: a re-plan after the uplink slowed 10x had costed a new
+    slice's upload at the old speed, and chose a split whose upload then took 10x its prediction (found by review)."""
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.offload import Costs, with_link
+
+    up, upload = NetworkModel.affine(5.0, 1000.0), NetworkModel.affine(20.0, 500.0)
+    costs = Costs((), (), 1.0, up, up, DEFAULT_POWER, upload=upload)
+    slower = up.update(1000, 60.0, alpha=1.0)  # 10x its 6 ms
+    moved = with_link(costs, slower, up)
+    assert moved.upload is not None and moved.upload.predict_ms(1e6) == pytest.approx(10 * upload.predict_ms(1e6))
+    assert not (moved.upload.drifted() or moved.uplink.drifted())  # the plan is made with them
+    again = with_link(moved, moved.uplink.update(1000, 30.0, alpha=1.0), up)  # from there, half the time
+    assert again.upload is not None and again.upload.predict_ms(1e6) == pytest.approx(5 * upload.predict_ms(1e6))
+    assert with_link(dataclasses.replace(costs, upload=None), slower, up).upload is None
 
 
 def test_a_string_input_takes_str_the_same_whether_offloaded_or_not(tmp_path):

@@ -16,6 +16,7 @@ from rr_edge.commands._common import (
     make_meter,
     non_negative_float,
     positive_float,
+    positive_int,
     print_json,
 )
 from rr_edge.errors import RoadRunnerError
@@ -23,6 +24,7 @@ from rr_edge.netprofile import (
     DEFAULT_MAX_MB,
     DEFAULT_MAX_TRANSFER_S,
     DEFAULT_UPLOAD_MAX_MB,
+    DEFAULT_UPLOAD_MIN_MB,
     MAX_ECHO_MB,
     NetProfileConfig,
     run_netprofile,
@@ -43,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument(
         "--upload-max-mb",
-        type=non_negative_float,
+        type=upload_max_mb,
         default=DEFAULT_UPLOAD_MAX_MB,
         help=f"largest slice upload probe in MiB, from 64 KiB: 0 (none) or >= 0.25 (default {DEFAULT_UPLOAD_MAX_MB})",
     )
@@ -52,13 +54,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         type=non_negative_float,
         default=DEFAULT_MAX_TRANSFER_S,
         help="a direction's sweep ends at the first size whose transfer takes longer; larger messages are costed "
-        "with the slope of the top sizes (default %(default)g; 0: every size up to the largest)",
+        "by continuing the fitted curve in a straight line (default %(default)g; 0: every size up to the largest)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed transfers per size (default 3)")
-    p.add_argument("--points-per-octave", type=int, default=1, help="sizes per doubling (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed transfers per size (default 3)")
+    p.add_argument("--points-per-octave", type=positive_int, default=1, help="sizes per doubling (default 1)")
     add_energy_args(p)
     p.add_argument("--json", action="store_true", help="print the profile summary as JSON")
     p.set_defaults(func=run)
+
+
+def upload_max_mb(text: str) -> float:
+    """argparse type of --upload-max-mb: 0 (no probes) or room for three probe sizes from the smallest."""
+    value = non_negative_float(text)
+    if 0 < value < 4 * DEFAULT_UPLOAD_MIN_MB:
+        raise argparse.ArgumentTypeError(f"0 (no upload probes) or at least {4 * DEFAULT_UPLOAD_MIN_MB:g}, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
