@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -295,16 +295,19 @@ class _Link:
 
     def drifted(self, threshold: float) -> bool:
         """A direction's model moved by more than `threshold` (relative) since the plan, and the move matters: it
-        changes the predicted transfers of the last round trip by at least `MATERIAL_SHARE` of that round trip
-        (a 25% drift of a 0.2 ms transfer in a 10 ms round trip is timing noise, and re-planning costs more)."""
+        changes the last round trip's predicted network time (`round_trip_ms`) by at least `MATERIAL_SHARE` of that
+        round trip (a 25% drift of a 0.2 ms transfer in a 10 ms round trip is timing noise, and re-planning costs
+        more)."""
         if self.uplink is None or self.downlink is None or self.last is None:
             return False
         if not (self.uplink.drifted(threshold) or self.downlink.drifted(threshold)):
             return False
-        moved_ms = sum(
-            model.predict_ms(nbytes) * abs(1.0 - model.ref_drift / model.drift)
-            for model, nbytes in ((self.uplink, self.last.bytes_up), (self.downlink, self.last.bytes_down))
+        planned = (
+            replace(self.uplink, drift=self.uplink.ref_drift),
+            replace(self.downlink, drift=self.downlink.ref_drift),
         )
+        sizes = (self.last.bytes_up, self.last.bytes_down)
+        moved_ms = abs(round_trip_ms(self.uplink, self.downlink, *sizes) - round_trip_ms(*planned, *sizes))
         return moved_ms >= MATERIAL_SHARE * self.last.remote_ms
 
     def rebase(self) -> None:
