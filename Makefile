@@ -79,7 +79,7 @@ bench: setup
 	$(PY) -m tools.plan_quality
 	$(PIP) install -q scikit-surprise && $(PY) -m tools.bench_cf
 
-# Evaluation on the emulated testbed (needs root): docs/results/ (full, < 90 min) or docs/results/quick/ (< 10 min).
+# Evaluation on the emulated testbed (needs root): docs/results/ (full, about 35 min: docs/results/README.md) or docs/results/quick/ (< 10 min).
 # The harness tears its testbed (prefix rre) down itself, also on SIGTERM and SIGHUP; after a crash it leaves, the next
 # run refuses to start and names the `down` command (a fallback `down` here would also stop a second, running one).
 eval: setup

@@ -102,6 +102,25 @@ def test_run_amortizes_over_repeat_unless_told(monkeypatch, model, x, argv: list
     assert seen["amortize_over"] == amortize
 
 
+@pytest.mark.parametrize("command", ["plan", "run"])
+@pytest.mark.parametrize(("name", "asked"), [([], "good"), (["--name", "r18"], "r18")])
+def test_plan_and_run_ask_for_the_model_by_the_name_it_was_profiled_under(  # type: ignore[no-untyped-def]
+    monkeypatch, model, x, command: str, name: list[str], asked: str
+) -> None:
+    """The server keeps a model's whole-model corrections by its name: profiled with `--name`, a model planned by
+    its file name lost them without a word (cloud predictions 40% off; found by review). plan and run take --name."""
+    seen: list[str] = []
+
+    def gather_costs(client, node, graph, *a, **kw):  # type: ignore[no-untyped-def]
+        seen.append(graph.model)
+        raise ServerUnavailable("stop here", "UNAVAILABLE")
+
+    monkeypatch.setattr("rr_edge.commands.plan.gather_costs", gather_costs)
+    extra = ["--input", str(x), "--json"] if command == "run" else []
+    main([command, str(model), *DEAD, *name, *extra])
+    assert seen == [asked]
+
+
 # -- 2. and 8. options checked when parsed ------------------------------------------------------------------------
 
 
@@ -575,6 +594,22 @@ def test_plan_warns_when_its_upload_is_past_the_profiled_sizes(monkeypatch, caps
         assert "extrapolated" not in capsys.readouterr().err
     finally:
         server.stop(grace=0.5)
+
+
+def test_a_forced_slice_over_the_servers_limit_is_not_sent_to_netprofile(model: Path) -> None:
+    """`run --split` of a slice over the server's --max-slice-mb said that a larger netprofile --upload-max-mb would
+    measure its upload; no probe is built past that limit, and the server refused the slice (found by review)."""
+    from rr_edge.commands.plan import upload_extrapolated
+    from rr_edge.offload import make_plan
+    from rr_edge.planner import plan_cost
+
+    graph = analyze(onnx.load(model), model.stem)
+    costs = dataclasses.replace(synthetic_costs(model), max_slice_bytes=64)
+    report = make_plan(graph, costs)
+    forced = dataclasses.replace(report, chosen=plan_cost(report.inputs, -1, len(graph.blocks) - 1))
+    assert forced.chosen.upload_bytes > 64
+    note = upload_extrapolated(forced)
+    assert note is not None and "over the server's limit" in note and "netprofile" not in note
 
 
 def test_a_transfer_past_its_deadline_says_how_to_give_it_more_time(capsys, monkeypatch, model) -> None:  # type: ignore[no-untyped-def]

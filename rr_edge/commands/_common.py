@@ -76,6 +76,19 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
     )
 
 
+def add_model_name_arg(p: argparse.ArgumentParser) -> None:
+    """--name: the model's name on the server, which profile, plan and run must agree on."""
+    p.add_argument(
+        "--name",
+        help="the model's name on the server (default: the file name without .onnx); its whole-model corrections "
+        "are found by it, so profile, plan and run must use the same one",
+    )
+
+
+def model_name(args: argparse.Namespace) -> str:
+    return args.name or Path(args.path).stem
+
+
 def add_energy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy", choices=CHOICES, default="auto", help="energy meter (default auto: a real one if any)")
     p.add_argument("--power-config", type=Path, metavar="F", help="power model config (JSON/TOML) for --energy model")

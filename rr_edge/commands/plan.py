@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -17,8 +16,10 @@ from rich.table import Table
 from rr_edge.blocks import analyze
 from rr_edge.commands._common import (
     add_energy_args,
+    add_model_name_arg,
     add_server_args,
     connect,
+    model_name,
     non_negative_float,
     positive_float,
     positive_int,
@@ -109,6 +110,12 @@ def upload_extrapolated(report: PlanReport) -> str | None:
     a slice already on the server, or preloaded, uploads nothing)."""
     size = report.chosen.upload_bytes
     link = report.inputs.weight_link
+    limit_bytes = report.costs.max_slice_bytes
+    if limit_bytes and size > limit_bytes:  # no probe measures it: the server refuses such a slice
+        return (
+            f"the chosen plan uploads a {size / MiB:.1f} MiB slice, over the server's limit of "
+            f"{limit_bytes / MiB:.3g} MiB (rr-server --max-slice-mb): the server will refuse it"
+        )
     if size <= link.hi_bytes:
         return None
     flag, limit = ("--upload-max-mb", MAX_UPLOAD_PROBE_MB) if report.costs.upload else ("--max-mb", MAX_ECHO_MB)
@@ -124,6 +131,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p = subparsers.add_parser("plan", help="choose how to split a model between this node and the server")
     p.add_argument("path", metavar="PATH", help="ONNX model")
     add_server_args(p)
+    add_model_name_arg(p)
     add_plan_args(p)
     p.add_argument(
         "--json", action="store_true", help="print one JSON object: the chosen plan, the Pareto set and the baselines"
@@ -161,7 +169,7 @@ def build_plan(
 
 def run(args: argparse.Namespace) -> int:
     model = load_model(args.path)
-    graph = analyze(model, Path(args.path).stem)
+    graph = analyze(model, model_name(args))
     with connect(args) as client:
         report = build_plan(args, client, model, graph, Slicer(model, graph))
     warn_about_plan(report, "plan")

@@ -17,9 +17,11 @@ from rich.table import Table
 from rr_edge.blocks import analyze
 from rr_edge.commands._common import (
     add_energy_args,
+    add_model_name_arg,
     add_server_args,
     connect,
     make_meter,
+    model_name,
     non_negative_float,
     non_negative_int,
     print_json,
@@ -70,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
         help="do not upload profiled slices above this size (default 64)",
     )
-    p.add_argument("--name", help="model name in reports (default: the file name)")
+    add_model_name_arg(p)
     p.add_argument(
         "--wait-cloud",
         type=non_negative_float,
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 client,
                 args.node,
                 model,
-                args.name or path.stem,
+                model_name(args),
                 settings=settings,
                 meter=meter,
                 config=config,

@@ -26,9 +26,11 @@ from rich.table import Table
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client
 from rr_edge.commands._common import (
+    add_model_name_arg,
     add_server_args,
     connect,
     make_meter,
+    model_name,
     non_negative_int,
     positive_float,
     positive_int,
@@ -65,6 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p = subparsers.add_parser("run", help="run a model split between this node and the server")
     p.add_argument("path", metavar="PATH", help="ONNX model")
     add_server_args(p)
+    add_model_name_arg(p)
     add_plan_args(p, amortize_default="--repeat")
     p.add_argument(
         "--split",
@@ -296,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     if args.split and (steering := choice_options(args)):
         raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
     model = load_model(args.path)
-    graph = analyze(model, Path(args.path).stem)
+    graph = analyze(model, model_name(args))
     slicer = Slicer(model, graph)
     x = _load_inputs(args.input, graph.inputs)
     settings = OrtSettings(intra_op_threads=args.threads).resolved()
