@@ -24,6 +24,7 @@ tensor of the same size for no gain.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +41,8 @@ from rr_edge.signature import block_signature, model_opsets
 from rr_proto.operators import STANDARD_DOMAINS
 
 log = logging.getLogger(__name__)
+MODEL_DIGEST_CHARS = 16
+MAX_MODEL_NAME_CHARS = 200  # the key stays within the server's 256 characters
 
 __all__ = ["FUSED_OPS", "Block", "BlockGraph", "analyze", "node_domains", "node_inputs", "subgraphs"]
 
@@ -114,6 +117,15 @@ class BlockGraph:
 
     def __len__(self) -> int:
         return len(self.blocks)
+
+    @property
+    def model_key(self) -> str:
+        """The model's key on the server (`ModelProfile.model`, `PredictRequest.model`): its name and a digest of its
+        blocks' signatures in order. The server keeps a model's whole-model figures by this key, so two models under
+        one name (a re-export at another input size, another edge's model.onnx) keep them apart: keyed by the name
+        alone, one calibrated the other's blocks (cloud correction 0.006 instead of 0.95; found by review)."""
+        digest = hashlib.sha256("\n".join(b.signature for b in self.blocks).encode()).hexdigest()[:MODEL_DIGEST_CHARS]
+        return f"{self.model[:MAX_MODEL_NAME_CHARS]}@{digest}"
 
     def boundary_bytes(self) -> list[int]:
         """Bytes crossing each boundary k = 0..N (N = number of blocks).

@@ -125,9 +125,9 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         )
     signatures = [b.signature for b in graph.blocks]
     features = [features_of(b) for b in graph.blocks]
-    edge = client.predict(node_id, signatures, features, model=graph.model)
+    edge = client.predict(node_id, signatures, features, model=graph.model_key)
     server = client.server_info()
-    cloud = client.predict(server.cloud_node_id, signatures, features, model=graph.model)
+    cloud = client.predict(server.cloud_node_id, signatures, features, model=graph.model_key)
     missing = [
         s
         for s in signatures

@@ -386,7 +386,8 @@ def _whole_model(
         progress("model", 1, 1, graph.model)
     total = sum(medians[b.signature] for b in graph.blocks)
     source = meter.source if meter is not None and energy is not None else ""
-    return ModelMeasurement(graph.model, tuple(b.signature for b in graph.blocks), latency, total, energy, source)
+    signatures = tuple(b.signature for b in graph.blocks)
+    return ModelMeasurement(graph.model_key, signatures, latency, total, energy, source)
 
 
 # -- against a server -------------------------------------------------------------------------------------------
@@ -536,16 +537,16 @@ def wait_for_cloud(
         for b in graph.blocks:
             features.setdefault(b.signature, features_of(b))
     sigs = sorted(features)
-    first_block = {name: graph.blocks[0].signature for name, graph in graphs.items()}  # a model's whole-run query
+    first_block = {name: (graph.blocks[0].signature, graph.model_key) for name, graph in graphs.items()}
     start = last_change = time.monotonic()
     last_count = -1
     while True:
         preds = client.predict(cloud, sigs, [features[s] for s in sigs]).by_signature
         done = {s for s, p in preds.items() if p.latency_provenance == "measured"}
-        timed = {
+        timed = {  # a model's whole-run query: one of its signatures, and the model
             name
-            for name, sig in first_block.items()
-            if client.predict(cloud, [sig], [features[sig]], model=name).model_latency_ms > 0
+            for name, (sig, key) in first_block.items()
+            if client.predict(cloud, [sig], [features[sig]], model=key).model_latency_ms > 0
         }
         if len(done) + len(timed) != last_count:
             last_count, last_change = len(done) + len(timed), time.monotonic()

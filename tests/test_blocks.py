@@ -346,3 +346,14 @@ def test_shape_read_of_an_earlier_block_becomes_a_constant() -> None:
     assert "Shape" not in [n.op_type for n in last.graph.node]
     assert "Constant" in [n.op_type for n in last.graph.node]
     check_chained(model, blocks)
+
+
+def test_the_models_key_on_the_server_follows_its_blocks_not_only_its_name() -> None:
+    """The server keeps whole-model figures by this key: two models saved as one file name (a re-export at another
+    width, another edge's model.onnx) had shared them, and one calibrated the other's blocks (found by review)."""
+    narrow, wide = analyze(branchy_model(channels=4), "net"), analyze(branchy_model(channels=8), "net")
+    assert narrow.model_key.startswith("net@") and narrow.model_key != wide.model_key
+    same = analyze(branchy_model(seed=1, channels=4), "net")  # other weights: the same blocks, the same timings
+    assert same.model_key == narrow.model_key
+    assert analyze(branchy_model(channels=4), "other").model_key != narrow.model_key
+    assert len(analyze(branchy_model(), "x" * 300).model_key) <= 256  # the server's limit on an id

@@ -87,7 +87,7 @@ def test_the_blocks_not_measured_take_the_calibration_and_the_cloud_shares_their
             ),
             timeout=10,
         )
-        whole = rr.ModelProfile(model="branchy", latency=rr.LatencyStats(median_ms=12.0), sum_of_blocks_ms=8.0)
+        whole = rr.ModelProfile(model=graph.model_key, latency=rr.LatencyStats(median_ms=12.0), sum_of_blocks_ms=8.0)
         stubs.profiles.ReportLayerProfiles(report("e", *(layer(s, 1.0) for s in signatures[:2]), whole), timeout=10)
         assert server.predictor.wait_fresh(10)
         with Client(server.address) as client:

@@ -115,7 +115,12 @@ def sampled_result(
         )
     whole = gt["whole_model"]
     model_run = ModelMeasurement(
-        name, tuple(signatures), _stats(whole["latency_ms"]), whole["sum_of_blocks_ms"], whole["energy_mJ"], "model"
+        graph.model_key,
+        tuple(signatures),
+        _stats(whole["latency_ms"]),
+        whole["sum_of_blocks_ms"],
+        whole["energy_mJ"],
+        "model",
     )
     unique = set(signatures)
     return ProfileResult(
