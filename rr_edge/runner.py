@@ -40,6 +40,7 @@ from rr_edge.client import DEFAULT_TIMEOUT_S
 from rr_edge.errors import ArgumentError, InputError, ModelError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.netmodel import DEFAULT_DRIFT_THRESHOLD, NetworkModel, round_trip_ms, split_network_ms
 from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits, ort_reason
+from rr_proto import codec
 
 if TYPE_CHECKING:
     from rr_edge.meters.model import PowerSpec
@@ -186,10 +187,8 @@ class _Local:
             x = given.get(name)
             if not isinstance(x, np.ndarray):
                 got = "nothing" if x is None else f"a {type(x).__name__}"
-            elif dtype == TEXT and not _is_text(x):  # bytes elements: ONNX Runtime would compare their repr, b'...'
-                got = f"{x.dtype} {list(x.shape)}" + (
-                    " holding bytes: decode them to str" if x.dtype.kind in "OS" else ""
-                )
+            elif dtype == TEXT and (problem := _text_problem(x)) is not None:
+                got = f"{x.dtype} {list(x.shape)}{problem}"
             elif not array_fits(x, None if dtype == TEXT else dtype, shape):
                 got = f"{x.dtype} {list(x.shape)}"
             else:
@@ -212,14 +211,29 @@ class _Local:
         return dict(zip(self.outputs, values, strict=True))
 
 
+def wire_bytes(tensors: Mapping[str, np.ndarray]) -> int:
+    """The tensors' contents as sent (`rr_proto.codec.to_raw`): a string is its UTF-8 bytes and a 4-byte length, not
+    numpy's 4 bytes per character (or 8 per object: the pointers), which the drift learnt against."""
+    return sum(len(codec.to_raw(a)) if a.dtype.kind in "OSU" else a.nbytes for a in tensors.values())
+
+
 STRING = "tensor(string)"
 TEXT = "str"  # the element type `_Local.check` names and requires for a string input
 
 
-def _is_text(x: np.ndarray) -> bool:
-    """A string input's array: numpy str, or objects that are all str (bytes went to the server as text, decoded,
-    and to local ONNX Runtime as their repr: two answers to one request)."""
-    return x.dtype.kind == "U" or (x.dtype.kind == "O" and all(isinstance(e, str) for e in x.flat))
+def _text_problem(x: np.ndarray) -> str | None:
+    """Why `x` cannot be a string input's array, as words to append (None: it can). It must be numpy str, or objects
+    that are all str: bytes went to the server as text, decoded, and to local ONNX Runtime as their repr (two answers
+    to one request); and each must be UTF-8: a lone surrogate (`os.fsdecode` of a file name that is not) cannot be
+    sent, and had broken the inference stream for every request after it."""
+    if not (x.dtype.kind == "U" or (x.dtype.kind == "O" and all(isinstance(e, str) for e in x.flat))):
+        return " holding bytes: decode them to str" if x.dtype.kind in "OS" else ""
+    try:
+        for e in x.flat:
+            str(e).encode()
+    except UnicodeEncodeError:
+        return " holding text that is not UTF-8 (a lone surrogate, as os.fsdecode makes of such a file name)"
+    return None
 
 
 _END = object()
@@ -258,6 +272,8 @@ class _Stream:
                 drained = False
             except ServerError:
                 pass
+            except Exception:  # noqa: BLE001 - a request this side could not send (InferStream re-raises it): cancel
+                drained = False
         if not drained:
             self._answers.cancel()
         self._reader.shutdown(wait=False, cancel_futures=True)
@@ -385,8 +401,10 @@ class Runner:
         return self.link.uplink, self.link.downlink
 
     def mark_planned(self) -> None:
-        """The current network models were planned with: drift counts from here."""
-        self.link.rebase()
+        """The current network models were planned with: drift counts from here (under the request lock: a request's
+        drift update beside it had put back the reference drift it replaced)."""
+        with self._lock:
+            self.link.rebase()
 
     def _connect(self, at_start: bool = False) -> bool:
         """Make the middle slice ready on the server: upload it if needed and have the server open its session (one
@@ -463,9 +481,9 @@ class Runner:
             self._probing.release()
 
     def _drop_stream(self, drain_s: float = 0.0) -> None:
-        if self._stream is not None:
-            self._stream.close(drain_s)
-            self._stream = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close(drain_s)
 
     def _remote_infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self.remote is not None and self._slice_id is not None
@@ -489,6 +507,13 @@ class Runner:
             self._drop_stream()
             self._unary_until = time.monotonic() + self.config.stream_retry_s
             return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
+        except ServerError:
+            raise
+        except Exception:
+            # This side could not send the request (gRPC drew it in its own thread, and the stream half-closed):
+            # this request fails with that error, and the next one opens a new stream (it had failed them all).
+            self._drop_stream()
+            raise
 
     def close(self) -> None:
         """Close the inference stream (the runner stays usable: the next request opens a new one); waits for a
@@ -536,7 +561,7 @@ class Runner:
             result.error = str(exc)
             # The wait for the server is no local compute: a power model charges it as the plan did (idle, radio).
             result.remote_ms = (time.perf_counter() - start) * 1e3
-            result.bytes_up = sum(a.nbytes for a in feed.values())
+            result.bytes_up = wire_bytes(feed)
             if exc.code == "DEADLINE_EXCEEDED":
                 self.link.timed_out(result.bytes_up, result.remote_ms)
             if exc.code == "NOT_FOUND":  # the server lost the slice (evicted, a new data dir): upload it again,
@@ -549,8 +574,7 @@ class Runner:
             return None
         result.remote_ms = (time.perf_counter() - start) * 1e3
         result.server_ms = getattr(outputs, "server_run_ms", None)  # rr_edge.client.InferOutputs
-        result.bytes_up = sum(a.nbytes for a in feed.values())
-        result.bytes_down = sum(a.nbytes for a in outputs.values())
+        result.bytes_up, result.bytes_down = wire_bytes(feed), wire_bytes(outputs)
         self.link.update(result)
         return outputs
 

@@ -542,6 +542,43 @@ def test_a_probe_of_the_link_replans_a_run_planned_local(chain, client):
     assert probed.costs.uplink.drift < 0.01 and not probed.costs.uplink.drifted()  # measured, and planned with
 
 
+def test_a_request_this_side_cannot_send_fails_alone_and_the_stream_recovers(chain, client, monkeypatch):
+    """gRPC draws a stream's requests in its own thread: one that failed to serialize half-closed the stream, and
+    its error came back for every request after it, with no fallback, and from close() (found by review)."""
+    import rr_edge.client as client_module
+
+    _, graph, slicer = chain
+    x = _x(graph)
+    real = client_module.framing.serialize_infer_request
+
+    def second_fails(slice_id, batch, request_id=""):  # type: ignore[no-untyped-def]
+        if request_id == "1" and not failed:
+            failed.append(request_id)
+            raise ValueError("cannot serialize this request")
+        return real(slice_id, batch, request_id=request_id)
+
+    failed: list[str] = []
+    monkeypatch.setattr(client_module.framing, "serialize_infer_request", second_fails)
+    with make_runner(slicer, graph, (-1, len(graph.blocks) - 1), client) as runner:
+        assert not runner.run(x).fallback
+        with pytest.raises(ValueError, match="cannot serialize"):
+            runner.run(x)
+        after = [runner.run(x) for _ in range(3)]
+        assert not any(r.fallback for r in after) and not runner.server_down
+    assert failed == ["1"]  # and close() above did not raise
+
+
+def test_a_string_tensor_counts_the_bytes_it_is_sent_as() -> None:
+    """numpy counts 4 bytes per character of a str array and 8 per element of an object array (its pointers); the
+    wire sends each string's UTF-8 bytes and a 4-byte length, and the drift learnt against numpy's count."""
+    from rr_edge.runner import wire_bytes
+
+    text = ["a" * 100, "é" * 50, "", "xyz"]  # UTF-8: 100, 100, 0 and 3 bytes
+    for array in (np.array(text), np.array(text, dtype=object)):
+        assert wire_bytes({"s": array}) == 203 + 4 * 4
+    assert wire_bytes({"s": np.array(text), "x": np.zeros((2, 3), np.float32)}) == 219 + 24
+
+
 def test_a_replan_costs_slice_uploads_at_the_uplinks_new_speed() -> None:
     """The slice upload curve is the same link as the uplink: a re-plan after the uplink slowed 10x had costed a new
     slice's upload at the old speed, and chose a split whose upload then took 10x its prediction (found by review)."""
@@ -561,8 +598,9 @@ def test_a_replan_costs_slice_uploads_at_the_uplinks_new_speed() -> None:
 
 def test_a_string_input_takes_str_the_same_whether_offloaded_or_not(tmp_path):
     """A string input fed bytes got another answer offloaded (the codec decodes them to text) than locally (ONNX
-    Runtime compared their repr, b'a'), and a float array for it went to the server first (found by review). Both are
-    refused before any work; str, as numpy str or objects, runs and gives one answer either way."""
+    Runtime compared their repr, b'a'), and a float array for it went to the server first (found by review); a lone
+    surrogate could not be sent, and broke the stream for every request after it. All are refused before any work;
+    str, as numpy str or objects, runs and gives one answer either way."""
     from onnx import TensorProto, helper
 
     s = helper.make_tensor_value_info("s", TensorProto.STRING, [4])
@@ -581,6 +619,7 @@ def test_a_string_input_takes_str_the_same_whether_offloaded_or_not(tmp_path):
                     for bad, fragment in (
                         (np.array([b"a", b"x", b"a", b"y"], dtype=object), "holding bytes: decode them to str"),
                         (np.zeros(4, np.float32), "got float32 [4]"),
+                        (np.array(["a", "\udcff", "a", "y"]), "holding text that is not UTF-8"),
                     ):
                         with pytest.raises(InputError, match=re.escape(fragment)):
                             runner.run({"s": bad})
