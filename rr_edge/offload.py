@@ -143,6 +143,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     edge_preds, edge_correction, shared = calibrated(
         tuple(edge.by_signature[s] for s in signatures), edge.model_latency_ms, edge.e2e_correction or 1.0
     )
+    edge_preds = tuple(_energy_known(p, power) for p in edge_preds)
     cloud_preds = tuple(cloud.by_signature[s] for s in signatures)
     if cloud.model_latency_ms > 0:
         cloud_correction = e2e_correction(cloud.model_latency_ms, cloud_preds, 1.0)
@@ -192,6 +193,15 @@ def calibrated(
         return tuple(_scaled(p, error) for p in preds), ratio, error
     correction = e2e_correction(whole_ms, preds, ratio)
     return preds, correction, correction / ratio
+
+
+def _energy_known(p: Prediction, power: PowerSpec) -> Prediction:
+    """`p`, with the power model's energy (its latency at `active_w`, source "model") where the server knows none: no
+    node reported energy yet (a profile whose meter read nothing). Its 0 mJ had made all-local cost nothing, and the
+    energy objective chose it (found by review)."""
+    if p.energy_provenance != "unknown":
+        return p
+    return replace(p, energy_mJ=power.active_w * p.latency_ms, energy_source="model")
 
 
 def _scaled(p: Prediction, factor: float) -> Prediction:

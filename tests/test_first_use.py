@@ -101,6 +101,11 @@ def test_the_blocks_not_measured_take_the_calibration_and_the_cloud_shares_their
         assert edge[:2] == [1.0, 1.0]  # measured: kept (stretched by the cold-start error before)
         assert sum(edge[2:]) == pytest.approx(6.0)  # the standalone total of the blocks it did not measure
         assert costs.e2e_correction * sum(edge) == pytest.approx(12.0)  # all blocks here: as measured
+        # no node reported energy: each block's is the power model's (its latency at active watts), not 0 mJ, which
+        # had made all-local free and the energy objective's choice (found by review)
+        assert {p.energy_provenance for p in costs.edge} == {"unknown"}
+        for p in costs.edge:
+            assert p.energy_mJ == pytest.approx(DEFAULT_POWER.active_w * p.latency_ms) and p.energy_source == "model"
         error = sum(edge[2:]) / sum(raw_edge[s].latency_ms for s in signatures[2:])
         assert costs.cloud_correction == 1.0  # no whole-model time on the cloud: its blocks share the error
         for p, r in zip(costs.cloud, (raw[s] for s in signatures), strict=True):
