@@ -5,11 +5,16 @@ A signature hashes what determines a block's cost on a device and nothing else:
 * op types, domains and attributes of its nodes, in order (an attribute written out at its schema's default value
   counts as left out: exporters differ in which defaults they write);
 * the wiring between them, with tensor names replaced by positions (block inputs `i0, i1...`,
-  node outputs `n<j>.<k>`, weights `w0, w1...` in order of first use, other outside tensors `x0...`); an Identity
-  only renames its input (exporters alias shared weights with one), so it is left out;
+  node outputs `n<j>.<k>`, weights `w0, w1...` one per use, other outside tensors `x0...`; a body's own tensors are
+  named apart from its block's); an Identity only renames its input (exporters alias shared weights with one), so
+  it is left out;
 * shapes and dtypes of every tensor it reads or writes, and weight shapes;
-* values only of small structural constants (integer tensors such as shapes and axes, scalars),
-  never of weights.
+* values only of small structural constants (int32/int64/bool tensors such as shapes, axes and indices), never of
+  weights: not of float scalars (a PReLU slope, a quantization scale) nor of 8- and 16-bit integers (zero points).
+
+A weight is numbered per use, so whether two uses share one initializer is not hashed: exporters merge initializers
+of equal values (zero biases), and that had given repeated mobilenet_v2 blocks different signatures in one export and
+one in another (found by review).
 
 So two structurally identical blocks, in one model or in two, share a signature, and any
 difference in shape gives a different one.
@@ -32,10 +37,9 @@ __all__ = ["SIGNATURE_LENGTH", "block_signature", "model_opsets"]
 SIGNATURE_LENGTH = 16  # hex characters (64 bits)
 _VALUE_MAX_INTS = 64  # integer/bool constants up to this many elements are structural: hash their values
 
-_INT_TYPES = {
-    TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
-    TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL,
-}  # fmt: skip
+# Tensors whose small values are structure (shapes, axes, indices, masks); 8- and 16-bit integers are quantized data
+# (zero points), floats are weights or calibrated scales: their values say nothing of a block's cost.
+_STRUCTURAL_TYPES = {TensorProto.INT32, TensorProto.INT64, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL}
 
 
 def _tensor_key(t: TensorProto) -> list[object]:
@@ -44,7 +48,7 @@ def _tensor_key(t: TensorProto) -> list[object]:
     for d in dims:
         numel *= d
     key: list[object] = ["T", dims, int(t.data_type)]
-    structural = (t.data_type in _INT_TYPES and numel <= _VALUE_MAX_INTS) or numel <= 1
+    structural = t.data_type in _STRUCTURAL_TYPES and numel <= _VALUE_MAX_INTS
     if structural and t.data_location != TensorProto.EXTERNAL:
         try:
             key.append(numpy_helper.to_array(t).reshape(-1).tolist())
@@ -57,14 +61,16 @@ Resolve = Callable[[str], str]  # a tensor name read inside a node -> its canoni
 Opsets = Mapping[str, int]  # domain ("" for the default one) -> the model's opset version of it
 
 
-def _graph_key(g: GraphProto, outer: Resolve, opsets: Opsets) -> list[object]:
-    """Subgraph (If/Loop/Scan bodies): its input types, ops, attributes, wiring by position and weight shapes; a
-    tensor of an enclosing scope is named by `outer`, so what a body reads from outside is hashed like a block's own
-    reads (shapes of activations, weight shapes)."""
-    names: dict[str, str] = {vi.name: f"i{i}" for i, vi in enumerate(g.input)}
+def _graph_key(g: GraphProto, outer: Resolve, opsets: Opsets, depth: int = 1) -> list[object]:
+    """Subgraph (If/Loop/Scan bodies) at nesting `depth`: its input types, ops, attributes, wiring by position and
+    weight shapes; a tensor of an enclosing scope is named by `outer`, so what a body reads from outside is hashed like
+    a block's own reads (shapes of activations, weight shapes). Its own names carry the depth: a body reading its
+    own node j had hashed like one reading the block's node j."""
+    own = f"g{depth}."
+    names: dict[str, str] = {vi.name: f"{own}i{i}" for i, vi in enumerate(g.input)}
     weights: list[object] = []
     for t in g.initializer:
-        names[t.name] = f"w{len(weights)}"
+        names[t.name] = f"{own}w{len(weights)}"
         weights.append(_tensor_key(t))
 
     def resolve(name: str) -> str:
@@ -74,13 +80,13 @@ def _graph_key(g: GraphProto, outer: Resolve, opsets: Opsets) -> list[object]:
     for j, n in enumerate(g.node):
         ins = [resolve(x) if x else "" for x in n.input]
         for k, o in enumerate(n.output):
-            names[o] = f"n{j}.{k}"
-        nodes.append([n.domain, n.op_type, ins, _attrs_key(n, resolve, opsets)])
+            names[o] = f"{own}n{j}.{k}"
+        nodes.append([n.domain, n.op_type, ins, _attrs_key(n, resolve, opsets, depth)])
     types = [str(vi.type).replace("\n", " ") for vi in g.input]
     return ["G", types, nodes, weights, [resolve(o.name) for o in g.output]]
 
 
-def _attr_value(a: AttributeProto, outer: Resolve, opsets: Opsets) -> object:
+def _attr_value(a: AttributeProto, outer: Resolve, opsets: Opsets, depth: int = 0) -> object:
     t = a.type
     if t == AttributeProto.FLOAT:
         return repr(a.f)
@@ -91,7 +97,7 @@ def _attr_value(a: AttributeProto, outer: Resolve, opsets: Opsets) -> object:
     if t == AttributeProto.TENSOR:
         return _tensor_key(a.t)
     if t == AttributeProto.GRAPH:
-        return _graph_key(a.g, outer, opsets)
+        return _graph_key(a.g, outer, opsets, depth + 1)
     if t == AttributeProto.FLOATS:
         return [repr(f) for f in a.floats]
     if t == AttributeProto.INTS:
@@ -101,16 +107,16 @@ def _attr_value(a: AttributeProto, outer: Resolve, opsets: Opsets) -> object:
     if t == AttributeProto.TENSORS:
         return [_tensor_key(x) for x in a.tensors]
     if t == AttributeProto.GRAPHS:
-        return [_graph_key(x, outer, opsets) for x in a.graphs]
+        return [_graph_key(x, outer, opsets, depth + 1) for x in a.graphs]
     return a.ref_attr_name or None
 
 
-def _attrs_key(n: NodeProto, outer: Resolve, opsets: Opsets) -> list[object]:
+def _attrs_key(n: NodeProto, outer: Resolve, opsets: Opsets, depth: int = 0) -> list[object]:
     domain = "" if n.domain == "ai.onnx" else n.domain
     defaults = _defaults(domain, n.op_type, opsets.get(domain, 0))
     key: list[object] = []
     for a in sorted(n.attribute, key=lambda a: a.name):
-        value = _attr_value(a, outer, opsets)
+        value = _attr_value(a, outer, opsets, depth)
         if a.name not in defaults or defaults[a.name] != value:
             key.append([a.name, value])
     return key
@@ -150,25 +156,27 @@ def block_signature(
         info = infos.get(name)
         return [info.shape and list(info.shape), info.dtype] if info is not None else ["?"]
 
+    aliases: dict[str, str] = {}  # an Identity's output -> its input, resolved where it is read
+
     def ref(name: str) -> str:
         if not name:
             return ""
+        while name in aliases:
+            name = aliases[name]
+        if name in initializers and name not in names:  # a weight, numbered per use
+            weights.append(_tensor_key(initializers[name]))
+            return f"w{len(weights) - 1}"
         canon = names.get(name)
         if canon is None:
-            if name in initializers:
-                canon = f"w{len(weights)}"
-                weights.append(_tensor_key(initializers[name]))
-            else:
-                canon = f"x{len(externals)}"
-                externals.append(info_key(name))
-            names[name] = canon
+            canon = names[name] = f"x{len(externals)}"
+            externals.append(info_key(name))
         return canon
 
     record: list[object] = [[info_key(n) for n in inputs]]
     j = 0
     for node in nodes:
         if _is_alias(node):  # names its input anew (an exporter's Identity of a shared weight): not part of the shape
-            names[node.output[0]] = ref(node.input[0])
+            aliases[node.output[0]] = node.input[0]
             continue
         ins = [ref(x) for x in node.input]
         for k, o in enumerate(node.output):

@@ -125,6 +125,87 @@ def test_signature_ignores_weight_values() -> None:
     assert [x.signature for x in analyze(a).blocks] == [x.signature for x in analyze(b).blocks]
 
 
+def _signatures(nodes, inputs, outputs, inits, opset: int = 17) -> list[str]:  # type: ignore[no-untyped-def]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    return [block.signature for block in analyze(model).blocks]
+
+
+def test_signature_ignores_whether_equal_weights_share_an_initializer() -> None:
+    """Exporters merge initializers of equal values (zero biases): numbered by first use, the shared one wired its
+    second use to the first, and repeated mobilenet_v2 blocks got two signatures in one export and one in another
+    (found by review). Each use is numbered apart, also through an Identity alias."""
+    rng = np.random.default_rng(0)
+    fp = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", fp, [1, 8, 8, 8])
+    out = helper.make_tensor_value_info("out", fp, [1, 8, 8, 8])
+
+    def block(second_bias: str, alias: bool = False) -> list[str]:
+        inits = [numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), n) for n in "UV"]
+        inits += [numpy_helper.from_array(np.zeros(8, np.float32), n) for n in ("b1", "b2")]
+        head = [helper.make_node("Identity", ["b1"], ["b1_alias"])] if alias else []
+        return _signatures(
+            [*head,
+             helper.make_node("Conv", ["x", "U", "b1"], ["c"], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "V", second_bias], ["c2"], pads=[1] * 4),
+             helper.make_node("Add", ["c2", "x"], ["out"])],
+            [x], [out], inits,
+        )  # fmt: skip
+
+    assert block("b1") == block("b2") == block("b1_alias", alias=True)
+
+
+def test_signature_ignores_learned_scalars_and_quantization_parameters() -> None:
+    """A one-element float weight (a PReLU slope, a one-output bias) and a quantization scale or zero point are
+    values, not structure: hashed, they gave every calibration of a quantized model its own signatures, 0 of 15 shared
+    (found by review). Integer shapes and axes still count."""
+    fp = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", fp, [1, 4, 6, 6])
+
+    def prelu(slope: float) -> list[str]:
+        y = helper.make_tensor_value_info("y", fp, [1, 4, 6, 6])
+        inits = [numpy_helper.from_array(np.array([slope], np.float32), "slope")]
+        return _signatures([helper.make_node("PRelu", ["x", "slope"], ["y"])], [x], [y], inits)
+
+    def qdq(scale: float, zero_point: int) -> list[str]:
+        y = helper.make_tensor_value_info("y", fp, [1, 4, 6, 6])
+        inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+                 numpy_helper.from_array(np.array(zero_point, np.uint8), "z")]  # fmt: skip
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]  # fmt: skip
+        return _signatures(nodes, [x], [y], inits)
+
+    def reshape(shape: list[int]) -> list[str]:
+        y = helper.make_tensor_value_info("y", fp, shape)
+        inits = [numpy_helper.from_array(np.array(shape, np.int64), "shape")]
+        return _signatures([helper.make_node("Reshape", ["x", "shape"], ["y"])], [x], [y], inits)
+
+    assert prelu(0.25) == prelu(0.3)
+    assert qdq(0.02, 128) == qdq(0.5, 3)
+    assert reshape([1, 144]) != reshape([4, 36])
+
+
+def test_a_body_reading_its_own_node_differs_from_one_reading_the_blocks() -> None:
+    """An If branch's own node outputs were named like the block's (n<j>.<k>): Add(Sigmoid(p), Sigmoid(p)) in a body
+    hashed like Add(Sigmoid(p), p), where p is the block's node 0 (found by review)."""
+    fp = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", fp, [1, 4])
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", fp, [1, 4])
+
+    def block(second: str) -> list[str]:
+        body = [helper.make_node("Sigmoid", ["p"], ["s"]), helper.make_node("Add", ["s", second], ["t"])]
+        then = helper.make_graph(body, "then", [], [helper.make_tensor_value_info("t", fp, [1, 4])])
+        other = helper.make_graph([helper.make_node("Identity", ["p"], ["e"])], "else", [],
+                                  [helper.make_tensor_value_info("e", fp, [1, 4])])  # fmt: skip
+        nodes = [helper.make_node("Relu", ["x"], ["p"]),
+                 helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]  # fmt: skip
+        return _signatures(nodes, [x, c], [y], [])
+
+    assert block("s") != block("p")
+
+
 def if_model(k: int, weights_inside: bool, seed: int = 0) -> onnx.ModelProto:
     """x -> MatMul -> Relu -> If(c: MatMul(w_a[64, k]) -> MatMul(w_b[k, 64]) ; Relu) -> MatMul: the then-branch's
     weights are outer-scope initializers, or the branch's own."""
