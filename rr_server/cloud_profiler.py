@@ -5,10 +5,10 @@ here; a background worker times the slice (warm-up, then repeated runs) and stor
 cloud node with source `cloud-profiler`. A reported whole-model run that names the model's slice is timed the same
 way and stored as the cloud node's run of that model (its whole-model latency; the edge calibrates the cloud's block
 predictions with it). Each signature and each model is timed once per server data dir, with the slice storage recorded
-for it (its first report's). The queue lives in memory, but the slices it comes from are stored with the report: at
-start, every stored slice the cloud node has not timed yet is queued again, so a `kill -9` loses none. Timed runs keep
-out of the way of the edges' requests (`rr_server.activity`): they wait until no inference runs, and one that a
-request overlapped is not counted.
+for it (its first report's, until the slice store loses it). The queue lives in memory, but the slices it comes from
+are stored with the report: at start, every stored slice the cloud node has not timed yet is queued again, so a
+`kill -9` loses none. Timed runs keep out of the way of the edges' requests (`rr_server.activity`): they wait until no
+inference runs, and one that a request overlapped is not counted.
 
 A reported slice is the reporter's word, so timing is bounded: its random inputs may take at most
 `MAX_TIMING_INPUT_BYTES` (the shapes it declares), and no run may take longer than the time budget (`max_seconds`);
@@ -101,7 +101,7 @@ class CloudProfiler:
 
     def submit(self, signature: str, slice_id: str) -> bool:
         """Queue a block for timing unless the cloud node measured it already; returns whether it was queued."""
-        done = signature in set(self._storage.measured_signatures(self.node_id))
+        done = bool(self._storage.measured_by_any([signature], self.node_id))  # indexed: not every signature read
         return self._enqueue(BLOCK, signature, slice_id, done)
 
     def submit_model(self, model: str, slice_id: str) -> bool:

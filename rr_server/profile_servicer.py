@@ -61,6 +61,9 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         self._slices = slices
         self._cloud = cloud
 
+    def _lost(self, slice_id: str) -> bool:
+        return bool(slice_id) and self._slices.get(slice_id) is None
+
     def _known_node(self, node_id: str) -> str:
         check_id(node_id, "node_id")
         require_writer(node_id)
@@ -123,7 +126,11 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
             )
         slice_ids = {s: i for s, i in slice_ids.items() if self._slices.get(i) is not None}
         model_slices = {m: i for m, i in model_slices.items() if self._slices.get(i) is not None}
-        self._storage.add_reports(measurements, features, slice_ids, runs, model_slices)
+        # a stored slice the store lost (evicted before the server timed it) gives way to the reported one: kept, no
+        # later report's slice was ever timed
+        lost = [s for s in slice_ids if self._lost(self._storage.slice_of(s))]
+        lost += [m for m in model_slices if self._lost(self._storage.model_slice_of(m))]
+        self._storage.add_reports(measurements, features, slice_ids, runs, model_slices, lost)
         self._predictor.notify()
         if self._cloud is not None:
             for signature in slice_ids:

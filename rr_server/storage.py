@@ -250,19 +250,24 @@ class Storage:
         slice_ids: dict[str, str],
         runs: list[ModelRun],
         model_slices: dict[str, str] | None = None,
+        lost: Iterable[str] = (),
     ) -> None:
         """Store a batch of measurements, their signatures' features and slices, model runs and the slices of whole
-        models in one transaction."""
+        models in one transaction. A signature's (or model's) first slice stays, unless it is in `lost` (the slice
+        store no longer holds it): then the reported one replaces it."""
+        lost = set(lost)
         model_slices = model_slices or {}
         if not (measurements or features or slice_ids or runs or model_slices):
             return
         with self._transaction() as db:
             for signature in features.keys() | slice_ids.keys():
-                _store_signature(db, signature, features.get(signature), slice_ids.get(signature, ""))
+                slice_id = slice_ids.get(signature, "")
+                _store_signature(db, signature, features.get(signature), slice_id, signature in lost)
             for model, slice_id in model_slices.items():
                 db.execute(
-                    "INSERT INTO model_slices(model, slice_id) VALUES (?, ?) ON CONFLICT(model) DO NOTHING",
-                    (model, slice_id),
+                    "INSERT INTO model_slices(model, slice_id) VALUES (?, ?) ON CONFLICT(model) DO UPDATE SET "
+                    "slice_id = CASE WHEN ? THEN excluded.slice_id ELSE model_slices.slice_id END",
+                    (model, slice_id, model in lost),
                 )
             db.executemany(
                 "INSERT INTO measurements(node_id, signature, latency_ms, p10_ms, p90_ms, cv, samples, energy_mj, "
@@ -372,11 +377,12 @@ class Storage:
         )
         return [r["signature"] for r in rows]
 
-    def measured_by_any(self, signatures: Iterable[str]) -> set[str]:
-        """Those of `signatures` that some node has reported a measurement of."""
+    def measured_by_any(self, signatures: Iterable[str], node_id: str | None = None) -> set[str]:
+        """Those of `signatures` that some node (or `node_id`) has reported a measurement of."""
+        where, args = ("node_id = ? AND ", (node_id,)) if node_id is not None else ("", ())
         rows = self._read(
-            "SELECT DISTINCT signature FROM measurements WHERE signature IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(signatures)),),
+            f"SELECT DISTINCT signature FROM measurements WHERE {where}signature IN (SELECT value FROM json_each(?))",
+            (*args, json.dumps(list(signatures))),
         )
         return {r["signature"] for r in rows}
 
@@ -446,24 +452,27 @@ def _prune(db: sqlite3.Connection, sql: str, pairs: set[tuple[str, str]]) -> Non
         db.execute(sql, (node_id, json.dumps(node_keys)))
 
 
-def _store_signature(db: sqlite3.Connection, signature: str, f: Features | None, slice_id: str) -> None:
+def _store_signature(
+    db: sqlite3.Connection, signature: str, f: Features | None, slice_id: str, replace_slice: bool = False
+) -> None:
     """A reported signature's features and slice (inside the report's transaction): the first report that gives them
     sets them; later features that differ are kept out (logged), so no reporter rewrites what others measured."""
     row = db.execute("SELECT * FROM signatures WHERE signature = ?", (signature,)).fetchone()
     stored = _features(row) if row is not None else Features()
     if f is not None and not stored.is_empty() and f != stored:
         log.warning("signature %s: a report gave other features than its first one; the first are kept", signature)
-    db.execute(*_upsert_signature(signature, f if stored.is_empty() and f is not None else stored, slice_id))
+    kept = f if stored.is_empty() and f is not None else stored
+    db.execute(*_upsert_signature(signature, kept, slice_id, replace_slice and bool(slice_id)))
 
 
-def _upsert_signature(signature: str, f: Features, slice_id: str) -> tuple[str, tuple]:
-    """Set the features; the slice only while the signature has none."""
+def _upsert_signature(signature: str, f: Features, slice_id: str, replace: bool = False) -> tuple[str, tuple]:
+    """Set the features; the slice only while the signature has none, or with `replace`."""
     return (
         "INSERT INTO signatures(signature, ops, flops, param_bytes, input_bytes, output_bytes, slice_id) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(signature) DO UPDATE SET ops=excluded.ops, flops=excluded.flops, "
         "param_bytes=excluded.param_bytes, input_bytes=excluded.input_bytes, output_bytes=excluded.output_bytes, "
-        "slice_id=CASE WHEN signatures.slice_id = '' THEN excluded.slice_id ELSE signatures.slice_id END",
-        (signature, json.dumps(list(f.ops)), f.flops, f.param_bytes, f.input_bytes, f.output_bytes, slice_id),
+        "slice_id=CASE WHEN signatures.slice_id = '' OR ? THEN excluded.slice_id ELSE signatures.slice_id END",
+        (signature, json.dumps(list(f.ops)), f.flops, f.param_bytes, f.input_bytes, f.output_bytes, slice_id, replace),
     )
 
 
