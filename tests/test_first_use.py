@@ -34,6 +34,36 @@ def test_a_query_right_after_a_report_uses_the_fit_that_includes_it(tmp_path):
         assert got.latency_ms > 1.0
 
 
+def test_queries_waiting_for_a_refit_do_not_put_it_off(tmp_path, monkeypatch):
+    """A query about a signature measured since the last fit waits for the refit; each such wait counted as a new
+    report and restarted the refit's debounce, so with 20 edges asking every 0.3 s the refit waited its full bound
+    and the answers stayed cold-start (found by review). Here the bound is a minute: waiting queries must not hold
+    the refit off at all."""
+    import threading
+
+    import rr_server.predictor as predictor
+
+    monkeypatch.setattr(predictor, "_MAX_DEBOUNCE_S", 60.0)
+    with serving(tmp_path, refresh_debounce_s=0.3, cloud_profiling=False) as (server, stubs):
+        stubs.nodes.RegisterNode(rr.RegisterNodeRequest(node_id="e", role=rr.NODE_ROLE_EDGE), timeout=5)
+        assert server.predictor.wait_fresh(10)
+        done = threading.Event()
+
+        def asking() -> None:  # other edges' queries, each waiting a moment for the fit
+            while not done.is_set():
+                server.predictor.wait_fresh(0.05)
+
+        askers = threading.Thread(target=asking)
+        askers.start()
+        try:
+            stubs.profiles.ReportLayerProfiles(report("e", layer("big", 10.0, **BIG)), timeout=10)
+            assert server.predictor.wait_fresh(10)
+        finally:
+            done.set()
+            askers.join()
+        assert predict(stubs, "e", ["big"])["big"].latency_provenance == rr.PROVENANCE_MEASURED
+
+
 def test_a_query_does_not_wait_for_other_signatures_reports(tmp_path, monkeypatch):
     """Only a query about signatures measured since the last fit waits for the refit: in a fleet that reports all the
     time, every query would otherwise wait for the next one."""
