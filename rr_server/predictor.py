@@ -178,7 +178,6 @@ class Predictor:
         self._debounce_s = debounce_s
         self._targets: dict[str, _Target | None] = {"latency": None, "energy": None}
         self._sources: dict[str, str] = {}
-        self._default_source = ""
         self._fitted_version = -1
         self._wake = threading.Event()
         self._notices = 0  # notify() calls: a debounce lasts while they keep coming, and a wake-up with none new
@@ -256,7 +255,7 @@ class Predictor:
             for quantity, data in (("latency", latency), ("energy", energy)):
                 fitted = self._fit(data, quantity, signatures, cloud, self._targets[quantity])
                 self._targets = {**self._targets, quantity: fitted}
-            self._sources, self._default_source = _energy_sources(values)
+            self._sources = _energy_sources(values)
             log.info(
                 "predictor refreshed with %s: %d measurements, %d signatures in %.1f ms",
                 engine_name(),
@@ -370,9 +369,11 @@ class Predictor:
                 latency, latency_p = _estimate(latency_t, node_id, sig, f)
             if m is not None and m.energy_mj is not None:
                 energy, energy_p, source = m.energy_mj, MEASURED, m.energy_source
-            else:
+            elif node_id in self._sources:  # it reports energy: predicted from its readings and the fleet's
                 energy, energy_p = _estimate(energy_t, node_id, sig, f)
-                source = self._sources.get(node_id, self._default_source) if energy_p != UNKNOWN else ""
+                source = self._sources[node_id] if energy_p != UNKNOWN else ""
+            else:  # it reports none: another device's joules are not its own; the edge uses its power model
+                energy, energy_p, source = 0.0, UNKNOWN, ""
             out.append(PredictionRecord(sig, latency, energy, latency_p, energy_p, source))
         if any(t is not None and len(t.cold) > MAX_COLD_COLUMNS for t in (latency_t, energy_t)):
             self.notify()  # the refit drops the queried columns
@@ -423,12 +424,12 @@ def _edge_rows(rows: dict[str, int], cloud: set[str]) -> np.ndarray:
     return np.array(sorted(k for node, k in rows.items() if node not in cloud), dtype=np.int64)
 
 
-def _energy_sources(values: list[LatestValue]) -> tuple[dict[str, str], str]:
+def _energy_sources(values: list[LatestValue]) -> dict[str, str]:
+    """Per node that reported energy, the source of most of its readings ("" when they name none)."""
     per_node: dict[str, Counter] = {}
-    overall: Counter = Counter()
     for v in values:
-        if v.energy_mj is not None and v.energy_source:
-            per_node.setdefault(v.node_id, Counter())[v.energy_source] += 1
-            overall[v.energy_source] += 1
-    sources = {node: c.most_common(1)[0][0] for node, c in per_node.items()}
-    return sources, (overall.most_common(1)[0][0] if overall else "")
+        if v.energy_mj is not None:
+            counts = per_node.setdefault(v.node_id, Counter())
+            if v.energy_source:
+                counts[v.energy_source] += 1
+    return {node: c.most_common(1)[0][0] if c else "" for node, c in per_node.items()}

@@ -339,6 +339,23 @@ def test_predictions_measured_predicted_cold_start_and_fold_in(env):
     assert answer.e2e_correction == 1.0
 
 
+def test_a_node_that_reports_no_energy_gets_no_other_devices_joules(env):
+    """A Pi that reports latency only was given the median metered node's energy, labelled with that node's meter
+    (rapl), and its plans used a GPU host's joules (found by review). It gets none: the edge uses its power model."""
+    server, stubs = env
+    register(stubs, "gpu")
+    register(stubs, "pi")
+    layers = [layer(s, 2.0 + k, energy_mj=500.0 + k, **features(k)) for k, s in enumerate(SIGS[:3])]
+    stubs.profiles.ReportLayerProfiles(report("gpu", *layers), timeout=10)
+    stubs.profiles.ReportLayerProfiles(report("pi", layer(SIGS[0], 40.0)), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    answer = stubs.predictions.Predict(rr.PredictRequest(node_id="pi", signatures=SIGS[:3]), timeout=10)
+    for p in answer.predictions:
+        assert (p.energy_mj, p.energy_provenance, p.energy_source) == (0.0, rr.PROVENANCE_UNSPECIFIED, "")
+        assert p.latency_ms > 0
+    gpu = stubs.predictions.Predict(rr.PredictRequest(node_id="gpu", signatures=SIGS[:1]), timeout=10).predictions
+    assert (gpu[0].energy_mj, gpu[0].energy_source) == (500.0, "rapl")
+
 def test_a_node_whose_latency_is_additive_in_the_block_sizes_is_predicted_by_that_sum(env):
     """A new node unlike the fleet (its latency grows with the flops, theirs does not) that reports enough blocks is
     folded in as a weighted sum of the blocks' sizes, and predicted by it where it measured nothing."""
