@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import replace
 
-from rr_edge.netmodel import NetworkModel
+from rr_edge.netmodel import KINDS, NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
 from rr_server.auth import require_writer
@@ -51,6 +51,7 @@ MAX_ITEMS_PER_REPORT = 100_000
 # blocks in one accepted report made a 505 MB database (a real model's blocks name tens of short ops each).
 MAX_REPORT_OP_BYTES = 64 * 1024 * 1024
 MAX_NETWORK_SAMPLES = 10_000
+MAX_MODEL_JSON_BYTES = 64 * 1024  # a fitted curve: 5 coefficients, or a knot per profiled size
 MAX_CLOCK_AHEAD_S = 365 * 86400.0  # an edge clock may run ahead; a time in milliseconds is 1000x ahead
 
 
@@ -157,6 +158,11 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
                 if not math.isfinite(value):  # negative: not computed (too few sizes)
                     raise InvalidArgument(f"{direction}: {name} must be finite, got {value!r}")
             _check_model_json(getattr(request.profile, direction).model_json, direction)
+            chosen = getattr(request.profile, direction).chosen_model
+            if chosen not in KINDS:
+                raise InvalidArgument(
+                    f"{direction}: chosen_model must be one of {', '.join(KINDS)}, got {chosen[:40]!r}"
+                )
         measured_at = request.profile.measured_at
         if not (math.isfinite(measured_at) and 0 <= measured_at <= time.time() + MAX_CLOCK_AHEAD_S):
             raise InvalidArgument(f"measured_at must be Unix seconds (not milliseconds), got {measured_at!r}")
@@ -172,6 +178,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         return rr.GetNetworkProfileResponse(profile=network_profile_from_dict(profile))
 
     def ListMeasuredSignatures(self, request, context):
+        if self._storage.get_node(request.node_id) is None:
+            raise NotFound(f"node {request.node_id[:80]!r} is not registered")
         return rr.ListMeasuredSignaturesResponse(signatures=self._storage.measured_signatures(request.node_id))
 
 
@@ -186,6 +194,10 @@ def _check_run(run: ModelRun) -> ModelRun:
 def _check_model_json(text: str, direction: str) -> None:
     """A direction's fitted model must be one the edge can plan with (`NetworkModel.to_dict` as JSON, finite numbers):
     a NaN in it, or no model at all, made every later plan of the node fail."""
+    if len(text) > MAX_MODEL_JSON_BYTES:
+        raise ResourceExhausted(
+            f"{direction}: model_json of {len(text):,} characters (at most {MAX_MODEL_JSON_BYTES:,})"
+        )
     try:
         model = json.loads(text)
         if not isinstance(model, dict):

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from rr_server.errors import InvalidArgument
+from rr_server.errors import InvalidArgument, ResourceExhausted
 
 ROLE_EDGE = "edge"
 ROLE_CLOUD = "cloud"
@@ -113,8 +113,8 @@ def check_features(features: Features, what: str) -> Features:
         value = getattr(features, name)
         if value < 0:
             raise InvalidArgument(f"{what}: {name} must not be negative, got {value}")
-    if len(features.ops) > MAX_OPS_PER_BLOCK:
-        raise InvalidArgument(f"{what}: {len(features.ops)} ops is not a block (at most {MAX_OPS_PER_BLOCK})")
+    if len(features.ops) > MAX_OPS_PER_BLOCK:  # a size limit, as docs/protocol.md says
+        raise ResourceExhausted(f"{what}: {len(features.ops)} ops is not a block (at most {MAX_OPS_PER_BLOCK})")
     for op in features.ops:
         if not op or len(op) > MAX_OP_NAME_LENGTH or not op.isprintable():
             raise InvalidArgument(f"{what}: op {op[:40]!r} must be 1-{MAX_OP_NAME_LENGTH} printable characters")

@@ -167,6 +167,21 @@ def test_bad_layer_report_rejected_whole(env, bad, fragment):
     assert ack.accepted_layers == 1
 
 
+def test_size_limits_and_unknown_nodes_answer_as_the_protocol_says(env):
+    """docs/protocol.md: at most 10,000 ops per block, RESOURCE_EXHAUSTED past that (it was INVALID_ARGUMENT); an
+    unknown node is NOT_FOUND (ListMeasuredSignatures answered it with an empty list)."""
+    _, stubs = env
+    register(stubs, "pi4")
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ReportLayerProfiles(report("pi4", layer("s", 1.0, ops=["Relu"] * 10_001)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "10001 ops" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="ghost"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    known = stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="pi4"), timeout=5)
+    assert list(known.signatures) == []
+
+
 def test_a_report_is_stored_only_when_it_closes_with_its_end_message(env):
     """gRPC Python can hand a cancelled stream to the server as a clean end (grpc/grpc#33038): a report is stored
     only when its end message arrives and counts every item before it."""
@@ -300,6 +315,20 @@ def test_network_profile_roundtrip_and_validation(env):
                 rr.ReportNetworkProfileRequest(node_id="pi4", profile=message), timeout=5
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and where in err.value.details()
+    # unbounded strings (a 100 MB chosen_model, 3M coefficients) were stored and sent to every planner (review)
+    named = rr.DirectionProfile()
+    named.CopyFrom(up)
+    named.chosen_model = "x" * 10_000
+    huge = downlink_model('{"kind": "poly4", "coeffs": [' + ", ".join(["1.0"] * 100_000) + "]}")
+    for message, code, where in (
+        (rr.NetworkProfile(uplink=up, downlink=named), grpc.StatusCode.INVALID_ARGUMENT, "chosen_model must be one"),
+        (huge, grpc.StatusCode.RESOURCE_EXHAUSTED, "downlink: model_json of"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.profiles.ReportNetworkProfile(
+                rr.ReportNetworkProfileRequest(node_id="pi4", profile=message), timeout=5
+            )
+        assert err.value.code() == code and where in err.value.details()
     assert stubs.profiles.GetNetworkProfile(rr.GetNetworkProfileRequest(node_id="pi4"), timeout=5).profile == profile
 
 
@@ -355,6 +384,7 @@ def test_a_node_that_reports_no_energy_gets_no_other_devices_joules(env):
         assert p.latency_ms > 0
     gpu = stubs.predictions.Predict(rr.PredictRequest(node_id="gpu", signatures=SIGS[:1]), timeout=10).predictions
     assert (gpu[0].energy_mj, gpu[0].energy_source) == (500.0, "rapl")
+
 
 def test_a_node_whose_latency_is_additive_in_the_block_sizes_is_predicted_by_that_sum(env):
     """A new node unlike the fleet (its latency grows with the flops, theirs does not) that reports enough blocks is
