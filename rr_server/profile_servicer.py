@@ -132,7 +132,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
         lost = [s for s in slice_ids if self._lost(self._storage.slice_of(s))]
         lost += [m for m in model_slices if self._lost(self._storage.model_slice_of(m))]
         self._storage.add_reports(measurements, features, slice_ids, runs, model_slices, lost)
-        self._predictor.notify()
+        if measurements or features:  # whole-model runs are read at query time: no refit for them
+            self._predictor.notify()
         if self._cloud is not None:
             for signature in slice_ids:
                 self._cloud.submit(signature, self._storage.slice_of(signature))

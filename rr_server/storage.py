@@ -308,6 +308,8 @@ class Storage:
             )
             _prune(db, _PRUNE_MEASUREMENTS, {(m.node_id, m.signature) for m in measurements})
             _prune(db, _PRUNE_RUNS, {(r.node_id, r.model) for r in runs})
+        if not (measurements or features):  # whole-model runs and slices: nothing a fit reads
+            return
         with self._lock:  # after the commit: a reader that sees this version sees the write
             self.version += 1
             self._written.update((m.signature, self.version) for m in measurements)

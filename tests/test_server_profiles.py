@@ -182,6 +182,21 @@ def test_size_limits_and_unknown_nodes_answer_as_the_protocol_says(env):
     assert list(known.signatures) == []
 
 
+def test_a_report_of_whole_model_runs_only_asks_for_no_refit(env):
+    """Whole-model runs are read when a query asks (e2e_correction, model_latency_ms); a report of only those bumped
+    the data version, and the predictor refit both matrices for nothing (3.4 s each at 40,000 blocks; review)."""
+    server, stubs = env
+    register(stubs, "pi4")
+    stubs.profiles.ReportLayerProfiles(report("pi4", layer("a", 1.0)), timeout=10)
+    assert server.predictor.wait_fresh(10)
+    version = server.storage.version
+    whole = rr.ModelProfile(model="m", latency=rr.LatencyStats(median_ms=3.0), sum_of_blocks_ms=2.0)
+    assert stubs.profiles.ReportLayerProfiles(report("pi4", whole), timeout=10).accepted_models == 1
+    assert server.storage.version == version
+    answer = stubs.predictions.Predict(rr.PredictRequest(node_id="pi4", signatures=["a"], model="m"), timeout=10)
+    assert answer.model_latency_ms == 3.0 and answer.e2e_correction == 1.5  # read at once, no refit needed
+
+
 def test_a_report_is_stored_only_when_it_closes_with_its_end_message(env):
     """gRPC Python can hand a cancelled stream to the server as a clean end (grpc/grpc#33038): a report is stored
     only when its end message arrives and counts every item before it."""
