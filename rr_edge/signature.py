@@ -23,6 +23,7 @@ difference in shape gives a different one.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
@@ -30,7 +31,7 @@ from functools import lru_cache
 import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
 
-from rr_edge.onnx_io import TensorInfo
+from rr_edge.onnx_io import TensorInfo, with_subgraph_nodes
 
 __all__ = ["SIGNATURE_LENGTH", "block_signature", "model_opsets"]
 
@@ -156,7 +157,8 @@ def block_signature(
         info = infos.get(name)
         return [info.shape and list(info.shape), info.dtype] if info is not None else ["?"]
 
-    aliases: dict[str, str] = {}  # an Identity's output -> its input, resolved where it is read
+    # an exporter's Identity of a shared weight names its input anew: resolved where the name is read, not hashed
+    aliases = {n.output[0]: n.input[0] for n in nodes if _is_alias(n)}
 
     def ref(name: str) -> str:
         if not name:
@@ -173,23 +175,75 @@ def block_signature(
         return canon
 
     record: list[object] = [[info_key(n) for n in inputs]]
-    j = 0
-    for node in nodes:
-        if _is_alias(node):  # names its input anew (an exporter's Identity of a shared weight): not part of the shape
-            aliases[node.output[0]] = node.input[0]
-            continue
+    for j, node in enumerate(_canonical_order([n for n in nodes if not _is_alias(n)], aliases, inputs, initializers,
+                                              info_key, opsets)):  # fmt: skip
         ins = [ref(x) for x in node.input]
         for k, o in enumerate(node.output):
             if o:
                 names[o] = f"n{j}.{k}"
         outs = [info_key(o) if o else None for o in node.output]
         record.append([node.domain, node.op_type, ins, outs, _attrs_key(node, ref, opsets)])
-        j += 1
     record.append([ref(o) for o in outputs])
     record.append(weights)
     record.append(externals)
     blob = json.dumps(record, separators=(",", ":"), sort_keys=False).encode()
     return hashlib.sha256(blob).hexdigest()[:SIGNATURE_LENGTH]
+
+
+def _canonical_order(
+    nodes: Sequence[NodeProto],
+    aliases: Mapping[str, str],
+    inputs: Sequence[str],
+    initializers: Mapping[str, TensorProto],
+    info_key: Callable[[str], list[object]],
+    opsets: Opsets,
+) -> list[NodeProto]:
+    """`nodes` (topological, no aliases) in an order set by their structure alone: each step takes, of the nodes
+    whose producers are placed, the one with the least key (op, attributes, and inputs named by what made them: a
+    block input's position, an earlier node's place, a weight's shape, an outside tensor's shape). Tools that re-sort
+    parallel branches (onnxsim, ONNX Runtime's offline optimizer) had changed the signature (found by review)."""
+    names: dict[str, str] = {name: f"i{i}" for i, name in enumerate(inputs)}
+
+    def real(name: str) -> str:
+        while name in aliases:
+            name = aliases[name]
+        return name
+
+    def label(name: str) -> str:
+        name = real(name)
+        if name in names:
+            return names[name]
+        if name in initializers:
+            return json.dumps(_tensor_key(initializers[name]))
+        return json.dumps(info_key(name))
+
+    def key(k: int) -> str:
+        n = nodes[k]
+        return json.dumps([n.domain, n.op_type, [label(x) if x else "" for x in n.input], _attrs_key(n, label, opsets)])
+
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    needs = [
+        {producer[real(x)] for m in with_subgraph_nodes([n]) for x in m.input if x and real(x) in producer} - {k}
+        for k, n in enumerate(nodes)
+    ]  # with what its bodies read from the block
+    users: dict[int, list[int]] = {}
+    for k, before in enumerate(needs):
+        for p in before:
+            users.setdefault(p, []).append(k)
+    ready = [(key(k), k) for k, before in enumerate(needs) if not before]
+    heapq.heapify(ready)
+    order: list[NodeProto] = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        for o_index, o in enumerate(nodes[k].output):
+            if o:
+                names[o] = f"n{len(order)}.{o_index}"
+        order.append(nodes[k])
+        for u in users.get(k, ()):
+            needs[u].discard(k)
+            if not needs[u]:
+                heapq.heappush(ready, (key(u), u))
+    return order if len(order) == len(nodes) else list(nodes)  # a cycle (not a valid graph): as given
 
 
 def _is_alias(node: NodeProto) -> bool:

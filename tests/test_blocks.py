@@ -186,6 +186,27 @@ def test_signature_ignores_learned_scalars_and_quantization_parameters() -> None
     assert reshape([1, 144]) != reshape([4, 36])
 
 
+def test_signature_does_not_depend_on_the_file_order_of_parallel_branches() -> None:
+    """Tools re-sort nodes (onnxsim, ONNX Runtime's offline optimizer): Relu -> {Conv 3x3, Conv 1x1} -> Add gave
+    two signatures by which Conv came first in the file (found by review). A real difference still shows."""
+    rng = np.random.default_rng(0)
+    fp = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", fp, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", fp, [1, 4, 8, 8])
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w3", (4, 4, 3, 3)), ("w1", (4, 4, 1, 1)))]  # fmt: skip
+    relu = helper.make_node("Relu", ["x"], ["r"])
+    conv3 = helper.make_node("Conv", ["r", "w3"], ["a"], pads=[1] * 4)
+    conv1 = helper.make_node("Conv", ["r", "w1"], ["b"])
+    add, tail = helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Sigmoid", ["s"], ["y"])
+    one = _signatures([relu, conv3, conv1, add, tail], [x], [y], inits)
+    assert _signatures([relu, conv1, conv3, add, tail], [x], [y], inits) == one
+    sub = helper.make_node("Sub", ["a", "b"], ["s"])  # not commutative: which branch comes first is structure
+    assert _signatures([relu, conv3, conv1, sub, tail], [x], [y], inits) != _signatures(
+        [relu, conv3, conv1, helper.make_node("Sub", ["b", "a"], ["s"]), tail], [x], [y], inits
+    )
+
+
 def test_a_body_reading_its_own_node_differs_from_one_reading_the_blocks() -> None:
     """An If branch's own node outputs were named like the block's (n<j>.<k>): Add(Sigmoid(p), Sigmoid(p)) in a body
     hashed like Add(Sigmoid(p), p), where p is the block's node 0 (found by review)."""
