@@ -192,9 +192,12 @@ def test_op_names_and_op_counts_are_capped(env):
     register(stubs, "pi4")
     too_long = layer("s", 1.0, ops=["Conv", "X" * (MAX_OP_NAME_LENGTH + 1)], flops=10)
     too_many = layer("s", 1.0, ops=["Relu"] * (MAX_OPS_PER_BLOCK + 1), flops=10)
-    for item in (too_long, too_many):
+    for item, code in (
+        (too_long, grpc.StatusCode.INVALID_ARGUMENT),
+        (too_many, grpc.StatusCode.RESOURCE_EXHAUSTED),  # a size limit (docs/protocol.md)
+    ):
         err = rejected(stubs, "pi4", item)
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "signature 's'" in err.details()
+        assert err.code() == code and "signature 's'" in err.details()
     assert server.storage.count_measurements() == 0 and server.storage.signatures() == {}
     with pytest.raises(grpc.RpcError) as err:
         predict(stubs, "pi4", ["q"], [rr.BlockFeatures(ops=["Y" * (MAX_OP_NAME_LENGTH + 1)])])
