@@ -127,8 +127,8 @@ class ProfileServicer(rr_grpc.ProfileServiceServicer):
             )
         slice_ids = {s: i for s, i in slice_ids.items() if self._slices.get(i) is not None}
         model_slices = {m: i for m, i in model_slices.items() if self._slices.get(i) is not None}
-        # a stored slice the store lost (evicted before the server timed it) gives way to the reported one: kept, no
-        # later report's slice was ever timed
+        # a stored slice that the store has lost (evicted before the server timed it) gives way to the reported one;
+        # kept, it had kept every later upload of the block from being timed
         lost = [s for s in slice_ids if self._lost(self._storage.slice_of(s))]
         lost += [m for m in model_slices if self._lost(self._storage.model_slice_of(m))]
         self._storage.add_reports(measurements, features, slice_ids, runs, model_slices, lost)
