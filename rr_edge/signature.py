@@ -2,8 +2,9 @@
 
 A signature hashes what determines a block's cost on a device and nothing else:
 
-* op types, domains and attributes of its nodes, in order (an attribute written out at its schema's default value
-  counts as left out: exporters differ in which defaults they write);
+* op types, domains and attributes of its nodes, in a canonical topological order (`_canonical_order`: a tool that
+  re-sorts parallel branches keeps the signature; an attribute written out at its schema's default value counts as
+  left out: exporters differ in which defaults they write);
 * the wiring between them, with tensor names replaced by positions (block inputs `i0, i1...`,
   node outputs `n<j>.<k>`, weights `w0, w1...` one per use, other outside tensors `x0...`; a body's own tensors are
   named apart from its block's); an Identity only renames its input (exporters alias shared weights with one), so
