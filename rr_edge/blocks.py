@@ -34,7 +34,7 @@ import onnx
 from onnx import NodeProto, TensorProto
 
 from rr_edge.errors import ModelError
-from rr_edge.flops import node_flops
+from rr_edge.flops import node_flops, trip_counts
 from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy, subgraphs, with_subgraph_nodes
 from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_opsets
@@ -438,6 +438,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     if fuse:
         runs = _fuse_cheap(ix, runs, sizes)
     opsets = model_opsets(model)
+    trips = trip_counts(ix.initializers, ix.nodes)
     blocks: list[Block] = []
     prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
     for k, (run, cut) in enumerate(runs):
@@ -451,7 +452,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
                 signature=block_signature(nodes, prev_cut, outputs, sizes, ix.initializers, opsets),
                 inputs=tuple(prev_cut),
                 outputs=tuple(outputs),
-                flops=sum(node_flops(n, sizes) for n in nodes),
+                flops=sum(node_flops(n, sizes, trips) for n in nodes),
                 param_bytes=_param_bytes(nodes, ix.initializers),
                 input_bytes=_bytes(prev_cut, sizes),
                 output_bytes=_bytes(outputs, sizes),

@@ -6,18 +6,21 @@ and are counted from shapes: 2 per MAC, plus one add per output element for a bi
 op counts its input and hidden-state products, not its gates' element-wise work).
 Element-wise ops, pooling, reductions and normalisations are counted per output element with
 small per-element costs. Shape/data-movement ops count 0. Unknown shapes count 0. If, Loop and
-Scan count the nodes of the graphs they run (`_body_flops`).
+Scan count the nodes of the graphs they run (`_body_flops`); a Loop runs its body as many times as its scan
+outputs are long, else its trip count where that is a constant (`trip_counts`), else once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from onnx import NodeProto
+from onnx import NodeProto, TensorProto, numpy_helper
 
 from rr_edge.onnx_io import TensorInfo, subgraphs
 
-__all__ = ["node_flops"]
+__all__ = ["node_flops", "trip_counts"]
+
+MAX_TRIP_COUNT = 1 << 20  # a larger constant trip count stands for "until the condition turns false"
 
 # Cost per output element of cheap ops.
 _ELEMENTWISE = {
@@ -71,24 +74,39 @@ def _einsum_flops(node: NodeProto, shapes: list[tuple[int, ...] | None]) -> int:
     return 2 * _numel(tuple(sizes.values()))
 
 
-def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
+def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo], trips: Mapping[str, int] | None = None) -> int:
     """FLOPs of one node given the static shapes of its tensors (`infos` by tensor name, those of its subgraphs'
-    tensors included), the work of the graphs it runs (If, Loop, Scan) included."""
-    return _own_flops(node, infos) + _body_flops(node, infos)
+    tensors included), the work of the graphs it runs (If, Loop, Scan) included; `trips`: constant trip counts
+    (`trip_counts`)."""
+    return _own_flops(node, infos) + _body_flops(node, infos, trips or {})
 
 
-def _body_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
+def trip_counts(initializers: Mapping[str, TensorProto], nodes: Iterable[NodeProto]) -> dict[str, int]:
+    """The tensors that can be a Loop's constant trip count: one-element int64 initializers and Constant outputs."""
+    tensors = [(name, t) for name, t in initializers.items()]
+    tensors += [(n.output[0], a.t) for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return {
+        name: int(numpy_helper.to_array(t).reshape(-1)[0])
+        for name, t in tensors
+        if t.data_type == TensorProto.INT64 and t.data_location != TensorProto.EXTERNAL and list(t.dims) in ([], [1])
+    }
+
+
+def _body_flops(node: NodeProto, infos: Mapping[str, TensorInfo], trips: Mapping[str, int]) -> int:
     """FLOPs of the graphs a node runs: the costlier branch of an If, a Scan's body once per element of its first scan
-    input, a Loop's body once per iteration: as many as its first scan output is long, once when it has none (a trip
-    count is a value, which shapes do not tell)."""
+    input, a Loop's body once per iteration: as many as its first scan output is long, else its trip count where it
+    is a constant (a Loop without scan outputs had counted once, 3x low for 3 trips), else once."""
     graphs = subgraphs(node)
     if not graphs:
         return 0
-    per_run = [sum(node_flops(n, infos) for n in g.node) for g in graphs]
+    per_run = [sum(node_flops(n, infos, trips) for n in g.node) for g in graphs]
     if node.op_type == "Loop":
         carried = max(len(node.input) - 2, 0)  # inputs: trip count, condition, loop-carried values
         scanned = infos.get(node.output[carried]) if len(node.output) > carried else None
-        return per_run[0] * (scanned.shape[0] if scanned and scanned.shape and scanned.shape[0] > 0 else 1)
+        if scanned and scanned.shape and scanned.shape[0] > 0:
+            return per_run[0] * scanned.shape[0]
+        trip = trips.get(node.input[0], 1) if node.input and node.input[0] else 1
+        return per_run[0] * (trip if 1 <= trip <= MAX_TRIP_COUNT else 1)  # INT64_MAX: "until the condition", unknown
     if node.op_type == "Scan":
         first = node.input[len(node.input) - _int(node, "num_scan_inputs", 1)]
         info = infos.get(first)

@@ -207,6 +207,29 @@ def test_signature_does_not_depend_on_the_file_order_of_parallel_branches() -> N
     )
 
 
+@pytest.mark.parametrize(("trip", "runs"), [(3, 3), (np.iinfo(np.int64).max, 1)])
+def test_a_loop_without_scan_outputs_counts_its_constant_trip_count(trip: int, runs: int) -> None:
+    """A Loop whose trip count is a constant and that has no scan output counted its body once (found by review);
+    INT64_MAX, the exporters' "until the condition", still counts once."""
+    fp = TensorProto.FLOAT
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("MatMul", ["v", "W"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("it", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", fp, [1, 4])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", fp, [1, 4])],
+    )  # fmt: skip
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Loop", ["trip", "", "r"], ["y"], body=body)]
+    inits = [w, numpy_helper.from_array(np.array(trip, np.int64), "trip")]
+    graph = helper.make_graph(nodes, "loop", [helper.make_tensor_value_info("x", fp, [1, 4])],
+                              [helper.make_tensor_value_info("y", fp, [1, 4])], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    assert sum(b.flops for b in analyze(model).blocks) == 4 + runs * 2 * 16  # Relu, then MatMul [1,4]x[4,4] per run
+
+
 def test_a_body_reading_its_own_node_differs_from_one_reading_the_blocks() -> None:
     """An If branch's own node outputs were named like the block's (n<j>.<k>): Add(Sigmoid(p), Sigmoid(p)) in a body
     hashed like Add(Sigmoid(p), p), where p is the block's node 0 (found by review)."""
