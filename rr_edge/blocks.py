@@ -382,10 +382,12 @@ def _bytes(names: Iterable[str], infos: Mapping[str, TensorInfo]) -> int:
 
 
 def _param_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorProto]) -> int:
-    """Bytes of the weights the nodes read: initializers of the graph (once each) and of their subgraphs."""
+    """Bytes of the weights the nodes read: initializers of the graph (once each) and of their subgraphs, and the
+    values of their Constant nodes (some exporters hold weights in them: they counted 0)."""
     used = {x for n in nodes for x in node_inputs(n) if x in initializers}
     inner = [t for n in nodes for t in _subgraph_initializers(n)]
-    return sum(_tensor_bytes(t) for t in [*(initializers[x] for x in sorted(used)), *inner])
+    constants = [a.t for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return sum(_tensor_bytes(t) for t in [*(initializers[x] for x in sorted(used)), *inner, *constants])
 
 
 def _subgraph_initializers(node: NodeProto) -> list[TensorProto]:

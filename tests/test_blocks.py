@@ -230,6 +230,18 @@ def test_a_loop_without_scan_outputs_counts_its_constant_trip_count(trip: int, r
     assert sum(b.flops for b in analyze(model).blocks) == 4 + runs * 2 * 16  # Relu, then MatMul [1,4]x[4,4] per run
 
 
+def test_weights_held_in_a_constant_node_count_in_param_bytes() -> None:
+    """Some exporters hold weights in Constant nodes; they counted 0 bytes (found by review), and param_bytes is a
+    feature of the cold-start prior and of Neurosurgeon's regression."""
+    fp = TensorProto.FLOAT
+    weight = numpy_helper.from_array(np.ones((16, 16), np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["w"], value=weight), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "const", [helper.make_tensor_value_info("x", fp, [1, 16])],
+                              [helper.make_tensor_value_info("y", fp, [1, 16])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    assert [b.param_bytes for b in analyze(model).blocks] == [16 * 16 * 4]
+
+
 def test_a_body_reading_its_own_node_differs_from_one_reading_the_blocks() -> None:
     """An If branch's own node outputs were named like the block's (n<j>.<k>): Add(Sigmoid(p), Sigmoid(p)) in a body
     hashed like Add(Sigmoid(p), p), where p is the block's node 0 (found by review)."""
