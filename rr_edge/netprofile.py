@@ -233,7 +233,10 @@ def measure_direction(
     if progress:
         progress(len(order), len(order), 0)
     energy: dict[int, float | None] = dict.fromkeys(times)
-    if meter is not None:
+    # A power model's figures are its watts x these times: fitted, they kept the watts of the day of the profile, and
+    # a plan with another class or config costed transfers at the old ones (found by review). The planner takes its
+    # current watts x the fitted time instead.
+    if meter is not None and meter.measured:
         for size in times:
             while True:  # a window with a busy refusal in it is dropped and started again
                 token = meter.start(activity)
@@ -243,6 +246,9 @@ def measure_direction(
                     meter.stop(token)
                     wait_out(exc)
                     continue
+                except BaseException:  # a Jetson sampler thread would run on for the life of the node
+                    meter.stop(token)
+                    raise
                 reading = meter.stop(token)
                 break
             energy[size] = reading.energy_mJ / count if reading.energy_mJ is not None else None
