@@ -133,7 +133,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         run_ms = (time.perf_counter() - started) * 1e3
         if allocated and _filled(allocated[-1][1], outputs):  # unless the run fell back to ORT's own output memory
             response = allocated[-1][0]
-        else:
+        else:  # none of `outputs` may be a view of memory laid out above: it goes with its message (a use after free)
+            placed = allocated[-1][1] if allocated else []
+            outputs = {k: v.copy() if any(np.shares_memory(v, a) for a in placed) else v for k, v in outputs.items()}
             response = wire.encode_outputs(header.model_name, VERSION, header.id, outputs)
         response.set_run_ms(run_ms)
         return response

@@ -127,8 +127,13 @@ class Session:
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
         self._dtypes = {spec.name: dtype_of(spec.datatype) for spec in self.inputs + self.outputs}
-        # Outputs are bound to caller memory only for numeric tensors (BYTES need ONNX Runtime's own objects).
-        self._bindable = all(dt.kind not in "OSU" for dt in self._dtypes.values())
+        # Outputs are bound to caller memory only for numeric tensors (BYTES need ONNX Runtime's own objects), and
+        # not when an output is an input: ONNX Runtime hands the input back and never writes the bound memory, whose
+        # uninitialised bytes (another request's tensors) went to the caller (found by review).
+        inputs = {spec.name for spec in self.inputs}
+        self._bindable = all(dt.kind not in "OSU" for dt in self._dtypes.values()) and not inputs & set(
+            self._output_names
+        )
         self._static = {spec.name: spec.shape for spec in self.outputs if all(d >= 0 for d in spec.shape)}
         # Declared dimensions as ONNX Runtime gives them: an int, a symbol (str, e.g. a batch "N") or None.
         self._input_dims = {a.name: tuple(a.shape) for a in session.get_inputs()}
@@ -212,7 +217,9 @@ class Session:
 
         The run is stopped (`RunWatchdog.watch`) past `seconds`, the caller's deadline or the server's limit
         (DeadlineExceeded), when the caller ends (its reason: Cancelled, ...) or the server stops (Unavailable)."""
-        names = list(outputs) or self._output_names
+        names = list(outputs) or list(dict.fromkeys(self._output_names))
+        if len(set(names)) < len(names):  # laid out twice, one of them freed with the response: a use after free
+            raise InvalidArgument(f"outputs {names} name one output twice")
         unknown = sorted(set(names) - set(self._output_names))
         if unknown:
             raise InvalidArgument(f"unknown output(s) {unknown}; slice {self.slice_id[:12]} has {self._output_names}")
@@ -229,6 +236,10 @@ class Session:
                 # (an index out of range, a string Cast to a number, ...), unless the device failed
                 if isinstance(exc, OrtRuntimeException) and _DEVICE_FAULT.search(str(exc)):
                     raise Unavailable(f"slice {self.slice_id[:12]}: the server's device failed: {exc}"[:500]) from None
+                if _HOST_ALLOC.search(str(exc)):  # sizes the request chose (an Expand to its shape): a size limit
+                    raise ResourceExhausted(
+                        f"slice {self.slice_id[:12]}: these inputs need more memory than the server has: {exc}"[:500]
+                    ) from None
                 raise InvalidArgument(f"slice {self.slice_id[:12]} cannot run on these inputs: {exc}"[:500]) from None
         if self._bindable and key not in self._shapes:
             if len(self._shapes) >= _MAX_SHAPE_KEYS:
@@ -264,12 +275,20 @@ class Session:
             log.info("slice %s: bound run failed (%s); plain runs for these input shapes", self.slice_id[:12], exc)
             self._shapes[key] = None
             return None
+        written = [value.data_ptr() for value in binding.get_outputs()]
+        if written != [out.ctypes.data for out in placed]:  # ONNX Runtime put an output elsewhere: not in `placed`
+            log.info("slice %s: an output was not written where bound; plain runs for these shapes", self.slice_id[:12])
+            self._shapes[key] = None
+            return None
         return dict(zip(names, placed, strict=True))
 
 
 # An ONNX Runtime RuntimeException that is the server's fault (its GPU, its memory), not the request's: UNAVAILABLE,
 # so that the edge runs locally until the server recovers instead of sending it every request.
-_DEVICE_FAULT = re.compile(r"CUDA|cuDNN|CUBLAS|cublas|TensorRT|out of memory|bad.alloc")
+_DEVICE_FAULT = re.compile(r"CUDA|cuDNN|CUBLAS|cublas|TensorRT|out of memory")
+# A host allocation that failed: the request's own sizes, RESOURCE_EXHAUSTED (UNAVAILABLE made its edge take the
+# server for down; found by review).
+_HOST_ALLOC = re.compile(r"bad.alloc")
 
 
 def _payload_bytes(array: np.ndarray) -> int:

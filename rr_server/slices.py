@@ -313,6 +313,9 @@ def _check_parsed(model: onnx.ModelProto) -> None:
         raise InvalidArgument("model-local functions are not accepted (custom ops refused)")
     if model.training_info:  # graphs of their own (initialization, algorithm), which the walks below do not visit
         raise InvalidArgument("training_info is not accepted: a slice is for inference")
+    names = [o.name for o in model.graph.output]
+    if len(set(names)) < len(names):  # two outputs, one tensor: the response would lay it out twice
+        raise InvalidArgument(f"graph outputs {names} name one tensor twice")
     for where, tensor in _tensors(model.graph, "graph"):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
