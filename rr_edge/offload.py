@@ -56,13 +56,16 @@ class Costs:
     cloud_correction: float = 1.0  # the server's whole-model latency over the sum of its block predictions
     max_slice_bytes: int = 0  # the server's limit on one slice (0: none); plans over it cannot run
     max_message_bytes: int = 0  # the largest message either way (0: none); plans sending larger tensors cannot run
+    transfer_energy_source: str = ""  # the meter of the network profile's energy fits ("" when none was fitted)
 
     @property
     def energy_source(self) -> str:
-        """Where the plans' edge energy comes from: the sources of the block figures, and "model" too, since the
-        power model's idle watts cost every wait for the cloud, and its transmit watts every transfer whose direction
-        has no metered energy fit."""
+        """Where the plans' edge energy comes from: the sources of the block figures, the meter of the network's
+        energy fits (netprofile may have read another meter than profile: a GPU node's RAPL beside its NVML), and
+        "model" too, since the power model's idle watts cost every wait for the cloud, and its transmit watts every
+        transfer whose direction has no metered energy fit."""
         sources = {p.energy_source for p in self.edge if p.energy_source} | {"model"}
+        sources |= {self.transfer_energy_source} - {""}
         return ",".join(sorted(sources))
 
     def provenance_counts(self) -> dict[str, dict[str, int]]:
@@ -145,6 +148,7 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
     )
     edge_preds = tuple(_energy_known(p, power) for p in edge_preds)
     cloud_preds = tuple(cloud.by_signature[s] for s in signatures)
+    uplink, downlink = NetworkModel.from_dict(profile.uplink.model), NetworkModel.from_dict(profile.downlink.model)
     if cloud.model_latency_ms > 0:
         cloud_correction = e2e_correction(cloud.model_latency_ms, cloud_preds, 1.0)
     else:  # never timed whole there (over the upload limit): the error of the predictions both rows share
@@ -154,12 +158,13 @@ def _gather_costs(client: Client, node_id: str, graph: BlockGraph, power: PowerS
         cloud=cloud_preds,
         e2e_correction=edge_correction,
         cloud_correction=cloud_correction,
-        uplink=NetworkModel.from_dict(profile.uplink.model),
-        downlink=NetworkModel.from_dict(profile.downlink.model),
+        uplink=uplink,
+        downlink=downlink,
         power=power,
         upload=NetworkModel.from_dict(profile.upload.model) if profile.upload is not None else None,
         max_slice_bytes=server.max_slice_bytes,
         max_message_bytes=message_limit(client, server),
+        transfer_energy_source=profile.energy_source if uplink.has_energy or downlink.has_energy else "",
     )
 
 

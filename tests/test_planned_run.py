@@ -186,6 +186,22 @@ def test_a_re_plan_spreads_an_upload_over_the_requests_left(clock: Clock) -> Non
     assert asked == [42]
 
 
+def test_a_drift_re_plan_is_made_outside_the_requests_energy_window(clock: Clock) -> None:
+    """The late plan and the link probe closed the energy window before asking the server; the drift re-plan did
+    not, and its planning time was billed to the requests (3-12% each; found by review)."""
+    events: list[str] = []
+
+    class Recording(FakeEnergy):
+        def finish(self, runner: FakeRunner, x: np.ndarray) -> None:
+            events.append("finish")
+
+    run = planned_run(report(0, 2), replan=lambda r, runner, remaining: events.append("replan") or r)
+    run._energy = Recording()
+    run.runner.replan_needed = True
+    run.request(remaining=10)
+    assert events == ["finish", "replan"]
+
+
 def test_no_plan_is_made_after_the_last_request(clock: Clock) -> None:
     run = planned_run(report(0, 2), replan=lambda r, runner, remaining: report(*LOCAL))
     run.runner.replan_needed = True

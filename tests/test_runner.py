@@ -596,6 +596,20 @@ def test_a_replan_costs_slice_uploads_at_the_uplinks_new_speed() -> None:
     assert with_link(dataclasses.replace(costs, upload=None), slower, up).upload is None
 
 
+def test_a_plans_energy_source_names_the_meter_of_the_network_fits() -> None:
+    """On a GPU node, profile meters blocks with NVML and netprofile transfers with RAPL: a plan summing both was
+    labelled "model,nvml" (found by review)."""
+    from rr_edge.client import Prediction
+    from rr_edge.meters.model import DEFAULT_POWER
+    from rr_edge.offload import Costs
+
+    link = NetworkModel.affine(1.0, 1000.0)
+    edge = (Prediction("s", 1.0, 5.0, "measured", "measured", "nvml"),)
+    costs = Costs(edge, edge, 1.0, link, link, DEFAULT_POWER, transfer_energy_source="rapl")
+    assert costs.energy_source == "model,nvml,rapl"
+    assert dataclasses.replace(costs, transfer_energy_source="").energy_source == "model,nvml"
+
+
 def test_a_string_input_takes_str_the_same_whether_offloaded_or_not(tmp_path):
     """A string input fed bytes got another answer offloaded (the codec decodes them to text) than locally (ONNX
     Runtime compared their repr, b'a'), and a float array for it went to the server first (found by review); a lone

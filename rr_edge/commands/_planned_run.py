@@ -116,6 +116,7 @@ class PlannedRun:
             return self._late_plan(remaining) if self._plan is not None and self._due() else None
         if self.runner.replan_needed and self.done >= self._quiet_until:
             self.replans += 1
+            self._energy.finish(self.runner, self._x)  # planning is not the requests' energy (review: +3-12% each)
             report = self._replan(self.report, self.runner, remaining)
             kept = self._split_of(report) == self.split
             self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP) if kept else 1
