@@ -332,6 +332,9 @@ class SessionPool:
             session = self._cached(slice_id)
             if session is not None:
                 return session
+            failed = self._failed.get(slice_id)
+            if failed is not None:  # the same bytes fail the same way: opened again, each request took seconds
+                raise InvalidArgument(failed)
             load_lock = self._loading.setdefault(slice_id, threading.Lock())
         with load_lock:
             with self._lock:
