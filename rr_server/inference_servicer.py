@@ -112,6 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument(request.error)
         header = request.header
         _check_version(header.model_version)
+        self._repo.require(header.model_name)  # an unknown model first: decoding 4M strings for it took 4 s (review)
         try:
             inputs = wire.decode_inputs(request)
         except codec.CodecError as exc:

@@ -44,7 +44,7 @@ class ModelRepository:
             and self._sessions.failure(slice_id) is None
         )
 
-    def _require(self, name: str) -> SliceInfo:
+    def require(self, name: str) -> SliceInfo:
         """The cached slice `name`; a name that is no slice id names no model (NOT_FOUND, as KServe has it)."""
         if not is_slice_id(name):
             raise NotFound(f"no model {name[:80]!r}: model names are slice ids (64 lowercase hex characters, SHA-256)")
@@ -52,7 +52,7 @@ class ModelRepository:
 
     def session(self, slice_id: str) -> Session:
         try:
-            return self._sessions.get(slice_id, self._require(slice_id).path)
+            return self._sessions.get(slice_id, self.require(slice_id).path)
         except InvalidArgument:  # ONNX Runtime refused the stored file: refused as uploaded, or damaged since?
             if not self._slices.drop_if_damaged(slice_id):
                 raise
@@ -96,7 +96,7 @@ class ModelRepository:
         return self.session(slice_id)
 
     def unload(self, slice_id: str) -> bool:
-        self._require(slice_id)
+        self.require(slice_id)
         return self._sessions.evict(slice_id)
 
     def index(self, ready_only: bool = False) -> list[ModelState]:
