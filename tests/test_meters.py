@@ -352,6 +352,14 @@ def test_a_power_model_config_of_one_class_is_used_without_naming_it(
         (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'", "not a text file"),  # a .npy given by mistake
         (b"[1]", "expected an object with a 'classes'"),
         (b'{"classes": [{"name": "a", "power": 5}]}', "'power' must be a table of watts"),
+        # found by review: a misspelt radio figure was 0 W, and an unnamed or repeated class replaced another
+        (b'{"classes": [{"name": "a", "active_w": 5, "idle_w": 1, "tx_w": 2}]}', "unknown \\['tx_w'\\]"),
+        (b'{"classes": [{"name": "a", "active_w": 5, "idle_w": 1, "net_tx_mw": 900}]}', "unknown"),
+        (b'{"classes": [{"active_w": 60, "idle_w": 9}, {"active_w": 5, "idle_w": 1}]}', "a name of its own"),
+        (
+            b'{"classes": [{"name": "a", "active_w": 6, "idle_w": 1}, {"name": "a", "active_w": 5, "idle_w": 1}]}',
+            "a name of its own",
+        ),
     ],
 )
 def test_a_power_model_config_of_the_wrong_shape_is_one_clear_error(tmp_path: Path, content: bytes, error: str) -> None:

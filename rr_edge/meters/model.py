@@ -104,6 +104,9 @@ def _parse(path: Path) -> dict[str, Any]:
     return data
 
 
+WATT_KEYS = ("active_w", "idle_w", "net_tx_w", "net_rx_w")
+
+
 def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
     """Class name -> PowerSpec from a JSON/TOML file (see the module docstring)."""
     p = Path(path)
@@ -116,9 +119,14 @@ def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
         raise MeterError(f"power model config {p}: expected a 'classes' list or table")
     table: dict[str, PowerSpec] = {}
     for name, entry in items:
+        if not name or name in table:  # one class would silently replace another
+            raise MeterError(f"power model config {p}: every class needs a name of its own, got {name!r} twice or none")
         power = entry.get("power", entry)
         if not isinstance(power, dict):
             raise MeterError(f"power model config {p}: class {name!r}: 'power' must be a table of watts")
+        unknown = sorted(k for k in power if k.endswith(("_w", "_mw", "_W")) and k not in WATT_KEYS)
+        if unknown:  # a misspelt radio figure left it at 0 W without a word (found by review)
+            raise MeterError(f"power model config {p}: class {name!r}: unknown {unknown} (watts are {WATT_KEYS})")
         try:
             table[name] = PowerSpec(
                 active_w=power["active_w"],
