@@ -355,7 +355,7 @@ def test_a_power_model_config_of_one_class_is_used_without_naming_it(
         # found by review: a misspelt radio figure was 0 W, and an unnamed or repeated class replaced another
         (b'{"classes": [{"name": "a", "active_w": 5, "idle_w": 1, "tx_w": 2}]}', "unknown \\['tx_w'\\]"),
         (b'{"classes": [{"name": "a", "active_w": 5, "idle_w": 1, "net_tx_mw": 900}]}', "unknown"),
-        (b'{"classes": [{"active_w": 60, "idle_w": 9}, {"active_w": 5, "idle_w": 1}]}', "a name of its own"),
+        (b'{"classes": [{"active_w": 60, "idle_w": 9}, {"active_w": 5, "idle_w": 1}]}', "a class has no name"),
         (
             b'{"classes": [{"name": "a", "active_w": 6, "idle_w": 1}, {"name": "a", "active_w": 5, "idle_w": 1}]}',
             "a name of its own",

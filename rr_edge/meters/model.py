@@ -120,7 +120,8 @@ def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
     table: dict[str, PowerSpec] = {}
     for name, entry in items:
         if not name or name in table:  # one class would silently replace another
-            raise MeterError(f"power model config {p}: every class needs a name of its own, got {name!r} twice or none")
+            problem = f"class {name!r} is declared twice" if name else "a class has no name"
+            raise MeterError(f"power model config {p}: {problem} (each class needs a name of its own)")
         power = entry.get("power", entry)
         if not isinstance(power, dict):
             raise MeterError(f"power model config {p}: class {name!r}: 'power' must be a table of watts")
