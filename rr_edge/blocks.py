@@ -35,7 +35,7 @@ from onnx import NodeProto, TensorProto
 
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops, trip_counts
-from rr_edge.onnx_io import TensorInfo, dtype_size, light_copy, subgraphs, with_subgraph_nodes
+from rr_edge.onnx_io import TensorInfo, constant_tensors, dtype_size, light_copy, subgraphs, with_subgraph_nodes
 from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_opsets
 from rr_proto.operators import STANDARD_DOMAINS
@@ -386,7 +386,7 @@ def _param_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorPr
     values of their Constant nodes (some exporters hold weights in them: they counted 0)."""
     used = {x for n in nodes for x in node_inputs(n) if x in initializers}
     inner = [t for n in nodes for t in _subgraph_initializers(n)]
-    constants = [a.t for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    constants = [t for _, t in constant_tensors(nodes)]
     return sum(_tensor_bytes(t) for t in [*(initializers[x] for x in sorted(used)), *inner, *constants])
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from onnx import NodeProto, TensorProto, numpy_helper
 
-from rr_edge.onnx_io import TensorInfo, subgraphs
+from rr_edge.onnx_io import TensorInfo, constant_tensors, subgraphs
 
 __all__ = ["node_flops", "trip_counts"]
 
@@ -83,8 +83,7 @@ def node_flops(node: NodeProto, infos: Mapping[str, TensorInfo], trips: Mapping[
 
 def trip_counts(initializers: Mapping[str, TensorProto], nodes: Iterable[NodeProto]) -> dict[str, int]:
     """The tensors that can be a Loop's constant trip count: one-element int64 initializers and Constant outputs."""
-    tensors = [(name, t) for name, t in initializers.items()]
-    tensors += [(n.output[0], a.t) for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    tensors = [*initializers.items(), *constant_tensors(nodes)]
     return {
         name: int(numpy_helper.to_array(t).reshape(-1)[0])
         for name, t in tensors

@@ -149,6 +149,11 @@ def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return [g for attr in node.attribute for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
 
 
+def constant_tensors(nodes: Iterable[onnx.NodeProto]) -> list[tuple[str, onnx.TensorProto]]:
+    """(output name, value) of the Constant nodes among `nodes` that hold a tensor (`value`)."""
+    return [(n.output[0], a.t) for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+
+
 def with_subgraph_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
     """The nodes and, recursively, the nodes of their subgraphs (If branches, Loop and Scan bodies)."""
     for n in nodes:

@@ -130,10 +130,8 @@ class Session:
         # Outputs are bound to caller memory only for numeric tensors (BYTES need ONNX Runtime's own objects), and
         # not when an output is an input: ONNX Runtime hands the input back and never writes the bound memory, whose
         # uninitialised bytes (another request's tensors) went to the caller (found by review).
-        inputs = {spec.name for spec in self.inputs}
-        self._bindable = all(dt.kind not in "OSU" for dt in self._dtypes.values()) and not inputs & set(
-            self._output_names
-        )
+        aliased = {spec.name for spec in self.inputs} & set(self._output_names)
+        self._bindable = all(dt.kind not in "OSU" for dt in self._dtypes.values()) and not aliased
         self._static = {spec.name: spec.shape for spec in self.outputs if all(d >= 0 for d in spec.shape)}
         # Declared dimensions as ONNX Runtime gives them: an int, a symbol (str, e.g. a batch "N") or None.
         self._input_dims = {a.name: tuple(a.shape) for a in session.get_inputs()}

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 ENV_CONFIG = "RR_POWER_CONFIG"
 ENV_DEVICE_CLASS = "RR_DEVICE_CLASS"
 TESTBED_CLASSES = Path(__file__).resolve().parents[2] / "tools" / "testbed" / "classes.json"
+WATT_KEYS = ("active_w", "idle_w", "net_tx_w", "net_rx_w")  # PowerSpec's watts, as a config names them
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class PowerSpec:
     device_class: str = "default"
 
     def __post_init__(self) -> None:
-        for name in ("active_w", "idle_w", "net_tx_w", "net_rx_w"):
+        for name in WATT_KEYS:
             value = getattr(self, name)
             # not a bool (JSON's true read as 1 W), nor inf (every energy inf, printed as null)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
@@ -102,9 +103,6 @@ def _parse(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MeterError(f"power model config {path}: expected an object with a 'classes' list or table")
     return data
-
-
-WATT_KEYS = ("active_w", "idle_w", "net_tx_w", "net_rx_w")
 
 
 def load_power_table(path: str | Path) -> dict[str, PowerSpec]:
