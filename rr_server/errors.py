@@ -12,8 +12,9 @@
     ├── DeadlineExceeded        a run outlived its deadline and was stopped   -> DEADLINE_EXCEEDED
     └── Cancelled               a run's caller went away, so it was stopped   -> CANCELLED
 
-Core modules raise these; one interceptor (`rr_server.interceptor`) turns them into status codes. Anything else that
-escapes a servicer becomes INTERNAL with the details in the log only.
+Core modules raise these; one interceptor (`rr_server.interceptor`) turns them into status codes, a MemoryError
+among them (`as_server_error`: the process's memory bound, `rr_server.memory_limit`). Anything else that escapes a
+servicer becomes INTERNAL with the details in the log only.
 """
 
 from __future__ import annotations
@@ -87,3 +88,13 @@ class Cancelled(ServerError):
     """A run's caller went away (the client cancelled the call), so the run was stopped."""
 
     code = grpc.StatusCode.CANCELLED
+
+
+def as_server_error(exc: BaseException) -> ServerError | None:
+    """`exc` as the error a client is told of: itself, RESOURCE_EXHAUSTED for a MemoryError (an allocation the
+    request asked for failed under the server's memory bound: the next request is served), else None (a bug)."""
+    if isinstance(exc, ServerError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return ResourceExhausted(f"the server has not the memory this request needs: {exc}")
+    return None

@@ -22,7 +22,7 @@ from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from rr_server import wire
-from rr_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, ServerError
+from rr_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, as_server_error
 from rr_server.repository import PLATFORM, VERSION, ModelRepository
 from rr_server.run_watchdog import RunCaller
 
@@ -82,9 +82,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for request in request_iterator:
             try:
                 yield wire.StreamItem(response=self._infer(request, stream=True, caller=caller))
-            except ServerError as exc:
-                yield _stream_error(request, f"{exc.code.name}: {exc.details()}")
-            except Exception:  # noqa: BLE001 - one bad message must not end the stream
+            except Exception as exc:  # noqa: BLE001 - one bad message must not end the stream
+                if (error := as_server_error(exc)) is not None:
+                    yield _stream_error(request, f"{error.code.name}: {error.details()}")
+                    continue
                 log.exception("ModelStreamInfer message %r failed", request.header.id[:64])
                 yield _stream_error(request, "INTERNAL: internal server error (see server log)")
 

@@ -30,7 +30,7 @@ import grpc
 from rr_proto.status import RETRY_PUSHBACK_KEY
 from rr_server.auth import CALLER, TokenTable
 from rr_server.config import OPEN_STREAM_SLOTS
-from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated
+from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated, as_server_error
 from rr_server.metrics import Metrics
 from rr_server.paced import paced
 
@@ -124,6 +124,7 @@ class PolicyInterceptor(grpc.ServerInterceptor):
 
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
     code = grpc.StatusCode.OK
+    exc = exc if exc is None else as_server_error(exc) or exc
     if isinstance(exc, ServerError):
         code = exc.code
         log.info("%s -> %s: %s", method, code.name, exc.details())

@@ -373,6 +373,8 @@ class SessionPool:
             if not path.exists():  # evicted from the store meanwhile: gone, not refused
                 raise NotFound(f"{what} is not cached on this server (evicted); upload it again") from None
             reason = str(exc).replace(str(path), what)  # not the server's file layout
+            if isinstance(exc, MemoryError) or _HOST_ALLOC.search(reason):  # passing: not remembered as a refusal
+                raise ResourceExhausted(f"the server has not the memory to open {what}: {reason}"[:500]) from None
             raise InvalidArgument(f"ONNX Runtime cannot load {what}: {reason}"[:500]) from None
 
     def _load(self, slice_id: str, path: Path) -> Session:
