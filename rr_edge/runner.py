@@ -157,7 +157,12 @@ def modelled_mJ(
     """A power model's edge energy of one request from its measured times, charged as the planner predicts it:
     local compute at active power, the server's run at idle, the network's time at tx / rx power (the round trip's
     network time shared between the directions by `split_network_ms`; the server's run as `remote_parts` takes it:
-    reported, or else `expected_server_ms`)."""
+    reported, or else `expected_server_ms`). A request the server did not answer (`fallback`) sent its input at tx
+    power, for as long as the uplink takes to send it, and waited the rest of `remote_ms` at idle (its whole wait at tx
+    power had charged a 5 s timeout as 5 s of sending)."""
+    if result.fallback:
+        up_ms = min(result.remote_ms, float(uplink.predict_ms(result.bytes_up))) if uplink is not None else 0.0
+        return power.request_mJ(result.total_ms - result.remote_ms, result.remote_ms - up_ms, up_ms, 0.0)
     server_ms, network_ms = result.remote_parts(expected_server_ms)
     up_ms, down_ms = split_network_ms(network_ms, uplink, downlink, result.bytes_up, result.bytes_down)
     return power.request_mJ(result.total_ms - result.remote_ms, server_ms, up_ms, down_ms)

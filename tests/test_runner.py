@@ -368,6 +368,20 @@ def test_a_power_model_charges_a_request_as_the_planner_predicts_it():
     assert unknown.remote_parts(expected_server_ms=50.0) == (20.0, 0.0)  # never more than the round trip
 
 
+def test_a_request_the_server_did_not_answer_is_charged_its_upload_at_tx_and_the_rest_of_its_wait_at_idle():
+    """A 500 ms timeout after a 10 ms upload: 10 ms at tx power and 490 ms at idle (the whole wait had been charged
+    at tx power as network time, found by review), then the local run at active power."""
+    power = PowerSpec(active_w=10.0, idle_w=1.0, net_tx_w=2.0, net_rx_w=1.0)
+    uplink = NetworkModel.affine(rtt_ms=0.0, bandwidth_bytes_per_ms=100.0)  # 1000 bytes: 10 ms
+    downlink = NetworkModel.affine(rtt_ms=0.0, bandwidth_bytes_per_ms=100.0)
+    timed_out = RunResult({}, True, total_ms=530.0, remote_ms=500.0, bytes_up=1000)
+    expected = 10.0 * 30.0 + 1.0 * 490.0 + (1.0 + 2.0) * 10.0
+    assert modelled_mJ(timed_out, power, uplink, downlink, expected_server_ms=5.0) == pytest.approx(expected)
+    assert modelled_mJ(timed_out, power, None, None) == pytest.approx(10.0 * 30.0 + 1.0 * 500.0)  # no link: waiting
+    never_sent = RunResult({}, True, total_ms=30.0)  # the server was down: all local
+    assert modelled_mJ(never_sent, power, uplink, downlink) == pytest.approx(10.0 * 30.0)
+
+
 def test_a_request_that_waited_for_the_server_before_finishing_locally_charges_the_wait_as_waiting(chain, tmp_path):
     """A request that waited 1 s for a server and then finished locally was charged at compute power for the whole
     second, 8x the modelled energy of a wait (found by review)."""
