@@ -20,7 +20,9 @@ bytes, on the sizes with a positive reading (at least `MIN_ENERGY_SIZES` of them
 
 At run time `NetworkModel.update` folds observed (bytes, ms) transfers into an exponentially weighted multiplicative
 correction of the fitted curve; `NetworkModel.drifted` says when it moved by more than a threshold (default 25%)
-since the last plan, and `NetworkModel.rebased` marks the current correction as the one planned with.
+since the last plan, and `NetworkModel.rebased` marks the current correction as the one planned with. Transfers of
+two sizes tell the fixed cost per message from the cost per byte: `NetworkModel.rescaled` scales the two apart (a
+link whose round trip grew but whose bandwidth did not).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class NetworkModel:
     ``slope_ms_per_byte`` continues a polynomial or pwl curve outside ``[lo_bytes, hi_bytes]``.
     ``energy_coeffs``: (mJ per transfer, mJ per byte) or None when no energy was profiled.
     ``drift`` is the exponentially weighted ratio observed / fitted time; ``ref_drift`` its value when last planned.
+    ``fixed_drift`` scales the curve's fixed cost (its value at 0 bytes) apart from the rest, before ``drift``.
     """
 
     kind: str
@@ -65,6 +68,7 @@ class NetworkModel:
     ref_drift: float = 1.0
     alpha: float = DEFAULT_ALPHA
     knots: tuple[float, ...] = ()
+    fixed_drift: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,9 +86,10 @@ class NetworkModel:
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         numbers = (*self.coeffs, *self.knots, *(self.energy_coeffs or ()), self.slope_ms_per_byte, self.lo_bytes)
-        if not all(np.isfinite(c) for c in (*numbers, self.drift, self.ref_drift, self.scale_bytes)):
+        drifts = (self.drift, self.ref_drift, self.fixed_drift)
+        if not all(np.isfinite(c) for c in (*numbers, *drifts, self.scale_bytes)):
             raise ValueError("network model coefficients, knots, drift and scale must be finite numbers")
-        if self.drift <= 0 or self.ref_drift <= 0 or self.scale_bytes <= 0 or np.isnan(self.hi_bytes):
+        if min(drifts) <= 0 or self.scale_bytes <= 0 or np.isnan(self.hi_bytes):
             raise ValueError("network model drift and scale must be positive, hi_bytes a number")
         times = (*self.energy_coeffs, self.slope_ms_per_byte) if self.energy_coeffs else (self.slope_ms_per_byte,)
         if self.kind in (AFFINE, PWL):
@@ -102,7 +107,7 @@ class NetworkModel:
     @property
     def rtt_ms(self) -> float:
         """Fixed cost per message (ms) of the fitted curve: its value at 0 bytes."""
-        return float(self._base(np.zeros(1))[0])
+        return float(self._fitted(np.zeros(1))[0])
 
     @property
     def has_energy(self) -> bool:
@@ -112,7 +117,7 @@ class NetworkModel:
         """(ms per message, ms per byte) when ``predict_ms`` is exactly affine in bytes >= 0, else None."""
         if self.kind != AFFINE or self.coeffs[0] < 0 or self.coeffs[1] < 0:
             return None
-        return self.coeffs[0] * self.drift, self.coeffs[1] * self.drift
+        return self.coeffs[0] * self.fixed_drift * self.drift, self.coeffs[1] * self.drift
 
     def affine_lower_bound(self) -> tuple[float, float]:
         """(a, b) with a + b * bytes <= predict_ms(bytes) for every bytes >= 0 (equal for an affine model).
@@ -121,17 +126,18 @@ class NetworkModel:
         the profiled range, and over it found at the polynomial's stationary points (roots of its derivative).
         """
         if self.kind == AFFINE:
-            return self.coeffs[0] * self.drift, self.coeffs[1] * self.drift
+            return self.coeffs[0] * self.fixed_drift * self.drift, self.coeffs[1] * self.drift
+        shift = self._fixed_shift()  # a constant: the bound of base holds for base + shift
         if self.kind == PWL:  # base - b x is linear between knots and constant outside them: minimum at a knot
             b = self.slope_ms_per_byte
             a = float(np.min(np.asarray(self.coeffs) - b * np.asarray(self.knots)))
-            return (a - 1e-9 * (1.0 + abs(a))) * self.drift, b * self.drift
+            return (a + shift - 1e-9 * (1.0 + abs(a))) * self.drift, b * self.drift
         b, scale = self.slope_ms_per_byte, self.scale_bytes
         g = np.array(self.coeffs, dtype=np.float64)
         g[1] -= b * scale  # g(t) = poly(t) - b * scale * t, t = x / scale
         a = float(np.min(P.polyval(self._extreme_points(g), g)))
         a -= 1e-9 * (1.0 + abs(a))  # round-off margin: a bound must never exceed the curve
-        return a * self.drift, b * self.drift
+        return (a + shift) * self.drift, b * self.drift
 
     def non_decreasing(self) -> bool:
         """True when ``predict_ms`` never falls as bytes grow, for every bytes >= 0.
@@ -166,7 +172,15 @@ class NetworkModel:
             return None
         return e[0] * self.drift, e[1] * self.drift
 
+    def _fixed_shift(self) -> float:
+        """What `fixed_drift` adds to the fitted curve at every size (ms, before `drift`)."""
+        return 0.0 if self.fixed_drift == 1.0 else (self.fixed_drift - 1.0) * self._fitted(np.zeros(1))[0]
+
     def _base(self, x: np.ndarray) -> np.ndarray:
+        """The curve before `drift`: the fitted one with its fixed cost scaled by `fixed_drift`."""
+        return self._fitted(x) + self._fixed_shift()
+
+    def _fitted(self, x: np.ndarray) -> np.ndarray:
         if self.kind == AFFINE:
             return self.coeffs[0] + self.coeffs[1] * x
         lo, hi, s = self.lo_bytes, self.hi_bytes, self.slope_ms_per_byte
@@ -208,6 +222,23 @@ class NetworkModel:
             d = (1.0 - a) * d + a * float(r)
         return replace(self, drift=max(d, 1e-6))
 
+    def rescaled(self, small: tuple[float, float], large: tuple[float, float]) -> NetworkModel:
+        """The curve through two observed transfers, (bytes, ms) each, the first the smaller: its cost per byte
+        scaled by `drift` and its fixed cost by `fixed_drift` too, so that both are met. With one factor a probe's
+        256 KiB echo on a link whose round trip had grown tenfold also made every byte ten times dearer. Transfers
+        these factors cannot meet (the larger no slower than the smaller, or a fixed cost that would be negative:
+        timing noise) give the one factor of `update` at the larger, as before."""
+        (x0, t0), (x1, t1) = small, large
+        fitted = self._fitted(np.array([0.0, x0, x1], dtype=np.float64))
+        fixed, g0, g1 = fitted[0], fitted[1] - fitted[0], fitted[2] - fitted[0]  # g: the part that grows with bytes
+        if not (x0 < x1 and g1 > g0 and fixed > _EPS_MS and t1 > t0 >= 0):
+            return replace(self, fixed_drift=1.0).update(x1, t1, alpha=1.0)
+        drift = (t1 - t0) / (g1 - g0)
+        fixed_ms = t0 - drift * g0  # the fixed cost as observed (after drift)
+        if fixed_ms <= 0:
+            return replace(self, fixed_drift=1.0).update(x1, t1, alpha=1.0)
+        return replace(self, drift=drift, fixed_drift=fixed_ms / (drift * fixed))
+
     def drifted(self, threshold: float = DEFAULT_DRIFT_THRESHOLD) -> bool:
         """True when the predicted times moved by more than ``threshold`` (relative) since the last plan."""
         return abs(self.drift / self.ref_drift - 1.0) > threshold
@@ -229,6 +260,7 @@ class NetworkModel:
             "drift": float(self.drift),
             "ref_drift": float(self.ref_drift),
             "alpha": float(self.alpha),
+            "fixed_drift": float(self.fixed_drift),
         }
         if self.knots:
             d["knots"] = [float(k) for k in self.knots]
@@ -252,6 +284,7 @@ class NetworkModel:
                 ref_drift=float(d.get("ref_drift", 1.0)),
                 alpha=float(d.get("alpha", DEFAULT_ALPHA)),
                 knots=tuple(float(k) for k in d.get("knots", ())),
+                fixed_drift=float(d.get("fixed_drift", 1.0)),
             )
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed network model dict: {exc!r}") from None

@@ -39,7 +39,11 @@ DEFAULT_OBJECTIVE = "latency"
 
 
 MAX_CACHE_QUERIES = 4  # slices asked about before planning: each is cut out of the model and hashed
-LINK_PROBE_BYTES = 256 * 1024  # one echo each way of this size measures the link of a run planned local
+# A run planned local measures its link each way with echoes of two sizes: the small ones (their median) the fixed
+# cost per message, the large one the cost per byte (`NetworkModel.rescaled`).
+LINK_PROBE_BYTES = 256 * 1024
+LINK_PROBE_SMALL_BYTES = 1024
+LINK_PROBE_SMALL_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -322,17 +326,23 @@ def replan(report: PlanReport, graph: BlockGraph, runner: Runner, amortize_over:
 def replan_with_probe(
     client: Client, report: PlanReport, graph: BlockGraph, amortize_over: int | None = None
 ) -> PlanReport:
-    """Plan again with the link as measured now: one echo of LINK_PROBE_BYTES each way, against the plan's network
-    models (scaled to it, as a runner's drift scales them). A run whose plan is local measures no network, so a link
-    that got faster went unnoticed for the rest of the run (testbed: local at 20 Mbit/s for 200 requests after the
-    link went to 200). `amortize_over`: the requests a new slice's upload is spread over now."""
+    """Plan again with the link as measured now: echoes of two sizes each way (`LINK_PROBE_SMALL_BYTES`,
+    `LINK_PROBE_BYTES`), against the plan's network models (their fixed cost and cost per byte scaled to them,
+    `NetworkModel.rescaled`). A run whose plan is local measures no network, so a link that got faster went unnoticed
+    for the rest of the run (testbed: local at 20 Mbit/s for 200 requests after the link went to 200).
+    `amortize_over`: the requests a new slice's upload is spread over now."""
     costs = report.costs
+
+    def echo_ms(echo: Callable[..., Any], nbytes: int) -> float:
+        start = time.perf_counter()
+        echo(nbytes, busy_wait_s=0)
+        return (time.perf_counter() - start) * 1e3
+
     measured = []
     for model, echo in ((costs.uplink, client.echo_send), (costs.downlink, client.echo_receive)):
-        start = time.perf_counter()
-        echo(LINK_PROBE_BYTES, busy_wait_s=0)
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        measured.append(model.update(LINK_PROBE_BYTES, elapsed_ms, alpha=1.0))
+        small = float(np.median([echo_ms(echo, LINK_PROBE_SMALL_BYTES) for _ in range(LINK_PROBE_SMALL_REPEATS)]))
+        large = echo_ms(echo, LINK_PROBE_BYTES)
+        measured.append(model.rescaled((LINK_PROBE_SMALL_BYTES, small), (LINK_PROBE_BYTES, large)))
     options = dict(report.options)
     if amortize_over is not None:
         options["amortize_over"] = max(int(amortize_over), 1)

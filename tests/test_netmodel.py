@@ -231,3 +231,39 @@ def test_a_hand_built_pwl_curve_goes_on_with_its_slope_and_its_lower_bound_holds
     for nbytes in (0.0, 500.0, 1000.0, 2e6, 1e9):
         assert a + b * nbytes <= curve.predict_ms(nbytes)
     assert NetworkModel.from_dict({**curve.to_dict(), "hi_bytes": None}).hi_bytes == 1000.0
+
+
+def test_two_probe_sizes_scale_the_fixed_cost_and_the_cost_per_byte_apart():
+    """A link whose round trip went from 2 to 50 ms at the same bandwidth: echoes of 1 KiB and 256 KiB give both
+    terms back. One factor fitted at 256 KiB (what the probe did) made every byte 10x dearer: 16 MiB at 2.1 s
+    instead of 260 ms."""
+    sizes, times, _ = profile(np.random.default_rng(3), noise=0.0)
+    fit = fit_network_model(sizes, times)
+    now = lambda nbytes: 50.0 + nbytes / BYTES_PER_MS  # noqa: E731 - the link as it is now
+    small, large = (1024.0, now(1024.0)), (262144.0, now(262144.0))
+    for model in (fit.affine, fit.pwl, fit.poly):
+        assert model is not None
+        probed = model.rescaled(small, large)
+        assert probed.predict_ms(large[0]) == pytest.approx(large[1], rel=1e-6)
+        assert probed.predict_ms(small[0]) == pytest.approx(small[1], rel=1e-6)
+        assert probed.predict_ms(16 * 2**20) == pytest.approx(now(16 * 2**20), rel=0.05)
+        one_factor = model.update(large[0], large[1], alpha=1.0)
+        assert one_factor.predict_ms(16 * 2**20) > 3 * now(16 * 2**20)
+        a, b = probed.affine_lower_bound()  # the planner's pruning bound still lies under the curve
+        for nbytes in (0.0, 1024.0, 1e6, 3e8, 1e10):
+            assert a + b * nbytes <= probed.predict_ms(nbytes) + 1e-9
+        assert NetworkModel.from_dict(json.loads(json.dumps(probed.to_dict()))) == probed
+        rebased = probed.rebased().update(1e6, probed.predict_ms(1e6) * 2.0, alpha=1.0)  # a runner's drift after
+        assert rebased.fixed_drift == probed.fixed_drift and rebased.drifted()
+    affine = fit.affine.rescaled(small, large)
+    assert affine.affine_terms() == pytest.approx((50.0, 1.0 / BYTES_PER_MS), rel=1e-6)
+    assert NetworkModel.from_dict({"kind": "affine", "coeffs": [1.0, 1e-5]}).fixed_drift == 1.0  # stored before
+
+
+def test_probe_times_the_two_factors_cannot_meet_give_one_factor_at_the_larger_size():
+    model = NetworkModel.affine(2.0, 1000.0)
+    for small in ((1024.0, 9.0), (1024.0, 10.0)):  # the small echo as slow as the large one (noise)
+        probed = model.rescaled(small, (262144.0, 9.0))
+        assert probed.fixed_drift == 1.0 and probed.predict_ms(262144.0) == pytest.approx(9.0)
+    steep = model.rescaled((1024.0, 1.0), (262144.0, 500.0))  # a fixed cost that would be negative
+    assert steep.fixed_drift == 1.0 and steep.predict_ms(262144.0) == pytest.approx(500.0)
