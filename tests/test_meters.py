@@ -322,6 +322,9 @@ def test_model_meter_toml_and_errors(tmp_path: Path) -> None:
     for watts in (math.inf, True, float("nan")):
         with pytest.raises(MeterError, match="must be a finite number >= 0"):
             PowerSpec(active_w=watts, idle_w=0.0)  # type: ignore[arg-type]
+    with pytest.raises(MeterError, match="idle_w 5 W is above active_w 1 W"):  # swapped: waiting dearer than work
+        PowerSpec(active_w=1.0, idle_w=5.0)
+    assert PowerSpec(active_w=2.0, idle_w=2.0).watts("idle") == 2.0  # equal is a device that never idles down
     infinite = tmp_path / "inf.json"
     infinite.write_text('{"classes": {"nano": {"active_w": Infinity, "idle_w": 1}}}')
     with pytest.raises(MeterError, match="active_w must be a finite number >= 0, got inf"):

@@ -55,6 +55,11 @@ class PowerSpec:
                 raise MeterError(
                     f"power model {self.device_class!r}: {name} must be a finite number >= 0, got {value!r}"
                 )
+        if self.idle_w > self.active_w:  # swapped figures: waiting for the server would cost more than computing
+            raise MeterError(
+                f"power model {self.device_class!r}: idle_w {self.idle_w:g} W is above active_w {self.active_w:g} W "
+                "(are the two swapped?)"
+            )
 
     def watts(self, activity: str) -> float:
         return {
