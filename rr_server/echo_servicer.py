@@ -1,4 +1,8 @@
-"""roadrunner.v1.EchoService: payload streams in both directions for the network profiler."""
+"""roadrunner.v1.EchoService: payload streams in both directions for the network profiler.
+
+Send and Receive move one transfer per call; Exchange answers each message of one open stream with a message of the
+size it asks for, as ModelStreamInfer answers an edge's requests. Every message and every transfer is held to the
+echo limit (`max_total_bytes`) and a message to the message limit."""
 
 from __future__ import annotations
 
@@ -36,3 +40,15 @@ class EchoServicer(rr_grpc.EchoServiceServicer):
             n = min(chunk, left)
             yield rr.ReceiveResponse(payload=payload if n == len(payload) else payload[:n])
             left -= n
+
+    def Exchange(self, request_iterator, context):
+        for request in request_iterator:
+            if len(request.payload) > self._max_total:
+                raise ResourceExhausted(f"a message over the echo limit of {self._max_total} bytes")
+            if request.reply_bytes < 0:
+                raise InvalidArgument("reply_bytes must not be negative")
+            limit = min(self._max_total, self._max_chunk)
+            if request.reply_bytes > limit:
+                raise ResourceExhausted(f"reply_bytes {request.reply_bytes} exceeds the limit of {limit} bytes")
+            yield rr.ExchangeResponse(payload=bytes(request.reply_bytes))
+
