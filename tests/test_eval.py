@@ -5,6 +5,7 @@ No testbed, no server: the measured inputs are small synthetic worker outputs.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -20,12 +21,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-pytest.importorskip("matplotlib")
+matplotlib = pytest.importorskip("matplotlib")
 pytest.importorskip("cf_cpp")
 
 from tools.cf_data import load_csv  # noqa: E402
 from tools.eval import __main__ as _eval_main  # noqa: E402
-from tools.eval import accuracy, analysis, config, device_gt, figures, harness, metrics, report  # noqa: E402
+from tools.eval import accuracy, analysis, config, device_gt, figures, groundtruth, harness, metrics, report  # noqa: E402
 from tools.eval.device_run import PLANS, _tagged  # noqa: E402
 from tools.eval.groundtruth import FEATURE_NAMES, from_worker_outputs, read_long_csv, write_long_csv  # noqa: E402
 from tools.eval.throttle import CgroupSwitch, keep_moves_cheap  # noqa: E402
@@ -54,7 +55,17 @@ def test_errors_and_summaries():
 
 
 @pytest.mark.parametrize(
-    ("s", "g", "q"), [(2.0, 10.0, "green"), (2.0, -5.0, "orange"), (0.5, 5.0, "orange"), (0.9, -1.0, "red")]
+    ("s", "g", "q"),
+    [
+        (2.0, 10.0, "green"),
+        (2.0, -5.0, "orange"),
+        (0.5, 5.0, "orange"),
+        (0.9, -1.0, "red"),
+        (1.0, 0.0, "tie"),  # the baseline's own plan: one measurement for both
+        (1.0 + 1e-12, -1e-12, "tie"),
+        (1.0, -0.5, "red"),  # as fast, more energy: a loss
+        (1.0, 0.5, "orange"),
+    ],
 )
 def test_quadrant(s, g, q):
     assert metrics.quadrant(s, g) == q
@@ -114,6 +125,16 @@ def test_a_run_name_cannot_leave_its_folder(name):
     with pytest.raises(SystemExit):
         _eval_main.parse(["collect", "--name", name])
     assert config.from_options(name="quick-2.b_c").name == "quick-2.b_c"
+
+
+@pytest.mark.parametrize("name", ["full", "models"])
+def test_a_run_name_cannot_be_another_runs_data(name):
+    """`full` would write over docs/results (and wipe the full run's raw outputs); `models` is the models' cache."""
+    with pytest.raises(ValueError, match=f"--name {name} is reserved"):
+        config.from_options(quick=True, name=name)
+    with pytest.raises(SystemExit):
+        _eval_main.parse(["collect", "--quick", "--name", name])
+    assert config.from_options().name == "full"  # the full run keeps its name when --name is left out
 
 
 def test_sighup_raises_system_exit_so_the_teardown_runs():
@@ -244,7 +265,10 @@ def _gt_outputs(devices=("emu-nano", "emu-agx", "server"), n=6) -> dict:
             for b in blocks
         }
         whole = {"latency_ms": {"mean": 21.0 * speed[dev]}, "e2e_over_sum_of_blocks": 1.0}
-        out[dev] = {"models": {"m": {"blocks": blocks, "measurements": meas, "whole_model": whole}}}
+        out[dev] = {
+            "energy_source": "model",
+            "models": {"m": {"blocks": blocks, "measurements": meas, "whole_model": whole}},
+        }
     return out
 
 
@@ -262,6 +286,26 @@ def test_groundtruth_csv_round_trip_and_cf_eval_format(tmp_path):
     m = load_csv(path)  # tools/cf_eval reads it as is
     assert m.values.size == 18 and m.features.shape == (6, len(FEATURE_NAMES))
     assert m.feature_names == FEATURE_NAMES and m.row_labels == tuple(gt.rows)
+
+
+def test_energy_csv_says_unit_and_meter_and_still_loads(tmp_path):
+    outputs = _gt_outputs()
+    outputs["emu-agx"]["energy_source"] = "ina3221"  # a row measured by another meter keeps its own label
+    gt, _ = from_worker_outputs(outputs)
+    path = tmp_path / "energy.csv"
+    assert groundtruth.write_energy_csv(path, gt) == 18
+    with open(path, newline="", encoding="utf-8") as f:
+        recs = list(csv.DictReader(f))
+    assert list(recs[0])[:5] == ["row", "col", "value", "unit", "energy_source"]
+    assert {r["unit"] for r in recs} == {"mJ"}
+    assert {(r["row"], r["energy_source"]) for r in recs} == {
+        ("emu-nano", "model"),
+        ("emu-agx", "ina3221"),
+        ("server", "model"),
+    }
+    m = load_csv(path)  # tools/cf_eval passes over the labels
+    assert m.feature_names == FEATURE_NAMES and m.values.size == 18
+    np.testing.assert_allclose(read_long_csv(path)[2], gt.energy_mJ, rtol=1e-5)
 
 
 def test_fill_sweep_cf_learns_a_rank_one_matrix():
@@ -386,6 +430,41 @@ def test_fig3_fig5_fig6_numbers():
     assert f6["overall_pct"]["energy"] == pytest.approx(100.0)
 
 
+def _same_plan_as_neurosurgeon() -> dict:
+    """`_execute()` where RoaD-RuNNer-preOffloaded picks Neurosurgeon's split: the same pre-loaded run measured once."""
+    ex = _execute()
+    for out in ex.values():
+        for mo in out["models"].values():
+            mo["plans"]["roadrunner_preoffloaded"]["split"] = mo["plans"]["neurosurgeon"]["split"]
+    return ex
+
+
+def test_the_baselines_own_plan_is_a_tie_not_a_loss(tmp_path):
+    f3 = analysis.fig3(_same_plan_as_neurosurgeon())
+    pre = [p for p in f3["points"] if p["comparison"] == "RR-preOffloaded vs Neurosurgeon"]
+    assert [(p["speedup"], p["energy_gain_pct"], p["quadrant"]) for p in pre] == [(1.0, 0.0, "tie")] * 4
+    summary = f3["summary"]["all"]
+    assert summary["RR-preOffloaded vs Neurosurgeon"]["quadrants"] == {"green": 0, "orange": 0, "red": 0, "tie": 4}
+    assert summary["Offload None"]["quadrants"] == {"green": 4, "orange": 0, "red": 0, "tie": 0}
+    data = {**_eval_data(), "fig3": f3}
+    text = report.render(data)
+    assert "| green/orange/red/tie |" in text and "| all | RR-preOffloaded vs Neurosurgeon | 4 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| all | RR-preOffloaded vs Neurosurgeon |"))
+    assert row.endswith("| 0/0/0/4 |")
+
+
+def test_fig3_draws_ties_grey(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)  # keep the figure to look at it
+    figures.fig3({**_eval_data(), "fig3": analysis.fig3(_same_plan_as_neurosurgeon())}, tmp_path / "fig3.png")
+    grey = matplotlib.colors.to_rgba(figures.TIE_COLOUR)
+    for ax in drawn[0].axes:  # chain and residual models: two ties each, at 0% and 1x
+        ties = [c for c in ax.collections if c.get_offsets().shape[0] and tuple(c.get_facecolor()[0]) == grey]
+        assert [c.get_offsets().tolist() for c in ties] == [[[0.0, 1.0], [0.0, 1.0]]]
+        others = [c for c in ax.collections if c.get_offsets().shape[0] and c not in ties]
+        assert others and all(tuple(c.get_facecolor()[0]) != grey for c in others)
+
+
 def _eval_data() -> dict:
     ex = _execute()
     rows = analysis.plan_rows(ex)
@@ -461,6 +540,33 @@ def test_error_components_split_local_remote_upload():
     assert comp["local"]["n"] == 2 and comp["local"]["median_ape"] == pytest.approx(10.0)
     assert comp["remote"]["median_ratio"] == pytest.approx(1.25)
     assert comp["upload"]["n"] == 1 and comp["upload"]["median_ratio"] == pytest.approx(0.5)
+
+
+def _row(split, preloaded, remote=(12.0, 10.0), upload=(None, 0.0)) -> dict:
+    """A plan row (as `plan_rows` makes them) with the predicted and measured remote part and upload."""
+    return {
+        "device": "emu-agx", "model": "alexnet", "plan": "p", "split": split, "preloaded": preloaded,
+        "predicted_ms": 50.0, "measured_ms": 50.0, "predicted_mJ": 5.0, "measured_mJ": 5.0,
+        "ns_predicted_ms": None, "ns_predicted_mJ": None,
+        "predicted_local_ms": None, "local_ms": 0.0,
+        "predicted_remote_ms": remote[0], "remote_ms": remote[1],
+        "predicted_upload_ms": upload[0], "upload_ms": upload[1],
+    }  # fmt: skip
+
+
+def test_fig5_scores_the_parts_of_a_split_once_whether_preloaded_or_not():
+    """Where weights come from changes a plan's whole cost (the upload), not its local and remote parts: the split
+    (-1,9), run uploaded and pre-loaded, is one remote measurement; the whole-plan errors and the upload keep both."""
+    rows = [
+        _row([-1, 9], False, upload=(50.0, 100.0)),
+        _row([-1, 9], True),
+        _row([2, 7], False, remote=(20.0, 20.0), upload=(8.0, 10.0)),
+    ]
+    f5 = analysis.fig5(rows)
+    remote, upload = f5["components"]["remote"], f5["components"]["upload"]
+    assert remote["n"] == 2 and remote["median_ratio"] == pytest.approx(1.1)  # 1.2 and 1.0, not 1.2 twice
+    assert upload["n"] == 2 and upload["median_ratio"] == pytest.approx(0.65)
+    assert f5["overall"]["all_plans"]["n"] == 3
 
 
 def test_a_run_refuses_to_start_without_the_disk_it_needs(tmp_path):

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import tools.testbed
-from tools.testbed import TestbedConfig, cgroups, netns
+from tools.testbed import TestbedConfig, _sh, cgroups, lifecycle, netns
+from tools.testbed import __main__ as testbed_cli
 from tools.testbed.classes import CLASSES_JSON, load_classes
 from tools.testbed.config import DEFAULT_PERIOD_US
 
@@ -254,6 +255,82 @@ def test_cgroup_v2_files(tmp_path: Path) -> None:
     assert cgroups.read_limits(h, server) == {"quota_us": None, "period_us": 10_000}
     with pytest.raises(tools.testbed.TestbedError, match="kernel minimum"):
         cgroups.quota_us(0.05, 10_000)
+
+
+def test_a_cgroup_that_cannot_be_made_is_a_testbed_error(tmp_path: Path) -> None:
+    absent = cgroups.Hierarchy(2, tmp_path / "no-cgroupfs")  # mkdir fails (FileNotFoundError), even for root
+    with pytest.raises(tools.testbed.TestbedError, match="cannot create cgroup .*no-cgroupfs/roadrunner"):
+        cgroups.ensure(absent, "roadrunner", "emu-nx", 0.235, 10_000)
+    with pytest.raises(tools.testbed.TestbedError, match="cannot create cgroup"):
+        cgroups.set_weight(absent, "roadrunner", 8192)
+
+
+def test_a_hung_command_is_a_testbed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def hang(argv: list[str], **kw: object) -> None:
+        raise subprocess.TimeoutExpired(argv, kw["timeout"])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_sh.subprocess, "run", hang)
+    with pytest.raises(tools.testbed.TestbedError, match=r"`tc qdisc show` did not finish in 30 s"):
+        _sh.run("tc", "qdisc", "show")
+
+
+@pytest.fixture
+def rootless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[TestbedConfig, list[str], list[str]]:
+    """`up` without root: namespaces and `down` only recorded, cgroups under a cgroupfs that is not there."""
+    made: list[str] = []
+    downs: list[str] = []
+    monkeypatch.setattr(lifecycle, "_require_root", lambda: None)
+    monkeypatch.setattr(lifecycle, "require_tools", lambda: None)
+    monkeypatch.setattr(cgroups, "detect", lambda: cgroups.Hierarchy(2, tmp_path / "no-cgroupfs"))
+    monkeypatch.setattr(netns, "ensure_netns", made.append)
+    monkeypatch.setattr(lifecycle, "down", lambda cfg: downs.append(cfg.prefix) or [])
+    return TestbedConfig(prefix="rrz", state_dir=str(tmp_path / "state"), classes=("emu-nano",)), made, downs
+
+
+def _stop_at_the_first_link(monkeypatch: pytest.MonkeyPatch, made: list[str], failure: BaseException) -> None:
+    """The cgroups made (recorded), then `failure` where the first veth pair would be made."""
+
+    def stop(*args: object, **kw: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(cgroups, "set_weight", lambda *args: None)
+    monkeypatch.setattr(cgroups, "ensure", lambda h, parent, cls, *args: made.append(cls) or h.root / parent / cls)
+    monkeypatch.setattr(netns, "ensure_pair", stop)
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), MemoryError(), OSError(5, "EIO")])
+def test_up_cleans_a_fresh_prefix_whatever_stops_it(rootless, monkeypatch, failure) -> None:
+    """Ctrl-C (or anything else) half-way through `up` on a fresh prefix leaves nothing, and goes on as it was."""
+    cfg, made, downs = rootless
+    _stop_at_the_first_link(monkeypatch, made, failure)
+    with pytest.raises(type(failure)):
+        lifecycle.up(cfg)
+    assert made == [cfg.netns("server"), "emu-nano", cfg.netns("emu-nano")] and downs == ["rrz"]
+
+
+def test_up_on_a_testbed_that_was_up_leaves_it_to_the_user(rootless, monkeypatch) -> None:
+    cfg, made, downs = rootless
+    tools.testbed.state.save(cfg.state_file, {"status": "up"})
+    _stop_at_the_first_link(monkeypatch, made, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.up(cfg)
+    assert downs == []
+
+
+def test_up_reports_a_cgroup_it_cannot_make_and_leaves_nothing(rootless) -> None:
+    cfg, _, downs = rootless
+    with pytest.raises(tools.testbed.TestbedError, match=r"cannot create cgroup .* \(nothing was left behind\)"):
+        lifecycle.up(cfg)
+    assert downs == ["rrz"]
+
+
+def test_cli_reports_an_os_error_in_one_line(monkeypatch, tmp_path, capsys) -> None:
+    def up(cfg: TestbedConfig) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "state"))
+
+    monkeypatch.setattr(lifecycle, "up", up)
+    assert testbed_cli.main(["--state-dir", str(tmp_path / "state"), "up"]) == 1
+    assert capsys.readouterr().err.startswith("error: [Errno 13] Permission denied")
 
 
 def test_public_surface() -> None:

@@ -1,8 +1,9 @@
 """Plan quality on this machine: is the chosen latency-optimal plan as fast, measured, as the best plan tried?
 
 An in-process rr-server on loopback; the edge profiles a 30% sample of resnet18's blocks and its network, plans for
-latency, then every Pareto plan, the chosen plan and `--random` random single/two-split plans are run over gRPC
-(`--repeat` requests each, interleaved in rounds of random order, slices uploaded beforehand, median latency).
+latency, then every Pareto plan, the chosen plan and `--random` more offloading splits, drawn at random from those not
+among them, are run over gRPC (`--repeat` requests each, interleaved in rounds of random order, slices uploaded
+beforehand, median latency).
 Where another plan measured fastest, the chosen plan and that one are measured again, head to head with fresh
 runners and twice the requests: picking the fastest of many noisy medians favours whichever plan's noise ran low,
 so the pass that picks "best" does not also price it. Prints JSON with the ratio chosen / best from that second
@@ -48,16 +49,14 @@ def plan_quality(
         with Server(ServerConfig(data_dir=base / "data", listen="127.0.0.1:0")) as server:
             assert server.address is not None
             with EdgeNode(server.address, "planq-edge", settings=OrtSettings(intra_op_threads=1)) as node:
+                n = len(node.blocks(path))
+                check_random(n_random, n)  # before the minutes of profiling
                 node.netprofile(max_mb=32)
                 node.profile(path, sample=0.3, seed=seed)
                 time.sleep(1.0)  # the server's debounced refresh and its own cloud timings
                 report = node.plan(path, "latency", preloaded=True)
-                n = report.blocks
-                rng = random.Random(seed)
                 splits = {(p.i, p.j) for p in report.pareto} | {(report.chosen.i, report.chosen.j)}
-                while len(splits) < len(report.pareto) + 1 + n_random:
-                    i = rng.randint(-1, n - 2)
-                    splits.add((i, rng.choice([n - 1, rng.randint(i + 1, n - 1)])))  # i < j: really offloads
+                splits |= set(random_splits(n, splits, n_random, random.Random(seed)))
                 shape = node.blocks(path).inputs[0].shape
                 x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
                 chosen = (report.chosen.i, report.chosen.j)
@@ -89,6 +88,27 @@ def plan_quality(
     }
 
 
+def offloading_splits(n_blocks: int) -> list[tuple[int, int]]:
+    """Every split (i, j) with i < j of a model of `n_blocks` blocks: blocks i+1..j run on the server."""
+    return [(i, j) for i in range(-1, n_blocks - 1) for j in range(i + 1, n_blocks)]
+
+
+def check_random(n_random: int, n_blocks: int) -> None:
+    """`--random N` asks for N distinct offloading splits: more than the model has could never be drawn."""
+    total = len(offloading_splits(n_blocks))
+    if n_random > total:
+        raise ValueError(f"--random {n_random}: a model of {n_blocks} blocks has only {total} offloading splits")
+
+
+def random_splits(
+    n_blocks: int, taken: set[tuple[int, int]], n_random: int, rng: random.Random
+) -> list[tuple[int, int]]:
+    """`n_random` offloading splits not in `taken`, drawn uniformly; all that are left when fewer remain (the Pareto
+    plans may hold some)."""
+    free = [s for s in offloading_splits(n_blocks) if s not in taken]
+    return rng.sample(free, min(n_random, len(free)))
+
+
 def _per_block(path: Path, graph: BlockGraph, costs: Costs, settings: OrtSettings) -> list[dict[str, Any]]:
     """Each block's predictions on the edge and the cloud with their provenance, and its time alone on the edge's
     settings (median of 15 runs): where a plan's prediction went wrong."""
@@ -105,14 +125,25 @@ def _per_block(path: Path, graph: BlockGraph, costs: Costs, settings: OrtSetting
     ]
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18")
-    p.add_argument("--random", type=int, default=10)
+    p.add_argument("--random", type=_count, default=10, help="random plans besides the Pareto plans (default 10)")
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    json.dump(plan_quality(args.model, args.random, args.repeat, args.seed), sys.stdout, indent=2)
+    try:
+        result = plan_quality(args.model, args.random, args.repeat, args.seed)
+    except ValueError as exc:  # more random plans than the model has splits
+        p.error(str(exc))
+    json.dump(result, sys.stdout, indent=2)
     print()
     return 0
 

@@ -13,6 +13,7 @@ Data flows one way; every stage writes plain JSON/CSV that the next one reads:
     groundtruth the ground-truth matrix as tools/cf_eval long-format CSVs (latency, energy) + block metadata
     metrics     pure numbers: speedup, energy gain, percentage errors, RMSE
     accuracy    Fig. 4: CF (cf_cpp) vs Neurosurgeon's regression on the ground truth with entries hidden
+    missing     what a run did not measure (a failed device or model, the cloud profiler not done): exit status, report
     analysis    raw worker outputs -> eval.json (every number of the figures and tables)
     figures     eval.json -> fig3..fig6 PNGs
     report      eval.json -> docs/results/README.md

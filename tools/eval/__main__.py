@@ -8,6 +8,8 @@
 Needs root (network namespaces, tc, cgroups). Full run: the ten paper models on four emulated classes; --quick: three
 small models. --input-size N exports the models at N x N (default 224) and names the run NAME-N (e.g. quick-512).
 Output: docs/results/ (full) or docs/results/NAME/ (any other run: quick, quick-512, ...) unless --out.
+Exit status 1 when `collect` or `all` did not measure everything (a device's plans, a model, the cloud profiler's
+timings): `all` still writes the report, which lists what is missing at the top.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .config import EvalConfig, from_options
+from .missing import describe
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -61,19 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or cfg.default_out
     exit_on_signals()
     started = time.perf_counter()
+    log = logging.getLogger("tools.eval")
+    gaps: dict[str, Any] = {}
     try:
         if args.command in ("collect", "all"):
             from .harness import collect
 
-            collect(cfg)
+            gaps = collect(cfg)
         if args.command in ("analyze", "all"):
             from .analysis import analyze_run
 
             print(json.dumps(analyze_run(cfg, out), indent=1))
     except RuntimeError as exc:  # a bad option, a worker or the server failed, too little disk: say why, no traceback
-        logging.getLogger("tools.eval").error("%s", exc)
+        log.error("%s", exc)
         return 1
-    logging.getLogger("tools.eval").info("done in %.0f s", time.perf_counter() - started)
+    log.info("done in %.0f s", time.perf_counter() - started)
+    if gaps:
+        log.error("the run is incomplete (kept in %s): %s", cfg.work_dir, "; ".join(describe(gaps)))
+        return 1
     return 0
 
 

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import accuracy, metrics
+from . import accuracy, metrics, missing
 from .config import CHAIN, REPO, SERVER_CLASS, EvalConfig, cli_flags, group_of
-from .groundtruth import from_worker_outputs, write_blocks_csv, write_long_csv
+from .groundtruth import from_worker_outputs, write_blocks_csv, write_energy_csv, write_long_csv
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,10 @@ def _parts(pred: Mapping[str, Any], *keys: str) -> float | None:
     return None if bd is None else float(sum(bd[k] for k in keys))
 
 
-def components(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def components(rows: list[dict[str, Any]], parts: tuple[str, ...] = ("local", "remote", "upload")) -> dict[str, Any]:
     """Where the latency error comes from: median |error| (%) and median predicted/measured ratio per component."""
     out = {}
-    for part in ("local", "remote", "upload"):
+    for part in parts:
         pairs = [
             (r[f"predicted_{part}_ms"], r[f"{part}_ms"])
             for r in rows
@@ -130,7 +130,7 @@ def fig3(execute: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 "max_speedup": max(p["speedup"] for p in sel),
                 "mean_energy_gain_pct": metrics.mean(p["energy_gain_pct"] for p in sel),
                 "max_energy_gain_pct": max(p["energy_gain_pct"] for p in sel),
-                "quadrants": {q: sum(p["quadrant"] == q for p in sel) for q in ("green", "orange", "red")},
+                "quadrants": {q: sum(p["quadrant"] == q for p in sel) for q in metrics.QUADRANTS},
             }
     return {"points": points, "summary": summary}
 
@@ -147,12 +147,20 @@ def _errors(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return out
 
 
+def _distinct(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
+    """The first row of each value of `keys`: a run scored once, whichever plans chose it."""
+    first: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(tuple(tuple(v) if isinstance(v, list) else v for v in (r[k] for k in keys)), r)
+    return list(first.values())
+
+
 def fig5(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median absolute % error of whole-plan predictions vs measurements, per model and per device."""
-    distinct: dict[tuple, dict[str, Any]] = {}
-    for r in rows:  # a split run once is scored once, whichever plans chose it
-        distinct.setdefault((r["device"], r["model"], tuple(r["split"]), r["preloaded"]), r)
-    uniq = list(distinct.values())
+    # a plan's whole cost depends on whether its weights were pre-loaded (the upload is charged or not) ...
+    uniq = _distinct(rows, "device", "model", "split", "preloaded")
+    # ... its local and remote parts do not: the split ran once, and one row of it is scored
+    runs = _distinct(rows, "device", "model", "split")
     chosen = [r for r in rows if r["plan"] == OURS]
     overall = {}
     for name, sel in (("all_plans", uniq), ("chosen_plan", chosen)):
@@ -175,7 +183,7 @@ def fig5(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for d, m in dict.fromkeys((r["device"], r["model"]) for r in uniq)
         },  # fmt: skip
         "overall": overall,
-        "components": components(uniq),
+        "components": {**components(runs, ("local", "remote")), **components(uniq, ("upload",))},
     }
 
 
@@ -306,11 +314,11 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     order = [d for d in (*cfg.classes, "server") if d in gt_out]
     gt_out = {d: gt_out[d] for d in order}
     execute = {d: execute[d] for d in cfg.classes if d in execute}
-    missing = {d: out.get("errors", {}) for d, out in execute.items() if out.get("errors")}
-    missing.update({d: "execute phase failed" for d in cfg.classes if d not in execute})
+    settled = next(iter(_load(work, "settle").values()), None)  # one device waits for the cloud profiler
+    gaps = missing.of_run(cfg.classes, len(cfg.models), settled, execute, _read(work / "failed.json") or {})
     gt, occurrences = from_worker_outputs(gt_out)
     n_lat = write_long_csv(out_dir / "groundtruth_latency.csv", gt, gt.latency_ms)
-    n_en = write_long_csv(out_dir / "groundtruth_energy.csv", gt, gt.energy_mJ)
+    n_en = write_energy_csv(out_dir / "groundtruth_energy.csv", gt)
     write_blocks_csv(out_dir / "groundtruth_blocks.csv", occurrences)
     blocks = [gt.blocks[c] for c in gt.cols]
     t = time.perf_counter()
@@ -348,7 +356,8 @@ def analyze_run(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             "energy_note": "MODELLED: declared watts (tools/testbed/classes.json) x measured time; not measured",
             "chain_models": [m for m in cfg.models if m in CHAIN],
             "residual_models": [m for m in cfg.models if m not in CHAIN],
-            "missing": missing,
+            "settle": settled,  # reported slices the cloud profiler had timed (`measured`) of those `expected`
+            "missing": gaps,
         },
         "repeatability": repeatability(gt_out, execute),
         "headline": headline_numbers,

@@ -18,6 +18,13 @@ SERVER_CLASS = "server"
 OBJECTIVES = ("latency", "energy")
 # A run's name is a folder under .cache/eval/ (wiped by `collect`) and docs/results/: no separators, no `..`.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# Names whose folders hold other data: a run named `full` writes over the full run's report in docs/results (and
+# `collect` wipes its raw outputs); one named `models` would make .cache/eval/models, the exported models every run
+# shares, its work dir.
+RESERVED_NAMES = {
+    "full": "it is the full run's, whose report is docs/results (leave --name out to make the full run)",
+    "models": "its work dir would be .cache/eval/models, the exported models every run shares",
+}
 
 
 def group_of(model: str) -> str:
@@ -110,6 +117,8 @@ def from_options(
         cfg = replace(cfg, classes=tuple(classes))
     if name is not None and not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"--name must be letters, digits, '.', '_' and '-', not starting with '.'; got {name!r}")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"--name {name} is reserved: {RESERVED_NAMES[name]}")
     if input_size is not None and input_size != cfg.input_size:
         if input_size < 32:
             raise ValueError("--input-size must be >= 32")

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 TAG = "emulated devices, modelled energy"
 MARKERS = {
@@ -21,6 +22,7 @@ MARKERS = {
 }
 X_CLIP = -200.0  # energy "gains" below this (we spend > 3x the baseline's energy) are drawn at the edge
 QUADRANT_COLOURS = {"red": "#f4cccc", "orange": "#fde9c9", "green": "#d9ead3"}
+TIE_COLOUR = "#b0b0b0"  # a point that is the baseline's own plan (quadrant "tie"): neither a gain nor a loss
 
 
 def _shade(ax: Any, xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
@@ -29,6 +31,19 @@ def _shade(ax: Any, xlim: tuple[float, float], ylim: tuple[float, float]) -> Non
     ax.fill_between([0, x1], y0, 1, color=QUADRANT_COLOURS["orange"], zorder=0)
     ax.fill_between([x0, 0], 1, y1, color=QUADRANT_COLOURS["orange"], zorder=0)
     ax.fill_between([0, x1], 1, y1, color=QUADRANT_COLOURS["green"], zorder=0)
+
+
+def _points(ax: Any, ps: list[dict[str, Any]], marker: str, label: str | None, **colour: str) -> None:
+    ax.scatter(
+        [max(p["energy_gain_pct"], X_CLIP) for p in ps],
+        [p["speedup"] for p in ps],
+        marker=marker,
+        label=label,
+        edgecolors="black",
+        linewidths=0.5,
+        zorder=3,
+        **colour,
+    )
 
 
 def fig3(data: dict[str, Any], path: Path) -> None:
@@ -48,16 +63,12 @@ def fig3(data: dict[str, Any], path: Path) -> None:
         _shade(ax, xlim, ylim)
         for label, marker in MARKERS.items():
             ps = [p for p in sel if p["comparison"] == label]
-            if ps:
-                ax.scatter(
-                    [max(p["energy_gain_pct"], X_CLIP) for p in ps],
-                    [p["speedup"] for p in ps],
-                    marker=marker,
-                    label=label,
-                    edgecolors="black",
-                    linewidths=0.5,
-                    zorder=3,
-                )
+            differ = [p for p in ps if p["quadrant"] != "tie"]
+            ties = [p for p in ps if p["quadrant"] == "tie"]
+            if differ:
+                _points(ax, differ, marker, label)
+            if ties:  # labelled here only when no point of the comparison differs from its baseline
+                _points(ax, ties, marker, None if differ else label, color=TIE_COLOUR)
         clipped = sum(p["energy_gain_pct"] < X_CLIP for p in sel)
         if clipped:
             ax.text(
@@ -76,7 +87,12 @@ def fig3(data: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("energy gain of RoaD-RuNNer (%) [energy: model]")
         ax.set_ylabel("speedup of RoaD-RuNNer (x, measured)")
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="upper left")
+        handles, _ = ax.get_legend_handles_labels()
+        n_ties = sum(p["quadrant"] == "tie" for p in sel)
+        if n_ties:
+            tie = f"grey: the baseline's own plan (tie), {n_ties} point(s)"
+            handles.append(Patch(facecolor=TIE_COLOUR, edgecolor="black", linewidth=0.5, label=tie))
+        ax.legend(handles=handles, fontsize=7, loc="upper left")
     fig.suptitle(f"Fig. 3 - RoaD-RuNNer vs baselines, plans run on the testbed ({TAG})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -4,7 +4,9 @@
                                                        f_* column features (the server's CF features, log scale)
     groundtruth_blocks.csv                             signature, model, block index, ops and sizes per block
 
-Energy values are MODELLED (declared watts x measured time), latency is measured on EMULATED device classes.
+Energy values are MODELLED (declared watts x measured time), latency is measured on EMULATED device classes. The
+energy file says so in every entry: `unit` (mJ) and `energy_source` (the meter of the row's device, `model` on the
+testbed); tools/cf_eval reads row, col, value and f_* and passes over them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class GroundTruth:
     latency_ms: np.ndarray
     energy_mJ: np.ndarray
     blocks: dict[str, dict[str, Any]]  # signature -> first block record (ops, sizes)
+    energy_sources: list[str]  # per row: the meter its energy came from (the worker's `energy_source`)
 
     @property
     def features(self) -> np.ndarray:
@@ -76,23 +79,35 @@ def from_worker_outputs(outputs: Mapping[str, Mapping[str, Any]]) -> tuple[Groun
                 lat[r, index[sig]] = meas["latency_ms"]["mean"]
                 if meas.get("energy_mJ") is not None:
                     en[r, index[sig]] = meas["energy_mJ"]
-    return GroundTruth(rows, cols, lat, en, blocks), occurrences
+    sources = [out["energy_source"] for out in outputs.values()]
+    return GroundTruth(rows, cols, lat, en, blocks, sources), occurrences
 
 
-def write_long_csv(path: Path, gt: GroundTruth, values: np.ndarray) -> int:
-    """row,col,value,f_* for every finite entry; returns the number of entries written."""
+def write_long_csv(
+    path: Path, gt: GroundTruth, values: np.ndarray, labels: Mapping[str, list[str]] | None = None
+) -> int:
+    """row,col,value, then the `labels` (column name -> one text per row, such as the unit or the energy meter), then
+    f_* for every finite entry; returns the number of entries written."""
+    labels = labels or {}
     feats = gt.features
     n = 0
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["row", "col", "value", *FEATURE_NAMES])
+        w.writerow(["row", "col", "value", *labels, *FEATURE_NAMES])
         for r, row in enumerate(gt.rows):
             for c, col in enumerate(gt.cols):
                 v = values[r, c]
                 if np.isfinite(v) and v > 0:
-                    w.writerow([row, col, f"{v:.6g}", *(f"{x:.6g}" for x in feats[c])])
+                    text = [t[r] for t in labels.values()]
+                    w.writerow([row, col, f"{v:.6g}", *text, *(f"{x:.6g}" for x in feats[c])])
                     n += 1
     return n
+
+
+def write_energy_csv(path: Path, gt: GroundTruth) -> int:
+    """The energy matrix in the long format, every entry labelled with its unit and the meter of its row: modelled
+    energy must not pass for measured energy once the file is out of the report's sight."""
+    return write_long_csv(path, gt, gt.energy_mJ, {"unit": ["mJ"] * len(gt.rows), "energy_source": gt.energy_sources})
 
 
 def write_blocks_csv(path: Path, occurrences: list[dict[str, Any]]) -> None:

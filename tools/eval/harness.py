@@ -8,6 +8,9 @@ Phases (raw outputs under `EvalConfig.work_dir`):
     settle        wait for the server's cloud profiler to finish timing the reported slices
     netprofile    per edge class in turn: the network profile, against a server with nothing else to do
     execute       per edge class in turn (the server is shared, so one device offloads at a time)
+
+A device whose execute worker fails, or a settle that gives up early, does not stop the run: the others' measurements
+are kept, and `collect` returns what is missing (tools/eval/missing.py) for the caller to fail on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tools.testbed import cgroups
 from tools.testbed.config import TestbedConfig
 from tools.testbed.lifecycle import selected_classes
 
+from . import missing
 from .config import REPO, SERVER_CLASS, EvalConfig
 
 log = logging.getLogger(__name__)
@@ -224,8 +228,9 @@ def check_run(cfg: EvalConfig) -> None:
     check_testbed_free(tcfg)
 
 
-def collect(cfg: EvalConfig) -> dict[str, float]:
-    """All four phases on a fresh testbed and server; raw JSON in cfg.work_dir. Returns the phase durations (s)."""
+def collect(cfg: EvalConfig) -> dict[str, Any]:
+    """All four phases on a fresh testbed and server; raw JSON in cfg.work_dir. Returns what the run did not measure
+    (`missing.of_run`; empty when nothing is missing)."""
     check_run(cfg)
     work = cfg.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -245,15 +250,17 @@ def collect(cfg: EvalConfig) -> dict[str, float]:
         cluster = Cluster(cfg, tcfg, work)
         cluster.start_server()
         try:
-            times.update(_phases(cfg, cluster, models))
+            phase_times, gaps = _phases(cfg, cluster, models)
         finally:
             cluster.stop_server()
             subprocess.run(["rm", "-rf", str(data)], check=False)  # probe uploads: GBs of slices
-    (work / "phases.json").write_text(json.dumps(times, indent=1))
-    return times
+    (work / "phases.json").write_text(json.dumps({**times, **phase_times}, indent=1))
+    return gaps
 
 
-def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[str, float]:
+def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run the phases; their durations (s), and what they did not measure. Why an execute worker failed is kept in
+    failed.json: no other raw output holds it."""
     times: dict[str, float] = {}
     common = {"models": models, "seed": cfg.seed, "input_size": cfg.input_size}
     gt_spec = {**common, "timing": cfg.gt_timing.__dict__}
@@ -276,8 +283,11 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
 
     t = time.perf_counter()
     log.info("waiting for the cloud profiler (%d signatures)", len(reported))
-    cluster.run_workers("settle", {cfg.classes[-1]: {**common, "signatures": sorted(reported)}})
+    settled = cluster.run_workers("settle", {cfg.classes[-1]: {**common, "signatures": sorted(reported)}})
     times["settle"] = time.perf_counter() - t
+    short = missing.settle_shortfall(settled[cfg.classes[-1]], len(models))
+    if short is not None:
+        log.warning("settle: %s", short)
 
     t = time.perf_counter()
     net_spec = {"netprofile_max_mb": cfg.netprofile_max_mb, "upload_probe_max_mb": cfg.upload_probe_max_mb}
@@ -287,11 +297,16 @@ def _phases(cfg: EvalConfig, cluster: Cluster, models: dict[str, str]) -> dict[s
     times["netprofile"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    executed: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     for dev in cfg.classes:
         log.info("plans executed on %s", dev)
         try:
-            cluster.run_workers("execute", {dev: {**common, "timing": cfg.run_timing.__dict__}})
+            executed.update(cluster.run_workers("execute", {dev: {**common, "timing": cfg.run_timing.__dict__}}))
         except RuntimeError as exc:  # keep the other devices' measurements; the report lists what is missing
             log.error("%s", exc)
+            failed[dev] = f"{str(exc).splitlines()[0].rstrip(':')}; its log: execute-{dev}.log"
     times["execute"] = time.perf_counter() - t
-    return times
+    (cluster.work / "failed.json").write_text(json.dumps(failed, indent=1))
+    gaps = missing.of_run(cfg.classes, len(models), settled[cfg.classes[-1]], executed, failed)
+    return times, gaps

@@ -57,8 +57,15 @@ def geomean(values: Iterable[float]) -> float | None:
     return float(np.exp(np.mean(np.log(v)))) if v else None
 
 
+QUADRANTS = ("green", "orange", "red", "tie")
+TIE_TOLERANCE = 1e-9  # both plans ran the same split with the same weights: one measurement, so exactly 1x and 0%
+
+
 def quadrant(speedup_x: float, gain_pct: float) -> str:
-    """Fig. 3's colours: green = faster and less energy, orange = one of the two, red = neither."""
+    """Fig. 3's colours: green = faster and less energy, orange = one of the two, red = neither; tie = neither faster
+    nor slower, neither leaner nor hungrier (the same plan as the baseline: not a loss)."""
+    if abs(speedup_x - 1.0) <= TIE_TOLERANCE and abs(gain_pct) <= TIE_TOLERANCE:
+        return "tie"
     faster, leaner = speedup_x > 1.0, gain_pct > 0.0
     return "green" if faster and leaner else "orange" if faster or leaner else "red"
 

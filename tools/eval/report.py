@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import missing
 from .config import cli_flags
 
 PAPER = {
@@ -132,7 +133,7 @@ def _fig3(d: dict[str, Any]) -> str:
                     _f(s["max_speedup"]),
                     _f(s["mean_energy_gain_pct"], "{:.1f}"),
                     _f(s["max_energy_gain_pct"], "{:.1f}"),
-                    f"{q['green']}/{q['orange']}/{q['red']}",
+                    f"{q['green']}/{q['orange']}/{q['red']}/{q['tie']}",
                 ]
             )
     return _table(
@@ -145,7 +146,7 @@ def _fig3(d: dict[str, Any]) -> str:
             "max",
             "mean energy gain %",
             "max energy gain %",
-            "green/orange/red",
+            "green/orange/red/tie",
         ],
         rows,
     )
@@ -203,9 +204,10 @@ def _fig5(d: dict[str, Any]) -> str:
             [k, str(v["n"]), _f(v["median_ape"], "{:.1f}"), _f(v["median_ratio"], "{:.2f}")] for k, v in comp.items()
         ]
         parts.append(
-            "Where the latency error comes from (per executed plan; local = head + tail on the edge, remote = "
-            "uplink + cloud + downlink as seen by the edge, upload = the slice's weights):\n\n"
-            + _table(["component", "plans", "median error %", "median predicted / measured"], crow)
+            "Where the latency error comes from (local = head + tail on the edge, remote = uplink + cloud + downlink "
+            "as seen by the edge, each scored once per executed split; upload = the slice's weights, once per split "
+            "whose weights a plan uploaded):\n\n"
+            + _table(["component", "runs", "median error %", "median predicted / measured"], crow)
         )
     cloud = d.get("cloud", {}).get("per_model")
     if cloud:
@@ -299,6 +301,18 @@ def _input_size_note(cfg: dict[str, Any]) -> str:
     return f"{n}x{n} only in this run; the full run (docs/results/) is at 224x224. The paper ran 224, 512 and 768."
 
 
+def _missing(meta: dict[str, Any]) -> str:
+    """The report's first section when the run did not measure everything (`collect` then exited non-zero)."""
+    lines = missing.describe(meta.get("missing") or {})
+    if not lines:
+        return ""
+    items = "\n".join(f"* {line}" for line in lines)
+    return (
+        "\n## Missing / incomplete\n\nThis run did not measure everything; the figures and tables below hold what it "
+        f"did measure.\n\n{items}\n"
+    )
+
+
 def render(d: dict[str, Any], runs_below: Sequence[str] = ()) -> str:
     """The report's markdown; `runs_below`: the other runs' directories next to it (the full run links them)."""
     meta = d["meta"]
@@ -331,7 +345,7 @@ Measured {meta.get("measured") or "at an unknown time"} by `{command}` (phases: 
 Models: {", ".join(cfg["models"])} at {cfg["input_size"]}x{cfg["input_size"]}; edge classes:
 {", ".join(cfg["classes"])}.
 Other runs' reports: {others}. Raw numbers: [eval.json](eval.json).
-
+{_missing(meta)}
 ## Headline numbers: paper vs this testbed
 
 {_headline(d)}
@@ -348,7 +362,9 @@ Each point is one (edge class, model): x = % less (modelled) energy than the bas
 (measured). "RoaD-RuNNer" is the plan chosen for the latency objective with dynamic offloading: its middle slice's
 weights are uploaded at run time, and the measured upload is added to its latency, as for Offload All and
 NS-nonOffloaded. Neurosurgeon and RoaD-RuNNer-preOffloaded have their weights on the server already (no upload).
-Neurosurgeon decides with its own regression predictor; every plan is then run and measured.
+Neurosurgeon decides with its own regression predictor; every plan is then run and measured. Green: faster and less
+energy; orange: one of the two; red: neither; tie (grey in the figure): the same plan as the baseline, one
+measurement for both (1x, 0%).
 
 {_fig3(d)}
 
@@ -394,7 +410,8 @@ Mean over models of the chosen plan's offloaded blocks / all blocks (%):
 
 [groundtruth_latency.csv](groundtruth_latency.csv) and [groundtruth_energy.csv](groundtruth_energy.csv) are in the
 long format of `tools/cf_eval` (`row` = device class, `col` = block signature, `value` = window-mean ms / modelled mJ,
-`f_*` = the server's CF column features, log scale); [groundtruth_blocks.csv](groundtruth_blocks.csv) maps every
+`f_*` = the server's CF column features, log scale; the energy file labels every entry with its `unit` and its
+`energy_source`, the meter: `model`); [groundtruth_blocks.csv](groundtruth_blocks.csv) maps every
 (model, block index) to its signature, ops and sizes. Evaluate CF on it with
 `python -m tools.cf_eval --csv docs/results/groundtruth_latency.csv --protocol random --fill 0.3`.
 Whole-model latency per class in ms (whole model / sum of its blocks run one by one):

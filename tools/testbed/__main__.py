@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             if not command:
                 raise TestbedError("exec needs a command: exec DEVICE [--port P] -- CMD [ARGS...]")
             lifecycle.exec_replace(TestbedConfig(**common), args.device, command, port=args.port)
-    except (TestbedError, ValueError) as exc:
+    except (TestbedError, ValueError, OSError) as exc:  # OSError: a state dir or cgroupfs this user cannot write
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

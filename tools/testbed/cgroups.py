@@ -40,6 +40,13 @@ def class_path(h: Hierarchy, parent: str, cls: str) -> Path:
     return h.root / parent / cls
 
 
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise TestbedError(f"cannot create cgroup {path}: {exc}") from None
+
+
 def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
@@ -62,9 +69,9 @@ def quota_us(fraction: float | None, period_us: int) -> int | None:
 def ensure(h: Hierarchy, parent: str, cls: str, fraction: float | None, period_us: int) -> Path:
     """Create (or update) the class cgroup and set its quota; idempotent."""
     parent_dir = h.root / parent
-    parent_dir.mkdir(exist_ok=True)
+    _mkdir(parent_dir)
     path = parent_dir / cls
-    path.mkdir(exist_ok=True)
+    _mkdir(path)
     q = quota_us(fraction, period_us)
     if h.version == 2:
         for d in (h.root, parent_dir):
@@ -85,7 +92,7 @@ def set_weight(h: Hierarchy, parent: str, shares: int | None) -> None:
     ``shares`` uses v1 units (default 1024); None leaves the kernel default. Edges stay capped by their quota.
     """
     parent_dir = h.root / parent
-    parent_dir.mkdir(exist_ok=True)
+    _mkdir(parent_dir)
     value = 1024 if shares is None else shares
     if h.version == 2:
         ctl = h.root / "cgroup.subtree_control"

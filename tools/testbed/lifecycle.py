@@ -53,7 +53,8 @@ def up(cfg: TestbedConfig) -> dict[str, Any]:
     """Create namespaces, shaped veth pairs and cgroups for the selected classes; return the state written.
 
     A failure (a bad rate, say) on a prefix that was not up before removes what this call made; on one that was, the
-    error says how to remove what is left.
+    error says how to remove what is left. Anything else that stops it (Ctrl-C, a bug) on a fresh prefix removes what
+    it made too, and goes on as it was.
     """
     _require_root()
     require_tools()
@@ -69,6 +70,10 @@ def up(cfg: TestbedConfig) -> dict[str, Any]:
             down(cfg)
             raise TestbedError(f"{exc} (nothing was left behind)") from None
         raise TestbedError(f"{exc}; the testbed is incomplete: `up` again, or `{_down_command(cfg)}`") from None
+    except BaseException:
+        if fresh:
+            down(cfg)
+        raise
 
 
 def _build(cfg: TestbedConfig, hier: cgroups.Hierarchy, classes: dict[str, DeviceClass]) -> dict[str, Any]:
