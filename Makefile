@@ -61,7 +61,7 @@ test-all: setup lint-proto $(DOCTEST)
 	cf_cpp/run_sanitized.sh $(PY)
 	$(PYTEST) -q
 
-PROTO_PY = rr_proto/codec.py rr_proto/framing.py rr_proto/allocator.py rr_proto/extras.py rr_proto/operators.py rr_proto/status.py rr_proto/transport.py rr_proto/providers.py rr_proto/argtypes.py  # hand-written
+PROTO_PY = rr_proto/codec.py rr_proto/framing.py rr_proto/allocator.py rr_proto/extras.py rr_proto/operators.py rr_proto/status.py rr_proto/transport.py rr_proto/providers.py rr_proto/argtypes.py rr_proto/limits.py  # hand-written
 
 check: setup lint-proto
 	$(VENV)/bin/ruff format --check rr_edge rr_server $(PROTO_PY) tools tests

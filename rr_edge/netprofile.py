@@ -443,11 +443,14 @@ def run_netprofile(
     register: bool = True,
     progress: Progress | None = None,
 ) -> NetworkProfile:
-    """Register the node, profile the link, report the profile to the server."""
+    """Register the node (keeping the timing setup it is registered with: `with_timing_setup`), profile the link,
+    report the profile to the server."""
     if register:
-        from rr_edge.device import describe_device
+        from rr_edge.device import describe_device, registered_device, with_timing_setup
 
-        client.register_node(node_id, describe_device(energy_source=meter.source if meter else ""))
+        device = describe_device(energy_source=meter.source if meter else "")
+        registered = registered_device(client, node_id)
+        client.register_node(node_id, device if registered is None else with_timing_setup(device, registered))
     profile = profile_network(client, config, meter=meter, progress=progress)
     client.report_network_profile(node_id, profile)
     return profile

@@ -7,12 +7,15 @@
                         per run from the meter (the metered mean power x the median run time), plus the whole model
                         end to end against the sum of its blocks
     report_profile      upload the profiled slices (so the server times its own cloud row) and stream the reports
-    run_profile         all of it against a server, as `rr-edge profile` does
+    run_profile         all of it against a server, as `rr-edge profile` does: the node registers once its profile
+                        is made, so that a model that fails leaves its registration as it was
 
 The core (`select_signatures`, `time_runs`, `profile_model`) talks to no server: sessions and meters are passed in.
 A signature shared by several blocks is measured once, on its first block. The end-to-end record compares the whole
 model's latency with the sum over *all* blocks of their standalone latencies: blocks outside the sample get a short
-sweep (`ProfileConfig.sweep`) whose figures are used only for that sum, never reported as measurements.
+sweep (`ProfileConfig.sweep`) whose figures are used only for that sum, never reported as measurements. A model over
+protobuf's 2 GiB limit on one message (its weights in a file of external data) is profiled without its whole-model
+run, and a block over it is not profiled, each with a warning (`rr_edge.slicing.model_bytes`).
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
 from rr_edge.session import OrtSettings, random_feeds
-from rr_edge.slicing import Slicer, whole_model_bytes
+from rr_edge.slicing import Slicer, model_bytes, whole_model_bytes
+from rr_proto.limits import MAX_ENERGY_MJ, MIN_ENERGY_MJ
 
 if TYPE_CHECKING:
     from rr_edge.client import Client
-    from rr_edge.device import DeviceInfo
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,14 @@ DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class TimingPolicy:
     """How long to time one runnable: `warmup_runs` untimed, then at least `min_runs` runs and `min_time_s` of
-    measured time (and at least the meter's `min_window_s`), stopping at `max_runs` or `max_time_s` regardless.
+    measured time (and at least the meter's `min_window_s`), stopping at `max_runs` runs or after `max_time_s`
+    seconds regardless, warm-ups and every round included (at least one run is timed).
 
     With `rounds` > 1 (blocks in `profile_model`), the runs are split into that many passes taken round-robin over
     all the blocks being profiled, each pass with one warm-up run of its own: every block's samples then span the
-    whole profiling session, so a burst of load elsewhere on the machine does not skew one block's figures.
+    whole profiling session, so a burst of load elsewhere on the machine does not skew one block's figures. Each
+    pass times at least one run, so `rounds` is at most `min_runs` (3000 rounds of a 10-run policy timed 3000 runs,
+    past its `max_time_s`: review).
     """
 
     warmup_runs: int = 3
@@ -85,22 +91,26 @@ class TimingPolicy:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.min_runs < 1 or self.warmup_runs < 0:
             raise ArgumentError("rounds and min_runs must be >= 1, warmup_runs >= 0")
+        if self.rounds > self.min_runs:
+            raise ArgumentError(f"rounds ({self.rounds}) must be at most min_runs ({self.min_runs}): each times a run")
         if not (0 <= self.min_time_s < math.inf and 0 < self.max_time_s < math.inf):  # NaN too: no clock reaches it
             raise ArgumentError(
                 f"min_time_s must be finite and >= 0, max_time_s finite and > 0; got {self.min_time_s}, "
                 f"{self.max_time_s}"
             )
 
-    def per_round(self, first: bool) -> TimingPolicy:
-        """The policy of one of `rounds` passes."""
+    def per_round(self, r: int, spent_s: float = 0.0) -> TimingPolicy:
+        """The policy of pass `r` (from 0) of `rounds`, for a runnable that spent `spent_s` seconds (less than
+        `max_time_s`) in the passes before: its share of the runs and of the minimum time, and an even share of the
+        time left with the passes after it."""
         n = self.rounds
         return replace(
             self,
-            warmup_runs=self.warmup_runs if first else min(self.warmup_runs, 1),
+            warmup_runs=self.warmup_runs if r == 0 else min(self.warmup_runs, 1),
             min_runs=math.ceil(self.min_runs / n),
             min_time_s=self.min_time_s / n,
             max_runs=max(self.max_runs // n, 1),
-            max_time_s=self.max_time_s / n,
+            max_time_s=(self.max_time_s - spent_s) / (n - r),
             rounds=1,
         )
 
@@ -203,25 +213,34 @@ def time_runs(
     policy: TimingPolicy = DEFAULT_TIMING,
     *,
     min_window_s: float = 0.0,
+    spent_s: float = 0.0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Per-run wall times (ms) of `run` under `policy` (after its warm-up)."""
-    for _ in range(policy.warmup_runs):
-        run()
+    """Per-run wall times (ms) of `run` under `policy`, after its warm-up runs; `max_time_s` bounds the warm-ups and
+    the timed runs together, `spent_s` seconds of it already spent (warm-ups run before the call)."""
+    start = clock() - spent_s
+    _warm_up(run, policy, start, clock)
     min_time = max(policy.min_time_s, min_window_s)
     times: list[float] = []
-    start = clock()
+    timed_from = clock()
     while True:
         t0 = clock()
         run()
         t1 = clock()
         times.append((t1 - t0) * 1000.0)
-        total = t1 - start
-        if len(times) >= policy.min_runs and total >= min_time:
+        if len(times) >= policy.min_runs and t1 - timed_from >= min_time:
             break
-        if len(times) >= policy.max_runs or total >= policy.max_time_s:
+        if len(times) >= policy.max_runs or t1 - start >= policy.max_time_s:
             break
     return times
+
+
+def _warm_up(run: Callable[[], object], policy: TimingPolicy, start: float, clock: Callable[[], float]) -> None:
+    """The policy's warm-up runs, fewer once `max_time_s` has passed since `start`."""
+    for _ in range(policy.warmup_runs):
+        if clock() - start >= policy.max_time_s:
+            return
+        run()
 
 
 def features_of(block: Block) -> BlockFeatures:
@@ -243,33 +262,52 @@ class _Timed:
         return self.session.run(None, self.feeds)
 
 
-def _measure(timed: _Timed, policy: TimingPolicy, meter: Meter | None) -> tuple[list[float], EnergyReading | None]:
+def _measure(
+    timed: Callable[[], object],
+    policy: TimingPolicy,
+    meter: Meter | None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], EnergyReading | None]:
     """Run times (ms) of one pass, and the meter's reading over its timed runs (None without a meter)."""
     if meter is None:
-        return time_runs(timed, policy), None
-    for _ in range(policy.warmup_runs):
-        timed()
+        return time_runs(timed, policy, clock=clock), None
+    start = clock()
+    _warm_up(timed, policy, start, clock)
     with meter.measure("compute") as reading:  # closed however the runs end (a Jetson window has a sampler thread)
-        times = time_runs(timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s)
+        times = time_runs(
+            timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s, spent_s=clock() - start, clock=clock
+        )
     return times, reading
 
 
 def _measure_rounds(
-    timeds: Sequence[_Timed], policy: TimingPolicy, meter: Meter | None, progress: Progress | None = None
+    timeds: Sequence[_Timed],
+    policy: TimingPolicy,
+    meter: Meter | None,
+    progress: Progress | None = None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[tuple[LatencyStats, float | None]]:
-    """Latency statistics and energy per run of each runnable, over `policy.rounds` round-robin passes.
+    """Latency statistics and energy per run of each runnable, over `policy.rounds` round-robin passes; a runnable
+    whose `max_time_s` is spent (warm-ups included) sits out the passes left.
 
     The energy per run is the mean power over the metered windows times the median run time, so that it describes
     the same typical run as the latency (the window's energy divided by the number of runs is a mean, which a few
     slow runs on a busy machine inflate several times over)."""
     times: list[list[float]] = [[] for _ in timeds]
     windows: list[list[EnergyReading | None]] = [[] for _ in timeds]
+    spent = [0.0 for _ in timeds]
     steps = policy.rounds * len(timeds)
     for r in range(policy.rounds):
         for i, timed in enumerate(timeds):
             if progress:
                 progress("blocks", r * len(timeds) + i, steps, timed.label)
-            t, reading = _measure(timed, policy.per_round(first=r == 0), meter)
+            if spent[i] >= policy.max_time_s:
+                continue
+            start = clock()
+            t, reading = _measure(timed, policy.per_round(r, spent[i]), meter, clock=clock)
+            spent[i] += clock() - start
             times[i].extend(t)
             windows[i].append(reading)
     if progress:
@@ -285,9 +323,17 @@ def _energy_per_run(windows: Sequence[EnergyReading | None], median_ms: float) -
     if not readings or len(readings) < len(windows) or elapsed_s <= 0:
         return None
     energy = sum(float(w.energy_mJ or 0.0) for w in readings) / elapsed_s * median_ms / 1000.0
-    if not (math.isfinite(energy) and energy > 0):  # a counter that did not move (some VMs), rails that read 0 mA:
-        # no energy rather than a reading the server refuses with the whole report (the latencies with it)
+    # no energy rather than a reading the server refuses with the whole report (the latencies with it)
+    if not (math.isfinite(energy) and energy > 0):  # a counter that did not move (some VMs), rails that read 0 mA
         log.warning("the meter read no positive energy (%r mJ per run): reported without energy", energy)
+        return None
+    if not MIN_ENERGY_MJ <= energy <= MAX_ENERGY_MJ:  # a few nJ (review: 1e-7 mJ lost the whole report)
+        log.warning(
+            "the meter read %.3g mJ per run, outside the %g..%g mJ the server takes: reported without energy",
+            energy,
+            MIN_ENERGY_MJ,
+            MAX_ENERGY_MJ,
+        )
         return None
     return energy
 
@@ -329,8 +375,12 @@ def profile_model(
     timeds = []
     for sig in chosen:
         block = first_block[sig]
-        slices[sig] = slicer.slice(block.index, block.index).SerializeToString()
-        timeds.append(_Timed(slices[sig], s, f"{graph.model}[{block.index}]"))
+        label = f"{graph.model}[{block.index}]"
+        data = _block_bytes(slicer, block, label)
+        if data is not None:
+            slices[sig] = data
+            timeds.append(_Timed(data, s, label))
+    chosen = [sig for sig in chosen if sig in slices]
     for sig, (latency, energy) in zip(chosen, _measure_rounds(timeds, cfg.timing, meter, progress), strict=True):
         block = first_block[sig]
         medians[sig] = latency.median_ms
@@ -342,8 +392,12 @@ def profile_model(
     del timeds
     model_run, whole = None, None
     if cfg.whole_model:
-        whole = whole_model_bytes(model)
-        model_run = _whole_model(whole, graph, slicer, medians, s, meter, cfg, progress)
+        try:
+            whole = whole_model_bytes(model, f"model {graph.model!r}")
+        except ModelError as exc:  # too large to run from memory: the blocks' measurements are reported all the same
+            log.warning("%s: profiled without its whole-model run", exc)
+        else:
+            model_run = _whole_model(whole, graph, slicer, medians, s, meter, cfg, progress)
     return ProfileResult(
         model=graph.model,
         seed=seed,
@@ -360,8 +414,18 @@ def profile_model(
     )
 
 
+def _block_bytes(slicer: Slicer, block: Block, label: str) -> bytes | None:
+    """The ONNX bytes of `block` alone; None, with a warning, when it is too large to run from memory."""
+    piece = slicer.slice(block.index, block.index)
+    try:
+        return model_bytes(piece, f"block {label}")
+    except ModelError as exc:  # model_bytes' only error
+        log.warning("%s: not profiled", exc)
+        return None
+
+
 def _whole_model(
-    model_bytes: bytes,
+    whole_bytes: bytes,
     graph: BlockGraph,
     slicer: Slicer,
     medians: dict[str, float],
@@ -375,12 +439,13 @@ def _whole_model(
     for k, block in enumerate(rest):
         if progress:
             progress("sweep", k, len(rest), f"{graph.model}[{block.index}]")
-        data = slicer.slice(block.index, block.index).SerializeToString()
-        times = time_runs(_Timed(data, settings, f"{graph.model}[{block.index}]"), cfg.sweep)
+        label = f"{graph.model}[{block.index}]"
+        data = model_bytes(slicer.slice(block.index, block.index), f"block {label}")
+        times = time_runs(_Timed(data, settings, label), cfg.sweep)
         medians[block.signature] = float(np.median(times))
     if progress:
         progress("model", 0, 1, graph.model)
-    whole = _Timed(model_bytes, settings, graph.model)
+    whole = _Timed(whole_bytes, settings, graph.model)
     [(latency, energy)] = _measure_rounds([whole], cfg.e2e_timing, meter)
     if progress:
         progress("model", 1, 1, graph.model)
@@ -476,18 +541,23 @@ def run_profile(
     register: bool = True,
     progress: Progress | None = None,
 ) -> ProfileResult:
-    """Register the node (with this machine's descriptor), profile what it has not measured yet, report it."""
-    from rr_edge.device import describe_device
+    """Profile what the node has not measured yet, register it (with this machine's descriptor), report the profile.
+    The node registers only once the profile is made: a model that fails to analyse or to run leaves the setup the
+    node is registered with, which its measurements were made with, as it was."""
+    from rr_edge.device import describe_device, registered_device, setup_changes
 
     s = (settings or OrtSettings()).resolved()
     cfg = config or ProfileConfig()
-    changes: dict[str, tuple[object, object]] = {}
+    graph = analyze(model, name)
+    device, changes, measured = None, {}, set()
     if register:
         device = describe_device(s, energy_source=meter.source if meter else "")
-        changes = _setup_changes(client, node_id, device)
-        client.register_node(node_id, device)
-    graph = analyze(model, name)
-    measured = client.list_measured_signatures(node_id)
+        registered = registered_device(client, node_id)
+        if registered is not None:  # a new node has measured nothing (and the server would say NOT_FOUND)
+            changes = setup_changes(registered, device)
+            measured = client.list_measured_signatures(node_id)
+    else:
+        measured = client.list_measured_signatures(node_id)
     if changes and measured:
         log.warning(
             "node %r has %d block(s) measured with another setup (%s): its row now mixes both; profile this setup "
@@ -497,21 +567,10 @@ def run_profile(
             ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()),
         )
     result = profile_model(model, graph, measured=measured, settings=s, meter=meter, config=cfg, progress=progress)
+    if device is not None:
+        client.register_node(node_id, device)
     report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
     return result
-
-
-def _setup_changes(client: Client, node_id: str, device: DeviceInfo) -> dict[str, tuple[object, object]]:
-    """What differs in the timing setup of `device` from the node's registered one (none for a new node)."""
-    from rr_edge.device import setup_changes
-
-    try:
-        registered = client.get_node(node_id).device
-    except ServerError as exc:
-        if exc.code == "NOT_FOUND":
-            return {}
-        raise
-    return setup_changes(registered, device)
 
 
 def wait_for_cloud(

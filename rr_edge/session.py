@@ -4,7 +4,7 @@ Every latency the node measures is tied to the settings it ran with (execution p
 graph optimisation level); they travel with each report (`RuntimeSettings` on the wire). Defaults: the best
 provider that really loads here, ``$RR_THREADS`` intra-op threads (the testbed sets it per device class) or one per
 physical core (ONNX Runtime's own count, given explicitly so that it pins no thread: `rr_edge.cpus`), one inter-op
-thread, all graph optimisations.
+thread, all graph optimisations. A thread count is at most `MAX_THREADS_PER_CPU` per usable CPU (`check_threads`).
 
 `onnxruntime.get_available_providers()` lists what the wheel was built with (CUDA on onnxruntime-gpu), not what
 works: `usable_providers` creates a probe session and keeps what really loaded.
@@ -24,13 +24,16 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from rr_edge.cpus import ort_threads
-from rr_edge.errors import ModelError, RoadRunnerError
+from rr_edge.cpus import ort_threads, usable_cpus
+from rr_edge.errors import ArgumentError, ModelError, RoadRunnerError
 from rr_proto.providers import provider_name
 
 log = logging.getLogger(__name__)
 
 ENV_THREADS = "RR_THREADS"
+# ONNX Runtime creates every thread it is given when a session opens: 100000 hung the profiler (review); more threads
+# than CPUs only contend, and a few per CPU is as many as an experiment oversubscribing the machine needs.
+MAX_THREADS_PER_CPU = 4
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
 GRAPH_OPTIMIZATION = {
@@ -112,13 +115,29 @@ def _gpu_device_nodes() -> bool:
     return any(dev.glob("nvidia[0-9]*")) or any((dev / name).exists() for name in nodes)
 
 
+def max_threads() -> int:
+    """The most threads a session of this process may be given: `MAX_THREADS_PER_CPU` per usable CPU."""
+    return MAX_THREADS_PER_CPU * len(usable_cpus())
+
+
+def check_threads(threads: int, what: str) -> int:
+    """`threads`, or an ArgumentError naming `what` (the flag or variable they came from) above `max_threads`."""
+    if threads > (most := max_threads()):
+        raise ArgumentError(
+            f"{what} {threads} is more threads than this process can use: at most {most} "
+            f"({MAX_THREADS_PER_CPU} per usable CPU)"
+        )
+    return threads
+
+
 def _default_threads() -> int:
     value = os.environ.get(ENV_THREADS, "")
     try:
-        return max(int(value), 0) if value else 0
+        threads = max(int(value), 0) if value else 0
     except ValueError:
         log.warning("ignoring %s=%r (not an integer)", ENV_THREADS, value)
         return 0
+    return check_threads(threads, f"${ENV_THREADS}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +164,11 @@ class OrtSettings:
         provider = provider_name(self.provider) if self.provider else default
         if provider not in usable:
             raise RoadRunnerError(f"execution provider {provider} does not load here (usable: {', '.join(usable)})")
-        threads = _default_threads() if self.intra_op_threads < 0 else self.intra_op_threads
+        if self.intra_op_threads < 0:
+            threads = _default_threads()
+        else:
+            threads = check_threads(self.intra_op_threads, "intra_op_threads")
+        check_threads(self.inter_op_threads, "inter_op_threads")
         return replace(self, provider=provider, intra_op_threads=ort_threads(threads))  # reported as it runs
 
     @property

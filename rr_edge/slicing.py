@@ -5,6 +5,9 @@
 nodes read, graph inputs = tensors entering block a and outputs = tensors leaving block b, all
 names kept. A shape-only read of a tensor outside the slice (a `Shape` node whose input is
 computed elsewhere) becomes a Constant holding the statically known shape.
+
+A model (or slice) over protobuf's 2 GiB limit on one message (`MAX_MODEL_BYTES`) has no bytes in memory: such a
+model lives in a file with external data; `model_bytes` serializes a model or says so with a ModelError.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from collections.abc import Iterable
 
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import NodeProto, helper, numpy_helper
 
 from rr_edge.blocks import BlockGraph, node_domains, node_inputs
@@ -22,7 +26,25 @@ from rr_edge.shapes import shape_value
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Slicer", "slice_model", "whole_model_bytes"]
+__all__ = ["MAX_MODEL_BYTES", "Slicer", "model_bytes", "slice_model", "whole_model_bytes"]
+
+MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit on a serialized message: it can neither size nor write a larger one
+
+
+def model_bytes(model: onnx.ModelProto, what: str) -> bytes:
+    """`model`'s ONNX bytes; a ModelError naming `what` when it is over `MAX_MODEL_BYTES` (a 2.2 GB model was
+    profiled block by block, then crashed with protobuf's EncodeError on its whole-model run: review)."""
+    try:
+        data = model.SerializeToString()
+    except EncodeError:
+        raise _too_large(what) from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise _too_large(what)
+    return data
+
+
+def _too_large(what: str) -> ModelError:
+    return ModelError(f"{what} is over protobuf's 2 GiB limit of one model in memory (it runs from a file only)")
 
 
 class Slicer:
@@ -121,16 +143,20 @@ class Slicer:
         return helper.make_node("Constant", [], list(node.output), name=f"{node.name}_static", value=value)
 
 
-def whole_model_bytes(model: onnx.ModelProto) -> bytes:
-    """The model's ONNX bytes, without the opset imports of domains no node uses (copied only when it has some)."""
+def whole_model_bytes(model: onnx.ModelProto, what: str = "the model") -> bytes:
+    """The model's ONNX bytes, without the opset imports of domains no node uses (copied only when it has some); a
+    ModelError naming `what` when it is over protobuf's 2 GiB limit (`model_bytes`)."""
     used = list(_opsets_used(model, model.graph.node, model.functions))
     if len(used) == len(model.opset_import):
-        return model.SerializeToString()
+        return model_bytes(model, what)
     trimmed = onnx.ModelProto()
-    trimmed.CopyFrom(model)
+    try:
+        trimmed.CopyFrom(model)  # through its bytes: protobuf cannot copy a model over its limit either
+    except EncodeError:
+        raise _too_large(what) from None
     del trimmed.opset_import[:]
     trimmed.opset_import.extend(used)
-    return trimmed.SerializeToString()
+    return model_bytes(trimmed, what)
 
 
 def _opsets_used(

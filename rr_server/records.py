@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from rr_proto.limits import MAX_ENERGY_MJ, MAX_LATENCY_MS, MIN_ENERGY_MJ, MIN_LATENCY_MS  # plausible ranges, shared
 from rr_server.errors import InvalidArgument, ResourceExhausted
 
 ROLE_EDGE = "edge"
@@ -79,12 +80,6 @@ class ModelRun:
     measured_at: float = 0.0
 
 
-# Plausible ranges: a block taking more than a day or a joule-hour, or less than 0.1 us or a nanojoule, is a unit bug
-# (or a lie), not a measurement; one such value would drag the fleet's log-space predictions with it.
-MAX_LATENCY_MS = 86_400_000.0
-MAX_ENERGY_MJ = 3.6e9
-MIN_LATENCY_MS = 1e-4
-MIN_ENERGY_MJ = 1e-6
 MAX_ID_LENGTH = 256
 MAX_OPS_PER_BLOCK = 10_000
 MAX_OP_NAME_LENGTH = 128

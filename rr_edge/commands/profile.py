@@ -1,9 +1,9 @@
 """`rr-edge profile PATH --server ADDR --node NAME [--sample 0.3] [--seed S] [--energy ...] [--wait-cloud S] [--json]`.
 
-Registers the node, profiles a sample of the model's block signatures it has not measured yet, uploads their slices
-and reports everything to the server (rr_edge.profiler.run_profile). With `--wait-cloud`, then waits (up to S seconds)
-until the server has timed the uploaded slices on itself, so that a plan made right after uses measured cloud
-latencies (rr_edge.profiler.wait_for_cloud).
+Profiles a sample of the model's block signatures the node has not measured yet, registers the node, uploads their
+slices and reports everything to the server (rr_edge.profiler.run_profile). With `--wait-cloud`, then waits (up to S
+seconds) until the server has timed the uploaded slices on itself, so that a plan made right after uses measured
+cloud latencies (rr_edge.profiler.wait_for_cloud).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from rr_edge.commands._common import (
     model_name,
     non_negative_float,
     non_negative_int,
+    positive_int,
     print_json,
 )
 from rr_edge.errors import RoadRunnerError
@@ -37,7 +38,7 @@ from rr_edge.profiler import (
     wait_for_cloud_timings,
 )
 from rr_edge.progress import progress_bars
-from rr_edge.session import GRAPH_OPTIMIZATION, OrtSettings
+from rr_edge.session import GRAPH_OPTIMIZATION, MAX_THREADS_PER_CPU, OrtSettings, check_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--threads",
         type=non_negative_int,
         default=-1,
-        help="intra-op threads, 0: ONNX Runtime's choice (default: $RR_THREADS, else 0)",
+        help=f"intra-op threads, 0: ONNX Runtime's choice, at most {MAX_THREADS_PER_CPU} per usable CPU (default: "
+        "$RR_THREADS, else 0)",
     )
     p.add_argument(
         "--graph-optimization",
@@ -60,11 +62,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         default="all",
         help="ONNX Runtime graph optimization level (default %(default)s)",
     )
-    p.add_argument("--min-runs", type=int, default=10, help="timed runs per block, at least (default 10)")
+    p.add_argument("--min-runs", type=positive_int, default=10, help="timed runs per block, at least (default 10)")
     p.add_argument(
         "--min-time", type=non_negative_float, default=0.5, help="measured seconds per block, at least (default 0.5)"
     )
-    p.add_argument("--rounds", type=int, default=3, help="round-robin passes over the blocks (default 3)")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="round-robin passes over the blocks, at most --min-runs (default 3)",
+    )
     p.add_argument("--no-whole-model", action="store_true", help="skip the end-to-end run of the whole model")
     p.add_argument(
         "--max-upload-mb",
@@ -85,6 +92,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rounds > args.min_runs:  # each round times every block at least once
+        raise RoadRunnerError(f"--rounds {args.rounds} is more than --min-runs {args.min_runs}: each round times a run")
+    check_threads(args.threads, "--threads")
     path = Path(args.path)
     settings = OrtSettings(args.provider, args.threads, 1, args.graph_optimization).resolved()
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from rich.console import Console
 from rich.table import Table
 
@@ -39,7 +40,7 @@ from rr_edge.commands._common import (
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
-from rr_edge.errors import MeterError, RoadRunnerError, ServerUnavailable
+from rr_edge.errors import MeterError, ModelError, RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.meters.model import resolve_power
 from rr_edge.offload import (
@@ -57,8 +58,8 @@ from rr_edge.offload import (
 )
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
-from rr_edge.session import OrtSettings, array_fits
-from rr_edge.slicing import Slicer
+from rr_edge.session import MAX_THREADS_PER_CPU, OrtSettings, array_fits, check_threads
+from rr_edge.slicing import Slicer, whole_model_bytes
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--threads",
         type=non_negative_int,
         default=-1,
-        help="intra-op threads, 0: ONNX Runtime's choice (default: $RR_THREADS, else 0)",
+        help=f"intra-op threads, 0: ONNX Runtime's choice, at most {MAX_THREADS_PER_CPU} per usable CPU (default: "
+        "$RR_THREADS, else 0)",
     )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object: measured and predicted latency and energy"
@@ -295,15 +297,29 @@ def upload_share(report: PlanReport) -> dict[str, float]:
     return {k: report.chosen.breakdown.get(k, 0.0) for k in ("weight_upload_ms", "weight_upload_mJ")}
 
 
+def reference_outputs(
+    settings: OrtSettings, model: onnx.ModelProto, path: Path, x: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The whole model run locally on the request, which every request's outputs are compared with: from `path` when
+    the model is over protobuf's 2 GiB limit in memory (ONNX Runtime reads the file and its external data itself;
+    serializing a 2.2 GB model failed with protobuf's EncodeError: review)."""
+    try:
+        data = whole_model_bytes(model, str(path))
+    except ModelError:  # its only error: over the limit
+        return local_outputs(settings, str(path), x)  # type: ignore[arg-type]  # a session opens a path as well
+    return local_outputs(settings, data, x)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.split and (steering := choice_options(args)):
         raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
+    check_threads(args.threads, "--threads")
     model = load_model(args.path)
     graph = analyze(model, model_name(args))
     slicer = Slicer(model, graph)
     x = _load_inputs(args.input, graph.inputs)
     settings = OrtSettings(intra_op_threads=args.threads).resolved()
-    expected = local_outputs(settings, model.SerializeToString(), x)
+    expected = reference_outputs(settings, model, Path(args.path), x)
     with connect(args) as client, make_meter(args, gpu_work=settings.uses_gpu) as meter:
         report = None
         if args.split:
