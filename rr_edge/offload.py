@@ -24,14 +24,14 @@ from rr_edge import neurosurgeon
 from rr_edge.baselines import all_baselines
 from rr_edge.blocks import BlockGraph
 from rr_edge.client import Client, Prediction, ServerInfo, slice_id_of
-from rr_edge.errors import ArgumentError, PredictionsPending, RoadRunnerError
+from rr_edge.errors import ArgumentError, ModelError, PredictionsPending, RoadRunnerError
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
 from rr_edge.profiler import features_of
 from rr_edge.runner import PlanSlices, Runner, RunnerConfig
 from rr_edge.session import OrtSettings
-from rr_edge.slicing import Slicer
+from rr_edge.slicing import Slicer, model_bytes
 
 log = logging.getLogger(__name__)
 
@@ -409,18 +409,27 @@ def plan_for_split(
 def _on_server(client: Client, slicer: Slicer, split: tuple[int, int]) -> bool:
     """Whether plan `split` offloads a middle slice the server already holds."""
     i, j = split
-    return i < j and client.slice_status(slice_id_of(slicer.slice(i + 1, j).SerializeToString())).cached
+    if i >= j:
+        return False
+    try:
+        data = model_bytes(slicer.slice(i + 1, j), f"blocks {i + 1}..{j}")
+    except ModelError:  # over protobuf's limit: no server holds it
+        return False
+    return client.slice_status(slice_id_of(data)).cached
 
 
 def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:
-    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes."""
+    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes; a ModelError for
+    a slice over protobuf's 2 GiB limit (it had been a raw EncodeError)."""
     if not -1 <= i <= j <= n_blocks - 1:
         raise ArgumentError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
-    if i == j:  # nothing offloaded: the whole model runs locally
-        return PlanSlices((i, j), slicer.slice(0, n_blocks - 1).SerializeToString(), None, None, label)
 
     def part(a: int, b: int) -> bytes | None:
-        return slicer.slice(a, b).SerializeToString() if a <= b else None
+        return model_bytes(slicer.slice(a, b), f"the slice of blocks {a}..{b}") if a <= b else None
+
+    if i == j:  # nothing offloaded: the whole model runs locally
+        whole = model_bytes(slicer.slice(0, n_blocks - 1), "the model")
+        return PlanSlices((i, j), whole, None, None, label)
 
     middle = part(i + 1, j)
     return PlanSlices((i, j), part(0, i), middle, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]")

@@ -117,6 +117,23 @@ def test_whole_model_bytes_over_the_limit_is_a_model_error(monkeypatch: pytest.M
             slicing.whole_model_bytes(m, "model 'chain'")
 
 
+def test_a_plans_slices_over_the_limit_are_a_model_error_and_never_asked_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan's slices were serialized with protobuf's own call: a split over the limit ended `run` with its
+    EncodeError. Such a slice is a ModelError, and no server is asked whether it holds it."""
+    from rr_edge.offload import _on_server, plan_slices
+
+    model = matmul_chain()
+    graph = analyze(model, "chain")
+    slicer, n = Slicer(model, graph), len(graph.blocks)
+    monkeypatch.setattr(slicing, "MAX_MODEL_BYTES", 100)
+    for i, j in ((n - 1, n - 1), (-1, n - 1)):
+        with pytest.raises(ModelError, match="over protobuf's 2 GiB limit"):
+            plan_slices(slicer, n, i, j)
+    assert _on_server(None, slicer, (-1, n - 1)) is False  # type: ignore[arg-type]  # never reaches the client
+
+
 def test_run_takes_its_reference_from_the_file_when_the_model_is_over_the_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
