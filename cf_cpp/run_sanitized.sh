@@ -42,11 +42,12 @@ import cf_cpp
 assert cf_cpp.__file__.startswith(os.environ["PYTHONPATH"]), f"not the sanitized build: {cf_cpp.__file__}"
 import pytest
 
-tests = ["tests/test_cf_engine.py", "tests/test_cf_fold_in_reference.py", "tests/test_cf_tools.py",
-         "tests/test_predictions_review.py", "tests/test_server_profiles.py"]
-# ASan's operator new aborts the process when memory runs out instead of throwing std::bad_alloc: the test of a fold-in
-# or a fit that runs out of memory runs in the normal build only.
+tests = ["tests/test_cf_engine.py", "tests/test_cf_edge_cases.py", "tests/test_cf_fold_in_reference.py",
+         "tests/test_cf_tools.py", "tests/test_predictions_review.py", "tests/test_server_profiles.py"]
+# ASan's operator new aborts the process when memory runs out instead of throwing std::bad_alloc: the tests of a
+# fold-in, a fit or a load that runs out of memory run in the normal build only.
 oom = [f"tests/test_cf_engine.py::{name}" for name in ("test_a_fold_in_that_runs_out_of_memory_changes_nothing",
                                                        "test_sizes_past_the_memory_say_what_ran_out")]
+oom.append("tests/test_cf_edge_cases.py::test_load_refuses_a_residual_table_past_its_budget_or_the_memory")
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-m", "not slow", *(f"--deselect={t}" for t in oom), *tests]))
 PY

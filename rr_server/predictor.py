@@ -15,7 +15,8 @@ Refits run in a background thread, debounced after reports arrive (`notify`), ne
 about signatures measured since the last fit waits for the next, up to `FRESH_WAIT_S`), and with
 at least `REFIT_IDLE_FACTOR` times the last refit's duration between two of them: a refit reads and fits everything,
 so under steady reports at tens of thousands of signatures (3.4 s each) they had run back to back. A node that
-was not in the last fit is folded in (a ridge solve against the fixed column factors) instead of refitting, unless it
+was not in the last fit is folded in (a Bayesian fold-in against the fixed columns, its prior a mixture built from the
+fitted rows, or an additive row: a weighted sum of the additive features) instead of refitting, unless it
 measured a signature no fitted node measured (only a refit carries that to the others). A node with no row at all is
 predicted by the median of the edge rows.
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <unordered_map>
 
 #include "linalg.h"
 
@@ -14,6 +15,36 @@ std::vector<double> additive_scale(const double* a, std::int64_t n_cols, std::in
     for (std::int64_t j = 0; j < n_add; ++j) scale[j] += a[c * n_add + j] * a[c * n_add + j];
   for (double& s : scale) s = s > 0 ? std::sqrt(s / static_cast<double>(n_cols)) : 1.0;
   return scale;
+}
+
+std::vector<double> additive_max(const double* a, std::int64_t n_cols, std::int64_t n_add) {
+  std::vector<double> most(static_cast<std::size_t>(n_add), 0.0);
+  for (std::int64_t c = 0; c < n_cols; ++c)
+    for (std::int64_t j = 0; j < n_add; ++j) most[j] = std::max(most[j], a[c * n_add + j]);
+  return most;
+}
+
+void distinct_entries(const std::int64_t* cols, const double* values, std::size_t n,
+                      std::vector<std::int64_t>& out_cols, std::vector<double>& out_values) {
+  out_cols.clear();
+  out_values.clear();
+  std::unordered_map<std::int64_t, std::size_t> slot;  // column -> its entry
+  std::vector<double> log_sum;
+  std::vector<std::size_t> count;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto [at, added] = slot.emplace(cols[i], out_cols.size());
+    if (added) {
+      out_cols.push_back(cols[i]);
+      out_values.push_back(values[i]);
+      log_sum.push_back(std::log(values[i]));
+      count.push_back(1);
+    } else {
+      log_sum[at->second] += std::log(values[i]);
+      ++count[at->second];
+    }
+  }
+  for (std::size_t k = 0; k < out_cols.size(); ++k)
+    if (count[k] > 1) out_values[k] = std::exp(log_sum[k] / static_cast<double>(count[k]));
 }
 
 std::vector<double> fit_additive(const std::int64_t* cols, const double* values, std::size_t n, const double* a,
@@ -30,7 +61,12 @@ std::vector<double> fit_additive(const std::int64_t* cols, const double* values,
     }
     mean += values[i] / static_cast<double>(n);
   }
-  std::vector<double> ridge(e, kAdditiveRidge * mean * mean);
+  // The ridge, which grows with mean^2 (infinite past 1e154), stops at kAdditiveRidgeCap x the gram's largest diagonal
+  // entry: there it has left the slopes at ~0 (it would only shrink them further), and a larger one swamped the
+  // intercept in the factorisation's jitter (relative to the largest diagonal entry).
+  double gram_max = 0;
+  for (std::size_t p = 0; p < e; ++p) gram_max = std::max(gram_max, gram[p * e + p]);
+  std::vector<double> ridge(e, std::min(kAdditiveRidge * mean * mean, kAdditiveRidgeCap * gram_max));
   ridge[0] = 0.0;
   ridge_solve(gram.data(), ridge.data(), w.data(), e);
   return w;
@@ -39,6 +75,12 @@ std::vector<double> fit_additive(const std::int64_t* cols, const double* values,
 double additive_value(const double* w, const double* a_c, std::int64_t n_add, const double* scale) {
   double v = w[0];
   for (std::int64_t j = 0; j < n_add; ++j) v += w[j + 1] * a_c[j] / scale[j];
+  return v;
+}
+
+double additive_bound(const double* w, const double* a_max, std::int64_t n_add, const double* scale) {
+  double v = std::fabs(w[0]);
+  for (std::int64_t j = 0; j < n_add; ++j) v += std::fabs(w[j + 1]) * a_max[j] / scale[j];
   return v;
 }
 

@@ -1,7 +1,8 @@
 // nanobind binding of the cf_cpp core. Arrays are borrowed without copies when they already have the expected dtype
-// and layout (int64 indices, float64 values, C-contiguous); heavy calls release the GIL. The Model's own lock
-// (model.h) serialises what changes it against every other call on it, so overlapping calls wait, never crash; no
-// lock is held while the GIL is taken back.
+// and layout (int64 indices, float64 values, C-contiguous); index arrays are never converted (a float array would be
+// truncated), other arrays are. Paths are bytes (os.fsencode), so any file name the system allows is one. Heavy
+// calls release the GIL. The Model's own lock (model.h) serialises what changes it against every other call on it,
+// so overlapping calls wait, never crash; no lock is held while the GIL is taken back.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -157,9 +158,10 @@ NB_MODULE(_core, m) {
                   [&] { self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr); });
             return self;
           },
-          "rows"_a, "cols"_a, "values"_a, "n_rows"_a, "n_cols"_a, "col_features"_a = nb::none(),
-          "additive_features"_a = nb::none(), nb::rv_policy::reference,
+          "rows"_a.noconvert(), "cols"_a.noconvert(), "values"_a, "n_rows"_a, "n_cols"_a,
+          "col_features"_a = nb::none(), "additive_features"_a = nb::none(), nb::rv_policy::reference,
           "Fit from scratch on observed entries (rows[i], cols[i]) -> values[i] (> 0, raw units).\n\n"
+          "rows, cols: int64 C-contiguous arrays (not converted: another dtype or layout is a TypeError).\n"
           "col_features: optional float array (n_cols, n_features), e.g. log flops, log bytes, op counts.\n"
           "additive_features: optional float array (n_cols, n_additive) of raw quantities >= 0 that a device's value\n"
           "may be a weighted sum of (op counts, flops): a folded-in row may then be such a sum.\n"
@@ -183,7 +185,7 @@ NB_MODULE(_core, m) {
                   [&] { self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr); });
             return self;
           },
-          "rows"_a, "cols"_a, "values"_a, "n_rows"_a = nb::none(), "n_cols"_a = nb::none(),
+          "rows"_a.noconvert(), "cols"_a.noconvert(), "values"_a, "n_rows"_a = nb::none(), "n_cols"_a = nb::none(),
           "col_features"_a = nb::none(), "iterations"_a = nb::none(), "additive_features"_a = nb::none(),
           nb::rv_policy::reference,
           "Refit on the full current data, warm-started from the current parameters (fewer iterations needed).\n\n"
@@ -206,7 +208,7 @@ NB_MODULE(_core, m) {
             }
             return owned_1d(std::move(out));
           },
-          "rows"_a, "cols"_a, "log"_a = false,
+          "rows"_a.noconvert(), "cols"_a.noconvert(), "log"_a = false,
           "Predict entries (rows[i], cols[i]); raw units, or natural-log units with log=True.")
       .def(
           "predict_matrix",
@@ -230,7 +232,7 @@ NB_MODULE(_core, m) {
                                      " and " + std::to_string(values.shape(0)));
             return sized("fold_in_row", [&] { return self.fold_in_row(cols.data(), values.data(), cols.shape(0)); });
           },
-          "cols"_a, "values"_a,
+          "cols"_a.noconvert(), "values"_a,
           "Add a new row (e.g. a new device) from a few measurements against the fixed column model, no refit: a\n"
           "Bayesian fold-in whose prior is a mixture built from the fitted rows (one Gaussian around each, with a\n"
           "free offset and scale, and one around their mean), weighted by their evidence. With additive features\n"
@@ -249,21 +251,26 @@ NB_MODULE(_core, m) {
           "their additive features (n, n_additive) when the model uses them. Returns the first new column index.")
       .def(
           "save",
-          [](const cf::Model& self, const std::string& path) {
+          [](const cf::Model& self, const nb::bytes& path) {
+            const std::string name(path.c_str(), path.size());
             nb::gil_scoped_release release;
-            self.save(path);
+            self.save(name);
           },
           "path"_a,
-          "Save the fitted model to a binary file (raises OSError on I/O failure). It is written to a temporary file\n"
-          "next to path and renamed over it when complete: a failed save leaves the previous file.")
+          "Save the fitted model to a binary file at path (bytes, os.fsencode). Raises OSError on I/O failure and\n"
+          "ValueError for a model that load would refuse (non-finite parameters, predictions that could overflow).\n"
+          "It is written to a temporary file next to path and renamed over it when complete: a failed save leaves\n"
+          "the previous file. A symbolic link is saved through: its target is replaced, or created.")
       .def_static(
           "load",
-          [](const std::string& path) {
+          [](const nb::bytes& path) {
+            const std::string name(path.c_str(), path.size());
             nb::gil_scoped_release release;
-            return cf::Model::load(path);
+            return cf::Model::load(name);
           },
           "path"_a,
-          "Load a model written by save() (raises OSError if the file is missing, damaged or not a cf_cpp model).")
+          "Load a model written by save() from path (bytes, os.fsencode). Raises OSError if the file is missing,\n"
+          "damaged, not a cf_cpp model or too large for the memory.")
       .def_prop_ro("rank", [](const cf::Model& s) { return released([&] { return s.config().rank; }); },
                    "Latent dimension.")
       .def_prop_ro("is_fitted", [](const cf::Model& s) { return released([&] { return s.fitted(); }); },

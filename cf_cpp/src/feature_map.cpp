@@ -84,13 +84,16 @@ void solve_theta(const Compressed& by_row, const double* x, int fx, const std::v
         b[i * f + j] += a[r * d + i] * g[r * f + j];
         precond[i * f + j] += a[r * d + i] * a[r * d + i] * grams[r * f * f + j * f + j];
       }
-  // Preconditioned conjugate gradients.
+  // Preconditioned conjugate gradients. A zero diagonal entry (no ridge, and a feature that is 0 on every measured
+  // column or a factor that is 0 in every row) has a zero row and right-hand side: its coordinate stays where it is.
+  // Divided by its 0 it was NaN, which stopped the solve at once, leaving all of Theta as it was (0: no prior).
+  const auto precondition = [&precond](std::size_t k, double r) { return precond[k] > 0 ? r / precond[k] : r; };
   std::vector<double> th(theta, theta + n), ax(n), v(static_cast<std::size_t>(n_rows) * f), res(n), zv(n), p(n);
   kron_matvec(grams, a, n_rows, dim, fx, reg, th, ax, v, threads);
   double bnorm = std::sqrt(dot(b.data(), b.data(), n)) + 1e-300;
   for (std::size_t k = 0; k < n; ++k) {
     res[k] = b[k] - ax[k];
-    zv[k] = res[k] / precond[k];
+    zv[k] = precondition(k, res[k]);
     p[k] = zv[k];
   }
   double rz = dot(res.data(), zv.data(), n);
@@ -104,7 +107,7 @@ void solve_theta(const Compressed& by_row, const double* x, int fx, const std::v
     for (std::size_t k = 0; k < n; ++k) {
       th[k] += alpha * p[k];
       res[k] -= alpha * ax[k];
-      zv[k] = res[k] / precond[k];
+      zv[k] = precondition(k, res[k]);
     }
     double rz_new = dot(res.data(), zv.data(), n);
     double beta = rz_new / rz;

@@ -394,14 +394,21 @@ double Model::low_rank_log(const double* a, double g, std::int64_t c) const {
 }
 
 std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const double* values, std::size_t n) const {
-  if (n_add_ == 0 || n < static_cast<std::size_t>(n_add_ + 1) + detail::kAdditiveSpare) return {};
+  const std::size_t needed = static_cast<std::size_t>(n_add_ + 1) + detail::kAdditiveSpare;
+  if (n_add_ == 0 || n < needed) return {};
+  // A column measured more than once is one entry of the regression (distinct_entries).
+  std::vector<std::int64_t> entry_cols;
+  std::vector<double> entry_values;
+  detail::distinct_entries(cols, values, n, entry_cols, entry_values);
+  const std::size_t entries = entry_cols.size();
+  if (entries < needed) return {};
   // The choice is cross-validated on at most kAdditiveCvEntries of the entries, evenly spread (it bounds the cost).
   std::vector<std::int64_t> cv_cols;
   std::vector<double> cv_values;
-  const std::size_t stride = (n + detail::kAdditiveCvEntries - 1) / detail::kAdditiveCvEntries;
-  for (std::size_t i = 0; i < n; i += stride) {
-    cv_cols.push_back(cols[i]);
-    cv_values.push_back(values[i]);
+  const std::size_t stride = (entries + detail::kAdditiveCvEntries - 1) / detail::kAdditiveCvEntries;
+  for (std::size_t i = 0; i < entries; i += stride) {
+    cv_cols.push_back(entry_cols[i]);
+    cv_values.push_back(entry_values[i]);
   }
   const std::size_t m = cv_cols.size();
   const std::vector<double> additive =
@@ -428,7 +435,13 @@ std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const doub
     };
   });
   if (additive_error >= detail::kAdditiveMargin * detail::log_rms_error(folded.data(), cv_values.data(), m)) return {};
-  return detail::fit_additive(cols, values, n, add_.data(), n_add_, add_scale_.data());
+  std::vector<double> w =
+      detail::fit_additive(entry_cols.data(), entry_values.data(), entries, add_.data(), n_add_, add_scale_.data());
+  // Weights that overflowed (values near the largest double), or that could overflow at a column: the row stays the
+  // collaborative fold-in.
+  const std::vector<double> a_max = detail::additive_max(add_.data(), n_cols_, n_add_);
+  if (!(detail::additive_bound(w.data(), a_max.data(), n_add_, add_scale_.data()) <= kMaxPrediction)) return {};
+  return w;
 }
 
 std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* caller_values, std::size_t n) {
@@ -448,6 +461,14 @@ std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* c
   const double* residuals = residuals_.empty() ? nullptr : residuals_.data();
   const detail::FoldedRow out = detail::fold_in(cols, logy.data(), n, z_.data(), mu_, dim(), rows_.data(),
                                                 *fold_in_prior_, noise_var_, residuals, n_cols_);
+  // Without ridges a fit can leave a noise variance of 1e-26, against which inconsistent entries give NaN: such a
+  // row would predict NaN, and load would refuse the file that save writes.
+  const auto finite = [](double v) { return std::isfinite(v); };
+  const bool finite_blend = std::all_of(out.expert_weights.begin(), out.expert_weights.end(),
+                                        [&](const auto& expert) { return finite(expert.second); });
+  if (!std::all_of(out.params.begin(), out.params.end(), finite) || !finite(out.scale) || !finite_blend)
+    throw InvalidInput("fold_in_row: the fold-in of these entries diverged to non-finite parameters (noise_var = " +
+                       detail::format_value(noise_var_) + "): refit with larger ridges");
   std::vector<double> additive = additive_fold_in(cols, values, n);
   // The new row's residual: its experts' h_r, weighted as in the mixture (the global component has none).
   KernelBlend blend = residuals ? out.expert_weights : KernelBlend{};
@@ -497,6 +518,19 @@ std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Fea
   std::vector<double> add_new;  // checked again as copied: the caller's array may change during the call
   if (n_add_ > 0) add_new.assign(additive->data, additive->data + n * n_add_);
   if (n_add_ > 0) check_additive(Features{add_new.data(), n, n_add_}, n);
+  // An additive row predicts the new columns from their additive features: they must not let its values overflow.
+  if (std::any_of(additive_rows_.begin(), additive_rows_.end(), [](const auto& w) { return !w.empty(); })) {
+    std::vector<double> a_max = detail::additive_max(add_.data(), n_cols_, n_add_);
+    const std::vector<double> new_max = detail::additive_max(add_new.data(), n, n_add_);
+    for (std::int64_t j = 0; j < n_add_; ++j) a_max[j] = std::max(a_max[j], new_max[j]);
+    for (std::int64_t r = 0; r < n_rows_; ++r) {
+      const std::vector<double>& w = additive_rows_[r];
+      const double bound = w.empty() ? 0.0 : detail::additive_bound(w.data(), a_max.data(), n_add_, add_scale_.data());
+      if (!(bound <= kMaxPrediction))
+        throw InvalidInput("additive_features of the new columns would make additive row " + std::to_string(r) +
+                           "'s values overflow (up to " + detail::format_value(bound) + ")");
+    }
+  }
   const std::size_t x_size = x_.size(), add_size = add_.size();
   x_.reserve(x_size + x_new.size());
   add_.reserve(add_size + static_cast<std::size_t>(n * n_add_));

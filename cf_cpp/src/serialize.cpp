@@ -2,21 +2,27 @@
 // prefixed by its length. Native byte order (little-endian on every supported platform).
 // save writes a temporary file next to the target and renames it over the target once it is complete, so a failed
 // save leaves the previous file. load checks every length against the bytes left in the file before allocating,
-// every parameter for finiteness, and that the file ends after the last field; any failure is an IoError.
+// that the file ends after the last field, every parameter for finiteness, the size of the residual table it builds
+// and a bound of every prediction; any failure, running out of memory included, is an IoError. save refuses
+// (InvalidInput) a model that load would refuse: the same checks (check_values, check_sizes, check_bounded).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <new>
 
+#include "additive.h"
 #include "cf_cpp/model.h"
+#include "sparse.h"
 
 namespace cf {
 
@@ -33,6 +39,8 @@ constexpr char kMagic[8] = {'C', 'F', 'C', 'P', 'P', 'M', 'F', '\0'};
 // values pass every other check (a corrupted scale of 1e270, say) is still caught. Older files load without.
 constexpr std::uint32_t kVersion = 5;
 constexpr double kV1NoiseVar = 0.0025;  // (0.05 log units)^2, the training residual on oneproxy_nb201
+constexpr std::int64_t kMaxAdditiveFeatures = std::int64_t{1} << 20;  // additive features per column in a file
+constexpr int kMaxLinks = 40;  // symbolic links followed by save (Linux's own limit)
 
 std::uint64_t fnv1a(std::uint64_t hash, const char* p, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) hash = (hash ^ static_cast<unsigned char>(p[i])) * 0x100000001b3ULL;
@@ -44,16 +52,30 @@ void check_path(const std::string& path) {
   if (path.find('\0') != std::string::npos) throw InvalidInput("the model path contains a NUL byte");
 }
 
-// `path`, or the file its chain of symbolic links ends at.
+// `path`, or the file its chain of symbolic links ends at, which need not exist yet (save creates it). A relative
+// link target is taken from the link's directory, as the kernel takes it.
 std::string through_links(const std::string& path) {
   check_path(path);
-  struct stat link;
-  if (::lstat(path.c_str(), &link) != 0 || !S_ISLNK(link.st_mode)) return path;
-  char* resolved = ::realpath(path.c_str(), nullptr);
-  if (!resolved) throw IoError("cannot save through the link '" + path + "': " + std::strerror(errno));
-  std::string target(resolved);
-  std::free(resolved);
-  return target;
+  std::string at = path;
+  for (int links = 0;; ++links) {
+    struct stat link;
+    if (::lstat(at.c_str(), &link) != 0 || !S_ISLNK(link.st_mode)) return at;
+    std::vector<char> target(PATH_MAX + 1);
+    ssize_t size = -1;
+    if (links == kMaxLinks)
+      errno = ELOOP;
+    else
+      size = ::readlink(at.c_str(), target.data(), target.size());
+    if (size >= static_cast<ssize_t>(target.size())) {
+      errno = ENAMETOOLONG;
+      size = -1;
+    }
+    if (size < 0) throw IoError("cannot save through the link '" + path + "': " + std::strerror(errno));
+    std::string next(target.data(), static_cast<std::size_t>(size));
+    const std::size_t slash = at.rfind('/');
+    if ((next.empty() || next[0] != '/') && slash != std::string::npos) next = at.substr(0, slash + 1) + next;
+    at = next;
+  }
 }
 
 // Writes to a new temporary file in the target's directory; commit() renames it over the target. Until then, and
@@ -150,11 +172,6 @@ class Reader {
     raw(reinterpret_cast<char*>(&v), sizeof(T));
     return v;
   }
-  double get_finite() {
-    const double v = get<double>();
-    if (!std::isfinite(v)) fail();
-    return v;
-  }
   template <class T>
   std::vector<T> get_vec(std::uint64_t expected) {
     const std::uint64_t n = get<std::uint64_t>();
@@ -195,7 +212,7 @@ class Reader {
   std::uint64_t hash_ = kFnvOffset;
 };
 
-// Loaded parameters: every value finite (and >= 0 where `nonnegative`).
+// Whether every value is finite (and >= 0 where `nonnegative`).
 template <class T>
 bool valid(const std::vector<T>& v, bool nonnegative = false) {
   for (const T& x : v)
@@ -203,11 +220,91 @@ bool valid(const std::vector<T>& v, bool nonnegative = false) {
   return true;
 }
 
+// |v|, infinite for NaN (a maximum of magnitudes keeps it).
+double magnitude(double v) { return std::isnan(v) ? INFINITY : std::fabs(v); }
+
 }  // namespace
+
+void Model::check_values() const {
+  const auto require = [](bool ok, const std::string& what) {
+    if (!ok) throw InvalidInput(what);
+  };
+  require(std::isfinite(mu_), "the global mean is not finite");
+  require(std::isfinite(noise_var_) && noise_var_ >= 0, "the noise variance is not finite and >= 0");
+  const std::size_t d = static_cast<std::size_t>(dim());
+  const auto finite = [](double v) { return std::isfinite(v); };
+  for (std::size_t r = 0; r < static_cast<std::size_t>(n_rows_); ++r) {
+    const auto first = rows_.begin() + static_cast<std::ptrdiff_t>(r * d);
+    const char* wrong = nullptr;
+    if (!std::all_of(first, first + d, finite) || !finite(row_scale_[r]))
+      wrong = "'s parameters are not finite";
+    else if (row_counts_[r] < 0)
+      wrong = "'s count is negative";
+    else if (!valid(kernels_[r].alpha))
+      wrong = "'s kernel residual is not finite";
+    else if (!std::all_of(blends_[r].begin(), blends_[r].end(), [&](const auto& e) { return finite(e.second); }))
+      wrong = "'s blend of residuals is not finite";
+    else if (!valid(additive_rows_[r]))
+      wrong = "'s additive weights are not finite";
+    if (wrong) throw InvalidInput("row " + std::to_string(r) + wrong);
+  }
+  require(valid(dev_), "the column deviations are not finite");
+  require(valid(col_counts_, true), "a column count is negative");
+  require(valid(x_) && valid(feat_mean_) && valid(feat_scale_, true), "the column features are not finite");
+  require(valid(theta_), "the feature map is not finite");
+  require(valid(add_, true) && valid(add_scale_, true), "the additive features are not finite and >= 0");
+}
+
+void Model::check_sizes() const {
+  if (n_add_ > kMaxAdditiveFeatures)
+    throw InvalidInput(std::to_string(n_add_) + " additive features per column: a model file holds at most " +
+                       std::to_string(kMaxAdditiveFeatures));
+  const bool table =
+      !x_.empty() && std::any_of(kernels_.begin(), kernels_.end(), [](const auto& h) { return !h.cols.empty(); });
+  if (table && n_rows_ > kMaxLoadedTable / n_cols_)
+    throw InvalidInput("its kernel residuals' table of " + std::to_string(n_rows_) + " rows x " +
+                       std::to_string(n_cols_) + " columns is larger than the " + std::to_string(kMaxLoadedTable) +
+                       " entries a model file may have");
+}
+
+void Model::check_bounded() const {
+  // |log prediction| <= |mu| + |b_r| + |g_r| max|z_c[0]| + sum_k |p_rk| max|z_c[k]| + max|h_r|: O(n_cols dim) for the
+  // column maxima, O(dim) per row (and its row of the residual table).
+  const int d = dim();
+  std::vector<double> z_max(static_cast<std::size_t>(d), 0.0);
+  for (std::int64_t c = 0; c < n_cols_; ++c)
+    for (int k = 0; k < d; ++k) z_max[k] = std::max(z_max[k], magnitude(z_[c * d + k]));
+  const std::vector<double> a_max = detail::additive_max(add_.data(), n_cols_, n_add_);
+  for (std::int64_t r = 0; r < n_rows_; ++r) {
+    const double* a = rows_.data() + r * d;
+    double bound = std::fabs(mu_) + std::fabs(a[0]) + std::fabs(row_scale_[r]) * z_max[0];
+    for (int k = 1; k < d; ++k) bound += std::fabs(a[k]) * z_max[k];
+    if (!residuals_.empty()) {
+      double h = 0;
+      for (std::int64_t c = 0; c < n_cols_; ++c) h = std::max(h, magnitude(residuals_[r * n_cols_ + c]));
+      bound += h;
+    }
+    if (!(bound <= kMaxPrediction))
+      throw InvalidInput("row " + std::to_string(r) + "'s log predictions may overflow (its parameters bound them by " +
+                         detail::format_value(bound) + ")");
+    const std::vector<double>& w = additive_rows_[r];
+    const double value = w.empty() ? 0.0 : detail::additive_bound(w.data(), a_max.data(), n_add_, add_scale_.data());
+    if (!(value <= kMaxPrediction))
+      throw InvalidInput("additive row " + std::to_string(r) + "'s values may overflow (its weights bound them by " +
+                         detail::format_value(value) + ")");
+  }
+}
 
 void Model::save(const std::string& path) const {
   std::shared_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
+  try {
+    check_values();
+    check_sizes();
+    check_bounded();
+  } catch (const InvalidInput& e) {
+    throw InvalidInput(std::string("cannot save the model, which load would refuse: ") + e.what());
+  }
   Writer w(path);
   w.raw(kMagic, sizeof(kMagic));
   w.put(kVersion);
@@ -281,7 +378,7 @@ Model Model::load(const std::string& path) {
     m.n_rows_ = r.get<std::int64_t>();
     m.n_cols_ = r.get<std::int64_t>();
     m.n_features_ = r.get<std::int64_t>();
-    m.mu_ = r.get_finite();
+    m.mu_ = r.get<double>();
     if (m.n_rows_ <= 0 || m.n_cols_ <= 0 || m.n_features_ < 0 || m.n_rows_ > kMaxDim || m.n_cols_ > kMaxDim) r.fail();
     const std::uint64_t d = static_cast<std::uint64_t>(c.rank + 1), nr = m.n_rows_, nc = m.n_cols_,
                         nf = m.n_features_;
@@ -289,8 +386,7 @@ Model Model::load(const std::string& path) {
     if (version >= 2) {
       m.row_scale_ = r.get_vec<double>(nr);
       m.row_counts_ = r.get_vec<std::int64_t>(nr);
-      m.noise_var_ = r.get_finite();
-      if (m.noise_var_ < 0 || !valid(m.row_scale_) || !valid(m.row_counts_, true)) r.fail();
+      m.noise_var_ = r.get<double>();
     } else {
       m.row_scale_.assign(nr, 1.0);
       m.row_counts_.assign(nr, 1);
@@ -304,9 +400,6 @@ Model Model::load(const std::string& path) {
     m.feat_scale_ = r.get_vec<double>(with_features ? nf : 0);
     m.theta_ = r.get_vec<double>(with_features ? d * (nf + 1) : 0);
     m.col_counts_ = r.get_vec<std::int64_t>(nc);
-    if (!valid(m.rows_) || !valid(m.dev_) || !valid(m.x_) || !valid(m.feat_mean_) || !valid(m.feat_scale_, true) ||
-        !valid(m.theta_) || !valid(m.col_counts_, true))
-      r.fail();
     if (!with_features) m.n_features_ = 0;
     m.kernels_.resize(nr);
     m.blends_.resize(nr);
@@ -317,10 +410,9 @@ Model Model::load(const std::string& path) {
         h.alpha = r.get_vec<double>(h.cols.size());
         for (std::int64_t col : h.cols)
           if (col < 0 || static_cast<std::uint64_t>(col) >= nc) r.fail();
-        if ((!h.cols.empty() && !with_features) || !valid(h.alpha)) r.fail();
+        if (!h.cols.empty() && !with_features) r.fail();
         const std::vector<std::int64_t> experts = r.get_vec_upto<std::int64_t>(nr);
         const std::vector<double> weights = r.get_vec<double>(experts.size());
-        if (!valid(weights)) r.fail();
         for (std::size_t k = 0; k < experts.size(); ++k) {
           // experts: fitted rows, which precede every row folded in against them
           if (experts[k] < 0 || static_cast<std::uint64_t>(experts[k]) >= row || !m.blends_[experts[k]].empty())
@@ -331,14 +423,13 @@ Model Model::load(const std::string& path) {
     m.additive_rows_.resize(nr);
     if (version >= 4) {
       m.n_add_ = r.get<std::int64_t>();
-      if (m.n_add_ < 0 || m.n_add_ > (1LL << 20)) r.fail();
+      if (m.n_add_ < 0 || m.n_add_ > kMaxAdditiveFeatures) r.fail();
       const std::uint64_t na = static_cast<std::uint64_t>(m.n_add_);
       m.add_ = r.get_vec<double>(nc * na);
       m.add_scale_ = r.get_vec<double>(na);
-      if (!valid(m.add_, true) || !valid(m.add_scale_, true)) r.fail();
       for (std::vector<double>& weights : m.additive_rows_) {
         weights = r.get_vec_upto<double>(na + 1);
-        if ((!weights.empty() && weights.size() != na + 1) || !valid(weights)) r.fail();
+        if (!weights.empty() && weights.size() != na + 1) r.fail();
       }
     }
     if (version >= 5) {
@@ -346,24 +437,25 @@ Model Model::load(const std::string& path) {
       if (r.get<std::uint64_t>() != expected) r.fail();
     }
     if (!r.at_end()) r.fail();  // trailing bytes: another version relabelled, or not a model file
+    m.check_values();
     if (with_features) m.set_feature_range();
     m.refresh_col_params();
+    m.check_sizes();  // before the residual table is built
     m.refresh_residuals();
     m.refresh_fold_in_prior();
     m.fitted_ = true;
     // Every value read is finite, yet a damaged magnitude (a feature of 1e300 in a file of a format before the
-    // checksum) can still make predictions overflow: a model that predicts a non-finite value is not loaded.
-    for (std::int64_t row = 0; row < m.n_rows_; ++row)
-      for (std::int64_t col = 0; col < m.n_cols_; ++col)
-        if (!std::isfinite(m.entry_log(row, col)))
-          throw IoError("'" + r.path() + "' is not a valid cf_cpp model file: it predicts a non-finite value at (" +
-                        std::to_string(row) + ", " + std::to_string(col) + ")");
+    // checksum) can still make predictions overflow: a model whose predictions could is not loaded. Bounded from the
+    // parameters: checking every entry cost O(n_rows n_cols) for a file of O(n_rows + n_cols) bytes.
+    m.check_bounded();
     return m;
   };
   try {
     return read();
   } catch (const InvalidInput& e) {  // a value the model rejects (a hyperparameter, say): the file is bad
     throw IoError("'" + path + "' is not a valid cf_cpp model file: " + e.what());
+  } catch (const std::bad_alloc&) {  // sizes within every limit, past this machine's memory
+    throw IoError("cannot load '" + path + "': out of memory");
   }
 }
 

@@ -89,6 +89,39 @@ TEST_CASE("additive helpers: scale of an all-zero feature, non-positive predicti
   CHECK(cv_folds(1000) == kAdditiveFolds);
 }
 
+TEST_CASE("distinct_entries: one entry per column, at the geometric mean of its values, in first-seen order") {
+  const std::vector<std::int64_t> cols = {4, 2, 4, 7, 4};
+  const std::vector<double> values = {1.0, 3.0, 4.0, 0.1, 16.0};
+  std::vector<std::int64_t> out_cols = {99};  // replaced
+  std::vector<double> out_values;
+  distinct_entries(cols.data(), values.data(), cols.size(), out_cols, out_values);
+  CHECK(out_cols == std::vector<std::int64_t>{4, 2, 7});
+  REQUIRE(out_values.size() == 3);
+  CHECK(out_values[0] == doctest::Approx(4.0));  // (1 x 4 x 16)^(1/3)
+  CHECK(out_values[1] == 3.0);                   // a column given once keeps its value exactly
+  CHECK(out_values[2] == 0.1);
+}
+
+TEST_CASE("values near the largest double keep the additive regression finite where its sums do not overflow") {
+  const std::vector<double> a = random_counts(40, 2);
+  const std::vector<double> scale = additive_scale(a.data(), 40, kAdd);
+  std::vector<std::int64_t> cols;
+  std::vector<double> values;
+  for (std::int64_t c = 0; c < 12; ++c) {
+    cols.push_back(c);
+    values.push_back(1e300 * additive_truth(a, c));
+  }
+  // Its ridge, 1e-6 mean^2, overflowed: NaN weights. Now capped where it leaves the slopes ~0, the intercept the mean.
+  const std::vector<double> w = fit_additive(cols.data(), values.data(), cols.size(), a.data(), kAdd, scale.data());
+  double mean = 0;
+  for (double v : values) mean += v / 12;
+  CHECK(w[0] == doctest::Approx(mean).epsilon(1e-4));
+  for (std::size_t j = 1; j < w.size(); ++j) CHECK(std::fabs(w[j]) < 1e-4 * mean);
+  const std::vector<double> a_max = additive_max(a.data(), 40, kAdd);
+  CHECK(additive_bound(w.data(), a_max.data(), kAdd, scale.data()) <= cf::kMaxPrediction);
+  CHECK(a_max == std::vector<double>{5, 5, 5});
+}
+
 TEST_CASE("a device that is a weighted sum of the additive features folds in as an additive row") {
   Fitted f;
   // As few entries as the cross-validation allows.
@@ -114,6 +147,65 @@ TEST_CASE("with more entries than the choice cross-validates on, it still tells 
   CHECK(f.model.additive_rows()[alike].empty());
   for (std::int64_t c = 0; c < 200; ++c)
     CHECK(f.predict(additive, c) == doctest::Approx(additive_truth(f.counts, c)).epsilon(1e-3));
+}
+
+TEST_CASE("repeated measurements of a column are one entry of the additive choice") {
+  Fitted f;
+  // Ten measurements of one column cross-validated perfectly (each fold had copies of the others): an additive row
+  // whose slopes only the tiny ridge fixed, predicting that one value at every column.
+  const std::vector<std::int64_t> one(10, 3);
+  const std::vector<double> same(10, additive_truth(f.counts, 3));
+  const std::int64_t copies = f.model.fold_in_row(one.data(), same.data(), one.size());
+  CHECK(f.model.additive_rows()[copies].empty());
+  // As many distinct columns as the choice needs, each given twice: additive, as from each once.
+  const std::int64_t needed = kAdd + 1 + kAdditiveSpare;
+  std::vector<std::int64_t> cols;
+  std::vector<double> values;
+  for (std::int64_t c = 0; c < needed; ++c)
+    for (int copy = 0; copy < 2; ++copy) {
+      cols.push_back(c);
+      values.push_back(additive_truth(f.counts, c));
+    }
+  const std::int64_t r = f.model.fold_in_row(cols.data(), values.data(), cols.size());
+  REQUIRE(f.model.additive_rows()[r].size() == kAdd + 1);
+  for (std::int64_t c = 0; c < 200; ++c)
+    CHECK(f.predict(r, c) == doctest::Approx(additive_truth(f.counts, c)).epsilon(1e-3));
+  // One distinct column fewer, each given three times (more entries than it needs): not additive.
+  cols.clear();
+  values.clear();
+  for (std::int64_t c = 0; c < needed - 1; ++c)
+    for (int copy = 0; copy < 3; ++copy) {
+      cols.push_back(c);
+      values.push_back(additive_truth(f.counts, c));
+    }
+  const std::int64_t short_of_columns = f.model.fold_in_row(cols.data(), values.data(), cols.size());
+  CHECK(f.model.additive_rows()[short_of_columns].empty());
+}
+
+TEST_CASE("an additive fold-in of values near the largest double stays finite, and saves") {
+  Fitted f;
+  // 150 entries: the choice is cross-validated on every second one, which are additive. The others, at 1e300,
+  // overflowed the ridge of the regression kept (1e-6 mean^2): NaN weights, in a file that load refused.
+  const std::int64_t big = f.fold_in(150, [&](std::int64_t c) { return c % 2 ? 1e300 : additive_truth(f.counts, c); });
+  const std::vector<double> weights = f.model.additive_rows()[big];
+  REQUIRE(weights.size() == kAdd + 1);
+  for (double w : weights) CHECK(std::isfinite(w));
+  // At 1e308 the regression's sums overflow: the row stays the collaborative fold-in.
+  const std::int64_t huge = f.fold_in(150, [&](std::int64_t c) { return c % 2 ? 1e308 : additive_truth(f.counts, c); });
+  CHECK(f.model.additive_rows()[huge].empty());
+  const std::string path = "cf_additive_huge_test.bin";
+  f.model.save(path);
+  const cf::Model loaded = cf::Model::load(path);
+  std::remove(path.c_str());
+  CHECK(loaded.additive_rows() == f.model.additive_rows());
+  for (std::int64_t row : {big, huge})
+    for (std::int64_t c = 0; c < 200; ++c) {
+      double a, b;
+      f.model.predict_log(&row, &c, 1, &a);
+      loaded.predict_log(&row, &c, 1, &b);
+      CHECK(std::isfinite(a));
+      CHECK(a == b);
+    }
 }
 
 TEST_CASE("too few entries for the regression to be cross-validated: no additive row") {

@@ -149,6 +149,53 @@ TEST_CASE("unmeasured columns are predicted from their features") {
   CHECK(se_with < 0.1 * se_without);
 }
 
+TEST_CASE("without a ridge on the feature map, a constant feature or zero initial factors keep the prior") {
+  // reg_features = 0 with a constant feature (standardised to 0), or with init_scale = 0 (every factor 0 at first):
+  // the feature map's solve divided by a zero on its preconditioner's diagonal, the NaN stopped it at once and Theta
+  // stayed 0, so unmeasured columns had no prior.
+  Synthetic s = make_synthetic(20, 60, 0.6, 21);
+  Synthetic train = s;  // columns >= 50 unmeasured
+  train.rows.clear();
+  train.cols.clear();
+  train.values.clear();
+  for (std::size_t i = 0; i < s.values.size(); ++i)
+    if (s.cols[i] < 50) {
+      train.rows.push_back(s.rows[i]);
+      train.cols.push_back(s.cols[i]);
+      train.values.push_back(s.values[i]);
+    }
+  std::vector<double> with_constant;
+  for (std::int64_t c = 0; c < s.n_cols; ++c) {
+    with_constant.insert(with_constant.end(), s.features.begin() + c * 3, s.features.begin() + c * 3 + 3);
+    with_constant.push_back(7.0);
+  }
+  const cf::Features f{s.features.data(), s.n_cols, 3}, fc{with_constant.data(), s.n_cols, 4};
+  cf::Config c = small_config();
+  c.reg_features = 0;
+  cf::Model plain(c), constant(c);
+  plain.fit(observations(train), s.n_rows, s.n_cols, &f);
+  constant.fit(observations(train), s.n_rows, s.n_cols, &fc);
+  c.init_scale = 0;
+  cf::Model zero(c);
+  zero.fit(observations(train), s.n_rows, s.n_cols, &f);
+  c.reg_features = 1e-12;
+  cf::Model tiny(c);
+  tiny.fit(observations(train), s.n_rows, s.n_cols, &f);
+  const std::vector<double> zp = plain.col_params(), zc = constant.col_params(), z0 = zero.col_params(),
+                            zt = tiny.col_params();
+  const std::size_t d = static_cast<std::size_t>(c.rank + 1);
+  double spread_constant = 0, spread_zero = 0;  // largest |bias| of an unmeasured column: 0 without a prior
+  for (std::size_t col = 50; col < 60; ++col) {
+    // The same prior as without the constant feature (to the solve's tolerance), and as with a tiny ridge.
+    CHECK(zc[col * d] == doctest::Approx(zp[col * d]).epsilon(0.03));
+    CHECK(z0[col * d] == doctest::Approx(zt[col * d]).epsilon(1e-6));
+    spread_constant = std::max(spread_constant, std::fabs(zc[col * d]));
+    spread_zero = std::max(spread_zero, std::fabs(z0[col * d]));
+  }
+  CHECK(spread_constant > 0.3);
+  CHECK(spread_zero > 0.3);
+}
+
 TEST_CASE("fold_in_row adds a row close to the held-out truth") {
   Synthetic s = make_synthetic(31, 200, 1.0, 5);
   Synthetic train = s;

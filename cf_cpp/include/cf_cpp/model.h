@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -58,6 +59,13 @@ using KernelBlend = std::vector<std::pair<std::int64_t, double>>;
 constexpr std::int64_t kMaxDim = std::int64_t{1} << 40;  // rows, columns
 constexpr int kMaxRank = 1024;
 constexpr std::int64_t kUnchanged = -1;  // refit's n_rows / n_cols: the model's current size
+// A model with kernel residuals has an n_rows x n_cols table of them, which load builds: a file (of O(n_rows + n_cols)
+// bytes) declaring more entries than this (2 GiB of them) is refused, and save refuses such a model.
+constexpr std::int64_t kMaxLoadedTable = std::int64_t{1} << 28;
+// Bound, from the parameters, on every log prediction, and on every additive row's raw value, of a model that save
+// writes and load reads: a model whose predictions could overflow is refused. fold_in_row and add_cols keep to it for
+// additive rows.
+constexpr double kMaxPrediction = std::numeric_limits<double>::max() / 2;
 
 // Hyperparameters. Regularisation constants are absolute (not scaled by the number of observations).
 struct Config {
@@ -112,13 +120,17 @@ class Model {
   std::vector<double> predict_matrix_log(std::int64_t* n_rows, std::int64_t* n_cols) const;
 
   // Adds a row from its revealed entries against the fixed column model (Bayesian fold-in with a mixture prior built
-  // from the fitted rows; see src/fold_in.h), or an additive row (see above); returns its index.
+  // from the fitted rows; see src/fold_in.h), or an additive row (src/additive.h); returns its index. Throws
+  // InvalidInput where the fold-in's parameters are not finite.
   std::int64_t fold_in_row(const std::int64_t* cols, const double* values, std::size_t n);
 
   // Appends n new (cold) columns predicted from their features (null only when the model has no features) and
-  // their additive features (null only when the model has none).
+  // their additive features (null only when the model has none; InvalidInput where they would make an additive row's
+  // values pass kMaxPrediction).
   std::int64_t add_cols(std::int64_t n, const Features* features, const Features* additive = nullptr);
 
+  // save throws InvalidInput, writing nothing, for a model that load would refuse (check_values, check_sizes,
+  // check_bounded); load throws IoError for a bad file, also where it runs out of memory.
   void save(const std::string& path) const;
   static Model load(const std::string& path);
 
@@ -166,7 +178,8 @@ class Model {
   void clip_features(std::int64_t first);    // xp_ for the columns from first on (those before are kept)
   // The model's log value at column c for row parameters a = [b, p] and column-bias coefficient g (no residual).
   double low_rank_log(const double* a, double g, std::int64_t c) const;
-  // A new row's additive weights from its revealed entries, or empty when the fold-in cross-validates as well.
+  // A new row's additive weights from its revealed entries (a column given more than once counting once), or empty
+  // when the fold-in cross-validates as well or the weights could overflow (kMaxPrediction).
   std::vector<double> additive_fold_in(const std::int64_t* cols, const double* values, std::size_t n) const;
   void grow(std::int64_t n_rows, std::int64_t n_cols);
   void run_als(const Observations& obs, int iterations);
@@ -177,6 +190,12 @@ class Model {
   void refresh_residuals(std::int64_t first_new_col = 0);  // columns before first_new_col keep their values
   // Adds a folded-in row's blend of its experts' residuals to its own, at the columns from first_col on.
   void blend_residuals(std::int64_t r, std::int64_t first_col = 0);
+  // What load accepts (src/serialize.cpp), each throwing InvalidInput that says what is wrong: every parameter finite
+  // (counts, scales and additive features >= 0); the sizes load allows (kMaxLoadedTable); every prediction within
+  // kMaxPrediction by a bound from the parameters, in O(n_cols dim + n_rows dim) plus the residual table.
+  void check_values() const;
+  void check_sizes() const;
+  void check_bounded() const;
 
   detail::ObjectMutex mutex_;  // shared: the calls that only read; exclusive: fit, refit, fold_in_row, add_cols
   Config config_;

@@ -21,9 +21,9 @@ carries that row's ``h_r``; the new row's residual is their weighted sum.
 
 With ``additive_features`` (raw per-column quantities >= 0, e.g. op counts, flops, bytes) a new row may instead be
 their weighted sum, ``y[r, c] = w_r . [1, a_c]`` in raw units (Neurosurgeon's per-layer-type regression): when it
-has at least 4 more measurements than that regression has weights, and the regression's cross-validated log error on
-them is at most half the fold-in's (``additive_rows``). It places a device that is close to additive but unlike
-every fitted row from a handful of measurements.
+has measured at least 4 more columns than that regression has weights (a column measured more than once is one
+entry), and the regression's cross-validated log error on them is at most half the fold-in's (``additive_rows``). It
+places a device that is close to additive but unlike every fitted row from a handful of measurements.
 
 Usage::
 
@@ -40,10 +40,12 @@ Usage::
 
 Errors: invalid input (non-positive or non-finite values, out-of-range indices, shape mismatches, unfitted model)
 raises :class:`InvalidInputError`, a subclass of ``ValueError``; unreadable model files raise
-:class:`ModelFileError`, a subclass of ``OSError``. Arrays of the exact dtype (int64 indices, float64 values,
-C-contiguous) are used without copies, borrowed for the length of the call: another thread must not write to them
-while it runs (what it reads mid-write is undefined); other numeric arrays are converted. A model is saved through a
-symbolic link to its target; only regular files load. Before ``fit`` the properties are empty (arrays of length 0,
+:class:`ModelFileError`, a subclass of ``OSError`` (also where loading runs out of memory); ``save`` raises
+:class:`InvalidInputError` for a model that ``load`` would refuse. Arrays of the exact dtype (int64 indices, float64
+values, C-contiguous) are used without copies, borrowed for the length of the call: another thread must not write to
+them while it runs (what it reads mid-write is undefined); other numeric arrays are converted. Paths are ``str``,
+``bytes`` or path-like (any name the file system allows). A model is saved through a symbolic link to its target,
+which it creates if need be; only regular files load. Before ``fit`` the properties are empty (arrays of length 0,
 0.0). ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give an independent model (through the bytes ``save`` writes).
 A model is safe to share between threads: reads (``predict``, the properties) run together, and wait, with the GIL
 released, for a ``fit``, ``refit``, ``fold_in_row`` or ``add_cols`` in another thread; a call that raises changes

@@ -92,9 +92,10 @@ class CFModel:
 
     ``additive_features`` (of ``fit``, ``refit``, ``add_cols``): raw per-column quantities >= 0 that a device's value
     may be a weighted sum of, such as the count of each op type in a block and its flops (the per-layer-type
-    regression of Neurosurgeon). A row folded in from at least 4 more entries than that regression has weights is then
-    predicted by it instead of the collaborative fold-in when it cross-validates on the entries (at most 100 of them)
-    with half the log error or less (``additive_rows``).
+    regression of Neurosurgeon). A row folded in from at least 4 more distinct columns than that regression has weights
+    is then predicted by it instead of the collaborative fold-in when it cross-validates on the entries (at most 100 of
+    them; a column given more than once is one entry, at the geometric mean of its values) with half the log error or
+    less (``additive_rows``).
     """
 
     def __init__(
@@ -190,7 +191,8 @@ class CFModel:
 
     def fold_in_row(self, cols: ArrayLike, values: ArrayLike) -> int:
         """Add a new row from a few measurements (no refit). Returns the new row index. With no measurements the row
-        is the fitted rows' mean; a column given twice counts twice (as in `fit`).
+        is the fitted rows' mean; a column given twice counts twice (as in `fit`), except in the additive choice.
+        A fold-in whose parameters are not finite (a fit without ridges, say) raises InvalidInputError.
 
         The row is a Bayesian fold-in against the fixed columns whose prior is a mixture built from the fitted rows
         (one Gaussian around each, with a free offset and scale, and one around their mean), the components weighted
@@ -201,7 +203,8 @@ class CFModel:
     def add_cols(
         self, n: int, col_features: ArrayLike | None = None, additive_features: ArrayLike | None = None
     ) -> int:
-        """Append ``n`` cold columns predicted from their features. Returns the first new column index."""
+        """Append ``n`` cold columns predicted from their features. Returns the first new column index. Additive
+        features that would let an additive row's values overflow raise InvalidInputError."""
         return int(
             self._core.add_cols(
                 _integer("n", n), _features(col_features), _features(additive_features, "additive_features")
@@ -209,14 +212,15 @@ class CFModel:
         )
 
     def save(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
-        """Write the fitted model to ``path`` (binary)."""
-        self._core.save(os.fsdecode(path))
+        """Write the fitted model to ``path`` (binary). A model that `load` would refuse (a parameter that is not
+        finite, predictions that could overflow) raises InvalidInputError and writes nothing."""
+        self._core.save(os.fsencode(path))
 
     @classmethod
     def load(cls, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> CFModel:
-        """Read a model written by :meth:`save`."""
+        """Read a model written by :meth:`save` (ModelFileError if it cannot, running out of memory included)."""
         model = cls.__new__(cls)
-        model._core = _core.Model.load(os.fsdecode(path))
+        model._core = _core.Model.load(os.fsencode(path))
         return model
 
     def __getstate__(self) -> dict[str, Any]:
@@ -239,7 +243,7 @@ class CFModel:
             path = os.path.join(tmp, "model.cf")
             with open(path, "wb") as f:
                 f.write(state["saved"])
-            self._core = _core.Model.load(path)
+            self._core = _core.Model.load(os.fsencode(path))
 
     def get_params(self) -> dict[str, Any]:
         """Constructor hyperparameters."""
