@@ -6,8 +6,10 @@
         outputs = client.infer(slice_id, {"input": x})
 
 Every call has a deadline: the `timeout_s` argument when given, else `ClientOptions.timeout_s` plus, for
-transfers, the time their bytes take at `ClientOptions.min_bandwidth_bytes_per_s`. Errors, all raised `from None`
-by one helper (`_rpc`):
+transfers, the time their bytes take at `ClientOptions.min_bandwidth_bytes_per_s`; gRPC is given at most
+`MAX_TIMEOUT_S` (about 31 years), so `timeout_s=math.inf` is a call without a deadline. Inputs that cannot be sent
+(a BYTES tensor of ints, a complex tensor) raise rr_edge.errors.InputError before anything is sent. Errors of the
+call itself, all raised `from None` by one helper (`_rpc`):
 
     grpc.RpcError
     ├── UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED  ->  rr_edge.errors.ServerUnavailable(code)
@@ -25,16 +27,21 @@ own cap is 120 s), so that a restarted server is reachable again within about th
 
 Messages are limited to `max_message_bytes` both ways (the server's default is the same 256 MiB); slices and echo
 payloads travel in `chunk_bytes` chunks. With `token`, each call carries ``authorization: Bearer <token>``;
-with `tls`, the channel is TLS (mTLS when a client certificate is given).
+with `tls`, or an address given as ``grpcs://HOST:PORT`` (system root certificates unless `tls` says otherwise),
+the channel is TLS (mTLS when a client certificate is given).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -48,14 +55,16 @@ from rr_edge.client_options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_RECONNECT_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
     ClientOptions,
     TlsOptions,
     check_address,
     check_chunk,
+    split_scheme,
 )
 from rr_edge.client_types import NodeInfo, Prediction, Predictions, ServerInfo, SliceStatus, UploadResult, slice_id_of
 from rr_edge.device import DeviceInfo
-from rr_edge.errors import ArgumentError, ServerBusy, ServerError, ServerUnavailable
+from rr_edge.errors import ArgumentError, InputError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.infer_stream import InferOutputs, InferStream, Requests, decode
 from rr_edge.profiles import (
     BlockFeatures,
@@ -64,7 +73,7 @@ from rr_edge.profiles import (
     NetworkProfile,
 )
 from rr_edge.session import OrtSettings
-from rr_proto import framing
+from rr_proto import codec, framing
 from rr_proto.inference import grpc_service_pb2 as ipb
 from rr_proto.inference import grpc_service_pb2_grpc as igrpc
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
@@ -78,6 +87,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_RECONNECT_BACKOFF_S",
     "DEFAULT_TIMEOUT_S",
+    "MAX_TIMEOUT_S",
     "Client",
     "ClientOptions",
     "InferOutputs",
@@ -103,8 +113,11 @@ class Client:
     """A connection to one server. Thread-safe (gRPC channels are); use as a context manager or call `close`."""
 
     def __init__(self, address: str, options: ClientOptions | None = None) -> None:
-        self.address = check_address(address).removeprefix("grpc://").removeprefix("grpcs://")
-        self.options = opts = options or ClientOptions()
+        scheme, self.address = split_scheme(check_address(address))
+        opts = options or ClientOptions()
+        if scheme == "grpcs" and opts.tls is None:  # a plaintext channel would send the bearer token in the clear
+            opts = replace(opts, tls=TlsOptions())
+        self.options = opts
         if opts.tls is not None:
             overrides = opts.channel_options()
             if opts.tls.server_name:
@@ -192,7 +205,7 @@ class Client:
         `nbytes` take at `options.min_bandwidth_bytes_per_s`."""
         if timeout_s is None:
             timeout_s = self._transfer_timeout_s(nbytes)
-        return {"timeout": timeout_s, "metadata": self._metadata}
+        return {"timeout": _deadline_s(timeout_s), "metadata": self._metadata}
 
     def _transfer_timeout_s(self, nbytes: int) -> float:
         return self.options.timeout_s + nbytes / self.options.min_bandwidth_bytes_per_s
@@ -447,7 +460,8 @@ class Client:
     ) -> InferOutputs:
         """Run a cached slice on the server (raw tensor contents both ways, framed without copies by
         rr_proto.framing; the outputs are read-only views of the received message)."""
-        request = framing.serialize_infer_request(slice_id, inputs, outputs)
+        with _sendable(slice_id):
+            request = framing.serialize_infer_request(slice_id, inputs, outputs)
         with self._rpc(f"ModelInfer {slice_id[:12]}"):
             response = self._model_infer(request, **self._kw(timeout_s, 2 * len(request)))
         return decode(response)
@@ -460,12 +474,10 @@ class Client:
         The stream lives as long as `batches` yields, so it has no deadline unless `timeout_s` (for the whole stream)
         is given; `InferStream.cancel` ends it at once.
         """
-        requests = Requests(
-            framing.serialize_infer_request(slice_id, b, request_id=str(k)) for k, b in enumerate(batches)
-        )
+        requests = Requests(_stream_requests(slice_id, batches))
         kw: dict[str, Any] = {"metadata": self._metadata}
         if timeout_s is not None:
-            kw["timeout"] = timeout_s
+            kw["timeout"] = _deadline_s(timeout_s)
         what = f"ModelStreamInfer {slice_id[:12]}"
         with self._rpc(what):  # a client closed meanwhile by another thread: ServerUnavailable, not ValueError
             call = self._model_stream_infer(requests, **kw)
@@ -481,6 +493,7 @@ class Client:
         busy_wait_s: float | None = None,
     ) -> int:
         """Send `nbytes` bytes to the server in chunks; returns what it says it received."""
+        _check_nbytes(nbytes)
         chunk = check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         block = _payload(min(chunk, max(nbytes, 1)))
 
@@ -509,6 +522,7 @@ class Client:
         busy_wait_s: float | None = None,
     ) -> int:
         """Have the server stream `nbytes` bytes to this node; returns the byte count received."""
+        _check_nbytes(nbytes)
         chunk = check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
         request = pb.ReceiveRequest(bytes=nbytes, chunk_bytes=chunk)
 
@@ -521,14 +535,68 @@ class Client:
         return received
 
 
-_PAYLOADS: dict[int, bytes] = {}
+def _deadline_s(timeout_s: float) -> float:
+    """The deadline gRPC is given for `timeout_s`: at most MAX_TIMEOUT_S (beyond about 7e9 s gRPC's clock overflows
+    and the call fails at once); NaN, which no clock reaches, is an ArgumentError."""
+    if math.isnan(timeout_s):
+        raise ArgumentError("timeout_s must be a number of seconds, got nan")
+    return min(timeout_s, MAX_TIMEOUT_S)
+
+
+@contextmanager
+def _sendable(slice_id: str) -> Iterator[None]:
+    """Inputs that cannot travel (a BYTES element that is no str or bytes, a dtype KServe has no datatype for) raise
+    InputError, the package's error for a request's inputs: codec's own is no RoadRunnerError (a CLI traceback)."""
+    try:
+        yield
+    except codec.CodecError as exc:
+        raise InputError(f"ModelInfer {slice_id[:12]}: {exc}") from None
+
+
+def _stream_requests(slice_id: str, batches: Iterable[Mapping[str, np.ndarray]]) -> Iterator[bytes]:
+    for k, batch in enumerate(batches):
+        with _sendable(slice_id):
+            request = framing.serialize_infer_request(slice_id, batch, request_id=str(k))
+        yield request
+
+
+def _check_nbytes(nbytes: int) -> None:
+    if nbytes < 0:  # the server would answer it as a transfer that lost data
+        raise ArgumentError(f"nbytes must be >= 0, got {nbytes}")
+
+
+class _Payloads:
+    """Incompressible bytes for echo sends, cut from one block as long as the largest payload asked for so far. The
+    network profiler sends each size many times, interleaved, and times every send: a payload must not be copied
+    anew each time (a cost per byte that is no network's), so the recent ones, CACHE_BYTES at most, are kept. Every
+    size of a sweep stayed cached before, 402 MiB of them after a sweep in 64 MiB chunks."""
+
+    CACHE_BYTES = 16 * 1024 * 1024  # a sweep in 1 MiB chunks (the default) keeps all its sizes: about 6 MiB
+    _lock = threading.Lock()
+    _block = b""
+    _cut: OrderedDict[int, bytes] = OrderedDict()  # the payloads shorter than the block, least recently used first
+    _cut_bytes = 0
+
+    @classmethod
+    def get(cls, n: int) -> bytes:
+        with cls._lock:  # one client serves many threads
+            if len(cls._block) < n:
+                cls._block = np.random.default_rng(n).bytes(n)
+            if n == len(cls._block):
+                return cls._block
+            payload = cls._cut.pop(n, None)
+            if payload is None:
+                payload = cls._block[:n]
+                cls._cut_bytes += n
+            cls._cut[n] = payload
+            while cls._cut_bytes > cls.CACHE_BYTES:
+                cls._cut_bytes -= len(cls._cut.popitem(last=False)[1])
+            return payload
 
 
 def _payload(n: int) -> bytes:
-    """Incompressible bytes of length n (cached: echo sends the same block repeatedly)."""
-    if n not in _PAYLOADS:
-        _PAYLOADS[n] = np.random.default_rng(n).bytes(n)
-    return _PAYLOADS[n]
+    """Incompressible bytes of length n (echo sends the same ones repeatedly)."""
+    return _Payloads.get(n)
 
 
 def _varint(n: int) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,13 @@ __all__ = [
     "DEFAULT_MAX_RECONNECT_BACKOFF_S",
     "DEFAULT_MIN_BANDWIDTH_BYTES_PER_S",
     "DEFAULT_TIMEOUT_S",
+    "MAX_TIMEOUT_S",
     "ClientOptions",
     "TlsOptions",
     "check_address",
     "check_chunk",
+    "check_token",
+    "split_scheme",
 ]
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -30,6 +35,11 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_MIN_BANDWIDTH_BYTES_PER_S = 1_000_000
 DEFAULT_MAX_RECONNECT_BACKOFF_S = 1.0
 DEFAULT_BUSY_WAIT_S = 10.0
+# The longest deadline a call is given (about 31 years: "no deadline"). gRPC adds a timeout to its clock in int64
+# nanoseconds: from about 7e9 s on that overflows, and every call then fails at once with DEADLINE_EXCEEDED.
+MAX_TIMEOUT_S = 1e9
+# gRPC takes the reconnect backoff in milliseconds as a C int; an hour is already far past its own 120 s default.
+MAX_RECONNECT_BACKOFF_S = 3600.0
 _INITIAL_RECONNECT_BACKOFF_S = 0.1
 
 
@@ -72,11 +82,16 @@ class ClientOptions:
     tls: TlsOptions | None = None
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.max_message_bytes <= 0 or self.min_bandwidth_bytes_per_s <= 0:
-            raise ArgumentError("timeout_s, max_message_bytes and min_bandwidth_bytes_per_s must be positive")
-        if self.busy_wait_s < 0:
-            raise ArgumentError("busy_wait_s must not be negative")
+        # NaN passes every `<= 0` check and no clock ever reaches it (a busy retry then never ended): finite only.
+        _check_number("timeout_s", self.timeout_s, positive=True, most=MAX_TIMEOUT_S)
+        _check_number("min_bandwidth_bytes_per_s", self.min_bandwidth_bytes_per_s, positive=True)
+        _check_number("max_reconnect_backoff_s", self.max_reconnect_backoff_s, most=MAX_RECONNECT_BACKOFF_S)
+        _check_number("busy_wait_s", self.busy_wait_s)
+        if self.max_message_bytes <= 0:
+            raise ArgumentError(f"ClientOptions.max_message_bytes must be positive, got {self.max_message_bytes}")
         check_chunk(self.chunk_bytes, self.max_message_bytes)
+        if self.token:  # "" is no token, as None
+            check_token(self.token)
 
     def channel_options(self) -> list[tuple[str, Any]]:
         backoff_s = max(self.max_reconnect_backoff_s, 0.001)
@@ -90,20 +105,63 @@ class ClientOptions:
         ]
 
 
+def _check_number(name: str, value: float, positive: bool = False, most: float = math.inf) -> None:
+    """ArgumentError naming `ClientOptions.<name>` unless `value` is a finite number > 0 (`positive`) or >= 0, at
+    most `most`."""
+    low = "> 0" if positive else ">= 0"
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0) and value <= most):
+        bound = f" and at most {most:g}" if math.isfinite(most) else ""
+        raise ArgumentError(f"ClientOptions.{name} must be a finite number {low}{bound}, got {value}")
+
+
+def check_token(token: str, source: str = "ClientOptions.token") -> str:
+    """`token`, if it can travel as `authorization: Bearer <token>`: printable ASCII without spaces. gRPC refuses
+    anything else in metadata, so that every call would fail with INTERNAL "Invalid metadata" (a copied line break
+    or a whole multi-line token file). `source` names where the token came from; the token itself is never shown."""
+    if not token:
+        raise ArgumentError(f"{source}: the bearer token is empty")
+    for k, char in enumerate(token):
+        if not "\x21" <= char <= "\x7e":
+            raise ArgumentError(
+                f"{source}: a bearer token is printable ASCII without spaces or line breaks; character {k + 1} of "
+                f"{len(token)} is U+{ord(char):04X}"
+            )
+    return token
+
+
+def split_scheme(text: str) -> tuple[str, str]:
+    """(scheme, rest) of an address: ("grpcs", "host:8001") for "grpcs://host:8001" (any case), ("", text) without
+    a scheme. Only grpc:// and grpcs:// are taken; other schemes stay in `rest`, for `check_address` to refuse."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() in ("grpc", "grpcs"):
+        return scheme.lower(), rest
+    return "", text
+
+
 def check_address(text: str) -> str:
-    """`text` if it is HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix), else
-    ValueError. Without a port gRPC would quietly dial 443; an http(s):// URL, as buf curl takes, it would look up
-    whole as a host name ("Misformatted domain name")."""
+    """`text` if it is HOST:PORT (IPv6 hosts in brackets, `[::1]:8001`; an optional grpc:// or grpcs:// prefix, in
+    any case: grpcs:// means TLS), else ValueError. Without a port gRPC would quietly dial 443; an http(s):// URL, as
+    buf curl takes, it would look up whole as a host name ("Misformatted domain name")."""
     scheme, sep, rest = text.partition("://")
     if sep and scheme.lower() in ("http", "https"):
         tls = " and TLS (--tls or --tls-ca)" if scheme.lower() == "https" else ""
         raise ArgumentError(f"expected HOST:PORT, not a URL: give {rest.rstrip('/')!r}{tls}, got {text!r}")
-    host, sep, port = text.removeprefix("grpc://").removeprefix("grpcs://").rpartition(":")
+    host, sep, port = split_scheme(text)[1].rpartition(":")
     if not sep or not host or (host.endswith(":") and not host.startswith("[")):
         raise ArgumentError(f"expected HOST:PORT (e.g. 127.0.0.1:8001, rr-server's default), got {text!r}")
-    if not (port.isdigit() and 0 < int(port) < 65536):
+    if _is_ipv6(host):  # "::1:8001": which colon ends the host? gRPC guesses
+        raise ArgumentError(f"an IPv6 host goes in brackets, as in [::1]:8001; got {text!r}")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):  # "²".isdigit(), but int("²") fails
         raise ArgumentError(f"{text!r}: the port must be a number from 1 to 65535")
     return text
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def check_chunk(chunk_bytes: int, max_message_bytes: int) -> int:

@@ -10,6 +10,7 @@ them): the numbers show the system working, not the gains of a real edge/cloud p
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from rr_edge.progress import progress_bars
 from rr_edge.session import OrtSettings
 
 CHOSEN = "roadrunner (chosen)"
+NOT_RUNNABLE = "not runnable: over a server limit (slice size or message size)"
 CLOUD_WAIT_S = 60.0  # how long the demo waits for the server's own timings of the profiled blocks
 
 
@@ -47,13 +49,21 @@ class DemoOptions:
 
 
 def _plans_to_measure(report: PlanReport) -> dict[str, Plan]:
+    """The chosen plan, the baselines and, when the chosen plan stays local, the best one that offloads; without
+    those the planner priced at infinity (`_not_runnable`): the server would refuse them (offload_all of a model
+    whose whole slice is over the server's slice limit), and the demo ended in a traceback."""
     plans = {CHOSEN: report.chosen}
-    plans.update(report.baselines)
+    plans.update((name, plan) for name, plan in report.baselines.items() if math.isfinite(plan.latency_ms))
     if report.chosen.i == report.chosen.j:  # also run the best plan that really offloads
-        offloading = [p for p in report.pareto if p.i != p.j]
+        offloading = [p for p in report.pareto if p.i != p.j and math.isfinite(p.latency_ms)]
         if offloading:
             plans["best offloading pareto plan"] = offloading[0]
     return plans
+
+
+def _not_runnable(report: PlanReport) -> dict[str, Plan]:
+    """The baselines the server cannot run (infinite predicted latency): shown as such, not measured."""
+    return {name: plan for name, plan in report.baselines.items() if not math.isfinite(plan.latency_ms)}
 
 
 def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
@@ -106,6 +116,9 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                     by_split = measure_splits(lambda s: node.runner(path, s), splits, x, options.repeat, expected)
                 measured = {name: by_split[(p.i, p.j)] for name, p in plans.items()}
                 summary["plans"] = _print_measured(console, report, plans, measured)
+                summary["not_runnable"] = [
+                    {"plan": name, "split": [p.i, p.j]} for name, p in _not_runnable(report).items()
+                ]
                 from rr_edge.plot import plot_pareto
 
                 png = plot_pareto(
@@ -142,6 +155,7 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     speedups = ", ".join(
         f"{row['measured_ms'] / chosen['measured_ms']:.2f}x vs {name}" for name, row in rows.items() if name != CHOSEN
     )
+    skipped = [row["plan"] for row in s.get("not_runnable", [])]
     lines = [
         f"model {s['model']}@{s['input_size']}: {s['blocks']} atomic blocks, {s['unique_signatures']} unique; "
         f"profiled {s['profiled']} of them on this node",
@@ -149,7 +163,8 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
         f"predicted {chosen['predicted_ms']:.1f} ms, "
         f"measured {chosen['measured_ms']:.1f} ms ({error:+.0%})",
         f"speedup of the chosen plan (measured, run-time weight uploads spread over {s['amortize_over']} requests as "
-        f"planned): {speedups}",
+        f"planned): {speedups or 'no other plan measured'}",
+        *([f"{', '.join(skipped)}: {NOT_RUNNABLE}"] if skipped else []),
         f"outputs over gRPC vs the whole model run locally: max |diff| {s['max_abs_diff_vs_local']:.1e} "
         f"({'verified' if s['verified'] else 'NOT verified: over the tolerance'})",
         f"edge energy source: {s['energy_source']}" + (" (declared power model: an estimate, not a measurement)"
@@ -173,7 +188,8 @@ def _print_measured(
     console: Console, report: PlanReport, plans: dict[str, Plan], measured: dict[str, Measured]
 ) -> list:
     """Measured as planned: a plan that uploads its middle slice's weights at run time is charged the upload it
-    really took, spread over the K requests the plan was made for (`amortize_over`), like its prediction."""
+    really took, spread over the K requests the plan was made for (`amortize_over`), like its prediction. The
+    baselines that cannot run get a row saying so; the rows returned are those measured."""
     k = report.inputs.amortize_over
 
     def upload_ms(name: str) -> float:
@@ -202,5 +218,7 @@ def _print_measured(
         rows.append({"plan": name, "split": [plan.i, plan.j], "predicted_ms": plan.latency_ms, "measured_ms": total,
                      "request_ms": m.median_ms, "upload_ms": upload, "p90_ms": m.p90_ms, "fallback": m.fallback,
                      "max_abs_diff": m.max_abs_diff})  # fmt: skip
+    for name, plan in _not_runnable(report).items():
+        table.add_row(name, f"{plan.i},{plan.j}", "inf", "not runnable", *["-"] * (len(columns) - 4))
     console.print(table)
     return rows

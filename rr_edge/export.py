@@ -193,7 +193,7 @@ def export_model(
         raise ModelError("give a torchvision model name or --from MODULE:CALLABLE")
     model.eval()
     label = from_callable or name
-    example = torch.randn(batch, 3, input_size, input_size)
+    example = _random_input(torch, (batch, 3, input_size, input_size))
     try:  # no exporter can help a model that does not run (and theirs would bury the reason in their logs)
         with torch.no_grad():
             model(example)
@@ -209,41 +209,57 @@ def export_model(
     if dynamo:
         attempts.append(("dynamo", lambda p: _export(torch, model, example, p, True, opset, external)))
     attempts.append(("torchscript", lambda p: _export(torch, model, example, p, False, opset, external)))
-    check_input = torch.randn(example.shape)  # a fresh input, not the one the exporter saw
+    check_input = _random_input(torch, tuple(example.shape))  # a fresh input, not the one the exporter saw
     for kind, fn in attempts:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        try:
-            with torch.no_grad():
-                fn(tmp)
-            load_model(tmp)
-        except Exception as exc:  # exporter internals raise anything; try the next exporter
-            traced = _tracer_warning(torch, exc)
-            if traced is not None:
-                _cleanup(tmp)
-                raise ModelError(
-                    f"export of {label} failed: the model has data-dependent control flow (or Python values computed "
-                    f"from tensors) that tracing cannot export; the TorchScript exporter would fix it to the example "
-                    f"input's case ({_one_line(traced)}); " + "; ".join(errors)
-                ) from None
-            log.warning("%s exporter failed on %s: %s", kind, label, _one_line(exc, 2000))
-            errors.append(f"{kind}: {_one_line(exc)}")
+        try:  # the temporary goes whatever happens, a Ctrl-C in the exporter included (once moved, nothing is left)
+            if _export_to(torch, fn, tmp, label, kind, errors):
+                _check_against_torch(torch, model, check_input, tmp)
+                if external:
+                    _move_with_data(tmp, out)
+                else:
+                    public_file_mode(tmp)
+                    os.replace(tmp, out)
+                log.info("exported %s with the %s exporter to %s", label, kind, out)
+                return out
+        finally:
             _cleanup(tmp)
-            continue
-        try:
-            _check_against_torch(torch, model, check_input, tmp)
-        except BaseException:
-            _cleanup(tmp)
-            raise
-        if external:
-            _move_with_data(tmp, out)
-        else:
-            public_file_mode(tmp)
-            os.replace(tmp, out)
-        log.info("exported %s with the %s exporter to %s", label, kind, out)
-        return out
     raise ModelError(f"export of {label} failed: " + "; ".join(errors))
+
+
+def _random_input(torch: Any, shape: tuple[int, ...]) -> Any:
+    """A seeded-random float32 input of `shape`; one too large to allocate is a ModelError (torch raises a
+    RuntimeError of several lines, from C++)."""
+    try:
+        return torch.randn(*shape)
+    except (RuntimeError, MemoryError, OverflowError) as exc:
+        size = "x".join(str(d) for d in shape)
+        raise ModelError(f"cannot make a {size} float32 input (--batch, --input-size): {_one_line(exc)}") from None
+
+
+def _export_to(
+    torch: Any, fn: Callable[[Path], None], tmp: Path, label: str | None, kind: str, errors: list[str]
+) -> bool:
+    """Run exporter `fn` into `tmp` and load the result back: True when it worked; False, with the reason added to
+    `errors`, when the next exporter should try; ModelError when the model cannot be traced faithfully at all."""
+    try:
+        with torch.no_grad():
+            fn(tmp)
+        load_model(tmp)
+    except Exception as exc:  # exporter internals raise anything; try the next exporter
+        traced = _tracer_warning(torch, exc)
+        if traced is not None:
+            raise ModelError(
+                f"export of {label} failed: the model has data-dependent control flow (or Python values computed "
+                f"from tensors) that tracing cannot export; the TorchScript exporter would fix it to the example "
+                f"input's case ({_one_line(traced)}); " + "; ".join(errors)
+            ) from None
+        log.warning("%s exporter failed on %s: %s", kind, label, _one_line(exc, 2000))
+        errors.append(f"{kind}: {_one_line(exc)}")
+        return False
+    return True
 
 
 def _tracer_warning(torch: Any, exc: BaseException) -> BaseException | None:
@@ -283,8 +299,11 @@ def _check_against_torch(torch: Any, model: Any, x: Any, path: Path) -> None:
         raise ModelError(f"exported model check: the torch forward failed: {_one_line(exc)}") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    try:  # an export ONNX Runtime cannot open or run (an op it lacks, memory) is the export's failure, in one line
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types (Fail, InvalidGraph...)
+        raise ModelError(f"exported model check: ONNX Runtime cannot run the export: {_one_line(exc)}") from None
     if len(got) != len(want):
         raise ModelError(f"exported model check: ONNX has {len(got)} outputs, torch returned {len(want)}")
     for k, (g, w) in enumerate(zip(got, want, strict=True)):

@@ -8,12 +8,22 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["non_negative_float", "positive_float"]
+__all__ = ["fraction", "non_negative_float", "positive_float", "positive_float_at_most"]
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     return _finite_float(text, "> 0", lambda v: v > 0)
+
+
+def positive_float_at_most(most: float) -> Callable[[str], float]:
+    """argparse type: a finite number > 0 and <= `most` (a deadline gRPC's clock can still add to its time)."""
+    return lambda text: _finite_float(text, f"> 0 and <= {most:g}", lambda v: 0 < v <= most)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1] (a share of something, of which at least a little is taken)."""
+    return _finite_float(text, "in (0, 1]", lambda v: 0 < v <= 1)
 
 
 def non_negative_float(text: str) -> float:

@@ -1,11 +1,12 @@
 """numpy <-> KServe v2 tensors: datatypes, raw contents and typed contents.
 
 Raw contents are the C-order bytes of the array in little-endian order; BYTES tensors are serialised as a
-4-byte little-endian length followed by the bytes of each element (the KServe convention). A BYTES element decodes
-to a str (UTF-8), as ONNX Runtime's string tensors hold them; bytes that are not UTF-8 are refused. Every decode
-checks that the datatype is known, the shape is non-negative and representable, the byte count matches and typed
-integer values fit the datatype, and raises `CodecError` (a ValueError) with a message that names the tensor
-otherwise.
+4-byte little-endian length followed by the bytes of each element (the KServe convention). A BYTES element is sent
+from a str (as UTF-8) or bytes; any other element (an int, a float, None) is a `CodecError` naming its index. A BYTES
+element decodes to a str (UTF-8), as ONNX Runtime's string tensors hold them; bytes that are not UTF-8 are refused.
+Every decode checks that the datatype is known, the shape is non-negative and representable, the byte count matches
+and typed integer values fit the datatype, and raises `CodecError` (a ValueError) with a message that names the
+tensor otherwise.
 """
 
 from __future__ import annotations
@@ -97,16 +98,28 @@ def _element_count(shape: Sequence[int], name: str) -> int:
     return math.prod(int(d) for d in shape)  # exact (no int64 overflow) and ~10x faster than np.prod here
 
 
-def to_raw(array: np.ndarray) -> bytes:
+def to_raw(array: np.ndarray, name: str = "") -> bytes:
     """Raw contents of an array: C-order little-endian bytes, or length-prefixed elements for BYTES."""
     if datatype_of(array.dtype) == "BYTES":
         parts = []
-        for item in np.asarray(array).ravel(order="C"):
-            data = item.encode() if isinstance(item, str) else bytes(item)
+        for k, item in enumerate(np.asarray(array).ravel(order="C")):
+            data = _element_bytes(item, name, k)
             parts.append(struct.pack("<I", len(data)) + data)
         return b"".join(parts)
     dt = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
     return np.ascontiguousarray(array, dtype=dt).tobytes()
+
+
+def _element_bytes(item: object, name: str, k: int) -> bytes:
+    """A BYTES element's bytes: a str as UTF-8, bytes-like as they are. Anything else is a CodecError: `bytes(7)` is
+    seven NUL bytes (an int went out as garbage without a word) and a float or None has no bytes at all."""
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    raise CodecError(
+        f"tensor {name!r}: BYTES element {k} is of type {type(item).__name__}; a BYTES tensor holds str or bytes only"
+    )
 
 
 def from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int], name: str = "") -> np.ndarray:
@@ -209,7 +222,7 @@ def encode_infer_request(
     request = pb.ModelInferRequest(model_name=model_name, id=request_id)
     for name, array in inputs.items():
         request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        request.raw_input_contents.append(to_raw(array))
+        request.raw_input_contents.append(to_raw(array, name))
     for name in outputs:
         request.outputs.add(name=name)
     return request
@@ -227,7 +240,7 @@ def encode_infer_response(
     response = pb.ModelInferResponse(model_name=model_name, id=request_id)
     for name, array in outputs.items():
         response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(to_raw(array))
+        response.raw_output_contents.append(to_raw(array, name))
     return response
 
 

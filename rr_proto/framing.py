@@ -193,10 +193,10 @@ def _buffer(array_or_bytes) -> memoryview | bytes:
     return np.ascontiguousarray(array_or_bytes).reshape(-1).view(np.uint8).data
 
 
-def _raw_buffer(array: np.ndarray) -> memoryview | bytes:
+def _raw_buffer(array: np.ndarray, name: str = "") -> memoryview | bytes:
     """Raw contents of an array as a buffer, copied only when it is not C-contiguous little-endian (or BYTES)."""
     if array.dtype.kind in "OSU" or array.dtype.byteorder == ">":
-        return codec.to_raw(array)
+        return codec.to_raw(array, name)
     return _buffer(np.ascontiguousarray(array))
 
 
@@ -228,7 +228,7 @@ def serialize_infer_request(
     for name, array in inputs.items():
         array = np.asarray(array)
         header.inputs.add(name=name, datatype=codec.datatype_of(array.dtype), shape=array.shape)
-        buf = _raw_buffer(array)
+        buf = _raw_buffer(array, name)
         parts += [_field_header(RAW_INPUT_FIELD, len(buf)), buf]
     for name in outputs:
         header.outputs.add(name=name)
@@ -257,7 +257,7 @@ def encode_outputs(model_name: str, version: str, request_id: str, outputs: Mapp
     raw: list = []
     for name, array in outputs.items():
         header.outputs.add(name=name, datatype=codec.datatype_of(array.dtype), shape=array.shape)
-        raw.append(_raw_buffer(array))
+        raw.append(_raw_buffer(array, name))
     return InferResponse(header, raw)
 
 

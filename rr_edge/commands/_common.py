@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rr_edge.client import DEFAULT_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
+from rr_edge.client import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
+from rr_edge.client_options import check_token
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
-from rr_proto.argtypes import non_negative_float, positive_float  # noqa: F401  (the commands import them from here)
+
+# the commands import the argparse types from here
+from rr_proto.argtypes import fraction, non_negative_float, positive_float, positive_float_at_most  # noqa: F401
 
 ENV_TOKEN = "RR_TOKEN"
 
@@ -69,10 +72,10 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
     p.add_argument("--tls-key", type=Path, metavar="F", help="client key (mTLS)")
     p.add_argument(
         "--timeout",
-        type=positive_float,
+        type=positive_float_at_most(MAX_TIMEOUT_S),
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help="per-call deadline in seconds (default %(default)g)",
+        help=f"per-call deadline in seconds, at most {MAX_TIMEOUT_S:g} (default %(default)g)",
     )
 
 
@@ -101,18 +104,24 @@ def make_meter(args: argparse.Namespace, gpu_work: bool = False) -> Meter:
 
 
 def connect(args: argparse.Namespace) -> Client:
-    token = None
+    token = _token(args)
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:  # --tls-key alone: the "needs both" error
+        tls = TlsOptions(root_certificates=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
+    return Client(args.server, ClientOptions(timeout_s=args.timeout, token=token, tls=tls))
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token of --token-file, else of $RR_TOKEN; one that cannot travel in metadata (the server's own
+    multi-line token file, say) is an error naming where it came from."""
     if args.token_file is not None:
         try:
             token = args.token_file.read_text().strip()
         except OSError as exc:
             raise RoadRunnerError(f"cannot read token file {args.token_file}: {exc.strerror or exc}") from None
-    else:
-        token = os.environ.get(ENV_TOKEN) or None
-    tls = None
-    if args.tls or args.tls_ca or args.tls_cert:
-        tls = TlsOptions(root_certificates=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
-    return Client(args.server, ClientOptions(timeout_s=args.timeout, token=token, tls=tls))
+        return check_token(token, f"--token-file {args.token_file}")
+    token = os.environ.get(ENV_TOKEN) or None
+    return None if token is None else check_token(token, f"${ENV_TOKEN}")
 
 
 def print_json(obj: Any) -> None:

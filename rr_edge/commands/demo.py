@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rr_edge.commands._common import print_json
+from rr_edge.commands._common import fraction, positive_float, positive_int, print_json
 from rr_edge.demo import DemoOptions, check_verified, run_demo
 
 
@@ -17,20 +17,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--model", default=d.model, help="torchvision model (default %(default)s)")
     p.add_argument(
         "--input-size",
-        type=int,
+        type=positive_int,
         default=d.input_size,
         metavar="N",
         help="image side, input 1 x 3 x N x N (default %(default)s)",
     )
     p.add_argument(
-        "--sample", type=float, default=d.sample, help="fraction of unique blocks to profile (default %(default)g)"
+        "--sample", type=fraction, default=d.sample, help="fraction of unique blocks to profile (default %(default)g)"
     )
     p.add_argument(
-        "--max-mb", type=float, default=d.max_mb, help="largest network-profile payload in MiB (default %(default)g)"
+        "--max-mb",
+        type=positive_float,
+        default=d.max_mb,
+        help="largest network-profile payload in MiB (default %(default)g)",
     )
     p.add_argument(
         "--repeat",
-        type=int,
+        type=positive_int,
         default=d.repeat,
         help="requests per measured plan, and the plan's amortization (default %(default)s)",
     )
