@@ -36,9 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -64,6 +62,7 @@ from rr_edge.client_options import (
 )
 from rr_edge.client_types import NodeInfo, Prediction, Predictions, ServerInfo, SliceStatus, UploadResult, slice_id_of
 from rr_edge.device import DeviceInfo
+from rr_edge.echo import EchoStream, payload
 from rr_edge.errors import ArgumentError, InputError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.infer_stream import InferOutputs, InferStream, Requests, decode
 from rr_edge.profiles import (
@@ -495,7 +494,7 @@ class Client:
         """Send `nbytes` bytes to the server in chunks; returns what it says it received."""
         _check_nbytes(nbytes)
         chunk = check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
-        block = _payload(min(chunk, max(nbytes, 1)))
+        block = payload(min(chunk, max(nbytes, 1)))
 
         def parts() -> Iterator[pb.SendRequest]:
             left = nbytes
@@ -534,6 +533,19 @@ class Client:
             raise ServerError(f"Echo.Receive: got {received} of {nbytes} bytes", "DATA_LOSS")
         return received
 
+    def echo_stream(self, chunk_bytes: int | None = None) -> EchoStream:
+        """One open EchoService.Exchange stream (`rr_edge.echo.EchoStream`): transfers and their answers timed as the
+        requests of an open inference stream travel, in messages of at most `chunk_bytes` (the client's chunk size
+        by default). Each exchange waits for its answer as long as a call moving its bytes would (`timeout_s`
+        plus the bytes at `min_bandwidth_bytes_per_s`); close the stream, or use it as a context manager."""
+        chunk = check_chunk(chunk_bytes or self.options.chunk_bytes, self.options.max_message_bytes)
+
+        def open_call(requests: Iterator[pb.ExchangeRequest]) -> Any:
+            with self._rpc(EchoStream.what):  # a closed client: ServerUnavailable
+                return self._echo.Exchange(requests, metadata=self._metadata)
+
+        return EchoStream(open_call, payload, lambda nbytes: _deadline_s(self._transfer_timeout_s(nbytes)), chunk)
+
 
 def _deadline_s(timeout_s: float) -> float:
     """The deadline gRPC is given for `timeout_s`: at most MAX_TIMEOUT_S (beyond about 7e9 s gRPC's clock overflows
@@ -563,40 +575,6 @@ def _stream_requests(slice_id: str, batches: Iterable[Mapping[str, np.ndarray]])
 def _check_nbytes(nbytes: int) -> None:
     if nbytes < 0:  # the server would answer it as a transfer that lost data
         raise ArgumentError(f"nbytes must be >= 0, got {nbytes}")
-
-
-class _Payloads:
-    """Incompressible bytes for echo sends, cut from one block as long as the largest payload asked for so far. The
-    network profiler sends each size many times, interleaved, and times every send: a payload must not be copied
-    anew each time (a cost per byte that is no network's), so the recent ones, CACHE_BYTES at most, are kept. Every
-    size of a sweep stayed cached before, 402 MiB of them after a sweep in 64 MiB chunks."""
-
-    CACHE_BYTES = 16 * 1024 * 1024  # a sweep in 1 MiB chunks (the default) keeps all its sizes: about 6 MiB
-    _lock = threading.Lock()
-    _block = b""
-    _cut: OrderedDict[int, bytes] = OrderedDict()  # the payloads shorter than the block, least recently used first
-    _cut_bytes = 0
-
-    @classmethod
-    def get(cls, n: int) -> bytes:
-        with cls._lock:  # one client serves many threads
-            if len(cls._block) < n:
-                cls._block = np.random.default_rng(n).bytes(n)
-            if n == len(cls._block):
-                return cls._block
-            payload = cls._cut.pop(n, None)
-            if payload is None:
-                payload = cls._block[:n]
-                cls._cut_bytes += n
-            cls._cut[n] = payload
-            while cls._cut_bytes > cls.CACHE_BYTES:
-                cls._cut_bytes -= len(cls._cut.popitem(last=False)[1])
-            return payload
-
-
-def _payload(n: int) -> bytes:
-    """Incompressible bytes of length n (echo sends the same ones repeatedly)."""
-    return _Payloads.get(n)
 
 
 def _varint(n: int) -> bytes:

@@ -1,12 +1,14 @@
 """Network profiler: time (and meter) uploads and downloads of 1 KB .. max MB to the server, fit each direction.
 
-Uplink uses `EchoService.Send` (the edge streams the payload, the server acknowledges the byte count), downlink
-`EchoService.Receive` (the server streams it). A third curve, ``upload``, times whole slice uploads of
-`upload_min_mb` .. `upload_max_mb` (`SliceService.UploadSlice` with ``probe`` set, of a valid ONNX model carrying
-that many random weight bytes), each after the status query the runner makes first: the edge hashes the bytes, asks
-whether the server holds them, streams them, and the server verifies, validates and writes them durably and opens
-them in ONNX Runtime before it answers, then discards them. That is what making a slice's weights ready on the
-server costs beyond the link (the runner has a slice opened in the same call that uploads it); the
+Both directions are timed on one open `EchoService.Exchange` stream, as an edge's inference requests travel on
+theirs: the uplink's transfers carry the payload and get an empty answer, the downlink's are empty and answered by
+the payload (`rr_edge.echo.EchoStream`). A server without Exchange is timed with one call per transfer instead,
+`EchoService.Send` and `EchoService.Receive`, each direction noting which. A third curve, ``upload``, times whole
+slice uploads of `upload_min_mb` .. `upload_max_mb` (`SliceService.UploadSlice` with ``probe`` set, of a valid ONNX
+model carrying that many random weight bytes), each after the status query the runner makes first: the edge hashes
+the bytes, asks whether the server holds them, streams them, and the server verifies, validates and writes them
+durably and opens them in ONNX Runtime before it answers, then discards them. That is what making a slice's weights
+ready on the server costs beyond the link (the runner has a slice opened in the same call that uploads it); the
 planner costs weight uploads with this curve (the echo uplink alone predicted about half of the measured upload time
 on the testbed). Sizes are log-spaced (`points_per_octave` per doubling) and each is repeated, in shuffled rounds
 over the sizes (see `measure_direction`); a few small warm-up transfers open the connection first. The sweep adapts
@@ -14,14 +16,14 @@ to the link: sizes are first timed once each, smallest first, and the first size
 `max_transfer_s` is the largest measured (on a 10 Mbit/s link the full 256 MiB sweep took about 45 minutes and its
 largest transfers ran past their deadlines); larger messages are costed by continuing the chosen curve in a straight
 line (`rr_edge.netmodel`: a pwl curve with the slope of its top sizes, the others with the affine fit's), and the
-direction's notes say where the sweep stopped. Energy, where a meter is given, is metered per
-size over consecutive transfers lasting at least the meter's minimum window, and divided per transfer. Fits come
-from `rr_edge.netmodel.fit_network_model`: the 4th-order polynomial, the affine model and the piecewise-linear
-curve, each with its held-out error, and the chosen one.
-"""
+direction's notes say where the sweep stopped. Energy, where a meter is given, is metered per size over consecutive
+transfers lasting at least the meter's minimum window, and divided per transfer. Fits come from
+`rr_edge.netmodel.fit_network_model`: the 4th-order polynomial, the affine model and the piecewise-linear curve,
+each with its held-out error, and the chosen one."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -67,6 +69,11 @@ PROBE_OVERHEAD_BYTES = 256  # an upload probe's graph and framing beyond its wei
 MAX_TRANSFERS_PER_SIZE = 500
 BUSY_WAIT_S = 60.0  # longest a measurement waits out a server with no stream slot free, in all
 MiB = 1024 * 1024
+# A direction's note on how its transfers were timed (`_echo_transfers`).
+STREAMED = "timed as exchanges on one open echo stream, as inference requests travel"
+PER_CALL = (
+    "timed with one echo call per transfer (the server has no EchoService.Exchange): each holds a call's start-up"
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class NetProfileConfig:
     upload_min_mb: float = DEFAULT_UPLOAD_MIN_MB
     upload_max_mb: float = DEFAULT_UPLOAD_MAX_MB  # 0: no upload probes (weight uploads then use the uplink curve)
     max_transfer_s: float = DEFAULT_MAX_TRANSFER_S
+    stream: bool = True  # time on one open echo stream (False: one echo call per transfer, as before Exchange)
 
     def __post_init__(self) -> None:
         for name in ("max_mb", "min_time_s", "upload_min_mb", "upload_max_mb", "max_transfer_s"):
@@ -361,10 +369,34 @@ def profile_network(
 ) -> NetworkProfile:
     """Measure both directions against the server `client` is connected to and fit them."""
     cfg = config or NetProfileConfig()
-    sizes = cfg.sizes()
-    chunk = cfg.chunk_bytes
+    with contextlib.ExitStack() as stack:
+        up, down, how = _echo_transfers(client, cfg, stack)
+        return _profile(client, cfg, up, down, how, meter, progress)
 
-    # Busy refusals are waited out by measure_direction, outside the timing: not retried inside a timed call.
+
+def _echo_transfers(
+    client: Client, cfg: NetProfileConfig, stack: contextlib.ExitStack
+) -> tuple[Callable[[int], object], Callable[[int], object], str]:
+    """The uplink and downlink transfers the sweep times, warmed up, and how they travel: exchanges on one open echo
+    stream (`rr_edge.echo.EchoStream`), as the runner's requests travel on their inference stream, or, from a server
+    without `EchoService.Exchange`, one echo call per transfer, which also pays for starting the call (about 1.2 ms
+    on loopback: small tensors on a fast link were charged three times their network time). Busy refusals are
+    waited out by measure_direction, outside the timing."""
+    chunk = cfg.chunk_bytes
+    if cfg.stream:
+        stream = stack.enter_context(client.echo_stream(chunk))
+        try:
+            for _ in range(cfg.warmup):  # untimed
+                stream.exchange(cfg.min_bytes, 0)
+                stream.exchange(0, cfg.min_bytes)
+        except ServerError as exc:
+            if exc.code != "UNIMPLEMENTED":
+                raise
+            log.warning("the server has no EchoService.Exchange: timing one echo call per transfer, whose start-up "
+                        "a request on an open stream does not pay (small messages are costed high)")  # fmt: skip
+        else:
+            return (lambda n: stream.exchange(n, 0)), (lambda n: stream.exchange(0, n)), STREAMED
+
     def up(n: int) -> object:
         return client.echo_send(n, chunk, busy_wait_s=0)
 
@@ -374,6 +406,19 @@ def profile_network(
     for _ in range(cfg.warmup):  # untimed: the client may wait out a busy server itself
         client.echo_send(cfg.min_bytes, chunk)
         client.echo_receive(cfg.min_bytes, chunk)
+    return up, down, PER_CALL
+
+
+def _profile(
+    client: Client,
+    cfg: NetProfileConfig,
+    up: Callable[[int], object],
+    down: Callable[[int], object],
+    how: str,
+    meter: Meter | None,
+    progress: Progress | None,
+) -> NetworkProfile:
+    sizes = cfg.sizes()
     probe_sizes = _upload_probe_sizes(cfg, client.server_info().max_slice_bytes if cfg.upload_sizes() else 0)
     probes: dict[int, bytes] = {}  # by weight bytes, built as the sweep reaches them (outside the timing)
 
@@ -409,7 +454,8 @@ def profile_network(
         if prepare is not None:  # a probe is its weight bytes and a small graph: fitted to the bytes sent
             samples = [replace(s, bytes=len(probes[s.bytes])) for s in samples]
         fitted = fit_direction(samples, name)
-        d = with_bandwidth(replace(fitted, notes=fitted.notes + stopped), name)
+        timed = () if prepare is not None else (how,)  # the upload probes are calls of their own
+        d = with_bandwidth(replace(fitted, notes=fitted.notes + stopped + timed), name)
         if d is not None:
             log.info("%s: chosen %s (held-out error poly4 %.3f, affine %.3f)", name, d.chosen_model,
                      d.poly4_error, d.affine_error)  # fmt: skip

@@ -1,10 +1,12 @@
 """roadrunner.v1.EchoService: payload streams in both directions for the network profiler.
 
-Send and Receive move one transfer per call; Exchange answers each message of one open stream with a message of the
-size it asks for, as ModelStreamInfer answers an edge's requests. Every message and every transfer is held to the
-echo limit (`max_total_bytes`) and a message to the message limit."""
+Send and Receive move one transfer per call; Exchange answers each transfer of one open stream with the bytes it asks
+for, as ModelStreamInfer answers an edge's requests. Every transfer and every answer is held to the echo limit
+(`max_total_bytes`) and a message to the message limit."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
@@ -27,28 +29,34 @@ class EchoServicer(rr_grpc.EchoServiceServicer):
         return rr.SendResponse(received_bytes=received)
 
     def Receive(self, request, context):
-        if request.bytes < 0 or request.chunk_bytes < 0:
-            raise InvalidArgument("bytes and chunk_bytes must not be negative")
-        if request.bytes > self._max_total:
-            raise ResourceExhausted(f"{request.bytes} bytes exceeds the echo limit of {self._max_total} bytes")
-        chunk = request.chunk_bytes or DEFAULT_CHUNK_BYTES
-        if chunk > self._max_chunk:
-            raise ResourceExhausted(f"chunk_bytes {chunk} exceeds the message limit of {self._max_chunk} bytes")
-        payload = bytes(min(chunk, request.bytes))
-        left = request.bytes
-        while left > 0:
-            n = min(chunk, left)
-            yield rr.ReceiveResponse(payload=payload if n == len(payload) else payload[:n])
-            left -= n
+        for payload in self._chunks(request.bytes, request.chunk_bytes):
+            yield rr.ReceiveResponse(payload=payload)
 
     def Exchange(self, request_iterator, context):
+        received = 0  # of the transfer under way
         for request in request_iterator:
-            if len(request.payload) > self._max_total:
-                raise ResourceExhausted(f"a message over the echo limit of {self._max_total} bytes")
-            if request.reply_bytes < 0:
-                raise InvalidArgument("reply_bytes must not be negative")
-            limit = min(self._max_total, self._max_chunk)
-            if request.reply_bytes > limit:
-                raise ResourceExhausted(f"reply_bytes {request.reply_bytes} exceeds the limit of {limit} bytes")
-            yield rr.ExchangeResponse(payload=bytes(request.reply_bytes))
+            received += len(request.payload)
+            if received > self._max_total:  # as Send's
+                raise ResourceExhausted(f"more than the echo limit of {self._max_total} bytes sent")
+            if request.more:
+                continue
+            received = 0
+            answered = False  # an answer of 0 bytes is one empty response: the client counts responses
+            for payload in self._chunks(request.reply_bytes, request.reply_chunk_bytes):
+                answered = True
+                yield rr.ExchangeResponse(payload=payload)
+            if not answered:
+                yield rr.ExchangeResponse()
 
+    def _chunks(self, nbytes: int, chunk_bytes: int) -> Iterator[bytes]:
+        """`nbytes` zero bytes in pieces of `chunk_bytes` (0: DEFAULT_CHUNK_BYTES), checked against the limits first."""
+        if nbytes < 0 or chunk_bytes < 0:
+            raise InvalidArgument("byte counts must not be negative")
+        if nbytes > self._max_total:
+            raise ResourceExhausted(f"{nbytes} bytes exceeds the echo limit of {self._max_total} bytes")
+        chunk = chunk_bytes or DEFAULT_CHUNK_BYTES
+        if chunk > self._max_chunk:
+            raise ResourceExhausted(f"chunk_bytes {chunk} exceeds the message limit of {self._max_chunk} bytes")
+        block = bytes(min(chunk, nbytes))
+        for left in range(nbytes, 0, -chunk):
+            yield block if left >= chunk else block[:left]

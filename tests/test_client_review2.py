@@ -16,6 +16,7 @@ from _server_support import IR_VERSION, conv_model, start_server
 from onnx import TensorProto, helper
 
 import rr_edge.client
+import rr_edge.echo
 from rr_edge.cli import main
 from rr_edge.client import MAX_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
 from rr_edge.errors import ArgumentError, InputError, RoadRunnerError, ServerError
@@ -222,11 +223,11 @@ def test_echo_payloads_of_many_sizes_hold_a_bounded_amount(client: Client) -> No
         for n in [*sizes, chunk, 3 * chunk + 5, *reversed(sizes)]:  # sizes up to the chunk, then down again
             assert client.echo_send(n, chunk_bytes=chunk) == n
         gc.collect()
-        held = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, rr_edge.client.__file__)])
+        held = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, rr_edge.echo.__file__)])
     finally:
         tracemalloc.stop()
     held_bytes = sum(stat.size for stat in held.statistics("filename"))
-    bound = chunk + rr_edge.client._Payloads.CACHE_BYTES  # before: every size, 36 MiB here
+    bound = chunk + rr_edge.echo._Payloads.CACHE_BYTES  # before: every size, 36 MiB here
     assert held_bytes <= bound + 64 * 1024, held_bytes
 
 

@@ -18,6 +18,8 @@ from rr_edge.errors import ArgumentError, ServerBusy, ServerError
 from rr_edge.meters import ModelMeter, PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import (
+    PER_CALL,
+    STREAMED,
     NetProfileConfig,
     fit_direction,
     log_sizes,
@@ -296,6 +298,8 @@ def test_loopback_profile_against_server(server_process: str) -> None:
         for n in config.sizes():
             assert sum(s.bytes == n for s in profile.downlink.samples) >= 3
         assert profile.energy_source == "model"
+        assert STREAMED in profile.uplink.notes and STREAMED in profile.downlink.notes  # as requests travel
+        assert profile.upload is not None and STREAMED not in profile.upload.notes  # uploads are calls of their own
         stored = client.get_network_profile("net-edge")
         assert stored is not None and stored.uplink.chosen_model == profile.uplink.chosen_model
         assert stored.downlink.samples == profile.downlink.samples
@@ -322,6 +326,37 @@ def test_loopback_profile_against_server(server_process: str) -> None:
         for name, transfer in (("uplink", "up"), ("downlink", "down")):
             chosen, error = _held_out_error(client, config, held_out, transfer)
             assert error < 0.20, f"{name}: chosen {chosen} misses held-out sizes by {error:.0%}"
+
+
+def test_a_server_without_the_echo_stream_is_timed_with_one_call_per_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server from before EchoService.Exchange answers it UNIMPLEMENTED: the sweep falls back to Send / Receive
+    calls, and each direction says so (its small messages hold a call's start-up)."""
+    import grpc
+    from _server_support import serving
+
+    import rr_server.server
+    from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
+
+    def without_exchange(servicer, server):  # type: ignore[no-untyped-def]  # the handlers an older server had
+        handlers = {
+            "Send": grpc.stream_unary_rpc_method_handler(
+                servicer.Send, rr.SendRequest.FromString, rr.SendResponse.SerializeToString
+            ),
+            "Receive": grpc.unary_stream_rpc_method_handler(
+                servicer.Receive, rr.ReceiveRequest.FromString, rr.ReceiveResponse.SerializeToString
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("roadrunner.v1.EchoService", handlers),))
+
+    monkeypatch.setattr(rr_server.server.rr_grpc, "add_EchoServiceServicer_to_server", without_exchange)
+    config = NetProfileConfig(max_mb=0.25, repeats=2, min_time_s=0.0, upload_max_mb=0)
+    with serving(tmp_path) as (server, _), Client(str(server.address)) as client:
+        profile = profile_network(client, config)
+    assert PER_CALL in profile.uplink.notes and PER_CALL in profile.downlink.notes
+    assert {s.bytes for s in profile.uplink.samples} == set(config.sizes())
+    assert "no EchoService.Exchange" in caplog.text
 
 
 def test_a_sweep_stopped_by_max_transfer_s_says_so_and_builds_no_probe_past_it(

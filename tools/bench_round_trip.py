@@ -5,13 +5,12 @@
 
 The testbed's veth links have almost no round trip (tc netem, which adds delay, is absent here), so this tool puts
 a TCP relay (`DelayRelay`) between the edge and an in-process rr-server. The relay delivers every chunk `delay` ms
-after it arrived, in each direction, paced at `--rate-mbps`: a link whose round trip is twice the delay. Per delay: a
-network profile through the relay (echo sizes to 2 MiB, no upload probes), then `--requests` requests of two plans
-that offload a whole conv chain (8 KiB and 1 MiB tensors). For each, the median network time of a round trip (its
-time less the server's reported run) beside what the plan charges: `rr_edge.netmodel.round_trip_ms` (the round trip
-once) and the two echo curves summed (each holds one round trip: the cost model before this tool). `drift` is the
-runner's learnt uplink factor after the requests (1.0: the link is as predicted). Prints one JSON object.
-"""
+after it arrived, in each direction, paced at `--rate-mbps`: a link whose round trip is twice the delay. Per delay:
+two network profiles through the relay (echo sizes to 2 MiB, no upload probes), one timed on an open echo stream
+(`streamed`, what netprofile does) and one with an echo call per transfer (`per_call`, what it did before
+EchoService.Exchange), then `--requests` requests of two plans that offload a whole conv chain (8 KiB and 1 MiB
+tensors). For each, the median network time of a round trip (its time less the server's reported run) beside what
+each profile charges for it (`rr_edge.netmodel.round_trip_ms`). Prints one JSON object."""
 
 from __future__ import annotations
 
@@ -35,6 +34,7 @@ from rr_server import Server, ServerConfig
 from tools.bench_runner import conv_chain
 
 WARMUP = 3
+Link = tuple[NetworkModel, NetworkModel]  # uplink, downlink
 
 
 class DelayRelay:
@@ -107,40 +107,43 @@ class DelayRelay:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-def requests(client: Client, uplink: NetworkModel, downlink: NetworkModel, size: int, n: int) -> dict[str, Any]:
-    """`n` requests of a plan that offloads a 2-layer conv chain of 16 x `size`^2 tensors, timed after warm-ups."""
+def requests(client: Client, curves: dict[str, Link], size: int, n: int) -> dict[str, Any]:
+    """`n` requests of a plan that offloads a 2-layer conv chain of 16 x `size`^2 tensors, timed after warm-ups, and
+    what each pair of `curves` predicts for them."""
     model = conv_chain(layers=2, channels=16, size=size).SerializeToString()
     x = np.random.default_rng(0).standard_normal((1, 16, size, size)).astype(np.float32)
-    with Runner(PlanSlices((-1, 1), None, model, None, "all"), client, uplink=uplink, downlink=downlink) as runner:
+    with Runner(PlanSlices((-1, 1), None, model, None, "all"), client) as runner:
         for _ in range(WARMUP):
             runner.run(x)
-        runner.link.uplink, runner.link.downlink = uplink, downlink  # learn from the timed requests only
         results = [runner.run(x) for _ in range(n)]
-        drift = runner.link.uplink.drift if runner.link.uplink else float("nan")
     up, down = results[0].bytes_up, results[0].bytes_down
     measured = statistics.median(r.remote_ms - (r.server_ms or 0.0) for r in results)
-    now, before = round_trip_ms(uplink, downlink, up, down), uplink.predict_ms(up) + downlink.predict_ms(down)
-    return {
-        "bytes_up": up,
-        "bytes_down": down,
-        "network_ms": round(measured, 2),
-        "predicted_ms": round(now, 2),
-        "predicted_over_measured": round(now / measured, 3),
-        "two_curves_ms": round(before, 2),
-        "two_curves_over_measured": round(before / measured, 3),
-        "drift": round(drift, 3),
-    }
+    out: dict[str, Any] = {"bytes_up": up, "bytes_down": down, "network_ms": round(measured, 2)}
+    for name, (uplink, downlink) in curves.items():
+        predicted = round_trip_ms(uplink, downlink, up, down)
+        out[name] = {"predicted_ms": round(predicted, 2), "predicted_over_measured": round(predicted / measured, 3)}
+    return out
 
 
 def one_delay(address: str, delay_ms: float, rate_Bps: float, n: int) -> dict[str, Any]:
+    """Through a relay of `delay_ms` each way: the link profiled both ways (on an open echo stream, and with one
+    echo call per transfer, side by side), then the requests of two plans beside what each profile predicts."""
     with DelayRelay(address, delay_ms / 1e3, rate_Bps) as relay, Client(relay.address) as client:
-        profile = profile_network(client, NetProfileConfig(max_mb=2, upload_max_mb=0, min_time_s=0.2))
-        uplink, downlink = NetworkModel.from_dict(profile.uplink.model), NetworkModel.from_dict(profile.downlink.model)
+        curves: dict[str, Link] = {}
+        for name, stream in (("streamed", True), ("per_call", False)):
+            config = NetProfileConfig(max_mb=2, upload_max_mb=0, min_time_s=0.2, stream=stream)
+            profile = profile_network(client, config)
+            curves[name] = (
+                NetworkModel.from_dict(profile.uplink.model),
+                NetworkModel.from_dict(profile.downlink.model),
+            )
         return {
             "one_way_delay_ms": delay_ms,
-            "curves_at_0_bytes_ms": [round(uplink.predict_ms(0), 2), round(downlink.predict_ms(0), 2)],
-            "small": requests(client, uplink, downlink, 16, n),
-            "large": requests(client, uplink, downlink, 128, n),
+            "curves_at_0_bytes_ms": {
+                name: [round(up.predict_ms(0), 2), round(down.predict_ms(0), 2)] for name, (up, down) in curves.items()
+            },
+            "small": requests(client, curves, 16, n),
+            "large": requests(client, curves, 128, n),
         }
 
 
