@@ -13,12 +13,14 @@ that failed or timed out is dropped and the next exchange opens a new one.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import logging
 import math
 import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -27,9 +29,17 @@ from rr_edge._status import server_error
 from rr_edge.errors import ServerError, ServerUnavailable
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 
-__all__ = ["EchoStream", "payload"]
+if TYPE_CHECKING:
+    from rr_edge.client import Client
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PER_CALL", "STREAMED", "EchoStream", "echo_transfers", "payload"]
 
 _END = None  # queued to half-close the stream
+# How a profile's transfers were timed (`echo_transfers`; a network direction's note).
+STREAMED = "timed as exchanges on one open echo stream, as inference requests travel"
+PER_CALL = "timed with one echo call per transfer: each holds a call's start-up, which a streamed request does not pay"
 
 
 class EchoStream:
@@ -115,6 +125,45 @@ class EchoStream:
         if call is not None:
             self._requests.put(_END)
             call.cancel()
+
+
+def echo_transfers(
+    client: Client,
+    stack: contextlib.ExitStack,
+    chunk_bytes: int | None = None,
+    warmup: int = 3,
+    warmup_bytes: int = 1024,
+    stream: bool = True,
+) -> tuple[Callable[[int], object], Callable[[int], object], str]:
+    """Uplink and downlink transfers of n bytes to time, warmed up, and how they travel (`STREAMED` or `PER_CALL`):
+    exchanges on one open echo stream (closed with `stack`), as the runner's requests travel on their inference
+    stream, or, without `stream` or from a server without `EchoService.Exchange`, one echo call per transfer, which
+    also pays for starting the call (about 1.2 ms on loopback: small tensors on a fast link were charged three times
+    their network time). A busy server is not waited out inside a transfer (ServerBusy): time it outside."""
+    if stream:
+        echo = stack.enter_context(client.echo_stream(chunk_bytes))
+        try:
+            for _ in range(warmup):  # untimed
+                echo.exchange(warmup_bytes, 0)
+                echo.exchange(0, warmup_bytes)
+        except ServerError as exc:
+            if exc.code != "UNIMPLEMENTED":
+                raise
+            log.warning("the server has no EchoService.Exchange: timing one echo call per transfer, whose start-up "
+                        "a request on an open stream does not pay (small messages are costed high)")  # fmt: skip
+        else:
+            return (lambda n: echo.exchange(n, 0)), (lambda n: echo.exchange(0, n)), STREAMED
+
+    def up(n: int) -> object:
+        return client.echo_send(n, chunk_bytes, busy_wait_s=0)
+
+    def down(n: int) -> object:
+        return client.echo_receive(n, chunk_bytes, busy_wait_s=0)
+
+    for _ in range(warmup):  # untimed: the client may wait out a busy server itself
+        client.echo_send(warmup_bytes, chunk_bytes)
+        client.echo_receive(warmup_bytes, chunk_bytes)
+    return up, down, PER_CALL
 
 
 class _Payloads:

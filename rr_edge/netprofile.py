@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rr_edge.echo import echo_transfers
 from rr_edge.errors import ArgumentError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.netmodel import NetworkModel, fit_network_model
@@ -69,11 +70,6 @@ PROBE_OVERHEAD_BYTES = 256  # an upload probe's graph and framing beyond its wei
 MAX_TRANSFERS_PER_SIZE = 500
 BUSY_WAIT_S = 60.0  # longest a measurement waits out a server with no stream slot free, in all
 MiB = 1024 * 1024
-# A direction's note on how its transfers were timed (`_echo_transfers`).
-STREAMED = "timed as exchanges on one open echo stream, as inference requests travel"
-PER_CALL = (
-    "timed with one echo call per transfer (the server has no EchoService.Exchange): each holds a call's start-up"
-)
 
 
 @dataclass(frozen=True)
@@ -370,43 +366,8 @@ def profile_network(
     """Measure both directions against the server `client` is connected to and fit them."""
     cfg = config or NetProfileConfig()
     with contextlib.ExitStack() as stack:
-        up, down, how = _echo_transfers(client, cfg, stack)
+        up, down, how = echo_transfers(client, stack, cfg.chunk_bytes, cfg.warmup, cfg.min_bytes, cfg.stream)
         return _profile(client, cfg, up, down, how, meter, progress)
-
-
-def _echo_transfers(
-    client: Client, cfg: NetProfileConfig, stack: contextlib.ExitStack
-) -> tuple[Callable[[int], object], Callable[[int], object], str]:
-    """The uplink and downlink transfers the sweep times, warmed up, and how they travel: exchanges on one open echo
-    stream (`rr_edge.echo.EchoStream`), as the runner's requests travel on their inference stream, or, from a server
-    without `EchoService.Exchange`, one echo call per transfer, which also pays for starting the call (about 1.2 ms
-    on loopback: small tensors on a fast link were charged three times their network time). Busy refusals are
-    waited out by measure_direction, outside the timing."""
-    chunk = cfg.chunk_bytes
-    if cfg.stream:
-        stream = stack.enter_context(client.echo_stream(chunk))
-        try:
-            for _ in range(cfg.warmup):  # untimed
-                stream.exchange(cfg.min_bytes, 0)
-                stream.exchange(0, cfg.min_bytes)
-        except ServerError as exc:
-            if exc.code != "UNIMPLEMENTED":
-                raise
-            log.warning("the server has no EchoService.Exchange: timing one echo call per transfer, whose start-up "
-                        "a request on an open stream does not pay (small messages are costed high)")  # fmt: skip
-        else:
-            return (lambda n: stream.exchange(n, 0)), (lambda n: stream.exchange(0, n)), STREAMED
-
-    def up(n: int) -> object:
-        return client.echo_send(n, chunk, busy_wait_s=0)
-
-    def down(n: int) -> object:
-        return client.echo_receive(n, chunk, busy_wait_s=0)
-
-    for _ in range(cfg.warmup):  # untimed: the client may wait out a busy server itself
-        client.echo_send(cfg.min_bytes, chunk)
-        client.echo_receive(cfg.min_bytes, chunk)
-    return up, down, PER_CALL
 
 
 def _profile(

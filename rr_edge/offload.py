@@ -10,6 +10,7 @@ and turns a split into runnable slices.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from rr_edge import neurosurgeon
 from rr_edge.baselines import all_baselines
 from rr_edge.blocks import BlockGraph
 from rr_edge.client import Client, Prediction, ServerInfo, slice_id_of
+from rr_edge.echo import echo_transfers
 from rr_edge.errors import ArgumentError, ModelError, PredictionsPending, RoadRunnerError
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
@@ -327,22 +329,27 @@ def replan_with_probe(
     client: Client, report: PlanReport, graph: BlockGraph, amortize_over: int | None = None
 ) -> PlanReport:
     """Plan again with the link as measured now: echoes of two sizes each way (`LINK_PROBE_SMALL_BYTES`,
-    `LINK_PROBE_BYTES`), against the plan's network models (their fixed cost and cost per byte scaled to them,
-    `NetworkModel.rescaled`). A run whose plan is local measures no network, so a link that got faster went unnoticed
-    for the rest of the run (testbed: local at 20 Mbit/s for 200 requests after the link went to 200).
-    `amortize_over`: the requests a new slice's upload is spread over now."""
+    `LINK_PROBE_BYTES`), timed as the network profile was (`rr_edge.echo.echo_transfers`), against the plan's
+    network models (their fixed cost and cost per byte scaled to them, `NetworkModel.rescaled`). A run whose plan is
+    local measures no network, so a link that got faster went unnoticed for the rest of the run (testbed: local at 20
+    Mbit/s for 200 requests after the link went to 200). `amortize_over`: the requests a new slice's upload is spread
+    over now."""
     costs = report.costs
 
-    def echo_ms(echo: Callable[..., Any], nbytes: int) -> float:
+    def echo_ms(transfer: Callable[[int], object], nbytes: int) -> float:
         start = time.perf_counter()
-        echo(nbytes, busy_wait_s=0)
+        transfer(nbytes)
         return (time.perf_counter() - start) * 1e3
 
     measured = []
-    for model, echo in ((costs.uplink, client.echo_send), (costs.downlink, client.echo_receive)):
-        small = float(np.median([echo_ms(echo, LINK_PROBE_SMALL_BYTES) for _ in range(LINK_PROBE_SMALL_REPEATS)]))
-        large = echo_ms(echo, LINK_PROBE_BYTES)
-        measured.append(model.rescaled((LINK_PROBE_SMALL_BYTES, small), (LINK_PROBE_BYTES, large)))
+    with contextlib.ExitStack() as stack:
+        up, down, _ = echo_transfers(client, stack, warmup=1, warmup_bytes=LINK_PROBE_SMALL_BYTES)
+        for model, transfer in ((costs.uplink, up), (costs.downlink, down)):
+            small = [echo_ms(transfer, LINK_PROBE_SMALL_BYTES) for _ in range(LINK_PROBE_SMALL_REPEATS)]
+            large = echo_ms(transfer, LINK_PROBE_BYTES)
+            measured.append(
+                model.rescaled((LINK_PROBE_SMALL_BYTES, float(np.median(small))), (LINK_PROBE_BYTES, large))
+            )
     options = dict(report.options)
     if amortize_over is not None:
         options["amortize_over"] = max(int(amortize_over), 1)

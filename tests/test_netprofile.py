@@ -14,12 +14,11 @@ from _retry import retry_once
 from _server_process import ServerProcess
 
 from rr_edge.client import Client, slice_id_of
+from rr_edge.echo import PER_CALL, STREAMED
 from rr_edge.errors import ArgumentError, ServerBusy, ServerError
 from rr_edge.meters import ModelMeter, PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.netprofile import (
-    PER_CALL,
-    STREAMED,
     NetProfileConfig,
     fit_direction,
     log_sizes,
