@@ -1,11 +1,12 @@
 """Benchmark: a request's network time on a link with a round trip, against what the plan charges for it
 (docs/performance.md "A request's round trip").
 
-    PYTHONPATH=. .venv/bin/python -m tools.bench_round_trip [--delays-ms 0,5,20] [--rate-mbps 160] [--requests 15]
+    PYTHONPATH=. .venv/bin/python -m tools.bench_round_trip [--delays-ms direct,0,5,20] [--rate-mbps 160]
 
 The testbed's veth links have almost no round trip (tc netem, which adds delay, is absent here), so this tool puts
 a TCP relay (`DelayRelay`) between the edge and an in-process rr-server. The relay delivers every chunk `delay` ms
-after it arrived, in each direction, paced at `--rate-mbps`: a link whose round trip is twice the delay. Per delay:
+after it arrived, in each direction, paced at `--rate-mbps`: a link whose round trip is twice the delay (`direct`:
+no relay, the server on loopback, where a call's start-up weighs most). Per delay:
 two network profiles through the relay (echo sizes to 2 MiB, no upload probes), one timed on an open echo stream
 (`streamed`, what netprofile does) and one with an echo call per transfer (`per_call`, what it did before
 EchoService.Exchange), then `--requests` requests of two plans that offload a whole conv chain (8 KiB and 1 MiB
@@ -125,10 +126,14 @@ def requests(client: Client, curves: dict[str, Link], size: int, n: int) -> dict
     return out
 
 
-def one_delay(address: str, delay_ms: float, rate_Bps: float, n: int) -> dict[str, Any]:
-    """Through a relay of `delay_ms` each way: the link profiled both ways (on an open echo stream, and with one
-    echo call per transfer, side by side), then the requests of two plans beside what each profile predicts."""
-    with DelayRelay(address, delay_ms / 1e3, rate_Bps) as relay, Client(relay.address) as client:
+def one_delay(address: str, delay_ms: float | None, rate_Bps: float, n: int) -> dict[str, Any]:
+    """Through a relay of `delay_ms` each way (None: straight to the server on loopback): the link profiled both ways
+    (on an open echo stream, and with one echo call per transfer, side by side), then the requests of two plans
+    beside what each profile predicts."""
+    with contextlib.ExitStack() as stack:
+        if delay_ms is not None:
+            address = stack.enter_context(DelayRelay(address, delay_ms / 1e3, rate_Bps)).address
+        client = stack.enter_context(Client(address))
         curves: dict[str, Link] = {}
         for name, stream in (("streamed", True), ("per_call", False)):
             config = NetProfileConfig(max_mb=2, upload_max_mb=0, min_time_s=0.2, stream=stream)
@@ -149,11 +154,15 @@ def one_delay(address: str, delay_ms: float, rate_Bps: float, n: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--delays-ms", default="0,5,20", help="one-way delays of the relay, ms (comma-separated)")
+    p.add_argument(
+        "--delays-ms",
+        default="direct,0,5,20",
+        help="one-way delays of the relay, ms (comma-separated); direct: no relay, loopback straight to the server",
+    )
     p.add_argument("--rate-mbps", type=float, default=160.0, help="the relay's rate each way, Mbit/s")
     p.add_argument("--requests", type=int, default=15, help="timed requests per plan")
     args = p.parse_args(argv)
-    delays = [float(d) for d in args.delays_ms.split(",")]
+    delays = [None if d == "direct" else float(d) for d in args.delays_ms.split(",")]
     with tempfile.TemporaryDirectory() as tmp, Server(ServerConfig(data_dir=Path(tmp), listen="127.0.0.1:0")) as srv:
         assert srv.address is not None
         runs = [one_delay(srv.address, d, args.rate_mbps * 1e6 / 8, args.requests) for d in delays]
