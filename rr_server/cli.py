@@ -29,7 +29,7 @@ from rr_server.config import (
     ServerConfig,
     TlsConfig,
 )
-from rr_server.memory_limit import DEFAULT_FRACTION, GPU_PROVIDERS, default_limit, limit_memory
+from rr_server.memory_limit import DEFAULT_FRACTION, default_limit, limit_memory, uses_gpu
 
 log = logging.getLogger("rr_server")
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = Server(config_from_args(args))
-        _limit_memory(args, gpu=any(p.startswith(GPU_PROVIDERS) for p in server.providers))
+        _limit_memory(args, gpu=uses_gpu(server.providers))
         address = server.start()
     except sqlite3.DatabaseError as exc:  # damaged, not a database, unreadable: one line, not a traceback
         log.error("cannot start: the database in --data-dir %s: %s", args.data_dir, exc)

@@ -20,14 +20,19 @@ from __future__ import annotations
 import logging
 import resource
 
-__all__ = ["DEFAULT_FRACTION", "GPU_PROVIDERS", "data_bytes", "default_limit", "limit_memory"]
+__all__ = ["DEFAULT_FRACTION", "GPU_PROVIDERS", "data_bytes", "default_limit", "limit_memory", "uses_gpu"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTION = 0.75  # of the machine's (or cgroup's) memory: the rest for the page cache and other processes
 # Execution providers under which the server sets no bound by default: their drivers map memory of their own, which
 # may count against it (not tried on a GPU machine yet).
-GPU_PROVIDERS = ("CUDA", "TensorRT", "ROCM", "MIGraphX")
+GPU_PROVIDERS = ("cuda", "tensorrt", "rocm", "migraphx")  # lower case: TensorrtExecutionProvider, ...
+
+
+def uses_gpu(providers: list[str] | tuple[str, ...]) -> bool:
+    """Whether any of these ONNX Runtime execution providers is a GPU's (`GPU_PROVIDERS`, in any case)."""
+    return any(p.lower().startswith(GPU_PROVIDERS) for p in providers)
 
 
 def default_limit(machine_bytes: int) -> int | None:

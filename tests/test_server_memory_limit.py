@@ -79,9 +79,12 @@ def test_a_bound_below_what_the_server_maps_is_refused_at_start(tmp_path):
     assert "cannot start" in done.stderr and "raise --max-memory-gb" in done.stderr
 
 
-def test_the_default_bound_is_a_share_of_the_machines_memory():
+def test_the_default_bound_is_a_share_of_the_machines_memory_and_none_under_a_gpu_provider():
     assert memory_limit.default_limit(16 * GIB) == int(16 * GIB * memory_limit.DEFAULT_FRACTION)
     assert memory_limit.default_limit(0) is None  # memory unknown: no bound
+    for providers in (["CUDAExecutionProvider", "CPUExecutionProvider"], ["TensorrtExecutionProvider"]):
+        assert memory_limit.uses_gpu(providers)  # TensorRT's name had not matched "TensorRT"
+    assert not memory_limit.uses_gpu(["CPUExecutionProvider"])
 
 
 def test_the_bound_keeps_a_lower_hard_limit():
