@@ -29,7 +29,7 @@ from rr_server.config import (
     ServerConfig,
     TlsConfig,
 )
-from rr_server.memory_limit import DEFAULT_FRACTION, default_limit, limit_memory, uses_gpu
+from rr_server.memory_limit import exit_when_serving_stops, limit_memory
 
 log = logging.getLogger("rr_server")
 
@@ -103,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-memory-gb",
-        type=non_negative_float,
-        help="bound on the server process's memory (its data segment): a request whose tensors would pass it fails "
-        "with RESOURCE_EXHAUSTED instead of the server being killed for memory; 0: no bound (default "
-        f"{DEFAULT_FRACTION:g} of the machine's or cgroup's memory; none with a GPU provider)",
+        type=positive_float,
+        help="bound on the address space the server process maps (its data segment; an idle server maps about 0.2 "
+        "GiB, each thread 8 MiB): a request whose tensors would pass it fails with RESOURCE_EXHAUSTED instead of "
+        "the server being killed for memory (default: no bound)",
     )
     p.add_argument(
         "--providers", default="cuda,cpu", help="execution providers in order of preference (default %(default)s)"
@@ -196,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, value, unit in (
         ("--max-slice-mb", args.max_slice_mb, 2**20),
         ("--max-store-gb", args.max_store_gb, 2**30),
-        ("--max-memory-gb", args.max_memory_gb or None, 2**30),
+        ("--max-memory-gb", args.max_memory_gb, 2**30),
     ):
         if value is None:
             continue
@@ -207,21 +207,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_store_gb is not None and _bytes(args.max_store_gb, 2**30) < _bytes(args.max_slice_mb, 2**20):
         p.error("--max-store-gb must hold at least one slice of --max-slice-mb")
     return args
-
-
-def _limit_memory(args: argparse.Namespace, gpu: bool) -> None:
-    """Bound the process's memory as --max-memory-gb says; absent, by the default share of the machine's memory,
-    except on a GPU server (a GPU driver's mappings may count against the bound: set there, it is the user's)."""
-    from rr_edge.device import memory_bytes  # imports onnxruntime: after the check for the server's extra
-
-    if args.max_memory_gb is None and gpu:
-        log.info("no memory bound by default with a GPU provider; --max-memory-gb sets one")
-        return
-    if args.max_memory_gb == 0:
-        return
-    bound = default_limit(memory_bytes()) if args.max_memory_gb is None else _bytes(args.max_memory_gb, 2**30)
-    if bound is not None:
-        limit_memory(bound)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -278,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = Server(config_from_args(args))
-        _limit_memory(args, gpu=uses_gpu(server.providers))
+        if args.max_memory_gb is not None:
+            limit_memory(_bytes(args.max_memory_gb, 2**30))
+        exit_when_serving_stops()
         address = server.start()
     except sqlite3.DatabaseError as exc:  # damaged, not a database, unreadable: one line, not a traceback
         log.error("cannot start: the database in --data-dir %s: %s", args.data_dir, exc)

@@ -1,4 +1,4 @@
-"""A bound on the server process's memory, so that a request too big for the machine fails instead of the server.
+"""An optional bound on the server process's memory, and the exit that keeps a failed allocation from hanging it.
 
 A slice may allocate as much as its inputs' *values* ask for: an Expand, Tile, ConstantOfShape or Range sized by an
 input tensor is only known when it runs, and so is every tensor after it. Without a bound the allocation succeeds
@@ -8,36 +8,26 @@ Runtime's tensors and numpy's arrays live), so such an allocation fails at once:
 (RESOURCE_EXHAUSTED for that request, `rr_server.sessions`), numpy a MemoryError (the same, `rr_server.interceptor`),
 and the server serves the next request.
 
-The bound counts address space the process has mapped, not only the pages it touched (thread stacks, the heap that
-`rr_proto.allocator.tune_allocator` keeps for reuse); an idle server maps about 200 MB. Applied by the `rr-server`
-entry point (`--max-memory-gb`, default `DEFAULT_FRACTION` of the memory the machine or its cgroup gives), not by the
-library: an application that embeds the server decides for its own process. With a GPU provider there is no default
-bound (`GPU_PROVIDERS`); `--max-memory-gb` sets one there too.
+The bound is opt-in (`rr-server --max-memory-gb`): it counts address space, not memory in use (every thread's 8 MiB
+stack, the heap `rr_proto.allocator.tune_allocator` keeps for reuse; an idle server maps about 200 MB, one with 80
+open streams about 700 MB), and past it an allocation fails in any thread, gRPC's own included. gRPC's serving
+thread then dies and the process answers nothing more, SIGTERM included (found by review): `exit_when_serving_stops`
+makes the process exit instead, so that a supervisor restarts it, as after an OOM kill. Applied by the `rr-server`
+entry point, not by the library: an application that embeds the server decides for its own process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import threading
 
-__all__ = ["DEFAULT_FRACTION", "GPU_PROVIDERS", "data_bytes", "default_limit", "limit_memory", "uses_gpu"]
+__all__ = ["SERVING_THREAD_DIED", "data_bytes", "exit_when_serving_stops", "limit_memory"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FRACTION = 0.75  # of the machine's (or cgroup's) memory: the rest for the page cache and other processes
-# Execution providers under which the server sets no bound by default: their drivers map memory of their own, which
-# may count against it (not tried on a GPU machine yet).
-GPU_PROVIDERS = ("cuda", "tensorrt", "rocm", "migraphx")  # lower case: TensorrtExecutionProvider, ...
-
-
-def uses_gpu(providers: list[str] | tuple[str, ...]) -> bool:
-    """Whether any of these ONNX Runtime execution providers is a GPU's (`GPU_PROVIDERS`, in any case)."""
-    return any(p.lower().startswith(GPU_PROVIDERS) for p in providers)
-
-
-def default_limit(machine_bytes: int) -> int | None:
-    """The default bound for a machine with `machine_bytes` of memory (None when that is unknown: no bound)."""
-    return int(machine_bytes * DEFAULT_FRACTION) if machine_bytes > 0 else None
+SERVING_THREAD_DIED = 70  # the exit status when gRPC's serving thread died (EX_SOFTWARE)
 
 
 def limit_memory(max_bytes: int) -> int:
@@ -49,11 +39,26 @@ def limit_memory(max_bytes: int) -> int:
     if in_use is not None and bound <= in_use:
         raise ValueError(
             f"a memory bound of {bound:,} bytes is below the {in_use:,} bytes this process already maps; "
-            "raise --max-memory-gb (0: no bound)"
+            "raise --max-memory-gb"
         )
     resource.setrlimit(resource.RLIMIT_DATA, (bound, hard))
     log.info("memory bound: %.2f GiB of data segment (was %s)", bound / 2**30, _describe(soft))
     return bound
+
+
+def exit_when_serving_stops() -> None:
+    """Exit the process (status SERVING_THREAD_DIED) when gRPC's serving thread dies of an exception (a failed
+    allocation or thread start under the memory bound): it would stay alive answering nothing."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        previous(args)
+        if args.thread is not None and args.thread.name.endswith("(_serve)"):  # grpc._server's _serve loop
+            log.critical("gRPC's serving thread died of %s: exiting", args.exc_type.__name__)
+            logging.shutdown()
+            os._exit(SERVING_THREAD_DIED)
+
+    threading.excepthook = hook
 
 
 def data_bytes() -> int | None:
