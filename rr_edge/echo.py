@@ -18,6 +18,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import grpc
 import numpy as np
 
 from rr_edge._status import server_error
-from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class EchoStream:
         self._open_call, self._payload, self._timeout_s = open_call, payload, timeout_s
         self._chunk = chunk_bytes
         self._call: Any = None
+        self._closed = False
         self._requests: queue.SimpleQueue[pb.ExchangeRequest | None] = queue.SimpleQueue()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="echo-stream")
 
@@ -68,6 +70,8 @@ class EchoStream:
         """Send `send_bytes` bytes and wait for the answer of `reply_bytes` bytes."""
         if send_bytes < 0 or reply_bytes < 0:
             raise ValueError(f"an exchange moves bytes >= 0, got {send_bytes} and {reply_bytes}")
+        if self._closed:  # opened again, it would hold a server slot no one ends (found by review)
+            raise ServerUnavailable(f"{self.what}: the stream is closed", "CANCELLED")
         if self._call is None:
             self._open()
         for request in self._transfer(send_bytes, reply_bytes):
@@ -82,9 +86,9 @@ class EchoStream:
         except grpc.RpcError as exc:
             self._drop()
             raise server_error(exc, self.what) from None
-        except StopIteration:
+        if received is None:
             self._drop()
-            raise ServerUnavailable(f"{self.what}: the server ended the stream", "UNAVAILABLE") from None
+            raise ServerUnavailable(f"{self.what}: the server ended the stream", "UNAVAILABLE")
         if received != reply_bytes:
             self._drop()
             raise ServerError(f"{self.what}: got {received} of {reply_bytes} bytes", "DATA_LOSS")
@@ -98,11 +102,19 @@ class EchoStream:
         yield pb.ExchangeRequest(payload=self._payload(last), reply_bytes=reply_bytes, reply_chunk_bytes=self._chunk)
 
     @staticmethod
-    def _receive(call: Any, responses: int) -> int:
-        return sum(len(next(call).payload) for _ in range(responses))
+    def _receive(call: Any, responses: int) -> int | None:
+        """The bytes of the next `responses` answers; None when the stream ends before them."""
+        received = 0
+        for _ in range(responses):
+            response = next(call, None)
+            if response is None:
+                return None
+            received += len(response.payload)
+        return received
 
     def close(self) -> None:
         """End the stream (half-close, then cancel whatever is left) and its reader thread. Idempotent."""
+        self._closed = True
         self._drop()
         self._reader.shutdown(wait=False, cancel_futures=True)
 
@@ -143,9 +155,9 @@ def echo_transfers(
     if stream:
         echo = stack.enter_context(client.echo_stream(chunk_bytes))
         try:
-            for _ in range(warmup):  # untimed
-                echo.exchange(warmup_bytes, 0)
-                echo.exchange(0, warmup_bytes)
+            for _ in range(warmup):  # untimed: a busy server is waited out, as the per-call warm-up waits it out
+                _waiting_out_busy(lambda: echo.exchange(warmup_bytes, 0), client.options.busy_wait_s)
+                _waiting_out_busy(lambda: echo.exchange(0, warmup_bytes), client.options.busy_wait_s)
         except ServerError as exc:
             if exc.code != "UNIMPLEMENTED":
                 raise
@@ -164,6 +176,19 @@ def echo_transfers(
         client.echo_send(warmup_bytes, chunk_bytes)
         client.echo_receive(warmup_bytes, chunk_bytes)
     return up, down, PER_CALL
+
+
+def _waiting_out_busy(call: Callable[[], object], busy_wait_s: float) -> None:
+    """`call()`, tried again after each busy refusal's pushback for up to `busy_wait_s` in all (then ServerBusy)."""
+    give_up = time.monotonic() + busy_wait_s
+    while True:
+        try:
+            call()
+            return
+        except ServerBusy as exc:
+            if time.monotonic() + exc.pause_s() > give_up:
+                raise
+            time.sleep(exc.pause_s())
 
 
 class _Payloads:

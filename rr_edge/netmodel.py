@@ -170,7 +170,7 @@ class NetworkModel:
         e = self.energy_coeffs
         if e is None or e[0] < 0 or e[1] < 0:
             return None
-        return e[0] * self.drift, e[1] * self.drift
+        return e[0] * self.fixed_drift * self.drift, e[1] * self.drift
 
     def _fixed_shift(self) -> float:
         """What `fixed_drift` adds to the fitted curve at every size (ms, before `drift`)."""
@@ -202,7 +202,8 @@ class NetworkModel:
         if self.energy_coeffs is None:
             raise ValueError("this network model has no energy profile")
         x = np.asarray(nbytes, dtype=np.float64)
-        out = np.maximum(self.energy_coeffs[0] + self.energy_coeffs[1] * x, 0.0) * self.drift
+        e0, e1 = self.energy_coeffs  # the fixed part scales as the fixed time does (review)
+        out = np.maximum(e0 * self.fixed_drift + e1 * x, 0.0) * self.drift
         return float(out) if out.ndim == 0 else out
 
     def update(self, nbytes: Any, ms: Any, alpha: float | None = None) -> NetworkModel:

@@ -367,18 +367,19 @@ def profile_network(
     cfg = config or NetProfileConfig()
     with contextlib.ExitStack() as stack:
         up, down, how = echo_transfers(client, stack, cfg.chunk_bytes, cfg.warmup, cfg.min_bytes, cfg.stream)
-        return _profile(client, cfg, up, down, how, meter, progress)
+        return _profile(client, cfg, (up, down, how, stack.close), meter, progress)
 
 
 def _profile(
     client: Client,
     cfg: NetProfileConfig,
-    up: Callable[[int], object],
-    down: Callable[[int], object],
-    how: str,
+    echo: tuple[Callable[[int], object], Callable[[int], object], str, Callable[[], None]],
     meter: Meter | None,
     progress: Progress | None,
 ) -> NetworkProfile:
+    """The sweep: `echo` is (uplink transfer, downlink transfer, how they travel, what ends them), ended before
+    the upload probes (an open echo stream took the one stream slot a small server has for them: review)."""
+    up, down, how, end_echo = echo
     sizes = cfg.sizes()
     probe_sizes = _upload_probe_sizes(cfg, client.server_info().max_slice_bytes if cfg.upload_sizes() else 0)
     probes: dict[int, bytes] = {}  # by weight bytes, built as the sweep reaches them (outside the timing)
@@ -424,6 +425,7 @@ def _profile(
 
     uplink, downlink = measure("uplink", up, sizes, "tx"), measure("downlink", down, sizes, "rx")
     assert uplink is not None and downlink is not None  # with_bandwidth raises for them
+    end_echo()
     upload = None
     if probe_sizes:
         try:

@@ -195,9 +195,9 @@ def evaluate_all(inputs: PlanInputs) -> PlanTable:
         if not exact:  # a lower bound for pruning; the exact cost is added per cell
             upload = Upload(pw, inputs)
             ms_terms = inputs.weight_link.affine_lower_bound()
-            e = inputs.weight_link.energy_coeffs  # max(e0 + e1 x, 0) * drift >= (e0 + e1 x) * drift
-            d, tx = inputs.weight_link.drift, inputs.tx_power_W
-            mj_terms = (e[0] * d, e[1] * d) if e is not None else (tx * ms_terms[0], tx * ms_terms[1])
+            link = inputs.weight_link  # max(e0 f + e1 x, 0) * drift >= (e0 f + e1 x) * drift, f its fixed_drift
+            e, d, f, tx = link.energy_coeffs, link.drift, link.fixed_drift, inputs.tx_power_W
+            mj_terms = (e[0] * f * d, e[1] * d) if e is not None else (tx * ms_terms[0], tx * ms_terms[1])
         assert ms_terms is not None and mj_terms is not None
         folded = (
             row_ms + (ms_terms[0] - ms_terms[1] * pw) / K, col_ms + ms_terms[1] * pw[1:] / K,

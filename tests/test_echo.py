@@ -4,6 +4,7 @@ asks for; a stream that failed or got no answer in time is dropped, and the next
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -95,3 +96,59 @@ def test_an_exchange_that_gets_no_answer_in_time_is_unavailable_and_the_stream_r
             stream.exchange(1, 1)
         stream.exchange(1, 1)
         assert streams[0].wait(10) and len(streams) == 2
+
+
+def test_an_exchange_after_close_opens_nothing(tmp_path):
+    """It had opened a new call that held a server stream slot until the idle close (found by review)."""
+    with serving(tmp_path) as (server, stubs):
+        stream = _stream(stubs)
+        stream.exchange(1, 1)
+        stream.close()
+        with pytest.raises(ServerUnavailable, match="closed"):
+            stream.exchange(1, 1)
+        deadline = time.monotonic() + 10  # the server sees the cancelled call shortly
+        while server.stream_slots.in_use["other"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.stream_slots.in_use["other"] == 0
+
+
+def test_a_stream_the_server_ends_early_is_unavailable_and_dropped(tmp_path, monkeypatch):
+    """The server ends its stream (OK) without answering: a raw RuntimeError had escaped (StopIteration inside a
+    generator), with the call kept (found by review)."""
+    ended: list[bool] = []
+
+    def ends_at_once(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        next(request_iterator)
+        ended.append(True)
+        return
+        yield  # a generator, as the servicer's
+
+    monkeypatch.setattr(EchoServicer, "Exchange", ends_at_once)
+    with serving(tmp_path) as (_, stubs), _stream(stubs) as stream:
+        for _ in range(2):  # the second opens a new stream: the first was dropped
+            with pytest.raises(ServerUnavailable, match="ended the stream"):
+                stream.exchange(1, 1)
+    assert ended == [True, True]
+
+
+def test_the_streamed_warm_up_waits_out_a_busy_server(tmp_path):
+    """Another edge's echo stream holds the one slot a 16-worker server has for such streams, and ends a second
+    later: the warm-up waits for it, as the per-call warm-up did, instead of failing at once (found by review)."""
+    import contextlib
+
+    from rr_edge.client import Client
+    from rr_edge.echo import STREAMED, echo_transfers
+
+    with (
+        serving(tmp_path, workers=16) as (server, _),
+        Client(str(server.address)) as other,
+        Client(str(server.address)) as client,
+    ):
+        assert server.stream_slots.capacity["other"] == 1
+        holder = other.echo_stream(4096)
+        holder.exchange(1, 1)
+        threading.Timer(1.0, holder.close).start()
+        with contextlib.ExitStack() as stack:
+            up, _, how = echo_transfers(client, stack, warmup=1)
+            up(10)
+        assert how == STREAMED

@@ -267,3 +267,18 @@ def test_probe_times_the_two_factors_cannot_meet_give_one_factor_at_the_larger_s
         assert probed.fixed_drift == 1.0 and probed.predict_ms(262144.0) == pytest.approx(9.0)
     steep = model.rescaled((1024.0, 1.0), (262144.0, 500.0))  # a fixed cost that would be negative
     assert steep.fixed_drift == 1.0 and steep.predict_ms(262144.0) == pytest.approx(500.0)
+
+
+def test_a_rescaled_curves_energy_scales_its_fixed_part_as_its_fixed_time():
+    """Bandwidth 10x, the round trip as it was: the fixed time stays, and so must the fixed energy (it had been
+    scaled by the per-byte factor: a metered small transfer costed 10x too cheap; found by review)."""
+    sizes = np.array([1e3, 1e4, 1e5, 1e6, 1e7])
+    fit = fit_network_model(sizes, 1.0 + sizes / 1000.0, 2.0 + sizes * 1e-3)
+    model = fit.affine
+    now = lambda n: 1.0 + n / 10_000.0  # noqa: E731
+    probed = model.rescaled((1024.0, now(1024.0)), (262144.0, now(262144.0)))
+    assert probed.drift == pytest.approx(0.1, rel=1e-3) and probed.fixed_drift == pytest.approx(10.0, rel=1e-3)
+    assert probed.predict_mJ(0.0) == pytest.approx(model.predict_mJ(0.0), rel=1e-3)
+    assert probed.predict_mJ(1e7) == pytest.approx(2.0 + 1e7 * 1e-4, rel=1e-3)
+    terms = probed.energy_terms()
+    assert terms is not None and terms[0] == pytest.approx(float(probed.predict_mJ(0.0)))

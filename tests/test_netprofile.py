@@ -327,6 +327,20 @@ def test_loopback_profile_against_server(server_process: str) -> None:
             assert error < 0.20, f"{name}: chosen {chosen} misses held-out sizes by {error:.0%}"
 
 
+def test_the_echo_stream_is_closed_before_the_upload_probes(tmp_path: Path) -> None:
+    """A 16-worker server has one stream slot for echo streams and uploads alike: the echo stream, kept open through
+    the upload probes, had every probe refused as busy (60 s, then no upload curve; found by review)."""
+    from _server_support import serving
+
+    config = NetProfileConfig(
+        max_mb=0.25, min_bytes=4096, repeats=2, min_time_s=0.0, warmup=1, upload_min_mb=1 / 64, upload_max_mb=1 / 4
+    )
+    with serving(tmp_path, workers=16) as (server, _), Client(str(server.address)) as client:
+        assert server.stream_slots.capacity["other"] == 1
+        profile = profile_network(client, config)
+    assert profile.upload is not None and STREAMED in profile.uplink.notes
+
+
 def test_a_server_without_the_echo_stream_is_timed_with_one_call_per_transfer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
