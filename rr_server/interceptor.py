@@ -32,7 +32,7 @@ from rr_server.auth import CALLER, TokenTable
 from rr_server.config import OPEN_STREAM_SLOTS
 from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated, as_server_error
 from rr_server.metrics import Metrics
-from rr_server.paced import paced
+from rr_server.paced import drained, paced
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,8 @@ def _wrap(
     def streaming(behavior: Callable):
         def run(request_or_iterator, context) -> Iterator:
             with policy(context):
-                yield from behavior(requests(request_or_iterator), context)
+                responses = behavior(requests(request_or_iterator), context)
+                yield from responses if idle_s is None else drained(responses, context.cancel, idle_s, method)
 
         return run
 

@@ -1,23 +1,30 @@
 """A client stream that must keep moving: `paced(requests, idle_s, method)` yields its messages, each within `idle_s`
-of the one before, else raises DeadlineExceeded.
+of the one before, else raises DeadlineExceeded; and `drained(responses, cancel, idle_s, method)` ends a call whose
+client stops reading its answers for `idle_s`.
 
 An upload, a report or an echo holds one of the server's few slots for such streams while it is open, and gRPC's
 keepalive only ends a stream whose peer stopped answering pings: seven clients that sent an upload's header and then
 nothing, while answering pings, kept every other client's uploads and reports out for good. The stream is read by a
 thread of its own, so that the wait for its next message can time out; when the call ends (the handler raised or
-returned), gRPC ends that read too, and the thread with it.
+returned), gRPC ends that read too, and the thread with it. An echo's answer that the client never reads holds its
+slot as well (gRPC waits for the client's flow control before it takes the next response): a watch thread cancels the
+call when one response has waited to be taken for `idle_s` (found by review).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rr_server.errors import DeadlineExceeded
 
 _END = object()
+
+log = logging.getLogger(__name__)
 
 
 def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
@@ -59,5 +66,35 @@ def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
             if isinstance(item, BaseException):
                 raise item
             yield item
+    finally:
+        done.set()
+
+
+def drained(responses: Iterator[Any], cancel: Callable[[], object], idle_s: float, method: str) -> Iterator[Any]:
+    """The messages of `responses`; `cancel()` is called when gRPC has not taken one that was ready for `idle_s`
+    (the client stopped reading). The time the handler takes to make a response does not count."""
+    lock = threading.Lock()
+    waiting_since: list[float | None] = [None]  # when the response now offered to gRPC was offered
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(min(idle_s, 1.0) / 4):
+            with lock:
+                since = waiting_since[0]
+            if since is not None and time.monotonic() - since > idle_s:
+                log.info("%s: the client read no answer for %g s; the stream was closed to free its slot", method,
+                         idle_s)  # fmt: skip
+                cancel()
+                return
+
+    watcher = threading.Thread(target=watch, name=f"rr-drain-{method}", daemon=True)
+    watcher.start()
+    try:
+        for response in responses:
+            with lock:
+                waiting_since[0] = time.monotonic()
+            yield response
+            with lock:
+                waiting_since[0] = None
     finally:
         done.set()

@@ -13,7 +13,7 @@ from _server_support import conv_model, serving
 from rr_edge.client import Client, slice_id_of
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.errors import DeadlineExceeded
-from rr_server.paced import paced
+from rr_server.paced import drained, paced
 
 
 def test_paced_passes_messages_and_errors_and_times_out_a_silent_stream() -> None:
@@ -78,3 +78,36 @@ def test_a_silent_upload_is_closed_and_its_slot_serves_another_client(tmp_path) 
         stop.set()
         thread.join()
         assert errors[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED and "no message" in errors[0].details()
+
+
+def test_drained_cancels_only_when_a_ready_response_waits_too_long() -> None:
+    cancelled = threading.Event()
+    slow_to_make = (time.sleep(0.3) or n for n in range(2))  # the handler's own time does not count
+    assert list(drained(slow_to_make, cancelled.set, 0.2, "M")) == [0, 1] and not cancelled.is_set()
+    responses = drained(iter(range(3)), cancelled.set, 0.2, "M")
+    assert next(responses) == 0  # then nobody takes the next one for longer than 0.2 s
+    assert cancelled.wait(5)
+    responses.close()
+
+
+@pytest.mark.parametrize("method", ["Receive", "Exchange"])
+def test_an_echo_whose_answer_is_never_read_is_closed_and_frees_its_slot(tmp_path, method) -> None:
+    """A client that asks for 256 MiB and reads none of it held its stream slot for good: the server only timed
+    out a client that sent nothing (found by review)."""
+    import queue
+
+    with serving(tmp_path / "d", workers=4, stream_idle_s=0.5) as (server, stubs):
+        if method == "Receive":
+            call = stubs.echo.Receive(rr.ReceiveRequest(bytes=256 << 20))
+        else:
+            asked: queue.SimpleQueue = queue.SimpleQueue()
+            asked.put(rr.ExchangeRequest(reply_bytes=256 << 20))
+            call = stubs.echo.Exchange(iter(asked.get, None))
+        deadline = time.monotonic() + 10
+        while server.stream_slots.in_use["other"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stream_slots.in_use["other"] == 1
+        while server.stream_slots.in_use["other"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.stream_slots.in_use["other"] == 0  # closed by the server: nobody read for 0.5 s
+        call.cancel()
