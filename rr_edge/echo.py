@@ -1,13 +1,13 @@
-"""What the network profiler sends: echo payloads (`payload`), and one open `EchoService.Exchange` stream
-(`EchoStream`, `rr_edge.client.Client.echo_stream`) on which a transfer and its answer are timed as an edge's
-inference requests travel, on a stream that is already open.
+"""What the network profiler sends and how: echo payloads (`payload`), one open `EchoService.Exchange` stream
+(`EchoStream`, made by `rr_edge.client.Client.echo_stream`), and the transfers a profile or a link probe times
+(`echo_transfers`).
 
-The network profiler times the link with it. A call-based echo (`Echo.Send` / `Echo.Receive`) also pays for
-starting a call, about 1.2 ms on loopback, which a request on the runner's open inference stream does not: small
-tensors on a fast link were charged three times their network time (docs/performance.md, "A request's round
-trip"). A transfer goes in requests of at most `chunk_bytes` and its answer comes in responses of at most that
-(`EchoService.Exchange`). Each `exchange` waits for its answer at most its deadline (`timeout_s(bytes)`); a stream
-that failed or timed out is dropped and the next exchange opens a new one.
+A transfer and its answer are timed on a stream that is already open, as an edge's inference requests travel on
+theirs. A call-based echo (`Echo.Send` / `Echo.Receive`) also pays for starting the call, about 1.2 ms on loopback,
+which a streamed request does not: small tensors on a fast link were charged three times their network time
+(docs/performance.md, "A request's round trip"). A transfer goes in requests of at most `chunk_bytes`, and its
+answer comes in responses of at most that. Each `exchange` waits for its answer at most its deadline
+(`timeout_s(bytes)`); a stream that failed or timed out is dropped, and the next exchange opens a new one.
 """
 
 from __future__ import annotations
