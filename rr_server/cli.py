@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream-idle-seconds",
         type=positive_float,
         default=DEFAULT_STREAM_IDLE_S,
-        help="close an upload, report or echo stream that sends nothing (or reads none of its answer) for this long, "
-        "freeing its slot for other clients (default %(default)g; a 1 MiB upload chunk takes 84 s at 100 kbit/s)",
+        help="close an upload, report or echo stream that sends nothing for this long (or reads none of its answer "
+        "for twice this long), freeing its slot for other clients (default %(default)g; a 1 MiB upload chunk takes "
+        "84 s at 100 kbit/s)",
     )
     p.add_argument(
         "--log-level",

@@ -52,10 +52,14 @@ def exit_when_serving_stops() -> None:
     previous = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        previous(args)
-        if args.thread is not None and args.thread.name.endswith("(_serve)"):  # grpc._server's _serve loop
+        if args.thread is None or not args.thread.name.endswith("(_serve)"):  # not grpc._server's _serve loop
+            previous(args)
+            return
+        try:  # nothing here may skip the exit: a traceback written to a closed log pipe raised (found by review)
+            previous(args)
             log.critical("gRPC's serving thread died of %s: exiting", args.exc_type.__name__)
             logging.shutdown()
+        finally:
             os._exit(SERVING_THREAD_DIED)
 
     threading.excepthook = hook

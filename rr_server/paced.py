@@ -1,6 +1,6 @@
 """A client stream that must keep moving: `paced(requests, idle_s, method)` yields its messages, each within `idle_s`
 of the one before, else raises DeadlineExceeded; and `drained(responses, cancel, idle_s, method)` ends a call whose
-client stops reading its answers for `idle_s`.
+client stops reading its answers for twice `idle_s`.
 
 An upload, a report or an echo holds one of the server's few slots for such streams while it is open, and gRPC's
 keepalive only ends a stream whose peer stopped answering pings: seven clients that sent an upload's header and then
@@ -8,7 +8,7 @@ nothing, while answering pings, kept every other client's uploads and reports ou
 thread of its own, so that the wait for its next message can time out; when the call ends (the handler raised or
 returned), gRPC ends that read too, and the thread with it. An echo's answer that the client never reads holds its
 slot as well (gRPC waits for the client's flow control before it takes the next response): a watch thread cancels the
-call when one response has waited to be taken for `idle_s` (found by review).
+call when one response has waited to be taken for twice `idle_s` (found by review).
 """
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
 
 
 def drained(responses: Iterator[Any], cancel: Callable[[], object], idle_s: float, method: str) -> Iterator[Any]:
-    """The messages of `responses`; `cancel()` is called when gRPC has not taken one that was ready for `idle_s`
-    (the client stopped reading). The time the handler takes to make a response does not count."""
+    """The messages of `responses`; `cancel()` is called when gRPC has not taken one that was ready for twice
+    `idle_s` (the client stopped reading). Twice: flow control hands responses over in bursts, so a client reading
+    steadily on a slow link waits up to about 1.4 times a response's time on the wire for the next one to be taken
+    (measured by review), where `paced` waits one request's time. The handler's time to make a response does not
+    count."""
+    limit_s = 2 * idle_s
     lock = threading.Lock()
     waiting_since: list[float | None] = [None]  # when the response now offered to gRPC was offered
     done = threading.Event()
@@ -81,9 +85,9 @@ def drained(responses: Iterator[Any], cancel: Callable[[], object], idle_s: floa
         while not done.wait(min(idle_s, 1.0) / 4):
             with lock:
                 since = waiting_since[0]
-            if since is not None and time.monotonic() - since > idle_s:
+            if since is not None and time.monotonic() - since > limit_s:
                 log.info("%s: the client read no answer for %g s; the stream was closed to free its slot", method,
-                         idle_s)  # fmt: skip
+                         limit_s)  # fmt: skip
                 cancel()
                 return
 

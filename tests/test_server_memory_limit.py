@@ -155,3 +155,34 @@ def test_a_slice_that_cannot_be_opened_for_memory_is_not_remembered_as_refused(t
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["exhausted", "True"]
+
+
+def test_the_serving_thread_exit_happens_whatever_the_previous_hook_does():
+    """The previous excepthook (Python's, writing to a log pipe whose reader went away) raised, and the exit never
+    came: the server hung as before (found by review). Another thread's death only reaches the previous hook."""
+    script = textwrap.dedent(
+        """
+        import os, threading
+        from rr_server.memory_limit import exit_when_serving_stops
+
+        seen = []
+        def raising(args):
+            seen.append(args.thread.name)
+            raise OSError("the log pipe is closed")
+        threading.excepthook = raising
+        exit_when_serving_stops()
+
+        def fail():
+            raise MemoryError
+
+        other = threading.Thread(target=fail, name="worker")
+        other.start(); other.join()
+        print("alive after", seen, flush=True)
+        serving = threading.Thread(target=fail, name="Thread-1 (_serve)")
+        serving.start(); serving.join()
+        print("still alive", flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == memory_limit.SERVING_THREAD_DIED, done.stderr[-2000:]
+    assert done.stdout.split("\n")[0] == "alive after ['worker']" and "still alive" not in done.stdout

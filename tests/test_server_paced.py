@@ -85,7 +85,7 @@ def test_drained_cancels_only_when_a_ready_response_waits_too_long() -> None:
     slow_to_make = (time.sleep(0.3) or n for n in range(2))  # the handler's own time does not count
     assert list(drained(slow_to_make, cancelled.set, 0.2, "M")) == [0, 1] and not cancelled.is_set()
     responses = drained(iter(range(3)), cancelled.set, 0.2, "M")
-    assert next(responses) == 0  # then nobody takes the next one for longer than 0.2 s
+    assert next(responses) == 0  # then nobody takes the next one for longer than twice 0.2 s
     assert cancelled.wait(5)
     responses.close()
 
@@ -109,5 +109,5 @@ def test_an_echo_whose_answer_is_never_read_is_closed_and_frees_its_slot(tmp_pat
         assert server.stream_slots.in_use["other"] == 1
         while server.stream_slots.in_use["other"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert server.stream_slots.in_use["other"] == 0  # closed by the server: nobody read for 0.5 s
+        assert server.stream_slots.in_use["other"] == 0  # closed by the server: nobody read for 2 x 0.5 s
         call.cancel()
