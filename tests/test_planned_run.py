@@ -129,6 +129,22 @@ def test_a_server_that_cannot_plan_this_node_is_not_asked_again(clock: Clock) ->
         clock.t += 1.0
         run.request(remaining=10)
     assert len(tries) == 1 and run.split == LOCAL
+    # the requests after the answer ran locally for the server's reason, not for want of a server (found by review)
+    first, after = run.segments
+    assert first.no_plan == _planned_run.NO_SERVER and first.end == after.first
+    assert after.report is None and after.no_plan.endswith("has no network profile on the server")
+
+
+def test_a_run_that_closes_closes_its_runner_even_when_the_last_energy_window_fails(clock: Clock) -> None:
+    class FailingEnergy(FakeEnergy):
+        def finish(self, runner: FakeRunner, x: np.ndarray) -> None:
+            raise ServerUnavailable("a top-up run of the window failed", "UNAVAILABLE")
+
+    run = PlannedRun(lambda split, r: FakeRunner(split), None, lambda r, runner, remaining: r, (0, 2), report(0, 2),
+                     FailingEnergy(), np.zeros(1), 1.0)  # fmt: skip
+    with pytest.raises(ServerUnavailable):
+        run.close()
+    assert run.runner.closed and run.segments[-1].end == 0
 
 
 def test_a_re_plan_that_went_local_tries_the_network_plan_again_later(clock: Clock) -> None:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_S = 60.0  # the longest wait between two tries of a plan the server or the network refused
 STEADY_REQUESTS = 20  # an offloading split that served this many requests without a re-plan resets the wait
 MAX_REPLAN_GAP = 32  # the most requests between two drift re-plans, after re-plans that kept the split
+NO_SERVER = "no plan: the server could not be reached to plan"
 
 
 class Energy(Protocol):
@@ -50,6 +51,7 @@ class Segment:
     report: PlanReport | None
     first: int  # index of its first request
     end: int = -1  # one past its last (set when the split changes or the run ends)
+    no_plan: str = NO_SERVER  # without a report: why there is none
 
 
 def offloads(report: PlanReport | None) -> bool:
@@ -106,10 +108,12 @@ class PlannedRun:
         return result
 
     def close(self) -> None:
-        self._energy.finish(self.runner, self._x)
-        self.runner.close()
-        self.segments[-1].end = self.done
-        self.upload_ms += self.runner.upload_ms
+        try:
+            self._energy.finish(self.runner, self._x)
+        finally:  # a window's top-up run that failed must not leave the runner's stream open
+            self.runner.close()
+            self.segments[-1].end = self.done
+            self.upload_ms += self.runner.upload_ms
 
     def _next_plan(self, remaining: int) -> PlanReport | None:
         if self.report is None:
@@ -151,6 +155,9 @@ class PlannedRun:
         except RoadRunnerError as exc:  # the server answers but cannot plan this node: no use asking again
             log.warning("the server is back but cannot plan: %s; every request runs here", exc)
             self._plan = None
+            self.segments[-1].end = self.done  # the requests from here on ran locally for this reason, not that one
+            why = f"no plan: the server cannot plan: {exc}"
+            self.segments.append(Segment(self.split, None, self.done, no_plan=why))
             return None
         log.info("the server answered: running plan %d,%d", *self._split_of(report))
         self.first_report = report

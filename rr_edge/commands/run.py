@@ -382,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
         if segment.report is None and not args.split:  # no plan could be made: these requests ran locally
             for result in results[segment.first : segment.end]:
                 result.fallback = True
-                result.error = result.error or "no plan: the server could not be reached to plan"
+                result.error = result.error or segment.no_plan
     summary = summarize(planned.split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
     summary["splits_used"] = [list(segment.split) for segment in planned.segments]
