@@ -271,7 +271,7 @@ def test_run_takes_an_npz_archive_of_one_array_for_a_model_of_one_input(bad_file
     assert json.loads(capsys.readouterr().out)["fallback"] is False
 
 
-@pytest.mark.parametrize("split", ["5,1", "-2,0", "0,99", "a,b", "1"])
+@pytest.mark.parametrize("split", ["5,1", "-2,0", "0,99", "a,b", "1", ""])  # "": it had planned as if not given
 def test_run_rejects_bad_splits(bad_files, capsys, tmp_path: Path, split: str) -> None:  # type: ignore[no-untyped-def]
     x = tmp_path / "x.npy"
     np.save(x, np.zeros(_input_of(bad_files["good"])[1], np.float32))

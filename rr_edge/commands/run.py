@@ -311,7 +311,8 @@ def reference_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.split and (steering := choice_options(args)):
+    forced = args.split is not None  # an empty --split is refused by validate_split, not taken for none
+    if forced and (steering := choice_options(args)):
         raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
     check_threads(args.threads, "--threads")
     model = load_model(args.path)
@@ -322,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     expected = reference_outputs(settings, model, Path(args.path), x)
     with connect(args) as client, make_meter(args, gpu_work=settings.uses_gpu) as meter:
         report = None
-        if args.split:
+        if forced:
             split = validate_split(args.split, graph)
             if split[0] < split[1]:
                 with contextlib.suppress(ServerUnavailable):  # checked again by the server when it runs
@@ -351,19 +352,19 @@ def run(args: argparse.Namespace) -> int:
 
         def plan_again(report: PlanReport, runner: Runner, remaining: int) -> PlanReport:
             new = replan(report, graph, runner, None if args.amortize else remaining)
-            return dataclasses.replace(new, chosen=new.table.plan(*split)) if args.split else new  # re-predicted
+            return dataclasses.replace(new, chosen=new.table.plan(*split)) if forced else new  # re-predicted
 
         energy = RequestEnergy(meter)
         planned = PlannedRun(
             runner_for,
-            None if args.split else plan,
+            None if forced else plan,
             plan_again,
             split,
             report,
             energy,
             x,
             args.retry_interval,
-            probe=None if args.split else probe,
+            probe=None if forced else probe,
         )
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
@@ -379,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         wall_s = time.perf_counter() - start
         energies = energy.energies
     for segment in planned.segments:
-        if segment.report is None and not args.split:  # no plan could be made: these requests ran locally
+        if segment.report is None and not forced:  # no plan could be made: these requests ran locally
             for result in results[segment.first : segment.end]:
                 result.fallback = True
                 result.error = result.error or segment.no_plan
