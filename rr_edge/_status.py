@@ -1,13 +1,21 @@
-"""The one mapping from gRPC status codes to this package's exceptions (`rr_edge.client` draws the tree)."""
+"""The one mapping from gRPC status codes to this package's exceptions (`rr_edge.client` draws the tree), and the one
+way of waiting out a busy server (`retry_busy`)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
 from rr_proto.status import RETRY_PUSHBACK_KEY
+
+log = logging.getLogger(__name__)
 
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
@@ -41,3 +49,23 @@ def status_error(code: grpc.StatusCode | None, details: str, what: str) -> Serve
     name = code.name if code is not None else "UNKNOWN"
     cls = ServerUnavailable if code in _UNAVAILABLE else ServerError
     return cls(f"{what}: {name}: {details}", name)
+
+
+def retry_busy(call: Callable[[float | None], Any], timeout_s: float | None, busy_wait_s: float) -> Any:
+    """`call(attempt_timeout_s)`, made again while the server answers busy (ServerBusy): after its pushback, doubled
+    each time (jittered, capped), for up to `busy_wait_s`; then ServerBusy. An explicit `timeout_s` bounds the
+    whole: each attempt gets what is left of it (None: the attempt's own default)."""
+    start = time.monotonic()
+    give_up = start + (busy_wait_s if timeout_s is None else min(busy_wait_s, timeout_s))
+    pause_s: float | None = None
+    while True:
+        left_s = None if timeout_s is None else timeout_s - (time.monotonic() - start)
+        try:
+            return call(left_s)
+        except ServerBusy as exc:
+            pause_s = exc.pause_s(pause_s)
+            sleep_s = pause_s * random.uniform(0.5, 1.5)  # edges refused together do not come back together
+            if time.monotonic() + sleep_s > give_up:
+                raise
+            log.debug("%s; trying again in %.2f s", exc, sleep_s)
+            time.sleep(sleep_s)

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -46,7 +44,7 @@ import grpc
 import numpy as np
 
 from rr_edge import _wire as wire
-from rr_edge._status import server_error
+from rr_edge._status import retry_busy, server_error
 from rr_edge.client_options import (
     DEFAULT_BUSY_WAIT_S,
     DEFAULT_CHUNK_BYTES,
@@ -63,7 +61,7 @@ from rr_edge.client_options import (
 from rr_edge.client_types import NodeInfo, Prediction, Predictions, ServerInfo, SliceStatus, UploadResult, slice_id_of
 from rr_edge.device import DeviceInfo
 from rr_edge.echo import EchoStream, payload
-from rr_edge.errors import ArgumentError, InputError, ServerBusy, ServerError, ServerUnavailable
+from rr_edge.errors import ArgumentError, InputError, ServerError, ServerUnavailable
 from rr_edge.infer_stream import InferOutputs, InferStream, Requests, decode
 from rr_edge.profiles import (
     BlockFeatures,
@@ -179,25 +177,14 @@ class Client:
         timeout_s: float | None,
         busy_wait_s: float | None = None,
     ) -> Any:
-        """`call(attempt_timeout_s)` under `_rpc(what)`, made again while the server answers busy: after its
-        pushback, doubled each time (jittered, capped), for up to `busy_wait_s` (None: `options.busy_wait_s`); then
-        ServerBusy. An explicit `timeout_s` bounds the whole: each attempt gets what is left of it."""
-        start = time.monotonic()
-        wait_s = self.options.busy_wait_s if busy_wait_s is None else busy_wait_s
-        give_up = start + (wait_s if timeout_s is None else min(wait_s, timeout_s))
-        pause_s: float | None = None
-        while True:
-            left_s = None if timeout_s is None else timeout_s - (time.monotonic() - start)
-            try:
-                with self._rpc(what):
-                    return call(left_s)
-            except ServerBusy as exc:
-                pause_s = exc.pause_s(pause_s)
-                sleep_s = pause_s * random.uniform(0.5, 1.5)  # edges refused together do not come back together
-                if time.monotonic() + sleep_s > give_up:
-                    raise
-                log.debug("%s; trying again in %.2f s", exc, sleep_s)
-                time.sleep(sleep_s)
+        """`call(attempt_timeout_s)` under `_rpc(what)`, made again while the server answers busy (`retry_busy`) for
+        up to `busy_wait_s` (None: `options.busy_wait_s`); an explicit `timeout_s` bounds the whole."""
+
+        def attempt(left_s: float | None) -> Any:
+            with self._rpc(what):
+                return call(left_s)
+
+        return retry_busy(attempt, timeout_s, self.options.busy_wait_s if busy_wait_s is None else busy_wait_s)
 
     def _kw(self, timeout_s: float | None, nbytes: int = 0) -> dict[str, Any]:
         """Call options: an explicit `timeout_s` is the deadline; by default `options.timeout_s` plus the time

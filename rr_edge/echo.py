@@ -18,7 +18,6 @@ import logging
 import math
 import queue
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from rr_edge._status import server_error
-from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
+from rr_edge._status import retry_busy, server_error
+from rr_edge.errors import ServerError, ServerUnavailable
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 
 if TYPE_CHECKING:
@@ -156,8 +155,8 @@ def echo_transfers(
         echo = stack.enter_context(client.echo_stream(chunk_bytes))
         try:
             for _ in range(warmup):  # untimed: a busy server is waited out, as the per-call warm-up waits it out
-                _waiting_out_busy(lambda: echo.exchange(warmup_bytes, 0), client.options.busy_wait_s)
-                _waiting_out_busy(lambda: echo.exchange(0, warmup_bytes), client.options.busy_wait_s)
+                retry_busy(lambda _: echo.exchange(warmup_bytes, 0), None, client.options.busy_wait_s)
+                retry_busy(lambda _: echo.exchange(0, warmup_bytes), None, client.options.busy_wait_s)
         except ServerError as exc:
             if exc.code != "UNIMPLEMENTED":
                 raise
@@ -176,19 +175,6 @@ def echo_transfers(
         client.echo_send(warmup_bytes, chunk_bytes)
         client.echo_receive(warmup_bytes, chunk_bytes)
     return up, down, PER_CALL
-
-
-def _waiting_out_busy(call: Callable[[], object], busy_wait_s: float) -> None:
-    """`call()`, tried again after each busy refusal's pushback for up to `busy_wait_s` in all (then ServerBusy)."""
-    give_up = time.monotonic() + busy_wait_s
-    while True:
-        try:
-            call()
-            return
-        except ServerBusy as exc:
-            if time.monotonic() + exc.pause_s() > give_up:
-                raise
-            time.sleep(exc.pause_s())
 
 
 class _Payloads:
