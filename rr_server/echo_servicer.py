@@ -23,9 +23,7 @@ class EchoServicer(rr_grpc.EchoServiceServicer):
     def Send(self, request_iterator, context):
         received = 0
         for request in request_iterator:
-            received += len(request.payload)
-            if received > self._max_total:  # as Receive: a transfer is a measurement, not a way to load the server
-                raise ResourceExhausted(f"more than the echo limit of {self._max_total} bytes sent")
+            received = self._received(received, request.payload)
         return rr.SendResponse(received_bytes=received)
 
     def Receive(self, request, context):
@@ -35,9 +33,7 @@ class EchoServicer(rr_grpc.EchoServiceServicer):
     def Exchange(self, request_iterator, context):
         received = 0  # of the transfer under way
         for request in request_iterator:
-            received += len(request.payload)
-            if received > self._max_total:  # as Send's
-                raise ResourceExhausted(f"more than the echo limit of {self._max_total} bytes sent")
+            received = self._received(received, request.payload)
             if request.more:
                 continue
             received = 0
@@ -47,6 +43,14 @@ class EchoServicer(rr_grpc.EchoServiceServicer):
                 yield rr.ExchangeResponse(payload=payload)
             if not answered:
                 yield rr.ExchangeResponse()
+
+    def _received(self, so_far: int, payload: bytes) -> int:
+        """The bytes of a transfer with `payload` added; ResourceExhausted past the echo limit (as Receive: a
+        transfer is a measurement, not a way to load the server)."""
+        received = so_far + len(payload)
+        if received > self._max_total:
+            raise ResourceExhausted(f"more than the echo limit of {self._max_total} bytes sent")
+        return received
 
     def _chunks(self, nbytes: int, chunk_bytes: int) -> Iterator[bytes]:
         """`nbytes` zero bytes in pieces of `chunk_bytes` (0: DEFAULT_CHUNK_BYTES), checked against the limits first."""
