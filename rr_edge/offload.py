@@ -508,11 +508,11 @@ def validate_split(text: str, graph: BlockGraph) -> tuple[int, int]:
 
 
 def local_outputs(
-    settings: OrtSettings, onnx_bytes: bytes, inputs: Mapping[str, np.ndarray] | np.ndarray
+    settings: OrtSettings, model: bytes | str, inputs: Mapping[str, np.ndarray] | np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The whole model run locally on one request (its inputs by name, or the one input's array): the reference a
-    plan's outputs are checked against."""
-    session = settings.create_session(onnx_bytes)
+    """The whole model (its ONNX bytes, or a path) run locally on one request (its inputs by name, or the one
+    input's array): the reference a plan's outputs are checked against."""
+    session = settings.create_session(model)
     names = [o.name for o in session.get_outputs()]
     feeds = dict(inputs) if isinstance(inputs, Mapping) else {session.get_inputs()[0].name: inputs}
     return dict(zip(names, session.run(names, feeds), strict=True))

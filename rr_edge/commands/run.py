@@ -306,7 +306,7 @@ def reference_outputs(
     try:
         data = whole_model_bytes(model, str(path))
     except ModelError:  # its only error: over the limit
-        return local_outputs(settings, str(path), x)  # type: ignore[arg-type]  # a session opens a path as well
+        return local_outputs(settings, str(path), x)
     return local_outputs(settings, data, x)
 
 
