@@ -17,7 +17,7 @@ inference cannot tell is let through (onnx.checker and ONNX Runtime decide as be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -30,6 +30,9 @@ _DIVISIONS = frozenset({"Div", "Mod"})
 _TRAPPING = frozenset({TensorProto.INT32, TensorProto.INT64})
 _SHAPE_READS = frozenset({"Shape", "Size"})  # their outputs depend on the input's shape, not on its values
 
+_Constant = onnx.TensorProto | onnx.SparseTensorProto | onnx.AttributeProto  # an initializer or a Constant's attribute
+_V = TypeVar("_V")
+
 
 def check_integer_division(model: onnx.ModelProto) -> None:
     """Raise InvalidArgument for the first int32 / int64 `Div` or `Mod` whose divisor is not a constant without -1."""
@@ -39,25 +42,31 @@ def check_integer_division(model: onnx.ModelProto) -> None:
         typed = onnx.shape_inference.infer_shapes(light_copy(model)).graph
     except Exception:  # noqa: BLE001 - inference failing on a model the checker accepted: types unknown
         typed = model.graph
-    types = _element_types(typed)
-    constants = _constants(model.graph)
-    _check(model.graph, set(), types, constants)
+    _check(model.graph, typed, {}, {}, set())
 
 
 def _check(
     graph: onnx.GraphProto,
-    outer: set[str],
-    types: dict[str, int],
-    constants: dict[str, onnx.TensorProto | onnx.AttributeProto],
+    typed: onnx.GraphProto,
+    outer_types: dict[str, int],
+    outer_constants: dict[str, _Constant],
+    outer_dependent: set[str],
 ) -> None:
-    """Check `graph`'s divisions; `outer`: the tensors of enclosing graphs that depend on the inputs' values."""
-    initializers = {t.name for t in graph.initializer}
-    dependent = outer | {vi.name for vi in graph.input if vi.name not in initializers}  # a body's inputs too
-    for node in graph.node:
+    """Check `graph`'s divisions (`typed`: the same graph after shape inference). The `outer_*` tables describe the
+    tensors of the enclosing graphs by name: their element types, constants, and those that depend on the inputs'
+    values. A name this graph defines hides the enclosing graphs' tensor of that name here, as in ONNX Runtime, so
+    the tables are rebuilt per graph: one flat table let a branch's float initializer "x" pass an int64 x / y of the
+    main graph, which then trapped (found by review)."""
+    defined = _defined(graph)
+    types = {**_hide(outer_types, defined), **_element_types(typed)}
+    constants = {**_hide(outer_constants, defined), **_constants(graph)}
+    initializers = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    dependent = (outer_dependent - defined) | {vi.name for vi in graph.input if vi.name not in initializers}
+    for node, typed_node in zip(graph.node, typed.node, strict=True):  # inference adds types, never nodes
         if node.op_type in _DIVISIONS and len(node.input) > 1 and types.get(node.input[0]) in _TRAPPING:
             _check_division(graph, node, node.input[1] in dependent, types, constants)
-        for sub in subgraphs(node):
-            _check(sub, dependent, types, constants)
+        for sub, typed_sub in zip(subgraphs(node), subgraphs(typed_node), strict=True):
+            _check(sub, typed_sub, types, constants, dependent)
         if node.op_type not in _SHAPE_READS and (subgraphs(node) or any(x in dependent for x in node.input if x)):
             dependent.update(o for o in node.output if o)
 
@@ -67,7 +76,7 @@ def _check_division(
     node: onnx.NodeProto,
     computed: bool,
     types: dict[str, int],
-    constants: dict[str, onnx.TensorProto | onnx.AttributeProto],
+    constants: dict[str, _Constant],
 ) -> None:
     what = (
         f"graph {graph.name!r}: {node.op_type} {node.name or node.output[0]!r} divides "
@@ -94,44 +103,55 @@ def _check_division(
         )
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """The graph and, recursively, its nodes' subgraphs (If branches, Loop and Scan bodies)."""
-    yield graph
-    for node in with_subgraph_nodes(graph.node):
-        yield from subgraphs(node)
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    """The tensors `graph` itself defines: its inputs, initializers and node outputs."""
+    return (
+        {vi.name for vi in graph.input}
+        | {t.name for t in graph.initializer}
+        | {t.values.name for t in graph.sparse_initializer}
+        | {o for node in graph.node for o in node.output if o}
+    )
+
+
+def _hide(table: dict[str, _V], names: set[str]) -> dict[str, _V]:
+    return {name: value for name, value in table.items() if name not in names}
 
 
 def _element_types(graph: onnx.GraphProto) -> dict[str, int]:
-    """Element type of every tensor the (inferred) graph and its subgraphs declare."""
+    """Element type of the tensors the (inferred) graph defines, its subgraphs' aside. A declaration (output,
+    value_info) of a tensor the graph does not define is not read: it would speak for an enclosing graph's tensor."""
+    defined = _defined(graph)
     types: dict[str, int] = {}
-    for g in _graphs(graph):
-        for t in g.initializer:
-            types[t.name] = t.data_type
-        for vi in (*g.input, *g.output, *g.value_info):
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                types[vi.name] = vi.type.tensor_type.elem_type
+    for vi in (*graph.value_info, *graph.output, *graph.input):  # an input's own declaration last: it is the tensor's
+        if vi.name in defined and vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    types.update((t.values.name, t.values.data_type) for t in graph.sparse_initializer)
+    types.update((t.name, t.data_type) for t in graph.initializer)
     return types
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | onnx.AttributeProto]:
-    """The initializers and the dense `Constant` nodes' values, in the graph and its subgraphs, by tensor name (read
-    only when they divide: a model's weights are not copied)."""
-    out: dict[str, onnx.TensorProto | onnx.AttributeProto] = {}
-    for g in _graphs(graph):
-        for t in g.initializer:
-            out[t.name] = t
-        for node in g.node:
-            if node.op_type == "Constant" and node.output and node.attribute:
-                if node.attribute[0].name in ("value", "value_int", "value_ints"):
-                    out[node.output[0]] = node.attribute[0]
+def _constants(graph: onnx.GraphProto) -> dict[str, _Constant]:
+    """The graph's initializers (dense and sparse) and its `Constant` nodes' integer values, its subgraphs' aside, by
+    tensor name (read only when they divide: a model's weights are not copied)."""
+    out: dict[str, _Constant] = {t.name: t for t in graph.initializer}
+    out.update((t.values.name, t) for t in graph.sparse_initializer)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute:
+            if node.attribute[0].name in ("value", "sparse_value", "value_int", "value_ints"):
+                out[node.output[0]] = node.attribute[0]
     return out
 
 
-def _value(constant: onnx.TensorProto | onnx.AttributeProto) -> np.ndarray:
+def _value(constant: _Constant) -> np.ndarray:
+    """The constant's values; a sparse one's stored values only (the others are zeros)."""
     if isinstance(constant, onnx.TensorProto):
         return numpy_helper.to_array(constant)
+    if isinstance(constant, onnx.SparseTensorProto):
+        return numpy_helper.to_array(constant.values)
     if constant.name == "value":
         return numpy_helper.to_array(constant.t)
+    if constant.name == "sparse_value":
+        return numpy_helper.to_array(constant.sparse_tensor.values)
     return np.asarray(onnx.helper.get_attribute_value(constant))
 
 
