@@ -4,9 +4,9 @@ Raw contents are the C-order bytes of the array in little-endian order; BYTES te
 4-byte little-endian length followed by the bytes of each element (the KServe convention). A BYTES element is sent
 from a str (as UTF-8) or bytes; any other element (an int, a float, None) is a `CodecError` naming its index. A BYTES
 element decodes to a str (UTF-8), as ONNX Runtime's string tensors hold them; bytes that are not UTF-8 are refused.
-Every decode checks that the datatype is known, the shape is non-negative and representable, the byte count matches
-and typed integer values fit the datatype, and raises `CodecError` (a ValueError) with a message that names the
-tensor otherwise.
+Every decode checks that the datatype is known, the shape is non-negative and representable, the byte count matches,
+raw BOOL bytes are 0 or 1 and typed integer values fit the datatype, and raises `CodecError` (a ValueError) with a
+message that names the tensor otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = [
     "encode_infer_response",
     "from_contents",
     "from_raw",
+    "raw_size",
     "to_raw",
 ]
 
@@ -110,6 +111,16 @@ def to_raw(array: np.ndarray, name: str = "") -> bytes:
     return np.ascontiguousarray(array, dtype=dt).tobytes()
 
 
+def raw_size(array: np.ndarray, name: str = "") -> int:
+    """Bytes of `to_raw(array)`, counted as it encodes them: the server checks a result against the message limit
+    before it is encoded (a string's characters undercounted it: a 4-byte length each, and UTF-8 takes up to 4 per
+    character)."""
+    if datatype_of(array.dtype) != "BYTES":
+        return array.nbytes
+    items = np.asarray(array).ravel(order="C")
+    return sum(4 + len(_element_bytes(item, name, k)) for k, item in enumerate(items))
+
+
 def _element_bytes(item: object, name: str, k: int) -> bytes:
     """A BYTES element's bytes: a str as UTF-8, bytes-like as they are. Anything else is a CodecError: `bytes(7)` is
     seven NUL bytes (an int went out as garbage without a word) and a float or None has no bytes at all."""
@@ -133,6 +144,9 @@ def from_raw(raw: bytes | memoryview, datatype: str, shape: Sequence[int], name:
         raise CodecError(
             f"tensor {name!r}: {len(raw)} bytes of raw contents, but {datatype} {list(shape)} needs {expected}"
         )
+    if datatype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
+        # numpy takes any non-zero byte for True, ONNX Runtime does not: Not(0x02) was True (found by review)
+        raise CodecError(f"tensor {name!r}: raw BOOL contents hold a byte other than 0 or 1")
     return _shaped(np.frombuffer(raw, dtype=dt), shape, name)
 
 

@@ -305,7 +305,9 @@ class Server:
             ProfileServicer(self.storage, self.predictor, self.slices, self.cloud_profiler), server
         )
         rr_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.storage, self.predictor), server)
-        rr_grpc.add_SliceServiceServicer_to_server(SliceServicer(self.slices, self.sessions, self.metrics), server)
+        rr_grpc.add_SliceServiceServicer_to_server(
+            SliceServicer(self.slices, self.sessions, self.metrics, self.repository), server
+        )
         rr_grpc.add_EchoServiceServicer_to_server(
             EchoServicer(self.config.max_echo_bytes, self.config.max_message_bytes), server
         )

@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtR
 
 from rr_edge.cpus import ort_threads
 from rr_edge.session import usable_providers
-from rr_proto.codec import datatype_of, dtype_of
+from rr_proto.codec import datatype_of, dtype_of, raw_size
 from rr_proto.providers import provider_name
 from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from rr_server.run_watchdog import MAX_RUN_SECONDS, Run, RunCaller, RunWatchdog
@@ -191,7 +191,7 @@ class Session:
         """ResourceExhausted when the outputs a run gave exceed `limit`: sizes that depend on the input values (an
         Expand to a shape read from an input) are only known now. Refused here, before the response is encoded:
         gRPC's own refusal came after two more copies, and ended a ModelStreamInfer stream instead of one message."""
-        self._check_sizes({name: _payload_bytes(a) for name, a in results.items()}, limit, "take", "not sent")
+        self._check_sizes({name: raw_size(a, name) for name, a in results.items()}, limit, "take", "not sent")
 
     def _check_sizes(self, sizes: Mapping[str, int], limit: int, verb: str, outcome: str) -> None:
         total = sum(sizes.values())
@@ -283,15 +283,12 @@ class Session:
 
 # An ONNX Runtime RuntimeException that is the server's fault (its GPU, its memory), not the request's: UNAVAILABLE,
 # so that the edge runs locally until the server recovers instead of sending it every request.
-_DEVICE_FAULT = re.compile(r"CUDA|cuDNN|CUBLAS|cublas|TensorRT|out of memory")
+_DEVICE_FAULT = re.compile(r"CUDA|cuDNN|CUDNN|CUBLAS|cublas|TensorRT|out of memory")
 # A host allocation that failed: the request's own sizes, RESOURCE_EXHAUSTED (UNAVAILABLE made its edge take the
 # server for down; found by review).
 _HOST_ALLOC = re.compile(r"bad.alloc")
-
-
-def _payload_bytes(array: np.ndarray) -> int:
-    """What an output takes on the wire, about: a string tensor's text, not its pointers."""
-    return sum(len(x) for x in array.ravel()) if array.dtype.kind in "OSU" else array.nbytes
+# Memory that ran out while a session was opened (the host's, a GPU's, an arena's): passing, not the slice's fault.
+_OPEN_ALLOC = re.compile(r"bad.alloc|out of memory|Failed to allocate memory")
 
 
 class SessionPool:
@@ -316,34 +313,41 @@ class SessionPool:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self._failed: OrderedDict[str, str] = OrderedDict()  # slice id -> why its last load failed (bounded)
+        self._opening: Counter[str] = Counter()  # slice id -> opens of it in progress
+        self._evicted: set[str] = set()  # slices evicted while being opened: those opens' sessions are not cached
 
-    def _cached(self, slice_id: str) -> Session | None:
-        """The open session of `slice_id`, marked most recently used (caller holds the lock)."""
+    def _known(self, slice_id: str) -> Session | None:
+        """The open session of `slice_id`, marked most recently used; its remembered refusal raised (the same bytes
+        fail the same way: opened again, each request took seconds); None: it is to be opened (caller holds the
+        lock)."""
         session = self._sessions.get(slice_id)
         if session is not None:
             self._sessions.move_to_end(slice_id)
             self._on_lookup(True)
-        return session
+            return session
+        failed = self._failed.get(slice_id)
+        if failed is not None:
+            raise InvalidArgument(failed)
+        return None
 
     def get(self, slice_id: str, path: Path) -> Session:
         with self._lock:
-            session = self._cached(slice_id)
+            session = self._known(slice_id)
             if session is not None:
                 return session
-            failed = self._failed.get(slice_id)
-            if failed is not None:  # the same bytes fail the same way: opened again, each request took seconds
-                raise InvalidArgument(failed)
             load_lock = self._loading.setdefault(slice_id, threading.Lock())
         with load_lock:
-            with self._lock:
-                session = self._cached(slice_id)
+            with self._lock:  # the open waited for may have succeeded, or been refused (each waiter opened it again)
+                session = self._known(slice_id)
                 if session is not None:
                     return session
+                self._opening[slice_id] += 1
             self._on_lookup(False)
             try:
                 session = self._load(slice_id, path)
             except Exception as exc:  # any outcome leaves no load lock behind (NotFound: evicted meanwhile)
                 with self._lock:
+                    self._opened(slice_id)
                     self._loading.pop(slice_id, None)
                     if isinstance(exc, InvalidArgument):  # ONNX Runtime refused it: remembered
                         self._failed[slice_id] = str(exc)
@@ -351,13 +355,26 @@ class SessionPool:
                             self._failed.popitem(last=False)
                 raise
             with self._lock:
-                self._sessions[slice_id] = session
                 self._loading.pop(slice_id, None)
+                if self._opened(slice_id):  # unloaded, or gone from the store, while it opened
+                    log.info("slice %s was evicted while it opened: its session is not cached", slice_id[:12])
+                    return session  # the request in hand came before the eviction: it runs on it
+                self._sessions[slice_id] = session
                 self._failed.pop(slice_id, None)
                 while len(self._sessions) > self.capacity:
                     evicted, _ = self._sessions.popitem(last=False)
                     log.info("session cache full: evicted slice %s", evicted[:12])
             return session
+
+    def _opened(self, slice_id: str) -> bool:
+        """An open of `slice_id` has ended; whether the slice was evicted during it (caller holds the lock). Evicted
+        during any of several opens at once, none of them is cached."""
+        self._opening[slice_id] -= 1
+        evicted = slice_id in self._evicted
+        if not self._opening[slice_id]:
+            del self._opening[slice_id]
+            self._evicted.discard(slice_id)
+        return evicted
 
     def forget_failure(self, slice_id: str) -> None:
         """Drop the remembered refusal of `slice_id` (its stored file is gone: a new upload is tried afresh)."""
@@ -373,8 +390,12 @@ class SessionPool:
             if not path.exists():  # evicted from the store meanwhile: gone, not refused
                 raise NotFound(f"{what} is not cached on this server (evicted); upload it again") from None
             reason = str(exc).replace(str(path), what)  # not the server's file layout
-            if isinstance(exc, MemoryError) or _HOST_ALLOC.search(reason):  # passing: not remembered as a refusal
+            # Passing, and the server's, not the slice's: not remembered as a refusal (a GPU full for a moment was
+            # INVALID_ARGUMENT for good; found by review).
+            if isinstance(exc, MemoryError) or _OPEN_ALLOC.search(reason):
                 raise ResourceExhausted(f"the server has not the memory to open {what}: {reason}"[:500]) from None
+            if isinstance(exc, OrtRuntimeException) and _DEVICE_FAULT.search(reason):  # as in `Session.run`
+                raise Unavailable(f"the server's device failed to open {what}: {reason}"[:500]) from None
             raise InvalidArgument(f"ONNX Runtime cannot load {what}: {reason}"[:500]) from None
 
     def _load(self, slice_id: str, path: Path) -> Session:
@@ -406,6 +427,8 @@ class SessionPool:
     def evict(self, slice_id: str) -> bool:
         with self._lock:
             self._failed.pop(slice_id, None)
+            if slice_id in self._opening:  # cached once opened, it held memory and a slot for a slice unloaded
+                self._evicted.add(slice_id)
             return self._sessions.pop(slice_id, None) is not None
 
     def loaded_ids(self) -> list[str]:

@@ -54,6 +54,24 @@ def test_bytes_tensor_round_trip_with_length_prefixes():
     assert back.tolist() == [["", "a"], ["\u00e9t\u00e9", "\x00\x01"]]  # str, as ONNX Runtime holds strings
 
 
+def test_raw_size_counts_the_bytes_to_raw_makes():
+    """The server checks a result against the message limit by this count: a string's characters undercounted it
+    (found by review)."""
+    strings = np.array([["", "a"], ["\u20ac\u00e9", b"\x00\x01\x02"]], dtype=object)
+    for array in (strings, np.array(["abc", "\u00e9"]), np.arange(6, dtype=">i4").reshape(2, 3), np.zeros(0, bool)):
+        assert codec.raw_size(array) == len(codec.to_raw(array))
+    assert codec.raw_size(strings) == 4 * 4 + 0 + 1 + 5 + 3
+
+
+def test_raw_bool_bytes_must_be_0_or_1():
+    """numpy takes any non-zero byte for True, ONNX Runtime does not: Not(2) was True (found by review)."""
+    assert codec.from_raw(bytes([0, 1, 1]), "BOOL", (3,)).tolist() == [False, True, True]
+    assert codec.from_raw(b"", "BOOL", (0, 2)).shape == (0, 2)
+    for raw in (bytes([1, 2, 0]), bytes([0, 0, 255])):
+        with pytest.raises(codec.CodecError, match="tensor 'x': raw BOOL contents hold a byte other than 0 or 1"):
+            codec.from_raw(raw, "BOOL", (3,), name="x")
+
+
 def test_bytes_elements_decode_to_text_or_are_refused():
     """A BYTES element reached ONNX Runtime as a memoryview or bytes, which it stored as their repr: an Identity
     slice answered b'<memory at 0x7f...>' (found by review)."""
