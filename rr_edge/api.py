@@ -39,6 +39,7 @@ import onnx
 
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client, ClientOptions
+from rr_edge.costmodel import check_amortize_over
 from rr_edge.errors import ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
@@ -172,6 +173,7 @@ class EdgeNode:
         Waits up to `wait_s` for the server's background refit after a fresh profile.
         """
         check_objective(objective, slo_ms)  # before the server is asked anything
+        check_amortize_over(amortize_over)
         m = self._load(model)
         costs = gather_costs(self.client, self.node, m.graph, self.power, wait_s)
         return plan_with_server_cache(

@@ -28,6 +28,8 @@ breakdown (``uplink_bytes``, ``downlink_bytes``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +67,10 @@ class PlanInputs:
     ``tx_power_W`` / ``rx_power_W``: the edge's power while sending / receiving, for transfers whose network model has
     no metered energy (``rx_power_W`` None: as ``tx_power_W``).
     ``max_slice_bytes``: the server's limit on one slice (`ServerInfo.max_slice_bytes`; None: no limit). A plan whose
-    middle slice is larger cannot run there, whether uploaded or preloaded: its cost is +inf.
+    middle slice is larger cannot run there, whether uploaded or preloaded: its cost is +inf. A slice's ONNX bytes
+    are more than its blocks' ``upload_bytes`` (its graph's inputs and outputs, value infos, opset imports, framing):
+    ``slice_overhead_bytes`` (N entries, None: none) bounds what each block adds beyond them, and the limit is checked
+    against both (on ``upload_bytes`` alone, plans were chosen whose slice the server then refused: review).
     ``local_only``: blocks the server does not run (`Block.offloadable`: an op outside the standard ONNX domains); a
     plan that offloads one cannot run either.
     ``max_message_bytes``: the largest message between the edge and the server (the smaller of the two ends'
@@ -89,6 +94,7 @@ class PlanInputs:
     cloud_correction: float = 1.0
     upload: NetworkModel | None = None
     max_slice_bytes: float | None = None
+    slice_overhead_bytes: np.ndarray | None = None
     local_only: frozenset[int] = field(default_factory=frozenset)
     max_message_bytes: float | None = None
 
@@ -100,16 +106,13 @@ class PlanInputs:
             object.__setattr__(self, name, _vec(name, getattr(self, name), n))
         object.__setattr__(self, "upload_bytes", np.round(self.upload_bytes))  # whole bytes, as every plan reports
         object.__setattr__(self, "boundary_bytes", _vec("boundary_bytes", self.boundary_bytes, n + 1))
+        if self.slice_overhead_bytes is not None:
+            object.__setattr__(self, "slice_overhead_bytes", _vec("slice_overhead_bytes", self.slice_overhead_bytes, n))
         object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
         object.__setattr__(self, "local_only", frozenset(int(k) for k in self.local_only))
         if any(not 0 <= k < n for k in self.local_only):
             raise ValueError(f"local_only holds blocks outside 0..{n - 1}")
-        if (
-            isinstance(self.amortize_over, bool)
-            or int(self.amortize_over) != self.amortize_over
-            or self.amortize_over < 1
-        ):
-            raise ArgumentError(f"amortize_over must be a whole number of requests >= 1, got {self.amortize_over!r}")
+        check_amortize_over(self.amortize_over)
         for name in ("max_slice_bytes", "max_message_bytes"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (None: no limit)")
@@ -134,15 +137,16 @@ class PlanInputs:
         return int(self.edge_ms.size)
 
     def refused(self, r: Any, j: Any) -> Any:
-        """Whether the plan offloading blocks r..j cannot run: its middle slice is over `max_slice_bytes` or holds a
-        block of `local_only`, or the tensors it sends up (boundary r) or down (boundary j+1) are over
-        `max_message_bytes` (broadcasts over index arrays)."""
+        """Whether the plan offloading blocks r..j cannot run: its middle slice (`upload_bytes` and
+        `slice_overhead_bytes`) is over `max_slice_bytes` or holds a block of `local_only`, or the tensors it sends up
+        (boundary r) or down (boundary j+1) are over `max_message_bytes` (broadcasts over index arrays)."""
         out = np.zeros(np.broadcast(r, j).shape, dtype=bool)
         if self.max_message_bytes is not None:
             too_big = self.boundary_bytes > self.max_message_bytes
             out |= too_big[r] | too_big[np.asarray(j) + 1]
         if self.max_slice_bytes is not None:
-            prefix = np.concatenate(([0.0], np.cumsum(self.upload_bytes)))
+            overhead = 0.0 if self.slice_overhead_bytes is None else self.slice_overhead_bytes
+            prefix = np.concatenate(([0.0], np.cumsum(self.upload_bytes + overhead)))
             out |= prefix[np.asarray(j) + 1] - prefix[r] > self.max_slice_bytes
         if self.local_only:
             marks = np.zeros(self.n_blocks)
@@ -167,6 +171,14 @@ class PlanInputs:
     def weight_link(self) -> NetworkModel:
         """The curve slice weight uploads are costed with."""
         return self.upload if self.upload is not None else self.uplink
+
+
+def check_amortize_over(k: Any) -> None:
+    """ArgumentError unless `k` is a whole number of requests >= 1 (a float such as 3.0 will do); infinity and NaN
+    had failed in `int` with its own OverflowError and ValueError (review)."""
+    whole = isinstance(k, numbers.Integral) or (isinstance(k, numbers.Real) and math.isfinite(k) and k % 1 == 0)
+    if isinstance(k, bool) or not whole or k < 1:
+        raise ArgumentError(f"amortize_over must be a whole number of requests >= 1, got {k!r}")
 
 
 def correction_factor(whole_model_ms: float, block_ms: Iterable[float], fallback: float = 1.0) -> float:

@@ -9,8 +9,12 @@ input_bytes, output_bytes, param_bytes. Per type three candidates are fitted on 
 * ``log``:    y = a + b * ln(1 + x) on the same feature,
 * ``multi``:  y = a + sum_k b_k * x_k on all four features (only with >= 10 samples),
 
-and the one with the lowest leave-one-out RMSE is kept. Types with fewer than 3 samples use a model fitted on all
-blocks. Predictions are clipped at 0. Units: latency ms, energy mJ.
+and the one with the lowest leave-one-out RMSE is kept. As in Neurosurgeon, whose regressors are the compute of
+convolution and fully connected layers and the data size (neurons) of the others, "other" blocks (Transpose, Concat,
+Reshape: no FLOPs to speak of) go by input bytes; on FLOPs, zero for most of them, they had all come out at about
+their type's mean (review). Types with fewer than 3 samples use a model fitted on all blocks, whose main feature is
+flops (the conv and fc blocks hold most of a model's time). Predictions are clipped at 0. Units: latency ms, energy
+mJ.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ def _fit_best(X: np.ndarray, y: np.ndarray, main: int) -> Regression:
 
 
 def _main_feature(cat: str) -> int:
-    return 0 if cat in ("conv", "fc", "other") else 1
+    return 0 if cat in ("conv", "fc") else 1
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class Costs:
     max_slice_bytes: int = 0  # the server's limit on one slice (0: none); plans over it cannot run
     max_message_bytes: int = 0  # the largest message either way (0: none); plans sending larger tensors cannot run
     transfer_energy_source: str = ""  # the meter of the network profile's energy fits ("" when none was fitted)
+    slice_overhead: tuple[int, ...] = ()  # per block, what its slice holds beyond slice_bytes (`with_slice_overhead`)
 
     @property
     def energy_source(self) -> str:
@@ -252,6 +253,7 @@ def plan_inputs(
         cloud_correction=costs.cloud_correction,
         upload=costs.upload,
         max_slice_bytes=costs.max_slice_bytes or None,
+        slice_overhead_bytes=np.array(costs.slice_overhead) if costs.slice_overhead else None,
         local_only=frozenset(b.index for b in graph.blocks if not b.offloadable),
         max_message_bytes=costs.max_message_bytes or None,
     )
@@ -364,17 +366,35 @@ def with_link(costs: Costs, uplink: NetworkModel, downlink: NetworkModel) -> Cos
     return replace(costs, uplink=uplink.rebased(), downlink=downlink.rebased(), upload=upload)
 
 
+def with_slice_overhead(costs: Costs, graph: BlockGraph, slicer: Slicer) -> Costs:
+    """`costs` with `Costs.slice_overhead` measured, where the server limits a slice's size: per block, the bytes its
+    slice cut out alone holds beyond `Block.slice_bytes` (the graph's inputs and outputs, value infos, opset imports,
+    the framing of nodes and weights). A slice of several blocks holds no more than their sum (one header, the
+    boundaries between them as value infos, shared weights and static copies once), so the planner refuses by that
+    bound: on slice_bytes alone, a slice 2-6 KB larger than they add up to could be chosen and then refused by the
+    server (review). Each block is cut out once: about the model's bytes in all (0.6 s for vit_b_16), once per plan
+    (a re-plan keeps them), and only for a model within a factor 2 (and 1 MiB) of the limit: framing adds a few bytes
+    per node and weight to what `slice_bytes` counts, and the declarations of a slice's inputs and outputs little
+    more, far from doubling it."""
+    total = sum(b.slice_bytes for b in graph.blocks)
+    if not costs.max_slice_bytes or costs.slice_overhead or 2 * total + (1 << 20) <= costs.max_slice_bytes:
+        return costs
+    overhead = tuple(max(slicer.slice(k, k).ByteSize() - b.slice_bytes, 0) for k, b in enumerate(graph.blocks))
+    return replace(costs, slice_overhead=overhead)
+
+
 def plan_with_server_cache(
     client: Client, model: onnx.ModelProto, graph: BlockGraph, costs: Costs, slicer: Slicer | None = None, **kw: Any
 ) -> PlanReport:
     """`make_plan`, with the slices the server already holds free of upload: the chosen plan's, and those of the
     plans (MAX_CACHE_QUERIES in all) that would beat it with no upload to pay. Only the chosen one's was asked
     about: a plan whose slice the server held from an earlier run (1.7x faster, measured on the testbed) lost to the
-    all-local plan, which pays no upload."""
+    all-local plan, which pays no upload. Slices over the server's size limit are refused (`with_slice_overhead`)."""
+    slicer = slicer or Slicer(model, graph)
+    costs = with_slice_overhead(costs, graph, slicer)
     report = make_plan(graph, costs, **kw)
     if kw.get("preloaded"):
         return report
-    slicer = slicer or Slicer(model, graph)
     held = [split for split in _worth_asking(report) if _on_server(client, slicer, split)]
     if not held:
         return report
@@ -384,7 +404,10 @@ def plan_with_server_cache(
 
 def _worth_asking(report: PlanReport) -> list[tuple[int, int]]:
     """The splits whose slice is worth asking the server about: the chosen plan's (when it offloads), then the plans
-    that, with no upload to pay, would beat it on the objective (energy with a deadline), best first."""
+    that, with no upload to pay, would beat it on the objective (energy with a deadline), best first. When no plan
+    met the deadline (the chosen one is the fastest, "slo-unmet"), any plan that meets it with no upload beats the
+    chosen one, whatever its energy: comparing energies had left a deadline-meeting plan whose slice the server held
+    unasked (review)."""
     chosen = report.chosen
     slo_ms = report.options.get("slo_ms")
     by_energy = report.options.get("objective") == "energy" or slo_ms is not None
@@ -392,6 +415,8 @@ def _worth_asking(report: PlanReport) -> list[tuple[int, int]]:
     key, bar = (energy_mJ, chosen.energy_mJ) if by_energy else (latency_ms, chosen.latency_ms)
     if slo_ms is not None:  # a plan over the deadline even with no upload cannot be chosen: not worth a query
         key = np.where(latency_ms <= slo_ms, key, np.inf)
+        if chosen.objective == "slo-unmet":
+            bar = np.inf
     splits = [(chosen.i, chosen.j)] if chosen.i < chosen.j else []
     for k in np.argsort(key, kind="stable"):
         if len(splits) >= MAX_CACHE_QUERIES or not key[k] < bar:
@@ -408,7 +433,7 @@ def plan_for_split(
     """`make_plan` with the forced `split` as its chosen plan (the other plans stay, for comparison); its upload is
     not charged when its middle slice is already on the server."""
     cached = [(split[0] + 1, split[1])] if not kw.get("preloaded") and _on_server(client, slicer, split) else []
-    report = make_plan(graph, costs, **{**kw, "cached": cached})
+    report = make_plan(graph, with_slice_overhead(costs, graph, slicer), **{**kw, "cached": cached})
     return replace(report, chosen=report.table.plan(*split))
 
 

@@ -15,6 +15,8 @@ in O(N) and examines the few remaining cells exactly, so planning a 1,000-block 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -252,11 +254,17 @@ def _knee(front: Sequence[Plan]) -> Plan:
 
 
 def check_objective(objective: str, slo_ms: float | None = None) -> None:
-    """ArgumentError unless `objective` is one of OBJECTIVES (with the `slo_ms` that "slo" needs)."""
+    """ArgumentError unless `objective` is one of OBJECTIVES (with the `slo_ms` that "slo" needs) and `slo_ms`, when
+    given, a finite number of ms > 0: NaN, 0 or a negative deadline was taken and no plan met it (the fastest came
+    back as "slo-unmet"), and "100" failed as a TypeError after the server had been asked (review)."""
     if objective not in OBJECTIVES:
         raise ArgumentError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if objective == "slo" and slo_ms is None:
         raise ArgumentError("objective 'slo' needs slo_ms")
+    if slo_ms is not None and (
+        isinstance(slo_ms, bool) or not isinstance(slo_ms, numbers.Real) or not math.isfinite(slo_ms) or slo_ms <= 0
+    ):
+        raise ArgumentError(f"slo_ms must be a finite number of milliseconds > 0, got {slo_ms!r}")
 
 
 def choose(inputs: PlanInputs | PlanTable, objective: str = "latency", slo_ms: float | None = None) -> Plan:
