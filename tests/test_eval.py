@@ -518,6 +518,14 @@ def test_report_places_paper_numbers_beside_ours(tmp_path):
     json.dumps(data)  # eval.json is plain JSON
 
 
+def test_report_states_the_servers_speed_over_the_edges_from_the_whole_model_table():
+    data = _eval_data()
+    data["groundtruth"] = analysis.groundtruth_summary(_gt_outputs())  # whole model: nano 10x, agx 2x the server's
+    assert "4.0-20x faster than the emulated edges on whole models" in report.render(data)
+    data["groundtruth"] = analysis.groundtruth_summary(_gt_outputs(("emu-nano", "emu-agx")))
+    assert "faster than the emulated edges (this run did not time the server's whole models)" in report.render(data)
+
+
 def test_full_report_links_the_runs_stored_beside_it(tmp_path):
     data = _eval_data()
     data["meta"] = {**data["meta"], "run": "full", "config": config.FULL.to_json()}

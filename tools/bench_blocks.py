@@ -1,6 +1,6 @@
 """Benchmark: graph analysis and slicing speed (issue 2 targets; docs/performance.md#graph).
 
-    python tools/bench_blocks.py [--model resnet152] [--size 768] [--slice-size 224] [--repeat 3]
+    python tools/bench_blocks.py [--model resnet152] [--size 768] [--slice-sizes 224,768] [--repeat 3]
 
 Targets: `rr-edge blocks` on resnet152 at 768 under 2 s; slicing all blocks of resnet152 one by
 one under 10 s. Wall-clock medians and CPU seconds (process + children) are both reported: on a

@@ -8,7 +8,7 @@
   30% of resnet152 at 224. Baseline in the same run: one full-model inference with the same ONNX Runtime settings
   (median of 5 after warm-up), giving the ratio profiling time / one inference.
 * Network profiler: `run_netprofile` from 1 KB to `--max-mb` MiB in both directions, and the slice-upload probes
-  from 1 MiB to `--upload-max-mb`, against the same server; target < 30 s up to 256 MB on loopback.
+  from 64 KiB to `--upload-max-mb`, against the same server; target < 30 s up to 256 MB on loopback.
 
 Energy comes from `--energy` (default auto; on a machine without meters that is the declared power model, and the
 output says so). Prints one JSON object.
