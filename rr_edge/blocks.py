@@ -37,7 +37,7 @@ from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops, trip_counts
 from rr_edge.onnx_io import TensorInfo, constant_tensors, dtype_size, light_copy, subgraphs, with_subgraph_nodes
 from rr_edge.shapes import run_shapes, tensor_infos_of
-from rr_edge.signature import block_signature, model_opsets
+from rr_edge.signature import block_signature, model_functions, model_opsets
 from rr_proto.operators import STANDARD_DOMAINS
 
 log = logging.getLogger(__name__)
@@ -439,7 +439,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
     runs = _cut_runs(ix, active, active_tensors, infos)
     if fuse:
         runs = _fuse_cheap(ix, runs, sizes)
-    opsets = model_opsets(model)
+    opsets, functions = model_opsets(model), model_functions(model)
     trips = trip_counts(ix.initializers, ix.nodes)
     blocks: list[Block] = []
     prev_cut: list[str] = [x for x in ix.graph_inputs if x in active_tensors]
@@ -451,7 +451,7 @@ def analyze(model: onnx.ModelProto, name: str = "model", *, fuse: bool = True) -
             Block(
                 index=k,
                 ops=tuple(n.op_type for n in nodes),
-                signature=block_signature(nodes, prev_cut, outputs, sizes, ix.initializers, opsets),
+                signature=block_signature(nodes, prev_cut, outputs, sizes, ix.initializers, opsets, functions),
                 inputs=tuple(prev_cut),
                 outputs=tuple(outputs),
                 flops=sum(node_flops(n, sizes, trips) for n in nodes),

@@ -4,8 +4,9 @@ Prefers the torch.export-based exporter (`dynamo=True`, opset 18, needs `onnxscr
 are far cleaner (BatchNorm folded, no shape side chains), which gives many more single-tensor cut
 points. Falls back to the TorchScript exporter when it fails; a model whose tracing warns (data-dependent
 control flow, which tracing would fix to the example's branch) is refused instead. Output is one
-self-contained .onnx file, written atomically, validated by loading it back and by running it in ONNX
-Runtime against torch on a fresh random input (`CHECK_RTOL`, `CHECK_ATOL`).
+self-contained .onnx file (its weights in `<name>.data` beside it when over `_MAX_INLINE_BYTES`), written
+atomically, validated by loading it back and by running it in ONNX Runtime against torch on a fresh random input
+(`CHECK_RTOL`, `CHECK_ATOL`).
 
 torch and torchvision are the `zoo` extra; they are imported lazily.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rr_edge.errors import ModelError
-from rr_edge.onnx_io import load_model, public_file_mode
+from rr_edge.onnx_io import load_model, public_file_mode, save_model
 
 log = logging.getLogger(__name__)
 
@@ -337,8 +338,7 @@ def _export(torch: Any, model: Any, example: Any, path: Path, dynamo: bool, opse
     if not dynamo and external:
         import onnx
 
-        m = onnx.load(str(path))
-        onnx.save_model(m, str(path), save_as_external_data=True, location=path.name + ".data")
+        save_model(onnx.load(str(path)), path, external=True)
 
 
 def _cleanup(tmp: Path) -> None:
@@ -347,11 +347,11 @@ def _cleanup(tmp: Path) -> None:
 
 
 def _move_with_data(tmp: Path, out: Path) -> None:
-    """Re-save a model with external data next to `out` under `out.name + '.data'`."""
+    """Re-save a model with external data as `out` and `out.name + '.data'`, atomically (`save_model`: onnx's own
+    writer appended to an existing data file, which grew by the model's weights at each export to the same path:
+    review), then remove the temporary export and its data."""
     import onnx
 
-    m = onnx.load(str(tmp))
-    onnx.save_model(m, str(out), save_as_external_data=True, location=out.name + ".data")
-    _cleanup(tmp)
+    save_model(onnx.load(str(tmp)), out, external=True)
     for f in tmp.parent.glob(tmp.name + "*"):
         f.unlink(missing_ok=True)

@@ -12,9 +12,11 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import TensorProto, ValueInfoProto, helper, numpy_helper
 
 from rr_edge.errors import ModelError
@@ -32,6 +34,9 @@ __all__ = [
     "save_model",
     "value_info_to_tensor_info",
 ]
+
+_MAX_INLINE_BYTES = 2**31 - 1  # protobuf's limit on one message: a larger model is saved with external data
+_EXTERNAL_MIN_BYTES = 1024  # with external data, tensors of at least this many bytes go to the data file
 
 
 @dataclass(frozen=True)
@@ -190,21 +195,76 @@ def light_copy(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProt
     return light
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write a self-contained .onnx file atomically (temp file in the same folder, then rename)."""
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external: bool = False) -> Path:
+    """Write `model` to `path` atomically: to temporary files in the same folder, then renamed into place.
+
+    With `external`, or when it is over protobuf's 2 GiB limit on one message (`rr-edge slice` of a large model
+    crashed with protobuf's EncodeError: review), its tensors of `_EXTERNAL_MIN_BYTES` or more go to `<name>.data`
+    next to it (ONNX external data), renamed into place just before the model that names it; an existing data file
+    is replaced, not appended to. The model's moved tensors are left pointing at that file, as onnx.save_model
+    leaves them: putting gigabytes back would take as much memory again. A model that cannot be written still is a
+    ModelError."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    temporaries: list[str] = []
+    data = b""
+    if not external and sum(len(t.raw_data) for t in model.graph.initializer) <= _MAX_INLINE_BYTES:
+        try:  # not sized first: ByteSize takes as long as this
+            data = model.SerializeToString()
+        except (EncodeError, ValueError):  # over protobuf's limit all the same (weights in nodes, many nodes)
+            external = True
+    else:
+        external = True
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        public_file_mode(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if external:
+            data_name = p.name + ".data"
+            data_tmp = _temporary(p.parent / data_name, temporaries)
+            with open(data_tmp, "wb") as fh:
+                _move_tensors(model, fh, data_name)
+            model_tmp = _temporary(p, temporaries)
+            Path(model_tmp).write_bytes(model.SerializeToString())
+            os.replace(data_tmp, p.parent / data_name)
+        else:
+            model_tmp = _temporary(p, temporaries)
+            Path(model_tmp).write_bytes(data)
+        os.replace(model_tmp, p)
+    except (EncodeError, ValueError) as exc:  # still over the limit: big tensors held outside raw_data, or nodes
+        raise ModelError(f"{p}: cannot write the ONNX model ({_short(exc)})") from None
+    finally:
+        for tmp in temporaries:
+            Path(tmp).unlink(missing_ok=True)  # gone already where it was renamed into place
     return p
+
+
+def _temporary(target: Path, made: list[str]) -> str:
+    """A new empty file next to `target`, with the usual mode for new files; its name is added to `made`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    made.append(tmp)
+    public_file_mode(tmp)
+    return tmp
+
+
+def _move_tensors(model: onnx.ModelProto, fh: BinaryIO, location: str) -> None:
+    """Write each tensor of the model (initializers and attributes, in subgraphs too) of `_EXTERNAL_MIN_BYTES` or
+    more to `fh`, and make it an external-data reference to `location` there, in place."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    for t in _get_all_tensors(model):
+        if not t.HasField("raw_data"):
+            continue
+        raw = t.raw_data
+        if len(raw) < _EXTERNAL_MIN_BYTES:
+            continue
+        offset = fh.tell()
+        fh.write(raw)
+        del raw  # one tensor's copy at a time
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        del t.external_data[:]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(fh.tell() - offset))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
 
 
 def _umask() -> int:

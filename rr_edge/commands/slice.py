@@ -1,4 +1,5 @@
-"""`rr-edge slice PATH --blocks A:B -o OUT`: blocks A..B as a standalone ONNX model."""
+"""`rr-edge slice PATH --blocks A:B -o OUT`: blocks A..B as a standalone ONNX model (over protobuf's 2 GiB limit,
+its weights in `OUT.data` beside it: `save_model`)."""
 
 from __future__ import annotations
 
