@@ -32,7 +32,7 @@ from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
 from rr_edge.profiler import features_of
 from rr_edge.runner import PlanSlices, Runner, RunnerConfig
-from rr_edge.session import OrtSettings
+from rr_edge.session import OrtSettings, ort_reason
 from rr_edge.slicing import Slicer, model_bytes
 
 log = logging.getLogger(__name__)
@@ -536,11 +536,16 @@ def local_outputs(
     settings: OrtSettings, model: bytes | str, inputs: Mapping[str, np.ndarray] | np.ndarray
 ) -> dict[str, np.ndarray]:
     """The whole model (its ONNX bytes, or a path) run locally on one request (its inputs by name, or the one
-    input's array): the reference a plan's outputs are checked against."""
+    input's array): the reference a plan's outputs are checked against. A model that loads but fails to run (a Gather
+    index out of range passes the checker) is a ModelError."""
     session = settings.create_session(model)
     names = [o.name for o in session.get_outputs()]
     feeds = dict(inputs) if isinstance(inputs, Mapping) else {session.get_inputs()[0].name: inputs}
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    try:
+        outputs = session.run(names, feeds)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
+        raise ModelError(f"ONNX Runtime cannot run the model: {ort_reason(exc)}") from None
+    return dict(zip(names, outputs, strict=True))
 
 
 def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:

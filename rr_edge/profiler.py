@@ -36,7 +36,7 @@ from rr_edge.errors import ArgumentError, ModelError, ServerError, ServerUnavail
 from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
-from rr_edge.session import OrtSettings, random_feeds
+from rr_edge.session import OrtSettings, ort_reason, random_feeds
 from rr_edge.slicing import Slicer, model_bytes, whole_model_bytes
 from rr_proto.limits import MAX_ENERGY_MJ, MIN_ENERGY_MJ
 
@@ -259,7 +259,10 @@ class _Timed:
         self.label = label
 
     def __call__(self) -> object:
-        return self.session.run(None, self.feeds)
+        try:
+            return self.session.run(None, self.feeds)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
+            raise ModelError(f"{self.label}: ONNX Runtime cannot run the model: {ort_reason(exc)}") from None
 
 
 def _measure(
@@ -269,15 +272,20 @@ def _measure(
     *,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[float], EnergyReading | None]:
-    """Run times (ms) of one pass, and the meter's reading over its timed runs (None without a meter)."""
+    """Run times (ms) of one pass, and the meter's reading over its timed runs (None without a meter, or once it
+    has failed: the runs are timed all the same, and the profile reports them without energy)."""
     if meter is None:
         return time_runs(timed, policy, clock=clock), None
     start = clock()
     _warm_up(timed, policy, start, clock)
-    with meter.measure("compute") as reading:  # closed however the runs end (a Jetson window has a sampler thread)
+    token = meter.start_unless_failed("compute")
+    try:
+        window_s = meter.min_window_s if token is not None else 0.0
         times = time_runs(
-            timed, replace(policy, warmup_runs=0), min_window_s=meter.min_window_s, spent_s=clock() - start, clock=clock
+            timed, replace(policy, warmup_runs=0), min_window_s=window_s, spent_s=clock() - start, clock=clock
         )
+    finally:  # closed however the runs end (a Jetson window has a sampler thread)
+        reading = meter.stop_unless_failed(token)
     return times, reading
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -189,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--metrics-port must be a port, 0..65535 (0: a free one), got {args.metrics_port}")
     if args.port_file is not None and not args.port_file.parent.is_dir():
         p.error(f"--port-file: no directory {str(args.port_file.parent)!r} to write it in")
+    if args.port_file is not None and args.port_file.is_dir():
+        p.error(f"--port-file: {str(args.port_file)!r} is a directory; name a file to write the address in")
     if args.workers < 4:
         p.error("--workers must be at least 4")
     unknown = [n for n in _providers(args) if n.lower() not in PROVIDER_NAMES and not n.endswith("ExecutionProvider")]
@@ -231,7 +234,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def _with_its_flag(exc: Exception, args: argparse.Namespace) -> str:
     """The error, naming the option whose file it is (`[Errno 2] No such file or directory: 'tokens'` did not say
-    that the file was --auth-token-file's)."""
+    that the file was --auth-token-file's, nor "'utf-8' codec can't decode byte 0xff" that it was not text)."""
+    token_file = args.auth_token_file
+    if isinstance(exc, UnicodeDecodeError) and token_file is not None and not _is_utf8(token_file):
+        return f"--auth-token-file {token_file}: not UTF-8 text"
     filename = getattr(exc, "filename", None)
     if not isinstance(exc, OSError) or filename is None:
         return str(exc)
@@ -247,6 +253,29 @@ def _with_its_flag(exc: Exception, args: argparse.Namespace) -> str:
         if path is not None and (failed == path or related):
             return f"{flag} {filename}: {exc.strerror or exc}"
     return str(exc)
+
+
+def _write_port_file(path: Path, address: str) -> None:
+    """Write the bound address whole (through a temporary file renamed over `path`: a script polling it never reads
+    half of one); the temporary file is removed when that fails."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(address)
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether `path` reads as UTF-8 text (the token file is the text file the server reads as it starts; a decode
+    error does not say whose bytes it could not decode)."""
+    try:
+        path.read_bytes().decode()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,9 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", _with_its_flag(exc, args))
         return 2
     if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(address)
-        tmp.replace(args.port_file)
+        try:
+            _write_port_file(args.port_file, address)
+        except OSError as exc:  # made a directory, or the disk full, since the flags were checked
+            log.error("cannot write --port-file %s: %s; stopping", args.port_file, exc.strerror or exc)
+            server.stop_now()
+            server.stop(grace=0)
+            return 2
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:

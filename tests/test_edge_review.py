@@ -15,7 +15,7 @@ import pytest
 import rr_edge.session as session
 from rr_edge.api import AsyncEdgeNode, EdgeNode
 from rr_edge.errors import ModelError
-from rr_edge.meters import MeterOptions
+from rr_edge.meters import Meter, MeterOptions
 from rr_edge.session import OrtSettings
 
 
@@ -221,7 +221,7 @@ def test_export_that_disagrees_with_torch_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ rr-edge run energy
 
 
-class QuantisedMeter:
+class QuantisedMeter(Meter):
     """NVML-like meter on a fake clock (whole ms): a constant 300 W read from a counter that moves every 100 ms, both
     window ends waiting for the next update (so a lone 10 ms request reads a whole 100 ms period: 30 J, not 3 J)."""
 
@@ -229,8 +229,15 @@ class QuantisedMeter:
     PERIOD_MS, POWER_W = 100, 300.0
 
     def __init__(self) -> None:
+        super().__init__()
         self.ms = 0
         self.windows = 0
+
+    def _begin(self, activity: str) -> None:  # unused: start and stop below read the fake counter themselves
+        return None
+
+    def _end(self, state: Any, elapsed_s: float) -> float:
+        return 0.0
 
     def _align(self) -> None:
         self.ms = (self.ms // self.PERIOD_MS + 1) * self.PERIOD_MS
@@ -272,7 +279,7 @@ def test_run_meters_requests_in_windows_of_min_window(repeat: int) -> None:
 
     meter = QuantisedMeter()
     runner = StubRunner(meter)
-    energy = RequestEnergy(meter)  # type: ignore[arg-type]
+    energy = RequestEnergy(meter)
     results = [energy.run(runner, None, remaining=repeat - 1 - k) for k in range(repeat)]  # type: ignore[arg-type]
     energy.finish(runner, None)  # type: ignore[arg-type]
     assert [r.total_ms for r in results] == [10.0] * repeat

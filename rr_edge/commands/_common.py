@@ -1,4 +1,4 @@
-"""Options and helpers shared by the commands that talk to a server: connection flags, energy flags, JSON."""
+"""Options and helpers shared by the commands that talk to a server: connection, energy and ONNX Runtime flags, JSON."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rr_edge.client import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, Client, ClientOptio
 from rr_edge.client_options import check_token
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
+from rr_edge.session import GRAPH_OPTIMIZATION, MAX_THREADS_PER_CPU, OrtSettings, check_threads
 
 # the commands import the argparse types from here
 from rr_proto.argtypes import fraction, non_negative_float, positive_float, positive_float_at_most  # noqa: F401
@@ -93,9 +94,44 @@ def model_name(args: argparse.Namespace) -> str:
 
 
 def add_energy_args(p: argparse.ArgumentParser) -> None:
+    """--energy (the meter) and the power model's flags, for the commands that measure."""
     p.add_argument("--energy", choices=CHOICES, default="auto", help="energy meter (default auto: a real one if any)")
-    p.add_argument("--power-config", type=Path, metavar="F", help="power model config (JSON/TOML) for --energy model")
+    add_power_args(p, "the idle and radio watts of waits and transfers, and the active watts of --energy model")
+
+
+def add_power_args(p: argparse.ArgumentParser, gives: str = "the idle and radio watts of waits and transfers") -> None:
+    """--power-config and --device-class: `plan` measures nothing, and takes only these."""
+    p.add_argument(
+        "--power-config",
+        type=Path,
+        metavar="F",
+        help=f"power model file (JSON/TOML, watts per device class; default $RR_POWER_CONFIG), always used: {gives}",
+    )
     p.add_argument("--device-class", metavar="NAME", help="device class in the power model (default $RR_DEVICE_CLASS)")
+
+
+def add_ort_args(p: argparse.ArgumentParser) -> None:
+    """How ONNX Runtime runs the model (`OrtSettings`): `run` takes the flags `profile` measured the node with."""
+    p.add_argument("--provider", default="", help="ONNX Runtime provider (default: the best that loads)")
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=-1,
+        help=f"intra-op threads, 0: ONNX Runtime's choice, at most {MAX_THREADS_PER_CPU} per usable CPU (default: "
+        "$RR_THREADS, else 0)",
+    )
+    p.add_argument(
+        "--graph-optimization",
+        choices=list(GRAPH_OPTIMIZATION),
+        default="all",
+        help="ONNX Runtime graph optimization level (default %(default)s)",
+    )
+
+
+def ort_settings(args: argparse.Namespace) -> OrtSettings:
+    """The settings of `add_ort_args`' flags, resolved (--threads checked first, naming the flag)."""
+    check_threads(args.threads, "--threads")
+    return OrtSettings(args.provider, args.threads, 1, args.graph_optimization).resolved()
 
 
 def make_meter(args: argparse.Namespace, gpu_work: bool = False) -> Meter:
@@ -119,6 +155,8 @@ def _token(args: argparse.Namespace) -> str | None:
             token = args.token_file.read_text().strip()
         except OSError as exc:
             raise RoadRunnerError(f"cannot read token file {args.token_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise RoadRunnerError(f"cannot read token file {args.token_file}: not UTF-8 text") from None
         return check_token(token, f"--token-file {args.token_file}")
     token = os.environ.get(ENV_TOKEN) or None
     return None if token is None else check_token(token, f"${ENV_TOKEN}")

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from rr_edge.blocks import analyze
 from rr_edge.commands._common import (
-    add_energy_args,
     add_model_name_arg,
+    add_power_args,
     add_server_args,
     connect,
     model_name,
@@ -39,8 +39,8 @@ DEFAULT_AMORTIZE = 1
 
 
 def add_plan_args(p: argparse.ArgumentParser, amortize_default: str = str(DEFAULT_AMORTIZE)) -> None:
-    """Flags shared by `plan` and `run`. `--amortize` defaults to None (given: K); `amortize_default` says in the
-    help what None stands for."""
+    """Flags shared by `plan` and `run` (each adds the power model's flags itself: `run` with its --energy meter).
+    `--amortize` defaults to None (given: K); `amortize_default` says in the help what None stands for."""
     p.add_argument(
         "--objective",
         choices=[o for o in OBJECTIVES if o != "slo"],
@@ -62,7 +62,6 @@ def add_plan_args(p: argparse.ArgumentParser, amortize_default: str = str(DEFAUL
         metavar="K",
         help=f"spread the weight upload over K inferences (default {amortize_default})",
     )
-    add_energy_args(p)  # the power model gives the node's idle and radio power
     p.add_argument(
         "--wait",
         type=non_negative_float,
@@ -133,6 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_server_args(p)
     add_model_name_arg(p)
     add_plan_args(p)
+    add_power_args(p)  # the node's idle and radio power: `plan` measures nothing, so it takes no --energy meter
     p.add_argument(
         "--json", action="store_true", help="print one JSON object: the chosen plan, the Pareto set and the baselines"
     )

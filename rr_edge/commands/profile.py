@@ -18,12 +18,13 @@ from rr_edge.blocks import analyze
 from rr_edge.commands._common import (
     add_energy_args,
     add_model_name_arg,
+    add_ort_args,
     add_server_args,
     connect,
     make_meter,
     model_name,
     non_negative_float,
-    non_negative_int,
+    ort_settings,
     positive_int,
     print_json,
 )
@@ -38,7 +39,6 @@ from rr_edge.profiler import (
     wait_for_cloud_timings,
 )
 from rr_edge.progress import progress_bars
-from rr_edge.session import GRAPH_OPTIMIZATION, MAX_THREADS_PER_CPU, OrtSettings, check_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,20 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--sample", type=float, default=DEFAULT_SAMPLE, help="fraction of unique blocks (default 0.3)")
     p.add_argument("--seed", type=int, help="random seed of the sample (default: drawn and reported)")
     add_energy_args(p)
-    p.add_argument("--provider", default="", help="ONNX Runtime provider (default: the best that loads)")
-    p.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=-1,
-        help=f"intra-op threads, 0: ONNX Runtime's choice, at most {MAX_THREADS_PER_CPU} per usable CPU (default: "
-        "$RR_THREADS, else 0)",
-    )
-    p.add_argument(
-        "--graph-optimization",
-        choices=list(GRAPH_OPTIMIZATION),
-        default="all",
-        help="ONNX Runtime graph optimization level (default %(default)s)",
-    )
+    add_ort_args(p)
     p.add_argument("--min-runs", type=positive_int, default=10, help="timed runs per block, at least (default 10)")
     p.add_argument(
         "--min-time", type=non_negative_float, default=0.5, help="measured seconds per block, at least (default 0.5)"
@@ -94,9 +81,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(args: argparse.Namespace) -> int:
     if args.rounds > args.min_runs:  # each round times every block at least once
         raise RoadRunnerError(f"--rounds {args.rounds} is more than --min-runs {args.min_runs}: each round times a run")
-    check_threads(args.threads, "--threads")
     path = Path(args.path)
-    settings = OrtSettings(args.provider, args.threads, 1, args.graph_optimization).resolved()
+    settings = ort_settings(args)
     try:
         config = ProfileConfig(
             sample=args.sample,

@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import logging
 import time
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,12 +29,14 @@ from rich.table import Table
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client
 from rr_edge.commands._common import (
+    add_energy_args,
     add_model_name_arg,
+    add_ort_args,
     add_server_args,
     connect,
     make_meter,
     model_name,
-    non_negative_int,
+    ort_settings,
     positive_float,
     positive_int,
     print_json,
@@ -40,6 +44,7 @@ from rr_edge.commands._common import (
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
+from rr_edge.device import describe_device, registered_device, setup_changes
 from rr_edge.errors import MeterError, ModelError, RoadRunnerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
 from rr_edge.meters.model import resolve_power
@@ -58,7 +63,7 @@ from rr_edge.offload import (
 )
 from rr_edge.onnx_io import TensorInfo, load_model
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
-from rr_edge.session import MAX_THREADS_PER_CPU, OrtSettings, array_fits, check_threads
+from rr_edge.session import OrtSettings, array_fits
 from rr_edge.slicing import Slicer, whole_model_bytes
 
 log = logging.getLogger(__name__)
@@ -98,13 +103,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="S",
         help="health check period in seconds while the server is down (default %(default)g)",
     )
-    p.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=-1,
-        help=f"intra-op threads, 0: ONNX Runtime's choice, at most {MAX_THREADS_PER_CPU} per usable CPU (default: "
-        "$RR_THREADS, else 0)",
-    )
+    add_energy_args(p)
+    add_ort_args(p)  # give the ones the node was profiled with: its predictions are of that setup
     p.add_argument(
         "--json", action="store_true", help="print one JSON object: measured and predicted latency and energy"
     )
@@ -117,11 +117,13 @@ def _load_inputs(path: Path, wants: tuple[TensorInfo, ...]) -> dict[str, np.ndar
     name)."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        # numpy reads any file that is not .npy nor .npz as a pickle, and says to "load it unsafely": never advise that
-        why = "not a .npy or .npz file" if "allow_pickle" in str(exc) else str(exc)
+        if not isinstance(loaded, np.ndarray):  # an archive's members are read here, where their errors are caught
+            with loaded:
+                loaded = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a truncated or damaged file
         raise RoadRunnerError(
-            f"cannot read input {path} as a .npy array or an .npz archive (numpy.save / numpy.savez write them): {why}"
+            f"cannot read input {path} as a .npy array or an .npz archive (numpy.save / numpy.savez write them): "
+            f"{_unreadable(exc)}"
         ) from None
     names = [want.name for want in wants]
     if isinstance(loaded, np.ndarray):
@@ -132,8 +134,7 @@ def _load_inputs(path: Path, wants: tuple[TensorInfo, ...]) -> dict[str, np.ndar
             )
         arrays = {names[0]: loaded}
     else:
-        with loaded:
-            arrays = {key: loaded[key] for key in loaded.files}
+        arrays = loaded
         if len(wants) == 1 and len(arrays) == 1:
             arrays = {names[0]: next(iter(arrays.values()))}
         if sorted(arrays) != sorted(names):
@@ -146,6 +147,15 @@ def _load_inputs(path: Path, wants: tuple[TensorInfo, ...]) -> dict[str, np.ndar
                 f"{want.dtype} {list(shape)}"
             )
     return arrays
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why numpy could not read an input. It reads any file that is not .npy nor .npz as a pickle, and says to "load
+    it unsafely" for that and for an array of Python objects: never advise that."""
+    text = str(exc)
+    if "Object arrays" in text:
+        return "it holds Python objects (dtype=object), not numbers"
+    return "not a .npy or .npz file" if "allow_pickle" in text else text
 
 
 def _energy(meter: Meter, runner: Runner, result: RunResult, reading_mJ: float | None) -> float:
@@ -164,7 +174,7 @@ def run_one(runner: Runner, x: Mapping[str, np.ndarray], meter: Meter) -> tuple[
 
 
 class RequestEnergy:
-    """Energy per request, in request order (`energies`).
+    """Energy per request, in request order (`energies`; None where the meter had failed: the request is kept).
 
     A real meter with a `min_window_s` (NVML, Jetson, RAPL) cannot resolve one short request: NVML's counter moves
     every ~20-100 ms and its window ends are aligned to updates. Consecutive requests are therefore metered together
@@ -176,7 +186,7 @@ class RequestEnergy:
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
-        self.energies: list[float] = []
+        self.energies: list[float | None] = []
         self.windowed = meter.measured and meter.min_window_s > 0
         self._token: Any = None
         self._requests = 0  # requests in the open window (padding runs are counted apart)
@@ -188,13 +198,16 @@ class RequestEnergy:
             self.energies.append(energy)
             return result
         if self._token is None:
-            self._token = self.meter.start("compute")
+            self._token = self.meter.start_unless_failed("compute")
             self._requests = 0
         try:
             result = runner.run(x)
         except BaseException:
             self.abandon()
             raise
+        if self._token is None:  # the meter has failed: the request is timed, not metered
+            self.energies.append(None)
+            return result
         self._requests += 1
         elapsed = self.meter.elapsed_s(self._token)
         rest_s = elapsed / self._requests * remaining  # the rest can fill a window of its own
@@ -212,7 +225,10 @@ class RequestEnergy:
             self.abandon()
             raise
         token, self._token = self._token, None
-        reading = self.meter.stop(token)
+        reading = self.meter.stop_unless_failed(token)
+        if reading is None:  # the meter failed: the window's requests are kept without their energy
+            self.energies.extend([None] * self._requests)
+            return
         runs = self._requests + padding
         if padding:
             log.debug(
@@ -230,9 +246,12 @@ class RequestEnergy:
                 self.meter.stop(token)
 
 
-def measured(results: list[RunResult], energies: list[float]) -> dict[str, Any]:
-    """What a run of requests measured: latency, the server's part, energy per request, fallbacks."""
+def measured(results: list[RunResult], energies: list[float | None]) -> dict[str, Any]:
+    """What a run of requests measured: latency, the server's part, energy per request (of those metered: None when
+    none was; `energy_unmetered_requests` counts the others, after the meter failed), fallbacks."""
     lat = np.array([r.total_ms for r in results])
+    metered = [e for e in energies if e is not None]
+    unmetered = {"energy_unmetered_requests": len(energies) - len(metered)} if len(metered) < len(energies) else {}
     return {
         "requests": len(results),
         "latency_ms": {
@@ -241,13 +260,14 @@ def measured(results: list[RunResult], energies: list[float]) -> dict[str, Any]:
             "mean": float(lat.mean()),
         },
         "remote_ms_median": float(np.median([r.remote_ms for r in results])),
-        "energy_mJ": float(np.median(energies)),
+        "energy_mJ": float(np.median(metered)) if metered else None,
+        **unmetered,
         "fallback_requests": sum(r.fallback for r in results),
     }
 
 
 def summarize(
-    split: tuple[int, int], results: list[RunResult], energies: list[float], meter: Meter, diff: float
+    split: tuple[int, int], results: list[RunResult], energies: list[float | None], meter: Meter, diff: float
 ) -> dict[str, Any]:
     return {
         "split": list(split),
@@ -260,7 +280,7 @@ def summarize(
     }
 
 
-def segment_summary(segment: Segment, results: list[RunResult], energies: list[float]) -> dict[str, Any]:
+def segment_summary(segment: Segment, results: list[RunResult], energies: list[float | None]) -> dict[str, Any]:
     """A segment's requests measured, and predicted per request (the plan's latency and energy without its share
     of the upload, which no request pays)."""
     span = slice(segment.first, segment.end)
@@ -310,16 +330,34 @@ def reference_outputs(
     return local_outputs(settings, data, x)
 
 
+def warn_about_setup(client: Client, node: str, settings: OrtSettings) -> None:
+    """A warning naming what differs between the setup `node` was profiled with (its registered descriptor) and this
+    run's: the node's predictions, which plan the run, are of that setup (intra-op threads alone change a block's
+    latency by up to the core count). Nothing when the server does not answer or does not know the node."""
+    try:
+        registered = registered_device(client, node)
+    except RoadRunnerError as exc:
+        log.debug("cannot compare this run's setup with node %r's: %s", node, exc)
+        return
+    changes = {} if registered is None else setup_changes(registered, describe_device(settings))
+    if changes:
+        log.warning(
+            "node %r was profiled with another setup than this run's (%s): its predictions are of that setup; give "
+            "run the --threads, --provider and --graph-optimization it was profiled with, or profile this setup",
+            node,
+            ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()),
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     forced = args.split is not None  # an empty --split is refused by validate_split, not taken for none
     if forced and (steering := choice_options(args)):
         raise RoadRunnerError(f"--split forces the plan: it takes no {', '.join(steering)}")
-    check_threads(args.threads, "--threads")
+    settings = ort_settings(args)
     model = load_model(args.path)
     graph = analyze(model, model_name(args))
     slicer = Slicer(model, graph)
     x = _load_inputs(args.input, graph.inputs)
-    settings = OrtSettings(intra_op_threads=args.threads).resolved()
     expected = reference_outputs(settings, model, Path(args.path), x)
     with connect(args) as client, make_meter(args, gpu_work=settings.uses_gpu) as meter:
         report = None
@@ -337,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
             except ServerUnavailable as exc:  # no plan without the server: every request runs locally
                 log.warning("cannot plan (is rr-server running at %s?), running it all locally: %s", args.server, exc)
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
+        if report is not None:  # planned with the node's predictions
+            warn_about_setup(client, args.node, settings)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
 
         def runner_for(split: tuple[int, int], report: PlanReport | None) -> Runner:
@@ -423,10 +463,9 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column else "left")
     for segment in s["segments"]:  # one split after the other when a re-plan switched
         lat, split = segment["latency_ms"], "{},{}".format(*segment["split"])
-        table.add_row(
-            "measured", split, f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{segment['remote_ms_median']:.2f}",
-            f"{segment['energy_mJ']:.1f} ({s['energy_source']})",
-        )  # fmt: skip
+        energy = "-" if segment["energy_mJ"] is None else f"{segment['energy_mJ']:.1f} ({s['energy_source']})"
+        median, p90, remote = (f"{v:.2f}" for v in (lat["median"], lat["p90"], segment["remote_ms_median"]))
+        table.add_row("measured", split, median, p90, remote, energy)
         if "predicted" in segment:  # the plan's energy has its own source: the profile's, and the power model's
             p = segment["predicted"]
             energy = f"{p['energy_mJ']:.1f} ({p['energy_source']})"
@@ -445,3 +484,5 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     )
     for reason, count in list(s.get("fallback_reasons", {}).items())[:3]:  # the most frequent first
         console.print(f"  {count} finished locally: {reason}")
+    if s.get("energy_unmetered_requests"):
+        console.print(f"energy: the meter failed; {_count(s['energy_unmetered_requests'], 'request')} not metered")

@@ -10,11 +10,13 @@ A meter measures the energy the device spends over a window of wall-clock time::
 and must never be presented as measurements. `min_window_s` is the shortest window the meter resolves well (NVML's
 counter updates every ~20-100 ms, for instance): callers repeat short work until a window is at least that long and
 divide. `activity` tells a modelled meter which power figure applies ("compute", "tx", "rx", "idle"); real meters
-ignore it.
+ignore it. Long work that must outlive a meter failing part-way (a profile, a run of requests) opens its windows with
+`start_unless_failed` / `stop_unless_failed` instead.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -22,8 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from rr_edge.errors import MeterError
+
 SOURCES = ("nvml", "rapl", "jetson", "model")
 ACTIVITIES = ("compute", "tx", "rx", "idle")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Meter(ABC):
     source: ClassVar[str]
     measured: ClassVar[bool] = True
     min_window_s: float = 0.0
+    failure: MeterError | None = None  # what ended its readings: see `stop_unless_failed`
 
     def __init__(self) -> None:
         self.clock = time.perf_counter
@@ -90,6 +97,34 @@ class Meter(ABC):
         finally:
             done = self.stop(token)
             reading.energy_mJ, reading.elapsed_s = done.energy_mJ, done.elapsed_s
+
+    def start_unless_failed(self, activity: str = "compute") -> tuple[Any, float] | None:
+        """`start`, or None (no window) once the meter has failed: see `stop_unless_failed`."""
+        if self.failure is None:
+            try:
+                return self.start(activity)
+            except MeterError as exc:
+                self._failed(exc)
+        return None
+
+    def stop_unless_failed(self, token: tuple[Any, float] | None) -> EnergyReading | None:
+        """`stop` for work that must outlive the meter: a MeterError (a Jetson rail that stops answering, a RAPL file
+        gone) is logged once and kept in `failure`; this window and every later one read None (energy unavailable)
+        and the work goes on, keeping what it measured besides energy. A rail lost mid-run lost every finished
+        request of `rr-edge run`, and the latencies of a profile (review)."""
+        if token is None:
+            return None
+        try:
+            return self.stop(token)
+        except MeterError as exc:
+            self._failed(exc)
+            return None
+
+    def _failed(self, exc: MeterError) -> None:
+        self.failure = exc
+        log.warning(
+            "the %s energy meter failed: %s; the rest is not metered (its energy is unavailable)", self.source, exc
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most meters
         """Release handles (NVML, sampler threads). Idempotent."""
