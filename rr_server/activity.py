@@ -2,8 +2,9 @@
 
 The cloud profiler times slices on the same CPUs (or GPU) that serve the edges' requests. A timing taken while a
 request runs measures the contention, not the slice, and slows the request down. `ModelRepository.infer` brackets
-every run with `running()`; the profiler waits for `wait_idle()` before each timed run and keeps the run only if
-`undisturbed_since()` its mark, i.e. no request started meanwhile.
+every run with `running()`; the profiler waits for `wait_idle()` before it opens a slice and before each run, keeps
+a timed run only if `undisturbed_since()` its mark, i.e. no request started meanwhile, and blames a run past its time
+budget on the slice only then.
 
     activity = InferenceActivity()
     with activity.running():           # a request's ONNX Runtime run

@@ -7,6 +7,8 @@ Measurements are appended; readers see the latest latency per (node, signature) 
 report without a meter does not hide the measured energy). A write keeps the last MEASUREMENTS_KEPT measurements of each
 (node, signature) it touches, and the newest with an energy, and the last RUNS_KEPT runs of each (node, model): a
 node that profiles the same model every day does not grow the database, or the refit's read of it, without end.
+Beyond that, only the server's own row loses measurements: those of another execution provider, when it starts on a
+new one (`forget_other_providers`).
 A write that meets a full disk stores nothing and raises ResourceExhausted; the next one works once there is room.
 
 A signature's features and uploaded slice are set by its first report: later features that differ are kept out
@@ -343,6 +345,26 @@ class Storage:
             (node_id,),
         )
         return {r["signature"]: r["slice_id"] for r in rows}
+
+    def forget_other_providers(self, node_id: str, provider: str) -> int:
+        """Delete `node_id`'s measurements taken on another execution provider than `provider` (their settings'
+        `execution_provider`), and with any of them its whole-model runs, which record no provider (the same server
+        timed them on the provider of its blocks); returns how many measurements went. For the server's own row when
+        it starts on another provider (its GPU no longer loads, say): served as measured, the old timings hid the
+        change until each block was timed again, and for good where its slice is no longer stored."""
+        with self._transaction() as db:
+            gone = db.execute(
+                "DELETE FROM measurements WHERE node_id = ? AND "
+                "COALESCE(json_extract(settings, '$.execution_provider'), '') != ? RETURNING signature",
+                (node_id, provider),
+            ).fetchall()
+            if gone:
+                db.execute("DELETE FROM model_runs WHERE node_id = ?", (node_id,))
+        if gone:
+            with self._lock:  # as after a write: the refit drops them, a query about them waits for it
+                self.version += 1
+                self._written.update((r["signature"], self.version) for r in gone)
+        return len(gone)
 
     def untimed_models(self, node_id: str) -> dict[str, str]:
         """Models with a whole-model slice that `node_id` has no run of: model -> slice id."""

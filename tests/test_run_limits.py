@@ -171,7 +171,7 @@ def test_cloud_profiler_skips_an_endless_slice_and_times_the_next(tmp_path):
         report_slice(stubs, "convsig", conv_model(seed=3))
         assert server.cloud_profiler.wait_idle(60)  # the loop's first run stops at the budget (5 s)
         assert server.storage.measured_signatures("cloud") == ["convsig"]
-        assert not server.cloud_profiler.submit("loopsig", sha256(loop_model()))  # skipped for good
+        assert not server.cloud_profiler.submit("loopsig", sha256(loop_model()))  # refused while the server runs
         stopped = weakref.ref(server)
     # Nothing keeps the stopped server alive: the watchdog's thread held the stopped run's exception, whose
     # traceback held the cloud profiler's frames, the server and its CF models until the interpreter exited.

@@ -16,7 +16,7 @@ from rr_edge.netmodel import NetworkModel
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import profile_servicer
 from rr_server.activity import InferenceActivity
-from rr_server.cloud_profiler import CloudProfiler
+from rr_server.sessions import SessionPool
 
 SIGS = [f"sig{k:02d}" for k in range(6)]
 
@@ -557,9 +557,9 @@ def test_the_cloud_summarises_its_timings_as_the_edge_does(tmp_path, monkeypatch
 
 def test_a_slice_whose_timing_ended_the_process_twice_is_not_timed_again(tmp_path, monkeypatch):
     """A slice whose run killed the server (INT64_MIN / -1 traps the processor in ONNX Runtime) was queued again at
-    every start, so every restart died a few seconds in (found by review). The journal names the slice being timed;
-    the state a dead process leaves is made here by copying it while the timing hangs. One death may be a kill -9:
-    the slice is timed once more; after a second it is not."""
+    every start, so every restart died a few seconds in (found by review). The journal names the slice being opened
+    or run; the state a dead process leaves is made here by copying it while the slice's open hangs. One death may be
+    a kill -9: the slice is timed once more; after a second it is not."""
     import threading
 
     journal = tmp_path / "cloud-profiler-running"
@@ -568,12 +568,12 @@ def test_a_slice_whose_timing_ended_the_process_twice_is_not_timed_again(tmp_pat
         """Start a server whose timing hangs, (report a slice,) and return the journal a crash would leave."""
         hanging, release = threading.Event(), threading.Event()
 
-        def hang(self, slice_id: str):  # type: ignore[no-untyped-def]
+        def hang(self, slice_id: str, path):  # type: ignore[no-untyped-def]
             hanging.set()
             release.wait(30)
             raise RuntimeError("stopped")
 
-        monkeypatch.setattr(CloudProfiler, "time_slice", hang)  # before the server starts: it queues stored slices
+        monkeypatch.setattr(SessionPool, "borrow", hang)  # before the server starts: it queues stored slices
         with serving(tmp_path) as (server, stubs):
             if report_it:
                 report_uploaded_block(stubs, signature, seed=5)
