@@ -104,9 +104,11 @@ def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
             "give a larger --timeout (or send less: a smaller --max-mb / --upload-max-mb)"
         )
     if isinstance(exc, ServerUnavailable) and server:
+        from rr_edge.client_options import split_scheme
+
         if getattr(args, "tls_cert", None):
             tls = "and that it serves TLS and trusts this client certificate"
-        elif getattr(args, "tls", False) or getattr(args, "tls_ca", None):
+        elif getattr(args, "tls", False) or getattr(args, "tls_ca", None) or split_scheme(server)[0] == "grpcs":
             tls = "and that it serves TLS (a server with mTLS also needs --tls-cert and --tls-key)"
         else:
             tls = "(a server with TLS needs --tls or --tls-ca)"

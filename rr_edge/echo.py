@@ -18,7 +18,7 @@ import logging
 import math
 import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = ["PER_CALL", "STREAMED", "EchoStream", "echo_transfers", "payload"]
 
 _END = None  # queued to half-close the stream
+CLOSE_DRAIN_S = 1.0  # how long closing a stream waits for the server to end it
 # How a profile's transfers were timed (`echo_transfers`; a network direction's note).
 STREAMED = "timed as exchanges on one open echo stream, as inference requests travel"
 PER_CALL = "timed with one echo call per transfer: each holds a call's start-up, which a streamed request does not pay"
@@ -111,9 +112,16 @@ class EchoStream:
             received += len(response.payload)
         return received
 
-    def close(self) -> None:
-        """End the stream (half-close, then cancel whatever is left) and its reader thread. Idempotent."""
+    def close(self, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """End the stream and its reader thread. Idempotent. Half-closes, then waits up to `drain_s` for the server
+        to end the stream, so that the call finishes OK: cancelled at once, every netprofile counted as CANCELLED in
+        the server's rr_requests_total (found by review). What is left then is cancelled."""
         self._closed = True
+        if self._call is not None and drain_s > 0:
+            self._requests.put(_END)
+            ended = self._reader.submit(deque, self._call, 0)  # reads to the server's end of the stream
+            with contextlib.suppress(concurrent.futures.TimeoutError, grpc.RpcError):
+                ended.result(timeout=drain_s)
         self._drop()
         self._reader.shutdown(wait=False, cancel_futures=True)
 

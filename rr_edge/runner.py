@@ -428,8 +428,9 @@ class Runner:
             )
         except ServerError as exc:
             # NOT_FOUND is no refusal: another edge's upload evicted the slice (`--max-store-gb`) between this one's
-            # upload and its load, and the server says to upload it again; the health check does that.
-            transient = isinstance(exc, (ServerUnavailable, ServerBusy)) or exc.code == "NOT_FOUND"
+            # upload and its load, or the stored copy was damaged and removed, and the server says to upload it
+            # again; the health check does that (`_mark_down`: at once).
+            transient = isinstance(exc, (ServerUnavailable, ServerBusy)) or _slice_lost(exc)
             if at_start and not transient:
                 raise
             self._mark_down(exc)  # no request is lost: local until the server answers again
@@ -441,15 +442,23 @@ class Runner:
 
     def _mark_down(self, exc: Exception) -> None:
         """Local until the server answers again; a new reason while down (it answers but refuses the slice, or
-        the edge's token) is logged and reported with the requests from then on."""
+        the edge's token) is logged and reported with the requests from then on. A slice the server lost
+        (NOT_FOUND) is no failure of the server: the health check starts at once and uploads it again, off the
+        request path (in a request it held every request up for as long as the upload took: 6.5 s once, soak
+        review)."""
         self._drop_stream()
         if self._down_since is None:
-            log.warning("server failed, running locally until it answers again: %s", exc)
+            if _slice_lost(exc):
+                log.warning(
+                    "the server no longer holds the slice; uploading it again, running locally meanwhile: %s", exc
+                )
+            else:
+                log.warning("server failed, running locally until it answers again: %s", exc)
             self._down_since = time.monotonic()
         elif str(exc) != str(self._down_error):
             log.warning("server still unusable, running locally: %s", exc)
         self._down_error = exc
-        self._last_probe = time.monotonic()
+        self._last_probe = -math.inf if _slice_lost(exc) else time.monotonic()
 
     def _remote_usable(self) -> bool:
         """True while the server is up. While it is down: False at once, and a health check started in the
@@ -554,7 +563,11 @@ class Runner:
                 env.update(outputs)
                 return
         result.fallback = True
-        result.error = result.error or f"server down, running locally until it answers: {self._down_error}"
+        if _slice_lost(self._down_error):  # the server is up: it asked for the slice again
+            why = "running locally while the slice is uploaded again"
+        else:
+            why = "server down, running locally until it answers"
+        result.error = result.error or f"{why}: {self._down_error}"
         env.update(self._run_local(self._middle_local, env))
 
     def _offload(self, feed: Mapping[str, np.ndarray], result: RunResult) -> dict[str, np.ndarray] | None:
@@ -569,12 +582,9 @@ class Runner:
             result.bytes_up = wire_bytes(feed)
             if exc.code == "DEADLINE_EXCEEDED":
                 self.link.timed_out(result.bytes_up, result.remote_ms)
-            if exc.code == "NOT_FOUND":  # the server lost the slice (evicted, a new data dir): upload it again,
-                self._mark_down(exc)  # in the health check, at once: under the request lock it held every request
-                self._last_probe = -math.inf  # up for as long as the upload took (6.5 s once: soak review)
-            elif exc.code == "INVALID_ARGUMENT":
+            if exc.code == "INVALID_ARGUMENT":
                 log.debug("the server rejected this request; running it locally: %s", exc)
-            else:  # unreachable, or refusing (INTERNAL, RESOURCE_EXHAUSTED, ...): local until it recovers
+            else:  # unreachable, refusing (INTERNAL, RESOURCE_EXHAUSTED, ...), or it lost the slice: local for now
                 self._mark_down(exc)
             return None
         result.remote_ms = (time.perf_counter() - start) * 1e3
@@ -621,6 +631,12 @@ class Runner:
 
     def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         return self.run(inputs).outputs
+
+
+def _slice_lost(exc: Exception | None) -> bool:
+    """The server answered that it does not hold the slice (evicted, damaged on its disk, a new data dir): it is up,
+    and an upload of the slice is what it asks for."""
+    return isinstance(exc, ServerError) and exc.code == "NOT_FOUND"
 
 
 def _writable(value: Any) -> Any:

@@ -337,7 +337,7 @@ def test_run_prints_a_readable_summary(capsys, model, x) -> None:  # type: ignor
     assert "{" not in out and "'latency_ms'" not in out  # not a Python dict
     assert "3 requests" in out and "median ms" in out and "measured" in out
     assert "0 of 3 requests finished locally" in out
-    assert "made ready once" in out  # the slice's one-time upload, apart from the requests
+    assert "made ready once" not in out  # all local: no middle slice to upload (found by review)
 
 
 def test_plan_and_run_tables_read_as_text(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]

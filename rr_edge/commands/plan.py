@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from rich.console import Console
@@ -26,7 +27,7 @@ from rr_edge.commands._common import (
     print_json,
 )
 from rr_edge.commands._paths import plot_path
-from rr_edge.meters.model import BUILT_IN_POWER, resolve_power
+from rr_edge.meters.model import BUILT_IN_POWER, ENV_CONFIG, resolve_power
 from rr_edge.netprofile import MAX_ECHO_MB, MAX_UPLOAD_PROBE_MB, MiB
 from rr_edge.offload import PlanReport, gather_costs, plan_with_server_cache
 from rr_edge.onnx_io import load_model
@@ -145,7 +146,8 @@ def build_plan(
 ) -> PlanReport:
     """The plan the flags of `add_plan_args` ask for; `amortize_over` applies when `--amortize` was not given."""
     power, origin = resolve_power(args.power_config, args.device_class)
-    if origin == BUILT_IN_POWER and (args.objective != "latency" or args.slo_ms is not None):
+    configured = args.power_config or os.environ.get(ENV_CONFIG)  # resolve_power already said why it went unused
+    if origin == BUILT_IN_POWER and not configured and (args.objective != "latency" or args.slo_ms is not None):
         # energy decides the plan: say whose watts cost the waits and transfers (a desktop idles far above 1.25 W)
         print(
             f"rr-edge {args.command}: warning: no power model configured: waits and transfers are costed with the "

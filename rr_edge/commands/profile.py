@@ -21,6 +21,7 @@ from rr_edge.commands._common import (
     add_ort_args,
     add_server_args,
     connect,
+    fraction,
     make_meter,
     model_name,
     non_negative_float,
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p = subparsers.add_parser("profile", help="profile a sample of a model's blocks on this node and report them")
     p.add_argument("path", metavar="PATH", help="ONNX model")
     add_server_args(p)
-    p.add_argument("--sample", type=float, default=DEFAULT_SAMPLE, help="fraction of unique blocks (default 0.3)")
+    p.add_argument("--sample", type=fraction, default=DEFAULT_SAMPLE, help="fraction of unique blocks (default 0.3)")
     p.add_argument("--seed", type=int, help="random seed of the sample (default: drawn and reported)")
     add_energy_args(p)
     add_ort_args(p)

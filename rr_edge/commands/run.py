@@ -474,10 +474,11 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     splits = " -> ".join("{},{}".format(*segment["split"]) for segment in s["segments"])
-    upload = f"middle slice made ready once (upload, open): {s['upload_ms']:.2f} ms"
-    if "predicted_upload_ms" in s:
-        upload += f", predicted {s['predicted_upload_ms']:.2f} ms"
-    console.print(upload)
+    if any(i != j for i, j in (segment["split"] for segment in s["segments"])):  # i == j: no middle slice to upload
+        upload = f"middle slice made ready once (upload, open): {s['upload_ms']:.2f} ms"
+        if "predicted_upload_ms" in s:
+            upload += f", predicted {s['predicted_upload_ms']:.2f} ms"
+        console.print(upload)
     console.print(
         f"fallback: {s['fallback_requests']} of {s['requests']} requests finished locally; "
         f"max |output - local| {s['max_abs_diff_vs_local']:.2g}" + (f"; splits used {splits}" if "->" in splits else "")
