@@ -54,12 +54,15 @@ class ModelRepository:
         try:
             return self._sessions.get(slice_id, self.require(slice_id).path)
         except InvalidArgument:  # ONNX Runtime refused the stored file: refused as uploaded, or damaged since?
-            if not self._slices.drop_if_damaged(slice_id):
-                raise
-            self._sessions.forget_failure(slice_id)
-            raise NotFound(
-                f"slice {slice_id} was damaged on this server's disk and is removed; upload it again"
-            ) from None
+            if self._slices.drop_if_damaged(slice_id):
+                self._sessions.forget_failure(slice_id)
+                raise NotFound(
+                    f"slice {slice_id} was damaged on this server's disk and is removed; upload it again"
+                ) from None
+            if not self._slices.path_of(slice_id).exists():  # removed while this request waited for an open that
+                # found it damaged: it was handed that open's refusal (found by review)
+                raise NotFound(f"slice {slice_id} is not cached on this server; upload it again") from None
+            raise
 
     def infer(
         self,

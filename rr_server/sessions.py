@@ -392,7 +392,10 @@ class SessionPool:
             reason = str(exc).replace(str(path), what)  # not the server's file layout
             # Passing, and the server's, not the slice's: not remembered as a refusal (a GPU full for a moment was
             # INVALID_ARGUMENT for good; found by review).
-            if isinstance(exc, MemoryError) or _OPEN_ALLOC.search(reason):
+            # Only ORT's run-time failures are read for it: a refusal of the model (INVALID_GRAPH, INVALID_PROTOBUF,
+            # NOT_IMPLEMENTED) quotes the slice's own node names, and a node named "out of memory" made one passing.
+            runtime = isinstance(exc, (OrtRuntimeException, OrtFail))
+            if isinstance(exc, MemoryError) or (runtime and _OPEN_ALLOC.search(reason)):
                 raise ResourceExhausted(f"the server has not the memory to open {what}: {reason}"[:500]) from None
             if isinstance(exc, OrtRuntimeException) and _DEVICE_FAULT.search(reason):  # as in `Session.run`
                 raise Unavailable(f"the server's device failed to open {what}: {reason}"[:500]) from None

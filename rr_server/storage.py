@@ -352,12 +352,10 @@ class Storage:
         timed them on the provider of its blocks); returns how many measurements went. For the server's own row when
         it starts on another provider (its GPU no longer loads, say): served as measured, the old timings hid the
         change until each block was timed again, and for good where its slice is no longer stored."""
-        with self._transaction() as db:
-            gone = db.execute(
-                "DELETE FROM measurements WHERE node_id = ? AND "
-                "COALESCE(json_extract(settings, '$.execution_provider'), '') != ? RETURNING signature",
-                (node_id, provider),
-            ).fetchall()
+        other = "node_id = ? AND COALESCE(json_extract(settings, '$.execution_provider'), '') != ?"
+        with self._transaction() as db:  # no DELETE ... RETURNING: that needs SQLite 3.35
+            gone = db.execute(f"SELECT signature FROM measurements WHERE {other}", (node_id, provider)).fetchall()
+            db.execute(f"DELETE FROM measurements WHERE {other}", (node_id, provider))
             if gone:
                 db.execute("DELETE FROM model_runs WHERE node_id = ?", (node_id,))
         if gone:

@@ -17,7 +17,7 @@ from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server import sessions
-from rr_server.errors import InvalidArgument, ResourceExhausted, Unavailable
+from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 MIB = 1 << 20
 
@@ -217,3 +217,52 @@ def test_an_upload_with_load_replaces_a_damaged_stored_copy(tmp_path):
         assert not stored.exists()
         assert not stubs.slices.UploadSlice(upload_requests(good, load=True), timeout=30).cached
         assert stubs.kserve.ModelInfer(x, timeout=10).outputs
+
+
+def test_a_request_handed_the_refusal_of_a_slice_removed_as_damaged_is_told_to_upload_it(tmp_path, monkeypatch):
+    """A request that waited on an open of a damaged slice is handed that open's refusal; by the time it checks the
+    stored file for damage, the request that opened it has removed the file. It answered INVALID_ARGUMENT ("ONNX
+    Runtime cannot load") for a slice that is only gone: NOT_FOUND, upload it again (found by review)."""
+    from rr_server.metrics import Metrics
+    from rr_server.repository import ModelRepository
+    from rr_server.slices import SliceStore
+
+    store = SliceStore(tmp_path / "slices", 1 << 30)
+    info = store.put_bytes(conv_model())
+    info.path.write_bytes(b"a disk fault")
+    pool = sessions.SessionPool(["CPUExecutionProvider"], 2)
+    with pytest.raises(InvalidArgument):
+        pool.get(info.slice_id, info.path)  # the opening request's refusal, remembered for its waiters
+    get = pool.get
+
+    def handed_the_refusal(slice_id, path):  # ... while that request found the file damaged and removed it
+        try:
+            return get(slice_id, path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    monkeypatch.setattr(pool, "get", handed_the_refusal)
+    with pytest.raises(NotFound, match="upload it again"):
+        ModelRepository(store, pool, Metrics()).session(info.slice_id)
+
+
+@pytest.mark.parametrize("node_name", ["out of memory guard", "CUDA_relu"])
+def test_a_slice_onnx_runtime_refuses_stays_refused_whatever_its_nodes_are_named(tmp_path, node_name):
+    """An open's failure was read for memory and device faults in all of ONNX Runtime's message, which quotes the
+    slice's own node names: a type error in a node named "out of memory ..." became RESOURCE_EXHAUSTED, not
+    remembered, and opened again at every request (found by review)."""
+    relu = helper.make_node("Relu", ["x"], ["y"], name=node_name)  # Relu has no int8 kernel at opset 13
+    graph = helper.make_graph(
+        [relu],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [1])],
+    )
+    path = tmp_path / "s.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION).SerializeToString()
+    )
+    pool = sessions.SessionPool(["CPUExecutionProvider"], 2)
+    with pytest.raises(InvalidArgument, match="cannot load"):
+        pool.get("a" * 64, path)
+    assert pool.failure("a" * 64) is not None  # remembered: not opened again
