@@ -8,8 +8,9 @@ version and `rr_edge.export.EXPORT_FORMAT` (bumped whenever exported graphs chan
 from __future__ import annotations
 
 import functools
+import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,27 @@ def analysed_model(name: str, size: int = 224) -> tuple[onnx.ModelProto, BlockGr
     """(model, blocks) of an exported zoo model, a few kept in memory."""
     model = load_model(exported_model(name, size))
     return model, analyze(model, f"{name}@{size}")
+
+
+_PACKAGE_LOGGERS = ("rr_edge", "rr_server")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put the root logger (handlers, level) and the package loggers' levels back after every test.
+
+    rr-server's main, run in-process by some tests, replaces the root handlers with one on that test's stderr and
+    sets the root level from --log-level (ERROR in one test): left so, a later test that reads a WARNING through
+    caplog saw nothing, and passed or failed by the order the tests ran in.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in _PACKAGE_LOGGERS}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
 
 
 @pytest.fixture(scope="module")

@@ -633,9 +633,11 @@ def test_a_fold_in_that_runs_out_of_memory_changes_nothing() -> None:
 
 def test_reading_a_model_that_another_thread_fits_releases_the_gil() -> None:
     """A property read waits for the model's lock while a fit holds it: it held the GIL meanwhile, and the whole
-    interpreter stood still for the rest of the fit (found by review)."""
+    interpreter stood still for the rest of the fit (found by review). Reads are made one after another until the fit
+    ends, so that one of them waits for its lock whenever the fit takes it (a sleep was to wait for that). The switch
+    interval is cut to 10 us: a read holding the GIL then stops this thread's count within some hundred ticks (at the
+    default 5 ms it still counted some 30,000 first)."""
     import threading
-    import time
 
     rng = np.random.default_rng(0)
     n = 200_000
@@ -644,16 +646,24 @@ def test_reading_a_model_that_another_thread_fits_releases_the_gil() -> None:
     model = CFModel(rank=8, iterations=10, threads=1).fit(rows[:10], cols[:10], values[:10], 300, 3000)
     fitting = threading.Thread(target=model.fit, args=(rows, cols, values, 300, 3000))
     reads: list[object] = []
-    reading = threading.Thread(target=lambda: reads.extend([model.n_rows, model.row_factors, repr(model)]))
-    fitting.start()
-    time.sleep(0.05)  # the fit has taken the model's lock
-    reading.start()
-    ticks = 0
-    while reading.is_alive():
-        ticks += 1  # advances only while the waiting read does not hold the GIL
-    fitting.join()
+    most_ticks = 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        fitting.start()
+        while fitting.is_alive():
+            reads.clear()
+            reading = threading.Thread(target=lambda: reads.extend([model.n_rows, model.row_factors, repr(model)]))
+            reading.start()
+            ticks = 0
+            while reading.is_alive():
+                ticks += 1  # advances only while the waiting read does not hold the GIL
+            most_ticks = max(most_ticks, ticks)
+        fitting.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert reads[0] == 300 and reads[1].shape == (300, 8)
-    assert ticks > 1000
+    assert most_ticks > 10_000, most_ticks
 
 
 def test_refit_of_unchanged_size_is_not_raced_by_a_fold_in() -> None:

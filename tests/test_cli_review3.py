@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import subprocess
 import sys
 import zipfile
@@ -173,6 +172,7 @@ def _meter_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_run_keeps_its_requests_when_the_meter_fails_mid_run(monkeypatch, caplog, capsys, tmp_path, model, x) -> None:  # type: ignore[no-untyped-def]
     """`run` threw away every finished request and wrote no --output when the meter failed (found by review)."""
+    caplog.set_level("WARNING", logger="rr_edge")
     meter = FailingMeter(good=3)
     monkeypatch.setattr("rr_edge.commands._common.select_meter", lambda *a, **kw: meter)
     y = tmp_path / "y.npy"
@@ -187,6 +187,7 @@ def test_run_keeps_its_requests_when_the_meter_fails_mid_run(monkeypatch, caplog
 
 
 def test_run_whose_meter_never_reads_reports_its_energy_unavailable(monkeypatch, caplog, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("WARNING", logger="rr_edge")
     monkeypatch.setattr("rr_edge.commands._common.select_meter", lambda *a, **kw: FailingMeter(good=0))
     argv = ["run", str(model), *DEAD, "--split", "0,0", "--input", str(x), "--repeat", "3"]
     assert main([*argv, "--json"]) == 0
@@ -201,6 +202,7 @@ def test_run_whose_meter_never_reads_reports_its_energy_unavailable(monkeypatch,
 def test_profile_keeps_its_latencies_when_the_meter_fails_mid_run(monkeypatch, caplog, capsys, server, model) -> None:  # type: ignore[no-untyped-def]
     """A profile lost every latency measured when the meter failed; the blocks the meter did read keep their
     energy, the rest are reported without, and the server stores them all."""
+    caplog.set_level("WARNING", logger="rr_edge")
     meter = FailingMeter(good=1)
     monkeypatch.setattr("rr_edge.commands._common.select_meter", lambda *a, **kw: meter)
     argv = ["profile", str(model), "--server", server.address, "--node", "edge", "--sample", "1", "--rounds", "1"]
@@ -259,19 +261,9 @@ def test_a_port_file_that_is_a_directory_is_refused_when_parsed(tmp_path: Path, 
     assert f"--port-file: '{tmp_path}' is a directory" in capsys.readouterr().err
 
 
-@pytest.fixture
-def root_logging():  # type: ignore[no-untyped-def]
-    """The root logger as it was: rr-server's main replaces its handlers with one on this test's captured stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_a_port_file_that_cannot_be_written_stops_the_server(monkeypatch, tmp_path: Path, capsys, root_logging) -> None:  # type: ignore[no-untyped-def]
+def test_a_port_file_that_cannot_be_written_stops_the_server(monkeypatch, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """Made a directory after the flags were checked: the write failed with a traceback after the port was bound,
-    and left its temporary file."""
+    and left its temporary file. (main replaces the root logger's handlers: conftest puts them back.)"""
     port_file = tmp_path / "port"
     parse_args = server_cli.parse_args
 
@@ -325,6 +317,7 @@ def test_run_takes_the_onnx_runtime_settings_profile_takes(model) -> None:  # ty
 
 
 def test_run_warns_when_the_node_was_profiled_with_another_setup(monkeypatch, caplog, server, model, x) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("WARNING", logger="rr_edge")
     profiled = OrtSettings(intra_op_threads=1, graph_optimization="basic").resolved()
     with Client(server.address) as client:
         client.register_node("edge", describe_device(profiled))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -201,7 +202,8 @@ def test_closing_a_node_closes_its_runners_and_they_stop_probing(tiny_server, mo
     for name in ("close", "close_if_idle"):  # the node closes a runner idle at once, a busy one after the connection
         real = getattr(rr_edge.Runner, name)
         monkeypatch.setattr(rr_edge.Runner, name, lambda self, real=real: closed.append(self) or real(self))
-    offloading = node.runner(path, (-1, n - 1), rr_edge.RunnerConfig(retry_interval_s=0.01))
+    # a probe wait of a nanosecond: any request after the first would start a probe, were it to probe at all
+    offloading = node.runner(path, (-1, n - 1), rr_edge.RunnerConfig(retry_interval_s=1e-9))
     assert not offloading.run(x).fallback
     node.close()
     assert closed == [offloading]
@@ -210,7 +212,9 @@ def test_closing_a_node_closes_its_runners_and_they_stop_probing(tiny_server, mo
     for _ in range(3):
         result = offloading.run(x)
         assert result.fallback and "closed" in result.error
-        time.sleep(0.02)
+    for thread in threading.enumerate():  # a probe runs in a thread of its own: the ones started have run
+        if thread.name == "rr-probe":
+            thread.join(30)
     assert probes == []
 
 

@@ -147,33 +147,46 @@ def test_sixteen_clients_fifty_inferences_each(env):
         assert sum(pool.map(client, range(16))) == 0
 
 
-def test_graceful_stop_finishes_in_flight_calls(tmp_path):
-    server = start_server(tmp_path, drain_s=0.5)
-    stubs = Stubs.connect(server.address)
-    received = []
+def _health(health: health_pb2_grpc.HealthStub) -> int | None:
+    """The server's health status, None when it takes no new calls."""
+    try:
+        return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    except grpc.RpcError:
+        return None
 
-    def slow_stream():
-        # a client-streaming upload still sending when the server is asked to stop
-        for _ in range(20):
-            time.sleep(0.05)
+
+def test_graceful_stop_finishes_in_flight_calls(tmp_path):
+    """A stopping server answers health NOT_SERVING while it drains, then takes no new calls, and a call in flight
+    still finishes within the grace period. No clock: the upload waits for the test, and the drain is long and ended
+    by the test (as its end would) once health said NOT_SERVING."""
+    server = start_server(tmp_path, drain_s=600)
+    stubs = Stubs.connect(server.address)
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    sending, go = threading.Event(), threading.Event()
+
+    def held_stream():  # a client-streaming upload still sending when the server is asked to stop
+        yield rr.SendRequest(payload=b"z" * 1000)
+        sending.set()
+        go.wait(60)
+        for _ in range(19):
             yield rr.SendRequest(payload=b"z" * 1000)
 
-    def call():
-        received.append(stubs.echo.Send(slow_stream(), timeout=20).received_bytes)
-
-    worker = threading.Thread(target=call)
-    worker.start()
-    time.sleep(0.3)
-    health = health_pb2_grpc.HealthStub(stubs.channel)
-    stopper = threading.Thread(target=server.stop, kwargs={"grace": 10})
-    stopper.start()
-    time.sleep(0.2)  # inside the drain period: still answering, but NOT_SERVING
-    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-    worker.join(20)
-    stopper.join(20)
-    assert received == [20_000]
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    stubs.close()
+    pool = ThreadPoolExecutor(2)
+    try:
+        upload = pool.submit(lambda: stubs.echo.Send(held_stream(), timeout=120).received_bytes)
+        assert sending.wait(20)
+        stopping = pool.submit(server.stop, grace=60)
+        _wait_for(lambda: _health(health) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        server._now.set()  # the drain's end
+        _wait_for(lambda: _health(health) is None)  # no new calls now
+        go.set()
+        assert upload.result(timeout=60) == 20_000
+        stopping.result(timeout=60)
+    finally:
+        go.set()
+        server.stop_now()
+        pool.shutdown()
+        stubs.close()
 
 
 def _wait_for(predicate, timeout_s: float = 20.0) -> None:

@@ -226,25 +226,48 @@ def test_a_report_may_hold_exactly_the_most_items(env, monkeypatch):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "more than 2 items" in err.value.details()
 
 
+def _finished_reports(server) -> float:
+    """How many ReportLayerProfiles calls the server has finished handling, whatever their status."""
+    return sum(
+        sample.value
+        for metric in server.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "rr_requests_total" and sample.labels["method"] == "ReportLayerProfiles"
+    )
+
+
 def test_a_report_cancelled_by_its_client_is_never_stored(env):
-    """Before the end message, 13-20 of 60 such cancelled reports were stored (a reviewer's count)."""
+    """Before the end message, 13-20 of 60 such cancelled reports were stored (a reviewer's count). Each report is
+    cancelled while the server reads it, half of them once the client has sent every item but the end message; the
+    storage is checked after the server has finished with every one of them."""
     server, stubs = env
     register(stubs, "pi4")
     for k in range(20):
-        release = threading.Event()
+        sent, release = threading.Event(), threading.Event()
 
-        def cut_short(k=k, release=release):
+        def cut_short(k=k, sent=sent, release=release):
             yield from list(report("pi4", layer(f"c{k}a", 1.0), layer(f"c{k}b", 1.0)))[:-1]
+            sent.set()
             release.wait(10)  # the client cancels here, before its end message
 
         call = stubs.profiles.ReportLayerProfiles.future(cut_short(), timeout=10)
-        time.sleep(0.02 + 0.01 * (k % 4))
-        call.cancel()
-        time.sleep(0.1)
-        release.set()
-    time.sleep(0.3)
+        try:
+            _wait_for(lambda: server.stream_slots.in_use["other"] == 1)  # the server is reading the report
+            if k % 2:
+                assert sent.wait(10)
+            call.cancel()
+        finally:
+            release.set()
+        _wait_for(lambda k=k: _finished_reports(server) == k + 1)
     assert server.storage.count_measurements() == 0
     assert not stubs.profiles.ListMeasuredSignatures(rr.ListMeasuredSignaturesRequest(node_id="pi4")).signatures
+
+
+def _wait_for(predicate, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert predicate()
 
 
 def test_report_for_unregistered_node(env):

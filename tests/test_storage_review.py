@@ -299,11 +299,24 @@ def test_reads_wait_for_no_writer(tmp_path):
     storage.close()
 
 
+class _WatchedCondition(threading.Condition):
+    """A Condition that says when a thread starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_close_waits_for_the_reads_running(tmp_path):
     """Reads do not take the writer's lock, so close() used to close a read connection under a running query (the
     server's stop beside a refit's read: a segmentation fault). It waits for running reads; later ones are refused."""
     storage = Storage(tmp_path)
     storage.upsert_node("a", "edge", {})
+    readers = storage._readers._changed = _WatchedCondition()  # what close() waits on for the reads
     lent, release = threading.Event(), threading.Event()
 
     def long_read() -> int:
@@ -316,8 +329,8 @@ def test_close_waits_for_the_reads_running(tmp_path):
         read = pool.submit(long_read)
         assert lent.wait(10)
         closing = pool.submit(storage.close)
-        time.sleep(0.2)
-        assert not closing.done()  # waiting for the read
+        assert readers.waiting.wait(10), "close() did not wait for the read"
+        assert not closing.done()
         release.set()
         assert read.result(timeout=10) == 1
         closing.result(timeout=10)
