@@ -184,6 +184,8 @@ class Client:
             with self._rpc(what):
                 return call(left_s)
 
+        if busy_wait_s is not None and not (math.isfinite(busy_wait_s) and busy_wait_s >= 0):  # NaN: retried forever
+            raise ArgumentError(f"busy_wait_s must be a finite number of seconds >= 0, got {busy_wait_s}")
         return retry_busy(attempt, timeout_s, self.options.busy_wait_s if busy_wait_s is None else busy_wait_s)
 
     def _kw(self, timeout_s: float | None, nbytes: int = 0) -> dict[str, Any]:
@@ -199,7 +201,8 @@ class Client:
     # -- health and server ---------------------------------------------------------------------------------------
 
     def health(self, service: str = "", timeout_s: float | None = None) -> str:
-        """grpc.health.v1 status of `service` ("" = the whole server): SERVING, NOT_SERVING, SERVICE_UNKNOWN..."""
+        """grpc.health.v1 status of `service` ("" = the whole server): SERVING, NOT_SERVING... A service the server
+        does not know is ServerError NOT_FOUND, as the health protocol answers it."""
         name = service.encode()
         request = (b"\x0a" + _varint(len(name)) + name) if name else b""
         with self._rpc("Health.Check"):
@@ -368,9 +371,12 @@ class Client:
                 return UploadResult(slice_id, True, status.bytes or len(data))
         chunk = self.options.chunk_bytes
         view = memoryview(data)
+        try:  # here, not in the generator gRPC reads: there a bad label became "UNKNOWN: Exception iterating"
+            header = pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label, probe=probe, load=load)
+        except ValueError as exc:  # a label protobuf cannot hold as UTF-8 (a lone surrogate)
+            raise ArgumentError(f"upload_slice: label {label!r} is not valid UTF-8 text") from exc
 
         def parts() -> Iterator[pb.UploadSliceRequest]:
-            header = pb.SliceHeader(slice_id=slice_id, size_bytes=len(data), label=label, probe=probe, load=load)
             yield pb.UploadSliceRequest(header=header)
             for offset in range(0, len(data), chunk):
                 yield pb.UploadSliceRequest(chunk=bytes(view[offset : offset + chunk]))
@@ -537,8 +543,8 @@ class Client:
 def _deadline_s(timeout_s: float) -> float:
     """The deadline gRPC is given for `timeout_s`: at most MAX_TIMEOUT_S (beyond about 7e9 s gRPC's clock overflows
     and the call fails at once); NaN, which no clock reaches, is an ArgumentError."""
-    if math.isnan(timeout_s):
-        raise ArgumentError("timeout_s must be a number of seconds, got nan")
+    if not timeout_s > 0:  # NaN too; a timeout <= 0 had gone to gRPC and come back as a server outage
+        raise ArgumentError(f"timeout_s must be a number of seconds > 0, got {timeout_s}")
     return min(timeout_s, MAX_TIMEOUT_S)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from rr_edge.errors import ArgumentError
-from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES, grpc_options
+from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, grpc_options
 
 __all__ = [
     "DEFAULT_BUSY_WAIT_S",
@@ -87,8 +87,10 @@ class ClientOptions:
         _check_number("min_bandwidth_bytes_per_s", self.min_bandwidth_bytes_per_s, positive=True)
         _check_number("max_reconnect_backoff_s", self.max_reconnect_backoff_s, most=MAX_RECONNECT_BACKOFF_S)
         _check_number("busy_wait_s", self.busy_wait_s)
-        if self.max_message_bytes <= 0:
-            raise ArgumentError(f"ClientOptions.max_message_bytes must be positive, got {self.max_message_bytes}")
+        if not 0 < self.max_message_bytes <= MAX_MESSAGE_BYTES:  # gRPC's channel arguments are C ints
+            raise ArgumentError(
+                f"ClientOptions.max_message_bytes must be in 1..{MAX_MESSAGE_BYTES:,}, got {self.max_message_bytes}"
+            )
         check_chunk(self.chunk_bytes, self.max_message_bytes)
         if self.token:  # "" is no token, as None
             check_token(self.token)

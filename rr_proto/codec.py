@@ -125,7 +125,10 @@ def _element_bytes(item: object, name: str, k: int) -> bytes:
     """A BYTES element's bytes: a str as UTF-8, bytes-like as they are. Anything else is a CodecError: `bytes(7)` is
     seven NUL bytes (an int went out as garbage without a word) and a float or None has no bytes at all."""
     if isinstance(item, str):
-        return item.encode()
+        try:
+            return item.encode()
+        except UnicodeEncodeError:  # a lone surrogate (os.fsdecode of a non-UTF-8 name): was a bare exception
+            raise CodecError(f"tensor {name!r}: BYTES element {k} is not encodable as UTF-8") from None
     if isinstance(item, bytes | bytearray | memoryview):
         return bytes(item)
     raise CodecError(

@@ -85,7 +85,7 @@ def test_a_huge_or_infinite_call_timeout_is_no_deadline(client: Client, floats: 
 
 
 def test_a_nan_call_timeout_is_an_argument_error(client: Client) -> None:
-    with pytest.raises(ArgumentError, match="timeout_s must be a number of seconds, got nan"):
+    with pytest.raises(ArgumentError, match="timeout_s must be a number of seconds > 0, got nan"):
         client.health(timeout_s=math.nan)
 
 
