@@ -96,6 +96,18 @@ class NetworkModel:
             times = (*times, *self.coeffs)  # a quartic's coefficients may be negative, its values are not
         if any(c < 0 for c in times):
             raise ValueError("network model times, slopes and energies must not be negative")
+        if not 0.0 <= self.lo_bytes <= self.hi_bytes:
+            raise ValueError(
+                f"network model range needs 0 <= lo_bytes <= hi_bytes, got {self.lo_bytes}, {self.hi_bytes}"
+            )
+        # finite coefficients can still predict inf (1e308 ms per byte), and the server stores a model that passes
+        # here: every later plan on it crashed. Checked at the range's ends and at a size past any message's (1 TiB).
+        ends = (self.lo_bytes, self.hi_bytes) if np.isfinite(self.hi_bytes) else (self.lo_bytes,)
+        sizes = np.array([0.0, *ends, 2.0**40])
+        with np.errstate(over="ignore", invalid="ignore"):
+            energy = self.predict_mJ(sizes) if self.energy_coeffs else sizes
+            if not (np.all(np.isfinite(self.predict_ms(sizes))) and np.all(np.isfinite(energy))):
+                raise ValueError("network model predicts a time or energy that is not a finite number")
 
     @classmethod
     def affine(cls, rtt_ms: float, bandwidth_bytes_per_ms: float, **kw: Any) -> NetworkModel:

@@ -66,8 +66,12 @@ DEFAULT_UPLOAD_MAX_MB = 64
 DEFAULT_UPLOAD_MIN_MB = 1 / 16  # 64 KiB: the fixed costs of a small slice's upload are measured, not extrapolated
 DEFAULT_MIN_TIME_S = 0.1
 DEFAULT_MAX_TRANSFER_S = 3.0  # the first size whose transfer takes longer is the largest one measured
+PROBE_COLUMNS = 256  # output width of an upload probe's MatMul: its weights come in rows of 4 x this many bytes
 PROBE_OVERHEAD_BYTES = 256  # an upload probe's graph and framing beyond its weight bytes (about 100 in practice)
 MAX_TRANSFERS_PER_SIZE = 500
+# The most samples per direction rr-server takes in one report (rr_server.profile_servicer.MAX_NETWORK_SAMPLES; the edge
+# does not import the server): a sweep over more was measured in full, then refused, and lost.
+MAX_NETWORK_SAMPLES = 10_000
 BUSY_WAIT_S = 60.0  # longest a measurement waits out a server with no stream slot free, in all
 MiB = 1024 * 1024
 
@@ -107,6 +111,10 @@ class NetProfileConfig:
             raise ArgumentError("repeats and points_per_octave must be >= 1")
         if self.upload_max_mb > MAX_UPLOAD_PROBE_MB:
             raise ArgumentError(f"upload probes of at most {MAX_UPLOAD_PROBE_MB} MiB, got {self.upload_max_mb:g}")
+        if self.upload_max_mb and self.upload_min_mb * MiB < 4 * PROBE_COLUMNS:  # else its sizes round to 0 bytes
+            raise ArgumentError(
+                f"upload_min_mb must be at least one probe row of {4 * PROBE_COLUMNS} bytes, got {self.upload_min_mb}"
+            )
         if self.upload_max_mb and not 0 < 4 * self.upload_min_mb <= self.upload_max_mb:
             raise ArgumentError(
                 f"upload probes need 0 < 4 x upload_min_mb <= upload_max_mb (three sizes or more), got "
@@ -122,9 +130,6 @@ class NetProfileConfig:
         if not self.upload_max_mb:
             return []
         return log_sizes(int(self.upload_min_mb * MiB), int(self.upload_max_mb * MiB), self.points_per_octave)
-
-
-PROBE_COLUMNS = 256  # output width of an upload probe's MatMul
 
 
 def probe_slice(weight_bytes: int, seed: int = 0) -> bytes:
@@ -175,11 +180,12 @@ def measure_direction(
     when metered.
 
     A first round times every size once, smallest first, and sets its target count (max(repeats, min_time_s / its
-    time)); it ends at the first size whose transfer takes longer than `max_transfer_s` (0: no limit; the second
-    size at the earliest, as a fit needs two), and the sizes above it are not measured. Then the remaining transfers
-    of every size are spaced evenly over as many rounds as the most-sampled size needs, each round in a shuffled
-    (seeded) order. A burst of load from elsewhere on the machine thus touches all sizes alike instead of bending
-    one stretch of the curve.
+    time), at most MAX_TRANSFERS_PER_SIZE and MAX_NETWORK_SAMPLES / the number of sizes: the server refuses a
+    direction of more samples); it ends at the first size whose transfer takes longer than `max_transfer_s` (0: no
+    limit; the second size at the earliest, as a fit needs two), and the sizes above it are not measured. Then the
+    remaining transfers of every size are spaced evenly over as many rounds as the most-sampled size needs, each
+    round in a shuffled (seeded) order. A burst of load from elsewhere on the machine thus touches all sizes alike
+    instead of bending one stretch of the curve.
 
     `prepare(size)`, when given, runs once per size before its first transfer, outside the timing (an upload
     probe is built there, so only the probes of the sizes reached take memory).
@@ -188,6 +194,7 @@ def measure_direction(
     is waited out outside the timing and the energy window, for up to BUSY_WAIT_S in all.
     """
     ascending = sorted({int(s) for s in sizes})
+    per_size = max(min(MAX_TRANSFERS_PER_SIZE, MAX_NETWORK_SAMPLES // max(len(ascending), 1)), 1)
     times: dict[int, list[float]] = {s: [] for s in ascending}
     rng = random.Random(seed)
     waited_s = 0.0
@@ -222,10 +229,7 @@ def measure_direction(
         if max_transfer_s and _past_limit(times[size][0], min(times[s][0] for s in order), max_transfer_s, len(order)):
             break
     times = {s: times[s] for s in order}
-    target = {
-        s: min(max(repeats, math.ceil(min_time_s * 1000.0 / max(times[s][0], 1e-3))), MAX_TRANSFERS_PER_SIZE)
-        for s in order
-    }
+    target = {s: min(max(repeats, math.ceil(min_time_s * 1000.0 / max(times[s][0], 1e-3))), per_size) for s in order}
     rounds = max(target.values())
     for r in range(1, rounds):
         due = [s for s in order if len(times[s]) < min(target[s], math.ceil((r + 1) * target[s] / rounds))]
@@ -301,9 +305,11 @@ def with_bandwidth(d: DirectionProfile, name: str) -> DirectionProfile | None:
     a sweep stopped at its second size fitted a slope of 0 on a 200 Mbit/s link, and the planner offloaded 45 MB of
     weights on it (2 s measured, 7.6 ms predicted). Then the echo directions are an ArgumentError; the upload curve
     is dropped (None, with a warning), weight uploads being costed with the uplink's."""
-    if NetworkModel.from_dict(d.model).slope_ms_per_byte > 0:
+    model, top = NetworkModel.from_dict(d.model), max(s.bytes for s in d.samples)
+    # relative: a flat profile's fitted slope is round-off (about 1e-19 ms/byte), positive about half the time
+    if model.slope_ms_per_byte * top > 1e-9 * model.predict_ms(top):
         return d
-    why = f"{name}: transfer times did not grow with message size up to {max(s.bytes for s in d.samples):,} bytes"
+    why = f"{name}: transfer times did not grow with message size up to {top:,} bytes"
     if name == "upload":
         log.warning("%s; weight uploads are costed with the uplink curve", why)
         return None

@@ -359,10 +359,17 @@ def replan_with_probe(
 
 def with_link(costs: Costs, uplink: NetworkModel, downlink: NetworkModel) -> Costs:
     """`costs` with the link as measured since: the two curves, and the slice upload curve scaled as the uplink
-    moved (it is the same link; a re-plan after a 10x slowdown had costed a new slice's upload at the old speed)."""
-    upload = costs.upload
+    moved (it is the same link; a re-plan after a 10x slowdown had costed a new slice's upload at the old speed):
+    its cost per byte by the uplink's `drift`, its fixed cost by `fixed_drift` too (`NetworkModel.rescaled` moves
+    them apart; with `drift` alone, a grown round trip left the upload's fixed cost as it was, and a slower rate
+    multiplied it)."""
+    upload, old = costs.upload, costs.uplink
     if upload is not None:
-        upload = replace(upload, drift=upload.drift * uplink.drift / costs.uplink.drift).rebased()
+        upload = replace(
+            upload,
+            drift=upload.drift * uplink.drift / old.drift,
+            fixed_drift=upload.fixed_drift * uplink.fixed_drift / old.fixed_drift,
+        ).rebased()
     return replace(costs, uplink=uplink.rebased(), downlink=downlink.rebased(), upload=upload)
 
 
