@@ -100,14 +100,19 @@ class NetworkModel:
             raise ValueError(
                 f"network model range needs 0 <= lo_bytes <= hi_bytes, got {self.lo_bytes}, {self.hi_bytes}"
             )
-        # finite coefficients can still predict inf (1e308 ms per byte), and the server stores a model that passes
-        # here: every later plan on it crashed. Checked at the range's ends and at a size past any message's (1 TiB).
+
+    def check_finite(self) -> NetworkModel:
+        """`self`, if it predicts finite times and energies: finite coefficients can still predict inf (1e308 ms per
+        byte), and the server stored such a model, on which every later plan crashed (review). Checked at the range's
+        ends and at a size past any message's (1 TiB); by `from_dict`, where models arrive from outside (a fit and a
+        runtime update make none such, and a check at every request's update cost 20 us)."""
         ends = (self.lo_bytes, self.hi_bytes) if np.isfinite(self.hi_bytes) else (self.lo_bytes,)
         sizes = np.array([0.0, *ends, 2.0**40])
         with np.errstate(over="ignore", invalid="ignore"):
             energy = self.predict_mJ(sizes) if self.energy_coeffs else sizes
             if not (np.all(np.isfinite(self.predict_ms(sizes))) and np.all(np.isfinite(energy))):
                 raise ValueError("network model predicts a time or energy that is not a finite number")
+        return self
 
     @classmethod
     def affine(cls, rtt_ms: float, bandwidth_bytes_per_ms: float, **kw: Any) -> NetworkModel:
@@ -298,7 +303,7 @@ class NetworkModel:
                 alpha=float(d.get("alpha", DEFAULT_ALPHA)),
                 knots=tuple(float(k) for k in d.get("knots", ())),
                 fixed_drift=float(d.get("fixed_drift", 1.0)),
-            )
+            ).check_finite()
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed network model dict: {exc!r}") from None
 
