@@ -1,7 +1,7 @@
-"""Conversions between the edge's plain records and the roadrunner.v1 messages (protobuf stops here).
+"""Conversions between the edge's plain records and the roadrunner.v1 messages.
 
-Used only by `rr_edge.client`; everything else in the edge package works on `rr_edge.profiles`, `rr_edge.device`
-and `rr_edge.session` records.
+Used only by `rr_edge.client`. Protobuf stops at the client modules (`client`, `_wire`, `echo`, `infer_stream`);
+everything else in the edge package works on `rr_edge.profiles`, `rr_edge.device` and `rr_edge.session` records.
 """
 
 from __future__ import annotations
