@@ -32,7 +32,7 @@ from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
 from rr_edge.profiler import features_of
 from rr_edge.runner import PlanSlices, Runner, RunnerConfig
-from rr_edge.session import OrtSettings, ort_reason
+from rr_edge.session import OrtSettings, run_session
 from rr_edge.slicing import Slicer, model_bytes
 
 log = logging.getLogger(__name__)
@@ -548,11 +548,7 @@ def local_outputs(
     session = settings.create_session(model)
     names = [o.name for o in session.get_outputs()]
     feeds = dict(inputs) if isinstance(inputs, Mapping) else {session.get_inputs()[0].name: inputs}
-    try:
-        outputs = session.run(names, feeds)
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
-        raise ModelError(f"ONNX Runtime cannot run the model: {ort_reason(exc)}") from None
-    return dict(zip(names, outputs, strict=True))
+    return dict(zip(names, run_session(session, names, feeds), strict=True))
 
 
 def max_abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:

@@ -36,7 +36,7 @@ from rr_edge.errors import ArgumentError, ModelError, ServerError, ServerUnavail
 from rr_edge.meters.base import EnergyReading, Meter
 from rr_edge.profiles import BlockFeatures, LatencyStats, LayerMeasurement, ModelMeasurement
 from rr_edge.progress import Progress
-from rr_edge.session import OrtSettings, ort_reason, random_feeds
+from rr_edge.session import OrtSettings, random_feeds, run_session
 from rr_edge.slicing import Slicer, model_bytes, whole_model_bytes
 from rr_proto.limits import MAX_ENERGY_MJ, MIN_ENERGY_MJ
 
@@ -260,9 +260,9 @@ class _Timed:
 
     def __call__(self) -> object:
         try:
-            return self.session.run(None, self.feeds)
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
-            raise ModelError(f"{self.label}: ONNX Runtime cannot run the model: {ort_reason(exc)}") from None
+            return run_session(self.session, None, self.feeds)
+        except ModelError as exc:
+            raise ModelError(f"{self.label}: {exc}") from None
 
 
 def _measure(

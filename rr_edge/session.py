@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -208,6 +209,15 @@ class OrtSettings:
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (?:Load model from .*? failed:)?")
 _ORT_SOURCE = re.compile(r"\S+\.(?:cc|cpp|h):\d+ ")  # where in its C++ it failed, then the function's signature
+
+
+def run_session(session: ort.InferenceSession, names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[Any]:
+    """`session.run`, where a model that loads but fails to run (a Gather index out of range passes the checker) is a
+    ModelError in one line, as one ONNX Runtime cannot load is (`OrtSettings.create_session`)."""
+    try:
+        return session.run(names, feeds)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
+        raise ModelError(f"ONNX Runtime cannot run the model: {ort_reason(exc)}") from None
 
 
 def ort_reason(exc: BaseException) -> str:
