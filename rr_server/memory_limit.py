@@ -10,10 +10,11 @@ and the server serves the next request.
 
 The bound is opt-in (`rr-server --max-memory-gb`): it counts address space, not memory in use (every thread's 8 MiB
 stack, the heap `rr_proto.allocator.tune_allocator` keeps for reuse; an idle server maps about 200 MB, one with 80
-open streams about 700 MB), and past it an allocation fails in any thread, gRPC's own included. gRPC's serving
-thread then dies and the process answers nothing more, SIGTERM included (found by review): `exit_when_serving_stops`
-makes the process exit instead, so that a supervisor restarts it, as after an OOM kill. Applied by the `rr-server`
-entry point, not by the library: an application that embeds the server decides for its own process.
+open streams some 870 MB by that count, an estimate: docs/usage.md), and past it an allocation fails in any thread,
+gRPC's own included. gRPC's serving thread then dies and the process answers nothing more, SIGTERM included (found
+by review): `exit_when_serving_stops` makes the process exit instead, so that a supervisor restarts it, as after an
+OOM kill. Applied by the `rr-server` entry point, not by the library: an application that embeds the server decides
+for its own process.
 """
 
 from __future__ import annotations
