@@ -34,7 +34,6 @@ the channel is TLS (mTLS when a client certificate is given).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -56,6 +55,7 @@ from rr_edge.client_options import (
     TlsOptions,
     check_address,
     check_chunk,
+    check_number,
     split_scheme,
 )
 from rr_edge.client_types import NodeInfo, Prediction, Predictions, ServerInfo, SliceStatus, UploadResult, slice_id_of
@@ -184,8 +184,8 @@ class Client:
             with self._rpc(what):
                 return call(left_s)
 
-        if busy_wait_s is not None and not (math.isfinite(busy_wait_s) and busy_wait_s >= 0):  # NaN: retried forever
-            raise ArgumentError(f"busy_wait_s must be a finite number of seconds >= 0, got {busy_wait_s}")
+        if busy_wait_s is not None:
+            check_number("busy_wait_s", busy_wait_s)  # NaN: retried forever
         return retry_busy(attempt, timeout_s, self.options.busy_wait_s if busy_wait_s is None else busy_wait_s)
 
     def _kw(self, timeout_s: float | None, nbytes: int = 0) -> dict[str, Any]:

@@ -83,10 +83,12 @@ class ClientOptions:
 
     def __post_init__(self) -> None:
         # NaN passes every `<= 0` check and no clock ever reaches it (a busy retry then never ended): finite only.
-        _check_number("timeout_s", self.timeout_s, positive=True, most=MAX_TIMEOUT_S)
-        _check_number("min_bandwidth_bytes_per_s", self.min_bandwidth_bytes_per_s, positive=True)
-        _check_number("max_reconnect_backoff_s", self.max_reconnect_backoff_s, most=MAX_RECONNECT_BACKOFF_S)
-        _check_number("busy_wait_s", self.busy_wait_s)
+        check_number("ClientOptions.timeout_s", self.timeout_s, positive=True, most=MAX_TIMEOUT_S)
+        check_number("ClientOptions.min_bandwidth_bytes_per_s", self.min_bandwidth_bytes_per_s, positive=True)
+        check_number(
+            "ClientOptions.max_reconnect_backoff_s", self.max_reconnect_backoff_s, most=MAX_RECONNECT_BACKOFF_S
+        )
+        check_number("ClientOptions.busy_wait_s", self.busy_wait_s)
         if not 0 < self.max_message_bytes <= MAX_MESSAGE_BYTES:  # gRPC's channel arguments are C ints
             raise ArgumentError(
                 f"ClientOptions.max_message_bytes must be in 1..{MAX_MESSAGE_BYTES:,}, got {self.max_message_bytes}"
@@ -107,13 +109,13 @@ class ClientOptions:
         ]
 
 
-def _check_number(name: str, value: float, positive: bool = False, most: float = math.inf) -> None:
-    """ArgumentError naming `ClientOptions.<name>` unless `value` is a finite number > 0 (`positive`) or >= 0, at
+def check_number(name: str, value: float, positive: bool = False, most: float = math.inf) -> None:
+    """ArgumentError naming `name` unless `value` is a finite number > 0 (`positive`) or >= 0, at
     most `most`."""
     low = "> 0" if positive else ">= 0"
     if not (math.isfinite(value) and (value > 0 if positive else value >= 0) and value <= most):
         bound = f" and at most {most:g}" if math.isfinite(most) else ""
-        raise ArgumentError(f"ClientOptions.{name} must be a finite number {low}{bound}, got {value}")
+        raise ArgumentError(f"{name} must be a finite number {low}{bound}, got {value}")
 
 
 def check_token(token: str, source: str = "ClientOptions.token") -> str:
