@@ -46,6 +46,7 @@ __all__ = [
     "decode_inputs",
     "decode_outputs",
     "encode_outputs",
+    "encoded_size",
     "parse_infer_request",
     "parse_infer_response",
     "parse_stream_item",
@@ -321,6 +322,14 @@ def _uninitialised_bytes(n: int) -> tuple[bytes, np.ndarray]:
 _PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
 _PyBytes_FromStringAndSize.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
 _PyBytes_FromStringAndSize.restype = ctypes.py_object
+
+
+def encoded_size(response: InferResponse) -> int:
+    """Bytes of `serialize_infer_response(response)`, counted without laying them out."""
+    if response.serialized is not None:
+        return len(response.serialized)
+    sizes = [len(_buffer(raw)) for raw in response.raw]  # as _response_parts counts them
+    return response.header.ByteSize() + sum(len(_field_header(RAW_OUTPUT_FIELD, n)) + n for n in sizes)
 
 
 def serialize_infer_response(response: InferResponse) -> bytes:

@@ -19,10 +19,18 @@ import grpc
 import numpy as np
 
 from rr_proto import codec
+from rr_proto.framing import ENVELOPE_BYTES
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.inference import grpc_service_pb2_grpc as pb_grpc
 from rr_server import wire
-from rr_server.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, as_server_error
+from rr_server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    as_server_error,
+)
 from rr_server.repository import PLATFORM, VERSION, ModelRepository
 from rr_server.run_watchdog import RunCaller
 
@@ -35,6 +43,8 @@ SERVER_NAME = "rr-server"
 # below it, binding costs more than the copy it saves (4-byte tensor: 1.80 vs 1.51 ms round trip, always binding).
 PLACE_MIN_BYTES = 256 * 1024
 EXTENSIONS = ("model_repository", "streaming")
+# A ModelStreamInferResponse wraps the response in a field: its tag and a length of up to 5 bytes.
+_STREAM_ITEM_BYTES = 6
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -140,7 +150,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs = {k: v.copy() if any(np.shares_memory(v, a) for a in placed) else v for k, v in outputs.items()}
             response = wire.encode_outputs(header.model_name, VERSION, header.id, outputs)
         response.set_run_ms(run_ms)
+        self._check_response_size(response, header.model_name)
         return response
+
+    def _check_response_size(self, response: wire.InferResponse, slice_id: str) -> None:
+        """ResourceExhausted for a response gRPC would refuse to send: the outputs' contents are within the limit
+        (checked before and after the run) but their names and shapes (an output named with 70,000 characters) took
+        it past the framing allowed beyond it. gRPC's own refusal ended a ModelStreamInfer stream."""
+        size = wire.encoded_size(response)
+        if size > self._max_message_bytes + ENVELOPE_BYTES - _STREAM_ITEM_BYTES:
+            raise ResourceExhausted(
+                f"slice {slice_id[:12]}: its response takes {size:,} bytes with its outputs' names and shapes, over "
+                f"the server's message limit of {self._max_message_bytes:,} bytes plus {ENVELOPE_BYTES:,} of "
+                "framing; not sent (ask for fewer outputs)"
+            )
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:

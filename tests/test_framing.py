@@ -189,3 +189,12 @@ def test_server_and_client_share_one_framing():
     assert wire.parse_infer_request is framing.parse_infer_request
     assert wire.serialize_infer_response is framing.serialize_infer_response
     assert wire.InferRequest is framing.InferRequest
+
+
+def test_encoded_size_is_the_length_of_the_serialised_response():
+    outputs = {"y" * 300: np.arange(40_000, dtype=np.float32).reshape(200, 200), "s": np.array(["a", "€"], object)}
+    encoded = framing.encode_outputs("m", "1", "id", outputs)
+    encoded.set_run_ms(1.5)
+    laid_out, _ = framing.allocate_response("m", "1", "id", [("y", np.dtype(np.float64), (3, 70))])
+    for response in (encoded, laid_out):
+        assert framing.encoded_size(response) == len(framing.serialize_infer_response(response))

@@ -266,3 +266,29 @@ def test_a_slice_onnx_runtime_refuses_stays_refused_whatever_its_nodes_are_named
     with pytest.raises(InvalidArgument, match="cannot load"):
         pool.get("a" * 64, path)
     assert pool.failure("a" * 64) is not None  # remembered: not opened again
+
+
+def test_a_response_whose_output_names_overflow_the_envelope_fails_its_message_and_the_stream_goes_on(tmp_path):
+    """Only the outputs' contents were checked against the message limit: an output of exactly the limit whose name
+    took 70,000 bytes passed, and gRPC's refusal of the 1 MiB + 70 KB response (the limit allows 64 KiB of framing)
+    ended the ModelStreamInfer stream. The whole response is now measured before it is sent."""
+    long_name = "y" * 70_000
+    identity = _model(
+        [helper.make_node("Identity", ["x"], [long_name])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info(long_name, TensorProto.FLOAT, ["n"])],
+    )
+
+    def request(n: int) -> pb.ModelInferRequest:
+        return codec.encode_infer_request(sha256(identity), {"x": np.ones(n, np.float32)}, request_id=str(n))
+
+    with serving(tmp_path, max_message_bytes=MIB) as (_, stubs):
+        stubs.upload(identity)
+        answers = list(stubs.kserve.ModelStreamInfer(iter([request(4), request(MIB // 4), request(8)]), timeout=30))
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(request(MIB // 4), timeout=30)
+        small = stubs.kserve.ModelInfer(request(16), timeout=30)
+    assert [(a.error_message[:18] or a.infer_response.id) for a in answers] == ["4", "RESOURCE_EXHAUSTED", "8"]
+    assert "its response takes 1,118,704 bytes" in answers[1].error_message
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert codec.decode_infer_response(small)[long_name].shape == (16,)
