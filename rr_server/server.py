@@ -294,7 +294,14 @@ class Server:
             "ort_providers": list(self.providers),
             "hostname": platform.node(),
         }
-        self.storage.upsert_node(self.config.cloud_node_id, ROLE_CLOUD, device)
+        node_id = self.config.cloud_node_id
+        before = self.storage.get_node(node_id)
+        self.storage.upsert_node(node_id, ROLE_CLOUD, device)
+        was = (before.device.get("ort_providers") or ["?"])[0] if before is not None else self.providers[0]
+        if was != self.providers[0] and (forgotten := self.storage.forget_model_runs(node_id)):
+            # The cloud profiler forgets block timings by their own provider; whole-model runs record none, and went
+            # only with such a block timing: a row with model runs and no block timings kept the old ones for good.
+            log.warning("%d whole-model runs were timed on %s, not %s: timed again", forgotten, was, self.providers[0])
 
     def _add_services(self, server: grpc.Server) -> None:
         add_inference_service(

@@ -364,6 +364,12 @@ class Storage:
                 self._written.update((r["signature"], self.version) for r in gone)
         return len(gone)
 
+    def forget_model_runs(self, node_id: str) -> int:
+        """Delete `node_id`'s whole-model runs; returns how many went. For the server's own row when it starts on
+        another execution provider than it was registered with: the runs record no provider of their own."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM model_runs WHERE node_id = ?", (node_id,)).rowcount
+
     def untimed_models(self, node_id: str) -> dict[str, str]:
         """Models with a whole-model slice that `node_id` has no run of: model -> slice id."""
         rows = self._read(

@@ -13,12 +13,13 @@ from pathlib import Path
 from _server_support import conv_model, layer, report, serving, sha256
 from onnx import TensorProto, helper
 from test_run_limits import loop_model
-from test_server_profiles import features, report_uploaded_block
+from test_server_profiles import features, register, report_uploaded_block
 
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.activity import InferenceActivity
 from rr_server.cloud_profiler import CloudProfiler
 from rr_server.errors import ResourceExhausted
+from rr_server.records import ModelRun
 from rr_server.sessions import SessionPool
 from rr_server.slices import SliceStore
 from rr_server.storage import Storage
@@ -198,3 +199,26 @@ def test_a_server_started_on_another_provider_times_its_row_again(tmp_path: Path
     with serving(tmp_path) as (server, stubs):  # the same provider: nothing to time again
         assert server.cloud_profiler.wait_idle(30) and timed == []
         assert cloud(stubs)[1] == rr.PROVENANCE_MEASURED
+
+
+def test_whole_model_runs_of_another_provider_go_without_block_timings(tmp_path: Path) -> None:
+    """Whole-model runs record no provider: they went with a block timing of another provider, so a cloud row with
+    model runs and no block timings kept the old provider's for good. The provider the row was registered with
+    tells; the model is then timed again on the new one."""
+    model = conv_model(seed=6)
+    whole = rr.ModelProfile(
+        model="net", latency=rr.LatencyStats(median_ms=9.0), sum_of_blocks_ms=10.0, slice_id=sha256(model)
+    )
+    with serving(tmp_path) as (server, stubs):
+        register(stubs, "pi4")
+        stubs.upload(model)
+        stubs.profiles.ReportLayerProfiles(report("pi4", whole), timeout=10)
+        assert server.cloud_profiler.wait_idle(30) and server.storage.untimed_models("cloud") == {}
+        assert server.storage.latest_measurements("cloud") == []
+        device = server.storage.get_node("cloud").device
+        server.storage.upsert_node("cloud", "cloud", {**device, "ort_providers": ["GoneExecutionProvider"]})
+        server.storage.add_reports([], {}, {}, [ModelRun("cloud", "net", 1e6, 0.0, measured_at=1.0)])  # the old one's
+    with serving(tmp_path) as (server, stubs):
+        assert server.cloud_profiler.wait_idle(30)
+        runs = stubs.predictions.Predict(rr.PredictRequest(node_id="cloud", model="net"), timeout=10)
+        assert 0.0 < runs.model_latency_ms < 1e5  # timed again on this provider; the 1e6 ms run is gone
