@@ -125,18 +125,27 @@ def _per_block(path: Path, graph: BlockGraph, costs: Costs, settings: OrtSetting
     ]
 
 
-def _count(text: str) -> int:
+def _at_least(text: str, least: int) -> int:
     n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, not {n}")
     return n
+
+
+def _count(text: str) -> int:
+    return _at_least(text, 0)
+
+
+def _positive(text: str) -> int:
+    """--repeat: a median needs a request; refused when parsing, not after the minutes of export and profiling."""
+    return _at_least(text, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--random", type=_count, default=10, help="random plans besides the Pareto plans (default 10)")
-    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--repeat", type=_positive, default=15, help="requests per plan and pass (default 15)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:

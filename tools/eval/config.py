@@ -111,6 +111,12 @@ def from_options(
     """The run `python -m tools.eval` makes of its options: a preset, overridden; another input size names the run
     NAME-N (e.g. quick-512) unless `name` is given."""
     cfg = get_config(quick)
+    for option, names in (("--models", tuple(models or ())), ("--classes", tuple(classes or ()))):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # collect would run them once and analyze count them twice (a false "missing" entry)
+            raise ValueError(f"{option} names {', '.join(twice)} more than once")
+    if classes and SERVER_CLASS in classes:
+        raise ValueError(f"--classes takes edge classes; {SERVER_CLASS!r} is the cloud server, which every run has")
     if models:
         cfg = replace(cfg, models=tuple(models))
     if classes:

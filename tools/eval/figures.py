@@ -155,12 +155,15 @@ def fig6(data: dict[str, Any], path: Path) -> None:
     ):
         by_dev = share.get(objective, {})
         devices = list(by_dev)
-        models = list(next(iter(by_dev.values()), {}))
-        x = np.arange(len(models))
+        # every model any device ran, in order: one that failed on a device is a missing bar there, not a 0% bar,
+        # and still drawn for the others
+        models = list(dict.fromkeys(m for by_model in by_dev.values() for m in by_model))
         w = 0.8 / max(len(devices), 1)
         for k, dev in enumerate(devices):
-            ax.bar(x + (k - (len(devices) - 1) / 2) * w, [by_dev[dev].get(m, 0) for m in models], w, label=dev)
-        ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
+            ran = [x for x, m in enumerate(models) if m in by_dev[dev]]
+            offset = (k - (len(devices) - 1) / 2) * w
+            ax.bar([x + offset for x in ran], [by_dev[dev][models[x]] for x in ran], w, label=dev)
+        ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("blocks offloaded (%)")
         ax.set_ylim(0, 105)
         ax.set_title(title)

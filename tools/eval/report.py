@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _headline(d: dict[str, Any]) -> str:
     h = d["headline"]
     share = h.get("offloaded_share_pct") or {}
+    last_fill = (d["fig4"]["latency"]["fills"] or [None])[-1]  # the value converged_fill measures against
     rows = [
         ["average speedup vs NS-nonOffloaded", PAPER["speedup_vs_ns_non_offloaded"],
          f"{_f(h['mean_speedup_vs_ns_non_offloaded'])}x mean, {_f(h['geomean_speedup_vs_ns_non_offloaded'])}x "
@@ -58,8 +60,9 @@ def _headline(d: dict[str, Any]) -> str:
          f"({_f(h['chosen_plan_latency_median_ape_pct'])}% for the chosen plans), "
          f"{_f(h['energy_prediction_median_ape_pct'])}% energy (model)"],
         ["CF RMSE convergence", PAPER["rmse_fill"],
-         f"latency RMSE within 10% of its 50%-fill value from {_f(h['cf_latency_rmse_converged_fill'], '{:.0%}')} "
-         f"fill; energy from {_f(h['cf_energy_rmse_converged_fill'], '{:.0%}')}"],
+         f"latency RMSE within 10% of its {_f(last_fill, '{:.0%}', 'last')}-fill value from "
+         f"{_f(h['cf_latency_rmse_converged_fill'], '{:.0%}')} fill; energy from "
+         f"{_f(h['cf_energy_rmse_converged_fill'], '{:.0%}')}"],
         ["blocks offloaded", PAPER["offload_share"],
          f"{_f(share.get('latency'), '{:.1f}')}% (latency objective), {_f(share.get('energy'), '{:.1f}')}% "
          "(energy objective)"],
@@ -67,13 +70,151 @@ def _headline(d: dict[str, Any]) -> str:
     return _table(["", "paper", "this testbed"], rows)
 
 
-def _findings(d: dict[str, Any]) -> str:
-    plans = d["plans"]
+EVEN = 0.05  # a geometric-mean speedup within 5% of 1 is "about even": the runs' noise floor is several percent
+NS_QUOTE = '"the initial version of Neurosurgeon ... performs better"'
+
+
+def _most(k: int, n: int) -> bool:
+    return 2 * k > n
+
+
+def _placement(plans: list[dict[str, Any]]) -> str | None:
+    """Where NS-nonOffloaded and RoaD-RuNNer ran the model, and only the readings the counts support (None: no
+    plans)."""
     ns = [r for r in plans if r["plan"] == "neurosurgeon_non_offloaded"]
-    ns_local = sum(r["split"][0] == r["split"][1] for r in ns)
     rr = [r for r in plans if r["plan"] == "roadrunner"]
-    rr_front = sum(r["split"][0] == -1 and r["split"][1] < r["blocks"] - 1 for r in rr)
-    rr_local = sum(r["split"][0] == r["split"][1] for r in rr)
+    if not ns or not rr:
+        return None
+
+    def local(r: dict[str, Any]) -> bool:
+        return bool(r["split"][0] == r["split"][1])
+
+    def keeps_end(r: dict[str, Any]) -> bool:  # offloads a part and runs the last block on the edge
+        return bool(r["split"][0] < r["split"][1] < r["blocks"] - 1)
+
+    ns_local, rr_local = sum(map(local, ns)), sum(map(local, rr))
+    rr_front = sum(r["split"][0] == -1 and keeps_end(r) for r in rr)
+    if _most(ns_local, len(ns)) and _most(sum(local(r) or keeps_end(r) for r in rr), len(rr)):
+        head = "Uploading weights is expensive here: NS-nonOffloaded and RoaD-RuNNer mostly finish on the edge."
+    else:
+        head = "Where NS-nonOffloaded and RoaD-RuNNer ran the model."
+    same = ", so it coincides with Offload None" if ns_local == len(ns) else " (there it is Offload None)"
+    text = (
+        f"* **{head}** NS-nonOffloaded ran everything locally in {ns_local} of {len(ns)} (class, model) "
+        f"cases{same if ns_local else ''}. RoaD-RuNNer's two split points let it offload a front part and finish "
+        f"locally in {rr_front} of {len(rr)} cases (all-local in {rr_local})"
+    )
+    chain = [r for r in rr if r["group"] == "chain"]
+    if chain:
+        k = sum(map(keeps_end, chain))
+        names = ", ".join(dict.fromkeys(r["model"] for r in chain))
+        text += f"; for the chain models ({names}) it offloaded a part and kept the end on the edge in {k} of "
+        text += f"{len(chain)} cases"
+        if _most(k, len(chain)):
+            text += (
+                ", as the paper argues: the convolutions have small weights and big activations, the fully "
+                "connected layers at the end most of the weights"
+            )
+    return text + "."
+
+
+def _vs_neurosurgeon(d: dict[str, Any]) -> str | None:
+    """RoaD-RuNNer against Neurosurgeon with pre-loaded weights: who wins follows the measured speedup, how often
+    RoaD-RuNNer-preOffloaded and Neurosurgeon picked the same plan follows the plans (None: nothing compared)."""
+    summary = d["fig3"]["summary"].get("all", {})
+    ns = summary.get("Neurosurgeon") or {}
+    g = ns.get("geomean_speedup")
+    if g is None:
+        return None
+    measured = f"geometric-mean speedup {g:.2f}x over {ns['n']} cases"
+    if g < 1 - EVEN:
+        verdict = f"loses** ({measured}), as in the paper ({NS_QUOTE})"
+    elif g > 1 + EVEN:
+        verdict = f"wins** ({measured}), unlike the paper ({NS_QUOTE})"
+    else:
+        verdict = f"is about even** ({measured}; the paper: {NS_QUOTE})"
+    text = f"* **Against Neurosurgeon with pre-loaded weights RoaD-RuNNer (which pays its uploads) {verdict}"
+    cases: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in d["plans"]:
+        cases.setdefault((r["device"], r["model"]), {})[r["plan"]] = r
+    pairs = [(c["roadrunner_preoffloaded"], c["neurosurgeon"]) for c in cases.values()]
+    same = [a for a, b in pairs if a["split"] == b["split"]]
+    everything = sum(a["split"] == [-1, a["blocks"] - 1] for a in same)
+    pre = (summary.get("RR-preOffloaded vs Neurosurgeon") or {}).get("geomean_speedup")
+    if pairs and pre is not None:
+        text += (
+            f"; RoaD-RuNNer-preOffloaded picked Neurosurgeon's plan (a tie: 1x) in {len(same)} of {len(pairs)} cases"
+        )
+        text += f", offloading everything in {everything} of them" if same else ""
+        text += f"; its geometric-mean speedup over Neurosurgeon is {pre:.2f}x"
+    return text + "."
+
+
+def _rmse_trend(d: dict[str, Any]) -> str:
+    """What CF's latency RMSE does as the fill grows: read from the series and the headline's convergence fill (within
+    10% of the last fill's value), so the two agree."""
+    f4 = d["fig4"]["latency"]
+    fills, rmse = f4["fills"], f4["cf"]["rmse"]
+    converged = d["headline"].get("cf_latency_rmse_converged_fill")
+    if converged is None or len(fills) < 2:
+        return ""
+    last = f"{fills[-1]:.0%}"
+    rises = [
+        f"{fills[k]:.0%}" for k in range(1, len(fills)) if None not in rmse[k - 1 : k + 1] and rmse[k] > rmse[k - 1]
+    ]
+    if converged < fills[-1]:
+        settled = f"it is within 10% of its {last}-fill value from {converged:.0%} fill on"
+    elif not rises:
+        return (
+            f" The RMSE keeps falling up to {last} fill (the paper saw it converge at 30%): with only "
+            f"{len(d['fig4']['rows'])} nodes (rows) and {d['fig4']['cols']} columns, each extra profiled block "
+            "still adds information."
+        )
+    else:
+        settled = f"it is not within 10% of its {last}-fill value at any smaller fill"
+    trend = f"does not fall at every fill (it rises at {', '.join(rises)})" if rises else "falls at every fill"
+    return f" The RMSE {trend}; {settled} (the paper saw it converge at 30%)."
+
+
+def _failed(plans: list[dict[str, Any]]) -> str | None:
+    """The executed splits that did not run as planned: requests that fell back to local execution (the server did
+    not answer; their time is not the plan's) or outputs that are not finite (None: every split ran as planned)."""
+    flagged: dict[str, list[str]] = {}  # "device/model split i,j" -> what went wrong, then the plans that chose it
+    for r in plans:
+        fell, finite = r["fallback_requests"], math.isfinite(r["max_abs_diff_vs_local"])
+        if fell or not finite:
+            why = [f"{fell} request(s) fell back to local execution"] if fell else []
+            why += [] if finite else ["outputs not finite"]
+            run = f"{r['device']}/{r['model']} split {r['split'][0]},{r['split'][1]}"
+            flagged.setdefault(run, [" and ".join(why)]).append(r["plan"])
+    if not flagged:
+        return None
+    items = "; ".join(f"{run} ({', '.join(what[1:])}): {what[0]}" for run, what in flagged.items())
+    return f"* **Plans that did not run as planned** (their measurements are not the plan's): {items}."
+
+
+def _outputs(plans: list[dict[str, Any]]) -> str:
+    """What was checked of the plans' outputs. The run records the largest absolute difference from the all-local
+    run, not the outputs' magnitude, so this gives that figure and the runs that went wrong, and claims no match."""
+    if not plans:
+        return "No plan ran, so no output was compared with local execution."
+    runs = {(r["device"], r["model"], tuple(r["split"])): r for r in plans}.values()  # a split ran once for its plans
+    finite = [r for r in runs if math.isfinite(r["max_abs_diff_vs_local"])]
+    fell, bad = sum(r["fallback_requests"] for r in runs), len(runs) - len(finite)
+    text = "Each split's outputs (its last request) are compared with the all-local run's"
+    if finite:
+        w = max(finite, key=lambda r: r["max_abs_diff_vs_local"])
+        text += (
+            f": the largest absolute difference is {w['max_abs_diff_vs_local']:.3g} ({w['device']}/{w['model']}, "
+            f"split {w['split'][0]},{w['split'][1]}; each plan's is `max_abs_diff_vs_local` in eval.json), an "
+            "absolute figure: the run does not record the outputs' magnitude, so it is no relative check"
+        )
+    text += f". {fell} request(s) fell back to local execution" if fell else ". No request fell back to local execution"
+    text += f"; {bad} split(s) gave outputs that are not finite" if bad else ""
+    return text + ('; those plans are flagged under "What the numbers say".' if fell or bad else ".")
+
+
+def _findings(d: dict[str, Any]) -> str:
     comp = d["fig5"].get("components", {})
     up, loc, rem = comp.get("upload", {}), comp.get("local", {}), comp.get("remote", {})
     f4 = d["fig4"]["latency"]
@@ -85,17 +226,11 @@ def _findings(d: dict[str, Any]) -> str:
 
     rep = d.get("repeatability", {}).get("median_abs_diff_pct")
     err = d["headline"]["latency_prediction_median_ape_pct"]
-    met = "met" if err is not None and err <= 10.0 else "not met"
+    met = "not measured" if err is None else "met" if err <= 10.0 else "not met"
     lines = [
-        f"* **Uploading weights is expensive here, so both dynamic baselines mostly stay local.** NS-nonOffloaded ran "
-        f"everything locally in {ns_local} of {len(ns)} (class, model) cases, so it coincides with Offload None. "
-        f"RoaD-RuNNer's two split points let it offload a front part and finish locally in {rr_front} of {len(rr)} "
-        f"cases (all-local in {rr_local}): for VGG and AlexNet it sends the convolutions (small weights, big "
-        "activations) and keeps the fully connected tail (most of the weights) on the edge, as the paper argues.",
-        "* **Against Neurosurgeon with pre-loaded weights RoaD-RuNNer (which pays its uploads) loses**, as in the "
-        "paper (\"the initial version of Neurosurgeon ... performs better\"); RoaD-RuNNer-preOffloaded and "
-        "Neurosurgeon mostly pick the same plan (offload everything) on this weak-server testbed, hence "
-        "speedups of about 1.",
+        _placement(d["plans"]),
+        _vs_neurosurgeon(d),
+        _failed(d["plans"]),
         f"* **Whole-plan latency prediction (issue 6 target: median error <= 10%): {met}** "
         f"(median {_f(err, '{:.1f}')}% over every executed plan, "
         f"{_f(d['headline'].get('chosen_plan_latency_median_ape_pct'), '{:.1f}')}% over the chosen plans). "
@@ -110,12 +245,9 @@ def _findings(d: dict[str, Any]) -> str:
         + (f"; at 30% fill {f4['cf']['rmse'][k30]:.2f} ms vs {f4['ns']['rmse'][k30]:.2f} ms, "
            f"{f4['cf']['mape'][k30]:.1f}% vs {f4['ns']['mape'][k30]:.1f}%" if k30 is not None else "")
         + ". The RMSE in ms is set by the few largest blocks (a per-layer-type regression on FLOPs fits those well); "
-        "the MAPE weighs every block alike (CF fits relative errors, in log space). The RMSE keeps falling up to "
-        "50% fill (the paper saw it converge at 30%): with only "
-        f"{len(d['fig4']['rows'])} nodes (rows) and {d['fig4']['cols']} columns, each extra profiled block still adds "
-        "information.",
+        "the MAPE weighs every block alike (CF fits relative errors, in log space)." + _rmse_trend(d),
     ]  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 def _fig3(d: dict[str, Any]) -> str:
@@ -230,10 +362,18 @@ def _fig5(d: dict[str, Any]) -> str:
 
 
 def _fig6(d: dict[str, Any]) -> str:
-    mean = d["fig6"]["mean_pct"]
+    """Each device's mean share per objective; a device that lacks some of the run's models (they failed there) says
+    over how many its mean is, as it is not comparable with the others' then."""
+    mean, share = d["fig6"]["mean_pct"], d["fig6"]["share_pct"]
     devices = list(mean.get("latency", {}))
-    rows = [[o] + [_f(mean[o].get(dv), "{:.1f}") for dv in devices] for o in mean]
-    return _table(["objective"] + devices, rows)
+
+    def cell(o: str, dv: str) -> str:
+        have, every = share[o].get(dv, {}), {m for by in share[o].values() for m in by}
+        return _f(mean[o].get(dv), "{:.1f}") + (
+            f" ({len(have)} of {len(every)} models)" if len(have) < len(every) else ""
+        )
+
+    return _table(["objective"] + devices, [[o] + [cell(o, dv) for dv in devices] for o in mean])
 
 
 def _plans(d: dict[str, Any]) -> str:
@@ -458,8 +598,8 @@ Whole-model latency per class in ms (whole model / sum of its blocks run one by 
   server was still timing slices, its busy CPU made small probes several times slower than on a quiet host).
 * **Plans**: `rr_edge.offload.gather_costs` + `make_plan` for the latency and energy objectives and pre-offloaded;
   the four baselines of `rr_edge.baselines`. Every distinct split is run with `rr_edge.offload.make_runner` inside
-  the device (head and tail local, middle over gRPC on the server). Outputs match local execution (max |diff| in
-  eval.json). The upload of a plan's middle slice is timed on a fresh copy (a unique `doc_string` appended, so the
+  the device (head and tail local, middle over gRPC on the server). {_outputs(d["plans"])}
+  The upload of a plan's middle slice is timed on a fresh copy (a unique `doc_string` appended, so the
   server cannot short-circuit it by hash); it includes the server's validation (size cap, `onnx.checker`, SHA-256,
   write to disk) and its opening in ONNX Runtime, as the runner has it opened before its first request (the
   network profile's upload probes include the opening too).
