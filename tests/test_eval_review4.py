@@ -131,6 +131,26 @@ def test_outputs_are_reported_as_measured_and_failed_plans_are_flagged():
     assert "emu-agx" not in line
 
 
+def test_rederive_rewrites_the_findings_of_a_committed_report_and_keeps_its_method_text(tmp_path):
+    """`python -m tools.eval rederive`: a report rendered by older code, whose raw data is gone, gets the findings its
+    eval.json supports; the method text, written when the run was measured, stays."""
+    import json
+
+    data = _data()
+    old = report.render(data).replace(_finding(report.render(data), "Against Neurosurgeon"), "* **It wins.**")
+    old = old.replace("Each split's outputs", "Outputs match local execution (max |diff| in\n  eval.json). Each")
+    old = old.replace("(CPU).", "(CPU), as measured then.")
+    (tmp_path / "README.md").write_text(old)
+    (tmp_path / "eval.json").write_text(json.dumps(data))
+    assert eval_main.main(["rederive", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "It wins" not in text and _finding(text, "Against Neurosurgeon") == _finding(report.render(data), "Against")
+    assert "Outputs match local execution" not in text and "the largest absolute difference is 0 (" in text
+    assert "as measured then." in text and "its findings re-derived from eval.json" in text
+    (tmp_path / "README.md").write_text("# a README without findings\n")
+    assert eval_main.main(["rederive", "--out", str(tmp_path)]) == 1
+
+
 # -- Fig. 6 -----------------------------------------------------------------------------------------------------
 
 

@@ -1,9 +1,11 @@
-"""`python -m tools.eval {collect,analyze,all} [--quick] [--input-size N] [--out DIR] [--models a,b] [--classes c,d]`
+"""`python -m tools.eval COMMAND [--quick] [--input-size N] [--out DIR] [--models a,b] [--classes c,d]`
 
     collect   testbed up -> ground truth, report, settle, netprofile, execute -> testbed down (raw JSON in
               .cache/eval/NAME)
     analyze   raw JSON -> OUT/eval.json, ground-truth CSVs, fig3..fig6 PNGs and OUT/README.md
     all       collect, then analyze
+    rederive  OUT/eval.json -> OUT/README.md's findings again (a committed run whose raw data is gone, after a
+              change to how they are read off the numbers; the numbers and the method text stay)
 
 Needs root (network namespaces, tc, cgroups). Full run: the ten paper models on four emulated classes; --quick: three
 small models. --input-size N exports the models at N x N (default 224) and names the run NAME-N (e.g. quick-512).
@@ -40,7 +42,7 @@ def exit_on_signals() -> None:
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, EvalConfig]:
     p = argparse.ArgumentParser(prog="python -m tools.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("collect", "analyze", "all"))
+    p.add_argument("command", choices=("collect", "analyze", "all", "rederive"))
     p.add_argument("--quick", action="store_true", help="the reduced run (< 10 min)")
     p.add_argument("--out", type=Path, help="output directory (default docs/results[/NAME])")
     p.add_argument("--models", help="comma-separated override of the model set")
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             from .analysis import analyze_run
 
             print(json.dumps(analyze_run(cfg, out), indent=1))
+        if args.command == "rederive":
+            from .report import rederive
+
+            log.info("re-derived the findings of %s", rederive(out))
     except RuntimeError as exc:  # a bad option, a worker or the server failed, too little disk: say why, no traceback
         log.error("%s", exc)
         return 1

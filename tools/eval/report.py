@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,7 @@ def _headline(d: dict[str, Any]) -> str:
     return _table(["", "paper", "this testbed"], rows)
 
 
+_FINDINGS = "### What the numbers say"
 EVEN = 0.05  # a geometric-mean speedup within 5% of 1 is "about even": the runs' noise floor is several percent
 NS_QUOTE = '"the initial version of Neurosurgeon ... performs better"'
 
@@ -506,7 +510,7 @@ Other runs' reports: {others}. Raw numbers: [eval.json](eval.json).
 
 {_headline(d)}
 
-### What the numbers say
+{_FINDINGS}
 
 {_findings(d)}
 
@@ -649,6 +653,25 @@ Needs root (namespaces, tc, cgroups); `make eval` brings the testbed up and alwa
 and logs stay in `.cache/eval/{run}/`; `python -m tools.eval analyze{flags}` rebuilds
 this report, the figures and eval.json from them without re-measuring.
 """
+
+
+def rederive(out_dir: Path) -> Path:
+    """The statements of `out_dir`'s README that are read off its numbers, derived again from its eval.json: "What
+    the numbers say" and what the output check found. For a committed run whose raw data is gone, after a change to
+    how they are read; the rest (how the run was measured) stays as written when it was measured."""
+    path = out_dir / "README.md"
+    try:
+        data, text = json.loads((out_dir / "eval.json").read_text()), path.read_text()
+        head, rest = text.split(f"{_FINDINGS}\n\n", 1)
+        tail = rest.split("\n\n", 1)[1]
+    except (OSError, ValueError, IndexError) as exc:
+        raise RuntimeError(f"cannot re-derive {path}: {exc or 'no findings section'}") from None
+    text = f"{head}{_FINDINGS}\n\n{_findings(data)}\n\n{tail}"
+    text = re.sub(r"Outputs match local execution \(max \|diff\| in\s+eval\.json\)\.", _outputs(data["plans"]), text)
+    generated = data["meta"]["generated"]
+    note = f"{generated}; its findings re-derived from eval.json {time.strftime('%Y-%m-%d %Z')}"
+    path.write_text(text.replace(f"report generated\n{generated}.", f"report generated\n{note}."))
+    return path
 
 
 def write(data: dict[str, Any], out_dir: Path) -> Path:
