@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from rr_edge.errors import ArgumentError
-from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, grpc_options
+from rr_proto.transport import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, grpc_options, token_fault
 
 __all__ = [
     "DEFAULT_BUSY_WAIT_S",
@@ -119,17 +119,11 @@ def check_number(name: str, value: float, positive: bool = False, most: float = 
 
 
 def check_token(token: str, source: str = "ClientOptions.token") -> str:
-    """`token`, if it can travel as `authorization: Bearer <token>`: printable ASCII without spaces. gRPC refuses
-    anything else in metadata, so that every call would fail with INTERNAL "Invalid metadata" (a copied line break
-    or a whole multi-line token file). `source` names where the token came from; the token itself is never shown."""
-    if not token:
-        raise ArgumentError(f"{source}: the bearer token is empty")
-    for k, char in enumerate(token):
-        if not "\x21" <= char <= "\x7e":
-            raise ArgumentError(
-                f"{source}: a bearer token is printable ASCII without spaces or line breaks; character {k + 1} of "
-                f"{len(token)} is U+{ord(char):04X}"
-            )
+    """`token`, if it can travel as `authorization: Bearer <token>` (`rr_proto.transport.token_fault`); `source` names
+    where the token came from."""
+    fault = token_fault(token)
+    if fault is not None:
+        raise ArgumentError(f"{source}: {fault}")
     return token
 
 

@@ -1,10 +1,11 @@
-"""gRPC settings both ends use: the message limit and HTTP/2 windows sized for multi-MB tensors."""
+"""gRPC settings both ends use: the message limit, HTTP/2 windows sized for multi-MB tensors, what a bearer token may
+hold."""
 
 from __future__ import annotations
 
 from rr_proto.framing import ENVELOPE_BYTES
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "MAX_MESSAGE_BYTES", "grpc_options"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "MAX_MESSAGE_BYTES", "grpc_options", "token_fault"]
 
 # Largest single gRPC message either way. ModelInfer carries whole tensors in one message (intermediate activations
 # of the paper's models at batch 1 are a few MB; the transport benchmark goes to 64 MB), uploads and echo traffic are
@@ -24,3 +25,19 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
         ("grpc.http2.lookahead_bytes", 64 * 1024 * 1024),
         ("grpc.http2.bdp_probe", 1),
     ]
+
+
+def token_fault(token: str) -> str | None:
+    """Why `token` cannot travel as `authorization: Bearer <token>`, or None: gRPC sends only printable ASCII without
+    spaces in metadata, anything else fails every call with INTERNAL "Invalid metadata" (a copied line break, a
+    whole multi-line token file). The edge checks its own token by this rule, the server its token file. The token
+    itself is never shown."""
+    if not token:
+        return "the bearer token is empty"
+    bad = next((k for k, char in enumerate(token) if not "\x21" <= char <= "\x7e"), None)
+    if bad is None:
+        return None
+    return (
+        "a bearer token is printable ASCII without spaces or line breaks; character "
+        f"{bad + 1} of {len(token)} is U+{ord(token[bad]):04X}"
+    )

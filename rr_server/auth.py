@@ -1,7 +1,10 @@
 """Bearer-token authentication: a token file maps each node id to its token.
 
-File format: one `node_id token` per line; blank lines and lines starting with `#` are ignored. Clients send
-`authorization: Bearer <token>` metadata. A caller is identified by its token; a node may only write its own data.
+File format: UTF-8 text (a byte-order mark allowed), one `node_id token` per line; blank lines and lines starting
+with `#` are ignored. Node ids are record ids (`rr_server.records.check_id`), tokens printable ASCII without spaces,
+the rule the edge applies to its own (`rr_proto.transport.token_fault`): gRPC sends nothing else in metadata.
+Clients send `authorization: Bearer <token>` metadata. A caller is identified by its token; a node may only write
+its own data.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
 
-from rr_server.errors import PermissionDenied, Unauthenticated
+from rr_proto.transport import token_fault
+from rr_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from rr_server.records import check_id
 
 _HEADER = "authorization"
 _SCHEME = "bearer "
@@ -27,8 +32,11 @@ class TokenTable:
 
     @classmethod
     def from_file(cls, path: Path) -> TokenTable:
+        """The table in `path`; ValueError naming the file and line of what is wrong. Read as utf-8-sig: in a file
+        saved with a byte-order mark (Windows Notepad) the first node id began with U+FEFF, and that node's writes
+        were refused as another's (found by review)."""
         tokens: dict[str, str] = {}
-        for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        for lineno, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -36,12 +44,21 @@ class TokenTable:
             if len(parts) != 2:
                 raise ValueError(f"{path}:{lineno}: expected 'node_id token'")
             node_id, token = parts
+            try:
+                check_id(node_id, "node id")
+            except InvalidArgument as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}") from None
+            fault = token_fault(token)
+            if fault is not None:
+                raise ValueError(f"{path}:{lineno}: node {node_id!r}: {fault}")
             if node_id in tokens:
                 raise ValueError(f"{path}:{lineno}: node {node_id!r} listed twice")
             holder = next((n for n, t in tokens.items() if hmac.compare_digest(t.encode(), token.encode())), None)
             if holder is not None:  # the caller would be whichever node comes last: refuse the ambiguity
                 raise ValueError(f"{path}:{lineno}: node {node_id!r} has the same token as node {holder!r}")
             tokens[node_id] = token
+        if not tokens:
+            raise ValueError(f"{path}: no 'node_id token' line (an empty table would refuse every call)")
         return cls(tokens)
 
     def node_of(self, token: str) -> str | None:

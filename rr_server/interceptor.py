@@ -4,7 +4,8 @@ Every handler is wrapped so that a `ServerError` becomes its status code with it
 cut to fit the status metadata), a request that does not parse becomes INVALID_ARGUMENT (grpcio answers INTERNAL to
 a deserializer that raises), and anything else becomes INTERNAL with a generic message (the traceback goes to the
 log only). Health and reflection stay open without a token so that probes and `buf curl`/`grpcurl` discovery work;
-every other method needs a valid bearer token when the server runs with a token table.
+every other method needs a valid bearer token when the server runs with a token table, and a call without one is
+refused before its request message is read (`_refusal`).
 
 Every call holds one of the server's worker threads for as long as it is open, and a stream may stay open while
 idle: an edge keeps its ModelStreamInfer stream open between requests, a slow client can hold an upload or a health
@@ -109,17 +110,35 @@ class PolicyInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        short = method.rsplit("/", 1)[-1]
         caller: str | None = None
-        auth_error: ServerError | None = None
         if self._tokens is not None and not method.startswith(_OPEN_PREFIXES):
             try:
                 caller = self._tokens.authenticate(handler_call_details.invocation_metadata or ())
             except Unauthenticated as exc:
-                auth_error = exc
-        short = method.rsplit("/", 1)[-1]
+                return _refusal(handler, short, exc, self._metrics)
         pool = StreamSlots.pool_of(method, not handler.unary_unary)
         idle_s = self._idle_s if pool == "other" else None
-        return _wrap(handler, short, caller, auth_error, self._metrics, self._slots, pool, idle_s)
+        return _wrap(handler, short, caller, self._metrics, self._slots, pool, idle_s)
+
+
+def _refusal(handler, method: str, error: ServerError, metrics: Metrics):
+    """A handler that ends the call with `error` at once, its request unread. It takes the request as a stream,
+    which gRPC runs without waiting for a message: a handler of a unary request holds a worker thread until the
+    message arrives, and callers without a token that sent their headers and no message held every thread, health
+    checks shut out with the rest (found by review)."""
+
+    def refuse(_requests, context) -> None:
+        _finish(context, metrics, method, time.perf_counter(), error)
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def _record(metrics: Metrics, method: str, started: float, code: grpc.StatusCode) -> None:
+    metrics.requests.labels(method, code.name).inc()
+    metrics.latency.labels(method).observe(time.perf_counter() - started)
 
 
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
@@ -134,8 +153,7 @@ def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseExc
     elif exc is not None:
         code = grpc.StatusCode.INTERNAL
         log.error("%s failed", method, exc_info=exc)
-    metrics.requests.labels(method, code.name).inc()
-    metrics.latency.labels(method).observe(time.perf_counter() - started)
+    _record(metrics, method, started, code)
     if isinstance(exc, Busy):
         context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(round(1e3 * exc.retry_after_s))),))
     if exc is not None:
@@ -187,7 +205,6 @@ def _wrap(
     handler,
     method: str,
     caller: str | None,
-    auth_error: ServerError | None,
     metrics: Metrics,
     slots,
     pool: str | None,
@@ -202,15 +219,17 @@ def _wrap(
 
     @contextlib.contextmanager
     def policy(context) -> Iterator[None]:
-        """Around the handler: the caller, its authentication, a stream slot, the status code and the metrics."""
+        """Around the handler: the caller, a stream slot, the status code and the metrics."""
         started = time.perf_counter()
         token = CALLER.set(caller)
         slot = False
         try:
-            if auth_error is not None:
-                raise auth_error
             slot = pool is not None and slots.take(pool, method)
             yield
+        except GeneratorExit:  # gRPC closed a server stream the client cancelled: counted, nothing left to answer
+            log.info("%s cancelled: the client went away while it was sent answers", method)
+            _record(metrics, method, started, grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status code here, the one place that does so
             _finish(context, metrics, method, started, exc)
         finally:
