@@ -4,8 +4,11 @@ Dense ops (Conv, ConvTranspose, Gemm, MatMul, Einsum, the recurrent LSTM, GRU an
 quantized ConvInteger, QLinearConv, MatMulInteger and QLinearMatMul) dominate
 and are counted from shapes: 2 per MAC, plus one add per output element for a bias (a recurrent
 op counts its input and hidden-state products, not its gates' element-wise work).
-Element-wise ops, pooling, reductions and normalisations are counted per output element with
-small per-element costs. Shape/data-movement ops count 0. Unknown shapes count 0. If, Loop and
+Element-wise ops (arithmetic, activations, comparisons, logical and bitwise ops, quantization), pooling and
+normalisations are counted per output element, reductions (arg-max, top-k and global pools included) per input
+element, with small per-element costs. Anything else counts 0: shape and data-movement ops, casts, random
+generators, sequence and string ops, but also interpolation (Resize, GridSample, RoiAlign) and the dense ops not
+named above (Attention, DeformConv, DFT, STFT, Det). Unknown shapes count 0. If, Loop and
 Scan count the nodes of the graphs they run (`_body_flops`); a Loop runs its body as many times as its scan
 outputs are long, else its trip count where that is a constant (`trip_counts`), else once.
 """
@@ -22,18 +25,32 @@ __all__ = ["node_flops", "trip_counts"]
 
 MAX_TRIP_COUNT = 1 << 20  # a larger constant trip count stands for "until the condition turns false"
 
-# Cost per output element of cheap ops.
+# Cost per output element of cheap ops (the ONNX default domain's element-wise ops, gone over one by one).
 _ELEMENTWISE = {
-    "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Pow": 1, "Neg": 1, "Abs": 1, "Sqrt": 1, "Reciprocal": 1,
-    "Max": 1, "Min": 1, "Sum": 1, "Mean": 1, "Relu": 1, "LeakyRelu": 1, "PRelu": 1, "Clip": 1,
-    "Sigmoid": 1, "HardSigmoid": 1, "HardSwish": 1, "Tanh": 1, "Exp": 1, "Log": 1, "Erf": 1,
-    "Elu": 1, "Selu": 1, "Celu": 1, "Softplus": 1, "Gelu": 1, "Mish": 1, "Where": 1,
-    "BatchNormalization": 2, "InstanceNormalization": 5, "LayerNormalization": 5,
-    "GroupNormalization": 5, "Softmax": 3, "LogSoftmax": 3, "LRN": 3,
+    "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Pow": 1, "Mod": 1, "Neg": 1, "Abs": 1, "Sqrt": 1, "Reciprocal": 1,
+    "Max": 1, "Min": 1, "Sum": 1, "Mean": 1, "Sign": 1, "Ceil": 1, "Floor": 1, "Round": 1, "CumSum": 1, "CumProd": 1,
+    "Exp": 1, "Log": 1, "Erf": 1, "Sin": 1, "Cos": 1, "Tan": 1, "Asin": 1, "Acos": 1, "Atan": 1,
+    "Sinh": 1, "Cosh": 1, "Asinh": 1, "Acosh": 1, "Atanh": 1,
+    "Relu": 1, "LeakyRelu": 1, "PRelu": 1, "Clip": 1, "Sigmoid": 1, "HardSigmoid": 1, "HardSwish": 1, "Tanh": 1,
+    "Elu": 1, "Selu": 1, "Celu": 1, "Softplus": 1, "Softsign": 1, "ThresholdedRelu": 1, "Shrink": 1, "Gelu": 1,
+    "Mish": 1, "Swish": 1, "SwiGLU": 1, "Hardmax": 1,
+    "Equal": 1, "Greater": 1, "GreaterOrEqual": 1, "Less": 1, "LessOrEqual": 1, "IsInf": 1, "IsNaN": 1, "Where": 1,
+    "And": 1, "Or": 1, "Xor": 1, "Not": 1,
+    "BitShift": 1, "BitwiseAnd": 1, "BitwiseOr": 1, "BitwiseXor": 1, "BitwiseNot": 1,
+    "QuantizeLinear": 2, "DequantizeLinear": 2, "DynamicQuantizeLinear": 4,  # the dynamic one finds its range too
+    "RotaryEmbedding": 3,
+    "BatchNormalization": 2, "InstanceNormalization": 5, "LayerNormalization": 5, "GroupNormalization": 5,
+    "MeanVarianceNormalization": 5, "RMSNormalization": 4, "LpNormalization": 3,
+    "Softmax": 3, "LogSoftmax": 3, "LRN": 3,
 }  # fmt: skip
 _POOLS = {"MaxPool", "AveragePool", "LpPool"}
 _CONVS = {"Conv": (1, 2), "ConvInteger": (1, 99), "QLinearConv": (3, 8)}  # op -> (weight input, bias input)
-_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
+# Cost per input element of the reductions: a square or an exponential before the sum costs one more.
+_REDUCTIONS = {
+    "GlobalAveragePool": 1, "GlobalMaxPool": 1, "ReduceMean": 1, "ReduceSum": 1, "ReduceMax": 1, "ReduceMin": 1,
+    "ReduceProd": 1, "ReduceLogSum": 1, "ArgMax": 1, "ArgMin": 1, "TopK": 1,
+    "ReduceL1": 2, "ReduceL2": 2, "ReduceSumSquare": 2, "ReduceLogSumExp": 2, "GlobalLpPool": 2,
+}  # fmt: skip
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -163,7 +180,7 @@ def _own_flops(node: NodeProto, infos: Mapping[str, TensorInfo]) -> int:
         return _ELEMENTWISE[op] * out_n
     if op in _POOLS:
         return out_n * _numel(tuple(_ints(node, "kernel_shape")))
-    if op in _GLOBAL_POOLS:
+    if op in _REDUCTIONS:
         x = shape(0)
-        return _numel(x) if x is not None else 0
+        return _REDUCTIONS[op] * _numel(x) if x is not None else 0
     return 0

@@ -35,6 +35,9 @@ def plot_pareto(
     else:
         lat = np.array([p.latency_ms for p in all_plans])
         en = np.array([p.energy_mJ for p in all_plans])
+    # Plans over the server's limits are priced at infinity: not drawn, so not counted, and no reason for a log axis.
+    finite = np.isfinite(lat) & np.isfinite(en)
+    lat, en = lat[finite], en[finite]
     if lat.size > _MAX_POINTS:
         keep = np.random.default_rng(0).choice(lat.size, _MAX_POINTS, replace=False)
         lat, en = lat[keep], en[keep]
@@ -57,9 +60,9 @@ def plot_pareto(
                    label=f"chosen{how} ({chosen.i}, {chosen.j})")  # fmt: skip
     ax.set_xlabel("predicted latency per inference (ms)")
     ax.set_ylabel("predicted edge energy per inference (mJ)")
-    if lat.size and np.nanmax(lat) / max(np.nanmin(lat), 1e-12) > 100:
+    if lat.size and lat.max() / max(lat.min(), 1e-12) > 100:
         ax.set_xscale("log")
-    if en.size and np.nanmax(en) / max(np.nanmin(en), 1e-12) > 100:
+    if en.size and en.max() / max(en.min(), 1e-12) > 100:
         ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

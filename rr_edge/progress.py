@@ -22,7 +22,7 @@ def progress_bars(enabled: bool = True, console: Console | None = None) -> Itera
         bars.TextColumn("{task.description:<10}"),
         bars.BarColumn(),
         bars.MofNCompleteColumn(),
-        bars.TextColumn("{task.fields[label]}"),
+        bars.TextColumn("{task.fields[label]}", markup=False),  # model and block names, as text: 'net[/v2]' raised
         bars.TimeElapsedColumn(),
         console=console or Console(stderr=True),
         transient=False,
