@@ -19,6 +19,8 @@ servicer becomes INTERNAL with the details in the log only.
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
 MAX_DETAILS_BYTES = 1000  # UTF-8 bytes of a message sent back (grpc-message metadata, percent-encoded: at most 3x
@@ -98,3 +100,13 @@ def as_server_error(exc: BaseException) -> ServerError | None:
     if isinstance(exc, MemoryError):
         return ResourceExhausted(f"the server has not the memory this request needs: {exc}")
     return None
+
+
+def start_thread(thread: threading.Thread, what: str) -> None:
+    """Start `thread`, or raise ResourceExhausted: under the memory bound (--max-memory-gb) a new thread's stack is an
+    allocation that can fail like any other, and Thread.start() then raises RuntimeError, not MemoryError (it reached
+    the client as INTERNAL, found by review)."""
+    try:
+        thread.start()
+    except RuntimeError as exc:
+        raise ResourceExhausted(f"{what}: the server has not the memory for a thread: {exc}") from None

@@ -20,21 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rr_server.errors import DeadlineExceeded, ResourceExhausted
+from rr_server.errors import DeadlineExceeded, start_thread
 
 _END = object()
 
 log = logging.getLogger(__name__)
-
-
-def _start(thread: threading.Thread, method: str) -> None:
-    """Start `thread`, or raise ResourceExhausted: under the memory bound (--max-memory-gb) a new thread's stack is
-    an allocation that can fail like any other, and Thread.start() then raises RuntimeError, not MemoryError (it
-    reached the client as INTERNAL, found by review)."""
-    try:
-        thread.start()
-    except RuntimeError as exc:
-        raise ResourceExhausted(f"{method}: the server has not the memory for this stream's thread: {exc}") from None
 
 
 def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
@@ -61,7 +51,7 @@ def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
             offer(exc)
 
     reader = threading.Thread(target=read, name=f"rr-read-{method}", daemon=True)
-    _start(reader, method)
+    start_thread(reader, method)
     try:
         while True:
             try:
@@ -102,7 +92,7 @@ def drained(responses: Iterator[Any], cancel: Callable[[], object], idle_s: floa
                 return
 
     watcher = threading.Thread(target=watch, name=f"rr-drain-{method}", daemon=True)
-    _start(watcher, method)
+    start_thread(watcher, method)
     try:
         for response in responses:
             with lock:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import onnxruntime as ort
 
-from rr_server.errors import DeadlineExceeded, ServerError
+from rr_server.errors import DeadlineExceeded, ServerError, start_thread
 
 # The longest one ONNX Runtime run may take, whatever its caller's deadline: far more than a real slice needs (vgg16
 # whole takes ~1 s on a slow CPU), far less than for ever.
@@ -112,9 +112,10 @@ class RunWatchdog:
                     raise type(self._closed)(str(self._closed))
                 self._active.add(run)
                 heapq.heappush(self._heap, (run.deadline, next(self._order), run))
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._watch, name="rr-run-watchdog", daemon=True)
-                    self._thread.start()
+                if self._thread is None:  # kept once started: one that failed to start had left runs unwatched
+                    thread = threading.Thread(target=self._watch, name="rr-run-watchdog", daemon=True)
+                    start_thread(thread, what)
+                    self._thread = thread
                 elif run.deadline < self._wake_at:
                     self._cond.notify()
             try:

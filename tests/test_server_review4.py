@@ -9,10 +9,12 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
-from _server_support import serving
+from _server_support import conv_model, serving, sha256
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rr_proto import codec
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.auth import TokenTable
 
@@ -124,9 +126,31 @@ def test_a_stream_whose_thread_cannot_start_is_resource_exhausted(tmp_path, monk
             with pytest.raises(grpc.RpcError) as err:
                 call()
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
-            assert err.value.details().startswith(f"{method}: the server has not the memory for this stream's thread")
+            assert err.value.details().startswith(f"{method}: the server has not the memory for a thread")
             assert _requests_counted(server, method, "RESOURCE_EXHAUSTED") == 1
         assert server.stream_slots.in_use["other"] == 0
+
+
+def test_a_run_watchdog_that_cannot_start_refuses_its_run_and_starts_with_the_next(tmp_path, monkeypatch):
+    """The watchdog's thread starts with the first run; one that failed to start was kept as if running: that run
+    was INTERNAL, and every later run went unwatched (no deadline, no stop at shutdown)."""
+    start, failures = threading.Thread.start, [RuntimeError("can't start new thread")]
+
+    def start_unless_the_first_watchdog(thread: threading.Thread) -> None:
+        if thread.name == "rr-run-watchdog" and failures:
+            raise failures.pop()
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_the_first_watchdog)
+    model = conv_model()
+    request = codec.encode_infer_request(sha256(model), {"x": np.ones((1, 3, 8, 8), np.float32)})
+    with serving(tmp_path / "data") as (server, stubs):
+        stubs.upload(model)
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(request, timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        stubs.kserve.ModelInfer(request, timeout=20)
+        assert any(t.name == "rr-run-watchdog" and t.is_alive() for t in threading.enumerate())
 
 
 def test_a_server_stream_the_client_cancels_is_counted_as_cancelled(tmp_path):
