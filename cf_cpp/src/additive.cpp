@@ -13,7 +13,18 @@ std::vector<double> additive_scale(const double* a, std::int64_t n_cols, std::in
   std::vector<double> scale(static_cast<std::size_t>(n_add), 0.0);
   for (std::int64_t c = 0; c < n_cols; ++c)
     for (std::int64_t j = 0; j < n_add; ++j) scale[j] += a[c * n_add + j] * a[c * n_add + j];
-  for (double& s : scale) s = s > 0 ? std::sqrt(s / static_cast<double>(n_cols)) : 1.0;
+  std::vector<double> most;  // where the squares overflow (values from 1e154 on), those of the values over the largest
+  for (std::int64_t j = 0; j < n_add; ++j) {
+    double& s = scale[j];
+    if (std::isfinite(s)) {
+      s = s > 0 ? std::sqrt(s / static_cast<double>(n_cols)) : 1.0;
+      continue;
+    }
+    if (most.empty()) most = additive_max(a, n_cols, n_add);
+    s = 0;
+    for (std::int64_t c = 0; c < n_cols; ++c) s += (a[c * n_add + j] / most[j]) * (a[c * n_add + j] / most[j]);
+    s = std::sqrt(s / static_cast<double>(n_cols)) * most[j];
+  }
   return scale;
 }
 

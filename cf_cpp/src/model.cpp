@@ -59,6 +59,14 @@ void check_features(const Features& f, std::int64_t n_cols, const char* name = "
     if (!std::isfinite(f.data[i])) throw InvalidInput(what + " must be finite (entry " + std::to_string(i) + ")");
 }
 
+// A fit's or refit's column features (add_cols takes the width the model has).
+void check_col_features(const Features& f, std::int64_t n_cols) {
+  if (f.n_features > kMaxFeatures)
+    throw InvalidInput("col_features has " + std::to_string(f.n_features) + " columns: a model holds at most " +
+                       std::to_string(kMaxFeatures));
+  check_features(f, n_cols);
+}
+
 void check_additive(const Features& a, std::int64_t n_cols) {
   check_features(a, n_cols, "additive_features");
   const std::size_t n = static_cast<std::size_t>(a.n_cols * a.n_features);
@@ -129,10 +137,16 @@ void Model::set_features(const Features& f) {
   feat_mean_.assign(static_cast<std::size_t>(nf), 0.0);
   feat_scale_.assign(static_cast<std::size_t>(nf), 0.0);
   for (std::int64_t j = 0; j < nf; ++j) {
-    double m, sd;
+    double m, sd, lo = INFINITY, hi = -INFINITY;
     moments(f.data + j, f.n_cols, nf, &m, &sd);
+    for (std::int64_t c = 0; c < f.n_cols; ++c) {
+      lo = std::min(lo, f.data[c * nf + j]);
+      hi = std::max(hi, f.data[c * nf + j]);
+    }
     feat_mean_[j] = m;
-    feat_scale_[j] = sd > 1e-12 * (1.0 + std::fabs(m)) ? 1.0 / sd : 0.0;  // constant feature: dropped
+    // A constant feature, or one whose spread is rounding, is dropped. Relative to the feature's own size, so that
+    // its unit does not matter: against 1e-12 (1 + |mean|), a feature in units of 1e-13 was a constant.
+    feat_scale_[j] = hi > lo && sd > 1e-12 * std::max(-lo, hi) ? 1.0 / sd : 0.0;
   }
   x_.assign(static_cast<std::size_t>(f.n_cols * fx), 0.0);
   for (std::int64_t c = 0; c < f.n_cols; ++c) {
@@ -213,7 +227,7 @@ void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int6
                          int iterations, const Features* additive) {
   detail::validate(obs, n_rows, n_cols);
   if (obs.size == 0) throw InvalidInput("fit needs at least one observation");
-  if (features) check_features(*features, n_cols);
+  if (features) check_col_features(*features, n_cols);
   // Built aside and moved in at the end: a fit that throws (bad input, out of memory) leaves this model as it was.
   Model next(config_);
   if (features) next.set_features(*features);
@@ -243,7 +257,7 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
   if (obs.size == 0) throw InvalidInput("refit needs at least one observation");
   // Everything is checked before anything changes.
   if (features)
-    check_features(*features, n_cols);
+    check_col_features(*features, n_cols);
   else if (!x_.empty() && n_cols > n_cols_)
     throw InvalidInput("col_features must be given to refit with new columns (the model uses column features)");
   if (!additive && n_add_ > 0 && n_cols > n_cols_)
@@ -308,6 +322,10 @@ void Model::run_als(const Observations& obs, int iterations) {
     detail::solve_cols(by_col, rows_.data(), with_features ? prior.data() : nullptr, mu_, d, ridge_col.data(),
                        dev_.data(), threads());
   }
+  // Columns without observations have e_c = 0, predicted from their prior alone, as solve_cols leaves them: also
+  // after 0 sweeps, where a refit's new columns kept their random start.
+  for (std::int64_t c = 0; c < n_cols_; ++c)
+    if (col_counts_[c] == 0) std::fill_n(dev_.begin() + c * d, d, 0.0);
   // Rows without observations take the mean of the observed rows (as a fold-in with no data would).
   std::vector<double> mean(d, 0.0);
   std::int64_t n_obs_rows = 0;

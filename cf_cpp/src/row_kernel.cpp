@@ -13,6 +13,9 @@ namespace {
 
 const double kWithin10 = std::log(1.1);  // |log ratio| within which a prediction is within +-10%
 
+// Whether evaluate_kernel sums an expansion of n terms over nf features as a quadratic form (or term by term).
+bool by_quadratic_form(std::size_t n, std::size_t nf) { return n >= nf; }
+
 // K[i * nb + j] = k(x_{a_i}, x_{b_j}).
 std::vector<double> gram(const std::int64_t* a, std::size_t na, const std::int64_t* b, std::size_t nb,
                          const double* x, int fx) {
@@ -206,7 +209,7 @@ KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals
 void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t first, std::int64_t last,
                      double* out) {
   const std::size_t n = h.cols.size(), nf = static_cast<std::size_t>(std::max(fx - 1, 0));
-  if (n < nf) {  // the expansion itself is cheaper: O(n F) per column
+  if (!by_quadratic_form(n, nf)) {  // the expansion itself is cheaper: O(n F) per column
     for (std::int64_t c = first; c < last; ++c) {
       double s = 0;
       for (std::size_t i = 0; i < n; ++i) s += h.alpha[i] * poly_kernel(x + h.cols[i] * fx, x + c * fx, fx);
@@ -233,6 +236,12 @@ void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int
     for (std::size_t j = 0; j < nf; ++j) ax[j] = dot(a.data() + j * nf, xc, nf);
     out[c - first] = s + 2 * inv * dot(v.data(), xc, nf) + inv * inv * dot(ax.data(), xc, nf);
   }
+}
+
+double evaluation_cost(std::size_t n, int fx, std::int64_t n_cols) {
+  const auto nf = static_cast<std::size_t>(std::max(fx - 1, 0));
+  const double terms = static_cast<double>(n), f = static_cast<double>(nf), cols = static_cast<double>(n_cols);
+  return terms + cols + (by_quadratic_form(n, nf) ? f * f * (terms + cols) : terms * f * cols);
 }
 
 }  // namespace cf::detail

@@ -58,4 +58,8 @@ KernelExpansion fit_row_kernel(const std::int64_t* cols, const double* residuals
 void evaluate_kernel(const KernelExpansion& h, const double* x, int fx, std::int64_t first, std::int64_t last,
                      double* out);
 
+// The multiply-adds of evaluate_kernel for an expansion of n entries over n_cols columns: what load spends on a row
+// of the residual table (kMaxLoadedWork). The quadratic form also takes (fx - 1)^2 doubles, at most this cost^(2/3).
+double evaluation_cost(std::size_t n, int fx, std::int64_t n_cols);
+
 }  // namespace cf::detail

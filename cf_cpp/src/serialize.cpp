@@ -3,8 +3,9 @@
 // save writes a temporary file next to the target and renames it over the target once it is complete, so a failed
 // save leaves the previous file. load checks every length against the bytes left in the file before allocating,
 // that the file ends after the last field, every parameter for finiteness, the size of the residual table it builds
-// and a bound of every prediction; any failure, running out of memory included, is an IoError. save refuses
-// (InvalidInput) a model that load would refuse: the same checks (check_values, check_sizes, check_bounded).
+// and the work of filling it, and a bound of every prediction; any failure, running out of memory included, is an
+// IoError. save refuses (InvalidInput) a model that load would refuse: the same checks (check_values, check_sizes,
+// check_bounded).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 
 #include "additive.h"
 #include "cf_cpp/model.h"
+#include "row_kernel.h"
 #include "sparse.h"
 
 namespace cf {
@@ -259,12 +261,27 @@ void Model::check_sizes() const {
   if (n_add_ > kMaxAdditiveFeatures)
     throw InvalidInput(std::to_string(n_add_) + " additive features per column: a model file holds at most " +
                        std::to_string(kMaxAdditiveFeatures));
+  if (n_features_ > kMaxFeatures)
+    throw InvalidInput(std::to_string(n_features_) + " column features: a model holds at most " +
+                       std::to_string(kMaxFeatures));
   const bool table =
       !x_.empty() && std::any_of(kernels_.begin(), kernels_.end(), [](const auto& h) { return !h.cols.empty(); });
-  if (table && n_rows_ > kMaxLoadedTable / n_cols_)
+  if (!table) return;
+  if (n_rows_ > kMaxLoadedTable / n_cols_)
     throw InvalidInput("its kernel residuals' table of " + std::to_string(n_rows_) + " rows x " +
                        std::to_string(n_cols_) + " columns is larger than the " + std::to_string(kMaxLoadedTable) +
                        " entries a model file may have");
+  // What refresh_residuals spends on it: evaluating the expansions (one of as many entries as features, each of
+  // which the file holds once, costs F^3: a 563 KB file of 12,000 features and entries took half an hour and 1.1 GB),
+  // then a row of the table per expert of a folded-in row.
+  double work = 0;
+  for (std::size_t r = 0; r < kernels_.size(); ++r)
+    work += detail::evaluation_cost(kernels_[r].cols.size(), static_cast<int>(n_features_ + 1), n_cols_) +
+            static_cast<double>(blends_[r].size()) * static_cast<double>(n_cols_);
+  if (!(work <= kMaxLoadedWork))
+    throw InvalidInput("its kernel residuals' table would cost " + detail::format_value(work) +
+                       " multiply-adds to fill, more than the " + detail::format_value(kMaxLoadedWork) +
+                       " a model file may need");
 }
 
 void Model::check_bounded() const {
@@ -438,9 +455,9 @@ Model Model::load(const std::string& path) {
     }
     if (!r.at_end()) r.fail();  // trailing bytes: another version relabelled, or not a model file
     m.check_values();
+    m.check_sizes();  // before anything is computed from the sizes: the residual table most
     if (with_features) m.set_feature_range();
     m.refresh_col_params();
-    m.check_sizes();  // before the residual table is built
     m.refresh_residuals();
     m.refresh_fold_in_prior();
     m.fitted_ = true;

@@ -89,6 +89,13 @@ TEST_CASE("additive helpers: scale of an all-zero feature, non-positive predicti
   CHECK(cv_folds(1000) == kAdditiveFolds);
 }
 
+TEST_CASE("additive_scale of values whose squares overflow is still their root mean square") {
+  const std::vector<double> a = {1e200, 2, 3e200, 2};  // 2 columns x 2 features, the first's squares past 1e308
+  const std::vector<double> scale = additive_scale(a.data(), 2, 2);
+  CHECK(scale[0] == doctest::Approx(std::sqrt(5.0) * 1e200));  // it was inf: save refused the model fit built
+  CHECK(scale[1] == 2.0);
+}
+
 TEST_CASE("distinct_entries: one entry per column, at the geometric mean of its values, in first-seen order") {
   const std::vector<std::int64_t> cols = {4, 2, 4, 7, 4};
   const std::vector<double> values = {1.0, 3.0, 4.0, 0.1, 16.0};

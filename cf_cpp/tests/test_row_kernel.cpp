@@ -125,6 +125,14 @@ TEST_CASE("evaluate_kernel sums the expansion, as a quadratic form or term by te
   }
 }
 
+TEST_CASE("evaluation_cost counts the multiply-adds of the way evaluate_kernel sums") {
+  CHECK(evaluation_cost(2, 4, 50) == 2 + 50 + 2 * 3 * 50);      // fewer terms than features: term by term
+  CHECK(evaluation_cost(20, 4, 50) == 20 + 50 + 9 * (20 + 50));  // the quadratic form
+  CHECK(evaluation_cost(0, 1, 50) == 50);                        // no features, no terms
+  // A file of 12,000 features and one column whose row has an expansion of 12,000 entries (563 KB): load refuses it.
+  CHECK(evaluation_cost(12000, 12001, 1) > cf::kMaxLoadedWork);
+}
+
 TEST_CASE("a column basis is only worth a rank that some row can use and that costs less than the rows' solves") {
   const std::vector<std::int64_t> ptr = {0, 400, 400 + kKernelMinEntries - 1, 400 + kKernelMinEntries + 2999};
   // rows of 400, 19 (too few for a residual) and 3000 (capped at kKernelMaxEntries) entries

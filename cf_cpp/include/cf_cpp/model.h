@@ -58,10 +58,18 @@ using KernelBlend = std::vector<std::pair<std::int64_t, double>>;
 // Size limits, checked (InvalidInput) before anything is allocated; load checks them too.
 constexpr std::int64_t kMaxDim = std::int64_t{1} << 40;  // rows, columns
 constexpr int kMaxRank = 1024;
+// Column features per column: fit and refit refuse more, and so does load. Far above what a fit can hold (its
+// per-row feature Grams take n_rows (F + 1)^2 doubles: 8 TiB a row at this limit).
+constexpr std::int64_t kMaxFeatures = std::int64_t{1} << 20;
 constexpr std::int64_t kUnchanged = -1;  // refit's n_rows / n_cols: the model's current size
 // A model with kernel residuals has an n_rows x n_cols table of them, which load builds: a file (of O(n_rows + n_cols)
 // bytes) declaring more entries than this (2 GiB of them) is refused, and save refuses such a model.
 constexpr std::int64_t kMaxLoadedTable = std::int64_t{1} << 28;
+// Filling that table costs per row O(n F n_cols) or O(F^2 (n + n_cols)) multiply-adds (an expansion of n entries, F
+// features; src/row_kernel.h), plus n_cols per expert of a folded-in row, which a file of O(n + F) bytes may declare:
+// one whose table would cost more than this to fill (about 10 s on one core) is refused, and save refuses such a
+// model.
+constexpr double kMaxLoadedWork = 0x1p34;
 // Bound, from the parameters, on every log prediction, and on every additive row's raw value, of a model that save
 // writes and load reads: a model whose predictions could overflow is refused. fold_in_row and add_cols keep to it for
 // additive rows.
@@ -191,8 +199,9 @@ class Model {
   // Adds a folded-in row's blend of its experts' residuals to its own, at the columns from first_col on.
   void blend_residuals(std::int64_t r, std::int64_t first_col = 0);
   // What load accepts (src/serialize.cpp), each throwing InvalidInput that says what is wrong: every parameter finite
-  // (counts, scales and additive features >= 0); the sizes load allows (kMaxLoadedTable); every prediction within
-  // kMaxPrediction by a bound from the parameters, in O(n_cols dim + n_rows dim) plus the residual table.
+  // (counts, scales and additive features >= 0); the sizes load allows (kMaxFeatures, kMaxLoadedTable,
+  // kMaxLoadedWork); every prediction within kMaxPrediction by a bound from the parameters, in
+  // O(n_cols dim + n_rows dim) plus the residual table.
   void check_values() const;
   void check_sizes() const;
   void check_bounded() const;
