@@ -354,14 +354,17 @@ class Client:
         probe: bool = False,
         load: bool = False,
         busy_wait_s: float | None = None,
+        slice_id: str | None = None,
     ) -> UploadResult:
         """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached.
 
         ``load``: the server also opens the slice's session before it answers (unless it is open already), so that
         the first request does not wait for it. ``probe``: time this path without storing anything: the status
         query, then an upload that the server verifies, validates and opens as a load would, then discards.
-        ``busy_wait_s``: how long to retry while the server is busy (None: `ClientOptions.busy_wait_s`)."""
-        slice_id = slice_id_of(data)
+        ``busy_wait_s``: how long to retry while the server is busy (None: `ClientOptions.busy_wait_s`).
+        ``slice_id``: `slice_id_of(data)` where the caller has it already (`rr_edge.slicing.SliceBytes`), not hashed
+        again; the server still verifies the bytes it is sent against it."""
+        slice_id = slice_id or slice_id_of(data)
         if check_cached:
             status = self.slice_status(slice_id, timeout_s)
             if status.cached and not probe:
@@ -398,16 +401,21 @@ class Client:
         load: bool = False,
         busy_wait_s: float | None = None,
         expected_s: float | None = None,
+        slice_id: str | None = None,
     ) -> str:
         """Make sure the server holds the slice (uploading it if needed) and, with `load`, has its session open;
         returns its id. `expected_s`: how long the upload is predicted to take; its deadline then allows
         `UPLOAD_MARGIN` times that beyond `timeout_s`, when that is later than the default (a link slower than
-        `min_bandwidth_bytes_per_s` would otherwise never finish a large slice, sending it again and again)."""
+        `min_bandwidth_bytes_per_s` would otherwise never finish a large slice, sending it again and again).
+        `slice_id`: the bytes' id where the caller has it already (`upload_slice`)."""
         timeout_s = None
         if expected_s is not None:
             planned = self.options.timeout_s + UPLOAD_MARGIN * expected_s
             timeout_s = max(planned, self._transfer_timeout_s(len(onnx_bytes)))
-        return self.upload_slice(onnx_bytes, label, load=load, busy_wait_s=busy_wait_s, timeout_s=timeout_s).slice_id
+        result = self.upload_slice(
+            onnx_bytes, label, load=load, busy_wait_s=busy_wait_s, timeout_s=timeout_s, slice_id=slice_id
+        )
+        return result.slice_id
 
     # -- inference (KServe v2) -----------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ and turns a split into runnable slices.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,8 +24,8 @@ import onnx
 
 from rr_edge import neurosurgeon
 from rr_edge.baselines import all_baselines
-from rr_edge.blocks import BlockGraph
-from rr_edge.client import Client, Prediction, ServerInfo, slice_id_of
+from rr_edge.blocks import Block, BlockGraph
+from rr_edge.client import Client, Prediction, ServerInfo
 from rr_edge.echo import echo_transfers
 from rr_edge.errors import ArgumentError, ModelError, PredictionsPending, RoadRunnerError
 from rr_edge.meters.model import PowerSpec
@@ -33,7 +34,7 @@ from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_fact
 from rr_edge.profiler import features_of
 from rr_edge.runner import PlanSlices, Runner, RunnerConfig
 from rr_edge.session import OrtSettings, run_session
-from rr_edge.slicing import Slicer, model_bytes
+from rr_edge.slicing import Slicer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ DEFAULT_OBJECTIVE = "latency"
 
 
 MAX_CACHE_QUERIES = 4  # slices asked about before planning: each is cut out of the model and hashed
+NEUROSURGEON_FITS = 4  # Neurosurgeon fits kept (`_neurosurgeon_fit`): one per model and predictions
 # A run planned local measures its link each way with three echoes of each of two sizes: the fastest small one the
 # fixed cost per message (noise only adds time), the median large one the cost per byte (`NetworkModel.rescaled`;
 # small echoes slowed by a hiccup had made every message 45 ms dearer and bulk transfers 3x cheaper: review).
@@ -263,28 +265,43 @@ def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> 
     """The same inputs with per-block figures from Neurosurgeon's regression, fitted on the measured blocks only,
     calibrated like the CF figures on both nodes: on each, the regression's blocks sum to the same whole-model
     latency as the CF figures' (the corrections are rescaled, the per-block shares are the regression's)."""
-    blocks = [b.to_json() for b in graph.blocks]
-    predicted: dict[str, Any] = {}
     for side, preds in (("edge", costs.edge), ("cloud", costs.cloud)):
-        measured = [k for k, p in enumerate(preds) if p.latency_provenance == "measured"]
-        if len(measured) < 2:
+        if sum(p.latency_provenance == "measured" for p in preds) < 2:
             log.info("neurosurgeon: fewer than 2 measured %s blocks; deciding on the CF figures", side)
             return None
-        model = neurosurgeon.fit(
-            [blocks[k] for k in measured],
-            [preds[k].latency_ms for k in measured],
-            [preds[k].energy_mJ for k in measured],
-        )
-        lat, en = model.predict(blocks)
-        predicted[f"{side}_ms"] = lat
-        if side == "edge" and en is not None:
-            predicted["edge_mJ"] = en
+    predicted: dict[str, Any] = {
+        k: v.copy() for k, v in _neurosurgeon_fit(graph.blocks, costs.edge, costs.cloud).items()
+    }
     return replace(
         inputs,
         **predicted,
         e2e_correction=_recalibrated(inputs.e2e_correction, inputs.edge_ms, predicted["edge_ms"]),
         cloud_correction=_recalibrated(inputs.cloud_correction, inputs.cloud_ms, predicted["cloud_ms"]),
     )
+
+
+@functools.lru_cache(maxsize=NEUROSURGEON_FITS)
+def _neurosurgeon_fit(
+    blocks: tuple[Block, ...], edge: tuple[Prediction, ...], cloud: tuple[Prediction, ...]
+) -> dict[str, np.ndarray]:
+    """Neurosurgeon's per-block figures (`edge_ms`, `edge_mJ` where it fits energy, `cloud_ms`), fitted on each
+    side's measured blocks (at least 2). Kept per model and predictions: a re-plan changes only the link, and the
+    fit (a leave-one-out refit per measured block and candidate) had been 85% of each plan's time, 0.6 s at 1000
+    blocks (review). The same inputs fit the same figures, so a kept fit plans exactly as a fresh one."""
+    features = [b.to_json() for b in blocks]
+    predicted: dict[str, np.ndarray] = {}
+    for side, preds in (("edge", edge), ("cloud", cloud)):
+        measured = [k for k, p in enumerate(preds) if p.latency_provenance == "measured"]
+        model = neurosurgeon.fit(
+            [features[k] for k in measured],
+            [preds[k].latency_ms for k in measured],
+            [preds[k].energy_mJ for k in measured],
+        )
+        lat, en = model.predict(features)
+        predicted[f"{side}_ms"] = lat
+        if side == "edge" and en is not None:
+            predicted["edge_mJ"] = en
+    return predicted
 
 
 def _recalibrated(correction: float, calibrated_ms: np.ndarray, new_ms: np.ndarray) -> float:
@@ -379,14 +396,14 @@ def with_slice_overhead(costs: Costs, graph: BlockGraph, slicer: Slicer) -> Cost
     the framing of nodes and weights). A slice of several blocks holds no more than their sum (one header, the
     boundaries between them as value infos, shared weights and static copies once), so the planner refuses by that
     bound: on slice_bytes alone, a slice 2-6 KB larger than they add up to could be chosen and then refused by the
-    server (review). Each block is cut out once: about the model's bytes in all (0.6 s for vit_b_16), once per plan
-    (a re-plan keeps them), and only for a model within a factor 2 (and 1 MiB) of the limit: framing adds a few bytes
-    per node and weight to what `slice_bytes` counts, and the declarations of a slice's inputs and outputs little
-    more, far from doubling it."""
+    server (review). Each block is sized as cut out alone, its weights not copied (`Slicer.slice_size`), once per
+    plan (a re-plan keeps them), and only for a model within a factor 2 (and 1 MiB) of the limit: framing adds a few
+    bytes per node and weight to what `slice_bytes` counts, and the declarations of a slice's inputs and outputs
+    little more, far from doubling it."""
     total = sum(b.slice_bytes for b in graph.blocks)
     if not costs.max_slice_bytes or costs.slice_overhead or 2 * total + (1 << 20) <= costs.max_slice_bytes:
         return costs
-    overhead = tuple(max(slicer.slice(k, k).ByteSize() - b.slice_bytes, 0) for k, b in enumerate(graph.blocks))
+    overhead = tuple(max(slicer.slice_size(k, k) - b.slice_bytes, 0) for k, b in enumerate(graph.blocks))
     return replace(costs, slice_overhead=overhead)
 
 
@@ -402,7 +419,10 @@ def plan_with_server_cache(
     report = make_plan(graph, costs, **kw)
     if kw.get("preloaded"):
         return report
-    held = [split for split in _worth_asking(report) if _on_server(client, slicer, split)]
+    asked = _worth_asking(report)
+    # the chosen plan's slice asked last: the slicer keeps the slices cut last, and that one is the likeliest to run
+    on_server = {split: _on_server(client, slicer, split) for split in reversed(asked)}
+    held = [split for split in asked if on_server[split]]
     if not held:
         return report
     log.info("slices already on the server, their upload not charged: %s", ", ".join(f"{i + 1}..{j}" for i, j in held))
@@ -445,32 +465,36 @@ def plan_for_split(
 
 
 def _on_server(client: Client, slicer: Slicer, split: tuple[int, int]) -> bool:
-    """Whether plan `split` offloads a middle slice the server already holds."""
+    """Whether plan `split` offloads a middle slice the server already holds (its bytes and id kept by the slicer
+    for the runner, `Slicer.serialized`)."""
     i, j = split
     if i >= j:
         return False
     try:
-        data = model_bytes(slicer.slice(i + 1, j), f"blocks {i + 1}..{j}")
+        middle = slicer.serialized(i + 1, j, f"blocks {i + 1}..{j}")
     except ModelError:  # over protobuf's limit: no server holds it
         return False
-    return client.slice_status(slice_id_of(data)).cached
+    return client.slice_status(middle.id).cached
 
 
 def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:
-    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes; a ModelError for
-    a slice over protobuf's 2 GiB limit (it had been a raw EncodeError)."""
+    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes, and the middle's
+    slice id; a ModelError for a slice over protobuf's 2 GiB limit (it had been a raw EncodeError). The slicer keeps
+    the bytes of the slices it cut last (`Slicer.serialized`): those of the middle slice planning asked about."""
     if not -1 <= i <= j <= n_blocks - 1:
         raise ArgumentError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
 
     def part(a: int, b: int) -> bytes | None:
-        return model_bytes(slicer.slice(a, b), f"the slice of blocks {a}..{b}") if a <= b else None
+        return slicer.serialized(a, b, f"the slice of blocks {a}..{b}").data if a <= b else None
 
     if i == j:  # nothing offloaded: the whole model runs locally
-        whole = model_bytes(slicer.slice(0, n_blocks - 1), "the model")
+        whole = slicer.serialized(0, n_blocks - 1, "the model").data
         return PlanSlices((i, j), whole, None, None, label)
 
-    middle = part(i + 1, j)
-    return PlanSlices((i, j), part(0, i), middle, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]")
+    middle = slicer.serialized(i + 1, j, f"the slice of blocks {i + 1}..{j}")
+    return PlanSlices(
+        (i, j), part(0, i), middle.data, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]", middle_id=middle.id
+    )
 
 
 def make_runner(

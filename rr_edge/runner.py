@@ -75,6 +75,7 @@ class RemoteExecutor(Protocol):
         load: bool = False,
         busy_wait_s: float | None = None,
         expected_s: float | None = None,
+        slice_id: str | None = None,
     ) -> str: ...
 
     def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
@@ -95,6 +96,9 @@ class PlanSlices:
     middle: bytes | None
     tail: bytes | None
     label: str = ""
+    # `slice_id_of(middle)` where the maker hashed it already (`rr_edge.offload.plan_slices`), for the upload; None:
+    # the upload hashes it (a 537 MB slice takes 0.3 s)
+    middle_id: str | None = None
 
     @property
     def offloads(self) -> bool:
@@ -422,7 +426,9 @@ class Runner:
         assert self.remote is not None and self.slices.middle is not None
         start = time.perf_counter()
         try:
-            planned = {} if self._expected_upload_s is None else {"expected_s": self._expected_upload_s}
+            planned: dict[str, Any] = {} if self._expected_upload_s is None else {"expected_s": self._expected_upload_s}
+            if self.slices.middle_id is not None:
+                planned["slice_id"] = self.slices.middle_id
             self._slice_id = self.remote.ensure_slice(
                 self.slices.middle, self.slices.label, load=True, busy_wait_s=0, **planned
             )
