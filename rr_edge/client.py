@@ -363,14 +363,18 @@ class Client:
         query, then an upload that the server verifies, validates and opens as a load would, then discards.
         ``busy_wait_s``: how long to retry while the server is busy (None: `ClientOptions.busy_wait_s`).
         ``slice_id``: `slice_id_of(data)` where the caller has it already (`rr_edge.slicing.SliceBytes`), not hashed
-        again; the server still verifies the bytes it is sent against it."""
+        again; the server still verifies the bytes it is sent against it. ``timeout_s``: the upload's deadline
+        (None: `ClientOptions.timeout_s` and the bytes at its `min_bandwidth_bytes_per_s`); the status query and the
+        load of a cached slice send no slice and take `ClientOptions.timeout_s` at most (an upload-sized deadline
+        held them for tens of seconds on a server that holds the slice but stopped answering: review)."""
         slice_id = slice_id or slice_id_of(data)
+        small_s = None if timeout_s is None else min(timeout_s, self.options.timeout_s)  # calls that send no slice
         if check_cached:
-            status = self.slice_status(slice_id, timeout_s)
+            status = self.slice_status(slice_id, small_s)
             if status.cached and not probe:
                 log.debug("slice %s (%s) already cached", slice_id[:12], label)
                 if load and not status.loaded:
-                    self.load_model(slice_id, timeout_s)
+                    self.load_model(slice_id, small_s)
                 return UploadResult(slice_id, True, status.bytes or len(data))
         chunk = self.options.chunk_bytes
         view = memoryview(data)
@@ -406,8 +410,9 @@ class Client:
         """Make sure the server holds the slice (uploading it if needed) and, with `load`, has its session open;
         returns its id. `expected_s`: how long the upload is predicted to take; its deadline then allows
         `UPLOAD_MARGIN` times that beyond `timeout_s`, when that is later than the default (a link slower than
-        `min_bandwidth_bytes_per_s` would otherwise never finish a large slice, sending it again and again).
-        `slice_id`: the bytes' id where the caller has it already (`upload_slice`)."""
+        `min_bandwidth_bytes_per_s` would otherwise never finish a large slice, sending it again and again); it is the
+        upload's alone, not the status query's or the load's (`upload_slice`). `slice_id`: the bytes' id where the
+        caller has it already (`upload_slice`)."""
         timeout_s = None
         if expected_s is not None:
             planned = self.options.timeout_s + UPLOAD_MARGIN * expected_s

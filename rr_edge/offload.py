@@ -507,12 +507,13 @@ def make_runner(
     settings: OrtSettings | None = None,
     report: PlanReport | None = None,
     around_local: Callable[[], AbstractContextManager[object]] | None = None,
+    connect_later: bool = False,
 ) -> Runner:
     """A runner for `split`; with a plan report, it also tracks the network against the planned models.
-    `around_local`: see `Runner`."""
+    `around_local`, `connect_later`: see `Runner`."""
     i, j = split
     slices = plan_slices(slicer, len(graph.blocks), i, j, graph.model)
-    kw: dict[str, Any] = {"around_local": around_local}
+    kw: dict[str, Any] = {"around_local": around_local, "connect_later": connect_later}
     if report is not None and slices.offloads:
         kw |= {
             "uplink": report.inputs.uplink.rebased(),

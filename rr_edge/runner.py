@@ -12,7 +12,11 @@ server is down, failing or refusing the slice, every request runs locally withou
 the background, `RunnerConfig.retry_interval_s` after the end of the previous one (twice as long after each
 upload that failed while the server answered, up to `MAX_PROBE_WAIT_S`; after the server's pushback when it
 was only busy), returns to the plan once the server
-answers again. Observed transfer times update the plan's network models (exponentially weighted);
+answers again. A runner made with `connect_later` (a run switching split between two requests) starts that way: its
+first request starts the health check, which uploads and opens the slice in the background while the requests run
+locally (made connecting, on a dead or slow link no request was served, not even locally, for as long as the
+upload's deadline: tens of seconds, review). Observed transfer times update the plan's network models
+(exponentially weighted);
 `replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold` and by enough to matter
 (`MATERIAL_SHARE` of a round trip).
 """
@@ -335,6 +339,13 @@ class _Link:
         moved_ms = abs(round_trip_ms(self.uplink, self.downlink, *sizes) - round_trip_ms(*planned, *sizes))
         return moved_ms >= MATERIAL_SHARE * self.last.remote_ms
 
+    def moved(self) -> float:
+        """The larger factor by which a direction's model moved since the plan (>= 1)."""
+        if self.uplink is None or self.downlink is None:
+            return 1.0
+        ratios = (self.uplink.drift / self.uplink.ref_drift, self.downlink.drift / self.downlink.ref_drift)
+        return max(max(r, 1.0 / r) for r in ratios)
+
     def rebase(self) -> None:
         self.uplink = self.uplink.rebased() if self.uplink else None
         self.downlink = self.downlink.rebased() if self.downlink else None
@@ -362,6 +373,7 @@ class Runner:
         expected_cloud_ms: float = 0.0,
         expected_upload_ms: float | None = None,
         around_local: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+        connect_later: bool = False,
     ) -> None:
         if slices.offloads and remote is None:
             raise ValueError("a plan that offloads needs a remote executor")
@@ -383,11 +395,17 @@ class Runner:
         self._probe_wait_s = self.config.retry_interval_s  # doubles while the server answers but the slice fails
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
+        # Why the server refused the slice in the background before it was ever ready (made with `connect_later`):
+        # this plan cannot work with this server.
+        self.refused: ServerError | None = None
         self.link = _Link(uplink, downlink, expected_cloud_ms)
         self._expected_upload_s = None if expected_upload_ms is None else expected_upload_ms / 1e3
         if slices.middle is not None:
             self._middle_local = _Local(slices.middle, self.settings)
-            self._connect(at_start=True)
+            if connect_later:  # down, with no error yet: the first request starts the health check at once
+                self._down_since, self._last_probe = time.monotonic(), -math.inf
+            else:
+                self._connect(at_start=True)
         first = self._head or self._middle_local or self._tail
         assert first is not None
         self._first = first
@@ -404,6 +422,12 @@ class Runner:
         """The measured network moved more than `drift_threshold` from the models the plan was made with, by a
         material share of a round trip (`MATERIAL_SHARE`)."""
         return self.link.drifted(self.config.drift_threshold)
+
+    @property
+    def drift_factor(self) -> float:
+        """How far the measured network moved from the models the plan was made with: the larger factor of the two
+        directions, 2.0 for a link twice as slow or twice as fast (1.0 without network models)."""
+        return self.link.moved()
 
     def network_models(self) -> tuple[NetworkModel | None, NetworkModel | None]:
         """(uplink, downlink) as measured so far, for re-planning."""
@@ -439,6 +463,8 @@ class Runner:
             transient = isinstance(exc, (ServerUnavailable, ServerBusy)) or _slice_lost(exc)
             if at_start and not transient:
                 raise
+            if not transient and self._slice_id is None:
+                self.refused = exc
             self._mark_down(exc)  # no request is lost: local until the server answers again
             return False
         finally:
@@ -453,14 +479,14 @@ class Runner:
         request path (in a request it held every request up for as long as the upload took: 6.5 s once, soak
         review)."""
         self._drop_stream()
-        if self._down_since is None:
+        if self._down_since is None or self._down_error is None:  # up, or not connected yet (`connect_later`)
             if _slice_lost(exc):
                 log.warning(
                     "the server no longer holds the slice; uploading it again, running locally meanwhile: %s", exc
                 )
             else:
                 log.warning("server failed, running locally until it answers again: %s", exc)
-            self._down_since = time.monotonic()
+            self._down_since = self._down_since or time.monotonic()
         elif str(exc) != str(self._down_error):
             log.warning("server still unusable, running locally: %s", exc)
         self._down_error = exc
@@ -487,10 +513,14 @@ class Runner:
         of minutes on a slow link."""
         assert self.remote is not None
         try:
-            down_since = self._down_since
-            if self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S)) and down_since is not None:
+            down_since, first = self._down_since, self._down_error is None  # first: made with `connect_later`
+            healthy = self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S))
+            if not healthy and first and self._last_probe == -math.inf:  # the first health check: said once
+                log.warning("the server does not answer; running locally until it does and has the slice")
+            if healthy and down_since is not None:
                 if self._connect():
-                    log.info("server is back after %.1f s; offloading again", time.monotonic() - down_since)
+                    what = "slice ready on the server" if first else "server is back"
+                    log.info("%s after %.1f s; offloading", what, time.monotonic() - down_since)
                     self._probe_wait_s = self.config.retry_interval_s
                 elif isinstance(self._down_error, ServerBusy):  # no upload slot free: again after its pushback
                     self._probe_wait_s = max(self.config.retry_interval_s, self._down_error.retry_after_s)
@@ -569,11 +599,13 @@ class Runner:
                 env.update(outputs)
                 return
         result.fallback = True
-        if _slice_lost(self._down_error):  # the server is up: it asked for the slice again
-            why = "running locally while the slice is uploaded again"
+        if self._down_error is None:  # made with `connect_later`, and not connected yet
+            why = "UNAVAILABLE: running locally while the slice is made ready on the server"
+        elif _slice_lost(self._down_error):  # the server is up: it asked for the slice again
+            why = f"running locally while the slice is uploaded again: {self._down_error}"
         else:
-            why = "server down, running locally until it answers"
-        result.error = result.error or f"{why}: {self._down_error}"
+            why = f"server down, running locally until it answers: {self._down_error}"
+        result.error = result.error or why
         env.update(self._run_local(self._middle_local, env))
 
     def _offload(self, feed: Mapping[str, np.ndarray], result: RunResult) -> dict[str, np.ndarray] | None:

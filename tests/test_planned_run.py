@@ -60,7 +60,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def planned_run(first: Any, plan: Any = None, replan: Any = None, refuse: tuple[int, int] | None = None) -> PlannedRun:
-    def make_runner(split: tuple[int, int], report: Any) -> FakeRunner:
+    def make_runner(split: tuple[int, int], report: Any, connect_later: bool) -> FakeRunner:
         if split == refuse:
             raise ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
         return FakeRunner(split)
@@ -140,7 +140,7 @@ def test_a_run_that_closes_closes_its_runner_even_when_the_last_energy_window_fa
         def finish(self, runner: FakeRunner, x: np.ndarray) -> None:
             raise ServerUnavailable("a top-up run of the window failed", "UNAVAILABLE")
 
-    run = PlannedRun(lambda split, r: FakeRunner(split), None, lambda r, runner, remaining: r, (0, 2), report(0, 2),
+    run = PlannedRun(lambda split, r, _: FakeRunner(split), None, lambda r, runner, remaining: r, (0, 2), report(0, 2),
                      FailingEnergy(), np.zeros(1), 1.0)  # fmt: skip
     with pytest.raises(ServerUnavailable):
         run.close()
@@ -257,7 +257,7 @@ def test_a_run_planned_local_probes_the_link_after_doubling_waits(clock: Clock) 
         probes.append(clock.t)
         return offloading if len(probes) == 3 else local
 
-    run = PlannedRun(lambda split, r: FakeRunner(split), None, lambda r, runner, remaining: r, LOCAL, local,
+    run = PlannedRun(lambda split, r, _: FakeRunner(split), None, lambda r, runner, remaining: r, LOCAL, local,
                      FakeEnergy(), np.zeros(1), 1.0, probe=probe)  # fmt: skip
     while run.split == LOCAL:
         clock.t += 0.25

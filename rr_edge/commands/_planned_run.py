@@ -7,13 +7,22 @@ After each request, `PlannedRun` asks whether another plan is due:
 * the runner's network drifted (`Runner.replan_needed`): plan again with what it measured (`rr_edge.offload.replan`);
   a re-plan that keeps the split doubles the requests until the next one may be made (up to `MAX_REPLAN_GAP`), one
   that changes it resets that gap to one: on a steady but noisy link (a CPU-throttled edge times its transfers
-  unevenly) one request in three or four re-planned, 35 ms each, half again a 19 ms request's time;
+  unevenly) one request in three or four re-planned, 35 ms each, half again a 19 ms request's time. A drift by
+  `URGENT_DRIFT` or more (`Runner.drift_factor`: the link twice as slow, or twice as fast) is re-planned at once:
+  noise that large is rare in a smoothed drift, and waiting out the gap cost 31 requests at 463 ms instead of 40 ms
+  locally after a link went from 100 to 2 Mbit/s (review), up to 32 timeouts on a link slowed to just under them;
 * a re-plan went local because the network had slowed down: a local split measures no network, so the first plan
-  is tried again after the same doubling wait, and re-planned from there if the network is still slow;
+  is tried again after the same doubling wait, and re-planned from there if the network is still slow; the wait
+  starts again from `retry_interval_s` only after an offloading split served `STEADY_REQUESTS` requests in a row
+  from the server without a drift re-plan (re-plans that keep the split had reset it: a link where offloading is
+  slightly worse than local flipped split every 2 s for good);
 * the plan was local from the start: after the same doubling wait, `probe(report, remaining)` measures the link and
   plans again with it (a link that got faster went unnoticed for the rest of the run).
 
-A plan whose middle slice the server refuses is not taken (a warning; the running split goes on).
+A runner switched to mid-run is made with `connect_later`: its slice is uploaded and opened in the background while
+its requests run locally (made at once, no request was served for as long as the upload's deadline on a dead link).
+When the server refuses that slice (too large, or one it cannot open), the run goes back to the split it came from,
+with a warning.
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ from rr_edge.runner import Runner, RunResult
 log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 60.0  # the longest wait between two tries of a plan the server or the network refused
-STEADY_REQUESTS = 20  # an offloading split that served this many requests without a re-plan resets the wait
+STEADY_REQUESTS = 20  # an offloading split the server served this many requests in a row, no re-plan: wait reset
 MAX_REPLAN_GAP = 32  # the most requests between two drift re-plans, after re-plans that kept the split
+URGENT_DRIFT = 2.0  # a drift of this factor or more is re-planned without waiting out that gap
 NO_SERVER = "no plan: the server could not be reached to plan"
 
 
@@ -66,14 +76,15 @@ def upload_prediction_ms(report: PlanReport | None) -> float:
 
 
 class PlannedRun:
-    """`make_runner(split, report)` makes a runner; `plan(remaining)` makes a plan for the remaining requests (None:
+    """`make_runner(split, report, connect_later)` makes a runner (`connect_later` for a switch mid-run: see `Runner`);
+    `plan(remaining)` makes a plan for the remaining requests (None:
     the split is forced, no plan is ever made); `replan(report, runner, remaining)` plans again with the runner's
     network for the remaining requests; `probe(report, remaining)`, when given, plans again with the link measured
     now (for a run whose plan is local)."""
 
     def __init__(
         self,
-        make_runner: Callable[[tuple[int, int], PlanReport | None], Runner],
+        make_runner: Callable[[tuple[int, int], PlanReport | None, bool], Runner],
         plan: Callable[[int], PlanReport] | None,
         replan: Callable[[PlanReport, Runner, int], PlanReport],
         split: tuple[int, int],
@@ -85,7 +96,7 @@ class PlannedRun:
     ) -> None:
         self._make_runner, self._plan, self._replan, self._probe = make_runner, plan, replan, probe
         self._energy, self._x = energy, x
-        self.runner = make_runner(split, report)
+        self.runner = make_runner(split, report, False)
         self.split, self.report, self.first_report = split, report, report
         self.segments = [Segment(split, report, 0)]
         self.done = 0
@@ -96,14 +107,22 @@ class PlannedRun:
         self._retry_s = self._first_retry_s = retry_interval_s
         self._next_try = time.monotonic() + retry_interval_s
         self._replan_gap, self._quiet_until = 1, 0  # requests between drift re-plans, and the first one allowed
+        self._steady = 0  # requests in a row the server served for an offloading split, without a drift re-plan
+        # the split and plan before the last switch, gone back to if the server refuses the new one's slice
+        self._previous: tuple[tuple[int, int], PlanReport | None] | None = None
 
     def request(self, remaining: int) -> RunResult:
         """Serve one request; `remaining`: how many are to come after it."""
         result = self._energy.run(self.runner, self._x, remaining)
         self.done += 1
-        if offloads(self.report) and self.done - self.segments[-1].first >= STEADY_REQUESTS:
+        self._steady = self._steady + 1 if offloads(self.report) and not result.fallback else 0
+        if self._steady >= STEADY_REQUESTS:
             self._retry_s = self._first_retry_s  # the network serves: a later slowdown waits from the start again
-        if remaining and (report := self._next_plan(remaining)) is not None:
+        if not remaining:
+            return result
+        if result.fallback and self._previous is not None and self.runner.refused is not None:
+            self._go_back(self.runner.refused)
+        elif (report := self._next_plan(remaining, result)) is not None:
             self._take(report)
         return result
 
@@ -115,11 +134,12 @@ class PlannedRun:
             self.segments[-1].end = self.done
             self.upload_ms += self.runner.upload_ms
 
-    def _next_plan(self, remaining: int) -> PlanReport | None:
+    def _next_plan(self, remaining: int, result: RunResult) -> PlanReport | None:
         if self.report is None:
             return self._late_plan(remaining) if self._plan is not None and self._due() else None
-        if self.runner.replan_needed and self.done >= self._quiet_until:
+        if self.runner.replan_needed and (self.done >= self._quiet_until or self._urgent(result)):
             self.replans += 1
+            self._steady = 0
             self._energy.finish(self.runner, self._x)  # planning is not the requests' energy (review: +3-12% each)
             report = self._replan(self.report, self.runner, remaining)
             kept = self._split_of(report) == self.split
@@ -132,6 +152,11 @@ class PlannedRun:
         if self._probe is not None and not offloads(self.report) and self._due():
             return self._probed_plan(remaining)
         return None
+
+    def _urgent(self, result: RunResult) -> bool:
+        """Whether the drift is too large to wait out the gap between re-plans (only a request that timed the
+        network, `remote_ms`, can have moved it)."""
+        return result.remote_ms > 0 and self.runner.drift_factor >= URGENT_DRIFT
 
     def _probed_plan(self, remaining: int) -> PlanReport | None:
         assert self._probe is not None and self.report is not None
@@ -178,13 +203,18 @@ class PlannedRun:
             self.report = self.segments[-1].report = report
             self.runner.mark_planned()  # drift counts from here
             return
-        self._energy.finish(self.runner, self._x)  # an energy window covers one split, and no upload
+        self._switch(split, report)
+
+    def _switch(self, split: tuple[int, int], report: PlanReport | None) -> None:
+        """Run `split` from the next request on; its runner makes its slice ready in the background."""
+        self._energy.finish(self.runner, self._x)  # an energy window covers one split
         try:
-            runner = self._make_runner(split, report)
-        except ServerError as exc:  # its middle slice is too big for the server, or fails to open
+            runner = self._make_runner(split, report, True)  # no request waits for its slice: local meanwhile
+        except ServerError as exc:  # a maker that connects at once: its middle slice is too big, or fails to open
             log.warning("keeping split %d,%d: the server refused plan %d,%d: %s", *self.split, *split, exc)
             self.runner.mark_planned()  # not asked again until the network drifts again
             return
+        self._previous = (self.split, self.report)
         self.runner.close()
         self.upload_ms += self.runner.upload_ms
         self.runner, self.split, self.report = runner, split, report
@@ -194,6 +224,15 @@ class PlannedRun:
             self._ready.add(split)
             self.predicted_upload_ms += upload_prediction_ms(report)
         self._next_try = time.monotonic() + self._retry_s
+
+    def _go_back(self, exc: ServerError) -> None:
+        """The server refused the slice of the split switched to (`Runner.refused`): back to the one before (with no
+        plan before, the server was down: local, and planned again after the wait)."""
+        assert self._previous is not None
+        split, report = self._previous
+        log.warning("back to split %d,%d: the server refused plan %d,%d: %s", *split, *self.split, exc)
+        self._switch(split, report)
+        self._previous = None  # not forth again: the refused split comes back only from a new plan
 
     @staticmethod
     def _split_of(report: Any) -> tuple[int, int]:

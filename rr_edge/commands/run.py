@@ -379,8 +379,17 @@ def run(args: argparse.Namespace) -> int:
             warn_about_setup(client, args.node, settings)
         config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
 
-        def runner_for(split: tuple[int, int], report: PlanReport | None) -> Runner:
-            return make_runner(slicer, graph, split, client, config=config, settings=settings, report=report)
+        def runner_for(split: tuple[int, int], report: PlanReport | None, connect_later: bool) -> Runner:
+            return make_runner(
+                slicer,
+                graph,
+                split,
+                client,
+                config=config,
+                settings=settings,
+                report=report,
+                connect_later=connect_later,
+            )
 
         def plan(remaining: int) -> PlanReport:  # between requests: no waiting for predictions
             return build_plan(
