@@ -27,6 +27,7 @@ from rr_edge.errors import ServerUnavailable
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
 from rr_edge.runner import Runner, RunnerConfig, RunResult
+from rr_edge.slicing import Slicer
 from tests._server_process import ServerProcess
 from tests._server_support import IR_VERSION, serving
 
@@ -73,6 +74,17 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def _x(graph: Any) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
+
+
+def late_plan_run(slicer: Slicer, graph: Any, client: Client, config: RunnerConfig, x: np.ndarray) -> PlannedRun:
+    """A run that starts local, without a plan, and is given plan (0, 2) when it plans again after the retry wait."""
+
+    def runner_for(split, r, later):  # type: ignore[no-untyped-def]
+        return make_runner(slicer, graph, split, client, config=config, connect_later=later)
+
+    return PlannedRun(runner_for,
+                      lambda remaining: report(0, 2), lambda r, runner, remaining: r, LOCAL, None,
+                      RunnerEnergy(), x, 0.01)  # fmt: skip
 
 
 # -- the status query and load of a cached slice keep the per-call deadline --------------------------------------------
@@ -125,14 +137,7 @@ def test_a_switch_mid_run_serves_its_requests_locally_while_the_slice_is_made_re
             return ensure(*args, **kw)
 
         monkeypatch.setattr(client, "ensure_slice", recorded)
-        config = RunnerConfig(timeout_s=5.0, retry_interval_s=0.05)
-
-        def runner_for(split, r, later):  # type: ignore[no-untyped-def]
-            return make_runner(slicer, graph, split, client, config=config, connect_later=later)
-
-        run = PlannedRun(runner_for,
-                         lambda remaining: report(0, 2), lambda r, runner, remaining: r, LOCAL, None,
-                         RunnerEnergy(), x, 0.01)  # fmt: skip
+        run = late_plan_run(slicer, graph, client, RunnerConfig(timeout_s=5.0, retry_interval_s=0.05), x)
         try:
             with hung(server):
                 while run.split == LOCAL:  # the late plan is taken after the retry wait
@@ -161,14 +166,7 @@ def test_a_switch_to_a_slice_the_server_refuses_goes_back_to_the_split_it_left(
     middle = plan_slices(slicer, len(graph.blocks), 0, 2).middle
     assert middle is not None
     with serving(tmp_path / "data", max_slice_bytes=len(middle) - 1) as (srv, _), Client(str(srv.address)) as client:
-        config = RunnerConfig(retry_interval_s=0.05)
-
-        def runner_for(split, r, later):  # type: ignore[no-untyped-def]
-            return make_runner(slicer, graph, split, client, config=config, connect_later=later)
-
-        run = PlannedRun(runner_for,
-                         lambda remaining: report(0, 2), lambda r, runner, remaining: r, LOCAL, None,
-                         RunnerEnergy(), x, 0.01)  # fmt: skip
+        run = late_plan_run(slicer, graph, client, RunnerConfig(retry_interval_s=0.05), x)
         try:
             deadline = time.monotonic() + GENEROUS_S
             with caplog.at_level(logging.WARNING, logger=_planned_run.__name__):
