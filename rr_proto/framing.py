@@ -325,8 +325,10 @@ _PyBytes_FromStringAndSize.restype = ctypes.py_object
 
 
 def encoded_size(response: InferResponse) -> int:
-    """Bytes of `serialize_infer_response(response)`, counted without laying them out."""
-    if response.serialized is not None:
+    """Bytes of `serialize_infer_response(response)`, counted without laying them out. One laid out as a stream item
+    counts without the item's field around it, as one built by encode_outputs: its size check had counted that field
+    twice, and an identical response refused the second time (found by review)."""
+    if response.serialized is not None and not response.stream:
         return len(response.serialized)
     sizes = [len(_buffer(raw)) for raw in response.raw]  # as _response_parts counts them
     return response.header.ByteSize() + sum(len(_field_header(RAW_OUTPUT_FIELD, n)) + n for n in sizes)

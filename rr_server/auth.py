@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rr_proto.transport import token_fault
 from rr_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from rr_server.records import check_id
+from rr_server.records import MAX_ID_LENGTH, check_id
 
 _HEADER = "authorization"
 _SCHEME = "bearer "
@@ -34,16 +34,26 @@ class TokenTable:
     def from_file(cls, path: Path) -> TokenTable:
         """The table in `path`; ValueError naming the file and line of what is wrong. Read as utf-8-sig: in a file
         saved with a byte-order mark (Windows Notepad) the first node id began with U+FEFF, and that node's writes
-        were refused as another's (found by review)."""
+        were refused as another's (found by review). Lines end at line feeds alone (read_text turns CR LF and CR
+        into one): str.splitlines also split at a vertical tab or U+0085 inside a token, and the error named a line
+        the file does not have."""
         tokens: dict[str, str] = {}
-        for lineno, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        for lineno, line in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 'node_id token'")
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'node_id token', found {len(parts)} fields (a space, tab or other "
+                    "whitespace separates them)"
+                )
             node_id, token = parts
+            if len(node_id) > MAX_ID_LENGTH:  # not shown: a token put first, with the node id second
+                raise ValueError(
+                    f"{path}:{lineno}: the first field, the node id, has {len(node_id):,} characters, over "
+                    f"{MAX_ID_LENGTH}; a line is 'node_id token', in that order"
+                )
             try:
                 check_id(node_id, "node id")
             except InvalidArgument as exc:

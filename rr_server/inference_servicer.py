@@ -155,14 +155,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _check_response_size(self, response: wire.InferResponse, slice_id: str) -> None:
         """ResourceExhausted for a response gRPC would refuse to send: the outputs' contents are within the limit
-        (checked before and after the run) but their names and shapes (an output named with 70,000 characters) took
-        it past the framing allowed beyond it. gRPC's own refusal ended a ModelStreamInfer stream."""
+        (checked before and after the run) but their names and shapes (an output named with 70,000 characters), or
+        the request id the response repeats, took it past the framing allowed beyond it. gRPC's own refusal ended a
+        ModelStreamInfer stream. The error names what takes the bytes: it had blamed the names for a long id."""
         size = wire.encoded_size(response)
         if size > self._max_message_bytes + ENVELOPE_BYTES - _STREAM_ITEM_BYTES:
+            contents = sum(memoryview(raw).nbytes for raw in response.raw)
+            request_id = len(response.header.id.encode())
             raise ResourceExhausted(
-                f"slice {slice_id[:12]}: its response takes {size:,} bytes with its outputs' names and shapes, over "
-                f"the server's message limit of {self._max_message_bytes:,} bytes plus {ENVELOPE_BYTES:,} of "
-                "framing; not sent (ask for fewer outputs)"
+                f"slice {slice_id[:12]}: its response takes {size:,} bytes ({contents:,} of output contents, "
+                f"{request_id:,} of request id, {size - contents - request_id:,} of output names, shapes and "
+                f"framing), over the server's message limit of {self._max_message_bytes:,} bytes plus "
+                f"{ENVELOPE_BYTES:,} of framing; not sent (a shorter request id or fewer outputs)"
             )
 
 

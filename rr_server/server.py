@@ -296,12 +296,19 @@ class Server:
         }
         node_id = self.config.cloud_node_id
         before = self.storage.get_node(node_id)
-        self.storage.upsert_node(node_id, ROLE_CLOUD, device)
         was = (before.device.get("ort_providers") or ["?"])[0] if before is not None else self.providers[0]
+        # The cloud profiler forgets block timings by their own provider; whole-model runs record none, and went only
+        # with such a block timing: a row with model runs and no block timings kept the old ones for good. Forgotten
+        # before the row records the new provider: a start that failed or died between the two had kept them for good.
         if was != self.providers[0] and (forgotten := self.storage.forget_model_runs(node_id)):
-            # The cloud profiler forgets block timings by their own provider; whole-model runs record none, and went
-            # only with such a block timing: a row with model runs and no block timings kept the old ones for good.
-            log.warning("%d whole-model runs were timed on %s, not %s: timed again", forgotten, was, self.providers[0])
+            log.warning(
+                "%d whole-model runs were timed on %s, not %s: forgotten (a model whose whole-model slice is stored "
+                "is timed again)",
+                forgotten,
+                was,
+                self.providers[0],
+            )
+        self.storage.upsert_node(node_id, ROLE_CLOUD, device)
 
     def _add_services(self, server: grpc.Server) -> None:
         add_inference_service(

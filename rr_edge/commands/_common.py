@@ -149,10 +149,11 @@ def connect(args: argparse.Namespace) -> Client:
 
 def _token(args: argparse.Namespace) -> str | None:
     """The bearer token of --token-file, else of $RR_TOKEN; one that cannot travel in metadata (the server's own
-    multi-line token file, say) is an error naming where it came from."""
+    multi-line token file, say) is an error naming where it came from. The file is read as the server reads its own,
+    UTF-8 with or without a byte-order mark (Windows Notepad): the mark was refused as the token's first character."""
     if args.token_file is not None:
         try:
-            token = args.token_file.read_text().strip()
+            token = args.token_file.read_text(encoding="utf-8-sig").strip()
         except OSError as exc:
             raise RoadRunnerError(f"cannot read token file {args.token_file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
