@@ -26,6 +26,7 @@ from rr_server.config import (
     DEFAULT_MAX_SLICE_MB,
     DEFAULT_STREAM_IDLE_S,
     DEFAULT_WORKERS,
+    OPEN_CHECK_SLOTS,
     OPEN_STREAM_SLOTS,
     ServerConfig,
     TlsConfig,
@@ -118,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_WORKERS,
         help="gRPC worker threads; each open stream (an edge runner keeps one) holds one, and a quarter stays free "
-        f"for unary calls; health Watch and reflection streams have {OPEN_STREAM_SLOTS} more threads of their own "
-        "(default %(default)s)",
+        f"for unary calls; health Watch and reflection streams have {OPEN_STREAM_SLOTS} more threads of their own, "
+        f"health Checks {OPEN_CHECK_SLOTS} (default %(default)s)",
     )
     p.add_argument(
         "--drain-seconds",

@@ -15,6 +15,11 @@ DEFAULT_WORKERS = 64  # gRPC worker threads; streams may take all but a quarter 
 # Streams open without a token (health Watch, reflection) at once, on threads of their own added to the workers:
 # anyone may open them, so they never take a worker; --workers does not change how many there are.
 OPEN_STREAM_SLOTS = 8
+# Health Checks (unary, open without a token) at once, on threads of their own too, each with this long for its one
+# request message to arrive: a call that sent its headers and no message held a worker thread until it ended, and 80
+# such calls shut out every other client (found by review).
+OPEN_CHECK_SLOTS = 8
+CHECK_READ_S = 10.0
 # An upload, report or echo stream that sends nothing for this long is closed, freeing its slot (a 1 MiB chunk
 # takes 84 s at 100 kbit/s: slower links need more).
 DEFAULT_STREAM_IDLE_S = 120.0

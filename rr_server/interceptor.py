@@ -12,7 +12,10 @@ idle: an edge keeps its ModelStreamInfer stream open between requests, a slow cl
 Watch open. So streams take `StreamSlots` from three pools: most workers for the edges' inference streams, a few for
 every other stream (uploads, reports, echo), and OPEN_STREAM_SLOTS threads of their own, on top of the workers, for
 the streams open without a token (health Watch, reflection: gRPC's client-side health checking keeps a Watch open
-per channel, and one such Watch must not shut out reflection or a second client). Past its pool a new stream is
+per channel, and one such Watch must not shut out reflection or a second client). Health Checks, unary but open to
+anyone as well, take OPEN_CHECK_SLOTS more threads of their own: such a call is read as a stream, so that it takes
+its slot before its message arrives, and the message must arrive within CHECK_READ_S (a unary call holds its thread
+while gRPC waits for its message, and callers that sent none held every worker). Past its pool a new call is
 RESOURCE_EXHAUSTED at once, with gRPC's retry pushback in its trailing metadata (`Busy`: nothing was done, try again
 shortly), and the workers left over always answer unary calls (health checks, ModelInfer, slice status), however
 many streams are open.
@@ -21,6 +24,7 @@ many streams are open.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -30,8 +34,8 @@ import grpc
 
 from rr_proto.status import RETRY_PUSHBACK_KEY
 from rr_server.auth import CALLER, TokenTable
-from rr_server.config import OPEN_STREAM_SLOTS
-from rr_server.errors import Busy, InvalidArgument, ServerError, Unauthenticated, as_server_error
+from rr_server.config import CHECK_READ_S, OPEN_CHECK_SLOTS, OPEN_STREAM_SLOTS
+from rr_server.errors import Busy, DeadlineExceeded, InvalidArgument, ServerError, Unauthenticated, as_server_error
 from rr_server.metrics import Metrics
 from rr_server.paced import drained, paced
 
@@ -46,7 +50,8 @@ BUSY_RETRY_AFTER_S = 0.25  # the pushback of a stream refused for want of a slot
 class StreamSlots:
     """Open streams per pool. Out of `workers`, a reserve of a quarter (at least 4) is kept from the edges' inference
     streams; less than half of it may serve other streams, the rest only unary calls. Streams open without a token
-    have OPEN_STREAM_SLOTS threads of their own: the server's thread pool has `threads` of them in all."""
+    have OPEN_STREAM_SLOTS threads of their own, health Checks OPEN_CHECK_SLOTS: the server's thread pool has
+    `threads` of them in all."""
 
     def __init__(self, workers: int) -> None:
         reserve = max(4, workers // 4)
@@ -54,16 +59,17 @@ class StreamSlots:
             "edge": max(1, workers - reserve),
             "other": max(1, reserve // 2 - 1),
             "open": OPEN_STREAM_SLOTS,
+            "check": OPEN_CHECK_SLOTS,
         }
-        self.threads = workers + OPEN_STREAM_SLOTS
+        self.threads = workers + OPEN_STREAM_SLOTS + OPEN_CHECK_SLOTS
         self.in_use = dict.fromkeys(self.capacity, 0)
         self._lock = threading.Lock()
 
     @staticmethod
     def pool_of(method: str, streaming: bool) -> str | None:
-        """The pool a call of `method` (full path) takes a slot from; None for a unary call."""
+        """The pool a call of `method` (full path) takes a slot from; None for a unary call that needs a token."""
         if not streaming:
-            return None
+            return "check" if method.startswith(_OPEN_PREFIXES) else None
         if method.startswith(_OPEN_PREFIXES):
             return "open"
         return "edge" if method.rsplit("/", 1)[-1] in _EDGE_STREAMS else "other"
@@ -83,6 +89,10 @@ class StreamSlots:
 
 def _busy_message(pool: str, method: str, capacity: int) -> str:
     """Why a stream was refused, naming the limit it met and what changes it."""
+    if pool == "check":
+        return (
+            f"{method}: all {capacity} slots of this server for health checks are in use, a fixed number; retry later"
+        )
     if pool == "open":
         return (
             f"{method}: all {capacity} slots of this server for streams open without a token (health Watch, "
@@ -118,7 +128,7 @@ class PolicyInterceptor(grpc.ServerInterceptor):
             except Unauthenticated as exc:
                 return _refusal(handler, short, exc, self._metrics)
         pool = StreamSlots.pool_of(method, not handler.unary_unary)
-        idle_s = self._idle_s if pool == "other" else None
+        idle_s = {"other": self._idle_s, "check": CHECK_READ_S}.get(pool)
         return _wrap(handler, short, caller, self._metrics, self._slots, pool, idle_s)
 
 
@@ -194,6 +204,18 @@ def _each_parsed(method: str, requests: Iterator) -> Iterator:
         yield _parsed(method, request)
 
 
+def _one(method: str, requests: Iterator, read_s: float):
+    """The one message of a unary call read as a stream, which must arrive within `read_s`."""
+    try:
+        with contextlib.closing(paced(_each_parsed(method, requests), read_s, method)) as stream:
+            messages = list(itertools.islice(stream, 2))
+    except DeadlineExceeded:
+        raise DeadlineExceeded(f"{method}: no request message within {read_s:g} s; the call was closed") from None
+    if len(messages) != 1:
+        raise InvalidArgument(f"{method}: a call takes one request message, not {len(messages)}")
+    return messages[0]
+
+
 def _reset(token) -> None:
     try:
         CALLER.reset(token)
@@ -212,6 +234,9 @@ def _wrap(
 ):
 
     def requests(request_or_iterator):
+        if one_by_stream:
+            assert idle_s is not None
+            return _one(method, request_or_iterator, idle_s)
         if client_streams:
             stream = _each_parsed(method, request_or_iterator)
             return stream if idle_s is None else paced(stream, idle_s, method)
@@ -254,12 +279,14 @@ def _wrap(
         return run
 
     client_streams = bool(handler.request_streaming)
+    one_by_stream = pool == "check"  # its slot is taken before its message is read (StreamSlots)
     kwargs = {
         "request_deserializer": _lenient(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+        make = grpc.stream_unary_rpc_method_handler if one_by_stream else grpc.unary_unary_rpc_method_handler
+        return make(unary(handler.unary_unary), **kwargs)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
     if handler.unary_stream:

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from rr_server.errors import DeadlineExceeded, start_thread
@@ -27,7 +27,7 @@ _END = object()
 log = logging.getLogger(__name__)
 
 
-def paced(requests: Iterator[Any], idle_s: float, method: str) -> Iterator[Any]:
+def paced(requests: Iterator[Any], idle_s: float, method: str) -> Generator[Any, None, None]:
     """The messages of `requests`, in order; DeadlineExceeded when none arrives for `idle_s` seconds."""
     arrived: queue.Queue[Any] = queue.Queue(maxsize=2)  # the reader stays at most two messages ahead
     done = threading.Event()  # the handler stopped reading (returned or raised): so does the reader

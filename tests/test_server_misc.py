@@ -28,7 +28,7 @@ from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.status import RETRY_PUSHBACK_KEY
-from rr_server.config import OPEN_STREAM_SLOTS
+from rr_server.config import OPEN_CHECK_SLOTS, OPEN_STREAM_SLOTS
 
 
 @pytest.fixture
@@ -204,8 +204,8 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
     server = start_server(tmp_path, workers=12)
     stubs = Stubs.connect(server.address)
     slots = server.stream_slots
-    assert slots.capacity == {"edge": 8, "other": 1, "open": OPEN_STREAM_SLOTS}
-    assert slots.threads == 12 + OPEN_STREAM_SLOTS
+    assert slots.capacity == {"edge": 8, "other": 1, "open": OPEN_STREAM_SLOTS, "check": OPEN_CHECK_SLOTS}
+    assert slots.threads == 12 + OPEN_STREAM_SLOTS + OPEN_CHECK_SLOTS
     health = health_pb2_grpc.HealthStub(stubs.channel)
     queues = [queue.Queue() for _ in range(slots.capacity["edge"])]
     calls = [stubs.kserve.ModelStreamInfer(iter(q.get, None)) for q in queues]  # open, and idle
@@ -213,8 +213,10 @@ def test_open_streams_never_take_the_workers_unary_calls_need(tmp_path):
     held_upload = stubs.slices.UploadSlice.future(iter(upload_chunks.get, None), timeout=30)  # open, and idle
     watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(slots.capacity["open"])]
     try:
-        _wait_for(lambda: slots.in_use == slots.capacity)
-        for pool, capacity in slots.capacity.items():  # what an operator sees: every pool full
+        streams = ("edge", "other", "open")
+        _wait_for(lambda: all(slots.in_use[pool] == slots.capacity[pool] for pool in streams))
+        for pool in streams:  # what an operator sees: every stream pool full
+            capacity = slots.capacity[pool]
             labels = {"pool": pool}
             assert server.metrics.registry.get_sample_value("rr_stream_slots", labels) == capacity
             assert server.metrics.registry.get_sample_value("rr_stream_slots_in_use", labels) == capacity
