@@ -75,6 +75,8 @@ class PlanInputs:
     plan that offloads one cannot run either.
     ``max_message_bytes``: the largest message between the edge and the server (the smaller of the two ends'
     limits; None: no limit); a plan whose tensors sent up or down are larger cannot run either.
+    ``refused_slices``: block ranges (first, last), inclusive, whose slice the server refused (`rr-edge run` learns
+    them as it runs); a plan that offloads one of them cannot run either.
     """
 
     edge_ms: np.ndarray
@@ -97,6 +99,7 @@ class PlanInputs:
     slice_overhead_bytes: np.ndarray | None = None
     local_only: frozenset[int] = field(default_factory=frozenset)
     max_message_bytes: float | None = None
+    refused_slices: frozenset[tuple[int, int]] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         n = np.asarray(self.edge_ms).size
@@ -110,6 +113,7 @@ class PlanInputs:
             object.__setattr__(self, "slice_overhead_bytes", _vec("slice_overhead_bytes", self.slice_overhead_bytes, n))
         object.__setattr__(self, "cached_slices", frozenset((int(a), int(b)) for a, b in self.cached_slices))
         object.__setattr__(self, "local_only", frozenset(int(k) for k in self.local_only))
+        object.__setattr__(self, "refused_slices", frozenset((int(a), int(b)) for a, b in self.refused_slices))
         if any(not 0 <= k < n for k in self.local_only):
             raise ValueError(f"local_only holds blocks outside 0..{n - 1}")
         check_amortize_over(self.amortize_over)
@@ -126,7 +130,7 @@ class PlanInputs:
         """Whether `refused` holds for some plan (then a plan's cost is no longer a row term plus a column term)."""
         n = self.n_blocks
         too_big = self.max_message_bytes is not None and bool(np.any(self.boundary_bytes > self.max_message_bytes))
-        return too_big or bool(self.refused(0, n - 1))
+        return too_big or bool(self.refused_slices) or bool(self.refused(0, n - 1))
 
     @property
     def receive_power_W(self) -> float:
@@ -139,8 +143,11 @@ class PlanInputs:
     def refused(self, r: Any, j: Any) -> Any:
         """Whether the plan offloading blocks r..j cannot run: its middle slice (`upload_bytes` and
         `slice_overhead_bytes`) is over `max_slice_bytes` or holds a block of `local_only`, or the tensors it sends up
-        (boundary r) or down (boundary j+1) are over `max_message_bytes` (broadcasts over index arrays)."""
+        (boundary r) or down (boundary j+1) are over `max_message_bytes`, or it is one of `refused_slices`
+        (broadcasts over index arrays)."""
         out = np.zeros(np.broadcast(r, j).shape, dtype=bool)
+        for first, last in self.refused_slices:
+            out |= (np.asarray(r) == first) & (np.asarray(j) == last)
         if self.max_message_bytes is not None:
             too_big = self.boundary_bytes > self.max_message_bytes
             out |= too_big[r] | too_big[np.asarray(j) + 1]

@@ -395,6 +395,9 @@ class Runner:
         self._probe_wait_s = self.config.retry_interval_s  # doubles while the server answers but the slice fails
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
         self._lock = threading.Lock()
+        self._closed = False  # no health check starts after `close`, and one still running ends quietly
+        self._upload_lock = threading.Lock()  # `upload_ms` and `_uploading_since`: a close counts an upload in flight
+        self._uploading_since: float | None = None  # perf_counter when the slice's upload in flight began
         # Why the server refused the slice in the background before it was ever ready (made with `connect_later`):
         # this plan cannot work with this server.
         self.refused: ServerError | None = None
@@ -448,7 +451,8 @@ class Runner:
         for the upload (ServerBusy: many edges starting at once) is busy, not refusing: the runner runs locally at
         once instead of waiting, and the background health check connects again later."""
         assert self.remote is not None and self.slices.middle is not None
-        start = time.perf_counter()
+        with self._upload_lock:
+            self._uploading_since = start = time.perf_counter()
         try:
             planned: dict[str, Any] = {} if self._expected_upload_s is None else {"expected_s": self._expected_upload_s}
             if self.slices.middle_id is not None:
@@ -463,12 +467,17 @@ class Runner:
             transient = isinstance(exc, (ServerUnavailable, ServerBusy)) or _slice_lost(exc)
             if at_start and not transient:
                 raise
+            if self._closed:  # closed meanwhile (and its client, likely): no failure of the server, nothing to say
+                return False
             if not transient and self._slice_id is None:
                 self.refused = exc
             self._mark_down(exc)  # no request is lost: local until the server answers again
             return False
         finally:
-            self.upload_ms += 1e3 * (time.perf_counter() - start)
+            with self._upload_lock:
+                if self._uploading_since is not None:  # else `close` counted it, up to then
+                    self.upload_ms += 1e3 * (time.perf_counter() - start)
+                    self._uploading_since = None
         self._down_since = None
         return True
 
@@ -484,6 +493,8 @@ class Runner:
                 log.warning(
                     "the server no longer holds the slice; uploading it again, running locally meanwhile: %s", exc
                 )
+            elif exc is self.refused:  # it answered: no failure of the server
+                log.warning("the server refused the slice, running locally: %s", exc)
             else:
                 log.warning("server failed, running locally until it answers again: %s", exc)
             self._down_since = self._down_since or time.monotonic()
@@ -498,7 +509,7 @@ class Runner:
         has passed since the last one ended."""
         if self._down_since is None:
             return True
-        if getattr(self.remote, "closed", False):  # closed on purpose: nothing to probe
+        if self._closed or getattr(self.remote, "closed", False):  # closed on purpose: nothing to probe
             return False
         if time.monotonic() - self._last_probe >= self._probe_wait_s and self._probing.acquire(False):
             if time.monotonic() - self._last_probe >= self._probe_wait_s:  # not just ended elsewhere
@@ -513,11 +524,13 @@ class Runner:
         of minutes on a slow link."""
         assert self.remote is not None
         try:
+            if self._closed:
+                return
             down_since, first = self._down_since, self._down_error is None  # first: made with `connect_later`
             healthy = self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S))
             if not healthy and first and self._last_probe == -math.inf:  # the first health check: said once
                 log.warning("the server does not answer; running locally until it does and has the slice")
-            if healthy and down_since is not None:
+            if healthy and down_since is not None and not self._closed:
                 if self._connect():
                     what = "slice ready on the server" if first else "server is back"
                     log.info("%s after %.1f s; offloading", what, time.monotonic() - down_since)
@@ -565,21 +578,40 @@ class Runner:
             self._drop_stream()
             raise
 
-    def close(self) -> None:
-        """Close the inference stream (the runner stays usable: the next request opens a new one); waits for a
-        request on the remote path to finish first."""
+    def close(self, wait_s: float | None = None) -> None:
+        """Close the inference stream (the runner stays usable: the next request opens a new one; a server that is
+        down is not checked on again until then); waits for a request on the remote path to finish first. A health
+        check in the background is waited for up to `wait_s` (None: `STREAM_DRAIN_S`, at most
+        `RunnerConfig.timeout_s`): an upload of the slice still going on then (a large slice, a slow or dead link) is
+        counted in `upload_ms` up to here and left to end with its call's deadline or the client (closing it cancels
+        the call), quietly. Unwaited, it had gone on after a run, uncounted, and logged that the server failed once
+        the run closed its client; waited for in full, `run` had hung 24 s after its last request on a slow link
+        (reviews)."""
+        self._end_background(min(STREAM_DRAIN_S, self.config.timeout_s) if wait_s is None else wait_s)
         with self._lock:
             self._drop_stream(drain_s=STREAM_DRAIN_S)
 
     def close_if_idle(self) -> bool:
-        """`close` unless a request is on the remote path now (checked and closed at once); whether it closed."""
+        """`close` unless a request is on the remote path now (checked and closed at once, a health check in the
+        background not waited for); whether it closed."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
+            self._end_background(0.0)
             self._drop_stream(drain_s=STREAM_DRAIN_S)
         finally:
             self._lock.release()
         return True
+
+    def _end_background(self, wait_s: float) -> None:
+        """No health check from here on; one running is waited for up to `wait_s`, and its upload counted up to then."""
+        self._closed = True
+        if self._probing.acquire(timeout=wait_s):  # none running, or it ended
+            self._probing.release()
+        with self._upload_lock:
+            if self._uploading_since is not None:  # still uploading: what it took so far
+                self.upload_ms += 1e3 * (time.perf_counter() - self._uploading_since)
+                self._uploading_since = None
 
     def __enter__(self) -> Runner:
         return self
@@ -640,6 +672,7 @@ class Runner:
         if not isinstance(inputs, Mapping):
             raise InputError(f"inputs are an array or a dict of arrays by input name, not {type(inputs).__name__}")
         self._first.check(inputs)
+        self._closed = False  # used after `close`: health checks may start again
         start = time.perf_counter()
         env = dict(inputs)
         result = RunResult(outputs={}, fallback=False, total_ms=0.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from test_blocks import branchy_model
 from rr_edge.blocks import analyze
 from rr_edge.cli import COMMANDS, build_parser, main
 from rr_edge.client import Prediction
-from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge.errors import ServerUnavailable
 from rr_edge.meters.model import DEFAULT_POWER
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import Costs
@@ -449,38 +448,6 @@ def test_slice_reversed_range_says_reversed(capsys, model, tmp_path: Path, block
 
 
 # -- 10. a replan the server refuses --------------------------------------------------------------------------------
-
-
-def test_run_keeps_its_split_when_the_server_refuses_a_replanned_slice(monkeypatch, caplog, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
-    """The network drifts on every request; the new plan's middle slice is refused: the run goes on as it was."""
-    from rr_edge.commands import run as run_command
-    from rr_edge.offload import make_plan
-
-    graph = analyze(onnx.load(model), model.stem)
-    local = make_plan(graph, synthetic_costs(model, edge_ms=0.1, cloud_ms=10.0))  # local is fastest
-    assert local.chosen.i == local.chosen.j
-    offloading = dataclasses.replace(local, chosen=dataclasses.replace(local.chosen, i=0, j=2))
-    real_make_runner = run_command.make_runner
-    refused = []
-
-    def make_runner(slicer, graph, split, client, **kw):  # type: ignore[no-untyped-def]
-        if split == (0, 2):
-            refused.append(split)
-            raise ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
-        return real_make_runner(slicer, graph, split, client, **kw)
-
-    monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
-    monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
-    monkeypatch.setattr(run_command, "make_runner", make_runner)
-    monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
-    with caplog.at_level(logging.WARNING, logger="rr_edge.commands._planned_run"):
-        code = main(["run", str(model), *DEAD, "--input", str(x), "--repeat", "3", "--json"])
-    assert code == 0, capsys.readouterr().err
-    out = json.loads(capsys.readouterr().out)
-    split = [local.chosen.i, local.chosen.j]
-    assert out["requests"] == 3 and out["split"] == split and out["splits_used"] == [split]
-    assert out["predicted"]["i"] == local.chosen.i  # the running plan, not the refused one
-    assert len(refused) == 2 and "keeping split" in caplog.text and "RESOURCE_EXHAUSTED" in caplog.text  # none last
 
 
 def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]

@@ -26,19 +26,20 @@ def report(i: int, j: int, upload_ms: float = 0.0) -> Any:
 
 
 class FakeRunner:
-    def __init__(self, split: tuple[int, int]) -> None:
+    def __init__(self, split: tuple[int, int], refused: ServerError | None = None) -> None:
         self.split, self.replan_needed, self.upload_ms, self.closed = split, False, 0.0, False
+        self.refused = refused  # `Runner.refused`: the server refused its slice in the background
 
     def mark_planned(self) -> None:
         self.replan_needed = False
 
-    def close(self) -> None:
+    def close(self, wait_s: float | None = None) -> None:
         self.closed = True
 
 
 class FakeEnergy:
     def run(self, runner: FakeRunner, x: np.ndarray, remaining: int) -> RunResult:
-        return RunResult({}, False, 1.0)
+        return RunResult({}, runner.refused is not None, 1.0)  # a refused slice: every request runs locally
 
     def finish(self, runner: FakeRunner, x: np.ndarray) -> None:
         pass
@@ -61,9 +62,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def planned_run(first: Any, plan: Any = None, replan: Any = None, refuse: tuple[int, int] | None = None) -> PlannedRun:
     def make_runner(split: tuple[int, int], report: Any, connect_later: bool) -> FakeRunner:
-        if split == refuse:
-            raise ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
-        return FakeRunner(split)
+        refused = ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
+        return FakeRunner(split, refused if split == refuse else None)
 
     split = LOCAL if first is None else (first.chosen.i, first.chosen.j)
     return PlannedRun(
@@ -182,15 +182,24 @@ def test_the_waits_stop_doubling_at_a_minute(clock: Clock) -> None:
     assert run._retry_s == MAX_RETRY_S
 
 
-def test_a_plan_the_server_refuses_keeps_the_running_split(clock: Clock) -> None:
+def test_a_split_whose_slice_the_server_refused_is_not_switched_to_again(clock: Clock) -> None:
+    """The server refuses the new plan's slice in the background (`Runner.refused`): the run goes back to the split
+    it had (these reports have no plan table to choose another plan from), and re-plans that choose the refused split
+    again keep the running one: each drift had switched to it again, to be refused again (review: a new runner every
+    two requests, three in four requests run locally)."""
     offloading, other = report(0, 2), report(1, 3)
     run = planned_run(offloading, replan=lambda r, runner, remaining: other, refuse=(1, 3))
     run.runner.replan_needed = True
-    for _ in range(5):
-        run.request(remaining=5)
-    assert run.split == (0, 2) and run.report is offloading and len(run.segments) == 1
+    run.request(remaining=100)
+    assert run.split == (1, 3)
+    run.request(remaining=100)  # refused: back
+    assert run.split == (0, 2) and run.report is offloading
+    for _ in range(50):
+        run.runner.replan_needed = True  # the link drifts on every request
+        run.request(remaining=100)
+    assert [s.split for s in run.segments] == [(0, 2), (1, 3), (0, 2)]
     assert not run.runner.closed
-    assert run.replans == 1  # not re-planned, sliced and refused again on every request (found by review)
+    assert run.replans < 8  # a re-plan that chose the refused split kept the running one: ever further apart
 
 
 def test_a_re_plan_spreads_an_upload_over_the_requests_left(clock: Clock) -> None:
