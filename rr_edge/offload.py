@@ -269,9 +269,9 @@ def neurosurgeon_inputs(graph: BlockGraph, costs: Costs, inputs: PlanInputs) -> 
         if sum(p.latency_provenance == "measured" for p in preds) < 2:
             log.info("neurosurgeon: fewer than 2 measured %s blocks; deciding on the CF figures", side)
             return None
-    predicted: dict[str, Any] = {
-        k: v.copy() for k, v in _neurosurgeon_fit(graph.blocks, costs.edge, costs.cloud).items()
-    }
+    # tuples, the fit's cache key: Costs' sequences may be lists (its annotations say tuple; lists raised TypeError)
+    fit = _neurosurgeon_fit(tuple(graph.blocks), tuple(costs.edge), tuple(costs.cloud))
+    predicted: dict[str, Any] = {k: v.copy() for k, v in fit.items()}
     return replace(
         inputs,
         **predicted,
@@ -479,22 +479,24 @@ def _on_server(client: Client, slicer: Slicer, split: tuple[int, int]) -> bool:
 
 def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:
     """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes, and the middle's
-    slice id; a ModelError for a slice over protobuf's 2 GiB limit (it had been a raw EncodeError). The slicer keeps
-    the bytes of the slices it cut last (`Slicer.serialized`): those of the middle slice planning asked about."""
+    slice id; a ModelError for a slice over protobuf's 2 GiB limit (it had been a raw EncodeError). The bytes of the
+    middle slice planning asked about are those the slicer kept (`Slicer.serialized`); then it keeps none
+    (`Slicer.release`): the runner holds them, and they go with it."""
     if not -1 <= i <= j <= n_blocks - 1:
         raise ArgumentError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
 
     def part(a: int, b: int) -> bytes | None:
         return slicer.serialized(a, b, f"the slice of blocks {a}..{b}").data if a <= b else None
 
-    if i == j:  # nothing offloaded: the whole model runs locally
-        whole = slicer.serialized(0, n_blocks - 1, "the model").data
-        return PlanSlices((i, j), whole, None, None, label)
-
-    middle = slicer.serialized(i + 1, j, f"the slice of blocks {i + 1}..{j}")
-    return PlanSlices(
-        (i, j), part(0, i), middle.data, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]", middle_id=middle.id
-    )
+    try:
+        if i == j:  # nothing offloaded: the whole model runs locally
+            return PlanSlices((i, j), slicer.serialized(0, n_blocks - 1, "the model").data, None, None, label)
+        middle = slicer.serialized(i + 1, j, f"the slice of blocks {i + 1}..{j}")
+        return PlanSlices(
+            (i, j), part(0, i), middle.data, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]", middle_id=middle.id
+        )
+    finally:
+        slicer.release()
 
 
 def make_runner(

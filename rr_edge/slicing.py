@@ -10,13 +10,15 @@ A model (or slice) over protobuf's 2 GiB limit on one message (`MAX_MODEL_BYTES`
 model lives in a file with external data; `model_bytes` serializes a model or says so with a ModelError.
 
 `Slicer.serialized` gives a slice's bytes and slice id, and keeps those of the slices cut last (about one split's
-worth) for the runner of the plan that asked; `Slicer.slice_size` sizes a slice without copying its weights.
+worth) for the runner of the plan that asked, until a runner takes them (`Slicer.release`); `Slicer.slice_size`
+sizes a slice without copying its weights.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -28,7 +30,7 @@ from onnx import NodeProto, helper, numpy_helper
 from rr_edge.blocks import BlockGraph, node_domains, node_inputs
 from rr_edge.client_types import slice_id_of
 from rr_edge.errors import ModelError
-from rr_edge.onnx_io import TensorInfo, elem_type, with_subgraph_nodes
+from rr_edge.onnx_io import TensorInfo, dtype_size, elem_type, with_subgraph_nodes
 from rr_edge.shapes import shape_value
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,12 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_MODEL_BYTES", "SliceBytes", "Slicer", "model_bytes", "slice_model", "whole_model_bytes"]
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit on a serialized message: it can neither size nor write a larger one
-# A Slicer keeps about one split's slice bytes: the runner's own. Two, to switch back to the previous split without
-# cutting it again (2.9 -> 0.7 s on vgg16), kept that split's bytes for the life of the run or EdgeNode (553 MB).
+# A Slicer keeps about one split's slice bytes, those planning asked about, until a runner takes them. Two, to switch
+# back to the previous split without cutting it again (2.9 -> 0.7 s on vgg16), kept that split's bytes for the life
+# of the run or EdgeNode (553 MB); so did one, kept past its runner (review).
 KEEP_SPLITS = 1
 KEEP_MARGIN_BYTES = 1 << 20  # per split, beyond its blocks' slice_bytes (value infos, headers) that a Slicer keeps
+RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number  # 9: its tag is one byte
 
 
 def model_bytes(model: onnx.ModelProto, what: str) -> bytes:
@@ -103,8 +107,7 @@ class Slicer:
         slice id. The slices cut last are kept, up to `KEEP_SPLITS` splits' worth of bytes (a split's head, middle
         and tail hold the model's blocks once), the oldest dropped first: planning asks the server about a middle
         slice by its id, then the runner opens and uploads it; each had cut, serialized and hashed it anew (vgg16's
-        middle, 537 MB: 1.2 s each time, review). The runner's slices are the kept bytes themselves, so what is kept
-        costs no memory while it runs."""
+        middle, 537 MB: 1.2 s each time, review). They are kept until a runner takes its slices (`release`)."""
         key = (a, b)
         with self._kept_lock:
             kept = self._kept.get(key)
@@ -120,14 +123,22 @@ class Slicer:
                 total -= len(self._kept.popitem(last=False)[1].data)
         return kept
 
+    def release(self) -> None:
+        """Keep no bytes: a runner took its slices (`rr_edge.offload.plan_slices`). Kept on, they outlived their runner
+        for the rest of the run, or of an EdgeNode (its Slicer is kept per model file): about the model's bytes again,
+        553 MB for vgg16 (review). A switch back to a split run before cuts it anew, as it did with one split kept;
+        a plan made meanwhile in another thread (EdgeNode) has its slices cut again by its runner: slower, the same."""
+        with self._kept_lock:
+            self._kept.clear()
+
     def slice_size(self, a: int, b: int) -> int:
         """`slice(a, b).ByteSize()`, exactly, without copying a weight: the slice is cut with a name-only stand-in
-        for each initializer, then each stand-in's serialized size is swapped for its weight's (sizing every block
-        by cutting it out copied the whole model: 276 ms of vgg16's plan, now 112: review)."""
+        for each initializer, then each stand-in's serialized size is swapped for its weight's (`_tensor_size`;
+        sizing every block by cutting it out copied the whole model: 276 ms of vgg16's plan, now 2: review)."""
         m = self._cut(a, b, self._stand_ins)
         stub = m.graph.ByteSize()
         full = stub + sum(
-            _field(self._initializers[t.name].ByteSize()) - _field(t.ByteSize()) for t in m.graph.initializer
+            _field(_tensor_size(self._initializers[t.name])) - _field(t.ByteSize()) for t in m.graph.initializer
         )
         return m.ByteSize() - _field(stub) + _field(full)
 
@@ -211,6 +222,27 @@ class Slicer:
             raise ModelError(f"slice reads the shape of {node.input[0]!r}, which is not static")
         value = numpy_helper.from_array(shape_value(node, info))
         return helper.make_node("Constant", [], list(node.output), name=f"{node.name}_static", value=value)
+
+
+def _tensor_size(t: onnx.TensorProto) -> int:
+    """`t.ByteSize()` without serializing its raw data, whose length its dims and element type give (ONNX Runtime
+    loads no tensor where they disagree): protobuf's upb ByteSize serializes a message to count it, so `slice_size`
+    still held each weight twice over (a 411 MB vgg16 weight: 822 MB, review). A tensor of typed data fields, of a
+    type under a byte, or of external data is counted as ByteSize counts it."""
+    size = dtype_size(t.data_type)
+    if size == 0 or not t.HasField("raw_data"):
+        return t.ByteSize()
+    stub = onnx.TensorProto()  # every field but raw_data: name, dims, type, segment, external data, metadata
+    for f in t.DESCRIPTOR.fields:
+        if f.number == RAW_DATA_FIELD:
+            continue
+        if f.is_repeated:
+            getattr(stub, f.name).extend(getattr(t, f.name))
+        elif t.HasField(f.name) and f.message_type is not None:
+            getattr(stub, f.name).CopyFrom(getattr(t, f.name))
+        elif t.HasField(f.name):
+            setattr(stub, f.name, getattr(t, f.name))
+    return stub.ByteSize() + 1 + _field(math.prod(t.dims) * size)  # raw_data: a one-byte tag, its length, its bytes
 
 
 def _field(size: int) -> int:

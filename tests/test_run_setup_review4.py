@@ -102,21 +102,22 @@ def test_the_chosen_middle_slice_is_cut_and_hashed_once_from_plan_to_runner(clie
 
 
 def test_the_slicer_keeps_about_one_split_of_bytes(monkeypatch):
-    """The kept bytes are bounded (a vgg16 middle slice is 537 MB): the slices cut last, up to `KEEP_SPLITS` splits'
-    worth of the model's blocks (one: the runner's own), the oldest dropped first."""
+    """The kept bytes are bounded (a vgg16 middle slice is 537 MB): the middle slices planning asked about last, up
+    to `KEEP_SPLITS` splits' worth of the model's blocks, the oldest dropped first; a runner's slices take them, and
+    the slicer then keeps none (tests/test_run_setup_review5.py: the runner's bytes go with it)."""
     model = conv_chain(layers=4, channels=128)  # 590 KB of weights a block
     graph = analyze(model, "chain")
     slicer = Slicer(model, graph)
     n = len(graph.blocks)
     bound = slicing.KEEP_SPLITS * (sum(b.slice_bytes for b in graph.blocks) + slicing.KEEP_MARGIN_BYTES)
-    for split in ((0, 2), (1, 3), (-1, 1), (2, 3)):
-        plan_slices(slicer, n, *split)
+    for a, b in ((0, 3), (0, 1), (2, 3), (1, 3)):  # as planning asks about middle slices
+        slicer.serialized(a, b, "a middle slice")
         assert sum(len(k.data) for k in slicer._kept.values()) <= bound
+    assert (0, 3) not in slicer._kept  # the first asked: dropped to keep the bound
     work = Work(monkeypatch)
-    plan_slices(slicer, n, 2, 3)  # the last split: kept
-    assert work.cuts == []
-    plan_slices(slicer, n, 0, 2)  # the first: dropped
-    assert work.cuts
+    plan_slices(slicer, n, 0, 3)  # middle 1..3, the last asked: kept, taken by the runner's slices
+    assert work.cuts == [(0, 0)]  # its head only
+    assert not slicer._kept
 
 
 def _random_costs(graph: Any, seed: int) -> Costs:
