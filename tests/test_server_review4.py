@@ -86,7 +86,7 @@ def test_a_token_file_with_a_byte_order_mark_is_read_as_written(tmp_path):
     ("text", "message"),
     [
         ("alice tok-alice\nb\x07b tok-bob\n", r":2: node id 'b\\x07b' must be up to 256 printable characters"),
-        ("alice tok-alice\n\n" + "x" * 300 + " tok-x\n", r":3: the first field, the node id, has 300 characters, over 256"),
+        ("alice tok-alice\n\n" + "x" * 300 + " tok-x\n", r":3: the first field, the node id, has 300 characters"),
         (
             "alice t\u00f6k-alice\n",
             r":1: node .alice.: a bearer token is printable ASCII without spaces or line breaks; character 2 of 9 "
