@@ -17,7 +17,7 @@ anyone as well, take OPEN_CHECK_SLOTS more threads of their own: such a call is 
 its slot before its message arrives, and the message must arrive within CHECK_READ_S (a unary call holds its thread
 while gRPC waits for its message, and callers that sent none held every worker). Past its pool a new call is
 RESOURCE_EXHAUSTED at once, with gRPC's retry pushback in its trailing metadata (`Busy`: nothing was done, try again
-shortly), and the workers left over always answer unary calls (health checks, ModelInfer, slice status), however
+shortly), and the workers left over always answer the other unary calls (ModelInfer, slice status), however
 many streams are open.
 """
 
