@@ -5,9 +5,10 @@ After each request, `PlannedRun` asks whether another plan is due:
 * no plan could be made (the server was down when `run` started): planning is tried again `retry_interval_s` after
   the last try, the wait doubling (up to `MAX_RETRY_S`) while the server stays away;
 * the runner's network drifted (`Runner.replan_needed`): plan again with what it measured (`rr_edge.offload.replan`);
-  a re-plan that keeps the split doubles the requests until the next one may be made (up to `MAX_REPLAN_GAP`), one
-  that changes it resets that gap to one: on a steady but noisy link (a CPU-throttled edge times its transfers
-  unevenly) one request in three or four re-planned, 35 ms each, half again a 19 ms request's time. A drift by
+  a re-plan that keeps the split, or goes back to the split just left, doubles the requests until the next one may
+  be made (up to `MAX_REPLAN_GAP`), one that changes it otherwise resets that gap to one: on a steady but noisy link
+  (a CPU-throttled edge times its transfers unevenly) one request in three or four re-planned, 35 ms each, half
+  again a 19 ms request's time; two splits that each made the other look better swapped every other request. A drift by
   `URGENT_DRIFT` or more (`Runner.drift_factor`: the link twice as slow, or twice as fast) is re-planned at once:
   noise that large is rare in a smoothed drift, and waiting out the gap cost 31 requests at 463 ms instead of 40 ms
   locally after a link went from 100 to 2 Mbit/s (review), up to 32 timeouts on a link slowed to just under them;
@@ -164,8 +165,11 @@ class PlannedRun:
             self._energy.finish(self.runner, self._x)  # planning is not the requests' energy (review: +3-12% each)
             report = self._replan(self.report, self.runner, remaining)
             allowed = self._allowed(report)  # a refused split chosen again: kept, or its best other plan
-            kept = allowed is None or self._split_of(allowed) == self.split
-            self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP) if kept else 1
+            split = self.split if allowed is None else self._split_of(allowed)
+            # kept, or back to the split just left: the gap doubles (two offloading splits whose transfers a shaped
+            # link times unevenly swapped about once a second, a third of a testbed run spent switching, review)
+            back = self._previous is not None and split == self._previous[0]
+            self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP) if split == self.split or back else 1
             self._quiet_until = self.done + self._replan_gap
             return report if allowed is None else allowed
         if not offloads(self.report) and offloads(self.first_report) and self._due():
