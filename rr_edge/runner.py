@@ -530,6 +530,9 @@ class Runner:
             healthy = self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S))
             if not healthy and first and self._last_probe == -math.inf:  # the first health check: said once
                 log.warning("the server does not answer; running locally until it does and has the slice")
+            if not healthy and self._down_error is None:
+                # the requests' reason from here on: a server out of reach, not a slice being made ready (review)
+                self._down_error = ServerUnavailable("UNAVAILABLE: the server does not answer its health check")
             if healthy and down_since is not None and not self._closed:
                 if self._connect():
                     what = "slice ready on the server" if first else "server is back"

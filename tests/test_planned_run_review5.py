@@ -5,6 +5,7 @@ marked as run for want of a server; and a runner's upload in the background outl
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -15,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rr_edge.client import Prediction, slice_id_of
+from rr_edge.client import Client, ClientOptions, Prediction, slice_id_of
 from rr_edge.commands._planned_run import NO_SERVER, PlannedRun, without
 from rr_edge.errors import ServerError, ServerUnavailable
 from rr_edge.meters.model import DEFAULT_POWER
@@ -283,3 +284,25 @@ def test_closing_a_runner_waits_for_an_upload_on_a_dead_link_only_its_timeout(
         remote.thread.join(GENEROUS_S)
         assert not remote.thread.is_alive()
     assert runner.upload_ms == counted and not caplog.records  # counted once, nothing said
+
+
+def test_a_runner_switched_to_on_a_dead_link_says_the_server_does_not_answer(chain: Any) -> None:
+    """Made with `connect_later` while the server is out of reach: once a health check went unanswered, its requests
+    say so, not that the slice is being made ready on the server (testbed review: the whole of a link cut read as
+    an upload in progress)."""
+    _, graph, slicer = chain
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = RunnerConfig(timeout_s=1.0, retry_interval_s=0.01)
+    with Client(f"127.0.0.1:{port}", ClientOptions(timeout_s=1.0)) as client:
+        runner = make_runner(slicer, graph, (0, 2), client, config=config, connect_later=True)
+        try:
+            first = runner.run(_x(graph))
+            assert first.fallback and "made ready on the server" in first.error
+            deadline = time.monotonic() + GENEROUS_S
+            while "health check" not in (result := runner.run(_x(graph))).error and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert result.fallback and "UNAVAILABLE: the server does not answer its health check" in result.error
+        finally:
+            runner.close()
