@@ -473,8 +473,10 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     upload_share = offloading.chosen.breakdown.get("weight_upload_ms", 0.0)
     assert second["predicted"]["latency_ms"] == pytest.approx(77.0 - upload_share)
     assert second["fallback_requests"] == 2 and first["fallback_requests"] == 0  # no server: run here
-    ((reason, count),) = out["fallback_reasons"].items()  # why, for the JSON reader too
-    assert count == 2 and "UNAVAILABLE" in reason
+    # why, for the JSON reader too: the slice being made ready, or (once the runner's health check in the background
+    # went unanswered, before either request or between them) the server not answering
+    reasons = out["fallback_reasons"]
+    assert sum(reasons.values()) == 2 and all("UNAVAILABLE" in reason for reason in reasons)
     assert main(argv) == 0
     rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [[cell.strip() for cell in row] for row in rows] == [
