@@ -4,6 +4,7 @@ server, or that went local during a brief slowdown, stayed local for good)."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,9 +27,9 @@ def report(i: int, j: int, upload_ms: float = 0.0) -> Any:
 
 
 class FakeRunner:
-    def __init__(self, split: tuple[int, int], refused: ServerError | None = None) -> None:
+    def __init__(self, split: tuple[int, int]) -> None:
         self.split, self.replan_needed, self.upload_ms, self.closed = split, False, 0.0, False
-        self.refused = refused  # `Runner.refused`: the server refused its slice in the background
+        self.refused: ServerError | None = None  # `Runner.refused`: the server refused its slice in the background
 
     def mark_planned(self) -> None:
         self.replan_needed = False
@@ -60,10 +61,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-def planned_run(first: Any, plan: Any = None, replan: Any = None, refuse: tuple[int, int] | None = None) -> PlannedRun:
+def planned_run(first: Any, plan: Any = None, replan: Any = None) -> PlannedRun:
     def make_runner(split: tuple[int, int], report: Any, connect_later: bool) -> FakeRunner:
-        refused = ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
-        return FakeRunner(split, refused if split == refuse else None)
+        return FakeRunner(split)
 
     split = LOCAL if first is None else (first.chosen.i, first.chosen.j)
     return PlannedRun(
@@ -182,26 +182,6 @@ def test_the_waits_stop_doubling_at_a_minute(clock: Clock) -> None:
     assert run._retry_s == MAX_RETRY_S
 
 
-def test_a_split_whose_slice_the_server_refused_is_not_switched_to_again(clock: Clock) -> None:
-    """The server refuses the new plan's slice in the background (`Runner.refused`): the run goes back to the split
-    it had (these reports have no plan table to choose another plan from), and re-plans that choose the refused split
-    again keep the running one: each drift had switched to it again, to be refused again (review: a new runner every
-    two requests, three in four requests run locally)."""
-    offloading, other = report(0, 2), report(1, 3)
-    run = planned_run(offloading, replan=lambda r, runner, remaining: other, refuse=(1, 3))
-    run.runner.replan_needed = True
-    run.request(remaining=100)
-    assert run.split == (1, 3)
-    run.request(remaining=100)  # refused: back
-    assert run.split == (0, 2) and run.report is offloading
-    for _ in range(50):
-        run.runner.replan_needed = True  # the link drifts on every request
-        run.request(remaining=100)
-    assert [s.split for s in run.segments] == [(0, 2), (1, 3), (0, 2)]
-    assert not run.runner.closed
-    assert run.replans < 8  # a re-plan that chose the refused split kept the running one: ever further apart
-
-
 def test_a_re_plan_spreads_an_upload_over_the_requests_left(clock: Clock) -> None:
     """Late in a run a new slice's upload has few requests to pay for it (it was spread over all of them)."""
     asked: list[int] = []
@@ -291,3 +271,22 @@ def test_two_splits_that_each_make_the_other_look_better_swap_ever_less_often(cl
     gaps = [s.end - s.first for s in run.segments[:-1]]
     assert len(run.segments) < 20 and gaps[-1] == MAX_REPLAN_GAP
     assert gaps == sorted(gaps)  # ever further apart, up to the longest gap
+
+
+def test_a_forced_split_whose_slice_the_server_refused_runs_locally_and_says_so_once(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A split forced without a plan has no other plan to give way to: its requests run locally, one warning."""
+
+    def refused(split: tuple[int, int], report: Any, connect_later: bool) -> FakeRunner:
+        runner = FakeRunner(split)
+        runner.refused = ServerError("UploadSlice: RESOURCE_EXHAUSTED: slice too big", "RESOURCE_EXHAUSTED")
+        return runner
+
+    # as `run --split 0,2` runs when the server could not be asked for a plan: no plan, none made later
+    run = PlannedRun(refused, None, lambda r, runner, remaining: r, (0, 2), None, FakeEnergy(), np.zeros(1), 1.0)
+    with caplog.at_level(logging.WARNING, logger=_planned_run.__name__):
+        for _ in range(5):
+            assert run.request(remaining=100).fallback
+    assert run.split == (0, 2) and len(run.segments) == 1
+    assert caplog.text.count("the server refused plan 0,2: every request runs here") == 1

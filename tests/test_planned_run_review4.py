@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +31,7 @@ from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.slicing import Slicer
 from tests._server_process import ServerProcess
 from tests._server_support import IR_VERSION, serving
+from tests.test_planned_run_review5 import offloading_report
 
 GENEROUS_S = 30.0  # how long a test waits for something that takes well under a second
 LOCAL = (3, 3)  # the four-conv chain run all locally
@@ -76,14 +78,18 @@ def _x(graph: Any) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
 
 
-def late_plan_run(slicer: Slicer, graph: Any, client: Client, config: RunnerConfig, x: np.ndarray) -> PlannedRun:
-    """A run that starts local, without a plan, and is given plan (0, 2) when it plans again after the retry wait."""
+def late_plan_run(
+    slicer: Slicer, graph: Any, client: Client, config: RunnerConfig, x: np.ndarray, late: Any = None
+) -> PlannedRun:
+    """A run that starts local, without a plan, and is given `late` (default: plan (0, 2)) when it plans again after
+    the retry wait."""
+    late = report(0, 2) if late is None else late
 
     def runner_for(split, r, later):  # type: ignore[no-untyped-def]
         return make_runner(slicer, graph, split, client, config=config, connect_later=later)
 
     return PlannedRun(runner_for,
-                      lambda remaining: report(0, 2), lambda r, runner, remaining: r, LOCAL, None,
+                      lambda remaining: late, lambda r, runner, remaining: r, LOCAL, None,
                       RunnerEnergy(), x, 0.01)  # fmt: skip
 
 
@@ -157,26 +163,27 @@ def test_a_switch_mid_run_serves_its_requests_locally_while_the_slice_is_made_re
             run.close()
 
 
-def test_a_switch_to_a_slice_the_server_refuses_goes_back_to_the_split_it_left(
+def test_a_switch_to_a_slice_the_server_refuses_gives_way_to_the_best_other_plan(
     chain: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The server refuses the new plan's slice (over its limit): with a warning, the run runs the split it had."""
+    """The server refuses the new plan's slice (over its limit): with a warning, the run takes the best other plan of
+    that plan's report, and says why its requests ran locally meanwhile: not "could not be reached to plan"."""
     _, graph, slicer = chain
     x = _x(graph)
+    planned = offloading_report(graph)
+    late = replace(planned, chosen=planned.table.plan(0, 2))  # a real report: it has other plans to give way to
     middle = plan_slices(slicer, len(graph.blocks), 0, 2).middle
     assert middle is not None
     with serving(tmp_path / "data", max_slice_bytes=len(middle) - 1) as (srv, _), Client(str(srv.address)) as client:
-        run = late_plan_run(slicer, graph, client, RunnerConfig(retry_interval_s=0.05), x)
+        run = late_plan_run(slicer, graph, client, RunnerConfig(retry_interval_s=0.05), x, late)
         try:
             deadline = time.monotonic() + GENEROUS_S
             with caplog.at_level(logging.WARNING, logger=_planned_run.__name__):
                 while "refused plan" not in caplog.text and time.monotonic() < deadline:
                     run.request(remaining=1000)
                     time.sleep(0.005)
-            assert "refused plan 0,2" in caplog.text and run.split == LOCAL
-            assert run.report is None  # as before the switch: no plan, planned again after the wait
-            # the server answered and refused: not "could not be reached to plan", as `run` had marked these requests
-            assert run.segments[-1].no_plan.startswith("no plan: the server refused the slice of plan 0,2: ")
+            assert "refused plan 0,2" in caplog.text and run.split != (0, 2)
+            assert run.report is not None and run.segments[-1].report is run.report  # planned: no "no plan"
         finally:
             run.close()
         assert not client.slice_status(slice_id_of(middle)).cached

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from rr_edge.client import Client, ClientOptions, Prediction, slice_id_of
-from rr_edge.commands._planned_run import NO_SERVER, PlannedRun, without
+from rr_edge.commands._planned_run import PlannedRun, without
 from rr_edge.errors import ServerError, ServerUnavailable
 from rr_edge.meters.model import DEFAULT_POWER
 from rr_edge.netmodel import NetworkModel
@@ -140,10 +139,9 @@ def test_a_report_without_the_refused_splits_chooses_by_its_objective(chain: Any
         assert split == best_without(report, refused) and split not in refused
         assert other.chosen.latency_ms == report.table.plan(*split).latency_ms
         refused.add(split)
-    assert without(report.chosen, refused) is None  # nothing to choose from
 
 
-# -- going back from a refused late plan ------------------------------------------------------------------------------
+# -- a refused late plan -------------------------------------------------------------------------------------------
 
 
 class FakeRunner:
@@ -188,23 +186,6 @@ def late_refused_run(graph: Any, late: Any) -> PlannedRun:
 
     return PlannedRun(runner_for, lambda remaining: late, lambda r, runner, remaining: r, local, None,
                       FakeEnergy(), np.zeros(1), 1.0)  # fmt: skip
-
-
-def test_going_back_from_a_refused_late_plan_says_the_server_refused_it(chain: Any, no_wait: None) -> None:
-    """A run without a plan plans late; the server refuses that plan's slice, and the run goes back to running
-    locally without a plan (a report with no plan table to choose another from): those requests had been marked
-    "the server could not be reached to plan", though it answered and refused the slice."""
-    _, graph, _ = chain
-    late = SimpleNamespace(chosen=SimpleNamespace(i=0, j=2, breakdown={}), inputs=SimpleNamespace(amortize_over=1))
-    run = late_refused_run(graph, late)
-    for _ in range(3):
-        run.request(remaining=100)
-    first, planned, back = run.segments[:3]
-    assert first.no_plan == NO_SERVER and planned.split == (0, 2) and back.report is None
-    assert back.no_plan.startswith("no plan: the server refused the slice of plan 0,2: RepositoryModelLoad: ")
-    for _ in range(5):  # planned again after the wait: the refused split is not run again
-        run.request(remaining=100)
-    assert [s.split for s in run.segments] == [first.split, (0, 2), first.split]
 
 
 def test_a_refused_late_plan_gives_way_to_its_best_other_plan(chain: Any, no_wait: None) -> None:
@@ -286,7 +267,9 @@ def test_closing_a_runner_waits_for_an_upload_on_a_dead_link_only_its_timeout(
     assert runner.upload_ms == counted and not caplog.records  # counted once, nothing said
 
 
-def test_a_runner_switched_to_on_a_dead_link_says_the_server_does_not_answer(chain: Any) -> None:
+def test_a_runner_switched_to_on_a_dead_link_says_the_server_does_not_answer(
+    chain: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Made with `connect_later` while the server is out of reach: once a health check went unanswered, its requests
     say so, not that the slice is being made ready on the server (testbed review: the whole of a link cut read as
     an upload in progress)."""
@@ -296,9 +279,18 @@ def test_a_runner_switched_to_on_a_dead_link_says_the_server_does_not_answer(cha
         port = s.getsockname()[1]
     config = RunnerConfig(timeout_s=1.0, retry_interval_s=0.01)
     with Client(f"127.0.0.1:{port}", ClientOptions(timeout_s=1.0)) as client:
+        asked = threading.Event()  # the first health check is held until the first request has run
+        healthy = client.healthy
+
+        def held(*args: Any, **kw: Any) -> bool:
+            asked.wait(GENEROUS_S)
+            return healthy(*args, **kw)
+
+        monkeypatch.setattr(client, "healthy", held)
         runner = make_runner(slicer, graph, (0, 2), client, config=config, connect_later=True)
         try:
             first = runner.run(_x(graph))
+            asked.set()
             assert first.fallback and "made ready on the server" in first.error
             deadline = time.monotonic() + GENEROUS_S
             while "health check" not in (result := runner.run(_x(graph))).error and time.monotonic() < deadline:

@@ -23,11 +23,10 @@ After each request, `PlannedRun` asks whether another plan is due:
 A runner switched to mid-run is made with `connect_later`: its slice is uploaded and opened in the background while
 its requests run locally (made at once, no request was served for as long as the upload's deadline on a dead link).
 When the server refuses that slice (too large, or one it cannot open), the split is not run again in this run: the
-run takes the best other plan of the refused plan's report (planned on the link as measured then), with a warning, and
-any later plan that chooses a refused split gives way to its best other plan the same way (each drift re-plan had
-chosen the refused split again: a new runner every two requests, three in four requests run locally, review). A
-report with no plan table to choose from keeps the running split instead, and a refusal with such a report goes back
-to the split the run came from.
+run takes the best other plan of the refused plan's report (planned on the link as measured then; running locally is
+always one), with a warning, and any later plan that chooses a refused split gives way to its best other plan the same
+way (each drift re-plan had chosen the refused split again: a new runner every two requests, three in four requests
+run locally, review).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import numpy as np
 
 from rr_edge.errors import PredictionsPending, RoadRunnerError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.offload import DEFAULT_OBJECTIVE, PlanReport
-from rr_edge.planner import PlanTable, choose, evaluate_all
+from rr_edge.planner import choose, evaluate_all
 from rr_edge.runner import Runner, RunResult
 
 log = logging.getLogger(__name__)
@@ -74,11 +73,9 @@ def offloads(report: PlanReport | None) -> bool:
     return report is not None and report.chosen.i < report.chosen.j
 
 
-def without(report: PlanReport, refused: set[tuple[int, int]]) -> PlanReport | None:
-    """`report` with its best plan (by its objective) among those whose split is not in `refused` chosen; None for a
-    report without a plan table to choose from."""
-    if not isinstance(getattr(report, "table", None), PlanTable):
-        return None
+def without(report: PlanReport, refused: set[tuple[int, int]]) -> PlanReport:
+    """`report` with its best plan (by its objective) among those whose split is not in `refused` chosen (running
+    locally is never refused)."""
     slices = report.table.inputs.refused_slices | {(i + 1, j) for i, j in refused}  # a split's middle: i+1..j
     table = evaluate_all(replace(report.table.inputs, refused_slices=slices))
     chosen = choose(table, report.options.get("objective", DEFAULT_OBJECTIVE), report.options.get("slo_ms"))
@@ -125,9 +122,7 @@ class PlannedRun:
         self._next_try = time.monotonic() + retry_interval_s
         self._replan_gap, self._quiet_until = 1, 0  # requests between drift re-plans, and the first one allowed
         self._steady = 0  # requests in a row the server served for an offloading split, with no drift pending
-        # the split and plan before the last switch, gone back to if the server refuses the new one's slice and its
-        # report has no other plan to offer (`without`)
-        self._previous: tuple[tuple[int, int], PlanReport | None] | None = None
+        self._left: tuple[int, int] | None = None  # the split before the last switch
         self._refused: set[tuple[int, int]] = set()  # splits whose middle slice the server refused: not run again
 
     def request(self, remaining: int) -> RunResult:
@@ -143,7 +138,7 @@ class PlannedRun:
         if not remaining:
             return result
         if result.fallback and self.runner.refused is not None and self.split not in self._refused:
-            self._go_back(self.runner.refused)
+            self._leave_refused(self.runner.refused)
         elif (report := self._next_plan(remaining, result)) is not None:
             self._take(report)
         return result
@@ -164,14 +159,14 @@ class PlannedRun:
             self._steady = 0
             self._energy.finish(self.runner, self._x)  # planning is not the requests' energy (review: +3-12% each)
             report = self._replan(self.report, self.runner, remaining)
-            allowed = self._allowed(report)  # a refused split chosen again: kept, or its best other plan
-            split = self.split if allowed is None else self._split_of(allowed)
+            report = self._allowed(report)  # a refused split chosen again: its best other plan
+            split = self._split_of(report)
             # kept, or back to the split just left: the gap doubles (two offloading splits whose transfers a shaped
             # link times unevenly swapped about once a second, a third of a testbed run spent switching, review)
-            back = self._previous is not None and split == self._previous[0]
-            self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP) if split == self.split or back else 1
+            kept = split in (self.split, self._left)
+            self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP) if kept else 1
             self._quiet_until = self.done + self._replan_gap
-            return report if allowed is None else allowed
+            return report
         if not offloads(self.report) and offloads(self.first_report) and self._due():
             log.info("trying plan %d,%d again: the network may have recovered", *self._split_of(self.first_report))
             return self.first_report
@@ -223,66 +218,53 @@ class PlannedRun:
         self._retry_s = min(2 * self._retry_s, MAX_RETRY_S)
         return True
 
-    def _allowed(self, report: PlanReport) -> PlanReport | None:
-        """`report`, or where the server refused its chosen split's slice in this run, its best other plan (`without`;
-        None: it has none to offer)."""
+    def _allowed(self, report: PlanReport) -> PlanReport:
+        """`report`, or where the server refused its chosen split's slice in this run, its best other plan
+        (`without`)."""
         if self._split_of(report) not in self._refused:
             return report
         other = without(report, self._refused)
-        if other is not None:
-            log.info("plan %d,%d's slice was refused; its best other plan is %d,%d", *self._split_of(report),
-                     *self._split_of(other))  # fmt: skip
+        log.info("plan %d,%d's slice was refused; its best other plan is %d,%d", *self._split_of(report),
+                 *self._split_of(other))  # fmt: skip
         return other
 
     def _take(self, report: PlanReport) -> None:
-        allowed = self._allowed(report)
-        if allowed is None:  # a refused split, and no other plan to take: the running split stays
-            log.info("keeping split %d,%d: the server refused plan %d,%d", *self.split, *self._split_of(report))
-            self.runner.mark_planned()  # not asked again until the network drifts again
-            return
-        split = self._split_of(allowed)
+        report = self._allowed(report)
+        split = self._split_of(report)
         if split == self.split and self.report is not None:
-            self.report = self.segments[-1].report = allowed
+            self.report = self.segments[-1].report = report
             self.runner.mark_planned()  # drift counts from here
             return
-        self._switch(split, allowed)
+        self._switch(split, report)
 
-    def _switch(self, split: tuple[int, int], report: PlanReport | None, no_plan: str = NO_SERVER) -> None:
-        """Run `split` from the next request on; its runner makes its slice ready in the background (`no_plan`: why
-        there is no `report`)."""
+    def _switch(self, split: tuple[int, int], report: PlanReport) -> None:
+        """Run `split` from the next request on; its runner makes its slice ready in the background."""
         self._energy.finish(self.runner, self._x)  # an energy window covers one split
         runner = self._make_runner(split, report, True)  # no request waits for its slice: local meanwhile
-        self._previous = (self.split, self.report)
+        self._left = self.split
         self.runner.close(wait_s=0.0)  # its upload still going (a split left early) is no request's to wait for
         self.upload_ms += self.runner.upload_ms
         self.runner, self.split, self.report = runner, split, report
         self.segments[-1].end = self.done
-        self.segments.append(Segment(split, report, self.done, no_plan=no_plan))  # also when a late plan keeps it
+        self.segments.append(Segment(split, report, self.done))  # also when a late plan keeps the split
         if split not in self._ready:
             self._ready.add(split)
             self.predicted_upload_ms += upload_prediction_ms(report)
         self._next_try = time.monotonic() + self._retry_s
 
-    def _go_back(self, exc: ServerError) -> None:
-        """The server refused the slice of the split switched to (`Runner.refused`): that split is not run again.
-        The run takes the best other plan of its report, planned on the link as measured then (going back to a new
-        runner of the split before, from that split's older report, forgot the drift it had measured: it re-planned
-        at once). A report with no other plan to offer goes back to the split before (with no plan before, the
-        server was down: local, and planned again after the wait)."""
+    def _leave_refused(self, exc: ServerError) -> None:
+        """The server refused the slice of the split running (`Runner.refused`): that split is not run again. The run
+        takes the best other plan of its report, planned on the link as measured then (going back to a new runner of
+        the split before, from that split's older report, forgot the drift it had measured: it re-planned at once).
+        A split forced without a plan has nothing else to run: its requests run locally."""
         refused = self.split
         self._refused.add(refused)
-        other = None if self.report is None else without(self.report, self._refused)
-        if other is not None:
-            log.warning("running plan %d,%d: the server refused plan %d,%d: %s", *self._split_of(other), *refused, exc)
-            self._switch(self._split_of(other), other)
-        elif self._previous is not None:
-            split, report = self._previous
-            log.warning("back to split %d,%d: the server refused plan %d,%d: %s", *split, *refused, exc)
-            why = "no plan: the server refused the slice of plan {},{}: {}".format(*refused, exc)
-            self._switch(split, report, no_plan=why)  # it answered: its refusal is why these run locally
-        else:
-            log.warning("the server refused plan %d,%d, and there is none to go back to: %s", *refused, exc)
-        self._previous = None  # the split before may be refused too: never gone back to twice
+        if self.report is None:
+            log.warning("the server refused plan %d,%d: every request runs here: %s", *refused, exc)
+            return
+        other = without(self.report, self._refused)
+        log.warning("running plan %d,%d: the server refused plan %d,%d: %s", *self._split_of(other), *refused, exc)
+        self._switch(self._split_of(other), other)
 
     @staticmethod
     def _split_of(report: Any) -> tuple[int, int]:
