@@ -201,15 +201,14 @@ def test_a_server_started_on_another_provider_times_its_row_again(tmp_path: Path
         assert cloud(stubs)[1] == rr.PROVENANCE_MEASURED
 
 
-def test_whole_model_runs_of_another_provider_go_without_block_timings(tmp_path: Path) -> None:
-    """Whole-model runs record no provider: they went with a block timing of another provider, so a cloud row with
-    model runs and no block timings kept the old provider's for good. The provider the row was registered with
-    tells; the model is then timed again on the new one."""
+def with_a_gone_providers_model_run(data_dir: Path) -> None:
+    """`data_dir` as a server leaves it whose cloud row was registered on a provider now gone: model "net" timed
+    whole on that provider (1e6 ms), and no block timing of the cloud row."""
     model = conv_model(seed=6)
     whole = rr.ModelProfile(
         model="net", latency=rr.LatencyStats(median_ms=9.0), sum_of_blocks_ms=10.0, slice_id=sha256(model)
     )
-    with serving(tmp_path) as (server, stubs):
+    with serving(data_dir) as (server, stubs):
         register(stubs, "pi4")
         stubs.upload(model)
         stubs.profiles.ReportLayerProfiles(report("pi4", whole), timeout=10)
@@ -218,6 +217,13 @@ def test_whole_model_runs_of_another_provider_go_without_block_timings(tmp_path:
         device = server.storage.get_node("cloud").device
         server.storage.upsert_node("cloud", "cloud", {**device, "ort_providers": ["GoneExecutionProvider"]})
         server.storage.add_reports([], {}, {}, [ModelRun("cloud", "net", 1e6, 0.0, measured_at=1.0)])  # the old one's
+
+
+def test_whole_model_runs_of_another_provider_go_without_block_timings(tmp_path: Path) -> None:
+    """Whole-model runs record no provider: they went with a block timing of another provider, so a cloud row with
+    model runs and no block timings kept the old provider's for good. The provider the row was registered with
+    tells; the model is then timed again on the new one."""
+    with_a_gone_providers_model_run(tmp_path)
     with serving(tmp_path) as (server, stubs):
         assert server.cloud_profiler.wait_idle(30)
         runs = stubs.predictions.Predict(rr.PredictRequest(node_id="cloud", model="net"), timeout=10)

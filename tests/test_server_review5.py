@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _server_support import conv_model, report, serving, sha256
-from test_server_profiles import register
+from _server_support import conv_model, serving, sha256
+from test_cloud_profiler_review3 import with_a_gone_providers_model_run
 from test_server_review4 import bearer
 
 from rr_edge.cli import main as edge_main
@@ -37,18 +37,7 @@ def test_a_start_that_fails_between_the_two_writes_keeps_no_run_of_the_old_provi
     """The row recorded the new provider, then the whole-model runs were forgotten, in two transactions: a start
     that failed (a full disk) or died between them left the row on the new provider, and every later start served
     the old provider's runs. Whichever of the two writes comes second fails here."""
-    model = conv_model(seed=6)
-    whole = rr.ModelProfile(
-        model="net", latency=rr.LatencyStats(median_ms=9.0), sum_of_blocks_ms=10.0, slice_id=sha256(model)
-    )
-    with serving(tmp_path) as (server, stubs):
-        register(stubs, "pi4")
-        stubs.upload(model)
-        stubs.profiles.ReportLayerProfiles(report("pi4", whole), timeout=10)
-        assert server.cloud_profiler.wait_idle(30)
-        device = server.storage.get_node("cloud").device
-        server.storage.upsert_node("cloud", "cloud", {**device, "ort_providers": ["GoneExecutionProvider"]})
-        server.storage.add_reports([], {}, {}, [ModelRun("cloud", "net", 1e6, 0.0, measured_at=1.0)])  # the old one's
+    with_a_gone_providers_model_run(tmp_path)
 
     writes: list[str] = []
     upsert_node, forget_model_runs = Storage.upsert_node, Storage.forget_model_runs
