@@ -4,7 +4,8 @@
 
 The middle slice is uploaded once (content-addressed; skipped when the server already holds it) and opened on the
 server before the first request (in the upload's own call, `SliceHeader.load`), then called through the KServe
-protocol with a deadline. When the server is unreachable, times out, breaks the stream or answers with an error, the
+protocol with a deadline (a few times the round trip the network models predict, at most `RunnerConfig.timeout_s`:
+`_Link.answer_s`). When the server is unreachable, times out, breaks the stream or answers with an error, the
 runner runs the middle slice locally, so the request still completes (`RunResult.fallback` is True,
 `RunResult.error` says why; a slice the server no longer holds is uploaded again in the background; a request the
 server rejects as invalid, INVALID_ARGUMENT, is finished locally too and says nothing about the server). While the
@@ -57,6 +58,12 @@ MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of 
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 MAX_PROBE_WAIT_S = 60.0  # the longest wait between two uploads to a server that answers but whose uploads fail
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
+# A request waits for the server's answer ANSWER_FACTOR times its predicted round trip (network and the server's
+# run) plus ANSWER_MARGIN_S (scheduling, a server busy with other edges, a session's first run), at most
+# RunnerConfig.timeout_s. With the fixed 30 s default, a request in flight when the link went dead waited out a
+# 20 s cut in full (testbed review); a request this late is better finished locally.
+ANSWER_FACTOR = 4.0
+ANSWER_MARGIN_S = 1.0
 
 
 class StreamAnswers(Protocol):
@@ -120,6 +127,9 @@ class RunnerConfig:
     stream: bool = True
     # After a server had no stream slot free: one ModelInfer per request for this long, then a stream is tried again.
     stream_retry_s: float = DEFAULT_STREAM_RETRY_S
+    # Wait for an answer about as long as the plan's network models predict (`_Link.answer_s`), at most `timeout_s`;
+    # False: always `timeout_s`. Without network models a request always waits `timeout_s`.
+    adaptive_deadline: bool = True
 
     def __post_init__(self) -> None:
         # a deadline of 0 timed every request out: the server was taken for down, never for misconfigured
@@ -321,6 +331,17 @@ class _Link:
         that a link slowed down past the deadline asks for a re-plan instead of timing out again and again."""
         bytes_down = self.last.bytes_down if self.last is not None else 0  # the same slice answers the same bytes
         self.update(RunResult({}, True, waited_ms, remote_ms=waited_ms, bytes_up=bytes_up, bytes_down=bytes_down))
+
+    def answer_s(self, bytes_up: int, most_s: float) -> float:
+        """How long a request of `bytes_up` waits for its answer: ANSWER_FACTOR times its predicted round trip plus
+        ANSWER_MARGIN_S, at most `most_s`. It is `most_s` without network models, and until the server answered or
+        a request timed out: the first answer may hold the server session's first run (a CUDA session may spend
+        seconds choosing its convolutions). A round trip that timed out is learnt as one that took the whole wait
+        (`timed_out`), so a link that slowed down gets longer waits, not timeout after timeout."""
+        if self.uplink is None or self.downlink is None or self.last is None:
+            return most_s
+        expected_ms = round_trip_ms(self.uplink, self.downlink, bytes_up, self.last.bytes_down) + self.expected_cloud_ms
+        return min(most_s, ANSWER_MARGIN_S + ANSWER_FACTOR * expected_ms / 1e3)
 
     def drifted(self, threshold: float) -> bool:
         """A direction's model moved by more than `threshold` (relative) since the plan, and the move matters: it
@@ -551,14 +572,14 @@ class Runner:
         if stream is not None:
             stream.close(drain_s)
 
-    def _remote_infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _remote_infer(self, feed: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
         assert self.remote is not None and self._slice_id is not None
         if not self.config.stream or time.monotonic() < self._unary_until:
-            return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
+            return self.remote.infer(self._slice_id, feed, timeout_s)
         if self._stream is None:
             self._stream = _Stream(self.remote, self._slice_id)
         try:
-            return self._stream.infer(feed, self.config.timeout_s)
+            return self._stream.infer(feed, timeout_s)
         except ServerUnavailable:
             self._drop_stream()  # timed out or broken: cancelled, not reused (an error answer leaves it in step)
             raise
@@ -572,7 +593,7 @@ class Runner:
             )
             self._drop_stream()
             self._unary_until = time.monotonic() + self.config.stream_retry_s
-            return self.remote.infer(self._slice_id, feed, self.config.timeout_s)
+            return self.remote.infer(self._slice_id, feed, timeout_s)
         except ServerError:
             raise
         except Exception:
@@ -645,14 +666,17 @@ class Runner:
 
     def _offload(self, feed: Mapping[str, np.ndarray], result: RunResult) -> dict[str, np.ndarray] | None:
         """The middle slice on the server; None (and `result.error`) when this request has to finish locally."""
+        result.bytes_up = wire_bytes(feed)
+        timeout_s = self.config.timeout_s
+        if self.config.adaptive_deadline:
+            timeout_s = self.link.answer_s(result.bytes_up, timeout_s)
         start = time.perf_counter()
         try:
-            outputs = self._remote_infer(feed)
+            outputs = self._remote_infer(feed, timeout_s)
         except ServerError as exc:
             result.error = str(exc)
             # The wait for the server is no local compute: a power model charges it as the plan did (idle, radio).
             result.remote_ms = (time.perf_counter() - start) * 1e3
-            result.bytes_up = wire_bytes(feed)
             if exc.code == "DEADLINE_EXCEEDED":
                 self.link.timed_out(result.bytes_up, result.remote_ms)
             if exc.code == "INVALID_ARGUMENT":
@@ -662,7 +686,7 @@ class Runner:
             return None
         result.remote_ms = (time.perf_counter() - start) * 1e3
         result.server_ms = getattr(outputs, "server_run_ms", None)  # rr_edge.client.InferOutputs
-        result.bytes_up, result.bytes_down = wire_bytes(feed), wire_bytes(outputs)
+        result.bytes_down = wire_bytes(outputs)
         self.link.update(result)
         return outputs
 

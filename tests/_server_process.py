@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,20 @@ class ServerProcess:
         self._log.close()
         return code
 
+    @contextlib.contextmanager
+    def hung(self, wait_s: float = 30.0) -> Iterator[None]:
+        """The server stops answering (SIGSTOP) for the block: connections stay open and nothing answers, as on a
+        link that drops every packet. Entered once every thread of the process is stopped (the signal lands a little
+        later)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + wait_s
+        while not _stopped(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -66,3 +82,12 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of the process is stopped."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            states.append("T (stopped)" in (task / "status").read_text())
+    return all(states)

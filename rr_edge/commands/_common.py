@@ -76,7 +76,8 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
         type=positive_float_at_most(MAX_TIMEOUT_S),
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"per-call deadline in seconds, at most {MAX_TIMEOUT_S:g} (default %(default)g)",
+        help=f"per-call deadline in seconds, at most {MAX_TIMEOUT_S:g} (default %(default)g); with network models, "
+        "`run` waits for the server's answer to a request only 4x its predicted round trip + 1 s, at most this",
     )
 
 
