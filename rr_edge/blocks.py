@@ -35,7 +35,15 @@ from onnx import NodeProto, TensorProto
 
 from rr_edge.errors import ModelError
 from rr_edge.flops import node_flops, trip_counts
-from rr_edge.onnx_io import TensorInfo, constant_tensors, dtype_size, light_copy, subgraphs, with_subgraph_nodes
+from rr_edge.onnx_io import (
+    TensorInfo,
+    constant_tensors,
+    dtype_size,
+    light_copy,
+    subgraphs,
+    tensor_size,
+    with_subgraph_nodes,
+)
 from rr_edge.shapes import run_shapes, tensor_infos_of
 from rr_edge.signature import block_signature, model_functions, model_opsets
 from rr_proto.operators import STANDARD_DOMAINS
@@ -409,7 +417,7 @@ def _tensor_bytes(t: TensorProto) -> int:
 
 def _serialized_bytes(nodes: Sequence[NodeProto], initializers: Mapping[str, TensorProto]) -> int:
     used = {x for n in nodes for x in node_inputs(n) if x in initializers}
-    return sum(n.ByteSize() for n in nodes) + sum(initializers[x].ByteSize() for x in used)
+    return sum(n.ByteSize() for n in nodes) + sum(tensor_size(initializers[x]) for x in used)
 
 
 def _sampled_shapes(model: onnx.ModelProto, ix: _Index, infos: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:

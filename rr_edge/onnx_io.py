@@ -7,6 +7,7 @@ Everything that touches the file system for models goes through here; the analys
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,7 @@ __all__ = [
 
 _MAX_INLINE_BYTES = 2**31 - 1  # protobuf's limit on one message: a larger model is saved with external data
 _EXTERNAL_MIN_BYTES = 1024  # with external data, tensors of at least this many bytes go to the data file
+RAW_DATA_FIELD = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number  # 9: its tag is one byte
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,32 @@ def dtype_size(dtype: str | int) -> int:
     return _SIZE_BY_NAME.get(name, 1 if name.startswith("float8") else 0)
 
 
+def tensor_size(t: TensorProto) -> int:
+    """`t.ByteSize()` without serializing its raw data, whose length its dims and element type give (ONNX Runtime
+    loads no tensor where they disagree): protobuf's upb ByteSize serializes a message to count it, so `slice_size`
+    had held each weight twice over (a 411 MB vgg16 weight: 822 MB, review). A tensor of typed data fields, of a
+    type under a byte, or of external data is counted as ByteSize counts it."""
+    size = dtype_size(t.data_type)
+    if size == 0 or not t.HasField("raw_data"):
+        return t.ByteSize()
+    stub = TensorProto()  # every field but raw_data: name, dims, type, segment, external data, metadata
+    for f in t.DESCRIPTOR.fields:
+        if f.number == RAW_DATA_FIELD:
+            continue
+        if f.is_repeated:
+            getattr(stub, f.name).extend(getattr(t, f.name))
+        elif t.HasField(f.name) and f.message_type is not None:
+            getattr(stub, f.name).CopyFrom(getattr(t, f.name))
+        elif t.HasField(f.name):
+            setattr(stub, f.name, getattr(t, f.name))
+    return stub.ByteSize() + 1 + field_size(math.prod(t.dims) * size)  # raw_data: a one-byte tag, its length, its bytes
+
+
+def field_size(size: int) -> int:
+    """The bytes of a length-delimited field holding `size` bytes, less its tag: `size` and its varint length."""
+    return size + max(1, (size.bit_length() + 6) // 7)
+
+
 def value_info_to_tensor_info(vi: ValueInfoProto) -> TensorInfo:
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):  # not even the rank is known
@@ -171,7 +199,8 @@ def light_copy(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProt
     """The model's structure without its large weights (replaced by typed graph inputs).
 
     Small initializers (shapes, axes, scalars: at most `keep_bytes`) keep their values, so shape
-    inference and the checker see everything but the weight payloads, at a fraction of the cost.
+    inference and the checker see everything but the weight payloads, at a fraction of the cost. Sized without
+    reading their data (`tensor_size`): reading `raw_data` copies it.
     """
     light = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
@@ -187,8 +216,7 @@ def light_copy(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProt
     g.sparse_initializer.extend(src.sparse_initializer)
     declared = {vi.name for vi in src.input}
     for t in src.initializer:
-        size = len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
-        if size <= keep_bytes and t.data_location != TensorProto.EXTERNAL:
+        if tensor_size(t) <= keep_bytes and t.data_location != TensorProto.EXTERNAL:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

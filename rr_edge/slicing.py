@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -30,7 +29,7 @@ from onnx import NodeProto, helper, numpy_helper
 from rr_edge.blocks import BlockGraph, node_domains, node_inputs
 from rr_edge.client_types import slice_id_of
 from rr_edge.errors import ModelError
-from rr_edge.onnx_io import TensorInfo, dtype_size, elem_type, with_subgraph_nodes
+from rr_edge.onnx_io import TensorInfo, elem_type, field_size, tensor_size, with_subgraph_nodes
 from rr_edge.shapes import shape_value
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit on a serialized message: it can 
 # of the run or EdgeNode (553 MB); so did one, kept past its runner (review).
 KEEP_SPLITS = 1
 KEEP_MARGIN_BYTES = 1 << 20  # per split, beyond its blocks' slice_bytes (value infos, headers) that a Slicer keeps
-RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number  # 9: its tag is one byte
 
 
 def model_bytes(model: onnx.ModelProto, what: str) -> bytes:
@@ -133,14 +131,14 @@ class Slicer:
 
     def slice_size(self, a: int, b: int) -> int:
         """`slice(a, b).ByteSize()`, exactly, without copying a weight: the slice is cut with a name-only stand-in
-        for each initializer, then each stand-in's serialized size is swapped for its weight's (`_tensor_size`;
+        for each initializer, then each stand-in's serialized size is swapped for its weight's (`tensor_size`;
         sizing every block by cutting it out copied the whole model: 276 ms of vgg16's plan, now 2: review)."""
         m = self._cut(a, b, self._stand_ins)
         stub = m.graph.ByteSize()
         full = stub + sum(
-            _field(_tensor_size(self._initializers[t.name])) - _field(t.ByteSize()) for t in m.graph.initializer
+            field_size(tensor_size(self._initializers[t.name])) - field_size(t.ByteSize()) for t in m.graph.initializer
         )
-        return m.ByteSize() - _field(stub) + _field(full)
+        return m.ByteSize() - field_size(stub) + field_size(full)
 
     @functools.cached_property
     def _stand_ins(self) -> dict[str, onnx.TensorProto]:
@@ -222,32 +220,6 @@ class Slicer:
             raise ModelError(f"slice reads the shape of {node.input[0]!r}, which is not static")
         value = numpy_helper.from_array(shape_value(node, info))
         return helper.make_node("Constant", [], list(node.output), name=f"{node.name}_static", value=value)
-
-
-def _tensor_size(t: onnx.TensorProto) -> int:
-    """`t.ByteSize()` without serializing its raw data, whose length its dims and element type give (ONNX Runtime
-    loads no tensor where they disagree): protobuf's upb ByteSize serializes a message to count it, so `slice_size`
-    still held each weight twice over (a 411 MB vgg16 weight: 822 MB, review). A tensor of typed data fields, of a
-    type under a byte, or of external data is counted as ByteSize counts it."""
-    size = dtype_size(t.data_type)
-    if size == 0 or not t.HasField("raw_data"):
-        return t.ByteSize()
-    stub = onnx.TensorProto()  # every field but raw_data: name, dims, type, segment, external data, metadata
-    for f in t.DESCRIPTOR.fields:
-        if f.number == RAW_DATA_FIELD:
-            continue
-        if f.is_repeated:
-            getattr(stub, f.name).extend(getattr(t, f.name))
-        elif t.HasField(f.name) and f.message_type is not None:
-            getattr(stub, f.name).CopyFrom(getattr(t, f.name))
-        elif t.HasField(f.name):
-            setattr(stub, f.name, getattr(t, f.name))
-    return stub.ByteSize() + 1 + _field(math.prod(t.dims) * size)  # raw_data: a one-byte tag, its length, its bytes
-
-
-def _field(size: int) -> int:
-    """The bytes of a length-delimited field holding `size` bytes, less its tag: `size` and its varint length."""
-    return size + max(1, (size.bit_length() + 6) // 7)
 
 
 def whole_model_bytes(model: onnx.ModelProto, what: str = "the model") -> bytes:
