@@ -5,6 +5,7 @@ deadline (30 s by default) before it finished locally.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +118,29 @@ def test_each_modelinfer_call_gets_the_wait_of_its_request(chain, in_process, mo
         assert all(d < 2.0 for d in deadlines[1:])
     else:
         assert deadlines == [20.0] * 3
+
+
+@pytest.mark.parametrize("flag", [[], ["--fixed-timeout"]], ids=["default", "fixed"])
+def test_rr_edge_run_waits_adaptively_unless_told_not_to(chain, in_process, tmp_path, monkeypatch, capsys, flag):
+    """`rr-edge run --fixed-timeout` gives every answer the whole --timeout; without it the runner's wait adapts."""
+    import onnx
+
+    from rr_edge import cli
+    from rr_edge.commands import run as run_command
+
+    model, graph, _ = chain
+    path, x = tmp_path / "chain.onnx", tmp_path / "x.npy"
+    onnx.save(model, path)
+    np.save(x, _x(graph))
+    configs: list[RunnerConfig] = []
+
+    def recorded(**kw):  # type: ignore[no-untyped-def]
+        configs.append(RunnerConfig(**kw))
+        return configs[-1]
+
+    monkeypatch.setattr(run_command, "RunnerConfig", recorded)
+    argv = ["run", str(path), "--server", in_process.address, "--node", "n", "--split", "0,2", "--input", str(x),
+            "--repeat", "2", "--json", *flag]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["fallback_requests"] == 0
+    assert [c.adaptive_deadline for c in configs] == [not flag]

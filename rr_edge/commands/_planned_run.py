@@ -114,6 +114,7 @@ class PlannedRun:
         self.split, self.report, self.first_report = split, report, report
         self.segments = [Segment(split, report, 0)]
         self.done = 0
+        self.served_at = 0.0  # time.monotonic() when the last request was served (before any re-plan it led to)
         self.replans = 0
         self.upload_ms = 0.0  # making middle slices ready (upload, open), once per runner, not in any request
         self.predicted_upload_ms = upload_prediction_ms(report)
@@ -128,6 +129,7 @@ class PlannedRun:
     def request(self, remaining: int) -> RunResult:
         """Serve one request; `remaining`: how many are to come after it."""
         result = self._energy.run(self.runner, self._x, remaining)
+        self.served_at = time.monotonic()
         self.done += 1
         # served, and on the link planned for: a drift whose re-plan the gap between re-plans puts off is no steady
         # link (counted, a split drifting on every request reset the wait once that gap reached 32, review)

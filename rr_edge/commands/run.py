@@ -1,10 +1,12 @@
-"""`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.np[yz] [--output Y] [--repeat K]`.
+"""`rr-edge run PATH --server ADDR --node NAME [--objective ..|--split I,J] --input X.np[yz] [--output Y] [--repeat K]
+[--trace T.jsonl]`.
 
 Plans (or takes the forced `--split`, predicted like any plan when the server can predict this node), then runs the
 plan K times: head and tail locally, the middle on the server,
 finishing locally when the server fails (`"fallback": true`; also while the server cannot be reached to plan at all:
 then requests run the whole model locally until it answers). Splits change as plans do (`_planned_run`). Every
-output is checked against the whole model run locally on the same input.
+output is checked against the whole model run locally on the same input. `--trace` writes each request and switch
+as it happens (`Trace`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import zipfile
@@ -19,7 +22,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import onnx
@@ -95,7 +98,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="write the last request's output: .npy (the first output of a model with several), or .npz (all, by name)",
     )
     p.add_argument("--repeat", type=positive_int, default=1, metavar="K", help="requests to run (default %(default)s)")
+    p.add_argument(
+        "--trace",
+        type=output_path,
+        metavar="FILE.jsonl",
+        help="write one JSON line per request and per split switch as the run goes (each line flushed)",
+    )
     p.add_argument("--no-stream", action="store_true", help="one ModelInfer call per request instead of a stream")
+    p.add_argument(
+        "--fixed-timeout",
+        action="store_true",
+        help="wait the whole --timeout for every answer of the server (default: once the split was answered, 4x a "
+        "request's predicted round trip + 1 s, at most --timeout)",
+    )
     p.add_argument(
         "--retry-interval",
         type=positive_float,
@@ -294,6 +309,45 @@ def segment_summary(segment: Segment, results: list[RunResult], energies: list[f
     return out
 
 
+class Trace:
+    """`--trace FILE.jsonl`: one JSON object a line for every request (`request`) and every split switch (`switch`),
+    flushed as written, so that whoever watches the run from outside (a fault injected once N requests are in,
+    `tools/bench_faults.py`) or a run killed midway has every line up to then. `t_s` is seconds on the monotonic
+    clock since the trace was opened, just before the first request. Without a path it writes nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._file: IO[str] | None = None
+        if path is not None:  # checked writable when the command line was read (`output_path`)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("w", encoding="utf-8")
+        self._start = time.monotonic()
+
+    def __enter__(self) -> Trace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def request(self, k: int, split: tuple[int, int], result: RunResult, served_at: float) -> None:
+        """Request `k` (0-based), run on `split`, served at `served_at` (`time.monotonic()`)."""
+        self._write({
+            "event": "request", "k": k, "t_s": served_at - self._start, "split": list(split),
+            "fallback": result.fallback, "total_ms": result.total_ms, "remote_ms": result.remote_ms,
+            "error": result.error,
+        })  # fmt: skip
+
+    def switch(self, done: int, old: tuple[int, int], new: tuple[int, int]) -> None:
+        """A switch after `done` requests; `new` may be `old` (a plan made late that keeps the split: a new runner)."""
+        line = {"event": "switch", "t_s": time.monotonic() - self._start, "k": done, "from": list(old), "to": list(new)}
+        self._write(line)
+
+    def _write(self, line: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
+
+
 def forced_plan(
     args: argparse.Namespace, client: Client, graph: BlockGraph, slicer: Slicer, split: tuple[int, int]
 ) -> PlanReport | None:
@@ -377,7 +431,12 @@ def run(args: argparse.Namespace) -> int:
                 split = (len(graph.blocks) - 1, len(graph.blocks) - 1)
         if report is not None:  # planned with the node's predictions
             warn_about_setup(client, args.node, settings)
-        config = RunnerConfig(timeout_s=args.timeout, retry_interval_s=args.retry_interval, stream=not args.no_stream)
+        config = RunnerConfig(
+            timeout_s=args.timeout,
+            retry_interval_s=args.retry_interval,
+            stream=not args.no_stream,
+            adaptive_deadline=not args.fixed_timeout,
+        )
 
         def runner_for(split: tuple[int, int], report: PlanReport | None, connect_later: bool) -> Runner:
             return make_runner(
@@ -418,21 +477,23 @@ def run(args: argparse.Namespace) -> int:
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
         start = time.perf_counter()
-        try:
-            for k in range(args.repeat):
-                result = planned.request(remaining=args.repeat - 1 - k)
-                diff = float(np.max([diff, max_abs_diff(result.outputs, expected)]))  # NaN stays NaN
-                outputs, result.outputs = result.outputs, {}  # compared: only the last request's are kept
-                results.append(result)
-        finally:
-            planned.close()
+        with Trace(args.trace) as trace:
+            try:
+                for k in range(args.repeat):
+                    segment, runner = planned.segments[-1], planned.runner  # the ones this request runs on
+                    result = planned.request(remaining=args.repeat - 1 - k)
+                    if segment.report is None and not forced:  # no plan could be made: it ran locally
+                        result.fallback, result.error = True, result.error or segment.no_plan
+                    trace.request(k, segment.split, result, planned.served_at)
+                    if planned.runner is not runner:  # a switch after it (`PlannedRun._switch` makes a new runner)
+                        trace.switch(k + 1, segment.split, planned.split)
+                    diff = float(np.max([diff, max_abs_diff(result.outputs, expected)]))  # NaN stays NaN
+                    outputs, result.outputs = result.outputs, {}  # compared: only the last request's are kept
+                    results.append(result)
+            finally:
+                planned.close()
         wall_s = time.perf_counter() - start
         energies = energy.energies
-    for segment in planned.segments:
-        if segment.report is None and not forced:  # no plan could be made: these requests ran locally
-            for result in results[segment.first : segment.end]:
-                result.fallback = True
-                result.error = result.error or segment.no_plan
     summary = summarize(planned.split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
     summary["splits_used"] = [list(segment.split) for segment in planned.segments]

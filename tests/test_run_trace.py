@@ -1,0 +1,93 @@
+"""`rr-edge run --trace FILE.jsonl` against a real `rr-server` subprocess: one JSON line per request as it is served
+(what `tools/bench_faults.py` watches to inject a fault once N requests are in, and reads for the gaps between
+them), and an unwritable path refused before any work."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rr_edge.blocks import analyze
+from rr_edge.cli import main
+from rr_edge.commands.run import Trace
+from rr_edge.runner import RunResult
+from tests._server_process import ServerProcess
+from tools.bench_runner import conv_chain
+
+REQUEST_KEYS = {"event", "k", "t_s", "split", "fallback", "total_ms", "remote_ms", "error"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data")  # on a port of its choosing
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def chain_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A four-conv chain on disk and a request for it."""
+    model = conv_chain(layers=4)
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal(analyze(model).inputs[0].shape).astype(np.float32))
+    return path, x
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("split", [(0, 2), (3, 3)], ids=["offloading", "local"])
+def test_a_traced_run_writes_one_line_per_request(server, chain_files, tmp_path, capsys, split):
+    path, x = chain_files
+    trace = tmp_path / "new-dir" / "run.jsonl"  # its directory is made, as --output's is
+    argv = ["run", str(path), "--server", server.address, "--node", "n", "--split", "{},{}".format(*split),
+            "--input", str(x), "--repeat", "6", "--json", "--trace", str(trace)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    lines = _lines(trace)
+    assert all(set(line) == REQUEST_KEYS and line["event"] == "request" for line in lines)  # a forced split: no switch
+    assert [line["k"] for line in lines] == list(range(6))
+    times = [line["t_s"] for line in lines]
+    assert times[0] >= 0 and times == sorted(times)
+    assert all(line["split"] == list(split) for line in lines)
+    # the trace says what the summary counts
+    assert sum(line["fallback"] for line in lines) == summary["fallback_requests"]
+    assert all(line["total_ms"] > 0 for line in lines)
+    offloaded = split[0] < split[1]
+    assert all((line["remote_ms"] > 0) == (offloaded and not line["fallback"]) for line in lines)
+    assert all(line["error"] == "" for line in lines if not line["fallback"])
+
+
+def test_an_unwritable_trace_path_is_refused_before_the_run(chain_files, tmp_path, capsys):
+    path, x = chain_files
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for bad, fragment in ((tmp_path, "is a directory"), (blocked / "t.jsonl", "not a writable directory")):
+        argv = ["run", str(path), "--server", "127.0.0.1:1", "--node", "n", "--split", "3,3", "--input", str(x),
+                "--trace", str(bad)]  # fmt: skip
+        with pytest.raises(SystemExit) as exc:  # argparse's usage error: before the model is even read
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and fragment in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_a_switch_line_names_both_splits_and_the_requests_before_it(tmp_path):
+    """The line a switch writes (a forced split never switches; the fault bench's runs do)."""
+    path = tmp_path / "t.jsonl"
+    with Trace(path) as trace:
+        trace.request(0, (-1, 10), RunResult({}, True, 12.5, error="UNAVAILABLE"), time.monotonic())
+        trace.switch(1, (-1, 10), (12, 12))
+    request, switch = _lines(path)
+    assert request["fallback"] is True and request["error"] == "UNAVAILABLE" and request["split"] == [-1, 10]
+    assert set(switch) == {"event", "t_s", "k", "from", "to"}
+    assert (switch["event"], switch["k"], switch["from"], switch["to"]) == ("switch", 1, [-1, 10], [12, 12])
+    assert switch["t_s"] >= 0
