@@ -11,8 +11,9 @@ netprofile`) and the model (`rr-edge profile --energy model`). Each scenario is 
 applied:
 
 * `baseline`: none;
-* `link-cut` and `link-cut-t2`: the server's end of emu-nx's veth pair set down for `--cut-s` seconds, then up; with
-  run's default `--timeout`, and with `--timeout 2`;
+* `link-cut`, `link-cut-t2` and `link-cut-fixed`: the server's end of emu-nx's veth pair set down for `--cut-s`
+  seconds, then up; with run's defaults, with `--timeout 2`, and with `--fixed-timeout` (every answer waited for
+  the whole `--timeout`, 30 s: how runs waited before the answer deadline adapted);
 * `server-kill`: rr-server SIGKILLed, started again `--kill-s` seconds later on the same port and data dir.
 
 Per scenario: requests, wall seconds, the largest gap between two consecutive request completions and where it fell,
