@@ -214,8 +214,9 @@ class EdgeNode:
         """A callable runner of the plan (a PlanReport's chosen plan, or a split (i, j)). A plan that offloads has its
         middle slice uploaded (if needed) and opened on the server here, before the first request; a server that
         refuses the slice (too large, or its ONNX Runtime cannot open it) raises ServerError, an unreachable one
-        leaves the runner running locally until it answers. Without `config`, requests have the client's
-        `ClientOptions.timeout_s` as their deadline."""
+        leaves the runner running locally until it answers. Without `config`, a request waits for its answer at most
+        the client's `ClientOptions.timeout_s`, less with the plan's network models
+        (`RunnerConfig.adaptive_deadline`)."""
         if isinstance(plan, PlanReport):
             report, split = plan, (plan.chosen.i, plan.chosen.j)
         else:

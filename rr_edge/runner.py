@@ -58,12 +58,13 @@ MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of 
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 MAX_PROBE_WAIT_S = 60.0  # the longest wait between two uploads to a server that answers but whose uploads fail
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
-# A request waits for the server's answer ANSWER_FACTOR times its predicted round trip (network and the server's
-# run) plus ANSWER_MARGIN_S (scheduling, a server busy with other edges, a session's first run), at most
-# RunnerConfig.timeout_s. With the fixed 30 s default, a request in flight when the link went dead waited out a
-# 20 s cut in full (testbed review); a request this late is better finished locally.
+# A request waits for the server's answer ANSWER_FACTOR times its expected round trip (the network models' transfer
+# and the server's run, as predicted or as it reported it lately, whichever is longer) plus ANSWER_MARGIN_S, twice
+# as long after each wait that ran out, at most RunnerConfig.timeout_s (`_Link.answer_s`). With the fixed 30 s
+# default, a request in flight when the link went dead waited out a 20 s cut in full (testbed review).
 ANSWER_FACTOR = 4.0
 ANSWER_MARGIN_S = 1.0
+SERVER_MS_DECAY = 0.9  # per answer, of the longest server run reported lately, which the wait expects
 
 
 class StreamAnswers(Protocol):
@@ -310,12 +311,20 @@ class _Link:
     downlink: NetworkModel | None = None
     expected_cloud_ms: float = 0.0
     last: RunResult | None = None  # the last round trip learnt from
+    server_ms: float | None = None  # the longest server run reported lately (less SERVER_MS_DECAY per answer since)
+    backoff: float = 1.0  # doubled by each wait for an answer that ran out (`missed`), 1 again once one arrives
 
     def update(self, result: RunResult) -> None:
         """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
         predicted it: `RunResult.remote_parts`) is the network's. Over the predicted network time (`round_trip_ms`)
         it is the ratio both directions' curves learn: each curve is an echo call's time, and both hold the one
-        round trip a request makes."""
+        round trip a request makes. An answer also resets the wait's backoff, and its server run (when reported)
+        is the server's time the wait expects while it is the longest lately: a server slow now and then (a session
+        opened again, other edges' requests) is waited for each time, not only on average."""
+        if not result.fallback:
+            self.backoff = 1.0
+            if result.server_ms is not None:
+                self.server_ms = max(result.server_ms, SERVER_MS_DECAY * (self.server_ms or 0.0))
         if self.uplink is None or self.downlink is None:
             return
         _, network_ms = result.remote_parts(self.expected_cloud_ms)
@@ -327,21 +336,35 @@ class _Link:
         self.last = result
 
     def timed_out(self, bytes_up: int, waited_ms: float) -> None:
-        """A round trip that got no answer in `waited_ms`: learnt as if it had taken that long (a lower bound), so
-        that a link slowed down past the deadline asks for a re-plan instead of timing out again and again."""
+        """A round trip that got no answer in the whole `RunnerConfig.timeout_s` (`waited_ms`): learnt as if it had
+        taken that long (a lower bound), so that a link slowed down past the deadline asks for a re-plan instead of
+        timing out again and again."""
         bytes_down = self.last.bytes_down if self.last is not None else 0  # the same slice answers the same bytes
         self.update(RunResult({}, True, waited_ms, remote_ms=waited_ms, bytes_up=bytes_up, bytes_down=bytes_down))
 
+    def missed(self) -> None:
+        """A wait shorter than the deadline (`answer_s`) ran out: the next waits twice as long, until an answer. It
+        is not learnt as the network's time: a server slower than expected for a moment (other edges' requests, a
+        session opened again) made a 20-95x drift of it and an urgent re-plan away from the server (review), and a
+        link that did slow down shows it in the answers the longer waits get (TCP's retransmission timer does the
+        same: Karn's algorithm)."""
+        self.backoff = min(2.0 * self.backoff, 2.0**10)
+
     def answer_s(self, bytes_up: int, most_s: float) -> float:
-        """How long a request of `bytes_up` waits for its answer: ANSWER_FACTOR times its predicted round trip plus
-        ANSWER_MARGIN_S, at most `most_s`. It is `most_s` without network models, and until the server answered or
-        a request timed out: the first answer may hold the server session's first run (a CUDA session may spend
-        seconds choosing its convolutions). A round trip that timed out is learnt as one that took the whole wait
-        (`timed_out`), so a link that slowed down gets longer waits, not timeout after timeout."""
-        if self.uplink is None or self.downlink is None or self.last is None:
+        """How long a request of `bytes_up` waits for its answer: ANSWER_FACTOR times its expected round trip plus
+        ANSWER_MARGIN_S, times the backoff, at most `most_s` (all of it without network models). The round trip is
+        the models' transfer of the request and of an answer as large as the last (the first: as large as the
+        request) and the server's run, the plan's prediction or what it reported lately, whichever is longer. A
+        wait that runs out costs little (`missed`): the request finishes locally, the health check reconnects, the
+        next request waits twice as long; so the first answer gets no more than the others, although it may hold
+        the server session's first run (it had the whole `most_s`: 30 s of a dead link for the first request of a
+        split switched to, review)."""
+        if self.uplink is None or self.downlink is None:
             return most_s
-        expected_ms = round_trip_ms(self.uplink, self.downlink, bytes_up, self.last.bytes_down) + self.expected_cloud_ms
-        return min(most_s, ANSWER_MARGIN_S + ANSWER_FACTOR * expected_ms / 1e3)
+        bytes_down = self.last.bytes_down if self.last is not None else bytes_up
+        server_ms = max(self.expected_cloud_ms, self.server_ms or 0.0)
+        expected_s = (round_trip_ms(self.uplink, self.downlink, bytes_up, bytes_down) + server_ms) / 1e3
+        return min(most_s, self.backoff * (ANSWER_MARGIN_S + ANSWER_FACTOR * expected_s))
 
     def drifted(self, threshold: float) -> bool:
         """A direction's model moved by more than `threshold` (relative) since the plan, and the move matters: it
@@ -677,7 +700,9 @@ class Runner:
             result.error = str(exc)
             # The wait for the server is no local compute: a power model charges it as the plan did (idle, radio).
             result.remote_ms = (time.perf_counter() - start) * 1e3
-            if exc.code == "DEADLINE_EXCEEDED":
+            if exc.code == "DEADLINE_EXCEEDED" and timeout_s < self.config.timeout_s:
+                self.link.missed()  # the wait expected was too short: the server may only be slower than expected
+            elif exc.code == "DEADLINE_EXCEEDED":
                 self.link.timed_out(result.bytes_up, result.remote_ms)
             if exc.code == "INVALID_ARGUMENT":
                 log.debug("the server rejected this request; running it locally: %s", exc)

@@ -77,7 +77,8 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"per-call deadline in seconds, at most {MAX_TIMEOUT_S:g} (default %(default)g); with network models, "
-        "`run` waits for the server's answer to a request only 4x its predicted round trip + 1 s, at most this",
+        "`run` waits for the server's answer to a request 4x its expected round trip + 1 s (doubled after each "
+        "wait that ran out), at most this",
     )
 
 
