@@ -432,26 +432,36 @@ def plan_with_server_cache(
 def _worth_asking(report: PlanReport) -> list[tuple[int, int]]:
     """The splits whose slice is worth asking the server about: the chosen plan's (when it offloads), then the plans
     that, with no upload to pay, would beat it on the objective (energy with a deadline), best first. When no plan
-    met the deadline (the chosen one is the fastest, "slo-unmet"), any plan that meets it with no upload beats the
-    chosen one, whatever its energy: comparing energies had left a deadline-meeting plan whose slice the server held
-    unasked (review)."""
+    met the deadline (the chosen one is the fastest, "slo-unmet"), a plan beats it that meets the deadline with no
+    upload, whatever its energy (those first, by energy), or that is faster than it with no upload (then, fastest
+    first): comparing energies had left a deadline-meeting plan whose slice the server held unasked, and a deadline
+    no plan meets had left all-local chosen over a faster plan whose slice the server held (reviews)."""
     chosen = report.chosen
     slo_ms = report.options.get("slo_ms")
-    by_energy = report.options.get("objective") == "energy" or slo_ms is not None
     i, j, latency_ms, energy_mJ = evaluate_all(replace(report.inputs, preloaded=True)).flat()
-    key, bar = (energy_mJ, chosen.energy_mJ) if by_energy else (latency_ms, chosen.latency_ms)
-    if slo_ms is not None:  # a plan over the deadline even with no upload cannot be chosen: not worth a query
-        key = np.where(latency_ms <= slo_ms, key, np.inf)
-        if chosen.objective == "slo-unmet":
-            bar = np.inf
+    if slo_ms is not None and chosen.objective == "slo-unmet":
+        meets = latency_ms <= slo_ms
+        ranked = [*_ranked(energy_mJ, meets), *_ranked(latency_ms, ~meets & (latency_ms < chosen.latency_ms))]
+    elif slo_ms is not None:  # a plan over the deadline even with no upload cannot be chosen: not worth a query
+        ranked = _ranked(energy_mJ, (latency_ms <= slo_ms) & (energy_mJ < chosen.energy_mJ))
+    elif report.options.get("objective") == "energy":
+        ranked = _ranked(energy_mJ, energy_mJ < chosen.energy_mJ)
+    else:
+        ranked = _ranked(latency_ms, latency_ms < chosen.latency_ms)
     splits = [(chosen.i, chosen.j)] if chosen.i < chosen.j else []
-    for k in np.argsort(key, kind="stable"):
-        if len(splits) >= MAX_CACHE_QUERIES or not key[k] < bar:
-            break
+    for k in ranked:
         split = (int(i[k]), int(j[k]))
+        if len(splits) >= MAX_CACHE_QUERIES:
+            break
         if split[0] < split[1] and split not in splits:
             splits.append(split)
     return splits
+
+
+def _ranked(key: np.ndarray, where: np.ndarray) -> list[int]:
+    """The indices where `where` holds, by `key` ascending (ties in table order)."""
+    candidates = np.flatnonzero(where)
+    return [int(k) for k in candidates[np.argsort(key[candidates], kind="stable")]]
 
 
 def plan_for_split(

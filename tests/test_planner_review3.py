@@ -45,6 +45,23 @@ def test_with_the_deadline_unmet_a_plan_meeting_it_whose_slice_the_server_holds_
     assert after.chosen.latency_ms <= 25.0 and after.chosen.upload_bytes == 0
 
 
+def test_with_a_deadline_no_plan_meets_a_faster_plan_whose_slice_the_server_holds_is_found(chain, tmp_path):
+    """No plan meets 0.1 ms, so the fastest is chosen; with uploads dear that was all-local, and only plans meeting the
+    deadline were asked about: a plan twice as fast whose slice the server held was never found (review: `plan
+    --slo-ms 1` chose all-local at 56 ms over 43 ms without the deadline)."""
+    model, graph, slicer = chain
+    dear_uploads = NetworkModel.affine(rtt_ms=5000.0, bandwidth_bytes_per_ms=1e6)
+    costs = _costs(graph, edge_ms=10.0, edge_mJ=0.001, cloud_ms=0.1, upload=dear_uploads)
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as s, Client(s.address) as c:
+        before = plan_with_server_cache(c, model, graph, costs, slicer, slo_ms=0.1)
+        assert before.chosen.objective == "slo-unmet" and before.chosen.i == before.chosen.j
+        n = len(graph.blocks)
+        c.upload_slice(slicer.slice(0, n - 1).SerializeToString(), "held")  # plan (-1, n - 1): the fastest without
+        after = plan_with_server_cache(c, model, graph, costs, slicer, slo_ms=0.1)  # an upload, over 0.1 ms still
+    assert (after.chosen.i, after.chosen.j, after.chosen.objective) == (-1, n - 1, "slo-unmet")
+    assert after.chosen.latency_ms < before.chosen.latency_ms and after.chosen.upload_bytes == 0
+
+
 def test_no_plan_is_chosen_whose_slice_the_server_refuses_by_size(chain, tmp_path):
     """The limit was checked against the blocks' slice_bytes, but an uploaded slice also holds its graph's inputs and
     outputs, value infos and opset imports: with the limit between the two, the planner chose offloading everything
