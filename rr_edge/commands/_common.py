@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from rr_edge.client import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, Client, ClientOptions, TlsOptions, check_address
 from rr_edge.client_options import check_token
 from rr_edge.errors import RoadRunnerError
@@ -179,3 +181,15 @@ def _finite(o: Any) -> Any:
     if isinstance(o, list | tuple):
         return [_finite(v) for v in o]
     return o
+
+
+PIPED_WIDTH = 160  # columns of a table written to a file or a pipe (rich's default there is 80: columns were cut)
+
+
+def output_console(stderr: bool = False) -> Console:
+    """The console a command prints its tables on: the terminal's width, or PIPED_WIDTH when the output is piped or
+    redirected (`$COLUMNS` still wins)."""
+    out = Console(stderr=stderr)
+    if out.is_terminal or os.environ.get("COLUMNS"):
+        return out
+    return Console(stderr=stderr, width=PIPED_WIDTH)

@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import BlockGraph, analyze
+from rr_edge.commands._common import output_console
 from rr_edge.onnx_io import load_model
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(graph.to_json(), sys.stdout)
         sys.stdout.write("\n")
     else:
-        Console().print(_table(graph))
+        output_console().print(_table(graph))
     return 0
 
 

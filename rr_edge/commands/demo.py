@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
-from rr_edge.commands._common import fraction, positive_float, positive_int, print_json
+from rr_edge.commands._common import fraction, output_console, positive_float, positive_int, print_json
 from rr_edge.demo import DemoOptions, check_verified, run_demo
 
 
@@ -54,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         repeat=args.repeat, objective=args.objective, out_dir=args.out,
     )  # fmt: skip
     stderr = bool(args.json)  # stdout carries only the JSON then
-    console = Console(stderr=stderr) if Console(stderr=stderr).is_terminal else Console(stderr=stderr, width=120)
-    summary = run_demo(options, console)
+    summary = run_demo(options, output_console(stderr))
     if args.json:
         print_json(summary)
     check_verified(summary, options.tolerance)  # after the summary: a failed check still shows what was measured

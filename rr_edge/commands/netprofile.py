@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
 from rr_edge.commands._common import (
@@ -15,6 +14,7 @@ from rr_edge.commands._common import (
     connect,
     make_meter,
     non_negative_float,
+    output_console,
     positive_float,
     positive_int,
     print_json,
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         bw = f"{d['bandwidth_MBps']:.1f}" if d["bandwidth_MBps"] else "-"
         errors = (f"{d[k]:.3f}" if d[k] is not None else "-" for k in ("poly4_error", "affine_error", "pwl_error"))
         table.add_row(name, d["chosen_model"], *errors, bw, f"{d['max_bytes'] / 2**20:.3g} MiB", d["energy_source"])
-    console = Console()
+    console = output_console()
     console.print(table)
     for name in ("uplink", "downlink", "upload"):
         for note in out[name]["notes"] if out[name] else ():

@@ -11,7 +11,6 @@ import math
 import os
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import analyze
@@ -22,6 +21,7 @@ from rr_edge.commands._common import (
     connect,
     model_name,
     non_negative_float,
+    output_console,
     positive_float,
     positive_int,
     print_json,
@@ -218,7 +218,7 @@ def plan_table(report: PlanReport, title: str) -> Table:
 
 
 def print_report(report: PlanReport) -> None:
-    console = Console()
+    console = output_console()
     console.print(plan_table(report, f"{report.blocks} blocks; objective {report.chosen.objective}"))
     counts = report.costs.provenance_counts()
     edge, cloud = (", ".join(f"{n} {kind}" for kind, n in counts[row].items()) for row in ("edge", "cloud"))

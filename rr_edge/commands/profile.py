@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import analyze
@@ -26,6 +25,7 @@ from rr_edge.commands._common import (
     model_name,
     non_negative_float,
     ort_settings,
+    output_console,
     positive_int,
     print_json,
 )
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**result.to_json(args.node), **({"cloud": cloud} if cloud else {})})
         return 0
-    console = Console()
+    console = output_console()
     modelled = "" if result.energy_measured else " (MODELLED, not measured)"
     table = Table(
         title=f"{result.model} on {args.node}: {len(result.layers)} of {result.unique_signatures} unique "

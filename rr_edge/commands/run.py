@@ -26,7 +26,6 @@ from typing import IO, Any
 
 import numpy as np
 import onnx
-from rich.console import Console
 from rich.table import Table
 
 from rr_edge.blocks import BlockGraph, analyze
@@ -40,6 +39,7 @@ from rr_edge.commands._common import (
     make_meter,
     model_name,
     ort_settings,
+    output_console,
     positive_float,
     positive_int,
     print_json,
@@ -541,7 +541,7 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
             energy = f"{p['energy_mJ']:.1f} ({p['energy_source']})"
             table.add_row("predicted", split, f"{p['latency_ms']:.2f}", "", "", energy)
 
-    console = Console()
+    console = output_console()
     console.print(table)
     splits = " -> ".join("{},{}".format(*segment["split"]) for segment in s["segments"])
     if any(i != j for i, j in (segment["split"] for segment in s["segments"])):  # i == j: no middle slice to upload
