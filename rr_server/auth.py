@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
 
+from rr_proto.limits import MAX_ID_LENGTH
 from rr_proto.transport import token_fault
 from rr_server.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from rr_server.records import MAX_ID_LENGTH, check_id
+from rr_server.records import check_id
 
 _HEADER = "authorization"
 _SCHEME = "bearer "

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 
 from rr_edge.netmodel import KINDS, NetworkModel
+from rr_proto.limits import MAX_ID_LENGTH
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.roadrunner.v1 import roadrunner_pb2_grpc as rr_grpc
 from rr_server.auth import require_writer
@@ -30,7 +31,6 @@ from rr_server.predictor import Predictor
 from rr_server.records import (
     ENERGY_SOURCES,
     MAX_ENERGY_MJ,
-    MAX_ID_LENGTH,
     MAX_LATENCY_MS,
     MIN_LATENCY_MS,
     ROLE_CLOUD,

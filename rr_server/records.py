@@ -6,7 +6,13 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from rr_proto.limits import MAX_ENERGY_MJ, MAX_LATENCY_MS, MIN_ENERGY_MJ, MIN_LATENCY_MS  # plausible ranges, shared
+from rr_proto.limits import (  # plausible ranges, shared
+    MAX_ENERGY_MJ,
+    MAX_LATENCY_MS,
+    MIN_ENERGY_MJ,
+    MIN_LATENCY_MS,
+    id_problem,
+)
 from rr_server.errors import InvalidArgument, ResourceExhausted
 
 ROLE_EDGE = "edge"
@@ -80,7 +86,6 @@ class ModelRun:
     measured_at: float = 0.0
 
 
-MAX_ID_LENGTH = 256
 MAX_OPS_PER_BLOCK = 10_000
 MAX_OP_NAME_LENGTH = 128
 MAX_SETTING_LENGTH = 64  # a RuntimeSettings string (execution provider, graph optimization level)
@@ -88,10 +93,8 @@ ENERGY_SOURCES = ("nvml", "rapl", "jetson", "model")
 
 
 def check_id(value: str, what: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{what} is empty")
-    if len(value) > MAX_ID_LENGTH or not value.isprintable() or any(c.isspace() for c in value):
-        raise InvalidArgument(f"{what} {value[:40]!r} must be up to {MAX_ID_LENGTH} printable characters, no spaces")
+    if (problem := id_problem(value)) is not None:
+        raise InvalidArgument(f"{what} {problem}" if not value else f"{what} {value[:40]!r} {problem}")
     return value
 
 

@@ -187,6 +187,17 @@ def test_server_address_needs_host_and_port(capsys, model, command: str, address
     assert "--server" in line and repr(address) in line
 
 
+@pytest.mark.parametrize("node", ["", "camera 1", "tab\there", "x" * 257])
+@pytest.mark.parametrize("command", ["run", "plan", "profile", "netprofile"])
+def test_a_node_id_the_server_refuses_is_refused_when_parsed(capsys, model, x, command: str, node: str) -> None:  # type: ignore[no-untyped-def]
+    """An empty --node ran a whole `run` unpredicted, with a warning only (a new user's walkthrough); `netprofile`
+    reached the server before it was refused."""
+    target = [] if command == "netprofile" else [str(model)]
+    extra = ["--input", str(x)] if command == "run" else []
+    line = parse_error(capsys, [command, *target, "--server", "127.0.0.1:1", "--node", node, *extra], command)
+    assert "--node" in line and "node id" in line
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:8001", "localhost:1", "[::1]:8001", "grpc://host.example:443"])
 def test_server_address_accepts_host_port(address: str) -> None:
     args = build_parser(["upload"]).parse_args(["upload", "s.onnx", "--server", address])

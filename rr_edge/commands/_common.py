@@ -17,9 +17,10 @@ from rr_edge.client_options import check_token
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
 from rr_edge.session import GRAPH_OPTIMIZATION, MAX_THREADS_PER_CPU, OrtSettings, check_threads
+from rr_proto.argtypes import fraction, non_negative_float, positive_float, positive_float_at_most  # noqa: F401
 
 # the commands import the argparse types from here
-from rr_proto.argtypes import fraction, non_negative_float, positive_float, positive_float_at_most  # noqa: F401
+from rr_proto.limits import id_problem
 
 ENV_TOKEN = "RR_TOKEN"
 
@@ -62,7 +63,7 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
         help="server address HOST:PORT (rr-server listens on 127.0.0.1:8001 by default)",
     )
     if node:
-        p.add_argument("--node", required=True, metavar="NAME", help="this node's id on the server")
+        p.add_argument("--node", required=True, type=node_id, metavar="NAME", help="this node's id on the server")
     p.add_argument(
         "--token-file",
         type=Path,
@@ -193,3 +194,11 @@ def output_console(stderr: bool = False) -> Console:
     if out.is_terminal or os.environ.get("COLUMNS"):
         return out
     return Console(stderr=stderr, width=PIPED_WIDTH)
+
+
+def node_id(text: str) -> str:
+    """A --node the server takes (rr_proto.limits.id_problem); refused before any work, where an empty one had run a
+    whole `run` unpredicted."""
+    if (problem := id_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(f"a node id {problem}: {text[:40]!r}")
+    return text
