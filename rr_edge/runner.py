@@ -220,7 +220,9 @@ class _Local:
             takes = ", ".join(
                 f"{n!r} {t or '?'} {['?' if d is None else d for d in dims]}" for n, t, dims in self._specs
             )
-            raise InputError(f"input {name!r}: got {got}; the model takes {takes}")
+            unknown = sorted(map(str, set(given) - {n for n, _, _ in self._specs}))
+            named = f" (given: {', '.join(map(repr, unknown))})" if x is None and unknown else ""
+            raise InputError(f"input {name!r}: got {got}{named}; the model takes {takes}")
 
     def feed(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: env[name] for name in self.inputs}
@@ -533,7 +535,9 @@ class Runner:
         review)."""
         self._drop_stream()
         if self._down_since is None or self._down_error is None:  # up, or not connected yet (`connect_later`)
-            if _slice_lost(exc):
+            if getattr(self.remote, "closed", False):  # its client was closed on purpose: no failure of the server
+                log.info("the client is closed; running locally: %s", exc)
+            elif _slice_lost(exc):
                 log.warning(
                     "the server no longer holds the slice; uploading it again, running locally meanwhile: %s", exc
                 )

@@ -19,3 +19,42 @@ def test_pool_threads_stop_spinning_when_a_run_returns(chain):
         options = part.session.get_session_options()
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
         assert options.intra_op_num_threads == 2
+
+
+def test_a_wrong_input_name_is_named_in_the_error(chain):
+    """`runner.run({"image": x})` for a model whose input is `x` said "got nothing" without naming `image` (a new
+    user's walkthrough; the CLI's .npz message named it)."""
+    import numpy as np
+    import pytest
+
+    from rr_edge.errors import InputError
+
+    _, graph, slicer = chain
+    runner = Runner(plan_slices(slicer, len(graph.blocks), 3, 3))
+    x = np.zeros(graph.inputs[0].shape, dtype=np.float32)
+    with pytest.raises(InputError, match=r"got nothing \(given: 'image'\)") as err:
+        runner.run({"image": x})
+    assert repr(graph.inputs[0].name) in str(err.value)
+
+
+def test_a_runner_whose_client_was_closed_runs_locally_without_blaming_the_server(chain, tmp_path, caplog):
+    """A runner used after its node was closed logged "server failed" at WARNING: the user closed the client."""
+    import logging
+
+    import numpy as np
+
+    import rr_server
+    from rr_edge.client import Client
+
+    _, graph, slicer = chain
+    x = np.zeros(graph.inputs[0].shape, dtype=np.float32)
+    with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as server:
+        client = Client(str(server.address))
+        runner = Runner(plan_slices(slicer, len(graph.blocks), 0, 2), client)
+        assert not runner.run(x).fallback
+        client.close()
+        with caplog.at_level(logging.INFO, logger="rr_edge.runner"):
+            results = [runner.run(x) for _ in range(2)]
+    assert all(r.fallback for r in results) and runner.server_down
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "rr_edge.runner"]
+    assert [r.getMessage() for r in caplog.records if "client is closed" in r.getMessage()]
