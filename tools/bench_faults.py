@@ -67,6 +67,7 @@ SCENARIOS = {  # name: (fault, extra `rr-edge run` arguments)
     "link-cut-fixed": ("link-cut", ["--fixed-timeout"]),  # every answer waited for the whole --timeout (30 s)
     "server-kill": ("server-kill", []),
 }
+DEFAULTS = {"repeat": 600, "at": 200, "cut_s": 20.0, "kill_s": 10.0}
 NOTE = (
     "emulated testbed (tools/testbed: edge speed a CPU quota of one host CPU, link veth + tbf), energy modelled "
     "(--energy model, not measured); the host was shared with other work and is noisy: compare scenarios of one run"
@@ -416,11 +417,11 @@ def markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list (default %(default)s)")
-    ap.add_argument("--repeat", type=int, default=600, help="requests per run (default %(default)s)")
-    ap.add_argument("--at", type=int, default=200, help="the fault begins once this many requests are in")
-    ap.add_argument("--cut-s", type=float, default=20.0, help="how long the link stays cut (default %(default)g)")
-    ap.add_argument("--kill-s", type=float, default=10.0, help="how long the server stays dead (default %(default)g)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 200 requests, fault at 60, 8 s / 4 s")
+    ap.add_argument("--repeat", type=int, help="requests per run (default 600; --quick 200)")
+    ap.add_argument("--at", type=int, help="the fault begins once this many requests are in (default 200; --quick 60)")
+    ap.add_argument("--cut-s", type=float, help="how long the link stays cut (default 20; --quick 8)")
+    ap.add_argument("--kill-s", type=float, help="how long the server stays dead (default 10; --quick 4)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: the smaller defaults above")
     ap.add_argument("--prefix", default=PREFIX, help="the testbed's prefix (default %(default)s)")
     ap.add_argument("--port", type=int, default=PORT, help="rr-server's port (default %(default)s)")
     ap.add_argument("--extra-run-args", default="", help="more `rr-edge run` arguments for every scenario")
@@ -432,8 +433,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     if unknown := [s for s in args.scenarios if s not in SCENARIOS]:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    if args.quick:
-        args.repeat, args.at, args.cut_s, args.kill_s = 200, 60, 8.0, 4.0
+    defaults = {"repeat": 200, "at": 60, "cut_s": 8.0, "kill_s": 4.0} if args.quick else DEFAULTS
+    for name, value in defaults.items():  # a value given on the command line wins, with --quick too
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.at >= args.repeat:
         ap.error(f"--at {args.at} must be below --repeat {args.repeat}: the fault would never begin")
     return args
