@@ -179,7 +179,7 @@ class OrtSettings:
     def session_options(self) -> ort.SessionOptions:
         """The pool threads spin during a run and stop when it returns (`session.force_spinning_stop`): a split runs
         its head, middle and tail as three sessions one after the other, and each one's threads, left spinning,
-        took the cores from the next (resnet18 split 2,8 on 2 threads: 56 against 19 ms, the whole model 18 ms;
+        took the cores from the next (resnet18 split 2,8 on 2 threads: 56 against 17.5 ms, the whole model 17 ms;
         `tools/bench_edge_chain.py`). Not spinning at all costs a model of many small operators (rr_server.sessions)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = ort_threads(self.intra_op_threads)

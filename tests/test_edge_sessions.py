@@ -9,7 +9,7 @@ from rr_edge.session import OrtSettings
 
 def test_pool_threads_stop_spinning_when_a_run_returns(chain):
     """A split runs its head, middle and tail one after the other as three sessions: left spinning after its run,
-    each one's pool threads took the cores from the next (resnet18 split 2,8 on 2 threads: 56 against 18 ms for the
+    each one's pool threads took the cores from the next (resnet18 split 2,8 on 2 threads: 56 against 17 ms for the
     whole model; `tools/bench_edge_chain.py`, docs/performance.md)."""
     _, graph, slicer = chain
     runner = Runner(plan_slices(slicer, len(graph.blocks), 1, 1), settings=OrtSettings(intra_op_threads=2))

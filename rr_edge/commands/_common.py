@@ -17,9 +17,9 @@ from rr_edge.client_options import check_token
 from rr_edge.errors import RoadRunnerError
 from rr_edge.meters import CHOICES, Meter, MeterOptions, select_meter
 from rr_edge.session import GRAPH_OPTIMIZATION, MAX_THREADS_PER_CPU, OrtSettings, check_threads
-from rr_proto.argtypes import fraction, non_negative_float, positive_float, positive_float_at_most  # noqa: F401
 
 # the commands import the argparse types from here
+from rr_proto.argtypes import fraction, non_negative_float, positive_float, positive_float_at_most  # noqa: F401
 from rr_proto.limits import id_problem
 
 ENV_TOKEN = "RR_TOKEN"
