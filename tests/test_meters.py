@@ -503,3 +503,24 @@ def test_a_request_window_whose_request_fails_is_closed(tmp_path: Path) -> None:
         energy.run(SimpleNamespace(run=fails), {}, remaining=3)  # type: ignore[arg-type]
     assert meter._open == []
     meter.close()
+
+
+def test_auto_falling_back_to_the_model_warns_in_one_short_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every command that meters warned in 400 characters, every meter's reason inline (a new user's walkthrough):
+    the warning says the energy is modelled and how to choose that quietly; the reasons go to INFO."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="rr_edge.meters.select"):
+        meter = select_meter("auto", MeterOptions(sysfs_root=tmp_path, skip=("nvml",)))
+    assert meter.source == "model"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 1 and "MODELLED" in warnings[0] and "--energy model" in warnings[0]
+    assert "rapl" not in warnings[0] and "jetson" not in warnings[0]
+    assert any("rapl:" in m and "jetson:" in m for m in infos)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rr_edge.meters.select"):
+        select_meter("model")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # chosen: nothing to warn about

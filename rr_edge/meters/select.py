@@ -76,7 +76,13 @@ def select_meter(kind: str = "auto", options: MeterOptions | None = None, *, gpu
         log.info("energy meter: %s", meter.description)
         return meter
     meter = builders["model"]()
-    log.warning("no energy meter works (%s); energy is MODELLED: %s", "; ".join(reasons), meter.description)
+    # one short line on every command (it had been 400 characters, the reasons inline: a new user's walkthrough)
+    log.info("no energy meter works here: %s", "; ".join(reasons))
+    log.warning(
+        "energy is MODELLED, not measured: %s (--log-level INFO says why no meter works; --energy model chooses "
+        "the model without this warning)",
+        meter.description,
+    )
     return meter
 
 
