@@ -10,6 +10,7 @@ parallel without an event loop; docs/performance.md ("Server and transport") has
 
 from __future__ import annotations
 
+import errno
 import logging
 import platform
 import ssl
@@ -106,6 +107,8 @@ class Server:
         self.metrics_port: int | None = None
         self.metrics = Metrics()
         data_dir = config.data_dir
+        if data_dir.exists() and not data_dir.is_dir():  # mkdir's FileExistsError said only "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(data_dir))
         data_dir.mkdir(parents=True, exist_ok=True)
         self._dir_lock = DataDirLock(data_dir)  # first: a second server must not touch the first one's files
         try:

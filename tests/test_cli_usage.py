@@ -300,6 +300,7 @@ def test_server_refuses_unknown_providers(tmp_path: Path, capsys) -> None:  # ty
     [
         (["--auth-token-file", "{tmp}/no-tokens"], "cannot start: --auth-token-file {tmp}/no-tokens: No such file"),
         (["--data-dir", "{tmp}/a-file/data"], "cannot start: --data-dir {tmp}/a-file/data: Not a directory"),
+        (["--data-dir", "{tmp}/a-file"], "cannot start: --data-dir {tmp}/a-file: exists and is not a directory"),
     ],
 )
 def test_server_start_errors_name_the_option(tmp_path: Path, flags: list[str], message: str) -> None:
