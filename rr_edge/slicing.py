@@ -105,14 +105,17 @@ class Slicer:
         slice id. The slices cut last are kept, up to `KEEP_SPLITS` splits' worth of bytes (a split's head, middle
         and tail hold the model's blocks once), the oldest dropped first: planning asks the server about a middle
         slice by its id, then the runner opens and uploads it; each had cut, serialized and hashed it anew (vgg16's
-        middle, 537 MB: 1.2 s each time, review). They are kept until a runner takes its slices (`release`)."""
+        middle, 537 MB: 1.2 s each time, review). They are kept until a runner takes its slices (`release`). All the
+        blocks are the model itself (`whole`), as the profiler uploads it to time it: cut out anew, their bytes and id
+        differed, and a run offloading every block uploaded the model a second time (a new user's walkthrough)."""
         key = (a, b)
         with self._kept_lock:
             kept = self._kept.get(key)
             if kept is not None:
                 self._kept.move_to_end(key)
                 return kept
-        kept = SliceBytes(model_bytes(self.slice(a, b), what))
+        whole = (a, b) == (0, len(self) - 1) and not self._sampled  # sampled slices declare shapes the model lacks
+        kept = SliceBytes(self.whole(what) if whole else model_bytes(self.slice(a, b), what))
         with self._kept_lock:
             self._kept[key] = kept
             self._kept.move_to_end(key)
@@ -120,6 +123,10 @@ class Slicer:
             while total > self._keep_bytes and len(self._kept) > 1:
                 total -= len(self._kept.popitem(last=False)[1].data)
         return kept
+
+    def whole(self, what: str) -> bytes:
+        """The model's own bytes (`whole_model_bytes`): what the slice of all its blocks is sent and run as."""
+        return whole_model_bytes(self._model, what)
 
     def release(self) -> None:
         """Keep no bytes: a runner took its slices (`rr_edge.offload.plan_slices`). Kept on, they outlived their runner

@@ -17,7 +17,7 @@ from rr_edge.netmodel import NetworkModel
 from rr_edge.neurosurgeon import fit
 from rr_edge.offload import Costs, make_runner, plan_with_server_cache
 from rr_edge.planner import PlanInputs, check_objective
-from rr_edge.slicing import model_bytes
+from rr_edge.slicing import model_bytes, whole_model_bytes
 
 FAST = NetworkModel.affine(rtt_ms=0.01, bandwidth_bytes_per_ms=1e6)
 
@@ -56,7 +56,7 @@ def test_with_a_deadline_no_plan_meets_a_faster_plan_whose_slice_the_server_hold
         before = plan_with_server_cache(c, model, graph, costs, slicer, slo_ms=0.1)
         assert before.chosen.objective == "slo-unmet" and before.chosen.i == before.chosen.j
         n = len(graph.blocks)
-        c.upload_slice(slicer.slice(0, n - 1).SerializeToString(), "held")  # plan (-1, n - 1): the fastest without
+        c.upload_slice(whole_model_bytes(model), "held")  # the slice of plan (-1, n - 1): the fastest without
         after = plan_with_server_cache(c, model, graph, costs, slicer, slo_ms=0.1)  # an upload, over 0.1 ms still
     assert (after.chosen.i, after.chosen.j, after.chosen.objective) == (-1, n - 1, "slo-unmet")
     assert after.chosen.latency_ms < before.chosen.latency_ms and after.chosen.upload_bytes == 0

@@ -45,10 +45,14 @@ def _sliced_bytes() -> int:
 
 
 def _cuts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The block ranges the slicer cuts out from now on (`Slicer.slice`)."""
+    """The block ranges the slicer cuts out from now on (`Slicer.slice`; the model taken whole, `Slicer.whole`, as
+    the cut of all its blocks)."""
     cuts: list[tuple[int, int]] = []
-    real = Slicer.slice
+    real, real_whole = Slicer.slice, Slicer.whole
     monkeypatch.setattr(Slicer, "slice", lambda slicer, a, b: cuts.append((a, b)) or real(slicer, a, b))
+    monkeypatch.setattr(
+        Slicer, "whole", lambda slicer, what: cuts.append((0, len(slicer) - 1)) or real_whole(slicer, what)
+    )
     return cuts
 
 

@@ -20,7 +20,7 @@ from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.offload import make_runner, plan_slices
 from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
-from rr_edge.slicing import Slicer
+from rr_edge.slicing import Slicer, whole_model_bytes
 from tools.bench_runner import conv_chain
 
 
@@ -530,9 +530,22 @@ def test_a_plan_whose_slice_the_server_holds_wins_though_another_was_chosen_firs
     with rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0")) as s, Client(s.address) as c:
         before = plan_with_server_cache(c, model, graph, costs, slicer)
         assert before.chosen.i == before.chosen.j  # nothing on the server yet: local
-        c.upload_slice(slicer.slice(0, n - 1).SerializeToString(), "held")
+        c.upload_slice(whole_model_bytes(model), "held")  # the model, as the profiler uploads it to time it whole
         after = plan_with_server_cache(c, model, graph, costs, slicer)
     assert (after.chosen.i, after.chosen.j) == (-1, n - 1) and after.chosen.upload_bytes == 0
+
+
+def test_offloading_every_block_sends_the_model_the_profiler_uploaded(chain):
+    """Cut out anew, the slice of all the blocks had bytes (and an id) of its own: a run offloading everything after
+    `profile` uploaded the model a second time and kept two copies on the server (a new user's walkthrough)."""
+    from rr_edge.client import slice_id_of
+    from rr_edge.offload import plan_slices
+
+    model, graph, slicer = chain
+    n = len(graph.blocks)
+    slices = plan_slices(slicer, n, -1, n - 1)
+    assert slices.middle == whole_model_bytes(model) and slices.middle_id == slice_id_of(whole_model_bytes(model))
+    assert plan_slices(slicer, n, n - 1, n - 1).head == whole_model_bytes(model)  # all local: the model itself too
 
 
 def test_a_probe_of_the_link_replans_a_run_planned_local(chain, client):
