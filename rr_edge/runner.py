@@ -315,6 +315,7 @@ class _Link:
     last: RunResult | None = None  # the last round trip learnt from
     server_ms: float | None = None  # the longest server run reported lately (less SERVER_MS_DECAY per answer since)
     backoff: float = 1.0  # doubled by each wait for an answer that ran out (`missed`), 1 again once one arrives
+    misses: int = 0  # waits in a row that ran out
 
     def update(self, result: RunResult) -> None:
         """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
@@ -324,7 +325,7 @@ class _Link:
         is the server's time the wait expects while it is the longest lately: a server slow now and then (a session
         opened again, other edges' requests) is waited for each time, not only on average."""
         if not result.fallback:
-            self.backoff = 1.0
+            self.backoff, self.misses = 1.0, 0
             if result.server_ms is not None:
                 self.server_ms = max(result.server_ms, SERVER_MS_DECAY * (self.server_ms or 0.0))
         if self.uplink is None or self.downlink is None:
@@ -344,13 +345,17 @@ class _Link:
         bytes_down = self.last.bytes_down if self.last is not None else 0  # the same slice answers the same bytes
         self.update(RunResult({}, True, waited_ms, remote_ms=waited_ms, bytes_up=bytes_up, bytes_down=bytes_down))
 
-    def missed(self) -> None:
-        """A wait shorter than the deadline (`answer_s`) ran out: the next waits twice as long, until an answer. It
-        is not learnt as the network's time: a server slower than expected for a moment (other edges' requests, a
-        session opened again) made a 20-95x drift of it and an urgent re-plan away from the server (review), and a
-        link that did slow down shows it in the answers the longer waits get (TCP's retransmission timer does the
-        same: Karn's algorithm)."""
+    def missed(self, bytes_up: int, waited_ms: float) -> None:
+        """A wait shorter than the deadline (`answer_s`) ran out: the next waits twice as long, until an answer. The
+        first such wait is not learnt as the network's time: a server slower than expected for a moment (other
+        edges' requests, a session opened again) made a 20-95x drift of it and an urgent re-plan away from the
+        server (review); TCP's retransmission timer does the same (Karn's algorithm). The second in a row is
+        (`timed_out`): a link slowed down past the waits re-plans then, where waiting for an answer to learn from
+        had stalled every request for the whole doubled wait, 48 s at 800 B/s without a re-plan (review)."""
         self.backoff = min(2.0 * self.backoff, 2.0**10)
+        self.misses += 1
+        if self.misses >= 2:
+            self.timed_out(bytes_up, waited_ms)
 
     def answer_s(self, bytes_up: int, most_s: float) -> float:
         """How long a request of `bytes_up` waits for its answer: ANSWER_FACTOR times its expected round trip plus
@@ -705,7 +710,7 @@ class Runner:
             # The wait for the server is no local compute: a power model charges it as the plan did (idle, radio).
             result.remote_ms = (time.perf_counter() - start) * 1e3
             if exc.code == "DEADLINE_EXCEEDED" and timeout_s < self.config.timeout_s:
-                self.link.missed()  # the wait expected was too short: the server may only be slower than expected
+                self.link.missed(result.bytes_up, result.remote_ms)  # the server may only be slower than expected
             elif exc.code == "DEADLINE_EXCEEDED":
                 self.link.timed_out(result.bytes_up, result.remote_ms)
             if exc.code == "INVALID_ARGUMENT":
