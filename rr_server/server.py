@@ -107,8 +107,8 @@ class Server:
         self.metrics_port: int | None = None
         self.metrics = Metrics()
         data_dir = config.data_dir
-        if data_dir.exists() and not data_dir.is_dir():  # mkdir's FileExistsError said only "File exists"
-            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(data_dir))
+        if (data_dir.exists() or data_dir.is_symlink()) and not data_dir.is_dir():  # mkdir said only "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory (a file, or a link to nothing)", str(data_dir))
         data_dir.mkdir(parents=True, exist_ok=True)
         self._dir_lock = DataDirLock(data_dir)  # first: a second server must not touch the first one's files
         try:

@@ -300,7 +300,8 @@ def test_server_refuses_unknown_providers(tmp_path: Path, capsys) -> None:  # ty
     [
         (["--auth-token-file", "{tmp}/no-tokens"], "cannot start: --auth-token-file {tmp}/no-tokens: No such file"),
         (["--data-dir", "{tmp}/a-file/data"], "cannot start: --data-dir {tmp}/a-file/data: Not a directory"),
-        (["--data-dir", "{tmp}/a-file"], "cannot start: --data-dir {tmp}/a-file: exists and is not a directory"),
+        (["--data-dir", "{tmp}/a-file"], "cannot start: --data-dir {tmp}/a-file: not a directory (a file, or a link"),
+        (["--data-dir", "{tmp}/a-link"], "cannot start: --data-dir {tmp}/a-link: not a directory (a file, or a link"),
     ],
 )
 def test_server_start_errors_name_the_option(tmp_path: Path, flags: list[str], message: str) -> None:
@@ -310,6 +311,7 @@ def test_server_start_errors_name_the_option(tmp_path: Path, flags: list[str], m
     import sys
 
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-link").symlink_to(tmp_path / "nothing")
     argv = ["--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--log-format", "text"]
     argv += [f.format(tmp=tmp_path) for f in flags]
     done = subprocess.run([sys.executable, "-m", "rr_server.cli", *argv], capture_output=True, text=True, timeout=120)
