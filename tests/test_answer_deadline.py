@@ -184,30 +184,36 @@ def test_rr_edge_run_waits_adaptively_unless_told_not_to(chain, in_process, tmp_
     assert [c.adaptive_deadline for c in configs] == [not flag]
 
 
-def test_a_server_slower_than_expected_is_waited_for_longer_not_taken_for_a_slow_link(chain, in_process, monkeypatch):
-    """The server's runs take 1.2 s against 5 ms predicted (other edges' requests, a session opened again): the
-    first such request runs out of its wait and finishes locally, but the network models learn nothing from it (it
-    had made a 20-95x drift and an urgent re-plan away from a server that was only slow, review); the next request
-    waits twice as long and is served, and from its reported run on the wait expects the server's time."""
+def _slow_server_runner(chain, client, monkeypatch, run_s: float):  # type: ignore[no-untyped-def]
+    """A runner of split 0,2 (one ModelInfer per request, 5 ms of server run predicted) that has had one answer,
+    and the switch (an Event) that makes every server run take `run_s` more from then on."""
     from rr_server.repository import ModelRepository
 
     _, graph, slicer = chain
-    x = _x(graph)
     real_infer = ModelRepository.infer
     slow = threading.Event()
 
     def infer(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         if slow.is_set():
-            time.sleep(1.2)
+            time.sleep(run_s)
         return real_infer(self, *args, **kwargs)
 
     monkeypatch.setattr(ModelRepository, "infer", infer)
     slices = plan_slices(slicer, len(graph.blocks), 0, 2)
     config = RunnerConfig(retry_interval_s=0.05, stream=False)
-    runner = Runner(slices, in_process, config, uplink=LINK, downlink=LINK, expected_cloud_ms=5.0)
-    assert not runner.run(x).fallback
-    before = runner.link.answer_s(int(x.nbytes), config.timeout_s)
-    assert before < 1.2
+    runner = Runner(slices, client, config, uplink=LINK, downlink=LINK, expected_cloud_ms=5.0)
+    assert not runner.run(_x(graph)).fallback
+    return runner, slow
+
+
+def test_a_server_slower_than_expected_is_waited_for_longer_not_taken_for_a_slow_link(chain, in_process, monkeypatch):
+    """The server's runs take 1.2 s against 5 ms predicted (other edges' requests, a session opened again): the
+    first such request runs out of its wait and finishes locally, but the network models learn nothing from it (it
+    had made a 20-95x drift and an urgent re-plan away from a server that was only slow, review); the next request
+    waits twice as long and is served, and from its reported run on the wait expects the server's time."""
+    x = _x(chain[1])
+    runner, slow = _slow_server_runner(chain, in_process, monkeypatch, 1.2)
+    assert runner.link.answer_s(int(x.nbytes), runner.config.timeout_s) < 1.2
     slow.set()
     missed = runner.run(x)
     assert missed.fallback and "DEADLINE_EXCEEDED" in missed.error
@@ -218,7 +224,7 @@ def test_a_server_slower_than_expected_is_waited_for_longer_not_taken_for_a_slow
     runner.close()
     assert not served.fallback and served.server_ms is not None and served.server_ms >= 1200
     assert not runner.replan_needed
-    assert runner.link.answer_s(int(x.nbytes), config.timeout_s) > ANSWER_MARGIN_S + ANSWER_FACTOR * 1.2
+    assert runner.link.answer_s(int(x.nbytes), runner.config.timeout_s) > ANSWER_MARGIN_S + ANSWER_FACTOR * 1.2
 
 
 def test_a_server_that_stays_too_slow_is_taken_for_a_slow_link_on_the_second_wait_in_a_row(
@@ -226,23 +232,8 @@ def test_a_server_that_stays_too_slow_is_taken_for_a_slow_link_on_the_second_wai
 ):
     """Every run takes 3 s against 5 ms predicted: the first wait runs out unlearnt, the doubled second one too, and
     that one asks for a re-plan (a link slowed down past the waits looks the same from the edge)."""
-    from rr_server.repository import ModelRepository
-
-    _, graph, slicer = chain
-    x = _x(graph)
-    real_infer = ModelRepository.infer
-    slow = threading.Event()
-
-    def infer(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if slow.is_set():
-            time.sleep(3.0)
-        return real_infer(self, *args, **kwargs)
-
-    monkeypatch.setattr(ModelRepository, "infer", infer)
-    slices = plan_slices(slicer, len(graph.blocks), 0, 2)
-    config = RunnerConfig(retry_interval_s=0.05, stream=False)
-    runner = Runner(slices, in_process, config, uplink=LINK, downlink=LINK, expected_cloud_ms=5.0)
-    assert not runner.run(x).fallback
+    x = _x(chain[1])
+    runner, slow = _slow_server_runner(chain, in_process, monkeypatch, 3.0)
     slow.set()
     first = runner.run(x)
     assert first.fallback and not runner.replan_needed
