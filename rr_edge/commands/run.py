@@ -108,8 +108,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--fixed-timeout",
         action="store_true",
-        help="wait the whole --timeout for every answer of the server (default: once the split was answered, 4x a "
-        "request's predicted round trip + 1 s, at most --timeout)",
+        help="wait the whole --timeout for every answer of the server (default: 4x a request's expected round trip "
+        "+ 1 s, doubled after a wait that ran out, at most --timeout)",
     )
     p.add_argument(
         "--retry-interval",
