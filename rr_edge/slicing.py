@@ -89,6 +89,7 @@ class Slicer:
         self._initializers = {t.name: t for t in model.graph.initializer}
         self._elem_type = {name: elem_type(info.dtype) for name, info in graph.tensors.items() if elem_type(info.dtype)}
         self._declared = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+        self._weights_as_inputs = any(vi.name in self._initializers for vi in model.graph.input)
         self._kept: OrderedDict[tuple[int, int], SliceBytes] = OrderedDict()  # `serialized`, oldest first
         self._keep_bytes = KEEP_SPLITS * (sum(b.slice_bytes for b in graph.blocks) + KEEP_MARGIN_BYTES)
         self._kept_lock = threading.Lock()
@@ -114,7 +115,9 @@ class Slicer:
             if kept is not None:
                 self._kept.move_to_end(key)
                 return kept
-        whole = (a, b) == (0, len(self) - 1) and not self._sampled  # sampled slices declare shapes the model lacks
+        # sampled slices declare shapes the model lacks; weights listed as graph inputs (old exporters) would be
+        # inputs ONNX Runtime lets a caller override, and it folds no constants from them: a cut slice drops them
+        whole = (a, b) == (0, len(self) - 1) and not self._sampled and not self._weights_as_inputs
         kept = SliceBytes(self.whole(what) if whole else model_bytes(self.slice(a, b), what))
         with self._kept_lock:
             self._kept[key] = kept

@@ -548,6 +548,27 @@ def test_offloading_every_block_sends_the_model_the_profiler_uploaded(chain):
     assert plan_slices(slicer, n, n - 1, n - 1).head == whole_model_bytes(model)  # all local: the model itself too
 
 
+def test_a_model_listing_its_weights_as_inputs_is_cut_not_sent_whole():
+    """Weights listed as graph inputs (old exporters) are inputs a caller may override in ONNX Runtime, which then
+    folds no constants from them: the slice of all the blocks is cut, and drops them, as before."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rr_edge.blocks import analyze
+    from rr_edge.offload import plan_slices
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    x, w_in = (helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("x", [1, 4]), ("w", [4, 4])))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x, w_in], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    blocks = analyze(model, "old")
+    n = len(blocks.blocks)
+    middle = plan_slices(Slicer(model, blocks), n, -1, n - 1).middle
+    assert middle is not None and middle != whole_model_bytes(model)
+    assert [i.name for i in onnx.load_from_string(middle).graph.input] == ["x"]
+
+
 def test_a_probe_of_the_link_replans_a_run_planned_local(chain, client):
     """A plan made on a profile of a slow link stays local; one echo each way over the real (loopback) link shows it
     fast, and the plan made with that measurement offloads (a run planned local at 20 Mbit/s stayed local after the
