@@ -687,7 +687,9 @@ class Runner:
                 env.update(outputs)
                 return
         result.fallback = True
-        if self._down_error is None:  # made with `connect_later`, and not connected yet
+        if getattr(self.remote, "closed", False):  # closed on purpose: no server will be asked again
+            why = "running locally: this runner's client is closed"
+        elif self._down_error is None:  # made with `connect_later`, and not connected yet
             why = "UNAVAILABLE: running locally while the slice is made ready on the server"
         elif _slice_lost(self._down_error):  # the server is up: it asked for the slice again
             why = f"running locally while the slice is uploaded again: {self._down_error}"
