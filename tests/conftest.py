@@ -132,3 +132,23 @@ def run_onnx(model: onnx.ModelProto | bytes | Path, feeds: Mapping[str, np.ndarr
 def random_inputs(graph: BlockGraph, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in graph.inputs}
+
+
+class Clock:
+    """A monotonic clock the test sets (`clock.t`), from 1000 s."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """`rr_edge.commands._planned_run`'s clock, set by the test: its waits between plans without sleeping."""
+    from rr_edge.commands import _planned_run
+
+    c = Clock()
+    monkeypatch.setattr(_planned_run.time, "monotonic", c)
+    return c

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Clock
 
 from rr_edge.commands import _planned_run
 from rr_edge.commands._planned_run import MAX_REPLAN_GAP, MAX_RETRY_S, PlannedRun
@@ -44,21 +45,6 @@ class FakeEnergy:
 
     def finish(self, runner: FakeRunner, x: np.ndarray) -> None:
         pass
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(_planned_run.time, "monotonic", c)
-    return c
 
 
 def planned_run(first: Any, plan: Any = None, replan: Any = None) -> PlannedRun:

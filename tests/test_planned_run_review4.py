@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Clock
 from onnx import TensorProto, helper, numpy_helper
 
 from rr_edge.client import Client, ClientOptions, slice_id_of
@@ -175,21 +176,6 @@ def test_a_switch_to_a_slice_the_server_refuses_gives_way_to_the_best_other_plan
 
 
 # -- the doubling wait before the offloading plan is tried again -------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(_planned_run.time, "monotonic", c)
-    return c
 
 
 class DriftingRunner:
