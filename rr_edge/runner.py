@@ -472,6 +472,11 @@ class Runner:
         return self._down_since is not None
 
     @property
+    def _remote_closed(self) -> bool:
+        """Its client was closed (`Client.closed`): on purpose, so no failure of the server."""
+        return bool(getattr(self.remote, "closed", False))
+
+    @property
     def replan_needed(self) -> bool:
         """The measured network moved more than `drift_threshold` from the models the plan was made with, by a
         material share of a round trip (`MATERIAL_SHARE`)."""
@@ -503,7 +508,7 @@ class Runner:
         once instead of waiting, and the background health check connects again later."""
         assert self.remote is not None and self.slices.middle is not None
         with self._upload_lock:
-            self._uploading_since = start = time.perf_counter()
+            self._uploading_since = time.perf_counter()
         try:
             planned: dict[str, Any] = {} if self._expected_upload_s is None else {"expected_s": self._expected_upload_s}
             if self.slices.middle_id is not None:
@@ -525,10 +530,7 @@ class Runner:
             self._mark_down(exc)  # no request is lost: local until the server answers again
             return False
         finally:
-            with self._upload_lock:
-                if self._uploading_since is not None:  # else `close` counted it, up to then
-                    self.upload_ms += 1e3 * (time.perf_counter() - start)
-                    self._uploading_since = None
+            self._count_upload()  # unless `close` counted it, up to then
         self._down_since = None
         return True
 
@@ -540,7 +542,7 @@ class Runner:
         review)."""
         self._drop_stream()
         if self._down_since is None or self._down_error is None:  # up, or not connected yet (`connect_later`)
-            if getattr(self.remote, "closed", False):  # its client was closed on purpose: no failure of the server
+            if self._remote_closed:  # its client was closed on purpose: no failure of the server
                 log.info("the client is closed; running locally: %s", exc)
             elif _slice_lost(exc):
                 log.warning(
@@ -562,7 +564,7 @@ class Runner:
         has passed since the last one ended."""
         if self._down_since is None:
             return True
-        if self._closed or getattr(self.remote, "closed", False):  # closed on purpose: nothing to probe
+        if self._closed or self._remote_closed:  # closed on purpose: nothing to probe
             return False
         if time.monotonic() - self._last_probe >= self._probe_wait_s and self._probing.acquire(False):
             if time.monotonic() - self._last_probe >= self._probe_wait_s:  # not just ended elsewhere
@@ -664,8 +666,12 @@ class Runner:
         self._closed = True
         if self._probing.acquire(timeout=wait_s):  # none running, or it ended
             self._probing.release()
+        self._count_upload()  # still uploading: what it took so far
+
+    def _count_upload(self) -> None:
+        """Add the upload in flight, up to now, to `upload_ms`, once: by the upload when it ends, or by `close`."""
         with self._upload_lock:
-            if self._uploading_since is not None:  # still uploading: what it took so far
+            if self._uploading_since is not None:
                 self.upload_ms += 1e3 * (time.perf_counter() - self._uploading_since)
                 self._uploading_since = None
 
@@ -687,7 +693,7 @@ class Runner:
                 env.update(outputs)
                 return
         result.fallback = True
-        if getattr(self.remote, "closed", False):  # closed on purpose: no server will be asked again
+        if self._remote_closed:  # closed on purpose: no server will be asked again
             why = "running locally: this runner's client is closed"
         elif self._down_error is None:  # made with `connect_later`, and not connected yet
             why = "UNAVAILABLE: running locally while the slice is made ready on the server"
