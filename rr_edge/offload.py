@@ -28,6 +28,7 @@ from rr_edge.blocks import Block, BlockGraph
 from rr_edge.client import Client, Prediction, ServerInfo
 from rr_edge.echo import echo_transfers
 from rr_edge.errors import ArgumentError, ModelError, PredictionsPending, RoadRunnerError
+from rr_edge.local_model import LocalModel
 from rr_edge.meters.model import PowerSpec
 from rr_edge.netmodel import NetworkModel
 from rr_edge.planner import Plan, PlanInputs, PlanTable, choose, correction_factor, evaluate_all, pareto, plan_cost
@@ -488,19 +489,20 @@ def _on_server(client: Client, slicer: Slicer, split: tuple[int, int]) -> bool:
 
 
 def plan_slices(slicer: Slicer, n_blocks: int, i: int, j: int, label: str = "") -> PlanSlices:
-    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j) as ONNX bytes, and the middle's
-    slice id; a ModelError for a slice over protobuf's 2 GiB limit (it had been a raw EncodeError). The bytes of the
-    middle slice planning asked about are those the slicer kept (`Slicer.serialized`); then it keeps none
-    (`Slicer.release`): the runner holds them, and they go with it."""
+    """The head (0..i), middle (i+1..j) and tail (j+1..N-1) slices of plan (i, j): the middle as ONNX bytes with
+    its slice id, the head and tail as they run here (`Slicer.local`, as the whole model does for a local plan); a
+    ModelError for a slice over protobuf's 2 GiB limit (it had been a raw EncodeError). The bytes of the middle slice
+    planning asked about are those the slicer kept (`Slicer.serialized`); then it keeps none (`Slicer.release`): the
+    runner holds them, and they go with it."""
     if not -1 <= i <= j <= n_blocks - 1:
         raise ArgumentError(f"invalid split {i},{j}: need -1 <= I <= J <= {n_blocks - 1}")
 
-    def part(a: int, b: int) -> bytes | None:
-        return slicer.serialized(a, b, f"the slice of blocks {a}..{b}").data if a <= b else None
+    def part(a: int, b: int) -> LocalModel | None:
+        return slicer.local(a, b, f"the slice of blocks {a}..{b}") if a <= b else None
 
     try:
         if i == j:  # nothing offloaded: the whole model runs locally
-            return PlanSlices((i, j), slicer.serialized(0, n_blocks - 1, "the model").data, None, None, label)
+            return PlanSlices((i, j), slicer.local(0, n_blocks - 1, "the model"), None, None, label)
         middle = slicer.serialized(i + 1, j, f"the slice of blocks {i + 1}..{j}")
         return PlanSlices(
             (i, j), part(0, i), middle.data, part(j + 1, n_blocks - 1), f"{label}[{i + 1}:{j}]", middle_id=middle.id

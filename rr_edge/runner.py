@@ -43,6 +43,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from rr_edge.client import DEFAULT_TIMEOUT_S
 from rr_edge.errors import ArgumentError, InputError, ModelError, ServerBusy, ServerError, ServerUnavailable
+from rr_edge.local_model import LocalModel
 from rr_edge.netmodel import DEFAULT_DRIFT_THRESHOLD, NetworkModel, round_trip_ms, split_network_ms
 from rr_edge.session import ORT_DTYPES, OrtSettings, array_fits, ort_reason
 from rr_proto import codec
@@ -101,12 +102,13 @@ class RemoteExecutor(Protocol):
 
 @dataclass(frozen=True)
 class PlanSlices:
-    """The three parts of a plan as standalone ONNX models (None where a part is empty)."""
+    """The three parts of a plan as standalone ONNX models (None where a part is empty): the middle as the server is
+    sent it (and this device runs it when the server cannot), the head and tail as they run here."""
 
     split: tuple[int, int]
-    head: bytes | None
+    head: bytes | LocalModel | None
     middle: bytes | None
-    tail: bytes | None
+    tail: bytes | LocalModel | None
     label: str = ""
     # `slice_id_of(middle)` where the maker hashed it already (`rr_edge.offload.plan_slices`), for the upload; None:
     # the upload hashes it (a 537 MB slice takes 0.3 s)
@@ -190,8 +192,8 @@ def modelled_mJ(
 class _Local:
     """One local ONNX Runtime session fed by name from the tensors produced so far."""
 
-    def __init__(self, onnx_bytes: bytes, settings: OrtSettings) -> None:
-        self.session = settings.create_session(onnx_bytes)
+    def __init__(self, model: bytes | LocalModel, settings: OrtSettings) -> None:
+        self.session = settings.create_session(model)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         # per input: numpy type (None: one numpy has no name for) and shape (None: a dimension of any size)
@@ -410,6 +412,8 @@ class Runner:
     prediction of the middle slice's upload, sets how long that upload may take (`Client.ensure_slice`).
     `around_local`, when given, is entered around every local ONNX Runtime run (head, tail, fallback middle) and
     nothing else: a meter of local compute, or the testbed's CPU throttle of an emulated device (tools/eval).
+    `slices` keeps the plan's middle for the server, not the head and tail once their sessions hold them: kept, they
+    held those weights twice for the runner's life (vgg16 split 2,8: its tail, 500 MB).
     """
 
     def __init__(
@@ -428,13 +432,13 @@ class Runner:
     ) -> None:
         if slices.offloads and remote is None:
             raise ValueError("a plan that offloads needs a remote executor")
-        self.slices = slices
         self.config = config or RunnerConfig()
         self.settings = (settings or OrtSettings()).resolved()
         self.remote = remote
         self._around_local = around_local or contextlib.nullcontext
         self._head = _Local(slices.head, self.settings) if slices.head else None
         self._tail = _Local(slices.tail, self.settings) if slices.tail else None
+        self.slices = replace(slices, head=None, tail=None)
         self._middle_local: _Local | None = None
         self._slice_id: str | None = None
         self.upload_ms = 0.0  # time spent making the middle slice ready on the server (upload if needed, then load)

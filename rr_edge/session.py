@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 
 from rr_edge.cpus import ort_threads, usable_cpus
 from rr_edge.errors import ArgumentError, ModelError, RoadRunnerError
+from rr_edge.local_model import LocalModel
 from rr_proto.providers import provider_name
 
 log = logging.getLogger(__name__)
@@ -190,13 +191,20 @@ class OrtSettings:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         return options
 
-    def create_session(self, model: bytes | str) -> ort.InferenceSession:
+    def create_session(self, model: bytes | str | LocalModel) -> ort.InferenceSession:
         """A session on these settings' provider (CPU as ONNX Runtime's own fallback for unsupported ops); a model
         ONNX Runtime refuses (an IR version newer than it reads, an operator it lacks) is a ModelError."""
         s = self.resolved()
         providers = [s.provider] if s.provider == CPU else [s.provider, CPU]
+        options = s.session_options()
+        if isinstance(model, LocalModel):
+            names = list(model.weights)
+            options.add_external_initializers(
+                names, [ort.OrtValue.ortvalue_from_numpy(model.weights[n]) for n in names]
+            )
+            model = model.onnx
         try:
-            session = ort.InferenceSession(model, s.session_options(), providers=providers)
+            session = ort.InferenceSession(model, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types
             raise ModelError(f"ONNX Runtime cannot load the model: {ort_reason(exc)}") from None
         got = session.get_providers()

@@ -11,7 +11,8 @@ model lives in a file with external data; `model_bytes` serializes a model or sa
 
 `Slicer.serialized` gives a slice's bytes and slice id, and keeps those of the slices cut last (about one split's
 worth) for the runner of the plan that asked, until a runner takes them (`Slicer.release`); `Slicer.slice_size`
-sizes a slice without copying its weights.
+sizes a slice without copying its weights; `Slicer.local` cuts one for a session on this device, its large weights
+handed over as arrays (`rr_edge.local_model`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from onnx import NodeProto, helper, numpy_helper
 from rr_edge.blocks import BlockGraph, node_domains, node_inputs
 from rr_edge.client_types import slice_id_of
 from rr_edge.errors import ModelError
+from rr_edge.local_model import LocalModel, handed_over, stand_in, weight_array
 from rr_edge.onnx_io import TensorInfo, elem_type, field_size, tensor_size, with_subgraph_nodes
 from rr_edge.shapes import shape_value
 
@@ -130,6 +132,26 @@ class Slicer:
     def whole(self, what: str) -> bytes:
         """The model's own bytes (`whole_model_bytes`): what the slice of all its blocks is sent and run as."""
         return whole_model_bytes(self._model, what)
+
+    def local(self, a: int, b: int, what: str) -> LocalModel:
+        """Blocks a..b for a session on this device, their large weights handed over as arrays
+        (`rr_edge.local_model`); a ModelError naming `what` over protobuf's limit. A model that lists its weights as
+        graph inputs (old exporters) keeps them in its bytes: ONNX Runtime takes those for inputs."""
+        if self._weights_as_inputs:
+            return LocalModel(model_bytes(self.slice(a, b), what), {})
+        m = self._cut(a, b, self._local_stand_ins)
+        arrays = {
+            t.name: weight_array(self._initializers[t.name]) for t in m.graph.initializer if t.name in self._handed
+        }
+        return LocalModel(model_bytes(m, what), arrays)
+
+    @functools.cached_property
+    def _handed(self) -> frozenset[str]:
+        return frozenset(name for name, t in self._initializers.items() if handed_over(t))
+
+    @functools.cached_property
+    def _local_stand_ins(self) -> dict[str, onnx.TensorProto]:
+        return {name: stand_in(t) if name in self._handed else t for name, t in self._initializers.items()}
 
     def release(self) -> None:
         """Keep no bytes: a runner took its slices (`rr_edge.offload.plan_slices`). Kept on, they outlived their runner

@@ -35,17 +35,21 @@ def client(tmp_path) -> Iterator[Client]:
 
 
 class Work:
-    """Counts the cuts (`Slicer.slice`, by block range; the model taken whole, `Slicer.whole`, as the cut of all its
-    blocks) and the SHA-256 hashes of given bytes (by length)."""
+    """Counts the cuts (`Slicer.slice` and `Slicer.local`, by block range; the model taken whole, `Slicer.whole`, as
+    the cut of all its blocks) and the SHA-256 hashes of given bytes (by length)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.cuts: list[tuple[int, int]] = []
         self.hashed: list[bytes] = []
-        real_slice, real_whole, real_sha256 = Slicer.slice, Slicer.whole, hashlib.sha256
+        real_slice, real_local, real_whole, real_sha256 = Slicer.slice, Slicer.local, Slicer.whole, hashlib.sha256
 
         def cut(slicer: Slicer, a: int, b: int) -> Any:
             self.cuts.append((a, b))
             return real_slice(slicer, a, b)
+
+        def local(slicer: Slicer, a: int, b: int, what: str) -> Any:
+            self.cuts.append((a, b))
+            return real_local(slicer, a, b, what)
 
         def whole(slicer: Slicer, what: str) -> bytes:
             self.cuts.append((0, len(slicer) - 1))
@@ -57,6 +61,7 @@ class Work:
             return real_sha256(*args, **kw)
 
         monkeypatch.setattr(Slicer, "slice", cut)
+        monkeypatch.setattr(Slicer, "local", local)
         monkeypatch.setattr(Slicer, "whole", whole)
         monkeypatch.setattr(hashlib, "sha256", sha256)
 
