@@ -1,13 +1,14 @@
 """A model for a session on this device with its large weights handed over as arrays, not in its bytes (pure).
 
-A split's head and tail run here only, and so does its middle when the server cannot. Cut with their weights, each
-was copied, serialized and parsed again by ONNX Runtime as it opened: vgg16 split 2,8 took 8 s to open, 5 s of it
-holding Python's lock (a plan switched mid-run stalled every request that long). A `LocalModel` holds the part's
-ONNX bytes with each weight of at least `MIN_BYTES` replaced by an external-data entry that names no file
-(`stand_in`), and those weights as arrays (`weight_array`); ONNX Runtime copies them in before it optimises the graph
-(`SessionOptions.add_external_initializers`, `rr_edge.session.OrtSettings.create_session`): 1.1 s for that split.
-Small weights stay in the bytes: shape inference reads a Reshape's shape or a Slice's bounds from them, and cannot
-from external data.
+A split's head and tail run here only, and so does the whole model when nothing is offloaded. Cut with their
+weights, each part was copied, serialized, and parsed again by ONNX Runtime as it opened, all but the parse holding
+Python's lock: a switch to another split mid-run took seconds for vgg16 and froze every other Python thread of the
+process for most of them. A `LocalModel` holds the part's ONNX bytes with each weight of at least `MIN_BYTES`
+replaced by an external-data entry that names no file (`stand_in`), and those weights as arrays (`weight_array`, one
+copy of each); ONNX Runtime copies them in before it optimises the graph (`SessionOptions.add_external_initializers`,
+`rr_edge.session.OrtSettings.create_session`). `tools/bench_switch.py` measures both (docs/performance.md,
+"Switching split"). Small weights stay in the bytes: shape inference reads a Reshape's shape or a Slice's bounds
+from them, and cannot from external data.
 """
 
 from __future__ import annotations

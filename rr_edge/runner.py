@@ -413,7 +413,7 @@ class Runner:
     `around_local`, when given, is entered around every local ONNX Runtime run (head, tail, fallback middle) and
     nothing else: a meter of local compute, or the testbed's CPU throttle of an emulated device (tools/eval).
     `slices` keeps the plan's middle for the server, not the head and tail once their sessions hold them: kept, they
-    held those weights twice for the runner's life (vgg16 split 2,8: its tail, 500 MB).
+    held those weights a second time for the runner's life (vgg16 split 7,15: its tail's 504 MB).
     """
 
     def __init__(

@@ -74,7 +74,7 @@ def traced() -> Iterator[None]:
 def test_a_local_runners_bytes_go_with_it(traced):
     """A local runner's slice is the whole model; the slicer kept its bytes after the runner was closed and dropped,
     for the rest of the run or of an EdgeNode (72 MiB model: RSS +77 MiB; vgg16: 553 MB). The runner itself drops
-    them once its session holds them: kept, a split's tail held vgg16's largest weights twice (500 MB)."""
+    them once its session holds them: kept, a split's tail held its weights a second time (vgg16 split 7,15: 504 MB)."""
     model = conv_chain(layers=4, channels=256)  # 9.4 MB of weights
     graph = analyze(model, "chain")
     slicer = Slicer(model, graph)

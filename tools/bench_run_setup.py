@@ -8,10 +8,7 @@ Against an in-process rr-server on loopback, per model, with a fresh `Slicer` pe
   serializing and hashing the slices, the server's status queries and opening the local sessions;
 * `replan_ms`: one drift re-plan (`make_plan` on the same predictions, a third of them measured, with another link);
 * `switch_back_s`: `make_runner` for a split the run ran before, after a runner of another split (a re-plan flipping
-  between two splits, or the first plan tried again after the network recovered);
-* `to_split_s`, `to_local_s`: `make_runner` for a switch mid-run (`connect_later`: no request waits for the server)
-  to a split with a head and a tail (blocks up to a third of the way run here, the middle third on the server), and
-  to running every block here (after the network slowed down or went away); no request is served meanwhile.
+  between two splits, or the first plan tried again after the network recovered).
 
     python -m tools.bench_run_setup [--models vgg16,resnet152] [--size 224] [--repeat 5] [--rounds 3]
         [--baseline DIR]
@@ -36,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MEASURES = ("setup_s", "replan_ms", "switch_back_s", "to_split_s", "to_local_s")
+MEASURES = ("setup_s", "replan_ms", "switch_back_s")
 
 
 def measure(path: str, repeat: int) -> dict[str, Any]:
@@ -120,16 +117,6 @@ def measure(path: str, repeat: int) -> dict[str, Any]:
                 out["switch_back_s"].append(time.perf_counter() - start)
                 switched.close()
             runner.close()
-
-            out["to_split"] = [n // 3, 2 * n // 3]
-            for measure, to in (("to_split_s", tuple(out["to_split"])), ("to_local_s", (n - 1, n - 1))):
-                for _ in range(repeat):
-                    start = time.perf_counter()
-                    runner = make_runner(
-                        slicer, graph, to, client, config=config, settings=settings, connect_later=True
-                    )
-                    out[measure].append(time.perf_counter() - start)
-                    runner.close()
     out["blocks"] = n
     out["code"] = str(Path(sys.modules["rr_edge"].__file__ or "").parents[1])  # the tree measured
     return out
@@ -175,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["load_avg_1min"].append(round(os.getloadavg()[0], 2))
                 runs[label].append(_worker(tree, path, args.repeat))
         first = runs["this"][0]
-        entry: dict[str, Any] = {k: first[k] for k in ("blocks", "split", "other_split", "to_split", "middle_mb")}
+        entry: dict[str, Any] = {k: first[k] for k in ("blocks", "split", "other_split", "middle_mb")}
         for label, results in runs.items():
             entry[label] = {m: statistics.median(t for r in results for t in r[m]) for m in MEASURES}
             entry[label]["code"] = results[0]["code"]
