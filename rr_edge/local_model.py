@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper
 
+from rr_edge.errors import ModelError
+
 MIN_BYTES = 1 << 16  # a weight this large goes to the session as an array (a shape tensor is far smaller)
 LOCATION = "in-memory"  # the file an external-data entry of a stand-in names: none is ever read
 # element types whose raw data numpy reads as is (the others: bfloat16, float8, 4-bit, strings stay in the bytes)
@@ -32,9 +34,9 @@ _ARRAY_TYPES: dict[int, np.dtype] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LocalModel:
-    """ONNX bytes whose external-data weights are the arrays of `weights`, by name."""
+    """ONNX bytes whose external-data weights are the arrays of `weights`, by name (equal only to itself)."""
 
     onnx: bytes
     weights: Mapping[str, np.ndarray]
@@ -55,8 +57,14 @@ def stand_in(t: TensorProto) -> TensorProto:
 
 
 def weight_array(t: TensorProto) -> np.ndarray:
-    """The array of weight `t` (one copy of its raw data, read-only; ONNX stores it little-endian)."""
-    return np.frombuffer(t.raw_data, dtype=_ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(tuple(t.dims))
+    """The array of weight `t` (one copy of its raw data, read-only; ONNX stores it little-endian); a ModelError when
+    its raw data is not the size its dims and type give (a model built in memory: `load_model` refuses such files)."""
+    data = t.raw_data
+    if len(data) != _nbytes(t):
+        raise ModelError(
+            f"weight {t.name!r} holds {len(data)} bytes, expected {_nbytes(t)} for its dims {list(t.dims)}"
+        )
+    return np.frombuffer(data, dtype=_ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(tuple(t.dims))
 
 
 def _nbytes(t: TensorProto) -> int:

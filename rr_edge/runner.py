@@ -103,7 +103,8 @@ class RemoteExecutor(Protocol):
 @dataclass(frozen=True)
 class PlanSlices:
     """The three parts of a plan as standalone ONNX models (None where a part is empty): the middle as the server is
-    sent it (and this device runs it when the server cannot), the head and tail as they run here."""
+    sent it (and this device runs it when the server cannot), the head and tail as they run here (a `Runner` keeps
+    neither once its sessions hold them: its `slices` has None for both)."""
 
     split: tuple[int, int]
     head: bytes | LocalModel | None

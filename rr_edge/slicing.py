@@ -130,7 +130,7 @@ class Slicer:
         return kept
 
     def whole(self, what: str) -> bytes:
-        """The model's own bytes (`whole_model_bytes`): what the slice of all its blocks is sent and run as."""
+        """The model's own bytes (`whole_model_bytes`): what the slice of all its blocks is sent as."""
         return whole_model_bytes(self._model, what)
 
     def local(self, a: int, b: int, what: str) -> LocalModel:
@@ -139,11 +139,31 @@ class Slicer:
         graph inputs (old exporters) keeps them in its bytes: ONNX Runtime takes those for inputs."""
         if self._weights_as_inputs:
             return LocalModel(model_bytes(self.slice(a, b), what), {})
-        m = self._cut(a, b, self._local_stand_ins)
+        whole = (a, b) == (0, len(self) - 1) and not self._sampled
+        m = self._model_with_stand_ins() if whole else self._cut(a, b, self._local_stand_ins)
         arrays = {
             t.name: weight_array(self._initializers[t.name]) for t in m.graph.initializer if t.name in self._handed
         }
         return LocalModel(model_bytes(m, what), arrays)
+
+    def _model_with_stand_ins(self) -> onnx.ModelProto:
+        """The model itself, its large weights swapped for stand-ins: all its blocks as the local plan runs them, not
+        cut (a cut of all the blocks had run where the model's own bytes ran before: one holding a sparse
+        initializer, which the cut does not know, failed; review)."""
+        m = onnx.ModelProto()
+        g = m.graph  # filled in place
+        for source, copy, skip in ((self._model, m, "graph"), (self._model.graph, g, "initializer")):
+            for field, value in source.ListFields():
+                if field.name == skip:
+                    continue
+                if field.is_repeated:
+                    getattr(copy, field.name).extend(value)
+                elif field.message_type is not None:
+                    getattr(copy, field.name).CopyFrom(value)
+                else:
+                    setattr(copy, field.name, value)
+        g.initializer.extend(self._local_stand_ins[t.name] for t in self._model.graph.initializer)
+        return m
 
     @functools.cached_property
     def _handed(self) -> frozenset[str]:
