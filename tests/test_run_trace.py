@@ -5,6 +5,9 @@ them), and an unwritable path refused before any work."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from rr_edge.blocks import analyze
 from rr_edge.cli import main
 from rr_edge.commands.run import Trace
 from rr_edge.runner import RunResult
-from tests._server_process import ServerProcess
+from tests._server_process import REPO, ServerProcess
 from tools.bench_runner import conv_chain
 
 REQUEST_KEYS = {"event", "k", "t_s", "split", "fallback", "total_ms", "remote_ms", "error"}
@@ -91,3 +94,59 @@ def test_a_switch_line_names_both_splits_and_the_requests_before_it(tmp_path):
     assert set(switch) == {"event", "t_s", "k", "from", "to"}
     assert (switch["event"], switch["k"], switch["from"], switch["to"]) == ("switch", 1, [-1, 10], [12, 12])
     assert switch["t_s"] >= 0
+
+
+def _complete_lines(path: Path) -> list[dict]:
+    """The lines written so far by a run still going (the last one may be half written)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def test_a_plan_made_once_the_server_answers_writes_a_switch_line(chain_files, tmp_path):
+    """`rr-edge run` started while its server is down runs every request locally, with no plan; once the server
+    answers, the plan made then is run from the next request on, and the trace says so in a `switch` line."""
+    path, x = chain_files
+    n = len(analyze(onnx.load(path)).blocks)
+    data = tmp_path / "data"
+    first = ServerProcess(data)
+    try:
+        profile = ["profile", str(path), "--server", first.address, "--node", "n", "--sample", "1", "--rounds", "1",
+                   "--min-runs", "2", "--min-time", "0"]  # fmt: skip
+        assert main(profile) == 0
+        assert main(["netprofile", "--server", first.address, "--node", "n", "--max-mb", "1", "--upload-max-mb", "0",
+                     "--repeats", "1"]) == 0  # fmt: skip
+    finally:
+        first.stop()
+    trace = tmp_path / "run.jsonl"
+    argv = [sys.executable, "-m", "rr_edge.cli", "run", str(path), "--server", first.address, "--node", "n",
+            "--input", str(x), "--repeat", "10000000", "--retry-interval", "0.1", "--trace", str(trace)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        run = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    second = None
+    try:
+        _wait_for(lambda: _complete_lines(trace), run, log)  # running, locally
+        second = ServerProcess(data, "--listen", first.address)  # the same server back, on the same address
+        _wait_for(lambda: any(line["event"] == "switch" for line in _complete_lines(trace)), run, log)
+    finally:
+        run.kill()
+        run.wait(10)
+        if second is not None:
+            second.stop()
+    lines = _complete_lines(trace)
+    at = next(k for k, line in enumerate(lines) if line["event"] == "switch")
+    switch, before = lines[at], lines[:at]
+    assert switch["from"] == [n - 1, n - 1] and switch["k"] == len(before) >= 1
+    assert all(line["split"] == [n - 1, n - 1] and line["fallback"] for line in before)
+    assert all(line["error"].startswith("no plan: the server could not be reached") for line in before)
+    after = [line for line in lines[at + 1 :] if line["event"] == "request"][:1]  # the next request, if written
+    assert all(line["k"] == switch["k"] and line["split"] == switch["to"] for line in after)
+
+
+def _wait_for(condition, run: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert run.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
