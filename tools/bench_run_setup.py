@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -122,19 +120,6 @@ def measure(path: str, repeat: int) -> dict[str, Any]:
     return out
 
 
-def _worker(tree: Path, path: Path, repeat: int) -> dict[str, Any]:
-    """`measure` in a subprocess importing `tree`'s code."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    code = f"import json, sys; sys.path.insert(0, {str(REPO)!r}); from tools.bench_run_setup import measure; "
-    code += f"sys.path.pop(0); print(json.dumps(measure({str(path)!r}, {repeat})))"
-    # the module comes from this tree; rr_edge is imported inside `measure`, from `tree` (first on PYTHONPATH)
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"worker for {tree} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="vgg16,resnet152")
@@ -145,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from tools._models import cached_export
+    from tools._trees import alternate, trees
 
-    trees = {"baseline": args.baseline.resolve(), "this": REPO} if args.baseline else {"this": REPO}
     report: dict[str, Any] = {
         "repeat": args.repeat,
         "rounds": args.rounds,
@@ -156,19 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.models.split(","):
         path = cached_export(name, args.size)
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
-        for _ in range(args.rounds):
-            for label, tree in trees.items():
-                report["load_avg_1min"].append(round(os.getloadavg()[0], 2))
-                runs[label].append(_worker(tree, path, args.repeat))
-        first = runs["this"][0]
-        entry: dict[str, Any] = {k: first[k] for k in ("blocks", "split", "other_split", "middle_mb")}
-        for label, results in runs.items():
-            entry[label] = {m: statistics.median(t for r in results for t in r[m]) for m in MEASURES}
-            entry[label]["code"] = results[0]["code"]
-        if args.baseline:
-            entry["ratio_baseline_over_this"] = {m: entry["baseline"][m] / entry["this"][m] for m in MEASURES}
-        entry["runs"] = runs  # every timing, by tree and round
+        call = f"measure({str(path)!r}, {args.repeat})"
+        entry = alternate(
+            trees(args.baseline), args.rounds, "tools.bench_run_setup", call, MEASURES, report["load_avg_1min"]
+        )
+        entry = {**{k: entry["runs"]["this"][0][k] for k in ("blocks", "split", "other_split", "middle_mb")}, **entry}
         report[name] = entry
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -95,18 +93,6 @@ def measure(path: str, repeat: int, tuned: bool) -> dict[str, Any]:
     return out
 
 
-def _worker(tree: Path, path: Path, repeat: int, tuned: bool) -> dict[str, Any]:
-    """`measure` in a subprocess importing `tree`'s code."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    code = f"import json, sys; sys.path.insert(0, {str(REPO)!r}); from tools.bench_switch import measure; "
-    code += f"sys.path.pop(0); print(json.dumps(measure({str(path)!r}, {repeat}, {tuned})))"
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"worker for {tree} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="vgg16,resnet152,resnet18")
@@ -118,25 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from tools._models import cached_export
+    from tools._trees import alternate, trees
 
-    trees = {"baseline": args.baseline.resolve(), "this": REPO} if args.baseline else {"this": REPO}
     report: dict[str, Any] = {"repeat": args.repeat, "rounds": args.rounds, "size": args.size,
                               "allocator": "glibc defaults" if args.untuned else "tuned (rr-edge CLI)",
                               "cpus": os.cpu_count(), "load_avg_1min": []}  # fmt: skip
     for name in args.models.split(","):
         path = cached_export(name, args.size)
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
-        for _ in range(args.rounds):
-            for label, tree in trees.items():
-                report["load_avg_1min"].append(round(os.getloadavg()[0], 2))
-                runs[label].append(_worker(tree, path, args.repeat, not args.untuned))
-        entry: dict[str, Any] = {k: runs["this"][0][k] for k in ("blocks", "split")}
-        for label, results in runs.items():
-            entry[label] = {m: statistics.median(t for r in results for t in r[m]) for m in MEASURES}
-            entry[label]["code"] = results[0]["code"]
-        if args.baseline:
-            entry["ratio_baseline_over_this"] = {m: entry["baseline"][m] / entry["this"][m] for m in MEASURES}
-        entry["runs"] = runs  # every timing, by tree and round
+        call = f"measure({str(path)!r}, {args.repeat}, {not args.untuned})"
+        entry = alternate(
+            trees(args.baseline), args.rounds, "tools.bench_switch", call, MEASURES, report["load_avg_1min"]
+        )
+        entry = {**{k: entry["runs"]["this"][0][k] for k in ("blocks", "split")}, **entry}
         report[name] = entry
     json.dump(report, sys.stdout, indent=2)
     print()
