@@ -30,9 +30,14 @@ def progress_bars(enabled: bool = True, console: Console | None = None) -> Itera
     tasks: dict[str, Any] = {}
 
     def update(stage: str, done: int, total: int, label: str = "") -> None:
+        if not tasks:  # drawn from the first step on: a command failing before any (no server) left an empty line
+            progress.start()
         if stage not in tasks:
             tasks[stage] = progress.add_task(stage, total=max(total, 1), label="")
         progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1), label=label)
 
-    with progress:
+    try:
         yield update
+    finally:
+        if tasks:
+            progress.stop()

@@ -137,6 +137,14 @@ def test_progress_labels_are_text_not_markup(name: str) -> None:
     assert f"{name}[3]" in out.getvalue()
 
 
+def test_no_step_draws_nothing() -> None:
+    """A command failing before its first step (no server) printed an empty line before its error."""
+    out = io.StringIO()
+    with progress_bars(console=Console(file=out, width=120, force_terminal=True)):
+        pass
+    assert out.getvalue() == ""
+
+
 def test_profiling_a_model_named_like_markup() -> None:
     from rr_edge.blocks import analyze
     from rr_edge.profiler import profile_model
