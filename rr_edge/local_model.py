@@ -20,6 +20,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from rr_edge.errors import ModelError
+from rr_edge.onnx_io import raw_size
 
 MIN_BYTES = 1 << 16  # a weight this large goes to the session as an array (a shape tensor is far smaller)
 LOCATION = "in-memory"  # the file an external-data entry of a stand-in names: none is ever read
@@ -45,13 +46,13 @@ class LocalModel:
 def handed_over(t: TensorProto) -> bool:
     """Whether weight `t` goes to a local session as an array: raw data of at least `MIN_BYTES` of a type numpy
     reads as is (sized from its dims: reading `raw_data` copies it)."""
-    return t.data_type in _ARRAY_TYPES and t.HasField("raw_data") and _nbytes(t) >= MIN_BYTES
+    return t.data_type in _ARRAY_TYPES and t.HasField("raw_data") and raw_size(t) >= MIN_BYTES
 
 
 def stand_in(t: TensorProto) -> TensorProto:
     """`t`'s name, type and dims with its data external: what a `LocalModel`'s bytes hold in its place."""
     s = TensorProto(name=t.name, data_type=t.data_type, dims=t.dims, data_location=TensorProto.EXTERNAL)
-    for key, value in (("location", LOCATION), ("offset", "0"), ("length", str(_nbytes(t)))):
+    for key, value in (("location", LOCATION), ("offset", "0"), ("length", str(raw_size(t)))):
         s.external_data.add(key=key, value=value)
     return s
 
@@ -60,12 +61,8 @@ def weight_array(t: TensorProto) -> np.ndarray:
     """The array of weight `t` (one copy of its raw data, read-only; ONNX stores it little-endian); a ModelError when
     its raw data is not the size its dims and type give (a model built in memory: `load_model` refuses such files)."""
     data = t.raw_data
-    if len(data) != _nbytes(t):
+    if len(data) != raw_size(t):
         raise ModelError(
-            f"weight {t.name!r} holds {len(data)} bytes, expected {_nbytes(t)} for its dims {list(t.dims)}"
+            f"weight {t.name!r} holds {len(data)} bytes, expected {raw_size(t)} for its dims {list(t.dims)}"
         )
     return np.frombuffer(data, dtype=_ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(tuple(t.dims))
-
-
-def _nbytes(t: TensorProto) -> int:
-    return int(np.prod(t.dims, dtype=np.int64)) * _ARRAY_TYPES[t.data_type].itemsize

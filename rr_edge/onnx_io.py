@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
-from google.protobuf.message import EncodeError
+from google.protobuf.message import EncodeError, Message
 from onnx import TensorProto, ValueInfoProto, helper, numpy_helper
 
 from rr_edge.errors import ModelError
@@ -38,7 +38,6 @@ __all__ = [
 
 _MAX_INLINE_BYTES = 2**31 - 1  # protobuf's limit on one message: a larger model is saved with external data
 _EXTERNAL_MIN_BYTES = 1024  # with external data, tensors of at least this many bytes go to the data file
-RAW_DATA_FIELD = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number  # 9: its tag is one byte
 
 
 @dataclass(frozen=True)
@@ -112,20 +111,30 @@ def tensor_size(t: TensorProto) -> int:
     loads no tensor where they disagree): protobuf's upb ByteSize serializes a message to count it, so `slice_size`
     had held each weight twice over (a 411 MB vgg16 weight: 822 MB, review). A tensor of typed data fields, of a
     type under a byte, or of external data is counted as ByteSize counts it."""
-    size = dtype_size(t.data_type)
-    if size == 0 or not t.HasField("raw_data"):
+    if dtype_size(t.data_type) == 0 or not t.HasField("raw_data"):
         return t.ByteSize()
     stub = TensorProto()  # every field but raw_data: name, dims, type, segment, external data, metadata
-    for f in t.DESCRIPTOR.fields:
-        if f.number == RAW_DATA_FIELD:
+    copy_fields(t, stub, skip="raw_data")
+    return stub.ByteSize() + 1 + field_size(raw_size(t))  # raw_data: a one-byte tag, its length, its bytes
+
+
+def raw_size(t: TensorProto) -> int:
+    """The bytes `t`'s raw data holds by its dims and element type (0 for a type of no fixed size: strings)."""
+    return math.prod(t.dims) * dtype_size(t.data_type)
+
+
+def copy_fields(source: Message, target: Message, skip: str) -> None:
+    """Every field `source` has set but `skip` copied into `target`, a message of the same type; `skip`'s value is
+    never read (`ListFields` reads every value: a tensor's raw data would be copied)."""
+    for f in source.DESCRIPTOR.fields:
+        if f.name == skip:
             continue
         if f.is_repeated:
-            getattr(stub, f.name).extend(getattr(t, f.name))
-        elif t.HasField(f.name) and f.message_type is not None:
-            getattr(stub, f.name).CopyFrom(getattr(t, f.name))
-        elif t.HasField(f.name):
-            setattr(stub, f.name, getattr(t, f.name))
-    return stub.ByteSize() + 1 + field_size(math.prod(t.dims) * size)  # raw_data: a one-byte tag, its length, its bytes
+            getattr(target, f.name).extend(getattr(source, f.name))
+        elif source.HasField(f.name) and f.message_type is not None:
+            getattr(target, f.name).CopyFrom(getattr(source, f.name))
+        elif source.HasField(f.name):
+            setattr(target, f.name, getattr(source, f.name))
 
 
 def field_size(size: int) -> int:
@@ -371,15 +380,11 @@ def _check_initializer_sizes(model: onnx.ModelProto, p: Path) -> None:
     for t in model.graph.initializer:
         if not t.HasField("raw_data"):
             continue
-        size = dtype_size(t.data_type)
-        if size == 0:
+        if dtype_size(t.data_type) == 0:
             continue
-        numel = 1
-        for d in t.dims:
-            numel *= d
-        if len(t.raw_data) != numel * size:
+        if len(t.raw_data) != raw_size(t):
             raise ModelError(
-                f"{p}: initializer {t.name!r} holds {len(t.raw_data)} bytes, expected {numel * size} "
+                f"{p}: initializer {t.name!r} holds {len(t.raw_data)} bytes, expected {raw_size(t)} "
                 "(truncated file or external data?)"
             )
 

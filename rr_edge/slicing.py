@@ -31,7 +31,7 @@ from rr_edge.blocks import BlockGraph, node_domains, node_inputs
 from rr_edge.client_types import slice_id_of
 from rr_edge.errors import ModelError
 from rr_edge.local_model import LocalModel, handed_over, stand_in, weight_array
-from rr_edge.onnx_io import TensorInfo, elem_type, field_size, tensor_size, with_subgraph_nodes
+from rr_edge.onnx_io import TensorInfo, copy_fields, elem_type, field_size, tensor_size, with_subgraph_nodes
 from rr_edge.shapes import shape_value
 
 log = logging.getLogger(__name__)
@@ -152,16 +152,8 @@ class Slicer:
         initializer, which the cut does not know, failed; review)."""
         m = onnx.ModelProto()
         g = m.graph  # filled in place
-        for source, copy, skip in ((self._model, m, "graph"), (self._model.graph, g, "initializer")):
-            for field, value in source.ListFields():
-                if field.name == skip:
-                    continue
-                if field.is_repeated:
-                    getattr(copy, field.name).extend(value)
-                elif field.message_type is not None:
-                    getattr(copy, field.name).CopyFrom(value)
-                else:
-                    setattr(copy, field.name, value)
+        copy_fields(self._model, m, skip="graph")
+        copy_fields(self._model.graph, g, skip="initializer")
         g.initializer.extend(self._local_stand_ins[t.name] for t in self._model.graph.initializer)
         return m
 
