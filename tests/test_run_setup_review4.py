@@ -34,35 +34,34 @@ def client(tmp_path) -> Iterator[Client]:
             yield c
 
 
+def record_cuts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The block ranges the slicer cuts out from now on (`Slicer.slice`, `Slicer.local`; the model taken whole,
+    `Slicer.whole`, as the cut of all its blocks)."""
+    cuts: list[tuple[int, int]] = []
+    real, real_local, real_whole = Slicer.slice, Slicer.local, Slicer.whole
+    monkeypatch.setattr(Slicer, "slice", lambda slicer, a, b: cuts.append((a, b)) or real(slicer, a, b))
+    monkeypatch.setattr(
+        Slicer, "local", lambda slicer, a, b, what: cuts.append((a, b)) or real_local(slicer, a, b, what)
+    )
+    monkeypatch.setattr(
+        Slicer, "whole", lambda slicer, what: cuts.append((0, len(slicer) - 1)) or real_whole(slicer, what)
+    )
+    return cuts
+
+
 class Work:
-    """Counts the cuts (`Slicer.slice` and `Slicer.local`, by block range; the model taken whole, `Slicer.whole`, as
-    the cut of all its blocks) and the SHA-256 hashes of given bytes (by length)."""
+    """Counts the cuts (`record_cuts`) and the SHA-256 hashes of given bytes (by length)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.cuts: list[tuple[int, int]] = []
+        self.cuts = record_cuts(monkeypatch)
         self.hashed: list[bytes] = []
-        real_slice, real_local, real_whole, real_sha256 = Slicer.slice, Slicer.local, Slicer.whole, hashlib.sha256
-
-        def cut(slicer: Slicer, a: int, b: int) -> Any:
-            self.cuts.append((a, b))
-            return real_slice(slicer, a, b)
-
-        def local(slicer: Slicer, a: int, b: int, what: str) -> Any:
-            self.cuts.append((a, b))
-            return real_local(slicer, a, b, what)
-
-        def whole(slicer: Slicer, what: str) -> bytes:
-            self.cuts.append((0, len(slicer) - 1))
-            return real_whole(slicer, what)
+        real_sha256 = hashlib.sha256
 
         def sha256(*args: Any, **kw: Any) -> Any:
             if args:
                 self.hashed.append(bytes(args[0]))
             return real_sha256(*args, **kw)
 
-        monkeypatch.setattr(Slicer, "slice", cut)
-        monkeypatch.setattr(Slicer, "local", local)
-        monkeypatch.setattr(Slicer, "whole", whole)
         monkeypatch.setattr(hashlib, "sha256", sha256)
 
     def hashes_of(self, data: bytes) -> int:

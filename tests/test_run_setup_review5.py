@@ -26,7 +26,7 @@ from rr_edge.client import Client
 from rr_edge.commands import plan as plan_command
 from rr_edge.offload import make_plan, make_runner, plan_with_server_cache
 from rr_edge.slicing import Slicer
-from tests.test_run_setup_review4 import _offloading_costs, _random_costs, _x
+from tests.test_run_setup_review4 import _offloading_costs, _random_costs, _x, record_cuts
 from tools.bench_runner import conv_chain
 
 
@@ -44,21 +44,6 @@ def _sliced_bytes() -> int:
     made_in = [tracemalloc.Filter(True, slicing.__file__), tracemalloc.Filter(True, local_model.__file__)]
     snapshot = tracemalloc.take_snapshot().filter_traces(made_in)
     return sum(stat.size for stat in snapshot.statistics("filename"))
-
-
-def _cuts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The block ranges the slicer cuts out from now on (`Slicer.slice`, `Slicer.local`; the model taken whole,
-    `Slicer.whole`, as the cut of all its blocks)."""
-    cuts: list[tuple[int, int]] = []
-    real, real_local, real_whole = Slicer.slice, Slicer.local, Slicer.whole
-    monkeypatch.setattr(Slicer, "slice", lambda slicer, a, b: cuts.append((a, b)) or real(slicer, a, b))
-    monkeypatch.setattr(
-        Slicer, "local", lambda slicer, a, b, what: cuts.append((a, b)) or real_local(slicer, a, b, what)
-    )
-    monkeypatch.setattr(
-        Slicer, "whole", lambda slicer, what: cuts.append((0, len(slicer) - 1)) or real_whole(slicer, what)
-    )
-    return cuts
 
 
 @pytest.fixture
@@ -96,7 +81,7 @@ def test_plan_to_runner_cuts_the_middle_once_and_the_closed_runner_keeps_nothing
     slicer = Slicer(model, graph)
     with Client(server) as client:
         before = _sliced_bytes()
-        cuts = _cuts(monkeypatch)
+        cuts = record_cuts(monkeypatch)
         report = plan_with_server_cache(client, model, graph, _offloading_costs(graph), slicer)
         i, j = report.chosen.i, report.chosen.j
         assert i < j
@@ -123,7 +108,7 @@ def test_edge_node_plan_to_runner_cuts_the_middle_once_and_keeps_nothing_after(s
     with EdgeNode(server, "n") as node:
         graph = node.blocks(path)  # the model loaded before anything is traced
         before = _sliced_bytes()
-        cuts = _cuts(monkeypatch)
+        cuts = record_cuts(monkeypatch)
         report = node.plan(path)
         i, j = report.chosen.i, report.chosen.j
         assert i < j
@@ -204,7 +189,7 @@ def test_rr_edge_run_cuts_the_planned_middle_slice_once(server, tmp_path, monkey
     monkeypatch.setattr(
         plan_command, "gather_costs", lambda client, node, graph, power, wait_s: _offloading_costs(graph)
     )
-    cuts = _cuts(monkeypatch)
+    cuts = record_cuts(monkeypatch)
     argv = ["run", str(path), "--server", server, "--node", "n", "--input", str(tmp_path / "x.npy"), "--json"]
     assert cli.main(argv) == 0
     ran = json.loads(capsys.readouterr().out)
