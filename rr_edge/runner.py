@@ -59,6 +59,9 @@ MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of 
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 MAX_PROBE_WAIT_S = 60.0  # the longest wait between two uploads to a server that answers but whose uploads fail
 PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
+# `RunResult.error` of a request finished locally without asking the server, before the error that made it so
+DOWN = "server down, running locally until it answers: "
+RELOADING = "running locally while the slice is uploaded again: "
 # A request waits for the server's answer ANSWER_FACTOR times its expected round trip (the network models' transfer
 # and the server's run, as predicted or as it reported it lately, whichever is longer) plus ANSWER_MARGIN_S, twice
 # as long after each wait that ran out, at most RunnerConfig.timeout_s (`_Link.answer_s`). With the fixed 30 s
@@ -703,9 +706,9 @@ class Runner:
         elif self._down_error is None:  # made with `connect_later`, and not connected yet
             why = "UNAVAILABLE: running locally while the slice is made ready on the server"
         elif _slice_lost(self._down_error):  # the server is up: it asked for the slice again
-            why = f"running locally while the slice is uploaded again: {self._down_error}"
+            why = f"{RELOADING}{self._down_error}"
         else:
-            why = f"server down, running locally until it answers: {self._down_error}"
+            why = f"{DOWN}{self._down_error}"
         result.error = result.error or why
         env.update(self._run_local(self._middle_local, env))
 
@@ -776,6 +779,15 @@ class Runner:
 
     def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         return self.run(inputs).outputs
+
+
+def fallback_cause(error: str) -> str:
+    """The failure a request that finished locally stems from (its `RunResult.error`): a request not sent while the
+    server was down, or while it was sent the slice again, names the error that made it so after its own words
+    (`DOWN`, `RELOADING`), and counts with the request that met that error."""
+    for prefix in (DOWN, RELOADING):
+        error = error.removeprefix(prefix)
+    return error
 
 
 def _slice_lost(exc: Exception | None) -> bool:

@@ -21,8 +21,10 @@ import rr_server
 import rr_server.inference_servicer as inference_servicer
 from rr_edge.api import EdgeNode
 from rr_edge.client import Client, ClientOptions
+from rr_edge.commands import run as run_command
+from rr_edge.meters import ModelMeter
 from rr_edge.offload import make_runner
-from rr_edge.runner import RunnerConfig
+from rr_edge.runner import RunnerConfig, fallback_cause
 from rr_server.errors import InvalidArgument
 from tests._server_process import ServerProcess
 
@@ -152,6 +154,9 @@ def test_a_failing_server_is_marked_down_without_reuploading(chain, in_process, 
     runner.close()
     assert first.fallback and "INTERNAL" in first.error and runner.server_down
     assert second.fallback and second.error == f"server down, running locally until it answers: {first.error}"
+    # one outage, one reason: the run's summary counts both requests under the error the first one met
+    summary = run_command.summarize((0, 2), [first, second], [None, None], ModelMeter(), 0.0)
+    assert summary["fallback_reasons"] == {first.error: 2}
     assert checks == []
     np.testing.assert_allclose(first.outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-6)
 
@@ -335,7 +340,8 @@ def test_a_slice_the_server_lost_is_uploaded_again_off_the_request_path(chain, t
         lost = runner.run(x)
         assert lost.fallback and "NOT_FOUND" in lost.error
         deadline = time.monotonic() + GENEROUS_S
-        while runner.run(x).fallback:
+        while (result := runner.run(x)).fallback:
+            assert fallback_cause(result.error) == lost.error  # the slice lost is why, however the request says it
             assert time.monotonic() < deadline, "the runner never offloaded again"
             time.sleep(0.02)
         runner.close()

@@ -65,7 +65,7 @@ from rr_edge.offload import (
     validate_split,
 )
 from rr_edge.onnx_io import TensorInfo, load_model
-from rr_edge.runner import Runner, RunnerConfig, RunResult, modelled_mJ
+from rr_edge.runner import Runner, RunnerConfig, RunResult, fallback_cause, modelled_mJ
 from rr_edge.session import OrtSettings, array_fits
 from rr_edge.slicing import Slicer, whole_model_bytes
 
@@ -290,7 +290,7 @@ def summarize(
         "energy_source": meter.source,
         "energy_measured": meter.measured,
         "fallback": any(r.fallback for r in results),
-        "fallback_reasons": dict(Counter(r.error for r in results if r.fallback).most_common()),
+        "fallback_reasons": dict(Counter(fallback_cause(r.error) for r in results if r.fallback).most_common()),
         "max_abs_diff_vs_local": diff,
     }
 
