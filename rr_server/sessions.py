@@ -29,9 +29,11 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 
 from rr_edge.cpus import ort_threads
+from rr_edge.meters.nvml import nvml_gpu_name
 from rr_edge.session import usable_providers
 from rr_proto.codec import datatype_of, dtype_of, raw_size
 from rr_proto.providers import provider_name
+from rr_server.config import DEFAULT_PROVIDERS
 from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from rr_server.run_watchdog import MAX_RUN_SECONDS, Run, RunCaller, RunWatchdog
 
@@ -108,7 +110,16 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     built = set(ort.get_available_providers())
     missing = [n for n in names if n in built and n not in usable]
     if missing:
-        log.warning("execution providers %s are built in but do not load here; using %s", missing, usable)
+        # The default asks for CUDA wherever it loads: on a host with no NVIDIA GPU, serving on CPU is as expected
+        # (it was a warning at every start of a CPU server); on one with a GPU, or when asked for, it is not.
+        expected = tuple(requested) == DEFAULT_PROVIDERS and nvml_gpu_name() is None
+        log.log(
+            logging.INFO if expected else logging.WARNING,
+            "execution providers %s are built in but do not load here%s; using %s",
+            missing,
+            " (no NVIDIA GPU)" if expected else "",
+            usable,
+        )
     return [n for n in names if n in usable]
 
 

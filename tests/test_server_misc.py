@@ -28,7 +28,7 @@ from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as pb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_proto.status import RETRY_PUSHBACK_KEY
-from rr_server.config import OPEN_CHECK_SLOTS, OPEN_STREAM_SLOTS
+from rr_server.config import DEFAULT_PROVIDERS, OPEN_CHECK_SLOTS, OPEN_STREAM_SLOTS
 
 
 @pytest.fixture
@@ -395,6 +395,16 @@ def test_the_server_keeps_the_requested_providers_that_load_in_its_order(monkeyp
     with caplog.at_level(logging.WARNING, logger="rr_server.sessions"):
         assert sessions.resolve_providers(["cuda", "rocm"]) == ["CPUExecutionProvider"]
     assert "['CUDAExecutionProvider'] are built in but do not load here" in caplog.text  # ROCm is not built in
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rr_server.sessions"):
+        monkeypatch.setattr(sessions, "nvml_gpu_name", lambda: None)
+        assert sessions.resolve_providers(DEFAULT_PROVIDERS) == ["CPUExecutionProvider"]
+        monkeypatch.setattr(sessions, "nvml_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+        assert sessions.resolve_providers(DEFAULT_PROVIDERS) == ["CPUExecutionProvider"]
+    # the default on a host with no GPU: CPU as expected, said once at INFO; with a GPU whose CUDA fails: a warning
+    assert [(r.levelname, "(no NVIDIA GPU)" in r.getMessage()) for r in caplog.records] == [
+        ("INFO", True), ("WARNING", False),
+    ]  # fmt: skip
 
 
 def test_a_second_sigterm_cuts_the_drain_short(tmp_path):
