@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import platform
+import socket
 import ssl
 import threading
 from concurrent import futures
@@ -97,6 +98,44 @@ def check_tls(tls: TlsConfig) -> None:
             raise ValueError(f"TLS: cannot read {tls.client_ca}: {exc.strerror or exc}") from None
 
 
+def check_addresses(config: ServerConfig) -> None:
+    """OSError, with the reason (in use, not an address of this host, no such host), when the gRPC address or the
+    metrics port cannot be bound now. The CLI checks before it makes anything (the data dir); `start` before gRPC
+    binds, whose own failure is a line of its log on stderr and an error without the reason."""
+    host, port = config.listen.rsplit(":", 1)
+    exc = _bind_error(host.strip("[]"), int(port))
+    if exc is not None:
+        raise OSError(f"cannot listen on {config.listen}: {exc.strerror or exc}")
+    if config.metrics_port is not None:
+        exc = _bind_error(_metrics_host(config.listen), config.metrics_port)
+        if exc is not None:
+            raise OSError(f"cannot serve metrics on port {config.metrics_port}: {exc.strerror or exc}")
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why none of the addresses `host` resolves to can be bound to `port` now; None when one can (gRPC serves on
+    those it can bind)."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    first: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do: TIME_WAIT is free
+            try:
+                probe.bind(address)
+                return None
+            except OSError as exc:
+                first = first or exc
+    return first
+
+
+def _metrics_host(listen: str) -> str:
+    """The metrics' address: the gRPC listener's interface (a server on loopback does not publish them beyond it)."""
+    return listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
+
+
 class Server:
     """The rr-server, usable in-process: `with Server(config) as s: s.address`."""
 
@@ -171,6 +210,7 @@ class Server:
             raise
 
     def _start(self) -> str:
+        check_addresses(self.config)
         options = [
             *grpc_options(self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on a port in use fails instead of sharing it
@@ -203,10 +243,9 @@ class Server:
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
         if self.config.metrics_port is not None:
-            # on the gRPC listener's interface: a server on loopback does not publish its metrics beyond it
             try:
                 self.metrics_port = self.metrics.serve_http(
-                    self.config.metrics_port, addr=host.strip("[]") or "0.0.0.0"
+                    self.config.metrics_port, addr=_metrics_host(self.config.listen)
                 )
             except OSError as exc:
                 server.stop(None)  # gives the bound gRPC port back

@@ -3,6 +3,7 @@ one health Watch shutting out the others, and outputs too large to send that wer
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from collections.abc import Callable
@@ -282,6 +283,30 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path, capsys):
         assert server.address  # a str data dir too (it failed on str.mkdir: API review)
         with pytest.raises(DataDirInUse):
             rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path / "data", listen="127.0.0.1:0"))
+
+
+def test_an_address_that_cannot_be_bound_is_refused_before_anything_is_made(tmp_path, capfd):
+    """A port in use printed gRPC's own log line ("Failed to add port") before the server's error, which gave no
+    reason, and the failed start had made the data dir (review). Now one line with the reason, and no data dir."""
+    with serving(tmp_path / "first", metrics_port=0) as (running, _):
+        port = running.address.rsplit(":", 1)[1]
+        for argv, error in (
+            (["--listen", running.address], f"cannot listen on {running.address}: Address already in use"),
+            (["--listen", f"0.0.0.0:{port}"], f"cannot listen on 0.0.0.0:{port}: Address already in use"),
+            (["--listen", "127.0.0.1:0", "--metrics-port", str(running.metrics_port)],
+             f"cannot serve metrics on port {running.metrics_port}: Address already in use"),
+        ):  # fmt: skip
+            capfd.readouterr()
+            assert server_cli.main(["--data-dir", str(tmp_path / "second"), *argv]) == 2
+            lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+            assert {"level": "ERROR", "logger": "rr_server", "msg": f"cannot start: {error}"}.items() <= lines[
+                -1
+            ].items()
+            assert not any(line["msg"] == "stopped" for line in lines)  # no server was made, to be stopped
+            assert not (tmp_path / "second").exists()
+        with pytest.raises(OSError, match=f"cannot listen on {running.address}: Address already in use"):
+            Server(rr_server.ServerConfig(data_dir=tmp_path / "third", listen=running.address)).start()
+    assert "Failed to add port" not in capfd.readouterr().err  # gRPC was not asked to bind it
 
 
 def test_a_damaged_database_is_one_line_at_start(tmp_path, capsys):
