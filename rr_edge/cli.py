@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from rr_edge.commands._interrupt import INTERRUPTED
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_proto.extras import missing_extra
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rr-edge: error: {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # also while the command's modules are still being imported
-        return 130
+        return INTERRUPTED
 
 
 def _run(argv: list[str]) -> int:
@@ -92,7 +93,7 @@ def _run(argv: list[str]) -> int:
         print(f"rr-edge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:

@@ -446,6 +446,7 @@ class Runner:
         self._middle_local: _Local | None = None
         self._slice_id: str | None = None
         self.upload_ms = 0.0  # time spent making the middle slice ready on the server (upload if needed, then load)
+        self.made_ready = 0  # times that succeeded: once, or again after the server lost it (`upload_ms` has all tries)
         self._stream: _Stream | None = None
         self._unary_until = 0.0  # ModelInfer calls until then (monotonic): the server had no stream slot free
         self._down_since: float | None = None
@@ -540,6 +541,7 @@ class Runner:
         finally:
             self._count_upload()  # unless `close` counted it, up to then
         self._down_since = None
+        self.made_ready += 1
         return True
 
     def _mark_down(self, exc: Exception) -> None:
@@ -597,9 +599,14 @@ class Runner:
                 # the requests' reason from here on: a server out of reach, not a slice being made ready (review)
                 self._down_error = ServerUnavailable("UNAVAILABLE: the server does not answer its health check")
             if healthy and down_since is not None and not self._closed:
+                lost = _slice_lost(self._down_error)
                 if self._connect():
-                    what = "slice ready on the server" if first else "server is back"
-                    log.info("%s after %.1f s; offloading", what, time.monotonic() - down_since)
+                    what = (
+                        "slice ready on the server" if first else "slice uploaded again" if lost else "server is back"
+                    )
+                    # at the level its failure was logged: a warning that it failed said nothing once it was over
+                    level = logging.INFO if first else logging.WARNING
+                    log.log(level, "%s after %.1f s; offloading", what, time.monotonic() - down_since)
                     self._probe_wait_s = self.config.retry_interval_s
                 elif isinstance(self._down_error, ServerBusy):  # no upload slot free: again after its pushback
                     self._probe_wait_s = max(self.config.retry_interval_s, self._down_error.retry_after_s)
@@ -704,7 +711,7 @@ class Runner:
         if self._remote_closed:  # closed on purpose: no server will be asked again
             why = "running locally: this runner's client is closed"
         elif self._down_error is None:  # made with `connect_later`, and not connected yet
-            why = "UNAVAILABLE: running locally while the slice is made ready on the server"
+            why = "running locally while the slice is made ready on the server"
         elif _slice_lost(self._down_error):  # the server is up: it asked for the slice again
             why = f"{RELOADING}{self._down_error}"
         else:

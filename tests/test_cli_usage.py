@@ -350,7 +350,7 @@ def test_run_prints_a_readable_summary(capsys, model, x) -> None:  # type: ignor
     assert "{" not in out and "'latency_ms'" not in out  # not a Python dict
     assert "3 requests" in out and "median ms" in out and "measured" in out
     assert "0 of 3 requests finished locally" in out
-    assert "made ready once" not in out  # all local: no middle slice to upload (found by review)
+    assert "middle slice" not in out  # all local: no middle slice to upload (found by review)
 
 
 def test_plan_and_run_tables_read_as_text(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
@@ -381,7 +381,7 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
     summary = {
         "requests": 5, "wall_s": 0.1, "energy_source": "rapl", "upload_ms": 9.5, "fallback_requests": 0,
         "max_abs_diff_vs_local": 1e-6, "segments": [segment_summary(Segment((0, 3), plan, 0, 5), requests, [6.1] * 5)],
-        "predicted_upload_ms": 10.0,
+        "predicted_upload_ms": 10.0, "slices_made_ready": 1,
     }  # fmt: skip
     print_summary("m", summary)
     out = capsys.readouterr().out
@@ -389,7 +389,11 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
     assert "3.00" in predicted_row and "6.0 (model,rapl)" in predicted_row  # 5 - 2 ms, 9 - 3 mJ, from the plan
     measured_row = next(line for line in out.splitlines() if "measured" in line and "0,3" in line)
     assert "6.1 (rapl)" in measured_row  # the run's meter labels only what it measured (found by review)
-    assert "made ready once (upload, open): 9.50 ms, predicted 10.00 ms" in out  # 2 ms x 5 requests
+    assert "made ready once (upload, open): 9.50 ms; upload predicted 10.00 ms" in out  # 2 ms x 5 requests
+    # made ready twice (the server lost it), or never (it never answered): that time was not "once" (walkthrough)
+    for ready, said in ((2, "made ready twice (upload, open): 9.50 ms"), (0, "never made ready on the server (9.50")):
+        print_summary("m", {**summary, "slices_made_ready": ready})
+        assert said in capsys.readouterr().out
 
 
 def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-untyped-def]
@@ -401,7 +405,7 @@ def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-unt
         "split", "requests", "latency_ms", "energy_mJ", "energy_source", "energy_measured", "fallback",
         "fallback_requests", "fallback_reasons", "max_abs_diff_vs_local", "remote_ms_median", "wall_s", "splits_used",
         "segments",
-        "upload_ms",
+        "upload_ms", "slices_made_ready",
     }  # fmt: skip
 
 
@@ -513,7 +517,9 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     # why, for the JSON reader too: the slice being made ready, or (once the runner's health check in the background
     # went unanswered, before either request or between them) the server not answering
     reasons = out["fallback_reasons"]
-    assert sum(reasons.values()) == 2 and all("UNAVAILABLE" in reason for reason in reasons)
+    made_ready, unanswered = "while the slice is made ready on the server", "does not answer its health check"
+    assert sum(reasons.values()) == 2 and all(made_ready in reason or unanswered in reason for reason in reasons)
+    assert out["slices_made_ready"] == 0 and out["segments"][1]["remote_ms_median"] is None
     assert main(argv) == 0
     rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [[cell.strip() for cell in row] for row in rows] == [

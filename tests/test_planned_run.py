@@ -28,6 +28,8 @@ def report(i: int, j: int, upload_ms: float = 0.0) -> Any:
 
 
 class FakeRunner:
+    made_ready = 0
+
     def __init__(self, split: tuple[int, int]) -> None:
         self.split, self.replan_needed, self.upload_ms, self.closed = split, False, 0.0, False
         self.refused: ServerError | None = None  # `Runner.refused`: the server refused its slice in the background

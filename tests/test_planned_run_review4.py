@@ -182,6 +182,8 @@ class DriftingRunner:
     """A runner on a link where offloading is slightly worse than local: an offloading split always drifted (by a
     factor under `URGENT_DRIFT`), unless not `drifting`."""
 
+    made_ready = 0
+
     def __init__(self, split: tuple[int, int], drifting: bool = True) -> None:
         self.split, self.drifting, self.upload_ms, self.replans = split, drifting, 0.0, 0
         self.drift_factor, self.refused = 1.3, None

@@ -145,6 +145,8 @@ def test_a_report_without_the_refused_splits_chooses_by_its_objective(chain: Any
 
 
 class FakeRunner:
+    made_ready = 0
+
     def __init__(self, split: tuple[int, int], refused: ServerError | None) -> None:
         self.split, self.refused, self.replan_needed, self.upload_ms = split, refused, False, 0.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,32 @@ def _wait_for(condition, run: subprocess.Popen, log: Path, timeout_s: float = 90
         assert run.poll() is None, log.read_text()
         assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("json_out", [True, False], ids=["json", "table"])
+def test_ctrl_c_ends_a_run_with_the_summary_of_the_requests_served(chain_files, tmp_path, json_out):
+    """Ctrl-C in `rr-edge run --repeat` of thousands ended it with exit 130 and nothing on stdout (walkthrough): now
+    the request in flight finishes, and the run reports the requests served until then, still exiting 130."""
+    path, x = chain_files
+    trace = tmp_path / "run.jsonl"
+    argv = [sys.executable, "-m", "rr_edge.cli", "run", str(path), "--server", "127.0.0.1:1", "--node", "n",
+            "--split", "3,3", "--input", str(x), "--repeat", "10000000", "--trace", str(trace),
+            *(["--json"] if json_out else [])]  # fmt: skip
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        run = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                               stderr=err)  # fmt: skip
+    try:
+        _wait_for(lambda: len(_complete_lines(trace)) >= 3, run, log)
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    served = len(_complete_lines(trace))
+    assert run.returncode == 130, log.read_text()
+    assert "interrupted: stopping after the request in flight" in log.read_text()
+    if json_out:
+        summary = json.loads(out)
+        assert summary["interrupted"] == {"requests_asked": 10000000} and summary["requests"] == served >= 3
+    else:
+        assert f"interrupted: {served} of 10000000 requests served" in out.decode()

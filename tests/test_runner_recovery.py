@@ -157,6 +157,7 @@ def test_a_failing_server_is_marked_down_without_reuploading(chain, in_process, 
     # one outage, one reason: the run's summary counts both requests under the error the first one met
     summary = run_command.summarize((0, 2), [first, second], [None, None], ModelMeter(), 0.0)
     assert summary["fallback_reasons"] == {first.error: 2}
+    assert summary["remote_ms_median"] is None  # the server answered neither: no round trip to report
     assert checks == []
     np.testing.assert_allclose(first.outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-6)
 
@@ -317,7 +318,7 @@ def test_a_request_that_timed_out_counts_as_a_slow_network(chain, in_process, mo
     assert runner.replan_needed
 
 
-def test_a_slice_the_server_lost_is_uploaded_again_off_the_request_path(chain, tmp_path, monkeypatch):
+def test_a_slice_the_server_lost_is_uploaded_again_off_the_request_path(chain, tmp_path, monkeypatch, caplog):
     """NOT_FOUND (the slice evicted, or a server on a fresh data dir): the upload ran in the request that met it,
     under the runner's lock, so every request waited for it (6.5 s once: soak review). It runs in the health check
     now; requests finish locally meanwhile, then offload again."""
@@ -347,3 +348,7 @@ def test_a_slice_the_server_lost_is_uploaded_again_off_the_request_path(chain, t
         runner.close()
     client.close()
     assert uploads and threading.main_thread().name not in uploads and set(uploads) == {"rr-probe"}
+    assert runner.made_ready == 2  # at the start, and again
+    # the end of it is said at the warning's level too (a warning said it failed, then nothing, walkthrough)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no longer holds the slice" in m for m in said) and any("slice uploaded again after" in m for m in said)

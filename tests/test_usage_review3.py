@@ -75,7 +75,7 @@ def test_a_run_that_offloads_nothing_prints_no_upload_line(capsys, model, tmp_pa
     np.save(x, np.zeros(shape, np.float32))
     assert main(["run", str(model), *DEAD, "--split", split, "--input", str(x)]) == 0
     out = capsys.readouterr().out
-    assert "1 request in" in out and "made ready once" not in out
+    assert "1 request in" in out and "middle slice" not in out
 
 
 def test_a_slice_damaged_on_the_servers_disk_is_uploaded_again_at_once(chain, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

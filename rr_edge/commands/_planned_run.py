@@ -117,6 +117,7 @@ class PlannedRun:
         self.served_at = 0.0  # time.monotonic() when the last request was served (before any re-plan it led to)
         self.replans = 0
         self.upload_ms = 0.0  # making middle slices ready (upload, open), once per runner, not in any request
+        self.made_ready = 0  # how often that succeeded (`Runner.made_ready`)
         self.predicted_upload_ms = upload_prediction_ms(report)
         self._ready = {split}  # splits whose middle slice was made ready once (their upload is predicted once)
         self._retry_s = self._first_retry_s = retry_interval_s
@@ -152,6 +153,7 @@ class PlannedRun:
             self.runner.close()
             self.segments[-1].end = self.done
             self.upload_ms += self.runner.upload_ms
+            self.made_ready += self.runner.made_ready
 
     def _next_plan(self, remaining: int, result: RunResult) -> PlanReport | None:
         if self.report is None:
@@ -246,6 +248,7 @@ class PlannedRun:
         self._left = self.split
         self.runner.close(wait_s=0.0)  # its upload still going (a split left early) is no request's to wait for
         self.upload_ms += self.runner.upload_ms
+        self.made_ready += self.runner.made_ready
         self.runner, self.split, self.report = runner, split, report
         self.segments[-1].end = self.done
         self.segments.append(Segment(split, report, self.done))  # also when a late plan keeps the split

@@ -44,6 +44,7 @@ from rr_edge.commands._common import (
     positive_int,
     print_json,
 )
+from rr_edge.commands._interrupt import INTERRUPTED, stop_requested
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
@@ -262,9 +263,11 @@ class RequestEnergy:
 
 
 def measured(results: list[RunResult], energies: list[float | None]) -> dict[str, Any]:
-    """What a run of requests measured: latency, the server's part, energy per request (of those metered: None when
-    none was; `energy_unmetered_requests` counts the others, after the meter failed), fallbacks."""
+    """What a run of requests measured: latency, the round trip to the server (of the requests it answered: None when
+    none was), energy per request (of those metered: None when none was; `energy_unmetered_requests` counts the
+    others, after the meter failed), fallbacks. Medians, and the latency's p90 and mean."""
     lat = np.array([r.total_ms for r in results])
+    answered = [r.remote_ms for r in results if not r.fallback and r.remote_ms > 0]
     metered = [e for e in energies if e is not None]
     unmetered = {"energy_unmetered_requests": len(energies) - len(metered)} if len(metered) < len(energies) else {}
     return {
@@ -274,7 +277,7 @@ def measured(results: list[RunResult], energies: list[float | None]) -> dict[str
             "p90": float(np.percentile(lat, 90)),
             "mean": float(lat.mean()),
         },
-        "remote_ms_median": float(np.median([r.remote_ms for r in results])),
+        "remote_ms_median": float(np.median(answered)) if answered else None,
         "energy_mJ": float(np.median(metered)) if metered else None,
         **unmetered,
         "fallback_requests": sum(r.fallback for r in results),
@@ -477,9 +480,11 @@ def run(args: argparse.Namespace) -> int:
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
         start = time.perf_counter()
-        with Trace(args.trace) as trace:
+        with Trace(args.trace) as trace, stop_requested("the request in flight") as stop:
             try:
                 for k in range(args.repeat):
+                    if stop.is_set():
+                        break
                     segment, runner = planned.segments[-1], planned.runner  # the ones this request runs on
                     result = planned.request(remaining=args.repeat - 1 - k)
                     if segment.report is None and not forced:  # no plan could be made: it ran locally
@@ -494,11 +499,16 @@ def run(args: argparse.Namespace) -> int:
                 planned.close()
         wall_s = time.perf_counter() - start
         energies = energy.energies
+    if not results:  # interrupted before the first request ended
+        return INTERRUPTED
     summary = summarize(planned.split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
     summary["splits_used"] = [list(segment.split) for segment in planned.segments]
     summary["segments"] = [segment_summary(segment, results, energies) for segment in planned.segments]
     summary["upload_ms"] = planned.upload_ms  # making the middle slices ready (upload, open), once, not in any request
+    summary["slices_made_ready"] = planned.made_ready
+    if len(results) < args.repeat:  # Ctrl-C: the requests served until then
+        summary["interrupted"] = {"requests_asked": args.repeat}
     if (report := planned.report) is not None:  # the plan running at the end; its upload share is in its figures
         summary["predicted"] = {
             **report.chosen.to_dict(), **upload_share(report), "energy_source": report.costs.energy_source,
@@ -519,22 +529,27 @@ def run(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         print_summary(graph.model, summary)
-    return 0
+    return INTERRUPTED if "interrupted" in summary else 0
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 def print_summary(model: str, s: dict[str, Any]) -> None:
     """The run for people: measured latency and energy next to the plan's prediction, then fallbacks and accuracy."""
     table = Table(title=f"{model}: {_count(s['requests'], 'request')} in {s['wall_s']:.2f} s", title_justify="left")
-    for column in ("", "i,j", "median ms", "p90 ms", "server ms", "energy mJ (source)"):
+    for column in ("", "i,j", "median ms", "p90 ms", "round trip ms", "energy mJ (source)"):
         table.add_column(column, justify="right" if column else "left")
     for segment in s["segments"]:  # one split after the other when a re-plan switched
         lat, split = segment["latency_ms"], "{},{}".format(*segment["split"])
         energy = "-" if segment["energy_mJ"] is None else f"{segment['energy_mJ']:.1f} ({s['energy_source']})"
-        median, p90, remote = (f"{v:.2f}" for v in (lat["median"], lat["p90"], segment["remote_ms_median"]))
+        median, p90 = f"{lat['median']:.2f}", f"{lat['p90']:.2f}"
+        remote = "-" if segment["remote_ms_median"] is None else f"{segment['remote_ms_median']:.2f}"
         table.add_row("measured", split, median, p90, remote, energy)
         if "predicted" in segment:  # the plan's energy has its own source: the profile's, and the power model's
             p = segment["predicted"]
@@ -545,9 +560,13 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     console.print(table)
     splits = " -> ".join("{},{}".format(*segment["split"]) for segment in s["segments"])
     if any(i != j for i, j in (segment["split"] for segment in s["segments"])):  # i == j: no middle slice to upload
-        upload = f"middle slice made ready once (upload, open): {s['upload_ms']:.2f} ms"
+        ready = s["slices_made_ready"]
+        if ready:
+            upload = f"middle slice made ready {_times(ready)} (upload, open): {s['upload_ms']:.2f} ms"
+        else:
+            upload = f"middle slice never made ready on the server ({s['upload_ms']:.2f} ms spent trying)"
         if "predicted_upload_ms" in s:
-            upload += f", predicted {s['predicted_upload_ms']:.2f} ms"
+            upload += f"; upload predicted {s['predicted_upload_ms']:.2f} ms"
         console.print(upload)
     console.print(
         f"fallback: {s['fallback_requests']} of {s['requests']} requests finished locally; "
@@ -557,3 +576,5 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
         console.print(f"  {count} finished locally: {reason}")
     if s.get("energy_unmetered_requests"):
         console.print(f"energy: the meter failed; {_count(s['energy_unmetered_requests'], 'request')} not metered")
+    if "interrupted" in s:
+        console.print(f"interrupted: {s['requests']} of {s['interrupted']['requests_asked']} requests served")
