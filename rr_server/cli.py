@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-seconds",
         type=non_negative_float,
         default=DEFAULT_GRACE_S,
-        help="on SIGTERM, after the drain, calls in flight (an edge's open inference stream among them) get this long "
-        "to end before they are cut; a second SIGTERM cuts them at once (default %(default)g)",
+        help="on SIGTERM, after the drain, calls in flight get this long to end before they are cut (an edge's "
+        "inference stream ends after its answer, or at once when it waits for a request); a second SIGTERM cuts them "
+        "at once (default %(default)g)",
     )
     p.add_argument(
         "--keepalive-seconds",

@@ -31,6 +31,7 @@ from rr_server.errors import (
     ResourceExhausted,
     as_server_error,
 )
+from rr_server.open_streams import OpenStreams
 from rr_server.repository import PLATFORM, VERSION, ModelRepository
 from rr_server.run_watchdog import RunCaller
 
@@ -53,6 +54,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._version = version
         self._is_ready = is_ready
         self._max_message_bytes = max_message_bytes
+        self.streams = OpenStreams()  # ended by a server that stops (`OpenStreams.end`)
 
     def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -89,15 +91,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelStreamInfer(self, request_iterator, context):
         caller = _caller(context)
-        for request in request_iterator:
-            try:
-                yield wire.StreamItem(response=self._infer(request, stream=True, caller=caller))
-            except Exception as exc:  # noqa: BLE001 - one bad message must not end the stream
-                if (error := as_server_error(exc)) is not None:
-                    yield _stream_error(request, f"{error.code.name}: {error.details()}")
-                    continue
-                log.exception("ModelStreamInfer message %r failed", request.header.id[:64])
-                yield _stream_error(request, "INTERNAL: internal server error (see server log)")
+        if not self.streams.waiting(context):  # the server is stopping
+            return
+        try:
+            for request in request_iterator:
+                self.streams.serving(context)
+                yield self._stream_answer(request, caller)
+                if not self.streams.waiting(context):
+                    return
+        finally:
+            self.streams.closed(context)
+
+    def _stream_answer(self, request: wire.InferRequest, caller: RunCaller) -> wire.StreamItem:
+        try:
+            return wire.StreamItem(response=self._infer(request, stream=True, caller=caller))
+        except Exception as exc:  # noqa: BLE001 - one bad message must not end the stream
+            if (error := as_server_error(exc)) is not None:
+                return _stream_error(request, f"{error.code.name}: {error.details()}")
+            log.exception("ModelStreamInfer message %r failed", request.header.id[:64])
+            return _stream_error(request, "INTERNAL: internal server error (see server log)")
 
     def RepositoryIndex(self, request, context):
         states = self._repo.index(ready_only=request.ready)

@@ -285,7 +285,10 @@ class Server:
         if self._grpc is not None and self.config.drain_s > 0:
             self._now.wait(self.config.drain_s)  # a second SIGTERM (stop_now) cuts it short
         if self._grpc is not None:
-            log.info("stopping: finishing in-flight calls (grace %.1f s)", grace)
+            ended = self._inference.streams.end()  # idle edges' streams would hold the stop for all of `grace`
+            log.info(
+                "stopping: ended %d idle inference streams; finishing calls in flight (grace %.1f s)", ended, grace
+            )
             self._grpc.stop(grace).wait()
         self.repository.terminate_runs()  # a run stuck in ONNX Runtime would keep the process from exiting
         if self.cloud_profiler is not None:
@@ -353,9 +356,8 @@ class Server:
         self.storage.upsert_node(node_id, ROLE_CLOUD, device)
 
     def _add_services(self, server: grpc.Server) -> None:
-        add_inference_service(
-            InferenceServicer(self.repository, version(), self.ready, self.config.max_message_bytes), server
-        )
+        self._inference = InferenceServicer(self.repository, version(), self.ready, self.config.max_message_bytes)
+        add_inference_service(self._inference, server)
         rr_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.storage, self.server_info()), server)
         rr_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.storage, self.predictor, self.slices, self.cloud_profiler), server

@@ -352,3 +352,40 @@ def test_a_slice_the_server_lost_is_uploaded_again_off_the_request_path(chain, t
     # the end of it is said at the warning's level too (a warning said it failed, then nothing, walkthrough)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("no longer holds the slice" in m for m in said) and any("slice uploaded again after" in m for m in said)
+
+
+def test_a_stopping_server_answers_the_request_in_flight_then_ends_the_stream(chain, tmp_path, monkeypatch):
+    """A server asked to stop ends an edge's inference stream at once when it waits for a request, else after the
+    answer to the one it serves (`rr_server.open_streams`): that request is served, and the next runs locally."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    serving, go = threading.Event(), threading.Event()
+    real = inference_servicer.InferenceServicer._infer
+
+    def held(self, *a, **kw):
+        serving.set()
+        assert go.wait(GENEROUS_S)
+        return real(self, *a, **kw)
+
+    server = rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0", grace_s=600))
+    server.start()
+    with Client(str(server.address)) as client:
+        runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(timeout_s=GENEROUS_S))
+        assert not runner.run(x).fallback  # the stream is open
+        monkeypatch.setattr(inference_servicer.InferenceServicer, "_infer", held)
+        results: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: results.put(runner.run(x)), daemon=True).start()
+        assert serving.wait(GENEROUS_S)
+        stopping = threading.Thread(target=server.stop, daemon=True)
+        stopping.start()
+        deadline = time.monotonic() + GENEROUS_S
+        while not server._inference.streams.ended and time.monotonic() < deadline:  # asked to end while it serves
+            time.sleep(0.01)
+        go.set()
+        served = results.get(timeout=GENEROUS_S)
+        stopping.join(GENEROUS_S)  # not the 600 s grace: the stream ended after its answer
+        assert not stopping.is_alive() and not served.fallback and served.remote_ms > 0
+        after = runner.run(x)
+        runner.close()
+    assert after.fallback  # no server: locally
+    np.testing.assert_allclose(served.outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-6)

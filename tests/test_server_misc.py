@@ -339,33 +339,61 @@ def test_error_messages_are_cut_to_fit_the_status_metadata(env):
 
 
 def test_sigterm_removes_the_port_file_and_a_second_one_stops_at_once(tmp_path):
-    """A graceful stop waits up to its grace (10 s) for calls in flight; a second SIGTERM ends them now. Either way
-    the port file goes: nothing serves that address any more."""
+    """A graceful stop waits up to its grace for calls in flight (an echo transfer half sent, here); a second SIGTERM
+    ends them now. Either way the port file goes: nothing serves that address any more."""
     import signal
 
     from _server_process import ServerProcess
 
     for second_signal in (False, True):
-        server = ServerProcess(tmp_path / f"data{int(second_signal)}")
+        server = ServerProcess(tmp_path / f"data{int(second_signal)}", "--grace-seconds", "600")
         stubs = Stubs.connect(server.address)
-        requests: queue.Queue = queue.Queue()
-        stream = stubs.kserve.ModelStreamInfer(iter(requests.get, None), timeout=60)
-        requests.put(pb.ModelInferRequest(model_name="0" * 64))
-        assert next(stream).error_message.startswith("NOT_FOUND")  # the stream is open on the server, and idle
+        chunks: queue.Queue = queue.Queue()
+        answers = stubs.echo.Exchange(iter(chunks.get, None), timeout=120)
+        chunks.put(rr.ExchangeRequest(payload=b"z", reply_bytes=10))
         try:
+            assert len(next(answers).payload) == 10  # the call is open on the server
+            chunks.put(rr.ExchangeRequest(payload=b"z", more=True))  # a transfer begun, not ended
             server.proc.send_signal(signal.SIGTERM)
+            _wait_for(lambda server=server: "finishing calls in flight" in server.log())
             if second_signal:
-                _wait_for(lambda server=server: "finishing in-flight calls" in server.log())
                 server.proc.send_signal(signal.SIGTERM)
-                server.proc.wait(timeout=8)  # well inside the 10 s grace the first signal gave
-            else:
-                requests.put(None)  # the call ends by itself: the stop finishes
-                server.proc.wait(timeout=30)
+            else:  # the call ends by itself: the stop finishes
+                chunks.put(rr.ExchangeRequest(payload=b"z", reply_bytes=7))
+                assert len(next(answers).payload) == 7
+                chunks.put(None)
+            server.proc.wait(timeout=60)  # not the 600 s grace
             assert server.proc.returncode == 0 and not server.port_file.exists()
         finally:
-            requests.put(None)
+            chunks.put(None)
             stubs.close()
             server.stop()
+
+
+def test_a_stopping_server_ends_idle_inference_streams_at_once(tmp_path):
+    """An edge's runner keeps its inference stream open between requests: a server asked to stop waited out its
+    whole grace for it, then cut it anyway (walkthrough). A stream waiting for its next request is ended at once."""
+    import signal
+
+    from _server_process import ServerProcess
+
+    server = ServerProcess(tmp_path / "data", "--grace-seconds", "600")
+    stubs = Stubs.connect(server.address)
+    requests: queue.Queue = queue.Queue()
+    stream = stubs.kserve.ModelStreamInfer(iter(requests.get, None), timeout=120)
+    requests.put(pb.ModelInferRequest(model_name="0" * 64))
+    try:
+        assert next(stream).error_message.startswith("NOT_FOUND")  # the stream is open on the server, and idle
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=60)  # not the 600 s grace
+        assert server.proc.returncode == 0 and "ended 1 idle inference streams" in server.log()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    finally:
+        requests.put(None)
+        stubs.close()
+        server.stop()
 
 
 def test_a_server_without_cf_cpp_says_so_when_it_starts(tmp_path, monkeypatch, caplog):

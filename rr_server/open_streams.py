@@ -1,0 +1,49 @@
+"""The ModelStreamInfer calls open now, so that a stopping server ends them instead of waiting out its grace period.
+
+An edge's runner keeps its stream open between requests, for as long as it runs: a server asked to stop waited its
+whole grace period (10 s) whenever an edge was connected, and then cancelled the stream anyway (walkthrough). Now
+`end()` cancels each stream waiting for its next request at once, and one serving a request ends after its answer.
+The edge finishes its next request locally either way, as it does when a server goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class OpenStreams:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Any] = {}  # id(context) -> the context of a stream waiting for its next request
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def waiting(self, context: Any) -> bool:
+        """The stream waits for its next request (it opened, or sent its last answer); False when the server is
+        stopping: the stream ends now."""
+        with self._lock:
+            if not self._ended:
+                self._waiting[id(context)] = context
+            return not self._ended
+
+    def serving(self, context: Any) -> None:
+        """A request arrived on the stream: it is answered, also when the server stops meanwhile."""
+        with self._lock:
+            self._waiting.pop(id(context), None)
+
+    def closed(self, context: Any) -> None:
+        self.serving(context)
+
+    def end(self) -> int:
+        """Cancel the streams waiting for a request, and end the others after their answer; how many were open and
+        waiting."""
+        with self._lock:
+            self._ended = True
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for context in waiting:
+            context.cancel()
+        return len(waiting)
