@@ -17,6 +17,7 @@ import sys
 
 from rr_edge.commands._interrupt import INTERRUPTED
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
+from rr_proto.argtypes import Parser
 from rr_proto.extras import missing_extra
 
 COMMANDS = ("export", "blocks", "slice", "profile", "netprofile", "upload", "plan", "run", "demo")
@@ -25,7 +26,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; when `argv` names a command, only that command's module is imported (fast start-up)."""
-    parser = argparse.ArgumentParser(prog="rr-edge", description="RoaD-RuNNer edge node")
+    parser = Parser(prog="rr-edge", description="RoaD-RuNNer edge node")
     _add_log_level(parser, "WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
     named = [a for a in (argv or []) if a in COMMANDS][:1]
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    if not argv:  # no command: the list of them, not only that one is required
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from rr_proto.allocator import tune_allocator
-from rr_proto.argtypes import non_negative_float, positive_float
+from rr_proto.argtypes import Parser, non_negative_float, positive_float
 from rr_proto.extras import missing_extra
 from rr_proto.providers import PROVIDER_NAMES
 from rr_server.config import (
@@ -80,7 +80,7 @@ def _bytes(value: float, unit: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rr-server", description="RoaD-RuNNer cloud server (gRPC).")
+    p = Parser(prog="rr-server", description="RoaD-RuNNer cloud server (gRPC).")
     p.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -174,8 +174,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
     host, sep, port = args.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:  # without a port gRPC would bind 443
+    if not sep or not host or not port.isdigit():  # without a port gRPC would bind 443
         p.error(f"--listen: expected HOST:PORT (e.g. {DEFAULT_LISTEN}, or 0.0.0.0:8001), got {args.listen!r}")
+    if int(port) > 65535:
+        p.error(f"--listen: the port must be 0..65535 (0: a free one), got {port}")
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     if args.client_ca is not None and args.tls_cert is None:

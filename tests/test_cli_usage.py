@@ -71,6 +71,7 @@ def parse_error(capsys: pytest.CaptureFixture[str], argv: list[str], command: st
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"rr-edge {command}: error: argument "), err
+    assert err.strip() == last and last.endswith(f"(see rr-edge {command} --help)")  # one line, not the usage first
     return last
 
 
@@ -528,12 +529,21 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("listen", ["127.0.0.1", "8002", "127.0.0.1:http", "127.0.0.1:70000"])
-def test_server_listen_needs_a_port(tmp_path: Path, capsys, listen: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("listen", "said"),
+    [
+        ("127.0.0.1", "--listen: expected HOST:PORT"),
+        ("8002", "--listen: expected HOST:PORT"),
+        ("127.0.0.1:http", "--listen: expected HOST:PORT"),
+        ("127.0.0.1:70000", "--listen: the port must be 0..65535 (0: a free one), got 70000"),
+    ],
+)
+def test_server_listen_needs_a_port(tmp_path: Path, capsys, listen: str, said: str) -> None:  # type: ignore[no-untyped-def]
     """Without a port gRPC bound 443 without a word (and `--listen 8002` failed on an address lookup)."""
     with pytest.raises(SystemExit):
         server_cli.parse_args(["--data-dir", str(tmp_path), "--listen", listen])
-    assert "--listen: expected HOST:PORT" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
     args = server_cli.parse_args(["--data-dir", str(tmp_path), "--listen", "[::1]:0", "--log-level", "debug"])
     assert args.listen == "[::1]:0" and args.log_level == "DEBUG"
 
@@ -674,3 +684,10 @@ def test_an_energy_plan_on_the_built_in_power_figures_says_so(monkeypatch, capsy
         == 0
     )
     assert "no power model configured" not in capsys.readouterr().err
+
+
+def test_rr_edge_without_a_command_lists_them(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Usage errors are one line (`rr_proto.argtypes.Parser`); with no command at all, the list of them is the help."""
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert all(command in err for command in COMMANDS) and "RoaD-RuNNer edge node" in err
