@@ -395,6 +395,9 @@ def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:
     for ready, said in ((2, "made ready twice (upload, open): 9.50 ms"), (0, "never made ready on the server (9.50")):
         print_summary("m", {**summary, "slices_made_ready": ready})
         assert said in capsys.readouterr().out
+    assert "planned again" not in out
+    print_summary("m", {**summary, "replans": 3})  # said on the table too, not only in the JSON (walkthrough)
+    assert "planned again 3 times as the measured network drifted" in capsys.readouterr().out
 
 
 def test_run_json_is_unchanged(capsys, model, x) -> None:  # type: ignore[no-untyped-def]

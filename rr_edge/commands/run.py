@@ -514,9 +514,7 @@ def run(args: argparse.Namespace) -> int:
             **report.chosen.to_dict(), **upload_share(report), "energy_source": report.costs.energy_source,
         }  # fmt: skip
         summary["predicted_upload_ms"] = planned.predicted_upload_ms
-        summary["replans"] = (
-            planned.replans
-        )  # after network drift; a re-planned slice already uploaded is predicted free
+        summary["replans"] = planned.replans  # after network drift; a re-planned slice already uploaded is free
         summary["amortize_over"] = report.inputs.amortize_over
     if args.output:  # at exactly that path (np.save of a name would add .npy)
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -574,6 +572,8 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     )
     for reason, count in list(s.get("fallback_reasons", {}).items())[:3]:  # the most frequent first
         console.print(f"  {count} finished locally: {reason}")
+    if s.get("replans"):
+        console.print(f"planned again {_times(s['replans'])} as the measured network drifted from the plan's")
     if s.get("energy_unmetered_requests"):
         console.print(f"energy: the meter failed; {_count(s['energy_unmetered_requests'], 'request')} not metered")
     if "interrupted" in s:
