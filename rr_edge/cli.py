@@ -34,6 +34,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         importlib.import_module(f"rr_edge.commands.{name}").add_parser(sub)
     for command in sub.choices.values():  # also after the command: `rr-edge plan --log-level info ...`
         _add_log_level(command, argparse.SUPPRESS)
+        command.set_defaults(command_parser=command)  # whose options an unknown one is reported against
     return parser
 
 
@@ -76,7 +77,10 @@ def _run(argv: list[str]) -> int:
     if not argv:  # no command: the list of them, not only that one is required
         parser.print_help(sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command_parser = vars(args).pop("command_parser")
+    if unknown:  # said by the command's parser: its --help lists the options, the top one's does not (review)
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -29,6 +29,7 @@ from rr_server.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
     as_server_error,
 )
 from rr_server.open_streams import OpenStreams
@@ -44,6 +45,7 @@ SERVER_NAME = "rr-server"
 # below it, binding costs more than the copy it saves (4-byte tensor: 1.80 vs 1.51 ms round trip, always binding).
 PLACE_MIN_BYTES = 256 * 1024
 EXTENSIONS = ("model_repository", "streaming")
+_STOPPING = "the server is stopping: requests not answered on this stream were not run"
 # A ModelStreamInferResponse wraps the response in a field: its tag and a length of up to 5 bytes.
 _STREAM_ITEM_BYTES = 6
 
@@ -91,14 +93,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelStreamInfer(self, request_iterator, context):
         caller = _caller(context)
-        if not self.streams.waiting(context):  # the server is stopping
-            return
+        if not self.streams.waiting(context):
+            raise Unavailable(_STOPPING)
         try:
             for request in request_iterator:
-                self.streams.serving(context)
+                if not self.streams.serving(context):  # cancelled by a stopping server as it arrived
+                    return
                 yield self._stream_answer(request, caller)
                 if not self.streams.waiting(context):
-                    return
+                    raise Unavailable(_STOPPING)
         finally:
             self.streams.closed(context)
 

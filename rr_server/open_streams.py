@@ -2,8 +2,10 @@
 
 An edge's runner keeps its stream open between requests, for as long as it runs: a server asked to stop waited its
 whole grace period (10 s) whenever an edge was connected, and then cancelled the stream anyway (walkthrough). Now
-`end()` cancels each stream waiting for its next request at once, and one serving a request ends after its answer.
-The edge finishes its next request locally either way, as it does when a server goes away.
+`end()` cancels each stream waiting for its next request at once (a request arriving just then is not run), and one
+serving a request ends after its answer with UNAVAILABLE (requests it has not read yet are not run: a client sending
+several at once learns that they went unanswered). The edge finishes its next request locally either way, as it
+does when a server goes away.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ class OpenStreams:
                 self._waiting[id(context)] = context
             return not self._ended
 
-    def serving(self, context: Any) -> None:
-        """A request arrived on the stream: it is answered, also when the server stops meanwhile."""
+    def serving(self, context: Any) -> bool:
+        """A request arrived on the stream (waiting until now): whether to run it. It is, also when the server stops
+        meanwhile; not when `end` cancelled the stream as it arrived."""
         with self._lock:
-            self._waiting.pop(id(context), None)
+            return self._waiting.pop(id(context), None) is not None
 
     def closed(self, context: Any) -> None:
-        self.serving(context)
+        with self._lock:
+            self._waiting.pop(id(context), None)
 
     def end(self) -> int:
         """Cancel the streams waiting for a request, and end the others after their answer; how many were open and

@@ -101,9 +101,10 @@ def check_tls(tls: TlsConfig) -> None:
 def check_addresses(config: ServerConfig) -> None:
     """OSError, with the reason (in use, not an address of this host, no such host), when the gRPC address or the
     metrics port cannot be bound now. The CLI checks before it makes anything (the data dir); `start` before gRPC
-    binds, whose own failure is a line of its log on stderr and an error without the reason."""
-    host, port = config.listen.rsplit(":", 1)
-    exc = _bind_error(host.strip("[]"), int(port))
+    binds, whose own failure is a line of its log on stderr and an error without the reason. A Unix socket address
+    (`unix:PATH`, which the library takes) is left to gRPC."""
+    host, _, port = config.listen.rpartition(":")
+    exc = _bind_error(host.strip("[]"), int(port)) if port.isdigit() else None
     if exc is not None:
         raise OSError(f"cannot listen on {config.listen}: {exc.strerror or exc}")
     if config.metrics_port is not None:
@@ -121,13 +122,13 @@ def _bind_error(host: str, port: int) -> OSError | None:
         return exc
     first: OSError | None = None
     for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do: TIME_WAIT is free
-            try:
+        try:  # a family the host lacks (IPv6 disabled) fails here: gRPC then serves on the others
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both servers do: TIME_WAIT is free
                 probe.bind(address)
                 return None
-            except OSError as exc:
-                first = first or exc
+        except OSError as exc:
+            first = first or exc
     return first
 
 

@@ -29,7 +29,6 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 
 from rr_edge.cpus import ort_threads
-from rr_edge.meters.nvml import nvml_gpu_name
 from rr_edge.session import usable_providers
 from rr_proto.codec import datatype_of, dtype_of, raw_size
 from rr_proto.providers import provider_name
@@ -102,6 +101,12 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     return options
 
 
+def nvidia_gpu_present(driver: Path = Path("/proc/driver/nvidia/gpus"), devices: Path = Path("/dev")) -> bool:
+    """Whether the NVIDIA driver shows a GPU here (its /proc entries, or a device node in a container): read from
+    the files, not NVML, which only the `gpu` extra installs."""
+    return any(driver.glob("*")) or any(devices.glob("nvidia[0-9]*"))
+
+
 def resolve_providers(requested: Sequence[str]) -> list[str]:
     """ONNX Runtime provider names that really load here (`rr_edge.session.usable_providers`), in the requested
     order; CPU is always among them (last unless it was asked for before others)."""
@@ -112,7 +117,7 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     if missing:
         # The default asks for CUDA wherever it loads: on a host with no NVIDIA GPU, serving on CPU is as expected
         # (it was a warning at every start of a CPU server); on one with a GPU, or when asked for, it is not.
-        expected = tuple(requested) == DEFAULT_PROVIDERS and nvml_gpu_name() is None
+        expected = tuple(requested) == DEFAULT_PROVIDERS and not nvidia_gpu_present()
         log.log(
             logging.INFO if expected else logging.WARNING,
             "execution providers %s are built in but do not load here%s; using %s",

@@ -532,6 +532,36 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     ]  # fmt: skip
 
 
+def test_ctrl_c_as_a_re_plan_switches_split_reports_the_splits_that_ran(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C during the request after which a re-plan switched split left a segment of no requests, whose summary
+    raised IndexError (review). The run reports the split that served its requests, and exits 130."""
+    import os
+    import signal
+
+    from rr_edge.commands import _planned_run
+    from rr_edge.commands import run as run_command
+    from rr_edge.offload import make_plan
+
+    graph = analyze(onnx.load(model), model.stem)
+    local = make_plan(graph, synthetic_costs(model, edge_ms=0.1, cloud_ms=10.0))
+    offloading = dataclasses.replace(local, chosen=dataclasses.replace(local.chosen, i=0, j=2, latency_ms=77.0))
+    monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
+    monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
+    monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+    switch = _planned_run.PlannedRun._switch
+
+    def interrupted(self, *a, **kw):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the request that leads to the switch is in flight
+        return switch(self, *a, **kw)
+
+    monkeypatch.setattr(_planned_run.PlannedRun, "_switch", interrupted)
+    assert main(["run", str(model), *DEAD, "--input", str(x), "--repeat", "3", "--json"]) == 130
+    out = json.loads(capsys.readouterr().out)
+    last = [local.chosen.i, local.chosen.j]
+    assert out["requests"] == 1 and out["interrupted"] == {"requests_asked": 3}
+    assert out["splits_used"] == [last] and out["split"] == last and len(out["segments"]) == 1
+
+
 @pytest.mark.parametrize(
     ("listen", "said"),
     [
@@ -694,3 +724,16 @@ def test_rr_edge_without_a_command_lists_them(capsys) -> None:  # type: ignore[n
     assert main([]) == 2
     err = capsys.readouterr().err
     assert all(command in err for command in COMMANDS) and "RoaD-RuNNer edge node" in err
+
+
+@pytest.mark.parametrize("argv", [["blocks", "m.onnx", "--bogus", "1"], ["--bogus", "blocks", "m.onnx"]])
+def test_an_unknown_option_is_reported_against_the_command(capsys, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """`rr-edge run ... --bogus` said `rr-edge: error: ... (see rr-edge --help)`, whose help lists no option of
+    `run` (review)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2
+    assert err.startswith("rr-edge blocks: error: unrecognized arguments: --bogus") and err.endswith(
+        "(see rr-edge blocks --help)"
+    )

@@ -386,7 +386,7 @@ def test_a_stopping_server_ends_idle_inference_streams_at_once(tmp_path):
         assert next(stream).error_message.startswith("NOT_FOUND")  # the stream is open on the server, and idle
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=60)  # not the 600 s grace
-        assert server.proc.returncode == 0 and "ended 1 idle inference streams" in server.log()
+        assert server.proc.returncode == 0  # cancelled as idle, or (just after its answer) ended as it went idle
         with pytest.raises(grpc.RpcError) as ended:
             next(stream)
         assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
@@ -425,9 +425,9 @@ def test_the_server_keeps_the_requested_providers_that_load_in_its_order(monkeyp
     assert "['CUDAExecutionProvider'] are built in but do not load here" in caplog.text  # ROCm is not built in
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="rr_server.sessions"):
-        monkeypatch.setattr(sessions, "nvml_gpu_name", lambda: None)
+        monkeypatch.setattr(sessions, "nvidia_gpu_present", lambda: False)
         assert sessions.resolve_providers(DEFAULT_PROVIDERS) == ["CPUExecutionProvider"]
-        monkeypatch.setattr(sessions, "nvml_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+        monkeypatch.setattr(sessions, "nvidia_gpu_present", lambda: True)
         assert sessions.resolve_providers(DEFAULT_PROVIDERS) == ["CPUExecutionProvider"]
     # the default on a host with no GPU: CPU as expected, said once at INFO; with a GPU whose CUDA fails: a warning
     assert [(r.levelname, "(no NVIDIA GPU)" in r.getMessage()) for r in caplog.records] == [
@@ -451,3 +451,21 @@ def test_a_second_sigterm_cuts_the_drain_short(tmp_path):
         assert server.proc.returncode == 0
     finally:
         server.stop()
+
+
+def test_an_nvidia_gpu_is_seen_from_the_drivers_files(tmp_path):
+    """Without NVML (only the `gpu` extra installs it) a GPU host whose CUDA fails to load must still warn: the
+    driver's /proc entries or a device node say a GPU is there (fake trees here: no GPU on this machine)."""
+    from rr_server.sessions import nvidia_gpu_present
+
+    driver, devices = tmp_path / "gpus", tmp_path / "dev"
+    driver.mkdir()
+    devices.mkdir()
+    (devices / "nvidiactl").touch()  # the control node alone: a driver, no GPU
+    assert not nvidia_gpu_present(driver, devices)
+    (devices / "nvidia0").touch()
+    assert nvidia_gpu_present(driver, devices)
+    (devices / "nvidia0").unlink()
+    (driver / "0000:01:00.0").mkdir()
+    assert nvidia_gpu_present(driver, devices)
+    assert not nvidia_gpu_present(tmp_path / "absent", tmp_path / "absent")

@@ -309,6 +309,32 @@ def test_an_address_that_cannot_be_bound_is_refused_before_anything_is_made(tmp_
     assert "Failed to add port" not in capfd.readouterr().err  # gRPC was not asked to bind it
 
 
+def test_the_address_check_leaves_unix_sockets_and_missing_families_to_grpc(tmp_path, monkeypatch):
+    """The check before binding refused a Unix socket address, which the library serves on (`int("/path")`), and
+    an IPv6 socket the host cannot make (IPv6 disabled) ended the check before its IPv4 address was tried (review)."""
+    import errno
+    import socket
+
+    from rr_server import server as server_module
+
+    with Server(rr_server.ServerConfig(data_dir=tmp_path / "d", listen=f"unix:{tmp_path}/rr.sock")):
+        assert (tmp_path / "rr.sock").is_socket()
+    real_socket = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *a, **kw):  # type: ignore[no-untyped-def]
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *a, **kw)
+
+    monkeypatch.setattr(server_module.socket, "socket", no_ipv6)
+    assert server_module._bind_error("::", 0) is not None  # only IPv6 to try: refused, with the reason
+    monkeypatch.setattr(server_module.socket, "getaddrinfo", lambda *a, **kw: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+    ])  # fmt: skip
+    assert server_module._bind_error("localhost", 0) is None  # its IPv4 address binds
+
+
 def test_a_damaged_database_is_one_line_at_start(tmp_path, capsys):
     """A database that is not one printed a sqlite3 traceback and exited 1 (found by review); it is refused, not
     overwritten."""

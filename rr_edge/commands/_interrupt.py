@@ -17,16 +17,17 @@ INTERRUPTED = 128 + signal.SIGINT  # the exit code of a command Ctrl-C ended, as
 
 @contextlib.contextmanager
 def stop_requested(what: str) -> Iterator[threading.Event]:
-    """The event the first Ctrl-C sets (`what`: what is finished first, for the message). Only the main thread
-    receives signals: elsewhere (an application's thread) the event is never set and Ctrl-C is left as it was."""
+    """The event the first Ctrl-C sets (`what`: what is finished first, for the message); the next one meets the
+    handler there was before. Only the main thread receives signals: elsewhere (an application's thread) the event is
+    never set, and so where SIGINT is ignored (a background job of a script)."""
     stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield stop
         return
 
     def first(signum: int, frame: object) -> None:
         stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
         log.warning("interrupted: stopping after %s (Ctrl-C again to stop at once)", what)
 
     previous = signal.signal(signal.SIGINT, first)

@@ -501,15 +501,16 @@ def run(args: argparse.Namespace) -> int:
         energies = energy.energies
     if not results:  # interrupted before the first request ended
         return INTERRUPTED
-    summary = summarize(planned.split, results, energies, meter, diff)
+    ran = [segment for segment in planned.segments if segment.end > segment.first]  # Ctrl-C came before a switch
+    summary = summarize(ran[-1].split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
-    summary["splits_used"] = [list(segment.split) for segment in planned.segments]
-    summary["segments"] = [segment_summary(segment, results, energies) for segment in planned.segments]
+    summary["splits_used"] = [list(segment.split) for segment in ran]
+    summary["segments"] = [segment_summary(segment, results, energies) for segment in ran]
     summary["upload_ms"] = planned.upload_ms  # making the middle slices ready (upload, open), once, not in any request
     summary["slices_made_ready"] = planned.made_ready
     if len(results) < args.repeat:  # Ctrl-C: the requests served until then
         summary["interrupted"] = {"requests_asked": args.repeat}
-    if (report := planned.report) is not None:  # the plan running at the end; its upload share is in its figures
+    if (report := ran[-1].report) is not None:  # the plan running at the end; its upload share is in its figures
         summary["predicted"] = {
             **report.chosen.to_dict(), **upload_share(report), "energy_source": report.costs.energy_source,
         }  # fmt: skip

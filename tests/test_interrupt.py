@@ -1,0 +1,40 @@
+"""Ctrl-C in `rr-edge run` (`rr_edge.commands._interrupt.stop_requested`), with real signals sent to this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from rr_edge.commands._interrupt import stop_requested
+
+
+def _delivered() -> None:
+    """Give Python a moment to run the handler of a signal just sent to this process."""
+    for _ in range(100):
+        time.sleep(0.001)
+
+
+def test_the_first_ctrl_c_asks_to_stop_and_the_second_interrupts() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), stop_requested("the work") as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        _delivered()
+        assert stop.is_set()  # asked to stop, nothing raised
+        os.kill(os.getpid(), signal.SIGINT)  # the handler there was before: KeyboardInterrupt
+        _delivered()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    """A script's background job starts with SIGINT ignored: the run must not start taking it (review)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_requested("the work") as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            _delivered()
+            assert not stop.is_set() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
