@@ -469,3 +469,42 @@ def test_an_nvidia_gpu_is_seen_from_the_drivers_files(tmp_path):
     (driver / "0000:01:00.0").mkdir()
     assert nvidia_gpu_present(driver, devices)
     assert not nvidia_gpu_present(tmp_path / "absent", tmp_path / "absent")
+
+
+def test_a_stopping_server_answers_the_request_it_serves_and_says_the_rest_went_unrun(tmp_path, monkeypatch):
+    """A client may send several requests on one stream: the stream of a stopping server ended with OK after the
+    answer it was making, and the requests behind it went unanswered without a word (review). They are not run,
+    and the stream ends with UNAVAILABLE."""
+    from rr_server import inference_servicer
+
+    serving_one, go, runs = threading.Event(), threading.Event(), []
+    real = inference_servicer.InferenceServicer._infer
+
+    def held(self, request, *a, **kw):  # type: ignore[no-untyped-def]
+        runs.append(request.header.id)
+        serving_one.set()
+        assert go.wait(30)
+        return real(self, request, *a, **kw)
+
+    monkeypatch.setattr(inference_servicer.InferenceServicer, "_infer", held)
+    server = start_server(tmp_path, grace_s=600)
+    stubs = Stubs.connect(server.address)
+    sent = [pb.ModelInferRequest(model_name="0" * 64, id=f"r{k}") for k in range(3)]
+    answers = stubs.kserve.ModelStreamInfer(iter(sent), timeout=60)
+    stopping = threading.Thread(target=server.stop, daemon=True)
+    try:
+        assert serving_one.wait(30)
+        stopping.start()
+        _wait_for(lambda: server._inference.streams.ended)
+        go.set()
+        first = next(answers)
+        assert first.infer_response.id == "r0" and first.error_message.startswith("NOT_FOUND")
+        with pytest.raises(grpc.RpcError) as ended:
+            next(answers)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "stopping" in ended.value.details()
+        stopping.join(30)
+        assert not stopping.is_alive() and runs == ["r0"]
+    finally:
+        go.set()
+        stubs.close()
+        server.stop_now()
