@@ -26,6 +26,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ from rr_server.errors import InvalidArgument, NotFound, ResourceExhausted, Unava
 from rr_server.integer_division import check_integer_division
 
 log = logging.getLogger(__name__)
+
+# A slice evicted within this many seconds of its last use was still in use: the store budget is below what the
+# edges use together, and they will upload their slices again and again (warned about once a minute; two edges
+# evicted each other's slices 94 times in 35 s with only INFO lines in the log, walkthrough).
+IN_USE_S = 60.0
 
 _SLICE_ID = re.compile(r"[0-9a-f]{64}")
 # ONNX Runtime opens about 20,000 nodes a second here, and no deadline stops it: a 4.7 MiB slice of 200,000 Relu nodes
@@ -81,6 +87,8 @@ class SliceStore:
         self._on_evict = on_evict
         self._uses = itertools.count(1)
         self._last_used: dict[str, int] = {}  # slice id -> tick of its last lookup or commit in this process
+        self._used_at: dict[str, float] = {}  # slice id -> time.monotonic() of that lookup or commit
+        self._warned_at = -float("inf")  # when an eviction of a slice in use was last warned about
         self._evict_lock = threading.Lock()
         self._intact: set[str] = set()  # ids whose stored bytes `drop_if_damaged` hashed and found whole
         self._tmp = root / "tmp"
@@ -97,8 +105,12 @@ class SliceStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        self._last_used[slice_id] = next(self._uses)
+        self._used(slice_id)
         return SliceInfo(slice_id, size, path)
+
+    def _used(self, slice_id: str) -> None:
+        self._last_used[slice_id] = next(self._uses)
+        self._used_at[slice_id] = time.monotonic()
 
     def require(self, slice_id: str) -> SliceInfo:
         info = self.get(slice_id)
@@ -126,6 +138,7 @@ class SliceStore:
         with self._evict_lock:
             path.unlink(missing_ok=True)
             self._last_used.pop(slice_id, None)
+            self._used_at.pop(slice_id, None)
         log.error("stored slice %s was damaged (its bytes no longer hash to its id): removed", slice_id)
         return True
 
@@ -153,7 +166,7 @@ class SliceStore:
             self._make_room(info)
             os.replace(verified, info.path)
             _fsync_dir(info.path.parent)
-            self._last_used[info.slice_id] = next(self._uses)
+            self._used(info.slice_id)
 
     def _make_room(self, incoming: SliceInfo) -> None:
         """Evict least recently used slices until `incoming` fits the budget (call with `_evict_lock` held)."""
@@ -169,8 +182,22 @@ class SliceStore:
             self._last_used.pop(victim.slice_id, None)
             excess -= victim.bytes
             log.info("evicted slice %s (%d bytes) to stay within the store budget", victim.slice_id, victim.bytes)
+            self._warn_if_in_use(victim)
             if self._on_evict is not None:
                 self._on_evict(victim)
+
+    def _warn_if_in_use(self, victim: SliceInfo) -> None:
+        now, used_at = time.monotonic(), self._used_at.pop(victim.slice_id, None)
+        if used_at is None or now - used_at > IN_USE_S or now - self._warned_at < IN_USE_S:
+            return
+        self._warned_at = now
+        log.warning(
+            "evicted slice %s, used %.0f s ago: the slices in use do not fit the store budget of %d bytes "
+            "(--max-store-gb), and edges will upload them again and again; raise it",
+            victim.slice_id[:12],
+            now - used_at,
+            self.budget_bytes,
+        )
 
     def _recency(self, info: SliceInfo) -> tuple[int, float]:
         """Sort key, least recently used first: slices not used since this process started come first, by mtime."""

@@ -389,3 +389,38 @@ def test_a_stopping_server_answers_the_request_in_flight_then_ends_the_stream(ch
         runner.close()
     assert after.fallback  # no server: locally
     np.testing.assert_allclose(served.outputs["y3"], _local(slicer, graph, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_slice_lost_again_soon_is_uploaded_again_only_after_a_wait(chain, tmp_path, monkeypatch, caplog):
+    """Two edges whose slices did not fit the server's store together evicted each other's at once, over and over
+    (walkthrough). A slice lost before it served `LOST_AGAIN_REQUESTS` requests waits `retry_interval_s` (doubled
+    each time) before its upload; one that served that many is uploaded at once, as before."""
+    from rr_edge import runner as runner_module
+
+    _, graph, slicer = chain
+    x = _x(graph)
+    data = iter(tmp_path / name for name in "abcd")
+    with rr_server.Server(rr_server.ServerConfig(data_dir=next(data), listen="127.0.0.1:0")) as s:
+        address = str(s.address)
+        client = Client(address)
+        runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(stream=False, retry_interval_s=30))
+        for _ in range(runner_module.LOST_AGAIN_REQUESTS):
+            assert not runner.run(x).fallback
+    uploads: list[float] = []
+    real = client.ensure_slice
+    monkeypatch.setattr(client, "ensure_slice", lambda *a, **k: uploads.append(time.monotonic()) or real(*a, **k))
+    with rr_server.Server(rr_server.ServerConfig(data_dir=next(data), listen=address)):  # lost after 20: at once
+        deadline = time.monotonic() + GENEROUS_S
+        while runner.run(x).fallback:
+            assert time.monotonic() < deadline, "the runner never offloaded again"
+            time.sleep(0.02)
+        assert len(uploads) == 1 and runner.made_ready == 2
+    caplog.clear()
+    with rr_server.Server(rr_server.ServerConfig(data_dir=next(data), listen=address)):  # lost after 1: waits 30 s
+        results = [runner.run(x) for _ in range(20)]
+        time.sleep(0.2)  # a health check started at once would have begun its upload by now
+        results.append(runner.run(x))
+        runner.close()
+    client.close()
+    assert len(uploads) == 1 and all(r.fallback for r in results)
+    assert "uploading it again in 30 s (lost again after 1 requests" in caplog.text

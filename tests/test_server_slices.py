@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -432,6 +433,29 @@ def test_store_budget_evicts_the_least_recently_used_slices(tmp_path):
     assert sum(s.bytes for s in store.list()) <= store.budget_bytes
     with pytest.raises(ValueError, match="must hold the largest slice"):
         SliceStore(tmp_path / "other", max_bytes=len(a), budget_bytes=len(a) - 1)
+
+
+def test_evicting_a_slice_in_use_warns_once_a_minute(tmp_path, caplog, monkeypatch):
+    """Two edges whose slices did not fit the budget together evicted each other's 94 times in 35 s, the server
+    saying so only at INFO (walkthrough): evicting a slice used within `IN_USE_S` is a warning, once a minute."""
+    from rr_server import slices as slices_module
+
+    models = [conv_model(channels=16, out_channels=16, seed=k) for k in range(4)]
+    clock = [1000.0]
+    monkeypatch.setattr(slices_module.time, "monotonic", lambda: clock[0])
+    store = SliceStore(tmp_path, max_bytes=len(models[0]), budget_bytes=len(models[0]) + 100)
+    with caplog.at_level(logging.INFO, logger="rr_server.slices"):
+        store.put_bytes(models[0])
+        clock[0] += slices_module.IN_USE_S + 1
+        store.put_bytes(models[1])  # the first, last used over a minute ago: no warning
+        clock[0] += 1
+        store.put_bytes(models[2])  # the second, used a second ago: warned
+        clock[0] += 1
+        store.put_bytes(models[3])  # the third, in use too, but warned about a second ago: INFO only
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    evictions = [r for r in caplog.records if r.getMessage().startswith("evicted slice")]
+    assert len(evictions) == 3 + 1 and len(warnings) == 1 and "used 1 s ago" in warnings[0]
+    assert "--max-store-gb" in warnings[0]
 
 
 def test_server_with_a_store_budget_reports_evicted_slices_as_not_cached(tmp_path):
