@@ -331,9 +331,20 @@ def make_plan(
     return PlanReport(len(graph.blocks), table, front, chosen, baselines, inputs, costs, {**options, "cached": cached})
 
 
+def check_plan_of(report: PlanReport, graph: BlockGraph) -> None:
+    """ArgumentError unless `report` was planned for `graph`'s blocks (a plan of another model ran at its split,
+    checked for drift against its predictions, and `replan` failed with a ValueError of the cost model, review)."""
+    if [p.signature for p in report.costs.edge] != [b.signature for b in graph.blocks]:
+        raise ArgumentError(
+            f"this plan was made for another model ({report.blocks} blocks), not {graph.model} "
+            f"({len(graph.blocks)} blocks): plan {graph.model} first"
+        )
+
+
 def replan(report: PlanReport, graph: BlockGraph, runner: Runner, amortize_over: int | None = None) -> PlanReport:
     """Plan again with the network the runner measured (after `runner.replan_needed`); its slice counts as cached.
     `amortize_over`: the requests a new slice's upload is spread over now (None: as the report planned)."""
+    check_plan_of(report, graph)
     uplink, downlink = runner.network_models()
     if uplink is None or downlink is None:
         return report
@@ -526,6 +537,8 @@ def make_runner(
     """A runner for `split`; with a plan report, it also tracks the network against the planned models.
     `around_local`, `connect_later`: see `Runner`."""
     i, j = split
+    if report is not None:
+        check_plan_of(report, graph)
     slices = plan_slices(slicer, len(graph.blocks), i, j, graph.model)
     kw: dict[str, Any] = {"around_local": around_local, "connect_later": connect_later}
     if report is not None and slices.offloads:

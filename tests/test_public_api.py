@@ -163,6 +163,7 @@ def test_replan_counts_drift_from_the_new_plan_and_switch_gives_its_runner(tiny_
 
     from rr_edge.netmodel import NetworkModel
     from rr_edge.profiles import DirectionProfile, NetworkProfile
+    from tests._server_support import conv_model
 
     address, path = tiny_server
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
@@ -188,6 +189,13 @@ def test_replan_counts_drift_from_the_new_plan_and_switch_gives_its_runner(tiny_
         assert other is not run and other.slices.split == (n - 1, n - 1)
         assert not other.run(x).fallback
         other.close()
+        # a plan of another model: refused, not run at its split nor re-planned with a cost model error (review)
+        bigger = path.parent / "bigger.onnx"
+        bigger.write_bytes(conv_model(channels=16, out_channels=16, seed=1))
+        with pytest.raises(rr_edge.ArgumentError, match="this plan was made for another model"):
+            node.runner(bigger, report)
+        with node.runner(bigger, (0, 0)) as its_runner, pytest.raises(rr_edge.ArgumentError, match="another model"):
+            node.replan(bigger, report, its_runner)
 
 
 def test_closing_a_node_closes_its_runners_and_they_stop_probing(tiny_server, monkeypatch):
