@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+import rr_proto.grpc_verbosity  # noqa: F401 - before grpc is first imported (the commands import it)
 from rr_edge.commands._interrupt import INTERRUPTED
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_proto.argtypes import Parser
@@ -113,6 +114,14 @@ def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
             "; a transfer took longer than its deadline (--timeout, plus its bytes at 1 MB/s): on a slow link, "
             "give a larger --timeout (or send less: a smaller --max-mb / --upload-max-mb)"
         )
+    message = str(exc)
+    if isinstance(exc, ServerUnavailable) and server and "Connection refused" in message:
+        return f"; nothing listens at {server}: check that rr-server is running there"  # TLS or not
+    if isinstance(exc, ServerError) and "CERTIFICATE_VERIFY_FAILED" in message:
+        ca = getattr(args, "tls_ca", None)
+        return f"; the server's certificate is not signed by {f'--tls-ca {ca}' if ca else 'a CA this system trusts'}"
+    if isinstance(exc, ServerError) and any(s in message for s in ("SSL server name", "Hostname Verification")):
+        return f"; the server's certificate does not name the host of --server {server} (its subjectAltName must)"
     if isinstance(exc, ServerUnavailable) and server:
         from rr_edge.client_options import split_scheme
 

@@ -13,6 +13,7 @@ use, so `rr-server` can name a missing extra in one line.
 
 import typing
 
+import rr_proto.grpc_verbosity  # noqa: F401 - before grpc is first imported
 from rr_server.config import ServerConfig, TlsConfig
 from rr_server.errors import (
     FailedPrecondition,

@@ -203,3 +203,25 @@ def test_unusable_tls_files_and_addresses_are_one_clear_error(tmp_path, pki):
             start(metrics_port=running.metrics_port)
     finally:
         running.stop(grace=1)
+
+
+def test_the_edges_tls_errors_say_what_to_fix(tmp_path, pki, capsys):
+    """Against a TLS server, an edge that does not trust its certificate was told to check that the server trusts
+    the client's, and one whose --server host the certificate does not name was told to pass a token (walkthrough)."""
+    from rr_edge.cli import main
+
+    server = start_server(tmp_path / "a", tls=TlsConfig(pki / "server.pem", pki / "server.key"), listen="127.0.0.2:0")
+    try:
+        port = server.address.rsplit(":", 1)[1]
+        for address, ca, said in (
+            (f"127.0.0.2:{port}", pki / "client.pem", f"the server's certificate is not signed by --tls-ca {pki}"),
+            (f"127.0.0.2:{port}", pki / "ca.pem", "the server's certificate does not name the host of --server"),
+            (f"127.0.0.2:{port}", None, "(a server with TLS needs --tls or --tls-ca)"),
+        ):
+            tls = ["--tls-ca", str(ca)] if ca else []
+            code = main(["netprofile", "--server", address, "--node", "n", "--timeout", "5", *tls])
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert code == 2 and said in err, err
+            assert "token" not in err and "client certificate" not in err
+    finally:
+        server.stop(grace=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _server_support import serving, stored_slice_files
+from _server_support import serving, start_server, stored_slice_files
 from test_blocks import branchy_model
 from test_cli_usage import DEAD, synthetic_costs
 
@@ -32,9 +32,14 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_the_unreachable_server_hint_takes_grpcs_as_tls(capsys, model) -> None:  # type: ignore[no-untyped-def]
-    """`--server grpcs://...` asks for TLS, yet the hint said a server with TLS needs --tls or --tls-ca."""
-    code = main(["plan", str(model), "--server", "grpcs://127.0.0.1:1", "--node", "n", "--timeout", "2"])
+def test_the_unreachable_server_hint_takes_grpcs_as_tls(capsys, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--server grpcs://...` asks for TLS, yet the hint said a server with TLS needs --tls or --tls-ca. (A plaintext
+    server: the connection is made, and the TLS handshake fails.)"""
+    server = start_server(tmp_path / "data")
+    try:
+        code = main(["plan", str(model), "--server", f"grpcs://{server.address}", "--node", "n", "--timeout", "2"])
+    finally:
+        server.stop(grace=0)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "UNAVAILABLE" in err[0], err
     assert err[0].endswith("and that it serves TLS (a server with mTLS also needs --tls-cert and --tls-key)")
