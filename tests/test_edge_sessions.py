@@ -35,6 +35,9 @@ def test_a_wrong_input_name_is_named_in_the_error(chain):
     with pytest.raises(InputError, match=r"got nothing \(given: 'image'\)") as err:
         runner.run({"image": x})
     assert repr(graph.inputs[0].name) in str(err.value)
+    # a misspelt name beside the right ones was run without a word; the CLI refused such an archive (walkthrough)
+    with pytest.raises(InputError, match=r"unknown input\(s\) 'imgae'; the model takes"):
+        runner.run({graph.inputs[0].name: x, "imgae": x})
 
 
 def test_a_runner_whose_client_was_closed_runs_locally_without_blaming_the_server(chain, tmp_path, caplog):

@@ -75,7 +75,9 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_any_work(chain, cli
             with pytest.raises(InputError, match=re.escape(fragment)) as err:
                 runner.run(bad)
             assert f"the model takes {name!r} float32 {list(x.shape)}" in str(err.value) or bad.__class__ is list
-        result = runner.run({name: x, "unused": x})  # extra names are ignored
+        with pytest.raises(InputError, match="unknown input\\(s\\) 'unused'"):  # a misspelt name, say (walkthrough)
+            runner.run({name: x, "unused": x})
+        result = runner.run({name: x})
         assert result.fallback is False and not runner.server_down
     assert issubclass(InputError, ValueError)
 
