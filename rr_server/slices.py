@@ -27,7 +27,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +84,7 @@ class SliceStore:
         self.root = root
         self.max_bytes = max_bytes
         self.budget_bytes = budget_bytes
-        self._on_evict = on_evict
+        self._on_evict: Callable[[SliceInfo], None] | None = None
         self._uses = itertools.count(1)
         self._last_used: dict[str, int] = {}  # slice id -> tick of its last lookup or commit in this process
         self._used_at: dict[str, float] = {}  # slice id -> time.monotonic() of that lookup or commit
@@ -95,6 +95,25 @@ class SliceStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
             stale.unlink(missing_ok=True)
+        self._trim()
+        self._on_evict = on_evict  # from here on: nothing uses the slices evicted above
+
+    def _trim(self) -> None:
+        """Bring a store over its budget (lowered since the last start) within it at once: it was left over until
+        the next upload, which then evicted 20 slices together (walkthrough)."""
+        if self.budget_bytes is None:
+            return
+        stored = self.list()
+        total = sum(s.bytes for s in stored)
+        if total > self.budget_bytes:
+            evicted = self._evict(stored, total - self.budget_bytes)
+            log.warning(
+                "the slice store held %d bytes, over its budget of %d (--max-store-gb): evicted the %d least "
+                "recently stored slices",
+                total,
+                self.budget_bytes,
+                evicted,
+            )
 
     def path_of(self, slice_id: str) -> Path:
         return self.root / f"{check_slice_id(slice_id)}.onnx"
@@ -173,18 +192,23 @@ class SliceStore:
         if self.budget_bytes is None:
             return
         stored = [s for s in self.list() if s.slice_id != incoming.slice_id]
-        excess = sum(s.bytes for s in stored) + incoming.bytes - self.budget_bytes
-        stored.sort(key=self._recency)
-        for victim in stored:
+        self._evict(stored, sum(s.bytes for s in stored) + incoming.bytes - self.budget_bytes)
+
+    def _evict(self, stored: Iterable[SliceInfo], excess: int) -> int:
+        """Evict the least recently used of `stored` until `excess` bytes are gone; how many."""
+        evicted = 0
+        for victim in sorted(stored, key=self._recency):
             if excess <= 0:
                 break
             victim.path.unlink(missing_ok=True)
             self._last_used.pop(victim.slice_id, None)
             excess -= victim.bytes
+            evicted += 1
             log.info("evicted slice %s (%d bytes) to stay within the store budget", victim.slice_id, victim.bytes)
             self._warn_if_in_use(victim)
             if self._on_evict is not None:
                 self._on_evict(victim)
+        return evicted
 
     def _warn_if_in_use(self, victim: SliceInfo) -> None:
         now, used_at = time.monotonic(), self._used_at.pop(victim.slice_id, None)

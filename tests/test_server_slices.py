@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 from rr_proto import codec
 from rr_proto.inference import grpc_service_pb2 as kpb
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
-from rr_server.slices import SliceStore
+from rr_server.slices import SliceInfo, SliceStore
 
 
 @pytest.fixture
@@ -433,6 +433,22 @@ def test_store_budget_evicts_the_least_recently_used_slices(tmp_path):
     assert sum(s.bytes for s in store.list()) <= store.budget_bytes
     with pytest.raises(ValueError, match="must hold the largest slice"):
         SliceStore(tmp_path / "other", max_bytes=len(a), budget_bytes=len(a) - 1)
+
+
+def test_a_store_over_a_lowered_budget_is_trimmed_when_it_opens(tmp_path, caplog):
+    """A server restarted with a smaller --max-store-gb kept every slice until the next upload, which then evicted
+    them together (walkthrough): the store is brought within its budget when it opens, the oldest first."""
+    models = [conv_model(channels=16, out_channels=16, seed=k) for k in range(4)]
+    store = SliceStore(tmp_path, max_bytes=len(models[0]))
+    ids = [store.put_bytes(m).slice_id for m in models]
+    for age, slice_id in enumerate(reversed(ids)):  # the first stored is the oldest
+        os.utime(store.path_of(slice_id), (1e9 - age, 1e9 - age))
+    evicted: list[SliceInfo] = []
+    with caplog.at_level(logging.WARNING, logger="rr_server.slices"):
+        trimmed = SliceStore(tmp_path, max_bytes=len(models[0]), budget_bytes=2 * len(models[0]) + 100,
+                             on_evict=evicted.append)  # fmt: skip
+    assert [s.slice_id for s in trimmed.list()] == sorted(ids[2:]) and evicted == []  # nothing was using them
+    assert "over its budget" in caplog.text and "evicted the 2 least recently stored slices" in caplog.text
 
 
 def test_evicting_a_slice_in_use_warns_once_a_minute(tmp_path, caplog, monkeypatch):
