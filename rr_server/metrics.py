@@ -15,8 +15,8 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class Metrics:
-    """Request counts and latency per method, session-cache hits, upload bytes, slice evictions, inferences, stream
-    slots per pool."""
+    """Request counts and latency per method, session-cache hits, upload bytes, slice evictions, inferences and their
+    run time, stream slots per pool (docs/protocol.md, "Metrics")."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -38,6 +38,12 @@ class Metrics:
             "rr_slice_evictions", "Slices evicted to stay within the store budget", registry=self.registry
         )
         self.inferences = Counter("rr_inferences", "Slice executions by outcome", ["outcome"], registry=self.registry)
+        self.inference_seconds = Histogram(
+            "rr_inference_seconds",
+            "Slice execution time per inference, of either method (a stream's rr_request_seconds is its lifetime)",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.stream_slots = Gauge("rr_stream_slots", "Stream slots per pool", ["pool"], registry=self.registry)
         self.stream_slots_in_use = Gauge(
             "rr_stream_slots_in_use",

@@ -81,7 +81,7 @@ class ModelRepository:
         if max_output_bytes is not None:
             session.check_output_size(inputs, outputs, max_output_bytes)
         try:
-            with self.activity.running():
+            with self.activity.running(), self._metrics.inference_seconds.time():
                 result = session.run(inputs, outputs, allocate, caller)
             if max_output_bytes is not None:
                 session.check_result_size(result, max_output_bytes)

@@ -343,3 +343,20 @@ def test_a_damaged_database_is_one_line_at_start(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot start: the database in --data-dir" in err and "not a database" in err and "Traceback" not in err
     assert (tmp_path / "roadrunner.sqlite3").read_bytes() == b"not a database" * 100
+
+
+def test_each_inference_run_is_timed_apart_from_its_call(tmp_path):
+    """A stream's rr_request_seconds is its whole life (an edge keeps one open for a run): the server's run time per
+    inference has a histogram of its own, fed by both methods (walkthrough)."""
+    from _server_support import conv_model
+
+    data = conv_model()
+    with serving(tmp_path) as (server, stubs):
+        stubs.upload(data)
+        session = server.repository.session(sha256(data))
+        feed = {spec.name: np.ones(spec.shape, np.float32) for spec in session.inputs}
+        request = codec.encode_infer_request(sha256(data), feed)
+        stubs.kserve.ModelInfer(request, timeout=10)
+        assert len(list(stubs.kserve.ModelStreamInfer(iter([request, request]), timeout=10))) == 2
+        sample = server.metrics.registry.get_sample_value
+        assert sample("rr_inference_seconds_count") == _runs(server) == 3 and sample("rr_inference_seconds_sum") > 0
