@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from rr_edge._status import server_error, status_error
-from rr_edge.errors import ServerError
+from rr_edge.errors import ServerError, ServerUnavailable
 from rr_proto import codec, framing
 
 __all__ = ["InferOutputs", "InferStream"]
@@ -55,6 +55,7 @@ class InferStream(Iterator[InferOutputs]):
         self._call = call
         self._what = what
         self._requests = requests
+        self._cancelled = False  # by this side (`cancel`)
 
     def __next__(self) -> InferOutputs:
         try:
@@ -63,6 +64,11 @@ class InferStream(Iterator[InferOutputs]):
             self._requests.raise_error()  # a batch this side could not send, after the answers to those before
             if isinstance(exc, StopIteration):
                 raise
+            # cancelled by the server (a closed channel says "Stream removed"): it said only "CANCELLED: CANCELLED"
+            if exc.code() == grpc.StatusCode.CANCELLED and exc.details() == "CANCELLED" and not self._cancelled:
+                raise ServerUnavailable(
+                    f"{self._what}: the server cancelled the stream (stopping?)", "UNAVAILABLE"
+                ) from None
             raise server_error(exc, self._what) from None
         item = _stream_item(message)
         if item.error_message:  # the server writes "CODE: details"
@@ -73,6 +79,7 @@ class InferStream(Iterator[InferOutputs]):
 
     def cancel(self) -> None:
         """End the call now (the server sees CANCELLED); a reader blocked in `next` gets ServerUnavailable."""
+        self._cancelled = True
         self._call.cancel()
 
 

@@ -424,3 +424,21 @@ def test_a_slice_lost_again_soon_is_uploaded_again_only_after_a_wait(chain, tmp_
     client.close()
     assert len(uploads) == 1 and all(r.fallback for r in results)
     assert "uploading it again in 30 s (lost again after 1 requests" in caplog.text
+
+
+def test_a_stream_the_stopping_server_cancelled_says_so(chain, tmp_path):
+    """The idle stream a stopping server cancels reached the runner as "CANCELLED: CANCELLED" (review); a client
+    closed on purpose still says so."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    server = rr_server.Server(rr_server.ServerConfig(data_dir=tmp_path, listen="127.0.0.1:0"))
+    server.start()
+    with Client(str(server.address)) as client:
+        runner = make_runner(slicer, graph, (0, 2), client)
+        assert not runner.run(x).fallback  # the stream is open, and idle
+        server.stop()
+        after = runner.run(x)
+        runner.close()
+    # cancelled as idle; or, when the stop came as the server's thread went back to waiting, ended as stopping
+    said = ("the server cancelled the stream (stopping?)", "the server is stopping")
+    assert after.fallback and any(s in after.error for s in said) and "CANCELLED: CANCELLED" not in after.error
