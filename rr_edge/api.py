@@ -26,6 +26,7 @@ when the model is loaded, so a runner takes one image per request (docs/usage.md
 from __future__ import annotations
 
 import asyncio
+import math
 import operator
 import threading
 import weakref
@@ -40,7 +41,7 @@ import onnx
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client, ClientOptions
 from rr_edge.costmodel import check_amortize_over
-from rr_edge.errors import ServerUnavailable
+from rr_edge.errors import ArgumentError, ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
@@ -174,6 +175,8 @@ class EdgeNode:
         """
         check_objective(objective, slo_ms)  # before the server is asked anything
         check_amortize_over(amortize_over)
+        if not (isinstance(wait_s, int | float) and 0 <= wait_s < math.inf):  # NaN waited not at all, inf for ever
+            raise ArgumentError(f"wait_s must be a finite number of seconds >= 0, got {wait_s!r}")
         m = self._load(model)
         costs = gather_costs(self.client, self.node, m.graph, self.power, wait_s)
         return plan_with_server_cache(

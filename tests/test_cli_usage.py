@@ -479,6 +479,23 @@ def test_the_plan_table_says_why_neurosurgeon_beats_the_chosen_plan(preloaded: b
     assert said is not preloaded
 
 
+def test_the_plan_table_says_what_an_infinite_baseline_means() -> None:
+    """offload_all over the server's slice limit showed `inf` without a word (walkthrough)."""
+    from rich.console import Console
+
+    from rr_edge.commands.plan import plan_table
+    from rr_edge.offload import make_plan
+
+    graph = analyze(branchy_model(), "m")
+    costs = synthetic_costs_for(graph, edge_ms=5.0, edge_mJ=50.0, cloud_ms=0.1)
+    for max_slice_bytes, said in ((0, False), (1, True)):  # 0: no limit; 1 byte: no slice fits
+        report = make_plan(graph, dataclasses.replace(costs, max_slice_bytes=max_slice_bytes), preloaded=True)
+        console = Console(width=300, record=True)
+        console.print(plan_table(report, "t"))
+        text = console.export_text()
+        assert ("inf" in text) == ("inf: a plan this server cannot run" in text) == said
+
+
 # -- 7. and 9. clean errors -----------------------------------------------------------------------------------------
 
 

@@ -135,7 +135,8 @@ def test_bad_values_and_bad_arguments_are_the_packages_errors(tiny_server, tmp_p
                 run.run(np.full((1, 5), 99, np.int64))
             assert run.run(np.arange(5, dtype=np.int64)[None]).outputs["y"].shape == (1, 5, 4)
         for bad in (lambda: node.plan(path, objective="bogus", wait_s=0), lambda: node.profile(path, sample=0),
-                    lambda: node.netprofile(max_mb=0), lambda: node.runner(path, (5, 2))):  # fmt: skip
+                    lambda: node.netprofile(max_mb=0), lambda: node.runner(path, (5, 2)),
+                    lambda: node.plan(path, wait_s=float("nan")), lambda: node.plan(path, wait_s=-1)):  # fmt: skip
             with pytest.raises(rr_edge.ArgumentError):
                 bad()
     for bad_config in ({"timeout_s": 0}, {"retry_interval_s": -1}, {"timeout_s": float("nan")}):

@@ -214,13 +214,19 @@ def plan_table(report: PlanReport, title: str) -> Table:
         )
     for name, plan in report.baselines.items():
         _row(table, name, plan)
+    notes = []
     ns, chosen = report.baselines.get("neurosurgeon"), report.chosen
     if ns and not report.inputs.preloaded and (ns.latency_ms < chosen.latency_ms or ns.energy_mJ < chosen.energy_mJ):
-        table.caption = (
+        notes.append(
             "neurosurgeon is costed with its weights on the server beforehand, as in the paper; the plans above pay "
             "their upload (--preloaded compares them on equal terms)"
         )
-        table.caption_justify = "left"
+    if any(math.isinf(plan.latency_ms) for plan in report.baselines.values()):
+        notes.append(
+            "inf: a plan this server cannot run (its slice over the server's slice limit, a tensor over its message "
+            "limit, or a slice it refused)"
+        )
+    table.caption, table.caption_justify = "\n".join(notes) or None, "left"
     return table
 
 
