@@ -156,7 +156,7 @@ def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseExc
     exc = exc if exc is None else as_server_error(exc) or exc
     if isinstance(exc, ServerError):
         code = exc.code
-        log.info("%s -> %s: %s", method, code.name, exc.details())
+        log.info("%s from %s -> %s: %s", method, context.peer(), code.name, exc.details())  # peer: whose token failed
     elif isinstance(exc, grpc.RpcError):  # the stream ended under us while we read it
         code = grpc.StatusCode.CANCELLED
         log.info("%s cancelled: the client went away, or the server is stopping", method)

@@ -267,7 +267,7 @@ class Server:
             "rr-server %s listening on %s (%s) providers=%s predictor=%s data=%s auth=%s",
             version(),
             self.address,
-            "TLS" if self.config.tls else "plaintext",
+            "plaintext" if self.config.tls is None else "mTLS" if self.config.tls.client_ca else "TLS",
             ",".join(self.providers),
             engine_name(),
             self.config.data_dir,

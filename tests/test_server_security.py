@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -27,12 +28,14 @@ def env(tmp_path):
         yield server, stubs
 
 
-def test_missing_or_invalid_token_is_unauthenticated(env):
+def test_missing_or_invalid_token_is_unauthenticated(env, caplog):
     _, stubs = env
     for metadata in (None, bearer("wrong"), [("authorization", "Basic abc")]):
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(grpc.RpcError) as err, caplog.at_level(logging.INFO, logger="rr_server.interceptor"):
             stubs.nodes.ListNodes(rr.ListNodesRequest(), timeout=5, metadata=metadata)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # the log names the peer whose token failed (it named none, walkthrough)
+    assert "ListNodes from ipv4:127.0.0.1:" in caplog.text and "-> UNAUTHENTICATED" in caplog.text
     with pytest.raises(grpc.RpcError) as err:
         stubs.kserve.ServerLive(pb.ServerLiveRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -148,8 +151,10 @@ def test_tls(tmp_path, pki):
         server.stop(grace=1)
 
 
-def test_mutual_tls(tmp_path, pki):
-    server = start_server(tmp_path, tls=TlsConfig(pki / "server.pem", pki / "server.key", pki / "ca.pem"))
+def test_mutual_tls(tmp_path, pki, caplog):
+    with caplog.at_level(logging.INFO, logger="rr_server.server"):
+        server = start_server(tmp_path, tls=TlsConfig(pki / "server.pem", pki / "server.key", pki / "ca.pem"))
+    assert "(mTLS)" in caplog.text  # it said TLS, client certificates or not (walkthrough)
     try:
         ca = (pki / "ca.pem").read_bytes()
         with_cert = grpc.ssl_channel_credentials(
