@@ -372,6 +372,15 @@ def test_plan_and_run_tables_read_as_text(monkeypatch, capsys, model, x) -> None
     assert ": 1 request in " in out and "1 requests in" not in out
 
 
+def test_run_shows_its_progress_unless_json(capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    """A run of thousands of requests said nothing until its end (walkthrough): a bar on stderr counts them."""
+    argv = ["run", str(model), *DEAD, "--split", "0,0", "--input", str(x), "--repeat", "3"]
+    assert main(argv) == 0
+    assert "3/3 split " in capsys.readouterr().err
+    assert main([*argv, "--json"]) == 0
+    assert "3/3" not in capsys.readouterr().err
+
+
 def test_run_compares_per_request_predictions_with_the_requests(capsys) -> None:  # type: ignore[no-untyped-def]
     """The plan's latency and energy include its share of the slice upload (amortized over --repeat), which no
     request pays: the runner makes the slice ready once, before the first. The table's predicted row leaves that

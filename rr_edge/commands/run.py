@@ -66,6 +66,7 @@ from rr_edge.offload import (
     validate_split,
 )
 from rr_edge.onnx_io import TensorInfo, load_model
+from rr_edge.progress import progress_bars
 from rr_edge.runner import Runner, RunnerConfig, RunResult, fallback_cause, modelled_mJ
 from rr_edge.session import OrtSettings, array_fits
 from rr_edge.slicing import Slicer, whole_model_bytes
@@ -479,8 +480,13 @@ def run(args: argparse.Namespace) -> int:
         )
         results: list[RunResult] = []
         diff = 0.0  # the largest difference of any request's outputs from the whole model run locally
+        fallbacks = 0
         start = time.perf_counter()
-        with Trace(args.trace) as trace, stop_requested("the request in flight") as stop:
+        with (
+            Trace(args.trace) as trace,
+            stop_requested("the request in flight") as stop,
+            progress_bars(not args.json) as progress,
+        ):
             try:
                 for k in range(args.repeat):
                     if stop.is_set():
@@ -495,6 +501,8 @@ def run(args: argparse.Namespace) -> int:
                     diff = float(np.max([diff, max_abs_diff(result.outputs, expected)]))  # NaN stays NaN
                     outputs, result.outputs = result.outputs, {}  # compared: only the last request's are kept
                     results.append(result)
+                    fallbacks += result.fallback
+                    progress("requests", k + 1, args.repeat, "split {},{}; {} local".format(*planned.split, fallbacks))
             finally:
                 planned.close()
         wall_s = time.perf_counter() - start
