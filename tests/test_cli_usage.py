@@ -527,9 +527,8 @@ def test_slice_reversed_range_says_reversed(capsys, model, tmp_path: Path, block
 # -- 10. a replan the server refuses --------------------------------------------------------------------------------
 
 
-def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
-    """A re-plan switches split after the first of 3 requests: the requests of each split are measured and predicted
-    apart (they were all reported under the last split, next to its prediction; found by review)."""
+def _switching_after_the_first(monkeypatch, model):  # type: ignore[no-untyped-def]
+    """`run` plans local, then re-plans after every request to a plan offloading blocks 0..2: (local, offloading)."""
     from rr_edge.commands import run as run_command
     from rr_edge.offload import make_plan
 
@@ -539,6 +538,13 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
     monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
     monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+    return local, offloading
+
+
+def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+    """A re-plan switches split after the first of 3 requests: the requests of each split are measured and predicted
+    apart (they were all reported under the last split, next to its prediction; found by review)."""
+    local, offloading = _switching_after_the_first(monkeypatch, model)
     argv = ["run", str(model), *DEAD, "--input", str(x), "--repeat", "3"]
     assert main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -571,15 +577,8 @@ def test_ctrl_c_as_a_re_plan_switches_split_reports_the_splits_that_ran(monkeypa
     import signal
 
     from rr_edge.commands import _planned_run
-    from rr_edge.commands import run as run_command
-    from rr_edge.offload import make_plan
 
-    graph = analyze(onnx.load(model), model.stem)
-    local = make_plan(graph, synthetic_costs(model, edge_ms=0.1, cloud_ms=10.0))
-    offloading = dataclasses.replace(local, chosen=dataclasses.replace(local.chosen, i=0, j=2, latency_ms=77.0))
-    monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
-    monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
-    monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+    local, _ = _switching_after_the_first(monkeypatch, model)
     switch = _planned_run.PlannedRun._switch
 
     def interrupted(self, *a, **kw):  # type: ignore[no-untyped-def]
