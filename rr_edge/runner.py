@@ -218,7 +218,6 @@ class _Local:
         """InputError unless `given` holds an array of the right type and shape for each input of this part, and
         nothing else (a misspelt optional name beside the right ones went unnoticed; the CLI refused it): checked
         before any work (a wrong tensor went to the server, and came back as ONNX Runtime's own error)."""
-        takes = ", ".join(f"{n!r} {t or '?'} {['?' if d is None else d for d in dims]}" for n, t, dims in self._specs)
         unknown = sorted(map(str, set(given) - {n for n, _, _ in self._specs}))
         for name, dtype, shape in self._specs:
             x = given.get(name)
@@ -231,9 +230,12 @@ class _Local:
             else:
                 continue
             named = f" (given: {', '.join(map(repr, unknown))})" if x is None and unknown else ""
-            raise InputError(f"input {name!r}: got {got}{named}; the model takes {takes}")
+            raise InputError(f"input {name!r}: got {got}{named}; the model takes {self._takes()}")
         if unknown:
-            raise InputError(f"unknown input(s) {', '.join(map(repr, unknown))}; the model takes {takes}")
+            raise InputError(f"unknown input(s) {', '.join(map(repr, unknown))}; the model takes {self._takes()}")
+
+    def _takes(self) -> str:
+        return ", ".join(f"{n!r} {t or '?'} {['?' if d is None else d for d in dims]}" for n, t, dims in self._specs)
 
     def feed(self, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: env[name] for name in self.inputs}
