@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -81,6 +82,22 @@ def _restore_logging() -> Iterator[None]:
     root.setLevel(level)
     for name, saved in levels.items():
         logging.getLogger(name).setLevel(saved)
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Python's own SIGINT handler, as in a terminal (a test run started in the background inherits SIGINT ignored,
+    which `rr_edge.commands._interrupt` leaves alone: CI did), put back as it was afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def sigint_default_in_child() -> None:
+    """`preexec_fn` of a subprocess that must take Ctrl-C (see `sigint_default`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")

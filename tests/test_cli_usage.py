@@ -570,7 +570,9 @@ def test_run_reports_each_split_it_used_apart(monkeypatch, capsys, model, x) -> 
     ]  # fmt: skip
 
 
-def test_ctrl_c_as_a_re_plan_switches_split_reports_the_splits_that_ran(monkeypatch, capsys, model, x) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_as_a_re_plan_switches_split_reports_the_splits_that_ran(
+    monkeypatch, capsys, model, x, sigint_default
+) -> None:  # type: ignore[no-untyped-def]
     """Ctrl-C during the request after which a re-plan switched split left a segment of no requests, whose summary
     raised IndexError (review). The run reports the split that served its requests, and exits 130."""
     import os

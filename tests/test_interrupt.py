@@ -17,15 +17,14 @@ def _delivered() -> None:
         time.sleep(0.001)
 
 
-def test_the_first_ctrl_c_asks_to_stop_and_the_second_interrupts() -> None:
-    before = signal.getsignal(signal.SIGINT)
+def test_the_first_ctrl_c_asks_to_stop_and_the_second_interrupts(sigint_default: None) -> None:
     with pytest.raises(KeyboardInterrupt), stop_requested("the work") as stop:
         os.kill(os.getpid(), signal.SIGINT)
         _delivered()
         assert stop.is_set()  # asked to stop, nothing raised
         os.kill(os.getpid(), signal.SIGINT)  # the handler there was before: KeyboardInterrupt
         _delivered()
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_an_ignored_sigint_stays_ignored() -> None:

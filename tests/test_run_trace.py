@@ -22,6 +22,7 @@ from rr_edge.cli import main
 from rr_edge.commands.run import Trace
 from rr_edge.runner import RunResult
 from tests._server_process import REPO, ServerProcess
+from tests.conftest import sigint_default_in_child
 from tools.bench_runner import conv_chain
 
 REQUEST_KEYS = {"event", "k", "t_s", "split", "fallback", "total_ms", "remote_ms", "error"}
@@ -165,7 +166,7 @@ def test_ctrl_c_ends_a_run_with_the_summary_of_the_requests_served(chain_files, 
     log = tmp_path / "run.log"
     with log.open("wb") as err:
         run = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                               stderr=err)  # fmt: skip
+                               stderr=err, preexec_fn=sigint_default_in_child)  # fmt: skip
     try:
         _wait_for(lambda: len(_complete_lines(trace)) >= 3, run, log)
         run.send_signal(signal.SIGINT)
