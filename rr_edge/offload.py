@@ -540,7 +540,9 @@ def make_runner(
     if report is not None:
         check_plan_of(report, graph)
     slices = plan_slices(slicer, len(graph.blocks), i, j, graph.model)
-    kw: dict[str, Any] = {"around_local": around_local, "connect_later": connect_later}
+    kw: dict[str, Any] = {
+        "around_local": around_local, "connect_later": connect_later, "model_inputs": [t.name for t in graph.inputs],
+    }  # fmt: skip
     if report is not None and slices.offloads:
         kw |= {
             "uplink": report.inputs.uplink.rebased(),

@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
@@ -214,11 +214,12 @@ class _Local:
             for arg in self.session.get_inputs()
         ]
 
-    def check(self, given: Mapping[str, Any]) -> None:
+    def check(self, given: Mapping[str, Any], also: Collection[str] = ()) -> None:
         """InputError unless `given` holds an array of the right type and shape for each input of this part, and
-        nothing else (a misspelt optional name beside the right ones went unnoticed; the CLI refused it): checked
-        before any work (a wrong tensor went to the server, and came back as ONNX Runtime's own error)."""
-        unknown = sorted(map(str, set(given) - {n for n, _, _ in self._specs}))
+        nothing else but names in `also` (a misspelt optional name beside the right ones went unnoticed; the CLI
+        refused it): checked before any work (a wrong tensor went to the server, and came back as ONNX Runtime's own
+        error)."""
+        unknown = sorted(map(str, set(given) - {n for n, _, _ in self._specs} - set(also)))
         for name, dtype, shape in self._specs:
             x = given.get(name)
             if not isinstance(x, np.ndarray):
@@ -424,7 +425,9 @@ class Runner:
     `around_local`, when given, is entered around every local ONNX Runtime run (head, tail, fallback middle) and
     nothing else: a meter of local compute, or the testbed's CPU throttle of an emulated device (tools/eval).
     `slices` keeps the plan's middle for the server, not the head and tail once their sessions hold them: kept, they
-    held those weights a second time for the runner's life (vgg16 split 7,15: its tail's 504 MB).
+    held those weights a second time for the runner's life (vgg16 split 7,15: its tail's 504 MB). `model_inputs`:
+    the whole model's input names, which a request may give although its first part uses none of them (an input no
+    node reads); any other name is refused.
     """
 
     def __init__(
@@ -440,6 +443,7 @@ class Runner:
         expected_upload_ms: float | None = None,
         around_local: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
         connect_later: bool = False,
+        model_inputs: Sequence[str] = (),
     ) -> None:
         if slices.offloads and remote is None:
             raise ValueError("a plan that offloads needs a remote executor")
@@ -481,6 +485,7 @@ class Runner:
         first = self._head or self._middle_local or self._tail
         assert first is not None
         self._first = first
+        self._model_inputs = frozenset(model_inputs)
         self.input_names = first.inputs
 
     # -- server state -------------------------------------------------------------------------------------------
@@ -784,7 +789,7 @@ class Runner:
             inputs = {self.input_names[0]: inputs}
         if not isinstance(inputs, Mapping):
             raise InputError(f"inputs are an array or a dict of arrays by input name, not {type(inputs).__name__}")
-        self._first.check(inputs)
+        self._first.check(inputs, also=self._model_inputs)
         self._closed = False  # used after `close`: health checks may start again
         start = time.perf_counter()
         env = dict(inputs)

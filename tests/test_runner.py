@@ -82,6 +82,26 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_any_work(chain, cli
     assert issubclass(InputError, ValueError)
 
 
+def test_a_model_input_no_node_reads_is_taken_at_every_split(client):
+    """`rr-edge run` asks for an array per model input, also for one no node reads; the runner of a split whose first
+    part is a slice (which does not take it) refused it as unknown (review)."""
+    from onnx import TensorProto, helper
+
+    model = conv_chain(layers=3)
+    model.graph.input.append(helper.make_tensor_value_info("u", TensorProto.FLOAT, [1]))
+    graph = analyze(model, "unused")
+    feed = {"x": np.ones(graph.inputs[0].shape, np.float32), "u": np.ones([1], np.float32)}
+    last = len(graph.blocks) - 1
+    expected = make_runner(Slicer(model, graph), graph, (last, last), None)(feed)
+    for split in [(-1, 0), (0, 1), (0, last), (-1, last)]:
+        with make_runner(Slicer(model, graph), graph, split, client) as runner:
+            result = runner.run(feed)
+            with pytest.raises(InputError, match="unknown input\\(s\\) 'v'"):
+                runner.run({**feed, "v": feed["u"]})
+        assert not result.fallback, split
+        np.testing.assert_allclose(result.outputs["y2"], expected["y2"], rtol=1e-5, atol=1e-6)
+
+
 def test_a_runner_has_its_middle_slice_open_on_the_server_before_the_first_request(chain, tmp_path):
     """Upload and load are one-time costs the runner pays when it starts (its `upload_ms`), not the first request."""
     _, graph, slicer = chain
