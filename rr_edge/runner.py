@@ -460,6 +460,7 @@ class Runner:
         self.made_ready = 0  # times that succeeded: once, or again after the server lost it (`upload_ms` has all tries)
         self._served = 0  # requests the server answered since the slice was last made ready
         self._lost_wait_s = 0.0  # the wait before uploading a slice lost again soon (LOST_AGAIN_REQUESTS)
+        self._hold_until = 0.0  # time.monotonic() before which no health check starts (that wait)
         self._stream: _Stream | None = None
         self._unary_until = 0.0  # ModelInfer calls until then (monotonic): the server had no stream slot free
         self._down_since: float | None = None
@@ -588,9 +589,7 @@ class Runner:
             log.warning("server still unusable, running locally: %s", exc)
         self._down_error = exc
         if _slice_lost(exc):  # the health check uploads it: at once, or after the wait when it is lost again soon
-            self._last_probe = (
-                time.monotonic() + self._lost_wait_s - self._probe_wait_s if self._lost_wait_s else -math.inf
-            )
+            self._last_probe, self._hold_until = -math.inf, time.monotonic() + self._lost_wait_s
         else:
             self._last_probe = time.monotonic()
 
@@ -609,12 +608,16 @@ class Runner:
             return True
         if self._closed or self._remote_closed:  # closed on purpose: nothing to probe
             return False
-        if time.monotonic() - self._last_probe >= self._probe_wait_s and self._probing.acquire(False):
-            if time.monotonic() - self._last_probe >= self._probe_wait_s:  # not just ended elsewhere
+        if self._probe_due() and self._probing.acquire(False):
+            if self._probe_due():  # not just ended elsewhere
                 threading.Thread(target=self._probe, name="rr-probe", daemon=True).start()
             else:
                 self._probing.release()
         return False
+
+    def _probe_due(self) -> bool:
+        now = time.monotonic()
+        return now >= self._hold_until and now - self._last_probe >= self._probe_wait_s
 
     def _probe(self) -> None:
         """Health check of a server that is down; when it answers, make the slice ready again (upload, load). Not
