@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
 import operator
 import threading
 import weakref
@@ -175,7 +176,7 @@ class EdgeNode:
         """
         check_objective(objective, slo_ms)  # before the server is asked anything
         check_amortize_over(amortize_over)
-        if not (isinstance(wait_s, int | float) and 0 <= wait_s < math.inf):  # NaN waited not at all, inf for ever
+        if isinstance(wait_s, bool) or not (isinstance(wait_s, numbers.Real) and 0 <= wait_s < math.inf):  # NaN, inf
             raise ArgumentError(f"wait_s must be a finite number of seconds >= 0, got {wait_s!r}")
         m = self._load(model)
         costs = gather_costs(self.client, self.node, m.graph, self.power, wait_s)

@@ -117,6 +117,8 @@ def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
     message = str(exc)
     if isinstance(exc, ServerUnavailable) and server and "Connection refused" in message:
         return f"; nothing listens at {server}: check that rr-server is running there"  # TLS or not
+    if isinstance(exc, ServerError) and any(s in message for s in ("certificate has expired", "is not yet valid")):
+        return "; the server's certificate is outside its dates of validity: check the clock of this device"
     if isinstance(exc, ServerError) and "CERTIFICATE_VERIFY_FAILED" in message:
         ca = getattr(args, "tls_ca", None)
         return f"; the server's certificate is not signed by {f'--tls-ca {ca}' if ca else 'a CA this system trusts'}"

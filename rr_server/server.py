@@ -165,6 +165,7 @@ class Server:
             config.max_store_bytes,
             on_evict=self._slice_evicted,
         )
+        self.metrics.slice_evictions.inc(self.slices.trimmed)
         self.providers = resolve_providers(config.providers)
         self.sessions = SessionPool(
             self.providers,

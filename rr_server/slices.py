@@ -87,7 +87,8 @@ class SliceStore:
         self._on_evict: Callable[[SliceInfo], None] | None = None
         self._uses = itertools.count(1)
         self._last_used: dict[str, int] = {}  # slice id -> tick of its last lookup or commit in this process
-        self._used_at: dict[str, float] = {}  # slice id -> time.monotonic() of that lookup or commit
+        self.clock = time.monotonic  # of `_used_at` (a test sets its own)
+        self._used_at: dict[str, float] = {}  # slice id -> self.clock() of that lookup or commit
         self._warned_at = -float("inf")  # when an eviction of a slice in use was last warned about
         self._evict_lock = threading.Lock()
         self._intact: set[str] = set()  # ids whose stored bytes `drop_if_damaged` hashed and found whole
@@ -95,25 +96,25 @@ class SliceStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
             stale.unlink(missing_ok=True)
-        self._trim()
+        self.trimmed = self._trim()  # evicted as the store opened (for the eviction metric)
         self._on_evict = on_evict  # from here on: nothing uses the slices evicted above
 
-    def _trim(self) -> None:
+    def _trim(self) -> int:
         """Bring a store over its budget (lowered since the last start) within it at once: it was left over until
-        the next upload, which then evicted 20 slices together (walkthrough)."""
-        if self.budget_bytes is None:
-            return
+        the next upload, which then evicted 20 slices together (walkthrough). How many slices it evicted."""
         stored = self.list()
         total = sum(s.bytes for s in stored)
-        if total > self.budget_bytes:
-            evicted = self._evict(stored, total - self.budget_bytes)
-            log.warning(
-                "the slice store held %d bytes, over its budget of %d (--max-store-gb): evicted the %d least "
-                "recently stored slices",
-                total,
-                self.budget_bytes,
-                evicted,
-            )
+        if self.budget_bytes is None or total <= self.budget_bytes:
+            return 0
+        evicted = self._evict(stored, total - self.budget_bytes)
+        log.warning(
+            "the slice store held %d bytes, over its budget of %d (--max-store-gb): evicted the %d least recently "
+            "stored slices",
+            total,
+            self.budget_bytes,
+            evicted,
+        )
+        return evicted
 
     def path_of(self, slice_id: str) -> Path:
         return self.root / f"{check_slice_id(slice_id)}.onnx"
@@ -129,7 +130,7 @@ class SliceStore:
 
     def _used(self, slice_id: str) -> None:
         self._last_used[slice_id] = next(self._uses)
-        self._used_at[slice_id] = time.monotonic()
+        self._used_at[slice_id] = self.clock()
 
     def require(self, slice_id: str) -> SliceInfo:
         info = self.get(slice_id)
@@ -211,7 +212,7 @@ class SliceStore:
         return evicted
 
     def _warn_if_in_use(self, victim: SliceInfo) -> None:
-        now, used_at = time.monotonic(), self._used_at.pop(victim.slice_id, None)
+        now, used_at = self.clock(), self._used_at.pop(victim.slice_id, None)
         if used_at is None or now - used_at > IN_USE_S or now - self._warned_at < IN_USE_S:
             return
         self._warned_at = now

@@ -230,3 +230,15 @@ def test_the_edges_tls_errors_say_what_to_fix(tmp_path, pki, capsys):
             assert "token" not in err and "client certificate" not in err
     finally:
         server.stop(grace=0)
+    # signed by the CA given, but expired (an edge without a real-time clock boots in the past): not "not signed"
+    _openssl("x509", "-req", "-in", str(pki / "server.csr"), "-CA", str(pki / "ca.pem"), "-CAkey", str(pki / "ca.key"),
+             "-CAcreateserial", "-out", "expired.pem", "-days", "-1", "-extfile", str(pki / "san.ext"),
+             cwd=tmp_path)  # fmt: skip
+    server = start_server(tmp_path / "b", tls=TlsConfig(tmp_path / "expired.pem", pki / "server.key"))
+    try:
+        code = main(["netprofile", "--server", server.address, "--node", "n", "--timeout", "5",
+                     "--tls-ca", str(pki / "ca.pem")])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and "outside its dates of validity: check the clock of this device" in err, err
+    finally:
+        server.stop(grace=0)

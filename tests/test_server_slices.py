@@ -449,17 +449,27 @@ def test_a_store_over_a_lowered_budget_is_trimmed_when_it_opens(tmp_path, caplog
                              on_evict=evicted.append)  # fmt: skip
     assert [s.slice_id for s in trimmed.list()] == sorted(ids[2:]) and evicted == []  # nothing was using them
     assert "over its budget" in caplog.text and "evicted the 2 least recently stored slices" in caplog.text
+    assert trimmed.trimmed == 2
 
 
-def test_evicting_a_slice_in_use_warns_once_a_minute(tmp_path, caplog, monkeypatch):
+def test_a_server_counts_the_slices_it_trims_as_it_starts(tmp_path):
+    models = [conv_model(channels=16, out_channels=16, seed=k) for k in range(3)]
+    store = SliceStore(tmp_path / "slices", max_bytes=len(models[0]))
+    for m in models:
+        store.put_bytes(m)
+    with serving(tmp_path, max_slice_bytes=len(models[0]), max_store_bytes=len(models[0]) + 100) as (server, _):
+        assert server.metrics.registry.get_sample_value("rr_slice_evictions_total") == 2
+
+
+def test_evicting_a_slice_in_use_warns_once_a_minute(tmp_path, caplog):
     """Two edges whose slices did not fit the budget together evicted each other's 94 times in 35 s, the server
     saying so only at INFO (walkthrough): evicting a slice used within `IN_USE_S` is a warning, once a minute."""
     from rr_server import slices as slices_module
 
     models = [conv_model(channels=16, out_channels=16, seed=k) for k in range(4)]
     clock = [1000.0]
-    monkeypatch.setattr(slices_module.time, "monotonic", lambda: clock[0])
     store = SliceStore(tmp_path, max_bytes=len(models[0]), budget_bytes=len(models[0]) + 100)
+    store.clock = lambda: clock[0]
     with caplog.at_level(logging.INFO, logger="rr_server.slices"):
         store.put_bytes(models[0])
         clock[0] += slices_module.IN_USE_S + 1
