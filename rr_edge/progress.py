@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,10 +30,13 @@ def progress_bars(enabled: bool = True, console: Console | None = None) -> Itera
         transient=False,
     )
     tasks: dict[str, Any] = {}
+    moved: list[tuple[logging.StreamHandler, Any]] = []
 
     def update(stage: str, done: int, total: int, label: str = "") -> None:
         if not tasks:  # drawn from the first step on: a command failing before any (no server) left an empty line
+            stderr = sys.stderr
             progress.start()
+            moved.extend(_follow(stderr))
         if stage not in tasks:
             tasks[stage] = progress.add_task(stage, total=max(total, 1), label="")
         progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1), label=label)
@@ -41,3 +46,15 @@ def progress_bars(enabled: bool = True, console: Console | None = None) -> Itera
     finally:
         if tasks:
             progress.stop()
+            for handler, stream in moved:
+                handler.setStream(stream)
+
+
+def _follow(stderr: Any) -> list[tuple[logging.StreamHandler, Any]]:
+    """Point the log handlers that write to `stderr` at what the live bars put in its place (on a terminal), so a
+    warning is printed above the bars; written to `stderr` itself, it was glued to the bar's line (review). The
+    handlers and their streams, to put back."""
+    if sys.stderr is stderr:  # not redirected: no terminal
+        return []
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and h.stream is stderr]
+    return [(h, h.setStream(sys.stderr)) for h in handlers]

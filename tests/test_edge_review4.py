@@ -145,6 +145,27 @@ def test_no_step_draws_nothing() -> None:
     assert out.getvalue() == ""
 
 
+def test_a_warning_logged_under_live_bars_is_printed_above_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's log handler wrote to the stderr the bars had replaced, so on a terminal a warning was glued to the
+    bar's line (review); it goes through the bars' console now, and back to stderr once they stop."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    out = io.StringIO()
+    try:
+        with progress_bars(console=Console(file=out, width=120, force_terminal=True)) as progress:
+            progress("requests", 1, 3, "")
+            logging.getLogger("rr_edge.test").warning("the server failed")
+        logging.getLogger("rr_edge.test").warning("after the bars")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "the server failed" in out.getvalue() and "the server failed" not in err
+    assert "after the bars" in err and handler.stream is sys.stderr
+
+
 def test_profiling_a_model_named_like_markup() -> None:
     from rr_edge.blocks import analyze
     from rr_edge.profiler import profile_model
