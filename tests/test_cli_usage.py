@@ -698,6 +698,7 @@ def test_a_forced_slice_over_the_servers_limit_is_not_sent_to_netprofile(model: 
     assert forced.chosen.upload_bytes > 64
     note = upload_extrapolated(forced)
     assert note is not None and "over the server's limit" in note and "netprofile" not in note
+    assert note.startswith("the plan uploads")  # forced, not chosen (walkthrough)
 
 
 def test_a_transfer_past_its_deadline_says_how_to_give_it_more_time(capsys, monkeypatch, model) -> None:  # type: ignore[no-untyped-def]

@@ -106,14 +106,15 @@ def warn_about_plan(report: PlanReport, command: str) -> None:
 
 
 def upload_extrapolated(report: PlanReport) -> str | None:
-    """What to say when the chosen plan's slice upload is larger than any the network profile timed (None: it is not;
-    a slice already on the server, or preloaded, uploads nothing)."""
+    """What to say when the plan's slice upload (chosen, or forced by `run --split`) is larger than any the network
+    profile timed, or than the server takes (None: it is not; a slice already on the server, or preloaded, uploads
+    nothing)."""
     size = report.chosen.upload_bytes
     link = report.inputs.weight_link
     limit_bytes = report.costs.max_slice_bytes
     if limit_bytes and size > limit_bytes:  # no probe measures it: the server refuses such a slice
         return (
-            f"the chosen plan uploads a {size / MiB:.1f} MiB slice, over the server's limit of "
+            f"the plan uploads a {size / MiB:.1f} MiB slice, over the server's limit of "
             f"{limit_bytes / MiB:.3g} MiB (rr-server --max-slice-mb): the server will refuse it"
         )
     if size <= link.hi_bytes:
@@ -121,7 +122,7 @@ def upload_extrapolated(report: PlanReport) -> str | None:
     flag, limit = ("--upload-max-mb", MAX_UPLOAD_PROBE_MB) if report.costs.upload else ("--max-mb", MAX_ECHO_MB)
     mib = min(limit, max(1, 2 ** math.ceil(math.log2(size / MiB))))
     return (
-        f"the chosen plan uploads a {size / MiB:.1f} MiB slice, more than the {link.hi_bytes / MiB:.3g} MiB the "
+        f"the plan uploads a {size / MiB:.1f} MiB slice, more than the {link.hi_bytes / MiB:.3g} MiB the "
         f"network profile timed: its upload time is extrapolated; rr-edge netprofile {flag} {mib} measures it (a "
         "slow link's sweep also stops at --max-transfer-s)"
     )
