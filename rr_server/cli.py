@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # big tensors reuse heap memory instead of fresh pages per call; RR_MALLOC_TUNING=0 opts out
     try:
         from rr_server.errors import ServerError
-        from rr_server.server import Server, check_addresses  # here: a missing extra gets one line, no traceback
+        from rr_server.server import Server  # here, not at the top: a missing extra gets one line, not a traceback
     except ModuleNotFoundError as exc:
         hint = missing_extra(exc, role="server")
         if hint is None:
@@ -296,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", hint)
         return 2
     try:
-        config = config_from_args(args)
-        check_addresses(config)  # before the data dir is made
-        server = Server(config)
+        server = Server(config_from_args(args))
         if args.max_memory_gb is not None:
             limit_memory(_bytes(args.max_memory_gb, 2**30))
         exit_when_serving_stops()

@@ -100,8 +100,8 @@ def check_tls(tls: TlsConfig) -> None:
 
 def check_addresses(config: ServerConfig) -> None:
     """OSError, with the reason (in use, not an address of this host, no such host), when the gRPC address or the
-    metrics port cannot be bound now. The CLI checks before it makes anything (the data dir); `start` before gRPC
-    binds, whose own failure is a line of its log on stderr and an error without the reason. A Unix socket address
+    metrics port cannot be bound now. `Server` checks before it makes anything (the data dir) and before gRPC binds,
+    whose own failure is a line of its log on stderr and an error without the reason. A Unix socket address
     (`unix:PATH`, which the library takes) is left to gRPC."""
     host, _, port = config.listen.rpartition(":")
     exc = _bind_error(host.strip("[]"), int(port)) if port.isdigit() else None
@@ -146,6 +146,7 @@ class Server:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.metrics = Metrics()
+        check_addresses(config)  # before the data dir is made (a failed start had left one)
         data_dir = config.data_dir
         if (data_dir.exists() or data_dir.is_symlink()) and not data_dir.is_dir():  # mkdir said only "File exists"
             raise NotADirectoryError(errno.ENOTDIR, "not a directory (a file, or a link to nothing)", str(data_dir))
@@ -212,7 +213,6 @@ class Server:
             raise
 
     def _start(self) -> str:
-        check_addresses(self.config)
         options = [
             *grpc_options(self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on a port in use fails instead of sharing it
