@@ -3,12 +3,13 @@ alternately round after round (the machine's load hits both alike), and each tre
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,30 @@ def alternate(
         entry["ratio_baseline_over_this"] = {m: entry["baseline"][m] / entry["this"][m] for m in measures}
     entry["runs"] = runs
     return entry
+
+
+def add_tree_args(p: argparse.ArgumentParser, models: str, repeat: int, repeat_help: str) -> None:
+    """The options of a benchmark comparing trees model by model (`compare_models`)."""
+    p.add_argument("--models", default=models)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeat", type=int, default=repeat, help=repeat_help)
+    p.add_argument("--rounds", type=int, default=3, help="subprocesses per model (and per tree)")
+    p.add_argument("--baseline", type=Path, help="a checkout to compare with, run alternately with this tree")
+
+
+def compare_models(
+    args: argparse.Namespace,
+    module: str,
+    call: Callable[[Path], str],
+    measures: Sequence[str],
+    keys: Sequence[str],
+    report: dict[str, Any],
+) -> None:
+    """For each of `--models` (exported at `--size`): `alternate` the trees on `call(path)`, into `report[name]`
+    after the `keys` of this tree's first result (what was measured: blocks, split, ...)."""
+    from tools._models import cached_export
+
+    for name in args.models.split(","):
+        path = cached_export(name, args.size)
+        entry = alternate(trees(args.baseline), args.rounds, module, call(path), measures, report["load_avg_1min"])
+        report[name] = {**{k: entry["runs"]["this"][0][k] for k in keys}, **entry}

@@ -121,16 +121,12 @@ def measure(path: str, repeat: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="vgg16,resnet152")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeat", type=int, default=5, help="timings of each measure per round")
-    p.add_argument("--rounds", type=int, default=3, help="subprocesses per model (and per tree)")
-    p.add_argument("--baseline", type=Path, help="a checkout to compare with, run alternately with this tree")
-    args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from tools._models import cached_export
-    from tools._trees import alternate, trees
+    from tools._trees import add_tree_args, compare_models
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tree_args(p, "vgg16,resnet152", 5, "timings of each measure per round")
+    args = p.parse_args(argv)
 
     report: dict[str, Any] = {
         "repeat": args.repeat,
@@ -139,14 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_avg_1min": [],
     }
-    for name in args.models.split(","):
-        path = cached_export(name, args.size)
-        call = f"measure({str(path)!r}, {args.repeat})"
-        entry = alternate(
-            trees(args.baseline), args.rounds, "tools.bench_run_setup", call, MEASURES, report["load_avg_1min"]
-        )
-        entry = {**{k: entry["runs"]["this"][0][k] for k in ("blocks", "split", "other_split", "middle_mb")}, **entry}
-        report[name] = entry
+    keys = ("blocks", "split", "other_split", "middle_mb")
+    compare_models(args, "tools.bench_run_setup", lambda path: f"measure({str(path)!r}, {args.repeat})", MEASURES,
+                   keys, report)  # fmt: skip
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0

@@ -94,29 +94,20 @@ def measure(path: str, repeat: int, tuned: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(REPO))
+    from tools._trees import add_tree_args, compare_models
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="vgg16,resnet152,resnet18")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeat", type=int, default=4, help="runners made per measure per round")
-    p.add_argument("--rounds", type=int, default=3, help="subprocesses per model (and per tree)")
-    p.add_argument("--baseline", type=Path, help="a checkout to compare with, run alternately with this tree")
+    add_tree_args(p, "vgg16,resnet152,resnet18", 4, "runners made per measure per round")
     p.add_argument("--untuned", action="store_true", help="glibc's allocator as it is (a library user's process)")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    from tools._models import cached_export
-    from tools._trees import alternate, trees
 
     report: dict[str, Any] = {"repeat": args.repeat, "rounds": args.rounds, "size": args.size,
                               "allocator": "glibc defaults" if args.untuned else "tuned (rr-edge CLI)",
                               "cpus": os.cpu_count(), "load_avg_1min": []}  # fmt: skip
-    for name in args.models.split(","):
-        path = cached_export(name, args.size)
-        call = f"measure({str(path)!r}, {args.repeat}, {not args.untuned})"
-        entry = alternate(
-            trees(args.baseline), args.rounds, "tools.bench_switch", call, MEASURES, report["load_avg_1min"]
-        )
-        entry = {**{k: entry["runs"]["this"][0][k] for k in ("blocks", "split")}, **entry}
-        report[name] = entry
+    tuned = not args.untuned
+    compare_models(args, "tools.bench_switch", lambda path: f"measure({str(path)!r}, {args.repeat}, {tuned})",
+                   MEASURES, ("blocks", "split"), report)  # fmt: skip
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
