@@ -1,11 +1,12 @@
-"""The ModelStreamInfer calls open now, so that a stopping server ends them instead of waiting out its grace period.
+"""The streams of one kind open now (ModelStreamInfer calls, or EchoService.Exchange calls), so that a stopping server
+ends them instead of waiting out its grace period.
 
 An edge's runner keeps its stream open between requests, for as long as it runs: a server asked to stop waited its
 whole grace period (10 s) whenever an edge was connected, and then cancelled the stream anyway (walkthrough). Now
 `end()` cancels each stream waiting for its next request at once (a request arriving just then is not run), and one
 serving a request ends after its answer with UNAVAILABLE (requests it has not read yet are not run: a client sending
 several at once learns that they went unanswered). The edge finishes its next request locally either way, as it
-does when a server goes away.
+does when a server goes away. An Exchange stream (a network profile) is ended the same way, between transfers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ class OpenStreams:
     @property
     def ended(self) -> bool:
         return self._ended
+
+    @property
+    def idle(self) -> int:
+        """How many streams wait for their next request."""
+        with self._lock:
+            return len(self._waiting)
 
     def waiting(self, context: Any) -> bool:
         """The stream waits for its next request (it opened, or sent its last answer); False when the server is

@@ -288,8 +288,12 @@ class Server:
             self._now.wait(self.config.drain_s)  # a second SIGTERM (stop_now) cuts it short
         if self._grpc is not None:
             ended = self._inference.streams.end()  # idle edges' streams would hold the stop for all of `grace`
+            echoes = self._echo.streams.end()  # so would a network profile under way
             log.info(
-                "stopping: ended %d idle inference streams; finishing calls in flight (grace %.1f s)", ended, grace
+                "stopping: ended %d idle inference and %d echo streams; finishing calls in flight (grace %.1f s)",
+                ended,
+                echoes,
+                grace,
             )
             self._grpc.stop(grace).wait()
         self.repository.terminate_runs()  # a run stuck in ONNX Runtime would keep the process from exiting
@@ -368,9 +372,8 @@ class Server:
         rr_grpc.add_SliceServiceServicer_to_server(
             SliceServicer(self.slices, self.sessions, self.metrics, self.repository), server
         )
-        rr_grpc.add_EchoServiceServicer_to_server(
-            EchoServicer(self.config.max_echo_bytes, self.config.max_message_bytes), server
-        )
+        self._echo = EchoServicer(self.config.max_echo_bytes, self.config.max_message_bytes)
+        rr_grpc.add_EchoServiceServicer_to_server(self._echo, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 

@@ -3,12 +3,13 @@ asks for; a stream that failed or got no answer in time is dropped, and the next
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
 import grpc
 import pytest
-from _server_support import serving
+from _server_support import Stubs, serving, start_server
 
 from rr_edge.echo import EchoStream
 from rr_edge.errors import ServerError, ServerUnavailable
@@ -152,3 +153,61 @@ def test_the_streamed_warm_up_waits_out_a_busy_server(tmp_path):
             up, _, how = echo_transfers(client, stack, warmup=1)
             up(10)
         assert how == STREAMED
+
+
+def _open_exchange(stubs) -> tuple[queue.SimpleQueue, object]:
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    return requests, stubs.echo.Exchange(iter(requests.get, None), timeout=60)
+
+
+def test_a_stopping_server_ends_an_echo_stream_waiting_for_its_next_transfer_at_once(tmp_path):
+    """A network profile's stream, open between two transfers, held a stop for its whole grace period (10 s by
+    default), as an edge's idle inference stream had."""
+    server = start_server(tmp_path, grace_s=600)
+    stubs = Stubs.connect(server.address)
+    requests, answers = _open_exchange(stubs)
+    try:
+        requests.put(rr.ExchangeRequest(payload=b"x", reply_bytes=3))
+        assert len(next(answers).payload) == 3
+        stopping = threading.Thread(target=server.stop, daemon=True)
+        stopping.start()
+        stopping.join(30)
+        assert not stopping.is_alive()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(answers)
+        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    finally:
+        requests.put(None)
+        stubs.close()
+        server.stop_now()
+
+
+def test_a_stopping_server_answers_the_transfer_under_way_then_ends_the_echo_stream(tmp_path):
+    """A transfer begun before the stop is answered; the stream then ends UNAVAILABLE, saying so."""
+    server = start_server(tmp_path, grace_s=600)
+    stubs = Stubs.connect(server.address)
+    requests, answers = _open_exchange(stubs)
+    stopping = threading.Thread(target=server.stop, daemon=True)
+    try:
+        requests.put(rr.ExchangeRequest(payload=b"x", reply_bytes=1))
+        next(answers)
+        deadline = time.monotonic() + 30
+        while not server._echo.streams.idle and time.monotonic() < deadline:  # it waits for the next transfer
+            time.sleep(0.01)
+        requests.put(rr.ExchangeRequest(payload=bytes(10), more=True))
+        while server._echo.streams.idle and time.monotonic() < deadline:  # it has read the next transfer's first piece
+            time.sleep(0.01)
+        stopping.start()
+        while not server._echo.streams.ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        requests.put(rr.ExchangeRequest(payload=bytes(5), reply_bytes=7))
+        assert len(next(answers).payload) == 7
+        with pytest.raises(grpc.RpcError) as ended:
+            next(answers)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "stopping" in ended.value.details()
+        stopping.join(30)
+        assert not stopping.is_alive()
+    finally:
+        requests.put(None)
+        stubs.close()
+        server.stop_now()
