@@ -152,7 +152,7 @@ def _record(metrics: Metrics, method: str, started: float, code: grpc.StatusCode
 
 
 def _finish(context, metrics: Metrics, method: str, started: float, exc: BaseException | None) -> None:
-    code = grpc.StatusCode.OK
+    code = context.code() or grpc.StatusCode.OK  # a handler may set its status and return (health's NOT_FOUND)
     exc = exc if exc is None else as_server_error(exc) or exc
     if isinstance(exc, ServerError):
         code = exc.code

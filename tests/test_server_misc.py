@@ -94,6 +94,19 @@ def test_metrics_endpoint(env):
         urllib.request.urlopen(f"http://127.0.0.2:{server.metrics_port}/metrics", timeout=5)
 
 
+def test_a_status_a_handler_sets_without_raising_is_the_one_counted(tmp_path):
+    """Health's Check answers an unknown service NOT_FOUND by setting the code and returning: /metrics counted it OK."""
+    with serving(tmp_path) as (server, stubs):
+        health = health_pb2_grpc.HealthStub(stubs.channel)
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        count = server.metrics.registry.get_sample_value
+        assert count("rr_requests_total", {"method": "Check", "code": "OK"}) == 1
+        assert count("rr_requests_total", {"method": "Check", "code": "NOT_FOUND"}) == 1
+
+
 def test_health_and_reflection(env):
     _, stubs = env
     health = health_pb2_grpc.HealthStub(stubs.channel)
