@@ -1,5 +1,6 @@
-"""The one mapping from gRPC status codes to this package's exceptions (`rr_edge.client` draws the tree), and the one
-way of waiting out a busy server (`retry_busy`)."""
+"""The one mapping from gRPC status codes to this package's exceptions (`rr_edge.client` draws the tree), the one
+way of waiting out a busy server (`retry_busy`), and of waiting out an unreachable one with a finished measurement
+to report (`retry_unreachable`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -69,3 +70,29 @@ def retry_busy(call: Callable[[float | None], Any], timeout_s: float | None, bus
                 raise
             log.debug("%s; trying again in %.2f s", exc, sleep_s)
             time.sleep(sleep_s)
+
+
+T = TypeVar("T")
+REPORT_WAIT_S = 120.0  # how long a finished measurement waits for an unreachable server to take its report
+_FIRST_PAUSE_S, _MOST_PAUSE_S = 0.5, 8.0
+
+
+def retry_unreachable(call: Callable[[], T], what: str, wait_s: float = REPORT_WAIT_S) -> T:
+    """`call()`, made again while the server cannot be reached (ServerUnavailable: a restart, a link down), after
+    pauses doubling from 0.5 s to 8 s, for up to `wait_s`; then that ServerUnavailable. For the report that ends a
+    long measurement: a profile of minutes was lost to a server restarting for a second as it reported (walkthrough).
+    """
+    give_up = time.monotonic() + wait_s
+    pause_s = _FIRST_PAUSE_S
+    warned = False
+    while True:
+        try:
+            return call()
+        except ServerUnavailable as exc:
+            if time.monotonic() + pause_s > give_up:
+                raise
+            if not warned:
+                log.warning("%s: %s; trying again for up to %.0f s", what, exc, wait_s)
+                warned = True
+            time.sleep(pause_s)
+            pause_s = min(2 * pause_s, _MOST_PAUSE_S)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rr_edge._status import retry_unreachable
 from rr_edge.echo import echo_transfers
 from rr_edge.errors import ArgumentError, ServerBusy, ServerError, ServerUnavailable
 from rr_edge.meters.base import Meter, fill_window
@@ -467,7 +468,7 @@ def run_netprofile(
         registered = registered_device(client, node_id)
         client.register_node(node_id, device if registered is None else with_timing_setup(device, registered))
     profile = profile_network(client, config, meter=meter, progress=progress)
-    client.report_network_profile(node_id, profile)
+    retry_unreachable(lambda: client.report_network_profile(node_id, profile), "reporting the network profile")
     return profile
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from rr_edge._status import retry_unreachable
 from rr_edge.blocks import Block, BlockGraph, analyze
 from rr_edge.errors import ArgumentError, ModelError, ServerError, ServerUnavailable
 from rr_edge.meters.base import EnergyReading, Meter
@@ -577,9 +578,15 @@ def run_profile(
             ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()),
         )
     result = profile_model(model, graph, measured=measured, settings=s, meter=meter, config=cfg, progress=progress)
-    if device is not None:
-        client.register_node(node_id, device)
-    report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
+    n = len(result.layers)
+    what = f"reporting the profile ({n} block{'s' * (n != 1)} measured)"  # to a server restarting meanwhile: wait
+
+    def report() -> None:
+        if device is not None:
+            client.register_node(node_id, device)
+        report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
+
+    retry_unreachable(report, what)
     return result
 
 

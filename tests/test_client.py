@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from _server_support import Stubs, conv_model, start_server
 
-from rr_edge._status import server_error
+from rr_edge._status import retry_unreachable, server_error
 from rr_edge.client import Client, ClientOptions, TlsOptions, slice_id_of
 from rr_edge.device import describe_device, setup_changes
 from rr_edge.errors import ServerBusy, ServerError, ServerUnavailable
@@ -466,3 +466,40 @@ def test_a_url_is_no_server_address(url: str) -> None:
 
     with pytest.raises(ArgumentError, match="expected HOST:PORT, not a URL"):
         Client(url)
+
+
+def test_a_report_waits_out_an_unreachable_server_for_a_while_then_says_so(monkeypatch):
+    """`retry_unreachable`: tries again after pauses doubling from 0.5 s while the server cannot be reached, and
+    raises its last ServerUnavailable once the next pause would end past `wait_s`; other errors at once."""
+    from rr_edge import _status
+
+    clock = [0.0]
+    monkeypatch.setattr(_status.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_status.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    calls: list[float] = []
+
+    def down_for(seconds: float):
+        def call() -> str:
+            calls.append(clock[0])
+            if clock[0] < seconds:
+                raise ServerUnavailable(f"down at {clock[0]}")
+            return "reported"
+
+        return call
+
+    assert retry_unreachable(down_for(3.0), "report", wait_s=60) == "reported"
+    assert calls == [0.0, 0.5, 1.5, 3.5]
+    calls.clear()
+    clock[0] = 0.0
+    with pytest.raises(ServerUnavailable, match="down at 7.5"):
+        retry_unreachable(down_for(1e9), "report", wait_s=10)
+    assert calls == [0.0, 0.5, 1.5, 3.5, 7.5]  # the next pause (8 s) ends past 10 s
+
+    def refused() -> None:
+        calls.append(clock[0])
+        raise ServerError("refused")
+
+    calls.clear()
+    with pytest.raises(ServerError, match="refused"):
+        retry_unreachable(refused, "report", wait_s=60)
+    assert len(calls) == 1

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,51 @@ def test_large_slices_are_not_uploaded(server: str, tmp_path: Path, caplog: pyte
         assert client.list_measured_signatures("edge-small") == {result.layers[0].signature}
     (warning,) = [r for r in caplog.records if r.levelname == "WARNING" and "not uploaded" in r.getMessage()]
     assert "block 0" in warning.getMessage() and "the whole model" in warning.getMessage()  # and says so
+
+
+def test_a_profile_waits_for_a_server_restarting_as_it_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server stops once the blocks are measured and is back a second later on the same port: the profile was
+    lost (RegisterNode: UNAVAILABLE, exit 2; walkthrough). It reports once the server is back."""
+    import threading
+
+    from _server_support import conv_model
+
+    from rr_edge import profiler
+    from rr_edge.onnx_io import load_model
+
+    path = tmp_path / "conv.onnx"
+    path.write_bytes(conv_model(channels=4, size=8, out_channels=4, seed=2))
+    model = load_model(path)
+    config = ProfileConfig(sample=1.0, seed=0, timing=FAST, e2e_timing=FAST)
+    servers = [start_server(tmp_path / "server")]
+    real = profiler.profile_model
+    restarted = threading.Event()
+
+    def restart(port: str) -> None:
+        time.sleep(1.0)
+        servers.append(start_server(tmp_path / "server", listen=f"127.0.0.1:{port}"))
+        restarted.set()
+
+    def measured_then_restarting(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        servers[0].stop(grace=0)  # gone before the report; back a second later
+        threading.Thread(target=restart, args=(servers[0].address.rsplit(":", 1)[1],), daemon=True).start()
+        return result
+
+    monkeypatch.setattr(profiler, "profile_model", measured_then_restarting)
+    caplog.set_level("WARNING", logger="rr_edge._status")
+    try:
+        with Client(servers[0].address) as client:
+            result = run_profile(client, "edge-r", model, "conv", settings=ONE_THREAD, config=config)
+            assert restarted.is_set()
+            assert client.list_measured_signatures("edge-r") == {m.signature for m in result.layers}
+        assert any("reporting the profile (1 block measured)" in r.getMessage() for r in caplog.records)
+    finally:
+        assert restarted.wait(30)
+        for server in servers:
+            server.stop(grace=0)
 
 
 def test_a_node_profiled_again_with_other_threads_is_warned(
