@@ -591,7 +591,7 @@ def test_ctrl_c_as_a_re_plan_switches_split_reports_the_splits_that_ran(
     assert main(["run", str(model), *DEAD, "--input", str(x), "--repeat", "3", "--json"]) == 130
     out = json.loads(capsys.readouterr().out)
     last = [local.chosen.i, local.chosen.j]
-    assert out["requests"] == 1 and out["interrupted"] == {"requests_asked": 3}
+    assert out["requests"] == 1 and out["interrupted"] == {"requests_asked": 3, "signal": "SIGINT"}
     assert out["splits_used"] == [last] and out["split"] == last and len(out["segments"]) == 1
 
 

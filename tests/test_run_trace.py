@@ -154,10 +154,15 @@ def _wait_for(condition, run: subprocess.Popen, log: Path, timeout_s: float = 90
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("json_out", [True, False], ids=["json", "table"])
-def test_ctrl_c_ends_a_run_with_the_summary_of_the_requests_served(chain_files, tmp_path, json_out):
+@pytest.mark.parametrize(
+    ("json_out", "signum"),
+    [(True, signal.SIGINT), (False, signal.SIGINT), (True, signal.SIGTERM), (False, signal.SIGTERM)],
+    ids=["json", "table", "sigterm-json", "sigterm-table"],
+)
+def test_ctrl_c_ends_a_run_with_the_summary_of_the_requests_served(chain_files, tmp_path, json_out, signum):
     """Ctrl-C in `rr-edge run --repeat` of thousands ended it with exit 130 and nothing on stdout (walkthrough): now
-    the request in flight finishes, and the run reports the requests served until then, still exiting 130."""
+    the request in flight finishes, and the run reports the requests served until then, still exiting 130. SIGTERM
+    (`timeout`, systemd) did the same, exit 143 (walkthrough): it now ends a run as Ctrl-C does."""
     path, x = chain_files
     trace = tmp_path / "run.jsonl"
     argv = [sys.executable, "-m", "rr_edge.cli", "run", str(path), "--server", "127.0.0.1:1", "--node", "n",
@@ -169,15 +174,19 @@ def test_ctrl_c_ends_a_run_with_the_summary_of_the_requests_served(chain_files, 
                                stderr=err, preexec_fn=sigint_default_in_child)  # fmt: skip
     try:
         _wait_for(lambda: len(_complete_lines(trace)) >= 3, run, log)
-        run.send_signal(signal.SIGINT)
+        run.send_signal(signum)
         out, _ = run.communicate(timeout=60)
     finally:
         run.kill()
     served = len(_complete_lines(trace))
-    assert run.returncode == 130, log.read_text()
-    assert "interrupted: stopping after the request in flight" in log.read_text()
+    name = signal.Signals(signum).name
+    assert run.returncode == 128 + signum, log.read_text()
+    said = "interrupted" if signum == signal.SIGINT else "terminated"
+    assert f"{said}: stopping after the request in flight" in log.read_text()
     if json_out:
         summary = json.loads(out)
-        assert summary["interrupted"] == {"requests_asked": 10000000} and summary["requests"] == served >= 3
+        assert summary["interrupted"] == {"requests_asked": 10000000, "signal": name}
+        assert summary["requests"] == served >= 3
     else:
-        assert f"interrupted: {served} of 10000000 requests served" in out.decode()
+        by = "" if signum == signal.SIGINT else " by SIGTERM"
+        assert f"interrupted{by}: {served} of 10000000 requests served" in out.decode()

@@ -1,6 +1,7 @@
-"""Ctrl-C in a long command: `with stop_requested() as stop:` sets `stop` at the first SIGINT, so the command ends
-after the work in flight and reports what it did (`rr-edge run` dropped a run of thousands of requests without a
-word, walkthrough); a second Ctrl-C interrupts at once (KeyboardInterrupt, as without it)."""
+"""Ctrl-C or SIGTERM in a long command: `with stop_requested() as stop:` sets `stop` at the first SIGINT or SIGTERM,
+so the command ends after the work in flight and reports what it did (`rr-edge run` dropped a run of thousands of
+requests without a word, walkthrough; so did a run that `timeout` or systemd stopped); the same signal again stops at
+once (KeyboardInterrupt for Ctrl-C, as without it; the handler there was before for SIGTERM)."""
 
 from __future__ import annotations
 
@@ -9,29 +10,56 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = 128 + signal.SIGINT  # the exit code of a command Ctrl-C ended, as a shell reports it
+_SAID: dict[int, tuple[str, str]] = {
+    signal.SIGINT: ("interrupted", "Ctrl-C"),
+    signal.SIGTERM: ("terminated", "SIGTERM"),
+}
+
+
+class Stop(threading.Event):
+    """Set by the first SIGINT or SIGTERM, `signum`."""
+
+    signum: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code, as a shell reports a process that signal ended (130 for Ctrl-C, 143)."""
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 @contextlib.contextmanager
-def stop_requested(what: str) -> Iterator[threading.Event]:
-    """The event the first Ctrl-C sets (`what`: what is finished first, for the message); the next one meets the
-    handler there was before. Only the main thread receives signals: elsewhere (an application's thread) the event is
-    never set, and so where SIGINT is ignored (a background job of a script)."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield stop
-        return
+def stop_requested(what: str) -> Iterator[Stop]:
+    """The event the first SIGINT or SIGTERM sets (`what`: what is finished first, for the message); the next one of
+    the same signal meets the handler there was before. Only the main thread receives signals: elsewhere (an
+    application's thread) the event is never set; a signal ignored (SIGINT in a background job of a script) stays
+    ignored."""
+    stop = Stop()
+    previous: dict[int, Any] = {}  # the handler before, of each signal taken
 
     def first(signum: int, frame: object) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, previous)
-        log.warning("interrupted: stopping after %s (Ctrl-C again to stop at once)", what)
+        if not stop.is_set():
+            stop.signum = signum
+            stop.set()
+        signal.signal(signum, previous[signum])
+        said, again = _SAID[signum]
+        log.warning("%s: stopping after %s (%s again to stop at once)", said, what, again)
 
-    previous = signal.signal(signal.SIGINT, first)
+    if threading.current_thread() is threading.main_thread():
+        for taken in _SAID:
+            before = signal.getsignal(taken)
+            if before is not signal.SIG_IGN and before is not None:  # None: a handler not set from Python
+                previous[taken] = signal.signal(taken, first)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for taken, handler in previous.items():
+            signal.signal(taken, handler)

@@ -44,7 +44,7 @@ from rr_edge.commands._common import (
     positive_int,
     print_json,
 )
-from rr_edge.commands._interrupt import INTERRUPTED, stop_requested
+from rr_edge.commands._interrupt import stop_requested
 from rr_edge.commands._paths import output_path
 from rr_edge.commands._planned_run import PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
@@ -508,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
         wall_s = time.perf_counter() - start
         energies = energy.energies
     if not results:  # interrupted before the first request ended
-        return INTERRUPTED
+        return stop.exit_code
     ran = [segment for segment in planned.segments if segment.end > segment.first]  # Ctrl-C came before a switch
     summary = summarize(ran[-1].split, results, energies, meter, diff)
     summary["wall_s"] = wall_s
@@ -516,8 +516,8 @@ def run(args: argparse.Namespace) -> int:
     summary["segments"] = [segment_summary(segment, results, energies) for segment in ran]
     summary["upload_ms"] = planned.upload_ms  # making the middle slices ready (upload, open), once, not in any request
     summary["slices_made_ready"] = planned.made_ready
-    if len(results) < args.repeat:  # Ctrl-C: the requests served until then
-        summary["interrupted"] = {"requests_asked": args.repeat}
+    if len(results) < args.repeat:  # Ctrl-C or SIGTERM: the requests served until then
+        summary["interrupted"] = {"requests_asked": args.repeat, "signal": stop.signal_name}
     if (report := ran[-1].report) is not None:  # the plan running at the end; its upload share is in its figures
         summary["predicted"] = {
             **report.chosen.to_dict(), **upload_share(report), "energy_source": report.costs.energy_source,
@@ -536,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         print_summary(graph.model, summary)
-    return INTERRUPTED if "interrupted" in summary else 0
+    return stop.exit_code if "interrupted" in summary else 0
 
 
 def _count(n: int, noun: str) -> str:
@@ -586,4 +586,5 @@ def print_summary(model: str, s: dict[str, Any]) -> None:
     if s.get("energy_unmetered_requests"):
         console.print(f"energy: the meter failed; {_count(s['energy_unmetered_requests'], 'request')} not metered")
     if "interrupted" in s:
-        console.print(f"interrupted: {s['requests']} of {s['interrupted']['requests_asked']} requests served")
+        by = "" if s["interrupted"]["signal"] == "SIGINT" else f" by {s['interrupted']['signal']}"
+        console.print(f"interrupted{by}: {s['requests']} of {s['interrupted']['requests_asked']} requests served")
