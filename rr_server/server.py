@@ -99,15 +99,17 @@ def check_tls(tls: TlsConfig) -> None:
 
 
 def check_addresses(config: ServerConfig) -> None:
-    """OSError, with the reason (in use, not an address of this host, no such host), when the gRPC address or the
-    metrics port cannot be bound now. `Server` checks before it makes anything (the data dir) and before gRPC binds,
-    whose own failure is a line of its log on stderr and an error without the reason. A Unix socket address
-    (`unix:PATH`, which the library takes) is left to gRPC."""
+    """OSError, with the reason (in use, not an address of this host, no such host, the other's port), when the gRPC
+    address or the metrics port cannot be bound now. `Server` checks before it makes anything (the data dir) and
+    before gRPC binds, whose own failure is a line of its log on stderr and an error without the reason. A Unix
+    socket address (`unix:PATH`, which the library takes) is left to gRPC."""
     host, _, port = config.listen.rpartition(":")
     exc = _bind_error(host.strip("[]"), int(port)) if port.isdigit() else None
     if exc is not None:
         raise OSError(f"cannot listen on {config.listen}: {exc.strerror or exc}")
     if config.metrics_port is not None:
+        if port.isdigit() and int(port) == config.metrics_port != 0:
+            raise OSError(f"cannot serve metrics on port {config.metrics_port}: it is the gRPC port of --listen")
         exc = _bind_error(_metrics_host(config.listen), config.metrics_port)
         if exc is not None:
             raise OSError(f"cannot serve metrics on port {config.metrics_port}: {exc.strerror or exc}")
@@ -146,7 +148,10 @@ class Server:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.metrics = Metrics()
-        check_addresses(config)  # before the data dir is made (a failed start had left one)
+        check_addresses(config)  # these before the data dir is made: a failed start had left one
+        if config.tls is not None:
+            check_tls(config.tls)
+        self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
         data_dir = config.data_dir
         if (data_dir.exists() or data_dir.is_symlink()) and not data_dir.is_dir():  # mkdir said only "File exists"
             raise NotADirectoryError(errno.ENOTDIR, "not a directory (a file, or a link to nothing)", str(data_dir))
@@ -189,7 +194,6 @@ class Server:
             else None
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
         self.stream_slots = StreamSlots(config.workers)
         self.metrics.track_stream_slots(self.stream_slots.capacity, self.stream_slots.in_use)
         self._grpc: grpc.Server | None = None
@@ -205,7 +209,8 @@ class Server:
 
     def start(self) -> str:
         """Bind, start serving and return the bound address HOST:PORT (OSError or ValueError, with nothing started,
-        when the address or the TLS files are unusable: the server is then stopped, the data dir free)."""
+        when the address or the TLS files are unusable: the server is then stopped, the data dir free). `Server()`
+        checked both first, and the token file, before it made the data dir."""
         try:
             return self._start()
         except BaseException:
@@ -229,7 +234,6 @@ class Server:
         try:
             if self.config.tls is not None:
                 tls = self.config.tls
-                check_tls(tls)
                 credentials = grpc.ssl_server_credentials(
                     [(tls.key.read_bytes(), tls.cert.read_bytes())],
                     root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 from pathlib import Path
 
@@ -208,6 +209,14 @@ def test_unusable_tls_files_and_addresses_are_one_clear_error(tmp_path, pki):
             start(metrics_port=running.metrics_port)
     finally:
         running.stop(grace=1)
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with pytest.raises(OSError, match=f"port {free}: it is the gRPC port of --listen"):  # was "Address already in use"
+        Server(ServerConfig(data_dir=tmp_path / "d", listen=f"127.0.0.1:{free}", metrics_port=free))
+    with pytest.raises(OSError, match="No such file"):
+        start(auth_token_file=tmp_path / "no-tokens")
+    assert not (tmp_path / "d").exists()  # a failed start had made the data dir, its database and its lock
 
 
 def test_the_edges_tls_errors_say_what_to_fix(tmp_path, pki, capsys):
