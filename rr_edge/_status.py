@@ -32,6 +32,14 @@ def server_error(exc: grpc.RpcError, what: str) -> ServerError:
     return status_error(code, details, what)
 
 
+def stream_error(exc: grpc.RpcError, what: str) -> ServerError:
+    """`server_error` of a stream's call this side did not cancel: one a server cancelled (when it stops, between
+    requests) said only "CANCELLED: CANCELLED" (review)."""
+    if exc.code() == grpc.StatusCode.CANCELLED and exc.details() == "CANCELLED":  # a closed channel: "Stream removed"
+        return ServerUnavailable(f"{what}: the server cancelled the stream (stopping?)", "UNAVAILABLE")
+    return server_error(exc, what)
+
+
 def _pushback_ms(exc: grpc.RpcError) -> float | None:
     """The server's retry pushback of a refused call (RETRY_PUSHBACK_KEY), or None when it gave none."""
     trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None

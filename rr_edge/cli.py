@@ -124,6 +124,10 @@ def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
         return f"; the server's certificate is not signed by {f'--tls-ca {ca}' if ca else 'a CA this system trusts'}"
     if isinstance(exc, ServerError) and any(s in message for s in ("SSL server name", "Hostname Verification")):
         return f"; the server's certificate does not name the host of --server {server} (its subjectAltName must)"
+    if isinstance(exc, ServerUnavailable) and server and "stopping" in message:  # it said why: nothing to check
+        return ""
+    if isinstance(exc, ServerUnavailable) and server and "Failed parsing HTTP/2" in message:
+        return f"; what answers at {server} is no gRPC server (a web server, or rr-server's --metrics-port?)"
     if isinstance(exc, ServerUnavailable) and server:
         from rr_edge.client_options import split_scheme
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from rr_edge._status import retry_busy, server_error
+from rr_edge._status import retry_busy, server_error, stream_error
 from rr_edge.errors import ServerError, ServerUnavailable
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as pb
 
@@ -85,7 +85,7 @@ class EchoStream:
             raise ServerUnavailable(f"{self.what}: no answer within {wait_s:g} s", "DEADLINE_EXCEEDED") from None
         except grpc.RpcError as exc:
             self._drop()
-            raise server_error(exc, self.what) from None
+            raise stream_error(exc, self.what) from None
         if received is None:
             self._drop()
             raise ServerUnavailable(f"{self.what}: the server ended the stream", "UNAVAILABLE")

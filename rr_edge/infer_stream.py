@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from rr_edge._status import server_error, status_error
-from rr_edge.errors import ServerError, ServerUnavailable
+from rr_edge._status import server_error, status_error, stream_error
+from rr_edge.errors import ServerError
 from rr_proto import codec, framing
 
 __all__ = ["InferOutputs", "InferStream"]
@@ -64,12 +64,7 @@ class InferStream(Iterator[InferOutputs]):
             self._requests.raise_error()  # a batch this side could not send, after the answers to those before
             if isinstance(exc, StopIteration):
                 raise
-            # cancelled by the server (a closed channel says "Stream removed"): it said only "CANCELLED: CANCELLED"
-            if exc.code() == grpc.StatusCode.CANCELLED and exc.details() == "CANCELLED" and not self._cancelled:
-                raise ServerUnavailable(
-                    f"{self._what}: the server cancelled the stream (stopping?)", "UNAVAILABLE"
-                ) from None
-            raise server_error(exc, self._what) from None
+            raise (server_error if self._cancelled else stream_error)(exc, self._what) from None
         item = _stream_item(message)
         if item.error_message:  # the server writes "CODE: details"
             name, _, details = item.error_message.partition(": ")

@@ -247,6 +247,37 @@ def test_the_unreachable_server_hint_fits_the_tls_flags_given(capsys, model, tmp
         server.stop(grace=0)
 
 
+def test_a_port_that_answers_http_is_said_to_be_no_grpc_server(capsys, model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """rr-server's --metrics-port given as --server: "Failed parsing HTTP/2" with a hint about TLS (walkthrough)."""
+    server = start_server(tmp_path / "data", metrics_port=0)
+    try:
+        code = main(
+            ["plan", str(model), "--server", f"127.0.0.1:{server.metrics_port}", "--node", "n", "--timeout", "2"]
+        )
+    finally:
+        server.stop(grace=0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        code == 2
+        and len(err) == 1
+        and err[0].endswith("is no gRPC server (a web server, or rr-server's --metrics-port?)")
+    )
+    assert "TLS" not in err[0]
+
+
+def test_a_server_that_said_it_is_stopping_gets_no_hint() -> None:
+    """A network profile cut by a server stopping was told to check that the server runs, and that a TLS server
+    needs --tls (walkthrough): the error says what happened."""
+    import argparse
+
+    from rr_edge.cli import _hint
+
+    args = argparse.Namespace(server="127.0.0.1:8001")
+    for said in ("the server cancelled the stream (stopping?)", "UNAVAILABLE: the server is stopping: transfers n"):
+        assert _hint(ServerUnavailable(f"Echo.Exchange: {said}", "UNAVAILABLE"), args) == ""
+    assert "TLS" in _hint(ServerUnavailable("Echo.Exchange: UNAVAILABLE: Socket closed", "UNAVAILABLE"), args)
+
+
 def test_a_missing_token_error_says_how_to_give_one(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     tokens = tmp_path / "tokens"
     tokens.write_text("edge-1 s3cret\n")

@@ -211,3 +211,21 @@ def test_a_stopping_server_answers_the_transfer_under_way_then_ends_the_echo_str
         requests.put(None)
         stubs.close()
         server.stop_now()
+
+
+def test_an_echo_stream_the_server_ends_as_it_stops_says_so(tmp_path):
+    """The network profiler's stream ended by a stopping server read "CANCELLED: CANCELLED" (walkthrough)."""
+    server = start_server(tmp_path, grace_s=600)
+    stubs = Stubs.connect(server.address)
+    try:
+        with _stream(stubs) as stream:
+            stream.exchange(1, 1)
+            deadline = time.monotonic() + 30
+            while not server._echo.streams.idle and time.monotonic() < deadline:  # it waits for the next transfer
+                time.sleep(0.01)
+            server.stop()
+            with pytest.raises(ServerUnavailable, match=r"the server cancelled the stream \(stopping\?\)"):
+                stream.exchange(1, 1)
+    finally:
+        stubs.close()
+        server.stop_now()
