@@ -101,14 +101,14 @@ def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
                 console.print(f"{len(graph.blocks)} atomic blocks, {unique} unique signatures")
                 console.print(f"energy meter: {escape(node.meter.description)}")
                 console.print(f"network profile up to {options.max_mb} MiB")
-                with progress_bars(console=console) as progress:
+                with progress_bars() as progress:  # on stderr, as every command's: stdout has the report
                     net = node.netprofile(max_mb=options.max_mb, progress=progress)
                 console.print(
                     f"network: uplink {net.uplink.chosen_model} (held-out error poly4 {net.uplink.poly4_error:.1%}, "
                     f"affine {net.uplink.affine_error:.1%}); downlink {net.downlink.chosen_model}"
                 )
                 console.print(f"profiling {options.sample:.0%} of the unique blocks; the server times them too")
-                with progress_bars(console=console) as progress:
+                with progress_bars() as progress:  # on stderr, as every command's: stdout has the report
                     prof = node.profile(
                         path, sample=options.sample, seed=options.seed, wait_cloud_s=CLOUD_WAIT_S, progress=progress
                     )

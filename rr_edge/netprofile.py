@@ -107,7 +107,7 @@ class NetProfileConfig:
         if self.max_mb * MiB < 2 * self.min_bytes:
             raise ArgumentError(f"max size {self.max_mb} MB must be at least twice {self.min_bytes} bytes")
         if self.max_mb > MAX_ECHO_MB:  # else the sweep would send up to there before the server refused
-            raise ArgumentError(f"max size {self.max_mb:g} MB is over the {MAX_ECHO_MB} MiB rr-server echoes")
+            raise ArgumentError(f"max_mb {self.max_mb:g} MiB is over the {MAX_ECHO_MB} MiB rr-server echoes")
         if self.repeats < 1 or self.points_per_octave < 1:
             raise ArgumentError("repeats and points_per_octave must be >= 1")
         if self.upload_max_mb > MAX_UPLOAD_PROBE_MB:

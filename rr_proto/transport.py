@@ -42,9 +42,13 @@ def token_fault(token: str) -> str | None:
         return "the bearer token is empty"
     bad = next((k for k, char in enumerate(token) if not "\x21" <= char <= "\x7e"), None)
     if bad is not None:
+        looks = ""
+        first = token.strip().split("\n")[0]
+        if len(first.split()) == 2:  # "NODE_ID TOKEN": the server's token file copied, or one line of it (walkthrough)
+            looks = " (a line of rr-server's --auth-token-file is NODE_ID TOKEN: give the token alone)"
         return (
             "a bearer token is printable ASCII without spaces or line breaks; character "
-            f"{bad + 1} of {len(token)} is U+{ord(token[bad]):04X}"
+            f"{bad + 1} of {len(token)} is U+{ord(token[bad]):04X}{looks}"
         )
     if len(token) > MAX_TOKEN_LENGTH:
         return (

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-store-gb",
         type=positive_float,
-        help="disk budget of all stored slices; least recently used ones are evicted to fit (default: no bound)",
+        help="disk budget of all stored slices in GiB; least recently used ones are evicted to fit (default: no bound)",
     )
     p.add_argument(
         "--max-memory-gb",

@@ -64,7 +64,7 @@ class Metrics:
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         self._http = server
         bound = server.server_address[1]
-        log.info("metrics on http://%s:%d/metrics", addr, bound)
+        log.info("metrics on http://%s:%d/metrics", f"[{addr}]" if ":" in addr else addr, bound)  # an IPv6 host
         return bound
 
     def close(self) -> None:

@@ -108,11 +108,11 @@ class SliceStore:
             return 0
         evicted = self._evict(stored, total - self.budget_bytes)
         log.warning(
-            "the slice store held %d bytes, over its budget of %d (--max-store-gb): evicted the %d least recently "
-            "stored slices",
+            "the slice store held %d bytes, over its budget of %d (--max-store-gb): evicted %s, least recently "
+            "stored first",
             total,
             self.budget_bytes,
-            evicted,
+            f"{evicted} slice{'s' * (evicted != 1)}",
         )
         return evicted
 
@@ -317,7 +317,8 @@ def _disk_space(doing: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the operator's to fix: logged at INFO, it went unseen
+            log.error("the slice store is out of disk space (%s): %s", doing, exc.strerror)
             raise ResourceExhausted(
                 f"the server's slice store is out of disk space ({doing}); nothing was stored"
             ) from None

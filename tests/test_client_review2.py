@@ -291,6 +291,10 @@ def test_the_cli_names_the_token_file(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--token-file {tokens}: a bearer token is printable ASCII" in err[0], err
     assert "s3cret" not in err[0]
+    assert err[0].endswith("(a line of rr-server's --auth-token-file is NODE_ID TOKEN: give the token alone)")
+    tokens.write_text("s3cret\n")  # the token alone
+    assert main(["upload", str(model_file), *DEAD, "--token-file", str(tokens)]) == 2
+    assert "printable ASCII" not in capsys.readouterr().err
     monkeypatch.setenv("RR_TOKEN", "two words")
     assert main(["upload", str(model_file), *DEAD]) == 2
     assert "$RR_TOKEN: a bearer token is printable ASCII" in capsys.readouterr().err

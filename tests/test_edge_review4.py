@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,17 @@ def test_when_no_plan_measured_offloads_the_fastest_that_does_is_run_too(
     assert summary["over_grpc"] == ["fastest offloading plan"] and summary["verified"]
 
 
-def test_the_demo_prints_a_model_name_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """'chain[b]' was read as rich markup: the rule and the summary showed 'chain' in bold."""
+def test_the_demo_prints_a_model_name_as_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'chain[b]' was read as rich markup: the rule and the summary showed 'chain' in bold. The progress bars go to
+    stderr, as every command's (they were among the report on stdout: walkthrough)."""
     summary, text = _run_demo(tmp_path, monkeypatch, model="chain[b]")
     assert summary["verified"] and "offload_all" in summary["over_grpc"]  # a plan that offloads, answered
     assert "RoaD-RuNNer demo: chain[b] at 16" in text
     assert "model chain[b]@16:" in text and "verified over gRPC (" in text
+    elapsed = re.compile(r"\b\d+:\d\d:\d\d\b")  # a bar's time column
+    assert elapsed.search(capsys.readouterr().err) and not elapsed.search(text)
 
 
 # -- progress bars -------------------------------------------------------------------------------------------------

@@ -107,6 +107,19 @@ def test_a_status_a_handler_sets_without_raising_is_the_one_counted(tmp_path):
         assert count("rr_requests_total", {"method": "Check", "code": "NOT_FOUND"}) == 1
 
 
+def test_the_metrics_url_logged_for_an_ipv6_host_is_a_url(caplog):
+    """`--listen [::1]:PORT --metrics-port P` logged "http://::1:P/metrics" (walkthrough)."""
+    from rr_server.metrics import Metrics
+
+    metrics = Metrics()
+    caplog.set_level(logging.INFO, logger="rr_server.metrics")
+    try:
+        port = metrics.serve_http(0, "::1")
+    finally:
+        metrics.close()
+    assert f"metrics on http://[::1]:{port}/metrics" in caplog.text
+
+
 def test_health_and_reflection(env):
     _, stubs = env
     health = health_pb2_grpc.HealthStub(stubs.channel)

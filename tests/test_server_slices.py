@@ -388,15 +388,17 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):
+def test_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk, caplog):
     """An upload larger than the free space fails with RESOURCE_EXHAUSTED (not INTERNAL), its partial file is gone,
-    and the server stores the next upload that fits."""
+    and the server stores the next upload that fits. The operator sees it at ERROR (it was INFO: walkthrough)."""
+    caplog.set_level(logging.INFO, logger="rr_server")
     with serving(small_disk, max_slice_bytes=8 * 1024 * 1024) as (server, stubs):
         big = conv_model(channels=256, out_channels=256)  # 2.4 MB of weights on a 1 MiB disk
         with pytest.raises(grpc.RpcError) as err:
             stubs.slices.UploadSlice(upload_requests(big), timeout=10)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "out of disk space" in err.value.details()
+        assert any(r.levelno >= logging.ERROR and "out of disk space" in r.getMessage() for r in caplog.records)
         assert stored_slice_files(small_disk) == []
         small = conv_model(seed=1)
         assert not stubs.upload(small).cached
@@ -448,7 +450,7 @@ def test_a_store_over_a_lowered_budget_is_trimmed_when_it_opens(tmp_path, caplog
         trimmed = SliceStore(tmp_path, max_bytes=len(models[0]), budget_bytes=2 * len(models[0]) + 100,
                              on_evict=evicted.append)  # fmt: skip
     assert [s.slice_id for s in trimmed.list()] == sorted(ids[2:]) and evicted == []  # nothing was using them
-    assert "over its budget" in caplog.text and "evicted the 2 least recently stored slices" in caplog.text
+    assert "over its budget" in caplog.text and "evicted 2 slices, least recently stored first" in caplog.text
     assert trimmed.trimmed == 2
 
 

@@ -53,8 +53,9 @@ def server_address(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
-    """--server (required), --node (when `node`), token and TLS flags, --timeout."""
+def add_server_args(p: argparse.ArgumentParser, node: bool = True, timeout_note: str = "") -> None:
+    """--server (required), --node (when `node`), token and TLS flags, --timeout (`timeout_note`: what else it
+    bounds in this command)."""
     p.add_argument(
         "--server",
         required=True,
@@ -79,9 +80,8 @@ def add_server_args(p: argparse.ArgumentParser, node: bool = True) -> None:
         type=positive_float_at_most(MAX_TIMEOUT_S),
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"per-call deadline in seconds, at most {MAX_TIMEOUT_S:g} (default %(default)g); with network models, "
-        "`run` waits for the server's answer to a request 4x its expected round trip + 1 s (doubled after each "
-        "wait that ran out), at most this",
+        help=f"per-call deadline in seconds, at most {MAX_TIMEOUT_S:g} (default %(default)g), and 1 s more per MB "
+        f"a transfer moves (uploads, echoes){timeout_note}",
     )
 
 

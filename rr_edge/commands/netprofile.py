@@ -15,7 +15,7 @@ from rr_edge.commands._common import (
     make_meter,
     non_negative_float,
     output_console,
-    positive_float,
+    positive_float_at_most,
     positive_int,
     print_json,
 )
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_server_args(p)
     p.add_argument(
         "--max-mb",
-        type=positive_float,
+        type=positive_float_at_most(MAX_ECHO_MB),
         default=DEFAULT_MAX_MB,
         help=f"largest echo payload in MiB, at most {MAX_ECHO_MB} (default %(default)g; the slice-upload probes have "
         "--upload-max-mb)",

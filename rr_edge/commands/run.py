@@ -77,7 +77,10 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("run", help="run a model split between this node and the server")
     p.add_argument("path", metavar="PATH", help="ONNX model")
-    add_server_args(p)
+    add_server_args(
+        p,
+        timeout_note="; a request waits less for the server's answer unless --fixed-timeout",
+    )
     add_model_name_arg(p)
     add_plan_args(p, amortize_default="--repeat")
     p.add_argument(
