@@ -8,9 +8,12 @@ Synchronous::
         node.netprofile(max_mb=64)                       # once per link
         node.profile("resnet18.onnx")                     # a 30% sample of the model's blocks
         plan = node.plan("resnet18.onnx", objective="latency")
-        with node.runner("resnet18.onnx", plan) as run:
+        run = node.runner("resnet18.onnx", plan)          # closed with the node, or by run.close()
+        for image in images:
             logits = run(image)["output"]                 # outputs by name; run.run(x) also says fallback/timings
-        # after run.replan_needed: plan = node.replan(path, plan, run); run = node.switch(path, run, plan)
+            if run.replan_needed:                         # the network drifted from the plan's
+                plan = node.replan("resnet18.onnx", plan, run)
+                run = node.switch("resnet18.onnx", run, plan)  # the old runner closed, unless the split stayed
 
 asyncio (blocking work runs in worker threads, the event loop stays free)::
 
@@ -45,6 +48,7 @@ from rr_edge.costmodel import check_amortize_over
 from rr_edge.errors import ArgumentError, ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
+from rr_edge.meters.select import CHOICES
 from rr_edge.netprofile import NetProfileConfig, run_netprofile
 from rr_edge.offload import PlanReport, gather_costs, make_runner, plan_with_server_cache, replan
 from rr_edge.onnx_io import load_model
@@ -55,6 +59,7 @@ from rr_edge.progress import Progress
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from rr_edge.session import OrtSettings
 from rr_edge.slicing import Slicer
+from rr_proto.limits import id_problem
 
 __all__ = ["AsyncEdgeNode", "AsyncRunner", "EdgeNode", "connect", "connect_async"]
 
@@ -83,6 +88,18 @@ class EdgeNode:
         meter_options: MeterOptions | None = None,
         power: PowerSpec | None = None,
     ) -> None:
+        if (problem := id_problem(node) if isinstance(node, str) else "is not a string") is not None:
+            raise ArgumentError(f"node: a node id {problem}: {node!r:.60}")  # found late, and misread, by the server
+        _check_type(server, str, "server")
+        for value, kind, what in (
+            (options, ClientOptions, "options"),
+            (settings, OrtSettings, "settings"),
+            (meter_options, MeterOptions, "meter_options"),
+            (power, PowerSpec, "power"),
+        ):
+            _check_type(value, kind, what, optional=True)
+        if energy not in CHOICES:
+            raise ArgumentError(f"energy: unknown energy meter {energy!r} (choose from {', '.join(CHOICES)})")
         self.node = node
         self.client = Client(server, options)
         self.settings = settings or OrtSettings()
@@ -129,7 +146,8 @@ class EdgeNode:
         self, max_mb: float = 64, config: NetProfileConfig | None = None, progress: Progress | None = None
     ) -> NetworkProfile:
         """Profile the link to the server (both directions) and report it; `progress(stage, done, total, label)`
-        is called as it goes (`rr_edge.progress.progress_bars` draws it)."""
+        is called as it goes (`with rr_edge.progress.progress_bars() as bars: node.netprofile(progress=bars)` draws
+        it)."""
         cfg = config or NetProfileConfig(max_mb=max_mb)
         return run_netprofile(self.client, self.node, cfg, meter=self.meter, progress=progress)
 
@@ -196,6 +214,8 @@ class EdgeNode:
         """Plan again with the network `runner` measured (when `runner.replan_needed`); no new server queries. The
         runner's drift counts from this plan on (`replan_needed` is False until the network moves again); `switch`
         gives the runner of the new plan's split."""
+        _check_type(report, PlanReport, "report")
+        _check_type(runner, Runner, "runner")
         new = replan(report, self._load(model).graph, runner)
         runner.mark_planned()
         return new
@@ -204,6 +224,7 @@ class EdgeNode:
         """The runner of `report`'s chosen plan: `runner` itself when it runs that split already, else a new runner
         of it (its slice uploaded and opened, as `runner` does), `runner` then closed. When the server refuses the new
         plan's slice, ServerError, and `runner` stays open and usable."""
+        _check_type(runner, Runner, "runner")
         if not isinstance(report, PlanReport):  # a split goes to `runner`; here it met report.chosen: AttributeError
             raise TypeError(f"switch takes the PlanReport of `plan` or `replan`, not {report!r}")
         if (report.chosen.i, report.chosen.j) == runner.slices.split:
@@ -266,6 +287,20 @@ class EdgeNode:
         self.close()
 
 
+def _check_type(value: Any, kind: type, what: str, optional: bool = False) -> None:
+    """TypeError naming what `value` should be: a wrong type met an attribute deep inside (AttributeError)."""
+    if isinstance(value, kind) or (optional and value is None):
+        return
+    hint = ""
+    if isinstance(value, AsyncRunner | Runner):
+        hint = " (an AsyncRunner goes to AsyncEdgeNode, a Runner to EdgeNode; AsyncRunner.sync is its Runner)"
+    elif isinstance(value, Mapping):
+        hint = f" ({kind.__name__}(**{what})?)"
+    raise TypeError(
+        f"{what} is a{'n' * (kind.__name__[0] in 'AEIOU')} {kind.__name__}, not {type(value).__name__}{hint}"
+    )
+
+
 def connect(server: str, node: str, **kw: Any) -> EdgeNode:
     """Connect to a server as `node` (see EdgeNode for the options)."""
     return EdgeNode(server, node, **kw)
@@ -319,9 +354,11 @@ class AsyncEdgeNode:
         return await asyncio.to_thread(self.sync.plan, *args, **kw)
 
     async def replan(self, model: str | Path, report: PlanReport, runner: AsyncRunner) -> PlanReport:
+        _check_type(runner, AsyncRunner, "runner")
         return await asyncio.to_thread(self.sync.replan, model, report, runner.sync)
 
     async def switch(self, model: str | Path, runner: AsyncRunner, report: PlanReport) -> AsyncRunner:
+        _check_type(runner, AsyncRunner, "runner")
         new = await asyncio.to_thread(self.sync.switch, model, runner.sync, report)
         return runner if new is runner.sync else AsyncRunner(new)
 

@@ -91,16 +91,17 @@ class Costs:
 
 @dataclass
 class PlanReport:
-    """Everything `rr-edge plan` prints, plus the full table for plots."""
+    """Everything `rr-edge plan` prints, plus the full table for plots (its repr shows the plans, not the table and
+    the per-block costs behind them)."""
 
     blocks: int
-    table: PlanTable
+    table: PlanTable = field(repr=False)
     pareto: list[Plan]
     chosen: Plan
     baselines: dict[str, Plan]
-    inputs: PlanInputs
-    costs: Costs
-    options: dict[str, Any] = field(default_factory=dict)  # make_plan's keyword arguments, for re-planning
+    inputs: PlanInputs = field(repr=False)
+    costs: Costs = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # make_plan's keyword arguments, for re-planning
 
     def to_json(self) -> dict[str, Any]:
         """SPEC section 6 `plan --json` (plus energy_source and provenance counts)."""
@@ -334,10 +335,15 @@ def make_plan(
 def check_plan_of(report: PlanReport, graph: BlockGraph) -> None:
     """ArgumentError unless `report` was planned for `graph`'s blocks (a plan of another model ran at its split,
     checked for drift against its predictions, and `replan` failed with a ValueError of the cost model, review)."""
-    if [p.signature for p in report.costs.edge] != [b.signature for b in graph.blocks]:
+    planned, given = [p.signature for p in report.costs.edge], [b.signature for b in graph.blocks]
+    if planned != given:
+        if len(planned) == len(given):  # "another model (13 blocks), not resnet18 (13 blocks)" read as a contradiction
+            first = next(k for k, (a, b) in enumerate(zip(planned, given, strict=True)) if a != b)
+            differ = f"{len(given)} blocks too, unlike its own from block {first} on: another graph or input size"
+        else:
+            differ = f"{len(planned)} blocks, not {len(given)}"
         raise ArgumentError(
-            f"this plan was made for another model ({report.blocks} blocks), not {graph.model} "
-            f"({len(graph.blocks)} blocks): plan {graph.model} first"
+            f"this plan was made for another model than {graph.model} ({differ}): plan {graph.model} first"
         )
 
 

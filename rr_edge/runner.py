@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -152,9 +152,10 @@ class RunnerConfig:
 
 @dataclass
 class RunResult:
-    """Outputs of one request and how it went (times in ms)."""
+    """Outputs of one request and how it went (times in ms); its repr leaves the outputs out (20,000 characters of a
+    classifier's logits)."""
 
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray] = field(repr=False)
     fallback: bool
     total_ms: float
     head_ms: float = 0.0
@@ -228,6 +229,8 @@ class _Local:
                 got = f"{x.dtype} {list(x.shape)}{problem}"
             elif not array_fits(x, None if dtype == TEXT else dtype, shape):
                 got = f"{x.dtype} {list(x.shape)}"
+                if dtype is not None and dtype != TEXT and array_fits(x, None, shape):  # float64 of np.random.rand
+                    got += f" (x.astype(np.{dtype}) converts it)"
             else:
                 continue
             named = f" (given: {', '.join(map(repr, unknown))})" if x is None and unknown else ""

@@ -176,8 +176,10 @@ def test_replan_counts_drift_from_the_new_plan_and_switch_gives_its_runner(tiny_
         n = report.blocks
         report = dataclasses.replace(report, chosen=report.table.plan(-1, n - 1))  # everything on the server
         run = node.runner(path, report)
+        assert "costs=" not in repr(report) and "chosen=Plan(" in repr(report)  # 14,000 characters (walkthrough)
         for _ in range(20):
-            run.run(x)
+            result = run.run(x)
+            assert "outputs" not in repr(result) and "total_ms=" in repr(result)  # 20,000 with a classifier's logits
             if run.replan_needed:
                 break
         assert run.replan_needed, "loopback never drifted from a 1 GB/ms link"
@@ -193,10 +195,45 @@ def test_replan_counts_drift_from_the_new_plan_and_switch_gives_its_runner(tiny_
         # a plan of another model: refused, not run at its split nor re-planned with a cost model error (review)
         bigger = path.parent / "bigger.onnx"
         bigger.write_bytes(conv_model(channels=16, out_channels=16, seed=1))
-        with pytest.raises(rr_edge.ArgumentError, match="this plan was made for another model"):
-            node.runner(bigger, report)
+        with pytest.raises(rr_edge.ArgumentError, match="another model than bigger .1 blocks too, unlike its own fr"):
+            node.runner(bigger, report)  # it said "another model (1 blocks), not bigger (1 blocks)" (walkthrough)
         with node.runner(bigger, (0, 0)) as its_runner, pytest.raises(rr_edge.ArgumentError, match="another model"):
             node.replan(bigger, report, its_runner)
+
+
+def test_arguments_of_the_wrong_type_are_named_before_any_work(tiny_server):
+    """Each raised an AttributeError from deep inside (`'tuple' object has no attribute 'costs'`, `'dict' object has
+    no attribute 'tls'`), and a node id with a space was refused only by the server, read as "no network profile"
+    (walkthrough)."""
+    address, _ = tiny_server
+    with pytest.raises(TypeError, match="server is a str, not tuple"):
+        rr_edge.connect(tiny_server, node="n")
+    for kw, said in (
+        ({"options": {"timeout_s": 5}}, r"options is a ClientOptions, not dict \(ClientOptions\(\*\*options\)\?\)"),
+        ({"settings": {"provider": "cpu"}}, "settings is an OrtSettings, not dict"),
+        ({"power": 5.0}, "power is a PowerSpec, not float"),
+    ):
+        with pytest.raises(TypeError, match=said):
+            rr_edge.connect(address, node="n", **kw)
+    for node, said in (("has space", "must be .*, no spaces"), ("", "is empty"), (5, "is not a string")):
+        with pytest.raises(rr_edge.ArgumentError, match=f"node: a node id {said}"):
+            rr_edge.connect(address, node=node)  # type: ignore[arg-type]
+    with pytest.raises(rr_edge.ArgumentError, match="unknown energy meter 'bogus'"):
+        rr_edge.connect(address, node="n", energy="bogus")
+    with rr_edge.connect(address, node="n") as node:
+        with pytest.raises(TypeError, match="report is a PlanReport, not tuple"):
+            node.replan("m.onnx", (2, 8), None)  # type: ignore[arg-type]
+        with pytest.raises(
+            TypeError, match="runner is a Runner, not AsyncRunner .an AsyncRunner goes to AsyncEdgeNode"
+        ):
+            node.switch("m.onnx", api.AsyncRunner(None), None)  # type: ignore[arg-type]
+
+    async def async_switch() -> None:
+        async with rr_edge.connect_async(address, node="n") as anode:
+            await anode.switch("m.onnx", object(), None)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="runner is an AsyncRunner, not object"):
+        asyncio.run(async_switch())
 
 
 def test_closing_a_node_closes_its_runners_and_they_stop_probing(tiny_server, monkeypatch):

@@ -65,8 +65,9 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_any_work(chain, cli
     name = graph.inputs[0].name
     with make_runner(slicer, graph, (-1, 3), client) as runner:
         for bad, fragment in (
-            (x.astype(np.float64), "got float64"),
-            (x[:, :1], f"got float32 {list(x[:, :1].shape)}"),
+            (x.astype(np.float64), f"got float64 {list(x.shape)} (x.astype(np.float32) converts it)"),
+            (x.astype(">f4"), "got >f4"),  # big-endian: converted the same way
+            (x[:, :1], f"got float32 {list(x[:, :1].shape)};"),  # another shape: no conversion said
             (x[0], "got float32"),
             ({"other": x}, f"input {name!r}: got nothing"),
             ({name: x.tolist()}, "got a list"),

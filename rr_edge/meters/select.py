@@ -78,7 +78,7 @@ def select_meter(kind: str = "auto", options: MeterOptions | None = None, *, gpu
     meter = builders["model"]()
     # one short line on every command (it had been 400 characters, the reasons inline: a new user's walkthrough)
     log.info("no energy meter works here: %s", "; ".join(reasons))
-    log.warning("energy is MODELLED: %s (why no meter works: --log-level INFO)", meter.description)
+    log.warning("energy is MODELLED: %s (why no meter works: logged at INFO, --log-level INFO)", meter.description)
     return meter
 
 
