@@ -306,6 +306,9 @@ def test_out_of_range_integers_and_numpy_bools_are_value_errors_or_taken() -> No
     with pytest.raises(ValueError, match="out of range"):
         model.add_cols(2**63)
     assert model.predict([0], [0], log=np.bool_(True)) == pytest.approx(np.log(model.predict([0], [0])))
+    for flag in (True, np.bool_(True)):  # n_rows=True was taken for 1: "rows[1] = 1 is out of range [0, 1)" (review)
+        with pytest.raises(TypeError, match="n_rows must be an integer, got"):
+            CFModel(rank=1).fit(*args, n_rows=flag, n_cols=2)
 
 
 @pytest.mark.parametrize(

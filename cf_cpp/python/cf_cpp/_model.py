@@ -28,7 +28,10 @@ def _index(name: str, x: ArrayLike) -> NDArray[np.int64]:
 
 def _integer(name: str, x: SupportsIndex, bits: int = 64, signed: bool = True) -> int:
     """An integer argument: ints and numpy integers, not floats or strings (no silent truncation), within the C++
-    type's range (`bits`, `signed`) or an InvalidInputError (the binding would raise a bare TypeError)."""
+    type's range (`bits`, `signed`) or an InvalidInputError (the binding would raise a bare TypeError). Not bools
+    either: `n_rows=True` was taken for 1 (review)."""
+    if isinstance(x, bool | np.bool_):
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__} {x!r}")
     try:
         v = operator.index(x)
     except TypeError:
