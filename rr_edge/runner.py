@@ -289,13 +289,16 @@ class _Stream:
         self._requests: queue.Queue[Any] = queue.Queue()
         self._answers = remote.stream_infer(slice_id, iter(self._requests.get, _END))
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rr-stream")
+        self.answered = 0  # answers received on it
         # A runner dropped without close(): gRPC's thread that reads the requests would wait on the queue for ever.
         weakref.finalize(self, self._requests.put, _END)
 
     def infer(self, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
         self._requests.put(dict(inputs))
         try:
-            return self._reader.submit(next, self._answers).result(timeout=timeout_s)
+            outputs = self._reader.submit(next, self._answers).result(timeout=timeout_s)
+            self.answered += 1
+            return outputs
         except FutureTimeout:
             raise ServerUnavailable(f"no stream answer within {timeout_s:.1f} s", "DEADLINE_EXCEEDED") from None
         except StopIteration:
@@ -334,18 +337,24 @@ class _Link:
     backoff: float = 1.0  # doubled by each wait for an answer that ran out (`missed`), 1 again once one arrives
     misses: int = 0  # waits in a row that ran out
 
-    def update(self, result: RunResult) -> None:
+    def update(self, result: RunResult, learn: bool = True) -> None:
         """Learn from one round trip: its time less the server's run (as the server reports it, else as the plan
         predicted it: `RunResult.remote_parts`) is the network's. Over the predicted network time (`round_trip_ms`)
         it is the ratio both directions' curves learn: each curve is an echo call's time, and both hold the one
         round trip a request makes. An answer also resets the wait's backoff, and its server run (when reported)
         is the server's time the wait expects while it is the longest lately: a server slow now and then (a session
-        opened again, other edges' requests) is waited for each time, not only on average."""
+        opened again, other edges' requests) is waited for each time, not only on average. Not `learn`: the first
+        answer of a new stream, whose round trip holds the stream's set-up (2-3x a steady one over loopback, which
+        asked for a re-plan after a plan's very first request: walkthrough), as the network profile's warm-up
+        transfers are not timed either."""
         if not result.fallback:
             self.backoff, self.misses = 1.0, 0
             if result.server_ms is not None:
                 self.server_ms = max(result.server_ms, SERVER_MS_DECAY * (self.server_ms or 0.0))
         if self.uplink is None or self.downlink is None:
+            return
+        if not learn:
+            self.last = self.last or result  # the sizes a wait and the drift's weight go by
             return
         _, network_ms = result.remote_parts(self.expected_cloud_ms)
         predicted = round_trip_ms(self.uplink, self.downlink, result.bytes_up, result.bytes_down)
@@ -784,7 +793,7 @@ class Runner:
         self._served += 1
         result.server_ms = getattr(outputs, "server_run_ms", None)  # rr_edge.client.InferOutputs
         result.bytes_down = wire_bytes(outputs)
-        self.link.update(result)
+        self.link.update(result, learn=self._stream is None or self._stream.answered > 1)
         return outputs
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> RunResult:
