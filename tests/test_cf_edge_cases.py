@@ -223,3 +223,57 @@ def test_the_binding_takes_index_arrays_only_as_int64() -> None:
     assert CFModel(rank=1).fit(np.array([0, 1], np.int32), [0, 1], [1.0, 2.0], 2, 2).n_rows == 2
     with pytest.raises(InvalidInputError, match="rows must hold integers"):
         CFModel(rank=1).fit(floats, [0, 1], [1.0, 2.0], 2, 2)
+
+
+def _run_child(code: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter (its heap and signals its own)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout_s)  # fmt: skip
+
+
+def test_a_fit_of_high_rank_runs() -> None:
+    """A fit of rank 256 or more crashed the interpreter (SIGSEGV): GCC's vectorised normal-equation kernel read up to
+    three rows past its block, which in a fresh process ended a worker thread's heap mapping (review)."""
+    done = _run_child(
+        """
+        import numpy as np
+        from cf_cpp import CFModel
+        r, c = (a.ravel() for a in np.indices((20, 100)))
+        values = np.random.default_rng(0).uniform(1, 2, r.size)
+        for rank in (256, 512):
+            model = CFModel(rank=rank, iterations=1).fit(r, c, values, 20, 100)
+            assert np.isfinite(model.predict(r, c)).all()
+        print("ok")
+        """
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_ctrl_c_stops_a_long_fit_and_leaves_the_model_as_it_was() -> None:
+    """Ctrl-C during a fit of minutes was only seen once the fit had ended (review): it now stops the fit before its
+    next solve, raising KeyboardInterrupt, the model as it was (unfitted; or fitted as before a refit)."""
+    done = _run_child(
+        """
+        import os, signal, threading
+        import numpy as np
+        from cf_cpp import CFModel
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
+        r, c = (a.ravel() for a in np.indices((20, 3000)))
+        values = np.random.default_rng(0).uniform(1, 2, r.size)
+        model = CFModel(rank=512, iterations=40)  # minutes, uninterrupted
+        def interrupted(call):
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            try:
+                call()
+            except KeyboardInterrupt:
+                return True
+            return False
+        assert interrupted(lambda: model.fit(r, c, values, 20, 3000)) and not model.is_fitted
+        small = CFModel(rank=512, iterations=1).fit(r[:200], c[:200], values[:200], 20, 3000)
+        before = small.predict(r[:50], c[:50])
+        assert interrupted(lambda: small.refit(r, c, values, iterations=40))
+        assert np.array_equal(small.predict(r[:50], c[:50]), before)
+        print("ok")
+        """
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -40,11 +40,11 @@ void solve_row(const std::int64_t* cols, const double* logy, std::int64_t n, con
 }
 
 void solve_rows(const Compressed& by_row, const double* z, double mu, int dim, const double* ridge, double* rows,
-                int threads) {
+                int threads, const std::atomic<bool>* stop) {
   const std::int64_t n_rows = static_cast<std::int64_t>(by_row.ptr.size()) - 1;
   parallel_chunks(n_rows, threads, [&](std::int64_t lo, std::int64_t hi) {
     NormalEquations ne(static_cast<std::size_t>(dim));
-    for (std::int64_t r = lo; r < hi; ++r) {
+    for (std::int64_t r = lo; r < hi && !stopped(stop); ++r) {
       std::int64_t b = by_row.ptr[r], n = by_row.ptr[r + 1] - b;
       if (n == 0) continue;  // a row without observations keeps its parameters
       solve_row_with(ne, by_row.index.data() + b, by_row.value.data() + b, n, z, mu, dim, ridge, nullptr,
@@ -54,11 +54,11 @@ void solve_rows(const Compressed& by_row, const double* z, double mu, int dim, c
 }
 
 void solve_cols(const Compressed& by_col, const double* rows, const double* prior, double mu, int dim,
-                const double* ridge, double* dev, int threads) {
+                const double* ridge, double* dev, int threads, const std::atomic<bool>* stop) {
   const std::int64_t n_cols = static_cast<std::int64_t>(by_col.ptr.size()) - 1;
   parallel_chunks(n_cols, threads, [&](std::int64_t lo, std::int64_t hi) {
     NormalEquations ne(static_cast<std::size_t>(dim));
-    for (std::int64_t c = lo; c < hi; ++c) {
+    for (std::int64_t c = lo; c < hi && !stopped(stop); ++c) {
       double* out = dev + c * dim;
       const std::int64_t b = by_col.ptr[c], e_end = by_col.ptr[c + 1];
       if (e_end == b) {

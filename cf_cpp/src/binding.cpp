@@ -9,9 +9,14 @@
 #include <nanobind/stl/string.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <exception>
+#include <future>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -75,6 +80,52 @@ auto sized(const std::string& what, F&& call) {
     PyErr_SetString(PyExc_MemoryError, (what + ": out of memory").c_str());
     throw nb::python_error();
   }
+}
+
+// `call(stop)` (a fit or refit) on a thread of its own, the GIL released, while this thread looks at Python's signals
+// every kSignalPoll: a handler that raises (Ctrl-C's KeyboardInterrupt) sets `stop`, which the core sees before its
+// next solve, and its exception is raised here once `call` has ended, the model as it was (Ctrl-C had waited out a
+// fit of minutes, review). Errors of `call` as in `sized`. A thread that cannot be started: run here, unstoppable.
+constexpr std::chrono::milliseconds kSignalPoll{50};
+
+template <class F>
+void interruptible(const std::string& what, F&& call) {
+  std::atomic<bool> stop{false};
+  bool signalled = false;
+  std::exception_ptr failure;
+  {
+    nb::gil_scoped_release release;
+    try {
+      std::future<void> done;
+      try {
+        done = std::async(std::launch::async, [&] { call(&stop); });
+      } catch (const std::system_error&) {
+        call(nullptr);
+      }
+      while (done.valid() && done.wait_for(kSignalPoll) != std::future_status::ready) {
+        nb::gil_scoped_acquire acquire;
+        if (PyErr_CheckSignals() != 0) {  // the handler's exception stays set, for below
+          signalled = true;
+          stop.store(true);
+          break;
+        }
+      }
+      if (done.valid()) done.get();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (signalled) {
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const cf::Interrupted&) {
+      } catch (...) {  // failed otherwise meanwhile: the signal's exception is the one raised
+      }
+    }
+    throw nb::python_error();
+  }
+  if (failure) sized(what, [&] { std::rethrow_exception(failure); });
 }
 
 std::string rows_by_cols(std::int64_t n_rows, std::int64_t n_cols) {
@@ -154,8 +205,9 @@ NB_MODULE(_core, m) {
              const std::optional<Matrix2>& additive_features) -> cf::Model& {
             cf::Observations obs = observations(rows, cols, values);
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
-            sized("fit of " + rows_by_cols(n_rows, n_cols),
-                  [&] { self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr); });
+            interruptible("fit of " + rows_by_cols(n_rows, n_cols), [&](const std::atomic<bool>* stop) {
+              self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr, stop);
+            });
             return self;
           },
           "rows"_a.noconvert(), "cols"_a.noconvert(), "values"_a, "n_rows"_a, "n_cols"_a,
@@ -166,6 +218,7 @@ NB_MODULE(_core, m) {
           "additive_features: optional float array (n_cols, n_additive) of raw quantities >= 0 that a device's value\n"
           "may be a weighted sum of (op counts, flops): a folded-in row may then be such a sum.\n"
           "Raises ValueError on out-of-range indices, non-positive / non-finite values or shape mismatches.\n"
+          "Ctrl-C (in the main thread) stops it before its next solve: KeyboardInterrupt, the model as it was.\n"
           "Returns self.")
       .def(
           "refit",
@@ -181,8 +234,9 @@ NB_MODULE(_core, m) {
               throw cf::InvalidInput("n_rows and n_cols must be >= 0 (None: unchanged)");
             // None: the size the model has when the refit takes its lock (resolved there).
             std::int64_t nr = n_rows.value_or(cf::kUnchanged), nc = n_cols.value_or(cf::kUnchanged);
-            sized("refit to " + rows_by_cols(nr, nc),
-                  [&] { self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr); });
+            interruptible("refit to " + rows_by_cols(nr, nc), [&](const std::atomic<bool>* stop) {
+              self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr, stop);
+            });
             return self;
           },
           "rows"_a.noconvert(), "cols"_a.noconvert(), "values"_a, "n_rows"_a = nb::none(), "n_cols"_a = nb::none(),
@@ -192,7 +246,7 @@ NB_MODULE(_core, m) {
           "n_rows / n_cols may grow (default: unchanged; an unfitted model needs them: it fits from scratch); new\n"
           "columns need col_features / additive_features when the model uses them; None keeps the current ones.\n"
           "iterations: >= 0 (default: the constructor's). Every row becomes a fitted row (none additive).\n"
-          "Returns self.")
+          "Ctrl-C stops it as it stops fit. Returns self.")
       .def(
           "predict",
           [](const cf::Model& self, const Index1& rows, const Index1& cols, bool log) {

@@ -216,15 +216,15 @@ void Model::grow(std::int64_t n_rows, std::int64_t n_cols) {
 }
 
 void Model::fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-                const Features* additive) {
+                const Features* additive, const std::atomic<bool>* stop) {
   std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
-  fit_unlocked(obs, n_rows, n_cols, features, config_.iterations, additive);
+  fit_unlocked(obs, n_rows, n_cols, features, config_.iterations, additive, stop);
 }
 
 int Model::threads() const { return detail::capped_threads(config_.threads); }
 
 void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-                         int iterations, const Features* additive) {
+                         int iterations, const Features* additive, const std::atomic<bool>* stop) {
   detail::validate(obs, n_rows, n_cols);
   if (obs.size == 0) throw InvalidInput("fit needs at least one observation");
   if (features) check_col_features(*features, n_cols);
@@ -233,19 +233,19 @@ void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int6
   if (features) next.set_features(*features);
   if (additive) next.set_additive(*additive, n_cols);
   next.grow(n_rows, n_cols);
-  next.run_als(obs, iterations);
+  next.run_als(obs, iterations, stop);
   *this = std::move(next);
 }
 
 void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-                  int iterations, const Features* additive) {
+                  int iterations, const Features* additive, const std::atomic<bool>* stop) {
   std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
   if (iterations < -1)
     throw InvalidInput("iterations must be >= 0 (or -1: the configured number), got " + std::to_string(iterations));
   if (!fitted_) {
     if (n_rows == kUnchanged || n_cols == kUnchanged)
       throw InvalidInput("refit of an unfitted model fits from scratch: it needs n_rows and n_cols");
-    fit_unlocked(obs, n_rows, n_cols, features, iterations >= 0 ? iterations : config_.iterations, additive);
+    fit_unlocked(obs, n_rows, n_cols, features, iterations >= 0 ? iterations : config_.iterations, additive, stop);
     return;
   }
   if (n_rows == kUnchanged) n_rows = n_rows_;
@@ -269,7 +269,7 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
   if (additive) next.set_additive(*additive, n_cols);
   for (auto& w : next.additive_rows_) w.clear();  // every row is an ALS row again
   next.grow(n_rows, n_cols);
-  next.run_als(obs, iterations >= 0 ? iterations : config_.iterations);
+  next.run_als(obs, iterations >= 0 ? iterations : config_.iterations, stop);
   *this = std::move(next);
 }
 
@@ -286,7 +286,10 @@ void Model::refresh_col_params(std::int64_t first_new_col) {
   for (std::size_t k = 0; k < prior.size(); ++k) z_[kept + k] += prior[k];
 }
 
-void Model::run_als(const Observations& obs, int iterations) {
+void Model::run_als(const Observations& obs, int iterations, const std::atomic<bool>* stop) {
+  auto check_stop = [stop] {
+    if (detail::stopped(stop)) throw Interrupted("the fit was interrupted; the model is as it was");
+  };
   const int d = dim(), fx = static_cast<int>(n_features_ + 1);
   const bool with_features = !x_.empty();
   const auto [by_row, by_col] = detail::compress_both(obs, n_rows_, n_cols_, threads());
@@ -313,14 +316,16 @@ void Model::run_als(const Observations& obs, int iterations) {
   };
   for (int it = 0; it < iterations; ++it) {
     set_col_params();
-    detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), threads());
+    detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), threads(), stop);
+    check_stop();
     if (with_features) {
       detail::solve_theta(by_row, xp_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
                           theta_.data(), threads());
       detail::apply_theta(xp_.data(), n_cols_, fx, theta_.data(), d, prior.data());
     }
     detail::solve_cols(by_col, rows_.data(), with_features ? prior.data() : nullptr, mu_, d, ridge_col.data(),
-                       dev_.data(), threads());
+                       dev_.data(), threads(), stop);
+    check_stop();
   }
   // Columns without observations have e_c = 0, predicted from their prior alone, as solve_cols leaves them: also
   // after 0 sweeps, where a refit's new columns kept their random start.

@@ -24,7 +24,7 @@ void add_tile(const double* b, std::size_t w, std::size_t fill, std::size_t i, s
 }  // namespace
 
 NormalEquations::NormalEquations(std::size_t d)
-    : d_(d), m_(d - 1), mp_((d + 2) / 4 * 4), width_(mp_ + 2), block_(kBlock * width_, 0.0),
+    : d_(d), m_(d - 1), mp_((d + 2) / 4 * 4), width_(mp_ + 2), block_((kBlock + kOverrunRows) * width_, 0.0),
       sums_(mp_ * width_, 0.0) {
   for (std::size_t k = 0; k < kBlock; ++k) block_[k * width_ + mp_] = 1.0;
 }

@@ -15,6 +15,11 @@ namespace cf::detail {
 class NormalEquations {
  public:
   static constexpr std::size_t kBlock = 64;  // entries per block (the block stays in L1)
+  // Rows allocated past the block, never written nor summed: GCC 12's vectorised add_tile<2> (-O3 -march=native,
+  // AVX-512) loads rows k to k + 3 in the iteration of row k and uses only row k's values, so it read up to three
+  // rows past the block; where the block ended a heap mapping (a worker thread's arena), a fit of rank 256 or more
+  // crashed the process (review).
+  static constexpr std::size_t kOverrunRows = 4;
 
   // d = 1 + m regressors in total (constant first).
   explicit NormalEquations(std::size_t d);
@@ -40,7 +45,7 @@ class NormalEquations {
 
   std::size_t d_, m_, mp_, width_, fill_ = 0;  // mp_: m rounded up to a multiple of 4; width_ = mp_ + 2
   double count_ = 0, target_sum_ = 0;
-  std::vector<double> block_;  // kBlock x width_
+  std::vector<double> block_;  // (kBlock + kOverrunRows) x width_
   std::vector<double> sums_;   // mp_ x width_: [sum y y' (upper triangle), sum y, sum y t] per regressor
 };
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <new>
@@ -10,6 +11,9 @@
 #include <vector>
 
 namespace cf::detail {
+
+// Whether a long computation was asked to stop (`stop` null: never).
+inline bool stopped(const std::atomic<bool>* stop) { return stop != nullptr && stop->load(std::memory_order_relaxed); }
 
 inline int resolve_threads(int threads) {
   if (threads > 0) return threads;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <fstream>
@@ -89,6 +90,31 @@ TEST_CASE("fit recovers a low-rank matrix from 40% of its entries") {
   m.fit(observations(s), s.n_rows, s.n_cols, &f);
   CHECK(m.fitted());
   CHECK(log_rmse(m, s, s.n_rows) < 0.1);
+}
+
+TEST_CASE("a fit or refit whose stop flag is set throws Interrupted and leaves the model as it was") {
+  Synthetic s = make_synthetic(30, 200, 0.4, 1);
+  cf::Features f{s.features.data(), s.n_cols, s.n_features};
+  std::atomic<bool> stop{true};
+  cf::Model m(small_config());
+  CHECK_THROWS_AS(m.fit(observations(s), s.n_rows, s.n_cols, &f, nullptr, &stop), cf::Interrupted);
+  CHECK_FALSE(m.fitted());
+  m.fit(observations(s), s.n_rows, s.n_cols, &f);
+  const std::vector<double> before = all_predictions(m);
+  CHECK_THROWS_AS(m.refit(observations(s), cf::kUnchanged, cf::kUnchanged, nullptr, -1, nullptr, &stop),
+                  cf::Interrupted);
+  CHECK(all_predictions(m) == before);
+  // set from another thread while the fit runs (as the Python binding does on Ctrl-C)
+  cf::Config big = small_config();
+  big.rank = 64;
+  big.iterations = 100000;
+  stop = false;
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stop = true;
+  });
+  CHECK_THROWS_AS(cf::Model(big).fit(observations(s), s.n_rows, s.n_cols, &f, nullptr, &stop), cf::Interrupted);
+  later.join();
 }
 
 TEST_CASE("results do not depend on the thread count") {

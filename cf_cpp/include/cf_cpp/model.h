@@ -20,6 +20,7 @@
 // fit / refit / fold_in_row / add_cols change nothing when they throw.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -109,17 +110,18 @@ class Model {
   explicit Model(const Config& config = Config());
 
   // Fits from scratch. features may be null (no cold start); additive (raw, >= 0) may be null (no additive rows).
-  // Throws InvalidInput on bad input.
+  // Throws InvalidInput on bad input, and Interrupted, the model as it was, once `stop` (may be null) is set: it is
+  // looked at between the row and column solves of a sweep and between any two solves.
   void fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-           const Features* additive = nullptr);
+           const Features* additive = nullptr, const std::atomic<bool>* stop = nullptr);
 
   // Warm-started refit: existing rows / columns keep their factors as the starting point, new ones (when
   // n_rows / n_cols grew) are initialised; kUnchanged keeps the size the model has when the refit takes its lock (a
   // fold-in or add_cols in another thread may grow it until then). features / additive null keep the current ones
   // (they must then cover n_cols). Every row becomes an ALS row again (no additive rows). iterations -1 =
-  // config().iterations.
+  // config().iterations. `stop` as for fit.
   void refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-             int iterations, const Features* additive = nullptr);
+             int iterations, const Features* additive = nullptr, const std::atomic<bool>* stop = nullptr);
 
   // Log-space predictions into out[0..n).
   void predict_log(const std::int64_t* rows, const std::int64_t* cols, std::size_t n, double* out) const;
@@ -175,7 +177,7 @@ class Model {
   }
   // fit with the lock held (refit of an unfitted model fits).
   void fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
-                    int iterations, const Features* additive);
+                    int iterations, const Features* additive, const std::atomic<bool>* stop);
   int dim() const { return config_.rank + 1; }
   int threads() const;  // worker threads of a parallel section: config().threads, at most the hardware's
   double entry_log(std::int64_t r, std::int64_t c) const;  // one in-range entry's log prediction (lock held)
@@ -190,7 +192,7 @@ class Model {
   // when the fold-in cross-validates as well or the weights could overflow (kMaxPrediction).
   std::vector<double> additive_fold_in(const std::int64_t* cols, const double* values, std::size_t n) const;
   void grow(std::int64_t n_rows, std::int64_t n_cols);
-  void run_als(const Observations& obs, int iterations);
+  void run_als(const Observations& obs, int iterations, const std::atomic<bool>* stop);
   void refresh_col_params(std::int64_t first_new_col = 0);  // columns before first_new_col keep their z_
   void refresh_fold_in_prior();
   void fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,

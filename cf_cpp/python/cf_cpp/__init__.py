@@ -49,7 +49,9 @@ which it creates if need be; only regular files load. Before ``fit`` the propert
 0.0). ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give an independent model (through the bytes ``save`` writes).
 A model is safe to share between threads: reads (``predict``, the properties) run together, and wait, with the GIL
 released, for a ``fit``, ``refit``, ``fold_in_row`` or ``add_cols`` in another thread; a call that raises changes
-nothing. ``threads`` beyond the machine's cores are not started (the results do not depend on the count).
+nothing. ``threads`` beyond the machine's cores are not started (the results do not depend on the count). Ctrl-C
+stops a ``fit`` or ``refit`` (called from the main thread) before its next row or column solve: KeyboardInterrupt,
+the model as it was.
 """
 
 from cf_cpp._core import InvalidInputError, ModelFileError

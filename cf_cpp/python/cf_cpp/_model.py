@@ -142,6 +142,7 @@ class CFModel:
         """Fit from scratch on entries ``(rows[i], cols[i]) -> values[i]`` (values > 0, raw units). Returns self.
 
         An entry given more than once counts once per time (its fit is the geometric mean of its values, weighted).
+        Ctrl-C (in the main thread) stops it before its next solve: KeyboardInterrupt, the model as it was.
         """
         self._core.fit(
             _index("rows", rows),
