@@ -155,6 +155,12 @@ def test_the_streamed_warm_up_waits_out_a_busy_server(tmp_path):
         assert how == STREAMED
 
 
+def _until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _open_exchange(stubs) -> tuple[queue.SimpleQueue, object]:
     requests: queue.SimpleQueue = queue.SimpleQueue()
     return requests, stubs.echo.Exchange(iter(requests.get, None), timeout=60)
@@ -191,15 +197,11 @@ def test_a_stopping_server_answers_the_transfer_under_way_then_ends_the_echo_str
     try:
         requests.put(rr.ExchangeRequest(payload=b"x", reply_bytes=1))
         next(answers)
-        deadline = time.monotonic() + 30
-        while not server._echo.streams.idle and time.monotonic() < deadline:  # it waits for the next transfer
-            time.sleep(0.01)
+        _until(lambda: server._echo.streams.idle)  # it waits for the next transfer
         requests.put(rr.ExchangeRequest(payload=bytes(10), more=True))
-        while server._echo.streams.idle and time.monotonic() < deadline:  # it has read the next transfer's first piece
-            time.sleep(0.01)
+        _until(lambda: not server._echo.streams.idle)  # it has read the next transfer's first piece
         stopping.start()
-        while not server._echo.streams.ended and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _until(lambda: server._echo.streams.ended)
         requests.put(rr.ExchangeRequest(payload=bytes(5), reply_bytes=7))
         assert len(next(answers).payload) == 7
         with pytest.raises(grpc.RpcError) as ended:
@@ -220,9 +222,7 @@ def test_an_echo_stream_the_server_ends_as_it_stops_says_so(tmp_path):
     try:
         with _stream(stubs) as stream:
             stream.exchange(1, 1)
-            deadline = time.monotonic() + 30
-            while not server._echo.streams.idle and time.monotonic() < deadline:  # it waits for the next transfer
-                time.sleep(0.01)
+            _until(lambda: server._echo.streams.idle)  # it waits for the next transfer
             server.stop()
             with pytest.raises(ServerUnavailable, match=r"the server cancelled the stream \(stopping\?\)"):
                 stream.exchange(1, 1)
