@@ -85,11 +85,13 @@ REPORT_WAIT_S = 120.0  # how long a finished measurement waits for an unreachabl
 _FIRST_PAUSE_S, _MOST_PAUSE_S = 0.5, 8.0
 
 
-def retry_unreachable(call: Callable[[], T], what: str, wait_s: float = REPORT_WAIT_S) -> T:
+def retry_unreachable(
+    call: Callable[[], T], what: str, wait_s: float = REPORT_WAIT_S, closed: Callable[[], bool] = lambda: False
+) -> T:
     """`call()`, made again while the server cannot be reached (ServerUnavailable: a restart, a link down), after
-    pauses doubling from 0.5 s to 8 s, for up to `wait_s`; then that ServerUnavailable. For the report that ends a
-    long measurement: a profile of minutes was lost to a server restarting for a second as it reported (walkthrough).
-    """
+    pauses doubling from 0.5 s to 8 s, starting no try after `wait_s`; then that ServerUnavailable. For the report
+    that ends a long measurement: a profile of minutes was lost to a server restarting for a second as it reported
+    (walkthrough). Not once `closed()` (the client closed on purpose, which also says ServerUnavailable)."""
     give_up = time.monotonic() + wait_s
     pause_s = _FIRST_PAUSE_S
     warned = False
@@ -97,7 +99,7 @@ def retry_unreachable(call: Callable[[], T], what: str, wait_s: float = REPORT_W
         try:
             return call()
         except ServerUnavailable as exc:
-            if time.monotonic() + pause_s > give_up:
+            if closed() or time.monotonic() + pause_s > give_up:
                 raise
             if not warned:
                 log.warning("%s: %s; trying again for up to %.0f s", what, exc, wait_s)

@@ -45,7 +45,7 @@ import onnx
 from rr_edge.blocks import BlockGraph, analyze
 from rr_edge.client import Client, ClientOptions
 from rr_edge.costmodel import check_amortize_over
-from rr_edge.errors import ArgumentError, ServerUnavailable
+from rr_edge.errors import ArgumentError, MeterError, ServerUnavailable
 from rr_edge.meters import Meter, MeterOptions, select_meter
 from rr_edge.meters.model import PowerSpec, resolve_power
 from rr_edge.meters.select import CHOICES
@@ -88,7 +88,8 @@ class EdgeNode:
         meter_options: MeterOptions | None = None,
         power: PowerSpec | None = None,
     ) -> None:
-        if (problem := id_problem(node) if isinstance(node, str) else "is not a string") is not None:
+        _check_type(node, str, "node")
+        if (problem := id_problem(node)) is not None:
             raise ArgumentError(f"node: a node id {problem}: {node!r:.60}")  # found late, and misread, by the server
         _check_type(server, str, "server")
         for value, kind, what in (
@@ -99,7 +100,7 @@ class EdgeNode:
         ):
             _check_type(value, kind, what, optional=True)
         if energy not in CHOICES:
-            raise ArgumentError(f"energy: unknown energy meter {energy!r} (choose from {', '.join(CHOICES)})")
+            raise MeterError(f"unknown energy meter {energy!r} (choose from {', '.join(CHOICES)})")  # as at first use
         self.node = node
         self.client = Client(server, options)
         self.settings = settings or OrtSettings()

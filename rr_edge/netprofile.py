@@ -468,7 +468,8 @@ def run_netprofile(
         registered = registered_device(client, node_id)
         client.register_node(node_id, device if registered is None else with_timing_setup(device, registered))
     profile = profile_network(client, config, meter=meter, progress=progress)
-    retry_unreachable(lambda: client.report_network_profile(node_id, profile), "reporting the network profile")
+    report = functools.partial(client.report_network_profile, node_id, profile)
+    retry_unreachable(report, "reporting the network profile", closed=lambda: client.closed)
     return profile
 
 

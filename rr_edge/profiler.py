@@ -586,7 +586,7 @@ def run_profile(
             client.register_node(node_id, device)
         report_profile(client, node_id, result, max_upload_bytes=cfg.max_upload_bytes, progress=progress)
 
-    retry_unreachable(report, what)
+    retry_unreachable(report, what, closed=lambda: client.closed)
     return result
 
 

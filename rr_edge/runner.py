@@ -346,7 +346,9 @@ class _Link:
         opened again, other edges' requests) is waited for each time, not only on average. Not `learn`: the first
         answer of a new stream, whose round trip holds the stream's set-up (2-3x a steady one over loopback, which
         asked for a re-plan after a plan's very first request: walkthrough), as the network profile's warm-up
-        transfers are not timed either."""
+        transfers are not timed either; it is learnt all the same after a wait that ran out (`misses`, `backoff`): the
+        stream is new because the last one was dropped, and a link slowed past the waits would never be learnt."""
+        learn = learn or self.misses > 0 or self.backoff > 1.0
         if not result.fallback:
             self.backoff, self.misses = 1.0, 0
             if result.server_ms is not None:

@@ -503,3 +503,7 @@ def test_a_report_waits_out_an_unreachable_server_for_a_while_then_says_so(monke
     with pytest.raises(ServerError, match="refused"):
         retry_unreachable(refused, "report", wait_s=60)
     assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(ServerUnavailable):  # a client closed on purpose: no server to wait for
+        retry_unreachable(down_for(1e9), "report", wait_s=60, closed=lambda: True)
+    assert len(calls) == 1

@@ -157,7 +157,8 @@ def test_the_streamed_warm_up_waits_out_a_busy_server(tmp_path):
 
 def _until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 
 
@@ -223,7 +224,10 @@ def test_an_echo_stream_the_server_ends_as_it_stops_says_so(tmp_path):
         with _stream(stubs) as stream:
             stream.exchange(1, 1)
             _until(lambda: server._echo.streams.idle)  # it waits for the next transfer
-            server.stop()
+            stopping = threading.Thread(target=server.stop, daemon=True)  # not its 600 s grace: fails, not hangs
+            stopping.start()
+            stopping.join(30)
+            assert not stopping.is_alive()
             with pytest.raises(ServerUnavailable, match=r"the server cancelled the stream \(stopping\?\)"):
                 stream.exchange(1, 1)
     finally:

@@ -276,6 +276,21 @@ def test_a_drift_asks_for_a_replan_only_when_it_matters_to_the_round_trip(server
     assert not link.drifted(0.25)
 
 
+def test_a_new_streams_first_answer_after_a_wait_ran_out_is_learnt() -> None:
+    """A wait that ran out drops the stream, so the next answer comes on a new one: not learnt either, it reset the
+    backoff, and a link slowed to between one wait and two was never learnt nor re-planned (review)."""
+    from rr_edge.runner import _Link
+
+    model = NetworkModel.affine(rtt_ms=1.0, bandwidth_bytes_per_ms=1e9)
+    link = _Link(model, model)
+    slow = RunResult({}, False, 50.0, remote_ms=50.0, server_ms=0.0, bytes_up=64, bytes_down=64)
+    link.update(slow, learn=False)  # a first answer, nothing amiss: not learnt
+    assert link.uplink is not None and link.uplink.drift == 1.0
+    link.missed(64, 10.0)
+    link.update(slow, learn=False)  # after a missed wait: learnt
+    assert link.uplink.drift > 1.0 and link.backoff == 1.0
+
+
 def test_a_round_trip_as_predicted_moves_no_drift_on_a_link_with_a_long_round_trip() -> None:
     """Each curve holds the link's 40 ms round trip, and a request with its answer makes one: a round trip of
     40 + 1 + 1 ms is what the plan predicted, so neither curve drifts. Charged 2 round trips, it had pulled both

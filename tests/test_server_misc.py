@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,6 +108,16 @@ def test_a_status_a_handler_sets_without_raising_is_the_one_counted(tmp_path):
         assert count("rr_requests_total", {"method": "Check", "code": "NOT_FOUND"}) == 1
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host has no IPv6 loopback")
 def test_the_metrics_url_logged_for_an_ipv6_host_is_a_url(caplog):
     """`--listen [::1]:PORT --metrics-port P` logged "http://::1:P/metrics" (walkthrough)."""
     from rr_server.metrics import Metrics

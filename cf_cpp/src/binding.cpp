@@ -85,11 +85,21 @@ auto sized(const std::string& what, F&& call) {
 // `call(stop)` (a fit or refit) on a thread of its own, the GIL released, while this thread looks at Python's signals
 // every kSignalPoll: a handler that raises (Ctrl-C's KeyboardInterrupt) sets `stop`, which the core sees before its
 // next solve, and its exception is raised here once `call` has ended, the model as it was (Ctrl-C had waited out a
-// fit of minutes, review). Errors of `call` as in `sized`. A thread that cannot be started: run here, unstoppable.
+// fit of minutes, review). Errors of `call` as in `sized`. A thread that cannot be started, or a call from a thread
+// other than Python's main one (which never runs signal handlers): run here, unstoppable.
 constexpr std::chrono::milliseconds kSignalPoll{50};
+
+bool on_main_thread() {
+  nb::module_ threading = nb::module_::import_("threading");
+  return threading.attr("current_thread")().is(threading.attr("main_thread")());
+}
 
 template <class F>
 void interruptible(const std::string& what, F&& call) {
+  if (!on_main_thread()) {
+    sized(what, [&] { call(nullptr); });
+    return;
+  }
   std::atomic<bool> stop{false};
   bool signalled = false;
   std::exception_ptr failure;

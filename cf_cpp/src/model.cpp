@@ -234,6 +234,7 @@ void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int6
   if (additive) next.set_additive(*additive, n_cols);
   next.grow(n_rows, n_cols);
   next.run_als(obs, iterations, stop);
+  if (detail::stopped(stop)) throw Interrupted("the fit was interrupted; the model is as it was");  // after the sweeps
   *this = std::move(next);
 }
 
@@ -270,6 +271,7 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
   for (auto& w : next.additive_rows_) w.clear();  // every row is an ALS row again
   next.grow(n_rows, n_cols);
   next.run_als(obs, iterations >= 0 ? iterations : config_.iterations, stop);
+  if (detail::stopped(stop)) throw Interrupted("the refit was interrupted; the model is as it was");
   *this = std::move(next);
 }
 

@@ -19,7 +19,7 @@ class NormalEquations {
   // AVX-512) loads rows k to k + 3 in the iteration of row k and uses only row k's values, so it read up to three
   // rows past the block; where the block ended a heap mapping (a worker thread's arena), a fit of rank 256 or more
   // crashed the process (review).
-  static constexpr std::size_t kOverrunRows = 4;
+  static constexpr std::size_t kOverrunRows = 8;  // twice what this build reads: room for another vector width
 
   // d = 1 + m regressors in total (constant first).
   explicit NormalEquations(std::size_t d);

@@ -111,7 +111,7 @@ class Model {
 
   // Fits from scratch. features may be null (no cold start); additive (raw, >= 0) may be null (no additive rows).
   // Throws InvalidInput on bad input, and Interrupted, the model as it was, once `stop` (may be null) is set: it is
-  // looked at between the row and column solves of a sweep and between any two solves.
+  // looked at between any two row or column solves, and once more before the model takes the result.
   void fit(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, const Features* features,
            const Features* additive = nullptr, const std::atomic<bool>* stop = nullptr);
 
