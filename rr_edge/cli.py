@@ -16,7 +16,7 @@ import signal
 import sys
 
 import rr_proto.grpc_verbosity  # noqa: F401 - before grpc is first imported (the commands import it)
-from rr_edge.commands._interrupt import INTERRUPTED
+from rr_edge.commands._interrupt import INTERRUPTED, signalled
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_proto.argtypes import Parser
 from rr_proto.extras import missing_extra
@@ -57,6 +57,20 @@ def attach_range_values(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+def command() -> None:
+    """The `rr-edge` program: `main`, and a command a signal ended (Ctrl-C, SIGTERM) dies by that signal once it has
+    reported, as the shell expects of it (a shell still says 130 or 143): the exit status 143 was a failure to
+    systemd's `stop`, and 130 did not stop a calling shell loop (review)."""
+    code = main()
+    signum = signalled() or (signal.SIGINT if code == INTERRUPTED else None)
+    if signum is not None and code == 128 + signum:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,4 +160,4 @@ def _hint(exc: RoadRunnerError, args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

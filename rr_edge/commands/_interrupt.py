@@ -21,6 +21,14 @@ _SAID: dict[int, tuple[str, str]] = {
 }
 
 
+_signalled: list[int] = []  # the signals that asked a command of this process to stop, first first
+
+
+def signalled() -> int | None:
+    """The signal that first asked a command of this process to stop (None: none did)."""
+    return _signalled[0] if _signalled else None
+
+
 class Stop(threading.Event):
     """Set by the first SIGINT or SIGTERM, `signum`."""
 
@@ -49,6 +57,7 @@ def stop_requested(what: str) -> Iterator[Stop]:
         if not stop.is_set():
             stop.signum = signum
             stop.set()
+            _signalled.append(signum)
         signal.signal(signum, previous[signum])
         said, again = _SAID[signum]
         log.warning("%s: stopping after %s (%s again to stop at once)", said, what, again)
