@@ -16,7 +16,7 @@ import signal
 import sys
 
 import rr_proto.grpc_verbosity  # noqa: F401 - before grpc is first imported (the commands import it)
-from rr_edge.commands._interrupt import INTERRUPTED, signalled
+from rr_edge.commands._interrupt import INTERRUPTED, stopped_by
 from rr_edge.errors import RoadRunnerError, ServerError, ServerUnavailable
 from rr_proto.argtypes import Parser
 from rr_proto.extras import missing_extra
@@ -64,8 +64,7 @@ def command() -> None:
     reported, as the shell expects of it (a shell still says 130 or 143): the exit status 143 was a failure to
     systemd's `stop`, and 130 did not stop a calling shell loop (review)."""
     code = main()
-    signum = signalled() or (signal.SIGINT if code == INTERRUPTED else None)
-    if signum is not None and code == 128 + signum:
+    if (signum := stopped_by(code)) is not None:
         sys.stdout.flush()
         sys.stderr.flush()
         signal.signal(signum, signal.SIG_DFL)

@@ -3,9 +3,12 @@ asks for; a stream that failed or got no answer in time is dropped, and the next
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +18,7 @@ from rr_edge.echo import EchoStream
 from rr_edge.errors import ServerError, ServerUnavailable
 from rr_proto.roadrunner.v1 import roadrunner_pb2 as rr
 from rr_server.echo_servicer import EchoServicer
+from rr_server.server import Server
 
 
 def _stream(stubs, timeout_s: float = 10.0, chunk_bytes: int = 1 << 20) -> EchoStream:
@@ -135,7 +139,6 @@ def test_a_stream_the_server_ends_early_is_unavailable_and_dropped(tmp_path, mon
 def test_the_streamed_warm_up_waits_out_a_busy_server(tmp_path):
     """Another edge's echo stream holds the one slot a 16-worker server has for such streams, and ends a second
     later: the warm-up waits for it, as the per-call warm-up did, instead of failing at once (found by review)."""
-    import contextlib
 
     from rr_edge.client import Client
     from rr_edge.echo import STREAMED, echo_transfers
@@ -162,74 +165,75 @@ def _until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyp
         time.sleep(0.01)
 
 
-def _open_exchange(stubs) -> tuple[queue.SimpleQueue, object]:
+@contextlib.contextmanager
+def _slow_to_stop(tmp_path) -> Iterator[tuple[Server, Stubs]]:  # type: ignore[no-untyped-def]
+    """A server whose stop would wait 600 s for its calls in flight, and stubs on it: a stream it fails to end makes
+    a test fail (`_stopped`), not hang."""
+    server = start_server(tmp_path, grace_s=600)
+    stubs = Stubs.connect(server.address)
+    try:
+        yield server, stubs
+    finally:
+        stubs.close()
+        server.stop_now()
+
+
+def _stop_in_background(server: Server) -> threading.Thread:
+    stopping = threading.Thread(target=server.stop, daemon=True)
+    stopping.start()
+    return stopping
+
+
+def _stopped(stopping: threading.Thread) -> None:
+    stopping.join(30)
+    assert not stopping.is_alive()
+
+
+@contextlib.contextmanager
+def _exchange(stubs) -> Iterator[tuple[queue.SimpleQueue, Any]]:  # type: ignore[no-untyped-def]
+    """An open Exchange call: the queue its requests are put on, and its answers."""
     requests: queue.SimpleQueue = queue.SimpleQueue()
-    return requests, stubs.echo.Exchange(iter(requests.get, None), timeout=60)
+    try:
+        yield requests, stubs.echo.Exchange(iter(requests.get, None), timeout=60)
+    finally:
+        requests.put(None)
 
 
 def test_a_stopping_server_ends_an_echo_stream_waiting_for_its_next_transfer_at_once(tmp_path):
     """A network profile's stream, open between two transfers, held a stop for its whole grace period (10 s by
     default), as an edge's idle inference stream had."""
-    server = start_server(tmp_path, grace_s=600)
-    stubs = Stubs.connect(server.address)
-    requests, answers = _open_exchange(stubs)
-    try:
+    with _slow_to_stop(tmp_path) as (server, stubs), _exchange(stubs) as (requests, answers):
         requests.put(rr.ExchangeRequest(payload=b"x", reply_bytes=3))
         assert len(next(answers).payload) == 3
-        stopping = threading.Thread(target=server.stop, daemon=True)
-        stopping.start()
-        stopping.join(30)
-        assert not stopping.is_alive()
+        _stopped(_stop_in_background(server))
         with pytest.raises(grpc.RpcError) as ended:
             next(answers)
         assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-    finally:
-        requests.put(None)
-        stubs.close()
-        server.stop_now()
 
 
 def test_a_stopping_server_answers_the_transfer_under_way_then_ends_the_echo_stream(tmp_path):
     """A transfer begun before the stop is answered; the stream then ends UNAVAILABLE, saying so."""
-    server = start_server(tmp_path, grace_s=600)
-    stubs = Stubs.connect(server.address)
-    requests, answers = _open_exchange(stubs)
-    stopping = threading.Thread(target=server.stop, daemon=True)
-    try:
+    with _slow_to_stop(tmp_path) as (server, stubs), _exchange(stubs) as (requests, answers):
         requests.put(rr.ExchangeRequest(payload=b"x", reply_bytes=1))
         next(answers)
         _until(lambda: server._echo.streams.idle)  # it waits for the next transfer
         requests.put(rr.ExchangeRequest(payload=bytes(10), more=True))
         _until(lambda: not server._echo.streams.idle)  # it has read the next transfer's first piece
-        stopping.start()
+        stopping = _stop_in_background(server)
         _until(lambda: server._echo.streams.ended)
         requests.put(rr.ExchangeRequest(payload=bytes(5), reply_bytes=7))
         assert len(next(answers).payload) == 7
         with pytest.raises(grpc.RpcError) as ended:
             next(answers)
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "stopping" in ended.value.details()
-        stopping.join(30)
-        assert not stopping.is_alive()
-    finally:
-        requests.put(None)
-        stubs.close()
-        server.stop_now()
+        _stopped(stopping)
 
 
 def test_an_echo_stream_the_server_ends_as_it_stops_says_so(tmp_path):
     """The network profiler's stream ended by a stopping server read "CANCELLED: CANCELLED" (walkthrough)."""
-    server = start_server(tmp_path, grace_s=600)
-    stubs = Stubs.connect(server.address)
-    try:
-        with _stream(stubs) as stream:
+    with _slow_to_stop(tmp_path) as (server, stubs), _stream(stubs) as stream:
+        stream.exchange(1, 1)
+        _until(lambda: server._echo.streams.idle)  # it waits for the next transfer
+        _stopped(_stop_in_background(server))
+        with pytest.raises(ServerUnavailable, match=r"the server cancelled the stream \(stopping\?\)"):
             stream.exchange(1, 1)
-            _until(lambda: server._echo.streams.idle)  # it waits for the next transfer
-            stopping = threading.Thread(target=server.stop, daemon=True)  # not its 600 s grace: fails, not hangs
-            stopping.start()
-            stopping.join(30)
-            assert not stopping.is_alive()
-            with pytest.raises(ServerUnavailable, match=r"the server cancelled the stream \(stopping\?\)"):
-                stream.exchange(1, 1)
-    finally:
-        stubs.close()
-        server.stop_now()

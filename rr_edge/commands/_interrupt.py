@@ -21,12 +21,9 @@ _SAID: dict[int, tuple[str, str]] = {
 }
 
 
-_signalled: list[int] = []  # the signals that asked a command of this process to stop, first first
-
-
-def signalled() -> int | None:
-    """The signal that first asked a command of this process to stop (None: none did)."""
-    return _signalled[0] if _signalled else None
+def stopped_by(code: int) -> int | None:
+    """The signal a command's exit `code` says ended it (`Stop.exit_code`, or INTERRUPTED), or None."""
+    return code - 128 if code - 128 in _SAID else None
 
 
 class Stop(threading.Event):
@@ -57,7 +54,6 @@ def stop_requested(what: str) -> Iterator[Stop]:
         if not stop.is_set():
             stop.signum = signum
             stop.set()
-            _signalled.append(signum)
         signal.signal(signum, previous[signum])
         said, again = _SAID[signum]
         log.warning("%s: stopping after %s (%s again to stop at once)", said, what, again)
