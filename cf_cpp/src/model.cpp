@@ -22,6 +22,11 @@ namespace cf {
 
 namespace {
 
+// Interrupted once `stop` is set (a fit or refit works on a copy: the model is untouched until it commits).
+void check_stop(const std::atomic<bool>* stop) {
+  if (detail::stopped(stop)) throw Interrupted("the fit was interrupted; the model is as it was");
+}
+
 // Room for `more` elements after the current ones, growing geometrically: exact reserves made every fold-in copy the
 // whole residual table (quadratic over many fold-ins). Throws (out of memory) before anything changes.
 template <class T>
@@ -234,7 +239,7 @@ void Model::fit_unlocked(const Observations& obs, std::int64_t n_rows, std::int6
   if (additive) next.set_additive(*additive, n_cols);
   next.grow(n_rows, n_cols);
   next.run_als(obs, iterations, stop);
-  if (detail::stopped(stop)) throw Interrupted("the fit was interrupted; the model is as it was");  // after the sweeps
+  check_stop(stop);  // also after the sweeps
   *this = std::move(next);
 }
 
@@ -271,7 +276,7 @@ void Model::refit(const Observations& obs, std::int64_t n_rows, std::int64_t n_c
   for (auto& w : next.additive_rows_) w.clear();  // every row is an ALS row again
   next.grow(n_rows, n_cols);
   next.run_als(obs, iterations >= 0 ? iterations : config_.iterations, stop);
-  if (detail::stopped(stop)) throw Interrupted("the refit was interrupted; the model is as it was");
+  check_stop(stop);
   *this = std::move(next);
 }
 
@@ -289,9 +294,6 @@ void Model::refresh_col_params(std::int64_t first_new_col) {
 }
 
 void Model::run_als(const Observations& obs, int iterations, const std::atomic<bool>* stop) {
-  auto check_stop = [stop] {
-    if (detail::stopped(stop)) throw Interrupted("the fit was interrupted; the model is as it was");
-  };
   const int d = dim(), fx = static_cast<int>(n_features_ + 1);
   const bool with_features = !x_.empty();
   const auto [by_row, by_col] = detail::compress_both(obs, n_rows_, n_cols_, threads());
@@ -319,7 +321,7 @@ void Model::run_als(const Observations& obs, int iterations, const std::atomic<b
   for (int it = 0; it < iterations; ++it) {
     set_col_params();
     detail::solve_rows(by_row, z_.data(), mu_, d, ridge_row.data(), rows_.data(), threads(), stop);
-    check_stop();
+    check_stop(stop);
     if (with_features) {
       detail::solve_theta(by_row, xp_.data(), fx, grams, rows_.data(), dev_.data(), mu_, d, config_.reg_features,
                           theta_.data(), threads());
@@ -327,7 +329,7 @@ void Model::run_als(const Observations& obs, int iterations, const std::atomic<b
     }
     detail::solve_cols(by_col, rows_.data(), with_features ? prior.data() : nullptr, mu_, d, ridge_col.data(),
                        dev_.data(), threads(), stop);
-    check_stop();
+    check_stop(stop);
   }
   // Columns without observations have e_c = 0, predicted from their prior alone, as solve_cols leaves them: also
   // after 0 sweeps, where a refit's new columns kept their random start.
