@@ -355,6 +355,7 @@ class Client:
         load: bool = False,
         busy_wait_s: float | None = None,
         slice_id: str | None = None,
+        status_timeout_s: float | None = None,
     ) -> UploadResult:
         """Upload ONNX bytes in chunks (verified by SHA-256 on the server); nothing is sent when already cached.
 
@@ -366,11 +367,13 @@ class Client:
         again; the server still verifies the bytes it is sent against it. ``timeout_s``: the upload's deadline
         (None: `ClientOptions.timeout_s` and the bytes at its `min_bandwidth_bytes_per_s`); the status query and the
         load of a cached slice send no slice and take `ClientOptions.timeout_s` at most (an upload-sized deadline
-        held them for tens of seconds on a server that holds the slice but stopped answering: review)."""
+        held them for tens of seconds on a server that holds the slice but stopped answering: review);
+        ``status_timeout_s`` shortens the status query's further (a runner starting beside a hung server)."""
         slice_id = slice_id or slice_id_of(data)
-        small_s = None if timeout_s is None else min(timeout_s, self.options.timeout_s)  # calls that send no slice
-        if check_cached:
-            status = self.slice_status(slice_id, small_s)
+        small_s = self.options.timeout_s if timeout_s is None else min(timeout_s, self.options.timeout_s)
+        if check_cached:  # the status query and the load of a cached slice send no slice: small_s at most
+            status_s = small_s if status_timeout_s is None else min(small_s, status_timeout_s)
+            status = self.slice_status(slice_id, status_s)
             if status.cached and not probe:
                 log.debug("slice %s (%s) already cached", slice_id[:12], label)
                 if load and not status.loaded:
@@ -406,19 +409,26 @@ class Client:
         busy_wait_s: float | None = None,
         expected_s: float | None = None,
         slice_id: str | None = None,
+        status_timeout_s: float | None = None,
     ) -> str:
         """Make sure the server holds the slice (uploading it if needed) and, with `load`, has its session open;
         returns its id. `expected_s`: how long the upload is predicted to take; its deadline then allows
         `UPLOAD_MARGIN` times that beyond `timeout_s`, when that is later than the default (a link slower than
         `min_bandwidth_bytes_per_s` would otherwise never finish a large slice, sending it again and again); it is the
-        upload's alone, not the status query's or the load's (`upload_slice`). `slice_id`: the bytes' id where the
-        caller has it already (`upload_slice`)."""
+        upload's alone, not the status query's or the load's (`upload_slice`). `slice_id`, `status_timeout_s`: see
+        `upload_slice`."""
         timeout_s = None
         if expected_s is not None:
             planned = self.options.timeout_s + UPLOAD_MARGIN * expected_s
             timeout_s = max(planned, self._transfer_timeout_s(len(onnx_bytes)))
         result = self.upload_slice(
-            onnx_bytes, label, load=load, busy_wait_s=busy_wait_s, timeout_s=timeout_s, slice_id=slice_id
+            onnx_bytes,
+            label,
+            load=load,
+            busy_wait_s=busy_wait_s,
+            timeout_s=timeout_s,
+            slice_id=slice_id,
+            status_timeout_s=status_timeout_s,
         )
         return result.slice_id
 

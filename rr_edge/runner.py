@@ -58,7 +58,9 @@ DEFAULT_STREAM_RETRY_S = 30.0
 MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of a round trip or more
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 MAX_PROBE_WAIT_S = 60.0  # the longest wait between two uploads to a server that answers but whose uploads fail
-PROBE_TIMEOUT_S = 2.0  # deadline of a health check of a server that is down (at most RunnerConfig.timeout_s)
+# Deadline of a health check of a server that is down, and of the slice status query that starts making the slice
+# ready (at most RunnerConfig.timeout_s): with the whole timeout_s, a hung server held a runner's start for 30 s.
+PROBE_TIMEOUT_S = 2.0
 # A slice the server lost again before it served this many requests is uploaded again only after a wait, doubled
 # each time (from `retry_interval_s`, up to MAX_PROBE_WAIT_S): two edges whose slices did not fit the server's store
 # together evicted each other's at once, 47 uploads each in 35 s, most requests local (walkthrough).
@@ -96,6 +98,7 @@ class RemoteExecutor(Protocol):
         busy_wait_s: float | None = None,
         expected_s: float | None = None,
         slice_id: str | None = None,
+        status_timeout_s: float | None = None,
     ) -> str: ...
 
     def infer(self, slice_id: str, inputs: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]: ...
@@ -510,6 +513,10 @@ class Runner:
         return self._down_since is not None
 
     @property
+    def _probe_s(self) -> float:
+        return min(self.config.timeout_s, PROBE_TIMEOUT_S)
+
+    @property
     def _remote_closed(self) -> bool:
         """Its client was closed (`Client.closed`): on purpose, so no failure of the server."""
         return bool(getattr(self.remote, "closed", False))
@@ -552,7 +559,12 @@ class Runner:
             if self.slices.middle_id is not None:
                 planned["slice_id"] = self.slices.middle_id
             self._slice_id = self.remote.ensure_slice(
-                self.slices.middle, self.slices.label, load=True, busy_wait_s=0, **planned
+                self.slices.middle,
+                self.slices.label,
+                load=True,
+                busy_wait_s=0,
+                status_timeout_s=self._probe_s,
+                **planned,
             )
         except ServerError as exc:
             # NOT_FOUND is no refusal: another edge's upload evicted the slice (`--max-store-gb`) between this one's
@@ -642,7 +654,7 @@ class Runner:
             if self._closed:
                 return
             down_since, first = self._down_since, self._down_error is None  # first: made with `connect_later`
-            healthy = self.remote.healthy(timeout_s=min(self.config.timeout_s, PROBE_TIMEOUT_S))
+            healthy = self.remote.healthy(timeout_s=self._probe_s)
             if not healthy and first and self._last_probe == -math.inf:  # the first health check: said once
                 log.warning("the server does not answer; running locally until it does and has the slice")
             if not healthy and self._down_error is None:

@@ -24,7 +24,7 @@ from rr_edge.client import Client, ClientOptions
 from rr_edge.commands import run as run_command
 from rr_edge.meters import ModelMeter
 from rr_edge.offload import make_runner
-from rr_edge.runner import RunnerConfig, fallback_cause
+from rr_edge.runner import DOWN, LOST_AGAIN_REQUESTS, PROBE_TIMEOUT_S, RunnerConfig, fallback_cause
 from rr_server.errors import InvalidArgument
 from tests._server_process import ServerProcess
 
@@ -118,6 +118,37 @@ def test_a_stream_that_timed_out_is_cancelled(chain, server):
                 time.sleep(0.05)
             assert not any(t.is_alive() for t in readers), "the stream's reader still waits on the hung call"
         runner.close()
+
+
+def test_a_runner_started_beside_a_hung_server_runs_locally_after_the_probe_deadline(chain, server, tmp_path):
+    """The slice status query that starts a runner waits PROBE_TIMEOUT_S, not the client's whole deadline (30 s by
+    default): the application's start is not held while the server is hung. Requests run locally until it answers
+    again, then the runner makes its slice ready and offloads."""
+    model, graph, _ = chain
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    x = _x(graph)
+    deadlines: list[float | None] = []
+    with EdgeNode(server.address, "hung-start", options=ClientOptions(timeout_s=GENEROUS_S)) as node:
+        status = node.client.slice_status
+
+        def recorded(slice_id: str, timeout_s: float | None = None):
+            deadlines.append(timeout_s)
+            return status(slice_id, timeout_s)
+
+        node.client.slice_status = recorded  # type: ignore[method-assign]
+        with server.hung():
+            runner = node.runner(path, (0, 2), RunnerConfig(timeout_s=GENEROUS_S, retry_interval_s=0.1))
+            assert runner.server_down
+            local = runner.run(x)
+        assert deadlines == [PROBE_TIMEOUT_S]
+        assert local.fallback and local.error.startswith(DOWN) and "DEADLINE_EXCEEDED" in local.error
+        deadline = time.monotonic() + GENEROUS_S
+        while (result := runner.run(x)).fallback and time.monotonic() < deadline:
+            time.sleep(0.05)
+        runner.close()
+    assert not result.fallback and result.remote_ms > 0
+    np.testing.assert_allclose(result.outputs["y3"], local.outputs["y3"], rtol=1e-5, atol=1e-6)
 
 
 def test_an_edge_node_runner_takes_its_deadline_from_the_client_options(chain, server, tmp_path):
@@ -395,7 +426,6 @@ def test_a_slice_lost_again_soon_is_uploaded_again_only_after_a_wait(chain, tmp_
     """Two edges whose slices did not fit the server's store together evicted each other's at once, over and over
     (walkthrough). A slice lost before it served `LOST_AGAIN_REQUESTS` requests waits `retry_interval_s` (doubled
     each time) before its upload; one that served that many is uploaded at once, as before."""
-    from rr_edge import runner as runner_module
 
     _, graph, slicer = chain
     x = _x(graph)
@@ -404,7 +434,7 @@ def test_a_slice_lost_again_soon_is_uploaded_again_only_after_a_wait(chain, tmp_
         address = str(s.address)
         client = Client(address)
         runner = make_runner(slicer, graph, (0, 2), client, config=RunnerConfig(stream=False, retry_interval_s=30))
-        for _ in range(runner_module.LOST_AGAIN_REQUESTS):
+        for _ in range(LOST_AGAIN_REQUESTS):
             assert not runner.run(x).fallback
     uploads: list[float] = []
     real = client.ensure_slice
