@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import grpc
+
 
 class OpenStreams:
     def __init__(self) -> None:
@@ -56,5 +58,8 @@ class OpenStreams:
             self._ended = True
             waiting, self._waiting = list(self._waiting.values()), {}
         for context in waiting:
+            # The status its metrics count: grpcio ends the request iterator of a cancelled call either by raising or
+            # as if the client had closed it, whichever of its events comes first, and the second read as OK.
+            context.set_code(grpc.StatusCode.CANCELLED)
             context.cancel()
         return len(waiting)

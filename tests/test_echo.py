@@ -166,10 +166,10 @@ def _until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyp
 
 
 @contextlib.contextmanager
-def _slow_to_stop(tmp_path) -> Iterator[tuple[Server, Stubs]]:  # type: ignore[no-untyped-def]
+def _slow_to_stop(tmp_path, **overrides) -> Iterator[tuple[Server, Stubs]]:  # type: ignore[no-untyped-def]
     """A server whose stop would wait 600 s for its calls in flight, and stubs on it: a stream it fails to end makes
     a test fail (`_stopped`), not hang."""
-    server = start_server(tmp_path, grace_s=600)
+    server = start_server(tmp_path, grace_s=600, **overrides)
     stubs = Stubs.connect(server.address)
     try:
         yield server, stubs
@@ -209,6 +209,20 @@ def test_a_stopping_server_ends_an_echo_stream_waiting_for_its_next_transfer_at_
         with pytest.raises(grpc.RpcError) as ended:
             next(answers)
         assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_echo_streams_a_stopping_server_cancels_are_counted_cancelled(tmp_path):
+    """They were counted OK or CANCELLED in rr_requests_total as grpcio's events fell (about half OK)."""
+    with _slow_to_stop(tmp_path, workers=64) as (server, stubs), contextlib.ExitStack() as stack:  # 7 echo slots
+        calls = [stack.enter_context(_exchange(stubs)) for _ in range(6)]  # held: a call dropped is cancelled
+        for requests, answers in calls:
+            requests.put(rr.ExchangeRequest(payload=b"x", reply_bytes=1))
+            assert len(next(answers).payload) == 1
+        _until(lambda: server._echo.streams.idle == 6)
+        _stopped(_stop_in_background(server))
+        counted = server.metrics.registry.get_sample_value
+        _until(lambda: counted("rr_requests_total", {"method": "Exchange", "code": "CANCELLED"}) == 6)
+        assert not counted("rr_requests_total", {"method": "Exchange", "code": "OK"})
 
 
 def test_a_stopping_server_answers_the_transfer_under_way_then_ends_the_echo_stream(tmp_path):
