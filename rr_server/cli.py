@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (on the --listen interface)")
     p.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        help="serve the metrics over HTTPS with --tls-cert/--tls-key (with --client-ca, only to scrapers holding a "
+        "certificate it signed)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=DEFAULT_WORKERS,
@@ -192,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"{flag} must be in [{low:g}, {high:g}] seconds, got {value:g}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         p.error(f"--metrics-port must be a port, 0..65535 (0: a free one), got {args.metrics_port}")
+    if args.metrics_tls and (args.metrics_port is None or args.tls_cert is None):
+        p.error("--metrics-tls needs --metrics-port and --tls-cert/--tls-key")
     if args.port_file is not None and not args.port_file.parent.is_dir():
         p.error(f"--port-file: no directory {str(args.port_file.parent)!r} to write it in")
     if args.port_file is not None and args.port_file.is_dir():
@@ -228,6 +236,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_store_bytes=None if args.max_store_gb is None else _bytes(args.max_store_gb, 2**30),
         providers=_providers(args),
         metrics_port=args.metrics_port,
+        metrics_tls=args.metrics_tls,
         workers=args.workers,
         drain_s=args.drain_seconds,
         grace_s=args.grace_seconds,

@@ -64,6 +64,9 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     metrics_port: int | None = None
+    # /metrics over HTTPS with `tls`'s certificate and key; with its client_ca, only to clients holding a certificate
+    # it signed (the scraper's).
+    metrics_tls: bool = False
     session_cache_size: int = DEFAULT_SESSION_CACHE_SIZE
     workers: int = DEFAULT_WORKERS
     cloud_node_id: str = DEFAULT_CLOUD_NODE_ID
@@ -80,3 +83,5 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))  # a str too (it failed on data_dir.mkdir)
+        if self.metrics_tls and (self.tls is None or self.metrics_port is None):
+            raise ValueError("metrics_tls needs tls (its certificate and key) and a metrics_port")

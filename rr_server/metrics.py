@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rr_server import metrics_http
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,14 @@ class Metrics:
             self.stream_slots.labels(pool).set_function(partial(capacity.__getitem__, pool))
             self.stream_slots_in_use.labels(pool).set_function(partial(in_use.__getitem__, pool))
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Expose /metrics on `addr`:`port` (port 0 picks a free one); returns the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        self._http = server
-        bound = server.server_address[1]
-        log.info("metrics on http://%s:%d/metrics", f"[{addr}]" if ":" in addr else addr, bound)  # an IPv6 host
+    def serve_http(self, port: int, addr: str = "0.0.0.0", tls: ssl.SSLContext | None = None) -> int:
+        """Expose /metrics on `addr`:`port` (port 0 picks a free one), over HTTPS with `tls`; returns the bound
+        port."""
+        self._http = metrics_http.serve(self.registry, addr, port, tls)
+        bound = self._http.server_address[1]
+        host = f"[{addr}]" if ":" in addr else addr  # an IPv6 host
+        clients = " (client certificates required)" if tls is not None and tls.verify_mode == ssl.CERT_REQUIRED else ""
+        log.info("metrics on http%s://%s:%d/metrics%s", "s" * (tls is not None), host, bound, clients)
         return bound
 
     def close(self) -> None:

@@ -79,9 +79,10 @@ def keepalive_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def check_tls(tls: TlsConfig) -> None:
-    """Raise ValueError, naming the file, unless the certificate and key match and the client CA file is a CA bundle
-    (gRPC itself only says that it failed to bind)."""
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The server side of `tls` (client certificates required with a client CA), for /metrics (`--metrics-tls`);
+    ValueError, naming the file, unless the certificate and key match and the client CA file is a CA bundle (gRPC
+    itself only says that it failed to bind)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(tls.cert, tls.key)
@@ -96,6 +97,8 @@ def check_tls(tls: TlsConfig) -> None:
             raise ValueError(f"TLS: {tls.client_ca} is not a PEM CA bundle ({exc})") from None
         except OSError as exc:
             raise ValueError(f"TLS: cannot read {tls.client_ca}: {exc.strerror or exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def check_addresses(config: ServerConfig) -> None:
@@ -149,8 +152,8 @@ class Server:
         self.metrics_port: int | None = None
         self.metrics = Metrics()
         check_addresses(config)  # these before the data dir is made: a failed start had left one
-        if config.tls is not None:
-            check_tls(config.tls)
+        tls = tls_context(config.tls) if config.tls is not None else None  # checked before gRPC reads the files
+        self._metrics_tls = tls if config.metrics_tls else None
         self._tokens = TokenTable.from_file(config.auth_token_file) if config.auth_token_file else None
         data_dir = config.data_dir
         if (data_dir.exists() or data_dir.is_symlink()) and not data_dir.is_dir():  # mkdir said only "File exists"
@@ -251,7 +254,9 @@ class Server:
         if self.config.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve_http(
-                    self.config.metrics_port, addr=_metrics_host(self.config.listen)
+                    self.config.metrics_port,
+                    addr=_metrics_host(self.config.listen),
+                    tls=self._metrics_tls,
                 )
             except OSError as exc:
                 server.stop(None)  # gives the bound gRPC port back

@@ -159,6 +159,16 @@ def test_server_limits_that_are_no_number_of_bytes_or_seconds_are_usage_errors(t
     assert last.startswith("rr-server: error:") and flags[-2] in last
 
 
+@pytest.mark.parametrize(
+    "flags", [["--metrics-tls", "--metrics-port", "0"], ["--metrics-tls", "--tls-cert", "c", "--tls-key", "k"]]
+)
+def test_metrics_tls_needs_a_metrics_port_and_the_servers_certificate(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit_:
+        server_cli.parse_args(["--data-dir", str(tmp_path), *flags])
+    assert exit_.value.code == 2
+    assert "error: --metrics-tls needs --metrics-port and --tls-cert/--tls-key" in capsys.readouterr().err
+
+
 def test_the_grace_for_calls_in_flight_is_a_flag(tmp_path):
     """Any open stream (an edge's idle inference stream, a health Watch) made every SIGTERM wait the fixed 10 s grace
     (found by review)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -173,6 +176,59 @@ def test_mutual_tls(tmp_path, pki, caplog):
         without.close()
     finally:
         server.stop(grace=1)
+
+
+REFUSED = (urllib.error.URLError, ssl.SSLError, ConnectionError)  # each as the handshake fails on either side
+
+
+def _scrape(port: int, context: ssl.SSLContext | None = None) -> str:
+    scheme = "https" if context is not None else "http"
+    with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics", context=context, timeout=10) as answer:
+        return answer.read().decode()
+
+
+def test_metrics_over_tls_and_mutual_tls(tmp_path, pki):
+    """`--metrics-tls`: /metrics over HTTPS with the server's certificate; with its client CA, only to a scraper
+    holding a certificate that CA signed."""
+    ca = ssl.create_default_context(cafile=pki / "ca.pem")
+    server = start_server(tmp_path / "tls", tls=TlsConfig(pki / "server.pem", pki / "server.key"), metrics_port=0,
+                          metrics_tls=True)  # fmt: skip
+    try:
+        assert "rr_requests_total" in _scrape(server.metrics_port, ca)
+        with pytest.raises(REFUSED):
+            _scrape(server.metrics_port)  # plain HTTP
+    finally:
+        server.stop(grace=1)
+    mutual = TlsConfig(pki / "server.pem", pki / "server.key", pki / "ca.pem")
+    server = start_server(tmp_path / "mtls", tls=mutual, metrics_port=0, metrics_tls=True)
+    try:
+        with pytest.raises(REFUSED):
+            _scrape(server.metrics_port, ca)  # no client certificate
+        ca.load_cert_chain(pki / "client.pem", pki / "client.key")
+        assert "rr_requests_total" in _scrape(server.metrics_port, ca)
+    finally:
+        server.stop(grace=1)
+
+
+def test_a_silent_connection_does_not_hold_the_metrics_of_others(tmp_path, pki):
+    """prometheus_client's own TLS runs each handshake in its accept loop: one client that connected and said nothing
+    held every scrape after it."""
+    server = start_server(tmp_path, tls=TlsConfig(pki / "server.pem", pki / "server.key"), metrics_port=0,
+                          metrics_tls=True)  # fmt: skip
+    try:
+        with socket.create_connection(("127.0.0.1", server.metrics_port)):
+            assert "rr_requests_total" in _scrape(
+                server.metrics_port, ssl.create_default_context(cafile=pki / "ca.pem")
+            )
+    finally:
+        server.stop(grace=1)
+
+
+def test_metrics_tls_needs_the_servers_certificate_and_a_metrics_port(tmp_path):
+    from rr_server import ServerConfig
+
+    with pytest.raises(ValueError, match="metrics_tls needs tls"):
+        ServerConfig(data_dir=tmp_path, metrics_port=0, metrics_tls=True)
 
 
 def test_a_token_shared_by_two_nodes_is_refused(tmp_path):
