@@ -142,7 +142,8 @@ class RunnerConfig:
     # After a server had no stream slot free: one ModelInfer per request for this long, then a stream is tried again.
     stream_retry_s: float = DEFAULT_STREAM_RETRY_S
     # Wait for an answer about as long as the plan's network models predict (`_Link.answer_s`), at most `timeout_s`;
-    # False: always `timeout_s`. Without network models a request always waits `timeout_s`.
+    # False: always `timeout_s`. Without network models (a runner of a split, not of a plan), the round trips seen so
+    # far stand for them, and the first request waits `timeout_s`.
     adaptive_deadline: bool = True
 
     def __post_init__(self) -> None:
@@ -337,6 +338,7 @@ class _Link:
     expected_cloud_ms: float = 0.0
     last: RunResult | None = None  # the last round trip learnt from
     server_ms: float | None = None  # the longest server run reported lately (less SERVER_MS_DECAY per answer since)
+    round_trip_ms: float | None = None  # the longest round trip lately, as server_ms: the waits' base without models
     backoff: float = 1.0  # doubled by each wait for an answer that ran out (`missed`), 1 again once one arrives
     misses: int = 0  # waits in a row that ran out
 
@@ -356,6 +358,7 @@ class _Link:
             self.backoff, self.misses = 1.0, 0
             if result.server_ms is not None:
                 self.server_ms = max(result.server_ms, SERVER_MS_DECAY * (self.server_ms or 0.0))
+            self.round_trip_ms = max(result.remote_ms, SERVER_MS_DECAY * (self.round_trip_ms or 0.0))
         if self.uplink is None or self.downlink is None:
             return
         if not learn:
@@ -390,18 +393,23 @@ class _Link:
 
     def answer_s(self, bytes_up: int, most_s: float) -> float:
         """How long a request of `bytes_up` waits for its answer: ANSWER_FACTOR times its expected round trip plus
-        ANSWER_MARGIN_S, times the backoff, at most `most_s` (all of it without network models). The round trip is
-        the models' transfer of the request and of an answer as large as the last (the first: as large as the
-        request) and the server's run, the plan's prediction or what it reported lately, whichever is longer. A
+        ANSWER_MARGIN_S, times the backoff, at most `most_s`. The round trip is the models' transfer of the request
+        and of an answer as large as the last (the first: as large as the request) and the server's run, the plan's
+        prediction or what it reported lately, whichever is longer; without network models, the longest round trip
+        lately (`round_trip_ms`: a split's runner waited the whole `most_s` for every answer of a hung server), and
+        before the first answer all of `most_s`. A
         wait that runs out costs little (`missed`): the request finishes locally, the health check reconnects, the
         next request waits twice as long; so the first answer gets no more than the others, although it may hold
         the server session's first run (it had the whole `most_s`: 30 s of a dead link for the first request of a
         split switched to, review)."""
         if self.uplink is None or self.downlink is None:
-            return most_s
-        bytes_down = self.last.bytes_down if self.last is not None else bytes_up
-        server_ms = max(self.expected_cloud_ms, self.server_ms or 0.0)
-        expected_s = (round_trip_ms(self.uplink, self.downlink, bytes_up, bytes_down) + server_ms) / 1e3
+            if self.round_trip_ms is None:
+                return most_s
+            expected_s = self.round_trip_ms / 1e3
+        else:
+            bytes_down = self.last.bytes_down if self.last is not None else bytes_up
+            server_ms = max(self.expected_cloud_ms, self.server_ms or 0.0)
+            expected_s = (round_trip_ms(self.uplink, self.downlink, bytes_up, bytes_down) + server_ms) / 1e3
         return min(most_s, self.backoff * (ANSWER_MARGIN_S + ANSWER_FACTOR * expected_s))
 
     def drifted(self, threshold: float) -> bool:

@@ -41,7 +41,20 @@ def test_the_wait_is_the_expected_round_trip_times_the_factor_plus_the_margin() 
     link.update(_answered(bytes_down=4_000_000))
     assert link.answer_s(40_000, 30.0) == pytest.approx(_wait_s(link, 40_000, 4_000_000, 50.0))  # the answer's too
     assert link.answer_s(40_000, 1.5) == 1.5  # never past the configured deadline
-    assert _Link().answer_s(40_000, 30.0) == 30.0  # without network models: the configured deadline
+    assert _Link().answer_s(40_000, 30.0) == 30.0  # without network models nor an answer: the configured deadline
+
+
+def test_without_network_models_the_wait_expects_the_longest_round_trip_lately() -> None:
+    """A runner of a split has no network models: it waited the whole deadline for every answer of a hung server."""
+    link = _Link()
+    link.update(_answered())  # a round trip of 30 ms
+    assert link.answer_s(40_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * 0.030)
+    link.update(RunResult({}, False, 900.0, remote_ms=900.0))  # one slow round trip is expected from then on
+    link.update(_answered())
+    assert link.answer_s(40_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * 0.9 * 0.900)
+    link.missed(40_000, 1e3 * link.answer_s(40_000, 30.0))
+    assert link.answer_s(40_000, 30.0) == pytest.approx(2 * (ANSWER_MARGIN_S + ANSWER_FACTOR * 0.9 * 0.900))
+    assert link.answer_s(40_000, 1.5) == 1.5
 
 
 def test_the_wait_expects_the_longest_server_run_reported_lately_when_slower_than_predicted() -> None:
@@ -123,6 +136,21 @@ def test_the_first_request_of_a_runner_waits_the_expected_time_too(chain, server
             first = runner.run(x)
         runner.close()
     assert first.fallback and f"no stream answer within {wait_s:.1f} s" in first.error
+
+
+def test_a_runner_without_network_models_waits_for_a_hung_server_about_its_round_trips(chain, server) -> None:
+    _, graph, slicer = chain
+    x = _x(graph)
+    with Client(server.address) as client:
+        runner = Runner(plan_slices(slicer, len(graph.blocks), 0, 2), client, RunnerConfig(retry_interval_s=60))
+        assert runner.link.uplink is None and runner.config.timeout_s == 30.0
+        assert not runner.run(x).fallback
+        wait_s = runner.link.answer_s(int(x.nbytes), runner.config.timeout_s)
+        assert wait_s < 2.0
+        with server.hung():
+            late = runner.run(x)
+        runner.close()
+    assert late.fallback and f"no stream answer within {wait_s:.1f} s" in late.error
 
 
 @pytest.fixture(scope="module")
