@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <unordered_map>
+#include <numeric>
 
 #include "linalg.h"
 
@@ -37,25 +37,19 @@ std::vector<double> additive_max(const double* a, std::int64_t n_cols, std::int6
 
 void distinct_entries(const std::int64_t* cols, const double* values, std::size_t n,
                       std::vector<std::int64_t>& out_cols, std::vector<double>& out_values) {
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cols[a] < cols[b]; });
   out_cols.clear();
   out_values.clear();
-  std::unordered_map<std::int64_t, std::size_t> slot;  // column -> its entry
-  std::vector<double> log_sum;
-  std::vector<std::size_t> count;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto [at, added] = slot.emplace(cols[i], out_cols.size());
-    if (added) {
-      out_cols.push_back(cols[i]);
-      out_values.push_back(values[i]);
-      log_sum.push_back(std::log(values[i]));
-      count.push_back(1);
-    } else {
-      log_sum[at->second] += std::log(values[i]);
-      ++count[at->second];
-    }
+  for (std::size_t i = 0; i < n;) {
+    const std::int64_t c = cols[order[i]];
+    double log_sum = 0;
+    std::size_t count = 0, first = i;
+    for (; i < n && cols[order[i]] == c; ++i, ++count) log_sum += std::log(values[order[i]]);
+    out_cols.push_back(c);
+    out_values.push_back(count == 1 ? values[order[first]] : std::exp(log_sum / static_cast<double>(count)));
   }
-  for (std::size_t k = 0; k < out_cols.size(); ++k)
-    if (count[k] > 1) out_values[k] = std::exp(log_sum[k] / static_cast<double>(count[k]));
 }
 
 std::vector<double> fit_additive(const std::int64_t* cols, const double* values, std::size_t n, const double* a,

@@ -27,7 +27,8 @@ std::vector<double> additive_scale(const double* a, std::int64_t n_cols, std::in
 // Per-feature largest value over the n_cols columns of a (0 without columns).
 std::vector<double> additive_max(const double* a, std::int64_t n_cols, std::int64_t n_add);
 
-// The n entries with every column once, in the order of their first appearance: a column given more than once is one
+// The n entries with every column once, by column (the cross-validated choice does not depend on the order they came
+// in): a column given more than once is one
 // entry at the geometric mean of its values (a column given once keeps its value exactly). Ten measurements of one
 // column are one point of the regression: they cross-validate perfectly, yet fix nothing but its intercept.
 void distinct_entries(const std::int64_t* cols, const double* values, std::size_t n,

@@ -48,9 +48,19 @@ void check_config(const Config& c) {
     throw InvalidInput("rank must be in [0, " + std::to_string(kMaxRank) + "], got " + std::to_string(c.rank));
   if (c.iterations < 0) throw InvalidInput("iterations must be >= 0, got " + std::to_string(c.iterations));
   if (c.threads < 0) throw InvalidInput("threads must be >= 0, got " + std::to_string(c.threads));
-  const double regs[] = {c.reg, c.reg_bias, c.reg_col, c.reg_col_bias, c.reg_features, c.init_scale};
-  for (double r : regs)
-    if (!std::isfinite(r) || r < 0) throw InvalidInput("regularisation constants must be finite and >= 0");
+  const std::pair<const char*, double> constants[] = {
+      {"reg", c.reg},         {"reg_bias", c.reg_bias},         {"reg_col", c.reg_col},
+      {"reg_col_bias", c.reg_col_bias}, {"reg_features", c.reg_features}, {"init_scale", c.init_scale},
+  };
+  for (const auto& [name, value] : constants)
+    if (!std::isfinite(value) || value < 0)
+      throw InvalidInput(std::string(name) + " must be finite and >= 0, got " + detail::format_value(value));
+}
+
+// "[c, j]" of the flat index i of a row-major table `width` wide.
+std::string entry(std::size_t i, std::int64_t width) {
+  const auto w = static_cast<std::size_t>(width);
+  return "[" + std::to_string(i / w) + ", " + std::to_string(i % w) + "]";
 }
 
 void check_features(const Features& f, std::int64_t n_cols, const char* name = "col_features") {
@@ -61,7 +71,8 @@ void check_features(const Features& f, std::int64_t n_cols, const char* name = "
   if (f.n_features < 0) throw InvalidInput(what + " must have a non-negative number of columns");
   const std::size_t n = static_cast<std::size_t>(f.n_cols * f.n_features);
   for (std::size_t i = 0; i < n; ++i)
-    if (!std::isfinite(f.data[i])) throw InvalidInput(what + " must be finite (entry " + std::to_string(i) + ")");
+    if (!std::isfinite(f.data[i]))
+      throw InvalidInput(what + entry(i, f.n_features) + " = " + detail::format_value(f.data[i]) + " must be finite");
 }
 
 // A fit's or refit's column features (add_cols takes the width the model has).
@@ -76,7 +87,9 @@ void check_additive(const Features& a, std::int64_t n_cols) {
   check_features(a, n_cols, "additive_features");
   const std::size_t n = static_cast<std::size_t>(a.n_cols * a.n_features);
   for (std::size_t i = 0; i < n; ++i)
-    if (a.data[i] < 0) throw InvalidInput("additive_features must be >= 0 (entry " + std::to_string(i) + ")");
+    if (a.data[i] < 0)
+      throw InvalidInput("additive_features" + entry(i, a.n_features) + " = " + detail::format_value(a.data[i]) +
+                         " must be >= 0");
 }
 
 // The (additive) features of n columns being added, for a model that uses `width` of them per column (`used`).
@@ -97,7 +110,9 @@ void check_added_cols(const Features* f, std::int64_t n, bool used, std::int64_t
 }
 
 // Mean and standard deviation of n values at stride apart. When the plain sums overflow (features near the largest
-// double), they are taken of the values divided by the largest magnitude, then scaled back.
+// double) or the squares of the deviations may underflow (features of 1e-200 were taken for constant), they are taken
+// of the values divided by the largest magnitude, then scaled back.
+constexpr double kSmallestSafeSd = 1e-150;  // deviations of this size square to 1e-300, above the smallest normal
 void moments(const double* f, std::int64_t n, std::int64_t stride, double* mean, double* sd) {
   double s = 0, ss = 0;
   for (std::int64_t c = 0; c < n; ++c) s += f[c * stride];
@@ -105,9 +120,10 @@ void moments(const double* f, std::int64_t n, std::int64_t stride, double* mean,
   for (std::int64_t c = 0; c < n; ++c) ss += (f[c * stride] - m) * (f[c * stride] - m);
   *mean = m;
   *sd = std::sqrt(ss / static_cast<double>(n));
-  if (std::isfinite(*mean) && std::isfinite(*sd)) return;
+  if (std::isfinite(*mean) && std::isfinite(*sd) && *sd >= kSmallestSafeSd) return;
   double big = 0;
   for (std::int64_t c = 0; c < n; ++c) big = std::max(big, std::fabs(f[c * stride]));
+  if (big == 0) return;
   s = ss = 0;
   for (std::int64_t c = 0; c < n; ++c) s += f[c * stride] / big;
   m = s / static_cast<double>(n);
@@ -369,7 +385,7 @@ void Model::run_als(const Observations& obs, int iterations, const std::atomic<b
   };
   if (!std::isfinite(noise_var_) || !std::isfinite(mu_) || !finite(rows_) || !finite(z_))  // e.g. a huge init_scale
     throw InvalidInput("the fit diverged to non-finite parameters: lower init_scale or raise the regularisation");
-  fit_kernels(by_row.ptr, by_row.index, rho);
+  fit_kernels(by_row.ptr, by_row.index, rho, stop);
   refresh_fold_in_prior();
   fitted_ = true;
 }
@@ -524,13 +540,14 @@ std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* c
 std::int64_t Model::add_cols(std::int64_t n, const Features* features, const Features* additive) {
   std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
-  if (n <= 0) throw InvalidInput("add_cols needs n > 0, got " + std::to_string(n));
+  if (n < 0) throw InvalidInput("add_cols needs n >= 0, got " + std::to_string(n));
   if (n > kMaxDim - n_cols_)
     throw InvalidInput("add_cols: n_cols would exceed " + std::to_string(kMaxDim) + " (" + std::to_string(n_cols_) +
                        " + " + std::to_string(n) + ")");
   // Everything is checked, and the arrays are reserved, before anything changes.
   check_added_cols(features, n, !x_.empty(), n_features_, false);
   check_added_cols(additive, n, n_add_ > 0, n_add_, true);
+  if (n == 0) return n_cols_;  // an empty batch of new signatures
   const int d = dim();
   const std::int64_t first = n_cols_, fx = n_features_ + 1, total = n_cols_ + n;
   std::vector<double> x_new;
@@ -591,7 +608,7 @@ void Model::refresh_fold_in_prior() {
 }
 
 void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,
-                        const std::vector<double>& rho) {
+                        const std::vector<double>& rho, const std::atomic<bool>* stop) {
   const int fx = static_cast<int>(n_features_ + 1);
   const bool on = config_.kernel_residual && !x_.empty();
   const detail::ColumnBasis basis =
@@ -601,7 +618,7 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
   detail::parallel_chunks(
       n_rows_, threads(),
       [&](std::int64_t lo, std::int64_t hi) {
-        for (std::int64_t r = lo; r < hi; ++r) {
+        for (std::int64_t r = lo; r < hi && !detail::stopped(stop); ++r) {
           const std::int64_t b = ptr[r], n = ptr[r + 1] - b;
           kernels_[r] = on && n > 0 ? detail::fit_row_kernel(index.data() + b, rho.data() + b,
                                                              static_cast<std::size_t>(n), xp_.data(), fx,
@@ -611,6 +628,7 @@ void Model::fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<
         }
       },
       1);
+  check_stop(stop);  // the kernels are often most of a fit's time (review)
   refresh_residuals();
 }
 

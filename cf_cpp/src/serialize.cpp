@@ -98,7 +98,9 @@ class Writer {
     for (int attempt = 0; fd < 0; ++attempt) {
       tmp_ = dir + ".cf_cpp.tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
       fd = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd < 0 && (errno != EEXIST || attempt == 100)) fail("cannot open '" + path + "' for writing");
+      if (fd < 0 && (errno != EEXIST || attempt == 100))
+        fail("cannot create a temporary file in '" + (dir.empty() ? std::string(".") : dir) + "' to write '" + path +
+             "'");
     }
     if (exists) ::fchmod(fd, target.st_mode & 07777);  // the replacement keeps the target's permissions
     out_ = ::fdopen(fd, "wb");
@@ -197,7 +199,9 @@ class Reader {
   std::uint64_t hash() const { return hash_; }  // of every byte read so far
   bool at_end() const { return left_ == 0; }
   const std::string& path() const { return path_; }
-  [[noreturn]] void fail() const { throw IoError("'" + path_ + "' is truncated or not a cf_cpp model file"); }
+  [[noreturn]] void fail(const char* why = "is truncated or not a cf_cpp model file") const {
+    throw IoError("'" + path_ + "' " + why);
+  }
 
  private:
   template <class T>
@@ -451,9 +455,9 @@ Model Model::load(const std::string& path) {
     }
     if (version >= 5) {
       const std::uint64_t expected = r.hash();
-      if (r.get<std::uint64_t>() != expected) r.fail();
+      if (r.get<std::uint64_t>() != expected) r.fail("does not match its checksum: the file is damaged");
     }
-    if (!r.at_end()) r.fail();  // trailing bytes: another version relabelled, or not a model file
+    if (!r.at_end()) r.fail("goes on past the model's end: damaged, or not a file save wrote");
     m.check_values();
     m.check_sizes();  // before anything is computed from the sizes: the residual table most
     if (with_features) m.set_feature_range();

@@ -62,6 +62,24 @@ Compressed compress(const std::int64_t* major, const std::int64_t* minor, const 
   return out;
 }
 
+Compressed transpose(const Compressed& by_major, std::int64_t n_minor) {
+  Compressed out;
+  out.ptr.assign(static_cast<std::size_t>(n_minor) + 1, 0);
+  for (std::int64_t k : by_major.index) ++out.ptr[static_cast<std::size_t>(k) + 1];
+  for (std::int64_t k = 0; k < n_minor; ++k) out.ptr[k + 1] += out.ptr[k];
+  std::vector<std::int64_t> fill(out.ptr.begin(), out.ptr.end() - 1);
+  out.index.resize(by_major.index.size());
+  out.value.resize(by_major.value.size());
+  const auto n_major = static_cast<std::int64_t>(by_major.ptr.size()) - 1;
+  for (std::int64_t m = 0; m < n_major; ++m)
+    for (std::int64_t e = by_major.ptr[m]; e < by_major.ptr[m + 1]; ++e) {
+      const std::int64_t pos = fill[static_cast<std::size_t>(by_major.index[e])]++;
+      out.index[pos] = m;
+      out.value[pos] = by_major.value[e];
+    }
+  return out;
+}
+
 Storage compress_both(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, int threads) {
   std::vector<double> logv(obs.size);
   parallel_chunks(static_cast<std::int64_t>(obs.size), threads, [&](std::int64_t lo, std::int64_t hi) {
@@ -74,9 +92,9 @@ Storage compress_both(const Observations& obs, std::int64_t n_rows, std::int64_t
   parallel_chunks(2, threads, [&](std::int64_t lo, std::int64_t hi) {
     for (std::int64_t k = lo; k < hi; ++k)
       if (k == 0)
-        out.by_row = compress(obs.rows, obs.cols, logv.data(), obs.size, n_rows, n_cols);
+        out.by_row = transpose(compress(obs.cols, obs.rows, logv.data(), obs.size, n_cols, n_rows), n_rows);
       else
-        out.by_col = compress(obs.cols, obs.rows, logv.data(), obs.size, n_cols, n_rows);
+        out.by_col = transpose(compress(obs.rows, obs.cols, logv.data(), obs.size, n_rows, n_cols), n_cols);
   }, 1);
   return out;
 }

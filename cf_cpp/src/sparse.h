@@ -31,8 +31,12 @@ struct Storage {
   Compressed by_row, by_col;
 };
 
-// The observations (validated) in log space, by row and by column: the logs and the two sorts run on up to `threads`
-// threads (the two sorts at once).
+// The same entries by minor index (stable: by major index within each), `n_minor` of them.
+Compressed transpose(const Compressed& by_major, std::int64_t n_minor);
+
+// The observations (validated) in log space, by row (each row's entries by column) and by column (each column's by
+// row), whatever order they came in: a fit does not depend on it (the kernel residual's held-out fifth of a row, chosen
+// by position, had). The logs and the sorts run on up to `threads` threads (the two orders at once).
 Storage compress_both(const Observations& obs, std::int64_t n_rows, std::int64_t n_cols, int threads);
 
 }  // namespace cf::detail

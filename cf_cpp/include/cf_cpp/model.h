@@ -134,7 +134,7 @@ class Model {
   // InvalidInput where the fold-in's parameters are not finite.
   std::int64_t fold_in_row(const std::int64_t* cols, const double* values, std::size_t n);
 
-  // Appends n new (cold) columns predicted from their features (null only when the model has no features) and
+  // Appends n >= 0 new (cold) columns predicted from their features (null only when the model has no features) and
   // their additive features (null only when the model has none; InvalidInput where they would make an additive row's
   // values pass kMaxPrediction).
   std::int64_t add_cols(std::int64_t n, const Features* features, const Features* additive = nullptr);
@@ -196,7 +196,7 @@ class Model {
   void refresh_col_params(std::int64_t first_new_col = 0);  // columns before first_new_col keep their z_
   void refresh_fold_in_prior();
   void fit_kernels(const std::vector<std::int64_t>& ptr, const std::vector<std::int64_t>& index,
-                   const std::vector<double>& rho);
+                   const std::vector<double>& rho, const std::atomic<bool>* stop);
   void refresh_residuals(std::int64_t first_new_col = 0);  // columns before first_new_col keep their values
   // Adds a folded-in row's blend of its experts' residuals to its own, at the columns from first_col on.
   void blend_residuals(std::int64_t r, std::int64_t first_col = 0);

@@ -8,10 +8,10 @@ nodes, columns are block signatures) by matrix factorisation in log space::
 ``x_c`` are optional column features (e.g. log flops, log parameter bytes, log input/output bytes, op-type counts).
 With features every column has a learned prior, so a column no row has measured is predicted from its features (cold
 start) and a sparsely measured column is pulled toward its prior. Fitting is alternating least squares: deterministic
-for a seed, multi-threaded, identical for any thread count. With features (and ``kernel_residual=True``, the
-default) each row then also fits its training residuals by kernel ridge regression on the features (second-order
-polynomial kernel), which adds ``h_r(c)`` (``row_residuals``) to its log predictions: what the row does differently
-with pairs of features, which the shared linear prior and factors cannot express.
+for a seed, multi-threaded, identical for any thread count and any order of the entries. With features (and
+``kernel_residual=True``, the default) each row then also fits its training residuals by kernel ridge regression on
+the features (second-order polynomial kernel), which adds ``h_r(c)`` (``row_residuals``) to its log predictions: what
+the row does differently with pairs of features, which the shared linear prior and factors cannot express.
 
 A new row (device) is folded in from a few measurements without a refit: a Bayesian fold-in whose prior is a
 mixture built from the fitted rows (one Gaussian around each fitted row, with a free offset and scale, and one around
@@ -50,8 +50,8 @@ which it creates if need be; only regular files load. Before ``fit`` the propert
 A model is safe to share between threads: reads (``predict``, the properties) run together, and wait, with the GIL
 released, for a ``fit``, ``refit``, ``fold_in_row`` or ``add_cols`` in another thread; a call that raises changes
 nothing. ``threads`` beyond the machine's cores are not started (the results do not depend on the count). Ctrl-C
-stops a ``fit`` or ``refit`` (called from the main thread) before its next row or column solve: KeyboardInterrupt,
-the model as it was.
+stops a ``fit`` or ``refit`` (called from the main thread) before its next row or column solve or row kernel:
+KeyboardInterrupt, the model as it was.
 """
 
 from cf_cpp._core import InvalidInputError, ModelFileError

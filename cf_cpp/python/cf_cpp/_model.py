@@ -14,8 +14,20 @@ from numpy.typing import ArrayLike, NDArray
 from cf_cpp import _core
 
 
+def _array(name: str, x: ArrayLike) -> np.ndarray:
+    """`x` as an array: a TypeError for what holds no numbers (None, a generator: numpy makes a 0-d array of the object
+    itself, reported as "must be 1-D, got shape ()"), an InvalidInputError naming `name` for ragged nested lists."""
+    try:
+        a = np.asarray(x)
+    except ValueError as exc:
+        raise _core.InvalidInputError(f"{name}: {exc}") from None
+    if a.dtype == object:
+        raise TypeError(f"{name} must be an array or a sequence of numbers, not {type(x).__name__}")
+    return a
+
+
 def _index(name: str, x: ArrayLike) -> NDArray[np.int64]:
-    a = np.asarray(x)
+    a = _array(name, x)
     if a.ndim != 1:
         raise _core.InvalidInputError(f"{name} must be 1-D, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
@@ -65,7 +77,7 @@ def _optional_integer(name: str, x: SupportsIndex | None, bits: int = 64) -> int
 
 
 def _values(name: str, x: ArrayLike) -> NDArray[np.float64]:
-    a = np.asarray(x)
+    a = _array(name, x)
     if a.ndim != 1:
         raise _core.InvalidInputError(f"{name} must be 1-D, got shape {a.shape}")
     if a.size and not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
@@ -76,7 +88,7 @@ def _values(name: str, x: ArrayLike) -> NDArray[np.float64]:
 def _features(x: ArrayLike | None, name: str = "col_features") -> NDArray[np.float64] | None:
     if x is None:
         return None
-    a = np.asarray(x)
+    a = _array(name, x)
     if a.ndim != 2:
         raise _core.InvalidInputError(f"{name} must be 2-D (n_cols, n_features), got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
@@ -207,8 +219,9 @@ class CFModel:
     def add_cols(
         self, n: int, col_features: ArrayLike | None = None, additive_features: ArrayLike | None = None
     ) -> int:
-        """Append ``n`` cold columns predicted from their features. Returns the first new column index. Additive
-        features that would let an additive row's values overflow raise InvalidInputError."""
+        """Append ``n`` cold columns predicted from their features. Returns the first new column index (``n_cols``
+        when ``n`` is 0: nothing is added). Additive features that would let an additive row's values overflow raise
+        InvalidInputError."""
         return int(
             self._core.add_cols(
                 _integer("n", n), _features(col_features), _features(additive_features, "additive_features")
@@ -247,7 +260,10 @@ class CFModel:
             path = os.path.join(tmp, "model.cf")
             with open(path, "wb") as f:
                 f.write(state["saved"])
-            self._core = _core.Model.load(os.fsencode(path))
+            try:
+                self._core = _core.Model.load(os.fsencode(path))
+            except _core.ModelFileError as exc:  # it named a temporary file the caller never saw
+                raise _core.ModelFileError(str(exc).replace(f"'{path}'", "the pickled model")) from None
 
     def get_params(self) -> dict[str, Any]:
         """Constructor hyperparameters."""
