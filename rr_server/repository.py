@@ -51,14 +51,17 @@ class ModelRepository:
         return self._slices.require(name)
 
     def session(self, slice_id: str) -> Session:
+        """The open session of a cached slice; its stored copy is hashed before this process first opens it, and
+        again when ONNX Runtime refuses it (`SliceStore.drop_if_damaged`)."""
+        path = self.require(slice_id).path
+        if self._slices.drop_if_damaged(slice_id, before_open=True):
+            raise _removed_as_damaged(slice_id)
         try:
-            return self._sessions.get(slice_id, self.require(slice_id).path)
+            return self._sessions.get(slice_id, path)
         except InvalidArgument:  # ONNX Runtime refused the stored file: refused as uploaded, or damaged since?
             if self._slices.drop_if_damaged(slice_id):
                 self._sessions.forget_failure(slice_id)
-                raise NotFound(
-                    f"slice {slice_id} was damaged on this server's disk and is removed; upload it again"
-                ) from None
+                raise _removed_as_damaged(slice_id) from None
             if not self._slices.path_of(slice_id).exists():  # removed while this request waited for an open that
                 # found it damaged: it was handed that open's refusal (found by review)
                 raise NotFound(f"slice {slice_id} is not cached on this server; upload it again") from None
@@ -112,3 +115,7 @@ class ModelRepository:
             reason = "" if ready else self._sessions.failure(info.slice_id) or "cached; loads on first request"
             states.append(ModelState(info.slice_id, VERSION, "READY" if ready else "UNAVAILABLE", reason))
         return states
+
+
+def _removed_as_damaged(slice_id: str) -> NotFound:
+    return NotFound(f"slice {slice_id} was damaged on this server's disk and is removed; upload it again")

@@ -92,6 +92,7 @@ class SliceStore:
         self._warned_at = -float("inf")  # when an eviction of a slice in use was last warned about
         self._evict_lock = threading.Lock()
         self._intact: set[str] = set()  # ids whose stored bytes `drop_if_damaged` hashed and found whole
+        self._whole_before_open: set[str] = set()  # the same, hashed before their first open (`before_open`)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
@@ -138,11 +139,15 @@ class SliceStore:
             raise NotFound(f"slice {slice_id} is not cached on this server; upload it first")
         return info
 
-    def drop_if_damaged(self, slice_id: str) -> bool:
+    def drop_if_damaged(self, slice_id: str, before_open: bool = False) -> bool:
         """Remove the stored copy of `slice_id` when its bytes no longer hash to its id (a disk fault, a hand edit);
         whether it did. The edge then finds the slice not cached and uploads it again; kept, a damaged copy was
-        trusted as cached for good, and every request failed."""
-        if slice_id in self._intact:  # hashed once: a slice refused as uploaded is not hashed at every request
+        trusted as cached for good, and every request failed. Hashed at most once per process for each of two
+        reasons: `before_open`, before this process first opens a slice it did not receive itself (a copy damaged at
+        rest whose damage ONNX Runtime does not see, in its weights, was served, and answered wrong: review), and
+        when ONNX Runtime refused it (a slice refused as uploaded is not hashed at every request)."""
+        whole = self._whole_before_open if before_open else self._intact
+        if slice_id in whole:
             return False
         path = self.path_of(slice_id)
         digest = hashlib.sha256()
@@ -153,7 +158,7 @@ class SliceStore:
         except FileNotFoundError:
             return False
         if digest.hexdigest() == slice_id:
-            self._intact.add(slice_id)
+            whole.add(slice_id)
             return False
         with self._evict_lock:
             path.unlink(missing_ok=True)
@@ -187,6 +192,7 @@ class SliceStore:
             os.replace(verified, info.path)
             _fsync_dir(info.path.parent)
             self._used(info.slice_id)
+            self._whole_before_open.add(info.slice_id)  # hashed as it arrived: its first open does not hash it again
 
     def _make_room(self, incoming: SliceInfo) -> None:
         """Evict least recently used slices until `incoming` fits the budget (call with `_evict_lock` held)."""

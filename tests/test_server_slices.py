@@ -546,6 +546,30 @@ def test_listing_skips_a_slice_evicted_meanwhile(tmp_path, monkeypatch):
     assert [i.slice_id for i in store.list()] == [info.slice_id]
 
 
+def test_a_slice_whose_weights_were_damaged_before_this_server_opened_it_is_not_served(tmp_path):
+    """Two bytes of a stored slice's weights changed: ONNX Runtime opens it all the same, and the damaged weights were
+    served, their answers wrong, as long as the slice stayed cached (docs audit). Before a server first opens a stored
+    slice it hashes it: damaged, it is removed, and the edge is told to upload it again."""
+    good = conv_model(seed=22)
+    weights = onnx.load_from_string(good).graph.initializer[0].raw_data
+    request = codec.encode_infer_request(sha256(good), {"x": np.ones((1, 3, 8, 8), np.float32)})
+    with serving(tmp_path / "first") as (_, stubs):
+        stubs.upload(good)
+        expected = stubs.kserve.ModelInfer(request, timeout=10)
+    (stored,) = [p for p in stored_slice_files(tmp_path / "first") if p.stem == sha256(good)]
+    data = bytearray(stored.read_bytes())
+    at = bytes(data).find(weights) + len(weights) // 2
+    data[at : at + 2] = bytes(b ^ 0x40 for b in data[at : at + 2])
+    stored.write_bytes(bytes(data))
+    onnx.load_from_string(bytes(data))  # still a model ONNX Runtime opens
+    with serving(tmp_path / "first") as (_, stubs):  # the same data dir, a new process's first open
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.kserve.ModelInfer(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "damaged" in err.value.details()
+        assert not stored.exists() and not stubs.upload(good).cached
+        assert stubs.kserve.ModelInfer(request, timeout=10).raw_output_contents == expected.raw_output_contents
+
+
 def test_a_slice_damaged_on_disk_is_removed_so_the_edge_uploads_it_again(env):
     """A stored slice cut in half stayed "cached" for good: the re-upload of the genuine bytes was answered cached,
     and every request failed as INVALID_ARGUMENT (found by review). A stored file ONNX Runtime cannot load is hashed:
