@@ -110,7 +110,8 @@ def add_power_args(p: argparse.ArgumentParser, gives: str = "the idle and radio 
         "--power-config",
         type=Path,
         metavar="F",
-        help=f"power model file (JSON/TOML, watts per device class; default $RR_POWER_CONFIG), always used: {gives}",
+        help="power model file (JSON/TOML, watts per device class; default $RR_POWER_CONFIG, else "
+        f"tools/testbed/classes.json in a source checkout, else built-in 10 W figures), always used: {gives}",
     )
     p.add_argument("--device-class", metavar="NAME", help="device class in the power model (default $RR_DEVICE_CLASS)")
 

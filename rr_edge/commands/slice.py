@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         "--blocks",
         required=True,
         metavar="A:B",
-        help="inclusive 0-based block range, e.g. 0:4; the middle slice of `run --split I,J` is I+1:J",
+        help="inclusive 0-based block range, e.g. 0:4 (negative counts from the end: -3:-1 is the last three); the "
+        "middle slice of `run --split I,J` is I+1:J",
     )
     p.add_argument("-o", "--output", required=True, type=output_path, metavar="OUT", help="output .onnx file")
     p.set_defaults(func=run)
