@@ -150,3 +150,10 @@ def test_ctrl_c_stops_a_fit_in_its_kernel_stage() -> None:
         capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "interrupted False", done.stderr[-2000:]
+
+
+def test_a_prediction_matrix_past_the_memory_says_how_large() -> None:
+    """It was MemoryError: std::bad_alloc, unlike a fit's."""
+    model = CFModel(rank=2, iterations=1).fit([0], [0], [1.0], 2**20, 2**20)
+    with pytest.raises(MemoryError, match="predict_matrix of 1048576 rows x 1048576 columns: out of memory"):
+        model.predict_matrix()  # 8 TiB

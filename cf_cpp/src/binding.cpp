@@ -278,13 +278,14 @@ NB_MODULE(_core, m) {
           "predict_matrix",
           [](const cf::Model& self, bool log) {
             std::int64_t nr = 0, nc = 0;
-            std::vector<double> out;
-            {
-              nb::gil_scoped_release release;
-              out = self.predict_matrix_log(&nr, &nc);
+            const std::string what = "predict_matrix of " + std::to_string(self.n_rows()) + " rows x " +
+                                     std::to_string(self.n_cols()) + " columns";
+            std::vector<double> out = sized(what, [&] {
+              std::vector<double> m = self.predict_matrix_log(&nr, &nc);
               if (!log)
-                for (double& v : out) v = std::exp(v);
-            }
+                for (double& v : m) v = std::exp(v);
+              return m;
+            });
             return owned_2d(std::move(out), static_cast<std::size_t>(nr), static_cast<std::size_t>(nc));
           },
           "log"_a = false, "The full (n_rows, n_cols) prediction matrix.")
