@@ -58,8 +58,8 @@ DEFAULT_STREAM_RETRY_S = 30.0
 MATERIAL_SHARE = 0.05  # a drift asks for a re-plan when it moves this share of a round trip or more
 STREAM_DRAIN_S = 1.0  # how long closing a runner waits for the server to end its stream
 MAX_PROBE_WAIT_S = 60.0  # the longest wait between two uploads to a server that answers but whose uploads fail
-# Deadline of a health check of a server that is down, and of the slice status query that starts making the slice
-# ready (at most RunnerConfig.timeout_s): with the whole timeout_s, a hung server held a runner's start for 30 s.
+# Deadline of a health check of a server that is down, and of the slice status query that makes a runner's slice
+# ready at its start (at most RunnerConfig.timeout_s): with the whole timeout_s, a hung server held the start 30 s.
 PROBE_TIMEOUT_S = 2.0
 # A slice the server lost again before it served this many requests is uploaded again only after a wait, doubled
 # each time (from `retry_interval_s`, up to MAX_PROBE_WAIT_S): two edges whose slices did not fit the server's store
@@ -143,7 +143,8 @@ class RunnerConfig:
     stream_retry_s: float = DEFAULT_STREAM_RETRY_S
     # Wait for an answer about as long as the plan's network models predict (`_Link.answer_s`), at most `timeout_s`;
     # False: always `timeout_s`. Without network models (a runner of a split, not of a plan), the round trips seen so
-    # far stand for them, and the first request waits `timeout_s`.
+    # far stand for them (the longest lately, scaled to a larger request by its bytes), and the first request waits
+    # `timeout_s`.
     adaptive_deadline: bool = True
 
     def __post_init__(self) -> None:
@@ -338,7 +339,10 @@ class _Link:
     expected_cloud_ms: float = 0.0
     last: RunResult | None = None  # the last round trip learnt from
     server_ms: float | None = None  # the longest server run reported lately (less SERVER_MS_DECAY per answer since)
-    round_trip_ms: float | None = None  # the longest round trip lately, as server_ms: the waits' base without models
+    # Without network models, the waits' base: the longest round trip lately (as server_ms), and the request bytes
+    # it sent (a larger request is expected to take longer in proportion).
+    round_trip_ms: float | None = None
+    round_trip_bytes_up: int = 1
     backoff: float = 1.0  # doubled by each wait for an answer that ran out (`missed`), 1 again once one arrives
     misses: int = 0  # waits in a row that ran out
 
@@ -358,7 +362,11 @@ class _Link:
             self.backoff, self.misses = 1.0, 0
             if result.server_ms is not None:
                 self.server_ms = max(result.server_ms, SERVER_MS_DECAY * (self.server_ms or 0.0))
-            self.round_trip_ms = max(result.remote_ms, SERVER_MS_DECAY * (self.round_trip_ms or 0.0))
+            decayed = SERVER_MS_DECAY * (self.round_trip_ms or 0.0)
+            if result.remote_ms >= decayed:
+                self.round_trip_ms, self.round_trip_bytes_up = result.remote_ms, max(result.bytes_up, 1)
+            else:
+                self.round_trip_ms = decayed
         if self.uplink is None or self.downlink is None:
             return
         if not learn:
@@ -396,8 +404,8 @@ class _Link:
         ANSWER_MARGIN_S, times the backoff, at most `most_s`. The round trip is the models' transfer of the request
         and of an answer as large as the last (the first: as large as the request) and the server's run, the plan's
         prediction or what it reported lately, whichever is longer; without network models, the longest round trip
-        lately (`round_trip_ms`: a split's runner waited the whole `most_s` for every answer of a hung server), and
-        before the first answer all of `most_s`. A
+        lately, scaled up to a larger request in proportion to its bytes (`round_trip_ms`: a split's runner waited
+        the whole `most_s` for every answer of a hung server), and before the first answer all of `most_s`. A
         wait that runs out costs little (`missed`): the request finishes locally, the health check reconnects, the
         next request waits twice as long; so the first answer gets no more than the others, although it may hold
         the server session's first run (it had the whole `most_s`: 30 s of a dead link for the first request of a
@@ -405,7 +413,7 @@ class _Link:
         if self.uplink is None or self.downlink is None:
             if self.round_trip_ms is None:
                 return most_s
-            expected_s = self.round_trip_ms / 1e3
+            expected_s = self.round_trip_ms / 1e3 * max(1.0, bytes_up / self.round_trip_bytes_up)
         else:
             bytes_down = self.last.bytes_down if self.last is not None else bytes_up
             server_ms = max(self.expected_cloud_ms, self.server_ms or 0.0)
@@ -571,7 +579,8 @@ class Runner:
                 self.slices.label,
                 load=True,
                 busy_wait_s=0,
-                status_timeout_s=self._probe_s,
+                # at start, with no health check before it: a hung server held the start for the whole timeout_s
+                status_timeout_s=self._probe_s if at_start else None,
                 **planned,
             )
         except ServerError as exc:

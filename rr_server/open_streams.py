@@ -57,9 +57,11 @@ class OpenStreams:
         with self._lock:
             self._ended = True
             waiting, self._waiting = list(self._waiting.values()), {}
+            for context in waiting:
+                # The status its metrics count, set before a request arriving now finds the stream cancelled: grpcio
+                # ends the request iterator of a cancelled call either by raising or as if the client had closed it,
+                # whichever of its events comes first, and the second read as OK.
+                context.set_code(grpc.StatusCode.CANCELLED)
         for context in waiting:
-            # The status its metrics count: grpcio ends the request iterator of a cancelled call either by raising or
-            # as if the client had closed it, whichever of its events comes first, and the second read as OK.
-            context.set_code(grpc.StatusCode.CANCELLED)
             context.cancel()
         return len(waiting)

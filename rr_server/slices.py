@@ -93,6 +93,7 @@ class SliceStore:
         self._evict_lock = threading.Lock()
         self._intact: set[str] = set()  # ids whose stored bytes `drop_if_damaged` hashed and found whole
         self._whole_before_open: set[str] = set()  # the same, hashed before their first open (`before_open`)
+        self._hashing = [threading.Lock() for _ in range(16)]  # by slice id: one hash of a slice at a time
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-upload; never acknowledged
@@ -149,21 +150,28 @@ class SliceStore:
         whole = self._whole_before_open if before_open else self._intact
         if slice_id in whole:
             return False
-        path = self.path_of(slice_id)
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-        except FileNotFoundError:
-            return False
-        if digest.hexdigest() == slice_id:
-            whole.add(slice_id)
-            return False
-        with self._evict_lock:
-            path.unlink(missing_ok=True)
-            self._last_used.pop(slice_id, None)
-            self._used_at.pop(slice_id, None)
+        # One hash of a slice at a time: a fleet's first requests after a restart wait for one pass, not one each.
+        with self._hashing[int(check_slice_id(slice_id)[:8], 16) % len(self._hashing)]:
+            if slice_id in whole:
+                return False
+            path = self.path_of(slice_id)
+            digest = hashlib.sha256()
+            try:
+                with path.open("rb") as f:
+                    hashed = os.fstat(f.fileno())
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+            except FileNotFoundError:
+                return False
+            if digest.hexdigest() == slice_id:
+                whole.add(slice_id)
+                return False
+            with self._evict_lock:  # as installs are: the copy hashed is the copy removed, not one uploaded since
+                if not _same_file(path, hashed):
+                    return False
+                path.unlink()
+                self._last_used.pop(slice_id, None)
+                self._used_at.pop(slice_id, None)
         log.error("stored slice %s was damaged (its bytes no longer hash to its id): removed", slice_id)
         return True
 
@@ -334,6 +342,14 @@ def _disk_space(doing: str) -> Iterator[None]:
                 f"the server cannot write its slice store ({doing}: {exc.strerror}); nothing was stored"
             ) from None
         raise
+
+
+def _same_file(path: Path, seen: os.stat_result) -> bool:
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -47,13 +47,16 @@ def test_the_wait_is_the_expected_round_trip_times_the_factor_plus_the_margin() 
 def test_without_network_models_the_wait_expects_the_longest_round_trip_lately() -> None:
     """A runner of a split has no network models: it waited the whole deadline for every answer of a hung server."""
     link = _Link()
-    link.update(_answered())  # a round trip of 30 ms
+    link.update(_answered())  # a round trip of 30 ms, 40 kB up
     assert link.answer_s(40_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * 0.030)
-    link.update(RunResult({}, False, 900.0, remote_ms=900.0))  # one slow round trip is expected from then on
-    link.update(_answered())
-    assert link.answer_s(40_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * 0.9 * 0.900)
+    link.update(RunResult({}, False, 900.0, remote_ms=900.0, bytes_up=40_000))  # one slow round trip is expected
+    link.update(_answered())  # from then on, less SERVER_MS_DECAY per answer
+    slow_s = 0.9 * 0.900
+    assert link.answer_s(40_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * slow_s)
+    assert link.answer_s(4_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * slow_s)
+    assert link.answer_s(120_000, 30.0) == pytest.approx(ANSWER_MARGIN_S + ANSWER_FACTOR * 3 * slow_s)  # 3x larger
     link.missed(40_000, 1e3 * link.answer_s(40_000, 30.0))
-    assert link.answer_s(40_000, 30.0) == pytest.approx(2 * (ANSWER_MARGIN_S + ANSWER_FACTOR * 0.9 * 0.900))
+    assert link.answer_s(40_000, 30.0) == pytest.approx(2 * (ANSWER_MARGIN_S + ANSWER_FACTOR * slow_s))
     assert link.answer_s(40_000, 1.5) == 1.5
 
 

@@ -211,8 +211,10 @@ def test_a_stopping_server_ends_an_echo_stream_waiting_for_its_next_transfer_at_
         assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
 
 
-def test_echo_streams_a_stopping_server_cancels_are_counted_cancelled(tmp_path):
-    """They were counted OK or CANCELLED in rr_requests_total as grpcio's events fell (about half OK)."""
+@pytest.mark.parametrize("server_run", range(3))  # grpcio's events fall alike for streams cancelled together
+def test_echo_streams_a_stopping_server_cancels_are_counted_cancelled(tmp_path, server_run):
+    """They were counted OK or CANCELLED in rr_requests_total as grpcio's events fell: without the fix, a run of six
+    streams passed 2 times in 11 (review)."""
     with _slow_to_stop(tmp_path, workers=64) as (server, stubs), contextlib.ExitStack() as stack:  # 7 echo slots
         calls = [stack.enter_context(_exchange(stubs)) for _ in range(6)]  # held: a call dropped is cancelled
         for requests, answers in calls:
@@ -221,7 +223,7 @@ def test_echo_streams_a_stopping_server_cancels_are_counted_cancelled(tmp_path):
         _until(lambda: server._echo.streams.idle == 6)
         _stopped(_stop_in_background(server))
         counted = server.metrics.registry.get_sample_value
-        _until(lambda: counted("rr_requests_total", {"method": "Exchange", "code": "CANCELLED"}) == 6)
+        _until(lambda: counted("rr_requests_total", {"method": "Exchange", "code": "CANCELLED"}) == 6, timeout_s=10)
         assert not counted("rr_requests_total", {"method": "Exchange", "code": "OK"})
 
 

@@ -570,6 +570,39 @@ def test_a_slice_whose_weights_were_damaged_before_this_server_opened_it_is_not_
         assert stubs.kserve.ModelInfer(request, timeout=10).raw_output_contents == expected.raw_output_contents
 
 
+def test_a_damaged_copy_replaced_while_it_was_hashed_is_not_the_copy_removed(tmp_path, monkeypatch):
+    """A slow hash of a damaged copy, an upload of the genuine bytes installed meanwhile: the hash's verdict removed
+    the fresh, verified file (review). The copy removed is the copy hashed."""
+    import hashlib
+
+    from rr_server import slices
+
+    good = conv_model(seed=23)
+    slice_id = sha256(good)
+    SliceStore(tmp_path, 1 << 30).put_bytes(good)
+    store = SliceStore(tmp_path, 1 << 30)  # another process's: nothing hashed yet
+    path = store.path_of(slice_id)
+    path.write_bytes(good[: len(good) // 2])  # damaged at rest
+    real = hashlib.sha256
+
+    class UploadedMeanwhile:
+        def __init__(self) -> None:
+            self._hash = real()
+
+        def update(self, data: bytes) -> None:
+            self._hash.update(data)
+
+        def hexdigest(self) -> str:
+            fresh = tmp_path / "fresh"
+            fresh.write_bytes(good)
+            os.replace(fresh, path)  # as an upload installs it
+            return self._hash.hexdigest()
+
+    monkeypatch.setattr(slices.hashlib, "sha256", UploadedMeanwhile)
+    assert not store.drop_if_damaged(slice_id, before_open=True)
+    assert path.read_bytes() == good
+
+
 def test_a_slice_damaged_on_disk_is_removed_so_the_edge_uploads_it_again(env):
     """A stored slice cut in half stayed "cached" for good: the re-upload of the genuine bytes was answered cached,
     and every request failed as INVALID_ARGUMENT (found by review). A stored file ONNX Runtime cannot load is hashed:

@@ -7,6 +7,8 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "additive.h"
 #include "als.h"
@@ -490,13 +492,19 @@ std::vector<double> Model::additive_fold_in(const std::int64_t* cols, const doub
 std::int64_t Model::fold_in_row(const std::int64_t* caller_cols, const double* caller_values, std::size_t n) {
   std::unique_lock<std::shared_mutex> lock(mutex_.mutex);
   check_fitted();
-  // Copies: the caller's arrays may change during the call (they are checked once, then used many times).
-  const std::vector<std::int64_t> col_copy(caller_cols, caller_cols + n);
-  const std::vector<double> value_copy(caller_values, caller_values + n);
+  // Copies: the caller's arrays may change during the call (they are checked once, then used many times). Checked,
+  // they are put in (column, value) order: the fold-in may not depend on the caller's (sums in another order differ
+  // in their last bits, and the additive choice's folds are taken by position).
+  std::vector<std::int64_t> col_copy(caller_cols, caller_cols + n);
+  std::vector<double> value_copy(caller_values, caller_values + n);
+  std::vector<std::int64_t> rows(n, 0);
+  detail::validate(Observations{rows.data(), col_copy.data(), value_copy.data(), n}, 1, n_cols_);
+  std::vector<std::pair<std::int64_t, double>> entries(n);
+  for (std::size_t i = 0; i < n; ++i) entries[i] = {col_copy[i], value_copy[i]};
+  std::sort(entries.begin(), entries.end());  // finite values: a strict weak order
+  for (std::size_t i = 0; i < n; ++i) std::tie(col_copy[i], value_copy[i]) = entries[i];
   const std::int64_t* cols = col_copy.data();
   const double* values = value_copy.data();
-  std::vector<std::int64_t> rows(n, 0);
-  detail::validate(Observations{rows.data(), cols, values, n}, 1, n_cols_);
   std::vector<double> logy(n);
   for (std::size_t i = 0; i < n; ++i) logy[i] = std::log(values[i]);
   if (!fold_in_prior_ || fold_in_prior_->population.empty())  // a fit always leaves an observed row

@@ -1,5 +1,6 @@
 #include "sparse.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -76,6 +77,12 @@ Compressed transpose(const Compressed& by_major, std::int64_t n_minor) {
       const std::int64_t pos = fill[static_cast<std::size_t>(by_major.index[e])]++;
       out.index[pos] = m;
       out.value[pos] = by_major.value[e];
+    }
+  // An entry given more than once comes in its input order: its values by size instead (the fit may not depend on it).
+  for (std::int64_t k = 0; k < n_minor; ++k)
+    for (std::int64_t b = out.ptr[k], e = b; b < out.ptr[k + 1]; b = e) {
+      while (e < out.ptr[k + 1] && out.index[e] == out.index[b]) ++e;
+      if (e - b > 1) std::sort(out.value.begin() + b, out.value.begin() + e);
     }
   return out;
 }

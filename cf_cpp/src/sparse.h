@@ -31,7 +31,7 @@ struct Storage {
   Compressed by_row, by_col;
 };
 
-// The same entries by minor index (stable: by major index within each), `n_minor` of them.
+// The same entries by minor index, each minor's by major index, an index given more than once by value.
 Compressed transpose(const Compressed& by_major, std::int64_t n_minor);
 
 // The observations (validated) in log space, by row (each row's entries by column) and by column (each column's by

@@ -15,13 +15,14 @@ from cf_cpp import _core
 
 
 def _array(name: str, x: ArrayLike) -> np.ndarray:
-    """`x` as an array: a TypeError for what holds no numbers (None, a generator: numpy makes a 0-d array of the object
-    itself, reported as "must be 1-D, got shape ()"), an InvalidInputError naming `name` for ragged nested lists."""
+    """`x` as an array: a TypeError for an object that is no sequence (None, a generator: numpy makes a 0-d array of the
+    object itself, reported as "must be 1-D, got shape ()"), an InvalidInputError naming `name` for ragged nested lists
+    (numpy >= 1.24 refuses them)."""
     try:
         a = np.asarray(x)
     except ValueError as exc:
         raise _core.InvalidInputError(f"{name}: {exc}") from None
-    if a.dtype == object:
+    if a.ndim == 0 and a.dtype == object:
         raise TypeError(f"{name} must be an array or a sequence of numbers, not {type(x).__name__}")
     return a
 
