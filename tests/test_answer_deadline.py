@@ -146,10 +146,11 @@ def test_a_runner_without_network_models_waits_for_a_hung_server_about_its_round
 
 
 def _waits_its_answer_time_for_a_hung_server(runner: Runner, server: ServerProcess, x: np.ndarray) -> None:
-    """A request to the hung server waits `answer_s` (under 2 s here, against the deadline of 30 s), then finishes
-    locally, saying how long it waited; the runner is closed."""
+    """A request to the hung server waits `answer_s` (about a second here: far less than the deadline, 30 s, also when
+    a loaded machine slows the round trips it learnt from), then finishes locally, saying how long it waited; the
+    runner is closed."""
     wait_s = runner.link.answer_s(int(x.nbytes), runner.config.timeout_s)
-    assert wait_s < 2.0
+    assert wait_s < runner.config.timeout_s / 3
     with server.hung():
         result = runner.run(x)
     runner.close()
