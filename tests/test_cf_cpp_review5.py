@@ -158,8 +158,10 @@ def test_ctrl_c_stops_a_fit_in_its_kernel_stage() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "interrupted False", done.stderr[-2000:]
 
 
-def test_a_prediction_matrix_past_the_memory_says_how_large() -> None:
-    """It was MemoryError: std::bad_alloc, unlike a fit's."""
+def test_what_runs_out_of_memory_says_how_large() -> None:
+    """predict_matrix said only std::bad_alloc; a fit of many features did not say that its features took it all."""
     model = CFModel(rank=2, iterations=1).fit([0], [0], [1.0], 2**20, 2**20)
     with pytest.raises(MemoryError, match="predict_matrix of 1048576 rows x 1048576 columns: out of memory"):
         model.predict_matrix()  # 8 TiB
+    with pytest.raises(MemoryError, match="fit of 1 rows x 1 columns of 1048576 features: out of memory"):
+        CFModel(rank=3).fit([0], [0], [1.0], 1, 1, np.random.default_rng(0).normal(size=(1, 2**20)))  # 8 TiB of Grams

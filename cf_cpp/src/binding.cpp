@@ -138,9 +138,12 @@ void interruptible(const std::string& what, F&& call) {
   if (failure) sized(what, [&] { std::rethrow_exception(failure); });
 }
 
-std::string rows_by_cols(std::int64_t n_rows, std::int64_t n_cols) {
+// What a fit or refit is, for its out-of-memory message: with features, how many (a fit's per-row Grams of them
+// take n_rows x (n_features + 1)^2 doubles, the most of its memory with many features: review).
+std::string rows_by_cols(std::int64_t n_rows, std::int64_t n_cols, const std::optional<cf::Features>& f = {}) {
   auto size = [](std::int64_t n) { return n == cf::kUnchanged ? std::string("the current") : std::to_string(n); };
-  return size(n_rows) + " rows x " + size(n_cols) + " columns";
+  const std::string features = f ? " of " + std::to_string(f->n_features) + " features" : "";
+  return size(n_rows) + " rows x " + size(n_cols) + " columns" + features;
 }
 
 // The row or column parameters (n x d, row-major: bias and factors) and d.
@@ -215,7 +218,7 @@ NB_MODULE(_core, m) {
              const std::optional<Matrix2>& additive_features) -> cf::Model& {
             cf::Observations obs = observations(rows, cols, values);
             std::optional<cf::Features> f = features(col_features), a = features(additive_features);
-            interruptible("fit of " + rows_by_cols(n_rows, n_cols), [&](const std::atomic<bool>* stop) {
+            interruptible("fit of " + rows_by_cols(n_rows, n_cols, f), [&](const std::atomic<bool>* stop) {
               self.fit(obs, n_rows, n_cols, f ? &*f : nullptr, a ? &*a : nullptr, stop);
             });
             return self;
@@ -244,7 +247,7 @@ NB_MODULE(_core, m) {
               throw cf::InvalidInput("n_rows and n_cols must be >= 0 (None: unchanged)");
             // None: the size the model has when the refit takes its lock (resolved there).
             std::int64_t nr = n_rows.value_or(cf::kUnchanged), nc = n_cols.value_or(cf::kUnchanged);
-            interruptible("refit to " + rows_by_cols(nr, nc), [&](const std::atomic<bool>* stop) {
+            interruptible("refit to " + rows_by_cols(nr, nc, f), [&](const std::atomic<bool>* stop) {
               self.refit(obs, nr, nc, f ? &*f : nullptr, iterations.value_or(-1), a ? &*a : nullptr, stop);
             });
             return self;
