@@ -165,3 +165,20 @@ def test_what_runs_out_of_memory_says_how_large() -> None:
         model.predict_matrix()  # 8 TiB
     with pytest.raises(MemoryError, match="fit of 1 rows x 1 columns of 1048576 features: out of memory"):
         CFModel(rank=3).fit([0], [0], [1.0], 1, 1, np.random.default_rng(0).normal(size=(1, 2**20)))  # 8 TiB of Grams
+
+
+def test_a_file_that_cannot_be_read_or_written_says_its_errno(tmp_path) -> None:
+    """ModelFileError had no errno: `e.errno == errno.ENOENT` could not tell a missing file from a damaged one."""
+    import errno
+
+    with pytest.raises(ModelFileError) as missing:
+        CFModel.load(tmp_path / "missing.cf")
+    assert missing.value.errno == errno.ENOENT and "cannot read" in missing.value.strerror
+    model = CFModel(rank=1, iterations=1).fit([0], [0], [1.0], 1, 1)
+    with pytest.raises(ModelFileError) as no_dir:
+        model.save(tmp_path / "no-such-dir" / "m.cf")
+    assert no_dir.value.errno == errno.ENOENT
+    (tmp_path / "garbage.cf").write_bytes(b"no model")
+    with pytest.raises(ModelFileError, match="is truncated or not a cf_cpp model file") as garbage:
+        CFModel.load(tmp_path / "garbage.cf")
+    assert garbage.value.errno is None  # no system call failed

@@ -171,7 +171,22 @@ std::vector<double> factors(const std::vector<double>& m, std::size_t d) {
 NB_MODULE(_core, m) {
   m.doc() = "cf_cpp core: hybrid matrix factorisation (ALS in log space) with feature cold start.";
   nb::exception<cf::InvalidInput>(m, "InvalidInputError", PyExc_ValueError);
-  nb::exception<cf::IoError>(m, "ModelFileError", PyExc_OSError);
+  static nb::exception<cf::IoError> model_file_error(m, "ModelFileError", PyExc_OSError);
+  // With the errno of the call that failed, as OSError(errno, message): `e.errno` says ENOENT for a missing file.
+  nb::register_exception_translator(
+      [](const std::exception_ptr& p, void* type) {
+        try {
+          std::rethrow_exception(p);
+        } catch (const cf::IoError& e) {
+          if (e.error_number == 0) {
+            PyErr_SetString(static_cast<PyObject*>(type), e.what());
+            return;
+          }
+          nb::object args = nb::make_tuple(e.error_number, e.what());
+          PyErr_SetObject(static_cast<PyObject*>(type), args.ptr());
+        }
+      },
+      model_file_error.ptr());
 
   nb::class_<cf::Model>(m, "Model",
       "Matrix factorisation in log space with global mean, row/column biases and an optional column-feature prior.\n\n"

@@ -72,7 +72,7 @@ std::string through_links(const std::string& path) {
       errno = ENAMETOOLONG;
       size = -1;
     }
-    if (size < 0) throw IoError("cannot save through the link '" + path + "': " + std::strerror(errno));
+    if (size < 0) throw IoError("cannot save through the link '" + path + "': " + std::strerror(errno), errno);
     std::string next(target.data(), static_cast<std::size_t>(size));
     const std::size_t slash = at.rfind('/');
     if ((next.empty() || next[0] != '/') && slash != std::string::npos) next = at.substr(0, slash + 1) + next;
@@ -90,7 +90,8 @@ class Writer {
     struct stat target;
     const bool exists = ::stat(path_.c_str(), &target) == 0;
     if (exists && (!S_ISREG(target.st_mode) || ::access(path_.c_str(), W_OK) != 0))
-      throw IoError("cannot open '" + path + "' for writing" + (S_ISREG(target.st_mode) ? "" : ": not a regular file"));
+      throw IoError("cannot open '" + path + "' for writing" + (S_ISREG(target.st_mode) ? "" : ": not a regular file"),
+                    S_ISREG(target.st_mode) ? EACCES : 0);
     const std::size_t slash = path_.rfind('/');
     const std::string dir = slash == std::string::npos ? "" : path_.substr(0, slash + 1);
     static std::atomic<unsigned> counter{0};
@@ -140,15 +141,15 @@ class Writer {
     const bool closed = std::fclose(out_) == 0;
     out_ = nullptr;
     if (!written || !closed || std::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      if (!written) errno = err;
-      const std::string why = std::strerror(errno);
+      const int code = written ? errno : err;
       ::unlink(tmp_.c_str());
-      throw IoError("failed writing '" + path_ + "': " + why + " (the previous file, if any, is unchanged)");
+      throw IoError(
+          "failed writing '" + path_ + "': " + std::strerror(code) + " (the previous file, if any, is unchanged)", code);
     }
   }
 
  private:
-  [[noreturn]] static void fail(const std::string& what) { throw IoError(what + ": " + std::strerror(errno)); }
+  [[noreturn]] static void fail(const std::string& what) { throw IoError(what + ": " + std::strerror(errno), errno); }
 
   std::FILE* out_ = nullptr;
   std::string path_, tmp_;
@@ -160,10 +161,10 @@ class Reader {
   explicit Reader(const std::string& path) : path_(path) {
     check_path(path);
     struct stat file;  // a FIFO or a device would block or never end: only regular files are model files
-    if (::stat(path.c_str(), &file) != 0) throw IoError("cannot read '" + path + "': " + std::strerror(errno));
+    if (::stat(path.c_str(), &file) != 0) throw IoError("cannot read '" + path + "': " + std::strerror(errno), errno);
     if (!S_ISREG(file.st_mode)) throw IoError("cannot read '" + path + "': not a regular file");
     in_.open(path, std::ios::binary);
-    if (!in_) throw IoError("cannot open '" + path + "' for reading");
+    if (!in_) throw IoError("cannot open '" + path + "' for reading: " + std::strerror(errno), errno);
     in_.seekg(0, std::ios::end);
     const std::streamoff size = in_.tellg();
     in_.seekg(0, std::ios::beg);

@@ -13,10 +13,13 @@ class InvalidInput : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
-// A model file could not be read or written, or is not a cf_cpp model.
+// A model file could not be read or written (`error_number`: the errno of the system call that failed), or is not a
+// cf_cpp model (error_number 0).
 class IoError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit IoError(const std::string& what, int error_number = 0)
+      : std::runtime_error(what), error_number(error_number) {}
+  int error_number;
 };
 
 // A fit or refit stopped by its stop flag (Model::fit): the model is as it was before the call.

@@ -40,7 +40,8 @@ Usage::
 
 Errors: invalid input (non-positive or non-finite values, out-of-range indices, shape mismatches, unfitted model)
 raises :class:`InvalidInputError`, a subclass of ``ValueError``; unreadable model files raise
-:class:`ModelFileError`, a subclass of ``OSError`` (also where loading runs out of memory); ``save`` raises
+:class:`ModelFileError`, a subclass of ``OSError`` whose ``errno`` is that of the system call that failed (``ENOENT``
+for a missing file; None for a file that is no model, and where loading runs out of memory); ``save`` raises
 :class:`InvalidInputError` for a model that ``load`` would refuse. Arrays of the exact dtype (int64 indices, float64
 values, C-contiguous) are used without copies, borrowed for the length of the call: another thread must not write to
 them while it runs (what it reads mid-write is undefined); other numeric arrays are converted. Paths are ``str``,
