@@ -13,10 +13,11 @@ server is down, failing or refusing the slice, every request runs locally withou
 the background, `RunnerConfig.retry_interval_s` after the end of the previous one (twice as long after each
 upload that failed while the server answered, up to `MAX_PROBE_WAIT_S`; after the server's pushback when it
 was only busy), returns to the plan once the server
-answers again. A runner made with `connect_later` (a run switching split between two requests) starts that way: its
-first request starts the health check, which uploads and opens the slice in the background while the requests run
-locally (made connecting, on a dead or slow link no request was served, not even locally, for as long as the
-upload's deadline: tens of seconds, review). Observed transfer times update the plan's network models
+answers again. A runner made with `connect_later` starts that way: `connect` makes its slice ready in the calling
+thread (a run switching split does so in a thread of its own while the runner it leaves serves), or its first
+request starts the health check, which uploads and opens the slice in the background while the requests run locally
+(made connecting in the requests' thread, on a dead or slow link no request was served, not even locally, for as
+long as the upload's deadline: tens of seconds, review). Observed transfer times update the plan's network models
 (exponentially weighted);
 `replan_needed` turns True when they drift by more than `RunnerConfig.drift_threshold` and by enough to matter
 (`MATERIAL_SHARE` of a round trip).
@@ -603,6 +604,19 @@ class Runner:
         self._served = 0
         return True
 
+    def connect(self) -> bool:
+        """Make the middle slice of a runner made with `connect_later` ready on the server now, in the calling
+        thread, as its first health check would (a run switching split does so in a thread of its own while the
+        runner it leaves still serves: no request waits for the slice, and none runs locally for it). Whether the
+        runner offloads now; if not (the server is out of reach or busy, or refused the slice: `refused`), its
+        requests run locally and its health check connects it later, as before. True for a runner that offloads
+        nothing or is connected already."""
+        if not self.server_down:
+            return True
+        self._probing.acquire()  # a health check started meanwhile ends first; this one then finds it connected
+        self._probe()  # releases `_probing`
+        return not self.server_down
+
     def _mark_down(self, exc: Exception) -> None:
         """Local until the server answers again; a new reason while down (it answers but refuses the slice, or
         the edge's token) is logged and reported with the requests from then on. A slice the server lost
@@ -672,7 +686,7 @@ class Runner:
                 return
             down_since, first = self._down_since, self._down_error is None  # first: made with `connect_later`
             healthy = self.remote.healthy(timeout_s=self._probe_s)
-            if not healthy and first and self._last_probe == -math.inf:  # the first health check: said once
+            if not healthy and first and self._last_probe == -math.inf and not self._closed:  # said once
                 log.warning("the server does not answer; running locally until it does and has the slice")
             if not healthy and self._down_error is None:
                 # the requests' reason from here on: a server out of reach, not a slice being made ready (review)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -559,7 +560,10 @@ def test_slice_reversed_range_says_reversed(capsys, model, tmp_path: Path, block
 
 
 def _switching_after_the_first(monkeypatch, model):  # type: ignore[no-untyped-def]
-    """`run` plans local, then re-plans after every request to a plan offloading blocks 0..2: (local, offloading)."""
+    """`run` plans local, then re-plans after every request to a plan offloading blocks 0..2: (local, offloading).
+    The switch is prepared in the requests' thread: made after the request that led to it (in the background, a run
+    of 3 requests ends before the health check of the server that is not there gives up)."""
+    from rr_edge.commands import _planned_run
     from rr_edge.commands import run as run_command
     from rr_edge.offload import make_plan
 
@@ -569,6 +573,7 @@ def _switching_after_the_first(monkeypatch, model):  # type: ignore[no-untyped-d
     monkeypatch.setattr(run_command, "build_plan", lambda *a, **kw: local)
     monkeypatch.setattr(run_command, "replan", lambda *a, **kw: offloading)
     monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+    monkeypatch.setattr(run_command, "PlannedRun", functools.partial(_planned_run.PlannedRun, background=False))
     return local, offloading
 
 

@@ -37,6 +37,9 @@ class FakeRunner:
     def mark_planned(self) -> None:
         self.replan_needed = False
 
+    def connect(self) -> bool:
+        return self.refused is None
+
     def close(self, wait_s: float | None = None) -> None:
         self.closed = True
 
@@ -55,7 +58,15 @@ def planned_run(first: Any, plan: Any = None, replan: Any = None) -> PlannedRun:
 
     split = LOCAL if first is None else (first.chosen.i, first.chosen.j)
     return PlannedRun(
-        make_runner, plan, replan or (lambda r, runner, remaining: r), split, first, FakeEnergy(), np.zeros(1), 1.0
+        make_runner,
+        plan,
+        replan or (lambda r, runner, remaining: r),
+        split,
+        first,
+        FakeEnergy(),
+        np.zeros(1),
+        1.0,
+        background=False,
     )
 
 
@@ -129,7 +140,7 @@ def test_a_run_that_closes_closes_its_runner_even_when_the_last_energy_window_fa
             raise ServerUnavailable("a top-up run of the window failed", "UNAVAILABLE")
 
     run = PlannedRun(lambda split, r, _: FakeRunner(split), None, lambda r, runner, remaining: r, (0, 2), report(0, 2),
-                     FailingEnergy(), np.zeros(1), 1.0)  # fmt: skip
+                     FailingEnergy(), np.zeros(1), 1.0, background=False)  # fmt: skip
     with pytest.raises(ServerUnavailable):
         run.close()
     assert run.runner.closed and run.segments[-1].end == 0
@@ -235,7 +246,7 @@ def test_a_run_planned_local_probes_the_link_after_doubling_waits(clock: Clock) 
         return offloading if len(probes) == 3 else local
 
     run = PlannedRun(lambda split, r, _: FakeRunner(split), None, lambda r, runner, remaining: r, LOCAL, local,
-                     FakeEnergy(), np.zeros(1), 1.0, probe=probe)  # fmt: skip
+                     FakeEnergy(), np.zeros(1), 1.0, probe=probe, background=False)  # fmt: skip
     while run.split == LOCAL:
         clock.t += 0.25
         run.request(remaining=100)
@@ -272,7 +283,8 @@ def test_a_forced_split_whose_slice_the_server_refused_runs_locally_and_says_so_
         return runner
 
     # as `run --split 0,2` runs when the server could not be asked for a plan: no plan, none made later
-    run = PlannedRun(refused, None, lambda r, runner, remaining: r, (0, 2), None, FakeEnergy(), np.zeros(1), 1.0)
+    run = PlannedRun(refused, None, lambda r, runner, remaining: r, (0, 2), None, FakeEnergy(), np.zeros(1), 1.0,
+                     background=False)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger=_planned_run.__name__):
         for _ in range(5):
             assert run.request(remaining=100).fallback

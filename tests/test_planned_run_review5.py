@@ -89,8 +89,9 @@ def test_a_split_whose_slice_the_server_refused_gives_way_to_the_best_other_plan
 ) -> None:
     """Each drift re-plan chose the refused split again (the planner knows nothing of refusals): its runner was made,
     refused, the run went back, drifted, and chose it again (review: 219 runners in 400 requests, 291 run locally).
-    Now the refused split is never run again: the run takes the best other plan of the refused plan's report, and a
-    re-plan that chooses the refused split again keeps that one."""
+    Now the refused split is never run: the switch to it is prepared and refused before any request runs on it, the
+    run takes the best other plan of the refused plan's report, and a re-plan that chooses the refused split again
+    keeps that one."""
     _, graph, slicer = chain
     x = _x(graph)
     n = len(graph.blocks)
@@ -109,12 +110,11 @@ def test_a_split_whose_slice_the_server_refused_gives_way_to_the_best_other_plan
     report_a = replace(report_b, chosen=report_b.table.plan(*a))
     run = PlannedRun(runner_for, None, lambda r, runner, remaining: report_b, a, report_a, RunnerEnergy(), x, 0.01)
     try:
-        run.request(remaining=1000)
-        assert run.split == b
-        deadline = time.monotonic() + GENEROUS_S
-        while run.split == b and time.monotonic() < deadline:  # refused in the background
-            run.request(remaining=1000)
         expected = best_without(report_b, {b})
+        deadline = time.monotonic() + GENEROUS_S
+        while run.split == a and time.monotonic() < deadline:  # b prepared and refused, then `expected` prepared
+            assert not run.request(remaining=1000).fallback  # served on split a meanwhile
+            time.sleep(0.001)
         assert run.split == expected and run.report is not None and run.report.chosen.i == expected[0]
         deadline = time.monotonic() + GENEROUS_S
         while (result := run.request(remaining=1000)).fallback and time.monotonic() < deadline:  # made ready
@@ -125,7 +125,7 @@ def test_a_split_whose_slice_the_server_refused_gives_way_to_the_best_other_plan
     finally:
         run.close()
     assert server.refusals == 1 and made == [a, b, expected]
-    assert [s.split for s in run.segments] == [a, b, expected]
+    assert [s.split for s in run.segments] == [a, expected]
 
 
 def test_a_report_without_the_refused_splits_chooses_by_its_objective(chain: Any) -> None:
@@ -152,6 +152,9 @@ class FakeRunner:
 
     def mark_planned(self) -> None:
         pass
+
+    def connect(self) -> bool:
+        return self.refused is None
 
     def close(self, wait_s: float | None = None) -> None:
         pass
@@ -187,7 +190,7 @@ def late_refused_run(graph: Any, late: Any) -> PlannedRun:
         return FakeRunner(split, REFUSAL if split == b else None)
 
     return PlannedRun(runner_for, lambda remaining: late, lambda r, runner, remaining: r, local, None,
-                      FakeEnergy(), np.zeros(1), 1.0)  # fmt: skip
+                      FakeEnergy(), np.zeros(1), 1.0, background=False)  # fmt: skip
 
 
 def test_a_refused_late_plan_gives_way_to_its_best_other_plan(chain: Any, no_wait: None) -> None:

@@ -20,20 +20,26 @@ After each request, `PlannedRun` asks whether another plan is due:
 * the plan was local from the start: after the same doubling wait, `probe(report, remaining)` measures the link and
   plans again with it (a link that got faster went unnoticed for the rest of the run).
 
-A runner switched to mid-run is made with `connect_later`: its slice is uploaded and opened in the background while
-its requests run locally (made at once, no request was served for as long as the upload's deadline on a dead link).
-When the server refuses that slice (too large, or one it cannot open), the split is not run again in this run: the
-run takes the best other plan of the refused plan's report (planned on the link as measured then; running locally is
-always one), with a warning, and any later plan that chooses a refused split gives way to its best other plan the same
-way (each drift re-plan had chosen the refused split again: a new runner every two requests, three in four requests
-run locally, review).
+A switch mid-run is prepared in a thread of its own (`Preparation`) while the runner it leaves serves the requests:
+the new runner is made (its local sessions opened) with `connect_later` and its slice uploaded and opened on the
+server (`Runner.connect`); the run switches after the first request that ends once that is done, and makes no other
+plan meanwhile. Made in the requests' thread, a switch had held the run for as long as opening its sessions took
+(0.5 s for vgg16), and its requests had then run locally until the slice was ready (made connecting in that thread,
+no request was served for as long as the upload's deadline on a dead link). When the server refuses that slice (too
+large, or one it cannot open), the split is not run again in this run: the run takes the best other plan of the
+refused plan's report (planned on the link as measured then; running locally is always one), with a warning, and any
+later plan that chooses a refused split gives way to its best other plan the same way (each drift re-plan had chosen
+the refused split again: a new runner every two requests, three in four requests run locally, review).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -89,12 +95,56 @@ def upload_prediction_ms(report: PlanReport | None) -> float:
     return report.chosen.breakdown.get("weight_upload_ms", 0.0) * report.inputs.amortize_over
 
 
+class Preparation:
+    """A switch being prepared: the runner of `split` made by `make` and connected (`Runner.connect`), in a thread of
+    its own unless not `background`. `made` holds the runner once its local sessions are open, `ready` is done once
+    its slice is made ready on the server, or the server did not take it; either holds the error that stopped it."""
+
+    def __init__(
+        self, make: Callable[[], Runner], split: tuple[int, int], report: PlanReport, background: bool = True
+    ) -> None:
+        self.split, self.report = split, report
+        self.made: Future[Runner] = Future()
+        self.ready: Future[Runner] = Future()
+        if background:
+            threading.Thread(target=self._prepare, args=(make,), name="rr-switch", daemon=True).start()
+        else:
+            self._prepare(make)
+
+    def _prepare(self, make: Callable[[], Runner]) -> None:
+        for future in (self.made, self.ready):
+            future.set_running_or_notify_cancel()
+        try:
+            runner = make()
+        except BaseException as exc:  # the run's error, raised where it collects the runner
+            self.made.set_exception(exc)
+            self.ready.set_exception(exc)
+            return
+        self.made.set_result(runner)
+        try:
+            runner.connect()
+        except BaseException as exc:
+            self.ready.set_exception(exc)
+        else:
+            self.ready.set_result(runner)
+
+    def abandon(self) -> Runner | None:
+        """The runner, closed without waiting for its upload (its sessions are waited for), or None when making it
+        failed."""
+        if self.made.exception() is not None:  # waits for the sessions
+            return None
+        runner = self.made.result()
+        runner.close(wait_s=0.0)
+        return runner
+
+
 class PlannedRun:
     """`make_runner(split, report, connect_later)` makes a runner (`connect_later` for a switch mid-run: see `Runner`);
     `plan(remaining)` makes a plan for the remaining requests (None:
     the split is forced, no plan is ever made); `replan(report, runner, remaining)` plans again with the runner's
     network for the remaining requests; `probe(report, remaining)`, when given, plans again with the link measured
-    now (for a run whose plan is local)."""
+    now (for a run whose plan is local). `background`: prepare a switch in a thread of its own (`Preparation`); False
+    prepares it in the requests' thread, the switch then taking effect after the request that led to it."""
 
     def __init__(
         self,
@@ -107,8 +157,11 @@ class PlannedRun:
         x: Mapping[str, np.ndarray],
         retry_interval_s: float,
         probe: Callable[[PlanReport, int], PlanReport] | None = None,
+        background: bool = True,
     ) -> None:
         self._make_runner, self._plan, self._replan, self._probe = make_runner, plan, replan, probe
+        self._background = background
+        self.preparing: Preparation | None = None  # the switch being prepared, while `runner` serves
         self._energy, self._x = energy, x
         self.runner = make_runner(split, report, False)
         self.split, self.report, self.first_report = split, report, report
@@ -140,20 +193,31 @@ class PlannedRun:
             self._retry_s = self._first_retry_s  # the network serves: a later slowdown waits from the start again
         if not remaining:
             return result
-        if result.fallback and self.runner.refused is not None and self.split not in self._refused:
-            self._leave_refused(self.runner.refused)
+        if self.preparing is not None:  # no other plan until the switch is made
+            self._switch_when_ready()
+        elif result.fallback and self.runner.refused is not None and self.split not in self._refused:
+            self._give_way(self.split, self.report, self.runner.refused)
         elif (report := self._next_plan(remaining, result)) is not None:
             self._take(report)
         return result
 
     def close(self) -> None:
+        """Close the runner, and one still being prepared for a switch (its sessions waited for, not its upload)."""
         try:
             self._energy.finish(self.runner, self._x)
         finally:  # a window's top-up run that failed must not leave the runner's stream open
             self.runner.close()
             self.segments[-1].end = self.done
-            self.upload_ms += self.runner.upload_ms
-            self.made_ready += self.runner.made_ready
+            self._count(self.runner)
+            preparing, self.preparing = self.preparing, None
+            if preparing is not None and (runner := preparing.abandon()) is not None:
+                log.info("the run ended before plan %d,%d was ready", *preparing.split)
+                self._count(runner)
+
+    def _count(self, runner: Runner) -> None:
+        """Add what `runner` spent making its slice ready to the run's."""
+        self.upload_ms += runner.upload_ms
+        self.made_ready += runner.made_ready
 
     def _next_plan(self, remaining: int, result: RunResult) -> PlanReport | None:
         if self.report is None:
@@ -242,34 +306,51 @@ class PlannedRun:
         self._switch(split, report)
 
     def _switch(self, split: tuple[int, int], report: PlanReport) -> None:
-        """Run `split` from the next request on; its runner makes its slice ready in the background."""
-        self._energy.finish(self.runner, self._x)  # an energy window covers one split
-        runner = self._make_runner(split, report, True)  # no request waits for its slice: local meanwhile
-        self._left = self.split
-        self.runner.close(wait_s=0.0)  # its upload still going (a split left early) is no request's to wait for
-        self.upload_ms += self.runner.upload_ms
-        self.made_ready += self.runner.made_ready
-        self.runner, self.split, self.report = runner, split, report
-        self.segments[-1].end = self.done
-        self.segments.append(Segment(split, report, self.done))  # also when a late plan keeps the split
+        """Prepare `split`'s runner (`Preparation`) while this one serves; run it once ready."""
         if split not in self._ready:
             self._ready.add(split)
             self.predicted_upload_ms += upload_prediction_ms(report)
+        make = functools.partial(self._make_runner, split, report, True)  # connected by the preparation
+        self.preparing = Preparation(make, split, report, self._background)
+        self._switch_when_ready()
+
+    def _switch_when_ready(self) -> None:
+        """Run the prepared split from the next request on once its runner is ready; a split whose slice the server
+        refused gives way to its report's best other plan instead."""
+        preparing = self.preparing
+        assert preparing is not None
+        if not preparing.ready.done():
+            return
+        self.preparing = None
+        runner = preparing.ready.result()  # a runner that could not be made: the run's error
+        split, report = preparing.split, preparing.report
+        if runner.refused is not None:  # before any request ran on it
+            runner.close(wait_s=0.0)
+            self._count(runner)
+            self._give_way(split, report, runner.refused)
+            return
+        self._energy.finish(self.runner, self._x)  # an energy window covers one split
+        self._left = self.split
+        self.runner.close(wait_s=0.0)  # its upload still going (a split left early) is no request's to wait for
+        self._count(self.runner)
+        self.runner, self.split, self.report = runner, split, report
+        self.segments[-1].end = self.done
+        self.segments.append(Segment(split, report, self.done))  # also when a late plan keeps the split
         self._next_try = time.monotonic() + self._retry_s
 
-    def _leave_refused(self, exc: ServerError) -> None:
-        """The server refused the slice of the split running (`Runner.refused`): that split is not run again. The run
-        takes the best other plan of its report, planned on the link as measured then (going back to a new runner of
-        the split before, from that split's older report, forgot the drift it had measured: it re-planned at once).
-        A split forced without a plan has nothing else to run: its requests run locally."""
-        refused = self.split
+    def _give_way(self, refused: tuple[int, int], report: PlanReport | None, exc: ServerError) -> None:
+        """The server refused the slice of split `refused` (`Runner.refused`), the one running or the one prepared:
+        that split is not run again. The run takes the best other plan of its `report`, planned on the link as
+        measured then (going back to a new runner of the split before, from that split's older report, forgot the
+        drift it had measured: it re-planned at once). A split forced without a plan has nothing else to run: its
+        requests run locally."""
         self._refused.add(refused)
-        if self.report is None:
+        if report is None:
             log.warning("the server refused plan %d,%d: every request runs here: %s", *refused, exc)
             return
-        other = without(self.report, self._refused)
-        log.warning("running plan %d,%d: the server refused plan %d,%d: %s", *self._split_of(other), *refused, exc)
-        self._switch(self._split_of(other), other)
+        other = without(report, self._refused)
+        log.warning("taking plan %d,%d: the server refused plan %d,%d: %s", *self._split_of(other), *refused, exc)
+        self._take(other)
 
     @staticmethod
     def _split_of(report: Any) -> tuple[int, int]:
