@@ -39,8 +39,8 @@ def alternate(
 ) -> dict[str, Any]:
     """`run_in_tree(tree, module, call)` for each tree in turn, `rounds` times (the 1-minute load average before each
     appended to `load_avg`); per tree the median of each measure over all its runs' lists of values, and where a
-    baseline ran, the ratios baseline / this; `runs`: every result, by tree and round. Each result names its tree in
-    `code`."""
+    baseline ran, the ratios baseline / this (None over 0); `runs`: every result, by tree and round. Each result names
+    its tree in `code`."""
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
     for _ in range(rounds):
         for label, tree in trees.items():
@@ -51,7 +51,9 @@ def alternate(
         entry[label] = {m: statistics.median(t for r in results for t in r[m]) for m in measures}
         entry[label]["code"] = results[0]["code"]
     if "baseline" in trees:
-        entry["ratio_baseline_over_this"] = {m: entry["baseline"][m] / entry["this"][m] for m in measures}
+        entry["ratio_baseline_over_this"] = {  # None where this tree's median is 0 (a count that went to none)
+            m: entry["baseline"][m] / entry["this"][m] if entry["this"][m] else None for m in measures
+        }
     entry["runs"] = runs
     return entry
 
