@@ -502,6 +502,7 @@ class Runner:
         self._last_probe = 0.0  # when the last health check of a server that is down ended
         self._probe_wait_s = self.config.retry_interval_s  # doubles while the server answers but the slice fails
         self._probing = threading.Lock()  # held while a health check runs (one at a time)
+        self._serving_level = logging.WARNING  # of its "running locally" logs; DEBUG while `connect` runs
         self._lock = threading.Lock()
         self._closed = False  # no health check starts after `close`, and one still running ends quietly
         self._upload_lock = threading.Lock()  # `upload_ms` and `_uploading_since`: a close counts an upload in flight
@@ -614,8 +615,20 @@ class Runner:
         if not self.server_down:
             return True
         self._probing.acquire()  # a health check started meanwhile ends first; this one then finds it connected
-        self._probe()  # releases `_probing`
+        self._serving_level = logging.DEBUG  # no request runs on it yet: its caller says what came of it
+        try:
+            self._probe()  # releases `_probing`
+        finally:
+            self._serving_level = logging.WARNING
         return not self.server_down
+
+    @property
+    def next_check_s(self) -> float:
+        """Seconds until a health check of a server that is down is due (0: now, or the server is up)."""
+        if self._down_since is None:
+            return 0.0
+        now = time.monotonic()
+        return max(0.0, self._hold_until - now, self._last_probe + self._probe_wait_s - now)
 
     def _mark_down(self, exc: Exception) -> None:
         """Local until the server answers again; a new reason while down (it answers but refuses the slice, or
@@ -638,9 +651,9 @@ class Runner:
                     exc,
                 )
             elif exc is self.refused:  # it answered: no failure of the server
-                log.warning("the server refused the slice, running locally: %s", exc)
+                log.log(self._serving_level, "the server refused the slice, running locally: %s", exc)
             else:
-                log.warning("server failed, running locally until it answers again: %s", exc)
+                log.log(self._serving_level, "server failed, running locally until it answers again: %s", exc)
             self._down_since = self._down_since or time.monotonic()
         elif str(exc) != str(self._down_error):
             log.warning("server still unusable, running locally: %s", exc)
@@ -687,7 +700,9 @@ class Runner:
             down_since, first = self._down_since, self._down_error is None  # first: made with `connect_later`
             healthy = self.remote.healthy(timeout_s=self._probe_s)
             if not healthy and first and self._last_probe == -math.inf and not self._closed:  # said once
-                log.warning("the server does not answer; running locally until it does and has the slice")
+                log.log(
+                    self._serving_level, "the server does not answer; running locally until it does and has the slice"
+                )
             if not healthy and self._down_error is None:
                 # the requests' reason from here on: a server out of reach, not a slice being made ready (review)
                 self._down_error = ServerUnavailable("UNAVAILABLE: the server does not answer its health check")

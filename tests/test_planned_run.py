@@ -22,8 +22,13 @@ LOCAL = (4, 4)
 
 def report(i: int, j: int, upload_ms: float = 0.0) -> Any:
     breakdown = {"weight_upload_ms": upload_ms}
+    even = SimpleNamespace(plan=lambda i, j: SimpleNamespace(latency_ms=1.0, energy_mJ=1.0))  # local never better
     return SimpleNamespace(
-        chosen=SimpleNamespace(i=i, j=j, breakdown=breakdown), inputs=SimpleNamespace(amortize_over=1)
+        chosen=SimpleNamespace(i=i, j=j, breakdown=breakdown),
+        inputs=SimpleNamespace(amortize_over=1),
+        table=even,
+        blocks=5,
+        options={},
     )
 
 
@@ -39,6 +44,10 @@ class FakeRunner:
 
     def connect(self) -> bool:
         return self.refused is None
+
+    @property
+    def server_down(self) -> bool:
+        return self.refused is not None
 
     def close(self, wait_s: float | None = None) -> None:
         self.closed = True

@@ -38,8 +38,13 @@ LOCAL = (3, 3)  # the four-conv chain run all locally
 def report(i: int, j: int) -> Any:
     """What PlannedRun reads of a plan report."""
     breakdown = {"weight_upload_ms": 0.0}
+    even = SimpleNamespace(plan=lambda i, j: SimpleNamespace(latency_ms=1.0, energy_mJ=1.0))  # local never better
     return SimpleNamespace(
-        chosen=SimpleNamespace(i=i, j=j, breakdown=breakdown), inputs=SimpleNamespace(amortize_over=1)
+        chosen=SimpleNamespace(i=i, j=j, breakdown=breakdown),
+        inputs=SimpleNamespace(amortize_over=1),
+        table=even,
+        blocks=5,
+        options={},
     )
 
 
@@ -200,6 +205,10 @@ class DriftingRunner:
     def connect(self) -> bool:
         return self.refused is None
 
+    @property
+    def server_down(self) -> bool:
+        return self.refused is not None
+
     def close(self, wait_s: float | None = None) -> None:
         pass
 
@@ -278,6 +287,10 @@ class SteadyRunner:
 
     def connect(self) -> bool:
         return self.refused is None
+
+    @property
+    def server_down(self) -> bool:
+        return self.refused is not None
 
     def close(self, wait_s: float | None = None) -> None:
         pass

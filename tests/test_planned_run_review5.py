@@ -156,6 +156,10 @@ class FakeRunner:
     def connect(self) -> bool:
         return self.refused is None
 
+    @property
+    def server_down(self) -> bool:
+        return self.refused is not None
+
     def close(self, wait_s: float | None = None) -> None:
         pass
 

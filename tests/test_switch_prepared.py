@@ -4,16 +4,19 @@ then ran locally until its slice was uploaded and opened on the server."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from rr_edge.client import Client, ClientOptions
-from rr_edge.commands._planned_run import PlannedRun
+from rr_edge.commands import _planned_run
+from rr_edge.commands._planned_run import CONNECT_TRIES, PlannedRun
 from rr_edge.errors import ModelError
 from rr_edge.offload import make_runner, plan_slices
 from rr_edge.runner import Runner, RunnerConfig, RunResult
@@ -81,19 +84,25 @@ def test_a_switch_serves_on_the_split_it_leaves_until_the_new_one_is_ready(
 
 
 class HeldRunner:
-    """A runner whose slice is made ready once `connected` is set."""
+    """A runner whose `connect` waits for `connected` and then says `up` (False: the server out of reach or busy);
+    `tries` counts the calls."""
 
     made_ready = 0
 
-    def __init__(self, split: tuple[int, int], connected: threading.Event) -> None:
-        self.split, self.connected, self.refused = split, connected, None
-        self.replan_needed, self.upload_ms, self.closed = True, 0.0, False
+    def __init__(self, split: tuple[int, int], connected: threading.Event, up: bool = True) -> None:
+        self.split, self.connected, self.up, self.refused = split, connected, up, None
+        self.replan_needed, self.upload_ms, self.closed, self.tries = True, 0.0, False, 0
+        self.server_down, self.next_check_s = split[0] < split[1], 0.0
 
     def mark_planned(self) -> None:
         pass
 
     def connect(self) -> bool:
-        return self.connected.wait(GENEROUS_S)
+        self.tries += 1
+        if not self.connected.wait(GENEROUS_S):
+            raise RuntimeError("never connected")
+        self.server_down = not self.up
+        return self.up
 
     def close(self, wait_s: float | None = None) -> None:
         self.closed = True
@@ -102,31 +111,117 @@ class HeldRunner:
 
 class PlainEnergy:
     def run(self, runner: Any, x: Any, remaining: int) -> RunResult:
-        return RunResult({}, False, 1.0)
+        return RunResult({}, runner.server_down, 1.0)
 
     def finish(self, runner: Any, x: Any) -> None:
         pass
 
 
-def test_a_run_that_ends_while_a_switch_is_prepared_closes_its_runner_without_waiting_for_the_upload() -> None:
-    connected = threading.Event()
+def held_run(connected: threading.Event, up: bool = True, background: bool = True, **kw: Any) -> PlannedRun:
+    """A run on (0, 2), served by the server, whose re-plans choose (1, 3) (`kw`: the re-plan's report's fields)."""
     made: list[HeldRunner] = []
 
     def runner_for(split: tuple[int, int], r: Any, later: bool) -> HeldRunner:
-        made.append(HeldRunner(split, connected if later else threading.Event()))
+        made.append(HeldRunner(split, connected, up) if later else HeldRunner(split, threading.Event()))
+        made[-1].server_down = False if not later else made[-1].server_down
         return made[-1]
 
-    run = PlannedRun(runner_for, None, lambda r, runner, n: report(1, 3), (0, 2), report(0, 2), PlainEnergy(),
-                     np.zeros(1), 1.0)  # fmt: skip
+    new = report(1, 3)
+    for name, value in kw.items():
+        setattr(new, name, value)
+    run = PlannedRun(runner_for, None, lambda r, runner, n: new, (0, 2), report(0, 2), PlainEnergy(), np.zeros(1),
+                     1.0, background=background)  # fmt: skip
+    run.made = made  # type: ignore[attr-defined]
+    return run
+
+
+def test_a_run_that_ends_while_a_switch_is_prepared_closes_its_runner_without_waiting_for_the_upload() -> None:
+    connected = threading.Event()
+    run = held_run(connected)
+    made = run.made  # type: ignore[attr-defined]
     try:
         run.request(remaining=10)
-        assert run.preparing is not None and run.preparing.made.result(GENEROUS_S) is made[1]
+        preparing = run.preparing
+        assert preparing is not None and preparing.made.result(GENEROUS_S) is made[1]
         run.close()  # returns: the upload is left to end on its own
+        assert not preparing.ready.done()  # still uploading: not waited for
         assert made[0].closed and made[1].closed and run.preparing is None
         assert run.upload_ms == 14.0  # both runners' uploads counted
-        assert [s.split for s in run.segments] == [(0, 2)]
+        assert [s.split for s in run.segments] == [(0, 2)] and run.predicted_upload_ms == 0.0  # (1, 3) never ran
     finally:
         connected.set()
+
+
+def test_a_split_whose_slice_the_server_did_not_take_is_not_switched_to_while_the_server_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server busy or out of reach for the new slice, `CONNECT_TRIES` times: the run stays on the split the
+    server serves (it had switched, and run every request locally), and re-plans again only after a doubled gap."""
+    connected = threading.Event()
+    connected.set()
+    run = held_run(connected, up=False, background=False)
+    made = run.made  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, logger=_planned_run.__name__):
+        results = [run.request(remaining=10)]
+        assert run.preparing is None and run.split == (0, 2) and made[1].closed
+        assert made[1].tries == CONNECT_TRIES and "staying on plan 0,2" in caplog.text
+        results.append(run.request(remaining=10))
+        assert len(made) == 2  # the gap doubled: no re-plan at the next request
+        results.append(run.request(remaining=10))
+        assert len(made) == 3  # the one after
+    assert not any(r.fallback for r in results)
+    run.close()
+
+
+def test_a_split_whose_slice_the_server_did_not_take_is_switched_to_when_the_server_serves_nothing() -> None:
+    connected = threading.Event()
+    connected.set()
+    run = held_run(connected, up=False, background=False)
+    run.runner.server_down = True  # type: ignore[attr-defined]  # the split running is no better off
+    run.request(remaining=10)
+    assert run.split == (1, 3) and run.preparing is None  # its own health check goes on from here
+    run.close()
+
+
+def test_a_switch_away_from_a_split_worse_than_local_runs_locally_until_the_slice_is_ready() -> None:
+    """The re-plan predicts the split running slower than running every block here (a link that slowed down a lot):
+    the new split runs as soon as its runner is made, locally until its slice is ready, as before."""
+    connected = threading.Event()
+    slow_here = SimpleNamespace(plan=lambda i, j: SimpleNamespace(latency_ms=1.0 if i == j else 9.0, energy_mJ=1.0))
+    run = held_run(connected, table=slow_here)
+    made = run.made  # type: ignore[attr-defined]
+    try:
+        results = [run.request(remaining=10)]
+        deadline = time.monotonic() + GENEROUS_S
+        while run.split == (0, 2) and time.monotonic() < deadline:  # made: switched at once
+            results.append(run.request(remaining=10))
+            time.sleep(0.001)
+        assert run.split == (1, 3) and not any(r.fallback for r in results)
+        assert run.request(remaining=10).fallback  # (1, 3), local until its slice is ready
+        connected.set()
+        while made[1].server_down and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert not run.request(remaining=10).fallback
+        assert made[1].tries == 1  # the preparation's try; its health check would take over
+    finally:
+        connected.set()
+        run.close()
+
+
+def test_an_error_in_connect_is_logged_and_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(HeldRunner):
+        def connect(self) -> bool:
+            raise RuntimeError("a bug in the health check")
+
+    run = PlannedRun(lambda s, r, later: Broken(s, threading.Event()) if later else HeldRunner(s, threading.Event()),
+                     None, lambda r, runner, n: report(1, 3), (0, 2), report(0, 2), PlainEnergy(), np.zeros(1), 1.0,
+                     background=False)  # fmt: skip
+    run.runner.server_down = False  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger=_planned_run.__name__):
+        run.request(remaining=10)
+    assert "making plan 1,3 ready failed" in caplog.text and "a bug in the health check" in caplog.text
+    assert run.split == (0, 2) and run.preparing is None  # the run goes on on the split the server serves
+    run.close()
 
 
 def test_a_runner_that_cannot_be_made_fails_the_request_that_would_switch_to_it() -> None:
@@ -143,6 +238,7 @@ def test_a_runner_that_cannot_be_made_fails_the_request_that_would_switch_to_it(
 
     run = PlannedRun(runner_for, None, lambda r, runner, n: report(1, 3), (0, 2), report(0, 2), PlainEnergy(),
                      np.zeros(1), 1.0)  # fmt: skip
+    run.runner.server_down = False  # type: ignore[attr-defined]
     try:
         run.request(remaining=10)
         assert run.preparing is not None

@@ -25,7 +25,11 @@ the new runner is made (its local sessions opened) with `connect_later` and its 
 server (`Runner.connect`); the run switches after the first request that ends once that is done, and makes no other
 plan meanwhile. Made in the requests' thread, a switch had held the run for as long as opening its sessions took
 (0.5 s for vgg16), and its requests had then run locally until the slice was ready (made connecting in that thread,
-no request was served for as long as the upload's deadline on a dead link). When the server refuses that slice (too
+no request was served for as long as the upload's deadline on a dead link). Two exceptions: where the new plan
+predicts the split running worse than running every block here (a link that slowed down a lot), the run switches as
+soon as the new runner is made, and runs locally until its slice is ready; and a split whose slice the server did
+not take (out of reach or busy, `CONNECT_TRIES` times) is not switched to while the server serves the split running
+(review: five requests in five ran locally after a busy server's pushback). When the server refuses that slice (too
 large, or one it cannot open), the split is not run again in this run: the run takes the best other plan of the
 refused plan's report (planned on the link as measured then; running locally is always one), with a warning, and any
 later plan that chooses a refused split gives way to its best other plan the same way (each drift re-plan had chosen
@@ -53,10 +57,12 @@ from rr_edge.runner import Runner, RunResult
 log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 60.0  # the longest wait between two tries of a plan the server or the network refused
+CONNECT_TRIES = 3  # tries at making a switch's slice ready while the server is out of reach or busy
 STEADY_REQUESTS = 20  # an offloading split the server served this many requests in a row, no re-plan: wait reset
 MAX_REPLAN_GAP = 32  # the most requests between two drift re-plans, after re-plans that kept the split
 URGENT_DRIFT = 2.0  # a drift of this factor or more is re-planned without waiting out that gap
 NO_SERVER = "no plan: the server could not be reached to plan"
+PREPARING = "running locally while plan {},{} is made ready on the server"  # a late plan, being prepared
 
 
 class Energy(Protocol):
@@ -96,9 +102,12 @@ def upload_prediction_ms(report: PlanReport | None) -> float:
 
 
 class Preparation:
-    """A switch being prepared: the runner of `split` made by `make` and connected (`Runner.connect`), in a thread of
-    its own unless not `background`. `made` holds the runner once its local sessions are open, `ready` is done once
-    its slice is made ready on the server, or the server did not take it; either holds the error that stopped it."""
+    """A switch being prepared, in a thread of its own unless not `background`: the runner of `split` made by `make`,
+    then connected (`Runner.connect`; while the server is out of reach or busy, tried again after the runner's
+    health-check wait, `CONNECT_TRIES` times in all, unless `stop` was called). `made` holds the runner once its
+    local sessions are open, `ready` once the tries are over: its slice ready on the server, or not
+    (`Runner.server_down`; `Runner.refused` when the server refused it). Both hold the error of a runner that could
+    not be made; an error of `connect` is logged, and leaves the runner down."""
 
     def __init__(
         self, make: Callable[[], Runner], split: tuple[int, int], report: PlanReport, background: bool = True
@@ -106,6 +115,7 @@ class Preparation:
         self.split, self.report = split, report
         self.made: Future[Runner] = Future()
         self.ready: Future[Runner] = Future()
+        self._stop = threading.Event()
         if background:
             threading.Thread(target=self._prepare, args=(make,), name="rr-switch", daemon=True).start()
         else:
@@ -122,15 +132,23 @@ class Preparation:
             return
         self.made.set_result(runner)
         try:
-            runner.connect()
-        except BaseException as exc:
-            self.ready.set_exception(exc)
-        else:
-            self.ready.set_result(runner)
+            tries = 1
+            while not runner.connect() and runner.refused is None and tries < CONNECT_TRIES:
+                if self._stop.wait(runner.next_check_s):
+                    break
+                tries += 1
+        except Exception:  # a health check in the background had logged it and gone on: so does the run
+            log.exception("making plan %d,%d ready failed", *self.split)
+        self.ready.set_result(runner)
+
+    def stop(self) -> None:
+        """No more tries: the run ended, or took the runner as it is (its health check takes over)."""
+        self._stop.set()
 
     def abandon(self) -> Runner | None:
         """The runner, closed without waiting for its upload (its sessions are waited for), or None when making it
         failed."""
+        self.stop()
         if self.made.exception() is not None:  # waits for the sessions
             return None
         runner = self.made.result()
@@ -162,6 +180,7 @@ class PlannedRun:
         self._make_runner, self._plan, self._replan, self._probe = make_runner, plan, replan, probe
         self._background = background
         self.preparing: Preparation | None = None  # the switch being prepared, while `runner` serves
+        self._local_meanwhile = False  # the switch being prepared runs as soon as made (`_local_beats_this`)
         self._energy, self._x = energy, x
         self.runner = make_runner(split, report, False)
         self.split, self.report, self.first_report = split, report, report
@@ -306,28 +325,51 @@ class PlannedRun:
         self._switch(split, report)
 
     def _switch(self, split: tuple[int, int], report: PlanReport) -> None:
-        """Prepare `split`'s runner (`Preparation`) while this one serves; run it once ready."""
-        if split not in self._ready:
-            self._ready.add(split)
-            self.predicted_upload_ms += upload_prediction_ms(report)
+        """Prepare `split`'s runner (`Preparation`; the Slicer is the preparation's alone meanwhile: no plan is made
+        while a switch is prepared) while this one serves; run it once ready."""
+        assert self.preparing is None, "a switch is prepared already"
         make = functools.partial(self._make_runner, split, report, True)  # connected by the preparation
+        self._local_meanwhile = self._local_beats_this(report)
         self.preparing = Preparation(make, split, report, self._background)
         self._switch_when_ready()
 
+    def _local_beats_this(self, report: PlanReport) -> bool:
+        """Whether `report` predicts running every block here better than the offloading split running now (by its
+        objective's measure: energy for "energy", latency for the others): a link that slowed down a lot."""
+        if not offloads(self.report) or self.runner.server_down:
+            return False
+        measure = "energy_mJ" if report.options.get("objective") == "energy" else "latency_ms"
+        here = report.table.plan(report.blocks - 1, report.blocks - 1)
+        return bool(getattr(here, measure) < getattr(report.table.plan(*self.split), measure))
+
     def _switch_when_ready(self) -> None:
-        """Run the prepared split from the next request on once its runner is ready; a split whose slice the server
-        refused gives way to its report's best other plan instead."""
+        """Run the prepared split from the next request on once its slice is ready on the server. A split whose slice
+        the server refused gives way to its report's best other plan; one the server did not take (out of reach,
+        busy) is not switched to while the split running is served by the server (the next re-plan may choose it
+        again, after the gap between re-plans doubled). Where the plan predicts this split worse than running
+        every block here, the new split runs as soon as its runner is made: locally until its slice is ready."""
         preparing = self.preparing
         assert preparing is not None
-        if not preparing.ready.done():
+        made = preparing.made.done() and preparing.made.exception() is None
+        if not (preparing.ready.done() or (self._local_meanwhile and made)):
             return
         self.preparing = None
-        runner = preparing.ready.result()  # a runner that could not be made: the run's error
+        if not preparing.ready.done():
+            preparing.stop()  # its health check takes over
+        runner = preparing.made.result()  # a runner that could not be made: the run's error
         split, report = preparing.split, preparing.report
         if runner.refused is not None:  # before any request ran on it
             runner.close(wait_s=0.0)
             self._count(runner)
             self._give_way(split, report, runner.refused)
+            return
+        if preparing.ready.done() and runner.server_down and offloads(self.report) and not self.runner.server_down:
+            runner.close(wait_s=0.0)
+            self._count(runner)
+            self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP)
+            self._quiet_until = self.done + self._replan_gap
+            log.warning("staying on plan %d,%d: plan %d,%d's slice could not be made ready on the server",
+                        *self.split, *split)  # fmt: skip
             return
         self._energy.finish(self.runner, self._x)  # an energy window covers one split
         self._left = self.split
@@ -336,6 +378,9 @@ class PlannedRun:
         self.runner, self.split, self.report = runner, split, report
         self.segments[-1].end = self.done
         self.segments.append(Segment(split, report, self.done))  # also when a late plan keeps the split
+        if split not in self._ready:  # its upload predicted once, for a split that ran
+            self._ready.add(split)
+            self.predicted_upload_ms += upload_prediction_ms(report)
         self._next_try = time.monotonic() + self._retry_s
 
     def _give_way(self, refused: tuple[int, int], report: PlanReport | None, exc: ServerError) -> None:

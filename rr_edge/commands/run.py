@@ -46,7 +46,7 @@ from rr_edge.commands._common import (
 )
 from rr_edge.commands._interrupt import stop_requested
 from rr_edge.commands._paths import output_path
-from rr_edge.commands._planned_run import PlannedRun, Segment
+from rr_edge.commands._planned_run import PREPARING, PlannedRun, Segment
 from rr_edge.commands.plan import add_plan_args, build_plan, choice_options, warn_about_plan
 from rr_edge.device import describe_device, registered_device, setup_changes
 from rr_edge.errors import MeterError, ModelError, RoadRunnerError, ServerUnavailable
@@ -495,11 +495,13 @@ def run(args: argparse.Namespace) -> int:
                     if stop.is_set():
                         break
                     segment, runner = planned.segments[-1], planned.runner  # the ones this request runs on
+                    preparing = planned.preparing
                     result = planned.request(remaining=args.repeat - 1 - k)
-                    if segment.report is None and not forced:  # no plan could be made: it ran locally
-                        result.fallback, result.error = True, result.error or segment.no_plan
+                    if segment.report is None and not forced:  # no plan yet: it ran locally
+                        why = segment.no_plan if preparing is None else PREPARING.format(*preparing.split)
+                        result.fallback, result.error = True, result.error or why
                     trace.request(k, segment.split, result, planned.served_at)
-                    if planned.runner is not runner:  # a switch after it (`PlannedRun._switch` makes a new runner)
+                    if planned.runner is not runner:  # a switch after it (`PlannedRun._switch_when_ready`)
                         trace.switch(k + 1, segment.split, planned.split)
                     diff = float(np.max([diff, max_abs_diff(result.outputs, expected)]))  # NaN stays NaN
                     outputs, result.outputs = result.outputs, {}  # compared: only the last request's are kept
