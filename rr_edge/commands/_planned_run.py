@@ -354,23 +354,35 @@ class PlannedRun:
         if not (preparing.ready.done() or (self._local_meanwhile and made)):
             return
         self.preparing = None
-        if not preparing.ready.done():
-            preparing.stop()  # its health check takes over
         runner = preparing.made.result()  # a runner that could not be made: the run's error
         split, report = preparing.split, preparing.report
         if runner.refused is not None:  # before any request ran on it
-            runner.close(wait_s=0.0)
-            self._count(runner)
+            self._drop(runner)
             self._give_way(split, report, runner.refused)
             return
-        if preparing.ready.done() and runner.server_down and offloads(self.report) and not self.runner.server_down:
-            runner.close(wait_s=0.0)
-            self._count(runner)
+        if not preparing.ready.done():
+            preparing.stop()  # its health check takes over
+            log.info("switching to plan %d,%d before its slice is ready: plan %d,%d is predicted slower than local",
+                     *split, *self.split)  # fmt: skip
+        elif runner.server_down and offloads(self.report) and not self.runner.server_down:
+            self._drop(runner)
             self._replan_gap = min(2 * self._replan_gap, MAX_REPLAN_GAP)
             self._quiet_until = self.done + self._replan_gap
             log.warning("staying on plan %d,%d: plan %d,%d's slice could not be made ready on the server",
                         *self.split, *split)  # fmt: skip
             return
+        elif runner.server_down:  # as is the split running, or it runs locally
+            log.warning("switching to plan %d,%d, its slice not ready on the server: running locally until it is",
+                        *split)  # fmt: skip
+        self._run(runner, split, report)
+
+    def _drop(self, runner: Runner) -> None:
+        """Close a prepared runner no request ran on, counting its upload."""
+        runner.close(wait_s=0.0)
+        self._count(runner)
+
+    def _run(self, runner: Runner, split: tuple[int, int], report: PlanReport) -> None:
+        """Serve the next requests with `runner`, of `split`, closing the one that served until now."""
         self._energy.finish(self.runner, self._x)  # an energy window covers one split
         self._left = self.split
         self.runner.close(wait_s=0.0)  # its upload still going (a split left early) is no request's to wait for
