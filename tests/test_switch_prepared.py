@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,11 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rr_edge.client import Client, ClientOptions
+from rr_edge.client import Client, ClientOptions, Prediction
 from rr_edge.commands import _planned_run
 from rr_edge.commands._planned_run import CONNECT_TRIES, PlannedRun
 from rr_edge.errors import ModelError
-from rr_edge.offload import make_runner, plan_slices
+from rr_edge.meters.model import DEFAULT_POWER
+from rr_edge.netmodel import NetworkModel
+from rr_edge.offload import Costs, make_plan, make_runner, plan_slices
 from rr_edge.runner import Runner, RunnerConfig, RunResult
 from tests._server_support import serving
 from tests.test_planned_run_review4 import RunnerEnergy, _x, report
@@ -262,3 +265,49 @@ def test_connect_makes_the_slice_ready_in_the_calling_thread(chain: Any, tmp_pat
             assert runner.made_ready == 1
         finally:
             runner.close()
+
+
+def test_a_switch_from_a_split_worse_than_local_runs_the_new_split_locally_until_its_slice_is_ready(
+    chain: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a real runner and server: the re-plan predicts every block run here faster than split (0, 2) (an edge
+    fast, a cloud slow), and chooses (1, 3). The run switches once the new runner is made, while its upload is held:
+    its requests run locally, saying why, and are served by the server once the slice is ready."""
+    _, graph, slicer = chain
+    x = _x(graph)
+    edge = tuple(Prediction(b.signature, 0.1, 1.0, "measured", "measured", "model") for b in graph.blocks)
+    cloud = tuple(Prediction(b.signature, 10.0, 0.0, "measured", "measured", "") for b in graph.blocks)
+    link = NetworkModel.affine(0.5, 1e6)
+    planned = make_plan(graph, Costs(edge, cloud, 1.0, link, link, DEFAULT_POWER))
+    old, new = (replace(planned, chosen=planned.table.plan(*split)) for split in ((0, 2), (1, 3)))
+    new_middle = plan_slices(slicer, len(graph.blocks), 1, 3).middle
+    release = threading.Event()
+    with serving(tmp_path / "data") as (srv, _), Client(str(srv.address), ClientOptions(timeout_s=5.0)) as client:
+        ensure = client.ensure_slice
+
+        def held(data: bytes, *args: Any, **kw: Any) -> str:
+            if data == new_middle:
+                assert release.wait(GENEROUS_S)
+            return ensure(data, *args, **kw)
+
+        monkeypatch.setattr(client, "ensure_slice", held)
+        config = RunnerConfig(timeout_s=5.0, retry_interval_s=0.05)
+
+        def runner_for(split: tuple[int, int], r: Any, later: bool) -> Runner:
+            return make_runner(slicer, graph, split, client, config=config, connect_later=later)
+
+        monkeypatch.setattr(Runner, "replan_needed", property(lambda self: True))
+        run = PlannedRun(runner_for, None, lambda r, runner, n: new, (0, 2), old, RunnerEnergy(), x, 0.05)
+        try:
+            deadline = time.monotonic() + GENEROUS_S
+            while run.split == (0, 2) and time.monotonic() < deadline:  # switched once the runner is made
+                assert not run.request(remaining=1000).fallback
+            local = run.request(remaining=1000)
+            assert run.split == (1, 3) and local.fallback and "made ready on the server" in local.error
+            release.set()
+            while (result := run.request(remaining=1000)).fallback and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not result.fallback, result.error
+        finally:
+            release.set()
+            run.close()
